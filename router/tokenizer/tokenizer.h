@@ -1,0 +1,59 @@
+// Gemma's SentencePiece tokenizer: text <-> ids, special ids, incremental (streaming) decoding.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+namespace gemma {
+
+class SentencePieceImpl;
+
+// Immutable after creation; thread-safe.
+class Tokenizer {
+ public:
+  static absl::StatusOr<std::unique_ptr<Tokenizer>> FromFile(const std::string& path);
+  // `serialized` is a SentencePiece ModelProto (the bytes of tokenizer.model).
+  static absl::StatusOr<std::unique_ptr<Tokenizer>> FromBytes(std::string_view serialized);
+  ~Tokenizer();
+
+  // Ids of `text`, without <bos>. InvalidArgument for text that is not UTF-8.
+  absl::StatusOr<std::vector<int32_t>> Encode(std::string_view text) const;
+  // InvalidArgument for ids outside [0, vocab_size()).
+  absl::StatusOr<std::string> Decode(std::span<const int32_t> ids) const;
+  int vocab_size() const;
+  int bos_id() const;
+  int eos_id() const;
+  // -1 when the vocabulary has no such piece.
+  int PieceToId(std::string_view piece) const;
+  int start_of_turn_id() const { return PieceToId("<start_of_turn>"); }
+  int end_of_turn_id() const { return PieceToId("<end_of_turn>"); }
+
+ private:
+  explicit Tokenizer(std::unique_ptr<SentencePieceImpl> impl);
+  std::unique_ptr<SentencePieceImpl> impl_;
+};
+
+// Turns a growing list of ids into text deltas that never split a UTF-8
+// character: bytes of a character spread over byte-fallback tokens are held
+// back until it is complete. Not thread-safe; one per sequence.
+class StreamingDecoder {
+ public:
+  explicit StreamingDecoder(const Tokenizer* tokenizer) : tokenizer_(tokenizer) {}
+  // Appends `id`; returns the newly completed text (possibly empty).
+  absl::StatusOr<std::string> Add(int32_t id);
+  // The text held back at the end (an incomplete character), flushed as is.
+  absl::StatusOr<std::string> Flush();
+
+ private:
+  const Tokenizer* tokenizer_;
+  std::vector<int32_t> ids_;
+  size_t emitted_ = 0;  // bytes of the decoded text already returned
+};
+
+}  // namespace gemma

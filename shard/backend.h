@@ -1,0 +1,51 @@
+// The contract every compute backend (CPU now, CUDA later) implements: run one batched step over the paged KV cache.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "shard/model_config.h"
+
+namespace gemma {
+
+enum class LogitsWanted { kNone, kLast, kAll };
+
+// One sequence's part of a step: its new tokens (a prompt chunk or one decode
+// token) at positions start_pos.., written to and attending over the KV rows its
+// block table addresses (positions 0..start_pos+tokens.size()-1).
+struct SequenceStep {
+  std::span<const int32_t> tokens;
+  int32_t start_pos = 0;
+  std::span<const int32_t> block_table;
+  LogitsWanted logits = LogitsWanted::kLast;
+};
+
+// Logits of one step: rows in the order of the batch (kAll: one per token,
+// kLast: one, kNone: none). row_begin[i] is sequence i's first row.
+struct StepLogits {
+  int vocab_size = 0;
+  std::vector<float> values;  // [rows, vocab_size]
+  std::vector<int> row_begin;
+  const float* Row(int r) const { return values.data() + static_cast<int64_t>(r) * vocab_size; }
+};
+
+// Implementations say whether they are thread-safe; a step is one call.
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual const ModelConfig& config() const = 0;
+  virtual int num_kv_blocks() const = 0;
+  virtual int kv_block_size() const = 0;
+  // Runs the step; InvalidArgument (naming the sequence) for token ids outside
+  // the vocabulary, positions past the context, or block tables too short or
+  // holding ids outside the pool. Nothing is written when it fails validation.
+  virtual absl::Status Forward(std::span<const SequenceStep> batch, StepLogits* out) = 0;
+};
+
+// Shared validation for backends.
+absl::Status ValidateStep(std::span<const SequenceStep> batch, const ModelConfig& config, int num_blocks,
+                          int block_size);
+
+}  // namespace gemma

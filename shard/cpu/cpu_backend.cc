@@ -1,0 +1,183 @@
+#include "shard/cpu/cpu_backend.h"
+
+#include <omp.h>
+
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+#include "shard/cpu/matmul.h"
+#include "shard/cpu/ops.h"
+#include "shard/dtype.h"
+
+namespace gemma {
+namespace {
+
+// Rotates one head in place with half-split pairing: (x[i], x[i + d/2]) by angle pos * inv_freq[i].
+void ApplyRope(float* x, const float* cos_sin, int head_dim) {
+  const int half = head_dim / 2;
+  for (int i = 0; i < half; ++i) {
+    const float c = cos_sin[2 * i], s = cos_sin[2 * i + 1];
+    const float x0 = x[i], x1 = x[i + half];
+    x[i] = x0 * c - x1 * s;
+    x[i + half] = x0 * s + x1 * c;
+  }
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<CpuBackend>> CpuBackend::Create(std::shared_ptr<const ModelWeights> weights,
+                                                               const KvCacheOptions& kv_options) {
+  auto kv = KvCache::Create(weights->config(), kv_options);
+  if (!kv.ok()) return kv.status();
+  return std::unique_ptr<CpuBackend>(new CpuBackend(std::move(weights), std::move(*kv)));
+}
+
+CpuBackend::CpuBackend(std::shared_ptr<const ModelWeights> weights, KvCache kv)
+    : weights_(std::move(weights)), kv_(std::move(kv)) {
+  const ModelConfig& c = config();
+  inv_freq_.resize(c.head_dim / 2);
+  for (int i = 0; i < c.head_dim / 2; ++i) {
+    // As the reference: float32 exponent, float32 power.
+    const float exponent = static_cast<float>(2 * i) / static_cast<float>(c.head_dim);
+    inv_freq_[i] = 1.0f / std::pow(c.rope_theta, exponent);
+  }
+}
+
+absl::Status CpuBackend::Forward(std::span<const SequenceStep> batch, StepLogits* out) {
+  const ModelConfig& c = config();
+  if (auto s = ValidateStep(batch, c, kv_.num_blocks(), kv_.block_size()); !s.ok()) return s;
+  const int64_t H = c.hidden_size, D = c.head_dim, I = c.intermediate_size;
+  const int64_t qkv_ld = c.q_dim() + 2 * c.kv_dim();
+
+  int64_t T = 0;
+  for (const auto& s : batch) T += static_cast<int64_t>(s.tokens.size());
+  positions_.resize(T);
+  seq_of_token_.resize(T);
+  std::vector<int32_t> tokens(T);
+  std::vector<int64_t> logit_rows;  // token indices whose logits are wanted
+  out->row_begin.clear();
+  {
+    int64_t t = 0;
+    for (size_t i = 0; i < batch.size(); ++i) {
+      const auto& s = batch[i];
+      out->row_begin.push_back(static_cast<int>(logit_rows.size()));
+      for (size_t j = 0; j < s.tokens.size(); ++j, ++t) {
+        tokens[t] = s.tokens[j];
+        positions_[t] = s.start_pos + static_cast<int32_t>(j);
+        seq_of_token_[t] = static_cast<int>(i);
+        if (s.logits == LogitsWanted::kAll || (s.logits == LogitsWanted::kLast && j + 1 == s.tokens.size())) {
+          logit_rows.push_back(t);
+        }
+      }
+    }
+  }
+  x_.resize(T * H);
+  xn_.resize(T * H);
+  qkv_.resize(T * qkv_ld);
+  attn_.resize(T * c.q_dim());
+  proj_.resize(T * H);
+  gate_up_.resize(T * 2 * I);
+  act_.resize(T * I);
+
+  // Embedding, scaled by sqrt(hidden) as a float32 constant.
+  const float embed_scale = std::sqrt(static_cast<float>(H));
+  const MatrixView& embed = weights_->embed();
+#pragma omp parallel for schedule(static) if (T > 1)
+  for (int64_t t = 0; t < T; ++t) {
+    const uint16_t* row = embed.data + static_cast<int64_t>(tokens[t]) * embed.stride;
+    for (int64_t i = 0; i < H; ++i) x_[t * H + i] = Bf16ToF32(row[i]) * embed_scale;
+  }
+
+  // cos/sin per token, shared by all layers and heads: [T][D/2][2].
+  std::vector<float> cos_sin(T * D);
+  for (int64_t t = 0; t < T; ++t) {
+    const float pos = static_cast<float>(positions_[t]);
+    for (int64_t i = 0; i < D / 2; ++i) {
+      const float angle = pos * inv_freq_[i];
+      cos_sin[t * D + 2 * i] = std::cos(angle);
+      cos_sin[t * D + 2 * i + 1] = std::sin(angle);
+    }
+  }
+  const float q_scale = static_cast<float>(std::pow(static_cast<double>(D), -0.5));
+
+  for (int layer = 0; layer < c.num_layers; ++layer) {
+    const LayerWeights& lw = weights_->layer(layer);
+#pragma omp parallel for schedule(static) if (T > 1)
+    for (int64_t t = 0; t < T; ++t) RmsNorm(&x_[t * H], lw.attn_norm.data(), c.rms_norm_eps, &xn_[t * H], H);
+    const MatrixView qkv_w[] = {lw.q, lw.k, lw.v};
+    MatMul(xn_.data(), T, H, H, qkv_w, qkv_.data(), qkv_ld);
+
+    float* k_cache = kv_.Base(layer, 0);
+    float* v_cache = kv_.Base(layer, 1);
+#pragma omp parallel for schedule(static) if (T > 1)
+    for (int64_t t = 0; t < T; ++t) {
+      float* row = &qkv_[t * qkv_ld];
+      for (int h = 0; h < c.num_heads; ++h) {
+        ApplyRope(row + h * D, &cos_sin[t * D], static_cast<int>(D));
+        for (int64_t d = 0; d < D; ++d) row[h * D + d] *= q_scale;
+      }
+      float* k = row + c.q_dim();
+      const float* v = k + c.kv_dim();
+      const SequenceStep& s = batch[seq_of_token_[t]];
+      const int32_t pos = positions_[t];
+      const int64_t block_base = static_cast<int64_t>(s.block_table[pos / kv_.block_size()]) * kv_.block_stride() +
+                                 static_cast<int64_t>(pos % kv_.block_size()) * D;
+      for (int kh = 0; kh < c.num_kv_heads; ++kh) {
+        ApplyRope(k + kh * D, &cos_sin[t * D], static_cast<int>(D));
+        std::copy(k + kh * D, k + (kh + 1) * D, k_cache + block_base + kv_.HeadOffset(kh));
+        std::copy(v + kh * D, v + (kh + 1) * D, v_cache + block_base + kv_.HeadOffset(kh));
+      }
+    }
+    Attention(layer, batch);
+
+    const MatrixView o_w[] = {lw.o};
+    MatMul(attn_.data(), T, c.q_dim(), c.q_dim(), o_w, proj_.data(), H);
+#pragma omp parallel for schedule(static) if (T > 1)
+    for (int64_t t = 0; t < T; ++t) {
+      AddInPlace(&proj_[t * H], &x_[t * H], H);
+      RmsNorm(&x_[t * H], lw.ffn_norm.data(), c.rms_norm_eps, &xn_[t * H], H);
+    }
+    const MatrixView gate_up_w[] = {lw.gate, lw.up};
+    MatMul(xn_.data(), T, H, H, gate_up_w, gate_up_.data(), 2 * I);
+#pragma omp parallel for schedule(static) if (T > 1)
+    for (int64_t t = 0; t < T; ++t) GeluTanhMul(&gate_up_[t * 2 * I], &gate_up_[t * 2 * I + I], &act_[t * I], I);
+    const MatrixView down_w[] = {lw.down};
+    MatMul(act_.data(), T, I, I, down_w, proj_.data(), H);
+#pragma omp parallel for schedule(static) if (T > 1)
+    for (int64_t t = 0; t < T; ++t) AddInPlace(&proj_[t * H], &x_[t * H], H);
+  }
+
+  const int64_t R = static_cast<int64_t>(logit_rows.size());
+  out->vocab_size = c.vocab_size;
+  out->values.resize(R * c.vocab_size);
+  for (int64_t r = 0; r < R; ++r) {
+    RmsNorm(&x_[logit_rows[r] * H], weights_->final_norm().data(), c.rms_norm_eps, &xn_[r * H], H);
+  }
+  const MatrixView head[] = {embed};
+  MatMul(xn_.data(), R, H, H, head, out->values.data(), c.vocab_size);
+  return absl::OkStatus();
+}
+
+void CpuBackend::Attention(int layer, std::span<const SequenceStep> batch) {
+  const ModelConfig& c = config();
+  const int64_t D = c.head_dim;
+  const int64_t qkv_ld = c.q_dim() + 2 * c.kv_dim();
+  const int64_t T = static_cast<int64_t>(positions_.size());
+  const int max_threads = omp_get_max_threads();
+  scores_.resize(static_cast<size_t>(max_threads) * c.max_position_embeddings);
+  const float* k_cache = kv_.Base(layer, 0);
+  const float* v_cache = kv_.Base(layer, 1);
+  const int64_t work = T * c.num_heads;
+#pragma omp parallel for schedule(dynamic, 1) if (work > 1)
+  for (int64_t w = 0; w < work; ++w) {
+    const int64_t t = w / c.num_heads;
+    const int h = static_cast<int>(w % c.num_heads);
+    const SequenceStep& s = batch[seq_of_token_[t]];
+    const PagedKv kv{k_cache, v_cache, s.block_table.data(), kv_.block_size(), kv_.block_stride(),
+                     kv_.HeadOffset(h / c.heads_per_kv())};
+    float* scores = &scores_[static_cast<size_t>(omp_get_thread_num()) * c.max_position_embeddings];
+    AttendOneHead(&qkv_[t * qkv_ld + h * D], kv, positions_[t] + 1, static_cast<int>(D), scores, &attn_[t * c.q_dim() + h * D]);
+  }
+}
+
+}  // namespace gemma

@@ -1,0 +1,38 @@
+// The CPU backend: the Gemma forward pass over bf16 weights with f32 activations, SIMD and OpenMP threads.
+#pragma once
+
+#include <memory>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "shard/backend.h"
+#include "shard/kv_cache.h"
+#include "shard/model_weights.h"
+
+namespace gemma {
+
+// Not thread-safe: one step at a time (each step uses all threads itself).
+class CpuBackend : public Backend {
+ public:
+  static absl::StatusOr<std::unique_ptr<CpuBackend>> Create(std::shared_ptr<const ModelWeights> weights,
+                                                             const KvCacheOptions& kv_options);
+
+  const ModelConfig& config() const override { return weights_->config(); }
+  int num_kv_blocks() const override { return kv_.num_blocks(); }
+  int kv_block_size() const override { return kv_.block_size(); }
+  absl::Status Forward(std::span<const SequenceStep> batch, StepLogits* out) override;
+
+ private:
+  CpuBackend(std::shared_ptr<const ModelWeights> weights, KvCache kv);
+  void Attention(int layer, std::span<const SequenceStep> batch);
+
+  std::shared_ptr<const ModelWeights> weights_;
+  KvCache kv_;
+  std::vector<float> inv_freq_;  // [head_dim / 2]
+  // Per-step scratch, sized to the step's token count T.
+  std::vector<float> x_, xn_, qkv_, attn_, proj_, gate_up_, act_, scores_;
+  std::vector<int32_t> positions_;  // [T]
+  std::vector<int> seq_of_token_;   // [T]
+};
+
+}  // namespace gemma

@@ -1,0 +1,25 @@
+// out = x * W^T for bf16 weights W [rows, K] and f32 activations x [M, K]; SIMD with runtime dispatch, all threads.
+#pragma once
+
+#include <cstdint>
+#include <span>
+
+namespace gemma {
+
+// A bf16 matrix [rows, cols] whose rows are `stride` elements apart (a column
+// slice of a larger matrix has stride > cols). Does not own its memory.
+struct MatrixView {
+  const uint16_t* data = nullptr;
+  int64_t rows = 0;
+  int64_t cols = 0;
+  int64_t stride = 0;
+};
+
+// For each m < M: out[m * ldo + n] = sum_k x[m * ldx + k] * W[n, k], where W is
+// the row-wise concatenation of `weights` (all with cols == K). Each output is
+// accumulated in the same order whatever M is, so results are batch-invariant.
+// Thread-safe; parallel over output rows with OpenMP.
+void MatMul(const float* x, int64_t M, int64_t K, int64_t ldx, std::span<const MatrixView> weights, float* out,
+            int64_t ldo);
+
+}  // namespace gemma

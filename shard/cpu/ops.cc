@@ -1,0 +1,140 @@
+#include "shard/cpu/ops.h"
+
+#include <algorithm>
+#include <cmath>
+
+#undef HWY_TARGET_INCLUDE
+#define HWY_TARGET_INCLUDE "shard/cpu/ops.cc"
+#include "hwy/foreach_target.h"  // IWYU pragma: keep
+#include "hwy/highway.h"
+#include "hwy/contrib/math/math-inl.h"
+
+HWY_BEFORE_NAMESPACE();
+namespace gemma {
+namespace HWY_NAMESPACE {
+namespace hn = hwy::HWY_NAMESPACE;
+using DF = hn::ScalableTag<float>;
+
+float SumSquares(const float* x, int64_t n) {
+  const DF df;
+  const int64_t N = hn::Lanes(df);
+  auto acc = hn::Zero(df);
+  int64_t i = 0;
+  for (; i + N <= n; i += N) {
+    const auto v = hn::LoadU(df, x + i);
+    acc = hn::MulAdd(v, v, acc);
+  }
+  float s = hn::GetLane(hn::SumOfLanes(df, acc));
+  for (; i < n; ++i) s += x[i] * x[i];
+  return s;
+}
+
+float Dot(const float* a, const float* b, int64_t n) {
+  const DF df;
+  const int64_t N = hn::Lanes(df);
+  auto acc0 = hn::Zero(df);
+  auto acc1 = hn::Zero(df);
+  int64_t i = 0;
+  for (; i + 2 * N <= n; i += 2 * N) {
+    acc0 = hn::MulAdd(hn::LoadU(df, a + i), hn::LoadU(df, b + i), acc0);
+    acc1 = hn::MulAdd(hn::LoadU(df, a + i + N), hn::LoadU(df, b + i + N), acc1);
+  }
+  for (; i + N <= n; i += N) acc0 = hn::MulAdd(hn::LoadU(df, a + i), hn::LoadU(df, b + i), acc0);
+  float s = hn::GetLane(hn::SumOfLanes(df, hn::Add(acc0, acc1)));
+  for (; i < n; ++i) s += a[i] * b[i];
+  return s;
+}
+
+// y += alpha * x
+void Axpy(float alpha, const float* x, float* y, int64_t n) {
+  const DF df;
+  const int64_t N = hn::Lanes(df);
+  const auto va = hn::Set(df, alpha);
+  int64_t i = 0;
+  for (; i + N <= n; i += N) hn::StoreU(hn::MulAdd(va, hn::LoadU(df, x + i), hn::LoadU(df, y + i)), df, y + i);
+  for (; i < n; ++i) y[i] += alpha * x[i];
+}
+
+void RmsNormImpl(const float* x, const float* w1p, float eps, float* out, int64_t n) {
+  const float inv = 1.0f / std::sqrt(SumSquares(x, n) / static_cast<float>(n) + eps);
+  const DF df;
+  const int64_t N = hn::Lanes(df);
+  const auto vinv = hn::Set(df, inv);
+  int64_t i = 0;
+  for (; i + N <= n; i += N) {
+    hn::StoreU(hn::Mul(hn::Mul(hn::LoadU(df, x + i), vinv), hn::LoadU(df, w1p + i)), df, out + i);
+  }
+  for (; i < n; ++i) out[i] = x[i] * inv * w1p[i];
+}
+
+void GeluTanhMulImpl(const float* gate, const float* up, float* out, int64_t n) {
+  const DF df;
+  const int64_t N = hn::Lanes(df);
+  const auto half = hn::Set(df, 0.5f);
+  const auto one = hn::Set(df, 1.0f);
+  const auto c0 = hn::Set(df, 0.7978845608028654f);  // sqrt(2/pi)
+  const auto c1 = hn::Set(df, 0.044715f);
+  int64_t i = 0;
+  for (; i + N <= n; i += N) {
+    const auto x = hn::LoadU(df, gate + i);
+    const auto inner = hn::Mul(c0, hn::MulAdd(hn::Mul(c1, hn::Mul(x, x)), x, x));
+    const auto g = hn::Mul(hn::Mul(half, x), hn::Add(one, hn::Tanh(df, inner)));
+    hn::StoreU(hn::Mul(g, hn::LoadU(df, up + i)), df, out + i);
+  }
+  for (; i < n; ++i) {
+    const float x = gate[i];
+    const float g = 0.5f * x * (1.0f + std::tanh(0.7978845608028654f * (x + 0.044715f * x * x * x)));
+    out[i] = g * up[i];
+  }
+}
+
+void AddInPlaceImpl(const float* x, float* y, int64_t n) { Axpy(1.0f, x, y, n); }
+
+void AttendOneHeadImpl(const float* q, const PagedKv& kv, int num_positions, int head_dim, float* scores,
+                       float* out) {
+  float max_score = -INFINITY;
+  for (int j = 0; j < num_positions; ++j) {
+    const int64_t row = kv.blocks[j / kv.block_size] * kv.block_stride + kv.head_offset +
+                        static_cast<int64_t>(j % kv.block_size) * head_dim;
+    scores[j] = Dot(q, kv.k_base + row, head_dim);
+    max_score = std::max(max_score, scores[j]);
+  }
+  float sum = 0.0f;
+  for (int j = 0; j < num_positions; ++j) {
+    scores[j] = std::exp(scores[j] - max_score);
+    sum += scores[j];
+  }
+  const float inv = 1.0f / sum;
+  for (int d = 0; d < head_dim; ++d) out[d] = 0.0f;
+  for (int j = 0; j < num_positions; ++j) {
+    const int64_t row = kv.blocks[j / kv.block_size] * kv.block_stride + kv.head_offset +
+                        static_cast<int64_t>(j % kv.block_size) * head_dim;
+    Axpy(scores[j] * inv, kv.v_base + row, out, head_dim);
+  }
+}
+
+}  // namespace HWY_NAMESPACE
+}  // namespace gemma
+HWY_AFTER_NAMESPACE();
+
+#if HWY_ONCE
+namespace gemma {
+
+HWY_EXPORT(RmsNormImpl);
+HWY_EXPORT(GeluTanhMulImpl);
+HWY_EXPORT(AddInPlaceImpl);
+HWY_EXPORT(AttendOneHeadImpl);
+
+void RmsNorm(const float* x, const float* w1p, float eps, float* out, int64_t n) {
+  HWY_DYNAMIC_DISPATCH(RmsNormImpl)(x, w1p, eps, out, n);
+}
+void GeluTanhMul(const float* gate, const float* up, float* out, int64_t n) {
+  HWY_DYNAMIC_DISPATCH(GeluTanhMulImpl)(gate, up, out, n);
+}
+void AddInPlace(const float* x, float* y, int64_t n) { HWY_DYNAMIC_DISPATCH(AddInPlaceImpl)(x, y, n); }
+void AttendOneHead(const float* q, const PagedKv& kv, int num_positions, int head_dim, float* scores, float* out) {
+  HWY_DYNAMIC_DISPATCH(AttendOneHeadImpl)(q, kv, num_positions, head_dim, scores, out);
+}
+
+}  // namespace gemma
+#endif

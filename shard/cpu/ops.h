@@ -1,0 +1,32 @@
+// Element-wise and attention kernels of the CPU backend (SIMD, runtime dispatch). Thread-safe; single-threaded each.
+#pragma once
+
+#include <cstdint>
+
+namespace gemma {
+
+// out[i] = x[i] * rsqrt(mean(x^2) + eps) * w1p[i], where w1p = 1 + weight.
+void RmsNorm(const float* x, const float* w1p, float eps, float* out, int64_t n);
+
+// out[i] = gelu_tanh(gate[i]) * up[i].
+void GeluTanhMul(const float* gate, const float* up, float* out, int64_t n);
+
+// y[i] += x[i].
+void AddInPlace(const float* x, float* y, int64_t n);
+
+// Where one sequence's K and V rows live in the paged cache: row j of a kv head
+// is at base + blocks[j / block_size] * block_stride + head_offset + (j % block_size) * head_dim.
+struct PagedKv {
+  const float* k_base;
+  const float* v_base;
+  const int32_t* blocks;
+  int block_size;
+  int64_t block_stride;
+  int64_t head_offset;
+};
+
+// Causal attention of one (already RoPE'd and scaled) query head over positions
+// 0..num_positions-1: out = softmax(q . K^T) V. `scores` holds num_positions floats.
+void AttendOneHead(const float* q, const PagedKv& kv, int num_positions, int head_dim, float* scores, float* out);
+
+}  // namespace gemma

@@ -1,0 +1,110 @@
+#include "shard/model_weights.h"
+
+#include <cmath>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "shard/dtype.h"
+#include "shard/progress.h"
+
+namespace gemma {
+namespace {
+
+float ElementAsF32(const StoredTensor& t, int64_t i) {
+  const char* p = t.data;
+  switch (t.dtype) {
+    case DType::kBF16: {
+      uint16_t b;
+      std::memcpy(&b, p + 2 * i, 2);
+      return Bf16ToF32(b);
+    }
+    case DType::kF16: {
+      uint16_t b;
+      std::memcpy(&b, p + 2 * i, 2);
+      return F16ToF32(b);
+    }
+    default: {
+      float f;
+      std::memcpy(&f, p + 4 * i, 4);
+      return f;
+    }
+  }
+}
+
+}  // namespace
+
+absl::StatusOr<MatrixView> ModelWeights::Matrix(const std::string& name, int64_t rows, int64_t cols) {
+  auto t = checkpoint_->Get(name, {rows, cols});
+  if (!t.ok()) return t.status();
+  if (t->dtype == DType::kBF16 && reinterpret_cast<uintptr_t>(t->data) % 2 == 0) {
+    return MatrixView{reinterpret_cast<const uint16_t*>(t->data), rows, cols, cols};
+  }
+  auto owned = std::make_unique<uint16_t[]>(rows * cols);
+  for (int64_t i = 0; i < rows * cols; ++i) owned[i] = F32ToBf16(ElementAsF32(*t, i));
+  MatrixView view{owned.get(), rows, cols, cols};
+  converted_.push_back(std::move(owned));
+  return view;
+}
+
+absl::StatusOr<std::vector<float>> ModelWeights::NormPlusOne(const std::string& name, int64_t n) {
+  auto t = checkpoint_->Get(name, {n});
+  if (!t.ok()) return t.status();
+  std::vector<float> w(n);
+  for (int64_t i = 0; i < n; ++i) w[i] = 1.0f + ElementAsF32(*t, i);
+  return w;
+}
+
+absl::StatusOr<std::unique_ptr<ModelWeights>> ModelWeights::Load(std::shared_ptr<const Checkpoint> checkpoint) {
+  auto w = std::unique_ptr<ModelWeights>(new ModelWeights());
+  w->checkpoint_ = std::move(checkpoint);
+  const ModelConfig& c = w->checkpoint_->config();
+  const int64_t h = c.hidden_size;
+#define GEMMA_ASSIGN(lhs, expr)      \
+  do {                               \
+    auto _r = (expr);                \
+    if (!_r.ok()) return _r.status(); \
+    lhs = std::move(*_r);            \
+  } while (0)
+  GEMMA_ASSIGN(w->embed_, w->Matrix("model.embed_tokens.weight", c.vocab_size, h));
+  GEMMA_ASSIGN(w->final_norm_, w->NormPlusOne("model.norm.weight", h));
+  w->layers_.resize(c.num_layers);
+  for (int i = 0; i < c.num_layers; ++i) {
+    const std::string p = absl::StrCat("model.layers.", i, ".");
+    LayerWeights& l = w->layers_[i];
+    GEMMA_ASSIGN(l.q, w->Matrix(p + "self_attn.q_proj.weight", c.q_dim(), h));
+    GEMMA_ASSIGN(l.k, w->Matrix(p + "self_attn.k_proj.weight", c.kv_dim(), h));
+    GEMMA_ASSIGN(l.v, w->Matrix(p + "self_attn.v_proj.weight", c.kv_dim(), h));
+    GEMMA_ASSIGN(l.o, w->Matrix(p + "self_attn.o_proj.weight", h, c.q_dim()));
+    GEMMA_ASSIGN(l.gate, w->Matrix(p + "mlp.gate_proj.weight", c.intermediate_size, h));
+    GEMMA_ASSIGN(l.up, w->Matrix(p + "mlp.up_proj.weight", c.intermediate_size, h));
+    GEMMA_ASSIGN(l.down, w->Matrix(p + "mlp.down_proj.weight", h, c.intermediate_size));
+    GEMMA_ASSIGN(l.attn_norm, w->NormPlusOne(p + "input_layernorm.weight", h));
+    GEMMA_ASSIGN(l.ffn_norm, w->NormPlusOne(p + "post_attention_layernorm.weight", h));
+  }
+#undef GEMMA_ASSIGN
+  // Fault the mapped pages in now, so the first request does not pay for it.
+  std::vector<MatrixView> all = {w->embed_};
+  for (const auto& l : w->layers_) all.insert(all.end(), {l.q, l.k, l.v, l.o, l.gate, l.up, l.down});
+  const int64_t total = w->WeightBytesPerStep();
+  Progress progress("loading " + w->checkpoint_->dir(), total);
+  int64_t done = 0;
+  volatile uint16_t sink = 0;
+  for (const auto& m : all) {
+    const int64_t elems = m.rows * m.stride;
+    for (int64_t i = 0; i < elems; i += 2048) sink = sink + m.data[i];
+    done += m.rows * m.cols * 2;
+    progress.Update(done);
+  }
+  progress.Finish();
+  return w;
+}
+
+int64_t ModelWeights::WeightBytesPerStep() const {
+  int64_t n = embed_.rows * embed_.cols;
+  for (const auto& l : layers_) {
+    for (const MatrixView* m : {&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down}) n += m->rows * m->cols;
+  }
+  return 2 * n;
+}
+
+}  // namespace gemma

@@ -1,0 +1,44 @@
+// Token sampling (greedy, temperature, top-k, top-p; seeded) and log-probabilities from logits.
+#pragma once
+
+#include <cstdint>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+
+namespace gemma {
+
+struct SamplingParams {
+  float temperature = 0.0f;  // 0: greedy
+  int top_k = 0;             // 0: no limit
+  float top_p = 1.0f;        // (0, 1]
+  uint64_t seed = 0;
+};
+
+// InvalidArgument with the allowed range for any out-of-range field.
+absl::Status ValidateSamplingParams(const SamplingParams& params);
+
+// log softmax(logits)[id], computed in double.
+double LogProbOf(const float* logits, int vocab, int id);
+// The n most likely ids with their log-probs, most likely first (ties: lower id first).
+std::vector<std::pair<int, double>> TopLogProbs(const float* logits, int vocab, int n);
+// The highest logit's id (lowest id among ties).
+int Argmax(const float* logits, int vocab);
+
+// One sequence's sampler: its own RNG stream, so draws do not depend on the
+// batch around it. Not thread-safe.
+class Sampler {
+ public:
+  explicit Sampler(const SamplingParams& params);
+  int Sample(const float* logits, int vocab);
+  // A uniform double in [0, 1) from this sampler's stream (exposed for tests).
+  double NextUniform();
+
+ private:
+  SamplingParams params_;
+  uint64_t state_[4];
+  std::vector<std::pair<float, int>> candidates_;
+};
+
+}  // namespace gemma

@@ -1,0 +1,167 @@
+// gemma bench: prefill and decode throughput of the engine, with decode as a fraction of memory bandwidth.
+#include <omp.h>
+
+#include <chrono>
+#include <cstdio>
+#include <random>
+
+#include "absl/strings/str_cat.h"
+#include "nlohmann/json.hpp"
+#include "shard/progress.h"
+#include "tools/cli_common.h"
+#include "tools/commands.h"
+#include "tools/local_model.h"
+#include "tools/memory_bandwidth.h"
+
+namespace gemma {
+namespace {
+
+double Now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
+
+struct Figures {
+  int threads;
+  double prefill_tokens_per_s, decode_batch1, decode_batch8, bandwidth;
+};
+
+// Sequences of `batch` random prompts of `prompt_len`, each with its own blocks.
+struct BenchBatch {
+  std::vector<std::vector<int32_t>> tokens;
+  std::vector<std::vector<int32_t>> blocks;
+};
+
+BenchBatch MakeBatch(int batch, int prompt_len, int capacity, int block_size, int vocab, uint32_t seed) {
+  BenchBatch b;
+  std::mt19937 rng(seed);
+  const int blocks_per_seq = (capacity + block_size - 1) / block_size;
+  for (int s = 0; s < batch; ++s) {
+    std::vector<int32_t> t(prompt_len);
+    t[0] = 2;
+    for (int i = 1; i < prompt_len; ++i) t[i] = 4 + static_cast<int32_t>(rng() % (vocab - 4));
+    b.tokens.push_back(t);
+    std::vector<int32_t> blk(blocks_per_seq);
+    for (int i = 0; i < blocks_per_seq; ++i) blk[i] = s * blocks_per_seq + i;
+    b.blocks.push_back(blk);
+  }
+  return b;
+}
+
+absl::StatusOr<double> PrefillTokensPerSecond(Backend* backend, int prompt_len) {
+  const auto& c = backend->config();
+  BenchBatch b = MakeBatch(1, prompt_len, prompt_len, backend->kv_block_size(), c.vocab_size, 1);
+  SequenceStep s{b.tokens[0], 0, b.blocks[0], LogitsWanted::kLast};
+  StepLogits logits;
+  const double start = Now();
+  if (auto st = backend->Forward({&s, 1}, &logits); !st.ok()) return st;
+  return prompt_len / (Now() - start);
+}
+
+// Decode steps of `batch` sequences after a short prefill; returns generated tokens per second.
+absl::StatusOr<double> DecodeTokensPerSecond(Backend* backend, int batch, int context, int steps) {
+  const auto& c = backend->config();
+  BenchBatch b = MakeBatch(batch, context, context + steps + 1, backend->kv_block_size(), c.vocab_size, 2);
+  StepLogits logits;
+  std::vector<SequenceStep> step(batch);
+  for (int s = 0; s < batch; ++s) step[s] = {b.tokens[s], 0, b.blocks[s], LogitsWanted::kLast};
+  if (auto st = backend->Forward(step, &logits); !st.ok()) return st;
+  std::vector<int32_t> next(batch, 5);
+  double start = 0;
+  for (int i = 0; i <= steps; ++i) {
+    if (i == 1) start = Now();  // the first decode step warms caches and is not counted
+    for (int s = 0; s < batch; ++s) step[s] = {{&next[s], 1}, context + i, b.blocks[s], LogitsWanted::kLast};
+    if (auto st = backend->Forward(step, &logits); !st.ok()) return st;
+  }
+  return batch * steps / (Now() - start);
+}
+
+}  // namespace
+
+int BenchCommand(int argc, char** argv) {
+  const char* kCmd = "bench";
+  Args args(kCmd, "--model DIR [--threads N] [--json]");
+  args.Flag("model", "checkpoint directory (make-tiny --shape 2b for the recorded figures)")
+      .Flag("threads", "thread count for the all-cores run (default: all cores); a 1-thread run is always added")
+      .Flag("prompt-len", "prefill prompt length (default 512)")
+      .Flag("steps", "decode steps timed per batch size (default 8)")
+      .Flag("json", "print one JSON object", true);
+  int code;
+  if (!ParseOrExit(args, argc, argv, kCmd, &code)) return code;
+  if (!args.Has("model")) return Fail(kCmd, absl::InvalidArgumentError("--model DIR is required"));
+  auto threads = args.GetInt("threads", omp_get_num_procs(), 1, 4096);
+  auto prompt_len = args.GetInt("prompt-len", 512, 2, 8192);
+  auto steps = args.GetInt("steps", 8, 1, 10000);
+  for (const absl::Status& s : {threads.status(), prompt_len.status(), steps.status()}) {
+    if (!s.ok()) return Fail(kCmd, s);
+  }
+  const int decode_context = 64;
+  const int64_t kv_tokens = std::max<int64_t>(*prompt_len, 8 * (decode_context + *steps + 1 + 16));
+  auto model = OpenLocalModel(args.Get("model"), kv_tokens);
+  if (!model.ok()) return Fail(kCmd, model.status());
+  if (*prompt_len > model->weights->config().max_position_embeddings) {
+    return Fail(kCmd, absl::InvalidArgumentError("--prompt-len exceeds the model's context"));
+  }
+  const int64_t weight_bytes = model->weights->WeightBytesPerStep();
+
+  std::vector<int> thread_counts = {1};
+  if (*threads != 1) thread_counts.push_back(static_cast<int>(*threads));
+  std::vector<Figures> figures;
+  Progress progress("benchmark", static_cast<int64_t>(thread_counts.size()) * 4);
+  int done = 0;
+  for (int t : thread_counts) {
+    SetThreads(t);
+    Figures f{t};
+    f.bandwidth = MeasureReadBandwidth(int64_t{1} << 30, 5);
+    progress.Update(++done);
+    auto prefill = PrefillTokensPerSecond(model->backend.get(), static_cast<int>(*prompt_len));
+    progress.Update(++done);
+    auto d1 = DecodeTokensPerSecond(model->backend.get(), 1, decode_context, static_cast<int>(*steps));
+    progress.Update(++done);
+    auto d8 = DecodeTokensPerSecond(model->backend.get(), 8, decode_context, static_cast<int>(*steps));
+    progress.Update(++done);
+    for (const absl::Status& s : {prefill.status(), d1.status(), d8.status()}) {
+      if (!s.ok()) return Fail(kCmd, s);
+    }
+    f.prefill_tokens_per_s = *prefill;
+    f.decode_batch1 = *d1;
+    f.decode_batch8 = *d8;
+    figures.push_back(f);
+  }
+  progress.Finish();
+
+  const auto& c = model->weights->config();
+  auto fraction = [&](const Figures& f) { return weight_bytes * f.decode_batch1 / f.bandwidth; };
+  const Figures& all = figures.back();
+  if (args.Has("json")) {
+    nlohmann::json runs = nlohmann::json::array();
+    for (const auto& f : figures) {
+      runs.push_back({{"threads", f.threads},
+                      {"prefill_tokens_per_s", f.prefill_tokens_per_s},
+                      {"decode_tokens_per_s_batch1", f.decode_batch1},
+                      {"decode_tokens_per_s_batch8", f.decode_batch8},
+                      {"read_bandwidth_bytes_per_s", f.bandwidth},
+                      {"decode_batch1_bandwidth_fraction", fraction(f)}});
+    }
+    nlohmann::json out = {{"model", c.DebugString()},
+                          {"prompt_len", *prompt_len},
+                          {"weight_bytes", weight_bytes},
+                          {"threads", all.threads},
+                          {"prefill_tokens_per_s", all.prefill_tokens_per_s},
+                          {"decode_tokens_per_s_batch1", all.decode_batch1},
+                          {"decode_tokens_per_s_batch8", all.decode_batch8},
+                          {"read_bandwidth_bytes_per_s", all.bandwidth},
+                          {"decode_batch1_bandwidth_fraction", fraction(all)},
+                          {"runs", runs}};
+    std::printf("%s\n", out.dump(2).c_str());
+    return 0;
+  }
+  std::printf("model: %s, weights read per decode step: %.2f GB\n", c.DebugString().c_str(), weight_bytes / 1e9);
+  std::printf("%8s %14s %12s %12s %10s %14s\n", "threads", "prefill tok/s", "decode b=1", "decode b=8", "b8/b1",
+              "b1 % of bw");
+  for (const auto& f : figures) {
+    std::printf("%8d %14.2f %12.2f %12.2f %10.2f %13.1f%%  (read bandwidth %.1f GB/s)\n", f.threads,
+                f.prefill_tokens_per_s, f.decode_batch1, f.decode_batch8, f.decode_batch8 / f.decode_batch1,
+                100 * fraction(f), f.bandwidth / 1e9);
+  }
+  return 0;
+}
+
+}  // namespace gemma

@@ -1,0 +1,105 @@
+// gemma generate: sample a continuation of a prompt, streaming text or printing one JSON object.
+#include <cstdio>
+
+#include "nlohmann/json.hpp"
+#include "shard/generator.h"
+#include "tools/cli_common.h"
+#include "tools/commands.h"
+#include "tools/local_model.h"
+
+namespace gemma {
+
+int GenerateCommand(int argc, char** argv) {
+  const char* kCmd = "generate";
+  Args args(kCmd, "[--model DIR] (--prompt TEXT | --prompt-ids 2,17,...) [flags]");
+  args.Flag("model", "checkpoint directory (default: the embedded tiny model)")
+      .Flag("prompt", "prompt text; <bos> is prepended")
+      .Flag("prompt-ids", "prompt token ids, comma-separated, used as given")
+      .Flag("max-new-tokens", "tokens to generate, 1..8192 (default 32)")
+      .Flag("temperature", "0 = greedy (default 0)")
+      .Flag("top-k", "sample from the k most likely tokens; 0 = all (default 0)")
+      .Flag("top-p", "nucleus sampling mass in (0, 1] (default 1)")
+      .Flag("seed", "random seed (default 0)")
+      .Flag("threads", "compute threads; 0 = all cores (default 0)")
+      .Flag("chat", "wrap the prompt in Gemma's chat template and stop at <end_of_turn>", true)
+      .Flag("json", "print one JSON object with prompt_ids, token_ids, text, finish_reason", true);
+  int code;
+  if (!ParseOrExit(args, argc, argv, kCmd, &code)) return code;
+
+  GenerationRequest req;
+  auto max_new = args.GetInt("max-new-tokens", 32, 1, 8192);
+  auto temperature = args.GetDouble("temperature", 0.0, 0.0, 1e6);
+  auto top_k = args.GetInt("top-k", 0, 0, 1 << 22);
+  auto top_p = args.GetDouble("top-p", 1.0, 1e-9, 1.0);
+  auto seed = args.GetInt("seed", 0, 0, INT64_MAX);
+  auto threads = args.GetInt("threads", 0, 0, 4096);
+  for (const absl::Status& s : {max_new.status(), temperature.status(), top_k.status(), top_p.status(), seed.status(),
+                                threads.status()}) {
+    if (!s.ok()) return Fail(kCmd, s);
+  }
+  SetThreads(static_cast<int>(*threads));
+  const bool chat = args.Has("chat"), json = args.Has("json");
+  auto model = OpenLocalModel(args.Get("model"), 0);
+  if (!model.ok()) return Fail(kCmd, model.status());
+  const ModelConfig& config = model->weights->config();
+  auto prompt = PromptIds(args, model->tokenizer.get(), config.vocab_size, config.bos_id, chat);
+  if (!prompt.ok()) return Fail(kCmd, prompt.status());
+  if (static_cast<int64_t>(prompt->size()) + *max_new > config.max_position_embeddings) {
+    return Fail(kCmd, absl::InvalidArgumentError(
+                          "prompt (" + std::to_string(prompt->size()) + " tokens) + --max-new-tokens (" +
+                          std::to_string(*max_new) + ") exceeds the model's context of " +
+                          std::to_string(config.max_position_embeddings)));
+  }
+  // Room for exactly this request in the KV cache.
+  model = OpenLocalModel(args.Get("model"), static_cast<int64_t>(prompt->size()) + *max_new);
+  if (!model.ok()) return Fail(kCmd, model.status());
+
+  req.prompt = *prompt;
+  req.max_new_tokens = static_cast<int>(*max_new);
+  req.sampling = {static_cast<float>(*temperature), static_cast<int>(*top_k), static_cast<float>(*top_p),
+                  static_cast<uint64_t>(*seed)};
+  req.stop_ids = {config.eos_id};
+  const Tokenizer* tok = model->tokenizer.get();
+  if (chat && tok && tok->end_of_turn_id() >= 0) req.stop_ids.push_back(tok->end_of_turn_id());
+
+  // Ids the tokenizer cannot render (a model vocabulary wider than its tokenizer) print as <unk>.
+  auto printable = [&](int32_t id) { return tok && id < tok->vocab_size() ? id : tok ? tok->PieceToId("<unk>") : id; };
+  std::unique_ptr<StreamingDecoder> stream;
+  if (!json && tok) stream = std::make_unique<StreamingDecoder>(tok);
+  Generator generator(model->backend.get(), {});
+  auto results = generator.Run({&req, 1}, [&](int, int32_t id) {
+    if (!stream || id == config.eos_id || (chat && id == tok->end_of_turn_id())) return;
+    auto delta = stream->Add(printable(id));
+    if (delta.ok()) {
+      std::fputs(delta->c_str(), stdout);
+      std::fflush(stdout);
+    }
+  });
+  if (!results.ok()) return Fail(kCmd, results.status());
+  const GenerationResult& r = (*results)[0];
+  if (!json) {
+    if (stream) {
+      if (auto tail = stream->Flush(); tail.ok()) std::fputs(tail->c_str(), stdout);
+    } else {
+      for (int32_t id : r.tokens) std::printf("%d ", id);
+    }
+    std::printf("\n");
+    return 0;
+  }
+  std::vector<int32_t> shown;
+  for (int32_t id : r.tokens) {
+    if (id != config.eos_id && !(chat && tok && id == tok->end_of_turn_id())) shown.push_back(printable(id));
+  }
+  std::string text;
+  if (tok) {
+    auto decoded = tok->Decode(shown);
+    if (!decoded.ok()) return Fail(kCmd, decoded.status());
+    text = *decoded;
+  }
+  nlohmann::json out = {{"prompt_ids", *prompt}, {"token_ids", r.tokens}, {"text", text},
+                        {"finish_reason", r.finish_reason}, {"token_logprobs", r.token_logprobs}};
+  std::printf("%s\n", out.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
+  return 0;
+}
+
+}  // namespace gemma

@@ -1,0 +1,57 @@
+// gemma make-tiny: write a random-weight checkpoint in the Hugging Face layout.
+#include <cstdio>
+
+#include "shard/checkpoint_writer.h"
+#include "tools/cli_common.h"
+#include "tools/commands.h"
+#include "tools/default_model.h"
+
+namespace gemma {
+
+int MakeTinyCommand(int argc, char** argv) {
+  const char* kCmd = "make-tiny";
+  Args args(kCmd, "--out DIR [--shape tiny|2b|7b] [--layers N] [--seed S] [--dtype bf16|f16|f32]");
+  args.Flag("out", "directory to write config.json, model.safetensors, tokenizer.model into")
+      .Flag("shape", "tiny (default), 2b or 7b: the published Gemma shapes")
+      .Flag("layers", "override the number of layers, 1..64")
+      .Flag("seed", "random seed (default 1)")
+      .Flag("dtype", "bf16 (default), f16 or f32");
+  int code;
+  if (!ParseOrExit(args, argc, argv, kCmd, &code)) return code;
+  if (!args.Has("out")) return Fail(kCmd, absl::InvalidArgumentError("--out DIR is required"));
+  const std::string shape = args.Get("shape", "tiny");
+  ModelConfig config;
+  if (shape == "tiny") {
+    config = TinyShape();
+  } else if (shape == "2b") {
+    config = Gemma2BShape();
+  } else if (shape == "7b") {
+    config = Gemma7BShape();
+  } else {
+    return Fail(kCmd, absl::InvalidArgumentError("--shape \"" + shape + "\" is invalid; allowed: tiny, 2b, 7b"));
+  }
+  auto layers = args.GetInt("layers", config.num_layers, 1, 64);
+  auto seed = args.GetInt("seed", 1, 0, INT64_MAX);
+  if (!layers.ok()) return Fail(kCmd, layers.status());
+  if (!seed.ok()) return Fail(kCmd, seed.status());
+  config.num_layers = static_cast<int>(*layers);
+  RandomCheckpointOptions options;
+  options.seed = static_cast<uint64_t>(*seed);
+  const std::string dtype = args.Get("dtype", "bf16");
+  if (dtype == "bf16") {
+    options.dtype = DType::kBF16;
+  } else if (dtype == "f16") {
+    options.dtype = DType::kF16;
+  } else if (dtype == "f32") {
+    options.dtype = DType::kF32;
+  } else {
+    return Fail(kCmd, absl::InvalidArgumentError("--dtype \"" + dtype + "\" is invalid; allowed: bf16, f16, f32"));
+  }
+  auto status = WriteRandomCheckpoint(args.Get("out"), config, options, EmbeddedTokenizerBytes());
+  if (!status.ok()) return Fail(kCmd, status);
+  std::printf("wrote %s (%s, %.2f B parameters)\n", args.Get("out").c_str(), config.DebugString().c_str(),
+              config.ParameterCount() / 1e9);
+  return 0;
+}
+
+}  // namespace gemma

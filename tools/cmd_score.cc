@@ -1,0 +1,49 @@
+// gemma score: log P(token t | tokens < t) for every prompt token after the first.
+#include <cstdio>
+
+#include "nlohmann/json.hpp"
+#include "shard/generator.h"
+#include "tools/cli_common.h"
+#include "tools/commands.h"
+#include "tools/local_model.h"
+
+namespace gemma {
+
+int ScoreCommand(int argc, char** argv) {
+  const char* kCmd = "score";
+  Args args(kCmd, "[--model DIR] (--prompt TEXT | --prompt-ids 2,17,...) --json");
+  args.Flag("model", "checkpoint directory (default: the embedded tiny model)")
+      .Flag("prompt", "text to score; <bos> is prepended")
+      .Flag("prompt-ids", "token ids to score, comma-separated, used as given")
+      .Flag("threads", "compute threads; 0 = all cores (default 0)")
+      .Flag("json", "print one JSON object with token_ids and logprobs (the only output format)", true);
+  int code;
+  if (!ParseOrExit(args, argc, argv, kCmd, &code)) return code;
+  auto threads = args.GetInt("threads", 0, 0, 4096);
+  if (!threads.ok()) return Fail(kCmd, threads.status());
+  SetThreads(static_cast<int>(*threads));
+  auto model = OpenLocalModel(args.Get("model"), 0);
+  if (!model.ok()) return Fail(kCmd, model.status());
+  const ModelConfig& config = model->weights->config();
+  auto prompt = PromptIds(args, model->tokenizer.get(), config.vocab_size, config.bos_id, false);
+  if (!prompt.ok()) return Fail(kCmd, prompt.status());
+  if (static_cast<int64_t>(prompt->size()) > config.max_position_embeddings) {
+    return Fail(kCmd, absl::InvalidArgumentError("prompt of " + std::to_string(prompt->size()) +
+                                                 " tokens exceeds the model's context of " +
+                                                 std::to_string(config.max_position_embeddings)));
+  }
+  model = OpenLocalModel(args.Get("model"), static_cast<int64_t>(prompt->size()));
+  if (!model.ok()) return Fail(kCmd, model.status());
+  GenerationRequest req;
+  req.prompt = *prompt;
+  req.max_new_tokens = 0;
+  req.prompt_logprobs = true;
+  Generator generator(model->backend.get(), {});
+  auto results = generator.Run({&req, 1});
+  if (!results.ok()) return Fail(kCmd, results.status());
+  nlohmann::json out = {{"token_ids", *prompt}, {"logprobs", (*results)[0].prompt_logprobs}};
+  std::printf("%s\n", out.dump().c_str());
+  return 0;
+}
+
+}  // namespace gemma

@@ -1,0 +1,12 @@
+// The subcommands of `gemma`; each returns the process exit code.
+#pragma once
+
+namespace gemma {
+
+int GenerateCommand(int argc, char** argv);
+int ScoreCommand(int argc, char** argv);
+int TokenizeCommand(int argc, char** argv);
+int MakeTinyCommand(int argc, char** argv);
+int BenchCommand(int argc, char** argv);
+
+}  // namespace gemma

@@ -1,0 +1,35 @@
+// gemma: local generation, scoring, tokenization, checkpoint making and benchmarks.
+#include <cstdio>
+#include <cstring>
+#include <string>
+
+#include "tools/commands.h"
+
+namespace {
+
+constexpr char kUsage[] =
+    "usage: gemma COMMAND [flags]\n\n"
+    "commands:\n"
+    "  generate   generate text from a prompt\n"
+    "  score      log-probabilities of a prompt's tokens\n"
+    "  tokenize   text to token ids\n"
+    "  make-tiny  write a random-weight checkpoint (tiny, 2b or 7b shape)\n"
+    "  bench      measure prefill and decode speed\n\n"
+    "gemma COMMAND --help describes each.\n";
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2 || std::strcmp(argv[1], "--help") == 0 || std::strcmp(argv[1], "-h") == 0) {
+    std::fputs(kUsage, argc < 2 ? stderr : stdout);
+    return argc < 2 ? 2 : 0;
+  }
+  const std::string cmd = argv[1];
+  if (cmd == "generate") return gemma::GenerateCommand(argc - 2, argv + 2);
+  if (cmd == "score") return gemma::ScoreCommand(argc - 2, argv + 2);
+  if (cmd == "tokenize") return gemma::TokenizeCommand(argc - 2, argv + 2);
+  if (cmd == "make-tiny") return gemma::MakeTinyCommand(argc - 2, argv + 2);
+  if (cmd == "bench") return gemma::BenchCommand(argc - 2, argv + 2);
+  std::fprintf(stderr, "gemma: unknown command \"%s\"; allowed: generate, score, tokenize, make-tiny, bench\n", cmd.c_str());
+  return 2;
+}
