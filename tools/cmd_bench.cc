@@ -94,8 +94,9 @@ int BenchCommand(int argc, char** argv) {
   }
   const int decode_context = 64;
   const int64_t kv_tokens = std::max<int64_t>(*prompt_len, 8 * (decode_context + *steps + 1 + 16));
-  auto model = OpenLocalModel(args.Get("model"), kv_tokens);
+  auto model = OpenLocalModel(args.Get("model"));
   if (!model.ok()) return Fail(kCmd, model.status());
+  if (auto s = AttachBackend(*model, kv_tokens); !s.ok()) return Fail(kCmd, s);
   if (*prompt_len > model->weights->config().max_position_embeddings) {
     return Fail(kCmd, absl::InvalidArgumentError("--prompt-len exceeds the model's context"));
   }

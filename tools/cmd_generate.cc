@@ -39,7 +39,7 @@ int GenerateCommand(int argc, char** argv) {
   }
   SetThreads(static_cast<int>(*threads));
   const bool chat = args.Has("chat"), json = args.Has("json");
-  auto model = OpenLocalModel(args.Get("model"), 0);
+  auto model = OpenLocalModel(args.Get("model"));
   if (!model.ok()) return Fail(kCmd, model.status());
   const ModelConfig& config = model->weights->config();
   auto prompt = PromptIds(args, model->tokenizer.get(), config.vocab_size, config.bos_id, chat);
@@ -51,8 +51,7 @@ int GenerateCommand(int argc, char** argv) {
                           std::to_string(config.max_position_embeddings)));
   }
   // Room for exactly this request in the KV cache.
-  model = OpenLocalModel(args.Get("model"), static_cast<int64_t>(prompt->size()) + *max_new);
-  if (!model.ok()) return Fail(kCmd, model.status());
+  if (auto s = AttachBackend(*model, static_cast<int64_t>(prompt->size()) + *max_new); !s.ok()) return Fail(kCmd, s);
 
   req.prompt = *prompt;
   req.max_new_tokens = static_cast<int>(*max_new);

@@ -22,7 +22,7 @@ int ScoreCommand(int argc, char** argv) {
   auto threads = args.GetInt("threads", 0, 0, 4096);
   if (!threads.ok()) return Fail(kCmd, threads.status());
   SetThreads(static_cast<int>(*threads));
-  auto model = OpenLocalModel(args.Get("model"), 0);
+  auto model = OpenLocalModel(args.Get("model"));
   if (!model.ok()) return Fail(kCmd, model.status());
   const ModelConfig& config = model->weights->config();
   auto prompt = PromptIds(args, model->tokenizer.get(), config.vocab_size, config.bos_id, false);
@@ -32,8 +32,7 @@ int ScoreCommand(int argc, char** argv) {
                                                  " tokens exceeds the model's context of " +
                                                  std::to_string(config.max_position_embeddings)));
   }
-  model = OpenLocalModel(args.Get("model"), static_cast<int64_t>(prompt->size()));
-  if (!model.ok()) return Fail(kCmd, model.status());
+  if (auto s = AttachBackend(*model, static_cast<int64_t>(prompt->size())); !s.ok()) return Fail(kCmd, s);
   GenerationRequest req;
   req.prompt = *prompt;
   req.max_new_tokens = 0;

@@ -17,8 +17,10 @@ struct LocalModel {
   std::unique_ptr<Tokenizer> tokenizer;  // null when the checkpoint has no tokenizer.model
 };
 
-// Opens `dir` (the embedded default when empty) with a KV cache of `kv_tokens` positions.
-absl::StatusOr<LocalModel> OpenLocalModel(const std::string& dir, int64_t kv_tokens);
+// Opens `dir` (the embedded default when empty): weights and tokenizer; no backend yet.
+absl::StatusOr<LocalModel> OpenLocalModel(const std::string& dir);
+// Adds a CPU backend whose KV cache holds `kv_tokens` positions.
+absl::Status AttachBackend(LocalModel& model, int64_t kv_tokens);
 
 // Sets the number of compute threads (0: all cores).
 void SetThreads(int threads);

@@ -1,0 +1,33 @@
+// Loading tiny checkpoints and their reference outputs for the engine tests.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "nlohmann/json.hpp"
+#include "shard/cpu/cpu_backend.h"
+#include "shard/generator.h"
+
+namespace gemma::testing {
+
+struct TinyModel {
+  std::string name;        // checkpoint folder
+  std::string reference;   // reference folder (the sharded copy uses tiny-mqa's)
+};
+inline const std::vector<TinyModel>& TinyModels() {
+  static const std::vector<TinyModel> models = {
+      {"tiny-mha", "tiny-mha"}, {"tiny-mqa", "tiny-mqa"}, {"tiny-mqa-sharded", "tiny-mqa"},
+      {"tiny-mha-hd48", "tiny-mha-hd48"}};
+  return models;
+}
+
+// A CPU backend over `dir` with room for `kv_tokens` positions.
+std::unique_ptr<CpuBackend> OpenBackend(const std::string& dir, int kv_tokens = 4096);
+nlohmann::json ReadJson(const std::string& path);
+std::vector<float> ReadF32(const std::string& path);
+// Greedy-generates `n` tokens for each prompt, all in one Generator run.
+std::vector<std::vector<int32_t>> Greedy(Backend* backend, const std::vector<std::vector<int32_t>>& prompts, int n,
+                                         GeneratorOptions options = {});
+
+}  // namespace gemma::testing

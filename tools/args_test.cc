@@ -1,0 +1,44 @@
+#include "tools/args.h"
+
+#include "gtest/gtest.h"
+
+namespace gemma {
+namespace {
+
+absl::Status ParseVec(Args& a, std::vector<std::string> argv) {
+  std::vector<char*> ptrs;
+  for (auto& s : argv) ptrs.push_back(s.data());
+  return a.Parse(static_cast<int>(ptrs.size()), ptrs.data());
+}
+
+TEST(ArgsTest, ParsesValuesAndBooleans) {
+  Args a("t", "");
+  a.Flag("n", "").Flag("x", "").Flag("json", "", true);
+  ASSERT_TRUE(ParseVec(a, {"--n", "5", "--x=1.5", "--json"}).ok());
+  EXPECT_EQ(*a.GetInt("n", 0, 0, 10), 5);
+  EXPECT_EQ(*a.GetDouble("x", 0, 0, 2), 1.5);
+  EXPECT_TRUE(a.Has("json"));
+}
+
+TEST(ArgsTest, RejectsBadInput) {
+  Args a("t", "");
+  a.Flag("n", "");
+  EXPECT_FALSE(ParseVec(a, {"--m", "1"}).ok());
+  Args b("t", "");
+  b.Flag("n", "");
+  EXPECT_FALSE(ParseVec(b, {"--n"}).ok());
+  Args c("t", "");
+  c.Flag("n", "");
+  EXPECT_FALSE(ParseVec(c, {"stray"}).ok());
+  Args d("t", "");
+  d.Flag("n", "");
+  ASSERT_TRUE(ParseVec(d, {"--n", "11"}).ok());
+  EXPECT_FALSE(d.GetInt("n", 0, 0, 10).ok());
+  Args e("t", "");
+  e.Flag("n", "");
+  ASSERT_TRUE(ParseVec(e, {"--n", "1,2,x"}).ok());
+  EXPECT_FALSE(e.GetIntList("n", 0, 10).ok());
+}
+
+}  // namespace
+}  // namespace gemma
