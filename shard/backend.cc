@@ -1,8 +1,27 @@
 #include "shard/backend.h"
 
+#include <chrono>
+
 #include "absl/strings/str_cat.h"
 
 namespace gemma {
+namespace {
+
+double NowSeconds() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+}  // namespace
+
+StageTimer::StageTimer(double* current) : current_(current), start_(NowSeconds()) {}
+StageTimer::~StageTimer() { Switch(nullptr); }
+
+void StageTimer::Switch(double* next) {
+  const double now = NowSeconds();
+  if (current_ != nullptr) *current_ += now - start_;
+  current_ = next;
+  start_ = now;
+}
 
 absl::Status ValidateStep(std::span<const SequenceStep> batch, const ModelConfig& config, int num_blocks,
                           int block_size) {

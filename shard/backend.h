@@ -31,6 +31,25 @@ struct StepLogits {
   const float* Row(int r) const { return values.data() + static_cast<int64_t>(r) * vocab_size; }
 };
 
+// Where one step's time went, for metrics and profiling.
+struct StepTimings {
+  double matmul_seconds = 0;
+  double attention_seconds = 0;
+  double other_seconds = 0;
+};
+
+// Adds wall time to whichever counter is current. Not thread-safe.
+class StageTimer {
+ public:
+  explicit StageTimer(double* current);
+  ~StageTimer();
+  void Switch(double* next);
+
+ private:
+  double* current_;
+  double start_;
+};
+
 // Implementations say whether they are thread-safe; a step is one call.
 class Backend {
  public:
@@ -42,6 +61,8 @@ class Backend {
   // the vocabulary, positions past the context, or block tables too short or
   // holding ids outside the pool. Nothing is written when it fails validation.
   virtual absl::Status Forward(std::span<const SequenceStep> batch, StepLogits* out) = 0;
+  // Timings of the last Forward.
+  virtual StepTimings last_timings() const = 0;
 };
 
 // Shared validation for backends.

@@ -1,5 +1,8 @@
 #include "shard/checkpoint_writer.h"
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -74,6 +77,18 @@ float StdFor(const std::string& name, const std::vector<int64_t>& shape) {
   if (name == "model.embed_tokens.weight") return 0.02f;
   if (shape.size() == 1) return 0.1f;
   return 0.1f * std::sqrt(128.0f / static_cast<float>(shape[1]));
+}
+
+// Writes leave the page cache in small folios; once dropped, the first load
+// reads the file back through huge-page readahead (see MappedFile), which
+// streams markedly faster on every step. Also keeps gigabytes of just-written
+// data from crowding out other cached files.
+void DropFromPageCache(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return;
+  ::fdatasync(fd);
+  ::posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+  ::close(fd);
 }
 
 }  // namespace
@@ -190,7 +205,9 @@ absl::Status WriteRandomCheckpoint(const std::string& dir, const ModelConfig& co
     }
   }
   progress.Finish();
+  out.close();
   if (!out) return absl::DataLossError(absl::StrCat(path, ": write failed (disk full?)"));
+  DropFromPageCache(path);
   return absl::OkStatus();
 }
 

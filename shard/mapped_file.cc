@@ -32,9 +32,20 @@ absl::StatusOr<MappedFile> MappedFile::Open(const std::string& path) {
       f.data_ = nullptr;
       return absl::InternalError(absl::StrCat(path, ": mmap failed: ", std::strerror(err)));
     }
+    // Weights stream through every step: 2 MB mappings of the page cache's large
+    // folios cut TLB misses several-fold. Advisory; ignored where unsupported.
+    ::madvise(f.data_, f.size_, MADV_HUGEPAGE);
   }
   ::close(fd);
   return f;
+}
+
+bool MappedFile::CollapseToHugePages() const {
+#ifndef MADV_COLLAPSE
+  constexpr int MADV_COLLAPSE = 25;  // Linux 6.1+; older kernels answer EINVAL
+#endif
+  if (data_ == nullptr) return false;
+  return ::madvise(data_, size_, MADV_COLLAPSE) == 0;
 }
 
 MappedFile::MappedFile(MappedFile&& other) noexcept { *this = std::move(other); }

@@ -20,6 +20,9 @@ class MappedFile {
   MappedFile& operator=(const MappedFile&) = delete;
   ~MappedFile();
 
+  // Asks the kernel to back the mapping with 2 MB pages (collapsing the page
+  // cache where it is in small pages). Best effort; returns whether it took.
+  bool CollapseToHugePages() const;
   absl::string_view bytes() const { return {static_cast<const char*>(data_), size_}; }
   const std::string& path() const { return path_; }
 

@@ -45,6 +45,8 @@ CpuBackend::CpuBackend(std::shared_ptr<const ModelWeights> weights, KvCache kv)
 
 absl::Status CpuBackend::Forward(std::span<const SequenceStep> batch, StepLogits* out) {
   const ModelConfig& c = config();
+  timings_ = {};
+  StageTimer timer(&timings_.other_seconds);
   if (auto s = ValidateStep(batch, c, kv_.num_blocks(), kv_.block_size()); !s.ok()) return s;
   const int64_t H = c.hidden_size, D = c.head_dim, I = c.intermediate_size;
   const int64_t qkv_ld = c.q_dim() + 2 * c.kv_dim();
@@ -105,7 +107,9 @@ absl::Status CpuBackend::Forward(std::span<const SequenceStep> batch, StepLogits
 #pragma omp parallel for schedule(static) if (T > 1)
     for (int64_t t = 0; t < T; ++t) RmsNorm(&x_[t * H], lw.attn_norm.data(), c.rms_norm_eps, &xn_[t * H], H);
     const MatrixView qkv_w[] = {lw.q, lw.k, lw.v};
+    timer.Switch(&timings_.matmul_seconds);
     MatMul(xn_.data(), T, H, H, qkv_w, qkv_.data(), qkv_ld);
+    timer.Switch(&timings_.other_seconds);
 
     float* k_cache = kv_.Base(layer, 0);
     float* v_cache = kv_.Base(layer, 1);
@@ -128,21 +132,29 @@ absl::Status CpuBackend::Forward(std::span<const SequenceStep> batch, StepLogits
         std::copy(v + kh * D, v + (kh + 1) * D, v_cache + block_base + kv_.HeadOffset(kh));
       }
     }
+    timer.Switch(&timings_.attention_seconds);
     Attention(layer, batch);
+    timer.Switch(&timings_.other_seconds);
 
     const MatrixView o_w[] = {lw.o};
+    timer.Switch(&timings_.matmul_seconds);
     MatMul(attn_.data(), T, c.q_dim(), c.q_dim(), o_w, proj_.data(), H);
+    timer.Switch(&timings_.other_seconds);
 #pragma omp parallel for schedule(static) if (T > 1)
     for (int64_t t = 0; t < T; ++t) {
       AddInPlace(&proj_[t * H], &x_[t * H], H);
       RmsNorm(&x_[t * H], lw.ffn_norm.data(), c.rms_norm_eps, &xn_[t * H], H);
     }
     const MatrixView gate_up_w[] = {lw.gate, lw.up};
+    timer.Switch(&timings_.matmul_seconds);
     MatMul(xn_.data(), T, H, H, gate_up_w, gate_up_.data(), 2 * I);
+    timer.Switch(&timings_.other_seconds);
 #pragma omp parallel for schedule(static) if (T > 1)
     for (int64_t t = 0; t < T; ++t) GeluTanhMul(&gate_up_[t * 2 * I], &gate_up_[t * 2 * I + I], &act_[t * I], I);
     const MatrixView down_w[] = {lw.down};
+    timer.Switch(&timings_.matmul_seconds);
     MatMul(act_.data(), T, I, I, down_w, proj_.data(), H);
+    timer.Switch(&timings_.other_seconds);
 #pragma omp parallel for schedule(static) if (T > 1)
     for (int64_t t = 0; t < T; ++t) AddInPlace(&proj_[t * H], &x_[t * H], H);
   }
@@ -154,7 +166,9 @@ absl::Status CpuBackend::Forward(std::span<const SequenceStep> batch, StepLogits
     RmsNorm(&x_[logit_rows[r] * H], weights_->final_norm().data(), c.rms_norm_eps, &xn_[r * H], H);
   }
   const MatrixView head[] = {embed};
+  timer.Switch(&timings_.matmul_seconds);
   MatMul(xn_.data(), R, H, H, head, out->values.data(), c.vocab_size);
+  timer.Switch(&timings_.other_seconds);
   return absl::OkStatus();
 }
 

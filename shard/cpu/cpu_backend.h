@@ -21,6 +21,7 @@ class CpuBackend : public Backend {
   int num_kv_blocks() const override { return kv_.num_blocks(); }
   int kv_block_size() const override { return kv_.block_size(); }
   absl::Status Forward(std::span<const SequenceStep> batch, StepLogits* out) override;
+  StepTimings last_timings() const override { return timings_; }
 
  private:
   CpuBackend(std::shared_ptr<const ModelWeights> weights, KvCache kv);
@@ -28,6 +29,7 @@ class CpuBackend : public Backend {
 
   std::shared_ptr<const ModelWeights> weights_;
   KvCache kv_;
+  StepTimings timings_;
   std::vector<float> inv_freq_;  // [head_dim / 2]
   // Per-step scratch, sized to the step's token count T.
   std::vector<float> x_, xn_, qkv_, attn_, proj_, gate_up_, act_, scores_;
