@@ -21,12 +21,16 @@ using DF = hn::ScalableTag<float>;
 using DU = hn::RebindToUnsigned<DF>;
 using VF = hn::Vec<DF>;
 
-// Tokens per tile: each weight vector loaded once feeds this many tokens.
+// Register tiles. Few tokens: one weight row at a time, one sequential stream
+// per thread (memory-bound decode). More tokens: kTileRows rows x 2 tokens so
+// each loaded x vector feeds several rows (compute-bound prefill).
 #if HWY_TARGET <= HWY_AVX3
-constexpr int kTileTokens = 8;
+constexpr int kTileRows = 4;
 #else
-constexpr int kTileTokens = 4;
+constexpr int kTileRows = 2;
 #endif
+constexpr int kStreamTokens = 4;  // up to this many tokens use the one-row kernel
+constexpr int kBlockTokens = 4;
 constexpr int64_t kPrefetchElements = 2048;  // 4 KB: best of 512..4096 on Zen, measured
 // Bytes of packed x kept hot in L2 while one thread's rows stream past it.
 constexpr int64_t kPanelBytes = 384 << 10;
@@ -52,45 +56,86 @@ void PackX(const float* x, int64_t M, int64_t K, int64_t ldx, int64_t packed_str
   }
 }
 
-// One weight row against T tokens over all of K. Each output is the same
-// sequence of operations whatever T is (two chains, even and odd elements,
-// summed, reduced, then the scalar tail), so results do not depend on batching.
-template <int T>
-HWY_INLINE void RowTile(const uint16_t* HWY_RESTRICT w, const float* HWY_RESTRICT xp, int64_t xp_stride,
-                        const float* HWY_RESTRICT x, int64_t ldx, int64_t full_blocks, int64_t K,
-                        float* HWY_RESTRICT out, int64_t ldo) {
+// R weight rows against T tokens over all of K. Every output is the same
+// sequence of operations whatever R and T are (one chain of FMAs, even then odd
+// elements of each block, reduced, then the scalar tail), so results do not
+// depend on batching.
+template <int R, int T>
+HWY_INLINE void Tile(const uint16_t* HWY_RESTRICT w, int64_t w_stride, const float* HWY_RESTRICT xp,
+                     int64_t xp_stride, const float* HWY_RESTRICT x, int64_t ldx, int64_t full_blocks, int64_t K,
+                     float* HWY_RESTRICT out, int64_t ldo) {
   const DF df;
   const DU du;
   const int64_t N = static_cast<int64_t>(hn::Lanes(df));
-  VF even[T], odd[T];
-  for (int t = 0; t < T; ++t) even[t] = odd[t] = hn::Zero(df);
+  VF acc[R][T];
+  for (int r = 0; r < R; ++r)
+    for (int t = 0; t < T; ++t) acc[r][t] = hn::Zero(df);
   const auto hi_mask = hn::Set(du, 0xFFFF0000u);
   for (int64_t b = 0; b < full_blocks; ++b) {
-    // Hardware prefetchers stop at 4 KB boundaries; a software prefetch this far
-    // ahead keeps the weight stream (which runs on into the next row) flowing.
-    __builtin_prefetch(w + b * 2 * N + kPrefetchElements);
-    const auto u = hn::LoadU(du, reinterpret_cast<const uint32_t*>(w + b * 2 * N));
-    const VF lo = hn::BitCast(df, hn::ShiftLeft<16>(u));
-    const VF hi = hn::BitCast(df, hn::And(u, hi_mask));
+    VF lo[R], hi[R];
+    for (int r = 0; r < R; ++r) {
+      // Hardware prefetchers stop at 4 KB boundaries; a software prefetch ahead
+      // keeps the weight stream flowing: 4 KB on for one row (running on into
+      // the next row), the same place in the next tile of rows otherwise.
+      __builtin_prefetch(w + r * w_stride + b * 2 * N + (R == 1 ? kPrefetchElements : R * w_stride));
+      const auto u = hn::LoadU(du, reinterpret_cast<const uint32_t*>(w + r * w_stride + b * 2 * N));
+      lo[r] = hn::BitCast(df, hn::ShiftLeft<16>(u));
+      hi[r] = hn::BitCast(df, hn::And(u, hi_mask));
+    }
     for (int t = 0; t < T; ++t) {
-      even[t] = hn::MulAdd(lo, hn::Load(df, xp + t * xp_stride + b * 2 * N), even[t]);
-      odd[t] = hn::MulAdd(hi, hn::Load(df, xp + t * xp_stride + b * 2 * N + N), odd[t]);
+      const VF xe = hn::Load(df, xp + t * xp_stride + b * 2 * N);
+      const VF xo = hn::Load(df, xp + t * xp_stride + b * 2 * N + N);
+      for (int r = 0; r < R; ++r) {
+        acc[r][t] = hn::MulAdd(hi[r], xo, hn::MulAdd(lo[r], xe, acc[r][t]));
+      }
     }
   }
-  for (int t = 0; t < T; ++t) {
-    float s = hn::GetLane(hn::SumOfLanes(df, hn::Add(even[t], odd[t])));
-    for (int64_t k = full_blocks * 2 * N; k < K; ++k) s += Bf16ToF32(w[k]) * x[t * ldx + k];
-    out[t * ldo] = s;
+  for (int r = 0; r < R; ++r) {
+    for (int t = 0; t < T; ++t) {
+      float s = hn::GetLane(hn::SumOfLanes(df, acc[r][t]));
+      for (int64_t k = full_blocks * 2 * N; k < K; ++k) s += Bf16ToF32(w[r * w_stride + k]) * x[t * ldx + k];
+      out[t * ldo + r] = s;
+    }
   }
 }
 
-template <int T>
-HWY_INLINE void RowTileUpTo(int tokens, const uint16_t* w, const float* xp, int64_t xp_stride, const float* x,
-                            int64_t ldx, int64_t full_blocks, int64_t K, float* out, int64_t ldo) {
+// Tile<R, T> for a runtime token count 1..T.
+template <int R, int T>
+HWY_INLINE void TileUpTo(int tokens, const uint16_t* w, int64_t w_stride, const float* xp, int64_t xp_stride,
+                         const float* x, int64_t ldx, int64_t full_blocks, int64_t K, float* out, int64_t ldo) {
   if constexpr (T > 1) {
-    if (tokens < T) return RowTileUpTo<T - 1>(tokens, w, xp, xp_stride, x, ldx, full_blocks, K, out, ldo);
+    if (tokens < T) return TileUpTo<R, T - 1>(tokens, w, w_stride, xp, xp_stride, x, ldx, full_blocks, K, out, ldo);
   }
-  RowTile<T>(w, xp, xp_stride, x, ldx, full_blocks, K, out, ldo);
+  Tile<R, T>(w, w_stride, xp, xp_stride, x, ldx, full_blocks, K, out, ldo);
+}
+
+// Rows [r_begin, r_end) of one view against tokens [m0, m1).
+void RowsTimesPanel(const MatrixView& mv, int64_t r_begin, int64_t r_end, int64_t m0, int64_t m1, const float* xp,
+                    int64_t xp_stride, const float* x, int64_t ldx, int64_t full_blocks, int64_t K, float* out,
+                    int64_t ldo) {
+  const int64_t tokens = m1 - m0;
+  if (tokens <= kStreamTokens) {
+    for (int64_t r = r_begin; r < r_end; ++r) {
+      TileUpTo<1, kStreamTokens>(static_cast<int>(tokens), mv.data + r * mv.stride, mv.stride, xp + m0 * xp_stride,
+                                 xp_stride, x + m0 * ldx, ldx, full_blocks, K, out + m0 * ldo + r, ldo);
+    }
+    return;
+  }
+  int64_t r = r_begin;
+  for (; r + kTileRows <= r_end; r += kTileRows) {
+    for (int64_t m = m0; m < m1; m += kBlockTokens) {
+      const int t = static_cast<int>(std::min<int64_t>(kBlockTokens, m1 - m));
+      TileUpTo<kTileRows, kBlockTokens>(t, mv.data + r * mv.stride, mv.stride, xp + m * xp_stride, xp_stride,
+                                        x + m * ldx, ldx, full_blocks, K, out + m * ldo + r, ldo);
+    }
+  }
+  for (; r < r_end; ++r) {
+    for (int64_t m = m0; m < m1; m += kBlockTokens) {
+      const int t = static_cast<int>(std::min<int64_t>(kBlockTokens, m1 - m));
+      TileUpTo<1, kBlockTokens>(t, mv.data + r * mv.stride, mv.stride, xp + m * xp_stride, xp_stride, x + m * ldx,
+                                ldx, full_blocks, K, out + m * ldo + r, ldo);
+    }
+  }
 }
 
 void MatMulImpl(const float* x, int64_t M, int64_t K, int64_t ldx, const MatrixView* views, size_t num_views,
@@ -110,7 +155,7 @@ void MatMulImpl(const float* x, int64_t M, int64_t K, int64_t ldx, const MatrixV
   int64_t total_rows = 0;
   for (size_t v = 0; v < num_views; ++v) total_rows += views[v].rows;
   // Tokens per panel: as many as keep the panel in L2, whole tiles.
-  const int64_t panel = std::max<int64_t>(kTileTokens, kPanelBytes / (xp_stride * 4) / kTileTokens * kTileTokens);
+  const int64_t panel = std::max<int64_t>(kStreamTokens + 1, kPanelBytes / (xp_stride * 4) / kBlockTokens * kBlockTokens);
 
 #pragma omp parallel
   {
@@ -126,13 +171,8 @@ void MatMulImpl(const float* x, int64_t M, int64_t K, int64_t ldx, const MatrixV
         const MatrixView& mv = views[v];
         const int64_t r_begin = std::max<int64_t>(row_begin - first_row, 0);
         const int64_t r_end = std::min<int64_t>(row_end - first_row, mv.rows);
-        for (int64_t r = r_begin; r < r_end; ++r) {
-          const uint16_t* w = mv.data + r * mv.stride;
-          for (int64_t m = m0; m < m1; m += kTileTokens) {
-            const int tokens = static_cast<int>(std::min<int64_t>(kTileTokens, m1 - m));
-            RowTileUpTo<kTileTokens>(tokens, w, xp + m * xp_stride, xp_stride, x + m * ldx, ldx, full_blocks, K,
-                                     out + m * ldo + first_row + r, ldo);
-          }
+        if (r_begin < r_end) {
+          RowsTimesPanel(mv, r_begin, r_end, m0, m1, xp, xp_stride, x, ldx, full_blocks, K, out + first_row, ldo);
         }
         first_row += mv.rows;
       }
