@@ -35,6 +35,7 @@ struct StepLogits {
 struct StepTimings {
   double matmul_seconds = 0;
   double attention_seconds = 0;
+  double collective_seconds = 0;
   double other_seconds = 0;
 };
 

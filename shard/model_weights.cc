@@ -31,6 +31,12 @@ float ElementAsF32(const StoredTensor& t, int64_t i) {
   }
 }
 
+MatrixView Rows(const MatrixView& m, int64_t begin, int64_t count) {
+  return {m.data + begin * m.stride, count, m.cols, m.stride};
+}
+
+MatrixView Cols(const MatrixView& m, int64_t begin, int64_t count) { return {m.data + begin, m.rows, count, m.stride}; }
+
 }  // namespace
 
 absl::StatusOr<MatrixView> ModelWeights::Matrix(const std::string& name, int64_t rows, int64_t cols) {
@@ -55,10 +61,18 @@ absl::StatusOr<std::vector<float>> ModelWeights::NormPlusOne(const std::string& 
 }
 
 absl::StatusOr<std::unique_ptr<ModelWeights>> ModelWeights::Load(std::shared_ptr<const Checkpoint> checkpoint) {
+  auto tp = TensorParallel::Create(checkpoint->config(), 0, 1);
+  if (!tp.ok()) return tp.status();
+  return Load(std::move(checkpoint), *tp);
+}
+
+absl::StatusOr<std::unique_ptr<ModelWeights>> ModelWeights::Load(std::shared_ptr<const Checkpoint> checkpoint,
+                                                                const TensorParallel& tp) {
   auto w = std::unique_ptr<ModelWeights>(new ModelWeights());
   w->checkpoint_ = std::move(checkpoint);
+  w->tp_ = tp;
   const ModelConfig& c = w->checkpoint_->config();
-  const int64_t h = c.hidden_size;
+  const int64_t h = c.hidden_size, d = c.head_dim;
 #define GEMMA_ASSIGN(lhs, expr)      \
   do {                               \
     auto _r = (expr);                \
@@ -66,6 +80,7 @@ absl::StatusOr<std::unique_ptr<ModelWeights>> ModelWeights::Load(std::shared_ptr
     lhs = std::move(*_r);            \
   } while (0)
   GEMMA_ASSIGN(w->embed_, w->Matrix("model.embed_tokens.weight", c.vocab_size, h));
+  w->embed_ = Rows(w->embed_, tp.vocab_begin, tp.vocab_end - tp.vocab_begin);
   GEMMA_ASSIGN(w->final_norm_, w->NormPlusOne("model.norm.weight", h));
   w->layers_.resize(c.num_layers);
   for (int i = 0; i < c.num_layers; ++i) {
@@ -78,6 +93,13 @@ absl::StatusOr<std::unique_ptr<ModelWeights>> ModelWeights::Load(std::shared_ptr
     GEMMA_ASSIGN(l.gate, w->Matrix(p + "mlp.gate_proj.weight", c.intermediate_size, h));
     GEMMA_ASSIGN(l.up, w->Matrix(p + "mlp.up_proj.weight", c.intermediate_size, h));
     GEMMA_ASSIGN(l.down, w->Matrix(p + "mlp.down_proj.weight", h, c.intermediate_size));
+    l.q = Rows(l.q, tp.q_head_begin * d, tp.num_q_heads * d);
+    l.k = Rows(l.k, tp.kv_head_begin * d, tp.num_kv_heads * d);
+    l.v = Rows(l.v, tp.kv_head_begin * d, tp.num_kv_heads * d);
+    l.o = Cols(l.o, tp.q_head_begin * d, tp.num_q_heads * d);
+    l.gate = Rows(l.gate, tp.ffn_begin, tp.ffn_size);
+    l.up = Rows(l.up, tp.ffn_begin, tp.ffn_size);
+    l.down = Cols(l.down, tp.ffn_begin, tp.ffn_size);
     GEMMA_ASSIGN(l.attn_norm, w->NormPlusOne(p + "input_layernorm.weight", h));
     GEMMA_ASSIGN(l.ffn_norm, w->NormPlusOne(p + "post_attention_layernorm.weight", h));
   }
@@ -90,8 +112,9 @@ absl::StatusOr<std::unique_ptr<ModelWeights>> ModelWeights::Load(std::shared_ptr
   int64_t done = 0;
   volatile uint16_t sink = 0;
   for (const auto& m : all) {
-    const int64_t elems = m.rows * m.stride;
-    for (int64_t i = 0; i < elems; i += 2048) sink = sink + m.data[i];
+    for (int64_t r = 0; r < m.rows; ++r) {
+      for (int64_t i = 0; i < m.cols; i += 2048) sink = sink + m.data[r * m.stride + i];
+    }
     done += m.rows * m.cols * 2;
     progress.Update(done);
   }

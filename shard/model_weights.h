@@ -9,12 +9,14 @@
 #include "shard/checkpoint.h"
 #include "shard/cpu/matmul.h"
 #include "shard/model_config.h"
+#include "shard/tensor_parallel.h"
 
 namespace gemma {
 
+// Shapes are this rank's slices (the whole model at world size 1).
 struct LayerWeights {
-  MatrixView q, k, v, o;    // [q_dim, hidden], [kv_dim, hidden] x2, [hidden, q_dim]
-  MatrixView gate, up, down;  // [ffn, hidden] x2, [hidden, ffn]
+  MatrixView q, k, v, o;      // [local q heads * head_dim, hidden], [local kv * head_dim, hidden] x2, [hidden, local q]
+  MatrixView gate, up, down;  // [local ffn, hidden] x2, [hidden, local ffn]
   std::vector<float> attn_norm;  // 1 + input_layernorm.weight, [hidden]
   std::vector<float> ffn_norm;   // 1 + post_attention_layernorm.weight, [hidden]
 };
@@ -27,13 +29,18 @@ class ModelWeights {
   // tensors are used in place; F16/F32 ones are converted to bf16 (round to
   // nearest even) into owned memory. Shows progress on a terminal while pages
   // are read in.
+  // With `tp`, keeps (and reads in) only this rank's slices.
+  static absl::StatusOr<std::unique_ptr<ModelWeights>> Load(std::shared_ptr<const Checkpoint> checkpoint,
+                                                            const TensorParallel& tp);
   static absl::StatusOr<std::unique_ptr<ModelWeights>> Load(std::shared_ptr<const Checkpoint> checkpoint);
 
   const ModelConfig& config() const { return checkpoint_->config(); }
-  const MatrixView& embed() const { return embed_; }  // [vocab, hidden], also the output projection
+  const TensorParallel& tp() const { return tp_; }
+  // Rows [tp.vocab_begin, tp.vocab_end) of the embedding, also the output projection.
+  const MatrixView& embed() const { return embed_; }
   const std::vector<float>& final_norm() const { return final_norm_; }
   const LayerWeights& layer(int i) const { return layers_[i]; }
-  // Bytes of bf16 weights one decode step reads (every matrix once, embedding as the output projection).
+  // Bytes of bf16 weights one decode step reads on this rank (every matrix once, embedding as the output projection).
   int64_t WeightBytesPerStep() const;
 
  private:
@@ -41,6 +48,7 @@ class ModelWeights {
   absl::StatusOr<std::vector<float>> NormPlusOne(const std::string& name, int64_t n);
 
   std::shared_ptr<const Checkpoint> checkpoint_;
+  TensorParallel tp_;
   MatrixView embed_;
   std::vector<float> final_norm_;
   std::vector<LayerWeights> layers_;

@@ -26,14 +26,29 @@ void ApplyRope(float* x, const float* cos_sin, int head_dim) {
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<CpuBackend>> CpuBackend::Create(std::shared_ptr<const ModelWeights> weights,
-                                                               const KvCacheOptions& kv_options) {
-  auto kv = KvCache::Create(weights->config(), kv_options);
+                                                               const KvCacheOptions& kv_options,
+                                                               std::shared_ptr<Collective> collective) {
+  if (collective == nullptr) collective = MakeSingleRankCollective();
+  const TensorParallel& tp = weights->tp();
+  if (collective->world() != tp.world || collective->rank() != tp.rank) {
+    return absl::InvalidArgumentError(absl::StrCat("weights are sliced for rank ", tp.rank, "/", tp.world,
+                                                   " but the collective is rank ", collective->rank(), "/",
+                                                   collective->world()));
+  }
+  ModelConfig local = weights->config();
+  local.num_kv_heads = tp.num_kv_heads;  // this rank's cache holds only its kv heads
+  auto kv = KvCache::Create(local, kv_options);
   if (!kv.ok()) return kv.status();
-  return std::unique_ptr<CpuBackend>(new CpuBackend(std::move(weights), std::move(*kv)));
+  return std::unique_ptr<CpuBackend>(new CpuBackend(std::move(weights), std::move(*kv), std::move(collective)));
 }
 
-CpuBackend::CpuBackend(std::shared_ptr<const ModelWeights> weights, KvCache kv)
-    : weights_(std::move(weights)), kv_(std::move(kv)) {
+absl::Status CpuBackend::AllReduce(float* data, int64_t count) {
+  if (collective_->world() == 1) return absl::OkStatus();
+  return collective_->AllReduceSum(data, static_cast<size_t>(count));
+}
+
+CpuBackend::CpuBackend(std::shared_ptr<const ModelWeights> weights, KvCache kv, std::shared_ptr<Collective> collective)
+    : weights_(std::move(weights)), collective_(std::move(collective)), kv_(std::move(kv)) {
   const ModelConfig& c = config();
   inv_freq_.resize(c.head_dim / 2);
   for (int i = 0; i < c.head_dim / 2; ++i) {
@@ -48,8 +63,10 @@ absl::Status CpuBackend::Forward(std::span<const SequenceStep> batch, StepLogits
   timings_ = {};
   StageTimer timer(&timings_.other_seconds);
   if (auto s = ValidateStep(batch, c, kv_.num_blocks(), kv_.block_size()); !s.ok()) return s;
-  const int64_t H = c.hidden_size, D = c.head_dim, I = c.intermediate_size;
-  const int64_t qkv_ld = c.q_dim() + 2 * c.kv_dim();
+  const TensorParallel& tp = weights_->tp();
+  const int64_t H = c.hidden_size, D = c.head_dim, I = tp.ffn_size;
+  const int64_t q_dim = tp.num_q_heads * D, kv_dim = tp.num_kv_heads * D;
+  const int64_t qkv_ld = q_dim + 2 * kv_dim;
 
   int64_t T = 0;
   for (const auto& s : batch) T += static_cast<int64_t>(s.tokens.size());
@@ -76,19 +93,26 @@ absl::Status CpuBackend::Forward(std::span<const SequenceStep> batch, StepLogits
   x_.resize(T * H);
   xn_.resize(T * H);
   qkv_.resize(T * qkv_ld);
-  attn_.resize(T * c.q_dim());
+  attn_.resize(T * q_dim);
   proj_.resize(T * H);
   gate_up_.resize(T * 2 * I);
   act_.resize(T * I);
 
-  // Embedding, scaled by sqrt(hidden) as a float32 constant.
+  // Embedding, scaled by sqrt(hidden) as a float32 constant. Vocab-parallel:
+  // the rank holding a token's row writes it, the others zeros, and the sum is exact.
   const float embed_scale = std::sqrt(static_cast<float>(H));
   const MatrixView& embed = weights_->embed();
 #pragma omp parallel for schedule(static) if (T > 1)
   for (int64_t t = 0; t < T; ++t) {
-    const uint16_t* row = embed.data + static_cast<int64_t>(tokens[t]) * embed.stride;
+    const int64_t local = static_cast<int64_t>(tokens[t]) - tp.vocab_begin;
+    if (local < 0 || local >= embed.rows) {
+      std::fill(&x_[t * H], &x_[t * H] + H, 0.0f);
+      continue;
+    }
+    const uint16_t* row = embed.data + local * embed.stride;
     for (int64_t i = 0; i < H; ++i) x_[t * H + i] = Bf16ToF32(row[i]) * embed_scale;
   }
+  if (auto s = AllReduce(x_.data(), T * H); !s.ok()) return s;
 
   // cos/sin per token, shared by all layers and heads: [T][D/2][2].
   std::vector<float> cos_sin(T * D);
@@ -116,17 +140,17 @@ absl::Status CpuBackend::Forward(std::span<const SequenceStep> batch, StepLogits
 #pragma omp parallel for schedule(static) if (T > 1)
     for (int64_t t = 0; t < T; ++t) {
       float* row = &qkv_[t * qkv_ld];
-      for (int h = 0; h < c.num_heads; ++h) {
+      for (int h = 0; h < tp.num_q_heads; ++h) {
         ApplyRope(row + h * D, &cos_sin[t * D], static_cast<int>(D));
         for (int64_t d = 0; d < D; ++d) row[h * D + d] *= q_scale;
       }
-      float* k = row + c.q_dim();
-      const float* v = k + c.kv_dim();
+      float* k = row + q_dim;
+      const float* v = k + kv_dim;
       const SequenceStep& s = batch[seq_of_token_[t]];
       const int32_t pos = positions_[t];
       const int64_t block_base = static_cast<int64_t>(s.block_table[pos / kv_.block_size()]) * kv_.block_stride() +
                                  static_cast<int64_t>(pos % kv_.block_size()) * D;
-      for (int kh = 0; kh < c.num_kv_heads; ++kh) {
+      for (int kh = 0; kh < tp.num_kv_heads; ++kh) {
         ApplyRope(k + kh * D, &cos_sin[t * D], static_cast<int>(D));
         std::copy(k + kh * D, k + (kh + 1) * D, k_cache + block_base + kv_.HeadOffset(kh));
         std::copy(v + kh * D, v + (kh + 1) * D, v_cache + block_base + kv_.HeadOffset(kh));
@@ -138,7 +162,9 @@ absl::Status CpuBackend::Forward(std::span<const SequenceStep> batch, StepLogits
 
     const MatrixView o_w[] = {lw.o};
     timer.Switch(&timings_.matmul_seconds);
-    MatMul(attn_.data(), T, c.q_dim(), c.q_dim(), o_w, proj_.data(), H);
+    MatMul(attn_.data(), T, q_dim, q_dim, o_w, proj_.data(), H);
+    timer.Switch(&timings_.collective_seconds);
+    if (auto s = AllReduce(proj_.data(), T * H); !s.ok()) return s;
     timer.Switch(&timings_.other_seconds);
 #pragma omp parallel for schedule(static) if (T > 1)
     for (int64_t t = 0; t < T; ++t) {
@@ -154,6 +180,8 @@ absl::Status CpuBackend::Forward(std::span<const SequenceStep> batch, StepLogits
     const MatrixView down_w[] = {lw.down};
     timer.Switch(&timings_.matmul_seconds);
     MatMul(act_.data(), T, I, I, down_w, proj_.data(), H);
+    timer.Switch(&timings_.collective_seconds);
+    if (auto s = AllReduce(proj_.data(), T * H); !s.ok()) return s;
     timer.Switch(&timings_.other_seconds);
 #pragma omp parallel for schedule(static) if (T > 1)
     for (int64_t t = 0; t < T; ++t) AddInPlace(&proj_[t * H], &x_[t * H], H);
@@ -167,30 +195,51 @@ absl::Status CpuBackend::Forward(std::span<const SequenceStep> batch, StepLogits
   }
   const MatrixView head[] = {embed};
   timer.Switch(&timings_.matmul_seconds);
-  MatMul(xn_.data(), R, H, H, head, out->values.data(), c.vocab_size);
+  if (tp.world == 1) {
+    MatMul(xn_.data(), R, H, H, head, out->values.data(), c.vocab_size);
+    return absl::OkStatus();
+  }
+  // Vocab-parallel logits: each rank computes its slice (padded to vocab_slice), then all gather.
+  const int64_t slice = tp.vocab_slice;
+  std::vector<float> local(R * slice, 0.0f);
+  MatMul(xn_.data(), R, H, H, head, local.data(), slice);
+  timer.Switch(&timings_.collective_seconds);
+  gathered_.resize(static_cast<size_t>(tp.world) * R * slice);
+  if (auto s = collective_->AllGather(local.data(), R * slice, gathered_.data()); !s.ok()) return s;
   timer.Switch(&timings_.other_seconds);
+  for (int r = 0; r < tp.world; ++r) {
+    const int64_t begin = std::min<int64_t>(c.vocab_size, r * slice);
+    const int64_t count = std::min<int64_t>(c.vocab_size, (r + 1) * slice) - begin;
+    for (int64_t row = 0; row < R; ++row) {
+      std::copy_n(&gathered_[(static_cast<size_t>(r) * R + row) * slice], count, &out->values[row * c.vocab_size + begin]);
+    }
+  }
   return absl::OkStatus();
 }
 
 void CpuBackend::Attention(int layer, std::span<const SequenceStep> batch) {
   const ModelConfig& c = config();
+  const TensorParallel& tp = weights_->tp();
   const int64_t D = c.head_dim;
-  const int64_t qkv_ld = c.q_dim() + 2 * c.kv_dim();
+  const int64_t q_dim = tp.num_q_heads * D;
+  const int64_t qkv_ld = q_dim + 2 * tp.num_kv_heads * D;
   const int64_t T = static_cast<int64_t>(positions_.size());
   const int max_threads = omp_get_max_threads();
   scores_.resize(static_cast<size_t>(max_threads) * c.max_position_embeddings);
   const float* k_cache = kv_.Base(layer, 0);
   const float* v_cache = kv_.Base(layer, 1);
-  const int64_t work = T * c.num_heads;
+  const int64_t work = T * tp.num_q_heads;
 #pragma omp parallel for schedule(dynamic, 1) if (work > 1)
   for (int64_t w = 0; w < work; ++w) {
-    const int64_t t = w / c.num_heads;
-    const int h = static_cast<int>(w % c.num_heads);
+    const int64_t t = w / tp.num_q_heads;
+    const int h = static_cast<int>(w % tp.num_q_heads);
     const SequenceStep& s = batch[seq_of_token_[t]];
+    // Global query head -> global kv head -> this rank's copy of it.
+    const int kv_head = (tp.q_head_begin + h) / c.heads_per_kv() - tp.kv_head_begin;
     const PagedKv kv{k_cache, v_cache, s.block_table.data(), kv_.block_size(), kv_.block_stride(),
-                     kv_.HeadOffset(h / c.heads_per_kv())};
+                     kv_.HeadOffset(kv_head)};
     float* scores = &scores_[static_cast<size_t>(omp_get_thread_num()) * c.max_position_embeddings];
-    AttendOneHead(&qkv_[t * qkv_ld + h * D], kv, positions_[t] + 1, static_cast<int>(D), scores, &attn_[t * c.q_dim() + h * D]);
+    AttendOneHead(&qkv_[t * qkv_ld + h * D], kv, positions_[t] + 1, static_cast<int>(D), scores, &attn_[t * q_dim + h * D]);
   }
 }
 

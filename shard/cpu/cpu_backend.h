@@ -6,6 +6,7 @@
 
 #include "absl/status/statusor.h"
 #include "shard/backend.h"
+#include "shard/collective.h"
 #include "shard/kv_cache.h"
 #include "shard/model_weights.h"
 
@@ -14,8 +15,12 @@ namespace gemma {
 // Not thread-safe: one step at a time (each step uses all threads itself).
 class CpuBackend : public Backend {
  public:
+  // `weights` hold this rank's slices; `collective` joins the ranks of a
+  // tensor-parallel group (null: a group of one). Every rank must run the same
+  // sequence of Forward calls.
   static absl::StatusOr<std::unique_ptr<CpuBackend>> Create(std::shared_ptr<const ModelWeights> weights,
-                                                             const KvCacheOptions& kv_options);
+                                                             const KvCacheOptions& kv_options,
+                                                             std::shared_ptr<Collective> collective = nullptr);
 
   const ModelConfig& config() const override { return weights_->config(); }
   int num_kv_blocks() const override { return kv_.num_blocks(); }
@@ -24,15 +29,18 @@ class CpuBackend : public Backend {
   StepTimings last_timings() const override { return timings_; }
 
  private:
-  CpuBackend(std::shared_ptr<const ModelWeights> weights, KvCache kv);
+  CpuBackend(std::shared_ptr<const ModelWeights> weights, KvCache kv, std::shared_ptr<Collective> collective);
+  absl::Status AllReduce(float* data, int64_t count);
   void Attention(int layer, std::span<const SequenceStep> batch);
 
   std::shared_ptr<const ModelWeights> weights_;
+  std::shared_ptr<Collective> collective_;
   KvCache kv_;
   StepTimings timings_;
   std::vector<float> inv_freq_;  // [head_dim / 2]
   // Per-step scratch, sized to the step's token count T.
   std::vector<float> x_, xn_, qkv_, attn_, proj_, gate_up_, act_, scores_;
+  std::vector<float> gathered_;     // [world, rows, vocab_slice]
   std::vector<int32_t> positions_;  // [T]
   std::vector<int> seq_of_token_;   // [T]
 };

@@ -1,0 +1,33 @@
+// The collectives tensor parallelism needs, behind one small interface (Gloo on CPU; NCCL on GPU later).
+#pragma once
+
+#include <cstddef>
+#include <memory>
+#include <string>
+
+#include "absl/status/status.h"
+
+namespace gemma {
+
+// One rank's handle on its group. Not thread-safe: every rank calls the same
+// sequence of collectives from one thread. A peer that dies, hangs or never
+// arrives makes a collective fail with DeadlineExceeded or Unavailable within
+// the group's timeout; after a failure the group is unusable.
+class Collective {
+ public:
+  virtual ~Collective() = default;
+  virtual int rank() const = 0;
+  virtual int world() const = 0;
+  // data[i] = sum over ranks of data[i], in place.
+  virtual absl::Status AllReduceSum(float* data, size_t count) = 0;
+  // out[r * count + i] = rank r's in[i]; out holds world() * count floats.
+  virtual absl::Status AllGather(const float* in, size_t count, float* out) = 0;
+  // Rank `root`'s bytes reach every rank (any length).
+  virtual absl::Status Broadcast(std::string* bytes, int root) = 0;
+  virtual absl::Status Barrier() = 0;
+};
+
+// World size 1: every collective is the identity; needs no peer.
+std::unique_ptr<Collective> MakeSingleRankCollective();
+
+}  // namespace gemma
