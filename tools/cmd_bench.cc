@@ -97,7 +97,7 @@ int BenchCommand(int argc, char** argv) {
   auto model = OpenLocalModel(args.Get("model"));
   if (!model.ok()) return Fail(kCmd, model.status());
   if (auto s = AttachBackend(*model, kv_tokens); !s.ok()) return Fail(kCmd, s);
-  if (*prompt_len > model->weights->config().max_position_embeddings) {
+  if (*prompt_len > model->config().max_position_embeddings) {
     return Fail(kCmd, absl::InvalidArgumentError("--prompt-len exceeds the model's context"));
   }
   const int64_t weight_bytes = model->weights->WeightBytesPerStep();
@@ -128,7 +128,7 @@ int BenchCommand(int argc, char** argv) {
   }
   progress.Finish();
 
-  const auto& c = model->weights->config();
+  const auto& c = model->config();
   auto fraction = [&](const Figures& f) { return weight_bytes * f.decode_batch1 / f.bandwidth; };
   const Figures& all = figures.back();
   if (args.Has("json")) {

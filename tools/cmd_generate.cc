@@ -21,6 +21,7 @@ int GenerateCommand(int argc, char** argv) {
       .Flag("top-p", "nucleus sampling mass in (0, 1] (default 1)")
       .Flag("seed", "random seed (default 0)")
       .Flag("threads", "compute threads; 0 = all cores (default 0)")
+      .Flag("tp", "tensor-parallel degree: run a local group of N processes (default 1)")
       .Flag("chat", "wrap the prompt in Gemma's chat template and stop at <end_of_turn>", true)
       .Flag("json", "print one JSON object with prompt_ids, token_ids, text, finish_reason", true);
   int code;
@@ -33,15 +34,16 @@ int GenerateCommand(int argc, char** argv) {
   auto top_p = args.GetDouble("top-p", 1.0, 1e-9, 1.0);
   auto seed = args.GetInt("seed", 0, 0, INT64_MAX);
   auto threads = args.GetInt("threads", 0, 0, 4096);
+  auto tp = args.GetInt("tp", 1, 1, 64);
   for (const absl::Status& s : {max_new.status(), temperature.status(), top_k.status(), top_p.status(), seed.status(),
-                                threads.status()}) {
+                                threads.status(), tp.status()}) {
     if (!s.ok()) return Fail(kCmd, s);
   }
   SetThreads(static_cast<int>(*threads));
   const bool chat = args.Has("chat"), json = args.Has("json");
   auto model = OpenLocalModel(args.Get("model"));
   if (!model.ok()) return Fail(kCmd, model.status());
-  const ModelConfig& config = model->weights->config();
+  const ModelConfig& config = model->config();
   auto prompt = PromptIds(args, model->tokenizer.get(), config.vocab_size, config.bos_id, chat);
   if (!prompt.ok()) return Fail(kCmd, prompt.status());
   if (static_cast<int64_t>(prompt->size()) + *max_new > config.max_position_embeddings) {
@@ -51,7 +53,7 @@ int GenerateCommand(int argc, char** argv) {
                           std::to_string(config.max_position_embeddings)));
   }
   // Room for exactly this request in the KV cache.
-  if (auto s = AttachBackend(*model, static_cast<int64_t>(prompt->size()) + *max_new); !s.ok()) return Fail(kCmd, s);
+  if (auto s = AttachBackend(*model, static_cast<int64_t>(prompt->size()) + *max_new, static_cast<int>(*tp)); !s.ok()) return Fail(kCmd, s);
 
   req.prompt = *prompt;
   req.max_new_tokens = static_cast<int>(*max_new);

@@ -4,6 +4,7 @@
 #include <string>
 
 #include "tools/commands.h"
+#include "tools/local_model.h"
 
 namespace {
 
@@ -30,6 +31,7 @@ int main(int argc, char** argv) {
   if (cmd == "tokenize") return gemma::TokenizeCommand(argc - 2, argv + 2);
   if (cmd == "make-tiny") return gemma::MakeTinyCommand(argc - 2, argv + 2);
   if (cmd == "bench") return gemma::BenchCommand(argc - 2, argv + 2);
+  if (cmd == "tp-follower") return gemma::TpFollowerCommand(argc - 2, argv + 2);
   std::fprintf(stderr, "gemma: unknown command \"%s\"; allowed: generate, score, tokenize, make-tiny, bench\n", cmd.c_str());
   return 2;
 }

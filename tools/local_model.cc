@@ -1,30 +1,74 @@
 #include "tools/local_model.h"
 
 #include <omp.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <filesystem>
 
-#include "shard/checkpoint.h"
+#include "absl/strings/str_cat.h"
 #include "shard/cpu/cpu_backend.h"
+#include "shard/gloo_collective.h"
+#include "shard/tensor_parallel.h"
+#include "shard/tp_group.h"
+#include "tools/args.h"
+#include "tools/cli_common.h"
 #include "tools/default_model.h"
 
 namespace gemma {
+namespace {
+
+KvCacheOptions KvFor(int64_t kv_tokens) {
+  KvCacheOptions kv;
+  kv.num_blocks = static_cast<int>(std::max<int64_t>(1, (kv_tokens + kv.block_size - 1) / kv.block_size));
+  return kv;
+}
+
+// One rank's weights and backend; collective null for a single process.
+absl::StatusOr<std::unique_ptr<Backend>> RankBackend(const std::shared_ptr<const Checkpoint>& ckpt, int rank, int world,
+                                                    int64_t kv_tokens, std::shared_ptr<Collective> collective,
+                                                    std::shared_ptr<const ModelWeights>* weights_out) {
+  auto tp = TensorParallel::Create(ckpt->config(), rank, world);
+  if (!tp.ok()) return tp.status();
+  auto weights = ModelWeights::Load(ckpt, *tp);
+  if (!weights.ok()) return weights.status();
+  std::shared_ptr<const ModelWeights> shared(std::move(*weights));
+  if (weights_out) *weights_out = shared;
+  auto backend = CpuBackend::Create(shared, KvFor(kv_tokens), std::move(collective));
+  if (!backend.ok()) return backend.status();
+  return std::unique_ptr<Backend>(std::move(*backend));
+}
+
+}  // namespace
+
+LocalModel::~LocalModel() {
+  backend.reset();  // a leader tells its followers to stop
+  for (pid_t pid : followers) {
+    int status;
+    if (::waitpid(pid, &status, 0) < 0) continue;
+  }
+  if (!store_dir.empty()) {
+    std::error_code ec;
+    std::filesystem::remove_all(store_dir, ec);
+  }
+}
 
 absl::StatusOr<LocalModel> OpenLocalModel(const std::string& dir_or_empty) {
-  std::string dir = dir_or_empty;
-  if (dir.empty()) {
+  LocalModel m;
+  m.dir = dir_or_empty;
+  if (m.dir.empty()) {
     auto d = EnsureDefaultModel();
     if (!d.ok()) return d.status();
-    dir = *d;
+    m.dir = *d;
   }
-  auto checkpoint = Checkpoint::Open(dir);
+  auto checkpoint = Checkpoint::Open(m.dir);
   if (!checkpoint.ok()) return checkpoint.status();
-  auto weights = ModelWeights::Load(std::shared_ptr<const Checkpoint>(std::move(*checkpoint)));
-  if (!weights.ok()) return weights.status();
-  LocalModel m;
-  m.weights = std::shared_ptr<const ModelWeights>(std::move(*weights));
-  const std::string tok_path = (std::filesystem::path(dir) / "tokenizer.model").string();
+  m.checkpoint = std::move(*checkpoint);
+  const std::string tok_path = (std::filesystem::path(m.dir) / "tokenizer.model").string();
   if (std::filesystem::exists(tok_path)) {
     auto tok = Tokenizer::FromFile(tok_path);
     if (!tok.ok()) return tok.status();
@@ -33,15 +77,72 @@ absl::StatusOr<LocalModel> OpenLocalModel(const std::string& dir_or_empty) {
   return m;
 }
 
-absl::Status AttachBackend(LocalModel& model, int64_t kv_tokens) {
-  KvCacheOptions kv;
-  kv.num_blocks = static_cast<int>(std::max<int64_t>(1, (kv_tokens + kv.block_size - 1) / kv.block_size));
-  auto backend = CpuBackend::Create(model.weights, kv);
+absl::Status AttachBackend(LocalModel& model, int64_t kv_tokens, int tp) {
+  if (tp == 1) {
+    auto backend = RankBackend(model.checkpoint, 0, 1, kv_tokens, nullptr, &model.weights);
+    if (!backend.ok()) return backend.status();
+    model.backend = std::move(*backend);
+    return absl::OkStatus();
+  }
+  // Check the degree before starting anyone.
+  if (auto t = TensorParallel::Create(model.config(), 0, tp); !t.ok()) return t.status();
+  char tmpl[] = "/tmp/gemma-tp-XXXXXX";
+  if (::mkdtemp(tmpl) == nullptr) return absl::InternalError("cannot create a rendezvous directory in /tmp");
+  model.store_dir = tmpl;
+  const int threads = std::max(1, omp_get_max_threads() / tp);
+  for (int rank = 1; rank < tp; ++rank) {
+    const pid_t pid = ::fork();
+    if (pid < 0) return absl::InternalError("fork failed");
+    if (pid == 0) {
+      ::prctl(PR_SET_PDEATHSIG, SIGTERM);  // never outlive the leader
+      const std::string r = std::to_string(rank), w = std::to_string(tp), k = std::to_string(kv_tokens),
+                        t = std::to_string(threads);
+      ::execl("/proc/self/exe", "gemma", "tp-follower", "--model", model.dir.c_str(), "--rank", r.c_str(), "--world",
+              w.c_str(), "--store", model.store_dir.c_str(), "--kv-tokens", k.c_str(), "--threads", t.c_str(),
+              static_cast<char*>(nullptr));
+      ::_exit(127);
+    }
+    model.followers.push_back(pid);
+  }
+  SetThreads(threads);
+  GlooOptions options{0, tp};
+  auto collective = CreateGlooCollective(MakeFileStore(model.store_dir), options);
+  if (!collective.ok()) return collective.status();
+  std::shared_ptr<Collective> shared(std::move(*collective));
+  auto backend = RankBackend(model.checkpoint, 0, tp, kv_tokens, shared, &model.weights);
   if (!backend.ok()) return backend.status();
-  model.backend = std::move(*backend);
+  model.backend = std::make_unique<LeaderBackend>(std::move(*backend), shared);
   return absl::OkStatus();
 }
 
 void SetThreads(int threads) { omp_set_num_threads(threads > 0 ? threads : omp_get_num_procs()); }
+
+int TpFollowerCommand(int argc, char** argv) {
+  const char* kCmd = "tp-follower";
+  Args args(kCmd, "--model DIR --rank R --world N --store DIR --kv-tokens K [--threads T] (started by --tp)");
+  args.Flag("model", "checkpoint directory").Flag("rank", "this rank").Flag("world", "group size");
+  args.Flag("store", "rendezvous directory").Flag("kv-tokens", "KV cache positions").Flag("threads", "compute threads");
+  int code;
+  if (!ParseOrExit(args, argc, argv, kCmd, &code)) return code;
+  auto world = args.GetInt("world", 1, 1, 1024);
+  auto rank = args.GetInt("rank", 0, 1, 1023);
+  auto kv = args.GetInt("kv-tokens", 0, 1, int64_t{1} << 30);
+  auto threads = args.GetInt("threads", 0, 0, 4096);
+  for (const absl::Status& s : {world.status(), rank.status(), kv.status(), threads.status()}) {
+    if (!s.ok()) return Fail(kCmd, s);
+  }
+  SetThreads(static_cast<int>(*threads));
+  auto ckpt = Checkpoint::Open(args.Get("model"));
+  if (!ckpt.ok()) return Fail(kCmd, ckpt.status());
+  GlooOptions options{static_cast<int>(*rank), static_cast<int>(*world)};
+  auto collective = CreateGlooCollective(MakeFileStore(args.Get("store")), options);
+  if (!collective.ok()) return Fail(kCmd, collective.status());
+  std::shared_ptr<Collective> shared(std::move(*collective));
+  auto backend = RankBackend(std::shared_ptr<const Checkpoint>(std::move(*ckpt)), static_cast<int>(*rank),
+                             static_cast<int>(*world), *kv, shared, nullptr);
+  if (!backend.ok()) return Fail(kCmd, backend.status());
+  if (auto s = RunFollower(**backend, *shared); !s.ok()) return Fail(kCmd, s);
+  return 0;
+}
 
 }  // namespace gemma

@@ -1,28 +1,45 @@
-// A model opened for local use by the gemma command: weights, CPU backend and tokenizer.
+// A model opened for local use by the gemma command: checkpoint, tokenizer, and a backend (one process or a local TP group).
 #pragma once
+
+#include <sys/types.h>
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "router/tokenizer/tokenizer.h"
 #include "shard/backend.h"
+#include "shard/checkpoint.h"
 #include "shard/model_weights.h"
 
 namespace gemma {
 
 struct LocalModel {
-  std::shared_ptr<const ModelWeights> weights;
-  std::unique_ptr<Backend> backend;
+  std::string dir;
+  std::shared_ptr<const Checkpoint> checkpoint;
   std::unique_ptr<Tokenizer> tokenizer;  // null when the checkpoint has no tokenizer.model
+  std::shared_ptr<const ModelWeights> weights;  // rank 0's slices, once a backend is attached
+  std::unique_ptr<Backend> backend;
+  std::vector<pid_t> followers;  // TP ranks 1..N-1 as child processes
+  std::string store_dir;
+  ~LocalModel();
+  LocalModel() = default;
+  LocalModel(LocalModel&&) = default;
+  LocalModel& operator=(LocalModel&&) = default;
+  const ModelConfig& config() const { return checkpoint->config(); }
 };
 
-// Opens `dir` (the embedded default when empty): weights and tokenizer; no backend yet.
+// Opens `dir` (the embedded default when empty): config, mapped files, tokenizer.
 absl::StatusOr<LocalModel> OpenLocalModel(const std::string& dir);
-// Adds a CPU backend whose KV cache holds `kv_tokens` positions.
-absl::Status AttachBackend(LocalModel& model, int64_t kv_tokens);
+// Adds a CPU backend whose KV cache holds `kv_tokens` positions. With tp > 1,
+// starts tp - 1 follower processes of this binary and leads the group.
+absl::Status AttachBackend(LocalModel& model, int64_t kv_tokens, int tp = 1);
 
 // Sets the number of compute threads (0: all cores).
 void SetThreads(int threads);
+
+// `gemma tp-follower`: one follower rank of a local group (started by AttachBackend).
+int TpFollowerCommand(int argc, char** argv);
 
 }  // namespace gemma
