@@ -22,6 +22,7 @@ int GenerateCommand(int argc, char** argv) {
       .Flag("seed", "random seed (default 0)")
       .Flag("threads", "compute threads; 0 = all cores (default 0)")
       .Flag("tp", "tensor-parallel degree: run a local group of N processes (default 1)")
+      .Flag("tp-timeout-ms", "a dead or hung rank fails the run within this time, 100..3600000 (default 30000)")
       .Flag("chat", "wrap the prompt in Gemma's chat template and stop at <end_of_turn>", true)
       .Flag("json", "print one JSON object with prompt_ids, token_ids, text, finish_reason", true);
   int code;
@@ -35,6 +36,8 @@ int GenerateCommand(int argc, char** argv) {
   auto seed = args.GetInt("seed", 0, 0, INT64_MAX);
   auto threads = args.GetInt("threads", 0, 0, 4096);
   auto tp = args.GetInt("tp", 1, 1, 64);
+  auto tp_timeout = args.GetInt("tp-timeout-ms", 30000, 100, 3600000);
+  if (!tp_timeout.ok()) return Fail(kCmd, tp_timeout.status());
   for (const absl::Status& s : {max_new.status(), temperature.status(), top_k.status(), top_p.status(), seed.status(),
                                 threads.status(), tp.status()}) {
     if (!s.ok()) return Fail(kCmd, s);
@@ -53,7 +56,7 @@ int GenerateCommand(int argc, char** argv) {
                           std::to_string(config.max_position_embeddings)));
   }
   // Room for exactly this request in the KV cache.
-  if (auto s = AttachBackend(*model, static_cast<int64_t>(prompt->size()) + *max_new, static_cast<int>(*tp)); !s.ok()) return Fail(kCmd, s);
+  if (auto s = AttachBackend(*model, static_cast<int64_t>(prompt->size()) + *max_new, static_cast<int>(*tp), *tp_timeout); !s.ok()) return Fail(kCmd, s);
 
   req.prompt = *prompt;
   req.max_new_tokens = static_cast<int>(*max_new);

@@ -7,6 +7,8 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
+#include <thread>
 #include <cstdlib>
 #include <filesystem>
 
@@ -46,10 +48,19 @@ absl::StatusOr<std::unique_ptr<Backend>> RankBackend(const std::shared_ptr<const
 }  // namespace
 
 LocalModel::~LocalModel() {
-  backend.reset();  // a leader tells its followers to stop
+  backend.reset();  // a healthy leader tells its followers to stop
+  // Followers of a failed group may be hung: give each a moment, then end it.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(3);
   for (pid_t pid : followers) {
     int status;
-    if (::waitpid(pid, &status, 0) < 0) continue;
+    while (::waitpid(pid, &status, WNOHANG) == 0) {
+      if (std::chrono::steady_clock::now() > deadline) {
+        ::kill(pid, SIGKILL);
+        ::waitpid(pid, &status, 0);
+        break;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
   }
   if (!store_dir.empty()) {
     std::error_code ec;
@@ -77,7 +88,7 @@ absl::StatusOr<LocalModel> OpenLocalModel(const std::string& dir_or_empty) {
   return m;
 }
 
-absl::Status AttachBackend(LocalModel& model, int64_t kv_tokens, int tp) {
+absl::Status AttachBackend(LocalModel& model, int64_t kv_tokens, int tp, int64_t timeout_ms) {
   if (tp == 1) {
     auto backend = RankBackend(model.checkpoint, 0, 1, kv_tokens, nullptr, &model.weights);
     if (!backend.ok()) return backend.status();
@@ -96,16 +107,17 @@ absl::Status AttachBackend(LocalModel& model, int64_t kv_tokens, int tp) {
     if (pid == 0) {
       ::prctl(PR_SET_PDEATHSIG, SIGTERM);  // never outlive the leader
       const std::string r = std::to_string(rank), w = std::to_string(tp), k = std::to_string(kv_tokens),
-                        t = std::to_string(threads);
+                        t = std::to_string(threads), ms = std::to_string(timeout_ms);
       ::execl("/proc/self/exe", "gemma", "tp-follower", "--model", model.dir.c_str(), "--rank", r.c_str(), "--world",
               w.c_str(), "--store", model.store_dir.c_str(), "--kv-tokens", k.c_str(), "--threads", t.c_str(),
-              static_cast<char*>(nullptr));
+              "--timeout-ms", ms.c_str(), static_cast<char*>(nullptr));
       ::_exit(127);
     }
     model.followers.push_back(pid);
   }
   SetThreads(threads);
   GlooOptions options{0, tp};
+  options.timeout = std::chrono::milliseconds(timeout_ms);
   auto collective = CreateGlooCollective(MakeFileStore(model.store_dir), options);
   if (!collective.ok()) return collective.status();
   std::shared_ptr<Collective> shared(std::move(*collective));
@@ -122,19 +134,22 @@ int TpFollowerCommand(int argc, char** argv) {
   Args args(kCmd, "--model DIR --rank R --world N --store DIR --kv-tokens K [--threads T] (started by --tp)");
   args.Flag("model", "checkpoint directory").Flag("rank", "this rank").Flag("world", "group size");
   args.Flag("store", "rendezvous directory").Flag("kv-tokens", "KV cache positions").Flag("threads", "compute threads");
+  args.Flag("timeout-ms", "collective timeout in ms");
   int code;
   if (!ParseOrExit(args, argc, argv, kCmd, &code)) return code;
   auto world = args.GetInt("world", 1, 1, 1024);
   auto rank = args.GetInt("rank", 0, 1, 1023);
   auto kv = args.GetInt("kv-tokens", 0, 1, int64_t{1} << 30);
   auto threads = args.GetInt("threads", 0, 0, 4096);
-  for (const absl::Status& s : {world.status(), rank.status(), kv.status(), threads.status()}) {
+  auto timeout = args.GetInt("timeout-ms", 30000, 100, 3600000);
+  for (const absl::Status& s : {world.status(), rank.status(), kv.status(), threads.status(), timeout.status()}) {
     if (!s.ok()) return Fail(kCmd, s);
   }
   SetThreads(static_cast<int>(*threads));
   auto ckpt = Checkpoint::Open(args.Get("model"));
   if (!ckpt.ok()) return Fail(kCmd, ckpt.status());
   GlooOptions options{static_cast<int>(*rank), static_cast<int>(*world)};
+  options.timeout = std::chrono::milliseconds(*timeout);
   auto collective = CreateGlooCollective(MakeFileStore(args.Get("store")), options);
   if (!collective.ok()) return Fail(kCmd, collective.status());
   std::shared_ptr<Collective> shared(std::move(*collective));

@@ -34,7 +34,8 @@ struct LocalModel {
 absl::StatusOr<LocalModel> OpenLocalModel(const std::string& dir);
 // Adds a CPU backend whose KV cache holds `kv_tokens` positions. With tp > 1,
 // starts tp - 1 follower processes of this binary and leads the group.
-absl::Status AttachBackend(LocalModel& model, int64_t kv_tokens, int tp = 1);
+// A dead or hung rank fails the group within `timeout_ms`.
+absl::Status AttachBackend(LocalModel& model, int64_t kv_tokens, int tp = 1, int64_t timeout_ms = 30000);
 
 // Sets the number of compute threads (0: all cores).
 void SetThreads(int threads);
