@@ -14,7 +14,6 @@ struct Running {
   std::vector<int32_t> blocks;
   int computed = 0;  // positions already in the KV cache
   bool done = false;
-  Sampler sampler;
 };
 
 }  // namespace
@@ -49,8 +48,7 @@ absl::StatusOr<std::vector<GenerationResult>> Generator::Run(std::span<const Gen
     const int blocks_needed = static_cast<int>((total + backend_->kv_block_size() - 1) / backend_->kv_block_size());
     auto blocks = allocator.Allocate(blocks_needed);
     if (!blocks.ok()) return blocks.status();
-    seqs.push_back(Running{&r, r.prompt, *std::move(blocks), 0, r.max_new_tokens == 0 && !r.prompt_logprobs,
-                           Sampler(r.sampling)});
+    seqs.push_back(Running{&r, r.prompt, *std::move(blocks), 0, r.max_new_tokens == 0 && !r.prompt_logprobs});
     if (r.prompt_logprobs) results[i].prompt_logprobs.reserve(r.prompt.size());
   }
 
@@ -110,7 +108,7 @@ absl::StatusOr<std::vector<GenerationResult>> Generator::Run(std::span<const Gen
         continue;
       }
       const float* row = logits.Row(first_row + (step[b].logits == LogitsWanted::kAll ? n - 1 : 0));
-      const int32_t token = s.sampler.Sample(row, c.vocab_size);
+      const int32_t token = SampleAt(s.request->sampling, s.computed, row, c.vocab_size);
       res.tokens.push_back(token);
       res.token_logprobs.push_back(LogProbOf(row, c.vocab_size, token));
       if (on_token) on_token(i, token);

@@ -80,6 +80,14 @@ double Sampler::NextUniform() {
   return static_cast<double>(result >> 11) * 0x1.0p-53;
 }
 
+int SampleAt(const SamplingParams& params, int64_t position, const float* logits, int vocab) {
+  if (params.temperature == 0.0f) return Argmax(logits, vocab);
+  SamplingParams p = params;
+  uint64_t mix = params.seed ^ (static_cast<uint64_t>(position) * 0xd1b54a32d192ed03ull);
+  p.seed = SplitMix64(mix);
+  return Sampler(p).Sample(logits, vocab);
+}
+
 int Sampler::Sample(const float* logits, int vocab) {
   if (params_.temperature == 0.0f) return Argmax(logits, vocab);
   candidates_.resize(vocab);

@@ -26,6 +26,11 @@ std::vector<std::pair<int, double>> TopLogProbs(const float* logits, int vocab, 
 // The highest logit's id (lowest id among ties).
 int Argmax(const float* logits, int vocab);
 
+// Samples the token at `position` of a sequence. The draw depends only on the
+// seed, the position and the logits, so a sequence samples the same tokens
+// whatever batch it runs in and when it is recomputed after preemption.
+int SampleAt(const SamplingParams& params, int64_t position, const float* logits, int vocab);
+
 // One sequence's sampler: its own RNG stream, so draws do not depend on the
 // batch around it. Not thread-safe.
 class Sampler {

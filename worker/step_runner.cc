@@ -1,0 +1,81 @@
+#include "worker/step_runner.h"
+
+#include <chrono>
+
+#include "absl/strings/str_cat.h"
+#include "shard/sampler.h"
+
+namespace gemma {
+
+absl::StatusOr<worker::v1::StepResponse> RunStep(Backend& backend, const worker::v1::StepRequest& request) {
+  const int vocab = backend.config().vocab_size;
+  std::vector<SequenceStep> steps;
+  steps.reserve(request.sequences_size());
+  for (int i = 0; i < request.sequences_size(); ++i) {
+    const auto& s = request.sequences(i);
+    if (s.score_targets_size() != 0 && s.score_targets_size() != s.tokens_size()) {
+      return absl::InvalidArgumentError(absl::StrCat("sequence ", s.sequence_id(), ": ", s.score_targets_size(),
+                                                     " score_targets for ", s.tokens_size(), " tokens; they must match"));
+    }
+    for (int32_t t : s.score_targets()) {
+      if (t < -1 || t >= vocab) {
+        return absl::InvalidArgumentError(absl::StrCat("sequence ", s.sequence_id(), ": score target ", t,
+                                                       " is outside the vocabulary [0, ", vocab, ") (or -1)"));
+      }
+    }
+    if (s.top_logprobs() < 0 || s.top_logprobs() > 20) {
+      return absl::InvalidArgumentError(absl::StrCat("sequence ", s.sequence_id(), ": top_logprobs ", s.top_logprobs(),
+                                                     " is outside [0, 20]"));
+    }
+    SamplingParams p{s.sampling().temperature(), s.sampling().top_k(),
+                     s.sampling().top_p() == 0.0f ? 1.0f : s.sampling().top_p(), s.sampling().seed()};
+    if (auto st = ValidateSamplingParams(p); !st.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("sequence ", s.sequence_id(), ": ", st.message()));
+    }
+    SequenceStep step;
+    step.tokens = std::span<const int32_t>(s.tokens().data(), s.tokens_size());
+    step.start_pos = s.start_pos();
+    step.block_table = std::span<const int32_t>(s.block_table().data(), s.block_table_size());
+    step.logits = s.score_targets_size() > 0 ? LogitsWanted::kAll : s.sample() ? LogitsWanted::kLast : LogitsWanted::kNone;
+    steps.push_back(step);
+  }
+  StepLogits logits;
+  const auto start = std::chrono::steady_clock::now();
+  if (auto st = backend.Forward(steps, &logits); !st.ok()) return st;
+  worker::v1::StepResponse response;
+  auto* t = response.mutable_timings();
+  t->set_forward_seconds(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  const StepTimings timings = backend.last_timings();
+  t->set_matmul_seconds(timings.matmul_seconds);
+  t->set_attention_seconds(timings.attention_seconds);
+  t->set_collective_seconds(timings.collective_seconds);
+
+  for (int i = 0; i < request.sequences_size(); ++i) {
+    const auto& s = request.sequences(i);
+    auto* r = response.add_results();
+    r->set_sequence_id(s.sequence_id());
+    if (steps[i].logits == LogitsWanted::kNone) continue;
+    const int first = logits.row_begin[i];
+    for (int j = 0; j < s.score_targets_size(); ++j) {
+      const int target = s.score_targets(j);
+      r->add_score_logprobs(target < 0 ? 0.0f : static_cast<float>(LogProbOf(logits.Row(first + j), vocab, target)));
+    }
+    if (!s.sample()) continue;
+    const float* row = logits.Row(first + (steps[i].logits == LogitsWanted::kAll ? s.tokens_size() - 1 : 0));
+    SamplingParams p{s.sampling().temperature(), s.sampling().top_k(),
+                     s.sampling().top_p() == 0.0f ? 1.0f : s.sampling().top_p(), s.sampling().seed()};
+    const int64_t position = static_cast<int64_t>(s.start_pos()) + s.tokens_size();
+    const int token = SampleAt(p, position, row, vocab);
+    r->set_sampled(true);
+    r->set_token(token);
+    r->set_logprob(static_cast<float>(LogProbOf(row, vocab, token)));
+    for (const auto& [id, lp] : TopLogProbs(row, vocab, s.top_logprobs())) {
+      auto* tl = r->add_top_logprobs();
+      tl->set_token(id);
+      tl->set_logprob(static_cast<float>(lp));
+    }
+  }
+  return response;
+}
+
+}  // namespace gemma

@@ -1,0 +1,162 @@
+// gemma-worker: one rank of a tensor-parallel group; rank 0 serves the Worker API to routers.
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+#include <omp.h>
+
+#include <atomic>
+#include <csignal>
+#include <cstdio>
+#include <fstream>
+#include <thread>
+
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/str_cat.h"
+#include "shard/checkpoint.h"
+#include "shard/cpu/cpu_backend.h"
+#include "shard/gloo_collective.h"
+#include "shard/tensor_parallel.h"
+#include "shard/tp_group.h"
+#include "worker/grpc_store.h"
+#include "worker/worker_metrics.h"
+#include "worker/worker_options.h"
+#include "worker/worker_service.h"
+
+namespace gemma {
+namespace {
+
+std::atomic<bool> g_stop{false};
+
+void OnSignal(int) { g_stop = true; }
+
+int Fail(const absl::Status& s) {
+  std::fprintf(stderr, "gemma-worker: %s\n", std::string(s.message()).c_str());
+  return s.code() == absl::StatusCode::kInvalidArgument || s.code() == absl::StatusCode::kUnimplemented ? 2 : 1;
+}
+
+std::string ReadAll(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+worker::v1::ModelInfo MakeInfo(const WorkerOptions& o, const ModelConfig& c, const Backend& b) {
+  worker::v1::ModelInfo info;
+  info.set_model_dir(o.model);
+  info.set_shape_name(c.ShapeName());
+  info.set_vocab_size(c.vocab_size);
+  info.set_hidden_size(c.hidden_size);
+  info.set_num_layers(c.num_layers);
+  info.set_num_heads(c.num_heads);
+  info.set_num_kv_heads(c.num_kv_heads);
+  info.set_head_dim(c.head_dim);
+  info.set_max_position_embeddings(c.max_position_embeddings);
+  info.set_bos_id(c.bos_id);
+  info.set_eos_id(c.eos_id);
+  info.set_pad_id(c.pad_id);
+  info.set_kv_block_size(b.kv_block_size());
+  info.set_num_kv_blocks(b.num_kv_blocks());
+  info.set_tensor_parallel(o.world);
+  info.set_tokenizer_model(ReadAll(o.model + "/tokenizer.model"));
+  info.set_device(o.device);
+  return info;
+}
+
+int Run(const WorkerOptions& o) {
+  omp_set_num_threads(o.threads > 0 ? o.threads : omp_get_num_procs());
+  auto ckpt = Checkpoint::Open(o.model);
+  if (!ckpt.ok()) return Fail(ckpt.status());
+  auto tp = TensorParallel::Create((*ckpt)->config(), o.rank, o.world);
+  if (!tp.ok()) return Fail(tp.status());
+  std::shared_ptr<const Checkpoint> checkpoint(std::move(*ckpt));
+  auto weights = ModelWeights::Load(checkpoint, *tp);
+  if (!weights.ok()) return Fail(weights.status());
+  std::shared_ptr<const ModelWeights> shared_weights(std::move(*weights));
+
+  // Rank 0 hosts the rendezvous; everyone (rank 0 included) reaches it through the leader address.
+  RendezvousService rendezvous;
+  std::unique_ptr<grpc::Server> peer_server;
+  if (o.rank == 0 && o.world > 1) {
+    grpc::ServerBuilder b;
+    b.AddListeningPort(absl::StrCat("0.0.0.0:", o.peer_port), grpc::InsecureServerCredentials());
+    b.RegisterService(&rendezvous);
+    peer_server = b.BuildAndStart();
+    if (!peer_server) return Fail(absl::UnavailableError(absl::StrCat("cannot listen on peer port ", o.peer_port)));
+  }
+  std::shared_ptr<Collective> collective = MakeSingleRankCollective();
+  if (o.world > 1) {
+    GlooOptions g{o.rank, o.world, o.bind_host, o.timeout};
+    auto c = CreateGlooCollective(std::make_shared<GrpcStore>(o.leader, o.timeout), g);
+    if (!c.ok()) return Fail(c.status());
+    collective = std::move(*c);
+  }
+  KvCacheOptions kv;
+  kv.max_bytes = o.kv_cache_bytes;
+  auto backend = CpuBackend::Create(shared_weights, kv, collective);
+  if (!backend.ok()) return Fail(backend.status());
+  std::fprintf(stderr, "gemma-worker rank %d/%d: %s; %d KV blocks of %d positions\n", o.rank, o.world,
+               tp->DebugString().c_str(), (*backend)->num_kv_blocks(), (*backend)->kv_block_size());
+
+  auto metrics = WorkerMetrics::Create(o.metrics_port > 0 ? absl::StrCat("0.0.0.0:", o.metrics_port) : "", o.rank,
+                                       (*backend)->num_kv_blocks());
+  if (!metrics.ok()) return Fail(metrics.status());
+
+  if (o.rank != 0) {
+    auto s = RunFollower(**backend, *collective);
+    if (!s.ok()) return Fail(s);
+    return 0;
+  }
+  worker::v1::ModelInfo info = MakeInfo(o, checkpoint->config(), **backend);
+  WorkerService service(std::make_unique<LeaderBackend>(std::move(*backend), collective), info, metrics->get());
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort(absl::StrCat("0.0.0.0:", o.port), grpc::InsecureServerCredentials(), &port);
+  builder.RegisterService(&service);
+  builder.SetMaxReceiveMessageSize(64 << 20);
+  auto server = builder.BuildAndStart();
+  if (!server || port == 0) return Fail(absl::UnavailableError(absl::StrCat("cannot listen on port ", o.port)));
+  auto* health = server->GetHealthCheckService();
+  health->SetServingStatus(true);
+  health->SetServingStatus("gemma.worker.v1.Worker", true);
+  if (!o.port_file.empty()) std::ofstream(o.port_file) << port << "\n";
+  std::printf("gemma-worker rank 0 of %d serving %s on port %d\n", o.world, o.model.c_str(), port);
+  std::fflush(stdout);
+
+  // Idle followers hear from the leader at least every timeout/4; a failed group turns unhealthy and exits.
+  int exit_code = 0;
+  while (!g_stop) {
+    std::this_thread::sleep_for(std::min<std::chrono::milliseconds>(o.timeout / 4, std::chrono::milliseconds(1000)));
+    if (!service.Heartbeat()) {
+      health->SetServingStatus(false);
+      health->SetServingStatus("gemma.worker.v1.Worker", false);
+      (*metrics)->SetHealthy(false);
+      std::fprintf(stderr, "gemma-worker: the group has failed (a rank died or hung); exiting so it can be restarted\n");
+      std::this_thread::sleep_for(std::chrono::milliseconds(500));  // let in-flight replies go out
+      exit_code = 1;
+      break;
+    }
+  }
+  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  service.Stop();
+  if (peer_server) peer_server->Shutdown();
+  return exit_code;
+}
+
+}  // namespace
+}  // namespace gemma
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage("one rank of a gemma-serve worker group: gemma-worker --model DIR [--rank R --world_size N --leader HOST:PORT]");
+  std::vector<char*> rest = absl::ParseCommandLine(argc, argv);
+  if (rest.size() > 1) {
+    std::fprintf(stderr, "gemma-worker: unexpected argument \"%s\"; see --help\n", rest[1]);
+    return 2;
+  }
+  std::signal(SIGTERM, gemma::OnSignal);
+  std::signal(SIGINT, gemma::OnSignal);
+  auto options = gemma::WorkerOptionsFromFlags();
+  if (!options.ok()) return gemma::Fail(options.status());
+  return gemma::Run(*options);
+}

@@ -1,0 +1,91 @@
+#include "worker/worker_metrics.h"
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+
+namespace gemma {
+namespace {
+
+prometheus::Histogram::BucketBoundaries LatencyBuckets() {
+  return {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30};
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<WorkerMetrics>> WorkerMetrics::Create(const std::string& address, int rank,
+                                                                      int kv_blocks) {
+  auto m = std::unique_ptr<WorkerMetrics>(new WorkerMetrics());
+  m->registry_ = std::make_shared<prometheus::Registry>();
+  const std::map<std::string, std::string> labels = {{"rank", std::to_string(rank)}};
+  auto& r = *m->registry_;
+  m->step_seconds_ = &prometheus::BuildHistogram()
+                          .Name("gemma_worker_step_duration_seconds")
+                          .Help("Wall time of one batched step handled by this group's leader, from request to reply.")
+                          .Register(r)
+                          .Add(labels, LatencyBuckets());
+  m->forward_seconds_ = &prometheus::BuildHistogram()
+                             .Name("gemma_worker_forward_duration_seconds")
+                             .Help("Wall time of the forward pass of one step.")
+                             .Register(r)
+                             .Add(labels, LatencyBuckets());
+  m->collective_seconds_ = &prometheus::BuildHistogram()
+                                .Name("gemma_worker_collective_duration_seconds")
+                                .Help("Time one step spent in tensor-parallel collectives (all-reduce, all-gather).")
+                                .Register(r)
+                                .Add(labels, LatencyBuckets());
+  m->batch_size_ = &prometheus::BuildHistogram()
+                        .Name("gemma_worker_step_sequences")
+                        .Help("Sequences in one step.")
+                        .Register(r)
+                        .Add(labels, prometheus::Histogram::BucketBoundaries{1, 2, 4, 8, 16, 32, 64, 128, 256});
+  m->steps_ = &prometheus::BuildCounter().Name("gemma_worker_steps_total").Help("Steps run.").Register(r).Add(labels);
+  m->failures_ = &prometheus::BuildCounter()
+                      .Name("gemma_worker_step_failures_total")
+                      .Help("Steps that failed, by status code.")
+                      .Register(r);
+  m->kv_blocks_in_use_ = &prometheus::BuildGauge()
+                              .Name("gemma_worker_kv_blocks_used")
+                              .Help("KV-cache blocks referenced by the sequences of the last step.")
+                              .Register(r)
+                              .Add(labels);
+  m->kv_blocks_total_ = &prometheus::BuildGauge()
+                             .Name("gemma_worker_kv_blocks_total")
+                             .Help("KV-cache blocks in each rank's pool.")
+                             .Register(r)
+                             .Add(labels);
+  m->healthy_ = &prometheus::BuildGauge()
+                     .Name("gemma_worker_group_healthy")
+                     .Help("1 while every rank of the group answers, 0 once it has failed.")
+                     .Register(r)
+                     .Add(labels);
+  m->kv_blocks_total_->Set(kv_blocks);
+  m->healthy_->Set(1);
+  if (!address.empty()) {
+    try {
+      m->exposer_ = std::make_unique<prometheus::Exposer>(address);
+    } catch (const std::exception& e) {
+      return absl::UnavailableError(absl::StrCat("cannot serve metrics on ", address, ": ", e.what()));
+    }
+    m->exposer_->RegisterCollectable(m->registry_);
+  }
+  return m;
+}
+
+void WorkerMetrics::RecordStep(double step_seconds, const worker::v1::StepTimings& t, int kv_blocks_in_use,
+                               int sequences) {
+  step_seconds_->Observe(step_seconds);
+  forward_seconds_->Observe(t.forward_seconds());
+  collective_seconds_->Observe(t.collective_seconds());
+  batch_size_->Observe(sequences);
+  steps_->Increment();
+  kv_blocks_in_use_->Set(kv_blocks_in_use);
+}
+
+void WorkerMetrics::RecordFailure(const absl::Status& status) {
+  failures_->Add({{"code", absl::StatusCodeToString(status.code())}}).Increment();
+  if (!absl::IsInvalidArgument(status)) healthy_->Set(0);
+}
+
+void WorkerMetrics::SetHealthy(bool healthy) { healthy_->Set(healthy ? 1 : 0); }
+
+}  // namespace gemma

@@ -1,0 +1,44 @@
+// The worker's Prometheus metrics, served on its own port.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "gemma/worker/v1/worker.pb.h"
+#include "prometheus/counter.h"
+#include "prometheus/exposer.h"
+#include "prometheus/family.h"
+#include "prometheus/gauge.h"
+#include "prometheus/histogram.h"
+#include "prometheus/registry.h"
+
+namespace gemma {
+
+// Thread-safe (prometheus-cpp metrics are).
+class WorkerMetrics {
+ public:
+  // Serves /metrics on `address` ("0.0.0.0:9090"); empty: no exposer (metrics still recorded).
+  static absl::StatusOr<std::unique_ptr<WorkerMetrics>> Create(const std::string& address, int rank, int kv_blocks);
+  void RecordStep(double step_seconds, const worker::v1::StepTimings& timings, int kv_blocks_in_use, int sequences);
+  void RecordFailure(const absl::Status& status);
+  void SetHealthy(bool healthy);
+  prometheus::Registry& registry() { return *registry_; }
+
+ private:
+  WorkerMetrics() = default;
+  std::shared_ptr<prometheus::Registry> registry_;
+  std::unique_ptr<prometheus::Exposer> exposer_;
+  prometheus::Histogram* step_seconds_ = nullptr;
+  prometheus::Histogram* forward_seconds_ = nullptr;
+  prometheus::Histogram* collective_seconds_ = nullptr;
+  prometheus::Histogram* batch_size_ = nullptr;
+  prometheus::Counter* steps_ = nullptr;
+  prometheus::Family<prometheus::Counter>* failures_ = nullptr;
+  prometheus::Gauge* kv_blocks_in_use_ = nullptr;
+  prometheus::Gauge* kv_blocks_total_ = nullptr;
+  prometheus::Gauge* healthy_ = nullptr;
+};
+
+}  // namespace gemma

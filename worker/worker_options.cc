@@ -1,0 +1,114 @@
+#include "worker/worker_options.h"
+
+#include <unistd.h>
+
+#include <cstdlib>
+
+#include "absl/flags/flag.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+
+ABSL_FLAG(std::string, model, "", "checkpoint directory (env GEMMA_MODEL)");
+ABSL_FLAG(int, rank, -1, "this rank; -1: env GEMMA_RANK, else the host name's ordinal suffix, else 0");
+ABSL_FLAG(int, world_size, 0, "ranks in the group (tensor-parallel degree); 0: env GEMMA_WORLD_SIZE, else 1");
+ABSL_FLAG(std::string, leader, "", "host:port of rank 0's rendezvous service (env GEMMA_LEADER); default 127.0.0.1:peer_port");
+ABSL_FLAG(int, port, 0, "rank 0's Worker API port; 0: any free port");
+ABSL_FLAG(int, peer_port, 29500, "rank 0's rendezvous port");
+ABSL_FLAG(std::string, bind_host, "", "address this rank's collectives listen on (env GEMMA_BIND_HOST); default: the host name, or 127.0.0.1 for a loopback leader");
+ABSL_FLAG(std::string, device, "cpu", "cpu or cuda");
+ABSL_FLAG(int64_t, kv_cache_mb, 1024, "KV-cache size per rank in MiB");
+ABSL_FLAG(int, metrics_port, 0, "port of the Prometheus /metrics endpoint; 0: none");
+ABSL_FLAG(int64_t, timeout_ms, 30000, "a rank that dies, hangs or never arrives fails the group within this time");
+ABSL_FLAG(int, threads, 0, "compute threads; 0: all cores");
+ABSL_FLAG(std::string, port_file, "", "rank 0 writes its chosen Worker API port here");
+
+namespace gemma {
+namespace {
+
+std::string Env(const char* name) {
+  const char* v = std::getenv(name);
+  return v ? v : "";
+}
+
+}  // namespace
+
+int OrdinalFromHostname(const std::string& hostname) {
+  const size_t dash = hostname.rfind('-');
+  if (dash == std::string::npos) return -1;
+  int v;
+  return absl::SimpleAtoi(hostname.substr(dash + 1), &v) && v >= 0 ? v : -1;
+}
+
+absl::StatusOr<WorkerOptions> WorkerOptionsFromFlags() {
+  WorkerOptions o;
+  o.model = absl::GetFlag(FLAGS_model);
+  if (o.model.empty()) o.model = Env("GEMMA_MODEL");
+  if (o.model.empty()) return absl::InvalidArgumentError("--model DIR is required (or GEMMA_MODEL)");
+
+  o.world = absl::GetFlag(FLAGS_world_size);
+  if (o.world == 0 && !Env("GEMMA_WORLD_SIZE").empty() && !absl::SimpleAtoi(Env("GEMMA_WORLD_SIZE"), &o.world)) {
+    return absl::InvalidArgumentError("GEMMA_WORLD_SIZE must be an integer");
+  }
+  if (o.world == 0) o.world = 1;
+  if (o.world < 1 || o.world > 1024) {
+    return absl::InvalidArgumentError(absl::StrCat("--world_size ", o.world, " is invalid; allowed: 1..1024"));
+  }
+  o.rank = absl::GetFlag(FLAGS_rank);
+  if (o.rank == -1 && !Env("GEMMA_RANK").empty() && !absl::SimpleAtoi(Env("GEMMA_RANK"), &o.rank)) {
+    return absl::InvalidArgumentError("GEMMA_RANK must be an integer");
+  }
+  if (o.rank == -1) {
+    char host[256] = {0};
+    ::gethostname(host, sizeof(host) - 1);
+    o.rank = o.world > 1 ? OrdinalFromHostname(host) : 0;
+    if (o.rank < 0) {
+      return absl::InvalidArgumentError(absl::StrCat("no --rank, GEMMA_RANK, or ordinal in host name \"", host, "\""));
+    }
+  }
+  if (o.rank < 0 || o.rank >= o.world) {
+    return absl::InvalidArgumentError(absl::StrCat("--rank ", o.rank, " is invalid for --world_size ", o.world,
+                                                   "; allowed: 0..", o.world - 1));
+  }
+  o.port = absl::GetFlag(FLAGS_port);
+  o.peer_port = absl::GetFlag(FLAGS_peer_port);
+  o.metrics_port = absl::GetFlag(FLAGS_metrics_port);
+  for (auto [v, name] : {std::pair{o.port, "--port"}, {o.peer_port, "--peer_port"}, {o.metrics_port, "--metrics_port"}}) {
+    if (v < 0 || v > 65535) return absl::InvalidArgumentError(absl::StrCat(name, " ", v, " is invalid; allowed: 0..65535"));
+  }
+  o.leader = absl::GetFlag(FLAGS_leader);
+  if (o.leader.empty()) o.leader = Env("GEMMA_LEADER");
+  if (o.leader.empty()) o.leader = absl::StrCat("127.0.0.1:", o.peer_port);
+  const std::string leader_host = o.leader.substr(0, o.leader.rfind(':'));
+  o.bind_host = absl::GetFlag(FLAGS_bind_host);
+  if (o.bind_host.empty()) o.bind_host = Env("GEMMA_BIND_HOST");
+  if (o.bind_host.empty()) {
+    if (leader_host == "127.0.0.1" || leader_host == "localhost") {
+      o.bind_host = "127.0.0.1";
+    } else {
+      char host[256] = {0};
+      ::gethostname(host, sizeof(host) - 1);
+      o.bind_host = host;
+    }
+  }
+  o.device = absl::GetFlag(FLAGS_device);
+  if (o.device == "cuda") {
+    return absl::UnimplementedError("--device cuda: this build has no CUDA backend yet; allowed: cpu");
+  }
+  if (o.device != "cpu") return absl::InvalidArgumentError(absl::StrCat("--device \"", o.device, "\" is invalid; allowed: cpu, cuda"));
+  const int64_t kv_mb = absl::GetFlag(FLAGS_kv_cache_mb);
+  if (kv_mb < 1 || kv_mb > (int64_t{1} << 24)) {
+    return absl::InvalidArgumentError(absl::StrCat("--kv_cache_mb ", kv_mb, " is invalid; allowed: 1..16777216"));
+  }
+  o.kv_cache_bytes = kv_mb << 20;
+  const int64_t timeout = absl::GetFlag(FLAGS_timeout_ms);
+  if (timeout < 100 || timeout > 3600000) {
+    return absl::InvalidArgumentError(absl::StrCat("--timeout_ms ", timeout, " is invalid; allowed: 100..3600000"));
+  }
+  o.timeout = std::chrono::milliseconds(timeout);
+  o.threads = absl::GetFlag(FLAGS_threads);
+  if (o.threads < 0) return absl::InvalidArgumentError("--threads must be >= 0");
+  o.port_file = absl::GetFlag(FLAGS_port_file);
+  return o;
+}
+
+}  // namespace gemma

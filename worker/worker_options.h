@@ -1,0 +1,35 @@
+// The worker's settings from flags and environment (as a Kubernetes StatefulSet provides them), validated.
+#pragma once
+
+#include <chrono>
+#include <string>
+
+#include "absl/status/statusor.h"
+
+namespace gemma {
+
+struct WorkerOptions {
+  std::string model;
+  int rank = 0;
+  int world = 1;
+  std::string leader;     // host:port of rank 0's rendezvous service
+  int port = 0;           // rank 0's Worker API port (0: any free port)
+  int peer_port = 29500;  // rank 0's rendezvous port
+  std::string bind_host;  // address this rank's collectives listen on
+  std::string device = "cpu";
+  int64_t kv_cache_bytes = int64_t{1} << 30;
+  int metrics_port = 0;   // 0: no metrics endpoint
+  std::chrono::milliseconds timeout{30000};
+  int threads = 0;
+  std::string port_file;  // where rank 0 writes its chosen port
+};
+
+// Reads the absl flags (declared in the .cc), falling back to GEMMA_* environment
+// variables and, for the rank, the ordinal at the end of the host name
+// ("gemma-worker-3" -> 3). InvalidArgument says what is wrong and what is allowed.
+absl::StatusOr<WorkerOptions> WorkerOptionsFromFlags();
+
+// Ordinal suffix of a StatefulSet pod name, or -1.
+int OrdinalFromHostname(const std::string& hostname);
+
+}  // namespace gemma

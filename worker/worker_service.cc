@@ -1,0 +1,58 @@
+#include "worker/worker_service.h"
+
+#include <chrono>
+#include <set>
+
+#include "protos/grpc_status.h"
+#include "worker/step_runner.h"
+
+namespace gemma {
+
+WorkerService::WorkerService(std::unique_ptr<LeaderBackend> backend, worker::v1::ModelInfo info, WorkerMetrics* metrics)
+    : info_(std::move(info)), metrics_(metrics), backend_(std::move(backend)) {}
+
+grpc::Status WorkerService::GetModelInfo(grpc::ServerContext*, const worker::v1::GetModelInfoRequest*,
+                                         worker::v1::ModelInfo* response) {
+  *response = info_;
+  return grpc::Status::OK;
+}
+
+grpc::Status WorkerService::Step(grpc::ServerContext*, const worker::v1::StepRequest* request,
+                                 worker::v1::StepResponse* response) {
+  const auto start = std::chrono::steady_clock::now();
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!healthy_ || backend_ == nullptr) {
+    return grpc::Status(grpc::StatusCode::UNAVAILABLE, "this worker group has failed; restart it");
+  }
+  auto result = RunStep(*backend_, *request);
+  if (!result.ok()) {
+    if (!absl::IsInvalidArgument(result.status())) healthy_ = false;
+    metrics_->RecordFailure(result.status());
+    return ToGrpcStatus(result.status());
+  }
+  *response = std::move(*result);
+  std::set<int32_t> blocks;
+  for (const auto& s : request->sequences()) blocks.insert(s.block_table().begin(), s.block_table().end());
+  metrics_->RecordStep(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(),
+                       response->timings(), static_cast<int>(blocks.size()), request->sequences_size());
+  return grpc::Status::OK;
+}
+
+bool WorkerService::Heartbeat() {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!healthy_ || backend_ == nullptr) return false;
+  if (!backend_->Heartbeat().ok()) healthy_ = false;
+  return healthy_;
+}
+
+bool WorkerService::healthy() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return healthy_;
+}
+
+void WorkerService::Stop() {
+  std::lock_guard<std::mutex> lock(mu_);
+  backend_.reset();
+}
+
+}  // namespace gemma

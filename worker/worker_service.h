@@ -1,0 +1,38 @@
+// The Worker gRPC service of rank 0: model info, and steps run on the whole group one at a time.
+#pragma once
+
+#include <memory>
+#include <mutex>
+#include <string>
+
+#include "absl/base/thread_annotations.h"
+#include "gemma/worker/v1/worker.grpc.pb.h"
+#include "shard/tp_group.h"
+#include "worker/worker_metrics.h"
+
+namespace gemma {
+
+// Thread-safe: steps are serialized (the group runs one at a time).
+class WorkerService final : public worker::v1::Worker::Service {
+ public:
+  WorkerService(std::unique_ptr<LeaderBackend> backend, worker::v1::ModelInfo info, WorkerMetrics* metrics);
+
+  grpc::Status GetModelInfo(grpc::ServerContext* context, const worker::v1::GetModelInfoRequest* request,
+                            worker::v1::ModelInfo* response) override;
+  grpc::Status Step(grpc::ServerContext* context, const worker::v1::StepRequest* request,
+                    worker::v1::StepResponse* response) override;
+  // Sends a heartbeat to idle followers; false once the group has failed.
+  bool Heartbeat();
+  bool healthy() const;
+  // Tells followers to stop (on shutdown).
+  void Stop();
+
+ private:
+  worker::v1::ModelInfo info_;
+  WorkerMetrics* metrics_;
+  mutable std::mutex mu_;
+  std::unique_ptr<LeaderBackend> backend_ ABSL_GUARDED_BY(mu_);
+  bool healthy_ ABSL_GUARDED_BY(mu_) = true;
+};
+
+}  // namespace gemma

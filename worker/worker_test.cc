@@ -1,0 +1,250 @@
+// gemma-worker processes on loopback, driven by a real gRPC client: model info, health, greedy steps against the
+// reference at TP 1 and TP 2, a killed rank, a restarted group, and bad flags.
+#include <grpcpp/grpcpp.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <fstream>
+#include <thread>
+
+#include "gemma/worker/v1/worker.grpc.pb.h"
+#include "grpc/health/v1/health.grpc.pb.h"
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+#include "tests/testdata.h"
+
+namespace gemma {
+namespace {
+
+using worker::v1::StepRequest;
+using worker::v1::StepResponse;
+
+int FreePort() {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
+  socklen_t len = sizeof(addr);
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  ::close(fd);
+  return ntohs(addr.sin_port);
+}
+
+struct Proc {
+  pid_t pid = -1;
+  std::string err_path;
+  ~Proc() { Kill(); }
+  void Kill() {
+    if (pid > 0) {
+      ::kill(pid, SIGKILL);
+      ::waitpid(pid, nullptr, 0);
+      pid = -1;
+    }
+  }
+  // Exit code, or -1 if still running after `wait`.
+  int WaitExit(std::chrono::milliseconds wait) {
+    const auto end = std::chrono::steady_clock::now() + wait;
+    int status;
+    while (std::chrono::steady_clock::now() < end) {
+      if (::waitpid(pid, &status, WNOHANG) == pid) {
+        pid = -1;
+        return WIFEXITED(status) ? WEXITSTATUS(status) : 128;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    return -1;
+  }
+  std::string Err() const { return testing::ReadFile(err_path); }
+};
+
+std::unique_ptr<Proc> StartWorker(const std::vector<std::string>& args) {
+  static int n = 0;
+  auto p = std::make_unique<Proc>();
+  p->err_path = ::testing::TempDir() + "/worker_" + std::to_string(::getpid()) + "_" + std::to_string(n++) + ".err";
+  p->pid = ::fork();
+  if (p->pid == 0) {
+    ::freopen(p->err_path.c_str(), "w", stderr);
+    ::freopen("/dev/null", "w", stdout);
+    std::vector<char*> argv = {const_cast<char*>(WORKER_BINARY)};
+    for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+    argv.push_back(nullptr);
+    ::execv(WORKER_BINARY, argv.data());
+    ::_exit(127);
+  }
+  return p;
+}
+
+// A group of `world` ranks on loopback; returns rank 0's Worker API port (0 on failure).
+struct Group {
+  std::vector<std::unique_ptr<Proc>> ranks;
+  int port = 0;
+};
+
+Group StartGroup(const std::string& model, int world, int timeout_ms = 3000) {
+  Group g;
+  const std::string port_file = ::testing::TempDir() + "/port_" + std::to_string(::getpid()) + "_" + std::to_string(FreePort());
+  std::remove(port_file.c_str());
+  const std::string peer = std::to_string(FreePort());
+  for (int r = 0; r < world; ++r) {
+    g.ranks.push_back(StartWorker({"--model=" + model, "--rank=" + std::to_string(r), "--world_size=" + std::to_string(world),
+                                   "--peer_port=" + peer, "--leader=127.0.0.1:" + peer, "--port_file=" + port_file,
+                                   "--timeout_ms=" + std::to_string(timeout_ms), "--threads=1", "--kv_cache_mb=16"}));
+  }
+  for (int i = 0; i < 300 && g.port == 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    std::ifstream in(port_file);
+    in >> g.port;
+    if (!in) g.port = 0;
+  }
+  return g;
+}
+
+std::unique_ptr<worker::v1::Worker::Stub> Client(int port) {
+  return worker::v1::Worker::NewStub(
+      grpc::CreateChannel("127.0.0.1:" + std::to_string(port), grpc::InsecureChannelCredentials()));
+}
+
+// Greedy generation through Step calls: one prefill step, then one step per token.
+grpc::Status Greedy(worker::v1::Worker::Stub& stub, const std::vector<int>& prompt, int n, std::vector<int>* out) {
+  std::vector<int> tokens = prompt;
+  for (int i = 0; i < n; ++i) {
+    StepRequest req;
+    auto* s = req.add_sequences();
+    s->set_sequence_id(7);
+    const int start = i == 0 ? 0 : static_cast<int>(tokens.size()) - 1;
+    for (size_t t = start; t < tokens.size(); ++t) s->add_tokens(tokens[t]);
+    s->set_start_pos(start);
+    for (int b = 0; b < 8; ++b) s->add_block_table(b);
+    s->set_sample(true);
+    StepResponse resp;
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(20));
+    grpc::Status st = stub.Step(&ctx, req, &resp);
+    if (!st.ok()) return st;
+    tokens.push_back(resp.results(0).token());
+    out->push_back(resp.results(0).token());
+  }
+  return grpc::Status::OK;
+}
+
+void ExpectReferenceGreedy(int port) {
+  const auto gens = nlohmann::json::parse(testing::ReadFile(testing::GemmaTinyDir() + "/reference/tiny-mqa/generations.json"));
+  auto stub = Client(port);
+  for (const auto& g : gens["results"]) {
+    std::vector<int> got;
+    ASSERT_TRUE(Greedy(*stub, g["prompt_ids"].get<std::vector<int>>(), 32, &got).ok());
+    const auto ref = g["generated_ids"].get<std::vector<int>>();
+    const size_t compare = g["first_step_with_margin_below_1e-3"].is_null() ? 32 : g["first_step_with_margin_below_1e-3"].get<size_t>();
+    EXPECT_TRUE(std::equal(ref.begin(), ref.begin() + compare, got.begin())) << g["prompt"];
+  }
+}
+
+TEST(WorkerTest, SingleRankServesInfoHealthAndReferenceTokens) {
+  Group g = StartGroup(testing::GemmaTinyDir() + "/tiny-mqa", 1);
+  ASSERT_GT(g.port, 0) << g.ranks[0]->Err();
+  auto stub = Client(g.port);
+  worker::v1::ModelInfo info;
+  grpc::ClientContext ctx;
+  ASSERT_TRUE(stub->GetModelInfo(&ctx, {}, &info).ok());
+  EXPECT_EQ(info.vocab_size(), 4096);
+  EXPECT_EQ(info.num_kv_heads(), 1);
+  EXPECT_EQ(info.tokenizer_model().size(), 61137u);
+  EXPECT_EQ(info.tensor_parallel(), 1);
+  auto health = grpc::health::v1::Health::NewStub(
+      grpc::CreateChannel("127.0.0.1:" + std::to_string(g.port), grpc::InsecureChannelCredentials()));
+  grpc::health::v1::HealthCheckRequest hreq;
+  hreq.set_service("gemma.worker.v1.Worker");
+  grpc::health::v1::HealthCheckResponse hresp;
+  grpc::ClientContext hctx;
+  ASSERT_TRUE(health->Check(&hctx, hreq, &hresp).ok());
+  EXPECT_EQ(hresp.status(), grpc::health::v1::HealthCheckResponse::SERVING);
+  ExpectReferenceGreedy(g.port);
+}
+
+TEST(WorkerTest, TwoRanksGiveReferenceTokensAndScores) {
+  Group g = StartGroup(testing::GemmaTinyDir() + "/tiny-mqa", 2);
+  ASSERT_GT(g.port, 0) << g.ranks[0]->Err() << g.ranks[1]->Err();
+  ExpectReferenceGreedy(g.port);
+  const auto scores = nlohmann::json::parse(testing::ReadFile(testing::GemmaTinyDir() + "/reference/tiny-mqa/scores.json"));
+  const auto ids = scores["prompts"][0]["ids"].get<std::vector<int>>();
+  StepRequest req;
+  auto* s = req.add_sequences();
+  for (size_t i = 0; i < ids.size(); ++i) {
+    s->add_tokens(ids[i]);
+    s->add_score_targets(i + 1 < ids.size() ? ids[i + 1] : -1);
+  }
+  for (int b = 0; b < 4; ++b) s->add_block_table(b);
+  StepResponse resp;
+  grpc::ClientContext ctx;
+  ASSERT_TRUE(Client(g.port)->Step(&ctx, req, &resp).ok());
+  const auto want = scores["prompts"][0]["token_logprobs"].get<std::vector<double>>();
+  ASSERT_EQ(resp.results(0).score_logprobs_size(), static_cast<int>(ids.size()));
+  for (size_t i = 0; i < want.size(); ++i) EXPECT_NEAR(resp.results(0).score_logprobs(i), want[i], 1e-4);
+}
+
+TEST(WorkerTest, MalformedStepIsInvalidArgumentAndTheGroupStaysUp) {
+  Group g = StartGroup(testing::GemmaTinyDir() + "/tiny-mqa", 1);
+  ASSERT_GT(g.port, 0);
+  StepRequest req;
+  auto* s = req.add_sequences();
+  s->add_tokens(99999);
+  s->add_block_table(0);
+  StepResponse resp;
+  grpc::ClientContext ctx;
+  const grpc::Status st = Client(g.port)->Step(&ctx, req, &resp);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(st.error_message().find("outside the vocabulary"), std::string::npos) << st.error_message();
+  std::vector<int> got;
+  EXPECT_TRUE(Greedy(*Client(g.port), {2, 3791, 323}, 2, &got).ok());
+}
+
+TEST(WorkerTest, KilledRankMakesStepsUnavailableAndARestartedGroupServes) {
+  const std::string model = testing::GemmaTinyDir() + "/tiny-mqa";
+  {
+    Group g = StartGroup(model, 2, 2000);
+    ASSERT_GT(g.port, 0);
+    std::vector<int> got;
+    ASSERT_TRUE(Greedy(*Client(g.port), {2, 3791, 323}, 2, &got).ok());
+    g.ranks[1]->Kill();
+    const auto start = std::chrono::steady_clock::now();
+    got.clear();
+    const grpc::Status st = Greedy(*Client(g.port), {2, 3791, 323}, 4, &got);
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::UNAVAILABLE) << st.error_message();
+    EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(8));
+    EXPECT_EQ(g.ranks[0]->WaitExit(std::chrono::seconds(8)), 1) << "the leader of a failed group exits to be restarted";
+  }
+  Group again = StartGroup(model, 2, 2000);
+  ASSERT_GT(again.port, 0);
+  std::vector<int> got;
+  EXPECT_TRUE(Greedy(*Client(again.port), {2, 3791, 323}, 3, &got).ok());
+}
+
+TEST(WorkerTest, BadFlagsGiveClearErrors) {
+  const std::string model = "--model=" + testing::GemmaTinyDir() + "/tiny-mha";
+  struct Case {
+    std::vector<std::string> args;
+    std::string needle;
+  };
+  const std::string dead_leader = "--leader=127.0.0.1:" + std::to_string(FreePort());
+  for (const Case& c : std::vector<Case>{
+           {{model, "--rank=2", "--world_size=2"}, "allowed: 0..1"},
+           {{model, "--rank=0", "--world_size=3"}, "does not divide the 4 attention heads"},
+           {{model, "--device=tpu"}, "allowed: cpu, cuda"},
+           {{model, "--device=cuda"}, "no CUDA backend"},
+           {{"--model=/nonexistent"}, "/nonexistent"},
+           {{model, "--rank=1", "--world_size=2", dead_leader, "--timeout_ms=1500"}, "could not connect"},
+       }) {
+    auto p = StartWorker(c.args);
+    const int code = p->WaitExit(std::chrono::seconds(10));
+    EXPECT_GT(code, 0) << c.needle;
+    EXPECT_NE(p->Err().find(c.needle), std::string::npos) << p->Err();
+  }
+}
+
+}  // namespace
+}  // namespace gemma
