@@ -1,7 +1,10 @@
 // gemma bench: prefill and decode throughput of the engine, with decode as a fraction of memory bandwidth.
 #include <omp.h>
 
+#include <unistd.h>
+
 #include <chrono>
+#include <fstream>
 #include <cstdio>
 #include <random>
 
@@ -21,7 +24,18 @@ double Now() { return std::chrono::duration<double>(std::chrono::steady_clock::n
 struct Figures {
   int threads;
   double prefill_tokens_per_s, decode_batch1, decode_batch8, bandwidth;
+  double collective_fraction_batch1 = 0;  // share of decode step time in collectives (TP > 1)
 };
+
+// Resident memory of a process in bytes (its mapped weights included), or -1.
+int64_t ResidentBytes(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("VmRSS:", 0) == 0) return std::stoll(line.substr(6)) * 1024;
+  }
+  return -1;
+}
 
 // Sequences of `batch` random prompts of `prompt_len`, each with its own blocks.
 struct BenchBatch {
@@ -56,7 +70,8 @@ absl::StatusOr<double> PrefillTokensPerSecond(Backend* backend, int prompt_len) 
 }
 
 // Decode steps of `batch` sequences after a short prefill; returns generated tokens per second.
-absl::StatusOr<double> DecodeTokensPerSecond(Backend* backend, int batch, int context, int steps) {
+absl::StatusOr<double> DecodeTokensPerSecond(Backend* backend, int batch, int context, int steps,
+                                             double* collective_fraction = nullptr) {
   const auto& c = backend->config();
   BenchBatch b = MakeBatch(batch, context, context + steps + 1, backend->kv_block_size(), c.vocab_size, 2);
   StepLogits logits;
@@ -64,13 +79,16 @@ absl::StatusOr<double> DecodeTokensPerSecond(Backend* backend, int batch, int co
   for (int s = 0; s < batch; ++s) step[s] = {b.tokens[s], 0, b.blocks[s], LogitsWanted::kLast};
   if (auto st = backend->Forward(step, &logits); !st.ok()) return st;
   std::vector<int32_t> next(batch, 5);
-  double start = 0;
+  double start = 0, collective = 0;
   for (int i = 0; i <= steps; ++i) {
     if (i == 1) start = Now();  // the first decode step warms caches and is not counted
     for (int s = 0; s < batch; ++s) step[s] = {{&next[s], 1}, context + i, b.blocks[s], LogitsWanted::kLast};
     if (auto st = backend->Forward(step, &logits); !st.ok()) return st;
+    if (i >= 1) collective += backend->last_timings().collective_seconds;
   }
-  return batch * steps / (Now() - start);
+  const double elapsed = Now() - start;
+  if (collective_fraction) *collective_fraction = collective / elapsed;
+  return batch * steps / elapsed;
 }
 
 }  // namespace
@@ -82,6 +100,7 @@ int BenchCommand(int argc, char** argv) {
       .Flag("threads", "thread count for the all-cores run (default: all cores); a 1-thread run is always added")
       .Flag("prompt-len", "prefill prompt length (default 512)")
       .Flag("steps", "decode steps timed per batch size (default 8)")
+      .Flag("tp", "tensor-parallel degree: a local group of N processes, threads split among them (default 1)")
       .Flag("json", "print one JSON object", true);
   int code;
   if (!ParseOrExit(args, argc, argv, kCmd, &code)) return code;
@@ -89,32 +108,37 @@ int BenchCommand(int argc, char** argv) {
   auto threads = args.GetInt("threads", omp_get_num_procs(), 1, 4096);
   auto prompt_len = args.GetInt("prompt-len", 512, 2, 8192);
   auto steps = args.GetInt("steps", 8, 1, 10000);
-  for (const absl::Status& s : {threads.status(), prompt_len.status(), steps.status()}) {
+  auto tp = args.GetInt("tp", 1, 1, 64);
+  for (const absl::Status& s : {threads.status(), prompt_len.status(), steps.status(), tp.status()}) {
     if (!s.ok()) return Fail(kCmd, s);
   }
   const int decode_context = 64;
   const int64_t kv_tokens = std::max<int64_t>(*prompt_len, 8 * (decode_context + *steps + 1 + 16));
   auto model = OpenLocalModel(args.Get("model"));
   if (!model.ok()) return Fail(kCmd, model.status());
-  if (auto s = AttachBackend(*model, kv_tokens); !s.ok()) return Fail(kCmd, s);
+  if (*tp > 1) SetThreads(static_cast<int>(*threads));  // split among the ranks by AttachBackend
+  if (auto s = AttachBackend(*model, kv_tokens, static_cast<int>(*tp)); !s.ok()) return Fail(kCmd, s);
   if (*prompt_len > model->config().max_position_embeddings) {
     return Fail(kCmd, absl::InvalidArgumentError("--prompt-len exceeds the model's context"));
   }
   const int64_t weight_bytes = model->weights->WeightBytesPerStep();
 
+  // Threads per rank: a 1-thread run and an all-cores run; a TP group keeps the split it started with.
   std::vector<int> thread_counts = {1};
   if (*threads != 1) thread_counts.push_back(static_cast<int>(*threads));
+  if (*tp > 1) thread_counts = {omp_get_max_threads()};
   std::vector<Figures> figures;
   Progress progress("benchmark", static_cast<int64_t>(thread_counts.size()) * 4);
   int done = 0;
   for (int t : thread_counts) {
-    SetThreads(t);
+    if (*tp == 1) SetThreads(t);
     Figures f{t};
     f.bandwidth = MeasureReadBandwidth(int64_t{1} << 30, 5);
     progress.Update(++done);
     auto prefill = PrefillTokensPerSecond(model->backend.get(), static_cast<int>(*prompt_len));
     progress.Update(++done);
-    auto d1 = DecodeTokensPerSecond(model->backend.get(), 1, decode_context, static_cast<int>(*steps));
+    auto d1 = DecodeTokensPerSecond(model->backend.get(), 1, decode_context, static_cast<int>(*steps),
+                                    &f.collective_fraction_batch1);
     progress.Update(++done);
     auto d8 = DecodeTokensPerSecond(model->backend.get(), 8, decode_context, static_cast<int>(*steps));
     progress.Update(++done);
@@ -129,6 +153,8 @@ int BenchCommand(int argc, char** argv) {
   progress.Finish();
 
   const auto& c = model->config();
+  nlohmann::json rss = nlohmann::json::array({ResidentBytes(::getpid())});
+  for (pid_t pid : model->followers) rss.push_back(ResidentBytes(pid));
   auto fraction = [&](const Figures& f) { return weight_bytes * f.decode_batch1 / f.bandwidth; };
   const Figures& all = figures.back();
   if (args.Has("json")) {
@@ -139,12 +165,15 @@ int BenchCommand(int argc, char** argv) {
                       {"decode_tokens_per_s_batch1", f.decode_batch1},
                       {"decode_tokens_per_s_batch8", f.decode_batch8},
                       {"read_bandwidth_bytes_per_s", f.bandwidth},
-                      {"decode_batch1_bandwidth_fraction", fraction(f)}});
+                      {"decode_batch1_bandwidth_fraction", fraction(f)},
+                      {"decode_batch1_collective_fraction", f.collective_fraction_batch1}});
     }
     nlohmann::json out = {{"model", c.DebugString()},
                           {"prompt_len", *prompt_len},
                           {"weight_bytes", weight_bytes},
                           {"threads", all.threads},
+                          {"tp", *tp},
+                          {"resident_bytes_per_rank", rss},
                           {"prefill_tokens_per_s", all.prefill_tokens_per_s},
                           {"decode_tokens_per_s_batch1", all.decode_batch1},
                           {"decode_tokens_per_s_batch8", all.decode_batch8},
@@ -154,13 +183,15 @@ int BenchCommand(int argc, char** argv) {
     std::printf("%s\n", out.dump(2).c_str());
     return 0;
   }
-  std::printf("model: %s, weights read per decode step: %.2f GB\n", c.DebugString().c_str(), weight_bytes / 1e9);
+  std::printf("model: %s, TP %d, weights read per decode step by rank 0: %.2f GB, resident per rank: %s\n",
+              c.DebugString().c_str(), static_cast<int>(*tp), weight_bytes / 1e9, rss.dump().c_str());
   std::printf("%8s %14s %12s %12s %10s %14s\n", "threads", "prefill tok/s", "decode b=1", "decode b=8", "b8/b1",
               "b1 % of bw");
   for (const auto& f : figures) {
     std::printf("%8d %14.2f %12.2f %12.2f %10.2f %13.1f%%  (read bandwidth %.1f GB/s)\n", f.threads,
                 f.prefill_tokens_per_s, f.decode_batch1, f.decode_batch8, f.decode_batch8 / f.decode_batch1,
                 100 * fraction(f), f.bandwidth / 1e9);
+    if (*tp > 1) std::printf("         collectives: %.1f%% of batch-1 decode step time\n", 100 * f.collective_fraction_batch1);
   }
   return 0;
 }

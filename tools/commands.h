@@ -8,5 +8,6 @@ int ScoreCommand(int argc, char** argv);
 int TokenizeCommand(int argc, char** argv);
 int MakeTinyCommand(int argc, char** argv);
 int BenchCommand(int argc, char** argv);
+int BenchCollectiveCommand(int argc, char** argv);
 
 }  // namespace gemma
