@@ -1,6 +1,10 @@
 #include "shard/model_weights.h"
 
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include <cmath>
+#include <cstring>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -45,11 +49,44 @@ absl::StatusOr<MatrixView> ModelWeights::Matrix(const std::string& name, int64_t
   if (t->dtype == DType::kBF16 && reinterpret_cast<uintptr_t>(t->data) % 2 == 0) {
     return MatrixView{reinterpret_cast<const uint16_t*>(t->data), rows, cols, cols};
   }
-  auto owned = std::make_unique<uint16_t[]>(rows * cols);
+  auto owned = AllocateOwned(rows * cols);
   for (int64_t i = 0; i < rows * cols; ++i) owned[i] = F32ToBf16(ElementAsF32(*t, i));
   MatrixView view{owned.get(), rows, cols, cols};
   converted_.push_back(std::move(owned));
   return view;
+}
+
+ModelWeights::OwnedBuffer ModelWeights::AllocateOwned(int64_t elements) {
+  // 2 MB pages: weights stream through every step, and small pages cost TLB
+  // (and, under some hypervisors, shadow page table) misses on every pass.
+  constexpr size_t kHuge = 2 << 20;
+  const size_t bytes = (static_cast<size_t>(elements) * sizeof(uint16_t) + kHuge - 1) / kHuge * kHuge;
+  void* p = std::aligned_alloc(kHuge, bytes);
+  if (p == nullptr) throw std::bad_alloc();
+  ::madvise(p, bytes, MADV_HUGEPAGE);
+  return OwnedBuffer(static_cast<uint16_t*>(p));
+}
+
+MatrixView ModelWeights::OwnedCopy(const MatrixView& slice, const MatrixView& whole) {
+  auto owned = AllocateOwned(slice.rows * slice.cols);
+  for (int64_t r = 0; r < slice.rows; ++r) {
+    std::memcpy(&owned[r * slice.cols], slice.data + r * slice.stride, slice.cols * sizeof(uint16_t));
+  }
+  // Drop this process's mapping of the whole matrix's pages (the page cache keeps them).
+  const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const uintptr_t begin = (reinterpret_cast<uintptr_t>(whole.data) + page - 1) / page * page;
+  const uintptr_t end = reinterpret_cast<uintptr_t>(whole.data + whole.rows * whole.stride) / page * page;
+  if (end > begin && !IsOwned(whole)) ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
+  MatrixView view{owned.get(), slice.rows, slice.cols, slice.cols};
+  converted_.push_back(std::move(owned));
+  return view;
+}
+
+bool ModelWeights::IsOwned(const MatrixView& m) const {
+  for (const auto& c : converted_) {
+    if (c.get() == m.data) return true;
+  }
+  return false;
 }
 
 absl::StatusOr<std::vector<float>> ModelWeights::NormPlusOne(const std::string& name, int64_t n) {
@@ -96,10 +133,16 @@ absl::StatusOr<std::unique_ptr<ModelWeights>> ModelWeights::Load(std::shared_ptr
     l.q = Rows(l.q, tp.q_head_begin * d, tp.num_q_heads * d);
     l.k = Rows(l.k, tp.kv_head_begin * d, tp.num_kv_heads * d);
     l.v = Rows(l.v, tp.kv_head_begin * d, tp.num_kv_heads * d);
-    l.o = Cols(l.o, tp.q_head_begin * d, tp.num_q_heads * d);
+    if (tp.world > 1) {
+      // Row-parallel slices are columns: every row holds a piece, so using them in
+      // place would keep every page of the whole matrix resident on every rank.
+      // A contiguous copy of the slice (and dropping the mapped pages) keeps a
+      // rank's memory at its share.
+      l.o = w->OwnedCopy(Cols(l.o, tp.q_head_begin * d, tp.num_q_heads * d), l.o);
+      l.down = w->OwnedCopy(Cols(l.down, tp.ffn_begin, tp.ffn_size), l.down);
+    }
     l.gate = Rows(l.gate, tp.ffn_begin, tp.ffn_size);
     l.up = Rows(l.up, tp.ffn_begin, tp.ffn_size);
-    l.down = Cols(l.down, tp.ffn_begin, tp.ffn_size);
     GEMMA_ASSIGN(l.attn_norm, w->NormPlusOne(p + "input_layernorm.weight", h));
     GEMMA_ASSIGN(l.ffn_norm, w->NormPlusOne(p + "post_attention_layernorm.weight", h));
   }

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstdlib>
 #include <memory>
 #include <vector>
 
@@ -46,13 +47,23 @@ class ModelWeights {
  private:
   absl::StatusOr<MatrixView> Matrix(const std::string& name, int64_t rows, int64_t cols);
   absl::StatusOr<std::vector<float>> NormPlusOne(const std::string& name, int64_t n);
+  // A contiguous owned copy of `slice` (part of `whole`); releases the mapped pages of `whole`.
+  MatrixView OwnedCopy(const MatrixView& slice, const MatrixView& whole);
+  // Whether `m` is one of the copies this object owns (not mapped file pages).
+  bool IsOwned(const MatrixView& m) const;
 
   std::shared_ptr<const Checkpoint> checkpoint_;
   TensorParallel tp_;
   MatrixView embed_;
   std::vector<float> final_norm_;
   std::vector<LayerWeights> layers_;
-  std::vector<std::unique_ptr<uint16_t[]>> converted_;  // bf16 copies of F16/F32 tensors
+  struct FreeDeleter {
+    void operator()(uint16_t* p) const { std::free(p); }
+  };
+  using OwnedBuffer = std::unique_ptr<uint16_t[], FreeDeleter>;
+  // bf16 copies this object owns (F16/F32 tensors, row-parallel slices), on huge pages.
+  static OwnedBuffer AllocateOwned(int64_t elements);
+  std::vector<OwnedBuffer> converted_;
 };
 
 }  // namespace gemma

@@ -106,17 +106,19 @@ void ExpectFailureWithinTimeout(int signal_to_follower, const std::string& why) 
             "--tp", "2", "--tp-timeout-ms", "2000", "--threads", "1", static_cast<char*>(nullptr));
     ::_exit(127);
   }
-  // Find the follower (the leader's child) once the group is running.
+  // Find the follower (the leader's child) as soon as it exists, and pause the
+  // leader so the generation cannot finish first; hurt the follower; resume.
   pid_t follower = -1;
-  for (int i = 0; i < 100 && follower < 0; ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  for (int i = 0; i < 10000 && follower < 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
     std::ifstream children("/proc/" + std::to_string(leader) + "/task/" + std::to_string(leader) + "/children");
     children >> follower;
     if (!children) follower = -1;
   }
   ASSERT_GT(follower, 0) << "no follower process appeared";
-  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  ::kill(leader, SIGSTOP);
   ::kill(follower, signal_to_follower);
+  ::kill(leader, SIGCONT);
   const auto start = std::chrono::steady_clock::now();
   int status = 0;
   while (::waitpid(leader, &status, WNOHANG) == 0) {

@@ -101,6 +101,7 @@ int BenchCommand(int argc, char** argv) {
       .Flag("prompt-len", "prefill prompt length (default 512)")
       .Flag("steps", "decode steps timed per batch size (default 8)")
       .Flag("tp", "tensor-parallel degree: a local group of N processes, threads split among them (default 1)")
+      .Flag("tp-transport", "collectives of a local group: shm (shared memory, default) or gloo (TCP)")
       .Flag("json", "print one JSON object", true);
   int code;
   if (!ParseOrExit(args, argc, argv, kCmd, &code)) return code;
@@ -117,7 +118,7 @@ int BenchCommand(int argc, char** argv) {
   auto model = OpenLocalModel(args.Get("model"));
   if (!model.ok()) return Fail(kCmd, model.status());
   if (*tp > 1) SetThreads(static_cast<int>(*threads));  // split among the ranks by AttachBackend
-  if (auto s = AttachBackend(*model, kv_tokens, static_cast<int>(*tp)); !s.ok()) return Fail(kCmd, s);
+  if (auto s = AttachBackend(*model, kv_tokens, static_cast<int>(*tp), 30000, args.Get("tp-transport", "shm")); !s.ok()) return Fail(kCmd, s);
   if (*prompt_len > model->config().max_position_embeddings) {
     return Fail(kCmd, absl::InvalidArgumentError("--prompt-len exceeds the model's context"));
   }

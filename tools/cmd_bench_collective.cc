@@ -9,7 +9,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "nlohmann/json.hpp"
-#include "shard/gloo_collective.h"
+#include "tools/local_model.h"
 #include "tools/cli_common.h"
 #include "tools/commands.h"
 
@@ -51,6 +51,7 @@ int BenchCollectiveCommand(int argc, char** argv) {
   args.Flag("world", "processes in the group, 2..16 (default 2)")
       .Flag("sizes", "message sizes in floats (default: hidden of 2B/7B at batch 1 and 8, and a 2B logits slice)")
       .Flag("iters", "timed repetitions per size (default 200)")
+      .Flag("transport", "shm (shared memory, default) or gloo (TCP over loopback)")
       .Flag("json", "print one JSON object", true);
   int code;
   if (!ParseOrExit(args, argc, argv, kCmd, &code)) return code;
@@ -60,6 +61,10 @@ int BenchCollectiveCommand(int argc, char** argv) {
   for (const absl::Status& s : {world.status(), iters.status(), sizes_arg.status()}) {
     if (!s.ok()) return Fail(kCmd, s);
   }
+  const std::string transport = args.Get("transport", "shm");
+  if (transport != "shm" && transport != "gloo") {
+    return Fail(kCmd, absl::InvalidArgumentError("--transport \"" + transport + "\" is invalid; allowed: shm, gloo"));
+  }
   std::vector<size_t> sizes(sizes_arg->begin(), sizes_arg->end());
   if (sizes.empty()) sizes = {2048, 3072, 16384, 24576, 128000};
   char tmpl[] = "/tmp/gemma-bench-XXXXXX";
@@ -68,27 +73,27 @@ int BenchCollectiveCommand(int argc, char** argv) {
   for (int rank = 1; rank < *world; ++rank) {
     const pid_t pid = ::fork();
     if (pid == 0) {
-      auto c = CreateGlooCollective(MakeFileStore(tmpl), {rank, static_cast<int>(*world)});
+      auto c = LocalCollective(transport, tmpl, rank, static_cast<int>(*world), 30000);
       if (!c.ok()) ::_exit(1);
       ::_exit(Measure(**c, sizes, static_cast<int>(*iters)).ok() ? 0 : 1);
     }
     children.push_back(pid);
   }
-  auto c = CreateGlooCollective(MakeFileStore(tmpl), {0, static_cast<int>(*world)});
+  auto c = LocalCollective(transport, tmpl, 0, static_cast<int>(*world), 30000);
   absl::StatusOr<std::vector<Latency>> result = c.ok() ? Measure(**c, sizes, static_cast<int>(*iters)) : c.status();
   for (pid_t pid : children) ::waitpid(pid, nullptr, 0);
   std::error_code ec;
   std::filesystem::remove_all(tmpl, ec);
   if (!result.ok()) return Fail(kCmd, result.status());
   if (args.Has("json")) {
-    nlohmann::json out = {{"world", *world}, {"results", nlohmann::json::array()}};
+    nlohmann::json out = {{"world", *world}, {"transport", transport}, {"results", nlohmann::json::array()}};
     for (const auto& l : *result) {
       out["results"].push_back({{"op", l.op}, {"floats", l.floats}, {"p50_us", l.p50_us}, {"p90_us", l.p90_us}});
     }
     std::printf("%s\n", out.dump(2).c_str());
     return 0;
   }
-  std::printf("%d ranks over Gloo TCP (loopback)\n%-11s %10s %10s %10s\n", static_cast<int>(*world), "op", "floats",
+  std::printf("%d ranks over %s\n%-11s %10s %10s %10s\n", static_cast<int>(*world), transport.c_str(), "op", "floats",
               "p50 us", "p90 us");
   for (const auto& l : *result) std::printf("%-11s %10zu %10.1f %10.1f\n", l.op.c_str(), l.floats, l.p50_us, l.p90_us);
   return 0;

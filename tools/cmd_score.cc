@@ -17,6 +17,7 @@ int ScoreCommand(int argc, char** argv) {
       .Flag("prompt-ids", "token ids to score, comma-separated, used as given")
       .Flag("threads", "compute threads; 0 = all cores (default 0)")
       .Flag("tp", "tensor-parallel degree: run a local group of N processes (default 1)")
+      .Flag("tp-transport", "collectives of a local group: shm (shared memory, default) or gloo (TCP)")
       .Flag("tp-timeout-ms", "a dead or hung rank fails the run within this time, 100..3600000 (default 30000)")
       .Flag("json", "print one JSON object with token_ids and logprobs (the only output format)", true);
   int code;
@@ -38,7 +39,7 @@ int ScoreCommand(int argc, char** argv) {
                                                  " tokens exceeds the model's context of " +
                                                  std::to_string(config.max_position_embeddings)));
   }
-  if (auto s = AttachBackend(*model, static_cast<int64_t>(prompt->size()), static_cast<int>(*tp), *tp_timeout); !s.ok()) return Fail(kCmd, s);
+  if (auto s = AttachBackend(*model, static_cast<int64_t>(prompt->size()), static_cast<int>(*tp), *tp_timeout, args.Get("tp-transport", "shm")); !s.ok()) return Fail(kCmd, s);
   GenerationRequest req;
   req.prompt = *prompt;
   req.max_new_tokens = 0;

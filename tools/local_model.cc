@@ -15,6 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "shard/cpu/cpu_backend.h"
 #include "shard/gloo_collective.h"
+#include "shard/shm_collective.h"
 #include "shard/tensor_parallel.h"
 #include "shard/tp_group.h"
 #include "tools/args.h"
@@ -88,15 +89,32 @@ absl::StatusOr<LocalModel> OpenLocalModel(const std::string& dir_or_empty) {
   return m;
 }
 
-absl::Status AttachBackend(LocalModel& model, int64_t kv_tokens, int tp, int64_t timeout_ms) {
+absl::StatusOr<std::unique_ptr<Collective>> LocalCollective(const std::string& transport, const std::string& store_dir,
+                                                            int rank, int world, int64_t timeout_ms) {
+  if (transport == "shm") {
+    return CreateShmCollective({rank, world, store_dir, std::chrono::milliseconds(timeout_ms)});
+  }
+  if (transport == "gloo") {
+    GlooOptions options{rank, world};
+    options.timeout = std::chrono::milliseconds(timeout_ms);
+    return CreateGlooCollective(MakeFileStore(store_dir), options);
+  }
+  return absl::InvalidArgumentError(absl::StrCat("transport \"", transport, "\" is invalid; allowed: shm, gloo"));
+}
+
+absl::Status AttachBackend(LocalModel& model, int64_t kv_tokens, int tp, int64_t timeout_ms,
+                           const std::string& transport) {
   if (tp == 1) {
     auto backend = RankBackend(model.checkpoint, 0, 1, kv_tokens, nullptr, &model.weights);
     if (!backend.ok()) return backend.status();
     model.backend = std::move(*backend);
     return absl::OkStatus();
   }
-  // Check the degree before starting anyone.
+  // Check the degree and transport before starting anyone.
   if (auto t = TensorParallel::Create(model.config(), 0, tp); !t.ok()) return t.status();
+  if (transport != "shm" && transport != "gloo") {
+    return absl::InvalidArgumentError(absl::StrCat("--tp-transport \"", transport, "\" is invalid; allowed: shm, gloo"));
+  }
   char tmpl[] = "/tmp/gemma-tp-XXXXXX";
   if (::mkdtemp(tmpl) == nullptr) return absl::InternalError("cannot create a rendezvous directory in /tmp");
   model.store_dir = tmpl;
@@ -110,15 +128,13 @@ absl::Status AttachBackend(LocalModel& model, int64_t kv_tokens, int tp, int64_t
                         t = std::to_string(threads), ms = std::to_string(timeout_ms);
       ::execl("/proc/self/exe", "gemma", "tp-follower", "--model", model.dir.c_str(), "--rank", r.c_str(), "--world",
               w.c_str(), "--store", model.store_dir.c_str(), "--kv-tokens", k.c_str(), "--threads", t.c_str(),
-              "--timeout-ms", ms.c_str(), static_cast<char*>(nullptr));
+              "--timeout-ms", ms.c_str(), "--transport", transport.c_str(), static_cast<char*>(nullptr));
       ::_exit(127);
     }
     model.followers.push_back(pid);
   }
   SetThreads(threads);
-  GlooOptions options{0, tp};
-  options.timeout = std::chrono::milliseconds(timeout_ms);
-  auto collective = CreateGlooCollective(MakeFileStore(model.store_dir), options);
+  auto collective = LocalCollective(transport, model.store_dir, 0, tp, timeout_ms);
   if (!collective.ok()) return collective.status();
   std::shared_ptr<Collective> shared(std::move(*collective));
   auto backend = RankBackend(model.checkpoint, 0, tp, kv_tokens, shared, &model.weights);
@@ -135,6 +151,7 @@ int TpFollowerCommand(int argc, char** argv) {
   args.Flag("model", "checkpoint directory").Flag("rank", "this rank").Flag("world", "group size");
   args.Flag("store", "rendezvous directory").Flag("kv-tokens", "KV cache positions").Flag("threads", "compute threads");
   args.Flag("timeout-ms", "collective timeout in ms");
+  args.Flag("transport", "shm or gloo");
   int code;
   if (!ParseOrExit(args, argc, argv, kCmd, &code)) return code;
   auto world = args.GetInt("world", 1, 1, 1024);
@@ -148,9 +165,8 @@ int TpFollowerCommand(int argc, char** argv) {
   SetThreads(static_cast<int>(*threads));
   auto ckpt = Checkpoint::Open(args.Get("model"));
   if (!ckpt.ok()) return Fail(kCmd, ckpt.status());
-  GlooOptions options{static_cast<int>(*rank), static_cast<int>(*world)};
-  options.timeout = std::chrono::milliseconds(*timeout);
-  auto collective = CreateGlooCollective(MakeFileStore(args.Get("store")), options);
+  auto collective = LocalCollective(args.Get("transport", "shm"), args.Get("store"), static_cast<int>(*rank),
+                                    static_cast<int>(*world), *timeout);
   if (!collective.ok()) return Fail(kCmd, collective.status());
   std::shared_ptr<Collective> shared(std::move(*collective));
   auto backend = RankBackend(std::shared_ptr<const Checkpoint>(std::move(*ckpt)), static_cast<int>(*rank),

@@ -11,6 +11,7 @@
 #include "router/tokenizer/tokenizer.h"
 #include "shard/backend.h"
 #include "shard/checkpoint.h"
+#include "shard/collective.h"
 #include "shard/model_weights.h"
 
 namespace gemma {
@@ -34,8 +35,14 @@ struct LocalModel {
 absl::StatusOr<LocalModel> OpenLocalModel(const std::string& dir);
 // Adds a CPU backend whose KV cache holds `kv_tokens` positions. With tp > 1,
 // starts tp - 1 follower processes of this binary and leads the group.
-// A dead or hung rank fails the group within `timeout_ms`.
-absl::Status AttachBackend(LocalModel& model, int64_t kv_tokens, int tp = 1, int64_t timeout_ms = 30000);
+// A dead or hung rank fails the group within `timeout_ms`. `transport` is
+// "shm" (shared memory: the ranks share this host) or "gloo" (TCP).
+absl::Status AttachBackend(LocalModel& model, int64_t kv_tokens, int tp = 1, int64_t timeout_ms = 30000,
+                           const std::string& transport = "shm");
+
+// The group's collective for one rank over `transport` ("shm" or "gloo"), rendezvous through `store_dir`.
+absl::StatusOr<std::unique_ptr<Collective>> LocalCollective(const std::string& transport, const std::string& store_dir,
+                                                            int rank, int world, int64_t timeout_ms);
 
 // Sets the number of compute threads (0: all cores).
 void SetThreads(int threads);

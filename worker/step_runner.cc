@@ -7,6 +7,14 @@
 
 namespace gemma {
 
+namespace {
+
+SamplingParams FromProto(const worker::v1::SamplingParams& p) {
+  return {p.temperature(), p.top_k(), p.top_p() == 0.0f ? 1.0f : p.top_p(), p.seed()};
+}
+
+}  // namespace
+
 absl::StatusOr<worker::v1::StepResponse> RunStep(Backend& backend, const worker::v1::StepRequest& request) {
   const int vocab = backend.config().vocab_size;
   std::vector<SequenceStep> steps;
@@ -27,9 +35,7 @@ absl::StatusOr<worker::v1::StepResponse> RunStep(Backend& backend, const worker:
       return absl::InvalidArgumentError(absl::StrCat("sequence ", s.sequence_id(), ": top_logprobs ", s.top_logprobs(),
                                                      " is outside [0, 20]"));
     }
-    SamplingParams p{s.sampling().temperature(), s.sampling().top_k(),
-                     s.sampling().top_p() == 0.0f ? 1.0f : s.sampling().top_p(), s.sampling().seed()};
-    if (auto st = ValidateSamplingParams(p); !st.ok()) {
+    if (auto st = ValidateSamplingParams(FromProto(s.sampling())); !st.ok()) {
       return absl::InvalidArgumentError(absl::StrCat("sequence ", s.sequence_id(), ": ", st.message()));
     }
     SequenceStep step;
@@ -62,10 +68,8 @@ absl::StatusOr<worker::v1::StepResponse> RunStep(Backend& backend, const worker:
     }
     if (!s.sample()) continue;
     const float* row = logits.Row(first + (steps[i].logits == LogitsWanted::kAll ? s.tokens_size() - 1 : 0));
-    SamplingParams p{s.sampling().temperature(), s.sampling().top_k(),
-                     s.sampling().top_p() == 0.0f ? 1.0f : s.sampling().top_p(), s.sampling().seed()};
     const int64_t position = static_cast<int64_t>(s.start_pos()) + s.tokens_size();
-    const int token = SampleAt(p, position, row, vocab);
+    const int token = SampleAt(FromProto(s.sampling()), position, row, vocab);
     r->set_sampled(true);
     r->set_token(token);
     r->set_logprob(static_cast<float>(LogProbOf(row, vocab, token)));

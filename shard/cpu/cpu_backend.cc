@@ -47,6 +47,17 @@ absl::Status CpuBackend::AllReduce(float* data, int64_t count) {
   return collective_->AllReduceSum(data, static_cast<size_t>(count));
 }
 
+absl::Status CpuBackend::RowParallel(const float* in, int64_t T, int64_t K, const MatrixView& w, StageTimer& timer) {
+  const int64_t H = config().hidden_size;
+  const MatrixView views[] = {w};
+  timer.Switch(&timings_.matmul_seconds);
+  MatMul(in, T, K, K, views, proj_.data(), H);
+  timer.Switch(&timings_.collective_seconds);
+  auto s = AllReduce(proj_.data(), T * H);
+  timer.Switch(&timings_.other_seconds);
+  return s;
+}
+
 CpuBackend::CpuBackend(std::shared_ptr<const ModelWeights> weights, KvCache kv, std::shared_ptr<Collective> collective)
     : weights_(std::move(weights)), collective_(std::move(collective)), kv_(std::move(kv)) {
   const ModelConfig& c = config();
@@ -160,12 +171,7 @@ absl::Status CpuBackend::Forward(std::span<const SequenceStep> batch, StepLogits
     Attention(layer, batch);
     timer.Switch(&timings_.other_seconds);
 
-    const MatrixView o_w[] = {lw.o};
-    timer.Switch(&timings_.matmul_seconds);
-    MatMul(attn_.data(), T, q_dim, q_dim, o_w, proj_.data(), H);
-    timer.Switch(&timings_.collective_seconds);
-    if (auto s = AllReduce(proj_.data(), T * H); !s.ok()) return s;
-    timer.Switch(&timings_.other_seconds);
+    if (auto s = RowParallel(attn_.data(), T, q_dim, lw.o, timer); !s.ok()) return s;
 #pragma omp parallel for schedule(static) if (T > 1)
     for (int64_t t = 0; t < T; ++t) {
       AddInPlace(&proj_[t * H], &x_[t * H], H);
@@ -177,12 +183,7 @@ absl::Status CpuBackend::Forward(std::span<const SequenceStep> batch, StepLogits
     timer.Switch(&timings_.other_seconds);
 #pragma omp parallel for schedule(static) if (T > 1)
     for (int64_t t = 0; t < T; ++t) GeluTanhMul(&gate_up_[t * 2 * I], &gate_up_[t * 2 * I + I], &act_[t * I], I);
-    const MatrixView down_w[] = {lw.down};
-    timer.Switch(&timings_.matmul_seconds);
-    MatMul(act_.data(), T, I, I, down_w, proj_.data(), H);
-    timer.Switch(&timings_.collective_seconds);
-    if (auto s = AllReduce(proj_.data(), T * H); !s.ok()) return s;
-    timer.Switch(&timings_.other_seconds);
+    if (auto s = RowParallel(act_.data(), T, I, lw.down, timer); !s.ok()) return s;
 #pragma omp parallel for schedule(static) if (T > 1)
     for (int64_t t = 0; t < T; ++t) AddInPlace(&proj_[t * H], &x_[t * H], H);
   }
