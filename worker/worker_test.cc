@@ -62,7 +62,7 @@ struct Proc {
   std::string Err() const { return testing::ReadFile(err_path); }
 };
 
-std::unique_ptr<Proc> StartWorker(const std::vector<std::string>& args) {
+std::unique_ptr<Proc> StartWorker(const std::vector<std::string>& args, const std::vector<std::string>& env = {}) {
   static int n = 0;
   auto p = std::make_unique<Proc>();
   p->err_path = ::testing::TempDir() + "/worker_" + std::to_string(::getpid()) + "_" + std::to_string(n++) + ".err";
@@ -70,6 +70,7 @@ std::unique_ptr<Proc> StartWorker(const std::vector<std::string>& args) {
   if (p->pid == 0) {
     ::freopen(p->err_path.c_str(), "w", stderr);
     ::freopen("/dev/null", "w", stdout);
+    for (const auto& kv : env) ::putenv(const_cast<char*>(kv.c_str()));
     std::vector<char*> argv = {const_cast<char*>(WORKER_BINARY)};
     for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
     argv.push_back(nullptr);
@@ -222,6 +223,60 @@ TEST(WorkerTest, KilledRankMakesStepsUnavailableAndARestartedGroupServes) {
   ASSERT_GT(again.port, 0);
   std::vector<int> got;
   EXPECT_TRUE(Greedy(*Client(again.port), {2, 3791, 323}, 3, &got).ok());
+}
+
+// A plain HTTP GET of /metrics on loopback.
+std::string Scrape(int port) {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(port);
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+    ::close(fd);
+    return "";
+  }
+  const std::string req = "GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n";
+  ::send(fd, req.data(), req.size(), 0);
+  std::string out;
+  char buf[4096];
+  for (ssize_t n; (n = ::recv(fd, buf, sizeof(buf), 0)) > 0;) out.append(buf, n);
+  ::close(fd);
+  return out;
+}
+
+TEST(WorkerTest, ConfiguredFromEnvironmentAndExportsMetrics) {
+  // As a StatefulSet gives it: model, world size, leader and rank from the environment.
+  const std::string model = testing::GemmaTinyDir() + "/tiny-mqa";
+  const std::string peer = std::to_string(FreePort());
+  const int metrics_port = FreePort();
+  const std::string port_file = ::testing::TempDir() + "/env_port_" + std::to_string(::getpid());
+  std::remove(port_file.c_str());
+  std::vector<std::unique_ptr<Proc>> ranks;
+  for (int r = 0; r < 2; ++r) {
+    std::vector<std::string> args = {"--peer_port=" + peer, "--port_file=" + port_file, "--threads=1", "--kv_cache_mb=16"};
+    if (r == 0) args.push_back("--metrics_port=" + std::to_string(metrics_port));
+    ranks.push_back(StartWorker(args, {"GEMMA_MODEL=" + model, "GEMMA_WORLD_SIZE=2", "GEMMA_RANK=" + std::to_string(r),
+                                       "GEMMA_LEADER=127.0.0.1:" + peer}));
+  }
+  int port = 0;
+  for (int i = 0; i < 300 && port == 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    std::ifstream in(port_file);
+    in >> port;
+    if (!in) port = 0;
+  }
+  ASSERT_GT(port, 0) << ranks[0]->Err() << ranks[1]->Err();
+  std::vector<int> got;
+  ASSERT_TRUE(Greedy(*Client(port), {2, 3791, 323}, 3, &got).ok());
+  const std::string metrics = Scrape(metrics_port);
+  for (const char* name : {"gemma_worker_step_duration_seconds_bucket", "gemma_worker_forward_duration_seconds_count",
+                           "gemma_worker_collective_duration_seconds_sum", "gemma_worker_steps_total",
+                           "gemma_worker_kv_blocks_used", "gemma_worker_kv_blocks_total", "gemma_worker_group_healthy"}) {
+    EXPECT_NE(metrics.find(name), std::string::npos) << name << " missing from:\n" << metrics.substr(0, 2000);
+  }
+  EXPECT_NE(metrics.find("gemma_worker_steps_total{rank=\"0\"} 3"), std::string::npos) << metrics.substr(0, 3000);
+  EXPECT_NE(metrics.find("gemma_worker_kv_blocks_used{rank=\"0\"} 8"), std::string::npos);
 }
 
 TEST(WorkerTest, BadFlagsGiveClearErrors) {
