@@ -108,7 +108,14 @@ absl::StatusOr<std::vector<GenerationResult>> Generator::Run(std::span<const Gen
         continue;
       }
       const float* row = logits.Row(first_row + (step[b].logits == LogitsWanted::kAll ? n - 1 : 0));
-      const int32_t token = SampleAt(s.request->sampling, s.computed, row, c.vocab_size);
+      int32_t token;
+      if (s.request->sampling.has_penalties()) {  // on a copy: reported log-probs stay the model's own
+        std::vector<float> penalized(row, row + c.vocab_size);
+        ApplyPenalties(s.request->sampling, s.tokens.data(), s.tokens.size(), penalized.data(), c.vocab_size);
+        token = SampleAt(s.request->sampling, s.computed, penalized.data(), c.vocab_size);
+      } else {
+        token = SampleAt(s.request->sampling, s.computed, row, c.vocab_size);
+      }
       res.tokens.push_back(token);
       res.token_logprobs.push_back(LogProbOf(row, c.vocab_size, token));
       if (on_token) on_token(i, token);

@@ -27,6 +27,26 @@ double LogSumExp(const float* logits, int vocab) {
 
 }  // namespace
 
+void ApplyPenalties(const SamplingParams& p, const int32_t* history, size_t history_len, float* logits, int vocab) {
+  if (!p.has_penalties()) return;
+  std::vector<std::pair<int32_t, int>> counts;  // (token, occurrences), sorted by token
+  std::vector<int32_t> sorted(history, history + history_len);
+  std::sort(sorted.begin(), sorted.end());
+  for (int32_t t : sorted) {
+    if (t < 0 || t >= vocab) continue;
+    if (!counts.empty() && counts.back().first == t) {
+      ++counts.back().second;
+    } else {
+      counts.emplace_back(t, 1);
+    }
+  }
+  for (const auto& [t, n] : counts) {
+    float& l = logits[t];
+    if (p.repetition_penalty != 1.0f) l = l > 0 ? l / p.repetition_penalty : l * p.repetition_penalty;
+    l -= p.presence_penalty + p.frequency_penalty * static_cast<float>(n);
+  }
+}
+
 absl::Status ValidateSamplingParams(const SamplingParams& p) {
   if (!(p.temperature >= 0.0f) || !std::isfinite(p.temperature)) {
     return absl::InvalidArgumentError(absl::StrCat("temperature ", p.temperature, " is invalid; allowed: a finite value >= 0"));
@@ -34,6 +54,15 @@ absl::Status ValidateSamplingParams(const SamplingParams& p) {
   if (p.top_k < 0) return absl::InvalidArgumentError(absl::StrCat("top_k ", p.top_k, " is invalid; allowed: >= 0 (0 = no limit)"));
   if (!(p.top_p > 0.0f && p.top_p <= 1.0f)) {
     return absl::InvalidArgumentError(absl::StrCat("top_p ", p.top_p, " is invalid; allowed: (0, 1]"));
+  }
+  if (!(p.repetition_penalty > 0.0f) || !std::isfinite(p.repetition_penalty)) {
+    return absl::InvalidArgumentError(absl::StrCat("repetition_penalty ", p.repetition_penalty,
+                                                   " is invalid; allowed: > 0 (1 = none)"));
+  }
+  for (auto [v, name] : {std::pair{p.presence_penalty, "presence_penalty"}, {p.frequency_penalty, "frequency_penalty"}}) {
+    if (!(v >= -2.0f && v <= 2.0f)) {
+      return absl::InvalidArgumentError(absl::StrCat(name, " ", v, " is invalid; allowed: [-2, 2]"));
+    }
   }
   return absl::OkStatus();
 }

@@ -72,7 +72,31 @@ TEST(SamplerTest, LogProbsAndTopN) {
   EXPECT_EQ(top[1].first, 1);
 }
 
+TEST(SamplerTest, PenaltiesLowerSeenTokens) {
+  std::vector<float> logits = {2.0f, -1.0f, 0.5f, 3.0f};
+  const int32_t history[] = {0, 1, 0, 7000};  // 7000 is outside the vocabulary: ignored
+  SamplingParams p;
+  p.repetition_penalty = 2.0f;
+  p.presence_penalty = 0.5f;
+  p.frequency_penalty = 0.25f;
+  ApplyPenalties(p, history, 4, logits.data(), 4);
+  EXPECT_FLOAT_EQ(logits[0], 2.0f / 2 - 0.5f - 0.25f * 2);
+  EXPECT_FLOAT_EQ(logits[1], -1.0f * 2 - 0.5f - 0.25f);
+  EXPECT_FLOAT_EQ(logits[2], 0.5f);
+  EXPECT_FLOAT_EQ(logits[3], 3.0f);
+  SamplingParams none;
+  std::vector<float> same = {1.0f, 2.0f};
+  ApplyPenalties(none, history, 2, same.data(), 2);
+  EXPECT_EQ(same, (std::vector<float>{1.0f, 2.0f}));
+}
+
 TEST(SamplerTest, ValidatesParameters) {
+  SamplingParams bad_rep;
+  bad_rep.repetition_penalty = 0.0f;
+  EXPECT_FALSE(ValidateSamplingParams(bad_rep).ok());
+  SamplingParams bad_presence;
+  bad_presence.presence_penalty = 3.0f;
+  EXPECT_FALSE(ValidateSamplingParams(bad_presence).ok());
   EXPECT_FALSE(ValidateSamplingParams({-1.0f, 0, 1.0f, 0}).ok());
   EXPECT_FALSE(ValidateSamplingParams({1.0f, -1, 1.0f, 0}).ok());
   EXPECT_FALSE(ValidateSamplingParams({1.0f, 0, 0.0f, 0}).ok());

@@ -10,7 +10,13 @@ namespace gemma {
 namespace {
 
 SamplingParams FromProto(const worker::v1::SamplingParams& p) {
-  return {p.temperature(), p.top_k(), p.top_p() == 0.0f ? 1.0f : p.top_p(), p.seed()};
+  return {p.temperature(),
+          p.top_k(),
+          p.top_p() == 0.0f ? 1.0f : p.top_p(),
+          p.seed(),
+          p.repetition_penalty() == 0.0f ? 1.0f : p.repetition_penalty(),
+          p.presence_penalty(),
+          p.frequency_penalty()};
 }
 
 }  // namespace
@@ -69,7 +75,15 @@ absl::StatusOr<worker::v1::StepResponse> RunStep(Backend& backend, const worker:
     if (!s.sample()) continue;
     const float* row = logits.Row(first + (steps[i].logits == LogitsWanted::kAll ? s.tokens_size() - 1 : 0));
     const int64_t position = static_cast<int64_t>(s.start_pos()) + s.tokens_size();
-    const int token = SampleAt(FromProto(s.sampling()), position, row, vocab);
+    const SamplingParams params = FromProto(s.sampling());
+    int token;
+    if (params.has_penalties()) {  // on a copy: reported log-probs stay the model's own
+      std::vector<float> penalized(row, row + vocab);
+      ApplyPenalties(params, s.penalty_history().data(), s.penalty_history_size(), penalized.data(), vocab);
+      token = SampleAt(params, position, penalized.data(), vocab);
+    } else {
+      token = SampleAt(params, position, row, vocab);
+    }
     r->set_sampled(true);
     r->set_token(token);
     r->set_logprob(static_cast<float>(LogProbOf(row, vocab, token)));

@@ -42,6 +42,26 @@ TEST(StepRunnerTest, SeededSamplingMatchesTheLocalGenerator) {
   EXPECT_LT(resp->results(0).logprob(), 0.0f);
 }
 
+TEST(StepRunnerTest, PenaltiesSteerGreedyAwayFromSeenTokens) {
+  auto backend = Tiny();
+  worker::v1::StepRequest req;
+  auto* s = req.add_sequences();
+  for (int t : {2, 3791, 323}) s->add_tokens(t);
+  s->add_block_table(0);
+  s->set_sample(true);
+  auto plain = RunStep(*backend, req);
+  ASSERT_TRUE(plain.ok());
+  const int greedy = plain->results(0).token();
+  // Penalize the greedy choice heavily: another token wins, and its reported log-prob is the model's own.
+  s->mutable_sampling()->set_presence_penalty(2.0f);
+  s->mutable_sampling()->set_frequency_penalty(2.0f);
+  for (int i = 0; i < 50; ++i) s->add_penalty_history(greedy);
+  auto penalized = RunStep(*backend, req);
+  ASSERT_TRUE(penalized.ok());
+  EXPECT_NE(penalized->results(0).token(), greedy);
+  EXPECT_LT(penalized->results(0).logprob(), plain->results(0).logprob());
+}
+
 TEST(StepRunnerTest, RejectsMalformedRequests) {
   auto backend = Tiny();
   worker::v1::StepRequest req;
