@@ -1,0 +1,142 @@
+#include "router/request_validation.h"
+
+#include <cmath>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
+
+namespace gemma {
+namespace {
+
+absl::Status Invalid(absl::string_view what) { return absl::InvalidArgumentError(what); }
+
+absl::Status ValidateInput(const v1::Input& input, const ModelLimits& model) {
+  switch (input.kind_case()) {
+    case v1::Input::kText:
+      if (input.text().empty()) return Invalid("input.text is empty; allowed: non-empty UTF-8 text");
+      if (!IsValidUtf8(input.text())) return Invalid("input.text is not valid UTF-8");
+      return absl::OkStatus();
+    case v1::Input::kChat: {
+      if (input.chat().messages_size() == 0) return Invalid("input.chat has no messages; allowed: at least one");
+      for (int i = 0; i < input.chat().messages_size(); ++i) {
+        const auto& m = input.chat().messages(i);
+        if (m.role() != "user" && m.role() != "model" && m.role() != "assistant") {
+          return Invalid(absl::StrCat("input.chat.messages[", i, "].role \"", m.role(),
+                                      "\" is unknown; allowed: user, model, assistant"));
+        }
+        if (!IsValidUtf8(m.content())) return Invalid(absl::StrCat("input.chat.messages[", i, "].content is not valid UTF-8"));
+      }
+      return absl::OkStatus();
+    }
+    case v1::Input::kTokenIds: {
+      const auto& ids = input.token_ids().ids();
+      if (ids.empty()) return Invalid("input.token_ids is empty; allowed: at least one id");
+      for (int i = 0; i < ids.size(); ++i) {
+        if (ids[i] < 0 || ids[i] >= model.vocab_size) {
+          return Invalid(absl::StrCat("input.token_ids[", i, "] = ", ids[i], " is outside the vocabulary [0, ",
+                                      model.vocab_size, ")"));
+        }
+      }
+      return absl::OkStatus();
+    }
+    default:
+      return Invalid("input is missing; allowed: text, chat or token_ids");
+  }
+}
+
+}  // namespace
+
+bool IsValidUtf8(absl::string_view s) {
+  size_t i = 0;
+  while (i < s.size()) {
+    const unsigned char c = s[i];
+    const int len = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xe ? 3 : (c >> 3) == 0x1e ? 4 : 0;
+    if (len == 0 || i + len > s.size()) return false;
+    uint32_t cp = len == 1 ? c : c & (0x7f >> len);
+    for (int k = 1; k < len; ++k) {
+      const unsigned char cc = s[i + k];
+      if ((cc & 0xc0) != 0x80) return false;
+      cp = (cp << 6) | (cc & 0x3f);
+    }
+    if ((len == 2 && cp < 0x80) || (len == 3 && cp < 0x800) || (len == 4 && (cp < 0x10000 || cp > 0x10ffff)) ||
+        (cp >= 0xd800 && cp <= 0xdfff)) {
+      return false;
+    }
+    i += len;
+  }
+  return true;
+}
+
+absl::Status ValidateGenerateRequest(const v1::GenerateRequest& request, const RouterLimits& router,
+                                     const ModelLimits& model) {
+  if (auto s = ValidateInput(request.input(), model); !s.ok()) return s;
+  const auto& p = request.parameters();
+  if (p.max_new_tokens() < 0 || p.max_new_tokens() > router.max_new_tokens) {
+    return Invalid(absl::StrCat("max_new_tokens ", p.max_new_tokens(), " is out of range; allowed: 0..",
+                                router.max_new_tokens, " (0 = default ", router.default_max_new_tokens, ")"));
+  }
+  if (!(p.temperature() >= 0.0f) || !std::isfinite(p.temperature())) {
+    return Invalid(absl::StrCat("temperature ", p.temperature(), " is invalid; allowed: a finite value >= 0 (0 = greedy)"));
+  }
+  if (p.top_k() < 0) return Invalid(absl::StrCat("top_k ", p.top_k(), " is negative; allowed: >= 0 (0 = no limit)"));
+  if (p.top_p() != 0.0f && !(p.top_p() > 0.0f && p.top_p() <= 1.0f)) {
+    return Invalid(absl::StrCat("top_p ", p.top_p(), " is invalid; allowed: (0, 1]"));
+  }
+  if (p.repetition_penalty() < 0.0f || !std::isfinite(p.repetition_penalty())) {
+    return Invalid(absl::StrCat("repetition_penalty ", p.repetition_penalty(), " is invalid; allowed: > 0 (1 = none)"));
+  }
+  for (auto [v, name] : {std::pair{p.presence_penalty(), "presence_penalty"}, {p.frequency_penalty(), "frequency_penalty"}}) {
+    if (!(v >= -2.0f && v <= 2.0f)) return Invalid(absl::StrCat(name, " ", v, " is invalid; allowed: [-2, 2]"));
+  }
+  if (p.stop_sequences_size() > router.max_stop_sequences) {
+    return Invalid(absl::StrCat(p.stop_sequences_size(), " stop sequences given; allowed: at most ",
+                                router.max_stop_sequences));
+  }
+  for (int i = 0; i < p.stop_sequences_size(); ++i) {
+    const std::string& stop = p.stop_sequences(i);
+    if (stop.empty() || static_cast<int>(stop.size()) > router.max_stop_sequence_bytes) {
+      return Invalid(absl::StrCat("stop_sequences[", i, "] is ", stop.size(), " bytes; allowed: 1..",
+                                  router.max_stop_sequence_bytes));
+    }
+    if (!IsValidUtf8(stop)) return Invalid(absl::StrCat("stop_sequences[", i, "] is not valid UTF-8"));
+  }
+  for (int i = 0; i < p.stop_token_ids_size(); ++i) {
+    if (p.stop_token_ids(i) < 0 || p.stop_token_ids(i) >= model.vocab_size) {
+      return Invalid(absl::StrCat("stop_token_ids[", i, "] = ", p.stop_token_ids(i), " is outside the vocabulary [0, ",
+                                  model.vocab_size, ")"));
+    }
+  }
+  if (p.top_logprobs() < 0 || p.top_logprobs() > router.max_top_logprobs) {
+    return Invalid(absl::StrCat("top_logprobs ", p.top_logprobs(), " is out of range; allowed: 0..", router.max_top_logprobs));
+  }
+  if (p.top_logprobs() > 0 && !p.logprobs()) return Invalid("top_logprobs needs logprobs = true");
+  return absl::OkStatus();
+}
+
+absl::StatusOr<int32_t> ResolveMaxNewTokens(int32_t prompt_tokens, int32_t requested, const RouterLimits& router,
+                                            const ModelLimits& model) {
+  if (prompt_tokens <= 0) return Invalid("the prompt has no tokens");
+  const int32_t total_limit = std::min(router.max_total_tokens, model.context);
+  if (prompt_tokens >= total_limit) {
+    return Invalid(absl::StrCat("the prompt is ", prompt_tokens, " tokens; allowed: fewer than ", total_limit,
+                                " (prompt + max_new_tokens must fit ", total_limit, ")"));
+  }
+  if (requested == 0) return std::min(router.default_max_new_tokens, total_limit - prompt_tokens);
+  if (prompt_tokens + requested > total_limit) {
+    return Invalid(absl::StrCat("prompt (", prompt_tokens, " tokens) + max_new_tokens (", requested, ") = ",
+                                prompt_tokens + requested, " exceeds the limit of ", total_limit,
+                                "; allowed max_new_tokens: 1..", total_limit - prompt_tokens));
+  }
+  return requested;
+}
+
+absl::Status ValidateScoreRequest(const v1::ScoreRequest& request, const RouterLimits& router, const ModelLimits& model) {
+  if (auto s = ValidateInput(request.input(), model); !s.ok()) return s;
+  if (request.top_logprobs() < 0 || request.top_logprobs() > router.max_top_logprobs) {
+    return Invalid(absl::StrCat("top_logprobs ", request.top_logprobs(), " is out of range; allowed: 0..",
+                                router.max_top_logprobs));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace gemma

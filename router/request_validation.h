@@ -1,0 +1,45 @@
+// Checks public API requests before any work is queued: every bad request gets InvalidArgument saying what is
+// wrong and what is allowed.
+#pragma once
+
+#include <cstdint>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "gemma/v1/gemma.pb.h"
+
+namespace gemma {
+
+// The router's configured ceilings (flags), beside the model's own limits.
+struct RouterLimits {
+  int32_t max_new_tokens = 4096;     // ceiling on parameters.max_new_tokens
+  int32_t max_total_tokens = 8192;   // ceiling on prompt + max_new_tokens (also capped by the context)
+  int32_t max_stop_sequences = 8;
+  int32_t max_stop_sequence_bytes = 256;
+  int32_t max_top_logprobs = 20;
+  int32_t default_max_new_tokens = 256;
+};
+
+// What the model allows (from the workers' model info).
+struct ModelLimits {
+  int32_t vocab_size = 0;
+  int32_t context = 0;
+};
+
+// Parameters and input shape, before tokenization: ranges, stop sequences,
+// chat roles, token ids, UTF-8.
+absl::Status ValidateGenerateRequest(const v1::GenerateRequest& request, const RouterLimits& router,
+                                     const ModelLimits& model);
+
+// After tokenization: the prompt is non-empty and prompt + max_new_tokens fits
+// the context and the router's total. Returns the max_new_tokens to use (the
+// default when 0 was asked, shortened to what the context allows).
+absl::StatusOr<int32_t> ResolveMaxNewTokens(int32_t prompt_tokens, int32_t requested, const RouterLimits& router,
+                                            const ModelLimits& model);
+
+absl::Status ValidateScoreRequest(const v1::ScoreRequest& request, const RouterLimits& router, const ModelLimits& model);
+
+// Whether `text` is well-formed UTF-8 (no overlongs, surrogates or code points past U+10FFFF).
+bool IsValidUtf8(absl::string_view text);
+
+}  // namespace gemma

@@ -1,0 +1,93 @@
+#include "router/request_validation.h"
+
+#include "gtest/gtest.h"
+
+namespace gemma {
+namespace {
+
+const ModelLimits kModel{4096, 512};
+const RouterLimits kRouter;
+
+v1::GenerateRequest Text(const std::string& text) {
+  v1::GenerateRequest r;
+  r.mutable_input()->set_text(text);
+  return r;
+}
+
+void ExpectInvalid(const v1::GenerateRequest& r, const std::string& needle) {
+  const absl::Status s = ValidateGenerateRequest(r, kRouter, kModel);
+  EXPECT_TRUE(absl::IsInvalidArgument(s)) << needle << ": " << s;
+  EXPECT_NE(s.message().find(needle), std::string::npos) << s.message();
+}
+
+TEST(RequestValidationTest, AcceptsAGoodRequest) {
+  auto r = Text("Hello");
+  r.mutable_parameters()->set_temperature(0.7f);
+  r.mutable_parameters()->set_top_p(0.9f);
+  r.mutable_parameters()->add_stop_sequences("\n\n");
+  EXPECT_TRUE(ValidateGenerateRequest(r, kRouter, kModel).ok());
+}
+
+TEST(RequestValidationTest, RejectsEachBadField) {
+  ExpectInvalid(Text(""), "input.text is empty");
+  ExpectInvalid(v1::GenerateRequest(), "input is missing");
+  ExpectInvalid(Text("bad \xff"), "not valid UTF-8");
+  auto r = Text("x");
+  r.mutable_parameters()->set_temperature(-0.5f);
+  ExpectInvalid(r, "temperature");
+  r = Text("x");
+  r.mutable_parameters()->set_top_p(1.5f);
+  ExpectInvalid(r, "allowed: (0, 1]");
+  r = Text("x");
+  r.mutable_parameters()->set_top_k(-1);
+  ExpectInvalid(r, "top_k");
+  r = Text("x");
+  r.mutable_parameters()->set_max_new_tokens(5000);
+  ExpectInvalid(r, "allowed: 0..4096");
+  r = Text("x");
+  for (int i = 0; i < 9; ++i) r.mutable_parameters()->add_stop_sequences("s");
+  ExpectInvalid(r, "at most 8");
+  r = Text("x");
+  r.mutable_parameters()->add_stop_sequences(std::string(300, 'a'));
+  ExpectInvalid(r, "allowed: 1..256");
+  r = Text("x");
+  r.mutable_parameters()->add_stop_token_ids(4096);
+  ExpectInvalid(r, "outside the vocabulary");
+  r = Text("x");
+  r.mutable_parameters()->set_top_logprobs(3);
+  ExpectInvalid(r, "needs logprobs");
+  r = Text("x");
+  r.mutable_parameters()->set_presence_penalty(2.5f);
+  ExpectInvalid(r, "presence_penalty");
+  v1::GenerateRequest ids;
+  ids.mutable_input()->mutable_token_ids()->add_ids(2);
+  ids.mutable_input()->mutable_token_ids()->add_ids(-3);
+  ExpectInvalid(ids, "input.token_ids[1] = -3");
+  v1::GenerateRequest chat;
+  auto* m = chat.mutable_input()->mutable_chat()->add_messages();
+  m->set_role("system");
+  m->set_content("be nice");
+  ExpectInvalid(chat, "role \"system\" is unknown");
+}
+
+TEST(RequestValidationTest, ResolvesMaxNewTokensAgainstTheContext) {
+  EXPECT_EQ(*ResolveMaxNewTokens(10, 0, kRouter, kModel), 256);
+  EXPECT_EQ(*ResolveMaxNewTokens(400, 0, kRouter, kModel), 112);
+  EXPECT_EQ(*ResolveMaxNewTokens(10, 500, kRouter, kModel), 500);
+  auto over = ResolveMaxNewTokens(10, 503, kRouter, kModel);
+  ASSERT_FALSE(over.ok());
+  EXPECT_NE(over.status().message().find("allowed max_new_tokens: 1..502"), std::string::npos) << over.status();
+  EXPECT_FALSE(ResolveMaxNewTokens(512, 1, kRouter, kModel).ok());
+  EXPECT_FALSE(ResolveMaxNewTokens(0, 1, kRouter, kModel).ok());
+}
+
+TEST(RequestValidationTest, Utf8) {
+  EXPECT_TRUE(IsValidUtf8("plain, \xC3\xA9, \xE2\x82\xAC, \xF0\x9F\x98\x80"));
+  EXPECT_FALSE(IsValidUtf8("\xC0\xAF"));          // overlong
+  EXPECT_FALSE(IsValidUtf8("\xED\xA0\x80"));      // surrogate
+  EXPECT_FALSE(IsValidUtf8("\xF4\x90\x80\x80"));  // past U+10FFFF
+  EXPECT_FALSE(IsValidUtf8("\xE2\x82"));          // truncated
+}
+
+}  // namespace
+}  // namespace gemma
