@@ -1,0 +1,105 @@
+#include "router/scheduler.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+
+namespace gemma {
+
+Scheduler::Scheduler(SchedulerLimits limits, int num_blocks, int block_size)
+    : limits_(limits), blocks_(num_blocks, block_size) {}
+
+absl::Status Scheduler::Enqueue(std::unique_ptr<ScheduledSequence> s) {
+  if (static_cast<int>(queue_.size()) >= limits_.max_queued) {
+    return absl::ResourceExhaustedError(absl::StrCat("the queue is full (", limits_.max_queued,
+                                                     " waiting requests); retry later"));
+  }
+  const int need = blocks_.BlocksFor(static_cast<int64_t>(s->prompt_len) + s->max_new_tokens);
+  if (need > blocks_.num_blocks()) {
+    return absl::InvalidArgumentError(absl::StrCat("the request needs ", need, " KV blocks but a worker group has ",
+                                                   blocks_.num_blocks(), "; shorten the prompt or max_new_tokens"));
+  }
+  queue_.push_back(std::move(s));
+  return absl::OkStatus();
+}
+
+void Scheduler::Preempt(size_t index) {
+  std::unique_ptr<ScheduledSequence> s = std::move(running_[index]);
+  running_.erase(running_.begin() + index);
+  blocks_.Free(s->blocks);
+  s->computed = 0;  // recomputed from its tokens (prompt and generated so far) when readmitted
+  ++s->preemptions;
+  ++preemptions_;
+  queue_.push_front(std::move(s));
+}
+
+std::vector<PlannedSequence> Scheduler::Schedule() {
+  std::vector<PlannedSequence> plan;
+  int budget = limits_.max_tokens_per_step;
+  // Running sequences, oldest first: decodes before prompt chunks, so a long
+  // prompt never stalls the tokens of others. A newer sequence is preempted
+  // when an older one needs a block.
+  std::vector<bool> planned(running_.size(), false);
+  for (int pass = 0; pass < 2; ++pass) {
+    for (size_t i = 0; i < running_.size() && budget > 0;) {
+      ScheduledSequence* s = running_[i].get();
+      const bool decoding = s->computed >= s->prompt_len;
+      const int pending = static_cast<int>(s->tokens.size()) - s->computed;
+      const int count = std::min(pending, budget);
+      if (planned[i] || count <= 0 || decoding != (pass == 0)) {
+        ++i;
+        continue;
+      }
+      if (!blocks_.EnsureCapacity(s->blocks, s->computed + count)) {
+        // The newest unplanned sequence gives way; if that is this one, it waits.
+        size_t victim = running_.size() - 1;
+        while (victim > i && planned[victim]) --victim;
+        Preempt(victim);
+        planned.erase(planned.begin() + victim);
+        continue;
+      }
+      plan.push_back({s, s->computed, count, s->computed + count == static_cast<int>(s->tokens.size())});
+      planned[i] = true;
+      budget -= count;
+      ++i;
+    }
+  }
+  // Then the queue, first come first served, while budget, batch size and blocks allow.
+  while (!queue_.empty() && budget > 0 && static_cast<int>(running_.size()) < limits_.max_batch_size) {
+    ScheduledSequence* s = queue_.front().get();
+    const int count = std::min(static_cast<int>(s->tokens.size()) - s->computed, budget);
+    if (!blocks_.EnsureCapacity(s->blocks, s->computed + count)) break;  // FCFS: no overtaking
+    plan.push_back({s, s->computed, count, s->computed + count == static_cast<int>(s->tokens.size())});
+    budget -= count;
+    running_.push_back(std::move(queue_.front()));
+    queue_.pop_front();
+  }
+  return plan;
+}
+
+void Scheduler::Advance(const PlannedSequence& p, int32_t token) {
+  p.sequence->computed = p.start + p.count;
+  if (p.sample && token >= 0) p.sequence->tokens.push_back(token);
+}
+
+std::unique_ptr<ScheduledSequence> Scheduler::Remove(uint64_t id) {
+  for (size_t i = 0; i < running_.size(); ++i) {
+    if (running_[i]->id == id) {
+      std::unique_ptr<ScheduledSequence> s = std::move(running_[i]);
+      running_.erase(running_.begin() + i);
+      blocks_.Free(s->blocks);
+      return s;
+    }
+  }
+  for (auto it = queue_.begin(); it != queue_.end(); ++it) {
+    if ((*it)->id == id) {
+      std::unique_ptr<ScheduledSequence> s = std::move(*it);
+      queue_.erase(it);
+      blocks_.Free(s->blocks);
+      return s;
+    }
+  }
+  return nullptr;
+}
+
+}  // namespace gemma
