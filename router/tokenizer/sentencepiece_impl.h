@@ -1,4 +1,4 @@
-// Pimpl around SentencePieceProcessor; its header must not meet Abseil's (see DESIGN.md), so this header names neither.
+// SentencePiece behind a C ABI module (see sentencepiece_shim.cc for why); this header names no library types.
 #pragma once
 
 #include <cstdint>
@@ -14,7 +14,7 @@ class SentencePieceImpl {
  public:
   SentencePieceImpl();
   ~SentencePieceImpl();
-  // Empty string on success, else the library's error message.
+  // Empty string on success, else what went wrong.
   std::string Load(std::string_view serialized);
   std::string Encode(std::string_view text, std::vector<int>* ids) const;
   std::string Decode(const std::vector<int>& ids, std::string* text) const;
@@ -23,10 +23,13 @@ class SentencePieceImpl {
   int eos_id() const;
   int PieceToId(std::string_view piece) const;
   bool IsUnknown(int id) const;
+  std::string IdToPiece(int id) const;
+
+  struct Api;  // the module's functions (defined in the .cc)
 
  private:
-  struct State;
-  std::unique_ptr<State> state_;
+  const Api* api_ = nullptr;
+  void* handle_ = nullptr;
 };
 
 }  // namespace gemma
