@@ -33,7 +33,7 @@ absl::Status ValidateInput(const v1::Input& input, const ModelLimits& model) {
       if (ids.empty()) return Invalid("input.token_ids is empty; allowed: at least one id");
       for (int i = 0; i < ids.size(); ++i) {
         if (ids[i] < 0 || ids[i] >= model.vocab_size) {
-          return Invalid(absl::StrCat("input.token_ids[", i, "] = ", ids[i], " is outside the vocabulary [0, ",
+          return Invalid(absl::StrCat("input.token_ids[", i, "] = ", ids[i], " is outside the vocabulary; allowed: [0, ",
                                       model.vocab_size, ")"));
         }
       }
@@ -102,8 +102,8 @@ absl::Status ValidateGenerateRequest(const v1::GenerateRequest& request, const R
   }
   for (int i = 0; i < p.stop_token_ids_size(); ++i) {
     if (p.stop_token_ids(i) < 0 || p.stop_token_ids(i) >= model.vocab_size) {
-      return Invalid(absl::StrCat("stop_token_ids[", i, "] = ", p.stop_token_ids(i), " is outside the vocabulary [0, ",
-                                  model.vocab_size, ")"));
+      return Invalid(absl::StrCat("stop_token_ids[", i, "] = ", p.stop_token_ids(i),
+                                  " is outside the vocabulary; allowed: [0, ", model.vocab_size, ")"));
     }
   }
   if (p.top_logprobs() < 0 || p.top_logprobs() > router.max_top_logprobs) {

@@ -1,0 +1,182 @@
+// The router in front of a real worker, through a real gRPC client: reference tokens, streaming equal to unary,
+// concurrent streams equal to solo runs, scoring, tokenization, and INVALID_ARGUMENT for bad requests.
+#include <grpcpp/grpcpp.h>
+
+#include <future>
+#include <thread>
+
+#include "gemma/v1/gemma.grpc.pb.h"
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+#include "tests/processes.h"
+#include "tests/testdata.h"
+
+namespace gemma {
+namespace {
+
+using testing::GemmaTinyDir;
+
+class RouterTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    const std::string dir = ::testing::TempDir() + "/router_test_" + std::to_string(::getpid());
+    std::remove((dir + ".worker").c_str());
+    std::remove((dir + ".router").c_str());
+    worker_ = testing::Start(WORKER_BINARY, {"--model=" + GemmaTinyDir() + "/tiny-mqa", "--port_file=" + dir + ".worker",
+                                             "--threads=1", "--kv_cache_mb=64"})
+                  .release();
+    const int worker_port = testing::WaitForPortFile(dir + ".worker", std::chrono::seconds(20));
+    ASSERT_GT(worker_port, 0) << worker_->Err();
+    router_ = testing::Start(ROUTER_BINARY, {"--workers=127.0.0.1:" + std::to_string(worker_port),
+                                             "--port_file=" + dir + ".router", "--max_tokens_per_step=128"})
+                  .release();
+    port_ = testing::WaitForPortFile(dir + ".router", std::chrono::seconds(20));
+    ASSERT_GT(port_, 0) << router_->Err();
+  }
+  static void TearDownTestSuite() {
+    delete router_;
+    delete worker_;
+  }
+  std::unique_ptr<v1::Gemma::Stub> Client() {
+    return v1::Gemma::NewStub(grpc::CreateChannel("127.0.0.1:" + std::to_string(port_), grpc::InsecureChannelCredentials()));
+  }
+  static v1::GenerateRequest Ids(const std::vector<int>& ids, int max_new) {
+    v1::GenerateRequest r;
+    for (int id : ids) r.mutable_input()->mutable_token_ids()->add_ids(id);
+    r.mutable_parameters()->set_max_new_tokens(max_new);
+    return r;
+  }
+  static std::vector<int> TokenIds(const v1::GenerateResponse& r) {
+    std::vector<int> out;
+    for (const auto& t : r.tokens()) out.push_back(t.id());
+    return out;
+  }
+  // Streams a request; returns the token ids and the concatenated text.
+  std::pair<std::vector<int>, std::string> Stream(const v1::GenerateRequest& req, v1::FinalEvent* final_event) {
+    grpc::ClientContext ctx;
+    auto reader = Client()->GenerateStream(&ctx, req);
+    v1::GenerateStreamResponse event;
+    std::vector<int> ids;
+    std::string text;
+    while (reader->Read(&event)) {
+      if (event.has_token()) {
+        if (event.token().has_token()) ids.push_back(event.token().token().id());
+        text += event.token().text_delta();
+      } else if (final_event) {
+        *final_event = event.final();
+      }
+    }
+    EXPECT_TRUE(reader->Finish().ok());
+    return {ids, text};
+  }
+
+  static testing::Process* worker_;
+  static testing::Process* router_;
+  static int port_;
+};
+
+testing::Process* RouterTest::worker_ = nullptr;
+testing::Process* RouterTest::router_ = nullptr;
+int RouterTest::port_ = 0;
+
+TEST_F(RouterTest, GreedyGenerationMatchesReference) {
+  const auto gens = nlohmann::json::parse(testing::ReadFile(GemmaTinyDir() + "/reference/tiny-mqa/generations.json"));
+  for (const auto& g : gens["results"]) {
+    v1::GenerateResponse resp;
+    grpc::ClientContext ctx;
+    ASSERT_TRUE(Client()->Generate(&ctx, Ids(g["prompt_ids"], 32), &resp).ok());
+    const auto ref = g["generated_ids"].get<std::vector<int>>();
+    const auto got = TokenIds(resp);
+    ASSERT_EQ(got.size(), 32u);
+    const size_t compare = g["first_step_with_margin_below_1e-3"].is_null() ? 32 : g["first_step_with_margin_below_1e-3"].get<size_t>();
+    EXPECT_TRUE(std::equal(ref.begin(), ref.begin() + compare, got.begin())) << g["prompt"];
+    EXPECT_EQ(resp.finish_reason(), v1::FINISH_REASON_LENGTH);
+    EXPECT_EQ(resp.usage().generated_tokens(), 32);
+  }
+}
+
+TEST_F(RouterTest, StreamingEqualsUnaryAndEndsWithFinal) {
+  v1::GenerateRequest req;
+  req.mutable_input()->set_text("In the quiet harbor town");
+  req.mutable_parameters()->set_max_new_tokens(24);
+  v1::GenerateResponse unary;
+  grpc::ClientContext ctx;
+  ASSERT_TRUE(Client()->Generate(&ctx, req, &unary).ok());
+  v1::FinalEvent final_event;
+  const auto [ids, text] = Stream(req, &final_event);
+  EXPECT_EQ(ids, TokenIds(unary));
+  EXPECT_EQ(text, unary.text());
+  EXPECT_EQ(final_event.finish_reason(), unary.finish_reason());
+  EXPECT_EQ(final_event.usage().generated_tokens(), 24);
+}
+
+TEST_F(RouterTest, ConcurrentStreamsEachEqualTheirSoloRun) {
+  std::vector<v1::GenerateRequest> reqs;
+  for (int i = 0; i < 24; ++i) {
+    std::vector<int> prompt = {2};
+    for (int k = 0; k < 3 + (i * 7) % 40; ++k) prompt.push_back(100 + (i * 31 + k * 17) % 3900);
+    reqs.push_back(Ids(prompt, 4 + i % 12));
+  }
+  std::vector<std::vector<int>> solo;
+  for (const auto& r : reqs) solo.push_back(Stream(r, nullptr).first);
+  std::vector<std::future<std::vector<int>>> futures;
+  for (const auto& r : reqs) futures.push_back(std::async(std::launch::async, [&, r] { return Stream(r, nullptr).first; }));
+  for (size_t i = 0; i < reqs.size(); ++i) EXPECT_EQ(futures[i].get(), solo[i]) << i;
+}
+
+TEST_F(RouterTest, ScoreMatchesReference) {
+  const auto scores = nlohmann::json::parse(testing::ReadFile(GemmaTinyDir() + "/reference/tiny-mqa/scores.json"));
+  const auto& p = scores["prompts"][2];  // rand200: prefilled in chunks of the step budget
+  v1::ScoreRequest req;
+  for (int id : p["ids"]) req.mutable_input()->mutable_token_ids()->add_ids(id);
+  v1::ScoreResponse resp;
+  grpc::ClientContext ctx;
+  ASSERT_TRUE(Client()->Score(&ctx, req, &resp).ok());
+  const auto want = p["token_logprobs"].get<std::vector<double>>();
+  ASSERT_EQ(resp.logprobs_size(), static_cast<int>(want.size()));
+  for (size_t i = 0; i < want.size(); ++i) EXPECT_NEAR(resp.logprobs(i), want[i], 1e-4) << i;
+}
+
+TEST_F(RouterTest, TokenizeDetokenizeAndModelInfo) {
+  v1::TokenizeRequest treq;
+  treq.set_text("Hello");
+  treq.set_add_bos(true);
+  v1::TokenizeResponse tresp;
+  grpc::ClientContext c1;
+  ASSERT_TRUE(Client()->Tokenize(&c1, treq, &tresp).ok());
+  EXPECT_EQ(std::vector<int>(tresp.ids().begin(), tresp.ids().end()), (std::vector<int>{2, 3791, 323}));
+  v1::DetokenizeRequest dreq;
+  dreq.add_ids(3791);
+  dreq.add_ids(323);
+  v1::DetokenizeResponse dresp;
+  grpc::ClientContext c2;
+  ASSERT_TRUE(Client()->Detokenize(&c2, dreq, &dresp).ok());
+  EXPECT_EQ(dresp.text(), "Hello");
+  v1::ModelInfo info;
+  grpc::ClientContext c3;
+  ASSERT_TRUE(Client()->GetModelInfo(&c3, {}, &info).ok());
+  EXPECT_EQ(info.vocab_size(), 4096);
+  EXPECT_EQ(info.healthy_groups(), 1);
+}
+
+TEST_F(RouterTest, BadRequestsAreInvalidArgument) {
+  std::vector<v1::GenerateRequest> bad(5);
+  bad[0].mutable_input()->set_text("");
+  bad[1].mutable_input()->set_text("x");
+  bad[1].mutable_parameters()->set_temperature(-1);
+  bad[2].mutable_input()->set_text("x");
+  bad[2].mutable_parameters()->set_max_new_tokens(600);  // past the 512 context
+  bad[3].mutable_input()->mutable_token_ids()->add_ids(5000);
+  auto* m = bad[4].mutable_input()->mutable_chat()->add_messages();
+  m->set_role("robot");
+  for (const auto& req : bad) {
+    v1::GenerateResponse resp;
+    grpc::ClientContext ctx;
+    const grpc::Status s = Client()->Generate(&ctx, req, &resp);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << s.error_message();
+    EXPECT_NE(s.error_message().find("allowed"), std::string::npos) << s.error_message();
+  }
+}
+
+}  // namespace
+}  // namespace gemma

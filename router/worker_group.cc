@@ -1,0 +1,167 @@
+#include "router/worker_group.h"
+
+#include <grpcpp/grpcpp.h>
+
+#include "absl/strings/str_cat.h"
+#include "protos/grpc_status.h"
+
+namespace gemma {
+
+absl::StatusOr<std::unique_ptr<WorkerGroup>> WorkerGroup::Connect(const std::string& address, SchedulerLimits limits,
+                                                                   std::chrono::milliseconds timeout) {
+  auto stub = worker::v1::Worker::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + timeout);
+  ctx.set_wait_for_ready(true);
+  worker::v1::ModelInfo info;
+  const grpc::Status s = stub->GetModelInfo(&ctx, {}, &info);
+  if (!s.ok()) {
+    return absl::UnavailableError(absl::StrCat("worker group ", address, " did not answer: ", s.error_message()));
+  }
+  return std::unique_ptr<WorkerGroup>(new WorkerGroup(address, std::move(stub), std::move(info), limits));
+}
+
+WorkerGroup::WorkerGroup(std::string address, std::unique_ptr<worker::v1::Worker::Stub> stub,
+                         worker::v1::ModelInfo info, SchedulerLimits limits)
+    : address_(std::move(address)),
+      stub_(std::move(stub)),
+      info_(std::move(info)),
+      max_outstanding_(limits.max_queued + limits.max_batch_size),
+      scheduler_(limits, info_.num_kv_blocks(), info_.kv_block_size()) {
+  thread_ = std::thread([this] { Loop(); });
+}
+
+WorkerGroup::~WorkerGroup() {
+  stop_ = true;
+  cv_.notify_all();
+  thread_.join();
+}
+
+absl::Status WorkerGroup::Submit(std::shared_ptr<ActiveRequest> request) {
+  if (!healthy_) return absl::UnavailableError(absl::StrCat("worker group ", address_, " is down"));
+  std::lock_guard<std::mutex> lock(mu_);
+  if (load_ >= max_outstanding_) {
+    return absl::ResourceExhaustedError(absl::StrCat("the queue is full (", max_outstanding_,
+                                                     " requests queued or running); retry later"));
+  }
+  incoming_.push_back(std::move(request));
+  ++load_;
+  cv_.notify_all();
+  return absl::OkStatus();
+}
+
+void WorkerGroup::FailAll(const absl::Status& status) {
+  for (auto& [id, r] : requests_) {
+    scheduler_.Remove(id);
+    r->Fail(status);
+  }
+  load_ -= static_cast<int>(requests_.size());
+  requests_.clear();
+}
+
+void WorkerGroup::Loop() {
+  while (!stop_) {
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      if (incoming_.empty() && requests_.empty()) cv_.wait_for(lock, std::chrono::milliseconds(100));
+      for (auto& r : incoming_) {
+        auto seq = std::make_unique<ScheduledSequence>();
+        seq->id = r->id();
+        seq->tokens = r->options().prompt;
+        seq->prompt_len = static_cast<int32_t>(seq->tokens.size());
+        seq->max_new_tokens = r->options().max_new_tokens;
+        if (auto s = scheduler_.Enqueue(std::move(seq)); !s.ok()) {
+          r->Fail(s);
+          --load_;
+          continue;
+        }
+        requests_[r->id()] = std::move(r);
+      }
+      incoming_.clear();
+    }
+    // Cancelled requests leave before the next step; their blocks are freed.
+    for (auto it = requests_.begin(); it != requests_.end();) {
+      if (it->second->cancelled()) {
+        scheduler_.Remove(it->first);
+        it->second->Fail(absl::CancelledError("the client cancelled the request"));
+        --load_;
+        it = requests_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    if (!requests_.empty() && !RunOneStep()) {
+      healthy_ = false;
+      FailAll(absl::UnavailableError(absl::StrCat("worker group ", address_, " failed; retry")));
+    }
+  }
+  FailAll(absl::UnavailableError("the router is shutting down"));
+}
+
+bool WorkerGroup::RunOneStep() {
+  const std::vector<PlannedSequence> plan = scheduler_.Schedule();
+  if (plan.empty()) return true;
+  worker::v1::StepRequest req;
+  for (const PlannedSequence& p : plan) {
+    const ActiveRequest& r = *requests_.at(p.sequence->id);
+    const auto& params = r.options().parameters;
+    auto* s = req.add_sequences();
+    s->set_sequence_id(p.sequence->id);
+    s->mutable_tokens()->Add(p.sequence->tokens.begin() + p.start, p.sequence->tokens.begin() + p.start + p.count);
+    s->set_start_pos(p.start);
+    s->mutable_block_table()->Add(p.sequence->blocks.begin(), p.sequence->blocks.end());
+    if (r.options().score) {
+      for (int i = 0; i < p.count; ++i) {
+        const int next = p.start + i + 1;
+        s->add_score_targets(next < p.sequence->prompt_len ? p.sequence->tokens[next] : -1);
+      }
+      continue;
+    }
+    s->set_sample(p.sample);
+    auto* sp = s->mutable_sampling();
+    sp->set_temperature(params.temperature());
+    sp->set_top_k(params.top_k());
+    sp->set_top_p(params.top_p());
+    sp->set_seed(r.options().seed);
+    sp->set_repetition_penalty(params.repetition_penalty());
+    sp->set_presence_penalty(params.presence_penalty());
+    sp->set_frequency_penalty(params.frequency_penalty());
+    s->set_top_logprobs(params.top_logprobs());
+    if (params.repetition_penalty() != 0 || params.presence_penalty() != 0 || params.frequency_penalty() != 0) {
+      s->mutable_penalty_history()->Add(p.sequence->tokens.begin(), p.sequence->tokens.end());
+    }
+  }
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(120));
+  worker::v1::StepResponse resp;
+  const grpc::Status status = stub_->Step(&ctx, req, &resp);
+  if (!status.ok()) return false;
+  for (size_t i = 0; i < plan.size(); ++i) {
+    const PlannedSequence& p = plan[i];
+    const auto& result = resp.results(static_cast<int>(i));
+    auto& r = requests_.at(p.sequence->id);
+    scheduler_.Advance(p, result.sampled() ? result.token() : -1);
+    bool finished = false;
+    if (r->options().score) {
+      std::vector<float> lps(result.score_logprobs().begin(), result.score_logprobs().end());
+      if (p.start + p.count >= p.sequence->prompt_len && !lps.empty()) lps.pop_back();  // the last position has no target
+      r->OnScores(lps);
+      if (p.start + p.count >= p.sequence->prompt_len) {
+        r->FinishScoring();
+        finished = true;
+      }
+    } else if (result.sampled()) {
+      std::vector<std::pair<int32_t, float>> top;
+      for (const auto& t : result.top_logprobs()) top.emplace_back(t.token(), t.logprob());
+      finished = r->OnToken(result.token(), result.logprob(), top);
+    }
+    if (finished) {
+      scheduler_.Remove(p.sequence->id);
+      requests_.erase(p.sequence->id);
+      --load_;
+    }
+  }
+  return true;
+}
+
+}  // namespace gemma

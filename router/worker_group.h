@@ -1,0 +1,61 @@
+// One worker group as the router drives it: its connection, its scheduler, and the thread that runs its steps.
+#pragma once
+
+#include <atomic>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "gemma/worker/v1/worker.grpc.pb.h"
+#include "router/active_request.h"
+#include "router/scheduler.h"
+
+namespace gemma {
+
+// Thread-safe: Submit and load() from any thread; steps run on the group's own thread.
+class WorkerGroup {
+ public:
+  // Connects and reads the group's model info (Unavailable if it does not answer in time).
+  static absl::StatusOr<std::unique_ptr<WorkerGroup>> Connect(const std::string& address, SchedulerLimits limits,
+                                                             std::chrono::milliseconds timeout);
+  ~WorkerGroup();
+
+  const worker::v1::ModelInfo& info() const { return info_; }
+  const std::string& address() const { return address_; }
+  bool healthy() const { return healthy_; }
+  // Outstanding work, for picking the least-loaded group.
+  int load() const { return load_; }
+  // ResourceExhausted (queue full) or Unavailable (group down) when not accepted.
+  absl::Status Submit(std::shared_ptr<ActiveRequest> request);
+
+ private:
+  WorkerGroup(std::string address, std::unique_ptr<worker::v1::Worker::Stub> stub, worker::v1::ModelInfo info,
+              SchedulerLimits limits);
+  void Loop();
+  bool RunOneStep();
+  void FailAll(const absl::Status& status);
+
+  const std::string address_;
+  std::unique_ptr<worker::v1::Worker::Stub> stub_;
+  const worker::v1::ModelInfo info_;
+  std::atomic<bool> healthy_{true};
+  std::atomic<int> load_{0};
+  std::atomic<bool> stop_{false};
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::vector<std::shared_ptr<ActiveRequest>> incoming_ ABSL_GUARDED_BY(mu_);
+  int max_outstanding_;  // queued + running requests accepted at once
+
+  // Owned by the group's thread.
+  Scheduler scheduler_;
+  std::unordered_map<uint64_t, std::shared_ptr<ActiveRequest>> requests_;
+  std::thread thread_;
+};
+
+}  // namespace gemma
