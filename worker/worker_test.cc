@@ -15,6 +15,7 @@
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "tests/processes.h"
 #include "tests/testdata.h"
 
 namespace gemma {
@@ -23,61 +24,11 @@ namespace {
 using worker::v1::StepRequest;
 using worker::v1::StepResponse;
 
-int FreePort() {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
-  socklen_t len = sizeof(addr);
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-  ::close(fd);
-  return ntohs(addr.sin_port);
-}
-
-struct Proc {
-  pid_t pid = -1;
-  std::string err_path;
-  ~Proc() { Kill(); }
-  void Kill() {
-    if (pid > 0) {
-      ::kill(pid, SIGKILL);
-      ::waitpid(pid, nullptr, 0);
-      pid = -1;
-    }
-  }
-  // Exit code, or -1 if still running after `wait`.
-  int WaitExit(std::chrono::milliseconds wait) {
-    const auto end = std::chrono::steady_clock::now() + wait;
-    int status;
-    while (std::chrono::steady_clock::now() < end) {
-      if (::waitpid(pid, &status, WNOHANG) == pid) {
-        pid = -1;
-        return WIFEXITED(status) ? WEXITSTATUS(status) : 128;
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    }
-    return -1;
-  }
-  std::string Err() const { return testing::ReadFile(err_path); }
-};
+using testing::FreePort;
+using Proc = testing::Process;
 
 std::unique_ptr<Proc> StartWorker(const std::vector<std::string>& args, const std::vector<std::string>& env = {}) {
-  static int n = 0;
-  auto p = std::make_unique<Proc>();
-  p->err_path = ::testing::TempDir() + "/worker_" + std::to_string(::getpid()) + "_" + std::to_string(n++) + ".err";
-  p->pid = ::fork();
-  if (p->pid == 0) {
-    ::freopen(p->err_path.c_str(), "w", stderr);
-    ::freopen("/dev/null", "w", stdout);
-    for (const auto& kv : env) ::putenv(const_cast<char*>(kv.c_str()));
-    std::vector<char*> argv = {const_cast<char*>(WORKER_BINARY)};
-    for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-    argv.push_back(nullptr);
-    ::execv(WORKER_BINARY, argv.data());
-    ::_exit(127);
-  }
-  return p;
+  return testing::Start(WORKER_BINARY, args, env);
 }
 
 // A group of `world` ranks on loopback; returns rank 0's Worker API port (0 on failure).
