@@ -9,5 +9,7 @@ int TokenizeCommand(int argc, char** argv);
 int MakeTinyCommand(int argc, char** argv);
 int BenchCommand(int argc, char** argv);
 int BenchCollectiveCommand(int argc, char** argv);
+int ServeCommand(int argc, char** argv);
+int ClientCommand(int argc, char** argv);
 
 }  // namespace gemma

@@ -1,0 +1,175 @@
+// gemma serve: a local cluster (G worker groups of N ranks, and a router) on one machine; gemma client talks to it.
+#include <signal.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <csignal>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "tools/cli_common.h"
+#include "tools/commands.h"
+#include "tools/default_model.h"
+
+namespace gemma {
+namespace {
+
+std::atomic<bool> g_stop{false};
+void OnSignal(int) { g_stop = true; }
+
+// A sibling binary: beside this executable (installed), else where the build put it.
+std::string Binary(const char* name, const char* build_path) {
+  const std::string beside = (std::filesystem::read_symlink("/proc/self/exe").parent_path() / name).string();
+  return std::filesystem::exists(beside) ? beside : build_path;
+}
+
+int FreePortNumber() {
+  // Let the kernel pick: bind port 0 and read it back.
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
+  socklen_t len = sizeof(addr);
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  ::close(fd);
+  return ntohs(addr.sin_port);
+}
+
+pid_t Spawn(const std::string& binary, const std::vector<std::string>& args) {
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    ::setpgid(0, 0);  // Ctrl-C reaches gemma serve, which stops its children itself
+    std::vector<char*> argv = {const_cast<char*>(binary.c_str())};
+    for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+    argv.push_back(nullptr);
+    ::execv(binary.c_str(), argv.data());
+    std::fprintf(stderr, "gemma serve: cannot run %s\n", binary.c_str());
+    ::_exit(127);
+  }
+  return pid;
+}
+
+int ReadPort(const std::string& path, const std::vector<pid_t>& watch, std::chrono::seconds wait) {
+  const auto end = std::chrono::steady_clock::now() + wait;
+  while (std::chrono::steady_clock::now() < end && !g_stop) {
+    std::ifstream in(path);
+    int port = 0;
+    if (in >> port && port > 0) return port;
+    for (pid_t pid : watch) {
+      if (::waitpid(pid, nullptr, WNOHANG) == pid) return -1;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return 0;
+}
+
+}  // namespace
+
+int ServeCommand(int argc, char** argv) {
+  const char* kCmd = "serve";
+  Args args(kCmd, "[--model DIR] [--tp N] [--replicas G] [--port P]");
+  args.Flag("model", "checkpoint directory (default: the embedded tiny model)")
+      .Flag("tp", "ranks per worker group, 1..8 (default 1)")
+      .Flag("replicas", "worker groups, 1..16 (default 1)")
+      .Flag("port", "the router's public port (default: any free port)")
+      .Flag("threads", "compute threads per rank (default: cores / (tp * replicas))")
+      .Flag("kv-cache-mb", "KV cache per rank in MiB (default 1024)");
+  int code;
+  if (!ParseOrExit(args, argc, argv, kCmd, &code)) return code;
+  auto tp = args.GetInt("tp", 1, 1, 8);
+  auto replicas = args.GetInt("replicas", 1, 1, 16);
+  auto port = args.GetInt("port", 0, 0, 65535);
+  const int cores = static_cast<int>(std::thread::hardware_concurrency());
+  for (const absl::Status& s : {tp.status(), replicas.status(), port.status()}) {
+    if (!s.ok()) return Fail(kCmd, s);
+  }
+  auto threads = args.GetInt("threads", std::max<int64_t>(1, cores / (*tp * *replicas)), 1, 4096);
+  if (!threads.ok()) return Fail(kCmd, threads.status());
+  auto kv_mb = args.GetInt("kv-cache-mb", 1024, 1, int64_t{1} << 24);
+  if (!kv_mb.ok()) return Fail(kCmd, kv_mb.status());
+  std::string model = args.Get("model");
+  if (model.empty()) {
+    auto d = EnsureDefaultModel();
+    if (!d.ok()) return Fail(kCmd, d.status());
+    model = *d;
+  }
+  char tmpl[] = "/tmp/gemma-serve-XXXXXX";
+  if (::mkdtemp(tmpl) == nullptr) return Fail(kCmd, absl::InternalError("cannot create a temporary directory"));
+  const std::string run_dir = tmpl;
+  const std::string worker_bin = Binary("gemma-worker", GEMMA_WORKER_BINARY);
+  const std::string router_bin = Binary("gemma-router", GEMMA_ROUTER_BINARY);
+  std::signal(SIGINT, OnSignal);
+  std::signal(SIGTERM, OnSignal);
+
+  std::vector<pid_t> children;
+  std::vector<std::string> groups;
+  auto stop_all = [&](int exit_code) {
+    for (pid_t pid : children) ::kill(pid, SIGTERM);
+    for (pid_t pid : children) {
+      for (int i = 0; i < 100 && ::waitpid(pid, nullptr, WNOHANG) == 0; ++i) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      }
+      ::kill(pid, SIGKILL);
+      ::waitpid(pid, nullptr, 0);
+    }
+    std::filesystem::remove_all(run_dir);
+    return exit_code;
+  };
+  for (int g = 0; g < *replicas; ++g) {
+    const std::string port_file = absl::StrCat(run_dir, "/group", g, ".port");
+    const std::string peer = std::to_string(FreePortNumber());
+    std::vector<pid_t> group;
+    for (int r = 0; r < *tp; ++r) {
+      group.push_back(Spawn(worker_bin, {"--model=" + model, "--kv_cache_mb=" + std::to_string(*kv_mb), absl::StrCat("--rank=", r), absl::StrCat("--world_size=", *tp),
+                                         "--peer_port=" + peer, "--leader=127.0.0.1:" + peer, "--port_file=" + port_file,
+                                         absl::StrCat("--threads=", *threads)}));
+    }
+    children.insert(children.end(), group.begin(), group.end());
+    const int worker_port = ReadPort(port_file, group, std::chrono::seconds(600));
+    if (worker_port <= 0) {
+      if (g_stop) return stop_all(0);
+      std::fprintf(stderr, "gemma serve: worker group %d did not start (see its messages above)\n", g);
+      return stop_all(1);
+    }
+    groups.push_back(absl::StrCat("127.0.0.1:", worker_port));
+  }
+  std::string workers;
+  for (const auto& g : groups) workers += (workers.empty() ? "" : ",") + g;
+  const std::string router_port_file = run_dir + "/router.port";
+  const pid_t router = Spawn(router_bin, {"--workers=" + workers, absl::StrCat("--port=", *port),
+                                          "--port_file=" + router_port_file});
+  children.push_back(router);
+  const int router_port = ReadPort(router_port_file, {router}, std::chrono::seconds(120));
+  if (router_port <= 0) {
+    if (g_stop) return stop_all(0);
+    std::fprintf(stderr, "gemma serve: the router did not start (see its messages above)\n");
+    return stop_all(1);
+  }
+  std::printf("gemma serve: %lld group(s) of %lld rank(s) on %s; router listening on 127.0.0.1:%d (Ctrl-C stops)\n",
+              static_cast<long long>(*replicas), static_cast<long long>(*tp), model.c_str(), router_port);
+  std::fflush(stdout);
+  while (!g_stop) {
+    for (pid_t pid : children) {
+      int status;
+      if (::waitpid(pid, &status, WNOHANG) == pid) {
+        std::fprintf(stderr, "gemma serve: process %d (%s) exited unexpectedly; stopping the cluster\n", pid,
+                     pid == router ? "router" : "worker");
+        children.erase(std::find(children.begin(), children.end(), pid));
+        return stop_all(1);
+      }
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  std::printf("gemma serve: stopping\n");
+  return stop_all(0);
+}
+
+}  // namespace gemma
