@@ -4,14 +4,43 @@
 
 namespace gemma {
 
-ActiveRequest::ActiveRequest(uint64_t id, Options options, const Tokenizer* tokenizer)
-    : id_(id), options_(std::move(options)), tokenizer_(tokenizer), text_(tokenizer, options_.stop_sequences) {
+ActiveRequest::ActiveRequest(uint64_t id, Options options, const Tokenizer* tokenizer, RouterMetrics* metrics)
+    : id_(id),
+      options_(std::move(options)),
+      tokenizer_(tokenizer),
+      metrics_(metrics),
+      text_(tokenizer, options_.stop_sequences) {
   for (int32_t t : options_.prompt) score_.add_token_ids(t);
+}
+
+double ActiveRequest::SecondsSince(std::chrono::steady_clock::time_point t) const {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
+}
+
+void ActiveRequest::MarkScheduled() {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (scheduled_) return;
+  scheduled_ = true;
+  if (metrics_) metrics_->Queued(SecondsSince(arrival_));
+}
+
+void ActiveRequest::RecordEnd(const absl::Status& status) {
+  if (metrics_) {
+    metrics_->Finished(status, SecondsSince(arrival_), static_cast<int>(options_.prompt.size()), response_.tokens_size());
+  }
 }
 
 bool ActiveRequest::OnToken(int32_t token, float logprob, const std::vector<std::pair<int32_t, float>>& top) {
   std::lock_guard<std::mutex> lock(mu_);
   if (finished_) return true;
+  if (metrics_) {
+    if (response_.tokens_size() == 0) {
+      metrics_->FirstToken(SecondsSince(arrival_));
+    } else {
+      metrics_->InterToken(SecondsSince(last_token_));
+    }
+  }
+  last_token_ = std::chrono::steady_clock::now();
   const bool stop_id = std::find(options_.stop_ids.begin(), options_.stop_ids.end(), token) != options_.stop_ids.end();
   v1::GenerateStreamResponse event;
   auto* t = event.mutable_token()->mutable_token();
@@ -62,6 +91,7 @@ void ActiveRequest::FinishLocked(v1::FinishReason reason) {
   f->set_seed(options_.seed);
   events_.push_back(std::move(final_event));
   finished_ = true;
+  RecordEnd(absl::OkStatus());
 }
 
 void ActiveRequest::OnScores(const std::vector<float>& logprobs) {
@@ -73,6 +103,7 @@ void ActiveRequest::FinishScoring() {
   std::lock_guard<std::mutex> lock(mu_);
   finished_ = true;
   final_taken_ = true;
+  RecordEnd(absl::OkStatus());
   cv_.notify_all();
 }
 
@@ -81,6 +112,7 @@ void ActiveRequest::Fail(const absl::Status& status) {
   if (finished_) return;
   status_ = status;
   finished_ = true;
+  RecordEnd(status);
   cv_.notify_all();
 }
 

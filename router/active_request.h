@@ -2,6 +2,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <deque>
 #include <mutex>
@@ -12,6 +13,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "gemma/v1/gemma.pb.h"
+#include "router/router_metrics.h"
 #include "router/text_stream.h"
 
 namespace gemma {
@@ -29,7 +31,10 @@ class ActiveRequest {
     bool score = false;  // score the prompt instead of generating
     int32_t score_top_logprobs = 0;
   };
-  ActiveRequest(uint64_t id, Options options, const Tokenizer* tokenizer);
+  // `metrics` may be null.
+  ActiveRequest(uint64_t id, Options options, const Tokenizer* tokenizer, RouterMetrics* metrics = nullptr);
+  // The group has planned this request's first step (records its queue time once).
+  void MarkScheduled();
 
   uint64_t id() const { return id_; }
   const Options& options() const { return options_; }
@@ -53,10 +58,16 @@ class ActiveRequest {
 
  private:
   void FinishLocked(v1::FinishReason reason) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void RecordEnd(const absl::Status& status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  double SecondsSince(std::chrono::steady_clock::time_point t) const;
 
   const uint64_t id_;
   const Options options_;
   const Tokenizer* tokenizer_;
+  RouterMetrics* metrics_;
+  const std::chrono::steady_clock::time_point arrival_ = std::chrono::steady_clock::now();
+  std::chrono::steady_clock::time_point last_token_ ABSL_GUARDED_BY(mu_);
+  bool scheduled_ ABSL_GUARDED_BY(mu_) = false;
   std::atomic<bool> cancelled_{false};
   std::mutex mu_;
   std::condition_variable cv_;

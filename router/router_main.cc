@@ -23,6 +23,7 @@ ABSL_FLAG(int, max_tokens_per_step, 512, "tokens in one step per group (decodes 
 ABSL_FLAG(int, max_queued, 256, "waiting requests per group; more get RESOURCE_EXHAUSTED");
 ABSL_FLAG(int, max_new_tokens, 4096, "ceiling on a request's max_new_tokens");
 ABSL_FLAG(int, max_total_tokens, 8192, "ceiling on prompt + max_new_tokens");
+ABSL_FLAG(int, metrics_port, 0, "port of the Prometheus /metrics endpoint; 0: none");
 ABSL_FLAG(int64_t, connect_timeout_ms, 60000, "how long to wait for each worker group at start");
 
 namespace {
@@ -56,10 +57,14 @@ int main(int argc, char** argv) {
   }
   limits.default_max_new_tokens = std::min(limits.default_max_new_tokens, limits.max_new_tokens);
 
+  const int metrics_port = absl::GetFlag(FLAGS_metrics_port);
+  auto metrics = gemma::RouterMetrics::Create(metrics_port > 0 ? absl::StrCat("0.0.0.0:", metrics_port) : "");
+  if (!metrics.ok()) return Fail(std::string(metrics.status().message()));
   std::vector<std::unique_ptr<gemma::WorkerGroup>> groups;
   for (absl::string_view address : absl::StrSplit(workers, ',', absl::SkipEmpty())) {
     auto g = gemma::WorkerGroup::Connect(std::string(address), sched,
-                                         std::chrono::milliseconds(absl::GetFlag(FLAGS_connect_timeout_ms)));
+                                         std::chrono::milliseconds(absl::GetFlag(FLAGS_connect_timeout_ms)),
+                                         metrics->get());
     if (!g.ok()) return Fail(std::string(g.status().message()));
     groups.push_back(std::move(*g));
   }
@@ -72,7 +77,7 @@ int main(int argc, char** argv) {
   auto tokenizer = gemma::Tokenizer::FromBytes(groups[0]->info().tokenizer_model());
   if (!tokenizer.ok()) return Fail(absl::StrCat("the workers' tokenizer: ", tokenizer.status().message()));
 
-  gemma::RouterService service(std::move(groups), std::move(*tokenizer), limits);
+  gemma::RouterService service(std::move(groups), std::move(*tokenizer), limits, metrics->get());
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;

@@ -9,8 +9,8 @@
 namespace gemma {
 
 RouterService::RouterService(std::vector<std::unique_ptr<WorkerGroup>> groups, std::unique_ptr<Tokenizer> tokenizer,
-                             RouterLimits limits)
-    : groups_(std::move(groups)), tokenizer_(std::move(tokenizer)), limits_(limits) {
+                             RouterLimits limits, RouterMetrics* metrics)
+    : groups_(std::move(groups)), tokenizer_(std::move(tokenizer)), limits_(limits), metrics_(metrics) {
   model_.vocab_size = groups_.front()->info().vocab_size();
   model_.context = groups_.front()->info().max_position_embeddings();
 }
@@ -42,6 +42,12 @@ absl::Status RouterService::Submit(const std::shared_ptr<ActiveRequest>& request
 }
 
 absl::StatusOr<std::shared_ptr<ActiveRequest>> RouterService::Start(const v1::GenerateRequest& request) {
+  auto active = Admit(request);
+  if (!active.ok() && metrics_) metrics_->Rejected(active.status());
+  return active;
+}
+
+absl::StatusOr<std::shared_ptr<ActiveRequest>> RouterService::Admit(const v1::GenerateRequest& request) {
   if (auto s = ValidateGenerateRequest(request, limits_, model_); !s.ok()) return s;
   auto prompt = PromptIds(request.input());
   if (!prompt.ok()) return prompt.status();
@@ -58,7 +64,7 @@ absl::StatusOr<std::shared_ptr<ActiveRequest>> RouterService::Start(const v1::Ge
   o.stop_sequences.assign(request.parameters().stop_sequences().begin(), request.parameters().stop_sequences().end());
   o.parameters = request.parameters();
   o.seed = request.parameters().has_seed() ? request.parameters().seed() : std::random_device{}();
-  auto active = std::make_shared<ActiveRequest>(next_id_++, std::move(o), tokenizer_.get());
+  auto active = std::make_shared<ActiveRequest>(next_id_++, std::move(o), tokenizer_.get(), metrics_);
   if (auto s = Submit(active); !s.ok()) return s;
   return active;
 }
@@ -104,8 +110,11 @@ grpc::Status RouterService::Score(grpc::ServerContext* context, const v1::ScoreR
   ActiveRequest::Options o;
   o.prompt = std::move(*prompt);
   o.score = true;
-  auto active = std::make_shared<ActiveRequest>(next_id_++, std::move(o), tokenizer_.get());
-  if (auto s = Submit(active); !s.ok()) return ToGrpcStatus(s);
+  auto active = std::make_shared<ActiveRequest>(next_id_++, std::move(o), tokenizer_.get(), metrics_);
+  if (auto s = Submit(active); !s.ok()) {
+    if (metrics_) metrics_->Rejected(s);
+    return ToGrpcStatus(s);
+  }
   if (auto s = Await(context, *active); !s.ok()) return ToGrpcStatus(s);
   *response = active->ScoreResult();
   return grpc::Status::OK;

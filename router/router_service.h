@@ -15,8 +15,9 @@ namespace gemma {
 // Thread-safe.
 class RouterService final : public v1::Gemma::Service {
  public:
+  // `metrics` may be null.
   RouterService(std::vector<std::unique_ptr<WorkerGroup>> groups, std::unique_ptr<Tokenizer> tokenizer,
-                RouterLimits limits);
+                RouterLimits limits, RouterMetrics* metrics = nullptr);
 
   grpc::Status Generate(grpc::ServerContext* context, const v1::GenerateRequest* request,
                         v1::GenerateResponse* response) override;
@@ -33,6 +34,7 @@ class RouterService final : public v1::Gemma::Service {
  private:
   // Validated, tokenized and submitted; or the status to answer with.
   absl::StatusOr<std::shared_ptr<ActiveRequest>> Start(const v1::GenerateRequest& request);
+  absl::StatusOr<std::shared_ptr<ActiveRequest>> Admit(const v1::GenerateRequest& request);
   absl::StatusOr<std::vector<int32_t>> PromptIds(const v1::Input& input);
   absl::Status Submit(const std::shared_ptr<ActiveRequest>& request);
   // Waits for the request, cancelling it if the client goes away.
@@ -41,6 +43,7 @@ class RouterService final : public v1::Gemma::Service {
   std::vector<std::unique_ptr<WorkerGroup>> groups_;
   std::unique_ptr<Tokenizer> tokenizer_;
   RouterLimits limits_;
+  RouterMetrics* metrics_;
   ModelLimits model_;
   std::atomic<uint64_t> next_id_{1};
 };

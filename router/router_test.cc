@@ -1,5 +1,5 @@
 // The router in front of a real worker, through a real gRPC client: reference tokens, streaming equal to unary,
-// concurrent streams equal to solo runs, scoring, tokenization, and INVALID_ARGUMENT for bad requests.
+// 64 concurrent streams equal to solo runs, scoring, tokenization, and INVALID_ARGUMENT for bad requests.
 #include <grpcpp/grpcpp.h>
 
 #include <future>
@@ -27,8 +27,11 @@ class RouterTest : public ::testing::Test {
                   .release();
     const int worker_port = testing::WaitForPortFile(dir + ".worker", std::chrono::seconds(20));
     ASSERT_GT(worker_port, 0) << worker_->Err();
+    worker_port_ = worker_port;
+    metrics_port_ = testing::FreePort();
     router_ = testing::Start(ROUTER_BINARY, {"--workers=127.0.0.1:" + std::to_string(worker_port),
-                                             "--port_file=" + dir + ".router", "--max_tokens_per_step=128"})
+                                             "--port_file=" + dir + ".router", "--max_tokens_per_step=128",
+                                             "--metrics_port=" + std::to_string(metrics_port_)})
                   .release();
     port_ = testing::WaitForPortFile(dir + ".router", std::chrono::seconds(20));
     ASSERT_GT(port_, 0) << router_->Err();
@@ -72,12 +75,90 @@ class RouterTest : public ::testing::Test {
 
   static testing::Process* worker_;
   static testing::Process* router_;
-  static int port_;
+  static int port_, worker_port_, metrics_port_;
 };
 
 testing::Process* RouterTest::worker_ = nullptr;
 testing::Process* RouterTest::router_ = nullptr;
 int RouterTest::port_ = 0;
+int RouterTest::worker_port_ = 0;
+int RouterTest::metrics_port_ = 0;
+
+// The value of the first sample of `metric` (a full name with labels as exported), or -1.
+double Sample(const std::string& metrics, const std::string& metric) {
+  const size_t at = metrics.find("\n" + metric);
+  if (at == std::string::npos) return -1;
+  const size_t space = metrics.find(' ', at + 1 + metric.size());
+  return std::stod(metrics.substr(space + 1));
+}
+
+TEST_F(RouterTest, CancelledStreamsFreeTheirKvBlocksAndAreCounted) {
+  v1::GenerateRequest req;
+  req.mutable_input()->set_text("A long story begins");
+  req.mutable_parameters()->set_max_new_tokens(400);
+  for (int i = 0; i < 3; ++i) {
+    grpc::ClientContext ctx;
+    auto reader = Client()->GenerateStream(&ctx, req);
+    v1::GenerateStreamResponse event;
+    ASSERT_TRUE(reader->Read(&event));  // running: it holds KV blocks
+    ctx.TryCancel();
+    while (reader->Read(&event)) {
+    }
+    EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  }
+  const std::string kv = "gemma_router_kv_blocks_used{group=\"127.0.0.1:" + std::to_string(worker_port_) + "\"}";
+  double used = -1, cancelled = -1;
+  for (int i = 0; i < 100 && (used != 0 || cancelled < 3); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    const std::string m = testing::HttpGet(metrics_port_, "/metrics");
+    used = Sample(m, kv);
+    cancelled = Sample(m, "gemma_router_requests_total{code=\"CANCELLED\"}");
+  }
+  EXPECT_EQ(used, 0) << "KV blocks still held after cancellation";
+  EXPECT_GE(cancelled, 3);
+  const std::string m = testing::HttpGet(metrics_port_, "/metrics");
+  for (const char* name : {"gemma_router_time_to_first_token_seconds_count", "gemma_router_inter_token_latency_seconds_count",
+                           "gemma_router_request_duration_seconds_count", "gemma_router_queue_duration_seconds_count",
+                           "gemma_router_queue_depth", "gemma_router_running_sequences", "gemma_router_kv_cache_usage_ratio",
+                           "gemma_router_generated_tokens_total", "gemma_router_prompt_tokens_total",
+                           "gemma_router_preemptions_total", "gemma_router_group_healthy"}) {
+    EXPECT_NE(m.find(name), std::string::npos) << name;
+  }
+}
+
+TEST_F(RouterTest, QueueLimitTurnsExcessIntoResourceExhausted) {
+  const std::string port_file = ::testing::TempDir() + "/router_q_" + std::to_string(::getpid());
+  std::remove(port_file.c_str());
+  auto router = testing::Start(ROUTER_BINARY, {"--workers=127.0.0.1:" + std::to_string(worker_port_),
+                                               "--port_file=" + port_file, "--max_queued=4", "--max_batch_size=1"});
+  const int port = testing::WaitForPortFile(port_file, std::chrono::seconds(20));
+  ASSERT_GT(port, 0) << router->Err();
+  std::vector<std::future<std::pair<grpc::StatusCode, int>>> calls;
+  for (int i = 0; i < 20; ++i) {
+    calls.push_back(std::async(std::launch::async, [port] {
+      auto stub = v1::Gemma::NewStub(grpc::CreateChannel("127.0.0.1:" + std::to_string(port), grpc::InsecureChannelCredentials()));
+      v1::GenerateRequest req = Ids({2, 3791, 323}, 64);
+      v1::GenerateResponse resp;
+      grpc::ClientContext ctx;
+      const grpc::Status s = stub->Generate(&ctx, req, &resp);
+      return std::make_pair(s.error_code(), resp.tokens_size());
+    }));
+  }
+  int ok = 0, exhausted = 0;
+  for (auto& c : calls) {
+    const auto [code, tokens] = c.get();
+    if (code == grpc::StatusCode::OK) {
+      ++ok;
+      EXPECT_EQ(tokens, 64);
+    } else {
+      EXPECT_EQ(code, grpc::StatusCode::RESOURCE_EXHAUSTED);
+      ++exhausted;
+    }
+  }
+  EXPECT_GE(ok, 5);
+  EXPECT_GE(exhausted, 1);
+  EXPECT_EQ(ok + exhausted, 20);
+}
 
 TEST_F(RouterTest, GreedyGenerationMatchesReference) {
   const auto gens = nlohmann::json::parse(testing::ReadFile(GemmaTinyDir() + "/reference/tiny-mqa/generations.json"));
@@ -112,7 +193,7 @@ TEST_F(RouterTest, StreamingEqualsUnaryAndEndsWithFinal) {
 
 TEST_F(RouterTest, ConcurrentStreamsEachEqualTheirSoloRun) {
   std::vector<v1::GenerateRequest> reqs;
-  for (int i = 0; i < 24; ++i) {
+  for (int i = 0; i < 64; ++i) {
     std::vector<int> prompt = {2};
     for (int k = 0; k < 3 + (i * 7) % 40; ++k) prompt.push_back(100 + (i * 31 + k * 17) % 3900);
     reqs.push_back(Ids(prompt, 4 + i % 12));

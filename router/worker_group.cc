@@ -8,7 +8,8 @@
 namespace gemma {
 
 absl::StatusOr<std::unique_ptr<WorkerGroup>> WorkerGroup::Connect(const std::string& address, SchedulerLimits limits,
-                                                                   std::chrono::milliseconds timeout) {
+                                                                   std::chrono::milliseconds timeout,
+                                                                   RouterMetrics* metrics) {
   auto stub = worker::v1::Worker::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + timeout);
@@ -18,14 +19,15 @@ absl::StatusOr<std::unique_ptr<WorkerGroup>> WorkerGroup::Connect(const std::str
   if (!s.ok()) {
     return absl::UnavailableError(absl::StrCat("worker group ", address, " did not answer: ", s.error_message()));
   }
-  return std::unique_ptr<WorkerGroup>(new WorkerGroup(address, std::move(stub), std::move(info), limits));
+  return std::unique_ptr<WorkerGroup>(new WorkerGroup(address, std::move(stub), std::move(info), limits, metrics));
 }
 
 WorkerGroup::WorkerGroup(std::string address, std::unique_ptr<worker::v1::Worker::Stub> stub,
-                         worker::v1::ModelInfo info, SchedulerLimits limits)
+                         worker::v1::ModelInfo info, SchedulerLimits limits, RouterMetrics* metrics)
     : address_(std::move(address)),
       stub_(std::move(stub)),
       info_(std::move(info)),
+      metrics_(metrics),
       max_outstanding_(limits.max_queued + limits.max_batch_size),
       scheduler_(limits, info_.num_kv_blocks(), info_.kv_block_size()) {
   thread_ = std::thread([this] { Loop(); });
@@ -57,6 +59,14 @@ void WorkerGroup::FailAll(const absl::Status& status) {
   }
   load_ -= static_cast<int>(requests_.size());
   requests_.clear();
+}
+
+void WorkerGroup::PublishState() {
+  if (metrics_ == nullptr) return;
+  metrics_->GroupState(address_, scheduler_.queued(), scheduler_.running(), scheduler_.blocks().used_blocks(),
+                       scheduler_.blocks().num_blocks(), healthy_);
+  metrics_->Preempted(static_cast<int>(scheduler_.preemptions() - preemptions_seen_));
+  preemptions_seen_ = scheduler_.preemptions();
 }
 
 void WorkerGroup::Loop() {
@@ -94,6 +104,7 @@ void WorkerGroup::Loop() {
       healthy_ = false;
       FailAll(absl::UnavailableError(absl::StrCat("worker group ", address_, " failed; retry")));
     }
+    PublishState();
   }
   FailAll(absl::UnavailableError("the router is shutting down"));
 }
@@ -103,7 +114,8 @@ bool WorkerGroup::RunOneStep() {
   if (plan.empty()) return true;
   worker::v1::StepRequest req;
   for (const PlannedSequence& p : plan) {
-    const ActiveRequest& r = *requests_.at(p.sequence->id);
+    ActiveRequest& r = *requests_.at(p.sequence->id);
+    r.MarkScheduled();
     const auto& params = r.options().parameters;
     auto* s = req.add_sequences();
     s->set_sequence_id(p.sequence->id);

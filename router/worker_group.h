@@ -13,6 +13,7 @@
 #include "absl/status/statusor.h"
 #include "gemma/worker/v1/worker.grpc.pb.h"
 #include "router/active_request.h"
+#include "router/router_metrics.h"
 #include "router/scheduler.h"
 
 namespace gemma {
@@ -21,8 +22,10 @@ namespace gemma {
 class WorkerGroup {
  public:
   // Connects and reads the group's model info (Unavailable if it does not answer in time).
+  // `metrics` may be null.
   static absl::StatusOr<std::unique_ptr<WorkerGroup>> Connect(const std::string& address, SchedulerLimits limits,
-                                                             std::chrono::milliseconds timeout);
+                                                             std::chrono::milliseconds timeout,
+                                                             RouterMetrics* metrics = nullptr);
   ~WorkerGroup();
 
   const worker::v1::ModelInfo& info() const { return info_; }
@@ -35,7 +38,8 @@ class WorkerGroup {
 
  private:
   WorkerGroup(std::string address, std::unique_ptr<worker::v1::Worker::Stub> stub, worker::v1::ModelInfo info,
-              SchedulerLimits limits);
+              SchedulerLimits limits, RouterMetrics* metrics);
+  void PublishState();
   void Loop();
   bool RunOneStep();
   void FailAll(const absl::Status& status);
@@ -43,6 +47,8 @@ class WorkerGroup {
   const std::string address_;
   std::unique_ptr<worker::v1::Worker::Stub> stub_;
   const worker::v1::ModelInfo info_;
+  RouterMetrics* metrics_;
+  int64_t preemptions_seen_ = 0;
   std::atomic<bool> healthy_{true};
   std::atomic<int> load_{0};
   std::atomic<bool> stop_{false};

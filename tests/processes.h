@@ -28,6 +28,9 @@ struct Process {
 std::unique_ptr<Process> Start(const std::string& binary, const std::vector<std::string>& args,
                                const std::vector<std::string>& env = {});
 
+// The body of a plain HTTP GET of `path` on 127.0.0.1:`port` (headers included), or "" if it cannot connect.
+std::string HttpGet(int port, const std::string& path);
+
 // Waits up to `wait` for a process to write its port number into `path`; 0 if it never did.
 int WaitForPortFile(const std::string& path, std::chrono::milliseconds wait);
 

@@ -176,26 +176,6 @@ TEST(WorkerTest, KilledRankMakesStepsUnavailableAndARestartedGroupServes) {
   EXPECT_TRUE(Greedy(*Client(again.port), {2, 3791, 323}, 3, &got).ok());
 }
 
-// A plain HTTP GET of /metrics on loopback.
-std::string Scrape(int port) {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(port);
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
-    ::close(fd);
-    return "";
-  }
-  const std::string req = "GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n";
-  ::send(fd, req.data(), req.size(), 0);
-  std::string out;
-  char buf[4096];
-  for (ssize_t n; (n = ::recv(fd, buf, sizeof(buf), 0)) > 0;) out.append(buf, n);
-  ::close(fd);
-  return out;
-}
-
 TEST(WorkerTest, ConfiguredFromEnvironmentAndExportsMetrics) {
   // As a StatefulSet gives it: model, world size, leader and rank from the environment.
   const std::string model = testing::GemmaTinyDir() + "/tiny-mqa";
@@ -220,7 +200,7 @@ TEST(WorkerTest, ConfiguredFromEnvironmentAndExportsMetrics) {
   ASSERT_GT(port, 0) << ranks[0]->Err() << ranks[1]->Err();
   std::vector<int> got;
   ASSERT_TRUE(Greedy(*Client(port), {2, 3791, 323}, 3, &got).ok());
-  const std::string metrics = Scrape(metrics_port);
+  const std::string metrics = testing::HttpGet(metrics_port, "/metrics");
   for (const char* name : {"gemma_worker_step_duration_seconds_bucket", "gemma_worker_forward_duration_seconds_count",
                            "gemma_worker_collective_duration_seconds_sum", "gemma_worker_steps_total",
                            "gemma_worker_kv_blocks_used", "gemma_worker_kv_blocks_total", "gemma_worker_group_healthy"}) {

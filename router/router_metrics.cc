@@ -1,0 +1,70 @@
+#include "router/router_metrics.h"
+
+#include "absl/strings/str_cat.h"
+
+namespace gemma {
+namespace {
+
+prometheus::Histogram::BucketBoundaries Latency() {
+  return {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120};
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<RouterMetrics>> RouterMetrics::Create(const std::string& address) {
+  auto m = std::unique_ptr<RouterMetrics>(new RouterMetrics());
+  m->registry_ = std::make_shared<prometheus::Registry>();
+  auto& r = *m->registry_;
+  auto hist = [&](const char* name, const char* help) {
+    return &prometheus::BuildHistogram().Name(name).Help(help).Register(r).Add({}, Latency());
+  };
+  m->ttft_ = hist("gemma_router_time_to_first_token_seconds", "From a request's arrival to its first generated token.");
+  m->itl_ = hist("gemma_router_inter_token_latency_seconds", "Between consecutive generated tokens of one request.");
+  m->e2e_ = hist("gemma_router_request_duration_seconds", "From a request's arrival to its end, any outcome.");
+  m->queue_ = hist("gemma_router_queue_duration_seconds", "From a request's arrival to its first scheduled step.");
+  m->requests_ = &prometheus::BuildCounter()
+                      .Name("gemma_router_requests_total")
+                      .Help("Requests ended, by gRPC code (OK, INVALID_ARGUMENT, RESOURCE_EXHAUSTED, ...).")
+                      .Register(r);
+  m->prompt_tokens_ = &prometheus::BuildCounter().Name("gemma_router_prompt_tokens_total").Help("Prompt tokens of finished requests.").Register(r).Add({});
+  m->generated_tokens_ = &prometheus::BuildCounter().Name("gemma_router_generated_tokens_total").Help("Tokens generated.").Register(r).Add({});
+  m->preemptions_ = &prometheus::BuildCounter().Name("gemma_router_preemptions_total").Help("Sequences preempted for KV blocks (recomputed later).").Register(r).Add({});
+  auto gauge = [&](const char* name, const char* help) { return &prometheus::BuildGauge().Name(name).Help(help).Register(r); };
+  m->queue_depth_ = gauge("gemma_router_queue_depth", "Requests waiting for a first step, per worker group.");
+  m->running_ = gauge("gemma_router_running_sequences", "Sequences in a group's running batch.");
+  m->kv_used_ = gauge("gemma_router_kv_blocks_used", "KV-cache blocks held by a group's sequences.");
+  m->kv_usage_ = gauge("gemma_router_kv_cache_usage_ratio", "Share of a group's KV-cache blocks in use.");
+  m->healthy_ = gauge("gemma_router_group_healthy", "1 while a worker group serves, 0 while it is out.");
+  if (!address.empty()) {
+    try {
+      m->exposer_ = std::make_unique<prometheus::Exposer>(address);
+    } catch (const std::exception& e) {
+      return absl::UnavailableError(absl::StrCat("cannot serve metrics on ", address, ": ", e.what()));
+    }
+    m->exposer_->RegisterCollectable(m->registry_);
+  }
+  return m;
+}
+
+void RouterMetrics::Finished(const absl::Status& status, double seconds, int prompt_tokens, int generated_tokens) {
+  e2e_->Observe(seconds);
+  requests_->Add({{"code", absl::StatusCodeToString(status.code())}}).Increment();
+  prompt_tokens_->Increment(prompt_tokens);
+  generated_tokens_->Increment(generated_tokens);
+}
+
+void RouterMetrics::Rejected(const absl::Status& status) {
+  requests_->Add({{"code", absl::StatusCodeToString(status.code())}}).Increment();
+}
+
+void RouterMetrics::GroupState(const std::string& group, int queued, int running, int kv_used, int kv_total,
+                               bool healthy) {
+  const std::map<std::string, std::string> l = {{"group", group}};
+  queue_depth_->Add(l).Set(queued);
+  running_->Add(l).Set(running);
+  kv_used_->Add(l).Set(kv_used);
+  kv_usage_->Add(l).Set(kv_total > 0 ? static_cast<double>(kv_used) / kv_total : 0.0);
+  healthy_->Add(l).Set(healthy ? 1 : 0);
+}
+
+}  // namespace gemma

@@ -1,0 +1,43 @@
+// The router's Prometheus metrics (documented in monitoring/METRICS.md), served on its own port.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "prometheus/counter.h"
+#include "prometheus/exposer.h"
+#include "prometheus/family.h"
+#include "prometheus/gauge.h"
+#include "prometheus/histogram.h"
+#include "prometheus/registry.h"
+
+namespace gemma {
+
+// Thread-safe (prometheus-cpp metrics are).
+class RouterMetrics {
+ public:
+  // Serves /metrics on `address`; empty: record only.
+  static absl::StatusOr<std::unique_ptr<RouterMetrics>> Create(const std::string& address);
+
+  void FirstToken(double seconds_since_arrival) { ttft_->Observe(seconds_since_arrival); }
+  void InterToken(double seconds) { itl_->Observe(seconds); }
+  void Queued(double seconds) { queue_->Observe(seconds); }
+  void Finished(const absl::Status& status, double seconds, int prompt_tokens, int generated_tokens);
+  void Rejected(const absl::Status& status);
+  void Preempted(int n) { preemptions_->Increment(n); }
+  // Per group, after each step.
+  void GroupState(const std::string& group, int queued, int running, int kv_used, int kv_total, bool healthy);
+
+ private:
+  RouterMetrics() = default;
+  std::shared_ptr<prometheus::Registry> registry_;
+  std::unique_ptr<prometheus::Exposer> exposer_;
+  prometheus::Histogram *ttft_, *itl_, *e2e_, *queue_;
+  prometheus::Family<prometheus::Counter>* requests_;
+  prometheus::Counter *prompt_tokens_, *generated_tokens_, *preemptions_;
+  prometheus::Family<prometheus::Gauge>*queue_depth_, *running_, *kv_used_, *kv_usage_, *healthy_;
+};
+
+}  // namespace gemma
