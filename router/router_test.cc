@@ -126,6 +126,68 @@ TEST_F(RouterTest, CancelledStreamsFreeTheirKvBlocksAndAreCounted) {
   }
 }
 
+TEST_F(RouterTest, AKilledGroupFailsItsStreamsAnotherKeepsServingAndTheGroupReturns) {
+  const std::string model = "--model=" + GemmaTinyDir() + "/tiny-mqa";
+  const int port_a = testing::FreePort(), port_b = testing::FreePort();
+  auto start_worker = [&](int port) {
+    return testing::Start(WORKER_BINARY, {model, "--port=" + std::to_string(port), "--threads=1", "--kv_cache_mb=32"});
+  };
+  auto a = start_worker(port_a);
+  auto b = start_worker(port_b);
+  const std::string port_file = ::testing::TempDir() + "/router_ha_" + std::to_string(::getpid());
+  std::remove(port_file.c_str());
+  auto router = testing::Start(ROUTER_BINARY, {"--workers=127.0.0.1:" + std::to_string(port_a) + ",127.0.0.1:" +
+                                                   std::to_string(port_b),
+                                               "--port_file=" + port_file});
+  const int port = testing::WaitForPortFile(port_file, std::chrono::seconds(30));
+  ASSERT_GT(port, 0) << router->Err();
+  auto stub = v1::Gemma::NewStub(grpc::CreateChannel("127.0.0.1:" + std::to_string(port), grpc::InsecureChannelCredentials()));
+  auto healthy_groups = [&] {
+    v1::ModelInfo info;
+    grpc::ClientContext ctx;
+    stub->GetModelInfo(&ctx, {}, &info);
+    return info.healthy_groups();
+  };
+  // Long streams spread over both groups; then group A dies mid-stream.
+  std::vector<std::future<grpc::StatusCode>> streams;
+  for (int i = 0; i < 6; ++i) {
+    streams.push_back(std::async(std::launch::async, [&stub, i] {
+      v1::GenerateRequest req = Ids({2, 100 + i, 200 + i}, 400);
+      grpc::ClientContext ctx;
+      ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+      auto reader = stub->GenerateStream(&ctx, req);
+      v1::GenerateStreamResponse event;
+      while (reader->Read(&event)) {
+      }
+      return reader->Finish().error_code();
+    }));
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(150));
+  a->Kill();
+  int ok = 0, unavailable = 0;
+  for (auto& s : streams) {
+    const grpc::StatusCode code = s.get();  // none hangs: each ends one way or the other
+    ok += code == grpc::StatusCode::OK;
+    unavailable += code == grpc::StatusCode::UNAVAILABLE;
+  }
+  EXPECT_EQ(ok + unavailable, 6);
+  EXPECT_GE(unavailable, 1) << "group A's streams end with UNAVAILABLE";
+  EXPECT_GE(ok, 1) << "group B's streams complete";
+  EXPECT_EQ(healthy_groups(), 1);
+  for (int i = 0; i < 4; ++i) {  // new work goes to the group still up
+    v1::GenerateResponse resp;
+    grpc::ClientContext ctx;
+    EXPECT_TRUE(stub->Generate(&ctx, Ids({2, 3791, 323}, 8), &resp).ok());
+  }
+  a = start_worker(port_a);  // restarted on its address: the router takes it back
+  int groups = 0;
+  for (int i = 0; i < 200 && groups < 2; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    groups = healthy_groups();
+  }
+  EXPECT_EQ(groups, 2);
+}
+
 TEST_F(RouterTest, QueueLimitTurnsExcessIntoResourceExhausted) {
   const std::string port_file = ::testing::TempDir() + "/router_q_" + std::to_string(::getpid());
   std::remove(port_file.c_str());

@@ -29,7 +29,8 @@ WorkerGroup::WorkerGroup(std::string address, std::unique_ptr<worker::v1::Worker
       info_(std::move(info)),
       metrics_(metrics),
       max_outstanding_(limits.max_queued + limits.max_batch_size),
-      scheduler_(limits, info_.num_kv_blocks(), info_.kv_block_size()) {
+      limits_(limits),
+      scheduler_(std::make_unique<Scheduler>(limits, info_.num_kv_blocks(), info_.kv_block_size())) {
   thread_ = std::thread([this] { Loop(); });
 }
 
@@ -54,7 +55,7 @@ absl::Status WorkerGroup::Submit(std::shared_ptr<ActiveRequest> request) {
 
 void WorkerGroup::FailAll(const absl::Status& status) {
   for (auto& [id, r] : requests_) {
-    scheduler_.Remove(id);
+    scheduler_->Remove(id);
     r->Fail(status);
   }
   load_ -= static_cast<int>(requests_.size());
@@ -63,14 +64,44 @@ void WorkerGroup::FailAll(const absl::Status& status) {
 
 void WorkerGroup::PublishState() {
   if (metrics_ == nullptr) return;
-  metrics_->GroupState(address_, scheduler_.queued(), scheduler_.running(), scheduler_.blocks().used_blocks(),
-                       scheduler_.blocks().num_blocks(), healthy_);
-  metrics_->Preempted(static_cast<int>(scheduler_.preemptions() - preemptions_seen_));
-  preemptions_seen_ = scheduler_.preemptions();
+  metrics_->GroupState(address_, scheduler_->queued(), scheduler_->running(), scheduler_->blocks().used_blocks(),
+                       scheduler_->blocks().num_blocks(), healthy_);
+  metrics_->Preempted(static_cast<int>(scheduler_->preemptions() - preemptions_seen_));
+  preemptions_seen_ = scheduler_->preemptions();
+}
+
+void WorkerGroup::ProbeRecovery() {
+  const auto now = std::chrono::steady_clock::now();
+  if (now - last_probe_ < std::chrono::seconds(1)) return;
+  last_probe_ = now;
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(1));
+  worker::v1::ModelInfo info;
+  if (!stub_->GetModelInfo(&ctx, {}, &info).ok()) return;
+  if (info.vocab_size() != info_.vocab_size() || info.tokenizer_model() != info_.tokenizer_model()) return;
+  // A new incarnation: empty KV pool, possibly of another size.
+  scheduler_ = std::make_unique<Scheduler>(limits_, info.num_kv_blocks(), info.kv_block_size());
+  preemptions_seen_ = 0;
+  healthy_ = true;
 }
 
 void WorkerGroup::Loop() {
   while (!stop_) {
+    if (!healthy_) {
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        for (auto& r : incoming_) {
+          r->Fail(absl::UnavailableError(absl::StrCat("worker group ", address_, " is down; retry")));
+          --load_;
+        }
+        incoming_.clear();
+      }
+      ProbeRecovery();
+      PublishState();
+      std::unique_lock<std::mutex> lock(mu_);
+      cv_.wait_for(lock, std::chrono::milliseconds(100));
+      continue;
+    }
     {
       std::unique_lock<std::mutex> lock(mu_);
       if (incoming_.empty() && requests_.empty()) cv_.wait_for(lock, std::chrono::milliseconds(100));
@@ -80,7 +111,7 @@ void WorkerGroup::Loop() {
         seq->tokens = r->options().prompt;
         seq->prompt_len = static_cast<int32_t>(seq->tokens.size());
         seq->max_new_tokens = r->options().max_new_tokens;
-        if (auto s = scheduler_.Enqueue(std::move(seq)); !s.ok()) {
+        if (auto s = scheduler_->Enqueue(std::move(seq)); !s.ok()) {
           r->Fail(s);
           --load_;
           continue;
@@ -92,7 +123,7 @@ void WorkerGroup::Loop() {
     // Cancelled requests leave before the next step; their blocks are freed.
     for (auto it = requests_.begin(); it != requests_.end();) {
       if (it->second->cancelled()) {
-        scheduler_.Remove(it->first);
+        scheduler_->Remove(it->first);
         it->second->Fail(absl::CancelledError("the client cancelled the request"));
         --load_;
         it = requests_.erase(it);
@@ -110,7 +141,7 @@ void WorkerGroup::Loop() {
 }
 
 bool WorkerGroup::RunOneStep() {
-  const std::vector<PlannedSequence> plan = scheduler_.Schedule();
+  const std::vector<PlannedSequence> plan = scheduler_->Schedule();
   if (plan.empty()) return true;
   worker::v1::StepRequest req;
   for (const PlannedSequence& p : plan) {
@@ -152,7 +183,7 @@ bool WorkerGroup::RunOneStep() {
     const PlannedSequence& p = plan[i];
     const auto& result = resp.results(static_cast<int>(i));
     auto& r = requests_.at(p.sequence->id);
-    scheduler_.Advance(p, result.sampled() ? result.token() : -1);
+    scheduler_->Advance(p, result.sampled() ? result.token() : -1);
     bool finished = false;
     if (r->options().score) {
       std::vector<float> lps(result.score_logprobs().begin(), result.score_logprobs().end());
@@ -168,7 +199,7 @@ bool WorkerGroup::RunOneStep() {
       finished = r->OnToken(result.token(), result.logprob(), top);
     }
     if (finished) {
-      scheduler_.Remove(p.sequence->id);
+      scheduler_->Remove(p.sequence->id);
       requests_.erase(p.sequence->id);
       --load_;
     }

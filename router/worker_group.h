@@ -40,6 +40,8 @@ class WorkerGroup {
   WorkerGroup(std::string address, std::unique_ptr<worker::v1::Worker::Stub> stub, worker::v1::ModelInfo info,
               SchedulerLimits limits, RouterMetrics* metrics);
   void PublishState();
+  // While down: asks the group for its model info; back in service when it answers with the same model.
+  void ProbeRecovery();
   void Loop();
   bool RunOneStep();
   void FailAll(const absl::Status& status);
@@ -59,7 +61,9 @@ class WorkerGroup {
   int max_outstanding_;  // queued + running requests accepted at once
 
   // Owned by the group's thread.
-  Scheduler scheduler_;
+  SchedulerLimits limits_;
+  std::unique_ptr<Scheduler> scheduler_;  // new for each incarnation of the group (its KV pool may differ)
+  std::chrono::steady_clock::time_point last_probe_;
   std::unordered_map<uint64_t, std::shared_ptr<ActiveRequest>> requests_;
   std::thread thread_;
 };
