@@ -7,6 +7,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "gemma/v1/gemma.pb.h"
+#include "router/tokenizer/utf8.h"
 
 namespace gemma {
 
@@ -38,8 +39,5 @@ absl::StatusOr<int32_t> ResolveMaxNewTokens(int32_t prompt_tokens, int32_t reque
                                             const ModelLimits& model);
 
 absl::Status ValidateScoreRequest(const v1::ScoreRequest& request, const RouterLimits& router, const ModelLimits& model);
-
-// Whether `text` is well-formed UTF-8 (no overlongs, surrogates or code points past U+10FFFF).
-bool IsValidUtf8(absl::string_view text);
 
 }  // namespace gemma
