@@ -102,7 +102,6 @@ void ActiveRequest::OnScores(const std::vector<float>& logprobs) {
 void ActiveRequest::FinishScoring() {
   std::lock_guard<std::mutex> lock(mu_);
   finished_ = true;
-  final_taken_ = true;
   RecordEnd(absl::OkStatus());
   cv_.notify_all();
 }

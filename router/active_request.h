@@ -76,7 +76,6 @@ class ActiveRequest {
   v1::GenerateResponse response_ ABSL_GUARDED_BY(mu_);
   v1::ScoreResponse score_ ABSL_GUARDED_BY(mu_);
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
-  bool final_taken_ ABSL_GUARDED_BY(mu_) = false;
   absl::Status status_ ABSL_GUARDED_BY(mu_);
 };
 

@@ -1,5 +1,7 @@
 #include "router/router_metrics.h"
 
+#include "monitoring/metrics_server.h"
+
 #include "absl/strings/str_cat.h"
 
 namespace gemma {
@@ -36,12 +38,9 @@ absl::StatusOr<std::unique_ptr<RouterMetrics>> RouterMetrics::Create(const std::
   m->kv_usage_ = gauge("gemma_router_kv_cache_usage_ratio", "Share of a group's KV-cache blocks in use.");
   m->healthy_ = gauge("gemma_router_group_healthy", "1 while a worker group serves, 0 while it is out.");
   if (!address.empty()) {
-    try {
-      m->exposer_ = std::make_unique<prometheus::Exposer>(address);
-    } catch (const std::exception& e) {
-      return absl::UnavailableError(absl::StrCat("cannot serve metrics on ", address, ": ", e.what()));
-    }
-    m->exposer_->RegisterCollectable(m->registry_);
+    auto exposer = ServeMetrics(address, m->registry_);
+    if (!exposer.ok()) return exposer.status();
+    m->exposer_ = std::move(*exposer);
   }
   return m;
 }

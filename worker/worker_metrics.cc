@@ -1,5 +1,7 @@
 #include "worker/worker_metrics.h"
 
+#include "monitoring/metrics_server.h"
+
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 
@@ -61,12 +63,9 @@ absl::StatusOr<std::unique_ptr<WorkerMetrics>> WorkerMetrics::Create(const std::
   m->kv_blocks_total_->Set(kv_blocks);
   m->healthy_->Set(1);
   if (!address.empty()) {
-    try {
-      m->exposer_ = std::make_unique<prometheus::Exposer>(address);
-    } catch (const std::exception& e) {
-      return absl::UnavailableError(absl::StrCat("cannot serve metrics on ", address, ": ", e.what()));
-    }
-    m->exposer_->RegisterCollectable(m->registry_);
+    auto exposer = ServeMetrics(address, m->registry_);
+    if (!exposer.ok()) return exposer.status();
+    m->exposer_ = std::move(*exposer);
   }
   return m;
 }

@@ -83,7 +83,7 @@ absl::Status CpuBackend::Forward(std::span<const SequenceStep> batch, StepLogits
   for (const auto& s : batch) T += static_cast<int64_t>(s.tokens.size());
   positions_.resize(T);
   seq_of_token_.resize(T);
-  std::vector<int32_t> tokens(T);
+  tokens_.resize(T);
   std::vector<int64_t> logit_rows;  // token indices whose logits are wanted
   out->row_begin.clear();
   {
@@ -92,7 +92,7 @@ absl::Status CpuBackend::Forward(std::span<const SequenceStep> batch, StepLogits
       const auto& s = batch[i];
       out->row_begin.push_back(static_cast<int>(logit_rows.size()));
       for (size_t j = 0; j < s.tokens.size(); ++j, ++t) {
-        tokens[t] = s.tokens[j];
+        tokens_[t] = s.tokens[j];
         positions_[t] = s.start_pos + static_cast<int32_t>(j);
         seq_of_token_[t] = static_cast<int>(i);
         if (s.logits == LogitsWanted::kAll || (s.logits == LogitsWanted::kLast && j + 1 == s.tokens.size())) {
@@ -115,7 +115,7 @@ absl::Status CpuBackend::Forward(std::span<const SequenceStep> batch, StepLogits
   const MatrixView& embed = weights_->embed();
 #pragma omp parallel for schedule(static) if (T > 1)
   for (int64_t t = 0; t < T; ++t) {
-    const int64_t local = static_cast<int64_t>(tokens[t]) - tp.vocab_begin;
+    const int64_t local = static_cast<int64_t>(tokens_[t]) - tp.vocab_begin;
     if (local < 0 || local >= embed.rows) {
       std::fill(&x_[t * H], &x_[t * H] + H, 0.0f);
       continue;
@@ -126,13 +126,13 @@ absl::Status CpuBackend::Forward(std::span<const SequenceStep> batch, StepLogits
   if (auto s = AllReduce(x_.data(), T * H); !s.ok()) return s;
 
   // cos/sin per token, shared by all layers and heads: [T][D/2][2].
-  std::vector<float> cos_sin(T * D);
+  cos_sin_.resize(T * D);
   for (int64_t t = 0; t < T; ++t) {
     const float pos = static_cast<float>(positions_[t]);
     for (int64_t i = 0; i < D / 2; ++i) {
       const float angle = pos * inv_freq_[i];
-      cos_sin[t * D + 2 * i] = std::cos(angle);
-      cos_sin[t * D + 2 * i + 1] = std::sin(angle);
+      cos_sin_[t * D + 2 * i] = std::cos(angle);
+      cos_sin_[t * D + 2 * i + 1] = std::sin(angle);
     }
   }
   const float q_scale = static_cast<float>(std::pow(static_cast<double>(D), -0.5));
@@ -152,7 +152,7 @@ absl::Status CpuBackend::Forward(std::span<const SequenceStep> batch, StepLogits
     for (int64_t t = 0; t < T; ++t) {
       float* row = &qkv_[t * qkv_ld];
       for (int h = 0; h < tp.num_q_heads; ++h) {
-        ApplyRope(row + h * D, &cos_sin[t * D], static_cast<int>(D));
+        ApplyRope(row + h * D, &cos_sin_[t * D], static_cast<int>(D));
         for (int64_t d = 0; d < D; ++d) row[h * D + d] *= q_scale;
       }
       float* k = row + q_dim;
@@ -162,7 +162,7 @@ absl::Status CpuBackend::Forward(std::span<const SequenceStep> batch, StepLogits
       const int64_t block_base = static_cast<int64_t>(s.block_table[pos / kv_.block_size()]) * kv_.block_stride() +
                                  static_cast<int64_t>(pos % kv_.block_size()) * D;
       for (int kh = 0; kh < tp.num_kv_heads; ++kh) {
-        ApplyRope(k + kh * D, &cos_sin[t * D], static_cast<int>(D));
+        ApplyRope(k + kh * D, &cos_sin_[t * D], static_cast<int>(D));
         std::copy(k + kh * D, k + (kh + 1) * D, k_cache + block_base + kv_.HeadOffset(kh));
         std::copy(v + kh * D, v + (kh + 1) * D, v_cache + block_base + kv_.HeadOffset(kh));
       }
@@ -202,11 +202,11 @@ absl::Status CpuBackend::Forward(std::span<const SequenceStep> batch, StepLogits
   }
   // Vocab-parallel logits: each rank computes its slice (padded to vocab_slice), then all gather.
   const int64_t slice = tp.vocab_slice;
-  std::vector<float> local(R * slice, 0.0f);
-  MatMul(xn_.data(), R, H, H, head, local.data(), slice);
+  local_logits_.assign(R * slice, 0.0f);
+  MatMul(xn_.data(), R, H, H, head, local_logits_.data(), slice);
   timer.Switch(&timings_.collective_seconds);
   gathered_.resize(static_cast<size_t>(tp.world) * R * slice);
-  if (auto s = collective_->AllGather(local.data(), R * slice, gathered_.data()); !s.ok()) return s;
+  if (auto s = collective_->AllGather(local_logits_.data(), R * slice, gathered_.data()); !s.ok()) return s;
   timer.Switch(&timings_.other_seconds);
   for (int r = 0; r < tp.world; ++r) {
     const int64_t begin = std::min<int64_t>(c.vocab_size, r * slice);

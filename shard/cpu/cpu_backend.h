@@ -42,7 +42,10 @@ class CpuBackend : public Backend {
   std::vector<float> inv_freq_;  // [head_dim / 2]
   // Per-step scratch, sized to the step's token count T.
   std::vector<float> x_, xn_, qkv_, attn_, proj_, gate_up_, act_, scores_;
-  std::vector<float> gathered_;     // [world, rows, vocab_slice]
+  std::vector<float> cos_sin_;       // [T, head_dim / 2, 2]
+  std::vector<float> local_logits_;  // [rows, vocab_slice]: this rank's slice
+  std::vector<float> gathered_;      // [world, rows, vocab_slice]
+  std::vector<int32_t> tokens_;      // [T]
   std::vector<int32_t> positions_;  // [T]
   std::vector<int> seq_of_token_;   // [T]
 };
