@@ -13,10 +13,23 @@
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "router/group_discovery.h"
 #include "router/router_service.h"
+#include "router/tls_credentials.h"
 
 ABSL_FLAG(std::string, workers, "", "comma-separated host:port of each worker group's rank 0");
+ABSL_FLAG(std::string, workers_dns, "",
+          "HOST:PORT where HOST resolves to every group's rank 0 (a headless service); re-resolved to add and drop groups");
+ABSL_FLAG(int64_t, dns_refresh_ms, 10000, "how often --workers_dns is resolved again");
+ABSL_FLAG(std::string, tls_cert, "", "PEM certificate chain of the public port");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key of the public port");
+ABSL_FLAG(bool, plaintext, false, "serve the public port without TLS (only when asked for)");
+ABSL_FLAG(std::string, api_keys_file, "",
+          "file with one API key per line; when set, calls need the metadata \"authorization: Bearer <key>\"");
+ABSL_FLAG(int, max_message_bytes, 4 << 20, "largest request message accepted; larger ones get RESOURCE_EXHAUSTED");
+ABSL_FLAG(int, max_streams_per_connection, 128, "concurrent calls on one client connection; more wait their turn");
 ABSL_FLAG(int, port, 0, "public API port; 0: any free port");
+ABSL_FLAG(std::string, bind_host, "0.0.0.0", "address the public port listens on (127.0.0.1: this machine only)");
 ABSL_FLAG(std::string, port_file, "", "write the chosen port here");
 ABSL_FLAG(int, max_batch_size, 64, "sequences in one step per group");
 ABSL_FLAG(int, max_tokens_per_step, 512, "tokens in one step per group (decodes plus prompt chunks)");
@@ -37,11 +50,30 @@ int Fail(const std::string& message, int code = 1) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  absl::SetProgramUsageMessage("the public gemma-serve API: gemma-router --workers HOST:PORT[,HOST:PORT...] [--port N]");
+  absl::SetProgramUsageMessage(
+      "the public gemma-serve API: gemma-router (--workers HOST:PORT[,...] | --workers_dns HOST:PORT)\n"
+      "  (--tls_cert FILE --tls_key FILE | --plaintext) [--api_keys_file FILE] [--port N]");
   std::vector<char*> rest = absl::ParseCommandLine(argc, argv);
   if (rest.size() > 1) return Fail(absl::StrCat("unexpected argument \"", rest[1], "\"; see --help"), 2);
   const std::string workers = absl::GetFlag(FLAGS_workers);
-  if (workers.empty()) return Fail("--workers is required: host:port of each worker group's rank 0", 2);
+  const std::string workers_dns = absl::GetFlag(FLAGS_workers_dns);
+  if (workers.empty() == workers_dns.empty()) {
+    return Fail("give exactly one of --workers HOST:PORT,... (each group's rank 0) or --workers_dns HOST:PORT", 2);
+  }
+  if (absl::GetFlag(FLAGS_dns_refresh_ms) < 100) return Fail("--dns_refresh_ms must be >= 100", 2);
+  const int max_message = absl::GetFlag(FLAGS_max_message_bytes);
+  const int max_streams = absl::GetFlag(FLAGS_max_streams_per_connection);
+  if (max_message < 1024 || max_message > (256 << 20)) return Fail("--max_message_bytes must be in 1024..268435456", 2);
+  if (max_streams < 1) return Fail("--max_streams_per_connection must be >= 1", 2);
+  auto credentials = gemma::PublicServerCredentials(absl::GetFlag(FLAGS_tls_cert), absl::GetFlag(FLAGS_tls_key),
+                                                    absl::GetFlag(FLAGS_plaintext));
+  if (!credentials.ok()) return Fail(std::string(credentials.status().message()), 2);
+  gemma::ApiKeys keys;
+  if (!absl::GetFlag(FLAGS_api_keys_file).empty()) {
+    auto loaded = gemma::ApiKeys::FromFile(absl::GetFlag(FLAGS_api_keys_file));
+    if (!loaded.ok()) return Fail(std::string(loaded.status().message()), 2);
+    keys = std::move(*loaded);
+  }
   gemma::SchedulerLimits sched;
   sched.max_batch_size = absl::GetFlag(FLAGS_max_batch_size);
   sched.max_tokens_per_step = absl::GetFlag(FLAGS_max_tokens_per_step);
@@ -60,40 +92,56 @@ int main(int argc, char** argv) {
   const int metrics_port = absl::GetFlag(FLAGS_metrics_port);
   auto metrics = gemma::RouterMetrics::Create(metrics_port > 0 ? absl::StrCat("0.0.0.0:", metrics_port) : "");
   if (!metrics.ok()) return Fail(std::string(metrics.status().message()));
-  std::vector<std::unique_ptr<gemma::WorkerGroup>> groups;
-  for (absl::string_view address : absl::StrSplit(workers, ',', absl::SkipEmpty())) {
-    auto g = gemma::WorkerGroup::Connect(std::string(address), sched,
-                                         std::chrono::milliseconds(absl::GetFlag(FLAGS_connect_timeout_ms)),
-                                         metrics->get());
-    if (!g.ok()) return Fail(std::string(g.status().message()));
-    groups.push_back(std::move(*g));
-  }
-  for (const auto& g : groups) {
-    if (g->info().vocab_size() != groups[0]->info().vocab_size() ||
-        g->info().tokenizer_model() != groups[0]->info().tokenizer_model()) {
-      return Fail(absl::StrCat("worker group ", g->address(), " serves a different model than ", groups[0]->address()));
+  gemma::GroupSet groups;
+  std::unique_ptr<gemma::GroupDiscovery> discovery;
+  if (!workers.empty()) {
+    for (absl::string_view address : absl::StrSplit(workers, ',', absl::SkipEmpty())) {
+      auto g = gemma::WorkerGroup::Connect(std::string(address), sched,
+                                           std::chrono::milliseconds(absl::GetFlag(FLAGS_connect_timeout_ms)),
+                                           metrics->get());
+      if (!g.ok()) return Fail(std::string(g.status().message()));
+      if (auto s = groups.Add(std::move(*g)); !s.ok()) return Fail(std::string(s.message()));
     }
+  } else {
+    if (auto spec = gemma::ResolveAll(workers_dns); !spec.ok() && spec.status().code() == absl::StatusCode::kInvalidArgument) {
+      return Fail(absl::StrCat("--workers_dns: ", spec.status().message()), 2);
+    }
+    discovery = std::make_unique<gemma::GroupDiscovery>(
+        [workers_dns] { return gemma::ResolveAll(workers_dns); },
+        [&](const std::string& address) {
+          return gemma::WorkerGroup::Connect(address, sched, std::chrono::seconds(3), metrics->get());
+        },
+        &groups, std::chrono::milliseconds(absl::GetFlag(FLAGS_dns_refresh_ms)));
+    discovery->Start();
   }
-  auto tokenizer = gemma::Tokenizer::FromBytes(groups[0]->info().tokenizer_model());
-  if (!tokenizer.ok()) return Fail(absl::StrCat("the workers' tokenizer: ", tokenizer.status().message()));
 
-  gemma::RouterService service(std::move(groups), std::move(*tokenizer), limits, metrics->get());
+  gemma::RouterService service(&groups, limits, std::move(keys), metrics->get());
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   int port = 0;
-  builder.AddListeningPort(absl::StrCat("0.0.0.0:", absl::GetFlag(FLAGS_port)), grpc::InsecureServerCredentials(), &port);
+  builder.AddListeningPort(absl::StrCat(absl::GetFlag(FLAGS_bind_host), ":", absl::GetFlag(FLAGS_port)), *credentials,
+                           &port);
   builder.RegisterService(&service);
-  builder.SetMaxReceiveMessageSize(16 << 20);
+  builder.SetMaxReceiveMessageSize(max_message);
+  builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS, max_streams);
   auto server = builder.BuildAndStart();
-  if (!server || port == 0) return Fail(absl::StrCat("cannot listen on port ", absl::GetFlag(FLAGS_port)));
-  server->GetHealthCheckService()->SetServingStatus(true);
+  if (!server || port == 0) return Fail(absl::StrCat("cannot listen on ", absl::GetFlag(FLAGS_bind_host), ":", absl::GetFlag(FLAGS_port)));
   if (!absl::GetFlag(FLAGS_port_file).empty()) std::ofstream(absl::GetFlag(FLAGS_port_file)) << port << "\n";
   std::printf("gemma-router serving on port %d\n", port);
   std::fflush(stdout);
   std::signal(SIGTERM, OnSignal);
   std::signal(SIGINT, OnSignal);
-  while (!g_stop) std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  // Serving (for readiness probes) exactly while some group can take requests.
+  bool serving = false;
+  server->GetHealthCheckService()->SetServingStatus(false);
+  while (!g_stop) {
+    if ((groups.healthy() > 0) != serving) {
+      serving = !serving;
+      server->GetHealthCheckService()->SetServingStatus(serving);
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
   return 0;
 }

@@ -7,6 +7,16 @@
 namespace gemma {
 namespace {
 
+// How a request ended, coarser than its gRPC code: what an operator alerts on.
+const char* Outcome(const absl::Status& status) {
+  switch (status.code()) {
+    case absl::StatusCode::kOk: return "completed";
+    case absl::StatusCode::kCancelled:
+    case absl::StatusCode::kDeadlineExceeded: return "cancelled";
+    default: return "failed";
+  }
+}
+
 prometheus::Histogram::BucketBoundaries Latency() {
   return {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120};
 }
@@ -26,7 +36,7 @@ absl::StatusOr<std::unique_ptr<RouterMetrics>> RouterMetrics::Create(const std::
   m->queue_ = hist("gemma_router_queue_duration_seconds", "From a request's arrival to its first scheduled step.");
   m->requests_ = &prometheus::BuildCounter()
                       .Name("gemma_router_requests_total")
-                      .Help("Requests ended, by gRPC code (OK, INVALID_ARGUMENT, RESOURCE_EXHAUSTED, ...).")
+                      .Help("Requests ended, by outcome (completed, cancelled, failed, rejected) and gRPC code.")
                       .Register(r);
   m->prompt_tokens_ = &prometheus::BuildCounter().Name("gemma_router_prompt_tokens_total").Help("Prompt tokens of finished requests.").Register(r).Add({});
   m->generated_tokens_ = &prometheus::BuildCounter().Name("gemma_router_generated_tokens_total").Help("Tokens generated.").Register(r).Add({});
@@ -47,13 +57,13 @@ absl::StatusOr<std::unique_ptr<RouterMetrics>> RouterMetrics::Create(const std::
 
 void RouterMetrics::Finished(const absl::Status& status, double seconds, int prompt_tokens, int generated_tokens) {
   e2e_->Observe(seconds);
-  requests_->Add({{"code", absl::StatusCodeToString(status.code())}}).Increment();
+  requests_->Add({{"outcome", Outcome(status)}, {"code", absl::StatusCodeToString(status.code())}}).Increment();
   prompt_tokens_->Increment(prompt_tokens);
   generated_tokens_->Increment(generated_tokens);
 }
 
 void RouterMetrics::Rejected(const absl::Status& status) {
-  requests_->Add({{"code", absl::StatusCodeToString(status.code())}}).Increment();
+  requests_->Add({{"outcome", "rejected"}, {"code", absl::StatusCodeToString(status.code())}}).Increment();
 }
 
 void RouterMetrics::GroupState(const std::string& group, int queued, int running, int kv_used, int kv_total,
@@ -64,6 +74,11 @@ void RouterMetrics::GroupState(const std::string& group, int queued, int running
   kv_used_->Add(l).Set(kv_used);
   kv_usage_->Add(l).Set(kv_total > 0 ? static_cast<double>(kv_used) / kv_total : 0.0);
   healthy_->Add(l).Set(healthy ? 1 : 0);
+}
+
+void RouterMetrics::GroupGone(const std::string& group) {
+  const std::map<std::string, std::string> l = {{"group", group}};
+  for (auto* family : {queue_depth_, running_, kv_used_, kv_usage_, healthy_}) family->Remove(&family->Add(l));
 }
 
 }  // namespace gemma

@@ -25,10 +25,13 @@ class RouterMetrics {
   void InterToken(double seconds) { itl_->Observe(seconds); }
   void Queued(double seconds) { queue_->Observe(seconds); }
   void Finished(const absl::Status& status, double seconds, int prompt_tokens, int generated_tokens);
+  // Not admitted: bad request, full queue, no healthy group, or no valid API key.
   void Rejected(const absl::Status& status);
   void Preempted(int n) { preemptions_->Increment(n); }
   // Per group, after each step.
   void GroupState(const std::string& group, int queued, int running, int kv_used, int kv_total, bool healthy);
+  // A group the router no longer serves: its series end.
+  void GroupGone(const std::string& group);
 
  private:
   RouterMetrics() = default;

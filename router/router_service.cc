@@ -8,15 +8,31 @@
 
 namespace gemma {
 
-RouterService::RouterService(std::vector<std::unique_ptr<WorkerGroup>> groups, std::unique_ptr<Tokenizer> tokenizer,
-                             RouterLimits limits, RouterMetrics* metrics)
-    : groups_(std::move(groups)), tokenizer_(std::move(tokenizer)), limits_(limits), metrics_(metrics) {
-  model_.vocab_size = groups_.front()->info().vocab_size();
-  model_.context = groups_.front()->info().max_position_embeddings();
+RouterService::RouterService(GroupSet* groups, RouterLimits limits, ApiKeys keys, RouterMetrics* metrics)
+    : groups_(groups), limits_(limits), keys_(std::move(keys)), metrics_(metrics) {}
+
+ModelLimits RouterService::LimitsOf(const ServedModel& model) {
+  ModelLimits m;
+  m.vocab_size = model.info.vocab_size();
+  m.context = model.info.max_position_embeddings();
+  return m;
 }
 
-absl::StatusOr<std::vector<int32_t>> RouterService::PromptIds(const v1::Input& input) {
-  const int32_t bos = groups_.front()->info().bos_id();
+absl::StatusOr<std::shared_ptr<const ServedModel>> RouterService::Enter(const grpc::ServerContext& context) {
+  absl::Status s = keys_.Check(context.client_metadata());
+  std::shared_ptr<const ServedModel> model;
+  if (s.ok()) {
+    model = groups_->model();
+    if (model == nullptr) s = absl::UnavailableError("no worker group has joined yet; retry later");
+  }
+  if (!s.ok()) {
+    if (metrics_) metrics_->Rejected(s);
+    return s;
+  }
+  return model;
+}
+
+absl::StatusOr<std::vector<int32_t>> RouterService::PromptIds(const ServedModel& model, const v1::Input& input) {
   if (input.has_token_ids()) return std::vector<int32_t>(input.token_ids().ids().begin(), input.token_ids().ids().end());
   std::string text = input.text();
   if (input.has_chat()) {
@@ -26,46 +42,44 @@ absl::StatusOr<std::vector<int32_t>> RouterService::PromptIds(const v1::Input& i
     if (!rendered.ok()) return rendered.status();
     text = *rendered;
   }
-  auto ids = tokenizer_->Encode(text);
+  auto ids = model.tokenizer->Encode(text);
   if (!ids.ok()) return ids.status();
-  ids->insert(ids->begin(), bos);
+  ids->insert(ids->begin(), model.info.bos_id());
   return ids;
 }
 
-absl::Status RouterService::Submit(const std::shared_ptr<ActiveRequest>& request) {
-  WorkerGroup* best = nullptr;
-  for (auto& g : groups_) {
-    if (g->healthy() && (best == nullptr || g->load() < best->load())) best = g.get();
-  }
-  if (best == nullptr) return absl::UnavailableError("no healthy worker group; retry later");
-  return best->Submit(request);
-}
-
-absl::StatusOr<std::shared_ptr<ActiveRequest>> RouterService::Start(const v1::GenerateRequest& request) {
-  auto active = Admit(request);
+absl::StatusOr<std::shared_ptr<ActiveRequest>> RouterService::Start(const grpc::ServerContext& context,
+                                                                    const v1::GenerateRequest& request) {
+  auto model = Enter(context);
+  if (!model.ok()) return model.status();
+  auto active = Admit(**model, request);
   if (!active.ok() && metrics_) metrics_->Rejected(active.status());
   return active;
 }
 
-absl::StatusOr<std::shared_ptr<ActiveRequest>> RouterService::Admit(const v1::GenerateRequest& request) {
-  if (auto s = ValidateGenerateRequest(request, limits_, model_); !s.ok()) return s;
-  auto prompt = PromptIds(request.input());
+absl::StatusOr<std::shared_ptr<ActiveRequest>> RouterService::Admit(const ServedModel& model,
+                                                                    const v1::GenerateRequest& request) {
+  const ModelLimits model_limits = LimitsOf(model);
+  if (auto s = ValidateGenerateRequest(request, limits_, model_limits); !s.ok()) return s;
+  auto prompt = PromptIds(model, request.input());
   if (!prompt.ok()) return prompt.status();
   auto max_new = ResolveMaxNewTokens(static_cast<int32_t>(prompt->size()), request.parameters().max_new_tokens(),
-                                     limits_, model_);
+                                     limits_, model_limits);
   if (!max_new.ok()) return max_new.status();
   ActiveRequest::Options o;
   o.prompt = std::move(*prompt);
   o.max_new_tokens = *max_new;
-  o.stop_ids.push_back(groups_.front()->info().eos_id());
-  if (request.input().has_chat() && tokenizer_->end_of_turn_id() >= 0) o.stop_ids.push_back(tokenizer_->end_of_turn_id());
+  o.stop_ids.push_back(model.info.eos_id());
+  if (request.input().has_chat() && model.tokenizer->end_of_turn_id() >= 0) {
+    o.stop_ids.push_back(model.tokenizer->end_of_turn_id());
+  }
   o.stop_ids.insert(o.stop_ids.end(), request.parameters().stop_token_ids().begin(),
                     request.parameters().stop_token_ids().end());
   o.stop_sequences.assign(request.parameters().stop_sequences().begin(), request.parameters().stop_sequences().end());
   o.parameters = request.parameters();
   o.seed = request.parameters().has_seed() ? request.parameters().seed() : std::random_device{}();
-  auto active = std::make_shared<ActiveRequest>(next_id_++, std::move(o), tokenizer_.get(), metrics_);
-  if (auto s = Submit(active); !s.ok()) return s;
+  auto active = std::make_shared<ActiveRequest>(next_id_++, std::move(o), model.tokenizer.get(), metrics_);
+  if (auto s = groups_->Submit(active); !s.ok()) return s;
   return active;
 }
 
@@ -78,7 +92,7 @@ absl::Status RouterService::Await(grpc::ServerContext* context, ActiveRequest& r
 
 grpc::Status RouterService::Generate(grpc::ServerContext* context, const v1::GenerateRequest* request,
                                      v1::GenerateResponse* response) {
-  auto active = Start(*request);
+  auto active = Start(*context, *request);
   if (!active.ok()) return ToGrpcStatus(active.status());
   if (auto s = Await(context, **active); !s.ok()) return ToGrpcStatus(s);
   *response = (*active)->Response();
@@ -87,7 +101,7 @@ grpc::Status RouterService::Generate(grpc::ServerContext* context, const v1::Gen
 
 grpc::Status RouterService::GenerateStream(grpc::ServerContext* context, const v1::GenerateRequest* request,
                                            grpc::ServerWriter<v1::GenerateStreamResponse>* writer) {
-  auto active = Start(*request);
+  auto active = Start(*context, *request);
   if (!active.ok()) return ToGrpcStatus(active.status());
   while (auto event = (*active)->Next()) {
     if (context->IsCancelled() || !writer->Write(*event)) {
@@ -100,50 +114,62 @@ grpc::Status RouterService::GenerateStream(grpc::ServerContext* context, const v
 
 grpc::Status RouterService::Score(grpc::ServerContext* context, const v1::ScoreRequest* request,
                                   v1::ScoreResponse* response) {
-  if (auto s = ValidateScoreRequest(*request, limits_, model_); !s.ok()) return ToGrpcStatus(s);
-  auto prompt = PromptIds(request->input());
-  if (!prompt.ok()) return ToGrpcStatus(prompt.status());
-  if (prompt->size() < 2 || static_cast<int32_t>(prompt->size()) > model_.context) {
-    return ToGrpcStatus(absl::InvalidArgumentError(absl::StrCat("the input is ", prompt->size(),
-                                                                " tokens; allowed: 2..", model_.context)));
+  auto model = Enter(*context);
+  if (!model.ok()) return ToGrpcStatus(model.status());
+  const ModelLimits model_limits = LimitsOf(**model);
+  auto reject = [&](const absl::Status& s) {
+    if (metrics_) metrics_->Rejected(s);
+    return ToGrpcStatus(s);
+  };
+  if (auto s = ValidateScoreRequest(*request, limits_, model_limits); !s.ok()) return reject(s);
+  auto prompt = PromptIds(**model, request->input());
+  if (!prompt.ok()) return reject(prompt.status());
+  if (prompt->size() < 2 || static_cast<int32_t>(prompt->size()) > model_limits.context) {
+    return reject(absl::InvalidArgumentError(
+        absl::StrCat("the input is ", prompt->size(), " tokens; allowed: 2..", model_limits.context)));
   }
   ActiveRequest::Options o;
   o.prompt = std::move(*prompt);
   o.score = true;
-  auto active = std::make_shared<ActiveRequest>(next_id_++, std::move(o), tokenizer_.get(), metrics_);
-  if (auto s = Submit(active); !s.ok()) {
-    if (metrics_) metrics_->Rejected(s);
-    return ToGrpcStatus(s);
-  }
+  auto active = std::make_shared<ActiveRequest>(next_id_++, std::move(o), (*model)->tokenizer.get(), metrics_);
+  if (auto s = groups_->Submit(active); !s.ok()) return reject(s);
   if (auto s = Await(context, *active); !s.ok()) return ToGrpcStatus(s);
   *response = active->ScoreResult();
   return grpc::Status::OK;
 }
 
-grpc::Status RouterService::Tokenize(grpc::ServerContext*, const v1::TokenizeRequest* request,
+grpc::Status RouterService::Tokenize(grpc::ServerContext* context, const v1::TokenizeRequest* request,
                                      v1::TokenizeResponse* response) {
+  auto model = Enter(*context);
+  if (!model.ok()) return ToGrpcStatus(model.status());
   if (!IsValidUtf8(request->text())) return ToGrpcStatus(absl::InvalidArgumentError("text is not valid UTF-8"));
-  auto ids = tokenizer_->Encode(request->text());
+  const Tokenizer& tokenizer = *(*model)->tokenizer;
+  auto ids = tokenizer.Encode(request->text());
   if (!ids.ok()) return ToGrpcStatus(ids.status());
-  if (request->add_bos()) response->add_ids(groups_.front()->info().bos_id());
+  if (request->add_bos()) response->add_ids((*model)->info.bos_id());
   for (int32_t id : *ids) response->add_ids(id);
   for (int32_t id : response->ids()) {
-    auto piece = tokenizer_->Decode(std::vector<int32_t>{id});
+    auto piece = tokenizer.Decode(std::vector<int32_t>{id});
     response->add_pieces(piece.ok() ? *piece : "");
   }
   return grpc::Status::OK;
 }
 
-grpc::Status RouterService::Detokenize(grpc::ServerContext*, const v1::DetokenizeRequest* request,
+grpc::Status RouterService::Detokenize(grpc::ServerContext* context, const v1::DetokenizeRequest* request,
                                        v1::DetokenizeResponse* response) {
-  auto text = tokenizer_->Decode(std::vector<int32_t>(request->ids().begin(), request->ids().end()));
+  auto model = Enter(*context);
+  if (!model.ok()) return ToGrpcStatus(model.status());
+  auto text = (*model)->tokenizer->Decode(std::vector<int32_t>(request->ids().begin(), request->ids().end()));
   if (!text.ok()) return ToGrpcStatus(text.status());
   response->set_text(*text);
   return grpc::Status::OK;
 }
 
-grpc::Status RouterService::GetModelInfo(grpc::ServerContext*, const v1::GetModelInfoRequest*, v1::ModelInfo* response) {
-  const auto& info = groups_.front()->info();
+grpc::Status RouterService::GetModelInfo(grpc::ServerContext* context, const v1::GetModelInfoRequest*,
+                                         v1::ModelInfo* response) {
+  auto model = Enter(*context);
+  if (!model.ok()) return ToGrpcStatus(model.status());
+  const auto& info = (*model)->info;
   response->set_name(info.shape_name());
   response->set_vocab_size(info.vocab_size());
   response->set_max_context(std::min(info.max_position_embeddings(), limits_.max_total_tokens));
@@ -151,9 +177,7 @@ grpc::Status RouterService::GetModelInfo(grpc::ServerContext*, const v1::GetMode
   response->set_bos_id(info.bos_id());
   response->set_eos_id(info.eos_id());
   response->set_tensor_parallel(info.tensor_parallel());
-  int healthy = 0;
-  for (const auto& g : groups_) healthy += g->healthy() ? 1 : 0;
-  response->set_healthy_groups(healthy);
+  response->set_healthy_groups(groups_->healthy());
   return grpc::Status::OK;
 }
 

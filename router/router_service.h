@@ -6,18 +6,17 @@
 #include <vector>
 
 #include "gemma/v1/gemma.grpc.pb.h"
+#include "router/api_keys.h"
+#include "router/group_set.h"
 #include "router/request_validation.h"
-#include "router/tokenizer/tokenizer.h"
-#include "router/worker_group.h"
 
 namespace gemma {
 
 // Thread-safe.
 class RouterService final : public v1::Gemma::Service {
  public:
-  // `metrics` may be null.
-  RouterService(std::vector<std::unique_ptr<WorkerGroup>> groups, std::unique_ptr<Tokenizer> tokenizer,
-                RouterLimits limits, RouterMetrics* metrics = nullptr);
+  // Until a group has joined `groups`, calls get UNAVAILABLE. `metrics` may be null.
+  RouterService(GroupSet* groups, RouterLimits limits, ApiKeys keys, RouterMetrics* metrics = nullptr);
 
   grpc::Status Generate(grpc::ServerContext* context, const v1::GenerateRequest* request,
                         v1::GenerateResponse* response) override;
@@ -32,19 +31,21 @@ class RouterService final : public v1::Gemma::Service {
                             v1::ModelInfo* response) override;
 
  private:
+  // The served model once the caller's API key is checked; Unauthenticated or Unavailable otherwise (counted).
+  absl::StatusOr<std::shared_ptr<const ServedModel>> Enter(const grpc::ServerContext& context);
   // Validated, tokenized and submitted; or the status to answer with.
-  absl::StatusOr<std::shared_ptr<ActiveRequest>> Start(const v1::GenerateRequest& request);
-  absl::StatusOr<std::shared_ptr<ActiveRequest>> Admit(const v1::GenerateRequest& request);
-  absl::StatusOr<std::vector<int32_t>> PromptIds(const v1::Input& input);
-  absl::Status Submit(const std::shared_ptr<ActiveRequest>& request);
+  absl::StatusOr<std::shared_ptr<ActiveRequest>> Start(const grpc::ServerContext& context,
+                                                       const v1::GenerateRequest& request);
+  absl::StatusOr<std::shared_ptr<ActiveRequest>> Admit(const ServedModel& model, const v1::GenerateRequest& request);
+  absl::StatusOr<std::vector<int32_t>> PromptIds(const ServedModel& model, const v1::Input& input);
+  static ModelLimits LimitsOf(const ServedModel& model);
   // Waits for the request, cancelling it if the client goes away.
   absl::Status Await(grpc::ServerContext* context, ActiveRequest& request);
 
-  std::vector<std::unique_ptr<WorkerGroup>> groups_;
-  std::unique_ptr<Tokenizer> tokenizer_;
+  GroupSet* groups_;
   RouterLimits limits_;
+  ApiKeys keys_;
   RouterMetrics* metrics_;
-  ModelLimits model_;
   std::atomic<uint64_t> next_id_{1};
 };
 

@@ -29,7 +29,7 @@ class RouterTest : public ::testing::Test {
     ASSERT_GT(worker_port, 0) << worker_->Err();
     worker_port_ = worker_port;
     metrics_port_ = testing::FreePort();
-    router_ = testing::Start(ROUTER_BINARY, {"--workers=127.0.0.1:" + std::to_string(worker_port),
+    router_ = testing::Start(ROUTER_BINARY, {"--plaintext", "--workers=127.0.0.1:" + std::to_string(worker_port),
                                              "--port_file=" + dir + ".router", "--max_tokens_per_step=128",
                                              "--metrics_port=" + std::to_string(metrics_port_)})
                   .release();
@@ -112,7 +112,7 @@ TEST_F(RouterTest, CancelledStreamsFreeTheirKvBlocksAndAreCounted) {
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
     const std::string m = testing::HttpGet(metrics_port_, "/metrics");
     used = Sample(m, kv);
-    cancelled = Sample(m, "gemma_router_requests_total{code=\"CANCELLED\"}");
+    cancelled = Sample(m, "gemma_router_requests_total{code=\"CANCELLED\",outcome=\"cancelled\"}");
   }
   EXPECT_EQ(used, 0) << "KV blocks still held after cancellation";
   EXPECT_GE(cancelled, 3);
@@ -136,7 +136,7 @@ TEST_F(RouterTest, AKilledGroupFailsItsStreamsAnotherKeepsServingAndTheGroupRetu
   auto b = start_worker(port_b);
   const std::string port_file = ::testing::TempDir() + "/router_ha_" + std::to_string(::getpid());
   std::remove(port_file.c_str());
-  auto router = testing::Start(ROUTER_BINARY, {"--workers=127.0.0.1:" + std::to_string(port_a) + ",127.0.0.1:" +
+  auto router = testing::Start(ROUTER_BINARY, {"--plaintext", "--workers=127.0.0.1:" + std::to_string(port_a) + ",127.0.0.1:" +
                                                    std::to_string(port_b),
                                                "--port_file=" + port_file});
   const int port = testing::WaitForPortFile(port_file, std::chrono::seconds(30));
@@ -191,7 +191,7 @@ TEST_F(RouterTest, AKilledGroupFailsItsStreamsAnotherKeepsServingAndTheGroupRetu
 TEST_F(RouterTest, QueueLimitTurnsExcessIntoResourceExhausted) {
   const std::string port_file = ::testing::TempDir() + "/router_q_" + std::to_string(::getpid());
   std::remove(port_file.c_str());
-  auto router = testing::Start(ROUTER_BINARY, {"--workers=127.0.0.1:" + std::to_string(worker_port_),
+  auto router = testing::Start(ROUTER_BINARY, {"--plaintext", "--workers=127.0.0.1:" + std::to_string(worker_port_),
                                                "--port_file=" + port_file, "--max_queued=4", "--max_batch_size=1"});
   const int port = testing::WaitForPortFile(port_file, std::chrono::seconds(20));
   ASSERT_GT(port, 0) << router->Err();

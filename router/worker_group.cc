@@ -38,6 +38,7 @@ WorkerGroup::~WorkerGroup() {
   stop_ = true;
   cv_.notify_all();
   thread_.join();
+  if (metrics_ != nullptr) metrics_->GroupGone(address_);
 }
 
 absl::Status WorkerGroup::Submit(std::shared_ptr<ActiveRequest> request) {

@@ -2,7 +2,7 @@
 # Installs the Debian 12 packages gemma-serve builds and tests with; safe to run again.
 set -euo pipefail
 packages=(
-  build-essential cmake ninja-build pkg-config git
+  build-essential openssl libssl-dev cmake ninja-build pkg-config git
   libabsl-dev libhwy-dev nlohmann-json3-dev libsentencepiece-dev
   libgrpc++-dev protobuf-compiler-grpc prometheus-cpp-dev libgloo-dev
   libgtest-dev libgmock-dev libbenchmark-dev

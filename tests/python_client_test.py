@@ -24,7 +24,7 @@ def main():
                                "--kv_cache_mb=32"], stdout=subprocess.DEVNULL)]
     try:
         port = wait_port(worker_port)
-        procs.append(subprocess.Popen([router_bin, f"--workers=127.0.0.1:{port}", f"--port_file={router_port}"],
+        procs.append(subprocess.Popen([router_bin, "--plaintext", f"--workers=127.0.0.1:{port}", f"--port_file={router_port}"],
                                       stdout=subprocess.DEVNULL))
         stub = gemma_pb2_grpc.GemmaStub(grpc.insecure_channel(f"127.0.0.1:{wait_port(router_port)}"))
         passed = 0

@@ -6,6 +6,7 @@
 
 #include <chrono>
 #include <cstdlib>
+#include <fstream>
 #include <regex>
 #include <thread>
 
@@ -17,7 +18,8 @@
 namespace gemma::testing {
 namespace {
 
-// Starts `gemma serve`, waits for its "listening on" line; returns the router address.
+// Starts `gemma serve`, waits for its "listening on" line; returns the router address as localhost:PORT (the name
+// the test certificate is for).
 std::string StartServe(Process& serve, const std::vector<std::string>& args, const std::string& out) {
   serve.pid = ::fork();
   if (serve.pid == 0) {
@@ -28,11 +30,11 @@ std::string StartServe(Process& serve, const std::vector<std::string>& args, con
     ::execv(GEMMA_BINARY, argv.data());
     ::_exit(127);
   }
-  const std::regex listening("listening on (127\\.0\\.0\\.1:[0-9]+)");
+  const std::regex listening("listening on [0-9.]+:([0-9]+)");
   for (int i = 0; i < 600; ++i) {
     std::smatch m;
     const std::string text = ReadFile(out);
-    if (std::regex_search(text, m, listening)) return m[1];
+    if (std::regex_search(text, m, listening)) return "localhost:" + m[1].str();
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
   return "";
@@ -75,6 +77,44 @@ TEST(ServeTest, AWorkerThatDiesStopsTheClusterWithAMessage) {
   ASSERT_GT(worker, 0);
   ::kill(worker, SIGKILL);
   EXPECT_EQ(serve.WaitExit(std::chrono::seconds(15)), 1);
+}
+
+// The cluster over TLS with API keys, reached by `gemma client` and loaded by `gemma bench --server`.
+TEST(ServeTest, TlsAndApiKeysThroughClientAndLoadGenerator) {
+  const std::string dir = ::testing::TempDir() + "/serve_tls_" + std::to_string(::getpid());
+  ASSERT_EQ(std::system(("mkdir -p " + dir + " && openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=localhost "
+                         "-addext subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout " + dir + "/key.pem -out " + dir +
+                         "/cert.pem 2>/dev/null").c_str()), 0) << "openssl makes the test certificate";
+  std::ofstream(dir + "/keys") << "k-one\n";
+  Process serve;
+  const std::string address =
+      StartServe(serve, {"--model=" + GemmaTinyDir() + "/tiny-mqa", "--kv-cache-mb=32", "--tls-cert=" + dir + "/cert.pem",
+                         "--tls-key=" + dir + "/key.pem", "--api-keys-file=" + dir + "/keys"}, dir + "/serve.out");
+  ASSERT_FALSE(address.empty()) << ReadFile(dir + "/serve.out");
+  EXPECT_NE(ReadFile(dir + "/serve.out").find("TLS"), std::string::npos);
+  const std::string client = std::string(GEMMA_BINARY) + " client generate --server " + address + " --tls-ca " + dir +
+                             "/cert.pem --prompt-ids 2,3791,323 --max-new-tokens 4 --json";
+  EXPECT_EQ(std::system(("GEMMA_API_KEY=k-one " + client + " > " + dir + "/ok.json").c_str()), 0);
+  EXPECT_EQ(nlohmann::json::parse(ReadFile(dir + "/ok.json"))["token_ids"].size(), 4u);
+  EXPECT_NE(std::system(("env -u GEMMA_API_KEY " + client + " 2> " + dir + "/denied.err").c_str()), 0);
+  EXPECT_NE(ReadFile(dir + "/denied.err").find("API key"), std::string::npos) << ReadFile(dir + "/denied.err");
+
+  const std::string bench = std::string(GEMMA_BINARY) + " bench --server " + address + " --tls-ca " + dir +
+                            "/cert.pem --api-key-file " + dir + "/keys --concurrency 1,3 --requests 3 "
+                            "--prompt-tokens 8 --max-new-tokens 4 --json > " + dir + "/bench.json 2>/dev/null";
+  ASSERT_EQ(std::system(bench.c_str()), 0);
+  const auto result = nlohmann::json::parse(ReadFile(dir + "/bench.json"));
+  ASSERT_EQ(result["levels"].size(), 2u);
+  for (const auto& level : result["levels"]) {
+    EXPECT_EQ(level["ok"].get<int>(), 3);
+    EXPECT_GT(level["generated_tokens"].get<int>(), 0);
+    EXPECT_LE(level["generated_tokens"].get<int>(), 12);
+    EXPECT_GT(level["tokens_per_s"].get<double>(), 0);
+    EXPECT_GT(level["ttft_s"]["p50"].get<double>(), 0);
+    EXPECT_LE(level["ttft_s"]["p50"].get<double>(), level["e2e_s"]["p99"].get<double>());
+  }
+  ::kill(serve.pid, SIGINT);
+  EXPECT_EQ(serve.WaitExit(std::chrono::seconds(15)), 0);
 }
 
 }  // namespace

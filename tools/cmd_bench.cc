@@ -95,7 +95,16 @@ absl::StatusOr<double> DecodeTokensPerSecond(Backend* backend, int batch, int co
 
 int BenchCommand(int argc, char** argv) {
   const char* kCmd = "bench";
-  Args args(kCmd, "--model DIR [--threads N] [--json]");
+  for (int i = 0; i < argc; ++i) {
+    if (std::string(argv[i]).rfind("--server", 0) == 0) {
+#ifdef GEMMA_HAVE_SERVICES
+      return BenchServerCommand(argc, argv);
+#else
+      return Fail(kCmd, absl::UnimplementedError("--server needs a build with the gRPC services"));
+#endif
+    }
+  }
+  Args args(kCmd, "--model DIR [--threads N] [--json]  |  --server HOST:PORT [...] (a running router)");
   args.Flag("model", "checkpoint directory (make-tiny --shape 2b for the recorded figures)")
       .Flag("threads", "thread count for the all-cores run (default: all cores); a 1-thread run is always added")
       .Flag("prompt-len", "prefill prompt length (default 512)")

@@ -7,6 +7,7 @@
 #include "nlohmann/json.hpp"
 #include "protos/grpc_status.h"
 #include "tools/cli_common.h"
+#include "tools/client_connection.h"
 #include "tools/commands.h"
 
 namespace gemma {
@@ -23,8 +24,8 @@ int ClientCommand(int argc, char** argv) {
   }
   const std::string call = argv[0];
   Args args(std::string(kCmd) + " " + call, "--server HOST:PORT (--prompt TEXT | --prompt-ids 2,17,...) [flags]");
-  args.Flag("server", "the router's address, HOST:PORT")
-      .Flag("prompt", "prompt text (the router prepends <bos>)")
+  AddConnectionFlags(args);
+  args.Flag("prompt", "prompt text (the router prepends <bos>)")
       .Flag("prompt-ids", "prompt token ids, used as given")
       .Flag("chat", "send the prompt as one user turn of a chat", true)
       .Flag("max-new-tokens", "tokens to generate (default: the router's default)")
@@ -36,7 +37,8 @@ int ClientCommand(int argc, char** argv) {
       .Flag("json", "print the response as JSON", true);
   int code;
   if (!ParseOrExit(args, argc - 1, argv + 1, kCmd, &code)) return code;
-  if (!args.Has("server")) return Fail(kCmd, absl::InvalidArgumentError("--server HOST:PORT is required"));
+  auto connection = Connect(args);
+  if (!connection.ok()) return Fail(kCmd, connection.status());
   if (args.Has("prompt") == args.Has("prompt-ids")) {
     return Fail(kCmd, absl::InvalidArgumentError("give exactly one of --prompt TEXT or --prompt-ids ID,ID,..."));
   }
@@ -61,9 +63,9 @@ int ClientCommand(int argc, char** argv) {
   } else {
     input.set_text(args.Get("prompt"));
   }
-  auto stub = v1::Gemma::NewStub(grpc::CreateChannel(args.Get("server"), grpc::InsecureChannelCredentials()));
+  auto stub = v1::Gemma::NewStub(connection->channel);
   grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(*timeout));
+  connection->Prepare(&ctx, std::chrono::milliseconds(*timeout));
   auto fail_rpc = [&](const grpc::Status& s) { return Fail(kCmd, FromGrpcStatus(s)); };
 
   if (call == "score") {

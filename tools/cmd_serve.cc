@@ -81,7 +81,10 @@ int ServeCommand(int argc, char** argv) {
       .Flag("replicas", "worker groups, 1..16 (default 1)")
       .Flag("port", "the router's public port (default: any free port)")
       .Flag("threads", "compute threads per rank (default: cores / (tp * replicas))")
-      .Flag("kv-cache-mb", "KV cache per rank in MiB (default 1024)");
+      .Flag("kv-cache-mb", "KV cache per rank in MiB (default 1024)")
+      .Flag("tls-cert", "PEM certificate of the public port; with --tls-key it listens on every interface over TLS")
+      .Flag("tls-key", "PEM private key of the public port")
+      .Flag("api-keys-file", "file of API keys, one per line; calls then need \"authorization: Bearer <key>\"");
   int code;
   if (!ParseOrExit(args, argc, argv, kCmd, &code)) return code;
   auto tp = args.GetInt("tp", 1, 1, 8);
@@ -144,8 +147,17 @@ int ServeCommand(int argc, char** argv) {
   std::string workers;
   for (const auto& g : groups) workers += (workers.empty() ? "" : ",") + g;
   const std::string router_port_file = run_dir + "/router.port";
-  const pid_t router = Spawn(router_bin, {"--workers=" + workers, absl::StrCat("--port=", *port),
-                                          "--port_file=" + router_port_file});
+  // Without TLS the local cluster stays on this machine: plaintext never leaves loopback.
+  const bool tls = args.Has("tls-cert") || args.Has("tls-key");
+  std::vector<std::string> router_args = {"--workers=" + workers, absl::StrCat("--port=", *port),
+                                          "--port_file=" + router_port_file};
+  if (tls) {
+    router_args.insert(router_args.end(), {"--tls_cert=" + args.Get("tls-cert"), "--tls_key=" + args.Get("tls-key")});
+  } else {
+    router_args.insert(router_args.end(), {"--plaintext", "--bind_host=127.0.0.1"});
+  }
+  if (args.Has("api-keys-file")) router_args.push_back("--api_keys_file=" + args.Get("api-keys-file"));
+  const pid_t router = Spawn(router_bin, router_args);
   children.push_back(router);
   const int router_port = ReadPort(router_port_file, {router}, std::chrono::seconds(120));
   if (router_port <= 0) {
@@ -153,8 +165,9 @@ int ServeCommand(int argc, char** argv) {
     std::fprintf(stderr, "gemma serve: the router did not start (see its messages above)\n");
     return stop_all(1);
   }
-  std::printf("gemma serve: %lld group(s) of %lld rank(s) on %s; router listening on 127.0.0.1:%d (Ctrl-C stops)\n",
-              static_cast<long long>(*replicas), static_cast<long long>(*tp), model.c_str(), router_port);
+  std::printf("gemma serve: %lld group(s) of %lld rank(s) on %s; router listening on %s:%d, %s (Ctrl-C stops)\n",
+              static_cast<long long>(*replicas), static_cast<long long>(*tp), model.c_str(), tls ? "0.0.0.0" : "127.0.0.1",
+              router_port, tls ? "TLS" : "plaintext");
   std::fflush(stdout);
   while (!g_stop) {
     for (pid_t pid : children) {

@@ -9,6 +9,8 @@ int TokenizeCommand(int argc, char** argv);
 int MakeTinyCommand(int argc, char** argv);
 int BenchCommand(int argc, char** argv);
 int BenchCollectiveCommand(int argc, char** argv);
+// `gemma bench --server`: load against a running router (services build only).
+int BenchServerCommand(int argc, char** argv);
 int ServeCommand(int argc, char** argv);
 int ClientCommand(int argc, char** argv);
 

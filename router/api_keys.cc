@@ -1,0 +1,59 @@
+#include "router/api_keys.h"
+
+#include <openssl/crypto.h>
+#include <openssl/sha.h>
+
+#include <fstream>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+
+namespace gemma {
+
+ApiKeys::Digest ApiKeys::Hash(const char* data, size_t size) {
+  Digest d;
+  SHA256(reinterpret_cast<const unsigned char*>(data), size, d.data());
+  return d;
+}
+
+absl::StatusOr<ApiKeys> ApiKeys::FromFile(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return absl::InvalidArgumentError(absl::StrCat("cannot read the API key file ", path));
+  std::vector<std::string> keys;
+  std::string line;
+  while (std::getline(in, line)) {
+    std::string key(absl::StripAsciiWhitespace(line));
+    if (!key.empty() && key[0] != '#') keys.push_back(std::move(key));
+  }
+  if (keys.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat("the API key file ", path, " holds no key (one key per line)"));
+  }
+  return FromKeys(keys);
+}
+
+ApiKeys ApiKeys::FromKeys(const std::vector<std::string>& keys) {
+  ApiKeys k;
+  for (const auto& key : keys) k.digests_.push_back(Hash(key.data(), key.size()));
+  return k;
+}
+
+absl::Status ApiKeys::Check(const std::multimap<grpc::string_ref, grpc::string_ref>& metadata) const {
+  if (!enabled()) return absl::OkStatus();
+  constexpr char kBearer[] = "Bearer ";
+  constexpr size_t kBearerLen = sizeof(kBearer) - 1;
+  auto it = metadata.find("authorization");
+  if (it == metadata.end()) {
+    return absl::UnauthenticatedError("this server needs an API key: send the metadata \"authorization: Bearer <key>\"");
+  }
+  const grpc::string_ref value = it->second;
+  if (value.size() <= kBearerLen || std::string(value.data(), kBearerLen) != kBearer) {
+    return absl::UnauthenticatedError("the authorization metadata must be \"Bearer <key>\"");
+  }
+  const Digest given = Hash(value.data() + kBearerLen, value.size() - kBearerLen);
+  int matched = 0;
+  for (const Digest& d : digests_) matched |= CRYPTO_memcmp(d.data(), given.data(), d.size()) == 0 ? 1 : 0;
+  if (!matched) return absl::UnauthenticatedError("the API key is not accepted");
+  return absl::OkStatus();
+}
+
+}  // namespace gemma

@@ -1,0 +1,49 @@
+// Worker groups found through one DNS name that resolves to many addresses (a Kubernetes headless service
+// over the groups' leaders): groups that appear join the router, groups that disappear drain and leave.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <functional>
+#include <mutex>
+#include <set>
+#include <string>
+#include <thread>
+
+#include "absl/status/statusor.h"
+#include "router/group_set.h"
+
+namespace gemma {
+
+// "HOST:PORT" → every address HOST resolves to, as "IP:PORT" or "[IPv6]:PORT". InvalidArgument for a malformed
+// spec, Unavailable when the name does not resolve.
+absl::StatusOr<std::set<std::string>> ResolveAll(const std::string& host_port);
+
+class GroupDiscovery {
+ public:
+  using Resolver = std::function<absl::StatusOr<std::set<std::string>>()>;
+  using Connector = std::function<absl::StatusOr<std::unique_ptr<WorkerGroup>>(const std::string& address)>;
+
+  GroupDiscovery(Resolver resolve, Connector connect, GroupSet* groups, std::chrono::milliseconds period);
+  ~GroupDiscovery();
+
+  // One round: connects the addresses that are new, retires the ones gone. When the name does not resolve the
+  // groups stay as they are (a DNS hiccup must not empty the router).
+  void RefreshOnce();
+  // Refreshes every `period` on a thread of its own until destroyed.
+  void Start();
+
+ private:
+  Resolver resolve_;
+  Connector connect_;
+  GroupSet* groups_;
+  std::chrono::milliseconds period_;
+  std::set<std::string> failing_;  // addresses whose last connection failed, to say so once
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool stop_ = false;
+  std::thread thread_;
+};
+
+}  // namespace gemma

@@ -1,0 +1,112 @@
+#include "router/group_set.h"
+
+#include "absl/strings/str_cat.h"
+
+namespace gemma {
+
+absl::Status GroupSet::Add(std::unique_ptr<WorkerGroup> group) {
+  std::shared_ptr<ServedModel> first;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (model_ != nullptr) {
+      for (const auto& g : groups_) {
+        if (g->address() == group->address()) {
+          retired_.erase(group->address());  // back in the DNS answer before it drained: serve it again
+          return absl::AlreadyExistsError(absl::StrCat("worker group ", group->address(), " is already served"));
+        }
+      }
+      if (group->info().vocab_size() != model_->info.vocab_size() ||
+          group->info().tokenizer_model() != model_->info.tokenizer_model()) {
+        return absl::InvalidArgumentError(absl::StrCat("worker group ", group->address(), " serves a different model (",
+                                                       group->info().shape_name(), ") than the groups served (",
+                                                       model_->info.shape_name(), "); not added"));
+      }
+      groups_.push_back(std::move(group));
+      return absl::OkStatus();
+    }
+  }
+  // The first group: its tokenizer becomes the router's (built outside the lock; it takes a while).
+  first = std::make_shared<ServedModel>();
+  first->info = group->info();
+  auto tokenizer = Tokenizer::FromBytes(first->info.tokenizer_model());
+  if (!tokenizer.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("worker group ", group->address(), " sent a tokenizer that does not load: ", tokenizer.status().message()));
+  }
+  first->tokenizer = std::move(*tokenizer);
+  std::lock_guard<std::mutex> lock(mu_);
+  if (model_ != nullptr) return absl::AbortedError("another group joined first; add this one again");
+  model_ = std::move(first);
+  groups_.push_back(std::move(group));
+  return absl::OkStatus();
+}
+
+std::shared_ptr<const ServedModel> GroupSet::model() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return model_;
+}
+
+absl::Status GroupSet::Submit(std::shared_ptr<ActiveRequest> request) {
+  std::lock_guard<std::mutex> lock(mu_);
+  WorkerGroup* best = nullptr;
+  for (auto& g : groups_) {
+    if (!g->healthy() || retired_.count(g->address())) continue;
+    if (best == nullptr || g->load() < best->load()) best = g.get();
+  }
+  if (best == nullptr) {
+    return absl::UnavailableError(groups_.empty() ? "no worker group has joined yet; retry later"
+                                                  : "no healthy worker group; retry later");
+  }
+  // Under the lock, so a retired group is never dropped between being picked and taking the request.
+  return best->Submit(std::move(request));
+}
+
+int GroupSet::healthy() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  int n = 0;
+  for (const auto& g : groups_) n += g->healthy() && !retired_.count(g->address()) ? 1 : 0;
+  return n;
+}
+
+bool GroupSet::Contains(const std::string& address) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  for (const auto& g : groups_) {
+    if (g->address() == address) return true;
+  }
+  return false;
+}
+
+std::vector<std::string> GroupSet::addresses() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<std::string> out;
+  for (const auto& g : groups_) {
+    if (!retired_.count(g->address())) out.push_back(g->address());
+  }
+  return out;
+}
+
+void GroupSet::Retain(const std::set<std::string>& addresses) {
+  std::vector<std::unique_ptr<WorkerGroup>> dropped;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const auto& g : groups_) {
+      if (addresses.count(g->address())) {
+        retired_.erase(g->address());
+      } else {
+        retired_.insert(g->address());
+      }
+    }
+    for (auto it = groups_.begin(); it != groups_.end();) {
+      if (retired_.count((*it)->address()) && (*it)->load() == 0) {
+        retired_.erase((*it)->address());
+        dropped.push_back(std::move(*it));
+        it = groups_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+  // Destroyed outside the lock: a group's destructor joins its thread.
+}
+
+}  // namespace gemma

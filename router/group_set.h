@@ -1,0 +1,46 @@
+// The worker groups a router serves, which may change while it runs (groups found through DNS come and go).
+#pragma once
+
+#include <memory>
+#include <mutex>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "router/tokenizer/tokenizer.h"
+#include "router/worker_group.h"
+
+namespace gemma {
+
+// What every group of one router must serve: the first group to join fixes it.
+struct ServedModel {
+  worker::v1::ModelInfo info;
+  std::unique_ptr<Tokenizer> tokenizer;
+};
+
+// Thread-safe.
+class GroupSet {
+ public:
+  // Adds a connected group. The first one fixes the model; a later one serving another model is refused
+  // (InvalidArgument), as is a second group at the same address (AlreadyExists).
+  absl::Status Add(std::unique_ptr<WorkerGroup> group);
+  // Null until the first group has joined.
+  std::shared_ptr<const ServedModel> model() const;
+  // Hands the request to the least-loaded healthy group: Unavailable when there is none.
+  absl::Status Submit(std::shared_ptr<ActiveRequest> request);
+  int healthy() const;
+  bool Contains(const std::string& address) const;
+  // Groups whose address is not in `addresses` take no new requests, and leave once their requests are done.
+  void Retain(const std::set<std::string>& addresses);
+  std::vector<std::string> addresses() const;
+
+ private:
+  mutable std::mutex mu_;
+  std::shared_ptr<const ServedModel> model_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::unique_ptr<WorkerGroup>> groups_ ABSL_GUARDED_BY(mu_);
+  std::set<std::string> retired_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace gemma

@@ -1,0 +1,183 @@
+// The public port's protections, against real processes: TLS (and no plaintext unless asked for), API keys
+// (UNAUTHENTICATED, never echoed or logged), the message size limit, and streams per connection.
+#include <grpcpp/grpcpp.h>
+#include <signal.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <future>
+#include <sstream>
+#include <thread>
+
+#include "gemma/v1/gemma.grpc.pb.h"
+#include "gtest/gtest.h"
+#include "tests/processes.h"
+#include "tests/testdata.h"
+
+namespace gemma {
+namespace {
+
+constexpr char kKey[] = "s3cret-key-4f9a";
+
+std::string ReadAll(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+class RouterSecurityTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = ::testing::TempDir() + "/router_security_" + std::to_string(::getpid());
+    std::filesystem::create_directories(dir_);
+    // A self-signed certificate for localhost and 127.0.0.1.
+    const std::string cmd = "openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=localhost -addext "
+                            "subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout " + dir_ + "/key.pem -out " + dir_ +
+                            "/cert.pem 2>" + dir_ + "/openssl.log";
+    ASSERT_EQ(std::system(cmd.c_str()), 0) << "openssl is needed to make a test certificate: " << ReadAll(dir_ + "/openssl.log");
+    std::ofstream(dir_ + "/keys") << "# API keys\n\nother-key\n" << kKey << "\n";
+    worker_port_ = testing::FreePort();
+    worker_ = testing::Start(WORKER_BINARY, {"--model=" + testing::GemmaTinyDir() + "/tiny-mqa", "--threads=1",
+                                             "--kv_cache_mb=32", "--port=" + std::to_string(worker_port_)})
+                  .release();
+    metrics_port_ = testing::FreePort();
+    std::remove((dir_ + "/router.port").c_str());
+    router_ = testing::Start(ROUTER_BINARY, {"--workers=127.0.0.1:" + std::to_string(worker_port_),
+                                             "--tls_cert=" + dir_ + "/cert.pem", "--tls_key=" + dir_ + "/key.pem",
+                                             "--api_keys_file=" + dir_ + "/keys", "--max_message_bytes=65536",
+                                             "--max_streams_per_connection=1", "--port_file=" + dir_ + "/router.port",
+                                             "--metrics_port=" + std::to_string(metrics_port_)})
+                  .release();
+    port_ = testing::WaitForPortFile(dir_ + "/router.port", std::chrono::seconds(30));
+    ASSERT_GT(port_, 0) << router_->Err();
+  }
+  static void TearDownTestSuite() {
+    delete router_;
+    delete worker_;
+  }
+  static std::shared_ptr<grpc::Channel> TlsChannel() {
+    grpc::SslCredentialsOptions o;
+    o.pem_root_certs = ReadAll(dir_ + "/cert.pem");
+    return grpc::CreateChannel("localhost:" + std::to_string(port_), grpc::SslCredentials(o));
+  }
+  static grpc::Status Tokenize(grpc::Channel* channel, const std::string& key, std::chrono::milliseconds deadline,
+                               const std::string& text = "hello") {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + deadline);
+    if (!key.empty()) ctx.AddMetadata("authorization", "Bearer " + key);
+    v1::TokenizeRequest req;
+    req.set_text(text);
+    v1::TokenizeResponse resp;
+    return v1::Gemma::NewStub(std::shared_ptr<grpc::Channel>(channel, [](grpc::Channel*) {}))->Tokenize(&ctx, req, &resp);
+  }
+
+  static std::string dir_;
+  static testing::Process* worker_;
+  static testing::Process* router_;
+  static int port_, worker_port_, metrics_port_;
+};
+std::string RouterSecurityTest::dir_;
+testing::Process* RouterSecurityTest::worker_ = nullptr;
+testing::Process* RouterSecurityTest::router_ = nullptr;
+int RouterSecurityTest::port_ = 0;
+int RouterSecurityTest::worker_port_ = 0;
+int RouterSecurityTest::metrics_port_ = 0;
+
+TEST_F(RouterSecurityTest, TlsWithTheRightKeyServesAGeneration) {
+  auto stub = v1::Gemma::NewStub(TlsChannel());
+  grpc::ClientContext ctx;
+  ctx.AddMetadata("authorization", std::string("Bearer ") + kKey);
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+  v1::GenerateRequest req;
+  for (int id : {2, 3791, 323}) req.mutable_input()->mutable_token_ids()->add_ids(id);
+  req.mutable_parameters()->set_max_new_tokens(4);
+  v1::GenerateResponse resp;
+  const grpc::Status s = stub->Generate(&ctx, req, &resp);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  EXPECT_EQ(resp.tokens_size(), 4);
+}
+
+TEST_F(RouterSecurityTest, PlaintextClientsCannotTalkToTheTlsPort) {
+  auto plain = grpc::CreateChannel("127.0.0.1:" + std::to_string(port_), grpc::InsecureChannelCredentials());
+  const grpc::Status s = Tokenize(plain.get(), kKey, std::chrono::seconds(5));
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::UNAVAILABLE) << s.error_message();
+}
+
+TEST_F(RouterSecurityTest, MissingOrWrongKeysAreUnauthenticatedAndNeverEchoedOrLogged) {
+  auto channel = TlsChannel();
+  const grpc::Status missing = Tokenize(channel.get(), "", std::chrono::seconds(10));
+  EXPECT_EQ(missing.error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_NE(missing.error_message().find("Bearer"), std::string::npos) << "says how to send a key";
+  const std::string wrong_key = "wrong-key-77e1";
+  const grpc::Status wrong = Tokenize(channel.get(), wrong_key, std::chrono::seconds(10));
+  EXPECT_EQ(wrong.error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_EQ(wrong.error_message().find(wrong_key), std::string::npos);
+  // A prefix of the right key is not the key.
+  EXPECT_EQ(Tokenize(channel.get(), std::string(kKey).substr(0, 6), std::chrono::seconds(10)).error_code(),
+            grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_TRUE(Tokenize(channel.get(), "other-key", std::chrono::seconds(10)).ok()) << "every key in the file works";
+  EXPECT_TRUE(Tokenize(channel.get(), kKey, std::chrono::seconds(10)).ok());
+  const std::string log = router_->Err();
+  EXPECT_EQ(log.find(kKey), std::string::npos);
+  EXPECT_EQ(log.find(wrong_key), std::string::npos);
+  const std::string metrics = testing::HttpGet(metrics_port_, "/metrics");
+  EXPECT_NE(metrics.find("gemma_router_requests_total{code=\"UNAUTHENTICATED\",outcome=\"rejected\"} 3"),
+            std::string::npos) << metrics;
+}
+
+TEST_F(RouterSecurityTest, AMessageOverTheLimitIsResourceExhausted) {
+  auto channel = TlsChannel();
+  const grpc::Status s = Tokenize(channel.get(), kKey, std::chrono::seconds(10), std::string(100000, 'a'));
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << s.error_message();
+  EXPECT_TRUE(Tokenize(channel.get(), kKey, std::chrono::seconds(10), std::string(1000, 'a')).ok());
+}
+
+TEST_F(RouterSecurityTest, ACallBeyondTheStreamLimitWaitsForItsConnection) {
+  // A stream held open (its worker is frozen) uses the connection's only stream.
+  ASSERT_EQ(::kill(worker_->pid, SIGSTOP), 0);
+  auto busy = TlsChannel();
+  auto held = std::async(std::launch::async, [&] {
+    grpc::ClientContext ctx;
+    ctx.AddMetadata("authorization", std::string("Bearer ") + kKey);
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+    v1::GenerateRequest req;
+    for (int id : {2, 3791, 323}) req.mutable_input()->mutable_token_ids()->add_ids(id);
+    req.mutable_parameters()->set_max_new_tokens(4);
+    v1::GenerateResponse resp;
+    return v1::Gemma::NewStub(busy)->Generate(&ctx, req, &resp).error_code();
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  EXPECT_EQ(Tokenize(busy.get(), kKey, std::chrono::milliseconds(1500)).error_code(),
+            grpc::StatusCode::DEADLINE_EXCEEDED) << "a second stream on the same connection waits";
+  auto other = TlsChannel();
+  EXPECT_TRUE(Tokenize(other.get(), kKey, std::chrono::seconds(10)).ok()) << "another connection is served";
+  ASSERT_EQ(::kill(worker_->pid, SIGCONT), 0);
+  EXPECT_EQ(held.get(), grpc::StatusCode::OK) << "the held call completes once its worker runs again";
+}
+
+// Startup refuses settings that would leave the port unprotected by mistake, with a reason.
+TEST_F(RouterSecurityTest, BadSecuritySettingsStopTheRouterWithAReason) {
+  const std::string workers = "--workers=127.0.0.1:" + std::to_string(worker_port_);
+  std::ofstream(dir_ + "/empty-keys") << "# none yet\n\n";
+  std::ofstream(dir_ + "/not-a-cert.pem") << "hello\n";
+  const std::vector<std::pair<std::vector<std::string>, std::string>> cases = {
+      {{workers}, "--plaintext"},
+      {{workers, "--plaintext", "--tls_cert=" + dir_ + "/cert.pem", "--tls_key=" + dir_ + "/key.pem"}, "not both"},
+      {{workers, "--tls_cert=" + dir_ + "/cert.pem"}, "--tls_key"},
+      {{workers, "--tls_cert=" + dir_ + "/missing.pem", "--tls_key=" + dir_ + "/key.pem"}, "missing.pem"},
+      {{workers, "--tls_cert=" + dir_ + "/not-a-cert.pem", "--tls_key=" + dir_ + "/key.pem"}, "not a PEM certificate"},
+      {{workers, "--plaintext", "--api_keys_file=" + dir_ + "/empty-keys"}, "holds no key"},
+      {{workers, "--plaintext", "--max_message_bytes=10"}, "--max_message_bytes"},
+      {{"--plaintext", "--workers_dns=no-port-here"}, "HOST:PORT"},
+  };
+  for (const auto& [args, expected] : cases) {
+    auto p = testing::Start(ROUTER_BINARY, args);
+    EXPECT_EQ(p->WaitExit(std::chrono::seconds(20)), 2) << expected;
+    EXPECT_NE(p->Err().find(expected), std::string::npos) << p->Err();
+  }
+}
+
+}  // namespace
+}  // namespace gemma

@@ -1,0 +1,194 @@
+// gemma bench --server: a load generator against a running router. Sweeps client concurrency and reports
+// time to first token, inter-token latency and end-to-end latency percentiles, and aggregate tokens/s.
+#include <grpcpp/grpcpp.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <mutex>
+#include <random>
+#include <thread>
+
+#include "gemma/v1/gemma.grpc.pb.h"
+#include "nlohmann/json.hpp"
+#include "protos/grpc_status.h"
+#include "shard/progress.h"
+#include "tools/cli_common.h"
+#include "tools/client_connection.h"
+#include "tools/commands.h"
+
+namespace gemma {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
+
+struct Samples {
+  std::vector<double> ttft, itl, e2e;
+  int64_t tokens = 0;
+  int ok = 0;
+  std::vector<std::string> errors;
+};
+
+double Percentile(std::vector<double> v, double p) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  return v[std::min(v.size() - 1, static_cast<size_t>(p * (v.size() - 1) + 0.5))];
+}
+
+nlohmann::json Summary(const std::vector<double>& v) {
+  return {{"p50", Percentile(v, 0.5)}, {"p90", Percentile(v, 0.9)}, {"p99", Percentile(v, 0.99)}};
+}
+
+// One streamed request; appends its latencies to `out`.
+void RunOne(v1::Gemma::Stub& stub, const ClientConnection& connection, const v1::GenerateRequest& request,
+            std::mutex& mu, Samples& out) {
+  grpc::ClientContext ctx;
+  connection.Prepare(&ctx, std::chrono::minutes(30));
+  const auto start = Clock::now();
+  auto reader = stub.GenerateStream(&ctx, request);
+  v1::GenerateStreamResponse event;
+  std::vector<double> gaps;
+  double ttft = -1;
+  auto last = start;
+  int64_t tokens = 0;
+  while (reader->Read(&event)) {
+    if (!event.has_token() || !event.token().has_token()) continue;
+    const auto now = Clock::now();
+    if (ttft < 0) {
+      ttft = Seconds(now - start);
+    } else {
+      gaps.push_back(Seconds(now - last));
+    }
+    last = now;
+    ++tokens;
+  }
+  const grpc::Status status = reader->Finish();
+  const double e2e = Seconds(Clock::now() - start);
+  std::lock_guard<std::mutex> lock(mu);
+  if (!status.ok()) {
+    out.errors.push_back(std::string(FromGrpcStatus(status).ToString()));
+    return;
+  }
+  ++out.ok;
+  out.tokens += tokens;
+  if (ttft >= 0) out.ttft.push_back(ttft);
+  out.itl.insert(out.itl.end(), gaps.begin(), gaps.end());
+  out.e2e.push_back(e2e);
+}
+
+}  // namespace
+
+int BenchServerCommand(int argc, char** argv) {
+  const char* kCmd = "bench --server";
+  Args args(kCmd, "--server HOST:PORT [--concurrency 1,4,16] [--requests N] [--prompt-tokens P] [--max-new-tokens M]");
+  AddConnectionFlags(args);
+  args.Flag("concurrency", "client concurrency levels to sweep (default 1,4,16)")
+      .Flag("requests", "requests per level (default: 4 x concurrency, at least 8)")
+      .Flag("prompt-tokens", "prompt length in tokens, random ids (default 64)")
+      .Flag("max-new-tokens", "tokens generated per request, greedy (default 64)")
+      .Flag("json", "print one JSON object", true);
+  int code;
+  if (!ParseOrExit(args, argc, argv, kCmd, &code)) return code;
+  auto levels = args.Has("concurrency") ? args.GetIntList("concurrency", 1, 4096) : std::vector<int32_t>{1, 4, 16};
+  auto requests = args.GetInt("requests", 0, 1, 1 << 20);
+  auto prompt_tokens = args.GetInt("prompt-tokens", 64, 1, 1 << 20);
+  auto max_new = args.GetInt("max-new-tokens", 64, 1, 1 << 20);
+  for (const absl::Status& s : {levels.status(), requests.status(), prompt_tokens.status(), max_new.status()}) {
+    if (!s.ok()) return Fail(kCmd, s);
+  }
+  if (levels->empty()) return Fail(kCmd, absl::InvalidArgumentError("--concurrency needs at least one level"));
+  auto connection = Connect(args);
+  if (!connection.ok()) return Fail(kCmd, connection.status());
+  auto stub = v1::Gemma::NewStub(connection->channel);
+  v1::ModelInfo info;
+  {
+    grpc::ClientContext ctx;
+    connection->Prepare(&ctx, std::chrono::seconds(30));
+    if (auto s = stub->GetModelInfo(&ctx, {}, &info); !s.ok()) return Fail(kCmd, FromGrpcStatus(s));
+  }
+  if (*prompt_tokens + *max_new > info.max_context()) {
+    return Fail(kCmd, absl::InvalidArgumentError(absl::StrCat("--prompt-tokens + --max-new-tokens is ",
+                                                              *prompt_tokens + *max_new, "; the server allows ",
+                                                              info.max_context())));
+  }
+  std::mt19937 rng(7);
+  auto make_request = [&] {
+    v1::GenerateRequest r;
+    auto* ids = r.mutable_input()->mutable_token_ids();
+    ids->add_ids(info.bos_id());
+    for (int64_t i = 1; i < *prompt_tokens; ++i) ids->add_ids(4 + static_cast<int32_t>(rng() % (info.vocab_size() - 4)));
+    r.mutable_parameters()->set_max_new_tokens(static_cast<int32_t>(*max_new));
+    return r;
+  };
+
+  nlohmann::json results = nlohmann::json::array();
+  int64_t total_requests = 0;
+  for (int32_t c : *levels) total_requests += *requests > 0 ? *requests : std::max(8, 4 * c);
+  Progress progress("load sweep (requests)", total_requests);
+  std::atomic<int64_t> finished{0};
+  for (int32_t c : *levels) {
+    const int64_t n = *requests > 0 ? *requests : std::max(8, 4 * c);
+    std::vector<v1::GenerateRequest> batch;
+    for (int64_t i = 0; i < n; ++i) batch.push_back(make_request());
+    Samples samples;
+    std::mutex mu;
+    std::atomic<int64_t> next{0};
+    const auto start = Clock::now();
+    std::vector<std::thread> clients;
+    for (int t = 0; t < c; ++t) {
+      clients.emplace_back([&] {
+        for (int64_t i; (i = next++) < n;) {
+          RunOne(*stub, *connection, batch[i], mu, samples);
+          progress.Update(++finished);
+        }
+      });
+    }
+    for (auto& t : clients) t.join();
+    const double wall = Seconds(Clock::now() - start);
+    results.push_back({{"concurrency", c},
+                       {"requests", n},
+                       {"ok", samples.ok},
+                       {"errors", samples.errors.size()},
+                       {"first_error", samples.errors.empty() ? "" : samples.errors.front()},
+                       {"generated_tokens", samples.tokens},
+                       {"seconds", wall},
+                       {"tokens_per_s", samples.tokens / wall},
+                       {"ttft_s", Summary(samples.ttft)},
+                       {"inter_token_s", Summary(samples.itl)},
+                       {"e2e_s", Summary(samples.e2e)}});
+  }
+  progress.Finish();
+  if (args.Has("json")) {
+    nlohmann::json out = {{"server", args.Get("server")},
+                          {"model", info.name()},
+                          {"prompt_tokens", *prompt_tokens},
+                          {"max_new_tokens", *max_new},
+                          {"levels", results}};
+    std::printf("%s\n", out.dump(2).c_str());
+  } else {
+    std::printf("%s: model %s, prompt %lld tokens, %lld new tokens per request (greedy)\n", args.Get("server").c_str(),
+                info.name().c_str(), static_cast<long long>(*prompt_tokens), static_cast<long long>(*max_new));
+    std::printf("%5s %6s %10s | %-26s | %-26s | %-26s\n", "conc", "ok", "tokens/s", "TTFT p50/p90/p99 ms",
+                "inter-token p50/p90/p99 ms", "end-to-end p50/p90/p99 s");
+    for (const auto& r : results) {
+      auto ms = [&](const char* key, const char* p) { return 1000 * r[key][p].get<double>(); };
+      std::printf("%5d %6d %10.2f | %8.1f %8.1f %8.1f | %8.2f %8.2f %8.2f | %8.2f %8.2f %8.2f\n",
+                  r["concurrency"].get<int>(), r["ok"].get<int>(), r["tokens_per_s"].get<double>(),
+                  ms("ttft_s", "p50"), ms("ttft_s", "p90"), ms("ttft_s", "p99"), ms("inter_token_s", "p50"),
+                  ms("inter_token_s", "p90"), ms("inter_token_s", "p99"), r["e2e_s"]["p50"].get<double>(),
+                  r["e2e_s"]["p90"].get<double>(), r["e2e_s"]["p99"].get<double>());
+      if (r["errors"].get<size_t>() > 0) {
+        std::printf("      %zu failed, first: %s\n", r["errors"].get<size_t>(), r["first_error"].get<std::string>().c_str());
+      }
+    }
+  }
+  for (const auto& r : results) {
+    if (r["errors"].get<size_t>() > 0) return 1;
+  }
+  return 0;
+}
+
+}  // namespace gemma
