@@ -109,7 +109,8 @@ int main(int argc, char** argv) {
     discovery = std::make_unique<gemma::GroupDiscovery>(
         [workers_dns] { return gemma::ResolveAll(workers_dns); },
         [&](const std::string& address) {
-          return gemma::WorkerGroup::Connect(address, sched, std::chrono::seconds(3), metrics->get());
+          // Not waiting: the name also lists ranks that are no leader, and leaders still loading their weights.
+          return gemma::WorkerGroup::Connect(address, sched, std::chrono::seconds(3), metrics->get(), false);
         },
         &groups, std::chrono::milliseconds(absl::GetFlag(FLAGS_dns_refresh_ms)));
     discovery->Start();

@@ -9,11 +9,11 @@ namespace gemma {
 
 absl::StatusOr<std::unique_ptr<WorkerGroup>> WorkerGroup::Connect(const std::string& address, SchedulerLimits limits,
                                                                    std::chrono::milliseconds timeout,
-                                                                   RouterMetrics* metrics) {
+                                                                   RouterMetrics* metrics, bool wait_for_ready) {
   auto stub = worker::v1::Worker::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + timeout);
-  ctx.set_wait_for_ready(true);
+  ctx.set_wait_for_ready(wait_for_ready);
   worker::v1::ModelInfo info;
   const grpc::Status s = stub->GetModelInfo(&ctx, {}, &info);
   if (!s.ok()) {

@@ -21,11 +21,13 @@ namespace gemma {
 // Thread-safe: Submit and load() from any thread; steps run on the group's own thread.
 class WorkerGroup {
  public:
-  // Connects and reads the group's model info (Unavailable if it does not answer in time).
-  // `metrics` may be null.
+  // Connects and reads the group's model info (Unavailable if it does not answer in time). With
+  // `wait_for_ready` it waits out the timeout for a group that is still starting; without, an address nobody
+  // listens on fails at once. `metrics` may be null.
   static absl::StatusOr<std::unique_ptr<WorkerGroup>> Connect(const std::string& address, SchedulerLimits limits,
                                                              std::chrono::milliseconds timeout,
-                                                             RouterMetrics* metrics = nullptr);
+                                                             RouterMetrics* metrics = nullptr,
+                                                             bool wait_for_ready = true);
   ~WorkerGroup();
 
   const worker::v1::ModelInfo& info() const { return info_; }

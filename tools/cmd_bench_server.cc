@@ -39,7 +39,12 @@ double Percentile(std::vector<double> v, double p) {
 }
 
 nlohmann::json Summary(const std::vector<double>& v) {
-  return {{"p50", Percentile(v, 0.5)}, {"p90", Percentile(v, 0.9)}, {"p99", Percentile(v, 0.99)}};
+  double sum = 0;
+  for (double x : v) sum += x;
+  return {{"mean", v.empty() ? 0 : sum / v.size()},
+          {"p50", Percentile(v, 0.5)},
+          {"p90", Percentile(v, 0.9)},
+          {"p99", Percentile(v, 0.99)}};
 }
 
 // One streamed request; appends its latencies to `out`.

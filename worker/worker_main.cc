@@ -101,14 +101,22 @@ int Run(const WorkerOptions& o) {
                                        (*backend)->num_kv_blocks());
   if (!metrics.ok()) return Fail(metrics.status());
 
+  grpc::EnableDefaultHealthCheckService(true);
   if (o.rank != 0) {
+    // Only the health service: probes see a loaded rank, and a router that finds this address (a headless
+    // service lists every rank) learns at once that it is no leader (UNIMPLEMENTED).
+    grpc::ServerBuilder builder;
+    builder.AddListeningPort(absl::StrCat("0.0.0.0:", o.port), grpc::InsecureServerCredentials());
+    auto health_server = builder.BuildAndStart();
+    if (!health_server) return Fail(absl::UnavailableError(absl::StrCat("cannot listen on port ", o.port)));
+    health_server->GetHealthCheckService()->SetServingStatus(true);
     auto s = RunFollower(**backend, *collective);
+    health_server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
     if (!s.ok()) return Fail(s);
     return 0;
   }
   worker::v1::ModelInfo info = MakeInfo(o, checkpoint->config(), **backend);
   WorkerService service(std::make_unique<LeaderBackend>(std::move(*backend), collective), info, metrics->get());
-  grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   int port = 0;

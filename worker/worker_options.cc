@@ -39,6 +39,18 @@ int OrdinalFromHostname(const std::string& hostname) {
   return absl::SimpleAtoi(hostname.substr(dash + 1), &v) && v >= 0 ? v : -1;
 }
 
+absl::StatusOr<std::string> ExpandLeader(const std::string& leader, const std::string& hostname, int world) {
+  const size_t at = leader.find("{leader}");
+  if (at == std::string::npos) return leader;
+  const int ordinal = OrdinalFromHostname(hostname);
+  if (ordinal < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("the leader address \"", leader, "\" names {leader}, but the host name \"",
+                                                   hostname, "\" has no StatefulSet ordinal"));
+  }
+  const std::string pod = absl::StrCat(hostname.substr(0, hostname.rfind('-') + 1), ordinal - ordinal % world);
+  return absl::StrCat(leader.substr(0, at), pod, leader.substr(at + 8));
+}
+
 absl::StatusOr<WorkerOptions> WorkerOptionsFromFlags() {
   WorkerOptions o;
   o.model = absl::GetFlag(FLAGS_model);
@@ -57,10 +69,10 @@ absl::StatusOr<WorkerOptions> WorkerOptionsFromFlags() {
   if (o.rank == -1 && !Env("GEMMA_RANK").empty() && !absl::SimpleAtoi(Env("GEMMA_RANK"), &o.rank)) {
     return absl::InvalidArgumentError("GEMMA_RANK must be an integer");
   }
+  char host[256] = {0};
+  ::gethostname(host, sizeof(host) - 1);
   if (o.rank == -1) {
-    char host[256] = {0};
-    ::gethostname(host, sizeof(host) - 1);
-    o.rank = o.world > 1 ? OrdinalFromHostname(host) : 0;
+    o.rank = o.world > 1 ? OrdinalFromHostname(host) % o.world : 0;
     if (o.rank < 0) {
       return absl::InvalidArgumentError(absl::StrCat("no --rank, GEMMA_RANK, or ordinal in host name \"", host, "\""));
     }
@@ -78,6 +90,9 @@ absl::StatusOr<WorkerOptions> WorkerOptionsFromFlags() {
   o.leader = absl::GetFlag(FLAGS_leader);
   if (o.leader.empty()) o.leader = Env("GEMMA_LEADER");
   if (o.leader.empty()) o.leader = absl::StrCat("127.0.0.1:", o.peer_port);
+  auto leader = ExpandLeader(o.leader, host, o.world);
+  if (!leader.ok()) return leader.status();
+  o.leader = *leader;
   const std::string leader_host = o.leader.substr(0, o.leader.rfind(':'));
   o.bind_host = absl::GetFlag(FLAGS_bind_host);
   if (o.bind_host.empty()) o.bind_host = Env("GEMMA_BIND_HOST");
@@ -85,8 +100,6 @@ absl::StatusOr<WorkerOptions> WorkerOptionsFromFlags() {
     if (leader_host == "127.0.0.1" || leader_host == "localhost") {
       o.bind_host = "127.0.0.1";
     } else {
-      char host[256] = {0};
-      ::gethostname(host, sizeof(host) - 1);
       o.bind_host = host;
     }
   }

@@ -24,12 +24,17 @@ struct WorkerOptions {
   std::string port_file;  // where rank 0 writes its chosen port
 };
 
-// Reads the absl flags (declared in the .cc), falling back to GEMMA_* environment
-// variables and, for the rank, the ordinal at the end of the host name
-// ("gemma-worker-3" -> 3). InvalidArgument says what is wrong and what is allowed.
+// Reads the absl flags (declared in the .cc), falling back to GEMMA_* environment variables and, for the rank, the
+// ordinal at the end of the host name. A StatefulSet may hold several groups: ordinal o is rank o % world of the
+// group whose leader is ordinal o - o % world ("gemma-worker-3" at world 2 is rank 1 of the group led by
+// "gemma-worker-2"). InvalidArgument says what is wrong and what is allowed.
 absl::StatusOr<WorkerOptions> WorkerOptionsFromFlags();
 
 // Ordinal suffix of a StatefulSet pod name, or -1.
 int OrdinalFromHostname(const std::string& hostname);
+
+// `leader` with "{leader}" replaced by the name of this pod's group leader (see above); unchanged without it.
+// InvalidArgument when the placeholder is used but the host name has no ordinal.
+absl::StatusOr<std::string> ExpandLeader(const std::string& leader, const std::string& hostname, int world);
 
 }  // namespace gemma
