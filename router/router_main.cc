@@ -29,6 +29,8 @@ ABSL_FLAG(std::string, api_keys_file, "",
 ABSL_FLAG(int, max_message_bytes, 4 << 20, "largest request message accepted; larger ones get RESOURCE_EXHAUSTED");
 ABSL_FLAG(int, max_streams_per_connection, 128, "concurrent calls on one client connection; more wait their turn");
 ABSL_FLAG(int, port, 0, "public API port; 0: any free port");
+ABSL_FLAG(int, health_port, 0,
+          "plaintext port with only grpc.health.v1 (Kubernetes probes cannot speak TLS); 0: none");
 ABSL_FLAG(std::string, bind_host, "0.0.0.0", "address the public port listens on (127.0.0.1: this machine only)");
 ABSL_FLAG(std::string, port_file, "", "write the chosen port here");
 ABSL_FLAG(int, max_batch_size, 64, "sequences in one step per group");
@@ -128,6 +130,13 @@ int main(int argc, char** argv) {
   builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS, max_streams);
   auto server = builder.BuildAndStart();
   if (!server || port == 0) return Fail(absl::StrCat("cannot listen on ", absl::GetFlag(FLAGS_bind_host), ":", absl::GetFlag(FLAGS_port)));
+  std::unique_ptr<grpc::Server> health_server;
+  if (const int health_port = absl::GetFlag(FLAGS_health_port); health_port > 0) {
+    grpc::ServerBuilder hb;
+    hb.AddListeningPort(absl::StrCat("0.0.0.0:", health_port), grpc::InsecureServerCredentials());
+    health_server = hb.BuildAndStart();
+    if (!health_server) return Fail(absl::StrCat("cannot listen on health port ", health_port));
+  }
   if (!absl::GetFlag(FLAGS_port_file).empty()) std::ofstream(absl::GetFlag(FLAGS_port_file)) << port << "\n";
   std::printf("gemma-router serving on port %d\n", port);
   std::fflush(stdout);
@@ -136,13 +145,16 @@ int main(int argc, char** argv) {
   // Serving (for readiness probes) exactly while some group can take requests.
   bool serving = false;
   server->GetHealthCheckService()->SetServingStatus(false);
+  if (health_server) health_server->GetHealthCheckService()->SetServingStatus(false);
   while (!g_stop) {
     if ((groups.healthy() > 0) != serving) {
       serving = !serving;
       server->GetHealthCheckService()->SetServingStatus(serving);
+      if (health_server) health_server->GetHealthCheckService()->SetServingStatus(serving);
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(200));
   }
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  if (health_server) health_server->Shutdown();
   return 0;
 }

@@ -1,13 +1,36 @@
 #!/usr/bin/env bash
-# Installs the Debian 12 packages gemma-serve builds and tests with; safe to run again.
+# Installs the Debian 12 packages gemma-serve needs; safe to run again.
+#   install-deps.sh            build, test and deployment-check tools (the README and CI)
+#   install-deps.sh --build    what building needs (the image's build stage)
+#   install-deps.sh --runtime  the shared libraries the binaries load (the image's runtime stage)
 set -euo pipefail
-packages=(
-  build-essential openssl libssl-dev cmake ninja-build pkg-config git
+cd "$(dirname "$0")/.."
+mode=${1:---all}
+build=(
+  build-essential openssl libssl-dev cmake ninja-build pkg-config git ca-certificates
   libabsl-dev libhwy-dev nlohmann-json3-dev libsentencepiece-dev
   libgrpc++-dev protobuf-compiler-grpc prometheus-cpp-dev libgloo-dev
-  libgtest-dev libgmock-dev libbenchmark-dev
-  clang libclang-rt-14-dev python3-grpcio
 )
+tests=(
+  libgtest-dev libgmock-dev libbenchmark-dev clang libclang-rt-14-dev python3-grpcio
+  prometheus  # promtool, and a real Prometheus for the monitoring test
+)
+runtime=(
+  ca-certificates libabsl20220623 libgloo0 libgomp1 libgrpc++1.51 libhwy1 libprometheus-cpp-core1.0
+  libprometheus-cpp-pull1.0 libprotobuf32 libsentencepiece0 libssl3
+)
+case "$mode" in
+  --build) packages=("${build[@]}") ;;
+  --runtime) packages=("${runtime[@]}") ;;
+  --all)
+    packages=("${build[@]}" "${tests[@]}")
+    # kubectl renders the Kubernetes overlays: Debian's kubernetes-client unless a kubectl is installed already.
+    command -v kubectl >/dev/null || packages+=(kubernetes-client)
+    command -v node >/dev/null || packages+=(nodejs)
+    command -v npm >/dev/null || packages+=(npm)
+    ;;
+  *) echo "usage: install-deps.sh [--build|--runtime]" >&2; exit 2 ;;
+esac
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -17,4 +40,8 @@ if ((${#missing[@]})); then
   SUDO=""; [[ $(id -u) -eq 0 ]] || SUDO=sudo
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+if [[ $mode == --all && ! -d deploy/validate/node_modules ]]; then
+  # The Kubernetes schema validator (kubernetes-models), pinned by package-lock.json.
+  npm ci --prefix deploy/validate --no-audit --no-fund --loglevel=error
 fi

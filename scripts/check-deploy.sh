@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Checks the deployment and monitoring files with the tools that read them:
+#   kubectl kustomize renders every overlay and the monitoring objects; kubernetes-models validates each object
+#   against the Kubernetes API schema (and the ServiceMonitor against prometheus-operator's);
+#   promtool checks both Prometheus configs and the rules, and runs the alert unit tests;
+#   the dashboard queries only documented metrics; the Dockerfiles and manifests refer only to what exists.
+# usage: scripts/check-deploy.sh BUILD_DIR
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+build=$(cd "${1:-$root/build}" && pwd)
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+for tool in kubectl node promtool; do
+  command -v $tool >/dev/null || { echo "FAIL: $tool is missing; scripts/install-deps.sh installs it" >&2; exit 1; }
+done
+[[ -d $root/deploy/validate/node_modules ]] || { echo "FAIL: run scripts/install-deps.sh (npm ci in deploy/validate)" >&2; exit 1; }
+
+echo "== kustomize"
+rendered=()
+for overlay in "$root"/deploy/kubernetes/overlays/*/; do
+  name=$(basename "$overlay")
+  kubectl kustomize "$overlay" >"$out/$name.yaml" 2>"$out/$name.err" || { cat "$out/$name.err"; exit 1; }
+  rendered+=("$out/$name.yaml")
+  echo "$name: $(grep -c '^kind:' "$out/$name.yaml") objects"
+done
+kubectl kustomize "$root/monitoring" >"$out/monitoring.yaml" 2>"$out/monitoring.err" || { cat "$out/monitoring.err"; exit 1; }
+
+echo "== Kubernetes API schema (kubernetes-models)"
+node "$root/deploy/validate/validate.mjs" "${rendered[@]}" "$out/monitoring.yaml"
+
+echo "== promtool"
+promtool check config "$root/monitoring/prometheus/prometheus-kubernetes.yml"
+promtool check config "$root/monitoring/prometheus/prometheus-local.yml" 2>&1 | grep -v 'WARNING: file "targets'
+promtool check rules "$root/monitoring/prometheus/rules/gemma-alerts.yml"
+(cd "$root/monitoring/prometheus/rules" && promtool test rules gemma-alerts_test.yml)
+
+echo "== dashboard"
+python3 "$root/scripts/check_dashboard.py" "$root/monitoring/grafana/gemma-dashboard.json" "$root/monitoring/METRICS.md" \
+  "$root/monitoring/prometheus/rules/gemma-alerts.yml"
+
+echo "== images and references"
+python3 "$root/scripts/check_deploy_references.py" "$build" "${rendered[@]}"
