@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
-# Builds the GPU tests as self-contained binaries (Abseil and GoogleTest linked statically; CUDA runtime and
-# NCCL loaded from the GPU machine), into build-gpu/, for a machine that has CUDA but no Debian -dev packages.
+# Builds what the GPU check runs, here, for a GPU machine that has CUDA but no Debian -dev packages: the CUDA
+# backend's tests, the NCCL test and gemma-cuda-bench (shard/ only: no gRPC), into build-gpu/, with the non-system
+# shared libraries they load copied into build-gpu/lib (the CUDA runtime, cuBLAS and NCCL come from that machine).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+cmake -S . -B build-gpu-cmake -G Ninja -DCMAKE_BUILD_TYPE=Release -DGEMMA_BUILD_SERVICES=OFF >/dev/null
+cmake --build build-gpu-cmake --target cuda_backend_test nccl_collective_test gemma-cuda-bench
 out=build-gpu
-mkdir -p "$out"
-cuda=${CUDA_HOME:-/usr/local/cuda}
-absl_libs=$(pkg-config --static --libs absl_status absl_statusor absl_strings)
-g++ -std=c++20 -O2 -DGEMMA_HAVE_NCCL -I. -I"$cuda/include" \
-  shard/nccl_collective_test.cc shard/nccl_collective.cc shard/collective.cc \
-  -Wl,-Bstatic -lgtest_main -lgtest $absl_libs -Wl,-Bdynamic \
-  -L"$cuda/lib64" -L"$cuda/lib" -lcudart -lnccl -lpthread \
-  -o "$out/nccl_collective_test"
-echo "built $out/nccl_collective_test"
+rm -rf "$out"
+mkdir -p "$out/lib"
+cp build-gpu-cmake/shard/cuda_backend_test build-gpu-cmake/shard/nccl_collective_test \
+   build-gpu-cmake/shard/gemma-cuda-bench "$out/"
+# Libraries from this machine's packages; not the C runtime, the C++ runtime or CUDA's own.
+for bin in "$out"/cuda_backend_test "$out"/nccl_collective_test "$out"/gemma-cuda-bench; do
+  ldd "$bin" | awk '/=> \// {print $3}'
+done | sort -u | grep -Ev '/(libc|libm|libdl|librt|libpthread|ld-linux[^/]*|libstdc\+\+|libgcc_s|libcuda|libcudart|libcublas[^/]*|libnccl)\.so' |
+  while read -r lib; do cp -L "$lib" "$out/lib/"; done
+du -sh "$out" | cut -f1 | xargs echo "built $out:"

@@ -1,5 +1,7 @@
 #include "shard/backend.h"
 
+#include <algorithm>
+
 #include <chrono>
 
 #include "absl/strings/str_cat.h"
@@ -53,6 +55,16 @@ absl::Status ValidateStep(std::span<const SequenceStep> batch, const ModelConfig
     }
   }
   return absl::OkStatus();
+}
+
+void PlaceVocabSlices(const float* gathered, int world, int64_t rows, int64_t slice, int64_t vocab, float* out) {
+  for (int r = 0; r < world; ++r) {
+    const int64_t begin = std::min<int64_t>(vocab, r * slice);
+    const int64_t count = std::min<int64_t>(vocab, (r + 1) * slice) - begin;
+    for (int64_t row = 0; row < rows; ++row) {
+      std::copy_n(gathered + (static_cast<int64_t>(r) * rows + row) * slice, count, out + row * vocab + begin);
+    }
+  }
 }
 
 }  // namespace gemma

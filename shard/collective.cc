@@ -1,5 +1,7 @@
 #include "shard/collective.h"
 
+#include "absl/strings/str_cat.h"
+
 #include <algorithm>
 
 namespace gemma {
@@ -21,5 +23,11 @@ class SingleRank : public Collective {
 }  // namespace
 
 std::unique_ptr<Collective> MakeSingleRankCollective() { return std::make_unique<SingleRank>(); }
+
+absl::Status CheckCollectiveRank(const Collective& c, int rank, int world) {
+  if (c.world() == world && c.rank() == rank) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat("weights are sliced for rank ", rank, "/", world,
+                                                 " but the collective is rank ", c.rank(), "/", c.world()));
+}
 
 }  // namespace gemma

@@ -27,6 +27,9 @@ class Collective {
   virtual absl::Status Barrier() = 0;
 };
 
+// InvalidArgument unless `c` is rank `rank` of `world` (weights sliced for one rank, a collective of another).
+absl::Status CheckCollectiveRank(const Collective& c, int rank, int world);
+
 // World size 1: every collective is the identity; needs no peer.
 std::unique_ptr<Collective> MakeSingleRankCollective();
 

@@ -15,6 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "shard/checkpoint.h"
 #include "shard/cpu/cpu_backend.h"
+#include "shard/cuda/cuda_module.h"
 #include "shard/gloo_collective.h"
 #include "shard/tensor_parallel.h"
 #include "shard/tp_group.h"
@@ -62,6 +63,26 @@ worker::v1::ModelInfo MakeInfo(const WorkerOptions& o, const ModelConfig& c, con
   return info;
 }
 
+// The CUDA backend on this rank's device; tensors cross ranks over NCCL, bootstrapped (and steps broadcast)
+// over the group's CPU collective.
+absl::StatusOr<std::unique_ptr<Backend>> MakeCudaBackend(const WorkerOptions& o, std::shared_ptr<const ModelWeights> weights,
+                                                         const KvCacheOptions& kv, std::shared_ptr<Collective> bootstrap) {
+  auto cuda = LoadCudaModule();
+  if (!cuda.ok()) return absl::UnimplementedError(absl::StrCat("--device cuda: ", cuda.status().message()));
+  const int devices = (*cuda)->device_count();
+  if (devices == 0) return absl::FailedPreconditionError("--device cuda: this process sees no CUDA device");
+  CudaBackendOptions options;
+  options.device = o.cuda_device >= 0 ? o.cuda_device : o.rank % devices;
+  options.precision = o.precision == "f32" ? CudaPrecision::kF32 : CudaPrecision::kBf16;
+  std::shared_ptr<Collective> tensors;
+  if (o.world > 1) {
+    auto nccl = (*cuda)->create_nccl(*bootstrap, options.device, o.timeout);
+    if (!nccl.ok()) return nccl.status();
+    tensors = std::move(*nccl);
+  }
+  return (*cuda)->create_backend(std::move(weights), kv, options, std::move(tensors));
+}
+
 int Run(const WorkerOptions& o) {
   omp_set_num_threads(o.threads > 0 ? o.threads : omp_get_num_procs());
   auto ckpt = Checkpoint::Open(o.model);
@@ -92,8 +113,16 @@ int Run(const WorkerOptions& o) {
   }
   KvCacheOptions kv;
   kv.max_bytes = o.kv_cache_bytes;
-  auto backend = CpuBackend::Create(shared_weights, kv, collective);
-  if (!backend.ok()) return Fail(backend.status());
+  absl::StatusOr<std::unique_ptr<Backend>> backend = absl::UnknownError("no backend");
+  if (o.device == "cuda") {
+    auto made = MakeCudaBackend(o, shared_weights, kv, collective);
+    if (!made.ok()) return Fail(made.status());
+    backend = std::move(*made);
+  } else {
+    auto cpu = CpuBackend::Create(shared_weights, kv, collective);
+    if (!cpu.ok()) return Fail(cpu.status());
+    backend = std::unique_ptr<Backend>(std::move(*cpu));
+  }
   std::fprintf(stderr, "gemma-worker rank %d/%d: %s; %d KV blocks of %d positions\n", o.rank, o.world,
                tp->DebugString().c_str(), (*backend)->num_kv_blocks(), (*backend)->kv_block_size());
 
@@ -103,15 +132,18 @@ int Run(const WorkerOptions& o) {
 
   grpc::EnableDefaultHealthCheckService(true);
   if (o.rank != 0) {
-    // Only the health service: probes see a loaded rank, and a router that finds this address (a headless
-    // service lists every rank) learns at once that it is no leader (UNIMPLEMENTED).
-    grpc::ServerBuilder builder;
-    builder.AddListeningPort(absl::StrCat("0.0.0.0:", o.port), grpc::InsecureServerCredentials());
-    auto health_server = builder.BuildAndStart();
-    if (!health_server) return Fail(absl::UnavailableError(absl::StrCat("cannot listen on port ", o.port)));
-    health_server->GetHealthCheckService()->SetServingStatus(true);
+    // With a fixed --port, only the health service: probes see a loaded rank, and a router that finds this
+    // address (a headless service lists every rank) learns at once that it is no leader (UNIMPLEMENTED).
+    std::unique_ptr<grpc::Server> health_server;
+    if (o.port > 0) {
+      grpc::ServerBuilder builder;
+      builder.AddListeningPort(absl::StrCat("0.0.0.0:", o.port), grpc::InsecureServerCredentials());
+      health_server = builder.BuildAndStart();
+      if (!health_server) return Fail(absl::UnavailableError(absl::StrCat("cannot listen on port ", o.port)));
+      health_server->GetHealthCheckService()->SetServingStatus(true);
+    }
     auto s = RunFollower(**backend, *collective);
-    health_server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
+    if (health_server) health_server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
     if (!s.ok()) return Fail(s);
     return 0;
   }

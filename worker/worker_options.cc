@@ -16,6 +16,8 @@ ABSL_FLAG(int, port, 0, "rank 0's Worker API port; 0: any free port");
 ABSL_FLAG(int, peer_port, 29500, "rank 0's rendezvous port");
 ABSL_FLAG(std::string, bind_host, "", "address this rank's collectives listen on (env GEMMA_BIND_HOST); default: the host name, or 127.0.0.1 for a loopback leader");
 ABSL_FLAG(std::string, device, "cpu", "cpu or cuda");
+ABSL_FLAG(int, cuda_device, -1, "CUDA device of this rank; -1: rank mod the devices this process sees");
+ABSL_FLAG(std::string, precision, "bf16", "CUDA: bf16 (weights, GEMM inputs, KV cache) or f32 (exact checks)");
 ABSL_FLAG(int64_t, kv_cache_mb, 1024, "KV-cache size per rank in MiB");
 ABSL_FLAG(int, metrics_port, 0, "port of the Prometheus /metrics endpoint; 0: none");
 ABSL_FLAG(int64_t, timeout_ms, 30000, "a rank that dies, hangs or never arrives fails the group within this time");
@@ -104,10 +106,15 @@ absl::StatusOr<WorkerOptions> WorkerOptionsFromFlags() {
     }
   }
   o.device = absl::GetFlag(FLAGS_device);
-  if (o.device == "cuda") {
-    return absl::UnimplementedError("--device cuda: this build has no CUDA backend yet; allowed: cpu");
+  if (o.device != "cpu" && o.device != "cuda") {
+    return absl::InvalidArgumentError(absl::StrCat("--device \"", o.device, "\" is invalid; allowed: cpu, cuda"));
   }
-  if (o.device != "cpu") return absl::InvalidArgumentError(absl::StrCat("--device \"", o.device, "\" is invalid; allowed: cpu, cuda"));
+  o.cuda_device = absl::GetFlag(FLAGS_cuda_device);
+  if (o.cuda_device < -1) return absl::InvalidArgumentError("--cuda_device must be >= 0, or -1 for rank mod devices");
+  o.precision = absl::GetFlag(FLAGS_precision);
+  if (o.precision != "bf16" && o.precision != "f32") {
+    return absl::InvalidArgumentError(absl::StrCat("--precision \"", o.precision, "\" is invalid; allowed: bf16, f32"));
+  }
   const int64_t kv_mb = absl::GetFlag(FLAGS_kv_cache_mb);
   if (kv_mb < 1 || kv_mb > (int64_t{1} << 24)) {
     return absl::InvalidArgumentError(absl::StrCat("--kv_cache_mb ", kv_mb, " is invalid; allowed: 1..16777216"));

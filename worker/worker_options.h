@@ -17,6 +17,8 @@ struct WorkerOptions {
   int peer_port = 29500;  // rank 0's rendezvous port
   std::string bind_host;  // address this rank's collectives listen on
   std::string device = "cpu";
+  int cuda_device = -1;         // -1: rank mod the devices this process sees
+  std::string precision = "bf16";  // CUDA: bf16 or f32
   int64_t kv_cache_bytes = int64_t{1} << 30;
   int metrics_port = 0;   // 0: no metrics endpoint
   std::chrono::milliseconds timeout{30000};

@@ -221,7 +221,7 @@ TEST(WorkerTest, BadFlagsGiveClearErrors) {
            {{model, "--rank=2", "--world_size=2"}, "allowed: 0..1"},
            {{model, "--rank=0", "--world_size=3"}, "does not divide the 4 attention heads"},
            {{model, "--device=tpu"}, "allowed: cpu, cuda"},
-           {{model, "--device=cuda"}, "no CUDA backend"},
+           {{model, "--device=cuda", "--precision=f16"}, "allowed: bf16, f32"},
            {{"--model=/nonexistent"}, "/nonexistent"},
            {{model, "--rank=1", "--world_size=2", dead_leader, "--timeout_ms=1500"}, "could not connect"},
        }) {
@@ -230,6 +230,24 @@ TEST(WorkerTest, BadFlagsGiveClearErrors) {
     EXPECT_GT(code, 0) << c.needle;
     EXPECT_NE(p->Err().find(c.needle), std::string::npos) << p->Err();
   }
+}
+
+// Asking for CUDA where it cannot run (a build without nvcc, or no device) is a clear error, not a crash.
+TEST(WorkerTest, CudaWithoutADeviceIsAClearError) {
+  int devices = 0;
+  {
+    auto probe = StartWorker({"--model=" + testing::GemmaTinyDir() + "/tiny-mha", "--device=cuda"});
+    const int code = probe->WaitExit(std::chrono::seconds(20));
+    const std::string err = probe->Err();
+    if (err.find("gemma-worker rank 0") != std::string::npos) devices = 1;  // it loaded: a device is present
+    if (devices == 0) {
+      EXPECT_GT(code, 0);
+      EXPECT_TRUE(err.find("--device cuda: this build has no CUDA backend module") != std::string::npos ||
+                  err.find("--device cuda: this process sees no CUDA device") != std::string::npos)
+          << err;
+    }
+  }
+  if (devices > 0) GTEST_SKIP() << "a CUDA device is present";
 }
 
 }  // namespace

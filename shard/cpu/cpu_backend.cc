@@ -30,11 +30,7 @@ absl::StatusOr<std::unique_ptr<CpuBackend>> CpuBackend::Create(std::shared_ptr<c
                                                                std::shared_ptr<Collective> collective) {
   if (collective == nullptr) collective = MakeSingleRankCollective();
   const TensorParallel& tp = weights->tp();
-  if (collective->world() != tp.world || collective->rank() != tp.rank) {
-    return absl::InvalidArgumentError(absl::StrCat("weights are sliced for rank ", tp.rank, "/", tp.world,
-                                                   " but the collective is rank ", collective->rank(), "/",
-                                                   collective->world()));
-  }
+  if (auto s = CheckCollectiveRank(*collective, tp.rank, tp.world); !s.ok()) return s;
   ModelConfig local = weights->config();
   local.num_kv_heads = tp.num_kv_heads;  // this rank's cache holds only its kv heads
   auto kv = KvCache::Create(local, kv_options);
@@ -208,13 +204,7 @@ absl::Status CpuBackend::Forward(std::span<const SequenceStep> batch, StepLogits
   gathered_.resize(static_cast<size_t>(tp.world) * R * slice);
   if (auto s = collective_->AllGather(local_logits_.data(), R * slice, gathered_.data()); !s.ok()) return s;
   timer.Switch(&timings_.other_seconds);
-  for (int r = 0; r < tp.world; ++r) {
-    const int64_t begin = std::min<int64_t>(c.vocab_size, r * slice);
-    const int64_t count = std::min<int64_t>(c.vocab_size, (r + 1) * slice) - begin;
-    for (int64_t row = 0; row < R; ++row) {
-      std::copy_n(&gathered_[(static_cast<size_t>(r) * R + row) * slice], count, &out->values[row * c.vocab_size + begin]);
-    }
-  }
+  PlaceVocabSlices(gathered_.data(), tp.world, R, slice, c.vocab_size, out->values.data());
   return absl::OkStatus();
 }
 

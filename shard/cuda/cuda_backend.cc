@@ -1,0 +1,436 @@
+#include "shard/cuda/cuda_backend.h"
+
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "shard/cuda/cuda_status.h"
+#include "shard/cuda/device_buffer.h"
+#include "shard/cuda/gemm.h"
+#include "shard/cuda/kernels.h"
+
+namespace gemma {
+namespace {
+
+using cuda::DeviceBuffer;
+using cuda::Dtype;
+
+struct DeviceLayer {
+  DeviceBuffer qkv, o, gate_up, down;  // in the GEMM input type; qkv = [q; k; v] rows, gate_up = [gate; up] rows
+  DeviceBuffer attn_norm, ffn_norm;     // f32, 1 + w
+};
+
+// A device buffer that grows to the largest step seen (steps reuse it).
+struct Scratch {
+  DeviceBuffer buffer;
+  absl::StatusOr<void*> At(size_t bytes, const char* what) {
+    if (buffer.bytes() < bytes) {
+      buffer = DeviceBuffer();
+      auto b = DeviceBuffer::Allocate(bytes, what);
+      if (!b.ok()) return b.status();
+      buffer = std::move(*b);
+    }
+    return buffer.get();
+  }
+};
+
+class CudaBackend final : public Backend {
+ public:
+  CudaBackend(std::shared_ptr<const ModelWeights> weights, std::shared_ptr<Collective> collective,
+              CudaBackendOptions options)
+      : weights_(std::move(weights)), collective_(std::move(collective)), options_(options),
+        act_(options.precision == CudaPrecision::kF32 ? Dtype::kF32 : Dtype::kBf16) {}
+  ~CudaBackend() override {
+    if (stream_ != nullptr) cudaStreamDestroy(stream_);
+    if (host_meta_ != nullptr) cudaFreeHost(host_meta_);
+  }
+
+  absl::Status Init(const KvCacheOptions& kv_options);
+
+  const ModelConfig& config() const override { return weights_->config(); }
+  int num_kv_blocks() const override { return num_blocks_; }
+  int kv_block_size() const override { return block_size_; }
+  absl::Status Forward(std::span<const SequenceStep> batch, StepLogits* out) override;
+  StepTimings last_timings() const override { return timings_; }
+
+ private:
+  // Copies `m` (bf16 rows, possibly strided) into rows [row_offset, row_offset + m.rows) of `dst`, converting to
+  // the GEMM input type.
+  absl::Status Upload(const MatrixView& m, const DeviceBuffer& dst, int64_t row_offset);
+  absl::StatusOr<DeviceBuffer> UploadMatrices(std::initializer_list<const MatrixView*> parts, const std::string& what);
+  absl::StatusOr<DeviceBuffer> UploadFloats(const std::vector<float>& v, const std::string& what);
+  absl::Status AllReduce(float* data, int64_t count);
+  absl::Status RowParallel(const void* in, int64_t T, int64_t K, const DeviceBuffer& w, float* out);
+
+  std::shared_ptr<const ModelWeights> weights_;
+  std::shared_ptr<Collective> collective_;
+  CudaBackendOptions options_;
+  Dtype act_;
+  cudaStream_t stream_ = nullptr;
+  std::unique_ptr<cuda::Gemm> gemm_;
+  std::vector<DeviceLayer> layers_;
+  DeviceBuffer embed_bf16_;   // this rank's vocabulary rows, bf16: looked up by Embed
+  DeviceBuffer embed_in_;     // the same rows in the GEMM input type (f32 mode only; bf16 mode uses embed_bf16_)
+  DeviceBuffer final_norm_;   // f32
+  DeviceBuffer cos_sin_;      // [max positions][head_dim / 2][2]
+  DeviceBuffer kv_;           // [blocks][layers][2][kv heads][block][head_dim]
+  int block_size_ = 16, num_blocks_ = 0;
+  int64_t block_stride_ = 0, head_stride_ = 0, layer_stride_ = 0;
+  Scratch x_, xn_, qkv_, attn_, proj_, gate_up_, act_buf_, logits_, gathered_, meta_;
+  void* host_meta_ = nullptr;
+  size_t host_meta_bytes_ = 0;
+  StepTimings timings_;
+};
+
+absl::StatusOr<DeviceBuffer> CudaBackend::UploadFloats(const std::vector<float>& v, const std::string& what) {
+  auto b = DeviceBuffer::Allocate(v.size() * sizeof(float), what);
+  if (!b.ok()) return b.status();
+  GEMMA_CUDA_RETURN_IF_ERROR(cudaMemcpy(b->get(), v.data(), v.size() * sizeof(float), cudaMemcpyHostToDevice));
+  return b;
+}
+
+absl::Status CudaBackend::Upload(const MatrixView& m, const DeviceBuffer& dst, int64_t row_offset) {
+  const size_t row_bytes = static_cast<size_t>(m.cols) * 2;
+  if (act_ == Dtype::kBf16) {
+    GEMMA_CUDA_RETURN_IF_ERROR(cudaMemcpy2D(dst.as<uint16_t>() + row_offset * m.cols, row_bytes, m.data,
+                                            static_cast<size_t>(m.stride) * 2, row_bytes, m.rows,
+                                            cudaMemcpyHostToDevice));
+    return absl::OkStatus();
+  }
+  // f32 mode: stage the bf16 rows on the device and widen them there (exact).
+  auto staged = DeviceBuffer::Allocate(row_bytes * m.rows, "a weight matrix being converted to f32");
+  if (!staged.ok()) return staged.status();
+  GEMMA_CUDA_RETURN_IF_ERROR(cudaMemcpy2D(staged->get(), row_bytes, m.data, static_cast<size_t>(m.stride) * 2,
+                                          row_bytes, m.rows, cudaMemcpyHostToDevice));
+  GEMMA_CUDA_RETURN_IF_ERROR(cuda::LaunchBf16ToF32(staged->as<uint16_t>(), dst.as<float>() + row_offset * m.cols,
+                                                   m.rows * m.cols, stream_));
+  GEMMA_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<DeviceBuffer> CudaBackend::UploadMatrices(std::initializer_list<const MatrixView*> parts,
+                                                         const std::string& what) {
+  int64_t rows = 0;
+  const int64_t cols = (*parts.begin())->cols;
+  for (const MatrixView* m : parts) rows += m->rows;
+  auto b = DeviceBuffer::Allocate(static_cast<size_t>(rows * cols) * cuda::DtypeBytes(act_), what);
+  if (!b.ok()) return b.status();
+  int64_t at = 0;
+  for (const MatrixView* m : parts) {
+    if (auto s = Upload(*m, *b, at); !s.ok()) return s;
+    at += m->rows;
+  }
+  return b;
+}
+
+absl::Status CudaBackend::Init(const KvCacheOptions& kv_options) {
+  const ModelConfig& c = config();
+  const TensorParallel& tp = weights_->tp();
+  GEMMA_CUDA_RETURN_IF_ERROR(cudaSetDevice(options_.device));
+  GEMMA_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+  auto gemm = cuda::Gemm::Create();
+  if (!gemm.ok()) return gemm.status();
+  gemm_ = std::move(*gemm);
+
+  for (int i = 0; i < c.num_layers; ++i) {
+    const LayerWeights& lw = weights_->layer(i);
+    DeviceLayer d;
+    const std::string layer = absl::StrCat("layer ", i, "'s ");
+    auto qkv = UploadMatrices({&lw.q, &lw.k, &lw.v}, layer + "attention weights");
+    auto o = UploadMatrices({&lw.o}, layer + "output projection");
+    auto gate_up = UploadMatrices({&lw.gate, &lw.up}, layer + "MLP weights");
+    auto down = UploadMatrices({&lw.down}, layer + "MLP down projection");
+    auto an = UploadFloats(lw.attn_norm, layer + "norm");
+    auto fn = UploadFloats(lw.ffn_norm, layer + "norm");
+    for (const absl::Status& s : {qkv.status(), o.status(), gate_up.status(), down.status(), an.status(), fn.status()}) {
+      if (!s.ok()) return s;
+    }
+    d.qkv = std::move(*qkv);
+    d.o = std::move(*o);
+    d.gate_up = std::move(*gate_up);
+    d.down = std::move(*down);
+    d.attn_norm = std::move(*an);
+    d.ffn_norm = std::move(*fn);
+    layers_.push_back(std::move(d));
+  }
+  const MatrixView& embed = weights_->embed();
+  auto eb = DeviceBuffer::Allocate(static_cast<size_t>(embed.rows * embed.cols) * 2, "the embedding");
+  if (!eb.ok()) return eb.status();
+  embed_bf16_ = std::move(*eb);
+  const size_t row_bytes = static_cast<size_t>(embed.cols) * 2;
+  GEMMA_CUDA_RETURN_IF_ERROR(cudaMemcpy2D(embed_bf16_.get(), row_bytes, embed.data, static_cast<size_t>(embed.stride) * 2,
+                                          row_bytes, embed.rows, cudaMemcpyHostToDevice));
+  if (act_ == Dtype::kF32) {
+    auto ei = UploadMatrices({&embed}, "the output projection (f32)");
+    if (!ei.ok()) return ei.status();
+    embed_in_ = std::move(*ei);
+  }
+  auto fnorm = UploadFloats(weights_->final_norm(), "the final norm");
+  if (!fnorm.ok()) return fnorm.status();
+  final_norm_ = std::move(*fnorm);
+
+  // cos/sin per position exactly as the CPU backend computes them (float exponent and power, std::cos/sin).
+  const int half = c.head_dim / 2;
+  std::vector<float> inv_freq(half), table(static_cast<size_t>(c.max_position_embeddings) * c.head_dim);
+  for (int i = 0; i < half; ++i) {
+    inv_freq[i] = 1.0f / std::pow(c.rope_theta, static_cast<float>(2 * i) / static_cast<float>(c.head_dim));
+  }
+  for (int64_t p = 0; p < c.max_position_embeddings; ++p) {
+    for (int i = 0; i < half; ++i) {
+      const float angle = static_cast<float>(p) * inv_freq[i];
+      table[p * c.head_dim + 2 * i] = std::cos(angle);
+      table[p * c.head_dim + 2 * i + 1] = std::sin(angle);
+    }
+  }
+  auto cs = UploadFloats(table, "the RoPE table");
+  if (!cs.ok()) return cs.status();
+  cos_sin_ = std::move(*cs);
+
+  block_size_ = kv_options.block_size;
+  head_stride_ = static_cast<int64_t>(block_size_) * c.head_dim;
+  layer_stride_ = tp.num_kv_heads * head_stride_;
+  block_stride_ = static_cast<int64_t>(c.num_layers) * 2 * layer_stride_;
+  const int64_t block_bytes = block_stride_ * cuda::DtypeBytes(act_);
+  num_blocks_ = kv_options.num_blocks > 0 ? kv_options.num_blocks
+                                          : static_cast<int>(std::min<int64_t>(kv_options.max_bytes / block_bytes, INT32_MAX));
+  if (num_blocks_ < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("the KV cache budget of ", kv_options.max_bytes >> 20,
+                                                   " MiB holds no block (one block is ", block_bytes, " bytes)"));
+  }
+  auto kv = DeviceBuffer::Allocate(static_cast<size_t>(num_blocks_) * block_bytes,
+                                   absl::StrCat("the KV cache (", num_blocks_, " blocks of ", block_size_, " positions)"));
+  if (!kv.ok()) return kv.status();
+  kv_ = std::move(*kv);
+  GEMMA_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
+  return absl::OkStatus();
+}
+
+absl::Status CudaBackend::AllReduce(float* data, int64_t count) {
+  if (collective_->world() == 1) return absl::OkStatus();
+  // NCCL runs on its own stream: this step's kernels must be done first.
+  GEMMA_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
+  return collective_->AllReduceSum(data, static_cast<size_t>(count));
+}
+
+absl::Status CudaBackend::RowParallel(const void* in, int64_t T, int64_t K, const DeviceBuffer& w, float* out) {
+  const int64_t H = config().hidden_size;
+  if (auto s = gemm_->Run(in, w.get(), K, out, H, T, H, K, act_, stream_); !s.ok()) return s;
+  return AllReduce(out, T * H);
+}
+
+absl::Status CudaBackend::Forward(std::span<const SequenceStep> batch, StepLogits* out) {
+  const ModelConfig& c = config();
+  timings_ = {};
+  StageTimer timer(&timings_.other_seconds);
+  if (auto s = ValidateStep(batch, c, num_blocks_, block_size_); !s.ok()) return s;
+  GEMMA_CUDA_RETURN_IF_ERROR(cudaSetDevice(options_.device));
+  const TensorParallel& tp = weights_->tp();
+  const int64_t H = c.hidden_size, D = c.head_dim, I = tp.ffn_size;
+  const int64_t q_dim = tp.num_q_heads * D, kv_dim = tp.num_kv_heads * D, qkv_ld = q_dim + 2 * kv_dim;
+  const int64_t ab = cuda::DtypeBytes(act_);
+
+  // Host metadata, laid out in one pinned buffer and copied in one transfer.
+  int64_t T = 0;
+  int max_blocks = 1;
+  for (const auto& s : batch) {
+    T += static_cast<int64_t>(s.tokens.size());
+    max_blocks = std::max(max_blocks, static_cast<int>(s.block_table.size()));
+  }
+  std::vector<int32_t> logit_rows;
+  out->row_begin.clear();
+  const int64_t B = static_cast<int64_t>(batch.size());
+  const size_t meta_bytes = static_cast<size_t>(T) * (3 * 4 + 8) + static_cast<size_t>(B * max_blocks) * 4 +
+                            static_cast<size_t>(T) * 4;
+  if (host_meta_bytes_ < meta_bytes) {
+    if (host_meta_ != nullptr) cudaFreeHost(host_meta_);
+    host_meta_ = nullptr;
+    GEMMA_CUDA_RETURN_IF_ERROR(cudaMallocHost(&host_meta_, meta_bytes));
+    host_meta_bytes_ = meta_bytes;
+  }
+  auto* cache_row = static_cast<int64_t*>(host_meta_);  // 8-byte aligned first
+  auto* tokens = reinterpret_cast<int32_t*>(cache_row + T);
+  int32_t* positions = tokens + T;
+  int32_t* seq_of_token = positions + T;
+  int32_t* rows = seq_of_token + T;
+  int32_t* tables = rows + T;
+  {
+    int64_t t = 0;
+    for (int64_t i = 0; i < B; ++i) {
+      const SequenceStep& s = batch[i];
+      out->row_begin.push_back(static_cast<int>(logit_rows.size()));
+      std::fill(tables + i * max_blocks, tables + (i + 1) * max_blocks, 0);
+      std::copy(s.block_table.begin(), s.block_table.end(), tables + i * max_blocks);
+      for (size_t j = 0; j < s.tokens.size(); ++j, ++t) {
+        const int32_t pos = s.start_pos + static_cast<int32_t>(j);
+        tokens[t] = s.tokens[j];
+        positions[t] = pos;
+        seq_of_token[t] = static_cast<int32_t>(i);
+        cache_row[t] = static_cast<int64_t>(s.block_table[pos / block_size_]) * block_stride_ +
+                       static_cast<int64_t>(pos % block_size_) * D;
+        if (s.logits == LogitsWanted::kAll || (s.logits == LogitsWanted::kLast && j + 1 == s.tokens.size())) {
+          logit_rows.push_back(static_cast<int32_t>(t));
+        }
+      }
+    }
+  }
+  const int64_t R = static_cast<int64_t>(logit_rows.size());
+  std::copy(logit_rows.begin(), logit_rows.end(), rows);
+  auto meta = meta_.At(meta_bytes, "step metadata");
+  if (!meta.ok()) return meta.status();
+  GEMMA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(*meta, host_meta_, meta_bytes, cudaMemcpyHostToDevice, stream_));
+  auto* d_cache_row = static_cast<int64_t*>(*meta);
+  auto* d_tokens = reinterpret_cast<int32_t*>(d_cache_row + T);
+  int32_t* d_positions = d_tokens + T;
+  int32_t* d_seq = d_positions + T;
+  int32_t* d_rows = d_seq + T;
+  int32_t* d_tables = d_rows + T;
+
+  auto x = x_.At(T * H * 4, "activations");
+  auto xn = xn_.At(std::max(T, R) * H * ab, "activations");
+  auto qkv = qkv_.At(T * qkv_ld * 4, "activations");
+  auto attn = attn_.At(T * q_dim * ab, "activations");
+  auto proj = proj_.At(T * H * 4, "activations");
+  auto gate_up = gate_up_.At(T * 2 * I * 4, "activations");
+  auto act = act_buf_.At(T * I * ab, "activations");
+  auto logits = logits_.At(std::max<int64_t>(R, 1) * tp.vocab_slice * 4, "logits");
+  for (const absl::Status& s : {x.status(), xn.status(), qkv.status(), attn.status(), proj.status(), gate_up.status(),
+                                act.status(), logits.status()}) {
+    if (!s.ok()) return s;
+  }
+  float* xf = static_cast<float*>(*x);
+  float* projf = static_cast<float*>(*proj);
+  float* qkvf = static_cast<float*>(*qkv);
+  float* gate_upf = static_cast<float*>(*gate_up);
+
+  const MatrixView& embed = weights_->embed();
+  GEMMA_CUDA_RETURN_IF_ERROR(cuda::LaunchEmbed(embed_bf16_.as<uint16_t>(), embed.rows, H, d_tokens, static_cast<int>(T),
+                                               tp.vocab_begin, std::sqrt(static_cast<float>(H)), xf, stream_));
+  if (auto s = AllReduce(xf, T * H); !s.ok()) return s;
+  const float q_scale = static_cast<float>(std::pow(static_cast<double>(D), -0.5));
+
+  for (int layer = 0; layer < c.num_layers; ++layer) {
+    const DeviceLayer& lw = layers_[layer];
+    if (layer == 0) {
+      GEMMA_CUDA_RETURN_IF_ERROR(cuda::LaunchRmsNorm(xf, nullptr, static_cast<int>(T), H, lw.attn_norm.as<float>(),
+                                                     c.rms_norm_eps, *xn, act_, stream_));
+    } else {
+      // The previous layer's MLP output joins the residual stream, fused with this layer's norm.
+      GEMMA_CUDA_RETURN_IF_ERROR(cuda::LaunchAddRmsNorm(xf, projf, static_cast<int>(T), H, lw.attn_norm.as<float>(),
+                                                        c.rms_norm_eps, *xn, act_, stream_));
+    }
+    timer.Switch(&timings_.matmul_seconds);
+    if (auto s = gemm_->Run(*xn, lw.qkv.get(), H, qkvf, qkv_ld, T, qkv_ld, H, act_, stream_); !s.ok()) return s;
+    timer.Switch(&timings_.attention_seconds);
+    char* k_base = kv_.as<char>() + (static_cast<int64_t>(layer) * 2 * layer_stride_) * ab;
+    char* v_base = kv_.as<char>() + (static_cast<int64_t>(layer) * 2 + 1) * layer_stride_ * ab;
+    GEMMA_CUDA_RETURN_IF_ERROR(cuda::LaunchRopeAndCacheWrite(
+        qkvf, static_cast<int>(T), qkv_ld, tp.num_q_heads, tp.num_kv_heads, static_cast<int>(D),
+        cos_sin_.as<float>(), d_positions, d_cache_row, head_stride_, k_base, v_base, act_, q_scale, stream_));
+    cuda::AttentionArgs a{};
+    a.qkv = qkvf;
+    a.ld = qkv_ld;
+    a.T = static_cast<int>(T);
+    a.num_q = tp.num_q_heads;
+    a.head_dim = static_cast<int>(D);
+    a.positions = d_positions;
+    a.seq_of_token = d_seq;
+    a.block_tables = d_tables;
+    a.max_blocks = max_blocks;
+    a.k_cache = k_base;
+    a.v_cache = v_base;
+    a.kv_type = act_;
+    a.block_size = block_size_;
+    a.block_stride = block_stride_;
+    a.head_stride = head_stride_;
+    a.heads_per_kv = c.heads_per_kv();
+    a.q_head_begin = tp.q_head_begin;
+    a.kv_head_begin = tp.kv_head_begin;
+    a.out = *attn;
+    a.out_type = act_;
+    GEMMA_CUDA_RETURN_IF_ERROR(cuda::LaunchAttention(a, stream_));
+    timer.Switch(&timings_.matmul_seconds);
+    if (auto s = RowParallel(*attn, T, q_dim, lw.o, projf); !s.ok()) return s;
+    timer.Switch(&timings_.other_seconds);
+    GEMMA_CUDA_RETURN_IF_ERROR(cuda::LaunchAddRmsNorm(xf, projf, static_cast<int>(T), H, lw.ffn_norm.as<float>(),
+                                                      c.rms_norm_eps, *xn, act_, stream_));
+    timer.Switch(&timings_.matmul_seconds);
+    if (auto s = gemm_->Run(*xn, lw.gate_up.get(), H, gate_upf, 2 * I, T, 2 * I, H, act_, stream_); !s.ok()) return s;
+    timer.Switch(&timings_.other_seconds);
+    GEMMA_CUDA_RETURN_IF_ERROR(cuda::LaunchGeluMul(gate_upf, static_cast<int>(T), I, *act, act_, stream_));
+    timer.Switch(&timings_.matmul_seconds);
+    if (auto s = RowParallel(*act, T, I, lw.down, projf); !s.ok()) return s;
+    timer.Switch(&timings_.other_seconds);
+  }
+  GEMMA_CUDA_RETURN_IF_ERROR(cuda::LaunchAdd(xf, projf, T * H, stream_));
+
+  out->vocab_size = c.vocab_size;
+  out->values.resize(static_cast<size_t>(R) * c.vocab_size);
+  if (R == 0) {
+    GEMMA_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
+    return absl::OkStatus();
+  }
+  GEMMA_CUDA_RETURN_IF_ERROR(cuda::LaunchRmsNorm(xf, d_rows, static_cast<int>(R), H, final_norm_.as<float>(),
+                                                 c.rms_norm_eps, *xn, act_, stream_));
+  const int64_t slice = tp.vocab_slice;
+  float* logitsf = static_cast<float*>(*logits);
+  GEMMA_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(logitsf, 0, R * slice * 4, stream_));
+  const void* head = act_ == Dtype::kF32 ? embed_in_.get() : embed_bf16_.get();
+  timer.Switch(&timings_.matmul_seconds);
+  if (auto s = gemm_->Run(*xn, head, H, logitsf, slice, R, embed.rows, H, act_, stream_); !s.ok()) return s;
+  timer.Switch(&timings_.other_seconds);
+  if (tp.world == 1) {
+    GEMMA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(out->values.data(), logitsf, R * c.vocab_size * 4,
+                                               cudaMemcpyDeviceToHost, stream_));
+    GEMMA_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
+    return absl::OkStatus();
+  }
+  // Vocab-parallel logits: every rank's padded slice, gathered, then placed in vocabulary order.
+  auto gathered = gathered_.At(static_cast<size_t>(tp.world) * R * slice * 4, "gathered logits");
+  if (!gathered.ok()) return gathered.status();
+  GEMMA_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
+  timer.Switch(&timings_.collective_seconds);
+  if (auto s = collective_->AllGather(logitsf, R * slice, static_cast<float*>(*gathered)); !s.ok()) return s;
+  timer.Switch(&timings_.other_seconds);
+  std::vector<float> host(static_cast<size_t>(tp.world) * R * slice);
+  GEMMA_CUDA_RETURN_IF_ERROR(cudaMemcpy(host.data(), *gathered, host.size() * 4, cudaMemcpyDeviceToHost));
+  PlaceVocabSlices(host.data(), tp.world, R, slice, c.vocab_size, out->values.data());
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+bool CudaBackendBuilt() { return true; }
+
+int CudaDeviceCount() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  return n;
+}
+
+absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(std::shared_ptr<const ModelWeights> weights,
+                                                           const KvCacheOptions& kv_options,
+                                                           const CudaBackendOptions& options,
+                                                           std::shared_ptr<Collective> collective) {
+  const int devices = CudaDeviceCount();
+  if (options.device < 0 || options.device >= devices) {
+    return absl::FailedPreconditionError(absl::StrCat("CUDA device ", options.device, " is not present; this process sees ",
+                                                      devices, " device(s)"));
+  }
+  if (collective == nullptr) collective = MakeSingleRankCollective();
+  const TensorParallel& tp = weights->tp();
+  if (auto s = CheckCollectiveRank(*collective, tp.rank, tp.world); !s.ok()) return s;
+  if (weights->config().head_dim > 256 || weights->config().head_dim % 2 != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("head_dim ", weights->config().head_dim,
+                                                   " is not supported by the CUDA attention kernel; allowed: even, <= 256"));
+  }
+  auto backend = std::make_unique<CudaBackend>(std::move(weights), std::move(collective), options);
+  if (auto s = backend->Init(kv_options); !s.ok()) return s;
+  return std::unique_ptr<Backend>(std::move(backend));
+}
+
+}  // namespace gemma

@@ -1,0 +1,39 @@
+// The CUDA backend: the Gemma forward pass on one GPU per rank, behind the same Backend interface as the CPU one.
+// Weights (this rank's slices) live in device memory; GEMMs run through cuBLASLt; RMSNorm, RoPE, GeGLU, residual
+// adds and paged attention over the same block tables as the CPU backend are CUDA kernels (shard/cuda/kernels.cuh).
+#pragma once
+
+#include <memory>
+
+#include "absl/status/statusor.h"
+#include "shard/backend.h"
+#include "shard/collective.h"
+#include "shard/kv_cache.h"
+#include "shard/model_weights.h"
+
+namespace gemma {
+
+enum class CudaPrecision {
+  kBf16,  // weights, GEMM inputs and KV cache in bf16 (f32 accumulation, f32 residual stream)
+  kF32,   // everything in f32, no TF32: for exact comparisons with the CPU backend
+};
+
+struct CudaBackendOptions {
+  int device = 0;
+  CudaPrecision precision = CudaPrecision::kBf16;
+};
+
+// Whether this build has the CUDA backend, and how many devices this process sees (0 without CUDA).
+bool CudaBackendBuilt();
+int CudaDeviceCount();
+
+// `collective` must be NCCL on device `options.device` when the weights are sliced for more than one rank (its
+// AllReduceSum/AllGather take device pointers); null for a group of one. Out of device memory for the weights or
+// the KV cache (KvCacheOptions::max_bytes) is ResourceExhausted saying what was needed and what is free.
+// Unimplemented in a build without CUDA.
+absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(std::shared_ptr<const ModelWeights> weights,
+                                                           const KvCacheOptions& kv_options,
+                                                           const CudaBackendOptions& options,
+                                                           std::shared_ptr<Collective> collective = nullptr);
+
+}  // namespace gemma

@@ -1,0 +1,310 @@
+// The CUDA backend against the CPU backend and Google's reference outputs (label gpu). Without a device (or
+// without CUDA in the build) only the error for asking anyway is checked; the rest skips cleanly.
+#include "shard/cuda/cuda_backend.h"
+
+#include <cmath>
+#include <cstring>
+#include <random>
+
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+#include "shard/checkpoint.h"
+#include "shard/cpu/cpu_backend.h"
+#include "shard/cpu/ops.h"
+#include "shard/generator.h"
+#include "shard/nccl_collective.h"
+#include "tests/reference_helpers.h"
+#include "tests/testdata.h"
+
+#ifdef GEMMA_HAVE_CUDA
+#include <cuda_runtime.h>
+
+#include "shard/cuda/kernels.h"
+#endif
+
+namespace gemma {
+namespace {
+
+using testing::GemmaTinyDir;
+using testing::Greedy;
+
+bool HaveDevice() { return CudaBackendBuilt() && CudaDeviceCount() > 0; }
+
+std::shared_ptr<const ModelWeights> LoadWeights(const std::string& dir) {
+  auto ckpt = Checkpoint::Open(dir);
+  EXPECT_TRUE(ckpt.ok()) << ckpt.status();
+  auto weights = ModelWeights::Load(std::shared_ptr<const Checkpoint>(std::move(*ckpt)));
+  EXPECT_TRUE(weights.ok()) << weights.status();
+  return std::shared_ptr<const ModelWeights>(std::move(*weights));
+}
+
+KvCacheOptions Kv(int tokens) {
+  KvCacheOptions kv;
+  kv.num_blocks = tokens / kv.block_size;
+  return kv;
+}
+
+std::unique_ptr<Backend> OpenCuda(const std::string& dir, CudaPrecision precision,
+                                  std::shared_ptr<Collective> collective = nullptr) {
+  CudaBackendOptions o;
+  o.precision = precision;
+  auto b = CreateCudaBackend(LoadWeights(dir), Kv(4096), o, std::move(collective));
+  EXPECT_TRUE(b.ok()) << b.status();
+  return b.ok() ? std::move(*b) : nullptr;
+}
+
+std::vector<int32_t> Blocks(size_t tokens, int block_size, int first = 0) {
+  std::vector<int32_t> b(tokens / block_size + 1);
+  for (size_t i = 0; i < b.size(); ++i) b[i] = first + static_cast<int32_t>(i);
+  return b;
+}
+
+std::vector<double> LogSoftmax(const float* row, int n) {
+  const double m = *std::max_element(row, row + n);
+  double sum = 0;
+  for (int i = 0; i < n; ++i) sum += std::exp(row[i] - m);
+  std::vector<double> out(n);
+  for (int i = 0; i < n; ++i) out[i] = row[i] - m - std::log(sum);
+  return out;
+}
+
+TEST(CudaBackendTest, AskingWithoutADeviceIsAClearError) {
+  if (HaveDevice()) GTEST_SKIP() << "a device is present";
+  auto b = CreateCudaBackend(LoadWeights(GemmaTinyDir() + "/tiny-mqa"), Kv(256), {});
+  if (!CudaBackendBuilt()) {
+    EXPECT_TRUE(absl::IsUnimplemented(b.status())) << b.status();
+  } else {
+    EXPECT_TRUE(absl::IsFailedPrecondition(b.status())) << b.status();
+    EXPECT_NE(b.status().message().find("not present"), std::string::npos) << b.status();
+  }
+}
+
+// A reference prompt's ids and logits, and the backend's logits for all its positions in one step.
+struct ReferenceRun {
+  std::vector<int32_t> ids;
+  std::vector<float> want, got;
+};
+ReferenceRun RunReference(Backend& backend, const std::string& ref_dir, const char* prompt) {
+  ReferenceRun r;
+  r.ids = testing::ReadJson(ref_dir + "/logits_" + prompt + ".json")["ids"].get<std::vector<int32_t>>();
+  r.want = testing::ReadF32(ref_dir + "/logits_" + prompt + ".f32.bin");
+  const auto blocks = Blocks(r.ids.size(), backend.kv_block_size());
+  SequenceStep step{r.ids, 0, blocks, LogitsWanted::kAll};
+  StepLogits logits;
+  EXPECT_TRUE(backend.Forward({&step, 1}, &logits).ok());
+  r.got = std::move(logits.values);
+  return r;
+}
+
+struct Tiny {
+  std::string name, reference;
+};
+void PrintTo(const Tiny& t, std::ostream* os) { *os << t.name; }
+const Tiny kTiny[] = {{"tiny-mha", "tiny-mha"}, {"tiny-mqa", "tiny-mqa"}, {"tiny-mqa-sharded", "tiny-mqa"},
+                      {"tiny-mha-hd48", "tiny-mha-hd48"}};
+
+class CudaReferenceTest : public ::testing::TestWithParam<Tiny> {
+ protected:
+  void SetUp() override {
+    if (!HaveDevice()) GTEST_SKIP() << "no CUDA device present";
+  }
+  std::string Dir() const { return GemmaTinyDir() + "/" + GetParam().name; }
+  std::string Ref() const { return GemmaTinyDir() + "/reference/" + GetParam().reference; }
+};
+
+TEST_P(CudaReferenceTest, F32LogitsWithin1e3OfTheReference) {
+  auto backend = OpenCuda(Dir(), CudaPrecision::kF32);
+  ASSERT_NE(backend, nullptr);
+  for (const char* prompt : {"fox", "rand37", "rand200"}) {
+    const ReferenceRun r = RunReference(*backend, Ref(), prompt);
+    ASSERT_EQ(r.got.size(), r.want.size());
+    double max_diff = 0;
+    for (size_t i = 0; i < r.want.size(); ++i) max_diff = std::max(max_diff, std::abs(double(r.got[i]) - r.want[i]));
+    EXPECT_LT(max_diff, 1e-3) << GetParam().name << " " << prompt;
+  }
+}
+
+TEST_P(CudaReferenceTest, F32GreedyTokensMatchUpToTheFirstNearTie) {
+  auto backend = OpenCuda(Dir(), CudaPrecision::kF32);
+  ASSERT_NE(backend, nullptr);
+  for (const auto& g : testing::ReadJson(Ref() + "/generations.json")["results"]) {
+    const auto ref = g["generated_ids"].get<std::vector<int32_t>>();
+    size_t compare = ref.size();
+    if (!g["first_step_with_margin_below_1e-3"].is_null()) compare = g["first_step_with_margin_below_1e-3"].get<size_t>();
+    const auto got = Greedy(backend.get(), {g["prompt_ids"].get<std::vector<int32_t>>()}, static_cast<int>(ref.size()));
+    ASSERT_EQ(got.size(), 1u);
+    for (size_t i = 0; i < compare; ++i) ASSERT_EQ(got[0][i], ref[i]) << g["prompt"] << " step " << i;
+  }
+}
+
+TEST_P(CudaReferenceTest, Bf16LogProbsWithin005AndTop1AgreesOn90Percent) {
+  auto backend = OpenCuda(Dir(), CudaPrecision::kBf16);
+  ASSERT_NE(backend, nullptr);
+  const int vocab = backend->config().vocab_size;
+  int positions = 0, agree = 0;
+  for (const char* prompt : {"fox", "rand37", "rand200"}) {
+    const ReferenceRun r = RunReference(*backend, Ref(), prompt);
+    ASSERT_EQ(r.got.size(), r.want.size());
+    const auto& ids = r.ids;
+    for (size_t t = 0; t < ids.size(); ++t) {
+      const float* got = r.got.data() + t * vocab;
+      const float* want = r.want.data() + t * vocab;
+      ++positions;
+      agree += std::max_element(got, got + vocab) - got == std::max_element(want, want + vocab) - want;
+      if (t + 1 < ids.size()) {
+        const double lp_got = LogSoftmax(got, vocab)[ids[t + 1]], lp_want = LogSoftmax(want, vocab)[ids[t + 1]];
+        EXPECT_NEAR(lp_got, lp_want, 0.05) << prompt << " position " << t;
+      }
+    }
+  }
+  EXPECT_GE(agree, 0.9 * positions) << agree << " of " << positions << " positions agree on the top token";
+}
+
+INSTANTIATE_TEST_SUITE_P(TinyCheckpoints, CudaReferenceTest, ::testing::ValuesIn(kTiny),
+                         [](const auto& info) {
+                           std::string n = info.param.name;
+                           std::replace(n.begin(), n.end(), '-', '_');
+                           return n;
+                         });
+
+class CudaBackendDeviceTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!HaveDevice()) GTEST_SKIP() << "no CUDA device present";
+  }
+};
+
+// A mixed step (a prompt chunk, then decodes beside another prompt) in f32 against the CPU backend: every kernel
+// (embedding, norms, RoPE and the cache write, paged attention over scattered blocks, GeGLU, GEMMs) at once.
+TEST_F(CudaBackendDeviceTest, F32StepsMatchTheCpuBackendOnScatteredBlocks) {
+  const std::string dir = GemmaTinyDir() + "/tiny-mha-hd48";
+  auto cuda = OpenCuda(dir, CudaPrecision::kF32);
+  ASSERT_NE(cuda, nullptr);
+  auto cpu = CpuBackend::Create(LoadWeights(dir), Kv(4096));
+  ASSERT_TRUE(cpu.ok());
+  std::mt19937 rng(3);
+  const int vocab = cuda->config().vocab_size;
+  std::vector<int32_t> a(45), b(20);
+  for (auto& t : a) t = static_cast<int32_t>(rng() % vocab);
+  for (auto& t : b) t = static_cast<int32_t>(rng() % vocab);
+  const std::vector<int32_t> blocks_a = {7, 3, 11, 0}, blocks_b = {5, 9};  // out of order on purpose
+  auto run = [&](Backend* backend) {
+    std::vector<float> all;
+    StepLogits l;
+    SequenceStep first{std::span<const int32_t>(a).subspan(0, 30), 0, blocks_a, LogitsWanted::kAll};
+    EXPECT_TRUE(backend->Forward({&first, 1}, &l).ok());
+    all.insert(all.end(), l.values.begin(), l.values.end());
+    SequenceStep second[] = {{std::span<const int32_t>(a).subspan(30), 30, blocks_a, LogitsWanted::kAll},
+                             {b, 0, blocks_b, LogitsWanted::kLast}};
+    EXPECT_TRUE(backend->Forward(second, &l).ok());
+    all.insert(all.end(), l.values.begin(), l.values.end());
+    return all;
+  };
+  const auto got = run(cuda.get()), want = run(cpu->get());
+  ASSERT_EQ(got.size(), want.size());
+  double max_diff = 0;
+  for (size_t i = 0; i < got.size(); ++i) max_diff = std::max(max_diff, std::abs(double(got[i]) - want[i]));
+  EXPECT_LT(max_diff, 1e-3);
+}
+
+TEST_F(CudaBackendDeviceTest, Bf16GreedyTokensDoNotDependOnTheBatch) {
+  auto backend = OpenCuda(GemmaTinyDir() + "/tiny-mqa", CudaPrecision::kBf16);
+  ASSERT_NE(backend, nullptr);
+  const std::vector<std::vector<int32_t>> prompts = {{2, 3791, 323}, {2, 100, 200, 300, 400, 500}, {2, 7}, {2, 42, 43}};
+  const auto alone = Greedy(backend.get(), {prompts[0]}, 24);
+  const auto together = Greedy(backend.get(), prompts, 24);
+  ASSERT_EQ(alone.size(), 1u);
+  ASSERT_EQ(together.size(), prompts.size());
+  EXPECT_EQ(alone[0], together[0]);
+}
+
+TEST_F(CudaBackendDeviceTest, TensorParallelOneOverNcclGivesTheSameLogits) {
+  auto bootstrap = MakeSingleRankCollective();
+  auto nccl = CreateNcclCollective(*bootstrap, 0, std::chrono::seconds(30));
+  ASSERT_TRUE(nccl.ok()) << nccl.status();
+  const std::string dir = GemmaTinyDir() + "/tiny-mqa";
+  auto with = OpenCuda(dir, CudaPrecision::kF32, std::shared_ptr<Collective>(std::move(*nccl)));
+  auto without = OpenCuda(dir, CudaPrecision::kF32);
+  ASSERT_NE(with, nullptr);
+  ASSERT_NE(without, nullptr);
+  const std::vector<int32_t> ids = {2, 3791, 323, 17, 99};
+  const auto blocks = Blocks(ids.size(), 16);
+  SequenceStep s{ids, 0, blocks, LogitsWanted::kAll};
+  StepLogits a, b;
+  ASSERT_TRUE(with->Forward({&s, 1}, &a).ok());
+  ASSERT_TRUE(without->Forward({&s, 1}, &b).ok());
+  EXPECT_EQ(a.values, b.values);
+}
+
+TEST_F(CudaBackendDeviceTest, OutOfMemoryForTheKvCacheSaysWhatWasNeeded) {
+  CudaBackendOptions o;
+  KvCacheOptions kv;
+  kv.num_blocks = 1 << 30;  // far beyond any device
+  auto b = CreateCudaBackend(LoadWeights(GemmaTinyDir() + "/tiny-mqa"), kv, o);
+  ASSERT_FALSE(b.ok());
+  EXPECT_TRUE(absl::IsResourceExhausted(b.status())) << b.status();
+  EXPECT_NE(b.status().message().find("KV cache"), std::string::npos) << b.status();
+  EXPECT_NE(b.status().message().find("MiB are free"), std::string::npos) << b.status();
+}
+
+#ifdef GEMMA_HAVE_CUDA
+// Individual kernels against the CPU ops on random inputs.
+template <typename T>
+T* ToDevice(const std::vector<T>& v) {
+  T* d = nullptr;
+  cudaMalloc(&d, v.size() * sizeof(T));
+  cudaMemcpy(d, v.data(), v.size() * sizeof(T), cudaMemcpyHostToDevice);
+  return d;
+}
+template <typename T>
+std::vector<T> ToHost(const T* d, size_t n) {
+  std::vector<T> v(n);
+  cudaMemcpy(v.data(), d, n * sizeof(T), cudaMemcpyDeviceToHost);
+  return v;
+}
+
+TEST_F(CudaBackendDeviceTest, NormGeluAndArgmaxKernelsMatchTheCpu) {
+  std::mt19937 rng(5);
+  std::normal_distribution<float> n(0.0f, 2.0f);
+  const int rows = 3, H = 2048;
+  std::vector<float> x(rows * H), w(H), gate_up(rows * 2 * H);
+  for (auto& v : x) v = n(rng);
+  for (auto& v : w) v = 1.0f + 0.1f * n(rng);
+  for (auto& v : gate_up) v = n(rng);
+  float *dx = ToDevice(x), *dw = ToDevice(w), *dg = ToDevice(gate_up), *dout = nullptr;
+  cudaMalloc(&dout, rows * H * sizeof(float));
+  ASSERT_EQ(cuda::LaunchRmsNorm(dx, nullptr, rows, H, dw, 1e-6f, dout, cuda::Dtype::kF32, nullptr), cudaSuccess);
+  auto got = ToHost(dout, rows * H);
+  std::vector<float> want(H);
+  for (int r = 0; r < rows; ++r) {
+    RmsNorm(&x[r * H], w.data(), 1e-6f, want.data(), H);
+    for (int i = 0; i < H; ++i) ASSERT_NEAR(got[r * H + i], want[i], 1e-4f * (1 + std::abs(want[i]))) << r << " " << i;
+  }
+  ASSERT_EQ(cuda::LaunchGeluMul(dg, rows, H, dout, cuda::Dtype::kF32, nullptr), cudaSuccess);
+  got = ToHost(dout, rows * H);
+  for (int r = 0; r < rows; ++r) {
+    GeluTanhMul(&gate_up[r * 2 * H], &gate_up[r * 2 * H + H], want.data(), H);
+    for (int i = 0; i < H; ++i) ASSERT_NEAR(got[r * H + i], want[i], 1e-5f * (1 + std::abs(want[i]))) << r << " " << i;
+  }
+  int32_t* dtok = nullptr;
+  float* dlp = nullptr;
+  cudaMalloc(&dtok, rows * sizeof(int32_t));
+  cudaMalloc(&dlp, rows * sizeof(float));
+  ASSERT_EQ(cuda::LaunchArgmaxLogprob(dx, rows, H, dtok, dlp, nullptr), cudaSuccess);
+  const auto tok = ToHost(dtok, rows);
+  const auto lp = ToHost(dlp, rows);
+  for (int r = 0; r < rows; ++r) {
+    const float* row = &x[r * H];
+    const int best = static_cast<int>(std::max_element(row, row + H) - row);
+    EXPECT_EQ(tok[r], best);
+    EXPECT_NEAR(lp[r], LogSoftmax(row, H)[best], 1e-4);
+  }
+  for (void* p : {static_cast<void*>(dx), static_cast<void*>(dw), static_cast<void*>(dg), static_cast<void*>(dout),
+                  static_cast<void*>(dtok), static_cast<void*>(dlp)}) {
+    cudaFree(p);
+  }
+}
+#endif
+
+}  // namespace
+}  // namespace gemma

@@ -1,0 +1,195 @@
+// gemma-cuda-bench: the CUDA backend's speed on one GPU, beside the device's own limits measured in the same run:
+// decode tokens/s at several batch sizes over a fixed context, batch-1 decode as a share of the device's memory
+// bandwidth, and prefill tokens/s with the TFLOP/s it reaches against a plain cuBLASLt bf16 GEMM.
+// Needs no gRPC and no tokenizer, so it builds wherever shard/ does.
+//
+// usage: gemma-cuda-bench --model DIR [--make-7b] [--batches 1,16,64] [--context 512] [--steps 32]
+//                         [--prompt 2048] [--json FILE]
+#include <cuda_runtime.h>
+
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_split.h"
+#include "nlohmann/json.hpp"
+#include "shard/checkpoint.h"
+#include "shard/checkpoint_writer.h"
+#include "shard/cuda/cuda_backend.h"
+#include "shard/cuda/device_buffer.h"
+#include "shard/cuda/gemm.h"
+#include "shard/progress.h"
+
+ABSL_FLAG(std::string, model, "", "checkpoint directory");
+ABSL_FLAG(bool, make_7b, false, "first write a random-weight Gemma 7B-shape bf16 checkpoint into --model (if absent)");
+ABSL_FLAG(std::string, batches, "1,16,64", "decode batch sizes");
+ABSL_FLAG(int, context, 512, "context of each decoding sequence");
+ABSL_FLAG(int, steps, 32, "timed decode steps per batch size");
+ABSL_FLAG(int, prompt, 2048, "prefill prompt length");
+ABSL_FLAG(std::string, json, "", "also write the figures here");
+
+namespace gemma {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double Since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+int Fail(const absl::Status& s) {
+  std::fprintf(stderr, "gemma-cuda-bench: %s\n", std::string(s.message()).c_str());
+  return 1;
+}
+
+// Device-to-device copy bandwidth, counting bytes read and written.
+absl::StatusOr<double> DeviceBandwidth() {
+  const size_t bytes = size_t{2} << 30;
+  auto a = cuda::DeviceBuffer::Allocate(bytes, "the bandwidth probe");
+  auto b = cuda::DeviceBuffer::Allocate(bytes, "the bandwidth probe");
+  if (!a.ok()) return a.status();
+  if (!b.ok()) return b.status();
+  cudaMemcpy(b->get(), a->get(), bytes, cudaMemcpyDeviceToDevice);
+  cudaDeviceSynchronize();
+  const auto start = Clock::now();
+  for (int i = 0; i < 10; ++i) cudaMemcpy(b->get(), a->get(), bytes, cudaMemcpyDeviceToDevice);
+  cudaDeviceSynchronize();
+  return 2.0 * bytes * 10 / Since(start);
+}
+
+// TFLOP/s of one bf16 GEMM of the prefill's largest shape, through the same cuBLASLt path the backend uses.
+absl::StatusOr<double> GemmTflops(int64_t M, int64_t N, int64_t K) {
+  auto gemm = cuda::Gemm::Create();
+  if (!gemm.ok()) return gemm.status();
+  auto a = cuda::DeviceBuffer::Allocate(M * K * 2, "GEMM probe input");
+  auto w = cuda::DeviceBuffer::Allocate(N * K * 2, "GEMM probe weights");
+  auto c = cuda::DeviceBuffer::Allocate(M * N * 4, "GEMM probe output");
+  for (const absl::Status& s : {a.status(), w.status(), c.status()}) {
+    if (!s.ok()) return s;
+  }
+  cudaMemset(a->get(), 0x3c, M * K * 2);  // small nonzero bf16 values
+  cudaMemset(w->get(), 0x3c, N * K * 2);
+  for (int i = 0; i < 3; ++i) {
+    if (auto s = (*gemm)->Run(a->get(), w->get(), K, c->as<float>(), N, M, N, K, cuda::Dtype::kBf16, nullptr); !s.ok()) return s;
+  }
+  cudaDeviceSynchronize();
+  const auto start = Clock::now();
+  for (int i = 0; i < 10; ++i) {
+    if (auto s = (*gemm)->Run(a->get(), w->get(), K, c->as<float>(), N, M, N, K, cuda::Dtype::kBf16, nullptr); !s.ok()) return s;
+  }
+  cudaDeviceSynchronize();
+  return 2.0 * M * N * K * 10 / Since(start) / 1e12;
+}
+
+std::vector<int32_t> Tokens(int n, int vocab, uint32_t seed) {
+  std::vector<int32_t> t(n);
+  t[0] = 2;
+  for (int i = 1; i < n; ++i) t[i] = 4 + static_cast<int32_t>((seed * 2654435761u + i * 40503u) % (vocab - 4));
+  return t;
+}
+
+int Run() {
+  const std::string dir = absl::GetFlag(FLAGS_model);
+  if (dir.empty()) return Fail(absl::InvalidArgumentError("--model DIR is required"));
+  if (absl::GetFlag(FLAGS_make_7b) && !std::filesystem::exists(dir + "/config.json")) {
+    std::fprintf(stderr, "writing a random Gemma 7B-shape checkpoint to %s\n", dir.c_str());
+    if (auto s = WriteRandomCheckpoint(dir, Gemma7BShape(), {}, ""); !s.ok()) return Fail(s);
+  }
+  std::vector<int> batches;
+  for (absl::string_view b : absl::StrSplit(absl::GetFlag(FLAGS_batches), ',', absl::SkipEmpty())) {
+    int v;
+    if (!absl::SimpleAtoi(b, &v) || v < 1) return Fail(absl::InvalidArgumentError("--batches: positive integers"));
+    batches.push_back(v);
+  }
+  const int context = absl::GetFlag(FLAGS_context), steps = absl::GetFlag(FLAGS_steps), prompt = absl::GetFlag(FLAGS_prompt);
+  auto ckpt = Checkpoint::Open(dir);
+  if (!ckpt.ok()) return Fail(ckpt.status());
+  auto weights = ModelWeights::Load(std::shared_ptr<const Checkpoint>(std::move(*ckpt)));
+  if (!weights.ok()) return Fail(weights.status());
+  std::shared_ptr<const ModelWeights> w(std::move(*weights));
+  const ModelConfig& c = w->config();
+  const int max_batch = *std::max_element(batches.begin(), batches.end());
+  const int64_t per_seq = context + steps + 16;
+  KvCacheOptions kv;
+  kv.num_blocks = static_cast<int>((max_batch * per_seq + prompt) / kv.block_size + max_batch + 2);
+  auto made = CreateCudaBackend(w, kv, {});
+  if (!made.ok()) return Fail(made.status());
+  Backend& backend = **made;
+  cudaDeviceProp prop{};
+  cudaGetDeviceProperties(&prop, 0);
+
+  auto bandwidth = DeviceBandwidth();
+  if (!bandwidth.ok()) return Fail(bandwidth.status());
+  auto gemm_tflops = GemmTflops(prompt, 2 * static_cast<int64_t>(c.intermediate_size), c.hidden_size);
+  if (!gemm_tflops.ok()) return Fail(gemm_tflops.status());
+
+  // Prefill: one prompt, logits for its last token only.
+  const auto prompt_tokens = Tokens(prompt, c.vocab_size, 1);
+  std::vector<int32_t> prompt_blocks(prompt / kv.block_size + 1);
+  for (size_t i = 0; i < prompt_blocks.size(); ++i) prompt_blocks[i] = static_cast<int32_t>(i);
+  StepLogits logits;
+  SequenceStep pre{prompt_tokens, 0, prompt_blocks, LogitsWanted::kLast};
+  if (auto s = backend.Forward({&pre, 1}, &logits); !s.ok()) return Fail(s);  // warm-up
+  auto start = Clock::now();
+  if (auto s = backend.Forward({&pre, 1}, &logits); !s.ok()) return Fail(s);
+  const double prefill_s = Since(start);
+  const double params = static_cast<double>(w->WeightBytesPerStep()) / 2;
+  const double attention_flops = 2.0 * c.num_layers * c.num_heads * c.head_dim * double(prompt) * prompt;  // QK^T + PV, causal
+  const double prefill_tflops = (2.0 * params * prompt + attention_flops) / prefill_s / 1e12;
+
+  nlohmann::json decode = nlohmann::json::array();
+  Progress progress("decode sweep", static_cast<int64_t>(batches.size()));
+  int done = 0;
+  double batch1 = 0;
+  const int first_block = static_cast<int>(prompt_blocks.size());
+  for (int b : batches) {
+    std::vector<std::vector<int32_t>> prompts, tables;
+    for (int s = 0; s < b; ++s) {
+      prompts.push_back(Tokens(context, c.vocab_size, 100 + s));
+      std::vector<int32_t> t(per_seq / kv.block_size + 1);
+      for (size_t i = 0; i < t.size(); ++i) t[i] = first_block + s * static_cast<int>(t.size()) + static_cast<int>(i);
+      tables.push_back(t);
+    }
+    std::vector<SequenceStep> step(b);
+    for (int s = 0; s < b; ++s) step[s] = {prompts[s], 0, tables[s], LogitsWanted::kLast};
+    if (auto st = backend.Forward(step, &logits); !st.ok()) return Fail(st);
+    std::vector<int32_t> next(b, 5);
+    double elapsed = 0;
+    for (int i = 0; i <= steps; ++i) {
+      for (int s = 0; s < b; ++s) step[s] = {{&next[s], 1}, context + i, tables[s], LogitsWanted::kLast};
+      start = Clock::now();
+      if (auto st = backend.Forward(step, &logits); !st.ok()) return Fail(st);
+      if (i > 0) elapsed += Since(start);  // the first decode step warms up
+    }
+    const double tps = b * steps / elapsed;
+    if (b == 1) batch1 = tps;
+    decode.push_back({{"batch", b}, {"tokens_per_s", tps}, {"step_ms", 1000 * elapsed / steps}});
+    progress.Update(++done);
+  }
+  progress.Finish();
+  const double weight_bytes = static_cast<double>(w->WeightBytesPerStep());
+  nlohmann::json out = {{"gpu", prop.name},
+                        {"model", c.DebugString()},
+                        {"weight_bytes_per_step", weight_bytes},
+                        {"device_bandwidth_bytes_per_s", *bandwidth},
+                        {"decode_context", context},
+                        {"decode", decode},
+                        {"decode_batch1_bandwidth_fraction", batch1 > 0 ? weight_bytes * batch1 / *bandwidth : 0.0},
+                        {"prefill_tokens", prompt},
+                        {"prefill_tokens_per_s", prompt / prefill_s},
+                        {"prefill_tflops", prefill_tflops},
+                        {"gemm_bf16_tflops", *gemm_tflops},
+                        {"prefill_fraction_of_gemm", prefill_tflops / *gemm_tflops}};
+  std::printf("%s\n", out.dump(2).c_str());
+  if (!absl::GetFlag(FLAGS_json).empty()) std::ofstream(absl::GetFlag(FLAGS_json)) << out.dump(2) << "\n";
+  return 0;
+}
+
+}  // namespace
+}  // namespace gemma
+
+int main(int argc, char** argv) {
+  absl::ParseCommandLine(argc, argv);
+  return gemma::Run();
+}

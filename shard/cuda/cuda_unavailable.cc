@@ -1,0 +1,14 @@
+// A build without the CUDA toolkit: the backend is named but cannot be made.
+#include "shard/cuda/cuda_backend.h"
+
+namespace gemma {
+
+bool CudaBackendBuilt() { return false; }
+int CudaDeviceCount() { return 0; }
+
+absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(std::shared_ptr<const ModelWeights>, const KvCacheOptions&,
+                                                           const CudaBackendOptions&, std::shared_ptr<Collective>) {
+  return absl::UnimplementedError("this build has no CUDA backend (nvcc was not found when it was configured)");
+}
+
+}  // namespace gemma

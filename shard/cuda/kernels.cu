@@ -1,0 +1,108 @@
+// Launchers: pick the template for the element types, size the grid, and report the launch error.
+#include "shard/cuda/kernels.cuh"
+#include "shard/cuda/kernels.h"
+
+namespace gemma::cuda {
+namespace {
+
+using kernels::kAttentionWarps;
+
+int Blocks(int64_t n, int threads) {
+  const int64_t b = (n + threads - 1) / threads;
+  return static_cast<int>(b < 65535 * 16 ? (b > 0 ? b : 1) : 65535 * 16);
+}
+
+}  // namespace
+
+cudaError_t LaunchEmbed(const uint16_t* embed, int64_t rows, int64_t hidden, const int32_t* tokens, int T,
+                        int64_t vocab_begin, float scale, float* x, cudaStream_t stream) {
+  kernels::Embed<<<T, 256, 0, stream>>>(embed, rows, hidden, tokens, vocab_begin, scale, x);
+  return cudaGetLastError();
+}
+
+cudaError_t LaunchRmsNorm(const float* x, const int32_t* rows, int R, int64_t hidden, const float* w1p, float eps,
+                          void* out, Dtype out_type, cudaStream_t stream) {
+  if (out_type == Dtype::kF32) {
+    kernels::RmsNorm<<<R, 256, 0, stream>>>(x, rows, hidden, w1p, eps, static_cast<float*>(out));
+  } else {
+    kernels::RmsNorm<<<R, 256, 0, stream>>>(x, rows, hidden, w1p, eps, static_cast<__nv_bfloat16*>(out));
+  }
+  return cudaGetLastError();
+}
+
+cudaError_t LaunchAddRmsNorm(float* x, const float* delta, int T, int64_t hidden, const float* w1p, float eps,
+                             void* out, Dtype out_type, cudaStream_t stream) {
+  if (out_type == Dtype::kF32) {
+    kernels::AddRmsNorm<<<T, 256, 0, stream>>>(x, delta, hidden, w1p, eps, static_cast<float*>(out));
+  } else {
+    kernels::AddRmsNorm<<<T, 256, 0, stream>>>(x, delta, hidden, w1p, eps, static_cast<__nv_bfloat16*>(out));
+  }
+  return cudaGetLastError();
+}
+
+cudaError_t LaunchAdd(float* x, const float* delta, int64_t n, cudaStream_t stream) {
+  kernels::Add<<<Blocks(n, 256), 256, 0, stream>>>(x, delta, n);
+  return cudaGetLastError();
+}
+
+cudaError_t LaunchRopeAndCacheWrite(float* qkv, int T, int64_t ld, int num_q, int num_kv, int head_dim,
+                                    const float* cos_sin, const int32_t* positions, const int64_t* cache_row,
+                                    int64_t head_stride, void* k_cache, void* v_cache, Dtype kv_type, float q_scale,
+                                    cudaStream_t stream) {
+  if (kv_type == Dtype::kF32) {
+    kernels::RopeAndCacheWrite<<<T, 128, 0, stream>>>(qkv, ld, num_q, num_kv, head_dim, cos_sin, positions, cache_row,
+                                                      head_stride, static_cast<float*>(k_cache),
+                                                      static_cast<float*>(v_cache), q_scale);
+  } else {
+    kernels::RopeAndCacheWrite<<<T, 128, 0, stream>>>(qkv, ld, num_q, num_kv, head_dim, cos_sin, positions, cache_row,
+                                                      head_stride, static_cast<__nv_bfloat16*>(k_cache),
+                                                      static_cast<__nv_bfloat16*>(v_cache), q_scale);
+  }
+  return cudaGetLastError();
+}
+
+cudaError_t LaunchGeluMul(const float* gate_up, int T, int64_t I, void* out, Dtype out_type, cudaStream_t stream) {
+  const int64_t n = T * I;
+  if (out_type == Dtype::kF32) {
+    kernels::GeluMul<<<Blocks(n, 256), 256, 0, stream>>>(gate_up, I, n, static_cast<float*>(out));
+  } else {
+    kernels::GeluMul<<<Blocks(n, 256), 256, 0, stream>>>(gate_up, I, n, static_cast<__nv_bfloat16*>(out));
+  }
+  return cudaGetLastError();
+}
+
+namespace {
+
+template <typename Kv, typename Out>
+void Attend(const AttentionArgs& a, cudaStream_t stream) {
+  const dim3 grid(a.T, a.num_q);
+  kernels::PagedAttention<Kv, Out><<<grid, kAttentionWarps * 32, 0, stream>>>(
+      a.qkv, a.ld, a.head_dim, a.positions, a.seq_of_token, a.block_tables, a.max_blocks,
+      static_cast<const Kv*>(a.k_cache), static_cast<const Kv*>(a.v_cache), a.block_size, a.block_stride,
+      a.head_stride, a.heads_per_kv, a.q_head_begin, a.kv_head_begin, static_cast<Out*>(a.out));
+}
+
+}  // namespace
+
+cudaError_t LaunchAttention(const AttentionArgs& a, cudaStream_t stream) {
+  if (a.head_dim > kernels::kMaxHeadDim || a.head_dim % 2 != 0) return cudaErrorInvalidValue;
+  const bool kv32 = a.kv_type == Dtype::kF32, out32 = a.out_type == Dtype::kF32;
+  if (kv32 && out32) Attend<float, float>(a, stream);
+  if (kv32 && !out32) Attend<float, __nv_bfloat16>(a, stream);
+  if (!kv32 && out32) Attend<__nv_bfloat16, float>(a, stream);
+  if (!kv32 && !out32) Attend<__nv_bfloat16, __nv_bfloat16>(a, stream);
+  return cudaGetLastError();
+}
+
+cudaError_t LaunchBf16ToF32(const uint16_t* in, float* out, int64_t n, cudaStream_t stream) {
+  kernels::Bf16ToF32<<<Blocks(n, 256), 256, 0, stream>>>(in, out, n);
+  return cudaGetLastError();
+}
+
+cudaError_t LaunchArgmaxLogprob(const float* logits, int rows, int64_t vocab, int32_t* token, float* logprob,
+                                cudaStream_t stream) {
+  kernels::ArgmaxLogprob<<<rows, 1024, 0, stream>>>(logits, vocab, token, logprob);
+  return cudaGetLastError();
+}
+
+}  // namespace gemma::cuda

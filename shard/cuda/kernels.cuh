@@ -1,0 +1,239 @@
+// The CUDA backend's kernels, header-only templates over the element types of GEMM inputs (Out) and of the KV
+// cache (Kv): float or __nv_bfloat16. The residual stream and every reduction stay in float.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cfloat>
+#include <cstdint>
+
+namespace gemma::cuda::kernels {
+
+__device__ __forceinline__ float Load(const float* p) { return *p; }
+__device__ __forceinline__ float Load(const __nv_bfloat16* p) { return __bfloat162float(*p); }
+__device__ __forceinline__ void Store(float* p, float v) { *p = v; }
+__device__ __forceinline__ void Store(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
+__device__ __forceinline__ float Bf16BitsToFloat(uint16_t bits) { return __uint_as_float(static_cast<uint32_t>(bits) << 16); }
+
+__device__ __forceinline__ float WarpSum(float v) {
+  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  return v;
+}
+
+// Sum over the block (blockDim.x a multiple of 32, at most 1024); every thread gets the result.
+__device__ __forceinline__ float BlockSum(float v) {
+  __shared__ float partial[32];
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  v = WarpSum(v);
+  __syncthreads();  // `partial` may still be read by a previous call
+  if (lane == 0) partial[warp] = v;
+  __syncthreads();
+  float total = 0;
+  for (int w = 0; w < static_cast<int>(blockDim.x / 32); ++w) total += partial[w];
+  return total;
+}
+
+__global__ void Embed(const uint16_t* embed, int64_t rows, int64_t hidden, const int32_t* tokens, int64_t vocab_begin,
+                      float scale, float* x) {
+  const int t = blockIdx.x;
+  const int64_t local = static_cast<int64_t>(tokens[t]) - vocab_begin;
+  float* out = x + t * hidden;
+  const bool mine = local >= 0 && local < rows;
+  for (int64_t i = threadIdx.x; i < hidden; i += blockDim.x) {
+    out[i] = mine ? Bf16BitsToFloat(embed[local * hidden + i]) * scale : 0.0f;
+  }
+}
+
+template <typename Out>
+__device__ void NormRow(const float* x, int64_t hidden, const float* w1p, float eps, Out* out) {
+  float ss = 0;
+  for (int64_t i = threadIdx.x; i < hidden; i += blockDim.x) ss += x[i] * x[i];
+  ss = BlockSum(ss);
+  const float inv = 1.0f / sqrtf(ss / static_cast<float>(hidden) + eps);
+  for (int64_t i = threadIdx.x; i < hidden; i += blockDim.x) Store(&out[i], x[i] * inv * w1p[i]);
+}
+
+template <typename Out>
+__global__ void RmsNorm(const float* x, const int32_t* rows, int64_t hidden, const float* w1p, float eps, Out* out) {
+  const int r = blockIdx.x;
+  const int64_t src = rows != nullptr ? rows[r] : r;
+  NormRow(x + src * hidden, hidden, w1p, eps, out + static_cast<int64_t>(r) * hidden);
+}
+
+template <typename Out>
+__global__ void AddRmsNorm(float* x, const float* delta, int64_t hidden, const float* w1p, float eps, Out* out) {
+  const int64_t t = blockIdx.x;
+  float* row = x + t * hidden;
+  for (int64_t i = threadIdx.x; i < hidden; i += blockDim.x) row[i] += delta[t * hidden + i];
+  __syncthreads();
+  NormRow(row, hidden, w1p, eps, out + t * hidden);
+}
+
+__global__ void Add(float* x, const float* delta, int64_t n) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    x[i] += delta[i];
+  }
+}
+
+template <typename Kv>
+__global__ void RopeAndCacheWrite(float* qkv, int64_t ld, int num_q, int num_kv, int head_dim, const float* cos_sin,
+                                  const int32_t* positions, const int64_t* cache_row, int64_t head_stride,
+                                  Kv* k_cache, Kv* v_cache, float q_scale) {
+  const int t = blockIdx.x;
+  const int half = head_dim / 2;
+  const float* cs = cos_sin + static_cast<int64_t>(positions[t]) * head_dim;
+  float* row = qkv + t * ld;
+  // q and k heads: rotate pairs (i, i + half); q is then scaled.
+  for (int idx = threadIdx.x; idx < (num_q + num_kv) * half; idx += blockDim.x) {
+    const int h = idx / half, i = idx % half;
+    float* head = row + static_cast<int64_t>(h) * head_dim;  // k heads follow the q heads in the row
+    const float c = cs[2 * i], s = cs[2 * i + 1];
+    const float x0 = head[i], x1 = head[i + half];
+    float r0 = x0 * c - x1 * s, r1 = x0 * s + x1 * c;
+    if (h < num_q) {
+      r0 *= q_scale;
+      r1 *= q_scale;
+    }
+    head[i] = r0;
+    head[i + half] = r1;
+  }
+  __syncthreads();
+  const float* k = row + static_cast<int64_t>(num_q) * head_dim;
+  const float* v = k + static_cast<int64_t>(num_kv) * head_dim;
+  for (int idx = threadIdx.x; idx < num_kv * head_dim; idx += blockDim.x) {
+    const int h = idx / head_dim, d = idx % head_dim;
+    const int64_t at = cache_row[t] + h * head_stride + d;
+    Store(&k_cache[at], k[idx]);
+    Store(&v_cache[at], v[idx]);
+  }
+}
+
+template <typename Out>
+__global__ void GeluMul(const float* gate_up, int64_t I, int64_t n, Out* out) {
+  for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < n;
+       e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t t = e / I, i = e % I;
+    const float g = gate_up[t * 2 * I + i], u = gate_up[t * 2 * I + I + i];
+    const float gelu = 0.5f * g * (1.0f + tanhf(0.7978845608028654f * (g + 0.044715f * g * g * g)));
+    Store(&out[e], gelu * u);
+  }
+}
+
+constexpr int kAttentionWarps = 4;
+constexpr int kMaxHeadDim = 256;
+constexpr int kDimsPerLane = kMaxHeadDim / 32;
+
+// One block per (token, q head). Each warp takes every kAttentionWarps-th cached position with an online softmax
+// (a split-K over the context inside the block); the warps' partial results are merged at the end.
+template <typename Kv, typename Out>
+__global__ void __launch_bounds__(kAttentionWarps * 32)
+    PagedAttention(const float* qkv, int64_t ld, int head_dim, const int32_t* positions, const int32_t* seq_of_token,
+                   const int32_t* block_tables, int max_blocks, const Kv* k_cache, const Kv* v_cache, int block_size,
+                   int64_t block_stride, int64_t head_stride, int heads_per_kv, int q_head_begin, int kv_head_begin,
+                   Out* out) {
+  const int t = blockIdx.x, h = blockIdx.y, num_q = gridDim.y;
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int kv_head = (q_head_begin + h) / heads_per_kv - kv_head_begin;
+  const float* q = qkv + t * ld + static_cast<int64_t>(h) * head_dim;
+  float qreg[kDimsPerLane], acc[kDimsPerLane];
+#pragma unroll
+  for (int k = 0; k < kDimsPerLane; ++k) {
+    const int d = lane + 32 * k;
+    qreg[k] = d < head_dim ? q[d] : 0.0f;
+    acc[k] = 0.0f;
+  }
+  const int32_t* blocks = block_tables + static_cast<int64_t>(seq_of_token[t]) * max_blocks;
+  const int n = positions[t] + 1;
+  float m = -FLT_MAX, l = 0.0f;
+  for (int j = warp; j < n; j += kAttentionWarps) {
+    const int64_t base = static_cast<int64_t>(blocks[j / block_size]) * block_stride + kv_head * head_stride +
+                         static_cast<int64_t>(j % block_size) * head_dim;
+    float partial = 0.0f;
+#pragma unroll
+    for (int k = 0; k < kDimsPerLane; ++k) {
+      const int d = lane + 32 * k;
+      if (d < head_dim) partial += qreg[k] * Load(&k_cache[base + d]);
+    }
+    const float s = WarpSum(partial);
+    const float m_new = fmaxf(m, s);
+    const float correction = expf(m - m_new), p = expf(s - m_new);
+    l = l * correction + p;
+#pragma unroll
+    for (int k = 0; k < kDimsPerLane; ++k) {
+      const int d = lane + 32 * k;
+      if (d < head_dim) acc[k] = acc[k] * correction + p * Load(&v_cache[base + d]);
+    }
+    m = m_new;
+  }
+  __shared__ float warp_m[kAttentionWarps], warp_l[kAttentionWarps];
+  __shared__ float warp_acc[kAttentionWarps][kMaxHeadDim];
+  if (lane == 0) {
+    warp_m[warp] = m;
+    warp_l[warp] = l;
+  }
+#pragma unroll
+  for (int k = 0; k < kDimsPerLane; ++k) {
+    const int d = lane + 32 * k;
+    if (d < head_dim) warp_acc[warp][d] = acc[k];
+  }
+  __syncthreads();
+  float m_all = -FLT_MAX;
+  for (int w = 0; w < kAttentionWarps; ++w) m_all = fmaxf(m_all, warp_m[w]);
+  float l_all = 0.0f;
+  for (int w = 0; w < kAttentionWarps; ++w) l_all += warp_l[w] * expf(warp_m[w] - m_all);
+  Out* o = out + (static_cast<int64_t>(t) * num_q + h) * head_dim;
+  for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
+    float v = 0.0f;
+    for (int w = 0; w < kAttentionWarps; ++w) v += warp_acc[w][d] * expf(warp_m[w] - m_all);
+    Store(&o[d], v / l_all);
+  }
+}
+
+__global__ void Bf16ToF32(const uint16_t* in, float* out, int64_t n) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    out[i] = Bf16BitsToFloat(in[i]);
+  }
+}
+
+// One block per row: the maximum (lowest index on ties), then log-sum-exp.
+__global__ void ArgmaxLogprob(const float* logits, int64_t vocab, int32_t* token, float* logprob) {
+  const float* row = logits + static_cast<int64_t>(blockIdx.x) * vocab;
+  float best = -FLT_MAX;
+  int64_t best_i = INT64_MAX;
+  for (int64_t i = threadIdx.x; i < vocab; i += blockDim.x) {
+    if (row[i] > best) {
+      best = row[i];
+      best_i = i;
+    }
+  }
+  __shared__ float values[1024];
+  __shared__ int64_t indices[1024];
+  values[threadIdx.x] = best;
+  indices[threadIdx.x] = best_i;
+  __syncthreads();
+  for (int stride = blockDim.x / 2; stride > 0; stride >>= 1) {
+    if (threadIdx.x < stride) {
+      const float v = values[threadIdx.x + stride];
+      const int64_t i = indices[threadIdx.x + stride];
+      if (v > values[threadIdx.x] || (v == values[threadIdx.x] && i < indices[threadIdx.x])) {
+        values[threadIdx.x] = v;
+        indices[threadIdx.x] = i;
+      }
+    }
+    __syncthreads();
+  }
+  const float max = values[0];
+  const int64_t argmax = indices[0];
+  float sum = 0;
+  for (int64_t i = threadIdx.x; i < vocab; i += blockDim.x) sum += expf(row[i] - max);
+  sum = BlockSum(sum);
+  if (threadIdx.x == 0) {
+    token[blockIdx.x] = static_cast<int32_t>(argmax);
+    logprob[blockIdx.x] = row[argmax] - max - logf(sum);
+  }
+}
+
+}  // namespace gemma::cuda::kernels

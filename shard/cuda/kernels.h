@@ -1,0 +1,70 @@
+// Launchers of the CUDA backend's kernels (shard/cuda/kernels.cuh), callable from plain C++: device pointers,
+// a stream, and the element type of activations that feed GEMMs and of the KV cache. Each returns the launch error.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace gemma::cuda {
+
+enum class Dtype { kF32, kBf16 };
+inline int DtypeBytes(Dtype t) { return t == Dtype::kF32 ? 4 : 2; }
+
+// x[t, :] = embed[tokens[t] - vocab_begin, :] * scale (bf16 rows), or zeros when the row is another rank's.
+cudaError_t LaunchEmbed(const uint16_t* embed, int64_t rows, int64_t hidden, const int32_t* tokens, int T,
+                        int64_t vocab_begin, float scale, float* x, cudaStream_t stream);
+
+// out[r, :] = x[rows[r], :] * rsqrt(mean(x^2) + eps) * w1p (rows null: r itself), written as `out_type`.
+cudaError_t LaunchRmsNorm(const float* x, const int32_t* rows, int R, int64_t hidden, const float* w1p, float eps,
+                          void* out, Dtype out_type, cudaStream_t stream);
+
+// x += delta, then out = RmsNorm(x) as above: the residual add fused with the next norm.
+cudaError_t LaunchAddRmsNorm(float* x, const float* delta, int T, int64_t hidden, const float* w1p, float eps,
+                             void* out, Dtype out_type, cudaStream_t stream);
+
+// x[i] += delta[i].
+cudaError_t LaunchAdd(float* x, const float* delta, int64_t n, cudaStream_t stream);
+
+// For token t (row t of qkv, [q heads | k heads | v heads] x head_dim each): rotates q and k (half-split RoPE,
+// cos/sin from the table [positions][head_dim/2][2]), scales q by q_scale, and writes k and v to the cache at
+// cache_row[t] + kv_head * head_stride (layer bases k_cache, v_cache).
+cudaError_t LaunchRopeAndCacheWrite(float* qkv, int T, int64_t ld, int num_q, int num_kv, int head_dim,
+                                    const float* cos_sin, const int32_t* positions, const int64_t* cache_row,
+                                    int64_t head_stride, void* k_cache, void* v_cache, Dtype kv_type, float q_scale,
+                                    cudaStream_t stream);
+
+// out[t, :] = gelu_tanh(gate_up[t, :I]) * gate_up[t, I:2I].
+cudaError_t LaunchGeluMul(const float* gate_up, int T, int64_t I, void* out, Dtype out_type, cudaStream_t stream);
+
+// Causal attention of each token's q heads over its sequence's cached rows 0..positions[t] (paged: row j of a kv
+// head at base + block_tables[seq][j / block_size] * block_stride + kv_head * head_stride + (j % block_size) * D).
+// q head h of this rank reads kv head (q_head_begin + h) / heads_per_kv - kv_head_begin. out: [T, num_q * D].
+struct AttentionArgs {
+  const float* qkv;
+  int64_t ld;
+  int T, num_q, head_dim;
+  const int32_t* positions;
+  const int32_t* seq_of_token;
+  const int32_t* block_tables;  // [sequences][max_blocks]
+  int max_blocks;
+  const void* k_cache;
+  const void* v_cache;
+  Dtype kv_type;
+  int block_size;
+  int64_t block_stride, head_stride;
+  int heads_per_kv, q_head_begin, kv_head_begin;
+  void* out;
+  Dtype out_type;
+};
+cudaError_t LaunchAttention(const AttentionArgs& args, cudaStream_t stream);
+
+// out[i] = float(in[i]) for bf16 bit patterns.
+cudaError_t LaunchBf16ToF32(const uint16_t* in, float* out, int64_t n, cudaStream_t stream);
+
+// Greedy choice and its log-probability per row of logits [rows, vocab]: token[r] = argmax (lowest id on ties),
+// logprob[r] = log_softmax(row)[token].
+cudaError_t LaunchArgmaxLogprob(const float* logits, int rows, int64_t vocab, int32_t* token, float* logprob,
+                                cudaStream_t stream);
+
+}  // namespace gemma::cuda
