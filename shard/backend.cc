@@ -67,4 +67,17 @@ void PlaceVocabSlices(const float* gathered, int world, int64_t rows, int64_t sl
   }
 }
 
+absl::Status Backend::ForwardAndSample(std::span<const SequenceStep> batch, std::span<const RowSample> samples, bool,
+                                       StepLogits* out, std::vector<SampledToken>* tokens) {
+  if (auto s = Forward(batch, out); !s.ok()) return s;
+  tokens->clear();
+  const int vocab = config().vocab_size;
+  for (const RowSample& r : samples) {
+    const float* row = out->Row(r.row);
+    const int token = SampleAt(r.params, r.position, row, vocab);
+    tokens->push_back({token, static_cast<float>(LogProbOf(row, vocab, token))});
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace gemma

@@ -7,6 +7,7 @@
 
 #include "absl/status/status.h"
 #include "shard/model_config.h"
+#include "shard/sampler.h"
 
 namespace gemma {
 
@@ -39,6 +40,17 @@ struct StepTimings {
   double other_seconds = 0;
 };
 
+// One logits row to turn into a token where the logits are (on a GPU: without copying them to the host).
+struct RowSample {
+  int row = 0;              // index into the step's logits rows
+  SamplingParams params;    // penalties are not applied here (they need the sequence's history on the host)
+  int64_t position = 0;     // the position the token takes; with the seed, it fixes the draw
+};
+struct SampledToken {
+  int32_t token = -1;
+  float logprob = 0;  // log-softmax of the unmodified logits
+};
+
 // Adds wall time to whichever counter is current. Not thread-safe.
 class StageTimer {
  public:
@@ -62,6 +74,11 @@ class Backend {
   // the vocabulary, positions past the context, or block tables too short or
   // holding ids outside the pool. Nothing is written when it fails validation.
   virtual absl::Status Forward(std::span<const SequenceStep> batch, StepLogits* out) = 0;
+  // Forward, then one token for each of `samples`, drawn where the logits are. With `logits_to_host` false,
+  // out->values may be left empty (nothing on the host reads them). The default samples on the host (SampleAt),
+  // the same draws as the host sampler gives; a device may draw differently, but as reproducibly.
+  virtual absl::Status ForwardAndSample(std::span<const SequenceStep> batch, std::span<const RowSample> samples,
+                                        bool logits_to_host, StepLogits* out, std::vector<SampledToken>* tokens);
   // Timings of the last Forward.
   virtual StepTimings last_timings() const = 0;
 };

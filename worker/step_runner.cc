@@ -51,9 +51,30 @@ absl::StatusOr<worker::v1::StepResponse> RunStep(Backend& backend, const worker:
     step.logits = s.score_targets_size() > 0 ? LogitsWanted::kAll : s.sample() ? LogitsWanted::kLast : LogitsWanted::kNone;
     steps.push_back(step);
   }
+  // Rows that need nothing but a draw are sampled by the backend (on a GPU, where the logits are); the others
+  // (penalties, top log-probs, scoring) read the logits on the host.
+  std::vector<RowSample> plain;
+  std::vector<int> plain_of(request.sequences_size(), -1);
+  bool host_needs_logits = false;
+  {
+    int row = 0;
+    for (int i = 0; i < request.sequences_size(); ++i) {
+      const auto& s = request.sequences(i);
+      const int rows = steps[i].logits == LogitsWanted::kAll ? s.tokens_size() : steps[i].logits == LogitsWanted::kLast ? 1 : 0;
+      const SamplingParams params = FromProto(s.sampling());
+      if (s.sample() && s.score_targets_size() == 0 && !params.has_penalties() && s.top_logprobs() == 0) {
+        plain_of[i] = static_cast<int>(plain.size());
+        plain.push_back({row + rows - 1, params, static_cast<int64_t>(s.start_pos()) + s.tokens_size()});
+      } else if (rows > 0) {
+        host_needs_logits = true;
+      }
+      row += rows;
+    }
+  }
   StepLogits logits;
+  std::vector<SampledToken> sampled;
   const auto start = std::chrono::steady_clock::now();
-  if (auto st = backend.Forward(steps, &logits); !st.ok()) return st;
+  if (auto st = backend.ForwardAndSample(steps, plain, host_needs_logits, &logits, &sampled); !st.ok()) return st;
   worker::v1::StepResponse response;
   auto* t = response.mutable_timings();
   t->set_forward_seconds(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
@@ -66,6 +87,12 @@ absl::StatusOr<worker::v1::StepResponse> RunStep(Backend& backend, const worker:
     const auto& s = request.sequences(i);
     auto* r = response.add_results();
     r->set_sequence_id(s.sequence_id());
+    if (plain_of[i] >= 0) {
+      r->set_sampled(true);
+      r->set_token(sampled[plain_of[i]].token);
+      r->set_logprob(sampled[plain_of[i]].logprob);
+      continue;
+    }
     if (steps[i].logits == LogitsWanted::kNone) continue;
     const int first = logits.row_begin[i];
     for (int j = 0; j < s.score_targets_size(); ++j) {

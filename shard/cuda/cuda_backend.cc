@@ -52,7 +52,13 @@ class CudaBackend final : public Backend {
   const ModelConfig& config() const override { return weights_->config(); }
   int num_kv_blocks() const override { return num_blocks_; }
   int kv_block_size() const override { return block_size_; }
-  absl::Status Forward(std::span<const SequenceStep> batch, StepLogits* out) override;
+  absl::Status Forward(std::span<const SequenceStep> batch, StepLogits* out) override {
+    std::vector<SampledToken> none;
+    return ForwardAndSample(batch, {}, true, out, &none);
+  }
+  // Draws on the device from the logits there; copies logits to the host only when asked.
+  absl::Status ForwardAndSample(std::span<const SequenceStep> batch, std::span<const RowSample> samples,
+                                bool logits_to_host, StepLogits* out, std::vector<SampledToken>* tokens) override;
   StepTimings last_timings() const override { return timings_; }
 
  private:
@@ -78,7 +84,7 @@ class CudaBackend final : public Backend {
   DeviceBuffer kv_;           // [blocks][layers][2][kv heads][block][head_dim]
   int block_size_ = 16, num_blocks_ = 0;
   int64_t block_stride_ = 0, head_stride_ = 0, layer_stride_ = 0;
-  Scratch x_, xn_, qkv_, attn_, proj_, gate_up_, act_buf_, logits_, gathered_, meta_;
+  Scratch x_, xn_, qkv_, attn_, proj_, gate_up_, act_buf_, logits_, gathered_, placed_, meta_, sampling_;
   void* host_meta_ = nullptr;
   size_t host_meta_bytes_ = 0;
   StepTimings timings_;
@@ -220,7 +226,8 @@ absl::Status CudaBackend::RowParallel(const void* in, int64_t T, int64_t K, cons
   return AllReduce(out, T * H);
 }
 
-absl::Status CudaBackend::Forward(std::span<const SequenceStep> batch, StepLogits* out) {
+absl::Status CudaBackend::ForwardAndSample(std::span<const SequenceStep> batch, std::span<const RowSample> samples,
+                                          bool logits_to_host, StepLogits* out, std::vector<SampledToken>* sampled) {
   const ModelConfig& c = config();
   timings_ = {};
   StageTimer timer(&timings_.other_seconds);
@@ -366,9 +373,11 @@ absl::Status CudaBackend::Forward(std::span<const SequenceStep> batch, StepLogit
   GEMMA_CUDA_RETURN_IF_ERROR(cuda::LaunchAdd(xf, projf, T * H, stream_));
 
   out->vocab_size = c.vocab_size;
-  out->values.resize(static_cast<size_t>(R) * c.vocab_size);
+  out->values.resize(logits_to_host ? static_cast<size_t>(R) * c.vocab_size : 0);
+  sampled->clear();
   if (R == 0) {
     GEMMA_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
+    if (!samples.empty()) return absl::InvalidArgumentError("samples asked of a step that wants no logits");
     return absl::OkStatus();
   }
   GEMMA_CUDA_RETURN_IF_ERROR(cuda::LaunchRmsNorm(xf, d_rows, static_cast<int>(R), H, final_norm_.as<float>(),
@@ -380,22 +389,61 @@ absl::Status CudaBackend::Forward(std::span<const SequenceStep> batch, StepLogit
   timer.Switch(&timings_.matmul_seconds);
   if (auto s = gemm_->Run(*xn, head, H, logitsf, slice, R, embed.rows, H, act_, stream_); !s.ok()) return s;
   timer.Switch(&timings_.other_seconds);
-  if (tp.world == 1) {
-    GEMMA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(out->values.data(), logitsf, R * c.vocab_size * 4,
-                                               cudaMemcpyDeviceToHost, stream_));
+  // Logits in vocabulary order on the device: this rank's own, or every rank's slice gathered and placed.
+  float* device_logits = logitsf;
+  if (tp.world > 1) {
+    auto gathered = gathered_.At(static_cast<size_t>(tp.world) * R * slice * 4, "gathered logits");
+    auto placed = placed_.At(static_cast<size_t>(R) * c.vocab_size * 4, "logits");
+    if (!gathered.ok()) return gathered.status();
+    if (!placed.ok()) return placed.status();
     GEMMA_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
-    return absl::OkStatus();
+    timer.Switch(&timings_.collective_seconds);
+    if (auto s = collective_->AllGather(logitsf, R * slice, static_cast<float*>(*gathered)); !s.ok()) return s;
+    timer.Switch(&timings_.other_seconds);
+    device_logits = static_cast<float*>(*placed);
+    for (int r = 0; r < tp.world; ++r) {
+      const int64_t begin = std::min<int64_t>(c.vocab_size, r * slice);
+      const int64_t count = std::min<int64_t>(c.vocab_size, (r + 1) * slice) - begin;
+      if (count <= 0) continue;
+      GEMMA_CUDA_RETURN_IF_ERROR(cudaMemcpy2DAsync(device_logits + begin, c.vocab_size * 4,
+                                                   static_cast<float*>(*gathered) + static_cast<int64_t>(r) * R * slice,
+                                                   slice * 4, count * 4, R, cudaMemcpyDeviceToDevice, stream_));
+    }
   }
-  // Vocab-parallel logits: every rank's padded slice, gathered, then placed in vocabulary order.
-  auto gathered = gathered_.At(static_cast<size_t>(tp.world) * R * slice * 4, "gathered logits");
-  if (!gathered.ok()) return gathered.status();
+  if (!samples.empty()) {
+    const size_t n = samples.size();
+    const size_t param_bytes = n * sizeof(cuda::RowSampling), result_bytes = n * 8;
+    auto buffer = sampling_.At(param_bytes + result_bytes, "sampling");
+    if (!buffer.ok()) return buffer.status();
+    std::vector<cuda::RowSampling> params(n);
+    for (size_t i = 0; i < n; ++i) {
+      const RowSample& r = samples[i];
+      if (r.row < 0 || r.row >= R) {
+        return absl::InvalidArgumentError(absl::StrCat("sample row ", r.row, " is outside the step's ", R, " logits rows"));
+      }
+      params[i] = {r.row, r.params.temperature, r.params.top_k, r.params.top_p, r.params.seed, r.position};
+    }
+    char* base = static_cast<char*>(*buffer);
+    auto* d_params = reinterpret_cast<cuda::RowSampling*>(base);
+    auto* d_tokens = reinterpret_cast<int32_t*>(base + param_bytes);
+    auto* d_logprobs = reinterpret_cast<float*>(base + param_bytes + n * 4);
+    GEMMA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(d_params, params.data(), param_bytes, cudaMemcpyHostToDevice, stream_));
+    GEMMA_CUDA_RETURN_IF_ERROR(cuda::LaunchSampleRows(device_logits, static_cast<int>(n), c.vocab_size, d_params,
+                                                      d_tokens, d_logprobs, stream_));
+    std::vector<int32_t> ids(n);
+    std::vector<float> lps(n);
+    GEMMA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(ids.data(), d_tokens, n * 4, cudaMemcpyDeviceToHost, stream_));
+    GEMMA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(lps.data(), d_logprobs, n * 4, cudaMemcpyDeviceToHost, stream_));
+    GEMMA_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
+    for (size_t i = 0; i < n; ++i) sampled->push_back({ids[i], lps[i]});
+  }
+  if (logits_to_host) {
+    GEMMA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(out->values.data(), device_logits, R * c.vocab_size * 4,
+                                               cudaMemcpyDeviceToHost, stream_));
+  } else {
+    out->values.clear();
+  }
   GEMMA_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
-  timer.Switch(&timings_.collective_seconds);
-  if (auto s = collective_->AllGather(logitsf, R * slice, static_cast<float*>(*gathered)); !s.ok()) return s;
-  timer.Switch(&timings_.other_seconds);
-  std::vector<float> host(static_cast<size_t>(tp.world) * R * slice);
-  GEMMA_CUDA_RETURN_IF_ERROR(cudaMemcpy(host.data(), *gathered, host.size() * 4, cudaMemcpyDeviceToHost));
-  PlaceVocabSlices(host.data(), tp.world, R, slice, c.vocab_size, out->values.data());
   return absl::OkStatus();
 }
 

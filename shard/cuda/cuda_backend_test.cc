@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstring>
 #include <random>
+#include <set>
 
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
@@ -216,6 +217,72 @@ TEST_F(CudaBackendDeviceTest, Bf16GreedyTokensDoNotDependOnTheBatch) {
   ASSERT_EQ(alone.size(), 1u);
   ASSERT_EQ(together.size(), prompts.size());
   EXPECT_EQ(alone[0], together[0]);
+}
+
+// Tokens drawn on the device: greedy is the argmax with its log-prob; top-k and top-p stay inside their sets; the
+// same (seed, position) gives the same token; many positions follow the softmax.
+TEST_F(CudaBackendDeviceTest, DeviceSamplingFollowsTheLogits) {
+  auto backend = OpenCuda(GemmaTinyDir() + "/tiny-mqa", CudaPrecision::kF32);
+  ASSERT_NE(backend, nullptr);
+  const int vocab = backend->config().vocab_size;
+  const std::vector<int32_t> ids = {2, 3791, 323, 17};
+  const auto blocks = Blocks(ids.size(), 16);
+  SequenceStep step{ids, 0, blocks, LogitsWanted::kLast};
+  std::vector<RowSample> samples;
+  RowSample greedy;
+  samples.push_back(greedy);
+  RowSample top_k;
+  top_k.params.temperature = 1.0f;
+  top_k.params.top_k = 5;
+  top_k.params.seed = 11;
+  RowSample top_p;
+  top_p.params.temperature = 1.0f;
+  top_p.params.top_p = 0.5f;
+  top_p.params.seed = 12;
+  RowSample full;
+  full.params.temperature = 1.0f;
+  full.params.seed = 13;
+  const int draws = 4000;
+  for (int i = 0; i < 200; ++i) {
+    top_k.position = top_p.position = i;
+    samples.push_back(top_k);
+    samples.push_back(top_p);
+  }
+  for (int i = 0; i < draws; ++i) {
+    full.position = i;
+    samples.push_back(full);
+  }
+  StepLogits logits;
+  std::vector<SampledToken> tokens, again;
+  ASSERT_TRUE(backend->ForwardAndSample({&step, 1}, samples, true, &logits, &tokens).ok());
+  ASSERT_EQ(tokens.size(), samples.size());
+  const float* row = logits.Row(0);
+  const auto lp = LogSoftmax(row, vocab);
+  EXPECT_EQ(tokens[0].token, Argmax(row, vocab));
+  EXPECT_NEAR(tokens[0].logprob, lp[tokens[0].token], 1e-3);
+  std::vector<int> order(vocab);
+  for (int i = 0; i < vocab; ++i) order[i] = i;
+  std::sort(order.begin(), order.end(), [&](int a, int b) { return row[a] > row[b]; });
+  std::set<int> top5(order.begin(), order.begin() + 5), nucleus;
+  double mass = 0;
+  for (int id : order) {
+    nucleus.insert(id);
+    mass += std::exp(lp[id]);
+    if (mass >= 0.5) break;
+  }
+  for (int i = 0; i < 200; ++i) {
+    EXPECT_TRUE(top5.count(tokens[1 + 2 * i].token)) << tokens[1 + 2 * i].token;
+    EXPECT_TRUE(nucleus.count(tokens[2 + 2 * i].token)) << tokens[2 + 2 * i].token;
+  }
+  std::vector<int> counts(vocab, 0);
+  for (int i = 0; i < draws; ++i) ++counts[tokens[401 + i].token];
+  for (int id : std::vector<int>(order.begin(), order.begin() + 3)) {
+    const double p = std::exp(lp[id]);
+    EXPECT_NEAR(counts[id] / double(draws), p, 4 * std::sqrt(p * (1 - p) / draws) + 1e-3) << "token " << id;
+  }
+  ASSERT_TRUE(backend->ForwardAndSample({&step, 1}, samples, false, &logits, &again).ok());
+  EXPECT_TRUE(logits.values.empty()) << "logits stay on the device when not asked for";
+  for (size_t i = 0; i < tokens.size(); ++i) ASSERT_EQ(tokens[i].token, again[i].token) << "draw " << i;
 }
 
 TEST_F(CudaBackendDeviceTest, TensorParallelOneOverNcclGivesTheSameLogits) {

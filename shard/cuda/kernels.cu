@@ -105,4 +105,13 @@ cudaError_t LaunchArgmaxLogprob(const float* logits, int rows, int64_t vocab, in
   return cudaGetLastError();
 }
 
+static_assert(sizeof(RowSampling) == sizeof(kernels::RowSamplingParams));
+
+cudaError_t LaunchSampleRows(const float* logits, int rows, int64_t vocab, const RowSampling* params, int32_t* token,
+                             float* logprob, cudaStream_t stream) {
+  kernels::SampleRows<<<rows, 1024, 0, stream>>>(logits, vocab, reinterpret_cast<const kernels::RowSamplingParams*>(params),
+                                                  token, logprob);
+  return cudaGetLastError();
+}
+
 }  // namespace gemma::cuda

@@ -236,4 +236,143 @@ __global__ void ArgmaxLogprob(const float* logits, int64_t vocab, int32_t* token
   }
 }
 
+// Per-row sampling parameters for SampleRows (plain data, shared with the launcher).
+struct RowSamplingParams {
+  int row;            // which row of the logits
+  float temperature;  // 0: greedy
+  int top_k;          // 0: no limit
+  float top_p;        // (0, 1]
+  uint64_t seed;
+  int64_t position;
+};
+
+__device__ __forceinline__ uint64_t SplitMix64(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ull;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+
+__device__ __forceinline__ float BlockMax(float v) {
+  __shared__ float partial[32];
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  for (int offset = 16; offset > 0; offset >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, offset));
+  __syncthreads();
+  if (lane == 0) partial[warp] = v;
+  __syncthreads();
+  float m = -FLT_MAX;
+  for (int w = 0; w < static_cast<int>(blockDim.x / 32); ++w) m = fmaxf(m, partial[w]);
+  return m;
+}
+
+// One block per row: draws a token from softmax(logits / temperature) restricted to the top_k largest logits and
+// then to the smallest set of largest logits whose mass reaches top_p (thresholds found by bisection on the logit
+// value, no sort), with a uniform number derived from (seed, position) only; greedy (lowest id on ties) when the
+// temperature is 0. logprob is the chosen token's log-softmax at temperature 1 (the model's own).
+__global__ void SampleRows(const float* logits, int64_t vocab, const RowSamplingParams* params, int32_t* token,
+                           float* logprob) {
+  const RowSamplingParams p = params[blockIdx.x];
+  const float* x = logits + static_cast<int64_t>(p.row) * vocab;
+  float local_max = -FLT_MAX, local_min = FLT_MAX;
+  for (int64_t i = threadIdx.x; i < vocab; i += blockDim.x) {
+    local_max = fmaxf(local_max, x[i]);
+    local_min = fminf(local_min, x[i]);
+  }
+  const float m = BlockMax(local_max);
+  const float lo_all = -BlockMax(-local_min);
+  float z = 0;
+  for (int64_t i = threadIdx.x; i < vocab; i += blockDim.x) z += expf(x[i] - m);
+  const float lse = logf(BlockSum(z));
+  __shared__ int64_t chosen;
+  if (p.temperature == 0.0f) {
+    if (threadIdx.x == 0) chosen = INT64_MAX;
+    __syncthreads();
+    for (int64_t i = threadIdx.x; i < vocab; i += blockDim.x) {
+      if (x[i] == m) atomicMin(reinterpret_cast<unsigned long long*>(&chosen), static_cast<unsigned long long>(i));
+    }
+    __syncthreads();
+  } else {
+    const float inv_t = 1.0f / p.temperature;
+    // Threshold for top-k: the largest value v with at least k logits >= v.
+    float threshold = lo_all;
+    if (p.top_k > 0 && p.top_k < vocab) {
+      float lo = lo_all, hi = m;
+      for (int iter = 0; iter < 40; ++iter) {
+        const float mid = lo + (hi - lo) * 0.5f;
+        float count = 0;
+        for (int64_t i = threadIdx.x; i < vocab; i += blockDim.x) count += x[i] >= mid ? 1.0f : 0.0f;
+        if (BlockSum(count) >= p.top_k) lo = mid; else hi = mid;
+      }
+      threshold = lo;
+    }
+    auto mass_from = [&](float v) {
+      float s = 0;
+      for (int64_t i = threadIdx.x; i < vocab; i += blockDim.x) s += x[i] >= v ? expf((x[i] - m) * inv_t) : 0.0f;
+      return BlockSum(s);
+    };
+    if (p.top_p < 1.0f) {
+      // Top-p within the top-k set: the largest v whose mass reaches top_p of the set's mass.
+      const float target = p.top_p * mass_from(threshold);
+      float lo = threshold, hi = m;
+      for (int iter = 0; iter < 40; ++iter) {
+        const float mid = lo + (hi - lo) * 0.5f;
+        if (mass_from(mid) >= target) lo = mid; else hi = mid;
+      }
+      threshold = lo;
+    }
+    // Inverse CDF over the kept logits in index order: per-thread contiguous chunks, then a scan of chunk sums.
+    const float kept = mass_from(threshold);
+    const double u = static_cast<double>(SplitMix64(p.seed ^ (static_cast<uint64_t>(p.position) * 0xd1b54a32d192ed03ull)) >> 11) *
+                     (1.0 / 9007199254740992.0);
+    const float target = static_cast<float>(u) * kept;
+    const int64_t chunk = (vocab + blockDim.x - 1) / blockDim.x;
+    const int64_t begin = threadIdx.x * chunk, end = min(vocab, begin + chunk);
+    float own = 0;
+    int64_t last_kept = -1;
+    for (int64_t i = begin; i < end; ++i) {
+      if (x[i] >= threshold) {
+        own += expf((x[i] - m) * inv_t);
+        last_kept = i;
+      }
+    }
+    __shared__ float sums[1024];
+    __shared__ int64_t last[1024];
+    sums[threadIdx.x] = own;
+    last[threadIdx.x] = last_kept;
+    if (threadIdx.x == 0) chosen = -1;
+    __syncthreads();
+    if (threadIdx.x == 0) {  // exclusive scan of 1024 sums: cheap beside the passes above
+      float run = 0;
+      int64_t fallback = -1;
+      for (unsigned t = 0; t < blockDim.x; ++t) {
+        const float next = run + sums[t];
+        if (last[t] >= 0) fallback = last[t];
+        sums[t] = run;
+        run = next;
+      }
+      last[0] = fallback;  // rounding can leave target beyond the total: the last kept token then
+    }
+    __syncthreads();
+    const float start = sums[threadIdx.x];
+    if (own > 0 && target >= start && target < start + own) {
+      float cum = start;
+      for (int64_t i = begin; i < end; ++i) {
+        if (x[i] < threshold) continue;
+        cum += expf((x[i] - m) * inv_t);
+        if (target < cum) {
+          chosen = i;
+          break;
+        }
+      }
+    }
+    __syncthreads();
+    if (threadIdx.x == 0 && chosen < 0) chosen = last[0];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) {
+    token[blockIdx.x] = static_cast<int32_t>(chosen);
+    logprob[blockIdx.x] = x[chosen] - m - lse;
+  }
+}
+
 }  // namespace gemma::cuda::kernels

@@ -67,4 +67,17 @@ cudaError_t LaunchBf16ToF32(const uint16_t* in, float* out, int64_t n, cudaStrea
 cudaError_t LaunchArgmaxLogprob(const float* logits, int rows, int64_t vocab, int32_t* token, float* logprob,
                                 cudaStream_t stream);
 
+// Draws one token per logits row on the device (see kernels::SampleRows): greedy, temperature, top-k, top-p,
+// seeded by (seed, position). params: device array of `rows` entries, each naming its logits row.
+struct RowSampling {
+  int row;
+  float temperature;
+  int top_k;
+  float top_p;
+  uint64_t seed;
+  int64_t position;
+};
+cudaError_t LaunchSampleRows(const float* logits, int rows, int64_t vocab, const RowSampling* params, int32_t* token,
+                             float* logprob, cudaStream_t stream);
+
 }  // namespace gemma::cuda
