@@ -248,8 +248,9 @@ absl::Status CudaBackend::ForwardAndSample(std::span<const SequenceStep> batch, 
   std::vector<int32_t> logit_rows;
   out->row_begin.clear();
   const int64_t B = static_cast<int64_t>(batch.size());
-  const size_t meta_bytes = static_cast<size_t>(T) * (3 * 4 + 8) + static_cast<size_t>(B * max_blocks) * 4 +
-                            static_cast<size_t>(T) * 4;
+  // int64 cache_row[T], then int32 tokens, positions, seq_of_token, logit rows, single tokens, tile firsts, tile
+  // counts (T each, at most), then the block tables [B][max_blocks].
+  const size_t meta_bytes = static_cast<size_t>(T) * (8 + 7 * 4) + static_cast<size_t>(B * max_blocks) * 4;
   if (host_meta_bytes_ < meta_bytes) {
     if (host_meta_ != nullptr) cudaFreeHost(host_meta_);
     host_meta_ = nullptr;
@@ -261,7 +262,11 @@ absl::Status CudaBackend::ForwardAndSample(std::span<const SequenceStep> batch, 
   int32_t* positions = tokens + T;
   int32_t* seq_of_token = positions + T;
   int32_t* rows = seq_of_token + T;
-  int32_t* tables = rows + T;
+  int32_t* single = rows + T;
+  int32_t* tile_first = single + T;
+  int32_t* tile_count = tile_first + T;
+  int32_t* tables = tile_count + T;
+  int num_single = 0, num_tiles = 0;
   {
     int64_t t = 0;
     for (int64_t i = 0; i < B; ++i) {
@@ -269,6 +274,15 @@ absl::Status CudaBackend::ForwardAndSample(std::span<const SequenceStep> batch, 
       out->row_begin.push_back(static_cast<int>(logit_rows.size()));
       std::fill(tables + i * max_blocks, tables + (i + 1) * max_blocks, 0);
       std::copy(s.block_table.begin(), s.block_table.end(), tables + i * max_blocks);
+      // Attention work: a lone token decodes; several are cut into tiles of consecutive tokens.
+      if (s.tokens.size() == 1) {
+        single[num_single++] = static_cast<int32_t>(t);
+      } else {
+        for (size_t j = 0; j < s.tokens.size(); j += cuda::kAttentionTileQueries) {
+          tile_first[num_tiles] = static_cast<int32_t>(t + j);
+          tile_count[num_tiles++] = static_cast<int32_t>(std::min<size_t>(cuda::kAttentionTileQueries, s.tokens.size() - j));
+        }
+      }
       for (size_t j = 0; j < s.tokens.size(); ++j, ++t) {
         const int32_t pos = s.start_pos + static_cast<int32_t>(j);
         tokens[t] = s.tokens[j];
@@ -292,7 +306,10 @@ absl::Status CudaBackend::ForwardAndSample(std::span<const SequenceStep> batch, 
   int32_t* d_positions = d_tokens + T;
   int32_t* d_seq = d_positions + T;
   int32_t* d_rows = d_seq + T;
-  int32_t* d_tables = d_rows + T;
+  int32_t* d_single = d_rows + T;
+  int32_t* d_tile_first = d_single + T;
+  int32_t* d_tile_count = d_tile_first + T;
+  int32_t* d_tables = d_tile_count + T;
 
   auto x = x_.At(T * H * 4, "activations");
   auto xn = xn_.At(std::max(T, R) * H * ab, "activations");
@@ -338,9 +355,13 @@ absl::Status CudaBackend::ForwardAndSample(std::span<const SequenceStep> batch, 
     cuda::AttentionArgs a{};
     a.qkv = qkvf;
     a.ld = qkv_ld;
-    a.T = static_cast<int>(T);
     a.num_q = tp.num_q_heads;
     a.head_dim = static_cast<int>(D);
+    a.single_tokens = d_single;
+    a.num_single = num_single;
+    a.tile_first = d_tile_first;
+    a.tile_count = d_tile_count;
+    a.num_tiles = num_tiles;
     a.positions = d_positions;
     a.seq_of_token = d_seq;
     a.block_tables = d_tables;
@@ -472,9 +493,10 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(std::shared_ptr<const
   if (collective == nullptr) collective = MakeSingleRankCollective();
   const TensorParallel& tp = weights->tp();
   if (auto s = CheckCollectiveRank(*collective, tp.rank, tp.world); !s.ok()) return s;
-  if (weights->config().head_dim > 256 || weights->config().head_dim % 2 != 0) {
+  if (weights->config().head_dim > 256 || weights->config().head_dim % 4 != 0) {
     return absl::InvalidArgumentError(absl::StrCat("head_dim ", weights->config().head_dim,
-                                                   " is not supported by the CUDA attention kernel; allowed: even, <= 256"));
+                                                   " is not supported by the CUDA attention kernels; allowed: a "
+                                                   "multiple of 4, at most 256"));
   }
   auto backend = std::make_unique<CudaBackend>(std::move(weights), std::move(collective), options);
   if (auto s = backend->Init(kv_options); !s.ok()) return s;

@@ -134,9 +134,12 @@ int Run() {
   auto start = Clock::now();
   if (auto s = backend.Forward({&pre, 1}, &logits); !s.ok()) return Fail(s);
   const double prefill_s = Since(start);
+  // Every weight once per token, except the output projection (the embedding), applied to the last token only.
   const double params = static_cast<double>(w->WeightBytesPerStep()) / 2;
+  const double head_params = static_cast<double>(c.vocab_size) * c.hidden_size;
   const double attention_flops = 2.0 * c.num_layers * c.num_heads * c.head_dim * double(prompt) * prompt;  // QK^T + PV, causal
-  const double prefill_tflops = (2.0 * params * prompt + attention_flops) / prefill_s / 1e12;
+  const double prefill_tflops =
+      (2.0 * (params - head_params) * prompt + 2.0 * head_params + attention_flops) / prefill_s / 1e12;
 
   nlohmann::json decode = nlohmann::json::array();
   Progress progress("decode sweep", static_cast<int64_t>(batches.size()));

@@ -73,19 +73,30 @@ cudaError_t LaunchGeluMul(const float* gate_up, int T, int64_t I, void* out, Dty
 
 namespace {
 
+static_assert(kAttentionTileQueries == kernels::kTileQueries);
+
 template <typename Kv, typename Out>
 void Attend(const AttentionArgs& a, cudaStream_t stream) {
-  const dim3 grid(a.T, a.num_q);
-  kernels::PagedAttention<Kv, Out><<<grid, kAttentionWarps * 32, 0, stream>>>(
-      a.qkv, a.ld, a.head_dim, a.positions, a.seq_of_token, a.block_tables, a.max_blocks,
-      static_cast<const Kv*>(a.k_cache), static_cast<const Kv*>(a.v_cache), a.block_size, a.block_stride,
-      a.head_stride, a.heads_per_kv, a.q_head_begin, a.kv_head_begin, static_cast<Out*>(a.out));
+  const auto* k = static_cast<const Kv*>(a.k_cache);
+  const auto* v = static_cast<const Kv*>(a.v_cache);
+  auto* out = static_cast<Out*>(a.out);
+  if (a.num_single > 0) {
+    kernels::PagedAttention<Kv, Out><<<dim3(a.num_single, a.num_q), kAttentionWarps * 32, 0, stream>>>(
+        a.single_tokens, a.qkv, a.ld, a.head_dim, a.positions, a.seq_of_token, a.block_tables, a.max_blocks, k, v,
+        a.block_size, a.block_stride, a.head_stride, a.heads_per_kv, a.q_head_begin, a.kv_head_begin, a.num_q, out);
+  }
+  if (a.num_tiles > 0) {
+    kernels::TiledAttention<Kv, Out><<<dim3(a.num_tiles, a.num_q), kernels::kTileQueries * kernels::kPartsPerQuery, 0,
+                                       stream>>>(
+        a.tile_first, a.tile_count, a.qkv, a.ld, a.head_dim, a.positions, a.seq_of_token, a.block_tables, a.max_blocks,
+        k, v, a.block_size, a.block_stride, a.head_stride, a.heads_per_kv, a.q_head_begin, a.kv_head_begin, a.num_q, out);
+  }
 }
 
 }  // namespace
 
 cudaError_t LaunchAttention(const AttentionArgs& a, cudaStream_t stream) {
-  if (a.head_dim > kernels::kMaxHeadDim || a.head_dim % 2 != 0) return cudaErrorInvalidValue;
+  if (a.head_dim > kernels::kMaxHeadDim || a.head_dim % kernels::kPartsPerQuery != 0) return cudaErrorInvalidValue;
   const bool kv32 = a.kv_type == Dtype::kF32, out32 = a.out_type == Dtype::kF32;
   if (kv32 && out32) Attend<float, float>(a, stream);
   if (kv32 && !out32) Attend<float, __nv_bfloat16>(a, stream);

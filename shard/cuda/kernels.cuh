@@ -125,15 +125,16 @@ constexpr int kAttentionWarps = 4;
 constexpr int kMaxHeadDim = 256;
 constexpr int kDimsPerLane = kMaxHeadDim / 32;
 
-// One block per (token, q head). Each warp takes every kAttentionWarps-th cached position with an online softmax
-// (a split-K over the context inside the block); the warps' partial results are merged at the end.
+// Decode: one block per (token, q head), for tokens alone in their sequence's step. Each warp takes every
+// kAttentionWarps-th cached position with an online softmax (a split-K over the context inside the block); the
+// warps' partial results are merged at the end.
 template <typename Kv, typename Out>
 __global__ void __launch_bounds__(kAttentionWarps * 32)
-    PagedAttention(const float* qkv, int64_t ld, int head_dim, const int32_t* positions, const int32_t* seq_of_token,
-                   const int32_t* block_tables, int max_blocks, const Kv* k_cache, const Kv* v_cache, int block_size,
-                   int64_t block_stride, int64_t head_stride, int heads_per_kv, int q_head_begin, int kv_head_begin,
-                   Out* out) {
-  const int t = blockIdx.x, h = blockIdx.y, num_q = gridDim.y;
+    PagedAttention(const int32_t* token_list, const float* qkv, int64_t ld, int head_dim, const int32_t* positions,
+                   const int32_t* seq_of_token, const int32_t* block_tables, int max_blocks, const Kv* k_cache,
+                   const Kv* v_cache, int block_size, int64_t block_stride, int64_t head_stride, int heads_per_kv,
+                   int q_head_begin, int kv_head_begin, int num_q, Out* out) {
+  const int t = token_list[blockIdx.x], h = blockIdx.y;
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int kv_head = (q_head_begin + h) / heads_per_kv - kv_head_begin;
   const float* q = qkv + t * ld + static_cast<int64_t>(h) * head_dim;
@@ -188,6 +189,86 @@ __global__ void __launch_bounds__(kAttentionWarps * 32)
     float v = 0.0f;
     for (int w = 0; w < kAttentionWarps; ++w) v += warp_acc[w][d] * expf(warp_m[w] - m_all);
     Store(&o[d], v / l_all);
+  }
+}
+
+constexpr int kTileQueries = 32;           // consecutive tokens of one sequence per block
+constexpr int kTileKeys = 16;              // cached positions staged in shared memory at a time
+constexpr int kPartsPerQuery = 4;          // threads sharing one query, each with head_dim / 4 dimensions
+constexpr int kMaxDimsPerPart = kMaxHeadDim / kPartsPerQuery;
+constexpr int kTileRow = kMaxHeadDim + kPartsPerQuery;  // one pad word per part: the 4 parts hit different banks
+
+// Prefill: one block per (tile of up to kTileQueries consecutive tokens of one sequence, q head), FlashAttention
+// style: K and V rows are staged through shared memory kTileKeys at a time and reused by every query of the tile,
+// with an online softmax per query. Needs head_dim % kPartsPerQuery == 0.
+template <typename Kv, typename Out>
+__global__ void __launch_bounds__(kTileQueries * kPartsPerQuery)
+    TiledAttention(const int32_t* tile_first, const int32_t* tile_count, const float* qkv, int64_t ld, int head_dim,
+                   const int32_t* positions, const int32_t* seq_of_token, const int32_t* block_tables, int max_blocks,
+                   const Kv* k_cache, const Kv* v_cache, int block_size, int64_t block_stride, int64_t head_stride,
+                   int heads_per_kv, int q_head_begin, int kv_head_begin, int num_q, Out* out) {
+  __shared__ float ks[kTileKeys][kTileRow];
+  __shared__ float vs[kTileKeys][kTileRow];
+  const int h = blockIdx.y;
+  const int t0 = tile_first[blockIdx.x], n = tile_count[blockIdx.x];
+  const int query = threadIdx.x / kPartsPerQuery, part = threadIdx.x % kPartsPerQuery;
+  const int dp = head_dim / kPartsPerQuery;
+  const bool active = query < n;
+  const int t = t0 + (active ? query : 0);
+  const int my_pos = positions[t];
+  const int last_pos = positions[t0 + n - 1];  // the tile's tokens are consecutive positions
+  const int kv_head = (q_head_begin + h) / heads_per_kv - kv_head_begin;
+  const int32_t* blocks = block_tables + static_cast<int64_t>(seq_of_token[t0]) * max_blocks;
+  const float* q = qkv + t * ld + static_cast<int64_t>(h) * head_dim + part * dp;
+  float qreg[kMaxDimsPerPart], acc[kMaxDimsPerPart];
+#pragma unroll
+  for (int k = 0; k < kMaxDimsPerPart; ++k) {
+    qreg[k] = k < dp ? q[k] : 0.0f;
+    acc[k] = 0.0f;
+  }
+  float m = -FLT_MAX, l = 0.0f;
+  for (int j0 = 0; j0 <= last_pos; j0 += kTileKeys) {
+    for (int e = threadIdx.x; e < kTileKeys * head_dim; e += blockDim.x) {
+      const int r = e / head_dim, d = e % head_dim, j = j0 + r;
+      float kv_k = 0.0f, kv_v = 0.0f;
+      if (j <= last_pos) {
+        const int64_t base = static_cast<int64_t>(blocks[j / block_size]) * block_stride + kv_head * head_stride +
+                             static_cast<int64_t>(j % block_size) * head_dim;
+        kv_k = Load(&k_cache[base + d]);
+        kv_v = Load(&v_cache[base + d]);
+      }
+      ks[r][d + d / dp] = kv_k;
+      vs[r][d + d / dp] = kv_v;
+    }
+    __syncthreads();
+    const int row0 = part * (dp + 1);
+    for (int r = 0; r < kTileKeys; ++r) {
+      float partial = 0.0f;
+#pragma unroll
+      for (int k = 0; k < kMaxDimsPerPart; ++k) {
+        if (k < dp) partial += qreg[k] * ks[r][row0 + k];
+      }
+      // The parts of one query are adjacent lanes of one warp.
+      partial += __shfl_xor_sync(0xffffffffu, partial, 1);
+      partial += __shfl_xor_sync(0xffffffffu, partial, 2);
+      if (active && j0 + r <= my_pos) {
+        const float m_new = fmaxf(m, partial);
+        const float correction = expf(m - m_new), p = expf(partial - m_new);
+        l = l * correction + p;
+#pragma unroll
+        for (int k = 0; k < kMaxDimsPerPart; ++k) {
+          if (k < dp) acc[k] = acc[k] * correction + p * vs[r][row0 + k];
+        }
+        m = m_new;
+      }
+    }
+    __syncthreads();
+  }
+  if (!active) return;
+  Out* o = out + (static_cast<int64_t>(t) * num_q + h) * head_dim + part * dp;
+#pragma unroll
+  for (int k = 0; k < kMaxDimsPerPart; ++k) {
+    if (k < dp) Store(&o[k], acc[k] / l);
   }
 }
 

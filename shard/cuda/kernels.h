@@ -40,10 +40,17 @@ cudaError_t LaunchGeluMul(const float* gate_up, int T, int64_t I, void* out, Dty
 // Causal attention of each token's q heads over its sequence's cached rows 0..positions[t] (paged: row j of a kv
 // head at base + block_tables[seq][j / block_size] * block_stride + kv_head * head_stride + (j % block_size) * D).
 // q head h of this rank reads kv head (q_head_begin + h) / heads_per_kv - kv_head_begin. out: [T, num_q * D].
+// Tokens come in two lists: tokens alone in their sequence's step (decode: split over the context inside a block)
+// and tiles of consecutive tokens of one sequence (prefill: K/V staged in shared memory for the whole tile).
 struct AttentionArgs {
   const float* qkv;
   int64_t ld;
-  int T, num_q, head_dim;
+  int num_q, head_dim;
+  const int32_t* single_tokens;
+  int num_single;
+  const int32_t* tile_first;  // first token of each tile
+  const int32_t* tile_count;  // its token count, <= kAttentionTileQueries
+  int num_tiles;
   const int32_t* positions;
   const int32_t* seq_of_token;
   const int32_t* block_tables;  // [sequences][max_blocks]
@@ -57,6 +64,7 @@ struct AttentionArgs {
   void* out;
   Dtype out_type;
 };
+inline constexpr int kAttentionTileQueries = 32;
 cudaError_t LaunchAttention(const AttentionArgs& args, cudaStream_t stream);
 
 // out[i] = float(in[i]) for bf16 bit patterns.
