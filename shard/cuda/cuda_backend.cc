@@ -3,6 +3,9 @@
 #include <cuda_runtime.h>
 
 #include <cmath>
+#include <cstdio>
+#include <functional>
+#include <map>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -41,8 +44,10 @@ class CudaBackend final : public Backend {
   CudaBackend(std::shared_ptr<const ModelWeights> weights, std::shared_ptr<Collective> collective,
               CudaBackendOptions options)
       : weights_(std::move(weights)), collective_(std::move(collective)), options_(options),
-        act_(options.precision == CudaPrecision::kF32 ? Dtype::kF32 : Dtype::kBf16) {}
+        act_(options.precision == CudaPrecision::kF32 ? Dtype::kF32 : Dtype::kBf16),
+        graphs_enabled_(options.cuda_graphs) {}
   ~CudaBackend() override {
+    for (auto& [batch, g] : graphs_) cudaGraphExecDestroy(g);
     if (stream_ != nullptr) cudaStreamDestroy(stream_);
     if (host_meta_ != nullptr) cudaFreeHost(host_meta_);
   }
@@ -68,6 +73,16 @@ class CudaBackend final : public Backend {
   absl::StatusOr<DeviceBuffer> UploadMatrices(std::initializer_list<const MatrixView*> parts, const std::string& what);
   absl::StatusOr<DeviceBuffer> UploadFloats(const std::vector<float>& v, const std::string& what);
   absl::Status AllReduce(float* data, int64_t count);
+  // A scratch buffer of at least `bytes`; growing it invalidates captured graphs (they hold its address).
+  absl::StatusOr<void*> At(Scratch& scratch, size_t bytes, const char* what) {
+    void* before = scratch.buffer.get();
+    auto p = scratch.At(bytes, what);
+    if (p.ok() && *p != before) ++buffers_generation_;
+    return p;
+  }
+  // Replays the graph captured for this batch size, capturing it first. A capture that fails turns graphs off
+  // for this backend (said once on stderr) and the step runs as is.
+  absl::Status RunAsGraph(int batch, const std::function<absl::Status()>& enqueue);
   absl::Status RowParallel(const void* in, int64_t T, int64_t K, const DeviceBuffer& w, float* out);
 
   std::shared_ptr<const ModelWeights> weights_;
@@ -87,6 +102,9 @@ class CudaBackend final : public Backend {
   Scratch x_, xn_, qkv_, attn_, proj_, gate_up_, act_buf_, logits_, gathered_, placed_, meta_, sampling_;
   void* host_meta_ = nullptr;
   size_t host_meta_bytes_ = 0;
+  bool graphs_enabled_;
+  int64_t buffers_generation_ = 0, graphs_generation_ = 0;
+  std::map<int, cudaGraphExec_t> graphs_;  // by batch size
   StepTimings timings_;
 };
 
@@ -213,6 +231,40 @@ absl::Status CudaBackend::Init(const KvCacheOptions& kv_options) {
   return absl::OkStatus();
 }
 
+absl::Status CudaBackend::RunAsGraph(int batch, const std::function<absl::Status()>& enqueue) {
+  if (graphs_generation_ != buffers_generation_) {
+    for (auto& [b, g] : graphs_) cudaGraphExecDestroy(g);
+    graphs_.clear();
+    graphs_generation_ = buffers_generation_;
+  }
+  auto it = graphs_.find(batch);
+  if (it == graphs_.end()) {
+    cudaGraph_t graph = nullptr;
+    cudaGraphExec_t exec = nullptr;
+    absl::Status captured = cuda::CudaError(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal),
+                                            "cudaStreamBeginCapture", __FILE__, __LINE__);
+    if (captured.ok()) {
+      captured = enqueue();
+      const cudaError_t end = cudaStreamEndCapture(stream_, &graph);
+      if (captured.ok()) captured = cuda::CudaError(end, "cudaStreamEndCapture", __FILE__, __LINE__);
+    }
+    if (captured.ok()) {
+      captured = cuda::CudaError(cudaGraphInstantiate(&exec, graph, 0), "cudaGraphInstantiate", __FILE__, __LINE__);
+    }
+    if (graph != nullptr) cudaGraphDestroy(graph);
+    if (!captured.ok()) {
+      cudaGetLastError();
+      graphs_enabled_ = false;
+      std::fprintf(stderr, "gemma CUDA backend: decode steps run without CUDA graphs: %s\n",
+                   std::string(captured.message()).c_str());
+      return enqueue();
+    }
+    it = graphs_.emplace(batch, exec).first;
+  }
+  GEMMA_CUDA_RETURN_IF_ERROR(cudaGraphLaunch(it->second, stream_));
+  return absl::OkStatus();
+}
+
 absl::Status CudaBackend::AllReduce(float* data, int64_t count) {
   if (collective_->world() == 1) return absl::OkStatus();
   // NCCL runs on its own stream: this step's kernels must be done first.
@@ -245,9 +297,15 @@ absl::Status CudaBackend::ForwardAndSample(std::span<const SequenceStep> batch, 
     T += static_cast<int64_t>(s.tokens.size());
     max_blocks = std::max(max_blocks, static_cast<int>(s.block_table.size()));
   }
+  const int64_t B = static_cast<int64_t>(batch.size());
+  // A decode step (one token and its logits per sequence) on one GPU replays a CUDA graph captured for its batch
+  // size: the launches of a step cost more host time than the GPU takes for them at small batches. Block tables
+  // are padded to the model's longest so that every step of a batch size has the same layout.
+  bool graph_step = graphs_enabled_ && tp.world == 1 && T == B;
+  for (const auto& s : batch) graph_step = graph_step && s.logits == LogitsWanted::kLast;
+  if (graph_step) max_blocks = std::max(max_blocks, (c.max_position_embeddings + block_size_ - 1) / block_size_);
   std::vector<int32_t> logit_rows;
   out->row_begin.clear();
-  const int64_t B = static_cast<int64_t>(batch.size());
   // int64 cache_row[T], then int32 tokens, positions, seq_of_token, logit rows, single tokens, tile firsts, tile
   // counts (T each, at most), then the block tables [B][max_blocks].
   const size_t meta_bytes = static_cast<size_t>(T) * (8 + 7 * 4) + static_cast<size_t>(B * max_blocks) * 4;
@@ -256,6 +314,7 @@ absl::Status CudaBackend::ForwardAndSample(std::span<const SequenceStep> batch, 
     host_meta_ = nullptr;
     GEMMA_CUDA_RETURN_IF_ERROR(cudaMallocHost(&host_meta_, meta_bytes));
     host_meta_bytes_ = meta_bytes;
+    ++buffers_generation_;
   }
   auto* cache_row = static_cast<int64_t*>(host_meta_);  // 8-byte aligned first
   auto* tokens = reinterpret_cast<int32_t*>(cache_row + T);
@@ -298,9 +357,8 @@ absl::Status CudaBackend::ForwardAndSample(std::span<const SequenceStep> batch, 
   }
   const int64_t R = static_cast<int64_t>(logit_rows.size());
   std::copy(logit_rows.begin(), logit_rows.end(), rows);
-  auto meta = meta_.At(meta_bytes, "step metadata");
+  auto meta = At(meta_, meta_bytes, "step metadata");
   if (!meta.ok()) return meta.status();
-  GEMMA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(*meta, host_meta_, meta_bytes, cudaMemcpyHostToDevice, stream_));
   auto* d_cache_row = static_cast<int64_t*>(*meta);
   auto* d_tokens = reinterpret_cast<int32_t*>(d_cache_row + T);
   int32_t* d_positions = d_tokens + T;
@@ -311,14 +369,14 @@ absl::Status CudaBackend::ForwardAndSample(std::span<const SequenceStep> batch, 
   int32_t* d_tile_count = d_tile_first + T;
   int32_t* d_tables = d_tile_count + T;
 
-  auto x = x_.At(T * H * 4, "activations");
-  auto xn = xn_.At(std::max(T, R) * H * ab, "activations");
-  auto qkv = qkv_.At(T * qkv_ld * 4, "activations");
-  auto attn = attn_.At(T * q_dim * ab, "activations");
-  auto proj = proj_.At(T * H * 4, "activations");
-  auto gate_up = gate_up_.At(T * 2 * I * 4, "activations");
-  auto act = act_buf_.At(T * I * ab, "activations");
-  auto logits = logits_.At(std::max<int64_t>(R, 1) * tp.vocab_slice * 4, "logits");
+  auto x = At(x_, T * H * 4, "activations");
+  auto xn = At(xn_, std::max(T, R) * H * ab, "activations");
+  auto qkv = At(qkv_, T * qkv_ld * 4, "activations");
+  auto attn = At(attn_, T * q_dim * ab, "activations");
+  auto proj = At(proj_, T * H * 4, "activations");
+  auto gate_up = At(gate_up_, T * 2 * I * 4, "activations");
+  auto act = At(act_buf_, T * I * ab, "activations");
+  auto logits = At(logits_, std::max<int64_t>(R, 1) * tp.vocab_slice * 4, "logits");
   for (const absl::Status& s : {x.status(), xn.status(), qkv.status(), attn.status(), proj.status(), gate_up.status(),
                                 act.status(), logits.status()}) {
     if (!s.ok()) return s;
@@ -328,71 +386,87 @@ absl::Status CudaBackend::ForwardAndSample(std::span<const SequenceStep> batch, 
   float* qkvf = static_cast<float*>(*qkv);
   float* gate_upf = static_cast<float*>(*gate_up);
 
-  const MatrixView& embed = weights_->embed();
-  GEMMA_CUDA_RETURN_IF_ERROR(cuda::LaunchEmbed(embed_bf16_.as<uint16_t>(), embed.rows, H, d_tokens, static_cast<int>(T),
-                                               tp.vocab_begin, std::sqrt(static_cast<float>(H)), xf, stream_));
-  if (auto s = AllReduce(xf, T * H); !s.ok()) return s;
-  const float q_scale = static_cast<float>(std::pow(static_cast<double>(D), -0.5));
+  const int64_t slice = tp.vocab_slice;
+  float* logitsf = static_cast<float*>(*logits);
+  // The step's device work, from the metadata upload to the logits: run as is, or captured into a graph.
+  auto enqueue = [&]() -> absl::Status {
+    GEMMA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(*meta, host_meta_, meta_bytes, cudaMemcpyHostToDevice, stream_));
+    const MatrixView& embed = weights_->embed();
+    GEMMA_CUDA_RETURN_IF_ERROR(cuda::LaunchEmbed(embed_bf16_.as<uint16_t>(), embed.rows, H, d_tokens, static_cast<int>(T),
+                                                 tp.vocab_begin, std::sqrt(static_cast<float>(H)), xf, stream_));
+    if (auto s = AllReduce(xf, T * H); !s.ok()) return s;
+    const float q_scale = static_cast<float>(std::pow(static_cast<double>(D), -0.5));
 
-  for (int layer = 0; layer < c.num_layers; ++layer) {
-    const DeviceLayer& lw = layers_[layer];
-    if (layer == 0) {
-      GEMMA_CUDA_RETURN_IF_ERROR(cuda::LaunchRmsNorm(xf, nullptr, static_cast<int>(T), H, lw.attn_norm.as<float>(),
-                                                     c.rms_norm_eps, *xn, act_, stream_));
-    } else {
-      // The previous layer's MLP output joins the residual stream, fused with this layer's norm.
-      GEMMA_CUDA_RETURN_IF_ERROR(cuda::LaunchAddRmsNorm(xf, projf, static_cast<int>(T), H, lw.attn_norm.as<float>(),
+    for (int layer = 0; layer < c.num_layers; ++layer) {
+      const DeviceLayer& lw = layers_[layer];
+      if (layer == 0) {
+        GEMMA_CUDA_RETURN_IF_ERROR(cuda::LaunchRmsNorm(xf, nullptr, static_cast<int>(T), H, lw.attn_norm.as<float>(),
+                                                       c.rms_norm_eps, *xn, act_, stream_));
+      } else {
+        // The previous layer's MLP output joins the residual stream, fused with this layer's norm.
+        GEMMA_CUDA_RETURN_IF_ERROR(cuda::LaunchAddRmsNorm(xf, projf, static_cast<int>(T), H, lw.attn_norm.as<float>(),
+                                                          c.rms_norm_eps, *xn, act_, stream_));
+      }
+      timer.Switch(&timings_.matmul_seconds);
+      if (auto s = gemm_->Run(*xn, lw.qkv.get(), H, qkvf, qkv_ld, T, qkv_ld, H, act_, stream_); !s.ok()) return s;
+      timer.Switch(&timings_.attention_seconds);
+      char* k_base = kv_.as<char>() + (static_cast<int64_t>(layer) * 2 * layer_stride_) * ab;
+      char* v_base = kv_.as<char>() + (static_cast<int64_t>(layer) * 2 + 1) * layer_stride_ * ab;
+      GEMMA_CUDA_RETURN_IF_ERROR(cuda::LaunchRopeAndCacheWrite(
+          qkvf, static_cast<int>(T), qkv_ld, tp.num_q_heads, tp.num_kv_heads, static_cast<int>(D),
+          cos_sin_.as<float>(), d_positions, d_cache_row, head_stride_, k_base, v_base, act_, q_scale, stream_));
+      cuda::AttentionArgs a{};
+      a.qkv = qkvf;
+      a.ld = qkv_ld;
+      a.num_q = tp.num_q_heads;
+      a.head_dim = static_cast<int>(D);
+      a.single_tokens = d_single;
+      a.num_single = num_single;
+      a.tile_first = d_tile_first;
+      a.tile_count = d_tile_count;
+      a.num_tiles = num_tiles;
+      a.positions = d_positions;
+      a.seq_of_token = d_seq;
+      a.block_tables = d_tables;
+      a.max_blocks = max_blocks;
+      a.k_cache = k_base;
+      a.v_cache = v_base;
+      a.kv_type = act_;
+      a.block_size = block_size_;
+      a.block_stride = block_stride_;
+      a.head_stride = head_stride_;
+      a.heads_per_kv = c.heads_per_kv();
+      a.q_head_begin = tp.q_head_begin;
+      a.kv_head_begin = tp.kv_head_begin;
+      a.out = *attn;
+      a.out_type = act_;
+      GEMMA_CUDA_RETURN_IF_ERROR(cuda::LaunchAttention(a, stream_));
+      timer.Switch(&timings_.matmul_seconds);
+      if (auto s = RowParallel(*attn, T, q_dim, lw.o, projf); !s.ok()) return s;
+      timer.Switch(&timings_.other_seconds);
+      GEMMA_CUDA_RETURN_IF_ERROR(cuda::LaunchAddRmsNorm(xf, projf, static_cast<int>(T), H, lw.ffn_norm.as<float>(),
                                                         c.rms_norm_eps, *xn, act_, stream_));
+      timer.Switch(&timings_.matmul_seconds);
+      if (auto s = gemm_->Run(*xn, lw.gate_up.get(), H, gate_upf, 2 * I, T, 2 * I, H, act_, stream_); !s.ok()) return s;
+      timer.Switch(&timings_.other_seconds);
+      GEMMA_CUDA_RETURN_IF_ERROR(cuda::LaunchGeluMul(gate_upf, static_cast<int>(T), I, *act, act_, stream_));
+      timer.Switch(&timings_.matmul_seconds);
+      if (auto s = RowParallel(*act, T, I, lw.down, projf); !s.ok()) return s;
+      timer.Switch(&timings_.other_seconds);
     }
-    timer.Switch(&timings_.matmul_seconds);
-    if (auto s = gemm_->Run(*xn, lw.qkv.get(), H, qkvf, qkv_ld, T, qkv_ld, H, act_, stream_); !s.ok()) return s;
-    timer.Switch(&timings_.attention_seconds);
-    char* k_base = kv_.as<char>() + (static_cast<int64_t>(layer) * 2 * layer_stride_) * ab;
-    char* v_base = kv_.as<char>() + (static_cast<int64_t>(layer) * 2 + 1) * layer_stride_ * ab;
-    GEMMA_CUDA_RETURN_IF_ERROR(cuda::LaunchRopeAndCacheWrite(
-        qkvf, static_cast<int>(T), qkv_ld, tp.num_q_heads, tp.num_kv_heads, static_cast<int>(D),
-        cos_sin_.as<float>(), d_positions, d_cache_row, head_stride_, k_base, v_base, act_, q_scale, stream_));
-    cuda::AttentionArgs a{};
-    a.qkv = qkvf;
-    a.ld = qkv_ld;
-    a.num_q = tp.num_q_heads;
-    a.head_dim = static_cast<int>(D);
-    a.single_tokens = d_single;
-    a.num_single = num_single;
-    a.tile_first = d_tile_first;
-    a.tile_count = d_tile_count;
-    a.num_tiles = num_tiles;
-    a.positions = d_positions;
-    a.seq_of_token = d_seq;
-    a.block_tables = d_tables;
-    a.max_blocks = max_blocks;
-    a.k_cache = k_base;
-    a.v_cache = v_base;
-    a.kv_type = act_;
-    a.block_size = block_size_;
-    a.block_stride = block_stride_;
-    a.head_stride = head_stride_;
-    a.heads_per_kv = c.heads_per_kv();
-    a.q_head_begin = tp.q_head_begin;
-    a.kv_head_begin = tp.kv_head_begin;
-    a.out = *attn;
-    a.out_type = act_;
-    GEMMA_CUDA_RETURN_IF_ERROR(cuda::LaunchAttention(a, stream_));
-    timer.Switch(&timings_.matmul_seconds);
-    if (auto s = RowParallel(*attn, T, q_dim, lw.o, projf); !s.ok()) return s;
-    timer.Switch(&timings_.other_seconds);
-    GEMMA_CUDA_RETURN_IF_ERROR(cuda::LaunchAddRmsNorm(xf, projf, static_cast<int>(T), H, lw.ffn_norm.as<float>(),
-                                                      c.rms_norm_eps, *xn, act_, stream_));
-    timer.Switch(&timings_.matmul_seconds);
-    if (auto s = gemm_->Run(*xn, lw.gate_up.get(), H, gate_upf, 2 * I, T, 2 * I, H, act_, stream_); !s.ok()) return s;
-    timer.Switch(&timings_.other_seconds);
-    GEMMA_CUDA_RETURN_IF_ERROR(cuda::LaunchGeluMul(gate_upf, static_cast<int>(T), I, *act, act_, stream_));
-    timer.Switch(&timings_.matmul_seconds);
-    if (auto s = RowParallel(*act, T, I, lw.down, projf); !s.ok()) return s;
-    timer.Switch(&timings_.other_seconds);
-  }
-  GEMMA_CUDA_RETURN_IF_ERROR(cuda::LaunchAdd(xf, projf, T * H, stream_));
+    GEMMA_CUDA_RETURN_IF_ERROR(cuda::LaunchAdd(xf, projf, T * H, stream_));
 
+    if (R == 0) return absl::OkStatus();
+    GEMMA_CUDA_RETURN_IF_ERROR(cuda::LaunchRmsNorm(xf, d_rows, static_cast<int>(R), H, final_norm_.as<float>(),
+                                                   c.rms_norm_eps, *xn, act_, stream_));
+    GEMMA_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(logitsf, 0, R * slice * 4, stream_));
+    const void* head = act_ == Dtype::kF32 ? embed_in_.get() : embed_bf16_.get();
+    timer.Switch(&timings_.matmul_seconds);
+    if (auto s = gemm_->Run(*xn, head, H, logitsf, slice, R, embed.rows, H, act_, stream_); !s.ok()) return s;
+    timer.Switch(&timings_.other_seconds);
+    return absl::OkStatus();
+  };
+  if (auto s = graph_step ? RunAsGraph(static_cast<int>(B), enqueue) : enqueue(); !s.ok()) return s;
   out->vocab_size = c.vocab_size;
   out->values.resize(logits_to_host ? static_cast<size_t>(R) * c.vocab_size : 0);
   sampled->clear();
@@ -401,15 +475,6 @@ absl::Status CudaBackend::ForwardAndSample(std::span<const SequenceStep> batch, 
     if (!samples.empty()) return absl::InvalidArgumentError("samples asked of a step that wants no logits");
     return absl::OkStatus();
   }
-  GEMMA_CUDA_RETURN_IF_ERROR(cuda::LaunchRmsNorm(xf, d_rows, static_cast<int>(R), H, final_norm_.as<float>(),
-                                                 c.rms_norm_eps, *xn, act_, stream_));
-  const int64_t slice = tp.vocab_slice;
-  float* logitsf = static_cast<float*>(*logits);
-  GEMMA_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(logitsf, 0, R * slice * 4, stream_));
-  const void* head = act_ == Dtype::kF32 ? embed_in_.get() : embed_bf16_.get();
-  timer.Switch(&timings_.matmul_seconds);
-  if (auto s = gemm_->Run(*xn, head, H, logitsf, slice, R, embed.rows, H, act_, stream_); !s.ok()) return s;
-  timer.Switch(&timings_.other_seconds);
   // Logits in vocabulary order on the device: this rank's own, or every rank's slice gathered and placed.
   float* device_logits = logitsf;
   if (tp.world > 1) {

@@ -21,6 +21,7 @@ enum class CudaPrecision {
 struct CudaBackendOptions {
   int device = 0;
   CudaPrecision precision = CudaPrecision::kBf16;
+  bool cuda_graphs = true;  // replay decode steps (one GPU) as CUDA graphs, one per batch size
 };
 
 // Whether this build has the CUDA backend, and how many devices this process sees (0 without CUDA).

@@ -46,9 +46,10 @@ KvCacheOptions Kv(int tokens) {
 }
 
 std::unique_ptr<Backend> OpenCuda(const std::string& dir, CudaPrecision precision,
-                                  std::shared_ptr<Collective> collective = nullptr) {
+                                  std::shared_ptr<Collective> collective = nullptr, bool graphs = true) {
   CudaBackendOptions o;
   o.precision = precision;
+  o.cuda_graphs = graphs;
   auto b = CreateCudaBackend(LoadWeights(dir), Kv(4096), o, std::move(collective));
   EXPECT_TRUE(b.ok()) << b.status();
   return b.ok() ? std::move(*b) : nullptr;
@@ -283,6 +284,24 @@ TEST_F(CudaBackendDeviceTest, DeviceSamplingFollowsTheLogits) {
   ASSERT_TRUE(backend->ForwardAndSample({&step, 1}, samples, false, &logits, &again).ok());
   EXPECT_TRUE(logits.values.empty()) << "logits stay on the device when not asked for";
   for (size_t i = 0; i < tokens.size(); ++i) ASSERT_EQ(tokens[i].token, again[i].token) << "draw " << i;
+}
+
+// Decode steps replayed from CUDA graphs give exactly what launching them one by one gives, for several batch
+// sizes (each its own graph) and after the buffers grow (graphs captured anew).
+TEST_F(CudaBackendDeviceTest, CudaGraphDecodeStepsEqualLaunchedOnes) {
+  const std::string dir = GemmaTinyDir() + "/tiny-mha";
+  auto graphs = OpenCuda(dir, CudaPrecision::kBf16, nullptr, true);
+  auto launched = OpenCuda(dir, CudaPrecision::kBf16, nullptr, false);
+  ASSERT_NE(graphs, nullptr);
+  ASSERT_NE(launched, nullptr);
+  const std::vector<std::vector<int32_t>> prompts = {{2, 3791, 323}, {2, 100, 200, 300, 400, 500}, {2, 7}};
+  for (size_t n = 1; n <= prompts.size(); ++n) {
+    const std::vector<std::vector<int32_t>> some(prompts.begin(), prompts.begin() + n);
+    EXPECT_EQ(Greedy(graphs.get(), some, 20), Greedy(launched.get(), some, 20)) << n << " sequences";
+  }
+  std::vector<int32_t> long_prompt(300, 5);
+  long_prompt[0] = 2;
+  EXPECT_EQ(Greedy(graphs.get(), {long_prompt, prompts[0]}, 10), Greedy(launched.get(), {long_prompt, prompts[0]}, 10));
 }
 
 TEST_F(CudaBackendDeviceTest, TensorParallelOneOverNcclGivesTheSameLogits) {
