@@ -99,7 +99,8 @@ class CudaBackend final : public Backend {
   DeviceBuffer kv_;           // [blocks][layers][2][kv heads][block][head_dim]
   int block_size_ = 16, num_blocks_ = 0;
   int64_t block_stride_ = 0, head_stride_ = 0, layer_stride_ = 0;
-  Scratch x_, xn_, qkv_, attn_, proj_, gate_up_, act_buf_, logits_, gathered_, placed_, meta_, sampling_;
+  Scratch x_, xn_, qkv_, attn_, proj_, gate_up_, act_buf_, logits_, gathered_, placed_, meta_, sampling_, partials_;
+  int multiprocessors_ = 1;
   void* host_meta_ = nullptr;
   size_t host_meta_bytes_ = 0;
   bool graphs_enabled_;
@@ -154,6 +155,8 @@ absl::Status CudaBackend::Init(const KvCacheOptions& kv_options) {
   const TensorParallel& tp = weights_->tp();
   GEMMA_CUDA_RETURN_IF_ERROR(cudaSetDevice(options_.device));
   GEMMA_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+  GEMMA_CUDA_RETURN_IF_ERROR(
+      cudaDeviceGetAttribute(&multiprocessors_, cudaDevAttrMultiProcessorCount, options_.device));
   auto gemm = cuda::Gemm::Create();
   if (!gemm.ok()) return gemm.status();
   gemm_ = std::move(*gemm);
@@ -386,6 +389,12 @@ absl::Status CudaBackend::ForwardAndSample(std::span<const SequenceStep> batch, 
   float* qkvf = static_cast<float*>(*qkv);
   float* gate_upf = static_cast<float*>(*gate_up);
 
+  // Flash-decoding: enough blocks for lone tokens to fill the GPU twice over, whatever their context length.
+  const int64_t decode_blocks = std::max<int64_t>(1, static_cast<int64_t>(num_single) * tp.num_q_heads);
+  const int decode_splits = static_cast<int>(
+      std::clamp<int64_t>((2 * multiprocessors_ + decode_blocks - 1) / decode_blocks, 1, cuda::kAttentionMaxSplits));
+  auto partials = At(partials_, std::max<int64_t>(1, decode_blocks * decode_splits * (D + 2)) * 4, "attention partials");
+  if (!partials.ok()) return partials.status();
   const int64_t slice = tp.vocab_slice;
   float* logitsf = static_cast<float*>(*logits);
   // The step's device work, from the metadata upload to the logits: run as is, or captured into a graph.
@@ -422,7 +431,9 @@ absl::Status CudaBackend::ForwardAndSample(std::span<const SequenceStep> batch, 
       a.head_dim = static_cast<int>(D);
       a.single_tokens = d_single;
       a.num_single = num_single;
-      a.tile_first = d_tile_first;
+      a.splits = decode_splits;
+    a.partials = decode_splits > 1 ? static_cast<float*>(*partials) : nullptr;
+    a.tile_first = d_tile_first;
       a.tile_count = d_tile_count;
       a.num_tiles = num_tiles;
       a.positions = d_positions;

@@ -81,9 +81,15 @@ void Attend(const AttentionArgs& a, cudaStream_t stream) {
   const auto* v = static_cast<const Kv*>(a.v_cache);
   auto* out = static_cast<Out*>(a.out);
   if (a.num_single > 0) {
-    kernels::PagedAttention<Kv, Out><<<dim3(a.num_single, a.num_q), kAttentionWarps * 32, 0, stream>>>(
+    const int splits = a.partials != nullptr ? a.splits : 1;
+    kernels::PagedAttention<Kv, Out><<<dim3(a.num_single, a.num_q, splits), kAttentionWarps * 32, 0, stream>>>(
         a.single_tokens, a.qkv, a.ld, a.head_dim, a.positions, a.seq_of_token, a.block_tables, a.max_blocks, k, v,
-        a.block_size, a.block_stride, a.head_stride, a.heads_per_kv, a.q_head_begin, a.kv_head_begin, a.num_q, out);
+        a.block_size, a.block_stride, a.head_stride, a.heads_per_kv, a.q_head_begin, a.kv_head_begin, a.num_q, out,
+        a.partials);
+    if (splits > 1) {
+      kernels::CombineSplits<Out><<<dim3(a.num_single, a.num_q), 128, 0, stream>>>(a.single_tokens, a.partials, splits,
+                                                                                  a.head_dim, a.num_q, out);
+    }
   }
   if (a.num_tiles > 0) {
     kernels::TiledAttention<Kv, Out><<<dim3(a.num_tiles, a.num_q), kernels::kTileQueries * kernels::kPartsPerQuery, 0,
@@ -97,6 +103,7 @@ void Attend(const AttentionArgs& a, cudaStream_t stream) {
 
 cudaError_t LaunchAttention(const AttentionArgs& a, cudaStream_t stream) {
   if (a.head_dim > kernels::kMaxHeadDim || a.head_dim % kernels::kPartsPerQuery != 0) return cudaErrorInvalidValue;
+  if (a.splits < 1 || a.splits > kAttentionMaxSplits) return cudaErrorInvalidValue;
   const bool kv32 = a.kv_type == Dtype::kF32, out32 = a.out_type == Dtype::kF32;
   if (kv32 && out32) Attend<float, float>(a, stream);
   if (kv32 && !out32) Attend<float, __nv_bfloat16>(a, stream);

@@ -125,16 +125,18 @@ constexpr int kAttentionWarps = 4;
 constexpr int kMaxHeadDim = 256;
 constexpr int kDimsPerLane = kMaxHeadDim / 32;
 
-// Decode: one block per (token, q head), for tokens alone in their sequence's step. Each warp takes every
-// kAttentionWarps-th cached position with an online softmax (a split-K over the context inside the block); the
-// warps' partial results are merged at the end.
+// Decode (flash-decoding): blocks per (token, q head, split of the context), for tokens alone in their sequence's
+// step. The context is dealt out to every warp of every split in turn (position j to warp j mod (splits * warps)),
+// each keeping an online softmax; a block merges its warps, and with one split writes the output, otherwise its
+// partial (max, sum, accumulator) for CombineSplits. The split count depends on the batch, not on the context, so
+// a captured decode graph stays valid as sequences grow.
 template <typename Kv, typename Out>
 __global__ void __launch_bounds__(kAttentionWarps * 32)
     PagedAttention(const int32_t* token_list, const float* qkv, int64_t ld, int head_dim, const int32_t* positions,
                    const int32_t* seq_of_token, const int32_t* block_tables, int max_blocks, const Kv* k_cache,
                    const Kv* v_cache, int block_size, int64_t block_stride, int64_t head_stride, int heads_per_kv,
-                   int q_head_begin, int kv_head_begin, int num_q, Out* out) {
-  const int t = token_list[blockIdx.x], h = blockIdx.y;
+                   int q_head_begin, int kv_head_begin, int num_q, Out* out, float* partials) {
+  const int t = token_list[blockIdx.x], h = blockIdx.y, split = blockIdx.z, splits = gridDim.z;
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int kv_head = (q_head_begin + h) / heads_per_kv - kv_head_begin;
   const float* q = qkv + t * ld + static_cast<int64_t>(h) * head_dim;
@@ -148,7 +150,7 @@ __global__ void __launch_bounds__(kAttentionWarps * 32)
   const int32_t* blocks = block_tables + static_cast<int64_t>(seq_of_token[t]) * max_blocks;
   const int n = positions[t] + 1;
   float m = -FLT_MAX, l = 0.0f;
-  for (int j = warp; j < n; j += kAttentionWarps) {
+  for (int j = split * kAttentionWarps + warp; j < n; j += splits * kAttentionWarps) {
     const int64_t base = static_cast<int64_t>(blocks[j / block_size]) * block_stride + kv_head * head_stride +
                          static_cast<int64_t>(j % block_size) * head_dim;
     float partial = 0.0f;
@@ -184,11 +186,43 @@ __global__ void __launch_bounds__(kAttentionWarps * 32)
   for (int w = 0; w < kAttentionWarps; ++w) m_all = fmaxf(m_all, warp_m[w]);
   float l_all = 0.0f;
   for (int w = 0; w < kAttentionWarps; ++w) l_all += warp_l[w] * expf(warp_m[w] - m_all);
-  Out* o = out + (static_cast<int64_t>(t) * num_q + h) * head_dim;
+  if (splits == 1) {
+    Out* o = out + (static_cast<int64_t>(t) * num_q + h) * head_dim;
+    for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
+      float v = 0.0f;
+      for (int w = 0; w < kAttentionWarps; ++w) v += warp_acc[w][d] * expf(warp_m[w] - m_all);
+      Store(&o[d], v / l_all);
+    }
+    return;
+  }
+  // This split's partial: [max, sum, unnormalized accumulator], relative to its own max.
+  float* part = partials + ((static_cast<int64_t>(blockIdx.x) * num_q + h) * splits + split) * (head_dim + 2);
+  if (threadIdx.x == 0) {
+    part[0] = m_all;
+    part[1] = l_all;
+  }
   for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
     float v = 0.0f;
     for (int w = 0; w < kAttentionWarps; ++w) v += warp_acc[w][d] * expf(warp_m[w] - m_all);
-    Store(&o[d], v / l_all);
+    part[2 + d] = v;
+  }
+}
+
+// Merges the splits of PagedAttention: one block per (listed token, q head).
+template <typename Out>
+__global__ void CombineSplits(const int32_t* token_list, const float* partials, int splits, int head_dim, int num_q,
+                              Out* out) {
+  const int t = token_list[blockIdx.x], h = blockIdx.y;
+  const float* part = partials + (static_cast<int64_t>(blockIdx.x) * num_q + h) * splits * (head_dim + 2);
+  float m = -FLT_MAX;
+  for (int s = 0; s < splits; ++s) m = fmaxf(m, part[s * (head_dim + 2)]);
+  float l = 0.0f;
+  for (int s = 0; s < splits; ++s) l += part[s * (head_dim + 2) + 1] * expf(part[s * (head_dim + 2)] - m);
+  Out* o = out + (static_cast<int64_t>(t) * num_q + h) * head_dim;
+  for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
+    float v = 0.0f;
+    for (int s = 0; s < splits; ++s) v += part[s * (head_dim + 2) + 2 + d] * expf(part[s * (head_dim + 2)] - m);
+    Store(&o[d], v / l);
   }
 }
 

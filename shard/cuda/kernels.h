@@ -63,8 +63,13 @@ struct AttentionArgs {
   int heads_per_kv, q_head_begin, kv_head_begin;
   void* out;
   Dtype out_type;
+  // Decode: the context of each lone token is split over this many blocks (1: none); partials holds
+  // num_single * num_q * splits * (head_dim + 2) floats when splits > 1.
+  int splits = 1;
+  float* partials = nullptr;
 };
 inline constexpr int kAttentionTileQueries = 32;
+inline constexpr int kAttentionMaxSplits = 16;
 cudaError_t LaunchAttention(const AttentionArgs& args, cudaStream_t stream);
 
 // out[i] = float(in[i]) for bf16 bit patterns.
