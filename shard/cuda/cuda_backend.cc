@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <functional>
 #include <map>
+#include <set>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -106,6 +107,7 @@ class CudaBackend final : public Backend {
   bool graphs_enabled_;
   int64_t buffers_generation_ = 0, graphs_generation_ = 0;
   std::map<int, cudaGraphExec_t> graphs_;  // by batch size
+  std::set<int> warmed_;                   // batch sizes run once since the buffers last moved
   StepTimings timings_;
 };
 
@@ -238,9 +240,14 @@ absl::Status CudaBackend::RunAsGraph(int batch, const std::function<absl::Status
   if (graphs_generation_ != buffers_generation_) {
     for (auto& [b, g] : graphs_) cudaGraphExecDestroy(g);
     graphs_.clear();
+    warmed_.clear();
     graphs_generation_ = buffers_generation_;
   }
   auto it = graphs_.find(batch);
+  if (it == graphs_.end() && warmed_.insert(batch).second) {
+    // The first step of a batch size runs as is: GEMM plans and buffers are made outside any capture.
+    return enqueue();
+  }
   if (it == graphs_.end()) {
     cudaGraph_t graph = nullptr;
     cudaGraphExec_t exec = nullptr;
