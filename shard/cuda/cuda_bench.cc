@@ -128,11 +128,14 @@ int Run() {
   const auto prompt_tokens = Tokens(prompt, c.vocab_size, 1);
   std::vector<int32_t> prompt_blocks(prompt / kv.block_size + 1);
   for (size_t i = 0; i < prompt_blocks.size(); ++i) prompt_blocks[i] = static_cast<int32_t>(i);
+  // As the worker runs steps: tokens drawn on the device, logits left there.
   StepLogits logits;
+  std::vector<SampledToken> drawn;
+  auto greedy = [](int rows) { std::vector<RowSample> s(rows); for (int i = 0; i < rows; ++i) s[i].row = i; return s; };
   SequenceStep pre{prompt_tokens, 0, prompt_blocks, LogitsWanted::kLast};
-  if (auto s = backend.Forward({&pre, 1}, &logits); !s.ok()) return Fail(s);  // warm-up
+  if (auto s = backend.ForwardAndSample({&pre, 1}, greedy(1), false, &logits, &drawn); !s.ok()) return Fail(s);  // warm-up
   auto start = Clock::now();
-  if (auto s = backend.Forward({&pre, 1}, &logits); !s.ok()) return Fail(s);
+  if (auto s = backend.ForwardAndSample({&pre, 1}, greedy(1), false, &logits, &drawn); !s.ok()) return Fail(s);
   const double prefill_s = Since(start);
   // Every weight once per token, except the output projection (the embedding), applied to the last token only.
   const double params = static_cast<double>(w->WeightBytesPerStep()) / 2;
@@ -156,14 +159,16 @@ int Run() {
     }
     std::vector<SequenceStep> step(b);
     for (int s = 0; s < b; ++s) step[s] = {prompts[s], 0, tables[s], LogitsWanted::kLast};
-    if (auto st = backend.Forward(step, &logits); !st.ok()) return Fail(st);
+    const std::vector<RowSample> rows = greedy(b);
+    if (auto st = backend.ForwardAndSample(step, rows, false, &logits, &drawn); !st.ok()) return Fail(st);
     std::vector<int32_t> next(b, 5);
     double elapsed = 0;
-    for (int i = 0; i <= steps; ++i) {
+    for (int i = 0; i <= steps + 1; ++i) {
       for (int s = 0; s < b; ++s) step[s] = {{&next[s], 1}, context + i, tables[s], LogitsWanted::kLast};
       start = Clock::now();
-      if (auto st = backend.Forward(step, &logits); !st.ok()) return Fail(st);
-      if (i > 0) elapsed += Since(start);  // the first decode step warms up
+      if (auto st = backend.ForwardAndSample(step, rows, false, &logits, &drawn); !st.ok()) return Fail(st);
+      for (int s = 0; s < b; ++s) next[s] = drawn[s].token;
+      if (i > 1) elapsed += Since(start);  // the first two decode steps warm up (the second captures the graph)
     }
     const double tps = b * steps / elapsed;
     if (b == 1) batch1 = tps;

@@ -314,7 +314,7 @@ __global__ void Bf16ToF32(const uint16_t* in, float* out, int64_t n) {
 }
 
 // One block per row: the maximum (lowest index on ties), then log-sum-exp.
-__global__ void ArgmaxLogprob(const float* logits, int64_t vocab, int32_t* token, float* logprob) {
+__global__ void __launch_bounds__(1024) ArgmaxLogprob(const float* logits, int64_t vocab, int32_t* token, float* logprob) {
   const float* row = logits + static_cast<int64_t>(blockIdx.x) * vocab;
   float best = -FLT_MAX;
   int64_t best_i = INT64_MAX;
@@ -384,7 +384,7 @@ __device__ __forceinline__ float BlockMax(float v) {
 // then to the smallest set of largest logits whose mass reaches top_p (thresholds found by bisection on the logit
 // value, no sort), with a uniform number derived from (seed, position) only; greedy (lowest id on ties) when the
 // temperature is 0. logprob is the chosen token's log-softmax at temperature 1 (the model's own).
-__global__ void SampleRows(const float* logits, int64_t vocab, const RowSamplingParams* params, int32_t* token,
+__global__ void __launch_bounds__(1024) SampleRows(const float* logits, int64_t vocab, const RowSamplingParams* params, int32_t* token,
                            float* logprob) {
   const RowSamplingParams p = params[blockIdx.x];
   const float* x = logits + static_cast<int64_t>(p.row) * vocab;
