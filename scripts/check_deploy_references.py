@@ -111,6 +111,25 @@ def main():
         for flag in re.findall(r"\"--([a-z0-9-]+)\"", args):
             if flag not in tiny_flags:
                 fail(f"the manifests pass gemma make-tiny --{flag}, which it does not accept")
+    # The runtime image installs `install-deps.sh --runtime`: every library the binaries load directly must come
+    # from those packages (or their dependencies, or the C/C++ runtime every image has).
+    runtime = re.search(r"runtime=\(([^)]*)\)", install_deps).group(1).split()
+    allowed = set(runtime) | {"libc6", "libgcc-s1", "libstdc++6"}
+    for package in runtime:
+        depends = subprocess.run(["dpkg-query", "-W", "-f=${Depends}", package], capture_output=True, text=True).stdout
+        allowed |= {d.strip().split(" ")[0].split(":")[0] for d in depends.replace("|", ",").split(",") if d.strip()}
+    for name in ("gemma", "gemma-router", "gemma-worker", "libgemma_sentencepiece.so"):
+        path = os.path.join(install, "bin", name)
+        needed = re.findall(r"\(NEEDED\).*\[(.+)\]", subprocess.run(["readelf", "-d", path], capture_output=True, text=True).stdout)
+        resolved = dict(re.findall(r"^\s*(\S+) => (/\S+)", subprocess.run(["ldd", path], capture_output=True, text=True).stdout, re.M))
+        for lib in needed:
+            if lib not in resolved:
+                continue
+            owner = subprocess.run(["dpkg", "-S", os.path.realpath(resolved[lib])], capture_output=True, text=True).stdout
+            package = owner.split(":")[0] if owner else None
+            if package and package not in allowed:
+                fail(f"{name} loads {lib} from package {package}, which install-deps.sh --runtime does not install")
+
     for env in sorted(set(re.findall(r"name: (GEMMA_[A-Z_]+)", rendered))):
         sources = subprocess.run(["grep", "-rl", env, os.path.join(ROOT, "worker"), os.path.join(ROOT, "tools")],
                                  capture_output=True, text=True).stdout
