@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Keeps the container images and Kubernetes manifests honest where no Docker engine or cluster runs: every file
 the Dockerfiles copy or run exists, every binary they or the manifests start is installed by `cmake --install`,
-every port they expose is a port the manifests use, every flag the manifests pass is one the binary accepts, and
-install-deps.sh knows the modes the Dockerfiles call.
+every port they expose is a port the manifests use, every flag the manifests pass is one the binary accepts, every
+library the binaries load comes from the packages the runtime image installs, and install-deps.sh knows the modes
+the Dockerfiles call.
 
 usage: check_deploy_references.py BUILD_DIR RENDERED_MANIFEST.yaml...
 """
