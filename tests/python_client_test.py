@@ -57,6 +57,27 @@ def main():
         except grpc.RpcError as e:
             assert e.code() == grpc.StatusCode.INVALID_ARGUMENT, e.code()
         passed += 1
+        # Over TLS with an API key: the same stubs, standard grpc credentials and metadata.
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                        "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", f"{out}/key.pem",
+                        "-out", f"{out}/cert.pem"], check=True, capture_output=True)
+        with open(f"{out}/keys", "w") as f:
+            f.write("py-key-1\n")
+        tls_port = os.path.join(out, "tls.port")
+        procs.append(subprocess.Popen([router_bin, f"--workers=127.0.0.1:{port}", f"--port_file={tls_port}",
+                                       f"--tls_cert={out}/cert.pem", f"--tls_key={out}/key.pem",
+                                       f"--api_keys_file={out}/keys"], stdout=subprocess.DEVNULL))
+        with open(f"{out}/cert.pem", "rb") as f:
+            creds = grpc.ssl_channel_credentials(root_certificates=f.read())
+        secure = gemma_pb2_grpc.GemmaStub(grpc.secure_channel(f"localhost:{wait_port(tls_port)}", creds))
+        hello = gemma_pb2.TokenizeRequest(text="Hello", add_bos=True)
+        assert list(secure.Tokenize(hello, timeout=10, metadata=[("authorization", "Bearer py-key-1")]).ids) == [2, 3791, 323]
+        try:
+            secure.Tokenize(hello, timeout=10, metadata=[("authorization", "Bearer nope")])
+            raise AssertionError("a wrong API key was accepted")
+        except grpc.RpcError as e:
+            assert e.code() == grpc.StatusCode.UNAUTHENTICATED, e.code()
+        passed += 1
         print(f"{passed} passed, 0 failed")
     finally:
         for p in procs:
