@@ -1,5 +1,7 @@
 #include "shard/cuda/gemm.h"
 
+#include <cstdio>
+
 #include "absl/strings/str_cat.h"
 #include "shard/cuda/cuda_status.h"
 
@@ -57,9 +59,16 @@ absl::StatusOr<Gemm::Plan*> Gemm::PlanFor(int64_t M, int64_t N, int64_t K, int64
                                          &written);
     if (results[i].state == CUBLAS_STATUS_SUCCESS && (written == 0 || splits <= 1)) chosen = i;
   }
+  if (chosen < 0 && found > 0 && results[0].state == CUBLAS_STATUS_SUCCESS) {
+    // Still correct, but a row's result may then depend on the rows beside it.
+    std::fprintf(stderr, "gemma CUDA backend: cuBLASLt offers only split-K for [%lld x %lld] x [%lld x %lld]^T; "
+                 "results of this shape may vary with the batch\n", static_cast<long long>(M), static_cast<long long>(K),
+                 static_cast<long long>(N), static_cast<long long>(K));
+    chosen = 0;
+  }
   if (chosen < 0) {
-    return absl::InternalError(absl::StrCat("cuBLASLt has no algorithm without split-K for [", M, " x ", K,
-                                            "] x [", N, " x ", K, "]^T (", found, " candidates)"));
+    return absl::InternalError(absl::StrCat("cuBLASLt has no algorithm for [", M, " x ", K, "] x [", N, " x ", K,
+                                            "]^T (", found, " candidates)"));
   }
   p.algo = results[chosen].algo;
   return &plans_.emplace(key, p).first->second;
