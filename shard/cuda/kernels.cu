@@ -75,14 +75,18 @@ namespace {
 
 static_assert(kAttentionTileQueries == kernels::kTileQueries);
 
-template <typename Kv, typename Out>
+// Gemma's head size (256, 2B and 7B) gets kernels specialized for it; any other size (the tiny test checkpoints)
+// the general ones.
+constexpr int kGemmaHeadDim = 256;
+
+template <typename Kv, typename Out, int kHeadDim>
 void Attend(const AttentionArgs& a, cudaStream_t stream) {
   const auto* k = static_cast<const Kv*>(a.k_cache);
   const auto* v = static_cast<const Kv*>(a.v_cache);
   auto* out = static_cast<Out*>(a.out);
   if (a.num_single > 0) {
     const int splits = a.partials != nullptr ? a.splits : 1;
-    kernels::PagedAttention<Kv, Out><<<dim3(a.num_single, a.num_q, splits), kAttentionWarps * 32, 0, stream>>>(
+    kernels::PagedAttention<Kv, Out, kHeadDim><<<dim3(a.num_single, a.num_q, splits), kAttentionWarps * 32, 0, stream>>>(
         a.single_tokens, a.qkv, a.ld, a.head_dim, a.positions, a.seq_of_token, a.block_tables, a.max_blocks, k, v,
         a.block_size, a.block_stride, a.head_stride, a.heads_per_kv, a.q_head_begin, a.kv_head_begin, a.num_q, out,
         a.partials);
@@ -92,7 +96,7 @@ void Attend(const AttentionArgs& a, cudaStream_t stream) {
     }
   }
   if (a.num_tiles > 0) {
-    kernels::TiledAttention<Kv, Out><<<dim3(a.num_tiles, a.num_q), kernels::kTileQueries * kernels::kPartsPerQuery, 0,
+    kernels::TiledAttention<Kv, Out, kHeadDim><<<dim3(a.num_tiles, a.num_q), kernels::kTileQueries * kernels::kPartsPerQuery, 0,
                                        stream>>>(
         a.tile_first, a.tile_count, a.qkv, a.ld, a.head_dim, a.positions, a.seq_of_token, a.block_tables, a.max_blocks,
         k, v, a.block_size, a.block_stride, a.head_stride, a.heads_per_kv, a.q_head_begin, a.kv_head_begin, a.num_q, out);
@@ -105,10 +109,18 @@ cudaError_t LaunchAttention(const AttentionArgs& a, cudaStream_t stream) {
   if (a.head_dim > kernels::kMaxHeadDim || a.head_dim % kernels::kPartsPerQuery != 0) return cudaErrorInvalidValue;
   if (a.splits < 1 || a.splits > kAttentionMaxSplits) return cudaErrorInvalidValue;
   const bool kv32 = a.kv_type == Dtype::kF32, out32 = a.out_type == Dtype::kF32;
-  if (kv32 && out32) Attend<float, float>(a, stream);
-  if (kv32 && !out32) Attend<float, __nv_bfloat16>(a, stream);
-  if (!kv32 && out32) Attend<__nv_bfloat16, float>(a, stream);
-  if (!kv32 && !out32) Attend<__nv_bfloat16, __nv_bfloat16>(a, stream);
+  const bool gemma = a.head_dim == kGemmaHeadDim;
+  if (kv32 && out32) gemma ? Attend<float, float, kGemmaHeadDim>(a, stream) : Attend<float, float, 0>(a, stream);
+  if (kv32 && !out32) {
+    gemma ? Attend<float, __nv_bfloat16, kGemmaHeadDim>(a, stream) : Attend<float, __nv_bfloat16, 0>(a, stream);
+  }
+  if (!kv32 && out32) {
+    gemma ? Attend<__nv_bfloat16, float, kGemmaHeadDim>(a, stream) : Attend<__nv_bfloat16, float, 0>(a, stream);
+  }
+  if (!kv32 && !out32) {
+    gemma ? Attend<__nv_bfloat16, __nv_bfloat16, kGemmaHeadDim>(a, stream)
+          : Attend<__nv_bfloat16, __nv_bfloat16, 0>(a, stream);
+  }
   return cudaGetLastError();
 }
 

@@ -130,12 +130,13 @@ constexpr int kDimsPerLane = kMaxHeadDim / 32;
 // each keeping an online softmax; a block merges its warps, and with one split writes the output, otherwise its
 // partial (max, sum, accumulator) for CombineSplits. The split count depends on the batch, not on the context, so
 // a captured decode graph stays valid as sequences grow.
-template <typename Kv, typename Out>
+template <typename Kv, typename Out, int kHeadDim>
 __global__ void __launch_bounds__(kAttentionWarps * 32)
-    PagedAttention(const int32_t* token_list, const float* qkv, int64_t ld, int head_dim, const int32_t* positions,
+    PagedAttention(const int32_t* token_list, const float* qkv, int64_t ld, int head_dim_arg, const int32_t* positions,
                    const int32_t* seq_of_token, const int32_t* block_tables, int max_blocks, const Kv* k_cache,
                    const Kv* v_cache, int block_size, int64_t block_stride, int64_t head_stride, int heads_per_kv,
                    int q_head_begin, int kv_head_begin, int num_q, Out* out, float* partials) {
+  const int head_dim = kHeadDim > 0 ? kHeadDim : head_dim_arg;  // a constant where Gemma's own size is dispatched
   const int t = token_list[blockIdx.x], h = blockIdx.y, split = blockIdx.z, splits = gridDim.z;
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int kv_head = (q_head_begin + h) / heads_per_kv - kv_head_begin;
@@ -235,14 +236,15 @@ constexpr int kTileRow = kMaxHeadDim + kPartsPerQuery;  // one pad word per part
 // Prefill: one block per (tile of up to kTileQueries consecutive tokens of one sequence, q head), FlashAttention
 // style: K and V rows are staged through shared memory kTileKeys at a time and reused by every query of the tile,
 // with an online softmax per query. Needs head_dim % kPartsPerQuery == 0.
-template <typename Kv, typename Out>
+template <typename Kv, typename Out, int kHeadDim>
 __global__ void __launch_bounds__(kTileQueries * kPartsPerQuery)
-    TiledAttention(const int32_t* tile_first, const int32_t* tile_count, const float* qkv, int64_t ld, int head_dim,
+    TiledAttention(const int32_t* tile_first, const int32_t* tile_count, const float* qkv, int64_t ld, int head_dim_arg,
                    const int32_t* positions, const int32_t* seq_of_token, const int32_t* block_tables, int max_blocks,
                    const Kv* k_cache, const Kv* v_cache, int block_size, int64_t block_stride, int64_t head_stride,
                    int heads_per_kv, int q_head_begin, int kv_head_begin, int num_q, Out* out) {
   __shared__ float ks[kTileKeys][kTileRow];
   __shared__ float vs[kTileKeys][kTileRow];
+  const int head_dim = kHeadDim > 0 ? kHeadDim : head_dim_arg;
   const int h = blockIdx.y;
   const int t0 = tile_first[blockIdx.x], n = tile_count[blockIdx.x];
   const int query = threadIdx.x / kPartsPerQuery, part = threadIdx.x % kPartsPerQuery;
