@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds what the GPU check runs, here, for a GPU machine that has CUDA but no Debian -dev packages: the CUDA
-# backend's tests, the NCCL test and gemma-cuda-bench (shard/ only: no gRPC), into build-gpu/, with the non-system
-# shared libraries they load copied into build-gpu/lib (the CUDA runtime, cuBLAS and NCCL come from that machine).
+# backend's tests, the NCCL test and gemma-cuda-bench (shard/ only: no gRPC), and the serving binaries
+# (gemma-worker with libgemma_cuda.so, gemma-router, gemma) for an end-to-end check, into build-gpu/, with the
+# non-system shared libraries they load copied into build-gpu/lib (CUDA, cuBLAS and NCCL come from that machine).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cmake -S . -B build-gpu-cmake -G Ninja -DCMAKE_BUILD_TYPE=Release -DGEMMA_BUILD_SERVICES=OFF >/dev/null
@@ -11,8 +12,12 @@ rm -rf "$out"
 mkdir -p "$out/lib"
 cp build-gpu-cmake/shard/cuda_backend_test build-gpu-cmake/shard/nccl_collective_test \
    build-gpu-cmake/shard/gemma-cuda-bench "$out/"
+bash scripts/build.sh >/dev/null
+mkdir -p "$out/bin"
+cp build/worker/gemma-worker build/router/gemma-router build/tools/gemma build/shard/libgemma_cuda.so \
+   build/router/tokenizer/libgemma_sentencepiece.so "$out/bin/"
 # Libraries from this machine's packages; not the C runtime, the C++ runtime or CUDA's own.
-for bin in "$out"/cuda_backend_test "$out"/nccl_collective_test "$out"/gemma-cuda-bench; do
+for bin in "$out"/cuda_backend_test "$out"/nccl_collective_test "$out"/gemma-cuda-bench "$out"/bin/*; do
   ldd "$bin" | awk '/=> \// {print $3}'
 done | sort -u | grep -Ev '/(libc|libm|libdl|librt|libpthread|ld-linux[^/]*|libstdc\+\+|libgcc_s|libcuda|libcudart|libcublas[^/]*|libnccl)\.so' |
   while read -r lib; do cp -L "$lib" "$out/lib/"; done

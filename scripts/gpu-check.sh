@@ -24,6 +24,13 @@ for t in build-gpu/*_test; do
   grep -c "SKIPPED \]" "$out/$name.log" | xargs echo "  skipped:"
 done
 
+echo "== serving on the GPU: gemma-worker --device cuda, gemma-router, gemma client (tiny-mqa, f32)"
+if timeout 120 bash scripts/gpu-serve-check.sh "$out" > "$out/serve.log" 2>&1; then
+  echo "PASS serve: $(tail -1 "$out/serve.log")"
+else
+  echo "FAIL serve"; tail -15 "$out/serve.log"; failed=1
+fi
+
 model=${GEMMA_BENCH_MODEL:-/tmp/gemma-7b-random}
 echo "== gemma-cuda-bench on $model (written first if absent)"
 if timeout 420 build-gpu/gemma-cuda-bench --model "$model" --make-7b --json "$out/bench-cuda-7b.json" \
