@@ -14,6 +14,7 @@
 #include "shard/cuda/device_buffer.h"
 #include "shard/cuda/gemm.h"
 #include "shard/cuda/kernels.h"
+#include "shard/progress.h"
 
 namespace gemma {
 namespace {
@@ -163,7 +164,9 @@ absl::Status CudaBackend::Init(const KvCacheOptions& kv_options) {
   if (!gemm.ok()) return gemm.status();
   gemm_ = std::move(*gemm);
 
+  Progress progress("copying weights to the GPU (layers)", c.num_layers);
   for (int i = 0; i < c.num_layers; ++i) {
+    progress.Update(i);
     const LayerWeights& lw = weights_->layer(i);
     DeviceLayer d;
     const std::string layer = absl::StrCat("layer ", i, "'s ");
@@ -184,6 +187,7 @@ absl::Status CudaBackend::Init(const KvCacheOptions& kv_options) {
     d.ffn_norm = std::move(*fn);
     layers_.push_back(std::move(d));
   }
+  progress.Finish();
   const MatrixView& embed = weights_->embed();
   auto eb = DeviceBuffer::Allocate(static_cast<size_t>(embed.rows * embed.cols) * 2, "the embedding");
   if (!eb.ok()) return eb.status();
