@@ -41,7 +41,8 @@ b = json.load(open(sys.argv[1]))
 print(f"GPU {b['gpu']}: device bandwidth {b['device_bandwidth_bytes_per_s']/1e12:.2f} TB/s, cuBLASLt bf16 GEMM {b['gemm_bf16_tflops']:.0f} TFLOP/s")
 for d in b["decode"]:
     print(f"  decode batch {d['batch']:>3}: {d['tokens_per_s']:.1f} tok/s ({d['step_ms']:.2f} ms/step, context {b['decode_context']})")
-print(f"  batch-1 decode at {100*b['decode_batch1_bandwidth_fraction']:.0f}% of device bandwidth (target >= 75%)")
+print(f"  batch-1 decode at {100*b['decode_batch1_bandwidth_fraction']:.0f}% of device bandwidth (target >= 75%); "
+      f"{b['decode_batch1_tokens_per_s_cublaslt_only']:.1f} tok/s with cuBLASLt for the decode GEMMs instead")
 print(f"  prefill {b['prefill_tokens']} tokens: {b['prefill_tokens_per_s']:.0f} tok/s, {b['prefill_tflops']:.0f} TFLOP/s = "
       f"{100*b['prefill_fraction_of_gemm']:.0f}% of the GEMM (target >= 50%)")
 PY

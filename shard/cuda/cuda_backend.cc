@@ -160,7 +160,7 @@ absl::Status CudaBackend::Init(const KvCacheOptions& kv_options) {
   GEMMA_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
   GEMMA_CUDA_RETURN_IF_ERROR(
       cudaDeviceGetAttribute(&multiprocessors_, cudaDevAttrMultiProcessorCount, options_.device));
-  auto gemm = cuda::Gemm::Create();
+  auto gemm = cuda::Gemm::Create(size_t{32} << 20, options_.small_batch_gemm);
   if (!gemm.ok()) return gemm.status();
   gemm_ = std::move(*gemm);
 

@@ -22,6 +22,7 @@ struct CudaBackendOptions {
   int device = 0;
   CudaPrecision precision = CudaPrecision::kBf16;
   bool cuda_graphs = true;  // replay decode steps (one GPU) as CUDA graphs, one per batch size
+  bool small_batch_gemm = true;  // decode GEMMs (<= 8 rows) through the weight-streaming kernel, not cuBLASLt
 };
 
 // Whether this build has the CUDA backend, and how many devices this process sees (0 without CUDA).

@@ -115,7 +115,7 @@ int Run() {
   kv.num_blocks = static_cast<int>((max_batch * per_seq + prompt) / kv.block_size + max_batch + 2);
   auto made = CreateCudaBackend(w, kv, {});
   if (!made.ok()) return Fail(made.status());
-  Backend& backend = **made;
+  Backend& backend = **made;  // reset before the cuBLASLt-only comparison below
   cudaDeviceProp prop{};
   cudaGetDeviceProperties(&prop, 0);
 
@@ -176,6 +176,32 @@ int Run() {
     progress.Update(++done);
   }
   progress.Finish();
+
+  // Batch-1 decode once more with cuBLASLt for the decode GEMMs too, to compare with the weight-streaming kernel.
+  made->reset();
+  CudaBackendOptions without_small;
+  without_small.small_batch_gemm = false;
+  auto lt_backend = CreateCudaBackend(w, kv, without_small);
+  if (!lt_backend.ok()) return Fail(lt_backend.status());
+  double batch1_cublaslt = 0;
+  {
+    Backend& lt = **lt_backend;
+    std::vector<int32_t> table(per_seq / kv.block_size + 1);
+    for (size_t i = 0; i < table.size(); ++i) table[i] = first_block + static_cast<int32_t>(i);
+    const auto p = Tokens(context, c.vocab_size, 100);
+    SequenceStep s{p, 0, table, LogitsWanted::kLast};
+    if (auto st = lt.ForwardAndSample({&s, 1}, greedy(1), false, &logits, &drawn); !st.ok()) return Fail(st);
+    int32_t next = 5;
+    double elapsed = 0;
+    for (int i = 0; i <= steps + 1; ++i) {
+      s = {{&next, 1}, context + i, table, LogitsWanted::kLast};
+      start = Clock::now();
+      if (auto st = lt.ForwardAndSample({&s, 1}, greedy(1), false, &logits, &drawn); !st.ok()) return Fail(st);
+      next = drawn[0].token;
+      if (i > 1) elapsed += Since(start);
+    }
+    batch1_cublaslt = steps / elapsed;
+  }
   const double weight_bytes = static_cast<double>(w->WeightBytesPerStep());
   nlohmann::json out = {{"gpu", prop.name},
                         {"model", c.DebugString()},
@@ -184,6 +210,7 @@ int Run() {
                         {"decode_context", context},
                         {"decode", decode},
                         {"decode_batch1_bandwidth_fraction", batch1 > 0 ? weight_bytes * batch1 / *bandwidth : 0.0},
+                        {"decode_batch1_tokens_per_s_cublaslt_only", batch1_cublaslt},
                         {"prefill_tokens", prompt},
                         {"prefill_tokens_per_s", prompt / prefill_s},
                         {"prefill_tflops", prefill_tflops},

@@ -7,8 +7,9 @@
 
 namespace gemma::cuda {
 
-absl::StatusOr<std::unique_ptr<Gemm>> Gemm::Create(size_t workspace_bytes) {
+absl::StatusOr<std::unique_ptr<Gemm>> Gemm::Create(size_t workspace_bytes, bool small_batch_kernel) {
   auto g = std::unique_ptr<Gemm>(new Gemm());
+  g->small_batch_kernel_ = small_batch_kernel;
   GEMMA_CUBLAS_RETURN_IF_ERROR(cublasLtCreate(&g->handle_));
   auto ws = DeviceBuffer::Allocate(workspace_bytes, "the cuBLASLt workspace");
   if (!ws.ok()) return ws.status();
@@ -77,6 +78,11 @@ absl::StatusOr<Gemm::Plan*> Gemm::PlanFor(int64_t M, int64_t N, int64_t K, int64
 absl::Status Gemm::Run(const void* a, const void* w, int64_t ldw, float* c, int64_t ldc, int64_t M, int64_t N,
                        int64_t K, Dtype in, cudaStream_t stream) {
   if (M == 0 || N == 0) return absl::OkStatus();
+  if (small_batch_kernel_ && SmallBatchGemmFits(a, w, ldw, static_cast<int>(M), static_cast<int>(K), in)) {
+    GEMMA_CUDA_RETURN_IF_ERROR(LaunchSmallBatchGemm(a, w, ldw, c, ldc, static_cast<int>(M), static_cast<int>(N),
+                                                    static_cast<int>(K), in, stream));
+    return absl::OkStatus();
+  }
   auto plan = PlanFor(M, N, K, ldw, ldc, in);
   if (!plan.ok()) return plan.status();
   const float alpha = 1.0f, beta = 0.0f;

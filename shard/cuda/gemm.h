@@ -18,7 +18,10 @@ namespace gemma::cuda {
 // Not thread-safe: one stream's products at a time.
 class Gemm {
  public:
-  static absl::StatusOr<std::unique_ptr<Gemm>> Create(size_t workspace_bytes = size_t{32} << 20);
+  // With `small_batch_kernel`, products of at most kSmallBatchMaxRows rows (decode) use kernels::SmallBatchGemm,
+  // which streams the weights once with one warp per output; larger ones, and shapes it does not suit, cuBLASLt.
+  static absl::StatusOr<std::unique_ptr<Gemm>> Create(size_t workspace_bytes = size_t{32} << 20,
+                                                      bool small_batch_kernel = true);
   ~Gemm();
 
   // c[m, n] (leading dimension ldc) = sum_k a[m, k] * w[n, k] (w's rows ldw apart), for m < M, n < N, k < K.
@@ -38,6 +41,7 @@ class Gemm {
   absl::StatusOr<Plan*> PlanFor(int64_t M, int64_t N, int64_t K, int64_t ldw, int64_t ldc, Dtype in);
 
   cublasLtHandle_t handle_ = nullptr;
+  bool small_batch_kernel_ = true;
   DeviceBuffer workspace_;
   std::map<Key, Plan> plans_;
 };

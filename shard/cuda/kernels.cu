@@ -144,4 +144,42 @@ cudaError_t LaunchSampleRows(const float* logits, int rows, int64_t vocab, const
   return cudaGetLastError();
 }
 
+bool SmallBatchGemmFits(const void* a, const void* w, int64_t ldw, int M, int K, Dtype type) {
+  const int per_load = 16 / DtypeBytes(type);
+  return M >= 1 && M <= kSmallBatchMaxRows && K % per_load == 0 && ldw % per_load == 0 &&
+         reinterpret_cast<uintptr_t>(a) % 16 == 0 && reinterpret_cast<uintptr_t>(w) % 16 == 0;
+}
+
+namespace {
+
+template <typename T>
+cudaError_t SmallBatch(const T* a, const T* w, int64_t ldw, float* c, int64_t ldc, int M, int N, int K,
+                       cudaStream_t stream) {
+  const int blocks = (N + 7) / 8;  // 8 warps, one output row each
+  switch (M) {
+    case 1: kernels::SmallBatchGemm<T, 1><<<blocks, 256, 0, stream>>>(a, w, ldw, c, ldc, N, K); break;
+    case 2: kernels::SmallBatchGemm<T, 2><<<blocks, 256, 0, stream>>>(a, w, ldw, c, ldc, N, K); break;
+    case 3: kernels::SmallBatchGemm<T, 3><<<blocks, 256, 0, stream>>>(a, w, ldw, c, ldc, N, K); break;
+    case 4: kernels::SmallBatchGemm<T, 4><<<blocks, 256, 0, stream>>>(a, w, ldw, c, ldc, N, K); break;
+    case 5: kernels::SmallBatchGemm<T, 5><<<blocks, 256, 0, stream>>>(a, w, ldw, c, ldc, N, K); break;
+    case 6: kernels::SmallBatchGemm<T, 6><<<blocks, 256, 0, stream>>>(a, w, ldw, c, ldc, N, K); break;
+    case 7: kernels::SmallBatchGemm<T, 7><<<blocks, 256, 0, stream>>>(a, w, ldw, c, ldc, N, K); break;
+    case 8: kernels::SmallBatchGemm<T, 8><<<blocks, 256, 0, stream>>>(a, w, ldw, c, ldc, N, K); break;
+    default: return cudaErrorInvalidValue;
+  }
+  return cudaGetLastError();
+}
+
+}  // namespace
+
+cudaError_t LaunchSmallBatchGemm(const void* a, const void* w, int64_t ldw, float* c, int64_t ldc, int M, int N, int K,
+                                 Dtype type, cudaStream_t stream) {
+  if (!SmallBatchGemmFits(a, w, ldw, M, K, type)) return cudaErrorInvalidValue;
+  if (type == Dtype::kF32) {
+    return SmallBatch(static_cast<const float*>(a), static_cast<const float*>(w), ldw, c, ldc, M, N, K, stream);
+  }
+  return SmallBatch(static_cast<const __nv_bfloat16*>(a), static_cast<const __nv_bfloat16*>(w), ldw, c, ldc, M, N, K,
+                    stream);
+}
+
 }  // namespace gemma::cuda

@@ -492,4 +492,40 @@ __global__ void __launch_bounds__(1024) SampleRows(const float* logits, int64_t 
   }
 }
 
+// Small batches (decode): c[m, n] = sum_k a[m, k] * w[n, k] for m < kM <= 8, one warp per output row n, reading
+// w once with 16-byte loads and keeping kM accumulators per lane. Every output is summed in the same order for any
+// kM, so a sequence's results do not depend on how many others share its step (up to 8). Needs K and ldw to be
+// multiples of 16 / sizeof(T) and 16-byte aligned rows.
+template <typename T, int kM>
+__global__ void __launch_bounds__(256) SmallBatchGemm(const T* a, const T* w, int64_t ldw, float* c, int64_t ldc,
+                                                      int N, int K) {
+  constexpr int kPerLoad = 16 / sizeof(T);
+  const int n = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  if (n >= N) return;
+  const T* row = w + static_cast<int64_t>(n) * ldw;
+  float acc[kM];
+#pragma unroll
+  for (int m = 0; m < kM; ++m) acc[m] = 0.0f;
+  for (int k0 = lane * kPerLoad; k0 < K; k0 += 32 * kPerLoad) {
+    const uint4 wv = *reinterpret_cast<const uint4*>(row + k0);
+    const T* wt = reinterpret_cast<const T*>(&wv);
+    float wf[kPerLoad];
+#pragma unroll
+    for (int e = 0; e < kPerLoad; ++e) wf[e] = Load(&wt[e]);
+#pragma unroll
+    for (int m = 0; m < kM; ++m) {
+      const uint4 av = __ldg(reinterpret_cast<const uint4*>(a + static_cast<int64_t>(m) * K + k0));
+      const T* at = reinterpret_cast<const T*>(&av);
+#pragma unroll
+      for (int e = 0; e < kPerLoad; ++e) acc[m] += Load(&at[e]) * wf[e];
+    }
+  }
+#pragma unroll
+  for (int m = 0; m < kM; ++m) {
+    const float sum = WarpSum(acc[m]);
+    if (lane == 0) c[static_cast<int64_t>(m) * ldc + n] = sum;
+  }
+}
+
 }  // namespace gemma::cuda::kernels

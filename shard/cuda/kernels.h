@@ -93,4 +93,11 @@ struct RowSampling {
 cudaError_t LaunchSampleRows(const float* logits, int rows, int64_t vocab, const RowSampling* params, int32_t* token,
                              float* logprob, cudaStream_t stream);
 
+// c[m, n] = sum_k a[m, k] * w[n, k] for M <= kSmallBatchMaxRows (a and w of `type`, a's rows K apart): the decode
+// GEMM (kernels::SmallBatchGemm). cudaErrorInvalidValue when M, K, ldw or the pointers do not suit it.
+inline constexpr int kSmallBatchMaxRows = 8;
+cudaError_t LaunchSmallBatchGemm(const void* a, const void* w, int64_t ldw, float* c, int64_t ldc, int M, int N, int K,
+                                 Dtype type, cudaStream_t stream);
+bool SmallBatchGemmFits(const void* a, const void* w, int64_t ldw, int M, int K, Dtype type);
+
 }  // namespace gemma::cuda
