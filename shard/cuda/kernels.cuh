@@ -496,6 +496,23 @@ __global__ void __launch_bounds__(1024) SampleRows(const float* logits, int64_t 
 // w once with 16-byte loads and keeping kM accumulators per lane. Every output is summed in the same order for any
 // kM, so a sequence's results do not depend on how many others share its step (up to 8). Needs K and ldw to be
 // multiples of 16 / sizeof(T) and 16-byte aligned rows.
+// 16 bytes as floats: 8 bf16 values (low half of each word first) or 4 floats. No address taken, so they stay in
+// registers.
+__device__ __forceinline__ void Unpack(const uint4& v, float (&out)[8], __nv_bfloat16) {
+  const uint32_t words[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    out[2 * i] = __uint_as_float(words[i] << 16);
+    out[2 * i + 1] = __uint_as_float(words[i] & 0xffff0000u);
+  }
+}
+__device__ __forceinline__ void Unpack(const uint4& v, float (&out)[4], float) {
+  out[0] = __uint_as_float(v.x);
+  out[1] = __uint_as_float(v.y);
+  out[2] = __uint_as_float(v.z);
+  out[3] = __uint_as_float(v.w);
+}
+
 template <typename T, int kM>
 __global__ void __launch_bounds__(256) SmallBatchGemm(const T* a, const T* w, int64_t ldw, float* c, int64_t ldc,
                                                       int N, int K) {
@@ -508,17 +525,13 @@ __global__ void __launch_bounds__(256) SmallBatchGemm(const T* a, const T* w, in
 #pragma unroll
   for (int m = 0; m < kM; ++m) acc[m] = 0.0f;
   for (int k0 = lane * kPerLoad; k0 < K; k0 += 32 * kPerLoad) {
-    const uint4 wv = *reinterpret_cast<const uint4*>(row + k0);
-    const T* wt = reinterpret_cast<const T*>(&wv);
-    float wf[kPerLoad];
-#pragma unroll
-    for (int e = 0; e < kPerLoad; ++e) wf[e] = Load(&wt[e]);
+    float wf[kPerLoad], af[kPerLoad];
+    Unpack(*reinterpret_cast<const uint4*>(row + k0), wf, T());
 #pragma unroll
     for (int m = 0; m < kM; ++m) {
-      const uint4 av = __ldg(reinterpret_cast<const uint4*>(a + static_cast<int64_t>(m) * K + k0));
-      const T* at = reinterpret_cast<const T*>(&av);
+      Unpack(__ldg(reinterpret_cast<const uint4*>(a + static_cast<int64_t>(m) * K + k0)), af, T());
 #pragma unroll
-      for (int e = 0; e < kPerLoad; ++e) acc[m] += Load(&at[e]) * wf[e];
+      for (int e = 0; e < kPerLoad; ++e) acc[m] += af[e] * wf[e];
     }
   }
 #pragma unroll
