@@ -79,6 +79,25 @@ TEST(ServeTest, AWorkerThatDiesStopsTheClusterWithAMessage) {
   EXPECT_EQ(serve.WaitExit(std::chrono::seconds(15)), 1);
 }
 
+// Where no GPU is, asking for one stops the cluster with the worker's reason; a device name it does not know is
+// refused at once.
+TEST(ServeTest, DeviceChoiceErrorsAreClear) {
+  const std::string out = ::testing::TempDir() + "/serve_device_" + std::to_string(::getpid());
+  const std::string gemma = GEMMA_BINARY;
+  EXPECT_EQ(WEXITSTATUS(std::system((gemma + " serve --device tpu 2> " + out).c_str())), 2);
+  EXPECT_NE(ReadFile(out).find("allowed: cpu, cuda"), std::string::npos) << ReadFile(out);
+  const int code = WEXITSTATUS(std::system(
+      ("timeout 60 " + gemma + " serve --model " + GemmaTinyDir() + "/tiny-mqa --device cuda --kv-cache-mb 16 > " +
+       out + ".out 2> " + out)
+          .c_str()));
+  const std::string err = ReadFile(out);
+  if (ReadFile(out + ".out").find("listening on") != std::string::npos) GTEST_SKIP() << "a CUDA device is present";
+  EXPECT_EQ(code, 1);
+  EXPECT_TRUE(err.find("--device cuda: this process sees no CUDA device") != std::string::npos ||
+              err.find("--device cuda: this build has no CUDA backend module") != std::string::npos)
+      << err;
+}
+
 // The cluster over TLS with API keys, reached by `gemma client` and loaded by `gemma bench --server`.
 TEST(ServeTest, TlsAndApiKeysThroughClientAndLoadGenerator) {
   const std::string dir = ::testing::TempDir() + "/serve_tls_" + std::to_string(::getpid());

@@ -75,13 +75,15 @@ int ReadPort(const std::string& path, const std::vector<pid_t>& watch, std::chro
 
 int ServeCommand(int argc, char** argv) {
   const char* kCmd = "serve";
-  Args args(kCmd, "[--model DIR] [--tp N] [--replicas G] [--port P]");
+  Args args(kCmd, "[--model DIR] [--tp N] [--replicas G] [--port P] [--device cpu|cuda]");
   args.Flag("model", "checkpoint directory (default: the embedded tiny model)")
       .Flag("tp", "ranks per worker group, 1..8 (default 1)")
       .Flag("replicas", "worker groups, 1..16 (default 1)")
       .Flag("port", "the router's public port (default: any free port)")
       .Flag("threads", "compute threads per rank (default: cores / (tp * replicas))")
       .Flag("kv-cache-mb", "KV cache per rank in MiB (default 1024)")
+      .Flag("device", "cpu (default) or cuda: group g's rank r uses GPU g * tp + r")
+      .Flag("precision", "with --device cuda: bf16 (default) or f32")
       .Flag("tls-cert", "PEM certificate of the public port; with --tls-key it listens on every interface over TLS")
       .Flag("tls-key", "PEM private key of the public port")
       .Flag("api-keys-file", "file of API keys, one per line; calls then need \"authorization: Bearer <key>\"");
@@ -98,6 +100,13 @@ int ServeCommand(int argc, char** argv) {
   if (!threads.ok()) return Fail(kCmd, threads.status());
   auto kv_mb = args.GetInt("kv-cache-mb", 1024, 1, int64_t{1} << 24);
   if (!kv_mb.ok()) return Fail(kCmd, kv_mb.status());
+  const std::string device = args.Get("device", "cpu"), precision = args.Get("precision", "bf16");
+  if (device != "cpu" && device != "cuda") {
+    return Fail(kCmd, absl::InvalidArgumentError("--device \"" + device + "\" is invalid; allowed: cpu, cuda"));
+  }
+  if (precision != "bf16" && precision != "f32") {
+    return Fail(kCmd, absl::InvalidArgumentError("--precision \"" + precision + "\" is invalid; allowed: bf16, f32"));
+  }
   std::string model = args.Get("model");
   if (model.empty()) {
     auto d = EnsureDefaultModel();
@@ -131,9 +140,15 @@ int ServeCommand(int argc, char** argv) {
     const std::string peer = std::to_string(FreePortNumber());
     std::vector<pid_t> group;
     for (int r = 0; r < *tp; ++r) {
-      group.push_back(Spawn(worker_bin, {"--model=" + model, "--kv_cache_mb=" + std::to_string(*kv_mb), absl::StrCat("--rank=", r), absl::StrCat("--world_size=", *tp),
-                                         "--peer_port=" + peer, "--leader=127.0.0.1:" + peer, "--port_file=" + port_file,
-                                         absl::StrCat("--threads=", *threads)}));
+      std::vector<std::string> worker_args = {"--model=" + model, "--kv_cache_mb=" + std::to_string(*kv_mb),
+                                              absl::StrCat("--rank=", r), absl::StrCat("--world_size=", *tp),
+                                              "--peer_port=" + peer, "--leader=127.0.0.1:" + peer,
+                                              "--port_file=" + port_file, absl::StrCat("--threads=", *threads)};
+      if (device == "cuda") {
+        worker_args.insert(worker_args.end(), {"--device=cuda", "--precision=" + precision,
+                                               absl::StrCat("--cuda_device=", g * *tp + r)});
+      }
+      group.push_back(Spawn(worker_bin, worker_args));
     }
     children.insert(children.end(), group.begin(), group.end());
     const int worker_port = ReadPort(port_file, group, std::chrono::seconds(600));
