@@ -16,6 +16,23 @@ __device__ __forceinline__ void Store(float* p, float v) { *p = v; }
 __device__ __forceinline__ void Store(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
 __device__ __forceinline__ float Bf16BitsToFloat(uint16_t bits) { return __uint_as_float(static_cast<uint32_t>(bits) << 16); }
 
+// 16 bytes as floats: 8 bf16 values (low half of each word first) or 4 floats. No address taken, so they stay in
+// registers.
+__device__ __forceinline__ void Unpack(const uint4& v, float (&out)[8], __nv_bfloat16) {
+  const uint32_t words[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    out[2 * i] = __uint_as_float(words[i] << 16);
+    out[2 * i + 1] = __uint_as_float(words[i] & 0xffff0000u);
+  }
+}
+__device__ __forceinline__ void Unpack(const uint4& v, float (&out)[4], float) {
+  out[0] = __uint_as_float(v.x);
+  out[1] = __uint_as_float(v.y);
+  out[2] = __uint_as_float(v.z);
+  out[3] = __uint_as_float(v.w);
+}
+
 __device__ __forceinline__ float WarpSum(float v) {
   for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
   return v;
@@ -141,10 +158,14 @@ __global__ void __launch_bounds__(kAttentionWarps * 32)
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int kv_head = (q_head_begin + h) / heads_per_kv - kv_head_begin;
   const float* q = qkv + t * ld + static_cast<int64_t>(h) * head_dim;
+  // Gemma's bf16 cache: each lane holds 8 consecutive dimensions, read as one 16-byte load per row; otherwise a
+  // lane holds every 32nd dimension.
+  constexpr bool kVectorized = kHeadDim == kMaxHeadDim && sizeof(Kv) == 2;
+  auto dim = [lane](int k) { return kVectorized ? lane * kDimsPerLane + k : lane + 32 * k; };
   float qreg[kDimsPerLane], acc[kDimsPerLane];
 #pragma unroll
   for (int k = 0; k < kDimsPerLane; ++k) {
-    const int d = lane + 32 * k;
+    const int d = dim(k);
     qreg[k] = d < head_dim ? q[d] : 0.0f;
     acc[k] = 0.0f;
   }
@@ -155,20 +176,26 @@ __global__ void __launch_bounds__(kAttentionWarps * 32)
     const int64_t base = static_cast<int64_t>(blocks[j / block_size]) * block_stride + kv_head * head_stride +
                          static_cast<int64_t>(j % block_size) * head_dim;
     float partial = 0.0f;
+    float kf[kDimsPerLane], vf[kDimsPerLane];
+    if constexpr (kVectorized) {
+      Unpack(*reinterpret_cast<const uint4*>(k_cache + base + lane * kDimsPerLane), kf, __nv_bfloat16());
+      Unpack(*reinterpret_cast<const uint4*>(v_cache + base + lane * kDimsPerLane), vf, __nv_bfloat16());
+    } else {
 #pragma unroll
-    for (int k = 0; k < kDimsPerLane; ++k) {
-      const int d = lane + 32 * k;
-      if (d < head_dim) partial += qreg[k] * Load(&k_cache[base + d]);
+      for (int k = 0; k < kDimsPerLane; ++k) {
+        const int d = dim(k);
+        kf[k] = d < head_dim ? Load(&k_cache[base + d]) : 0.0f;
+        vf[k] = d < head_dim ? Load(&v_cache[base + d]) : 0.0f;
+      }
     }
+#pragma unroll
+    for (int k = 0; k < kDimsPerLane; ++k) partial += qreg[k] * kf[k];
     const float s = WarpSum(partial);
     const float m_new = fmaxf(m, s);
     const float correction = expf(m - m_new), p = expf(s - m_new);
     l = l * correction + p;
 #pragma unroll
-    for (int k = 0; k < kDimsPerLane; ++k) {
-      const int d = lane + 32 * k;
-      if (d < head_dim) acc[k] = acc[k] * correction + p * Load(&v_cache[base + d]);
-    }
+    for (int k = 0; k < kDimsPerLane; ++k) acc[k] = acc[k] * correction + p * vf[k];
     m = m_new;
   }
   __shared__ float warp_m[kAttentionWarps], warp_l[kAttentionWarps];
@@ -179,7 +206,7 @@ __global__ void __launch_bounds__(kAttentionWarps * 32)
   }
 #pragma unroll
   for (int k = 0; k < kDimsPerLane; ++k) {
-    const int d = lane + 32 * k;
+    const int d = dim(k);
     if (d < head_dim) warp_acc[warp][d] = acc[k];
   }
   __syncthreads();
@@ -496,23 +523,6 @@ __global__ void __launch_bounds__(1024) SampleRows(const float* logits, int64_t 
 // w once with 16-byte loads and keeping kM accumulators per lane. Every output is summed in the same order for any
 // kM, so a sequence's results do not depend on how many others share its step (up to 8). Needs K and ldw to be
 // multiples of 16 / sizeof(T) and 16-byte aligned rows.
-// 16 bytes as floats: 8 bf16 values (low half of each word first) or 4 floats. No address taken, so they stay in
-// registers.
-__device__ __forceinline__ void Unpack(const uint4& v, float (&out)[8], __nv_bfloat16) {
-  const uint32_t words[4] = {v.x, v.y, v.z, v.w};
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    out[2 * i] = __uint_as_float(words[i] << 16);
-    out[2 * i + 1] = __uint_as_float(words[i] & 0xffff0000u);
-  }
-}
-__device__ __forceinline__ void Unpack(const uint4& v, float (&out)[4], float) {
-  out[0] = __uint_as_float(v.x);
-  out[1] = __uint_as_float(v.y);
-  out[2] = __uint_as_float(v.z);
-  out[3] = __uint_as_float(v.w);
-}
-
 template <typename T, int kM>
 __global__ void __launch_bounds__(256) SmallBatchGemm(const T* a, const T* w, int64_t ldw, float* c, int64_t ldc,
                                                       int N, int K) {
