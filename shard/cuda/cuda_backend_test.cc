@@ -245,7 +245,8 @@ TEST_F(CudaBackendDeviceTest, GemmaHeadSizeKernelsMatchTheCpu) {
   double max_diff = 0;
   for (size_t i = 0; i < got.size(); ++i) max_diff = std::max(max_diff, std::abs(double(got[i]) - want[i]));
   EXPECT_LT(max_diff, 1e-3);
-  // bf16 (weights, GEMM inputs, the KV cache read with 16-byte loads): log-probs close, top tokens agreeing.
+  // bf16 (weights, GEMM inputs, the KV cache read with 16-byte loads): log-probs close. (Random weights give
+  // near-uniform logits, so top tokens are not compared here; the reference checkpoints check those.)
   cuda.reset();
   auto bf16 = OpenCuda(dir, CudaPrecision::kBf16);
   ASSERT_NE(bf16, nullptr);
@@ -253,15 +254,14 @@ TEST_F(CudaBackendDeviceTest, GemmaHeadSizeKernelsMatchTheCpu) {
   ASSERT_EQ(got16.size(), want.size());
   const int vocab = shape.vocab_size;
   const int rows = static_cast<int>(want.size() / vocab);
-  int agree = 0;
   for (int r = 0; r < rows; ++r) {
     const float* g = got16.data() + static_cast<size_t>(r) * vocab;
     const float* w = want.data() + static_cast<size_t>(r) * vocab;
-    const int top = Argmax(w, vocab);
-    agree += Argmax(g, vocab) == top;
-    EXPECT_NEAR(LogSoftmax(g, vocab)[top], LogSoftmax(w, vocab)[top], 0.05) << "row " << r;
+    const auto lg = LogSoftmax(g, vocab), lw = LogSoftmax(w, vocab);
+    double worst = 0;
+    for (int i = 0; i < vocab; ++i) worst = std::max(worst, std::abs(lg[i] - lw[i]));
+    EXPECT_LT(worst, 0.05) << "row " << r;
   }
-  EXPECT_GE(agree, 0.9 * rows);
 }
 
 TEST_F(CudaBackendDeviceTest, Bf16GreedyTokensDoNotDependOnTheBatch) {
