@@ -80,10 +80,9 @@ LeaderBackend::~LeaderBackend() {
   collective_->Broadcast(&stop, 0).IgnoreError();  // followers may already be gone
 }
 
-absl::Status LeaderBackend::Forward(std::span<const SequenceStep> batch, StepLogits* out) {
+absl::Status LeaderBackend::Announce(std::span<const SequenceStep> batch) {
   if (broken_) return absl::UnavailableError("the tensor-parallel group failed earlier; restart it");
-  const ModelConfig& c = config();
-  if (auto s = ValidateStep(batch, c, num_kv_blocks(), kv_block_size()); !s.ok()) return s;
+  if (auto s = ValidateStep(batch, config(), num_kv_blocks(), kv_block_size()); !s.ok()) return s;
   if (collective_->world() > 1) {
     std::string msg = EncodeStep(batch);
     if (auto s = collective_->Broadcast(&msg, 0); !s.ok()) {
@@ -91,7 +90,21 @@ absl::Status LeaderBackend::Forward(std::span<const SequenceStep> batch, StepLog
       return s;
     }
   }
+  return absl::OkStatus();
+}
+
+absl::Status LeaderBackend::Forward(std::span<const SequenceStep> batch, StepLogits* out) {
+  if (auto s = Announce(batch); !s.ok()) return s;
   auto s = local_->Forward(batch, out);
+  if (!s.ok() && !absl::IsInvalidArgument(s)) broken_ = true;
+  return s;
+}
+
+// Followers run a plain Forward: the same collectives, whatever the leader then does with its logits.
+absl::Status LeaderBackend::ForwardAndSample(std::span<const SequenceStep> batch, std::span<const RowSample> samples,
+                                             bool logits_to_host, StepLogits* out, std::vector<SampledToken>* tokens) {
+  if (auto s = Announce(batch); !s.ok()) return s;
+  auto s = local_->ForwardAndSample(batch, samples, logits_to_host, out, tokens);
   if (!s.ok() && !absl::IsInvalidArgument(s)) broken_ = true;
   return s;
 }

@@ -35,10 +35,15 @@ class LeaderBackend : public Backend {
   int num_kv_blocks() const override { return local_->num_kv_blocks(); }
   int kv_block_size() const override { return local_->kv_block_size(); }
   absl::Status Forward(std::span<const SequenceStep> batch, StepLogits* out) override;
+  absl::Status ForwardAndSample(std::span<const SequenceStep> batch, std::span<const RowSample> samples,
+                                bool logits_to_host, StepLogits* out, std::vector<SampledToken>* tokens) override;
   StepTimings last_timings() const override { return local_->last_timings(); }
   absl::Status Heartbeat();
 
  private:
+  // Validates the step and sends it to the followers.
+  absl::Status Announce(std::span<const SequenceStep> batch);
+
   std::unique_ptr<Backend> local_;
   std::shared_ptr<Collective> collective_;
   bool broken_ = false;

@@ -90,7 +90,13 @@ def main():
         rules = api(prom_port, "/api/v1/rules")
         names = {r["name"] for g in rules["groups"] for r in g["rules"]}
         assert "GemmaNoHealthyWorkerGroup" in names and "GemmaTimeToFirstTokenBudgetBurning" in names, names
-        up = query(prom_port, "up")
+        # Each target is scraped on its own schedule: wait until both have been, and are up.
+        up, end = [], time.time() + 30
+        while time.time() < end:
+            up = query(prom_port, "up")
+            if len(up) == 2 and all(r["value"][1] == "1" for r in up):
+                break
+            time.sleep(0.5)
         assert len(up) == 2 and all(r["value"][1] == "1" for r in up), up
 
         documented = set(re.findall(r"^\| `(gemma_[a-z0-9_]+)`", open(os.path.join(source, "monitoring/METRICS.md")).read(), re.M))
