@@ -57,9 +57,14 @@ GroupDiscovery::~GroupDiscovery() {
 void GroupDiscovery::RefreshOnce() {
   auto addresses = resolve_();
   if (!addresses.ok()) {
-    std::fprintf(stderr, "gemma-router: %s; keeping the groups as they are\n", std::string(addresses.status().message()).c_str());
+    const std::string message(addresses.status().message());
+    if (message != resolve_error_) {  // once per kind of failure, not every refresh
+      std::fprintf(stderr, "gemma-router: %s; keeping the groups as they are\n", message.c_str());
+      resolve_error_ = message;
+    }
     return;
   }
+  resolve_error_.clear();
   for (const std::string& address : *addresses) {
     if (groups_->Contains(address)) continue;
     auto group = connect_(address);

@@ -40,6 +40,7 @@ class GroupDiscovery {
   GroupSet* groups_;
   std::chrono::milliseconds period_;
   std::set<std::string> failing_;  // addresses whose last connection failed, to say so once
+  std::string resolve_error_;      // the last lookup failure, to say it once
   std::mutex mu_;
   std::condition_variable cv_;
   bool stop_ = false;
