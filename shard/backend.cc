@@ -57,16 +57,6 @@ absl::Status ValidateStep(std::span<const SequenceStep> batch, const ModelConfig
   return absl::OkStatus();
 }
 
-void PlaceVocabSlices(const float* gathered, int world, int64_t rows, int64_t slice, int64_t vocab, float* out) {
-  for (int r = 0; r < world; ++r) {
-    const int64_t begin = std::min<int64_t>(vocab, r * slice);
-    const int64_t count = std::min<int64_t>(vocab, (r + 1) * slice) - begin;
-    for (int64_t row = 0; row < rows; ++row) {
-      std::copy_n(gathered + (static_cast<int64_t>(r) * rows + row) * slice, count, out + row * vocab + begin);
-    }
-  }
-}
-
 absl::Status Backend::ForwardAndSample(std::span<const SequenceStep> batch, std::span<const RowSample> samples, bool,
                                        StepLogits* out, std::vector<SampledToken>* tokens) {
   if (auto s = Forward(batch, out); !s.ok()) return s;

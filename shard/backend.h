@@ -83,10 +83,6 @@ class Backend {
   virtual StepTimings last_timings() const = 0;
 };
 
-// Vocab-parallel logits: `gathered` holds every rank's padded slice ([world][rows][slice]); writes them in vocabulary
-// order into out ([rows][vocab]).
-void PlaceVocabSlices(const float* gathered, int world, int64_t rows, int64_t slice, int64_t vocab, float* out);
-
 // Shared validation for backends.
 absl::Status ValidateStep(std::span<const SequenceStep> batch, const ModelConfig& config, int num_blocks,
                           int block_size);

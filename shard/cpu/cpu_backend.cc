@@ -2,6 +2,7 @@
 
 #include <omp.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
@@ -20,6 +21,18 @@ void ApplyRope(float* x, const float* cos_sin, int head_dim) {
     const float x0 = x[i], x1 = x[i + half];
     x[i] = x0 * c - x1 * s;
     x[i + half] = x0 * s + x1 * c;
+  }
+}
+
+// Vocab-parallel logits: `gathered` holds every rank's padded slice ([world][rows][slice]); writes them in vocabulary
+// order into out ([rows][vocab]).
+void PlaceVocabSlices(const float* gathered, int world, int64_t rows, int64_t slice, int64_t vocab, float* out) {
+  for (int r = 0; r < world; ++r) {
+    const int64_t begin = std::min<int64_t>(vocab, r * slice);
+    const int64_t count = std::min<int64_t>(vocab, (r + 1) * slice) - begin;
+    for (int64_t row = 0; row < rows; ++row) {
+      std::copy_n(gathered + (static_cast<int64_t>(r) * rows + row) * slice, count, out + row * vocab + begin);
+    }
   }
 }
 

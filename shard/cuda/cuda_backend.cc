@@ -27,6 +27,30 @@ struct DeviceLayer {
   DeviceBuffer attn_norm, ffn_norm;     // f32, 1 + w
 };
 
+// One step's metadata, laid out alike on the host (pinned) and on the device, so that one copy moves it: int64
+// cache_row[T], then int32 tokens, positions, seq_of_token, logit rows, lone tokens, tile firsts and tile counts (T
+// each, at most), then the block tables [sequences][max_blocks].
+struct StepMeta {
+  int64_t* cache_row;
+  int32_t *tokens, *positions, *seq_of_token, *rows, *single, *tile_first, *tile_count, *tables;
+  static size_t Bytes(int64_t T, int64_t sequences, int max_blocks) {
+    return static_cast<size_t>(T) * (8 + 7 * 4) + static_cast<size_t>(sequences * max_blocks) * 4;
+  }
+  static StepMeta In(void* base, int64_t T) {
+    StepMeta m;
+    m.cache_row = static_cast<int64_t*>(base);  // 8-byte aligned first
+    m.tokens = reinterpret_cast<int32_t*>(m.cache_row + T);
+    m.positions = m.tokens + T;
+    m.seq_of_token = m.positions + T;
+    m.rows = m.seq_of_token + T;
+    m.single = m.rows + T;
+    m.tile_first = m.single + T;
+    m.tile_count = m.tile_first + T;
+    m.tables = m.tile_count + T;
+    return m;
+  }
+};
+
 // A device buffer that grows to the largest step seen (steps reuse it).
 struct Scratch {
   DeviceBuffer buffer;
@@ -318,11 +342,8 @@ absl::Status CudaBackend::ForwardAndSample(std::span<const SequenceStep> batch, 
   bool graph_step = graphs_enabled_ && tp.world == 1 && T == B;
   for (const auto& s : batch) graph_step = graph_step && s.logits == LogitsWanted::kLast;
   if (graph_step) max_blocks = std::max(max_blocks, (c.max_position_embeddings + block_size_ - 1) / block_size_);
-  std::vector<int32_t> logit_rows;
   out->row_begin.clear();
-  // int64 cache_row[T], then int32 tokens, positions, seq_of_token, logit rows, single tokens, tile firsts, tile
-  // counts (T each, at most), then the block tables [B][max_blocks].
-  const size_t meta_bytes = static_cast<size_t>(T) * (8 + 7 * 4) + static_cast<size_t>(B * max_blocks) * 4;
+  const size_t meta_bytes = StepMeta::Bytes(T, B, max_blocks);
   if (host_meta_bytes_ < meta_bytes) {
     if (host_meta_ != nullptr) cudaFreeHost(host_meta_);
     host_meta_ = nullptr;
@@ -330,58 +351,42 @@ absl::Status CudaBackend::ForwardAndSample(std::span<const SequenceStep> batch, 
     host_meta_bytes_ = meta_bytes;
     ++buffers_generation_;
   }
-  auto* cache_row = static_cast<int64_t*>(host_meta_);  // 8-byte aligned first
-  auto* tokens = reinterpret_cast<int32_t*>(cache_row + T);
-  int32_t* positions = tokens + T;
-  int32_t* seq_of_token = positions + T;
-  int32_t* rows = seq_of_token + T;
-  int32_t* single = rows + T;
-  int32_t* tile_first = single + T;
-  int32_t* tile_count = tile_first + T;
-  int32_t* tables = tile_count + T;
+  const StepMeta host = StepMeta::In(host_meta_, T);
   int num_single = 0, num_tiles = 0;
+  int64_t R = 0;
   {
     int64_t t = 0;
     for (int64_t i = 0; i < B; ++i) {
       const SequenceStep& s = batch[i];
-      out->row_begin.push_back(static_cast<int>(logit_rows.size()));
-      std::fill(tables + i * max_blocks, tables + (i + 1) * max_blocks, 0);
-      std::copy(s.block_table.begin(), s.block_table.end(), tables + i * max_blocks);
+      out->row_begin.push_back(static_cast<int>(R));
+      std::fill(host.tables + i * max_blocks, host.tables + (i + 1) * max_blocks, 0);
+      std::copy(s.block_table.begin(), s.block_table.end(), host.tables + i * max_blocks);
       // Attention work: a lone token decodes; several are cut into tiles of consecutive tokens.
       if (s.tokens.size() == 1) {
-        single[num_single++] = static_cast<int32_t>(t);
+        host.single[num_single++] = static_cast<int32_t>(t);
       } else {
         for (size_t j = 0; j < s.tokens.size(); j += cuda::kAttentionTileQueries) {
-          tile_first[num_tiles] = static_cast<int32_t>(t + j);
-          tile_count[num_tiles++] = static_cast<int32_t>(std::min<size_t>(cuda::kAttentionTileQueries, s.tokens.size() - j));
+          host.tile_first[num_tiles] = static_cast<int32_t>(t + j);
+          host.tile_count[num_tiles++] =
+              static_cast<int32_t>(std::min<size_t>(cuda::kAttentionTileQueries, s.tokens.size() - j));
         }
       }
       for (size_t j = 0; j < s.tokens.size(); ++j, ++t) {
         const int32_t pos = s.start_pos + static_cast<int32_t>(j);
-        tokens[t] = s.tokens[j];
-        positions[t] = pos;
-        seq_of_token[t] = static_cast<int32_t>(i);
-        cache_row[t] = static_cast<int64_t>(s.block_table[pos / block_size_]) * block_stride_ +
-                       static_cast<int64_t>(pos % block_size_) * D;
+        host.tokens[t] = s.tokens[j];
+        host.positions[t] = pos;
+        host.seq_of_token[t] = static_cast<int32_t>(i);
+        host.cache_row[t] = static_cast<int64_t>(s.block_table[pos / block_size_]) * block_stride_ +
+                            static_cast<int64_t>(pos % block_size_) * D;
         if (s.logits == LogitsWanted::kAll || (s.logits == LogitsWanted::kLast && j + 1 == s.tokens.size())) {
-          logit_rows.push_back(static_cast<int32_t>(t));
+          host.rows[R++] = static_cast<int32_t>(t);
         }
       }
     }
   }
-  const int64_t R = static_cast<int64_t>(logit_rows.size());
-  std::copy(logit_rows.begin(), logit_rows.end(), rows);
   auto meta = At(meta_, meta_bytes, "step metadata");
   if (!meta.ok()) return meta.status();
-  auto* d_cache_row = static_cast<int64_t*>(*meta);
-  auto* d_tokens = reinterpret_cast<int32_t*>(d_cache_row + T);
-  int32_t* d_positions = d_tokens + T;
-  int32_t* d_seq = d_positions + T;
-  int32_t* d_rows = d_seq + T;
-  int32_t* d_single = d_rows + T;
-  int32_t* d_tile_first = d_single + T;
-  int32_t* d_tile_count = d_tile_first + T;
-  int32_t* d_tables = d_tile_count + T;
+  const StepMeta dev = StepMeta::In(*meta, T);
 
   auto x = At(x_, T * H * 4, "activations");
   auto xn = At(xn_, std::max(T, R) * H * ab, "activations");
@@ -412,7 +417,7 @@ absl::Status CudaBackend::ForwardAndSample(std::span<const SequenceStep> batch, 
   auto enqueue = [&]() -> absl::Status {
     GEMMA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(*meta, host_meta_, meta_bytes, cudaMemcpyHostToDevice, stream_));
     const MatrixView& embed = weights_->embed();
-    GEMMA_CUDA_RETURN_IF_ERROR(cuda::LaunchEmbed(embed_bf16_.as<uint16_t>(), embed.rows, H, d_tokens, static_cast<int>(T),
+    GEMMA_CUDA_RETURN_IF_ERROR(cuda::LaunchEmbed(embed_bf16_.as<uint16_t>(), embed.rows, H, dev.tokens, static_cast<int>(T),
                                                  tp.vocab_begin, std::sqrt(static_cast<float>(H)), xf, stream_));
     if (auto s = AllReduce(xf, T * H); !s.ok()) return s;
     const float q_scale = static_cast<float>(std::pow(static_cast<double>(D), -0.5));
@@ -434,22 +439,22 @@ absl::Status CudaBackend::ForwardAndSample(std::span<const SequenceStep> batch, 
       char* v_base = kv_.as<char>() + (static_cast<int64_t>(layer) * 2 + 1) * layer_stride_ * ab;
       GEMMA_CUDA_RETURN_IF_ERROR(cuda::LaunchRopeAndCacheWrite(
           qkvf, static_cast<int>(T), qkv_ld, tp.num_q_heads, tp.num_kv_heads, static_cast<int>(D),
-          cos_sin_.as<float>(), d_positions, d_cache_row, head_stride_, k_base, v_base, act_, q_scale, stream_));
+          cos_sin_.as<float>(), dev.positions, dev.cache_row, head_stride_, k_base, v_base, act_, q_scale, stream_));
       cuda::AttentionArgs a{};
       a.qkv = qkvf;
       a.ld = qkv_ld;
       a.num_q = tp.num_q_heads;
       a.head_dim = static_cast<int>(D);
-      a.single_tokens = d_single;
+      a.single_tokens = dev.single;
       a.num_single = num_single;
       a.splits = decode_splits;
-    a.partials = decode_splits > 1 ? static_cast<float*>(*partials) : nullptr;
-    a.tile_first = d_tile_first;
-      a.tile_count = d_tile_count;
+      a.partials = decode_splits > 1 ? static_cast<float*>(*partials) : nullptr;
+      a.tile_first = dev.tile_first;
+      a.tile_count = dev.tile_count;
       a.num_tiles = num_tiles;
-      a.positions = d_positions;
-      a.seq_of_token = d_seq;
-      a.block_tables = d_tables;
+      a.positions = dev.positions;
+      a.seq_of_token = dev.seq_of_token;
+      a.block_tables = dev.tables;
       a.max_blocks = max_blocks;
       a.k_cache = k_base;
       a.v_cache = v_base;
@@ -479,7 +484,7 @@ absl::Status CudaBackend::ForwardAndSample(std::span<const SequenceStep> batch, 
     GEMMA_CUDA_RETURN_IF_ERROR(cuda::LaunchAdd(xf, projf, T * H, stream_));
 
     if (R == 0) return absl::OkStatus();
-    GEMMA_CUDA_RETURN_IF_ERROR(cuda::LaunchRmsNorm(xf, d_rows, static_cast<int>(R), H, final_norm_.as<float>(),
+    GEMMA_CUDA_RETURN_IF_ERROR(cuda::LaunchRmsNorm(xf, dev.rows, static_cast<int>(R), H, final_norm_.as<float>(),
                                                    c.rms_norm_eps, *xn, act_, stream_));
     GEMMA_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(logitsf, 0, R * slice * 4, stream_));
     const void* head = act_ == Dtype::kF32 ? embed_in_.get() : embed_bf16_.get();
@@ -533,14 +538,14 @@ absl::Status CudaBackend::ForwardAndSample(std::span<const SequenceStep> batch, 
     }
     char* base = static_cast<char*>(*buffer);
     auto* d_params = reinterpret_cast<cuda::RowSampling*>(base);
-    auto* d_tokens = reinterpret_cast<int32_t*>(base + param_bytes);
+    auto* d_drawn = reinterpret_cast<int32_t*>(base + param_bytes);
     auto* d_logprobs = reinterpret_cast<float*>(base + param_bytes + n * 4);
     GEMMA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(d_params, params.data(), param_bytes, cudaMemcpyHostToDevice, stream_));
     GEMMA_CUDA_RETURN_IF_ERROR(cuda::LaunchSampleRows(device_logits, static_cast<int>(n), c.vocab_size, d_params,
-                                                      d_tokens, d_logprobs, stream_));
+                                                      d_drawn, d_logprobs, stream_));
     std::vector<int32_t> ids(n);
     std::vector<float> lps(n);
-    GEMMA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(ids.data(), d_tokens, n * 4, cudaMemcpyDeviceToHost, stream_));
+    GEMMA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(ids.data(), d_drawn, n * 4, cudaMemcpyDeviceToHost, stream_));
     GEMMA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(lps.data(), d_logprobs, n * 4, cudaMemcpyDeviceToHost, stream_));
     GEMMA_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
     for (size_t i = 0; i < n; ++i) sampled->push_back({ids[i], lps[i]});

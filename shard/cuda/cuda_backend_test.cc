@@ -442,7 +442,7 @@ TEST_F(CudaBackendDeviceTest, SmallBatchGemmMatchesCublasAndIsBatchInvariant) {
   cudaFree(dc);
 }
 
-TEST_F(CudaBackendDeviceTest, NormGeluAndArgmaxKernelsMatchTheCpu) {
+TEST_F(CudaBackendDeviceTest, NormGeluAndGreedySamplingKernelsMatchTheCpu) {
   std::mt19937 rng(5);
   std::normal_distribution<float> n(0.0f, 2.0f);
   const int rows = 3, H = 2048;
@@ -469,7 +469,12 @@ TEST_F(CudaBackendDeviceTest, NormGeluAndArgmaxKernelsMatchTheCpu) {
   float* dlp = nullptr;
   cudaMalloc(&dtok, rows * sizeof(int32_t));
   cudaMalloc(&dlp, rows * sizeof(float));
-  ASSERT_EQ(cuda::LaunchArgmaxLogprob(dx, rows, H, dtok, dlp, nullptr), cudaSuccess);
+  // Greedy draws (temperature 0) are the argmax with its log-prob.
+  std::vector<cuda::RowSampling> greedy(rows);
+  for (int r = 0; r < rows; ++r) greedy[r] = {r, 0.0f, 0, 1.0f, 0, 0};
+  cuda::RowSampling* dgreedy = ToDevice(greedy);
+  ASSERT_EQ(cuda::LaunchSampleRows(dx, rows, H, dgreedy, dtok, dlp, nullptr), cudaSuccess);
+  cudaFree(dgreedy);
   const auto tok = ToHost(dtok, rows);
   const auto lp = ToHost(dlp, rows);
   for (int r = 0; r < rows; ++r) {

@@ -9,11 +9,6 @@
 
 namespace gemma::cuda {
 
-absl::Status DeviceMemoryInfo(size_t* free_bytes, size_t* total_bytes) {
-  GEMMA_CUDA_RETURN_IF_ERROR(cudaMemGetInfo(free_bytes, total_bytes));
-  return absl::OkStatus();
-}
-
 absl::StatusOr<DeviceBuffer> DeviceBuffer::Allocate(size_t bytes, const std::string& what) {
   DeviceBuffer b;
   if (bytes == 0) return b;

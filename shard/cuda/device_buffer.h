@@ -31,7 +31,4 @@ class DeviceBuffer {
   size_t bytes_ = 0;
 };
 
-// Free and total device memory in bytes of the current device.
-absl::Status DeviceMemoryInfo(size_t* free_bytes, size_t* total_bytes);
-
 }  // namespace gemma::cuda

@@ -129,12 +129,6 @@ cudaError_t LaunchBf16ToF32(const uint16_t* in, float* out, int64_t n, cudaStrea
   return cudaGetLastError();
 }
 
-cudaError_t LaunchArgmaxLogprob(const float* logits, int rows, int64_t vocab, int32_t* token, float* logprob,
-                                cudaStream_t stream) {
-  kernels::ArgmaxLogprob<<<rows, 1024, 0, stream>>>(logits, vocab, token, logprob);
-  return cudaGetLastError();
-}
-
 static_assert(sizeof(RowSampling) == sizeof(kernels::RowSamplingParams));
 
 cudaError_t LaunchSampleRows(const float* logits, int rows, int64_t vocab, const RowSampling* params, int32_t* token,

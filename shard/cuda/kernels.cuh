@@ -342,44 +342,6 @@ __global__ void Bf16ToF32(const uint16_t* in, float* out, int64_t n) {
   }
 }
 
-// One block per row: the maximum (lowest index on ties), then log-sum-exp.
-__global__ void __launch_bounds__(1024) ArgmaxLogprob(const float* logits, int64_t vocab, int32_t* token, float* logprob) {
-  const float* row = logits + static_cast<int64_t>(blockIdx.x) * vocab;
-  float best = -FLT_MAX;
-  int64_t best_i = INT64_MAX;
-  for (int64_t i = threadIdx.x; i < vocab; i += blockDim.x) {
-    if (row[i] > best) {
-      best = row[i];
-      best_i = i;
-    }
-  }
-  __shared__ float values[1024];
-  __shared__ int64_t indices[1024];
-  values[threadIdx.x] = best;
-  indices[threadIdx.x] = best_i;
-  __syncthreads();
-  for (int stride = blockDim.x / 2; stride > 0; stride >>= 1) {
-    if (threadIdx.x < stride) {
-      const float v = values[threadIdx.x + stride];
-      const int64_t i = indices[threadIdx.x + stride];
-      if (v > values[threadIdx.x] || (v == values[threadIdx.x] && i < indices[threadIdx.x])) {
-        values[threadIdx.x] = v;
-        indices[threadIdx.x] = i;
-      }
-    }
-    __syncthreads();
-  }
-  const float max = values[0];
-  const int64_t argmax = indices[0];
-  float sum = 0;
-  for (int64_t i = threadIdx.x; i < vocab; i += blockDim.x) sum += expf(row[i] - max);
-  sum = BlockSum(sum);
-  if (threadIdx.x == 0) {
-    token[blockIdx.x] = static_cast<int32_t>(argmax);
-    logprob[blockIdx.x] = row[argmax] - max - logf(sum);
-  }
-}
-
 // Per-row sampling parameters for SampleRows (plain data, shared with the launcher).
 struct RowSamplingParams {
   int row;            // which row of the logits

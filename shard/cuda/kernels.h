@@ -75,11 +75,6 @@ cudaError_t LaunchAttention(const AttentionArgs& args, cudaStream_t stream);
 // out[i] = float(in[i]) for bf16 bit patterns.
 cudaError_t LaunchBf16ToF32(const uint16_t* in, float* out, int64_t n, cudaStream_t stream);
 
-// Greedy choice and its log-probability per row of logits [rows, vocab]: token[r] = argmax (lowest id on ties),
-// logprob[r] = log_softmax(row)[token].
-cudaError_t LaunchArgmaxLogprob(const float* logits, int rows, int64_t vocab, int32_t* token, float* logprob,
-                                cudaStream_t stream);
-
 // Draws one token per logits row on the device (see kernels::SampleRows): greedy, temperature, top-k, top-p,
 // seeded by (seed, position). params: device array of `rows` entries, each naming its logits row.
 struct RowSampling {
