@@ -5,13 +5,11 @@
 namespace gemma {
 
 absl::Status GroupSet::Add(std::unique_ptr<WorkerGroup> group) {
-  std::shared_ptr<ServedModel> first;
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (model_ != nullptr) {
       for (const auto& g : groups_) {
         if (g->address() == group->address()) {
-          retired_.erase(group->address());  // back in the DNS answer before it drained: serve it again
           return absl::AlreadyExistsError(absl::StrCat("worker group ", group->address(), " is already served"));
         }
       }
@@ -26,7 +24,7 @@ absl::Status GroupSet::Add(std::unique_ptr<WorkerGroup> group) {
     }
   }
   // The first group: its tokenizer becomes the router's (built outside the lock; it takes a while).
-  first = std::make_shared<ServedModel>();
+  auto first = std::make_shared<ServedModel>();
   first->info = group->info();
   auto tokenizer = Tokenizer::FromBytes(first->info.tokenizer_model());
   if (!tokenizer.ok()) {

@@ -73,6 +73,18 @@ class RouterSecurityTest : public ::testing::Test {
     return v1::Gemma::NewStub(std::shared_ptr<grpc::Channel>(channel, [](grpc::Channel*) {}))->Tokenize(&ctx, req, &resp);
   }
 
+  // Four greedy tokens after "<bos> Hello", with the right API key.
+  static grpc::Status GenerateWithKey(const std::shared_ptr<grpc::Channel>& channel, std::chrono::seconds deadline,
+                                      v1::GenerateResponse* resp) {
+    grpc::ClientContext ctx;
+    ctx.AddMetadata("authorization", std::string("Bearer ") + kKey);
+    ctx.set_deadline(std::chrono::system_clock::now() + deadline);
+    v1::GenerateRequest req;
+    for (int id : {2, 3791, 323}) req.mutable_input()->mutable_token_ids()->add_ids(id);
+    req.mutable_parameters()->set_max_new_tokens(4);
+    return v1::Gemma::NewStub(channel)->Generate(&ctx, req, resp);
+  }
+
   static std::string dir_;
   static testing::Process* worker_;
   static testing::Process* router_;
@@ -86,15 +98,8 @@ int RouterSecurityTest::worker_port_ = 0;
 int RouterSecurityTest::metrics_port_ = 0;
 
 TEST_F(RouterSecurityTest, TlsWithTheRightKeyServesAGeneration) {
-  auto stub = v1::Gemma::NewStub(TlsChannel());
-  grpc::ClientContext ctx;
-  ctx.AddMetadata("authorization", std::string("Bearer ") + kKey);
-  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
-  v1::GenerateRequest req;
-  for (int id : {2, 3791, 323}) req.mutable_input()->mutable_token_ids()->add_ids(id);
-  req.mutable_parameters()->set_max_new_tokens(4);
   v1::GenerateResponse resp;
-  const grpc::Status s = stub->Generate(&ctx, req, &resp);
+  const grpc::Status s = GenerateWithKey(TlsChannel(), std::chrono::seconds(30), &resp);
   ASSERT_TRUE(s.ok()) << s.error_message();
   EXPECT_EQ(resp.tokens_size(), 4);
 }
@@ -139,14 +144,8 @@ TEST_F(RouterSecurityTest, ACallBeyondTheStreamLimitWaitsForItsConnection) {
   ASSERT_EQ(::kill(worker_->pid, SIGSTOP), 0);
   auto busy = TlsChannel();
   auto held = std::async(std::launch::async, [&] {
-    grpc::ClientContext ctx;
-    ctx.AddMetadata("authorization", std::string("Bearer ") + kKey);
-    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
-    v1::GenerateRequest req;
-    for (int id : {2, 3791, 323}) req.mutable_input()->mutable_token_ids()->add_ids(id);
-    req.mutable_parameters()->set_max_new_tokens(4);
     v1::GenerateResponse resp;
-    return v1::Gemma::NewStub(busy)->Generate(&ctx, req, &resp).error_code();
+    return GenerateWithKey(busy, std::chrono::seconds(60), &resp).error_code();
   });
   std::this_thread::sleep_for(std::chrono::milliseconds(500));
   EXPECT_EQ(Tokenize(busy.get(), kKey, std::chrono::milliseconds(1500)).error_code(),

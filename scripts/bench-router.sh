@@ -22,16 +22,8 @@ engine() {
 engine "$out-engine.json"
 
 echo "== through the router: gemma serve + gemma bench --server" >&2
-log=$(mktemp)
-"$gemma" serve --model "$model" --threads "$threads" --kv-cache-mb 512 >"$log" &
-serve=$!
-trap 'kill -INT $serve 2>/dev/null; wait $serve 2>/dev/null; rm -f "$log"' EXIT
-for _ in $(seq 3000); do
-  grep -q "listening on" "$log" && break
-  kill -0 $serve 2>/dev/null || { cat "$log"; exit 1; }
-  sleep 0.1
-done
-address=$(grep -o "listening on [0-9.:]*" "$log" | cut -d' ' -f3)
+source scripts/local-cluster.sh
+start_local_cluster "$gemma" --model "$model" --threads "$threads" --kv-cache-mb 512
 "$gemma" bench --server "$address" --concurrency "$levels" --prompt-tokens "$prompt_tokens" --max-new-tokens "$new_tokens" \
   --json >"$out-router.json"
 kill -INT $serve; wait $serve 2>/dev/null || true

@@ -39,8 +39,8 @@ def installed_tree(build_dir):
     return prefix
 
 
-def accepted_flags(binary, help_flag):
-    out = subprocess.run([binary, help_flag], capture_output=True, text=True)
+def accepted_flags(binary, *help_args):
+    out = subprocess.run([binary, *help_args], capture_output=True, text=True)
     return set(re.findall(r"--([a-z][a-z0-9_-]*)", out.stdout + out.stderr))
 
 
@@ -98,8 +98,7 @@ def main():
     # Flags passed by the manifests (args lists and the router's flag files) are ones the binaries accept.
     router_flags = accepted_flags(os.path.join(install, "bin/gemma-router"), "--helpfull")
     worker_flags = accepted_flags(os.path.join(install, "bin/gemma-worker"), "--helpfull")
-    tiny_flags = set(re.findall(r"--([a-z][a-z0-9-]*)", subprocess.run(
-        [os.path.join(install, "bin/gemma"), "make-tiny", "--help"], capture_output=True, text=True).stdout))
+    tiny_flags = accepted_flags(os.path.join(install, "bin/gemma"), "make-tiny", "--help")
     for flags_file in glob.glob(os.path.join(ROOT, "deploy/kubernetes/**/router.flags"), recursive=True):
         for flag in re.findall(r"^--([a-z0-9_]+)", open(flags_file).read(), re.M):
             if flag not in router_flags:

@@ -1,7 +1,5 @@
 // gemma serve: a local cluster (G worker groups of N ranks, and a router) on one machine; gemma client talks to it.
 #include <signal.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -17,6 +15,7 @@
 #include "tools/cli_common.h"
 #include "tools/commands.h"
 #include "tools/default_model.h"
+#include "tools/free_port.h"
 
 namespace gemma {
 namespace {
@@ -28,19 +27,6 @@ void OnSignal(int) { g_stop = true; }
 std::string Binary(const char* name, const char* build_path) {
   const std::string beside = (std::filesystem::read_symlink("/proc/self/exe").parent_path() / name).string();
   return std::filesystem::exists(beside) ? beside : build_path;
-}
-
-int FreePortNumber() {
-  // Let the kernel pick: bind port 0 and read it back.
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
-  socklen_t len = sizeof(addr);
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-  ::close(fd);
-  return ntohs(addr.sin_port);
 }
 
 pid_t Spawn(const std::string& binary, const std::vector<std::string>& args) {
@@ -137,7 +123,7 @@ int ServeCommand(int argc, char** argv) {
   };
   for (int g = 0; g < *replicas; ++g) {
     const std::string port_file = absl::StrCat(run_dir, "/group", g, ".port");
-    const std::string peer = std::to_string(FreePortNumber());
+    const std::string peer = std::to_string(FreeLoopbackPort());
     std::vector<pid_t> group;
     for (int r = 0; r < *tp; ++r) {
       std::vector<std::string> worker_args = {"--model=" + model, "--kv_cache_mb=" + std::to_string(*kv_mb),

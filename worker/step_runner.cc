@@ -25,6 +25,7 @@ absl::StatusOr<worker::v1::StepResponse> RunStep(Backend& backend, const worker:
   const int vocab = backend.config().vocab_size;
   std::vector<SequenceStep> steps;
   steps.reserve(request.sequences_size());
+  std::vector<SamplingParams> params;  // per sequence, read from the wire once
   for (int i = 0; i < request.sequences_size(); ++i) {
     const auto& s = request.sequences(i);
     if (s.score_targets_size() != 0 && s.score_targets_size() != s.tokens_size()) {
@@ -41,7 +42,8 @@ absl::StatusOr<worker::v1::StepResponse> RunStep(Backend& backend, const worker:
       return absl::InvalidArgumentError(absl::StrCat("sequence ", s.sequence_id(), ": top_logprobs ", s.top_logprobs(),
                                                      " is outside [0, 20]"));
     }
-    if (auto st = ValidateSamplingParams(FromProto(s.sampling())); !st.ok()) {
+    params.push_back(FromProto(s.sampling()));
+    if (auto st = ValidateSamplingParams(params.back()); !st.ok()) {
       return absl::InvalidArgumentError(absl::StrCat("sequence ", s.sequence_id(), ": ", st.message()));
     }
     SequenceStep step;
@@ -61,10 +63,9 @@ absl::StatusOr<worker::v1::StepResponse> RunStep(Backend& backend, const worker:
     for (int i = 0; i < request.sequences_size(); ++i) {
       const auto& s = request.sequences(i);
       const int rows = steps[i].logits == LogitsWanted::kAll ? s.tokens_size() : steps[i].logits == LogitsWanted::kLast ? 1 : 0;
-      const SamplingParams params = FromProto(s.sampling());
-      if (s.sample() && s.score_targets_size() == 0 && !params.has_penalties() && s.top_logprobs() == 0) {
+      if (s.sample() && s.score_targets_size() == 0 && !params[i].has_penalties() && s.top_logprobs() == 0) {
         plain_of[i] = static_cast<int>(plain.size());
-        plain.push_back({row + rows - 1, params, static_cast<int64_t>(s.start_pos()) + s.tokens_size()});
+        plain.push_back({row + rows - 1, params[i], static_cast<int64_t>(s.start_pos()) + s.tokens_size()});
       } else if (rows > 0) {
         host_needs_logits = true;
       }
@@ -102,14 +103,13 @@ absl::StatusOr<worker::v1::StepResponse> RunStep(Backend& backend, const worker:
     if (!s.sample()) continue;
     const float* row = logits.Row(first + (steps[i].logits == LogitsWanted::kAll ? s.tokens_size() - 1 : 0));
     const int64_t position = static_cast<int64_t>(s.start_pos()) + s.tokens_size();
-    const SamplingParams params = FromProto(s.sampling());
     int token;
-    if (params.has_penalties()) {  // on a copy: reported log-probs stay the model's own
+    if (params[i].has_penalties()) {  // on a copy: reported log-probs stay the model's own
       std::vector<float> penalized(row, row + vocab);
-      ApplyPenalties(params, s.penalty_history().data(), s.penalty_history_size(), penalized.data(), vocab);
-      token = SampleAt(params, position, penalized.data(), vocab);
+      ApplyPenalties(params[i], s.penalty_history().data(), s.penalty_history_size(), penalized.data(), vocab);
+      token = SampleAt(params[i], position, penalized.data(), vocab);
     } else {
-      token = SampleAt(params, position, row, vocab);
+      token = SampleAt(params[i], position, row, vocab);
     }
     r->set_sampled(true);
     r->set_token(token);

@@ -63,6 +63,20 @@ std::vector<int32_t> Blocks(size_t tokens, int block_size, int first = 0) {
   return b;
 }
 
+double MaxAbsDiff(const std::vector<float>& a, const std::vector<float>& b) {
+  EXPECT_EQ(a.size(), b.size());
+  double d = 0;
+  for (size_t i = 0; i < std::min(a.size(), b.size()); ++i) d = std::max(d, std::abs(double(a[i]) - b[i]));
+  return d;
+}
+
+// Runs one step and appends its logits to `all`.
+void RunInto(Backend* backend, std::span<const SequenceStep> step, std::vector<float>* all) {
+  StepLogits l;
+  EXPECT_TRUE(backend->Forward(step, &l).ok());
+  all->insert(all->end(), l.values.begin(), l.values.end());
+}
+
 std::vector<double> LogSoftmax(const float* row, int n) {
   const double m = *std::max_element(row, row + n);
   double sum = 0;
@@ -122,9 +136,7 @@ TEST_P(CudaReferenceTest, F32LogitsWithin1e3OfTheReference) {
   for (const char* prompt : {"fox", "rand37", "rand200"}) {
     const ReferenceRun r = RunReference(*backend, Ref(), prompt);
     ASSERT_EQ(r.got.size(), r.want.size());
-    double max_diff = 0;
-    for (size_t i = 0; i < r.want.size(); ++i) max_diff = std::max(max_diff, std::abs(double(r.got[i]) - r.want[i]));
-    EXPECT_LT(max_diff, 1e-3) << GetParam().name << " " << prompt;
+    EXPECT_LT(MaxAbsDiff(r.got, r.want), 1e-3) << GetParam().name << " " << prompt;
   }
 }
 
@@ -194,21 +206,16 @@ TEST_F(CudaBackendDeviceTest, F32StepsMatchTheCpuBackendOnScatteredBlocks) {
   const std::vector<int32_t> blocks_a = {7, 3, 11, 0}, blocks_b = {5, 9};  // out of order on purpose
   auto run = [&](Backend* backend) {
     std::vector<float> all;
-    StepLogits l;
     SequenceStep first{std::span<const int32_t>(a).subspan(0, 30), 0, blocks_a, LogitsWanted::kAll};
-    EXPECT_TRUE(backend->Forward({&first, 1}, &l).ok());
-    all.insert(all.end(), l.values.begin(), l.values.end());
+    RunInto(backend, {&first, 1}, &all);
     SequenceStep second[] = {{std::span<const int32_t>(a).subspan(30), 30, blocks_a, LogitsWanted::kAll},
                              {b, 0, blocks_b, LogitsWanted::kLast}};
-    EXPECT_TRUE(backend->Forward(second, &l).ok());
-    all.insert(all.end(), l.values.begin(), l.values.end());
+    RunInto(backend, second, &all);
     return all;
   };
   const auto got = run(cuda.get()), want = run(cpu->get());
   ASSERT_EQ(got.size(), want.size());
-  double max_diff = 0;
-  for (size_t i = 0; i < got.size(); ++i) max_diff = std::max(max_diff, std::abs(double(got[i]) - want[i]));
-  EXPECT_LT(max_diff, 1e-3);
+  EXPECT_LT(MaxAbsDiff(got, want), 1e-3);
 }
 
 // Gemma's own head size (256) runs kernels specialized for it, which no tiny reference checkpoint reaches: a random
@@ -228,23 +235,18 @@ TEST_F(CudaBackendDeviceTest, GemmaHeadSizeKernelsMatchTheCpu) {
   const std::vector<int32_t> blocks = {4, 1, 6, 2};
   auto run = [&](Backend* backend) {
     std::vector<float> all;
-    StepLogits l;
     SequenceStep first{prompt, 0, blocks, LogitsWanted::kAll};
-    EXPECT_TRUE(backend->Forward({&first, 1}, &l).ok());
-    all.insert(all.end(), l.values.begin(), l.values.end());
+    RunInto(backend, {&first, 1}, &all);
     for (int i = 0; i < 3; ++i) {
       const int32_t token = 17 + i;
       SequenceStep next{{&token, 1}, static_cast<int32_t>(prompt.size()) + i, blocks, LogitsWanted::kLast};
-      EXPECT_TRUE(backend->Forward({&next, 1}, &l).ok());
-      all.insert(all.end(), l.values.begin(), l.values.end());
+      RunInto(backend, {&next, 1}, &all);
     }
     return all;
   };
   const auto got = run(cuda.get()), want = run(cpu->get());
   ASSERT_EQ(got.size(), want.size());
-  double max_diff = 0;
-  for (size_t i = 0; i < got.size(); ++i) max_diff = std::max(max_diff, std::abs(double(got[i]) - want[i]));
-  EXPECT_LT(max_diff, 1e-3);
+  EXPECT_LT(MaxAbsDiff(got, want), 1e-3);
   // bf16 (weights, GEMM inputs, the KV cache read with 16-byte loads): log-probs close. (Random weights give
   // near-uniform logits, so top tokens are not compared here; the reference checkpoints check those.)
   cuda.reset();

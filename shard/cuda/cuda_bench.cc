@@ -89,6 +89,45 @@ std::vector<int32_t> Tokens(int n, int vocab, uint32_t seed) {
   return t;
 }
 
+// Greedy draws for the first `rows` logits rows: steps run as the worker runs them, tokens drawn on the device
+// and logits left there.
+std::vector<RowSample> Greedy(int rows) {
+  std::vector<RowSample> s(rows);
+  for (int i = 0; i < rows; ++i) s[i].row = i;
+  return s;
+}
+
+// Tokens/s of `batch` sequences decoding `steps` tokens each after a `context`-token prompt, their blocks from
+// `first_block` on. The first two decode steps warm up (the second captures the decode graph) and are not timed.
+absl::StatusOr<double> DecodeTokensPerSecond(Backend& backend, int batch, int context, int steps, int first_block,
+                                             int blocks_per_sequence) {
+  const int vocab = backend.config().vocab_size;
+  std::vector<std::vector<int32_t>> prompts, tables;
+  for (int s = 0; s < batch; ++s) {
+    prompts.push_back(Tokens(context, vocab, 100 + s));
+    std::vector<int32_t> t(blocks_per_sequence);
+    for (int i = 0; i < blocks_per_sequence; ++i) t[i] = first_block + s * blocks_per_sequence + i;
+    tables.push_back(t);
+  }
+  std::vector<SequenceStep> step(batch);
+  for (int s = 0; s < batch; ++s) step[s] = {prompts[s], 0, tables[s], LogitsWanted::kLast};
+  const std::vector<RowSample> rows = Greedy(batch);
+  StepLogits logits;
+  std::vector<SampledToken> drawn;
+  if (auto st = backend.ForwardAndSample(step, rows, false, &logits, &drawn); !st.ok()) return st;
+  std::vector<int32_t> next(batch, 5);
+  double elapsed = 0;
+  for (int i = 0; i <= steps + 1; ++i) {
+    for (int s = 0; s < batch; ++s) step[s] = {{&next[s], 1}, context + i, tables[s], LogitsWanted::kLast};
+    const auto start = Clock::now();
+    if (auto st = backend.ForwardAndSample(step, rows, false, &logits, &drawn); !st.ok()) return st;
+    for (int s = 0; s < batch; ++s) next[s] = drawn[s].token;
+    if (i > 1) elapsed += Since(start);
+  }
+  return batch * steps / elapsed;
+}
+
+
 int Run() {
   const std::string dir = absl::GetFlag(FLAGS_model);
   if (dir.empty()) return Fail(absl::InvalidArgumentError("--model DIR is required"));
@@ -128,14 +167,12 @@ int Run() {
   const auto prompt_tokens = Tokens(prompt, c.vocab_size, 1);
   std::vector<int32_t> prompt_blocks(prompt / kv.block_size + 1);
   for (size_t i = 0; i < prompt_blocks.size(); ++i) prompt_blocks[i] = static_cast<int32_t>(i);
-  // As the worker runs steps: tokens drawn on the device, logits left there.
   StepLogits logits;
   std::vector<SampledToken> drawn;
-  auto greedy = [](int rows) { std::vector<RowSample> s(rows); for (int i = 0; i < rows; ++i) s[i].row = i; return s; };
   SequenceStep pre{prompt_tokens, 0, prompt_blocks, LogitsWanted::kLast};
-  if (auto s = backend.ForwardAndSample({&pre, 1}, greedy(1), false, &logits, &drawn); !s.ok()) return Fail(s);  // warm-up
-  auto start = Clock::now();
-  if (auto s = backend.ForwardAndSample({&pre, 1}, greedy(1), false, &logits, &drawn); !s.ok()) return Fail(s);
+  if (auto s = backend.ForwardAndSample({&pre, 1}, Greedy(1), false, &logits, &drawn); !s.ok()) return Fail(s);  // warm-up
+  const auto start = Clock::now();
+  if (auto s = backend.ForwardAndSample({&pre, 1}, Greedy(1), false, &logits, &drawn); !s.ok()) return Fail(s);
   const double prefill_s = Since(start);
   // Every weight once per token, except the output projection (the embedding), applied to the last token only.
   const double params = static_cast<double>(w->WeightBytesPerStep()) / 2;
@@ -149,30 +186,12 @@ int Run() {
   int done = 0;
   double batch1 = 0;
   const int first_block = static_cast<int>(prompt_blocks.size());
+  const int blocks_per_sequence = static_cast<int>(per_seq / kv.block_size + 1);
   for (int b : batches) {
-    std::vector<std::vector<int32_t>> prompts, tables;
-    for (int s = 0; s < b; ++s) {
-      prompts.push_back(Tokens(context, c.vocab_size, 100 + s));
-      std::vector<int32_t> t(per_seq / kv.block_size + 1);
-      for (size_t i = 0; i < t.size(); ++i) t[i] = first_block + s * static_cast<int>(t.size()) + static_cast<int>(i);
-      tables.push_back(t);
-    }
-    std::vector<SequenceStep> step(b);
-    for (int s = 0; s < b; ++s) step[s] = {prompts[s], 0, tables[s], LogitsWanted::kLast};
-    const std::vector<RowSample> rows = greedy(b);
-    if (auto st = backend.ForwardAndSample(step, rows, false, &logits, &drawn); !st.ok()) return Fail(st);
-    std::vector<int32_t> next(b, 5);
-    double elapsed = 0;
-    for (int i = 0; i <= steps + 1; ++i) {
-      for (int s = 0; s < b; ++s) step[s] = {{&next[s], 1}, context + i, tables[s], LogitsWanted::kLast};
-      start = Clock::now();
-      if (auto st = backend.ForwardAndSample(step, rows, false, &logits, &drawn); !st.ok()) return Fail(st);
-      for (int s = 0; s < b; ++s) next[s] = drawn[s].token;
-      if (i > 1) elapsed += Since(start);  // the first two decode steps warm up (the second captures the graph)
-    }
-    const double tps = b * steps / elapsed;
-    if (b == 1) batch1 = tps;
-    decode.push_back({{"batch", b}, {"tokens_per_s", tps}, {"step_ms", 1000 * elapsed / steps}});
+    auto tps = DecodeTokensPerSecond(backend, b, context, steps, first_block, blocks_per_sequence);
+    if (!tps.ok()) return Fail(tps.status());
+    if (b == 1) batch1 = *tps;
+    decode.push_back({{"batch", b}, {"tokens_per_s", *tps}, {"step_ms", 1000.0 * b / *tps}});
     progress.Update(++done);
   }
   progress.Finish();
@@ -183,25 +202,8 @@ int Run() {
   without_small.small_batch_gemm = false;
   auto lt_backend = CreateCudaBackend(w, kv, without_small);
   if (!lt_backend.ok()) return Fail(lt_backend.status());
-  double batch1_cublaslt = 0;
-  {
-    Backend& lt = **lt_backend;
-    std::vector<int32_t> table(per_seq / kv.block_size + 1);
-    for (size_t i = 0; i < table.size(); ++i) table[i] = first_block + static_cast<int32_t>(i);
-    const auto p = Tokens(context, c.vocab_size, 100);
-    SequenceStep s{p, 0, table, LogitsWanted::kLast};
-    if (auto st = lt.ForwardAndSample({&s, 1}, greedy(1), false, &logits, &drawn); !st.ok()) return Fail(st);
-    int32_t next = 5;
-    double elapsed = 0;
-    for (int i = 0; i <= steps + 1; ++i) {
-      s = {{&next, 1}, context + i, table, LogitsWanted::kLast};
-      start = Clock::now();
-      if (auto st = lt.ForwardAndSample({&s, 1}, greedy(1), false, &logits, &drawn); !st.ok()) return Fail(st);
-      next = drawn[0].token;
-      if (i > 1) elapsed += Since(start);
-    }
-    batch1_cublaslt = steps / elapsed;
-  }
+  auto batch1_cublaslt = DecodeTokensPerSecond(**lt_backend, 1, context, steps, first_block, blocks_per_sequence);
+  if (!batch1_cublaslt.ok()) return Fail(batch1_cublaslt.status());
   const double weight_bytes = static_cast<double>(w->WeightBytesPerStep());
   nlohmann::json out = {{"gpu", prop.name},
                         {"model", c.DebugString()},
@@ -210,7 +212,7 @@ int Run() {
                         {"decode_context", context},
                         {"decode", decode},
                         {"decode_batch1_bandwidth_fraction", batch1 > 0 ? weight_bytes * batch1 / *bandwidth : 0.0},
-                        {"decode_batch1_tokens_per_s_cublaslt_only", batch1_cublaslt},
+                        {"decode_batch1_tokens_per_s_cublaslt_only", *batch1_cublaslt},
                         {"prefill_tokens", prompt},
                         {"prefill_tokens_per_s", prompt / prefill_s},
                         {"prefill_tflops", prefill_tflops},
