@@ -10,16 +10,26 @@
 
 namespace gemma {
 
-absl::StatusOr<std::set<std::string>> ResolveAll(const std::string& host_port) {
+absl::StatusOr<HostPort> ParseHostPort(const std::string& host_port) {
   const size_t colon = host_port.rfind(':');
-  int port = 0;
-  if (colon == std::string::npos || colon == 0 || !absl::SimpleAtoi(host_port.substr(colon + 1), &port) || port < 1 ||
-      port > 65535) {
+  HostPort hp;
+  if (colon == std::string::npos || colon == 0 || !absl::SimpleAtoi(host_port.substr(colon + 1), &hp.port) ||
+      hp.port < 1 || hp.port > 65535) {
     return absl::InvalidArgumentError(
         absl::StrCat("\"", host_port, "\" is not HOST:PORT with a port in 1..65535 (for example gemma-leaders:50051)"));
   }
-  std::string host = host_port.substr(0, colon);
-  if (host.size() > 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
+  hp.host = host_port.substr(0, colon);
+  if (hp.host.size() > 2 && hp.host.front() == '[' && hp.host.back() == ']') {
+    hp.host = hp.host.substr(1, hp.host.size() - 2);
+  }
+  return hp;
+}
+
+absl::StatusOr<std::set<std::string>> ResolveAll(const std::string& host_port) {
+  auto parsed = ParseHostPort(host_port);
+  if (!parsed.ok()) return parsed.status();
+  const std::string& host = parsed->host;
+  const int port = parsed->port;
   addrinfo hints{};
   hints.ai_family = AF_UNSPEC;
   hints.ai_socktype = SOCK_STREAM;

@@ -16,6 +16,13 @@
 
 namespace gemma {
 
+struct HostPort {
+  std::string host;  // without brackets for IPv6
+  int port = 0;
+};
+// "HOST:PORT" (HOST may be a bracketed IPv6 address) split, without any lookup; InvalidArgument when malformed.
+absl::StatusOr<HostPort> ParseHostPort(const std::string& host_port);
+
 // "HOST:PORT" → every address HOST resolves to, as "IP:PORT" or "[IPv6]:PORT". InvalidArgument for a malformed
 // spec, Unavailable when the name does not resolve.
 absl::StatusOr<std::set<std::string>> ResolveAll(const std::string& host_port);

@@ -105,7 +105,7 @@ int main(int argc, char** argv) {
       if (auto s = groups.Add(std::move(*g)); !s.ok()) return Fail(std::string(s.message()));
     }
   } else {
-    if (auto spec = gemma::ResolveAll(workers_dns); !spec.ok() && spec.status().code() == absl::StatusCode::kInvalidArgument) {
+    if (auto spec = gemma::ParseHostPort(workers_dns); !spec.ok()) {
       return Fail(absl::StrCat("--workers_dns: ", spec.status().message()), 2);
     }
     discovery = std::make_unique<gemma::GroupDiscovery>(
