@@ -1,41 +1,80 @@
 #!/usr/bin/env bash
-# On a GPU machine (after scripts/build-gpu-tests.sh here, with build-gpu/ carried along): runs the GPU tests, the
-# CUDA benchmark on a random Gemma 7B-shape checkpoint (made first), and Hugging Face transformers generating from
-# the same checkpoint as the baseline; prints one summary. Everything lands in $OUT (default /tmp/gpu-check).
+# The one GPU check: runs the GPU tests, serves end to end on the GPU, runs the CUDA benchmark on a random Gemma
+# 7B-shape checkpoint (written first) and Hugging Face transformers generating from the same checkpoint as the
+# baseline; prints one summary. Needs build-gpu/ (scripts/build-gpu-tests.sh, run where the -dev packages are;
+# run here first if it is absent and they are present).
+#
+# Logs land in $GEMMA_GPU_CHECK_DIR (default /tmp/gpu-check). Where $OUT is set, the summary is written there as it
+# goes (summary.txt) and the logs are packed there at the end (gpu-check-logs.tar.gz), so a run cut short still
+# returns what it found. GEMMA_GPU_CHECK_PARTS picks parts (default tests,serve,bench,hf).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-out=${OUT:-/tmp/gpu-check}
-mkdir -p "$out"
+work=${GEMMA_GPU_CHECK_DIR:-/tmp/gpu-check}
+parts=",${GEMMA_GPU_CHECK_PARTS:-tests,serve,bench,hf},"
+mkdir -p "$work"
+if [[ -n "${OUT:-}" ]]; then
+  exec > >(tee "$OUT/summary.txt") 2>&1
+  trap 'tar czf "$OUT/gpu-check-logs.tar.gz" -C "$work" . 2>/dev/null' EXIT
+fi
+started=$SECONDS
+section() { echo "== [$((SECONDS - started)) s] $*"; }
+wants() { [[ $parts == *",$1,"* ]]; }
+
+[[ -x build-gpu/cuda_backend_test ]] || bash scripts/build-gpu-tests.sh || { echo "FAIL: build-gpu/ is missing and cannot be built here"; exit 1; }
+
+# CUDA, cuBLAS and NCCL: the toolkit's, else the ones PyTorch's wheels bring.
 libs="$PWD/build-gpu/lib:/usr/local/cuda/lib64"
-for mod in nccl cuda_runtime cublas; do
-  d=$(python3 -c "import nvidia.$mod as m, os; print(os.path.join(list(m.__path__)[0], 'lib'))" 2>/dev/null) && libs="$d:$libs"
-done
+wheel_libs=$(python3 - <<'PY' 2>/dev/null
+import os
+try:
+    import nvidia
+except ImportError:
+    raise SystemExit
+wanted = ("libcudart.so.13", "libcublasLt.so.13", "libcublas.so.13", "libnccl.so.2")
+dirs = []
+for root in nvidia.__path__:
+    for d, _, files in os.walk(root):
+        if any(f in wanted for f in files) and d not in dirs:
+            dirs.append(d)
+print(":".join(dirs))
+PY
+)
+[[ -n "$wheel_libs" ]] && libs="$libs:$wheel_libs"
 export LD_LIBRARY_PATH="$libs:${LD_LIBRARY_PATH:-}"
 export GEMMA_TESTDATA="$PWD/tests/data"
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/gpu.txt"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$work/gpu.txt"
 failed=0
-for t in build-gpu/*_test; do
-  name=$(basename "$t")
-  if timeout 300 "$t" --gtest_output="xml:$out/$name.xml" > "$out/$name.log" 2>&1; then
-    echo "PASS $name: $(grep -E '^\[  PASSED  \]' "$out/$name.log")"
-  else
-    echo "FAIL $name"; grep -E "Failure|FAILED|Expected|Which is|actual" "$out/$name.log" | head -30; failed=1
-  fi
-  grep -c "SKIPPED \]" "$out/$name.log" | xargs echo "  skipped:"
-done
 
-echo "== serving on the GPU: gemma-worker --device cuda, gemma-router, gemma client (tiny-mqa, f32)"
-if timeout 120 bash scripts/gpu-serve-check.sh "$out" > "$out/serve.log" 2>&1; then
-  echo "PASS serve: $(tail -1 "$out/serve.log")"
-else
-  echo "FAIL serve"; tail -15 "$out/serve.log"; failed=1
+if wants tests; then
+  for t in build-gpu/*_test; do
+    name=$(basename "$t")
+    section "$name"
+    if timeout 240 "$t" --gtest_output="xml:$work/$name.xml" > "$work/$name.log" 2>&1; then
+      echo "PASS $name: $(grep -E '^\[  PASSED  \]' "$work/$name.log")"
+    else
+      echo "FAIL $name (exit $?)"; grep -E "^\[  FAILED  \]|Failure|Expected|Which is|actual|error" "$work/$name.log" | head -40
+      tail -5 "$work/$name.log"; failed=1
+    fi
+    grep -E "SKIPPED \]" "$work/$name.log" | head -5
+  done
+fi
+
+if wants serve; then
+  section "serving on the GPU: gemma-worker --device cuda, gemma-router, gemma client (tiny-mqa, f32)"
+  if timeout 90 bash scripts/gpu-serve-check.sh "$work" > "$work/serve.log" 2>&1; then
+    echo "PASS serve: $(tail -1 "$work/serve.log")"
+  else
+    echo "FAIL serve"; tail -15 "$work/serve.log"; tail -15 "$work/worker.err" 2>/dev/null; failed=1
+  fi
 fi
 
 model=${GEMMA_BENCH_MODEL:-/tmp/gemma-7b-random}
-echo "== gemma-cuda-bench on $model (written first if absent)"
-if timeout 420 build-gpu/gemma-cuda-bench --model "$model" --make-7b --json "$out/bench-cuda-7b.json" \
-     > "$out/bench.log" 2>&1; then
-  python3 - "$out/bench-cuda-7b.json" <<'PY'
+if wants bench; then
+  section "gemma-cuda-bench on $model (written first if absent)"
+  if timeout 300 build-gpu/gemma-cuda-bench --model "$model" --make_7b --json "$work/bench-cuda-7b.json" \
+       > "$work/bench.log" 2>&1; then
+    cp "$work/bench-cuda-7b.json" "${OUT:-$work}/" 2>/dev/null
+    python3 - "$work/bench-cuda-7b.json" <<'PY'
 import json, sys
 b = json.load(open(sys.argv[1]))
 print(f"GPU {b['gpu']}: device bandwidth {b['device_bandwidth_bytes_per_s']/1e12:.2f} TB/s, cuBLASLt bf16 GEMM {b['gemm_bf16_tflops']:.0f} TFLOP/s")
@@ -44,12 +83,18 @@ for d in b["decode"]:
 print(f"  batch-1 decode at {100*b['decode_batch1_bandwidth_fraction']:.0f}% of device bandwidth (target >= 75%); "
       f"{b['decode_batch1_tokens_per_s_cublaslt_only']:.1f} tok/s with cuBLASLt for the decode GEMMs instead")
 print(f"  prefill {b['prefill_tokens']} tokens: {b['prefill_tokens_per_s']:.0f} tok/s, {b['prefill_tflops']:.0f} TFLOP/s = "
-      f"{100*b['prefill_fraction_of_gemm']:.0f}% of the GEMM (target >= 50%)")
+      f"{100*b['prefill_fraction_of_gemm']:.0f}% of the GEMM (target >= 50%); attention about "
+      f"{1000*b['prefill_attention_seconds_estimate']:.0f} of {1000*b['prefill_seconds']:.0f} ms")
 PY
-else
-  echo "FAIL gemma-cuda-bench"; tail -20 "$out/bench.log"; failed=1
+  else
+    echo "FAIL gemma-cuda-bench"; tail -20 "$work/bench.log"; failed=1
+  fi
 fi
-echo "== Hugging Face transformers, same checkpoint, batch 1"
-timeout 300 python3 scripts/hf_baseline.py "$model" > "$out/hf-baseline.json" 2> "$out/hf-baseline.log" \
-  && cat "$out/hf-baseline.json" || { echo "FAIL hf baseline"; tail -5 "$out/hf-baseline.log"; failed=1; }
+
+if wants hf; then
+  section "Hugging Face transformers, same checkpoint, batch 1"
+  timeout 200 python3 scripts/hf_baseline.py "$model" > "$work/hf-baseline.json" 2> "$work/hf-baseline.log" \
+    && cat "$work/hf-baseline.json" || { echo "FAIL hf baseline"; tail -8 "$work/hf-baseline.log"; failed=1; }
+fi
+section "done ($([[ $failed == 0 ]] && echo all passed || echo some FAILED))"
 exit $failed

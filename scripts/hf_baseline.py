@@ -15,11 +15,12 @@ from transformers import AutoModelForCausalLM
 def main():
     model_dir = sys.argv[1]
     new_tokens = int(sys.argv[2]) if len(sys.argv) > 2 else 64
-    try:  # transformers 5 names it dtype; older releases torch_dtype
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16)
+    # Loaded straight onto the GPU. transformers 5 names the dtype argument dtype; older releases torch_dtype.
+    try:
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16, device_map="cuda")
     except TypeError:
-        model = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.bfloat16)
-    model = model.to("cuda").eval()
+        model = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.bfloat16, device_map="cuda")
+    model = model.eval()
     assert next(model.parameters()).dtype == torch.bfloat16
     vocab = model.config.vocab_size
     prompt = torch.randint(4, vocab, (1, 512), device="cuda")

@@ -56,14 +56,12 @@ uint16_t F32ToF16(float f) {
   return static_cast<uint16_t>(sign | h);
 }
 
-void Encode(const float* src, int64_t n, DType dtype, char* dst) {
-  for (int64_t i = 0; i < n; ++i) {
-    if (dtype == DType::kF32) {
-      std::memcpy(dst + 4 * i, &src[i], 4);
-    } else {
-      const uint16_t h = dtype == DType::kBF16 ? F32ToBf16(src[i]) : F32ToF16(src[i]);
-      std::memcpy(dst + 2 * i, &h, 2);
-    }
+void EncodeOne(float v, DType dtype, char* dst) {
+  if (dtype == DType::kF32) {
+    std::memcpy(dst, &v, 4);
+  } else {
+    const uint16_t h = dtype == DType::kBF16 ? F32ToBf16(v) : F32ToF16(v);
+    std::memcpy(dst, &h, 2);
   }
 }
 
@@ -187,7 +185,6 @@ absl::Status WriteRandomCheckpoint(const std::string& dir, const ModelConfig& co
   Progress progress("writing " + path, total);
   int64_t written = 0;
   constexpr int64_t kChunk = 1 << 22;
-  std::vector<float> values(kChunk);
   std::vector<char> bytes(kChunk * elem);
   for (size_t ti = 0; ti < shapes.size(); ++ti) {
     const auto& [name, shape] = shapes[ti];
@@ -197,8 +194,7 @@ absl::Status WriteRandomCheckpoint(const std::string& dir, const ModelConfig& co
     for (int64_t begin = 0; begin < n; begin += kChunk) {
       const int64_t len = std::min(kChunk, n - begin);
 #pragma omp parallel for schedule(static)
-      for (int64_t i = 0; i < len; ++i) values[i] = NormalAt(stream, begin + i) * std_dev;
-      Encode(values.data(), len, options.dtype, bytes.data());
+      for (int64_t i = 0; i < len; ++i) EncodeOne(NormalAt(stream, begin + i) * std_dev, options.dtype, &bytes[i * elem]);
       out.write(bytes.data(), static_cast<std::streamsize>(len * elem));
       written += len * elem;
       progress.Update(written);
@@ -207,7 +203,7 @@ absl::Status WriteRandomCheckpoint(const std::string& dir, const ModelConfig& co
   progress.Finish();
   out.close();
   if (!out) return absl::DataLossError(absl::StrCat(path, ": write failed (disk full?)"));
-  DropFromPageCache(path);
+  if (options.drop_from_page_cache) DropFromPageCache(path);
   return absl::OkStatus();
 }
 

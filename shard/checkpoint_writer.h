@@ -34,6 +34,9 @@ std::vector<std::pair<std::string, std::vector<int64_t>>> GemmaTensorShapes(cons
 struct RandomCheckpointOptions {
   uint64_t seed = 1;
   DType dtype = DType::kBF16;  // BF16, F16 or F32
+  // Synced and dropped from the page cache once written, so that a CPU backend maps it back in huge folios; a
+  // caller that copies it straight to a GPU keeps it cached instead.
+  bool drop_from_page_cache = true;
 };
 
 // Writes config.json, model.safetensors and tokenizer.model (`tokenizer_bytes`)

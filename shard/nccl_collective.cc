@@ -72,7 +72,9 @@ class NcclCollective : public Collective {
   absl::Status Broadcast(std::string* bytes, int root) override {
     uint64_t size = bytes->size();
     if (auto s = Stage(sizeof(size)); !s.ok()) return s;
-    GEMMA_CUDA(cudaMemcpy(staging_, &size, sizeof(size), cudaMemcpyHostToDevice));
+    // On the collective's stream: a plain cudaMemcpy from pageable memory may return before its DMA lands, and
+    // nothing would order it before the broadcast on this non-blocking stream.
+    GEMMA_CUDA(cudaMemcpyAsync(staging_, &size, sizeof(size), cudaMemcpyHostToDevice, stream_));
     if (auto s = Run("broadcast", [&] { return ncclBroadcast(staging_, staging_, sizeof(size), ncclUint8, root, comm_, stream_); });
         !s.ok()) {
       return s;
@@ -81,7 +83,7 @@ class NcclCollective : public Collective {
     if (rank_ != root) bytes->resize(size);
     if (size == 0) return absl::OkStatus();
     if (auto s = Stage(size); !s.ok()) return s;
-    if (rank_ == root) GEMMA_CUDA(cudaMemcpy(staging_, bytes->data(), size, cudaMemcpyHostToDevice));
+    if (rank_ == root) GEMMA_CUDA(cudaMemcpyAsync(staging_, bytes->data(), size, cudaMemcpyHostToDevice, stream_));
     if (auto s = Run("broadcast", [&] { return ncclBroadcast(staging_, staging_, size, ncclUint8, root, comm_, stream_); });
         !s.ok()) {
       return s;

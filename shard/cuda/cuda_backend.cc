@@ -139,23 +139,29 @@ class CudaBackend final : public Backend {
 absl::StatusOr<DeviceBuffer> CudaBackend::UploadFloats(const std::vector<float>& v, const std::string& what) {
   auto b = DeviceBuffer::Allocate(v.size() * sizeof(float), what);
   if (!b.ok()) return b.status();
-  GEMMA_CUDA_RETURN_IF_ERROR(cudaMemcpy(b->get(), v.data(), v.size() * sizeof(float), cudaMemcpyHostToDevice));
+  GEMMA_CUDA_RETURN_IF_ERROR(
+      cudaMemcpyAsync(b->get(), v.data(), v.size() * sizeof(float), cudaMemcpyHostToDevice, stream_));
+  GEMMA_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));  // `v` may go once this returns
   return b;
 }
 
+// Every upload goes through stream_ and waits for it: a plain cudaMemcpy from pageable memory (the mapped
+// checkpoint) may return before its DMA lands, and nothing would order it before kernels on stream_, which does not
+// synchronize with the default stream.
 absl::Status CudaBackend::Upload(const MatrixView& m, const DeviceBuffer& dst, int64_t row_offset) {
   const size_t row_bytes = static_cast<size_t>(m.cols) * 2;
   if (act_ == Dtype::kBf16) {
-    GEMMA_CUDA_RETURN_IF_ERROR(cudaMemcpy2D(dst.as<uint16_t>() + row_offset * m.cols, row_bytes, m.data,
-                                            static_cast<size_t>(m.stride) * 2, row_bytes, m.rows,
-                                            cudaMemcpyHostToDevice));
+    GEMMA_CUDA_RETURN_IF_ERROR(cudaMemcpy2DAsync(dst.as<uint16_t>() + row_offset * m.cols, row_bytes, m.data,
+                                                 static_cast<size_t>(m.stride) * 2, row_bytes, m.rows,
+                                                 cudaMemcpyHostToDevice, stream_));
+    GEMMA_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
     return absl::OkStatus();
   }
   // f32 mode: stage the bf16 rows on the device and widen them there (exact).
   auto staged = DeviceBuffer::Allocate(row_bytes * m.rows, "a weight matrix being converted to f32");
   if (!staged.ok()) return staged.status();
-  GEMMA_CUDA_RETURN_IF_ERROR(cudaMemcpy2D(staged->get(), row_bytes, m.data, static_cast<size_t>(m.stride) * 2,
-                                          row_bytes, m.rows, cudaMemcpyHostToDevice));
+  GEMMA_CUDA_RETURN_IF_ERROR(cudaMemcpy2DAsync(staged->get(), row_bytes, m.data, static_cast<size_t>(m.stride) * 2,
+                                               row_bytes, m.rows, cudaMemcpyHostToDevice, stream_));
   GEMMA_CUDA_RETURN_IF_ERROR(cuda::LaunchBf16ToF32(staged->as<uint16_t>(), dst.as<float>() + row_offset * m.cols,
                                                    m.rows * m.cols, stream_));
   GEMMA_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
@@ -217,8 +223,10 @@ absl::Status CudaBackend::Init(const KvCacheOptions& kv_options) {
   if (!eb.ok()) return eb.status();
   embed_bf16_ = std::move(*eb);
   const size_t row_bytes = static_cast<size_t>(embed.cols) * 2;
-  GEMMA_CUDA_RETURN_IF_ERROR(cudaMemcpy2D(embed_bf16_.get(), row_bytes, embed.data, static_cast<size_t>(embed.stride) * 2,
-                                          row_bytes, embed.rows, cudaMemcpyHostToDevice));
+  GEMMA_CUDA_RETURN_IF_ERROR(cudaMemcpy2DAsync(embed_bf16_.get(), row_bytes, embed.data,
+                                               static_cast<size_t>(embed.stride) * 2, row_bytes, embed.rows,
+                                               cudaMemcpyHostToDevice, stream_));
+  GEMMA_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
   if (act_ == Dtype::kF32) {
     auto ei = UploadMatrices({&embed}, "the output projection (f32)");
     if (!ei.ok()) return ei.status();

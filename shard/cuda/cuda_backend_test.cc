@@ -397,6 +397,7 @@ T* ToDevice(const std::vector<T>& v) {
   T* d = nullptr;
   cudaMalloc(&d, v.size() * sizeof(T));
   cudaMemcpy(d, v.data(), v.size() * sizeof(T), cudaMemcpyHostToDevice);
+  cudaDeviceSynchronize();  // from pageable memory the copy may return before its DMA lands
   return d;
 }
 template <typename T>

@@ -482,13 +482,16 @@ __global__ void __launch_bounds__(1024) SampleRows(const float* logits, int64_t 
 }
 
 // Small batches (decode): c[m, n] = sum_k a[m, k] * w[n, k] for m < kM <= 8, one warp per output row n, reading
-// w once with 16-byte loads and keeping kM accumulators per lane. Every output is summed in the same order for any
-// kM, so a sequence's results do not depend on how many others share its step (up to 8). Needs K and ldw to be
-// multiples of 16 / sizeof(T) and 16-byte aligned rows.
+// w once with 16-byte loads, kUnroll of them in flight per lane (one at a time leaves a long row such as the 7B
+// down projection's waiting on memory latency), and keeping kM accumulators per lane. Every output is summed in
+// the same order for any kM, so a sequence's results do not depend on how many others share its step (up to 8).
+// Needs K and ldw to be multiples of 16 / sizeof(T) and 16-byte aligned rows.
 template <typename T, int kM>
 __global__ void __launch_bounds__(256) SmallBatchGemm(const T* a, const T* w, int64_t ldw, float* c, int64_t ldc,
                                                       int N, int K) {
   constexpr int kPerLoad = 16 / sizeof(T);
+  constexpr int kUnroll = 4;
+  constexpr int kStride = 32 * kPerLoad;  // elements between one lane's consecutive loads
   const int n = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
   if (n >= N) return;
@@ -496,14 +499,25 @@ __global__ void __launch_bounds__(256) SmallBatchGemm(const T* a, const T* w, in
   float acc[kM];
 #pragma unroll
   for (int m = 0; m < kM; ++m) acc[m] = 0.0f;
-  for (int k0 = lane * kPerLoad; k0 < K; k0 += 32 * kPerLoad) {
-    float wf[kPerLoad], af[kPerLoad];
-    Unpack(*reinterpret_cast<const uint4*>(row + k0), wf, T());
+  for (int k0 = lane * kPerLoad; k0 < K; k0 += kStride * kUnroll) {
+    uint4 wv[kUnroll];
 #pragma unroll
-    for (int m = 0; m < kM; ++m) {
-      Unpack(__ldg(reinterpret_cast<const uint4*>(a + static_cast<int64_t>(m) * K + k0)), af, T());
+    for (int u = 0; u < kUnroll; ++u) {
+      const int k = k0 + u * kStride;
+      wv[u] = k < K ? *reinterpret_cast<const uint4*>(row + k) : make_uint4(0, 0, 0, 0);
+    }
 #pragma unroll
-      for (int e = 0; e < kPerLoad; ++e) acc[m] += af[e] * wf[e];
+    for (int u = 0; u < kUnroll; ++u) {
+      const int k = k0 + u * kStride;
+      if (k >= K) break;
+      float wf[kPerLoad], af[kPerLoad];
+      Unpack(wv[u], wf, T());
+#pragma unroll
+      for (int m = 0; m < kM; ++m) {
+        Unpack(__ldg(reinterpret_cast<const uint4*>(a + static_cast<int64_t>(m) * K + k)), af, T());
+#pragma unroll
+        for (int e = 0; e < kPerLoad; ++e) acc[m] += af[e] * wf[e];
+      }
     }
   }
 #pragma unroll
