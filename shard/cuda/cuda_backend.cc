@@ -14,6 +14,8 @@
 #include "shard/cuda/device_buffer.h"
 #include "shard/cuda/gemm.h"
 #include "shard/cuda/kernels.h"
+#include "shard/cuda/prompt_attention.h"
+#include "shard/cuda/stage_clock.h"
 #include "shard/progress.h"
 
 namespace gemma {
@@ -90,7 +92,7 @@ class CudaBackend final : public Backend {
   // Draws on the device from the logits there; copies logits to the host only when asked.
   absl::Status ForwardAndSample(std::span<const SequenceStep> batch, std::span<const RowSample> samples,
                                 bool logits_to_host, StepLogits* out, std::vector<SampledToken>* tokens) override;
-  StepTimings last_timings() const override { return timings_; }
+  StepTimings last_timings() const override { return last_clocked_ ? device_timings_ : host_timings_; }
 
  private:
   // Copies `m` (bf16 rows, possibly strided) into rows [row_offset, row_offset + m.rows) of `dst`, converting to
@@ -125,7 +127,8 @@ class CudaBackend final : public Backend {
   DeviceBuffer kv_;           // [blocks][layers][2][kv heads][block][head_dim]
   int block_size_ = 16, num_blocks_ = 0;
   int64_t block_stride_ = 0, head_stride_ = 0, layer_stride_ = 0;
-  Scratch x_, xn_, qkv_, attn_, proj_, gate_up_, act_buf_, logits_, gathered_, placed_, meta_, sampling_, partials_;
+  Scratch x_, xn_, qkv_, attn_, proj_, gate_up_, act_buf_, logits_, gathered_, placed_, meta_, sampling_, partials_,
+      prompt_qkv_, prompt_scores_;
   int multiprocessors_ = 1;
   void* host_meta_ = nullptr;
   size_t host_meta_bytes_ = 0;
@@ -133,7 +136,9 @@ class CudaBackend final : public Backend {
   int64_t buffers_generation_ = 0, graphs_generation_ = 0;
   std::map<int, cudaGraphExec_t> graphs_;  // by batch size
   std::set<int> warmed_;                   // batch sizes run once since the buffers last moved
-  StepTimings timings_;
+  StepTimings host_timings_, device_timings_;
+  bool last_clocked_ = false;  // the last step's timings are device_timings_
+  cuda::StageClock clock_;
 };
 
 absl::StatusOr<DeviceBuffer> CudaBackend::UploadFloats(const std::vector<float>& v, const std::string& what) {
@@ -327,8 +332,10 @@ absl::Status CudaBackend::RowParallel(const void* in, int64_t T, int64_t K, cons
 absl::Status CudaBackend::ForwardAndSample(std::span<const SequenceStep> batch, std::span<const RowSample> samples,
                                           bool logits_to_host, StepLogits* out, std::vector<SampledToken>* sampled) {
   const ModelConfig& c = config();
-  timings_ = {};
-  StageTimer timer(&timings_.other_seconds);
+  host_timings_ = {};
+  device_timings_ = {};
+  last_clocked_ = false;
+  StageTimer timer(&host_timings_.other_seconds);
   if (auto s = ValidateStep(batch, c, num_blocks_, block_size_); !s.ok()) return s;
   GEMMA_CUDA_RETURN_IF_ERROR(cudaSetDevice(options_.device));
   const TensorParallel& tp = weights_->tp();
@@ -350,6 +357,11 @@ absl::Status CudaBackend::ForwardAndSample(std::span<const SequenceStep> batch, 
   bool graph_step = graphs_enabled_ && tp.world == 1 && T == B;
   for (const auto& s : batch) graph_step = graph_step && s.logits == LogitsWanted::kLast;
   if (graph_step) max_blocks = std::max(max_blocks, (c.max_position_embeddings + block_size_ - 1) / block_size_);
+  last_clocked_ = options_.stage_timing && !graph_step;
+  auto stage = [&](double StepTimings::*field) {
+    timer.Switch(&(host_timings_.*field));
+    if (last_clocked_) clock_.Mark(&(device_timings_.*field), stream_);
+  };
   out->row_begin.clear();
   const size_t meta_bytes = StepMeta::Bytes(T, B, max_blocks);
   if (host_meta_bytes_ < meta_bytes) {
@@ -361,6 +373,10 @@ absl::Status CudaBackend::ForwardAndSample(std::span<const SequenceStep> batch, 
   }
   const StepMeta host = StepMeta::In(host_meta_, T);
   int num_single = 0, num_tiles = 0;
+  struct Prompt {
+    int first, tokens;
+  };
+  std::vector<Prompt> prompts;
   int64_t R = 0;
   {
     int64_t t = 0;
@@ -369,9 +385,13 @@ absl::Status CudaBackend::ForwardAndSample(std::span<const SequenceStep> batch, 
       out->row_begin.push_back(static_cast<int>(R));
       std::fill(host.tables + i * max_blocks, host.tables + (i + 1) * max_blocks, 0);
       std::copy(s.block_table.begin(), s.block_table.end(), host.tables + i * max_blocks);
-      // Attention work: a lone token decodes; several are cut into tiles of consecutive tokens.
+      // Attention work: a lone token decodes; a whole prompt goes through GEMMs; other runs of tokens are cut into
+      // tiles of consecutive tokens.
       if (s.tokens.size() == 1) {
         host.single[num_single++] = static_cast<int32_t>(t);
+      } else if (options_.prompt_attention_gemm && s.start_pos == 0 &&
+                 s.tokens.size() >= static_cast<size_t>(cuda::kPromptAttentionMinTokens)) {
+        prompts.push_back({static_cast<int>(t), static_cast<int>(s.tokens.size())});
       } else {
         for (size_t j = 0; j < s.tokens.size(); j += cuda::kAttentionTileQueries) {
           host.tile_first[num_tiles] = static_cast<int32_t>(t + j);
@@ -419,10 +439,27 @@ absl::Status CudaBackend::ForwardAndSample(std::span<const SequenceStep> batch, 
       std::clamp<int64_t>((2 * multiprocessors_ + decode_blocks - 1) / decode_blocks, 1, cuda::kAttentionMaxSplits));
   auto partials = At(partials_, std::max<int64_t>(1, decode_blocks * decode_splits * (D + 2)) * 4, "attention partials");
   if (!partials.ok()) return partials.status();
+  void* prompt_qkv = qkvf;  // the prompts' q, k and v in the GEMM input type
+  void* prompt_scores = nullptr;
+  if (!prompts.empty()) {
+    size_t score_bytes = 0;
+    for (const Prompt& p : prompts) {
+      score_bytes = std::max(score_bytes, cuda::PromptAttentionScratchBytes(p.tokens, tp.num_q_heads, act_));
+    }
+    auto scores = At(prompt_scores_, score_bytes, "prompt attention scores");
+    if (!scores.ok()) return scores.status();
+    prompt_scores = *scores;
+    if (act_ == Dtype::kBf16) {
+      auto q16 = At(prompt_qkv_, T * qkv_ld * 2, "prompt attention inputs");
+      if (!q16.ok()) return q16.status();
+      prompt_qkv = *q16;
+    }
+  }
   const int64_t slice = tp.vocab_slice;
   float* logitsf = static_cast<float*>(*logits);
   // The step's device work, from the metadata upload to the logits: run as is, or captured into a graph.
   auto enqueue = [&]() -> absl::Status {
+    if (last_clocked_) clock_.Start(&device_timings_.other_seconds, stream_);
     GEMMA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(*meta, host_meta_, meta_bytes, cudaMemcpyHostToDevice, stream_));
     const MatrixView& embed = weights_->embed();
     GEMMA_CUDA_RETURN_IF_ERROR(cuda::LaunchEmbed(embed_bf16_.as<uint16_t>(), embed.rows, H, dev.tokens, static_cast<int>(T),
@@ -440,9 +477,9 @@ absl::Status CudaBackend::ForwardAndSample(std::span<const SequenceStep> batch, 
         GEMMA_CUDA_RETURN_IF_ERROR(cuda::LaunchAddRmsNorm(xf, projf, static_cast<int>(T), H, lw.attn_norm.as<float>(),
                                                           c.rms_norm_eps, *xn, act_, stream_));
       }
-      timer.Switch(&timings_.matmul_seconds);
+      stage(&StepTimings::matmul_seconds);
       if (auto s = gemm_->Run(*xn, lw.qkv.get(), H, qkvf, qkv_ld, T, qkv_ld, H, act_, stream_); !s.ok()) return s;
-      timer.Switch(&timings_.attention_seconds);
+      stage(&StepTimings::attention_seconds);
       char* k_base = kv_.as<char>() + (static_cast<int64_t>(layer) * 2 * layer_stride_) * ab;
       char* v_base = kv_.as<char>() + (static_cast<int64_t>(layer) * 2 + 1) * layer_stride_ * ab;
       GEMMA_CUDA_RETURN_IF_ERROR(cuda::LaunchRopeAndCacheWrite(
@@ -476,18 +513,41 @@ absl::Status CudaBackend::ForwardAndSample(std::span<const SequenceStep> batch, 
       a.out = *attn;
       a.out_type = act_;
       GEMMA_CUDA_RETURN_IF_ERROR(cuda::LaunchAttention(a, stream_));
-      timer.Switch(&timings_.matmul_seconds);
+      for (const Prompt& p : prompts) {
+        if (act_ == Dtype::kBf16) {
+          GEMMA_CUDA_RETURN_IF_ERROR(cuda::LaunchF32ToBf16(qkvf + p.first * qkv_ld,
+                                                           static_cast<uint16_t*>(prompt_qkv) + p.first * qkv_ld,
+                                                           p.tokens * qkv_ld, stream_));
+        }
+        cuda::PromptAttentionArgs pa;
+        pa.qkv = prompt_qkv;
+        pa.ld = qkv_ld;
+        pa.in = act_;
+        pa.first_token = p.first;
+        pa.tokens = p.tokens;
+        pa.num_q = tp.num_q_heads;
+        pa.num_kv = tp.num_kv_heads;
+        pa.head_dim = static_cast<int>(D);
+        pa.heads_per_kv = c.heads_per_kv();
+        pa.q_head_begin = tp.q_head_begin;
+        pa.kv_head_begin = tp.kv_head_begin;
+        pa.out = *attn;
+        pa.out_type = act_;
+        pa.scratch = prompt_scores;
+        if (auto s = cuda::EnqueuePromptAttention(*gemm_, pa, stream_); !s.ok()) return s;
+      }
+      stage(&StepTimings::matmul_seconds);
       if (auto s = RowParallel(*attn, T, q_dim, lw.o, projf); !s.ok()) return s;
-      timer.Switch(&timings_.other_seconds);
+      stage(&StepTimings::other_seconds);
       GEMMA_CUDA_RETURN_IF_ERROR(cuda::LaunchAddRmsNorm(xf, projf, static_cast<int>(T), H, lw.ffn_norm.as<float>(),
                                                         c.rms_norm_eps, *xn, act_, stream_));
-      timer.Switch(&timings_.matmul_seconds);
+      stage(&StepTimings::matmul_seconds);
       if (auto s = gemm_->Run(*xn, lw.gate_up.get(), H, gate_upf, 2 * I, T, 2 * I, H, act_, stream_); !s.ok()) return s;
-      timer.Switch(&timings_.other_seconds);
+      stage(&StepTimings::other_seconds);
       GEMMA_CUDA_RETURN_IF_ERROR(cuda::LaunchGeluMul(gate_upf, static_cast<int>(T), I, *act, act_, stream_));
-      timer.Switch(&timings_.matmul_seconds);
+      stage(&StepTimings::matmul_seconds);
       if (auto s = RowParallel(*act, T, I, lw.down, projf); !s.ok()) return s;
-      timer.Switch(&timings_.other_seconds);
+      stage(&StepTimings::other_seconds);
     }
     GEMMA_CUDA_RETURN_IF_ERROR(cuda::LaunchAdd(xf, projf, T * H, stream_));
 
@@ -496,17 +556,23 @@ absl::Status CudaBackend::ForwardAndSample(std::span<const SequenceStep> batch, 
                                                    c.rms_norm_eps, *xn, act_, stream_));
     GEMMA_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(logitsf, 0, R * slice * 4, stream_));
     const void* head = act_ == Dtype::kF32 ? embed_in_.get() : embed_bf16_.get();
-    timer.Switch(&timings_.matmul_seconds);
+    stage(&StepTimings::matmul_seconds);
     if (auto s = gemm_->Run(*xn, head, H, logitsf, slice, R, embed.rows, H, act_, stream_); !s.ok()) return s;
-    timer.Switch(&timings_.other_seconds);
+    stage(&StepTimings::other_seconds);
     return absl::OkStatus();
   };
   if (auto s = graph_step ? RunAsGraph(static_cast<int>(B), enqueue) : enqueue(); !s.ok()) return s;
   out->vocab_size = c.vocab_size;
   out->values.resize(logits_to_host ? static_cast<size_t>(R) * c.vocab_size : 0);
   sampled->clear();
+  // The clock's last interval ends once the stream is done.
+  auto finish_clock = [&] {
+    if (last_clocked_) clock_.Collect();
+  };
   if (R == 0) {
+    if (last_clocked_) clock_.Mark(&device_timings_.other_seconds, stream_);
     GEMMA_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
+    finish_clock();
     if (!samples.empty()) return absl::InvalidArgumentError("samples asked of a step that wants no logits");
     return absl::OkStatus();
   }
@@ -518,9 +584,9 @@ absl::Status CudaBackend::ForwardAndSample(std::span<const SequenceStep> batch, 
     if (!gathered.ok()) return gathered.status();
     if (!placed.ok()) return placed.status();
     GEMMA_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
-    timer.Switch(&timings_.collective_seconds);
+    stage(&StepTimings::collective_seconds);
     if (auto s = collective_->AllGather(logitsf, R * slice, static_cast<float*>(*gathered)); !s.ok()) return s;
-    timer.Switch(&timings_.other_seconds);
+    stage(&StepTimings::other_seconds);
     device_logits = static_cast<float*>(*placed);
     for (int r = 0; r < tp.world; ++r) {
       const int64_t begin = std::min<int64_t>(c.vocab_size, r * slice);
@@ -564,7 +630,9 @@ absl::Status CudaBackend::ForwardAndSample(std::span<const SequenceStep> batch, 
   } else {
     out->values.clear();
   }
+  if (last_clocked_) clock_.Mark(&device_timings_.other_seconds, stream_);
   GEMMA_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
+  finish_clock();
   return absl::OkStatus();
 }
 

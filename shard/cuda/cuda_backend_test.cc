@@ -266,6 +266,47 @@ TEST_F(CudaBackendDeviceTest, GemmaHeadSizeKernelsMatchTheCpu) {
   }
 }
 
+// Whole prompts attend through cuBLASLt products a chunk of queries at a time; the tiled kernel is the reference.
+// A prompt long enough for three chunks, on random checkpoints with one kv head for all q heads (MQA: K and V shared
+// across the batch of heads) and one per q head (MHA: K and V step along with Q), in f32 and in bf16.
+TEST_F(CudaBackendDeviceTest, PromptAttentionThroughGemmsMatchesTheTiledKernel) {
+  for (int kv_heads : {1, 4}) {
+    ModelConfig shape = TinyShape();
+    shape.num_kv_heads = kv_heads;
+    shape.max_position_embeddings = 2048;
+    const std::string dir = ::testing::TempDir() + "/prompt_attention_" + std::to_string(kv_heads) + "_" +
+                            std::to_string(::getpid());
+    ASSERT_TRUE(WriteRandomCheckpoint(dir, shape, {}, "").ok());
+    std::vector<int32_t> prompt(1100);
+    for (size_t i = 0; i < prompt.size(); ++i) prompt[i] = static_cast<int32_t>((i * 7919 + 13) % shape.vocab_size);
+    const auto blocks = Blocks(prompt.size(), 16);
+    auto logits = [&](bool gemm, CudaPrecision precision) {
+      CudaBackendOptions o;
+      o.precision = precision;
+      o.prompt_attention_gemm = gemm;
+      auto b = CreateCudaBackend(LoadWeights(dir), Kv(4096), o);
+      EXPECT_TRUE(b.ok()) << b.status();
+      std::vector<float> all;
+      if (!b.ok()) return all;
+      SequenceStep step{prompt, 0, blocks, LogitsWanted::kAll};
+      RunInto(b->get(), {&step, 1}, &all);
+      return all;
+    };
+    const auto gemm = logits(true, CudaPrecision::kF32), tiled = logits(false, CudaPrecision::kF32);
+    ASSERT_EQ(gemm.size(), prompt.size() * shape.vocab_size);
+    EXPECT_LT(MaxAbsDiff(gemm, tiled), 1e-3) << kv_heads << " kv heads, f32";
+    const auto gemm16 = logits(true, CudaPrecision::kBf16);
+    ASSERT_EQ(gemm16.size(), tiled.size());
+    double worst = 0;
+    for (size_t r = 0; r < prompt.size(); ++r) {
+      const auto lg = LogSoftmax(gemm16.data() + r * shape.vocab_size, shape.vocab_size);
+      const auto lw = LogSoftmax(tiled.data() + r * shape.vocab_size, shape.vocab_size);
+      for (int i = 0; i < shape.vocab_size; ++i) worst = std::max(worst, std::abs(lg[i] - lw[i]));
+    }
+    EXPECT_LT(worst, 0.05) << kv_heads << " kv heads, bf16 log-probs against f32";
+  }
+}
+
 TEST_F(CudaBackendDeviceTest, Bf16GreedyTokensDoNotDependOnTheBatch) {
   auto backend = OpenCuda(GemmaTinyDir() + "/tiny-mqa", CudaPrecision::kBf16);
   ASSERT_NE(backend, nullptr);

@@ -82,6 +82,13 @@ absl::StatusOr<double> GemmTflops(int64_t M, int64_t N, int64_t K) {
   return 2.0 * M * N * K * 10 / Since(start) / 1e12;
 }
 
+nlohmann::json StageMilliseconds(const StepTimings& t) {
+  return {{"matmul", 1000 * t.matmul_seconds},
+          {"attention", 1000 * t.attention_seconds},
+          {"collective", 1000 * t.collective_seconds},
+          {"other", 1000 * t.other_seconds}};
+}
+
 std::vector<int32_t> Tokens(int n, int vocab, uint32_t seed) {
   std::vector<int32_t> t(n);
   t[0] = 2;
@@ -154,7 +161,9 @@ int Run() {
   const int64_t per_seq = context + steps + 16;
   KvCacheOptions kv;
   kv.num_blocks = static_cast<int>((max_batch * per_seq + prompt) / kv.block_size + max_batch + 2);
-  auto made = CreateCudaBackend(w, kv, {});
+  CudaBackendOptions options;
+  options.stage_timing = true;  // steps launched one kernel at a time report device time per stage
+  auto made = CreateCudaBackend(w, kv, options);
   if (!made.ok()) return Fail(made.status());
   Backend& backend = **made;  // reset before the cuBLASLt-only comparison below
   cudaDeviceProp prop{};
@@ -172,22 +181,11 @@ int Run() {
   StepLogits logits;
   std::vector<SampledToken> drawn;
   SequenceStep pre{prompt_tokens, 0, prompt_blocks, LogitsWanted::kLast};
-  auto time_prefill = [&](const SequenceStep& step) -> absl::StatusOr<double> {
-    if (auto s = backend.ForwardAndSample({&step, 1}, Greedy(1), false, &logits, &drawn); !s.ok()) return s;  // warm-up
-    const auto start = Clock::now();
-    if (auto s = backend.ForwardAndSample({&step, 1}, Greedy(1), false, &logits, &drawn); !s.ok()) return s;
-    return Since(start);
-  };
-  auto timed = time_prefill(pre);
-  if (!timed.ok()) return Fail(timed.status());
-  const double prefill_s = *timed;
-  // The same at half the prompt: the linear work halves and attention quarters, so the difference estimates the
-  // attention's share of the full prefill.
-  SequenceStep half = pre;
-  half.tokens = std::span<const int32_t>(prompt_tokens).first(prompt / 2);
-  timed = time_prefill(half);
-  if (!timed.ok()) return Fail(timed.status());
-  const double attention_s = std::max(0.0, 2.0 * (prefill_s - 2.0 * *timed));
+  if (auto s = backend.ForwardAndSample({&pre, 1}, Greedy(1), false, &logits, &drawn); !s.ok()) return Fail(s);  // warm-up
+  const auto start = Clock::now();
+  if (auto s = backend.ForwardAndSample({&pre, 1}, Greedy(1), false, &logits, &drawn); !s.ok()) return Fail(s);
+  const double prefill_s = Since(start);
+  const nlohmann::json prefill_stages = StageMilliseconds(backend.last_timings());
   // Every weight once per token, except the output projection (the embedding), applied to the last token only.
   const double params = static_cast<double>(w->WeightBytesPerStep()) / 2;
   const double head_params = static_cast<double>(c.vocab_size) * c.hidden_size;
@@ -210,6 +208,22 @@ int Run() {
   }
   progress.Finish();
 
+  // One batch-1 decode step launched kernel by kernel (logits for all rows: no graph), for its stages.
+  nlohmann::json decode_stages;
+  double decode_launched_ms = 0;
+  {
+    std::vector<int32_t> table(blocks_per_sequence);
+    for (int i = 0; i < blocks_per_sequence; ++i) table[i] = first_block + i;
+    const int32_t token = 5;
+    SequenceStep step{{&token, 1}, context, table, LogitsWanted::kAll};
+    for (int i = 0; i < 2; ++i) {
+      const auto start = Clock::now();
+      if (auto s = backend.ForwardAndSample({&step, 1}, Greedy(1), false, &logits, &drawn); !s.ok()) return Fail(s);
+      decode_launched_ms = 1000 * Since(start);
+    }
+    decode_stages = StageMilliseconds(backend.last_timings());
+  }
+
   // Batch-1 decode once more with cuBLASLt for the decode GEMMs too, to compare with the weight-streaming kernel.
   made->reset();
   CudaBackendOptions without_small;
@@ -230,7 +244,9 @@ int Run() {
                         {"prefill_tokens", prompt},
                         {"prefill_tokens_per_s", prompt / prefill_s},
                         {"prefill_tflops", prefill_tflops},
-                        {"prefill_attention_seconds_estimate", attention_s},
+                        {"prefill_stage_ms", prefill_stages},
+                        {"decode_batch1_launched_step_ms", decode_launched_ms},
+                        {"decode_batch1_launched_stage_ms", decode_stages},
                         {"prefill_seconds", prefill_s},
                         {"gemm_bf16_tflops", *gemm_tflops},
                         {"prefill_fraction_of_gemm", prefill_tflops / *gemm_tflops}};

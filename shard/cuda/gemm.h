@@ -1,10 +1,11 @@
-// Matrix products through cuBLASLt: activations [M, K] times a weight matrix [N, K] (both row-major, bf16 or f32)
-// into float [M, N], accumulating in f32. Plans are cached per shape.
+// Matrix products through cuBLASLt (row-major, bf16 or f32 inputs, f32 accumulation): activations times a weight
+// matrix, and attention's batched products. Plans are cached per shape.
 #pragma once
 
 #include <cublasLt.h>
 #include <cuda_runtime.h>
 
+#include <array>
 #include <map>
 #include <memory>
 #include <tuple>
@@ -15,20 +16,55 @@
 
 namespace gemma::cuda {
 
+// One product c = a * op(w), accumulated in f32: a is [M, K] (rows lda apart); w is [N, K] (a weight matrix, rows
+// ldw apart) or, with w_rows_are_k, [K, N] (such as attention's V); c is [M, N] (rows ldc apart) of type `out`.
+// A batch of products (batch > 1) steps each pointer by its own stride in elements; a stride of 0 shares the
+// matrix across the batch.
+struct GemmArgs {
+  const void* a = nullptr;
+  int64_t lda = 0;
+  const void* w = nullptr;
+  int64_t ldw = 0;
+  bool w_rows_are_k = false;
+  void* c = nullptr;
+  int64_t ldc = 0;
+  int64_t M = 0, N = 0, K = 0;
+  Dtype in = Dtype::kBf16;   // a and w: bf16 (f32 accumulation) or f32 (full f32, no TF32)
+  Dtype out = Dtype::kF32;
+  int batch = 1;
+  int64_t stride_a = 0, stride_w = 0, stride_c = 0;
+};
+
 // Not thread-safe: one stream's products at a time.
 class Gemm {
  public:
-  // With `small_batch_kernel`, products of at most kSmallBatchMaxRows rows (decode) use kernels::SmallBatchGemm,
-  // which streams the weights once with one warp per output; larger ones, and shapes it does not suit, cuBLASLt.
+  // With `small_batch_kernel`, weight products of at most kSmallBatchMaxRows rows (decode) use
+  // kernels::SmallBatchGemm, which streams the weights once with one warp per output; larger ones, and shapes it
+  // does not suit, cuBLASLt.
   static absl::StatusOr<std::unique_ptr<Gemm>> Create(size_t workspace_bytes = size_t{32} << 20,
                                                       bool small_batch_kernel = true);
   ~Gemm();
 
-  // c[m, n] (leading dimension ldc) = sum_k a[m, k] * w[n, k] (w's rows ldw apart), for m < M, n < N, k < K.
-  // a and w are `in` (bf16: f32 accumulation; f32: full f32, no TF32). The algorithm is chosen without split-K,
-  // so a row's result does not depend on the other rows of the batch.
+  // Products of at most kSmallBatchMaxRows rows are computed without split-K, so a row's result does not depend
+  // on the other rows of the batch; larger ones take cuBLASLt's first choice.
+  absl::Status Run(const GemmArgs& args, cudaStream_t stream);
+
+  // The common case: c[m, n] (f32, rows ldc apart) = sum_k a[m, k] * w[n, k], a's rows K apart.
   absl::Status Run(const void* a, const void* w, int64_t ldw, float* c, int64_t ldc, int64_t M, int64_t N, int64_t K,
-                   Dtype in, cudaStream_t stream);
+                   Dtype in, cudaStream_t stream) {
+    GemmArgs g;
+    g.a = a;
+    g.lda = K;
+    g.w = w;
+    g.ldw = ldw;
+    g.c = c;
+    g.ldc = ldc;
+    g.M = M;
+    g.N = N;
+    g.K = K;
+    g.in = in;
+    return Run(g, stream);
+  }
 
  private:
   struct Plan {
@@ -36,9 +72,12 @@ class Gemm {
     cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
     cublasLtMatmulAlgo_t algo{};
   };
-  using Key = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, int>;
+  // Shape, leading dimensions, layout, types, batch and strides, and the pointers' alignments (cuBLASLt picks
+  // algorithms for the alignment it is told of).
+  using Key = std::tuple<std::array<int64_t, 10>, std::array<int, 7>>;
   Gemm() = default;
-  absl::StatusOr<Plan*> PlanFor(int64_t M, int64_t N, int64_t K, int64_t ldw, int64_t ldc, Dtype in);
+  absl::StatusOr<Plan*> PlanFor(const GemmArgs& g);
+  void DestroyPlans();
 
   cublasLtHandle_t handle_ = nullptr;
   bool small_batch_kernel_ = true;

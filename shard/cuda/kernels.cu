@@ -7,6 +7,9 @@ namespace {
 
 using kernels::kAttentionWarps;
 
+// A row per block, wide enough that a decode step's few rows are not each one block's long loop.
+constexpr int kNormThreads = 1024;
+
 int Blocks(int64_t n, int threads) {
   const int64_t b = (n + threads - 1) / threads;
   return static_cast<int>(b < 65535 * 16 ? (b > 0 ? b : 1) : 65535 * 16);
@@ -23,9 +26,9 @@ cudaError_t LaunchEmbed(const uint16_t* embed, int64_t rows, int64_t hidden, con
 cudaError_t LaunchRmsNorm(const float* x, const int32_t* rows, int R, int64_t hidden, const float* w1p, float eps,
                           void* out, Dtype out_type, cudaStream_t stream) {
   if (out_type == Dtype::kF32) {
-    kernels::RmsNorm<<<R, 256, 0, stream>>>(x, rows, hidden, w1p, eps, static_cast<float*>(out));
+    kernels::RmsNorm<<<R, kNormThreads, 0, stream>>>(x, rows, hidden, w1p, eps, static_cast<float*>(out));
   } else {
-    kernels::RmsNorm<<<R, 256, 0, stream>>>(x, rows, hidden, w1p, eps, static_cast<__nv_bfloat16*>(out));
+    kernels::RmsNorm<<<R, kNormThreads, 0, stream>>>(x, rows, hidden, w1p, eps, static_cast<__nv_bfloat16*>(out));
   }
   return cudaGetLastError();
 }
@@ -33,9 +36,9 @@ cudaError_t LaunchRmsNorm(const float* x, const int32_t* rows, int R, int64_t hi
 cudaError_t LaunchAddRmsNorm(float* x, const float* delta, int T, int64_t hidden, const float* w1p, float eps,
                              void* out, Dtype out_type, cudaStream_t stream) {
   if (out_type == Dtype::kF32) {
-    kernels::AddRmsNorm<<<T, 256, 0, stream>>>(x, delta, hidden, w1p, eps, static_cast<float*>(out));
+    kernels::AddRmsNorm<<<T, kNormThreads, 0, stream>>>(x, delta, hidden, w1p, eps, static_cast<float*>(out));
   } else {
-    kernels::AddRmsNorm<<<T, 256, 0, stream>>>(x, delta, hidden, w1p, eps, static_cast<__nv_bfloat16*>(out));
+    kernels::AddRmsNorm<<<T, kNormThreads, 0, stream>>>(x, delta, hidden, w1p, eps, static_cast<__nv_bfloat16*>(out));
   }
   return cudaGetLastError();
 }
@@ -50,11 +53,11 @@ cudaError_t LaunchRopeAndCacheWrite(float* qkv, int T, int64_t ld, int num_q, in
                                     int64_t head_stride, void* k_cache, void* v_cache, Dtype kv_type, float q_scale,
                                     cudaStream_t stream) {
   if (kv_type == Dtype::kF32) {
-    kernels::RopeAndCacheWrite<<<T, 128, 0, stream>>>(qkv, ld, num_q, num_kv, head_dim, cos_sin, positions, cache_row,
+    kernels::RopeAndCacheWrite<<<dim3(T, num_q + num_kv), 128, 0, stream>>>(qkv, ld, num_q, num_kv, head_dim, cos_sin, positions, cache_row,
                                                       head_stride, static_cast<float*>(k_cache),
                                                       static_cast<float*>(v_cache), q_scale);
   } else {
-    kernels::RopeAndCacheWrite<<<T, 128, 0, stream>>>(qkv, ld, num_q, num_kv, head_dim, cos_sin, positions, cache_row,
+    kernels::RopeAndCacheWrite<<<dim3(T, num_q + num_kv), 128, 0, stream>>>(qkv, ld, num_q, num_kv, head_dim, cos_sin, positions, cache_row,
                                                       head_stride, static_cast<__nv_bfloat16*>(k_cache),
                                                       static_cast<__nv_bfloat16*>(v_cache), q_scale);
   }
@@ -121,6 +124,22 @@ cudaError_t LaunchAttention(const AttentionArgs& a, cudaStream_t stream) {
     gemma ? Attend<__nv_bfloat16, __nv_bfloat16, kGemmaHeadDim>(a, stream)
           : Attend<__nv_bfloat16, __nv_bfloat16, 0>(a, stream);
   }
+  return cudaGetLastError();
+}
+
+cudaError_t LaunchCausalSoftmax(const float* s, int64_t ld, int64_t head_stride, int rows, int heads, int keys, int q0,
+                                void* p, Dtype p_type, cudaStream_t stream) {
+  const dim3 grid(rows, heads);
+  if (p_type == Dtype::kF32) {
+    kernels::CausalSoftmax<<<grid, 256, 0, stream>>>(s, ld, head_stride, keys, q0, static_cast<float*>(p));
+  } else {
+    kernels::CausalSoftmax<<<grid, 256, 0, stream>>>(s, ld, head_stride, keys, q0, static_cast<__nv_bfloat16*>(p));
+  }
+  return cudaGetLastError();
+}
+
+cudaError_t LaunchF32ToBf16(const float* in, void* out, int64_t n, cudaStream_t stream) {
+  kernels::F32ToBf16<<<Blocks(n, 256), 256, 0, stream>>>(in, static_cast<__nv_bfloat16*>(out), n);
   return cudaGetLastError();
 }
 

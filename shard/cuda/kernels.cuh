@@ -94,36 +94,33 @@ __global__ void Add(float* x, const float* delta, int64_t n) {
   }
 }
 
+// One block per (token, q or k head): a whole grid, not one block per token, so that a decode step's rotation
+// is not one block's sequential work.
 template <typename Kv>
 __global__ void RopeAndCacheWrite(float* qkv, int64_t ld, int num_q, int num_kv, int head_dim, const float* cos_sin,
                                   const int32_t* positions, const int64_t* cache_row, int64_t head_stride,
                                   Kv* k_cache, Kv* v_cache, float q_scale) {
-  const int t = blockIdx.x;
+  const int t = blockIdx.x, h = blockIdx.y;  // k heads follow the q heads in the row
   const int half = head_dim / 2;
   const float* cs = cos_sin + static_cast<int64_t>(positions[t]) * head_dim;
   float* row = qkv + t * ld;
-  // q and k heads: rotate pairs (i, i + half); q is then scaled.
-  for (int idx = threadIdx.x; idx < (num_q + num_kv) * half; idx += blockDim.x) {
-    const int h = idx / half, i = idx % half;
-    float* head = row + static_cast<int64_t>(h) * head_dim;  // k heads follow the q heads in the row
+  float* head = row + static_cast<int64_t>(h) * head_dim;
+  // Rotate pairs (i, i + half); q is then scaled.
+  const float scale = h < num_q ? q_scale : 1.0f;
+  for (int i = threadIdx.x; i < half; i += blockDim.x) {
     const float c = cs[2 * i], s = cs[2 * i + 1];
     const float x0 = head[i], x1 = head[i + half];
-    float r0 = x0 * c - x1 * s, r1 = x0 * s + x1 * c;
-    if (h < num_q) {
-      r0 *= q_scale;
-      r1 *= q_scale;
-    }
-    head[i] = r0;
-    head[i + half] = r1;
+    head[i] = (x0 * c - x1 * s) * scale;
+    head[i + half] = (x0 * s + x1 * c) * scale;
   }
+  if (h < num_q) return;
   __syncthreads();
-  const float* k = row + static_cast<int64_t>(num_q) * head_dim;
-  const float* v = k + static_cast<int64_t>(num_kv) * head_dim;
-  for (int idx = threadIdx.x; idx < num_kv * head_dim; idx += blockDim.x) {
-    const int h = idx / head_dim, d = idx % head_dim;
-    const int64_t at = cache_row[t] + h * head_stride + d;
-    Store(&k_cache[at], k[idx]);
-    Store(&v_cache[at], v[idx]);
+  const int kv = h - num_q;
+  const float* v = row + static_cast<int64_t>(num_q + num_kv + kv) * head_dim;
+  const int64_t at = cache_row[t] + kv * head_stride;
+  for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
+    Store(&k_cache[at + d], head[d]);
+    Store(&v_cache[at + d], v[d]);
   }
 }
 
@@ -172,31 +169,44 @@ __global__ void __launch_bounds__(kAttentionWarps * 32)
   const int32_t* blocks = block_tables + static_cast<int64_t>(seq_of_token[t]) * max_blocks;
   const int n = positions[t] + 1;
   float m = -FLT_MAX, l = 0.0f;
-  for (int j = split * kAttentionWarps + warp; j < n; j += splits * kAttentionWarps) {
-    const int64_t base = static_cast<int64_t>(blocks[j / block_size]) * block_stride + kv_head * head_stride +
-                         static_cast<int64_t>(j % block_size) * head_dim;
-    float partial = 0.0f;
-    float kf[kDimsPerLane], vf[kDimsPerLane];
-    if constexpr (kVectorized) {
-      Unpack(*reinterpret_cast<const uint4*>(k_cache + base + lane * kDimsPerLane), kf, __nv_bfloat16());
-      Unpack(*reinterpret_cast<const uint4*>(v_cache + base + lane * kDimsPerLane), vf, __nv_bfloat16());
-    } else {
+  // The K and V rows of kAhead positions are loaded before the first is used: a short context gives each warp only
+  // a few positions, and one at a time would leave it waiting on memory latency. Same order as one at a time.
+  constexpr int kAhead = 4;
+  const int stride = splits * kAttentionWarps;
+  for (int j0 = split * kAttentionWarps + warp; j0 < n; j0 += kAhead * stride) {
+    float kf[kAhead][kDimsPerLane], vf[kAhead][kDimsPerLane];
 #pragma unroll
-      for (int k = 0; k < kDimsPerLane; ++k) {
-        const int d = dim(k);
-        kf[k] = d < head_dim ? Load(&k_cache[base + d]) : 0.0f;
-        vf[k] = d < head_dim ? Load(&v_cache[base + d]) : 0.0f;
+    for (int u = 0; u < kAhead; ++u) {
+      const int j = j0 + u * stride;
+      if (j >= n) break;
+      const int64_t base = static_cast<int64_t>(blocks[j / block_size]) * block_stride + kv_head * head_stride +
+                           static_cast<int64_t>(j % block_size) * head_dim;
+      if constexpr (kVectorized) {
+        Unpack(*reinterpret_cast<const uint4*>(k_cache + base + lane * kDimsPerLane), kf[u], __nv_bfloat16());
+        Unpack(*reinterpret_cast<const uint4*>(v_cache + base + lane * kDimsPerLane), vf[u], __nv_bfloat16());
+      } else {
+#pragma unroll
+        for (int k = 0; k < kDimsPerLane; ++k) {
+          const int d = dim(k);
+          kf[u][k] = d < head_dim ? Load(&k_cache[base + d]) : 0.0f;
+          vf[u][k] = d < head_dim ? Load(&v_cache[base + d]) : 0.0f;
+        }
       }
     }
 #pragma unroll
-    for (int k = 0; k < kDimsPerLane; ++k) partial += qreg[k] * kf[k];
-    const float s = WarpSum(partial);
-    const float m_new = fmaxf(m, s);
-    const float correction = expf(m - m_new), p = expf(s - m_new);
-    l = l * correction + p;
+    for (int u = 0; u < kAhead; ++u) {
+      if (j0 + u * stride >= n) break;
+      float partial = 0.0f;
 #pragma unroll
-    for (int k = 0; k < kDimsPerLane; ++k) acc[k] = acc[k] * correction + p * vf[k];
-    m = m_new;
+      for (int k = 0; k < kDimsPerLane; ++k) partial += qreg[k] * kf[u][k];
+      const float s = WarpSum(partial);
+      const float m_new = fmaxf(m, s);
+      const float correction = expf(m - m_new), p = expf(s - m_new);
+      l = l * correction + p;
+#pragma unroll
+      for (int k = 0; k < kDimsPerLane; ++k) acc[k] = acc[k] * correction + p * vf[u][k];
+      m = m_new;
+    }
   }
   __shared__ float warp_m[kAttentionWarps], warp_l[kAttentionWarps];
   __shared__ float warp_acc[kAttentionWarps][kMaxHeadDim];
@@ -371,6 +381,33 @@ __device__ __forceinline__ float BlockMax(float v) {
   return m;
 }
 
+// One block per (query row i of a chunk, head h) of causal attention scores s (f32, head h's rows at
+// h * head_stride, rows ld apart), row i attending to keys 0..q0+i of the `keys` computed: p = softmax over those,
+// 0 for the keys after them, written as Out in the same layout.
+template <typename Out>
+__global__ void __launch_bounds__(256) CausalSoftmax(const float* s, int64_t ld, int64_t head_stride, int keys,
+                                                     int q0, Out* p) {
+  const int i = blockIdx.x;
+  const int64_t at = blockIdx.y * head_stride + static_cast<int64_t>(i) * ld;
+  const float* x = s + at;
+  Out* y = p + at;
+  const int n = min(keys, q0 + i + 1);
+  float local_max = -FLT_MAX;
+  for (int j = threadIdx.x; j < n; j += blockDim.x) local_max = fmaxf(local_max, x[j]);
+  const float m = BlockMax(local_max);
+  float z = 0;
+  for (int j = threadIdx.x; j < n; j += blockDim.x) z += expf(x[j] - m);
+  const float inv = 1.0f / BlockSum(z);
+  for (int j = threadIdx.x; j < keys; j += blockDim.x) Store(&y[j], j < n ? expf(x[j] - m) * inv : 0.0f);
+}
+
+__global__ void F32ToBf16(const float* in, __nv_bfloat16* out, int64_t n) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    out[i] = __float2bfloat16_rn(in[i]);
+  }
+}
+
 // One block per row: draws a token from softmax(logits / temperature) restricted to the top_k largest logits and
 // then to the smallest set of largest logits whose mass reaches top_p (thresholds found by bisection on the logit
 // value, no sort), with a uniform number derived from (seed, position) only; greedy (lowest id on ties) when the
@@ -504,7 +541,8 @@ __global__ void __launch_bounds__(256) SmallBatchGemm(const T* a, const T* w, in
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       const int k = k0 + u * kStride;
-      wv[u] = k < K ? *reinterpret_cast<const uint4*>(row + k) : make_uint4(0, 0, 0, 0);
+      // Streamed once (evict-first), so that the activations every warp rereads stay cached.
+      wv[u] = k < K ? __ldcs(reinterpret_cast<const uint4*>(row + k)) : make_uint4(0, 0, 0, 0);
     }
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {

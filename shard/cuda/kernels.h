@@ -72,6 +72,14 @@ inline constexpr int kAttentionTileQueries = 32;
 inline constexpr int kAttentionMaxSplits = 16;
 cudaError_t LaunchAttention(const AttentionArgs& args, cudaStream_t stream);
 
+// Causal softmax of attention scores s (f32; `heads` blocks of `rows` rows, head_stride apart, rows ld apart): row i
+// keeps keys 0..q0+i of `keys`, the rest become 0. p: the same layout in `p_type`.
+cudaError_t LaunchCausalSoftmax(const float* s, int64_t ld, int64_t head_stride, int rows, int heads, int keys, int q0,
+                                void* p, Dtype p_type, cudaStream_t stream);
+
+// out[i] = bf16(in[i]), rounded to nearest even.
+cudaError_t LaunchF32ToBf16(const float* in, void* out, int64_t n, cudaStream_t stream);
+
 // out[i] = float(in[i]) for bf16 bit patterns.
 cudaError_t LaunchBf16ToF32(const uint16_t* in, float* out, int64_t n, cudaStream_t stream);
 
