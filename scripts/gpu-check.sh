@@ -6,11 +6,11 @@
 #
 # Logs land in $GEMMA_GPU_CHECK_DIR (default /tmp/gpu-check). Where $OUT is set, the summary is written there as it
 # goes (summary.txt) and the logs are packed there at the end (gpu-check-logs.tar.gz), so a run cut short still
-# returns what it found. GEMMA_GPU_CHECK_PARTS picks parts (default tests,serve,bench,hf).
+# returns what it found. GEMMA_GPU_CHECK_PARTS picks parts (default tests,serve,bench,router,hf).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 work=${GEMMA_GPU_CHECK_DIR:-/tmp/gpu-check}
-parts=",${GEMMA_GPU_CHECK_PARTS:-tests,serve,bench,hf},"
+parts=",${GEMMA_GPU_CHECK_PARTS:-tests,serve,bench,router,hf},"
 mkdir -p "$work"
 if [[ -n "${OUT:-}" ]]; then
   exec > >(tee "$OUT/summary.txt") 2>&1
@@ -91,6 +91,30 @@ print(f"  batch-1 decode step launched kernel by kernel: {b['decode_batch1_launc
 PY
   else
     echo "FAIL gemma-cuda-bench"; tail -20 "$work/bench.log"; failed=1
+  fi
+fi
+
+if wants router; then
+  section "the serving stack on the GPU under load: gemma serve --device cuda, gemma bench --server"
+  if timeout 300 bash scripts/gpu-serve-bench.sh "$model" > "$work/bench-router-gpu.json" 2> "$work/bench-router-gpu.log"; then
+    cp "$work/bench-router-gpu.json" "${OUT:-$work}/" 2>/dev/null
+    python3 - "$work/bench-router-gpu.json" "$work/bench-cuda-7b.json" <<'PY'
+import json, sys
+router = json.load(open(sys.argv[1]))
+try:
+    engine = json.load(open(sys.argv[2]))["decode"][0]["tokens_per_s"]
+except (OSError, KeyError, IndexError):
+    engine = 0
+for level in router["levels"]:
+    itl = level["inter_token_s"]["mean"]
+    print(f"  concurrency {level['concurrency']:>3}: {level['tokens_per_s']:.0f} tok/s aggregate ({level['ok']}/{level['requests']} ok), "
+          f"per-request {1/itl if itl else 0:.1f} tok/s, TTFT p50 {1000*level['ttft_s']['p50']:.0f} ms, "
+          f"ITL p50 {1000*level['inter_token_s']['p50']:.2f} ms, p99 {1000*level['inter_token_s']['p99']:.2f} ms")
+    if level["concurrency"] == 1 and itl and engine:
+        print(f"  batch 1 through the router: {1/itl:.1f} tok/s against {engine:.1f} for the engine alone (context 512)")
+PY
+  else
+    echo "FAIL router bench"; tail -15 "$work/bench-router-gpu.log"; failed=1
   fi
 fi
 
