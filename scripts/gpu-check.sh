@@ -83,7 +83,8 @@ for d in b["decode"]:
 print(f"  batch-1 decode at {100*b['decode_batch1_bandwidth_fraction']:.0f}% of device bandwidth (target >= 75%); "
       f"{b['decode_batch1_tokens_per_s_cublaslt_only']:.1f} tok/s with cuBLASLt for the decode GEMMs instead")
 print(f"  prefill {b['prefill_tokens']} tokens: {b['prefill_tokens_per_s']:.0f} tok/s, {b['prefill_tflops']:.0f} TFLOP/s = "
-      f"{100*b['prefill_fraction_of_gemm']:.0f}% of the GEMM (target >= 50%)")
+      f"{100*b['prefill_fraction_of_gemm']:.0f}% of the GEMM (target >= 50%); in chunks of {b['prefill_chunk']} "
+      f"as the server schedules it: {b['prefill_chunked_tokens_per_s']:.0f} tok/s")
 stages = lambda d: ", ".join(f"{k} {v:.2f}" for k, v in d.items())
 print(f"  prefill stages (device ms): {stages(b['prefill_stage_ms'])}")
 print(f"  batch-1 decode step launched kernel by kernel: {b['decode_batch1_launched_step_ms']:.2f} ms; "

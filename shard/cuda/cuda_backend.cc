@@ -128,7 +128,7 @@ class CudaBackend final : public Backend {
   int block_size_ = 16, num_blocks_ = 0;
   int64_t block_stride_ = 0, head_stride_ = 0, layer_stride_ = 0;
   Scratch x_, xn_, qkv_, attn_, proj_, gate_up_, act_buf_, logits_, gathered_, placed_, meta_, sampling_, partials_,
-      prompt_qkv_, prompt_scores_;
+      prompt_qkv_, prompt_scores_, prompt_kv_;
   int multiprocessors_ = 1;
   void* host_meta_ = nullptr;
   size_t host_meta_bytes_ = 0;
@@ -374,7 +374,7 @@ absl::Status CudaBackend::ForwardAndSample(std::span<const SequenceStep> batch, 
   const StepMeta host = StepMeta::In(host_meta_, T);
   int num_single = 0, num_tiles = 0;
   struct Prompt {
-    int first, tokens;
+    int first, tokens, start_pos, sequence;
   };
   std::vector<Prompt> prompts;
   int64_t R = 0;
@@ -385,13 +385,13 @@ absl::Status CudaBackend::ForwardAndSample(std::span<const SequenceStep> batch, 
       out->row_begin.push_back(static_cast<int>(R));
       std::fill(host.tables + i * max_blocks, host.tables + (i + 1) * max_blocks, 0);
       std::copy(s.block_table.begin(), s.block_table.end(), host.tables + i * max_blocks);
-      // Attention work: a lone token decodes; a whole prompt goes through GEMMs; other runs of tokens are cut into
-      // tiles of consecutive tokens.
+      // Attention work: a lone token decodes; a long run of prompt tokens goes through GEMMs; shorter runs are cut
+      // into tiles of consecutive tokens.
       if (s.tokens.size() == 1) {
         host.single[num_single++] = static_cast<int32_t>(t);
-      } else if (options_.prompt_attention_gemm && s.start_pos == 0 &&
+      } else if (options_.prompt_attention_gemm &&
                  s.tokens.size() >= static_cast<size_t>(cuda::kPromptAttentionMinTokens)) {
-        prompts.push_back({static_cast<int>(t), static_cast<int>(s.tokens.size())});
+        prompts.push_back({static_cast<int>(t), static_cast<int>(s.tokens.size()), s.start_pos, static_cast<int>(i)});
       } else {
         for (size_t j = 0; j < s.tokens.size(); j += cuda::kAttentionTileQueries) {
           host.tile_first[num_tiles] = static_cast<int32_t>(t + j);
@@ -441,14 +441,22 @@ absl::Status CudaBackend::ForwardAndSample(std::span<const SequenceStep> batch, 
   if (!partials.ok()) return partials.status();
   void* prompt_qkv = qkvf;  // the prompts' q, k and v in the GEMM input type
   void* prompt_scores = nullptr;
+  char* prompt_kv = nullptr;  // a continued prompt's cached K and V, gathered
   if (!prompts.empty()) {
-    size_t score_bytes = 0;
+    size_t score_bytes = 0, kv_bytes = 0;
     for (const Prompt& p : prompts) {
-      score_bytes = std::max(score_bytes, cuda::PromptAttentionScratchBytes(p.tokens, tp.num_q_heads, act_));
+      const int keys = p.start_pos + p.tokens;
+      score_bytes = std::max(score_bytes, cuda::PromptAttentionScratchBytes(keys, p.tokens, tp.num_q_heads, act_));
+      if (p.start_pos > 0) kv_bytes = std::max<size_t>(kv_bytes, static_cast<size_t>(keys) * 2 * kv_dim * ab);
     }
     auto scores = At(prompt_scores_, score_bytes, "prompt attention scores");
     if (!scores.ok()) return scores.status();
     prompt_scores = *scores;
+    if (kv_bytes > 0) {
+      auto kv = At(prompt_kv_, kv_bytes, "prompt attention keys and values");
+      if (!kv.ok()) return kv.status();
+      prompt_kv = static_cast<char*>(*kv);
+    }
     if (act_ == Dtype::kBf16) {
       auto q16 = At(prompt_qkv_, T * qkv_ld * 2, "prompt attention inputs");
       if (!q16.ok()) return q16.status();
@@ -520,18 +528,32 @@ absl::Status CudaBackend::ForwardAndSample(std::span<const SequenceStep> batch, 
                                                            p.tokens * qkv_ld, stream_));
         }
         cuda::PromptAttentionArgs pa;
-        pa.qkv = prompt_qkv;
-        pa.ld = qkv_ld;
+        const char* rows = static_cast<const char*>(prompt_qkv) + p.first * qkv_ld * ab;
+        pa.q = rows;
+        pa.q_ld = qkv_ld;
+        if (p.start_pos == 0) {  // every key is among the step's own rows
+          pa.k = rows + q_dim * ab;
+          pa.v = rows + (q_dim + kv_dim) * ab;
+          pa.kv_ld = qkv_ld;
+        } else {  // earlier keys are only in the cache (this step's were written to it above)
+          GEMMA_CUDA_RETURN_IF_ERROR(cuda::LaunchGatherKv(
+              k_base, v_base, dev.tables + static_cast<int64_t>(p.sequence) * max_blocks, p.start_pos + p.tokens,
+              block_size_, block_stride_, head_stride_, tp.num_kv_heads, static_cast<int>(D), prompt_kv, act_,
+              stream_));
+          pa.k = prompt_kv;
+          pa.v = prompt_kv + kv_dim * ab;
+          pa.kv_ld = 2 * kv_dim;
+        }
         pa.in = act_;
-        pa.first_token = p.first;
+        pa.start_pos = p.start_pos;
         pa.tokens = p.tokens;
         pa.num_q = tp.num_q_heads;
-        pa.num_kv = tp.num_kv_heads;
         pa.head_dim = static_cast<int>(D);
         pa.heads_per_kv = c.heads_per_kv();
         pa.q_head_begin = tp.q_head_begin;
         pa.kv_head_begin = tp.kv_head_begin;
-        pa.out = *attn;
+        pa.out = static_cast<char*>(*attn) + p.first * q_dim * ab;
+        pa.out_ld = q_dim;
         pa.out_type = act_;
         pa.scratch = prompt_scores;
         if (auto s = cuda::EnqueuePromptAttention(*gemm_, pa, stream_); !s.ok()) return s;

@@ -23,8 +23,8 @@ struct CudaBackendOptions {
   CudaPrecision precision = CudaPrecision::kBf16;
   bool cuda_graphs = true;  // replay decode steps (one GPU) as CUDA graphs, one per batch size
   bool small_batch_gemm = true;  // decode GEMMs (<= 8 rows) through the weight-streaming kernel, not cuBLASLt
-  // Prompts that start at position 0 (kPromptAttentionMinTokens or more) attend through cuBLASLt's tensor-core
-  // products instead of the tiled kernel.
+  // Runs of kPromptAttentionMinTokens prompt tokens or more attend through cuBLASLt's tensor-core products
+  // instead of the tiled kernel.
   bool prompt_attention_gemm = true;
   // last_timings() in device time per stage (events on the stream) rather than the host's launch time; steps
   // replayed from graphs are not split.

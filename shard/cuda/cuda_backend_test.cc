@@ -266,9 +266,10 @@ TEST_F(CudaBackendDeviceTest, GemmaHeadSizeKernelsMatchTheCpu) {
   }
 }
 
-// Whole prompts attend through cuBLASLt products a chunk of queries at a time; the tiled kernel is the reference.
-// A prompt long enough for three chunks, on random checkpoints with one kv head for all q heads (MQA: K and V shared
-// across the batch of heads) and one per q head (MHA: K and V step along with Q), in f32 and in bf16.
+// Runs of prompt tokens attend through cuBLASLt products a chunk of queries at a time; the tiled kernel is the
+// reference. A prompt long enough for three query chunks, whole (keys from the step's rows) and in three steps (the
+// later ones gather earlier keys from the paged cache), on random checkpoints with one kv head for all q heads (MQA:
+// K and V shared across the batch of heads) and one per q head (MHA: K and V step along with Q), in f32 and bf16.
 TEST_F(CudaBackendDeviceTest, PromptAttentionThroughGemmsMatchesTheTiledKernel) {
   for (int kv_heads : {1, 4}) {
     ModelConfig shape = TinyShape();
@@ -279,8 +280,12 @@ TEST_F(CudaBackendDeviceTest, PromptAttentionThroughGemmsMatchesTheTiledKernel) 
     ASSERT_TRUE(WriteRandomCheckpoint(dir, shape, {}, "").ok());
     std::vector<int32_t> prompt(1100);
     for (size_t i = 0; i < prompt.size(); ++i) prompt[i] = static_cast<int32_t>((i * 7919 + 13) % shape.vocab_size);
-    const auto blocks = Blocks(prompt.size(), 16);
-    auto logits = [&](bool gemm, CudaPrecision precision) {
+    const std::vector<int32_t> blocks = {40, 3, 17, 9, 60, 1, 22, 5, 33, 12, 48, 7, 2, 29, 55, 14, 0, 36, 19, 44, 26,
+                                         8, 51, 11, 38, 4, 63, 16, 24, 45, 6, 31, 58, 21, 10, 41, 27, 13, 50, 34,
+                                         61, 18, 25, 47, 15, 53, 20, 30, 57, 23, 37, 62, 28, 42, 32, 49, 35, 52, 39,
+                                         46, 43, 54, 59, 56, 64, 65, 66, 67, 68, 69};  // scattered
+    ASSERT_GE(blocks.size() * 16, prompt.size());
+    auto logits = [&](bool gemm, CudaPrecision precision, std::vector<size_t> cuts) {
       CudaBackendOptions o;
       o.precision = precision;
       o.prompt_attention_gemm = gemm;
@@ -288,22 +293,29 @@ TEST_F(CudaBackendDeviceTest, PromptAttentionThroughGemmsMatchesTheTiledKernel) 
       EXPECT_TRUE(b.ok()) << b.status();
       std::vector<float> all;
       if (!b.ok()) return all;
-      SequenceStep step{prompt, 0, blocks, LogitsWanted::kAll};
-      RunInto(b->get(), {&step, 1}, &all);
+      cuts.push_back(prompt.size());
+      for (size_t begin = 0, c = 0; c < cuts.size(); begin = cuts[c++]) {
+        const std::span<const int32_t> part = std::span<const int32_t>(prompt).subspan(begin, cuts[c] - begin);
+        SequenceStep step{part, static_cast<int32_t>(begin), blocks, LogitsWanted::kAll};
+        RunInto(b->get(), {&step, 1}, &all);
+      }
       return all;
     };
-    const auto gemm = logits(true, CudaPrecision::kF32), tiled = logits(false, CudaPrecision::kF32);
-    ASSERT_EQ(gemm.size(), prompt.size() * shape.vocab_size);
-    EXPECT_LT(MaxAbsDiff(gemm, tiled), 1e-3) << kv_heads << " kv heads, f32";
-    const auto gemm16 = logits(true, CudaPrecision::kBf16);
-    ASSERT_EQ(gemm16.size(), tiled.size());
-    double worst = 0;
-    for (size_t r = 0; r < prompt.size(); ++r) {
-      const auto lg = LogSoftmax(gemm16.data() + r * shape.vocab_size, shape.vocab_size);
-      const auto lw = LogSoftmax(tiled.data() + r * shape.vocab_size, shape.vocab_size);
-      for (int i = 0; i < shape.vocab_size; ++i) worst = std::max(worst, std::abs(lg[i] - lw[i]));
+    const auto tiled = logits(false, CudaPrecision::kF32, {});
+    ASSERT_EQ(tiled.size(), prompt.size() * shape.vocab_size);
+    for (const std::vector<size_t>& cuts : {std::vector<size_t>{}, std::vector<size_t>{400, 800}}) {
+      const std::string what = std::to_string(kv_heads) + " kv heads, " + std::to_string(cuts.size() + 1) + " steps";
+      EXPECT_LT(MaxAbsDiff(logits(true, CudaPrecision::kF32, cuts), tiled), 1e-3) << what << ", f32";
+      const auto gemm16 = logits(true, CudaPrecision::kBf16, cuts);
+      ASSERT_EQ(gemm16.size(), tiled.size());
+      double worst = 0;
+      for (size_t r = 0; r < prompt.size(); ++r) {
+        const auto lg = LogSoftmax(gemm16.data() + r * shape.vocab_size, shape.vocab_size);
+        const auto lw = LogSoftmax(tiled.data() + r * shape.vocab_size, shape.vocab_size);
+        for (int i = 0; i < shape.vocab_size; ++i) worst = std::max(worst, std::abs(lg[i] - lw[i]));
+      }
+      EXPECT_LT(worst, 0.05) << what << ", bf16 log-probs against f32";
     }
-    EXPECT_LT(worst, 0.05) << kv_heads << " kv heads, bf16 log-probs against f32";
   }
 }
 

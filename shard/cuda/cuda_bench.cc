@@ -4,7 +4,7 @@
 // Needs no gRPC and no tokenizer, so it builds wherever shard/ does.
 //
 // usage: gemma-cuda-bench --model DIR [--make_7b] [--batches 1,16,64] [--context 512] [--steps 32]
-//                         [--prompt 2048] [--json FILE]
+//                         [--prompt 2048] [--prefill_chunk 512] [--json FILE]
 #include <cuda_runtime.h>
 
 #include <chrono>
@@ -30,6 +30,7 @@ ABSL_FLAG(std::string, batches, "1,16,64", "decode batch sizes");
 ABSL_FLAG(int, context, 512, "context of each decoding sequence");
 ABSL_FLAG(int, steps, 32, "timed decode steps per batch size");
 ABSL_FLAG(int, prompt, 2048, "prefill prompt length");
+ABSL_FLAG(int, prefill_chunk, 512, "the prompt once more in chunks of this many tokens, as the server schedules it");
 ABSL_FLAG(std::string, json, "", "also write the figures here");
 
 namespace gemma {
@@ -186,6 +187,22 @@ int Run() {
   if (auto s = backend.ForwardAndSample({&pre, 1}, Greedy(1), false, &logits, &drawn); !s.ok()) return Fail(s);
   const double prefill_s = Since(start);
   const nlohmann::json prefill_stages = StageMilliseconds(backend.last_timings());
+  // The same prompt as the server schedules it: chunks of --prefill_chunk tokens, each step after the first
+  // attending to the chunks before it in the cache.
+  const int chunk = absl::GetFlag(FLAGS_prefill_chunk);
+  if (chunk < 1) return Fail(absl::InvalidArgumentError("--prefill_chunk must be positive"));
+  double chunked_s = 0;
+  for (int round = 0; round < 2; ++round) {  // the first warms up
+    const auto chunked_start = Clock::now();
+    for (int begin = 0; begin < prompt; begin += chunk) {
+      const int n = std::min(chunk, prompt - begin);
+      SequenceStep part{std::span<const int32_t>(prompt_tokens).subspan(begin, n), begin, prompt_blocks,
+                        begin + n == prompt ? LogitsWanted::kLast : LogitsWanted::kNone};
+      const std::vector<RowSample> rows = begin + n == prompt ? Greedy(1) : std::vector<RowSample>{};
+      if (auto s = backend.ForwardAndSample({&part, 1}, rows, false, &logits, &drawn); !s.ok()) return Fail(s);
+    }
+    chunked_s = Since(chunked_start);
+  }
   // Every weight once per token, except the output projection (the embedding), applied to the last token only.
   const double params = static_cast<double>(w->WeightBytesPerStep()) / 2;
   const double head_params = static_cast<double>(c.vocab_size) * c.hidden_size;
@@ -245,6 +262,8 @@ int Run() {
                         {"prefill_tokens_per_s", prompt / prefill_s},
                         {"prefill_tflops", prefill_tflops},
                         {"prefill_stage_ms", prefill_stages},
+                        {"prefill_chunk", chunk},
+                        {"prefill_chunked_tokens_per_s", prompt / chunked_s},
                         {"decode_batch1_launched_step_ms", decode_launched_ms},
                         {"decode_batch1_launched_stage_ms", decode_stages},
                         {"prefill_seconds", prefill_s},

@@ -127,13 +127,31 @@ cudaError_t LaunchAttention(const AttentionArgs& a, cudaStream_t stream) {
   return cudaGetLastError();
 }
 
-cudaError_t LaunchCausalSoftmax(const float* s, int64_t ld, int64_t head_stride, int rows, int heads, int keys, int q0,
-                                void* p, Dtype p_type, cudaStream_t stream) {
+cudaError_t LaunchCausalSoftmax(const float* s, int64_t ld, int64_t head_stride, int rows, int heads, int keys,
+                                int first_pos, void* p, Dtype p_type, cudaStream_t stream) {
   const dim3 grid(rows, heads);
   if (p_type == Dtype::kF32) {
-    kernels::CausalSoftmax<<<grid, 256, 0, stream>>>(s, ld, head_stride, keys, q0, static_cast<float*>(p));
+    kernels::CausalSoftmax<<<grid, 256, 0, stream>>>(s, ld, head_stride, keys, first_pos, static_cast<float*>(p));
   } else {
-    kernels::CausalSoftmax<<<grid, 256, 0, stream>>>(s, ld, head_stride, keys, q0, static_cast<__nv_bfloat16*>(p));
+    kernels::CausalSoftmax<<<grid, 256, 0, stream>>>(s, ld, head_stride, keys, first_pos,
+                                                     static_cast<__nv_bfloat16*>(p));
+  }
+  return cudaGetLastError();
+}
+
+cudaError_t LaunchGatherKv(const void* k_cache, const void* v_cache, const int32_t* block_table, int n, int block_size,
+                           int64_t block_stride, int64_t head_stride, int num_kv, int head_dim, void* out,
+                           Dtype kv_type, cudaStream_t stream) {
+  const dim3 grid(n, num_kv);
+  if (kv_type == Dtype::kF32) {
+    kernels::GatherKv<<<grid, 128, 0, stream>>>(static_cast<const float*>(k_cache), static_cast<const float*>(v_cache),
+                                                block_table, block_size, block_stride, head_stride, num_kv, head_dim,
+                                                static_cast<float*>(out));
+  } else {
+    kernels::GatherKv<<<grid, 128, 0, stream>>>(static_cast<const __nv_bfloat16*>(k_cache),
+                                                static_cast<const __nv_bfloat16*>(v_cache), block_table, block_size,
+                                                block_stride, head_stride, num_kv, head_dim,
+                                                static_cast<__nv_bfloat16*>(out));
   }
   return cudaGetLastError();
 }

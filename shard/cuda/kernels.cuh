@@ -382,16 +382,16 @@ __device__ __forceinline__ float BlockMax(float v) {
 }
 
 // One block per (query row i of a chunk, head h) of causal attention scores s (f32, head h's rows at
-// h * head_stride, rows ld apart), row i attending to keys 0..q0+i of the `keys` computed: p = softmax over those,
-// 0 for the keys after them, written as Out in the same layout.
+// h * head_stride, rows ld apart), row i at position first_pos + i attending to keys 0..first_pos+i of the `keys`
+// computed: p = softmax over those, 0 for the keys after them, written as Out in the same layout.
 template <typename Out>
 __global__ void __launch_bounds__(256) CausalSoftmax(const float* s, int64_t ld, int64_t head_stride, int keys,
-                                                     int q0, Out* p) {
+                                                     int first_pos, Out* p) {
   const int i = blockIdx.x;
   const int64_t at = blockIdx.y * head_stride + static_cast<int64_t>(i) * ld;
   const float* x = s + at;
   Out* y = p + at;
-  const int n = min(keys, q0 + i + 1);
+  const int n = min(keys, first_pos + i + 1);
   float local_max = -FLT_MAX;
   for (int j = threadIdx.x; j < n; j += blockDim.x) local_max = fmaxf(local_max, x[j]);
   const float m = BlockMax(local_max);
@@ -399,6 +399,21 @@ __global__ void __launch_bounds__(256) CausalSoftmax(const float* s, int64_t ld,
   for (int j = threadIdx.x; j < n; j += blockDim.x) z += expf(x[j] - m);
   const float inv = 1.0f / BlockSum(z);
   for (int j = threadIdx.x; j < keys; j += blockDim.x) Store(&y[j], j < n ? expf(x[j] - m) * inv : 0.0f);
+}
+
+// One block per (position j, kv head h) of one sequence: its cached K and V rows (paged) into out, row j holding
+// the k heads and then the v heads.
+template <typename Kv>
+__global__ void GatherKv(const Kv* k_cache, const Kv* v_cache, const int32_t* block_table, int block_size,
+                         int64_t block_stride, int64_t head_stride, int num_kv, int head_dim, Kv* out) {
+  const int j = blockIdx.x, h = blockIdx.y;
+  const int64_t src = static_cast<int64_t>(block_table[j / block_size]) * block_stride + h * head_stride +
+                      static_cast<int64_t>(j % block_size) * head_dim;
+  Kv* row = out + static_cast<int64_t>(j) * 2 * num_kv * head_dim;
+  for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
+    row[static_cast<int64_t>(h) * head_dim + d] = k_cache[src + d];
+    row[static_cast<int64_t>(num_kv + h) * head_dim + d] = v_cache[src + d];
+  }
 }
 
 __global__ void F32ToBf16(const float* in, __nv_bfloat16* out, int64_t n) {

@@ -72,10 +72,16 @@ inline constexpr int kAttentionTileQueries = 32;
 inline constexpr int kAttentionMaxSplits = 16;
 cudaError_t LaunchAttention(const AttentionArgs& args, cudaStream_t stream);
 
-// Causal softmax of attention scores s (f32; `heads` blocks of `rows` rows, head_stride apart, rows ld apart): row i
-// keeps keys 0..q0+i of `keys`, the rest become 0. p: the same layout in `p_type`.
-cudaError_t LaunchCausalSoftmax(const float* s, int64_t ld, int64_t head_stride, int rows, int heads, int keys, int q0,
-                                void* p, Dtype p_type, cudaStream_t stream);
+// Causal softmax of attention scores s (f32; `heads` blocks of `rows` rows, head_stride apart, rows ld apart): row i,
+// at position first_pos + i, keeps keys 0..first_pos+i of `keys`, the rest become 0. p: the same layout in `p_type`.
+cudaError_t LaunchCausalSoftmax(const float* s, int64_t ld, int64_t head_stride, int rows, int heads, int keys,
+                                int first_pos, void* p, Dtype p_type, cudaStream_t stream);
+
+// Positions 0..n-1 of one sequence's cached K and V (layer bases k_cache, v_cache; its block table on the device)
+// into out [n][k heads | v heads][head_dim], in the cache's type.
+cudaError_t LaunchGatherKv(const void* k_cache, const void* v_cache, const int32_t* block_table, int n, int block_size,
+                           int64_t block_stride, int64_t head_stride, int num_kv, int head_dim, void* out,
+                           Dtype kv_type, cudaStream_t stream);
 
 // out[i] = bf16(in[i]), rounded to nearest even.
 cudaError_t LaunchF32ToBf16(const float* in, void* out, int64_t n, cudaStream_t stream);

@@ -1,6 +1,7 @@
 #include "shard/cuda/prompt_attention.h"
 
 #include <algorithm>
+#include <vector>
 
 #include "shard/cuda/cuda_status.h"
 
@@ -16,23 +17,24 @@ constexpr int kMinChunk = 16;
 
 int64_t RoundUp8(int64_t n) { return (n + 7) / 8 * 8; }
 
-int ChunkRows(int tokens, int num_q, Dtype in) {
-  const size_t per_row = static_cast<size_t>(num_q) * RoundUp8(tokens) * (4 + DtypeBytes(in));
+int ChunkRows(int keys, int queries, int num_q, Dtype in) {
+  const size_t per_row = static_cast<size_t>(num_q) * RoundUp8(keys) * (4 + DtypeBytes(in));
   int chunk = static_cast<int>(std::min<size_t>(kMaxChunk, kScratchBudget / per_row)) / kMinChunk * kMinChunk;
-  return std::min(std::max(chunk, kMinChunk), tokens);
+  return std::min(std::max(chunk, kMinChunk), queries);
 }
 
 }  // namespace
 
-size_t PromptAttentionScratchBytes(int tokens, int num_q, Dtype in) {
-  return static_cast<size_t>(num_q) * ChunkRows(tokens, num_q, in) * RoundUp8(tokens) * (4 + DtypeBytes(in));
+size_t PromptAttentionScratchBytes(int keys, int queries, int num_q, Dtype in) {
+  return static_cast<size_t>(num_q) * ChunkRows(keys, queries, num_q, in) * RoundUp8(keys) * (4 + DtypeBytes(in));
 }
 
 absl::Status EnqueuePromptAttention(Gemm& gemm, const PromptAttentionArgs& a, cudaStream_t stream) {
   const int64_t D = a.head_dim, eb = DtypeBytes(a.in), ob = DtypeBytes(a.out_type);
-  const int64_t q_dim = static_cast<int64_t>(a.num_q) * D, kv_dim = static_cast<int64_t>(a.num_kv) * D;
-  const int chunk = ChunkRows(a.tokens, a.num_q, a.in);
-  const char* rows = static_cast<const char*>(a.qkv) + static_cast<int64_t>(a.first_token) * a.ld * eb;
+  const int chunk = ChunkRows(a.start_pos + a.tokens, a.tokens, a.num_q, a.in);
+  const char* q = static_cast<const char*>(a.q);
+  const char* k = static_cast<const char*>(a.k);
+  const char* v = static_cast<const char*>(a.v);
   auto kv_head = [&](int h) { return (a.q_head_begin + h) / a.heads_per_kv - a.kv_head_begin; };
   // Runs of q heads sharing a product: with one q head per kv head, all of them (K and V step along with Q);
   // otherwise each kv head's group (K and V shared: stride 0).
@@ -52,16 +54,16 @@ absl::Status EnqueuePromptAttention(Gemm& gemm, const PromptAttentionArgs& a, cu
     }
   }
   for (int q0 = 0; q0 < a.tokens; q0 += chunk) {
-    const int m = std::min(chunk, a.tokens - q0), keys = q0 + m;
+    const int m = std::min(chunk, a.tokens - q0), first_pos = a.start_pos + q0, keys = first_pos + m;
     const int64_t ld_s = RoundUp8(keys), head_stride = static_cast<int64_t>(m) * ld_s;
     float* scores = static_cast<float*>(a.scratch);
     char* probs = static_cast<char*>(a.scratch) + static_cast<size_t>(a.num_q) * head_stride * 4;
     for (const Run& r : runs) {
-      GemmArgs s;  // S[h] = Q[h] K[kv]^T: queries q0..q0+m-1 against keys 0..keys-1
-      s.a = rows + (static_cast<int64_t>(q0) * a.ld + r.first * D) * eb;
-      s.lda = a.ld;
-      s.w = rows + (q_dim + r.kv * D) * eb;
-      s.ldw = a.ld;
+      GemmArgs s;  // S[h] = Q[h] K[kv]^T: the chunk's queries against keys 0..keys-1
+      s.a = q + (static_cast<int64_t>(q0) * a.q_ld + r.first * D) * eb;
+      s.lda = a.q_ld;
+      s.w = k + r.kv * D * eb;
+      s.ldw = a.kv_ld;
       s.c = scores + r.first * head_stride;
       s.ldc = ld_s;
       s.M = m;
@@ -76,16 +78,16 @@ absl::Status EnqueuePromptAttention(Gemm& gemm, const PromptAttentionArgs& a, cu
       if (auto st = gemm.Run(s, stream); !st.ok()) return st;
     }
     GEMMA_CUDA_RETURN_IF_ERROR(
-        LaunchCausalSoftmax(scores, ld_s, head_stride, m, a.num_q, keys, q0, probs, a.in, stream));
+        LaunchCausalSoftmax(scores, ld_s, head_stride, m, a.num_q, keys, first_pos, probs, a.in, stream));
     for (const Run& r : runs) {
-      GemmArgs o;  // O[h] = P[h] V[kv], into the prompt's rows of out
+      GemmArgs o;  // O[h] = P[h] V[kv], into the chunk's rows of out
       o.a = probs + r.first * head_stride * eb;
       o.lda = ld_s;
-      o.w = rows + (q_dim + kv_dim + r.kv * D) * eb;
-      o.ldw = a.ld;
+      o.w = v + r.kv * D * eb;
+      o.ldw = a.kv_ld;
       o.w_rows_are_k = true;
-      o.c = static_cast<char*>(a.out) + ((static_cast<int64_t>(a.first_token) + q0) * q_dim + r.first * D) * ob;
-      o.ldc = q_dim;
+      o.c = static_cast<char*>(a.out) + (static_cast<int64_t>(q0) * a.out_ld + r.first * D) * ob;
+      o.ldc = a.out_ld;
       o.M = m;
       o.N = D;
       o.K = keys;
