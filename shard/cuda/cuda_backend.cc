@@ -2,280 +2,18 @@
 
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
-#include <functional>
-#include <map>
-#include <set>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "shard/cuda/cuda_backend_impl.h"
 #include "shard/cuda/cuda_status.h"
-#include "shard/cuda/device_buffer.h"
-#include "shard/cuda/gemm.h"
-#include "shard/cuda/kernels.h"
 #include "shard/cuda/prompt_attention.h"
-#include "shard/cuda/stage_clock.h"
-#include "shard/progress.h"
 
 namespace gemma {
-namespace {
-
-using cuda::DeviceBuffer;
-using cuda::Dtype;
-
-struct DeviceLayer {
-  DeviceBuffer qkv, o, gate_up, down;  // in the GEMM input type; qkv = [q; k; v] rows, gate_up = [gate; up] rows
-  DeviceBuffer attn_norm, ffn_norm;     // f32, 1 + w
-};
-
-// One step's metadata, laid out alike on the host (pinned) and on the device, so that one copy moves it: int64
-// cache_row[T], then int32 tokens, positions, seq_of_token, logit rows, lone tokens, tile firsts and tile counts (T
-// each, at most), then the block tables [sequences][max_blocks].
-struct StepMeta {
-  int64_t* cache_row;
-  int32_t *tokens, *positions, *seq_of_token, *rows, *single, *tile_first, *tile_count, *tables;
-  static size_t Bytes(int64_t T, int64_t sequences, int max_blocks) {
-    return static_cast<size_t>(T) * (8 + 7 * 4) + static_cast<size_t>(sequences * max_blocks) * 4;
-  }
-  static StepMeta In(void* base, int64_t T) {
-    StepMeta m;
-    m.cache_row = static_cast<int64_t*>(base);  // 8-byte aligned first
-    m.tokens = reinterpret_cast<int32_t*>(m.cache_row + T);
-    m.positions = m.tokens + T;
-    m.seq_of_token = m.positions + T;
-    m.rows = m.seq_of_token + T;
-    m.single = m.rows + T;
-    m.tile_first = m.single + T;
-    m.tile_count = m.tile_first + T;
-    m.tables = m.tile_count + T;
-    return m;
-  }
-};
-
-// A device buffer that grows to the largest step seen (steps reuse it).
-struct Scratch {
-  DeviceBuffer buffer;
-  absl::StatusOr<void*> At(size_t bytes, const char* what) {
-    if (buffer.bytes() < bytes) {
-      buffer = DeviceBuffer();
-      auto b = DeviceBuffer::Allocate(bytes, what);
-      if (!b.ok()) return b.status();
-      buffer = std::move(*b);
-    }
-    return buffer.get();
-  }
-};
-
-class CudaBackend final : public Backend {
- public:
-  CudaBackend(std::shared_ptr<const ModelWeights> weights, std::shared_ptr<Collective> collective,
-              CudaBackendOptions options)
-      : weights_(std::move(weights)), collective_(std::move(collective)), options_(options),
-        act_(options.precision == CudaPrecision::kF32 ? Dtype::kF32 : Dtype::kBf16),
-        graphs_enabled_(options.cuda_graphs) {}
-  ~CudaBackend() override {
-    for (auto& [batch, g] : graphs_) cudaGraphExecDestroy(g);
-    if (stream_ != nullptr) cudaStreamDestroy(stream_);
-    if (host_meta_ != nullptr) cudaFreeHost(host_meta_);
-  }
-
-  absl::Status Init(const KvCacheOptions& kv_options);
-
-  const ModelConfig& config() const override { return weights_->config(); }
-  int num_kv_blocks() const override { return num_blocks_; }
-  int kv_block_size() const override { return block_size_; }
-  absl::Status Forward(std::span<const SequenceStep> batch, StepLogits* out) override {
-    std::vector<SampledToken> none;
-    return ForwardAndSample(batch, {}, true, out, &none);
-  }
-  // Draws on the device from the logits there; copies logits to the host only when asked.
-  absl::Status ForwardAndSample(std::span<const SequenceStep> batch, std::span<const RowSample> samples,
-                                bool logits_to_host, StepLogits* out, std::vector<SampledToken>* tokens) override;
-  StepTimings last_timings() const override { return last_clocked_ ? device_timings_ : host_timings_; }
-
- private:
-  // Copies `m` (bf16 rows, possibly strided) into rows [row_offset, row_offset + m.rows) of `dst`, converting to
-  // the GEMM input type.
-  absl::Status Upload(const MatrixView& m, const DeviceBuffer& dst, int64_t row_offset);
-  absl::StatusOr<DeviceBuffer> UploadMatrices(std::initializer_list<const MatrixView*> parts, const std::string& what);
-  absl::StatusOr<DeviceBuffer> UploadFloats(const std::vector<float>& v, const std::string& what);
-  absl::Status AllReduce(float* data, int64_t count);
-  // A scratch buffer of at least `bytes`; growing it invalidates captured graphs (they hold its address).
-  absl::StatusOr<void*> At(Scratch& scratch, size_t bytes, const char* what) {
-    void* before = scratch.buffer.get();
-    auto p = scratch.At(bytes, what);
-    if (p.ok() && *p != before) ++buffers_generation_;
-    return p;
-  }
-  // Replays the graph captured for this batch size, capturing it first. A capture that fails turns graphs off
-  // for this backend (said once on stderr) and the step runs as is.
-  absl::Status RunAsGraph(int batch, const std::function<absl::Status()>& enqueue);
-  absl::Status RowParallel(const void* in, int64_t T, int64_t K, const DeviceBuffer& w, float* out);
-
-  std::shared_ptr<const ModelWeights> weights_;
-  std::shared_ptr<Collective> collective_;
-  CudaBackendOptions options_;
-  Dtype act_;
-  cudaStream_t stream_ = nullptr;
-  std::unique_ptr<cuda::Gemm> gemm_;
-  std::vector<DeviceLayer> layers_;
-  DeviceBuffer embed_bf16_;   // this rank's vocabulary rows, bf16: looked up by Embed
-  DeviceBuffer embed_in_;     // the same rows in the GEMM input type (f32 mode only; bf16 mode uses embed_bf16_)
-  DeviceBuffer final_norm_;   // f32
-  DeviceBuffer cos_sin_;      // [max positions][head_dim / 2][2]
-  DeviceBuffer kv_;           // [blocks][layers][2][kv heads][block][head_dim]
-  int block_size_ = 16, num_blocks_ = 0;
-  int64_t block_stride_ = 0, head_stride_ = 0, layer_stride_ = 0;
-  Scratch x_, xn_, qkv_, attn_, proj_, gate_up_, act_buf_, logits_, gathered_, placed_, meta_, sampling_, partials_,
-      prompt_qkv_, prompt_scores_, prompt_kv_;
-  int multiprocessors_ = 1;
-  void* host_meta_ = nullptr;
-  size_t host_meta_bytes_ = 0;
-  bool graphs_enabled_;
-  int64_t buffers_generation_ = 0, graphs_generation_ = 0;
-  std::map<int, cudaGraphExec_t> graphs_;  // by batch size
-  std::set<int> warmed_;                   // batch sizes run once since the buffers last moved
-  StepTimings host_timings_, device_timings_;
-  bool last_clocked_ = false;  // the last step's timings are device_timings_
-  cuda::StageClock clock_;
-};
-
-absl::StatusOr<DeviceBuffer> CudaBackend::UploadFloats(const std::vector<float>& v, const std::string& what) {
-  auto b = DeviceBuffer::Allocate(v.size() * sizeof(float), what);
-  if (!b.ok()) return b.status();
-  GEMMA_CUDA_RETURN_IF_ERROR(
-      cudaMemcpyAsync(b->get(), v.data(), v.size() * sizeof(float), cudaMemcpyHostToDevice, stream_));
-  GEMMA_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));  // `v` may go once this returns
-  return b;
-}
-
-// Every upload goes through stream_ and waits for it: a plain cudaMemcpy from pageable memory (the mapped
-// checkpoint) may return before its DMA lands, and nothing would order it before kernels on stream_, which does not
-// synchronize with the default stream.
-absl::Status CudaBackend::Upload(const MatrixView& m, const DeviceBuffer& dst, int64_t row_offset) {
-  const size_t row_bytes = static_cast<size_t>(m.cols) * 2;
-  if (act_ == Dtype::kBf16) {
-    GEMMA_CUDA_RETURN_IF_ERROR(cudaMemcpy2DAsync(dst.as<uint16_t>() + row_offset * m.cols, row_bytes, m.data,
-                                                 static_cast<size_t>(m.stride) * 2, row_bytes, m.rows,
-                                                 cudaMemcpyHostToDevice, stream_));
-    GEMMA_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
-    return absl::OkStatus();
-  }
-  // f32 mode: stage the bf16 rows on the device and widen them there (exact).
-  auto staged = DeviceBuffer::Allocate(row_bytes * m.rows, "a weight matrix being converted to f32");
-  if (!staged.ok()) return staged.status();
-  GEMMA_CUDA_RETURN_IF_ERROR(cudaMemcpy2DAsync(staged->get(), row_bytes, m.data, static_cast<size_t>(m.stride) * 2,
-                                               row_bytes, m.rows, cudaMemcpyHostToDevice, stream_));
-  GEMMA_CUDA_RETURN_IF_ERROR(cuda::LaunchBf16ToF32(staged->as<uint16_t>(), dst.as<float>() + row_offset * m.cols,
-                                                   m.rows * m.cols, stream_));
-  GEMMA_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
-  return absl::OkStatus();
-}
-
-absl::StatusOr<DeviceBuffer> CudaBackend::UploadMatrices(std::initializer_list<const MatrixView*> parts,
-                                                         const std::string& what) {
-  int64_t rows = 0;
-  const int64_t cols = (*parts.begin())->cols;
-  for (const MatrixView* m : parts) rows += m->rows;
-  auto b = DeviceBuffer::Allocate(static_cast<size_t>(rows * cols) * cuda::DtypeBytes(act_), what);
-  if (!b.ok()) return b.status();
-  int64_t at = 0;
-  for (const MatrixView* m : parts) {
-    if (auto s = Upload(*m, *b, at); !s.ok()) return s;
-    at += m->rows;
-  }
-  return b;
-}
-
-absl::Status CudaBackend::Init(const KvCacheOptions& kv_options) {
-  const ModelConfig& c = config();
-  const TensorParallel& tp = weights_->tp();
-  GEMMA_CUDA_RETURN_IF_ERROR(cudaSetDevice(options_.device));
-  GEMMA_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
-  GEMMA_CUDA_RETURN_IF_ERROR(
-      cudaDeviceGetAttribute(&multiprocessors_, cudaDevAttrMultiProcessorCount, options_.device));
-  auto gemm = cuda::Gemm::Create(size_t{32} << 20, options_.small_batch_gemm);
-  if (!gemm.ok()) return gemm.status();
-  gemm_ = std::move(*gemm);
-
-  Progress progress("copying weights to the GPU (layers)", c.num_layers);
-  for (int i = 0; i < c.num_layers; ++i) {
-    progress.Update(i);
-    const LayerWeights& lw = weights_->layer(i);
-    DeviceLayer d;
-    const std::string layer = absl::StrCat("layer ", i, "'s ");
-    auto qkv = UploadMatrices({&lw.q, &lw.k, &lw.v}, layer + "attention weights");
-    auto o = UploadMatrices({&lw.o}, layer + "output projection");
-    auto gate_up = UploadMatrices({&lw.gate, &lw.up}, layer + "MLP weights");
-    auto down = UploadMatrices({&lw.down}, layer + "MLP down projection");
-    auto an = UploadFloats(lw.attn_norm, layer + "norm");
-    auto fn = UploadFloats(lw.ffn_norm, layer + "norm");
-    for (const absl::Status& s : {qkv.status(), o.status(), gate_up.status(), down.status(), an.status(), fn.status()}) {
-      if (!s.ok()) return s;
-    }
-    d.qkv = std::move(*qkv);
-    d.o = std::move(*o);
-    d.gate_up = std::move(*gate_up);
-    d.down = std::move(*down);
-    d.attn_norm = std::move(*an);
-    d.ffn_norm = std::move(*fn);
-    layers_.push_back(std::move(d));
-  }
-  progress.Finish();
-  const MatrixView& embed = weights_->embed();
-  auto eb = DeviceBuffer::Allocate(static_cast<size_t>(embed.rows * embed.cols) * 2, "the embedding");
-  if (!eb.ok()) return eb.status();
-  embed_bf16_ = std::move(*eb);
-  const size_t row_bytes = static_cast<size_t>(embed.cols) * 2;
-  GEMMA_CUDA_RETURN_IF_ERROR(cudaMemcpy2DAsync(embed_bf16_.get(), row_bytes, embed.data,
-                                               static_cast<size_t>(embed.stride) * 2, row_bytes, embed.rows,
-                                               cudaMemcpyHostToDevice, stream_));
-  GEMMA_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
-  if (act_ == Dtype::kF32) {
-    auto ei = UploadMatrices({&embed}, "the output projection (f32)");
-    if (!ei.ok()) return ei.status();
-    embed_in_ = std::move(*ei);
-  }
-  auto fnorm = UploadFloats(weights_->final_norm(), "the final norm");
-  if (!fnorm.ok()) return fnorm.status();
-  final_norm_ = std::move(*fnorm);
-
-  // cos/sin per position exactly as the CPU backend computes them (float exponent and power, std::cos/sin).
-  const int half = c.head_dim / 2;
-  std::vector<float> inv_freq(half), table(static_cast<size_t>(c.max_position_embeddings) * c.head_dim);
-  for (int i = 0; i < half; ++i) {
-    inv_freq[i] = 1.0f / std::pow(c.rope_theta, static_cast<float>(2 * i) / static_cast<float>(c.head_dim));
-  }
-  for (int64_t p = 0; p < c.max_position_embeddings; ++p) {
-    for (int i = 0; i < half; ++i) {
-      const float angle = static_cast<float>(p) * inv_freq[i];
-      table[p * c.head_dim + 2 * i] = std::cos(angle);
-      table[p * c.head_dim + 2 * i + 1] = std::sin(angle);
-    }
-  }
-  auto cs = UploadFloats(table, "the RoPE table");
-  if (!cs.ok()) return cs.status();
-  cos_sin_ = std::move(*cs);
-
-  block_size_ = kv_options.block_size;
-  head_stride_ = static_cast<int64_t>(block_size_) * c.head_dim;
-  layer_stride_ = tp.num_kv_heads * head_stride_;
-  block_stride_ = static_cast<int64_t>(c.num_layers) * 2 * layer_stride_;
-  const int64_t block_bytes = block_stride_ * cuda::DtypeBytes(act_);
-  num_blocks_ = kv_options.num_blocks > 0 ? kv_options.num_blocks
-                                          : static_cast<int>(std::min<int64_t>(kv_options.max_bytes / block_bytes, INT32_MAX));
-  if (num_blocks_ < 1) {
-    return absl::InvalidArgumentError(absl::StrCat("the KV cache budget of ", kv_options.max_bytes >> 20,
-                                                   " MiB holds no block (one block is ", block_bytes, " bytes)"));
-  }
-  auto kv = DeviceBuffer::Allocate(static_cast<size_t>(num_blocks_) * block_bytes,
-                                   absl::StrCat("the KV cache (", num_blocks_, " blocks of ", block_size_, " positions)"));
-  if (!kv.ok()) return kv.status();
-  kv_ = std::move(*kv);
-  GEMMA_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
-  return absl::OkStatus();
-}
+namespace cuda {
 
 absl::Status CudaBackend::RunAsGraph(int batch, const std::function<absl::Status()>& enqueue) {
   if (graphs_generation_ != buffers_generation_) {
@@ -373,10 +111,7 @@ absl::Status CudaBackend::ForwardAndSample(std::span<const SequenceStep> batch, 
   }
   const StepMeta host = StepMeta::In(host_meta_, T);
   int num_single = 0, num_tiles = 0;
-  struct Prompt {
-    int first, tokens, start_pos, sequence;
-  };
-  std::vector<Prompt> prompts;
+  std::vector<PromptRun> prompts;
   int64_t R = 0;
   {
     int64_t t = 0;
@@ -439,29 +174,11 @@ absl::Status CudaBackend::ForwardAndSample(std::span<const SequenceStep> batch, 
       std::clamp<int64_t>((2 * multiprocessors_ + decode_blocks - 1) / decode_blocks, 1, cuda::kAttentionMaxSplits));
   auto partials = At(partials_, std::max<int64_t>(1, decode_blocks * decode_splits * (D + 2)) * 4, "attention partials");
   if (!partials.ok()) return partials.status();
-  void* prompt_qkv = qkvf;  // the prompts' q, k and v in the GEMM input type
-  void* prompt_scores = nullptr;
-  char* prompt_kv = nullptr;  // a continued prompt's cached K and V, gathered
+  PromptScratch prompt_scratch;
   if (!prompts.empty()) {
-    size_t score_bytes = 0, kv_bytes = 0;
-    for (const Prompt& p : prompts) {
-      const int keys = p.start_pos + p.tokens;
-      score_bytes = std::max(score_bytes, cuda::PromptAttentionScratchBytes(keys, p.tokens, tp.num_q_heads, act_));
-      if (p.start_pos > 0) kv_bytes = std::max<size_t>(kv_bytes, static_cast<size_t>(keys) * 2 * kv_dim * ab);
-    }
-    auto scores = At(prompt_scores_, score_bytes, "prompt attention scores");
-    if (!scores.ok()) return scores.status();
-    prompt_scores = *scores;
-    if (kv_bytes > 0) {
-      auto kv = At(prompt_kv_, kv_bytes, "prompt attention keys and values");
-      if (!kv.ok()) return kv.status();
-      prompt_kv = static_cast<char*>(*kv);
-    }
-    if (act_ == Dtype::kBf16) {
-      auto q16 = At(prompt_qkv_, T * qkv_ld * 2, "prompt attention inputs");
-      if (!q16.ok()) return q16.status();
-      prompt_qkv = *q16;
-    }
+    auto made = PromptScratchFor(prompts, T, qkvf);
+    if (!made.ok()) return made.status();
+    prompt_scratch = *made;
   }
   const int64_t slice = tp.vocab_slice;
   float* logitsf = static_cast<float*>(*logits);
@@ -521,42 +238,9 @@ absl::Status CudaBackend::ForwardAndSample(std::span<const SequenceStep> batch, 
       a.out = *attn;
       a.out_type = act_;
       GEMMA_CUDA_RETURN_IF_ERROR(cuda::LaunchAttention(a, stream_));
-      for (const Prompt& p : prompts) {
-        if (act_ == Dtype::kBf16) {
-          GEMMA_CUDA_RETURN_IF_ERROR(cuda::LaunchF32ToBf16(qkvf + p.first * qkv_ld,
-                                                           static_cast<uint16_t*>(prompt_qkv) + p.first * qkv_ld,
-                                                           p.tokens * qkv_ld, stream_));
-        }
-        cuda::PromptAttentionArgs pa;
-        const char* rows = static_cast<const char*>(prompt_qkv) + p.first * qkv_ld * ab;
-        pa.q = rows;
-        pa.q_ld = qkv_ld;
-        if (p.start_pos == 0) {  // every key is among the step's own rows
-          pa.k = rows + q_dim * ab;
-          pa.v = rows + (q_dim + kv_dim) * ab;
-          pa.kv_ld = qkv_ld;
-        } else {  // earlier keys are only in the cache (this step's were written to it above)
-          GEMMA_CUDA_RETURN_IF_ERROR(cuda::LaunchGatherKv(
-              k_base, v_base, dev.tables + static_cast<int64_t>(p.sequence) * max_blocks, p.start_pos + p.tokens,
-              block_size_, block_stride_, head_stride_, tp.num_kv_heads, static_cast<int>(D), prompt_kv, act_,
-              stream_));
-          pa.k = prompt_kv;
-          pa.v = prompt_kv + kv_dim * ab;
-          pa.kv_ld = 2 * kv_dim;
-        }
-        pa.in = act_;
-        pa.start_pos = p.start_pos;
-        pa.tokens = p.tokens;
-        pa.num_q = tp.num_q_heads;
-        pa.head_dim = static_cast<int>(D);
-        pa.heads_per_kv = c.heads_per_kv();
-        pa.q_head_begin = tp.q_head_begin;
-        pa.kv_head_begin = tp.kv_head_begin;
-        pa.out = static_cast<char*>(*attn) + p.first * q_dim * ab;
-        pa.out_ld = q_dim;
-        pa.out_type = act_;
-        pa.scratch = prompt_scores;
-        if (auto s = cuda::EnqueuePromptAttention(*gemm_, pa, stream_); !s.ok()) return s;
+      if (auto s = AttendPromptRuns(prompts, prompt_scratch, qkvf, k_base, v_base, dev.tables, max_blocks, *attn);
+          !s.ok()) {
+        return s;
       }
       stage(&StepTimings::matmul_seconds);
       if (auto s = RowParallel(*attn, T, q_dim, lw.o, projf); !s.ok()) return s;
@@ -620,31 +304,7 @@ absl::Status CudaBackend::ForwardAndSample(std::span<const SequenceStep> batch, 
     }
   }
   if (!samples.empty()) {
-    const size_t n = samples.size();
-    const size_t param_bytes = n * sizeof(cuda::RowSampling), result_bytes = n * 8;
-    auto buffer = sampling_.At(param_bytes + result_bytes, "sampling");
-    if (!buffer.ok()) return buffer.status();
-    std::vector<cuda::RowSampling> params(n);
-    for (size_t i = 0; i < n; ++i) {
-      const RowSample& r = samples[i];
-      if (r.row < 0 || r.row >= R) {
-        return absl::InvalidArgumentError(absl::StrCat("sample row ", r.row, " is outside the step's ", R, " logits rows"));
-      }
-      params[i] = {r.row, r.params.temperature, r.params.top_k, r.params.top_p, r.params.seed, r.position};
-    }
-    char* base = static_cast<char*>(*buffer);
-    auto* d_params = reinterpret_cast<cuda::RowSampling*>(base);
-    auto* d_drawn = reinterpret_cast<int32_t*>(base + param_bytes);
-    auto* d_logprobs = reinterpret_cast<float*>(base + param_bytes + n * 4);
-    GEMMA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(d_params, params.data(), param_bytes, cudaMemcpyHostToDevice, stream_));
-    GEMMA_CUDA_RETURN_IF_ERROR(cuda::LaunchSampleRows(device_logits, static_cast<int>(n), c.vocab_size, d_params,
-                                                      d_drawn, d_logprobs, stream_));
-    std::vector<int32_t> ids(n);
-    std::vector<float> lps(n);
-    GEMMA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(ids.data(), d_drawn, n * 4, cudaMemcpyDeviceToHost, stream_));
-    GEMMA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(lps.data(), d_logprobs, n * 4, cudaMemcpyDeviceToHost, stream_));
-    GEMMA_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
-    for (size_t i = 0; i < n; ++i) sampled->push_back({ids[i], lps[i]});
+    if (auto s = SampleOnDevice(device_logits, R, samples, sampled); !s.ok()) return s;
   }
   if (logits_to_host) {
     GEMMA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(out->values.data(), device_logits, R * c.vocab_size * 4,
@@ -658,7 +318,37 @@ absl::Status CudaBackend::ForwardAndSample(std::span<const SequenceStep> batch, 
   return absl::OkStatus();
 }
 
-}  // namespace
+absl::Status CudaBackend::SampleOnDevice(const float* logits, int64_t R, std::span<const RowSample> samples,
+                                         std::vector<SampledToken>* sampled) {
+  const size_t n = samples.size();
+  const size_t param_bytes = n * sizeof(cuda::RowSampling), result_bytes = n * 8;
+  auto buffer = sampling_.At(param_bytes + result_bytes, "sampling");
+  if (!buffer.ok()) return buffer.status();
+  std::vector<cuda::RowSampling> params(n);
+  for (size_t i = 0; i < n; ++i) {
+    const RowSample& r = samples[i];
+    if (r.row < 0 || r.row >= R) {
+      return absl::InvalidArgumentError(absl::StrCat("sample row ", r.row, " is outside the step's ", R, " logits rows"));
+    }
+    params[i] = {r.row, r.params.temperature, r.params.top_k, r.params.top_p, r.params.seed, r.position};
+  }
+  char* base = static_cast<char*>(*buffer);
+  auto* d_params = reinterpret_cast<cuda::RowSampling*>(base);
+  auto* d_drawn = reinterpret_cast<int32_t*>(base + param_bytes);
+  auto* d_logprobs = reinterpret_cast<float*>(base + param_bytes + n * 4);
+  GEMMA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(d_params, params.data(), param_bytes, cudaMemcpyHostToDevice, stream_));
+  GEMMA_CUDA_RETURN_IF_ERROR(cuda::LaunchSampleRows(logits, static_cast<int>(n), config().vocab_size, d_params, d_drawn,
+                                                    d_logprobs, stream_));
+  std::vector<int32_t> ids(n);
+  std::vector<float> lps(n);
+  GEMMA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(ids.data(), d_drawn, n * 4, cudaMemcpyDeviceToHost, stream_));
+  GEMMA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(lps.data(), d_logprobs, n * 4, cudaMemcpyDeviceToHost, stream_));
+  GEMMA_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
+  for (size_t i = 0; i < n; ++i) sampled->push_back({ids[i], lps[i]});
+  return absl::OkStatus();
+}
+
+}  // namespace cuda
 
 bool CudaBackendBuilt() { return true; }
 
@@ -688,7 +378,7 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(std::shared_ptr<const
                                                    " is not supported by the CUDA attention kernels; allowed: a "
                                                    "multiple of 4, at most 256"));
   }
-  auto backend = std::make_unique<CudaBackend>(std::move(weights), std::move(collective), options);
+  auto backend = std::make_unique<cuda::CudaBackend>(std::move(weights), std::move(collective), options);
   if (auto s = backend->Init(kv_options); !s.ok()) return s;
   return std::unique_ptr<Backend>(std::move(backend));
 }

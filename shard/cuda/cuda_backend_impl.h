@@ -1,0 +1,164 @@
+// The CUDA backend's class, shared by the files that implement it: cuda_backend_load.cc (weights and KV cache onto
+// the device), cuda_backend.cc (a step: metadata, the layers, graphs, logits and sampling) and
+// cuda_backend_prompt_runs.cc (attention of long prompt runs through GEMMs). Not part of the backend's interface.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <functional>
+#include <map>
+#include <memory>
+#include <set>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "shard/backend.h"
+#include "shard/collective.h"
+#include "shard/cuda/cuda_backend.h"
+#include "shard/cuda/device_buffer.h"
+#include "shard/cuda/gemm.h"
+#include "shard/cuda/kernels.h"
+#include "shard/cuda/stage_clock.h"
+#include "shard/model_weights.h"
+
+namespace gemma::cuda {
+
+struct DeviceLayer {
+  DeviceBuffer qkv, o, gate_up, down;  // in the GEMM input type; qkv = [q; k; v] rows, gate_up = [gate; up] rows
+  DeviceBuffer attn_norm, ffn_norm;     // f32, 1 + w
+};
+
+// One step's metadata, laid out alike on the host (pinned) and on the device, so that one copy moves it: int64
+// cache_row[T], then int32 tokens, positions, seq_of_token, logit rows, lone tokens, tile firsts and tile counts (T
+// each, at most), then the block tables [sequences][max_blocks].
+struct StepMeta {
+  int64_t* cache_row;
+  int32_t *tokens, *positions, *seq_of_token, *rows, *single, *tile_first, *tile_count, *tables;
+  static size_t Bytes(int64_t T, int64_t sequences, int max_blocks) {
+    return static_cast<size_t>(T) * (8 + 7 * 4) + static_cast<size_t>(sequences * max_blocks) * 4;
+  }
+  static StepMeta In(void* base, int64_t T) {
+    StepMeta m;
+    m.cache_row = static_cast<int64_t*>(base);  // 8-byte aligned first
+    m.tokens = reinterpret_cast<int32_t*>(m.cache_row + T);
+    m.positions = m.tokens + T;
+    m.seq_of_token = m.positions + T;
+    m.rows = m.seq_of_token + T;
+    m.single = m.rows + T;
+    m.tile_first = m.single + T;
+    m.tile_count = m.tile_first + T;
+    m.tables = m.tile_count + T;
+    return m;
+  }
+};
+
+// A run of 32 or more prompt tokens of one sequence, whose attention goes through GEMMs (prompt_attention.h):
+// step rows [first, first + tokens), positions from start_pos, the step's sequence index.
+struct PromptRun {
+  int first, tokens, start_pos, sequence;
+};
+
+// A device buffer that grows to the largest step seen (steps reuse it).
+struct Scratch {
+  DeviceBuffer buffer;
+  absl::StatusOr<void*> At(size_t bytes, const char* what) {
+    if (buffer.bytes() < bytes) {
+      buffer = DeviceBuffer();
+      auto b = DeviceBuffer::Allocate(bytes, what);
+      if (!b.ok()) return b.status();
+      buffer = std::move(*b);
+    }
+    return buffer.get();
+  }
+};
+
+class CudaBackend final : public Backend {
+ public:
+  CudaBackend(std::shared_ptr<const ModelWeights> weights, std::shared_ptr<Collective> collective,
+              CudaBackendOptions options)
+      : weights_(std::move(weights)), collective_(std::move(collective)), options_(options),
+        act_(options.precision == CudaPrecision::kF32 ? Dtype::kF32 : Dtype::kBf16),
+        graphs_enabled_(options.cuda_graphs) {}
+  ~CudaBackend() override {
+    for (auto& [batch, g] : graphs_) cudaGraphExecDestroy(g);
+    if (stream_ != nullptr) cudaStreamDestroy(stream_);
+    if (host_meta_ != nullptr) cudaFreeHost(host_meta_);
+  }
+
+  absl::Status Init(const KvCacheOptions& kv_options);
+
+  const ModelConfig& config() const override { return weights_->config(); }
+  int num_kv_blocks() const override { return num_blocks_; }
+  int kv_block_size() const override { return block_size_; }
+  absl::Status Forward(std::span<const SequenceStep> batch, StepLogits* out) override {
+    std::vector<SampledToken> none;
+    return ForwardAndSample(batch, {}, true, out, &none);
+  }
+  // Draws on the device from the logits there; copies logits to the host only when asked.
+  absl::Status ForwardAndSample(std::span<const SequenceStep> batch, std::span<const RowSample> samples,
+                                bool logits_to_host, StepLogits* out, std::vector<SampledToken>* tokens) override;
+  StepTimings last_timings() const override { return last_clocked_ ? device_timings_ : host_timings_; }
+
+ private:
+  // Copies `m` (bf16 rows, possibly strided) into rows [row_offset, row_offset + m.rows) of `dst`, converting to
+  // the GEMM input type.
+  absl::Status Upload(const MatrixView& m, const DeviceBuffer& dst, int64_t row_offset);
+  absl::StatusOr<DeviceBuffer> UploadMatrices(std::initializer_list<const MatrixView*> parts, const std::string& what);
+  absl::StatusOr<DeviceBuffer> UploadFloats(const std::vector<float>& v, const std::string& what);
+  absl::Status AllReduce(float* data, int64_t count);
+  // A scratch buffer of at least `bytes`; growing it invalidates captured graphs (they hold its address).
+  absl::StatusOr<void*> At(Scratch& scratch, size_t bytes, const char* what) {
+    void* before = scratch.buffer.get();
+    auto p = scratch.At(bytes, what);
+    if (p.ok() && *p != before) ++buffers_generation_;
+    return p;
+  }
+  // Replays the graph captured for this batch size, capturing it first. A capture that fails turns graphs off
+  // for this backend (said once on stderr) and the step runs as is.
+  absl::Status RunAsGraph(int batch, const std::function<absl::Status()>& enqueue);
+  absl::Status RowParallel(const void* in, int64_t T, int64_t K, const DeviceBuffer& w, float* out);
+  // Buffers of a step's prompt runs.
+  struct PromptScratch {
+    void* qkv = nullptr;     // the runs' q, k and v rows in the GEMM input type (the f32 qkv itself in f32 mode)
+    char* kv = nullptr;      // a continued run's cached K and V, gathered
+    void* scores = nullptr;  // scores and probabilities of one query chunk
+  };
+  absl::StatusOr<PromptScratch> PromptScratchFor(std::span<const PromptRun> runs, int64_t T, float* qkv);
+  // One layer's attention for the prompt runs, after its cache write; tables: the step's block tables on the device.
+  absl::Status AttendPromptRuns(std::span<const PromptRun> runs, const PromptScratch& scratch, const float* qkv,
+                                const char* k_base, const char* v_base, const int32_t* tables, int max_blocks,
+                                void* attn);
+  // Draws `samples` from the step's R logits rows (vocabulary order, on the device).
+  absl::Status SampleOnDevice(const float* logits, int64_t R, std::span<const RowSample> samples,
+                              std::vector<SampledToken>* sampled);
+
+  std::shared_ptr<const ModelWeights> weights_;
+  std::shared_ptr<Collective> collective_;
+  CudaBackendOptions options_;
+  Dtype act_;
+  cudaStream_t stream_ = nullptr;
+  std::unique_ptr<cuda::Gemm> gemm_;
+  std::vector<DeviceLayer> layers_;
+  DeviceBuffer embed_bf16_;   // this rank's vocabulary rows, bf16: looked up by Embed
+  DeviceBuffer embed_in_;     // the same rows in the GEMM input type (f32 mode only; bf16 mode uses embed_bf16_)
+  DeviceBuffer final_norm_;   // f32
+  DeviceBuffer cos_sin_;      // [max positions][head_dim / 2][2]
+  DeviceBuffer kv_;           // [blocks][layers][2][kv heads][block][head_dim]
+  int block_size_ = 16, num_blocks_ = 0;
+  int64_t block_stride_ = 0, head_stride_ = 0, layer_stride_ = 0;
+  Scratch x_, xn_, qkv_, attn_, proj_, gate_up_, act_buf_, logits_, gathered_, placed_, meta_, sampling_, partials_,
+      prompt_qkv_, prompt_scores_, prompt_kv_;
+  int multiprocessors_ = 1;
+  void* host_meta_ = nullptr;
+  size_t host_meta_bytes_ = 0;
+  bool graphs_enabled_;
+  int64_t buffers_generation_ = 0, graphs_generation_ = 0;
+  std::map<int, cudaGraphExec_t> graphs_;  // by batch size
+  std::set<int> warmed_;                   // batch sizes run once since the buffers last moved
+  StepTimings host_timings_, device_timings_;
+  bool last_clocked_ = false;  // the last step's timings are device_timings_
+  cuda::StageClock clock_;
+};
+
+}  // namespace gemma::cuda

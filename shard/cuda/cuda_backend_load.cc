@@ -1,0 +1,148 @@
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "shard/cuda/cuda_backend_impl.h"
+#include "shard/cuda/cuda_status.h"
+#include "shard/progress.h"
+
+namespace gemma::cuda {
+
+absl::StatusOr<DeviceBuffer> CudaBackend::UploadFloats(const std::vector<float>& v, const std::string& what) {
+  auto b = DeviceBuffer::Allocate(v.size() * sizeof(float), what);
+  if (!b.ok()) return b.status();
+  GEMMA_CUDA_RETURN_IF_ERROR(
+      cudaMemcpyAsync(b->get(), v.data(), v.size() * sizeof(float), cudaMemcpyHostToDevice, stream_));
+  GEMMA_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));  // `v` may go once this returns
+  return b;
+}
+
+// Every upload goes through stream_ and waits for it: a plain cudaMemcpy from pageable memory (the mapped
+// checkpoint) may return before its DMA lands, and nothing would order it before kernels on stream_, which does not
+// synchronize with the default stream.
+absl::Status CudaBackend::Upload(const MatrixView& m, const DeviceBuffer& dst, int64_t row_offset) {
+  const size_t row_bytes = static_cast<size_t>(m.cols) * 2;
+  if (act_ == Dtype::kBf16) {
+    GEMMA_CUDA_RETURN_IF_ERROR(cudaMemcpy2DAsync(dst.as<uint16_t>() + row_offset * m.cols, row_bytes, m.data,
+                                                 static_cast<size_t>(m.stride) * 2, row_bytes, m.rows,
+                                                 cudaMemcpyHostToDevice, stream_));
+    GEMMA_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
+    return absl::OkStatus();
+  }
+  // f32 mode: stage the bf16 rows on the device and widen them there (exact).
+  auto staged = DeviceBuffer::Allocate(row_bytes * m.rows, "a weight matrix being converted to f32");
+  if (!staged.ok()) return staged.status();
+  GEMMA_CUDA_RETURN_IF_ERROR(cudaMemcpy2DAsync(staged->get(), row_bytes, m.data, static_cast<size_t>(m.stride) * 2,
+                                               row_bytes, m.rows, cudaMemcpyHostToDevice, stream_));
+  GEMMA_CUDA_RETURN_IF_ERROR(cuda::LaunchBf16ToF32(staged->as<uint16_t>(), dst.as<float>() + row_offset * m.cols,
+                                                   m.rows * m.cols, stream_));
+  GEMMA_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<DeviceBuffer> CudaBackend::UploadMatrices(std::initializer_list<const MatrixView*> parts,
+                                                         const std::string& what) {
+  int64_t rows = 0;
+  const int64_t cols = (*parts.begin())->cols;
+  for (const MatrixView* m : parts) rows += m->rows;
+  auto b = DeviceBuffer::Allocate(static_cast<size_t>(rows * cols) * cuda::DtypeBytes(act_), what);
+  if (!b.ok()) return b.status();
+  int64_t at = 0;
+  for (const MatrixView* m : parts) {
+    if (auto s = Upload(*m, *b, at); !s.ok()) return s;
+    at += m->rows;
+  }
+  return b;
+}
+
+absl::Status CudaBackend::Init(const KvCacheOptions& kv_options) {
+  const ModelConfig& c = config();
+  const TensorParallel& tp = weights_->tp();
+  GEMMA_CUDA_RETURN_IF_ERROR(cudaSetDevice(options_.device));
+  GEMMA_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+  GEMMA_CUDA_RETURN_IF_ERROR(
+      cudaDeviceGetAttribute(&multiprocessors_, cudaDevAttrMultiProcessorCount, options_.device));
+  auto gemm = cuda::Gemm::Create(size_t{32} << 20, options_.small_batch_gemm);
+  if (!gemm.ok()) return gemm.status();
+  gemm_ = std::move(*gemm);
+
+  Progress progress("copying weights to the GPU (layers)", c.num_layers);
+  for (int i = 0; i < c.num_layers; ++i) {
+    progress.Update(i);
+    const LayerWeights& lw = weights_->layer(i);
+    DeviceLayer d;
+    const std::string layer = absl::StrCat("layer ", i, "'s ");
+    auto qkv = UploadMatrices({&lw.q, &lw.k, &lw.v}, layer + "attention weights");
+    auto o = UploadMatrices({&lw.o}, layer + "output projection");
+    auto gate_up = UploadMatrices({&lw.gate, &lw.up}, layer + "MLP weights");
+    auto down = UploadMatrices({&lw.down}, layer + "MLP down projection");
+    auto an = UploadFloats(lw.attn_norm, layer + "norm");
+    auto fn = UploadFloats(lw.ffn_norm, layer + "norm");
+    for (const absl::Status& s : {qkv.status(), o.status(), gate_up.status(), down.status(), an.status(), fn.status()}) {
+      if (!s.ok()) return s;
+    }
+    d.qkv = std::move(*qkv);
+    d.o = std::move(*o);
+    d.gate_up = std::move(*gate_up);
+    d.down = std::move(*down);
+    d.attn_norm = std::move(*an);
+    d.ffn_norm = std::move(*fn);
+    layers_.push_back(std::move(d));
+  }
+  progress.Finish();
+  const MatrixView& embed = weights_->embed();
+  auto eb = DeviceBuffer::Allocate(static_cast<size_t>(embed.rows * embed.cols) * 2, "the embedding");
+  if (!eb.ok()) return eb.status();
+  embed_bf16_ = std::move(*eb);
+  const size_t row_bytes = static_cast<size_t>(embed.cols) * 2;
+  GEMMA_CUDA_RETURN_IF_ERROR(cudaMemcpy2DAsync(embed_bf16_.get(), row_bytes, embed.data,
+                                               static_cast<size_t>(embed.stride) * 2, row_bytes, embed.rows,
+                                               cudaMemcpyHostToDevice, stream_));
+  GEMMA_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
+  if (act_ == Dtype::kF32) {
+    auto ei = UploadMatrices({&embed}, "the output projection (f32)");
+    if (!ei.ok()) return ei.status();
+    embed_in_ = std::move(*ei);
+  }
+  auto fnorm = UploadFloats(weights_->final_norm(), "the final norm");
+  if (!fnorm.ok()) return fnorm.status();
+  final_norm_ = std::move(*fnorm);
+
+  // cos/sin per position exactly as the CPU backend computes them (float exponent and power, std::cos/sin).
+  const int half = c.head_dim / 2;
+  std::vector<float> inv_freq(half), table(static_cast<size_t>(c.max_position_embeddings) * c.head_dim);
+  for (int i = 0; i < half; ++i) {
+    inv_freq[i] = 1.0f / std::pow(c.rope_theta, static_cast<float>(2 * i) / static_cast<float>(c.head_dim));
+  }
+  for (int64_t p = 0; p < c.max_position_embeddings; ++p) {
+    for (int i = 0; i < half; ++i) {
+      const float angle = static_cast<float>(p) * inv_freq[i];
+      table[p * c.head_dim + 2 * i] = std::cos(angle);
+      table[p * c.head_dim + 2 * i + 1] = std::sin(angle);
+    }
+  }
+  auto cs = UploadFloats(table, "the RoPE table");
+  if (!cs.ok()) return cs.status();
+  cos_sin_ = std::move(*cs);
+
+  block_size_ = kv_options.block_size;
+  head_stride_ = static_cast<int64_t>(block_size_) * c.head_dim;
+  layer_stride_ = tp.num_kv_heads * head_stride_;
+  block_stride_ = static_cast<int64_t>(c.num_layers) * 2 * layer_stride_;
+  const int64_t block_bytes = block_stride_ * cuda::DtypeBytes(act_);
+  num_blocks_ = kv_options.num_blocks > 0 ? kv_options.num_blocks
+                                          : static_cast<int>(std::min<int64_t>(kv_options.max_bytes / block_bytes, INT32_MAX));
+  if (num_blocks_ < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("the KV cache budget of ", kv_options.max_bytes >> 20,
+                                                   " MiB holds no block (one block is ", block_bytes, " bytes)"));
+  }
+  auto kv = DeviceBuffer::Allocate(static_cast<size_t>(num_blocks_) * block_bytes,
+                                   absl::StrCat("the KV cache (", num_blocks_, " blocks of ", block_size_, " positions)"));
+  if (!kv.ok()) return kv.status();
+  kv_ = std::move(*kv);
+  GEMMA_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
+  return absl::OkStatus();
+}
+
+}  // namespace gemma::cuda
