@@ -29,17 +29,11 @@ start_local_cluster "$gemma" --model "$model" --threads "$threads" --kv-cache-mb
 kill -INT $serve; wait $serve 2>/dev/null || true
 engine "$out-engine-after.json"
 
-python3 - "$out-engine.json" "$out-engine-after.json" "$out-router.json" <<'PY'
+engine_mean=$(python3 - "$out-engine.json" "$out-engine-after.json" <<'PY'
 import json, sys
 before, after = (json.load(open(p))["decode_tokens_per_s_batch1"] for p in sys.argv[1:3])
-router = json.load(open(sys.argv[3]))
-e1 = (before + after) / 2
-print(f"engine alone, batch-1 decode: {before:.2f} tok/s before, {after:.2f} after the router sweep")
-for level in router["levels"]:
-    itl = level["inter_token_s"]["mean"]
-    print(f"router, concurrency {level['concurrency']:>3}: {level['tokens_per_s']:.2f} tok/s aggregate "
-          f"({level['ok']}/{level['requests']} ok), per-request decode {1/itl if itl else 0:.2f} tok/s, "
-          f"TTFT p50 {1000*level['ttft_s']['p50']:.0f} ms, ITL p50 {1000*level['inter_token_s']['p50']:.1f} ms")
-    if level["concurrency"] == 1 and itl:
-        print(f"router overhead at batch 1 (decode, mean inter-token time vs engine mean): {100 * (1 - (1 / itl) / e1):.1f}%")
+print(f"engine alone, batch-1 decode: {before:.2f} tok/s before, {after:.2f} after the router sweep", file=sys.stderr)
+print((before + after) / 2)
 PY
+)
+python3 scripts/router_bench_summary.py "$out-router.json" "$engine_mean"

@@ -99,21 +99,9 @@ if wants router; then
   section "the serving stack on the GPU under load: gemma serve --device cuda, gemma bench --server"
   if timeout 300 bash scripts/gpu-serve-bench.sh "$model" > "$work/bench-router-gpu.json" 2> "$work/bench-router-gpu.log"; then
     cp "$work/bench-router-gpu.json" "${OUT:-$work}/" 2>/dev/null
-    python3 - "$work/bench-router-gpu.json" "$work/bench-cuda-7b.json" <<'PY'
-import json, sys
-router = json.load(open(sys.argv[1]))
-try:
-    engine = json.load(open(sys.argv[2]))["decode"][0]["tokens_per_s"]
-except (OSError, KeyError, IndexError):
-    engine = 0
-for level in router["levels"]:
-    itl = level["inter_token_s"]["mean"]
-    print(f"  concurrency {level['concurrency']:>3}: {level['tokens_per_s']:.0f} tok/s aggregate ({level['ok']}/{level['requests']} ok), "
-          f"per-request {1/itl if itl else 0:.1f} tok/s, TTFT p50 {1000*level['ttft_s']['p50']:.0f} ms, "
-          f"ITL p50 {1000*level['inter_token_s']['p50']:.2f} ms, p99 {1000*level['inter_token_s']['p99']:.2f} ms")
-    if level["concurrency"] == 1 and itl and engine:
-        print(f"  batch 1 through the router: {1/itl:.1f} tok/s against {engine:.1f} for the engine alone (context 512)")
-PY
+    engine=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["decode"][0]["tokens_per_s"])' \
+      "$work/bench-cuda-7b.json" 2>/dev/null || echo 0)
+    python3 scripts/router_bench_summary.py "$work/bench-router-gpu.json" "$engine"
   else
     echo "FAIL router bench"; tail -15 "$work/bench-router-gpu.log"; failed=1
   fi

@@ -271,14 +271,15 @@ absl::Status CudaBackend::ForwardAndSample(std::span<const SequenceStep> batch, 
   out->vocab_size = c.vocab_size;
   out->values.resize(logits_to_host ? static_cast<size_t>(R) * c.vocab_size : 0);
   sampled->clear();
-  // The clock's last interval ends once the stream is done.
-  auto finish_clock = [&] {
-    if (last_clocked_) clock_.Collect();
-  };
-  if (R == 0) {
+  // Waits for the step's device work; the clock's last interval ends there.
+  auto finish = [&]() -> absl::Status {
     if (last_clocked_) clock_.Mark(&device_timings_.other_seconds, stream_);
     GEMMA_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
-    finish_clock();
+    if (last_clocked_) clock_.Collect();
+    return absl::OkStatus();
+  };
+  if (R == 0) {
+    if (auto s = finish(); !s.ok()) return s;
     if (!samples.empty()) return absl::InvalidArgumentError("samples asked of a step that wants no logits");
     return absl::OkStatus();
   }
@@ -312,10 +313,7 @@ absl::Status CudaBackend::ForwardAndSample(std::span<const SequenceStep> batch, 
   } else {
     out->values.clear();
   }
-  if (last_clocked_) clock_.Mark(&device_timings_.other_seconds, stream_);
-  GEMMA_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
-  finish_clock();
-  return absl::OkStatus();
+  return finish();
 }
 
 absl::Status CudaBackend::SampleOnDevice(const float* logits, int64_t R, std::span<const RowSample> samples,

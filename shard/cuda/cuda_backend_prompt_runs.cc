@@ -18,18 +18,19 @@ absl::StatusOr<CudaBackend::PromptScratch> CudaBackend::PromptScratchFor(std::sp
     score_bytes = std::max(score_bytes, cuda::PromptAttentionScratchBytes(keys, p.tokens, tp.num_q_heads, act_));
     if (p.start_pos > 0) kv_bytes = std::max<size_t>(kv_bytes, static_cast<size_t>(keys) * 2 * kv_dim * ab);
   }
+  // Growing these leaves captured decode graphs valid: decode steps never touch them.
   PromptScratch scratch;
   scratch.qkv = qkv;
-  auto scores = At(prompt_scores_, score_bytes, "prompt attention scores");
+  auto scores = prompt_scores_.At(score_bytes, "prompt attention scores");
   if (!scores.ok()) return scores.status();
   scratch.scores = *scores;
   if (kv_bytes > 0) {
-    auto kv = At(prompt_kv_, kv_bytes, "prompt attention keys and values");
+    auto kv = prompt_kv_.At(kv_bytes, "prompt attention keys and values");
     if (!kv.ok()) return kv.status();
     scratch.kv = static_cast<char*>(*kv);
   }
   if (act_ == Dtype::kBf16) {
-    auto q16 = At(prompt_qkv_, T * qkv_ld * 2, "prompt attention inputs");
+    auto q16 = prompt_qkv_.At(T * qkv_ld * 2, "prompt attention inputs");
     if (!q16.ok()) return q16.status();
     scratch.qkv = *q16;
   }

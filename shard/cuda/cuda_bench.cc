@@ -105,6 +105,13 @@ std::vector<RowSample> Greedy(int rows) {
   return s;
 }
 
+// Sequence s's block table: blocks_per_sequence blocks of its own, from first_block on.
+std::vector<int32_t> SequenceTable(int first_block, int blocks_per_sequence, int s) {
+  std::vector<int32_t> t(blocks_per_sequence);
+  for (int i = 0; i < blocks_per_sequence; ++i) t[i] = first_block + s * blocks_per_sequence + i;
+  return t;
+}
+
 // Tokens/s of `batch` sequences decoding `steps` tokens each after a `context`-token prompt, their blocks from
 // `first_block` on. The first two decode steps warm up (the second captures the decode graph) and are not timed.
 absl::StatusOr<double> DecodeTokensPerSecond(Backend& backend, int batch, int context, int steps, int first_block,
@@ -113,9 +120,7 @@ absl::StatusOr<double> DecodeTokensPerSecond(Backend& backend, int batch, int co
   std::vector<std::vector<int32_t>> prompts, tables;
   for (int s = 0; s < batch; ++s) {
     prompts.push_back(Tokens(context, vocab, 100 + s));
-    std::vector<int32_t> t(blocks_per_sequence);
-    for (int i = 0; i < blocks_per_sequence; ++i) t[i] = first_block + s * blocks_per_sequence + i;
-    tables.push_back(t);
+    tables.push_back(SequenceTable(first_block, blocks_per_sequence, s));
   }
   std::vector<SequenceStep> step(batch);
   for (int s = 0; s < batch; ++s) step[s] = {prompts[s], 0, tables[s], LogitsWanted::kLast};
@@ -229,8 +234,7 @@ int Run() {
   nlohmann::json decode_stages;
   double decode_launched_ms = 0;
   {
-    std::vector<int32_t> table(blocks_per_sequence);
-    for (int i = 0; i < blocks_per_sequence; ++i) table[i] = first_block + i;
+    const std::vector<int32_t> table = SequenceTable(first_block, blocks_per_sequence, 0);
     const int32_t token = 5;
     SequenceStep step{{&token, 1}, context, table, LogitsWanted::kAll};
     for (int i = 0; i < 2; ++i) {

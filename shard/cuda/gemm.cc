@@ -18,18 +18,8 @@ absl::StatusOr<std::unique_ptr<Gemm>> Gemm::Create(size_t workspace_bytes, bool 
 }
 
 Gemm::~Gemm() {
-  DestroyPlans();
-  if (handle_ != nullptr) cublasLtDestroy(handle_);
-}
-
-void Gemm::DestroyPlans() {
-  for (auto& [key, p] : plans_) {
-    cublasLtMatrixLayoutDestroy(p.a);
-    cublasLtMatrixLayoutDestroy(p.b);
-    cublasLtMatrixLayoutDestroy(p.c);
-    cublasLtMatmulDescDestroy(p.op);
-  }
   plans_.clear();
+  if (handle_ != nullptr) cublasLtDestroy(handle_);
 }
 
 namespace {
@@ -51,9 +41,9 @@ cudaDataType_t CudaType(Dtype t) { return t == Dtype::kBf16 ? CUDA_R_16BF : CUDA
 absl::StatusOr<Gemm::Plan*> Gemm::PlanFor(const GemmArgs& g) {
   const Key key{{g.M, g.N, g.K, g.lda, g.ldw, g.ldc, g.stride_a, g.stride_w, g.stride_c, g.batch},
                 {static_cast<int>(g.in), static_cast<int>(g.out), g.w_rows_are_k, Alignment(g.a), Alignment(g.w),
-                 Alignment(g.c), 0}};
+                 Alignment(g.c)}};
   if (auto it = plans_.find(key); it != plans_.end()) return &it->second;
-  if (plans_.size() >= 4096) DestroyPlans();  // many prompt lengths each make their own attention shapes
+  if (plans_.size() >= 4096) plans_.clear();  // many prompt lengths each make their own attention shapes
   Plan p;
   GEMMA_CUBLAS_RETURN_IF_ERROR(cublasLtMatmulDescCreate(&p.op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
   const cublasOperation_t transa = g.w_rows_are_k ? CUBLAS_OP_N : CUBLAS_OP_T, transb = CUBLAS_OP_N;
@@ -90,13 +80,6 @@ absl::StatusOr<Gemm::Plan*> Gemm::PlanFor(const GemmArgs& g) {
   int found = 0;
   const cublasStatus_t s = cublasLtMatmulAlgoGetHeuristic(handle_, p.op, p.a, p.b, p.c, p.c, pref, 16, results, &found);
   cublasLtMatmulPreferenceDestroy(pref);
-  auto destroy = [&p] {
-    cublasLtMatrixLayoutDestroy(p.a);
-    cublasLtMatrixLayoutDestroy(p.b);
-    cublasLtMatrixLayoutDestroy(p.c);
-    cublasLtMatmulDescDestroy(p.op);
-  };
-  if (s != CUBLAS_STATUS_SUCCESS) destroy();
   GEMMA_CUBLAS_RETURN_IF_ERROR(s);
   int chosen = -1;
   // Decode-sized products keep a row's result independent of the rows beside it: no split-K.
@@ -117,12 +100,11 @@ absl::StatusOr<Gemm::Plan*> Gemm::PlanFor(const GemmArgs& g) {
     chosen = 0;
   }
   if (chosen < 0) {
-    destroy();
     return absl::InternalError(absl::StrCat("cuBLASLt has no algorithm for [", g.M, " x ", g.K, "] x [", g.N, " x ",
                                             g.K, "]^T (", found, " candidates)"));
   }
   p.algo = results[chosen].algo;
-  return &plans_.emplace(key, p).first->second;
+  return &plans_.emplace(key, std::move(p)).first->second;
 }
 
 absl::Status Gemm::Run(const GemmArgs& g, cudaStream_t stream) {

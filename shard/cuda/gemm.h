@@ -9,6 +9,7 @@
 #include <map>
 #include <memory>
 #include <tuple>
+#include <utility>
 
 #include "absl/status/statusor.h"
 #include "shard/cuda/device_buffer.h"
@@ -67,17 +68,29 @@ class Gemm {
   }
 
  private:
+  // Owns its descriptors, so that a plan abandoned half-made releases them too.
   struct Plan {
     cublasLtMatmulDesc_t op = nullptr;
     cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
     cublasLtMatmulAlgo_t algo{};
+    Plan() = default;
+    Plan(Plan&& o) noexcept
+        : op(std::exchange(o.op, nullptr)), a(std::exchange(o.a, nullptr)), b(std::exchange(o.b, nullptr)),
+          c(std::exchange(o.c, nullptr)), algo(o.algo) {}
+    Plan(const Plan&) = delete;
+    Plan& operator=(const Plan&) = delete;
+    ~Plan() {
+      if (a != nullptr) cublasLtMatrixLayoutDestroy(a);
+      if (b != nullptr) cublasLtMatrixLayoutDestroy(b);
+      if (c != nullptr) cublasLtMatrixLayoutDestroy(c);
+      if (op != nullptr) cublasLtMatmulDescDestroy(op);
+    }
   };
   // Shape, leading dimensions, layout, types, batch and strides, and the pointers' alignments (cuBLASLt picks
   // algorithms for the alignment it is told of).
-  using Key = std::tuple<std::array<int64_t, 10>, std::array<int, 7>>;
+  using Key = std::tuple<std::array<int64_t, 10>, std::array<int, 6>>;
   Gemm() = default;
   absl::StatusOr<Plan*> PlanFor(const GemmArgs& g);
-  void DestroyPlans();
 
   cublasLtHandle_t handle_ = nullptr;
   bool small_batch_kernel_ = true;
