@@ -9,7 +9,7 @@ mode=${1:---all}
 build=(
   build-essential openssl libssl-dev cmake ninja-build pkg-config git ca-certificates
   libabsl-dev libhwy-dev nlohmann-json3-dev libsentencepiece-dev
-  libgrpc++-dev protobuf-compiler-grpc prometheus-cpp-dev libgloo-dev
+  libprotobuf-dev libgrpc++-dev protobuf-compiler-grpc prometheus-cpp-dev libgloo-dev
 )
 tests=(
   libgtest-dev libgmock-dev libbenchmark-dev clang libclang-rt-14-dev python3-grpcio
