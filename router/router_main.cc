@@ -38,6 +38,8 @@ ABSL_FLAG(int, max_tokens_per_step, 512, "tokens in one step per group (decodes 
 ABSL_FLAG(int, max_queued, 256, "waiting requests per group; more get RESOURCE_EXHAUSTED");
 ABSL_FLAG(int, max_new_tokens, 4096, "ceiling on a request's max_new_tokens");
 ABSL_FLAG(int, max_total_tokens, 8192, "ceiling on prompt + max_new_tokens");
+ABSL_FLAG(std::string, prefix_cache, "on",
+          "on: a request reuses the KV blocks of the longest prompt prefix a group has cached (off: never)");
 ABSL_FLAG(int, metrics_port, 0, "port of the Prometheus /metrics endpoint; 0: none");
 ABSL_FLAG(int64_t, connect_timeout_ms, 60000, "how long to wait for each worker group at start");
 
@@ -83,6 +85,11 @@ int main(int argc, char** argv) {
   if (sched.max_batch_size < 1 || sched.max_tokens_per_step < 1 || sched.max_queued < 0) {
     return Fail("--max_batch_size and --max_tokens_per_step must be >= 1, --max_queued >= 0", 2);
   }
+  const std::string prefix_cache_flag = absl::GetFlag(FLAGS_prefix_cache);
+  if (prefix_cache_flag != "on" && prefix_cache_flag != "off") {
+    return Fail(absl::StrCat("--prefix_cache \"", prefix_cache_flag, "\" is invalid; allowed: on, off"), 2);
+  }
+  const bool prefix_cache = prefix_cache_flag == "on";
   gemma::RouterLimits limits;
   limits.max_new_tokens = absl::GetFlag(FLAGS_max_new_tokens);
   limits.max_total_tokens = absl::GetFlag(FLAGS_max_total_tokens);
@@ -100,7 +107,7 @@ int main(int argc, char** argv) {
     for (absl::string_view address : absl::StrSplit(workers, ',', absl::SkipEmpty())) {
       auto g = gemma::WorkerGroup::Connect(std::string(address), sched,
                                            std::chrono::milliseconds(absl::GetFlag(FLAGS_connect_timeout_ms)),
-                                           metrics->get());
+                                           metrics->get(), /*wait_for_ready=*/true, prefix_cache);
       if (!g.ok()) return Fail(std::string(g.status().message()));
       if (auto s = groups.Add(std::move(*g)); !s.ok()) return Fail(std::string(s.message()));
     }
@@ -112,7 +119,8 @@ int main(int argc, char** argv) {
         [workers_dns] { return gemma::ResolveAll(workers_dns); },
         [&](const std::string& address) {
           // Not waiting: the name also lists ranks that are no leader, and leaders still loading their weights.
-          return gemma::WorkerGroup::Connect(address, sched, std::chrono::seconds(3), metrics->get(), false);
+          return gemma::WorkerGroup::Connect(address, sched, std::chrono::seconds(3), metrics->get(), false,
+                                             prefix_cache);
         },
         &groups, std::chrono::milliseconds(absl::GetFlag(FLAGS_dns_refresh_ms)));
     discovery->Start();

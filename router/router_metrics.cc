@@ -41,12 +41,22 @@ absl::StatusOr<std::unique_ptr<RouterMetrics>> RouterMetrics::Create(const std::
   m->prompt_tokens_ = &prometheus::BuildCounter().Name("gemma_router_prompt_tokens_total").Help("Prompt tokens of finished requests.").Register(r).Add({});
   m->generated_tokens_ = &prometheus::BuildCounter().Name("gemma_router_generated_tokens_total").Help("Tokens generated.").Register(r).Add({});
   m->preemptions_ = &prometheus::BuildCounter().Name("gemma_router_preemptions_total").Help("Sequences preempted for KV blocks (recomputed later).").Register(r).Add({});
+  auto counter = [&](const char* name, const char* help) {
+    return &prometheus::BuildCounter().Name(name).Help(help).Register(r).Add({});
+  };
+  m->prefill_tokens_ = counter("gemma_router_prefill_tokens_total",
+                               "Prompt positions computed by steps; a cached prefix is not computed again.");
+  m->prefix_queries_ = counter("gemma_router_prefix_cache_queries_total",
+                               "Prompt tokens of admitted sequences that looked for a cached prefix.");
+  m->prefix_hits_ = counter("gemma_router_prefix_cache_hits_total",
+                            "Prompt tokens found in the prefix cache (their KV was reused, not computed).");
   auto gauge = [&](const char* name, const char* help) { return &prometheus::BuildGauge().Name(name).Help(help).Register(r); };
   m->queue_depth_ = gauge("gemma_router_queue_depth", "Requests waiting for a first step, per worker group.");
   m->running_ = gauge("gemma_router_running_sequences", "Sequences in a group's running batch.");
   m->kv_used_ = gauge("gemma_router_kv_blocks_used", "KV-cache blocks held by a group's sequences.");
   m->kv_usage_ = gauge("gemma_router_kv_cache_usage_ratio", "Share of a group's KV-cache blocks in use.");
   m->healthy_ = gauge("gemma_router_group_healthy", "1 while a worker group serves, 0 while it is out.");
+  m->prefix_blocks_ = gauge("gemma_router_prefix_cache_blocks", "KV blocks of a group named in its prefix cache.");
   if (!address.empty()) {
     auto exposer = ServeMetrics(address, m->registry_);
     if (!exposer.ok()) return exposer.status();
@@ -76,9 +86,17 @@ void RouterMetrics::GroupState(const std::string& group, int queued, int running
   healthy_->Add(l).Set(healthy ? 1 : 0);
 }
 
+void RouterMetrics::PrefixCache(const std::string& group, int64_t queried, int64_t hit, int cached_blocks) {
+  prefix_queries_->Increment(static_cast<double>(queried));
+  prefix_hits_->Increment(static_cast<double>(hit));
+  prefix_blocks_->Add({{"group", group}}).Set(cached_blocks);
+}
+
 void RouterMetrics::GroupGone(const std::string& group) {
   const std::map<std::string, std::string> l = {{"group", group}};
-  for (auto* family : {queue_depth_, running_, kv_used_, kv_usage_, healthy_}) family->Remove(&family->Add(l));
+  for (auto* family : {queue_depth_, running_, kv_used_, kv_usage_, healthy_, prefix_blocks_}) {
+    family->Remove(&family->Add(l));
+  }
 }
 
 }  // namespace gemma

@@ -30,6 +30,10 @@ class RouterMetrics {
   void Preempted(int n) { preemptions_->Increment(n); }
   // Per group, after each step.
   void GroupState(const std::string& group, int queued, int running, int kv_used, int kv_total, bool healthy);
+  // Prefix cache, per step: prompt tokens that looked for a cached prefix and those found; blocks cached.
+  void PrefixCache(const std::string& group, int64_t queried, int64_t hit, int cached_blocks);
+  // Prompt positions computed by steps (a cached prefix is not computed again).
+  void Prefilled(int64_t tokens) { prefill_tokens_->Increment(static_cast<double>(tokens)); }
   // A group the router no longer serves: its series end.
   void GroupGone(const std::string& group);
 
@@ -39,8 +43,9 @@ class RouterMetrics {
   std::unique_ptr<prometheus::Exposer> exposer_;
   prometheus::Histogram *ttft_, *itl_, *e2e_, *queue_;
   prometheus::Family<prometheus::Counter>* requests_;
-  prometheus::Counter *prompt_tokens_, *generated_tokens_, *preemptions_;
-  prometheus::Family<prometheus::Gauge>*queue_depth_, *running_, *kv_used_, *kv_usage_, *healthy_;
+  prometheus::Counter *prompt_tokens_, *generated_tokens_, *preemptions_, *prefill_tokens_, *prefix_queries_,
+      *prefix_hits_;
+  prometheus::Family<prometheus::Gauge>*queue_depth_, *running_, *kv_used_, *kv_usage_, *healthy_, *prefix_blocks_;
 };
 
 }  // namespace gemma

@@ -9,7 +9,8 @@ namespace gemma {
 
 absl::StatusOr<std::unique_ptr<WorkerGroup>> WorkerGroup::Connect(const std::string& address, SchedulerLimits limits,
                                                                    std::chrono::milliseconds timeout,
-                                                                   RouterMetrics* metrics, bool wait_for_ready) {
+                                                                   RouterMetrics* metrics, bool wait_for_ready,
+                                                                   bool prefix_cache) {
   auto stub = worker::v1::Worker::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + timeout);
@@ -19,19 +20,51 @@ absl::StatusOr<std::unique_ptr<WorkerGroup>> WorkerGroup::Connect(const std::str
   if (!s.ok()) {
     return absl::UnavailableError(absl::StrCat("worker group ", address, " did not answer: ", s.error_message()));
   }
-  return std::unique_ptr<WorkerGroup>(new WorkerGroup(address, std::move(stub), std::move(info), limits, metrics));
+  return std::unique_ptr<WorkerGroup>(
+      new WorkerGroup(address, std::move(stub), std::move(info), limits, metrics, prefix_cache));
 }
 
 WorkerGroup::WorkerGroup(std::string address, std::unique_ptr<worker::v1::Worker::Stub> stub,
-                         worker::v1::ModelInfo info, SchedulerLimits limits, RouterMetrics* metrics)
+                         worker::v1::ModelInfo info, SchedulerLimits limits, RouterMetrics* metrics,
+                         bool prefix_cache)
     : address_(std::move(address)),
       stub_(std::move(stub)),
       info_(std::move(info)),
       metrics_(metrics),
       max_outstanding_(limits.max_queued + limits.max_batch_size),
       limits_(limits),
-      scheduler_(std::make_unique<Scheduler>(limits, info_.num_kv_blocks(), info_.kv_block_size())) {
+      prefix_cache_(prefix_cache),
+      executor_(stub_.get(), std::chrono::seconds(120)),
+      engine_(NewEngine(info_)) {
   thread_ = std::thread([this] { Loop(); });
+}
+
+std::unique_ptr<Engine> WorkerGroup::NewEngine(const worker::v1::ModelInfo& info) const {
+  EngineOptions o;
+  o.limits = limits_;
+  o.num_blocks = info.num_kv_blocks();
+  o.block_size = info.kv_block_size();
+  o.prefix_cache = prefix_cache_;
+  return std::make_unique<Engine>(o, const_cast<RemoteExecutor*>(&executor_));
+}
+
+SequenceSpec WorkerGroup::SpecFor(const ActiveRequest& r) const {
+  const ActiveRequest::Options& o = r.options();
+  SequenceSpec spec;
+  spec.prompt = o.prompt;
+  spec.max_new_tokens = o.max_new_tokens;
+  spec.score = o.score;
+  spec.stop_ids = o.stop_ids;
+  const auto& p = o.parameters;
+  spec.sampling.temperature = p.temperature();
+  spec.sampling.top_k = p.top_k();
+  spec.sampling.top_p = p.top_p() == 0.0f ? 1.0f : p.top_p();
+  spec.sampling.seed = o.seed;
+  spec.sampling.repetition_penalty = p.repetition_penalty() == 0.0f ? 1.0f : p.repetition_penalty();
+  spec.sampling.presence_penalty = p.presence_penalty();
+  spec.sampling.frequency_penalty = p.frequency_penalty();
+  spec.top_logprobs = p.top_logprobs();
+  return spec;
 }
 
 WorkerGroup::~WorkerGroup() {
@@ -55,20 +88,24 @@ absl::Status WorkerGroup::Submit(std::shared_ptr<ActiveRequest> request) {
 }
 
 void WorkerGroup::FailAll(const absl::Status& status) {
-  for (auto& [id, r] : requests_) {
-    scheduler_->Remove(id);
-    r->Fail(status);
-  }
+  engine_->RemoveAll();
+  for (auto& [id, r] : requests_) r->Fail(status);
   load_ -= static_cast<int>(requests_.size());
   requests_.clear();
 }
 
 void WorkerGroup::PublishState() {
   if (metrics_ == nullptr) return;
-  metrics_->GroupState(address_, scheduler_->queued(), scheduler_->running(), scheduler_->blocks().used_blocks(),
-                       scheduler_->blocks().num_blocks(), healthy_);
-  metrics_->Preempted(static_cast<int>(scheduler_->preemptions() - preemptions_seen_));
-  preemptions_seen_ = scheduler_->preemptions();
+  const Scheduler& s = engine_->scheduler();
+  metrics_->GroupState(address_, s.queued(), s.running(), s.blocks().used_blocks(), s.blocks().num_blocks(), healthy_);
+  metrics_->Preempted(static_cast<int>(s.preemptions() - preemptions_seen_));
+  preemptions_seen_ = s.preemptions();
+  metrics_->PrefixCache(address_, s.prefix_query_tokens() - prefix_queried_seen_,
+                        s.prefix_hit_tokens() - prefix_hit_seen_, s.blocks().cached_blocks());
+  prefix_queried_seen_ = s.prefix_query_tokens();
+  prefix_hit_seen_ = s.prefix_hit_tokens();
+  metrics_->Prefilled(engine_->prefilled_tokens() - prefilled_seen_);
+  prefilled_seen_ = engine_->prefilled_tokens();
 }
 
 void WorkerGroup::ProbeRecovery() {
@@ -81,8 +118,8 @@ void WorkerGroup::ProbeRecovery() {
   if (!stub_->GetModelInfo(&ctx, {}, &info).ok()) return;
   if (info.vocab_size() != info_.vocab_size() || info.tokenizer_model() != info_.tokenizer_model()) return;
   // A new incarnation: empty KV pool, possibly of another size.
-  scheduler_ = std::make_unique<Scheduler>(limits_, info.num_kv_blocks(), info.kv_block_size());
-  preemptions_seen_ = 0;
+  engine_ = NewEngine(info);
+  preemptions_seen_ = prefix_queried_seen_ = prefix_hit_seen_ = prefilled_seen_ = 0;
   healthy_ = true;
 }
 
@@ -107,12 +144,7 @@ void WorkerGroup::Loop() {
       std::unique_lock<std::mutex> lock(mu_);
       if (incoming_.empty() && requests_.empty()) cv_.wait_for(lock, std::chrono::milliseconds(100));
       for (auto& r : incoming_) {
-        auto seq = std::make_unique<ScheduledSequence>();
-        seq->id = r->id();
-        seq->tokens = r->options().prompt;
-        seq->prompt_len = static_cast<int32_t>(seq->tokens.size());
-        seq->max_new_tokens = r->options().max_new_tokens;
-        if (auto s = scheduler_->Enqueue(std::move(seq)); !s.ok()) {
+        if (auto s = engine_->Add(r->id(), SpecFor(*r)); !s.ok()) {
           r->Fail(s);
           --load_;
           continue;
@@ -124,7 +156,7 @@ void WorkerGroup::Loop() {
     // Cancelled requests leave before the next step; their blocks are freed.
     for (auto it = requests_.begin(); it != requests_.end();) {
       if (it->second->cancelled()) {
-        scheduler_->Remove(it->first);
+        engine_->Remove(it->first);
         it->second->Fail(absl::CancelledError("the client cancelled the request"));
         --load_;
         it = requests_.erase(it);
@@ -141,71 +173,36 @@ void WorkerGroup::Loop() {
   FailAll(absl::UnavailableError("the router is shutting down"));
 }
 
+bool WorkerGroup::Deliver(const SequenceUpdate& u) {
+  auto& r = requests_.at(u.id);
+  bool finished = false;
+  if (u.finish == FinishReason::kFailed) {
+    r->Fail(u.error);
+    finished = true;
+  } else if (r->options().score) {
+    r->OnScores(std::vector<float>(u.scores.begin(), u.scores.end()));
+    if (u.finish == FinishReason::kScored) {
+      r->FinishScoring();
+      finished = true;
+    }
+  } else if (u.result->sampled) {
+    std::vector<std::pair<int32_t, float>> top;
+    for (const auto& t : u.result->top_logprobs) top.emplace_back(t.token, t.logprob);
+    finished = r->OnToken(u.result->token, u.result->logprob, top);
+  }
+  // The engine's stop rules and the request's agree on tokens and length; the request adds stop text.
+  finished = finished || u.finish != FinishReason::kNone;
+  if (finished) {
+    requests_.erase(u.id);
+    --load_;
+  }
+  return finished;
+}
+
 bool WorkerGroup::RunOneStep() {
-  const std::vector<PlannedSequence> plan = scheduler_->Schedule();
-  if (plan.empty()) return true;
-  worker::v1::StepRequest req;
-  for (const PlannedSequence& p : plan) {
-    ActiveRequest& r = *requests_.at(p.sequence->id);
-    r.MarkScheduled();
-    const auto& params = r.options().parameters;
-    auto* s = req.add_sequences();
-    s->set_sequence_id(p.sequence->id);
-    s->mutable_tokens()->Add(p.sequence->tokens.begin() + p.start, p.sequence->tokens.begin() + p.start + p.count);
-    s->set_start_pos(p.start);
-    s->mutable_block_table()->Add(p.sequence->blocks.begin(), p.sequence->blocks.end());
-    if (r.options().score) {
-      for (int i = 0; i < p.count; ++i) {
-        const int next = p.start + i + 1;
-        s->add_score_targets(next < p.sequence->prompt_len ? p.sequence->tokens[next] : -1);
-      }
-      continue;
-    }
-    s->set_sample(p.sample);
-    auto* sp = s->mutable_sampling();
-    sp->set_temperature(params.temperature());
-    sp->set_top_k(params.top_k());
-    sp->set_top_p(params.top_p());
-    sp->set_seed(r.options().seed);
-    sp->set_repetition_penalty(params.repetition_penalty());
-    sp->set_presence_penalty(params.presence_penalty());
-    sp->set_frequency_penalty(params.frequency_penalty());
-    s->set_top_logprobs(params.top_logprobs());
-    if (params.repetition_penalty() != 0 || params.presence_penalty() != 0 || params.frequency_penalty() != 0) {
-      s->mutable_penalty_history()->Add(p.sequence->tokens.begin(), p.sequence->tokens.end());
-    }
-  }
-  grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(120));
-  worker::v1::StepResponse resp;
-  const grpc::Status status = stub_->Step(&ctx, req, &resp);
-  if (!status.ok()) return false;
-  for (size_t i = 0; i < plan.size(); ++i) {
-    const PlannedSequence& p = plan[i];
-    const auto& result = resp.results(static_cast<int>(i));
-    auto& r = requests_.at(p.sequence->id);
-    scheduler_->Advance(p, result.sampled() ? result.token() : -1);
-    bool finished = false;
-    if (r->options().score) {
-      std::vector<float> lps(result.score_logprobs().begin(), result.score_logprobs().end());
-      if (p.start + p.count >= p.sequence->prompt_len && !lps.empty()) lps.pop_back();  // the last position has no target
-      r->OnScores(lps);
-      if (p.start + p.count >= p.sequence->prompt_len) {
-        r->FinishScoring();
-        finished = true;
-      }
-    } else if (result.sampled()) {
-      std::vector<std::pair<int32_t, float>> top;
-      for (const auto& t : result.top_logprobs()) top.emplace_back(t.token(), t.logprob());
-      finished = r->OnToken(result.token(), result.logprob(), top);
-    }
-    if (finished) {
-      scheduler_->Remove(p.sequence->id);
-      requests_.erase(p.sequence->id);
-      --load_;
-    }
-  }
-  return true;
+  const absl::Status s = engine_->Step([this](const SequenceUpdate& u) { return Deliver(u); },
+                                       [this](uint64_t id) { requests_.at(id)->MarkScheduled(); });
+  return s.ok();
 }
 
 }  // namespace gemma

@@ -14,7 +14,8 @@
 #include "gemma/worker/v1/worker.grpc.pb.h"
 #include "router/active_request.h"
 #include "router/router_metrics.h"
-#include "router/scheduler.h"
+#include "engine/engine.h"
+#include "router/remote_executor.h"
 
 namespace gemma {
 
@@ -27,7 +28,7 @@ class WorkerGroup {
   static absl::StatusOr<std::unique_ptr<WorkerGroup>> Connect(const std::string& address, SchedulerLimits limits,
                                                              std::chrono::milliseconds timeout,
                                                              RouterMetrics* metrics = nullptr,
-                                                             bool wait_for_ready = true);
+                                                             bool wait_for_ready = true, bool prefix_cache = true);
   ~WorkerGroup();
 
   const worker::v1::ModelInfo& info() const { return info_; }
@@ -40,7 +41,11 @@ class WorkerGroup {
 
  private:
   WorkerGroup(std::string address, std::unique_ptr<worker::v1::Worker::Stub> stub, worker::v1::ModelInfo info,
-              SchedulerLimits limits, RouterMetrics* metrics);
+              SchedulerLimits limits, RouterMetrics* metrics, bool prefix_cache);
+  std::unique_ptr<Engine> NewEngine(const worker::v1::ModelInfo& info) const;
+  SequenceSpec SpecFor(const ActiveRequest& r) const;
+  // Hands a step's outcome for one sequence to its request; true when the request has finished.
+  bool Deliver(const SequenceUpdate& u);
   void PublishState();
   // While down: asks the group for its model info; back in service when it answers with the same model.
   void ProbeRecovery();
@@ -64,7 +69,10 @@ class WorkerGroup {
 
   // Owned by the group's thread.
   SchedulerLimits limits_;
-  std::unique_ptr<Scheduler> scheduler_;  // new for each incarnation of the group (its KV pool may differ)
+  const bool prefix_cache_;
+  RemoteExecutor executor_;
+  std::unique_ptr<Engine> engine_;  // new for each incarnation of the group (its KV pool may differ)
+  int64_t prefix_queried_seen_ = 0, prefix_hit_seen_ = 0, prefilled_seen_ = 0;
   std::chrono::steady_clock::time_point last_probe_;
   std::unordered_map<uint64_t, std::shared_ptr<ActiveRequest>> requests_;
   std::thread thread_;

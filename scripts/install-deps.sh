@@ -3,6 +3,8 @@
 #   install-deps.sh            build, test and deployment-check tools (the README and CI)
 #   install-deps.sh --build    what building needs (the image's build stage)
 #   install-deps.sh --runtime  the shared libraries the binaries load (the image's runtime stage)
+#   install-deps.sh --print    installs nothing: prints the default set's package names, one a line, including
+#                              those installed only when their command is missing (scripts/check_install_deps.py)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:---all}
@@ -15,6 +17,9 @@ tests=(
   libgtest-dev libgmock-dev libbenchmark-dev clang libclang-rt-14-dev python3-grpcio
   prometheus  # promtool, and a real Prometheus for the monitoring test
 )
+# kubectl renders the Kubernetes overlays: Debian's kubernetes-client unless a kubectl is installed already;
+# likewise node and npm. Each entry is command=package.
+unless_present=(kubectl=kubernetes-client node=nodejs npm=npm)
 runtime=(
   ca-certificates libabsl20220623 libgloo0 libgomp1 libgrpc++1.51 libhwy1 libprometheus-cpp-core1.0
   libprometheus-cpp-pull1.0 libprotobuf32 libsentencepiece0 libssl3
@@ -24,12 +29,12 @@ case "$mode" in
   --runtime) packages=("${runtime[@]}") ;;
   --all)
     packages=("${build[@]}" "${tests[@]}")
-    # kubectl renders the Kubernetes overlays: Debian's kubernetes-client unless a kubectl is installed already.
-    command -v kubectl >/dev/null || packages+=(kubernetes-client)
-    command -v node >/dev/null || packages+=(nodejs)
-    command -v npm >/dev/null || packages+=(npm)
+    for entry in "${unless_present[@]}"; do
+      command -v "${entry%%=*}" >/dev/null || packages+=("${entry#*=}")
+    done
     ;;
-  *) echo "usage: install-deps.sh [--build|--runtime]" >&2; exit 2 ;;
+  --print) printf '%s\n' "${build[@]}" "${tests[@]}" "${unless_present[@]#*=}"; exit 0 ;;
+  *) echo "usage: install-deps.sh [--build|--runtime|--print]" >&2; exit 2 ;;
 esac
 missing=()
 for p in "${packages[@]}"; do
@@ -39,7 +44,7 @@ if ((${#missing[@]})); then
   echo "Installing: ${missing[*]}"
   SUDO=""; [[ $(id -u) -eq 0 ]] || SUDO=sudo
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 if [[ $mode == --all && ! -d deploy/validate/node_modules ]]; then
   # The Kubernetes schema validator (kubernetes-models), pinned by package-lock.json.

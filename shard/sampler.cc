@@ -27,23 +27,24 @@ double LogSumExp(const float* logits, int vocab) {
 
 }  // namespace
 
-void ApplyPenalties(const SamplingParams& p, const int32_t* history, size_t history_len, float* logits, int vocab) {
+void ApplyPenalties(const SamplingParams& p, std::span<const int32_t> history, size_t prompt_len, float* logits,
+                    int vocab) {
   if (!p.has_penalties()) return;
-  std::vector<std::pair<int32_t, int>> counts;  // (token, occurrences), sorted by token
-  std::vector<int32_t> sorted(history, history + history_len);
-  std::sort(sorted.begin(), sorted.end());
-  for (int32_t t : sorted) {
-    if (t < 0 || t >= vocab) continue;
-    if (!counts.empty() && counts.back().first == t) {
-      ++counts.back().second;
-    } else {
-      counts.emplace_back(t, 1);
-    }
+  prompt_len = std::min(prompt_len, history.size());
+  // (token, generated occurrences); a token seen only in the prompt counts 0.
+  std::vector<std::pair<int32_t, int>> counts;
+  counts.reserve(history.size());
+  for (size_t i = 0; i < history.size(); ++i) {
+    if (history[i] >= 0 && history[i] < vocab) counts.emplace_back(history[i], i >= prompt_len ? 1 : 0);
   }
-  for (const auto& [t, n] : counts) {
+  std::sort(counts.begin(), counts.end());
+  for (size_t i = 0; i < counts.size();) {
+    const int32_t t = counts[i].first;
+    int generated = 0;
+    for (; i < counts.size() && counts[i].first == t; ++i) generated += counts[i].second;
     float& l = logits[t];
     if (p.repetition_penalty != 1.0f) l = l > 0 ? l / p.repetition_penalty : l * p.repetition_penalty;
-    l -= p.presence_penalty + p.frequency_penalty * static_cast<float>(n);
+    if (generated > 0) l -= p.presence_penalty + p.frequency_penalty * static_cast<float>(generated);
   }
 }
 

@@ -2,31 +2,22 @@
 #pragma once
 
 #include <cstdint>
+#include <span>
 #include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
+#include "engine/step_protocol.h"
 
 namespace gemma {
 
-struct SamplingParams {
-  float temperature = 0.0f;  // 0: greedy
-  int top_k = 0;             // 0: no limit
-  float top_p = 1.0f;        // (0, 1]
-  uint64_t seed = 0;
-  float repetition_penalty = 1.0f;  // > 0; 1: none
-  float presence_penalty = 0.0f;    // [-2, 2]
-  float frequency_penalty = 0.0f;   // [-2, 2]
-  bool has_penalties() const {
-    return repetition_penalty != 1.0f || presence_penalty != 0.0f || frequency_penalty != 0.0f;
-  }
-};
 
-// Applies the penalties to `logits` in place for the tokens of `history` (the
-// sequence so far): a seen token's logit is divided by repetition_penalty when
-// positive (multiplied when negative), then presence_penalty is subtracted once
-// and frequency_penalty once per occurrence (as in vLLM and the OpenAI API).
-void ApplyPenalties(const SamplingParams& params, const int32_t* history, size_t history_len, float* logits, int vocab);
+// Applies the penalties to `logits` in place for `history` (the sequence so far, its first `prompt_len` tokens
+// the prompt). Repetition (Hugging Face): a token seen in the prompt or the output has its logit divided by
+// repetition_penalty when positive, multiplied when negative. Presence and frequency (OpenAI, vLLM): a token
+// generated n > 0 times loses presence_penalty once and frequency_penalty n times; the prompt does not count.
+void ApplyPenalties(const SamplingParams& params, std::span<const int32_t> history, size_t prompt_len, float* logits,
+                    int vocab);
 
 // InvalidArgument with the allowed range for any out-of-range field.
 absl::Status ValidateSamplingParams(const SamplingParams& params);

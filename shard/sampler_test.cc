@@ -79,15 +79,34 @@ TEST(SamplerTest, PenaltiesLowerSeenTokens) {
   p.repetition_penalty = 2.0f;
   p.presence_penalty = 0.5f;
   p.frequency_penalty = 0.25f;
-  ApplyPenalties(p, history, 4, logits.data(), 4);
+  ApplyPenalties(p, history, 0, logits.data(), 4);  // all generated
   EXPECT_FLOAT_EQ(logits[0], 2.0f / 2 - 0.5f - 0.25f * 2);
   EXPECT_FLOAT_EQ(logits[1], -1.0f * 2 - 0.5f - 0.25f);
   EXPECT_FLOAT_EQ(logits[2], 0.5f);
   EXPECT_FLOAT_EQ(logits[3], 3.0f);
   SamplingParams none;
   std::vector<float> same = {1.0f, 2.0f};
-  ApplyPenalties(none, history, 2, same.data(), 2);
+  ApplyPenalties(none, std::span<const int32_t>(history, 2), 0, same.data(), 2);
   EXPECT_EQ(same, (std::vector<float>{1.0f, 2.0f}));
+}
+
+// Repetition counts the prompt and the output (Hugging Face); presence and frequency only the output (OpenAI).
+TEST(SamplerTest, PresenceAndFrequencyCountGeneratedTokensOnly) {
+  const int32_t history[] = {0, 1, 1, 0, 2};  // prompt {0, 1, 1}, generated {0, 2}
+  SamplingParams p;
+  p.presence_penalty = 0.5f;
+  p.frequency_penalty = 0.25f;
+  std::vector<float> logits = {1.0f, 1.0f, 1.0f, 1.0f};
+  ApplyPenalties(p, history, 3, logits.data(), 4);
+  EXPECT_FLOAT_EQ(logits[0], 1.0f - 0.5f - 0.25f);
+  EXPECT_FLOAT_EQ(logits[1], 1.0f);  // only in the prompt
+  EXPECT_FLOAT_EQ(logits[2], 1.0f - 0.5f - 0.25f);
+  EXPECT_FLOAT_EQ(logits[3], 1.0f);
+  SamplingParams rep;
+  rep.repetition_penalty = 2.0f;
+  logits = {1.0f, 1.0f, 1.0f, 1.0f};
+  ApplyPenalties(rep, history, 3, logits.data(), 4);
+  EXPECT_EQ(logits, (std::vector<float>{0.5f, 0.5f, 0.5f, 1.0f}));
 }
 
 TEST(SamplerTest, ValidatesParameters) {

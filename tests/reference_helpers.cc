@@ -3,6 +3,7 @@
 #include <cstring>
 
 #include "gtest/gtest.h"
+#include "engine/local_executor.h"
 #include "shard/checkpoint.h"
 #include "tests/testdata.h"
 
@@ -33,20 +34,30 @@ std::vector<float> ReadF32(const std::string& path) {
   return out;
 }
 
-std::vector<std::vector<int32_t>> Greedy(Backend* backend, const std::vector<std::vector<int32_t>>& prompts, int n,
-                                         GeneratorOptions options) {
-  std::vector<GenerationRequest> reqs;
-  for (const auto& p : prompts) {
-    GenerationRequest r;
-    r.prompt = p;
-    r.max_new_tokens = n;
-    reqs.push_back(r);
-  }
-  Generator gen(backend, options);
-  auto results = gen.Run(reqs);
+std::vector<CompletedSequence> RunOnEngine(Backend* backend, const std::vector<SequenceSpec>& specs,
+                                           StepBudget budget, bool prefix_cache) {
+  LocalExecutor executor(backend);
+  SchedulerLimits limits;
+  limits.max_tokens_per_step = budget.max_tokens_per_step;
+  limits.max_prefill_chunk = budget.prefill_chunk;
+  limits.max_queued = static_cast<int>(specs.size());
+  Engine engine(executor.EngineOptionsFor(limits, prefix_cache), &executor);
+  auto results = RunBatch(engine, specs);
   EXPECT_TRUE(results.ok()) << results.status();
+  return results.ok() ? *std::move(results) : std::vector<CompletedSequence>(specs.size());
+}
+
+std::vector<std::vector<int32_t>> Greedy(Backend* backend, const std::vector<std::vector<int32_t>>& prompts, int n,
+                                         StepBudget budget) {
+  std::vector<SequenceSpec> specs;
+  for (const auto& p : prompts) {
+    SequenceSpec s;
+    s.prompt = p;
+    s.max_new_tokens = n;
+    specs.push_back(s);
+  }
   std::vector<std::vector<int32_t>> out;
-  for (const auto& r : *results) out.push_back(r.tokens);
+  for (auto& r : RunOnEngine(backend, specs, budget)) out.push_back(std::move(r.tokens));
   return out;
 }
 

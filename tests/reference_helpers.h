@@ -7,7 +7,7 @@
 
 #include "nlohmann/json.hpp"
 #include "shard/cpu/cpu_backend.h"
-#include "shard/generator.h"
+#include "engine/run_batch.h"
 
 namespace gemma::testing {
 
@@ -26,8 +26,16 @@ inline const std::vector<TinyModel>& TinyModels() {
 std::unique_ptr<CpuBackend> OpenBackend(const std::string& dir, int kv_tokens = 4096);
 nlohmann::json ReadJson(const std::string& path);
 std::vector<float> ReadF32(const std::string& path);
-// Greedy-generates `n` tokens for each prompt, all in one Generator run.
+// How the engine cuts steps in the tests: a token budget per step, and the largest prompt chunk of one sequence.
+struct StepBudget {
+  int max_tokens_per_step = 512;
+  int prefill_chunk = 512;
+};
+// Runs the specs to completion on the shared engine over `backend` (prefix cache on or off).
+std::vector<CompletedSequence> RunOnEngine(Backend* backend, const std::vector<SequenceSpec>& specs,
+                                           StepBudget budget = {}, bool prefix_cache = false);
+// Greedy-generates `n` tokens for each prompt, all in one batch on the shared engine.
 std::vector<std::vector<int32_t>> Greedy(Backend* backend, const std::vector<std::vector<int32_t>>& prompts, int n,
-                                         GeneratorOptions options = {});
+                                         StepBudget budget = {});
 
 }  // namespace gemma::testing

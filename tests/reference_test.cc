@@ -40,15 +40,12 @@ TEST_P(ReferenceTest, PromptLogProbsMatchWithin1e4) {
   auto backend = OpenBackend(ModelDir());
   const auto scores = ReadJson(RefDir() + "/scores.json");
   for (const auto& p : scores["prompts"]) {
-    GenerationRequest req;
-    req.prompt = p["ids"].get<std::vector<int32_t>>();
-    req.max_new_tokens = 0;
-    req.prompt_logprobs = true;
-    Generator gen(backend.get(), {});
-    auto result = gen.Run({&req, 1});
-    ASSERT_TRUE(result.ok()) << result.status();
+    SequenceSpec spec;
+    spec.prompt = p["ids"].get<std::vector<int32_t>>();
+    spec.score = true;
+    const auto result = RunOnEngine(backend.get(), {spec});
     const auto ref = p["token_logprobs"].get<std::vector<double>>();
-    const auto& got = (*result)[0].prompt_logprobs;
+    const auto& got = result[0].prompt_logprobs;
     ASSERT_EQ(got.size(), ref.size());
     for (size_t i = 0; i < ref.size(); ++i) EXPECT_NEAR(got[i], ref[i], 1e-4) << p["prompt"] << " token " << i + 1;
   }

@@ -2,7 +2,9 @@
 #include <cstdio>
 
 #include "nlohmann/json.hpp"
-#include "shard/generator.h"
+#include "engine/local_executor.h"
+#include "engine/run_batch.h"
+#include "shard/sampler.h"
 #include "tools/cli_common.h"
 #include "tools/commands.h"
 #include "tools/local_model.h"
@@ -29,7 +31,7 @@ int GenerateCommand(int argc, char** argv) {
   int code;
   if (!ParseOrExit(args, argc, argv, kCmd, &code)) return code;
 
-  GenerationRequest req;
+  SequenceSpec req;
   auto max_new = args.GetInt("max-new-tokens", 32, 1, 8192);
   auto temperature = args.GetDouble("temperature", 0.0, 0.0, 1e6);
   auto top_k = args.GetInt("top-k", 0, 0, 1 << 22);
@@ -63,6 +65,7 @@ int GenerateCommand(int argc, char** argv) {
   req.max_new_tokens = static_cast<int>(*max_new);
   req.sampling = {static_cast<float>(*temperature), static_cast<int>(*top_k), static_cast<float>(*top_p),
                   static_cast<uint64_t>(*seed)};
+  if (auto s = ValidateSamplingParams(req.sampling); !s.ok()) return Fail(kCmd, s);
   req.stop_ids = {config.eos_id};
   const Tokenizer* tok = model->tokenizer.get();
   if (chat && tok && tok->end_of_turn_id() >= 0) req.stop_ids.push_back(tok->end_of_turn_id());
@@ -71,8 +74,10 @@ int GenerateCommand(int argc, char** argv) {
   auto printable = [&](int32_t id) { return tok && id < tok->vocab_size() ? id : tok ? tok->PieceToId("<unk>") : id; };
   std::unique_ptr<StreamingDecoder> stream;
   if (!json && tok) stream = std::make_unique<StreamingDecoder>(tok);
-  Generator generator(model->backend.get(), {});
-  auto results = generator.Run({&req, 1}, [&](int, int32_t id) {
+  LocalExecutor executor(model->backend.get());
+  Engine engine(executor.EngineOptionsFor({}), &executor);
+  auto results = RunBatch(engine, {req}, [&](int, const RowResult& r) {
+    const int32_t id = r.token;
     if (!stream || id == config.eos_id || (chat && id == tok->end_of_turn_id())) return;
     auto delta = stream->Add(printable(id));
     if (delta.ok()) {
@@ -81,7 +86,7 @@ int GenerateCommand(int argc, char** argv) {
     }
   });
   if (!results.ok()) return Fail(kCmd, results.status());
-  const GenerationResult& r = (*results)[0];
+  const CompletedSequence& r = (*results)[0];
   if (!json) {
     if (stream) {
       if (auto tail = stream->Flush(); tail.ok()) std::fputs(tail->c_str(), stdout);
@@ -102,7 +107,7 @@ int GenerateCommand(int argc, char** argv) {
     text = *decoded;
   }
   nlohmann::json out = {{"prompt_ids", *prompt}, {"token_ids", r.tokens}, {"text", text},
-                        {"finish_reason", r.finish_reason}, {"token_logprobs", r.token_logprobs}};
+                        {"finish_reason", FinishReasonName(r.finish)}, {"token_logprobs", r.token_logprobs}};
   std::printf("%s\n", out.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
   return 0;
 }

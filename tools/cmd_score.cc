@@ -2,7 +2,8 @@
 #include <cstdio>
 
 #include "nlohmann/json.hpp"
-#include "shard/generator.h"
+#include "engine/local_executor.h"
+#include "engine/run_batch.h"
 #include "tools/cli_common.h"
 #include "tools/commands.h"
 #include "tools/local_model.h"
@@ -40,12 +41,12 @@ int ScoreCommand(int argc, char** argv) {
                                                  std::to_string(config.max_position_embeddings)));
   }
   if (auto s = AttachBackend(*model, static_cast<int64_t>(prompt->size()), static_cast<int>(*tp), *tp_timeout, args.Get("tp-transport", "shm")); !s.ok()) return Fail(kCmd, s);
-  GenerationRequest req;
+  SequenceSpec req;
   req.prompt = *prompt;
-  req.max_new_tokens = 0;
-  req.prompt_logprobs = true;
-  Generator generator(model->backend.get(), {});
-  auto results = generator.Run({&req, 1});
+  req.score = true;
+  LocalExecutor executor(model->backend.get());
+  Engine engine(executor.EngineOptionsFor({}), &executor);
+  auto results = RunBatch(engine, {req});
   if (!results.ok()) return Fail(kCmd, results.status());
   nlohmann::json out = {{"token_ids", *prompt}, {"logprobs", (*results)[0].prompt_logprobs}};
   std::printf("%s\n", out.dump().c_str());

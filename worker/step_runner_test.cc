@@ -3,7 +3,8 @@
 #include "gtest/gtest.h"
 #include "shard/checkpoint.h"
 #include "shard/cpu/cpu_backend.h"
-#include "shard/generator.h"
+#include "engine/local_executor.h"
+#include "engine/run_batch.h"
 #include "tests/testdata.h"
 
 namespace gemma {
@@ -17,14 +18,15 @@ std::unique_ptr<CpuBackend> Tiny() {
   return std::move(*CpuBackend::Create(std::shared_ptr<const ModelWeights>(std::move(*w)), kv));
 }
 
-TEST(StepRunnerTest, SeededSamplingMatchesTheLocalGenerator) {
+TEST(StepRunnerTest, SeededSamplingMatchesTheLocalEngine) {
   auto backend = Tiny();
-  GenerationRequest g;
+  SequenceSpec g;
   g.prompt = {2, 3791, 323};
   g.max_new_tokens = 1;
   g.sampling = {1.0f, 40, 0.9f, 123};
-  Generator gen(backend.get(), {});
-  const int expected = (*gen.Run({&g, 1}))[0].tokens[0];
+  LocalExecutor executor(backend.get());
+  Engine engine(executor.EngineOptionsFor({}), &executor);
+  const int expected = (*RunBatch(engine, {g}))[0].tokens[0];
   worker::v1::StepRequest req;
   auto* s = req.add_sequences();
   for (int t : g.prompt) s->add_tokens(t);

@@ -1,4 +1,4 @@
-#include "router/scheduler.h"
+#include "engine/scheduler.h"
 
 #include <map>
 
@@ -12,7 +12,7 @@ std::unique_ptr<ScheduledSequence> Request(uint64_t id, int prompt, int max_new)
   s->id = id;
   for (int i = 0; i < prompt; ++i) s->tokens.push_back(10 + i);
   s->prompt_len = prompt;
-  s->max_new_tokens = max_new;
+  s->spec.max_new_tokens = max_new;
   return s;
 }
 
@@ -29,7 +29,7 @@ std::map<uint64_t, std::vector<int32_t>> RunToCompletion(Scheduler& sched, int m
     for (const auto& p : plan) {
       const int32_t token = p.sample ? p.start + p.count : -1;
       sched.Advance(p, token);
-      if (p.sequence->generated() >= p.sequence->max_new_tokens) finished.push_back(p.sequence->id);
+      if (p.sequence->generated() >= p.sequence->spec.max_new_tokens) finished.push_back(p.sequence->id);
     }
     for (uint64_t id : finished) {
       auto s = sched.Remove(id);
@@ -37,18 +37,6 @@ std::map<uint64_t, std::vector<int32_t>> RunToCompletion(Scheduler& sched, int m
     }
   }
   return done;
-}
-
-TEST(BlockManagerTest, AllocatesAndFrees) {
-  BlockManager b(4, 16);
-  std::vector<int32_t> t;
-  EXPECT_TRUE(b.EnsureCapacity(t, 33));
-  EXPECT_EQ(t.size(), 3u);
-  EXPECT_FALSE(b.EnsureCapacity(t, 80));  // needs 5 > 4
-  EXPECT_EQ(t.size(), 3u);
-  b.Free(t);
-  EXPECT_EQ(b.free_blocks(), 4);
-  EXPECT_TRUE(t.empty());
 }
 
 TEST(SchedulerTest, ChunkedPrefillWithinTheTokenBudgetFirstComeFirstServed) {
@@ -119,6 +107,75 @@ TEST(SchedulerTest, LimitsAndRemoval) {
   EXPECT_NE(sched.Remove(2), nullptr);
   EXPECT_EQ(sched.Remove(2), nullptr);
   EXPECT_EQ(sched.blocks().used_blocks(), 0);
+}
+
+TEST(SchedulerTest, APreemptedSequenceIsNotReadmittedByTheStepThatPreemptedIt) {
+  // Two sequences fill the pool; when the older one needs a block the newer gives way, and the same step must
+  // not take it back (it would only evict itself again).
+  Scheduler sched({8, 64, 16}, 4, 4);
+  ASSERT_TRUE(sched.Enqueue(Request(1, 8, 8)).ok());
+  ASSERT_TRUE(sched.Enqueue(Request(2, 8, 8)).ok());
+  for (const auto& p : sched.Schedule()) sched.Advance(p, 1);
+  ASSERT_EQ(sched.running(), 2);
+  auto plan = sched.Schedule();  // sequence 1's decode needs a third block: sequence 2 is preempted
+  EXPECT_EQ(sched.preemptions(), 1);
+  ASSERT_EQ(plan.size(), 1u);
+  EXPECT_EQ(plan[0].sequence->id, 1u);
+  EXPECT_EQ(sched.queued(), 1);
+  for (const auto& p : plan) sched.Advance(p, 1);
+}
+
+TEST(SchedulerTest, AChunkLimitSplitsLongPrompts) {
+  SchedulerLimits limits{8, 512, 16};
+  limits.max_prefill_chunk = 7;
+  Scheduler sched(limits, 100, 16);
+  ASSERT_TRUE(sched.Enqueue(Request(1, 20, 2)).ok());
+  std::vector<int> counts;
+  for (int i = 0; i < 3; ++i) {
+    for (const auto& p : sched.Schedule()) {
+      counts.push_back(p.count);
+      sched.Advance(p, p.sample ? 1 : -1);
+    }
+  }
+  EXPECT_EQ(counts, (std::vector<int>{7, 7, 6}));
+}
+
+TEST(SchedulerTest, ASecondRequestStartsAfterTheCachedPrefix) {
+  Scheduler sched({8, 512, 16}, 64, 4, /*prefix_cache=*/true);
+  auto first = Request(1, 18, 2);  // 4 full blocks and 2 positions
+  ASSERT_TRUE(sched.Enqueue(std::move(first)).ok());
+  auto done = RunToCompletion(sched);
+  ASSERT_EQ(done.size(), 1u);
+  EXPECT_GT(sched.blocks().cached_blocks(), 0);
+  EXPECT_EQ(sched.blocks().used_blocks(), 0);  // cached blocks held by nobody count as free
+  ASSERT_TRUE(sched.Enqueue(Request(2, 18, 2)).ok());
+  auto plan = sched.Schedule();
+  ASSERT_EQ(plan.size(), 1u);
+  EXPECT_EQ(plan[0].start, 16);  // four cached blocks
+  EXPECT_EQ(plan[0].count, 2);
+  EXPECT_EQ(sched.prefix_hit_tokens(), 16);
+  EXPECT_EQ(sched.prefix_query_tokens(), 36);
+  // The whole prompt cached: its last position is still computed, for the logits to sample from.
+  Scheduler exact({8, 512, 16}, 64, 4, true);
+  ASSERT_TRUE(exact.Enqueue(Request(1, 16, 1)).ok());
+  RunToCompletion(exact);
+  ASSERT_TRUE(exact.Enqueue(Request(2, 16, 1)).ok());
+  plan = exact.Schedule();
+  ASSERT_EQ(plan.size(), 1u);
+  EXPECT_EQ(plan[0].start, 12);
+  EXPECT_EQ(plan[0].count, 4);
+}
+
+TEST(SchedulerTest, ScoringNeverStartsFromTheCache) {
+  Scheduler sched({8, 512, 16}, 64, 4, true);
+  ASSERT_TRUE(sched.Enqueue(Request(1, 18, 2)).ok());
+  RunToCompletion(sched);
+  auto score = Request(2, 18, 0);
+  score->spec.score = true;
+  ASSERT_TRUE(sched.Enqueue(std::move(score)).ok());
+  auto plan = sched.Schedule();
+  ASSERT_EQ(plan.size(), 1u);
+  EXPECT_EQ(plan[0].start, 0);
 }
 
 }  // namespace

@@ -1,4 +1,4 @@
-#include "router/scheduler.h"
+#include "engine/scheduler.h"
 
 #include <algorithm>
 
@@ -6,15 +6,17 @@
 
 namespace gemma {
 
-Scheduler::Scheduler(SchedulerLimits limits, int num_blocks, int block_size)
-    : limits_(limits), blocks_(num_blocks, block_size) {}
+Scheduler::Scheduler(SchedulerLimits limits, int num_blocks, int block_size, bool prefix_cache)
+    : limits_(limits), blocks_(num_blocks, block_size, prefix_cache) {
+  if (limits_.max_prefill_chunk <= 0) limits_.max_prefill_chunk = limits_.max_tokens_per_step;
+}
 
 absl::Status Scheduler::Enqueue(std::unique_ptr<ScheduledSequence> s) {
   if (static_cast<int>(queue_.size()) >= limits_.max_queued) {
     return absl::ResourceExhaustedError(absl::StrCat("the queue is full (", limits_.max_queued,
                                                      " waiting requests); retry later"));
   }
-  const int need = blocks_.BlocksFor(static_cast<int64_t>(s->prompt_len) + s->max_new_tokens);
+  const int need = blocks_.BlocksFor(static_cast<int64_t>(s->prompt_len) + s->spec.max_new_tokens);
   if (need > blocks_.num_blocks()) {
     return absl::InvalidArgumentError(absl::StrCat("the request needs ", need, " KV blocks but a worker group has ",
                                                    blocks_.num_blocks(), "; shorten the prompt or max_new_tokens"));
@@ -26,26 +28,42 @@ absl::Status Scheduler::Enqueue(std::unique_ptr<ScheduledSequence> s) {
 void Scheduler::Preempt(size_t index) {
   std::unique_ptr<ScheduledSequence> s = std::move(running_[index]);
   running_.erase(running_.begin() + index);
-  blocks_.Free(s->blocks);
-  s->computed = 0;  // recomputed from its tokens (prompt and generated so far) when readmitted
+  blocks_.Free(s->blocks);  // its named blocks stay cached: readmitted, it may find them again
+  s->computed = 0;          // recomputed from its tokens (prompt and generated so far) when readmitted
+  s->chain = {};
   ++s->preemptions;
+  s->preempted_at_step = steps_;
   ++preemptions_;
   queue_.push_front(std::move(s));
 }
 
+void Scheduler::AttachCachedPrefix(ScheduledSequence& s) {
+  // Scoring needs every prompt position's logits, so it computes them all. At least one position is always
+  // computed, so that the step has logits to sample from, and no shared block is ever written.
+  if (!blocks_.prefix_cache() || s.spec.score || !s.blocks.empty()) return;
+  const int64_t limit = static_cast<int64_t>(s.tokens.size()) - 1;
+  const int64_t hit = blocks_.MatchPrefix(s.tokens, limit, s.spec.cache_salt, s.blocks, s.chain);
+  s.computed = static_cast<int32_t>(hit);
+  prefix_query_tokens_ += s.prompt_len;
+  prefix_hit_tokens_ += std::min<int64_t>(hit, s.prompt_len);
+}
+
 std::vector<PlannedSequence> Scheduler::Schedule() {
+  ++steps_;
   std::vector<PlannedSequence> plan;
   int budget = limits_.max_tokens_per_step;
-  // Running sequences, oldest first: decodes before prompt chunks, so a long
-  // prompt never stalls the tokens of others. A newer sequence is preempted
-  // when an older one needs a block.
+  auto chunk = [&](const ScheduledSequence& s) {
+    const int pending = static_cast<int>(s.tokens.size()) - s.computed;
+    return std::min({pending, budget, s.computed >= s.prompt_len ? pending : limits_.max_prefill_chunk});
+  };
+  // Running sequences, oldest first: decodes before prompt chunks, so a long prompt never stalls the tokens of
+  // others. A newer sequence is preempted when an older one needs a block.
   std::vector<bool> planned(running_.size(), false);
   for (int pass = 0; pass < 2; ++pass) {
     for (size_t i = 0; i < running_.size() && budget > 0;) {
       ScheduledSequence* s = running_[i].get();
       const bool decoding = s->computed >= s->prompt_len;
-      const int pending = static_cast<int>(s->tokens.size()) - s->computed;
-      const int count = std::min(pending, budget);
+      const int count = chunk(*s);
       if (planned[i] || count <= 0 || decoding != (pass == 0)) {
         ++i;
         continue;
@@ -64,11 +82,19 @@ std::vector<PlannedSequence> Scheduler::Schedule() {
       ++i;
     }
   }
-  // Then the queue, first come first served, while budget, batch size and blocks allow.
+  // Then the queue, first come first served, while budget, batch size and blocks allow. A sequence preempted by
+  // this step waits for the next one: taking it back now would only preempt again.
   while (!queue_.empty() && budget > 0 && static_cast<int>(running_.size()) < limits_.max_batch_size) {
     ScheduledSequence* s = queue_.front().get();
-    const int count = std::min(static_cast<int>(s->tokens.size()) - s->computed, budget);
-    if (!blocks_.EnsureCapacity(s->blocks, s->computed + count)) break;  // FCFS: no overtaking
+    if (s->preempted_at_step == steps_) break;
+    AttachCachedPrefix(*s);
+    const int count = chunk(*s);
+    if (!blocks_.EnsureCapacity(s->blocks, s->computed + count)) {  // FCFS: no overtaking
+      blocks_.Free(s->blocks);
+      s->computed = 0;
+      s->chain = {};
+      break;
+    }
     plan.push_back({s, s->computed, count, s->computed + count == static_cast<int>(s->tokens.size())});
     budget -= count;
     running_.push_back(std::move(queue_.front()));
@@ -78,8 +104,10 @@ std::vector<PlannedSequence> Scheduler::Schedule() {
 }
 
 void Scheduler::Advance(const PlannedSequence& p, int32_t token) {
-  p.sequence->computed = p.start + p.count;
-  if (p.sample && token >= 0) p.sequence->tokens.push_back(token);
+  ScheduledSequence& s = *p.sequence;
+  s.computed = p.start + p.count;
+  blocks_.Register(s.tokens, s.computed, s.spec.cache_salt, s.blocks, s.chain);
+  if (p.sample && token >= 0) s.tokens.push_back(token);
 }
 
 std::unique_ptr<ScheduledSequence> Scheduler::Remove(uint64_t id) {
@@ -100,6 +128,16 @@ std::unique_ptr<ScheduledSequence> Scheduler::Remove(uint64_t id) {
     }
   }
   return nullptr;
+}
+
+std::vector<std::unique_ptr<ScheduledSequence>> Scheduler::RemoveAll() {
+  std::vector<std::unique_ptr<ScheduledSequence>> all;
+  for (auto& s : running_) all.push_back(std::move(s));
+  for (auto& s : queue_) all.push_back(std::move(s));
+  running_.clear();
+  queue_.clear();
+  for (auto& s : all) blocks_.Free(s->blocks);
+  return all;
 }
 
 }  // namespace gemma

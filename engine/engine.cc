@@ -1,0 +1,152 @@
+#include "engine/engine.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+
+namespace gemma {
+
+Engine::Engine(EngineOptions options, StepExecutor* executor)
+    : scheduler_(options.limits, options.num_blocks, options.block_size, options.prefix_cache), executor_(executor) {}
+
+absl::Status Engine::Add(uint64_t id, SequenceSpec spec) {
+  if (spec.prompt.empty()) return absl::InvalidArgumentError("the prompt is empty; at least one token is needed");
+  if (spec.max_new_tokens < (spec.score ? 0 : 1)) {
+    return absl::InvalidArgumentError(absl::StrCat("max_new_tokens ", spec.max_new_tokens, " is invalid; allowed: ",
+                                                   spec.score ? ">= 0 when scoring" : ">= 1"));
+  }
+  auto s = std::make_unique<ScheduledSequence>();
+  s->id = id;
+  s->tokens = spec.prompt;
+  s->prompt_len = static_cast<int32_t>(spec.prompt.size());
+  s->spec = std::move(spec);
+  return scheduler_.Enqueue(std::move(s));
+}
+
+std::unique_ptr<ScheduledSequence> Engine::Remove(uint64_t id) { return scheduler_.Remove(id); }
+
+std::vector<std::unique_ptr<ScheduledSequence>> Engine::RemoveAll() { return scheduler_.RemoveAll(); }
+
+StepRow Engine::RowFor(const PlannedSequence& p) const {
+  const ScheduledSequence& s = *p.sequence;
+  StepRow row;
+  row.sequence_id = s.id;
+  row.tokens = std::span<const int32_t>(s.tokens).subspan(p.start, p.count);
+  row.start_pos = p.start;
+  row.block_table = s.blocks;
+  if (s.spec.score) {
+    row.score_targets.resize(p.count);
+    for (int i = 0; i < p.count; ++i) {
+      const int next = p.start + i + 1;
+      row.score_targets[i] = next < s.prompt_len && next > s.scored ? s.tokens[next] : -1;
+    }
+    return row;
+  }
+  row.sample = p.sample;
+  row.sampling = s.spec.sampling;
+  row.top_logprobs = s.spec.top_logprobs;
+  if (p.sample && s.spec.sampling.has_penalties()) {
+    row.penalty_history = s.tokens;
+    row.penalty_prompt_len = s.prompt_len;
+  }
+  return row;
+}
+
+absl::Status Engine::Step(const UpdateFn& on_update, const std::function<void(uint64_t)>& on_planned) {
+  const std::vector<PlannedSequence> plan = scheduler_.Schedule();
+  if (plan.empty()) return absl::OkStatus();
+  std::vector<StepRow> rows;
+  rows.reserve(plan.size());
+  int64_t prefill = 0;
+  for (const PlannedSequence& p : plan) {
+    rows.push_back(RowFor(p));
+    prefill += std::max(0, std::min(p.start + p.count, p.sequence->prompt_len) - p.start);
+    if (on_planned) on_planned(p.sequence->id);
+  }
+  std::vector<absl::Status> errors;
+  auto results = Execute(rows, &errors);
+  if (!results.ok()) return results.status();
+  prefilled_tokens_ += prefill;
+  std::vector<uint64_t> finished;
+  for (size_t i = 0; i < plan.size(); ++i) {
+    const PlannedSequence& p = plan[i];
+    const RowResult& r = (*results)[i];
+    ScheduledSequence& s = *p.sequence;
+    SequenceUpdate u;
+    u.id = s.id;
+    u.result = &r;
+    if (!errors[i].ok()) {
+      u.finish = FinishReason::kFailed;
+      u.error = errors[i];
+    } else if (s.spec.score) {
+      // Row i scores position start + i + 1.
+      const int from = std::max(s.scored + 1, p.start + 1);
+      const int to = std::min(p.start + p.count + 1, s.prompt_len);
+      if (to > from && r.score_logprobs.size() == static_cast<size_t>(p.count)) {
+        u.scores = std::span<const float>(r.score_logprobs).subspan(from - p.start - 1, to - from);
+        u.score_from = from;
+        s.scored = to - 1;
+      }
+      scheduler_.Advance(p, -1);
+      if (s.computed >= s.prompt_len) u.finish = FinishReason::kScored;
+    } else {
+      scheduler_.Advance(p, r.sampled ? r.token : -1);
+      if (!r.sampled) continue;
+      if (std::find(s.spec.stop_ids.begin(), s.spec.stop_ids.end(), r.token) != s.spec.stop_ids.end()) {
+        u.finish = FinishReason::kStopToken;
+      } else if (s.generated() >= s.spec.max_new_tokens) {
+        u.finish = FinishReason::kLength;
+      }
+    }
+    const bool stop = on_update(u);
+    if (stop || u.finish != FinishReason::kNone) finished.push_back(s.id);
+  }
+  for (uint64_t id : finished) scheduler_.Remove(id);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<RowResult>> Engine::Execute(const std::vector<StepRow>& rows,
+                                                       std::vector<absl::Status>* errors) {
+  errors->assign(rows.size(), absl::OkStatus());
+  auto checked = [&](absl::StatusOr<std::vector<RowResult>> results, size_t first,
+                     size_t count) -> absl::StatusOr<std::vector<RowResult>> {
+    if (!results.ok()) return results.status();
+    if (results->size() != count) {
+      return absl::InternalError(absl::StrCat("the step planned ", count, " sequences but ", results->size(),
+                                              " results came back"));
+    }
+    for (size_t i = 0; i < count; ++i) {
+      if ((*results)[i].sequence_id != rows[first + i].sequence_id) {
+        return absl::InternalError(absl::StrCat("result ", i, " is for sequence ", (*results)[i].sequence_id,
+                                                ", planned was ", rows[first + i].sequence_id));
+      }
+    }
+    return results;
+  };
+  auto all = checked(executor_->Execute(rows), 0, rows.size());
+  if (all.ok() || !absl::IsInvalidArgument(all.status()) || rows.size() == 1) {
+    if (!all.ok() && absl::IsInvalidArgument(all.status())) {
+      (*errors)[0] = all.status();
+      std::vector<RowResult> none(1);
+      none[0].sequence_id = rows[0].sequence_id;
+      return none;
+    }
+    return all;
+  }
+  // Nothing ran: find the malformed rows one at a time, and run the rest (results do not depend on the batch).
+  std::vector<RowResult> out(rows.size());
+  for (size_t i = 0; i < rows.size(); ++i) {
+    auto one = checked(executor_->Execute(std::span<const StepRow>(&rows[i], 1)), i, 1);
+    if (one.ok()) {
+      out[i] = std::move((*one)[0]);
+    } else if (absl::IsInvalidArgument(one.status())) {
+      (*errors)[i] = one.status();
+      out[i].sequence_id = rows[i].sequence_id;
+    } else {
+      return one.status();
+    }
+  }
+  return out;
+}
+
+}  // namespace gemma

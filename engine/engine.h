@@ -1,0 +1,79 @@
+// The engine of one worker group: a scheduler driving a step executor, with the stop rules every caller shares.
+// The router runs one per group over the Worker RPC; the gemma command runs one in process.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "engine/scheduler.h"
+#include "engine/step_executor.h"
+
+namespace gemma {
+
+enum class FinishReason {
+  kNone,       // still running
+  kLength,     // max_new_tokens generated
+  kStopToken,  // generated one of the spec's stop_ids (the update's token)
+  kScored,     // every prompt token scored
+  kFailed,     // the executor refused this sequence's row (the update's error says why); the others ran
+};
+
+// What one step did for one sequence.
+struct SequenceUpdate {
+  uint64_t id = 0;
+  const RowResult* result = nullptr;  // this step's row: a sampled token, when result->sampled
+  // Scoring: the log-probs of prompt tokens [score_from, score_from + scores.size()), each given the tokens
+  // before it. Positions already delivered before a preemption are not delivered again.
+  std::span<const float> scores;
+  int32_t score_from = 0;
+  FinishReason finish = FinishReason::kNone;
+  absl::Status error;  // with kFailed
+};
+
+struct EngineOptions {
+  SchedulerLimits limits;
+  int num_blocks = 0;
+  int block_size = 16;
+  bool prefix_cache = true;
+};
+
+// Not thread-safe: one thread adds, removes and steps.
+class Engine {
+ public:
+  // `executor` must outlive the engine.
+  Engine(EngineOptions options, StepExecutor* executor);
+
+  // InvalidArgument for a spec the engine can never run (empty prompt, no room in the KV cache, bad sampling);
+  // ResourceExhausted when the queue is full.
+  absl::Status Add(uint64_t id, SequenceSpec spec);
+  // Ends a sequence (cancelled, or stopped by a rule of the caller's) and releases its blocks; null if unknown.
+  std::unique_ptr<ScheduledSequence> Remove(uint64_t id);
+  std::vector<std::unique_ptr<ScheduledSequence>> RemoveAll();
+
+  // Plans and runs one step. `on_update` hears of every planned sequence that got a token or scores, before the
+  // engine removes those that finished; it returns true to end that sequence now. An error from the executor
+  // fails the whole step and leaves every sequence where it was, except InvalidArgument (a malformed row, and
+  // nothing ran): the rows are then run one by one, and only those refused fail (kFailed).
+  // `on_planned`, if set, hears the id of every planned sequence before the step runs.
+  using UpdateFn = std::function<bool(const SequenceUpdate&)>;
+  absl::Status Step(const UpdateFn& on_update, const std::function<void(uint64_t)>& on_planned = nullptr);
+  bool idle() const { return scheduler_.queued() == 0 && scheduler_.running() == 0; }
+  const Scheduler& scheduler() const { return scheduler_; }
+  // Prompt positions computed by steps that ran (a cached prefix is not computed).
+  int64_t prefilled_tokens() const { return prefilled_tokens_; }
+
+ private:
+  StepRow RowFor(const PlannedSequence& p) const;
+  // Runs the rows; when the executor refuses the batch as malformed, row by row. `errors[i]` is row i's refusal.
+  absl::StatusOr<std::vector<RowResult>> Execute(const std::vector<StepRow>& rows, std::vector<absl::Status>* errors);
+
+  Scheduler scheduler_;
+  StepExecutor* executor_;
+  int64_t prefilled_tokens_ = 0;
+};
+
+}  // namespace gemma

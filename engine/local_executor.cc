@@ -1,0 +1,20 @@
+#include "engine/local_executor.h"
+
+#include "shard/step_runner.h"
+
+namespace gemma {
+
+absl::StatusOr<std::vector<RowResult>> LocalExecutor::Execute(std::span<const StepRow> rows) {
+  return RunRows(*backend_, rows);
+}
+
+EngineOptions LocalExecutor::EngineOptionsFor(SchedulerLimits limits, bool prefix_cache) const {
+  EngineOptions o;
+  o.limits = limits;
+  o.num_blocks = backend_->num_kv_blocks();
+  o.block_size = backend_->kv_block_size();
+  o.prefix_cache = prefix_cache;
+  return o;
+}
+
+}  // namespace gemma

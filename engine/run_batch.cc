@@ -1,0 +1,47 @@
+#include "engine/run_batch.h"
+
+#include "absl/strings/str_cat.h"
+
+namespace gemma {
+
+absl::StatusOr<std::vector<CompletedSequence>> RunBatch(Engine& engine, std::vector<SequenceSpec> specs,
+                                                        const TokenFn& on_token) {
+  if (!engine.idle()) return absl::FailedPreconditionError("the engine is already running sequences");
+  std::vector<CompletedSequence> done(specs.size());
+  for (size_t i = 0; i < specs.size(); ++i) {
+    if (auto s = engine.Add(i, std::move(specs[i])); !s.ok()) {
+      engine.RemoveAll();
+      return absl::Status(s.code(), absl::StrCat("request ", i, ": ", s.message()));
+    }
+  }
+  while (!engine.idle()) {
+    const absl::Status s = engine.Step([&](const SequenceUpdate& u) {
+      CompletedSequence& c = done[u.id];
+      c.prompt_logprobs.insert(c.prompt_logprobs.end(), u.scores.begin(), u.scores.end());
+      if (u.result->sampled) {
+        c.tokens.push_back(u.result->token);
+        c.token_logprobs.push_back(u.result->logprob);
+        if (on_token) on_token(static_cast<int>(u.id), *u.result);
+      }
+      c.finish = u.finish;
+      return false;
+    });
+    if (!s.ok()) {
+      engine.RemoveAll();
+      return s;
+    }
+  }
+  return done;
+}
+
+const char* FinishReasonName(FinishReason reason) {
+  switch (reason) {
+    case FinishReason::kLength: return "length";
+    case FinishReason::kStopToken: return "stop";
+    case FinishReason::kScored: return "scored";
+    case FinishReason::kNone: break;
+  }
+  return "none";
+}
+
+}  // namespace gemma

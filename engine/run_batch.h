@@ -1,0 +1,29 @@
+// Runs a batch of sequences to completion on one engine: what the gemma command and the tests use in process.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "engine/engine.h"
+
+namespace gemma {
+
+struct CompletedSequence {
+  std::vector<int32_t> tokens;          // generated, a stop token included
+  std::vector<float> token_logprobs;    // of each generated token
+  std::vector<float> prompt_logprobs;   // scoring: of prompt tokens 1.., each given the tokens before it
+  FinishReason finish = FinishReason::kNone;
+};
+
+// Adds every spec (ids are their indices), steps until all are done, and returns them in order. `on_token`, if
+// set, hears each sampled token as it comes: (spec index, result). The engine must be idle when called.
+using TokenFn = std::function<void(int, const RowResult&)>;
+absl::StatusOr<std::vector<CompletedSequence>> RunBatch(Engine& engine, std::vector<SequenceSpec> specs,
+                                                        const TokenFn& on_token = nullptr);
+
+// The name a finish reason has in the gemma command's JSON ("length", "stop", "scored").
+const char* FinishReasonName(FinishReason reason);
+
+}  // namespace gemma

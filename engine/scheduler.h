@@ -1,0 +1,101 @@
+// Continuous (iteration-level) batching for one worker group: which sequences run in the next step.
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "engine/block_manager.h"
+#include "engine/step_protocol.h"
+
+namespace gemma {
+
+struct SchedulerLimits {
+  int max_batch_size = 64;        // sequences in one step
+  int max_tokens_per_step = 512;  // tokens in one step: decodes (one each) plus prompt chunks
+  int max_queued = 256;           // waiting requests; more are refused with ResourceExhausted
+  int max_prefill_chunk = 0;      // most prompt tokens of one sequence in one step; 0: the step's budget
+};
+
+// What a request asks of the engine.
+struct SequenceSpec {
+  std::vector<int32_t> prompt;
+  int32_t max_new_tokens = 0;
+  SamplingParams sampling;
+  int32_t top_logprobs = 0;
+  bool score = false;              // log-probs of the prompt's tokens instead of generating
+  std::vector<int32_t> stop_ids;   // generation ends after one of these
+  uint64_t cache_salt = 0;         // sequences with other salts never share cached KV (another adapter, say)
+};
+
+// One request's state as the scheduler sees it. Not thread-safe.
+struct ScheduledSequence {
+  uint64_t id = 0;
+  SequenceSpec spec;
+  std::vector<int32_t> tokens;  // prompt, then generated tokens
+  int32_t prompt_len = 0;
+  int32_t computed = 0;         // positions already in the KV cache
+  int32_t scored = 0;           // prompt positions whose log-probs were delivered (a preempted one is recomputed)
+  std::vector<int32_t> blocks;  // its block table
+  BlockChain chain;             // its blocks named in the prefix cache
+  int32_t preemptions = 0;
+  int64_t preempted_at_step = -1;
+  int32_t generated() const { return static_cast<int32_t>(tokens.size()) - prompt_len; }
+};
+
+// A sequence's part of a planned step: tokens[start, start + count), and whether to sample after them.
+struct PlannedSequence {
+  ScheduledSequence* sequence;
+  int32_t start;
+  int32_t count;
+  bool sample;
+};
+
+// First come, first served. Each step: running sequences first (one decode token, or their next prompt chunk),
+// then queued ones while the token budget, batch size and free KV blocks allow; a long prompt is prefilled in
+// chunks so running decodes never stall behind it. A queued sequence starts after the longest prefix the prefix
+// cache holds for it. When a running sequence cannot get a block, the most recently admitted one is preempted: its
+// blocks are released and it goes back to the front of the queue, to be recomputed, but not in the step that
+// preempted it. Not thread-safe.
+class Scheduler {
+ public:
+  Scheduler(SchedulerLimits limits, int num_blocks, int block_size, bool prefix_cache = false);
+
+  // ResourceExhausted when the queue is full; InvalidArgument when the request could never fit the KV cache alone.
+  absl::Status Enqueue(std::unique_ptr<ScheduledSequence> sequence);
+  std::vector<PlannedSequence> Schedule();
+  // After a step: the sampled token of a planned sequence (appended), its computed positions advanced and its
+  // full blocks named in the prefix cache. Call for every planned sequence, with `token` < 0 when nothing was
+  // sampled (a prompt chunk).
+  void Advance(const PlannedSequence& planned, int32_t token);
+  // Removes a sequence (finished, cancelled or failed) and releases its blocks; returns it (null if unknown).
+  std::unique_ptr<ScheduledSequence> Remove(uint64_t id);
+  // Removes every sequence, queued and running, and returns them.
+  std::vector<std::unique_ptr<ScheduledSequence>> RemoveAll();
+
+  int queued() const { return static_cast<int>(queue_.size()); }
+  int running() const { return static_cast<int>(running_.size()); }
+  int64_t preemptions() const { return preemptions_; }
+  // Prompt tokens of admitted sequences that looked for a cached prefix, and how many of them were found.
+  int64_t prefix_query_tokens() const { return prefix_query_tokens_; }
+  int64_t prefix_hit_tokens() const { return prefix_hit_tokens_; }
+  const BlockManager& blocks() const { return blocks_; }
+
+ private:
+  void Preempt(size_t index);
+  // Takes the cached prefix of a sequence that holds no blocks.
+  void AttachCachedPrefix(ScheduledSequence& s);
+
+  SchedulerLimits limits_;
+  BlockManager blocks_;
+  std::deque<std::unique_ptr<ScheduledSequence>> queue_;
+  std::vector<std::unique_ptr<ScheduledSequence>> running_;  // in admission order
+  int64_t steps_ = 0;
+  int64_t preemptions_ = 0;
+  int64_t prefix_query_tokens_ = 0;
+  int64_t prefix_hit_tokens_ = 0;
+};
+
+}  // namespace gemma

@@ -1,0 +1,58 @@
+// The step protocol in plain types: what one sequence asks of one batched step, and what it gets back. The
+// scheduler produces these rows; a local executor hands them to a backend, a remote one sends them to a worker.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <vector>
+
+namespace gemma {
+
+struct SamplingParams {
+  float temperature = 0.0f;  // 0: greedy
+  int top_k = 0;             // 0: no limit
+  float top_p = 1.0f;        // (0, 1]
+  uint64_t seed = 0;
+  // Hugging Face semantics: over the prompt and the output. > 0; 1: none.
+  float repetition_penalty = 1.0f;
+  // OpenAI/vLLM semantics: over generated tokens only. [-2, 2].
+  float presence_penalty = 0.0f;
+  float frequency_penalty = 0.0f;
+  bool has_penalties() const {
+    return repetition_penalty != 1.0f || presence_penalty != 0.0f || frequency_penalty != 0.0f;
+  }
+};
+
+// One sequence's part of a step. The spans point into storage that outlives the step (the scheduler's sequence,
+// or the wire request).
+struct StepRow {
+  uint64_t sequence_id = 0;
+  std::span<const int32_t> tokens;       // new tokens: a prompt chunk or one decode token
+  int32_t start_pos = 0;                 // position of tokens[0]
+  std::span<const int32_t> block_table;  // KV blocks covering positions [0, start_pos + tokens.size())
+  bool sample = false;                   // draw the token after the last of `tokens`
+  SamplingParams sampling;
+  int32_t top_logprobs = 0;  // alternatives returned with a sampled token (0..20)
+  // Scoring: score_targets[i] follows tokens[i] and its log-prob is returned; -1: no target. Empty: no scoring.
+  std::vector<int32_t> score_targets;
+  // The sequence's tokens so far, prompt first; sent only when penalties are set.
+  std::span<const int32_t> penalty_history;
+  int32_t penalty_prompt_len = 0;  // how many of penalty_history are prompt tokens
+};
+
+struct TokenLogprob {
+  int32_t token = 0;
+  float logprob = 0;
+};
+
+// One row's outcome, in the order of the rows.
+struct RowResult {
+  uint64_t sequence_id = 0;
+  bool sampled = false;
+  int32_t token = -1;
+  float logprob = 0;  // of `token` under the model, before any sampling transform
+  std::vector<TokenLogprob> top_logprobs;  // most likely first
+  std::vector<float> score_logprobs;       // one per score target (0 where the target was -1)
+};
+
+}  // namespace gemma

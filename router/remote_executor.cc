@@ -1,0 +1,56 @@
+#include "router/remote_executor.h"
+
+#include <grpcpp/grpcpp.h>
+
+#include "absl/strings/str_cat.h"
+
+namespace gemma {
+
+absl::StatusOr<std::vector<RowResult>> RemoteExecutor::Execute(std::span<const StepRow> rows) {
+  worker::v1::StepRequest req;
+  for (const StepRow& r : rows) {
+    auto* s = req.add_sequences();
+    s->set_sequence_id(r.sequence_id);
+    s->mutable_tokens()->Add(r.tokens.begin(), r.tokens.end());
+    s->set_start_pos(r.start_pos);
+    s->mutable_block_table()->Add(r.block_table.begin(), r.block_table.end());
+    s->mutable_score_targets()->Add(r.score_targets.begin(), r.score_targets.end());
+    s->set_sample(r.sample);
+    if (!r.sample) continue;
+    auto* sp = s->mutable_sampling();
+    sp->set_temperature(r.sampling.temperature);
+    sp->set_top_k(r.sampling.top_k);
+    sp->set_top_p(r.sampling.top_p);
+    sp->set_seed(r.sampling.seed);
+    sp->set_repetition_penalty(r.sampling.repetition_penalty);
+    sp->set_presence_penalty(r.sampling.presence_penalty);
+    sp->set_frequency_penalty(r.sampling.frequency_penalty);
+    s->set_top_logprobs(r.top_logprobs);
+    s->mutable_penalty_history()->Add(r.penalty_history.begin(), r.penalty_history.end());
+    s->set_penalty_prompt_len(r.penalty_prompt_len);
+  }
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + step_timeout_);
+  worker::v1::StepResponse resp;
+  const grpc::Status status = stub_->Step(&ctx, req, &resp);
+  if (status.error_code() == grpc::StatusCode::INVALID_ARGUMENT) {
+    return absl::InvalidArgumentError(status.error_message());
+  }
+  if (!status.ok()) {
+    return absl::UnavailableError(absl::StrCat("the worker group's step failed: ", status.error_message()));
+  }
+  std::vector<RowResult> out(resp.results_size());
+  for (int i = 0; i < resp.results_size(); ++i) {
+    const auto& r = resp.results(i);
+    RowResult& o = out[i];
+    o.sequence_id = r.sequence_id();
+    o.sampled = r.sampled();
+    o.token = r.token();
+    o.logprob = r.logprob();
+    for (const auto& t : r.top_logprobs()) o.top_logprobs.push_back({t.token(), t.logprob()});
+    o.score_logprobs.assign(r.score_logprobs().begin(), r.score_logprobs().end());
+  }
+  return out;
+}
+
+}  // namespace gemma
