@@ -46,7 +46,10 @@ void BlockManager::Unname(int32_t b) {
   Block& block = blocks_[b];
   if (!block.named) return;
   auto it = by_hash_.find(block.hash);
-  if (it != by_hash_.end() && it->second == b) by_hash_.erase(it);
+  if (it != by_hash_.end() && it->second == b) {
+    by_hash_.erase(it);
+    ++names_version_;
+  }
   block.named = false;
   block.tokens.clear();
 }
@@ -116,9 +119,17 @@ void BlockManager::Register(std::span<const int32_t> tokens, int64_t computed, u
       b.parent = chain.last_hash;
       b.tokens.assign(block_tokens.begin(), block_tokens.end());
       by_hash_.emplace(h, table[i]);
+      ++names_version_;
     }
     chain = {static_cast<int32_t>(i + 1), h};
   }
+}
+
+std::vector<uint64_t> BlockManager::Names() const {
+  std::vector<uint64_t> names;
+  names.reserve(by_hash_.size());
+  for (const auto& [hash, block] : by_hash_) names.push_back(hash);
+  return names;
 }
 
 std::vector<int32_t> BlockManager::Fork(std::span<const int32_t> table) {

@@ -54,6 +54,9 @@ class BlockManager {
                 BlockChain& chain);
   // The hash naming a full block of `tokens` after `parent` (the salt for the first block).
   static uint64_t ChainHash(uint64_t parent, std::span<const int32_t> tokens);
+  // The names of the cached blocks, and a number that changes whenever they do (for copies kept elsewhere).
+  std::vector<uint64_t> Names() const;
+  uint64_t names_version() const { return names_version_; }
 
   // Copy-on-write. Fork: a new table sharing every block of `table`.
   std::vector<int32_t> Fork(std::span<const int32_t> table);
@@ -82,6 +85,7 @@ class BlockManager {
   std::vector<int32_t> free_;         // unnamed, held by nobody
   std::list<int32_t> evictable_;      // named, held by nobody; least recently freed first
   absl::flat_hash_map<uint64_t, int32_t> by_hash_;
+  uint64_t names_version_ = 0;
 };
 
 }  // namespace gemma

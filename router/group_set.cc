@@ -1,5 +1,8 @@
 #include "router/group_set.h"
 
+#include <algorithm>
+#include <climits>
+
 #include "absl/strings/str_cat.h"
 
 namespace gemma {
@@ -46,10 +49,25 @@ std::shared_ptr<const ServedModel> GroupSet::model() const {
 
 absl::Status GroupSet::Submit(std::shared_ptr<ActiveRequest> request) {
   std::lock_guard<std::mutex> lock(mu_);
-  WorkerGroup* best = nullptr;
+  std::vector<WorkerGroup*> open;
+  int least = INT_MAX;
   for (auto& g : groups_) {
     if (!g->healthy() || retired_.count(g->address())) continue;
-    if (best == nullptr || g->load() < best->load()) best = g.get();
+    open.push_back(g.get());
+    least = std::min(least, g->load());
+  }
+  // The group that holds the longest cached prefix of the prompt, among those within a load bound of the least
+  // loaded (so one hot prefix cannot pin every request to one group); the least loaded among equals.
+  const int bound = least == INT_MAX ? 0 : least + 4 + least / 4;
+  WorkerGroup* best = nullptr;
+  int best_cached = -1;
+  for (WorkerGroup* g : open) {
+    if (g->load() > bound) continue;
+    const int cached = open.size() > 1 ? g->CachedPrefixBlocks(request->options().prompt) : 0;
+    if (cached > best_cached || (cached == best_cached && g->load() < best->load())) {
+      best = g;
+      best_cached = cached;
+    }
   }
   if (best == nullptr) {
     return absl::UnavailableError(groups_.empty() ? "no worker group has joined yet; retry later"

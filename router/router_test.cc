@@ -126,6 +126,43 @@ TEST_F(RouterTest, CancelledStreamsFreeTheirKvBlocksAndAreCounted) {
   }
 }
 
+TEST_F(RouterTest, ARepeatedPrefixIsServedFromTheCacheWithTheSameTokens) {
+  // A prompt of 7 full blocks and 4 positions, found in no other test's cache.
+  std::vector<int> prompt = {2};
+  for (int i = 1; i < 116; ++i) prompt.push_back(1000 + (i * 37) % 3000);
+  auto metric = [&](const std::string& name) { return Sample(testing::HttpGet(metrics_port_, "/metrics"), name); };
+  // Metrics are published after each step, a moment after the reply: poll until settled.
+  auto settled = [&](const std::string& name, double expected) {
+    double v = metric(name);
+    for (int i = 0; i < 40 && v != expected; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      v = metric(name);
+    }
+    return v;
+  };
+  auto generate = [&](const std::vector<int>& ids) {
+    grpc::ClientContext ctx;
+    v1::GenerateResponse resp;
+    EXPECT_TRUE(Client()->Generate(&ctx, Ids(ids, 8), &resp).ok());
+    return TokenIds(resp);
+  };
+  const auto cold = generate(prompt);
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  const double hits = metric("gemma_router_prefix_cache_hits_total");
+  const double prefilled = metric("gemma_router_prefill_tokens_total");
+  EXPECT_EQ(generate(prompt), cold);
+  // The same 7 blocks (112 positions) are reused; only the last 4 prompt positions are computed again.
+  EXPECT_EQ(settled("gemma_router_prefix_cache_hits_total", hits + 112), hits + 112);
+  EXPECT_EQ(settled("gemma_router_prefill_tokens_total", prefilled + 4), prefilled + 4);
+  EXPECT_GT(metric("gemma_router_prefix_cache_blocks{group=\"127.0.0.1:" + std::to_string(worker_port_) + "\"}"), 0);
+  // A prompt that shares the first blocks and then departs reuses only those.
+  auto other = prompt;
+  other[40] = 7;  // in the third block
+  const double before = metric("gemma_router_prefix_cache_hits_total");
+  generate(other);
+  EXPECT_EQ(settled("gemma_router_prefix_cache_hits_total", before + 32), before + 32);
+}
+
 TEST_F(RouterTest, AKilledGroupFailsItsStreamsAnotherKeepsServingAndTheGroupReturns) {
   const std::string model = "--model=" + GemmaTinyDir() + "/tiny-mqa";
   const int port_a = testing::FreePort(), port_b = testing::FreePort();

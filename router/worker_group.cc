@@ -94,9 +94,28 @@ void WorkerGroup::FailAll(const absl::Status& status) {
   requests_.clear();
 }
 
+int WorkerGroup::CachedPrefixBlocks(const std::vector<int32_t>& prompt) const {
+  const int block_size = info_.kv_block_size();
+  if (block_size <= 0 || prompt.size() < 2) return 0;
+  const size_t full = (prompt.size() - 1) / block_size;  // as the scheduler matches: the last token is computed
+  std::lock_guard<std::mutex> lock(names_mu_);
+  uint64_t chain = 0;  // the salt of requests without an adapter
+  for (size_t i = 0; i < full; ++i) {
+    chain = BlockManager::ChainHash(chain, std::span<const int32_t>(prompt).subspan(i * block_size, block_size));
+    if (!cached_names_.contains(chain)) return static_cast<int>(i);
+  }
+  return static_cast<int>(full);
+}
+
 void WorkerGroup::PublishState() {
-  if (metrics_ == nullptr) return;
   const Scheduler& s = engine_->scheduler();
+  if (s.blocks().names_version() != names_version_seen_) {
+    names_version_seen_ = s.blocks().names_version();
+    const std::vector<uint64_t> names = s.blocks().Names();
+    std::lock_guard<std::mutex> lock(names_mu_);
+    cached_names_ = absl::flat_hash_set<uint64_t>(names.begin(), names.end());
+  }
+  if (metrics_ == nullptr) return;
   metrics_->GroupState(address_, s.queued(), s.running(), s.blocks().used_blocks(), s.blocks().num_blocks(), healthy_);
   metrics_->Preempted(static_cast<int>(s.preemptions() - preemptions_seen_));
   preemptions_seen_ = s.preemptions();
@@ -119,6 +138,7 @@ void WorkerGroup::ProbeRecovery() {
   if (info.vocab_size() != info_.vocab_size() || info.tokenizer_model() != info_.tokenizer_model()) return;
   // A new incarnation: empty KV pool, possibly of another size.
   engine_ = NewEngine(info);
+  names_version_seen_ = ~uint64_t{0};
   preemptions_seen_ = prefix_queried_seen_ = prefix_hit_seen_ = prefilled_seen_ = 0;
   healthy_ = true;
 }

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/status/statusor.h"
 #include "gemma/worker/v1/worker.grpc.pb.h"
 #include "router/active_request.h"
@@ -36,6 +37,8 @@ class WorkerGroup {
   bool healthy() const { return healthy_; }
   // Outstanding work, for picking the least-loaded group.
   int load() const { return load_; }
+  // How many leading full blocks of `prompt` the group's prefix cache holds (as of its last step).
+  int CachedPrefixBlocks(const std::vector<int32_t>& prompt) const;
   // ResourceExhausted (queue full) or Unavailable (group down) when not accepted.
   absl::Status Submit(std::shared_ptr<ActiveRequest> request);
 
@@ -66,6 +69,11 @@ class WorkerGroup {
   std::condition_variable cv_;
   std::vector<std::shared_ptr<ActiveRequest>> incoming_ ABSL_GUARDED_BY(mu_);
   int max_outstanding_;  // queued + running requests accepted at once
+
+  // A copy of the prefix cache's names, for routing a request to the group that holds its prefix.
+  mutable std::mutex names_mu_;
+  absl::flat_hash_set<uint64_t> cached_names_ ABSL_GUARDED_BY(names_mu_);
+  uint64_t names_version_seen_ = ~uint64_t{0};
 
   // Owned by the group's thread.
   SchedulerLimits limits_;

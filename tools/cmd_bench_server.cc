@@ -88,11 +88,14 @@ void RunOne(v1::Gemma::Stub& stub, const ClientConnection& connection, const v1:
 
 int BenchServerCommand(int argc, char** argv) {
   const char* kCmd = "bench --server";
-  Args args(kCmd, "--server HOST:PORT [--concurrency 1,4,16] [--requests N] [--prompt-tokens P] [--max-new-tokens M]");
+  Args args(kCmd, "--server HOST:PORT [--concurrency 1,4,16] [--requests N] [--prompt-tokens P] [--shared-prefix-tokens S] "
+              "[--max-new-tokens M]");
   AddConnectionFlags(args);
   args.Flag("concurrency", "client concurrency levels to sweep (default 1,4,16)")
       .Flag("requests", "requests per level (default: 4 x concurrency, at least 8)")
-      .Flag("prompt-tokens", "prompt length in tokens, random ids (default 64)")
+      .Flag("prompt-tokens", "prompt length in tokens, random ids (default 64); after the shared prefix, if any")
+      .Flag("shared-prefix-tokens", "every request starts with the same S tokens (a system prompt), then its own "
+                                    "--prompt-tokens (default 0)")
       .Flag("max-new-tokens", "tokens generated per request, greedy (default 64)")
       .Flag("json", "print one JSON object", true);
   int code;
@@ -101,7 +104,9 @@ int BenchServerCommand(int argc, char** argv) {
   auto requests = args.GetInt("requests", 0, 1, 1 << 20);
   auto prompt_tokens = args.GetInt("prompt-tokens", 64, 1, 1 << 20);
   auto max_new = args.GetInt("max-new-tokens", 64, 1, 1 << 20);
-  for (const absl::Status& s : {levels.status(), requests.status(), prompt_tokens.status(), max_new.status()}) {
+  auto shared_prefix = args.GetInt("shared-prefix-tokens", 0, 0, 1 << 20);
+  for (const absl::Status& s : {levels.status(), requests.status(), prompt_tokens.status(), max_new.status(),
+                                shared_prefix.status()}) {
     if (!s.ok()) return Fail(kCmd, s);
   }
   if (levels->empty()) return Fail(kCmd, absl::InvalidArgumentError("--concurrency needs at least one level"));
@@ -114,17 +119,20 @@ int BenchServerCommand(int argc, char** argv) {
     connection->Prepare(&ctx, std::chrono::seconds(30));
     if (auto s = stub->GetModelInfo(&ctx, {}, &info); !s.ok()) return Fail(kCmd, FromGrpcStatus(s));
   }
-  if (*prompt_tokens + *max_new > info.max_context()) {
-    return Fail(kCmd, absl::InvalidArgumentError(absl::StrCat("--prompt-tokens + --max-new-tokens is ",
-                                                              *prompt_tokens + *max_new, "; the server allows ",
-                                                              info.max_context())));
+  if (*shared_prefix + *prompt_tokens + *max_new > info.max_context()) {
+    return Fail(kCmd, absl::InvalidArgumentError(absl::StrCat(
+                          "--shared-prefix-tokens + --prompt-tokens + --max-new-tokens is ",
+                          *shared_prefix + *prompt_tokens + *max_new, "; the server allows ", info.max_context())));
   }
   std::mt19937 rng(7);
+  auto random_id = [&] { return 4 + static_cast<int32_t>(rng() % (info.vocab_size() - 4)); };
+  std::vector<int32_t> prefix = {static_cast<int32_t>(info.bos_id())};
+  for (int64_t i = 0; i < *shared_prefix; ++i) prefix.push_back(random_id());
   auto make_request = [&] {
     v1::GenerateRequest r;
     auto* ids = r.mutable_input()->mutable_token_ids();
-    ids->add_ids(info.bos_id());
-    for (int64_t i = 1; i < *prompt_tokens; ++i) ids->add_ids(4 + static_cast<int32_t>(rng() % (info.vocab_size() - 4)));
+    ids->mutable_ids()->Add(prefix.begin(), prefix.end());
+    for (int64_t i = 1; i < *prompt_tokens; ++i) ids->add_ids(random_id());
     r.mutable_parameters()->set_max_new_tokens(static_cast<int32_t>(*max_new));
     return r;
   };
@@ -170,12 +178,15 @@ int BenchServerCommand(int argc, char** argv) {
     nlohmann::json out = {{"server", args.Get("server")},
                           {"model", info.name()},
                           {"prompt_tokens", *prompt_tokens},
+                          {"shared_prefix_tokens", *shared_prefix},
                           {"max_new_tokens", *max_new},
                           {"levels", results}};
     std::printf("%s\n", out.dump(2).c_str());
   } else {
-    std::printf("%s: model %s, prompt %lld tokens, %lld new tokens per request (greedy)\n", args.Get("server").c_str(),
-                info.name().c_str(), static_cast<long long>(*prompt_tokens), static_cast<long long>(*max_new));
+    std::printf("%s: model %s, prompt %lld tokens after a shared prefix of %lld, %lld new tokens per request "
+                "(greedy)\n",
+                args.Get("server").c_str(), info.name().c_str(), static_cast<long long>(*prompt_tokens),
+                static_cast<long long>(*shared_prefix), static_cast<long long>(*max_new));
     std::printf("%5s %6s %10s | %-26s | %-26s | %-26s\n", "conc", "ok", "tokens/s", "TTFT p50/p90/p99 ms",
                 "inter-token p50/p90/p99 ms", "end-to-end p50/p90/p99 s");
     for (const auto& r : results) {

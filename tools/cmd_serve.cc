@@ -72,7 +72,8 @@ int ServeCommand(int argc, char** argv) {
       .Flag("precision", "with --device cuda: bf16 (default) or f32")
       .Flag("tls-cert", "PEM certificate of the public port; with --tls-key it listens on every interface over TLS")
       .Flag("tls-key", "PEM private key of the public port")
-      .Flag("api-keys-file", "file of API keys, one per line; calls then need \"authorization: Bearer <key>\"");
+      .Flag("api-keys-file", "file of API keys, one per line; calls then need \"authorization: Bearer <key>\"")
+      .Flag("prefix-cache", "on (default): requests reuse the KV blocks of a cached prompt prefix; off: never");
   int code;
   if (!ParseOrExit(args, argc, argv, kCmd, &code)) return code;
   auto tp = args.GetInt("tp", 1, 1, 8);
@@ -92,6 +93,10 @@ int ServeCommand(int argc, char** argv) {
   }
   if (precision != "bf16" && precision != "f32") {
     return Fail(kCmd, absl::InvalidArgumentError("--precision \"" + precision + "\" is invalid; allowed: bf16, f32"));
+  }
+  const std::string prefix_cache = args.Get("prefix-cache", "on");
+  if (prefix_cache != "on" && prefix_cache != "off") {
+    return Fail(kCmd, absl::InvalidArgumentError("--prefix-cache \"" + prefix_cache + "\" is invalid; allowed: on, off"));
   }
   std::string model = args.Get("model");
   if (model.empty()) {
@@ -158,6 +163,7 @@ int ServeCommand(int argc, char** argv) {
     router_args.insert(router_args.end(), {"--plaintext", "--bind_host=127.0.0.1"});
   }
   if (args.Has("api-keys-file")) router_args.push_back("--api_keys_file=" + args.Get("api-keys-file"));
+  router_args.push_back("--prefix_cache=" + prefix_cache);
   const pid_t router = Spawn(router_bin, router_args);
   children.push_back(router);
   const int router_port = ReadPort(router_port_file, {router}, std::chrono::seconds(120));
