@@ -82,13 +82,21 @@ absl::Status Engine::Step(const UpdateFn& on_update, const std::function<void(ui
       // Row i scores position start + i + 1.
       const int from = std::max(s.scored + 1, p.start + 1);
       const int to = std::min(p.start + p.count + 1, s.prompt_len);
-      if (to > from && r.score_logprobs.size() == static_cast<size_t>(p.count)) {
+      if (r.score_logprobs.size() != static_cast<size_t>(p.count)) {
+        u.finish = FinishReason::kFailed;
+        u.error = absl::InternalError(absl::StrCat("sequence ", s.id, ": ", r.score_logprobs.size(),
+                                                   " scores came back for ", p.count, " positions"));
+      } else if (to > from) {
         u.scores = std::span<const float>(r.score_logprobs).subspan(from - p.start - 1, to - from);
         u.score_from = from;
         s.scored = to - 1;
       }
       scheduler_.Advance(p, -1);
-      if (s.computed >= s.prompt_len) u.finish = FinishReason::kScored;
+      if (u.finish == FinishReason::kNone && s.computed >= s.prompt_len) u.finish = FinishReason::kScored;
+    } else if (p.sample && (!r.sampled || r.token < 0)) {
+      // Nothing left to compute and no token: it would never be planned again.
+      u.finish = FinishReason::kFailed;
+      u.error = absl::InternalError(absl::StrCat("sequence ", s.id, ": the step drew no token"));
     } else {
       scheduler_.Advance(p, r.sampled ? r.token : -1);
       if (!r.sampled) continue;

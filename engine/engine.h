@@ -47,7 +47,8 @@ class Engine {
   // `executor` must outlive the engine.
   Engine(EngineOptions options, StepExecutor* executor);
 
-  // InvalidArgument for a spec the engine can never run (empty prompt, no room in the KV cache, bad sampling);
+  // InvalidArgument for a spec the engine can never run (empty prompt, no room in the KV cache); sampling
+  // parameters are the caller's to validate (the executor refuses bad ones, failing only that sequence);
   // ResourceExhausted when the queue is full.
   absl::Status Add(uint64_t id, SequenceSpec spec);
   // Ends a sequence (cancelled, or stopped by a rule of the caller's) and releases its blocks; null if unknown.

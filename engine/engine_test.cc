@@ -153,6 +153,20 @@ TEST(EngineTest, AMalformedRowFailsOnlyItsOwnSequence) {
   EXPECT_TRUE(engine.idle());
 }
 
+TEST(EngineTest, RunBatchReportsARefusedRequest) {
+  struct Refusing : PositionExecutor {
+    absl::StatusOr<std::vector<RowResult>> Execute(std::span<const StepRow> rows) override {
+      return absl::InvalidArgumentError("token id 999 is outside the vocabulary");
+    }
+  } exec;
+  Engine engine(Options(), &exec);
+  auto done = RunBatch(engine, {Prompt(3, 2)});
+  ASSERT_FALSE(done.ok());
+  EXPECT_TRUE(absl::IsInvalidArgument(done.status()));
+  EXPECT_NE(done.status().message().find("request 0"), std::string::npos) << done.status();
+  EXPECT_TRUE(engine.idle());
+}
+
 TEST(EngineTest, RejectsWhatCanNeverRun) {
   PositionExecutor exec;
   Engine engine(Options(4, 4), &exec);

@@ -8,6 +8,7 @@ absl::StatusOr<std::vector<CompletedSequence>> RunBatch(Engine& engine, std::vec
                                                         const TokenFn& on_token) {
   if (!engine.idle()) return absl::FailedPreconditionError("the engine is already running sequences");
   std::vector<CompletedSequence> done(specs.size());
+  absl::Status failed;
   for (size_t i = 0; i < specs.size(); ++i) {
     if (auto s = engine.Add(i, std::move(specs[i])); !s.ok()) {
       engine.RemoveAll();
@@ -24,8 +25,15 @@ absl::StatusOr<std::vector<CompletedSequence>> RunBatch(Engine& engine, std::vec
         if (on_token) on_token(static_cast<int>(u.id), *u.result);
       }
       c.finish = u.finish;
+      if (u.finish == FinishReason::kFailed && failed.ok()) {
+        failed = absl::Status(u.error.code(), absl::StrCat("request ", u.id, ": ", u.error.message()));
+      }
       return false;
     });
+    if (s.ok() && !failed.ok()) {
+      engine.RemoveAll();
+      return failed;
+    }
     if (!s.ok()) {
       engine.RemoveAll();
       return s;
@@ -39,6 +47,7 @@ const char* FinishReasonName(FinishReason reason) {
     case FinishReason::kLength: return "length";
     case FinishReason::kStopToken: return "stop";
     case FinishReason::kScored: return "scored";
+    case FinishReason::kFailed: return "failed";
     case FinishReason::kNone: break;
   }
   return "none";

@@ -44,8 +44,6 @@ void Scheduler::AttachCachedPrefix(ScheduledSequence& s) {
   const int64_t limit = static_cast<int64_t>(s.tokens.size()) - 1;
   const int64_t hit = blocks_.MatchPrefix(s.tokens, limit, s.spec.cache_salt, s.blocks, s.chain);
   s.computed = static_cast<int32_t>(hit);
-  prefix_query_tokens_ += s.prompt_len;
-  prefix_hit_tokens_ += std::min<int64_t>(hit, s.prompt_len);
 }
 
 std::vector<PlannedSequence> Scheduler::Schedule() {
@@ -94,6 +92,10 @@ std::vector<PlannedSequence> Scheduler::Schedule() {
       s->computed = 0;
       s->chain = {};
       break;
+    }
+    if (blocks_.prefix_cache() && !s->spec.score && s->preemptions == 0) {  // once per request, when admitted
+      prefix_query_tokens_ += s->prompt_len;
+      prefix_hit_tokens_ += std::min(s->computed, s->prompt_len);
     }
     plan.push_back({s, s->computed, count, s->computed + count == static_cast<int>(s->tokens.size())});
     budget -= count;

@@ -210,8 +210,12 @@ bool WorkerGroup::Deliver(const SequenceUpdate& u) {
     for (const auto& t : u.result->top_logprobs) top.emplace_back(t.token, t.logprob);
     finished = r->OnToken(u.result->token, u.result->logprob, top);
   }
-  // The engine's stop rules and the request's agree on tokens and length; the request adds stop text.
-  finished = finished || u.finish != FinishReason::kNone;
+  // The engine's stop rules and the request's agree on tokens and length; the request adds stop text. Should they
+  // ever disagree, the request is failed rather than dropped unanswered.
+  if (!finished && u.finish != FinishReason::kNone) {
+    r->Fail(absl::InternalError("the engine ended the request before it finished"));
+    finished = true;
+  }
   if (finished) {
     requests_.erase(u.id);
     --load_;
