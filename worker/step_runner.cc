@@ -99,6 +99,13 @@ absl::StatusOr<worker::v1::StepResponse> RunStep(Backend& backend, const worker:
     for (int j = 0; j < s.score_targets_size(); ++j) {
       const int target = s.score_targets(j);
       r->add_score_logprobs(target < 0 ? 0.0f : static_cast<float>(LogProbOf(logits.Row(first + j), vocab, target)));
+      if (s.top_logprobs() == 0) continue;
+      auto* top = r->add_score_top_logprobs();
+      for (const auto& [id, lp] : TopLogProbs(logits.Row(first + j), vocab, s.top_logprobs())) {
+        auto* tl = top->add_alternatives();
+        tl->set_token(id);
+        tl->set_logprob(static_cast<float>(lp));
+      }
     }
     if (!s.sample()) continue;
     const float* row = logits.Row(first + (steps[i].logits == LogitsWanted::kAll ? s.tokens_size() - 1 : 0));
