@@ -155,6 +155,7 @@ bool WorkerGroup::RunOneStep() {
     s->set_start_pos(p.start);
     s->mutable_block_table()->Add(p.sequence->blocks.begin(), p.sequence->blocks.end());
     if (r.options().score) {
+      s->set_top_logprobs(r.options().score_top_logprobs);
       for (int i = 0; i < p.count; ++i) {
         const int next = p.start + i + 1;
         s->add_score_targets(next < p.sequence->prompt_len ? p.sequence->tokens[next] : -1);
@@ -188,8 +189,16 @@ bool WorkerGroup::RunOneStep() {
     bool finished = false;
     if (r->options().score) {
       std::vector<float> lps(result.score_logprobs().begin(), result.score_logprobs().end());
-      if (p.start + p.count >= p.sequence->prompt_len && !lps.empty()) lps.pop_back();  // the last position has no target
-      r->OnScores(lps);
+      std::vector<std::vector<std::pair<int32_t, float>>> top;
+      for (const auto& position : result.score_top_logprobs()) {
+        top.emplace_back();
+        for (const auto& t : position.alternatives()) top.back().emplace_back(t.token(), t.logprob());
+      }
+      if (p.start + p.count >= p.sequence->prompt_len) {  // the last position has no target
+        if (!lps.empty()) lps.pop_back();
+        if (!top.empty()) top.pop_back();
+      }
+      r->OnScores(lps, std::move(top));
       if (p.start + p.count >= p.sequence->prompt_len) {
         r->FinishScoring();
         finished = true;
