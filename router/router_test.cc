@@ -265,6 +265,69 @@ TEST_F(RouterTest, AKilledGroupFailsItsStreamsAnotherKeepsServingAndTheGroupRetu
   EXPECT_EQ(groups, 2);
 }
 
+TEST_F(RouterTest, AnIdleRouterWithADeadGroupBurnsNoCpu) {
+  TpGroup a = StartTpGroup(2), b = StartTpGroup(2);
+  RouterProcess router = StartRouter({a.port, b.port});
+  ASSERT_GT(router.port, 0) << router.process->Err();
+  a.ranks[1]->Kill();
+  for (int i = 0; i < 3; ++i) GenerateCode(*router.stub, Ids({2, 3791, 323}, 8));
+  std::this_thread::sleep_for(std::chrono::seconds(2));
+  const double before = CpuSeconds(router.process->pid);
+  std::this_thread::sleep_for(std::chrono::seconds(5));
+  const double used = CpuSeconds(router.process->pid) - before;
+  EXPECT_LT(used / 5, 0.01) << used << " CPU seconds in 5 s of idleness";
+}
+
+TEST_F(RouterTest, StoppingAnswersQueuedRequestsUnavailableAndExits) {
+  const int metrics_port = testing::FreePort();
+  RouterProcess router =
+      StartRouter({worker_port_}, {"--max_batch_size=1", "--metrics_port=" + std::to_string(metrics_port)});
+  ASSERT_GT(router.port, 0) << router.process->Err();
+  // One stream runs at a time; the others wait in the queue (more work than a few seconds) when the router is
+  // told to stop.
+  constexpr int kStreams = 100;
+  struct Ending {
+    grpc::Status status;
+    std::chrono::steady_clock::time_point at;
+  };
+  std::vector<std::future<Ending>> streams;
+  for (int i = 0; i < kStreams; ++i) {
+    streams.push_back(std::async(std::launch::async, [&router, i] {
+      v1::GenerateRequest req = Ids({2, 100 + i, 200 + i}, 480);
+      grpc::ClientContext ctx;
+      ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+      auto reader = router.stub->GenerateStream(&ctx, req);
+      v1::GenerateStreamResponse event;
+      while (reader->Read(&event)) {
+      }
+      const grpc::Status status = reader->Finish();
+      return Ending{status, std::chrono::steady_clock::now()};
+    }));
+  }
+  const std::string depth = "gemma_router_queue_depth{group=\"127.0.0.1:" + std::to_string(worker_port_) + "\"}";
+  double queued = 0;
+  for (int i = 0; i < 400 && queued < 60; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    queued = Sample(testing::HttpGet(metrics_port, "/metrics"), depth);
+  }
+  ASSERT_GE(queued, 60);
+  ::kill(router.process->pid, SIGTERM);
+  const auto stop = std::chrono::steady_clock::now();
+  int answered_at_once = 0;
+  for (auto& s : streams) {
+    const Ending e = s.get();  // none hangs
+    const grpc::StatusCode code = e.status.error_code();
+    EXPECT_TRUE(code == grpc::StatusCode::OK || code == grpc::StatusCode::UNAVAILABLE) << code;
+    if (code != grpc::StatusCode::UNAVAILABLE) continue;
+    // The router's own answer, not a connection torn down under the call.
+    EXPECT_NE(e.status.error_message().find("shutting down"), std::string::npos) << e.status.error_message();
+    answered_at_once += e.at - stop < std::chrono::seconds(2);
+  }
+  EXPECT_GE(answered_at_once, 55) << "queued requests are answered UNAVAILABLE when the router stops";
+  EXPECT_EQ(router.process->WaitExit(std::chrono::seconds(15)), 0) << router.process->Err();
+  EXPECT_LT(std::chrono::steady_clock::now() - stop, std::chrono::seconds(15));
+}
+
 TEST_F(RouterTest, StreamSendsOneTokenEventPerTokenWhenTextWasHeldBack) {
   v1::GenerateRequest req = Ids({2, 3791, 323}, 16);
   v1::GenerateResponse unary;

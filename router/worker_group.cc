@@ -209,8 +209,9 @@ bool WorkerGroup::RunOneStep() {
       finished = r->OnToken(result.token(), result.logprob(), top);
     }
     if (finished) {
-      scheduler_->Remove(p.sequence->id);
-      requests_.erase(p.sequence->id);
+      const uint64_t id = p.sequence->id;  // Remove frees the sequence `p` points to
+      scheduler_->Remove(id);
+      requests_.erase(id);
       --load_;
     }
   }
