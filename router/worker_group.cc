@@ -2,15 +2,30 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <algorithm>
+
 #include "absl/strings/str_cat.h"
+#include "grpc/health/v1/health.grpc.pb.h"
 #include "protos/grpc_status.h"
 
 namespace gemma {
 
+namespace {
+
+// Probes of a group that is down: the first soon after it failed, then backing off (a group restarts in seconds;
+// one gone for good costs a probe every few seconds).
+constexpr std::chrono::milliseconds kFirstProbe(200);
+constexpr std::chrono::milliseconds kMaxProbeDelay(4000);
+// How often an idle group's health is checked.
+constexpr std::chrono::milliseconds kIdleHealthEvery(2000);
+
+}  // namespace
+
 absl::StatusOr<std::unique_ptr<WorkerGroup>> WorkerGroup::Connect(const std::string& address, SchedulerLimits limits,
                                                                    std::chrono::milliseconds timeout,
                                                                    RouterMetrics* metrics, bool wait_for_ready) {
-  auto stub = worker::v1::Worker::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+  auto channel = grpc::CreateChannel(address, grpc::InsecureChannelCredentials());
+  auto stub = worker::v1::Worker::NewStub(channel);
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + timeout);
   ctx.set_wait_for_ready(wait_for_ready);
@@ -19,29 +34,37 @@ absl::StatusOr<std::unique_ptr<WorkerGroup>> WorkerGroup::Connect(const std::str
   if (!s.ok()) {
     return absl::UnavailableError(absl::StrCat("worker group ", address, " did not answer: ", s.error_message()));
   }
-  return std::unique_ptr<WorkerGroup>(new WorkerGroup(address, std::move(stub), std::move(info), limits, metrics));
+  return std::unique_ptr<WorkerGroup>(new WorkerGroup(address, std::move(channel), std::move(info), limits, metrics));
 }
 
-WorkerGroup::WorkerGroup(std::string address, std::unique_ptr<worker::v1::Worker::Stub> stub,
-                         worker::v1::ModelInfo info, SchedulerLimits limits, RouterMetrics* metrics)
+WorkerGroup::WorkerGroup(std::string address, std::shared_ptr<grpc::Channel> channel, worker::v1::ModelInfo info,
+                         SchedulerLimits limits, RouterMetrics* metrics)
     : address_(std::move(address)),
-      stub_(std::move(stub)),
+      channel_(std::move(channel)),
+      stub_(worker::v1::Worker::NewStub(channel_)),
       info_(std::move(info)),
       metrics_(metrics),
       max_outstanding_(limits.max_queued + limits.max_batch_size),
       limits_(limits),
-      scheduler_(std::make_unique<Scheduler>(limits, info_.num_kv_blocks(), info_.kv_block_size())) {
+      scheduler_(std::make_unique<Scheduler>(limits, info_.num_kv_blocks(), info_.kv_block_size())),
+      probe_delay_(kFirstProbe),
+      next_health_(std::chrono::steady_clock::now() + kIdleHealthEvery) {
   thread_ = std::thread([this] { Loop(); });
 }
 
 WorkerGroup::~WorkerGroup() {
   stop_ = true;
+  {
+    std::lock_guard<std::mutex> lock(step_mu_);
+    if (step_ != nullptr) step_->TryCancel();
+  }
   cv_.notify_all();
   thread_.join();
   if (metrics_ != nullptr) metrics_->GroupGone(address_);
 }
 
 absl::Status WorkerGroup::Submit(std::shared_ptr<ActiveRequest> request) {
+  if (draining_) return absl::UnavailableError("the router is shutting down; retry");
   if (!healthy_) return absl::UnavailableError(absl::StrCat("worker group ", address_, " is down"));
   std::lock_guard<std::mutex> lock(mu_);
   if (load_ >= max_outstanding_) {
@@ -54,6 +77,74 @@ absl::Status WorkerGroup::Submit(std::shared_ptr<ActiveRequest> request) {
   return absl::OkStatus();
 }
 
+void WorkerGroup::SetReroute(Reroute reroute) {
+  std::lock_guard<std::mutex> lock(mu_);
+  reroute_ = std::move(reroute);
+}
+
+void WorkerGroup::Drain() {
+  draining_ = true;
+  cv_.notify_all();
+}
+
+void WorkerGroup::MoveOrFail(std::vector<std::shared_ptr<ActiveRequest>> requests) {
+  Reroute reroute;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    reroute = reroute_;
+  }
+  const absl::Status failed = absl::UnavailableError(absl::StrCat("worker group ", address_, " failed; retry"));
+  for (auto& r : requests) {
+    --load_;
+    // Not under mu_: the reroute submits to another group, which may be submitting to this one.
+    absl::Status s = failed;
+    if (reroute && r->ResetForRetry()) s = reroute(r);
+    if (!s.ok()) r->Fail(s);
+  }
+}
+
+void WorkerGroup::MoveOrFailAll() {
+  std::vector<std::shared_ptr<ActiveRequest>> moved;
+  for (auto& [id, r] : requests_) {
+    scheduler_->Remove(id);
+    moved.push_back(std::move(r));
+  }
+  requests_.clear();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    moved.insert(moved.end(), incoming_.begin(), incoming_.end());
+    incoming_.clear();
+  }
+  MoveOrFail(std::move(moved));
+}
+
+void WorkerGroup::FailUnscheduled(const absl::Status& status) {
+  std::vector<std::shared_ptr<ActiveRequest>> failed;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    failed.swap(incoming_);
+  }
+  for (auto it = requests_.begin(); it != requests_.end();) {
+    if (it->second->scheduled()) {
+      ++it;
+      continue;
+    }
+    scheduler_->Remove(it->first);
+    failed.push_back(std::move(it->second));
+    it = requests_.erase(it);
+  }
+  for (auto& r : failed) {
+    r->Fail(status);
+    --load_;
+  }
+}
+
+void WorkerGroup::FailOrphans() {
+  for (auto& [id, r] : requests_) r->Fail(absl::InternalError("the router lost track of the request; retry"));
+  load_ -= static_cast<int>(requests_.size());
+  requests_.clear();
+}
+
 void WorkerGroup::FailAll(const absl::Status& status) {
   for (auto& [id, r] : requests_) {
     scheduler_->Remove(id);
@@ -61,6 +152,10 @@ void WorkerGroup::FailAll(const absl::Status& status) {
   }
   load_ -= static_cast<int>(requests_.size());
   requests_.clear();
+  std::lock_guard<std::mutex> lock(mu_);
+  for (auto& r : incoming_) r->Fail(status);
+  load_ -= static_cast<int>(incoming_.size());
+  incoming_.clear();
 }
 
 void WorkerGroup::PublishState() {
@@ -71,10 +166,26 @@ void WorkerGroup::PublishState() {
   preemptions_seen_ = scheduler_->preemptions();
 }
 
+bool WorkerGroup::Serving(std::chrono::milliseconds timeout) {
+  // Rank 0 of a broken group may still be up for a moment: its health (NOT_SERVING) says the group failed.
+  grpc::ClientContext hctx;
+  hctx.set_deadline(std::chrono::system_clock::now() + timeout);
+  grpc::health::v1::HealthCheckRequest hreq;
+  hreq.set_service("gemma.worker.v1.Worker");
+  grpc::health::v1::HealthCheckResponse health;
+  if (!grpc::health::v1::Health::NewStub(channel_)->Check(&hctx, hreq, &health).ok() ||
+      health.status() != grpc::health::v1::HealthCheckResponse::SERVING) {
+    return false;
+  }
+  return true;
+}
+
 void WorkerGroup::ProbeRecovery() {
   const auto now = std::chrono::steady_clock::now();
-  if (now - last_probe_ < std::chrono::seconds(1)) return;
-  last_probe_ = now;
+  if (now < next_probe_) return;
+  probe_delay_ = std::min(probe_delay_ * 2, kMaxProbeDelay);
+  next_probe_ = now + probe_delay_;
+  if (!Serving(std::chrono::seconds(1))) return;
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(1));
   worker::v1::ModelInfo info;
@@ -83,29 +194,36 @@ void WorkerGroup::ProbeRecovery() {
   // A new incarnation: empty KV pool, possibly of another size.
   scheduler_ = std::make_unique<Scheduler>(limits_, info.num_kv_blocks(), info.kv_block_size());
   preemptions_seen_ = 0;
+  probe_delay_ = kFirstProbe;
+  next_health_ = now + kIdleHealthEvery;
   healthy_ = true;
+}
+
+void WorkerGroup::CheckIdleHealth() {
+  const auto now = std::chrono::steady_clock::now();
+  if (now < next_health_) return;
+  next_health_ = now + kIdleHealthEvery;
+  if (Serving(std::chrono::seconds(1))) return;
+  healthy_ = false;
+  next_probe_ = now + kFirstProbe;
 }
 
 void WorkerGroup::Loop() {
   while (!stop_) {
+    if (draining_) FailUnscheduled(absl::UnavailableError("the router is shutting down; retry"));
     if (!healthy_) {
-      {
-        std::lock_guard<std::mutex> lock(mu_);
-        for (auto& r : incoming_) {
-          r->Fail(absl::UnavailableError(absl::StrCat("worker group ", address_, " is down; retry")));
-          --load_;
-        }
-        incoming_.clear();
-      }
+      MoveOrFailAll();  // requests submitted while it was being marked down
       ProbeRecovery();
       PublishState();
       std::unique_lock<std::mutex> lock(mu_);
-      cv_.wait_for(lock, std::chrono::milliseconds(100));
+      cv_.wait_until(lock, next_probe_, [&] { return stop_ || !incoming_.empty(); });
       continue;
     }
     {
       std::unique_lock<std::mutex> lock(mu_);
-      if (incoming_.empty() && requests_.empty()) cv_.wait_for(lock, std::chrono::milliseconds(100));
+      if (incoming_.empty() && requests_.empty()) {
+        cv_.wait_until(lock, next_health_, [&] { return stop_ || !incoming_.empty(); });
+      }
       for (auto& r : incoming_) {
         auto seq = std::make_unique<ScheduledSequence>();
         seq->id = r->id();
@@ -132,13 +250,18 @@ void WorkerGroup::Loop() {
         ++it;
       }
     }
-    if (!requests_.empty() && !RunOneStep()) {
+    if (requests_.empty()) {
+      CheckIdleHealth();
+    } else if (!RunOneStep()) {
       healthy_ = false;
-      FailAll(absl::UnavailableError(absl::StrCat("worker group ", address_, " failed; retry")));
+      next_probe_ = std::chrono::steady_clock::now() + kFirstProbe;
+      MoveOrFailAll();
+    } else if (scheduler_->queued() + scheduler_->running() == 0) {
+      FailOrphans();
     }
     PublishState();
   }
-  FailAll(absl::UnavailableError("the router is shutting down"));
+  FailAll(absl::UnavailableError("the router is shutting down; retry"));
 }
 
 bool WorkerGroup::RunOneStep() {
@@ -178,8 +301,17 @@ bool WorkerGroup::RunOneStep() {
   }
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(120));
+  {
+    std::lock_guard<std::mutex> lock(step_mu_);
+    if (stop_) return false;
+    step_ = &ctx;
+  }
   worker::v1::StepResponse resp;
   const grpc::Status status = stub_->Step(&ctx, req, &resp);
+  {
+    std::lock_guard<std::mutex> lock(step_mu_);
+    step_ = nullptr;
+  }
   if (!status.ok()) return false;
   for (size_t i = 0; i < plan.size(); ++i) {
     const PlannedSequence& p = plan[i];
