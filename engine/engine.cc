@@ -40,6 +40,7 @@ StepRow Engine::RowFor(const PlannedSequence& p) const {
       const int next = p.start + i + 1;
       row.score_targets[i] = next < s.prompt_len && next > s.scored ? s.tokens[next] : -1;
     }
+    row.top_logprobs = s.spec.top_logprobs;
     return row;
   }
   row.sample = p.sample;
@@ -88,6 +89,10 @@ absl::Status Engine::Step(const UpdateFn& on_update, const std::function<void(ui
                                                    " scores came back for ", p.count, " positions"));
       } else if (to > from) {
         u.scores = std::span<const float>(r.score_logprobs).subspan(from - p.start - 1, to - from);
+        if (r.score_top_logprobs.size() == r.score_logprobs.size()) {
+          u.score_top_logprobs =
+              std::span<const std::vector<TokenLogprob>>(r.score_top_logprobs).subspan(from - p.start - 1, to - from);
+        }
         u.score_from = from;
         s.scored = to - 1;
       }

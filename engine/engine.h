@@ -29,6 +29,8 @@ struct SequenceUpdate {
   // Scoring: the log-probs of prompt tokens [score_from, score_from + scores.size()), each given the tokens
   // before it. Positions already delivered before a preemption are not delivered again.
   std::span<const float> scores;
+  // With the spec's top_logprobs > 0: the most likely tokens at each of those positions (else empty).
+  std::span<const std::vector<TokenLogprob>> score_top_logprobs;
   int32_t score_from = 0;
   FinishReason finish = FinishReason::kNone;
   absl::Status error;  // with kFailed

@@ -24,7 +24,7 @@ struct SequenceSpec {
   std::vector<int32_t> prompt;
   int32_t max_new_tokens = 0;
   SamplingParams sampling;
-  int32_t top_logprobs = 0;
+  int32_t top_logprobs = 0;       // alternatives with each sampled token, or at each scored position
   bool score = false;              // log-probs of the prompt's tokens instead of generating
   std::vector<int32_t> stop_ids;   // generation ends after one of these
   uint64_t cache_salt = 0;         // sequences with other salts never share cached KV (another adapter, say)

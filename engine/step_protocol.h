@@ -32,7 +32,7 @@ struct StepRow {
   std::span<const int32_t> block_table;  // KV blocks covering positions [0, start_pos + tokens.size())
   bool sample = false;                   // draw the token after the last of `tokens`
   SamplingParams sampling;
-  int32_t top_logprobs = 0;  // alternatives returned with a sampled token (0..20)
+  int32_t top_logprobs = 0;  // alternatives returned with a sampled token, and at each scored row (0..20)
   // Scoring: score_targets[i] follows tokens[i] and its log-prob is returned; -1: no target. Empty: no scoring.
   std::vector<int32_t> score_targets;
   // The sequence's tokens so far, prompt first; sent only when penalties are set.
@@ -53,6 +53,8 @@ struct RowResult {
   float logprob = 0;  // of `token` under the model, before any sampling transform
   std::vector<TokenLogprob> top_logprobs;  // most likely first
   std::vector<float> score_logprobs;       // one per score target (0 where the target was -1)
+  // Scoring with top_logprobs > 0: the most likely tokens at each scored row, most likely first.
+  std::vector<std::vector<TokenLogprob>> score_top_logprobs;
 };
 
 }  // namespace gemma

@@ -1,14 +1,21 @@
 #include "router/active_request.h"
 
 #include <algorithm>
+#include <iterator>
 
 namespace gemma {
+namespace {
+
+bool Contains(const std::vector<int32_t>& ids, int32_t id) { return std::find(ids.begin(), ids.end(), id) != ids.end(); }
+
+}  // namespace
 
 ActiveRequest::ActiveRequest(uint64_t id, Options options, const Tokenizer* tokenizer, RouterMetrics* metrics)
     : id_(id),
       options_(std::move(options)),
       tokenizer_(tokenizer),
       metrics_(metrics),
+      producer_decodes_(!options_.stop_sequences.empty()),
       text_(tokenizer, options_.stop_sequences) {
   for (int32_t t : options_.prompt) score_.add_token_ids(t);
 }
@@ -24,48 +31,39 @@ void ActiveRequest::MarkScheduled() {
   if (metrics_) metrics_->Queued(SecondsSince(arrival_));
 }
 
+bool ActiveRequest::scheduled() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return scheduled_;
+}
+
 void ActiveRequest::RecordEnd(const absl::Status& status) {
-  if (metrics_) {
-    metrics_->Finished(status, SecondsSince(arrival_), static_cast<int>(options_.prompt.size()), response_.tokens_size());
-  }
+  if (metrics_) metrics_->Finished(status, SecondsSince(arrival_), static_cast<int>(options_.prompt.size()), generated_);
 }
 
 bool ActiveRequest::OnToken(int32_t token, float logprob, const std::vector<std::pair<int32_t, float>>& top) {
   std::lock_guard<std::mutex> lock(mu_);
   if (finished_) return true;
   if (metrics_) {
-    if (response_.tokens_size() == 0) {
+    if (generated_ == 0) {
       metrics_->FirstToken(SecondsSince(arrival_));
     } else {
       metrics_->InterToken(SecondsSince(last_token_));
     }
   }
   last_token_ = std::chrono::steady_clock::now();
-  const bool stop_id = std::find(options_.stop_ids.begin(), options_.stop_ids.end(), token) != options_.stop_ids.end();
-  v1::GenerateStreamResponse event;
-  auto* t = event.mutable_token()->mutable_token();
-  t->set_id(token);
-  if (options_.parameters.logprobs()) t->set_logprob(logprob);
-  for (const auto& [id, lp] : top) {
-    auto* alt = t->add_top_logprobs();
-    alt->set_id(id);
-    alt->set_logprob(lp);
-    if (auto piece = tokenizer_->Decode(std::vector<int32_t>{id}); piece.ok()) alt->set_text(*piece);
+  const bool eos = Contains(options_.eos_ids, token);
+  const bool stop_id = Contains(options_.stop_ids, token);
+  Generated g{token, logprob, top, !eos && !stop_id && token < tokenizer_->vocab_size(), producer_decodes_, ""};
+  if (producer_decodes_ && g.has_text) {
+    if (auto d = text_.Add(token); d.ok()) g.delta = std::move(*d);
   }
-  *response_.add_tokens() = *t;
-  std::string delta;
-  if (!stop_id && token < tokenizer_->vocab_size()) {
-    auto d = text_.Add(token);
-    if (d.ok()) delta = *d;
-  }
-  event.mutable_token()->set_text_delta(delta);
-  events_.push_back(std::move(event));
-  const int generated = response_.tokens_size();
-  if (stop_id) {
-    FinishLocked(token == options_.stop_ids[0] ? v1::FINISH_REASON_EOS : v1::FINISH_REASON_STOP_SEQUENCE);
-  } else if (text_.stopped()) {
+  pending_.push_back(std::move(g));
+  ++generated_;
+  if (eos) {
+    FinishLocked(v1::FINISH_REASON_EOS);
+  } else if (stop_id || (producer_decodes_ && text_.stopped())) {
     FinishLocked(v1::FINISH_REASON_STOP_SEQUENCE);
-  } else if (generated >= options_.max_new_tokens) {
+  } else if (generated_ >= options_.max_new_tokens) {
     FinishLocked(v1::FINISH_REASON_LENGTH);
   }
   cv_.notify_all();
@@ -73,30 +71,18 @@ bool ActiveRequest::OnToken(int32_t token, float logprob, const std::vector<std:
 }
 
 void ActiveRequest::FinishLocked(v1::FinishReason reason) {
-  const std::string tail = text_.Finish();
-  if (!tail.empty()) {  // held-back text, released at the end: an event with text and no token
-    v1::GenerateStreamResponse event;
-    event.mutable_token()->set_text_delta(tail);
-    events_.push_back(std::move(event));
-  }
-  response_.set_text(text_.text());
-  response_.set_finish_reason(reason);
-  response_.mutable_usage()->set_prompt_tokens(static_cast<int32_t>(options_.prompt.size()));
-  response_.mutable_usage()->set_generated_tokens(response_.tokens_size());
-  response_.set_seed(options_.seed);
-  v1::GenerateStreamResponse final_event;
-  auto* f = final_event.mutable_final();
-  f->set_finish_reason(reason);
-  *f->mutable_usage() = response_.usage();
-  f->set_seed(options_.seed);
-  events_.push_back(std::move(final_event));
+  // Held-back text (a possible stop-sequence start, an incomplete character) goes out with the last token, so
+  // the stream keeps one TokenEvent per token.
+  if (producer_decodes_) pending_.back().delta += text_.Finish();
+  finish_reason_ = reason;
   finished_ = true;
   RecordEnd(absl::OkStatus());
 }
 
-void ActiveRequest::OnScores(const std::vector<float>& logprobs) {
+void ActiveRequest::OnScores(const std::vector<float>& logprobs, std::vector<std::vector<std::pair<int32_t, float>>> top) {
   std::lock_guard<std::mutex> lock(mu_);
   for (float lp : logprobs) score_.add_logprobs(lp);
+  std::move(top.begin(), top.end(), std::back_inserter(score_top_));
 }
 
 void ActiveRequest::FinishScoring() {
@@ -115,9 +101,79 @@ void ActiveRequest::Fail(const absl::Status& status) {
   cv_.notify_all();
 }
 
-std::optional<v1::GenerateStreamResponse> ActiveRequest::Next() {
-  std::unique_lock<std::mutex> lock(mu_);
-  cv_.wait(lock, [&] { return !events_.empty() || (finished_ && events_.empty()); });
+bool ActiveRequest::ResetForRetry() {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (finished_ || generated_ > 0) return false;
+  score_.clear_logprobs();
+  score_top_.clear();
+  return true;
+}
+
+void ActiveRequest::Drain() {
+  std::vector<Generated> batch;
+  std::optional<v1::FinishReason> reason;
+  bool finished;
+  int32_t generated;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    batch.swap(pending_);
+    reason = finish_reason_;
+    finished = finished_;
+    generated = generated_;
+  }
+  for (size_t i = 0; i < batch.size(); ++i) {
+    Generated& g = batch[i];
+    v1::GenerateStreamResponse event;
+    v1::GeneratedToken* t = event.mutable_token()->mutable_token();
+    t->set_id(g.id);
+    if (options_.parameters.logprobs()) t->set_logprob(g.logprob);
+    for (const auto& [id, lp] : g.top) {
+      auto* alt = t->add_top_logprobs();
+      alt->set_id(id);
+      alt->set_logprob(lp);
+      if (auto piece = tokenizer_->Decode(std::vector<int32_t>{id}); piece.ok()) alt->set_text(*piece);
+    }
+    std::string delta = std::move(g.delta);
+    if (!g.decoded && g.has_text) {
+      if (auto d = text_.Add(g.id); d.ok()) delta = std::move(*d);
+    }
+    if (!producer_decodes_ && reason.has_value() && i + 1 == batch.size()) delta += text_.Finish();
+    *response_.add_tokens() = *t;
+    response_.mutable_text()->append(delta);
+    event.mutable_token()->set_text_delta(std::move(delta));
+    events_.push_back(std::move(event));
+  }
+  if (!finished) return;
+  drained_all_ = true;
+  if (!reason.has_value()) return;  // failed: the handler reports the status
+  response_.set_finish_reason(*reason);
+  response_.mutable_usage()->set_prompt_tokens(static_cast<int32_t>(options_.prompt.size()));
+  response_.mutable_usage()->set_generated_tokens(generated);
+  response_.set_seed(options_.seed);
+  v1::GenerateStreamResponse final_event;
+  auto* f = final_event.mutable_final();
+  f->set_finish_reason(*reason);
+  *f->mutable_usage() = response_.usage();
+  f->set_seed(options_.seed);
+  events_.push_back(std::move(final_event));
+}
+
+std::optional<v1::GenerateStreamResponse> ActiveRequest::Next(const std::function<bool()>& abandon) {
+  std::lock_guard<std::mutex> read(read_mu_);
+  while (events_.empty() && !drained_all_) {
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      const auto ready = [&] { return !pending_.empty() || finished_; };
+      if (abandon == nullptr) {
+        cv_.wait(lock, ready);
+      } else if (!cv_.wait_for(lock, std::chrono::milliseconds(50), ready)) {
+        lock.unlock();
+        if (abandon()) return std::nullopt;
+        continue;
+      }
+    }
+    Drain();
+  }
   if (events_.empty()) return std::nullopt;
   v1::GenerateStreamResponse e = std::move(events_.front());
   events_.pop_front();
@@ -136,13 +192,29 @@ bool ActiveRequest::WaitFor(std::chrono::milliseconds timeout) {
 }
 
 v1::GenerateResponse ActiveRequest::Response() {
-  std::lock_guard<std::mutex> lock(mu_);
+  std::lock_guard<std::mutex> read(read_mu_);
+  if (!drained_all_) Drain();
   return response_;
 }
 
 v1::ScoreResponse ActiveRequest::ScoreResult() {
-  std::lock_guard<std::mutex> lock(mu_);
-  return score_;
+  v1::ScoreResponse out;
+  std::vector<std::vector<std::pair<int32_t, float>>> top;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    out = score_;
+    top = score_top_;
+  }
+  for (const auto& position : top) {
+    auto* alts = out.add_top_logprobs();
+    for (const auto& [id, lp] : position) {
+      auto* alt = alts->add_alternatives();
+      alt->set_id(id);
+      alt->set_logprob(lp);
+      if (auto piece = tokenizer_->Decode(std::vector<int32_t>{id}); piece.ok()) alt->set_text(*piece);
+    }
+  }
+  return out;
 }
 
 }  // namespace gemma

@@ -5,9 +5,11 @@
 #include <chrono>
 #include <condition_variable>
 #include <deque>
+#include <functional>
 #include <mutex>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -18,13 +20,17 @@
 
 namespace gemma {
 
-// Thread-safe: a group runner produces events, a gRPC handler consumes them.
+// Thread-safe: a group runner produces tokens, a gRPC handler consumes events. The producer's side is kept
+// cheap, since it runs on the group's step thread: it records ids and decides when the request ends, while
+// detokenization runs on the consumer's side (Next, Response). Only stop sequences need text to decide the
+// end, so a request with stop sequences is detokenized by the producer (incrementally, O(1) per token).
 class ActiveRequest {
  public:
   struct Options {
     std::vector<int32_t> prompt;
     int32_t max_new_tokens = 0;
-    std::vector<int32_t> stop_ids;  // <eos>, <end_of_turn> for chat, and the request's own
+    std::vector<int32_t> eos_ids;   // the model's own end: <eos>, and <end_of_turn> for chat input
+    std::vector<int32_t> stop_ids;  // the request's stop_token_ids
     std::vector<std::string> stop_sequences;
     v1::GenerationParameters parameters;
     uint64_t seed = 0;
@@ -35,18 +41,25 @@ class ActiveRequest {
   ActiveRequest(uint64_t id, Options options, const Tokenizer* tokenizer, RouterMetrics* metrics = nullptr);
   // The group has planned this request's first step (records its queue time once).
   void MarkScheduled();
+  // Whether a step was ever planned for it (a request not yet started may be answered UNAVAILABLE on shutdown).
+  bool scheduled() const;
 
   uint64_t id() const { return id_; }
   const Options& options() const { return options_; }
 
   // Producer side (the group runner). Returns true when the request is now finished.
   bool OnToken(int32_t token, float logprob, const std::vector<std::pair<int32_t, float>>& top);
-  void OnScores(const std::vector<float>& logprobs);
+  // Log-probs of the next scored positions, and their top alternatives (one list per position, or none).
+  void OnScores(const std::vector<float>& logprobs, std::vector<std::vector<std::pair<int32_t, float>>> top = {});
   void FinishScoring();
   void Fail(const absl::Status& status);
+  // Before anything reached the client (no token, not finished): forgets partial scores so the request can
+  // start again on another group, and returns true. False once it has started.
+  bool ResetForRetry();
 
-  // Consumer side: waits for the next event; nullopt once the final event was taken.
-  std::optional<v1::GenerateStreamResponse> Next();
+  // Consumer side: waits for the next event; nullopt once the final event was taken, or when `abandon` (checked
+  // every 50 ms while waiting) says the caller stopped waiting.
+  std::optional<v1::GenerateStreamResponse> Next(const std::function<bool()>& abandon = nullptr);
   // Waits until finished; the status it ended with.
   absl::Status Wait();
   // Waits up to `timeout`; whether the request has finished.
@@ -57,26 +70,51 @@ class ActiveRequest {
   bool cancelled() const { return cancelled_; }
 
  private:
+  // A generated token as the producer saw it.
+  struct Generated {
+    int32_t id;
+    float logprob;
+    std::vector<std::pair<int32_t, float>> top;
+    bool has_text;       // false for stop ids and ids past the tokenizer's vocabulary
+    bool decoded;        // `delta` is set (requests with stop sequences are decoded by the producer)
+    std::string delta;
+  };
+
   void FinishLocked(v1::FinishReason reason) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void RecordEnd(const absl::Status& status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Turns the tokens produced so far into events and response fields.
+  void Drain() ABSL_EXCLUSIVE_LOCKS_REQUIRED(read_mu_);
   double SecondsSince(std::chrono::steady_clock::time_point t) const;
 
   const uint64_t id_;
   const Options options_;
   const Tokenizer* tokenizer_;
   RouterMetrics* metrics_;
+  const bool producer_decodes_;  // the request has stop sequences
   const std::chrono::steady_clock::time_point arrival_ = std::chrono::steady_clock::now();
+  std::atomic<bool> cancelled_{false};
+
+  // Producer state.
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
   std::chrono::steady_clock::time_point last_token_ ABSL_GUARDED_BY(mu_);
   bool scheduled_ ABSL_GUARDED_BY(mu_) = false;
-  std::atomic<bool> cancelled_{false};
-  std::mutex mu_;
-  std::condition_variable cv_;
-  TextStream text_ ABSL_GUARDED_BY(mu_);
-  std::deque<v1::GenerateStreamResponse> events_ ABSL_GUARDED_BY(mu_);
-  v1::GenerateResponse response_ ABSL_GUARDED_BY(mu_);
+  std::vector<Generated> pending_ ABSL_GUARDED_BY(mu_);  // not yet drained by the consumer
+  int32_t generated_ ABSL_GUARDED_BY(mu_) = 0;
+  std::optional<v1::FinishReason> finish_reason_ ABSL_GUARDED_BY(mu_);
   v1::ScoreResponse score_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::vector<std::pair<int32_t, float>>> score_top_ ABSL_GUARDED_BY(mu_);
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
   absl::Status status_ ABSL_GUARDED_BY(mu_);
+
+  // The detokenizer: guarded by mu_ when producer_decodes_, else by read_mu_ (consumer-owned).
+  TextStream text_;
+
+  // Consumer state. Lock order: read_mu_, then mu_.
+  std::mutex read_mu_;
+  std::deque<v1::GenerateStreamResponse> events_ ABSL_GUARDED_BY(read_mu_);
+  v1::GenerateResponse response_ ABSL_GUARDED_BY(read_mu_);
+  bool drained_all_ ABSL_GUARDED_BY(read_mu_) = false;  // the final event (or failure) was drained
 };
 
 }  // namespace gemma

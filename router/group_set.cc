@@ -7,7 +7,11 @@
 
 namespace gemma {
 
+GroupSet::~GroupSet() { Stop(); }
+
 absl::Status GroupSet::Add(std::unique_ptr<WorkerGroup> group) {
+  // Safe for the set's whole life: Stop() destroys the groups (so their threads) before the set goes.
+  group->SetReroute([this](std::shared_ptr<ActiveRequest> request) { return Submit(std::move(request)); });
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (model_ != nullptr) {
@@ -49,6 +53,7 @@ std::shared_ptr<const ServedModel> GroupSet::model() const {
 
 absl::Status GroupSet::Submit(std::shared_ptr<ActiveRequest> request) {
   std::lock_guard<std::mutex> lock(mu_);
+  if (stopping_) return absl::UnavailableError("the router is shutting down; retry");
   std::vector<WorkerGroup*> open;
   int least = INT_MAX;
   for (auto& g : groups_) {
@@ -123,6 +128,31 @@ void GroupSet::Retain(const std::set<std::string>& addresses) {
     }
   }
   // Destroyed outside the lock: a group's destructor joins its thread.
+}
+
+void GroupSet::Drain() {
+  std::lock_guard<std::mutex> lock(mu_);
+  stopping_ = true;
+  for (auto& g : groups_) g->Drain();
+}
+
+bool GroupSet::idle() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  for (const auto& g : groups_) {
+    if (g->load() > 0) return false;
+  }
+  return true;
+}
+
+void GroupSet::Stop() {
+  std::vector<std::unique_ptr<WorkerGroup>> stopped;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stopping_ = true;
+    stopped.swap(groups_);
+  }
+  // Destroyed outside the lock: a group's thread may be handing a request back through Submit.
+  stopped.clear();
 }
 
 }  // namespace gemma

@@ -23,8 +23,12 @@ struct ServedModel {
 // Thread-safe.
 class GroupSet {
  public:
+  GroupSet() = default;
+  // Stops every group (see Stop).
+  ~GroupSet();
   // Adds a connected group. The first one fixes the model; a later one serving another model is refused
-  // (InvalidArgument), as is a second group at the same address (AlreadyExists).
+  // (InvalidArgument), as is a second group at the same address (AlreadyExists). Requests a group could not
+  // start because it failed are handed to the other groups.
   absl::Status Add(std::unique_ptr<WorkerGroup> group);
   // Null until the first group has joined.
   std::shared_ptr<const ServedModel> model() const;
@@ -35,12 +39,19 @@ class GroupSet {
   // Groups whose address is not in `addresses` take no new requests, and leave once their requests are done.
   void Retain(const std::set<std::string>& addresses);
   std::vector<std::string> addresses() const;
+  // For shutdown: no new requests (Unavailable), queued ones answered Unavailable, running ones go on.
+  void Drain();
+  // Whether a request is still queued or running in some group.
+  bool idle() const;
+  // Stops and removes every group: what is still queued or running is answered Unavailable.
+  void Stop();
 
  private:
   mutable std::mutex mu_;
   std::shared_ptr<const ServedModel> model_ ABSL_GUARDED_BY(mu_);
   std::vector<std::unique_ptr<WorkerGroup>> groups_ ABSL_GUARDED_BY(mu_);
   std::set<std::string> retired_ ABSL_GUARDED_BY(mu_);
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
 };
 
 }  // namespace gemma

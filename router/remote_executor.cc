@@ -16,6 +16,7 @@ absl::StatusOr<std::vector<RowResult>> RemoteExecutor::Execute(std::span<const S
     s->mutable_block_table()->Add(r.block_table.begin(), r.block_table.end());
     s->mutable_score_targets()->Add(r.score_targets.begin(), r.score_targets.end());
     s->set_sample(r.sample);
+    s->set_top_logprobs(r.top_logprobs);
     if (!r.sample) continue;
     auto* sp = s->mutable_sampling();
     sp->set_temperature(r.sampling.temperature);
@@ -25,14 +26,22 @@ absl::StatusOr<std::vector<RowResult>> RemoteExecutor::Execute(std::span<const S
     sp->set_repetition_penalty(r.sampling.repetition_penalty);
     sp->set_presence_penalty(r.sampling.presence_penalty);
     sp->set_frequency_penalty(r.sampling.frequency_penalty);
-    s->set_top_logprobs(r.top_logprobs);
     s->mutable_penalty_history()->Add(r.penalty_history.begin(), r.penalty_history.end());
     s->set_penalty_prompt_len(r.penalty_prompt_len);
   }
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + step_timeout_);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (cancelled_) return absl::UnavailableError("the router is shutting down");
+    in_flight_ = &ctx;
+  }
   worker::v1::StepResponse resp;
   const grpc::Status status = stub_->Step(&ctx, req, &resp);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    in_flight_ = nullptr;
+  }
   if (status.error_code() == grpc::StatusCode::INVALID_ARGUMENT) {
     return absl::InvalidArgumentError(status.error_message());
   }
@@ -49,8 +58,18 @@ absl::StatusOr<std::vector<RowResult>> RemoteExecutor::Execute(std::span<const S
     o.logprob = r.logprob();
     for (const auto& t : r.top_logprobs()) o.top_logprobs.push_back({t.token(), t.logprob()});
     o.score_logprobs.assign(r.score_logprobs().begin(), r.score_logprobs().end());
+    for (const auto& position : r.score_top_logprobs()) {
+      auto& top = o.score_top_logprobs.emplace_back();
+      for (const auto& t : position.alternatives()) top.push_back({t.token(), t.logprob()});
+    }
   }
   return out;
+}
+
+void RemoteExecutor::Cancel() {
+  std::lock_guard<std::mutex> lock(mu_);
+  cancelled_ = true;
+  if (in_flight_ != nullptr) in_flight_->TryCancel();
 }
 
 }  // namespace gemma

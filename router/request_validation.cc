@@ -1,5 +1,6 @@
 #include "router/request_validation.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "absl/status/statusor.h"
@@ -114,6 +115,14 @@ absl::Status ValidateScoreRequest(const v1::ScoreRequest& request, const RouterL
   if (request.top_logprobs() < 0 || request.top_logprobs() > router.max_top_logprobs) {
     return Invalid(absl::StrCat("top_logprobs ", request.top_logprobs(), " is out of range; allowed: 0..",
                                 router.max_top_logprobs));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateScoreLength(int32_t tokens, const RouterLimits& router, const ModelLimits& model) {
+  const int32_t limit = std::min(router.max_total_tokens, model.context);
+  if (tokens < 2 || tokens > limit) {
+    return Invalid(absl::StrCat("the input is ", tokens, " tokens (<bos> included); allowed: 2..", limit));
   }
   return absl::OkStatus();
 }

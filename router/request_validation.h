@@ -40,4 +40,8 @@ absl::StatusOr<int32_t> ResolveMaxNewTokens(int32_t prompt_tokens, int32_t reque
 
 absl::Status ValidateScoreRequest(const v1::ScoreRequest& request, const RouterLimits& router, const ModelLimits& model);
 
+// After tokenization: a scored input has at least two tokens and fits the context and the router's total (a
+// scored token costs what a prompt token of Generate does).
+absl::Status ValidateScoreLength(int32_t tokens, const RouterLimits& router, const ModelLimits& model);
+
 }  // namespace gemma

@@ -81,6 +81,17 @@ TEST(RequestValidationTest, ResolvesMaxNewTokensAgainstTheContext) {
   EXPECT_FALSE(ResolveMaxNewTokens(0, 1, kRouter, kModel).ok());
 }
 
+TEST(RequestValidationTest, ScoredInputsFitTheRoutersTotalAndTheContext) {
+  RouterLimits small = kRouter;
+  small.max_total_tokens = 16;
+  EXPECT_TRUE(ValidateScoreLength(16, small, kModel).ok());
+  auto over = ValidateScoreLength(17, small, kModel);
+  EXPECT_NE(over.message().find("allowed: 2..16"), std::string::npos) << over;
+  EXPECT_FALSE(ValidateScoreLength(1, kRouter, kModel).ok());
+  EXPECT_TRUE(ValidateScoreLength(512, kRouter, kModel).ok());
+  EXPECT_FALSE(ValidateScoreLength(513, kRouter, kModel).ok());
+}
+
 TEST(RequestValidationTest, Utf8) {
   EXPECT_TRUE(IsValidUtf8("plain, \xC3\xA9, \xE2\x82\xAC, \xF0\x9F\x98\x80"));
   EXPECT_FALSE(IsValidUtf8("\xC0\xAF"));          // overlong

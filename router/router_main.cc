@@ -42,6 +42,8 @@ ABSL_FLAG(std::string, prefix_cache, "on",
           "on: a request reuses the KV blocks of the longest prompt prefix a group has cached (off: never)");
 ABSL_FLAG(int, metrics_port, 0, "port of the Prometheus /metrics endpoint; 0: none");
 ABSL_FLAG(int64_t, connect_timeout_ms, 60000, "how long to wait for each worker group at start");
+ABSL_FLAG(int64_t, drain_timeout_ms, 10000,
+          "on SIGTERM: how long running requests may still take; queued ones are answered UNAVAILABLE at once");
 
 namespace {
 std::atomic<bool> g_stop{false};
@@ -65,6 +67,7 @@ int main(int argc, char** argv) {
     return Fail("give exactly one of --workers HOST:PORT,... (each group's rank 0) or --workers_dns HOST:PORT", 2);
   }
   if (absl::GetFlag(FLAGS_dns_refresh_ms) < 100) return Fail("--dns_refresh_ms must be >= 100", 2);
+  if (absl::GetFlag(FLAGS_drain_timeout_ms) < 0) return Fail("--drain_timeout_ms must be >= 0", 2);
   const int max_message = absl::GetFlag(FLAGS_max_message_bytes);
   const int max_streams = absl::GetFlag(FLAGS_max_streams_per_connection);
   if (max_message < 1024 || max_message > (256 << 20)) return Fail("--max_message_bytes must be in 1024..268435456", 2);
@@ -162,7 +165,19 @@ int main(int argc, char** argv) {
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(200));
   }
-  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  // Stopping: readiness goes first, so no new traffic is sent here; new calls and queued requests are answered
+  // UNAVAILABLE (retryable elsewhere), running ones get the drain time, and what is left then is answered
+  // UNAVAILABLE too. Only then does the server stop: every handler has its answer, none waits for a group.
+  server->GetHealthCheckService()->SetServingStatus(false);
+  if (health_server) health_server->GetHealthCheckService()->SetServingStatus(false);
+  discovery.reset();  // adds no group while the others stop
+  groups.Drain();
+  const auto drain_end = std::chrono::steady_clock::now() + std::chrono::milliseconds(absl::GetFlag(FLAGS_drain_timeout_ms));
+  while (!groups.idle() && std::chrono::steady_clock::now() < drain_end) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  groups.Stop();
+  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
   if (health_server) health_server->Shutdown();
   return 0;
 }

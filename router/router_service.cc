@@ -69,12 +69,11 @@ absl::StatusOr<std::shared_ptr<ActiveRequest>> RouterService::Admit(const Served
   ActiveRequest::Options o;
   o.prompt = std::move(*prompt);
   o.max_new_tokens = *max_new;
-  o.stop_ids.push_back(model.info.eos_id());
+  o.eos_ids.push_back(model.info.eos_id());
   if (request.input().has_chat() && model.tokenizer->end_of_turn_id() >= 0) {
-    o.stop_ids.push_back(model.tokenizer->end_of_turn_id());
+    o.eos_ids.push_back(model.tokenizer->end_of_turn_id());
   }
-  o.stop_ids.insert(o.stop_ids.end(), request.parameters().stop_token_ids().begin(),
-                    request.parameters().stop_token_ids().end());
+  o.stop_ids.assign(request.parameters().stop_token_ids().begin(), request.parameters().stop_token_ids().end());
   o.stop_sequences.assign(request.parameters().stop_sequences().begin(), request.parameters().stop_sequences().end());
   o.parameters = request.parameters();
   o.seed = request.parameters().has_seed() ? request.parameters().seed() : std::random_device{}();
@@ -103,11 +102,18 @@ grpc::Status RouterService::GenerateStream(grpc::ServerContext* context, const v
                                            grpc::ServerWriter<v1::GenerateStreamResponse>* writer) {
   auto active = Start(*context, *request);
   if (!active.ok()) return ToGrpcStatus(active.status());
-  while (auto event = (*active)->Next()) {
+  // Checked while waiting too: a client that leaves a queued request is noticed before its first token.
+  const auto client_gone = [context] { return context->IsCancelled(); };
+  bool gone = false;
+  while (auto event = (*active)->Next(client_gone)) {
     if (context->IsCancelled() || !writer->Write(*event)) {
-      (*active)->Cancel();  // the client is gone: leave the next step, free the KV blocks
+      gone = true;
       break;
     }
+  }
+  if (gone || context->IsCancelled()) {
+    (*active)->Cancel();  // the client is gone: leave the next step, free the KV blocks
+    return grpc::Status(grpc::StatusCode::CANCELLED, "the client cancelled the request");
   }
   return ToGrpcStatus((*active)->Wait());
 }
@@ -124,13 +130,13 @@ grpc::Status RouterService::Score(grpc::ServerContext* context, const v1::ScoreR
   if (auto s = ValidateScoreRequest(*request, limits_, model_limits); !s.ok()) return reject(s);
   auto prompt = PromptIds(**model, request->input());
   if (!prompt.ok()) return reject(prompt.status());
-  if (prompt->size() < 2 || static_cast<int32_t>(prompt->size()) > model_limits.context) {
-    return reject(absl::InvalidArgumentError(
-        absl::StrCat("the input is ", prompt->size(), " tokens; allowed: 2..", model_limits.context)));
+  if (auto s = ValidateScoreLength(static_cast<int32_t>(prompt->size()), limits_, model_limits); !s.ok()) {
+    return reject(s);
   }
   ActiveRequest::Options o;
   o.prompt = std::move(*prompt);
   o.score = true;
+  o.score_top_logprobs = request->top_logprobs();
   auto active = std::make_shared<ActiveRequest>(next_id_++, std::move(o), (*model)->tokenizer.get(), metrics_);
   if (auto s = groups_->Submit(active); !s.ok()) return reject(s);
   if (auto s = Await(context, *active); !s.ok()) return ToGrpcStatus(s);

@@ -1,8 +1,15 @@
-// The router in front of a real worker, through a real gRPC client: reference tokens, streaming equal to unary,
-// 64 concurrent streams equal to solo runs, scoring, tokenization, and INVALID_ARGUMENT for bad requests.
+// The router in front of real workers, through a real gRPC client: reference tokens, streaming equal to unary,
+// 64 concurrent streams equal to solo runs, scoring, tokenization, INVALID_ARGUMENT for bad requests, failed
+// tensor-parallel groups, an idle router's CPU, and shutdown.
 #include <grpcpp/grpcpp.h>
 
+#include <signal.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <fstream>
 #include <future>
+#include <sstream>
 #include <thread>
 
 #include "gemma/v1/gemma.grpc.pb.h"
@@ -90,6 +97,76 @@ double Sample(const std::string& metrics, const std::string& metric) {
   if (at == std::string::npos) return -1;
   const size_t space = metrics.find(' ', at + 1 + metric.size());
   return std::stod(metrics.substr(space + 1));
+}
+
+// A tensor-parallel group of `world` gemma-worker ranks on loopback; `port` is rank 0's Worker API.
+struct TpGroup {
+  std::vector<std::unique_ptr<testing::Process>> ranks;
+  int port = 0;
+};
+
+TpGroup StartTpGroup(int world) {
+  TpGroup g;
+  g.port = testing::FreePort();
+  const std::string peer = std::to_string(testing::FreePort());
+  for (int r = 0; r < world; ++r) {
+    // Only rank 0 serves the Worker API (a follower given the same --port would serve health on it).
+    g.ranks.push_back(testing::Start(
+        WORKER_BINARY, {"--model=" + GemmaTinyDir() + "/tiny-mqa", "--rank=" + std::to_string(r),
+                        "--world_size=" + std::to_string(world), "--peer_port=" + peer, "--leader=127.0.0.1:" + peer,
+                        "--port=" + std::to_string(r == 0 ? g.port : testing::FreePort()), "--timeout_ms=2000",
+                        "--threads=1", "--kv_cache_mb=16"}));
+  }
+  return g;
+}
+
+// A router in front of `groups` (rank 0 addresses), with `flags` added; its public port is 0 if it did not start.
+struct RouterProcess {
+  std::unique_ptr<testing::Process> process;
+  int port = 0;
+  std::unique_ptr<v1::Gemma::Stub> stub;
+  int HealthyGroups() {
+    v1::ModelInfo info;
+    grpc::ClientContext ctx;
+    stub->GetModelInfo(&ctx, {}, &info);
+    return info.healthy_groups();
+  }
+};
+
+RouterProcess StartRouter(const std::vector<int>& groups, std::vector<std::string> flags = {}) {
+  static int n = 0;
+  const std::string port_file =
+      ::testing::TempDir() + "/router_" + std::to_string(::getpid()) + "_" + std::to_string(n++);
+  std::remove(port_file.c_str());
+  std::string workers;
+  for (int port : groups) workers += (workers.empty() ? "" : ",") + ("127.0.0.1:" + std::to_string(port));
+  flags.insert(flags.end(), {"--plaintext", "--workers=" + workers, "--port_file=" + port_file});
+  RouterProcess r;
+  r.process = testing::Start(ROUTER_BINARY, flags);
+  r.port = testing::WaitForPortFile(port_file, std::chrono::seconds(30));
+  r.stub = v1::Gemma::NewStub(
+      grpc::CreateChannel("127.0.0.1:" + std::to_string(r.port), grpc::InsecureChannelCredentials()));
+  return r;
+}
+
+// CPU seconds (user + system) a process has used so far.
+double CpuSeconds(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+  std::string stat((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  std::istringstream fields(stat.substr(stat.rfind(')') + 2));  // the name may hold spaces
+  std::string f;
+  double ticks = 0;
+  for (int i = 3; i <= 15 && fields >> f; ++i) {
+    if (i >= 14) ticks += std::stod(f);  // utime, stime
+  }
+  return ticks / static_cast<double>(::sysconf(_SC_CLK_TCK));
+}
+
+grpc::StatusCode GenerateCode(v1::Gemma::Stub& stub, const v1::GenerateRequest& req) {
+  v1::GenerateResponse resp;
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+  return stub.Generate(&ctx, req, &resp).error_code();
 }
 
 TEST_F(RouterTest, CancelledStreamsFreeTheirKvBlocksAndAreCounted) {
@@ -185,21 +262,24 @@ TEST_F(RouterTest, AKilledGroupFailsItsStreamsAnotherKeepsServingAndTheGroupRetu
     stub->GetModelInfo(&ctx, {}, &info);
     return info.healthy_groups();
   };
-  // Long streams spread over both groups; then group A dies mid-stream.
+  // Long streams spread over both groups; then group A dies mid-stream (once every stream has a token: a request
+  // that has not started would move to group B instead).
   std::vector<std::future<grpc::StatusCode>> streams;
+  std::atomic<int> started{0};
   for (int i = 0; i < 6; ++i) {
-    streams.push_back(std::async(std::launch::async, [&stub, i] {
+    streams.push_back(std::async(std::launch::async, [&stub, &started, i] {
       v1::GenerateRequest req = Ids({2, 100 + i, 200 + i}, 400);
       grpc::ClientContext ctx;
       ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
       auto reader = stub->GenerateStream(&ctx, req);
       v1::GenerateStreamResponse event;
+      if (reader->Read(&event)) ++started;
       while (reader->Read(&event)) {
       }
       return reader->Finish().error_code();
     }));
   }
-  std::this_thread::sleep_for(std::chrono::milliseconds(150));
+  for (int i = 0; i < 400 && started < 6; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(5));
   a->Kill();
   int ok = 0, unavailable = 0;
   for (auto& s : streams) {
@@ -223,6 +303,163 @@ TEST_F(RouterTest, AKilledGroupFailsItsStreamsAnotherKeepsServingAndTheGroupRetu
     groups = healthy_groups();
   }
   EXPECT_EQ(groups, 2);
+}
+
+
+TEST_F(RouterTest, AGroupWhoseFollowerDiedGetsNoNewRequests) {
+  TpGroup a = StartTpGroup(2), b = StartTpGroup(2);
+  RouterProcess router = StartRouter({a.port, b.port});
+  ASSERT_GT(router.port, 0) << router.process->Err();
+  ASSERT_EQ(router.HealthyGroups(), 2);
+  // The follower dies while the groups are idle: the requests that follow are first given to group A (the
+  // least loaded, listed first); its failed step moves them, not yet started, to group B.
+  a.ranks[1]->Kill();
+  for (int i = 0; i < 4; ++i) {
+    EXPECT_EQ(GenerateCode(*router.stub, Ids({2, 3791, 323 + i}, 8)), grpc::StatusCode::OK) << i;
+  }
+  // Rank 0 of A may still answer for a moment, but its group is broken: the router never takes it back.
+  for (int i = 0; i < 15; ++i) {
+    EXPECT_EQ(router.HealthyGroups(), 1) << "after " << i * 200 << " ms";
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_EQ(GenerateCode(*router.stub, Ids({2, 3791, 323}, 8)), grpc::StatusCode::OK) << i;
+  }
+}
+
+TEST_F(RouterTest, AnIdleRouterWithADeadGroupBurnsNoCpu) {
+  TpGroup a = StartTpGroup(2), b = StartTpGroup(2);
+  RouterProcess router = StartRouter({a.port, b.port});
+  ASSERT_GT(router.port, 0) << router.process->Err();
+  a.ranks[1]->Kill();
+  for (int i = 0; i < 3; ++i) GenerateCode(*router.stub, Ids({2, 3791, 323}, 8));
+  std::this_thread::sleep_for(std::chrono::seconds(2));
+  const double before = CpuSeconds(router.process->pid);
+  std::this_thread::sleep_for(std::chrono::seconds(5));
+  const double used = CpuSeconds(router.process->pid) - before;
+  EXPECT_LT(used / 5, 0.01) << used << " CPU seconds in 5 s of idleness";
+}
+
+TEST_F(RouterTest, StoppingAnswersQueuedRequestsUnavailableAndExits) {
+  const int metrics_port = testing::FreePort();
+  RouterProcess router =
+      StartRouter({worker_port_}, {"--max_batch_size=1", "--metrics_port=" + std::to_string(metrics_port)});
+  ASSERT_GT(router.port, 0) << router.process->Err();
+  // One stream runs at a time; the others wait in the queue (more work than a few seconds) when the router is
+  // told to stop.
+  constexpr int kStreams = 100;
+  struct Ending {
+    grpc::Status status;
+    std::chrono::steady_clock::time_point at;
+  };
+  std::vector<std::future<Ending>> streams;
+  for (int i = 0; i < kStreams; ++i) {
+    streams.push_back(std::async(std::launch::async, [&router, i] {
+      v1::GenerateRequest req = Ids({2, 100 + i, 200 + i}, 480);
+      grpc::ClientContext ctx;
+      ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+      auto reader = router.stub->GenerateStream(&ctx, req);
+      v1::GenerateStreamResponse event;
+      while (reader->Read(&event)) {
+      }
+      const grpc::Status status = reader->Finish();
+      return Ending{status, std::chrono::steady_clock::now()};
+    }));
+  }
+  const std::string depth = "gemma_router_queue_depth{group=\"127.0.0.1:" + std::to_string(worker_port_) + "\"}";
+  double queued = 0;
+  for (int i = 0; i < 400 && queued < 60; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    queued = Sample(testing::HttpGet(metrics_port, "/metrics"), depth);
+  }
+  ASSERT_GE(queued, 60);
+  ::kill(router.process->pid, SIGTERM);
+  const auto stop = std::chrono::steady_clock::now();
+  int answered_at_once = 0;
+  for (auto& s : streams) {
+    const Ending e = s.get();  // none hangs
+    const grpc::StatusCode code = e.status.error_code();
+    EXPECT_TRUE(code == grpc::StatusCode::OK || code == grpc::StatusCode::UNAVAILABLE) << code;
+    if (code != grpc::StatusCode::UNAVAILABLE) continue;
+    // The router's own answer, not a connection torn down under the call.
+    EXPECT_NE(e.status.error_message().find("shutting down"), std::string::npos) << e.status.error_message();
+    answered_at_once += e.at - stop < std::chrono::seconds(2);
+  }
+  EXPECT_GE(answered_at_once, 55) << "queued requests are answered UNAVAILABLE when the router stops";
+  EXPECT_EQ(router.process->WaitExit(std::chrono::seconds(15)), 0) << router.process->Err();
+  EXPECT_LT(std::chrono::steady_clock::now() - stop, std::chrono::seconds(15));
+}
+
+TEST_F(RouterTest, StreamSendsOneTokenEventPerTokenWhenTextWasHeldBack) {
+  v1::GenerateRequest req = Ids({2, 3791, 323}, 16);
+  v1::GenerateResponse unary;
+  grpc::ClientContext ctx;
+  ASSERT_TRUE(Client()->Generate(&ctx, req, &unary).ok());
+  ASSERT_FALSE(unary.text().empty());
+  // A stop sequence that starts with the text's last character: that character is held back to the end.
+  size_t last = unary.text().size() - 1;
+  while (last > 0 && (static_cast<unsigned char>(unary.text()[last]) & 0xc0) == 0x80) --last;
+  req.mutable_parameters()->add_stop_sequences(unary.text().substr(last) + "QQQ");
+  grpc::ClientContext sctx;
+  auto reader = Client()->GenerateStream(&sctx, req);
+  v1::GenerateStreamResponse event;
+  int token_events = 0, other_events = 0, finals = 0;
+  std::string text;
+  while (reader->Read(&event)) {
+    if (event.has_final()) {
+      ++finals;
+    } else if (event.token().has_token()) {
+      ++token_events;
+    } else {
+      ++other_events;
+    }
+    text += event.token().text_delta();
+  }
+  ASSERT_TRUE(reader->Finish().ok());
+  EXPECT_EQ(token_events, 16);
+  EXPECT_EQ(other_events, 0) << "an event without a token";
+  EXPECT_EQ(finals, 1);
+  EXPECT_EQ(text, unary.text());
+}
+
+TEST_F(RouterTest, ScoreReturnsTheTopAlternativesOfEachPosition) {
+  const auto scores = nlohmann::json::parse(testing::ReadFile(GemmaTinyDir() + "/reference/tiny-mqa/scores.json"));
+  const auto ids = scores["prompts"][0]["ids"].get<std::vector<int>>();
+  v1::ScoreRequest req;
+  for (int id : ids) req.mutable_input()->mutable_token_ids()->add_ids(id);
+  req.set_top_logprobs(3);
+  v1::ScoreResponse resp;
+  grpc::ClientContext ctx;
+  ASSERT_TRUE(Client()->Score(&ctx, req, &resp).ok());
+  ASSERT_EQ(resp.logprobs_size(), static_cast<int>(ids.size()) - 1);
+  ASSERT_EQ(resp.top_logprobs_size(), resp.logprobs_size());
+  for (int t = 0; t < resp.top_logprobs_size(); ++t) {
+    const auto& alts = resp.top_logprobs(t).alternatives();
+    ASSERT_EQ(alts.size(), 3) << t;
+    EXPECT_GE(alts[0].logprob(), alts[1].logprob());
+    EXPECT_GE(alts[1].logprob(), alts[2].logprob());
+    EXPECT_GE(alts[0].logprob() + 1e-5, resp.logprobs(t)) << "the most likely token is at least as likely as the actual one";
+    for (const auto& alt : alts) {
+      if (alt.id() == ids[t + 1]) EXPECT_NEAR(alt.logprob(), resp.logprobs(t), 1e-5);
+    }
+  }
+}
+
+TEST_F(RouterTest, ScoreRespectsMaxTotalTokens) {
+  RouterProcess router = StartRouter({worker_port_}, {"--max_total_tokens=16"});
+  ASSERT_GT(router.port, 0) << router.process->Err();
+  auto score = [&](int n) {
+    v1::ScoreRequest req;
+    req.mutable_input()->mutable_token_ids()->add_ids(2);
+    for (int i = 1; i < n; ++i) req.mutable_input()->mutable_token_ids()->add_ids(100 + i);
+    v1::ScoreResponse resp;
+    grpc::ClientContext ctx;
+    return router.stub->Score(&ctx, req, &resp);
+  };
+  EXPECT_TRUE(score(16).ok());
+  const grpc::Status s = score(17);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(s.error_message().find("allowed"), std::string::npos) << s.error_message();
 }
 
 TEST_F(RouterTest, QueueLimitTurnsExcessIntoResourceExhausted) {

@@ -2,16 +2,31 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <algorithm>
+
 #include "absl/strings/str_cat.h"
+#include "grpc/health/v1/health.grpc.pb.h"
 #include "protos/grpc_status.h"
 
 namespace gemma {
+
+namespace {
+
+// Probes of a group that is down: the first soon after it failed, then backing off (a group restarts in seconds;
+// one gone for good costs a probe every few seconds).
+constexpr std::chrono::milliseconds kFirstProbe(200);
+constexpr std::chrono::milliseconds kMaxProbeDelay(4000);
+// How often an idle group's health is checked.
+constexpr std::chrono::milliseconds kIdleHealthEvery(2000);
+
+}  // namespace
 
 absl::StatusOr<std::unique_ptr<WorkerGroup>> WorkerGroup::Connect(const std::string& address, SchedulerLimits limits,
                                                                    std::chrono::milliseconds timeout,
                                                                    RouterMetrics* metrics, bool wait_for_ready,
                                                                    bool prefix_cache) {
-  auto stub = worker::v1::Worker::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+  auto channel = grpc::CreateChannel(address, grpc::InsecureChannelCredentials());
+  auto stub = worker::v1::Worker::NewStub(channel);
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + timeout);
   ctx.set_wait_for_ready(wait_for_ready);
@@ -21,31 +36,42 @@ absl::StatusOr<std::unique_ptr<WorkerGroup>> WorkerGroup::Connect(const std::str
     return absl::UnavailableError(absl::StrCat("worker group ", address, " did not answer: ", s.error_message()));
   }
   return std::unique_ptr<WorkerGroup>(
-      new WorkerGroup(address, std::move(stub), std::move(info), limits, metrics, prefix_cache));
+      new WorkerGroup(address, std::move(channel), std::move(info), limits, metrics, prefix_cache));
 }
 
-WorkerGroup::WorkerGroup(std::string address, std::unique_ptr<worker::v1::Worker::Stub> stub,
-                         worker::v1::ModelInfo info, SchedulerLimits limits, RouterMetrics* metrics,
-                         bool prefix_cache)
+WorkerGroup::WorkerGroup(std::string address, std::shared_ptr<grpc::Channel> channel, worker::v1::ModelInfo info,
+                         SchedulerLimits limits, RouterMetrics* metrics, bool prefix_cache)
     : address_(std::move(address)),
-      stub_(std::move(stub)),
+      channel_(std::move(channel)),
+      stub_(worker::v1::Worker::NewStub(channel_)),
       info_(std::move(info)),
       metrics_(metrics),
       max_outstanding_(limits.max_queued + limits.max_batch_size),
       limits_(limits),
       prefix_cache_(prefix_cache),
       executor_(stub_.get(), std::chrono::seconds(120)),
-      engine_(NewEngine(info_)) {
+      engine_(NewEngine(info_)),
+      probe_delay_(kFirstProbe),
+      next_health_(std::chrono::steady_clock::now() + kIdleHealthEvery) {
   thread_ = std::thread([this] { Loop(); });
 }
 
-std::unique_ptr<Engine> WorkerGroup::NewEngine(const worker::v1::ModelInfo& info) const {
+WorkerGroup::~WorkerGroup() {
+  stop_ = true;
+  executor_.Cancel();
+  cv_.notify_all();
+  thread_.join();
+  if (metrics_ != nullptr) metrics_->GroupGone(address_);
+}
+
+std::unique_ptr<Engine> WorkerGroup::NewEngine(const worker::v1::ModelInfo& info) {
   EngineOptions o;
   o.limits = limits_;
   o.num_blocks = info.num_kv_blocks();
   o.block_size = info.kv_block_size();
   o.prefix_cache = prefix_cache_;
-  return std::make_unique<Engine>(o, const_cast<RemoteExecutor*>(&executor_));
+  block_size_ = info.kv_block_size();
+  return std::make_unique<Engine>(o, &executor_);
 }
 
 SequenceSpec WorkerGroup::SpecFor(const ActiveRequest& r) const {
@@ -63,18 +89,12 @@ SequenceSpec WorkerGroup::SpecFor(const ActiveRequest& r) const {
   spec.sampling.repetition_penalty = p.repetition_penalty() == 0.0f ? 1.0f : p.repetition_penalty();
   spec.sampling.presence_penalty = p.presence_penalty();
   spec.sampling.frequency_penalty = p.frequency_penalty();
-  spec.top_logprobs = p.top_logprobs();
+  spec.top_logprobs = o.score ? o.score_top_logprobs : p.top_logprobs();
   return spec;
 }
 
-WorkerGroup::~WorkerGroup() {
-  stop_ = true;
-  cv_.notify_all();
-  thread_.join();
-  if (metrics_ != nullptr) metrics_->GroupGone(address_);
-}
-
 absl::Status WorkerGroup::Submit(std::shared_ptr<ActiveRequest> request) {
+  if (draining_) return absl::UnavailableError("the router is shutting down; retry");
   if (!healthy_) return absl::UnavailableError(absl::StrCat("worker group ", address_, " is down"));
   std::lock_guard<std::mutex> lock(mu_);
   if (load_ >= max_outstanding_) {
@@ -87,15 +107,85 @@ absl::Status WorkerGroup::Submit(std::shared_ptr<ActiveRequest> request) {
   return absl::OkStatus();
 }
 
+void WorkerGroup::SetReroute(Reroute reroute) {
+  std::lock_guard<std::mutex> lock(mu_);
+  reroute_ = std::move(reroute);
+}
+
+void WorkerGroup::Drain() {
+  draining_ = true;
+  cv_.notify_all();
+}
+
+void WorkerGroup::MoveOrFail(std::vector<std::shared_ptr<ActiveRequest>> requests) {
+  Reroute reroute;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    reroute = reroute_;
+  }
+  const absl::Status failed = absl::UnavailableError(absl::StrCat("worker group ", address_, " failed; retry"));
+  for (auto& r : requests) {
+    --load_;
+    // Not under mu_: the reroute submits to another group, which may be submitting to this one.
+    absl::Status s = failed;
+    if (reroute && r->ResetForRetry()) s = reroute(r);
+    if (!s.ok()) r->Fail(s);
+  }
+}
+
+void WorkerGroup::MoveOrFailAll() {
+  std::vector<std::shared_ptr<ActiveRequest>> moved;
+  engine_->RemoveAll();
+  for (auto& [id, r] : requests_) moved.push_back(std::move(r));
+  requests_.clear();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    moved.insert(moved.end(), incoming_.begin(), incoming_.end());
+    incoming_.clear();
+  }
+  MoveOrFail(std::move(moved));
+}
+
+void WorkerGroup::FailUnscheduled(const absl::Status& status) {
+  std::vector<std::shared_ptr<ActiveRequest>> failed;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    failed.swap(incoming_);
+  }
+  for (auto it = requests_.begin(); it != requests_.end();) {
+    if (it->second->scheduled()) {
+      ++it;
+      continue;
+    }
+    engine_->Remove(it->first);
+    failed.push_back(std::move(it->second));
+    it = requests_.erase(it);
+  }
+  for (auto& r : failed) {
+    r->Fail(status);
+    --load_;
+  }
+}
+
+void WorkerGroup::FailOrphans() {
+  for (auto& [id, r] : requests_) r->Fail(absl::InternalError("the router lost track of the request; retry"));
+  load_ -= static_cast<int>(requests_.size());
+  requests_.clear();
+}
+
 void WorkerGroup::FailAll(const absl::Status& status) {
   engine_->RemoveAll();
   for (auto& [id, r] : requests_) r->Fail(status);
   load_ -= static_cast<int>(requests_.size());
   requests_.clear();
+  std::lock_guard<std::mutex> lock(mu_);
+  for (auto& r : incoming_) r->Fail(status);
+  load_ -= static_cast<int>(incoming_.size());
+  incoming_.clear();
 }
 
 int WorkerGroup::CachedPrefixBlocks(const std::vector<int32_t>& prompt) const {
-  const int block_size = info_.kv_block_size();
+  const int block_size = block_size_;  // of the group's current incarnation
   if (block_size <= 0 || prompt.size() < 2) return 0;
   const size_t full = (prompt.size() - 1) / block_size;  // as the scheduler matches: the last token is computed
   std::lock_guard<std::mutex> lock(names_mu_);
@@ -112,8 +202,9 @@ void WorkerGroup::PublishState() {
   if (s.blocks().names_version() != names_version_seen_) {
     names_version_seen_ = s.blocks().names_version();
     const std::vector<uint64_t> names = s.blocks().Names();
+    absl::flat_hash_set<uint64_t> copy(names.begin(), names.end());  // built outside the lock Submit waits on
     std::lock_guard<std::mutex> lock(names_mu_);
-    cached_names_ = absl::flat_hash_set<uint64_t>(names.begin(), names.end());
+    cached_names_.swap(copy);
   }
   if (metrics_ == nullptr) return;
   metrics_->GroupState(address_, s.queued(), s.running(), s.blocks().used_blocks(), s.blocks().num_blocks(), healthy_);
@@ -127,10 +218,26 @@ void WorkerGroup::PublishState() {
   prefilled_seen_ = engine_->prefilled_tokens();
 }
 
+bool WorkerGroup::Serving(std::chrono::milliseconds timeout) {
+  // Rank 0 of a broken group may still be up for a moment: its health (NOT_SERVING) says the group failed.
+  grpc::ClientContext hctx;
+  hctx.set_deadline(std::chrono::system_clock::now() + timeout);
+  grpc::health::v1::HealthCheckRequest hreq;
+  hreq.set_service("gemma.worker.v1.Worker");
+  grpc::health::v1::HealthCheckResponse health;
+  if (!grpc::health::v1::Health::NewStub(channel_)->Check(&hctx, hreq, &health).ok() ||
+      health.status() != grpc::health::v1::HealthCheckResponse::SERVING) {
+    return false;
+  }
+  return true;
+}
+
 void WorkerGroup::ProbeRecovery() {
   const auto now = std::chrono::steady_clock::now();
-  if (now - last_probe_ < std::chrono::seconds(1)) return;
-  last_probe_ = now;
+  if (now < next_probe_) return;
+  probe_delay_ = std::min(probe_delay_ * 2, kMaxProbeDelay);
+  next_probe_ = now + probe_delay_;
+  if (!Serving(std::chrono::seconds(1))) return;
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(1));
   worker::v1::ModelInfo info;
@@ -140,29 +247,36 @@ void WorkerGroup::ProbeRecovery() {
   engine_ = NewEngine(info);
   names_version_seen_ = ~uint64_t{0};
   preemptions_seen_ = prefix_queried_seen_ = prefix_hit_seen_ = prefilled_seen_ = 0;
+  probe_delay_ = kFirstProbe;
+  next_health_ = now + kIdleHealthEvery;
   healthy_ = true;
+}
+
+void WorkerGroup::CheckIdleHealth() {
+  const auto now = std::chrono::steady_clock::now();
+  if (now < next_health_) return;
+  next_health_ = now + kIdleHealthEvery;
+  if (Serving(std::chrono::seconds(1))) return;
+  healthy_ = false;
+  next_probe_ = now + kFirstProbe;
 }
 
 void WorkerGroup::Loop() {
   while (!stop_) {
+    if (draining_) FailUnscheduled(absl::UnavailableError("the router is shutting down; retry"));
     if (!healthy_) {
-      {
-        std::lock_guard<std::mutex> lock(mu_);
-        for (auto& r : incoming_) {
-          r->Fail(absl::UnavailableError(absl::StrCat("worker group ", address_, " is down; retry")));
-          --load_;
-        }
-        incoming_.clear();
-      }
+      MoveOrFailAll();  // requests submitted while it was being marked down
       ProbeRecovery();
       PublishState();
       std::unique_lock<std::mutex> lock(mu_);
-      cv_.wait_for(lock, std::chrono::milliseconds(100));
+      cv_.wait_until(lock, next_probe_, [&] { return stop_ || !incoming_.empty(); });
       continue;
     }
     {
       std::unique_lock<std::mutex> lock(mu_);
-      if (incoming_.empty() && requests_.empty()) cv_.wait_for(lock, std::chrono::milliseconds(100));
+      if (incoming_.empty() && requests_.empty()) {
+        cv_.wait_until(lock, next_health_, [&] { return stop_ || !incoming_.empty(); });
+      }
       for (auto& r : incoming_) {
         if (auto s = engine_->Add(r->id(), SpecFor(*r)); !s.ok()) {
           r->Fail(s);
@@ -184,13 +298,18 @@ void WorkerGroup::Loop() {
         ++it;
       }
     }
-    if (!requests_.empty() && !RunOneStep()) {
+    if (requests_.empty()) {
+      CheckIdleHealth();
+    } else if (!RunOneStep()) {
       healthy_ = false;
-      FailAll(absl::UnavailableError(absl::StrCat("worker group ", address_, " failed; retry")));
+      next_probe_ = std::chrono::steady_clock::now() + kFirstProbe;
+      MoveOrFailAll();
+    } else if (engine_->idle()) {
+      FailOrphans();
     }
     PublishState();
   }
-  FailAll(absl::UnavailableError("the router is shutting down"));
+  FailAll(absl::UnavailableError("the router is shutting down; retry"));
 }
 
 bool WorkerGroup::Deliver(const SequenceUpdate& u) {
@@ -200,7 +319,12 @@ bool WorkerGroup::Deliver(const SequenceUpdate& u) {
     r->Fail(u.error);
     finished = true;
   } else if (r->options().score) {
-    r->OnScores(std::vector<float>(u.scores.begin(), u.scores.end()));
+    std::vector<std::vector<std::pair<int32_t, float>>> top;
+    for (const auto& position : u.score_top_logprobs) {
+      auto& alternatives = top.emplace_back();
+      for (const TokenLogprob& t : position) alternatives.emplace_back(t.token, t.logprob);
+    }
+    r->OnScores(std::vector<float>(u.scores.begin(), u.scores.end()), std::move(top));
     if (u.finish == FinishReason::kScored) {
       r->FinishScoring();
       finished = true;
@@ -224,6 +348,8 @@ bool WorkerGroup::Deliver(const SequenceUpdate& u) {
 }
 
 bool WorkerGroup::RunOneStep() {
+  if (stop_) return false;
+  // A malformed row fails only its own request (the engine retries row by row); any other error is the group's.
   const absl::Status s = engine_->Step([this](const SequenceUpdate& u) { return Deliver(u); },
                                        [this](uint64_t id) { requests_.at(id)->MarkScheduled(); });
   return s.ok();

@@ -1,7 +1,10 @@
-// One worker group as the router drives it: its connection, its scheduler, and the thread that runs its steps.
+// One worker group as the router drives it: its connection, its engine, and the thread that runs its steps.
 #pragma once
 
+#include <grpcpp/grpcpp.h>
+
 #include <atomic>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -39,24 +42,42 @@ class WorkerGroup {
   int load() const { return load_; }
   // How many leading full blocks of `prompt` the group's prefix cache holds (as of its last step).
   int CachedPrefixBlocks(const std::vector<int32_t>& prompt) const;
-  // ResourceExhausted (queue full) or Unavailable (group down) when not accepted.
+  // ResourceExhausted (queue full) or Unavailable (group down, or draining) when not accepted.
   absl::Status Submit(std::shared_ptr<ActiveRequest> request);
+  // Where requests go when this group fails before they started (another group, through the GroupSet); what
+  // it returns is the request's failure when not OK. Unset: they fail with Unavailable.
+  using Reroute = std::function<absl::Status(std::shared_ptr<ActiveRequest>)>;
+  void SetReroute(Reroute reroute);
+  // For shutdown: takes no new requests and answers those not yet scheduled Unavailable; running ones go on.
+  void Drain();
 
  private:
-  WorkerGroup(std::string address, std::unique_ptr<worker::v1::Worker::Stub> stub, worker::v1::ModelInfo info,
+  WorkerGroup(std::string address, std::shared_ptr<grpc::Channel> channel, worker::v1::ModelInfo info,
               SchedulerLimits limits, RouterMetrics* metrics, bool prefix_cache);
-  std::unique_ptr<Engine> NewEngine(const worker::v1::ModelInfo& info) const;
+  std::unique_ptr<Engine> NewEngine(const worker::v1::ModelInfo& info);
   SequenceSpec SpecFor(const ActiveRequest& r) const;
   // Hands a step's outcome for one sequence to its request; true when the request has finished.
   bool Deliver(const SequenceUpdate& u);
   void PublishState();
-  // While down: asks the group for its model info; back in service when it answers with the same model.
+  // While down: back in service when the group's health says SERVING and it answers its model info with the
+  // same model. Probes back off exponentially (capped) while it stays down.
   void ProbeRecovery();
+  // While up and idle, now and then: a group that stopped serving (a rank died, rank 0 exited) is marked down
+  // before a request finds out.
+  void CheckIdleHealth();
+  bool Serving(std::chrono::milliseconds timeout);
   void Loop();
   bool RunOneStep();
+  // The group failed: requests that have not produced anything move to another group, the others fail.
+  void MoveOrFailAll();
+  void MoveOrFail(std::vector<std::shared_ptr<ActiveRequest>> requests);
+  void FailUnscheduled(const absl::Status& status);
   void FailAll(const absl::Status& status);
+  // Requests left while the scheduler holds none (a bug) would keep the loop stepping empty plans: they fail.
+  void FailOrphans();
 
   const std::string address_;
+  std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<worker::v1::Worker::Stub> stub_;
   const worker::v1::ModelInfo info_;
   RouterMetrics* metrics_;
@@ -64,16 +85,19 @@ class WorkerGroup {
   std::atomic<bool> healthy_{true};
   std::atomic<int> load_{0};
   std::atomic<bool> stop_{false};
+  std::atomic<bool> draining_{false};
 
   std::mutex mu_;
   std::condition_variable cv_;
   std::vector<std::shared_ptr<ActiveRequest>> incoming_ ABSL_GUARDED_BY(mu_);
+  Reroute reroute_ ABSL_GUARDED_BY(mu_);
   int max_outstanding_;  // queued + running requests accepted at once
 
   // A copy of the prefix cache's names, for routing a request to the group that holds its prefix.
   mutable std::mutex names_mu_;
   absl::flat_hash_set<uint64_t> cached_names_ ABSL_GUARDED_BY(names_mu_);
   uint64_t names_version_seen_ = ~uint64_t{0};
+  std::atomic<int> block_size_{0};
 
   // Owned by the group's thread.
   SchedulerLimits limits_;
@@ -81,7 +105,9 @@ class WorkerGroup {
   RemoteExecutor executor_;
   std::unique_ptr<Engine> engine_;  // new for each incarnation of the group (its KV pool may differ)
   int64_t prefix_queried_seen_ = 0, prefix_hit_seen_ = 0, prefilled_seen_ = 0;
-  std::chrono::steady_clock::time_point last_probe_;
+  std::chrono::steady_clock::time_point next_probe_;   // while down
+  std::chrono::milliseconds probe_delay_;
+  std::chrono::steady_clock::time_point next_health_;  // while up and idle
   std::unordered_map<uint64_t, std::shared_ptr<ActiveRequest>> requests_;
   std::thread thread_;
 };

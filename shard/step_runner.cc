@@ -85,8 +85,11 @@ absl::StatusOr<std::vector<RowResult>> RunRows(Backend& backend, std::span<const
     out.score_logprobs.reserve(r.score_targets.size());
     for (size_t j = 0; j < r.score_targets.size(); ++j) {
       const int target = r.score_targets[j];
-      out.score_logprobs.push_back(
-          target < 0 ? 0.0f : static_cast<float>(LogProbOf(logits.Row(first + static_cast<int>(j)), vocab, target)));
+      const float* scored = logits.Row(first + static_cast<int>(j));
+      out.score_logprobs.push_back(target < 0 ? 0.0f : static_cast<float>(LogProbOf(scored, vocab, target)));
+      if (r.top_logprobs == 0) continue;
+      auto& top = out.score_top_logprobs.emplace_back();
+      for (const auto& [id, lp] : TopLogProbs(scored, vocab, r.top_logprobs)) top.push_back({id, static_cast<float>(lp)});
     }
     if (!r.sample) continue;
     const float* row =

@@ -65,6 +65,14 @@ absl::StatusOr<worker::v1::StepResponse> RunStep(Backend& backend, const worker:
       o->set_logprob(tl.logprob);
     }
     out->mutable_score_logprobs()->Add(r.score_logprobs.begin(), r.score_logprobs.end());
+    for (const auto& alternatives : r.score_top_logprobs) {
+      auto* top = out->add_score_top_logprobs();
+      for (const TokenLogprob& tl : alternatives) {
+        auto* a = top->add_alternatives();
+        a->set_token(tl.token);
+        a->set_logprob(tl.logprob);
+      }
+    }
   }
   return response;
 }

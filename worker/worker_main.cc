@@ -160,6 +160,12 @@ int Run(const WorkerOptions& o) {
   auto* health = server->GetHealthCheckService();
   health->SetServingStatus(true);
   health->SetServingStatus("gemma.worker.v1.Worker", true);
+  // A failed step turns health NOT_SERVING at once, not at the next heartbeat.
+  service.OnFailure([health, m = metrics->get()] {
+    health->SetServingStatus(false);
+    health->SetServingStatus("gemma.worker.v1.Worker", false);
+    m->SetHealthy(false);
+  });
   if (!o.port_file.empty()) std::ofstream(o.port_file) << port << "\n";
   std::printf("gemma-worker rank 0 of %d serving %s on port %d\n", o.world, o.model.c_str(), port);
   std::fflush(stdout);
@@ -169,9 +175,6 @@ int Run(const WorkerOptions& o) {
   while (!g_stop) {
     std::this_thread::sleep_for(std::min<std::chrono::milliseconds>(o.timeout / 4, std::chrono::milliseconds(1000)));
     if (!service.Heartbeat()) {
-      health->SetServingStatus(false);
-      health->SetServingStatus("gemma.worker.v1.Worker", false);
-      (*metrics)->SetHealthy(false);
       std::fprintf(stderr, "gemma-worker: the group has failed (a rank died or hung); exiting so it can be restarted\n");
       std::this_thread::sleep_for(std::chrono::milliseconds(500));  // let in-flight replies go out
       exit_code = 1;

@@ -13,8 +13,18 @@ WorkerService::WorkerService(std::unique_ptr<LeaderBackend> backend, worker::v1:
 
 grpc::Status WorkerService::GetModelInfo(grpc::ServerContext*, const worker::v1::GetModelInfoRequest*,
                                          worker::v1::ModelInfo* response) {
+  if (!healthy_) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "this worker group has failed; restart it");
   *response = info_;
   return grpc::Status::OK;
+}
+
+void WorkerService::OnFailure(std::function<void()> callback) {
+  std::lock_guard<std::mutex> lock(mu_);
+  on_failure_ = std::move(callback);
+}
+
+void WorkerService::MarkFailed() {
+  if (healthy_.exchange(false) && on_failure_) on_failure_();
 }
 
 grpc::Status WorkerService::Step(grpc::ServerContext*, const worker::v1::StepRequest* request,
@@ -26,7 +36,7 @@ grpc::Status WorkerService::Step(grpc::ServerContext*, const worker::v1::StepReq
   }
   auto result = RunStep(*backend_, *request);
   if (!result.ok()) {
-    if (!absl::IsInvalidArgument(result.status())) healthy_ = false;
+    if (!absl::IsInvalidArgument(result.status())) MarkFailed();
     metrics_->RecordFailure(result.status());
     return ToGrpcStatus(result.status());
   }
@@ -41,12 +51,7 @@ grpc::Status WorkerService::Step(grpc::ServerContext*, const worker::v1::StepReq
 bool WorkerService::Heartbeat() {
   std::lock_guard<std::mutex> lock(mu_);
   if (!healthy_ || backend_ == nullptr) return false;
-  if (!backend_->Heartbeat().ok()) healthy_ = false;
-  return healthy_;
-}
-
-bool WorkerService::healthy() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  if (!backend_->Heartbeat().ok()) MarkFailed();
   return healthy_;
 }
 

@@ -1,6 +1,8 @@
 // The Worker gRPC service of rank 0: model info, and steps run on the whole group one at a time.
 #pragma once
 
+#include <atomic>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -16,6 +18,8 @@ namespace gemma {
 class WorkerService final : public worker::v1::Worker::Service {
  public:
   WorkerService(std::unique_ptr<LeaderBackend> backend, worker::v1::ModelInfo info, WorkerMetrics* metrics);
+  // Called once, on the thread that finds the group failed (to turn health NOT_SERVING at once).
+  void OnFailure(std::function<void()> callback);
 
   grpc::Status GetModelInfo(grpc::ServerContext* context, const worker::v1::GetModelInfoRequest* request,
                             worker::v1::ModelInfo* response) override;
@@ -23,16 +27,20 @@ class WorkerService final : public worker::v1::Worker::Service {
                     worker::v1::StepResponse* response) override;
   // Sends a heartbeat to idle followers; false once the group has failed.
   bool Heartbeat();
-  bool healthy() const;
+  bool healthy() const { return healthy_; }
   // Tells followers to stop (on shutdown).
   void Stop();
 
  private:
+  void MarkFailed() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
   worker::v1::ModelInfo info_;
   WorkerMetrics* metrics_;
+  // Atomic, not under mu_: GetModelInfo answers while a step holds the lock.
+  std::atomic<bool> healthy_{true};
   mutable std::mutex mu_;
+  std::function<void()> on_failure_ ABSL_GUARDED_BY(mu_);
   std::unique_ptr<LeaderBackend> backend_ ABSL_GUARDED_BY(mu_);
-  bool healthy_ ABSL_GUARDED_BY(mu_) = true;
 };
 
 }  // namespace gemma

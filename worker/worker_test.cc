@@ -168,6 +168,18 @@ TEST(WorkerTest, KilledRankMakesStepsUnavailableAndARestartedGroupServes) {
     const grpc::Status st = Greedy(*Client(g.port), {2, 3791, 323}, 4, &got);
     EXPECT_EQ(st.error_code(), grpc::StatusCode::UNAVAILABLE) << st.error_message();
     EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(8));
+    // Until it exits, rank 0 says its group has failed: a router probing it does not take it back.
+    worker::v1::ModelInfo info;
+    grpc::ClientContext info_ctx;
+    EXPECT_EQ(Client(g.port)->GetModelInfo(&info_ctx, {}, &info).error_code(), grpc::StatusCode::UNAVAILABLE);
+    auto health = grpc::health::v1::Health::NewStub(
+        grpc::CreateChannel("127.0.0.1:" + std::to_string(g.port), grpc::InsecureChannelCredentials()));
+    grpc::health::v1::HealthCheckRequest hreq;
+    hreq.set_service("gemma.worker.v1.Worker");
+    grpc::health::v1::HealthCheckResponse hresp;
+    grpc::ClientContext hctx;
+    const grpc::Status hs = health->Check(&hctx, hreq, &hresp);
+    EXPECT_TRUE(!hs.ok() || hresp.status() == grpc::health::v1::HealthCheckResponse::NOT_SERVING);
     EXPECT_EQ(g.ranks[0]->WaitExit(std::chrono::seconds(8)), 1) << "the leader of a failed group exits to be restarted";
   }
   Group again = StartGroup(model, 2, 2000);

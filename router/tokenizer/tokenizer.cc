@@ -79,32 +79,37 @@ int Tokenizer::PieceToId(std::string_view piece) const {
 
 absl::StatusOr<std::string> StreamingDecoder::Add(int32_t id) {
   ids_.push_back(id);
-  auto text = tokenizer_->Decode(ids_);
+  const std::span<const int32_t> all(ids_);
+  auto text = tokenizer_->Decode(all.subspan(prefix_offset_));
   if (!text.ok()) {
     ids_.pop_back();
     return text.status();
   }
-  // SentencePiece renders an incomplete byte sequence as U+FFFD; hold such a tail back.
-  std::string_view view = *text;
-  size_t end = view.size();
+  auto read = tokenizer_->Decode(all.subspan(prefix_offset_, read_offset_ - prefix_offset_));
+  if (!read.ok()) return read.status();
+  // SentencePiece renders an incomplete byte sequence as U+FFFD; such a tail (or a
+  // character cut short) waits for the ids that complete it.
   static constexpr std::string_view kReplacement = "\xEF\xBF\xBD";
-  while (end >= kReplacement.size() && view.substr(end - kReplacement.size(), kReplacement.size()) == kReplacement) {
-    end -= kReplacement.size();
-  }
-  end = CompleteUtf8Prefix(view.substr(0, end));
-  if (end <= emitted_) return std::string();
-  std::string delta(view.substr(emitted_, end - emitted_));
-  emitted_ = end;
+  const std::string_view view = *text;
+  const bool incomplete = (view.size() >= kReplacement.size() &&
+                           view.substr(view.size() - kReplacement.size()) == kReplacement) ||
+                          CompleteUtf8Prefix(view) != view.size();
+  if (incomplete || view.size() <= read->size()) return std::string();
+  std::string delta(view.substr(read->size()));
+  prefix_offset_ = read_offset_;
+  read_offset_ = ids_.size();
   return delta;
 }
 
 absl::StatusOr<std::string> StreamingDecoder::Flush() {
-  auto text = tokenizer_->Decode(ids_);
+  const std::span<const int32_t> all(ids_);
+  auto text = tokenizer_->Decode(all.subspan(prefix_offset_));
   if (!text.ok()) return text.status();
-  if (text->size() <= emitted_) return std::string();
-  std::string delta = text->substr(emitted_);
-  emitted_ = text->size();
-  return delta;
+  auto read = tokenizer_->Decode(all.subspan(prefix_offset_, read_offset_ - prefix_offset_));
+  if (!read.ok()) return read.status();
+  prefix_offset_ = read_offset_ = ids_.size();
+  if (text->size() <= read->size()) return std::string();
+  return text->substr(read->size());
 }
 
 }  // namespace gemma

@@ -41,7 +41,12 @@ class Tokenizer {
 
 // Turns a growing list of ids into text deltas that never split a UTF-8
 // character: bytes of a character spread over byte-fallback tokens are held
-// back until it is complete. Not thread-safe; one per sequence.
+// back until it is complete. Incremental, as TGI and vLLM detokenize: each id
+// decodes only the ids since the last emitted text (from prefix_offset_), and
+// the delta is what that adds to decoding the same window without the unread
+// ids, so the window's context (a leading space, a partial character) is the
+// same in both decodes. The window is a token or two, except while a character
+// is incomplete: O(1) per id amortized. Not thread-safe; one per sequence.
 class StreamingDecoder {
  public:
   explicit StreamingDecoder(const Tokenizer* tokenizer) : tokenizer_(tokenizer) {}
@@ -53,7 +58,8 @@ class StreamingDecoder {
  private:
   const Tokenizer* tokenizer_;
   std::vector<int32_t> ids_;
-  size_t emitted_ = 0;  // bytes of the decoded text already returned
+  size_t prefix_offset_ = 0;  // first id of the decode window
+  size_t read_offset_ = 0;    // ids before this one have had their text emitted
 };
 
 }  // namespace gemma
