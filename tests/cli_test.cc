@@ -111,6 +111,8 @@ TEST(CliTest, BadInputGivesOneLineErrorAndNonZeroExit) {
       {"generate" + m + " --prompt-ids 2,x", "--prompt-ids"},
       {"generate --model /nonexistent/model --prompt Hi", "/nonexistent/model"},
       {"generate" + m + " --prompt Hi --max-new-tokens 600", "context"},
+      {"generate" + m + " --prompt Hi --device tpu", "allowed: cpu, cuda"},
+      {"score" + m + " --prompt Hi --precision f16", "allowed: bf16, f32"},
       {"make-tiny --out /tmp/x --shape 3b", "--shape"},
       {"frobnicate", "unknown command"},
   };

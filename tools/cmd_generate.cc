@@ -26,6 +26,8 @@ int GenerateCommand(int argc, char** argv) {
       .Flag("tp", "tensor-parallel degree: run a local group of N processes (default 1)")
       .Flag("tp-transport", "collectives of a local group: shm (shared memory, default) or gloo (TCP)")
       .Flag("tp-timeout-ms", "a dead or hung rank fails the run within this time, 100..3600000 (default 30000)")
+      .Flag("device", "cpu (default) or cuda: rank r of a --tp group runs on GPU r")
+      .Flag("precision", "with --device cuda: bf16 (default) or f32")
       .Flag("chat", "wrap the prompt in Gemma's chat template and stop at <end_of_turn>", true)
       .Flag("json", "print one JSON object with prompt_ids, token_ids, text, finish_reason", true);
   int code;
@@ -59,7 +61,11 @@ int GenerateCommand(int argc, char** argv) {
                           std::to_string(config.max_position_embeddings)));
   }
   // Room for exactly this request in the KV cache.
-  if (auto s = AttachBackend(*model, static_cast<int64_t>(prompt->size()) + *max_new, static_cast<int>(*tp), *tp_timeout, args.Get("tp-transport", "shm")); !s.ok()) return Fail(kCmd, s);
+  if (auto s = AttachBackend(*model, static_cast<int64_t>(prompt->size()) + *max_new, static_cast<int>(*tp), *tp_timeout, args.Get("tp-transport", "shm"),
+                              DeviceChoice{args.Get("device", "cpu"), args.Get("precision", "bf16")});
+      !s.ok()) {
+    return Fail(kCmd, s);
+  }
 
   req.prompt = *prompt;
   req.max_new_tokens = static_cast<int>(*max_new);

@@ -20,6 +20,8 @@ int ScoreCommand(int argc, char** argv) {
       .Flag("tp", "tensor-parallel degree: run a local group of N processes (default 1)")
       .Flag("tp-transport", "collectives of a local group: shm (shared memory, default) or gloo (TCP)")
       .Flag("tp-timeout-ms", "a dead or hung rank fails the run within this time, 100..3600000 (default 30000)")
+      .Flag("device", "cpu (default) or cuda: rank r of a --tp group runs on GPU r")
+      .Flag("precision", "with --device cuda: bf16 (default) or f32")
       .Flag("json", "print one JSON object with token_ids and logprobs (the only output format)", true);
   int code;
   if (!ParseOrExit(args, argc, argv, kCmd, &code)) return code;
@@ -40,7 +42,11 @@ int ScoreCommand(int argc, char** argv) {
                                                  " tokens exceeds the model's context of " +
                                                  std::to_string(config.max_position_embeddings)));
   }
-  if (auto s = AttachBackend(*model, static_cast<int64_t>(prompt->size()), static_cast<int>(*tp), *tp_timeout, args.Get("tp-transport", "shm")); !s.ok()) return Fail(kCmd, s);
+  if (auto s = AttachBackend(*model, static_cast<int64_t>(prompt->size()), static_cast<int>(*tp), *tp_timeout, args.Get("tp-transport", "shm"),
+                              DeviceChoice{args.Get("device", "cpu"), args.Get("precision", "bf16")});
+      !s.ok()) {
+    return Fail(kCmd, s);
+  }
   SequenceSpec req;
   req.prompt = *prompt;
   req.score = true;

@@ -13,7 +13,7 @@
 #include <filesystem>
 
 #include "absl/strings/str_cat.h"
-#include "shard/cpu/cpu_backend.h"
+#include "shard/open_shard.h"
 #include "shard/gloo_collective.h"
 #include "shard/shm_collective.h"
 #include "shard/tensor_parallel.h"
@@ -31,19 +31,22 @@ KvCacheOptions KvFor(int64_t kv_tokens) {
   return kv;
 }
 
-// One rank's weights and backend; collective null for a single process.
+// One rank's weights and backend, through the shard builder; collective null for a single process.
 absl::StatusOr<std::unique_ptr<Backend>> RankBackend(const std::shared_ptr<const Checkpoint>& ckpt, int rank, int world,
-                                                    int64_t kv_tokens, std::shared_ptr<Collective> collective,
+                                                    int64_t kv_tokens, const DeviceChoice& device,
+                                                    int64_t timeout_ms, std::shared_ptr<Collective> collective,
                                                     std::shared_ptr<const ModelWeights>* weights_out) {
-  auto tp = TensorParallel::Create(ckpt->config(), rank, world);
-  if (!tp.ok()) return tp.status();
-  auto weights = ModelWeights::Load(ckpt, *tp);
-  if (!weights.ok()) return weights.status();
-  std::shared_ptr<const ModelWeights> shared(std::move(*weights));
-  if (weights_out) *weights_out = shared;
-  auto backend = CpuBackend::Create(shared, KvFor(kv_tokens), std::move(collective));
-  if (!backend.ok()) return backend.status();
-  return std::unique_ptr<Backend>(std::move(*backend));
+  ShardOptions o;
+  o.rank = rank;
+  o.world = world;
+  o.device = device.device;
+  o.precision = device.precision;
+  o.kv = KvFor(kv_tokens);
+  o.timeout = std::chrono::milliseconds(timeout_ms);
+  auto shard = OpenShard(ckpt, o, std::move(collective));
+  if (!shard.ok()) return shard.status();
+  if (weights_out) *weights_out = shard->weights;
+  return std::move(shard->backend);
 }
 
 }  // namespace
@@ -103,9 +106,9 @@ absl::StatusOr<std::unique_ptr<Collective>> LocalCollective(const std::string& t
 }
 
 absl::Status AttachBackend(LocalModel& model, int64_t kv_tokens, int tp, int64_t timeout_ms,
-                           const std::string& transport) {
+                           const std::string& transport, const DeviceChoice& device) {
   if (tp == 1) {
-    auto backend = RankBackend(model.checkpoint, 0, 1, kv_tokens, nullptr, &model.weights);
+    auto backend = RankBackend(model.checkpoint, 0, 1, kv_tokens, device, timeout_ms, nullptr, &model.weights);
     if (!backend.ok()) return backend.status();
     model.backend = std::move(*backend);
     return absl::OkStatus();
@@ -128,7 +131,8 @@ absl::Status AttachBackend(LocalModel& model, int64_t kv_tokens, int tp, int64_t
                         t = std::to_string(threads), ms = std::to_string(timeout_ms);
       ::execl("/proc/self/exe", "gemma", "tp-follower", "--model", model.dir.c_str(), "--rank", r.c_str(), "--world",
               w.c_str(), "--store", model.store_dir.c_str(), "--kv-tokens", k.c_str(), "--threads", t.c_str(),
-              "--timeout-ms", ms.c_str(), "--transport", transport.c_str(), static_cast<char*>(nullptr));
+              "--timeout-ms", ms.c_str(), "--transport", transport.c_str(), "--device", device.device.c_str(),
+              "--precision", device.precision.c_str(), static_cast<char*>(nullptr));
       ::_exit(127);
     }
     model.followers.push_back(pid);
@@ -137,7 +141,7 @@ absl::Status AttachBackend(LocalModel& model, int64_t kv_tokens, int tp, int64_t
   auto collective = LocalCollective(transport, model.store_dir, 0, tp, timeout_ms);
   if (!collective.ok()) return collective.status();
   std::shared_ptr<Collective> shared(std::move(*collective));
-  auto backend = RankBackend(model.checkpoint, 0, tp, kv_tokens, shared, &model.weights);
+  auto backend = RankBackend(model.checkpoint, 0, tp, kv_tokens, device, timeout_ms, shared, &model.weights);
   if (!backend.ok()) return backend.status();
   model.backend = std::make_unique<LeaderBackend>(std::move(*backend), shared);
   return absl::OkStatus();
@@ -152,6 +156,7 @@ int TpFollowerCommand(int argc, char** argv) {
   args.Flag("store", "rendezvous directory").Flag("kv-tokens", "KV cache positions").Flag("threads", "compute threads");
   args.Flag("timeout-ms", "collective timeout in ms");
   args.Flag("transport", "shm or gloo");
+  args.Flag("device", "cpu or cuda").Flag("precision", "bf16 or f32");
   int code;
   if (!ParseOrExit(args, argc, argv, kCmd, &code)) return code;
   auto world = args.GetInt("world", 1, 1, 1024);
@@ -169,8 +174,9 @@ int TpFollowerCommand(int argc, char** argv) {
                                     static_cast<int>(*world), *timeout);
   if (!collective.ok()) return Fail(kCmd, collective.status());
   std::shared_ptr<Collective> shared(std::move(*collective));
+  const DeviceChoice device{args.Get("device", "cpu"), args.Get("precision", "bf16")};
   auto backend = RankBackend(std::shared_ptr<const Checkpoint>(std::move(*ckpt)), static_cast<int>(*rank),
-                             static_cast<int>(*world), *kv, shared, nullptr);
+                             static_cast<int>(*world), *kv, device, *timeout, shared, nullptr);
   if (!backend.ok()) return Fail(kCmd, backend.status());
   if (auto s = RunFollower(**backend, *shared); !s.ok()) return Fail(kCmd, s);
   return 0;

@@ -33,12 +33,18 @@ struct LocalModel {
 
 // Opens `dir` (the embedded default when empty): config, mapped files, tokenizer.
 absl::StatusOr<LocalModel> OpenLocalModel(const std::string& dir);
-// Adds a CPU backend whose KV cache holds `kv_tokens` positions. With tp > 1,
+// Where a local model runs: device "cpu" or "cuda" (rank r on GPU r), precision "bf16" or "f32" (cuda only).
+struct DeviceChoice {
+  std::string device = "cpu";
+  std::string precision = "bf16";
+};
+
+// Adds a backend whose KV cache holds `kv_tokens` positions. With tp > 1,
 // starts tp - 1 follower processes of this binary and leads the group.
 // A dead or hung rank fails the group within `timeout_ms`. `transport` is
 // "shm" (shared memory: the ranks share this host) or "gloo" (TCP).
 absl::Status AttachBackend(LocalModel& model, int64_t kv_tokens, int tp = 1, int64_t timeout_ms = 30000,
-                           const std::string& transport = "shm");
+                           const std::string& transport = "shm", const DeviceChoice& device = {});
 
 // The group's collective for one rank over `transport` ("shm" or "gloo"), rendezvous through `store_dir`.
 absl::StatusOr<std::unique_ptr<Collective>> LocalCollective(const std::string& transport, const std::string& store_dir,

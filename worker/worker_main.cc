@@ -14,8 +14,7 @@
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
 #include "shard/checkpoint.h"
-#include "shard/cpu/cpu_backend.h"
-#include "shard/cuda/cuda_module.h"
+#include "shard/open_shard.h"
 #include "shard/gloo_collective.h"
 #include "shard/tensor_parallel.h"
 #include "shard/tp_group.h"
@@ -63,36 +62,13 @@ worker::v1::ModelInfo MakeInfo(const WorkerOptions& o, const ModelConfig& c, con
   return info;
 }
 
-// The CUDA backend on this rank's device; tensors cross ranks over NCCL, bootstrapped (and steps broadcast)
-// over the group's CPU collective.
-absl::StatusOr<std::unique_ptr<Backend>> MakeCudaBackend(const WorkerOptions& o, std::shared_ptr<const ModelWeights> weights,
-                                                         const KvCacheOptions& kv, std::shared_ptr<Collective> bootstrap) {
-  auto cuda = LoadCudaModule();
-  if (!cuda.ok()) return absl::UnimplementedError(absl::StrCat("--device cuda: ", cuda.status().message()));
-  const int devices = (*cuda)->device_count();
-  if (devices == 0) return absl::FailedPreconditionError("--device cuda: this process sees no CUDA device");
-  CudaBackendOptions options;
-  options.device = o.cuda_device >= 0 ? o.cuda_device : o.rank % devices;
-  options.precision = o.precision == "f32" ? CudaPrecision::kF32 : CudaPrecision::kBf16;
-  std::shared_ptr<Collective> tensors;
-  if (o.world > 1) {
-    auto nccl = (*cuda)->create_nccl(*bootstrap, options.device, o.timeout);
-    if (!nccl.ok()) return nccl.status();
-    tensors = std::move(*nccl);
-  }
-  return (*cuda)->create_backend(std::move(weights), kv, options, std::move(tensors));
-}
-
 int Run(const WorkerOptions& o) {
   omp_set_num_threads(o.threads > 0 ? o.threads : omp_get_num_procs());
   auto ckpt = Checkpoint::Open(o.model);
   if (!ckpt.ok()) return Fail(ckpt.status());
-  auto tp = TensorParallel::Create((*ckpt)->config(), o.rank, o.world);
-  if (!tp.ok()) return Fail(tp.status());
   std::shared_ptr<const Checkpoint> checkpoint(std::move(*ckpt));
-  auto weights = ModelWeights::Load(checkpoint, *tp);
-  if (!weights.ok()) return Fail(weights.status());
-  std::shared_ptr<const ModelWeights> shared_weights(std::move(*weights));
+  // The degree is checked before the group rendezvous, so a bad --world fails at once.
+  if (auto tp = TensorParallel::Create(checkpoint->config(), o.rank, o.world); !tp.ok()) return Fail(tp.status());
 
   // Rank 0 hosts the rendezvous; everyone (rank 0 included) reaches it through the leader address.
   RendezvousService rendezvous;
@@ -111,20 +87,19 @@ int Run(const WorkerOptions& o) {
     if (!c.ok()) return Fail(c.status());
     collective = std::move(*c);
   }
-  KvCacheOptions kv;
-  kv.max_bytes = o.kv_cache_bytes;
-  absl::StatusOr<std::unique_ptr<Backend>> backend = absl::UnknownError("no backend");
-  if (o.device == "cuda") {
-    auto made = MakeCudaBackend(o, shared_weights, kv, collective);
-    if (!made.ok()) return Fail(made.status());
-    backend = std::move(*made);
-  } else {
-    auto cpu = CpuBackend::Create(shared_weights, kv, collective);
-    if (!cpu.ok()) return Fail(cpu.status());
-    backend = std::unique_ptr<Backend>(std::move(*cpu));
-  }
+  ShardOptions shard_options;
+  shard_options.rank = o.rank;
+  shard_options.world = o.world;
+  shard_options.device = o.device;
+  shard_options.precision = o.precision;
+  shard_options.cuda_device = o.cuda_device;
+  shard_options.kv.max_bytes = o.kv_cache_bytes;
+  shard_options.timeout = o.timeout;
+  auto shard = OpenShard(checkpoint, shard_options, collective);
+  if (!shard.ok()) return Fail(shard.status());
+  std::unique_ptr<Backend>* backend = &shard->backend;
   std::fprintf(stderr, "gemma-worker rank %d/%d: %s; %d KV blocks of %d positions\n", o.rank, o.world,
-               tp->DebugString().c_str(), (*backend)->num_kv_blocks(), (*backend)->kv_block_size());
+               shard->tp.DebugString().c_str(), (*backend)->num_kv_blocks(), (*backend)->kv_block_size());
 
   auto metrics = WorkerMetrics::Create(o.metrics_port > 0 ? absl::StrCat("0.0.0.0:", o.metrics_port) : "", o.rank,
                                        (*backend)->num_kv_blocks());

@@ -1,0 +1,61 @@
+#include "shard/open_shard.h"
+
+#include "absl/strings/str_cat.h"
+#include "shard/cpu/cpu_backend.h"
+#include "shard/cuda/cuda_module.h"
+
+namespace gemma {
+namespace {
+
+// Tensors cross ranks over NCCL, bootstrapped over the group's host collective (which also broadcasts steps).
+absl::StatusOr<std::unique_ptr<Backend>> CudaBackend(const ShardOptions& o, std::shared_ptr<const ModelWeights> weights,
+                                                     Collective* bootstrap) {
+  auto cuda = LoadCudaModule();
+  if (!cuda.ok()) return absl::UnimplementedError(absl::StrCat("--device cuda: ", cuda.status().message()));
+  const int devices = (*cuda)->device_count();
+  if (devices == 0) return absl::FailedPreconditionError("--device cuda: this process sees no CUDA device");
+  CudaBackendOptions options;
+  options.device = o.cuda_device >= 0 ? o.cuda_device : o.rank % devices;
+  if (options.device >= devices) {
+    return absl::InvalidArgumentError(absl::StrCat("CUDA device ", options.device, " does not exist; this process sees ",
+                                                   devices, " (0..", devices - 1, ")"));
+  }
+  options.precision = o.precision == "f32" ? CudaPrecision::kF32 : CudaPrecision::kBf16;
+  std::shared_ptr<Collective> tensors;
+  if (o.world > 1) {
+    if (bootstrap == nullptr) return absl::InvalidArgumentError("a GPU group of several ranks needs a host collective");
+    auto nccl = (*cuda)->create_nccl(*bootstrap, options.device, o.timeout);
+    if (!nccl.ok()) return nccl.status();
+    tensors = std::move(*nccl);
+  }
+  return (*cuda)->create_backend(std::move(weights), o.kv, options, std::move(tensors));
+}
+
+}  // namespace
+
+absl::StatusOr<OpenedShard> OpenShard(std::shared_ptr<const Checkpoint> checkpoint, const ShardOptions& o,
+                                      std::shared_ptr<Collective> collective) {
+  if (o.device != "cpu" && o.device != "cuda") {
+    return absl::InvalidArgumentError(absl::StrCat("device \"", o.device, "\" is invalid; allowed: cpu, cuda"));
+  }
+  if (o.precision != "bf16" && o.precision != "f32") {
+    return absl::InvalidArgumentError(absl::StrCat("precision \"", o.precision, "\" is invalid; allowed: bf16, f32"));
+  }
+  auto tp = TensorParallel::Create(checkpoint->config(), o.rank, o.world);
+  if (!tp.ok()) return tp.status();
+  auto weights = ModelWeights::Load(checkpoint, *tp);
+  if (!weights.ok()) return weights.status();
+  OpenedShard shard{*tp, std::shared_ptr<const ModelWeights>(std::move(*weights)), nullptr};
+  if (o.device == "cuda") {
+    auto backend = CudaBackend(o, shard.weights, collective.get());
+    if (!backend.ok()) return backend.status();
+    shard.backend = std::move(*backend);
+  } else {
+    auto backend = CpuBackend::Create(shard.weights, o.kv, std::move(collective));
+    if (!backend.ok()) return backend.status();
+    shard.backend = std::move(*backend);
+  }
+  return shard;
+}
+
+}  // namespace gemma

@@ -1,0 +1,41 @@
+// Opens one rank's shard of a model: checkpoint -> tensor-parallel slice -> weights -> collective -> backend, on
+// the CPU or a GPU. The worker, the gemma command and the benches all open shards through it.
+#pragma once
+
+#include <chrono>
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "shard/backend.h"
+#include "shard/checkpoint.h"
+#include "shard/collective.h"
+#include "shard/kv_cache.h"
+#include "shard/model_weights.h"
+#include "shard/tensor_parallel.h"
+
+namespace gemma {
+
+struct ShardOptions {
+  int rank = 0;
+  int world = 1;
+  std::string device = "cpu";      // cpu or cuda
+  std::string precision = "bf16";  // with cuda: bf16 or f32
+  int cuda_device = -1;            // -1: rank modulo the devices this process sees
+  KvCacheOptions kv;
+  std::chrono::milliseconds timeout{30000};  // a dead or hung peer fails the group within it
+};
+
+struct OpenedShard {
+  TensorParallel tp;
+  std::shared_ptr<const ModelWeights> weights;
+  std::unique_ptr<Backend> backend;
+};
+
+// InvalidArgument for a bad device, precision or degree; Unimplemented for cuda in a build without it;
+// FailedPrecondition when no GPU is visible. `collective` is the group's host collective (null for one rank):
+// the CPU backend reduces over it, a GPU group bootstraps NCCL through it.
+absl::StatusOr<OpenedShard> OpenShard(std::shared_ptr<const Checkpoint> checkpoint, const ShardOptions& options,
+                                      std::shared_ptr<Collective> collective);
+
+}  // namespace gemma
