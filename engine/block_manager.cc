@@ -88,10 +88,10 @@ int64_t BlockManager::MatchPrefix(std::span<const int32_t> tokens, int64_t limit
   chain = {0, salt};
   if (!prefix_cache_ || !table.empty()) return 0;
   limit = std::min<int64_t>(limit, static_cast<int64_t>(tokens.size()));
-  const int64_t full = limit / block_size_;
-  for (int64_t i = 0; i < full; ++i) {
+  const std::vector<uint64_t> hashes = PrefixHashes(tokens, limit, block_size_, salt);
+  for (size_t i = 0; i < hashes.size(); ++i) {
     const auto block_tokens = tokens.subspan(i * block_size_, block_size_);
-    const uint64_t h = ChainHash(chain.last_hash, block_tokens);
+    const uint64_t h = hashes[i];
     auto it = by_hash_.find(h);
     if (it == by_hash_.end()) break;
     const Block& b = blocks_[it->second];
@@ -123,6 +123,19 @@ void BlockManager::Register(std::span<const int32_t> tokens, int64_t computed, u
     }
     chain = {static_cast<int32_t>(i + 1), h};
   }
+}
+
+std::vector<uint64_t> BlockManager::PrefixHashes(std::span<const int32_t> tokens, int64_t limit, int block_size,
+                                                 uint64_t salt) {
+  std::vector<uint64_t> chain;
+  if (block_size <= 0) return chain;
+  limit = std::min<int64_t>(limit, static_cast<int64_t>(tokens.size()));
+  uint64_t h = salt;
+  for (int64_t i = 0; i + block_size <= limit; i += block_size) {
+    h = ChainHash(h, tokens.subspan(i, block_size));
+    chain.push_back(h);
+  }
+  return chain;
 }
 
 std::vector<uint64_t> BlockManager::Names() const {

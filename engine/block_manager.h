@@ -54,6 +54,9 @@ class BlockManager {
                 BlockChain& chain);
   // The hash naming a full block of `tokens` after `parent` (the salt for the first block).
   static uint64_t ChainHash(uint64_t parent, std::span<const int32_t> tokens);
+  // The chain of names of the full blocks of tokens[0, limit), as MatchPrefix looks them up.
+  static std::vector<uint64_t> PrefixHashes(std::span<const int32_t> tokens, int64_t limit, int block_size,
+                                            uint64_t salt);
   // The names of the cached blocks, and a number that changes whenever they do (for copies kept elsewhere).
   std::vector<uint64_t> Names() const;
   uint64_t names_version() const { return names_version_; }

@@ -58,16 +58,17 @@ absl::Status Engine::Step(const UpdateFn& on_update, const std::function<void(ui
   if (plan.empty()) return absl::OkStatus();
   std::vector<StepRow> rows;
   rows.reserve(plan.size());
-  int64_t prefill = 0;
   for (const PlannedSequence& p : plan) {
     rows.push_back(RowFor(p));
-    prefill += std::max(0, std::min(p.start + p.count, p.sequence->prompt_len) - p.start);
     if (on_planned) on_planned(p.sequence->id);
   }
   std::vector<absl::Status> errors;
   auto results = Execute(rows, &errors);
   if (!results.ok()) return results.status();
-  prefilled_tokens_ += prefill;
+  for (size_t i = 0; i < plan.size(); ++i) {
+    const PlannedSequence& p = plan[i];
+    if (errors[i].ok()) prefilled_tokens_ += std::max(0, std::min(p.start + p.count, p.sequence->prompt_len) - p.start);
+  }
   std::vector<uint64_t> finished;
   for (size_t i = 0; i < plan.size(); ++i) {
     const PlannedSequence& p = plan[i];

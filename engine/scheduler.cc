@@ -18,8 +18,11 @@ absl::Status Scheduler::Enqueue(std::unique_ptr<ScheduledSequence> s) {
   }
   const int need = blocks_.BlocksFor(static_cast<int64_t>(s->prompt_len) + s->spec.max_new_tokens);
   if (need > blocks_.num_blocks()) {
-    return absl::InvalidArgumentError(absl::StrCat("the request needs ", need, " KV blocks but a worker group has ",
-                                                   blocks_.num_blocks(), "; shorten the prompt or max_new_tokens"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the prompt (", s->prompt_len, " tokens) + max_new_tokens (", s->spec.max_new_tokens, ") need ",
+        static_cast<int64_t>(need) * blocks_.block_size(), " KV positions, but at most ",
+        static_cast<int64_t>(blocks_.num_blocks()) * blocks_.block_size(),
+        " fit in the KV cache; shorten the prompt or max_new_tokens"));
   }
   queue_.push_back(std::move(s));
   return absl::OkStatus();

@@ -66,9 +66,20 @@ absl::Status GroupSet::Submit(std::shared_ptr<ActiveRequest> request) {
   const int bound = least == INT_MAX ? 0 : least + 4 + least / 4;
   WorkerGroup* best = nullptr;
   int best_cached = -1;
+  // Named as the scheduler matches: the last prompt token is always computed; no adapter salt yet.
+  const std::vector<int32_t>& prompt = request->options().prompt;
+  std::vector<uint64_t> hashes;
+  int hashed_for = -1;
   for (WorkerGroup* g : open) {
     if (g->load() > bound) continue;
-    const int cached = open.size() > 1 ? g->CachedPrefixBlocks(request->options().prompt) : 0;
+    int cached = 0;
+    if (open.size() > 1 && !request->options().score) {
+      if (g->block_size() != hashed_for) {
+        hashed_for = g->block_size();
+        hashes = BlockManager::PrefixHashes(prompt, static_cast<int64_t>(prompt.size()) - 1, hashed_for, 0);
+      }
+      cached = g->CachedPrefixBlocks(hashes, hashed_for);
+    }
     if (cached > best_cached || (cached == best_cached && g->load() < best->load())) {
       best = g;
       best_cached = cached;

@@ -184,17 +184,13 @@ void WorkerGroup::FailAll(const absl::Status& status) {
   incoming_.clear();
 }
 
-int WorkerGroup::CachedPrefixBlocks(const std::vector<int32_t>& prompt) const {
-  const int block_size = block_size_;  // of the group's current incarnation
-  if (block_size <= 0 || prompt.size() < 2) return 0;
-  const size_t full = (prompt.size() - 1) / block_size;  // as the scheduler matches: the last token is computed
+int WorkerGroup::CachedPrefixBlocks(const std::vector<uint64_t>& prefix_hashes, int block_size) const {
+  if (block_size != block_size_) return 0;  // named for another incarnation's block size
   std::lock_guard<std::mutex> lock(names_mu_);
-  uint64_t chain = 0;  // the salt of requests without an adapter
-  for (size_t i = 0; i < full; ++i) {
-    chain = BlockManager::ChainHash(chain, std::span<const int32_t>(prompt).subspan(i * block_size, block_size));
-    if (!cached_names_.contains(chain)) return static_cast<int>(i);
+  for (size_t i = 0; i < prefix_hashes.size(); ++i) {
+    if (!cached_names_.contains(prefix_hashes[i])) return static_cast<int>(i);
   }
-  return static_cast<int>(full);
+  return static_cast<int>(prefix_hashes.size());
 }
 
 void WorkerGroup::PublishState() {

@@ -40,8 +40,10 @@ class WorkerGroup {
   bool healthy() const { return healthy_; }
   // Outstanding work, for picking the least-loaded group.
   int load() const { return load_; }
-  // How many leading full blocks of `prompt` the group's prefix cache holds (as of its last step).
-  int CachedPrefixBlocks(const std::vector<int32_t>& prompt) const;
+  // How many of a prompt's leading full blocks (named by BlockManager::PrefixHashes for `block_size`) the group's
+  // prefix cache holds, as of its last step.
+  int CachedPrefixBlocks(const std::vector<uint64_t>& prefix_hashes, int block_size) const;
+  int block_size() const { return block_size_; }
   // ResourceExhausted (queue full) or Unavailable (group down, or draining) when not accepted.
   absl::Status Submit(std::shared_ptr<ActiveRequest> request);
   // Where requests go when this group fails before they started (another group, through the GroupSet); what
