@@ -7,7 +7,9 @@
 namespace gemma {
 
 Engine::Engine(EngineOptions options, StepExecutor* executor)
-    : scheduler_(options.limits, options.num_blocks, options.block_size, options.prefix_cache), executor_(executor) {}
+    : scheduler_(options.limits, options.num_blocks, options.block_size, options.prefix_cache),
+      executor_(executor),
+      overlap_(options.overlap) {}
 
 absl::Status Engine::Add(uint64_t id, SequenceSpec spec) {
   if (spec.prompt.empty()) return absl::InvalidArgumentError("the prompt is empty; at least one token is needed");
@@ -23,15 +25,40 @@ absl::Status Engine::Add(uint64_t id, SequenceSpec spec) {
   return scheduler_.Enqueue(std::move(s));
 }
 
-std::unique_ptr<ScheduledSequence> Engine::Remove(uint64_t id) { return scheduler_.Remove(id); }
+std::unique_ptr<ScheduledSequence> Engine::Remove(uint64_t id) {
+  if (in_flight_) {
+    for (const PlannedSequence& p : in_flight_->plan) {
+      if (p.sequence->id == id) {  // the step in flight still writes its blocks: released once it has answered
+        removed_.insert(id);
+        return nullptr;
+      }
+    }
+  }
+  return scheduler_.Remove(id);
+}
 
-std::vector<std::unique_ptr<ScheduledSequence>> Engine::RemoveAll() { return scheduler_.RemoveAll(); }
+std::vector<std::unique_ptr<ScheduledSequence>> Engine::RemoveAll() {
+  if (in_flight_) {
+    in_flight_->result.wait();
+    in_flight_.reset();
+  }
+  removed_.clear();
+  finished_early_.clear();
+  return scheduler_.RemoveAll();
+}
+
+Engine::~Engine() {
+  if (in_flight_) in_flight_->result.wait();
+}
 
 StepRow Engine::RowFor(const PlannedSequence& p) const {
   const ScheduledSequence& s = *p.sequence;
   StepRow row;
   row.sequence_id = s.id;
-  row.tokens = std::span<const int32_t>(s.tokens).subspan(p.start, p.count);
+  // A row planned before the previous step answered has no token here yet (it takes that step's draw).
+  if (static_cast<size_t>(p.start + p.count) <= s.tokens.size()) {
+    row.tokens = std::span<const int32_t>(s.tokens).subspan(p.start, p.count);
+  }
   row.start_pos = p.start;
   row.block_table = s.blocks;
   if (s.spec.score) {
@@ -54,17 +81,88 @@ StepRow Engine::RowFor(const PlannedSequence& p) const {
 }
 
 absl::Status Engine::Step(const UpdateFn& on_update, const std::function<void(uint64_t)>& on_planned) {
-  const std::vector<PlannedSequence> plan = scheduler_.Schedule();
-  if (plan.empty()) return absl::OkStatus();
-  std::vector<StepRow> rows;
-  rows.reserve(plan.size());
-  for (const PlannedSequence& p : plan) {
-    rows.push_back(RowFor(p));
-    if (on_planned) on_planned(p.sequence->id);
+  if (!in_flight_) {
+    std::vector<PlannedSequence> plan = scheduler_.Schedule();
+    if (plan.empty()) return absl::OkStatus();
+    // Decided before the rows are made: reserving blocks may move a block table the rows would point into.
+    const bool pipeline = CanContinue(plan);
+    std::vector<StepRow> rows;
+    rows.reserve(plan.size());
+    for (const PlannedSequence& p : plan) {
+      rows.push_back(RowFor(p));
+      if (on_planned) on_planned(p.sequence->id);
+    }
+    if (!pipeline) {
+      std::vector<absl::Status> errors;
+      auto results = Execute(rows, &errors);
+      if (!results.ok()) return results.status();
+      Apply(plan, *results, errors, on_update, {});
+      return absl::OkStatus();
+    }
+    in_flight_ = InFlight{std::move(plan), executor_->Start(rows, /*after_previous=*/false)};
   }
-  std::vector<absl::Status> errors;
-  auto results = Execute(rows, &errors);
-  if (!results.ok()) return results.status();
+  // A step is in flight. Its successor is planned and sent before its answer comes, so that the worker never
+  // waits for the router between them; then its answer is applied.
+  std::optional<InFlight> next;
+  if (CanContinue(in_flight_->plan)) {
+    std::vector<PlannedSequence> plan;
+    std::vector<StepRow> rows;
+    for (const PlannedSequence& p : in_flight_->plan) {
+      PlannedSequence q{p.sequence, p.start + p.count, 1, true};
+      StepRow row = RowFor(q);
+      row.tokens = {};
+      row.token_from_last_step = true;
+      rows.push_back(row);
+      plan.push_back(q);
+      if (on_planned) on_planned(q.sequence->id);
+    }
+    next = InFlight{std::move(plan), executor_->Start(rows, /*after_previous=*/true)};
+  }
+  InFlight done = std::move(*in_flight_);
+  in_flight_ = std::move(next);
+  absl::StatusOr<std::vector<RowResult>> results = CheckResults(done.plan, done.result.get());
+  if (!results.ok()) {
+    if (in_flight_) {
+      in_flight_->result.wait();  // it cannot run without the draws of the one that failed
+      in_flight_.reset();
+    }
+    ReleaseRemoved();
+    return results.status();
+  }
+  absl::flat_hash_set<uint64_t> still_running;
+  if (in_flight_) {
+    for (const PlannedSequence& p : in_flight_->plan) still_running.insert(p.sequence->id);
+  }
+  Apply(done.plan, *results, std::vector<absl::Status>(done.plan.size()), on_update, still_running);
+  if (!in_flight_) ReleaseRemoved();
+  return absl::OkStatus();
+}
+
+bool Engine::CanContinue(const std::vector<PlannedSequence>& plan) {
+  // Only the steady state of decoding is overlapped: every running sequence decodes one token, nothing waits to
+  // be admitted, and no sequence needs what the router alone knows (its history for penalties) or will end
+  // by length. Anything else runs one step at a time, as it comes.
+  if (!overlap_ || !executor_->CanStart() || scheduler_.queued() > 0 ||
+      static_cast<int>(plan.size()) != scheduler_.running()) {
+    return false;
+  }
+  for (const PlannedSequence& p : plan) {
+    const ScheduledSequence& s = *p.sequence;
+    if (!p.sample || p.count != 1 || p.start < s.prompt_len || s.spec.score || s.spec.sampling.has_penalties() ||
+        s.generated() + 1 >= s.spec.max_new_tokens || removed_.contains(s.id) || finished_early_.contains(s.id)) {
+      return false;
+    }
+  }
+  // Room for one more position each (blocks taken now stay with their sequences if this fails part way).
+  for (const PlannedSequence& p : plan) {
+    if (!scheduler_.Reserve(*p.sequence, p.start + p.count + 1)) return false;
+  }
+  return true;
+}
+
+void Engine::Apply(const std::vector<PlannedSequence>& plan, const std::vector<RowResult>& results,
+                   const std::vector<absl::Status>& errors, const UpdateFn& on_update,
+                   const absl::flat_hash_set<uint64_t>& still_running) {
   for (size_t i = 0; i < plan.size(); ++i) {
     const PlannedSequence& p = plan[i];
     if (errors[i].ok()) prefilled_tokens_ += std::max(0, std::min(p.start + p.count, p.sequence->prompt_len) - p.start);
@@ -72,8 +170,13 @@ absl::Status Engine::Step(const UpdateFn& on_update, const std::function<void(ui
   std::vector<uint64_t> finished;
   for (size_t i = 0; i < plan.size(); ++i) {
     const PlannedSequence& p = plan[i];
-    const RowResult& r = (*results)[i];
+    const RowResult& r = results[i];
     ScheduledSequence& s = *p.sequence;
+    if (removed_.contains(s.id) || finished_early_.contains(s.id)) {
+      // Removed by the caller, or finished, while this step ran: nobody hears of it.
+      if (!still_running.contains(s.id)) finished.push_back(s.id);
+      continue;
+    }
     SequenceUpdate u;
     u.id = s.id;
     u.result = &r;
@@ -113,10 +216,43 @@ absl::Status Engine::Step(const UpdateFn& on_update, const std::function<void(ui
       }
     }
     const bool stop = on_update(u);
-    if (stop || u.finish != FinishReason::kNone) finished.push_back(s.id);
+    if (stop || u.finish != FinishReason::kNone) {
+      // A step still in flight runs it once more: its blocks stay until that step has answered.
+      if (still_running.contains(s.id)) {
+        finished_early_.insert(s.id);
+      } else {
+        finished.push_back(s.id);
+      }
+    }
   }
-  for (uint64_t id : finished) scheduler_.Remove(id);
-  return absl::OkStatus();
+  for (uint64_t id : finished) {
+    scheduler_.Remove(id);
+    removed_.erase(id);
+    finished_early_.erase(id);
+  }
+}
+
+void Engine::ReleaseRemoved() {
+  for (uint64_t id : removed_) scheduler_.Remove(id);
+  for (uint64_t id : finished_early_) scheduler_.Remove(id);
+  removed_.clear();
+  finished_early_.clear();
+}
+
+absl::StatusOr<std::vector<RowResult>> Engine::CheckResults(const std::vector<PlannedSequence>& plan,
+                                                            absl::StatusOr<std::vector<RowResult>> results) {
+  if (!results.ok()) return results.status();
+  if (results->size() != plan.size()) {
+    return absl::InternalError(absl::StrCat("the step planned ", plan.size(), " sequences but ", results->size(),
+                                            " results came back"));
+  }
+  for (size_t i = 0; i < plan.size(); ++i) {
+    if ((*results)[i].sequence_id != plan[i].sequence->id) {
+      return absl::InternalError(absl::StrCat("result ", i, " is for sequence ", (*results)[i].sequence_id,
+                                              ", planned was ", plan[i].sequence->id));
+    }
+  }
+  return results;
 }
 
 absl::StatusOr<std::vector<RowResult>> Engine::Execute(const std::vector<StepRow>& rows,

@@ -4,10 +4,13 @@
 
 #include <cstdint>
 #include <functional>
+#include <future>
+#include <optional>
 #include <memory>
 #include <span>
 #include <vector>
 
+#include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
 #include "engine/scheduler.h"
 #include "engine/step_executor.h"
@@ -41,6 +44,9 @@ struct EngineOptions {
   int num_blocks = 0;
   int block_size = 16;
   bool prefix_cache = true;
+  // Overlapped scheduling, where the executor can start steps: while decoding in the steady state, step N+1 is
+  // planned and sent while step N runs (its rows take their token from step N's draws on the worker).
+  bool overlap = false;
 };
 
 // Not thread-safe: one thread adds, removes and steps.
@@ -48,12 +54,15 @@ class Engine {
  public:
   // `executor` must outlive the engine.
   Engine(EngineOptions options, StepExecutor* executor);
+  ~Engine();  // waits for a step in flight
 
   // InvalidArgument for a spec the engine can never run (empty prompt, no room in the KV cache); sampling
   // parameters are the caller's to validate (the executor refuses bad ones, failing only that sequence);
   // ResourceExhausted when the queue is full.
   absl::Status Add(uint64_t id, SequenceSpec spec);
-  // Ends a sequence (cancelled, or stopped by a rule of the caller's) and releases its blocks; null if unknown.
+  // Ends a sequence (cancelled, or stopped by a rule of the caller's) and releases its blocks; null if unknown,
+  // or if a step in flight still runs it (its blocks are released when that step has answered, and nobody hears
+  // of its result).
   std::unique_ptr<ScheduledSequence> Remove(uint64_t id);
   std::vector<std::unique_ptr<ScheduledSequence>> RemoveAll();
 
@@ -64,18 +73,36 @@ class Engine {
   // `on_planned`, if set, hears the id of every planned sequence before the step runs.
   using UpdateFn = std::function<bool(const SequenceUpdate&)>;
   absl::Status Step(const UpdateFn& on_update, const std::function<void(uint64_t)>& on_planned = nullptr);
-  bool idle() const { return scheduler_.queued() == 0 && scheduler_.running() == 0; }
+  bool idle() const { return scheduler_.queued() == 0 && scheduler_.running() == 0 && !in_flight_; }
   const Scheduler& scheduler() const { return scheduler_; }
   // Prompt positions computed by steps that ran (a cached prefix is not computed).
   int64_t prefilled_tokens() const { return prefilled_tokens_; }
 
  private:
+  struct InFlight {
+    std::vector<PlannedSequence> plan;
+    std::future<absl::StatusOr<std::vector<RowResult>>> result;
+  };
   StepRow RowFor(const PlannedSequence& p) const;
+  // Whether the step after `plan` can be planned before `plan` has answered (and blocks reserved for it).
+  bool CanContinue(const std::vector<PlannedSequence>& plan);
+  // A step's answer: sequences advanced, callers told, the finished removed (those a step still in flight runs
+  // are removed once it has answered).
+  void Apply(const std::vector<PlannedSequence>& plan, const std::vector<RowResult>& results,
+             const std::vector<absl::Status>& errors, const UpdateFn& on_update,
+             const absl::flat_hash_set<uint64_t>& still_running);
+  void ReleaseRemoved();
+  static absl::StatusOr<std::vector<RowResult>> CheckResults(const std::vector<PlannedSequence>& plan,
+                                                             absl::StatusOr<std::vector<RowResult>> results);
   // Runs the rows; when the executor refuses the batch as malformed, row by row. `errors[i]` is row i's refusal.
   absl::StatusOr<std::vector<RowResult>> Execute(const std::vector<StepRow>& rows, std::vector<absl::Status>* errors);
 
   Scheduler scheduler_;
   StepExecutor* executor_;
+  const bool overlap_;
+  std::optional<InFlight> in_flight_;
+  absl::flat_hash_set<uint64_t> removed_;         // removed by the caller while a step in flight runs them
+  absl::flat_hash_set<uint64_t> finished_early_;  // finished while a step in flight runs them once more
   int64_t prefilled_tokens_ = 0;
 };
 

@@ -2,6 +2,7 @@
 
 #include "engine/run_batch.h"
 #include <map>
+#include <set>
 
 #include "gtest/gtest.h"
 
@@ -19,6 +20,9 @@ class PositionExecutor : public StepExecutor {
     }
     std::vector<RowResult> out;
     for (const StepRow& r : rows) {
+      // A block table that covers the row, with ids from the pool (a dangling table shows here).
+      EXPECT_GE(static_cast<int64_t>(r.block_table.size()) * 4, r.start_pos + static_cast<int64_t>(r.tokens.size()));
+      for (int32_t b : r.block_table) EXPECT_TRUE(b >= 0 && b < 64) << "block " << b;
       RowResult res;
       res.sequence_id = r.sequence_id;
       const int32_t end = r.start_pos + static_cast<int32_t>(r.tokens.size());
@@ -165,6 +169,117 @@ TEST(EngineTest, RunBatchReportsARefusedRequest) {
   EXPECT_TRUE(absl::IsInvalidArgument(done.status()));
   EXPECT_NE(done.status().message().find("request 0"), std::string::npos) << done.status();
   EXPECT_TRUE(engine.idle());
+}
+
+// Runs steps as the remote executor does when overlapping: each started step runs in order, and a row marked
+// token_from_last_step takes the token the step before drew for it.
+class OverlappingExecutor : public PositionExecutor {
+ public:
+  bool CanStart() const override { return true; }
+  std::future<absl::StatusOr<std::vector<RowResult>>> Start(std::span<const StepRow> rows,
+                                                             bool after_previous) override {
+    ++started;
+    if (after_previous) ++overlapped;
+    std::vector<StepRow> copy(rows.begin(), rows.end());
+    std::vector<std::vector<int32_t>> tokens(copy.size());
+    for (size_t i = 0; i < copy.size(); ++i) {
+      if (!copy[i].token_from_last_step) continue;
+      EXPECT_TRUE(after_previous);
+      EXPECT_TRUE(copy[i].tokens.empty());
+      auto it = last_draws.find(copy[i].sequence_id);
+      EXPECT_NE(it, last_draws.end()) << copy[i].sequence_id;
+      tokens[i] = {it == last_draws.end() ? -1 : it->second};
+      copy[i].tokens = tokens[i];
+    }
+    auto out = Execute(copy);
+    last_draws.clear();
+    if (out.ok()) {
+      for (const RowResult& r : *out) {
+        if (r.sampled) last_draws[r.sequence_id] = r.token;
+      }
+    }
+    std::promise<absl::StatusOr<std::vector<RowResult>>> p;
+    p.set_value(std::move(out));
+    return p.get_future();
+  }
+  std::map<uint64_t, int32_t> last_draws;
+  int started = 0, overlapped = 0;
+};
+
+TEST(EngineTest, OverlappedStepsGiveTheSameTokensAndEndSequencesCleanly) {
+  auto specs = [] {
+    auto stop = Prompt(5, 30);
+    stop.stop_ids = {12};  // drawn at position 12, while the step after it is already in flight
+    return std::vector<SequenceSpec>{Prompt(5, 20), stop, Prompt(9, 3)};
+  };
+  PositionExecutor plain;
+  Engine one_at_a_time(Options(), &plain);
+  auto expected = RunBatch(one_at_a_time, specs());
+  ASSERT_TRUE(expected.ok());
+  OverlappingExecutor exec;
+  EngineOptions o = Options();
+  o.overlap = true;
+  Engine engine(o, &exec);
+  auto got = RunBatch(engine, specs());
+  ASSERT_TRUE(got.ok()) << got.status();
+  for (size_t i = 0; i < expected->size(); ++i) {
+    EXPECT_EQ((*got)[i].tokens, (*expected)[i].tokens) << i;
+    EXPECT_EQ((*got)[i].finish, (*expected)[i].finish) << i;
+  }
+  EXPECT_GT(exec.overlapped, 10);
+  EXPECT_TRUE(engine.idle());
+  EXPECT_EQ(engine.scheduler().blocks().used_blocks(), 0);
+}
+
+TEST(EngineTest, OverlappedStepsNeverPlanOrReportASequenceAfterItsEnd) {
+  OverlappingExecutor exec;
+  EngineOptions o = Options();
+  o.overlap = true;
+  Engine engine(o, &exec);
+  for (uint64_t id = 1; id <= 4; ++id) {
+    auto spec = Prompt(4, 40);
+    spec.stop_ids = {static_cast<int32_t>(6 + 3 * id)};  // each stops at another position, mid-pipeline
+    ASSERT_TRUE(engine.Add(id, spec).ok());
+  }
+  std::set<uint64_t> ended;
+  while (!engine.idle()) {
+    ASSERT_TRUE(engine.Step(
+        [&](const SequenceUpdate& u) {
+          EXPECT_FALSE(ended.contains(u.id)) << "heard of " << u.id << " after its end";
+          if (u.finish != FinishReason::kNone) ended.insert(u.id);
+          return false;
+        },
+        [&](uint64_t id) { EXPECT_FALSE(ended.contains(id)) << "planned " << id << " after its end"; }).ok());
+  }
+  EXPECT_EQ(ended.size(), 4u);
+  EXPECT_GT(exec.overlapped, 0);
+  EXPECT_EQ(engine.scheduler().blocks().used_blocks(), 0);
+}
+
+TEST(EngineTest, ASequenceRemovedWhileItsStepIsInFlightIsReleasedAfterItAnswers) {
+  OverlappingExecutor exec;
+  EngineOptions o = Options();
+  o.overlap = true;
+  Engine engine(o, &exec);
+  ASSERT_TRUE(engine.Add(1, Prompt(3, 50)).ok());
+  ASSERT_TRUE(engine.Add(2, Prompt(3, 50)).ok());
+  std::map<uint64_t, int> tokens;
+  auto step = [&] {
+    return engine.Step([&](const SequenceUpdate& u) {
+      ++tokens[u.id];
+      return false;
+    });
+  };
+  for (int i = 0; i < 5; ++i) ASSERT_TRUE(step().ok());
+  ASSERT_GT(exec.overlapped, 0);
+  EXPECT_EQ(engine.Remove(1), nullptr);  // in flight: released later
+  const int heard = tokens[1];
+  for (int i = 0; i < 5; ++i) ASSERT_TRUE(step().ok());
+  EXPECT_EQ(tokens[1], heard);  // nobody hears of it again
+  EXPECT_EQ(engine.scheduler().running(), 1);
+  engine.RemoveAll();
+  EXPECT_TRUE(engine.idle());
+  EXPECT_EQ(engine.scheduler().blocks().used_blocks(), 0);
 }
 
 TEST(EngineTest, RejectsWhatCanNeverRun) {

@@ -70,6 +70,8 @@ class Scheduler {
   // full blocks named in the prefix cache. Call for every planned sequence, with `token` < 0 when nothing was
   // sampled (a prompt chunk).
   void Advance(const PlannedSequence& planned, int32_t token);
+  // Blocks for a running sequence to cover `positions` without preempting anyone; false when too few are free.
+  bool Reserve(ScheduledSequence& s, int64_t positions) { return blocks_.EnsureCapacity(s.blocks, positions); }
   // Removes a sequence (finished, cancelled or failed) and releases its blocks; returns it (null if unknown).
   std::unique_ptr<ScheduledSequence> Remove(uint64_t id);
   // Removes every sequence, queued and running, and returns them.

@@ -2,6 +2,7 @@
 // worker group over its RPC. The engine sees only this interface.
 #pragma once
 
+#include <future>
 #include <span>
 #include <vector>
 
@@ -16,6 +17,18 @@ class StepExecutor {
   // Runs one step: one result per row, in row order. InvalidArgument: a row is malformed and nothing ran; any
   // other error: the executor has failed.
   virtual absl::StatusOr<std::vector<RowResult>> Execute(std::span<const StepRow> rows) = 0;
+
+  // Overlapped scheduling, for executors whose steps run elsewhere (a remote group). Start sends a step and
+  // returns without waiting for its answer; with `after_previous` it runs after the step started before it, and
+  // its rows marked token_from_last_step take that step's draws. Everything a row points to is read before
+  // Start returns.
+  virtual bool CanStart() const { return false; }
+  virtual std::future<absl::StatusOr<std::vector<RowResult>>> Start(std::span<const StepRow> rows,
+                                                                     bool after_previous) {
+    std::promise<absl::StatusOr<std::vector<RowResult>>> p;
+    p.set_value(absl::UnimplementedError("this executor runs steps one at a time"));
+    return p.get_future();
+  }
 };
 
 }  // namespace gemma

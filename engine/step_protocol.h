@@ -38,6 +38,9 @@ struct StepRow {
   // The sequence's tokens so far, prompt first; sent only when penalties are set.
   std::span<const int32_t> penalty_history;
   int32_t penalty_prompt_len = 0;  // how many of penalty_history are prompt tokens
+  // Overlapped steps: `tokens` is empty and the one new token is the one this sequence drew in the step before,
+  // still in flight when this row was planned; the executor fills it in where that draw is known.
+  bool token_from_last_step = false;
 };
 
 struct TokenLogprob {

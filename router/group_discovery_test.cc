@@ -44,7 +44,7 @@ TEST(GroupDiscoveryTest, GroupsJoinAndLeaveWithTheNamesAnswer) {
   GroupDiscovery discovery(
       [&] { return answer; },
       [](const std::string& address) {
-        return WorkerGroup::Connect(address, SchedulerLimits{}, std::chrono::seconds(3));
+        return WorkerGroup::Connect(address, GroupOptions{}, std::chrono::seconds(3));
       },
       &groups, std::chrono::seconds(1));
   EXPECT_EQ(groups.model(), nullptr);

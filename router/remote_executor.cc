@@ -2,17 +2,22 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <random>
+
 #include "absl/strings/str_cat.h"
 
 namespace gemma {
 
-absl::StatusOr<std::vector<RowResult>> RemoteExecutor::Execute(std::span<const StepRow> rows) {
+namespace {
+
+worker::v1::StepRequest ToRequest(std::span<const StepRow> rows) {
   worker::v1::StepRequest req;
   for (const StepRow& r : rows) {
     auto* s = req.add_sequences();
     s->set_sequence_id(r.sequence_id);
     s->mutable_tokens()->Add(r.tokens.begin(), r.tokens.end());
     s->set_start_pos(r.start_pos);
+    s->set_token_from_last_step(r.token_from_last_step);
     s->mutable_block_table()->Add(r.block_table.begin(), r.block_table.end());
     s->mutable_score_targets()->Add(r.score_targets.begin(), r.score_targets.end());
     s->set_sample(r.sample);
@@ -29,18 +34,46 @@ absl::StatusOr<std::vector<RowResult>> RemoteExecutor::Execute(std::span<const S
     s->mutable_penalty_history()->Add(r.penalty_history.begin(), r.penalty_history.end());
     s->set_penalty_prompt_len(r.penalty_prompt_len);
   }
+  return req;
+}
+
+}  // namespace
+
+RemoteExecutor::RemoteExecutor(worker::v1::Worker::Stub* stub, std::chrono::milliseconds step_timeout)
+    : stub_(stub), step_timeout_(step_timeout), session_(std::random_device{}() * 0x100000001ull ^ std::random_device{}()) {}
+
+worker::v1::StepRequest RemoteExecutor::Number(std::span<const StepRow> rows, bool after_previous) {
+  worker::v1::StepRequest req = ToRequest(rows);
+  std::lock_guard<std::mutex> lock(mu_);
+  req.set_session(session_);
+  req.set_step_id(++last_step_);
+  if (after_previous) req.set_after_step(last_step_ - 1);
+  return req;
+}
+
+absl::StatusOr<std::vector<RowResult>> RemoteExecutor::Execute(std::span<const StepRow> rows) {
+  return Call(Number(rows, false));
+}
+
+std::future<absl::StatusOr<std::vector<RowResult>>> RemoteExecutor::Start(std::span<const StepRow> rows,
+                                                                           bool after_previous) {
+  // The request is built here, before the rows' storage can change; only the call runs on its own thread.
+  return std::async(std::launch::async, [this, req = Number(rows, after_previous)] { return Call(req); });
+}
+
+absl::StatusOr<std::vector<RowResult>> RemoteExecutor::Call(const worker::v1::StepRequest& req) {
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + step_timeout_);
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (cancelled_) return absl::UnavailableError("the router is shutting down");
-    in_flight_ = &ctx;
+    in_flight_.insert(&ctx);
   }
   worker::v1::StepResponse resp;
   const grpc::Status status = stub_->Step(&ctx, req, &resp);
   {
     std::lock_guard<std::mutex> lock(mu_);
-    in_flight_ = nullptr;
+    in_flight_.erase(&ctx);
   }
   if (status.error_code() == grpc::StatusCode::INVALID_ARGUMENT) {
     return absl::InvalidArgumentError(status.error_message());
@@ -69,7 +102,7 @@ absl::StatusOr<std::vector<RowResult>> RemoteExecutor::Execute(std::span<const S
 void RemoteExecutor::Cancel() {
   std::lock_guard<std::mutex> lock(mu_);
   cancelled_ = true;
-  if (in_flight_ != nullptr) in_flight_->TryCancel();
+  for (grpc::ClientContext* ctx : in_flight_) ctx->TryCancel();
 }
 
 }  // namespace gemma

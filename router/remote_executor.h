@@ -4,7 +4,9 @@
 #include <grpcpp/grpcpp.h>
 
 #include <chrono>
+#include <future>
 #include <mutex>
+#include <set>
 
 #include "absl/base/thread_annotations.h"
 #include "engine/step_executor.h"
@@ -15,11 +17,13 @@ namespace gemma {
 // One step at a time, from the group's thread; Cancel from any thread.
 class RemoteExecutor : public StepExecutor {
  public:
-  RemoteExecutor(worker::v1::Worker::Stub* stub, std::chrono::milliseconds step_timeout)
-      : stub_(stub), step_timeout_(step_timeout) {}
+  RemoteExecutor(worker::v1::Worker::Stub* stub, std::chrono::milliseconds step_timeout);
   // InvalidArgument as the worker gave it (a malformed row, nothing ran); Unavailable when the group did not
   // answer or has failed.
   absl::StatusOr<std::vector<RowResult>> Execute(std::span<const StepRow> rows) override;
+  bool CanStart() const override { return true; }
+  std::future<absl::StatusOr<std::vector<RowResult>>> Start(std::span<const StepRow> rows,
+                                                             bool after_previous) override;
   // From any thread: cancels the step in flight and refuses later ones (Unavailable), so shutdown never waits
   // out a hung worker.
   void Cancel();
@@ -27,9 +31,15 @@ class RemoteExecutor : public StepExecutor {
  private:
   worker::v1::Worker::Stub* stub_;
   std::chrono::milliseconds step_timeout_;
+  // The wire request, numbered for the worker's ordering of overlapped steps.
+  worker::v1::StepRequest Number(std::span<const StepRow> rows, bool after_previous);
+  absl::StatusOr<std::vector<RowResult>> Call(const worker::v1::StepRequest& req);
+
   std::mutex mu_;
   bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
-  grpc::ClientContext* in_flight_ ABSL_GUARDED_BY(mu_) = nullptr;
+  std::set<grpc::ClientContext*> in_flight_ ABSL_GUARDED_BY(mu_);
+  uint64_t last_step_ ABSL_GUARDED_BY(mu_) = 0;
+  const uint64_t session_;  // this executor's numbering of steps, as the worker tells routers apart
 };
 
 }  // namespace gemma

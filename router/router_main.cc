@@ -38,6 +38,9 @@ ABSL_FLAG(int, max_tokens_per_step, 512, "tokens in one step per group (decodes 
 ABSL_FLAG(int, max_queued, 256, "waiting requests per group; more get RESOURCE_EXHAUSTED");
 ABSL_FLAG(int, max_new_tokens, 4096, "ceiling on a request's max_new_tokens");
 ABSL_FLAG(int, max_total_tokens, 8192, "ceiling on prompt + max_new_tokens");
+ABSL_FLAG(std::string, overlap_steps, "on",
+          "on: while a group decodes, the next step is sent before the last one has answered, hiding the router's "
+          "share of each token (off: one step at a time)");
 ABSL_FLAG(std::string, prefix_cache, "on",
           "on: a request reuses the KV blocks of the longest prompt prefix a group has cached (off: never)");
 ABSL_FLAG(int, metrics_port, 0, "port of the Prometheus /metrics endpoint; 0: none");
@@ -92,7 +95,14 @@ int main(int argc, char** argv) {
   if (prefix_cache_flag != "on" && prefix_cache_flag != "off") {
     return Fail(absl::StrCat("--prefix_cache \"", prefix_cache_flag, "\" is invalid; allowed: on, off"), 2);
   }
-  const bool prefix_cache = prefix_cache_flag == "on";
+  const std::string overlap_flag = absl::GetFlag(FLAGS_overlap_steps);
+  if (overlap_flag != "on" && overlap_flag != "off") {
+    return Fail(absl::StrCat("--overlap_steps \"", overlap_flag, "\" is invalid; allowed: on, off"), 2);
+  }
+  gemma::GroupOptions group_options;
+  group_options.limits = sched;
+  group_options.prefix_cache = prefix_cache_flag == "on";
+  group_options.overlap_steps = overlap_flag == "on";
   gemma::RouterLimits limits;
   limits.max_new_tokens = absl::GetFlag(FLAGS_max_new_tokens);
   limits.max_total_tokens = absl::GetFlag(FLAGS_max_total_tokens);
@@ -108,9 +118,9 @@ int main(int argc, char** argv) {
   std::unique_ptr<gemma::GroupDiscovery> discovery;
   if (!workers.empty()) {
     for (absl::string_view address : absl::StrSplit(workers, ',', absl::SkipEmpty())) {
-      auto g = gemma::WorkerGroup::Connect(std::string(address), sched,
+      auto g = gemma::WorkerGroup::Connect(std::string(address), group_options,
                                            std::chrono::milliseconds(absl::GetFlag(FLAGS_connect_timeout_ms)),
-                                           metrics->get(), /*wait_for_ready=*/true, prefix_cache);
+                                           metrics->get(), /*wait_for_ready=*/true);
       if (!g.ok()) return Fail(std::string(g.status().message()));
       if (auto s = groups.Add(std::move(*g)); !s.ok()) return Fail(std::string(s.message()));
     }
@@ -122,8 +132,7 @@ int main(int argc, char** argv) {
         [workers_dns] { return gemma::ResolveAll(workers_dns); },
         [&](const std::string& address) {
           // Not waiting: the name also lists ranks that are no leader, and leaders still loading their weights.
-          return gemma::WorkerGroup::Connect(address, sched, std::chrono::seconds(3), metrics->get(), false,
-                                             prefix_cache);
+          return gemma::WorkerGroup::Connect(address, group_options, std::chrono::seconds(3), metrics->get(), false);
         },
         &groups, std::chrono::milliseconds(absl::GetFlag(FLAGS_dns_refresh_ms)));
     discovery->Start();

@@ -44,6 +44,9 @@ class RouterTest : public ::testing::Test {
     ASSERT_GT(port_, 0) << router_->Err();
   }
   static void TearDownTestSuite() {
+    if (::testing::UnitTest::GetInstance()->failed_test_count() > 0) {
+      std::fprintf(stderr, "router log:\n%s\nworker log:\n%s\n", router_->Err().c_str(), worker_->Err().c_str());
+    }
     delete router_;
     delete worker_;
   }
@@ -76,7 +79,8 @@ class RouterTest : public ::testing::Test {
         *final_event = event.final();
       }
     }
-    EXPECT_TRUE(reader->Finish().ok());
+    const grpc::Status status = reader->Finish();
+    EXPECT_TRUE(status.ok()) << status.error_code() << ": " << status.error_message();
     return {ids, text};
   }
 

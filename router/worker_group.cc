@@ -3,6 +3,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include <algorithm>
+#include <cstdio>
 
 #include "absl/strings/str_cat.h"
 #include "grpc/health/v1/health.grpc.pb.h"
@@ -21,10 +22,9 @@ constexpr std::chrono::milliseconds kIdleHealthEvery(2000);
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<WorkerGroup>> WorkerGroup::Connect(const std::string& address, SchedulerLimits limits,
+absl::StatusOr<std::unique_ptr<WorkerGroup>> WorkerGroup::Connect(const std::string& address, GroupOptions options,
                                                                    std::chrono::milliseconds timeout,
-                                                                   RouterMetrics* metrics, bool wait_for_ready,
-                                                                   bool prefix_cache) {
+                                                                   RouterMetrics* metrics, bool wait_for_ready) {
   auto channel = grpc::CreateChannel(address, grpc::InsecureChannelCredentials());
   auto stub = worker::v1::Worker::NewStub(channel);
   grpc::ClientContext ctx;
@@ -36,19 +36,18 @@ absl::StatusOr<std::unique_ptr<WorkerGroup>> WorkerGroup::Connect(const std::str
     return absl::UnavailableError(absl::StrCat("worker group ", address, " did not answer: ", s.error_message()));
   }
   return std::unique_ptr<WorkerGroup>(
-      new WorkerGroup(address, std::move(channel), std::move(info), limits, metrics, prefix_cache));
+      new WorkerGroup(address, std::move(channel), std::move(info), options, metrics));
 }
 
 WorkerGroup::WorkerGroup(std::string address, std::shared_ptr<grpc::Channel> channel, worker::v1::ModelInfo info,
-                         SchedulerLimits limits, RouterMetrics* metrics, bool prefix_cache)
+                         GroupOptions options, RouterMetrics* metrics)
     : address_(std::move(address)),
       channel_(std::move(channel)),
       stub_(worker::v1::Worker::NewStub(channel_)),
       info_(std::move(info)),
       metrics_(metrics),
-      max_outstanding_(limits.max_queued + limits.max_batch_size),
-      limits_(limits),
-      prefix_cache_(prefix_cache),
+      max_outstanding_(options.limits.max_queued + options.limits.max_batch_size),
+      options_(options),
       executor_(stub_.get(), std::chrono::seconds(120)),
       engine_(NewEngine(info_)),
       probe_delay_(kFirstProbe),
@@ -66,10 +65,11 @@ WorkerGroup::~WorkerGroup() {
 
 std::unique_ptr<Engine> WorkerGroup::NewEngine(const worker::v1::ModelInfo& info) {
   EngineOptions o;
-  o.limits = limits_;
+  o.limits = options_.limits;
   o.num_blocks = info.num_kv_blocks();
   o.block_size = info.kv_block_size();
-  o.prefix_cache = prefix_cache_;
+  o.prefix_cache = options_.prefix_cache;
+  o.overlap = options_.overlap_steps;
   block_size_ = info.kv_block_size();
   return std::make_unique<Engine>(o, &executor_);
 }
@@ -294,13 +294,13 @@ void WorkerGroup::Loop() {
         ++it;
       }
     }
-    if (requests_.empty()) {
+    if (requests_.empty() && engine_->idle()) {
       CheckIdleHealth();
     } else if (!RunOneStep()) {
       healthy_ = false;
       next_probe_ = std::chrono::steady_clock::now() + kFirstProbe;
       MoveOrFailAll();
-    } else if (engine_->idle()) {
+    } else if (engine_->idle() && !requests_.empty()) {
       FailOrphans();
     }
     PublishState();
@@ -348,6 +348,9 @@ bool WorkerGroup::RunOneStep() {
   // A malformed row fails only its own request (the engine retries row by row); any other error is the group's.
   const absl::Status s = engine_->Step([this](const SequenceUpdate& u) { return Deliver(u); },
                                        [this](uint64_t id) { requests_.at(id)->MarkScheduled(); });
+  if (!s.ok() && !stop_) {
+    std::fprintf(stderr, "gemma-router: worker group %s failed: %s\n", address_.c_str(), s.ToString().c_str());
+  }
   return s.ok();
 }
 

@@ -23,16 +23,23 @@
 
 namespace gemma {
 
+// How a router drives each group.
+struct GroupOptions {
+  SchedulerLimits limits;
+  bool prefix_cache = true;   // reuse cached prompt prefixes
+  bool overlap_steps = true;  // while decoding, send step N+1 before step N has answered
+};
+
 // Thread-safe: Submit and load() from any thread; steps run on the group's own thread.
 class WorkerGroup {
  public:
   // Connects and reads the group's model info (Unavailable if it does not answer in time). With
   // `wait_for_ready` it waits out the timeout for a group that is still starting; without, an address nobody
   // listens on fails at once. `metrics` may be null.
-  static absl::StatusOr<std::unique_ptr<WorkerGroup>> Connect(const std::string& address, SchedulerLimits limits,
+  static absl::StatusOr<std::unique_ptr<WorkerGroup>> Connect(const std::string& address, GroupOptions options,
                                                              std::chrono::milliseconds timeout,
                                                              RouterMetrics* metrics = nullptr,
-                                                             bool wait_for_ready = true, bool prefix_cache = true);
+                                                             bool wait_for_ready = true);
   ~WorkerGroup();
 
   const worker::v1::ModelInfo& info() const { return info_; }
@@ -55,7 +62,7 @@ class WorkerGroup {
 
  private:
   WorkerGroup(std::string address, std::shared_ptr<grpc::Channel> channel, worker::v1::ModelInfo info,
-              SchedulerLimits limits, RouterMetrics* metrics, bool prefix_cache);
+              GroupOptions options, RouterMetrics* metrics);
   std::unique_ptr<Engine> NewEngine(const worker::v1::ModelInfo& info);
   SequenceSpec SpecFor(const ActiveRequest& r) const;
   // Hands a step's outcome for one sequence to its request; true when the request has finished.
@@ -102,8 +109,7 @@ class WorkerGroup {
   std::atomic<int> block_size_{0};
 
   // Owned by the group's thread.
-  SchedulerLimits limits_;
-  const bool prefix_cache_;
+  const GroupOptions options_;
   RemoteExecutor executor_;
   std::unique_ptr<Engine> engine_;  // new for each incarnation of the group (its KV pool may differ)
   int64_t prefix_queried_seen_ = 0, prefix_hit_seen_ = 0, prefilled_seen_ = 0;

@@ -4,7 +4,7 @@
 # overhead at batch 1.
 # The engine runs before and after the router sweep; the overhead is taken against their mean, so that drift of
 # a shared machine during the run shows (compare the two engine figures).
-# usage: scripts/bench-router.sh MODEL_DIR OUT_PREFIX [CONCURRENCY] [MAX_NEW_TOKENS] [PROMPT_TOKENS]
+# usage: scripts/bench-router.sh MODEL_DIR OUT_PREFIX [CONCURRENCY] [MAX_NEW_TOKENS] [PROMPT_TOKENS] [OVERLAP on|off]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 model=$1
@@ -12,6 +12,7 @@ out=$2
 levels=${3:-1,4,16}
 new_tokens=${4:-64}
 prompt_tokens=${5:-16}
+overlap=${6:-on}
 threads=$(nproc)
 gemma=./build/tools/gemma
 
@@ -23,7 +24,7 @@ engine "$out-engine.json"
 
 echo "== through the router: gemma serve + gemma bench --server" >&2
 source scripts/local-cluster.sh
-start_local_cluster "$gemma" --model "$model" --threads "$threads" --kv-cache-mb 512
+start_local_cluster "$gemma" ${model:+--model "$model"} --threads "$threads" --kv-cache-mb 512 --overlap-steps "$overlap"
 "$gemma" bench --server "$address" --concurrency "$levels" --prompt-tokens "$prompt_tokens" --max-new-tokens "$new_tokens" \
   --json >"$out-router.json"
 kill -INT $serve; wait $serve 2>/dev/null || true

@@ -73,7 +73,8 @@ int ServeCommand(int argc, char** argv) {
       .Flag("tls-cert", "PEM certificate of the public port; with --tls-key it listens on every interface over TLS")
       .Flag("tls-key", "PEM private key of the public port")
       .Flag("api-keys-file", "file of API keys, one per line; calls then need \"authorization: Bearer <key>\"")
-      .Flag("prefix-cache", "on (default): requests reuse the KV blocks of a cached prompt prefix; off: never");
+      .Flag("prefix-cache", "on (default): requests reuse the KV blocks of a cached prompt prefix; off: never")
+      .Flag("overlap-steps", "on (default): while decoding, the router sends each step before the last has answered");
   int code;
   if (!ParseOrExit(args, argc, argv, kCmd, &code)) return code;
   auto tp = args.GetInt("tp", 1, 1, 8);
@@ -93,6 +94,10 @@ int ServeCommand(int argc, char** argv) {
   }
   if (precision != "bf16" && precision != "f32") {
     return Fail(kCmd, absl::InvalidArgumentError("--precision \"" + precision + "\" is invalid; allowed: bf16, f32"));
+  }
+  const std::string overlap_steps = args.Get("overlap-steps", "on");
+  if (overlap_steps != "on" && overlap_steps != "off") {
+    return Fail(kCmd, absl::InvalidArgumentError("--overlap-steps \"" + overlap_steps + "\" is invalid; allowed: on, off"));
   }
   const std::string prefix_cache = args.Get("prefix-cache", "on");
   if (prefix_cache != "on" && prefix_cache != "off") {
@@ -164,6 +169,7 @@ int ServeCommand(int argc, char** argv) {
   }
   if (args.Has("api-keys-file")) router_args.push_back("--api_keys_file=" + args.Get("api-keys-file"));
   router_args.push_back("--prefix_cache=" + prefix_cache);
+  router_args.push_back("--overlap_steps=" + overlap_steps);
   const pid_t router = Spawn(router_bin, router_args);
   children.push_back(router);
   const int router_port = ReadPort(router_port_file, {router}, std::chrono::seconds(120));

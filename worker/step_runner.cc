@@ -2,6 +2,7 @@
 
 #include <chrono>
 
+#include "absl/strings/str_cat.h"
 #include "shard/step_runner.h"
 
 namespace gemma {
@@ -25,13 +26,25 @@ std::span<const int32_t> View(const Repeated& r) {
 
 }  // namespace
 
-absl::StatusOr<worker::v1::StepResponse> RunStep(Backend& backend, const worker::v1::StepRequest& request) {
+absl::StatusOr<worker::v1::StepResponse> RunStep(Backend& backend, const worker::v1::StepRequest& request,
+                                                 const LastDraws* last_draws) {
   std::vector<StepRow> rows(request.sequences_size());
+  std::vector<int32_t> drawn(request.sequences_size());  // tokens of rows that take theirs from the last step
   for (int i = 0; i < request.sequences_size(); ++i) {
     const auto& s = request.sequences(i);
     StepRow& r = rows[i];
     r.sequence_id = s.sequence_id();
     r.tokens = View(s.tokens());
+    if (s.token_from_last_step()) {
+      auto it = last_draws == nullptr ? LastDraws::const_iterator() : last_draws->find(s.sequence_id());
+      if (last_draws == nullptr || it == last_draws->end() || s.tokens_size() != 0) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "sequence ", s.sequence_id(), ": token_from_last_step, but ",
+            s.tokens_size() != 0 ? "tokens were sent too" : "the step it runs after drew no token for it"));
+      }
+      drawn[i] = it->second;
+      r.tokens = std::span<const int32_t>(&drawn[i], 1);
+    }
     r.start_pos = s.start_pos();
     r.block_table = View(s.block_table());
     r.sample = s.sample();

@@ -1,13 +1,19 @@
 // Turns a wire StepRequest into a backend step, then samples and scores on the result: the worker's one job per step.
 #pragma once
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
 #include "gemma/worker/v1/worker.pb.h"
 #include "shard/backend.h"
 
 namespace gemma {
 
-// InvalidArgument for malformed requests (nothing runs); backend errors pass through.
-absl::StatusOr<worker::v1::StepResponse> RunStep(Backend& backend, const worker::v1::StepRequest& request);
+// Each sequence's token drawn by the last step that ran (for rows marked token_from_last_step).
+using LastDraws = absl::flat_hash_map<uint64_t, int32_t>;
+
+// InvalidArgument for malformed requests (nothing runs), a row taking a token the last step did not draw among
+// them; backend errors pass through. `last_draws` may be null when no row takes its token from the last step.
+absl::StatusOr<worker::v1::StepResponse> RunStep(Backend& backend, const worker::v1::StepRequest& request,
+                                                 const LastDraws* last_draws = nullptr);
 
 }  // namespace gemma

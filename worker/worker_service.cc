@@ -3,6 +3,8 @@
 #include <chrono>
 #include <set>
 
+#include "absl/strings/str_cat.h"
+
 #include "protos/grpc_status.h"
 #include "worker/step_runner.h"
 
@@ -23,18 +25,54 @@ void WorkerService::OnFailure(std::function<void()> callback) {
   on_failure_ = std::move(callback);
 }
 
-void WorkerService::MarkFailed() {
-  if (healthy_.exchange(false) && on_failure_) on_failure_();
+WorkerService::Session& WorkerService::SessionFor(uint64_t id) {
+  constexpr size_t kSessions = 16;
+  if (!sessions_.contains(id) && sessions_.size() >= kSessions) {
+    auto oldest = sessions_.begin();
+    for (auto it = sessions_.begin(); it != sessions_.end(); ++it) {
+      if (it->second.used < oldest->second.used) oldest = it;
+    }
+    sessions_.erase(oldest);
+  }
+  return sessions_[id];
 }
 
-grpc::Status WorkerService::Step(grpc::ServerContext*, const worker::v1::StepRequest* request,
+void WorkerService::MarkFailed() {
+  if (healthy_.exchange(false) && on_failure_) on_failure_();
+  ordered_.notify_all();
+}
+
+grpc::Status WorkerService::Step(grpc::ServerContext* context, const worker::v1::StepRequest* request,
                                  worker::v1::StepResponse* response) {
+  std::unique_lock<std::mutex> lock(mu_);
+  if (request->after_step() > 0) {
+    // Sent before the step it follows had answered: wait for that one to run (it may still be on the wire).
+    const bool ready = ordered_.wait_until(lock, context->deadline(), [&] {
+      return SessionFor(request->session()).last_step >= request->after_step() || !healthy_ ||
+             context->IsCancelled();
+    });
+    if (!ready || context->IsCancelled()) {
+      return grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
+                          absl::StrCat("step ", request->step_id(), " waited for step ", request->after_step(),
+                                       ", which never came"));
+    }
+  }
   const auto start = std::chrono::steady_clock::now();
-  std::lock_guard<std::mutex> lock(mu_);
   if (!healthy_ || backend_ == nullptr) {
     return grpc::Status(grpc::StatusCode::UNAVAILABLE, "this worker group has failed; restart it");
   }
-  auto result = RunStep(*backend_, *request);
+  Session& session = SessionFor(request->session());
+  auto result = RunStep(*backend_, *request, &session.draws);
+  // Whatever happened, later steps no longer wait for this one, and take only what it drew.
+  session.last_step = std::max(session.last_step, request->step_id());
+  session.used = ++steps_run_;
+  session.draws.clear();
+  if (result.ok()) {
+    for (const auto& r : result->results()) {
+      if (r.sampled()) session.draws[r.sequence_id()] = r.token();
+    }
+  }
+  ordered_.notify_all();
   if (!result.ok()) {
     if (!absl::IsInvalidArgument(result.status())) MarkFailed();
     metrics_->RecordFailure(result.status());

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <atomic>
+#include <condition_variable>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -10,6 +11,7 @@
 #include "absl/base/thread_annotations.h"
 #include "gemma/worker/v1/worker.grpc.pb.h"
 #include "shard/tp_group.h"
+#include "worker/step_runner.h"
 #include "worker/worker_metrics.h"
 
 namespace gemma {
@@ -41,6 +43,17 @@ class WorkerService final : public worker::v1::Worker::Service {
   mutable std::mutex mu_;
   std::function<void()> on_failure_ ABSL_GUARDED_BY(mu_);
   std::unique_ptr<LeaderBackend> backend_ ABSL_GUARDED_BY(mu_);
+  // Overlapped scheduling: each router's steps run in its order, and the next may take what the last one drew.
+  // Kept for the few most recent routers (a router that comes back after eviction only loses one overlap).
+  struct Session {
+    uint64_t last_step = 0;
+    LastDraws draws;
+    uint64_t used = 0;  // when it last ran a step, for eviction
+  };
+  Session& SessionFor(uint64_t id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  std::condition_variable ordered_;
+  absl::flat_hash_map<uint64_t, Session> sessions_ ABSL_GUARDED_BY(mu_);
+  uint64_t steps_run_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 }  // namespace gemma

@@ -9,6 +9,7 @@
 
 #include <chrono>
 #include <fstream>
+#include <future>
 #include <thread>
 
 #include "gemma/worker/v1/worker.grpc.pb.h"
@@ -260,6 +261,57 @@ TEST(WorkerTest, CudaWithoutADeviceIsAClearError) {
     }
   }
   if (devices > 0) GTEST_SKIP() << "a CUDA device is present";
+}
+
+}  // namespace
+}  // namespace gemma
+
+namespace gemma {
+namespace {
+
+// Overlapped scheduling: a step sent before the one it follows waits for it, then takes the token it drew.
+TEST(WorkerTest, AStepSentAheadRunsAfterTheOneItFollowsWithItsDraw) {
+  Group g = StartGroup(testing::GemmaTinyDir() + "/tiny-mqa", 1);
+  ASSERT_GT(g.port, 0);
+  auto stub = Client(g.port);
+  const std::vector<int> prompt = {2, 3791, 323};
+  std::vector<int> expected;
+  ASSERT_TRUE(Greedy(*stub, prompt, 2, &expected).ok());  // the draws one step at a time
+
+  auto step = [&](uint64_t id, uint64_t after, bool from_last, std::vector<int> tokens, int start) {
+    StepRequest req;
+    req.set_session(42);
+    req.set_step_id(id);
+    req.set_after_step(after);
+    auto* s = req.add_sequences();
+    s->set_sequence_id(9);
+    for (int t : tokens) s->add_tokens(t);
+    s->set_token_from_last_step(from_last);
+    s->set_start_pos(start);
+    for (int b = 0; b < 8; ++b) s->add_block_table(b);
+    s->set_sample(true);
+    StepResponse resp;
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(20));
+    const grpc::Status st = Client(g.port)->Step(&ctx, req, &resp);
+    EXPECT_TRUE(st.ok()) << st.error_message();
+    return st.ok() ? resp.results(0).token() : -1;
+  };
+  // The second step first: it must wait for the first, which arrives later.
+  auto second = std::async(std::launch::async, [&] { return step(2, 1, true, {}, 3); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  EXPECT_EQ(second.wait_for(std::chrono::seconds(0)), std::future_status::timeout) << "ran before its predecessor";
+  EXPECT_EQ(step(1, 0, false, prompt, 0), expected[0]);
+  EXPECT_EQ(second.get(), expected[1]);
+  // Another router's numbering is its own: its step 1 does not count as this one's.
+  StepRequest orphan;
+  orphan.set_session(43);
+  orphan.set_step_id(5);
+  orphan.set_after_step(4);
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(500));
+  StepResponse resp;
+  EXPECT_EQ(stub->Step(&ctx, orphan, &resp).error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
 }
 
 }  // namespace
