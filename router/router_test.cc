@@ -244,6 +244,53 @@ TEST_F(RouterTest, ARepeatedPrefixIsServedFromTheCacheWithTheSameTokens) {
   EXPECT_EQ(settled("gemma_router_prefix_cache_hits_total", before + 32), before + 32);
 }
 
+TEST_F(RouterTest, ARequestGoesToTheGroupHoldingItsPrefixWhenItIsNotMuchBusier) {
+  const std::string model = "--model=" + GemmaTinyDir() + "/tiny-mqa";
+  const int port_a = testing::FreePort(), port_b = testing::FreePort();
+  auto a = testing::Start(WORKER_BINARY, {model, "--port=" + std::to_string(port_a), "--threads=1", "--kv_cache_mb=32"});
+  auto b = testing::Start(WORKER_BINARY, {model, "--port=" + std::to_string(port_b), "--threads=1", "--kv_cache_mb=32"});
+  const std::string port_file = ::testing::TempDir() + "/router_pa_" + std::to_string(::getpid());
+  std::remove(port_file.c_str());
+  const int metrics = testing::FreePort();
+  auto router = testing::Start(ROUTER_BINARY, {"--plaintext",
+                                               "--workers=127.0.0.1:" + std::to_string(port_a) + ",127.0.0.1:" +
+                                                   std::to_string(port_b),
+                                               "--port_file=" + port_file, "--metrics_port=" + std::to_string(metrics)});
+  const int port = testing::WaitForPortFile(port_file, std::chrono::seconds(30));
+  ASSERT_GT(port, 0) << router->Err();
+  auto stub = v1::Gemma::NewStub(grpc::CreateChannel("127.0.0.1:" + std::to_string(port), grpc::InsecureChannelCredentials()));
+  std::vector<int> prefix = {2};
+  for (int i = 0; i < 80; ++i) prefix.push_back(500 + (i * 13) % 3000);
+  auto with_suffix = [&](int s) {
+    auto p = prefix;
+    p.insert(p.end(), {s, s + 1, s + 2});
+    return p;
+  };
+  auto generate = [&](const std::vector<int>& ids) {
+    grpc::ClientContext ctx;
+    v1::GenerateResponse resp;
+    EXPECT_TRUE(stub->Generate(&ctx, Ids(ids, 4), &resp).ok());
+  };
+  auto cached = [&](int worker_port) {
+    const std::string name = "gemma_router_prefix_cache_blocks{group=\"127.0.0.1:" + std::to_string(worker_port) + "\"}";
+    return Sample(testing::HttpGet(metrics, "/metrics"), name);
+  };
+  generate(with_suffix(10));  // both idle: the first group, which now holds the prefix
+  for (int i = 0; i < 40 && cached(port_a) <= 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  ASSERT_GT(cached(port_a), 0);
+  // An unrelated long stream makes the first group the busier one.
+  grpc::ClientContext long_ctx;
+  auto long_stream = stub->GenerateStream(&long_ctx, Ids({2, 7, 8, 9}, 400));
+  v1::GenerateStreamResponse event;
+  ASSERT_TRUE(long_stream->Read(&event));
+  generate(with_suffix(20));  // still goes where its prefix is
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  EXPECT_LE(cached(port_b), 0) << "the request went to the group without its prefix";
+  long_ctx.TryCancel();
+  while (long_stream->Read(&event)) {
+  }
+}
+
 TEST_F(RouterTest, AKilledGroupFailsItsStreamsAnotherKeepsServingAndTheGroupReturns) {
   const std::string model = "--model=" + GemmaTinyDir() + "/tiny-mqa";
   const int port_a = testing::FreePort(), port_b = testing::FreePort();
