@@ -2,7 +2,7 @@
 
 #include <chrono>
 
-#include "shard/step_runner.h"
+#include "shard/runtime/step_runner.h"
 
 namespace gemma {
 namespace {

@@ -3,7 +3,7 @@
 
 #include "absl/status/statusor.h"
 #include "gemma/worker/v1/worker.pb.h"
-#include "shard/backend.h"
+#include "shard/runtime/backend.h"
 
 namespace gemma {
 

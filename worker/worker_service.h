@@ -9,7 +9,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "gemma/worker/v1/worker.grpc.pb.h"
-#include "shard/tp_group.h"
+#include "shard/runtime/tp_group.h"
 #include "worker/worker_metrics.h"
 
 namespace gemma {
