@@ -1,6 +1,6 @@
 #include "engine/local_executor.h"
 
-#include "shard/step_runner.h"
+#include "shard/runtime/step_runner.h"
 
 namespace gemma {
 

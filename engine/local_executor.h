@@ -3,7 +3,7 @@
 
 #include "engine/engine.h"
 #include "engine/step_executor.h"
-#include "shard/backend.h"
+#include "shard/runtime/backend.h"
 
 namespace gemma {
 

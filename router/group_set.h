@@ -9,7 +9,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
-#include "router/tokenizer/tokenizer.h"
+#include "tokenizer/tokenizer.h"
 #include "router/worker_group.h"
 
 namespace gemma {

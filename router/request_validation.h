@@ -7,7 +7,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "gemma/v1/gemma.pb.h"
-#include "router/tokenizer/utf8.h"
+#include "tokenizer/utf8.h"
 
 namespace gemma {
 

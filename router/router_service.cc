@@ -4,7 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "protos/grpc_status.h"
-#include "router/tokenizer/chat_template.h"
+#include "tokenizer/chat_template.h"
 
 namespace gemma {
 

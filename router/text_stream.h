@@ -6,7 +6,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "router/tokenizer/tokenizer.h"
+#include "tokenizer/tokenizer.h"
 
 namespace gemma {
 

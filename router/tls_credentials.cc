@@ -6,7 +6,7 @@
 #include <grpcpp/security/server_credentials.h>
 
 #include "absl/strings/str_cat.h"
-#include "shard/read_file.h"
+#include "shard/checkpoint/read_file.h"
 
 namespace gemma {
 namespace {

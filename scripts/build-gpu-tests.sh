@@ -10,12 +10,12 @@ cmake --build build-gpu-cmake --target cuda_backend_test nccl_collective_test ge
 out=build-gpu
 rm -rf "$out"
 mkdir -p "$out/lib"
-cp build-gpu-cmake/shard/cuda_backend_test build-gpu-cmake/shard/nccl_collective_test \
-   build-gpu-cmake/shard/gemma-cuda-bench "$out/"
+cp build-gpu-cmake/shard/cuda/cuda_backend_test build-gpu-cmake/shard/collective/nccl_collective_test \
+   build-gpu-cmake/shard/cuda/gemma-cuda-bench "$out/"
 bash scripts/build.sh >/dev/null
 mkdir -p "$out/bin"
-cp build/worker/gemma-worker build/router/gemma-router build/tools/gemma build/shard/libgemma_cuda.so \
-   build/router/tokenizer/libgemma_sentencepiece.so "$out/bin/"
+cp build/worker/gemma-worker build/router/gemma-router build/tools/gemma build/shard/cuda/libgemma_cuda.so \
+   build/tokenizer/libgemma_sentencepiece.so "$out/bin/"
 # Libraries from this machine's packages; not the C runtime, the C++ runtime or CUDA's own.
 for bin in "$out"/cuda_backend_test "$out"/nccl_collective_test "$out"/gemma-cuda-bench "$out"/bin/*; do
   ldd "$bin" | awk '/=> \// {print $3}'

@@ -7,7 +7,7 @@ out=build/fuzz
 mkdir -p "$out" "$out/corpus"
 cp tests/fuzz/corpus/* "$out/corpus/"
 clang++ -std=c++20 -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -I. \
-  tests/fuzz/safetensors_fuzz.cc shard/safetensors.cc shard/dtype.cc \
+  tests/fuzz/safetensors_fuzz.cc shard/checkpoint/safetensors.cc shard/model/dtype.cc \
   $(pkg-config --cflags absl_status absl_statusor absl_strings) \
   $(pkg-config --libs absl_status absl_statusor absl_strings) \
   -o "$out/safetensors_fuzz"

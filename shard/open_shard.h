@@ -7,12 +7,12 @@
 #include <string>
 
 #include "absl/status/statusor.h"
-#include "shard/backend.h"
-#include "shard/checkpoint.h"
-#include "shard/collective.h"
-#include "shard/kv_cache.h"
-#include "shard/model_weights.h"
-#include "shard/tensor_parallel.h"
+#include "shard/runtime/backend.h"
+#include "shard/checkpoint/checkpoint.h"
+#include "shard/collective/collective.h"
+#include "shard/runtime/kv_cache.h"
+#include "shard/model/model_weights.h"
+#include "shard/model/tensor_parallel.h"
 
 namespace gemma {
 

@@ -2,9 +2,9 @@
 #include <filesystem>
 
 #include "gtest/gtest.h"
-#include "shard/checkpoint.h"
-#include "shard/checkpoint_writer.h"
-#include "shard/dtype.h"
+#include "shard/checkpoint/checkpoint.h"
+#include "shard/checkpoint/checkpoint_writer.h"
+#include "shard/model/dtype.h"
 #include "tests/reference_helpers.h"
 #include "tests/testdata.h"
 

@@ -4,7 +4,7 @@
 
 #include "gtest/gtest.h"
 #include "engine/local_executor.h"
-#include "shard/checkpoint.h"
+#include "shard/checkpoint/checkpoint.h"
 #include "tests/testdata.h"
 
 namespace gemma::testing {

@@ -2,7 +2,7 @@
 #include <cmath>
 
 #include "gtest/gtest.h"
-#include "shard/checkpoint.h"
+#include "shard/checkpoint/checkpoint.h"
 #include "tests/reference_helpers.h"
 #include "tests/testdata.h"
 

@@ -3,7 +3,7 @@
 #include <cstdio>
 
 #include "absl/strings/str_cat.h"
-#include "router/tokenizer/chat_template.h"
+#include "tokenizer/chat_template.h"
 
 namespace gemma {
 

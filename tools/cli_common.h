@@ -6,7 +6,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "router/tokenizer/tokenizer.h"
+#include "tokenizer/tokenizer.h"
 #include "tools/args.h"
 
 namespace gemma {

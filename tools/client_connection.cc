@@ -5,7 +5,7 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
-#include "shard/read_file.h"
+#include "shard/checkpoint/read_file.h"
 
 namespace gemma {
 void ClientConnection::Prepare(grpc::ClientContext* context, std::chrono::milliseconds timeout) const {

@@ -13,7 +13,7 @@
 #include "gemma/v1/gemma.grpc.pb.h"
 #include "nlohmann/json.hpp"
 #include "protos/grpc_status.h"
-#include "shard/progress.h"
+#include "shard/checkpoint/progress.h"
 #include "tools/cli_common.h"
 #include "tools/client_connection.h"
 #include "tools/commands.h"

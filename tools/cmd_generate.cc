@@ -4,7 +4,7 @@
 #include "nlohmann/json.hpp"
 #include "engine/local_executor.h"
 #include "engine/run_batch.h"
-#include "shard/sampler.h"
+#include "shard/runtime/sampler.h"
 #include "tools/cli_common.h"
 #include "tools/commands.h"
 #include "tools/local_model.h"

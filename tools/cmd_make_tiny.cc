@@ -1,7 +1,7 @@
 // gemma make-tiny: write a random-weight checkpoint in the Hugging Face layout.
 #include <cstdio>
 
-#include "shard/checkpoint_writer.h"
+#include "shard/checkpoint/checkpoint_writer.h"
 #include "tools/cli_common.h"
 #include "tools/commands.h"
 #include "tools/default_model.h"

@@ -6,8 +6,8 @@
 #include <filesystem>
 
 #include "absl/strings/str_cat.h"
-#include "shard/checkpoint_writer.h"
-#include "shard/model_config.h"
+#include "shard/checkpoint/checkpoint_writer.h"
+#include "shard/model/model_config.h"
 
 extern const unsigned char kEmbeddedTokenizer[];
 extern const size_t kEmbeddedTokenizer_size;

@@ -8,11 +8,11 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "router/tokenizer/tokenizer.h"
-#include "shard/backend.h"
-#include "shard/checkpoint.h"
-#include "shard/collective.h"
-#include "shard/model_weights.h"
+#include "tokenizer/tokenizer.h"
+#include "shard/runtime/backend.h"
+#include "shard/checkpoint/checkpoint.h"
+#include "shard/collective/collective.h"
+#include "shard/model/model_weights.h"
 
 namespace gemma {
 

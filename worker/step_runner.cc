@@ -3,7 +3,7 @@
 #include <chrono>
 
 #include "absl/strings/str_cat.h"
-#include "shard/step_runner.h"
+#include "shard/runtime/step_runner.h"
 
 namespace gemma {
 namespace {

@@ -4,7 +4,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
 #include "gemma/worker/v1/worker.pb.h"
-#include "shard/backend.h"
+#include "shard/runtime/backend.h"
 
 namespace gemma {
 

@@ -1,7 +1,7 @@
 #include "worker/step_runner.h"
 
 #include "gtest/gtest.h"
-#include "shard/checkpoint.h"
+#include "shard/checkpoint/checkpoint.h"
 #include "shard/cpu/cpu_backend.h"
 #include "engine/local_executor.h"
 #include "engine/run_batch.h"

@@ -10,7 +10,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "gemma/worker/v1/worker.grpc.pb.h"
-#include "shard/tp_group.h"
+#include "shard/runtime/tp_group.h"
 #include "worker/step_runner.h"
 #include "worker/worker_metrics.h"
 

@@ -8,7 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "shard/cpu/matmul.h"
 #include "shard/cpu/ops.h"
-#include "shard/dtype.h"
+#include "shard/model/dtype.h"
 
 namespace gemma {
 namespace {

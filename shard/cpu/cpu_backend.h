@@ -5,10 +5,10 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "shard/backend.h"
-#include "shard/collective.h"
-#include "shard/kv_cache.h"
-#include "shard/model_weights.h"
+#include "shard/runtime/backend.h"
+#include "shard/collective/collective.h"
+#include "shard/runtime/kv_cache.h"
+#include "shard/model/model_weights.h"
 
 namespace gemma {
 

@@ -4,7 +4,7 @@
 
 #include <algorithm>
 
-#include "shard/dtype.h"
+#include "shard/model/dtype.h"
 
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "shard/cpu/matmul.cc"

@@ -4,16 +4,9 @@
 #include <cstdint>
 #include <span>
 
-namespace gemma {
+#include "shard/model/matrix_view.h"
 
-// A bf16 matrix [rows, cols] whose rows are `stride` elements apart (a column
-// slice of a larger matrix has stride > cols). Does not own its memory.
-struct MatrixView {
-  const uint16_t* data = nullptr;
-  int64_t rows = 0;
-  int64_t cols = 0;
-  int64_t stride = 0;
-};
+namespace gemma {
 
 // For each m < M: out[m * ldo + n] = sum_k x[m * ldx + k] * W[n, k], where W is
 // the row-wise concatenation of `weights` (all with cols == K). Each output is

@@ -5,7 +5,7 @@
 #include <vector>
 
 #include "gtest/gtest.h"
-#include "shard/dtype.h"
+#include "shard/model/dtype.h"
 
 namespace gemma {
 namespace {

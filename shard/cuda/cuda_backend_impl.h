@@ -13,14 +13,14 @@
 #include <string>
 #include <vector>
 
-#include "shard/backend.h"
-#include "shard/collective.h"
+#include "shard/runtime/backend.h"
+#include "shard/collective/collective.h"
 #include "shard/cuda/cuda_backend.h"
 #include "shard/cuda/device_buffer.h"
 #include "shard/cuda/gemm.h"
 #include "shard/cuda/kernels.h"
 #include "shard/cuda/stage_clock.h"
-#include "shard/model_weights.h"
+#include "shard/model/model_weights.h"
 
 namespace gemma::cuda {
 

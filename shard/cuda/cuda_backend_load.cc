@@ -5,7 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "shard/cuda/cuda_backend_impl.h"
 #include "shard/cuda/cuda_status.h"
-#include "shard/progress.h"
+#include "shard/checkpoint/progress.h"
 
 namespace gemma::cuda {
 

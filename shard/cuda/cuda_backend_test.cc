@@ -9,12 +9,12 @@
 
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
-#include "shard/checkpoint.h"
-#include "shard/checkpoint_writer.h"
+#include "shard/checkpoint/checkpoint.h"
+#include "shard/checkpoint/checkpoint_writer.h"
 #include "shard/cpu/cpu_backend.h"
 #include "shard/cpu/ops.h"
 #include "engine/run_batch.h"
-#include "shard/nccl_collective.h"
+#include "shard/collective/nccl_collective.h"
 #include "tests/reference_helpers.h"
 #include "tests/testdata.h"
 

@@ -17,12 +17,12 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
 #include "nlohmann/json.hpp"
-#include "shard/checkpoint.h"
-#include "shard/checkpoint_writer.h"
+#include "shard/checkpoint/checkpoint.h"
+#include "shard/checkpoint/checkpoint_writer.h"
 #include "shard/cuda/cuda_backend.h"
 #include "shard/cuda/device_buffer.h"
 #include "shard/cuda/gemm.h"
-#include "shard/progress.h"
+#include "shard/checkpoint/progress.h"
 
 ABSL_FLAG(std::string, model, "", "checkpoint directory");
 ABSL_FLAG(bool, make_7b, false, "first write a random-weight Gemma 7B-shape bf16 checkpoint into --model (if absent)");

@@ -7,7 +7,7 @@
 #include <memory>
 
 #include "absl/status/statusor.h"
-#include "shard/collective.h"
+#include "shard/collective/collective.h"
 #include "shard/cuda/cuda_backend.h"
 
 namespace gemma {

@@ -2,7 +2,7 @@
 #include <cstddef>
 #include <cstdint>
 
-#include "shard/safetensors.h"
+#include "shard/checkpoint/safetensors.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   auto header = gemma::ParseSafetensors(absl::string_view(reinterpret_cast<const char*>(data), size), "fuzz");

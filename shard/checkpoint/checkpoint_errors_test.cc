@@ -1,0 +1,135 @@
+// Malformed checkpoints give clear errors naming the file and tensor; never a crash.
+#include <filesystem>
+#include <fstream>
+
+#include "gtest/gtest.h"
+#include "shard/checkpoint/checkpoint.h"
+#include "shard/checkpoint/checkpoint_writer.h"
+#include "shard/model/model_weights.h"
+
+namespace gemma {
+namespace {
+
+ModelConfig Small() {
+  ModelConfig c = TinyShape();
+  c.num_layers = 1;
+  c.vocab_size = 64;
+  return c;
+}
+
+// Writes a checkpoint of Small() shape; `edit` may change the tensor list before writing.
+std::string WriteCheckpoint(const std::string& tag, const std::function<void(std::vector<TensorToWrite>&)>& edit = {},
+                            const std::string& config_json = ModelConfigJson(Small())) {
+  const std::string dir = ::testing::TempDir() + "/ckpt-" + tag;
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  std::ofstream(dir + "/config.json") << config_json;
+  static std::string zeros(1 << 20, '\0');
+  std::vector<TensorToWrite> tensors;
+  for (const auto& [name, shape] : GemmaTensorShapes(Small())) {
+    int64_t n = 2;
+    for (int64_t d : shape) n *= d;
+    tensors.push_back({name, DType::kBF16, shape, absl::string_view(zeros.data(), n)});
+  }
+  if (edit) edit(tensors);
+  EXPECT_TRUE(WriteSafetensors(dir + "/model.safetensors", tensors, {}).ok());
+  return dir;
+}
+
+std::string LoadError(const std::string& dir) {
+  auto ckpt = Checkpoint::Open(dir);
+  if (!ckpt.ok()) return std::string(ckpt.status().message());
+  auto w = ModelWeights::Load(std::shared_ptr<const Checkpoint>(std::move(*ckpt)));
+  if (!w.ok()) return std::string(w.status().message());
+  return "";
+}
+
+TEST(CheckpointErrorsTest, ValidCheckpointLoads) { EXPECT_EQ(LoadError(WriteCheckpoint("ok")), ""); }
+
+TEST(CheckpointErrorsTest, TruncatedFile) {
+  const std::string dir = WriteCheckpoint("truncated");
+  const auto path = dir + "/model.safetensors";
+  std::filesystem::resize_file(path, std::filesystem::file_size(path) / 2);
+  const std::string err = LoadError(dir);
+  EXPECT_NE(err.find("model.safetensors"), std::string::npos) << err;
+  EXPECT_NE(err.find("past the end"), std::string::npos) << err;
+}
+
+TEST(CheckpointErrorsTest, HeaderLengthPastEnd) {
+  const std::string dir = WriteCheckpoint("header");
+  std::fstream f(dir + "/model.safetensors", std::ios::in | std::ios::out | std::ios::binary);
+  f.write("\xff\xff\xff\x7f\0\0\0\0", 8);
+  f.close();
+  EXPECT_NE(LoadError(dir).find("header length"), std::string::npos);
+}
+
+TEST(CheckpointErrorsTest, MissingTensor) {
+  const std::string err = LoadError(WriteCheckpoint("missing", [](auto& t) {
+    std::erase_if(t, [](const TensorToWrite& x) { return x.name == "model.layers.0.mlp.up_proj.weight"; });
+  }));
+  EXPECT_NE(err.find("missing tensor \"model.layers.0.mlp.up_proj.weight\""), std::string::npos) << err;
+}
+
+TEST(CheckpointErrorsTest, WrongShape) {
+  const std::string err = LoadError(WriteCheckpoint("shape", [](auto& t) {
+    for (auto& x : t) {
+      if (x.name == "model.layers.0.self_attn.k_proj.weight") {
+        x.shape = {16, 128};
+        x.bytes = x.bytes.substr(0, 16 * 128 * 2);
+      }
+    }
+  }));
+  EXPECT_NE(err.find("k_proj"), std::string::npos) << err;
+  EXPECT_NE(err.find("config.json implies [32, 128]"), std::string::npos) << err;
+}
+
+TEST(CheckpointErrorsTest, WrongDType) {
+  const std::string err = LoadError(WriteCheckpoint("dtype", [](auto& t) {
+    for (auto& x : t) {
+      if (x.name == "model.norm.weight") x.dtype = DType::kI16;
+    }
+  }));
+  EXPECT_NE(err.find("model.norm.weight"), std::string::npos) << err;
+  EXPECT_NE(err.find("dtype I16; allowed: BF16, F16, F32"), std::string::npos) << err;
+}
+
+TEST(CheckpointErrorsTest, ConfigContradictsTensors) {
+  ModelConfig more = Small();
+  more.num_layers = 2;
+  const std::string err = LoadError(WriteCheckpoint("layers", {}, ModelConfigJson(more)));
+  EXPECT_NE(err.find("model.layers.1."), std::string::npos) << err;
+  ModelConfig wider = Small();
+  wider.hidden_size = 256;
+  EXPECT_NE(LoadError(WriteCheckpoint("wider", {}, ModelConfigJson(wider))).find("config.json implies"),
+            std::string::npos);
+}
+
+TEST(CheckpointErrorsTest, UnknownModelTypeAndActivation) {
+  std::string cfg = ModelConfigJson(Small());
+  std::string llama = cfg;
+  llama.replace(llama.find("\"gemma\""), 7, "\"llama\"");
+  EXPECT_NE(LoadError(WriteCheckpoint("llama", {}, llama)).find("model_type \"llama\""), std::string::npos);
+  std::string relu = cfg;
+  relu.replace(relu.find("\"gelu_pytorch_tanh\""), 19, "\"relu\"");
+  EXPECT_NE(LoadError(WriteCheckpoint("relu", {}, relu)).find("hidden_activation"), std::string::npos);
+}
+
+TEST(CheckpointErrorsTest, ShardedIndexProblems) {
+  const std::string dir = WriteCheckpoint("index");
+  std::filesystem::rename(dir + "/model.safetensors", dir + "/model-00001-of-00001.safetensors");
+  std::ofstream(dir + "/model.safetensors.index.json")
+      << R"({"metadata":{},"weight_map":{"model.norm.weight":"model-00002-of-00002.safetensors"}})";
+  EXPECT_NE(LoadError(dir).find("model-00002-of-00002.safetensors"), std::string::npos);
+  std::ofstream(dir + "/model.safetensors.index.json") << R"({"weight_map":{"a":"../etc/passwd"}})";
+  EXPECT_NE(LoadError(dir).find("inside the checkpoint directory"), std::string::npos);
+}
+
+TEST(CheckpointErrorsTest, MissingFiles) {
+  EXPECT_NE(LoadError("/nonexistent-dir").find("not a directory"), std::string::npos);
+  const std::string dir = WriteCheckpoint("nofile");
+  std::filesystem::remove(dir + "/model.safetensors");
+  EXPECT_NE(LoadError(dir).find("neither model.safetensors"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace gemma

@@ -1,0 +1,69 @@
+#include "shard/model/dtype.h"
+
+#include <array>
+#include <utility>
+
+namespace gemma {
+namespace {
+
+struct DTypeEntry {
+  DType dtype;
+  absl::string_view name;
+  int size;
+};
+
+constexpr std::array<DTypeEntry, 15> kDTypes = {{
+    {DType::kBF16, "BF16", 2}, {DType::kF16, "F16", 2},     {DType::kF32, "F32", 4},
+    {DType::kF64, "F64", 8},   {DType::kI8, "I8", 1},       {DType::kU8, "U8", 1},
+    {DType::kI16, "I16", 2},   {DType::kU16, "U16", 2},     {DType::kI32, "I32", 4},
+    {DType::kU32, "U32", 4},   {DType::kI64, "I64", 8},     {DType::kU64, "U64", 8},
+    {DType::kBool, "BOOL", 1}, {DType::kF8E4M3, "F8_E4M3", 1}, {DType::kF8E5M2, "F8_E5M2", 1},
+}};
+
+const DTypeEntry& Entry(DType dtype) {
+  for (const auto& e : kDTypes) {
+    if (e.dtype == dtype) return e;
+  }
+  return kDTypes[0];  // unreachable: every enumerator is in the table
+}
+
+}  // namespace
+
+std::optional<DType> DTypeFromName(absl::string_view name) {
+  for (const auto& e : kDTypes) {
+    if (e.name == name) return e.dtype;
+  }
+  return std::nullopt;
+}
+
+absl::string_view DTypeName(DType dtype) { return Entry(dtype).name; }
+int DTypeSize(DType dtype) { return Entry(dtype).size; }
+
+float F16ToF32(uint16_t h) {
+  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
+  uint32_t exp = (h >> 10) & 0x1fu;
+  uint32_t mant = h & 0x3ffu;
+  uint32_t bits;
+  if (exp == 0) {
+    if (mant == 0) {
+      bits = sign;
+    } else {  // subnormal: normalize
+      exp = 127 - 15 + 1;
+      while ((mant & 0x400u) == 0) {
+        mant <<= 1;
+        --exp;
+      }
+      mant &= 0x3ffu;
+      bits = sign | (exp << 23) | (mant << 13);
+    }
+  } else if (exp == 0x1f) {
+    bits = sign | 0x7f800000u | (mant << 13);
+  } else {
+    bits = sign | ((exp + 127 - 15) << 23) | (mant << 13);
+  }
+  float f;
+  std::memcpy(&f, &bits, sizeof(f));
+  return f;
+}
+
+}  // namespace gemma

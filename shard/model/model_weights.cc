@@ -1,0 +1,176 @@
+#include "shard/model/model_weights.h"
+
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <cstring>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "shard/model/dtype.h"
+#include "shard/checkpoint/progress.h"
+
+namespace gemma {
+namespace {
+
+float ElementAsF32(const StoredTensor& t, int64_t i) {
+  const char* p = t.data;
+  switch (t.dtype) {
+    case DType::kBF16: {
+      uint16_t b;
+      std::memcpy(&b, p + 2 * i, 2);
+      return Bf16ToF32(b);
+    }
+    case DType::kF16: {
+      uint16_t b;
+      std::memcpy(&b, p + 2 * i, 2);
+      return F16ToF32(b);
+    }
+    default: {
+      float f;
+      std::memcpy(&f, p + 4 * i, 4);
+      return f;
+    }
+  }
+}
+
+MatrixView Rows(const MatrixView& m, int64_t begin, int64_t count) {
+  return {m.data + begin * m.stride, count, m.cols, m.stride};
+}
+
+MatrixView Cols(const MatrixView& m, int64_t begin, int64_t count) { return {m.data + begin, m.rows, count, m.stride}; }
+
+}  // namespace
+
+absl::StatusOr<MatrixView> ModelWeights::Matrix(const std::string& name, int64_t rows, int64_t cols) {
+  auto t = checkpoint_->Get(name, {rows, cols});
+  if (!t.ok()) return t.status();
+  if (t->dtype == DType::kBF16 && reinterpret_cast<uintptr_t>(t->data) % 2 == 0) {
+    return MatrixView{reinterpret_cast<const uint16_t*>(t->data), rows, cols, cols};
+  }
+  auto owned = AllocateOwned(rows * cols);
+  for (int64_t i = 0; i < rows * cols; ++i) owned[i] = F32ToBf16(ElementAsF32(*t, i));
+  MatrixView view{owned.get(), rows, cols, cols};
+  converted_.push_back(std::move(owned));
+  return view;
+}
+
+ModelWeights::OwnedBuffer ModelWeights::AllocateOwned(int64_t elements) {
+  // 2 MB pages: weights stream through every step, and small pages cost TLB
+  // (and, under some hypervisors, shadow page table) misses on every pass.
+  constexpr size_t kHuge = 2 << 20;
+  const size_t bytes = (static_cast<size_t>(elements) * sizeof(uint16_t) + kHuge - 1) / kHuge * kHuge;
+  void* p = std::aligned_alloc(kHuge, bytes);
+  if (p == nullptr) throw std::bad_alloc();
+  ::madvise(p, bytes, MADV_HUGEPAGE);
+  return OwnedBuffer(static_cast<uint16_t*>(p));
+}
+
+MatrixView ModelWeights::OwnedCopy(const MatrixView& slice, const MatrixView& whole) {
+  auto owned = AllocateOwned(slice.rows * slice.cols);
+  for (int64_t r = 0; r < slice.rows; ++r) {
+    std::memcpy(&owned[r * slice.cols], slice.data + r * slice.stride, slice.cols * sizeof(uint16_t));
+  }
+  // Drop this process's mapping of the whole matrix's pages (the page cache keeps them).
+  const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const uintptr_t begin = (reinterpret_cast<uintptr_t>(whole.data) + page - 1) / page * page;
+  const uintptr_t end = reinterpret_cast<uintptr_t>(whole.data + whole.rows * whole.stride) / page * page;
+  if (end > begin && !IsOwned(whole)) ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
+  MatrixView view{owned.get(), slice.rows, slice.cols, slice.cols};
+  converted_.push_back(std::move(owned));
+  return view;
+}
+
+bool ModelWeights::IsOwned(const MatrixView& m) const {
+  for (const auto& c : converted_) {
+    if (c.get() == m.data) return true;
+  }
+  return false;
+}
+
+absl::StatusOr<std::vector<float>> ModelWeights::NormPlusOne(const std::string& name, int64_t n) {
+  auto t = checkpoint_->Get(name, {n});
+  if (!t.ok()) return t.status();
+  std::vector<float> w(n);
+  for (int64_t i = 0; i < n; ++i) w[i] = 1.0f + ElementAsF32(*t, i);
+  return w;
+}
+
+absl::StatusOr<std::unique_ptr<ModelWeights>> ModelWeights::Load(std::shared_ptr<const Checkpoint> checkpoint) {
+  auto tp = TensorParallel::Create(checkpoint->config(), 0, 1);
+  if (!tp.ok()) return tp.status();
+  return Load(std::move(checkpoint), *tp);
+}
+
+absl::StatusOr<std::unique_ptr<ModelWeights>> ModelWeights::Load(std::shared_ptr<const Checkpoint> checkpoint,
+                                                                const TensorParallel& tp) {
+  auto w = std::unique_ptr<ModelWeights>(new ModelWeights());
+  w->checkpoint_ = std::move(checkpoint);
+  w->tp_ = tp;
+  const ModelConfig& c = w->checkpoint_->config();
+  const int64_t h = c.hidden_size, d = c.head_dim;
+#define GEMMA_ASSIGN(lhs, expr)      \
+  do {                               \
+    auto _r = (expr);                \
+    if (!_r.ok()) return _r.status(); \
+    lhs = std::move(*_r);            \
+  } while (0)
+  GEMMA_ASSIGN(w->embed_, w->Matrix("model.embed_tokens.weight", c.vocab_size, h));
+  w->embed_ = Rows(w->embed_, tp.vocab_begin, tp.vocab_end - tp.vocab_begin);
+  GEMMA_ASSIGN(w->final_norm_, w->NormPlusOne("model.norm.weight", h));
+  w->layers_.resize(c.num_layers);
+  for (int i = 0; i < c.num_layers; ++i) {
+    const std::string p = absl::StrCat("model.layers.", i, ".");
+    LayerWeights& l = w->layers_[i];
+    GEMMA_ASSIGN(l.q, w->Matrix(p + "self_attn.q_proj.weight", c.q_dim(), h));
+    GEMMA_ASSIGN(l.k, w->Matrix(p + "self_attn.k_proj.weight", c.kv_dim(), h));
+    GEMMA_ASSIGN(l.v, w->Matrix(p + "self_attn.v_proj.weight", c.kv_dim(), h));
+    GEMMA_ASSIGN(l.o, w->Matrix(p + "self_attn.o_proj.weight", h, c.q_dim()));
+    GEMMA_ASSIGN(l.gate, w->Matrix(p + "mlp.gate_proj.weight", c.intermediate_size, h));
+    GEMMA_ASSIGN(l.up, w->Matrix(p + "mlp.up_proj.weight", c.intermediate_size, h));
+    GEMMA_ASSIGN(l.down, w->Matrix(p + "mlp.down_proj.weight", h, c.intermediate_size));
+    l.q = Rows(l.q, tp.q_head_begin * d, tp.num_q_heads * d);
+    l.k = Rows(l.k, tp.kv_head_begin * d, tp.num_kv_heads * d);
+    l.v = Rows(l.v, tp.kv_head_begin * d, tp.num_kv_heads * d);
+    if (tp.world > 1) {
+      // Row-parallel slices are columns: every row holds a piece, so using them in
+      // place would keep every page of the whole matrix resident on every rank.
+      // A contiguous copy of the slice (and dropping the mapped pages) keeps a
+      // rank's memory at its share.
+      l.o = w->OwnedCopy(Cols(l.o, tp.q_head_begin * d, tp.num_q_heads * d), l.o);
+      l.down = w->OwnedCopy(Cols(l.down, tp.ffn_begin, tp.ffn_size), l.down);
+    }
+    l.gate = Rows(l.gate, tp.ffn_begin, tp.ffn_size);
+    l.up = Rows(l.up, tp.ffn_begin, tp.ffn_size);
+    GEMMA_ASSIGN(l.attn_norm, w->NormPlusOne(p + "input_layernorm.weight", h));
+    GEMMA_ASSIGN(l.ffn_norm, w->NormPlusOne(p + "post_attention_layernorm.weight", h));
+  }
+#undef GEMMA_ASSIGN
+  // Fault the mapped pages in now, so the first request does not pay for it.
+  std::vector<MatrixView> all = {w->embed_};
+  for (const auto& l : w->layers_) all.insert(all.end(), {l.q, l.k, l.v, l.o, l.gate, l.up, l.down});
+  const int64_t total = w->WeightBytesPerStep();
+  Progress progress("loading " + w->checkpoint_->dir(), total);
+  int64_t done = 0;
+  volatile uint16_t sink = 0;
+  for (const auto& m : all) {
+    for (int64_t r = 0; r < m.rows; ++r) {
+      for (int64_t i = 0; i < m.cols; i += 2048) sink = sink + m.data[r * m.stride + i];
+    }
+    done += m.rows * m.cols * 2;
+    progress.Update(done);
+  }
+  progress.Finish();
+  return w;
+}
+
+int64_t ModelWeights::WeightBytesPerStep() const {
+  int64_t n = embed_.rows * embed_.cols;
+  for (const auto& l : layers_) {
+    for (const MatrixView* m : {&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down}) n += m->rows * m->cols;
+  }
+  return 2 * n;
+}
+
+}  // namespace gemma

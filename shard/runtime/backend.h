@@ -1,0 +1,90 @@
+// The contract every compute backend (CPU now, CUDA later) implements: run one batched step over the paged KV cache.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "shard/model/model_config.h"
+#include "shard/runtime/sampler.h"
+
+namespace gemma {
+
+enum class LogitsWanted { kNone, kLast, kAll };
+
+// One sequence's part of a step: its new tokens (a prompt chunk or one decode
+// token) at positions start_pos.., written to and attending over the KV rows its
+// block table addresses (positions 0..start_pos+tokens.size()-1).
+struct SequenceStep {
+  std::span<const int32_t> tokens;
+  int32_t start_pos = 0;
+  std::span<const int32_t> block_table;
+  LogitsWanted logits = LogitsWanted::kLast;
+};
+
+// Logits of one step: rows in the order of the batch (kAll: one per token,
+// kLast: one, kNone: none). row_begin[i] is sequence i's first row.
+struct StepLogits {
+  int vocab_size = 0;
+  std::vector<float> values;  // [rows, vocab_size]
+  std::vector<int> row_begin;
+  const float* Row(int r) const { return values.data() + static_cast<int64_t>(r) * vocab_size; }
+};
+
+// Where one step's time went, for metrics and profiling.
+struct StepTimings {
+  double matmul_seconds = 0;
+  double attention_seconds = 0;
+  double collective_seconds = 0;
+  double other_seconds = 0;
+};
+
+// One logits row to turn into a token where the logits are (on a GPU: without copying them to the host).
+struct RowSample {
+  int row = 0;              // index into the step's logits rows
+  SamplingParams params;    // penalties are not applied here (they need the sequence's history on the host)
+  int64_t position = 0;     // the position the token takes; with the seed, it fixes the draw
+};
+struct SampledToken {
+  int32_t token = -1;
+  float logprob = 0;  // log-softmax of the unmodified logits
+};
+
+// Adds wall time to whichever counter is current. Not thread-safe.
+class StageTimer {
+ public:
+  explicit StageTimer(double* current);
+  ~StageTimer();
+  void Switch(double* next);
+
+ private:
+  double* current_;
+  double start_;
+};
+
+// Implementations say whether they are thread-safe; a step is one call.
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual const ModelConfig& config() const = 0;
+  virtual int num_kv_blocks() const = 0;
+  virtual int kv_block_size() const = 0;
+  // Runs the step; InvalidArgument (naming the sequence) for token ids outside
+  // the vocabulary, positions past the context, or block tables too short or
+  // holding ids outside the pool. Nothing is written when it fails validation.
+  virtual absl::Status Forward(std::span<const SequenceStep> batch, StepLogits* out) = 0;
+  // Forward, then one token for each of `samples`, drawn where the logits are. With `logits_to_host` false,
+  // out->values may be left empty (nothing on the host reads them). The default samples on the host (SampleAt),
+  // the same draws as the host sampler gives; a device may draw differently, but as reproducibly.
+  virtual absl::Status ForwardAndSample(std::span<const SequenceStep> batch, std::span<const RowSample> samples,
+                                        bool logits_to_host, StepLogits* out, std::vector<SampledToken>* tokens);
+  // Timings of the last Forward.
+  virtual StepTimings last_timings() const = 0;
+};
+
+// Shared validation for backends.
+absl::Status ValidateStep(std::span<const SequenceStep> batch, const ModelConfig& config, int num_blocks,
+                          int block_size);
+
+}  // namespace gemma

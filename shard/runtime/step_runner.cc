@@ -1,0 +1,116 @@
+#include "shard/runtime/step_runner.h"
+
+#include "absl/strings/str_cat.h"
+#include "shard/runtime/sampler.h"
+
+namespace gemma {
+namespace {
+
+absl::Status ValidateRow(const StepRow& r, int vocab) {
+  if (!r.score_targets.empty() && r.score_targets.size() != r.tokens.size()) {
+    return absl::InvalidArgumentError(absl::StrCat("sequence ", r.sequence_id, ": ", r.score_targets.size(),
+                                                   " score_targets for ", r.tokens.size(), " tokens; they must match"));
+  }
+  for (int32_t t : r.score_targets) {
+    if (t < -1 || t >= vocab) {
+      return absl::InvalidArgumentError(absl::StrCat("sequence ", r.sequence_id, ": score target ", t,
+                                                     " is outside the vocabulary [0, ", vocab, ") (or -1)"));
+    }
+  }
+  if (r.top_logprobs < 0 || r.top_logprobs > 20) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("sequence ", r.sequence_id, ": top_logprobs ", r.top_logprobs, " is outside [0, 20]"));
+  }
+  if (r.penalty_prompt_len < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("sequence ", r.sequence_id, ": penalty_prompt_len ", r.penalty_prompt_len, " is negative"));
+  }
+  if (auto st = ValidateSamplingParams(r.sampling); !st.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("sequence ", r.sequence_id, ": ", st.message()));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<std::vector<RowResult>> RunRows(Backend& backend, std::span<const StepRow> rows) {
+  const int vocab = backend.config().vocab_size;
+  std::vector<SequenceStep> steps;
+  steps.reserve(rows.size());
+  for (const StepRow& r : rows) {
+    if (auto st = ValidateRow(r, vocab); !st.ok()) return st;
+    SequenceStep step;
+    step.tokens = r.tokens;
+    step.start_pos = r.start_pos;
+    step.block_table = r.block_table;
+    step.logits = !r.score_targets.empty() ? LogitsWanted::kAll : r.sample ? LogitsWanted::kLast : LogitsWanted::kNone;
+    steps.push_back(step);
+  }
+  // Rows that need nothing but a draw are sampled by the backend (on a GPU, where the logits are); the others
+  // (penalties, top log-probs, scoring) read the logits on the host.
+  std::vector<RowSample> plain;
+  std::vector<int> plain_of(rows.size(), -1);
+  bool host_needs_logits = false;
+  int logit_row = 0;
+  for (size_t i = 0; i < rows.size(); ++i) {
+    const StepRow& r = rows[i];
+    const int n = steps[i].logits == LogitsWanted::kAll ? static_cast<int>(r.tokens.size())
+                  : steps[i].logits == LogitsWanted::kLast ? 1
+                                                           : 0;
+    if (r.sample && r.score_targets.empty() && !r.sampling.has_penalties() && r.top_logprobs == 0) {
+      plain_of[i] = static_cast<int>(plain.size());
+      plain.push_back({logit_row + n - 1, r.sampling, static_cast<int64_t>(r.start_pos) + static_cast<int64_t>(r.tokens.size())});
+    } else if (n > 0) {
+      host_needs_logits = true;
+    }
+    logit_row += n;
+  }
+  StepLogits logits;
+  std::vector<SampledToken> sampled;
+  if (auto st = backend.ForwardAndSample(steps, plain, host_needs_logits, &logits, &sampled); !st.ok()) return st;
+
+  std::vector<RowResult> results(rows.size());
+  for (size_t i = 0; i < rows.size(); ++i) {
+    const StepRow& r = rows[i];
+    RowResult& out = results[i];
+    out.sequence_id = r.sequence_id;
+    if (plain_of[i] >= 0) {
+      out.sampled = true;
+      out.token = sampled[plain_of[i]].token;
+      out.logprob = sampled[plain_of[i]].logprob;
+      continue;
+    }
+    if (steps[i].logits == LogitsWanted::kNone) continue;
+    const int first = logits.row_begin[i];
+    out.score_logprobs.reserve(r.score_targets.size());
+    for (size_t j = 0; j < r.score_targets.size(); ++j) {
+      const int target = r.score_targets[j];
+      const float* scored = logits.Row(first + static_cast<int>(j));
+      out.score_logprobs.push_back(target < 0 ? 0.0f : static_cast<float>(LogProbOf(scored, vocab, target)));
+      if (r.top_logprobs == 0) continue;
+      auto& top = out.score_top_logprobs.emplace_back();
+      for (const auto& [id, lp] : TopLogProbs(scored, vocab, r.top_logprobs)) top.push_back({id, static_cast<float>(lp)});
+    }
+    if (!r.sample) continue;
+    const float* row =
+        logits.Row(first + (steps[i].logits == LogitsWanted::kAll ? static_cast<int>(r.tokens.size()) - 1 : 0));
+    const int64_t position = static_cast<int64_t>(r.start_pos) + static_cast<int64_t>(r.tokens.size());
+    int token;
+    if (r.sampling.has_penalties()) {  // on a copy: reported log-probs stay the model's own
+      std::vector<float> penalized(row, row + vocab);
+      ApplyPenalties(r.sampling, r.penalty_history, static_cast<size_t>(r.penalty_prompt_len), penalized.data(), vocab);
+      token = SampleAt(r.sampling, position, penalized.data(), vocab);
+    } else {
+      token = SampleAt(r.sampling, position, row, vocab);
+    }
+    out.sampled = true;
+    out.token = token;
+    out.logprob = static_cast<float>(LogProbOf(row, vocab, token));
+    for (const auto& [id, lp] : TopLogProbs(row, vocab, r.top_logprobs)) {
+      out.top_logprobs.push_back({id, static_cast<float>(lp)});
+    }
+  }
+  return results;
+}
+
+}  // namespace gemma

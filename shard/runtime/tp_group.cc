@@ -1,0 +1,137 @@
+#include "shard/runtime/tp_group.h"
+
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+
+namespace gemma {
+namespace {
+
+enum Op : uint8_t { kStep = 1, kHeartbeat = 2, kStop = 3 };
+
+void PutU32(std::string& s, uint32_t v) { s.append(reinterpret_cast<const char*>(&v), 4); }
+
+class Reader {
+ public:
+  explicit Reader(absl::string_view b) : b_(b) {}
+  bool U32(uint32_t* v) {
+    if (b_.size() < 4) return false;
+    std::memcpy(v, b_.data(), 4);
+    b_.remove_prefix(4);
+    return true;
+  }
+  bool I32s(uint32_t n, std::vector<int32_t>* out) {
+    if (n > b_.size() / 4) return false;
+    out->resize(n);
+    std::memcpy(out->data(), b_.data(), 4 * static_cast<size_t>(n));
+    b_.remove_prefix(4 * static_cast<size_t>(n));
+    return true;
+  }
+  bool done() const { return b_.empty(); }
+
+ private:
+  absl::string_view b_;
+};
+
+}  // namespace
+
+std::string EncodeStep(std::span<const SequenceStep> batch) {
+  std::string s(1, static_cast<char>(kStep));
+  PutU32(s, static_cast<uint32_t>(batch.size()));
+  for (const auto& st : batch) {
+    PutU32(s, static_cast<uint32_t>(st.tokens.size()));
+    s.append(reinterpret_cast<const char*>(st.tokens.data()), 4 * st.tokens.size());
+    PutU32(s, static_cast<uint32_t>(st.start_pos));
+    PutU32(s, static_cast<uint32_t>(st.block_table.size()));
+    s.append(reinterpret_cast<const char*>(st.block_table.data()), 4 * st.block_table.size());
+    PutU32(s, static_cast<uint32_t>(st.logits));
+  }
+  return s;
+}
+
+absl::StatusOr<DecodedStep> DecodeStep(absl::string_view bytes) {
+  auto bad = [] { return absl::InvalidArgumentError("malformed step message"); };
+  if (bytes.empty() || bytes[0] != static_cast<char>(kStep)) return bad();
+  Reader r(bytes.substr(1));
+  uint32_t n;
+  if (!r.U32(&n) || n > (1u << 20)) return bad();
+  DecodedStep d;
+  d.tokens.resize(n);
+  d.blocks.resize(n);
+  d.steps.resize(n);
+  for (uint32_t i = 0; i < n; ++i) {
+    uint32_t nt, start, nb, logits;
+    if (!r.U32(&nt) || !r.I32s(nt, &d.tokens[i]) || !r.U32(&start) || !r.U32(&nb) || !r.I32s(nb, &d.blocks[i]) ||
+        !r.U32(&logits) || logits > static_cast<uint32_t>(LogitsWanted::kAll)) {
+      return bad();
+    }
+    d.steps[i] = {d.tokens[i], static_cast<int32_t>(start), d.blocks[i], static_cast<LogitsWanted>(logits)};
+  }
+  if (!r.done()) return bad();
+  return d;
+}
+
+LeaderBackend::LeaderBackend(std::unique_ptr<Backend> local, std::shared_ptr<Collective> collective)
+    : local_(std::move(local)), collective_(std::move(collective)) {}
+
+LeaderBackend::~LeaderBackend() {
+  if (broken_ || collective_->world() == 1) return;
+  std::string stop(1, static_cast<char>(kStop));
+  collective_->Broadcast(&stop, 0).IgnoreError();  // followers may already be gone
+}
+
+absl::Status LeaderBackend::Announce(std::span<const SequenceStep> batch) {
+  if (broken_) return absl::UnavailableError("the tensor-parallel group failed earlier; restart it");
+  if (auto s = ValidateStep(batch, config(), num_kv_blocks(), kv_block_size()); !s.ok()) return s;
+  if (collective_->world() > 1) {
+    std::string msg = EncodeStep(batch);
+    if (auto s = collective_->Broadcast(&msg, 0); !s.ok()) {
+      broken_ = true;
+      return s;
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status LeaderBackend::Forward(std::span<const SequenceStep> batch, StepLogits* out) {
+  if (auto s = Announce(batch); !s.ok()) return s;
+  auto s = local_->Forward(batch, out);
+  if (!s.ok() && !absl::IsInvalidArgument(s)) broken_ = true;
+  return s;
+}
+
+// Followers run a plain Forward: the same collectives, whatever the leader then does with its logits.
+absl::Status LeaderBackend::ForwardAndSample(std::span<const SequenceStep> batch, std::span<const RowSample> samples,
+                                             bool logits_to_host, StepLogits* out, std::vector<SampledToken>* tokens) {
+  if (auto s = Announce(batch); !s.ok()) return s;
+  auto s = local_->ForwardAndSample(batch, samples, logits_to_host, out, tokens);
+  if (!s.ok() && !absl::IsInvalidArgument(s)) broken_ = true;
+  return s;
+}
+
+absl::Status LeaderBackend::Heartbeat() {
+  if (broken_) return absl::UnavailableError("the tensor-parallel group failed earlier; restart it");
+  if (collective_->world() == 1) return absl::OkStatus();
+  std::string msg(1, static_cast<char>(kHeartbeat));
+  auto s = collective_->Broadcast(&msg, 0);
+  if (!s.ok()) broken_ = true;
+  return s;
+}
+
+absl::Status RunFollower(Backend& local, Collective& collective) {
+  StepLogits logits;
+  while (true) {
+    std::string msg;
+    if (auto s = collective.Broadcast(&msg, 0); !s.ok()) {
+      return absl::UnavailableError(absl::StrCat("lost the group leader: ", s.message()));
+    }
+    if (msg.empty()) return absl::InternalError("empty message from the leader");
+    if (msg[0] == static_cast<char>(kStop)) return absl::OkStatus();
+    if (msg[0] == static_cast<char>(kHeartbeat)) continue;
+    auto step = DecodeStep(msg);
+    if (!step.ok()) return step.status();
+    if (auto s = local.Forward(step->steps, &logits); !s.ok()) return s;
+  }
+}
+
+}  // namespace gemma

@@ -1,0 +1,115 @@
+#include "tokenizer/tokenizer.h"
+
+#include <fstream>
+#include <sstream>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "tokenizer/sentencepiece_impl.h"
+#include "tokenizer/utf8.h"
+
+namespace gemma {
+namespace {
+
+// Length of the longest prefix of `s` that does not end inside a UTF-8 character.
+size_t CompleteUtf8Prefix(std::string_view s) {
+  size_t end = s.size();
+  for (size_t back = 1; back <= 4 && back <= s.size(); ++back) {
+    const unsigned char c = s[s.size() - back];
+    if ((c & 0xc0) == 0x80) continue;  // continuation byte
+    const int len = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xe ? 3 : (c >> 3) == 0x1e ? 4 : 1;
+    if (static_cast<size_t>(len) > back) end = s.size() - back;
+    break;
+  }
+  return end;
+}
+
+}  // namespace
+
+Tokenizer::Tokenizer(std::unique_ptr<SentencePieceImpl> impl) : impl_(std::move(impl)) {}
+Tokenizer::~Tokenizer() = default;
+
+absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat(path, ": cannot open tokenizer model"));
+  std::stringstream ss;
+  ss << in.rdbuf();
+  auto t = FromBytes(ss.str());
+  if (!t.ok()) return absl::InvalidArgumentError(absl::StrCat(path, ": ", t.status().message()));
+  return t;
+}
+
+absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromBytes(std::string_view serialized) {
+  auto impl = std::make_unique<SentencePieceImpl>();
+  if (std::string err = impl->Load(serialized); !err.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat("not a SentencePiece model: ", err));
+  }
+  return std::unique_ptr<Tokenizer>(new Tokenizer(std::move(impl)));
+}
+
+absl::StatusOr<std::vector<int32_t>> Tokenizer::Encode(std::string_view text) const {
+  if (!IsValidUtf8(text)) return absl::InvalidArgumentError("text is not valid UTF-8");
+  std::vector<int> ids;
+  if (std::string err = impl_->Encode(text, &ids); !err.empty()) return absl::InternalError(err);
+  return std::vector<int32_t>(ids.begin(), ids.end());
+}
+
+absl::StatusOr<std::string> Tokenizer::Decode(std::span<const int32_t> ids) const {
+  const int n = vocab_size();
+  for (int32_t id : ids) {
+    if (id < 0 || id >= n) {
+      return absl::InvalidArgumentError(absl::StrCat("token id ", id, " is outside the tokenizer's vocabulary [0, ", n, ")"));
+    }
+  }
+  std::string text;
+  if (std::string err = impl_->Decode(std::vector<int>(ids.begin(), ids.end()), &text); !err.empty()) {
+    return absl::InternalError(err);
+  }
+  return text;
+}
+
+int Tokenizer::vocab_size() const { return impl_->vocab_size(); }
+int Tokenizer::bos_id() const { return impl_->bos_id(); }
+int Tokenizer::eos_id() const { return impl_->eos_id(); }
+
+int Tokenizer::PieceToId(std::string_view piece) const {
+  const int id = impl_->PieceToId(piece);
+  return impl_->IsUnknown(id) && piece != "<unk>" ? -1 : id;
+}
+
+absl::StatusOr<std::string> StreamingDecoder::Add(int32_t id) {
+  ids_.push_back(id);
+  const std::span<const int32_t> all(ids_);
+  auto text = tokenizer_->Decode(all.subspan(prefix_offset_));
+  if (!text.ok()) {
+    ids_.pop_back();
+    return text.status();
+  }
+  auto read = tokenizer_->Decode(all.subspan(prefix_offset_, read_offset_ - prefix_offset_));
+  if (!read.ok()) return read.status();
+  // SentencePiece renders an incomplete byte sequence as U+FFFD; such a tail (or a
+  // character cut short) waits for the ids that complete it.
+  static constexpr std::string_view kReplacement = "\xEF\xBF\xBD";
+  const std::string_view view = *text;
+  const bool incomplete = (view.size() >= kReplacement.size() &&
+                           view.substr(view.size() - kReplacement.size()) == kReplacement) ||
+                          CompleteUtf8Prefix(view) != view.size();
+  if (incomplete || view.size() <= read->size()) return std::string();
+  std::string delta(view.substr(read->size()));
+  prefix_offset_ = read_offset_;
+  read_offset_ = ids_.size();
+  return delta;
+}
+
+absl::StatusOr<std::string> StreamingDecoder::Flush() {
+  const std::span<const int32_t> all(ids_);
+  auto text = tokenizer_->Decode(all.subspan(prefix_offset_));
+  if (!text.ok()) return text.status();
+  auto read = tokenizer_->Decode(all.subspan(prefix_offset_, read_offset_ - prefix_offset_));
+  if (!read.ok()) return read.status();
+  prefix_offset_ = read_offset_ = ids_.size();
+  if (text->size() <= read->size()) return std::string();
+  return text->substr(read->size());
+}
+
+}  // namespace gemma
