@@ -74,7 +74,7 @@ absl::StatusOr<std::unique_ptr<Backend>> MakeCudaBackend(const WorkerOptions& o,
   CudaBackendOptions options;
   options.device = o.cuda_device >= 0 ? o.cuda_device : o.rank % devices;
   options.precision = o.precision == "f32" ? CudaPrecision::kF32 : CudaPrecision::kBf16;
-  std::shared_ptr<Collective> tensors;
+  std::shared_ptr<DeviceCollective> tensors;
   if (o.world > 1) {
     auto nccl = (*cuda)->create_nccl(*bootstrap, options.device, o.timeout);
     if (!nccl.ok()) return nccl.status();
