@@ -21,12 +21,12 @@ absl::StatusOr<std::unique_ptr<Backend>> CudaBackend(const ShardOptions& o, std:
                                                    devices, " (0..", devices - 1, ")"));
   }
   options.precision = o.precision == "f32" ? CudaPrecision::kF32 : CudaPrecision::kBf16;
-  std::shared_ptr<Collective> tensors;
+  CudaCollective tensors;
   if (o.world > 1) {
     if (bootstrap == nullptr) return absl::InvalidArgumentError("a GPU group of several ranks needs a host collective");
     auto nccl = (*cuda)->create_nccl(*bootstrap, options.device, o.timeout);
     if (!nccl.ok()) return nccl.status();
-    tensors = std::move(*nccl);
+    tensors = std::shared_ptr<DeviceCollective>(std::move(*nccl));
   }
   return (*cuda)->create_backend(std::move(weights), o.kv, options, std::move(tensors));
 }

@@ -22,7 +22,7 @@ struct Latency {
   double p50_us, p90_us;
 };
 
-absl::StatusOr<std::vector<Latency>> Measure(Collective& c, const std::vector<size_t>& sizes, int iters) {
+absl::StatusOr<std::vector<Latency>> Measure(HostCollective& c, const std::vector<size_t>& sizes, int iters) {
   std::vector<Latency> out;
   for (const char* op : {"all_reduce", "all_gather"}) {
     for (size_t n : sizes) {

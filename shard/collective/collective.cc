@@ -1,13 +1,14 @@
 #include "shard/collective/collective.h"
 
 #include "absl/strings/str_cat.h"
+#include "shard/collective/device_collective.h"
 
 #include <algorithm>
 
 namespace gemma {
 namespace {
 
-class SingleRank : public Collective {
+class SingleRank : public HostCollective {
  public:
   int rank() const override { return 0; }
   int world() const override { return 1; }
@@ -22,12 +23,24 @@ class SingleRank : public Collective {
 
 }  // namespace
 
-std::unique_ptr<Collective> MakeSingleRankCollective() { return std::make_unique<SingleRank>(); }
+std::unique_ptr<HostCollective> MakeSingleRankCollective() { return std::make_unique<SingleRank>(); }
 
-absl::Status CheckCollectiveRank(const Collective& c, int rank, int world) {
-  if (c.world() == world && c.rank() == rank) return absl::OkStatus();
+namespace {
+
+absl::Status CheckRank(int c_rank, int c_world, int rank, int world) {
+  if (c_world == world && c_rank == rank) return absl::OkStatus();
   return absl::InvalidArgumentError(absl::StrCat("weights are sliced for rank ", rank, "/", world,
-                                                 " but the collective is rank ", c.rank(), "/", c.world()));
+                                                 " but the collective is rank ", c_rank, "/", c_world));
+}
+
+}  // namespace
+
+absl::Status CheckCollectiveRank(const HostCollective& c, int rank, int world) {
+  return CheckRank(c.rank(), c.world(), rank, world);
+}
+
+absl::Status CheckCollectiveRank(const DeviceCollective& c, int rank, int world) {
+  return CheckRank(c.rank(), c.world(), rank, world);
 }
 
 }  // namespace gemma

@@ -1,4 +1,4 @@
-// The collectives tensor parallelism needs, behind one small interface (Gloo on CPU; NCCL on GPU later).
+// Collectives over buffers in host memory (shared memory, Gloo): what CPU ranks and every group's step broadcast use.
 #pragma once
 
 #include <cstddef>
@@ -9,13 +9,15 @@
 
 namespace gemma {
 
-// One rank's handle on its group. Not thread-safe: every rank calls the same
-// sequence of collectives from one thread. A peer that dies, hangs or never
-// arrives makes a collective fail with DeadlineExceeded or Unavailable within
-// the group's timeout; after a failure the group is unusable.
-class Collective {
+// One rank's handle on its group; every pointer it takes is host memory. Device
+// buffers go through a DeviceCollective (device_collective.h), a separate type, so
+// a host collective cannot be handed one by mistake. Not thread-safe: every rank
+// calls the same sequence of collectives from one thread. A peer that dies, hangs
+// or never arrives makes a collective fail with DeadlineExceeded or Unavailable
+// within the group's timeout; after a failure the group is unusable.
+class HostCollective {
  public:
-  virtual ~Collective() = default;
+  virtual ~HostCollective() = default;
   virtual int rank() const = 0;
   virtual int world() const = 0;
   // data[i] = sum over ranks of data[i], in place.
@@ -27,10 +29,15 @@ class Collective {
   virtual absl::Status Barrier() = 0;
 };
 
+// The name callers used before device collectives had their own interface; it
+// keeps the worker and the gemma command building while they move to
+// HostCollective.
+using Collective = HostCollective;
+
 // InvalidArgument unless `c` is rank `rank` of `world` (weights sliced for one rank, a collective of another).
-absl::Status CheckCollectiveRank(const Collective& c, int rank, int world);
+absl::Status CheckCollectiveRank(const HostCollective& c, int rank, int world);
 
 // World size 1: every collective is the identity; needs no peer.
-std::unique_ptr<Collective> MakeSingleRankCollective();
+std::unique_ptr<HostCollective> MakeSingleRankCollective();
 
 }  // namespace gemma

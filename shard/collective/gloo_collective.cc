@@ -31,7 +31,7 @@ absl::Status Guard(const char* what, F&& f) {
   }
 }
 
-class GlooCollective : public Collective {
+class GlooCollective : public HostCollective {
  public:
   GlooCollective(std::shared_ptr<gloo::rendezvous::Store> store, std::shared_ptr<gloo::Context> context,
                  std::chrono::milliseconds timeout)
@@ -106,7 +106,7 @@ class GlooCollective : public Collective {
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<Collective>> CreateGlooCollective(std::shared_ptr<gloo::rendezvous::Store> store,
+absl::StatusOr<std::unique_ptr<HostCollective>> CreateGlooCollective(std::shared_ptr<gloo::rendezvous::Store> store,
                                                                  const GlooOptions& options) {
   if (options.world < 1 || options.rank < 0 || options.rank >= options.world) {
     return absl::InvalidArgumentError(absl::StrCat("rank ", options.rank, " is outside [0, ", options.world, ")"));
@@ -125,7 +125,7 @@ absl::StatusOr<std::unique_ptr<Collective>> CreateGlooCollective(std::shared_ptr
                                                " could not connect to its peers within ", options.timeout.count(),
                                                " ms: ", st.message()));
   }
-  return std::unique_ptr<Collective>(new GlooCollective(std::move(store), std::move(context), options.timeout));
+  return std::unique_ptr<HostCollective>(new GlooCollective(std::move(store), std::move(context), options.timeout));
 }
 
 std::shared_ptr<gloo::rendezvous::Store> MakeFileStore(const std::string& dir) {

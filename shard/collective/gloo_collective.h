@@ -25,7 +25,7 @@ struct GlooOptions {
 
 // Rendezvous through `store` (shared by all ranks), then connect a full mesh.
 // Unavailable when peers do not arrive within the timeout.
-absl::StatusOr<std::unique_ptr<Collective>> CreateGlooCollective(std::shared_ptr<gloo::rendezvous::Store> store,
+absl::StatusOr<std::unique_ptr<HostCollective>> CreateGlooCollective(std::shared_ptr<gloo::rendezvous::Store> store,
                                                                  const GlooOptions& options);
 
 // A store in a directory every rank can see (local groups, tests).

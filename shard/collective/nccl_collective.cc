@@ -16,7 +16,7 @@ namespace gemma {
 
 bool NcclAvailable() { return false; }
 
-absl::StatusOr<std::unique_ptr<Collective>> CreateNcclCollective(Collective&, int, std::chrono::milliseconds) {
+absl::StatusOr<std::unique_ptr<DeviceCollective>> CreateNcclCollective(HostCollective&, int, std::chrono::milliseconds) {
   return absl::UnimplementedError("this build has no NCCL (the CUDA toolkit or NCCL was not found at build time)");
 }
 
@@ -44,7 +44,7 @@ absl::Status NcclError(ncclResult_t r, const char* what, const char* file, int l
     if (_r != ncclSuccess && _r != ncclInProgress) return NcclError(_r, #expr, __FILE__, __LINE__); \
   } while (0)
 
-class NcclCollective : public Collective {
+class NcclCollective : public DeviceCollective {
  public:
   NcclCollective(int rank, int world, int device, ncclComm_t comm, cudaStream_t stream, std::chrono::milliseconds timeout)
       : rank_(rank), world_(world), device_(device), comm_(comm), stream_(stream), timeout_(timeout) {}
@@ -58,15 +58,19 @@ class NcclCollective : public Collective {
   int rank() const override { return rank_; }
   int world() const override { return world_; }
 
-  absl::Status AllReduceSum(float* device_data, size_t count) override {
-    if (count == 0) return absl::OkStatus();
+  absl::Status AllReduceSum(DeviceFloats data) override {
+    if (data.count == 0) return absl::OkStatus();
     return Run("all-reduce", [&] {
-      return ncclAllReduce(device_data, device_data, count, ncclFloat32, ncclSum, comm_, stream_);
+      return ncclAllReduce(data.data, data.data, data.count, ncclFloat32, ncclSum, comm_, stream_);
     });
   }
 
-  absl::Status AllGather(const float* device_in, size_t count, float* device_out) override {
-    return Run("all-gather", [&] { return ncclAllGather(device_in, device_out, count, ncclFloat32, comm_, stream_); });
+  absl::Status AllGather(ConstDeviceFloats in, DeviceFloats out) override {
+    if (out.count != in.count * static_cast<size_t>(world_)) {
+      return absl::InvalidArgumentError(absl::StrCat("all-gather of ", in.count, " floats per rank needs ",
+                                                     in.count * world_, " output floats, got ", out.count));
+    }
+    return Run("all-gather", [&] { return ncclAllGather(in.data, out.data, in.count, ncclFloat32, comm_, stream_); });
   }
 
   absl::Status Broadcast(std::string* bytes, int root) override {
@@ -94,7 +98,7 @@ class NcclCollective : public Collective {
 
   absl::Status Barrier() override {
     if (auto s = Stage(sizeof(float)); !s.ok()) return s;
-    return AllReduceSum(static_cast<float*>(staging_), 1);
+    return AllReduceSum(DeviceFloats(static_cast<float*>(staging_), 1));
   }
 
  private:
@@ -155,7 +159,7 @@ class NcclCollective : public Collective {
 
 bool NcclAvailable() { return true; }
 
-absl::StatusOr<std::unique_ptr<Collective>> CreateNcclCollective(Collective& bootstrap, int device,
+absl::StatusOr<std::unique_ptr<DeviceCollective>> CreateNcclCollective(HostCollective& bootstrap, int device,
                                                                  std::chrono::milliseconds timeout) {
   int devices = 0;
   if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
@@ -198,7 +202,7 @@ absl::StatusOr<std::unique_ptr<Collective>> CreateNcclCollective(Collective& boo
     ncclCommAbort(comm);
     return CudaError(e, "cudaStreamCreateWithFlags", __FILE__, __LINE__);
   }
-  return std::unique_ptr<Collective>(
+  return std::unique_ptr<DeviceCollective>(
       new NcclCollective(bootstrap.rank(), bootstrap.world(), device, comm, stream, timeout));
 }
 

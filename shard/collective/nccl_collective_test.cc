@@ -30,7 +30,7 @@ TEST(NcclCollectiveTest, SingleRankCollectivesOnTheDevice) {
   auto bootstrap = MakeSingleRankCollective();
   auto nccl = CreateNcclCollective(*bootstrap, 0, std::chrono::seconds(30));
   ASSERT_TRUE(nccl.ok()) << nccl.status();
-  Collective& c = **nccl;
+  DeviceCollective& c = **nccl;
   EXPECT_EQ(c.world(), 1);
   const std::vector<float> host = {1.5f, -2.0f, 3.25f, 0.0f, 7.0f};
   float* dev = nullptr;
@@ -38,8 +38,10 @@ TEST(NcclCollectiveTest, SingleRankCollectivesOnTheDevice) {
   ASSERT_EQ(cudaMalloc(&dev, host.size() * sizeof(float)), cudaSuccess);
   ASSERT_EQ(cudaMalloc(&gathered, host.size() * sizeof(float)), cudaSuccess);
   ASSERT_EQ(cudaMemcpy(dev, host.data(), host.size() * sizeof(float), cudaMemcpyHostToDevice), cudaSuccess);
-  ASSERT_TRUE(c.AllReduceSum(dev, host.size()).ok());
-  ASSERT_TRUE(c.AllGather(dev, host.size(), gathered).ok());
+  ASSERT_TRUE(c.AllReduceSum(DeviceFloats(dev, host.size())).ok());
+  ASSERT_TRUE(c.AllGather(DeviceFloats(dev, host.size()), DeviceFloats(gathered, host.size())).ok());
+  EXPECT_EQ(c.AllGather(DeviceFloats(dev, host.size()), DeviceFloats(gathered, 1)).code(),
+            absl::StatusCode::kInvalidArgument);
   std::vector<float> back(host.size());
   ASSERT_EQ(cudaMemcpy(back.data(), gathered, back.size() * sizeof(float), cudaMemcpyDeviceToHost), cudaSuccess);
   EXPECT_EQ(back, host);  // a world of one: the sum and the gather are the identity

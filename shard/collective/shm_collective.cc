@@ -41,7 +41,7 @@ std::string SegmentName(const std::string& name) {
   return n.substr(0, 200);
 }
 
-class ShmCollective : public Collective {
+class ShmCollective : public HostCollective {
  public:
   ShmCollective(int rank, int world, void* base, size_t bytes, std::chrono::milliseconds timeout)
       : rank_(rank), world_(world), base_(base), bytes_(bytes), timeout_(timeout) {}
@@ -157,7 +157,7 @@ class ShmCollective : public Collective {
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<Collective>> CreateShmCollective(const ShmOptions& o) {
+absl::StatusOr<std::unique_ptr<HostCollective>> CreateShmCollective(const ShmOptions& o) {
   if (o.world < 1 || o.world > kMaxRanks || o.rank < 0 || o.rank >= o.world) {
     return absl::InvalidArgumentError(absl::StrCat("rank ", o.rank, " of ", o.world, " is invalid; allowed world 1..",
                                                    kMaxRanks));
@@ -216,7 +216,7 @@ absl::StatusOr<std::unique_ptr<Collective>> CreateShmCollective(const ShmOptions
                                                " could not connect to its peers: ", s.message()));
   }
   if (o.rank == 0) ::shm_unlink(name.c_str());
-  return std::unique_ptr<Collective>(std::move(c));
+  return std::unique_ptr<HostCollective>(std::move(c));
 }
 
 }  // namespace gemma

@@ -23,6 +23,6 @@ struct ShmOptions {
 // Each collective sums or copies the ranks' data in rank order, so every rank
 // gets bit-identical results. Waiting ranks spin briefly, then yield the CPU,
 // so groups larger than the core count still make progress.
-absl::StatusOr<std::unique_ptr<Collective>> CreateShmCollective(const ShmOptions& options);
+absl::StatusOr<std::unique_ptr<HostCollective>> CreateShmCollective(const ShmOptions& options);
 
 }  // namespace gemma

@@ -40,7 +40,7 @@ void PlaceVocabSlices(const float* gathered, int world, int64_t rows, int64_t sl
 
 absl::StatusOr<std::unique_ptr<CpuBackend>> CpuBackend::Create(std::shared_ptr<const ModelWeights> weights,
                                                                const KvCacheOptions& kv_options,
-                                                               std::shared_ptr<Collective> collective) {
+                                                               std::shared_ptr<HostCollective> collective) {
   if (collective == nullptr) collective = MakeSingleRankCollective();
   const TensorParallel& tp = weights->tp();
   if (auto s = CheckCollectiveRank(*collective, tp.rank, tp.world); !s.ok()) return s;
@@ -67,7 +67,7 @@ absl::Status CpuBackend::RowParallel(const float* in, int64_t T, int64_t K, cons
   return s;
 }
 
-CpuBackend::CpuBackend(std::shared_ptr<const ModelWeights> weights, KvCache kv, std::shared_ptr<Collective> collective)
+CpuBackend::CpuBackend(std::shared_ptr<const ModelWeights> weights, KvCache kv, std::shared_ptr<HostCollective> collective)
     : weights_(std::move(weights)), collective_(std::move(collective)), kv_(std::move(kv)) {
   const ModelConfig& c = config();
   inv_freq_.resize(c.head_dim / 2);

@@ -20,7 +20,7 @@ class CpuBackend : public Backend {
   // sequence of Forward calls.
   static absl::StatusOr<std::unique_ptr<CpuBackend>> Create(std::shared_ptr<const ModelWeights> weights,
                                                              const KvCacheOptions& kv_options,
-                                                             std::shared_ptr<Collective> collective = nullptr);
+                                                             std::shared_ptr<HostCollective> collective = nullptr);
 
   const ModelConfig& config() const override { return weights_->config(); }
   int num_kv_blocks() const override { return kv_.num_blocks(); }
@@ -29,14 +29,14 @@ class CpuBackend : public Backend {
   StepTimings last_timings() const override { return timings_; }
 
  private:
-  CpuBackend(std::shared_ptr<const ModelWeights> weights, KvCache kv, std::shared_ptr<Collective> collective);
+  CpuBackend(std::shared_ptr<const ModelWeights> weights, KvCache kv, std::shared_ptr<HostCollective> collective);
   absl::Status AllReduce(float* data, int64_t count);
   // proj_ = in [T, K] x w^T, summed over ranks (a row-parallel projection: o or down).
   absl::Status RowParallel(const float* in, int64_t T, int64_t K, const MatrixView& w, StageTimer& timer);
   void Attention(int layer, std::span<const SequenceStep> batch);
 
   std::shared_ptr<const ModelWeights> weights_;
-  std::shared_ptr<Collective> collective_;
+  std::shared_ptr<HostCollective> collective_;
   KvCache kv_;
   StepTimings timings_;
   std::vector<float> inv_freq_;  // [head_dim / 2]

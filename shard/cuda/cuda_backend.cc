@@ -55,10 +55,8 @@ absl::Status CudaBackend::RunAsGraph(int batch, const std::function<absl::Status
 }
 
 absl::Status CudaBackend::AllReduce(float* data, int64_t count) {
-  if (collective_->world() == 1) return absl::OkStatus();
-  // NCCL runs on its own stream: this step's kernels must be done first.
-  GEMMA_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
-  return collective_->AllReduceSum(data, static_cast<size_t>(count));
+  if (exchange_->world() == 1) return absl::OkStatus();
+  return exchange_->AllReduceSum(data, static_cast<size_t>(count), stream_);
 }
 
 absl::Status CudaBackend::RowParallel(const void* in, int64_t T, int64_t K, const DeviceBuffer& w, float* out) {
@@ -290,9 +288,8 @@ absl::Status CudaBackend::ForwardAndSample(std::span<const SequenceStep> batch, 
     auto placed = placed_.At(static_cast<size_t>(R) * c.vocab_size * 4, "logits");
     if (!gathered.ok()) return gathered.status();
     if (!placed.ok()) return placed.status();
-    GEMMA_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
     stage(&StepTimings::collective_seconds);
-    if (auto s = collective_->AllGather(logitsf, R * slice, static_cast<float*>(*gathered)); !s.ok()) return s;
+    if (auto s = exchange_->AllGather(logitsf, R * slice, static_cast<float*>(*gathered), stream_); !s.ok()) return s;
     stage(&StepTimings::other_seconds);
     device_logits = static_cast<float*>(*placed);
     for (int r = 0; r < tp.world; ++r) {
@@ -362,21 +359,26 @@ int CudaDeviceCount() {
 absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(std::shared_ptr<const ModelWeights> weights,
                                                            const KvCacheOptions& kv_options,
                                                            const CudaBackendOptions& options,
-                                                           std::shared_ptr<Collective> collective) {
+                                                           CudaCollective collective) {
   const int devices = CudaDeviceCount();
   if (options.device < 0 || options.device >= devices) {
     return absl::FailedPreconditionError(absl::StrCat("CUDA device ", options.device, " is not present; this process sees ",
                                                       devices, " device(s)"));
   }
-  if (collective == nullptr) collective = MakeSingleRankCollective();
+  auto exchange = cuda::MakeTensorExchange(collective, options.device);
+  if (!exchange.ok()) return exchange.status();
   const TensorParallel& tp = weights->tp();
-  if (auto s = CheckCollectiveRank(*collective, tp.rank, tp.world); !s.ok()) return s;
+  if ((*exchange)->rank() != tp.rank || (*exchange)->world() != tp.world) {
+    return absl::InvalidArgumentError(absl::StrCat("weights are sliced for rank ", tp.rank, "/", tp.world,
+                                                   " but the collective is rank ", (*exchange)->rank(), "/",
+                                                   (*exchange)->world()));
+  }
   if (weights->config().head_dim > 256 || weights->config().head_dim % 4 != 0) {
     return absl::InvalidArgumentError(absl::StrCat("head_dim ", weights->config().head_dim,
                                                    " is not supported by the CUDA attention kernels; allowed: a "
                                                    "multiple of 4, at most 256"));
   }
-  auto backend = std::make_unique<cuda::CudaBackend>(std::move(weights), std::move(collective), options);
+  auto backend = std::make_unique<cuda::CudaBackend>(std::move(weights), std::move(*exchange), options);
   if (auto s = backend->Init(kv_options); !s.ok()) return s;
   return std::unique_ptr<Backend>(std::move(backend));
 }

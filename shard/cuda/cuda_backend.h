@@ -4,10 +4,12 @@
 #pragma once
 
 #include <memory>
+#include <variant>
 
 #include "absl/status/statusor.h"
 #include "shard/runtime/backend.h"
 #include "shard/collective/collective.h"
+#include "shard/collective/device_collective.h"
 #include "shard/runtime/kv_cache.h"
 #include "shard/model/model_weights.h"
 
@@ -35,13 +37,18 @@ struct CudaBackendOptions {
 bool CudaBackendBuilt();
 int CudaDeviceCount();
 
-// `collective` must be NCCL on device `options.device` when the weights are sliced for more than one rank (its
-// AllReduceSum/AllGather take device pointers); null for a group of one. Out of device memory for the weights or
+// How a CUDA rank reaches the other ranks of its group for tensors: a device collective (NCCL on device
+// `options.device`: the normal case), or a host collective, to which the backend copies each tensor through
+// pinned host memory and back (ranks sharing one GPU, which NCCL refuses, as in tests); empty (or a null pointer)
+// for a group of one.
+using CudaCollective = std::variant<std::monostate, std::shared_ptr<DeviceCollective>, std::shared_ptr<HostCollective>>;
+
+// `collective` must be rank weights->tp().rank of weights->tp().world (else InvalidArgument). Out of device memory for the weights or
 // the KV cache (KvCacheOptions::max_bytes) is ResourceExhausted saying what was needed and what is free.
 // Unimplemented in a build without CUDA.
 absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(std::shared_ptr<const ModelWeights> weights,
                                                            const KvCacheOptions& kv_options,
                                                            const CudaBackendOptions& options,
-                                                           std::shared_ptr<Collective> collective = nullptr);
+                                                           CudaCollective collective = {});
 
 }  // namespace gemma

@@ -20,6 +20,7 @@
 #include "shard/cuda/gemm.h"
 #include "shard/cuda/kernels.h"
 #include "shard/cuda/stage_clock.h"
+#include "shard/cuda/tensor_exchange.h"
 #include "shard/model/model_weights.h"
 
 namespace gemma::cuda {
@@ -75,9 +76,9 @@ struct Scratch {
 
 class CudaBackend final : public Backend {
  public:
-  CudaBackend(std::shared_ptr<const ModelWeights> weights, std::shared_ptr<Collective> collective,
+  CudaBackend(std::shared_ptr<const ModelWeights> weights, std::unique_ptr<TensorExchange> exchange,
               CudaBackendOptions options)
-      : weights_(std::move(weights)), collective_(std::move(collective)), options_(options),
+      : weights_(std::move(weights)), exchange_(std::move(exchange)), options_(options),
         act_(options.precision == CudaPrecision::kF32 ? Dtype::kF32 : Dtype::kBf16),
         graphs_enabled_(options.cuda_graphs) {}
   ~CudaBackend() override {
@@ -134,7 +135,7 @@ class CudaBackend final : public Backend {
                               std::vector<SampledToken>* sampled);
 
   std::shared_ptr<const ModelWeights> weights_;
-  std::shared_ptr<Collective> collective_;
+  std::unique_ptr<TensorExchange> exchange_;
   CudaBackendOptions options_;
   Dtype act_;
   cudaStream_t stream_ = nullptr;

@@ -6,6 +6,7 @@
 #include <cstring>
 #include <random>
 #include <set>
+#include <thread>
 
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
@@ -15,6 +16,7 @@
 #include "shard/cpu/ops.h"
 #include "engine/run_batch.h"
 #include "shard/collective/nccl_collective.h"
+#include "shard/collective/shm_collective.h"
 #include "tests/reference_helpers.h"
 #include "tests/testdata.h"
 
@@ -48,7 +50,7 @@ KvCacheOptions Kv(int tokens) {
 }
 
 std::unique_ptr<Backend> OpenCuda(const std::string& dir, CudaPrecision precision,
-                                  std::shared_ptr<Collective> collective = nullptr, bool graphs = true) {
+                                  CudaCollective collective = {}, bool graphs = true) {
   CudaBackendOptions o;
   o.precision = precision;
   o.cuda_graphs = graphs;
@@ -401,8 +403,8 @@ TEST_F(CudaBackendDeviceTest, DeviceSamplingFollowsTheLogits) {
 // sizes (each its own graph) and after the buffers grow (graphs captured anew).
 TEST_F(CudaBackendDeviceTest, CudaGraphDecodeStepsEqualLaunchedOnes) {
   const std::string dir = GemmaTinyDir() + "/tiny-mha";
-  auto graphs = OpenCuda(dir, CudaPrecision::kBf16, nullptr, true);
-  auto launched = OpenCuda(dir, CudaPrecision::kBf16, nullptr, false);
+  auto graphs = OpenCuda(dir, CudaPrecision::kBf16, {}, true);
+  auto launched = OpenCuda(dir, CudaPrecision::kBf16, {}, false);
   ASSERT_NE(graphs, nullptr);
   ASSERT_NE(launched, nullptr);
   const std::vector<std::vector<int32_t>> prompts = {{2, 3791, 323}, {2, 100, 200, 300, 400, 500}, {2, 7}};
@@ -420,7 +422,7 @@ TEST_F(CudaBackendDeviceTest, TensorParallelOneOverNcclGivesTheSameLogits) {
   auto nccl = CreateNcclCollective(*bootstrap, 0, std::chrono::seconds(30));
   ASSERT_TRUE(nccl.ok()) << nccl.status();
   const std::string dir = GemmaTinyDir() + "/tiny-mqa";
-  auto with = OpenCuda(dir, CudaPrecision::kF32, std::shared_ptr<Collective>(std::move(*nccl)));
+  auto with = OpenCuda(dir, CudaPrecision::kF32, std::shared_ptr<DeviceCollective>(std::move(*nccl)));
   auto without = OpenCuda(dir, CudaPrecision::kF32);
   ASSERT_NE(with, nullptr);
   ASSERT_NE(without, nullptr);
@@ -431,6 +433,45 @@ TEST_F(CudaBackendDeviceTest, TensorParallelOneOverNcclGivesTheSameLogits) {
   ASSERT_TRUE(with->Forward({&s, 1}, &a).ok());
   ASSERT_TRUE(without->Forward({&s, 1}, &b).ok());
   EXPECT_EQ(a.values, b.values);
+}
+
+// Two ranks on one GPU (NCCL refuses that) through a host collective: the backend stages every tensor through
+// host memory, and the logits match one rank's within the reordered sums' rounding.
+TEST_F(CudaBackendDeviceTest, TensorParallelTwoOverAHostCollectiveStagesThroughHostMemory) {
+  const std::string dir = GemmaTinyDir() + "/tiny-mqa";
+  auto ckpt = Checkpoint::Open(dir);
+  ASSERT_TRUE(ckpt.ok()) << ckpt.status();
+  std::shared_ptr<const Checkpoint> shared(std::move(*ckpt));
+  const std::vector<int32_t> ids = {2, 3791, 323, 17, 99};
+  const auto blocks = Blocks(ids.size(), 16);
+  SequenceStep s{ids, 0, blocks, LogitsWanted::kAll};
+  const std::string name = "cuda-staged-" + std::to_string(::getpid());
+  StepLogits logits[2];
+  absl::Status status[2];
+  auto run = [&](int rank) {
+    auto c = CreateShmCollective({rank, 2, name, std::chrono::milliseconds(30000)});
+    if (!c.ok()) return void(status[rank] = c.status());
+    auto tp = TensorParallel::Create(shared->config(), rank, 2);
+    auto w = ModelWeights::Load(shared, *tp);
+    if (!w.ok()) return void(status[rank] = w.status());
+    CudaBackendOptions o;
+    o.precision = CudaPrecision::kF32;
+    auto b = CreateCudaBackend(std::shared_ptr<const ModelWeights>(std::move(*w)), Kv(4096), o,
+                               std::shared_ptr<HostCollective>(std::move(*c)));
+    if (!b.ok()) return void(status[rank] = b.status());
+    status[rank] = (*b)->Forward({&s, 1}, &logits[rank]);
+  };
+  std::thread follower(run, 1);
+  run(0);
+  follower.join();
+  ASSERT_TRUE(status[0].ok()) << status[0];
+  ASSERT_TRUE(status[1].ok()) << status[1];
+  auto one = OpenCuda(dir, CudaPrecision::kF32);
+  ASSERT_NE(one, nullptr);
+  StepLogits whole;
+  ASSERT_TRUE(one->Forward({&s, 1}, &whole).ok());
+  EXPECT_LT(MaxAbsDiff(logits[0].values, whole.values), 1e-4);
+  EXPECT_EQ(logits[0].values, logits[1].values);
 }
 
 TEST_F(CudaBackendDeviceTest, OutOfMemoryForTheKvCacheSaysWhatWasNeeded) {

@@ -19,11 +19,11 @@ struct CudaModuleApi {
   absl::StatusOr<std::unique_ptr<Backend>> (*create_backend)(std::shared_ptr<const ModelWeights> weights,
                                                              const KvCacheOptions& kv_options,
                                                              const CudaBackendOptions& options,
-                                                             std::shared_ptr<Collective> collective);
-  absl::StatusOr<std::unique_ptr<Collective>> (*create_nccl)(Collective& bootstrap, int device,
-                                                             std::chrono::milliseconds timeout);
+                                                             CudaCollective collective);
+  absl::StatusOr<std::unique_ptr<DeviceCollective>> (*create_nccl)(HostCollective& bootstrap, int device,
+                                                                   std::chrono::milliseconds timeout);
 };
-inline constexpr int kCudaModuleVersion = 1;
+inline constexpr int kCudaModuleVersion = 2;  // 2: host and device collectives apart
 
 // Loads the module once: $GEMMA_CUDA_MODULE, else libgemma_cuda.so beside the executable, else where the build
 // put it. Unimplemented, saying where it looked, when there is none (a build without nvcc) or it does not load.

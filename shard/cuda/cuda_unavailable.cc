@@ -7,7 +7,7 @@ bool CudaBackendBuilt() { return false; }
 int CudaDeviceCount() { return 0; }
 
 absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(std::shared_ptr<const ModelWeights>, const KvCacheOptions&,
-                                                           const CudaBackendOptions&, std::shared_ptr<Collective>) {
+                                                           const CudaBackendOptions&, CudaCollective) {
   return absl::UnimplementedError("this build has no CUDA backend (nvcc was not found when it was configured)");
 }
 

@@ -71,7 +71,7 @@ absl::StatusOr<DecodedStep> DecodeStep(absl::string_view bytes) {
   return d;
 }
 
-LeaderBackend::LeaderBackend(std::unique_ptr<Backend> local, std::shared_ptr<Collective> collective)
+LeaderBackend::LeaderBackend(std::unique_ptr<Backend> local, std::shared_ptr<HostCollective> collective)
     : local_(std::move(local)), collective_(std::move(collective)) {}
 
 LeaderBackend::~LeaderBackend() {
@@ -118,7 +118,7 @@ absl::Status LeaderBackend::Heartbeat() {
   return s;
 }
 
-absl::Status RunFollower(Backend& local, Collective& collective) {
+absl::Status RunFollower(Backend& local, HostCollective& collective) {
   StepLogits logits;
   while (true) {
     std::string msg;

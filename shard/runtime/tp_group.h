@@ -29,7 +29,7 @@ absl::StatusOr<DecodedStep> DecodeStep(absl::string_view bytes);
 // tells followers to stop. Not thread-safe.
 class LeaderBackend : public Backend {
  public:
-  LeaderBackend(std::unique_ptr<Backend> local, std::shared_ptr<Collective> collective);
+  LeaderBackend(std::unique_ptr<Backend> local, std::shared_ptr<HostCollective> collective);
   ~LeaderBackend() override;
   const ModelConfig& config() const override { return local_->config(); }
   int num_kv_blocks() const override { return local_->num_kv_blocks(); }
@@ -45,12 +45,12 @@ class LeaderBackend : public Backend {
   absl::Status Announce(std::span<const SequenceStep> batch);
 
   std::unique_ptr<Backend> local_;
-  std::shared_ptr<Collective> collective_;
+  std::shared_ptr<HostCollective> collective_;
   bool broken_ = false;
 };
 
 // A follower rank's loop: receive each step from rank 0 and run it, until the
 // leader says stop (OK) or a collective fails (the error: leader gone, peer dead).
-absl::Status RunFollower(Backend& local, Collective& collective);
+absl::Status RunFollower(Backend& local, HostCollective& collective);
 
 }  // namespace gemma
