@@ -23,11 +23,30 @@ absl::Status Engine::Add(uint64_t id, SequenceSpec spec) {
   return scheduler_.Enqueue(std::move(s));
 }
 
-std::unique_ptr<ScheduledSequence> Engine::Remove(uint64_t id) { return scheduler_.Remove(id); }
+std::unique_ptr<ScheduledSequence> Engine::Remove(uint64_t id) {
+  std::vector<std::unique_ptr<ScheduledSequence>> gone;
+  gone.push_back(scheduler_.Remove(id));
+  if (gone[0] == nullptr) return nullptr;
+  Released(gone);
+  return std::move(gone[0]);
+}
 
-std::vector<std::unique_ptr<ScheduledSequence>> Engine::RemoveAll() { return scheduler_.RemoveAll(); }
+std::vector<std::unique_ptr<ScheduledSequence>> Engine::RemoveAll() {
+  auto gone = scheduler_.RemoveAll();
+  Released(gone);
+  return gone;
+}
 
-StepRow Engine::RowFor(const PlannedSequence& p) const {
+void Engine::Released(const std::vector<std::unique_ptr<ScheduledSequence>>& gone) {
+  // Only penalized sequences leave anything behind in the executor.
+  std::vector<uint64_t> ids;
+  for (const auto& s : gone) {
+    if (s != nullptr && !s->spec.score && s->spec.sampling.has_penalties()) ids.push_back(s->id);
+  }
+  if (!ids.empty()) executor_->Release(ids);
+}
+
+StepRow Engine::RowFor(const PlannedSequence& p, bool full_history) const {
   const ScheduledSequence& s = *p.sequence;
   StepRow row;
   row.sequence_id = s.id;
@@ -46,9 +65,13 @@ StepRow Engine::RowFor(const PlannedSequence& p) const {
   row.sample = p.sample;
   row.sampling = s.spec.sampling;
   row.top_logprobs = s.spec.top_logprobs;
-  if (p.sample && s.spec.sampling.has_penalties()) {
-    row.penalty_history = s.tokens;
+  if (s.spec.sampling.has_penalties()) {
     row.penalty_prompt_len = s.prompt_len;
+    // The executor builds the history from the rows themselves; a first row after a cached prefix has no rows
+    // before it to build from.
+    if (full_history || (!s.history_sent && p.start > 0)) {
+      row.penalty_history = std::span<const int32_t>(s.tokens).first(p.start + p.count);
+    }
   }
   return row;
 }
@@ -60,14 +83,22 @@ absl::Status Engine::Step(const UpdateFn& on_update, const std::function<void(ui
   rows.reserve(plan.size());
   int64_t prefill = 0;
   for (const PlannedSequence& p : plan) {
-    rows.push_back(RowFor(p));
+    rows.push_back(RowFor(p, /*full_history=*/false));
     prefill += std::max(0, std::min(p.start + p.count, p.sequence->prompt_len) - p.start);
     if (on_planned) on_planned(p.sequence->id);
   }
   std::vector<absl::Status> errors;
   auto results = Execute(rows, &errors);
+  if (!results.ok() && absl::IsFailedPrecondition(results.status())) {
+    // The executor lost a penalized sequence's history (it keeps a bounded number) and ran nothing: once more,
+    // with every penalized row's history in full.
+    ++history_resends_;
+    for (size_t i = 0; i < plan.size(); ++i) rows[i] = RowFor(plan[i], /*full_history=*/true);
+    results = Execute(rows, &errors);
+  }
   if (!results.ok()) return results.status();
   prefilled_tokens_ += prefill;
+  for (const PlannedSequence& p : plan) p.sequence->history_sent = true;
   std::vector<uint64_t> finished;
   for (size_t i = 0; i < plan.size(); ++i) {
     const PlannedSequence& p = plan[i];
@@ -114,7 +145,9 @@ absl::Status Engine::Step(const UpdateFn& on_update, const std::function<void(ui
     const bool stop = on_update(u);
     if (stop || u.finish != FinishReason::kNone) finished.push_back(s.id);
   }
-  for (uint64_t id : finished) scheduler_.Remove(id);
+  std::vector<std::unique_ptr<ScheduledSequence>> gone;
+  for (uint64_t id : finished) gone.push_back(scheduler_.Remove(id));
+  Released(gone);
   return absl::OkStatus();
 }
 

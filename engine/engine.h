@@ -54,6 +54,7 @@ class Engine {
   // ResourceExhausted when the queue is full.
   absl::Status Add(uint64_t id, SequenceSpec spec);
   // Ends a sequence (cancelled, or stopped by a rule of the caller's) and releases its blocks; null if unknown.
+  // Every sequence the engine removes, here or in Step, is reported to the executor (StepExecutor::Release).
   std::unique_ptr<ScheduledSequence> Remove(uint64_t id);
   std::vector<std::unique_ptr<ScheduledSequence>> RemoveAll();
 
@@ -68,15 +69,21 @@ class Engine {
   const Scheduler& scheduler() const { return scheduler_; }
   // Prompt positions computed by steps that ran (a cached prefix is not computed).
   int64_t prefilled_tokens() const { return prefilled_tokens_; }
+  // Steps sent again with full penalty histories because the executor had lost one (FailedPrecondition).
+  int64_t history_resends() const { return history_resends_; }
 
  private:
-  StepRow RowFor(const PlannedSequence& p) const;
+  // With `full_history`, a penalized row carries its sequence's whole history (the executor may lack it).
+  StepRow RowFor(const PlannedSequence& p, bool full_history) const;
+  // Tells the executor the sequences are gone.
+  void Released(const std::vector<std::unique_ptr<ScheduledSequence>>& gone);
   // Runs the rows; when the executor refuses the batch as malformed, row by row. `errors[i]` is row i's refusal.
   absl::StatusOr<std::vector<RowResult>> Execute(const std::vector<StepRow>& rows, std::vector<absl::Status>* errors);
 
   Scheduler scheduler_;
   StepExecutor* executor_;
   int64_t prefilled_tokens_ = 0;
+  int64_t history_resends_ = 0;
 };
 
 }  // namespace gemma

@@ -17,7 +17,8 @@ absl::StatusOr<std::vector<RowResult>> RemoteExecutor::Execute(std::span<const S
     s->mutable_score_targets()->Add(r.score_targets.begin(), r.score_targets.end());
     s->set_sample(r.sample);
     s->set_top_logprobs(r.top_logprobs);
-    if (!r.sample) continue;
+    // A penalized sequence's prompt chunks carry its sampling too: the worker records their tokens.
+    if (!r.sample && !r.sampling.has_penalties()) continue;
     auto* sp = s->mutable_sampling();
     sp->set_temperature(r.sampling.temperature);
     sp->set_top_k(r.sampling.top_k);
@@ -29,11 +30,17 @@ absl::StatusOr<std::vector<RowResult>> RemoteExecutor::Execute(std::span<const S
     s->mutable_penalty_history()->Add(r.penalty_history.begin(), r.penalty_history.end());
     s->set_penalty_prompt_len(r.penalty_prompt_len);
   }
+  std::vector<uint64_t> released;
+  released.swap(released_);
+  req.mutable_released_sequences()->Add(released.begin(), released.end());
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + step_timeout_);
   {
     std::lock_guard<std::mutex> lock(mu_);
-    if (cancelled_) return absl::UnavailableError("the router is shutting down");
+    if (cancelled_) {
+      released_.swap(released);
+      return absl::UnavailableError("the router is shutting down");
+    }
     in_flight_ = &ctx;
   }
   worker::v1::StepResponse resp;
@@ -45,7 +52,12 @@ absl::StatusOr<std::vector<RowResult>> RemoteExecutor::Execute(std::span<const S
   if (status.error_code() == grpc::StatusCode::INVALID_ARGUMENT) {
     return absl::InvalidArgumentError(status.error_message());
   }
+  if (status.error_code() == grpc::StatusCode::FAILED_PRECONDITION) {
+    return absl::FailedPreconditionError(status.error_message());
+  }
   if (!status.ok()) {
+    // The worker may not have heard of them; telling it again is harmless.
+    released_.insert(released_.end(), released.begin(), released.end());
     return absl::UnavailableError(absl::StrCat("the worker group's step failed: ", status.error_message()));
   }
   std::vector<RowResult> out(resp.results_size());
@@ -65,6 +77,8 @@ absl::StatusOr<std::vector<RowResult>> RemoteExecutor::Execute(std::span<const S
   }
   return out;
 }
+
+void RemoteExecutor::Release(std::span<const uint64_t> ids) { released_.insert(released_.end(), ids.begin(), ids.end()); }
 
 void RemoteExecutor::Cancel() {
   std::lock_guard<std::mutex> lock(mu_);

@@ -5,6 +5,7 @@
 
 #include <chrono>
 #include <mutex>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "engine/step_executor.h"
@@ -20,6 +21,8 @@ class RemoteExecutor : public StepExecutor {
   // InvalidArgument as the worker gave it (a malformed row, nothing ran); Unavailable when the group did not
   // answer or has failed.
   absl::StatusOr<std::vector<RowResult>> Execute(std::span<const StepRow> rows) override;
+  // Sent with the next step (StepRequest.released_sequences).
+  void Release(std::span<const uint64_t> ids) override;
   // From any thread: cancels the step in flight and refuses later ones (Unavailable), so shutdown never waits
   // out a hung worker.
   void Cancel();
@@ -30,6 +33,7 @@ class RemoteExecutor : public StepExecutor {
   std::mutex mu_;
   bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
   grpc::ClientContext* in_flight_ ABSL_GUARDED_BY(mu_) = nullptr;
+  std::vector<uint64_t> released_;  // the group's thread only
 };
 
 }  // namespace gemma

@@ -4,10 +4,14 @@
 #include "absl/status/statusor.h"
 #include "gemma/worker/v1/worker.pb.h"
 #include "shard/backend.h"
+#include "shard/sequence_history.h"
 
 namespace gemma {
 
-// InvalidArgument for malformed requests (nothing runs); backend errors pass through.
-absl::StatusOr<worker::v1::StepResponse> RunStep(Backend& backend, const worker::v1::StepRequest& request);
+// InvalidArgument for malformed requests (nothing runs); backend errors pass through. With `history`, the
+// request's released sequences are dropped from it and penalized rows are recorded there (FailedPrecondition,
+// nothing run, when it lacks one: see RunRows).
+absl::StatusOr<worker::v1::StepResponse> RunStep(Backend& backend, const worker::v1::StepRequest& request,
+                                                 SequenceHistory* history = nullptr);
 
 }  // namespace gemma

@@ -34,9 +34,10 @@ grpc::Status WorkerService::Step(grpc::ServerContext*, const worker::v1::StepReq
   if (!healthy_ || backend_ == nullptr) {
     return grpc::Status(grpc::StatusCode::UNAVAILABLE, "this worker group has failed; restart it");
   }
-  auto result = RunStep(*backend_, *request);
+  auto result = RunStep(*backend_, *request, &history_);
   if (!result.ok()) {
-    if (!absl::IsInvalidArgument(result.status())) MarkFailed();
+    // A malformed row, or a penalty history this worker dropped: nothing ran and the group is fine.
+    if (!absl::IsInvalidArgument(result.status()) && !absl::IsFailedPrecondition(result.status())) MarkFailed();
     metrics_->RecordFailure(result.status());
     return ToGrpcStatus(result.status());
   }

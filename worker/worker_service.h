@@ -9,6 +9,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "gemma/worker/v1/worker.grpc.pb.h"
+#include "shard/sequence_history.h"
 #include "shard/tp_group.h"
 #include "worker/worker_metrics.h"
 
@@ -41,6 +42,7 @@ class WorkerService final : public worker::v1::Worker::Service {
   mutable std::mutex mu_;
   std::function<void()> on_failure_ ABSL_GUARDED_BY(mu_);
   std::unique_ptr<LeaderBackend> backend_ ABSL_GUARDED_BY(mu_);
+  SequenceHistory history_ ABSL_GUARDED_BY(mu_);  // penalized sequences' tokens (sampling happens here)
 };
 
 }  // namespace gemma
