@@ -34,7 +34,9 @@ std::unique_ptr<ScheduledSequence> Engine::Remove(uint64_t id) {
       }
     }
   }
-  return scheduler_.Remove(id);
+  auto gone = scheduler_.Remove(id);
+  if (gone != nullptr) Released(gone.get());
+  return gone;
 }
 
 std::vector<std::unique_ptr<ScheduledSequence>> Engine::RemoveAll() {
@@ -44,14 +46,23 @@ std::vector<std::unique_ptr<ScheduledSequence>> Engine::RemoveAll() {
   }
   removed_.clear();
   finished_early_.clear();
-  return scheduler_.RemoveAll();
+  auto gone = scheduler_.RemoveAll();
+  for (const auto& s : gone) Released(s.get());
+  return gone;
 }
 
 Engine::~Engine() {
   if (in_flight_) in_flight_->result.wait();
 }
 
-StepRow Engine::RowFor(const PlannedSequence& p) const {
+void Engine::Released(const ScheduledSequence* s) {
+  // Only penalized sequences leave anything behind in the executor.
+  if (s->spec.score || !s->spec.sampling.has_penalties()) return;
+  const uint64_t id = s->id;
+  executor_->Release(std::span<const uint64_t>(&id, 1));
+}
+
+StepRow Engine::RowFor(const PlannedSequence& p, bool full_history) const {
   const ScheduledSequence& s = *p.sequence;
   StepRow row;
   row.sequence_id = s.id;
@@ -73,9 +84,13 @@ StepRow Engine::RowFor(const PlannedSequence& p) const {
   row.sample = p.sample;
   row.sampling = s.spec.sampling;
   row.top_logprobs = s.spec.top_logprobs;
-  if (p.sample && s.spec.sampling.has_penalties()) {
-    row.penalty_history = s.tokens;
+  if (s.spec.sampling.has_penalties()) {
     row.penalty_prompt_len = s.prompt_len;
+    // The executor builds the history from the rows themselves; a first row after a cached prefix has no rows
+    // before it to build from.
+    if (full_history || (!s.history_sent && p.start > 0)) {
+      row.penalty_history = std::span<const int32_t>(s.tokens).first(p.start + p.count);
+    }
   }
   return row;
 }
@@ -95,7 +110,15 @@ absl::Status Engine::Step(const UpdateFn& on_update, const std::function<void(ui
     if (!pipeline) {
       std::vector<absl::Status> errors;
       auto results = Execute(rows, &errors);
+      if (!results.ok() && absl::IsFailedPrecondition(results.status())) {
+        // The executor lost a penalized sequence's history (it keeps a bounded number) and ran nothing: once
+        // more, with every penalized row's history in full.
+        ++history_resends_;
+        for (size_t i = 0; i < plan.size(); ++i) rows[i] = RowFor(plan[i], /*full_history=*/true);
+        results = Execute(rows, &errors);
+      }
       if (!results.ok()) return results.status();
+      for (const PlannedSequence& p : plan) p.sequence->history_sent = true;
       Apply(plan, *results, errors, on_update, {});
       return absl::OkStatus();
     }
@@ -226,15 +249,20 @@ void Engine::Apply(const std::vector<PlannedSequence>& plan, const std::vector<R
     }
   }
   for (uint64_t id : finished) {
-    scheduler_.Remove(id);
+    Drop(id);
     removed_.erase(id);
     finished_early_.erase(id);
   }
 }
 
+void Engine::Drop(uint64_t id) {
+  auto gone = scheduler_.Remove(id);
+  if (gone != nullptr) Released(gone.get());
+}
+
 void Engine::ReleaseRemoved() {
-  for (uint64_t id : removed_) scheduler_.Remove(id);
-  for (uint64_t id : finished_early_) scheduler_.Remove(id);
+  for (uint64_t id : removed_) Drop(id);
+  for (uint64_t id : finished_early_) Drop(id);
   removed_.clear();
   finished_early_.clear();
 }

@@ -63,6 +63,7 @@ class Engine {
   // Ends a sequence (cancelled, or stopped by a rule of the caller's) and releases its blocks; null if unknown,
   // or if a step in flight still runs it (its blocks are released when that step has answered, and nobody hears
   // of its result).
+  // Every sequence the engine removes, here or in Step, is reported to the executor (StepExecutor::Release).
   std::unique_ptr<ScheduledSequence> Remove(uint64_t id);
   std::vector<std::unique_ptr<ScheduledSequence>> RemoveAll();
 
@@ -77,13 +78,19 @@ class Engine {
   const Scheduler& scheduler() const { return scheduler_; }
   // Prompt positions computed by steps that ran (a cached prefix is not computed).
   int64_t prefilled_tokens() const { return prefilled_tokens_; }
+  // Steps sent again with full penalty histories because the executor had lost one (FailedPrecondition).
+  int64_t history_resends() const { return history_resends_; }
 
  private:
   struct InFlight {
     std::vector<PlannedSequence> plan;
     std::future<absl::StatusOr<std::vector<RowResult>>> result;
   };
-  StepRow RowFor(const PlannedSequence& p) const;
+  // With `full_history`, a penalized row carries its sequence's whole history (the executor may lack it).
+  StepRow RowFor(const PlannedSequence& p, bool full_history = false) const;
+  // Removes a sequence from the scheduler and tells the executor it is gone.
+  void Drop(uint64_t id);
+  void Released(const ScheduledSequence* s);
   // Whether the step after `plan` can be planned before `plan` has answered (and blocks reserved for it).
   bool CanContinue(const std::vector<PlannedSequence>& plan);
   // A step's answer: sequences advanced, callers told, the finished removed (those a step still in flight runs
@@ -104,6 +111,7 @@ class Engine {
   absl::flat_hash_set<uint64_t> removed_;         // removed by the caller while a step in flight runs them
   absl::flat_hash_set<uint64_t> finished_early_;  // finished while a step in flight runs them once more
   int64_t prefilled_tokens_ = 0;
+  int64_t history_resends_ = 0;
 };
 
 }  // namespace gemma

@@ -105,18 +105,29 @@ TEST(EngineTest, AFailedStepLeavesSequencesToRetryAndAShortAnswerIsAnError) {
   EXPECT_TRUE(absl::IsInternal(engine.Step([](const SequenceUpdate&) { return false; })));
 }
 
-TEST(EngineTest, TheCallerCanEndASequenceAndPenaltiesCarryTheHistory) {
-  struct Recorder : PositionExecutor {
-    absl::StatusOr<std::vector<RowResult>> Execute(std::span<const StepRow> rows) override {
-      for (const StepRow& r : rows) {
-        history.assign(r.penalty_history.begin(), r.penalty_history.end());
-        prompt_len = r.penalty_prompt_len;
-      }
-      return PositionExecutor::Execute(rows);
+// Records what each row of a penalized sequence carries, and which sequences the engine releases.
+struct HistoryRecorder : PositionExecutor {
+  absl::StatusOr<std::vector<RowResult>> Execute(std::span<const StepRow> rows) override {
+    if (lose_history_once) {
+      lose_history_once = false;
+      return absl::FailedPreconditionError("the penalty history of sequence 1 is not held here");
     }
-    std::vector<int32_t> history;
-    int prompt_len = -1;
-  } exec;
+    for (const StepRow& r : rows) {
+      if (!r.sampling.has_penalties()) continue;
+      histories.emplace_back(r.penalty_history.begin(), r.penalty_history.end());
+      prompt_len = r.penalty_prompt_len;
+    }
+    return PositionExecutor::Execute(rows);
+  }
+  void Release(std::span<const uint64_t> ids) override { released.insert(released.end(), ids.begin(), ids.end()); }
+  std::vector<std::vector<int32_t>> histories;  // one per penalized row, in step order
+  std::vector<uint64_t> released;
+  int prompt_len = -1;
+  bool lose_history_once = false;
+};
+
+TEST(EngineTest, PenalizedRowsCarryNoHistoryAndEndedSequencesAreReleased) {
+  HistoryRecorder exec;
   Engine engine(Options(), &exec);
   auto spec = Prompt(3, 10);
   spec.sampling.frequency_penalty = 1.0f;
@@ -126,12 +137,42 @@ TEST(EngineTest, TheCallerCanEndASequenceAndPenaltiesCarryTheHistory) {
     ASSERT_TRUE(engine.Step([&](const SequenceUpdate&) { return ++tokens == 3; }).ok());
   }
   EXPECT_EQ(tokens, 3);
-  EXPECT_EQ(exec.history, (std::vector<int32_t>{10, 11, 12, 3, 4}));
+  // The executor builds the history from the rows: none of them carries it (today's requests sent 3, 4, 5 tokens).
+  ASSERT_EQ(exec.histories.size(), 3u);
+  for (const auto& h : exec.histories) EXPECT_TRUE(h.empty()) << h.size() << " history tokens sent";
   EXPECT_EQ(exec.prompt_len, 3);
-  // Without penalties no history is sent.
+  EXPECT_EQ(exec.released, (std::vector<uint64_t>{1}));  // ended by the caller: released
+  // Without penalties nothing is recorded or released.
   ASSERT_TRUE(engine.Add(2, Prompt(3, 1)).ok());
   ASSERT_TRUE(engine.Step([](const SequenceUpdate&) { return false; }).ok());
-  EXPECT_TRUE(exec.history.empty());
+  EXPECT_EQ(exec.histories.size(), 3u);
+  EXPECT_EQ(exec.released, (std::vector<uint64_t>{1}));
+  // Removed by the caller (a cancel) before it ran: released all the same.
+  ASSERT_TRUE(engine.Add(3, spec).ok());
+  ASSERT_NE(engine.Remove(3), nullptr);
+  EXPECT_EQ(exec.released, (std::vector<uint64_t>{1, 3}));
+}
+
+TEST(EngineTest, AHistoryTheExecutorCannotHaveIsSentInFull) {
+  HistoryRecorder exec;
+  Engine engine(Options(), &exec);  // prefix cache on, blocks of 4
+  auto spec = Prompt(9, 2);
+  spec.sampling.repetition_penalty = 1.3f;
+  ASSERT_TRUE(RunBatch(engine, {spec}).ok());
+  exec.histories.clear();
+  // Same prompt: it starts after 8 cached positions, rows the executor never saw; its first row brings them.
+  ASSERT_TRUE(engine.Add(7, spec).ok());
+  ASSERT_TRUE(engine.Step([](const SequenceUpdate&) { return false; }).ok());
+  ASSERT_EQ(exec.histories.size(), 1u);
+  EXPECT_EQ(exec.histories[0], spec.prompt);  // positions [0, 9): the cached 8 and the row's own
+  // The executor lost it (evicted): the step comes again with the whole history.
+  exec.lose_history_once = true;
+  ASSERT_TRUE(engine.Step([](const SequenceUpdate&) { return false; }).ok());
+  EXPECT_EQ(engine.history_resends(), 1);
+  ASSERT_EQ(exec.histories.size(), 2u);
+  std::vector<int32_t> full = spec.prompt;
+  full.push_back(9);  // the first generated token (token = position)
+  EXPECT_EQ(exec.histories[1], full);
 }
 
 TEST(EngineTest, AMalformedRowFailsOnlyItsOwnSequence) {

@@ -5,7 +5,11 @@
 namespace gemma {
 
 absl::StatusOr<std::vector<RowResult>> LocalExecutor::Execute(std::span<const StepRow> rows) {
-  return RunRows(*backend_, rows);
+  return RunRows(*backend_, rows, &history_);
+}
+
+void LocalExecutor::Release(std::span<const uint64_t> ids) {
+  for (uint64_t id : ids) history_.Release(id);
 }
 
 EngineOptions LocalExecutor::EngineOptionsFor(SchedulerLimits limits, bool prefix_cache) const {

@@ -4,19 +4,24 @@
 #include "engine/engine.h"
 #include "engine/step_executor.h"
 #include "shard/runtime/backend.h"
+#include "shard/runtime/sequence_history.h"
 
 namespace gemma {
 
 // Not thread-safe: uses the backend exclusively during Execute.
 class LocalExecutor : public StepExecutor {
  public:
-  explicit LocalExecutor(Backend* backend) : backend_(backend) {}
+  // Keeps the penalty history of up to `max_histories` sequences (as a worker does).
+  explicit LocalExecutor(Backend* backend, size_t max_histories = SequenceHistory::kDefaultMaxSequences)
+      : backend_(backend), history_(max_histories) {}
   absl::StatusOr<std::vector<RowResult>> Execute(std::span<const StepRow> rows) override;
+  void Release(std::span<const uint64_t> ids) override;
   // Engine options sized to the backend's KV pool.
   EngineOptions EngineOptionsFor(SchedulerLimits limits, bool prefix_cache = true) const;
 
  private:
   Backend* backend_;
+  SequenceHistory history_;
 };
 
 }  // namespace gemma

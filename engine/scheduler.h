@@ -42,6 +42,7 @@ struct ScheduledSequence {
   BlockChain chain;             // its blocks named in the prefix cache
   int32_t preemptions = 0;
   int64_t preempted_at_step = -1;
+  bool history_sent = false;    // a step with penalties ran for it: the executor holds its tokens (the engine's)
   int32_t generated() const { return static_cast<int32_t>(tokens.size()) - prompt_len; }
 };
 

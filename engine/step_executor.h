@@ -3,6 +3,7 @@
 #pragma once
 
 #include <future>
+#include <cstdint>
 #include <span>
 #include <vector>
 
@@ -16,6 +17,9 @@ class StepExecutor {
   virtual ~StepExecutor() = default;
   // Runs one step: one result per row, in row order. InvalidArgument: a row is malformed and nothing ran; any
   // other error: the executor has failed.
+  //
+  // FailedPrecondition: the executor lacks the penalty history of a row's sequence (it evicted it), and nothing
+  // ran; the engine sends the step again with every penalized row's penalty_history in full.
   virtual absl::StatusOr<std::vector<RowResult>> Execute(std::span<const StepRow> rows) = 0;
 
   // Overlapped scheduling, for executors whose steps run elsewhere (a remote group). Start sends a step and
@@ -29,6 +33,10 @@ class StepExecutor {
     p.set_value(absl::UnimplementedError("this executor runs steps one at a time"));
     return p.get_future();
   }
+
+  // The engine removed these sequences (finished, cancelled, failed): what the executor keeps for them (penalty
+  // history) can go. A remote executor tells its worker with the next step.
+  virtual void Release(std::span<const uint64_t> ids) {}
 };
 
 }  // namespace gemma

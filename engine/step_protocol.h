@@ -35,9 +35,12 @@ struct StepRow {
   int32_t top_logprobs = 0;  // alternatives returned with a sampled token, and at each scored row (0..20)
   // Scoring: score_targets[i] follows tokens[i] and its log-prob is returned; -1: no target. Empty: no scoring.
   std::vector<int32_t> score_targets;
-  // The sequence's tokens so far, prompt first; sent only when penalties are set.
+  // Penalties: the executor keeps each penalized sequence's tokens as its rows come (every row of it, prompt
+  // chunks included), so a row carries only its new tokens. penalty_history, the sequence's tokens at positions
+  // [0, start_pos + tokens.size()), is sent only where the executor cannot have them: the first row of a
+  // sequence that starts after a cached prefix, and a step resent after the executor answered FailedPrecondition.
   std::span<const int32_t> penalty_history;
-  int32_t penalty_prompt_len = 0;  // how many of penalty_history are prompt tokens
+  int32_t penalty_prompt_len = 0;  // how many of the sequence's first tokens are its prompt
   // Overlapped steps: `tokens` is empty and the one new token is the one this sequence drew in the step before,
   // still in flight when this row was planned; the executor fills it in where that draw is known.
   bool token_from_last_step = false;

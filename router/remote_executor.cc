@@ -22,7 +22,8 @@ worker::v1::StepRequest ToRequest(std::span<const StepRow> rows) {
     s->mutable_score_targets()->Add(r.score_targets.begin(), r.score_targets.end());
     s->set_sample(r.sample);
     s->set_top_logprobs(r.top_logprobs);
-    if (!r.sample) continue;
+    // A penalized sequence's prompt chunks carry its sampling too: the worker records their tokens.
+    if (!r.sample && !r.sampling.has_penalties()) continue;
     auto* sp = s->mutable_sampling();
     sp->set_temperature(r.sampling.temperature);
     sp->set_top_k(r.sampling.top_k);
@@ -47,6 +48,8 @@ worker::v1::StepRequest RemoteExecutor::Number(std::span<const StepRow> rows, bo
   std::lock_guard<std::mutex> lock(mu_);
   req.set_session(session_);
   req.set_step_id(++last_step_);
+  req.mutable_released_sequences()->Add(released_.begin(), released_.end());
+  released_.clear();
   if (after_previous) req.set_after_step(last_step_ - 1);
   return req;
 }
@@ -66,7 +69,10 @@ absl::StatusOr<std::vector<RowResult>> RemoteExecutor::Call(const worker::v1::St
   ctx.set_deadline(std::chrono::system_clock::now() + step_timeout_);
   {
     std::lock_guard<std::mutex> lock(mu_);
-    if (cancelled_) return absl::UnavailableError("the router is shutting down");
+    if (cancelled_) {
+      Unsend(req);
+      return absl::UnavailableError("the router is shutting down");
+    }
     in_flight_.insert(&ctx);
   }
   worker::v1::StepResponse resp;
@@ -78,7 +84,11 @@ absl::StatusOr<std::vector<RowResult>> RemoteExecutor::Call(const worker::v1::St
   if (status.error_code() == grpc::StatusCode::INVALID_ARGUMENT) {
     return absl::InvalidArgumentError(status.error_message());
   }
+  if (status.error_code() == grpc::StatusCode::FAILED_PRECONDITION) {
+    return absl::FailedPreconditionError(status.error_message());
+  }
   if (!status.ok()) {
+    Unsend(req);
     return absl::UnavailableError(absl::StrCat("the worker group's step failed: ", status.error_message()));
   }
   std::vector<RowResult> out(resp.results_size());
@@ -97,6 +107,17 @@ absl::StatusOr<std::vector<RowResult>> RemoteExecutor::Call(const worker::v1::St
     }
   }
   return out;
+}
+
+void RemoteExecutor::Release(std::span<const uint64_t> ids) {
+  std::lock_guard<std::mutex> lock(mu_);
+  released_.insert(released_.end(), ids.begin(), ids.end());
+}
+
+void RemoteExecutor::Unsend(const worker::v1::StepRequest& req) {
+  // The worker may not have heard of them; telling it again is harmless.
+  std::lock_guard<std::mutex> lock(mu_);
+  released_.insert(released_.end(), req.released_sequences().begin(), req.released_sequences().end());
 }
 
 void RemoteExecutor::Cancel() {

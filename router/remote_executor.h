@@ -7,6 +7,7 @@
 #include <future>
 #include <mutex>
 #include <set>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "engine/step_executor.h"
@@ -24,6 +25,8 @@ class RemoteExecutor : public StepExecutor {
   bool CanStart() const override { return true; }
   std::future<absl::StatusOr<std::vector<RowResult>>> Start(std::span<const StepRow> rows,
                                                              bool after_previous) override;
+  // Sent with the next step (StepRequest.released_sequences).
+  void Release(std::span<const uint64_t> ids) override;
   // From any thread: cancels the step in flight and refuses later ones (Unavailable), so shutdown never waits
   // out a hung worker.
   void Cancel();
@@ -34,12 +37,15 @@ class RemoteExecutor : public StepExecutor {
   // The wire request, numbered for the worker's ordering of overlapped steps.
   worker::v1::StepRequest Number(std::span<const StepRow> rows, bool after_previous);
   absl::StatusOr<std::vector<RowResult>> Call(const worker::v1::StepRequest& req);
+  // Releases a request carried that did not reach the worker go with the next one.
+  void Unsend(const worker::v1::StepRequest& req);
 
   std::mutex mu_;
   bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
   std::set<grpc::ClientContext*> in_flight_ ABSL_GUARDED_BY(mu_);
   uint64_t last_step_ ABSL_GUARDED_BY(mu_) = 0;
   const uint64_t session_;  // this executor's numbering of steps, as the worker tells routers apart
+  std::vector<uint64_t> released_ ABSL_GUARDED_BY(mu_);  // sent with the next step
 };
 
 }  // namespace gemma

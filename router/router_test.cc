@@ -441,6 +441,116 @@ TEST_F(RouterTest, StoppingAnswersQueuedRequestsUnavailableAndExits) {
   EXPECT_LT(std::chrono::steady_clock::now() - stop, std::chrono::seconds(15));
 }
 
+// The worker keeps a penalized sequence's history: a run that starts from the prefix cache (its first row brings
+// the history) gives the tokens of a cold run, and the penalties do change them.
+TEST_F(RouterTest, PenalizedGenerationIsTheSameColdAndFromThePrefixCache) {
+  std::vector<int> prompt = {2};
+  for (int i = 1; i < 40; ++i) prompt.push_back(2000 + (i * 53) % 2000);
+  v1::GenerateRequest req = Ids(prompt, 48);
+  auto generate = [&](const v1::GenerateRequest& r) {
+    v1::GenerateResponse resp;
+    grpc::ClientContext ctx;
+    EXPECT_TRUE(Client()->Generate(&ctx, r, &resp).ok());
+    return TokenIds(resp);
+  };
+  const std::vector<int> plain = generate(req);
+  req.mutable_parameters()->set_repetition_penalty(1.6f);
+  req.mutable_parameters()->set_presence_penalty(0.4f);
+  req.mutable_parameters()->set_frequency_penalty(0.6f);
+  const std::vector<int> cold = generate(req);
+  EXPECT_NE(cold, plain);
+  EXPECT_EQ(generate(req), cold);
+}
+
+TEST_F(RouterTest, RequestsCancelledWhileQueuedLeaveAtOnceAndAreNeverPrefilled) {
+  const int metrics_port = testing::FreePort();
+  RouterProcess router =
+      StartRouter({worker_port_}, {"--max_batch_size=2", "--metrics_port=" + std::to_string(metrics_port)});
+  ASSERT_GT(router.port, 0) << router.process->Err();
+  const std::string group = "{group=\"127.0.0.1:" + std::to_string(worker_port_) + "\"}";
+  const std::string cancelled_total = "gemma_router_requests_total{code=\"CANCELLED\",outcome=\"cancelled\"}";
+  auto metric = [&](const std::string& name) {
+    return std::max(0.0, Sample(testing::HttpGet(metrics_port, "/metrics"), name));
+  };
+  const double prefilled_before = metric("gemma_router_prefill_tokens_total");
+  const double cancelled_before = metric(cancelled_total);
+
+  // Two long generations hold both places in the batch (480 tokens: about 2 s here, more than twice this test;
+  // should they end first, the running check below fails rather than the test passing by luck).
+  constexpr int kLongPrompt = 3, kLongTokens = 480;
+  std::vector<std::unique_ptr<grpc::ClientContext>> long_ctx;
+  std::vector<std::unique_ptr<grpc::ClientReader<v1::GenerateStreamResponse>>> long_streams;
+  for (int i = 0; i < 2; ++i) {
+    long_ctx.push_back(std::make_unique<grpc::ClientContext>());
+    long_streams.push_back(router.stub->GenerateStream(long_ctx.back().get(), Ids({2, 300 + i, 400 + i}, kLongTokens)));
+    v1::GenerateStreamResponse event;
+    ASSERT_TRUE(long_streams.back()->Read(&event));  // running
+  }
+
+  // 50 streams queue behind them, each with a 20-token prompt of its own: one prefill would show in the counter.
+  // 25 are cancelled by the client once queued; 25 more come with a 300 ms deadline.
+  constexpr int kQueued = 50, kCancelled = 25;
+  std::vector<std::unique_ptr<grpc::ClientContext>> ctx(kQueued);
+  std::vector<std::future<grpc::Status>> queued;
+  auto wait_for_depth = [&](double want, std::chrono::milliseconds at_most) {
+    double depth = 0;
+    for (auto until = std::chrono::steady_clock::now() + at_most;
+         depth < want && std::chrono::steady_clock::now() < until;) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+      depth = metric("gemma_router_queue_depth" + group);
+    }
+    return depth;
+  };
+  for (int i = 0; i < kQueued; ++i) {
+    ctx[i] = std::make_unique<grpc::ClientContext>();
+    if (i >= kCancelled) ctx[i]->set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(300));
+    std::vector<int> prompt = {2};
+    for (int j = 1; j < 20; ++j) prompt.push_back(1000 + 50 * i + j);
+    queued.push_back(std::async(std::launch::async, [&router, c = ctx[i].get(), prompt] {
+      auto reader = router.stub->GenerateStream(c, Ids(prompt, 8));
+      v1::GenerateStreamResponse event;
+      while (reader->Read(&event)) {
+      }
+      return reader->Finish();
+    }));
+    if (i + 1 == kCancelled) {
+      ASSERT_EQ(wait_for_depth(kCancelled, std::chrono::seconds(2)), kCancelled) << "they should wait in the queue";
+    }
+  }
+  // Those with deadlines may start expiring before the last is queued.
+  EXPECT_GT(wait_for_depth(kQueued, std::chrono::milliseconds(250)), kCancelled);
+  for (int i = 0; i < kCancelled; ++i) ctx[i]->TryCancel();
+  for (auto& q : queued) {
+    const grpc::Status status = q.get();
+    const grpc::StatusCode code = status.error_code();
+    EXPECT_TRUE(code == grpc::StatusCode::CANCELLED || code == grpc::StatusCode::DEADLINE_EXCEEDED)
+        << code << " " << status.error_message();
+  }
+  // The router notices each within one step plus its 50 ms poll: the queue empties and all 50 are counted.
+  const auto ended = std::chrono::steady_clock::now();
+  double cancelled = 0, depth = -1;
+  for (int i = 0; i < 50; ++i) {
+    depth = metric("gemma_router_queue_depth" + group);
+    cancelled = metric(cancelled_total) - cancelled_before;
+    if (depth == 0 && cancelled >= kQueued) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_EQ(depth, 0) << "cancelled requests still queued";
+  EXPECT_EQ(cancelled, kQueued);
+  EXPECT_LT(std::chrono::steady_clock::now() - ended, std::chrono::milliseconds(400));
+  // Only the two long ones were prefilled, and only they hold KV blocks (16 positions a block).
+  EXPECT_EQ(metric("gemma_router_prefill_tokens_total") - prefilled_before, 2 * kLongPrompt);
+  EXPECT_EQ(metric("gemma_router_running_sequences" + group), 2) << "the long ones must still be running";
+  EXPECT_LE(metric("gemma_router_kv_blocks_used" + group), 2 * ((kLongPrompt + kLongTokens + 15) / 16));
+  for (int i = 0; i < 2; ++i) {
+    long_ctx[i]->TryCancel();
+    v1::GenerateStreamResponse event;
+    while (long_streams[i]->Read(&event)) {
+    }
+    long_streams[i]->Finish();
+  }
+}
+
 TEST_F(RouterTest, StreamSendsOneTokenEventPerTokenWhenTextWasHeldBack) {
   v1::GenerateRequest req = Ids({2, 3791, 323}, 16);
   v1::GenerateResponse unary;

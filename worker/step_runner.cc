@@ -27,7 +27,10 @@ std::span<const int32_t> View(const Repeated& r) {
 }  // namespace
 
 absl::StatusOr<worker::v1::StepResponse> RunStep(Backend& backend, const worker::v1::StepRequest& request,
-                                                 const LastDraws* last_draws) {
+                                                 const LastDraws* last_draws, SequenceHistory* history) {
+  if (history != nullptr) {
+    for (uint64_t id : request.released_sequences()) history->Release(id);
+  }
   std::vector<StepRow> rows(request.sequences_size());
   std::vector<int32_t> drawn(request.sequences_size());  // tokens of rows that take theirs from the last step
   for (int i = 0; i < request.sequences_size(); ++i) {
@@ -55,7 +58,7 @@ absl::StatusOr<worker::v1::StepResponse> RunStep(Backend& backend, const worker:
     r.penalty_prompt_len = s.penalty_prompt_len();
   }
   const auto start = std::chrono::steady_clock::now();
-  auto results = RunRows(backend, rows);
+  auto results = RunRows(backend, rows, history);
   if (!results.ok()) return results.status();
   worker::v1::StepResponse response;
   auto* t = response.mutable_timings();

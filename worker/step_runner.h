@@ -5,6 +5,7 @@
 #include "absl/status/statusor.h"
 #include "gemma/worker/v1/worker.pb.h"
 #include "shard/runtime/backend.h"
+#include "shard/runtime/sequence_history.h"
 
 namespace gemma {
 
@@ -13,7 +14,10 @@ using LastDraws = absl::flat_hash_map<uint64_t, int32_t>;
 
 // InvalidArgument for malformed requests (nothing runs), a row taking a token the last step did not draw among
 // them; backend errors pass through. `last_draws` may be null when no row takes its token from the last step.
+// With `history`, the request's released sequences are dropped from it and penalized rows are recorded there
+// (FailedPrecondition, nothing run, when it lacks one: see RunRows).
 absl::StatusOr<worker::v1::StepResponse> RunStep(Backend& backend, const worker::v1::StepRequest& request,
-                                                 const LastDraws* last_draws = nullptr);
+                                                 const LastDraws* last_draws = nullptr,
+                                                 SequenceHistory* history = nullptr);
 
 }  // namespace gemma

@@ -3,6 +3,8 @@
 #include "gtest/gtest.h"
 #include "shard/checkpoint/checkpoint.h"
 #include "shard/cpu/cpu_backend.h"
+#include "shard/runtime/sampler.h"
+#include "shard/runtime/sequence_history.h"
 #include "engine/local_executor.h"
 #include "engine/run_batch.h"
 #include "tests/testdata.h"
@@ -62,6 +64,124 @@ TEST(StepRunnerTest, PenaltiesSteerGreedyAwayFromSeenTokens) {
   ASSERT_TRUE(penalized.ok());
   EXPECT_NE(penalized->results(0).token(), greedy);
   EXPECT_LT(penalized->results(0).logprob(), plain->results(0).logprob());
+}
+
+// Greedy generation with penalties computed here, the old way: the full history handed to ApplyPenalties at every
+// step, on a backend of its own.
+std::vector<int32_t> ReferenceGreedy(const std::vector<int32_t>& prompt, const SamplingParams& sampling, int n) {
+  auto backend = Tiny();
+  const int vocab = backend->config().vocab_size;
+  std::vector<int32_t> seq = prompt;
+  std::vector<int32_t> blocks;
+  for (int b = 0; b < 8; ++b) blocks.push_back(b);
+  size_t start = 0;
+  for (int i = 0; i < n; ++i) {
+    SequenceStep step;
+    step.tokens = std::span<const int32_t>(seq).subspan(start);
+    step.start_pos = static_cast<int32_t>(start);
+    step.block_table = blocks;
+    StepLogits logits;
+    const absl::Status st = backend->Forward(std::span<const SequenceStep>(&step, 1), &logits);
+    EXPECT_TRUE(st.ok()) << st;
+    std::vector<float> row(logits.Row(0), logits.Row(0) + vocab);
+    ApplyPenalties(sampling, seq, prompt.size(), row.data(), vocab);
+    start = seq.size();
+    seq.push_back(Argmax(row.data(), vocab));
+  }
+  return std::vector<int32_t>(seq.begin() + static_cast<std::ptrdiff_t>(prompt.size()), seq.end());
+}
+
+SequenceSpec Penalized(std::vector<int32_t> prompt, int n) {
+  SequenceSpec g;
+  g.prompt = std::move(prompt);
+  g.max_new_tokens = n;
+  g.sampling.repetition_penalty = 1.6f;
+  g.sampling.presence_penalty = 0.4f;
+  g.sampling.frequency_penalty = 0.6f;
+  return g;
+}
+
+// The executor keeps each penalized sequence's history from its rows; generation must be what the full history
+// gives, through preemption (recompute), a cached prefix (a first row past position 0) and eviction (resends).
+TEST(StepRunnerTest, PenalizedGreedyGenerationMatchesTheFullHistory) {
+  const SequenceSpec a = Penalized({2, 3791, 323, 17, 901}, 40);
+  const SequenceSpec b = Penalized({2, 651, 1320, 9}, 40);
+  const std::vector<int32_t> ref_a = ReferenceGreedy(a.prompt, a.sampling, 40);
+  const std::vector<int32_t> ref_b = ReferenceGreedy(b.prompt, b.sampling, 40);
+  SequenceSpec plain = a;
+  plain.sampling = {};
+  ASSERT_NE(ReferenceGreedy(plain.prompt, plain.sampling, 40), ref_a) << "the penalties must change the output";
+
+  for (size_t cap : {SequenceHistory::kDefaultMaxSequences, size_t{1}}) {
+    SCOPED_TRACE(cap);
+    auto backend = Tiny();
+    LocalExecutor executor(backend.get(), cap);
+    // 5 blocks of 16 for two sequences of 45 positions (3 blocks each): one is preempted and recomputed from
+    // position 0 (no prefix cache), so the rows restate positions the executor holds.
+    EngineOptions o = executor.EngineOptionsFor({}, /*prefix_cache=*/false);
+    o.num_blocks = 5;
+    Engine engine(o, &executor);
+    auto done = RunBatch(engine, {a, b});
+    ASSERT_TRUE(done.ok()) << done.status();
+    EXPECT_EQ((*done)[0].tokens, ref_a);
+    EXPECT_EQ((*done)[1].tokens, ref_b);
+    EXPECT_GT(engine.scheduler().preemptions(), 0);
+    if (cap == 1) {
+      EXPECT_GT(engine.history_resends(), 0);  // two sequences, room for one: the other is resent
+    } else {
+      EXPECT_EQ(engine.history_resends(), 0);
+    }
+    // With the prefix cache, a prompt run again starts after its cached first block: a first row past position 0.
+    Engine cached(executor.EngineOptionsFor({}), &executor);
+    const SequenceSpec c = Penalized({2, 3791, 323, 17, 901, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 18}, 10);
+    ASSERT_TRUE(RunBatch(cached, {c}).ok());
+    auto again = RunBatch(cached, {c});
+    ASSERT_TRUE(again.ok()) << again.status();
+    EXPECT_GT(cached.scheduler().prefix_hit_tokens(), 0);
+    EXPECT_EQ((*again)[0].tokens, ReferenceGreedy(c.prompt, c.sampling, 10));
+  }
+}
+
+// The worker's side: a decode row brings one token; released sequences are dropped; a row whose history is gone
+// is refused before anything runs.
+TEST(StepRunnerTest, TheWorkerKeepsPenaltyHistoryBetweenSteps) {
+  auto backend = Tiny();
+  SequenceHistory history;
+  const SequenceSpec a = Penalized({2, 3791, 323, 17, 901}, 6);
+  const std::vector<int32_t> ref = ReferenceGreedy(a.prompt, a.sampling, 6);
+  std::vector<int32_t> seq = a.prompt;
+  size_t start = 0;
+  for (int i = 0; i < 6; ++i) {
+    worker::v1::StepRequest req;
+    auto* s = req.add_sequences();
+    s->set_sequence_id(5);
+    for (size_t j = start; j < seq.size(); ++j) s->add_tokens(seq[j]);
+    s->set_start_pos(static_cast<int32_t>(start));
+    s->add_block_table(0);
+    s->set_sample(true);
+    s->mutable_sampling()->set_repetition_penalty(a.sampling.repetition_penalty);
+    s->mutable_sampling()->set_presence_penalty(a.sampling.presence_penalty);
+    s->mutable_sampling()->set_frequency_penalty(a.sampling.frequency_penalty);
+    s->set_penalty_prompt_len(static_cast<int32_t>(a.prompt.size()));
+    auto resp = RunStep(*backend, req, nullptr, &history);
+    ASSERT_TRUE(resp.ok()) << resp.status();
+    start = seq.size();
+    seq.push_back(resp->results(0).token());
+  }
+  EXPECT_EQ(std::vector<int32_t>(seq.begin() + 5, seq.end()), ref);
+  EXPECT_EQ(history.Tokens(5).size(), seq.size() - 1);  // the last token is not computed yet
+  worker::v1::StepRequest req;
+  req.add_released_sequences(5);
+  auto* s = req.add_sequences();
+  s->set_sequence_id(5);
+  s->add_tokens(seq.back());
+  s->set_start_pos(static_cast<int32_t>(seq.size()) - 1);
+  s->add_block_table(0);
+  s->set_sample(true);
+  s->mutable_sampling()->set_frequency_penalty(1.0f);
+  auto refused = RunStep(*backend, req, nullptr, &history);
+  EXPECT_TRUE(absl::IsFailedPrecondition(refused.status())) << refused.status();
+  EXPECT_FALSE(history.Contains(5));
 }
 
 TEST(StepRunnerTest, RejectsMalformedRequests) {

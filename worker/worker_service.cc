@@ -62,7 +62,7 @@ grpc::Status WorkerService::Step(grpc::ServerContext* context, const worker::v1:
     return grpc::Status(grpc::StatusCode::UNAVAILABLE, "this worker group has failed; restart it");
   }
   Session& session = SessionFor(request->session());
-  auto result = RunStep(*backend_, *request, &session.draws);
+  auto result = RunStep(*backend_, *request, &session.draws, &session.history);
   // Whatever happened, later steps no longer wait for this one, and take only what it drew.
   session.last_step = std::max(session.last_step, request->step_id());
   session.used = ++steps_run_;
@@ -74,7 +74,8 @@ grpc::Status WorkerService::Step(grpc::ServerContext* context, const worker::v1:
   }
   ordered_.notify_all();
   if (!result.ok()) {
-    if (!absl::IsInvalidArgument(result.status())) MarkFailed();
+    // A malformed row, or a penalty history this worker dropped: nothing ran and the group is fine.
+    if (!absl::IsInvalidArgument(result.status()) && !absl::IsFailedPrecondition(result.status())) MarkFailed();
     metrics_->RecordFailure(result.status());
     return ToGrpcStatus(result.status());
   }

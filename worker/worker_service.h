@@ -43,11 +43,13 @@ class WorkerService final : public worker::v1::Worker::Service {
   mutable std::mutex mu_;
   std::function<void()> on_failure_ ABSL_GUARDED_BY(mu_);
   std::unique_ptr<LeaderBackend> backend_ ABSL_GUARDED_BY(mu_);
-  // Overlapped scheduling: each router's steps run in its order, and the next may take what the last one drew.
+  // Per router: its steps run in its order, the next may take what the last one drew (overlapped scheduling),
+  // and its penalized sequences' histories.
   // Kept for the few most recent routers (a router that comes back after eviction only loses one overlap).
   struct Session {
     uint64_t last_step = 0;
     LastDraws draws;
+    SequenceHistory history;  // penalized sequences' tokens (sampling happens here); ids are the router's
     uint64_t used = 0;  // when it last ran a step, for eviction
   };
   Session& SessionFor(uint64_t id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

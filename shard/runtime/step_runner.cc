@@ -2,6 +2,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "shard/runtime/sampler.h"
+#include "shard/runtime/sequence_history.h"
 
 namespace gemma {
 namespace {
@@ -31,14 +32,28 @@ absl::Status ValidateRow(const StepRow& r, int vocab) {
   return absl::OkStatus();
 }
 
+bool KeepsHistory(const StepRow& r) { return r.score_targets.empty() && r.sampling.has_penalties(); }
+
 }  // namespace
 
-absl::StatusOr<std::vector<RowResult>> RunRows(Backend& backend, std::span<const StepRow> rows) {
+absl::StatusOr<std::vector<RowResult>> RunRows(Backend& backend, std::span<const StepRow> rows,
+                                               SequenceHistory* history) {
   const int vocab = backend.config().vocab_size;
+  for (const StepRow& r : rows) {
+    if (auto st = ValidateRow(r, vocab); !st.ok()) return st;
+  }
+  // Before the forward pass, so a history this side lacks refuses the step with nothing run. Rows recorded before
+  // such a refusal stay recorded: the step comes again with the same start positions (or full histories), and
+  // recording a row twice is the same as once.
+  if (history != nullptr) {
+    for (const StepRow& r : rows) {
+      if (!KeepsHistory(r)) continue;
+      if (auto st = history->Record(r.sequence_id, r.start_pos, r.tokens, r.penalty_history); !st.ok()) return st;
+    }
+  }
   std::vector<SequenceStep> steps;
   steps.reserve(rows.size());
   for (const StepRow& r : rows) {
-    if (auto st = ValidateRow(r, vocab); !st.ok()) return st;
     SequenceStep step;
     step.tokens = r.tokens;
     step.start_pos = r.start_pos;
@@ -98,7 +113,8 @@ absl::StatusOr<std::vector<RowResult>> RunRows(Backend& backend, std::span<const
     int token;
     if (r.sampling.has_penalties()) {  // on a copy: reported log-probs stay the model's own
       std::vector<float> penalized(row, row + vocab);
-      ApplyPenalties(r.sampling, r.penalty_history, static_cast<size_t>(r.penalty_prompt_len), penalized.data(), vocab);
+      const std::span<const int32_t> seen = history != nullptr ? history->Tokens(r.sequence_id) : r.penalty_history;
+      ApplyPenalties(r.sampling, seen, static_cast<size_t>(r.penalty_prompt_len), penalized.data(), vocab);
       token = SampleAt(r.sampling, position, penalized.data(), vocab);
     } else {
       token = SampleAt(r.sampling, position, row, vocab);
@@ -110,6 +126,7 @@ absl::StatusOr<std::vector<RowResult>> RunRows(Backend& backend, std::span<const
       out.top_logprobs.push_back({id, static_cast<float>(lp)});
     }
   }
+  if (history != nullptr) history->EvictBeyondCap();
   return results;
 }
 
