@@ -55,32 +55,54 @@ worker::v1::StepRequest RemoteExecutor::Number(std::span<const StepRow> rows, bo
 }
 
 absl::StatusOr<std::vector<RowResult>> RemoteExecutor::Execute(std::span<const StepRow> rows) {
-  return Call(Number(rows, false));
+  return Send(Number(rows, false)).get();
 }
 
 std::future<absl::StatusOr<std::vector<RowResult>>> RemoteExecutor::Start(std::span<const StepRow> rows,
                                                                            bool after_previous) {
-  // The request is built here, before the rows' storage can change; only the call runs on its own thread.
-  return std::async(std::launch::async, [this, req = Number(rows, after_previous)] { return Call(req); });
+  return Send(Number(rows, after_previous));
 }
 
-absl::StatusOr<std::vector<RowResult>> RemoteExecutor::Call(const worker::v1::StepRequest& req) {
+// One call on the wire: what gRPC's callback needs to outlive the caller's stack.
+struct RemoteExecutor::Pending {
   grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() + step_timeout_);
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (cancelled_) {
-      Unsend(req);
-      return absl::UnavailableError("the router is shutting down");
-    }
-    in_flight_.insert(&ctx);
-  }
+  worker::v1::StepRequest req;
   worker::v1::StepResponse resp;
-  const grpc::Status status = stub_->Step(&ctx, req, &resp);
+  std::promise<absl::StatusOr<std::vector<RowResult>>> done;
+};
+
+std::future<absl::StatusOr<std::vector<RowResult>>> RemoteExecutor::Send(worker::v1::StepRequest req) {
+  // gRPC's callback API: no thread of ours waits on the wire, so a step can be sent while another is out.
+  auto* call = new Pending;
+  call->req = std::move(req);
+  call->ctx.set_deadline(std::chrono::system_clock::now() + step_timeout_);
+  auto result = call->done.get_future();
+  bool cancelled;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    in_flight_.erase(&ctx);
+    cancelled = cancelled_;
+    if (!cancelled) in_flight_.insert(&call->ctx);
   }
+  if (cancelled) {
+    Unsend(call->req);
+    call->done.set_value(absl::UnavailableError("the router is shutting down"));
+    delete call;
+    return result;
+  }
+  stub_->async()->Step(&call->ctx, &call->req, &call->resp, [this, call](grpc::Status status) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      in_flight_.erase(&call->ctx);
+    }
+    call->done.set_value(Finish(status, call->req, call->resp));
+    delete call;
+  });
+  return result;
+}
+
+absl::StatusOr<std::vector<RowResult>> RemoteExecutor::Finish(const grpc::Status& status,
+                                                              const worker::v1::StepRequest& req,
+                                                              const worker::v1::StepResponse& resp) {
   if (status.error_code() == grpc::StatusCode::INVALID_ARGUMENT) {
     return absl::InvalidArgumentError(status.error_message());
   }

@@ -36,7 +36,11 @@ class RemoteExecutor : public StepExecutor {
   std::chrono::milliseconds step_timeout_;
   // The wire request, numbered for the worker's ordering of overlapped steps.
   worker::v1::StepRequest Number(std::span<const StepRow> rows, bool after_previous);
-  absl::StatusOr<std::vector<RowResult>> Call(const worker::v1::StepRequest& req);
+  struct Pending;
+  std::future<absl::StatusOr<std::vector<RowResult>>> Send(worker::v1::StepRequest req);
+  // The answer as the engine reads it; the releases a failed request carried go with the next one.
+  absl::StatusOr<std::vector<RowResult>> Finish(const grpc::Status& status, const worker::v1::StepRequest& req,
+                                                const worker::v1::StepResponse& resp);
   // Releases a request carried that did not reach the worker go with the next one.
   void Unsend(const worker::v1::StepRequest& req);
 
