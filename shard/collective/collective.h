@@ -20,6 +20,8 @@ class HostCollective {
   virtual ~HostCollective() = default;
   virtual int rank() const = 0;
   virtual int world() const = 0;
+  // Bad arguments (a null buffer with a nonzero count, a root outside the group)
+  // are InvalidArgument before anything is sent: the group stays usable.
   // data[i] = sum over ranks of data[i], in place.
   virtual absl::Status AllReduceSum(float* data, size_t count) = 0;
   // out[r * count + i] = rank r's in[i]; out holds world() * count floats.
@@ -36,6 +38,11 @@ using Collective = HostCollective;
 
 // InvalidArgument unless `c` is rank `rank` of `world` (weights sliced for one rank, a collective of another).
 absl::Status CheckCollectiveRank(const HostCollective& c, int rank, int world);
+
+// The argument checks every host collective makes (InvalidArgument naming the operation): buffers present for
+// a nonzero count, a root in [0, world).
+absl::Status CheckCollectiveBuffers(const char* what, const void* in, const void* out, size_t count);
+absl::Status CheckBroadcastArgs(const HostCollective& c, const std::string* bytes, int root);
 
 // World size 1: every collective is the identity; needs no peer.
 std::unique_ptr<HostCollective> MakeSingleRankCollective();

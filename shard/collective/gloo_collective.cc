@@ -41,6 +41,7 @@ class GlooCollective : public HostCollective {
   int world() const override { return context_->size; }
 
   absl::Status AllReduceSum(float* data, size_t count) override {
+    if (auto s = CheckCollectiveBuffers("all-reduce", data, data, count); !s.ok()) return s;
     if (count == 0) return absl::OkStatus();
     return Guard("all-reduce", [&] {
       gloo::AllreduceOptions opts(context_);
@@ -53,6 +54,8 @@ class GlooCollective : public HostCollective {
   }
 
   absl::Status AllGather(const float* in, size_t count, float* out) override {
+    if (auto s = CheckCollectiveBuffers("all-gather", in, out, count); !s.ok()) return s;
+    if (count == 0) return absl::OkStatus();  // Gloo divides by the element count: 0 raised SIGFPE
     std::copy(in, in + count, out + static_cast<size_t>(rank()) * count);
     return Guard("all-gather", [&] {
       gloo::AllgatherOptions opts(context_);
@@ -64,6 +67,7 @@ class GlooCollective : public HostCollective {
   }
 
   absl::Status Broadcast(std::string* bytes, int root) override {
+    if (auto s = CheckBroadcastArgs(*this, bytes, root); !s.ok()) return s;
     uint64_t size = bytes->size();
     auto st = Guard("broadcast", [&] {
       gloo::BroadcastOptions opts(context_);

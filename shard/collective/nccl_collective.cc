@@ -74,6 +74,10 @@ class NcclCollective : public DeviceCollective {
   }
 
   absl::Status Broadcast(std::string* bytes, int root) override {
+    if (bytes == nullptr) return absl::InvalidArgumentError("broadcast given no bytes");
+    if (root < 0 || root >= world_) {
+      return absl::InvalidArgumentError(absl::StrCat("broadcast root ", root, " is outside [0, ", world_, ")"));
+    }
     uint64_t size = bytes->size();
     if (auto s = Stage(sizeof(size)); !s.ok()) return s;
     // On the collective's stream: a plain cudaMemcpy from pageable memory may return before its DMA lands, and

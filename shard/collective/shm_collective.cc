@@ -51,6 +51,7 @@ class ShmCollective : public HostCollective {
   int world() const override { return world_; }
 
   absl::Status AllReduceSum(float* data, size_t count) override {
+    if (auto s = CheckCollectiveBuffers("all-reduce", data, data, count); !s.ok()) return s;
     const size_t chunk = kSlotBytes / sizeof(float);
     for (size_t begin = 0; begin < count; begin += chunk) {
       const size_t n = std::min(chunk, count - begin);
@@ -69,6 +70,7 @@ class ShmCollective : public HostCollective {
   }
 
   absl::Status AllGather(const float* in, size_t count, float* out) override {
+    if (auto s = CheckCollectiveBuffers("all-gather", in, out, count); !s.ok()) return s;
     const size_t chunk = kSlotBytes / sizeof(float);
     for (size_t begin = 0; begin < count || (count == 0 && begin == 0); begin += chunk) {
       const size_t n = std::min(chunk, count - begin);
@@ -82,6 +84,7 @@ class ShmCollective : public HostCollective {
   }
 
   absl::Status Broadcast(std::string* bytes, int root) override {
+    if (auto s = CheckBroadcastArgs(*this, bytes, root); !s.ok()) return s;
     // First op: the size; then the bytes in slot-sized chunks.
     uint64_t size = bytes->size();
     if (rank_ == root) std::memcpy(Slot<char>(rank_), &size, sizeof(size));
