@@ -107,21 +107,7 @@ absl::Status Engine::Step(const UpdateFn& on_update, const std::function<void(ui
       rows.push_back(RowFor(p));
       if (on_planned) on_planned(p.sequence->id);
     }
-    if (!pipeline) {
-      std::vector<absl::Status> errors;
-      auto results = Execute(rows, &errors);
-      if (!results.ok() && absl::IsFailedPrecondition(results.status())) {
-        // The executor lost a penalized sequence's history (it keeps a bounded number) and ran nothing: once
-        // more, with every penalized row's history in full.
-        ++history_resends_;
-        for (size_t i = 0; i < plan.size(); ++i) rows[i] = RowFor(plan[i], /*full_history=*/true);
-        results = Execute(rows, &errors);
-      }
-      if (!results.ok()) return results.status();
-      for (const PlannedSequence& p : plan) p.sequence->history_sent = true;
-      Apply(plan, *results, errors, on_update, {});
-      return absl::OkStatus();
-    }
+    if (!pipeline) return RunNow(plan, std::move(rows), on_update);
     in_flight_ = InFlight{std::move(plan), executor_->Start(rows, /*after_previous=*/false)};
   }
   // A step is in flight. Its successor is planned and sent before its answer comes, so that the worker never
@@ -149,8 +135,22 @@ absl::Status Engine::Step(const UpdateFn& on_update, const std::function<void(ui
       in_flight_->result.wait();  // it cannot run without the draws of the one that failed
       in_flight_.reset();
     }
+    if (!absl::IsInvalidArgument(results.status()) && !absl::IsFailedPrecondition(results.status())) {
+      ReleaseRemoved();
+      return results.status();
+    }
+    // Refused and not run (a malformed row, or a worker that no longer holds this router's session): the step
+    // runs again on its own, where a malformed row fails only its sequence. Its sequences were not advanced, and
+    // the draws its rows were to take are known by now.
+    std::vector<PlannedSequence> again;
+    for (const PlannedSequence& p : done.plan) {
+      if (!removed_.contains(p.sequence->id) && !finished_early_.contains(p.sequence->id)) again.push_back(p);
+    }
     ReleaseRemoved();
-    return results.status();
+    if (again.empty()) return absl::OkStatus();
+    std::vector<StepRow> rows;
+    for (const PlannedSequence& p : again) rows.push_back(RowFor(p));
+    return RunNow(again, std::move(rows), on_update);
   }
   absl::flat_hash_set<uint64_t> still_running;
   if (in_flight_) {
@@ -158,6 +158,23 @@ absl::Status Engine::Step(const UpdateFn& on_update, const std::function<void(ui
   }
   Apply(done.plan, *results, std::vector<absl::Status>(done.plan.size()), on_update, still_running);
   if (!in_flight_) ReleaseRemoved();
+  return absl::OkStatus();
+}
+
+absl::Status Engine::RunNow(const std::vector<PlannedSequence>& plan, std::vector<StepRow> rows,
+                            const UpdateFn& on_update) {
+  std::vector<absl::Status> errors;
+  auto results = Execute(rows, &errors);
+  if (!results.ok() && absl::IsFailedPrecondition(results.status())) {
+    // The executor lost a penalized sequence's history (it keeps a bounded number) and ran nothing: once more,
+    // with every penalized row's history in full.
+    ++history_resends_;
+    for (size_t i = 0; i < plan.size(); ++i) rows[i] = RowFor(plan[i], /*full_history=*/true);
+    results = Execute(rows, &errors);
+  }
+  if (!results.ok()) return results.status();
+  for (const PlannedSequence& p : plan) p.sequence->history_sent = true;
+  Apply(plan, *results, errors, on_update, {});
   return absl::OkStatus();
 }
 

@@ -91,6 +91,8 @@ class Engine {
   // Removes a sequence from the scheduler and tells the executor it is gone.
   void Drop(uint64_t id);
   void Released(const ScheduledSequence* s);
+  // Runs a planned step and waits for it: a malformed row fails only its own sequence, a lost history is resent.
+  absl::Status RunNow(const std::vector<PlannedSequence>& plan, std::vector<StepRow> rows, const UpdateFn& on_update);
   // Whether the step after `plan` can be planned before `plan` has answered (and blocks reserved for it).
   bool CanContinue(const std::vector<PlannedSequence>& plan);
   // A step's answer: sequences advanced, callers told, the finished removed (those a step still in flight runs

@@ -247,6 +247,41 @@ class OverlappingExecutor : public PositionExecutor {
   int started = 0, overlapped = 0;
 };
 
+// A worker that refuses some steps sent ahead, as one that no longer holds the router's session does.
+class ForgetfulExecutor : public OverlappingExecutor {
+ public:
+  std::future<absl::StatusOr<std::vector<RowResult>>> Start(std::span<const StepRow> rows,
+                                                             bool after_previous) override {
+    // What it refuses it does not run, so a step sent after a refused one is refused too.
+    refusing = after_previous && (refusing || ++ahead % 3 == 0);
+    if (refusing) {
+      last_draws.clear();
+      std::promise<absl::StatusOr<std::vector<RowResult>>> p;
+      p.set_value(absl::FailedPreconditionError("step follows a session this worker does not hold"));
+      return p.get_future();
+    }
+    return OverlappingExecutor::Start(rows, after_previous);
+  }
+  int ahead = 0;
+  bool refusing = false;
+};
+
+TEST(EngineTest, AStepSentAheadAndRefusedRunsAgainOnItsOwn) {
+  PositionExecutor plain;
+  Engine one_at_a_time(Options(), &plain);
+  auto expected = RunBatch(one_at_a_time, {Prompt(5, 25), Prompt(7, 25)});
+  ASSERT_TRUE(expected.ok());
+  ForgetfulExecutor exec;
+  EngineOptions o = Options();
+  o.overlap = true;
+  Engine engine(o, &exec);
+  auto got = RunBatch(engine, {Prompt(5, 25), Prompt(7, 25)});
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_GT(exec.ahead, 3);
+  for (size_t i = 0; i < 2; ++i) EXPECT_EQ((*got)[i].tokens, (*expected)[i].tokens) << i;
+  EXPECT_EQ(engine.scheduler().blocks().used_blocks(), 0);
+}
+
 TEST(EngineTest, OverlappedStepsGiveTheSameTokensAndEndSequencesCleanly) {
   auto specs = [] {
     auto stop = Prompt(5, 30);

@@ -56,7 +56,10 @@ WorkerGroup::WorkerGroup(std::string address, std::shared_ptr<grpc::Channel> cha
 }
 
 WorkerGroup::~WorkerGroup() {
-  stop_ = true;
+  {
+    std::lock_guard<std::mutex> lock(mu_);  // set under the lock the loop waits with, or its wait misses it
+    stop_ = true;
+  }
   executor_.Cancel();
   cv_.notify_all();
   thread_.join();
@@ -113,7 +116,10 @@ void WorkerGroup::SetReroute(Reroute reroute) {
 }
 
 void WorkerGroup::Drain() {
-  draining_ = true;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    draining_ = true;
+  }
   cv_.notify_all();
 }
 
@@ -259,19 +265,22 @@ void WorkerGroup::CheckIdleHealth() {
 
 void WorkerGroup::Loop() {
   while (!stop_) {
-    if (draining_) FailUnscheduled(absl::UnavailableError("the router is shutting down; retry"));
+    if (draining_) {
+      FailUnscheduled(absl::UnavailableError("the router is shutting down; retry"));
+      drain_handled_ = true;  // wakes the loop's waits once; later arrivals are refused by Submit
+    }
     if (!healthy_) {
       MoveOrFailAll();  // requests submitted while it was being marked down
       ProbeRecovery();
       PublishState();
       std::unique_lock<std::mutex> lock(mu_);
-      cv_.wait_until(lock, next_probe_, [&] { return stop_ || !incoming_.empty(); });
+      cv_.wait_until(lock, next_probe_, [&] { return stop_ || !incoming_.empty() || (draining_ && !drain_handled_); });
       continue;
     }
     {
       std::unique_lock<std::mutex> lock(mu_);
       if (incoming_.empty() && requests_.empty()) {
-        cv_.wait_until(lock, next_health_, [&] { return stop_ || !incoming_.empty(); });
+        cv_.wait_until(lock, next_health_, [&] { return stop_ || !incoming_.empty() || (draining_ && !drain_handled_); });
       }
       for (auto& r : incoming_) {
         if (auto s = engine_->Add(r->id(), SpecFor(*r)); !s.ok()) {

@@ -117,6 +117,7 @@ class WorkerGroup {
   std::chrono::milliseconds probe_delay_;
   std::chrono::steady_clock::time_point next_health_;  // while up and idle
   std::unordered_map<uint64_t, std::shared_ptr<ActiveRequest>> requests_;
+  bool drain_handled_ = false;
   std::thread thread_;
 };
 

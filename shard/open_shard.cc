@@ -41,6 +41,10 @@ absl::StatusOr<OpenedShard> OpenShard(std::shared_ptr<const Checkpoint> checkpoi
   if (o.precision != "bf16" && o.precision != "f32") {
     return absl::InvalidArgumentError(absl::StrCat("precision \"", o.precision, "\" is invalid; allowed: bf16, f32"));
   }
+  if (o.device == "cpu" && o.precision != "bf16") {
+    return absl::InvalidArgumentError(absl::StrCat("precision \"", o.precision,
+                                                   "\" applies to device cuda only; the CPU keeps bf16 weights"));
+  }
   auto tp = TensorParallel::Create(checkpoint->config(), o.rank, o.world);
   if (!tp.ok()) return tp.status();
   auto weights = ModelWeights::Load(checkpoint, *tp);

@@ -44,20 +44,32 @@ void WorkerService::MarkFailed() {
 
 grpc::Status WorkerService::Step(grpc::ServerContext* context, const worker::v1::StepRequest* request,
                                  worker::v1::StepResponse* response) {
+  const auto start = std::chrono::steady_clock::now();
   std::unique_lock<std::mutex> lock(mu_);
   if (request->after_step() > 0) {
-    // Sent before the step it follows had answered: wait for that one to run (it may still be on the wire).
-    const bool ready = ordered_.wait_until(lock, context->deadline(), [&] {
-      return SessionFor(request->session()).last_step >= request->after_step() || !healthy_ ||
-             context->IsCancelled();
-    });
-    if (!ready || context->IsCancelled()) {
+    // Sent before the step it follows had answered: wait for that one to run (it may still be on the wire). A
+    // session this worker does not know (it restarted, or dropped it) cannot be waited for: the router resends.
+    if (!sessions_.contains(request->session())) {
+      return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                          absl::StrCat("step ", request->step_id(), " follows step ", request->after_step(),
+                                       " of a router session this worker does not hold; send it on its own"));
+    }
+    // In slices, so that a cancelled call or a stopping worker is seen even if nobody notifies.
+    const auto deadline = std::min(context->deadline(), std::chrono::system_clock::now() + std::chrono::minutes(10));
+    auto followed = [&] {
+      auto it = sessions_.find(request->session());
+      return it == sessions_.end() || it->second.last_step >= request->after_step();
+    };
+    while (!followed() && healthy_ && backend_ != nullptr && !context->IsCancelled() &&
+           std::chrono::system_clock::now() < deadline) {
+      ordered_.wait_for(lock, std::chrono::milliseconds(100));
+    }
+    if (!followed() && healthy_ && backend_ != nullptr) {
       return grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
                           absl::StrCat("step ", request->step_id(), " waited for step ", request->after_step(),
                                        ", which never came"));
     }
   }
-  const auto start = std::chrono::steady_clock::now();
   if (!healthy_ || backend_ == nullptr) {
     return grpc::Status(grpc::StatusCode::UNAVAILABLE, "this worker group has failed; restart it");
   }
@@ -97,6 +109,7 @@ bool WorkerService::Heartbeat() {
 void WorkerService::Stop() {
   std::lock_guard<std::mutex> lock(mu_);
   backend_.reset();
+  ordered_.notify_all();
 }
 
 }  // namespace gemma

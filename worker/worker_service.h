@@ -45,7 +45,8 @@ class WorkerService final : public worker::v1::Worker::Service {
   std::unique_ptr<LeaderBackend> backend_ ABSL_GUARDED_BY(mu_);
   // Per router: its steps run in its order, the next may take what the last one drew (overlapped scheduling),
   // and its penalized sequences' histories.
-  // Kept for the few most recent routers (a router that comes back after eviction only loses one overlap).
+  // Kept for the 16 most recent routers: a step that follows one this worker no longer holds is refused
+  // (FAILED_PRECONDITION) and the router runs it again on its own.
   struct Session {
     uint64_t last_step = 0;
     LastDraws draws;
