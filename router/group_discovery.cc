@@ -57,10 +57,9 @@ GroupDiscovery::GroupDiscovery(Resolver resolve, Connector connect, GroupSet* gr
 
 GroupDiscovery::~GroupDiscovery() {
   {
-    std::lock_guard<std::mutex> lock(mu_);
-    stop_ = true;
+    absl::MutexLock lock(&mu_);
+    stop_ = true;  // releasing mu_ wakes the refresh thread's wait
   }
-  cv_.notify_all();
   if (thread_.joinable()) thread_.join();
 }
 
@@ -94,13 +93,14 @@ void GroupDiscovery::RefreshOnce() {
 
 void GroupDiscovery::Start() {
   thread_ = std::thread([this] {
-    std::unique_lock<std::mutex> lock(mu_);
+    mu_.Lock();
     while (!stop_) {
-      lock.unlock();
+      mu_.Unlock();
       RefreshOnce();
-      lock.lock();
-      cv_.wait_for(lock, period_, [this] { return stop_; });
+      mu_.Lock();
+      mu_.AwaitWithTimeout(absl::Condition(&stop_), absl::FromChrono(period_));
     }
+    mu_.Unlock();
   });
 }
 

@@ -45,7 +45,7 @@ RemoteExecutor::RemoteExecutor(worker::v1::Worker::Stub* stub, std::chrono::mill
 
 worker::v1::StepRequest RemoteExecutor::Number(std::span<const StepRow> rows, bool after_previous) {
   worker::v1::StepRequest req = ToRequest(rows);
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   req.set_session(session_);
   req.set_step_id(++last_step_);
   req.mutable_released_sequences()->Add(released_.begin(), released_.end());
@@ -68,9 +68,9 @@ absl::StatusOr<std::vector<RowResult>> RemoteExecutor::Call(const worker::v1::St
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + step_timeout_);
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     if (cancelled_) {
-      Unsend(req);
+      UnsendLocked(req);  // already under mu_ (Unsend here locked it twice: a self-deadlock)
       return absl::UnavailableError("the router is shutting down");
     }
     in_flight_.insert(&ctx);
@@ -78,7 +78,7 @@ absl::StatusOr<std::vector<RowResult>> RemoteExecutor::Call(const worker::v1::St
   worker::v1::StepResponse resp;
   const grpc::Status status = stub_->Step(&ctx, req, &resp);
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     in_flight_.erase(&ctx);
   }
   if (status.error_code() == grpc::StatusCode::INVALID_ARGUMENT) {
@@ -110,18 +110,22 @@ absl::StatusOr<std::vector<RowResult>> RemoteExecutor::Call(const worker::v1::St
 }
 
 void RemoteExecutor::Release(std::span<const uint64_t> ids) {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   released_.insert(released_.end(), ids.begin(), ids.end());
 }
 
 void RemoteExecutor::Unsend(const worker::v1::StepRequest& req) {
+  absl::MutexLock lock(&mu_);
+  UnsendLocked(req);
+}
+
+void RemoteExecutor::UnsendLocked(const worker::v1::StepRequest& req) {
   // The worker may not have heard of them; telling it again is harmless.
-  std::lock_guard<std::mutex> lock(mu_);
   released_.insert(released_.end(), req.released_sequences().begin(), req.released_sequences().end());
 }
 
 void RemoteExecutor::Cancel() {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   cancelled_ = true;
   for (grpc::ClientContext* ctx : in_flight_) ctx->TryCancel();
 }

@@ -21,7 +21,7 @@ grpc::Status WorkerService::GetModelInfo(grpc::ServerContext*, const worker::v1:
 }
 
 void WorkerService::OnFailure(std::function<void()> callback) {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   on_failure_ = std::move(callback);
 }
 
@@ -39,18 +39,19 @@ WorkerService::Session& WorkerService::SessionFor(uint64_t id) {
 
 void WorkerService::MarkFailed() {
   if (healthy_.exchange(false) && on_failure_) on_failure_();
-  ordered_.notify_all();
 }
 
 grpc::Status WorkerService::Step(grpc::ServerContext* context, const worker::v1::StepRequest* request,
                                  worker::v1::StepResponse* response) {
-  std::unique_lock<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   if (request->after_step() > 0) {
     // Sent before the step it follows had answered: wait for that one to run (it may still be on the wire).
-    const bool ready = ordered_.wait_until(lock, context->deadline(), [&] {
+    const auto ordered = [&] {
+      mu_.AssertHeld();
       return SessionFor(request->session()).last_step >= request->after_step() || !healthy_ ||
              context->IsCancelled();
-    });
+    };
+    const bool ready = mu_.AwaitWithDeadline(absl::Condition(&ordered), absl::FromChrono(context->deadline()));
     if (!ready || context->IsCancelled()) {
       return grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
                           absl::StrCat("step ", request->step_id(), " waited for step ", request->after_step(),
@@ -72,7 +73,6 @@ grpc::Status WorkerService::Step(grpc::ServerContext* context, const worker::v1:
       if (r.sampled()) session.draws[r.sequence_id()] = r.token();
     }
   }
-  ordered_.notify_all();
   if (!result.ok()) {
     // A malformed row, or a penalty history this worker dropped: nothing ran and the group is fine.
     if (!absl::IsInvalidArgument(result.status()) && !absl::IsFailedPrecondition(result.status())) MarkFailed();
@@ -88,14 +88,14 @@ grpc::Status WorkerService::Step(grpc::ServerContext* context, const worker::v1:
 }
 
 bool WorkerService::Heartbeat() {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   if (!healthy_ || backend_ == nullptr) return false;
   if (!backend_->Heartbeat().ok()) MarkFailed();
   return healthy_;
 }
 
 void WorkerService::Stop() {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   backend_.reset();
 }
 
