@@ -7,6 +7,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "engine/status_macros.h"
 
 namespace gemma {
 
@@ -26,10 +27,9 @@ absl::StatusOr<HostPort> ParseHostPort(const std::string& host_port) {
 }
 
 absl::StatusOr<std::set<std::string>> ResolveAll(const std::string& host_port) {
-  auto parsed = ParseHostPort(host_port);
-  if (!parsed.ok()) return parsed.status();
-  const std::string& host = parsed->host;
-  const int port = parsed->port;
+  ASSIGN_OR_RETURN(const HostPort parsed, ParseHostPort(host_port));
+  const std::string& host = parsed.host;
+  const int port = parsed.port;
   addrinfo hints{};
   hints.ai_family = AF_UNSPEC;
   hints.ai_socktype = SOCK_STREAM;
