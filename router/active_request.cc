@@ -25,14 +25,14 @@ double ActiveRequest::SecondsSince(std::chrono::steady_clock::time_point t) cons
 }
 
 void ActiveRequest::MarkScheduled() {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   if (scheduled_) return;
   scheduled_ = true;
   if (metrics_) metrics_->Queued(SecondsSince(arrival_));
 }
 
 bool ActiveRequest::scheduled() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   return scheduled_;
 }
 
@@ -41,7 +41,7 @@ void ActiveRequest::RecordEnd(const absl::Status& status) {
 }
 
 bool ActiveRequest::OnToken(int32_t token, float logprob, const std::vector<std::pair<int32_t, float>>& top) {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   if (finished_) return true;
   if (metrics_) {
     if (generated_ == 0) {
@@ -66,7 +66,6 @@ bool ActiveRequest::OnToken(int32_t token, float logprob, const std::vector<std:
   } else if (generated_ >= options_.max_new_tokens) {
     FinishLocked(v1::FINISH_REASON_LENGTH);
   }
-  cv_.notify_all();
   return finished_;
 }
 
@@ -80,29 +79,27 @@ void ActiveRequest::FinishLocked(v1::FinishReason reason) {
 }
 
 void ActiveRequest::OnScores(const std::vector<float>& logprobs, std::vector<std::vector<std::pair<int32_t, float>>> top) {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   for (float lp : logprobs) score_.add_logprobs(lp);
   std::move(top.begin(), top.end(), std::back_inserter(score_top_));
 }
 
 void ActiveRequest::FinishScoring() {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   finished_ = true;
   RecordEnd(absl::OkStatus());
-  cv_.notify_all();
 }
 
 void ActiveRequest::Fail(const absl::Status& status) {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   if (finished_) return;
   status_ = status;
   finished_ = true;
   RecordEnd(status);
-  cv_.notify_all();
 }
 
 bool ActiveRequest::ResetForRetry() {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   if (finished_ || generated_ > 0) return false;
   score_.clear_logprobs();
   score_top_.clear();
@@ -115,7 +112,7 @@ void ActiveRequest::Drain() {
   bool finished;
   int32_t generated;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     batch.swap(pending_);
     reason = finish_reason_;
     finished = finished_;
@@ -159,18 +156,21 @@ void ActiveRequest::Drain() {
 }
 
 std::optional<v1::GenerateStreamResponse> ActiveRequest::Next(const std::function<bool()>& abandon) {
-  std::lock_guard<std::mutex> read(read_mu_);
+  absl::MutexLock read(&read_mu_);
   while (events_.empty() && !drained_all_) {
+    bool ready = true;
     {
-      std::unique_lock<std::mutex> lock(mu_);
-      const auto ready = [&] { return !pending_.empty() || finished_; };
+      absl::MutexLock lock(&mu_);
+      const absl::Condition condition(this, &ActiveRequest::Ready);
       if (abandon == nullptr) {
-        cv_.wait(lock, ready);
-      } else if (!cv_.wait_for(lock, std::chrono::milliseconds(50), ready)) {
-        lock.unlock();
-        if (abandon()) return std::nullopt;
-        continue;
+        mu_.Await(condition);
+      } else {
+        ready = mu_.AwaitWithTimeout(condition, absl::Milliseconds(50));
       }
+    }
+    if (!ready) {
+      if (abandon()) return std::nullopt;
+      continue;
     }
     Drain();
   }
@@ -181,18 +181,18 @@ std::optional<v1::GenerateStreamResponse> ActiveRequest::Next(const std::functio
 }
 
 absl::Status ActiveRequest::Wait() {
-  std::unique_lock<std::mutex> lock(mu_);
-  cv_.wait(lock, [&] { return finished_; });
+  absl::MutexLock lock(&mu_);
+  mu_.Await(absl::Condition(this, &ActiveRequest::Finished));
   return status_;
 }
 
 bool ActiveRequest::WaitFor(std::chrono::milliseconds timeout) {
-  std::unique_lock<std::mutex> lock(mu_);
-  return cv_.wait_for(lock, timeout, [&] { return finished_; });
+  absl::MutexLock lock(&mu_);
+  return mu_.AwaitWithTimeout(absl::Condition(this, &ActiveRequest::Finished), absl::FromChrono(timeout));
 }
 
 v1::GenerateResponse ActiveRequest::Response() {
-  std::lock_guard<std::mutex> read(read_mu_);
+  absl::MutexLock read(&read_mu_);
   if (!drained_all_) Drain();
   return response_;
 }
@@ -201,7 +201,7 @@ v1::ScoreResponse ActiveRequest::ScoreResult() {
   v1::ScoreResponse out;
   std::vector<std::vector<std::pair<int32_t, float>>> top;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     out = score_;
     top = score_top_;
   }

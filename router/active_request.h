@@ -3,10 +3,8 @@
 
 #include <atomic>
 #include <chrono>
-#include <condition_variable>
 #include <deque>
 #include <functional>
-#include <mutex>
 #include <optional>
 #include <string>
 #include <utility>
@@ -14,6 +12,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
 #include "gemma/v1/gemma.pb.h"
 #include "router/router_metrics.h"
 #include "router/text_stream.h"
@@ -40,32 +39,35 @@ class ActiveRequest {
   // `metrics` may be null.
   ActiveRequest(uint64_t id, Options options, const Tokenizer* tokenizer, RouterMetrics* metrics = nullptr);
   // The group has planned this request's first step (records its queue time once).
-  void MarkScheduled();
+  void MarkScheduled() ABSL_LOCKS_EXCLUDED(mu_);
   // Whether a step was ever planned for it (a request not yet started may be answered UNAVAILABLE on shutdown).
-  bool scheduled() const;
+  bool scheduled() const ABSL_LOCKS_EXCLUDED(mu_);
 
   uint64_t id() const { return id_; }
   const Options& options() const { return options_; }
 
   // Producer side (the group runner). Returns true when the request is now finished.
-  bool OnToken(int32_t token, float logprob, const std::vector<std::pair<int32_t, float>>& top);
+  bool OnToken(int32_t token, float logprob, const std::vector<std::pair<int32_t, float>>& top)
+      ABSL_LOCKS_EXCLUDED(mu_);
   // Log-probs of the next scored positions, and their top alternatives (one list per position, or none).
-  void OnScores(const std::vector<float>& logprobs, std::vector<std::vector<std::pair<int32_t, float>>> top = {});
-  void FinishScoring();
-  void Fail(const absl::Status& status);
+  void OnScores(const std::vector<float>& logprobs, std::vector<std::vector<std::pair<int32_t, float>>> top = {})
+      ABSL_LOCKS_EXCLUDED(mu_);
+  void FinishScoring() ABSL_LOCKS_EXCLUDED(mu_);
+  void Fail(const absl::Status& status) ABSL_LOCKS_EXCLUDED(mu_);
   // Before anything reached the client (no token, not finished): forgets partial scores so the request can
   // start again on another group, and returns true. False once it has started.
-  bool ResetForRetry();
+  bool ResetForRetry() ABSL_LOCKS_EXCLUDED(mu_);
 
   // Consumer side: waits for the next event; nullopt once the final event was taken, or when `abandon` (checked
   // every 50 ms while waiting) says the caller stopped waiting.
-  std::optional<v1::GenerateStreamResponse> Next(const std::function<bool()>& abandon = nullptr);
+  std::optional<v1::GenerateStreamResponse> Next(const std::function<bool()>& abandon = nullptr)
+      ABSL_LOCKS_EXCLUDED(read_mu_, mu_);
   // Waits until finished; the status it ended with.
-  absl::Status Wait();
+  absl::Status Wait() ABSL_LOCKS_EXCLUDED(mu_);
   // Waits up to `timeout`; whether the request has finished.
-  bool WaitFor(std::chrono::milliseconds timeout);
-  v1::GenerateResponse Response();
-  v1::ScoreResponse ScoreResult();
+  bool WaitFor(std::chrono::milliseconds timeout) ABSL_LOCKS_EXCLUDED(mu_);
+  v1::GenerateResponse Response() ABSL_LOCKS_EXCLUDED(read_mu_, mu_);
+  v1::ScoreResponse ScoreResult() ABSL_LOCKS_EXCLUDED(mu_);
   void Cancel() { cancelled_ = true; }
   bool cancelled() const { return cancelled_; }
 
@@ -83,7 +85,10 @@ class ActiveRequest {
   void FinishLocked(v1::FinishReason reason) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void RecordEnd(const absl::Status& status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Turns the tokens produced so far into events and response fields.
-  void Drain() ABSL_EXCLUSIVE_LOCKS_REQUIRED(read_mu_);
+  void Drain() ABSL_EXCLUSIVE_LOCKS_REQUIRED(read_mu_) ABSL_LOCKS_EXCLUDED(mu_);
+  // What a consumer waits for: something to drain.
+  bool Ready() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return !pending_.empty() || finished_; }
+  bool Finished() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return finished_; }
   double SecondsSince(std::chrono::steady_clock::time_point t) const;
 
   const uint64_t id_;
@@ -95,8 +100,9 @@ class ActiveRequest {
   std::atomic<bool> cancelled_{false};
 
   // Producer state.
-  mutable std::mutex mu_;
-  std::condition_variable cv_;
+  // Consumers wait on mu_ for Ready() or Finished(); every change they wait for is made under mu_, and
+  // releasing it re-evaluates their condition.
+  mutable absl::Mutex mu_ ABSL_ACQUIRED_AFTER(read_mu_);
   std::chrono::steady_clock::time_point last_token_ ABSL_GUARDED_BY(mu_);
   bool scheduled_ ABSL_GUARDED_BY(mu_) = false;
   std::vector<Generated> pending_ ABSL_GUARDED_BY(mu_);  // not yet drained by the consumer
@@ -111,7 +117,7 @@ class ActiveRequest {
   TextStream text_;
 
   // Consumer state. Lock order: read_mu_, then mu_.
-  std::mutex read_mu_;
+  absl::Mutex read_mu_;
   std::deque<v1::GenerateStreamResponse> events_ ABSL_GUARDED_BY(read_mu_);
   v1::GenerateResponse response_ ABSL_GUARDED_BY(read_mu_);
   bool drained_all_ ABSL_GUARDED_BY(read_mu_) = false;  // the final event (or failure) was drained

@@ -7,6 +7,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "engine/status_macros.h"
 
 namespace gemma {
 
@@ -26,10 +27,9 @@ absl::StatusOr<HostPort> ParseHostPort(const std::string& host_port) {
 }
 
 absl::StatusOr<std::set<std::string>> ResolveAll(const std::string& host_port) {
-  auto parsed = ParseHostPort(host_port);
-  if (!parsed.ok()) return parsed.status();
-  const std::string& host = parsed->host;
-  const int port = parsed->port;
+  ASSIGN_OR_RETURN(const HostPort parsed, ParseHostPort(host_port));
+  const std::string& host = parsed.host;
+  const int port = parsed.port;
   addrinfo hints{};
   hints.ai_family = AF_UNSPEC;
   hints.ai_socktype = SOCK_STREAM;
@@ -57,10 +57,9 @@ GroupDiscovery::GroupDiscovery(Resolver resolve, Connector connect, GroupSet* gr
 
 GroupDiscovery::~GroupDiscovery() {
   {
-    std::lock_guard<std::mutex> lock(mu_);
-    stop_ = true;
+    absl::MutexLock lock(&mu_);
+    stop_ = true;  // releasing mu_ wakes the refresh thread's wait
   }
-  cv_.notify_all();
   if (thread_.joinable()) thread_.join();
 }
 
@@ -94,13 +93,14 @@ void GroupDiscovery::RefreshOnce() {
 
 void GroupDiscovery::Start() {
   thread_ = std::thread([this] {
-    std::unique_lock<std::mutex> lock(mu_);
+    mu_.Lock();
     while (!stop_) {
-      lock.unlock();
+      mu_.Unlock();
       RefreshOnce();
-      lock.lock();
-      cv_.wait_for(lock, period_, [this] { return stop_; });
+      mu_.Lock();
+      mu_.AwaitWithTimeout(absl::Condition(&stop_), absl::FromChrono(period_));
     }
+    mu_.Unlock();
   });
 }
 

@@ -4,14 +4,14 @@
 
 #include <atomic>
 #include <chrono>
-#include <condition_variable>
 #include <functional>
-#include <mutex>
 #include <set>
 #include <string>
 #include <thread>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "router/group_set.h"
 
 namespace gemma {
@@ -33,13 +33,13 @@ class GroupDiscovery {
   using Connector = std::function<absl::StatusOr<std::unique_ptr<WorkerGroup>>(const std::string& address)>;
 
   GroupDiscovery(Resolver resolve, Connector connect, GroupSet* groups, std::chrono::milliseconds period);
-  ~GroupDiscovery();
+  ~GroupDiscovery() ABSL_LOCKS_EXCLUDED(mu_);
 
   // One round: connects the addresses that are new, retires the ones gone. When the name does not resolve the
   // groups stay as they are (a DNS hiccup must not empty the router).
   void RefreshOnce();
   // Refreshes every `period` on a thread of its own until destroyed.
-  void Start();
+  void Start() ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
   Resolver resolve_;
@@ -48,9 +48,8 @@ class GroupDiscovery {
   std::chrono::milliseconds period_;
   std::set<std::string> failing_;  // addresses whose last connection failed, to say so once
   std::string resolve_error_;      // the last lookup failure, to say it once
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool stop_ = false;
+  absl::Mutex mu_;
+  bool stop_ ABSL_GUARDED_BY(mu_) = false;  // the refresh thread waits on it between rounds
   std::thread thread_;
 };
 

@@ -13,7 +13,7 @@ absl::Status GroupSet::Add(std::unique_ptr<WorkerGroup> group) {
   // Safe for the set's whole life: Stop() destroys the groups (so their threads) before the set goes.
   group->SetReroute([this](std::shared_ptr<ActiveRequest> request) { return Submit(std::move(request)); });
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     if (model_ != nullptr) {
       for (const auto& g : groups_) {
         if (g->address() == group->address()) {
@@ -39,7 +39,7 @@ absl::Status GroupSet::Add(std::unique_ptr<WorkerGroup> group) {
         absl::StrCat("worker group ", group->address(), " sent a tokenizer that does not load: ", tokenizer.status().message()));
   }
   first->tokenizer = std::move(*tokenizer);
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   if (model_ != nullptr) return absl::AbortedError("another group joined first; add this one again");
   model_ = std::move(first);
   groups_.push_back(std::move(group));
@@ -47,12 +47,12 @@ absl::Status GroupSet::Add(std::unique_ptr<WorkerGroup> group) {
 }
 
 std::shared_ptr<const ServedModel> GroupSet::model() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   return model_;
 }
 
 absl::Status GroupSet::Submit(std::shared_ptr<ActiveRequest> request) {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   if (stopping_) return absl::UnavailableError("the router is shutting down; retry");
   std::vector<WorkerGroup*> open;
   int least = INT_MAX;
@@ -94,14 +94,14 @@ absl::Status GroupSet::Submit(std::shared_ptr<ActiveRequest> request) {
 }
 
 int GroupSet::healthy() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   int n = 0;
   for (const auto& g : groups_) n += g->healthy() && !retired_.count(g->address()) ? 1 : 0;
   return n;
 }
 
 bool GroupSet::Contains(const std::string& address) const {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   for (const auto& g : groups_) {
     if (g->address() == address) return true;
   }
@@ -109,7 +109,7 @@ bool GroupSet::Contains(const std::string& address) const {
 }
 
 std::vector<std::string> GroupSet::addresses() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   std::vector<std::string> out;
   for (const auto& g : groups_) {
     if (!retired_.count(g->address())) out.push_back(g->address());
@@ -120,7 +120,7 @@ std::vector<std::string> GroupSet::addresses() const {
 void GroupSet::Retain(const std::set<std::string>& addresses) {
   std::vector<std::unique_ptr<WorkerGroup>> dropped;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     for (const auto& g : groups_) {
       if (addresses.count(g->address())) {
         retired_.erase(g->address());
@@ -142,13 +142,13 @@ void GroupSet::Retain(const std::set<std::string>& addresses) {
 }
 
 void GroupSet::Drain() {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   stopping_ = true;
   for (auto& g : groups_) g->Drain();
 }
 
 bool GroupSet::idle() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   for (const auto& g : groups_) {
     if (g->load() > 0) return false;
   }
@@ -158,7 +158,7 @@ bool GroupSet::idle() const {
 void GroupSet::Stop() {
   std::vector<std::unique_ptr<WorkerGroup>> stopped;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     stopping_ = true;
     stopped.swap(groups_);
   }

@@ -2,13 +2,13 @@
 #pragma once
 
 #include <memory>
-#include <mutex>
 #include <set>
 #include <string>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
 #include "tokenizer/tokenizer.h"
 #include "router/worker_group.h"
 
@@ -29,25 +29,25 @@ class GroupSet {
   // Adds a connected group. The first one fixes the model; a later one serving another model is refused
   // (InvalidArgument), as is a second group at the same address (AlreadyExists). Requests a group could not
   // start because it failed are handed to the other groups.
-  absl::Status Add(std::unique_ptr<WorkerGroup> group);
+  absl::Status Add(std::unique_ptr<WorkerGroup> group) ABSL_LOCKS_EXCLUDED(mu_);
   // Null until the first group has joined.
-  std::shared_ptr<const ServedModel> model() const;
+  std::shared_ptr<const ServedModel> model() const ABSL_LOCKS_EXCLUDED(mu_);
   // Hands the request to the least-loaded healthy group: Unavailable when there is none.
-  absl::Status Submit(std::shared_ptr<ActiveRequest> request);
-  int healthy() const;
-  bool Contains(const std::string& address) const;
+  absl::Status Submit(std::shared_ptr<ActiveRequest> request) ABSL_LOCKS_EXCLUDED(mu_);
+  int healthy() const ABSL_LOCKS_EXCLUDED(mu_);
+  bool Contains(const std::string& address) const ABSL_LOCKS_EXCLUDED(mu_);
   // Groups whose address is not in `addresses` take no new requests, and leave once their requests are done.
-  void Retain(const std::set<std::string>& addresses);
-  std::vector<std::string> addresses() const;
+  void Retain(const std::set<std::string>& addresses) ABSL_LOCKS_EXCLUDED(mu_);
+  std::vector<std::string> addresses() const ABSL_LOCKS_EXCLUDED(mu_);
   // For shutdown: no new requests (Unavailable), queued ones answered Unavailable, running ones go on.
-  void Drain();
+  void Drain() ABSL_LOCKS_EXCLUDED(mu_);
   // Whether a request is still queued or running in some group.
-  bool idle() const;
+  bool idle() const ABSL_LOCKS_EXCLUDED(mu_);
   // Stops and removes every group: what is still queued or running is answered Unavailable.
-  void Stop();
+  void Stop() ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
-  mutable std::mutex mu_;
+  mutable absl::Mutex mu_;
   std::shared_ptr<const ServedModel> model_ ABSL_GUARDED_BY(mu_);
   std::vector<std::unique_ptr<WorkerGroup>> groups_ ABSL_GUARDED_BY(mu_);
   std::set<std::string> retired_ ABSL_GUARDED_BY(mu_);

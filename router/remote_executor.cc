@@ -45,7 +45,7 @@ RemoteExecutor::RemoteExecutor(worker::v1::Worker::Stub* stub, std::chrono::mill
 
 worker::v1::StepRequest RemoteExecutor::Number(std::span<const StepRow> rows, bool after_previous) {
   worker::v1::StepRequest req = ToRequest(rows);
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   req.set_session(session_);
   req.set_step_id(++last_step_);
   req.mutable_released_sequences()->Add(released_.begin(), released_.end());
@@ -79,7 +79,7 @@ std::future<absl::StatusOr<std::vector<RowResult>>> RemoteExecutor::Send(worker:
   auto result = call->done.get_future();
   bool cancelled;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     cancelled = cancelled_;
     if (!cancelled) in_flight_.insert(&call->ctx);
   }
@@ -91,7 +91,7 @@ std::future<absl::StatusOr<std::vector<RowResult>>> RemoteExecutor::Send(worker:
   }
   stub_->async()->Step(&call->ctx, &call->req, &call->resp, [this, call](grpc::Status status) {
     {
-      std::lock_guard<std::mutex> lock(mu_);
+      absl::MutexLock lock(&mu_);
       in_flight_.erase(&call->ctx);
     }
     call->done.set_value(Finish(status, call->req, call->resp));
@@ -132,18 +132,22 @@ absl::StatusOr<std::vector<RowResult>> RemoteExecutor::Finish(const grpc::Status
 }
 
 void RemoteExecutor::Release(std::span<const uint64_t> ids) {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   released_.insert(released_.end(), ids.begin(), ids.end());
 }
 
 void RemoteExecutor::Unsend(const worker::v1::StepRequest& req) {
+  absl::MutexLock lock(&mu_);
+  UnsendLocked(req);
+}
+
+void RemoteExecutor::UnsendLocked(const worker::v1::StepRequest& req) {
   // The worker may not have heard of them; telling it again is harmless.
-  std::lock_guard<std::mutex> lock(mu_);
   released_.insert(released_.end(), req.released_sequences().begin(), req.released_sequences().end());
 }
 
 void RemoteExecutor::Cancel() {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   cancelled_ = true;
   for (grpc::ClientContext* ctx : in_flight_) ctx->TryCancel();
 }

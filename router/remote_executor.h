@@ -5,11 +5,11 @@
 
 #include <chrono>
 #include <future>
-#include <mutex>
 #include <set>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
 #include "engine/step_executor.h"
 #include "gemma/worker/v1/worker.grpc.pb.h"
 
@@ -26,25 +26,26 @@ class RemoteExecutor : public StepExecutor {
   std::future<absl::StatusOr<std::vector<RowResult>>> Start(std::span<const StepRow> rows,
                                                              bool after_previous) override;
   // Sent with the next step (StepRequest.released_sequences).
-  void Release(std::span<const uint64_t> ids) override;
+  void Release(std::span<const uint64_t> ids) override ABSL_LOCKS_EXCLUDED(mu_);
   // From any thread: cancels the step in flight and refuses later ones (Unavailable), so shutdown never waits
   // out a hung worker.
-  void Cancel();
+  void Cancel() ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
   worker::v1::Worker::Stub* stub_;
   std::chrono::milliseconds step_timeout_;
   // The wire request, numbered for the worker's ordering of overlapped steps.
-  worker::v1::StepRequest Number(std::span<const StepRow> rows, bool after_previous);
+  worker::v1::StepRequest Number(std::span<const StepRow> rows, bool after_previous) ABSL_LOCKS_EXCLUDED(mu_);
   struct Pending;
-  std::future<absl::StatusOr<std::vector<RowResult>>> Send(worker::v1::StepRequest req);
+  std::future<absl::StatusOr<std::vector<RowResult>>> Send(worker::v1::StepRequest req) ABSL_LOCKS_EXCLUDED(mu_);
   // The answer as the engine reads it; the releases a failed request carried go with the next one.
   absl::StatusOr<std::vector<RowResult>> Finish(const grpc::Status& status, const worker::v1::StepRequest& req,
                                                 const worker::v1::StepResponse& resp);
   // Releases a request carried that did not reach the worker go with the next one.
-  void Unsend(const worker::v1::StepRequest& req);
+  void Unsend(const worker::v1::StepRequest& req) ABSL_LOCKS_EXCLUDED(mu_);
+  void UnsendLocked(const worker::v1::StepRequest& req) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
-  std::mutex mu_;
+  absl::Mutex mu_;
   bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
   std::set<grpc::ClientContext*> in_flight_ ABSL_GUARDED_BY(mu_);
   uint64_t last_step_ ABSL_GUARDED_BY(mu_) = 0;

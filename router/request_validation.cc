@@ -5,6 +5,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
+#include "engine/status_macros.h"
 
 namespace gemma {
 namespace {
@@ -49,7 +50,7 @@ absl::Status ValidateInput(const v1::Input& input, const ModelLimits& model) {
 
 absl::Status ValidateGenerateRequest(const v1::GenerateRequest& request, const RouterLimits& router,
                                      const ModelLimits& model) {
-  if (auto s = ValidateInput(request.input(), model); !s.ok()) return s;
+  RETURN_IF_ERROR(ValidateInput(request.input(), model));
   const auto& p = request.parameters();
   if (p.max_new_tokens() < 0 || p.max_new_tokens() > router.max_new_tokens) {
     return Invalid(absl::StrCat("max_new_tokens ", p.max_new_tokens(), " is out of range; allowed: 0..",
@@ -111,7 +112,7 @@ absl::StatusOr<int32_t> ResolveMaxNewTokens(int32_t prompt_tokens, int32_t reque
 }
 
 absl::Status ValidateScoreRequest(const v1::ScoreRequest& request, const RouterLimits& router, const ModelLimits& model) {
-  if (auto s = ValidateInput(request.input(), model); !s.ok()) return s;
+  RETURN_IF_ERROR(ValidateInput(request.input(), model));
   if (request.top_logprobs() < 0 || request.top_logprobs() > router.max_top_logprobs) {
     return Invalid(absl::StrCat("top_logprobs ", request.top_logprobs(), " is out of range; allowed: 0..",
                                 router.max_top_logprobs));

@@ -1,5 +1,6 @@
 #include "router/router_metrics.h"
 
+#include "engine/status_macros.h"
 #include "monitoring/metrics_server.h"
 
 #include "absl/strings/str_cat.h"
@@ -58,9 +59,7 @@ absl::StatusOr<std::unique_ptr<RouterMetrics>> RouterMetrics::Create(const std::
   m->healthy_ = gauge("gemma_router_group_healthy", "1 while a worker group serves, 0 while it is out.");
   m->prefix_blocks_ = gauge("gemma_router_prefix_cache_blocks", "KV blocks of a group named in its prefix cache.");
   if (!address.empty()) {
-    auto exposer = ServeMetrics(address, m->registry_);
-    if (!exposer.ok()) return exposer.status();
-    m->exposer_ = std::move(*exposer);
+    ASSIGN_OR_RETURN(m->exposer_, ServeMetrics(address, m->registry_));
   }
   return m;
 }

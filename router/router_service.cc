@@ -3,6 +3,7 @@
 #include <random>
 
 #include "absl/strings/str_cat.h"
+#include "engine/status_macros.h"
 #include "protos/grpc_status.h"
 #include "tokenizer/chat_template.h"
 
@@ -38,21 +39,17 @@ absl::StatusOr<std::vector<int32_t>> RouterService::PromptIds(const ServedModel&
   if (input.has_chat()) {
     std::vector<ChatMessage> messages;
     for (const auto& m : input.chat().messages()) messages.push_back({m.role(), m.content()});
-    auto rendered = RenderChat(messages);
-    if (!rendered.ok()) return rendered.status();
-    text = *rendered;
+    ASSIGN_OR_RETURN(text, RenderChat(messages));
   }
-  auto ids = model.tokenizer->Encode(text);
-  if (!ids.ok()) return ids.status();
-  ids->insert(ids->begin(), model.info.bos_id());
+  ASSIGN_OR_RETURN(std::vector<int32_t> ids, model.tokenizer->Encode(text));
+  ids.insert(ids.begin(), model.info.bos_id());
   return ids;
 }
 
 absl::StatusOr<std::shared_ptr<ActiveRequest>> RouterService::Start(const grpc::ServerContext& context,
                                                                     const v1::GenerateRequest& request) {
-  auto model = Enter(context);
-  if (!model.ok()) return model.status();
-  auto active = Admit(**model, request);
+  ASSIGN_OR_RETURN(const auto model, Enter(context));
+  auto active = Admit(*model, request);
   if (!active.ok() && metrics_) metrics_->Rejected(active.status());
   return active;
 }
@@ -60,15 +57,14 @@ absl::StatusOr<std::shared_ptr<ActiveRequest>> RouterService::Start(const grpc::
 absl::StatusOr<std::shared_ptr<ActiveRequest>> RouterService::Admit(const ServedModel& model,
                                                                     const v1::GenerateRequest& request) {
   const ModelLimits model_limits = LimitsOf(model);
-  if (auto s = ValidateGenerateRequest(request, limits_, model_limits); !s.ok()) return s;
-  auto prompt = PromptIds(model, request.input());
-  if (!prompt.ok()) return prompt.status();
-  auto max_new = ResolveMaxNewTokens(static_cast<int32_t>(prompt->size()), request.parameters().max_new_tokens(),
-                                     limits_, model_limits);
-  if (!max_new.ok()) return max_new.status();
+  RETURN_IF_ERROR(ValidateGenerateRequest(request, limits_, model_limits));
+  ASSIGN_OR_RETURN(std::vector<int32_t> prompt, PromptIds(model, request.input()));
+  ASSIGN_OR_RETURN(const int32_t max_new,
+                   ResolveMaxNewTokens(static_cast<int32_t>(prompt.size()), request.parameters().max_new_tokens(),
+                                       limits_, model_limits));
   ActiveRequest::Options o;
-  o.prompt = std::move(*prompt);
-  o.max_new_tokens = *max_new;
+  o.prompt = std::move(prompt);
+  o.max_new_tokens = max_new;
   o.eos_ids.push_back(model.info.eos_id());
   if (request.input().has_chat() && model.tokenizer->end_of_turn_id() >= 0) {
     o.eos_ids.push_back(model.tokenizer->end_of_turn_id());
@@ -78,7 +74,7 @@ absl::StatusOr<std::shared_ptr<ActiveRequest>> RouterService::Admit(const Served
   o.parameters = request.parameters();
   o.seed = request.parameters().has_seed() ? request.parameters().seed() : std::random_device{}();
   auto active = std::make_shared<ActiveRequest>(next_id_++, std::move(o), model.tokenizer.get(), metrics_);
-  if (auto s = groups_->Submit(active); !s.ok()) return s;
+  RETURN_IF_ERROR(groups_->Submit(active));
   return active;
 }
 

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include "engine/status_macros.h"
+
 namespace gemma {
 
 TextStream::TextStream(const Tokenizer* tokenizer, std::vector<std::string> stop_sequences)
@@ -9,9 +11,8 @@ TextStream::TextStream(const Tokenizer* tokenizer, std::vector<std::string> stop
 
 absl::StatusOr<std::string> TextStream::Add(int32_t id) {
   if (stopped_) return std::string();
-  auto delta = decoder_.Add(id);
-  if (!delta.ok()) return delta.status();
-  pending_ += *delta;
+  ASSIGN_OR_RETURN(const std::string delta, decoder_.Add(id));
+  pending_ += delta;
   // A complete stop sequence: emit what precedes it, drop the rest.
   size_t cut = std::string::npos;
   for (const auto& stop : stops_) cut = std::min(cut, pending_.find(stop));

@@ -6,6 +6,7 @@
 #include <grpcpp/security/server_credentials.h>
 
 #include "absl/strings/str_cat.h"
+#include "engine/status_macros.h"
 #include "shard/checkpoint/read_file.h"
 
 namespace gemma {
@@ -48,13 +49,11 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> PublicServerCredentials
   if (cert_file.empty() || key_file.empty()) {
     return absl::InvalidArgumentError("TLS needs both --tls_cert (PEM certificate chain) and --tls_key (PEM private key)");
   }
-  auto cert = ReadWholeFile(cert_file, "TLS certificate file");
-  if (!cert.ok()) return cert.status();
-  auto key = ReadWholeFile(key_file, "TLS key file");
-  if (!key.ok()) return key.status();
-  if (auto s = CheckPair(*cert, *key, cert_file, key_file); !s.ok()) return s;
+  ASSIGN_OR_RETURN(const std::string cert, ReadWholeFile(cert_file, "TLS certificate file"));
+  ASSIGN_OR_RETURN(const std::string key, ReadWholeFile(key_file, "TLS key file"));
+  RETURN_IF_ERROR(CheckPair(cert, key, cert_file, key_file));
   grpc::SslServerCredentialsOptions options;
-  options.pem_key_cert_pairs.push_back({*key, *cert});
+  options.pem_key_cert_pairs.push_back({key, cert});
   return grpc::SslServerCredentials(options);
 }
 

@@ -56,12 +56,9 @@ WorkerGroup::WorkerGroup(std::string address, std::shared_ptr<grpc::Channel> cha
 }
 
 WorkerGroup::~WorkerGroup() {
-  {
-    std::lock_guard<std::mutex> lock(mu_);  // set under the lock the loop waits with, or its wait misses it
-    stop_ = true;
-  }
+  stop_ = true;
   executor_.Cancel();
-  cv_.notify_all();
+  { absl::MutexLock lock(&mu_); }  // wakes the group's thread: its wait re-evaluates HasWork() on release
   thread_.join();
   if (metrics_ != nullptr) metrics_->GroupGone(address_);
 }
@@ -99,34 +96,30 @@ SequenceSpec WorkerGroup::SpecFor(const ActiveRequest& r) const {
 absl::Status WorkerGroup::Submit(std::shared_ptr<ActiveRequest> request) {
   if (draining_) return absl::UnavailableError("the router is shutting down; retry");
   if (!healthy_) return absl::UnavailableError(absl::StrCat("worker group ", address_, " is down"));
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   if (load_ >= max_outstanding_) {
     return absl::ResourceExhaustedError(absl::StrCat("the queue is full (", max_outstanding_,
                                                      " requests queued or running); retry later"));
   }
   incoming_.push_back(std::move(request));
   ++load_;
-  cv_.notify_all();
   return absl::OkStatus();
 }
 
 void WorkerGroup::SetReroute(Reroute reroute) {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   reroute_ = std::move(reroute);
 }
 
 void WorkerGroup::Drain() {
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    draining_ = true;
-  }
-  cv_.notify_all();
+  draining_ = true;
+  { absl::MutexLock lock(&mu_); }  // wakes the group's thread: its wait re-evaluates HasWork() on release
 }
 
 void WorkerGroup::MoveOrFail(std::vector<std::shared_ptr<ActiveRequest>> requests) {
   Reroute reroute;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     reroute = reroute_;
   }
   const absl::Status failed = absl::UnavailableError(absl::StrCat("worker group ", address_, " failed; retry"));
@@ -145,7 +138,7 @@ void WorkerGroup::MoveOrFailAll() {
   for (auto& [id, r] : requests_) moved.push_back(std::move(r));
   requests_.clear();
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     moved.insert(moved.end(), incoming_.begin(), incoming_.end());
     incoming_.clear();
   }
@@ -155,7 +148,7 @@ void WorkerGroup::MoveOrFailAll() {
 void WorkerGroup::FailUnscheduled(const absl::Status& status) {
   std::vector<std::shared_ptr<ActiveRequest>> failed;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     failed.swap(incoming_);
   }
   for (auto it = requests_.begin(); it != requests_.end();) {
@@ -184,7 +177,7 @@ void WorkerGroup::FailAll(const absl::Status& status) {
   for (auto& [id, r] : requests_) r->Fail(status);
   load_ -= static_cast<int>(requests_.size());
   requests_.clear();
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   for (auto& r : incoming_) r->Fail(status);
   load_ -= static_cast<int>(incoming_.size());
   incoming_.clear();
@@ -192,7 +185,7 @@ void WorkerGroup::FailAll(const absl::Status& status) {
 
 int WorkerGroup::CachedPrefixBlocks(const std::vector<uint64_t>& prefix_hashes, int block_size) const {
   if (block_size != block_size_) return 0;  // named for another incarnation's block size
-  std::lock_guard<std::mutex> lock(names_mu_);
+  absl::MutexLock lock(&names_mu_);
   for (size_t i = 0; i < prefix_hashes.size(); ++i) {
     if (!cached_names_.contains(prefix_hashes[i])) return static_cast<int>(i);
   }
@@ -205,7 +198,7 @@ void WorkerGroup::PublishState() {
     names_version_seen_ = s.blocks().names_version();
     const std::vector<uint64_t> names = s.blocks().Names();
     absl::flat_hash_set<uint64_t> copy(names.begin(), names.end());  // built outside the lock Submit waits on
-    std::lock_guard<std::mutex> lock(names_mu_);
+    absl::MutexLock lock(&names_mu_);
     cached_names_.swap(copy);
   }
   if (metrics_ == nullptr) return;
@@ -263,6 +256,10 @@ void WorkerGroup::CheckIdleHealth() {
   next_probe_ = now + kFirstProbe;
 }
 
+bool WorkerGroup::HasWork() const {
+  return stop_ || !incoming_.empty() || (draining_ && !drain_handled_);  // a drain wakes the loop once
+}
+
 void WorkerGroup::Loop() {
   while (!stop_) {
     if (draining_) {
@@ -273,14 +270,16 @@ void WorkerGroup::Loop() {
       MoveOrFailAll();  // requests submitted while it was being marked down
       ProbeRecovery();
       PublishState();
-      std::unique_lock<std::mutex> lock(mu_);
-      cv_.wait_until(lock, next_probe_, [&] { return stop_ || !incoming_.empty() || (draining_ && !drain_handled_); });
+      absl::MutexLock lock(&mu_);
+      mu_.AwaitWithTimeout(absl::Condition(this, &WorkerGroup::HasWork),
+                           absl::FromChrono(next_probe_ - std::chrono::steady_clock::now()));
       continue;
     }
     {
-      std::unique_lock<std::mutex> lock(mu_);
+      absl::MutexLock lock(&mu_);
       if (incoming_.empty() && requests_.empty()) {
-        cv_.wait_until(lock, next_health_, [&] { return stop_ || !incoming_.empty() || (draining_ && !drain_handled_); });
+        mu_.AwaitWithTimeout(absl::Condition(this, &WorkerGroup::HasWork),
+                             absl::FromChrono(next_health_ - std::chrono::steady_clock::now()));
       }
       for (auto& r : incoming_) {
         if (auto s = engine_->Add(r->id(), SpecFor(*r)); !s.ok()) {

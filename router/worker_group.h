@@ -6,7 +6,6 @@
 #include <atomic>
 #include <functional>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <thread>
 #include <unordered_map>
@@ -15,6 +14,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "gemma/worker/v1/worker.grpc.pb.h"
 #include "router/active_request.h"
 #include "router/router_metrics.h"
@@ -49,14 +49,15 @@ class WorkerGroup {
   int load() const { return load_; }
   // How many of a prompt's leading full blocks (named by BlockManager::PrefixHashes for `block_size`) the group's
   // prefix cache holds, as of its last step.
-  int CachedPrefixBlocks(const std::vector<uint64_t>& prefix_hashes, int block_size) const;
+  int CachedPrefixBlocks(const std::vector<uint64_t>& prefix_hashes, int block_size) const
+      ABSL_LOCKS_EXCLUDED(names_mu_);
   int block_size() const { return block_size_; }
   // ResourceExhausted (queue full) or Unavailable (group down, or draining) when not accepted.
-  absl::Status Submit(std::shared_ptr<ActiveRequest> request);
+  absl::Status Submit(std::shared_ptr<ActiveRequest> request) ABSL_LOCKS_EXCLUDED(mu_);
   // Where requests go when this group fails before they started (another group, through the GroupSet); what
   // it returns is the request's failure when not OK. Unset: they fail with Unavailable.
   using Reroute = std::function<absl::Status(std::shared_ptr<ActiveRequest>)>;
-  void SetReroute(Reroute reroute);
+  void SetReroute(Reroute reroute) ABSL_LOCKS_EXCLUDED(mu_);
   // For shutdown: takes no new requests and answers those not yet scheduled Unavailable; running ones go on.
   void Drain();
 
@@ -67,7 +68,7 @@ class WorkerGroup {
   SequenceSpec SpecFor(const ActiveRequest& r) const;
   // Hands a step's outcome for one sequence to its request; true when the request has finished.
   bool Deliver(const SequenceUpdate& u);
-  void PublishState();
+  void PublishState() ABSL_LOCKS_EXCLUDED(names_mu_);
   // While down: back in service when the group's health says SERVING and it answers its model info with the
   // same model. Probes back off exponentially (capped) while it stays down.
   void ProbeRecovery();
@@ -75,13 +76,15 @@ class WorkerGroup {
   // before a request finds out.
   void CheckIdleHealth();
   bool Serving(std::chrono::milliseconds timeout);
-  void Loop();
+  void Loop() ABSL_LOCKS_EXCLUDED(mu_);
+  // What the loop waits for while it holds nothing to step.
+  bool HasWork() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool RunOneStep();
   // The group failed: requests that have not produced anything move to another group, the others fail.
-  void MoveOrFailAll();
-  void MoveOrFail(std::vector<std::shared_ptr<ActiveRequest>> requests);
-  void FailUnscheduled(const absl::Status& status);
-  void FailAll(const absl::Status& status);
+  void MoveOrFailAll() ABSL_LOCKS_EXCLUDED(mu_);
+  void MoveOrFail(std::vector<std::shared_ptr<ActiveRequest>> requests) ABSL_LOCKS_EXCLUDED(mu_);
+  void FailUnscheduled(const absl::Status& status) ABSL_LOCKS_EXCLUDED(mu_);
+  void FailAll(const absl::Status& status) ABSL_LOCKS_EXCLUDED(mu_);
   // Requests left while the scheduler holds none (a bug) would keep the loop stepping empty plans: they fail.
   void FailOrphans();
 
@@ -96,14 +99,15 @@ class WorkerGroup {
   std::atomic<bool> stop_{false};
   std::atomic<bool> draining_{false};
 
-  std::mutex mu_;
-  std::condition_variable cv_;
+  // The group's thread waits on mu_ for HasWork(); releasing mu_ re-evaluates it, so whoever changes what it
+  // reads (stop_ included) takes mu_ afterwards.
+  absl::Mutex mu_;
   std::vector<std::shared_ptr<ActiveRequest>> incoming_ ABSL_GUARDED_BY(mu_);
   Reroute reroute_ ABSL_GUARDED_BY(mu_);
   int max_outstanding_;  // queued + running requests accepted at once
 
   // A copy of the prefix cache's names, for routing a request to the group that holds its prefix.
-  mutable std::mutex names_mu_;
+  mutable absl::Mutex names_mu_;
   absl::flat_hash_set<uint64_t> cached_names_ ABSL_GUARDED_BY(names_mu_);
   uint64_t names_version_seen_ = ~uint64_t{0};
   std::atomic<int> block_size_{0};

@@ -1,6 +1,7 @@
 #include "shard/open_shard.h"
 
 #include "absl/strings/str_cat.h"
+#include "engine/status_macros.h"
 #include "shard/cpu/cpu_backend.h"
 #include "shard/cuda/cuda_module.h"
 
@@ -45,19 +46,13 @@ absl::StatusOr<OpenedShard> OpenShard(std::shared_ptr<const Checkpoint> checkpoi
     return absl::InvalidArgumentError(absl::StrCat("precision \"", o.precision,
                                                    "\" applies to device cuda only; the CPU keeps bf16 weights"));
   }
-  auto tp = TensorParallel::Create(checkpoint->config(), o.rank, o.world);
-  if (!tp.ok()) return tp.status();
-  auto weights = ModelWeights::Load(checkpoint, *tp);
-  if (!weights.ok()) return weights.status();
-  OpenedShard shard{*tp, std::shared_ptr<const ModelWeights>(std::move(*weights)), nullptr};
+  ASSIGN_OR_RETURN(const TensorParallel tp, TensorParallel::Create(checkpoint->config(), o.rank, o.world));
+  ASSIGN_OR_RETURN(auto weights, ModelWeights::Load(checkpoint, tp));
+  OpenedShard shard{tp, std::shared_ptr<const ModelWeights>(std::move(weights)), nullptr};
   if (o.device == "cuda") {
-    auto backend = CudaBackend(o, shard.weights, collective.get());
-    if (!backend.ok()) return backend.status();
-    shard.backend = std::move(*backend);
+    ASSIGN_OR_RETURN(shard.backend, CudaBackend(o, shard.weights, collective.get()));
   } else {
-    auto backend = CpuBackend::Create(shard.weights, o.kv, std::move(collective));
-    if (!backend.ok()) return backend.status();
-    shard.backend = std::move(*backend);
+    ASSIGN_OR_RETURN(shard.backend, CpuBackend::Create(shard.weights, o.kv, std::move(collective)));
   }
   return shard;
 }

@@ -5,6 +5,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "engine/status_macros.h"
 #include "tokenizer/sentencepiece_impl.h"
 #include "tokenizer/utf8.h"
 
@@ -85,8 +86,7 @@ absl::StatusOr<std::string> StreamingDecoder::Add(int32_t id) {
     ids_.pop_back();
     return text.status();
   }
-  auto read = tokenizer_->Decode(all.subspan(prefix_offset_, read_offset_ - prefix_offset_));
-  if (!read.ok()) return read.status();
+  ASSIGN_OR_RETURN(const std::string read, tokenizer_->Decode(all.subspan(prefix_offset_, read_offset_ - prefix_offset_)));
   // SentencePiece renders an incomplete byte sequence as U+FFFD; such a tail (or a
   // character cut short) waits for the ids that complete it.
   static constexpr std::string_view kReplacement = "\xEF\xBF\xBD";
@@ -94,8 +94,8 @@ absl::StatusOr<std::string> StreamingDecoder::Add(int32_t id) {
   const bool incomplete = (view.size() >= kReplacement.size() &&
                            view.substr(view.size() - kReplacement.size()) == kReplacement) ||
                           CompleteUtf8Prefix(view) != view.size();
-  if (incomplete || view.size() <= read->size()) return std::string();
-  std::string delta(view.substr(read->size()));
+  if (incomplete || view.size() <= read.size()) return std::string();
+  std::string delta(view.substr(read.size()));
   prefix_offset_ = read_offset_;
   read_offset_ = ids_.size();
   return delta;
@@ -103,13 +103,11 @@ absl::StatusOr<std::string> StreamingDecoder::Add(int32_t id) {
 
 absl::StatusOr<std::string> StreamingDecoder::Flush() {
   const std::span<const int32_t> all(ids_);
-  auto text = tokenizer_->Decode(all.subspan(prefix_offset_));
-  if (!text.ok()) return text.status();
-  auto read = tokenizer_->Decode(all.subspan(prefix_offset_, read_offset_ - prefix_offset_));
-  if (!read.ok()) return read.status();
+  ASSIGN_OR_RETURN(const std::string text, tokenizer_->Decode(all.subspan(prefix_offset_)));
+  ASSIGN_OR_RETURN(const std::string read, tokenizer_->Decode(all.subspan(prefix_offset_, read_offset_ - prefix_offset_)));
   prefix_offset_ = read_offset_ = ids_.size();
-  if (text->size() <= read->size()) return std::string();
-  return text->substr(read->size());
+  if (text.size() <= read.size()) return std::string();
+  return text.substr(read.size());
 }
 
 }  // namespace gemma

@@ -6,10 +6,11 @@
 #include <atomic>
 #include <chrono>
 #include <cstdio>
-#include <mutex>
 #include <random>
 #include <thread>
 
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
 #include "gemma/v1/gemma.grpc.pb.h"
 #include "nlohmann/json.hpp"
 #include "protos/grpc_status.h"
@@ -32,6 +33,12 @@ struct Samples {
   std::vector<std::string> errors;
 };
 
+// One concurrency level's samples, appended to by its client threads.
+struct SharedSamples {
+  absl::Mutex mu;
+  Samples samples ABSL_GUARDED_BY(mu);
+};
+
 double Percentile(std::vector<double> v, double p) {
   if (v.empty()) return 0;
   std::sort(v.begin(), v.end());
@@ -49,7 +56,7 @@ nlohmann::json Summary(const std::vector<double>& v) {
 
 // One streamed request; appends its latencies to `out`.
 void RunOne(v1::Gemma::Stub& stub, const ClientConnection& connection, const v1::GenerateRequest& request,
-            std::mutex& mu, Samples& out) {
+            SharedSamples& shared) {
   grpc::ClientContext ctx;
   connection.Prepare(&ctx, std::chrono::minutes(30));
   const auto start = Clock::now();
@@ -72,7 +79,8 @@ void RunOne(v1::Gemma::Stub& stub, const ClientConnection& connection, const v1:
   }
   const grpc::Status status = reader->Finish();
   const double e2e = Seconds(Clock::now() - start);
-  std::lock_guard<std::mutex> lock(mu);
+  absl::MutexLock lock(&shared.mu);
+  Samples& out = shared.samples;
   if (!status.ok()) {
     out.errors.push_back(std::string(FromGrpcStatus(status).ToString()));
     return;
@@ -146,21 +154,25 @@ int BenchServerCommand(int argc, char** argv) {
     const int64_t n = *requests > 0 ? *requests : std::max(8, 4 * c);
     std::vector<v1::GenerateRequest> batch;
     for (int64_t i = 0; i < n; ++i) batch.push_back(make_request());
-    Samples samples;
-    std::mutex mu;
+    SharedSamples shared;
     std::atomic<int64_t> next{0};
     const auto start = Clock::now();
     std::vector<std::thread> clients;
     for (int t = 0; t < c; ++t) {
       clients.emplace_back([&] {
         for (int64_t i; (i = next++) < n;) {
-          RunOne(*stub, *connection, batch[i], mu, samples);
+          RunOne(*stub, *connection, batch[i], shared);
           progress.Update(++finished);
         }
       });
     }
     for (auto& t : clients) t.join();
     const double wall = Seconds(Clock::now() - start);
+    Samples samples;
+    {
+      absl::MutexLock lock(&shared.mu);  // the clients have joined; taken for the analysis
+      samples = std::move(shared.samples);
+    }
     results.push_back({{"concurrency", c},
                        {"requests", n},
                        {"ok", samples.ok},

@@ -9,17 +9,18 @@ namespace gemma {
 grpc::Status RendezvousService::Set(grpc::ServerContext*, const worker::v1::SetRequest* request,
                                     worker::v1::SetResponse*) {
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     values_[request->key()] = request->value();
   }
-  cv_.notify_all();
+  cv_.SignalAll();
   return grpc::Status::OK;
 }
 
 grpc::Status RendezvousService::Get(grpc::ServerContext* context, const worker::v1::GetRequest* request,
                                     worker::v1::GetResponse* response) {
-  std::unique_lock<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   auto all_set = [&] {
+    mu_.AssertHeld();
     for (const auto& k : request->keys()) {
       if (!values_.count(k)) return false;
     }
@@ -30,7 +31,7 @@ grpc::Status RendezvousService::Get(grpc::ServerContext* context, const worker::
     if (context->IsCancelled() || std::chrono::system_clock::now() > context->deadline()) {
       return grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED, "rendezvous keys not set in time");
     }
-    cv_.wait_for(lock, std::chrono::milliseconds(100));
+    cv_.WaitWithTimeout(&mu_, absl::Milliseconds(100));
   }
   for (const auto& k : request->keys()) response->add_values(values_[k]);
   return grpc::Status::OK;

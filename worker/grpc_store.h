@@ -2,13 +2,12 @@
 #pragma once
 
 #include <chrono>
-#include <condition_variable>
 #include <map>
 #include <memory>
-#include <mutex>
 #include <string>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
 #include "gemma/worker/v1/rendezvous.grpc.pb.h"
 #include "gloo/rendezvous/store.h"
 
@@ -18,13 +17,13 @@ namespace gemma {
 class RendezvousService final : public worker::v1::Rendezvous::Service {
  public:
   grpc::Status Set(grpc::ServerContext* context, const worker::v1::SetRequest* request,
-                   worker::v1::SetResponse* response) override;
+                   worker::v1::SetResponse* response) override ABSL_LOCKS_EXCLUDED(mu_);
   grpc::Status Get(grpc::ServerContext* context, const worker::v1::GetRequest* request,
-                   worker::v1::GetResponse* response) override;
+                   worker::v1::GetResponse* response) override ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
-  std::mutex mu_;
-  std::condition_variable cv_;
+  absl::Mutex mu_;
+  absl::CondVar cv_;  // signalled when a value is set
   std::map<std::string, std::string> values_ ABSL_GUARDED_BY(mu_);
 };
 

@@ -3,6 +3,7 @@
 #include <chrono>
 
 #include "absl/strings/str_cat.h"
+#include "engine/status_macros.h"
 #include "shard/runtime/step_runner.h"
 
 namespace gemma {
@@ -58,8 +59,7 @@ absl::StatusOr<worker::v1::StepResponse> RunStep(Backend& backend, const worker:
     r.penalty_prompt_len = s.penalty_prompt_len();
   }
   const auto start = std::chrono::steady_clock::now();
-  auto results = RunRows(backend, rows, history);
-  if (!results.ok()) return results.status();
+  ASSIGN_OR_RETURN(const std::vector<RowResult> results, RunRows(backend, rows, history));
   worker::v1::StepResponse response;
   auto* t = response.mutable_timings();
   t->set_forward_seconds(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
@@ -67,7 +67,7 @@ absl::StatusOr<worker::v1::StepResponse> RunStep(Backend& backend, const worker:
   t->set_matmul_seconds(timings.matmul_seconds);
   t->set_attention_seconds(timings.attention_seconds);
   t->set_collective_seconds(timings.collective_seconds);
-  for (const RowResult& r : *results) {
+  for (const RowResult& r : results) {
     auto* out = response.add_results();
     out->set_sequence_id(r.sequence_id);
     out->set_sampled(r.sampled);

@@ -1,5 +1,6 @@
 #include "worker/worker_metrics.h"
 
+#include "engine/status_macros.h"
 #include "monitoring/metrics_server.h"
 
 #include "absl/status/status.h"
@@ -63,9 +64,7 @@ absl::StatusOr<std::unique_ptr<WorkerMetrics>> WorkerMetrics::Create(const std::
   m->kv_blocks_total_->Set(kv_blocks);
   m->healthy_->Set(1);
   if (!address.empty()) {
-    auto exposer = ServeMetrics(address, m->registry_);
-    if (!exposer.ok()) return exposer.status();
-    m->exposer_ = std::move(*exposer);
+    ASSIGN_OR_RETURN(m->exposer_, ServeMetrics(address, m->registry_));
   }
   return m;
 }

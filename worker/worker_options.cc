@@ -7,6 +7,7 @@
 #include "absl/flags/flag.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "engine/status_macros.h"
 
 ABSL_FLAG(std::string, model, "", "checkpoint directory (env GEMMA_MODEL)");
 ABSL_FLAG(int, rank, -1, "this rank; -1: env GEMMA_RANK, else the host name's ordinal suffix, else 0");
@@ -92,9 +93,7 @@ absl::StatusOr<WorkerOptions> WorkerOptionsFromFlags() {
   o.leader = absl::GetFlag(FLAGS_leader);
   if (o.leader.empty()) o.leader = Env("GEMMA_LEADER");
   if (o.leader.empty()) o.leader = absl::StrCat("127.0.0.1:", o.peer_port);
-  auto leader = ExpandLeader(o.leader, host, o.world);
-  if (!leader.ok()) return leader.status();
-  o.leader = *leader;
+  ASSIGN_OR_RETURN(o.leader, ExpandLeader(o.leader, host, o.world));
   const std::string leader_host = o.leader.substr(0, o.leader.rfind(':'));
   o.bind_host = absl::GetFlag(FLAGS_bind_host);
   if (o.bind_host.empty()) o.bind_host = Env("GEMMA_BIND_HOST");

@@ -21,7 +21,7 @@ grpc::Status WorkerService::GetModelInfo(grpc::ServerContext*, const worker::v1:
 }
 
 void WorkerService::OnFailure(std::function<void()> callback) {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   on_failure_ = std::move(callback);
 }
 
@@ -39,13 +39,12 @@ WorkerService::Session& WorkerService::SessionFor(uint64_t id) {
 
 void WorkerService::MarkFailed() {
   if (healthy_.exchange(false) && on_failure_) on_failure_();
-  ordered_.notify_all();
 }
 
 grpc::Status WorkerService::Step(grpc::ServerContext* context, const worker::v1::StepRequest* request,
                                  worker::v1::StepResponse* response) {
   const auto start = std::chrono::steady_clock::now();
-  std::unique_lock<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   if (request->after_step() > 0) {
     // Sent before the step it follows had answered: wait for that one to run (it may still be on the wire). A
     // session this worker does not know (it restarted, or dropped it) cannot be waited for: the router resends.
@@ -54,15 +53,19 @@ grpc::Status WorkerService::Step(grpc::ServerContext* context, const worker::v1:
                           absl::StrCat("step ", request->step_id(), " follows step ", request->after_step(),
                                        " of a router session this worker does not hold; send it on its own"));
     }
-    // In slices, so that a cancelled call or a stopping worker is seen even if nobody notifies.
-    const auto deadline = std::min(context->deadline(), std::chrono::system_clock::now() + std::chrono::minutes(10));
-    auto followed = [&] {
+    const auto followed = [&] {
+      mu_.AssertHeld();
       auto it = sessions_.find(request->session());
       return it == sessions_.end() || it->second.last_step >= request->after_step();
     };
-    while (!followed() && healthy_ && backend_ != nullptr && !context->IsCancelled() &&
-           std::chrono::system_clock::now() < deadline) {
-      ordered_.wait_for(lock, std::chrono::milliseconds(100));
+    const auto done_waiting = [&] {
+      mu_.AssertHeld();
+      return followed() || !healthy_ || backend_ == nullptr;
+    };
+    // In slices, so that a cancelled call is seen; never past 10 minutes (a client without a deadline).
+    const auto deadline = std::min(context->deadline(), std::chrono::system_clock::now() + std::chrono::minutes(10));
+    while (!mu_.AwaitWithTimeout(absl::Condition(&done_waiting), absl::Milliseconds(100)) &&
+           !context->IsCancelled() && std::chrono::system_clock::now() < deadline) {
     }
     if (!followed() && healthy_ && backend_ != nullptr) {
       return grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
@@ -84,7 +87,6 @@ grpc::Status WorkerService::Step(grpc::ServerContext* context, const worker::v1:
       if (r.sampled()) session.draws[r.sequence_id()] = r.token();
     }
   }
-  ordered_.notify_all();
   if (!result.ok()) {
     // A malformed row, or a penalty history this worker dropped: nothing ran and the group is fine.
     if (!absl::IsInvalidArgument(result.status()) && !absl::IsFailedPrecondition(result.status())) MarkFailed();
@@ -100,16 +102,15 @@ grpc::Status WorkerService::Step(grpc::ServerContext* context, const worker::v1:
 }
 
 bool WorkerService::Heartbeat() {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   if (!healthy_ || backend_ == nullptr) return false;
   if (!backend_->Heartbeat().ok()) MarkFailed();
   return healthy_;
 }
 
 void WorkerService::Stop() {
-  std::lock_guard<std::mutex> lock(mu_);
-  backend_.reset();
-  ordered_.notify_all();
+  absl::MutexLock lock(&mu_);
+  backend_.reset();  // a step waiting for its predecessor sees it when the lock is released
 }
 
 }  // namespace gemma

@@ -2,13 +2,13 @@
 #pragma once
 
 #include <atomic>
-#include <condition_variable>
 #include <functional>
 #include <memory>
-#include <mutex>
 #include <string>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/synchronization/mutex.h"
 #include "gemma/worker/v1/worker.grpc.pb.h"
 #include "shard/runtime/tp_group.h"
 #include "worker/step_runner.h"
@@ -21,17 +21,17 @@ class WorkerService final : public worker::v1::Worker::Service {
  public:
   WorkerService(std::unique_ptr<LeaderBackend> backend, worker::v1::ModelInfo info, WorkerMetrics* metrics);
   // Called once, on the thread that finds the group failed (to turn health NOT_SERVING at once).
-  void OnFailure(std::function<void()> callback);
+  void OnFailure(std::function<void()> callback) ABSL_LOCKS_EXCLUDED(mu_);
 
   grpc::Status GetModelInfo(grpc::ServerContext* context, const worker::v1::GetModelInfoRequest* request,
                             worker::v1::ModelInfo* response) override;
   grpc::Status Step(grpc::ServerContext* context, const worker::v1::StepRequest* request,
-                    worker::v1::StepResponse* response) override;
+                    worker::v1::StepResponse* response) override ABSL_LOCKS_EXCLUDED(mu_);
   // Sends a heartbeat to idle followers; false once the group has failed.
-  bool Heartbeat();
+  bool Heartbeat() ABSL_LOCKS_EXCLUDED(mu_);
   bool healthy() const { return healthy_; }
   // Tells followers to stop (on shutdown).
-  void Stop();
+  void Stop() ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
   void MarkFailed() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -40,7 +40,9 @@ class WorkerService final : public worker::v1::Worker::Service {
   WorkerMetrics* metrics_;
   // Atomic, not under mu_: GetModelInfo answers while a step holds the lock.
   std::atomic<bool> healthy_{true};
-  mutable std::mutex mu_;
+  // A step waiting for the one it follows (Step) waits on mu_ for a condition that steps and failures change
+  // under mu_; releasing mu_ re-evaluates it.
+  mutable absl::Mutex mu_;
   std::function<void()> on_failure_ ABSL_GUARDED_BY(mu_);
   std::unique_ptr<LeaderBackend> backend_ ABSL_GUARDED_BY(mu_);
   // Per router: its steps run in its order, the next may take what the last one drew (overlapped scheduling),
@@ -54,7 +56,6 @@ class WorkerService final : public worker::v1::Worker::Service {
     uint64_t used = 0;  // when it last ran a step, for eviction
   };
   Session& SessionFor(uint64_t id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  std::condition_variable ordered_;
   absl::flat_hash_map<uint64_t, Session> sessions_ ABSL_GUARDED_BY(mu_);
   uint64_t steps_run_ ABSL_GUARDED_BY(mu_) = 0;
 };

@@ -8,6 +8,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "engine/status_macros.h"
 #include "nlohmann/json.hpp"
 
 namespace gemma {
@@ -52,9 +53,7 @@ absl::StatusOr<std::unique_ptr<Checkpoint>> Checkpoint::Open(const std::string& 
   }
   auto ckpt = std::unique_ptr<Checkpoint>(new Checkpoint());
   ckpt->dir_ = dir;
-  auto config = LoadModelConfig((fs::path(dir) / "config.json").string());
-  if (!config.ok()) return config.status();
-  ckpt->config_ = *config;
+  ASSIGN_OR_RETURN(ckpt->config_, LoadModelConfig((fs::path(dir) / "config.json").string()));
 
   std::vector<std::string> files;
   std::map<std::string, std::string> weight_map;
@@ -62,19 +61,17 @@ absl::StatusOr<std::unique_ptr<Checkpoint>> Checkpoint::Open(const std::string& 
   if (fs::exists(fs::path(dir) / "model.safetensors")) {
     files.push_back("model.safetensors");
   } else if (fs::exists(index)) {
-    if (auto s = ReadIndex(index.string(), &files, &weight_map); !s.ok()) return s;
+    RETURN_IF_ERROR(ReadIndex(index.string(), &files, &weight_map));
   } else {
     return absl::NotFoundError(absl::StrCat(dir, ": has neither model.safetensors nor model.safetensors.index.json"));
   }
 
   for (const auto& name : files) {
     const std::string path = (fs::path(dir) / name).string();
-    auto mapped = MappedFile::Open(path);
-    if (!mapped.ok()) return mapped.status();
-    auto header = ParseSafetensors(mapped->bytes(), path);
-    if (!header.ok()) return header.status();
+    ASSIGN_OR_RETURN(auto mapped, MappedFile::Open(path));
+    ASSIGN_OR_RETURN(auto header, ParseSafetensors(mapped.bytes(), path));
     const int file_index = static_cast<int>(ckpt->files_.size());
-    for (const auto& [tname, entry] : header->tensors) {
+    for (const auto& [tname, entry] : header.tensors) {
       if (!weight_map.empty()) {
         auto wm = weight_map.find(tname);
         if (wm == weight_map.end() || wm->second != name) {
@@ -86,8 +83,8 @@ absl::StatusOr<std::unique_ptr<Checkpoint>> Checkpoint::Open(const std::string& 
         return absl::InvalidArgumentError(absl::StrCat(path, ": tensor \"", tname, "\" appears in more than one file"));
       }
     }
-    ckpt->files_.push_back(std::move(*mapped));
-    ckpt->headers_.push_back(std::move(*header));
+    ckpt->files_.push_back(std::move(mapped));
+    ckpt->headers_.push_back(std::move(header));
   }
   for (const auto& [tname, file] : weight_map) {
     if (!ckpt->tensors_.count(tname)) {

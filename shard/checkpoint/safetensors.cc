@@ -6,6 +6,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "engine/status_macros.h"
 #include "nlohmann/json.hpp"
 
 namespace gemma {
@@ -101,7 +102,7 @@ absl::StatusOr<SafetensorsHeader> ParseSafetensors(absl::string_view file, absl:
       continue;
     }
     TensorEntry entry;
-    if (auto s = ParseEntry(it.key(), *it, data_size, source, &entry); !s.ok()) return s;
+    RETURN_IF_ERROR(ParseEntry(it.key(), *it, data_size, source, &entry));
     header.tensors.emplace(it.key(), std::move(entry));
   }
 

@@ -14,6 +14,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "engine/status_macros.h"
 
 namespace gemma {
 namespace {
@@ -57,7 +58,7 @@ class ShmCollective : public HostCollective {
       const size_t n = std::min(chunk, count - begin);
       float* mine = Slot<float>(rank_);
       std::memcpy(mine, data + begin, n * sizeof(float));
-      if (auto s = Publish("all-reduce"); !s.ok()) return s;
+      RETURN_IF_ERROR(Publish("all-reduce"));
       // Every rank adds the slots in rank order: identical sums everywhere.
       std::memcpy(data + begin, Slot<float>(0), n * sizeof(float));
       for (int r = 1; r < world_; ++r) {
@@ -75,7 +76,7 @@ class ShmCollective : public HostCollective {
     for (size_t begin = 0; begin < count || (count == 0 && begin == 0); begin += chunk) {
       const size_t n = std::min(chunk, count - begin);
       std::memcpy(Slot<float>(rank_), in + begin, n * sizeof(float));
-      if (auto s = Publish("all-gather"); !s.ok()) return s;
+      RETURN_IF_ERROR(Publish("all-gather"));
       for (int r = 0; r < world_; ++r) std::memcpy(out + r * count + begin, Slot<float>(r), n * sizeof(float));
       ++op_;
       if (count == 0) break;
@@ -88,14 +89,14 @@ class ShmCollective : public HostCollective {
     // First op: the size; then the bytes in slot-sized chunks.
     uint64_t size = bytes->size();
     if (rank_ == root) std::memcpy(Slot<char>(rank_), &size, sizeof(size));
-    if (auto s = Publish("broadcast"); !s.ok()) return s;
+    RETURN_IF_ERROR(Publish("broadcast"));
     std::memcpy(&size, Slot<char>(root), sizeof(size));
     ++op_;
     if (rank_ != root) bytes->resize(size);
     for (uint64_t begin = 0; begin < size; begin += kSlotBytes) {
       const size_t n = std::min<uint64_t>(kSlotBytes, size - begin);
       if (rank_ == root) std::memcpy(Slot<char>(rank_), bytes->data() + begin, n);
-      if (auto s = Publish("broadcast"); !s.ok()) return s;
+      RETURN_IF_ERROR(Publish("broadcast"));
       if (rank_ != root) std::memcpy(bytes->data() + begin, Slot<char>(root), n);
       ++op_;
     }

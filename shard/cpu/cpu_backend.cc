@@ -6,6 +6,7 @@
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
+#include "engine/status_macros.h"
 #include "shard/cpu/matmul.h"
 #include "shard/cpu/ops.h"
 #include "shard/model/dtype.h"
@@ -43,12 +44,11 @@ absl::StatusOr<std::unique_ptr<CpuBackend>> CpuBackend::Create(std::shared_ptr<c
                                                                std::shared_ptr<HostCollective> collective) {
   if (collective == nullptr) collective = MakeSingleRankCollective();
   const TensorParallel& tp = weights->tp();
-  if (auto s = CheckCollectiveRank(*collective, tp.rank, tp.world); !s.ok()) return s;
+  RETURN_IF_ERROR(CheckCollectiveRank(*collective, tp.rank, tp.world));
   ModelConfig local = weights->config();
   local.num_kv_heads = tp.num_kv_heads;  // this rank's cache holds only its kv heads
-  auto kv = KvCache::Create(local, kv_options);
-  if (!kv.ok()) return kv.status();
-  return std::unique_ptr<CpuBackend>(new CpuBackend(std::move(weights), std::move(*kv), std::move(collective)));
+  ASSIGN_OR_RETURN(auto kv, KvCache::Create(local, kv_options));
+  return std::unique_ptr<CpuBackend>(new CpuBackend(std::move(weights), std::move(kv), std::move(collective)));
 }
 
 absl::Status CpuBackend::AllReduce(float* data, int64_t count) {
@@ -82,7 +82,7 @@ absl::Status CpuBackend::Forward(std::span<const SequenceStep> batch, StepLogits
   const ModelConfig& c = config();
   timings_ = {};
   StageTimer timer(&timings_.other_seconds);
-  if (auto s = ValidateStep(batch, c, kv_.num_blocks(), kv_.block_size()); !s.ok()) return s;
+  RETURN_IF_ERROR(ValidateStep(batch, c, kv_.num_blocks(), kv_.block_size()));
   const TensorParallel& tp = weights_->tp();
   const int64_t H = c.hidden_size, D = c.head_dim, I = tp.ffn_size;
   const int64_t q_dim = tp.num_q_heads * D, kv_dim = tp.num_kv_heads * D;
@@ -132,7 +132,7 @@ absl::Status CpuBackend::Forward(std::span<const SequenceStep> batch, StepLogits
     const uint16_t* row = embed.data + local * embed.stride;
     for (int64_t i = 0; i < H; ++i) x_[t * H + i] = Bf16ToF32(row[i]) * embed_scale;
   }
-  if (auto s = AllReduce(x_.data(), T * H); !s.ok()) return s;
+  RETURN_IF_ERROR(AllReduce(x_.data(), T * H));
 
   // cos/sin per token, shared by all layers and heads: [T][D/2][2].
   cos_sin_.resize(T * D);
@@ -180,7 +180,7 @@ absl::Status CpuBackend::Forward(std::span<const SequenceStep> batch, StepLogits
     Attention(layer, batch);
     timer.Switch(&timings_.other_seconds);
 
-    if (auto s = RowParallel(attn_.data(), T, q_dim, lw.o, timer); !s.ok()) return s;
+    RETURN_IF_ERROR(RowParallel(attn_.data(), T, q_dim, lw.o, timer));
 #pragma omp parallel for schedule(static) if (T > 1)
     for (int64_t t = 0; t < T; ++t) {
       AddInPlace(&proj_[t * H], &x_[t * H], H);
@@ -192,7 +192,7 @@ absl::Status CpuBackend::Forward(std::span<const SequenceStep> batch, StepLogits
     timer.Switch(&timings_.other_seconds);
 #pragma omp parallel for schedule(static) if (T > 1)
     for (int64_t t = 0; t < T; ++t) GeluTanhMul(&gate_up_[t * 2 * I], &gate_up_[t * 2 * I + I], &act_[t * I], I);
-    if (auto s = RowParallel(act_.data(), T, I, lw.down, timer); !s.ok()) return s;
+    RETURN_IF_ERROR(RowParallel(act_.data(), T, I, lw.down, timer));
 #pragma omp parallel for schedule(static) if (T > 1)
     for (int64_t t = 0; t < T; ++t) AddInPlace(&proj_[t * H], &x_[t * H], H);
   }
@@ -215,7 +215,7 @@ absl::Status CpuBackend::Forward(std::span<const SequenceStep> batch, StepLogits
   MatMul(xn_.data(), R, H, H, head, local_logits_.data(), slice);
   timer.Switch(&timings_.collective_seconds);
   gathered_.resize(static_cast<size_t>(tp.world) * R * slice);
-  if (auto s = collective_->AllGather(local_logits_.data(), R * slice, gathered_.data()); !s.ok()) return s;
+  RETURN_IF_ERROR(collective_->AllGather(local_logits_.data(), R * slice, gathered_.data()));
   timer.Switch(&timings_.other_seconds);
   PlaceVocabSlices(gathered_.data(), tp.world, R, slice, c.vocab_size, out->values.data());
   return absl::OkStatus();

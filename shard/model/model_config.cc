@@ -5,6 +5,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "engine/status_macros.h"
 #include "nlohmann/json.hpp"
 
 namespace gemma {
@@ -76,7 +77,7 @@ absl::Status Validate(const ModelConfig& c, absl::string_view source) {
                          {c.intermediate_size, "intermediate_size"}, {c.num_layers, "num_hidden_layers"},
                          {c.num_heads, "num_attention_heads"}, {c.num_kv_heads, "num_key_value_heads"},
                          {c.head_dim, "head_dim"}, {c.max_position_embeddings, "max_position_embeddings"}}) {
-    if (auto s = positive(v, name); !s.ok()) return s;
+    RETURN_IF_ERROR(positive(v, name));
   }
   if (c.num_heads % c.num_kv_heads != 0) {
     return ConfigError(source, absl::StrCat("num_attention_heads (", c.num_heads,
@@ -127,7 +128,7 @@ absl::StatusOr<ModelConfig> ParseModelConfig(absl::string_view json_text, absl::
     return ConfigError(source, absl::StrCat("model_type \"", type->get<std::string>(),
                                             "\" is not supported; allowed: \"gemma\" (Gemma 1)"));
   }
-  if (auto s = CheckActivation(j, source); !s.ok()) return s;
+  RETURN_IF_ERROR(CheckActivation(j, source));
 
   ModelConfig c;
   constexpr int64_t kMaxDim = 1 << 20;
@@ -154,7 +155,7 @@ absl::StatusOr<ModelConfig> ParseModelConfig(absl::string_view json_text, absl::
   if (auto it = j.find("tie_word_embeddings"); it != j.end() && it->is_boolean() && !it->get<bool>()) {
     return ConfigError(source, "tie_word_embeddings=false is not supported; Gemma ties the output projection");
   }
-  if (auto st = Validate(c, source); !st.ok()) return st;
+  RETURN_IF_ERROR(Validate(c, source));
   return c;
 }
 

@@ -8,6 +8,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "engine/status_macros.h"
 #include "shard/model/dtype.h"
 #include "shard/checkpoint/progress.h"
 
@@ -44,13 +45,12 @@ MatrixView Cols(const MatrixView& m, int64_t begin, int64_t count) { return {m.d
 }  // namespace
 
 absl::StatusOr<MatrixView> ModelWeights::Matrix(const std::string& name, int64_t rows, int64_t cols) {
-  auto t = checkpoint_->Get(name, {rows, cols});
-  if (!t.ok()) return t.status();
-  if (t->dtype == DType::kBF16 && reinterpret_cast<uintptr_t>(t->data) % 2 == 0) {
-    return MatrixView{reinterpret_cast<const uint16_t*>(t->data), rows, cols, cols};
+  ASSIGN_OR_RETURN(const StoredTensor t, checkpoint_->Get(name, {rows, cols}));
+  if (t.dtype == DType::kBF16 && reinterpret_cast<uintptr_t>(t.data) % 2 == 0) {
+    return MatrixView{reinterpret_cast<const uint16_t*>(t.data), rows, cols, cols};
   }
   auto owned = AllocateOwned(rows * cols);
-  for (int64_t i = 0; i < rows * cols; ++i) owned[i] = F32ToBf16(ElementAsF32(*t, i));
+  for (int64_t i = 0; i < rows * cols; ++i) owned[i] = F32ToBf16(ElementAsF32(t, i));
   MatrixView view{owned.get(), rows, cols, cols};
   converted_.push_back(std::move(owned));
   return view;
@@ -90,17 +90,15 @@ bool ModelWeights::IsOwned(const MatrixView& m) const {
 }
 
 absl::StatusOr<std::vector<float>> ModelWeights::NormPlusOne(const std::string& name, int64_t n) {
-  auto t = checkpoint_->Get(name, {n});
-  if (!t.ok()) return t.status();
+  ASSIGN_OR_RETURN(const StoredTensor t, checkpoint_->Get(name, {n}));
   std::vector<float> w(n);
-  for (int64_t i = 0; i < n; ++i) w[i] = 1.0f + ElementAsF32(*t, i);
+  for (int64_t i = 0; i < n; ++i) w[i] = 1.0f + ElementAsF32(t, i);
   return w;
 }
 
 absl::StatusOr<std::unique_ptr<ModelWeights>> ModelWeights::Load(std::shared_ptr<const Checkpoint> checkpoint) {
-  auto tp = TensorParallel::Create(checkpoint->config(), 0, 1);
-  if (!tp.ok()) return tp.status();
-  return Load(std::move(checkpoint), *tp);
+  ASSIGN_OR_RETURN(const TensorParallel tp, TensorParallel::Create(checkpoint->config(), 0, 1));
+  return Load(std::move(checkpoint), tp);
 }
 
 absl::StatusOr<std::unique_ptr<ModelWeights>> ModelWeights::Load(std::shared_ptr<const Checkpoint> checkpoint,
@@ -110,26 +108,20 @@ absl::StatusOr<std::unique_ptr<ModelWeights>> ModelWeights::Load(std::shared_ptr
   w->tp_ = tp;
   const ModelConfig& c = w->checkpoint_->config();
   const int64_t h = c.hidden_size, d = c.head_dim;
-#define GEMMA_ASSIGN(lhs, expr)      \
-  do {                               \
-    auto _r = (expr);                \
-    if (!_r.ok()) return _r.status(); \
-    lhs = std::move(*_r);            \
-  } while (0)
-  GEMMA_ASSIGN(w->embed_, w->Matrix("model.embed_tokens.weight", c.vocab_size, h));
+  ASSIGN_OR_RETURN(w->embed_, w->Matrix("model.embed_tokens.weight", c.vocab_size, h));
   w->embed_ = Rows(w->embed_, tp.vocab_begin, tp.vocab_end - tp.vocab_begin);
-  GEMMA_ASSIGN(w->final_norm_, w->NormPlusOne("model.norm.weight", h));
+  ASSIGN_OR_RETURN(w->final_norm_, w->NormPlusOne("model.norm.weight", h));
   w->layers_.resize(c.num_layers);
   for (int i = 0; i < c.num_layers; ++i) {
     const std::string p = absl::StrCat("model.layers.", i, ".");
     LayerWeights& l = w->layers_[i];
-    GEMMA_ASSIGN(l.q, w->Matrix(p + "self_attn.q_proj.weight", c.q_dim(), h));
-    GEMMA_ASSIGN(l.k, w->Matrix(p + "self_attn.k_proj.weight", c.kv_dim(), h));
-    GEMMA_ASSIGN(l.v, w->Matrix(p + "self_attn.v_proj.weight", c.kv_dim(), h));
-    GEMMA_ASSIGN(l.o, w->Matrix(p + "self_attn.o_proj.weight", h, c.q_dim()));
-    GEMMA_ASSIGN(l.gate, w->Matrix(p + "mlp.gate_proj.weight", c.intermediate_size, h));
-    GEMMA_ASSIGN(l.up, w->Matrix(p + "mlp.up_proj.weight", c.intermediate_size, h));
-    GEMMA_ASSIGN(l.down, w->Matrix(p + "mlp.down_proj.weight", h, c.intermediate_size));
+    ASSIGN_OR_RETURN(l.q, w->Matrix(p + "self_attn.q_proj.weight", c.q_dim(), h));
+    ASSIGN_OR_RETURN(l.k, w->Matrix(p + "self_attn.k_proj.weight", c.kv_dim(), h));
+    ASSIGN_OR_RETURN(l.v, w->Matrix(p + "self_attn.v_proj.weight", c.kv_dim(), h));
+    ASSIGN_OR_RETURN(l.o, w->Matrix(p + "self_attn.o_proj.weight", h, c.q_dim()));
+    ASSIGN_OR_RETURN(l.gate, w->Matrix(p + "mlp.gate_proj.weight", c.intermediate_size, h));
+    ASSIGN_OR_RETURN(l.up, w->Matrix(p + "mlp.up_proj.weight", c.intermediate_size, h));
+    ASSIGN_OR_RETURN(l.down, w->Matrix(p + "mlp.down_proj.weight", h, c.intermediate_size));
     l.q = Rows(l.q, tp.q_head_begin * d, tp.num_q_heads * d);
     l.k = Rows(l.k, tp.kv_head_begin * d, tp.num_kv_heads * d);
     l.v = Rows(l.v, tp.kv_head_begin * d, tp.num_kv_heads * d);
@@ -143,10 +135,9 @@ absl::StatusOr<std::unique_ptr<ModelWeights>> ModelWeights::Load(std::shared_ptr
     }
     l.gate = Rows(l.gate, tp.ffn_begin, tp.ffn_size);
     l.up = Rows(l.up, tp.ffn_begin, tp.ffn_size);
-    GEMMA_ASSIGN(l.attn_norm, w->NormPlusOne(p + "input_layernorm.weight", h));
-    GEMMA_ASSIGN(l.ffn_norm, w->NormPlusOne(p + "post_attention_layernorm.weight", h));
+    ASSIGN_OR_RETURN(l.attn_norm, w->NormPlusOne(p + "input_layernorm.weight", h));
+    ASSIGN_OR_RETURN(l.ffn_norm, w->NormPlusOne(p + "post_attention_layernorm.weight", h));
   }
-#undef GEMMA_ASSIGN
   // Fault the mapped pages in now, so the first request does not pay for it.
   std::vector<MatrixView> all = {w->embed_};
   for (const auto& l : w->layers_) all.insert(all.end(), {l.q, l.k, l.v, l.o, l.gate, l.up, l.down});

@@ -5,6 +5,7 @@
 #include <chrono>
 
 #include "absl/strings/str_cat.h"
+#include "engine/status_macros.h"
 
 namespace gemma {
 namespace {
@@ -59,7 +60,7 @@ absl::Status ValidateStep(std::span<const SequenceStep> batch, const ModelConfig
 
 absl::Status Backend::ForwardAndSample(std::span<const SequenceStep> batch, std::span<const RowSample> samples, bool,
                                        StepLogits* out, std::vector<SampledToken>* tokens) {
-  if (auto s = Forward(batch, out); !s.ok()) return s;
+  RETURN_IF_ERROR(Forward(batch, out));
   tokens->clear();
   const int vocab = config().vocab_size;
   for (const RowSample& r : samples) {

@@ -1,6 +1,7 @@
 #include "shard/runtime/step_runner.h"
 
 #include "absl/strings/str_cat.h"
+#include "engine/status_macros.h"
 #include "shard/runtime/sampler.h"
 #include "shard/runtime/sequence_history.h"
 
@@ -40,7 +41,7 @@ absl::StatusOr<std::vector<RowResult>> RunRows(Backend& backend, std::span<const
                                                SequenceHistory* history) {
   const int vocab = backend.config().vocab_size;
   for (const StepRow& r : rows) {
-    if (auto st = ValidateRow(r, vocab); !st.ok()) return st;
+    RETURN_IF_ERROR(ValidateRow(r, vocab));
   }
   // Before the forward pass, so a history this side lacks refuses the step with nothing run. Rows recorded before
   // such a refusal stay recorded: the step comes again with the same start positions (or full histories), and
@@ -48,7 +49,7 @@ absl::StatusOr<std::vector<RowResult>> RunRows(Backend& backend, std::span<const
   if (history != nullptr) {
     for (const StepRow& r : rows) {
       if (!KeepsHistory(r)) continue;
-      if (auto st = history->Record(r.sequence_id, r.start_pos, r.tokens, r.penalty_history); !st.ok()) return st;
+      RETURN_IF_ERROR(history->Record(r.sequence_id, r.start_pos, r.tokens, r.penalty_history));
     }
   }
   std::vector<SequenceStep> steps;
@@ -82,7 +83,7 @@ absl::StatusOr<std::vector<RowResult>> RunRows(Backend& backend, std::span<const
   }
   StepLogits logits;
   std::vector<SampledToken> sampled;
-  if (auto st = backend.ForwardAndSample(steps, plain, host_needs_logits, &logits, &sampled); !st.ok()) return st;
+  RETURN_IF_ERROR(backend.ForwardAndSample(steps, plain, host_needs_logits, &logits, &sampled));
 
   std::vector<RowResult> results(rows.size());
   for (size_t i = 0; i < rows.size(); ++i) {

@@ -3,6 +3,7 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "engine/status_macros.h"
 
 namespace gemma {
 namespace {
@@ -82,7 +83,7 @@ LeaderBackend::~LeaderBackend() {
 
 absl::Status LeaderBackend::Announce(std::span<const SequenceStep> batch) {
   if (broken_) return absl::UnavailableError("the tensor-parallel group failed earlier; restart it");
-  if (auto s = ValidateStep(batch, config(), num_kv_blocks(), kv_block_size()); !s.ok()) return s;
+  RETURN_IF_ERROR(ValidateStep(batch, config(), num_kv_blocks(), kv_block_size()));
   if (collective_->world() > 1) {
     std::string msg = EncodeStep(batch);
     if (auto s = collective_->Broadcast(&msg, 0); !s.ok()) {
@@ -94,7 +95,7 @@ absl::Status LeaderBackend::Announce(std::span<const SequenceStep> batch) {
 }
 
 absl::Status LeaderBackend::Forward(std::span<const SequenceStep> batch, StepLogits* out) {
-  if (auto s = Announce(batch); !s.ok()) return s;
+  RETURN_IF_ERROR(Announce(batch));
   auto s = local_->Forward(batch, out);
   if (!s.ok() && !absl::IsInvalidArgument(s)) broken_ = true;
   return s;
@@ -103,7 +104,7 @@ absl::Status LeaderBackend::Forward(std::span<const SequenceStep> batch, StepLog
 // Followers run a plain Forward: the same collectives, whatever the leader then does with its logits.
 absl::Status LeaderBackend::ForwardAndSample(std::span<const SequenceStep> batch, std::span<const RowSample> samples,
                                              bool logits_to_host, StepLogits* out, std::vector<SampledToken>* tokens) {
-  if (auto s = Announce(batch); !s.ok()) return s;
+  RETURN_IF_ERROR(Announce(batch));
   auto s = local_->ForwardAndSample(batch, samples, logits_to_host, out, tokens);
   if (!s.ok() && !absl::IsInvalidArgument(s)) broken_ = true;
   return s;
@@ -128,9 +129,8 @@ absl::Status RunFollower(Backend& local, HostCollective& collective) {
     if (msg.empty()) return absl::InternalError("empty message from the leader");
     if (msg[0] == static_cast<char>(kStop)) return absl::OkStatus();
     if (msg[0] == static_cast<char>(kHeartbeat)) continue;
-    auto step = DecodeStep(msg);
-    if (!step.ok()) return step.status();
-    if (auto s = local.Forward(step->steps, &logits); !s.ok()) return s;
+    ASSIGN_OR_RETURN(const auto step, DecodeStep(msg));
+    RETURN_IF_ERROR(local.Forward(step.steps, &logits));
   }
 }
 
