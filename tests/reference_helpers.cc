@@ -1,5 +1,7 @@
 #include "tests/reference_helpers.h"
 
+#include <algorithm>
+#include <cmath>
 #include <cstring>
 
 #include "gtest/gtest.h"
@@ -45,6 +47,15 @@ std::vector<CompletedSequence> RunOnEngine(Backend* backend, const std::vector<S
   auto results = RunBatch(engine, specs);
   EXPECT_TRUE(results.ok()) << results.status();
   return results.ok() ? *std::move(results) : std::vector<CompletedSequence>(specs.size());
+}
+
+std::vector<double> LogSoftmax(const float* row, int n) {
+  const double m = *std::max_element(row, row + n);
+  double sum = 0;
+  for (int i = 0; i < n; ++i) sum += std::exp(row[i] - m);
+  std::vector<double> out(n);
+  for (int i = 0; i < n; ++i) out[i] = row[i] - m - std::log(sum);
+  return out;
 }
 
 std::vector<std::vector<int32_t>> Greedy(Backend* backend, const std::vector<std::vector<int32_t>>& prompts, int n,

@@ -26,6 +26,8 @@ inline const std::vector<TinyModel>& TinyModels() {
 std::unique_ptr<CpuBackend> OpenBackend(const std::string& dir, int kv_tokens = 4096);
 nlohmann::json ReadJson(const std::string& path);
 std::vector<float> ReadF32(const std::string& path);
+// log softmax of one logits row, in double.
+std::vector<double> LogSoftmax(const float* row, int n);
 // How the engine cuts steps in the tests: a token budget per step, and the largest prompt chunk of one sequence.
 struct StepBudget {
   int max_tokens_per_step = 512;

@@ -57,6 +57,16 @@ Group StartGroup(const std::string& model, int world, int timeout_ms = 3000) {
   return g;
 }
 
+// The group's health as rank 0 reports it (grpc.health.v1, service gemma.worker.v1.Worker).
+grpc::Status CheckHealth(int port, grpc::health::v1::HealthCheckResponse* response) {
+  auto health = grpc::health::v1::Health::NewStub(
+      grpc::CreateChannel("127.0.0.1:" + std::to_string(port), grpc::InsecureChannelCredentials()));
+  grpc::health::v1::HealthCheckRequest request;
+  request.set_service("gemma.worker.v1.Worker");
+  grpc::ClientContext ctx;
+  return health->Check(&ctx, request, response);
+}
+
 std::unique_ptr<worker::v1::Worker::Stub> Client(int port) {
   return worker::v1::Worker::NewStub(
       grpc::CreateChannel("127.0.0.1:" + std::to_string(port), grpc::InsecureChannelCredentials()));
@@ -108,13 +118,8 @@ TEST(WorkerTest, SingleRankServesInfoHealthAndReferenceTokens) {
   EXPECT_EQ(info.num_kv_heads(), 1);
   EXPECT_EQ(info.tokenizer_model().size(), 61137u);
   EXPECT_EQ(info.tensor_parallel(), 1);
-  auto health = grpc::health::v1::Health::NewStub(
-      grpc::CreateChannel("127.0.0.1:" + std::to_string(g.port), grpc::InsecureChannelCredentials()));
-  grpc::health::v1::HealthCheckRequest hreq;
-  hreq.set_service("gemma.worker.v1.Worker");
   grpc::health::v1::HealthCheckResponse hresp;
-  grpc::ClientContext hctx;
-  ASSERT_TRUE(health->Check(&hctx, hreq, &hresp).ok());
+  ASSERT_TRUE(CheckHealth(g.port, &hresp).ok());
   EXPECT_EQ(hresp.status(), grpc::health::v1::HealthCheckResponse::SERVING);
   ExpectReferenceGreedy(g.port);
 }
@@ -173,13 +178,8 @@ TEST(WorkerTest, KilledRankMakesStepsUnavailableAndARestartedGroupServes) {
     worker::v1::ModelInfo info;
     grpc::ClientContext info_ctx;
     EXPECT_EQ(Client(g.port)->GetModelInfo(&info_ctx, {}, &info).error_code(), grpc::StatusCode::UNAVAILABLE);
-    auto health = grpc::health::v1::Health::NewStub(
-        grpc::CreateChannel("127.0.0.1:" + std::to_string(g.port), grpc::InsecureChannelCredentials()));
-    grpc::health::v1::HealthCheckRequest hreq;
-    hreq.set_service("gemma.worker.v1.Worker");
     grpc::health::v1::HealthCheckResponse hresp;
-    grpc::ClientContext hctx;
-    const grpc::Status hs = health->Check(&hctx, hreq, &hresp);
+    const grpc::Status hs = CheckHealth(g.port, &hresp);
     EXPECT_TRUE(!hs.ok() || hresp.status() == grpc::health::v1::HealthCheckResponse::NOT_SERVING);
     EXPECT_EQ(g.ranks[0]->WaitExit(std::chrono::seconds(8)), 1) << "the leader of a failed group exits to be restarted";
   }

@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "tests/reference_helpers.h"
 #include "nlohmann/json.hpp"
 #include "shard/checkpoint/checkpoint.h"
 #include "shard/cpu/cpu_backend.h"
@@ -34,6 +35,8 @@ namespace gemma {
 namespace {
 
 using testing::GemmaTinyDir;
+using testing::LogSoftmax;
+using testing::ReadF32;
 using testing::ReadFile;
 
 struct BackendKind {
@@ -65,22 +68,6 @@ std::vector<Case> Cases(std::initializer_list<BackendKind> backends) {
   for (const auto& b : backends) {
     for (const auto& m : kModels) out.push_back({b, m});
   }
-  return out;
-}
-
-std::vector<float> ReadF32(const std::string& path) {
-  const std::string bytes = ReadFile(path);
-  std::vector<float> out(bytes.size() / sizeof(float));
-  std::memcpy(out.data(), bytes.data(), out.size() * sizeof(float));
-  return out;
-}
-
-std::vector<double> LogSoftmax(const float* row, int n) {
-  const double m = *std::max_element(row, row + n);
-  double sum = 0;
-  for (int i = 0; i < n; ++i) sum += std::exp(row[i] - m);
-  std::vector<double> out(n);
-  for (int i = 0; i < n; ++i) out[i] = row[i] - m - std::log(sum);
   return out;
 }
 

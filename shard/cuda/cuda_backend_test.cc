@@ -34,6 +34,7 @@ namespace gemma {
 namespace {
 
 using testing::GemmaTinyDir;
+using testing::LogSoftmax;
 using testing::Greedy;
 
 bool HaveDevice() { return CudaBackendBuilt() && CudaDeviceCount() > 0; }
@@ -80,15 +81,6 @@ void RunInto(Backend* backend, std::span<const SequenceStep> step, std::vector<f
   StepLogits l;
   EXPECT_TRUE(backend->Forward(step, &l).ok());
   all->insert(all->end(), l.values.begin(), l.values.end());
-}
-
-std::vector<double> LogSoftmax(const float* row, int n) {
-  const double m = *std::max_element(row, row + n);
-  double sum = 0;
-  for (int i = 0; i < n; ++i) sum += std::exp(row[i] - m);
-  std::vector<double> out(n);
-  for (int i = 0; i < n; ++i) out[i] = row[i] - m - std::log(sum);
-  return out;
 }
 
 TEST(CudaBackendTest, AskingWithoutADeviceIsAClearError) {
