@@ -57,7 +57,7 @@ absl::Status GroupSet::Submit(std::shared_ptr<ActiveRequest> request) {
   std::vector<WorkerGroup*> open;
   int least = INT_MAX;
   for (auto& g : groups_) {
-    if (!g->healthy() || retired_.count(g->address())) continue;
+    if (!g->accepting() || retired_.count(g->address())) continue;
     open.push_back(g.get());
     least = std::min(least, g->load());
   }
@@ -87,16 +87,33 @@ absl::Status GroupSet::Submit(std::shared_ptr<ActiveRequest> request) {
   }
   if (best == nullptr) {
     return absl::UnavailableError(groups_.empty() ? "no worker group has joined yet; retry later"
-                                                  : "no healthy worker group; retry later");
+                                                  : "no healthy worker group that this router schedules; retry later");
   }
   // Under the lock, so a retired group is never dropped between being picked and taking the request.
   return best->Submit(std::move(request));
 }
 
+std::optional<std::string> GroupSet::ForwardTarget() const {
+  absl::MutexLock lock(&mu_);
+  if (stopping_) return std::nullopt;
+  int least_here = INT_MAX;
+  std::optional<PeerHolder> best_peer;
+  for (const auto& g : groups_) {
+    if (retired_.count(g->address())) continue;
+    if (g->accepting() && g->load() < g->capacity()) least_here = std::min(least_here, g->load());
+    if (auto p = g->peer(); p && p->load < p->capacity && (!best_peer || p->load < best_peer->load)) best_peer = p;
+  }
+  if (!best_peer) return std::nullopt;
+  // The peer's load is as of its last lease renewal (a second or so old): forward only for a clear gain, the same
+  // margin prefix-aware routing allows between groups.
+  if (least_here != INT_MAX && least_here <= best_peer->load + 4 + best_peer->load / 4) return std::nullopt;
+  return best_peer->address;
+}
+
 int GroupSet::healthy() const {
   absl::MutexLock lock(&mu_);
   int n = 0;
-  for (const auto& g : groups_) n += g->healthy() && !retired_.count(g->address()) ? 1 : 0;
+  for (const auto& g : groups_) n += (g->accepting() || g->peer()) && !retired_.count(g->address()) ? 1 : 0;
   return n;
 }
 

@@ -1,7 +1,9 @@
 // The worker groups a router serves, which may change while it runs (groups found through DNS come and go).
 #pragma once
 
+#include <atomic>
 #include <memory>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
@@ -30,10 +32,18 @@ class GroupSet {
   // (InvalidArgument), as is a second group at the same address (AlreadyExists). Requests a group could not
   // start because it failed are handed to the other groups.
   absl::Status Add(std::unique_ptr<WorkerGroup> group) ABSL_LOCKS_EXCLUDED(mu_);
+  // Names a request uniquely among all that reach these groups (through the public and the peer service alike):
+  // a group keys its requests by it.
+  uint64_t NewRequestId() { return next_request_id_++; }
   // Null until the first group has joined.
   std::shared_ptr<const ServedModel> model() const ABSL_LOCKS_EXCLUDED(mu_);
-  // Hands the request to the least-loaded healthy group: Unavailable when there is none.
+  // Hands the request to the least-loaded healthy group this router schedules: Unavailable when there is none.
   absl::Status Submit(std::shared_ptr<ActiveRequest> request) ABSL_LOCKS_EXCLUDED(mu_);
+  // The peer router to forward a request to, when the groups this router schedules cannot take it (it holds
+  // none, or all are full) or a group another router schedules is much less loaded than the least loaded here.
+  // Empty: place it here.
+  std::optional<std::string> ForwardTarget() const ABSL_LOCKS_EXCLUDED(mu_);
+  // Groups a request can reach through this router: those it schedules and those it can forward to.
   int healthy() const ABSL_LOCKS_EXCLUDED(mu_);
   bool Contains(const std::string& address) const ABSL_LOCKS_EXCLUDED(mu_);
   // Groups whose address is not in `addresses` take no new requests, and leave once their requests are done.
@@ -47,6 +57,7 @@ class GroupSet {
   void Stop() ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
+  std::atomic<uint64_t> next_request_id_{1};
   mutable absl::Mutex mu_;
   std::shared_ptr<const ServedModel> model_ ABSL_GUARDED_BY(mu_);
   std::vector<std::unique_ptr<WorkerGroup>> groups_ ABSL_GUARDED_BY(mu_);

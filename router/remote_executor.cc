@@ -47,6 +47,7 @@ worker::v1::StepRequest RemoteExecutor::Number(std::span<const StepRow> rows, bo
   worker::v1::StepRequest req = ToRequest(rows);
   absl::MutexLock lock(&mu_);
   req.set_session(session_);
+  req.set_epoch(epoch_);
   req.set_step_id(++last_step_);
   req.mutable_released_sequences()->Add(released_.begin(), released_.end());
   released_.clear();
@@ -109,10 +110,15 @@ absl::StatusOr<std::vector<RowResult>> RemoteExecutor::Finish(const grpc::Status
   if (status.error_code() == grpc::StatusCode::FAILED_PRECONDITION) {
     return absl::FailedPreconditionError(status.error_message());
   }
+  if (status.error_code() == grpc::StatusCode::ABORTED) {
+    Unsend(req);
+    return absl::AbortedError(status.error_message());
+  }
   if (!status.ok()) {
     Unsend(req);
     return absl::UnavailableError(absl::StrCat("the worker group's step failed: ", status.error_message()));
   }
+  group_draining_ = resp.draining();
   std::vector<RowResult> out(resp.results_size());
   for (int i = 0; i < resp.results_size(); ++i) {
     const auto& r = resp.results(i);

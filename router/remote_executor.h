@@ -3,6 +3,7 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <atomic>
 #include <chrono>
 #include <future>
 #include <set>
@@ -19,8 +20,8 @@ namespace gemma {
 class RemoteExecutor : public StepExecutor {
  public:
   RemoteExecutor(worker::v1::Worker::Stub* stub, std::chrono::milliseconds step_timeout);
-  // InvalidArgument as the worker gave it (a malformed row, nothing ran); Unavailable when the group did not
-  // answer or has failed.
+  // InvalidArgument as the worker gave it (a malformed row, nothing ran); Aborted when the step's lease epoch is
+  // no longer the group's (another router holds it); Unavailable when the group did not answer or has failed.
   absl::StatusOr<std::vector<RowResult>> Execute(std::span<const StepRow> rows) override;
   bool CanStart() const override { return true; }
   std::future<absl::StatusOr<std::vector<RowResult>>> Start(std::span<const StepRow> rows,
@@ -30,6 +31,10 @@ class RemoteExecutor : public StepExecutor {
   // From any thread: cancels the step in flight and refuses later ones (Unavailable), so shutdown never waits
   // out a hung worker.
   void Cancel() ABSL_LOCKS_EXCLUDED(mu_);
+  // The lease epoch every later step carries.
+  void set_epoch(uint64_t epoch) { epoch_ = epoch; }
+  // Whether the group said, in its last answer, that it is shutting down.
+  bool group_draining() const { return group_draining_; }
 
  private:
   worker::v1::Worker::Stub* stub_;
@@ -49,6 +54,8 @@ class RemoteExecutor : public StepExecutor {
   bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
   std::set<grpc::ClientContext*> in_flight_ ABSL_GUARDED_BY(mu_);
   uint64_t last_step_ ABSL_GUARDED_BY(mu_) = 0;
+  std::atomic<uint64_t> epoch_{0};
+  std::atomic<bool> group_draining_{false};
   const uint64_t session_;  // this executor's numbering of steps, as the worker tells routers apart
   std::vector<uint64_t> released_ ABSL_GUARDED_BY(mu_);  // sent with the next step
 };

@@ -7,6 +7,9 @@
 #include <cstdio>
 #include <fstream>
 #include <thread>
+#include <random>
+
+#include <unistd.h>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
@@ -45,12 +48,27 @@ ABSL_FLAG(std::string, prefix_cache, "on",
           "on: a request reuses the KV blocks of the longest prompt prefix a group has cached (off: never)");
 ABSL_FLAG(int, metrics_port, 0, "port of the Prometheus /metrics endpoint; 0: none");
 ABSL_FLAG(int64_t, connect_timeout_ms, 60000, "how long to wait for each worker group at start");
+ABSL_FLAG(int, peer_port, 0,
+          "plaintext port other routers forward requests to (keep it inside the cluster: it checks no API key); "
+          "0: none, and no router can forward here");
+ABSL_FLAG(std::string, advertise_address, "",
+          "HOST:PORT other routers reach --peer_port at (in Kubernetes the pod IP); default: this host's name");
+ABSL_FLAG(int64_t, lease_ttl_ms, 5000,
+          "a group this router schedules may be taken over by another router this long after this one stops renewing");
 ABSL_FLAG(int64_t, drain_timeout_ms, 10000,
           "on SIGTERM: how long running requests may still take; queued ones are answered UNAVAILABLE at once");
 
 namespace {
 std::atomic<bool> g_stop{false};
 void OnSignal(int) { g_stop = true; }
+
+// Names this router process in the groups' leases.
+std::string RouterId() {
+  char host[256] = {};
+  ::gethostname(host, sizeof(host) - 1);
+  std::random_device random;
+  return absl::StrCat(host, "-", ::getpid(), "-", absl::Hex(random() ^ (uint64_t{random()} << 32)));
+}
 
 int Fail(const std::string& message, int code = 1) {
   std::fprintf(stderr, "gemma-router: %s\n", message.c_str());
@@ -71,6 +89,20 @@ int main(int argc, char** argv) {
   }
   if (absl::GetFlag(FLAGS_dns_refresh_ms) < 100) return Fail("--dns_refresh_ms must be >= 100", 2);
   if (absl::GetFlag(FLAGS_drain_timeout_ms) < 0) return Fail("--drain_timeout_ms must be >= 0", 2);
+  const int64_t lease_ttl = absl::GetFlag(FLAGS_lease_ttl_ms);
+  if (lease_ttl < 300 || lease_ttl > 600000) return Fail("--lease_ttl_ms must be in 300..600000", 2);
+  const int peer_port = absl::GetFlag(FLAGS_peer_port);
+  if (peer_port < 0 || peer_port > 65535) return Fail("--peer_port must be in 0..65535", 2);
+  std::string advertise = absl::GetFlag(FLAGS_advertise_address);
+  if (!advertise.empty() && peer_port == 0) return Fail("--advertise_address needs --peer_port", 2);
+  if (!advertise.empty() && !gemma::ParseHostPort(advertise).ok()) {
+    return Fail(absl::StrCat("--advertise_address \"", advertise, "\" is not HOST:PORT"), 2);
+  }
+  if (advertise.empty() && peer_port > 0) {
+    char host[256] = {};
+    ::gethostname(host, sizeof(host) - 1);
+    advertise = absl::StrCat(host, ":", peer_port);
+  }
   const int max_message = absl::GetFlag(FLAGS_max_message_bytes);
   const int max_streams = absl::GetFlag(FLAGS_max_streams_per_connection);
   if (max_message < 1024 || max_message > (256 << 20)) return Fail("--max_message_bytes must be in 1024..268435456", 2);
@@ -103,6 +135,10 @@ int main(int argc, char** argv) {
   group_options.limits = sched;
   group_options.prefix_cache = prefix_cache_flag == "on";
   group_options.overlap_steps = overlap_flag == "on";
+  const std::string router_id = RouterId();
+  group_options.lease.router_id = router_id;
+  group_options.lease.advertise = advertise;
+  group_options.lease.ttl = std::chrono::milliseconds(lease_ttl);
   gemma::RouterLimits limits;
   limits.max_new_tokens = absl::GetFlag(FLAGS_max_new_tokens);
   limits.max_total_tokens = absl::GetFlag(FLAGS_max_total_tokens);
@@ -138,7 +174,10 @@ int main(int argc, char** argv) {
     discovery->Start();
   }
 
-  gemma::RouterService service(&groups, limits, std::move(keys), metrics->get());
+  gemma::PeerForwarder forwarder(router_id);
+  gemma::RouterService service(&groups, limits, std::move(keys), metrics->get(), gemma::ServiceRole::kPublic,
+                               &forwarder);
+  gemma::RouterService peer_service(&groups, limits, gemma::ApiKeys(), metrics->get(), gemma::ServiceRole::kPeer);
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
@@ -150,6 +189,15 @@ int main(int argc, char** argv) {
   builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS, max_streams);
   auto server = builder.BuildAndStart();
   if (!server || port == 0) return Fail(absl::StrCat("cannot listen on ", absl::GetFlag(FLAGS_bind_host), ":", absl::GetFlag(FLAGS_port)));
+  std::unique_ptr<grpc::Server> peer_server;
+  if (peer_port > 0) {
+    grpc::ServerBuilder pb;
+    pb.AddListeningPort(absl::StrCat(absl::GetFlag(FLAGS_bind_host), ":", peer_port), grpc::InsecureServerCredentials());
+    pb.RegisterService(&peer_service);
+    pb.SetMaxReceiveMessageSize(max_message);
+    peer_server = pb.BuildAndStart();
+    if (!peer_server) return Fail(absl::StrCat("cannot listen on peer port ", peer_port));
+  }
   std::unique_ptr<grpc::Server> health_server;
   if (const int health_port = absl::GetFlag(FLAGS_health_port); health_port > 0) {
     grpc::ServerBuilder hb;
@@ -185,8 +233,9 @@ int main(int argc, char** argv) {
   while (!groups.idle() && std::chrono::steady_clock::now() < drain_end) {
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
-  groups.Stop();
+  groups.Stop();  // gives the groups' leases back: other routers take them over at once
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  if (peer_server) peer_server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
   if (health_server) health_server->Shutdown();
   return 0;
 }

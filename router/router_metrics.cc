@@ -51,12 +51,17 @@ absl::StatusOr<std::unique_ptr<RouterMetrics>> RouterMetrics::Create(const std::
                                "Prompt tokens of admitted sequences that looked for a cached prefix.");
   m->prefix_hits_ = counter("gemma_router_prefix_cache_hits_total",
                             "Prompt tokens found in the prefix cache (their KV was reused, not computed).");
+  m->takeovers_ = counter("gemma_router_lease_takeovers_total",
+                          "Worker groups this router took over after another router's lease lapsed or was released.");
+  m->forwarded_ = counter("gemma_router_forwarded_requests_total",
+                          "Requests this router sent to the peer router that schedules a group with room.");
   auto gauge = [&](const char* name, const char* help) { return &prometheus::BuildGauge().Name(name).Help(help).Register(r); };
   m->queue_depth_ = gauge("gemma_router_queue_depth", "Requests waiting for a first step, per worker group.");
   m->running_ = gauge("gemma_router_running_sequences", "Sequences in a group's running batch.");
   m->kv_used_ = gauge("gemma_router_kv_blocks_used", "KV-cache blocks held by a group's sequences.");
   m->kv_usage_ = gauge("gemma_router_kv_cache_usage_ratio", "Share of a group's KV-cache blocks in use.");
   m->healthy_ = gauge("gemma_router_group_healthy", "1 while a worker group serves, 0 while it is out.");
+  m->owned_ = gauge("gemma_router_group_owned", "1 while this router holds the group's lease (schedules it), else 0.");
   m->prefix_blocks_ = gauge("gemma_router_prefix_cache_blocks", "KV blocks of a group named in its prefix cache.");
   if (!address.empty()) {
     ASSIGN_OR_RETURN(m->exposer_, ServeMetrics(address, m->registry_));
@@ -91,9 +96,13 @@ void RouterMetrics::PrefixCache(const std::string& group, int64_t queried, int64
   prefix_blocks_->Add({{"group", group}}).Set(cached_blocks);
 }
 
+void RouterMetrics::GroupOwned(const std::string& group, bool owned) {
+  owned_->Add({{"group", group}}).Set(owned ? 1 : 0);
+}
+
 void RouterMetrics::GroupGone(const std::string& group) {
   const std::map<std::string, std::string> l = {{"group", group}};
-  for (auto* family : {queue_depth_, running_, kv_used_, kv_usage_, healthy_, prefix_blocks_}) {
+  for (auto* family : {queue_depth_, running_, kv_used_, kv_usage_, healthy_, prefix_blocks_, owned_}) {
     family->Remove(&family->Add(l));
   }
 }

@@ -34,6 +34,11 @@ class RouterMetrics {
   void PrefixCache(const std::string& group, int64_t queried, int64_t hit, int cached_blocks);
   // Prompt positions computed by steps (a cached prefix is not computed again).
   void Prefilled(int64_t tokens) { prefill_tokens_->Increment(static_cast<double>(tokens)); }
+  // Leases: whether this router schedules the group; a group taken over from another router; a request sent to
+  // the peer router that schedules a group with room.
+  void GroupOwned(const std::string& group, bool owned);
+  void LeaseTakeover() { takeovers_->Increment(); }
+  void Forwarded() { forwarded_->Increment(); }
   // A group the router no longer serves: its series end.
   void GroupGone(const std::string& group);
 
@@ -44,8 +49,8 @@ class RouterMetrics {
   prometheus::Histogram *ttft_, *itl_, *e2e_, *queue_;
   prometheus::Family<prometheus::Counter>* requests_;
   prometheus::Counter *prompt_tokens_, *generated_tokens_, *preemptions_, *prefill_tokens_, *prefix_queries_,
-      *prefix_hits_;
-  prometheus::Family<prometheus::Gauge>*queue_depth_, *running_, *kv_used_, *kv_usage_, *healthy_, *prefix_blocks_;
+      *prefix_hits_, *takeovers_, *forwarded_;
+  prometheus::Family<prometheus::Gauge>*queue_depth_, *running_, *kv_used_, *kv_usage_, *healthy_, *prefix_blocks_, *owned_;
 };
 
 }  // namespace gemma

@@ -5,12 +5,42 @@
 #include "absl/strings/str_cat.h"
 #include "engine/status_macros.h"
 #include "protos/grpc_status.h"
+#include "gemma/worker/v1/worker.pb.h"
 #include "tokenizer/chat_template.h"
 
 namespace gemma {
 
-RouterService::RouterService(GroupSet* groups, RouterLimits limits, ApiKeys keys, RouterMetrics* metrics)
-    : groups_(groups), limits_(limits), keys_(std::move(keys)), metrics_(metrics) {}
+RouterService::RouterService(GroupSet* groups, RouterLimits limits, ApiKeys keys, RouterMetrics* metrics,
+                             ServiceRole role, PeerForwarder* forwarder)
+    : groups_(groups), limits_(limits), keys_(std::move(keys)), metrics_(metrics), role_(role), forwarder_(forwarder) {}
+
+namespace {
+
+// A forwarded call that the peer could not place (it lost its groups, or has no room after all) is placed here.
+bool TryHere(const grpc::Status& forwarded) {
+  return forwarded.error_code() == grpc::StatusCode::UNAVAILABLE ||
+         forwarded.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED;
+}
+
+absl::Status CheckPeerProtocol(const grpc::ServerContext& context) {
+  const std::string ours = absl::StrCat(static_cast<int>(worker::v1::PROTOCOL_VERSION_CURRENT));
+  const auto& md = context.client_metadata();
+  auto it = md.find(kRouterProtocolHeader);
+  const std::string theirs = it == md.end() ? "none" : std::string(it->second.data(), it->second.size());
+  if (theirs == ours) return absl::OkStatus();
+  return absl::FailedPreconditionError(absl::StrCat(
+      "the forwarding router speaks router protocol ", theirs, " and this router speaks ", ours,
+      "; run routers of the same release (see docs/DEPLOY.md, upgrades)"));
+}
+
+}  // namespace
+
+std::optional<std::string> RouterService::ForwardTarget() const {
+  if (role_ != ServiceRole::kPublic || forwarder_ == nullptr) return std::nullopt;
+  auto peer = groups_->ForwardTarget();
+  if (peer && metrics_) metrics_->Forwarded();
+  return peer;
+}
 
 ModelLimits RouterService::LimitsOf(const ServedModel& model) {
   ModelLimits m;
@@ -20,7 +50,7 @@ ModelLimits RouterService::LimitsOf(const ServedModel& model) {
 }
 
 absl::StatusOr<std::shared_ptr<const ServedModel>> RouterService::Enter(const grpc::ServerContext& context) {
-  absl::Status s = keys_.Check(context.client_metadata());
+  absl::Status s = role_ == ServiceRole::kPeer ? CheckPeerProtocol(context) : keys_.Check(context.client_metadata());
   std::shared_ptr<const ServedModel> model;
   if (s.ok()) {
     model = groups_->model();
@@ -46,10 +76,9 @@ absl::StatusOr<std::vector<int32_t>> RouterService::PromptIds(const ServedModel&
   return ids;
 }
 
-absl::StatusOr<std::shared_ptr<ActiveRequest>> RouterService::Start(const grpc::ServerContext& context,
+absl::StatusOr<std::shared_ptr<ActiveRequest>> RouterService::Start(const ServedModel& model,
                                                                     const v1::GenerateRequest& request) {
-  ASSIGN_OR_RETURN(const auto model, Enter(context));
-  auto active = Admit(*model, request);
+  auto active = Admit(model, request);
   if (!active.ok() && metrics_) metrics_->Rejected(active.status());
   return active;
 }
@@ -73,7 +102,7 @@ absl::StatusOr<std::shared_ptr<ActiveRequest>> RouterService::Admit(const Served
   o.stop_sequences.assign(request.parameters().stop_sequences().begin(), request.parameters().stop_sequences().end());
   o.parameters = request.parameters();
   o.seed = request.parameters().has_seed() ? request.parameters().seed() : std::random_device{}();
-  auto active = std::make_shared<ActiveRequest>(next_id_++, std::move(o), model.tokenizer.get(), metrics_);
+  auto active = std::make_shared<ActiveRequest>(groups_->NewRequestId(), std::move(o), model.tokenizer.get(), metrics_);
   RETURN_IF_ERROR(groups_->Submit(active));
   return active;
 }
@@ -87,7 +116,14 @@ absl::Status RouterService::Await(grpc::ServerContext* context, ActiveRequest& r
 
 grpc::Status RouterService::Generate(grpc::ServerContext* context, const v1::GenerateRequest* request,
                                      v1::GenerateResponse* response) {
-  auto active = Start(*context, *request);
+  auto model = Enter(*context);
+  if (!model.ok()) return ToGrpcStatus(model.status());
+  if (auto peer = ForwardTarget()) {
+    const grpc::Status forwarded = forwarder_->Generate(*peer, context, *request, response);
+    if (!TryHere(forwarded)) return forwarded;
+    response->Clear();
+  }
+  auto active = Start(**model, *request);
   if (!active.ok()) return ToGrpcStatus(active.status());
   if (auto s = Await(context, **active); !s.ok()) return ToGrpcStatus(s);
   *response = (*active)->Response();
@@ -96,7 +132,14 @@ grpc::Status RouterService::Generate(grpc::ServerContext* context, const v1::Gen
 
 grpc::Status RouterService::GenerateStream(grpc::ServerContext* context, const v1::GenerateRequest* request,
                                            grpc::ServerWriter<v1::GenerateStreamResponse>* writer) {
-  auto active = Start(*context, *request);
+  auto model = Enter(*context);
+  if (!model.ok()) return ToGrpcStatus(model.status());
+  if (auto peer = ForwardTarget()) {
+    bool relayed = false;
+    const grpc::Status forwarded = forwarder_->GenerateStream(*peer, context, *request, writer, &relayed);
+    if (relayed || !TryHere(forwarded)) return forwarded;
+  }
+  auto active = Start(**model, *request);
   if (!active.ok()) return ToGrpcStatus(active.status());
   // Checked while waiting too: a client that leaves a queued request is noticed before its first token.
   const auto client_gone = [context] { return context->IsCancelled(); };
@@ -129,11 +172,16 @@ grpc::Status RouterService::Score(grpc::ServerContext* context, const v1::ScoreR
   if (auto s = ValidateScoreLength(static_cast<int32_t>(prompt->size()), limits_, model_limits); !s.ok()) {
     return reject(s);
   }
+  if (auto peer = ForwardTarget()) {
+    const grpc::Status forwarded = forwarder_->Score(*peer, context, *request, response);
+    if (!TryHere(forwarded)) return forwarded;
+    response->Clear();
+  }
   ActiveRequest::Options o;
   o.prompt = std::move(*prompt);
   o.score = true;
   o.score_top_logprobs = request->top_logprobs();
-  auto active = std::make_shared<ActiveRequest>(next_id_++, std::move(o), (*model)->tokenizer.get(), metrics_);
+  auto active = std::make_shared<ActiveRequest>(groups_->NewRequestId(), std::move(o), (*model)->tokenizer.get(), metrics_);
   if (auto s = groups_->Submit(active); !s.ok()) return reject(s);
   if (auto s = Await(context, *active); !s.ok()) return ToGrpcStatus(s);
   *response = active->ScoreResult();

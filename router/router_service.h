@@ -3,20 +3,30 @@
 
 #include <atomic>
 #include <memory>
+#include <optional>
+#include <string>
 #include <vector>
 
 #include "gemma/v1/gemma.grpc.pb.h"
 #include "router/api_keys.h"
 #include "router/group_set.h"
+#include "router/peer_forwarder.h"
 #include "router/request_validation.h"
 
 namespace gemma {
 
+// Where a router's service faces.
+enum class ServiceRole {
+  kPublic,  // clients: API keys checked; what the groups this router schedules cannot take goes to a peer
+  kPeer,    // other routers' forwarded calls (their keys were checked there): placed here, never forwarded again
+};
+
 // Thread-safe.
 class RouterService final : public v1::Gemma::Service {
  public:
-  // Until a group has joined `groups`, calls get UNAVAILABLE. `metrics` may be null.
-  RouterService(GroupSet* groups, RouterLimits limits, ApiKeys keys, RouterMetrics* metrics = nullptr);
+  // Until a group has joined `groups`, calls get UNAVAILABLE. `metrics` and `forwarder` may be null (no forwarding).
+  RouterService(GroupSet* groups, RouterLimits limits, ApiKeys keys, RouterMetrics* metrics = nullptr,
+                ServiceRole role = ServiceRole::kPublic, PeerForwarder* forwarder = nullptr);
 
   grpc::Status Generate(grpc::ServerContext* context, const v1::GenerateRequest* request,
                         v1::GenerateResponse* response) override;
@@ -33,9 +43,10 @@ class RouterService final : public v1::Gemma::Service {
  private:
   // The served model once the caller's API key is checked; Unauthenticated or Unavailable otherwise (counted).
   absl::StatusOr<std::shared_ptr<const ServedModel>> Enter(const grpc::ServerContext& context);
+  // The peer router to send this call to, if any.
+  std::optional<std::string> ForwardTarget() const;
   // Validated, tokenized and submitted; or the status to answer with.
-  absl::StatusOr<std::shared_ptr<ActiveRequest>> Start(const grpc::ServerContext& context,
-                                                       const v1::GenerateRequest& request);
+  absl::StatusOr<std::shared_ptr<ActiveRequest>> Start(const ServedModel& model, const v1::GenerateRequest& request);
   absl::StatusOr<std::shared_ptr<ActiveRequest>> Admit(const ServedModel& model, const v1::GenerateRequest& request);
   absl::StatusOr<std::vector<int32_t>> PromptIds(const ServedModel& model, const v1::Input& input);
   static ModelLimits LimitsOf(const ServedModel& model);
@@ -46,7 +57,8 @@ class RouterService final : public v1::Gemma::Service {
   RouterLimits limits_;
   ApiKeys keys_;
   RouterMetrics* metrics_;
-  std::atomic<uint64_t> next_id_{1};
+  const ServiceRole role_;
+  PeerForwarder* forwarder_;
 };
 
 }  // namespace gemma

@@ -124,6 +124,21 @@ TpGroup StartTpGroup(int world) {
   return g;
 }
 
+// A worker of its own, for a test whose router needs settings of its own: each group is scheduled by one router
+// at a time, so a second router in front of the suite's worker would only forward to the suite's router.
+struct OwnWorker {
+  std::unique_ptr<testing::Process> process;
+  int port = 0;
+};
+
+OwnWorker StartOwnWorker() {
+  OwnWorker w;
+  w.port = testing::FreePort();
+  w.process = testing::Start(WORKER_BINARY, {"--model=" + GemmaTinyDir() + "/tiny-mqa", "--port=" + std::to_string(w.port),
+                                             "--threads=1", "--kv_cache_mb=64"});
+  return w;
+}
+
 // A router in front of `groups` (rank 0 addresses), with `flags` added; its public port is 0 if it did not start.
 struct RouterProcess {
   std::unique_ptr<testing::Process> process;
@@ -134,6 +149,14 @@ struct RouterProcess {
     grpc::ClientContext ctx;
     stub->GetModelInfo(&ctx, {}, &info);
     return info.healthy_groups();
+  }
+  // A router takes its first group at once and the others a moment later (see LeaseOptions).
+  bool WaitForHealthyGroups(int n) {
+    for (int i = 0; i < 200; ++i) {
+      if (HealthyGroups() == n) return true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    return false;
   }
 };
 
@@ -275,6 +298,14 @@ TEST_F(RouterTest, ARequestGoesToTheGroupHoldingItsPrefixWhenItIsNotMuchBusier) 
     const std::string name = "gemma_router_prefix_cache_blocks{group=\"127.0.0.1:" + std::to_string(worker_port) + "\"}";
     return Sample(testing::HttpGet(metrics, "/metrics"), name);
   };
+  auto healthy_groups = [&] {
+    v1::ModelInfo info;
+    grpc::ClientContext ctx;
+    stub->GetModelInfo(&ctx, {}, &info);
+    return info.healthy_groups();
+  };
+  for (int i = 0; i < 200 && healthy_groups() < 2; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  ASSERT_EQ(healthy_groups(), 2);
   generate(with_suffix(10));  // both idle: the first group, which now holds the prefix
   for (int i = 0; i < 40 && cached(port_a) <= 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(50));
   ASSERT_GT(cached(port_a), 0);
@@ -313,6 +344,8 @@ TEST_F(RouterTest, AKilledGroupFailsItsStreamsAnotherKeepsServingAndTheGroupRetu
     stub->GetModelInfo(&ctx, {}, &info);
     return info.healthy_groups();
   };
+  for (int i = 0; i < 200 && healthy_groups() < 2; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  ASSERT_EQ(healthy_groups(), 2);
   // Long streams spread over both groups; then group A dies mid-stream (once every stream has a token: a request
   // that has not started would move to group B instead).
   std::vector<std::future<grpc::StatusCode>> streams;
@@ -361,7 +394,7 @@ TEST_F(RouterTest, AGroupWhoseFollowerDiedGetsNoNewRequests) {
   TpGroup a = StartTpGroup(2), b = StartTpGroup(2);
   RouterProcess router = StartRouter({a.port, b.port});
   ASSERT_GT(router.port, 0) << router.process->Err();
-  ASSERT_EQ(router.HealthyGroups(), 2);
+  ASSERT_TRUE(router.WaitForHealthyGroups(2));
   // The follower dies while the groups are idle: the requests that follow are first given to group A (the
   // least loaded, listed first); its failed step moves them, not yet started, to group B.
   a.ranks[1]->Kill();
@@ -393,8 +426,9 @@ TEST_F(RouterTest, AnIdleRouterWithADeadGroupBurnsNoCpu) {
 
 TEST_F(RouterTest, StoppingAnswersQueuedRequestsUnavailableAndExits) {
   const int metrics_port = testing::FreePort();
+  OwnWorker worker = StartOwnWorker();
   RouterProcess router =
-      StartRouter({worker_port_}, {"--max_batch_size=1", "--metrics_port=" + std::to_string(metrics_port)});
+      StartRouter({worker.port}, {"--max_batch_size=1", "--metrics_port=" + std::to_string(metrics_port)});
   ASSERT_GT(router.port, 0) << router.process->Err();
   // One stream runs at a time; the others wait in the queue (more work than a few seconds) when the router is
   // told to stop.
@@ -417,7 +451,7 @@ TEST_F(RouterTest, StoppingAnswersQueuedRequestsUnavailableAndExits) {
       return Ending{status, std::chrono::steady_clock::now()};
     }));
   }
-  const std::string depth = "gemma_router_queue_depth{group=\"127.0.0.1:" + std::to_string(worker_port_) + "\"}";
+  const std::string depth = "gemma_router_queue_depth{group=\"127.0.0.1:" + std::to_string(worker.port) + "\"}";
   double queued = 0;
   for (int i = 0; i < 400 && queued < 60; ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
@@ -464,13 +498,14 @@ TEST_F(RouterTest, PenalizedGenerationIsTheSameColdAndFromThePrefixCache) {
 
 TEST_F(RouterTest, RequestsCancelledWhileQueuedLeaveAtOnceAndAreNeverPrefilled) {
   const int metrics_port = testing::FreePort();
+  OwnWorker worker = StartOwnWorker();
   RouterProcess router =
       // One token per step: the two long generations take turns, so they hold the batch for twice as long, and
       // nothing queued is ever admitted while they run.
-      StartRouter({worker_port_}, {"--max_batch_size=2", "--max_tokens_per_step=1",
+      StartRouter({worker.port}, {"--max_batch_size=2", "--max_tokens_per_step=1",
                                    "--metrics_port=" + std::to_string(metrics_port)});
   ASSERT_GT(router.port, 0) << router.process->Err();
-  const std::string group = "{group=\"127.0.0.1:" + std::to_string(worker_port_) + "\"}";
+  const std::string group = "{group=\"127.0.0.1:" + std::to_string(worker.port) + "\"}";
   const std::string cancelled_total = "gemma_router_requests_total{code=\"CANCELLED\",outcome=\"cancelled\"}";
   auto metric = [&](const std::string& name) {
     return std::max(0.0, Sample(testing::HttpGet(metrics_port, "/metrics"), name));
@@ -532,7 +567,7 @@ TEST_F(RouterTest, RequestsCancelledWhileQueuedLeaveAtOnceAndAreNeverPrefilled) 
       if (pid > 0) ::kill(pid, SIGCONT);
       pid = -1;
     }
-  } paused(worker_->pid);
+  } paused(worker.process->pid);
   for (int i = 0; i < kCancelled; ++i) ctx[i]->TryCancel();
   for (auto& q : queued) {
     const grpc::Status status = q.get();
@@ -623,7 +658,8 @@ TEST_F(RouterTest, ScoreReturnsTheTopAlternativesOfEachPosition) {
 }
 
 TEST_F(RouterTest, ScoreRespectsMaxTotalTokens) {
-  RouterProcess router = StartRouter({worker_port_}, {"--max_total_tokens=16"});
+  OwnWorker worker = StartOwnWorker();
+  RouterProcess router = StartRouter({worker.port}, {"--max_total_tokens=16"});
   ASSERT_GT(router.port, 0) << router.process->Err();
   auto score = [&](int n) {
     v1::ScoreRequest req;
@@ -642,7 +678,8 @@ TEST_F(RouterTest, ScoreRespectsMaxTotalTokens) {
 TEST_F(RouterTest, QueueLimitTurnsExcessIntoResourceExhausted) {
   const std::string port_file = ::testing::TempDir() + "/router_q_" + std::to_string(::getpid());
   std::remove(port_file.c_str());
-  auto router = testing::Start(ROUTER_BINARY, {"--plaintext", "--workers=127.0.0.1:" + std::to_string(worker_port_),
+  OwnWorker worker = StartOwnWorker();
+  auto router = testing::Start(ROUTER_BINARY, {"--plaintext", "--workers=127.0.0.1:" + std::to_string(worker.port),
                                                "--port_file=" + port_file, "--max_queued=4", "--max_batch_size=1"});
   const int port = testing::WaitForPortFile(port_file, std::chrono::seconds(20));
   ASSERT_GT(port, 0) << router->Err();

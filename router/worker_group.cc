@@ -35,6 +35,12 @@ absl::StatusOr<std::unique_ptr<WorkerGroup>> WorkerGroup::Connect(const std::str
   if (!s.ok()) {
     return absl::UnavailableError(absl::StrCat("worker group ", address, " did not answer: ", s.error_message()));
   }
+  const uint32_t ours = worker::v1::PROTOCOL_VERSION_CURRENT;
+  if (info.protocol_version() != ours) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "worker group ", address, " speaks worker protocol ", info.protocol_version(), " and this router speaks ",
+        ours, "; run routers and workers of the same release (see docs/DEPLOY.md, upgrades)"));
+  }
   return std::unique_ptr<WorkerGroup>(
       new WorkerGroup(address, std::move(channel), std::move(info), options, metrics));
 }
@@ -52,6 +58,12 @@ WorkerGroup::WorkerGroup(std::string address, std::shared_ptr<grpc::Channel> cha
       engine_(NewEngine(info_)),
       probe_delay_(kFirstProbe),
       next_health_(std::chrono::steady_clock::now() + kIdleHealthEvery) {
+  // The first group a router meets it takes at once, so a router alone serves as soon as it starts; one that
+  // holds groups already waits a little, so that routers starting together spread the groups between them.
+  const int held = options_.lease.held->load();
+  next_lease_ = std::chrono::steady_clock::now();
+  if (held > 0) next_lease_ += LeaseRetryDelay(held);
+  MaintainLease();
   thread_ = std::thread([this] { Loop(); });
 }
 
@@ -60,7 +72,108 @@ WorkerGroup::~WorkerGroup() {
   executor_.Cancel();
   { absl::MutexLock lock(&mu_); }  // wakes the group's thread: its wait re-evaluates HasWork() on release
   thread_.join();
+  ReleaseLease();
   if (metrics_ != nullptr) metrics_->GroupGone(address_);
+}
+
+void WorkerGroup::MaintainLease() {
+  const auto now = std::chrono::steady_clock::now();
+  if (now < next_lease_) return;
+  const LeaseOptions& o = options_.lease;
+  const auto poll = std::min<std::chrono::milliseconds>(o.ttl / 2, std::chrono::milliseconds(1000));
+  worker::v1::LeaseRequest req;
+  req.set_router_id(o.router_id);
+  req.set_router_address(o.advertise);
+  req.set_protocol_version(worker::v1::PROTOCOL_VERSION_CURRENT);
+  req.set_ttl_ms(static_cast<int32_t>(o.ttl.count()));
+  req.set_load(load_);
+  req.set_capacity(max_outstanding_);
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::min<std::chrono::milliseconds>(o.ttl / 3, poll));
+  worker::v1::LeaseState state;
+  const grpc::Status s = stub_->AcquireLease(&ctx, req, &state);
+  if (!s.ok()) {
+    // Unreachable, or refused: a group that is down is found by its steps and health; this router keeps what it
+    // holds until the worker fences it, and tries again soon.
+    next_lease_ = now + poll / 2;
+    const std::string error = absl::StrCat(s.error_code(), ": ", s.error_message());
+    if (error != lease_error_ && s.error_code() != grpc::StatusCode::UNAVAILABLE) {
+      std::fprintf(stderr, "gemma-router: worker group %s refused its lease: %s\n", address_.c_str(),
+                   s.error_message().c_str());
+    }
+    lease_error_ = error;
+    return;
+  }
+  lease_error_.clear();
+  group_draining_ = state.draining();
+  if (state.granted()) {
+    // Granted under another epoch while this router thought it held the group: someone held it in between.
+    if (owned_ && state.epoch() != epoch_) {
+      LoseLease(absl::StrCat("its epoch moved from ", epoch_, " to ", state.epoch(), " while this router was away"));
+    }
+    if (!owned_) {
+      bool takeover;
+      {
+        absl::MutexLock lock(&peer_mu_);
+        takeover = !peer_.holder_id().empty();
+        peer_.Clear();
+      }
+      if (metrics_ != nullptr && takeover) metrics_->LeaseTakeover();
+      epoch_ = state.epoch();
+      executor_.set_epoch(epoch_);
+      engine_ = NewEngine(info_);
+      names_version_seen_ = ~uint64_t{0};
+      owned_ = true;
+      ++*o.held;
+      std::fprintf(stderr, "gemma-router: schedules worker group %s (lease epoch %llu)\n", address_.c_str(),
+                   static_cast<unsigned long long>(epoch_));
+    }
+    next_lease_ = now + o.ttl / 3;
+    return;
+  }
+  if (owned_) LoseLease(absl::StrCat("router ", state.holder_id(), " holds it now"));
+  {
+    absl::MutexLock lock(&peer_mu_);
+    peer_ = state;
+  }
+  // Holding some groups already, wait longer: a router that holds none takes a freed group first.
+  next_lease_ = now + LeaseRetryDelay(o.held->load());
+}
+
+std::chrono::milliseconds WorkerGroup::LeaseRetryDelay(int held) const {
+  const auto poll = std::min<std::chrono::milliseconds>(options_.lease.ttl / 2, std::chrono::milliseconds(1000));
+  return poll + poll / 2 * std::min(held, 8);
+}
+
+void WorkerGroup::LoseLease(const std::string& why) {
+  std::fprintf(stderr, "gemma-router: lost the lease of worker group %s: %s\n", address_.c_str(), why.c_str());
+  owned_ = false;
+  --*options_.lease.held;
+  MoveOrFailAll(absl::UnavailableError(
+      absl::StrCat("another router took over worker group ", address_, " (", why, "); retry")));
+  epoch_ = 0;
+  executor_.set_epoch(0);
+  engine_ = NewEngine(info_);
+  next_lease_ = std::chrono::steady_clock::now();
+}
+
+void WorkerGroup::ReleaseLease() {
+  if (!owned_) return;
+  owned_ = false;
+  --*options_.lease.held;
+  worker::v1::LeaseRequest req;
+  req.set_router_id(options_.lease.router_id);
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(500));
+  worker::v1::LeaseState state;
+  stub_->ReleaseLease(&ctx, req, &state);  // best effort: otherwise the lease lapses after its ttl
+}
+
+std::optional<PeerHolder> WorkerGroup::peer() const {
+  if (owned_ || !healthy_) return std::nullopt;
+  absl::MutexLock lock(&peer_mu_);
+  if (peer_.holder_address().empty() || peer_.draining()) return std::nullopt;
+  return PeerHolder{peer_.holder_address(), peer_.holder_load(), peer_.holder_capacity()};
 }
 
 std::unique_ptr<Engine> WorkerGroup::NewEngine(const worker::v1::ModelInfo& info) {
@@ -96,6 +209,8 @@ SequenceSpec WorkerGroup::SpecFor(const ActiveRequest& r) const {
 absl::Status WorkerGroup::Submit(std::shared_ptr<ActiveRequest> request) {
   if (draining_) return absl::UnavailableError("the router is shutting down; retry");
   if (!healthy_) return absl::UnavailableError(absl::StrCat("worker group ", address_, " is down"));
+  if (!owned_) return absl::UnavailableError(absl::StrCat("another router schedules worker group ", address_));
+  if (group_draining_) return absl::UnavailableError(absl::StrCat("worker group ", address_, " is shutting down"));
   absl::MutexLock lock(&mu_);
   if (load_ >= max_outstanding_) {
     return absl::ResourceExhaustedError(absl::StrCat("the queue is full (", max_outstanding_,
@@ -116,13 +231,12 @@ void WorkerGroup::Drain() {
   { absl::MutexLock lock(&mu_); }  // wakes the group's thread: its wait re-evaluates HasWork() on release
 }
 
-void WorkerGroup::MoveOrFail(std::vector<std::shared_ptr<ActiveRequest>> requests) {
+void WorkerGroup::MoveOrFail(std::vector<std::shared_ptr<ActiveRequest>> requests, const absl::Status& failed) {
   Reroute reroute;
   {
     absl::MutexLock lock(&mu_);
     reroute = reroute_;
   }
-  const absl::Status failed = absl::UnavailableError(absl::StrCat("worker group ", address_, " failed; retry"));
   for (auto& r : requests) {
     --load_;
     // Not under mu_: the reroute submits to another group, which may be submitting to this one.
@@ -132,7 +246,7 @@ void WorkerGroup::MoveOrFail(std::vector<std::shared_ptr<ActiveRequest>> request
   }
 }
 
-void WorkerGroup::MoveOrFailAll() {
+void WorkerGroup::MoveOrFailAll(const absl::Status& failed) {
   std::vector<std::shared_ptr<ActiveRequest>> moved;
   engine_->RemoveAll();
   for (auto& [id, r] : requests_) moved.push_back(std::move(r));
@@ -142,14 +256,14 @@ void WorkerGroup::MoveOrFailAll() {
     moved.insert(moved.end(), incoming_.begin(), incoming_.end());
     incoming_.clear();
   }
-  MoveOrFail(std::move(moved));
+  MoveOrFail(std::move(moved), failed);
 }
 
-void WorkerGroup::FailUnscheduled(const absl::Status& status) {
-  std::vector<std::shared_ptr<ActiveRequest>> failed;
+std::vector<std::shared_ptr<ActiveRequest>> WorkerGroup::TakeUnscheduled() {
+  std::vector<std::shared_ptr<ActiveRequest>> taken;
   {
     absl::MutexLock lock(&mu_);
-    failed.swap(incoming_);
+    taken.swap(incoming_);
   }
   for (auto it = requests_.begin(); it != requests_.end();) {
     if (it->second->scheduled()) {
@@ -157,13 +271,22 @@ void WorkerGroup::FailUnscheduled(const absl::Status& status) {
       continue;
     }
     engine_->Remove(it->first);
-    failed.push_back(std::move(it->second));
+    taken.push_back(std::move(it->second));
     it = requests_.erase(it);
   }
-  for (auto& r : failed) {
+  return taken;
+}
+
+void WorkerGroup::FailUnscheduled(const absl::Status& status) {
+  for (auto& r : TakeUnscheduled()) {
     r->Fail(status);
     --load_;
   }
+}
+
+void WorkerGroup::MoveUnscheduled() {
+  MoveOrFail(TakeUnscheduled(),
+             absl::UnavailableError(absl::StrCat("worker group ", address_, " is shutting down; retry")));
 }
 
 void WorkerGroup::FailOrphans() {
@@ -203,6 +326,7 @@ void WorkerGroup::PublishState() {
   }
   if (metrics_ == nullptr) return;
   metrics_->GroupState(address_, s.queued(), s.running(), s.blocks().used_blocks(), s.blocks().num_blocks(), healthy_);
+  metrics_->GroupOwned(address_, owned_);
   metrics_->Preempted(static_cast<int>(s.preemptions() - preemptions_seen_));
   preemptions_seen_ = s.preemptions();
   metrics_->PrefixCache(address_, s.prefix_query_tokens() - prefix_queried_seen_,
@@ -238,8 +362,14 @@ void WorkerGroup::ProbeRecovery() {
   worker::v1::ModelInfo info;
   if (!stub_->GetModelInfo(&ctx, {}, &info).ok()) return;
   if (info.vocab_size() != info_.vocab_size() || info.tokenizer_model() != info_.tokenizer_model()) return;
-  // A new incarnation: empty KV pool, possibly of another size.
+  // A new incarnation: empty KV pool, possibly of another size, and a lease to take again.
   engine_ = NewEngine(info);
+  if (owned_) {
+    owned_ = false;
+    --*options_.lease.held;
+  }
+  next_lease_ = now;
+  group_draining_ = false;
   names_version_seen_ = ~uint64_t{0};
   preemptions_seen_ = prefix_queried_seen_ = prefix_hit_seen_ = prefilled_seen_ = 0;
   probe_delay_ = kFirstProbe;
@@ -267,7 +397,7 @@ void WorkerGroup::Loop() {
       drain_handled_ = true;  // wakes the loop's waits once; later arrivals are refused by Submit
     }
     if (!healthy_) {
-      MoveOrFailAll();  // requests submitted while it was being marked down
+      MoveOrFailAll(GroupFailed());  // requests submitted while it was being marked down
       ProbeRecovery();
       PublishState();
       absl::MutexLock lock(&mu_);
@@ -275,14 +405,28 @@ void WorkerGroup::Loop() {
                            absl::FromChrono(next_probe_ - std::chrono::steady_clock::now()));
       continue;
     }
+    MaintainLease();
+    if (!owned_) {
+      MoveOrFailAll(absl::UnavailableError(absl::StrCat("another router schedules worker group ", address_)));
+      PublishState();
+      absl::MutexLock lock(&mu_);
+      mu_.AwaitWithTimeout(absl::Condition(this, &WorkerGroup::HasWork),
+                           absl::FromChrono(next_lease_ - std::chrono::steady_clock::now()));
+      continue;
+    }
+    if (group_draining_) MoveUnscheduled();
     {
       absl::MutexLock lock(&mu_);
       if (incoming_.empty() && requests_.empty()) {
         mu_.AwaitWithTimeout(absl::Condition(this, &WorkerGroup::HasWork),
-                             absl::FromChrono(next_health_ - std::chrono::steady_clock::now()));
+                             absl::FromChrono(std::min(next_health_, next_lease_) - std::chrono::steady_clock::now()));
       }
       for (auto& r : incoming_) {
-        if (auto s = engine_->Add(r->id(), SpecFor(*r)); !s.ok()) {
+        // Two requests under one id would leave one unanswered: refuse the second loudly (a bug if it happens).
+        const absl::Status s = requests_.contains(r->id())
+                                   ? absl::InternalError(absl::StrCat("request id ", r->id(), " is already in use"))
+                                   : engine_->Add(r->id(), SpecFor(*r));
+        if (!s.ok()) {
           r->Fail(s);
           --load_;
           continue;
@@ -306,13 +450,16 @@ void WorkerGroup::Loop() {
     }
     if (requests_.empty() && engine_->idle()) {
       CheckIdleHealth();
-    } else if (!RunOneStep()) {
+    } else if (const absl::Status s = RunOneStep(); absl::IsAborted(s)) {
+      LoseLease(std::string(s.message()));
+    } else if (!s.ok()) {
       healthy_ = false;
       next_probe_ = std::chrono::steady_clock::now() + kFirstProbe;
-      MoveOrFailAll();
+      MoveOrFailAll(GroupFailed());
     } else if (engine_->idle() && !requests_.empty()) {
       FailOrphans();
     }
+    if (executor_.group_draining()) group_draining_ = true;
     PublishState();
   }
   FailAll(absl::UnavailableError("the router is shutting down; retry"));
@@ -353,15 +500,19 @@ bool WorkerGroup::Deliver(const SequenceUpdate& u) {
   return finished;
 }
 
-bool WorkerGroup::RunOneStep() {
-  if (stop_) return false;
+absl::Status WorkerGroup::GroupFailed() const {
+  return absl::UnavailableError(absl::StrCat("worker group ", address_, " failed; retry"));
+}
+
+absl::Status WorkerGroup::RunOneStep() {
+  if (stop_) return absl::CancelledError("the router is stopping");
   // A malformed row fails only its own request (the engine retries row by row); any other error is the group's.
   const absl::Status s = engine_->Step([this](const SequenceUpdate& u) { return Deliver(u); },
                                        [this](uint64_t id) { requests_.at(id)->MarkScheduled(); });
-  if (!s.ok() && !stop_) {
+  if (!s.ok() && !stop_ && !absl::IsAborted(s)) {
     std::fprintf(stderr, "gemma-router: worker group %s failed: %s\n", address_.c_str(), s.ToString().c_str());
   }
-  return s.ok();
+  return s;
 }
 
 }  // namespace gemma

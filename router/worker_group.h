@@ -6,6 +6,7 @@
 #include <atomic>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <unordered_map>
@@ -23,17 +24,36 @@
 
 namespace gemma {
 
+// This router's claim on the groups it schedules (see the Worker service's AcquireLease).
+struct LeaseOptions {
+  std::string router_id;    // unique per router process
+  std::string advertise;    // where other routers reach this one's peer port; empty: they cannot forward here
+  std::chrono::milliseconds ttl{5000};
+  // How many groups this router holds, shared by all its groups: a router that holds some already waits a little
+  // before taking a free one, so groups spread over the routers.
+  std::shared_ptr<std::atomic<int>> held = std::make_shared<std::atomic<int>>(0);
+};
+
 // How a router drives each group.
 struct GroupOptions {
   SchedulerLimits limits;
   bool prefix_cache = true;   // reuse cached prompt prefixes
   bool overlap_steps = true;  // while decoding, send step N+1 before step N has answered
+  LeaseOptions lease;
+};
+
+// A group another router schedules, as its lease says: where to forward requests for it.
+struct PeerHolder {
+  std::string address;  // the holder's peer port
+  int load = 0;
+  int capacity = 0;
 };
 
 // Thread-safe: Submit and load() from any thread; steps run on the group's own thread.
 class WorkerGroup {
  public:
-  // Connects and reads the group's model info (Unavailable if it does not answer in time). With
+  // Connects, reads the group's model info (Unavailable if it does not answer in time; FailedPrecondition when it
+  // speaks another protocol version) and tries once to take its lease. With
   // `wait_for_ready` it waits out the timeout for a group that is still starting; without, an address nobody
   // listens on fails at once. `metrics` may be null.
   static absl::StatusOr<std::unique_ptr<WorkerGroup>> Connect(const std::string& address, GroupOptions options,
@@ -45,8 +65,14 @@ class WorkerGroup {
   const worker::v1::ModelInfo& info() const { return info_; }
   const std::string& address() const { return address_; }
   bool healthy() const { return healthy_; }
+  // Whether this router holds the group's lease (schedules it), and the group takes new requests.
+  bool owned() const { return owned_; }
+  bool accepting() const { return healthy_ && owned_ && !group_draining_ && !draining_; }
+  // The router that schedules the group when another one does and can be forwarded to.
+  std::optional<PeerHolder> peer() const ABSL_LOCKS_EXCLUDED(peer_mu_);
   // Outstanding work, for picking the least-loaded group.
   int load() const { return load_; }
+  int capacity() const { return max_outstanding_; }
   // How many of a prompt's leading full blocks (named by BlockManager::PrefixHashes for `block_size`) the group's
   // prefix cache holds, as of its last step.
   int CachedPrefixBlocks(const std::vector<uint64_t>& prefix_hashes, int block_size) const
@@ -79,10 +105,24 @@ class WorkerGroup {
   void Loop() ABSL_LOCKS_EXCLUDED(mu_);
   // What the loop waits for while it holds nothing to step.
   bool HasWork() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  bool RunOneStep();
+  absl::Status RunOneStep();
+  absl::Status GroupFailed() const;
+  // Takes or renews the lease when due; notices when another router took it.
+  void MaintainLease();
+  // How long a router holding `held` groups waits before it tries again for one another router holds.
+  std::chrono::milliseconds LeaseRetryDelay(int held) const;
+  // Another router holds the group now: what ran here fails (its KV blocks are the new holder's), what had not
+  // started moves to another group.
+  void LoseLease(const std::string& why);
+  // On shutdown: another router may take the group at once.
+  void ReleaseLease();
+  // The group said it is shutting down: requests not yet started move to other groups.
+  void MoveUnscheduled();
+  std::vector<std::shared_ptr<ActiveRequest>> TakeUnscheduled() ABSL_LOCKS_EXCLUDED(mu_);
   // The group failed: requests that have not produced anything move to another group, the others fail.
-  void MoveOrFailAll() ABSL_LOCKS_EXCLUDED(mu_);
-  void MoveOrFail(std::vector<std::shared_ptr<ActiveRequest>> requests) ABSL_LOCKS_EXCLUDED(mu_);
+  void MoveOrFailAll(const absl::Status& failed) ABSL_LOCKS_EXCLUDED(mu_);
+  void MoveOrFail(std::vector<std::shared_ptr<ActiveRequest>> requests, const absl::Status& failed)
+      ABSL_LOCKS_EXCLUDED(mu_);
   void FailUnscheduled(const absl::Status& status) ABSL_LOCKS_EXCLUDED(mu_);
   void FailAll(const absl::Status& status) ABSL_LOCKS_EXCLUDED(mu_);
   // Requests left while the scheduler holds none (a bug) would keep the loop stepping empty plans: they fail.
@@ -97,7 +137,14 @@ class WorkerGroup {
   std::atomic<bool> healthy_{true};
   std::atomic<int> load_{0};
   std::atomic<bool> stop_{false};
-  std::atomic<bool> draining_{false};
+  std::atomic<bool> draining_{false};        // this router is shutting down
+  std::atomic<bool> group_draining_{false};  // the group is
+  std::atomic<bool> owned_{false};
+  uint64_t epoch_ = 0;  // of the lease held; the group's thread only
+  std::chrono::steady_clock::time_point next_lease_;
+  std::string lease_error_;  // the last refusal, to say it once
+  mutable absl::Mutex peer_mu_;
+  worker::v1::LeaseState peer_ ABSL_GUARDED_BY(peer_mu_);  // as last seen while another router held it
 
   // The group's thread waits on mu_ for HasWork(); releasing mu_ re-evaluates it, so whoever changes what it
   // reads (stop_ included) takes mu_ afterwards.

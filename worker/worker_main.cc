@@ -59,6 +59,7 @@ worker::v1::ModelInfo MakeInfo(const WorkerOptions& o, const ModelConfig& c, con
   info.set_tensor_parallel(o.world);
   info.set_tokenizer_model(ReadAll(o.model + "/tokenizer.model"));
   info.set_device(o.device);
+  info.set_protocol_version(worker::v1::PROTOCOL_VERSION_CURRENT);
   return info;
 }
 

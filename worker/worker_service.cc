@@ -44,6 +44,8 @@ void WorkerService::MarkFailed() {
 grpc::Status WorkerService::Step(grpc::ServerContext* context, const worker::v1::StepRequest* request,
                                  worker::v1::StepResponse* response) {
   const auto start = std::chrono::steady_clock::now();
+  if (!healthy_) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "this worker group has failed; restart it");
+  if (auto s = lease_.CheckStep(request->epoch()); !s.ok()) return ToGrpcStatus(s);  // refused before any wait
   absl::MutexLock lock(&mu_);
   if (request->after_step() > 0) {
     // Sent before the step it follows had answered: wait for that one to run (it may still be on the wire). A
@@ -76,6 +78,8 @@ grpc::Status WorkerService::Step(grpc::ServerContext* context, const worker::v1:
   if (!healthy_ || backend_ == nullptr) {
     return grpc::Status(grpc::StatusCode::UNAVAILABLE, "this worker group has failed; restart it");
   }
+  // Again, after waiting: the lease may have moved on meanwhile, and the KV pool is the new holder's.
+  if (auto s = lease_.CheckStep(request->epoch()); !s.ok()) return ToGrpcStatus(s);
   Session& session = SessionFor(request->session());
   auto result = RunStep(*backend_, *request, &session.draws, &session.history);
   // Whatever happened, later steps no longer wait for this one, and take only what it drew.
@@ -98,6 +102,27 @@ grpc::Status WorkerService::Step(grpc::ServerContext* context, const worker::v1:
   for (const auto& s : request->sequences()) blocks.insert(s.block_table().begin(), s.block_table().end());
   metrics_->RecordStep(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(),
                        response->timings(), static_cast<int>(blocks.size()), request->sequences_size());
+  return grpc::Status::OK;
+}
+
+grpc::Status WorkerService::AcquireLease(grpc::ServerContext*, const worker::v1::LeaseRequest* request,
+                                         worker::v1::LeaseState* response) {
+  if (!healthy_) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "this worker group has failed; restart it");
+  auto state = lease_.Acquire(*request);
+  if (!state.ok()) return ToGrpcStatus(state.status());
+  *response = std::move(*state);
+  return grpc::Status::OK;
+}
+
+grpc::Status WorkerService::ReleaseLease(grpc::ServerContext*, const worker::v1::LeaseRequest* request,
+                                         worker::v1::LeaseState* response) {
+  *response = lease_.Release(*request);
+  return grpc::Status::OK;
+}
+
+grpc::Status WorkerService::GetLease(grpc::ServerContext*, const worker::v1::GetLeaseRequest*,
+                                     worker::v1::LeaseState* response) {
+  *response = lease_.Get();
   return grpc::Status::OK;
 }
 

@@ -11,6 +11,7 @@
 #include "absl/synchronization/mutex.h"
 #include "gemma/worker/v1/worker.grpc.pb.h"
 #include "shard/runtime/tp_group.h"
+#include "worker/group_lease.h"
 #include "worker/step_runner.h"
 #include "worker/worker_metrics.h"
 
@@ -27,6 +28,12 @@ class WorkerService final : public worker::v1::Worker::Service {
                             worker::v1::ModelInfo* response) override;
   grpc::Status Step(grpc::ServerContext* context, const worker::v1::StepRequest* request,
                     worker::v1::StepResponse* response) override ABSL_LOCKS_EXCLUDED(mu_);
+  grpc::Status AcquireLease(grpc::ServerContext* context, const worker::v1::LeaseRequest* request,
+                            worker::v1::LeaseState* response) override;
+  grpc::Status ReleaseLease(grpc::ServerContext* context, const worker::v1::LeaseRequest* request,
+                            worker::v1::LeaseState* response) override;
+  grpc::Status GetLease(grpc::ServerContext* context, const worker::v1::GetLeaseRequest* request,
+                        worker::v1::LeaseState* response) override;
   // Sends a heartbeat to idle followers; false once the group has failed.
   bool Heartbeat() ABSL_LOCKS_EXCLUDED(mu_);
   bool healthy() const { return healthy_; }
@@ -38,6 +45,7 @@ class WorkerService final : public worker::v1::Worker::Service {
 
   worker::v1::ModelInfo info_;
   WorkerMetrics* metrics_;
+  GroupLease lease_;  // its own lock: leases are renewed while a step holds mu_
   // Atomic, not under mu_: GetModelInfo answers while a step holds the lock.
   std::atomic<bool> healthy_{true};
   // A step waiting for the one it follows (Step) waits on mu_ for a condition that steps and failures change

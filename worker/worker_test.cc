@@ -72,6 +72,21 @@ std::unique_ptr<worker::v1::Worker::Stub> Client(int port) {
       grpc::CreateChannel("127.0.0.1:" + std::to_string(port), grpc::InsecureChannelCredentials()));
 }
 
+// The group's lease for this test (renewed on each call: one holder, one epoch), as a router takes it before
+// it sends a step.
+uint64_t Lease(worker::v1::Worker::Stub& stub, const std::string& router = "worker-test", int ttl_ms = 60000) {
+  worker::v1::LeaseRequest req;
+  req.set_router_id(router);
+  req.set_protocol_version(worker::v1::PROTOCOL_VERSION_CURRENT);
+  req.set_ttl_ms(ttl_ms);
+  worker::v1::LeaseState state;
+  grpc::ClientContext ctx;
+  // A failed group refuses leases (UNAVAILABLE); its steps then say so themselves.
+  if (!stub.AcquireLease(&ctx, req, &state).ok()) return 0;
+  EXPECT_TRUE(state.granted()) << state.DebugString();
+  return state.epoch();
+}
+
 // Greedy generation through Step calls: one prefill step, then one step per token.
 grpc::Status Greedy(worker::v1::Worker::Stub& stub, const std::vector<int>& prompt, int n, std::vector<int>* out) {
   std::vector<int> tokens = prompt;
@@ -87,6 +102,7 @@ grpc::Status Greedy(worker::v1::Worker::Stub& stub, const std::vector<int>& prom
     StepResponse resp;
     grpc::ClientContext ctx;
     ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(20));
+    req.set_epoch(Lease(stub));
     grpc::Status st = stub.Step(&ctx, req, &resp);
     if (!st.ok()) return st;
     tokens.push_back(resp.results(0).token());
@@ -139,7 +155,9 @@ TEST(WorkerTest, TwoRanksGiveReferenceTokensAndScores) {
   for (int b = 0; b < 4; ++b) s->add_block_table(b);
   StepResponse resp;
   grpc::ClientContext ctx;
-  ASSERT_TRUE(Client(g.port)->Step(&ctx, req, &resp).ok());
+  auto stub = Client(g.port);
+  req.set_epoch(Lease(*stub));
+  ASSERT_TRUE(stub->Step(&ctx, req, &resp).ok());
   const auto want = scores["prompts"][0]["token_logprobs"].get<std::vector<double>>();
   ASSERT_EQ(resp.results(0).score_logprobs_size(), static_cast<int>(ids.size()));
   for (size_t i = 0; i < want.size(); ++i) EXPECT_NEAR(resp.results(0).score_logprobs(i), want[i], 1e-4);
@@ -154,7 +172,9 @@ TEST(WorkerTest, MalformedStepIsInvalidArgumentAndTheGroupStaysUp) {
   s->add_block_table(0);
   StepResponse resp;
   grpc::ClientContext ctx;
-  const grpc::Status st = Client(g.port)->Step(&ctx, req, &resp);
+  auto stub = Client(g.port);
+  req.set_epoch(Lease(*stub));
+  const grpc::Status st = stub->Step(&ctx, req, &resp);
   EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_NE(st.error_message().find("outside the vocabulary"), std::string::npos) << st.error_message();
   std::vector<int> got;
@@ -293,7 +313,9 @@ TEST(WorkerTest, AStepSentAheadRunsAfterTheOneItFollowsWithItsDraw) {
     StepResponse resp;
     grpc::ClientContext ctx;
     ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(20));
-    const grpc::Status st = Client(g.port)->Step(&ctx, req, &resp);
+    auto client = Client(g.port);
+    req.set_epoch(Lease(*client));
+    const grpc::Status st = client->Step(&ctx, req, &resp);
     EXPECT_TRUE(st.ok()) << st.error_message();
     return st.ok() ? resp.results(0).token() : -1;
   };
@@ -309,12 +331,66 @@ TEST(WorkerTest, AStepSentAheadRunsAfterTheOneItFollowsWithItsDraw) {
   orphan.set_session(43);
   orphan.set_step_id(5);
   orphan.set_after_step(4);
+  orphan.set_epoch(Lease(*stub));
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
   StepResponse resp;
   const auto start = std::chrono::steady_clock::now();
   EXPECT_EQ(stub->Step(&ctx, orphan, &resp).error_code(), grpc::StatusCode::FAILED_PRECONDITION);
   EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(2));
+}
+
+// Fencing: once another router has taken the lease, the old holder's steps are refused before they run.
+TEST(WorkerTest, AStaleRoutersStepIsRefusedAndTheNewHoldersRuns) {
+  Group g = StartGroup(testing::GemmaTinyDir() + "/tiny-mqa", 1);
+  ASSERT_GT(g.port, 0);
+  auto stub = Client(g.port);
+  auto step = [&](uint64_t epoch) {
+    StepRequest req;
+    req.set_epoch(epoch);
+    auto* s = req.add_sequences();
+    s->set_sequence_id(1);
+    s->add_tokens(2);
+    s->add_block_table(0);
+    s->set_sample(true);
+    StepResponse resp;
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(20));
+    return stub->Step(&ctx, req, &resp);
+  };
+  const uint64_t first = Lease(*stub, "router-a", 300);
+  EXPECT_TRUE(step(first).ok());
+  // router-b cannot take it while router-a renews...
+  worker::v1::LeaseRequest b;
+  b.set_router_id("router-b");
+  b.set_router_address("10.0.0.2:50052");
+  b.set_protocol_version(worker::v1::PROTOCOL_VERSION_CURRENT);
+  b.set_ttl_ms(60000);
+  worker::v1::LeaseState state;
+  {
+    grpc::ClientContext ctx;
+    ASSERT_TRUE(stub->AcquireLease(&ctx, b, &state).ok());
+  }
+  EXPECT_FALSE(state.granted());
+  EXPECT_EQ(state.holder_id(), "router-a");
+  // ...but once router-a stalls past its ttl, router-b takes it under a new epoch.
+  std::this_thread::sleep_for(std::chrono::milliseconds(400));
+  {
+    grpc::ClientContext ctx;
+    ASSERT_TRUE(stub->AcquireLease(&ctx, b, &state).ok());
+  }
+  ASSERT_TRUE(state.granted());
+  EXPECT_GT(state.epoch(), first);
+  const grpc::Status stale = step(first);
+  EXPECT_EQ(stale.error_code(), grpc::StatusCode::ABORTED) << stale.error_message();
+  EXPECT_NE(stale.error_message().find("router-b"), std::string::npos) << stale.error_message();
+  EXPECT_EQ(step(0).error_code(), grpc::StatusCode::ABORTED);
+  EXPECT_TRUE(step(state.epoch()).ok());
+  worker::v1::LeaseState seen;
+  grpc::ClientContext ctx;
+  ASSERT_TRUE(stub->GetLease(&ctx, {}, &seen).ok());
+  EXPECT_EQ(seen.holder_id(), "router-b");
+  EXPECT_EQ(seen.holder_address(), "10.0.0.2:50052");
 }
 
 }  // namespace

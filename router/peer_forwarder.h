@@ -1,0 +1,46 @@
+// Sends a public API call on to the peer router that schedules a group with room, and relays its answer.
+#pragma once
+
+#include <grpcpp/grpcpp.h>
+
+#include <memory>
+#include <string>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/synchronization/mutex.h"
+#include "gemma/v1/gemma.grpc.pb.h"
+
+namespace gemma {
+
+// Metadata a forwarded call carries: which router sent it (so it is never forwarded again) and the protocol the
+// sender speaks (a peer of another release refuses it).
+inline constexpr char kForwardedByHeader[] = "gemma-forwarded-by";
+inline constexpr char kRouterProtocolHeader[] = "gemma-router-protocol";
+
+// Thread-safe. Peers are reached on their plaintext peer port (inside the cluster only); the caller's deadline
+// and cancellation carry over to the forwarded call.
+class PeerForwarder {
+ public:
+  explicit PeerForwarder(std::string router_id);
+
+  grpc::Status Generate(const std::string& peer, grpc::ServerContext* context, const v1::GenerateRequest& request,
+                        v1::GenerateResponse* response) ABSL_LOCKS_EXCLUDED(mu_);
+  // `*relayed`: whether any event reached the client (then the call cannot be tried elsewhere).
+  grpc::Status GenerateStream(const std::string& peer, grpc::ServerContext* context,
+                              const v1::GenerateRequest& request,
+                              grpc::ServerWriter<v1::GenerateStreamResponse>* writer, bool* relayed)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  grpc::Status Score(const std::string& peer, grpc::ServerContext* context, const v1::ScoreRequest& request,
+                     v1::ScoreResponse* response) ABSL_LOCKS_EXCLUDED(mu_);
+
+ private:
+  std::unique_ptr<grpc::ClientContext> ContextFor(grpc::ServerContext* context) const;
+  v1::Gemma::Stub* StubFor(const std::string& peer) ABSL_LOCKS_EXCLUDED(mu_);
+
+  const std::string router_id_;
+  absl::Mutex mu_;
+  absl::flat_hash_map<std::string, std::unique_ptr<v1::Gemma::Stub>> stubs_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace gemma
