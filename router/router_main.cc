@@ -62,14 +62,6 @@ namespace {
 std::atomic<bool> g_stop{false};
 void OnSignal(int) { g_stop = true; }
 
-// Names this router process in the groups' leases.
-std::string RouterId() {
-  char host[256] = {};
-  ::gethostname(host, sizeof(host) - 1);
-  std::random_device random;
-  return absl::StrCat(host, "-", ::getpid(), "-", absl::Hex(random() ^ (uint64_t{random()} << 32)));
-}
-
 int Fail(const std::string& message, int code = 1) {
   std::fprintf(stderr, "gemma-router: %s\n", message.c_str());
   return code;
@@ -135,7 +127,7 @@ int main(int argc, char** argv) {
   group_options.limits = sched;
   group_options.prefix_cache = prefix_cache_flag == "on";
   group_options.overlap_steps = overlap_flag == "on";
-  const std::string router_id = RouterId();
+  const std::string router_id = group_options.lease.router_id;
   group_options.lease.router_id = router_id;
   group_options.lease.advertise = advertise;
   group_options.lease.ttl = std::chrono::milliseconds(lease_ttl);

@@ -4,6 +4,9 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <random>
+
+#include <unistd.h>
 
 #include "absl/strings/str_cat.h"
 #include "grpc/health/v1/health.grpc.pb.h"
@@ -21,6 +24,13 @@ constexpr std::chrono::milliseconds kMaxProbeDelay(4000);
 constexpr std::chrono::milliseconds kIdleHealthEvery(2000);
 
 }  // namespace
+
+std::string NewRouterId() {
+  char host[256] = {};
+  ::gethostname(host, sizeof(host) - 1);
+  std::random_device random;
+  return absl::StrCat(host, "-", ::getpid(), "-", absl::Hex(random() ^ (uint64_t{random()} << 32)));
+}
 
 absl::StatusOr<std::unique_ptr<WorkerGroup>> WorkerGroup::Connect(const std::string& address, GroupOptions options,
                                                                    std::chrono::milliseconds timeout,

@@ -24,9 +24,12 @@
 
 namespace gemma {
 
+// A fresh name for this router process: its host, its pid and a random part.
+std::string NewRouterId();
+
 // This router's claim on the groups it schedules (see the Worker service's AcquireLease).
 struct LeaseOptions {
-  std::string router_id;    // unique per router process
+  std::string router_id = NewRouterId();  // unique per router process
   std::string advertise;    // where other routers reach this one's peer port; empty: they cannot forward here
   std::chrono::milliseconds ttl{5000};
   // How many groups this router holds, shared by all its groups: a router that holds some already waits a little
