@@ -27,7 +27,7 @@ absl::Status WaitForGroup(const GroupWaitOptions& o) {
   const auto start = Clock::now();
   const auto end = start + o.timeout;
   auto next_progress = start + o.progress_every;
-  const std::string budget = absl::StrCat(" (--group_wait_timeout_ms ", o.timeout.count(), ")");
+  const std::string budget = absl::StrCat("--group_wait_timeout_ms ", o.timeout.count());
   // Calls are cut into slices of at most a second, so progress is told on time and the timeout is kept.
   auto slice = [&] {
     return std::chrono::system_clock::now() +
@@ -49,8 +49,7 @@ absl::Status WaitForGroup(const GroupWaitOptions& o) {
     if (stub->Set(&ctx, set, &ignored).ok()) break;
     if (Clock::now() >= end) {
       return absl::DeadlineExceededError(absl::StrCat("rank ", o.rank, " could not reach the group leader's "
-                                                      "rendezvous at ", o.leader, " within ", Seconds(end - start),
-                                                      " s", budget));
+                                                      "rendezvous at ", o.leader, " within ", budget));
     }
     if (progress_due() && o.log) {
       o.log(absl::StrCat("rank ", o.rank, ": waiting for the group leader at ", o.leader, " (",
@@ -82,8 +81,8 @@ absl::Status WaitForGroup(const GroupWaitOptions& o) {
     if (count == o.world) break;
     if (Clock::now() >= end) {
       return absl::DeadlineExceededError(absl::StrCat("rank ", o.rank, ": rank(s) ", list(false),
-                                                      " of the group never arrived within ", Seconds(end - start),
-                                                      " s", budget, "; arrived: ", list(true)));
+                                                      " of the group never arrived within ", budget,
+                                                      "; arrived: ", list(true)));
     }
     if (progress_due() && o.log) {
       o.log(absl::StrCat("rank ", o.rank, ": ", count, " of ", o.world, " ranks arrived (", list(true),

@@ -186,8 +186,12 @@ int Run(const WorkerOptions& o) {
 
   // Idle followers hear from the leader at least every timeout/4; a failed group turns unhealthy and exits.
   int exit_code = 0;
+  const auto heartbeat_every = std::min<std::chrono::milliseconds>(o.timeout / 4, std::chrono::milliseconds(1000));
   while (!g_stop) {
-    std::this_thread::sleep_for(std::min<std::chrono::milliseconds>(o.timeout / 4, std::chrono::milliseconds(1000)));
+    // In slices, so a SIGTERM turns the worker NOT_SERVING (draining) at once, not at the next heartbeat.
+    const auto next = std::chrono::steady_clock::now() + heartbeat_every;
+    while (!g_stop && std::chrono::steady_clock::now() < next) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    if (g_stop) break;
     if (!service.Heartbeat()) {
       std::fprintf(stderr, "gemma-worker: the group has failed (a rank died or hung); exiting so it can be restarted\n");
       std::this_thread::sleep_for(std::chrono::milliseconds(500));  // let in-flight replies go out

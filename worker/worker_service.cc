@@ -9,6 +9,31 @@
 #include "worker/step_runner.h"
 
 namespace gemma {
+namespace {
+
+int64_t SteadyNanos() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+// Marks a step running for its whole call, so a draining worker never leaves while one is waiting or running.
+class StepActivity {
+ public:
+  StepActivity(std::atomic<int>* in_flight, std::atomic<int64_t>* last) : in_flight_(in_flight), last_(last) {
+    ++*in_flight_;
+    *last_ = SteadyNanos();
+  }
+  ~StepActivity() {
+    *last_ = SteadyNanos();
+    --*in_flight_;
+  }
+
+ private:
+  std::atomic<int>* in_flight_;
+  std::atomic<int64_t>* last_;
+};
+
+}  // namespace
 
 WorkerService::WorkerService(std::unique_ptr<LeaderBackend> backend, worker::v1::ModelInfo info, WorkerMetrics* metrics)
     : info_(std::move(info)), metrics_(metrics), backend_(std::move(backend)) {}
@@ -44,6 +69,7 @@ void WorkerService::MarkFailed() {
 grpc::Status WorkerService::Step(grpc::ServerContext* context, const worker::v1::StepRequest* request,
                                  worker::v1::StepResponse* response) {
   const auto start = std::chrono::steady_clock::now();
+  StepActivity activity(&steps_in_flight_, &last_step_ns_);
   absl::MutexLock lock(&mu_);
   if (request->after_step() > 0) {
     // Sent before the step it follows had answered: wait for that one to run (it may still be on the wire). A
@@ -94,6 +120,7 @@ grpc::Status WorkerService::Step(grpc::ServerContext* context, const worker::v1:
     return ToGrpcStatus(result.status());
   }
   *response = std::move(*result);
+  response->set_draining(draining_);
   std::set<int32_t> blocks;
   for (const auto& s : request->sequences()) blocks.insert(s.block_table().begin(), s.block_table().end());
   metrics_->RecordStep(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(),
@@ -106,6 +133,16 @@ bool WorkerService::Heartbeat() {
   if (!healthy_ || backend_ == nullptr) return false;
   if (!backend_->Heartbeat().ok()) MarkFailed();
   return healthy_;
+}
+
+void WorkerService::StartDraining() {
+  // A router may be between two steps of a running request when the signal comes: it gets a second to send one.
+  last_step_ns_ = SteadyNanos();
+  draining_ = true;
+}
+
+bool WorkerService::Quiet(std::chrono::milliseconds quiet) const {
+  return steps_in_flight_ == 0 && SteadyNanos() - last_step_ns_ >= std::chrono::nanoseconds(quiet).count();
 }
 
 void WorkerService::Stop() {
