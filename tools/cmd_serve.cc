@@ -129,7 +129,9 @@ int ServeCommand(int argc, char** argv) {
       std::vector<std::string> worker_args = {"--model=" + model, "--kv_cache_mb=" + std::to_string(*kv_mb),
                                               absl::StrCat("--rank=", r), absl::StrCat("--world_size=", *tp),
                                               "--peer_port=" + peer, "--leader=127.0.0.1:" + peer,
-                                              "--port_file=" + port_file, absl::StrCat("--threads=", *threads)};
+                                              "--port_file=" + port_file, absl::StrCat("--threads=", *threads),
+                                              // The groups share a host name: their metrics need names apart.
+                                              absl::StrCat("--group_name=group-", g)};
       if (device == "cuda") {
         worker_args.insert(worker_args.end(), {"--device=cuda", "--precision=" + precision,
                                                absl::StrCat("--cuda_device=", g * *tp + r)});
