@@ -425,6 +425,24 @@ TEST(WorkerTest, TpLauncherRunsTheGroupAndGoesDownWithAnyRank) {
   EXPECT_EQ(::kill(ranks[0], 0), -1) << "rank 0 outlived its launcher";
 }
 
+// SIGTERM to the launcher (what Kubernetes sends the pod) reaches the ranks: rank 0 drains and stops its follower,
+// and the launcher exits 0 once both have.
+TEST(WorkerTest, TpLauncherStopsCleanlyOnSigtermOnceItsRanksHave) {
+  const std::string port_file = ::testing::TempDir() + "/launcher_stop_port_" + std::to_string(::getpid());
+  std::remove(port_file.c_str());
+  auto launcher = StartWorker({"--model=" + testing::GemmaTinyDir() + "/tiny-mqa", "--tp=2",
+                               "--peer_port=" + std::to_string(FreePort()), "--port_file=" + port_file, "--threads=1",
+                               "--kv_cache_mb=16"});
+  const int port = testing::WaitForPortFile(port_file, std::chrono::seconds(30));
+  ASSERT_GT(port, 0) << launcher->Err();
+  const std::vector<pid_t> ranks = Children(launcher->pid);
+  ASSERT_EQ(ranks.size(), 2u);
+  ::kill(launcher->pid, SIGTERM);
+  EXPECT_EQ(launcher->WaitExit(std::chrono::seconds(15)), 0) << launcher->Err();
+  EXPECT_NE(launcher->Err().find("every rank exited cleanly"), std::string::npos) << launcher->Err();
+  for (pid_t r : ranks) EXPECT_EQ(::kill(r, 0), -1) << "rank " << r << " outlived its launcher";
+}
+
 // Ranks wait for their group under --group_wait_timeout_ms, not the short failure timeout, and say who is missing.
 TEST(WorkerTest, ARankWhoseGroupNeverComesFailsAfterTheGroupWaitTimeout) {
   const std::string peer = std::to_string(FreePort());
