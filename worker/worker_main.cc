@@ -225,6 +225,13 @@ int main(int argc, char** argv) {
   auto options = gemma::WorkerOptionsFromFlags();
   if (!options.ok()) return gemma::Fail(options.status());
   if (!plan->has_value()) return gemma::Run(*options);
+  // A degree the model cannot split fails here, once, rather than in every rank.
+  auto checkpoint = gemma::Checkpoint::Open(options->model);
+  if (!checkpoint.ok()) return gemma::Fail(checkpoint.status());
+  if (auto tp = gemma::TensorParallel::Create((*checkpoint)->config(), 0, (*plan)->tp); !tp.ok()) {
+    return gemma::Fail(tp.status());
+  }
+  checkpoint->reset();
   gemma::LauncherSettings settings;
   settings.binary = gemma::SelfExecutable(argv[0]);
   settings.args.assign(argv + 1, argv + argc);

@@ -265,7 +265,7 @@ TEST(WorkerTest, BadFlagsGiveClearErrors) {
             "could not reach the group leader's rendezvous"},
            {{model, "--group_wait_timeout_ms=50"}, "--group_wait_timeout_ms 50 is invalid; allowed: 100..86400000"},
            {{model, "--drain_timeout_ms=-1"}, "--drain_timeout_ms -1 is invalid; allowed: 0..3600000"},
-           {{model, "--tp=3"}, "does not divide the 4 attention heads"},
+           {{model, "--tp=3"}, "gemma-worker: tensor-parallel degree 3 does not divide the 4 attention heads"},
            {{model, "--tp=4", "--ranks_per_host=3"}, "--ranks_per_host 3 does not divide --tp 4"},
            {{model, "--tp=2000"}, "--tp 2000 is invalid; allowed: 0 (one rank) or 1..1024"},
        }) {
