@@ -203,10 +203,16 @@ bool Engine::CanContinue(const std::vector<PlannedSequence>& plan) {
 void Engine::Apply(const std::vector<PlannedSequence>& plan, const std::vector<RowResult>& results,
                    const std::vector<absl::Status>& errors, const UpdateFn& on_update,
                    const absl::flat_hash_set<uint64_t>& still_running) {
+  int step_tokens = 0;
   for (size_t i = 0; i < plan.size(); ++i) {
     const PlannedSequence& p = plan[i];
-    if (errors[i].ok()) prefilled_tokens_ += std::max(0, std::min(p.start + p.count, p.sequence->prompt_len) - p.start);
+    if (!errors[i].ok()) continue;
+    prefilled_tokens_ += std::max(0, std::min(p.start + p.count, p.sequence->prompt_len) - p.start);
+    step_tokens += p.count;
   }
+  // Bounded: a caller that never takes them (no metrics) must not grow it forever.
+  if (step_tokens_.size() >= 1024) step_tokens_.erase(step_tokens_.begin());
+  step_tokens_.push_back(step_tokens);
   std::vector<uint64_t> finished;
   for (size_t i = 0; i < plan.size(); ++i) {
     const PlannedSequence& p = plan[i];

@@ -8,6 +8,7 @@
 #include <optional>
 #include <memory>
 #include <span>
+#include <utility>
 #include <vector>
 
 #include "absl/container/flat_hash_set.h"
@@ -78,6 +79,8 @@ class Engine {
   const Scheduler& scheduler() const { return scheduler_; }
   // Prompt positions computed by steps that ran (a cached prefix is not computed).
   int64_t prefilled_tokens() const { return prefilled_tokens_; }
+  // Tokens (positions) each step computed since the last call, oldest first; at most the last 1024 are kept.
+  std::vector<int> TakeStepTokens() { return std::exchange(step_tokens_, {}); }
   // Steps sent again with full penalty histories because the executor had lost one (FailedPrecondition).
   int64_t history_resends() const { return history_resends_; }
 
@@ -114,6 +117,7 @@ class Engine {
   absl::flat_hash_set<uint64_t> finished_early_;  // finished while a step in flight runs them once more
   int64_t prefilled_tokens_ = 0;
   int64_t history_resends_ = 0;
+  std::vector<int> step_tokens_;
 };
 
 }  // namespace gemma

@@ -28,6 +28,7 @@ void ActiveRequest::MarkScheduled() {
   absl::MutexLock lock(&mu_);
   if (scheduled_) return;
   scheduled_ = true;
+  scheduled_at_ = std::chrono::steady_clock::now();
   if (metrics_) metrics_->Queued(SecondsSince(arrival_));
 }
 
@@ -36,8 +37,23 @@ bool ActiveRequest::scheduled() const {
   return scheduled_;
 }
 
-void ActiveRequest::RecordEnd(const absl::Status& status) {
-  if (metrics_) metrics_->Finished(status, SecondsSince(arrival_), static_cast<int>(options_.prompt.size()), generated_);
+void ActiveRequest::RecordEnd(const absl::Status& status, std::optional<v1::FinishReason> reason) {
+  if (!metrics_) return;
+  std::string why;
+  if (options_.score) {
+    // Scoring has no finish reason: it is not counted among generation requests.
+  } else if (status.ok() && reason.has_value()) {
+    switch (*reason) {
+      case v1::FINISH_REASON_EOS: why = "eos"; break;
+      case v1::FINISH_REASON_STOP_SEQUENCE: why = "stop"; break;
+      default: why = "length"; break;
+    }
+  } else if (absl::IsCancelled(status) || absl::IsDeadlineExceeded(status)) {
+    why = "cancelled";
+  } else {
+    why = "failed";
+  }
+  metrics_->Finished(status, SecondsSince(arrival_), static_cast<int>(options_.prompt.size()), generated_, why);
 }
 
 bool ActiveRequest::OnToken(int32_t token, float logprob, const std::vector<std::pair<int32_t, float>>& top) {
@@ -46,6 +62,7 @@ bool ActiveRequest::OnToken(int32_t token, float logprob, const std::vector<std:
   if (metrics_) {
     if (generated_ == 0) {
       metrics_->FirstToken(SecondsSince(arrival_));
+      if (scheduled_) metrics_->Prefill(SecondsSince(scheduled_at_));
     } else {
       metrics_->InterToken(SecondsSince(last_token_));
     }
@@ -75,7 +92,7 @@ void ActiveRequest::FinishLocked(v1::FinishReason reason) {
   if (producer_decodes_) pending_.back().delta += text_.Finish();
   finish_reason_ = reason;
   finished_ = true;
-  RecordEnd(absl::OkStatus());
+  RecordEnd(absl::OkStatus(), reason);
 }
 
 void ActiveRequest::OnScores(const std::vector<float>& logprobs, std::vector<std::vector<std::pair<int32_t, float>>> top) {

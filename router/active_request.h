@@ -83,7 +83,9 @@ class ActiveRequest {
   };
 
   void FinishLocked(v1::FinishReason reason) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void RecordEnd(const absl::Status& status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // `reason`: how a generation that completed ended (for the finished-by-reason counter).
+  void RecordEnd(const absl::Status& status, std::optional<v1::FinishReason> reason = std::nullopt)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Turns the tokens produced so far into events and response fields.
   void Drain() ABSL_EXCLUSIVE_LOCKS_REQUIRED(read_mu_) ABSL_LOCKS_EXCLUDED(mu_);
   // What a consumer waits for: something to drain.
@@ -105,6 +107,7 @@ class ActiveRequest {
   mutable absl::Mutex mu_ ABSL_ACQUIRED_AFTER(read_mu_);
   std::chrono::steady_clock::time_point last_token_ ABSL_GUARDED_BY(mu_);
   bool scheduled_ ABSL_GUARDED_BY(mu_) = false;
+  std::chrono::steady_clock::time_point scheduled_at_ ABSL_GUARDED_BY(mu_);  // its first step, for prefill time
   std::vector<Generated> pending_ ABSL_GUARDED_BY(mu_);  // not yet drained by the consumer
   int32_t generated_ ABSL_GUARDED_BY(mu_) = 0;
   std::optional<v1::FinishReason> finish_reason_ ABSL_GUARDED_BY(mu_);

@@ -1,6 +1,8 @@
 #include "router/router_metrics.h"
 
 #include "engine/status_macros.h"
+#include "gemma/worker/v1/worker.pb.h"
+#include "monitoring/build_info.h"
 #include "monitoring/metrics_server.h"
 
 #include "absl/strings/str_cat.h"
@@ -16,6 +18,13 @@ const char* Outcome(const absl::Status& status) {
     case absl::StatusCode::kDeadlineExceeded: return "cancelled";
     default: return "failed";
   }
+}
+
+// Powers of two up to the longest contexts (128k).
+prometheus::Histogram::BucketBoundaries Tokens() {
+  prometheus::Histogram::BucketBoundaries b;
+  for (double v = 1; v <= 131072; v *= 2) b.push_back(v);
+  return b;
 }
 
 prometheus::Histogram::BucketBoundaries Latency() {
@@ -35,6 +44,19 @@ absl::StatusOr<std::unique_ptr<RouterMetrics>> RouterMetrics::Create(const std::
   m->itl_ = hist("gemma_router_inter_token_latency_seconds", "Between consecutive generated tokens of one request.");
   m->e2e_ = hist("gemma_router_request_duration_seconds", "From a request's arrival to its end, any outcome.");
   m->queue_ = hist("gemma_router_queue_duration_seconds", "From a request's arrival to its first scheduled step.");
+  m->prefill_ = hist("gemma_router_prefill_duration_seconds",
+                     "From a request's first scheduled step to its first generated token.");
+  auto tokens = [&](const char* name, const char* help) {
+    return &prometheus::BuildHistogram().Name(name).Help(help).Register(r).Add({}, Tokens());
+  };
+  m->prompt_hist_ = tokens("gemma_router_prompt_tokens", "Prompt tokens of one generation request, when it ends.");
+  m->generated_hist_ = tokens("gemma_router_generated_tokens", "Tokens one generation request generated, when it ends.");
+  m->step_tokens_ = tokens("gemma_router_step_tokens", "Tokens one step computed (prompt positions and decodes).");
+  m->finished_ = &prometheus::BuildCounter()
+                      .Name("gemma_router_requests_finished_total")
+                      .Help("Generation requests ended, by reason: length, stop, eos, cancelled, failed.")
+                      .Register(r);
+  AddBuildInfo(r, worker::v1::PROTOCOL_VERSION_CURRENT);
   m->requests_ = &prometheus::BuildCounter()
                       .Name("gemma_router_requests_total")
                       .Help("Requests ended, by outcome (completed, cancelled, failed, rejected) and gRPC code.")
@@ -69,8 +91,14 @@ absl::StatusOr<std::unique_ptr<RouterMetrics>> RouterMetrics::Create(const std::
   return m;
 }
 
-void RouterMetrics::Finished(const absl::Status& status, double seconds, int prompt_tokens, int generated_tokens) {
+void RouterMetrics::Finished(const absl::Status& status, double seconds, int prompt_tokens, int generated_tokens,
+                             const std::string& reason) {
   e2e_->Observe(seconds);
+  if (!reason.empty()) {
+    finished_->Add({{"reason", reason}}).Increment();
+    prompt_hist_->Observe(prompt_tokens);
+    generated_hist_->Observe(generated_tokens);
+  }
   requests_->Add({{"outcome", Outcome(status)}, {"code", absl::StatusCodeToString(status.code())}}).Increment();
   prompt_tokens_->Increment(prompt_tokens);
   generated_tokens_->Increment(generated_tokens);

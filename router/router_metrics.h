@@ -24,7 +24,18 @@ class RouterMetrics {
   void FirstToken(double seconds_since_arrival) { ttft_->Observe(seconds_since_arrival); }
   void InterToken(double seconds) { itl_->Observe(seconds); }
   void Queued(double seconds) { queue_->Observe(seconds); }
-  void Finished(const absl::Status& status, double seconds, int prompt_tokens, int generated_tokens);
+  // `reason` (length, stop, eos, cancelled, failed) counts the request in gemma_router_requests_finished_total;
+  // empty (a scoring request) does not.
+  void Finished(const absl::Status& status, double seconds, int prompt_tokens, int generated_tokens,
+                const std::string& reason);
+  // From a request's first scheduled step to its first generated token.
+  void Prefill(double seconds) { prefill_->Observe(seconds); }
+  // Tokens (prompt positions and decoded tokens) one step computed.
+  void StepTokens(int tokens) { step_tokens_->Observe(tokens); }
+  // The `group` label: the group's name when its workers give one (stable across restarts), else its address.
+  static std::string GroupLabel(const std::string& group_name, const std::string& address) {
+    return group_name.empty() ? address : group_name;
+  }
   // Not admitted: bad request, full queue, no healthy group, or no valid API key.
   void Rejected(const absl::Status& status);
   void Preempted(int n) { preemptions_->Increment(n); }
@@ -46,8 +57,8 @@ class RouterMetrics {
   RouterMetrics() = default;
   std::shared_ptr<prometheus::Registry> registry_;
   std::unique_ptr<prometheus::Exposer> exposer_;
-  prometheus::Histogram *ttft_, *itl_, *e2e_, *queue_;
-  prometheus::Family<prometheus::Counter>* requests_;
+  prometheus::Histogram *ttft_, *itl_, *e2e_, *queue_, *prefill_, *prompt_hist_, *generated_hist_, *step_tokens_;
+  prometheus::Family<prometheus::Counter>*requests_, *finished_;
   prometheus::Counter *prompt_tokens_, *generated_tokens_, *preemptions_, *prefill_tokens_, *prefix_queries_,
       *prefix_hits_, *takeovers_, *forwarded_;
   prometheus::Family<prometheus::Gauge>*queue_depth_, *running_, *kv_used_, *kv_usage_, *healthy_, *prefix_blocks_, *owned_;

@@ -30,7 +30,7 @@ class RouterTest : public ::testing::Test {
     std::remove((dir + ".worker").c_str());
     std::remove((dir + ".router").c_str());
     worker_ = testing::Start(WORKER_BINARY, {"--model=" + GemmaTinyDir() + "/tiny-mqa", "--port_file=" + dir + ".worker",
-                                             "--threads=1", "--kv_cache_mb=64"})
+                                             "--threads=1", "--kv_cache_mb=64", "--group_name=router-test-group"})
                   .release();
     const int worker_port = testing::WaitForPortFile(dir + ".worker", std::chrono::seconds(20));
     ASSERT_GT(worker_port, 0) << worker_->Err();
@@ -135,7 +135,7 @@ OwnWorker StartOwnWorker() {
   OwnWorker w;
   w.port = testing::FreePort();
   w.process = testing::Start(WORKER_BINARY, {"--model=" + GemmaTinyDir() + "/tiny-mqa", "--port=" + std::to_string(w.port),
-                                             "--threads=1", "--kv_cache_mb=64"});
+                                             "--threads=1", "--kv_cache_mb=64", "--group_name=own-group"});
   return w;
 }
 
@@ -210,7 +210,7 @@ TEST_F(RouterTest, CancelledStreamsFreeTheirKvBlocksAndAreCounted) {
     }
     EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::CANCELLED);
   }
-  const std::string kv = "gemma_router_kv_blocks_used{group=\"127.0.0.1:" + std::to_string(worker_port_) + "\"}";
+  const std::string kv = "gemma_router_kv_blocks_used{group=\"router-test-group\"}";
   double used = -1, cancelled = -1;
   for (int i = 0; i < 100 && (used != 0 || cancelled < 3); ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
@@ -221,6 +221,7 @@ TEST_F(RouterTest, CancelledStreamsFreeTheirKvBlocksAndAreCounted) {
   EXPECT_EQ(used, 0) << "KV blocks still held after cancellation";
   EXPECT_GE(cancelled, 3);
   const std::string m = testing::HttpGet(metrics_port_, "/metrics");
+  EXPECT_GE(Sample(m, "gemma_router_requests_finished_total{reason=\"cancelled\"}"), 3);
   for (const char* name : {"gemma_router_time_to_first_token_seconds_count", "gemma_router_inter_token_latency_seconds_count",
                            "gemma_router_request_duration_seconds_count", "gemma_router_queue_duration_seconds_count",
                            "gemma_router_queue_depth", "gemma_router_running_sequences", "gemma_router_kv_cache_usage_ratio",
@@ -228,6 +229,40 @@ TEST_F(RouterTest, CancelledStreamsFreeTheirKvBlocksAndAreCounted) {
                            "gemma_router_preemptions_total", "gemma_router_group_healthy"}) {
     EXPECT_NE(m.find(name), std::string::npos) << name;
   }
+}
+
+// Per request: how it ended, its prompt and generated tokens, its prefill time; per step: its tokens; per process:
+// its build; groups labelled by their name, not their address.
+TEST_F(RouterTest, MetricsCountFinishReasonsTokensPerRequestAndStepAndPrefillTime) {
+  auto scrape = [&] { return testing::HttpGet(metrics_port_, "/metrics"); };
+  const std::string before = scrape();
+  auto delta = [&](const std::string& after, const std::string& name) {
+    return std::max(0.0, Sample(after, name)) - std::max(0.0, Sample(before, name));
+  };
+  v1::GenerateResponse resp;
+  grpc::ClientContext ctx;
+  ASSERT_TRUE(Client()->Generate(&ctx, Ids({2, 3791, 323, 4}, 5), &resp).ok());
+  const std::string reason = resp.finish_reason() == v1::FINISH_REASON_EOS ? "eos" : "length";
+  const double generated = resp.tokens_size();
+  std::string m;
+  for (int i = 0; i < 40; ++i) {  // the metrics are recorded as the request ends, just before it answers
+    m = scrape();
+    if (delta(m, "gemma_router_requests_finished_total{reason=\"" + reason + "\"}") >= 1) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(25));
+  }
+  EXPECT_EQ(delta(m, "gemma_router_requests_finished_total{reason=\"" + reason + "\"}"), 1) << m;
+  EXPECT_EQ(delta(m, "gemma_router_prompt_tokens_count"), 1);
+  EXPECT_EQ(delta(m, "gemma_router_prompt_tokens_sum"), 4);
+  EXPECT_EQ(delta(m, "gemma_router_generated_tokens_count"), 1);
+  EXPECT_EQ(delta(m, "gemma_router_generated_tokens_sum"), generated);
+  EXPECT_EQ(delta(m, "gemma_router_prefill_duration_seconds_count"), 1);
+  EXPECT_GT(delta(m, "gemma_router_prefill_duration_seconds_sum"), 0);
+  // A prefill step of 4 positions, then a step of one token for each further token.
+  EXPECT_GE(delta(m, "gemma_router_step_tokens_count"), generated);
+  EXPECT_GE(delta(m, "gemma_router_step_tokens_sum"), 4 + generated - 1);
+  EXPECT_NE(m.find("gemma_build_info{protocol=\"2\",version=\""), std::string::npos);
+  EXPECT_EQ(Sample(m, "gemma_router_group_healthy{group=\"router-test-group\"}"), 1) << m;
+  EXPECT_EQ(m.find("gemma_router_group_healthy{group=\"127.0.0.1:"), std::string::npos);
 }
 
 TEST_F(RouterTest, ARepeatedPrefixIsServedFromTheCacheWithTheSameTokens) {
@@ -258,7 +293,7 @@ TEST_F(RouterTest, ARepeatedPrefixIsServedFromTheCacheWithTheSameTokens) {
   // The same 7 blocks (112 positions) are reused; only the last 4 prompt positions are computed again.
   EXPECT_EQ(settled("gemma_router_prefix_cache_hits_total", hits + 112), hits + 112);
   EXPECT_EQ(settled("gemma_router_prefill_tokens_total", prefilled + 4), prefilled + 4);
-  EXPECT_GT(metric("gemma_router_prefix_cache_blocks{group=\"127.0.0.1:" + std::to_string(worker_port_) + "\"}"), 0);
+  EXPECT_GT(metric("gemma_router_prefix_cache_blocks{group=\"router-test-group\"}"), 0);
   // A prompt that shares the first blocks and then departs reuses only those.
   auto other = prompt;
   other[40] = 7;  // in the third block
@@ -270,8 +305,11 @@ TEST_F(RouterTest, ARepeatedPrefixIsServedFromTheCacheWithTheSameTokens) {
 TEST_F(RouterTest, ARequestGoesToTheGroupHoldingItsPrefixWhenItIsNotMuchBusier) {
   const std::string model = "--model=" + GemmaTinyDir() + "/tiny-mqa";
   const int port_a = testing::FreePort(), port_b = testing::FreePort();
-  auto a = testing::Start(WORKER_BINARY, {model, "--port=" + std::to_string(port_a), "--threads=1", "--kv_cache_mb=32"});
-  auto b = testing::Start(WORKER_BINARY, {model, "--port=" + std::to_string(port_b), "--threads=1", "--kv_cache_mb=32"});
+  // Each group's metrics are labelled with its name (the host name by default, the same for both here).
+  auto a = testing::Start(WORKER_BINARY, {model, "--port=" + std::to_string(port_a), "--threads=1", "--kv_cache_mb=32",
+                                          "--group_name=group-a"});
+  auto b = testing::Start(WORKER_BINARY, {model, "--port=" + std::to_string(port_b), "--threads=1", "--kv_cache_mb=32",
+                                          "--group_name=group-b"});
   const std::string port_file = ::testing::TempDir() + "/router_pa_" + std::to_string(::getpid());
   std::remove(port_file.c_str());
   const int metrics = testing::FreePort();
@@ -295,7 +333,8 @@ TEST_F(RouterTest, ARequestGoesToTheGroupHoldingItsPrefixWhenItIsNotMuchBusier) 
     EXPECT_TRUE(stub->Generate(&ctx, Ids(ids, 4), &resp).ok());
   };
   auto cached = [&](int worker_port) {
-    const std::string name = "gemma_router_prefix_cache_blocks{group=\"127.0.0.1:" + std::to_string(worker_port) + "\"}";
+    const std::string name = std::string("gemma_router_prefix_cache_blocks{group=\"") +
+                             (worker_port == port_a ? "group-a" : "group-b") + "\"}";
     return Sample(testing::HttpGet(metrics, "/metrics"), name);
   };
   auto healthy_groups = [&] {
@@ -451,7 +490,7 @@ TEST_F(RouterTest, StoppingAnswersQueuedRequestsUnavailableAndExits) {
       return Ending{status, std::chrono::steady_clock::now()};
     }));
   }
-  const std::string depth = "gemma_router_queue_depth{group=\"127.0.0.1:" + std::to_string(worker.port) + "\"}";
+  const std::string depth = "gemma_router_queue_depth{group=\"own-group\"}";
   double queued = 0;
   for (int i = 0; i < 400 && queued < 60; ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
@@ -473,6 +512,44 @@ TEST_F(RouterTest, StoppingAnswersQueuedRequestsUnavailableAndExits) {
   EXPECT_GE(answered_at_once, 55) << "queued requests are answered UNAVAILABLE when the router stops";
   EXPECT_EQ(router.process->WaitExit(std::chrono::seconds(15)), 0) << router.process->Err();
   EXPECT_LT(std::chrono::steady_clock::now() - stop, std::chrono::seconds(15));
+}
+
+// A worker group told to stop (SIGTERM, as Kubernetes does) while a request runs: the request completes in full
+// (the same tokens as undisturbed), and only then does the worker exit, cleanly.
+TEST_F(RouterTest, AWorkerStoppedDuringARequestFinishesItThenExits) {
+  const std::string port_file = ::testing::TempDir() + "/drain_worker_" + std::to_string(::getpid());
+  std::remove(port_file.c_str());
+  auto worker = testing::Start(WORKER_BINARY, {"--model=" + GemmaTinyDir() + "/tiny-mqa", "--port_file=" + port_file,
+                                               "--threads=1", "--kv_cache_mb=32", "--drain_timeout_ms=60000"});
+  const int worker_port = testing::WaitForPortFile(port_file, std::chrono::seconds(30));
+  ASSERT_GT(worker_port, 0) << worker->Err();
+  RouterProcess router = StartRouter({worker_port});
+  ASSERT_GT(router.port, 0) << router.process->Err();
+  const v1::GenerateRequest req = Ids({2, 3791, 323}, 300);
+  v1::GenerateResponse undisturbed;
+  {
+    grpc::ClientContext ctx;
+    ASSERT_TRUE(router.stub->Generate(&ctx, req, &undisturbed).ok());
+  }
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+  auto reader = router.stub->GenerateStream(&ctx, req);
+  v1::GenerateStreamResponse event;
+  std::vector<int> ids;
+  ASSERT_TRUE(reader->Read(&event));
+  ids.push_back(event.token().token().id());
+  ::kill(worker->pid, SIGTERM);
+  while (reader->Read(&event)) {
+    if (event.has_token()) ids.push_back(event.token().token().id());
+  }
+  const grpc::Status status = reader->Finish();
+  const auto finished = std::chrono::steady_clock::now();
+  ASSERT_TRUE(status.ok()) << status.error_message() << "\n" << worker->Err();
+  EXPECT_EQ(ids, TokenIds(undisturbed));
+  EXPECT_GT(ids.size(), 50u) << "the request ended too soon to have run across the signal";
+  EXPECT_EQ(worker->WaitExit(std::chrono::seconds(15)), 0) << worker->Err();
+  EXPECT_LT(std::chrono::steady_clock::now() - finished, std::chrono::seconds(5)) << "it waited for the drain timeout";
+  EXPECT_NE(worker->Err().find("drained after"), std::string::npos) << worker->Err();
 }
 
 // The worker keeps a penalized sequence's history: a run that starts from the prefix cache (its first row brings
@@ -505,7 +582,7 @@ TEST_F(RouterTest, RequestsCancelledWhileQueuedLeaveAtOnceAndAreNeverPrefilled) 
       StartRouter({worker.port}, {"--max_batch_size=2", "--max_tokens_per_step=1",
                                    "--metrics_port=" + std::to_string(metrics_port)});
   ASSERT_GT(router.port, 0) << router.process->Err();
-  const std::string group = "{group=\"127.0.0.1:" + std::to_string(worker.port) + "\"}";
+  const std::string group = "{group=\"own-group\"}";
   const std::string cancelled_total = "gemma_router_requests_total{code=\"CANCELLED\",outcome=\"cancelled\"}";
   auto metric = [&](const std::string& name) {
     return std::max(0.0, Sample(testing::HttpGet(metrics_port, "/metrics"), name));

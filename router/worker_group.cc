@@ -83,7 +83,7 @@ WorkerGroup::~WorkerGroup() {
   { absl::MutexLock lock(&mu_); }  // wakes the group's thread: its wait re-evaluates HasWork() on release
   thread_.join();
   ReleaseLease();
-  if (metrics_ != nullptr) metrics_->GroupGone(address_);
+  if (metrics_ != nullptr) metrics_->GroupGone(RouterMetrics::GroupLabel(info_.group_name(), address_));
 }
 
 void WorkerGroup::MaintainLease() {
@@ -335,11 +335,13 @@ void WorkerGroup::PublishState() {
     cached_names_.swap(copy);
   }
   if (metrics_ == nullptr) return;
-  metrics_->GroupState(address_, s.queued(), s.running(), s.blocks().used_blocks(), s.blocks().num_blocks(), healthy_);
-  metrics_->GroupOwned(address_, owned_);
+  const std::string group = RouterMetrics::GroupLabel(info_.group_name(), address_);
+  for (int tokens : engine_->TakeStepTokens()) metrics_->StepTokens(tokens);
+  metrics_->GroupState(group, s.queued(), s.running(), s.blocks().used_blocks(), s.blocks().num_blocks(), healthy_);
+  metrics_->GroupOwned(group, owned_);
   metrics_->Preempted(static_cast<int>(s.preemptions() - preemptions_seen_));
   preemptions_seen_ = s.preemptions();
-  metrics_->PrefixCache(address_, s.prefix_query_tokens() - prefix_queried_seen_,
+  metrics_->PrefixCache(group, s.prefix_query_tokens() - prefix_queried_seen_,
                         s.prefix_hit_tokens() - prefix_hit_seen_, s.blocks().cached_blocks());
   prefix_queried_seen_ = s.prefix_query_tokens();
   prefix_hit_seen_ = s.prefix_hit_tokens();

@@ -27,6 +27,7 @@ constexpr int kLeaseTtlMs = 1500;
 struct Worker {
   std::unique_ptr<testing::Process> process;
   int port = 0;
+  std::string name;  // the group's name, its metrics label
   std::string address() const { return "127.0.0.1:" + std::to_string(port); }
   worker::v1::LeaseState Lease() const {
     auto stub = worker::v1::Worker::NewStub(grpc::CreateChannel(address(), grpc::InsecureChannelCredentials()));
@@ -38,11 +39,13 @@ struct Worker {
   }
 };
 
-Worker StartWorker() {
+Worker StartWorker(const std::string& name) {
   Worker w;
   w.port = testing::FreePort();
+  w.name = name;
   w.process = testing::Start(WORKER_BINARY, {"--model=" + testing::GemmaTinyDir() + "/tiny-mqa",
-                                             "--port=" + std::to_string(w.port), "--threads=1", "--kv_cache_mb=32"});
+                                             "--port=" + std::to_string(w.port), "--threads=1", "--kv_cache_mb=32",
+                                             "--group_name=" + name});
   return w;
 }
 
@@ -137,8 +140,8 @@ milliseconds WaitFor(Ready ready, milliseconds limit) {
 class MultiRouterTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    a_ = StartWorker();
-    b_ = StartWorker();
+    a_ = StartWorker("group-a");
+    b_ = StartWorker("group-b");
     router_a_ = StartRouter({&a_});
     ASSERT_GT(router_a_.port, 0) << router_a_.process->Err();
     router_b_ = StartRouter({&a_, &b_});
@@ -190,8 +193,8 @@ TEST_F(MultiRouterTest, SixtyFourConcurrentRequestsOverThreeRoutersEachEqualThei
   }
   // C holds no group: what came in through it was scheduled by A or B.
   EXPECT_GE(router_c_.Metric("gemma_router_forwarded_requests_total"), 21);
-  EXPECT_EQ(router_c_.Metric("gemma_router_group_owned{group=\"" + a_.address() + "\"}"), 0);
-  EXPECT_EQ(router_a_.Metric("gemma_router_group_owned{group=\"" + a_.address() + "\"}"), 1);
+  EXPECT_EQ(router_c_.Metric("gemma_router_group_owned{group=\"" + a_.name + "\"}"), 0);
+  EXPECT_EQ(router_a_.Metric("gemma_router_group_owned{group=\"" + a_.name + "\"}"), 1);
   // Still one holder per group, and not the same one.
   EXPECT_EQ(a_.Lease().holder_address(), router_a_.peer_address());
   EXPECT_EQ(b_.Lease().holder_address(), router_b_.peer_address());

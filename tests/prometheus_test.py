@@ -41,6 +41,17 @@ def query(port, promql):
         return json.load(r)["data"]["result"]
 
 
+def settle(port, promql, ok, what, seconds=30):
+    """The samples of `promql` once `ok(samples)` holds (scrapes come on their own schedule); fails naming `what`."""
+    end, result = time.time() + seconds, None
+    while time.time() < end:
+        result = [(r["metric"], float(r["value"][1])) for r in query(port, promql)]
+        if ok(result):
+            return result
+        time.sleep(0.5)
+    raise AssertionError(f"{what}: {promql} gave {result}")
+
+
 def api(port, path):
     with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
         return json.load(r)["data"]
@@ -59,7 +70,8 @@ def main():
     procs = []
     try:
         procs.append(subprocess.Popen([worker_bin, f"--model={model}", f"--port_file={work}/worker.port", "--threads=1",
-                                       "--kv_cache_mb=32", f"--metrics_port={worker_metrics}"], stdout=subprocess.DEVNULL))
+                                       "--kv_cache_mb=32", f"--metrics_port={worker_metrics}",
+                                       "--group_name=prom-group"], stdout=subprocess.DEVNULL))
         worker_port = wait_port(f"{work}/worker.port")
         procs.append(subprocess.Popen([router_bin, "--plaintext", f"--workers=127.0.0.1:{worker_port}",
                                        f"--port_file={work}/router.port", f"--metrics_port={router_metrics}"],
@@ -98,6 +110,26 @@ def main():
                 break
             time.sleep(0.5)
         assert len(up) == 2 and all(r["value"][1] == "1" for r in up), up
+
+        # The metrics of horizontal scaling, each with a value that follows from the N requests of 3 prompt tokens
+        # and at most 4 generated tokens.
+        one = lambda want: (lambda r: len(r) == 1 and r[0][1] == want)
+        settle(prom_port, 'gemma_build_info{protocol="2"}', lambda r: len(r) == 2 and all(v == 1 for _, v in r),
+               "build info on the router and the worker")
+        settle(prom_port, 'gemma_worker_model_info{model="tiny-mqa",tp="1",device="cpu"}', one(1), "model info")
+        settle(prom_port, 'gemma_worker_kv_blocks{rank="0"} > 0', lambda r: len(r) == 1, "KV blocks")
+        settle(prom_port, 'gemma_worker_rank_step_duration_seconds_count{rank="0"}', lambda r: len(r) == 1 and r[0][1] >= N,
+               "rank 0's steps")
+        settle(prom_port, 'gemma_worker_rank_collective_duration_seconds_count{rank="0"}',
+               lambda r: len(r) == 1 and r[0][1] >= N, "rank 0's collective times")
+        settle(prom_port, 'sum(gemma_router_requests_finished_total{reason=~"length|eos"})', one(N), "finished requests")
+        settle(prom_port, "gemma_router_prompt_tokens_count", one(N), "prompt token histogram")
+        settle(prom_port, "gemma_router_prompt_tokens_sum", one(3 * N), "prompt tokens")
+        settle(prom_port, "gemma_router_generated_tokens_sum", lambda r: len(r) == 1 and N <= r[0][1] <= 4 * N,
+               "generated tokens")
+        settle(prom_port, "gemma_router_step_tokens_sum", lambda r: len(r) == 1 and r[0][1] >= 3 * N, "step tokens")
+        settle(prom_port, "gemma_router_prefill_duration_seconds_count", one(N), "prefill durations")
+        settle(prom_port, 'gemma_router_group_healthy{group="prom-group"}', one(1), "the group labelled by its name")
 
         documented = set(re.findall(r"^\| `(gemma_[a-z0-9_]+)`", open(os.path.join(source, "monitoring/METRICS.md")).read(), re.M))
         scraped = {n for n in api(prom_port, "/api/v1/label/__name__/values") if n.startswith("gemma_")}

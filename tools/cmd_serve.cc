@@ -16,6 +16,7 @@
 #include "tools/commands.h"
 #include "tools/default_model.h"
 #include "tools/free_port.h"
+#include "worker/child_process.h"
 
 namespace gemma {
 namespace {
@@ -29,18 +30,14 @@ std::string Binary(const char* name, const char* build_path) {
   return std::filesystem::exists(beside) ? beside : build_path;
 }
 
+// Ctrl-C reaches gemma serve alone, which stops its children itself. -1 when it cannot start (said on stderr).
 pid_t Spawn(const std::string& binary, const std::vector<std::string>& args) {
-  const pid_t pid = ::fork();
-  if (pid == 0) {
-    ::setpgid(0, 0);  // Ctrl-C reaches gemma serve, which stops its children itself
-    std::vector<char*> argv = {const_cast<char*>(binary.c_str())};
-    for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-    argv.push_back(nullptr);
-    ::execv(binary.c_str(), argv.data());
-    std::fprintf(stderr, "gemma serve: cannot run %s\n", binary.c_str());
-    ::_exit(127);
+  auto pid = SpawnChild(binary, args, {.own_process_group = true});
+  if (!pid.ok()) {
+    std::fprintf(stderr, "gemma serve: %s\n", std::string(pid.status().message()).c_str());
+    return -1;
   }
-  return pid;
+  return *pid;
 }
 
 int ReadPort(const std::string& path, const std::vector<pid_t>& watch, std::chrono::seconds wait) {
@@ -120,14 +117,7 @@ int ServeCommand(int argc, char** argv) {
   std::vector<pid_t> children;
   std::vector<std::string> groups;
   auto stop_all = [&](int exit_code) {
-    for (pid_t pid : children) ::kill(pid, SIGTERM);
-    for (pid_t pid : children) {
-      for (int i = 0; i < 100 && ::waitpid(pid, nullptr, WNOHANG) == 0; ++i) {
-        std::this_thread::sleep_for(std::chrono::milliseconds(20));
-      }
-      ::kill(pid, SIGKILL);
-      ::waitpid(pid, nullptr, 0);
-    }
+    StopChildren(children, std::chrono::seconds(2));
     std::filesystem::remove_all(run_dir);
     return exit_code;
   };
@@ -139,12 +129,19 @@ int ServeCommand(int argc, char** argv) {
       std::vector<std::string> worker_args = {"--model=" + model, "--kv_cache_mb=" + std::to_string(*kv_mb),
                                               absl::StrCat("--rank=", r), absl::StrCat("--world_size=", *tp),
                                               "--peer_port=" + peer, "--leader=127.0.0.1:" + peer,
-                                              "--port_file=" + port_file, absl::StrCat("--threads=", *threads)};
+                                              "--port_file=" + port_file, absl::StrCat("--threads=", *threads),
+                                              // The groups share a host name: their metrics need names apart.
+                                              absl::StrCat("--group_name=group-", g)};
       if (device == "cuda") {
         worker_args.insert(worker_args.end(), {"--device=cuda", "--precision=" + precision,
                                                absl::StrCat("--cuda_device=", g * *tp + r)});
       }
       group.push_back(Spawn(worker_bin, worker_args));
+      if (group.back() < 0) {
+        group.pop_back();
+        children.insert(children.end(), group.begin(), group.end());
+        return stop_all(1);
+      }
     }
     children.insert(children.end(), group.begin(), group.end());
     const int worker_port = ReadPort(port_file, group, std::chrono::seconds(600));
@@ -171,6 +168,7 @@ int ServeCommand(int argc, char** argv) {
   router_args.push_back("--prefix_cache=" + prefix_cache);
   router_args.push_back("--overlap_steps=" + overlap_steps);
   const pid_t router = Spawn(router_bin, router_args);
+  if (router < 0) return stop_all(1);
   children.push_back(router);
   const int router_port = ReadPort(router_port_file, {router}, std::chrono::seconds(120));
   if (router_port <= 0) {

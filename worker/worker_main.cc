@@ -7,6 +7,7 @@
 #include <atomic>
 #include <csignal>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <thread>
 
@@ -18,7 +19,11 @@
 #include "shard/model/tensor_parallel.h"
 #include "shard/open_shard.h"
 #include "shard/runtime/tp_group.h"
+#include "worker/child_process.h"
+#include "worker/group_wait.h"
 #include "worker/grpc_store.h"
+#include "worker/launch_plan.h"
+#include "worker/rank_launcher.h"
 #include "worker/worker_metrics.h"
 #include "worker/worker_options.h"
 #include "worker/worker_service.h"
@@ -60,7 +65,31 @@ worker::v1::ModelInfo MakeInfo(const WorkerOptions& o, const ModelConfig& c, con
   info.set_tokenizer_model(ReadAll(o.model + "/tokenizer.model"));
   info.set_device(o.device);
   info.set_protocol_version(worker::v1::PROTOCOL_VERSION_CURRENT);
+  info.set_group_name(o.group_name);
   return info;
+}
+
+// SIGTERM on rank 0: NOT_SERVING and "draining" in every answer at once, so routers send nothing new, while the
+// steps of what is running go on; done once no step has come for a second, or at the drain timeout.
+void Drain(const WorkerOptions& o, WorkerService& service, grpc::HealthCheckServiceInterface* health) {
+  health->SetServingStatus(false);
+  health->SetServingStatus("gemma.worker.v1.Worker", false);
+  service.StartDraining();
+  std::fprintf(stderr, "gemma-worker: draining (NOT_SERVING); steps run until none came for 1 s, at most %lld ms\n",
+               static_cast<long long>(o.drain_timeout.count()));
+  const auto start = std::chrono::steady_clock::now();
+  const auto end = start + o.drain_timeout;
+  auto next_heartbeat = start;
+  while (std::chrono::steady_clock::now() < end && !service.Quiet(std::chrono::seconds(1))) {
+    if (std::chrono::steady_clock::now() >= next_heartbeat) {
+      if (!service.Heartbeat()) return;  // the group failed meanwhile: nothing left to drain
+      next_heartbeat = std::chrono::steady_clock::now() + std::min<std::chrono::milliseconds>(o.timeout / 4, std::chrono::seconds(1));
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  std::fprintf(stderr, "gemma-worker: %s after %.1f s; stopping the group\n",
+               service.Quiet(std::chrono::seconds(1)) ? "drained" : "drain timeout reached", seconds);
 }
 
 int Run(const WorkerOptions& o) {
@@ -83,6 +112,11 @@ int Run(const WorkerOptions& o) {
   }
   std::shared_ptr<Collective> collective = MakeSingleRankCollective();
   if (o.world > 1) {
+    // Pods of one group may start minutes apart (scheduling, image pulls): they meet under their own long
+    // timeout, and only then connect under the short one that detects a dead rank.
+    GroupWaitOptions wait{o.rank, o.world, o.leader, o.group_wait_timeout};
+    wait.log = [](const std::string& line) { std::fprintf(stderr, "gemma-worker %s\n", line.c_str()); };
+    if (auto s = WaitForGroup(wait); !s.ok()) return Fail(s);
     GlooOptions g{o.rank, o.world, o.bind_host, o.timeout};
     auto c = CreateGlooCollective(std::make_shared<GrpcStore>(o.leader, o.timeout), g);
     if (!c.ok()) return Fail(c.status());
@@ -105,6 +139,8 @@ int Run(const WorkerOptions& o) {
   auto metrics = WorkerMetrics::Create(o.metrics_port > 0 ? absl::StrCat("0.0.0.0:", o.metrics_port) : "", o.rank,
                                        (*backend)->num_kv_blocks());
   if (!metrics.ok()) return Fail(metrics.status());
+  (*metrics)->SetModelInfo(std::filesystem::path(o.model).filename().string(), checkpoint->config().ShapeName(),
+                           o.world, o.device);
 
   grpc::EnableDefaultHealthCheckService(true);
   if (o.rank != 0) {
@@ -118,7 +154,9 @@ int Run(const WorkerOptions& o) {
       if (!health_server) return Fail(absl::UnavailableError(absl::StrCat("cannot listen on port ", o.port)));
       health_server->GetHealthCheckService()->SetServingStatus(true);
     }
-    auto s = RunFollower(**backend, *collective);
+    auto s = RunFollower(**backend, *collective, [m = metrics->get()](double seconds, const StepTimings& t) {
+      m->RecordRankStep(seconds, t.collective_seconds);
+    });
     if (health_server) health_server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
     if (!s.ok()) return Fail(s);
     return 0;
@@ -148,8 +186,12 @@ int Run(const WorkerOptions& o) {
 
   // Idle followers hear from the leader at least every timeout/4; a failed group turns unhealthy and exits.
   int exit_code = 0;
+  const auto heartbeat_every = std::min<std::chrono::milliseconds>(o.timeout / 4, std::chrono::milliseconds(1000));
   while (!g_stop) {
-    std::this_thread::sleep_for(std::min<std::chrono::milliseconds>(o.timeout / 4, std::chrono::milliseconds(1000)));
+    // In slices, so a SIGTERM turns the worker NOT_SERVING (draining) at once, not at the next heartbeat.
+    const auto next = std::chrono::steady_clock::now() + heartbeat_every;
+    while (!g_stop && std::chrono::steady_clock::now() < next) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    if (g_stop) break;
     if (!service.Heartbeat()) {
       std::fprintf(stderr, "gemma-worker: the group has failed (a rank died or hung); exiting so it can be restarted\n");
       std::this_thread::sleep_for(std::chrono::milliseconds(500));  // let in-flight replies go out
@@ -157,6 +199,7 @@ int Run(const WorkerOptions& o) {
       break;
     }
   }
+  if (exit_code == 0) Drain(o, service, health);
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
   service.Stop();
   if (peer_server) peer_server->Shutdown();
@@ -167,7 +210,9 @@ int Run(const WorkerOptions& o) {
 }  // namespace gemma
 
 int main(int argc, char** argv) {
-  absl::SetProgramUsageMessage("one rank of a gemma-serve worker group: gemma-worker --model DIR [--rank R --world_size N --leader HOST:PORT]");
+  absl::SetProgramUsageMessage(
+      "a gemma-serve worker: gemma-worker --model DIR --tp N (the whole group on this host) or one rank of a group: "
+      "gemma-worker --model DIR [--rank R --world_size N --leader HOST:PORT]");
   std::vector<char*> rest = absl::ParseCommandLine(argc, argv);
   if (rest.size() > 1) {
     std::fprintf(stderr, "gemma-worker: unexpected argument \"%s\"; see --help\n", rest[1]);
@@ -175,7 +220,24 @@ int main(int argc, char** argv) {
   }
   std::signal(SIGTERM, gemma::OnSignal);
   std::signal(SIGINT, gemma::OnSignal);
+  auto plan = gemma::LaunchPlanFromFlags();
+  if (!plan.ok()) return gemma::Fail(plan.status());
   auto options = gemma::WorkerOptionsFromFlags();
   if (!options.ok()) return gemma::Fail(options.status());
-  return gemma::Run(*options);
+  if (!plan->has_value()) return gemma::Run(*options);
+  // A degree the model cannot split fails here, once, rather than in every rank.
+  auto checkpoint = gemma::Checkpoint::Open(options->model);
+  if (!checkpoint.ok()) return gemma::Fail(checkpoint.status());
+  if (auto tp = gemma::TensorParallel::Create((*checkpoint)->config(), 0, (*plan)->tp); !tp.ok()) {
+    return gemma::Fail(tp.status());
+  }
+  checkpoint->reset();
+  gemma::LauncherSettings settings;
+  settings.binary = gemma::SelfExecutable(argv[0]);
+  settings.args.assign(argv + 1, argv + argc);
+  settings.port = options->port;
+  settings.metrics_port = options->metrics_port;
+  settings.threads = options->threads;
+  settings.drain_timeout = options->drain_timeout;
+  return gemma::RunLauncher(**plan, settings, gemma::g_stop);
 }

@@ -1,6 +1,8 @@
 #include "worker/worker_metrics.h"
 
 #include "engine/status_macros.h"
+#include "gemma/worker/v1/worker.pb.h"
+#include "monitoring/build_info.h"
 #include "monitoring/metrics_server.h"
 
 #include "absl/status/status.h"
@@ -51,17 +53,29 @@ absl::StatusOr<std::unique_ptr<WorkerMetrics>> WorkerMetrics::Create(const std::
                               .Help("KV-cache blocks referenced by the sequences of the last step.")
                               .Register(r)
                               .Add(labels);
-  m->kv_blocks_total_ = &prometheus::BuildGauge()
-                             .Name("gemma_worker_kv_blocks_total")
-                             .Help("KV-cache blocks in each rank's pool.")
-                             .Register(r)
-                             .Add(labels);
+  m->kv_blocks_ = &prometheus::BuildGauge()
+                       .Name("gemma_worker_kv_blocks")
+                       .Help("KV-cache blocks in each rank's pool.")
+                       .Register(r)
+                       .Add(labels);
+  m->rank_step_seconds_ = &prometheus::BuildHistogram()
+                               .Name("gemma_worker_rank_step_duration_seconds")
+                               .Help("This rank's wall time of one step, from receiving it to finishing its shard.")
+                               .Register(r)
+                               .Add(labels, LatencyBuckets());
+  m->rank_collective_seconds_ = &prometheus::BuildHistogram()
+                                     .Name("gemma_worker_rank_collective_duration_seconds")
+                                     .Help("Time this rank spent in collectives during one step (waiting for peers "
+                                           "included, so the fastest rank waits longest).")
+                                     .Register(r)
+                                     .Add(labels, LatencyBuckets());
+  AddBuildInfo(r, worker::v1::PROTOCOL_VERSION_CURRENT);
   m->healthy_ = &prometheus::BuildGauge()
                      .Name("gemma_worker_group_healthy")
                      .Help("1 while every rank of the group answers, 0 once it has failed.")
                      .Register(r)
                      .Add(labels);
-  m->kv_blocks_total_->Set(kv_blocks);
+  m->kv_blocks_->Set(kv_blocks);
   m->healthy_->Set(1);
   if (!address.empty()) {
     ASSIGN_OR_RETURN(m->exposer_, ServeMetrics(address, m->registry_));
@@ -77,6 +91,22 @@ void WorkerMetrics::RecordStep(double step_seconds, const worker::v1::StepTiming
   batch_size_->Observe(sequences);
   steps_->Increment();
   kv_blocks_in_use_->Set(kv_blocks_in_use);
+  RecordRankStep(t.forward_seconds(), t.collective_seconds());
+}
+
+void WorkerMetrics::RecordRankStep(double step_seconds, double collective_seconds) {
+  rank_step_seconds_->Observe(step_seconds);
+  rank_collective_seconds_->Observe(collective_seconds);
+}
+
+void WorkerMetrics::SetModelInfo(const std::string& model, const std::string& shape, int tp,
+                                 const std::string& device) {
+  prometheus::BuildGauge()
+      .Name("gemma_worker_model_info")
+      .Help("1, labelled with the model this group serves, its shape, tensor-parallel degree and device.")
+      .Register(*registry_)
+      .Add({{"model", model}, {"shape", shape}, {"tp", std::to_string(tp)}, {"device", device}})
+      .Set(1);
 }
 
 void WorkerMetrics::RecordFailure(const absl::Status& status) {

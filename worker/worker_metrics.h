@@ -22,6 +22,11 @@ class WorkerMetrics {
   // Serves /metrics on `address` ("0.0.0.0:9090"); empty: no exposer (metrics still recorded).
   static absl::StatusOr<std::unique_ptr<WorkerMetrics>> Create(const std::string& address, int rank, int kv_blocks);
   void RecordStep(double step_seconds, const worker::v1::StepTimings& timings, int kv_blocks_in_use, int sequences);
+  // This rank's own view of one step (every rank, followers too, so a straggler shows): its wall time from
+  // receiving the step to finishing its shard, and the part spent in collectives.
+  void RecordRankStep(double step_seconds, double collective_seconds);
+  // gemma_worker_model_info{model, shape, tp, device} = 1.
+  void SetModelInfo(const std::string& model, const std::string& shape, int tp, const std::string& device);
   void RecordFailure(const absl::Status& status);
   void SetHealthy(bool healthy);
   prometheus::Registry& registry() { return *registry_; }
@@ -34,10 +39,12 @@ class WorkerMetrics {
   prometheus::Histogram* forward_seconds_ = nullptr;
   prometheus::Histogram* collective_seconds_ = nullptr;
   prometheus::Histogram* batch_size_ = nullptr;
+  prometheus::Histogram* rank_step_seconds_ = nullptr;
+  prometheus::Histogram* rank_collective_seconds_ = nullptr;
   prometheus::Counter* steps_ = nullptr;
   prometheus::Family<prometheus::Counter>* failures_ = nullptr;
   prometheus::Gauge* kv_blocks_in_use_ = nullptr;
-  prometheus::Gauge* kv_blocks_total_ = nullptr;
+  prometheus::Gauge* kv_blocks_ = nullptr;
   prometheus::Gauge* healthy_ = nullptr;
 };
 

@@ -21,7 +21,12 @@ ABSL_FLAG(int, cuda_device, -1, "CUDA device of this rank; -1: rank mod the devi
 ABSL_FLAG(std::string, precision, "bf16", "CUDA: bf16 (weights, GEMM inputs, KV cache) or f32 (exact checks)");
 ABSL_FLAG(int64_t, kv_cache_mb, 1024, "KV-cache size per rank in MiB");
 ABSL_FLAG(int, metrics_port, 0, "port of the Prometheus /metrics endpoint; 0: none");
-ABSL_FLAG(int64_t, timeout_ms, 30000, "a rank that dies, hangs or never arrives fails the group within this time");
+ABSL_FLAG(int64_t, timeout_ms, 30000, "once the group runs, a rank that dies or hangs fails it within this time");
+ABSL_FLAG(int64_t, group_wait_timeout_ms, 0,
+          "a starting rank waits this long for the rest of its group; 0: env GEMMA_GROUP_WAIT_TIMEOUT_MS, else 600000");
+ABSL_FLAG(int64_t, drain_timeout_ms, 30000,
+          "on SIGTERM rank 0 keeps running steps until none came for 1 s, at most this long");
+ABSL_FLAG(std::string, group_name, "", "the group's name in routers' metrics (env GEMMA_GROUP_NAME); default: the host name");
 ABSL_FLAG(int, threads, 0, "compute threads; 0: all cores");
 ABSL_FLAG(std::string, port_file, "", "rank 0 writes its chosen Worker API port here");
 
@@ -124,6 +129,30 @@ absl::StatusOr<WorkerOptions> WorkerOptionsFromFlags() {
     return absl::InvalidArgumentError(absl::StrCat("--timeout_ms ", timeout, " is invalid; allowed: 100..3600000"));
   }
   o.timeout = std::chrono::milliseconds(timeout);
+  int64_t group_wait = absl::GetFlag(FLAGS_group_wait_timeout_ms);
+  if (group_wait == 0 && !Env("GEMMA_GROUP_WAIT_TIMEOUT_MS").empty() &&
+      !absl::SimpleAtoi(Env("GEMMA_GROUP_WAIT_TIMEOUT_MS"), &group_wait)) {
+    return absl::InvalidArgumentError(absl::StrCat("GEMMA_GROUP_WAIT_TIMEOUT_MS=\"", Env("GEMMA_GROUP_WAIT_TIMEOUT_MS"),
+                                                   "\" is invalid; allowed: an integer in 100..86400000"));
+  }
+  if (group_wait == 0) group_wait = 600000;
+  if (group_wait < 100 || group_wait > 86400000) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--group_wait_timeout_ms ", group_wait, " is invalid; allowed: 100..86400000 (0: the default)"));
+  }
+  o.group_wait_timeout = std::chrono::milliseconds(group_wait);
+  const int64_t drain = absl::GetFlag(FLAGS_drain_timeout_ms);
+  if (drain < 0 || drain > 3600000) {
+    return absl::InvalidArgumentError(absl::StrCat("--drain_timeout_ms ", drain, " is invalid; allowed: 0..3600000"));
+  }
+  o.drain_timeout = std::chrono::milliseconds(drain);
+  o.group_name = absl::GetFlag(FLAGS_group_name);
+  if (o.group_name.empty()) o.group_name = Env("GEMMA_GROUP_NAME");
+  if (o.group_name.empty()) o.group_name = host;
+  if (o.group_name.size() > 253) {
+    return absl::InvalidArgumentError(absl::StrCat("--group_name is ", o.group_name.size(),
+                                                   " characters long; allowed: up to 253"));
+  }
   o.threads = absl::GetFlag(FLAGS_threads);
   if (o.threads < 0) return absl::InvalidArgumentError("--threads must be >= 0");
   o.port_file = absl::GetFlag(FLAGS_port_file);

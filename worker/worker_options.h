@@ -21,7 +21,10 @@ struct WorkerOptions {
   std::string precision = "bf16";  // CUDA: bf16 or f32
   int64_t kv_cache_bytes = int64_t{1} << 30;
   int metrics_port = 0;   // 0: no metrics endpoint
-  std::chrono::milliseconds timeout{30000};
+  std::chrono::milliseconds timeout{30000};             // a rank that dies or hangs in a running group
+  std::chrono::milliseconds group_wait_timeout{600000};  // ranks of a starting group waiting for each other
+  std::chrono::milliseconds drain_timeout{30000};        // rank 0 on SIGTERM: the longest it keeps running steps
+  std::string group_name;                                // metrics label routers use for this group
   int threads = 0;
   std::string port_file;  // where rank 0 writes its chosen port
 };

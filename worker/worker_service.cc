@@ -9,6 +9,31 @@
 #include "worker/step_runner.h"
 
 namespace gemma {
+namespace {
+
+int64_t SteadyNanos() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+// Marks a step running for its whole call, so a draining worker never leaves while one is waiting or running.
+class StepActivity {
+ public:
+  StepActivity(std::atomic<int>* in_flight, std::atomic<int64_t>* last) : in_flight_(in_flight), last_(last) {
+    ++*in_flight_;
+    *last_ = SteadyNanos();
+  }
+  ~StepActivity() {
+    *last_ = SteadyNanos();
+    --*in_flight_;
+  }
+
+ private:
+  std::atomic<int>* in_flight_;
+  std::atomic<int64_t>* last_;
+};
+
+}  // namespace
 
 WorkerService::WorkerService(std::unique_ptr<LeaderBackend> backend, worker::v1::ModelInfo info, WorkerMetrics* metrics)
     : info_(std::move(info)), metrics_(metrics), backend_(std::move(backend)) {}
@@ -44,6 +69,7 @@ void WorkerService::MarkFailed() {
 grpc::Status WorkerService::Step(grpc::ServerContext* context, const worker::v1::StepRequest* request,
                                  worker::v1::StepResponse* response) {
   const auto start = std::chrono::steady_clock::now();
+  StepActivity activity(&steps_in_flight_, &last_step_ns_);
   if (!healthy_) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "this worker group has failed; restart it");
   if (auto s = lease_.CheckStep(request->epoch()); !s.ok()) return ToGrpcStatus(s);  // refused before any wait
   absl::MutexLock lock(&mu_);
@@ -98,6 +124,7 @@ grpc::Status WorkerService::Step(grpc::ServerContext* context, const worker::v1:
     return ToGrpcStatus(result.status());
   }
   *response = std::move(*result);
+  response->set_draining(draining_);
   std::set<int32_t> blocks;
   for (const auto& s : request->sequences()) blocks.insert(s.block_table().begin(), s.block_table().end());
   metrics_->RecordStep(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(),
@@ -131,6 +158,17 @@ bool WorkerService::Heartbeat() {
   if (!healthy_ || backend_ == nullptr) return false;
   if (!backend_->Heartbeat().ok()) MarkFailed();
   return healthy_;
+}
+
+void WorkerService::StartDraining() {
+  // A router may be between two steps of a running request when the signal comes: it gets a second to send one.
+  last_step_ns_ = SteadyNanos();
+  draining_ = true;
+  lease_.SetDraining();  // no other router takes the group over while it winds down
+}
+
+bool WorkerService::Quiet(std::chrono::milliseconds quiet) const {
+  return steps_in_flight_ == 0 && SteadyNanos() - last_step_ns_ >= std::chrono::nanoseconds(quiet).count();
 }
 
 void WorkerService::Stop() {

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <functional>
 #include <memory>
 #include <string>
@@ -39,6 +40,11 @@ class WorkerService final : public worker::v1::Worker::Service {
   bool healthy() const { return healthy_; }
   // Tells followers to stop (on shutdown).
   void Stop() ABSL_LOCKS_EXCLUDED(mu_);
+  // Shutting down (SIGTERM): steps still run, and every answer says draining so routers send nothing new.
+  void StartDraining();
+  bool draining() const { return draining_; }
+  // No step is running and none has started for `quiet`: a draining worker may go.
+  bool Quiet(std::chrono::milliseconds quiet) const;
 
  private:
   void MarkFailed() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -48,6 +54,10 @@ class WorkerService final : public worker::v1::Worker::Service {
   GroupLease lease_;  // its own lock: leases are renewed while a step holds mu_
   // Atomic, not under mu_: GetModelInfo answers while a step holds the lock.
   std::atomic<bool> healthy_{true};
+  std::atomic<bool> draining_{false};
+  // For Quiet(), read without waiting for a running step's lock.
+  std::atomic<int> steps_in_flight_{0};
+  std::atomic<int64_t> last_step_ns_{0};  // steady clock, when the last step arrived or ended
   // A step waiting for the one it follows (Step) waits on mu_ for a condition that steps and failures change
   // under mu_; releasing mu_ re-evaluates it.
   mutable absl::Mutex mu_;

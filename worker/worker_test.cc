@@ -57,6 +57,13 @@ Group StartGroup(const std::string& model, int world, int timeout_ms = 3000) {
   return g;
 }
 
+// The value of the first sample of `metric` (its full name with labels, as exported), or -1.
+double Sample(const std::string& metrics, const std::string& metric) {
+  const size_t at = metrics.find("\n" + metric + " ");
+  if (at == std::string::npos) return -1;
+  return std::stod(metrics.substr(at + 2 + metric.size()));
+}
+
 // The group's health as rank 0 reports it (grpc.health.v1, service gemma.worker.v1.Worker).
 grpc::Status CheckHealth(int port, grpc::health::v1::HealthCheckResponse* response) {
   auto health = grpc::health::v1::Health::NewStub(
@@ -220,8 +227,10 @@ TEST(WorkerTest, ConfiguredFromEnvironmentAndExportsMetrics) {
   for (int r = 0; r < 2; ++r) {
     std::vector<std::string> args = {"--peer_port=" + peer, "--port_file=" + port_file, "--threads=1", "--kv_cache_mb=16"};
     if (r == 0) args.push_back("--metrics_port=" + std::to_string(metrics_port));
+    if (r == 1) args.push_back("--metrics_port=" + std::to_string(metrics_port + 1));
     ranks.push_back(StartWorker(args, {"GEMMA_MODEL=" + model, "GEMMA_WORLD_SIZE=2", "GEMMA_RANK=" + std::to_string(r),
-                                       "GEMMA_LEADER=127.0.0.1:" + peer}));
+                                       "GEMMA_LEADER=127.0.0.1:" + peer, "GEMMA_GROUP_NAME=env-group",
+                                       "GEMMA_GROUP_WAIT_TIMEOUT_MS=60000"}));
   }
   int port = 0;
   for (int i = 0; i < 300 && port == 0; ++i) {
@@ -236,11 +245,27 @@ TEST(WorkerTest, ConfiguredFromEnvironmentAndExportsMetrics) {
   const std::string metrics = testing::HttpGet(metrics_port, "/metrics");
   for (const char* name : {"gemma_worker_step_duration_seconds_bucket", "gemma_worker_forward_duration_seconds_count",
                            "gemma_worker_collective_duration_seconds_sum", "gemma_worker_steps_total",
-                           "gemma_worker_kv_blocks_used", "gemma_worker_kv_blocks_total", "gemma_worker_group_healthy"}) {
+                           "gemma_worker_kv_blocks_used", "gemma_worker_kv_blocks{rank=\"0\"}",
+                           "gemma_worker_group_healthy", "gemma_worker_rank_step_duration_seconds_count{rank=\"0\"} 3",
+                           "gemma_worker_rank_collective_duration_seconds_count{rank=\"0\"} 3",
+                           "gemma_build_info{protocol=\"2\",version=\"",
+                           "gemma_worker_model_info{device=\"cpu\",model=\"tiny-mqa\",shape=\"custom\",tp=\"2\"} 1"}) {
     EXPECT_NE(metrics.find(name), std::string::npos) << name << " missing from:\n" << metrics.substr(0, 2000);
   }
   EXPECT_NE(metrics.find("gemma_worker_steps_total{rank=\"0\"} 3"), std::string::npos) << metrics.substr(0, 3000);
   EXPECT_NE(metrics.find("gemma_worker_kv_blocks_used{rank=\"0\"} 8"), std::string::npos);
+  EXPECT_EQ(metrics.find("gemma_worker_kv_blocks_total"), std::string::npos) << "renamed gemma_worker_kv_blocks";
+  // The follower's own view of the same steps (its step time, and its wait in collectives).
+  const std::string follower = testing::HttpGet(metrics_port + 1, "/metrics");
+  EXPECT_NE(follower.find("gemma_worker_rank_step_duration_seconds_count{rank=\"1\"} 3"), std::string::npos)
+      << follower.substr(0, 3000);
+  EXPECT_NE(follower.find("gemma_worker_rank_collective_duration_seconds_count{rank=\"1\"} 3"), std::string::npos);
+  EXPECT_GT(Sample(follower, "gemma_worker_rank_step_duration_seconds_sum{rank=\"1\"}"), 0);
+  worker::v1::ModelInfo info;
+  grpc::ClientContext ctx;
+  ASSERT_TRUE(Client(port)->GetModelInfo(&ctx, {}, &info).ok());
+  EXPECT_EQ(info.group_name(), "env-group");
+  EXPECT_EQ(info.protocol_version(), static_cast<uint32_t>(worker::v1::PROTOCOL_VERSION_CURRENT));
 }
 
 TEST(WorkerTest, BadFlagsGiveClearErrors) {
@@ -256,7 +281,13 @@ TEST(WorkerTest, BadFlagsGiveClearErrors) {
            {{model, "--device=tpu"}, "allowed: cpu, cuda"},
            {{model, "--device=cuda", "--precision=f16"}, "allowed: bf16, f32"},
            {{"--model=/nonexistent"}, "/nonexistent"},
-           {{model, "--rank=1", "--world_size=2", dead_leader, "--timeout_ms=1500"}, "could not connect"},
+           {{model, "--rank=1", "--world_size=2", dead_leader, "--group_wait_timeout_ms=1500"},
+            "could not reach the group leader's rendezvous"},
+           {{model, "--group_wait_timeout_ms=50"}, "--group_wait_timeout_ms 50 is invalid; allowed: 100..86400000"},
+           {{model, "--drain_timeout_ms=-1"}, "--drain_timeout_ms -1 is invalid; allowed: 0..3600000"},
+           {{model, "--tp=3"}, "gemma-worker: tensor-parallel degree 3 does not divide the 4 attention heads"},
+           {{model, "--tp=4", "--ranks_per_host=3"}, "--ranks_per_host 3 does not divide --tp 4"},
+           {{model, "--tp=2000"}, "--tp 2000 is invalid; allowed: 0 (one rank) or 1..1024"},
        }) {
     auto p = StartWorker(c.args);
     const int code = p->WaitExit(std::chrono::seconds(10));
@@ -391,6 +422,130 @@ TEST(WorkerTest, AStaleRoutersStepIsRefusedAndTheNewHoldersRuns) {
   ASSERT_TRUE(stub->GetLease(&ctx, {}, &seen).ok());
   EXPECT_EQ(seen.holder_id(), "router-b");
   EXPECT_EQ(seen.holder_address(), "10.0.0.2:50052");
+}
+
+// The pids of a process's children (a launcher's ranks), oldest first.
+std::vector<pid_t> Children(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/task/" + std::to_string(pid) + "/children");
+  std::vector<pid_t> out;
+  for (pid_t c; in >> c;) out.push_back(c);
+  return out;
+}
+
+// One prefill step of `prompt` (sequence 7, blocks 0..7) under `epoch`.
+grpc::Status PrefillStep(worker::v1::Worker::Stub& stub, uint64_t epoch, const std::vector<int>& prompt,
+                         StepResponse* resp) {
+  StepRequest req;
+  req.set_epoch(epoch);
+  auto* s = req.add_sequences();
+  s->set_sequence_id(7);
+  for (int t : prompt) s->add_tokens(t);
+  for (int b = 0; b < 8; ++b) s->add_block_table(b);
+  s->set_sample(true);
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(20));
+  return stub.Step(&ctx, req, resp);
+}
+
+// gemma-worker --tp 2: one process starts and supervises the whole group; rank 0 serves the Worker API, every rank
+// its own metrics; a rank that dies takes the group (and the launcher, so the pod restarts) down.
+TEST(WorkerTest, TpLauncherRunsTheGroupAndGoesDownWithAnyRank) {
+  const std::string port_file = ::testing::TempDir() + "/launcher_port_" + std::to_string(::getpid());
+  std::remove(port_file.c_str());
+  const int metrics_port = FreePort();
+  auto launcher = StartWorker({"--model=" + testing::GemmaTinyDir() + "/tiny-mqa", "--tp=2",
+                               "--peer_port=" + std::to_string(FreePort()), "--port_file=" + port_file,
+                               "--metrics_port=" + std::to_string(metrics_port), "--threads=1", "--kv_cache_mb=16",
+                               "--timeout_ms=3000", "--group_name=launched"});
+  const int port = testing::WaitForPortFile(port_file, std::chrono::seconds(30));
+  ASSERT_GT(port, 0) << launcher->Err();
+  auto stub = Client(port);
+  worker::v1::ModelInfo info;
+  grpc::ClientContext ctx;
+  ASSERT_TRUE(stub->GetModelInfo(&ctx, {}, &info).ok());
+  EXPECT_EQ(info.tensor_parallel(), 2);
+  EXPECT_EQ(info.group_name(), "launched");
+  StepResponse resp;
+  ASSERT_TRUE(PrefillStep(*stub, Lease(*stub), {2, 3791, 323}, &resp).ok()) << launcher->Err();
+  ASSERT_EQ(resp.results_size(), 1);
+  EXPECT_TRUE(resp.results(0).sampled());
+  EXPECT_FALSE(resp.draining());
+  // Each rank on its own port (metrics_port + its place in the pod), each with its own view of the step.
+  for (int rank = 0; rank < 2; ++rank) {
+    const std::string m = testing::HttpGet(metrics_port + rank, "/metrics");
+    const std::string count = "gemma_worker_rank_step_duration_seconds_count{rank=\"" + std::to_string(rank) + "\"}";
+    EXPECT_EQ(Sample(m, count), 1) << m.substr(0, 2000);
+  }
+
+  const std::vector<pid_t> ranks = Children(launcher->pid);
+  ASSERT_EQ(ranks.size(), 2u);
+  ::kill(ranks[1], SIGKILL);
+  EXPECT_EQ(launcher->WaitExit(std::chrono::seconds(15)), 1);
+  EXPECT_NE(launcher->Err().find("rank 1 exited (killed by signal 9"), std::string::npos) << launcher->Err();
+  EXPECT_EQ(::kill(ranks[0], 0), -1) << "rank 0 outlived its launcher";
+}
+
+// SIGTERM to the launcher (what Kubernetes sends the pod) reaches the ranks: rank 0 drains and stops its follower,
+// and the launcher exits 0 once both have.
+TEST(WorkerTest, TpLauncherStopsCleanlyOnSigtermOnceItsRanksHave) {
+  const std::string port_file = ::testing::TempDir() + "/launcher_stop_port_" + std::to_string(::getpid());
+  std::remove(port_file.c_str());
+  auto launcher = StartWorker({"--model=" + testing::GemmaTinyDir() + "/tiny-mqa", "--tp=2",
+                               "--peer_port=" + std::to_string(FreePort()), "--port_file=" + port_file, "--threads=1",
+                               "--kv_cache_mb=16"});
+  const int port = testing::WaitForPortFile(port_file, std::chrono::seconds(30));
+  ASSERT_GT(port, 0) << launcher->Err();
+  const std::vector<pid_t> ranks = Children(launcher->pid);
+  ASSERT_EQ(ranks.size(), 2u);
+  ::kill(launcher->pid, SIGTERM);
+  EXPECT_EQ(launcher->WaitExit(std::chrono::seconds(15)), 0) << launcher->Err();
+  EXPECT_NE(launcher->Err().find("every rank exited cleanly"), std::string::npos) << launcher->Err();
+  for (pid_t r : ranks) EXPECT_EQ(::kill(r, 0), -1) << "rank " << r << " outlived its launcher";
+}
+
+// Ranks wait for their group under --group_wait_timeout_ms, not the short failure timeout, and say who is missing.
+TEST(WorkerTest, ARankWhoseGroupNeverComesFailsAfterTheGroupWaitTimeout) {
+  const std::string peer = std::to_string(FreePort());
+  const auto start = std::chrono::steady_clock::now();
+  auto rank0 = StartWorker({"--model=" + testing::GemmaTinyDir() + "/tiny-mqa", "--rank=0", "--world_size=2",
+                            "--peer_port=" + peer, "--leader=127.0.0.1:" + peer, "--threads=1", "--kv_cache_mb=16",
+                            "--timeout_ms=500", "--group_wait_timeout_ms=2500"});
+  EXPECT_EQ(rank0->WaitExit(std::chrono::seconds(20)), 1);
+  const auto took = std::chrono::steady_clock::now() - start;
+  EXPECT_GE(took, std::chrono::milliseconds(2500)) << "gave up at the failure timeout, not the group wait";
+  EXPECT_NE(rank0->Err().find("rank(s) 1 of the group never arrived within --group_wait_timeout_ms 2500; arrived: 0"),
+            std::string::npos)
+      << rank0->Err();
+}
+
+// SIGTERM: rank 0 turns NOT_SERVING at once, keeps answering steps (each says draining), and exits 0 once no step
+// has come for a second.
+TEST(WorkerTest, ADrainingWorkerRunsStepsSaysSoAndExitsWhenTheyStop) {
+  Group g = StartGroup(testing::GemmaTinyDir() + "/tiny-mqa", 2);
+  ASSERT_GT(g.port, 0);
+  auto stub = Client(g.port);
+  const uint64_t epoch = Lease(*stub);
+  StepResponse resp;
+  ASSERT_TRUE(PrefillStep(*stub, epoch, {2, 3791, 323}, &resp).ok());
+  EXPECT_FALSE(resp.draining());
+  ::kill(g.ranks[0]->pid, SIGTERM);
+  const auto stop = std::chrono::steady_clock::now();
+  grpc::health::v1::HealthCheckResponse health;
+  for (int i = 0; i < 20 && health.status() != grpc::health::v1::HealthCheckResponse::NOT_SERVING; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    ASSERT_TRUE(CheckHealth(g.port, &health).ok());
+  }
+  EXPECT_EQ(health.status(), grpc::health::v1::HealthCheckResponse::NOT_SERVING);
+  // Steps every 300 ms for 3 s: longer than the second of quiet, so the steps are what keep it up.
+  while (std::chrono::steady_clock::now() - stop < std::chrono::seconds(3)) {
+    ASSERT_TRUE(PrefillStep(*stub, epoch, {2, 3791, 323}, &resp).ok()) << g.ranks[0]->Err();
+    EXPECT_TRUE(resp.draining());
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  }
+  const auto last = std::chrono::steady_clock::now();
+  EXPECT_EQ(g.ranks[0]->WaitExit(std::chrono::seconds(10)), 0) << g.ranks[0]->Err();
+  EXPECT_GE(std::chrono::steady_clock::now() - last, std::chrono::milliseconds(900));
+  EXPECT_EQ(g.ranks[1]->WaitExit(std::chrono::seconds(10)), 0) << "rank 0 told its follower to stop";
 }
 
 }  // namespace

@@ -1,5 +1,6 @@
 #include "shard/runtime/tp_group.h"
 
+#include <chrono>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
@@ -119,18 +120,24 @@ absl::Status LeaderBackend::Heartbeat() {
   return s;
 }
 
-absl::Status RunFollower(Backend& local, HostCollective& collective) {
+absl::Status RunFollower(Backend& local, HostCollective& collective,
+                         const std::function<void(double seconds, const StepTimings& timings)>& on_step) {
   StepLogits logits;
   while (true) {
     std::string msg;
+    // Idle time waiting for the next step is not the step's: the clock starts once the step's bytes arrived.
     if (auto s = collective.Broadcast(&msg, 0); !s.ok()) {
       return absl::UnavailableError(absl::StrCat("lost the group leader: ", s.message()));
     }
     if (msg.empty()) return absl::InternalError("empty message from the leader");
     if (msg[0] == static_cast<char>(kStop)) return absl::OkStatus();
     if (msg[0] == static_cast<char>(kHeartbeat)) continue;
+    const auto start = std::chrono::steady_clock::now();
     ASSIGN_OR_RETURN(const auto step, DecodeStep(msg));
     RETURN_IF_ERROR(local.Forward(step.steps, &logits));
+    if (on_step) {
+      on_step(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(), local.last_timings());
+    }
   }
 }
 

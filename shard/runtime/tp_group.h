@@ -1,6 +1,7 @@
 // A tensor-parallel group at run time: rank 0 leads (sends each step to its peers), the others follow.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -51,6 +52,8 @@ class LeaderBackend : public Backend {
 
 // A follower rank's loop: receive each step from rank 0 and run it, until the
 // leader says stop (OK) or a collective fails (the error: leader gone, peer dead).
-absl::Status RunFollower(Backend& local, HostCollective& collective);
+// `on_step`, when set, hears each step's wall time on this rank (receiving it included) and its timings.
+absl::Status RunFollower(Backend& local, HostCollective& collective,
+                         const std::function<void(double seconds, const StepTimings& timings)>& on_step = nullptr);
 
 }  // namespace gemma
