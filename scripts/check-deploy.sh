@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Checks the deployment and monitoring files with the tools that read them:
 #   kubectl kustomize renders every overlay and the monitoring objects; kubernetes-models validates each object
-#   against the Kubernetes API schema (and the ServiceMonitor against prometheus-operator's);
+#   against the Kubernetes API schema (prometheus-operator's objects against its schema, LeaderWorkerSets against
+#   deploy/validate/schemas), rejecting unknown fields; every pod template meets Pod Security "restricted";
 #   promtool checks both Prometheus configs and the rules, and runs the alert unit tests;
 #   the dashboard queries only documented metrics; the Dockerfiles and manifests refer only to what exists.
 # usage: scripts/check-deploy.sh BUILD_DIR
@@ -25,8 +26,12 @@ for overlay in "$root"/deploy/kubernetes/overlays/*/; do
 done
 kubectl kustomize "$root/monitoring" >"$out/monitoring.yaml" 2>"$out/monitoring.err" || { cat "$out/monitoring.err"; exit 1; }
 
-echo "== Kubernetes API schema (kubernetes-models)"
+echo "== Kubernetes API schema, strict (kubernetes-models; LeaderWorkerSet: deploy/validate/schemas)"
 node "$root/deploy/validate/validate.mjs" "${rendered[@]}" "$out/monitoring.yaml"
+node "$root/deploy/validate/validate_test.mjs" | tail -1
+
+echo "== Pod Security restricted"
+node "$root/deploy/validate/pod-security.mjs" "${rendered[@]}"
 
 echo "== promtool"
 promtool check config "$root/monitoring/prometheus/prometheus-kubernetes.yml"
