@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Checks the deployment and monitoring files with the tools that read them:
-#   kubectl kustomize renders every overlay and the monitoring objects; kubernetes-models validates each object
+#   kubectl kustomize renders every overlay, Job and the monitoring objects; kubernetes-models validates each object
 #   against the Kubernetes API schema (prometheus-operator's objects against its schema, LeaderWorkerSets against
-#   deploy/validate/schemas), rejecting unknown fields; every pod template meets Pod Security "restricted";
+#   deploy/validate/schemas), rejecting unknown fields; every pod template meets Pod Security "restricted"; every
+#   draining container's grace period covers its preStop sleep and --drain_timeout_ms;
 #   promtool checks both Prometheus configs and the rules, and runs the alert unit tests;
 #   the dashboard queries only documented metrics; the Dockerfiles and manifests refer only to what exists.
 # usage: scripts/check-deploy.sh BUILD_DIR
@@ -18,7 +19,8 @@ done
 
 echo "== kustomize"
 rendered=()
-for overlay in "$root"/deploy/kubernetes/overlays/*/; do
+# The overlays (layouts) and the run-once Jobs (deploy/kubernetes/jobs).
+for overlay in "$root"/deploy/kubernetes/overlays/*/ "$root"/deploy/kubernetes/jobs/*/; do
   name=$(basename "$overlay")
   kubectl kustomize "$overlay" >"$out/$name.yaml" 2>"$out/$name.err" || { cat "$out/$name.err"; exit 1; }
   rendered+=("$out/$name.yaml")
@@ -32,6 +34,9 @@ node "$root/deploy/validate/validate_test.mjs" | tail -1
 
 echo "== Pod Security restricted"
 node "$root/deploy/validate/pod-security.mjs" "${rendered[@]}"
+
+echo "== drain budgets"
+node "$root/deploy/validate/drain-budget.mjs" "${rendered[@]}"
 
 echo "== promtool"
 promtool check config "$root/monitoring/prometheus/prometheus-kubernetes.yml"

@@ -1,6 +1,7 @@
 // Proves the checkers can fail: validate.mjs rejects a misspelled field (top level, nested in a pod template, in
 // a prometheus-operator object and in a LeaderWorkerSet) and accepts the same objects spelled right;
-// pod-security.mjs rejects a pod that breaks "restricted" and names the field.
+// pod-security.mjs rejects a pod that breaks "restricted" and names the field; drain-budget.mjs rejects a grace
+// period shorter than preStop + drain.
 // usage: node validate_test.mjs   (exit 0: every case behaved)
 import { spawnSync } from "node:child_process";
 import { mkdtempSync, writeFileSync, rmSync } from "node:fs";
@@ -98,6 +99,23 @@ expect("a hostPath volume in a LeaderWorkerSet fails Pod Security", run("pod-sec
   "volume type hostPath");
 expect("a Namespace without the enforce label fails", run("pod-security.mjs",
   [{ apiVersion: "v1", kind: "Namespace", metadata: { name: "n" } }, statefulSet()]), 1, "pod-security.kubernetes.io/enforce");
+
+const draining = () => {
+  const s = statefulSet();
+  s.spec.template.spec.terminationGracePeriodSeconds = 150;
+  Object.assign(s.spec.template.spec.containers[0], {
+    args: ["--drain_timeout_ms=120000"], lifecycle: { preStop: { exec: { command: ["/bin/sleep", "15"] } } },
+  });
+  return s;
+};
+expect("a grace period that covers preStop and drain passes", run("drain-budget.mjs", [draining()]), 0);
+const short = draining();
+short.spec.template.spec.terminationGracePeriodSeconds = 60;
+expect("a grace period shorter than preStop + drain fails", run("drain-budget.mjs", [short]), 1,
+  "terminationGracePeriodSeconds 60 < preStop 15 s + drain 120 s");
+const noPreStop = draining();
+delete noPreStop.spec.template.spec.containers[0].lifecycle;
+expect("a draining container without preStop fails", run("drain-budget.mjs", [noPreStop]), 1, "no preStop sleep");
 
 rmSync(dir, { recursive: true });
 console.log(failed ? `${failed} cases failed` : "all cases behaved");
