@@ -4,7 +4,8 @@
 #   against the Kubernetes API schema (prometheus-operator's objects against its schema, LeaderWorkerSets against
 #   deploy/validate/schemas), rejecting unknown fields; every pod template meets Pod Security "restricted"; every
 #   draining container's grace period covers its preStop sleep and --drain_timeout_ms;
-#   promtool checks both Prometheus configs and the rules, and runs the alert unit tests;
+#   promtool checks both Prometheus configs and the rules, and runs the alert unit tests; the PrometheusRule
+#   equals the rule file;
 #   the dashboard queries only documented metrics; the Dockerfiles and manifests refer only to what exists.
 # usage: scripts/check-deploy.sh BUILD_DIR
 set -euo pipefail
@@ -43,6 +44,9 @@ promtool check config "$root/monitoring/prometheus/prometheus-kubernetes.yml"
 promtool check config "$root/monitoring/prometheus/prometheus-local.yml" 2>&1 | grep -v 'WARNING: file "targets'
 promtool check rules "$root/monitoring/prometheus/rules/gemma-alerts.yml"
 (cd "$root/monitoring/prometheus/rules" && promtool test rules gemma-alerts_test.yml)
+# The Operator's PrometheusRule holds exactly the rules of the plain rule file.
+node "$root/deploy/validate/prometheus-rule.mjs" "$root/monitoring/prometheus/rules/gemma-alerts.yml" \
+  "$root/monitoring/kubernetes/prometheus-rule.yaml" --check
 
 echo "== dashboard"
 python3 "$root/scripts/check_dashboard.py" "$root/monitoring/grafana/gemma-dashboard.json" "$root/monitoring/METRICS.md" \
