@@ -3,8 +3,8 @@
 the Dockerfiles copy or run exists, every binary they or the manifests start is installed by `cmake --install`,
 every port they expose is a port the manifests use, every flag the manifests pass is one the binary accepts, every
 library the binaries load comes from the packages the runtime image installs (or, for the CUDA backend module, is
-copied into the CUDA image, and nothing more of the toolkit), every base image is pinned by digest, and
-install-deps.sh knows the modes the Dockerfiles call.
+copied into the CUDA image, and nothing more of the toolkit), every base image is pinned by digest, the build
+context leaves out build trees, .git and node_modules, and install-deps.sh knows the modes the Dockerfiles call.
 
 usage: check_deploy_references.py BUILD_DIR RENDERED_MANIFEST.yaml...
 """
@@ -95,6 +95,14 @@ def main():
                 user = args
         if user is None or user.split(":")[0] in ("0", "root"):
             fail(f"{name}: the image must run as a non-root USER")
+
+    # The images build with `COPY . .` from the repository root: a developer's build tree, .git and node_modules
+    # must stay out of the context (a CMake cache from another path breaks the build).
+    ignore_path = os.path.join(ROOT, ".dockerignore")
+    ignored = open(ignore_path).read().split() if os.path.exists(ignore_path) else []
+    for pattern in ("build*", ".git", "**/node_modules"):
+        if pattern not in ignored:
+            fail(f".dockerignore does not exclude {pattern}")
 
     rendered = "\n".join(open(m).read() for m in manifests)
     ports = {int(p) for p in re.findall(r"containerPort: (\d+)", rendered)}
