@@ -81,6 +81,8 @@ class Engine {
   int64_t prefilled_tokens() const { return prefilled_tokens_; }
   // Tokens (positions) each step computed since the last call, oldest first; at most the last 1024 are kept.
   std::vector<int> TakeStepTokens() { return std::exchange(step_tokens_, {}); }
+  // Tokens of the step that finished last (0 before any, or once taken).
+  int last_step_tokens() const { return step_tokens_.empty() ? 0 : step_tokens_.back(); }
   // Steps sent again with full penalty histories because the executor had lost one (FailedPrecondition).
   int64_t history_resends() const { return history_resends_; }
 

@@ -75,6 +75,10 @@ absl::StatusOr<std::unique_ptr<RouterMetrics>> RouterMetrics::Create(const std::
                             "Prompt tokens found in the prefix cache (their KV was reused, not computed).");
   m->takeovers_ = counter("gemma_router_lease_takeovers_total",
                           "Worker groups this router took over after another router's lease lapsed or was released.");
+  m->step_prefill_seconds_ = counter("gemma_router_step_prefill_seconds_total",
+                                     "Step time spent on prefill (a step's time shared out by its tokens).");
+  m->step_decode_seconds_ = counter("gemma_router_step_decode_seconds_total",
+                                    "Step time spent on decode (a step's time shared out by its tokens).");
   m->forwarded_ = counter("gemma_router_forwarded_requests_total",
                           "Requests this router sent to the peer router that schedules a group with room.");
   auto gauge = [&](const char* name, const char* help) { return &prometheus::BuildGauge().Name(name).Help(help).Register(r); };

@@ -32,6 +32,11 @@ class RouterMetrics {
   void Prefill(double seconds) { prefill_->Observe(seconds); }
   // Tokens (prompt positions and decoded tokens) one step computed.
   void StepTokens(int tokens) { step_tokens_->Observe(tokens); }
+  // A step's wall time shared out by its prompt positions and its decoded tokens.
+  void StepTime(double prefill_seconds, double decode_seconds) {
+    step_prefill_seconds_->Increment(prefill_seconds);
+    step_decode_seconds_->Increment(decode_seconds);
+  }
   // The `group` label: the group's name when its workers give one (stable across restarts), else its address.
   static std::string GroupLabel(const std::string& group_name, const std::string& address) {
     return group_name.empty() ? address : group_name;
@@ -60,7 +65,8 @@ class RouterMetrics {
   prometheus::Histogram *ttft_, *itl_, *e2e_, *queue_, *prefill_, *prompt_hist_, *generated_hist_, *step_tokens_;
   prometheus::Family<prometheus::Counter>*requests_, *finished_;
   prometheus::Counter *prompt_tokens_, *generated_tokens_, *preemptions_, *prefill_tokens_, *prefix_queries_,
-      *prefix_hits_, *takeovers_, *forwarded_;
+      *prefix_hits_, *takeovers_, *forwarded_,
+      *step_prefill_seconds_, *step_decode_seconds_;
   prometheus::Family<prometheus::Gauge>*queue_depth_, *running_, *kv_used_, *kv_usage_, *healthy_, *prefix_blocks_, *owned_;
 };
 

@@ -519,8 +519,16 @@ absl::Status WorkerGroup::GroupFailed() const {
 absl::Status WorkerGroup::RunOneStep() {
   if (stop_) return absl::CancelledError("the router is stopping");
   // A malformed row fails only its own request (the engine retries row by row); any other error is the group's.
+  const int64_t prefilled_before = engine_->prefilled_tokens();
+  const auto start = std::chrono::steady_clock::now();
   const absl::Status s = engine_->Step([this](const SequenceUpdate& u) { return Deliver(u); },
                                        [this](uint64_t id) { requests_.at(id)->MarkScheduled(); });
+  if (s.ok() && metrics_ != nullptr && engine_->last_step_tokens() > 0) {
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    const double prefill_share =
+        std::min(1.0, static_cast<double>(engine_->prefilled_tokens() - prefilled_before) / engine_->last_step_tokens());
+    metrics_->StepTime(seconds * prefill_share, seconds * (1 - prefill_share));
+  }
   if (!s.ok() && !stop_ && !absl::IsAborted(s)) {
     std::fprintf(stderr, "gemma-router: worker group %s failed: %s\n", address_.c_str(), s.ToString().c_str());
   }

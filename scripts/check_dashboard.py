@@ -24,7 +24,13 @@ def main():
     documented = {name for name, _ in rows}
     histograms = {name for name, kind in rows if kind == "histogram"}
     errors, queried = [], set()
-    panels = dashboard.get("panels", [])
+    panels = []
+    for panel in dashboard.get("panels", []):
+        # A row only groups panels (a collapsed row holds its own); it has no query of its own.
+        if panel.get("type") == "row":
+            panels.extend(panel.get("panels", []))
+        else:
+            panels.append(panel)
     if not panels:
         errors.append("the dashboard has no panels")
     for panel in panels:
