@@ -115,28 +115,15 @@ def main():
     if not os.path.exists(os.path.join(install, "bin", "libgemma_sentencepiece.so")):
         fail("libgemma_sentencepiece.so is not installed beside the binaries")
 
-    # Flags passed by the manifests (args lists and the router's flag files) are ones the binaries accept; flags
-    # listed in deploy/flags-landing.txt are reported while the built binary lacks them.
+    # Flags passed by the manifests (args lists and the router's flag files) are ones the binaries accept.
     accepted = {
         "gemma-router": accepted_flags(os.path.join(install, "bin/gemma-router"), "--helpfull"),
         "gemma-worker": accepted_flags(os.path.join(install, "bin/gemma-worker"), "--helpfull"),
         "gemma make-tiny": accepted_flags(os.path.join(install, "bin/gemma"), "make-tiny", "--help"),
     }
-    landing = set()
-    for line in open(os.path.join(ROOT, "deploy/flags-landing.txt")):
-        if line.strip() and not line.startswith("#"):
-            binary, flag = line.split()
-            landing.add((binary, flag))
-            if flag in accepted[binary]:
-                fail(f"deploy/flags-landing.txt: {binary} accepts --{flag} now; delete the line")
-    not_yet = set()
 
     def check_flag(binary, flag, where):
-        if flag in accepted[binary]:
-            return
-        if (binary, flag) in landing:
-            not_yet.add(f"{binary} --{flag}")
-        else:
+        if flag not in accepted[binary]:
             fail(f"{where}: {binary} has no flag --{flag}")
 
     for flags_file in glob.glob(os.path.join(ROOT, "deploy/kubernetes/**/router.flags"), recursive=True):
@@ -160,8 +147,6 @@ def main():
     for binary, count in started.items():
         if count == 0:
             fail(f"no container of the manifests starts {binary}: the flag check would check nothing")
-    for flag in sorted(not_yet):
-        print(f"NOT YET CHECKED: {flag} (deploy/flags-landing.txt; the binary in the build lacks it)")
 
     # The runtime image installs `install-deps.sh --runtime`: every library the binaries load directly must come
     # from those packages (or their dependencies, or the C/C++ runtime every image has).
