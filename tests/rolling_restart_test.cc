@@ -166,7 +166,7 @@ TEST(RollingRestartTest, NoRequestIsLostWhileARouterAndAGroupRestart) {
   };
   auto serves_meanwhile = [&](const char* phase) {
     const int before = completed_now();
-    for (int i = 0; i < 100 && completed_now() < before + 8; ++i) std::this_thread::sleep_for(milliseconds(100));
+    for (int i = 0; i < 300 && completed_now() < before + 8; ++i) std::this_thread::sleep_for(milliseconds(100));
     EXPECT_GE(completed_now(), before + 8) << "requests kept completing " << phase;
   };
   serves_meanwhile("before the restarts");
@@ -181,8 +181,8 @@ TEST(RollingRestartTest, NoRequestIsLostWhileARouterAndAGroupRestart) {
 
   // A group: its leader drains (what runs finishes, nothing new comes) and exits 0. Stopped while it runs requests,
   // so that a group that did not drain would cut them.
-  for (int i = 0; i < 200 && running_on_a() < 2; ++i) std::this_thread::sleep_for(milliseconds(10));
-  ASSERT_GE(running_on_a(), 2);
+  for (int i = 0; i < 1000 && running_on_a() < 1; ++i) std::this_thread::sleep_for(milliseconds(10));
+  ASSERT_GE(running_on_a(), 1) << "group a ran nothing for 10 s\n" << logs();
   ASSERT_EQ(::kill(group[0].process->pid, SIGTERM), 0);
   EXPECT_EQ(group[0].process->WaitExit(seconds(20)), 0) << logs();
   serves_meanwhile("while one group is down");
