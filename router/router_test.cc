@@ -103,6 +103,24 @@ double Sample(const std::string& metrics, const std::string& metric) {
   return std::stod(metrics.substr(space + 1));
 }
 
+// Groups a router can send a request to, as its model info says.
+int HealthyGroups(v1::Gemma::Stub& stub) {
+  v1::ModelInfo info;
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  stub.GetModelInfo(&ctx, {}, &info);
+  return info.healthy_groups();
+}
+
+// A router takes its first group at once and the others a moment later (see LeaseOptions).
+bool WaitForHealthyGroups(v1::Gemma::Stub& stub, int n) {
+  for (int i = 0; i < 200; ++i) {
+    if (HealthyGroups(stub) == n) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return false;
+}
+
 // A tensor-parallel group of `world` gemma-worker ranks on loopback; `port` is rank 0's Worker API.
 struct TpGroup {
   std::vector<std::unique_ptr<testing::Process>> ranks;
@@ -144,20 +162,8 @@ struct RouterProcess {
   std::unique_ptr<testing::Process> process;
   int port = 0;
   std::unique_ptr<v1::Gemma::Stub> stub;
-  int HealthyGroups() {
-    v1::ModelInfo info;
-    grpc::ClientContext ctx;
-    stub->GetModelInfo(&ctx, {}, &info);
-    return info.healthy_groups();
-  }
-  // A router takes its first group at once and the others a moment later (see LeaseOptions).
-  bool WaitForHealthyGroups(int n) {
-    for (int i = 0; i < 200; ++i) {
-      if (HealthyGroups() == n) return true;
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    }
-    return false;
-  }
+  int HealthyGroups() { return gemma::HealthyGroups(*stub); }
+  bool WaitForHealthyGroups(int n) { return gemma::WaitForHealthyGroups(*stub, n); }
 };
 
 RouterProcess StartRouter(const std::vector<int>& groups, std::vector<std::string> flags = {}) {
@@ -337,14 +343,7 @@ TEST_F(RouterTest, ARequestGoesToTheGroupHoldingItsPrefixWhenItIsNotMuchBusier) 
                              (worker_port == port_a ? "group-a" : "group-b") + "\"}";
     return Sample(testing::HttpGet(metrics, "/metrics"), name);
   };
-  auto healthy_groups = [&] {
-    v1::ModelInfo info;
-    grpc::ClientContext ctx;
-    stub->GetModelInfo(&ctx, {}, &info);
-    return info.healthy_groups();
-  };
-  for (int i = 0; i < 200 && healthy_groups() < 2; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  ASSERT_EQ(healthy_groups(), 2);
+  ASSERT_TRUE(WaitForHealthyGroups(*stub, 2));
   generate(with_suffix(10));  // both idle: the first group, which now holds the prefix
   for (int i = 0; i < 40 && cached(port_a) <= 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(50));
   ASSERT_GT(cached(port_a), 0);
@@ -377,14 +376,8 @@ TEST_F(RouterTest, AKilledGroupFailsItsStreamsAnotherKeepsServingAndTheGroupRetu
   const int port = testing::WaitForPortFile(port_file, std::chrono::seconds(30));
   ASSERT_GT(port, 0) << router->Err();
   auto stub = v1::Gemma::NewStub(grpc::CreateChannel("127.0.0.1:" + std::to_string(port), grpc::InsecureChannelCredentials()));
-  auto healthy_groups = [&] {
-    v1::ModelInfo info;
-    grpc::ClientContext ctx;
-    stub->GetModelInfo(&ctx, {}, &info);
-    return info.healthy_groups();
-  };
-  for (int i = 0; i < 200 && healthy_groups() < 2; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  ASSERT_EQ(healthy_groups(), 2);
+  auto healthy_groups = [&] { return HealthyGroups(*stub); };
+  ASSERT_TRUE(WaitForHealthyGroups(*stub, 2));
   // Long streams spread over both groups; then group A dies mid-stream (once every stream has a token: a request
   // that has not started would move to group B instead).
   std::vector<std::future<grpc::StatusCode>> streams;
