@@ -389,7 +389,8 @@ TEST(WorkerTest, AStaleRoutersStepIsRefusedAndTheNewHoldersRuns) {
     ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(20));
     return stub->Step(&ctx, req, &resp);
   };
-  const uint64_t first = Lease(*stub, "router-a", 300);
+  // A ttl long enough that a loaded machine does not let it lapse before router-b asks.
+  const uint64_t first = Lease(*stub, "router-a", 2000);
   EXPECT_TRUE(step(first).ok());
   // router-b cannot take it while router-a renews...
   worker::v1::LeaseRequest b;
@@ -405,7 +406,7 @@ TEST(WorkerTest, AStaleRoutersStepIsRefusedAndTheNewHoldersRuns) {
   EXPECT_FALSE(state.granted());
   EXPECT_EQ(state.holder_id(), "router-a");
   // ...but once router-a stalls past its ttl, router-b takes it under a new epoch.
-  std::this_thread::sleep_for(std::chrono::milliseconds(400));
+  std::this_thread::sleep_for(std::chrono::milliseconds(2100));
   {
     grpc::ClientContext ctx;
     ASSERT_TRUE(stub->AcquireLease(&ctx, b, &state).ok());
