@@ -1,6 +1,7 @@
 #!/usr/bin/python3
 """A real Prometheus (Debian's package) with the project's local scrape config and alert rules, pointed at a local
-cluster: after N requests its HTTP API shows the router's request counter at N, the rules are loaded, and every
+cluster: after N requests its HTTP API shows the router's request counter at N, the rules are loaded, every rank of
+the worker (gemma-worker --tp 2, as a Kubernetes pod runs it) reached it through the pod's one metrics port, and every
 gemma_* metric it scraped is documented in monitoring/METRICS.md.
 
 Usage: prometheus_test.py SOURCE_DIR WORKER_BINARY ROUTER_BINARY GEMMA_BINARY MODEL_DIR
@@ -69,7 +70,8 @@ def main():
     worker_metrics, router_metrics, prom_port = free_port(), free_port(), free_port()
     procs = []
     try:
-        procs.append(subprocess.Popen([worker_bin, f"--model={model}", f"--port_file={work}/worker.port", "--threads=1",
+        procs.append(subprocess.Popen([worker_bin, f"--model={model}", "--tp=2", f"--peer_port={free_port()}",
+                                       f"--port_file={work}/worker.port", "--threads=1",
                                        "--kv_cache_mb=32", f"--metrics_port={worker_metrics}",
                                        "--group_name=prom-group"], stdout=subprocess.DEVNULL))
         worker_port = wait_port(f"{work}/worker.port")
@@ -116,12 +118,15 @@ def main():
         one = lambda want: (lambda r: len(r) == 1 and r[0][1] == want)
         settle(prom_port, 'gemma_build_info{protocol="2"}', lambda r: len(r) == 2 and all(v == 1 for _, v in r),
                "build info on the router and the worker")
-        settle(prom_port, 'gemma_worker_model_info{model="tiny-mqa",tp="1",device="cpu"}', one(1), "model info")
+        settle(prom_port, 'gemma_worker_model_info{model="tiny-mqa",tp="2",device="cpu"}', one(1), "model info")
         settle(prom_port, 'gemma_worker_kv_blocks{rank="0"} > 0', lambda r: len(r) == 1, "KV blocks")
-        settle(prom_port, 'gemma_worker_rank_step_duration_seconds_count{rank="0"}', lambda r: len(r) == 1 and r[0][1] >= N,
-               "rank 0's steps")
-        settle(prom_port, 'gemma_worker_rank_collective_duration_seconds_count{rank="0"}',
-               lambda r: len(r) == 1 and r[0][1] >= N, "rank 0's collective times")
+        # The follower's straggler view comes through the launcher's port, the only one a pod declares.
+        for rank in ("0", "1"):
+            settle(prom_port, f'gemma_worker_rank_step_duration_seconds_count{{rank="{rank}"}}',
+                   lambda r: len(r) == 1 and r[0][1] >= N, f"rank {rank}'s steps")
+            settle(prom_port, f'gemma_worker_rank_collective_duration_seconds_count{{rank="{rank}"}}',
+                   lambda r: len(r) == 1 and r[0][1] >= N, f"rank {rank}'s collective times")
+            settle(prom_port, f'gemma_worker_rank_up{{rank="{rank}"}}', one(1), f"rank {rank} answering the launcher")
         settle(prom_port, 'sum(gemma_router_requests_finished_total{reason=~"length|eos"})', one(N), "finished requests")
         settle(prom_port, "gemma_router_prompt_tokens_count", one(N), "prompt token histogram")
         settle(prom_port, "gemma_router_prompt_tokens_sum", one(3 * N), "prompt tokens")

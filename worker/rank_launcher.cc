@@ -5,12 +5,32 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <memory>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "worker/child_process.h"
+#include "worker/pod_metrics.h"
 
 namespace gemma {
+
+int RankMetricsPort(const LauncherSettings& settings, int local) {
+  return settings.metrics_port > 0 ? settings.metrics_port + 1 + local : 0;
+}
+
+absl::Status CheckRankMetricsPorts(const LaunchPlan& plan, const LauncherSettings& settings) {
+  if (settings.metrics_port <= 0) return absl::OkStatus();
+  const int first = RankMetricsPort(settings, 0), last = RankMetricsPort(settings, plan.ranks_per_host - 1);
+  const std::string ranks = absl::StrCat("the ranks serve their metrics to the launcher on ports ", first, "..", last,
+                                         " (--metrics_port + 1 + their place in the pod)");
+  if (last > 65535) return absl::InvalidArgumentError(absl::StrCat(ranks, ", past 65535; lower --metrics_port"));
+  for (auto [p, name] : {std::pair{settings.port, "--port"}, {settings.peer_port, "--peer_port"}}) {
+    if (p >= first && p <= last) {
+      return absl::InvalidArgumentError(absl::StrCat(ranks, ", which takes ", name, " ", p, "; move one of them"));
+    }
+  }
+  return absl::OkStatus();
+}
 
 std::vector<std::string> RankFlags(const LaunchPlan& plan, const LauncherSettings& settings, int local) {
   const int rank = plan.first_rank() + local;
@@ -26,12 +46,25 @@ std::vector<std::string> RankFlags(const LaunchPlan& plan, const LauncherSetting
       absl::StrCat("--cuda_device=", local),
       // Probes of the pod reach its first rank; other ranks serve no port.
       absl::StrCat("--port=", local == 0 ? settings.port : 0),
-      absl::StrCat("--metrics_port=", settings.metrics_port > 0 ? settings.metrics_port + local : 0),
+      absl::StrCat("--metrics_port=", RankMetricsPort(settings, local)),
       absl::StrCat("--threads=", threads),
   };
 }
 
 int RunLauncher(const LaunchPlan& plan, const LauncherSettings& settings, const std::atomic<bool>& stop) {
+  std::unique_ptr<PodMetrics> metrics;
+  if (settings.metrics_port > 0) {
+    std::vector<int> rank_ports;
+    for (int local = 0; local < plan.ranks_per_host; ++local) rank_ports.push_back(RankMetricsPort(settings, local));
+    // A rank that hangs must not hold up the scrape past Prometheus's own timeout (10 s by default).
+    auto m = PodMetrics::Serve(absl::StrCat("0.0.0.0:", settings.metrics_port), plan.first_rank(), rank_ports,
+                               std::chrono::seconds(1));
+    if (!m.ok()) {
+      std::fprintf(stderr, "gemma-worker: %s\n", std::string(m.status().message()).c_str());
+      return 1;
+    }
+    metrics = std::move(*m);
+  }
   std::vector<pid_t> pids(plan.ranks_per_host, -1);
   auto rank_of = [&](pid_t pid) {
     return plan.first_rank() + static_cast<int>(std::find(pids.begin(), pids.end(), pid) - pids.begin());

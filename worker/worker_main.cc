@@ -236,8 +236,10 @@ int main(int argc, char** argv) {
   settings.binary = gemma::SelfExecutable(argv[0]);
   settings.args.assign(argv + 1, argv + argc);
   settings.port = options->port;
+  settings.peer_port = options->peer_port;
   settings.metrics_port = options->metrics_port;
   settings.threads = options->threads;
   settings.drain_timeout = options->drain_timeout;
+  if (auto s = gemma::CheckRankMetricsPorts(**plan, settings); !s.ok()) return gemma::Fail(s);
   return gemma::RunLauncher(**plan, settings, gemma::g_stop);
 }

@@ -448,8 +448,8 @@ grpc::Status PrefillStep(worker::v1::Worker::Stub& stub, uint64_t epoch, const s
   return stub.Step(&ctx, req, resp);
 }
 
-// gemma-worker --tp 2: one process starts and supervises the whole group; rank 0 serves the Worker API, every rank
-// its own metrics; a rank that dies takes the group (and the launcher, so the pod restarts) down.
+// gemma-worker --tp 2: one process starts and supervises the whole group; rank 0 serves the Worker API, the launcher
+// every rank's metrics on the pod's one port; a rank that dies takes the group (and the launcher, so the pod restarts) down.
 TEST(WorkerTest, TpLauncherRunsTheGroupAndGoesDownWithAnyRank) {
   const std::string port_file = ::testing::TempDir() + "/launcher_port_" + std::to_string(::getpid());
   std::remove(port_file.c_str());
@@ -471,12 +471,20 @@ TEST(WorkerTest, TpLauncherRunsTheGroupAndGoesDownWithAnyRank) {
   ASSERT_EQ(resp.results_size(), 1);
   EXPECT_TRUE(resp.results(0).sampled());
   EXPECT_FALSE(resp.draining());
-  // Each rank on its own port (metrics_port + its place in the pod), each with its own view of the step.
+  // The pod's one metrics port carries every rank, each with its own view of the step, as one valid exposition.
+  const std::string m = testing::HttpGet(metrics_port, "/metrics");
   for (int rank = 0; rank < 2; ++rank) {
-    const std::string m = testing::HttpGet(metrics_port + rank, "/metrics");
-    const std::string count = "gemma_worker_rank_step_duration_seconds_count{rank=\"" + std::to_string(rank) + "\"}";
-    EXPECT_EQ(Sample(m, count), 1) << m.substr(0, 2000);
+    const std::string r = "{rank=\"" + std::to_string(rank) + "\"}";
+    EXPECT_EQ(Sample(m, "gemma_worker_rank_step_duration_seconds_count" + r), 1) << m;
+    EXPECT_EQ(Sample(m, "gemma_worker_rank_up" + r), 1) << m;
   }
+  size_t types = 0;
+  for (size_t at = m.find("\n# TYPE gemma_worker_rank_step_duration_seconds "); at != std::string::npos;
+       at = m.find("\n# TYPE gemma_worker_rank_step_duration_seconds ", at + 1)) {
+    ++types;
+  }
+  EXPECT_EQ(types, 1u) << m;
+  EXPECT_EQ(Sample(m, "gemma_worker_steps_total{rank=\"0\"}"), 1) << "rank 0's leader metrics come through too";
 
   const std::vector<pid_t> ranks = Children(launcher->pid);
   ASSERT_EQ(ranks.size(), 2u);
