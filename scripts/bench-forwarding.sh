@@ -15,18 +15,19 @@ worker_port=$(free_port); a_peer=$(free_port); b_peer=$(free_port)
 tmp=$(mktemp -d)
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null || true; rm -rf "$tmp"' EXIT
-"$build/worker/gemma-worker" --model "$model" --port "$worker_port" --threads 1 --kv_cache_mb 256 2>/dev/null &
+"$build/worker/gemma-worker" --model "$model" --port "$worker_port" --threads 1 --kv_cache_mb 256 >/dev/null 2>&1 &
 pids+=($!)
-# Starts a router and prints its public port once it has met the group (it writes its port file then).
+# Starts a router and waits until it has met the group (it writes its port file then).
 router() {  # NAME PEER_PORT
   "$build/router/gemma-router" --plaintext --workers "127.0.0.1:$worker_port" --port_file "$tmp/$1" \
-    --peer_port "$2" --advertise_address "127.0.0.1:$2" 2>/dev/null &
+    --peer_port "$2" --advertise_address "127.0.0.1:$2" >/dev/null 2>&1 &
   pids+=($!)
   for _ in $(seq 600); do [[ -s $tmp/$1 ]] && break; sleep 0.1; done
-  cat "$tmp/$1"
+  [[ -s $tmp/$1 ]] || { echo "router $1 did not start" >&2; exit 1; }
 }
-a_port=$(router a "$a_peer")
-b_port=$(router b "$b_peer")  # started second: the group's lease is A's
+router a "$a_peer"
+router b "$b_peer"  # started second: the group's lease is A's
+a_port=$(cat "$tmp/a") b_port=$(cat "$tmp/b")
 for via in direct:$a_port forwarded:$b_port; do
   echo "== ${via%%:*}: concurrency $concurrency, $requests requests" >&2
   "$build/tools/gemma" bench --server "127.0.0.1:${via#*:}" --concurrency "$concurrency" --requests "$requests" \
@@ -38,5 +39,5 @@ direct, forwarded = (json.load(open(p))["levels"] for p in sys.argv[1:3])
 for d, f in zip(direct, forwarded):
     print(f"concurrency {d['concurrency']}: TTFT p50 {d['ttft_s']['p50'] * 1000:.2f} ms direct, "
           f"{f['ttft_s']['p50'] * 1000:.2f} ms forwarded ({f['ttft_s']['p50'] / d['ttft_s']['p50']:.2f}x); "
-          f"ITL p50 {d['itl_s']['p50'] * 1000:.3f} ms direct, {f['itl_s']['p50'] * 1000:.3f} ms forwarded")
+          f"ITL p50 {d['inter_token_s']['p50'] * 1000:.3f} ms direct, {f['inter_token_s']['p50'] * 1000:.3f} ms forwarded")
 PY
