@@ -5,6 +5,20 @@
 
 namespace gemma {
 
+namespace {
+
+// Counts a relayed call for as long as it runs.
+class InFlight {
+ public:
+  explicit InFlight(std::atomic<int>* n) : n_(n) { ++*n_; }
+  ~InFlight() { --*n_; }
+
+ private:
+  std::atomic<int>* n_;
+};
+
+}  // namespace
+
 PeerForwarder::PeerForwarder(std::string router_id) : router_id_(std::move(router_id)) {}
 
 std::unique_ptr<grpc::ClientContext> PeerForwarder::ContextFor(grpc::ServerContext* context) const {
@@ -19,21 +33,38 @@ v1::Gemma::Stub* PeerForwarder::StubFor(const std::string& peer) {
   absl::MutexLock lock(&mu_);
   auto& stub = stubs_[peer];
   if (stub == nullptr) {
-    stub = v1::Gemma::NewStub(grpc::CreateChannel(peer, grpc::InsecureChannelCredentials()));
+    // A peer that vanished without closing its connections (a node lost) is noticed in seconds, not at the
+    // client's deadline.
+    grpc::ChannelArguments args;
+    args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 10000);
+    args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 5000);
+    args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 0);
+    stub = v1::Gemma::NewStub(grpc::CreateCustomChannel(peer, grpc::InsecureChannelCredentials(), args));
   }
   return stub.get();
 }
 
-grpc::Status PeerForwarder::Generate(const std::string& peer, grpc::ServerContext* context,
-                                     const v1::GenerateRequest& request, v1::GenerateResponse* response) {
-  auto ctx = ContextFor(context);
-  return StubFor(peer)->Generate(ctx.get(), request, response);
+PeerForwarder::Outcome PeerForwarder::Finish(const grpc::Status& status, const grpc::ClientContext& ctx,
+                                             bool relayed) {
+  const bool admitted = ctx.GetServerTrailingMetadata().count(kAdmittedTrailer) > 0;
+  const bool refused = status.error_code() == grpc::StatusCode::UNAVAILABLE ||
+                       status.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED;
+  return {status, refused && !admitted && !relayed};
 }
 
-grpc::Status PeerForwarder::GenerateStream(const std::string& peer, grpc::ServerContext* context,
-                                           const v1::GenerateRequest& request,
-                                           grpc::ServerWriter<v1::GenerateStreamResponse>* writer, bool* relayed) {
-  *relayed = false;
+PeerForwarder::Outcome PeerForwarder::Generate(const std::string& peer, grpc::ServerContext* context,
+                                               const v1::GenerateRequest& request, v1::GenerateResponse* response) {
+  InFlight counted(&in_flight_);
+  auto ctx = ContextFor(context);
+  const grpc::Status status = StubFor(peer)->Generate(ctx.get(), request, response);
+  return Finish(status, *ctx, false);
+}
+
+PeerForwarder::Outcome PeerForwarder::GenerateStream(const std::string& peer, grpc::ServerContext* context,
+                                                     const v1::GenerateRequest& request,
+                                                     grpc::ServerWriter<v1::GenerateStreamResponse>* writer) {
+  InFlight counted(&in_flight_);
+  bool relayed = false;
   auto ctx = ContextFor(context);
   auto reader = StubFor(peer)->GenerateStream(ctx.get(), request);
   v1::GenerateStreamResponse event;
@@ -42,15 +73,18 @@ grpc::Status PeerForwarder::GenerateStream(const std::string& peer, grpc::Server
       ctx->TryCancel();  // the client is gone: the peer frees the request's KV blocks
       break;
     }
-    *relayed = true;
+    relayed = true;
   }
-  return reader->Finish();
+  const grpc::Status status = reader->Finish();
+  return Finish(status, *ctx, relayed);
 }
 
-grpc::Status PeerForwarder::Score(const std::string& peer, grpc::ServerContext* context,
-                                  const v1::ScoreRequest& request, v1::ScoreResponse* response) {
+PeerForwarder::Outcome PeerForwarder::Score(const std::string& peer, grpc::ServerContext* context,
+                                            const v1::ScoreRequest& request, v1::ScoreResponse* response) {
+  InFlight counted(&in_flight_);
   auto ctx = ContextFor(context);
-  return StubFor(peer)->Score(ctx.get(), request, response);
+  const grpc::Status status = StubFor(peer)->Score(ctx.get(), request, response);
+  return Finish(status, *ctx, false);
 }
 
 }  // namespace gemma

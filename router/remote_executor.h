@@ -35,6 +35,7 @@ class RemoteExecutor : public StepExecutor {
   void set_epoch(uint64_t epoch) { epoch_ = epoch; }
   // Whether the group said, in its last answer, that it is shutting down.
   bool group_draining() const { return group_draining_; }
+  void clear_group_draining() { group_draining_ = false; }
 
  private:
   worker::v1::Worker::Stub* stub_;

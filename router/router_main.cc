@@ -222,7 +222,8 @@ int main(int argc, char** argv) {
   discovery.reset();  // adds no group while the others stop
   groups.Drain();
   const auto drain_end = std::chrono::steady_clock::now() + std::chrono::milliseconds(absl::GetFlag(FLAGS_drain_timeout_ms));
-  while (!groups.idle() && std::chrono::steady_clock::now() < drain_end) {
+  // Calls relayed to a peer run there, but their clients are connected here: they too get the drain time.
+  while ((!groups.idle() || forwarder.in_flight() > 0) && std::chrono::steady_clock::now() < drain_end) {
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
   groups.Stop();  // gives the groups' leases back: other routers take them over at once

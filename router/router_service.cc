@@ -16,12 +16,6 @@ RouterService::RouterService(GroupSet* groups, RouterLimits limits, ApiKeys keys
 
 namespace {
 
-// A forwarded call that the peer could not place (it lost its groups, or has no room after all) is placed here.
-bool TryHere(const grpc::Status& forwarded) {
-  return forwarded.error_code() == grpc::StatusCode::UNAVAILABLE ||
-         forwarded.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED;
-}
-
 absl::Status CheckPeerProtocol(const grpc::ServerContext& context) {
   const std::string ours = absl::StrCat(static_cast<int>(worker::v1::PROTOCOL_VERSION_CURRENT));
   const auto& md = context.client_metadata();
@@ -34,6 +28,18 @@ absl::Status CheckPeerProtocol(const grpc::ServerContext& context) {
 }
 
 }  // namespace
+
+void RouterService::Admitted(grpc::ServerContext* context) const {
+  if (role_ == ServiceRole::kPeer) context->AddTrailingMetadata(kAdmittedTrailer, "1");
+}
+
+void RouterService::CountRejected(const absl::Status& status) const {
+  if (metrics_ == nullptr) return;
+  // A forwarded call refused for want of room or a group is placed by the router that sent it, which counts how
+  // it ends: counted here too, every such refusal would look like a failed request.
+  if (role_ == ServiceRole::kPeer && (absl::IsUnavailable(status) || absl::IsResourceExhausted(status))) return;
+  metrics_->Rejected(status);
+}
 
 std::optional<std::string> RouterService::ForwardTarget() const {
   if (role_ != ServiceRole::kPublic || forwarder_ == nullptr) return std::nullopt;
@@ -57,7 +63,7 @@ absl::StatusOr<std::shared_ptr<const ServedModel>> RouterService::Enter(const gr
     if (model == nullptr) s = absl::UnavailableError("no worker group has joined yet; retry later");
   }
   if (!s.ok()) {
-    if (metrics_) metrics_->Rejected(s);
+    CountRejected(s);
     return s;
   }
   return model;
@@ -79,7 +85,7 @@ absl::StatusOr<std::vector<int32_t>> RouterService::PromptIds(const ServedModel&
 absl::StatusOr<std::shared_ptr<ActiveRequest>> RouterService::Start(const ServedModel& model,
                                                                     const v1::GenerateRequest& request) {
   auto active = Admit(model, request);
-  if (!active.ok() && metrics_) metrics_->Rejected(active.status());
+  if (!active.ok()) CountRejected(active.status());
   return active;
 }
 
@@ -119,11 +125,13 @@ grpc::Status RouterService::Generate(grpc::ServerContext* context, const v1::Gen
   auto model = Enter(*context);
   if (!model.ok()) return ToGrpcStatus(model.status());
   if (auto peer = ForwardTarget()) {
-    const grpc::Status forwarded = forwarder_->Generate(*peer, context, *request, response);
-    if (!TryHere(forwarded)) return forwarded;
+    // A call the peer never admitted (it lost its groups, or has no room after all) is placed here.
+    const auto forwarded = forwarder_->Generate(*peer, context, *request, response);
+    if (!forwarded.place_here) return forwarded.status;
     response->Clear();
   }
   auto active = Start(**model, *request);
+  if (active.ok()) Admitted(context);
   if (!active.ok()) return ToGrpcStatus(active.status());
   if (auto s = Await(context, **active); !s.ok()) return ToGrpcStatus(s);
   *response = (*active)->Response();
@@ -135,11 +143,11 @@ grpc::Status RouterService::GenerateStream(grpc::ServerContext* context, const v
   auto model = Enter(*context);
   if (!model.ok()) return ToGrpcStatus(model.status());
   if (auto peer = ForwardTarget()) {
-    bool relayed = false;
-    const grpc::Status forwarded = forwarder_->GenerateStream(*peer, context, *request, writer, &relayed);
-    if (relayed || !TryHere(forwarded)) return forwarded;
+    const auto forwarded = forwarder_->GenerateStream(*peer, context, *request, writer);
+    if (!forwarded.place_here) return forwarded.status;
   }
   auto active = Start(**model, *request);
+  if (active.ok()) Admitted(context);
   if (!active.ok()) return ToGrpcStatus(active.status());
   // Checked while waiting too: a client that leaves a queued request is noticed before its first token.
   const auto client_gone = [context] { return context->IsCancelled(); };
@@ -163,7 +171,7 @@ grpc::Status RouterService::Score(grpc::ServerContext* context, const v1::ScoreR
   if (!model.ok()) return ToGrpcStatus(model.status());
   const ModelLimits model_limits = LimitsOf(**model);
   auto reject = [&](const absl::Status& s) {
-    if (metrics_) metrics_->Rejected(s);
+    CountRejected(s);
     return ToGrpcStatus(s);
   };
   if (auto s = ValidateScoreRequest(*request, limits_, model_limits); !s.ok()) return reject(s);
@@ -173,8 +181,8 @@ grpc::Status RouterService::Score(grpc::ServerContext* context, const v1::ScoreR
     return reject(s);
   }
   if (auto peer = ForwardTarget()) {
-    const grpc::Status forwarded = forwarder_->Score(*peer, context, *request, response);
-    if (!TryHere(forwarded)) return forwarded;
+    const auto forwarded = forwarder_->Score(*peer, context, *request, response);
+    if (!forwarded.place_here) return forwarded.status;
     response->Clear();
   }
   ActiveRequest::Options o;
@@ -183,6 +191,7 @@ grpc::Status RouterService::Score(grpc::ServerContext* context, const v1::ScoreR
   o.score_top_logprobs = request->top_logprobs();
   auto active = std::make_shared<ActiveRequest>(groups_->NewRequestId(), std::move(o), (*model)->tokenizer.get(), metrics_);
   if (auto s = groups_->Submit(active); !s.ok()) return reject(s);
+  Admitted(context);
   if (auto s = Await(context, *active); !s.ok()) return ToGrpcStatus(s);
   *response = active->ScoreResult();
   return grpc::Status::OK;

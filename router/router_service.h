@@ -45,6 +45,9 @@ class RouterService final : public v1::Gemma::Service {
   absl::StatusOr<std::shared_ptr<const ServedModel>> Enter(const grpc::ServerContext& context);
   // The peer router to send this call to, if any.
   std::optional<std::string> ForwardTarget() const;
+  // Tells the forwarding router that this call was admitted here (it must not place it again).
+  void Admitted(grpc::ServerContext* context) const;
+  void CountRejected(const absl::Status& status) const;
   // Validated, tokenized and submitted; or the status to answer with.
   absl::StatusOr<std::shared_ptr<ActiveRequest>> Start(const ServedModel& model, const v1::GenerateRequest& request);
   absl::StatusOr<std::shared_ptr<ActiveRequest>> Admit(const ServedModel& model, const v1::GenerateRequest& request);

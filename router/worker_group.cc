@@ -32,6 +32,19 @@ std::string NewRouterId() {
   return absl::StrCat(host, "-", ::getpid(), "-", absl::Hex(random() ^ (uint64_t{random()} << 32)));
 }
 
+// Why a group's model info cannot be served next to `served` (another model, or another protocol); empty if it can.
+std::string Incompatible(const worker::v1::ModelInfo& info, const worker::v1::ModelInfo& served) {
+  const uint32_t ours = worker::v1::PROTOCOL_VERSION_CURRENT;
+  if (info.protocol_version() != ours) {
+    return absl::StrCat("speaks worker protocol ", info.protocol_version(), " and this router speaks ", ours,
+                        "; run routers and workers of the same release (see docs/DEPLOY.md, upgrades)");
+  }
+  if (info.vocab_size() != served.vocab_size() || info.tokenizer_model() != served.tokenizer_model()) {
+    return "serves another model than the one it served before";
+  }
+  return "";
+}
+
 absl::StatusOr<std::unique_ptr<WorkerGroup>> WorkerGroup::Connect(const std::string& address, GroupOptions options,
                                                                    std::chrono::milliseconds timeout,
                                                                    RouterMetrics* metrics, bool wait_for_ready) {
@@ -45,11 +58,8 @@ absl::StatusOr<std::unique_ptr<WorkerGroup>> WorkerGroup::Connect(const std::str
   if (!s.ok()) {
     return absl::UnavailableError(absl::StrCat("worker group ", address, " did not answer: ", s.error_message()));
   }
-  const uint32_t ours = worker::v1::PROTOCOL_VERSION_CURRENT;
-  if (info.protocol_version() != ours) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "worker group ", address, " speaks worker protocol ", info.protocol_version(), " and this router speaks ",
-        ours, "; run routers and workers of the same release (see docs/DEPLOY.md, upgrades)"));
+  if (const std::string why = Incompatible(info, info); !why.empty()) {
+    return absl::FailedPreconditionError(absl::StrCat("worker group ", address, " ", why));
   }
   return std::unique_ptr<WorkerGroup>(
       new WorkerGroup(address, std::move(channel), std::move(info), options, metrics));
@@ -90,14 +100,20 @@ void WorkerGroup::MaintainLease() {
   const auto now = std::chrono::steady_clock::now();
   if (now < next_lease_) return;
   const LeaseOptions& o = options_.lease;
+  if (draining_ && !owned_) {  // shutting down: keep only what still runs (the loop waits until next_lease_)
+    next_lease_ = now + o.ttl;
+    return;
+  }
   const auto poll = std::min<std::chrono::milliseconds>(o.ttl / 2, std::chrono::milliseconds(1000));
   worker::v1::LeaseRequest req;
   req.set_router_id(o.router_id);
   req.set_router_address(o.advertise);
   req.set_protocol_version(worker::v1::PROTOCOL_VERSION_CURRENT);
   req.set_ttl_ms(static_cast<int32_t>(o.ttl.count()));
-  req.set_load(load_);
-  req.set_capacity(max_outstanding_);
+  req.set_load(std::max(0, load_.load()));
+  // A router that shuts down takes nothing new: peers must not forward to it.
+  req.set_capacity(draining_ ? 0 : max_outstanding_);
+  req.set_wants_group(o.held->load() == 0);
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + std::min<std::chrono::milliseconds>(o.ttl / 3, poll));
   worker::v1::LeaseState state;
@@ -121,6 +137,13 @@ void WorkerGroup::MaintainLease() {
     if (owned_ && state.epoch() != epoch_) {
       LoseLease(absl::StrCat("its epoch moved from ", epoch_, " to ", state.epoch(), " while this router was away"));
     }
+    // Not one whose worker now serves something else (it may have restarted since this router read its model
+    // info): give it straight back.
+    if (!owned_ && !RefreshInfo()) {
+      SendRelease();
+      next_lease_ = now + o.ttl;
+      return;
+    }
     if (!owned_) {
       bool takeover;
       {
@@ -131,7 +154,7 @@ void WorkerGroup::MaintainLease() {
       if (metrics_ != nullptr && takeover) metrics_->LeaseTakeover();
       epoch_ = state.epoch();
       executor_.set_epoch(epoch_);
-      engine_ = NewEngine(info_);
+      engine_ = NewEngine(engine_info_);
       names_version_seen_ = ~uint64_t{0};
       owned_ = true;
       ++*o.held;
@@ -139,6 +162,15 @@ void WorkerGroup::MaintainLease() {
                    static_cast<unsigned long long>(epoch_));
     }
     next_lease_ = now + o.ttl / 3;
+    const bool idle = requests_.empty() && load_ == 0;
+    if (idle && (draining_ || (state.wanted() && o.held->load() > 1))) {
+      // Shutting down, or a router that holds no group wants one while this one holds several: hand it over
+      // (when it is idle, so nothing is cut), and wait a ttl before asking again.
+      std::fprintf(stderr, "gemma-router: gives worker group %s back (%s)\n", address_.c_str(),
+                   draining_ ? "shutting down" : "a router without groups wants one");
+      ReleaseLease();
+      next_lease_ = now + o.ttl;
+    }
     return;
   }
   if (owned_) LoseLease(absl::StrCat("router ", state.holder_id(), " holds it now"));
@@ -163,14 +195,31 @@ void WorkerGroup::LoseLease(const std::string& why) {
       absl::StrCat("another router took over worker group ", address_, " (", why, "); retry")));
   epoch_ = 0;
   executor_.set_epoch(0);
-  engine_ = NewEngine(info_);
+  engine_ = NewEngine(engine_info_);
   next_lease_ = std::chrono::steady_clock::now();
+}
+
+bool WorkerGroup::RefreshInfo() {
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(1));
+  worker::v1::ModelInfo info;
+  if (!stub_->GetModelInfo(&ctx, {}, &info).ok()) return false;
+  if (const std::string why = Incompatible(info, info_); !why.empty()) {
+    std::fprintf(stderr, "gemma-router: worker group %s %s; not taking it\n", address_.c_str(), why.c_str());
+    return false;
+  }
+  engine_info_ = std::move(info);
+  return true;
 }
 
 void WorkerGroup::ReleaseLease() {
   if (!owned_) return;
   owned_ = false;
   --*options_.lease.held;
+  SendRelease();
+}
+
+void WorkerGroup::SendRelease() {
   worker::v1::LeaseRequest req;
   req.set_router_id(options_.lease.router_id);
   grpc::ClientContext ctx;
@@ -187,6 +236,7 @@ std::optional<PeerHolder> WorkerGroup::peer() const {
 }
 
 std::unique_ptr<Engine> WorkerGroup::NewEngine(const worker::v1::ModelInfo& info) {
+  engine_info_ = info;
   EngineOptions o;
   o.limits = options_.limits;
   o.num_blocks = info.num_kv_blocks();
@@ -373,7 +423,10 @@ void WorkerGroup::ProbeRecovery() {
   ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(1));
   worker::v1::ModelInfo info;
   if (!stub_->GetModelInfo(&ctx, {}, &info).ok()) return;
-  if (info.vocab_size() != info_.vocab_size() || info.tokenizer_model() != info_.tokenizer_model()) return;
+  if (const std::string why = Incompatible(info, info_); !why.empty()) {
+    std::fprintf(stderr, "gemma-router: worker group %s %s; not taking it back\n", address_.c_str(), why.c_str());
+    return;
+  }
   // A new incarnation: empty KV pool, possibly of another size, and a lease to take again.
   engine_ = NewEngine(info);
   if (owned_) {
@@ -382,6 +435,7 @@ void WorkerGroup::ProbeRecovery() {
   }
   next_lease_ = now;
   group_draining_ = false;
+  executor_.clear_group_draining();  // the last incarnation's word
   names_version_seen_ = ~uint64_t{0};
   preemptions_seen_ = prefix_queried_seen_ = prefix_hit_seen_ = prefilled_seen_ = 0;
   probe_delay_ = kFirstProbe;
@@ -468,10 +522,10 @@ void WorkerGroup::Loop() {
       healthy_ = false;
       next_probe_ = std::chrono::steady_clock::now() + kFirstProbe;
       MoveOrFailAll(GroupFailed());
-    } else if (engine_->idle() && !requests_.empty()) {
-      FailOrphans();
+    } else {
+      if (executor_.group_draining()) group_draining_ = true;  // what the step that just ran said
+      if (engine_->idle() && !requests_.empty()) FailOrphans();
     }
-    if (executor_.group_draining()) group_draining_ = true;
     PublishState();
   }
   FailAll(absl::UnavailableError("the router is shutting down; retry"));

@@ -119,6 +119,10 @@ class WorkerGroup {
   void LoseLease(const std::string& why);
   // On shutdown: another router may take the group at once.
   void ReleaseLease();
+  void SendRelease();  // the RPC alone, for a lease just granted and not to be kept
+  // Reads the group's model info again before taking its lease: false (and it is not taken) when the group does
+  // not answer or now serves another model or protocol.
+  bool RefreshInfo();
   // The group said it is shutting down: requests not yet started move to other groups.
   void MoveUnscheduled();
   std::vector<std::shared_ptr<ActiveRequest>> TakeUnscheduled() ABSL_LOCKS_EXCLUDED(mu_);
@@ -165,6 +169,7 @@ class WorkerGroup {
   // Owned by the group's thread.
   const GroupOptions options_;
   RemoteExecutor executor_;
+  worker::v1::ModelInfo engine_info_;  // the incarnation engine_ was made for (set by NewEngine: declared first)
   std::unique_ptr<Engine> engine_;  // new for each incarnation of the group (its KV pool may differ)
   int64_t prefix_queried_seen_ = 0, prefix_hit_seen_ = 0, prefilled_seen_ = 0;
   std::chrono::steady_clock::time_point next_probe_;   // while down

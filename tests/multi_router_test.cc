@@ -220,18 +220,16 @@ TEST_F(MultiRouterTest, AKilledRouterLosesOnlyItsOwnStreamsAndItsGroupIsTakenOve
   }
   for (auto& s : started) s.get_future().wait();
   router_b_.process->Kill();
-  const auto killed = std::chrono::steady_clock::now();
+  // C takes group b over once B's lease lapses: within the ttl and C's next poll (with slack for a loaded machine).
+  const milliseconds took = WaitFor([&] { return b_.Lease().holder_address() == router_c_.peer_address(); },
+                                    milliseconds(kLeaseTtlMs + 4000));
+  EXPECT_LT(took, milliseconds(kLeaseTtlMs + 4000)) << "group b was not taken over";
   for (int i = 0; i < kEach; ++i) {
     const Outcome o = through_a[i].get();
     ASSERT_TRUE(o.status.ok()) << o.status.error_message();
     EXPECT_EQ(o.ids, solo.at(i)) << "a stream of a surviving router";
     EXPECT_FALSE(through_b[i].get().status.ok()) << "the killed router's stream cannot have finished";
   }
-  // C takes group b over once B's lease lapses.
-  const milliseconds took = WaitFor([&] { return b_.Lease().holder_address() == router_c_.peer_address(); },
-                                    milliseconds(kLeaseTtlMs + 4000));
-  EXPECT_LT(took, milliseconds(kLeaseTtlMs + 4000)) << "group b was not taken over";
-  EXPECT_LT(std::chrono::steady_clock::now() - killed, milliseconds(kLeaseTtlMs + 4000));
   EXPECT_EQ(router_c_.Metric("gemma_router_lease_takeovers_total"), 1);
   const Outcome after = Generate(*router_c_.stub, Greedy(1, 16));
   ASSERT_TRUE(after.status.ok()) << after.status.error_message();
@@ -268,6 +266,53 @@ TEST_F(MultiRouterTest, ARouterThatStalledPastItsLeaseIsFencedOffAndItsStreamEnd
   ASSERT_TRUE(again.status.ok()) << again.status.error_message();
   EXPECT_EQ(again.ids, solo.at(2));
   EXPECT_EQ(b_.Lease().holder_address(), router_c_.peer_address());
+}
+
+TEST_F(MultiRouterTest, AStoppingRouterLetsTheStreamsItRelaysFinish) {
+  const auto solo = SoloRuns(2, 400);
+  std::vector<std::future<Outcome>> relayed;
+  std::vector<std::unique_ptr<grpc::ClientContext>> contexts;
+  std::vector<std::promise<void>> started(2);
+  for (int i = 0; i < 2; ++i) {
+    auto& ctx = contexts.emplace_back(std::make_unique<grpc::ClientContext>());
+    ctx->set_deadline(std::chrono::system_clock::now() + seconds(120));
+    relayed.push_back(std::async(std::launch::async, [&, i, c = ctx.get()] {
+      return Stream(*router_c_.stub, Greedy(i, 400), c, &started[i]);
+    }));
+  }
+  for (auto& s : started) s.get_future().wait();
+  // C holds no group: its streams run on A or B, but their clients are connected to C.
+  ASSERT_EQ(::kill(router_c_.process->pid, SIGTERM), 0);
+  for (int i = 0; i < 2; ++i) {
+    const Outcome o = relayed[i].get();
+    ASSERT_TRUE(o.status.ok()) << o.status.error_message();
+    EXPECT_EQ(o.ids, solo.at(i));
+  }
+  EXPECT_EQ(router_c_.process->WaitExit(seconds(20)), 0);
+}
+
+// A router that restarted finds every group held by the others; one that holds several gives an idle one back.
+TEST(MultiRouterRebalanceTest, ARouterWithoutGroupsIsGivenOne) {
+  Worker a = StartWorker("group-a"), b = StartWorker("group-b");
+  Router first = StartRouter({&a, &b});
+  ASSERT_GT(first.port, 0) << first.process->Err();
+  ASSERT_LT(WaitFor([&] { return a.Lease().holder_address() == first.peer_address() &&
+                                 b.Lease().holder_address() == first.peer_address(); },
+                    seconds(10)),
+            seconds(10))
+      << "a router alone takes every group";
+  Router second = StartRouter({&a, &b});
+  ASSERT_GT(second.port, 0) << second.process->Err();
+  const milliseconds took = WaitFor([&] {
+    return a.Lease().holder_address() == second.peer_address() || b.Lease().holder_address() == second.peer_address();
+  }, seconds(15));
+  EXPECT_LT(took, seconds(15)) << first.process->Err() << second.process->Err();
+  EXPECT_NE(a.Lease().holder_address(), b.Lease().holder_address());
+  // Both still serve every request, each through its own group or the other's.
+  for (const Router* r : {&first, &second}) {
+    const Outcome o = Generate(*r->stub, Greedy(3, 8));
+    EXPECT_TRUE(o.status.ok()) << o.status.error_message();
+  }
 }
 
 }  // namespace

@@ -20,13 +20,14 @@ uint64_t GroupLease::WallEpoch() {
           .count());
 }
 
-bool GroupLease::LapsedLocked() const { return holder_.empty() || now_() >= expires_; }
+bool GroupLease::LapsedLocked() const { return holder_.empty() || (running_steps_ == 0 && now_() >= expires_); }
 
 worker::v1::LeaseState GroupLease::StateLocked(bool granted) const {
   worker::v1::LeaseState s;
   s.set_granted(granted);
   s.set_epoch(epoch_);
   s.set_draining(draining_);
+  s.set_wanted(now_() < wanted_until_);
   if (LapsedLocked()) return s;
   s.set_holder_id(holder_);
   s.set_holder_address(address_);
@@ -56,9 +57,14 @@ absl::StatusOr<worker::v1::LeaseState> GroupLease::Acquire(const worker::v1::Lea
   absl::MutexLock lock(&mu_);
   if (holder_ != r.router_id()) {
     // Lapsed but untaken, the holder keeps its epoch: nobody else has written the pool since.
-    if (!LapsedLocked() || draining_) return StateLocked(false);
+    if (!LapsedLocked() || draining_) {
+      if (r.wants_group()) wanted_until_ = now_() + std::chrono::milliseconds(r.ttl_ms());
+      return StateLocked(false);
+    }
     holder_ = r.router_id();
     ++epoch_;
+    running_steps_ = 0;  // steps of the old epoch still finishing no longer hold the lease
+    wanted_until_ = {};
   }
   address_ = r.router_address();
   load_ = r.load();
@@ -83,8 +89,19 @@ absl::Status GroupLease::CheckStep(uint64_t epoch) {
   absl::MutexLock lock(&mu_);
   if (epoch != 0 && epoch == epoch_ && !holder_.empty()) {
     expires_ = std::max(expires_, now_() + ttl_);
+    ++running_steps_;
     return absl::OkStatus();
   }
+  return RefusalLocked(epoch);
+}
+
+absl::Status GroupLease::CheckEpoch(uint64_t epoch) const {
+  absl::MutexLock lock(&mu_);
+  if (epoch != 0 && epoch == epoch_ && !holder_.empty()) return absl::OkStatus();
+  return RefusalLocked(epoch);
+}
+
+absl::Status GroupLease::RefusalLocked(uint64_t epoch) const {
   if (epoch == 0) {
     return absl::AbortedError("the step holds no lease epoch; acquire the group's lease (AcquireLease) first");
   }
@@ -93,6 +110,13 @@ absl::Status GroupLease::CheckStep(uint64_t epoch) {
       holder_.empty() ? absl::StrCat("nobody holds it (epoch ", epoch_, ")")
                       : absl::StrCat("router ", holder_, " holds it under epoch ", epoch_),
       "; the sending router lost the lease and must not write this group's KV cache"));
+}
+
+void GroupLease::StepDone(uint64_t epoch) {
+  absl::MutexLock lock(&mu_);
+  if (epoch != epoch_ || running_steps_ == 0) return;
+  --running_steps_;
+  expires_ = std::max(expires_, now_() + ttl_);
 }
 
 void GroupLease::SetDraining() {

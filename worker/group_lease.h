@@ -34,15 +34,19 @@ class GroupLease {
   // Frees the lease when request.router_id holds it; the epoch stays until the next holder moves it on.
   worker::v1::LeaseState Release(const worker::v1::LeaseRequest& request) ABSL_LOCKS_EXCLUDED(mu_);
   worker::v1::LeaseState Get() const ABSL_LOCKS_EXCLUDED(mu_);
-  // OK when `epoch` is the current holder's (and the step renews the lease); Aborted otherwise, saying who holds
-  // the group now.
+  // OK when `epoch` is the current holder's; Aborted otherwise, saying who holds the group now. While a step that
+  // passed runs, the lease cannot lapse (a step may outlast the ttl: a long prefill on a CPU); StepDone renews it.
   absl::Status CheckStep(uint64_t epoch) ABSL_LOCKS_EXCLUDED(mu_);
+  void StepDone(uint64_t epoch) ABSL_LOCKS_EXCLUDED(mu_);
+  // CheckStep's answer, without starting a step.
+  absl::Status CheckEpoch(uint64_t epoch) const ABSL_LOCKS_EXCLUDED(mu_);
   // A draining group takes no new holder; its holder keeps the lease to finish what runs.
   void SetDraining() ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
   worker::v1::LeaseState StateLocked(bool granted) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool LapsedLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status RefusalLocked(uint64_t epoch) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const Clock now_;
   mutable absl::Mutex mu_;
@@ -54,6 +58,8 @@ class GroupLease {
   std::chrono::milliseconds ttl_ ABSL_GUARDED_BY(mu_){0};
   std::chrono::steady_clock::time_point expires_ ABSL_GUARDED_BY(mu_);
   bool draining_ ABSL_GUARDED_BY(mu_) = false;
+  int running_steps_ ABSL_GUARDED_BY(mu_) = 0;  // of the current epoch
+  std::chrono::steady_clock::time_point wanted_until_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace gemma

@@ -44,6 +44,7 @@ TEST_F(GroupLeaseTest, OneHolderAtATimeAndTheOthersLearnWhoItIs) {
 TEST_F(GroupLeaseTest, ALapsedLeaseMovesToTheNextRouterAndFencesTheOldOne) {
   const uint64_t old_epoch = lease_.Acquire(Claim("a"))->epoch();
   EXPECT_TRUE(lease_.CheckStep(old_epoch).ok());
+  lease_.StepDone(old_epoch);
   now_ += milliseconds(999);
   EXPECT_FALSE(lease_.Acquire(Claim("b"))->granted());
   now_ += milliseconds(2);
@@ -65,11 +66,35 @@ TEST_F(GroupLeaseTest, StepsAndRenewalsKeepTheLease) {
   for (int i = 0; i < 10; ++i) {
     now_ += milliseconds(600);
     ASSERT_TRUE(lease_.CheckStep(epoch).ok());
+    lease_.StepDone(epoch);
   }
   EXPECT_FALSE(lease_.Acquire(Claim("b"))->granted());
   now_ += milliseconds(600);
   EXPECT_TRUE(lease_.Acquire(Claim("a"))->granted());
   EXPECT_EQ(lease_.Get().epoch(), epoch);
+}
+
+TEST_F(GroupLeaseTest, AStepLongerThanTheTtlKeepsTheLeaseUntilItEnds) {
+  const uint64_t epoch = lease_.Acquire(Claim("a"))->epoch();
+  ASSERT_TRUE(lease_.CheckStep(epoch).ok());
+  now_ += milliseconds(5000);  // a long prefill
+  EXPECT_FALSE(lease_.Acquire(Claim("b"))->granted());
+  lease_.StepDone(epoch);
+  now_ += milliseconds(999);
+  EXPECT_FALSE(lease_.Acquire(Claim("b"))->granted()) << "the step's end renewed the lease";
+  now_ += milliseconds(2);
+  EXPECT_TRUE(lease_.Acquire(Claim("b"))->granted());
+}
+
+TEST_F(GroupLeaseTest, TheHolderHearsThatARouterWithoutGroupsWantsOne) {
+  lease_.Acquire(Claim("a"));
+  EXPECT_FALSE(lease_.Acquire(Claim("a"))->wanted());
+  auto b = Claim("b");
+  b.set_wants_group(true);
+  EXPECT_FALSE(lease_.Acquire(b)->granted());
+  EXPECT_TRUE(lease_.Acquire(Claim("a"))->wanted());
+  now_ += milliseconds(1001);  // b stopped asking (it found a group elsewhere)
+  EXPECT_FALSE(lease_.Acquire(Claim("a"))->wanted());
 }
 
 TEST_F(GroupLeaseTest, AHolderThatLapsedUntakenKeepsItsEpoch) {

@@ -71,7 +71,7 @@ grpc::Status WorkerService::Step(grpc::ServerContext* context, const worker::v1:
   const auto start = std::chrono::steady_clock::now();
   StepActivity activity(&steps_in_flight_, &last_step_ns_);
   if (!healthy_) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "this worker group has failed; restart it");
-  if (auto s = lease_.CheckStep(request->epoch()); !s.ok()) return ToGrpcStatus(s);  // refused before any wait
+  if (auto s = lease_.CheckEpoch(request->epoch()); !s.ok()) return ToGrpcStatus(s);  // refused before any wait
   absl::MutexLock lock(&mu_);
   if (request->after_step() > 0) {
     // Sent before the step it follows had answered: wait for that one to run (it may still be on the wire). A
@@ -108,6 +108,7 @@ grpc::Status WorkerService::Step(grpc::ServerContext* context, const worker::v1:
   if (auto s = lease_.CheckStep(request->epoch()); !s.ok()) return ToGrpcStatus(s);
   Session& session = SessionFor(request->session());
   auto result = RunStep(*backend_, *request, &session.draws, &session.history);
+  lease_.StepDone(request->epoch());
   // Whatever happened, later steps no longer wait for this one, and take only what it drew.
   session.last_step = std::max(session.last_step, request->step_id());
   session.used = ++steps_run_;
