@@ -48,6 +48,7 @@ absl::StatusOr<OpenedShard> OpenShard(std::shared_ptr<const Checkpoint> checkpoi
   }
   ASSIGN_OR_RETURN(const TensorParallel tp, TensorParallel::Create(checkpoint->config(), o.rank, o.world));
   ASSIGN_OR_RETURN(auto weights, ModelWeights::Load(checkpoint, tp));
+  if (o.after_load) RETURN_IF_ERROR(o.after_load());
   OpenedShard shard{tp, std::shared_ptr<const ModelWeights>(std::move(weights)), nullptr};
   if (o.device == "cuda") {
     ASSIGN_OR_RETURN(shard.backend, CudaBackend(o, shard.weights, collective.get()));

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -24,6 +25,9 @@ struct ShardOptions {
   int cuda_device = -1;            // -1: rank modulo the devices this process sees
   KvCacheOptions kv;
   std::chrono::milliseconds timeout{30000};  // a dead or hung peer fails the group within it
+  // Called once the weights are loaded and before the first collective call (NCCL bootstrap, a follower's first
+  // step), which run under `timeout`: ranks that finish loading minutes apart meet here under a wait of their own.
+  std::function<absl::Status()> after_load;
 };
 
 struct OpenedShard {

@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <fstream>
 #include <regex>
@@ -65,6 +66,30 @@ TEST(ServeTest, LocalClusterAnswersAndStopsOnInterrupt) {
   EXPECT_TRUE(std::equal(want.begin(), want.begin() + compare, ids.begin()));
   ::kill(serve.pid, SIGINT);
   EXPECT_EQ(serve.WaitExit(std::chrono::seconds(15)), 0);
+}
+
+// Ctrl-C drains the cluster: a request streaming at that moment gets all its tokens, not a broken stream. The
+// tiny model's longest request takes about a second, inside even the old 2 s budget, so this guards the drain
+// path as a whole rather than the length of the budget.
+TEST(ServeTest, InterruptLetsARunningRequestFinish) {
+  const std::string out = ::testing::TempDir() + "/serve_drain_" + std::to_string(::getpid()) + ".out";
+  Process serve;
+  const std::string address = StartServe(serve, {"--model=" + GemmaTinyDir() + "/tiny-mqa", "--kv-cache-mb=32"}, out);
+  ASSERT_FALSE(address.empty()) << ReadFile(out);
+  const std::string reply = ::testing::TempDir() + "/serve_drain_reply_" + std::to_string(::getpid());
+  std::remove(reply.c_str());
+  // The longest generation the tiny model allows (512 positions).
+  const std::string cmd = std::string(GEMMA_BINARY) + " client stream --server " + address +
+                          " --prompt-ids 2,3791,323 --max-new-tokens 509 --json > " + reply;
+  int client_exit = -1;
+  std::thread client([&] { client_exit = std::system(cmd.c_str()); });
+  for (int i = 0; i < 400 && ReadFile(reply).empty(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  ASSERT_FALSE(ReadFile(reply).empty()) << "no token streamed";
+  ::kill(serve.pid, SIGINT);
+  client.join();
+  EXPECT_EQ(client_exit, 0) << ReadFile(reply);
+  EXPECT_NE(ReadFile(reply).find("{\"finish_reason\":\"length\"}"), std::string::npos) << ReadFile(reply);
+  EXPECT_EQ(serve.WaitExit(std::chrono::seconds(20)), 0);
 }
 
 TEST(ServeTest, AWorkerThatDiesStopsTheClusterWithAMessage) {

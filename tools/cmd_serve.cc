@@ -21,6 +21,11 @@
 namespace gemma {
 namespace {
 
+// How long Ctrl-C lets running requests finish: the workers and the router drain for this long at most.
+constexpr std::chrono::milliseconds kDrain{10000};
+// After the drain a worker waits for a quiet second and shuts its server down within 2 s; the rest is the exit.
+constexpr std::chrono::milliseconds kStopMargin{5000};
+
 std::atomic<bool> g_stop{false};
 void OnSignal(int) { g_stop = true; }
 
@@ -116,8 +121,9 @@ int ServeCommand(int argc, char** argv) {
 
   std::vector<pid_t> children;
   std::vector<std::string> groups;
-  auto stop_all = [&](int exit_code) {
-    StopChildren(children, std::chrono::seconds(2));
+  // A cluster that is running gets its drain; one that failed has nothing worth waiting for.
+  auto stop_all = [&](int exit_code, std::chrono::milliseconds grace = std::chrono::seconds(2)) {
+    StopChildren(children, grace);
     std::filesystem::remove_all(run_dir);
     return exit_code;
   };
@@ -131,7 +137,8 @@ int ServeCommand(int argc, char** argv) {
                                               "--peer_port=" + peer, "--leader=127.0.0.1:" + peer,
                                               "--port_file=" + port_file, absl::StrCat("--threads=", *threads),
                                               // The groups share a host name: their metrics need names apart.
-                                              absl::StrCat("--group_name=group-", g)};
+                                              absl::StrCat("--group_name=group-", g),
+                                              absl::StrCat("--drain_timeout_ms=", kDrain.count())};
       if (device == "cuda") {
         worker_args.insert(worker_args.end(), {"--device=cuda", "--precision=" + precision,
                                                absl::StrCat("--cuda_device=", g * *tp + r)});
@@ -158,7 +165,8 @@ int ServeCommand(int argc, char** argv) {
   // Without TLS the local cluster stays on this machine: plaintext never leaves loopback.
   const bool tls = args.Has("tls-cert") || args.Has("tls-key");
   std::vector<std::string> router_args = {"--workers=" + workers, absl::StrCat("--port=", *port),
-                                          "--port_file=" + router_port_file};
+                                          "--port_file=" + router_port_file,
+                                          absl::StrCat("--drain_timeout_ms=", kDrain.count())};
   if (tls) {
     router_args.insert(router_args.end(), {"--tls_cert=" + args.Get("tls-cert"), "--tls_key=" + args.Get("tls-key")});
   } else {
@@ -192,8 +200,10 @@ int ServeCommand(int argc, char** argv) {
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(200));
   }
-  std::printf("gemma serve: stopping\n");
-  return stop_all(0);
+  std::printf("gemma serve: stopping; running requests have up to %lld s to finish\n",
+              static_cast<long long>(std::chrono::duration_cast<std::chrono::seconds>(kDrain).count()));
+  std::fflush(stdout);
+  return stop_all(0, kDrain + kStopMargin);
 }
 
 }  // namespace gemma

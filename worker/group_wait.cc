@@ -14,7 +14,7 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-std::string ArrivedKey(int rank) { return absl::StrCat("gemma/arrived/", rank); }
+std::string StageKey(const std::string& stage, int rank) { return absl::StrCat("gemma/", stage, "/", rank); }
 
 long long Seconds(Clock::duration d) {
   return static_cast<long long>(std::chrono::duration_cast<std::chrono::seconds>(d).count());
@@ -40,7 +40,7 @@ absl::Status WaitForGroup(const GroupWaitOptions& o) {
   };
 
   worker::v1::SetRequest set;
-  set.set_key(ArrivedKey(o.rank));
+  set.set_key(StageKey(o.stage, o.rank));
   while (true) {
     grpc::ClientContext ctx;
     ctx.set_deadline(slice());
@@ -73,7 +73,7 @@ absl::Status WaitForGroup(const GroupWaitOptions& o) {
       // Long enough for the leader to answer, short enough to poll every missing rank within a slice.
       ctx.set_deadline(std::min(slice(), std::chrono::system_clock::now() + std::chrono::milliseconds(200)));
       worker::v1::GetRequest get;
-      get.add_keys(ArrivedKey(r));
+      get.add_keys(StageKey(o.stage, r));
       worker::v1::GetResponse values;
       if (stub->Get(&ctx, get, &values).ok()) arrived[r] = true;
     }
@@ -81,11 +81,11 @@ absl::Status WaitForGroup(const GroupWaitOptions& o) {
     if (count == o.world) break;
     if (Clock::now() >= end) {
       return absl::DeadlineExceededError(absl::StrCat("rank ", o.rank, ": rank(s) ", list(false),
-                                                      " of the group never arrived within ", budget,
-                                                      "; arrived: ", list(true)));
+                                                      " of the group never ", o.stage, " within ", budget,
+                                                      "; ", o.stage, ": ", list(true)));
     }
     if (progress_due() && o.log) {
-      o.log(absl::StrCat("rank ", o.rank, ": ", count, " of ", o.world, " ranks arrived (", list(true),
+      o.log(absl::StrCat("rank ", o.rank, ": ", count, " of ", o.world, " ranks ", o.stage, " (", list(true),
                          "); waiting for ", list(false), " (", Seconds(Clock::now() - start), " s of ",
                          Seconds(end - start), " s)"));
     }

@@ -18,9 +18,12 @@ struct GroupWaitOptions {
   std::chrono::milliseconds progress_every{10000};
   // Where progress goes ("rank 1: 2 of 4 ranks arrived (0, 1); waiting for 2, 3 ...").
   std::function<void(const std::string&)> log;
+  // The round this wait belongs to, as the past-tense word its messages use: a group meets once to connect
+  // ("arrived") and again once every rank has loaded its weights ("loaded"), each round under its own keys.
+  std::string stage = "arrived";
 };
 
-// OK once every rank has arrived; DeadlineExceeded naming the ranks (or the leader) that never came.
+// OK once every rank has reached `stage`; DeadlineExceeded naming the ranks (or the leader) that never did.
 absl::Status WaitForGroup(const GroupWaitOptions& options);
 
 }  // namespace gemma

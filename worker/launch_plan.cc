@@ -84,8 +84,10 @@ absl::StatusOr<std::optional<LaunchPlan>> MakeLaunchPlan(int tp_flag, int ranks_
                                                      "; allowed: --tp = LWS_GROUP_SIZE * --ranks_per_host"));
     }
   }
+  bool host_index_set = false;
   for (const char* name : {"GEMMA_HOST_INDEX", "LWS_WORKER_INDEX"}) {
     if (env(name).empty()) continue;
+    host_index_set = true;
     auto i = EnvInt(env, name, 0, p.hosts() - 1);
     if (!i.ok()) {
       return absl::InvalidArgumentError(absl::StrCat(i.status().message(), " (a group of ", p.tp, " ranks, ",
@@ -93,6 +95,14 @@ absl::StatusOr<std::optional<LaunchPlan>> MakeLaunchPlan(int tp_flag, int ranks_
     }
     p.host_index = *i;
     break;
+  }
+  if (p.hosts() > 1 && !host_index_set) {
+    // Defaulting to host 0 would start a second rank 0 on every host, and the group would wait out its whole
+    // group wait timeout before anyone saw why.
+    return absl::InvalidArgumentError(absl::StrCat("a group over ", p.hosts(),
+                                                   " hosts needs this host's index: set GEMMA_HOST_INDEX or "
+                                                   "LWS_WORKER_INDEX; allowed: 0 to ",
+                                                   p.hosts() - 1));
   }
   if (p.hosts() == 1) {
     // The whole group is on this host: the ranks meet over loopback, whatever address the pod has.

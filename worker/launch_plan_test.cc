@@ -59,11 +59,27 @@ TEST(LaunchPlanTest, BadCombinationsSayWhatIsAllowed) {
   EXPECT_NE(error(Plan(-2, 0, {})).find("allowed: 0 (one rank) or 1..1024"), std::string::npos);
   EXPECT_NE(error(Plan(4, 2, {{"GEMMA_HOST_INDEX", "2"}, {"GEMMA_LEADER", "x"}})).find("GEMMA_HOST_INDEX=\"2\" is invalid; allowed: 0..1"),
             std::string::npos);
-  EXPECT_NE(error(Plan(4, 2, {})).find("needs its leader's address"), std::string::npos);
+  EXPECT_NE(error(Plan(4, 2, {{"GEMMA_HOST_INDEX", "0"}})).find("needs its leader's address"), std::string::npos);
   EXPECT_NE(error(Plan(6, 0, {{"LWS_GROUP_SIZE", "4"}})).find("allowed: a multiple of 4"), std::string::npos);
   EXPECT_NE(error(Plan(4, 1, {{"LWS_GROUP_SIZE", "2"}})).find("LWS_GROUP_SIZE=2"), std::string::npos);
   EXPECT_NE(error(Plan(-1, 0, {{"LWS_GROUP_SIZE", "two"}})).find("LWS_GROUP_SIZE=\"two\" is invalid"), std::string::npos);
   EXPECT_NE(error(Plan(0, 2, {})).find("--ranks_per_host needs --tp"), std::string::npos);
+}
+
+TEST(LaunchPlanTest, AGroupOverHostsNeedsThisHostsIndex) {
+  // Without an index every host would start as host 0: two rank 0s that wait out the group wait timeout.
+  auto p = Plan(4, 2, {{"GEMMA_LEADER", "lead:7000"}});
+  EXPECT_EQ(p.status().code(), absl::StatusCode::kInvalidArgument);
+  std::string message(p.status().message());
+  EXPECT_NE(message.find("GEMMA_HOST_INDEX"), std::string::npos) << message;
+  EXPECT_NE(message.find("LWS_WORKER_INDEX"), std::string::npos) << message;
+  EXPECT_NE(message.find("allowed: 0 to 1"), std::string::npos) << message;
+  p = Plan(-1, 2, {{"LWS_GROUP_SIZE", "3"}, {"LWS_LEADER_ADDRESS", "g-0.g"}});
+  EXPECT_EQ(p.status().code(), absl::StatusCode::kInvalidArgument);
+  // One host needs no index: the whole group is this pod.
+  p = Plan(4, 4, {});
+  ASSERT_TRUE(p.ok() && p->has_value()) << p.status();
+  EXPECT_EQ((*p)->first_rank(), 0);
 }
 
 }  // namespace

@@ -130,6 +130,16 @@ int Run(const WorkerOptions& o) {
   shard_options.cuda_device = o.cuda_device;
   shard_options.kv.max_bytes = o.kv_cache_bytes;
   shard_options.timeout = o.timeout;
+  if (o.world > 1) {
+    // Weights load after the group connected and may take minutes longer on one host (a cold page cache, a slower
+    // disk): the group meets again under the long wait before anything runs under --timeout_ms.
+    shard_options.after_load = [&o] {
+      GroupWaitOptions wait{o.rank, o.world, o.leader, o.group_wait_timeout};
+      wait.stage = "loaded";
+      wait.log = [](const std::string& line) { std::fprintf(stderr, "gemma-worker %s\n", line.c_str()); };
+      return WaitForGroup(wait);
+    };
+  }
   auto shard = OpenShard(checkpoint, shard_options, collective);
   if (!shard.ok()) return Fail(shard.status());
   std::unique_ptr<Backend>* backend = &shard->backend;

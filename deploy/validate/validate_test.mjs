@@ -1,7 +1,8 @@
 // Proves the checkers can fail: validate.mjs rejects a misspelled field (top level, nested in a pod template, in
 // a prometheus-operator object and in a LeaderWorkerSet) and accepts the same objects spelled right;
 // pod-security.mjs rejects a pod that breaks "restricted" and names the field; drain-budget.mjs rejects a grace
-// period shorter than preStop + drain.
+// period shorter than preStop + drain, reading the drain as absl does (the last value, flag files in place, the
+// binary's default without the flag).
 // usage: node validate_test.mjs   (exit 0: every case behaved)
 import { spawnSync } from "node:child_process";
 import { mkdtempSync, writeFileSync, rmSync } from "node:fs";
@@ -116,6 +117,47 @@ expect("a grace period shorter than preStop + drain fails", run("drain-budget.mj
 const noPreStop = draining();
 delete noPreStop.spec.template.spec.containers[0].lifecycle;
 expect("a draining container without preStop fails", run("drain-budget.mjs", [noPreStop]), 1, "no preStop sleep");
+const twice = draining();
+twice.spec.template.spec.terminationGracePeriodSeconds = 60;
+twice.spec.template.spec.containers[0].args = ["--drain_timeout_ms=1000", "--drain_timeout_ms=120000"];
+expect("the last --drain_timeout_ms counts, as absl reads it", run("drain-budget.mjs", [twice]), 1,
+  "terminationGracePeriodSeconds 60 < preStop 15 s + drain 120 s");
+// The router's flags come from a ConfigMap mounted as a file (--flagfile).
+const flagFile = (args) => {
+  const s = draining();
+  s.spec.template.spec.terminationGracePeriodSeconds = 60;
+  Object.assign(s.spec.template.spec.containers[0], {
+    command: ["/opt/gemma-serve/bin/gemma-router"], args,
+    volumeMounts: [{ name: "flags", mountPath: "/etc/gemma/router", readOnly: true }],
+  });
+  s.spec.template.spec.volumes = [{ name: "flags", configMap: { name: "router-flags-5tc8h" } }];
+  const cm = { apiVersion: "v1", kind: "ConfigMap", metadata: { name: "router-flags-5tc8h" },
+               data: { "router.flags": "--port=50051\n--drain_timeout_ms=120000\n" } };
+  return [cm, s];
+};
+expect("a --drain_timeout_ms in a flag file counts", run("drain-budget.mjs",
+  flagFile(["--flagfile=/etc/gemma/router/router.flags"])), 1, "terminationGracePeriodSeconds 60 < preStop 15 s + drain 120 s");
+expect("a flag after the --flagfile overrides the file", run("drain-budget.mjs",
+  flagFile(["--flagfile=/etc/gemma/router/router.flags", "--drain_timeout_ms=20000"])), 0);
+expect("the file overrides a flag before the --flagfile", run("drain-budget.mjs",
+  flagFile(["--drain_timeout_ms=20000", "--flagfile=/etc/gemma/router/router.flags"])), 1, "drain 120 s");
+expect("a flag file that is not in the manifests fails", run("drain-budget.mjs",
+  flagFile(["--flagfile=/etc/gemma/other/router.flags"])), 1, "--flagfile=/etc/gemma/other/router.flags is on no mounted volume");
+// Without the flag a worker drains for its default 30 s and a router for 10 s: they need the time all the same.
+const byDefault = (bin, grace) => {
+  const s = draining();
+  s.spec.template.spec.terminationGracePeriodSeconds = grace;
+  Object.assign(s.spec.template.spec.containers[0], { command: [`/opt/gemma-serve/bin/${bin}`], args: ["--port=50051"] });
+  return s;
+};
+expect("a worker without the flag drains for its default 30 s", run("drain-budget.mjs", [byDefault("gemma-worker", 30)]), 1,
+  "terminationGracePeriodSeconds 30 < preStop 15 s + drain 30 s (gemma-worker's default)");
+expect("a worker's default drain within the grace period passes", run("drain-budget.mjs", [byDefault("gemma-worker", 50)]), 0);
+expect("a router without the flag drains for its default 10 s", run("drain-budget.mjs", [byDefault("gemma-router", 29)]), 1,
+  "drain 10 s (gemma-router's default)");
+const defaultNoPreStop = byDefault("gemma-worker", 60);
+delete defaultNoPreStop.spec.template.spec.containers[0].lifecycle;
+expect("a worker without the flag still needs a preStop sleep", run("drain-budget.mjs", [defaultNoPreStop]), 1, "no preStop sleep");
 
 rmSync(dir, { recursive: true });
 console.log(failed ? `${failed} cases failed` : "all cases behaved");
