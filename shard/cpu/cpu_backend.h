@@ -39,10 +39,14 @@ class CpuBackend : public Backend {
   std::shared_ptr<HostCollective> collective_;
   KvCache kv_;
   StepTimings timings_;
-  std::vector<float> inv_freq_;  // [head_dim / 2]
+  // RoPE of global layers [0] and local layers [1] (Gemma 3: other base; never scaled).
+  struct Rope {
+    std::vector<float> inv_freq;  // [head_dim / 2]
+    std::vector<float> cos_sin;   // [T, head_dim / 2, 2], per step
+  };
+  Rope rope_[2];
   // Per-step scratch, sized to the step's token count T.
   std::vector<float> x_, xn_, qkv_, attn_, proj_, gate_up_, act_, scores_;
-  std::vector<float> cos_sin_;       // [T, head_dim / 2, 2]
   std::vector<float> local_logits_;  // [rows, vocab_slice]: this rank's slice
   std::vector<float> gathered_;      // [world, rows, vocab_slice]
   std::vector<int32_t> tokens_;      // [T]

@@ -1,4 +1,5 @@
 #include "shard/cuda/cuda_backend.h"
+#include "shard/cuda/cuda_model_support.h"
 
 #include <cuda_runtime.h>
 
@@ -360,6 +361,8 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(std::shared_ptr<const
                                                            const KvCacheOptions& kv_options,
                                                            const CudaBackendOptions& options,
                                                            CudaCollective collective) {
+  // Before the device: a model the kernels would compute wrong is refused on every machine alike.
+  if (auto s = CheckCudaModelSupport(weights->config()); !s.ok()) return s;
   const int devices = CudaDeviceCount();
   if (options.device < 0 || options.device >= devices) {
     return absl::FailedPreconditionError(absl::StrCat("CUDA device ", options.device, " is not present; this process sees ",
