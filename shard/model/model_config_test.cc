@@ -1,5 +1,7 @@
 #include "shard/model/model_config.h"
 
+#include <map>
+
 #include "gtest/gtest.h"
 #include "shard/checkpoint/checkpoint_writer.h"
 #include "shard/model/published_shapes.h"
@@ -177,6 +179,30 @@ TEST(ModelConfigTest, PublishedGemma23ShapesRoundTripThroughConfigJson) {
     EXPECT_EQ(c->max_position_embeddings, shape.max_position_embeddings) << name;
     EXPECT_EQ(c->tensor_prefix, shape.tensor_prefix) << name;
   }
+}
+
+// Parameter counts of the text models as published (Gemma 3 4B and up without their 0.42 B vision tower).
+TEST(ModelConfigTest, PublishedGemma23ShapesHaveTheirParameterCounts) {
+  const std::map<std::string, double> billions = {{"gemma2-2b", 2.614}, {"gemma2-9b", 9.242}, {"gemma2-27b", 27.227},
+                                                   {"gemma3-1b", 1.000}, {"gemma3-4b", 3.880}, {"gemma3-12b", 11.766},
+                                                   {"gemma3-27b", 27.009}};
+  for (const auto& [name, shape] : PublishedGemma23Shapes()) {
+    EXPECT_NEAR(shape.ParameterCount() / 1e9, billions.at(name), 0.005) << name;
+  }
+}
+
+TEST(ModelConfigTest, ShortenedShapesKeepTheirFamilysLayerPattern) {
+  ModelConfig g3 = PublishedGemma23Shapes()[4].second;  // gemma3-4b
+  SetNumLayers(7, &g3);
+  ASSERT_EQ(g3.layer_attention.size(), 7u);
+  for (int i = 0; i < 7; ++i) EXPECT_EQ(g3.IsLocal(i), i != 5) << i;
+  ModelConfig g2 = PublishedGemma23Shapes()[0].second;
+  SetNumLayers(3, &g2);
+  EXPECT_EQ(g2.layer_attention, (std::vector<LayerAttention>{LayerAttention::kLocal, LayerAttention::kGlobal,
+                                                             LayerAttention::kLocal}));
+  auto parsed = ParseModelConfig(ModelConfigJson(g3), "config.json");
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  EXPECT_EQ(parsed->layer_attention, g3.layer_attention);
 }
 
 // Replaces `"key": value` (the first occurrence) in `json`; an empty value removes the key.

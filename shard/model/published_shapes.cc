@@ -3,6 +3,11 @@
 namespace gemma {
 namespace {
 
+LayerAttention FamilyPattern(ModelFamily family, int layer) {
+  if (family == ModelFamily::kGemma2) return layer % 2 == 0 ? LayerAttention::kLocal : LayerAttention::kGlobal;
+  return (layer + 1) % 6 == 0 ? LayerAttention::kGlobal : LayerAttention::kLocal;
+}
+
 ModelConfig Gemma2(int hidden, int ffn, int layers, int heads, int kv_heads, int head_dim, float query_scalar) {
   ModelConfig c;
   c.family = ModelFamily::kGemma2;
@@ -18,9 +23,7 @@ ModelConfig Gemma2(int hidden, int ffn, int layers, int heads, int kv_heads, int
   c.attn_logit_softcap = 50.0f;
   c.final_logit_softcap = 30.0f;
   c.sliding_window = 4096;
-  for (int i = 0; i < layers; ++i) {
-    c.layer_attention.push_back(i % 2 == 0 ? LayerAttention::kLocal : LayerAttention::kGlobal);
-  }
+  SetNumLayers(layers, &c);
   return c;
 }
 
@@ -44,9 +47,7 @@ ModelConfig Gemma3(int hidden, int ffn, int layers, int heads, int kv_heads, int
   c.rope_global_scale = multimodal ? 8.0f : 1.0f;
   c.sliding_window = multimodal ? 1024 : 512;
   c.extra_eos_ids = {106};
-  for (int i = 0; i < layers; ++i) {
-    c.layer_attention.push_back((i + 1) % 6 == 0 ? LayerAttention::kGlobal : LayerAttention::kLocal);
-  }
+  SetNumLayers(layers, &c);
   if (multimodal) {
     c.tensor_prefix = "language_model.model.";
     c.ignored_tensor_prefixes = {"vision_tower.", "multi_modal_projector."};
@@ -55,6 +56,13 @@ ModelConfig Gemma3(int hidden, int ffn, int layers, int heads, int kv_heads, int
 }
 
 }  // namespace
+
+void SetNumLayers(int layers, ModelConfig* c) {
+  c->num_layers = layers;
+  if (c->family == ModelFamily::kGemma1) return;
+  c->layer_attention.clear();
+  for (int i = 0; i < layers; ++i) c->layer_attention.push_back(FamilyPattern(c->family, i));
+}
 
 const std::vector<std::pair<std::string, ModelConfig>>& PublishedGemma23Shapes() {
   static const auto* shapes = new std::vector<std::pair<std::string, ModelConfig>>{

@@ -13,4 +13,8 @@ namespace gemma {
 // multimodal 4B/12B/27B keep their published layout: text under text_config, tensors under language_model.
 const std::vector<std::pair<std::string, ModelConfig>>& PublishedGemma23Shapes();
 
+// Sets the layer count, extending or cutting the family's local/global pattern (Gemma 2: layer 0 local, then
+// alternating; Gemma 3: every sixth global) so that a shortened model keeps it.
+void SetNumLayers(int layers, ModelConfig* config);
+
 }  // namespace gemma
