@@ -144,6 +144,16 @@ TEST(CheckpointErrorsTest, MultimodalGemma3LoadsIgnoringVisionTensors) {
             "");
 }
 
+// As transformers 4.52 and later save the class: model.language_model.*, model.vision_tower.*.
+TEST(CheckpointErrorsTest, MultimodalGemma3SavedByNewerTransformersLoads) {
+  static const std::string vision(64, '\0');
+  EXPECT_EQ(LoadError(WriteGemma3("g3-resaved", [](auto& t) {
+              for (auto& x : t) x.name.replace(0, std::string("language_model.model.").size(), "model.language_model.");
+              t.push_back({"model.vision_tower.vision_model.post_layernorm.weight", DType::kBF16, {32}, vision});
+            })),
+            "");
+}
+
 TEST(CheckpointErrorsTest, Gemma3MissingOrMisshapenTensorsAreNamed) {
   std::string err = LoadError(WriteGemma3("g3-missing", [](auto& t) {
     std::erase_if(t, [](const TensorToWrite& x) {

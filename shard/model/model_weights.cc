@@ -3,6 +3,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -44,17 +45,33 @@ MatrixView Rows(const MatrixView& m, int64_t begin, int64_t count) {
 
 MatrixView Cols(const MatrixView& m, int64_t begin, int64_t count) { return {m.data + begin, m.rows, count, m.stride}; }
 
+// The multimodal layout as published (transformers 4.50) puts the text model under "language_model.model."; a
+// checkpoint saved again by transformers 4.52 or later names it "model.language_model." (the class's own
+// _checkpoint_conversion_mapping maps one to the other). Both load; the published name is expected otherwise.
+std::string TextTensorPrefix(const Checkpoint& checkpoint) {
+  const std::string& prefix = checkpoint.config().tensor_prefix;
+  constexpr char kPublished[] = "language_model.model.", kResaved[] = "model.language_model.";
+  if (prefix != kPublished) return prefix;
+  const auto names = checkpoint.TensorNames();
+  auto has_embedding = [&](const std::string& p) {
+    return std::find(names.begin(), names.end(), p + "embed_tokens.weight") != names.end();
+  };
+  return !has_embedding(kPublished) && has_embedding(kResaved) ? kResaved : prefix;
+}
+
 // A multimodal checkpoint holds a vision tower and projector this server never runs: say so once, at load.
 void ReportIgnoredTensors(const Checkpoint& checkpoint) {
   const auto& prefixes = checkpoint.config().ignored_tensor_prefixes;
   if (prefixes.empty()) return;
   int ignored = 0;
   for (const std::string& name : checkpoint.TensorNames()) {
-    for (const std::string& p : prefixes) ignored += name.starts_with(p) ? 1 : 0;
+    for (const std::string& p : prefixes) ignored += name.starts_with(p) || name.starts_with("model." + p) ? 1 : 0;
   }
   if (ignored == 0) return;
-  std::fprintf(stderr, "%s: multimodal Gemma 3 checkpoint: serving the text model only; ignoring %d tensors of the "
-               "vision tower and projector (%s)\n", checkpoint.dir().c_str(), ignored, absl::StrJoin(prefixes, ", ").c_str());
+  std::fprintf(stderr,
+               "%s: multimodal Gemma 3 checkpoint: serving the text model only; ignoring %d tensors of the vision "
+               "tower and projector (%s)\n",
+               checkpoint.dir().c_str(), ignored, absl::StrJoin(prefixes, ", ").c_str());
 }
 
 }  // namespace
@@ -123,7 +140,7 @@ absl::StatusOr<std::unique_ptr<ModelWeights>> ModelWeights::Load(std::shared_ptr
   w->tp_ = tp;
   const ModelConfig& c = w->checkpoint_->config();
   const int64_t h = c.hidden_size, d = c.head_dim;
-  const std::string& m = c.tensor_prefix;
+  const std::string m = TextTensorPrefix(*w->checkpoint_);
   ReportIgnoredTensors(*w->checkpoint_);
   ASSIGN_OR_RETURN(w->embed_, w->Matrix(m + "embed_tokens.weight", c.vocab_size, h));
   w->embed_ = Rows(w->embed_, tp.vocab_begin, tp.vocab_end - tp.vocab_begin);
