@@ -351,8 +351,8 @@ int64_t ModelConfig::ParameterCount() const {
 
 std::string ModelConfig::ShapeName() const {
   auto same = [&](const ModelConfig& o) {
-    return family == o.family && vocab_size == o.vocab_size && hidden_size == o.hidden_size && intermediate_size == o.intermediate_size &&
-           num_layers == o.num_layers && num_heads == o.num_heads && num_kv_heads == o.num_kv_heads &&
+    return family == o.family && vocab_size == o.vocab_size && hidden_size == o.hidden_size &&
+           intermediate_size == o.intermediate_size && num_layers == o.num_layers && num_heads == o.num_heads && num_kv_heads == o.num_kv_heads &&
            head_dim == o.head_dim;
   };
   if (same(Gemma2BShape())) return "gemma-2b";
@@ -364,8 +364,8 @@ std::string ModelConfig::ShapeName() const {
 }
 
 std::string ModelConfig::DebugString() const {
-  return absl::StrCat(ShapeName(), " (", ModelFamilyName(family), "): layers=", num_layers, " hidden=", hidden_size, " ffn=", intermediate_size,
-                      " heads=", num_heads, "/", num_kv_heads, " head_dim=", head_dim, " vocab=", vocab_size);
+  return absl::StrCat(ShapeName(), " (", ModelFamilyName(family), "): layers=", num_layers, " hidden=", hidden_size,
+                      " ffn=", intermediate_size, " heads=", num_heads, "/", num_kv_heads, " head_dim=", head_dim, " vocab=", vocab_size);
 }
 
 absl::StatusOr<ModelConfig> ParseModelConfig(absl::string_view json_text, absl::string_view source) {
