@@ -1,5 +1,5 @@
-// Tensor parallelism on the CPU for Gemma 2 and 3: a group of 2 or 4 ranks (threads over shared memory, KV heads
-// replicated where there are fewer than ranks) gives the logits of one rank, for a prompt past the sliding window
+// Tensor parallelism on the CPU for Gemma 2 and 3: a group of 2, 4 or 8 ranks (threads over shared memory, KV heads
+// replicated where there are fewer than ranks, query heads too at 8) gives the logits of one rank, for a prompt past the sliding window
 // and the decode steps after it. Tolerance: the model README's (1e-4; 1e-3 for tiny-g2-qscale); rank order of the
 // all-reduce sums differs from one rank's matmul only by float32 rounding.
 #include <algorithm>
@@ -96,7 +96,8 @@ TEST_P(TensorParallelCpuTest, AGroupGivesTheLogitsOfOneRank) {
 std::vector<Case> Cases() {
   std::vector<Case> out;
   for (const auto& m : testing::Gemma23TinyModels()) {
-    for (int world : {2, 4}) out.push_back({m, world});
+    // 8 ranks over 4 query heads: each head computed by two ranks, its output added by one.
+    for (int world : {2, 4, 8}) out.push_back({m, world});
   }
   return out;
 }

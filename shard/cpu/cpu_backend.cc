@@ -56,11 +56,16 @@ absl::Status CpuBackend::AllReduce(float* data, int64_t count) {
   return collective_->AllReduceSum(data, static_cast<size_t>(count));
 }
 
-absl::Status CpuBackend::RowParallel(const float* in, int64_t T, int64_t K, const MatrixView& w, StageTimer& timer) {
+absl::Status CpuBackend::RowParallel(const float* in, int64_t T, int64_t K, const MatrixView& w, StageTimer& timer,
+                                     bool contribute) {
   const int64_t H = config().hidden_size;
   const MatrixView views[] = {w};
   timer.Switch(&timings_.matmul_seconds);
-  MatMul(in, T, K, K, views, proj_.data(), H);
+  if (contribute) {
+    MatMul(in, T, K, K, views, proj_.data(), H);
+  } else {
+    std::fill(proj_.begin(), proj_.begin() + T * H, 0.0f);
+  }
   timer.Switch(&timings_.collective_seconds);
   auto s = AllReduce(proj_.data(), T * H);
   timer.Switch(&timings_.other_seconds);
@@ -193,7 +198,7 @@ absl::Status CpuBackend::Forward(std::span<const SequenceStep> batch, StepLogits
     Attention(layer, batch);
     timer.Switch(&timings_.other_seconds);
 
-    RETURN_IF_ERROR(RowParallel(attn_.data(), T, q_dim, lw.o, timer));
+    RETURN_IF_ERROR(RowParallel(attn_.data(), T, q_dim, lw.o, timer, tp.adds_attention_output));
     const bool sandwich = c.sandwich_norms();
 #pragma omp parallel for schedule(static) if (T > 1)
     for (int64_t t = 0; t < T; ++t) {

@@ -31,8 +31,10 @@ class CpuBackend : public Backend {
  private:
   CpuBackend(std::shared_ptr<const ModelWeights> weights, KvCache kv, std::shared_ptr<HostCollective> collective);
   absl::Status AllReduce(float* data, int64_t count);
-  // proj_ = in [T, K] x w^T, summed over ranks (a row-parallel projection: o or down).
-  absl::Status RowParallel(const float* in, int64_t T, int64_t K, const MatrixView& w, StageTimer& timer);
+  // proj_ = in [T, K] x w^T, summed over ranks (a row-parallel projection: o or down). A rank that does not
+  // `contribute` (a replica of query heads another rank adds) puts in zeros.
+  absl::Status RowParallel(const float* in, int64_t T, int64_t K, const MatrixView& w, StageTimer& timer,
+                           bool contribute = true);
   void Attention(int layer, std::span<const SequenceStep> batch);
 
   std::shared_ptr<const ModelWeights> weights_;

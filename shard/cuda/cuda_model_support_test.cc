@@ -49,5 +49,25 @@ TEST(CudaModelSupportTest, CreatingTheBackendForATinyGemma2IsRefusedBeforeAnyDev
   EXPECT_NE(b.status().message().find("--device cpu"), std::string::npos) << b.status();
 }
 
+// More ranks than query heads replicates heads (the CPU backend adds each head's output once); the CUDA kernels
+// were never checked that way, so the backend refuses it.
+TEST(CudaModelSupportTest, QueryHeadsReplicatedAcrossRanksAreRefused) {
+  auto ckpt = Checkpoint::Open(testing::GemmaTinyDir() + "/tiny-mqa");
+  ASSERT_TRUE(ckpt.ok()) << ckpt.status();
+  std::shared_ptr<const Checkpoint> shared(std::move(*ckpt));
+  auto tp = TensorParallel::Create(shared->config(), 0, 2 * shared->config().num_heads);
+  ASSERT_TRUE(tp.ok()) << tp.status();
+  ASSERT_EQ(tp->q_head_replicas, 2);
+  auto weights = ModelWeights::Load(shared, *tp);
+  ASSERT_TRUE(weights.ok()) << weights.status();
+  KvCacheOptions kv;
+  kv.num_blocks = 8;
+  auto b = CreateCudaBackend(std::shared_ptr<const ModelWeights>(std::move(*weights)), kv, {});
+  ASSERT_FALSE(b.ok());
+  if (!CudaBackendBuilt()) return;
+  EXPECT_EQ(b.status().code(), absl::StatusCode::kFailedPrecondition) << b.status();
+  EXPECT_NE(b.status().message().find("query heads replicated across ranks"), std::string::npos) << b.status();
+}
+
 }  // namespace
 }  // namespace gemma
