@@ -245,9 +245,14 @@ TEST_F(RouterTest, MetricsCountFinishReasonsTokensPerRequestAndStepAndPrefillTim
   const std::string reason = resp.finish_reason() == v1::FINISH_REASON_EOS ? "eos" : "length";
   const double generated = resp.tokens_size();
   std::string m;
-  for (int i = 0; i < 40; ++i) {  // the metrics are recorded as the request ends, just before it answers
+  // The request's metrics are recorded as it ends, just before it answers; the last step's may come a moment
+  // after the answer (seen under load: one step short).
+  for (int i = 0; i < 40; ++i) {
     m = scrape();
-    if (delta(m, "gemma_router_requests_finished_total{reason=\"" + reason + "\"}") >= 1) break;
+    if (delta(m, "gemma_router_requests_finished_total{reason=\"" + reason + "\"}") >= 1 &&
+        delta(m, "gemma_router_step_tokens_count") >= generated) {
+      break;
+    }
     std::this_thread::sleep_for(std::chrono::milliseconds(25));
   }
   EXPECT_EQ(delta(m, "gemma_router_requests_finished_total{reason=\"" + reason + "\"}"), 1) << m;
