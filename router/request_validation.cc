@@ -22,9 +22,13 @@ absl::Status ValidateInput(const v1::Input& input, const ModelLimits& model) {
       if (input.chat().messages_size() == 0) return Invalid("input.chat has no messages; allowed: at least one");
       for (int i = 0; i < input.chat().messages_size(); ++i) {
         const auto& m = input.chat().messages(i);
-        if (m.role() != "user" && m.role() != "model" && m.role() != "assistant") {
+        const bool system_ok = m.role() == "system" && i == 0 && model.chat_system_role;
+        if (m.role() != "user" && m.role() != "model" && m.role() != "assistant" && !system_ok) {
+          const char* why = model.chat_system_role ? " (system only as the first message)"
+                            : m.role() == "system" ? " (this model's chat template has no system role)"
+                                                   : "";
           return Invalid(absl::StrCat("input.chat.messages[", i, "].role \"", m.role(),
-                                      "\" is unknown; allowed: user, model, assistant"));
+                                      "\" is unknown; allowed: user, model, assistant", why));
         }
         if (!IsValidUtf8(m.content())) return Invalid(absl::StrCat("input.chat.messages[", i, "].content is not valid UTF-8"));
       }

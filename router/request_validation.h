@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <limits>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -14,7 +15,9 @@ namespace gemma {
 // The router's configured ceilings (flags), beside the model's own limits.
 struct RouterLimits {
   int32_t max_new_tokens = 4096;     // ceiling on parameters.max_new_tokens
-  int32_t max_total_tokens = 8192;   // ceiling on prompt + max_new_tokens (also capped by the context)
+  // Ceiling on prompt + max_new_tokens, also capped by the context; by default the model's context alone (8k for
+  // Gemma 1 and 2, 32k for Gemma 3 1B, 128k above).
+  int32_t max_total_tokens = std::numeric_limits<int32_t>::max();
   int32_t max_stop_sequences = 8;
   int32_t max_stop_sequence_bytes = 256;
   int32_t max_top_logprobs = 20;
@@ -25,6 +28,7 @@ struct RouterLimits {
 struct ModelLimits {
   int32_t vocab_size = 0;
   int32_t context = 0;
+  bool chat_system_role = false;  // Gemma 3's template takes a leading system message
 };
 
 // Parameters and input shape, before tokenization: ranges, stop sequences,

@@ -70,6 +70,34 @@ TEST(RequestValidationTest, RejectsEachBadField) {
   ExpectInvalid(chat, "role \"system\" is unknown");
 }
 
+TEST(RequestValidationTest, Gemma3TakesASystemMessageFirstAndOnlyThere) {
+  const ModelLimits gemma3{262144, 32768, /*chat_system_role=*/true};
+  v1::GenerateRequest chat;
+  auto* sys = chat.mutable_input()->mutable_chat()->add_messages();
+  sys->set_role("system");
+  sys->set_content("be nice");
+  auto* user = chat.mutable_input()->mutable_chat()->add_messages();
+  user->set_role("user");
+  user->set_content("hi");
+  EXPECT_TRUE(ValidateGenerateRequest(chat, kRouter, gemma3).ok());
+  const absl::Status no_system = ValidateGenerateRequest(chat, kRouter, kModel);
+  EXPECT_NE(no_system.message().find("this model's chat template has no system role"), std::string::npos) << no_system;
+  chat.mutable_input()->mutable_chat()->mutable_messages()->SwapElements(0, 1);
+  const absl::Status late = ValidateGenerateRequest(chat, kRouter, gemma3);
+  EXPECT_TRUE(absl::IsInvalidArgument(late)) << late;
+  EXPECT_NE(late.message().find("messages[1].role \"system\" is unknown; allowed: user, model, assistant (system only "
+                                "as the first message)"), std::string::npos) << late;
+}
+
+// Without --max_total_tokens the limit is the model's context: 128k for Gemma 3 4B and up.
+TEST(RequestValidationTest, TheDefaultTotalLimitIsTheModelsContext) {
+  const ModelLimits long_context{262208, 131072};
+  EXPECT_EQ(*ResolveMaxNewTokens(100000, 31072, kRouter, long_context), 31072);
+  auto over = ResolveMaxNewTokens(100000, 31073, kRouter, long_context);
+  ASSERT_FALSE(over.ok());
+  EXPECT_NE(over.status().message().find("exceeds the limit of 131072"), std::string::npos) << over.status();
+}
+
 TEST(RequestValidationTest, ResolvesMaxNewTokensAgainstTheContext) {
   EXPECT_EQ(*ResolveMaxNewTokens(10, 0, kRouter, kModel), 256);
   EXPECT_EQ(*ResolveMaxNewTokens(400, 0, kRouter, kModel), 112);

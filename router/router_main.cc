@@ -40,7 +40,7 @@ ABSL_FLAG(int, max_batch_size, 64, "sequences in one step per group");
 ABSL_FLAG(int, max_tokens_per_step, 512, "tokens in one step per group (decodes plus prompt chunks)");
 ABSL_FLAG(int, max_queued, 256, "waiting requests per group; more get RESOURCE_EXHAUSTED");
 ABSL_FLAG(int, max_new_tokens, 4096, "ceiling on a request's max_new_tokens");
-ABSL_FLAG(int, max_total_tokens, 8192, "ceiling on prompt + max_new_tokens");
+ABSL_FLAG(int, max_total_tokens, 0, "ceiling on prompt + max_new_tokens; 0 (default): the model's own context");
 ABSL_FLAG(std::string, overlap_steps, "on",
           "on: while a group decodes, the next step is sent before the last one has answered, hiding the router's "
           "share of each token (off: one step at a time)");
@@ -133,9 +133,10 @@ int main(int argc, char** argv) {
   group_options.lease.ttl = std::chrono::milliseconds(lease_ttl);
   gemma::RouterLimits limits;
   limits.max_new_tokens = absl::GetFlag(FLAGS_max_new_tokens);
-  limits.max_total_tokens = absl::GetFlag(FLAGS_max_total_tokens);
-  if (limits.max_new_tokens < 1 || limits.max_total_tokens < 2) {
-    return Fail("--max_new_tokens must be >= 1 and --max_total_tokens >= 2", 2);
+  const int max_total_tokens = absl::GetFlag(FLAGS_max_total_tokens);
+  if (max_total_tokens != 0) limits.max_total_tokens = max_total_tokens;
+  if (limits.max_new_tokens < 1 || max_total_tokens < 0 || max_total_tokens == 1) {
+    return Fail("--max_new_tokens must be >= 1 and --max_total_tokens 0 (the model's context) or >= 2", 2);
   }
   limits.default_max_new_tokens = std::min(limits.default_max_new_tokens, limits.max_new_tokens);
 

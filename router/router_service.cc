@@ -52,6 +52,7 @@ ModelLimits RouterService::LimitsOf(const ServedModel& model) {
   ModelLimits m;
   m.vocab_size = model.info.vocab_size();
   m.context = model.info.max_position_embeddings();
+  m.chat_system_role = model.info.model_family() == "gemma3";
   return m;
 }
 
@@ -75,7 +76,8 @@ absl::StatusOr<std::vector<int32_t>> RouterService::PromptIds(const ServedModel&
   if (input.has_chat()) {
     std::vector<ChatMessage> messages;
     for (const auto& m : input.chat().messages()) messages.push_back({m.role(), m.content()});
-    ASSIGN_OR_RETURN(text, RenderChat(messages));
+    const ChatStyle style = model.info.model_family() == "gemma3" ? ChatStyle::kGemma3 : ChatStyle::kGemma;
+    ASSIGN_OR_RETURN(text, RenderChat(messages, style));
   }
   ASSIGN_OR_RETURN(std::vector<int32_t> ids, model.tokenizer->Encode(text));
   ids.insert(ids.begin(), model.info.bos_id());
@@ -101,6 +103,7 @@ absl::StatusOr<std::shared_ptr<ActiveRequest>> RouterService::Admit(const Served
   o.prompt = std::move(prompt);
   o.max_new_tokens = max_new;
   o.eos_ids.push_back(model.info.eos_id());
+  o.eos_ids.insert(o.eos_ids.end(), model.info.extra_eos_ids().begin(), model.info.extra_eos_ids().end());
   if (request.input().has_chat() && model.tokenizer->end_of_turn_id() >= 0) {
     o.eos_ids.push_back(model.tokenizer->end_of_turn_id());
   }

@@ -113,7 +113,8 @@ TEST(CliTest, BadInputGivesOneLineErrorAndNonZeroExit) {
       {"generate" + m + " --prompt Hi --max-new-tokens 600", "context"},
       {"generate" + m + " --prompt Hi --device tpu", "allowed: cpu, cuda"},
       {"score" + m + " --prompt Hi --precision f16", "allowed: bf16, f32"},
-      {"make-tiny --out /tmp/x --shape 3b", "--shape"},
+      {"make-tiny --out /tmp/x --shape 3b", "allowed: tiny, 2b, 7b, gemma2-2b, gemma2-9b, gemma2-27b, gemma3-1b, gemma3-4b, "
+                                             "gemma3-12b, gemma3-27b"},
       {"frobnicate", "unknown command"},
   };
   for (const auto& [args, needle] : cases) {

@@ -8,17 +8,28 @@
 #include "nlohmann/json.hpp"
 #include "shard/cpu/cpu_backend.h"
 #include "engine/run_batch.h"
+#include "tests/testdata.h"
 
 namespace gemma::testing {
 
 struct TinyModel {
   std::string name;        // checkpoint folder
   std::string reference;   // reference folder (the sharded copy uses tiny-mqa's)
+  std::string (*root)() = GemmaTinyDir;  // the test data folder holding both
+  double tolerance = 1e-4;  // on logits and log-probs: the model README's
 };
 inline const std::vector<TinyModel>& TinyModels() {
   static const std::vector<TinyModel> models = {
       {"tiny-mha", "tiny-mha"}, {"tiny-mqa", "tiny-mqa"}, {"tiny-mqa-sharded", "tiny-mqa"},
       {"tiny-mha-hd48", "tiny-mha-hd48"}};
+  return models;
+}
+// Gemma 2 and 3; tiny-g2-qscale's soft-capped, sharp attention amplifies float32 rounding (its README: 1e-3).
+inline const std::vector<TinyModel>& Gemma23TinyModels() {
+  static const std::vector<TinyModel> models = {{"tiny-g2", "tiny-g2", Gemma2TinyDir},
+                                                {"tiny-g2-qscale", "tiny-g2-qscale", Gemma2TinyDir, 1e-3},
+                                                {"tiny-g3", "tiny-g3", Gemma3TinyDir},
+                                                {"tiny-g3-scaled", "tiny-g3-scaled", Gemma3TinyDir}};
   return models;
 }
 

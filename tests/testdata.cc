@@ -19,14 +19,24 @@ std::string GemmaTinyDir() {
   return std::string(GEMMA_BUNDLED_TESTDATA) + "/gemma-tiny";
 }
 
-std::string Gemma3TokenizerDir() {
-  const std::string dir = TestdataRoot() + "/gemma3-tokenizer";
-  if (std::filesystem::exists(dir + "/tokenizer.model")) return dir;
+namespace {
+
+std::string SharedDir(const std::string& name, const char* marker, const char* checks) {
+  const std::string dir = TestdataRoot() + "/" + name;
+  if (std::filesystem::exists(dir + "/" + marker)) return dir;
   std::fprintf(stderr,
-               "\n*** gemma3-tokenizer test data is ABSENT at %s: the Gemma 3 tokenizer checks cannot run. "
-               "Set GEMMA_TESTDATA to the folder that holds gemma3-tokenizer/. ***\n\n",
-               dir.c_str());
+               "\n*** %s test data is ABSENT at %s: the %s cannot run. "
+               "Set GEMMA_TESTDATA to the folder that holds %s/. ***\n\n",
+               name.c_str(), dir.c_str(), checks, name.c_str());
   return "";
+}
+
+}  // namespace
+
+std::string Gemma2TinyDir() { return SharedDir("gemma2-tiny", "README.md", "Gemma 2 reference checks"); }
+std::string Gemma3TinyDir() { return SharedDir("gemma3-tiny", "README.md", "Gemma 3 reference checks"); }
+std::string Gemma3TokenizerDir() {
+  return SharedDir("gemma3-tokenizer", "tokenizer.model", "Gemma 3 tokenizer checks");
 }
 
 std::string ReadFile(const std::string& path) {

@@ -9,6 +9,10 @@ namespace gemma::testing {
 std::string TestdataRoot();
 // gemma-tiny from the root, or the copy bundled in tests/data when the root lacks it.
 std::string GemmaTinyDir();
+// gemma2-tiny and gemma3-tiny (Gemma 2 and 3 checkpoints with reference outputs); empty (and a loud message on
+// stderr) when absent.
+std::string Gemma2TinyDir();
+std::string Gemma3TinyDir();
 // The Gemma 3 tokenizer folder; empty (and a loud message on stderr) when absent.
 std::string Gemma3TokenizerDir();
 // The whole content of a file.

@@ -1,5 +1,6 @@
 #include "tokenizer/tokenizer.h"
 
+#include <algorithm>
 #include <fstream>
 #include <sstream>
 
@@ -67,6 +68,50 @@ TEST(TokenizerTest, ChatTemplateMatchesReferencePrompt) {
   EXPECT_FALSE(RenderChat({{"system", "x"}}).ok());
   EXPECT_FALSE(RenderChat({}).ok());
   EXPECT_TRUE(RenderChat({{"user", "a"}, {"assistant", "b"}, {"user", "c"}}).ok());
+}
+
+// Gemma 3's Jinja template: {{ bos }}, then the first user turn opens with the system text and a blank line.
+TEST(TokenizerTest, Gemma3ChatTemplateFoldsTheSystemMessageIntoTheFirstUserTurn) {
+  auto text = RenderChat({{"system", "You are terse."}, {"user", "  Hi! "}, {"assistant", "Hello."}, {"user", "Bye"}},
+                         ChatStyle::kGemma3);
+  ASSERT_TRUE(text.ok()) << text.status();
+  EXPECT_EQ(*text,
+            "<start_of_turn>user\nYou are terse.\n\nHi!<end_of_turn>\n"
+            "<start_of_turn>model\nHello.<end_of_turn>\n"
+            "<start_of_turn>user\nBye<end_of_turn>\n"
+            "<start_of_turn>model\n");
+  // Without a system message it is Gemma 1 and 2's template.
+  EXPECT_EQ(*RenderChat({{"user", "Hi"}}, ChatStyle::kGemma3), *RenderChat({{"user", "Hi"}}));
+  // A system message needs a user turn to fold into, and comes first only.
+  auto alone = RenderChat({{"system", "x"}}, ChatStyle::kGemma3);
+  ASSERT_FALSE(alone.ok());
+  EXPECT_NE(alone.status().message().find("must be followed by a user message"), std::string::npos) << alone.status();
+  EXPECT_FALSE(RenderChat({{"system", "x"}, {"model", "y"}}, ChatStyle::kGemma3).ok());
+  auto late = RenderChat({{"user", "a"}, {"system", "x"}}, ChatStyle::kGemma3);
+  ASSERT_FALSE(late.ok());
+  EXPECT_NE(late.status().message().find("system only as the first message"), std::string::npos) << late.status();
+  // Gemma 1 and 2 keep refusing it, saying why.
+  auto g2 = RenderChat({{"system", "x"}, {"user", "a"}});
+  ASSERT_FALSE(g2.ok());
+  EXPECT_NE(g2.status().message().find("has no system role"), std::string::npos) << g2.status();
+}
+
+// The real Gemma 3 vocabulary holds the turn markers as single pieces: a folded chat encodes as the -it models see it.
+TEST(TokenizerTest, Gemma3ChatEncodesWithTurnPieces) {
+  const std::string dir = testing::Gemma3TokenizerDir();
+  ASSERT_FALSE(dir.empty()) << "gemma3-tokenizer test data is absent";
+  auto tok = Tokenizer::FromFile(dir + "/tokenizer.model");
+  ASSERT_TRUE(tok.ok()) << tok.status();
+  auto text = RenderChat({{"system", "Be brief."}, {"user", "Hello"}}, ChatStyle::kGemma3);
+  ASSERT_TRUE(text.ok());
+  auto ids = (*tok)->Encode(*text);
+  ASSERT_TRUE(ids.ok()) << ids.status();
+  ASSERT_GE(ids->size(), 6u);
+  EXPECT_EQ((*ids)[0], 105);  // <start_of_turn>
+  EXPECT_EQ((*tok)->start_of_turn_id(), 105);
+  EXPECT_EQ((*tok)->end_of_turn_id(), 106);
+  EXPECT_EQ(std::count(ids->begin(), ids->end(), 106), 1);
+  EXPECT_EQ(ids->back(), 107);  // "\n" after "model"
 }
 
 TEST(TokenizerTest, RejectsInvalidUtf8AndOutOfRangeIds) {

@@ -73,6 +73,7 @@ int GenerateCommand(int argc, char** argv) {
                   static_cast<uint64_t>(*seed)};
   if (auto s = ValidateSamplingParams(req.sampling); !s.ok()) return Fail(kCmd, s);
   req.stop_ids = {config.eos_id};
+  req.stop_ids.insert(req.stop_ids.end(), config.extra_eos_ids.begin(), config.extra_eos_ids.end());
   const Tokenizer* tok = model->tokenizer.get();
   if (chat && tok && tok->end_of_turn_id() >= 0) req.stop_ids.push_back(tok->end_of_turn_id());
 

@@ -1,18 +1,37 @@
 // gemma make-tiny: write a random-weight checkpoint in the Hugging Face layout.
 #include <cstdio>
+#include <string>
 
 #include "shard/checkpoint/checkpoint_writer.h"
 #include "tools/cli_common.h"
 #include "tools/commands.h"
 #include "tools/default_model.h"
+#include "shard/model/published_shapes.h"
 
 namespace gemma {
+namespace {
+
+std::string ShapeList(const char* sep) {
+  std::string out;
+  for (const auto& [name, _] : PublishedGemma23Shapes()) out += (out.empty() ? "" : sep) + name;
+  return out;
+}
+
+const ModelConfig* FindShape(const std::string& name) {
+  for (const auto& [n, config] : PublishedGemma23Shapes()) {
+    if (n == name) return &config;
+  }
+  return nullptr;
+}
+
+}  // namespace
 
 int MakeTinyCommand(int argc, char** argv) {
   const char* kCmd = "make-tiny";
-  Args args(kCmd, "--out DIR [--shape tiny|2b|7b] [--layers N] [--seed S] [--dtype bf16|f16|f32]");
+  Args args(kCmd, "--out DIR [--shape tiny|2b|7b|" + ShapeList("|") + "] [--layers N] [--seed S] [--dtype bf16|f16|f32]");
   args.Flag("out", "directory to write config.json, model.safetensors, tokenizer.model into")
-      .Flag("shape", "tiny (default), 2b or 7b: the published Gemma shapes")
+      .Flag("shape", "tiny (default), 2b or 7b (Gemma 1), or a published Gemma 2/3 shape: " + ShapeList(", ") +
+                         " (4b and up in the multimodal layout, text only)")
       .Flag("layers", "override the number of layers, 1..64")
       .Flag("seed", "random seed (default 1)")
       .Flag("dtype", "bf16 (default), f16 or f32");
@@ -27,14 +46,17 @@ int MakeTinyCommand(int argc, char** argv) {
     config = Gemma2BShape();
   } else if (shape == "7b") {
     config = Gemma7BShape();
+  } else if (const ModelConfig* published = FindShape(shape)) {
+    config = *published;
   } else {
-    return Fail(kCmd, absl::InvalidArgumentError("--shape \"" + shape + "\" is invalid; allowed: tiny, 2b, 7b"));
+    return Fail(kCmd, absl::InvalidArgumentError("--shape \"" + shape + "\" is invalid; allowed: tiny, 2b, 7b, " +
+                                                 ShapeList(", ")));
   }
   auto layers = args.GetInt("layers", config.num_layers, 1, 64);
   auto seed = args.GetInt("seed", 1, 0, INT64_MAX);
   if (!layers.ok()) return Fail(kCmd, layers.status());
   if (!seed.ok()) return Fail(kCmd, seed.status());
-  config.num_layers = static_cast<int>(*layers);
+  SetNumLayers(static_cast<int>(*layers), &config);
   RandomCheckpointOptions options;
   options.seed = static_cast<uint64_t>(*seed);
   const std::string dtype = args.Get("dtype", "bf16");

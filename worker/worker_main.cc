@@ -66,6 +66,10 @@ worker::v1::ModelInfo MakeInfo(const WorkerOptions& o, const ModelConfig& c, con
   info.set_device(o.device);
   info.set_protocol_version(worker::v1::PROTOCOL_VERSION_CURRENT);
   info.set_group_name(o.group_name);
+  info.set_model_family(c.family == ModelFamily::kGemma3   ? "gemma3"
+                        : c.family == ModelFamily::kGemma2 ? "gemma2"
+                                                           : "gemma");
+  for (int id : c.extra_eos_ids) info.add_extra_eos_ids(id);
   return info;
 }
 

@@ -17,19 +17,35 @@ ModelConfig Small() {
   return c;
 }
 
-// Writes a checkpoint of Small() shape; `edit` may change the tensor list before writing.
+// Small() as a Gemma 3 of the multimodal layout: QK-norm, sandwich norms, tensors under language_model.model.
+ModelConfig SmallGemma3Multimodal() {
+  ModelConfig c = Small();
+  c.family = ModelFamily::kGemma3;
+  c.num_layers = 2;
+  c.query_pre_attn_scalar = 32;
+  c.sliding_window = 8;
+  c.layer_attention = {LayerAttention::kLocal, LayerAttention::kGlobal};
+  c.rope_local_theta = 10000;
+  c.rope_theta = 1000000;
+  c.tensor_prefix = "language_model.model.";
+  c.ignored_tensor_prefixes = {"vision_tower.", "multi_modal_projector."};
+  return c;
+}
+
+// Writes a checkpoint of `shape` (Small() by default); `edit` may change the tensor list before writing.
 std::string WriteCheckpoint(const std::string& tag, const std::function<void(std::vector<TensorToWrite>&)>& edit = {},
-                            const std::string& config_json = ModelConfigJson(Small())) {
+                            const std::string& config_json = ModelConfigJson(Small()),
+                            const ModelConfig& shape = Small()) {
   const std::string dir = ::testing::TempDir() + "/ckpt-" + tag;
   std::filesystem::remove_all(dir);
   std::filesystem::create_directories(dir);
   std::ofstream(dir + "/config.json") << config_json;
   static std::string zeros(1 << 20, '\0');
   std::vector<TensorToWrite> tensors;
-  for (const auto& [name, shape] : GemmaTensorShapes(Small())) {
+  for (const auto& [name, dims] : GemmaTensorShapes(shape)) {
     int64_t n = 2;
-    for (int64_t d : shape) n *= d;
-    tensors.push_back({name, DType::kBF16, shape, absl::string_view(zeros.data(), n)});
+    for (int64_t d : dims) n *= d;
+    tensors.push_back({name, DType::kBF16, dims, absl::string_view(zeros.data(), n)});
   }
   if (edit) edit(tensors);
   EXPECT_TRUE(WriteSafetensors(dir + "/model.safetensors", tensors, {}).ok());
@@ -112,6 +128,52 @@ TEST(CheckpointErrorsTest, UnknownModelTypeAndActivation) {
   std::string relu = cfg;
   relu.replace(relu.find("\"gelu_pytorch_tanh\""), 19, "\"relu\"");
   EXPECT_NE(LoadError(WriteCheckpoint("relu", {}, relu)).find("hidden_activation"), std::string::npos);
+}
+
+std::string WriteGemma3(const std::string& tag, const std::function<void(std::vector<TensorToWrite>&)>& edit = {}) {
+  const ModelConfig c = SmallGemma3Multimodal();
+  return WriteCheckpoint(tag, edit, ModelConfigJson(c), c);
+}
+
+TEST(CheckpointErrorsTest, MultimodalGemma3LoadsIgnoringVisionTensors) {
+  static const std::string vision(64, '\0');
+  EXPECT_EQ(LoadError(WriteGemma3("g3-ok", [](auto& t) {
+              t.push_back({"vision_tower.vision_model.post_layernorm.weight", DType::kBF16, {32}, vision});
+              t.push_back({"multi_modal_projector.mm_soft_emb_norm.weight", DType::kBF16, {32}, vision});
+            })),
+            "");
+}
+
+// As transformers 4.52 and later save the class: model.language_model.*, model.vision_tower.*.
+TEST(CheckpointErrorsTest, MultimodalGemma3SavedByNewerTransformersLoads) {
+  static const std::string vision(64, '\0');
+  EXPECT_EQ(LoadError(WriteGemma3("g3-resaved", [](auto& t) {
+              for (auto& x : t) x.name.replace(0, std::string("language_model.model.").size(), "model.language_model.");
+              t.push_back({"model.vision_tower.vision_model.post_layernorm.weight", DType::kBF16, {32}, vision});
+            })),
+            "");
+}
+
+TEST(CheckpointErrorsTest, Gemma3MissingOrMisshapenTensorsAreNamed) {
+  std::string err = LoadError(WriteGemma3("g3-missing", [](auto& t) {
+    std::erase_if(t, [](const TensorToWrite& x) {
+      return x.name == "language_model.model.layers.1.pre_feedforward_layernorm.weight";
+    });
+  }));
+  EXPECT_NE(err.find("missing tensor \"language_model.model.layers.1.pre_feedforward_layernorm.weight\""),
+            std::string::npos) << err;
+  err = LoadError(WriteGemma3("g3-qnorm", [](auto& t) {
+    for (auto& x : t) {
+      if (x.name == "language_model.model.layers.0.self_attn.q_norm.weight") x.shape = {16}, x.bytes = x.bytes.substr(0, 32);
+    }
+  }));
+  EXPECT_NE(err.find("\"language_model.model.layers.0.self_attn.q_norm.weight\" has shape [16] but config.json "
+                     "implies [32]"), std::string::npos) << err;
+  // Text tensors under the text-only names, in a checkpoint whose config says multimodal.
+  err = LoadError(WriteGemma3("g3-prefix", [](auto& t) {
+    for (auto& x : t) x.name.replace(0, std::string("language_model.").size(), "");
+  }));
+  EXPECT_NE(err.find("missing tensor \"language_model.model.embed_tokens.weight\""), std::string::npos) << err;
 }
 
 TEST(CheckpointErrorsTest, ShardedIndexProblems) {

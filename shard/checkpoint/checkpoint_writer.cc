@@ -72,7 +72,7 @@ uint64_t Fnv1a(const std::string& s) {
 }
 
 float StdFor(const std::string& name, const std::vector<int64_t>& shape) {
-  if (name == "model.embed_tokens.weight") return 0.02f;
+  if (name.ends_with("embed_tokens.weight")) return 0.02f;
   if (shape.size() == 1) return 0.1f;
   return 0.1f * std::sqrt(128.0f / static_cast<float>(shape[1]));
 }
@@ -104,7 +104,71 @@ absl::Status WriteSafetensors(const std::string& path, const std::vector<TensorT
   return absl::OkStatus();
 }
 
+namespace {
+
+nlohmann::ordered_json EosJson(const ModelConfig& c) {
+  if (c.extra_eos_ids.empty()) return c.eos_id;
+  nlohmann::ordered_json ids = nlohmann::ordered_json::array({c.eos_id});
+  for (int id : c.extra_eos_ids) ids.push_back(id);
+  return ids;
+}
+
+nlohmann::ordered_json NullIfZero(float v) { return v > 0 ? nlohmann::ordered_json(v) : nlohmann::ordered_json(); }
+
+// The text model's keys of a Gemma 2 or Gemma 3 config.json, as the Hub's files spell them.
+nlohmann::ordered_json Gemma23TextJson(const ModelConfig& c) {
+  const bool g2 = c.family == ModelFamily::kGemma2;
+  nlohmann::ordered_json types = nlohmann::ordered_json::array();
+  for (int i = 0; i < c.num_layers; ++i) types.push_back(c.IsLocal(i) ? "sliding_attention" : "full_attention");
+  nlohmann::ordered_json j = {
+      {"architectures", {g2 ? "Gemma2ForCausalLM" : "Gemma3ForCausalLM"}},
+      {"attention_bias", false},
+      {"attn_logit_softcapping", NullIfZero(c.attn_logit_softcap)},
+      {"bos_token_id", c.bos_id},
+      {"eos_token_id", EosJson(c)},
+      {"final_logit_softcapping", NullIfZero(c.final_logit_softcap)},
+      {"head_dim", c.head_dim},
+      {"hidden_activation", "gelu_pytorch_tanh"},
+      {"hidden_size", c.hidden_size},
+      {"intermediate_size", c.intermediate_size},
+      {"layer_types", types},
+      {"max_position_embeddings", c.max_position_embeddings},
+      {"model_type", g2 ? "gemma2" : "gemma3_text"},
+      {"num_attention_heads", c.num_heads},
+      {"num_hidden_layers", c.num_layers},
+      {"num_key_value_heads", c.num_kv_heads},
+      {"pad_token_id", c.pad_id},
+      {"query_pre_attn_scalar", c.query_pre_attn_scalar},
+      {"rms_norm_eps", c.rms_norm_eps},
+  };
+  if (!g2) {
+    j["rope_local_base_freq"] = c.rope_local_theta;
+    j["rope_scaling"] = c.rope_global_scale != 1.0f
+                            ? nlohmann::ordered_json{{"factor", c.rope_global_scale}, {"rope_type", "linear"}}
+                            : nlohmann::ordered_json();
+  }
+  j["rope_theta"] = c.rope_theta;
+  j["sliding_window"] = c.sliding_window;
+  j["torch_dtype"] = "bfloat16";
+  j["vocab_size"] = c.vocab_size;
+  return j;
+}
+
+}  // namespace
+
 std::string ModelConfigJson(const ModelConfig& c) {
+  if (c.family != ModelFamily::kGemma1) {
+    nlohmann::ordered_json text = Gemma23TextJson(c);
+    if (c.tensor_prefix == "model.") return text.dump(2) + "\n";
+    // The multimodal layout; a text-only server needs no vision_config.
+    text.erase("architectures");
+    nlohmann::ordered_json j = {{"architectures", {"Gemma3ForConditionalGeneration"}},
+                                {"eos_token_id", EosJson(c)},
+                                {"model_type", "gemma3"},
+                                {"text_config", text},
+                                {"torch_dtype", "bfloat16"}};
+    return j.dump(2) + "\n";
+  }
   nlohmann::ordered_json j = {
       {"architectures", {"GemmaForCausalLM"}},
       {"attention_bias", false},
@@ -132,20 +196,29 @@ std::string ModelConfigJson(const ModelConfig& c) {
 
 std::vector<std::pair<std::string, std::vector<int64_t>>> GemmaTensorShapes(const ModelConfig& c) {
   const int64_t h = c.hidden_size;
-  std::vector<std::pair<std::string, std::vector<int64_t>>> out = {{"model.embed_tokens.weight", {c.vocab_size, h}}};
+  const std::string& m = c.tensor_prefix;
+  std::vector<std::pair<std::string, std::vector<int64_t>>> out = {{m + "embed_tokens.weight", {c.vocab_size, h}}};
   for (int i = 0; i < c.num_layers; ++i) {
-    const std::string p = absl::StrCat("model.layers.", i, ".");
+    const std::string p = absl::StrCat(m, "layers.", i, ".");
     out.push_back({p + "self_attn.q_proj.weight", {c.q_dim(), h}});
     out.push_back({p + "self_attn.k_proj.weight", {c.kv_dim(), h}});
     out.push_back({p + "self_attn.v_proj.weight", {c.kv_dim(), h}});
     out.push_back({p + "self_attn.o_proj.weight", {h, c.q_dim()}});
+    if (c.qk_norm()) {
+      out.push_back({p + "self_attn.q_norm.weight", {c.head_dim}});
+      out.push_back({p + "self_attn.k_norm.weight", {c.head_dim}});
+    }
     out.push_back({p + "mlp.gate_proj.weight", {c.intermediate_size, h}});
     out.push_back({p + "mlp.up_proj.weight", {c.intermediate_size, h}});
     out.push_back({p + "mlp.down_proj.weight", {h, c.intermediate_size}});
     out.push_back({p + "input_layernorm.weight", {h}});
     out.push_back({p + "post_attention_layernorm.weight", {h}});
+    if (c.sandwich_norms()) {
+      out.push_back({p + "pre_feedforward_layernorm.weight", {h}});
+      out.push_back({p + "post_feedforward_layernorm.weight", {h}});
+    }
   }
-  out.push_back({"model.norm.weight", {h}});
+  out.push_back({m + "norm.weight", {h}});
   return out;
 }
 

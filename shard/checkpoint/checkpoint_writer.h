@@ -25,7 +25,7 @@ struct TensorToWrite {
 absl::Status WriteSafetensors(const std::string& path, const std::vector<TensorToWrite>& tensors,
                               const std::map<std::string, std::string>& metadata);
 
-// config.json text for `config`, as the Hub's Gemma 1 configs spell it.
+// config.json text for `config`, as the Hub's configs of its family and layout spell it.
 std::string ModelConfigJson(const ModelConfig& config);
 
 // Every tensor name of a Gemma checkpoint with its shape, in state-dict order.

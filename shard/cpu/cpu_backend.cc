@@ -56,11 +56,16 @@ absl::Status CpuBackend::AllReduce(float* data, int64_t count) {
   return collective_->AllReduceSum(data, static_cast<size_t>(count));
 }
 
-absl::Status CpuBackend::RowParallel(const float* in, int64_t T, int64_t K, const MatrixView& w, StageTimer& timer) {
+absl::Status CpuBackend::RowParallel(const float* in, int64_t T, int64_t K, const MatrixView& w, StageTimer& timer,
+                                     bool contribute) {
   const int64_t H = config().hidden_size;
   const MatrixView views[] = {w};
   timer.Switch(&timings_.matmul_seconds);
-  MatMul(in, T, K, K, views, proj_.data(), H);
+  if (contribute) {
+    MatMul(in, T, K, K, views, proj_.data(), H);
+  } else {
+    std::fill(proj_.begin(), proj_.begin() + T * H, 0.0f);
+  }
   timer.Switch(&timings_.collective_seconds);
   auto s = AllReduce(proj_.data(), T * H);
   timer.Switch(&timings_.other_seconds);
@@ -70,11 +75,15 @@ absl::Status CpuBackend::RowParallel(const float* in, int64_t T, int64_t K, cons
 CpuBackend::CpuBackend(std::shared_ptr<const ModelWeights> weights, KvCache kv, std::shared_ptr<HostCollective> collective)
     : weights_(std::move(weights)), collective_(std::move(collective)), kv_(std::move(kv)) {
   const ModelConfig& c = config();
-  inv_freq_.resize(c.head_dim / 2);
-  for (int i = 0; i < c.head_dim / 2; ++i) {
-    // As the reference: float32 exponent, float32 power.
-    const float exponent = static_cast<float>(2 * i) / static_cast<float>(c.head_dim);
-    inv_freq_[i] = 1.0f / std::pow(c.rope_theta, exponent);
+  for (int local = 0; local < 2; ++local) {
+    const float theta = local ? (c.rope_local_theta > 0 ? c.rope_local_theta : c.rope_theta) : c.rope_theta;
+    const float scale = local ? 1.0f : c.rope_global_scale;
+    rope_[local].inv_freq.resize(c.head_dim / 2);
+    for (int i = 0; i < c.head_dim / 2; ++i) {
+      // As the reference: float32 exponent, float32 power; linear scaling divides the frequency.
+      const float exponent = static_cast<float>(2 * i) / static_cast<float>(c.head_dim);
+      rope_[local].inv_freq[i] = 1.0f / std::pow(theta, exponent) / scale;
+    }
   }
 }
 
@@ -134,17 +143,22 @@ absl::Status CpuBackend::Forward(std::span<const SequenceStep> batch, StepLogits
   }
   RETURN_IF_ERROR(AllReduce(x_.data(), T * H));
 
-  // cos/sin per token, shared by all layers and heads: [T][D/2][2].
-  cos_sin_.resize(T * D);
-  for (int64_t t = 0; t < T; ++t) {
-    const float pos = static_cast<float>(positions_[t]);
-    for (int64_t i = 0; i < D / 2; ++i) {
-      const float angle = pos * inv_freq_[i];
-      cos_sin_[t * D + 2 * i] = std::cos(angle);
-      cos_sin_[t * D + 2 * i + 1] = std::sin(angle);
+  // cos/sin per token, shared by all layers of a kind and all heads: [T][D/2][2].
+  const bool any_local = std::any_of(c.layer_attention.begin(), c.layer_attention.end(),
+                                     [](LayerAttention a) { return a == LayerAttention::kLocal; });
+  for (int local = 0; local < (any_local ? 2 : 1); ++local) {
+    Rope& rope = rope_[local];
+    rope.cos_sin.resize(T * D);
+    for (int64_t t = 0; t < T; ++t) {
+      const float pos = static_cast<float>(positions_[t]);
+      for (int64_t i = 0; i < D / 2; ++i) {
+        const float angle = pos * rope.inv_freq[i];
+        rope.cos_sin[t * D + 2 * i] = std::cos(angle);
+        rope.cos_sin[t * D + 2 * i + 1] = std::sin(angle);
+      }
     }
   }
-  const float q_scale = static_cast<float>(std::pow(static_cast<double>(D), -0.5));
+  const float q_scale = static_cast<float>(std::pow(static_cast<double>(c.QueryScalar()), -0.5));
 
   for (int layer = 0; layer < c.num_layers; ++layer) {
     const LayerWeights& lw = weights_->layer(layer);
@@ -157,11 +171,14 @@ absl::Status CpuBackend::Forward(std::span<const SequenceStep> batch, StepLogits
 
     float* k_cache = kv_.Base(layer, 0);
     float* v_cache = kv_.Base(layer, 1);
+    const std::vector<float>& cos_sin = rope_[c.IsLocal(layer) ? 1 : 0].cos_sin;
+    const bool qk_norm = c.qk_norm();
 #pragma omp parallel for schedule(static) if (T > 1)
     for (int64_t t = 0; t < T; ++t) {
       float* row = &qkv_[t * qkv_ld];
       for (int h = 0; h < tp.num_q_heads; ++h) {
-        ApplyRope(row + h * D, &cos_sin_[t * D], static_cast<int>(D));
+        if (qk_norm) RmsNorm(row + h * D, lw.q_norm.data(), c.rms_norm_eps, row + h * D, D);
+        ApplyRope(row + h * D, &cos_sin[t * D], static_cast<int>(D));
         for (int64_t d = 0; d < D; ++d) row[h * D + d] *= q_scale;
       }
       float* k = row + q_dim;
@@ -171,7 +188,8 @@ absl::Status CpuBackend::Forward(std::span<const SequenceStep> batch, StepLogits
       const int64_t block_base = static_cast<int64_t>(s.block_table[pos / kv_.block_size()]) * kv_.block_stride() +
                                  static_cast<int64_t>(pos % kv_.block_size()) * D;
       for (int kh = 0; kh < tp.num_kv_heads; ++kh) {
-        ApplyRope(k + kh * D, &cos_sin_[t * D], static_cast<int>(D));
+        if (qk_norm) RmsNorm(k + kh * D, lw.k_norm.data(), c.rms_norm_eps, k + kh * D, D);
+        ApplyRope(k + kh * D, &cos_sin[t * D], static_cast<int>(D));
         std::copy(k + kh * D, k + (kh + 1) * D, k_cache + block_base + kv_.HeadOffset(kh));
         std::copy(v + kh * D, v + (kh + 1) * D, v_cache + block_base + kv_.HeadOffset(kh));
       }
@@ -180,9 +198,11 @@ absl::Status CpuBackend::Forward(std::span<const SequenceStep> batch, StepLogits
     Attention(layer, batch);
     timer.Switch(&timings_.other_seconds);
 
-    RETURN_IF_ERROR(RowParallel(attn_.data(), T, q_dim, lw.o, timer));
+    RETURN_IF_ERROR(RowParallel(attn_.data(), T, q_dim, lw.o, timer, tp.adds_attention_output));
+    const bool sandwich = c.sandwich_norms();
 #pragma omp parallel for schedule(static) if (T > 1)
     for (int64_t t = 0; t < T; ++t) {
+      if (sandwich) RmsNorm(&proj_[t * H], lw.post_attn_norm.data(), c.rms_norm_eps, &proj_[t * H], H);
       AddInPlace(&proj_[t * H], &x_[t * H], H);
       RmsNorm(&x_[t * H], lw.ffn_norm.data(), c.rms_norm_eps, &xn_[t * H], H);
     }
@@ -194,7 +214,10 @@ absl::Status CpuBackend::Forward(std::span<const SequenceStep> batch, StepLogits
     for (int64_t t = 0; t < T; ++t) GeluTanhMul(&gate_up_[t * 2 * I], &gate_up_[t * 2 * I + I], &act_[t * I], I);
     RETURN_IF_ERROR(RowParallel(act_.data(), T, I, lw.down, timer));
 #pragma omp parallel for schedule(static) if (T > 1)
-    for (int64_t t = 0; t < T; ++t) AddInPlace(&proj_[t * H], &x_[t * H], H);
+    for (int64_t t = 0; t < T; ++t) {
+      if (sandwich) RmsNorm(&proj_[t * H], lw.post_ffn_norm.data(), c.rms_norm_eps, &proj_[t * H], H);
+      AddInPlace(&proj_[t * H], &x_[t * H], H);
+    }
   }
 
   const int64_t R = static_cast<int64_t>(logit_rows.size());
@@ -207,6 +230,7 @@ absl::Status CpuBackend::Forward(std::span<const SequenceStep> batch, StepLogits
   timer.Switch(&timings_.matmul_seconds);
   if (tp.world == 1) {
     MatMul(xn_.data(), R, H, H, head, out->values.data(), c.vocab_size);
+    if (c.final_logit_softcap > 0) SoftCap(c.final_logit_softcap, out->values.data(), R * c.vocab_size);
     return absl::OkStatus();
   }
   // Vocab-parallel logits: each rank computes its slice (padded to vocab_slice), then all gather.
@@ -218,6 +242,7 @@ absl::Status CpuBackend::Forward(std::span<const SequenceStep> batch, StepLogits
   RETURN_IF_ERROR(collective_->AllGather(local_logits_.data(), R * slice, gathered_.data()));
   timer.Switch(&timings_.other_seconds);
   PlaceVocabSlices(gathered_.data(), tp.world, R, slice, c.vocab_size, out->values.data());
+  if (c.final_logit_softcap > 0) SoftCap(c.final_logit_softcap, out->values.data(), R * c.vocab_size);
   return absl::OkStatus();
 }
 
@@ -233,6 +258,7 @@ void CpuBackend::Attention(int layer, std::span<const SequenceStep> batch) {
   const float* k_cache = kv_.Base(layer, 0);
   const float* v_cache = kv_.Base(layer, 1);
   const int64_t work = T * tp.num_q_heads;
+  const bool local = c.IsLocal(layer);
 #pragma omp parallel for schedule(dynamic, 1) if (work > 1)
   for (int64_t w = 0; w < work; ++w) {
     const int64_t t = w / tp.num_q_heads;
@@ -243,7 +269,11 @@ void CpuBackend::Attention(int layer, std::span<const SequenceStep> batch) {
     const PagedKv kv{k_cache, v_cache, s.block_table.data(), kv_.block_size(), kv_.block_stride(),
                      kv_.HeadOffset(kv_head)};
     float* scores = &scores_[static_cast<size_t>(omp_get_thread_num()) * c.max_position_embeddings];
-    AttendOneHead(&qkv_[t * qkv_ld + h * D], kv, positions_[t] + 1, static_cast<int>(D), scores, &attn_[t * q_dim + h * D]);
+    // A local layer's query at position i sees keys i - window + 1 .. i.
+    const int end = positions_[t] + 1;
+    const int first = local ? std::max(0, end - c.sliding_window) : 0;
+    AttendOneHead(&qkv_[t * qkv_ld + h * D], kv, first, end, static_cast<int>(D), c.attn_logit_softcap, scores,
+                  &attn_[t * q_dim + h * D]);
   }
 }
 

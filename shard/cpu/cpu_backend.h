@@ -31,18 +31,24 @@ class CpuBackend : public Backend {
  private:
   CpuBackend(std::shared_ptr<const ModelWeights> weights, KvCache kv, std::shared_ptr<HostCollective> collective);
   absl::Status AllReduce(float* data, int64_t count);
-  // proj_ = in [T, K] x w^T, summed over ranks (a row-parallel projection: o or down).
-  absl::Status RowParallel(const float* in, int64_t T, int64_t K, const MatrixView& w, StageTimer& timer);
+  // proj_ = in [T, K] x w^T, summed over ranks (a row-parallel projection: o or down). A rank that does not
+  // `contribute` (a replica of query heads another rank adds) puts in zeros.
+  absl::Status RowParallel(const float* in, int64_t T, int64_t K, const MatrixView& w, StageTimer& timer,
+                           bool contribute = true);
   void Attention(int layer, std::span<const SequenceStep> batch);
 
   std::shared_ptr<const ModelWeights> weights_;
   std::shared_ptr<HostCollective> collective_;
   KvCache kv_;
   StepTimings timings_;
-  std::vector<float> inv_freq_;  // [head_dim / 2]
+  // RoPE of global layers [0] and local layers [1] (Gemma 3: other base; never scaled).
+  struct Rope {
+    std::vector<float> inv_freq;  // [head_dim / 2]
+    std::vector<float> cos_sin;   // [T, head_dim / 2, 2], per step
+  };
+  Rope rope_[2];
   // Per-step scratch, sized to the step's token count T.
   std::vector<float> x_, xn_, qkv_, attn_, proj_, gate_up_, act_, scores_;
-  std::vector<float> cos_sin_;       // [T, head_dim / 2, 2]
   std::vector<float> local_logits_;  // [rows, vocab_slice]: this rank's slice
   std::vector<float> gathered_;      // [world, rows, vocab_slice]
   std::vector<int32_t> tokens_;      // [T]

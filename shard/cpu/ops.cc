@@ -90,26 +90,31 @@ void GeluTanhMulImpl(const float* gate, const float* up, float* out, int64_t n) 
 
 void AddInPlaceImpl(const float* x, float* y, int64_t n) { Axpy(1.0f, x, y, n); }
 
-void AttendOneHeadImpl(const float* q, const PagedKv& kv, int num_positions, int head_dim, float* scores,
-                       float* out) {
+void AttendOneHeadImpl(const float* q, const PagedKv& kv, int first, int end, int head_dim, float softcap,
+                       float* scores, float* out) {
+  const int n = end - first;
   float max_score = -INFINITY;
-  for (int j = 0; j < num_positions; ++j) {
+  for (int i = 0; i < n; ++i) {
+    const int j = first + i;
     const int64_t row = kv.blocks[j / kv.block_size] * kv.block_stride + kv.head_offset +
                         static_cast<int64_t>(j % kv.block_size) * head_dim;
-    scores[j] = Dot(q, kv.k_base + row, head_dim);
-    max_score = std::max(max_score, scores[j]);
+    float s = Dot(q, kv.k_base + row, head_dim);
+    if (softcap > 0) s = softcap * std::tanh(s / softcap);
+    scores[i] = s;
+    max_score = std::max(max_score, s);
   }
   float sum = 0.0f;
-  for (int j = 0; j < num_positions; ++j) {
-    scores[j] = std::exp(scores[j] - max_score);
-    sum += scores[j];
+  for (int i = 0; i < n; ++i) {
+    scores[i] = std::exp(scores[i] - max_score);
+    sum += scores[i];
   }
   const float inv = 1.0f / sum;
   for (int d = 0; d < head_dim; ++d) out[d] = 0.0f;
-  for (int j = 0; j < num_positions; ++j) {
+  for (int i = 0; i < n; ++i) {
+    const int j = first + i;
     const int64_t row = kv.blocks[j / kv.block_size] * kv.block_stride + kv.head_offset +
                         static_cast<int64_t>(j % kv.block_size) * head_dim;
-    Axpy(scores[j] * inv, kv.v_base + row, out, head_dim);
+    Axpy(scores[i] * inv, kv.v_base + row, out, head_dim);
   }
 }
 
@@ -132,8 +137,13 @@ void GeluTanhMul(const float* gate, const float* up, float* out, int64_t n) {
   HWY_DYNAMIC_DISPATCH(GeluTanhMulImpl)(gate, up, out, n);
 }
 void AddInPlace(const float* x, float* y, int64_t n) { HWY_DYNAMIC_DISPATCH(AddInPlaceImpl)(x, y, n); }
-void AttendOneHead(const float* q, const PagedKv& kv, int num_positions, int head_dim, float* scores, float* out) {
-  HWY_DYNAMIC_DISPATCH(AttendOneHeadImpl)(q, kv, num_positions, head_dim, scores, out);
+// Scalar: std::tanh is what the reference's float32 tanh rounds like; Highway's Tanh is an approximation.
+void SoftCap(float cap, float* x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) x[i] = cap * std::tanh(x[i] / cap);
+}
+void AttendOneHead(const float* q, const PagedKv& kv, int first, int end, int head_dim, float softcap, float* scores,
+                   float* out) {
+  HWY_DYNAMIC_DISPATCH(AttendOneHeadImpl)(q, kv, first, end, head_dim, softcap, scores, out);
 }
 
 }  // namespace gemma

@@ -11,6 +11,9 @@ void RmsNorm(const float* x, const float* w1p, float eps, float* out, int64_t n)
 // out[i] = gelu_tanh(gate[i]) * up[i].
 void GeluTanhMul(const float* gate, const float* up, float* out, int64_t n);
 
+// x[i] = cap * tanh(x[i] / cap): Gemma 2's soft-capping of logits.
+void SoftCap(float cap, float* x, int64_t n);
+
 // y[i] += x[i].
 void AddInPlace(const float* x, float* y, int64_t n);
 
@@ -25,8 +28,10 @@ struct PagedKv {
   int64_t head_offset;
 };
 
-// Causal attention of one (already RoPE'd and scaled) query head over positions
-// 0..num_positions-1: out = softmax(q . K^T) V. `scores` holds num_positions floats.
-void AttendOneHead(const float* q, const PagedKv& kv, int num_positions, int head_dim, float* scores, float* out);
+// Causal attention of one (already RoPE'd and scaled) query head over key positions first..end-1:
+// out = softmax(cap(q . K^T)) V, where cap(s) = softcap * tanh(s / softcap) (softcap 0: none). A sliding window
+// is a `first` past 0. `scores` holds end - first floats.
+void AttendOneHead(const float* q, const PagedKv& kv, int first, int end, int head_dim, float softcap, float* scores,
+                   float* out);
 
 }  // namespace gemma

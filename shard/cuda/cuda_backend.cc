@@ -1,4 +1,5 @@
 #include "shard/cuda/cuda_backend.h"
+#include "shard/cuda/cuda_model_support.h"
 
 #include <cuda_runtime.h>
 
@@ -360,6 +361,13 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(std::shared_ptr<const
                                                            const KvCacheOptions& kv_options,
                                                            const CudaBackendOptions& options,
                                                            CudaCollective collective) {
+  // Before the device: a model the kernels would compute wrong is refused on every machine alike.
+  if (auto s = CheckCudaModelSupport(weights->config()); !s.ok()) return s;
+  if (weights->tp().q_head_replicas > 1) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "the CUDA backend does not implement query heads replicated across ranks (tensor-parallel degree ",
+        weights->tp().world, " > ", weights->config().num_heads, " heads); allowed: a divisor of the heads"));
+  }
   const int devices = CudaDeviceCount();
   if (options.device < 0 || options.device >= devices) {
     return absl::FailedPreconditionError(absl::StrCat("CUDA device ", options.device, " is not present; this process sees ",

@@ -1,5 +1,6 @@
 #include "shard/model/model_config.h"
 
+#include <algorithm>
 #include <fstream>
 #include <sstream>
 
@@ -7,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "engine/status_macros.h"
 #include "nlohmann/json.hpp"
+#include "shard/model/published_shapes.h"
 
 namespace gemma {
 namespace {
@@ -86,77 +88,311 @@ absl::Status Validate(const ModelConfig& c, absl::string_view source) {
   if (c.head_dim % 2 != 0) return ConfigError(source, absl::StrCat("head_dim must be even, got ", c.head_dim));
   if (!(c.rms_norm_eps > 0.0f)) return ConfigError(source, "rms_norm_eps must be positive");
   if (!(c.rope_theta > 1.0f)) return ConfigError(source, "rope_theta must be greater than 1");
-  for (auto [v, name] : {std::pair{c.bos_id, "bos_token_id"}, {c.eos_id, "eos_token_id"}, {c.pad_id, "pad_token_id"}}) {
-    if (v >= c.vocab_size) {
+  if (!c.layer_attention.empty() && static_cast<int>(c.layer_attention.size()) != c.num_layers) {
+    return ConfigError(source, "the layer pattern must name every layer");
+  }
+  std::vector<std::pair<int, const char*>> ids = {{c.bos_id, "bos_token_id"}, {c.eos_id, "eos_token_id"},
+                                                   {c.pad_id, "pad_token_id"}};
+  for (int id : c.extra_eos_ids) ids.push_back({id, "eos_token_id"});
+  for (auto [v, name] : ids) {
+    if (v < 0 || v >= c.vocab_size) {
       return ConfigError(source, absl::StrCat("\"", name, "\" (", v, ") is outside the vocabulary (", c.vocab_size, ")"));
     }
   }
   return absl::OkStatus();
 }
 
+
+// Reads a required (or optional, null meaning none) positive number.
+absl::Status ReadPositive(const json& j, absl::string_view source, const char* key, bool required, bool null_ok,
+                          float* out) {
+  auto it = j.find(key);
+  if (it == j.end()) {
+    if (!required) return absl::OkStatus();
+    return ConfigError(source, absl::StrCat("missing required field \"", key, "\"",
+                                            null_ok ? " (null for none)" : ""));
+  }
+  if (it->is_null()) {
+    if (null_ok) {
+      *out = 0;
+      return absl::OkStatus();
+    }
+    return ConfigError(source, absl::StrCat("field \"", key, "\" is null; allowed: a positive number"));
+  }
+  if (!it->is_number() || !(it->get<double>() > 0)) {
+    return ConfigError(source, absl::StrCat("field \"", key, "\" is ", it->dump(), "; allowed: a positive number",
+                                            null_ok ? " or null" : ""));
+  }
+  *out = it->get<float>();
+  return absl::OkStatus();
+}
+
+// eos_token_id is one id (Gemma 1 and 2) or a list (Gemma 3 -it: [1, 106]).
+absl::Status ReadEosIds(const json& j, absl::string_view source, ModelConfig* c) {
+  auto it = j.find("eos_token_id");
+  if (it == j.end() || it->is_null()) return absl::OkStatus();
+  if (it->is_number_integer()) return ReadInt(j, source, "eos_token_id", 1 << 22, &c->eos_id, false);
+  const bool list = it->is_array() && !it->empty() &&
+                    std::all_of(it->begin(), it->end(), [](const json& v) { return v.is_number_integer(); });
+  if (!list) {
+    return ConfigError(source, absl::StrCat("field \"eos_token_id\" is ", it->dump(),
+                                            "; allowed: a token id or a non-empty list of token ids"));
+  }
+  c->eos_id = (*it)[0].get<int>();
+  c->extra_eos_ids.clear();
+  for (size_t i = 1; i < it->size(); ++i) c->extra_eos_ids.push_back((*it)[i].get<int>());
+  return absl::OkStatus();
+}
+
+// Which layers are local: layer_types when given (transformers 4.53+), else Gemma 2's alternation (layer 0
+// local) or Gemma 3's sliding_window_pattern (layer i global when (i + 1) % pattern == 0); both given must agree.
+absl::Status ReadLayerPattern(const json& j, absl::string_view source, ModelConfig* c) {
+  std::vector<LayerAttention> from_pattern(c->num_layers, LayerAttention::kLocal);
+  bool have_pattern = false;
+  if (c->family == ModelFamily::kGemma2) {
+    for (int i = 1; i < c->num_layers; i += 2) from_pattern[i] = LayerAttention::kGlobal;
+    have_pattern = true;
+  } else if (auto it = j.find("sliding_window_pattern"); it != j.end() && !it->is_null()) {
+    int pattern = 0;
+    RETURN_IF_ERROR(ReadInt(j, source, "sliding_window_pattern", 1 << 20, &pattern));
+    if (pattern < 1) return ConfigError(source, "field \"sliding_window_pattern\" must be at least 1");
+    for (int i = 0; i < c->num_layers; ++i) {
+      if ((i + 1) % pattern == 0) from_pattern[i] = LayerAttention::kGlobal;
+    }
+    have_pattern = true;
+  }
+  auto types = j.find("layer_types");
+  if (types == j.end() || types->is_null()) {
+    if (!have_pattern) {
+      return ConfigError(source, "missing both \"layer_types\" and \"sliding_window_pattern\"; one must say which "
+                                 "layers use the sliding window");
+    }
+    c->layer_attention = from_pattern;
+    return absl::OkStatus();
+  }
+  if (!types->is_array() || static_cast<int>(types->size()) != c->num_layers) {
+    return ConfigError(source, absl::StrCat("field \"layer_types\" must be a list of num_hidden_layers (",
+                                            c->num_layers, ") entries"));
+  }
+  c->layer_attention.clear();
+  for (size_t i = 0; i < types->size(); ++i) {
+    const json& t = (*types)[i];
+    if (t == "sliding_attention") {
+      c->layer_attention.push_back(LayerAttention::kLocal);
+    } else if (t == "full_attention") {
+      c->layer_attention.push_back(LayerAttention::kGlobal);
+    } else {
+      return ConfigError(source, absl::StrCat("layer_types[", i, "] is ", t.dump(),
+                                              "; allowed: \"sliding_attention\", \"full_attention\""));
+    }
+  }
+  if (have_pattern && c->layer_attention != from_pattern) {
+    const char* other = c->family == ModelFamily::kGemma2 ? "Gemma 2's alternation (layer 0 local)"
+                                                          : "\"sliding_window_pattern\"";
+    return ConfigError(source, absl::StrCat("\"layer_types\" contradicts ", other));
+  }
+  return absl::OkStatus();
+}
+
+// Gemma 3's global layers may scale RoPE linearly; nothing else is published.
+absl::Status ReadRopeScaling(const json& j, absl::string_view source, ModelConfig* c) {
+  auto it = j.find("rope_scaling");
+  if (it == j.end() || it->is_null()) return absl::OkStatus();
+  if (c->family != ModelFamily::kGemma3) {
+    return ConfigError(source, absl::StrCat("rope_scaling is not supported for ", ModelFamilyName(c->family),
+                                            "; allowed: null"));
+  }
+  auto type = it->find("rope_type");
+  if (type == it->end()) type = it->find("type");
+  auto factor = it->find("factor");
+  if (!it->is_object() || type == it->end() || *type != "linear" || factor == it->end() || !factor->is_number() ||
+      !(factor->get<double>() >= 1)) {
+    return ConfigError(source, absl::StrCat("rope_scaling ", it->dump(),
+                                            " is not supported; allowed: null or {\"rope_type\": \"linear\", "
+                                            "\"factor\": a number >= 1}"));
+  }
+  c->rope_global_scale = factor->get<float>();
+  return absl::OkStatus();
+}
+
+absl::Status ReadSlidingWindow(const json& j, absl::string_view source, ModelConfig* c) {
+  RETURN_IF_ERROR(ReadInt(j, source, "sliding_window", 1 << 24, &c->sliding_window));
+  if (c->sliding_window < 1) return ConfigError(source, "field \"sliding_window\" must be at least 1");
+  // Gemma 2's Hub configs repeat it as sliding_window_size.
+  if (auto it = j.find("sliding_window_size"); it != j.end() && !it->is_null() && *it != c->sliding_window) {
+    return ConfigError(source, absl::StrCat("sliding_window_size ", it->dump(), " contradicts sliding_window ",
+                                            c->sliding_window));
+  }
+  return absl::OkStatus();
+}
+
+// transformers' Gemma3TextConfig defaults (4.50), which a multimodal config's text_config leaves out.
+json Gemma3TextDefaults() {
+  return json{{"vocab_size", 262208},          {"hidden_size", 2304},
+              {"intermediate_size", 9216},     {"num_hidden_layers", 26},
+              {"num_attention_heads", 8},      {"num_key_value_heads", 4},
+              {"head_dim", 256},               {"hidden_activation", "gelu_pytorch_tanh"},
+              {"max_position_embeddings", 131072}, {"rms_norm_eps", 1e-6},
+              {"pad_token_id", 0},             {"eos_token_id", 1},
+              {"bos_token_id", 2},             {"rope_theta", 1000000.0},
+              {"query_pre_attn_scalar", 256},  {"sliding_window", 4096},
+              {"final_logit_softcapping", nullptr}, {"attn_logit_softcapping", nullptr},
+              {"rope_scaling", nullptr},       {"rope_local_base_freq", 10000.0},
+              {"sliding_window_pattern", 6}};
+}
+
+struct PublishedLayout {
+  ModelFamily family;
+  bool nested;  // text settings under text_config, tensors under language_model.
+};
+
+// model_type and architectures name the layout; they must agree.
+absl::StatusOr<PublishedLayout> LayoutOf(const json& j, absl::string_view source) {
+  struct Known {
+    const char* model_type;
+    const char* architecture;
+    PublishedLayout layout;
+  };
+  static const Known kKnown[] = {
+      {"gemma", "GemmaForCausalLM", {ModelFamily::kGemma1, false}},
+      {"gemma2", "Gemma2ForCausalLM", {ModelFamily::kGemma2, false}},
+      {"gemma3_text", "Gemma3ForCausalLM", {ModelFamily::kGemma3, false}},
+      {"gemma3", "Gemma3ForConditionalGeneration", {ModelFamily::kGemma3, true}},
+  };
+  constexpr char kAllowed[] = "allowed: \"gemma\", \"gemma2\", \"gemma3_text\", \"gemma3\"";
+  auto type = j.find("model_type");
+  if (type == j.end() || !type->is_string()) {
+    return ConfigError(source, absl::StrCat("missing \"model_type\"; ", kAllowed));
+  }
+  const Known* known = nullptr;
+  for (const Known& k : kKnown) {
+    if (*type == k.model_type) known = &k;
+  }
+  if (known == nullptr) {
+    return ConfigError(source, absl::StrCat("model_type ", type->dump(), " is not supported; ", kAllowed));
+  }
+  if (auto arch = j.find("architectures"); arch != j.end() && !arch->is_null()) {
+    if (!arch->is_array() || arch->size() != 1 || (*arch)[0] != known->architecture) {
+      return ConfigError(source, absl::StrCat("architectures ", arch->dump(), " does not match model_type ",
+                                              type->dump(), "; expected [\"", known->architecture, "\"]"));
+    }
+  }
+  return known->layout;
+}
+
+// The text model's settings (a flat config, or text_config with its defaults applied).
+absl::StatusOr<ModelConfig> ParseTextConfig(const json& j, absl::string_view source, const PublishedLayout& layout) {
+  RETURN_IF_ERROR(CheckActivation(j, source));
+  ModelConfig c;
+  c.family = layout.family;
+  constexpr int64_t kMaxDim = 1 << 20;
+  constexpr int64_t kMaxVocab = 1 << 22;
+  RETURN_IF_ERROR(ReadInt(j, source, "vocab_size", kMaxVocab, &c.vocab_size));
+  RETURN_IF_ERROR(ReadInt(j, source, "hidden_size", kMaxDim, &c.hidden_size));
+  RETURN_IF_ERROR(ReadInt(j, source, "intermediate_size", kMaxDim, &c.intermediate_size));
+  RETURN_IF_ERROR(ReadInt(j, source, "num_hidden_layers", 1024, &c.num_layers));
+  RETURN_IF_ERROR(ReadInt(j, source, "num_attention_heads", 1024, &c.num_heads));
+  c.num_kv_heads = c.num_heads;
+  RETURN_IF_ERROR(ReadInt(j, source, "num_key_value_heads", 1024, &c.num_kv_heads, false));
+  c.head_dim = c.num_heads > 0 ? c.hidden_size / c.num_heads : 0;
+  // Gemma 2 and 3 never have head_dim = hidden / heads: it must be stated.
+  RETURN_IF_ERROR(ReadInt(j, source, "head_dim", 4096, &c.head_dim, c.family != ModelFamily::kGemma1));
+  RETURN_IF_ERROR(ReadInt(j, source, "max_position_embeddings", 1 << 24, &c.max_position_embeddings));
+  RETURN_IF_ERROR(ReadInt(j, source, "bos_token_id", kMaxVocab, &c.bos_id, false));
+  RETURN_IF_ERROR(ReadEosIds(j, source, &c));
+  RETURN_IF_ERROR(ReadInt(j, source, "pad_token_id", kMaxVocab, &c.pad_id, false));
+  RETURN_IF_ERROR(ReadFloat(j, source, "rms_norm_eps", &c.rms_norm_eps));
+  RETURN_IF_ERROR(ReadFloat(j, source, "rope_theta", &c.rope_theta));
+  if (auto it = j.find("tie_word_embeddings"); it != j.end() && it->is_boolean() && !it->get<bool>()) {
+    return ConfigError(source, "tie_word_embeddings=false is not supported; Gemma ties the output projection");
+  }
+  RETURN_IF_ERROR(ReadRopeScaling(j, source, &c));
+  if (c.family != ModelFamily::kGemma1) {
+    RETURN_IF_ERROR(ReadPositive(j, source, "query_pre_attn_scalar", true, false, &c.query_pre_attn_scalar));
+    // Gemma 2 without its caps would compute another function silently; Gemma 3 has none by design.
+    const bool caps_required = c.family == ModelFamily::kGemma2;
+    RETURN_IF_ERROR(ReadPositive(j, source, "attn_logit_softcapping", caps_required, true, &c.attn_logit_softcap));
+    RETURN_IF_ERROR(ReadPositive(j, source, "final_logit_softcapping", caps_required, true, &c.final_logit_softcap));
+    RETURN_IF_ERROR(ReadSlidingWindow(j, source, &c));
+  }
+  if (c.family == ModelFamily::kGemma3) {
+    RETURN_IF_ERROR(ReadPositive(j, source, "rope_local_base_freq", true, false, &c.rope_local_theta));
+    if (!(c.rope_local_theta > 1.0f)) return ConfigError(source, "rope_local_base_freq must be greater than 1");
+  }
+  if (c.num_layers > 0 && c.family != ModelFamily::kGemma1) RETURN_IF_ERROR(ReadLayerPattern(j, source, &c));
+  if (layout.nested) {
+    c.tensor_prefix = "language_model.model.";
+    c.ignored_tensor_prefixes = {"vision_tower.", "multi_modal_projector."};
+  }
+  RETURN_IF_ERROR(Validate(c, source));
+  return c;
+}
+
 }  // namespace
+
+const char* ModelFamilyName(ModelFamily family) {
+  switch (family) {
+    case ModelFamily::kGemma1:
+      return "Gemma 1";
+    case ModelFamily::kGemma2:
+      return "Gemma 2";
+    case ModelFamily::kGemma3:
+      return "Gemma 3";
+  }
+  return "?";
+}
 
 int64_t ModelConfig::ParameterCount() const {
   const int64_t h = hidden_size;
-  const int64_t per_layer = h * q_dim() * 2 + h * kv_dim() * 2 + 3 * h * intermediate_size + 2 * h;
+  const int64_t norms = (sandwich_norms() ? 4 * h : 2 * h) + (qk_norm() ? 2 * head_dim : 0);
+  const int64_t per_layer = h * q_dim() * 2 + h * kv_dim() * 2 + 3 * h * intermediate_size + norms;
   return static_cast<int64_t>(vocab_size) * h + num_layers * per_layer + h;
 }
 
 std::string ModelConfig::ShapeName() const {
   auto same = [&](const ModelConfig& o) {
-    return vocab_size == o.vocab_size && hidden_size == o.hidden_size && intermediate_size == o.intermediate_size &&
-           num_layers == o.num_layers && num_heads == o.num_heads && num_kv_heads == o.num_kv_heads &&
+    return family == o.family && vocab_size == o.vocab_size && hidden_size == o.hidden_size &&
+           intermediate_size == o.intermediate_size && num_layers == o.num_layers && num_heads == o.num_heads && num_kv_heads == o.num_kv_heads &&
            head_dim == o.head_dim;
   };
   if (same(Gemma2BShape())) return "gemma-2b";
   if (same(Gemma7BShape())) return "gemma-7b";
+  for (const auto& [name, shape] : PublishedGemma23Shapes()) {
+    if (same(shape)) return name;
+  }
   return "custom";
 }
 
 std::string ModelConfig::DebugString() const {
-  return absl::StrCat(ShapeName(), ": layers=", num_layers, " hidden=", hidden_size, " ffn=", intermediate_size,
-                      " heads=", num_heads, "/", num_kv_heads, " head_dim=", head_dim, " vocab=", vocab_size);
+  return absl::StrCat(ShapeName(), " (", ModelFamilyName(family), "): layers=", num_layers, " hidden=", hidden_size,
+                      " ffn=", intermediate_size, " heads=", num_heads, "/", num_kv_heads, " head_dim=", head_dim, " vocab=", vocab_size);
 }
 
 absl::StatusOr<ModelConfig> ParseModelConfig(absl::string_view json_text, absl::string_view source) {
   json j = json::parse(json_text, nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded()) return ConfigError(source, "not valid JSON");
   if (!j.is_object()) return ConfigError(source, "must be a JSON object");
-  auto type = j.find("model_type");
-  if (type == j.end() || !type->is_string()) return ConfigError(source, "missing \"model_type\"; expected \"gemma\"");
-  if (type->get<std::string>() != "gemma") {
-    return ConfigError(source, absl::StrCat("model_type \"", type->get<std::string>(),
-                                            "\" is not supported; allowed: \"gemma\" (Gemma 1)"));
+  ASSIGN_OR_RETURN(const PublishedLayout layout, LayoutOf(j, source));
+  if (!layout.nested) return ParseTextConfig(j, source, layout);
+  // Gemma 3's multimodal layout: the text model's settings sit under text_config, written by save_pretrained as
+  // a diff against Gemma3TextConfig's defaults, so the defaults are part of the format.
+  auto text = j.find("text_config");
+  if (text == j.end() || !text->is_object()) {
+    return ConfigError(source, "model_type \"gemma3\" needs an object \"text_config\" (the text model's settings)");
   }
-  RETURN_IF_ERROR(CheckActivation(j, source));
-
-  ModelConfig c;
-  constexpr int64_t kMaxDim = 1 << 20;
-  constexpr int64_t kMaxVocab = 1 << 22;
-  absl::Status s;
-  if (!(s = ReadInt(j, source, "vocab_size", kMaxVocab, &c.vocab_size)).ok()) return s;
-  if (!(s = ReadInt(j, source, "hidden_size", kMaxDim, &c.hidden_size)).ok()) return s;
-  if (!(s = ReadInt(j, source, "intermediate_size", kMaxDim, &c.intermediate_size)).ok()) return s;
-  if (!(s = ReadInt(j, source, "num_hidden_layers", 1024, &c.num_layers)).ok()) return s;
-  if (!(s = ReadInt(j, source, "num_attention_heads", 1024, &c.num_heads)).ok()) return s;
-  c.num_kv_heads = c.num_heads;
-  if (!(s = ReadInt(j, source, "num_key_value_heads", 1024, &c.num_kv_heads, false)).ok()) return s;
-  c.head_dim = c.num_heads > 0 ? c.hidden_size / c.num_heads : 0;
-  if (!(s = ReadInt(j, source, "head_dim", 4096, &c.head_dim, false)).ok()) return s;
-  if (!(s = ReadInt(j, source, "max_position_embeddings", 1 << 24, &c.max_position_embeddings)).ok()) return s;
-  if (!(s = ReadInt(j, source, "bos_token_id", kMaxVocab, &c.bos_id, false)).ok()) return s;
-  if (!(s = ReadInt(j, source, "eos_token_id", kMaxVocab, &c.eos_id, false)).ok()) return s;
-  if (!(s = ReadInt(j, source, "pad_token_id", kMaxVocab, &c.pad_id, false)).ok()) return s;
-  if (!(s = ReadFloat(j, source, "rms_norm_eps", &c.rms_norm_eps)).ok()) return s;
-  if (!(s = ReadFloat(j, source, "rope_theta", &c.rope_theta)).ok()) return s;
-  if (auto it = j.find("rope_scaling"); it != j.end() && !it->is_null()) {
-    return ConfigError(source, "rope_scaling is not supported for Gemma 1; allowed: null");
+  if (auto t = text->find("model_type"); t != text->end() && *t != "gemma3_text") {
+    return ConfigError(source, absl::StrCat("text_config.model_type ", t->dump(), " contradicts model_type \"gemma3\"; ",
+                                            "expected \"gemma3_text\""));
   }
-  if (auto it = j.find("tie_word_embeddings"); it != j.end() && it->is_boolean() && !it->get<bool>()) {
-    return ConfigError(source, "tie_word_embeddings=false is not supported; Gemma ties the output projection");
+  json merged = Gemma3TextDefaults();
+  // An explicit layer_types stands alone: only a pattern the file states can contradict it.
+  if (text->contains("layer_types") && !text->contains("sliding_window_pattern")) merged.erase("sliding_window_pattern");
+  for (auto it = text->begin(); it != text->end(); ++it) merged[it.key()] = it.value();
+  // Token ids are top-level in the published file.
+  for (const char* key : {"bos_token_id", "eos_token_id", "pad_token_id"}) {
+    if (auto it = j.find(key); it != j.end() && !it->is_null()) merged[key] = *it;
   }
-  RETURN_IF_ERROR(Validate(c, source));
-  return c;
+  return ParseTextConfig(merged, absl::StrCat(source, " text_config"), layout);
 }
 
 absl::StatusOr<ModelConfig> LoadModelConfig(const std::string& path) {

@@ -3,11 +3,14 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "engine/status_macros.h"
 #include "shard/model/dtype.h"
 #include "shard/checkpoint/progress.h"
@@ -41,6 +44,35 @@ MatrixView Rows(const MatrixView& m, int64_t begin, int64_t count) {
 }
 
 MatrixView Cols(const MatrixView& m, int64_t begin, int64_t count) { return {m.data + begin, m.rows, count, m.stride}; }
+
+// The multimodal layout as published (transformers 4.50) puts the text model under "language_model.model."; a
+// checkpoint saved again by transformers 4.52 or later names it "model.language_model." (the class's own
+// _checkpoint_conversion_mapping maps one to the other). Both load; the published name is expected otherwise.
+std::string TextTensorPrefix(const Checkpoint& checkpoint) {
+  const std::string& prefix = checkpoint.config().tensor_prefix;
+  constexpr char kPublished[] = "language_model.model.", kResaved[] = "model.language_model.";
+  if (prefix != kPublished) return prefix;
+  const auto names = checkpoint.TensorNames();
+  auto has_embedding = [&](const std::string& p) {
+    return std::find(names.begin(), names.end(), p + "embed_tokens.weight") != names.end();
+  };
+  return !has_embedding(kPublished) && has_embedding(kResaved) ? kResaved : prefix;
+}
+
+// A multimodal checkpoint holds a vision tower and projector this server never runs: say so once, at load.
+void ReportIgnoredTensors(const Checkpoint& checkpoint) {
+  const auto& prefixes = checkpoint.config().ignored_tensor_prefixes;
+  if (prefixes.empty()) return;
+  int ignored = 0;
+  for (const std::string& name : checkpoint.TensorNames()) {
+    for (const std::string& p : prefixes) ignored += name.starts_with(p) || name.starts_with("model." + p) ? 1 : 0;
+  }
+  if (ignored == 0) return;
+  std::fprintf(stderr,
+               "%s: multimodal Gemma 3 checkpoint: serving the text model only; ignoring %d tensors of the vision "
+               "tower and projector (%s)\n",
+               checkpoint.dir().c_str(), ignored, absl::StrJoin(prefixes, ", ").c_str());
+}
 
 }  // namespace
 
@@ -108,12 +140,14 @@ absl::StatusOr<std::unique_ptr<ModelWeights>> ModelWeights::Load(std::shared_ptr
   w->tp_ = tp;
   const ModelConfig& c = w->checkpoint_->config();
   const int64_t h = c.hidden_size, d = c.head_dim;
-  ASSIGN_OR_RETURN(w->embed_, w->Matrix("model.embed_tokens.weight", c.vocab_size, h));
+  const std::string m = TextTensorPrefix(*w->checkpoint_);
+  ReportIgnoredTensors(*w->checkpoint_);
+  ASSIGN_OR_RETURN(w->embed_, w->Matrix(m + "embed_tokens.weight", c.vocab_size, h));
   w->embed_ = Rows(w->embed_, tp.vocab_begin, tp.vocab_end - tp.vocab_begin);
-  ASSIGN_OR_RETURN(w->final_norm_, w->NormPlusOne("model.norm.weight", h));
+  ASSIGN_OR_RETURN(w->final_norm_, w->NormPlusOne(m + "norm.weight", h));
   w->layers_.resize(c.num_layers);
   for (int i = 0; i < c.num_layers; ++i) {
-    const std::string p = absl::StrCat("model.layers.", i, ".");
+    const std::string p = absl::StrCat(m, "layers.", i, ".");
     LayerWeights& l = w->layers_[i];
     ASSIGN_OR_RETURN(l.q, w->Matrix(p + "self_attn.q_proj.weight", c.q_dim(), h));
     ASSIGN_OR_RETURN(l.k, w->Matrix(p + "self_attn.k_proj.weight", c.kv_dim(), h));
@@ -136,7 +170,17 @@ absl::StatusOr<std::unique_ptr<ModelWeights>> ModelWeights::Load(std::shared_ptr
     l.gate = Rows(l.gate, tp.ffn_begin, tp.ffn_size);
     l.up = Rows(l.up, tp.ffn_begin, tp.ffn_size);
     ASSIGN_OR_RETURN(l.attn_norm, w->NormPlusOne(p + "input_layernorm.weight", h));
-    ASSIGN_OR_RETURN(l.ffn_norm, w->NormPlusOne(p + "post_attention_layernorm.weight", h));
+    if (c.sandwich_norms()) {
+      ASSIGN_OR_RETURN(l.post_attn_norm, w->NormPlusOne(p + "post_attention_layernorm.weight", h));
+      ASSIGN_OR_RETURN(l.ffn_norm, w->NormPlusOne(p + "pre_feedforward_layernorm.weight", h));
+      ASSIGN_OR_RETURN(l.post_ffn_norm, w->NormPlusOne(p + "post_feedforward_layernorm.weight", h));
+    } else {
+      ASSIGN_OR_RETURN(l.ffn_norm, w->NormPlusOne(p + "post_attention_layernorm.weight", h));
+    }
+    if (c.qk_norm()) {
+      ASSIGN_OR_RETURN(l.q_norm, w->NormPlusOne(p + "self_attn.q_norm.weight", d));
+      ASSIGN_OR_RETURN(l.k_norm, w->NormPlusOne(p + "self_attn.k_norm.weight", d));
+    }
   }
   // Fault the mapped pages in now, so the first request does not pay for it.
   std::vector<MatrixView> all = {w->embed_};

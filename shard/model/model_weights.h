@@ -19,7 +19,13 @@ struct LayerWeights {
   MatrixView q, k, v, o;      // [local q heads * head_dim, hidden], [local kv * head_dim, hidden] x2, [hidden, local q]
   MatrixView gate, up, down;  // [local ffn, hidden] x2, [hidden, local ffn]
   std::vector<float> attn_norm;  // 1 + input_layernorm.weight, [hidden]
-  std::vector<float> ffn_norm;   // 1 + post_attention_layernorm.weight, [hidden]
+  // Before the MLP: 1 + post_attention_layernorm.weight in Gemma 1, 1 + pre_feedforward_layernorm.weight in
+  // Gemma 2 and 3 (where post_attention_layernorm normalizes the attention output instead). [hidden]
+  std::vector<float> ffn_norm;
+  // Gemma 2 and 3's sandwich: on the attention and MLP outputs before the residual add; empty in Gemma 1. [hidden]
+  std::vector<float> post_attn_norm, post_ffn_norm;
+  // Gemma 3's QK-norm, on each head's q and k before RoPE; empty otherwise. [head_dim]
+  std::vector<float> q_norm, k_norm;
 };
 
 // Immutable after Load; thread-safe for concurrent reads. Keeps the Checkpoint

@@ -9,9 +9,10 @@ absl::StatusOr<TensorParallel> TensorParallel::Create(const ModelConfig& c, int 
   if (rank < 0 || rank >= world) {
     return absl::InvalidArgumentError(absl::StrCat("rank ", rank, " is outside [0, ", world, ") for world size ", world));
   }
-  if (c.num_heads % world != 0) {
+  if (c.num_heads % world != 0 && world % c.num_heads != 0) {
     return absl::InvalidArgumentError(absl::StrCat("tensor-parallel degree ", world, " does not divide the ", c.num_heads,
-                                                   " attention heads; allowed: a divisor of ", c.num_heads));
+                                                   " attention heads, nor is it a multiple of them; allowed: a divisor "
+                                                   "or a multiple of ", c.num_heads));
   }
   if (c.intermediate_size % world != 0) {
     return absl::InvalidArgumentError(absl::StrCat("tensor-parallel degree ", world, " does not divide the FFN width ",
@@ -24,8 +25,15 @@ absl::StatusOr<TensorParallel> TensorParallel::Create(const ModelConfig& c, int 
   TensorParallel tp;
   tp.rank = rank;
   tp.world = world;
-  tp.num_q_heads = c.num_heads / world;
-  tp.q_head_begin = rank * tp.num_q_heads;
+  if (world > c.num_heads) {
+    tp.q_head_replicas = world / c.num_heads;
+    tp.num_q_heads = 1;
+    tp.q_head_begin = rank / tp.q_head_replicas;
+    tp.adds_attention_output = rank % tp.q_head_replicas == 0;
+  } else {
+    tp.num_q_heads = c.num_heads / world;
+    tp.q_head_begin = rank * tp.num_q_heads;
+  }
   if (c.num_kv_heads >= world) {
     tp.num_kv_heads = c.num_kv_heads / world;
     tp.kv_head_begin = rank * tp.num_kv_heads;

@@ -1,0 +1,20 @@
+// The Gemma 2 and Gemma 3 text models as Google published them (their config.json values), for make-tiny.
+#pragma once
+
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "shard/model/model_config.h"
+
+namespace gemma {
+
+// ("gemma2-2b", config), ... in the order of `gemma make-tiny --shape` (Gemma 1's are in model_config.h). The
+// multimodal 4B/12B/27B keep their published layout: text under text_config, tensors under language_model.
+const std::vector<std::pair<std::string, ModelConfig>>& PublishedGemma23Shapes();
+
+// Sets the layer count, extending or cutting the family's local/global pattern (Gemma 2: layer 0 local, then
+// alternating; Gemma 3: every sixth global) so that a shortened model keeps it.
+void SetNumLayers(int layers, ModelConfig* config);
+
+}  // namespace gemma
