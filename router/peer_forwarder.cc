@@ -46,7 +46,8 @@ v1::Gemma::Stub* PeerForwarder::StubFor(const std::string& peer) {
 
 PeerForwarder::Outcome PeerForwarder::Finish(const grpc::Status& status, const grpc::ClientContext& ctx,
                                              bool relayed) {
-  const bool admitted = ctx.GetServerTrailingMetadata().count(kAdmittedTrailer) > 0;
+  const bool admitted = ctx.GetServerTrailingMetadata().count(kAdmittedTrailer) > 0 ||
+                        ctx.GetServerInitialMetadata().count(kAdmittedTrailer) > 0;
   const bool refused = status.error_code() == grpc::StatusCode::UNAVAILABLE ||
                        status.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED;
   return {status, refused && !admitted && !relayed};

@@ -18,7 +18,8 @@ namespace gemma {
 // sender speaks (a peer of another release refuses it).
 inline constexpr char kForwardedByHeader[] = "gemma-forwarded-by";
 inline constexpr char kRouterProtocolHeader[] = "gemma-router-protocol";
-// Trailing metadata of a forwarded call the peer admitted (it may have run): the sender must not place it again.
+// Initial and trailing metadata of a forwarded call the peer admitted (it may have run): the sender must not place
+// it again.
 inline constexpr char kAdmittedTrailer[] = "gemma-admitted";
 
 // Thread-safe. Peers are reached on their plaintext peer port (inside the cluster only); the caller's deadline

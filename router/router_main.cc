@@ -188,6 +188,10 @@ int main(int argc, char** argv) {
     pb.AddListeningPort(absl::StrCat(absl::GetFlag(FLAGS_bind_host), ":", peer_port), grpc::InsecureServerCredentials());
     pb.RegisterService(&peer_service);
     pb.SetMaxReceiveMessageSize(max_message);
+    // Peers ping a relayed call that sends nothing for a while (a unary call that runs long): gRPC's default policy
+    // would answer such pings with GOAWAY and cut the call.
+    pb.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 5000);
+    pb.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PING_STRIKES, 0);
     peer_server = pb.BuildAndStart();
     if (!peer_server) return Fail(absl::StrCat("cannot listen on peer port ", peer_port));
   }

@@ -30,7 +30,9 @@ absl::Status CheckPeerProtocol(const grpc::ServerContext& context) {
 }  // namespace
 
 void RouterService::Admitted(grpc::ServerContext* context) const {
-  if (role_ == ServiceRole::kPeer) context->AddTrailingMetadata(kAdmittedTrailer, "1");
+  if (role_ != ServiceRole::kPeer) return;
+  context->AddInitialMetadata(kAdmittedTrailer, "1");
+  context->AddTrailingMetadata(kAdmittedTrailer, "1");
 }
 
 void RouterService::CountRejected(const absl::Status& status) const {
@@ -150,8 +152,10 @@ grpc::Status RouterService::GenerateStream(grpc::ServerContext* context, const v
     if (!forwarded.place_here) return forwarded.status;
   }
   auto active = Start(**model, *request);
-  if (active.ok()) Admitted(context);
   if (!active.ok()) return ToGrpcStatus(active.status());
+  Admitted(context);
+  // Sent at once: should the connection to a forwarding router drop later, it knows this call ran here.
+  if (role_ == ServiceRole::kPeer) writer->SendInitialMetadata();
   // Checked while waiting too: a client that leaves a queued request is noticed before its first token.
   const auto client_gone = [context] { return context->IsCancelled(); };
   bool gone = false;

@@ -163,12 +163,17 @@ void WorkerGroup::MaintainLease() {
     }
     next_lease_ = now + o.ttl / 3;
     const bool idle = requests_.empty() && load_ == 0;
-    if (idle && (draining_ || (state.wanted() && o.held->load() > 1))) {
+    if (idle && (draining_ || (state.wanted() && ClaimGiveBack()))) {
       // Shutting down, or a router that holds no group wants one while this one holds several: hand it over
       // (when it is idle, so nothing is cut), and wait a ttl before asking again.
       std::fprintf(stderr, "gemma-router: gives worker group %s back (%s)\n", address_.c_str(),
                    draining_ ? "shutting down" : "a router without groups wants one");
-      ReleaseLease();
+      if (draining_) {
+        ReleaseLease();
+      } else {
+        owned_ = false;  // held was counted down by ClaimGiveBack
+        SendRelease();
+      }
       next_lease_ = now + o.ttl;
     }
     return;
@@ -180,6 +185,16 @@ void WorkerGroup::MaintainLease() {
   }
   // Holding some groups already, wait longer: a router that holds none takes a freed group first.
   next_lease_ = now + LeaseRetryDelay(o.held->load());
+}
+
+bool WorkerGroup::ClaimGiveBack() {
+  // Groups renew on their own threads: counting down first, and only while more than one is held, keeps two idle
+  // groups renewing at once from both going and leaving this router with none.
+  int held = options_.lease.held->load();
+  while (held > 1) {
+    if (options_.lease.held->compare_exchange_weak(held, held - 1)) return true;
+  }
+  return false;
 }
 
 std::chrono::milliseconds WorkerGroup::LeaseRetryDelay(int held) const {
@@ -448,8 +463,18 @@ void WorkerGroup::CheckIdleHealth() {
   if (now < next_health_) return;
   next_health_ = now + kIdleHealthEvery;
   if (Serving(std::chrono::seconds(1))) return;
+  MarkDown();
+}
+
+void WorkerGroup::MarkDown() {
   healthy_ = false;
-  next_probe_ = now + kFirstProbe;
+  next_probe_ = std::chrono::steady_clock::now() + kFirstProbe;
+  // A group that is down is not counted as held: this router may want another one meanwhile, and must not give
+  // a healthy one away because of it. Its lease is taken again when it comes back.
+  if (owned_) {
+    owned_ = false;
+    --*options_.lease.held;
+  }
 }
 
 bool WorkerGroup::HasWork() const {
@@ -519,8 +544,7 @@ void WorkerGroup::Loop() {
     } else if (const absl::Status s = RunOneStep(); absl::IsAborted(s)) {
       LoseLease(std::string(s.message()));
     } else if (!s.ok()) {
-      healthy_ = false;
-      next_probe_ = std::chrono::steady_clock::now() + kFirstProbe;
+      MarkDown();
       MoveOrFailAll(GroupFailed());
     } else {
       if (executor_.group_draining()) group_draining_ = true;  // what the step that just ran said

@@ -120,6 +120,10 @@ class WorkerGroup {
   // On shutdown: another router may take the group at once.
   void ReleaseLease();
   void SendRelease();  // the RPC alone, for a lease just granted and not to be kept
+  // Counts one held group down if more than one is held: this one may then be given to a router holding none.
+  bool ClaimGiveBack();
+  // The group failed or stopped answering: out of service until a probe finds it back.
+  void MarkDown();
   // Reads the group's model info again before taking its lease: false (and it is not taken) when the group does
   // not answer or now serves another model or protocol.
   bool RefreshInfo();

@@ -248,7 +248,7 @@ TEST(WorkerTest, ConfiguredFromEnvironmentAndExportsMetrics) {
                            "gemma_worker_kv_blocks_used", "gemma_worker_kv_blocks{rank=\"0\"}",
                            "gemma_worker_group_healthy", "gemma_worker_rank_step_duration_seconds_count{rank=\"0\"} 3",
                            "gemma_worker_rank_collective_duration_seconds_count{rank=\"0\"} 3",
-                           "gemma_build_info{protocol=\"2\",version=\"",
+                           "gemma_build_info{protocol=\"3\",version=\"",
                            "gemma_worker_model_info{device=\"cpu\",model=\"tiny-mqa\",shape=\"custom\",tp=\"2\"} 1"}) {
     EXPECT_NE(metrics.find(name), std::string::npos) << name << " missing from:\n" << metrics.substr(0, 2000);
   }

@@ -215,6 +215,53 @@ absl::Status ReadRopeScaling(const json& j, absl::string_view source, ModelConfi
   return absl::OkStatus();
 }
 
+// Newer transformers save RoPE settings as `rope_parameters` (per layer kind for Gemma 3: "full_attention",
+// "sliding_attention"), not as rope_theta / rope_local_base_freq / rope_scaling: the same settings under the
+// older keys, so a checkpoint reads the same whichever release saved it. A key in both forms must agree.
+absl::StatusOr<json> WithLegacyRopeKeys(const json& j, absl::string_view source) {
+  auto it = j.find("rope_parameters");
+  if (it == j.end() || it->is_null()) return j;
+  const std::string allowed =
+      "allowed: {\"rope_type\": \"default\" or \"linear\", \"rope_theta\": a number > 1, \"factor\": a number >= 1 "
+      "(linear)}, or such an object under \"full_attention\" and \"sliding_attention\"";
+  if (!it->is_object()) return ConfigError(source, absl::StrCat("rope_parameters ", it->dump(), " is invalid; ", allowed));
+  json out = j;
+  out.erase("rope_parameters");
+  auto set = [&](const char* key, const json& value) -> absl::Status {
+    if (auto old = j.find(key); old != j.end() && !old->is_null() && *old != value) {
+      return ConfigError(source, absl::StrCat(key, " ", old->dump(), " contradicts rope_parameters ", it->dump()));
+    }
+    out[key] = value;
+    return absl::OkStatus();
+  };
+  // One layer kind's parameters: its base, and (global layers) linear scaling.
+  auto read = [&](const json& p, const char* theta_key, bool scaled) -> absl::Status {
+    auto theta = p.find("rope_theta");
+    auto type = p.find("rope_type");
+    const std::string kind = type == p.end() ? "default" : type->is_string() ? type->get<std::string>() : "";
+    if (!p.is_object() || theta == p.end() || !theta->is_number() || (kind != "default" && kind != "linear") ||
+        (kind == "linear" && !scaled)) {
+      return ConfigError(source, absl::StrCat("rope_parameters ", it->dump(), " is not supported; ", allowed));
+    }
+    RETURN_IF_ERROR(set(theta_key, *theta));
+    if (!scaled) return absl::OkStatus();
+    if (kind == "default") return set("rope_scaling", nullptr);
+    return set("rope_scaling", p);
+  };
+  if (it->contains("full_attention") || it->contains("sliding_attention")) {
+    for (const auto& [key, value] : it->items()) {
+      if (key != "full_attention" && key != "sliding_attention") {
+        return ConfigError(source, absl::StrCat("rope_parameters has an unknown layer kind \"", key, "\"; ", allowed));
+      }
+    }
+    if (auto f = it->find("full_attention"); f != it->end()) RETURN_IF_ERROR(read(*f, "rope_theta", true));
+    if (auto l = it->find("sliding_attention"); l != it->end()) RETURN_IF_ERROR(read(*l, "rope_local_base_freq", false));
+    return out;
+  }
+  RETURN_IF_ERROR(read(*it, "rope_theta", true));
+  return out;
+}
+
 absl::Status ReadSlidingWindow(const json& j, absl::string_view source, ModelConfig* c) {
   RETURN_IF_ERROR(ReadInt(j, source, "sliding_window", 1 << 24, &c->sliding_window));
   if (c->sliding_window < 1) return ConfigError(source, "field \"sliding_window\" must be at least 1");
@@ -373,7 +420,10 @@ absl::StatusOr<ModelConfig> ParseModelConfig(absl::string_view json_text, absl::
   if (j.is_discarded()) return ConfigError(source, "not valid JSON");
   if (!j.is_object()) return ConfigError(source, "must be a JSON object");
   ASSIGN_OR_RETURN(const PublishedLayout layout, LayoutOf(j, source));
-  if (!layout.nested) return ParseTextConfig(j, source, layout);
+  if (!layout.nested) {
+    ASSIGN_OR_RETURN(const json text, WithLegacyRopeKeys(j, source));
+    return ParseTextConfig(text, source, layout);
+  }
   // Gemma 3's multimodal layout: the text model's settings sit under text_config, written by save_pretrained as
   // a diff against Gemma3TextConfig's defaults, so the defaults are part of the format.
   auto text = j.find("text_config");
@@ -387,7 +437,8 @@ absl::StatusOr<ModelConfig> ParseModelConfig(absl::string_view json_text, absl::
   json merged = Gemma3TextDefaults();
   // An explicit layer_types stands alone: only a pattern the file states can contradict it.
   if (text->contains("layer_types") && !text->contains("sliding_window_pattern")) merged.erase("sliding_window_pattern");
-  for (auto it = text->begin(); it != text->end(); ++it) merged[it.key()] = it.value();
+  ASSIGN_OR_RETURN(const json stated, WithLegacyRopeKeys(*text, absl::StrCat(source, " text_config")));
+  for (auto it = stated.begin(); it != stated.end(); ++it) merged[it.key()] = it.value();
   // Token ids are top-level in the published file.
   for (const char* key : {"bos_token_id", "eos_token_id", "pad_token_id"}) {
     if (auto it = j.find(key); it != j.end() && !it->is_null()) merged[key] = *it;

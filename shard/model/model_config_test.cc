@@ -3,6 +3,7 @@
 #include <map>
 
 #include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
 #include "shard/checkpoint/checkpoint_writer.h"
 #include "shard/model/published_shapes.h"
 
@@ -162,6 +163,32 @@ TEST(ModelConfigTest, ParsesPublishedGemma3MultimodalWithTextDefaults) {
   EXPECT_EQ(c->extra_eos_ids, std::vector<int>{106});
   EXPECT_EQ(c->tensor_prefix, "language_model.model.");
   EXPECT_FALSE(c->ignored_tensor_prefixes.empty());
+}
+
+// Newer transformers save RoPE settings as rope_parameters: the same model whichever release saved it.
+TEST(ModelConfigTest, ReadsRopeParametersAsNewerTransformersSaveThem) {
+  nlohmann::json j = nlohmann::json::parse(kGemma3_27B);
+  auto& text = j["text_config"];
+  text.erase("rope_scaling");
+  text["rope_parameters"] = {{"full_attention", {{"rope_type", "linear"}, {"factor", 8.0}, {"rope_theta", 1000000.0}}},
+                             {"sliding_attention", {{"rope_type", "default"}, {"rope_theta", 10000.0}}}};
+  auto c = ParseModelConfig(j.dump(), "config.json");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->RopeScale(5), 8.0f);
+  EXPECT_EQ(c->RopeScale(0), 1.0f);
+  EXPECT_EQ(c->rope_theta, 1000000.0f);
+  EXPECT_EQ(c->rope_local_theta, 10000.0f);
+  // A base stated both ways must agree (null counts as not stated).
+  text["rope_theta"] = 500000.0;
+  auto contradicts = ParseModelConfig(j.dump(), "config.json");
+  ASSERT_FALSE(contradicts.ok());
+  EXPECT_NE(contradicts.status().message().find("contradicts rope_parameters"), std::string::npos)
+      << contradicts.status();
+  text.erase("rope_theta");
+  text["rope_parameters"]["sliding_attention"]["rope_type"] = "yarn";
+  auto unsupported = ParseModelConfig(j.dump(), "config.json");
+  ASSERT_FALSE(unsupported.ok());
+  EXPECT_NE(unsupported.status().message().find("rope_parameters"), std::string::npos) << unsupported.status();
 }
 
 TEST(ModelConfigTest, PublishedGemma23ShapesRoundTripThroughConfigJson) {
