@@ -8,18 +8,26 @@ LayerAttention FamilyPattern(ModelFamily family, int layer) {
   return (layer + 1) % 6 == 0 ? LayerAttention::kGlobal : LayerAttention::kLocal;
 }
 
-ModelConfig Gemma2(int hidden, int ffn, int layers, int heads, int kv_heads, int head_dim, float query_scalar) {
+// What every published shape states: its family and its dimensions.
+ModelConfig Dimensions(ModelFamily family, int vocab, int hidden, int ffn, int layers, int heads, int kv_heads,
+                       int head_dim, int context, float query_scalar) {
   ModelConfig c;
-  c.family = ModelFamily::kGemma2;
-  c.vocab_size = 256000;
+  c.family = family;
+  c.vocab_size = vocab;
   c.hidden_size = hidden;
   c.intermediate_size = ffn;
   c.num_layers = layers;
   c.num_heads = heads;
   c.num_kv_heads = kv_heads;
   c.head_dim = head_dim;
-  c.max_position_embeddings = 8192;
+  c.max_position_embeddings = context;
   c.query_pre_attn_scalar = query_scalar;
+  return c;
+}
+
+ModelConfig Gemma2(int hidden, int ffn, int layers, int heads, int kv_heads, int head_dim, float query_scalar) {
+  ModelConfig c = Dimensions(ModelFamily::kGemma2, 256000, hidden, ffn, layers, heads, kv_heads, head_dim, 8192,
+                             query_scalar);
   c.attn_logit_softcap = 50.0f;
   c.final_logit_softcap = 30.0f;
   c.sliding_window = 4096;
@@ -31,17 +39,8 @@ ModelConfig Gemma2(int hidden, int ffn, int layers, int heads, int kv_heads, int
 // vocabulary at Gemma3TextConfig's default 262208 (the tokenizer's 262144 plus image tokens).
 ModelConfig Gemma3(int hidden, int ffn, int layers, int heads, int kv_heads, int head_dim, float query_scalar,
                    bool multimodal) {
-  ModelConfig c;
-  c.family = ModelFamily::kGemma3;
-  c.vocab_size = multimodal ? 262208 : 262144;
-  c.hidden_size = hidden;
-  c.intermediate_size = ffn;
-  c.num_layers = layers;
-  c.num_heads = heads;
-  c.num_kv_heads = kv_heads;
-  c.head_dim = head_dim;
-  c.max_position_embeddings = multimodal ? 131072 : 32768;
-  c.query_pre_attn_scalar = query_scalar;
+  ModelConfig c = Dimensions(ModelFamily::kGemma3, multimodal ? 262208 : 262144, hidden, ffn, layers, heads,
+                             kv_heads, head_dim, multimodal ? 131072 : 32768, query_scalar);
   c.rope_theta = 1000000.0f;
   c.rope_local_theta = 10000.0f;
   c.rope_global_scale = multimodal ? 8.0f : 1.0f;
