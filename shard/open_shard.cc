@@ -22,6 +22,7 @@ absl::StatusOr<std::unique_ptr<Backend>> CudaBackend(const ShardOptions& o, std:
                                                    devices, " (0..", devices - 1, ")"));
   }
   options.precision = o.precision == "f32" ? CudaPrecision::kF32 : CudaPrecision::kBf16;
+  options.limits = o.limits;
   CudaCollective tensors;
   if (o.world > 1) {
     if (bootstrap == nullptr) return absl::InvalidArgumentError("a GPU group of several ranks needs a host collective");

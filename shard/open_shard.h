@@ -12,6 +12,7 @@
 #include "shard/checkpoint/checkpoint.h"
 #include "shard/collective/collective.h"
 #include "shard/runtime/kv_cache.h"
+#include "shard/runtime/step_limits.h"
 #include "shard/model/model_weights.h"
 #include "shard/model/tensor_parallel.h"
 
@@ -24,6 +25,7 @@ struct ShardOptions {
   std::string precision = "bf16";  // with cuda: bf16 or f32
   int cuda_device = -1;            // -1: rank modulo the devices this process sees
   KvCacheOptions kv;
+  StepLimits limits;  // the largest step; a GPU plans its memory for it
   std::chrono::milliseconds timeout{30000};  // a dead or hung peer fails the group within it
   // Called once the weights are loaded and before the first collective call (NCCL bootstrap, a follower's first
   // step), which run under `timeout`: ranks that finish loading minutes apart meet here under a wait of their own.

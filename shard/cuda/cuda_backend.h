@@ -11,6 +11,7 @@
 #include "shard/collective/collective.h"
 #include "shard/collective/device_collective.h"
 #include "shard/runtime/kv_cache.h"
+#include "shard/runtime/step_limits.h"
 #include "shard/model/model_weights.h"
 
 namespace gemma {
@@ -31,6 +32,8 @@ struct CudaBackendOptions {
   // last_timings() in device time per stage (events on the stream) rather than the host's launch time; steps
   // replayed from graphs are not split.
   bool stage_timing = false;
+  // The largest step: every buffer a step uses is allocated for it at start, and a larger step is refused.
+  StepLimits limits;
 };
 
 // Whether this build has the CUDA backend, and how many devices this process sees (0 without CUDA).

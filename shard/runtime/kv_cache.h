@@ -13,6 +13,10 @@ struct KvCacheOptions {
   int block_size = 16;  // token positions per block
   int num_blocks = 0;   // 0: derive from max_bytes
   int64_t max_bytes = int64_t{1} << 30;
+  // A GPU backend with memory_fraction > 0 plans the cache itself: the process keeps within this share of the
+  // device's memory, and the cache takes what the weights and the largest step (StepLimits) leave of it
+  // (vLLM's gpu_memory_utilization). num_blocks and max_bytes then go unused; the CPU ignores it.
+  double memory_fraction = 0;
 };
 
 // Layout of one block, f32: [layers][2 (K, V)][kv_heads][block_size][head_dim].
