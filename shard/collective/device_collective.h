@@ -41,6 +41,17 @@ class DeviceCollective {
   // Rank `root`'s bytes (host memory, any length) reach every rank, staged through the device.
   virtual absl::Status Broadcast(std::string* bytes, int root) = 0;
   virtual absl::Status Barrier() = 0;
+
+  // The all-reduce enqueued on the caller's CUDA stream (a cudaStream_t, here untyped so that this header needs no
+  // CUDA) and not waited for, so that a CUDA graph can capture it with the kernels around it. The caller then waits
+  // through WaitStream, which fails like the calls above when a peer dies or hangs. Unimplemented where the
+  // collective cannot do this.
+  virtual absl::Status EnqueueAllReduceSum(DeviceFloats data, void* cuda_stream) {
+    return absl::UnimplementedError("this device collective cannot enqueue on a caller's stream");
+  }
+  virtual absl::Status WaitStream(void* cuda_stream) {
+    return absl::UnimplementedError("this device collective cannot enqueue on a caller's stream");
+  }
 };
 
 // InvalidArgument unless `c` is rank `rank` of `world`.

@@ -8,6 +8,7 @@
 
 #include <cstring>
 #include <thread>
+#include <utility>
 #endif
 
 namespace gemma {
@@ -120,6 +121,10 @@ class NcclCollective : public DeviceCollective {
   // done, NCCL reports an async error, or the timeout passes (then aborts).
   template <typename Op>
   absl::Status Run(const char* what, Op&& op) {
+    return Run(what, std::forward<Op>(op), stream_);
+  }
+  template <typename Op>
+  absl::Status Run(const char* what, Op&& op, cudaStream_t stream) {
     if (broken_) return absl::UnavailableError(absl::StrCat(what, ": the NCCL communicator failed earlier"));
     GEMMA_CUDA(cudaSetDevice(device_));
     const ncclResult_t r = op();
@@ -129,7 +134,7 @@ class NcclCollective : public DeviceCollective {
     }
     const auto start = std::chrono::steady_clock::now();
     while (true) {
-      const cudaError_t q = cudaStreamQuery(stream_);
+      const cudaError_t q = cudaStreamQuery(stream);
       if (q == cudaSuccess) return absl::OkStatus();
       if (q != cudaErrorNotReady) {
         broken_ = true;

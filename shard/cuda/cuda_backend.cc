@@ -57,6 +57,7 @@ absl::Status CudaBackend::RunAsGraph(int batch, const std::function<absl::Status
 
 absl::Status CudaBackend::AllReduce(float* data, int64_t count) {
   if (exchange_->world() == 1) return absl::OkStatus();
+  if (enqueue_collectives_) return exchange_->EnqueueAllReduceSum(data, static_cast<size_t>(count), stream_);
   return exchange_->AllReduceSum(data, static_cast<size_t>(count), stream_);
 }
 
@@ -74,6 +75,7 @@ absl::Status CudaBackend::ForwardAndSample(std::span<const SequenceStep> batch, 
   last_clocked_ = false;
   StageTimer timer(&host_timings_.other_seconds);
   if (auto s = ValidateStep(batch, c, num_blocks_, block_size_); !s.ok()) return s;
+  if (auto s = CheckStepLimits(batch, limits_); !s.ok()) return s;
   GEMMA_CUDA_RETURN_IF_ERROR(cudaSetDevice(options_.device));
   const TensorParallel& tp = weights_->tp();
   const int64_t H = c.hidden_size, D = c.head_dim, I = tp.ffn_size;
@@ -88,12 +90,13 @@ absl::Status CudaBackend::ForwardAndSample(std::span<const SequenceStep> batch, 
     max_blocks = std::max(max_blocks, static_cast<int>(s.block_table.size()));
   }
   const int64_t B = static_cast<int64_t>(batch.size());
-  // A decode step (one token and its logits per sequence) on one GPU replays a CUDA graph captured for its batch
-  // size: the launches of a step cost more host time than the GPU takes for them at small batches. Block tables
-  // are padded to the model's longest so that every step of a batch size has the same layout.
-  bool graph_step = graphs_enabled_ && tp.world == 1 && T == B;
+  // A decode step (one token and its logits per sequence) replays a CUDA graph captured for its batch size: the
+  // launches of a step cost more host time than the GPU takes for them at small batches. With several ranks the
+  // graph holds the all-reduces too (enqueued on the step's stream, waited for once at its end). Block tables are
+  // padded to the longest context so that every step of a batch size has the same layout.
+  bool graph_step = graphs_enabled_ && T == B;
   for (const auto& s : batch) graph_step = graph_step && s.logits == LogitsWanted::kLast;
-  if (graph_step) max_blocks = std::max(max_blocks, (c.max_position_embeddings + block_size_ - 1) / block_size_);
+  if (graph_step) max_blocks = std::max(max_blocks, (limits_.max_context + block_size_ - 1) / block_size_);
   last_clocked_ = options_.stage_timing && !graph_step;
   auto stage = [&](double StepTimings::*field) {
     timer.Switch(&(host_timings_.*field));
@@ -102,11 +105,8 @@ absl::Status CudaBackend::ForwardAndSample(std::span<const SequenceStep> batch, 
   out->row_begin.clear();
   const size_t meta_bytes = StepMeta::Bytes(T, B, max_blocks);
   if (host_meta_bytes_ < meta_bytes) {
-    if (host_meta_ != nullptr) cudaFreeHost(host_meta_);
-    host_meta_ = nullptr;
-    GEMMA_CUDA_RETURN_IF_ERROR(cudaMallocHost(&host_meta_, meta_bytes));
-    host_meta_bytes_ = meta_bytes;
-    ++buffers_generation_;
+    return absl::InternalError(absl::StrCat("step metadata of ", meta_bytes, " bytes exceeds the ", host_meta_bytes_,
+                                            " planned at start for the largest step"));
   }
   const StepMeta host = StepMeta::In(host_meta_, T);
   int num_single = 0, num_tiles = 0;
@@ -266,7 +266,15 @@ absl::Status CudaBackend::ForwardAndSample(std::span<const SequenceStep> batch, 
     stage(&StepTimings::other_seconds);
     return absl::OkStatus();
   };
-  if (auto s = graph_step ? RunAsGraph(static_cast<int>(B), enqueue) : enqueue(); !s.ok()) return s;
+  enqueue_collectives_ = graph_step;
+  absl::Status ran = graph_step ? RunAsGraph(static_cast<int>(B), enqueue) : enqueue();
+  enqueue_collectives_ = false;
+  if (!ran.ok()) return ran;
+  // The step's enqueued all-reduces are waited for here, where a dead peer fails the step within the timeout
+  // (a plain synchronize would wait forever on NCCL).
+  if (graph_step && tp.world > 1) {
+    if (auto s = exchange_->Wait(stream_); !s.ok()) return s;
+  }
   out->vocab_size = c.vocab_size;
   out->values.resize(logits_to_host ? static_cast<size_t>(R) * c.vocab_size : 0);
   sampled->clear();

@@ -26,6 +26,10 @@ struct CudaBackendOptions {
   CudaPrecision precision = CudaPrecision::kBf16;
   bool cuda_graphs = true;  // replay decode steps (one GPU) as CUDA graphs, one per batch size
   bool small_batch_gemm = true;  // decode GEMMs (<= 8 rows) through the weight-streaming kernel, not cuBLASLt
+  // bf16 decode GEMMs of decode_mma_min_rows..64 rows through the tensor-core decode kernel (decode_gemm.h), not
+  // cuBLASLt; lowering decode_mma_min_rows to 1 makes every batch up to 64 sum each row alike.
+  bool decode_mma_gemm = true;
+  int decode_mma_min_rows = 9;
   // Runs of kPromptAttentionMinTokens prompt tokens or more attend through cuBLASLt's tensor-core products
   // instead of the tiled kernel.
   bool prompt_attention_gemm = true;
@@ -35,6 +39,20 @@ struct CudaBackendOptions {
   // The largest step: every buffer a step uses is allocated for it at start, and a larger step is refused.
   StepLimits limits;
 };
+
+// Where a CUDA rank's device memory went at start (bytes).
+struct CudaMemoryReport {
+  int64_t total = 0;         // the device's
+  int64_t weights = 0;       // this rank's weights on the device
+  int64_t step_buffers = 0;  // every buffer of the largest step
+  int64_t used_before_kv = 0;  // by everything (this process's runtime and libraries, other processes) before the cache
+  int64_t kv = 0;
+  int kv_blocks = 0;
+  double fraction = 0;  // the plan's share of the device (0: a fixed cache size)
+  StepLimits limits;    // resolved
+};
+// The report of a backend CreateCudaBackend made; NotFound for any other backend.
+absl::StatusOr<CudaMemoryReport> CudaMemoryReportOf(const Backend& backend);
 
 // Whether this build has the CUDA backend, and how many devices this process sees (0 without CUDA).
 bool CudaBackendBuilt();
@@ -46,8 +64,10 @@ int CudaDeviceCount();
 // for a group of one.
 using CudaCollective = std::variant<std::monostate, std::shared_ptr<DeviceCollective>, std::shared_ptr<HostCollective>>;
 
-// `collective` must be rank weights->tp().rank of weights->tp().world (else InvalidArgument). Out of device memory for the weights or
-// the KV cache (KvCacheOptions::max_bytes) is ResourceExhausted saying what was needed and what is free.
+// `collective` must be rank weights->tp().rank of weights->tp().world (else InvalidArgument). At start the backend
+// allocates every buffer of the largest step (options.limits), runs that step once, and then sizes the KV cache:
+// from kv_options.memory_fraction of the device (memory_plan.h), else num_blocks or max_bytes. Out of device
+// memory for any of it is ResourceExhausted saying what was needed, what is free and which settings change it.
 // Unimplemented in a build without CUDA.
 absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(std::shared_ptr<const ModelWeights> weights,
                                                            const KvCacheOptions& kv_options,

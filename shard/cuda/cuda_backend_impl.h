@@ -13,12 +13,14 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "shard/runtime/backend.h"
 #include "shard/collective/collective.h"
 #include "shard/cuda/cuda_backend.h"
 #include "shard/cuda/device_buffer.h"
 #include "shard/cuda/gemm.h"
 #include "shard/cuda/kernels.h"
+#include "shard/cuda/memory_plan.h"
 #include "shard/cuda/stage_clock.h"
 #include "shard/cuda/tensor_exchange.h"
 #include "shard/model/model_weights.h"
@@ -60,11 +62,17 @@ struct PromptRun {
   int first, tokens, start_pos, sequence;
 };
 
-// A device buffer that grows to the largest step seen (steps reuse it).
+// A device buffer sized at start for the largest step (steps reuse it); once `fixed`, a step that would need more
+// is an error rather than an allocation.
 struct Scratch {
   DeviceBuffer buffer;
+  bool fixed = false;
   absl::StatusOr<void*> At(size_t bytes, const char* what) {
     if (buffer.bytes() < bytes) {
+      if (fixed) {
+        return absl::InternalError(absl::StrCat(what, ": the step needs ", bytes, " bytes, beyond the ", buffer.bytes(),
+                                                " planned at start for the largest step"));
+      }
       buffer = DeviceBuffer();
       auto b = DeviceBuffer::Allocate(bytes, what);
       if (!b.ok()) return b.status();
@@ -88,6 +96,7 @@ class CudaBackend final : public Backend {
   }
 
   absl::Status Init(const KvCacheOptions& kv_options);
+  const CudaMemoryReport& memory_report() const { return memory_; }
 
   const ModelConfig& config() const override { return weights_->config(); }
   int num_kv_blocks() const override { return num_blocks_; }
@@ -107,7 +116,14 @@ class CudaBackend final : public Backend {
   absl::Status Upload(const MatrixView& m, const DeviceBuffer& dst, int64_t row_offset);
   absl::StatusOr<DeviceBuffer> UploadMatrices(std::initializer_list<const MatrixView*> parts, const std::string& what);
   absl::StatusOr<DeviceBuffer> UploadFloats(const std::vector<float>& v, const std::string& what);
+  // Enqueued only (no wait) while enqueue_collectives_ is set: the decode steps that graphs capture.
   absl::Status AllReduce(float* data, int64_t count);
+  // Every buffer a step can use, at the size the largest step (limits_) needs; then none grows.
+  absl::Status ReserveStepBuffers();
+  // Runs the largest prompt step and the largest decode step over a temporary cache, then sizes the real one
+  // (memory_plan.h) and allocates it.
+  absl::Status ProfileAndAllocateKv(const KvCacheOptions& kv_options);
+  absl::Status AllocateKv(int64_t blocks, const std::string& what);
   // A scratch buffer of at least `bytes`; growing it invalidates captured graphs (they hold its address).
   absl::StatusOr<void*> At(Scratch& scratch, size_t bytes, const char* what) {
     void* before = scratch.buffer.get();
@@ -147,6 +163,9 @@ class CudaBackend final : public Backend {
   DeviceBuffer cos_sin_;      // [max positions][head_dim / 2][2]
   DeviceBuffer kv_;           // [blocks][layers][2][kv heads][block][head_dim]
   int block_size_ = 16, num_blocks_ = 0;
+  StepLimits limits_;  // resolved against the model
+  CudaMemoryReport memory_;
+  bool enqueue_collectives_ = false;
   int64_t block_stride_ = 0, head_stride_ = 0, layer_stride_ = 0;
   Scratch x_, xn_, qkv_, attn_, proj_, gate_up_, act_buf_, logits_, gathered_, placed_, meta_, sampling_, partials_,
       prompt_qkv_, prompt_scores_, prompt_kv_;

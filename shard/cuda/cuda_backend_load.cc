@@ -63,7 +63,12 @@ absl::Status CudaBackend::Init(const KvCacheOptions& kv_options) {
   GEMMA_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
   GEMMA_CUDA_RETURN_IF_ERROR(
       cudaDeviceGetAttribute(&multiprocessors_, cudaDevAttrMultiProcessorCount, options_.device));
-  auto gemm = cuda::Gemm::Create(size_t{32} << 20, options_.small_batch_gemm);
+  GemmOptions gemm_options;
+  gemm_options.small_batch_kernel = options_.small_batch_gemm;
+  gemm_options.decode_mma_kernel = options_.decode_mma_gemm;
+  gemm_options.decode_mma_min_rows = options_.decode_mma_min_rows;
+  gemm_options.multiprocessors = multiprocessors_;
+  auto gemm = cuda::Gemm::Create(gemm_options);
   if (!gemm.ok()) return gemm.status();
   gemm_ = std::move(*gemm);
 
@@ -126,21 +131,35 @@ absl::Status CudaBackend::Init(const KvCacheOptions& kv_options) {
   if (!cs.ok()) return cs.status();
   cos_sin_ = std::move(*cs);
 
+  for (const DeviceLayer& l : layers_) {
+    for (const DeviceBuffer* b : {&l.qkv, &l.o, &l.gate_up, &l.down, &l.attn_norm, &l.ffn_norm}) {
+      memory_.weights += static_cast<int64_t>(b->bytes());
+    }
+  }
+  for (const DeviceBuffer* b : {&embed_bf16_, &embed_in_, &final_norm_, &cos_sin_}) {
+    memory_.weights += static_cast<int64_t>(b->bytes());
+  }
+
+  limits_ = options_.limits.Resolved(c);
+  if (limits_.max_tokens < 1 || limits_.max_sequences < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("step limits of ", limits_.max_tokens, " tokens and ",
+                                                   limits_.max_sequences, " sequences; allowed: at least 1 each"));
+  }
+  if (kv_options.block_size < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("KV block size ", kv_options.block_size, "; allowed: >= 1"));
+  }
   block_size_ = kv_options.block_size;
   head_stride_ = static_cast<int64_t>(block_size_) * c.head_dim;
   layer_stride_ = tp.num_kv_heads * head_stride_;
   block_stride_ = static_cast<int64_t>(c.num_layers) * 2 * layer_stride_;
-  const int64_t block_bytes = block_stride_ * cuda::DtypeBytes(act_);
-  num_blocks_ = kv_options.num_blocks > 0 ? kv_options.num_blocks
-                                          : static_cast<int>(std::min<int64_t>(kv_options.max_bytes / block_bytes, INT32_MAX));
-  if (num_blocks_ < 1) {
+  if (kv_options.memory_fraction <= 0 && kv_options.num_blocks <= 0 &&
+      kv_options.max_bytes < block_stride_ * cuda::DtypeBytes(act_)) {
     return absl::InvalidArgumentError(absl::StrCat("the KV cache budget of ", kv_options.max_bytes >> 20,
-                                                   " MiB holds no block (one block is ", block_bytes, " bytes)"));
+                                                   " MiB holds no block (one block is ",
+                                                   block_stride_ * cuda::DtypeBytes(act_), " bytes)"));
   }
-  auto kv = DeviceBuffer::Allocate(static_cast<size_t>(num_blocks_) * block_bytes,
-                                   absl::StrCat("the KV cache (", num_blocks_, " blocks of ", block_size_, " positions)"));
-  if (!kv.ok()) return kv.status();
-  kv_ = std::move(*kv);
+  if (auto s = ReserveStepBuffers(); !s.ok()) return s;
+  if (auto s = ProfileAndAllocateKv(kv_options); !s.ok()) return s;
   GEMMA_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
   return absl::OkStatus();
 }

@@ -1,5 +1,6 @@
 #include "shard/cuda/gemm.h"
 
+#include <algorithm>
 #include <cstdio>
 
 #include "absl/strings/str_cat.h"
@@ -7,13 +8,29 @@
 
 namespace gemma::cuda {
 
-absl::StatusOr<std::unique_ptr<Gemm>> Gemm::Create(size_t workspace_bytes, bool small_batch_kernel) {
+absl::StatusOr<std::unique_ptr<Gemm>> Gemm::Create(const GemmOptions& options) {
   auto g = std::unique_ptr<Gemm>(new Gemm());
-  g->small_batch_kernel_ = small_batch_kernel;
+  g->options_ = options;
   GEMMA_CUBLAS_RETURN_IF_ERROR(cublasLtCreate(&g->handle_));
-  auto ws = DeviceBuffer::Allocate(workspace_bytes, "the cuBLASLt workspace");
+  auto ws = DeviceBuffer::Allocate(options.workspace_bytes, "the cuBLASLt workspace");
   if (!ws.ok()) return ws.status();
   g->workspace_ = std::move(*ws);
+  if (options.decode_mma_kernel) {
+    // DecodeMmaSplits splits K only while columns * splits < 8 * multiprocessors (it doubles from below 4x), so
+    // split sums never exceed that many columns of kDecodeMmaMaxRows rows.
+    const int64_t columns = 8 * static_cast<int64_t>(std::max(1, options.multiprocessors));
+    const int64_t floats = columns * kDecodeMmaFeaturesPerBlock * kDecodeMmaMaxRows;
+    auto partials = DeviceBuffer::Allocate(static_cast<size_t>(floats) * 4, "the decode GEMM's split sums");
+    auto counters = DeviceBuffer::Allocate(static_cast<size_t>(columns) * 4, "the decode GEMM's counters");
+    if (!partials.ok()) return partials.status();
+    if (!counters.ok()) return counters.status();
+    GEMMA_CUDA_RETURN_IF_ERROR(cudaMemset(counters->get(), 0, counters->bytes()));
+    GEMMA_CUDA_RETURN_IF_ERROR(cudaDeviceSynchronize());
+    g->decode_partials_ = std::move(*partials);
+    g->decode_counters_ = std::move(*counters);
+    g->decode_ws_ = {g->decode_partials_.as<float>(), floats, g->decode_counters_.as<unsigned>(),
+                     static_cast<int>(columns)};
+  }
   return g;
 }
 
@@ -109,12 +126,23 @@ absl::StatusOr<Gemm::Plan*> Gemm::PlanFor(const GemmArgs& g) {
 
 absl::Status Gemm::Run(const GemmArgs& g, cudaStream_t stream) {
   if (g.M == 0 || g.N == 0) return absl::OkStatus();
-  if (small_batch_kernel_ && g.batch == 1 && !g.w_rows_are_k && g.out == Dtype::kF32 && g.lda == g.K &&
+  const bool weight_product = g.batch == 1 && !g.w_rows_are_k && g.out == Dtype::kF32 && g.lda == g.K;
+  const bool mma_rows = options_.decode_mma_kernel && g.M >= options_.decode_mma_min_rows;
+  if (weight_product && options_.small_batch_kernel && !mma_rows &&
       SmallBatchGemmFits(g.a, g.w, g.ldw, static_cast<int>(g.M), static_cast<int>(g.K), g.in)) {
     GEMMA_CUDA_RETURN_IF_ERROR(LaunchSmallBatchGemm(g.a, g.w, g.ldw, static_cast<float*>(g.c), g.ldc,
                                                     static_cast<int>(g.M), static_cast<int>(g.N),
                                                     static_cast<int>(g.K), g.in, stream));
     return absl::OkStatus();
+  }
+  if (weight_product && mma_rows && g.in == Dtype::kBf16) {
+    const int splits = DecodeMmaSplits(g.N, g.K, options_.multiprocessors);
+    if (DecodeMmaFits(g.a, g.w, g.ldw, static_cast<int>(g.M), g.N, g.K, splits, decode_ws_)) {
+      GEMMA_CUDA_RETURN_IF_ERROR(LaunchDecodeMmaGemm(g.a, g.w, g.ldw, static_cast<float*>(g.c), g.ldc,
+                                                     static_cast<int>(g.M), static_cast<int>(g.N),
+                                                     static_cast<int>(g.K), splits, decode_ws_, stream));
+      return absl::OkStatus();
+    }
   }
   auto plan = PlanFor(g);
   if (!plan.ok()) return plan.status();

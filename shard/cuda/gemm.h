@@ -12,6 +12,7 @@
 #include <utility>
 
 #include "absl/status/statusor.h"
+#include "shard/cuda/decode_gemm.h"
 #include "shard/cuda/device_buffer.h"
 #include "shard/cuda/kernels.h"
 
@@ -36,19 +37,31 @@ struct GemmArgs {
   int64_t stride_a = 0, stride_w = 0, stride_c = 0;
 };
 
+// Which kernel takes a bf16 weight product of M rows (decode sizes; cuBLASLt takes the rest and whatever a
+// kernel does not suit).
+struct GemmOptions {
+  size_t workspace_bytes = size_t{32} << 20;  // cuBLASLt's
+  // M <= kSmallBatchMaxRows: kernels::SmallBatchGemm, one warp per output streaming the weights once.
+  bool small_batch_kernel = true;
+  // M from decode_mma_min_rows to kDecodeMmaMaxRows: the tensor-core decode kernel (decode_gemm.h). Rows below
+  // kSmallBatchMaxRows + 1 go to it only when small_batch_kernel is off or decode_mma_min_rows is lowered.
+  bool decode_mma_kernel = true;
+  int decode_mma_min_rows = kSmallBatchMaxRows + 1;
+  int multiprocessors = 132;  // the device's, for the decode kernel's split of K
+};
+
 // Not thread-safe: one stream's products at a time.
 class Gemm {
  public:
-  // With `small_batch_kernel`, weight products of at most kSmallBatchMaxRows rows (decode) use
-  // kernels::SmallBatchGemm, which streams the weights once with one warp per output; larger ones, and shapes it
-  // does not suit, cuBLASLt.
-  static absl::StatusOr<std::unique_ptr<Gemm>> Create(size_t workspace_bytes = size_t{32} << 20,
-                                                      bool small_batch_kernel = true);
+  static absl::StatusOr<std::unique_ptr<Gemm>> Create(const GemmOptions& options = {});
   ~Gemm();
 
-  // Products of at most kSmallBatchMaxRows rows are computed without split-K, so a row's result does not depend
-  // on the other rows of the batch; larger ones take cuBLASLt's first choice.
+  // Products of decode sizes go to kernels whose result for a row does not depend on the other rows of the batch
+  // (no split-K across rows' sums: SmallBatchGemm up to kSmallBatchMaxRows rows, the decode MMA kernel up to
+  // kDecodeMmaMaxRows, each with one summation order per shape); the two kernels round differently, so a row's
+  // result changes where a batch crosses from one to the other. Larger products take cuBLASLt's first choice.
   absl::Status Run(const GemmArgs& args, cudaStream_t stream);
+  const GemmOptions& options() const { return options_; }
 
   // The common case: c[m, n] (f32, rows ldc apart) = sum_k a[m, k] * w[n, k], a's rows K apart.
   absl::Status Run(const void* a, const void* w, int64_t ldw, float* c, int64_t ldc, int64_t M, int64_t N, int64_t K,
@@ -93,8 +106,10 @@ class Gemm {
   absl::StatusOr<Plan*> PlanFor(const GemmArgs& g);
 
   cublasLtHandle_t handle_ = nullptr;
-  bool small_batch_kernel_ = true;
+  GemmOptions options_;
   DeviceBuffer workspace_;
+  DeviceBuffer decode_partials_, decode_counters_;
+  DecodeMmaWorkspace decode_ws_;
   std::map<Key, Plan> plans_;
 };
 

@@ -29,6 +29,12 @@ size_t PromptAttentionScratchBytes(int keys, int queries, int num_q, Dtype in) {
   return static_cast<size_t>(num_q) * ChunkRows(keys, queries, num_q, in) * RoundUp8(keys) * (4 + DtypeBytes(in));
 }
 
+size_t PromptAttentionMaxScratchBytes(int keys, int queries, int num_q, Dtype in) {
+  // A chunk is the budget's rows (then within the budget) or kMinChunk rows, and never more than the queries.
+  const size_t per_row = static_cast<size_t>(num_q) * RoundUp8(keys) * (4 + DtypeBytes(in));
+  return std::min(static_cast<size_t>(queries) * per_row, std::max(kScratchBudget, kMinChunk * per_row));
+}
+
 absl::Status EnqueuePromptAttention(Gemm& gemm, const PromptAttentionArgs& a, cudaStream_t stream) {
   const int64_t D = a.head_dim, eb = DtypeBytes(a.in), ob = DtypeBytes(a.out_type);
   const int chunk = ChunkRows(a.start_pos + a.tokens, a.tokens, a.num_q, a.in);

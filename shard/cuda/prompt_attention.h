@@ -38,6 +38,8 @@ struct PromptAttentionArgs {
 
 // Scratch for the scores and probabilities of one chunk of `queries` queries over at most `keys` keys.
 size_t PromptAttentionScratchBytes(int keys, int queries, int num_q, Dtype in);
+// The most PromptAttentionScratchBytes asks for any run of up to `queries` queries over up to `keys` keys.
+size_t PromptAttentionMaxScratchBytes(int keys, int queries, int num_q, Dtype in);
 
 absl::Status EnqueuePromptAttention(Gemm& gemm, const PromptAttentionArgs& a, cudaStream_t stream);
 

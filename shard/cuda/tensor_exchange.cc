@@ -1,5 +1,8 @@
 #include "shard/cuda/tensor_exchange.h"
 
+#include <map>
+#include <memory>
+#include <mutex>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -13,6 +16,11 @@ class SingleRankExchange : public TensorExchange {
   int rank() const override { return 0; }
   int world() const override { return 1; }
   absl::Status AllReduceSum(float*, size_t, cudaStream_t) override { return absl::OkStatus(); }
+  absl::Status EnqueueAllReduceSum(float*, size_t, cudaStream_t) override { return absl::OkStatus(); }
+  absl::Status Wait(cudaStream_t stream) override {
+    GEMMA_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream));
+    return absl::OkStatus();
+  }
   absl::Status AllGather(const float* in, size_t count, float* out, cudaStream_t stream) override {
     if (in == out || count == 0) return absl::OkStatus();
     GEMMA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(out, in, count * sizeof(float), cudaMemcpyDeviceToDevice, stream));
@@ -34,6 +42,11 @@ class DeviceExchange : public TensorExchange {
     GEMMA_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream));
     return c_->AllGather(ConstDeviceFloats(in, count), DeviceFloats(out, count * static_cast<size_t>(world())));
   }
+  // NCCL on the step's own stream: a graph captures it, and nothing waits until the step's end.
+  absl::Status EnqueueAllReduceSum(float* data, size_t count, cudaStream_t stream) override {
+    return c_->EnqueueAllReduceSum(DeviceFloats(data, count), stream);
+  }
+  absl::Status Wait(cudaStream_t stream) override { return c_->WaitStream(stream); }
 
  private:
   std::shared_ptr<DeviceCollective> c_;
@@ -56,17 +69,61 @@ class StagedHostExchange : public TensorExchange {
     return ToDevice(host_, count, data, stream);
   }
 
+  // Device -> pinned host, the host collective in a host function on the stream, host -> device: all stream-ordered,
+  // so a graph captures the three as nodes. The host function runs on the CUDA runtime's thread while the step's
+  // thread waits in Wait, so the collective is never used by two threads at once.
+  absl::Status EnqueueAllReduceSum(float* data, size_t count, cudaStream_t stream) override {
+    if (count == 0) return absl::OkStatus();
+    if (count > capacity_) {
+      return absl::FailedPreconditionError(absl::StrCat("an enqueued all-reduce of ", count,
+                                                        " floats exceeds the ", capacity_, " reserved"));
+    }
+    auto& call = calls_[count];  // one record per size: graphs keep its address
+    if (call == nullptr) call = std::make_unique<HostCall>(HostCall{this, count});
+    GEMMA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(host_, data, count * sizeof(float), cudaMemcpyDeviceToHost, stream));
+    GEMMA_CUDA_RETURN_IF_ERROR(cudaLaunchHostFunc(stream, &StagedHostExchange::RunHostCall, call.get()));
+    GEMMA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(data, host_, count * sizeof(float), cudaMemcpyHostToDevice, stream));
+    return absl::OkStatus();
+  }
+  absl::Status Wait(cudaStream_t stream) override {
+    GEMMA_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream));
+    std::lock_guard<std::mutex> lock(error_mu_);
+    return host_error_;  // stays failed: the ranks no longer agree on the step
+  }
+  absl::Status Reserve(size_t floats) override { return Grow(floats); }
+
   absl::Status AllGather(const float* in, size_t count, float* out, cudaStream_t stream) override {
     const size_t all = count * static_cast<size_t>(world());
-    if (auto s = Reserve(count + all); !s.ok()) return s;
+    if (auto s = Grow(count + all); !s.ok()) return s;
     if (auto s = ToHost(in, count, stream); !s.ok()) return s;
     if (auto s = c_->AllGather(host_, count, host_ + count); !s.ok()) return s;
     return ToDevice(host_ + count, all, out, stream);
   }
 
  private:
-  absl::Status Reserve(size_t floats) {
+  struct HostCall {
+    StagedHostExchange* self;
+    size_t count;
+  };
+  static void RunHostCall(void* arg) {
+    const auto* call = static_cast<const HostCall*>(arg);
+    StagedHostExchange* self = call->self;
+    {
+      std::lock_guard<std::mutex> lock(self->error_mu_);
+      if (!self->host_error_.ok()) return;
+    }
+    absl::Status s = self->c_->AllReduceSum(self->host_, call->count);
+    if (!s.ok()) {
+      std::lock_guard<std::mutex> lock(self->error_mu_);
+      self->host_error_ = std::move(s);
+    }
+  }
+  // Moving host_ would leave captured graphs copying to freed memory: once calls_ holds a record, it never moves.
+  absl::Status Grow(size_t floats) {
     if (floats <= capacity_) return absl::OkStatus();
+    if (!calls_.empty()) {
+      return absl::FailedPreconditionError("the staging buffer cannot grow once sums were enqueued");
+    }
     GEMMA_CUDA_RETURN_IF_ERROR(cudaSetDevice(device_));
     if (host_ != nullptr) GEMMA_CUDA_RETURN_IF_ERROR(cudaFreeHost(host_));
     host_ = nullptr;
@@ -79,7 +136,7 @@ class StagedHostExchange : public TensorExchange {
   }
   // Into host_[0, count), once the stream's earlier work (which wrote `in`, and read host_ last time) is done.
   absl::Status ToHost(const float* in, size_t count, cudaStream_t stream) {
-    if (auto s = Reserve(count); !s.ok()) return s;
+    if (auto s = Grow(count); !s.ok()) return s;
     GEMMA_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream));
     GEMMA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(host_, in, count * sizeof(float), cudaMemcpyDeviceToHost, stream));
     GEMMA_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream));
@@ -95,6 +152,9 @@ class StagedHostExchange : public TensorExchange {
   int device_;
   float* host_ = nullptr;  // pinned
   size_t capacity_ = 0;    // floats
+  std::map<size_t, std::unique_ptr<HostCall>> calls_;
+  std::mutex error_mu_;
+  absl::Status host_error_;
 };
 
 }  // namespace

@@ -21,6 +21,13 @@ class TensorExchange {
   virtual int world() const = 0;
   // data[i] = sum over ranks of data[i]; `data` is device memory.
   virtual absl::Status AllReduceSum(float* device_data, size_t count, cudaStream_t stream) = 0;
+  // The same sum, only enqueued on `stream` (nothing waits for the device), so that a CUDA graph can capture it
+  // with the step's kernels; the caller then waits with Wait. Unimplemented where the exchange cannot.
+  virtual absl::Status EnqueueAllReduceSum(float* device_data, size_t count, cudaStream_t stream) = 0;
+  // Waits for the stream's work, enqueued sums included; fails as the collective does when a peer dies or hangs.
+  virtual absl::Status Wait(cudaStream_t stream) = 0;
+  // Makes the calls of up to `floats` floats allocate nothing later (nor inside a graph capture).
+  virtual absl::Status Reserve(size_t floats) { return absl::OkStatus(); }
   // out[r * count + i] = rank r's in[i]; both device memory, out holds world() * count floats.
   virtual absl::Status AllGather(const float* device_in, size_t count, float* device_out, cudaStream_t stream) = 0;
 };

@@ -1,0 +1,197 @@
+// Device memory planned at start: every step buffer at the size of the largest step, one such step run over a
+// temporary cache, then the KV cache sized from what is left (memory_plan.h).
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "shard/cuda/cuda_backend_impl.h"
+#include "shard/cuda/cuda_status.h"
+#include "shard/cuda/prompt_attention.h"
+
+namespace gemma::cuda {
+namespace {
+
+class CudaDeviceMemory : public DeviceMemory {
+ public:
+  absl::StatusOr<DeviceMemoryReading> Read() override {
+    size_t free_bytes = 0, total = 0;
+    GEMMA_CUDA_RETURN_IF_ERROR(cudaMemGetInfo(&free_bytes, &total));
+    return DeviceMemoryReading{static_cast<int64_t>(free_bytes), static_cast<int64_t>(total)};
+  }
+};
+
+// Graphs captured later, one per decode batch size, take a little device memory each.
+int64_t GraphReserveBytes(bool graphs, int max_sequences) {
+  return graphs ? (int64_t{64} << 20) + static_cast<int64_t>(std::min(max_sequences, 256)) * (int64_t{1} << 20) : 0;
+}
+
+std::string LimitsText(const StepLimits& l) {
+  return absl::StrCat(l.max_tokens, " tokens, ", l.max_sequences, " sequences, ", l.max_context, " positions");
+}
+
+}  // namespace
+
+absl::Status CudaBackend::ReserveStepBuffers() {
+  const ModelConfig& c = config();
+  const TensorParallel& tp = weights_->tp();
+  const int64_t H = c.hidden_size, D = c.head_dim, I = tp.ffn_size, ab = DtypeBytes(act_);
+  const int64_t q_dim = tp.num_q_heads * D, kv_dim = tp.num_kv_heads * D, qkv_ld = q_dim + 2 * kv_dim;
+  // A step has a token per sequence at least; every token may want its logits row (scoring).
+  const int64_t T = limits_.max_tokens, R = T, B = std::min<int64_t>(limits_.max_sequences, T);
+  const int max_blocks = (limits_.max_context + block_size_ - 1) / block_size_;
+  const size_t meta_bytes = StepMeta::Bytes(T, B, max_blocks);
+  GEMMA_CUDA_RETURN_IF_ERROR(cudaMallocHost(&host_meta_, meta_bytes));
+  host_meta_bytes_ = meta_bytes;
+  struct Want {
+    Scratch* scratch;
+    int64_t bytes;
+    const char* what;
+  };
+  // The sizes ForwardAndSample, PromptScratchFor and SampleOnDevice ask for, at their largest.
+  std::vector<Want> wants = {
+      {&meta_, static_cast<int64_t>(meta_bytes), "step metadata"},
+      {&x_, T * H * 4, "activations"},
+      {&xn_, T * H * ab, "activations"},
+      {&qkv_, T * qkv_ld * 4, "activations"},
+      {&attn_, T * q_dim * ab, "activations"},
+      {&proj_, T * H * 4, "activations"},
+      {&gate_up_, T * 2 * I * 4, "activations"},
+      {&act_buf_, T * I * ab, "activations"},
+      {&logits_, R * tp.vocab_slice * 4, "logits"},
+      // Flash-decoding's splits make at most 2 * multiprocessors blocks beyond one per (token, head).
+      {&partials_, (B * tp.num_q_heads + 2 * multiprocessors_) * (D + 2) * 4, "attention partials"},
+      {&prompt_scores_,
+       static_cast<int64_t>(PromptAttentionMaxScratchBytes(limits_.max_context, static_cast<int>(T), tp.num_q_heads, act_)),
+       "prompt attention scores"},
+      {&prompt_kv_, static_cast<int64_t>(limits_.max_context) * 2 * kv_dim * ab, "prompt attention keys and values"},
+      {&sampling_, R * static_cast<int64_t>(sizeof(RowSampling) + 8), "sampling"},
+  };
+  if (act_ == Dtype::kBf16) wants.push_back({&prompt_qkv_, T * qkv_ld * 2, "prompt attention inputs"});
+  if (tp.world > 1) {
+    wants.push_back({&gathered_, tp.world * R * tp.vocab_slice * 4, "gathered logits"});
+    wants.push_back({&placed_, R * c.vocab_size * 4, "logits"});
+  }
+  int64_t total = 0;
+  for (const Want& w : wants) {
+    auto p = w.scratch->At(static_cast<size_t>(std::max<int64_t>(w.bytes, 1)), w.what);
+    if (!p.ok()) {
+      return absl::ResourceExhaustedError(absl::StrCat(p.status().message(), " (buffers for the largest step: ",
+                                                       LimitsText(limits_), "; allowed: smaller --max_tokens_per_step, "
+                                                       "--max_batch_size or --max_model_len)"));
+    }
+    w.scratch->fixed = true;
+    total += static_cast<int64_t>(w.scratch->buffer.bytes());
+  }
+  memory_.step_buffers = total;
+  ++buffers_generation_;
+  return exchange_->Reserve(static_cast<size_t>(std::max(T * H, (1 + tp.world) * R * tp.vocab_slice)));
+}
+
+absl::Status CudaBackend::AllocateKv(int64_t blocks, const std::string& what) {
+  const int64_t block_bytes = block_stride_ * DtypeBytes(act_);
+  kv_ = DeviceBuffer();
+  auto kv = DeviceBuffer::Allocate(static_cast<size_t>(blocks * block_bytes), what);
+  if (!kv.ok()) return kv.status();
+  kv_ = std::move(*kv);
+  num_blocks_ = static_cast<int>(blocks);
+  ++buffers_generation_;
+  return absl::OkStatus();
+}
+
+absl::Status CudaBackend::ProfileAndAllocateKv(const KvCacheOptions& kv_options) {
+  const ModelConfig& c = config();
+  const TensorParallel& tp = weights_->tp();
+  const int64_t block_bytes = block_stride_ * DtypeBytes(act_);
+  const int context_blocks = (limits_.max_context + block_size_ - 1) / block_size_;
+  if (auto s = AllocateKv(context_blocks, "a KV cache for one sequence of the longest context (measuring the largest "
+                                          "step)");
+      !s.ok()) {
+    return absl::ResourceExhaustedError(absl::StrCat(s.message(), "; allowed: a smaller --max_model_len"));
+  }
+  // The largest prompt step (the longest chunk, ending at the longest context, every row's logits), then the largest
+  // decode batch sampled on the device: every kernel and library path a step takes is loaded and run once.
+  std::vector<int32_t> table(context_blocks);
+  for (int i = 0; i < context_blocks; ++i) table[i] = i;
+  const int prompt = std::min(limits_.max_tokens, limits_.max_context);
+  std::vector<int32_t> ids(prompt, c.bos_id);
+  SequenceStep chunk{ids, limits_.max_context - prompt, table, LogitsWanted::kAll};
+  StepLogits logits;
+  std::vector<SampledToken> sampled;
+  if (auto s = ForwardAndSample({&chunk, 1}, {}, false, &logits, &sampled); !s.ok()) {
+    return absl::Status(s.code(), absl::StrCat("the largest prompt step failed at start: ", s.message()));
+  }
+  const int batch = std::min(limits_.max_sequences, limits_.max_tokens);
+  std::vector<SequenceStep> decode(batch, SequenceStep{std::span<const int32_t>(ids.data(), 1), 0,
+                                                       std::span<const int32_t>(table.data(), 1), LogitsWanted::kLast});
+  std::vector<RowSample> samples(batch);
+  for (int i = 0; i < batch; ++i) samples[i].row = i;
+  if (auto s = ForwardAndSample(decode, samples, false, &logits, &sampled); !s.ok()) {
+    return absl::Status(s.code(), absl::StrCat("the largest decode step failed at start: ", s.message()));
+  }
+  kv_ = DeviceBuffer();  // the measure below leaves out the temporary cache
+  GEMMA_CUDA_RETURN_IF_ERROR(cudaDeviceSynchronize());
+
+  KvPlanRequest request;
+  request.fraction = kv_options.memory_fraction;
+  request.fixed_blocks = kv_options.num_blocks > 0 ? kv_options.num_blocks : kv_options.max_bytes / block_bytes;
+  request.block_bytes = block_bytes;
+  request.min_blocks = context_blocks;
+  request.reserve_bytes = GraphReserveBytes(graphs_enabled_, limits_.max_sequences);
+  request.limits = LimitsText(limits_);
+  CudaDeviceMemory device;
+  auto plan = PlanKvCache(device, request);
+  if (!plan.ok()) return plan.status();
+  int64_t blocks = std::min<int64_t>(plan->blocks, INT32_MAX);
+  if (tp.world > 1) {
+    // One block id space for the group: every rank takes the smallest plan. Counts travel as two exact 16-bit
+    // halves, since a float holds integers exactly only up to 2^24.
+    std::vector<float> mine = {static_cast<float>(blocks >> 16), static_cast<float>(blocks & 0xffff)};
+    auto buffer = DeviceBuffer::Allocate((2 + 2 * tp.world) * sizeof(float), "the KV plan exchange");
+    if (!buffer.ok()) return buffer.status();
+    GEMMA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(buffer->get(), mine.data(), 2 * sizeof(float), cudaMemcpyHostToDevice, stream_));
+    if (auto s = exchange_->AllGather(buffer->as<float>(), 2, buffer->as<float>() + 2, stream_); !s.ok()) return s;
+    std::vector<float> all(2 * tp.world);
+    GEMMA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(all.data(), buffer->as<float>() + 2, all.size() * sizeof(float),
+                                               cudaMemcpyDeviceToHost, stream_));
+    GEMMA_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
+    for (int r = 0; r < tp.world; ++r) {
+      blocks = std::min(blocks, (static_cast<int64_t>(all[2 * r]) << 16) + static_cast<int64_t>(all[2 * r + 1]));
+    }
+  }
+  if (auto s = AllocateKv(blocks, absl::StrCat("the KV cache (", blocks, " blocks of ", block_size_, " positions)"));
+      !s.ok()) {
+    return s;
+  }
+  memory_.total = plan->total_bytes;
+  memory_.used_before_kv = plan->used_bytes;
+  memory_.kv = blocks * block_bytes;
+  memory_.kv_blocks = static_cast<int>(blocks);
+  memory_.fraction = kv_options.memory_fraction;
+  memory_.limits = limits_;
+  std::fprintf(stderr,
+               "gemma CUDA backend: rank %d device memory %s: weights %s, buffers for the largest step (%s) %s, in "
+               "use before the KV cache %s; KV cache %s = %lld blocks of %d positions (%s)\n",
+               tp.rank, HumanBytes(memory_.total).c_str(), HumanBytes(memory_.weights).c_str(),
+               LimitsText(limits_).c_str(), HumanBytes(memory_.step_buffers).c_str(),
+               HumanBytes(memory_.used_before_kv).c_str(), HumanBytes(memory_.kv).c_str(),
+               static_cast<long long>(blocks), block_size_,
+               kv_options.memory_fraction > 0 ? absl::StrCat("--gpu_memory_fraction ", kv_options.memory_fraction).c_str()
+                                              : "a fixed size");
+  return absl::OkStatus();
+}
+
+}  // namespace gemma::cuda
+
+namespace gemma {
+
+absl::StatusOr<CudaMemoryReport> CudaMemoryReportOf(const Backend& backend) {
+  const auto* cuda = dynamic_cast<const cuda::CudaBackend*>(&backend);
+  if (cuda == nullptr) return absl::NotFoundError("not a CUDA backend");
+  return cuda->memory_report();
+}
+
+}  // namespace gemma
