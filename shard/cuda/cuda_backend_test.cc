@@ -22,6 +22,7 @@
 #include "shard/collective/shm_collective.h"
 #include "tests/reference_helpers.h"
 #include "tests/testdata.h"
+#include "shard/cuda/cuda_test_support.h"
 
 #ifdef GEMMA_HAVE_CUDA
 #include <cuda_runtime.h>
@@ -37,37 +38,11 @@ using testing::GemmaTinyDir;
 using testing::LogSoftmax;
 using testing::Greedy;
 
-bool HaveDevice() { return CudaBackendBuilt() && CudaDeviceCount() > 0; }
-
-std::shared_ptr<const ModelWeights> LoadWeights(const std::string& dir) {
-  auto ckpt = Checkpoint::Open(dir);
-  EXPECT_TRUE(ckpt.ok()) << ckpt.status();
-  auto weights = ModelWeights::Load(std::shared_ptr<const Checkpoint>(std::move(*ckpt)));
-  EXPECT_TRUE(weights.ok()) << weights.status();
-  return std::shared_ptr<const ModelWeights>(std::move(*weights));
-}
-
-KvCacheOptions Kv(int tokens) {
-  KvCacheOptions kv;
-  kv.num_blocks = tokens / kv.block_size;
-  return kv;
-}
-
-std::unique_ptr<Backend> OpenCuda(const std::string& dir, CudaPrecision precision,
-                                  CudaCollective collective = {}, bool graphs = true) {
-  CudaBackendOptions o;
-  o.precision = precision;
-  o.cuda_graphs = graphs;
-  auto b = CreateCudaBackend(LoadWeights(dir), Kv(4096), o, std::move(collective));
-  EXPECT_TRUE(b.ok()) << b.status();
-  return b.ok() ? std::move(*b) : nullptr;
-}
-
-std::vector<int32_t> Blocks(size_t tokens, int block_size, int first = 0) {
-  std::vector<int32_t> b(tokens / block_size + 1);
-  for (size_t i = 0; i < b.size(); ++i) b[i] = first + static_cast<int32_t>(i);
-  return b;
-}
+using cuda_testing::Blocks;
+using cuda_testing::HaveDevice;
+using cuda_testing::Kv;
+using cuda_testing::LoadWeights;
+using cuda_testing::OpenCuda;
 
 double MaxAbsDiff(const std::vector<float>& a, const std::vector<float>& b) {
   EXPECT_EQ(a.size(), b.size());
@@ -451,24 +426,16 @@ std::vector<T> ToHost(const T* d, size_t n) {
 // is the same whatever the row count (batch invariance).
 TEST_F(CudaBackendDeviceTest, SmallBatchGemmMatchesCublasAndIsBatchInvariant) {
   std::mt19937 rng(9);
-  std::normal_distribution<float> n(0.0f, 1.0f);
   const int N = 1000, K = 512, M = 8;
-  auto bf16 = [&](size_t count) {
-    std::vector<uint16_t> v(count);
-    for (auto& x : v) {
-      const float f = n(rng);
-      uint32_t bits;
-      std::memcpy(&bits, &f, 4);
-      x = static_cast<uint16_t>(bits >> 16);
-    }
-    return v;
-  };
-  const auto a = bf16(M * K), w = bf16(static_cast<size_t>(N) * K);
+  const auto a = cuda_testing::RandomBf16(M * K, rng), w = cuda_testing::RandomBf16(static_cast<size_t>(N) * K, rng);
   uint16_t *da = ToDevice(a), *dw = ToDevice(w);
   float* dc = nullptr;
   cudaMalloc(&dc, M * N * sizeof(float));
-  auto small = cuda::Gemm::Create(size_t{32} << 20, true);
-  auto lt = cuda::Gemm::Create(size_t{32} << 20, false);
+  cuda::GemmOptions only_lt;
+  only_lt.small_batch_kernel = false;
+  only_lt.decode_mma_kernel = false;
+  auto small = cuda::Gemm::Create();
+  auto lt = cuda::Gemm::Create(only_lt);
   ASSERT_TRUE(small.ok() && lt.ok());
   ASSERT_TRUE((*lt)->Run(da, dw, K, dc, N, M, N, K, cuda::Dtype::kBf16, nullptr).ok());
   const auto want = ToHost(dc, M * N);
