@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "shard/cuda/cuda_backend_impl.h"
 #include "shard/cuda/cuda_status.h"
+#include "shard/cuda/programmatic_launch.h"
 #include "shard/cuda/prompt_attention.h"
 
 namespace gemma {
@@ -267,7 +268,11 @@ absl::Status CudaBackend::ForwardAndSample(std::span<const SequenceStep> batch, 
     return absl::OkStatus();
   };
   enqueue_collectives_ = graph_step;
-  absl::Status ran = graph_step ? RunAsGraph(static_cast<int>(B), enqueue) : enqueue();
+  absl::Status ran;
+  {
+    cuda::ProgrammaticLaunchScope overlap(options_.programmatic_launch);
+    ran = graph_step ? RunAsGraph(static_cast<int>(B), enqueue) : enqueue();
+  }
   enqueue_collectives_ = false;
   if (!ran.ok()) return ran;
   // The step's enqueued all-reduces are waited for here, where a dead peer fails the step within the timeout

@@ -30,6 +30,9 @@ struct CudaBackendOptions {
   // cuBLASLt; lowering decode_mma_min_rows to 1 makes every batch up to 64 sum each row alike.
   bool decode_mma_gemm = true;
   int decode_mma_min_rows = 9;
+  // Each kernel of a step may start while the one before it finishes (programmatic dependent launch, Hopper and
+  // later; ignored before): the weight products begin streaming their weights during the previous kernel's tail.
+  bool programmatic_launch = true;
   // Runs of kPromptAttentionMinTokens prompt tokens or more attend through cuBLASLt's tensor-core products
   // instead of the tiled kernel.
   bool prompt_attention_gemm = true;

@@ -20,6 +20,8 @@
 #include "shard/checkpoint/checkpoint.h"
 #include "shard/checkpoint/checkpoint_writer.h"
 #include "shard/cuda/cuda_backend.h"
+#include "shard/cuda/cuda_bench_decode.h"
+#include "shard/cuda/cuda_bench_parts.h"
 #include "shard/cuda/device_buffer.h"
 #include "shard/cuda/gemm.h"
 #include "shard/checkpoint/progress.h"
@@ -83,64 +85,6 @@ absl::StatusOr<double> GemmTflops(int64_t M, int64_t N, int64_t K) {
   return 2.0 * M * N * K * 10 / Since(start) / 1e12;
 }
 
-nlohmann::json StageMilliseconds(const StepTimings& t) {
-  return {{"matmul", 1000 * t.matmul_seconds},
-          {"attention", 1000 * t.attention_seconds},
-          {"collective", 1000 * t.collective_seconds},
-          {"other", 1000 * t.other_seconds}};
-}
-
-std::vector<int32_t> Tokens(int n, int vocab, uint32_t seed) {
-  std::vector<int32_t> t(n);
-  t[0] = 2;
-  for (int i = 1; i < n; ++i) t[i] = 4 + static_cast<int32_t>((seed * 2654435761u + i * 40503u) % (vocab - 4));
-  return t;
-}
-
-// Greedy draws for the first `rows` logits rows: steps run as the worker runs them, tokens drawn on the device
-// and logits left there.
-std::vector<RowSample> Greedy(int rows) {
-  std::vector<RowSample> s(rows);
-  for (int i = 0; i < rows; ++i) s[i].row = i;
-  return s;
-}
-
-// Sequence s's block table: blocks_per_sequence blocks of its own, from first_block on.
-std::vector<int32_t> SequenceTable(int first_block, int blocks_per_sequence, int s) {
-  std::vector<int32_t> t(blocks_per_sequence);
-  for (int i = 0; i < blocks_per_sequence; ++i) t[i] = first_block + s * blocks_per_sequence + i;
-  return t;
-}
-
-// Tokens/s of `batch` sequences decoding `steps` tokens each after a `context`-token prompt, their blocks from
-// `first_block` on. The first two decode steps warm up (the second captures the decode graph) and are not timed.
-absl::StatusOr<double> DecodeTokensPerSecond(Backend& backend, int batch, int context, int steps, int first_block,
-                                             int blocks_per_sequence) {
-  const int vocab = backend.config().vocab_size;
-  std::vector<std::vector<int32_t>> prompts, tables;
-  for (int s = 0; s < batch; ++s) {
-    prompts.push_back(Tokens(context, vocab, 100 + s));
-    tables.push_back(SequenceTable(first_block, blocks_per_sequence, s));
-  }
-  std::vector<SequenceStep> step(batch);
-  for (int s = 0; s < batch; ++s) step[s] = {prompts[s], 0, tables[s], LogitsWanted::kLast};
-  const std::vector<RowSample> rows = Greedy(batch);
-  StepLogits logits;
-  std::vector<SampledToken> drawn;
-  if (auto st = backend.ForwardAndSample(step, rows, false, &logits, &drawn); !st.ok()) return st;
-  std::vector<int32_t> next(batch, 5);
-  double elapsed = 0;
-  for (int i = 0; i <= steps + 1; ++i) {
-    for (int s = 0; s < batch; ++s) step[s] = {{&next[s], 1}, context + i, tables[s], LogitsWanted::kLast};
-    const auto start = Clock::now();
-    if (auto st = backend.ForwardAndSample(step, rows, false, &logits, &drawn); !st.ok()) return st;
-    for (int s = 0; s < batch; ++s) next[s] = drawn[s].token;
-    if (i > 1) elapsed += Since(start);
-  }
-  return batch * steps / elapsed;
-}
-
-
 int Run() {
   const std::string dir = absl::GetFlag(FLAGS_model);
   if (dir.empty()) return Fail(absl::InvalidArgumentError("--model DIR is required"));
@@ -159,7 +103,8 @@ int Run() {
   const int context = absl::GetFlag(FLAGS_context), steps = absl::GetFlag(FLAGS_steps), prompt = absl::GetFlag(FLAGS_prompt);
   auto ckpt = Checkpoint::Open(dir);
   if (!ckpt.ok()) return Fail(ckpt.status());
-  auto weights = ModelWeights::Load(std::shared_ptr<const Checkpoint>(std::move(*ckpt)));
+  const std::shared_ptr<const Checkpoint> checkpoint(std::move(*ckpt));
+  auto weights = ModelWeights::Load(checkpoint);
   if (!weights.ok()) return Fail(weights.status());
   std::shared_ptr<const ModelWeights> w(std::move(*weights));
   const ModelConfig& c = w->config();
@@ -171,7 +116,7 @@ int Run() {
   options.stage_timing = true;  // steps launched one kernel at a time report device time per stage
   auto made = CreateCudaBackend(w, kv, options);
   if (!made.ok()) return Fail(made.status());
-  Backend& backend = **made;  // reset before the cuBLASLt-only comparison below
+  Backend& backend = **made;  // reset before the variants below
   cudaDeviceProp prop{};
   cudaGetDeviceProperties(&prop, 0);
 
@@ -215,45 +160,123 @@ int Run() {
   const double prefill_tflops =
       (2.0 * (params - head_params) * prompt + 2.0 * head_params + attention_flops) / prefill_s / 1e12;
 
-  nlohmann::json decode = nlohmann::json::array();
-  Progress progress("decode sweep", static_cast<int64_t>(batches.size()));
-  int done = 0;
-  double batch1 = 0;
+  // The floor of a decode step: every weight and every sequence's cached keys and values read once (at the sweep's
+  // mean context), at the copy bandwidth.
+  const double weight_bytes = static_cast<double>(w->WeightBytesPerStep());
+  const double kv_bytes_per_position = 2.0 * c.num_layers * c.num_kv_heads * c.head_dim * 2;
+  auto floor_ms = [&](int b) {
+    return 1000 * (weight_bytes + b * (context + steps / 2.0 + 2) * kv_bytes_per_position) / *bandwidth;
+  };
   const int first_block = static_cast<int>(prompt_blocks.size());
   const int blocks_per_sequence = static_cast<int>(per_seq / kv.block_size + 1);
-  for (int b : batches) {
-    auto tps = DecodeTokensPerSecond(backend, b, context, steps, first_block, blocks_per_sequence);
-    if (!tps.ok()) return Fail(tps.status());
-    if (b == 1) batch1 = *tps;
-    decode.push_back({{"batch", b}, {"tokens_per_s", *tps}, {"step_ms", 1000.0 * b / *tps}});
-    progress.Update(++done);
-  }
-  progress.Finish();
-
-  // One batch-1 decode step launched kernel by kernel (logits for all rows: no graph), for its stages.
-  nlohmann::json decode_stages;
-  double decode_launched_ms = 0;
-  {
-    const std::vector<int32_t> table = SequenceTable(first_block, blocks_per_sequence, 0);
-    const int32_t token = 5;
-    SequenceStep step{{&token, 1}, context, table, LogitsWanted::kAll};
-    for (int i = 0; i < 2; ++i) {
-      const auto start = Clock::now();
-      if (auto s = backend.ForwardAndSample({&step, 1}, Greedy(1), false, &logits, &drawn); !s.ok()) return Fail(s);
-      decode_launched_ms = 1000 * Since(start);
+  auto sweep = [&](Backend& b, int sweep_steps) -> absl::StatusOr<nlohmann::json> {
+    nlohmann::json rows = nlohmann::json::array();
+    for (int batch : batches) {
+      auto r = Decode(b, batch, context, sweep_steps, first_block, blocks_per_sequence);
+      if (!r.ok()) return r.status();
+      const double step_ms = 1000.0 * batch / r->tokens_per_s;
+      rows.push_back({{"batch", batch}, {"tokens_per_s", r->tokens_per_s}, {"step_ms", step_ms},
+                      {"floor_ms", floor_ms(batch)}, {"floor_fraction", floor_ms(batch) / step_ms},
+                      {"launched_step_ms", r->launched_step_ms}, {"launched_stage_ms", r->launched_stages}});
     }
-    decode_stages = StageMilliseconds(backend.last_timings());
+    return rows;
+  };
+  auto decode_or = sweep(backend, steps);
+  if (!decode_or.ok()) return Fail(decode_or.status());
+  const nlohmann::json decode = *decode_or;
+  double batch1 = 0;
+  nlohmann::json batch1_stages;
+  double batch1_launched_ms = 0;
+  for (const auto& d : decode) {
+    if (d["batch"] == 1) {
+      batch1 = d["tokens_per_s"];
+      batch1_stages = d["launched_stage_ms"];
+      batch1_launched_ms = d["launched_step_ms"];
+    }
+  }
+  made->reset();
+
+  // The same sweep with other kernel choices, each its own backend over the same weights.
+  struct Variant {
+    const char* name;
+    CudaBackendOptions options;
+  };
+  std::vector<Variant> variants;
+  variants.push_back({"no_programmatic_launch", {}});
+  variants.back().options.programmatic_launch = false;
+  variants.push_back({"cublaslt_above_8_rows", {}});
+  variants.back().options.decode_mma_gemm = false;
+  variants.push_back({"tensor_core_kernel_all_rows", {}});
+  variants.back().options.decode_mma_min_rows = 1;
+  variants.push_back({"cublaslt_only", {}});
+  variants.back().options.decode_mma_gemm = false;
+  variants.back().options.small_batch_gemm = false;
+  nlohmann::json variant_results = nlohmann::json::object();
+  double batch1_cublaslt = 0;
+  {
+    Progress progress("decode sweep of kernel variants", static_cast<int64_t>(variants.size()));
+    int done = 0;
+    for (const Variant& v : variants) {
+      auto b = CreateCudaBackend(w, kv, v.options);
+      if (!b.ok()) return Fail(b.status());
+      auto rows = sweep(**b, std::max(8, steps / 2));
+      if (!rows.ok()) return Fail(rows.status());
+      variant_results[v.name] = *rows;
+      if (std::string(v.name) == "cublaslt_only") {
+        for (const auto& d : *rows) {
+          if (d["batch"] == 1) batch1_cublaslt = d["tokens_per_s"];
+        }
+      }
+      progress.Update(++done);
+    }
+    progress.Finish();
   }
 
-  // Batch-1 decode once more with cuBLASLt for the decode GEMMs too, to compare with the weight-streaming kernel.
-  made->reset();
-  CudaBackendOptions without_small;
-  without_small.small_batch_gemm = false;
-  auto lt_backend = CreateCudaBackend(w, kv, without_small);
-  if (!lt_backend.ok()) return Fail(lt_backend.status());
-  auto batch1_cublaslt = DecodeTokensPerSecond(**lt_backend, 1, context, steps, first_block, blocks_per_sequence);
-  if (!batch1_cublaslt.ok()) return Fail(batch1_cublaslt.status());
-  const double weight_bytes = static_cast<double>(w->WeightBytesPerStep());
+  auto gemm_sweep = DecodeGemmSweep(c, *bandwidth);
+  if (!gemm_sweep.ok()) return Fail(gemm_sweep.status());
+
+  // Memory planned as the worker plans it by default: the cache from 90% of the device after the largest step
+  // (the default limits); then that step at once, on a full device.
+  nlohmann::json planned;
+  {
+    KvCacheOptions plan_kv;
+    plan_kv.memory_fraction = 0.9;
+    const auto plan_start = Clock::now();
+    auto b = CreateCudaBackend(w, plan_kv, {});
+    if (!b.ok()) return Fail(b.status());
+    const double start_s = Since(plan_start);
+    auto report = CudaMemoryReportOf(**b);
+    if (!report.ok()) return Fail(report.status());
+    const StepLimits& l = report->limits;
+    const int tokens = std::min(l.max_tokens, l.max_context);
+    const auto ids = Tokens(tokens, c.vocab_size, 3);
+    std::vector<int32_t> table((l.max_context + 15) / 16);
+    for (size_t i = 0; i < table.size(); ++i) table[i] = static_cast<int32_t>(i);
+    SequenceStep largest{ids, l.max_context - tokens, table, LogitsWanted::kLast};
+    const absl::Status ran = (*b)->ForwardAndSample({&largest, 1}, Greedy(1), false, &logits, &drawn);
+    planned = {{"gpu_memory_fraction", 0.9}, {"total_bytes", report->total}, {"weights_bytes", report->weights},
+               {"step_buffer_bytes", report->step_buffers}, {"used_before_kv_bytes", report->used_before_kv},
+               {"kv_bytes", report->kv}, {"kv_blocks", report->kv_blocks}, {"kv_tokens", report->kv_blocks * 16},
+               {"max_tokens_per_step", l.max_tokens}, {"max_batch_size", l.max_sequences},
+               {"max_model_len", l.max_context}, {"start_seconds", start_s},
+               {"largest_step_right_after_start", ran.ok() ? "ok" : std::string(ran.message())}};
+  }
+
+  // Two ranks sharing this GPU over a host collective (every all-reduce through host memory), against one rank.
+  nlohmann::json tp2 = nlohmann::json::array();
+  for (int b : {1, 16}) {
+    for (bool graphs : {true, false}) {
+      auto tps = TensorParallelTwoDecode(checkpoint, kv, b, context, std::max(8, steps / 2), graphs);
+      if (!tps.ok()) return Fail(tps.status());
+      double tp1 = 0;
+      for (const auto& d : decode) {
+        if (d["batch"] == b) tp1 = d["tokens_per_s"];
+      }
+      tp2.push_back({{"batch", b}, {"graphs", graphs}, {"tokens_per_s", *tps}, {"step_ms", 1000.0 * b / *tps},
+                     {"tp1_step_ms", tp1 > 0 ? 1000.0 * b / tp1 : 0.0}});
+    }
+  }
+
   nlohmann::json out = {{"gpu", prop.name},
                         {"model", c.DebugString()},
                         {"weight_bytes_per_step", weight_bytes},
@@ -261,15 +284,19 @@ int Run() {
                         {"decode_context", context},
                         {"decode", decode},
                         {"decode_batch1_bandwidth_fraction", batch1 > 0 ? weight_bytes * batch1 / *bandwidth : 0.0},
-                        {"decode_batch1_tokens_per_s_cublaslt_only", *batch1_cublaslt},
+                        {"decode_batch1_tokens_per_s_cublaslt_only", batch1_cublaslt},
+                        {"decode_variants", variant_results},
+                        {"decode_gemm_sweep", *gemm_sweep},
+                        {"planned_memory", planned},
+                        {"tp2_one_gpu_host_collective", tp2},
                         {"prefill_tokens", prompt},
                         {"prefill_tokens_per_s", prompt / prefill_s},
                         {"prefill_tflops", prefill_tflops},
                         {"prefill_stage_ms", prefill_stages},
                         {"prefill_chunk", chunk},
                         {"prefill_chunked_tokens_per_s", prompt / chunked_s},
-                        {"decode_batch1_launched_step_ms", decode_launched_ms},
-                        {"decode_batch1_launched_stage_ms", decode_stages},
+                        {"decode_batch1_launched_step_ms", batch1_launched_ms},
+                        {"decode_batch1_launched_stage_ms", batch1_stages},
                         {"prefill_seconds", prefill_s},
                         {"gemm_bf16_tflops", *gemm_tflops},
                         {"prefill_fraction_of_gemm", prefill_tflops / *gemm_tflops}};

@@ -8,6 +8,7 @@
 #include <cuda_bf16.h>
 
 #include "shard/cuda/decode_gemm.h"
+#include "shard/cuda/launch.cuh"
 
 namespace gemma::cuda {
 namespace {
@@ -42,15 +43,29 @@ __global__ void __launch_bounds__(kWarps * 32)
 #pragma unroll
   for (int j = 0; j < kTiles; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.0f;
 
+  // Streamed once (evict-first), so that the activations every warp rereads stay cached.
+  auto load = [&](int k0, uint4 (&lo)[kUnroll], uint4 (&hi)[kUnroll]) {
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int k = k0 + u * kDecodeMmaChunk;
+      lo[u] = k < k_end ? __ldcs(reinterpret_cast<const uint4*>(w_lo + k)) : make_uint4(0, 0, 0, 0);
+      hi[u] = k < k_end ? __ldcs(reinterpret_cast<const uint4*>(w_hi + k)) : make_uint4(0, 0, 0, 0);
+    }
+  };
+  // The weights do not depend on the kernel before: their first loads go out before waiting for it, and each
+  // round's loads before the previous round's products.
+  kernels::LetNextLaunch();
+  uint4 next_lo[kUnroll], next_hi[kUnroll];
+  load(k_begin, next_lo, next_hi);
+  kernels::WaitForPrevious();
   for (int k0 = k_begin; k0 < k_end; k0 += kUnroll * kDecodeMmaChunk) {
     uint4 wl[kUnroll], wh[kUnroll];
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
-      const int k = k0 + u * kDecodeMmaChunk;
-      // Streamed once (evict-first), so that the activations every warp rereads stay cached.
-      wl[u] = k < k_end ? __ldcs(reinterpret_cast<const uint4*>(w_lo + k)) : make_uint4(0, 0, 0, 0);
-      wh[u] = k < k_end ? __ldcs(reinterpret_cast<const uint4*>(w_hi + k)) : make_uint4(0, 0, 0, 0);
+      wl[u] = next_lo[u];
+      wh[u] = next_hi[u];
     }
+    if (k0 + kUnroll * kDecodeMmaChunk < k_end) load(k0 + kUnroll * kDecodeMmaChunk, next_lo, next_hi);
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       const int k = k0 + u * kDecodeMmaChunk;
@@ -102,11 +117,11 @@ __global__ void __launch_bounds__(kWarps * 32)
 }
 
 template <int kTiles>
-void Launch(const __nv_bfloat16* a, const __nv_bfloat16* w, int64_t ldw, float* c, int64_t ldc, int M, int N, int K,
+void LaunchTiles(const __nv_bfloat16* a, const __nv_bfloat16* w, int64_t ldw, float* c, int64_t ldc, int M, int N, int K,
             int splits, const DecodeMmaWorkspace& ws, cudaStream_t stream) {
   const dim3 grid((N + kDecodeMmaFeaturesPerBlock - 1) / kDecodeMmaFeaturesPerBlock, splits);
-  DecodeMma<kTiles><<<grid, kWarps * 32, 0, stream>>>(a, w, ldw, c, ldc, M, N, K, K / splits, ws.partials,
-                                                       ws.counters);
+  Launch(DecodeMma<kTiles>, grid, dim3(kWarps * 32), stream, a, w, ldw, c, ldc, M, N, K, K / splits, ws.partials,
+         ws.counters);
 }
 
 }  // namespace
@@ -131,14 +146,14 @@ cudaError_t LaunchDecodeMmaGemm(const void* a, const void* w, int64_t ldw, float
   const auto* a16 = static_cast<const __nv_bfloat16*>(a);
   const auto* w16 = static_cast<const __nv_bfloat16*>(w);
   switch ((M + 7) / 8) {
-    case 1: Launch<1>(a16, w16, ldw, c, ldc, M, N, K, splits, ws, stream); break;
-    case 2: Launch<2>(a16, w16, ldw, c, ldc, M, N, K, splits, ws, stream); break;
-    case 3: Launch<3>(a16, w16, ldw, c, ldc, M, N, K, splits, ws, stream); break;
-    case 4: Launch<4>(a16, w16, ldw, c, ldc, M, N, K, splits, ws, stream); break;
-    case 5: Launch<5>(a16, w16, ldw, c, ldc, M, N, K, splits, ws, stream); break;
-    case 6: Launch<6>(a16, w16, ldw, c, ldc, M, N, K, splits, ws, stream); break;
-    case 7: Launch<7>(a16, w16, ldw, c, ldc, M, N, K, splits, ws, stream); break;
-    case 8: Launch<8>(a16, w16, ldw, c, ldc, M, N, K, splits, ws, stream); break;
+    case 1: LaunchTiles<1>(a16, w16, ldw, c, ldc, M, N, K, splits, ws, stream); break;
+    case 2: LaunchTiles<2>(a16, w16, ldw, c, ldc, M, N, K, splits, ws, stream); break;
+    case 3: LaunchTiles<3>(a16, w16, ldw, c, ldc, M, N, K, splits, ws, stream); break;
+    case 4: LaunchTiles<4>(a16, w16, ldw, c, ldc, M, N, K, splits, ws, stream); break;
+    case 5: LaunchTiles<5>(a16, w16, ldw, c, ldc, M, N, K, splits, ws, stream); break;
+    case 6: LaunchTiles<6>(a16, w16, ldw, c, ldc, M, N, K, splits, ws, stream); break;
+    case 7: LaunchTiles<7>(a16, w16, ldw, c, ldc, M, N, K, splits, ws, stream); break;
+    case 8: LaunchTiles<8>(a16, w16, ldw, c, ldc, M, N, K, splits, ws, stream); break;
     default: return cudaErrorInvalidValue;
   }
   return cudaGetLastError();

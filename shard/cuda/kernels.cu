@@ -3,6 +3,15 @@
 #include "shard/cuda/kernels.h"
 
 namespace gemma::cuda {
+
+namespace {
+thread_local bool programmatic_launch = false;
+}  // namespace
+
+bool ProgrammaticLaunchEnabled() { return programmatic_launch; }
+ProgrammaticLaunchScope::ProgrammaticLaunchScope(bool on) : before_(programmatic_launch) { programmatic_launch = on; }
+ProgrammaticLaunchScope::~ProgrammaticLaunchScope() { programmatic_launch = before_; }
+
 namespace {
 
 using kernels::kAttentionWarps;
@@ -19,16 +28,16 @@ int Blocks(int64_t n, int threads) {
 
 cudaError_t LaunchEmbed(const uint16_t* embed, int64_t rows, int64_t hidden, const int32_t* tokens, int T,
                         int64_t vocab_begin, float scale, float* x, cudaStream_t stream) {
-  kernels::Embed<<<T, 256, 0, stream>>>(embed, rows, hidden, tokens, vocab_begin, scale, x);
+  Launch(kernels::Embed, dim3(T), dim3(256), stream, embed, rows, hidden, tokens, vocab_begin, scale, x);
   return cudaGetLastError();
 }
 
 cudaError_t LaunchRmsNorm(const float* x, const int32_t* rows, int R, int64_t hidden, const float* w1p, float eps,
                           void* out, Dtype out_type, cudaStream_t stream) {
   if (out_type == Dtype::kF32) {
-    kernels::RmsNorm<<<R, kNormThreads, 0, stream>>>(x, rows, hidden, w1p, eps, static_cast<float*>(out));
+    Launch(kernels::RmsNorm<float>, dim3(R), dim3(kNormThreads), stream, x, rows, hidden, w1p, eps, static_cast<float*>(out));
   } else {
-    kernels::RmsNorm<<<R, kNormThreads, 0, stream>>>(x, rows, hidden, w1p, eps, static_cast<__nv_bfloat16*>(out));
+    Launch(kernels::RmsNorm<__nv_bfloat16>, dim3(R), dim3(kNormThreads), stream, x, rows, hidden, w1p, eps, static_cast<__nv_bfloat16*>(out));
   }
   return cudaGetLastError();
 }
@@ -36,15 +45,15 @@ cudaError_t LaunchRmsNorm(const float* x, const int32_t* rows, int R, int64_t hi
 cudaError_t LaunchAddRmsNorm(float* x, const float* delta, int T, int64_t hidden, const float* w1p, float eps,
                              void* out, Dtype out_type, cudaStream_t stream) {
   if (out_type == Dtype::kF32) {
-    kernels::AddRmsNorm<<<T, kNormThreads, 0, stream>>>(x, delta, hidden, w1p, eps, static_cast<float*>(out));
+    Launch(kernels::AddRmsNorm<float>, dim3(T), dim3(kNormThreads), stream, x, delta, hidden, w1p, eps, static_cast<float*>(out));
   } else {
-    kernels::AddRmsNorm<<<T, kNormThreads, 0, stream>>>(x, delta, hidden, w1p, eps, static_cast<__nv_bfloat16*>(out));
+    Launch(kernels::AddRmsNorm<__nv_bfloat16>, dim3(T), dim3(kNormThreads), stream, x, delta, hidden, w1p, eps, static_cast<__nv_bfloat16*>(out));
   }
   return cudaGetLastError();
 }
 
 cudaError_t LaunchAdd(float* x, const float* delta, int64_t n, cudaStream_t stream) {
-  kernels::Add<<<Blocks(n, 256), 256, 0, stream>>>(x, delta, n);
+  Launch(kernels::Add, dim3(Blocks(n, 256)), dim3(256), stream, x, delta, n);
   return cudaGetLastError();
 }
 
@@ -53,11 +62,11 @@ cudaError_t LaunchRopeAndCacheWrite(float* qkv, int T, int64_t ld, int num_q, in
                                     int64_t head_stride, void* k_cache, void* v_cache, Dtype kv_type, float q_scale,
                                     cudaStream_t stream) {
   if (kv_type == Dtype::kF32) {
-    kernels::RopeAndCacheWrite<<<dim3(T, num_q + num_kv), 128, 0, stream>>>(qkv, ld, num_q, num_kv, head_dim, cos_sin, positions, cache_row,
+    Launch(kernels::RopeAndCacheWrite<float>, dim3(T, num_q + num_kv), dim3(128), stream, qkv, ld, num_q, num_kv, head_dim, cos_sin, positions, cache_row,
                                                       head_stride, static_cast<float*>(k_cache),
                                                       static_cast<float*>(v_cache), q_scale);
   } else {
-    kernels::RopeAndCacheWrite<<<dim3(T, num_q + num_kv), 128, 0, stream>>>(qkv, ld, num_q, num_kv, head_dim, cos_sin, positions, cache_row,
+    Launch(kernels::RopeAndCacheWrite<__nv_bfloat16>, dim3(T, num_q + num_kv), dim3(128), stream, qkv, ld, num_q, num_kv, head_dim, cos_sin, positions, cache_row,
                                                       head_stride, static_cast<__nv_bfloat16*>(k_cache),
                                                       static_cast<__nv_bfloat16*>(v_cache), q_scale);
   }
@@ -67,9 +76,9 @@ cudaError_t LaunchRopeAndCacheWrite(float* qkv, int T, int64_t ld, int num_q, in
 cudaError_t LaunchGeluMul(const float* gate_up, int T, int64_t I, void* out, Dtype out_type, cudaStream_t stream) {
   const int64_t n = T * I;
   if (out_type == Dtype::kF32) {
-    kernels::GeluMul<<<Blocks(n, 256), 256, 0, stream>>>(gate_up, I, n, static_cast<float*>(out));
+    Launch(kernels::GeluMul<float>, dim3(Blocks(n, 256)), dim3(256), stream, gate_up, I, n, static_cast<float*>(out));
   } else {
-    kernels::GeluMul<<<Blocks(n, 256), 256, 0, stream>>>(gate_up, I, n, static_cast<__nv_bfloat16*>(out));
+    Launch(kernels::GeluMul<__nv_bfloat16>, dim3(Blocks(n, 256)), dim3(256), stream, gate_up, I, n, static_cast<__nv_bfloat16*>(out));
   }
   return cudaGetLastError();
 }
@@ -89,12 +98,12 @@ void Attend(const AttentionArgs& a, cudaStream_t stream) {
   auto* out = static_cast<Out*>(a.out);
   if (a.num_single > 0) {
     const int splits = a.partials != nullptr ? a.splits : 1;
-    kernels::PagedAttention<Kv, Out, kHeadDim><<<dim3(a.num_single, a.num_q, splits), kAttentionWarps * 32, 0, stream>>>(
+    Launch(kernels::PagedAttention<Kv, Out, kHeadDim>, dim3(a.num_single, a.num_q, splits), dim3(kAttentionWarps * 32), stream, 
         a.single_tokens, a.qkv, a.ld, a.head_dim, a.positions, a.seq_of_token, a.block_tables, a.max_blocks, k, v,
         a.block_size, a.block_stride, a.head_stride, a.heads_per_kv, a.q_head_begin, a.kv_head_begin, a.num_q, out,
         a.partials);
     if (splits > 1) {
-      kernels::CombineSplits<Out><<<dim3(a.num_single, a.num_q), 128, 0, stream>>>(a.single_tokens, a.partials, splits,
+      Launch(kernels::CombineSplits<Out>, dim3(a.num_single, a.num_q), dim3(128), stream, a.single_tokens, a.partials, splits,
                                                                                   a.head_dim, a.num_q, out);
     }
   }
@@ -188,14 +197,14 @@ cudaError_t SmallBatch(const T* a, const T* w, int64_t ldw, float* c, int64_t ld
                        cudaStream_t stream) {
   const int blocks = (N + 7) / 8;  // 8 warps, one output row each
   switch (M) {
-    case 1: kernels::SmallBatchGemm<T, 1><<<blocks, 256, 0, stream>>>(a, w, ldw, c, ldc, N, K); break;
-    case 2: kernels::SmallBatchGemm<T, 2><<<blocks, 256, 0, stream>>>(a, w, ldw, c, ldc, N, K); break;
-    case 3: kernels::SmallBatchGemm<T, 3><<<blocks, 256, 0, stream>>>(a, w, ldw, c, ldc, N, K); break;
-    case 4: kernels::SmallBatchGemm<T, 4><<<blocks, 256, 0, stream>>>(a, w, ldw, c, ldc, N, K); break;
-    case 5: kernels::SmallBatchGemm<T, 5><<<blocks, 256, 0, stream>>>(a, w, ldw, c, ldc, N, K); break;
-    case 6: kernels::SmallBatchGemm<T, 6><<<blocks, 256, 0, stream>>>(a, w, ldw, c, ldc, N, K); break;
-    case 7: kernels::SmallBatchGemm<T, 7><<<blocks, 256, 0, stream>>>(a, w, ldw, c, ldc, N, K); break;
-    case 8: kernels::SmallBatchGemm<T, 8><<<blocks, 256, 0, stream>>>(a, w, ldw, c, ldc, N, K); break;
+    case 1: Launch(kernels::SmallBatchGemm<T, 1>, dim3(blocks), dim3(256), stream, a, w, ldw, c, ldc, N, K); break;
+    case 2: Launch(kernels::SmallBatchGemm<T, 2>, dim3(blocks), dim3(256), stream, a, w, ldw, c, ldc, N, K); break;
+    case 3: Launch(kernels::SmallBatchGemm<T, 3>, dim3(blocks), dim3(256), stream, a, w, ldw, c, ldc, N, K); break;
+    case 4: Launch(kernels::SmallBatchGemm<T, 4>, dim3(blocks), dim3(256), stream, a, w, ldw, c, ldc, N, K); break;
+    case 5: Launch(kernels::SmallBatchGemm<T, 5>, dim3(blocks), dim3(256), stream, a, w, ldw, c, ldc, N, K); break;
+    case 6: Launch(kernels::SmallBatchGemm<T, 6>, dim3(blocks), dim3(256), stream, a, w, ldw, c, ldc, N, K); break;
+    case 7: Launch(kernels::SmallBatchGemm<T, 7>, dim3(blocks), dim3(256), stream, a, w, ldw, c, ldc, N, K); break;
+    case 8: Launch(kernels::SmallBatchGemm<T, 8>, dim3(blocks), dim3(256), stream, a, w, ldw, c, ldc, N, K); break;
     default: return cudaErrorInvalidValue;
   }
   return cudaGetLastError();

@@ -8,6 +8,8 @@
 #include <cfloat>
 #include <cstdint>
 
+#include "shard/cuda/launch.cuh"
+
 namespace gemma::cuda::kernels {
 
 __device__ __forceinline__ float Load(const float* p) { return *p; }
@@ -53,6 +55,7 @@ __device__ __forceinline__ float BlockSum(float v) {
 
 __global__ void Embed(const uint16_t* embed, int64_t rows, int64_t hidden, const int32_t* tokens, int64_t vocab_begin,
                       float scale, float* x) {
+  AfterPrevious();
   const int t = blockIdx.x;
   const int64_t local = static_cast<int64_t>(tokens[t]) - vocab_begin;
   float* out = x + t * hidden;
@@ -73,6 +76,7 @@ __device__ void NormRow(const float* x, int64_t hidden, const float* w1p, float 
 
 template <typename Out>
 __global__ void RmsNorm(const float* x, const int32_t* rows, int64_t hidden, const float* w1p, float eps, Out* out) {
+  AfterPrevious();
   const int r = blockIdx.x;
   const int64_t src = rows != nullptr ? rows[r] : r;
   NormRow(x + src * hidden, hidden, w1p, eps, out + static_cast<int64_t>(r) * hidden);
@@ -80,6 +84,7 @@ __global__ void RmsNorm(const float* x, const int32_t* rows, int64_t hidden, con
 
 template <typename Out>
 __global__ void AddRmsNorm(float* x, const float* delta, int64_t hidden, const float* w1p, float eps, Out* out) {
+  AfterPrevious();
   const int64_t t = blockIdx.x;
   float* row = x + t * hidden;
   for (int64_t i = threadIdx.x; i < hidden; i += blockDim.x) row[i] += delta[t * hidden + i];
@@ -88,6 +93,7 @@ __global__ void AddRmsNorm(float* x, const float* delta, int64_t hidden, const f
 }
 
 __global__ void Add(float* x, const float* delta, int64_t n) {
+  AfterPrevious();
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     x[i] += delta[i];
@@ -100,6 +106,7 @@ template <typename Kv>
 __global__ void RopeAndCacheWrite(float* qkv, int64_t ld, int num_q, int num_kv, int head_dim, const float* cos_sin,
                                   const int32_t* positions, const int64_t* cache_row, int64_t head_stride,
                                   Kv* k_cache, Kv* v_cache, float q_scale) {
+  AfterPrevious();
   const int t = blockIdx.x, h = blockIdx.y;  // k heads follow the q heads in the row
   const int half = head_dim / 2;
   const float* cs = cos_sin + static_cast<int64_t>(positions[t]) * head_dim;
@@ -126,6 +133,7 @@ __global__ void RopeAndCacheWrite(float* qkv, int64_t ld, int num_q, int num_kv,
 
 template <typename Out>
 __global__ void GeluMul(const float* gate_up, int64_t I, int64_t n, Out* out) {
+  AfterPrevious();
   for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < n;
        e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t t = e / I, i = e % I;
@@ -150,6 +158,7 @@ __global__ void __launch_bounds__(kAttentionWarps * 32)
                    const int32_t* seq_of_token, const int32_t* block_tables, int max_blocks, const Kv* k_cache,
                    const Kv* v_cache, int block_size, int64_t block_stride, int64_t head_stride, int heads_per_kv,
                    int q_head_begin, int kv_head_begin, int num_q, Out* out, float* partials) {
+  AfterPrevious();
   const int head_dim = kHeadDim > 0 ? kHeadDim : head_dim_arg;  // a constant where Gemma's own size is dispatched
   const int t = token_list[blockIdx.x], h = blockIdx.y, split = blockIdx.z, splits = gridDim.z;
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
@@ -250,6 +259,7 @@ __global__ void __launch_bounds__(kAttentionWarps * 32)
 template <typename Out>
 __global__ void CombineSplits(const int32_t* token_list, const float* partials, int splits, int head_dim, int num_q,
                               Out* out) {
+  AfterPrevious();
   const int t = token_list[blockIdx.x], h = blockIdx.y;
   const float* part = partials + (static_cast<int64_t>(blockIdx.x) * num_q + h) * splits * (head_dim + 2);
   float m = -FLT_MAX;
@@ -546,19 +556,30 @@ __global__ void __launch_bounds__(256) SmallBatchGemm(const T* a, const T* w, in
   constexpr int kStride = 32 * kPerLoad;  // elements between one lane's consecutive loads
   const int n = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
-  if (n >= N) return;
+  if (n >= N) return AfterPrevious();
   const T* row = w + static_cast<int64_t>(n) * ldw;
   float acc[kM];
 #pragma unroll
   for (int m = 0; m < kM; ++m) acc[m] = 0.0f;
-  for (int k0 = lane * kPerLoad; k0 < K; k0 += kStride * kUnroll) {
-    uint4 wv[kUnroll];
+  // Streamed once (evict-first), so that the activations every warp rereads stay cached.
+  auto load = [&](int k0, uint4 (&wv)[kUnroll]) {
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       const int k = k0 + u * kStride;
-      // Streamed once (evict-first), so that the activations every warp rereads stay cached.
       wv[u] = k < K ? __ldcs(reinterpret_cast<const uint4*>(row + k)) : make_uint4(0, 0, 0, 0);
     }
+  };
+  // The weights do not depend on the kernel before: their first loads go out before waiting for it, and each
+  // round's loads before the previous round's products.
+  LetNextLaunch();
+  uint4 next[kUnroll];
+  load(lane * kPerLoad, next);
+  WaitForPrevious();
+  for (int k0 = lane * kPerLoad; k0 < K; k0 += kStride * kUnroll) {
+    uint4 wv[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) wv[u] = next[u];
+    if (k0 + kStride * kUnroll < K) load(k0 + kStride * kUnroll, next);
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       const int k = k0 + u * kStride;
