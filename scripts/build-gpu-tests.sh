@@ -6,18 +6,20 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cmake -S . -B build-gpu-cmake -G Ninja -DCMAKE_BUILD_TYPE=Release -DGEMMA_BUILD_SERVICES=OFF >/dev/null
-cmake --build build-gpu-cmake --target cuda_backend_test nccl_collective_test gemma-cuda-bench
+cmake --build build-gpu-cmake --target cuda_backend_test cuda_memory_test decode_gemm_test nccl_collective_test \
+  gemma-cuda-bench
 out=build-gpu
 rm -rf "$out"
 mkdir -p "$out/lib"
-cp build-gpu-cmake/shard/cuda/cuda_backend_test build-gpu-cmake/shard/collective/nccl_collective_test \
+cp build-gpu-cmake/shard/cuda/cuda_backend_test build-gpu-cmake/shard/cuda/cuda_memory_test \
+   build-gpu-cmake/shard/cuda/decode_gemm_test build-gpu-cmake/shard/collective/nccl_collective_test \
    build-gpu-cmake/shard/cuda/gemma-cuda-bench "$out/"
 bash scripts/build.sh >/dev/null
 mkdir -p "$out/bin"
 cp build/worker/gemma-worker build/router/gemma-router build/tools/gemma build/shard/cuda/libgemma_cuda.so \
    build/tokenizer/libgemma_sentencepiece.so "$out/bin/"
 # Libraries from this machine's packages; not the C runtime, the C++ runtime or CUDA's own.
-for bin in "$out"/cuda_backend_test "$out"/nccl_collective_test "$out"/gemma-cuda-bench "$out"/bin/*; do
+for bin in "$out"/*_test "$out"/gemma-cuda-bench "$out"/bin/*; do
   ldd "$bin" | awk '/=> \// {print $3}'
 done | sort -u | grep -Ev '/(libc|libm|libdl|librt|libpthread|ld-linux[^/]*|libstdc\+\+|libgcc_s|libcuda|libcudart|libcublas[^/]*|libnccl)\.so' |
   while read -r lib; do cp -L "$lib" "$out/lib/"; done

@@ -78,17 +78,39 @@ if wants bench; then
 import json, sys
 b = json.load(open(sys.argv[1]))
 print(f"GPU {b['gpu']}: device bandwidth {b['device_bandwidth_bytes_per_s']/1e12:.2f} TB/s, cuBLASLt bf16 GEMM {b['gemm_bf16_tflops']:.0f} TFLOP/s")
+stages = lambda d: ", ".join(f"{k} {v:.2f}" for k, v in d.items())
 for d in b["decode"]:
-    print(f"  decode batch {d['batch']:>3}: {d['tokens_per_s']:.1f} tok/s ({d['step_ms']:.2f} ms/step, context {b['decode_context']})")
-print(f"  batch-1 decode at {100*b['decode_batch1_bandwidth_fraction']:.0f}% of device bandwidth (target >= 75%); "
-      f"{b['decode_batch1_tokens_per_s_cublaslt_only']:.1f} tok/s with cuBLASLt for the decode GEMMs instead")
+    print(f"  decode batch {d['batch']:>3}: {d['tokens_per_s']:.1f} tok/s ({d['step_ms']:.2f} ms/step, context {b['decode_context']}); "
+          f"floor {d['floor_ms']:.2f} ms (weights + KV at the copy bandwidth): {100*d['floor_fraction']:.0f}% of it (target >= 85%)")
+    print(f"      launched kernel by kernel {d['launched_step_ms']:.2f} ms; stages (device ms): {stages(d['launched_stage_ms'])}")
+print(f"  batch-1 decode at {100*b['decode_batch1_bandwidth_fraction']:.0f}% of device bandwidth (target >= 85%); "
+      f"{b['decode_batch1_tokens_per_s_cublaslt_only']:.1f} tok/s with cuBLASLt for every decode GEMM instead")
+for name, rows in b.get("decode_variants", {}).items():
+    print(f"  variant {name}: " + ", ".join(f"batch {d['batch']} {d['step_ms']:.2f} ms ({100*d['floor_fraction']:.0f}%)" for d in rows))
 print(f"  prefill {b['prefill_tokens']} tokens: {b['prefill_tokens_per_s']:.0f} tok/s, {b['prefill_tflops']:.0f} TFLOP/s = "
       f"{100*b['prefill_fraction_of_gemm']:.0f}% of the GEMM (target >= 50%); in chunks of {b['prefill_chunk']} "
       f"as the server schedules it: {b['prefill_chunked_tokens_per_s']:.0f} tok/s")
-stages = lambda d: ", ".join(f"{k} {v:.2f}" for k, v in d.items())
 print(f"  prefill stages (device ms): {stages(b['prefill_stage_ms'])}")
-print(f"  batch-1 decode step launched kernel by kernel: {b['decode_batch1_launched_step_ms']:.2f} ms; "
-      f"stages (device ms): {stages(b['decode_batch1_launched_stage_ms'])}")
+print("  decode GEMMs, share of the copy bandwidth (default / tensor-core kernel / cuBLASLt):")
+for r in b.get("decode_gemm_sweep", []):
+    line = (f"    {r['product']:>7} {r['N']}x{r['K']} rows {r['rows']:>2}: {100*r['default']['bandwidth_fraction']:.0f}% / "
+            f"{100*r['tensor_core_kernel']['bandwidth_fraction']:.0f}% / {100*r['cublaslt']['bandwidth_fraction']:.0f}%")
+    if "tensor_core_kernel_bandwidth_fraction_by_split" in r:
+        line += "; by split " + ", ".join(f"{k}: {100*v:.0f}%" for k, v in r["tensor_core_kernel_bandwidth_fraction_by_split"].items())
+        line += f" (chosen {r['split_chosen']})"
+    print(line)
+p = b.get("planned_memory", {})
+if p:
+    gib = lambda x: x / 2**30
+    print(f"  memory planned at --gpu_memory_fraction {p['gpu_memory_fraction']}: total {gib(p['total_bytes']):.1f} GiB, weights "
+          f"{gib(p['weights_bytes']):.1f}, step buffers {gib(p['step_buffer_bytes']):.2f}, in use before the cache "
+          f"{gib(p['used_before_kv_bytes']):.1f}; KV cache {gib(p['kv_bytes']):.1f} GiB = {p['kv_blocks']} blocks = "
+          f"{p['kv_tokens']} tokens (limits {p['max_tokens_per_step']} tokens, {p['max_batch_size']} sequences, "
+          f"{p['max_model_len']} positions); start {p['start_seconds']:.1f} s; largest step right after start: "
+          f"{p['largest_step_right_after_start']}")
+for t in b.get("tp2_one_gpu_host_collective", []):
+    print(f"  TP 2 on one GPU over the host collective, batch {t['batch']}, graphs {'on' if t['graphs'] else 'off'}: "
+          f"{t['step_ms']:.2f} ms/step against TP 1's {t['tp1_step_ms']:.2f}")
 PY
   else
     echo "FAIL gemma-cuda-bench"; tail -20 "$work/bench.log"; failed=1

@@ -263,9 +263,11 @@ int Run() {
   }
 
   // Two ranks sharing this GPU over a host collective (every all-reduce through host memory), against one rank.
+  // Steps are launched kernel by kernel: the ranks are threads of this process here, and a graph's host-collective
+  // sum waits in a host function for the other rank's, which the runtime may run on the same thread.
   nlohmann::json tp2 = nlohmann::json::array();
   for (int b : {1, 16}) {
-    for (bool graphs : {true, false}) {
+    for (bool graphs : {false}) {
       auto tps = TensorParallelTwoDecode(checkpoint, kv, b, context, std::max(8, steps / 2), graphs);
       if (!tps.ok()) return Fail(tps.status());
       double tp1 = 0;

@@ -3,10 +3,15 @@
 // it needs, a step past the limits is refused, and two ranks sharing the GPU over a host collective replay decode
 // graphs (their all-reduces inside) to exactly what launched steps give. Without one, these skip.
 #include <cuda_runtime.h>
+#include <spawn.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -113,44 +118,86 @@ TEST_F(CudaMemoryTest, TooLittleDeviceMemorySaysWhatItNeeds) {
   }
 }
 
-// Two ranks on one GPU over a host collective: greedy decoding from steps replayed as graphs (the host collective's
-// copies and sum captured as nodes) equals decoding from steps launched kernel by kernel.
-TEST_F(CudaMemoryTest, TensorParallelTwoDecodeGraphsEqualLaunchedSteps) {
-  const std::string dir = GemmaTinyDir() + "/tiny-mha";
-  auto ckpt = Checkpoint::Open(dir);
-  ASSERT_TRUE(ckpt.ok()) << ckpt.status();
+// One rank of a TP 2 group on device 0 over a shared-memory collective: greedy generations for growing batches.
+std::vector<std::vector<int32_t>> RunRank(int rank, const std::string& group, bool graphs, absl::Status* status) {
+  std::vector<std::vector<int32_t>> out;
+  auto ckpt = Checkpoint::Open(GemmaTinyDir() + "/tiny-mha");
+  if (!ckpt.ok()) return *status = ckpt.status(), out;
   std::shared_ptr<const Checkpoint> shared(std::move(*ckpt));
+  auto c = CreateShmCollective({rank, 2, group, std::chrono::milliseconds(30000)});
+  if (!c.ok()) return *status = c.status(), out;
+  auto tp = TensorParallel::Create(shared->config(), rank, 2);
+  if (!tp.ok()) return *status = tp.status(), out;
+  auto w = ModelWeights::Load(shared, *tp);
+  if (!w.ok()) return *status = w.status(), out;
+  CudaBackendOptions o;
+  o.cuda_graphs = graphs;
+  o.limits.max_tokens = 256;
+  o.limits.max_sequences = 8;
+  auto b = CreateCudaBackend(std::shared_ptr<const ModelWeights>(std::move(*w)), cuda_testing::Kv(4096), o,
+                             std::shared_ptr<HostCollective>(std::move(*c)));
+  if (!b.ok()) return *status = b.status(), out;
   const std::vector<std::vector<int32_t>> prompts = {{2, 3791, 323}, {2, 100, 200, 300, 400, 500}, {2, 7}};
+  for (size_t n = 1; n <= prompts.size(); ++n) {
+    const std::vector<std::vector<int32_t>> some(prompts.begin(), prompts.begin() + n);
+    for (auto& g : testing::Greedy(b->get(), some, 16)) out.push_back(g);
+  }
+  return out;
+}
+
+// Rank 1 of the test below, in a process of its own (as ranks are in a worker): a graph's host-collective sum is a
+// host function that waits for the other rank's, and the CUDA runtime may run one process's host functions on one
+// thread. Spawned with GEMMA_TP2_RANK_ONE="group graphs file"; writes its generations to the file.
+TEST(CudaMemoryHelper, DISABLED_TensorParallelTwoRankOne) {
+  const char* spec = std::getenv("GEMMA_TP2_RANK_ONE");
+  ASSERT_NE(spec, nullptr) << "run by CudaMemoryTest.TensorParallelTwoDecodeGraphsEqualLaunchedSteps";
+  std::istringstream in(spec);
+  std::string group, file;
+  int graphs = 0;
+  in >> group >> graphs >> file;
+  absl::Status status;
+  const auto out = RunRank(1, group, graphs != 0, &status);
+  ASSERT_TRUE(status.ok()) << status;
+  std::ofstream f(file);
+  for (const auto& g : out) {
+    for (int32_t t : g) f << t << " ";
+    f << "\n";
+  }
+}
+
+// Two ranks on one GPU over a host collective, each in its own process: greedy decoding from steps replayed as
+// graphs (the host collective's copies and sum captured as nodes) equals decoding from steps launched kernel by
+// kernel, and the ranks agree.
+TEST_F(CudaMemoryTest, TensorParallelTwoDecodeGraphsEqualLaunchedSteps) {
   auto run = [&](bool graphs) {
-    std::vector<std::vector<int32_t>> out[2];
-    absl::Status status[2];
-    const std::string name = "cuda-tp2-graphs-" + std::to_string(::getpid()) + (graphs ? "-g" : "-l");
-    auto rank_main = [&](int rank) {
-      auto c = CreateShmCollective({rank, 2, name, std::chrono::milliseconds(30000)});
-      if (!c.ok()) return void(status[rank] = c.status());
-      auto tp = TensorParallel::Create(shared->config(), rank, 2);
-      if (!tp.ok()) return void(status[rank] = tp.status());
-      auto w = ModelWeights::Load(shared, *tp);
-      if (!w.ok()) return void(status[rank] = w.status());
-      CudaBackendOptions o;
-      o.cuda_graphs = graphs;
-      o.limits.max_tokens = 256;
-      o.limits.max_sequences = 8;
-      auto b = CreateCudaBackend(std::shared_ptr<const ModelWeights>(std::move(*w)), cuda_testing::Kv(4096), o,
-                                 std::shared_ptr<HostCollective>(std::move(*c)));
-      if (!b.ok()) return void(status[rank] = b.status());
-      for (size_t n = 1; n <= prompts.size(); ++n) {
-        const std::vector<std::vector<int32_t>> some(prompts.begin(), prompts.begin() + n);
-        for (auto& g : testing::Greedy(b->get(), some, 16)) out[rank].push_back(g);
-      }
-    };
-    std::thread follower(rank_main, 1);
-    rank_main(0);
-    follower.join();
-    EXPECT_TRUE(status[0].ok()) << status[0];
-    EXPECT_TRUE(status[1].ok()) << status[1];
-    EXPECT_EQ(out[0], out[1]) << "the ranks disagree";
-    return out[0];
+    const std::string group = "cuda-tp2-" + std::to_string(::getpid()) + (graphs ? "-g" : "-l");
+    const std::string file = ::testing::TempDir() + group + ".txt";
+    const std::string env = "GEMMA_TP2_RANK_ONE=" + group + " " + (graphs ? "1" : "0") + " " + file;
+    std::vector<std::string> env_strings = {env};
+    for (char** e = environ; *e != nullptr; ++e) env_strings.push_back(*e);
+    std::vector<char*> envp;
+    for (auto& e : env_strings) envp.push_back(e.data());
+    envp.push_back(nullptr);
+    std::string self = "/proc/self/exe", also = "--gtest_also_run_disabled_tests",
+                filter = "--gtest_filter=CudaMemoryHelper.DISABLED_TensorParallelTwoRankOne";
+    char* argv[] = {self.data(), also.data(), filter.data(), nullptr};
+    pid_t child = 0;
+    EXPECT_EQ(posix_spawn(&child, "/proc/self/exe", nullptr, nullptr, argv, envp.data()), 0);
+    absl::Status status;
+    const auto mine = RunRank(0, group, graphs, &status);
+    int wait_status = 0;
+    waitpid(child, &wait_status, 0);
+    EXPECT_TRUE(status.ok()) << status;
+    EXPECT_TRUE(WIFEXITED(wait_status) && WEXITSTATUS(wait_status) == 0) << "rank 1 failed: " << wait_status;
+    std::vector<std::vector<int32_t>> theirs;
+    std::ifstream f(file);
+    for (std::string line; std::getline(f, line);) {
+      std::istringstream tokens(line);
+      theirs.emplace_back();
+      for (int32_t t; tokens >> t;) theirs.back().push_back(t);
+    }
+    EXPECT_EQ(mine, theirs) << "the ranks disagree";
+    return mine;
   };
   const auto launched = run(false), replayed = run(true);
   ASSERT_EQ(launched.size(), 6u);
