@@ -63,6 +63,8 @@ if wants serve; then
   section "serving on the GPU: gemma-worker --device cuda, gemma-router, gemma client (tiny-mqa, f32)"
   if timeout 90 bash scripts/gpu-serve-check.sh "$work" > "$work/serve.log" 2>&1; then
     echo "PASS serve: $(tail -1 "$work/serve.log")"
+    grep "too little GPU memory" "$work/serve.log"
+    grep -o "device memory.*" "$work/worker.err" | head -1
   else
     echo "FAIL serve"; tail -15 "$work/serve.log"; tail -15 "$work/worker.err" 2>/dev/null; failed=1
   fi
@@ -108,6 +110,8 @@ if p:
           f"{p['kv_tokens']} tokens (limits {p['max_tokens_per_step']} tokens, {p['max_batch_size']} sequences, "
           f"{p['max_model_len']} positions); start {p['start_seconds']:.1f} s; largest step right after start: "
           f"{p['largest_step_right_after_start']}")
+for k, v in b.get("errors", {}).items():
+    print(f"  ERROR in {k}: {v}")
 for t in b.get("tp2_one_gpu_host_collective", []):
     print(f"  TP 2 on one GPU over the host collective, batch {t['batch']}, graphs {'on' if t['graphs'] else 'off'}: "
           f"{t['step_ms']:.2f} ms/step against TP 1's {t['tp1_step_ms']:.2f}")

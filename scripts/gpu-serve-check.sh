@@ -1,14 +1,24 @@
 #!/usr/bin/env bash
-# Part of gpu-check.sh: a worker on the GPU (f32) behind a router answers `gemma client` with the reference greedy
-# tokens of tiny-mqa. Uses the binaries in build-gpu/bin; $1 is where logs go. GEMMA_CHECK_DEVICE=cpu runs the
-# same check without a GPU.
+# Part of gpu-check.sh: a worker on the GPU (f32, its KV cache planned from --gpu_memory_fraction) behind a router
+# answers `gemma client` with the reference greedy tokens of tiny-mqa; a worker given too small a share of the GPU
+# says what it needs and exits with an error. Uses the binaries in build-gpu/bin; $1 is where logs go.
+# GEMMA_CHECK_DEVICE=cpu runs the serving check without a GPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=$1
 bin=build-gpu/bin
 model=tests/data/gemma-tiny/tiny-mqa
 rm -f "$out/worker.port" "$out/router.port"
-"$bin/gemma-worker" --model "$model" --device "${GEMMA_CHECK_DEVICE:-cuda}" --precision f32 --kv_cache_mb 64 --port_file "$out/worker.port" \
+if [[ "${GEMMA_CHECK_DEVICE:-cuda}" == cuda ]]; then
+  if timeout 60 "$bin/gemma-worker" --model "$model" --device cuda --gpu_memory_fraction 0.0001 \
+       --port_file "$out/small.port" 2> "$out/worker-small.err"; then
+    echo "a worker with --gpu_memory_fraction 0.0001 started"; exit 1
+  fi
+  grep -q "one sequence of the longest context needs" "$out/worker-small.err" ||
+    { echo "a worker with too little memory did not say what it needs:"; tail -5 "$out/worker-small.err"; exit 1; }
+  echo "too little GPU memory: $(grep -o 'the KV cache gets.*' "$out/worker-small.err" | head -1 | cut -c1-200)"
+fi
+"$bin/gemma-worker" --model "$model" --device "${GEMMA_CHECK_DEVICE:-cuda}" --precision f32 --port_file "$out/worker.port" \
   2> "$out/worker.err" &
 worker=$!
 trap 'kill $worker ${router:-} 2>/dev/null || true' EXIT

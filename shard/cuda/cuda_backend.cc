@@ -260,7 +260,8 @@ absl::Status CudaBackend::ForwardAndSample(std::span<const SequenceStep> batch, 
     if (R == 0) return absl::OkStatus();
     GEMMA_CUDA_RETURN_IF_ERROR(cuda::LaunchRmsNorm(xf, dev.rows, static_cast<int>(R), H, final_norm_.as<float>(),
                                                    c.rms_norm_eps, *xn, act_, stream_));
-    GEMMA_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(logitsf, 0, R * slice * 4, stream_));
+    // A last rank's slice may hold fewer vocabulary rows than the slice width: its padding columns read as 0.
+    if (embed.rows < slice) GEMMA_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(logitsf, 0, R * slice * 4, stream_));
     const void* head = act_ == Dtype::kF32 ? embed_in_.get() : embed_bf16_.get();
     stage(&StepTimings::matmul_seconds);
     if (auto s = gemm_->Run(*xn, head, H, logitsf, slice, R, embed.rows, H, act_, stream_); !s.ok()) return s;

@@ -15,6 +15,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "nlohmann/json.hpp"
 #include "shard/checkpoint/checkpoint.h"
@@ -114,7 +115,17 @@ int Run() {
   kv.num_blocks = static_cast<int>((max_batch * per_seq + prompt) / kv.block_size + max_batch + 2);
   CudaBackendOptions options;
   options.stage_timing = true;  // steps launched one kernel at a time report device time per stage
+  // Later sections record their failures and go on, so that one run on a lent GPU reports all it can.
+  nlohmann::json errors = nlohmann::json::object();
   auto made = CreateCudaBackend(w, kv, options);
+  if (!made.ok()) {
+    errors["default_backend"] = std::string(made.status().message());
+    std::fprintf(stderr, "gemma-cuda-bench: the default backend failed (%s); measuring without the newer kernels\n",
+                 std::string(made.status().message()).c_str());
+    options.programmatic_launch = false;
+    options.decode_mma_gemm = false;
+    made = CreateCudaBackend(w, kv, options);
+  }
   if (!made.ok()) return Fail(made.status());
   Backend& backend = **made;  // reset before the variants below
   cudaDeviceProp prop{};
@@ -218,22 +229,24 @@ int Run() {
     int done = 0;
     for (const Variant& v : variants) {
       auto b = CreateCudaBackend(w, kv, v.options);
-      if (!b.ok()) return Fail(b.status());
-      auto rows = sweep(**b, std::max(8, steps / 2));
-      if (!rows.ok()) return Fail(rows.status());
+      auto rows = b.ok() ? sweep(**b, std::max(8, steps / 2)) : absl::StatusOr<nlohmann::json>(b.status());
+      progress.Update(++done);
+      if (!rows.ok()) {
+        errors[std::string("variant ") + v.name] = std::string(rows.status().message());
+        continue;
+      }
       variant_results[v.name] = *rows;
       if (std::string(v.name) == "cublaslt_only") {
         for (const auto& d : *rows) {
           if (d["batch"] == 1) batch1_cublaslt = d["tokens_per_s"];
         }
       }
-      progress.Update(++done);
     }
     progress.Finish();
   }
 
   auto gemm_sweep = DecodeGemmSweep(c, *bandwidth);
-  if (!gemm_sweep.ok()) return Fail(gemm_sweep.status());
+  if (!gemm_sweep.ok()) errors["decode_gemm_sweep"] = std::string(gemm_sweep.status().message());
 
   // Memory planned as the worker plans it by default: the cache from 90% of the device after the largest step
   // (the default limits); then that step at once, on a full device.
@@ -243,23 +256,24 @@ int Run() {
     plan_kv.memory_fraction = 0.9;
     const auto plan_start = Clock::now();
     auto b = CreateCudaBackend(w, plan_kv, {});
-    if (!b.ok()) return Fail(b.status());
     const double start_s = Since(plan_start);
-    auto report = CudaMemoryReportOf(**b);
-    if (!report.ok()) return Fail(report.status());
-    const StepLimits& l = report->limits;
-    const int tokens = std::min(l.max_tokens, l.max_context);
-    const auto ids = Tokens(tokens, c.vocab_size, 3);
-    std::vector<int32_t> table((l.max_context + 15) / 16);
-    for (size_t i = 0; i < table.size(); ++i) table[i] = static_cast<int32_t>(i);
-    SequenceStep largest{ids, l.max_context - tokens, table, LogitsWanted::kLast};
-    const absl::Status ran = (*b)->ForwardAndSample({&largest, 1}, Greedy(1), false, &logits, &drawn);
-    planned = {{"gpu_memory_fraction", 0.9}, {"total_bytes", report->total}, {"weights_bytes", report->weights},
-               {"step_buffer_bytes", report->step_buffers}, {"used_before_kv_bytes", report->used_before_kv},
-               {"kv_bytes", report->kv}, {"kv_blocks", report->kv_blocks}, {"kv_tokens", report->kv_blocks * 16},
-               {"max_tokens_per_step", l.max_tokens}, {"max_batch_size", l.max_sequences},
-               {"max_model_len", l.max_context}, {"start_seconds", start_s},
-               {"largest_step_right_after_start", ran.ok() ? "ok" : std::string(ran.message())}};
+    auto report = b.ok() ? CudaMemoryReportOf(**b) : absl::StatusOr<CudaMemoryReport>(b.status());
+    if (!report.ok()) errors["planned_memory"] = std::string(report.status().message());
+    if (report.ok()) {
+      const StepLimits& l = report->limits;
+      const int tokens = std::min(l.max_tokens, l.max_context);
+      const auto ids = Tokens(tokens, c.vocab_size, 3);
+      std::vector<int32_t> table((l.max_context + 15) / 16);
+      for (size_t i = 0; i < table.size(); ++i) table[i] = static_cast<int32_t>(i);
+      SequenceStep largest{ids, l.max_context - tokens, table, LogitsWanted::kAll};
+      const absl::Status ran = (*b)->ForwardAndSample({&largest, 1}, Greedy(1), false, &logits, &drawn);
+      planned = {{"gpu_memory_fraction", 0.9}, {"total_bytes", report->total}, {"weights_bytes", report->weights},
+                 {"step_buffer_bytes", report->step_buffers}, {"used_before_kv_bytes", report->used_before_kv},
+                 {"kv_bytes", report->kv}, {"kv_blocks", report->kv_blocks}, {"kv_tokens", report->kv_blocks * 16},
+                 {"max_tokens_per_step", l.max_tokens}, {"max_batch_size", l.max_sequences},
+                 {"max_model_len", l.max_context}, {"start_seconds", start_s},
+                 {"largest_step_right_after_start", ran.ok() ? "ok" : std::string(ran.message())}};
+    }
   }
 
   // Two ranks sharing this GPU over a host collective (every all-reduce through host memory), against one rank.
@@ -269,7 +283,10 @@ int Run() {
   for (int b : {1, 16}) {
     for (bool graphs : {false}) {
       auto tps = TensorParallelTwoDecode(checkpoint, kv, b, context, std::max(8, steps / 2), graphs);
-      if (!tps.ok()) return Fail(tps.status());
+      if (!tps.ok()) {
+        errors[absl::StrCat("tp2 batch ", b)] = std::string(tps.status().message());
+        continue;
+      }
       double tp1 = 0;
       for (const auto& d : decode) {
         if (d["batch"] == b) tp1 = d["tokens_per_s"];
@@ -288,7 +305,8 @@ int Run() {
                         {"decode_batch1_bandwidth_fraction", batch1 > 0 ? weight_bytes * batch1 / *bandwidth : 0.0},
                         {"decode_batch1_tokens_per_s_cublaslt_only", batch1_cublaslt},
                         {"decode_variants", variant_results},
-                        {"decode_gemm_sweep", *gemm_sweep},
+                        {"decode_gemm_sweep", gemm_sweep.ok() ? *gemm_sweep : nlohmann::json::array()},
+                        {"errors", errors},
                         {"planned_memory", planned},
                         {"tp2_one_gpu_host_collective", tp2},
                         {"prefill_tokens", prompt},
