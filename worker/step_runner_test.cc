@@ -216,7 +216,7 @@ TEST(StepRunnerTest, StepsBeyondTheLimitsAreRefusedBeforeTheyRun) {
   auto refused = RunStep(*backend, req, nullptr, nullptr, &limits);
   EXPECT_TRUE(absl::IsInvalidArgument(refused.status()));
   EXPECT_NE(refused.status().message().find("--max_tokens_per_step"), std::string::npos) << refused.status();
-  s->mutable_tokens()->Truncate(3);
+  s->mutable_tokens()->Truncate(4);
   EXPECT_TRUE(RunStep(*backend, req, nullptr, nullptr, &limits).ok());
 
   // A row that takes its token from the last step counts the one token it does not carry.
@@ -224,13 +224,13 @@ TEST(StepRunnerTest, StepsBeyondTheLimitsAreRefusedBeforeTheyRun) {
   auto* drawn = req.add_sequences();
   drawn->set_sequence_id(9);
   drawn->set_token_from_last_step(true);
-  drawn->set_start_pos(3);
+  drawn->set_start_pos(4);
   drawn->add_block_table(1);
   refused = RunStep(*backend, req, &draws, nullptr, &limits);
   EXPECT_NE(refused.status().message().find("5 tokens"), std::string::npos) << refused.status();
 
   req.mutable_sequences()->RemoveLast();
-  s->set_start_pos(14);  // positions 14..16: one past the context
+  s->set_start_pos(13);  // positions 13..16: one past the context
   refused = RunStep(*backend, req, nullptr, nullptr, &limits);
   EXPECT_NE(refused.status().message().find("--max_model_len"), std::string::npos) << refused.status();
 
