@@ -53,7 +53,11 @@ std::optional<std::string> RouterService::ForwardTarget() const {
 ModelLimits RouterService::LimitsOf(const ServedModel& model) {
   ModelLimits m;
   m.vocab_size = model.info.vocab_size();
-  m.context = model.info.max_position_embeddings();
+  // The worker's --max_model_len when it set one (reported resolved, so never past the model's own context): a
+  // longer request is refused here, with the others that do not fit, rather than by the worker mid-generation.
+  m.context = model.info.max_model_len() > 0
+                  ? std::min(model.info.max_model_len(), model.info.max_position_embeddings())
+                  : model.info.max_position_embeddings();
   m.chat_system_role = model.info.model_family() == "gemma3";
   return m;
 }
@@ -238,7 +242,7 @@ grpc::Status RouterService::GetModelInfo(grpc::ServerContext* context, const v1:
   const auto& info = (*model)->info;
   response->set_name(info.shape_name());
   response->set_vocab_size(info.vocab_size());
-  response->set_max_context(std::min(info.max_position_embeddings(), limits_.max_total_tokens));
+  response->set_max_context(std::min(LimitsOf(**model).context, limits_.max_total_tokens));
   response->set_max_new_tokens_limit(limits_.max_new_tokens);
   response->set_bos_id(info.bos_id());
   response->set_eos_id(info.eos_id());

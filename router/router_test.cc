@@ -154,7 +154,7 @@ TEST_F(RouterTest, MetricsCountFinishReasonsTokensPerRequestAndStepAndPrefillTim
   // A prefill step of 4 positions, then a step of one token for each further token.
   EXPECT_GE(delta(m, "gemma_router_step_tokens_count"), generated);
   EXPECT_GE(delta(m, "gemma_router_step_tokens_sum"), 4 + generated - 1);
-  EXPECT_NE(m.find("gemma_build_info{protocol=\"3\",version=\""), std::string::npos);
+  EXPECT_NE(m.find("gemma_build_info{protocol=\"4\",version=\""), std::string::npos);
   EXPECT_EQ(Sample(m, "gemma_router_group_healthy{group=\"router-test-group\"}"), 1) << m;
   EXPECT_EQ(m.find("gemma_router_group_healthy{group=\"127.0.0.1:"), std::string::npos);
 }
@@ -483,6 +483,50 @@ TEST_F(RouterTest, ScoreRespectsMaxTotalTokens) {
   const grpc::Status s = score(17);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_NE(s.error_message().find("allowed"), std::string::npos) << s.error_message();
+}
+
+// A worker that takes small steps: the router's larger --max_tokens_per_step (512 by default) is clamped to the
+// worker's, so a long prompt is prefilled in chunks the worker takes and gives the same tokens; and the worker's
+// --max_model_len bounds requests like the model's context does.
+TEST_F(RouterTest, StepsKeepWithinTheLimitsTheWorkerReports) {
+  const int worker_metrics = testing::FreePort();
+  OwnWorker worker = StartOwnWorker(GemmaTinyDir() + "/tiny-mqa",
+                                    {"--max_tokens_per_step=8", "--max_model_len=48",
+                                     "--metrics_port=" + std::to_string(worker_metrics)});
+  RouterProcess router = StartRouter({worker.port});
+  ASSERT_GT(router.port, 0) << router.process->Err();
+  ASSERT_TRUE(router.WaitForHealthyGroups(1)) << router.process->Err();
+  std::vector<int> prompt = {2};
+  for (int i = 1; i < 40; ++i) prompt.push_back(100 + 7 * i);
+  const auto generate = [](v1::Gemma::Stub& stub, const v1::GenerateRequest& req, v1::GenerateResponse* resp) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+    return stub.Generate(&ctx, req, resp);
+  };
+  v1::GenerateResponse limited, unlimited;
+  const grpc::Status s = generate(*router.stub, Ids(prompt, 8), &limited);
+  ASSERT_TRUE(s.ok()) << s.error_message() << router.process->Err();
+  ASSERT_TRUE(generate(*Client(), Ids(prompt, 8), &unlimited).ok());
+  EXPECT_EQ(TokenIds(limited), TokenIds(unlimited));
+  EXPECT_EQ(TokenIds(limited).size(), 8u);
+  const std::string m = testing::HttpGet(worker_metrics, "/metrics");
+  const double steps = Sample(m, "gemma_worker_step_tokens_count{rank=\"0\"}");
+  EXPECT_GE(steps, 5 + 7) << "40 prompt tokens in chunks of at most 8, then 7 decodes:\n" << m;
+  EXPECT_EQ(Sample(m, "gemma_worker_step_tokens_bucket{rank=\"0\",le=\"8\"}"), steps) << m;
+  EXPECT_NE(router.process->Err().find("--max_tokens_per_step 512"), std::string::npos) << router.process->Err();
+
+  v1::ModelInfo info;
+  grpc::ClientContext ctx;
+  ASSERT_TRUE(router.stub->GetModelInfo(&ctx, {}, &info).ok());
+  EXPECT_EQ(info.max_context(), 48);
+  v1::GenerateResponse resp;
+  grpc::Status refused = generate(*router.stub, Ids(prompt, 9), &resp);  // 49 positions
+  EXPECT_EQ(refused.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(refused.error_message().find("exceeds the limit of 48"), std::string::npos) << refused.error_message();
+  prompt.resize(48);
+  refused = generate(*router.stub, Ids(prompt, 1), &resp);
+  EXPECT_EQ(refused.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(refused.error_message().find("fewer than 48"), std::string::npos) << refused.error_message();
 }
 
 TEST_F(RouterTest, QueueLimitTurnsExcessIntoResourceExhausted) {

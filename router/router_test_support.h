@@ -90,11 +90,14 @@ struct OwnWorker {
   int port = 0;
 };
 
-inline OwnWorker StartOwnWorker(const std::string& model = GemmaTinyDir() + "/tiny-mqa") {
+inline OwnWorker StartOwnWorker(const std::string& model = GemmaTinyDir() + "/tiny-mqa",
+                                const std::vector<std::string>& flags = {}) {
   OwnWorker w;
   w.port = testing::FreePort();
-  w.process = testing::Start(WORKER_BINARY, {"--model=" + model, "--port=" + std::to_string(w.port),
-                                             "--threads=1", "--kv_cache_mb=64", "--group_name=own-group"});
+  std::vector<std::string> args = {"--model=" + model, "--port=" + std::to_string(w.port), "--threads=1",
+                                   "--kv_cache_mb=64", "--group_name=own-group"};
+  args.insert(args.end(), flags.begin(), flags.end());
+  w.process = testing::Start(WORKER_BINARY, args);
   return w;
 }
 

@@ -25,6 +25,15 @@ constexpr std::chrono::milliseconds kIdleHealthEvery(2000);
 
 }  // namespace
 
+SchedulerLimits ClampToWorker(SchedulerLimits limits, const worker::v1::ModelInfo& info) {
+  // 0: a worker that reports none (it predates them; refused by the protocol check anyway).
+  if (info.max_batch_size() > 0) limits.max_batch_size = std::min(limits.max_batch_size, info.max_batch_size());
+  if (info.max_tokens_per_step() > 0) {
+    limits.max_tokens_per_step = std::min(limits.max_tokens_per_step, info.max_tokens_per_step());
+  }
+  return limits;
+}
+
 std::string NewRouterId() {
   char host[256] = {};
   ::gethostname(host, sizeof(host) - 1);
@@ -253,7 +262,19 @@ std::optional<PeerHolder> WorkerGroup::peer() const {
 std::unique_ptr<Engine> WorkerGroup::NewEngine(const worker::v1::ModelInfo& info) {
   engine_info_ = info;
   EngineOptions o;
-  o.limits = options_.limits;
+  o.limits = ClampToWorker(options_.limits, info);
+  if (o.limits.max_batch_size != options_.limits.max_batch_size ||
+      o.limits.max_tokens_per_step != options_.limits.max_tokens_per_step) {
+    const std::string clamped = absl::StrCat(o.limits.max_batch_size, "/", o.limits.max_tokens_per_step);
+    if (clamped != clamp_logged_) {
+      std::fprintf(stderr,
+                   "gemma-router: worker group %s takes at most %d sequences and %d tokens per step: its steps keep "
+                   "to %d sequences (--max_batch_size %d) and %d tokens (--max_tokens_per_step %d)\n",
+                   address_.c_str(), info.max_batch_size(), info.max_tokens_per_step(), o.limits.max_batch_size,
+                   options_.limits.max_batch_size, o.limits.max_tokens_per_step, options_.limits.max_tokens_per_step);
+      clamp_logged_ = clamped;
+    }
+  }
   o.num_blocks = info.num_kv_blocks();
   o.block_size = info.kv_block_size();
   o.prefix_cache = options_.prefix_cache;

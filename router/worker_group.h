@@ -24,6 +24,9 @@
 
 namespace gemma {
 
+// The router's scheduling limits kept within the largest step the group's worker takes (a larger one it refuses).
+SchedulerLimits ClampToWorker(SchedulerLimits limits, const worker::v1::ModelInfo& info);
+
 // A fresh name for this router process: its host, its pid and a random part.
 std::string NewRouterId();
 
@@ -174,6 +177,7 @@ class WorkerGroup {
   const GroupOptions options_;
   RemoteExecutor executor_;
   worker::v1::ModelInfo engine_info_;  // the incarnation engine_ was made for (set by NewEngine: declared first)
+  std::string clamp_logged_;  // the clamped limits last logged, so each is said once (set by NewEngine too)
   std::unique_ptr<Engine> engine_;  // new for each incarnation of the group (its KV pool may differ)
   int64_t prefix_queried_seen_ = 0, prefix_hit_seen_ = 0, prefilled_seen_ = 0;
   std::chrono::steady_clock::time_point next_probe_;   // while down

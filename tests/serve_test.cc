@@ -111,6 +111,10 @@ TEST(ServeTest, DeviceChoiceErrorsAreClear) {
   const std::string gemma = GEMMA_BINARY;
   EXPECT_EQ(WEXITSTATUS(std::system((gemma + " serve --device tpu 2> " + out).c_str())), 2);
   EXPECT_NE(ReadFile(out).find("allowed: cpu, cuda"), std::string::npos) << ReadFile(out);
+  for (const char* fraction : {"0", "1.5"}) {
+    EXPECT_EQ(WEXITSTATUS(std::system((gemma + " serve --gpu-memory-fraction " + fraction + " 2> " + out).c_str())), 2);
+    EXPECT_NE(ReadFile(out).find("--gpu-memory-fraction"), std::string::npos) << ReadFile(out);
+  }
   const int code = WEXITSTATUS(std::system(
       ("timeout 60 " + gemma + " serve --model " + GemmaTinyDir() + "/tiny-mqa --device cuda --kv-cache-mb 16 > " +
        out + ".out 2> " + out)

@@ -69,7 +69,8 @@ int ServeCommand(int argc, char** argv) {
       .Flag("replicas", "worker groups, 1..16 (default 1)")
       .Flag("port", "the router's public port (default: any free port)")
       .Flag("threads", "compute threads per rank (default: cores / (tp * replicas))")
-      .Flag("kv-cache-mb", "KV cache per rank in MiB (default 1024)")
+      .Flag("kv-cache-mb", "KV cache per rank in MiB; default: 1024 on the CPU, planned from --gpu-memory-fraction on GPUs")
+      .Flag("gpu-memory-fraction", "with --device cuda: the share of each GPU a rank keeps within, (0, 1] (default 0.9)")
       .Flag("device", "cpu (default) or cuda: group g's rank r uses GPU g * tp + r")
       .Flag("precision", "with --device cuda: bf16 (default) or f32")
       .Flag("tls-cert", "PEM certificate of the public port; with --tls-key it listens on every interface over TLS")
@@ -88,8 +89,15 @@ int ServeCommand(int argc, char** argv) {
   }
   auto threads = args.GetInt("threads", std::max<int64_t>(1, cores / (*tp * *replicas)), 1, 4096);
   if (!threads.ok()) return Fail(kCmd, threads.status());
-  auto kv_mb = args.GetInt("kv-cache-mb", 1024, 1, int64_t{1} << 24);
+  // 0: the worker's own default (1 GiB on the CPU; on a GPU, planned from the fraction).
+  auto kv_mb = args.GetInt("kv-cache-mb", 0, 0, int64_t{1} << 24);
   if (!kv_mb.ok()) return Fail(kCmd, kv_mb.status());
+  auto gpu_fraction = args.GetDouble("gpu-memory-fraction", 0.9, 0, 1);
+  if (gpu_fraction.ok() && *gpu_fraction <= 0) {
+    gpu_fraction = absl::InvalidArgumentError(absl::StrCat("--gpu-memory-fraction \"", args.Get("gpu-memory-fraction"),
+                                                           "\" is invalid; allowed: more than 0, at most 1"));
+  }
+  if (!gpu_fraction.ok()) return Fail(kCmd, gpu_fraction.status());
   const std::string device = args.Get("device", "cpu"), precision = args.Get("precision", "bf16");
   if (device != "cpu" && device != "cuda") {
     return Fail(kCmd, absl::InvalidArgumentError("--device \"" + device + "\" is invalid; allowed: cpu, cuda"));
@@ -141,7 +149,8 @@ int ServeCommand(int argc, char** argv) {
                                               absl::StrCat("--drain_timeout_ms=", kDrain.count())};
       if (device == "cuda") {
         worker_args.insert(worker_args.end(), {"--device=cuda", "--precision=" + precision,
-                                               absl::StrCat("--cuda_device=", g * *tp + r)});
+                                               absl::StrCat("--cuda_device=", g * *tp + r),
+                                               absl::StrCat("--gpu_memory_fraction=", *gpu_fraction)});
       }
       group.push_back(Spawn(worker_bin, worker_args));
       if (group.back() < 0) {

@@ -25,9 +25,15 @@
 namespace gemma {
 namespace {
 
-KvCacheOptions KvFor(int64_t kv_tokens) {
+// The share of a GPU a local run keeps within, as the worker's --gpu_memory_fraction defaults.
+constexpr double kGpuMemoryFraction = 0.9;
+
+KvCacheOptions KvFor(int64_t kv_tokens, const DeviceChoice& device) {
   KvCacheOptions kv;
   kv.num_blocks = static_cast<int>(std::max<int64_t>(1, (kv_tokens + kv.block_size - 1) / kv.block_size));
+  // A GPU plans its cache from its memory at start like a worker does, so a local run measures what serving runs;
+  // the CPU keeps the cache sized to the run.
+  if (device.device == "cuda") kv.memory_fraction = kGpuMemoryFraction;
   return kv;
 }
 
@@ -41,7 +47,7 @@ absl::StatusOr<std::unique_ptr<Backend>> RankBackend(const std::shared_ptr<const
   o.world = world;
   o.device = device.device;
   o.precision = device.precision;
-  o.kv = KvFor(kv_tokens);
+  o.kv = KvFor(kv_tokens, device);
   o.timeout = std::chrono::milliseconds(timeout_ms);
   auto shard = OpenShard(ckpt, o, std::move(collective));
   if (!shard.ok()) return shard.status();

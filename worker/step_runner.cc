@@ -25,10 +25,24 @@ std::span<const int32_t> View(const Repeated& r) {
   return std::span<const int32_t>(r.data(), static_cast<size_t>(r.size()));
 }
 
+// The step's shape only: a row that takes its token from the last step counts one token it does not carry.
+absl::Status CheckRequestLimits(const worker::v1::StepRequest& request, const StepLimits& limits) {
+  static constexpr int32_t kOneToken = 0;
+  std::vector<SequenceStep> shape(request.sequences_size());
+  for (int i = 0; i < request.sequences_size(); ++i) {
+    const auto& s = request.sequences(i);
+    shape[i].tokens = s.token_from_last_step() ? std::span<const int32_t>(&kOneToken, 1) : View(s.tokens());
+    shape[i].start_pos = s.start_pos();
+  }
+  return CheckStepLimits(shape, limits);
+}
+
 }  // namespace
 
 absl::StatusOr<worker::v1::StepResponse> RunStep(Backend& backend, const worker::v1::StepRequest& request,
-                                                 const LastDraws* last_draws, SequenceHistory* history) {
+                                                 const LastDraws* last_draws, SequenceHistory* history,
+                                                 const StepLimits* limits) {
+  if (limits != nullptr) RETURN_IF_ERROR(CheckRequestLimits(request, *limits));
   if (history != nullptr) {
     for (uint64_t id : request.released_sequences()) history->Release(id);
   }

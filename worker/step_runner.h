@@ -6,6 +6,7 @@
 #include "gemma/worker/v1/worker.pb.h"
 #include "shard/runtime/backend.h"
 #include "shard/runtime/sequence_history.h"
+#include "shard/runtime/step_limits.h"
 
 namespace gemma {
 
@@ -15,9 +16,11 @@ using LastDraws = absl::flat_hash_map<uint64_t, int32_t>;
 // InvalidArgument for malformed requests (nothing runs), a row taking a token the last step did not draw among
 // them; backend errors pass through. `last_draws` may be null when no row takes its token from the last step.
 // With `history`, the request's released sequences are dropped from it and penalized rows are recorded there
-// (FailedPrecondition, nothing run, when it lacks one: see RunRows).
+// (FailedPrecondition, nothing run, when it lacks one: see RunRows). With `limits` (resolved), a step beyond them
+// is refused (InvalidArgument naming the worker flag) before anything else, so no backend and no follower sees it.
 absl::StatusOr<worker::v1::StepResponse> RunStep(Backend& backend, const worker::v1::StepRequest& request,
                                                  const LastDraws* last_draws = nullptr,
-                                                 SequenceHistory* history = nullptr);
+                                                 SequenceHistory* history = nullptr,
+                                                 const StepLimits* limits = nullptr);
 
 }  // namespace gemma

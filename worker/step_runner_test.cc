@@ -202,5 +202,43 @@ TEST(StepRunnerTest, RejectsMalformedRequests) {
   EXPECT_TRUE(absl::IsInvalidArgument(RunStep(*backend, req).status()));
 }
 
+TEST(StepRunnerTest, StepsBeyondTheLimitsAreRefusedBeforeTheyRun) {
+  auto backend = Tiny();
+  StepLimits limits;
+  limits.max_tokens = 4;
+  limits.max_sequences = 2;
+  limits.max_context = 16;
+  limits = limits.Resolved(backend->config());
+  worker::v1::StepRequest req;
+  auto* s = req.add_sequences();
+  for (int t : {2, 3791, 323, 5, 6}) s->add_tokens(t);
+  s->add_block_table(0);
+  auto refused = RunStep(*backend, req, nullptr, nullptr, &limits);
+  EXPECT_TRUE(absl::IsInvalidArgument(refused.status()));
+  EXPECT_NE(refused.status().message().find("--max_tokens_per_step"), std::string::npos) << refused.status();
+  s->mutable_tokens()->Truncate(4);
+  EXPECT_TRUE(RunStep(*backend, req, nullptr, nullptr, &limits).ok());
+
+  // A row that takes its token from the last step counts the one token it does not carry.
+  LastDraws draws = {{9, 17}};
+  auto* drawn = req.add_sequences();
+  drawn->set_sequence_id(9);
+  drawn->set_token_from_last_step(true);
+  drawn->set_start_pos(4);
+  drawn->add_block_table(1);
+  refused = RunStep(*backend, req, &draws, nullptr, &limits);
+  EXPECT_NE(refused.status().message().find("5 tokens"), std::string::npos) << refused.status();
+
+  req.mutable_sequences()->RemoveLast();
+  s->set_start_pos(13);  // positions 13..16: one past the context
+  refused = RunStep(*backend, req, nullptr, nullptr, &limits);
+  EXPECT_NE(refused.status().message().find("--max_model_len"), std::string::npos) << refused.status();
+
+  s->set_start_pos(0);
+  for (int i = 0; i < 2; ++i) *req.add_sequences() = *s;
+  refused = RunStep(*backend, req, nullptr, nullptr, &limits);
+  EXPECT_NE(refused.status().message().find("--max_batch_size"), std::string::npos) << refused.status();
+}
+
 }  // namespace
 }  // namespace gemma

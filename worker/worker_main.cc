@@ -45,7 +45,8 @@ std::string ReadAll(const std::string& path) {
   return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
 }
 
-worker::v1::ModelInfo MakeInfo(const WorkerOptions& o, const ModelConfig& c, const Backend& b) {
+worker::v1::ModelInfo MakeInfo(const WorkerOptions& o, const ModelConfig& c, const Backend& b,
+                               const StepLimits& limits) {
   worker::v1::ModelInfo info;
   info.set_model_dir(o.model);
   info.set_shape_name(c.ShapeName());
@@ -70,6 +71,9 @@ worker::v1::ModelInfo MakeInfo(const WorkerOptions& o, const ModelConfig& c, con
                         : c.family == ModelFamily::kGemma2 ? "gemma2"
                                                            : "gemma");
   for (int id : c.extra_eos_ids) info.add_extra_eos_ids(id);
+  info.set_max_tokens_per_step(limits.max_tokens);
+  info.set_max_batch_size(limits.max_sequences);
+  info.set_max_model_len(limits.max_context);
   return info;
 }
 
@@ -132,7 +136,7 @@ int Run(const WorkerOptions& o) {
   shard_options.device = o.device;
   shard_options.precision = o.precision;
   shard_options.cuda_device = o.cuda_device;
-  shard_options.kv.max_bytes = o.kv_cache_bytes;
+  ApplyToShard(o, shard_options);
   shard_options.timeout = o.timeout;
   if (o.world > 1) {
     // Weights load after the group connected and may take minutes longer on one host (a cold page cache, a slower
@@ -155,6 +159,8 @@ int Run(const WorkerOptions& o) {
   if (!metrics.ok()) return Fail(metrics.status());
   (*metrics)->SetModelInfo(std::filesystem::path(o.model).filename().string(), checkpoint->config().ShapeName(),
                            o.world, o.device);
+  const StepLimits limits = shard_options.limits.Resolved(checkpoint->config());
+  (*metrics)->SetStepLimits(limits);
 
   grpc::EnableDefaultHealthCheckService(true);
   if (o.rank != 0) {
@@ -175,7 +181,7 @@ int Run(const WorkerOptions& o) {
     if (!s.ok()) return Fail(s);
     return 0;
   }
-  worker::v1::ModelInfo info = MakeInfo(o, checkpoint->config(), **backend);
+  worker::v1::ModelInfo info = MakeInfo(o, checkpoint->config(), **backend, limits);
   WorkerService service(std::make_unique<LeaderBackend>(std::move(*backend), collective), info, metrics->get());
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;

@@ -43,6 +43,17 @@ absl::StatusOr<std::unique_ptr<WorkerMetrics>> WorkerMetrics::Create(const std::
                         .Help("Sequences in one step.")
                         .Register(r)
                         .Add(labels, prometheus::Histogram::BucketBoundaries{1, 2, 4, 8, 16, 32, 64, 128, 256});
+  m->step_tokens_ = &prometheus::BuildHistogram()
+                         .Name("gemma_worker_step_tokens")
+                         .Help("Tokens in one step: decodes (one each) plus prompt chunks.")
+                         .Register(r)
+                         .Add(labels, prometheus::Histogram::BucketBoundaries{1, 8, 32, 128, 512, 2048, 8192, 32768});
+  m->step_limit_ = &prometheus::BuildGauge()
+                        .Name("gemma_worker_step_limit")
+                        .Help("The largest step this group takes, as routers are told: tokens, sequences, and "
+                              "context (positions of one sequence).")
+                        .Register(r);
+  m->labels_ = labels;
   m->steps_ = &prometheus::BuildCounter().Name("gemma_worker_steps_total").Help("Steps run.").Register(r).Add(labels);
   m->failures_ = &prometheus::BuildCounter()
                       .Name("gemma_worker_step_failures_total")
@@ -84,8 +95,9 @@ absl::StatusOr<std::unique_ptr<WorkerMetrics>> WorkerMetrics::Create(const std::
 }
 
 void WorkerMetrics::RecordStep(double step_seconds, const worker::v1::StepTimings& t, int kv_blocks_in_use,
-                               int sequences) {
+                               int sequences, int tokens) {
   step_seconds_->Observe(step_seconds);
+  step_tokens_->Observe(tokens);
   forward_seconds_->Observe(t.forward_seconds());
   collective_seconds_->Observe(t.collective_seconds());
   batch_size_->Observe(sequences);
@@ -107,6 +119,16 @@ void WorkerMetrics::SetModelInfo(const std::string& model, const std::string& sh
       .Register(*registry_)
       .Add({{"model", model}, {"shape", shape}, {"tp", std::to_string(tp)}, {"device", device}})
       .Set(1);
+}
+
+void WorkerMetrics::SetStepLimits(const StepLimits& limits) {
+  for (const auto& [name, value] : {std::pair<std::string, int>{"tokens", limits.max_tokens},
+                                    {"sequences", limits.max_sequences},
+                                    {"context", limits.max_context}}) {
+    auto labels = labels_;
+    labels["limit"] = name;
+    step_limit_->Add(labels).Set(value);
+  }
 }
 
 void WorkerMetrics::RecordFailure(const absl::Status& status) {

@@ -1,6 +1,7 @@
 // The worker's Prometheus metrics, served on its own port.
 #pragma once
 
+#include <map>
 #include <memory>
 #include <string>
 
@@ -13,6 +14,7 @@
 #include "prometheus/gauge.h"
 #include "prometheus/histogram.h"
 #include "prometheus/registry.h"
+#include "shard/runtime/step_limits.h"
 
 namespace gemma {
 
@@ -21,12 +23,15 @@ class WorkerMetrics {
  public:
   // Serves /metrics on `address` ("0.0.0.0:9090"); empty: no exposer (metrics still recorded).
   static absl::StatusOr<std::unique_ptr<WorkerMetrics>> Create(const std::string& address, int rank, int kv_blocks);
-  void RecordStep(double step_seconds, const worker::v1::StepTimings& timings, int kv_blocks_in_use, int sequences);
+  void RecordStep(double step_seconds, const worker::v1::StepTimings& timings, int kv_blocks_in_use, int sequences,
+                  int tokens);
   // This rank's own view of one step (every rank, followers too, so a straggler shows): its wall time from
   // receiving the step to finishing its shard, and the part spent in collectives.
   void RecordRankStep(double step_seconds, double collective_seconds);
   // gemma_worker_model_info{model, shape, tp, device} = 1.
   void SetModelInfo(const std::string& model, const std::string& shape, int tp, const std::string& device);
+  // gemma_worker_step_limit{limit="tokens"|"sequences"|"context"}: the largest step, resolved, as routers see it.
+  void SetStepLimits(const StepLimits& limits);
   void RecordFailure(const absl::Status& status);
   void SetHealthy(bool healthy);
   prometheus::Registry& registry() { return *registry_; }
@@ -39,12 +44,15 @@ class WorkerMetrics {
   prometheus::Histogram* forward_seconds_ = nullptr;
   prometheus::Histogram* collective_seconds_ = nullptr;
   prometheus::Histogram* batch_size_ = nullptr;
+  prometheus::Histogram* step_tokens_ = nullptr;
   prometheus::Histogram* rank_step_seconds_ = nullptr;
   prometheus::Histogram* rank_collective_seconds_ = nullptr;
   prometheus::Counter* steps_ = nullptr;
   prometheus::Family<prometheus::Counter>* failures_ = nullptr;
   prometheus::Gauge* kv_blocks_in_use_ = nullptr;
   prometheus::Gauge* kv_blocks_ = nullptr;
+  prometheus::Family<prometheus::Gauge>* step_limit_ = nullptr;
+  std::map<std::string, std::string> labels_;
   prometheus::Gauge* healthy_ = nullptr;
 };
 

@@ -19,7 +19,14 @@ ABSL_FLAG(std::string, bind_host, "", "address this rank's collectives listen on
 ABSL_FLAG(std::string, device, "cpu", "cpu or cuda");
 ABSL_FLAG(int, cuda_device, -1, "CUDA device of this rank; -1: rank mod the devices this process sees");
 ABSL_FLAG(std::string, precision, "bf16", "CUDA: bf16 (weights, GEMM inputs, KV cache) or f32 (exact checks)");
-ABSL_FLAG(int64_t, kv_cache_mb, 1024, "KV-cache size per rank in MiB");
+ABSL_FLAG(int64_t, kv_cache_mb, 0,
+          "KV-cache size per rank in MiB; 0: 1024 on the CPU, planned from --gpu_memory_fraction with --device cuda");
+ABSL_FLAG(double, gpu_memory_fraction, 0.9,
+          "with --device cuda and no --kv_cache_mb: the share of the device's memory this process keeps within; the "
+          "KV cache takes what the weights and the largest step leave of it");
+ABSL_FLAG(int, max_tokens_per_step, 2048, "the most tokens one step takes (decodes plus prompt chunks)");
+ABSL_FLAG(int, max_batch_size, 256, "the most sequences one step takes");
+ABSL_FLAG(int, max_model_len, 0, "the most positions of one sequence (prompt + generated); 0: the model's context");
 ABSL_FLAG(int, metrics_port, 0, "port of the Prometheus /metrics endpoint; 0: none");
 ABSL_FLAG(int64_t, timeout_ms, 30000, "once the group runs, a rank that dies or hangs fails it within this time");
 ABSL_FLAG(int64_t, group_wait_timeout_ms, 0,
@@ -39,6 +46,17 @@ std::string Env(const char* name) {
 }
 
 }  // namespace
+
+void ApplyToShard(const WorkerOptions& o, ShardOptions& shard) {
+  shard.limits.max_tokens = o.max_tokens_per_step;
+  shard.limits.max_sequences = o.max_batch_size;
+  shard.limits.max_context = o.max_model_len;
+  // A size given on the command line wins on a GPU too: it is how a device shared with something else is kept to
+  // a known share.
+  const bool planned = o.device == "cuda" && o.kv_cache_bytes == 0;
+  shard.kv.memory_fraction = planned ? o.gpu_memory_fraction : 0;
+  shard.kv.max_bytes = o.kv_cache_bytes > 0 ? o.kv_cache_bytes : KvCacheOptions{}.max_bytes;
+}
 
 int OrdinalFromHostname(const std::string& hostname) {
   const size_t dash = hostname.rfind('-');
@@ -120,10 +138,32 @@ absl::StatusOr<WorkerOptions> WorkerOptionsFromFlags() {
     return absl::InvalidArgumentError(absl::StrCat("--precision \"", o.precision, "\" is invalid; allowed: bf16, f32"));
   }
   const int64_t kv_mb = absl::GetFlag(FLAGS_kv_cache_mb);
-  if (kv_mb < 1 || kv_mb > (int64_t{1} << 24)) {
-    return absl::InvalidArgumentError(absl::StrCat("--kv_cache_mb ", kv_mb, " is invalid; allowed: 1..16777216"));
+  if (kv_mb < 0 || kv_mb > (int64_t{1} << 24)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--kv_cache_mb ", kv_mb, " is invalid; allowed: 1..16777216, or 0 for the default"));
   }
   o.kv_cache_bytes = kv_mb << 20;
+  o.gpu_memory_fraction = absl::GetFlag(FLAGS_gpu_memory_fraction);
+  // Written so that NaN fails too.
+  if (!(o.gpu_memory_fraction > 0 && o.gpu_memory_fraction <= 1)) {
+    return absl::InvalidArgumentError(absl::StrCat("--gpu_memory_fraction ", o.gpu_memory_fraction,
+                                                   " is invalid; allowed: more than 0, at most 1"));
+  }
+  o.max_tokens_per_step = absl::GetFlag(FLAGS_max_tokens_per_step);
+  if (o.max_tokens_per_step < 1 || o.max_tokens_per_step > (1 << 20)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--max_tokens_per_step ", o.max_tokens_per_step, " is invalid; allowed: 1..1048576"));
+  }
+  o.max_batch_size = absl::GetFlag(FLAGS_max_batch_size);
+  if (o.max_batch_size < 1 || o.max_batch_size > 65536) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--max_batch_size ", o.max_batch_size, " is invalid; allowed: 1..65536"));
+  }
+  o.max_model_len = absl::GetFlag(FLAGS_max_model_len);
+  if (o.max_model_len < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("--max_model_len ", o.max_model_len,
+                                                   " is invalid; allowed: 0 (the model's context) or more"));
+  }
   const int64_t timeout = absl::GetFlag(FLAGS_timeout_ms);
   if (timeout < 100 || timeout > 3600000) {
     return absl::InvalidArgumentError(absl::StrCat("--timeout_ms ", timeout, " is invalid; allowed: 100..3600000"));

@@ -5,6 +5,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "shard/open_shard.h"
 
 namespace gemma {
 
@@ -19,7 +20,12 @@ struct WorkerOptions {
   std::string device = "cpu";
   int cuda_device = -1;         // -1: rank mod the devices this process sees
   std::string precision = "bf16";  // CUDA: bf16 or f32
-  int64_t kv_cache_bytes = int64_t{1} << 30;
+  // 0 (no --kv_cache_mb): the CPU takes 1 GiB; a GPU plans its cache from gpu_memory_fraction instead.
+  int64_t kv_cache_bytes = 0;
+  double gpu_memory_fraction = 0.9;  // with cuda and no --kv_cache_mb: the device's share this process keeps within
+  int max_tokens_per_step = 2048;
+  int max_batch_size = 256;
+  int max_model_len = 0;  // 0: the model's context
   int metrics_port = 0;   // 0: no metrics endpoint
   std::chrono::milliseconds timeout{30000};             // a rank that dies or hangs in a running group
   std::chrono::milliseconds group_wait_timeout{600000};  // ranks of a starting group waiting for each other
@@ -34,6 +40,10 @@ struct WorkerOptions {
 // group whose leader is ordinal o - o % world ("gemma-worker-3" at world 2 is rank 1 of the group led by
 // "gemma-worker-2"). InvalidArgument says what is wrong and what is allowed.
 absl::StatusOr<WorkerOptions> WorkerOptionsFromFlags();
+
+// The shard's KV cache and step limits as the options ask (CPU: 1 GiB unless --kv_cache_mb; CUDA: planned from
+// the memory fraction unless --kv_cache_mb fixes the size).
+void ApplyToShard(const WorkerOptions& o, ShardOptions& shard);
 
 // Ordinal suffix of a StatefulSet pod name, or -1.
 int OrdinalFromHostname(const std::string& hostname);

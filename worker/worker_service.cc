@@ -33,10 +33,18 @@ class StepActivity {
   std::atomic<int64_t>* last_;
 };
 
+StepLimits LimitsOf(const worker::v1::ModelInfo& info) {
+  StepLimits l;
+  l.max_tokens = info.max_tokens_per_step();
+  l.max_sequences = info.max_batch_size();
+  l.max_context = info.max_model_len();
+  return l;
+}
+
 }  // namespace
 
 WorkerService::WorkerService(std::unique_ptr<LeaderBackend> backend, worker::v1::ModelInfo info, WorkerMetrics* metrics)
-    : info_(std::move(info)), metrics_(metrics), backend_(std::move(backend)) {}
+    : info_(std::move(info)), limits_(LimitsOf(info_)), metrics_(metrics), backend_(std::move(backend)) {}
 
 grpc::Status WorkerService::GetModelInfo(grpc::ServerContext*, const worker::v1::GetModelInfoRequest*,
                                          worker::v1::ModelInfo* response) {
@@ -107,7 +115,7 @@ grpc::Status WorkerService::Step(grpc::ServerContext* context, const worker::v1:
   // Again, after waiting: the lease may have moved on meanwhile, and the KV pool is the new holder's.
   if (auto s = lease_.CheckStep(request->epoch()); !s.ok()) return ToGrpcStatus(s);
   Session& session = SessionFor(request->session());
-  auto result = RunStep(*backend_, *request, &session.draws, &session.history);
+  auto result = RunStep(*backend_, *request, &session.draws, &session.history, &limits_);
   lease_.StepDone(request->epoch());
   // Whatever happened, later steps no longer wait for this one, and take only what it drew.
   session.last_step = std::max(session.last_step, request->step_id());
@@ -127,9 +135,13 @@ grpc::Status WorkerService::Step(grpc::ServerContext* context, const worker::v1:
   *response = std::move(*result);
   response->set_draining(draining_);
   std::set<int32_t> blocks;
-  for (const auto& s : request->sequences()) blocks.insert(s.block_table().begin(), s.block_table().end());
+  int tokens = 0;
+  for (const auto& s : request->sequences()) {
+    blocks.insert(s.block_table().begin(), s.block_table().end());
+    tokens += s.token_from_last_step() ? 1 : s.tokens_size();
+  }
   metrics_->RecordStep(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(),
-                       response->timings(), static_cast<int>(blocks.size()), request->sequences_size());
+                       response->timings(), static_cast<int>(blocks.size()), request->sequences_size(), tokens);
   return grpc::Status::OK;
 }
 

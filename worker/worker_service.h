@@ -21,6 +21,8 @@ namespace gemma {
 // Thread-safe: steps are serialized (the group runs one at a time).
 class WorkerService final : public worker::v1::Worker::Service {
  public:
+  // Steps are kept within the limits `info` reports (max_tokens_per_step, max_batch_size, max_model_len): what
+  // routers are told is what is enforced.
   WorkerService(std::unique_ptr<LeaderBackend> backend, worker::v1::ModelInfo info, WorkerMetrics* metrics);
   // Called once, on the thread that finds the group failed (to turn health NOT_SERVING at once).
   void OnFailure(std::function<void()> callback) ABSL_LOCKS_EXCLUDED(mu_);
@@ -50,6 +52,7 @@ class WorkerService final : public worker::v1::Worker::Service {
   void MarkFailed() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   worker::v1::ModelInfo info_;
+  const StepLimits limits_;
   WorkerMetrics* metrics_;
   GroupLease lease_;  // its own lock: leases are renewed while a step holds mu_
   // Atomic, not under mu_: GetModelInfo answers while a step holds the lock.

@@ -38,15 +38,18 @@ struct Group {
   int port = 0;
 };
 
-Group StartGroup(const std::string& model, int world, int timeout_ms = 3000) {
+Group StartGroup(const std::string& model, int world, int timeout_ms = 3000, const std::vector<std::string>& extra = {}) {
   Group g;
   const std::string port_file = ::testing::TempDir() + "/port_" + std::to_string(::getpid()) + "_" + std::to_string(FreePort());
   std::remove(port_file.c_str());
   const std::string peer = std::to_string(FreePort());
   for (int r = 0; r < world; ++r) {
-    g.ranks.push_back(StartWorker({"--model=" + model, "--rank=" + std::to_string(r), "--world_size=" + std::to_string(world),
-                                   "--peer_port=" + peer, "--leader=127.0.0.1:" + peer, "--port_file=" + port_file,
-                                   "--timeout_ms=" + std::to_string(timeout_ms), "--threads=1", "--kv_cache_mb=16"}));
+    std::vector<std::string> args = {"--model=" + model, "--rank=" + std::to_string(r),
+                                     "--world_size=" + std::to_string(world), "--peer_port=" + peer,
+                                     "--leader=127.0.0.1:" + peer, "--port_file=" + port_file,
+                                     "--timeout_ms=" + std::to_string(timeout_ms), "--threads=1", "--kv_cache_mb=16"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    g.ranks.push_back(StartWorker(args));
   }
   for (int i = 0; i < 300 && g.port == 0; ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
@@ -141,6 +144,10 @@ TEST(WorkerTest, SingleRankServesInfoHealthAndReferenceTokens) {
   EXPECT_EQ(info.num_kv_heads(), 1);
   EXPECT_EQ(info.tokenizer_model().size(), 61137u);
   EXPECT_EQ(info.tensor_parallel(), 1);
+  // The defaults, resolved against the model (its context is 512).
+  EXPECT_EQ(info.max_tokens_per_step(), 2048);
+  EXPECT_EQ(info.max_batch_size(), 256);
+  EXPECT_EQ(info.max_model_len(), 512);
   grpc::health::v1::HealthCheckResponse hresp;
   ASSERT_TRUE(CheckHealth(g.port, &hresp).ok());
   EXPECT_EQ(hresp.status(), grpc::health::v1::HealthCheckResponse::SERVING);
@@ -186,6 +193,54 @@ TEST(WorkerTest, MalformedStepIsInvalidArgumentAndTheGroupStaysUp) {
   EXPECT_NE(st.error_message().find("outside the vocabulary"), std::string::npos) << st.error_message();
   std::vector<int> got;
   EXPECT_TRUE(Greedy(*Client(g.port), {2, 3791, 323}, 2, &got).ok());
+}
+
+// Steps beyond the worker's limits are refused before they run (a GPU's buffers are sized for no more), with the
+// flag to change; the group stays up, and the limits are what the model info reports.
+TEST(WorkerTest, StepsBeyondTheLimitsAreRefusedNamingTheFlag) {
+  Group g = StartGroup(testing::GemmaTinyDir() + "/tiny-mqa", 2, 3000,
+                       {"--max_tokens_per_step=8", "--max_batch_size=2", "--max_model_len=40"});
+  ASSERT_GT(g.port, 0) << g.ranks[0]->Err() << g.ranks[1]->Err();
+  auto stub = Client(g.port);
+  worker::v1::ModelInfo info;
+  {
+    grpc::ClientContext ctx;
+    ASSERT_TRUE(stub->GetModelInfo(&ctx, {}, &info).ok());
+  }
+  EXPECT_EQ(info.max_tokens_per_step(), 8);
+  EXPECT_EQ(info.max_batch_size(), 2);
+  EXPECT_EQ(info.max_model_len(), 40);
+  const auto step = [&](int sequences, int tokens, int start_pos) {
+    StepRequest req;
+    for (int i = 0; i < sequences; ++i) {
+      auto* s = req.add_sequences();
+      s->set_sequence_id(i + 1);
+      for (int t = 0; t < tokens; ++t) s->add_tokens(2 + t);
+      s->set_start_pos(start_pos);
+      for (int b = 0; b < 3; ++b) s->add_block_table(i * 3 + b);
+      s->set_sample(true);
+    }
+    req.set_epoch(Lease(*stub));
+    StepResponse resp;
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(20));
+    return stub->Step(&ctx, req, &resp);
+  };
+  const struct {
+    int sequences, tokens, start_pos;
+    const char* flag;
+  } refused[] = {{1, 9, 0, "--max_tokens_per_step"}, {2, 5, 0, "--max_tokens_per_step"},
+                 {3, 1, 0, "--max_batch_size"}, {1, 2, 39, "--max_model_len"}};
+  for (const auto& c : refused) {
+    const grpc::Status st = step(c.sequences, c.tokens, c.start_pos);
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << c.flag;
+    EXPECT_NE(st.error_message().find(c.flag), std::string::npos) << st.error_message();
+  }
+  EXPECT_TRUE(step(2, 4, 0).ok());   // at the limits
+  EXPECT_TRUE(step(1, 1, 39).ok());  // the last position
+  grpc::health::v1::HealthCheckResponse hresp;
+  ASSERT_TRUE(CheckHealth(g.port, &hresp).ok());
+  EXPECT_EQ(hresp.status(), grpc::health::v1::HealthCheckResponse::SERVING);
 }
 
 TEST(WorkerTest, KilledRankMakesStepsUnavailableAndARestartedGroupServes) {
@@ -248,7 +303,11 @@ TEST(WorkerTest, ConfiguredFromEnvironmentAndExportsMetrics) {
                            "gemma_worker_kv_blocks_used", "gemma_worker_kv_blocks{rank=\"0\"}",
                            "gemma_worker_group_healthy", "gemma_worker_rank_step_duration_seconds_count{rank=\"0\"} 3",
                            "gemma_worker_rank_collective_duration_seconds_count{rank=\"0\"} 3",
-                           "gemma_build_info{protocol=\"3\",version=\"",
+                           "gemma_build_info{protocol=\"4\",version=\"",
+                           "gemma_worker_step_limit{limit=\"tokens\",rank=\"0\"} 2048",
+                           "gemma_worker_step_limit{limit=\"sequences\",rank=\"0\"} 256",
+                           "gemma_worker_step_limit{limit=\"context\",rank=\"0\"} 512",
+                           "gemma_worker_step_tokens_count{rank=\"0\"} 3",
                            "gemma_worker_model_info{device=\"cpu\",model=\"tiny-mqa\",shape=\"custom\",tp=\"2\"} 1"}) {
     EXPECT_NE(metrics.find(name), std::string::npos) << name << " missing from:\n" << metrics.substr(0, 2000);
   }
@@ -285,6 +344,8 @@ TEST(WorkerTest, BadFlagsGiveClearErrors) {
             "could not reach the group leader's rendezvous"},
            {{model, "--group_wait_timeout_ms=50"}, "--group_wait_timeout_ms 50 is invalid; allowed: 100..86400000"},
            {{model, "--drain_timeout_ms=-1"}, "--drain_timeout_ms -1 is invalid; allowed: 0..3600000"},
+           {{model, "--max_tokens_per_step=0"}, "--max_tokens_per_step 0 is invalid; allowed: 1..1048576"},
+           {{model, "--gpu_memory_fraction=1.2"}, "--gpu_memory_fraction 1.2 is invalid; allowed: more than 0, at most 1"},
            {{model, "--tp=3"}, "gemma-worker: tensor-parallel degree 3 does not divide the 4 attention heads"},
            {{model, "--tp=4", "--ranks_per_host=3"}, "--ranks_per_host 3 does not divide --tp 4"},
            {{model, "--tp=2000"}, "--tp 2000 is invalid; allowed: 0 (one rank) or 1..1024"},
