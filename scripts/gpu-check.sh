@@ -49,7 +49,7 @@ if wants tests; then
   for t in build-gpu/*_test; do
     name=$(basename "$t")
     section "$name"
-    if timeout 240 "$t" --gtest_output="xml:$work/$name.xml" > "$work/$name.log" 2>&1; then
+    if timeout "${GEMMA_GPU_TEST_TIMEOUT:-240}" "$t" --gtest_output="xml:$work/$name.xml" > "$work/$name.log" 2>&1; then
       echo "PASS $name: $(grep -E '^\[  PASSED  \]' "$work/$name.log")"
     else
       echo "FAIL $name (exit $?)"; grep -E "^\[  FAILED  \]|Failure|Expected|Which is|actual|error" "$work/$name.log" | head -40
@@ -73,7 +73,7 @@ fi
 model=${GEMMA_BENCH_MODEL:-/tmp/gemma-7b-random}
 if wants bench; then
   section "gemma-cuda-bench on $model (written first if absent)"
-  if timeout 300 build-gpu/gemma-cuda-bench --model "$model" --make_7b --json "$work/bench-cuda-7b.json" \
+  if timeout "${GEMMA_GPU_BENCH_TIMEOUT:-300}" build-gpu/gemma-cuda-bench --model "$model" --make_7b --json "$work/bench-cuda-7b.json" \
        > "$work/bench.log" 2>&1; then
     cp "$work/bench-cuda-7b.json" "${OUT:-$work}/" 2>/dev/null
     python3 - "$work/bench-cuda-7b.json" <<'PY'
