@@ -93,10 +93,12 @@ print(f"  prefill {b['prefill_tokens']} tokens: {b['prefill_tokens_per_s']:.0f} 
       f"{100*b['prefill_fraction_of_gemm']:.0f}% of the GEMM (target >= 50%); in chunks of {b['prefill_chunk']} "
       f"as the server schedules it: {b['prefill_chunked_tokens_per_s']:.0f} tok/s")
 print(f"  prefill stages (device ms): {stages(b['prefill_stage_ms'])}")
-print("  decode GEMMs, share of the copy bandwidth (default / tensor-core kernel / cuBLASLt):")
+print("  decode GEMMs, share of the copy bandwidth (default / batch-invariant kernels / cuBLASLt alone):")
 for r in b.get("decode_gemm_sweep", []):
     line = (f"    {r['product']:>7} {r['N']}x{r['K']} rows {r['rows']:>2}: {100*r['default']['bandwidth_fraction']:.0f}% / "
-            f"{100*r['tensor_core_kernel']['bandwidth_fraction']:.0f}% / {100*r['cublaslt']['bandwidth_fraction']:.0f}%")
+            f"{100*r['batch_invariant']['bandwidth_fraction']:.0f}% / {100*r['cublaslt']['bandwidth_fraction']:.0f}%")
+    if "one_warp_per_output" in r:
+        line += f" (one warp per output: {100*r['one_warp_per_output']['bandwidth_fraction']:.0f}%)"
     if "tensor_core_kernel_bandwidth_fraction_by_split" in r:
         line += "; by split " + ", ".join(f"{k}: {100*v:.0f}%" for k, v in r["tensor_core_kernel_bandwidth_fraction_by_split"].items())
         line += f" (chosen {r['split_chosen']})"

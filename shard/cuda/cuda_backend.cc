@@ -330,31 +330,35 @@ absl::Status CudaBackend::ForwardAndSample(std::span<const SequenceStep> batch, 
 
 absl::Status CudaBackend::SampleOnDevice(const float* logits, int64_t R, std::span<const RowSample> samples,
                                          std::vector<SampledToken>* sampled) {
-  const size_t n = samples.size();
-  const size_t param_bytes = n * sizeof(cuda::RowSampling), result_bytes = n * 8;
-  auto buffer = sampling_.At(param_bytes + result_bytes, "sampling");
-  if (!buffer.ok()) return buffer.status();
-  std::vector<cuda::RowSampling> params(n);
-  for (size_t i = 0; i < n; ++i) {
-    const RowSample& r = samples[i];
-    if (r.row < 0 || r.row >= R) {
-      return absl::InvalidArgumentError(absl::StrCat("sample row ", r.row, " is outside the step's ", R, " logits rows"));
+  // The buffer holds as many draws as the largest step has rows; more draws (several per row) go in turns.
+  const size_t per_draw = sizeof(cuda::RowSampling) + 8;
+  const size_t capacity = sampling_.buffer.bytes() / per_draw;
+  if (capacity == 0) return absl::InternalError("no device buffer for sampling");
+  for (size_t first = 0; first < samples.size(); first += capacity) {
+    const size_t n = std::min(capacity, samples.size() - first);
+    std::vector<cuda::RowSampling> params(n);
+    for (size_t i = 0; i < n; ++i) {
+      const RowSample& r = samples[first + i];
+      if (r.row < 0 || r.row >= R) {
+        return absl::InvalidArgumentError(absl::StrCat("sample row ", r.row, " is outside the step's ", R, " logits rows"));
+      }
+      params[i] = {r.row, r.params.temperature, r.params.top_k, r.params.top_p, r.params.seed, r.position};
     }
-    params[i] = {r.row, r.params.temperature, r.params.top_k, r.params.top_p, r.params.seed, r.position};
+    char* base = static_cast<char*>(sampling_.buffer.get());
+    auto* d_params = reinterpret_cast<cuda::RowSampling*>(base);
+    auto* d_drawn = reinterpret_cast<int32_t*>(base + n * sizeof(cuda::RowSampling));
+    auto* d_logprobs = reinterpret_cast<float*>(base + n * sizeof(cuda::RowSampling) + n * 4);
+    GEMMA_CUDA_RETURN_IF_ERROR(
+        cudaMemcpyAsync(d_params, params.data(), n * sizeof(cuda::RowSampling), cudaMemcpyHostToDevice, stream_));
+    GEMMA_CUDA_RETURN_IF_ERROR(cuda::LaunchSampleRows(logits, static_cast<int>(n), config().vocab_size, d_params,
+                                                      d_drawn, d_logprobs, stream_));
+    std::vector<int32_t> ids(n);
+    std::vector<float> lps(n);
+    GEMMA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(ids.data(), d_drawn, n * 4, cudaMemcpyDeviceToHost, stream_));
+    GEMMA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(lps.data(), d_logprobs, n * 4, cudaMemcpyDeviceToHost, stream_));
+    GEMMA_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));  // `params` goes at the end of this turn
+    for (size_t i = 0; i < n; ++i) sampled->push_back({ids[i], lps[i]});
   }
-  char* base = static_cast<char*>(*buffer);
-  auto* d_params = reinterpret_cast<cuda::RowSampling*>(base);
-  auto* d_drawn = reinterpret_cast<int32_t*>(base + param_bytes);
-  auto* d_logprobs = reinterpret_cast<float*>(base + param_bytes + n * 4);
-  GEMMA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(d_params, params.data(), param_bytes, cudaMemcpyHostToDevice, stream_));
-  GEMMA_CUDA_RETURN_IF_ERROR(cuda::LaunchSampleRows(logits, static_cast<int>(n), config().vocab_size, d_params, d_drawn,
-                                                    d_logprobs, stream_));
-  std::vector<int32_t> ids(n);
-  std::vector<float> lps(n);
-  GEMMA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(ids.data(), d_drawn, n * 4, cudaMemcpyDeviceToHost, stream_));
-  GEMMA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(lps.data(), d_logprobs, n * 4, cudaMemcpyDeviceToHost, stream_));
-  GEMMA_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
-  for (size_t i = 0; i < n; ++i) sampled->push_back({ids[i], lps[i]});
   return absl::OkStatus();
 }
 

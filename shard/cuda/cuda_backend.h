@@ -25,11 +25,10 @@ struct CudaBackendOptions {
   int device = 0;
   CudaPrecision precision = CudaPrecision::kBf16;
   bool cuda_graphs = true;  // replay decode steps (one GPU) as CUDA graphs, one per batch size
-  bool small_batch_gemm = true;  // decode GEMMs (<= 8 rows) through the weight-streaming kernel, not cuBLASLt
-  // bf16 decode GEMMs of decode_mma_min_rows..64 rows through the tensor-core decode kernel (decode_gemm.h), not
-  // cuBLASLt; lowering decode_mma_min_rows to 1 makes every batch up to 64 sum each row alike.
-  bool decode_mma_gemm = true;
-  int decode_mma_min_rows = 9;
+  // Decode weight products: the fastest kernels (a row's logits may then change in the last bits with the batch it
+  // is in), or kernels that sum every row alike in every batch of up to 8 and of 9 to 64 rows (gemm.h).
+  bool batch_invariant = false;
+  bool cublaslt_only = false;  // every product through cuBLASLt: for comparisons
   // Each kernel of a step may start while the one before it finishes (programmatic dependent launch, Hopper and
   // later; ignored before): the weight products begin streaming their weights during the previous kernel's tail.
   bool programmatic_launch = true;

@@ -64,9 +64,9 @@ absl::Status CudaBackend::Init(const KvCacheOptions& kv_options) {
   GEMMA_CUDA_RETURN_IF_ERROR(
       cudaDeviceGetAttribute(&multiprocessors_, cudaDevAttrMultiProcessorCount, options_.device));
   GemmOptions gemm_options;
-  gemm_options.small_batch_kernel = options_.small_batch_gemm;
-  gemm_options.decode_mma_kernel = options_.decode_mma_gemm;
-  gemm_options.decode_mma_min_rows = options_.decode_mma_min_rows;
+  gemm_options.mode = options_.cublaslt_only    ? DecodeGemmMode::kCublasLtOnly
+                      : options_.batch_invariant ? DecodeGemmMode::kBatchInvariant
+                                                 : DecodeGemmMode::kFastest;
   gemm_options.multiprocessors = multiprocessors_;
   auto gemm = cuda::Gemm::Create(gemm_options);
   if (!gemm.ok()) return gemm.status();

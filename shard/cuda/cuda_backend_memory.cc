@@ -113,7 +113,11 @@ absl::Status CudaBackend::ProfileAndAllocateKv(const KvCacheOptions& kv_options)
     return absl::ResourceExhaustedError(absl::StrCat(s.message(), "; allowed: a smaller --max_model_len"));
   }
   // The largest prompt step (the longest chunk, ending at the longest context, every row's logits), then the largest
-  // decode batch sampled on the device: every kernel and library path a step takes is loaded and run once.
+  // decode batch sampled on the device: every kernel and library path a step takes is loaded and run once. Without
+  // graphs: nothing is worth capturing yet, and ranks that are threads of one process (tests) must not run
+  // host-collective graph steps (DESIGN.md).
+  const bool graphs = graphs_enabled_;
+  graphs_enabled_ = false;
   std::vector<int32_t> table(context_blocks);
   for (int i = 0; i < context_blocks; ++i) table[i] = i;
   const int prompt = std::min(limits_.max_tokens, limits_.max_context);
@@ -122,6 +126,7 @@ absl::Status CudaBackend::ProfileAndAllocateKv(const KvCacheOptions& kv_options)
   StepLogits logits;
   std::vector<SampledToken> sampled;
   if (auto s = ForwardAndSample({&chunk, 1}, {}, false, &logits, &sampled); !s.ok()) {
+    graphs_enabled_ = graphs;
     return absl::Status(s.code(), absl::StrCat("the largest prompt step failed at start: ", s.message()));
   }
   const int batch = std::min(limits_.max_sequences, limits_.max_tokens);
@@ -130,8 +135,10 @@ absl::Status CudaBackend::ProfileAndAllocateKv(const KvCacheOptions& kv_options)
   std::vector<RowSample> samples(batch);
   for (int i = 0; i < batch; ++i) samples[i].row = i;
   if (auto s = ForwardAndSample(decode, samples, false, &logits, &sampled); !s.ok()) {
+    graphs_enabled_ = graphs;
     return absl::Status(s.code(), absl::StrCat("the largest decode step failed at start: ", s.message()));
   }
+  graphs_enabled_ = graphs;
   kv_ = DeviceBuffer();  // the measure below leaves out the temporary cache
   GEMMA_CUDA_RETURN_IF_ERROR(cudaDeviceSynchronize());
 

@@ -243,8 +243,11 @@ TEST_F(CudaBackendDeviceTest, PromptAttentionThroughGemmsMatchesTheTiledKernel) 
 }
 
 TEST_F(CudaBackendDeviceTest, Bf16GreedyTokensDoNotDependOnTheBatch) {
-  auto backend = OpenCuda(GemmaTinyDir() + "/tiny-mqa", CudaPrecision::kBf16);
-  ASSERT_NE(backend, nullptr);
+  CudaBackendOptions o;
+  o.batch_invariant = true;
+  auto made = CreateCudaBackend(LoadWeights(GemmaTinyDir() + "/tiny-mqa"), Kv(4096), o);
+  ASSERT_TRUE(made.ok()) << made.status();
+  auto& backend = *made;
   const std::vector<std::vector<int32_t>> prompts = {{2, 3791, 323}, {2, 100, 200, 300, 400, 500}, {2, 7}, {2, 42, 43}};
   const auto alone = Greedy(backend.get(), {prompts[0]}, 24);
   const auto together = Greedy(backend.get(), prompts, 24);
@@ -431,10 +434,10 @@ TEST_F(CudaBackendDeviceTest, SmallBatchGemmMatchesCublasAndIsBatchInvariant) {
   uint16_t *da = ToDevice(a), *dw = ToDevice(w);
   float* dc = nullptr;
   cudaMalloc(&dc, M * N * sizeof(float));
-  cuda::GemmOptions only_lt;
-  only_lt.small_batch_kernel = false;
-  only_lt.decode_mma_kernel = false;
-  auto small = cuda::Gemm::Create();
+  cuda::GemmOptions only_lt, invariant;
+  only_lt.mode = cuda::DecodeGemmMode::kCublasLtOnly;
+  invariant.mode = cuda::DecodeGemmMode::kBatchInvariant;
+  auto small = cuda::Gemm::Create(invariant);
   auto lt = cuda::Gemm::Create(only_lt);
   ASSERT_TRUE(small.ok() && lt.ok());
   ASSERT_TRUE((*lt)->Run(da, dw, K, dc, N, M, N, K, cuda::Dtype::kBf16, nullptr).ok());

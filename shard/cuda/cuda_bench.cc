@@ -29,7 +29,7 @@
 
 ABSL_FLAG(std::string, model, "", "checkpoint directory");
 ABSL_FLAG(bool, make_7b, false, "first write a random-weight Gemma 7B-shape bf16 checkpoint into --model (if absent)");
-ABSL_FLAG(std::string, batches, "1,16,64", "decode batch sizes");
+ABSL_FLAG(std::string, batches, "1,2,4,8,16,64", "decode batch sizes");
 ABSL_FLAG(int, context, 512, "context of each decoding sequence");
 ABSL_FLAG(int, steps, 32, "timed decode steps per batch size");
 ABSL_FLAG(int, prompt, 2048, "prefill prompt length");
@@ -123,7 +123,6 @@ int Run() {
     std::fprintf(stderr, "gemma-cuda-bench: the default backend failed (%s); measuring without the newer kernels\n",
                  std::string(made.status().message()).c_str());
     options.programmatic_launch = false;
-    options.decode_mma_gemm = false;
     made = CreateCudaBackend(w, kv, options);
   }
   if (!made.ok()) return Fail(made.status());
@@ -215,13 +214,10 @@ int Run() {
   std::vector<Variant> variants;
   variants.push_back({"no_programmatic_launch", {}});
   variants.back().options.programmatic_launch = false;
-  variants.push_back({"cublaslt_above_8_rows", {}});
-  variants.back().options.decode_mma_gemm = false;
-  variants.push_back({"tensor_core_kernel_all_rows", {}});
-  variants.back().options.decode_mma_min_rows = 1;
+  variants.push_back({"batch_invariant", {}});
+  variants.back().options.batch_invariant = true;
   variants.push_back({"cublaslt_only", {}});
-  variants.back().options.decode_mma_gemm = false;
-  variants.back().options.small_batch_gemm = false;
+  variants.back().options.cublaslt_only = true;
   nlohmann::json variant_results = nlohmann::json::object();
   double batch1_cublaslt = 0;
   {

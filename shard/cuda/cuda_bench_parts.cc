@@ -74,13 +74,18 @@ absl::StatusOr<nlohmann::json> DecodeGemmSweep(const ModelConfig& c, double band
   GEMMA_CUDA_RETURN_IF_ERROR(cudaMemset(a->get(), 0x3c, a->bytes()));
   int sms = 0;
   cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0);
-  cuda::GemmOptions def, all_rows, lt_only;
-  def.multiprocessors = all_rows.multiprocessors = sms;
-  all_rows.decode_mma_min_rows = 1;
-  lt_only.small_batch_kernel = lt_only.decode_mma_kernel = false;
+  cuda::GemmOptions def, invariant, lt_only;
+  def.multiprocessors = invariant.multiprocessors = sms;
+  invariant.mode = cuda::DecodeGemmMode::kBatchInvariant;
+  lt_only.mode = cuda::DecodeGemmMode::kCublasLtOnly;
   auto g_def = cuda::Gemm::Create(def);
-  auto g_all = cuda::Gemm::Create(all_rows);
+  auto g_all = cuda::Gemm::Create(invariant);
   auto g_lt = cuda::Gemm::Create(lt_only);
+  cuda::GemmOptions one_warp;  // SmallBatchGemm with one warp per output, as before warps shared outputs
+  one_warp.multiprocessors = sms;
+  one_warp.small_batch_parts = 1;
+  auto g_one = cuda::Gemm::Create(one_warp);
+  if (!g_one.ok()) return g_one.status();
   for (const absl::Status& s : {g_def.status(), g_all.status(), g_lt.status()}) {
     if (!s.ok()) return s;
   }
@@ -98,15 +103,15 @@ absl::StatusOr<nlohmann::json> DecodeGemmSweep(const ModelConfig& c, double band
     const int64_t bytes = p.N * p.K * 2;
     const int copies = static_cast<int>(std::max<int64_t>(1, pool_bytes / bytes));
     auto weights_of = [&](int i) { return pool->as<char>() + (i % copies) * bytes; };
-    for (int M : {1, 8, 16, 32, 64}) {
+    for (int M : {1, 2, 4, 8, 16, 64}) {
       nlohmann::json row = {{"product", p.name}, {"N", p.N}, {"K", p.K}, {"rows", M}};
       auto time_gemm = [&](cuda::Gemm& g) {
         return TimeMs(20, [&](int i) {
           return g.Run(a->get(), weights_of(i), p.K, out->as<float>(), p.N, M, p.N, p.K, cuda::Dtype::kBf16, nullptr);
         });
       };
-      for (auto [name, gemm] : {std::pair{"default", g_def->get()}, std::pair{"tensor_core_kernel", g_all->get()},
-                                std::pair{"cublaslt", g_lt->get()}}) {
+      for (auto [name, gemm] : {std::pair{"default", g_def->get()}, std::pair{"batch_invariant", g_all->get()},
+                                std::pair{"cublaslt", g_lt->get()}, std::pair{"one_warp_per_output", g_one->get()}}) {
         auto ms = time_gemm(*gemm);
         if (!ms.ok()) return ms.status();
         row[name] = {{"ms", *ms}, {"bandwidth_fraction", bytes / (*ms / 1000) / bandwidth}};

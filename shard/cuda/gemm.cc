@@ -15,7 +15,7 @@ absl::StatusOr<std::unique_ptr<Gemm>> Gemm::Create(const GemmOptions& options) {
   auto ws = DeviceBuffer::Allocate(options.workspace_bytes, "the cuBLASLt workspace");
   if (!ws.ok()) return ws.status();
   g->workspace_ = std::move(*ws);
-  if (options.decode_mma_kernel) {
+  if (options.mode == DecodeGemmMode::kBatchInvariant) {
     // DecodeMmaSplits splits K only while columns * splits < 8 * multiprocessors (it doubles from below 4x), so
     // split sums never exceed that many columns of kDecodeMmaMaxRows rows.
     const int64_t columns = 8 * static_cast<int64_t>(std::max(1, options.multiprocessors));
@@ -99,8 +99,8 @@ absl::StatusOr<Gemm::Plan*> Gemm::PlanFor(const GemmArgs& g) {
   cublasLtMatmulPreferenceDestroy(pref);
   GEMMA_CUBLAS_RETURN_IF_ERROR(s);
   int chosen = -1;
-  // Decode-sized products keep a row's result independent of the rows beside it: no split-K.
-  const bool batch_invariant = g.M <= kSmallBatchMaxRows;
+  // Decode-sized products keep a row's result independent of the rows beside it, where asked: no split-K.
+  const bool batch_invariant = options_.mode != DecodeGemmMode::kFastest && g.M <= kSmallBatchMaxRows;
   for (int i = 0; i < found && chosen < 0; ++i) {
     if (results[i].state != CUBLAS_STATUS_SUCCESS) continue;
     int splits = 1;
@@ -127,15 +127,27 @@ absl::StatusOr<Gemm::Plan*> Gemm::PlanFor(const GemmArgs& g) {
 absl::Status Gemm::Run(const GemmArgs& g, cudaStream_t stream) {
   if (g.M == 0 || g.N == 0) return absl::OkStatus();
   const bool weight_product = g.batch == 1 && !g.w_rows_are_k && g.out == Dtype::kF32 && g.lda == g.K;
-  const bool mma_rows = options_.decode_mma_kernel && g.M >= options_.decode_mma_min_rows;
-  if (weight_product && options_.small_batch_kernel && !mma_rows &&
+  bool small = false, mma = false;
+  switch (options_.mode) {
+    case DecodeGemmMode::kFastest:
+      small = g.M == 1 && !(g.N < 8192 && g.K >= 8192);
+      break;
+    case DecodeGemmMode::kBatchInvariant:
+      mma = g.M >= options_.decode_mma_min_rows && g.in == Dtype::kBf16;
+      small = !mma && g.M <= kSmallBatchMaxRows;
+      break;
+    case DecodeGemmMode::kCublasLtOnly:
+      break;
+  }
+  if (weight_product && small &&
       SmallBatchGemmFits(g.a, g.w, g.ldw, static_cast<int>(g.M), static_cast<int>(g.K), g.in)) {
+    const int parts = options_.small_batch_parts > 0 ? options_.small_batch_parts : SmallBatchGemmParts(g.N);
     GEMMA_CUDA_RETURN_IF_ERROR(LaunchSmallBatchGemm(g.a, g.w, g.ldw, static_cast<float*>(g.c), g.ldc,
                                                     static_cast<int>(g.M), static_cast<int>(g.N),
-                                                    static_cast<int>(g.K), g.in, stream));
+                                                    static_cast<int>(g.K), g.in, parts, stream));
     return absl::OkStatus();
   }
-  if (weight_product && mma_rows && g.in == Dtype::kBf16) {
+  if (weight_product && mma) {
     const int splits = DecodeMmaSplits(g.N, g.K, options_.multiprocessors);
     if (DecodeMmaFits(g.a, g.w, g.ldw, static_cast<int>(g.M), g.N, g.K, splits, decode_ws_)) {
       GEMMA_CUDA_RETURN_IF_ERROR(LaunchDecodeMmaGemm(g.a, g.w, g.ldw, static_cast<float*>(g.c), g.ldc,

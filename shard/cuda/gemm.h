@@ -37,17 +37,28 @@ struct GemmArgs {
   int64_t stride_a = 0, stride_w = 0, stride_c = 0;
 };
 
-// Which kernel takes a bf16 weight product of M rows (decode sizes; cuBLASLt takes the rest and whatever a
-// kernel does not suit).
+// How decode-sized weight products (M <= kDecodeMmaMaxRows) choose their kernel.
+enum class DecodeGemmMode {
+  // The fastest measured (H100/H200, Gemma 7B shapes): one row through kernels::SmallBatchGemm, one warp per output
+  // streaming the weights once, except narrow products with a long K (Gemma's down projection), which cuBLASLt
+  // splits better; every larger product through cuBLASLt's first choice, split-K included. A row's result may then
+  // change with the batch it is in.
+  kFastest,
+  // A row's result the same bits in every batch of 1..8 rows (SmallBatchGemm) and in every batch of 9..64 rows
+  // (the tensor-core decode kernel, decode_gemm.h; bf16), at some cost in speed beyond one row.
+  kBatchInvariant,
+  // cuBLASLt alone (no split-K up to 8 rows), for comparisons.
+  kCublasLtOnly,
+};
+
 struct GemmOptions {
   size_t workspace_bytes = size_t{32} << 20;  // cuBLASLt's
-  // M <= kSmallBatchMaxRows: kernels::SmallBatchGemm, one warp per output streaming the weights once.
-  bool small_batch_kernel = true;
-  // M from decode_mma_min_rows to kDecodeMmaMaxRows: the tensor-core decode kernel (decode_gemm.h). Rows below
-  // kSmallBatchMaxRows + 1 go to it only when small_batch_kernel is off or decode_mma_min_rows is lowered.
-  bool decode_mma_kernel = true;
+  DecodeGemmMode mode = DecodeGemmMode::kFastest;
+  // kBatchInvariant: the row count from which the tensor-core kernel takes over from SmallBatchGemm (1: every row
+  // count, for tests).
   int decode_mma_min_rows = kSmallBatchMaxRows + 1;
-  int multiprocessors = 132;  // the device's, for the decode kernel's split of K
+  int multiprocessors = 132;  // the device's, for the tensor-core kernel's split of K
+  int small_batch_parts = 0;  // warps per output of SmallBatchGemm; 0: SmallBatchGemmParts(N)
 };
 
 // Not thread-safe: one stream's products at a time.
@@ -56,10 +67,7 @@ class Gemm {
   static absl::StatusOr<std::unique_ptr<Gemm>> Create(const GemmOptions& options = {});
   ~Gemm();
 
-  // Products of decode sizes go to kernels whose result for a row does not depend on the other rows of the batch
-  // (no split-K across rows' sums: SmallBatchGemm up to kSmallBatchMaxRows rows, the decode MMA kernel up to
-  // kDecodeMmaMaxRows, each with one summation order per shape); the two kernels round differently, so a row's
-  // result changes where a batch crosses from one to the other. Larger products take cuBLASLt's first choice.
+  // Decode-sized products take the kernel options().mode names; larger ones cuBLASLt's first choice.
   absl::Status Run(const GemmArgs& args, cudaStream_t stream);
   const GemmOptions& options() const { return options_; }
 

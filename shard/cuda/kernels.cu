@@ -193,18 +193,19 @@ bool SmallBatchGemmFits(const void* a, const void* w, int64_t ldw, int M, int K,
 namespace {
 
 template <typename T>
-cudaError_t SmallBatch(const T* a, const T* w, int64_t ldw, float* c, int64_t ldc, int M, int N, int K,
+cudaError_t SmallBatch(const T* a, const T* w, int64_t ldw, float* c, int64_t ldc, int M, int N, int K, int parts,
                        cudaStream_t stream) {
-  const int blocks = (N + 7) / 8;  // 8 warps, one output row each
+  const int rows_per_block = 8 / parts;  // 8 warps, `parts` per output row
+  const int blocks = (N + rows_per_block - 1) / rows_per_block;
   switch (M) {
-    case 1: Launch(kernels::SmallBatchGemm<T, 1>, dim3(blocks), dim3(256), stream, a, w, ldw, c, ldc, N, K); break;
-    case 2: Launch(kernels::SmallBatchGemm<T, 2>, dim3(blocks), dim3(256), stream, a, w, ldw, c, ldc, N, K); break;
-    case 3: Launch(kernels::SmallBatchGemm<T, 3>, dim3(blocks), dim3(256), stream, a, w, ldw, c, ldc, N, K); break;
-    case 4: Launch(kernels::SmallBatchGemm<T, 4>, dim3(blocks), dim3(256), stream, a, w, ldw, c, ldc, N, K); break;
-    case 5: Launch(kernels::SmallBatchGemm<T, 5>, dim3(blocks), dim3(256), stream, a, w, ldw, c, ldc, N, K); break;
-    case 6: Launch(kernels::SmallBatchGemm<T, 6>, dim3(blocks), dim3(256), stream, a, w, ldw, c, ldc, N, K); break;
-    case 7: Launch(kernels::SmallBatchGemm<T, 7>, dim3(blocks), dim3(256), stream, a, w, ldw, c, ldc, N, K); break;
-    case 8: Launch(kernels::SmallBatchGemm<T, 8>, dim3(blocks), dim3(256), stream, a, w, ldw, c, ldc, N, K); break;
+    case 1: Launch(kernels::SmallBatchGemm<T, 1>, dim3(blocks), dim3(256), stream, a, w, ldw, c, ldc, N, K, parts); break;
+    case 2: Launch(kernels::SmallBatchGemm<T, 2>, dim3(blocks), dim3(256), stream, a, w, ldw, c, ldc, N, K, parts); break;
+    case 3: Launch(kernels::SmallBatchGemm<T, 3>, dim3(blocks), dim3(256), stream, a, w, ldw, c, ldc, N, K, parts); break;
+    case 4: Launch(kernels::SmallBatchGemm<T, 4>, dim3(blocks), dim3(256), stream, a, w, ldw, c, ldc, N, K, parts); break;
+    case 5: Launch(kernels::SmallBatchGemm<T, 5>, dim3(blocks), dim3(256), stream, a, w, ldw, c, ldc, N, K, parts); break;
+    case 6: Launch(kernels::SmallBatchGemm<T, 6>, dim3(blocks), dim3(256), stream, a, w, ldw, c, ldc, N, K, parts); break;
+    case 7: Launch(kernels::SmallBatchGemm<T, 7>, dim3(blocks), dim3(256), stream, a, w, ldw, c, ldc, N, K, parts); break;
+    case 8: Launch(kernels::SmallBatchGemm<T, 8>, dim3(blocks), dim3(256), stream, a, w, ldw, c, ldc, N, K, parts); break;
     default: return cudaErrorInvalidValue;
   }
   return cudaGetLastError();
@@ -212,14 +213,17 @@ cudaError_t SmallBatch(const T* a, const T* w, int64_t ldw, float* c, int64_t ld
 
 }  // namespace
 
+int SmallBatchGemmParts(int64_t N) { return N < 8192 ? 4 : N < 16384 ? 2 : 1; }
+
 cudaError_t LaunchSmallBatchGemm(const void* a, const void* w, int64_t ldw, float* c, int64_t ldc, int M, int N, int K,
-                                 Dtype type, cudaStream_t stream) {
+                                 Dtype type, int parts, cudaStream_t stream) {
   if (!SmallBatchGemmFits(a, w, ldw, M, K, type)) return cudaErrorInvalidValue;
+  if (parts != 1 && parts != 2 && parts != 4 && parts != 8) return cudaErrorInvalidValue;
   if (type == Dtype::kF32) {
-    return SmallBatch(static_cast<const float*>(a), static_cast<const float*>(w), ldw, c, ldc, M, N, K, stream);
+    return SmallBatch(static_cast<const float*>(a), static_cast<const float*>(w), ldw, c, ldc, M, N, K, parts, stream);
   }
   return SmallBatch(static_cast<const __nv_bfloat16*>(a), static_cast<const __nv_bfloat16*>(w), ldw, c, ldc, M, N, K,
-                    stream);
+                    parts, stream);
 }
 
 }  // namespace gemma::cuda

@@ -548,16 +548,20 @@ __global__ void __launch_bounds__(1024) SampleRows(const float* logits, int64_t 
 // down projection's waiting on memory latency), and keeping kM accumulators per lane. Every output is summed in
 // the same order for any kM, so a sequence's results do not depend on how many others share its step (up to 8).
 // Needs K and ldw to be multiples of 16 / sizeof(T) and 16-byte aligned rows.
+// `parts` warps (1, 2, 4 or 8) share each output row, each taking every parts-th run of K, their sums added in
+// warp order: narrow products get enough warps in flight, and the order depends on the shape alone.
 template <typename T, int kM>
 __global__ void __launch_bounds__(256) SmallBatchGemm(const T* a, const T* w, int64_t ldw, float* c, int64_t ldc,
-                                                      int N, int K) {
+                                                      int N, int K, int parts) {
   constexpr int kPerLoad = 16 / sizeof(T);
   constexpr int kUnroll = 4;
-  constexpr int kStride = 32 * kPerLoad;  // elements between one lane's consecutive loads
-  const int n = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
-  const int lane = threadIdx.x % 32;
-  if (n >= N) return AfterPrevious();
-  const T* row = w + static_cast<int64_t>(n) * ldw;
+  constexpr int kStride = 32 * kPerLoad;  // elements between consecutive loads of one warp
+  __shared__ float partial[8][kM];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int n = blockIdx.x * (8 / parts) + warp / parts, part = warp % parts;
+  const int step = kStride * parts;  // between one lane's consecutive loads
+  // Rows past the end stream a valid row and store nothing: every warp reaches the block's barrier.
+  const T* row = w + static_cast<int64_t>(min(n, N - 1)) * ldw;
   float acc[kM];
 #pragma unroll
   for (int m = 0; m < kM; ++m) acc[m] = 0.0f;
@@ -565,24 +569,25 @@ __global__ void __launch_bounds__(256) SmallBatchGemm(const T* a, const T* w, in
   auto load = [&](int k0, uint4 (&wv)[kUnroll]) {
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
-      const int k = k0 + u * kStride;
+      const int k = k0 + u * step;
       wv[u] = k < K ? __ldcs(reinterpret_cast<const uint4*>(row + k)) : make_uint4(0, 0, 0, 0);
     }
   };
   // The weights do not depend on the kernel before: their first loads go out before waiting for it, and each
   // round's loads before the previous round's products.
   LetNextLaunch();
+  const int first = (part * 32 + lane) * kPerLoad;
   uint4 next[kUnroll];
-  load(lane * kPerLoad, next);
+  load(first, next);
   WaitForPrevious();
-  for (int k0 = lane * kPerLoad; k0 < K; k0 += kStride * kUnroll) {
+  for (int k0 = first; k0 < K; k0 += step * kUnroll) {
     uint4 wv[kUnroll];
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) wv[u] = next[u];
-    if (k0 + kStride * kUnroll < K) load(k0 + kStride * kUnroll, next);
+    if (k0 + step * kUnroll < K) load(k0 + step * kUnroll, next);
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
-      const int k = k0 + u * kStride;
+      const int k = k0 + u * step;
       if (k >= K) break;
       float wf[kPerLoad], af[kPerLoad];
       Unpack(wv[u], wf, T());
@@ -597,7 +602,21 @@ __global__ void __launch_bounds__(256) SmallBatchGemm(const T* a, const T* w, in
 #pragma unroll
   for (int m = 0; m < kM; ++m) {
     const float sum = WarpSum(acc[m]);
-    if (lane == 0) c[static_cast<int64_t>(m) * ldc + n] = sum;
+    if (parts == 1) {
+      if (lane == 0 && n < N) c[static_cast<int64_t>(m) * ldc + n] = sum;
+    } else if (lane == 0) {
+      partial[warp][m] = sum;
+    }
+  }
+  if (parts == 1) return;
+  __syncthreads();
+  if (part == 0 && lane == 0 && n < N) {
+#pragma unroll
+    for (int m = 0; m < kM; ++m) {
+      float total = 0.0f;
+      for (int p = 0; p < parts; ++p) total += partial[warp + p][m];
+      c[static_cast<int64_t>(m) * ldc + n] = total;
+    }
   }
 }
 

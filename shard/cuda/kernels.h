@@ -103,10 +103,13 @@ cudaError_t LaunchSampleRows(const float* logits, int rows, int64_t vocab, const
                              float* logprob, cudaStream_t stream);
 
 // c[m, n] = sum_k a[m, k] * w[n, k] for M <= kSmallBatchMaxRows (a and w of `type`, a's rows K apart): the decode
-// GEMM (kernels::SmallBatchGemm). cudaErrorInvalidValue when M, K, ldw or the pointers do not suit it.
+// GEMM (kernels::SmallBatchGemm), `parts` warps (1, 2, 4 or 8) per output. cudaErrorInvalidValue when M, K, ldw,
+// parts or the pointers do not suit it.
 inline constexpr int kSmallBatchMaxRows = 8;
 cudaError_t LaunchSmallBatchGemm(const void* a, const void* w, int64_t ldw, float* c, int64_t ldc, int M, int N, int K,
-                                 Dtype type, cudaStream_t stream);
+                                 Dtype type, int parts, cudaStream_t stream);
+// Warps per output for N outputs: narrow products need more of them in flight. From the shape alone.
+int SmallBatchGemmParts(int64_t N);
 bool SmallBatchGemmFits(const void* a, const void* w, int64_t ldw, int M, int K, Dtype type);
 
 }  // namespace gemma::cuda
