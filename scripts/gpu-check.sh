@@ -97,8 +97,6 @@ print("  decode GEMMs, share of the copy bandwidth (default / batch-invariant ke
 for r in b.get("decode_gemm_sweep", []):
     line = (f"    {r['product']:>7} {r['N']}x{r['K']} rows {r['rows']:>2}: {100*r['default']['bandwidth_fraction']:.0f}% / "
             f"{100*r['batch_invariant']['bandwidth_fraction']:.0f}% / {100*r['cublaslt']['bandwidth_fraction']:.0f}%")
-    if "one_warp_per_output" in r:
-        line += f" (one warp per output: {100*r['one_warp_per_output']['bandwidth_fraction']:.0f}%)"
     if "tensor_core_kernel_bandwidth_fraction_by_split" in r:
         line += "; by split " + ", ".join(f"{k}: {100*v:.0f}%" for k, v in r["tensor_core_kernel_bandwidth_fraction_by_split"].items())
         line += f" (chosen {r['split_chosen']})"

@@ -237,6 +237,7 @@ absl::Status CudaBackend::ForwardAndSample(std::span<const SequenceStep> batch, 
       a.kv_head_begin = tp.kv_head_begin;
       a.out = *attn;
       a.out_type = act_;
+      a.streamed = options_.streamed_attention;
       GEMMA_CUDA_RETURN_IF_ERROR(cuda::LaunchAttention(a, stream_));
       if (auto s = AttendPromptRuns(prompts, prompt_scratch, qkvf, k_base, v_base, dev.tables, max_blocks, *attn);
           !s.ok()) {

@@ -29,6 +29,9 @@ struct CudaBackendOptions {
   // is in), or kernels that sum every row alike in every batch of up to 8 and of 9 to 64 rows (gemm.h).
   bool batch_invariant = false;
   bool cublaslt_only = false;  // every product through cuBLASLt: for comparisons
+  // Decode attention over Gemma's bf16 cache keeps the cache rows in flight as asynchronous copies
+  // (kernels::StreamedAttention); off: the register-staged kernel, for comparisons. The same results either way.
+  bool streamed_attention = true;
   // Each kernel of a step may start while the one before it finishes (programmatic dependent launch, Hopper and
   // later; ignored before): the weight products begin streaming their weights during the previous kernel's tail.
   bool programmatic_launch = true;

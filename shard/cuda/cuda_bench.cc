@@ -216,6 +216,8 @@ int Run() {
   variants.back().options.programmatic_launch = false;
   variants.push_back({"batch_invariant", {}});
   variants.back().options.batch_invariant = true;
+  variants.push_back({"register_staged_attention", {}});
+  variants.back().options.streamed_attention = false;
   variants.push_back({"cublaslt_only", {}});
   variants.back().options.cublaslt_only = true;
   nlohmann::json variant_results = nlohmann::json::object();

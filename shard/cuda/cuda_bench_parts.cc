@@ -81,11 +81,6 @@ absl::StatusOr<nlohmann::json> DecodeGemmSweep(const ModelConfig& c, double band
   auto g_def = cuda::Gemm::Create(def);
   auto g_all = cuda::Gemm::Create(invariant);
   auto g_lt = cuda::Gemm::Create(lt_only);
-  cuda::GemmOptions one_warp;  // SmallBatchGemm with one warp per output, as before warps shared outputs
-  one_warp.multiprocessors = sms;
-  one_warp.small_batch_parts = 1;
-  auto g_one = cuda::Gemm::Create(one_warp);
-  if (!g_one.ok()) return g_one.status();
   for (const absl::Status& s : {g_def.status(), g_all.status(), g_lt.status()}) {
     if (!s.ok()) return s;
   }
@@ -111,7 +106,7 @@ absl::StatusOr<nlohmann::json> DecodeGemmSweep(const ModelConfig& c, double band
         });
       };
       for (auto [name, gemm] : {std::pair{"default", g_def->get()}, std::pair{"batch_invariant", g_all->get()},
-                                std::pair{"cublaslt", g_lt->get()}, std::pair{"one_warp_per_output", g_one->get()}}) {
+                                std::pair{"cublaslt", g_lt->get()}}) {
         auto ms = time_gemm(*gemm);
         if (!ms.ok()) return ms.status();
         row[name] = {{"ms", *ms}, {"bandwidth_fraction", bytes / (*ms / 1000) / bandwidth}};

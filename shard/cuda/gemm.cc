@@ -141,10 +141,9 @@ absl::Status Gemm::Run(const GemmArgs& g, cudaStream_t stream) {
   }
   if (weight_product && small &&
       SmallBatchGemmFits(g.a, g.w, g.ldw, static_cast<int>(g.M), static_cast<int>(g.K), g.in)) {
-    const int parts = options_.small_batch_parts > 0 ? options_.small_batch_parts : SmallBatchGemmParts(g.N);
     GEMMA_CUDA_RETURN_IF_ERROR(LaunchSmallBatchGemm(g.a, g.w, g.ldw, static_cast<float*>(g.c), g.ldc,
                                                     static_cast<int>(g.M), static_cast<int>(g.N),
-                                                    static_cast<int>(g.K), g.in, parts, stream));
+                                                    static_cast<int>(g.K), g.in, stream));
     return absl::OkStatus();
   }
   if (weight_product && mma) {

@@ -58,7 +58,6 @@ struct GemmOptions {
   // count, for tests).
   int decode_mma_min_rows = kSmallBatchMaxRows + 1;
   int multiprocessors = 132;  // the device's, for the tensor-core kernel's split of K
-  int small_batch_parts = 0;  // warps per output of SmallBatchGemm; 0: SmallBatchGemmParts(N)
 };
 
 // Not thread-safe: one stream's products at a time.

@@ -1,4 +1,6 @@
 // Launchers: pick the template for the element types, size the grid, and report the launch error.
+#include <type_traits>
+
 #include "shard/cuda/kernels.cuh"
 #include "shard/cuda/kernels.h"
 
@@ -98,13 +100,25 @@ void Attend(const AttentionArgs& a, cudaStream_t stream) {
   auto* out = static_cast<Out*>(a.out);
   if (a.num_single > 0) {
     const int splits = a.partials != nullptr ? a.splits : 1;
-    Launch(kernels::PagedAttention<Kv, Out, kHeadDim>, dim3(a.num_single, a.num_q, splits), dim3(kAttentionWarps * 32), stream, 
-        a.single_tokens, a.qkv, a.ld, a.head_dim, a.positions, a.seq_of_token, a.block_tables, a.max_blocks, k, v,
-        a.block_size, a.block_stride, a.head_stride, a.heads_per_kv, a.q_head_begin, a.kv_head_begin, a.num_q, out,
-        a.partials);
+    bool streamed = false;
+    if constexpr (kHeadDim == kGemmaHeadDim && std::is_same_v<Kv, __nv_bfloat16>) {
+      if (a.streamed) {
+        Launch(kernels::StreamedAttention<Out>, dim3(a.num_single, a.num_q, splits), dim3(kAttentionWarps * 32), stream,
+               a.single_tokens, a.qkv, a.ld, a.positions, a.seq_of_token, a.block_tables, a.max_blocks, k, v,
+               a.block_size, a.block_stride, a.head_stride, a.heads_per_kv, a.q_head_begin, a.kv_head_begin, a.num_q,
+               out, a.partials);
+        streamed = true;
+      }
+    }
+    if (!streamed) {
+      Launch(kernels::PagedAttention<Kv, Out, kHeadDim>, dim3(a.num_single, a.num_q, splits),
+             dim3(kAttentionWarps * 32), stream, a.single_tokens, a.qkv, a.ld, a.head_dim, a.positions, a.seq_of_token,
+             a.block_tables, a.max_blocks, k, v, a.block_size, a.block_stride, a.head_stride, a.heads_per_kv,
+             a.q_head_begin, a.kv_head_begin, a.num_q, out, a.partials);
+    }
     if (splits > 1) {
-      Launch(kernels::CombineSplits<Out>, dim3(a.num_single, a.num_q), dim3(128), stream, a.single_tokens, a.partials, splits,
-                                                                                  a.head_dim, a.num_q, out);
+      Launch(kernels::CombineSplits<Out>, dim3(a.num_single, a.num_q), dim3(128), stream, a.single_tokens, a.partials,
+             splits, a.head_dim, a.num_q, out);
     }
   }
   if (a.num_tiles > 0) {
@@ -193,19 +207,18 @@ bool SmallBatchGemmFits(const void* a, const void* w, int64_t ldw, int M, int K,
 namespace {
 
 template <typename T>
-cudaError_t SmallBatch(const T* a, const T* w, int64_t ldw, float* c, int64_t ldc, int M, int N, int K, int parts,
+cudaError_t SmallBatch(const T* a, const T* w, int64_t ldw, float* c, int64_t ldc, int M, int N, int K,
                        cudaStream_t stream) {
-  const int rows_per_block = 8 / parts;  // 8 warps, `parts` per output row
-  const int blocks = (N + rows_per_block - 1) / rows_per_block;
+  const int blocks = (N + 7) / 8;  // 8 warps, one output row each
   switch (M) {
-    case 1: Launch(kernels::SmallBatchGemm<T, 1>, dim3(blocks), dim3(256), stream, a, w, ldw, c, ldc, N, K, parts); break;
-    case 2: Launch(kernels::SmallBatchGemm<T, 2>, dim3(blocks), dim3(256), stream, a, w, ldw, c, ldc, N, K, parts); break;
-    case 3: Launch(kernels::SmallBatchGemm<T, 3>, dim3(blocks), dim3(256), stream, a, w, ldw, c, ldc, N, K, parts); break;
-    case 4: Launch(kernels::SmallBatchGemm<T, 4>, dim3(blocks), dim3(256), stream, a, w, ldw, c, ldc, N, K, parts); break;
-    case 5: Launch(kernels::SmallBatchGemm<T, 5>, dim3(blocks), dim3(256), stream, a, w, ldw, c, ldc, N, K, parts); break;
-    case 6: Launch(kernels::SmallBatchGemm<T, 6>, dim3(blocks), dim3(256), stream, a, w, ldw, c, ldc, N, K, parts); break;
-    case 7: Launch(kernels::SmallBatchGemm<T, 7>, dim3(blocks), dim3(256), stream, a, w, ldw, c, ldc, N, K, parts); break;
-    case 8: Launch(kernels::SmallBatchGemm<T, 8>, dim3(blocks), dim3(256), stream, a, w, ldw, c, ldc, N, K, parts); break;
+    case 1: Launch(kernels::SmallBatchGemm<T, 1>, dim3(blocks), dim3(256), stream, a, w, ldw, c, ldc, N, K); break;
+    case 2: Launch(kernels::SmallBatchGemm<T, 2>, dim3(blocks), dim3(256), stream, a, w, ldw, c, ldc, N, K); break;
+    case 3: Launch(kernels::SmallBatchGemm<T, 3>, dim3(blocks), dim3(256), stream, a, w, ldw, c, ldc, N, K); break;
+    case 4: Launch(kernels::SmallBatchGemm<T, 4>, dim3(blocks), dim3(256), stream, a, w, ldw, c, ldc, N, K); break;
+    case 5: Launch(kernels::SmallBatchGemm<T, 5>, dim3(blocks), dim3(256), stream, a, w, ldw, c, ldc, N, K); break;
+    case 6: Launch(kernels::SmallBatchGemm<T, 6>, dim3(blocks), dim3(256), stream, a, w, ldw, c, ldc, N, K); break;
+    case 7: Launch(kernels::SmallBatchGemm<T, 7>, dim3(blocks), dim3(256), stream, a, w, ldw, c, ldc, N, K); break;
+    case 8: Launch(kernels::SmallBatchGemm<T, 8>, dim3(blocks), dim3(256), stream, a, w, ldw, c, ldc, N, K); break;
     default: return cudaErrorInvalidValue;
   }
   return cudaGetLastError();
@@ -213,17 +226,14 @@ cudaError_t SmallBatch(const T* a, const T* w, int64_t ldw, float* c, int64_t ld
 
 }  // namespace
 
-int SmallBatchGemmParts(int64_t N) { return N < 8192 ? 4 : N < 16384 ? 2 : 1; }
-
 cudaError_t LaunchSmallBatchGemm(const void* a, const void* w, int64_t ldw, float* c, int64_t ldc, int M, int N, int K,
-                                 Dtype type, int parts, cudaStream_t stream) {
+                                 Dtype type, cudaStream_t stream) {
   if (!SmallBatchGemmFits(a, w, ldw, M, K, type)) return cudaErrorInvalidValue;
-  if (parts != 1 && parts != 2 && parts != 4 && parts != 8) return cudaErrorInvalidValue;
   if (type == Dtype::kF32) {
-    return SmallBatch(static_cast<const float*>(a), static_cast<const float*>(w), ldw, c, ldc, M, N, K, parts, stream);
+    return SmallBatch(static_cast<const float*>(a), static_cast<const float*>(w), ldw, c, ldc, M, N, K, stream);
   }
   return SmallBatch(static_cast<const __nv_bfloat16*>(a), static_cast<const __nv_bfloat16*>(w), ldw, c, ldc, M, N, K,
-                    parts, stream);
+                    stream);
 }
 
 }  // namespace gemma::cuda

@@ -147,6 +147,51 @@ constexpr int kAttentionWarps = 4;
 constexpr int kMaxHeadDim = 256;
 constexpr int kDimsPerLane = kMaxHeadDim / 32;
 
+// A block's end of decode attention: merges its warps' online softmaxes (max m, sum l, accumulator acc over the
+// lane's dimensions, dim(k)) and writes the output, or with several splits this split's partial for CombineSplits.
+template <typename Out, bool kVectorized>
+__device__ void FinishAttention(float m, float l, const float (&acc)[kDimsPerLane], int head_dim, int t, int h,
+                                int split, int splits, int num_q, Out* out, float* partials) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  auto dim = [lane](int k) { return kVectorized ? lane * kDimsPerLane + k : lane + 32 * k; };
+  __shared__ float warp_m[kAttentionWarps], warp_l[kAttentionWarps];
+  __shared__ float warp_acc[kAttentionWarps][kMaxHeadDim];
+  if (lane == 0) {
+    warp_m[warp] = m;
+    warp_l[warp] = l;
+  }
+#pragma unroll
+  for (int k = 0; k < kDimsPerLane; ++k) {
+    const int d = dim(k);
+    if (d < head_dim) warp_acc[warp][d] = acc[k];
+  }
+  __syncthreads();
+  float m_all = -FLT_MAX;
+  for (int w = 0; w < kAttentionWarps; ++w) m_all = fmaxf(m_all, warp_m[w]);
+  float l_all = 0.0f;
+  for (int w = 0; w < kAttentionWarps; ++w) l_all += warp_l[w] * expf(warp_m[w] - m_all);
+  if (splits == 1) {
+    Out* o = out + (static_cast<int64_t>(t) * num_q + h) * head_dim;
+    for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
+      float v = 0.0f;
+      for (int w = 0; w < kAttentionWarps; ++w) v += warp_acc[w][d] * expf(warp_m[w] - m_all);
+      Store(&o[d], v / l_all);
+    }
+    return;
+  }
+  // This split's partial: [max, sum, unnormalized accumulator], relative to its own max.
+  float* part = partials + ((static_cast<int64_t>(blockIdx.x) * num_q + h) * splits + split) * (head_dim + 2);
+  if (threadIdx.x == 0) {
+    part[0] = m_all;
+    part[1] = l_all;
+  }
+  for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
+    float v = 0.0f;
+    for (int w = 0; w < kAttentionWarps; ++w) v += warp_acc[w][d] * expf(warp_m[w] - m_all);
+    part[2 + d] = v;
+  }
+}
+
 // Decode (flash-decoding): blocks per (token, q head, split of the context), for tokens alone in their sequence's
 // step. The context is dealt out to every warp of every split in turn (position j to warp j mod (splits * warps)),
 // each keeping an online softmax; a block merges its warps, and with one split writes the output, otherwise its
@@ -217,42 +262,92 @@ __global__ void __launch_bounds__(kAttentionWarps * 32)
       m = m_new;
     }
   }
-  __shared__ float warp_m[kAttentionWarps], warp_l[kAttentionWarps];
-  __shared__ float warp_acc[kAttentionWarps][kMaxHeadDim];
-  if (lane == 0) {
-    warp_m[warp] = m;
-    warp_l[warp] = l;
-  }
+  FinishAttention<Out, kVectorized>(m, l, acc, head_dim, t, h, split, splits, num_q, out, partials);
+}
+
+__device__ __forceinline__ void CpAsync16(void* shared, const void* global) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  const unsigned address = static_cast<unsigned>(__cvta_generic_to_shared(shared));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(address), "l"(global) : "memory");
+#endif
+}
+__device__ __forceinline__ void CpAsyncCommit() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
+#endif
+}
+template <int kPending>
+__device__ __forceinline__ void CpAsyncWait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
+#endif
+}
+
+// PagedAttention for Gemma's bf16 cache (head size 256), with each warp's next kStreamDepth positions' K and V rows
+// in flight as asynchronous copies into shared memory rather than in registers: more bytes in flight per
+// multiprocessor, which is what a decode batch's attention (reading every sequence's cache) is bound by. The same
+// positions in the same order and the same arithmetic as PagedAttention, so the same results.
+constexpr int kStreamDepth = 8;
+template <typename Out>
+__global__ void __launch_bounds__(kAttentionWarps * 32)
+    StreamedAttention(const int32_t* token_list, const float* qkv, int64_t ld, const int32_t* positions,
+                      const int32_t* seq_of_token, const int32_t* block_tables, int max_blocks,
+                      const __nv_bfloat16* k_cache, const __nv_bfloat16* v_cache, int block_size, int64_t block_stride,
+                      int64_t head_stride, int heads_per_kv, int q_head_begin, int kv_head_begin, int num_q, Out* out,
+                      float* partials) {
+  AfterPrevious();
+  constexpr int kHeadDim = kMaxHeadDim;
+  __shared__ __align__(16) uint4 ring[kAttentionWarps][kStreamDepth][2][32];
+  const int t = token_list[blockIdx.x], h = blockIdx.y, split = blockIdx.z, splits = gridDim.z;
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int kv_head = (q_head_begin + h) / heads_per_kv - kv_head_begin;
+  const float* q = qkv + t * ld + static_cast<int64_t>(h) * kHeadDim;
+  float qreg[kDimsPerLane], acc[kDimsPerLane];
 #pragma unroll
   for (int k = 0; k < kDimsPerLane; ++k) {
-    const int d = dim(k);
-    if (d < head_dim) warp_acc[warp][d] = acc[k];
+    qreg[k] = q[lane * kDimsPerLane + k];
+    acc[k] = 0.0f;
   }
-  __syncthreads();
-  float m_all = -FLT_MAX;
-  for (int w = 0; w < kAttentionWarps; ++w) m_all = fmaxf(m_all, warp_m[w]);
-  float l_all = 0.0f;
-  for (int w = 0; w < kAttentionWarps; ++w) l_all += warp_l[w] * expf(warp_m[w] - m_all);
-  if (splits == 1) {
-    Out* o = out + (static_cast<int64_t>(t) * num_q + h) * head_dim;
-    for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
-      float v = 0.0f;
-      for (int w = 0; w < kAttentionWarps; ++w) v += warp_acc[w][d] * expf(warp_m[w] - m_all);
-      Store(&o[d], v / l_all);
+  const int32_t* blocks = block_tables + static_cast<int64_t>(seq_of_token[t]) * max_blocks;
+  const int n = positions[t] + 1;
+  const int stride = splits * kAttentionWarps, first = split * kAttentionWarps + warp;
+  const int count = first < n ? (n - first + stride - 1) / stride : 0;
+  // The i-th position of this warp into slot i mod kStreamDepth; one commit group per position (empty past the
+  // end), so that waiting for all but the newest kStreamDepth - 1 groups means position i has landed. Each lane
+  // reads back only the 16 bytes it copied itself.
+  auto issue = [&](int i) {
+    if (i < count) {
+      const int j = first + i * stride;
+      const int64_t base = static_cast<int64_t>(blocks[j / block_size]) * block_stride + kv_head * head_stride +
+                           static_cast<int64_t>(j % block_size) * kHeadDim + lane * kDimsPerLane;
+      CpAsync16(&ring[warp][i % kStreamDepth][0][lane], k_cache + base);
+      CpAsync16(&ring[warp][i % kStreamDepth][1][lane], v_cache + base);
     }
-    return;
+    CpAsyncCommit();
+  };
+#pragma unroll
+  for (int i = 0; i < kStreamDepth; ++i) issue(i);
+  float m = -FLT_MAX, l = 0.0f;
+  for (int i = 0; i < count; ++i) {
+    CpAsyncWait<kStreamDepth - 1>();
+    float kf[kDimsPerLane], vf[kDimsPerLane];
+    Unpack(ring[warp][i % kStreamDepth][0][lane], kf, __nv_bfloat16());
+    Unpack(ring[warp][i % kStreamDepth][1][lane], vf, __nv_bfloat16());
+    float partial = 0.0f;
+#pragma unroll
+    for (int k = 0; k < kDimsPerLane; ++k) partial += qreg[k] * kf[k];
+    const float s = WarpSum(partial);
+    const float m_new = fmaxf(m, s);
+    const float correction = expf(m - m_new), p = expf(s - m_new);
+    l = l * correction + p;
+#pragma unroll
+    for (int k = 0; k < kDimsPerLane; ++k) acc[k] = acc[k] * correction + p * vf[k];
+    m = m_new;
+    // The slot's values are in registers and used above: it may be refilled.
+    issue(i + kStreamDepth);
   }
-  // This split's partial: [max, sum, unnormalized accumulator], relative to its own max.
-  float* part = partials + ((static_cast<int64_t>(blockIdx.x) * num_q + h) * splits + split) * (head_dim + 2);
-  if (threadIdx.x == 0) {
-    part[0] = m_all;
-    part[1] = l_all;
-  }
-  for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
-    float v = 0.0f;
-    for (int w = 0; w < kAttentionWarps; ++w) v += warp_acc[w][d] * expf(warp_m[w] - m_all);
-    part[2 + d] = v;
-  }
+  CpAsyncWait<0>();
+  FinishAttention<Out, true>(m, l, acc, kHeadDim, t, h, split, splits, num_q, out, partials);
 }
 
 // Merges the splits of PagedAttention: one block per (listed token, q head).
@@ -548,20 +643,16 @@ __global__ void __launch_bounds__(1024) SampleRows(const float* logits, int64_t 
 // down projection's waiting on memory latency), and keeping kM accumulators per lane. Every output is summed in
 // the same order for any kM, so a sequence's results do not depend on how many others share its step (up to 8).
 // Needs K and ldw to be multiples of 16 / sizeof(T) and 16-byte aligned rows.
-// `parts` warps (1, 2, 4 or 8) share each output row, each taking every parts-th run of K, their sums added in
-// warp order: narrow products get enough warps in flight, and the order depends on the shape alone.
 template <typename T, int kM>
 __global__ void __launch_bounds__(256) SmallBatchGemm(const T* a, const T* w, int64_t ldw, float* c, int64_t ldc,
-                                                      int N, int K, int parts) {
+                                                      int N, int K) {
   constexpr int kPerLoad = 16 / sizeof(T);
   constexpr int kUnroll = 4;
-  constexpr int kStride = 32 * kPerLoad;  // elements between consecutive loads of one warp
-  __shared__ float partial[8][kM];
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int n = blockIdx.x * (8 / parts) + warp / parts, part = warp % parts;
-  const int step = kStride * parts;  // between one lane's consecutive loads
-  // Rows past the end stream a valid row and store nothing: every warp reaches the block's barrier.
-  const T* row = w + static_cast<int64_t>(min(n, N - 1)) * ldw;
+  constexpr int kStride = 32 * kPerLoad;  // elements between one lane's consecutive loads
+  const int n = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  if (n >= N) return AfterPrevious();
+  const T* row = w + static_cast<int64_t>(n) * ldw;
   float acc[kM];
 #pragma unroll
   for (int m = 0; m < kM; ++m) acc[m] = 0.0f;
@@ -569,25 +660,24 @@ __global__ void __launch_bounds__(256) SmallBatchGemm(const T* a, const T* w, in
   auto load = [&](int k0, uint4 (&wv)[kUnroll]) {
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
-      const int k = k0 + u * step;
+      const int k = k0 + u * kStride;
       wv[u] = k < K ? __ldcs(reinterpret_cast<const uint4*>(row + k)) : make_uint4(0, 0, 0, 0);
     }
   };
   // The weights do not depend on the kernel before: their first loads go out before waiting for it, and each
   // round's loads before the previous round's products.
   LetNextLaunch();
-  const int first = (part * 32 + lane) * kPerLoad;
   uint4 next[kUnroll];
-  load(first, next);
+  load(lane * kPerLoad, next);
   WaitForPrevious();
-  for (int k0 = first; k0 < K; k0 += step * kUnroll) {
+  for (int k0 = lane * kPerLoad; k0 < K; k0 += kStride * kUnroll) {
     uint4 wv[kUnroll];
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) wv[u] = next[u];
-    if (k0 + step * kUnroll < K) load(k0 + step * kUnroll, next);
+    if (k0 + kStride * kUnroll < K) load(k0 + kStride * kUnroll, next);
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
-      const int k = k0 + u * step;
+      const int k = k0 + u * kStride;
       if (k >= K) break;
       float wf[kPerLoad], af[kPerLoad];
       Unpack(wv[u], wf, T());
@@ -602,21 +692,7 @@ __global__ void __launch_bounds__(256) SmallBatchGemm(const T* a, const T* w, in
 #pragma unroll
   for (int m = 0; m < kM; ++m) {
     const float sum = WarpSum(acc[m]);
-    if (parts == 1) {
-      if (lane == 0 && n < N) c[static_cast<int64_t>(m) * ldc + n] = sum;
-    } else if (lane == 0) {
-      partial[warp][m] = sum;
-    }
-  }
-  if (parts == 1) return;
-  __syncthreads();
-  if (part == 0 && lane == 0 && n < N) {
-#pragma unroll
-    for (int m = 0; m < kM; ++m) {
-      float total = 0.0f;
-      for (int p = 0; p < parts; ++p) total += partial[warp + p][m];
-      c[static_cast<int64_t>(m) * ldc + n] = total;
-    }
+    if (lane == 0) c[static_cast<int64_t>(m) * ldc + n] = sum;
   }
 }
 

@@ -67,6 +67,9 @@ struct AttentionArgs {
   // num_single * num_q * splits * (head_dim + 2) floats when splits > 1.
   int splits = 1;
   float* partials = nullptr;
+  // Gemma's bf16 cache (head size 256): lone tokens through kernels::StreamedAttention (same results, more of the
+  // cache in flight).
+  bool streamed = true;
 };
 inline constexpr int kAttentionTileQueries = 32;
 inline constexpr int kAttentionMaxSplits = 16;
@@ -103,13 +106,10 @@ cudaError_t LaunchSampleRows(const float* logits, int rows, int64_t vocab, const
                              float* logprob, cudaStream_t stream);
 
 // c[m, n] = sum_k a[m, k] * w[n, k] for M <= kSmallBatchMaxRows (a and w of `type`, a's rows K apart): the decode
-// GEMM (kernels::SmallBatchGemm), `parts` warps (1, 2, 4 or 8) per output. cudaErrorInvalidValue when M, K, ldw,
-// parts or the pointers do not suit it.
+// GEMM (kernels::SmallBatchGemm). cudaErrorInvalidValue when M, K, ldw or the pointers do not suit it.
 inline constexpr int kSmallBatchMaxRows = 8;
 cudaError_t LaunchSmallBatchGemm(const void* a, const void* w, int64_t ldw, float* c, int64_t ldc, int M, int N, int K,
-                                 Dtype type, int parts, cudaStream_t stream);
-// Warps per output for N outputs: narrow products need more of them in flight. From the shape alone.
-int SmallBatchGemmParts(int64_t N);
+                                 Dtype type, cudaStream_t stream);
 bool SmallBatchGemmFits(const void* a, const void* w, int64_t ldw, int M, int K, Dtype type);
 
 }  // namespace gemma::cuda
