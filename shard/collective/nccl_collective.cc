@@ -106,6 +106,35 @@ class NcclCollective : public DeviceCollective {
     return AllReduceSum(DeviceFloats(static_cast<float*>(staging_), 1));
   }
 
+  absl::Status EnqueueAllReduceSum(DeviceFloats data, void* cuda_stream) override {
+    if (broken_) return absl::UnavailableError("all-reduce: the NCCL communicator failed earlier");
+    if (data.count == 0) return absl::OkStatus();
+    GEMMA_CUDA(cudaSetDevice(device_));
+    ncclResult_t r = ncclAllReduce(data.data, data.data, data.count, ncclFloat32, ncclSum, comm_,
+                                   static_cast<cudaStream_t>(cuda_stream));
+    // A nonblocking communicator may still be enqueueing when the call returns; what the caller puts on the stream
+    // next (or captures into a graph) must come after it, so wait for the enqueue (not for the sum).
+    const auto start = std::chrono::steady_clock::now();
+    while (r == ncclInProgress) {
+      if (std::chrono::steady_clock::now() - start > timeout_) {
+        broken_ = true;
+        return absl::DeadlineExceededError("all-reduce: NCCL did not finish enqueueing within the timeout");
+      }
+      std::this_thread::yield();
+      ncclCommGetAsyncError(comm_, &r);
+    }
+    if (r != ncclSuccess) {
+      broken_ = true;
+      return NcclError(r, "all-reduce", __FILE__, __LINE__);
+    }
+    return absl::OkStatus();
+  }
+
+  // Everything enqueued on the caller's stream, polled like the calls above: a dead peer fails it in time.
+  absl::Status WaitStream(void* cuda_stream) override {
+    return Run("a step's all-reduces", [] { return ncclSuccess; }, static_cast<cudaStream_t>(cuda_stream));
+  }
+
  private:
   absl::Status Stage(size_t bytes) {
     if (bytes <= staging_bytes_) return absl::OkStatus();
