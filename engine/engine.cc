@@ -334,7 +334,8 @@ absl::StatusOr<std::vector<RowResult>> Engine::Execute(const std::vector<StepRow
     }
     return all;
   }
-  // Nothing ran: find the malformed rows one at a time, and run the rest (results do not depend on the batch).
+  // Nothing ran: find the malformed rows one at a time, and run the rest (a row alone computes what it would in the
+  // batch; a GPU's fastest kernels may differ in the last bits of its logits).
   std::vector<RowResult> out(rows.size());
   for (size_t i = 0; i < rows.size(); ++i) {
     auto one = checked(executor_->Execute(std::span<const StepRow>(&rows[i], 1)), i, 1);

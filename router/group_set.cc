@@ -26,6 +26,14 @@ absl::Status GroupSet::Add(std::unique_ptr<WorkerGroup> group) {
                                                        group->info().shape_name(), ") than the groups served (",
                                                        model_->info.shape_name(), "); not added"));
       }
+      // The router checks request lengths against the first group's context: a group that takes less would refuse
+      // requests the router admitted, mid-generation.
+      if (group->info().max_model_len() != model_->info.max_model_len()) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "worker group ", group->address(), " takes contexts of ", group->info().max_model_len(),
+            " positions (--max_model_len), the groups served ", model_->info.max_model_len(),
+            "; every group of a router must take the same; not added"));
+      }
       groups_.push_back(std::move(group));
       return absl::OkStatus();
     }

@@ -40,7 +40,7 @@ ABSL_FLAG(int, max_batch_size, 64, "sequences in one step per group");
 ABSL_FLAG(int, max_tokens_per_step, 512, "tokens in one step per group (decodes plus prompt chunks)");
 ABSL_FLAG(int, max_queued, 256, "waiting requests per group; more get RESOURCE_EXHAUSTED");
 ABSL_FLAG(int, max_new_tokens, 4096, "ceiling on a request's max_new_tokens");
-ABSL_FLAG(int, max_total_tokens, 0, "ceiling on prompt + max_new_tokens; 0 (default): the model's own context");
+ABSL_FLAG(int, max_total_tokens, 0, "ceiling on prompt + max_new_tokens; 0 (default): the groups' context (their --max_model_len, else the model's)");
 ABSL_FLAG(std::string, overlap_steps, "on",
           "on: while a group decodes, the next step is sent before the last one has answered, hiding the router's "
           "share of each token (off: one step at a time)");

@@ -17,6 +17,13 @@
 namespace gemma {
 namespace cuda {
 
+// Only the blocks a step reaches go into its metadata: a longer table (allowed) must not outgrow the buffer
+// planned for the longest context, nor change a graph's table stride.
+int CudaBackend::BlocksUsed(const SequenceStep& s) const {
+  const int64_t end = static_cast<int64_t>(s.start_pos) + static_cast<int64_t>(s.tokens.size());
+  return static_cast<int>(std::min<int64_t>(static_cast<int64_t>(s.block_table.size()), (end + block_size_ - 1) / block_size_));
+}
+
 absl::Status CudaBackend::RunAsGraph(int batch, const std::function<absl::Status()>& enqueue) {
   if (graphs_generation_ != buffers_generation_) {
     for (auto& [b, g] : graphs_) cudaGraphExecDestroy(g);
@@ -88,14 +95,14 @@ absl::Status CudaBackend::ForwardAndSample(std::span<const SequenceStep> batch, 
   int max_blocks = 1;
   for (const auto& s : batch) {
     T += static_cast<int64_t>(s.tokens.size());
-    max_blocks = std::max(max_blocks, static_cast<int>(s.block_table.size()));
+    max_blocks = std::max(max_blocks, BlocksUsed(s));
   }
   const int64_t B = static_cast<int64_t>(batch.size());
   // A decode step (one token and its logits per sequence) replays a CUDA graph captured for its batch size: the
   // launches of a step cost more host time than the GPU takes for them at small batches. With several ranks the
   // graph holds the all-reduces too (enqueued on the step's stream, waited for once at its end). Block tables are
   // padded to the longest context so that every step of a batch size has the same layout.
-  bool graph_step = graphs_enabled_ && T == B;
+  bool graph_step = graphs_enabled_ && T == B && B <= kMaxGraphBatch;
   for (const auto& s : batch) graph_step = graph_step && s.logits == LogitsWanted::kLast;
   if (graph_step) max_blocks = std::max(max_blocks, (limits_.max_context + block_size_ - 1) / block_size_);
   last_clocked_ = options_.stage_timing && !graph_step;
@@ -119,7 +126,7 @@ absl::Status CudaBackend::ForwardAndSample(std::span<const SequenceStep> batch, 
       const SequenceStep& s = batch[i];
       out->row_begin.push_back(static_cast<int>(R));
       std::fill(host.tables + i * max_blocks, host.tables + (i + 1) * max_blocks, 0);
-      std::copy(s.block_table.begin(), s.block_table.end(), host.tables + i * max_blocks);
+      std::copy(s.block_table.begin(), s.block_table.begin() + BlocksUsed(s), host.tables + i * max_blocks);
       // Attention work: a lone token decodes; a long run of prompt tokens goes through GEMMs; shorter runs are cut
       // into tiles of consecutive tokens.
       if (s.tokens.size() == 1) {

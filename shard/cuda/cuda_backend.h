@@ -24,7 +24,7 @@ enum class CudaPrecision {
 struct CudaBackendOptions {
   int device = 0;
   CudaPrecision precision = CudaPrecision::kBf16;
-  bool cuda_graphs = true;  // replay decode steps (one GPU) as CUDA graphs, one per batch size
+  bool cuda_graphs = true;  // replay decode steps as CUDA graphs, one per batch size (with their all-reduces at TP > 1)
   // Decode weight products: the fastest kernels (a row's logits may then change in the last bits with the batch it
   // is in), or kernels that sum every row alike in every batch of up to 8 and of 9 to 64 rows (gemm.h).
   bool batch_invariant = false;
@@ -58,6 +58,8 @@ struct CudaMemoryReport {
 };
 // The report of a backend CreateCudaBackend made; NotFound for any other backend.
 absl::StatusOr<CudaMemoryReport> CudaMemoryReportOf(const Backend& backend);
+// Decode graphs a CUDA backend holds now (0 for any other backend): tests check that steps really replay.
+int CudaGraphsCaptured(const Backend& backend);
 
 // Whether this build has the CUDA backend, and how many devices this process sees (0 without CUDA).
 bool CudaBackendBuilt();

@@ -97,6 +97,9 @@ class CudaBackend final : public Backend {
 
   absl::Status Init(const KvCacheOptions& kv_options);
   const CudaMemoryReport& memory_report() const { return memory_; }
+  int graphs_captured() const { return static_cast<int>(graphs_.size()); }
+  // Decode batches up to this size are replayed from graphs (the planned memory keeps room for that many).
+  static constexpr int kMaxGraphBatch = 256;
 
   const ModelConfig& config() const override { return weights_->config(); }
   int num_kv_blocks() const override { return num_blocks_; }
@@ -124,6 +127,8 @@ class CudaBackend final : public Backend {
   // (memory_plan.h) and allocates it.
   absl::Status ProfileAndAllocateKv(const KvCacheOptions& kv_options);
   absl::Status AllocateKv(int64_t blocks, const std::string& what);
+  // Every rank's `mine` (integers under 2^24), rank after rank: start-up agreement within the group.
+  absl::StatusOr<std::vector<float>> GatherIntegers(const std::vector<float>& mine);
   // A scratch buffer of at least `bytes`; growing it invalidates captured graphs (they hold its address).
   absl::StatusOr<void*> At(Scratch& scratch, size_t bytes, const char* what) {
     void* before = scratch.buffer.get();
@@ -131,6 +136,7 @@ class CudaBackend final : public Backend {
     if (p.ok() && *p != before) ++buffers_generation_;
     return p;
   }
+  int BlocksUsed(const SequenceStep& s) const;
   // Replays the graph captured for this batch size, capturing it first. A capture that fails turns graphs off
   // for this backend (said once on stderr) and the step runs as is.
   absl::Status RunAsGraph(int batch, const std::function<absl::Status()>& enqueue);

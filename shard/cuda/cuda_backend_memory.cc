@@ -26,7 +26,9 @@ class CudaDeviceMemory : public DeviceMemory {
 
 // Graphs captured later, one per decode batch size, take a little device memory each.
 int64_t GraphReserveBytes(bool graphs, int max_sequences) {
-  return graphs ? (int64_t{64} << 20) + static_cast<int64_t>(std::min(max_sequences, 256)) * (int64_t{1} << 20) : 0;
+  return graphs ? (int64_t{64} << 20) +
+                      static_cast<int64_t>(std::min(max_sequences, CudaBackend::kMaxGraphBatch)) * (int64_t{1} << 20)
+                : 0;
 }
 
 std::string LimitsText(const StepLimits& l) {
@@ -102,11 +104,39 @@ absl::Status CudaBackend::AllocateKv(int64_t blocks, const std::string& what) {
   return absl::OkStatus();
 }
 
+absl::StatusOr<std::vector<float>> CudaBackend::GatherIntegers(const std::vector<float>& mine) {
+  // Small integers (under 2^24) are exact in floats, which the exchange moves.
+  const size_t n = mine.size(), world = static_cast<size_t>(exchange_->world());
+  auto buffer = DeviceBuffer::Allocate((n + n * world) * sizeof(float), "a start-up exchange between ranks");
+  if (!buffer.ok()) return buffer.status();
+  GEMMA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(buffer->get(), mine.data(), n * sizeof(float), cudaMemcpyHostToDevice, stream_));
+  if (auto s = exchange_->AllGather(buffer->as<float>(), n, buffer->as<float>() + n, stream_); !s.ok()) return s;
+  std::vector<float> all(n * world);
+  GEMMA_CUDA_RETURN_IF_ERROR(
+      cudaMemcpyAsync(all.data(), buffer->as<float>() + n, all.size() * sizeof(float), cudaMemcpyDeviceToHost, stream_));
+  GEMMA_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
+  return all;
+}
+
 absl::Status CudaBackend::ProfileAndAllocateKv(const KvCacheOptions& kv_options) {
   const ModelConfig& c = config();
   const TensorParallel& tp = weights_->tp();
   const int64_t block_bytes = block_stride_ * DtypeBytes(act_);
   const int context_blocks = (limits_.max_context + block_size_ - 1) / block_size_;
+  if (tp.world > 1) {
+    // The profile steps below are collective: ranks started with other limits would run different steps.
+    auto all = GatherIntegers({static_cast<float>(limits_.max_tokens), static_cast<float>(limits_.max_sequences),
+                               static_cast<float>(limits_.max_context)});
+    if (!all.ok()) return all.status();
+    for (int r = 0; r < tp.world; ++r) {
+      const float* f = all->data() + static_cast<size_t>(3) * r;
+      if (f[0] != limits_.max_tokens || f[1] != limits_.max_sequences || f[2] != limits_.max_context) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "rank ", r, " was started with other step limits (", f[0], " tokens, ", f[1], " sequences, ", f[2],
+            " positions) than rank ", tp.rank, " (", LimitsText(limits_), "); every rank must take the same"));
+      }
+    }
+  }
   if (auto s = AllocateKv(context_blocks, "a KV cache for one sequence of the longest context (measuring the largest "
                                           "step)");
       !s.ok()) {
@@ -151,24 +181,23 @@ absl::Status CudaBackend::ProfileAndAllocateKv(const KvCacheOptions& kv_options)
   request.limits = LimitsText(limits_);
   CudaDeviceMemory device;
   auto plan = PlanKvCache(device, request);
-  if (!plan.ok()) return plan.status();
-  int64_t blocks = std::min<int64_t>(plan->blocks, INT32_MAX);
+  int64_t blocks = plan.ok() ? std::min<int64_t>(plan->blocks, INT32_MAX) : 0;
   if (tp.world > 1) {
-    // One block id space for the group: every rank takes the smallest plan. Counts travel as two exact 16-bit
-    // halves, since a float holds integers exactly only up to 2^24.
-    std::vector<float> mine = {static_cast<float>(blocks >> 16), static_cast<float>(blocks & 0xffff)};
-    auto buffer = DeviceBuffer::Allocate((2 + 2 * tp.world) * sizeof(float), "the KV plan exchange");
-    if (!buffer.ok()) return buffer.status();
-    GEMMA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(buffer->get(), mine.data(), 2 * sizeof(float), cudaMemcpyHostToDevice, stream_));
-    if (auto s = exchange_->AllGather(buffer->as<float>(), 2, buffer->as<float>() + 2, stream_); !s.ok()) return s;
-    std::vector<float> all(2 * tp.world);
-    GEMMA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(all.data(), buffer->as<float>() + 2, all.size() * sizeof(float),
-                                               cudaMemcpyDeviceToHost, stream_));
-    GEMMA_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
+    // One block id space for the group: every rank takes the smallest plan, and learns when another failed
+    // instead of waiting on it until the collective times out. Counts travel as two exact 16-bit halves.
+    auto all = GatherIntegers({static_cast<float>(blocks >> 16), static_cast<float>(blocks & 0xffff),
+                               plan.ok() ? 0.0f : 1.0f});
+    if (!all.ok()) return all.status();
     for (int r = 0; r < tp.world; ++r) {
-      blocks = std::min(blocks, (static_cast<int64_t>(all[2 * r]) << 16) + static_cast<int64_t>(all[2 * r + 1]));
+      const float* f = all->data() + static_cast<size_t>(3) * r;
+      if (f[2] != 0 && plan.ok()) {
+        return absl::FailedPreconditionError(
+            absl::StrCat("rank ", r, " of the group could not plan its KV cache (its log says why)"));
+      }
+      blocks = std::min(blocks, (static_cast<int64_t>(f[0]) << 16) + static_cast<int64_t>(f[1]));
     }
   }
+  if (!plan.ok()) return plan.status();
   if (auto s = AllocateKv(blocks, absl::StrCat("the KV cache (", blocks, " blocks of ", block_size_, " positions)"));
       !s.ok()) {
     return s;
@@ -199,6 +228,11 @@ absl::StatusOr<CudaMemoryReport> CudaMemoryReportOf(const Backend& backend) {
   const auto* cuda = dynamic_cast<const cuda::CudaBackend*>(&backend);
   if (cuda == nullptr) return absl::NotFoundError("not a CUDA backend");
   return cuda->memory_report();
+}
+
+int CudaGraphsCaptured(const Backend& backend) {
+  const auto* cuda = dynamic_cast<const cuda::CudaBackend*>(&backend);
+  return cuda == nullptr ? 0 : cuda->graphs_captured();
 }
 
 }  // namespace gemma

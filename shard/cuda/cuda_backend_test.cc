@@ -387,6 +387,7 @@ TEST_F(CudaBackendDeviceTest, TensorParallelTwoOverAHostCollectiveStagesThroughH
     if (!w.ok()) return void(status[rank] = w.status());
     CudaBackendOptions o;
     o.precision = CudaPrecision::kF32;
+    o.cuda_graphs = false;  // ranks as threads of one process: no host-collective graphs (DESIGN.md)
     auto b = CreateCudaBackend(std::shared_ptr<const ModelWeights>(std::move(*w)), Kv(4096), o,
                                std::shared_ptr<HostCollective>(std::move(*c)));
     if (!b.ok()) return void(status[rank] = b.status());

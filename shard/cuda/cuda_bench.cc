@@ -211,7 +211,7 @@ int Run() {
     const char* name;
     CudaBackendOptions options;
   };
-  std::vector<Variant> variants;
+  std::vector<Variant> variants;  // each with stage timing, like the default run's launched steps
   variants.push_back({"no_programmatic_launch", {}});
   variants.back().options.programmatic_launch = false;
   variants.push_back({"batch_invariant", {}});
@@ -226,7 +226,9 @@ int Run() {
     Progress progress("decode sweep of kernel variants", static_cast<int64_t>(variants.size()));
     int done = 0;
     for (const Variant& v : variants) {
-      auto b = CreateCudaBackend(w, kv, v.options);
+      CudaBackendOptions with_stages = v.options;
+      with_stages.stage_timing = true;
+      auto b = CreateCudaBackend(w, kv, with_stages);
       auto rows = b.ok() ? sweep(**b, std::max(8, steps / 2)) : absl::StatusOr<nlohmann::json>(b.status());
       progress.Update(++done);
       if (!rows.ok()) {
