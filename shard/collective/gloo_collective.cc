@@ -1,6 +1,8 @@
 #include "shard/collective/gloo_collective.h"
 
+#include <csignal>
 #include <exception>
+#include <mutex>
 
 #include "absl/strings/str_cat.h"
 #include "gloo/allgather.h"
@@ -112,6 +114,10 @@ class GlooCollective : public HostCollective {
 
 absl::StatusOr<std::unique_ptr<HostCollective>> CreateGlooCollective(std::shared_ptr<gloo::rendezvous::Store> store,
                                                                  const GlooOptions& options) {
+  // Gloo writes to its peers' sockets without MSG_NOSIGNAL: a peer that has left would kill this process with
+  // SIGPIPE instead of failing the collective with an error, as a dead peer must.
+  static std::once_flag ignore_sigpipe;
+  std::call_once(ignore_sigpipe, [] { std::signal(SIGPIPE, SIG_IGN); });
   if (options.world < 1 || options.rank < 0 || options.rank >= options.world) {
     return absl::InvalidArgumentError(absl::StrCat("rank ", options.rank, " is outside [0, ", options.world, ")"));
   }
