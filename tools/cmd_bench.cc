@@ -69,7 +69,7 @@ absl::StatusOr<double> PrefillTokensPerSecond(Backend* backend, int prompt_len) 
   return prompt_len / (Now() - start);
 }
 
-// Decode steps of `batch` sequences after a short prefill; returns generated tokens per second.
+// Decode steps of `batch` sequences after a `context`-token prefill; returns generated tokens per second.
 absl::StatusOr<double> DecodeTokensPerSecond(Backend* backend, int batch, int context, int steps,
                                              double* collective_fraction = nullptr) {
   const auto& c = backend->config();
@@ -109,6 +109,8 @@ int BenchCommand(int argc, char** argv) {
       .Flag("threads", "thread count for the all-cores run (default: all cores); a 1-thread run is always added")
       .Flag("prompt-len", "prefill prompt length (default 512)")
       .Flag("steps", "decode steps timed per batch size (default 8)")
+      .Flag("decode-context", "context of the batch-1 decode (default 64; batch 8 stays at 64: eight long prompts "
+                              "would take minutes to fill on a CPU)")
       .Flag("tp", "tensor-parallel degree: a local group of N processes, threads split among them (default 1)")
       .Flag("tp-transport", "collectives of a local group: shm (shared memory, default) or gloo (TCP)")
       .Flag("json", "print one JSON object", true);
@@ -119,17 +121,23 @@ int BenchCommand(int argc, char** argv) {
   auto prompt_len = args.GetInt("prompt-len", 512, 2, 8192);
   auto steps = args.GetInt("steps", 8, 1, 10000);
   auto tp = args.GetInt("tp", 1, 1, 64);
-  for (const absl::Status& s : {threads.status(), prompt_len.status(), steps.status(), tp.status()}) {
+  auto decode_context_1 = args.GetInt("decode-context", 64, 1, 131072);
+  for (const absl::Status& s :
+       {threads.status(), prompt_len.status(), steps.status(), tp.status(), decode_context_1.status()}) {
     if (!s.ok()) return Fail(kCmd, s);
   }
   const int decode_context = 64;
-  const int64_t kv_tokens = std::max<int64_t>(*prompt_len, 8 * (decode_context + *steps + 1 + 16));
+  const int64_t kv_tokens = std::max<int64_t>({*prompt_len, 8 * (decode_context + *steps + 1 + 16),
+                                                *decode_context_1 + *steps + 1 + 16 + 8 * (decode_context + *steps + 17)});
   auto model = OpenLocalModel(args.Get("model"));
   if (!model.ok()) return Fail(kCmd, model.status());
   if (*tp > 1) SetThreads(static_cast<int>(*threads));  // split among the ranks by AttachBackend
   if (auto s = AttachBackend(*model, kv_tokens, static_cast<int>(*tp), 30000, args.Get("tp-transport", "shm")); !s.ok()) return Fail(kCmd, s);
   if (*prompt_len > model->config().max_position_embeddings) {
     return Fail(kCmd, absl::InvalidArgumentError("--prompt-len exceeds the model's context"));
+  }
+  if (*decode_context_1 + *steps + 1 > model->config().max_position_embeddings) {
+    return Fail(kCmd, absl::InvalidArgumentError("--decode-context plus --steps exceeds the model's context"));
   }
   const int64_t weight_bytes = model->weights->WeightBytesPerStep();
 
@@ -147,7 +155,7 @@ int BenchCommand(int argc, char** argv) {
     progress.Update(++done);
     auto prefill = PrefillTokensPerSecond(model->backend.get(), static_cast<int>(*prompt_len));
     progress.Update(++done);
-    auto d1 = DecodeTokensPerSecond(model->backend.get(), 1, decode_context, static_cast<int>(*steps),
+    auto d1 = DecodeTokensPerSecond(model->backend.get(), 1, static_cast<int>(*decode_context_1), static_cast<int>(*steps),
                                     &f.collective_fraction_batch1);
     progress.Update(++done);
     auto d8 = DecodeTokensPerSecond(model->backend.get(), 8, decode_context, static_cast<int>(*steps));
@@ -180,6 +188,7 @@ int BenchCommand(int argc, char** argv) {
     }
     nlohmann::json out = {{"model", c.DebugString()},
                           {"prompt_len", *prompt_len},
+                          {"decode_context_batch1", *decode_context_1},
                           {"weight_bytes", weight_bytes},
                           {"threads", all.threads},
                           {"tp", *tp},
