@@ -223,13 +223,13 @@ void WorkerGroup::LoseLease(const std::string& why) {
   next_lease_ = std::chrono::steady_clock::now();
 }
 
-bool WorkerGroup::RefreshInfo() {
+bool WorkerGroup::RefreshInfo(const char* refusal) {
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(1));
   worker::v1::ModelInfo info;
   if (!stub_->GetModelInfo(&ctx, {}, &info).ok()) return false;
   if (const std::string why = Incompatible(info, info_); !why.empty()) {
-    std::fprintf(stderr, "gemma-router: worker group %s %s; not taking it\n", address_.c_str(), why.c_str());
+    std::fprintf(stderr, "gemma-router: worker group %s %s; %s\n", address_.c_str(), why.c_str(), refusal);
     return false;
   }
   engine_info_ = std::move(info);
@@ -454,17 +454,9 @@ void WorkerGroup::ProbeRecovery() {
   if (now < next_probe_) return;
   probe_delay_ = std::min(probe_delay_ * 2, kMaxProbeDelay);
   next_probe_ = now + probe_delay_;
-  if (!Serving(std::chrono::seconds(1))) return;
-  grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(1));
-  worker::v1::ModelInfo info;
-  if (!stub_->GetModelInfo(&ctx, {}, &info).ok()) return;
-  if (const std::string why = Incompatible(info, info_); !why.empty()) {
-    std::fprintf(stderr, "gemma-router: worker group %s %s; not taking it back\n", address_.c_str(), why.c_str());
-    return;
-  }
+  if (!Serving(std::chrono::seconds(1)) || !RefreshInfo("not taking it back")) return;
   // A new incarnation: empty KV pool, possibly of another size, and a lease to take again.
-  engine_ = NewEngine(info);
+  engine_ = NewEngine(engine_info_);
   if (owned_) {
     owned_ = false;
     --*options_.lease.held;

@@ -127,9 +127,9 @@ class WorkerGroup {
   bool ClaimGiveBack();
   // The group failed or stopped answering: out of service until a probe finds it back.
   void MarkDown();
-  // Reads the group's model info again before taking its lease: false (and it is not taken) when the group does
-  // not answer or now serves another model or protocol.
-  bool RefreshInfo();
+  // Reads the group's model info again (before taking its lease, and when a failed group answers again) into
+  // engine_info_: false (and it is not taken) when the group does not answer or now serves another model or protocol.
+  bool RefreshInfo(const char* refusal = "not taking it");  // `refusal` ends the log line of a refused group
   // The group said it is shutting down: requests not yet started move to other groups.
   void MoveUnscheduled();
   std::vector<std::shared_ptr<ActiveRequest>> TakeUnscheduled() ABSL_LOCKS_EXCLUDED(mu_);

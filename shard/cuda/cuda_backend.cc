@@ -25,12 +25,6 @@ int CudaBackend::BlocksUsed(const SequenceStep& s) const {
 }
 
 absl::Status CudaBackend::RunAsGraph(int batch, const std::function<absl::Status()>& enqueue) {
-  if (graphs_generation_ != buffers_generation_) {
-    for (auto& [b, g] : graphs_) cudaGraphExecDestroy(g);
-    graphs_.clear();
-    warmed_.clear();
-    graphs_generation_ = buffers_generation_;
-  }
   auto it = graphs_.find(batch);
   if (it == graphs_.end() && warmed_.insert(batch).second) {
     // The first step of a batch size runs as is: GEMM plans and buffers are made outside any capture.
@@ -154,18 +148,18 @@ absl::Status CudaBackend::ForwardAndSample(std::span<const SequenceStep> batch, 
       }
     }
   }
-  auto meta = At(meta_, meta_bytes, "step metadata");
+  auto meta = meta_.At(meta_bytes, "step metadata");
   if (!meta.ok()) return meta.status();
   const StepMeta dev = StepMeta::In(*meta, T);
 
-  auto x = At(x_, T * H * 4, "activations");
-  auto xn = At(xn_, std::max(T, R) * H * ab, "activations");
-  auto qkv = At(qkv_, T * qkv_ld * 4, "activations");
-  auto attn = At(attn_, T * q_dim * ab, "activations");
-  auto proj = At(proj_, T * H * 4, "activations");
-  auto gate_up = At(gate_up_, T * 2 * I * 4, "activations");
-  auto act = At(act_buf_, T * I * ab, "activations");
-  auto logits = At(logits_, std::max<int64_t>(R, 1) * tp.vocab_slice * 4, "logits");
+  auto x = x_.At(T * H * 4, "activations");
+  auto xn = xn_.At(std::max(T, R) * H * ab, "activations");
+  auto qkv = qkv_.At(T * qkv_ld * 4, "activations");
+  auto attn = attn_.At(T * q_dim * ab, "activations");
+  auto proj = proj_.At(T * H * 4, "activations");
+  auto gate_up = gate_up_.At(T * 2 * I * 4, "activations");
+  auto act = act_buf_.At(T * I * ab, "activations");
+  auto logits = logits_.At(std::max<int64_t>(R, 1) * tp.vocab_slice * 4, "logits");
   for (const absl::Status& s : {x.status(), xn.status(), qkv.status(), attn.status(), proj.status(), gate_up.status(),
                                 act.status(), logits.status()}) {
     if (!s.ok()) return s;
@@ -179,7 +173,7 @@ absl::Status CudaBackend::ForwardAndSample(std::span<const SequenceStep> batch, 
   const int64_t decode_blocks = std::max<int64_t>(1, static_cast<int64_t>(num_single) * tp.num_q_heads);
   const int decode_splits = static_cast<int>(
       std::clamp<int64_t>((2 * multiprocessors_ + decode_blocks - 1) / decode_blocks, 1, cuda::kAttentionMaxSplits));
-  auto partials = At(partials_, std::max<int64_t>(1, decode_blocks * decode_splits * (D + 2)) * 4, "attention partials");
+  auto partials = partials_.At(std::max<int64_t>(1, decode_blocks * decode_splits * (D + 2)) * 4, "attention partials");
   if (!partials.ok()) return partials.status();
   PromptScratch prompt_scratch;
   if (!prompts.empty()) {

@@ -129,13 +129,6 @@ class CudaBackend final : public Backend {
   absl::Status AllocateKv(int64_t blocks, const std::string& what);
   // Every rank's `mine` (integers under 2^24), rank after rank: start-up agreement within the group.
   absl::StatusOr<std::vector<float>> GatherIntegers(const std::vector<float>& mine);
-  // A scratch buffer of at least `bytes`; growing it invalidates captured graphs (they hold its address).
-  absl::StatusOr<void*> At(Scratch& scratch, size_t bytes, const char* what) {
-    void* before = scratch.buffer.get();
-    auto p = scratch.At(bytes, what);
-    if (p.ok() && *p != before) ++buffers_generation_;
-    return p;
-  }
   int BlocksUsed(const SequenceStep& s) const;
   // Replays the graph captured for this batch size, capturing it first. A capture that fails turns graphs off
   // for this backend (said once on stderr) and the step runs as is.
@@ -179,9 +172,8 @@ class CudaBackend final : public Backend {
   void* host_meta_ = nullptr;
   size_t host_meta_bytes_ = 0;
   bool graphs_enabled_;
-  int64_t buffers_generation_ = 0, graphs_generation_ = 0;
   std::map<int, cudaGraphExec_t> graphs_;  // by batch size
-  std::set<int> warmed_;                   // batch sizes run once since the buffers last moved
+  std::set<int> warmed_;                   // batch sizes run once: a graph is captured from the second step of a size
   StepTimings host_timings_, device_timings_;
   bool last_clocked_ = false;  // the last step's timings are device_timings_
   cuda::StageClock clock_;

@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
 #include "shard/cuda/cuda_backend_impl.h"
 #include "shard/cuda/cuda_status.h"
@@ -89,7 +90,6 @@ absl::Status CudaBackend::ReserveStepBuffers() {
     total += static_cast<int64_t>(w.scratch->buffer.bytes());
   }
   memory_.step_buffers = total;
-  ++buffers_generation_;
   return exchange_->Reserve(static_cast<size_t>(std::max(T * H, (1 + tp.world) * R * tp.vocab_slice)));
 }
 
@@ -100,7 +100,6 @@ absl::Status CudaBackend::AllocateKv(int64_t blocks, const std::string& what) {
   if (!kv.ok()) return kv.status();
   kv_ = std::move(*kv);
   num_blocks_ = static_cast<int>(blocks);
-  ++buffers_generation_;
   return absl::OkStatus();
 }
 
@@ -148,6 +147,7 @@ absl::Status CudaBackend::ProfileAndAllocateKv(const KvCacheOptions& kv_options)
   // host-collective graph steps (DESIGN.md).
   const bool graphs = graphs_enabled_;
   graphs_enabled_ = false;
+  absl::Cleanup restore_graphs = [this, graphs] { graphs_enabled_ = graphs; };
   std::vector<int32_t> table(context_blocks);
   for (int i = 0; i < context_blocks; ++i) table[i] = i;
   const int prompt = std::min(limits_.max_tokens, limits_.max_context);
@@ -156,7 +156,6 @@ absl::Status CudaBackend::ProfileAndAllocateKv(const KvCacheOptions& kv_options)
   StepLogits logits;
   std::vector<SampledToken> sampled;
   if (auto s = ForwardAndSample({&chunk, 1}, {}, false, &logits, &sampled); !s.ok()) {
-    graphs_enabled_ = graphs;
     return absl::Status(s.code(), absl::StrCat("the largest prompt step failed at start: ", s.message()));
   }
   const int batch = std::min(limits_.max_sequences, limits_.max_tokens);
@@ -165,10 +164,9 @@ absl::Status CudaBackend::ProfileAndAllocateKv(const KvCacheOptions& kv_options)
   std::vector<RowSample> samples(batch);
   for (int i = 0; i < batch; ++i) samples[i].row = i;
   if (auto s = ForwardAndSample(decode, samples, false, &logits, &sampled); !s.ok()) {
-    graphs_enabled_ = graphs;
     return absl::Status(s.code(), absl::StrCat("the largest decode step failed at start: ", s.message()));
   }
-  graphs_enabled_ = graphs;
+  std::move(restore_graphs).Invoke();
   kv_ = DeviceBuffer();  // the measure below leaves out the temporary cache
   GEMMA_CUDA_RETURN_IF_ERROR(cudaDeviceSynchronize());
 

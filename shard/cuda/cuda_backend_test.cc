@@ -331,7 +331,7 @@ TEST_F(CudaBackendDeviceTest, DeviceSamplingFollowsTheLogits) {
 }
 
 // Decode steps replayed from CUDA graphs give exactly what launching them one by one gives, for several batch
-// sizes (each its own graph) and after the buffers grow (graphs captured anew).
+// sizes (each its own graph) and for a long prompt beside a short one.
 TEST_F(CudaBackendDeviceTest, CudaGraphDecodeStepsEqualLaunchedOnes) {
   const std::string dir = GemmaTinyDir() + "/tiny-mha";
   auto graphs = OpenCuda(dir, CudaPrecision::kBf16, {}, true);

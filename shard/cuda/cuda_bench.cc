@@ -86,6 +86,14 @@ absl::StatusOr<double> GemmTflops(int64_t M, int64_t N, int64_t K) {
   return 2.0 * M * N * K * 10 / Since(start) / 1e12;
 }
 
+// The tokens/s of batch `batch` in a decode sweep's rows; 0 where it was not measured.
+double TokensPerSecondAt(const nlohmann::json& rows, int batch) {
+  for (const auto& d : rows) {
+    if (d["batch"] == batch) return d["tokens_per_s"];
+  }
+  return 0;
+}
+
 int Run() {
   const std::string dir = absl::GetFlag(FLAGS_model);
   if (dir.empty()) return Fail(absl::InvalidArgumentError("--model DIR is required"));
@@ -236,11 +244,7 @@ int Run() {
         continue;
       }
       variant_results[v.name] = *rows;
-      if (std::string(v.name) == "cublaslt_only") {
-        for (const auto& d : *rows) {
-          if (d["batch"] == 1) batch1_cublaslt = d["tokens_per_s"];
-        }
-      }
+      if (std::string(v.name) == "cublaslt_only") batch1_cublaslt = TokensPerSecondAt(*rows, 1);
     }
     progress.Finish();
   }
@@ -281,19 +285,14 @@ int Run() {
   // sum waits in a host function for the other rank's, which the runtime may run on the same thread.
   nlohmann::json tp2 = nlohmann::json::array();
   for (int b : {1, 16}) {
-    for (bool graphs : {false}) {
-      auto tps = TensorParallelTwoDecode(checkpoint, kv, b, context, std::max(8, steps / 2), graphs);
-      if (!tps.ok()) {
-        errors[absl::StrCat("tp2 batch ", b)] = std::string(tps.status().message());
-        continue;
-      }
-      double tp1 = 0;
-      for (const auto& d : decode) {
-        if (d["batch"] == b) tp1 = d["tokens_per_s"];
-      }
-      tp2.push_back({{"batch", b}, {"graphs", graphs}, {"tokens_per_s", *tps}, {"step_ms", 1000.0 * b / *tps},
-                     {"tp1_step_ms", tp1 > 0 ? 1000.0 * b / tp1 : 0.0}});
+    auto tps = TensorParallelTwoDecode(checkpoint, kv, b, context, std::max(8, steps / 2));
+    if (!tps.ok()) {
+      errors[absl::StrCat("tp2 batch ", b)] = std::string(tps.status().message());
+      continue;
     }
+    const double tp1 = TokensPerSecondAt(decode, b);
+    tp2.push_back({{"batch", b}, {"graphs", false}, {"tokens_per_s", *tps}, {"step_ms", 1000.0 * b / *tps},
+                   {"tp1_step_ms", tp1 > 0 ? 1000.0 * b / tp1 : 0.0}});
   }
 
   nlohmann::json out = {{"gpu", prop.name},

@@ -134,8 +134,8 @@ absl::StatusOr<nlohmann::json> DecodeGemmSweep(const ModelConfig& c, double band
 }
 
 absl::StatusOr<double> TensorParallelTwoDecode(std::shared_ptr<const Checkpoint> checkpoint, const KvCacheOptions& kv,
-                                               int batch, int context, int steps, bool graphs) {
-  const std::string name = absl::StrCat("gemma-bench-tp2-", ::getpid(), "-", batch, graphs ? "-g" : "-l");
+                                               int batch, int context, int steps) {
+  const std::string name = absl::StrCat("gemma-bench-tp2-", ::getpid(), "-", batch);
   absl::StatusOr<DecodeResult> result[2] = {absl::UnknownError("not run"), absl::UnknownError("not run")};
   auto rank_main = [&](int rank) {
     auto c = CreateShmCollective({rank, 2, name, std::chrono::milliseconds(60000)});
@@ -145,7 +145,7 @@ absl::StatusOr<double> TensorParallelTwoDecode(std::shared_ptr<const Checkpoint>
     auto w = ModelWeights::Load(checkpoint, *tp);
     if (!w.ok()) return void(result[rank] = w.status());
     CudaBackendOptions o;
-    o.cuda_graphs = graphs;
+    o.cuda_graphs = false;  // the ranks are threads here (cuda_bench.cc)
     o.limits.max_tokens = std::max(context, batch);
     o.limits.max_sequences = batch;
     auto b = CreateCudaBackend(std::shared_ptr<const ModelWeights>(std::move(*w)), kv, o,

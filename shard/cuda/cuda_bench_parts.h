@@ -20,8 +20,9 @@ namespace gemma {
 absl::StatusOr<nlohmann::json> DecodeGemmSweep(const ModelConfig& c, double bandwidth);
 
 // Decode tokens/s of `batch` sequences at `context` on two ranks of `checkpoint` sharing device 0 over a shared-memory
-// host collective, graphs on or off.
+// host collective, as threads of this process, steps launched kernel by kernel (no graphs: DESIGN.md, decode graphs
+// at TP > 1).
 absl::StatusOr<double> TensorParallelTwoDecode(std::shared_ptr<const Checkpoint> checkpoint, const KvCacheOptions& kv,
-                                               int batch, int context, int steps, bool graphs);
+                                               int batch, int context, int steps);
 
 }  // namespace gemma
