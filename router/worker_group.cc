@@ -51,6 +51,11 @@ std::string Incompatible(const worker::v1::ModelInfo& info, const worker::v1::Mo
   if (info.vocab_size() != served.vocab_size() || info.tokenizer_model() != served.tokenizer_model()) {
     return "serves another model than the one it served before";
   }
+  // The router checks request lengths against the context its groups reported when they joined.
+  if (info.max_model_len() != served.max_model_len()) {
+    return absl::StrCat("takes contexts of ", info.max_model_len(), " positions (--max_model_len), ",
+                        served.max_model_len(), " before");
+  }
   return "";
 }
 

@@ -127,8 +127,9 @@ int BenchCommand(int argc, char** argv) {
     if (!s.ok()) return Fail(kCmd, s);
   }
   const int decode_context = 64;
+  // The prefill, the batch-8 decode and the batch-1 decode run one after another over the same blocks.
   const int64_t kv_tokens = std::max<int64_t>({*prompt_len, 8 * (decode_context + *steps + 1 + 16),
-                                                *decode_context_1 + *steps + 1 + 16 + 8 * (decode_context + *steps + 17)});
+                                                *decode_context_1 + *steps + 1 + 16});
   auto model = OpenLocalModel(args.Get("model"));
   if (!model.ok()) return Fail(kCmd, model.status());
   if (*tp > 1) SetThreads(static_cast<int>(*threads));  // split among the ranks by AttachBackend

@@ -18,7 +18,7 @@ absl::StatusOr<CudaBackend::PromptScratch> CudaBackend::PromptScratchFor(std::sp
     score_bytes = std::max(score_bytes, cuda::PromptAttentionScratchBytes(keys, p.tokens, tp.num_q_heads, act_));
     if (p.start_pos > 0) kv_bytes = std::max<size_t>(kv_bytes, static_cast<size_t>(keys) * 2 * kv_dim * ab);
   }
-  // Growing these leaves captured decode graphs valid: decode steps never touch them.
+  // Sized at start for the largest step (ReserveStepBuffers): these calls only check.
   PromptScratch scratch;
   scratch.qkv = qkv;
   auto scores = prompt_scores_.At(score_bytes, "prompt attention scores");
