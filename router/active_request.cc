@@ -53,10 +53,21 @@ void ActiveRequest::RecordEnd(const absl::Status& status, std::optional<v1::Fini
   } else {
     why = "failed";
   }
-  metrics_->Finished(status, SecondsSince(arrival_), static_cast<int>(options_.prompt.size()), generated_, why);
+  metrics_->Finished(status, SecondsSince(arrival_), static_cast<int>(options_.prompt.size()), generated_, why,
+                     options_.protocol, options_.endpoint);
+}
+
+void ActiveRequest::Notify() const {
+  if (options_.notify) options_.notify();
 }
 
 bool ActiveRequest::OnToken(int32_t token, float logprob, const std::vector<std::pair<int32_t, float>>& top) {
+  const bool finished = RecordToken(token, logprob, top);
+  Notify();
+  return finished;
+}
+
+bool ActiveRequest::RecordToken(int32_t token, float logprob, const std::vector<std::pair<int32_t, float>>& top) {
   absl::MutexLock lock(&mu_);
   if (finished_) return true;
   if (metrics_) {
@@ -102,17 +113,23 @@ void ActiveRequest::OnScores(const std::vector<float>& logprobs, std::vector<std
 }
 
 void ActiveRequest::FinishScoring() {
-  absl::MutexLock lock(&mu_);
-  finished_ = true;
-  RecordEnd(absl::OkStatus());
+  {
+    absl::MutexLock lock(&mu_);
+    finished_ = true;
+    RecordEnd(absl::OkStatus());
+  }
+  Notify();
 }
 
 void ActiveRequest::Fail(const absl::Status& status) {
-  absl::MutexLock lock(&mu_);
-  if (finished_) return;
-  status_ = status;
-  finished_ = true;
-  RecordEnd(status);
+  {
+    absl::MutexLock lock(&mu_);
+    if (finished_) return;
+    status_ = status;
+    finished_ = true;
+    RecordEnd(status);
+  }
+  Notify();
 }
 
 bool ActiveRequest::ResetForRetry() {
@@ -195,6 +212,16 @@ std::optional<v1::GenerateStreamResponse> ActiveRequest::Next(const std::functio
   v1::GenerateStreamResponse e = std::move(events_.front());
   events_.pop_front();
   return e;
+}
+
+std::vector<v1::GenerateStreamResponse> ActiveRequest::TakeReady(bool* done) {
+  absl::MutexLock read(&read_mu_);
+  if (!drained_all_) Drain();
+  std::vector<v1::GenerateStreamResponse> out(std::make_move_iterator(events_.begin()),
+                                              std::make_move_iterator(events_.end()));
+  events_.clear();
+  *done = drained_all_;
+  return out;
 }
 
 absl::Status ActiveRequest::Wait() {

@@ -35,6 +35,12 @@ class ActiveRequest {
     uint64_t seed = 0;
     bool score = false;  // score the prompt instead of generating
     int32_t score_top_logprobs = 0;
+    // The API it came through, for the metrics' protocol and endpoint labels.
+    std::string protocol = "grpc";
+    std::string endpoint;
+    // Called by the producer, outside its locks, after each change a consumer can take (a token, the end): lets
+    // an event-driven consumer (the HTTP server's loop) poll with TakeReady instead of blocking a thread.
+    std::function<void()> notify;
   };
   // `metrics` may be null.
   ActiveRequest(uint64_t id, Options options, const Tokenizer* tokenizer, RouterMetrics* metrics = nullptr);
@@ -62,6 +68,9 @@ class ActiveRequest {
   // every 50 ms while waiting) says the caller stopped waiting.
   std::optional<v1::GenerateStreamResponse> Next(const std::function<bool()>& abandon = nullptr)
       ABSL_LOCKS_EXCLUDED(read_mu_, mu_);
+  // Non-blocking: every event ready now, in order. After the final event (or a failure) `*done` is set; the
+  // status is then Wait()'s, which no longer blocks.
+  std::vector<v1::GenerateStreamResponse> TakeReady(bool* done) ABSL_LOCKS_EXCLUDED(read_mu_, mu_);
   // Waits until finished; the status it ended with.
   absl::Status Wait() ABSL_LOCKS_EXCLUDED(mu_);
   // Waits up to `timeout`; whether the request has finished.
@@ -82,6 +91,9 @@ class ActiveRequest {
     std::string delta;
   };
 
+  bool RecordToken(int32_t token, float logprob, const std::vector<std::pair<int32_t, float>>& top)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  void Notify() const ABSL_LOCKS_EXCLUDED(mu_);
   void FinishLocked(v1::FinishReason reason) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // `reason`: how a generation that completed ended (for the finished-by-reason counter).
   void RecordEnd(const absl::Status& status, std::optional<v1::FinishReason> reason = std::nullopt)

@@ -39,17 +39,25 @@ ApiKeys ApiKeys::FromKeys(const std::vector<std::string>& keys) {
 
 absl::Status ApiKeys::Check(const std::multimap<grpc::string_ref, grpc::string_ref>& metadata) const {
   if (!enabled()) return absl::OkStatus();
-  constexpr char kBearer[] = "Bearer ";
-  constexpr size_t kBearerLen = sizeof(kBearer) - 1;
   auto it = metadata.find("authorization");
   if (it == metadata.end()) {
     return absl::UnauthenticatedError("this server needs an API key: send the metadata \"authorization: Bearer <key>\"");
   }
-  const grpc::string_ref value = it->second;
-  if (value.size() <= kBearerLen || std::string(value.data(), kBearerLen) != kBearer) {
-    return absl::UnauthenticatedError("the authorization metadata must be \"Bearer <key>\"");
+  const std::string_view value(it->second.data(), it->second.size());
+  return CheckAuthorization(&value);
+}
+
+absl::Status ApiKeys::CheckAuthorization(const std::string_view* authorization) const {
+  if (!enabled()) return absl::OkStatus();
+  constexpr std::string_view kBearer = "Bearer ";
+  if (authorization == nullptr) {
+    return absl::UnauthenticatedError("this server needs an API key: send the header \"Authorization: Bearer <key>\"");
   }
-  const Digest given = Hash(value.data() + kBearerLen, value.size() - kBearerLen);
+  const std::string_view value = *authorization;
+  if (value.size() <= kBearer.size() || value.substr(0, kBearer.size()) != kBearer) {
+    return absl::UnauthenticatedError("the authorization must be \"Bearer <key>\"");
+  }
+  const Digest given = Hash(value.data() + kBearer.size(), value.size() - kBearer.size());
   int matched = 0;
   for (const Digest& d : digests_) matched |= CRYPTO_memcmp(d.data(), given.data(), d.size()) == 0 ? 1 : 0;
   if (!matched) return absl::UnauthenticatedError("the API key is not accepted");

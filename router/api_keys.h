@@ -4,6 +4,7 @@
 #include <array>
 #include <map>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <grpcpp/support/string_ref.h>
@@ -26,6 +27,8 @@ class ApiKeys {
   // OK when keys are off or the metadata carries one of them; Unauthenticated otherwise. The key is never
   // echoed, and it is compared in constant time (digests, so not even its length leaks).
   absl::Status Check(const std::multimap<grpc::string_ref, grpc::string_ref>& metadata) const;
+  // The same for an HTTP request: `authorization` is its Authorization header's value, null when it has none.
+  absl::Status CheckAuthorization(const std::string_view* authorization) const;
 
  private:
   using Digest = std::array<unsigned char, 32>;

@@ -17,6 +17,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "router/group_discovery.h"
+#include "router/http/http_server.h"
+#include "router/openai/openai_service.h"
 #include "router/router_service.h"
 #include "router/tls_credentials.h"
 
@@ -32,6 +34,13 @@ ABSL_FLAG(std::string, api_keys_file, "",
 ABSL_FLAG(int, max_message_bytes, 4 << 20, "largest request message accepted; larger ones get RESOURCE_EXHAUSTED");
 ABSL_FLAG(int, max_streams_per_connection, 128, "concurrent calls on one client connection; more wait their turn");
 ABSL_FLAG(int, port, 0, "public API port; 0: any free port");
+ABSL_FLAG(int, http_port, 0,
+          "port of the OpenAI-compatible HTTP API (same TLS and API keys as --port); 0: none");
+ABSL_FLAG(std::string, http_port_file, "", "write the HTTP port here (with --http_port)");
+ABSL_FLAG(std::string, served_model_name, "",
+          "the model name HTTP clients give (\"model\") and /v1/models lists; default: the checkpoint's shape name");
+ABSL_FLAG(int64_t, http_timeout_s, 30,
+          "an HTTP client that sends its request, or reads its reply, slower than this (seconds idle) is dropped");
 ABSL_FLAG(int, health_port, 0,
           "plaintext port with only grpc.health.v1 (Kubernetes probes cannot speak TLS); 0: none");
 ABSL_FLAG(std::string, bind_host, "0.0.0.0", "address the public port listens on (127.0.0.1: this machine only)");
@@ -107,6 +116,12 @@ int main(int argc, char** argv) {
     auto loaded = gemma::ApiKeys::FromFile(absl::GetFlag(FLAGS_api_keys_file));
     if (!loaded.ok()) return Fail(std::string(loaded.status().message()), 2);
     keys = std::move(*loaded);
+  }
+  const gemma::ApiKeys http_keys = keys;
+  const int http_port = absl::GetFlag(FLAGS_http_port);
+  if (http_port < 0 || http_port > 65535) return Fail("--http_port must be in 0..65535 (0: no HTTP API)", 2);
+  if (absl::GetFlag(FLAGS_http_timeout_s) < 1 || absl::GetFlag(FLAGS_http_timeout_s) > 3600) {
+    return Fail("--http_timeout_s must be in 1..3600", 2);
   }
   gemma::SchedulerLimits sched;
   sched.max_batch_size = absl::GetFlag(FLAGS_max_batch_size);
@@ -202,8 +217,32 @@ int main(int argc, char** argv) {
     health_server = hb.BuildAndStart();
     if (!health_server) return Fail(absl::StrCat("cannot listen on health port ", health_port));
   }
+  // The HTTP API admits through the same path as the gRPC one; its loop thread serves every HTTP connection.
+  gemma::RequestAdmission http_admission(&groups, limits, metrics->get());
+  gemma::openai::OpenAiService openai(&http_admission, &http_keys, absl::GetFlag(FLAGS_served_model_name));
+  std::unique_ptr<gemma::http::Server> http_server;
+  if (http_port > 0) {
+    gemma::http::ServerOptions ho;
+    ho.bind_host = absl::GetFlag(FLAGS_bind_host);
+    ho.port = http_port;
+    if (!absl::GetFlag(FLAGS_plaintext)) {
+      ho.tls_cert_file = absl::GetFlag(FLAGS_tls_cert);
+      ho.tls_key_file = absl::GetFlag(FLAGS_tls_key);
+    }
+    ho.max_body_bytes = static_cast<size_t>(max_message);
+    ho.io_timeout = std::chrono::seconds(absl::GetFlag(FLAGS_http_timeout_s));
+    auto started = gemma::http::Server::Start(ho, [&openai](std::shared_ptr<gemma::http::Exchange> exchange) {
+      openai.Handle(std::move(exchange));
+    });
+    if (!started.ok()) return Fail(std::string(started.status().message()));
+    http_server = std::move(*started);
+    if (!absl::GetFlag(FLAGS_http_port_file).empty()) {
+      std::ofstream(absl::GetFlag(FLAGS_http_port_file)) << http_server->port() << "\n";
+    }
+  }
   if (!absl::GetFlag(FLAGS_port_file).empty()) std::ofstream(absl::GetFlag(FLAGS_port_file)) << port << "\n";
   std::printf("gemma-router serving on port %d\n", port);
+  if (http_server) std::printf("gemma-router serving HTTP (OpenAI API) on port %d\n", http_server->port());
   std::fflush(stdout);
   std::signal(SIGTERM, OnSignal);
   std::signal(SIGINT, OnSignal);
@@ -232,6 +271,7 @@ int main(int argc, char** argv) {
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
   groups.Stop();  // gives the groups' leases back: other routers take them over at once
+  http_server.reset();  // every HTTP request has its answer now: the loop stops
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
   if (peer_server) peer_server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
   if (health_server) health_server->Shutdown();

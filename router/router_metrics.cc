@@ -59,7 +59,7 @@ absl::StatusOr<std::unique_ptr<RouterMetrics>> RouterMetrics::Create(const std::
   AddBuildInfo(r, worker::v1::PROTOCOL_VERSION_CURRENT);
   m->requests_ = &prometheus::BuildCounter()
                       .Name("gemma_router_requests_total")
-                      .Help("Requests ended, by outcome (completed, cancelled, failed, rejected) and gRPC code.")
+                      .Help("Requests ended, by outcome (completed, cancelled, failed, rejected), status code, protocol (grpc, http) and endpoint.")
                       .Register(r);
   m->prompt_tokens_ = &prometheus::BuildCounter().Name("gemma_router_prompt_tokens_total").Help("Prompt tokens of finished requests.").Register(r).Add({});
   m->generated_tokens_ = &prometheus::BuildCounter().Name("gemma_router_generated_tokens_total").Help("Tokens generated.").Register(r).Add({});
@@ -96,20 +96,31 @@ absl::StatusOr<std::unique_ptr<RouterMetrics>> RouterMetrics::Create(const std::
 }
 
 void RouterMetrics::Finished(const absl::Status& status, double seconds, int prompt_tokens, int generated_tokens,
-                             const std::string& reason) {
+                             const std::string& reason, const std::string& protocol,
+                             const std::string& endpoint) {
   e2e_->Observe(seconds);
   if (!reason.empty()) {
     finished_->Add({{"reason", reason}}).Increment();
     prompt_hist_->Observe(prompt_tokens);
     generated_hist_->Observe(generated_tokens);
   }
-  requests_->Add({{"outcome", Outcome(status)}, {"code", absl::StatusCodeToString(status.code())}}).Increment();
+  requests_
+      ->Add({{"outcome", Outcome(status)},
+             {"code", absl::StatusCodeToString(status.code())},
+             {"protocol", protocol},
+             {"endpoint", endpoint}})
+      .Increment();
   prompt_tokens_->Increment(prompt_tokens);
   generated_tokens_->Increment(generated_tokens);
 }
 
-void RouterMetrics::Rejected(const absl::Status& status) {
-  requests_->Add({{"outcome", "rejected"}, {"code", absl::StatusCodeToString(status.code())}}).Increment();
+void RouterMetrics::Rejected(const absl::Status& status, const std::string& protocol, const std::string& endpoint) {
+  requests_
+      ->Add({{"outcome", "rejected"},
+             {"code", absl::StatusCodeToString(status.code())},
+             {"protocol", protocol},
+             {"endpoint", endpoint}})
+      .Increment();
 }
 
 void RouterMetrics::GroupState(const std::string& group, int queued, int running, int kv_used, int kv_total,

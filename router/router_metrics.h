@@ -26,8 +26,9 @@ class RouterMetrics {
   void Queued(double seconds) { queue_->Observe(seconds); }
   // `reason` (length, stop, eos, cancelled, failed) counts the request in gemma_router_requests_finished_total;
   // empty (a scoring request) does not.
+  // `protocol` (grpc, http) and `endpoint` (the RPC or the HTTP path) label gemma_router_requests_total.
   void Finished(const absl::Status& status, double seconds, int prompt_tokens, int generated_tokens,
-                const std::string& reason);
+                const std::string& reason, const std::string& protocol, const std::string& endpoint);
   // From a request's first scheduled step to its first generated token.
   void Prefill(double seconds) { prefill_->Observe(seconds); }
   // Tokens (prompt positions and decoded tokens) one step computed.
@@ -42,7 +43,7 @@ class RouterMetrics {
     return group_name.empty() ? address : group_name;
   }
   // Not admitted: bad request, full queue, no healthy group, or no valid API key.
-  void Rejected(const absl::Status& status);
+  void Rejected(const absl::Status& status, const std::string& protocol, const std::string& endpoint);
   void Preempted(int n) { preemptions_->Increment(n); }
   // Per group, after each step.
   void GroupState(const std::string& group, int queued, int running, int kv_used, int kv_total, bool healthy);

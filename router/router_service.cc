@@ -1,7 +1,5 @@
 #include "router/router_service.h"
 
-#include <random>
-
 #include "absl/strings/str_cat.h"
 #include "engine/status_macros.h"
 #include "protos/grpc_status.h"
@@ -12,7 +10,13 @@ namespace gemma {
 
 RouterService::RouterService(GroupSet* groups, RouterLimits limits, ApiKeys keys, RouterMetrics* metrics,
                              ServiceRole role, PeerForwarder* forwarder)
-    : groups_(groups), limits_(limits), keys_(std::move(keys)), metrics_(metrics), role_(role), forwarder_(forwarder) {}
+    : groups_(groups),
+      limits_(limits),
+      admission_(groups, limits, metrics),
+      keys_(std::move(keys)),
+      metrics_(metrics),
+      role_(role),
+      forwarder_(forwarder) {}
 
 namespace {
 
@@ -35,12 +39,12 @@ void RouterService::Admitted(grpc::ServerContext* context) const {
   context->AddTrailingMetadata(kAdmittedTrailer, "1");
 }
 
-void RouterService::CountRejected(const absl::Status& status) const {
+void RouterService::CountRejected(const absl::Status& status, const char* endpoint) const {
   if (metrics_ == nullptr) return;
   // A forwarded call refused for want of room or a group is placed by the router that sent it, which counts how
   // it ends: counted here too, every such refusal would look like a failed request.
   if (role_ == ServiceRole::kPeer && (absl::IsUnavailable(status) || absl::IsResourceExhausted(status))) return;
-  metrics_->Rejected(status);
+  metrics_->Rejected(status, "grpc", endpoint);
 }
 
 std::optional<std::string> RouterService::ForwardTarget() const {
@@ -50,75 +54,21 @@ std::optional<std::string> RouterService::ForwardTarget() const {
   return peer;
 }
 
-ModelLimits RouterService::LimitsOf(const ServedModel& model) {
-  ModelLimits m;
-  m.vocab_size = model.info.vocab_size();
-  // The worker's --max_model_len when it set one (reported resolved, so never past the model's own context): a
-  // longer request is refused here, with the others that do not fit, rather than by the worker mid-generation.
-  m.context = model.info.max_model_len() > 0
-                  ? std::min(model.info.max_model_len(), model.info.max_position_embeddings())
-                  : model.info.max_position_embeddings();
-  m.chat_system_role = model.info.model_family() == "gemma3";
-  return m;
-}
-
-absl::StatusOr<std::shared_ptr<const ServedModel>> RouterService::Enter(const grpc::ServerContext& context) {
+absl::StatusOr<std::shared_ptr<const ServedModel>> RouterService::Enter(const grpc::ServerContext& context,
+                                                                       const char* endpoint) {
   absl::Status s = role_ == ServiceRole::kPeer ? CheckPeerProtocol(context) : keys_.Check(context.client_metadata());
-  std::shared_ptr<const ServedModel> model;
-  if (s.ok()) {
-    model = groups_->model();
-    if (model == nullptr) s = absl::UnavailableError("no worker group has joined yet; retry later");
-  }
-  if (!s.ok()) {
-    CountRejected(s);
-    return s;
-  }
+  absl::StatusOr<std::shared_ptr<const ServedModel>> model = s;
+  if (s.ok()) model = admission_.Model();
+  if (!model.ok()) CountRejected(model.status(), endpoint);
   return model;
 }
 
-absl::StatusOr<std::vector<int32_t>> RouterService::PromptIds(const ServedModel& model, const v1::Input& input) {
-  if (input.has_token_ids()) return std::vector<int32_t>(input.token_ids().ids().begin(), input.token_ids().ids().end());
-  std::string text = input.text();
-  if (input.has_chat()) {
-    std::vector<ChatMessage> messages;
-    for (const auto& m : input.chat().messages()) messages.push_back({m.role(), m.content()});
-    const ChatStyle style = model.info.model_family() == "gemma3" ? ChatStyle::kGemma3 : ChatStyle::kGemma;
-    ASSIGN_OR_RETURN(text, RenderChat(messages, style));
-  }
-  ASSIGN_OR_RETURN(std::vector<int32_t> ids, model.tokenizer->Encode(text));
-  ids.insert(ids.begin(), model.info.bos_id());
-  return ids;
-}
-
 absl::StatusOr<std::shared_ptr<ActiveRequest>> RouterService::Start(const ServedModel& model,
-                                                                    const v1::GenerateRequest& request) {
-  auto active = Admit(model, request);
-  if (!active.ok()) CountRejected(active.status());
-  return active;
-}
-
-absl::StatusOr<std::shared_ptr<ActiveRequest>> RouterService::Admit(const ServedModel& model,
-                                                                    const v1::GenerateRequest& request) {
-  const ModelLimits model_limits = LimitsOf(model);
-  RETURN_IF_ERROR(ValidateGenerateRequest(request, limits_, model_limits));
-  ASSIGN_OR_RETURN(std::vector<int32_t> prompt, PromptIds(model, request.input()));
-  ASSIGN_OR_RETURN(const int32_t max_new,
-                   ResolveMaxNewTokens(static_cast<int32_t>(prompt.size()), request.parameters().max_new_tokens(),
-                                       limits_, model_limits));
-  ActiveRequest::Options o;
-  o.prompt = std::move(prompt);
-  o.max_new_tokens = max_new;
-  o.eos_ids.push_back(model.info.eos_id());
-  o.eos_ids.insert(o.eos_ids.end(), model.info.extra_eos_ids().begin(), model.info.extra_eos_ids().end());
-  if (request.input().has_chat() && model.tokenizer->end_of_turn_id() >= 0) {
-    o.eos_ids.push_back(model.tokenizer->end_of_turn_id());
-  }
-  o.stop_ids.assign(request.parameters().stop_token_ids().begin(), request.parameters().stop_token_ids().end());
-  o.stop_sequences.assign(request.parameters().stop_sequences().begin(), request.parameters().stop_sequences().end());
-  o.parameters = request.parameters();
-  o.seed = request.parameters().has_seed() ? request.parameters().seed() : std::random_device{}();
-  auto active = std::make_shared<ActiveRequest>(groups_->NewRequestId(), std::move(o), model.tokenizer.get(), metrics_);
-  RETURN_IF_ERROR(groups_->Submit(active));
+                                                                    const v1::GenerateRequest& request,
+                                                                    const char* endpoint) {
+  RequestAdmission::Origin origin{.protocol = "grpc", .endpoint = endpoint};
+  auto active = admission_.Admit(model, request, origin);
+  if (!active.ok()) CountRejected(active.status(), endpoint);
   return active;
 }
 
@@ -131,7 +81,7 @@ absl::Status RouterService::Await(grpc::ServerContext* context, ActiveRequest& r
 
 grpc::Status RouterService::Generate(grpc::ServerContext* context, const v1::GenerateRequest* request,
                                      v1::GenerateResponse* response) {
-  auto model = Enter(*context);
+  auto model = Enter(*context, "Generate");
   if (!model.ok()) return ToGrpcStatus(model.status());
   if (auto peer = ForwardTarget()) {
     // A call the peer never admitted (it lost its groups, or has no room after all) is placed here.
@@ -139,7 +89,7 @@ grpc::Status RouterService::Generate(grpc::ServerContext* context, const v1::Gen
     if (!forwarded.place_here) return forwarded.status;
     response->Clear();
   }
-  auto active = Start(**model, *request);
+  auto active = Start(**model, *request, "Generate");
   if (active.ok()) Admitted(context);
   if (!active.ok()) return ToGrpcStatus(active.status());
   if (auto s = Await(context, **active); !s.ok()) return ToGrpcStatus(s);
@@ -149,13 +99,13 @@ grpc::Status RouterService::Generate(grpc::ServerContext* context, const v1::Gen
 
 grpc::Status RouterService::GenerateStream(grpc::ServerContext* context, const v1::GenerateRequest* request,
                                            grpc::ServerWriter<v1::GenerateStreamResponse>* writer) {
-  auto model = Enter(*context);
+  auto model = Enter(*context, "GenerateStream");
   if (!model.ok()) return ToGrpcStatus(model.status());
   if (auto peer = ForwardTarget()) {
     const auto forwarded = forwarder_->GenerateStream(*peer, context, *request, writer);
     if (!forwarded.place_here) return forwarded.status;
   }
-  auto active = Start(**model, *request);
+  auto active = Start(**model, *request, "GenerateStream");
   if (!active.ok()) return ToGrpcStatus(active.status());
   Admitted(context);
   // Sent at once: should the connection to a forwarding router drop later, it knows this call ran here.
@@ -178,15 +128,15 @@ grpc::Status RouterService::GenerateStream(grpc::ServerContext* context, const v
 
 grpc::Status RouterService::Score(grpc::ServerContext* context, const v1::ScoreRequest* request,
                                   v1::ScoreResponse* response) {
-  auto model = Enter(*context);
+  auto model = Enter(*context, "Score");
   if (!model.ok()) return ToGrpcStatus(model.status());
-  const ModelLimits model_limits = LimitsOf(**model);
+  const ModelLimits model_limits = RequestAdmission::LimitsOf(**model);
   auto reject = [&](const absl::Status& s) {
-    CountRejected(s);
+    CountRejected(s, "Score");
     return ToGrpcStatus(s);
   };
   if (auto s = ValidateScoreRequest(*request, limits_, model_limits); !s.ok()) return reject(s);
-  auto prompt = PromptIds(**model, request->input());
+  auto prompt = admission_.PromptIds(**model, request->input());
   if (!prompt.ok()) return reject(prompt.status());
   if (auto s = ValidateScoreLength(static_cast<int32_t>(prompt->size()), limits_, model_limits); !s.ok()) {
     return reject(s);
@@ -200,6 +150,7 @@ grpc::Status RouterService::Score(grpc::ServerContext* context, const v1::ScoreR
   o.prompt = std::move(*prompt);
   o.score = true;
   o.score_top_logprobs = request->top_logprobs();
+  o.endpoint = "Score";
   auto active = std::make_shared<ActiveRequest>(groups_->NewRequestId(), std::move(o), (*model)->tokenizer.get(), metrics_);
   if (auto s = groups_->Submit(active); !s.ok()) return reject(s);
   Admitted(context);
@@ -210,7 +161,7 @@ grpc::Status RouterService::Score(grpc::ServerContext* context, const v1::ScoreR
 
 grpc::Status RouterService::Tokenize(grpc::ServerContext* context, const v1::TokenizeRequest* request,
                                      v1::TokenizeResponse* response) {
-  auto model = Enter(*context);
+  auto model = Enter(*context, "Tokenize");
   if (!model.ok()) return ToGrpcStatus(model.status());
   if (!IsValidUtf8(request->text())) return ToGrpcStatus(absl::InvalidArgumentError("text is not valid UTF-8"));
   const Tokenizer& tokenizer = *(*model)->tokenizer;
@@ -227,7 +178,7 @@ grpc::Status RouterService::Tokenize(grpc::ServerContext* context, const v1::Tok
 
 grpc::Status RouterService::Detokenize(grpc::ServerContext* context, const v1::DetokenizeRequest* request,
                                        v1::DetokenizeResponse* response) {
-  auto model = Enter(*context);
+  auto model = Enter(*context, "Detokenize");
   if (!model.ok()) return ToGrpcStatus(model.status());
   auto text = (*model)->tokenizer->Decode(std::vector<int32_t>(request->ids().begin(), request->ids().end()));
   if (!text.ok()) return ToGrpcStatus(text.status());
@@ -237,12 +188,12 @@ grpc::Status RouterService::Detokenize(grpc::ServerContext* context, const v1::D
 
 grpc::Status RouterService::GetModelInfo(grpc::ServerContext* context, const v1::GetModelInfoRequest*,
                                          v1::ModelInfo* response) {
-  auto model = Enter(*context);
+  auto model = Enter(*context, "GetModelInfo");
   if (!model.ok()) return ToGrpcStatus(model.status());
   const auto& info = (*model)->info;
   response->set_name(info.shape_name());
   response->set_vocab_size(info.vocab_size());
-  response->set_max_context(std::min(LimitsOf(**model).context, limits_.max_total_tokens));
+  response->set_max_context(admission_.MaxContext(**model));
   response->set_max_new_tokens_limit(limits_.max_new_tokens);
   response->set_bos_id(info.bos_id());
   response->set_eos_id(info.eos_id());

@@ -11,6 +11,7 @@
 #include "router/api_keys.h"
 #include "router/group_set.h"
 #include "router/peer_forwarder.h"
+#include "router/request_admission.h"
 #include "router/request_validation.h"
 
 namespace gemma {
@@ -42,22 +43,22 @@ class RouterService final : public v1::Gemma::Service {
 
  private:
   // The served model once the caller's API key is checked; Unauthenticated or Unavailable otherwise (counted).
-  absl::StatusOr<std::shared_ptr<const ServedModel>> Enter(const grpc::ServerContext& context);
+  absl::StatusOr<std::shared_ptr<const ServedModel>> Enter(const grpc::ServerContext& context,
+                                                            const char* endpoint);
   // The peer router to send this call to, if any.
   std::optional<std::string> ForwardTarget() const;
   // Tells the forwarding router that this call was admitted here (it must not place it again).
   void Admitted(grpc::ServerContext* context) const;
-  void CountRejected(const absl::Status& status) const;
+  void CountRejected(const absl::Status& status, const char* endpoint) const;
   // Validated, tokenized and submitted; or the status to answer with.
-  absl::StatusOr<std::shared_ptr<ActiveRequest>> Start(const ServedModel& model, const v1::GenerateRequest& request);
-  absl::StatusOr<std::shared_ptr<ActiveRequest>> Admit(const ServedModel& model, const v1::GenerateRequest& request);
-  absl::StatusOr<std::vector<int32_t>> PromptIds(const ServedModel& model, const v1::Input& input);
-  static ModelLimits LimitsOf(const ServedModel& model);
+  absl::StatusOr<std::shared_ptr<ActiveRequest>> Start(const ServedModel& model, const v1::GenerateRequest& request,
+                                                       const char* endpoint);
   // Waits for the request, cancelling it if the client goes away.
   absl::Status Await(grpc::ServerContext* context, ActiveRequest& request);
 
   GroupSet* groups_;
   RouterLimits limits_;
+  RequestAdmission admission_;
   ApiKeys keys_;
   RouterMetrics* metrics_;
   const ServiceRole role_;

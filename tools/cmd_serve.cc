@@ -63,11 +63,13 @@ int ReadPort(const std::string& path, const std::vector<pid_t>& watch, std::chro
 
 int ServeCommand(int argc, char** argv) {
   const char* kCmd = "serve";
-  Args args(kCmd, "[--model DIR] [--tp N] [--replicas G] [--port P] [--device cpu|cuda]");
+  Args args(kCmd, "[--model DIR] [--tp N] [--replicas G] [--port P] [--http-port P] [--device cpu|cuda]");
   args.Flag("model", "checkpoint directory (default: the embedded tiny model)")
       .Flag("tp", "ranks per worker group, 1..8 (default 1)")
       .Flag("replicas", "worker groups, 1..16 (default 1)")
       .Flag("port", "the router's public port (default: any free port)")
+      .Flag("http-port", "also serve the OpenAI-compatible HTTP API on this port (0: any free port; default: none)")
+      .Flag("served-model-name", "the model name HTTP clients give (default: the checkpoint's shape name)")
       .Flag("threads", "compute threads per rank (default: cores / (tp * replicas))")
       .Flag("kv-cache-mb", "KV cache per rank in MiB; default: 1024 on the CPU, planned from --gpu-memory-fraction on GPUs")
       .Flag("gpu-memory-fraction", "with --device cuda: the share of each GPU a rank keeps within, (0, 1] (default 0.9)")
@@ -83,8 +85,9 @@ int ServeCommand(int argc, char** argv) {
   auto tp = args.GetInt("tp", 1, 1, 8);
   auto replicas = args.GetInt("replicas", 1, 1, 16);
   auto port = args.GetInt("port", 0, 0, 65535);
+  auto http_port = args.GetInt("http-port", -1, 0, 65535);
   const int cores = static_cast<int>(std::thread::hardware_concurrency());
-  for (const absl::Status& s : {tp.status(), replicas.status(), port.status()}) {
+  for (const absl::Status& s : {tp.status(), replicas.status(), port.status(), http_port.status()}) {
     if (!s.ok()) return Fail(kCmd, s);
   }
   auto threads = args.GetInt("threads", std::max<int64_t>(1, cores / (*tp * *replicas)), 1, 4096);
@@ -184,6 +187,12 @@ int ServeCommand(int argc, char** argv) {
   if (args.Has("api-keys-file")) router_args.push_back("--api_keys_file=" + args.Get("api-keys-file"));
   router_args.push_back("--prefix_cache=" + prefix_cache);
   router_args.push_back("--overlap_steps=" + overlap_steps);
+  const std::string http_port_file = run_dir + "/router.http_port";
+  if (*http_port >= 0) {
+    router_args.push_back(absl::StrCat("--http_port=", *http_port > 0 ? *http_port : FreeLoopbackPort()));
+    router_args.push_back("--http_port_file=" + http_port_file);
+    if (args.Has("served-model-name")) router_args.push_back("--served_model_name=" + args.Get("served-model-name"));
+  }
   const pid_t router = Spawn(router_bin, router_args);
   if (router < 0) return stop_all(1);
   children.push_back(router);
@@ -196,6 +205,11 @@ int ServeCommand(int argc, char** argv) {
   std::printf("gemma serve: %lld group(s) of %lld rank(s) on %s; router listening on %s:%d, %s (Ctrl-C stops)\n",
               static_cast<long long>(*replicas), static_cast<long long>(*tp), model.c_str(), tls ? "0.0.0.0" : "127.0.0.1",
               router_port, tls ? "TLS" : "plaintext");
+  if (*http_port >= 0) {
+    // Written before the gRPC port file, so it is there by now.
+    std::printf("gemma serve: OpenAI-compatible HTTP API at %s://%s:%d/v1\n", tls ? "https" : "http",
+                tls ? "0.0.0.0" : "127.0.0.1", ReadPort(http_port_file, {router}, std::chrono::seconds(5)));
+  }
   std::fflush(stdout);
   while (!g_stop) {
     for (pid_t pid : children) {

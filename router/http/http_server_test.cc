@@ -1,0 +1,172 @@
+#include "router/http/http_server.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <string>
+#include <thread>
+
+#include "absl/synchronization/notification.h"
+#include "gtest/gtest.h"
+
+namespace gemma::http {
+namespace {
+
+using namespace std::chrono_literals;
+
+int Connect(int port) {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(static_cast<uint16_t>(port));
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  EXPECT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)), 0);
+  return fd;
+}
+
+void SendAll(int fd, const std::string& data) {
+  size_t sent = 0;
+  while (sent < data.size()) {
+    const ssize_t n = ::send(fd, data.data() + sent, data.size() - sent, MSG_NOSIGNAL);
+    if (n <= 0) return;
+    sent += static_cast<size_t>(n);
+  }
+}
+
+// Everything the server sends until it closes the connection (or `limit` passes).
+std::string ReadAll(int fd, std::chrono::milliseconds limit = 5000ms) {
+  timeval tv{0, 100 * 1000};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  std::string out;
+  const auto end = std::chrono::steady_clock::now() + limit;
+  char buf[4096];
+  while (std::chrono::steady_clock::now() < end) {
+    const ssize_t n = ::recv(fd, buf, sizeof(buf), 0);
+    if (n == 0) break;
+    if (n > 0) out.append(buf, static_cast<size_t>(n));
+  }
+  return out;
+}
+
+std::string Request(int port, const std::string& raw) {
+  const int fd = Connect(port);
+  SendAll(fd, raw);
+  std::string out = ReadAll(fd);
+  ::close(fd);
+  return out;
+}
+
+std::string Post(const std::string& path, const std::string& body) {
+  return "POST " + path + " HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\n"
+         "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
+}
+
+TEST(HttpServerTest, RepliesWithStatusHeadersAndBody) {
+  auto server = Server::Start({.bind_host = "127.0.0.1"}, [](std::shared_ptr<Exchange> e) {
+    const std::string answer = std::string(e->method()) + " " + std::string(e->path()) + " " + e->body() + " " +
+                               std::string(e->header("X-Test").value_or("none"));
+    e->Reply(e->path() == "/missing" ? 404 : 200, "text/plain", answer);
+  });
+  ASSERT_TRUE(server.ok()) << server.status();
+  const int port = (*server)->port();
+  ASSERT_GT(port, 0);
+  const std::string ok = Request(port, "POST /a?q=1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Test: yes\r\n"
+                                       "Content-Length: 5\r\n\r\nhello");
+  EXPECT_NE(ok.find("HTTP/1.1 200"), std::string::npos) << ok;
+  EXPECT_NE(ok.find("Content-Type: text/plain"), std::string::npos) << ok;
+  EXPECT_NE(ok.find("POST /a hello yes"), std::string::npos) << ok;
+  const std::string missing = Request(port, "GET /missing HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+  EXPECT_NE(missing.find("HTTP/1.1 404"), std::string::npos) << missing;
+}
+
+TEST(HttpServerTest, StreamsChunksPostedFromAnotherThread) {
+  std::thread producer;
+  auto server = Server::Start({.bind_host = "127.0.0.1"}, [&producer](std::shared_ptr<Exchange> e) {
+    e->StartStream(200, "text/event-stream");
+    Server::Poster post = e->server().poster();
+    producer = std::thread([post, e] {
+      for (int i = 0; i < 3; ++i) {
+        post([e, i] { e->Send("data: " + std::to_string(i) + "\n\n"); });
+        std::this_thread::sleep_for(20ms);
+      }
+      post([e] { e->End(); });
+    });
+  });
+  ASSERT_TRUE(server.ok()) << server.status();
+  const std::string out = Request((*server)->port(), Post("/s", "{}"));
+  producer.join();
+  EXPECT_NE(out.find("Transfer-Encoding: chunked"), std::string::npos) << out;
+  EXPECT_NE(out.find("data: 0\n\n"), std::string::npos) << out;
+  EXPECT_LT(out.find("data: 0"), out.find("data: 2")) << out;
+  EXPECT_NE(out.find("\r\n0\r\n\r\n"), std::string::npos) << "the chunked reply was not ended: " << out;
+}
+
+TEST(HttpServerTest, RefusesBodiesAndHeadersPastTheirBounds) {
+  std::atomic<int> handled{0};
+  auto server = Server::Start({.bind_host = "127.0.0.1", .max_body_bytes = 100, .max_header_bytes = 512},
+                              [&handled](std::shared_ptr<Exchange> e) {
+                                ++handled;
+                                e->Reply(200, "text/plain", "ok");
+                              });
+  ASSERT_TRUE(server.ok()) << server.status();
+  const std::string big = Request((*server)->port(), Post("/x", std::string(1000, 'a')));
+  EXPECT_NE(big.find("HTTP/1.1 413"), std::string::npos) << big;
+  std::string many_headers = "GET /x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n";
+  for (int i = 0; i < 100; ++i) many_headers += "X-H" + std::to_string(i) + ": value\r\n";
+  const std::string headers = Request((*server)->port(), many_headers + "\r\n");
+  EXPECT_EQ(headers.find("HTTP/1.1 200"), std::string::npos) << headers;
+  EXPECT_EQ(handled.load(), 0);
+}
+
+TEST(HttpServerTest, NoticesAClientThatLeavesBeforeItsReply) {
+  absl::Notification closed;
+  std::shared_ptr<Exchange> held;
+  auto server = Server::Start({.bind_host = "127.0.0.1"}, [&](std::shared_ptr<Exchange> e) {
+    e->OnClose([&closed] { closed.Notify(); });
+    held = e;  // never answered while the client is there
+  });
+  ASSERT_TRUE(server.ok()) << server.status();
+  const int fd = Connect((*server)->port());
+  SendAll(fd, Post("/wait", "{}"));
+  std::this_thread::sleep_for(300ms);
+  ::close(fd);
+  EXPECT_TRUE(closed.WaitForNotificationWithTimeout(absl::Seconds(5)));
+  (*server)->Post([&held] { held.reset(); });
+}
+
+TEST(HttpServerTest, DropsAClientThatStallsMidRequest) {
+  auto server = Server::Start({.bind_host = "127.0.0.1", .io_timeout = std::chrono::seconds(1)},
+                              [](std::shared_ptr<Exchange> e) { e->Reply(200, "text/plain", "ok"); });
+  ASSERT_TRUE(server.ok()) << server.status();
+  const int fd = Connect((*server)->port());
+  SendAll(fd, "POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc");  // 7 bytes short, forever
+  const auto start = std::chrono::steady_clock::now();
+  const std::string out = ReadAll(fd, 6000ms);
+  const auto waited = std::chrono::steady_clock::now() - start;
+  ::close(fd);
+  EXPECT_EQ(out.find("200"), std::string::npos) << out;
+  EXPECT_LT(waited, 5s) << "the stalled client was not dropped";
+}
+
+TEST(HttpServerTest, AnExchangeDroppedUnansweredGets500) {
+  auto server = Server::Start({.bind_host = "127.0.0.1"}, [](std::shared_ptr<Exchange>) {});
+  ASSERT_TRUE(server.ok()) << server.status();
+  const std::string out = Request((*server)->port(), Post("/x", "{}"));
+  EXPECT_NE(out.find("HTTP/1.1 500"), std::string::npos) << out;
+}
+
+TEST(HttpServerTest, BadTlsFilesAreClearErrors) {
+  auto s = Server::Start({.tls_cert_file = "/nonexistent/cert.pem", .tls_key_file = "/nonexistent/key.pem"},
+                         [](std::shared_ptr<Exchange>) {});
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.status().message().find("/nonexistent/cert.pem"), std::string::npos) << s.status();
+  auto half = Server::Start({.tls_cert_file = "/x.pem"}, [](std::shared_ptr<Exchange>) {});
+  EXPECT_FALSE(half.ok());
+}
+
+}  // namespace
+}  // namespace gemma::http

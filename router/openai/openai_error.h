@@ -1,0 +1,28 @@
+// Errors in OpenAI's shape, {"error": {"message", "type", "param", "code"}}, with the HTTP status OpenAI uses.
+#pragma once
+
+#include <string>
+
+#include "absl/status/status.h"
+
+namespace gemma::openai {
+
+struct ApiError {
+  int http_status = 400;
+  std::string message;
+  std::string type = "invalid_request_error";
+  std::string param;  // the request field at fault; empty: none
+  std::string code;   // empty: null
+
+  std::string ToJson() const;
+};
+
+// A bad field: 400, naming it.
+ApiError BadField(std::string param, std::string message);
+// From the router's status codes: InvalidArgument/OutOfRange/FailedPrecondition 400, Unauthenticated 401,
+// NotFound 404, ResourceExhausted 429, Unavailable 503, DeadlineExceeded 504, Cancelled 499, the rest 500.
+ApiError FromStatus(const absl::Status& status);
+// The router's status code that an HTTP status stands for (for metrics).
+absl::StatusCode CodeOf(const ApiError& error);
+
+}  // namespace gemma::openai

@@ -1,0 +1,358 @@
+#include "router/openai/openai_request.h"
+
+#include <cmath>
+#include <optional>
+#include <set>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+
+namespace gemma::openai {
+namespace {
+
+using nlohmann::json;
+
+// A field's value, null read as absent (the SDKs send null for unset options).
+const json* Field(const json& body, const char* name) {
+  auto it = body.find(name);
+  if (it == body.end() || it->is_null()) return nullptr;
+  return &*it;
+}
+
+// Reads the request's fields, stopping at the first bad one.
+class Reader {
+ public:
+  explicit Reader(const json& body) : body_(body) {}
+  bool failed() const { return error_.has_value(); }
+  ApiError error() const { return *error_; }
+  void Fail(std::string param, std::string message) {
+    if (!error_) error_ = BadField(std::move(param), std::move(message));
+  }
+
+  std::optional<double> Number(const char* name, double lo, double hi, bool lo_open = false) {
+    const json* v = Field(body_, name);
+    if (v == nullptr || failed()) return std::nullopt;
+    if (!v->is_number()) {
+      Fail(name, absl::StrCat("'", name, "' must be a number"));
+      return std::nullopt;
+    }
+    const double x = v->get<double>();
+    if (!std::isfinite(x) || x > hi || (lo_open ? x <= lo : x < lo)) {
+      Fail(name, absl::StrCat("'", name, "' is ", v->dump(), "; allowed: ", lo_open ? "(" : "[", lo, ", ", hi, "]"));
+      return std::nullopt;
+    }
+    return x;
+  }
+  std::optional<int64_t> Integer(const char* name, int64_t lo, int64_t hi) {
+    const json* v = Field(body_, name);
+    if (v == nullptr || failed()) return std::nullopt;
+    if (!v->is_number_integer()) {
+      Fail(name, absl::StrCat("'", name, "' must be an integer"));
+      return std::nullopt;
+    }
+    const int64_t x = v->is_number_unsigned() && v->get<uint64_t>() > static_cast<uint64_t>(INT64_MAX)
+                          ? INT64_MAX
+                          : v->get<int64_t>();
+    if (x < lo || x > hi) {
+      Fail(name, absl::StrCat("'", name, "' is ", x, "; allowed: ", lo, "..", hi));
+      return std::nullopt;
+    }
+    return x;
+  }
+  std::optional<bool> Bool(const char* name) {
+    const json* v = Field(body_, name);
+    if (v == nullptr || failed()) return std::nullopt;
+    if (!v->is_boolean()) {
+      Fail(name, absl::StrCat("'", name, "' must be true or false"));
+      return std::nullopt;
+    }
+    return v->get<bool>();
+  }
+
+ private:
+  const json& body_;
+  std::optional<ApiError> error_;
+};
+
+// Fields a body may carry; anything else is refused, with a word for those people expect to work.
+std::optional<ApiError> CheckFields(const json& body, const std::set<std::string>& known) {
+  static const std::set<std::string> kUnsupported = {
+      "tools", "tool_choice", "functions", "function_call", "logit_bias", "parallel_tool_calls", "audio",
+      "modalities", "prediction", "suffix", "best_of", "store", "metadata", "reasoning_effort", "web_search_options"};
+  for (const auto& [key, value] : body.items()) {
+    if (known.count(key)) continue;
+    if (value.is_null()) continue;  // an unset option, as the SDKs send it
+    if (kUnsupported.count(key)) {
+      return BadField(key, absl::StrCat("'", key, "' is not supported by this server"));
+    }
+    return BadField(key, absl::StrCat("unrecognized request argument '", key, "'; supported: ",
+                                      absl::StrJoin(known, ", ")));
+  }
+  return std::nullopt;
+}
+
+// The sampling fields both endpoints share, into `p`; false (and `r` failed) on a bad one.
+void ReadSampling(Reader& r, const json& body, const RequestContext& context, v1::GenerationParameters& p,
+                  ParsedRequest& out) {
+  // OpenAI's defaults: temperature 1, top_p 1.
+  p.set_temperature(static_cast<float>(r.Number("temperature", 0, 2).value_or(1.0)));
+  p.set_top_p(static_cast<float>(r.Number("top_p", 0, 1, /*lo_open=*/true).value_or(1.0)));
+  if (auto k = r.Integer("top_k", -1, 1 << 30)) p.set_top_k(*k < 0 ? 0 : static_cast<int32_t>(*k));
+  if (auto x = r.Number("presence_penalty", -2, 2)) p.set_presence_penalty(static_cast<float>(*x));
+  if (auto x = r.Number("frequency_penalty", -2, 2)) p.set_frequency_penalty(static_cast<float>(*x));
+  if (auto x = r.Number("repetition_penalty", 0, 100, /*lo_open=*/true)) p.set_repetition_penalty(static_cast<float>(*x));
+  if (auto seed = r.Integer("seed", INT64_MIN, INT64_MAX)) p.set_seed(static_cast<uint64_t>(*seed));
+  out.n = static_cast<int>(r.Integer("n", 1, context.max_n).value_or(1));
+  out.stream = r.Bool("stream").value_or(false);
+  if (const json* so = Field(body, "stream_options"); so != nullptr && !r.failed()) {
+    if (!so->is_object()) {
+      r.Fail("stream_options", "'stream_options' must be an object");
+    } else if (!out.stream) {
+      r.Fail("stream_options", "'stream_options' is only allowed with 'stream': true");
+    } else {
+      for (const auto& [key, value] : so->items()) {
+        if (key != "include_usage") {
+          r.Fail(absl::StrCat("stream_options.", key), absl::StrCat("'stream_options.", key, "' is not supported"));
+        } else if (!value.is_boolean()) {
+          r.Fail("stream_options.include_usage", "'stream_options.include_usage' must be true or false");
+        } else {
+          out.include_usage = value.get<bool>();
+        }
+      }
+    }
+  }
+  if (const json* stop = Field(body, "stop"); stop != nullptr && !r.failed()) {
+    std::vector<std::string> stops;
+    if (stop->is_string()) {
+      stops.push_back(stop->get<std::string>());
+    } else if (stop->is_array()) {
+      for (const auto& s : *stop) {
+        if (!s.is_string()) {
+          r.Fail("stop", "'stop' must be a string or a list of strings");
+          return;
+        }
+        stops.push_back(s.get<std::string>());
+      }
+    } else {
+      r.Fail("stop", "'stop' must be a string or a list of strings");
+      return;
+    }
+    if (static_cast<int>(stops.size()) > context.max_stop_sequences) {
+      r.Fail("stop", absl::StrCat("'stop' lists ", stops.size(), " sequences; allowed: at most ",
+                                  context.max_stop_sequences));
+      return;
+    }
+    for (auto& s : stops) {
+      if (s.empty()) {
+        r.Fail("stop", "'stop' sequences must not be empty");
+        return;
+      }
+      p.add_stop_sequences(std::move(s));
+    }
+  }
+  if (const json* format = Field(body, "response_format"); format != nullptr && !r.failed()) {
+    const json* type = format->is_object() ? Field(*format, "type") : nullptr;
+    if (type == nullptr || !type->is_string()) {
+      r.Fail("response_format", "'response_format' must be an object with a 'type': text, json_object or json_schema");
+      return;
+    }
+    const std::string t = type->get<std::string>();
+    if (t == "text") return;
+    if (t == "json_object") {
+      p.mutable_response_format()->set_type("json_object");
+      return;
+    }
+    if (t != "json_schema") {
+      r.Fail("response_format.type", absl::StrCat("'response_format.type' \"", t,
+                                                  "\" is not supported; allowed: text, json_object, json_schema"));
+      return;
+    }
+    const json* js = Field(*format, "json_schema");
+    const json* schema = js != nullptr && js->is_object() ? Field(*js, "schema") : nullptr;
+    if (schema == nullptr || !(schema->is_object() || schema->is_boolean())) {
+      r.Fail("response_format.json_schema.schema", "'response_format.json_schema.schema' must be a JSON Schema object");
+      return;
+    }
+    p.mutable_response_format()->set_type("json_schema");
+    p.mutable_response_format()->set_json_schema(schema->dump());
+  }
+}
+
+// A message's content: a string, or a list of text parts.
+std::optional<std::string> Content(const json& message, const std::string& where, Reader& r) {
+  const json* c = Field(message, "content");
+  if (c == nullptr) {
+    r.Fail(where + ".content", absl::StrCat("'", where, ".content' is required"));
+    return std::nullopt;
+  }
+  if (c->is_string()) return c->get<std::string>();
+  if (!c->is_array()) {
+    r.Fail(where + ".content", absl::StrCat("'", where, ".content' must be a string or a list of text parts"));
+    return std::nullopt;
+  }
+  std::string text;
+  for (size_t j = 0; j < c->size(); ++j) {
+    const json& part = (*c)[j];
+    const std::string at = absl::StrCat(where, ".content[", j, "]");
+    const json* type = part.is_object() ? Field(part, "type") : nullptr;
+    if (type == nullptr || !type->is_string() || type->get<std::string>() != "text") {
+      r.Fail(at + ".type", absl::StrCat("'", at, ".type' must be \"text\"; this server takes text only"));
+      return std::nullopt;
+    }
+    const json* t = Field(part, "text");
+    if (t == nullptr || !t->is_string()) {
+      r.Fail(at + ".text", absl::StrCat("'", at, ".text' must be a string"));
+      return std::nullopt;
+    }
+    text += t->get<std::string>();
+  }
+  return text;
+}
+
+bool ReadModel(Reader& r, const json& body, ParsedRequest& out) {
+  const json* model = Field(body, "model");
+  if (model == nullptr || !model->is_string()) {
+    r.Fail("model", "'model' is required: a string naming the model (GET /v1/models lists it)");
+    return false;
+  }
+  out.model = model->get<std::string>();
+  return true;
+}
+
+}  // namespace
+
+v1::GenerateRequest ParsedRequest::ForChoice(int index) const {
+  v1::GenerateRequest r = prompts[index / n];
+  if (r.parameters().has_seed()) r.mutable_parameters()->set_seed(r.parameters().seed() + static_cast<uint64_t>(index % n));
+  return r;
+}
+
+ParseResult ParseCompletionRequest(const json& body, const RequestContext& context) {
+  if (!body.is_object()) return BadField("", "the request body must be a JSON object");
+  static const std::set<std::string> kKnown = {
+      "model", "prompt", "max_tokens", "temperature", "top_p", "top_k", "n", "stop", "seed", "presence_penalty",
+      "frequency_penalty", "repetition_penalty", "logprobs", "echo", "stream", "stream_options", "user",
+      "response_format"};
+  if (auto e = CheckFields(body, kKnown)) return *e;
+  ParsedRequest out;
+  Reader r(body);
+  ReadModel(r, body, out);
+  v1::GenerationParameters p;
+  // OpenAI's default for completions: 16 tokens.
+  p.set_max_new_tokens(static_cast<int32_t>(r.Integer("max_tokens", 1, INT32_MAX).value_or(16)));
+  ReadSampling(r, body, context, p, out);
+  if (auto lp = r.Integer("logprobs", 0, context.max_top_logprobs)) {
+    out.logprobs = true;
+    out.top_logprobs = static_cast<int>(*lp);
+    p.set_logprobs(true);
+    p.set_top_logprobs(static_cast<int32_t>(*lp));
+  }
+  out.echo = r.Bool("echo").value_or(false);
+  if (r.failed()) return r.error();
+  if (out.echo && out.logprobs) {
+    return BadField("echo", "'echo' together with 'logprobs' (log-probs of the prompt) is not supported");
+  }
+  const json* prompt = Field(body, "prompt");
+  if (prompt == nullptr) return BadField("prompt", "'prompt' is required: a string, a list of strings, or token ids");
+  auto add_text = [&](const json& text) {
+    v1::GenerateRequest g;
+    g.mutable_input()->set_text(text.get<std::string>());
+    *g.mutable_parameters() = p;
+    out.prompts.push_back(std::move(g));
+  };
+  auto add_ids = [&](const json& ids) -> bool {
+    v1::GenerateRequest g;
+    for (const auto& id : ids) {
+      if (!id.is_number_integer()) return false;
+      g.mutable_input()->mutable_token_ids()->add_ids(id.get<int32_t>());
+    }
+    *g.mutable_parameters() = p;
+    out.prompts.push_back(std::move(g));
+    return true;
+  };
+  const char* kShape = "'prompt' must be a string, a list of strings, a list of token ids, or a list of such lists";
+  if (prompt->is_string()) {
+    add_text(*prompt);
+  } else if (prompt->is_array() && !prompt->empty()) {
+    if ((*prompt)[0].is_number_integer()) {
+      if (!add_ids(*prompt)) return BadField("prompt", kShape);
+    } else {
+      for (const auto& item : *prompt) {
+        if (item.is_string()) {
+          add_text(item);
+        } else if (item.is_array() && !item.empty()) {
+          if (!add_ids(item)) return BadField("prompt", kShape);
+        } else {
+          return BadField("prompt", kShape);
+        }
+      }
+    }
+  } else {
+    return BadField("prompt", kShape);
+  }
+  if (out.choices() > context.max_n) {
+    return BadField("n", absl::StrCat(out.prompts.size(), " prompts × n ", out.n, " = ", out.choices(),
+                                      " choices; allowed: at most ", context.max_n));
+  }
+  return out;
+}
+
+ParseResult ParseChatRequest(const json& body, const RequestContext& context) {
+  if (!body.is_object()) return BadField("", "the request body must be a JSON object");
+  static const std::set<std::string> kKnown = {
+      "model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "top_k", "n", "stop",
+      "seed", "presence_penalty", "frequency_penalty", "repetition_penalty", "logprobs", "top_logprobs", "stream",
+      "stream_options", "user", "response_format"};
+  if (auto e = CheckFields(body, kKnown)) return *e;
+  ParsedRequest out;
+  out.chat = true;
+  Reader r(body);
+  ReadModel(r, body, out);
+  v1::GenerationParameters p;
+  // Unset: the router's default (0), shortened to what the context leaves.
+  auto max_tokens = r.Integer("max_completion_tokens", 1, INT32_MAX);
+  if (!max_tokens) max_tokens = r.Integer("max_tokens", 1, INT32_MAX);
+  if (max_tokens) p.set_max_new_tokens(static_cast<int32_t>(*max_tokens));
+  ReadSampling(r, body, context, p, out);
+  out.logprobs = r.Bool("logprobs").value_or(false);
+  out.top_logprobs = static_cast<int>(r.Integer("top_logprobs", 0, context.max_top_logprobs).value_or(0));
+  if (r.failed()) return r.error();
+  if (out.top_logprobs > 0 && !out.logprobs) return BadField("top_logprobs", "'top_logprobs' needs 'logprobs': true");
+  p.set_logprobs(out.logprobs);
+  p.set_top_logprobs(out.top_logprobs);
+  const json* messages = Field(body, "messages");
+  if (messages == nullptr || !messages->is_array() || messages->empty()) {
+    return BadField("messages", "'messages' is required: a non-empty list of {role, content}");
+  }
+  v1::GenerateRequest g;
+  for (size_t i = 0; i < messages->size(); ++i) {
+    const json& m = (*messages)[i];
+    const std::string where = absl::StrCat("messages[", i, "]");
+    if (!m.is_object()) return BadField(where, absl::StrCat("'", where, "' must be an object {role, content}"));
+    for (const auto& [key, value] : m.items()) {
+      if (key != "role" && key != "content" && !value.is_null()) {
+        return BadField(absl::StrCat(where, ".", key), absl::StrCat("'", where, ".", key, "' is not supported"));
+      }
+    }
+    const json* role = Field(m, "role");
+    std::string rl = role != nullptr && role->is_string() ? role->get<std::string>() : "";
+    if (rl == "developer") rl = "system";
+    const bool system_ok = rl == "system" && i == 0 && context.chat_system_role;
+    if (rl != "user" && rl != "assistant" && !system_ok) {
+      const char* allowed = context.chat_system_role ? "user, assistant, and system or developer as the first message"
+                                                     : "user, assistant (this model's chat template has no system role)";
+      return BadField(where + ".role", absl::StrCat("'", where, ".role' is ", role ? role->dump() : "missing",
+                                                    "; allowed: ", allowed));
+    }
+    auto content = Content(m, where, r);
+    if (!content) return r.error();
+    auto* msg = g.mutable_input()->mutable_chat()->add_messages();
+    msg->set_role(rl == "assistant" ? "model" : rl);
+    msg->set_content(std::move(*content));
+  }
+  *g.mutable_parameters() = p;
+  out.prompts.push_back(std::move(g));
+  return out;
+}
+
+}  // namespace gemma::openai

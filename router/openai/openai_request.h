@@ -1,0 +1,47 @@
+// OpenAI's /v1/completions and /v1/chat/completions request bodies, read into the cluster's own GenerateRequest.
+// Every field is checked here, with OpenAI's name, before the router's own validation: a bad or unsupported field
+// gets 400 naming it, and a field this server does not implement is never silently ignored.
+#pragma once
+
+#include <string>
+#include <variant>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "gemma/v1/gemma.pb.h"
+#include "router/openai/openai_error.h"
+
+namespace gemma::openai {
+
+// What the served model allows, for the checks that depend on it.
+struct RequestContext {
+  bool chat_system_role = false;  // the chat template takes a system message (Gemma 3)
+  int max_stop_sequences = 8;
+  int max_top_logprobs = 20;
+  int max_n = 128;
+};
+
+struct ParsedRequest {
+  bool chat = false;
+  std::string model;
+  // One request per prompt (a completion may list several); choice c of prompt p has index p * n + c.
+  std::vector<v1::GenerateRequest> prompts;
+  int n = 1;
+  bool stream = false;
+  bool include_usage = false;  // stream_options.include_usage
+  bool echo = false;           // completions: the prompt's text before the completion
+  bool logprobs = false;       // return each token's log-prob
+  int top_logprobs = 0;
+  // Total choices: prompts × n.
+  int choices() const { return static_cast<int>(prompts.size()) * n; }
+  // The request for choice `index`: its prompt's, with its own seed when one was given (seed + choice).
+  v1::GenerateRequest ForChoice(int index) const;
+};
+
+using ParseResult = std::variant<ParsedRequest, ApiError>;
+
+ParseResult ParseCompletionRequest(const nlohmann::json& body, const RequestContext& context);
+ParseResult ParseChatRequest(const nlohmann::json& body, const RequestContext& context);
+
+}  // namespace gemma::openai

@@ -1,0 +1,173 @@
+#include "router/openai/openai_request.h"
+
+#include "gtest/gtest.h"
+
+namespace gemma::openai {
+namespace {
+
+using nlohmann::json;
+
+ParsedRequest Ok(const ParseResult& r) {
+  if (auto* e = std::get_if<ApiError>(&r)) {
+    ADD_FAILURE() << e->ToJson();
+    return {};
+  }
+  return std::get<ParsedRequest>(r);
+}
+
+ApiError Err(const ParseResult& r) {
+  if (auto* e = std::get_if<ApiError>(&r)) return *e;
+  ADD_FAILURE() << "expected an error";
+  return {};
+}
+
+TEST(OpenAiRequestTest, CompletionFieldsMapToGenerationParameters) {
+  const auto p = Ok(ParseCompletionRequest(json::parse(R"({
+    "model": "m", "prompt": "Hello", "max_tokens": 7, "temperature": 0.5, "top_p": 0.9, "n": 2,
+    "stop": ["\n", "END"], "seed": 42, "presence_penalty": 0.5, "frequency_penalty": -0.5, "logprobs": 3,
+    "echo": false, "stream": true, "stream_options": {"include_usage": true}, "user": "u"})"), {}));
+  EXPECT_EQ(p.model, "m");
+  ASSERT_EQ(p.prompts.size(), 1u);
+  const auto& g = p.prompts[0];
+  EXPECT_EQ(g.input().text(), "Hello");
+  EXPECT_EQ(g.parameters().max_new_tokens(), 7);
+  EXPECT_FLOAT_EQ(g.parameters().temperature(), 0.5f);
+  EXPECT_FLOAT_EQ(g.parameters().top_p(), 0.9f);
+  EXPECT_EQ(g.parameters().stop_sequences_size(), 2);
+  EXPECT_EQ(g.parameters().seed(), 42u);
+  EXPECT_FLOAT_EQ(g.parameters().presence_penalty(), 0.5f);
+  EXPECT_FLOAT_EQ(g.parameters().frequency_penalty(), -0.5f);
+  EXPECT_TRUE(g.parameters().logprobs());
+  EXPECT_EQ(g.parameters().top_logprobs(), 3);
+  EXPECT_EQ(p.n, 2);
+  EXPECT_TRUE(p.stream);
+  EXPECT_TRUE(p.include_usage);
+  // Choices of one prompt get consecutive seeds, so they differ and are reproducible.
+  EXPECT_EQ(p.ForChoice(0).parameters().seed(), 42u);
+  EXPECT_EQ(p.ForChoice(1).parameters().seed(), 43u);
+}
+
+TEST(OpenAiRequestTest, OpenAiDefaults) {
+  const auto p = Ok(ParseCompletionRequest(json::parse(R"({"model": "m", "prompt": "x"})"), {}));
+  EXPECT_EQ(p.prompts[0].parameters().max_new_tokens(), 16);
+  EXPECT_FLOAT_EQ(p.prompts[0].parameters().temperature(), 1.0f);
+  EXPECT_FALSE(p.prompts[0].parameters().has_seed());
+  const auto c = Ok(ParseChatRequest(json::parse(R"({"model": "m", "messages": [{"role": "user", "content": "x"}]})"), {}));
+  EXPECT_EQ(c.prompts[0].parameters().max_new_tokens(), 0) << "chat: the router's default";
+}
+
+TEST(OpenAiRequestTest, PromptShapes) {
+  const auto list = Ok(ParseCompletionRequest(json::parse(R"({"model": "m", "prompt": ["a", "b"], "n": 3})"), {}));
+  EXPECT_EQ(list.prompts.size(), 2u);
+  EXPECT_EQ(list.choices(), 6);
+  EXPECT_EQ(list.ForChoice(4).input().text(), "b");
+  const auto ids = Ok(ParseCompletionRequest(json::parse(R"({"model": "m", "prompt": [2, 10, 11]})"), {}));
+  ASSERT_EQ(ids.prompts.size(), 1u);
+  EXPECT_EQ(ids.prompts[0].input().token_ids().ids_size(), 3);
+  const auto id_lists = Ok(ParseCompletionRequest(json::parse(R"({"model": "m", "prompt": [[2, 10], [2, 11]]})"), {}));
+  EXPECT_EQ(id_lists.prompts.size(), 2u);
+  EXPECT_EQ(Err(ParseCompletionRequest(json::parse(R"({"model": "m", "prompt": 5})"), {})).param, "prompt");
+  EXPECT_EQ(Err(ParseCompletionRequest(json::parse(R"({"model": "m", "prompt": []})"), {})).param, "prompt");
+  EXPECT_EQ(Err(ParseCompletionRequest(json::parse(R"({"model": "m", "prompt": [1, "a"]})"), {})).param, "prompt");
+  EXPECT_EQ(Err(ParseCompletionRequest(json::parse(R"({"model": "m"})"), {})).param, "prompt");
+}
+
+TEST(OpenAiRequestTest, BadFieldsAreNamedWithTheirRange) {
+  struct Case {
+    const char* body;
+    const char* param;
+    const char* says;
+  };
+  const Case cases[] = {
+      {R"({"model": "m", "prompt": "x", "temperature": 3})", "temperature", "[0, 2]"},
+      {R"({"model": "m", "prompt": "x", "temperature": "hot"})", "temperature", "number"},
+      {R"({"model": "m", "prompt": "x", "top_p": 0})", "top_p", "(0, 1]"},
+      {R"({"model": "m", "prompt": "x", "n": 0})", "n", "1..128"},
+      {R"({"model": "m", "prompt": "x", "n": 1.5})", "n", "integer"},
+      {R"({"model": "m", "prompt": "x", "max_tokens": 0})", "max_tokens", "1.."},
+      {R"({"model": "m", "prompt": "x", "presence_penalty": 2.5})", "presence_penalty", "[-2, 2]"},
+      {R"({"model": "m", "prompt": "x", "logprobs": 21})", "logprobs", "0..20"},
+      {R"({"model": "m", "prompt": "x", "stop": 5})", "stop", "string"},
+      {R"({"model": "m", "prompt": "x", "stop": ["a","b","c","d","e","f","g","h","i"]})", "stop", "at most 8"},
+      {R"({"model": "m", "prompt": "x", "stream": "yes"})", "stream", "true or false"},
+      {R"({"model": "m", "prompt": "x", "stream_options": {"include_usage": true}})", "stream_options", "stream"},
+      {R"({"model": "m", "prompt": "x", "logit_bias": {"1": 5}})", "logit_bias", "not supported"},
+      {R"({"model": "m", "prompt": "x", "suffix": "s"})", "suffix", "not supported"},
+      {R"({"model": "m", "prompt": "x", "frobnicate": 1})", "frobnicate", "unrecognized"},
+      {R"({"model": "m", "prompt": "x", "echo": true, "logprobs": 1})", "echo", "not supported"},
+      {R"({"prompt": "x"})", "model", "required"},
+      {R"({"model": "m", "prompt": "x", "response_format": {"type": "xml"}})", "response_format.type", "json_schema"},
+      {R"({"model": "m", "prompt": "x", "response_format": {"type": "json_schema"}})",
+       "response_format.json_schema.schema", "JSON Schema"},
+  };
+  for (const Case& c : cases) {
+    const ApiError e = Err(ParseCompletionRequest(json::parse(c.body), {}));
+    EXPECT_EQ(e.http_status, 400) << c.body;
+    EXPECT_EQ(e.param, c.param) << c.body;
+    EXPECT_NE(e.message.find(c.says), std::string::npos) << c.body << " -> " << e.message;
+    EXPECT_NE(e.ToJson().find("\"invalid_request_error\""), std::string::npos);
+  }
+}
+
+TEST(OpenAiRequestTest, ChatMessagesRolesAndParts) {
+  RequestContext gemma3;
+  gemma3.chat_system_role = true;
+  const auto p = Ok(ParseChatRequest(json::parse(R"({"model": "m", "messages": [
+      {"role": "system", "content": "Be brief."},
+      {"role": "user", "content": [{"type": "text", "text": "Hi "}, {"type": "text", "text": "there"}]},
+      {"role": "assistant", "content": "Hello"},
+      {"role": "user", "content": "Again"}],
+      "max_completion_tokens": 5, "logprobs": true, "top_logprobs": 2})"), gemma3));
+  const auto& chat = p.prompts[0].input().chat();
+  ASSERT_EQ(chat.messages_size(), 4);
+  EXPECT_EQ(chat.messages(0).role(), "system");
+  EXPECT_EQ(chat.messages(1).content(), "Hi there");
+  EXPECT_EQ(chat.messages(2).role(), "model");
+  EXPECT_EQ(p.prompts[0].parameters().max_new_tokens(), 5);
+  EXPECT_EQ(p.top_logprobs, 2);
+
+  const ApiError no_system = Err(ParseChatRequest(
+      json::parse(R"({"model": "m", "messages": [{"role": "system", "content": "x"}, {"role": "user", "content": "y"}]})"), {}));
+  EXPECT_EQ(no_system.param, "messages[0].role");
+  EXPECT_NE(no_system.message.find("no system role"), std::string::npos) << no_system.message;
+  EXPECT_EQ(Err(ParseChatRequest(json::parse(R"({"model": "m", "messages": [{"role": "tool", "content": "x"}]})"), {})).param,
+            "messages[0].role");
+  EXPECT_EQ(Err(ParseChatRequest(json::parse(
+                R"({"model": "m", "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]})"), {}))
+                .param,
+            "messages[0].content[0].type");
+  EXPECT_EQ(Err(ParseChatRequest(json::parse(R"({"model": "m", "messages": []})"), {})).param, "messages");
+  EXPECT_EQ(Err(ParseChatRequest(json::parse(R"({"model": "m", "messages": [{"role": "user"}]})"), {})).param,
+            "messages[0].content");
+  EXPECT_EQ(Err(ParseChatRequest(json::parse(
+                R"({"model": "m", "messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function"}]})"), {}))
+                .param,
+            "tools");
+  EXPECT_EQ(Err(ParseChatRequest(json::parse(
+                R"({"model": "m", "messages": [{"role": "user", "content": "x"}], "top_logprobs": 2})"), {}))
+                .param,
+            "top_logprobs");
+}
+
+TEST(OpenAiRequestTest, ResponseFormats) {
+  const auto schema = Ok(ParseChatRequest(json::parse(R"({"model": "m", "messages": [{"role": "user", "content": "x"}],
+      "response_format": {"type": "json_schema", "json_schema": {"name": "n", "schema": {"type": "object"}}}})"), {}));
+  EXPECT_EQ(schema.prompts[0].parameters().response_format().type(), "json_schema");
+  EXPECT_EQ(json::parse(schema.prompts[0].parameters().response_format().json_schema()), json::parse(R"({"type":"object"})"));
+  const auto object = Ok(ParseChatRequest(json::parse(R"({"model": "m", "messages": [{"role": "user", "content": "x"}],
+      "response_format": {"type": "json_object"}})"), {}));
+  EXPECT_EQ(object.prompts[0].parameters().response_format().type(), "json_object");
+  const auto text = Ok(ParseChatRequest(json::parse(R"({"model": "m", "messages": [{"role": "user", "content": "x"}],
+      "response_format": {"type": "text"}})"), {}));
+  EXPECT_FALSE(text.prompts[0].parameters().has_response_format());
+}
+
+TEST(OpenAiRequestTest, NullsAreUnsetOptions) {
+  const auto p = Ok(ParseCompletionRequest(
+      json::parse(R"({"model": "m", "prompt": "x", "temperature": null, "logit_bias": null, "seed": null})"), {}));
+  EXPECT_FLOAT_EQ(p.prompts[0].parameters().temperature(), 1.0f);
+  EXPECT_FALSE(p.prompts[0].parameters().has_seed());
+}
+
+}  // namespace
+}  // namespace gemma::openai

@@ -1,0 +1,138 @@
+#include "router/openai/openai_response.h"
+
+#include <nlohmann/json.hpp>
+
+namespace gemma::openai {
+namespace {
+
+using nlohmann::json;
+
+std::string Dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
+
+std::string Event(const json& j) { return "data: " + Dump(j) + "\n\n"; }
+
+std::string TokenText(const ResponseContext& c, int32_t id) {
+  auto t = c.tokenizer->Decode(std::vector<int32_t>{id});
+  return t.ok() ? *t : "";
+}
+
+json Bytes(const std::string& s) {
+  json b = json::array();
+  for (unsigned char ch : s) b.push_back(static_cast<int>(ch));
+  return b;
+}
+
+// Chat: {"content": [{token, logprob, bytes, top_logprobs: [...]}, ...]}.
+json ChatLogprobs(const ResponseContext& c, const std::vector<v1::GeneratedToken>& tokens) {
+  json content = json::array();
+  for (const auto& t : tokens) {
+    const std::string text = TokenText(c, t.id());
+    json top = json::array();
+    for (const auto& alt : t.top_logprobs()) {
+      top.push_back({{"token", alt.text()}, {"logprob", alt.logprob()}, {"bytes", Bytes(alt.text())}});
+    }
+    content.push_back({{"token", text}, {"logprob", t.logprob()}, {"bytes", Bytes(text)}, {"top_logprobs", top}});
+  }
+  return {{"content", content}};
+}
+
+// Completions: {"tokens", "token_logprobs", "top_logprobs", "text_offset"}; offsets count from `offset`.
+json CompletionLogprobs(const ResponseContext& c, const std::vector<v1::GeneratedToken>& tokens, int64_t offset) {
+  json texts = json::array(), lps = json::array(), tops = json::array(), offsets = json::array();
+  for (const auto& t : tokens) {
+    const std::string text = TokenText(c, t.id());
+    texts.push_back(text);
+    lps.push_back(t.logprob());
+    json top = json::object();
+    for (const auto& alt : t.top_logprobs()) top[alt.text()] = alt.logprob();
+    tops.push_back(c.top_logprobs > 0 ? top : json(nullptr));
+    offsets.push_back(offset);
+    offset += static_cast<int64_t>(text.size());
+  }
+  return {{"tokens", texts}, {"token_logprobs", lps}, {"top_logprobs", tops}, {"text_offset", offsets}};
+}
+
+json Head(const ResponseContext& c, bool chunk) {
+  const char* object = c.chat ? (chunk ? "chat.completion.chunk" : "chat.completion") : "text_completion";
+  return {{"id", c.id}, {"object", object}, {"created", c.created}, {"model", c.model}};
+}
+
+json Usage(const UsageCount& u) {
+  return {{"prompt_tokens", u.prompt_tokens},
+          {"completion_tokens", u.completion_tokens},
+          {"total_tokens", u.prompt_tokens + u.completion_tokens}};
+}
+
+}  // namespace
+
+const char* FinishReasonName(v1::FinishReason reason) {
+  return reason == v1::FINISH_REASON_LENGTH ? "length" : "stop";
+}
+
+std::string ResponseBody(const ResponseContext& c, const std::vector<v1::GenerateResponse>& results,
+                         const std::vector<std::string>& prefixes, const UsageCount& usage) {
+  json choices = json::array();
+  for (size_t i = 0; i < results.size(); ++i) {
+    const v1::GenerateResponse& r = results[i];
+    const std::string prefix = i < prefixes.size() ? prefixes[i] : "";
+    const std::vector<v1::GeneratedToken> tokens(r.tokens().begin(), r.tokens().end());
+    json choice = {{"index", i}, {"finish_reason", FinishReasonName(r.finish_reason())}};
+    if (c.chat) {
+      choice["message"] = {{"role", "assistant"}, {"content", r.text()}};
+      choice["logprobs"] = c.logprobs ? ChatLogprobs(c, tokens) : json(nullptr);
+    } else {
+      choice["text"] = prefix + r.text();
+      choice["logprobs"] = c.logprobs ? CompletionLogprobs(c, tokens, static_cast<int64_t>(prefix.size())) : json(nullptr);
+    }
+    choices.push_back(std::move(choice));
+  }
+  json body = Head(c, false);
+  body["choices"] = std::move(choices);
+  body["usage"] = Usage(usage);
+  return Dump(body);
+}
+
+std::string TextChunk(const ResponseContext& c, int index, std::string_view text,
+                      const std::vector<v1::GeneratedToken>& tokens) {
+  json choice = {{"index", index}, {"finish_reason", nullptr}};
+  if (c.chat) {
+    choice["delta"] = {{"content", std::string(text)}};
+    choice["logprobs"] = c.logprobs ? ChatLogprobs(c, tokens) : json(nullptr);
+  } else {
+    choice["text"] = std::string(text);
+    choice["logprobs"] = c.logprobs ? CompletionLogprobs(c, tokens, 0) : json(nullptr);
+  }
+  json body = Head(c, true);
+  body["choices"] = json::array({choice});
+  return Event(body);
+}
+
+std::string RoleChunk(const ResponseContext& c, int index) {
+  json body = Head(c, true);
+  body["choices"] = json::array(
+      {{{"index", index}, {"delta", {{"role", "assistant"}, {"content", ""}}}, {"logprobs", nullptr}, {"finish_reason", nullptr}}});
+  return Event(body);
+}
+
+std::string FinishChunk(const ResponseContext& c, int index, v1::FinishReason reason) {
+  json choice = {{"index", index}, {"logprobs", nullptr}, {"finish_reason", FinishReasonName(reason)}};
+  if (c.chat) {
+    choice["delta"] = json::object();
+  } else {
+    choice["text"] = "";
+  }
+  json body = Head(c, true);
+  body["choices"] = json::array({choice});
+  return Event(body);
+}
+
+std::string UsageChunk(const ResponseContext& c, const UsageCount& usage) {
+  json body = Head(c, true);
+  body["choices"] = json::array();
+  body["usage"] = Usage(usage);
+  return Event(body);
+}
+
+std::string ErrorChunk(const std::string& error_json) { return "data: " + error_json + "\n\n"; }
+
+}  // namespace gemma::openai

@@ -1,0 +1,51 @@
+// OpenAI's response bodies and server-sent-event chunks, from the cluster's own results.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "gemma/v1/gemma.pb.h"
+#include "tokenizer/tokenizer.h"
+
+namespace gemma::openai {
+
+// What every body and chunk of one response shares.
+struct ResponseContext {
+  std::string id;  // "cmpl-..." or "chatcmpl-..."
+  int64_t created = 0;
+  std::string model;
+  bool chat = false;
+  bool logprobs = false;
+  int top_logprobs = 0;
+  const Tokenizer* tokenizer = nullptr;
+};
+
+struct UsageCount {
+  int64_t prompt_tokens = 0;
+  int64_t completion_tokens = 0;
+};
+
+// "stop" for <eos>, <end_of_turn>, a stop sequence or stop id; "length" for max_tokens or the context.
+const char* FinishReasonName(v1::FinishReason reason);
+
+// A whole (non-streamed) response: one choice per result, in index order. `prefixes[i]`, when given, goes before
+// choice i's text (echo).
+std::string ResponseBody(const ResponseContext& context, const std::vector<v1::GenerateResponse>& results,
+                         const std::vector<std::string>& prefixes, const UsageCount& usage);
+
+// One server-sent event for choice `index`: new text and its tokens' log-probs, or the choice's end.
+// `role_only`: a chat stream's opening chunk (delta {"role": "assistant", "content": ""}).
+std::string TextChunk(const ResponseContext& context, int index, std::string_view text,
+                      const std::vector<v1::GeneratedToken>& tokens);
+std::string RoleChunk(const ResponseContext& context, int index);
+std::string FinishChunk(const ResponseContext& context, int index, v1::FinishReason reason);
+// The last chunk when stream_options.include_usage: no choices, the usage.
+std::string UsageChunk(const ResponseContext& context, const UsageCount& usage);
+// An error inside a stream already started (its HTTP status was 200).
+std::string ErrorChunk(const std::string& error_json);
+inline constexpr std::string_view kDoneChunk = "data: [DONE]\n\n";
+
+}  // namespace gemma::openai

@@ -1,0 +1,270 @@
+#include "router/openai/openai_service.h"
+
+#include <atomic>
+#include <ctime>
+#include <random>
+
+#include <nlohmann/json.hpp>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "router/openai/openai_request.h"
+#include "router/openai/openai_response.h"
+
+namespace gemma::openai {
+namespace {
+
+constexpr char kJson[] = "application/json";
+
+std::string NewId(const char* prefix) {
+  thread_local std::mt19937_64 rng{std::random_device{}()};
+  return absl::StrFormat("%s%016x%016x", prefix, rng(), rng());
+}
+
+}  // namespace
+
+// One generation call: its choices' requests and what has been sent of them. Lives on the loop thread.
+class Call {
+ public:
+  Call(OpenAiService* service, std::shared_ptr<const ServedModel> model, std::shared_ptr<http::Exchange> exchange,
+       ParsedRequest parsed, ResponseContext context, RequestAdmission::Origin origin)
+      : service_(service),
+        model_(std::move(model)),
+        exchange_(std::move(exchange)),
+        parsed_(std::move(parsed)),
+        context_(std::move(context)),
+        origin_(std::move(origin)) {}
+
+  ~Call() {
+    for (auto& r : requests_) r->Cancel();
+  }
+
+  // Admits every choice; on the first refusal cancels those admitted and answers the error.
+  bool Start(const RequestAdmission& admission, const std::shared_ptr<Call>& self, http::Server::Poster poster) {
+    auto wake_pending = std::make_shared<std::atomic<bool>>(false);
+    std::weak_ptr<Call> weak = self;
+    RequestAdmission::Origin origin = origin_;
+    // Runs on a group's step thread: only hands a pump to the loop, at most one waiting at a time.
+    origin.notify = [wake_pending, weak, poster] {
+      if (wake_pending->exchange(true)) return;
+      poster([wake_pending, weak] {
+        wake_pending->store(false);
+        if (auto call = weak.lock()) call->Pump();
+      });
+    };
+    const int choices = parsed_.choices();
+    done_.assign(choices, false);
+    for (int i = 0; i < choices; ++i) {
+      const v1::GenerateRequest request = parsed_.ForChoice(i);
+      auto active = admission.Admit(*model_, request, origin);
+      if (!active.ok()) {
+        admission.Reject(active.status(), origin_);
+        Fail(FromStatus(active.status()));
+        return false;
+      }
+      requests_.push_back(*active);
+      std::string prefix;
+      if (parsed_.echo) {
+        if (request.input().has_text()) {
+          prefix = request.input().text();
+        } else {
+          const auto& ids = request.input().token_ids().ids();
+          prefix = context_.tokenizer->Decode(std::vector<int32_t>(ids.begin(), ids.end())).value_or("");
+        }
+      }
+      prefixes_.push_back(std::move(prefix));
+    }
+    exchange_->OnClose([weak] {
+      if (auto call = weak.lock()) call->ClientGone();
+    });
+    if (parsed_.stream) {
+      exchange_->StartStream(200, "text/event-stream");
+      stream_started_ = true;
+      for (int i = 0; i < choices; ++i) {
+        if (parsed_.chat) exchange_->Send(RoleChunk(context_, i));
+        if (!prefixes_[i].empty()) exchange_->Send(TextChunk(context_, i, prefixes_[i], {}));
+      }
+    }
+    Pump();
+    return true;
+  }
+
+  // Takes what the requests have produced: streams it, and answers once every choice has ended.
+  void Pump() {
+    if (finished_) return;
+    for (size_t i = 0; i < requests_.size(); ++i) {
+      if (done_[i]) continue;
+      bool done = false;
+      std::vector<v1::GenerateStreamResponse> events = requests_[i]->TakeReady(&done);
+      for (const auto& e : events) {
+        if (e.has_token()) {
+          if (parsed_.stream) {
+            exchange_->Send(TextChunk(context_, static_cast<int>(i), e.token().text_delta(), {e.token().token()}));
+          }
+        } else if (e.has_final()) {
+          // Prompt tokens once per prompt, however many choices share it (as OpenAI counts them).
+          if (i % parsed_.n == 0) usage_.prompt_tokens += e.final().usage().prompt_tokens();
+          usage_.completion_tokens += e.final().usage().generated_tokens();
+          if (parsed_.stream) exchange_->Send(FinishChunk(context_, static_cast<int>(i), e.final().finish_reason()));
+        }
+      }
+      if (!done) continue;
+      done_[i] = true;
+      ++ended_;
+      if (absl::Status s = requests_[i]->Wait(); !s.ok()) {
+        Fail(FromStatus(s));
+        return;
+      }
+    }
+    if (ended_ == requests_.size()) Complete();
+  }
+
+ private:
+  void Complete() {
+    finished_ = true;
+    if (parsed_.stream) {
+      if (parsed_.include_usage) exchange_->Send(UsageChunk(context_, usage_));
+      exchange_->Send(kDoneChunk);
+      exchange_->End();
+    } else {
+      std::vector<v1::GenerateResponse> results;
+      for (auto& r : requests_) results.push_back(r->Response());
+      exchange_->Reply(200, kJson, ResponseBody(context_, results, prefixes_, usage_));
+    }
+    service_->Done(this);
+  }
+
+  void Fail(const ApiError& error) {
+    finished_ = true;
+    for (auto& r : requests_) r->Cancel();
+    if (stream_started_) {
+      // The status line (200) is gone already: the error travels as an event, as OpenAI's streams carry them.
+      exchange_->Send(ErrorChunk(error.ToJson()));
+      exchange_->Send(kDoneChunk);
+      exchange_->End();
+    } else {
+      exchange_->Reply(error.http_status, kJson, error.ToJson());
+    }
+    service_->Done(this);
+  }
+
+  void ClientGone() {
+    if (finished_) return;
+    finished_ = true;
+    for (auto& r : requests_) r->Cancel();  // each leaves its group at the next step, freeing its KV blocks
+    service_->Done(this);
+  }
+
+  OpenAiService* service_;
+  const std::shared_ptr<const ServedModel> model_;  // keeps the tokenizer the context points to
+  std::shared_ptr<http::Exchange> exchange_;
+  const ParsedRequest parsed_;
+  const ResponseContext context_;
+  const RequestAdmission::Origin origin_;
+  std::vector<std::shared_ptr<ActiveRequest>> requests_;
+  std::vector<std::string> prefixes_;
+  std::vector<bool> done_;
+  size_t ended_ = 0;
+  UsageCount usage_;
+  bool finished_ = false;
+  bool stream_started_ = false;
+};
+
+OpenAiService::OpenAiService(const RequestAdmission* admission, const ApiKeys* keys, std::string served_model_name)
+    : admission_(admission), keys_(keys), served_model_name_(std::move(served_model_name)) {}
+
+OpenAiService::~OpenAiService() = default;
+
+std::string OpenAiService::ModelName(const ServedModel& model) const {
+  return served_model_name_.empty() ? model.info.shape_name() : served_model_name_;
+}
+
+void OpenAiService::Handle(std::shared_ptr<http::Exchange> exchange) {
+  const std::string path(exchange->path());
+  const std::string method(exchange->method());
+  RequestAdmission::Origin origin{.protocol = "http", .endpoint = path};
+  auto answer = [&](const ApiError& e) {
+    admission_->Reject(absl::Status(CodeOf(e), e.message), origin);
+    exchange->Reply(e.http_status, kJson, e.ToJson());
+  };
+  const bool generate = path == "/v1/completions" || path == "/v1/chat/completions";
+  if (path == "/health") {
+    // Unauthenticated, for load balancers and probes: 200 while some group serves.
+    const bool healthy = admission_->Model().ok() && admission_->healthy_groups() > 0;
+    exchange->Reply(healthy ? 200 : 503, kJson, healthy ? "{\"status\":\"ok\"}" : "{\"status\":\"unavailable\"}");
+    return;
+  }
+  if (!generate && path != "/v1/models") {
+    ApiError e = BadField("", absl::StrCat("no such endpoint ", method, " ", path,
+                                           "; served: POST /v1/completions, POST /v1/chat/completions, "
+                                           "GET /v1/models, GET /health"));
+    e.http_status = 404;
+    e.code = "not_found";
+    exchange->Reply(404, kJson, e.ToJson());
+    return;
+  }
+  if ((generate && method != "POST") || (!generate && method != "GET")) {
+    ApiError e = BadField("", absl::StrCat(method, " is not allowed on ", path, "; use ", generate ? "POST" : "GET"));
+    e.http_status = 405;
+    exchange->Reply(405, kJson, e.ToJson());
+    return;
+  }
+  const std::optional<std::string_view> authorization = exchange->header("Authorization");
+  if (absl::Status s = keys_->CheckAuthorization(authorization ? &*authorization : nullptr); !s.ok()) {
+    return answer(FromStatus(s));
+  }
+  auto model = admission_->Model();
+  if (!model.ok()) return answer(FromStatus(model.status()));
+  if (!generate) return Models(*exchange, **model);
+  Generate(std::move(exchange), path == "/v1/chat/completions");
+}
+
+void OpenAiService::Models(http::Exchange& exchange, const ServedModel& model) {
+  nlohmann::json m = {{"id", ModelName(model)},
+                      {"object", "model"},
+                      {"created", static_cast<int64_t>(std::time(nullptr))},
+                      {"owned_by", "gemma-serve"},
+                      {"max_model_len", admission_->MaxContext(model)}};
+  exchange.Reply(200, kJson, nlohmann::json{{"object", "list"}, {"data", nlohmann::json::array({m})}}.dump());
+}
+
+void OpenAiService::Generate(std::shared_ptr<http::Exchange> exchange, bool chat) {
+  RequestAdmission::Origin origin{.protocol = "http", .endpoint = std::string(exchange->path())};
+  auto answer = [&](const ApiError& e) {
+    admission_->Reject(absl::Status(CodeOf(e), e.message), origin);
+    exchange->Reply(e.http_status, kJson, e.ToJson());
+  };
+  auto model = admission_->Model();
+  if (!model.ok()) return answer(FromStatus(model.status()));
+  const nlohmann::json body = nlohmann::json::parse(exchange->body(), nullptr, /*allow_exceptions=*/false);
+  if (body.is_discarded()) return answer(BadField("", "the request body is not valid JSON"));
+  RequestContext rc;
+  rc.chat_system_role = RequestAdmission::LimitsOf(**model).chat_system_role;
+  rc.max_stop_sequences = admission_->limits().max_stop_sequences;
+  rc.max_top_logprobs = admission_->limits().max_top_logprobs;
+  ParseResult parsed = chat ? ParseChatRequest(body, rc) : ParseCompletionRequest(body, rc);
+  if (auto* e = std::get_if<ApiError>(&parsed)) return answer(*e);
+  ParsedRequest& request = std::get<ParsedRequest>(parsed);
+  const std::string name = ModelName(**model);
+  if (request.model != name) {
+    ApiError e = BadField("model", absl::StrCat("the model '", request.model, "' does not exist; this server serves '",
+                                                name, "'"));
+    e.http_status = 404;
+    e.code = "model_not_found";
+    return answer(e);
+  }
+  ResponseContext context;
+  context.id = NewId(chat ? "chatcmpl-" : "cmpl-");
+  context.created = static_cast<int64_t>(std::time(nullptr));
+  context.model = name;
+  context.chat = chat;
+  context.logprobs = request.logprobs;
+  context.top_logprobs = request.top_logprobs;
+  context.tokenizer = (*model)->tokenizer.get();
+  http::Server::Poster poster = exchange->server().poster();
+  auto call = std::make_shared<Call>(this, *model, exchange, std::move(request), std::move(context), origin);
+  calls_[call.get()] = call;
+  call->Start(*admission_, call, std::move(poster));
+}
+
+}  // namespace gemma::openai

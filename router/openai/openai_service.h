@@ -1,0 +1,40 @@
+// The OpenAI-compatible HTTP API: /v1/completions, /v1/chat/completions, /v1/models and /health, on the same
+// admission path (limits, tokenization, scheduler), API keys and metrics as the gRPC API. Requests are placed on
+// this router's groups; unlike gRPC, they are not forwarded to a peer router.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "absl/container/flat_hash_map.h"
+#include "router/api_keys.h"
+#include "router/http/http_server.h"
+#include "router/request_admission.h"
+
+namespace gemma::openai {
+
+class Call;
+
+// Runs on the HTTP server's loop: Handle is its handler.
+class OpenAiService {
+ public:
+  // `served_model_name`: the name clients give as "model"; empty: the checkpoint's shape name.
+  OpenAiService(const RequestAdmission* admission, const ApiKeys* keys, std::string served_model_name);
+  ~OpenAiService();
+  void Handle(std::shared_ptr<http::Exchange> exchange);
+  // The name the model is served under, once a group has joined.
+  std::string ModelName(const ServedModel& model) const;
+
+ private:
+  friend class Call;
+  void Generate(std::shared_ptr<http::Exchange> exchange, bool chat);
+  void Models(http::Exchange& exchange, const ServedModel& model);
+  void Done(Call* call) { calls_.erase(call); }
+
+  const RequestAdmission* admission_;
+  const ApiKeys* keys_;
+  const std::string served_model_name_;
+  absl::flat_hash_map<Call*, std::shared_ptr<Call>> calls_;  // running; loop thread only
+};
+
+}  // namespace gemma::openai

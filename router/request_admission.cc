@@ -1,0 +1,81 @@
+#include "router/request_admission.h"
+
+#include <algorithm>
+#include <random>
+
+#include "engine/status_macros.h"
+#include "tokenizer/chat_template.h"
+
+namespace gemma {
+
+absl::StatusOr<std::shared_ptr<const ServedModel>> RequestAdmission::Model() const {
+  std::shared_ptr<const ServedModel> model = groups_->model();
+  if (model == nullptr) return absl::UnavailableError("no worker group has joined yet; retry later");
+  return model;
+}
+
+ModelLimits RequestAdmission::LimitsOf(const ServedModel& model) {
+  ModelLimits m;
+  m.vocab_size = model.info.vocab_size();
+  // The worker's --max_model_len when it set one (reported resolved, so never past the model's own context): a
+  // longer request is refused here, with the others that do not fit, rather than by the worker mid-generation.
+  m.context = model.info.max_model_len() > 0
+                  ? std::min(model.info.max_model_len(), model.info.max_position_embeddings())
+                  : model.info.max_position_embeddings();
+  m.chat_system_role = model.info.model_family() == "gemma3";
+  return m;
+}
+
+int32_t RequestAdmission::MaxContext(const ServedModel& model) const {
+  return std::min(LimitsOf(model).context, limits_.max_total_tokens);
+}
+
+absl::StatusOr<std::vector<int32_t>> RequestAdmission::PromptIds(const ServedModel& model,
+                                                                const v1::Input& input) const {
+  if (input.has_token_ids()) return std::vector<int32_t>(input.token_ids().ids().begin(), input.token_ids().ids().end());
+  std::string text = input.text();
+  if (input.has_chat()) {
+    std::vector<ChatMessage> messages;
+    for (const auto& m : input.chat().messages()) messages.push_back({m.role(), m.content()});
+    const ChatStyle style = model.info.model_family() == "gemma3" ? ChatStyle::kGemma3 : ChatStyle::kGemma;
+    ASSIGN_OR_RETURN(text, RenderChat(messages, style));
+  }
+  ASSIGN_OR_RETURN(std::vector<int32_t> ids, model.tokenizer->Encode(text));
+  ids.insert(ids.begin(), model.info.bos_id());
+  return ids;
+}
+
+absl::StatusOr<std::shared_ptr<ActiveRequest>> RequestAdmission::Admit(const ServedModel& model,
+                                                                       const v1::GenerateRequest& request,
+                                                                       Origin origin) const {
+  const ModelLimits model_limits = LimitsOf(model);
+  RETURN_IF_ERROR(ValidateGenerateRequest(request, limits_, model_limits));
+  ASSIGN_OR_RETURN(std::vector<int32_t> prompt, PromptIds(model, request.input()));
+  ASSIGN_OR_RETURN(const int32_t max_new,
+                   ResolveMaxNewTokens(static_cast<int32_t>(prompt.size()), request.parameters().max_new_tokens(),
+                                       limits_, model_limits));
+  ActiveRequest::Options o;
+  o.prompt = std::move(prompt);
+  o.max_new_tokens = max_new;
+  o.eos_ids.push_back(model.info.eos_id());
+  o.eos_ids.insert(o.eos_ids.end(), model.info.extra_eos_ids().begin(), model.info.extra_eos_ids().end());
+  if (request.input().has_chat() && model.tokenizer->end_of_turn_id() >= 0) {
+    o.eos_ids.push_back(model.tokenizer->end_of_turn_id());
+  }
+  o.stop_ids.assign(request.parameters().stop_token_ids().begin(), request.parameters().stop_token_ids().end());
+  o.stop_sequences.assign(request.parameters().stop_sequences().begin(), request.parameters().stop_sequences().end());
+  o.parameters = request.parameters();
+  o.seed = request.parameters().has_seed() ? request.parameters().seed() : std::random_device{}();
+  o.protocol = std::move(origin.protocol);
+  o.endpoint = std::move(origin.endpoint);
+  o.notify = std::move(origin.notify);
+  auto active = std::make_shared<ActiveRequest>(groups_->NewRequestId(), std::move(o), model.tokenizer.get(), metrics_);
+  RETURN_IF_ERROR(groups_->Submit(active));
+  return active;
+}
+
+void RequestAdmission::Reject(const absl::Status& status, const Origin& origin) const {
+  if (metrics_ != nullptr) metrics_->Rejected(status, origin.protocol, origin.endpoint);
+}
+
+}  // namespace gemma

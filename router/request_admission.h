@@ -1,0 +1,58 @@
+// What every public API does with a generation request before it runs, whichever protocol brought it: the
+// served model, validation against the router's and the model's limits, tokenization (chat rendered with Gemma's
+// template), and submission to the least-loaded group. Shared by the gRPC service and the HTTP (OpenAI) API so
+// the same request gets the same tokens from either.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "gemma/v1/gemma.pb.h"
+#include "router/active_request.h"
+#include "router/group_set.h"
+#include "router/request_validation.h"
+#include "router/router_metrics.h"
+
+namespace gemma {
+
+// Thread-safe.
+class RequestAdmission {
+ public:
+  // `metrics` may be null.
+  RequestAdmission(GroupSet* groups, RouterLimits limits, RouterMetrics* metrics)
+      : groups_(groups), limits_(limits), metrics_(metrics) {}
+
+  // The served model; Unavailable until a group has joined.
+  absl::StatusOr<std::shared_ptr<const ServedModel>> Model() const;
+  static ModelLimits LimitsOf(const ServedModel& model);
+  const RouterLimits& limits() const { return limits_; }
+  int healthy_groups() const { return groups_->healthy(); }
+  // The context a request may fill: the model's (or the workers' --max_model_len), capped by the router's total.
+  int32_t MaxContext(const ServedModel& model) const;
+
+  // The prompt's token ids: <bos> + the text or rendered chat; token ids as given.
+  absl::StatusOr<std::vector<int32_t>> PromptIds(const ServedModel& model, const v1::Input& input) const;
+
+  // How the request came, for metrics and for a consumer that does not block (see ActiveRequest::Options).
+  struct Origin {
+    std::string protocol = "grpc";
+    std::string endpoint;
+    std::function<void()> notify;
+  };
+  // Validated, tokenized and handed to a group; the status to answer with otherwise (not counted: see Reject).
+  absl::StatusOr<std::shared_ptr<ActiveRequest>> Admit(const ServedModel& model, const v1::GenerateRequest& request,
+                                                       Origin origin) const;
+  // Counts a request refused before it ran.
+  void Reject(const absl::Status& status, const Origin& origin) const;
+
+ private:
+  GroupSet* groups_;
+  const RouterLimits limits_;
+  RouterMetrics* metrics_;
+};
+
+}  // namespace gemma
