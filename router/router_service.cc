@@ -56,9 +56,10 @@ std::optional<std::string> RouterService::ForwardTarget() const {
 
 absl::StatusOr<std::shared_ptr<const ServedModel>> RouterService::Enter(const grpc::ServerContext& context,
                                                                        const char* endpoint) {
-  absl::Status s = role_ == ServiceRole::kPeer ? CheckPeerProtocol(context) : keys_.Check(context.client_metadata());
-  absl::StatusOr<std::shared_ptr<const ServedModel>> model = s;
-  if (s.ok()) model = admission_.Model();
+  const absl::Status s =
+      role_ == ServiceRole::kPeer ? CheckPeerProtocol(context) : keys_.Check(context.client_metadata());
+  absl::StatusOr<std::shared_ptr<const ServedModel>> model =
+      s.ok() ? admission_.Model() : absl::StatusOr<std::shared_ptr<const ServedModel>>(s);
   if (!model.ok()) CountRejected(model.status(), endpoint);
   return model;
 }

@@ -1,4 +1,5 @@
 #include "router/http/http_server.h"
+#include "router/http/test_client.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -18,39 +19,12 @@ namespace {
 
 using namespace std::chrono_literals;
 
-int Connect(int port) {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_port = htons(static_cast<uint16_t>(port));
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  EXPECT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)), 0);
-  return fd;
-}
+using testing::ConnectLoopback;
+using testing::SendAll;
 
-void SendAll(int fd, const std::string& data) {
-  size_t sent = 0;
-  while (sent < data.size()) {
-    const ssize_t n = ::send(fd, data.data() + sent, data.size() - sent, MSG_NOSIGNAL);
-    if (n <= 0) return;
-    sent += static_cast<size_t>(n);
-  }
-}
+int Connect(int port) { return ConnectLoopback(port); }
 
-// Everything the server sends until it closes the connection (or `limit` passes).
-std::string ReadAll(int fd, std::chrono::milliseconds limit = 5000ms) {
-  timeval tv{0, 100 * 1000};
-  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-  std::string out;
-  const auto end = std::chrono::steady_clock::now() + limit;
-  char buf[4096];
-  while (std::chrono::steady_clock::now() < end) {
-    const ssize_t n = ::recv(fd, buf, sizeof(buf), 0);
-    if (n == 0) break;
-    if (n > 0) out.append(buf, static_cast<size_t>(n));
-  }
-  return out;
-}
+std::string ReadAll(int fd, std::chrono::milliseconds limit = 5000ms) { return testing::ReadUntilClosed(fd, limit); }
 
 std::string Request(int port, const std::string& raw) {
   const int fd = Connect(port);

@@ -239,7 +239,7 @@ ParseResult ParseCompletionRequest(const json& body, const RequestContext& conte
   ReadModel(r, body, out);
   v1::GenerationParameters p;
   // OpenAI's default for completions: 16 tokens.
-  p.set_max_new_tokens(static_cast<int32_t>(r.Integer("max_tokens", 1, INT32_MAX).value_or(16)));
+  p.set_max_new_tokens(static_cast<int32_t>(r.Integer("max_tokens", 1, context.max_new_tokens).value_or(16)));
   ReadSampling(r, body, context, p, out);
   if (auto lp = r.Integer("logprobs", 0, context.max_top_logprobs)) {
     out.logprobs = true;
@@ -310,8 +310,8 @@ ParseResult ParseChatRequest(const json& body, const RequestContext& context) {
   ReadModel(r, body, out);
   v1::GenerationParameters p;
   // Unset: the router's default (0), shortened to what the context leaves.
-  auto max_tokens = r.Integer("max_completion_tokens", 1, INT32_MAX);
-  if (!max_tokens) max_tokens = r.Integer("max_tokens", 1, INT32_MAX);
+  auto max_tokens = r.Integer("max_completion_tokens", 1, context.max_new_tokens);
+  if (!max_tokens) max_tokens = r.Integer("max_tokens", 1, context.max_new_tokens);
   if (max_tokens) p.set_max_new_tokens(static_cast<int32_t>(*max_tokens));
   ReadSampling(r, body, context, p, out);
   out.logprobs = r.Bool("logprobs").value_or(false);

@@ -20,6 +20,7 @@ struct RequestContext {
   int max_stop_sequences = 8;
   int max_top_logprobs = 20;
   int max_n = 128;
+  int max_new_tokens = 4096;  // the router's ceiling on max_tokens
 };
 
 struct ParsedRequest {

@@ -59,7 +59,13 @@ class Call {
       auto active = admission.Admit(*model_, request, origin);
       if (!active.ok()) {
         admission.Reject(active.status(), origin_);
-        Fail(FromStatus(active.status()));
+        ApiError e = FromStatus(active.status());
+        // The admission speaks the gRPC API's names; the one field whose HTTP name differs is renamed.
+        if (const size_t at = e.message.find("max_new_tokens"); at != std::string::npos) {
+          e.message.replace(at, std::string_view("max_new_tokens").size(), "max_tokens");
+          e.param = "max_tokens";
+        }
+        Fail(e);
         return false;
       }
       requests_.push_back(*active);
@@ -242,6 +248,7 @@ void OpenAiService::Generate(std::shared_ptr<http::Exchange> exchange, bool chat
   rc.chat_system_role = RequestAdmission::LimitsOf(**model).chat_system_role;
   rc.max_stop_sequences = admission_->limits().max_stop_sequences;
   rc.max_top_logprobs = admission_->limits().max_top_logprobs;
+  rc.max_new_tokens = admission_->limits().max_new_tokens;
   ParseResult parsed = chat ? ParseChatRequest(body, rc) : ParseCompletionRequest(body, rc);
   if (auto* e = std::get_if<ApiError>(&parsed)) return answer(*e);
   ParsedRequest& request = std::get<ParsedRequest>(parsed);

@@ -1,0 +1,285 @@
+// The OpenAI-compatible HTTP API against a real router and worker: the same tokens as gRPC, streaming, choices,
+// errors in OpenAI's shape with OpenAI's status codes, cancellation on disconnect, metrics.
+#include <grpcpp/grpcpp.h>
+
+#include <future>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "gtest/gtest.h"
+#include "router/http/test_client.h"
+#include "router/router_test_support.h"
+
+namespace gemma {
+namespace {
+
+using http::testing::Call;
+using http::testing::EventData;
+using http::testing::HttpReply;
+using nlohmann::json;
+
+class OpenAiHttpTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    worker_ = new OwnWorker(StartOwnWorker());
+    http_port_ = testing::FreePort();
+    metrics_port_ = testing::FreePort();
+    router_ = new RouterProcess(StartRouter({worker_->port}, {"--http_port=" + std::to_string(http_port_),
+                                                              "--metrics_port=" + std::to_string(metrics_port_),
+                                                              "--served_model_name=tiny", "--max_tokens_per_step=128"}));
+    ASSERT_GT(router_->port, 0) << router_->process->Err();
+    ASSERT_TRUE(router_->WaitForHealthyGroups(1)) << router_->process->Err();
+  }
+  static void TearDownTestSuite() {
+    if (::testing::UnitTest::GetInstance()->failed_test_count() > 0) {
+      std::fprintf(stderr, "router log:\n%s\n", router_->process->Err().c_str());
+    }
+    delete router_;
+    delete worker_;
+  }
+  static HttpReply Post(const std::string& path, const json& body, std::vector<std::string> headers = {}) {
+    return Call(http_port_, "POST", path, body.dump(), headers);
+  }
+  static json Body(const HttpReply& r) { return json::parse(r.body, nullptr, false); }
+
+  static OwnWorker* worker_;
+  static RouterProcess* router_;
+  static int http_port_, metrics_port_;
+};
+
+OwnWorker* OpenAiHttpTest::worker_ = nullptr;
+RouterProcess* OpenAiHttpTest::router_ = nullptr;
+int OpenAiHttpTest::http_port_ = 0;
+int OpenAiHttpTest::metrics_port_ = 0;
+
+v1::GenerateResponse Grpc(RouterProcess& router, const v1::GenerateRequest& request) {
+  v1::GenerateResponse response;
+  grpc::ClientContext ctx;
+  const grpc::Status s = router.stub->Generate(&ctx, request, &response);
+  EXPECT_TRUE(s.ok()) << s.error_message();
+  return response;
+}
+
+TEST_F(OpenAiHttpTest, CompletionEqualsTheGrpcApiForTheSameRequestAndSeed) {
+  const HttpReply r = Post("/v1/completions", {{"model", "tiny"}, {"prompt", "The capital of France"},
+                                               {"max_tokens", 12}, {"temperature", 0.8}, {"seed", 7}, {"logprobs", 2}});
+  ASSERT_EQ(r.status, 200) << r.body;
+  const json body = Body(r);
+  v1::GenerateRequest g;
+  g.mutable_input()->set_text("The capital of France");
+  g.mutable_parameters()->set_max_new_tokens(12);
+  g.mutable_parameters()->set_temperature(0.8f);
+  g.mutable_parameters()->set_seed(7);
+  g.mutable_parameters()->set_logprobs(true);
+  g.mutable_parameters()->set_top_logprobs(2);
+  const v1::GenerateResponse expected = Grpc(*router_, g);
+  EXPECT_EQ(body["object"], "text_completion");
+  EXPECT_EQ(body["model"], "tiny");
+  ASSERT_EQ(body["choices"].size(), 1u);
+  EXPECT_EQ(body["choices"][0]["text"], expected.text());
+  EXPECT_EQ(body["choices"][0]["finish_reason"], "length");
+  const json& lp = body["choices"][0]["logprobs"];
+  ASSERT_EQ(lp["token_logprobs"].size(), static_cast<size_t>(expected.tokens_size()));
+  for (int i = 0; i < expected.tokens_size(); ++i) {
+    EXPECT_NEAR(lp["token_logprobs"][i].get<double>(), expected.tokens(i).logprob(), 1e-6);
+    EXPECT_EQ(lp["top_logprobs"][i].size(), 2u);
+  }
+  EXPECT_EQ(body["usage"]["completion_tokens"], 12);
+  EXPECT_EQ(body["usage"]["prompt_tokens"], expected.usage().prompt_tokens());
+  EXPECT_EQ(body["usage"]["total_tokens"], 12 + expected.usage().prompt_tokens());
+}
+
+TEST_F(OpenAiHttpTest, ChatStreamSendsAChunkPerTokenAndEqualsTheUnaryAnswer) {
+  const json request = {{"model", "tiny"},
+                        {"messages", {{{"role", "user"}, {"content", "Hello there"}}}},
+                        {"max_tokens", 10},
+                        {"temperature", 0},
+                        {"logprobs", true}};
+  const HttpReply unary = Post("/v1/chat/completions", request);
+  ASSERT_EQ(unary.status, 200) << unary.body;
+  const json whole = Body(unary);
+  EXPECT_EQ(whole["object"], "chat.completion");
+  EXPECT_EQ(whole["choices"][0]["message"]["role"], "assistant");
+  const int tokens = whole["usage"]["completion_tokens"];
+  json streamed = request;
+  streamed["stream"] = true;
+  streamed["stream_options"] = {{"include_usage", true}};
+  const HttpReply stream = Post("/v1/chat/completions", streamed);
+  ASSERT_EQ(stream.status, 200) << stream.body;
+  EXPECT_NE(stream.head.find("Content-Type: text/event-stream"), std::string::npos);
+  const std::vector<std::string> events = EventData(stream.body);
+  ASSERT_GE(events.size(), 4u);
+  EXPECT_EQ(events.back(), "[DONE]");
+  std::string text;
+  int token_chunks = 0;
+  std::string finish;
+  json usage;
+  for (size_t i = 0; i + 1 < events.size(); ++i) {
+    const json e = json::parse(events[i]);
+    EXPECT_EQ(e["object"], "chat.completion.chunk");
+    EXPECT_EQ(e["id"], json::parse(events[0])["id"]) << "one id for the whole stream";
+    if (e["choices"].empty()) {
+      usage = e["usage"];
+      continue;
+    }
+    const json& c = e["choices"][0];
+    if (i == 0) {
+      EXPECT_EQ(c["delta"]["role"], "assistant");
+      continue;
+    }
+    if (!c["finish_reason"].is_null()) {
+      finish = c["finish_reason"];
+      continue;
+    }
+    text += c["delta"]["content"].get<std::string>();
+    ASSERT_EQ(c["logprobs"]["content"].size(), 1u) << "one token per chunk";
+    ++token_chunks;
+  }
+  EXPECT_EQ(token_chunks, tokens);
+  EXPECT_EQ(text, whole["choices"][0]["message"]["content"]);
+  EXPECT_EQ(finish, whole["choices"][0]["finish_reason"]);
+  EXPECT_EQ(usage, whole["usage"]);
+}
+
+TEST_F(OpenAiHttpTest, ChoicesOfOnePromptUseConsecutiveSeeds) {
+  const HttpReply r = Post("/v1/completions", {{"model", "tiny"}, {"prompt", {"one", "two"}}, {"max_tokens", 6},
+                                               {"temperature", 1.0}, {"seed", 100}, {"n", 2}});
+  ASSERT_EQ(r.status, 200) << r.body;
+  const json body = Body(r);
+  ASSERT_EQ(body["choices"].size(), 4u);
+  for (int i = 0; i < 4; ++i) {
+    EXPECT_EQ(body["choices"][i]["index"], i);
+    v1::GenerateRequest g;
+    g.mutable_input()->set_text(i < 2 ? "one" : "two");
+    g.mutable_parameters()->set_max_new_tokens(6);
+    g.mutable_parameters()->set_temperature(1.0f);
+    g.mutable_parameters()->set_seed(100 + i % 2);
+    EXPECT_EQ(body["choices"][i]["text"], Grpc(*router_, g).text()) << "choice " << i;
+  }
+}
+
+TEST_F(OpenAiHttpTest, StopSequencesAndEcho) {
+  const HttpReply plain = Post("/v1/completions", {{"model", "tiny"}, {"prompt", "abc"}, {"max_tokens", 16}, {"temperature", 0}});
+  ASSERT_EQ(plain.status, 200);
+  const std::string full = Body(plain)["choices"][0]["text"];
+  ASSERT_GE(full.size(), 4u);
+  const std::string stop = full.substr(2, 2);
+  const HttpReply stopped = Post("/v1/completions", {{"model", "tiny"}, {"prompt", "abc"}, {"max_tokens", 16},
+                                                     {"temperature", 0}, {"stop", stop}, {"echo", true}});
+  ASSERT_EQ(stopped.status, 200) << stopped.body;
+  const json body = Body(stopped);
+  EXPECT_EQ(body["choices"][0]["finish_reason"], "stop");
+  EXPECT_EQ(body["choices"][0]["text"], "abc" + full.substr(0, full.find(stop)));
+}
+
+TEST_F(OpenAiHttpTest, ErrorsHaveOpenAisShapeAndStatus) {
+  const HttpReply bad = Post("/v1/completions", {{"model", "tiny"}, {"prompt", "x"}, {"temperature", 5}});
+  EXPECT_EQ(bad.status, 400);
+  EXPECT_EQ(Body(bad)["error"]["param"], "temperature");
+  EXPECT_EQ(Body(bad)["error"]["type"], "invalid_request_error");
+  const HttpReply tools = Post("/v1/chat/completions", {{"model", "tiny"},
+                                                        {"messages", {{{"role", "user"}, {"content", "x"}}}},
+                                                        {"tools", json::array({{{"type", "function"}}})}});
+  EXPECT_EQ(tools.status, 400);
+  EXPECT_EQ(Body(tools)["error"]["param"], "tools");
+  const HttpReply model = Post("/v1/completions", {{"model", "gpt-4"}, {"prompt", "x"}});
+  EXPECT_EQ(model.status, 404);
+  EXPECT_EQ(Body(model)["error"]["code"], "model_not_found");
+  const HttpReply long_request = Post("/v1/completions", {{"model", "tiny"}, {"prompt", "x"}, {"max_tokens", 4000}});
+  EXPECT_EQ(long_request.status, 400);
+  EXPECT_EQ(Body(long_request)["error"]["param"], "max_tokens") << long_request.body;
+  const HttpReply not_json = Call(http_port_, "POST", "/v1/completions", "{not json");
+  EXPECT_EQ(not_json.status, 400);
+  EXPECT_TRUE(Body(not_json).contains("error"));
+  EXPECT_EQ(Call(http_port_, "GET", "/v1/nothing").status, 404);
+  EXPECT_EQ(Call(http_port_, "GET", "/v1/completions").status, 405);
+}
+
+TEST_F(OpenAiHttpTest, ModelsAndHealth) {
+  const HttpReply models = Call(http_port_, "GET", "/v1/models");
+  ASSERT_EQ(models.status, 200);
+  const json m = Body(models);
+  EXPECT_EQ(m["object"], "list");
+  EXPECT_EQ(m["data"][0]["id"], "tiny");
+  EXPECT_GT(m["data"][0]["max_model_len"].get<int>(), 0);
+  EXPECT_EQ(Call(http_port_, "GET", "/health").status, 200);
+}
+
+TEST_F(OpenAiHttpTest, AClientThatDisconnectsCancelsItsRequest) {
+  const std::string before = testing::HttpGet(metrics_port_, "/metrics");
+  const std::string series = R"(gemma_router_requests_total{code="CANCELLED",endpoint="/v1/completions",outcome="cancelled",protocol="http"})";
+  const double cancelled_before = std::max(0.0, Sample(before, series));  // -1: no such series yet
+  const int fd = http::testing::ConnectLoopback(http_port_);
+  http::testing::SendAll(fd, http::testing::RequestText(
+                                 "POST", "/v1/completions",
+                                 json{{"model", "tiny"}, {"prompt", "go"}, {"max_tokens", 400}, {"stream", true},
+                                      {"temperature", 0}, {"stop", "\x01"}}.dump()));
+  // The first bytes arrive, then the client leaves.
+  char buf[256];
+  ASSERT_GT(::recv(fd, buf, sizeof(buf), 0), 0);
+  ::close(fd);
+  double cancelled = cancelled_before;
+  for (int i = 0; i < 100 && cancelled == cancelled_before; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    cancelled = Sample(testing::HttpGet(metrics_port_, "/metrics"), series);
+  }
+  EXPECT_EQ(cancelled, cancelled_before + 1) << "the request ran on after its client left";
+}
+
+TEST_F(OpenAiHttpTest, MetricsCountHttpRequestsByEndpointAndOutcome) {
+  ASSERT_EQ(Post("/v1/chat/completions", {{"model", "tiny"}, {"messages", {{{"role", "user"}, {"content", "x"}}}},
+                                          {"max_tokens", 2}})
+                .status,
+            200);
+  ASSERT_EQ(Post("/v1/chat/completions", {{"model", "tiny"}, {"messages", "x"}}).status, 400);
+  const std::string metrics = testing::HttpGet(metrics_port_, "/metrics");
+  EXPECT_GE(Sample(metrics, R"(gemma_router_requests_total{code="OK",endpoint="/v1/chat/completions",outcome="completed",protocol="http"})"), 1);
+  EXPECT_GE(Sample(metrics, R"(gemma_router_requests_total{code="INVALID_ARGUMENT",endpoint="/v1/chat/completions",outcome="rejected",protocol="http"})"), 1);
+}
+
+TEST(OpenAiHttpOwnRouterTest, ApiKeysQueueLimitAndNoGroup) {
+  const std::string keys = ::testing::TempDir() + "/openai_keys_" + std::to_string(::getpid());
+  std::ofstream(keys) << "sk-good\n";
+  OwnWorker worker = StartOwnWorker();
+  const int http_port = testing::FreePort();
+  RouterProcess router = StartRouter({worker.port}, {"--http_port=" + std::to_string(http_port), "--api_keys_file=" + keys,
+                                                     "--max_queued=2", "--max_batch_size=1", "--served_model_name=tiny"});
+  ASSERT_GT(router.port, 0) << router.process->Err();
+  const json request = {{"model", "tiny"}, {"prompt", "x"}, {"max_tokens", 48}, {"temperature", 0}};
+  EXPECT_EQ(Call(http_port, "POST", "/v1/completions", request.dump()).status, 401);
+  const HttpReply wrong = Call(http_port, "POST", "/v1/completions", request.dump(), {"Authorization: Bearer sk-bad"});
+  EXPECT_EQ(wrong.status, 401);
+  EXPECT_EQ(json::parse(wrong.body)["error"]["code"], "invalid_api_key");
+  EXPECT_EQ(Call(http_port, "GET", "/v1/models", "", {"Authorization: Bearer sk-bad"}).status, 401);
+  EXPECT_EQ(Call(http_port, "GET", "/health").status, 200) << "probes need no key";
+  std::vector<std::future<int>> calls;
+  for (int i = 0; i < 12; ++i) {
+    calls.push_back(std::async(std::launch::async, [&] {
+      return Call(http_port, "POST", "/v1/completions", request.dump(), {"Authorization: Bearer sk-good"}).status;
+    }));
+  }
+  int ok = 0, limited = 0;
+  for (auto& c : calls) {
+    const int status = c.get();
+    ok += status == 200;
+    limited += status == 429;
+  }
+  EXPECT_GE(ok, 3);
+  EXPECT_GE(limited, 1);
+  EXPECT_EQ(ok + limited, 12);
+
+  // With its only group gone, the router answers 503.
+  worker.process->Kill();
+  int status = 0;
+  for (int i = 0; i < 100 && status != 503; ++i) {
+    status = Call(http_port, "POST", "/v1/completions", request.dump(), {"Authorization: Bearer sk-good"}).status;
+    if (status != 503) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  EXPECT_EQ(status, 503);
+  EXPECT_EQ(Call(http_port, "GET", "/health").status, 503);
+}
+
+}  // namespace
+}  // namespace gemma
