@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 mode=${1:---all}
 build=(
   build-essential openssl libssl-dev cmake ninja-build pkg-config git ca-certificates
-  libabsl-dev libhwy-dev nlohmann-json3-dev libsentencepiece-dev
+  libabsl-dev libhwy-dev nlohmann-json3-dev libsentencepiece-dev libevent-dev
   libprotobuf-dev libgrpc++-dev protobuf-compiler-grpc prometheus-cpp-dev libgloo-dev
 )
 tests=(
@@ -23,6 +23,7 @@ unless_present=(kubectl=kubernetes-client node=nodejs npm=npm)
 runtime=(
   ca-certificates libabsl20220623 libgloo0 libgomp1 libgrpc++1.51 libhwy1 libprometheus-cpp-core1.0
   libprometheus-cpp-pull1.0 libprotobuf32 libsentencepiece0 libssl3
+  libevent-2.1-7 libevent-extra-2.1-7 libevent-openssl-2.1-7 libevent-pthreads-2.1-7
 )
 case "$mode" in
   --build) packages=("${build[@]}") ;;
@@ -49,4 +50,8 @@ fi
 if [[ $mode == --all && ! -d deploy/validate/node_modules ]]; then
   # The Kubernetes schema validator (kubernetes-models), pinned by package-lock.json.
   npm ci --prefix deploy/validate --no-audit --no-fund --loglevel=error
+fi
+if [[ $mode == --all && ! -d tests/openai_sdk/node_modules ]]; then
+  # The official OpenAI Node SDK the HTTP API is tested with, pinned by package-lock.json.
+  npm ci --prefix tests/openai_sdk --no-audit --no-fund --loglevel=error
 fi
