@@ -1,9 +1,10 @@
 #include "engine/engine.h"
 
-#include "engine/run_batch.h"
 #include <map>
 #include <set>
 
+#include "absl/strings/str_cat.h"
+#include "engine/run_batch.h"
 #include "gtest/gtest.h"
 
 namespace gemma {
@@ -364,6 +365,87 @@ TEST(EngineTest, RejectsWhatCanNeverRun) {
   EXPECT_TRUE(absl::IsInvalidArgument(engine.Add(1, Prompt(0, 1))));
   EXPECT_TRUE(absl::IsInvalidArgument(engine.Add(1, Prompt(3, 0))));
   EXPECT_TRUE(absl::IsInvalidArgument(engine.Add(1, Prompt(10, 10))));  // 20 positions > 16
+}
+
+}  // namespace
+}  // namespace gemma
+
+namespace gemma {
+namespace {
+
+// Allows only token `next` at each step (a counter: 3, 4, 5, ...); records what it was told.
+class CountingConstraint : public TokenConstraint {
+ public:
+  const std::vector<uint32_t>& Allowed() override {
+    mask_.assign(4, 0);
+    mask_[next_ / 32] |= 1u << (next_ % 32);
+    ++asked;
+    return mask_;
+  }
+  absl::Status Accept(int32_t token) override {
+    if (token != next_) return absl::InvalidArgumentError(absl::StrCat("token ", token, " was not allowed"));
+    accepted.push_back(token);
+    ++next_;
+    return absl::OkStatus();
+  }
+  int asked = 0;
+  std::vector<int32_t> accepted;
+
+ private:
+  int next_ = 3;
+  std::vector<uint32_t> mask_;
+};
+
+// Draws the lowest allowed token of a masked row (position's token otherwise); never overlaps a masked row.
+class MaskExecutor : public StepExecutor {
+ public:
+  absl::StatusOr<std::vector<RowResult>> Execute(std::span<const StepRow> rows) override {
+    std::vector<RowResult> out;
+    for (const StepRow& r : rows) {
+      RowResult res;
+      res.sequence_id = r.sequence_id;
+      if (r.sample) {
+        res.sampled = true;
+        res.token = r.start_pos + static_cast<int32_t>(r.tokens.size());
+        for (size_t t = 0; !r.allowed_tokens.empty() && t < r.allowed_tokens.size() * 32; ++t) {
+          if ((r.allowed_tokens[t / 32] >> (t % 32)) & 1u) {
+            res.token = ignore_mask ? 99 : static_cast<int32_t>(t);
+            break;
+          }
+        }
+      }
+      out.push_back(res);
+    }
+    return out;
+  }
+  bool ignore_mask = false;
+};
+
+TEST(EngineTest, AConstrainedSequenceDrawsOnlyAllowedTokensAndFailsOnAnother) {
+  MaskExecutor exec;
+  EngineOptions o = Options();
+  o.overlap = true;  // never used for a constrained sequence: its next mask needs the token in flight
+  Engine engine(o, &exec);
+  auto constraint = std::make_shared<CountingConstraint>();
+  auto spec = Prompt(5, 6);
+  spec.constraint = constraint;
+  auto done = RunBatch(engine, {spec, Prompt(5, 6)});
+  ASSERT_TRUE(done.ok()) << done.status();
+  EXPECT_EQ((*done)[0].tokens, (std::vector<int32_t>{3, 4, 5, 6, 7, 8}));
+  EXPECT_EQ(constraint->accepted, (*done)[0].tokens);
+  EXPECT_EQ(constraint->asked, 6);
+  EXPECT_EQ((*done)[1].tokens, (std::vector<int32_t>{5, 6, 7, 8, 9, 10})) << "the unconstrained row is untouched";
+
+  MaskExecutor rogue;
+  rogue.ignore_mask = true;
+  Engine other(Options(), &rogue);
+  auto bad = Prompt(5, 6);
+  bad.constraint = std::make_shared<CountingConstraint>();
+  auto failed = RunBatch(other, {bad});
+  ASSERT_FALSE(failed.ok());
+  EXPECT_NE(failed.status().message().find("was not allowed"), std::string::npos) << failed.status();
+  EXPECT_TRUE(other.idle());
+  EXPECT_EQ(other.scheduler().blocks().used_blocks(), 0);
 }
 
 }  // namespace

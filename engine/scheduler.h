@@ -9,6 +9,7 @@
 #include "absl/status/status.h"
 #include "engine/block_manager.h"
 #include "engine/step_protocol.h"
+#include "engine/token_constraint.h"
 
 namespace gemma {
 
@@ -28,6 +29,9 @@ struct SequenceSpec {
   bool score = false;              // log-probs of the prompt's tokens instead of generating
   std::vector<int32_t> stop_ids;   // generation ends after one of these
   uint64_t cache_salt = 0;         // sequences with other salts never share cached KV (another adapter, say)
+  // Structured output: the tokens this sequence may draw, asked at every sampling step. Null: any. One per
+  // sequence (it holds the sequence's place in its grammar).
+  std::shared_ptr<TokenConstraint> constraint;
 };
 
 // One request's state as the scheduler sees it. Not thread-safe.

@@ -44,6 +44,9 @@ struct StepRow {
   // Overlapped steps: `tokens` is empty and the one new token is the one this sequence drew in the step before,
   // still in flight when this row was planned; the executor fills it in where that draw is known.
   bool token_from_last_step = false;
+  // Structured output: bit t (word t / 32) set = token t may be drawn; the others are masked out before the
+  // draw (reported log-probs stay the model's own). Empty: any token.
+  std::span<const uint32_t> allowed_tokens;
 };
 
 struct TokenLogprob {

@@ -34,6 +34,7 @@ worker::v1::StepRequest ToRequest(std::span<const StepRow> rows) {
     sp->set_frequency_penalty(r.sampling.frequency_penalty);
     s->mutable_penalty_history()->Add(r.penalty_history.begin(), r.penalty_history.end());
     s->set_penalty_prompt_len(r.penalty_prompt_len);
+    s->mutable_allowed_tokens()->Add(r.allowed_tokens.begin(), r.allowed_tokens.end());
   }
   return req;
 }

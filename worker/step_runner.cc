@@ -71,6 +71,7 @@ absl::StatusOr<worker::v1::StepResponse> RunStep(Backend& backend, const worker:
     r.score_targets.assign(s.score_targets().begin(), s.score_targets().end());
     r.penalty_history = View(s.penalty_history());
     r.penalty_prompt_len = s.penalty_prompt_len();
+    r.allowed_tokens = std::span<const uint32_t>(s.allowed_tokens().data(), static_cast<size_t>(s.allowed_tokens_size()));
   }
   const auto start = std::chrono::steady_clock::now();
   ASSIGN_OR_RETURN(const std::vector<RowResult> results, RunRows(backend, rows, history));

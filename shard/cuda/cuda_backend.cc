@@ -339,12 +339,28 @@ absl::Status CudaBackend::SampleOnDevice(const float* logits, int64_t R, std::sp
   for (size_t first = 0; first < samples.size(); first += capacity) {
     const size_t n = std::min(capacity, samples.size() - first);
     std::vector<cuda::RowSampling> params(n);
+    const size_t mask_words = (static_cast<size_t>(config().vocab_size) + 31) / 32;
+    uint32_t* masks = nullptr;
     for (size_t i = 0; i < n; ++i) {
       const RowSample& r = samples[first + i];
       if (r.row < 0 || r.row >= R) {
         return absl::InvalidArgumentError(absl::StrCat("sample row ", r.row, " is outside the step's ", R, " logits rows"));
       }
-      params[i] = {r.row, r.params.temperature, r.params.top_k, r.params.top_p, r.params.seed, r.position};
+      params[i] = {r.row, r.params.temperature, r.params.top_k, r.params.top_p, r.params.seed, r.position, nullptr};
+      if (r.allowed.empty()) continue;
+      if (r.allowed.size() != mask_words) {
+        return absl::InvalidArgumentError(absl::StrCat("a token mask of ", r.allowed.size(), " words; the vocabulary needs ",
+                                                       mask_words));
+      }
+      // Row i's mask at word i * mask_words of the masks buffer (planned for a step's largest number of rows).
+      if (masks == nullptr) {
+        auto buffer = token_masks_.At(n * mask_words * 4, "structured output masks");
+        if (!buffer.ok()) return buffer.status();
+        masks = static_cast<uint32_t*>(*buffer);
+      }
+      params[i].allowed = masks + i * mask_words;
+      GEMMA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(masks + i * mask_words, r.allowed.data(), mask_words * 4,
+                                                 cudaMemcpyHostToDevice, stream_));
     }
     char* base = static_cast<char*>(sampling_.buffer.get());
     auto* d_params = reinterpret_cast<cuda::RowSampling*>(base);

@@ -166,7 +166,8 @@ class CudaBackend final : public Backend {
   CudaMemoryReport memory_;
   bool enqueue_collectives_ = false;
   int64_t block_stride_ = 0, head_stride_ = 0, layer_stride_ = 0;
-  Scratch x_, xn_, qkv_, attn_, proj_, gate_up_, act_buf_, logits_, gathered_, placed_, meta_, sampling_, partials_,
+  Scratch x_, xn_, qkv_, attn_, proj_, gate_up_, act_buf_, logits_, gathered_, placed_, meta_, sampling_, token_masks_,
+      partials_,
       prompt_qkv_, prompt_scores_, prompt_kv_;
   int multiprocessors_ = 1;
   void* host_meta_ = nullptr;

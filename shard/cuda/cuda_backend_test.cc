@@ -330,6 +330,47 @@ TEST_F(CudaBackendDeviceTest, DeviceSamplingFollowsTheLogits) {
   for (size_t i = 0; i < tokens.size(); ++i) ASSERT_EQ(tokens[i].token, again[i].token) << "draw " << i;
 }
 
+// Structured output's mask on the device: only allowed tokens are drawn, greedy takes the best allowed one, and
+// the reported log-prob stays the unmasked model's.
+TEST_F(CudaBackendDeviceTest, DeviceSamplingKeepsToTheTokenMask) {
+  auto backend = OpenCuda(GemmaTinyDir() + "/tiny-mqa", CudaPrecision::kF32);
+  ASSERT_NE(backend, nullptr);
+  const int vocab = backend->config().vocab_size;
+  const std::vector<int32_t> ids = {2, 3791, 323, 17};
+  const auto blocks = Blocks(ids.size(), 16);
+  SequenceStep step{ids, 0, blocks, LogitsWanted::kLast};
+  std::vector<uint32_t> mask((vocab + 31) / 32, 0);
+  const std::set<int> allowed = {7, 100, 1000, vocab - 1};
+  for (int t : allowed) mask[t / 32] |= 1u << (t % 32);
+  std::vector<RowSample> samples;
+  RowSample greedy;
+  greedy.allowed = mask;
+  samples.push_back(greedy);
+  for (int i = 0; i < 300; ++i) {
+    RowSample r;
+    r.params.temperature = 1.5f;
+    r.params.seed = 5;
+    r.position = i;
+    r.allowed = mask;
+    samples.push_back(r);
+  }
+  StepLogits logits;
+  std::vector<SampledToken> tokens;
+  ASSERT_TRUE(backend->ForwardAndSample({&step, 1}, samples, true, &logits, &tokens).ok());
+  const float* row = logits.Row(0);
+  const auto lp = LogSoftmax(row, vocab);
+  int best = *allowed.begin();
+  for (int t : allowed) best = row[t] > row[best] ? t : best;
+  EXPECT_EQ(tokens[0].token, best);
+  EXPECT_NEAR(tokens[0].logprob, lp[best], 1e-3) << "the log-prob is the model's, not the masked distribution's";
+  std::set<int> seen;
+  for (size_t i = 1; i < tokens.size(); ++i) {
+    ASSERT_TRUE(allowed.count(tokens[i].token)) << tokens[i].token;
+    seen.insert(tokens[i].token);
+  }
+  EXPECT_GE(seen.size(), 2u) << "temperature draws use more than one allowed token";
+}
+
 // Decode steps replayed from CUDA graphs give exactly what launching them one by one gives, for several batch
 // sizes (each its own graph) and for a long prompt beside a short one.
 TEST_F(CudaBackendDeviceTest, CudaGraphDecodeStepsEqualLaunchedOnes) {

@@ -465,6 +465,7 @@ struct RowSamplingParams {
   float top_p;        // (0, 1]
   uint64_t seed;
   int64_t position;
+  const uint32_t* allowed;  // structured output: bit t of word t / 32 set = token t may be drawn; null: any
 };
 
 __device__ __forceinline__ uint64_t SplitMix64(uint64_t x) {
@@ -531,27 +532,35 @@ __global__ void F32ToBf16(const float* in, __nv_bfloat16* out, int64_t n) {
 // One block per row: draws a token from softmax(logits / temperature) restricted to the top_k largest logits and
 // then to the smallest set of largest logits whose mass reaches top_p (thresholds found by bisection on the logit
 // value, no sort), with a uniform number derived from (seed, position) only; greedy (lowest id on ties) when the
-// temperature is 0. logprob is the chosen token's log-softmax at temperature 1 (the model's own).
+// temperature is 0. logprob is the chosen token's log-softmax at temperature 1 (the model's own). With a mask
+// (p.allowed), only allowed tokens are drawn: every threshold and mass is taken over them alone, while the
+// log-prob stays the unmasked model's.
 __global__ void __launch_bounds__(1024) SampleRows(const float* logits, int64_t vocab, const RowSamplingParams* params, int32_t* token,
                            float* logprob) {
   const RowSamplingParams p = params[blockIdx.x];
   const float* x = logits + static_cast<int64_t>(p.row) * vocab;
-  float local_max = -FLT_MAX, local_min = FLT_MAX;
+  auto allowed = [&](int64_t i) { return p.allowed == nullptr || ((p.allowed[i >> 5] >> (i & 31)) & 1u) != 0; };
+  float model_max = -FLT_MAX, local_max = -FLT_MAX, local_min = FLT_MAX;
   for (int64_t i = threadIdx.x; i < vocab; i += blockDim.x) {
+    model_max = fmaxf(model_max, x[i]);
+    if (!allowed(i)) continue;
     local_max = fmaxf(local_max, x[i]);
     local_min = fminf(local_min, x[i]);
   }
-  const float m = BlockMax(local_max);
+  const float mm = BlockMax(model_max);
+  const float m = BlockMax(local_max);  // over the allowed tokens: what the draw is relative to
   const float lo_all = -BlockMax(-local_min);
   float z = 0;
-  for (int64_t i = threadIdx.x; i < vocab; i += blockDim.x) z += expf(x[i] - m);
+  for (int64_t i = threadIdx.x; i < vocab; i += blockDim.x) z += expf(x[i] - mm);
   const float lse = logf(BlockSum(z));
   __shared__ int64_t chosen;
   if (p.temperature == 0.0f) {
     if (threadIdx.x == 0) chosen = INT64_MAX;
     __syncthreads();
     for (int64_t i = threadIdx.x; i < vocab; i += blockDim.x) {
-      if (x[i] == m) atomicMin(reinterpret_cast<unsigned long long*>(&chosen), static_cast<unsigned long long>(i));
+      if (x[i] == m && allowed(i)) {
+        atomicMin(reinterpret_cast<unsigned long long*>(&chosen), static_cast<unsigned long long>(i));
+      }
     }
     __syncthreads();
   } else {
@@ -563,14 +572,16 @@ __global__ void __launch_bounds__(1024) SampleRows(const float* logits, int64_t 
       for (int iter = 0; iter < 40; ++iter) {
         const float mid = lo + (hi - lo) * 0.5f;
         float count = 0;
-        for (int64_t i = threadIdx.x; i < vocab; i += blockDim.x) count += x[i] >= mid ? 1.0f : 0.0f;
+        for (int64_t i = threadIdx.x; i < vocab; i += blockDim.x) count += x[i] >= mid && allowed(i) ? 1.0f : 0.0f;
         if (BlockSum(count) >= p.top_k) lo = mid; else hi = mid;
       }
       threshold = lo;
     }
     auto mass_from = [&](float v) {
       float s = 0;
-      for (int64_t i = threadIdx.x; i < vocab; i += blockDim.x) s += x[i] >= v ? expf((x[i] - m) * inv_t) : 0.0f;
+      for (int64_t i = threadIdx.x; i < vocab; i += blockDim.x) {
+        s += x[i] >= v && allowed(i) ? expf((x[i] - m) * inv_t) : 0.0f;
+      }
       return BlockSum(s);
     };
     if (p.top_p < 1.0f) {
@@ -593,7 +604,7 @@ __global__ void __launch_bounds__(1024) SampleRows(const float* logits, int64_t 
     float own = 0;
     int64_t last_kept = -1;
     for (int64_t i = begin; i < end; ++i) {
-      if (x[i] >= threshold) {
+      if (x[i] >= threshold && allowed(i)) {
         own += expf((x[i] - m) * inv_t);
         last_kept = i;
       }
@@ -620,7 +631,7 @@ __global__ void __launch_bounds__(1024) SampleRows(const float* logits, int64_t 
     if (own > 0 && target >= start && target < start + own) {
       float cum = start;
       for (int64_t i = begin; i < end; ++i) {
-        if (x[i] < threshold) continue;
+        if (x[i] < threshold || !allowed(i)) continue;
         cum += expf((x[i] - m) * inv_t);
         if (target < cum) {
           chosen = i;
@@ -634,7 +645,7 @@ __global__ void __launch_bounds__(1024) SampleRows(const float* logits, int64_t 
   }
   if (threadIdx.x == 0) {
     token[blockIdx.x] = static_cast<int32_t>(chosen);
-    logprob[blockIdx.x] = x[chosen] - m - lse;
+    logprob[blockIdx.x] = x[chosen] - mm - lse;
   }
 }
 

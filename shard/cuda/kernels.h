@@ -101,6 +101,7 @@ struct RowSampling {
   float top_p;
   uint64_t seed;
   int64_t position;
+  const uint32_t* allowed;  // device words of the token mask (see kernels::SampleRows); null: any token
 };
 cudaError_t LaunchSampleRows(const float* logits, int rows, int64_t vocab, const RowSampling* params, int32_t* token,
                              float* logprob, cudaStream_t stream);

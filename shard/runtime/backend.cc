@@ -65,7 +65,14 @@ absl::Status Backend::ForwardAndSample(std::span<const SequenceStep> batch, std:
   const int vocab = config().vocab_size;
   for (const RowSample& r : samples) {
     const float* row = out->Row(r.row);
-    const int token = SampleAt(r.params, r.position, row, vocab);
+    int token;
+    if (r.allowed.empty()) {
+      token = SampleAt(r.params, r.position, row, vocab);
+    } else {  // on a copy: the reported log-prob stays the model's own
+      std::vector<float> masked(row, row + vocab);
+      ApplyTokenMask(r.allowed, masked.data(), vocab);
+      token = SampleAt(r.params, r.position, masked.data(), vocab);
+    }
     tokens->push_back({token, static_cast<float>(LogProbOf(row, vocab, token))});
   }
   return absl::OkStatus();

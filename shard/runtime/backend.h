@@ -45,6 +45,7 @@ struct RowSample {
   int row = 0;              // index into the step's logits rows
   SamplingParams params;    // penalties are not applied here (they need the sequence's history on the host)
   int64_t position = 0;     // the position the token takes; with the seed, it fixes the draw
+  std::span<const uint32_t> allowed;  // structured output's mask (see StepRow::allowed_tokens); empty: any token
 };
 struct SampledToken {
   int32_t token = -1;

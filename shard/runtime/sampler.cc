@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 
 #include "absl/strings/str_cat.h"
 
@@ -46,6 +47,26 @@ void ApplyPenalties(const SamplingParams& p, std::span<const int32_t> history, s
     if (p.repetition_penalty != 1.0f) l = l > 0 ? l / p.repetition_penalty : l * p.repetition_penalty;
     if (generated > 0) l -= p.presence_penalty + p.frequency_penalty * static_cast<float>(generated);
   }
+}
+
+void ApplyTokenMask(std::span<const uint32_t> allowed, float* logits, int vocab) {
+  for (int t = 0; t < vocab; ++t) {
+    if (((allowed[t >> 5] >> (t & 31)) & 1u) == 0) logits[t] = -std::numeric_limits<float>::infinity();
+  }
+}
+
+absl::Status ValidateTokenMask(std::span<const uint32_t> allowed, int vocab) {
+  const size_t words = (static_cast<size_t>(vocab) + 31) / 32;
+  if (allowed.size() != words) {
+    return absl::InvalidArgumentError(absl::StrCat("allowed_tokens has ", allowed.size(), " words; a vocabulary of ",
+                                                   vocab, " needs ", words));
+  }
+  for (size_t w = 0; w < words; ++w) {
+    const int bits = std::min(32, vocab - static_cast<int>(w * 32));
+    const uint32_t in_vocab = bits == 32 ? ~0u : ((1u << bits) - 1u);
+    if ((allowed[w] & in_vocab) != 0) return absl::OkStatus();
+  }
+  return absl::InvalidArgumentError("allowed_tokens allows no token of the vocabulary");
 }
 
 absl::Status ValidateSamplingParams(const SamplingParams& p) {

@@ -19,6 +19,12 @@ namespace gemma {
 void ApplyPenalties(const SamplingParams& params, std::span<const int32_t> history, size_t prompt_len, float* logits,
                     int vocab);
 
+// Structured output: every token whose bit is clear in `allowed` (bit t of word t / 32) gets -infinity, so no
+// sampling mode can draw it.
+void ApplyTokenMask(std::span<const uint32_t> allowed, float* logits, int vocab);
+// InvalidArgument unless `allowed` has (vocab + 31) / 32 words with at least one token of the vocabulary set.
+absl::Status ValidateTokenMask(std::span<const uint32_t> allowed, int vocab);
+
 // InvalidArgument with the allowed range for any out-of-range field.
 absl::Status ValidateSamplingParams(const SamplingParams& params);
 

@@ -125,3 +125,41 @@ TEST(SamplerTest, ValidatesParameters) {
 
 }  // namespace
 }  // namespace gemma
+
+namespace gemma {
+namespace {
+
+TEST(TokenMaskTest, MaskedTokensAreNeverDrawnInAnyMode) {
+  const int vocab = 70;  // three words, the last one partly used
+  std::vector<float> logits(vocab);
+  for (int t = 0; t < vocab; ++t) logits[t] = static_cast<float>(t % 7);
+  std::vector<uint32_t> mask(3, 0);
+  for (int t : {3, 40, 69}) mask[t / 32] |= 1u << (t % 32);
+  ASSERT_TRUE(ValidateTokenMask(mask, vocab).ok());
+  std::vector<float> masked = logits;
+  ApplyTokenMask(mask, masked.data(), vocab);
+  EXPECT_EQ(Argmax(masked.data(), vocab), 69) << "69 % 7 = 6 beats 3 and 40 % 7 = 5";
+  SamplingParams p;
+  p.temperature = 2.0f;
+  p.top_k = 50;
+  p.top_p = 0.99f;
+  for (int64_t position = 0; position < 500; ++position) {
+    p.seed = static_cast<uint64_t>(position);
+    const int t = SampleAt(p, position, masked.data(), vocab);
+    ASSERT_TRUE(t == 3 || t == 40 || t == 69) << t;
+  }
+}
+
+TEST(TokenMaskTest, MalformedMasksAreRefused) {
+  EXPECT_FALSE(ValidateTokenMask(std::vector<uint32_t>(2, ~0u), 70).ok()) << "too few words";
+  EXPECT_FALSE(ValidateTokenMask(std::vector<uint32_t>(4, ~0u), 70).ok()) << "too many words";
+  std::vector<uint32_t> none(3, 0);
+  EXPECT_FALSE(ValidateTokenMask(none, 70).ok());
+  none[2] = 1u << 10;  // token 74: past the vocabulary
+  const absl::Status outside = ValidateTokenMask(none, 70);
+  EXPECT_FALSE(outside.ok());
+  EXPECT_NE(outside.message().find("allows no token"), std::string::npos) << outside;
+}
+
+}  // namespace
+}  // namespace gemma

@@ -30,6 +30,11 @@ absl::Status ValidateRow(const StepRow& r, int vocab) {
   if (auto st = ValidateSamplingParams(r.sampling); !st.ok()) {
     return absl::InvalidArgumentError(absl::StrCat("sequence ", r.sequence_id, ": ", st.message()));
   }
+  if (!r.allowed_tokens.empty()) {
+    if (auto st = ValidateTokenMask(r.allowed_tokens, vocab); !st.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("sequence ", r.sequence_id, ": ", st.message()));
+    }
+  }
   return absl::OkStatus();
 }
 
@@ -75,7 +80,8 @@ absl::StatusOr<std::vector<RowResult>> RunRows(Backend& backend, std::span<const
                                                            : 0;
     if (r.sample && r.score_targets.empty() && !r.sampling.has_penalties() && r.top_logprobs == 0) {
       plain_of[i] = static_cast<int>(plain.size());
-      plain.push_back({logit_row + n - 1, r.sampling, static_cast<int64_t>(r.start_pos) + static_cast<int64_t>(r.tokens.size())});
+      plain.push_back({logit_row + n - 1, r.sampling,
+                       static_cast<int64_t>(r.start_pos) + static_cast<int64_t>(r.tokens.size()), r.allowed_tokens});
     } else if (n > 0) {
       host_needs_logits = true;
     }
@@ -112,11 +118,14 @@ absl::StatusOr<std::vector<RowResult>> RunRows(Backend& backend, std::span<const
         logits.Row(first + (steps[i].logits == LogitsWanted::kAll ? static_cast<int>(r.tokens.size()) - 1 : 0));
     const int64_t position = static_cast<int64_t>(r.start_pos) + static_cast<int64_t>(r.tokens.size());
     int token;
-    if (r.sampling.has_penalties()) {  // on a copy: reported log-probs stay the model's own
-      std::vector<float> penalized(row, row + vocab);
-      const std::span<const int32_t> seen = history != nullptr ? history->Tokens(r.sequence_id) : r.penalty_history;
-      ApplyPenalties(r.sampling, seen, static_cast<size_t>(r.penalty_prompt_len), penalized.data(), vocab);
-      token = SampleAt(r.sampling, position, penalized.data(), vocab);
+    if (r.sampling.has_penalties() || !r.allowed_tokens.empty()) {  // on a copy: reported log-probs stay the model's
+      std::vector<float> adjusted(row, row + vocab);
+      if (r.sampling.has_penalties()) {
+        const std::span<const int32_t> seen = history != nullptr ? history->Tokens(r.sequence_id) : r.penalty_history;
+        ApplyPenalties(r.sampling, seen, static_cast<size_t>(r.penalty_prompt_len), adjusted.data(), vocab);
+      }
+      if (!r.allowed_tokens.empty()) ApplyTokenMask(r.allowed_tokens, adjusted.data(), vocab);
+      token = SampleAt(r.sampling, position, adjusted.data(), vocab);
     } else {
       token = SampleAt(r.sampling, position, row, vocab);
     }
