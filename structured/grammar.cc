@@ -39,7 +39,8 @@ size_t Grammar::cache_size() const {
   return cache_.size();
 }
 
-std::shared_ptr<const TokenBitmask> Grammar::Mask(const State& state) const {
+std::shared_ptr<const TokenBitmask> Grammar::Mask(const State& exact) const {
+  const State state = pda_.MaskEquivalent(exact, vocabulary_->max_token_bytes());
   std::string key = Pda::Key(state);
   {
     absl::MutexLock lock(&mu_);

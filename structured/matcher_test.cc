@@ -65,6 +65,8 @@ std::vector<std::shared_ptr<Grammar>> BruteForceGrammars(std::shared_ptr<const V
       R"({"$defs":{"t":{"type":"object","properties":{"n":{"type":"string","minLength":2,"maxLength":6},
           "c":{"type":"array","items":{"$ref":"#/$defs/t"},"maxItems":2}},"required":["n"]}},"$ref":"#/$defs/t"})",
       R"({"type":"number"})",
+      // Long bounded strings: masks looked up through MaskEquivalent's normalised counts.
+      R"({"type":"array","items":{"type":"string","minLength":30,"maxLength":60},"maxItems":3})",
   };
   for (const char* s : schemas) {
     auto g = Grammar::FromJsonSchema(json::parse(s), vocab, ends);
@@ -79,11 +81,11 @@ TEST(MatcherTest, TrieMaskEqualsBruteForceOnRandomReachableStates) {
   ASSERT_NE(vocab, nullptr);
   const std::vector<int32_t> ends = {kTinyEos, kTinyEndOfTurn};
   std::mt19937 rng(1234);
-  int checked = 0;
+  int checked = 0, states = 0;
   for (const auto& grammar : BruteForceGrammars(vocab)) {
     for (int run = 0; run < 3; ++run) {
       Matcher m(grammar);
-      for (int step = 0; step < 25 && !m.Ended(); ++step) {
+      for (int step = 0; step < 40 && !m.Ended(); ++step, ++states) {
         const TokenBitmask& mask = m.Allowed();
         const TokenBitmask want = BruteForceMask(m, *vocab, ends);
         ASSERT_EQ(mask, want) << "grammar " << checked << " step " << step << Describe(mask, want, *vocab);
@@ -101,6 +103,34 @@ TEST(MatcherTest, TrieMaskEqualsBruteForceOnRandomReachableStates) {
     }
     ++checked;
   }
+  EXPECT_EQ(checked, 7);
+  EXPECT_GT(states, 300);
+}
+
+// Every count of a long bounded string, whose masks come from normalised counts (Pda::MaskEquivalent).
+TEST(MatcherTest, LongBoundedStringMasksEqualBruteForce) {
+  auto vocab = TinyVocabulary();
+  ASSERT_NE(vocab, nullptr);
+  const std::vector<int32_t> ends = {kTinyEos};
+  auto g = Grammar::FromJsonSchema(json::parse(R"({"type":"string","minLength":40,"maxLength":90})"), vocab, ends);
+  ASSERT_TRUE(g.ok());
+  int32_t quote = -1, a = -1;
+  for (int32_t id = 0; id < vocab->size(); ++id) {
+    if (vocab->bytes(id) && *vocab->bytes(id) == "\"") quote = id;
+    if (vocab->bytes(id) && *vocab->bytes(id) == "a") a = id;
+  }
+  ASSERT_GE(quote, 0);
+  ASSERT_GE(a, 0);
+  Matcher m(*g);
+  ASSERT_TRUE(m.Accept(quote).ok());
+  for (int count = 0; count < 90; ++count) {
+    const TokenBitmask& mask = m.Allowed();
+    const TokenBitmask want = BruteForceMask(m, *vocab, ends);
+    ASSERT_EQ(mask, want) << "count " << count << Describe(mask, want, *vocab);
+    ASSERT_TRUE(m.Accept(a).ok());
+  }
+  for (int32_t id : AllowedIds(m.Allowed(), vocab->size())) EXPECT_EQ(*vocab->bytes(id), "\"");  // a byte piece too
+  EXPECT_LT((*g)->cache_size(), 60u);  // counts far from both bounds share masks
 }
 
 TEST(MatcherTest, RejectedTokensAreInvalidArgument) {
@@ -243,6 +273,44 @@ TEST(VocabularyTest, Gemma3Pieces) {
   std::string text;
   for (int32_t id : *ids) text += *(*vocab)->bytes(id);
   EXPECT_EQ(text, " hello");
+}
+
+}  // namespace
+}  // namespace gemma::structured
+
+namespace gemma::structured {
+namespace {
+
+// On the real vocabulary, in states reached by tokenizing a prefix, the trie mask equals the brute force.
+TEST(MatcherTest, Gemma3MasksEqualBruteForce) {
+  const std::string dir = gemma::testing::Gemma3TokenizerDir();
+  ASSERT_FALSE(dir.empty()) << "gemma3-tokenizer test data is missing; set GEMMA_TESTDATA";
+  auto tok = Tokenizer::FromFile(dir + "/tokenizer.model");
+  ASSERT_TRUE(tok.ok()) << tok.status();
+  auto vocab = Vocabulary::FromTokenizer(**tok);
+  ASSERT_TRUE(vocab.ok()) << vocab.status();
+  const std::vector<int32_t> ends = {1, 106};
+  auto schema = Grammar::FromJsonSchema(json::parse(R"({"type":"object","properties":{"name":{"type":"string"},
+      "age":{"type":"integer"},"tags":{"type":"array","items":{"enum":["a","b"]}}},"required":["name"]})"),
+                                        *vocab, ends);
+  ASSERT_TRUE(schema.ok()) << schema.status();
+  auto object = Grammar::AnyJsonObject(*vocab, ends);
+  const std::pair<std::shared_ptr<Grammar>, std::string> cases[] = {
+      {*schema, ""},          {*schema, "{"},          {*schema, R"({"name":"ab)"}, {*schema, R"({"age":12)"},
+      {*schema, R"({"na)"},   {*schema, R"({"tags":[)"}, {*schema, R"({"name":"x"})"}, {object, "{"},
+      {object, R"({"k":)"},  {object, R"({"k":[1.5e)"}};
+  for (const auto& [grammar, prefix] : cases) {
+    Matcher m(grammar);
+    auto ids = (*tok)->Encode(prefix);
+    ASSERT_TRUE(ids.ok());
+    for (int32_t id : *ids) {
+      ASSERT_TRUE(TokenAllowed(m.Allowed(), id)) << prefix << ": " << id;
+      ASSERT_TRUE(m.Accept(id).ok()) << prefix;
+    }
+    const TokenBitmask& mask = m.Allowed();
+    const TokenBitmask want = BruteForceMask(m, **vocab, ends);
+    EXPECT_EQ(mask, want) << prefix << Describe(mask, want, **vocab);
+  }
 }
 
 }  // namespace

@@ -98,6 +98,33 @@ State Pda::Advance(const State& state, std::string_view bytes) const {
   return out;
 }
 
+State Pda::MaskEquivalent(const State& state, int max_token_bytes) const {
+  State out = state;
+  bool changed = false;
+  const uint32_t t = static_cast<uint32_t>(max_token_bytes);
+  for (Stack& s : out) {
+    if (s.empty() || s.back().kind != FrameKind::kString || s.back().node < 0) continue;
+    Frame& f = s.back();
+    const GrammarNode& node = grammar_->nodes[f.node];
+    if (node.max_length == kUnbounded || node.max_length - f.count < t) continue;  // a token may reach the maximum
+    // A token adds at most `t` code points: with `t` left before the maximum it never reaches it, and a closing
+    // quote within it is allowed by any count at or above the minimum, or by none more than `t` below it.
+    uint32_t count = f.count;
+    if (f.count >= node.min_length) {
+      count = node.min_length;
+    } else if (node.min_length - f.count > t) {
+      count = 0;
+    }
+    changed = changed || count != f.count;
+    f.count = count;
+  }
+  if (changed) {
+    std::sort(out.begin(), out.end());
+    out.erase(std::unique(out.begin(), out.end()), out.end());
+  }
+  return out;
+}
+
 std::string Pda::Key(const State& state) {
   std::string key;
   for (const Stack& s : state) {

@@ -82,6 +82,10 @@ class Pda {
   bool CanEnd(const State& state) const;
   // The state after `bytes`; empty when they are rejected.
   State Advance(const State& state, std::string_view bytes) const;
+  // A state with the same mask as `state` for tokens of at most `max_token_bytes` bytes, in which a bounded
+  // string on top counts its code points only as far as the mask can tell them apart: far from both of its
+  // bounds, every count gives the same mask, so a long string's masks are cached once instead of per position.
+  State MaskEquivalent(const State& state, int max_token_bytes) const;
   // The state as bytes, the mask cache's key.
   static std::string Key(const State& state);
 

@@ -50,6 +50,10 @@ class Compiler {
 
   absl::StatusOr<CompiledGrammar> Run() {
     ASSIGN_OR_RETURN(const int32_t root, Compile(root_, ""));
+    return Finish(root);
+  }
+
+  absl::StatusOr<CompiledGrammar> Finish(int32_t root) {
     RETURN_IF_ERROR(CheckAliasCycles());
     for (const auto& [node, pointer] : one_ofs_) RETURN_IF_ERROR(CheckDisjoint(node, pointer));
     CompiledGrammar g;
@@ -373,11 +377,8 @@ absl::StatusOr<CompiledGrammar> CompileJsonSchema(const nlohmann::json& schema) 
 CompiledGrammar CompileAnyJsonObject() {
   const json empty = json::object();
   Compiler compiler(empty);
-  CompiledGrammar g;
-  g.root = compiler.AnyObject();
-  auto result = compiler.Run();  // compiles `{}` (any value) too; harmless
-  g.nodes = std::move(result->nodes);
-  return g;
+  const int32_t root = compiler.AnyObject();
+  return *compiler.Finish(root);  // no cycles, no oneOf: cannot fail
 }
 
 }  // namespace gemma::structured
