@@ -80,7 +80,7 @@ int Main(int argc, char** argv) {
   auto grammar = Grammar::FromJsonSchema(schema, *vocab, ends);
   if (!grammar.ok()) return 1;
   std::printf("schema compiled in %.3f ms; mask cache: %zu masks of %zu KiB\n", Micros(Clock::now() - t0) / 1000,
-              (*grammar)->cache_capacity(), (*vocab)->size() / 8 / 1024);
+              (*grammar)->cache_capacity(), static_cast<size_t>((*vocab)->size() / 8 / 1024));
   auto object = Grammar::AnyJsonObject(*vocab, ends);
   Bench("schema: after '{'", **grammar, "{");
   Bench("schema: inside a string", **grammar, R"({"name":"ab)");

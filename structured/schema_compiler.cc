@@ -372,7 +372,15 @@ class Compiler {
 
 }  // namespace
 
-absl::StatusOr<CompiledGrammar> CompileJsonSchema(const nlohmann::json& schema) { return Compiler(schema).Run(); }
+absl::StatusOr<CompiledGrammar> CompileJsonSchema(const nlohmann::json& schema) {
+  // nlohmann::json throws (e.g. dumping a string that is not UTF-8 in a value built in code); no exception
+  // leaves the library.
+  try {
+    return Compiler(schema).Run();
+  } catch (const nlohmann::json::exception& e) {
+    return absl::InvalidArgumentError(absl::StrCat(kSchemaPath, ": ", e.what()));
+  }
+}
 
 CompiledGrammar CompileAnyJsonObject() {
   const json empty = json::object();

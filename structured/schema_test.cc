@@ -71,6 +71,10 @@ TEST(SchemaTest, MalformedSchemasAreClearErrors) {
   ExpectRejected(R"({"oneOf":[{"type":"string"},{"type":"string","maxLength":3}]})",
                  {"schema/oneOf", "'oneOf'", "branches 0 and 1"});
   ExpectRejected(R"({"oneOf":[{"type":"integer"},{"enum":[1,"a"]}]})", {"schema/oneOf"});
+  json bad_utf8 = json::object();  // built in code: a parser would have refused it
+  bad_utf8["enum"] = json::array({std::string("\xff")});
+  EXPECT_EQ(Grammar::FromJsonSchema(bad_utf8, Vocabulary::FromTokenBytes({"a"}), {0}).status().code(),
+            absl::StatusCode::kInvalidArgument);
   json many = {{"type", "object"}, {"properties", json::object()}};
   for (int i = 0; i < 65; ++i) many["properties"]["p" + std::to_string(i)] = {{"type", "null"}};
   ExpectRejected(many.dump(), {"at most 64"});
