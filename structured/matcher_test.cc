@@ -208,6 +208,22 @@ TEST(MatcherTest, StringsAreValidUtf8AndEscapes) {
   EXPECT_TRUE(m.AcceptsBytes("\"\xF0\x9F\x98\x80\""));
 }
 
+TEST(MatcherTest, KeysAreMatchedEscaped) {
+  auto vocab = Vocabulary::FromTokenBytes({std::nullopt});
+  auto g = Grammar::FromJsonSchema(json::parse(R"({"properties":{"a\"b":{"type":"null"},"a":{"type":"null"},
+      "c\\d":{"type":"null"},"é":{"type":"null"}}})"), vocab, {0});
+  ASSERT_TRUE(g.ok()) << g.status();
+  Matcher m(*g);
+  EXPECT_TRUE(m.AcceptsBytes(R"({"a\"b":null,"a":null,"c\\d":null,"é":null})"));
+  EXPECT_TRUE(m.AcceptsBytes(R"({"a":null,"a\"b":null})"));
+  EXPECT_FALSE(m.AcceptsBytes(R"({"a":null,"a":)"));  // each key once
+  EXPECT_TRUE(m.AcceptsBytes(R"({"a\")"));    // a prefix of "a\"b"
+  EXPECT_FALSE(m.AcceptsBytes(R"({"a\"":)"));  // no key a"
+  EXPECT_FALSE(m.AcceptsBytes(R"({"b)"));
+  EXPECT_FALSE(m.AcceptsBytes(R"({"a":null,})"));
+  EXPECT_FALSE(m.AcceptsBytes(R"({"a":null,"a\"b":null,"c\\d":null,"é":null,)"));  // no key left
+}
+
 TEST(MatcherTest, NumbersAreBounded) {
   auto vocab = TinyVocabulary();
   ASSERT_NE(vocab, nullptr);

@@ -271,9 +271,11 @@ void Pda::StepObject(StackArena& arena, int32_t stack, uint8_t byte, std::vector
       for (size_t k = f.index; k < node.keys.size(); ++k) {
         const std::string& key = node.keys[k];
         if ((f.seen >> k & 1) || std::string_view(key).substr(0, f.pos) != prefix) continue;
-        if (byte == '"' ? key.size() == f.pos : key.size() > f.pos && static_cast<uint8_t>(key[f.pos]) == byte) {
+        // A '"' closes the key unless it follows a backslash; escaped keys never allow both for one prefix.
+        const bool close = byte == '"' && key.size() == f.pos;
+        if (close || (key.size() > f.pos && static_cast<uint8_t>(key[f.pos]) == byte)) {
           f.index = static_cast<int32_t>(k);
-          if (byte == '"') {
+          if (close) {
             f.phase = kObjColon;
           } else {
             ++f.pos;
