@@ -1,6 +1,8 @@
 #include "structured/matcher.h"
 
+#include <atomic>
 #include <random>
+#include <thread>
 #include <string>
 #include <vector>
 
@@ -131,6 +133,35 @@ TEST(MatcherTest, LongBoundedStringMasksEqualBruteForce) {
   }
   for (int32_t id : AllowedIds(m.Allowed(), vocab->size())) EXPECT_EQ(*vocab->bytes(id), "\"");  // a byte piece too
   EXPECT_LT((*g)->cache_size(), 60u);  // counts far from both bounds share masks
+}
+
+// Sequences on several threads share one grammar and its cache.
+TEST(MatcherTest, ThreadsShareAGrammar) {
+  auto vocab = TinyVocabulary();
+  ASSERT_NE(vocab, nullptr);
+  const std::vector<int32_t> ends = {kTinyEos};
+  auto grammar = Grammar::AnyJsonObject(vocab, ends);
+  std::vector<std::thread> threads;
+  std::atomic<int> mismatches = 0;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      std::mt19937 rng(t % 2);  // pairs of threads walk the same states
+      Matcher m(grammar);
+      for (int step = 0; step < 60 && !m.Ended(); ++step) {
+        const TokenBitmask& mask = m.Allowed();
+        if (mask != BruteForceMask(m, *vocab, ends)) ++mismatches;
+        auto ids = AllowedIds(mask, vocab->size());
+        if (ids.size() > 1) std::erase(ids, kTinyEos);  // keep going
+        if (ids.empty() || !m.Accept(ids[std::uniform_int_distribution<size_t>(0, ids.size() - 1)(rng)]).ok()) {
+          ++mismatches;
+          return;
+        }
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(mismatches.load(), 0);
+  EXPECT_GE(grammar->cache_size(), 3u);
 }
 
 TEST(MatcherTest, RejectedTokensAreInvalidArgument) {
