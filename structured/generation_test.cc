@@ -29,7 +29,9 @@ bool ValidType(const json& v, const std::string& t) {
   if (t == "array") return v.is_array();
   if (t == "string") return v.is_string();
   if (t == "number") return v.is_number();
-  if (t == "integer") return v.is_number_integer() || (v.is_number_float() && v.get<double>() == static_cast<int64_t>(v.get<double>()));
+  if (t == "integer") {
+    return v.is_number_integer() || (v.is_number_float() && v.get<double>() == static_cast<int64_t>(v.get<double>()));
+  }
   if (t == "boolean") return v.is_boolean();
   if (t == "null") return v.is_null();
   return false;
@@ -142,7 +144,8 @@ const char* const kSchemas[] = {
     // 6. anyOf, with branches sharing a prefix
     R"({"type":"object","properties":{"value":{"anyOf":[{"type":"string","maxLength":5},{"type":"integer"},
         {"type":"object","properties":{"x":{"type":"number"}},"required":["x"]},
-        {"type":"object","properties":{"x":{"type":"string","maxLength":3},"y":{"type":"null"}},"required":["x","y"]}]}},
+        {"type":"object","properties":{"x":{"type":"string","maxLength":3},"y":{"type":"null"}},
+        "required":["x","y"]}]}},
         "required":["value"]})",
     // 7. integer, number, boolean, null, a list of types
     R"({"type":"object","properties":{"i":{"type":"integer"},"n":{"type":"number"},"b":{"type":"boolean"},

@@ -37,9 +37,9 @@ namespace gemma::structured {
 class Grammar {
  public:
   // `end_ids`: tokens that end the output (<eos>, and <end_of_turn> for chat); allowed exactly when the value is
-  // complete. Give at least one, or a complete value leaves no token allowed. InvalidArgument for a schema outside the supported subset or malformed, naming the keyword and its
-  // JSON pointer (e.g. "response_format.json_schema.schema/properties/name: keyword 'pattern' is not supported;
-  // supported: ...").
+  // complete. Give at least one, or a complete value leaves no token allowed. InvalidArgument for a schema
+  // outside the supported subset or malformed, naming the keyword and its JSON pointer (e.g.
+  // "response_format.json_schema.schema/properties/name: keyword 'pattern' is not supported; supported: ...").
   static absl::StatusOr<std::shared_ptr<Grammar>> FromJsonSchema(const nlohmann::json& schema,
                                                                  std::shared_ptr<const Vocabulary> vocabulary,
                                                                  std::vector<int32_t> end_ids);

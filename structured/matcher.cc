@@ -36,7 +36,8 @@ absl::Status Matcher::Accept(int32_t token) {
   }
   const std::string* bytes = vocab.bytes(token);
   if (bytes == nullptr || bytes->empty()) {
-    return absl::InvalidArgumentError(absl::StrCat("token ", token, " is a special token, never allowed in JSON output"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("token ", token, " is a special token, never allowed in JSON output"));
   }
   State next = grammar_->pda().Advance(state_, *bytes);
   if (next.empty()) {

@@ -312,7 +312,8 @@ TEST(VocabularyTest, Gemma3Pieces) {
   // Every byte has a token, so no mask is ever empty before the end.
   std::vector<bool> single(256);
   for (int32_t id = 0; id < (*vocab)->size(); ++id) {
-    if ((*vocab)->bytes(id) && (*vocab)->bytes(id)->size() == 1) single[static_cast<uint8_t>((*(*vocab)->bytes(id))[0])] = true;
+    const std::string* b = (*vocab)->bytes(id);
+    if (b && b->size() == 1) single[static_cast<uint8_t>((*b)[0])] = true;
   }
   EXPECT_EQ(std::count(single.begin(), single.end(), true), 256);
   const auto ids = (*tok)->Encode(" hello");

@@ -146,7 +146,8 @@ class Compiler {
       const json& t = s["type"];
       if (t.is_string()) {
         types.push_back(t.get<std::string>());
-      } else if (t.is_array() && !t.empty() && std::all_of(t.begin(), t.end(), [](const json& x) { return x.is_string(); })) {
+      } else if (t.is_array() && !t.empty() &&
+                 std::all_of(t.begin(), t.end(), [](const json& x) { return x.is_string(); })) {
         for (const json& x : t) types.push_back(x.get<std::string>());
       } else {
         return Invalid(ptr + "/type", "must be a type name or a non-empty list of type names");
@@ -198,7 +199,9 @@ class Compiler {
       ASSIGN_OR_RETURN(node.max_items, Count(s, ptr, "maxItems", kUnbounded));
       if (node.min_items > node.max_items) return Invalid(ptr + "/minItems", "minItems is above maxItems");
       if (s.contains("items")) {
-        if (s["items"].is_array()) return Invalid(ptr + "/items", "items as a list (tuple validation) is not supported");
+        if (s["items"].is_array()) {
+          return Invalid(ptr + "/items", "items as a list (tuple validation) is not supported");
+        }
         ASSIGN_OR_RETURN(node.items, Compile(s["items"], ptr + "/items"));
       } else {
         node.items = AnyValue();
@@ -268,7 +271,8 @@ class Compiler {
       }
     }
     if (schema == nullptr) {
-      return Invalid(ptr, absl::StrCat("'", target, "' points nowhere; supported: #, #/$defs/NAME, #/definitions/NAME"));
+      return Invalid(ptr,
+                     absl::StrCat("'", target, "' points nowhere; supported: #, #/$defs/NAME, #/definitions/NAME"));
     }
     // An alias node first, so that a recursive reference finds it while its target compiles.
     const int32_t alias = Add(GrammarNode{.kind = NodeKind::kAnyOf});

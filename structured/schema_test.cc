@@ -88,7 +88,8 @@ TEST(SchemaTest, SupportedSchemasCompile) {
                "additionalProperties":true})",
            R"({"oneOf":[{"type":"string"},{"type":"integer"},{"type":"object"},{"enum":[true]}]})",
            R"({"oneOf":[{"enum":["a","b"]},{"const":"c"}]})",
-           R"({"$defs":{"list":{"anyOf":[{"type":"null"},{"type":"object","properties":{"next":{"$ref":"#/$defs/list"}}}]}},
+           R"({"$defs":{"list":{"anyOf":[{"type":"null"},
+               {"type":"object","properties":{"next":{"$ref":"#/$defs/list"}}}]}},
                "$ref":"#/$defs/list"})",
            R"({"properties":{"a/b~c":{"type":"string","examples":["x"],"$comment":"c"}},"additionalProperties":false})",
        }) {
