@@ -25,9 +25,67 @@ size_t CompleteUtf8Prefix(std::string_view s) {
   return end;
 }
 
+// Protobuf wire format: a varint at `*pos`, advancing it; false past the end.
+bool ReadVarint(std::string_view s, size_t* pos, uint64_t* value) {
+  *value = 0;
+  for (int shift = 0; shift < 64 && *pos < s.size(); shift += 7) {
+    const unsigned char b = s[(*pos)++];
+    *value |= static_cast<uint64_t>(b & 0x7f) << shift;
+    if ((b & 0x80) == 0) return true;
+  }
+  return false;
+}
+
+// Skips a field of wire type `wire` at `*pos`; for length-delimited fields also returns the payload.
+bool SkipField(std::string_view s, size_t* pos, uint64_t wire, std::string_view* payload) {
+  uint64_t n = 0;
+  switch (wire) {
+    case 0: return ReadVarint(s, pos, &n);
+    case 1: n = 8; break;
+    case 5: n = 4; break;
+    case 2:
+      if (!ReadVarint(s, pos, &n)) return false;
+      break;
+    default: return false;
+  }
+  if (n > s.size() - *pos) return false;
+  if (payload) *payload = s.substr(*pos, n);
+  *pos += n;
+  return true;
+}
+
+// The type of every piece in a serialized ModelProto (`repeated SentencePiece pieces = 1`, each with
+// `optional Type type = 3 [default = NORMAL]`). Hand-parsed because the library's generated proto header
+// would tie us to its private protobuf copy (see sentencepiece_shim.cc).
+std::vector<Tokenizer::PieceType> ReadPieceTypes(std::string_view model) {
+  std::vector<Tokenizer::PieceType> types;
+  size_t pos = 0;
+  while (pos < model.size()) {
+    uint64_t tag = 0;
+    std::string_view piece;
+    if (!ReadVarint(model, &pos, &tag) || !SkipField(model, &pos, tag & 7, &piece)) return {};
+    if (tag >> 3 != 1 || (tag & 7) != 2) continue;
+    auto type = Tokenizer::PieceType::kNormal;
+    size_t p = 0;
+    while (p < piece.size()) {
+      uint64_t t = 0, v = 0;
+      if (!ReadVarint(piece, &p, &t)) return {};
+      if (t == (3 << 3)) {
+        if (!ReadVarint(piece, &p, &v)) return {};
+        type = static_cast<Tokenizer::PieceType>(v);
+      } else if (!SkipField(piece, &p, t & 7, nullptr)) {
+        return {};
+      }
+    }
+    types.push_back(type);
+  }
+  return types;
+}
+
 }  // namespace
 
-Tokenizer::Tokenizer(std::unique_ptr<SentencePieceImpl> impl) : impl_(std::move(impl)) {}
+Tokenizer::Tokenizer(std::unique_ptr<SentencePieceImpl> impl, std::vector<PieceType> piece_types)
+    : impl_(std::move(impl)), piece_types_(std::move(piece_types)) {}
 Tokenizer::~Tokenizer() = default;
 
 absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromFile(const std::string& path) {
@@ -45,7 +103,12 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromBytes(std::string_view
   if (std::string err = impl->Load(serialized); !err.empty()) {
     return absl::InvalidArgumentError(absl::StrCat("not a SentencePiece model: ", err));
   }
-  return std::unique_ptr<Tokenizer>(new Tokenizer(std::move(impl)));
+  std::vector<PieceType> types = ReadPieceTypes(serialized);
+  if (types.size() != static_cast<size_t>(impl->vocab_size())) {
+    return absl::InvalidArgumentError(absl::StrCat("cannot read the piece types of the SentencePiece model (",
+                                                   types.size(), " for ", impl->vocab_size(), " pieces)"));
+  }
+  return std::unique_ptr<Tokenizer>(new Tokenizer(std::move(impl), std::move(types)));
 }
 
 absl::StatusOr<std::vector<int32_t>> Tokenizer::Encode(std::string_view text) const {
@@ -72,6 +135,8 @@ absl::StatusOr<std::string> Tokenizer::Decode(std::span<const int32_t> ids) cons
 int Tokenizer::vocab_size() const { return impl_->vocab_size(); }
 int Tokenizer::bos_id() const { return impl_->bos_id(); }
 int Tokenizer::eos_id() const { return impl_->eos_id(); }
+
+std::string Tokenizer::IdToPiece(int id) const { return impl_->IdToPiece(id); }
 
 int Tokenizer::PieceToId(std::string_view piece) const {
   const int id = impl_->PieceToId(piece);

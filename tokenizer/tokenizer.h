@@ -34,9 +34,17 @@ class Tokenizer {
   int start_of_turn_id() const { return PieceToId("<start_of_turn>"); }
   int end_of_turn_id() const { return PieceToId("<end_of_turn>"); }
 
+  // A piece as SentencePiece stores it (a space is U+2581 '▁', a byte piece is "<0xNN>"); id in [0, vocab_size()).
+  std::string IdToPiece(int id) const;
+  // The piece types of SentencePiece's ModelProto.
+  enum class PieceType : uint8_t { kNormal = 1, kUnknown = 2, kControl = 3, kUserDefined = 4, kUnused = 5, kByte = 6 };
+  // id in [0, vocab_size()).
+  PieceType piece_type(int id) const { return piece_types_[id]; }
+
  private:
-  explicit Tokenizer(std::unique_ptr<SentencePieceImpl> impl);
+  Tokenizer(std::unique_ptr<SentencePieceImpl> impl, std::vector<PieceType> piece_types);
   std::unique_ptr<SentencePieceImpl> impl_;
+  std::vector<PieceType> piece_types_;  // read from the ModelProto: libsentencepiece 0.1.97 has no IsUserDefined
 };
 
 // Turns a growing list of ids into text deltas that never split a UTF-8

@@ -139,5 +139,19 @@ TEST(TokenizerTest, StreamingDecoderNeverSplitsACharacter) {
   EXPECT_EQ(out, text);
 }
 
+TEST(TokenizerTest, PieceTypesAndPieces) {
+  auto tok = Tokenizer::FromFile(testing::GemmaTinyDir() + "/tokenizer.model");
+  ASSERT_TRUE(tok.ok()) << tok.status();
+  using Type = Tokenizer::PieceType;
+  EXPECT_EQ((*tok)->piece_type(0), Type::kControl);  // <pad>
+  EXPECT_EQ((*tok)->piece_type(1), Type::kControl);  // <eos>
+  EXPECT_EQ((*tok)->piece_type(3), Type::kUnknown);
+  EXPECT_EQ((*tok)->piece_type(4), Type::kUserDefined);  // <start_of_turn>
+  EXPECT_EQ((*tok)->piece_type(6), Type::kByte);
+  EXPECT_EQ((*tok)->IdToPiece(6), "<0x00>");
+  EXPECT_EQ((*tok)->IdToPiece(4), "<start_of_turn>");
+  EXPECT_EQ((*tok)->piece_type(300), Type::kNormal);
+}
+
 }  // namespace
 }  // namespace gemma
