@@ -4,6 +4,7 @@
 
 #include "engine/status_macros.h"
 #include "structured/schema_compiler.h"
+#include "structured/string_index.h"
 
 namespace gemma::structured {
 namespace {
@@ -62,25 +63,23 @@ std::shared_ptr<const TokenBitmask> Grammar::Mask(const State& exact) const {
   return mask;
 }
 
-// Depth-first over the vocabulary trie, carrying the set of stacks reached by each prefix; a prefix that no stack
-// accepts skips its whole subtree. Stacks live in one arena, truncated back to the parent's mark at each node.
-TokenBitmask Grammar::ComputeMask(const State& state) const {
-  TokenBitmask mask = no_tokens_;
-  const auto& trie = vocabulary_->trie();
-  const auto& tokens = vocabulary_->trie_tokens();
-  const int depths = vocabulary_->max_token_bytes() + 1;
-  StackArena arena;
-  std::vector<std::vector<int32_t>> sets(depths);
-  std::vector<size_t> marks(depths);
-  for (const Stack& s : state) sets[0].push_back(arena.Load(s));
-  marks[0] = arena.size();
-  for (size_t i = 0; i < trie.size();) {
+namespace {
+
+// Depth-first over trie nodes [begin, end), all below depth `depth`, whose path so far left the stacks `sets[depth]`;
+// a prefix that no stack accepts skips its whole subtree. Stacks live in `arena`, truncated back to the parent's
+// mark at each node.
+void Walk(const Pda& pda, const Vocabulary& vocab, int32_t begin, int32_t end, int depth, StackArena& arena,
+          std::vector<std::vector<int32_t>>& sets, std::vector<size_t>& marks, TokenBitmask& mask) {
+  const auto& trie = vocab.trie();
+  const auto& tokens = vocab.trie_tokens();
+  marks[depth] = arena.size();
+  for (int32_t i = begin; i < end;) {
     const Vocabulary::TrieNode& node = trie[i];
     const int d = node.depth;
     arena.Truncate(marks[d - 1]);
     std::vector<int32_t>& set = sets[d];
     set.clear();
-    for (int32_t s : sets[d - 1]) pda_.Step(arena, s, node.byte, &set);
+    for (int32_t s : sets[d - 1]) pda.Step(arena, s, node.byte, &set);
     if (set.empty()) {
       i = node.subtree_end;
       continue;
@@ -88,6 +87,59 @@ TokenBitmask Grammar::ComputeMask(const State& state) const {
     marks[d] = arena.size();
     for (int32_t t = node.token_begin; t < node.token_end; ++t) AllowToken(mask, tokens[t]);
     ++i;
+  }
+}
+
+void Or(TokenBitmask& mask, const TokenBitmask& other) {
+  for (size_t w = 0; w < mask.size(); ++w) mask[w] |= other[w];
+}
+
+}  // namespace
+
+// A stack inside a string, between characters, takes the string index's shortcut: the tokens that stay inside
+// the string by how many code points they add, then a walk below each closing quote with the string finished.
+// Every other stack walks the whole trie.
+TokenBitmask Grammar::ComputeMask(const State& state) const {
+  TokenBitmask mask = no_tokens_;
+  const Vocabulary& vocab = *vocabulary_;
+  const auto& trie = vocab.trie();
+  const int depths = vocab.max_token_bytes() + 1;
+  StackArena arena;
+  std::vector<std::vector<int32_t>> sets(depths);
+  std::vector<size_t> marks(depths);
+  std::vector<int32_t> general;
+  for (const Stack& s : state) {
+    const int32_t top = arena.Load(s);
+    const Frame* f = s.empty() ? nullptr : &s.back();
+    if (f == nullptr || f->kind != FrameKind::kString || f->phase != 0 /* between characters */) {
+      general.push_back(top);
+      continue;
+    }
+    const StringIndex& index = vocab.string_index();
+    uint32_t min = 0, max = kUnbounded;
+    if (f->node >= 0) {
+      min = compiled_.nodes[f->node].min_length;
+      max = compiled_.nodes[f->node].max_length;
+    }
+    // A count on an unbounded string is saturated at the minimum; on a bounded one it is exact.
+    const uint32_t room = max == kUnbounded ? kUnbounded : max - f->count;
+    Or(mask, index.within[std::min<size_t>(room, index.within.size() - 1)]);
+    for (const StringIndex::Close& close : index.closes) {
+      if (close.code_points > room || f->count + close.code_points < min) continue;
+      const size_t mark = arena.size();
+      const int32_t closed = pda_.Finish(arena, arena[top].parent);
+      const Vocabulary::TrieNode& node = trie[close.node];
+      for (int32_t t = node.token_begin; t < node.token_end; ++t) AllowToken(mask, vocab.trie_tokens()[t]);
+      if (closed != kEmptyStack) {  // nothing follows a complete top-level value
+        sets[node.depth] = {closed};
+        Walk(pda_, vocab, close.node + 1, node.subtree_end, node.depth, arena, sets, marks, mask);
+      }
+      arena.Truncate(mark);
+    }
+  }
+  if (!general.empty()) {
+    sets[0] = general;
+    Walk(pda_, vocab, 0, static_cast<int32_t>(trie.size()), 0, arena, sets, marks, mask);
   }
   const bool can_end = pda_.CanEnd(state);
   for (int32_t id : end_ids_) {

@@ -58,7 +58,9 @@ class Grammar {
   // The allowed tokens in a canonical state: from the cache, else computed and cached. The pointer stays valid
   // after eviction.
   std::shared_ptr<const TokenBitmask> Mask(const State& state) const;
-  // The same, never cached: the trie walk itself (for benchmarks and tests).
+  // The same, never cached (for benchmarks and tests): a depth-first walk of the vocabulary's byte trie carrying
+  // the state, pruning a subtree at its first rejected byte; a stack inside a string uses the vocabulary's
+  // StringIndex instead. On Gemma's 262k vocabulary: about 10 us inside a string, after '{' or in a number.
   TokenBitmask ComputeMask(const State& state) const;
   const TokenBitmask& no_tokens() const { return no_tokens_; }
 

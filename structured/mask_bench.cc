@@ -9,6 +9,7 @@
 #include "nlohmann/json.hpp"
 #include "structured/grammar.h"
 #include "structured/matcher.h"
+#include "structured/string_index.h"
 #include "structured/vocabulary.h"
 #include "tests/testdata.h"
 #include "tokenizer/tokenizer.h"
@@ -81,6 +82,10 @@ int Main(int argc, char** argv) {
   if (!grammar.ok()) return 1;
   std::printf("schema compiled in %.3f ms; mask cache: %zu masks of %zu KiB\n", Micros(Clock::now() - t0) / 1000,
               (*grammar)->cache_capacity(), static_cast<size_t>((*vocab)->size() / 8 / 1024));
+  t0 = Clock::now();
+  const StringIndex& strings = (*vocab)->string_index();
+  std::printf("string index (once per vocabulary, on first use): %.0f ms, %zu closing-quote nodes, %zu masks\n",
+              Micros(Clock::now() - t0) / 1000, strings.closes.size(), strings.within.size());
   auto object = Grammar::AnyJsonObject(*vocab, ends);
   Bench("schema: after '{'", **grammar, "{");
   Bench("schema: inside a string", **grammar, R"({"name":"ab)");

@@ -67,6 +67,7 @@ std::vector<std::shared_ptr<Grammar>> BruteForceGrammars(std::shared_ptr<const V
       R"({"$defs":{"t":{"type":"object","properties":{"n":{"type":"string","minLength":2,"maxLength":6},
           "c":{"type":"array","items":{"$ref":"#/$defs/t"},"maxItems":2}},"required":["n"]}},"$ref":"#/$defs/t"})",
       R"({"type":"number"})",
+      R"({"type":"string","minLength":2,"maxLength":8})",
       // Long bounded strings: masks looked up through MaskEquivalent's normalised counts.
       R"({"type":"array","items":{"type":"string","minLength":30,"maxLength":60},"maxItems":3})",
   };
@@ -105,7 +106,7 @@ TEST(MatcherTest, TrieMaskEqualsBruteForceOnRandomReachableStates) {
     }
     ++checked;
   }
-  EXPECT_EQ(checked, 7);
+  EXPECT_EQ(checked, 8);
   EXPECT_GT(states, 300);
 }
 
@@ -339,14 +340,16 @@ TEST(MatcherTest, Gemma3MasksEqualBruteForce) {
   ASSERT_TRUE(vocab.ok()) << vocab.status();
   const std::vector<int32_t> ends = {1, 106};
   auto schema = Grammar::FromJsonSchema(json::parse(R"({"type":"object","properties":{"name":{"type":"string"},
-      "age":{"type":"integer"},"tags":{"type":"array","items":{"enum":["a","b"]}}},"required":["name"]})"),
+      "age":{"type":"integer"},"tags":{"type":"array","items":{"enum":["a","b"]}},
+      "code":{"type":"string","minLength":2,"maxLength":3}},"required":["name"]})"),
                                         *vocab, ends);
   ASSERT_TRUE(schema.ok()) << schema.status();
   auto object = Grammar::AnyJsonObject(*vocab, ends);
   const std::pair<std::shared_ptr<Grammar>, std::string> cases[] = {
       {*schema, ""},          {*schema, "{"},          {*schema, R"({"name":"ab)"}, {*schema, R"({"age":12)"},
       {*schema, R"({"na)"},   {*schema, R"({"tags":[)"}, {*schema, R"({"name":"x"})"}, {object, "{"},
-      {object, R"({"k":)"},  {object, R"({"k":[1.5e)"}};
+      {object, R"({"k":)"},  {object, R"({"k":[1.5e)"}, {object, R"({"ab)"}, {object, R"({"k":["x","y)"},
+      {*schema, R"({"name":")"}, {*schema, R"({"code":"a)"}, {*schema, R"({"code":"ab)"}, {*schema, R"({"code":")"}};
   for (const auto& [grammar, prefix] : cases) {
     Matcher m(grammar);
     auto ids = (*tok)->Encode(prefix);

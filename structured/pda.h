@@ -88,9 +88,10 @@ class Pda {
   State MaskEquivalent(const State& state, int max_token_bytes) const;
   // The state as bytes, the mask cache's key.
   static std::string Key(const State& state);
+  // The value on top of `parent` is complete: the stack with the parent moved past it.
+  int32_t Finish(StackArena& arena, int32_t parent) const;
 
  private:
-  int32_t Finish(StackArena& arena, int32_t parent) const;
   void StartValue(StackArena& arena, int32_t parent, int32_t leaf, uint8_t byte, std::vector<int32_t>* out) const;
   void Literal(StackArena& arena, int32_t parent, int32_t node, int32_t index, uint32_t pos, uint8_t byte,
                std::vector<int32_t>* out) const;

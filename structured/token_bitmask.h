@@ -1,6 +1,7 @@
 // The set of token ids a grammar allows next, as the samplers consume it.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <vector>
 

@@ -7,6 +7,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
+#include "structured/string_index.h"
 
 namespace gemma::structured {
 namespace {
@@ -50,6 +51,14 @@ absl::StatusOr<std::shared_ptr<const Vocabulary>> Vocabulary::FromTokenizer(cons
 
 std::shared_ptr<const Vocabulary> Vocabulary::FromTokenBytes(std::vector<std::optional<std::string>> bytes) {
   return std::shared_ptr<const Vocabulary>(new Vocabulary(std::move(bytes)));
+}
+
+Vocabulary::~Vocabulary() = default;
+
+const StringIndex& Vocabulary::string_index() const {
+  absl::call_once(string_index_once_,
+                  [this] { string_index_ = std::make_unique<const StringIndex>(BuildStringIndex(*this)); });
+  return *string_index_;
 }
 
 Vocabulary::Vocabulary(std::vector<std::optional<std::string>> bytes) : bytes_(std::move(bytes)) {
