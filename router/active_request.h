@@ -5,6 +5,7 @@
 #include <chrono>
 #include <deque>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <string>
 #include <utility>
@@ -13,6 +14,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
+#include "engine/token_constraint.h"
 #include "gemma/v1/gemma.pb.h"
 #include "router/router_metrics.h"
 #include "router/text_stream.h"
@@ -41,6 +43,8 @@ class ActiveRequest {
     // Called by the producer, outside its locks, after each change a consumer can take (a token, the end): lets
     // an event-driven consumer (the HTTP server's loop) poll with TakeReady instead of blocking a thread.
     std::function<void()> notify;
+    // Structured output: what the engine lets this request draw (null: any token).
+    std::shared_ptr<TokenConstraint> constraint;
   };
   // `metrics` may be null.
   ActiveRequest(uint64_t id, Options options, const Tokenizer* tokenizer, RouterMetrics* metrics = nullptr);

@@ -47,6 +47,7 @@ absl::Status GroupSet::Add(std::unique_ptr<WorkerGroup> group) {
         absl::StrCat("worker group ", group->address(), " sent a tokenizer that does not load: ", tokenizer.status().message()));
   }
   first->tokenizer = std::move(*tokenizer);
+  first->structured_output = std::make_unique<StructuredOutput>(first->tokenizer.get(), first->info.vocab_size());
   absl::MutexLock lock(&mu_);
   if (model_ != nullptr) return absl::AbortedError("another group joined first; add this one again");
   model_ = std::move(first);

@@ -12,6 +12,7 @@
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
 #include "tokenizer/tokenizer.h"
+#include "router/structured_output.h"
 #include "router/worker_group.h"
 
 namespace gemma {
@@ -20,6 +21,7 @@ namespace gemma {
 struct ServedModel {
   worker::v1::ModelInfo info;
   std::unique_ptr<Tokenizer> tokenizer;
+  std::unique_ptr<StructuredOutput> structured_output;  // response formats over this tokenizer
 };
 
 // Thread-safe.

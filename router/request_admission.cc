@@ -62,6 +62,10 @@ absl::StatusOr<std::shared_ptr<ActiveRequest>> RequestAdmission::Admit(const Ser
   if (request.input().has_chat() && model.tokenizer->end_of_turn_id() >= 0) {
     o.eos_ids.push_back(model.tokenizer->end_of_turn_id());
   }
+  if (request.parameters().has_response_format()) {
+    ASSIGN_OR_RETURN(o.constraint,
+                     model.structured_output->ConstraintFor(request.parameters().response_format(), o.eos_ids));
+  }
   o.stop_ids.assign(request.parameters().stop_token_ids().begin(), request.parameters().stop_token_ids().end());
   o.stop_sequences.assign(request.parameters().stop_sequences().begin(), request.parameters().stop_sequences().end());
   o.parameters = request.parameters();

@@ -295,6 +295,7 @@ SequenceSpec WorkerGroup::SpecFor(const ActiveRequest& r) const {
   spec.max_new_tokens = o.max_new_tokens;
   spec.score = o.score;
   spec.stop_ids = o.stop_ids;
+  spec.constraint = o.constraint;
   const auto& p = o.parameters;
   spec.sampling.temperature = p.temperature();
   spec.sampling.top_k = p.top_k();

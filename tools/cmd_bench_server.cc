@@ -6,6 +6,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <random>
 #include <thread>
 
@@ -18,6 +19,7 @@
 #include "tools/cli_common.h"
 #include "tools/client_connection.h"
 #include "tools/commands.h"
+#include "tools/http_stream_client.h"
 
 namespace gemma {
 namespace {
@@ -92,6 +94,52 @@ void RunOne(v1::Gemma::Stub& stub, const ClientConnection& connection, const v1:
   out.e2e.push_back(e2e);
 }
 
+// The same over the OpenAI HTTP API: one streamed completion, a server-sent event per token.
+struct HttpTarget {
+  std::string host;
+  int port = 0;
+  std::string model;
+};
+
+void RunOneHttp(const HttpTarget& target, const v1::GenerateRequest& request, SharedSamples& shared) {
+  const auto& ids = request.input().token_ids().ids();
+  const nlohmann::json body = {{"model", target.model},
+                               {"prompt", std::vector<int32_t>(ids.begin(), ids.end())},
+                               {"max_tokens", request.parameters().max_new_tokens()},
+                               {"temperature", 0},
+                               {"stream", true}};
+  const auto start = Clock::now();
+  std::vector<double> gaps;
+  double ttft = -1;
+  auto last = start;
+  int64_t tokens = 0;
+  const absl::Status status =
+      PostAndStreamEvents(target.host, target.port, "/v1/completions", body.dump(), [&](std::string_view data) {
+        // Token chunks carry a null finish_reason; the closing chunks and [DONE] do not count.
+        if (data == "[DONE]" || data.find("\"finish_reason\":null") == std::string_view::npos) return;
+        const auto now = Clock::now();
+        if (ttft < 0) {
+          ttft = Seconds(now - start);
+        } else {
+          gaps.push_back(Seconds(now - last));
+        }
+        last = now;
+        ++tokens;
+      });
+  const double e2e = Seconds(Clock::now() - start);
+  absl::MutexLock lock(&shared.mu);
+  Samples& out = shared.samples;
+  if (!status.ok()) {
+    out.errors.push_back(status.ToString());
+    return;
+  }
+  ++out.ok;
+  out.tokens += tokens;
+  if (ttft >= 0) out.ttft.push_back(ttft);
+  out.itl.insert(out.itl.end(), gaps.begin(), gaps.end());
+  out.e2e.push_back(e2e);
+}
+
 }  // namespace
 
 int BenchServerCommand(int argc, char** argv) {
@@ -105,6 +153,9 @@ int BenchServerCommand(int argc, char** argv) {
       .Flag("shared-prefix-tokens", "every request starts with the same S tokens (a system prompt), then its own "
                                     "--prompt-tokens (default 0)")
       .Flag("max-new-tokens", "tokens generated per request, greedy (default 64)")
+      .Flag("protocol", "grpc (default) or http: stream through the OpenAI HTTP API at --http-server instead")
+      .Flag("http-server", "HOST:PORT of the router's HTTP API (with --protocol http; plaintext)")
+      .Flag("http-model", "the model name the HTTP API serves (default: the checkpoint's shape name)")
       .Flag("json", "print one JSON object", true);
   int code;
   if (!ParseOrExit(args, argc, argv, kCmd, &code)) return code;
@@ -118,6 +169,22 @@ int BenchServerCommand(int argc, char** argv) {
     if (!s.ok()) return Fail(kCmd, s);
   }
   if (levels->empty()) return Fail(kCmd, absl::InvalidArgumentError("--concurrency needs at least one level"));
+  const std::string protocol = args.Has("protocol") ? args.Get("protocol") : "grpc";
+  if (protocol != "grpc" && protocol != "http") {
+    return Fail(kCmd, absl::InvalidArgumentError("--protocol \"" + protocol + "\" is invalid; allowed: grpc, http"));
+  }
+  HttpTarget http;
+  if (protocol == "http") {
+    const std::string address = args.Has("http-server") ? args.Get("http-server") : "";
+    const size_t colon = address.rfind(':');
+    if (colon == std::string::npos || colon == 0 || std::atoi(address.c_str() + colon + 1) <= 0) {
+      return Fail(kCmd, absl::InvalidArgumentError("--protocol http needs --http-server HOST:PORT"));
+    }
+    http.host = address.substr(0, colon);
+    http.port = std::atoi(address.c_str() + colon + 1);
+  } else if (args.Has("http-server")) {
+    return Fail(kCmd, absl::InvalidArgumentError("--http-server needs --protocol http"));
+  }
   auto connection = Connect(args);
   if (!connection.ok()) return Fail(kCmd, connection.status());
   auto stub = v1::Gemma::NewStub(connection->channel);
@@ -132,6 +199,7 @@ int BenchServerCommand(int argc, char** argv) {
                           "--shared-prefix-tokens + --prompt-tokens + --max-new-tokens is ",
                           *shared_prefix + *prompt_tokens + *max_new, "; the server allows ", info.max_context())));
   }
+  http.model = args.Has("http-model") ? args.Get("http-model") : info.name();
   std::mt19937 rng(7);
   auto random_id = [&] { return 4 + static_cast<int32_t>(rng() % (info.vocab_size() - 4)); };
   std::vector<int32_t> prefix = {static_cast<int32_t>(info.bos_id())};
@@ -161,7 +229,11 @@ int BenchServerCommand(int argc, char** argv) {
     for (int t = 0; t < c; ++t) {
       clients.emplace_back([&] {
         for (int64_t i; (i = next++) < n;) {
-          RunOne(*stub, *connection, batch[i], shared);
+          if (protocol == "http") {
+            RunOneHttp(http, batch[i], shared);
+          } else {
+            RunOne(*stub, *connection, batch[i], shared);
+          }
           progress.Update(++finished);
         }
       });
@@ -188,6 +260,7 @@ int BenchServerCommand(int argc, char** argv) {
   progress.Finish();
   if (args.Has("json")) {
     nlohmann::json out = {{"server", args.Get("server")},
+                          {"protocol", protocol},
                           {"model", info.name()},
                           {"prompt_tokens", *prompt_tokens},
                           {"shared_prefix_tokens", *shared_prefix},

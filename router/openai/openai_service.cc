@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_replace.h"
 #include "router/openai/openai_request.h"
 #include "router/openai/openai_response.h"
 
@@ -61,8 +62,8 @@ class Call {
         admission.Reject(active.status(), origin_);
         ApiError e = FromStatus(active.status());
         // The admission speaks the gRPC API's names; the one field whose HTTP name differs is renamed.
-        if (const size_t at = e.message.find("max_new_tokens"); at != std::string::npos) {
-          e.message.replace(at, std::string_view("max_new_tokens").size(), "max_tokens");
+        if (e.message.find("max_new_tokens") != std::string::npos) {
+          e.message = absl::StrReplaceAll(e.message, {{"max_new_tokens", "max_tokens"}});
           e.param = "max_tokens";
         }
         Fail(e);
