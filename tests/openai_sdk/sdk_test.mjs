@@ -113,6 +113,32 @@ test('n > 1 and stop sequences', async () => {
   assert.equal(stopped.choices[0].text, text.slice(0, text.indexOf(stop)));
 });
 
+test('structured output: json_schema outputs parse and validate', async () => {
+  const schema = {
+    type: 'object',
+    properties: { name: { type: 'string', maxLength: 10 }, count: { type: 'integer' }, tags: { type: 'array',
+      items: { enum: ['a', 'b', 'c'] }, minItems: 1, maxItems: 3 } },
+    required: ['name', 'count', 'tags'],
+    additionalProperties: false,
+  };
+  const reply = await client.chat.completions.create({ model, messages: [{ role: 'user', content: 'JSON please' }],
+    max_tokens: 300, temperature: 1, seed: 21, n: 5,
+    response_format: { type: 'json_schema', json_schema: { name: 'thing', schema, strict: true } } });
+  assert.equal(reply.choices.length, 5);
+  for (const choice of reply.choices) {
+    assert.equal(choice.finish_reason, 'stop', choice.message.content);
+    const value = JSON.parse(choice.message.content);
+    assert.deepEqual(Object.keys(value).sort(), ['count', 'name', 'tags']);
+    assert.equal(typeof value.name, 'string');
+    assert.ok([...value.name].length <= 10);
+    assert.ok(Number.isInteger(value.count));
+    assert.ok(value.tags.length >= 1 && value.tags.length <= 3 && value.tags.every((t) => ['a', 'b', 'c'].includes(t)));
+  }
+  await assert.rejects(client.chat.completions.create({ model, messages: [{ role: 'user', content: 'x' }],
+    response_format: { type: 'json_schema', json_schema: { name: 'p', schema: { type: 'string', pattern: 'a+' } } } }),
+  (e) => e instanceof OpenAI.BadRequestError && /pattern/.test(e.message));
+});
+
 test('models lists the served model', async () => {
   const list = await client.models.list();
   assert.deepEqual(list.data.map((m) => m.id), [model]);
