@@ -9,6 +9,7 @@
 #include <thread>
 #include <random>
 
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "absl/flags/flag.h"
@@ -82,6 +83,11 @@ int main(int argc, char** argv) {
       "the public gemma-serve API: gemma-router (--workers HOST:PORT[,...] | --workers_dns HOST:PORT)\n"
       "  (--tls_cert FILE --tls_key FILE | --plaintext) [--api_keys_file FILE] [--port N]");
   std::vector<char*> rest = absl::ParseCommandLine(argc, argv);
+  // Every HTTP stream holds a socket: the soft limit on open files (often 1,024) is raised to the hard one.
+  if (rlimit files{}; ::getrlimit(RLIMIT_NOFILE, &files) == 0 && files.rlim_cur < files.rlim_max) {
+    files.rlim_cur = files.rlim_max;
+    ::setrlimit(RLIMIT_NOFILE, &files);
+  }
   if (rest.size() > 1) return Fail(absl::StrCat("unexpected argument \"", rest[1], "\"; see --help"), 2);
   const std::string workers = absl::GetFlag(FLAGS_workers);
   const std::string workers_dns = absl::GetFlag(FLAGS_workers_dns);

@@ -103,11 +103,14 @@ struct HttpTarget {
 
 void RunOneHttp(const HttpTarget& target, const v1::GenerateRequest& request, SharedSamples& shared) {
   const auto& ids = request.input().token_ids().ids();
-  const nlohmann::json body = {{"model", target.model},
+  nlohmann::json body = {{"model", target.model},
                                {"prompt", std::vector<int32_t>(ids.begin(), ids.end())},
                                {"max_tokens", request.parameters().max_new_tokens()},
                                {"temperature", 0},
                                {"stream", true}};
+  if (request.parameters().has_response_format()) {
+    body["response_format"] = {{"type", request.parameters().response_format().type()}};
+  }
   const auto start = Clock::now();
   std::vector<double> gaps;
   double ttft = -1;
@@ -153,6 +156,7 @@ int BenchServerCommand(int argc, char** argv) {
       .Flag("shared-prefix-tokens", "every request starts with the same S tokens (a system prompt), then its own "
                                     "--prompt-tokens (default 0)")
       .Flag("max-new-tokens", "tokens generated per request, greedy (default 64)")
+      .Flag("response-format", "text (default) or json_object: every request's output constrained to a JSON object")
       .Flag("protocol", "grpc (default) or http: stream through the OpenAI HTTP API at --http-server instead")
       .Flag("http-server", "HOST:PORT of the router's HTTP API (with --protocol http; plaintext)")
       .Flag("http-model", "the model name the HTTP API serves (default: the checkpoint's shape name)")
@@ -170,6 +174,10 @@ int BenchServerCommand(int argc, char** argv) {
   }
   if (levels->empty()) return Fail(kCmd, absl::InvalidArgumentError("--concurrency needs at least one level"));
   const std::string protocol = args.Has("protocol") ? args.Get("protocol") : "grpc";
+  const std::string format = args.Has("response-format") ? args.Get("response-format") : "text";
+  if (format != "text" && format != "json_object") {
+    return Fail(kCmd, absl::InvalidArgumentError("--response-format \"" + format + "\" is invalid; allowed: text, json_object"));
+  }
   if (protocol != "grpc" && protocol != "http") {
     return Fail(kCmd, absl::InvalidArgumentError("--protocol \"" + protocol + "\" is invalid; allowed: grpc, http"));
   }
@@ -210,6 +218,7 @@ int BenchServerCommand(int argc, char** argv) {
     ids->mutable_ids()->Add(prefix.begin(), prefix.end());
     for (int64_t i = 1; i < *prompt_tokens; ++i) ids->add_ids(random_id());
     r.mutable_parameters()->set_max_new_tokens(static_cast<int32_t>(*max_new));
+    if (format != "text") r.mutable_parameters()->mutable_response_format()->set_type(format);
     return r;
   };
 
@@ -261,6 +270,7 @@ int BenchServerCommand(int argc, char** argv) {
   if (args.Has("json")) {
     nlohmann::json out = {{"server", args.Get("server")},
                           {"protocol", protocol},
+                          {"response_format", format},
                           {"model", info.name()},
                           {"prompt_tokens", *prompt_tokens},
                           {"shared_prefix_tokens", *shared_prefix},
