@@ -48,6 +48,7 @@ absl::Status GroupSet::Add(std::unique_ptr<WorkerGroup> group) {
   }
   first->tokenizer = std::move(*tokenizer);
   first->structured_output = std::make_unique<StructuredOutput>(first->tokenizer.get(), first->info.vocab_size());
+  first->structured_output->Prepare();
   absl::MutexLock lock(&mu_);
   if (model_ != nullptr) return absl::AbortedError("another group joined first; add this one again");
   model_ = std::move(first);

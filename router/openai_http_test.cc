@@ -175,6 +175,49 @@ TEST_F(OpenAiHttpTest, StopSequencesAndEcho) {
   EXPECT_EQ(body["choices"][0]["text"], "abc" + full.substr(0, full.find(stop)));
 }
 
+// What evaluation harnesses send to score a text: echo, logprobs, max_tokens 0. The prompt's log-probs equal the
+// gRPC Score's; with max_tokens > 0 they come before the generated tokens'.
+TEST_F(OpenAiHttpTest, EchoWithLogprobsScoresThePrompt) {
+  const HttpReply r = Post("/v1/completions", {{"model", "tiny"}, {"prompt", "The quick brown fox"}, {"max_tokens", 0},
+                                               {"echo", true}, {"logprobs", 1}});
+  ASSERT_EQ(r.status, 200) << r.body;
+  const json body = Body(r);
+  v1::ScoreRequest score;
+  score.mutable_input()->set_text("The quick brown fox");
+  score.set_top_logprobs(1);
+  v1::ScoreResponse expected;
+  grpc::ClientContext ctx;
+  ASSERT_TRUE(router_->stub->Score(&ctx, score, &expected).ok());
+  const json& choice = body["choices"][0];
+  EXPECT_EQ(choice["text"], "The quick brown fox");
+  EXPECT_EQ(choice["finish_reason"], "length");
+  const json& lp = choice["logprobs"];
+  // Every prompt token, <bos> first with no log-prob (null), as OpenAI and vLLM list them.
+  ASSERT_EQ(lp["token_logprobs"].size(), static_cast<size_t>(expected.token_ids_size()));
+  EXPECT_TRUE(lp["token_logprobs"][0].is_null());
+  EXPECT_TRUE(lp["top_logprobs"][0].is_null());
+  std::string joined = lp["tokens"][0];
+  for (int i = 0; i < expected.logprobs_size(); ++i) {
+    EXPECT_NEAR(lp["token_logprobs"][i + 1].get<double>(), expected.logprobs(i), 1e-6) << i;
+    EXPECT_EQ(lp["text_offset"][i + 1].get<size_t>(), joined.size());
+    joined += lp["tokens"][i + 1].get<std::string>();
+    EXPECT_EQ(lp["top_logprobs"][i + 1].size(), 1u);
+  }
+  EXPECT_EQ(joined, "The quick brown fox");
+  EXPECT_EQ(body["usage"]["prompt_tokens"], expected.token_ids_size());
+  EXPECT_EQ(body["usage"]["completion_tokens"], 0);
+
+  const HttpReply more = Post("/v1/completions", {{"model", "tiny"}, {"prompt", "The quick brown fox"}, {"max_tokens", 3},
+                                                  {"echo", true}, {"logprobs", 0}, {"temperature", 0}});
+  ASSERT_EQ(more.status, 200) << more.body;
+  const json more_body = Body(more);
+  const json& m = more_body["choices"][0]["logprobs"];
+  ASSERT_EQ(m["token_logprobs"].size(), static_cast<size_t>(expected.token_ids_size() + 3));
+  EXPECT_NEAR(m["token_logprobs"][1].get<double>(), expected.logprobs(0), 1e-6);
+  EXPECT_EQ(Post("/v1/completions", {{"model", "tiny"}, {"prompt", "x"}, {"max_tokens", 0}}).status, 400)
+      << "max_tokens 0 without echo";
+}
+
 TEST_F(OpenAiHttpTest, ErrorsHaveOpenAisShapeAndStatus) {
   const HttpReply bad = Post("/v1/completions", {{"model", "tiny"}, {"prompt", "x"}, {"temperature", 5}});
   EXPECT_EQ(bad.status, 400);

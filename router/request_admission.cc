@@ -47,10 +47,16 @@ absl::StatusOr<std::vector<int32_t>> RequestAdmission::PromptIds(const ServedMod
 
 absl::StatusOr<std::shared_ptr<ActiveRequest>> RequestAdmission::Admit(const ServedModel& model,
                                                                        const v1::GenerateRequest& request,
-                                                                       Origin origin) const {
+                                                                       Origin origin,
+                                                                       const std::vector<int32_t>* prompt_ids) const {
   const ModelLimits model_limits = LimitsOf(model);
   RETURN_IF_ERROR(ValidateGenerateRequest(request, limits_, model_limits));
-  ASSIGN_OR_RETURN(std::vector<int32_t> prompt, PromptIds(model, request.input()));
+  std::vector<int32_t> prompt;
+  if (prompt_ids != nullptr) {
+    prompt = *prompt_ids;
+  } else {
+    ASSIGN_OR_RETURN(prompt, PromptIds(model, request.input()));
+  }
   ASSIGN_OR_RETURN(const int32_t max_new,
                    ResolveMaxNewTokens(static_cast<int32_t>(prompt.size()), request.parameters().max_new_tokens(),
                                        limits_, model_limits));
@@ -70,12 +76,38 @@ absl::StatusOr<std::shared_ptr<ActiveRequest>> RequestAdmission::Admit(const Ser
   o.stop_sequences.assign(request.parameters().stop_sequences().begin(), request.parameters().stop_sequences().end());
   o.parameters = request.parameters();
   o.seed = request.parameters().has_seed() ? request.parameters().seed() : std::random_device{}();
-  o.protocol = std::move(origin.protocol);
-  o.endpoint = std::move(origin.endpoint);
-  o.notify = std::move(origin.notify);
-  auto active = std::make_shared<ActiveRequest>(groups_->NewRequestId(), std::move(o), model.tokenizer.get(), metrics_);
+  return Submit(model, std::move(o), std::move(origin));
+}
+
+absl::StatusOr<std::shared_ptr<ActiveRequest>> RequestAdmission::Submit(const ServedModel& model,
+                                                                        ActiveRequest::Options options,
+                                                                        Origin origin) const {
+  options.protocol = std::move(origin.protocol);
+  options.endpoint = std::move(origin.endpoint);
+  options.notify = std::move(origin.notify);
+  auto active =
+      std::make_shared<ActiveRequest>(groups_->NewRequestId(), std::move(options), model.tokenizer.get(), metrics_);
   RETURN_IF_ERROR(groups_->Submit(active));
   return active;
+}
+
+absl::StatusOr<std::vector<int32_t>> RequestAdmission::ScorePrompt(const ServedModel& model,
+                                                                  const v1::ScoreRequest& request) const {
+  const ModelLimits model_limits = LimitsOf(model);
+  RETURN_IF_ERROR(ValidateScoreRequest(request, limits_, model_limits));
+  ASSIGN_OR_RETURN(std::vector<int32_t> prompt, PromptIds(model, request.input()));
+  RETURN_IF_ERROR(ValidateScoreLength(static_cast<int32_t>(prompt.size()), limits_, model_limits));
+  return prompt;
+}
+
+absl::StatusOr<std::shared_ptr<ActiveRequest>> RequestAdmission::AdmitScore(const ServedModel& model,
+                                                                            std::vector<int32_t> prompt,
+                                                                            int32_t top_logprobs, Origin origin) const {
+  ActiveRequest::Options o;
+  o.prompt = std::move(prompt);
+  o.score = true;
+  o.score_top_logprobs = top_logprobs;
+  return Submit(model, std::move(o), std::move(origin));
 }
 
 void RequestAdmission::Reject(const absl::Status& status, const Origin& origin) const {

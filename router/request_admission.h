@@ -44,12 +44,24 @@ class RequestAdmission {
     std::function<void()> notify;
   };
   // Validated, tokenized and handed to a group; the status to answer with otherwise (not counted: see Reject).
+  // `prompt_ids`, when given, are the request's input already tokenized (PromptIds): choices of one prompt share
+  // one tokenization.
   absl::StatusOr<std::shared_ptr<ActiveRequest>> Admit(const ServedModel& model, const v1::GenerateRequest& request,
-                                                       Origin origin) const;
+                                                       Origin origin,
+                                                       const std::vector<int32_t>* prompt_ids = nullptr) const;
+  // A Score request validated and tokenized (not yet submitted): the ids to score.
+  absl::StatusOr<std::vector<int32_t>> ScorePrompt(const ServedModel& model, const v1::ScoreRequest& request) const;
+  // Hands the scoring of `prompt` (from ScorePrompt) to a group.
+  absl::StatusOr<std::shared_ptr<ActiveRequest>> AdmitScore(const ServedModel& model, std::vector<int32_t> prompt,
+                                                            int32_t top_logprobs, Origin origin) const;
   // Counts a request refused before it ran.
   void Reject(const absl::Status& status, const Origin& origin) const;
 
  private:
+  // The request's origin filled in, then handed to the least-loaded group.
+  absl::StatusOr<std::shared_ptr<ActiveRequest>> Submit(const ServedModel& model, ActiveRequest::Options options,
+                                                        Origin origin) const;
+
   GroupSet* groups_;
   const RouterLimits limits_;
   RouterMetrics* metrics_;

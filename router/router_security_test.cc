@@ -1,6 +1,8 @@
 // The public port's protections, against real processes: TLS (and no plaintext unless asked for), API keys
 // (UNAUTHENTICATED, never echoed or logged), the message size limit, and streams per connection.
 #include <grpcpp/grpcpp.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
 #include <signal.h>
 
 #include <cstdlib>
@@ -12,6 +14,7 @@
 
 #include "gemma/v1/gemma.grpc.pb.h"
 #include "gtest/gtest.h"
+#include "router/http/test_client.h"
 #include "tests/processes.h"
 #include "tests/testdata.h"
 
@@ -43,12 +46,14 @@ class RouterSecurityTest : public ::testing::Test {
                                              "--kv_cache_mb=32", "--port=" + std::to_string(worker_port_)})
                   .release();
     metrics_port_ = testing::FreePort();
+    http_port_ = testing::FreePort();
     std::remove((dir_ + "/router.port").c_str());
     router_ = testing::Start(ROUTER_BINARY, {"--workers=127.0.0.1:" + std::to_string(worker_port_),
                                              "--tls_cert=" + dir_ + "/cert.pem", "--tls_key=" + dir_ + "/key.pem",
                                              "--api_keys_file=" + dir_ + "/keys", "--max_message_bytes=65536",
                                              "--max_streams_per_connection=1", "--port_file=" + dir_ + "/router.port",
-                                             "--metrics_port=" + std::to_string(metrics_port_)})
+                                             "--metrics_port=" + std::to_string(metrics_port_),
+                                             "--http_port=" + std::to_string(http_port_), "--served_model_name=tiny"})
                   .release();
     port_ = testing::WaitForPortFile(dir_ + "/router.port", std::chrono::seconds(30));
     ASSERT_GT(port_, 0) << router_->Err();
@@ -88,6 +93,7 @@ class RouterSecurityTest : public ::testing::Test {
   static std::string dir_;
   static testing::Process* worker_;
   static testing::Process* router_;
+  static int http_port_;
   static int port_, worker_port_, metrics_port_;
 };
 std::string RouterSecurityTest::dir_;
@@ -96,12 +102,53 @@ testing::Process* RouterSecurityTest::router_ = nullptr;
 int RouterSecurityTest::port_ = 0;
 int RouterSecurityTest::worker_port_ = 0;
 int RouterSecurityTest::metrics_port_ = 0;
+int RouterSecurityTest::http_port_ = 0;
 
 TEST_F(RouterSecurityTest, TlsWithTheRightKeyServesAGeneration) {
   v1::GenerateResponse resp;
   const grpc::Status s = GenerateWithKey(TlsChannel(), std::chrono::seconds(30), &resp);
   ASSERT_TRUE(s.ok()) << s.error_message();
   EXPECT_EQ(resp.tokens_size(), 4);
+}
+
+// One HTTPS request to the HTTP API, the server's certificate checked against cert.pem: the reply, or "" when the
+// TLS handshake or the verification failed.
+std::string HttpsCall(int port, const std::string& ca_file, const std::string& request) {
+  SSL_CTX* ctx = SSL_CTX_new(TLS_client_method());
+  SSL_CTX_load_verify_locations(ctx, ca_file.c_str(), nullptr);
+  SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, nullptr);
+  const int fd = http::testing::ConnectLoopback(port);
+  SSL* ssl = SSL_new(ctx);
+  SSL_set_fd(ssl, fd);
+  SSL_set_tlsext_host_name(ssl, "localhost");
+  SSL_set1_host(ssl, "localhost");
+  std::string out;
+  if (SSL_connect(ssl) == 1 && SSL_get_verify_result(ssl) == X509_V_OK) {
+    SSL_write(ssl, request.data(), static_cast<int>(request.size()));
+    char buf[4096];
+    for (int n; (n = SSL_read(ssl, buf, sizeof(buf))) > 0;) out.append(buf, static_cast<size_t>(n));
+  }
+  SSL_free(ssl);
+  ::close(fd);
+  SSL_CTX_free(ctx);
+  return out;
+}
+
+// The HTTP API serves TLS with the same certificate and checks the same API keys; plaintext HTTP gets nothing.
+TEST_F(RouterSecurityTest, TheHttpApiUsesTheSameTlsAndKeys) {
+  const std::string body = R"({"model": "tiny", "prompt": "hi", "max_tokens": 3})";
+  const std::string with_key = HttpsCall(
+      http_port_, dir_ + "/cert.pem",
+      http::testing::RequestText("POST", "/v1/completions", body, {std::string("Authorization: Bearer ") + kKey}));
+  EXPECT_NE(with_key.find("HTTP/1.1 200"), std::string::npos) << with_key;
+  EXPECT_NE(with_key.find("\"completion_tokens\":3"), std::string::npos) << with_key;
+  const std::string without =
+      HttpsCall(http_port_, dir_ + "/cert.pem", http::testing::RequestText("POST", "/v1/completions", body));
+  EXPECT_NE(without.find("HTTP/1.1 401"), std::string::npos) << without;
+  EXPECT_EQ(without.find(kKey), std::string::npos);
+  const http::testing::HttpReply plain = http::testing::Call(http_port_, "GET", "/health", "", {},
+                                                             std::chrono::seconds(3));
+  EXPECT_EQ(plain.status, 0) << "plaintext HTTP answered on the TLS port: " << plain.head;
 }
 
 TEST_F(RouterSecurityTest, PlaintextClientsCannotTalkToTheTlsPort) {
@@ -128,7 +175,8 @@ TEST_F(RouterSecurityTest, MissingOrWrongKeysAreUnauthenticatedAndNeverEchoedOrL
   EXPECT_EQ(log.find(kKey), std::string::npos);
   EXPECT_EQ(log.find(wrong_key), std::string::npos);
   const std::string metrics = testing::HttpGet(metrics_port_, "/metrics");
-  EXPECT_NE(metrics.find("gemma_router_requests_total{code=\"UNAUTHENTICATED\",outcome=\"rejected\"} 3"),
+  EXPECT_NE(metrics.find("gemma_router_requests_total{code=\"UNAUTHENTICATED\",endpoint=\"Tokenize\",outcome=\"rejected\","
+                         "protocol=\"grpc\"} 3"),
             std::string::npos) << metrics;
 }
 

@@ -131,32 +131,23 @@ grpc::Status RouterService::Score(grpc::ServerContext* context, const v1::ScoreR
                                   v1::ScoreResponse* response) {
   auto model = Enter(*context, "Score");
   if (!model.ok()) return ToGrpcStatus(model.status());
-  const ModelLimits model_limits = RequestAdmission::LimitsOf(**model);
   auto reject = [&](const absl::Status& s) {
     CountRejected(s, "Score");
     return ToGrpcStatus(s);
   };
-  if (auto s = ValidateScoreRequest(*request, limits_, model_limits); !s.ok()) return reject(s);
-  auto prompt = admission_.PromptIds(**model, request->input());
+  auto prompt = admission_.ScorePrompt(**model, *request);
   if (!prompt.ok()) return reject(prompt.status());
-  if (auto s = ValidateScoreLength(static_cast<int32_t>(prompt->size()), limits_, model_limits); !s.ok()) {
-    return reject(s);
-  }
   if (auto peer = ForwardTarget()) {
     const auto forwarded = forwarder_->Score(*peer, context, *request, response);
     if (!forwarded.place_here) return forwarded.status;
     response->Clear();
   }
-  ActiveRequest::Options o;
-  o.prompt = std::move(*prompt);
-  o.score = true;
-  o.score_top_logprobs = request->top_logprobs();
-  o.endpoint = "Score";
-  auto active = std::make_shared<ActiveRequest>(groups_->NewRequestId(), std::move(o), (*model)->tokenizer.get(), metrics_);
-  if (auto s = groups_->Submit(active); !s.ok()) return reject(s);
+  auto active = admission_.AdmitScore(**model, std::move(*prompt), request->top_logprobs(),
+                                      {.protocol = "grpc", .endpoint = "Score"});
+  if (!active.ok()) return reject(active.status());
   Admitted(context);
-  if (auto s = Await(context, *active); !s.ok()) return ToGrpcStatus(s);
-  *response = active->ScoreResult();
+  if (auto s = Await(context, **active); !s.ok()) return ToGrpcStatus(s);
+  *response = (*active)->ScoreResult();
   return grpc::Status::OK;
 }
 

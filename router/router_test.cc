@@ -105,7 +105,7 @@ TEST_F(RouterTest, CancelledStreamsFreeTheirKvBlocksAndAreCounted) {
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
     const std::string m = testing::HttpGet(metrics_port_, "/metrics");
     used = Sample(m, kv);
-    cancelled = Sample(m, "gemma_router_requests_total{code=\"CANCELLED\",outcome=\"cancelled\"}");
+    cancelled = Sample(m, "gemma_router_requests_total{code=\"CANCELLED\",endpoint=\"GenerateStream\",outcome=\"cancelled\",protocol=\"grpc\"}");
   }
   EXPECT_EQ(used, 0) << "KV blocks still held after cancellation";
   EXPECT_GE(cancelled, 3);
@@ -316,7 +316,7 @@ TEST_F(RouterTest, RequestsCancelledWhileQueuedLeaveAtOnceAndAreNeverPrefilled) 
                                    "--metrics_port=" + std::to_string(metrics_port)});
   ASSERT_GT(router.port, 0) << router.process->Err();
   const std::string group = "{group=\"own-group\"}";
-  const std::string cancelled_total = "gemma_router_requests_total{code=\"CANCELLED\",outcome=\"cancelled\"}";
+  const std::string cancelled_total = "gemma_router_requests_total{code=\"CANCELLED\",endpoint=\"GenerateStream\",outcome=\"cancelled\",protocol=\"grpc\"}";
   auto metric = [&](const std::string& name) {
     return std::max(0.0, Sample(testing::HttpGet(metrics_port, "/metrics"), name));
   };

@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "router/bounded_json.h"
 #include "structured/matcher.h"
 
 namespace gemma {
@@ -36,6 +37,13 @@ class GrammarConstraint : public TokenConstraint {
 
 }  // namespace
 
+void StructuredOutput::Prepare() {
+  auto built = structured::Vocabulary::FromTokenizer(*tokenizer_);
+  if (!built.ok()) return;  // reported to the first request that needs it
+  absl::MutexLock lock(&mu_);
+  if (vocabulary_ == nullptr) vocabulary_ = *built;
+}
+
 absl::StatusOr<std::shared_ptr<structured::Grammar>> StructuredOutput::GrammarFor(const v1::ResponseFormat& format,
                                                                                  const std::vector<int32_t>& end_ids) {
   const std::string key = absl::StrCat(format.type(), "\n", absl::StrJoin(end_ids, ","), "\n", format.json_schema());
@@ -59,9 +67,12 @@ absl::StatusOr<std::shared_ptr<structured::Grammar>> StructuredOutput::GrammarFo
   if (format.type() == "json_object") {
     grammar = structured::Grammar::AnyJsonObject(vocabulary, end_ids);
   } else {
-    const nlohmann::json schema = nlohmann::json::parse(format.json_schema(), nullptr, /*allow_exceptions=*/false);
+    bool too_deep = false;
+    const nlohmann::json schema = ParseBoundedJson(format.json_schema(), &too_deep);
     if (schema.is_discarded()) {
-      return absl::InvalidArgumentError("response_format.json_schema is not valid JSON");
+      return absl::InvalidArgumentError(too_deep ? absl::StrCat("response_format.json_schema nests deeper than ",
+                                                                kMaxJsonDepth, " levels")
+                                                 : "response_format.json_schema is not valid JSON");
     }
     auto compiled = structured::Grammar::FromJsonSchema(schema, vocabulary, end_ids);
     if (!compiled.ok()) return compiled.status();

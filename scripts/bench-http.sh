@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The OpenAI HTTP API against gRPC on one cluster in one run: gemma bench --server streams the same requests
-# through each protocol (gRPC, HTTP, gRPC again, so drift of a shared machine shows), at each concurrency level,
-# then once more over gRPC with every output constrained to a JSON object (structured output's cost per step).
+# through each protocol at each concurrency level, and over gRPC with every output constrained to a JSON object
+# (structured output's cost per step); gRPC runs first and last, and the others are compared with the mean of the
+# two, so drift of a shared machine shows.
 # usage: scripts/bench-http.sh OUT_PREFIX [MODEL_DIR] [CONCURRENCY] [MAX_NEW_TOKENS] [REQUESTS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,10 +24,10 @@ echo "== gRPC" >&2
 bench >"$out-grpc.json"
 echo "== HTTP (OpenAI API)" >&2
 bench --protocol http --http-server "$http" >"$out-http.json"
-echo "== gRPC again" >&2
-bench >"$out-grpc-after.json"
 echo "== gRPC, outputs constrained to a JSON object" >&2
 bench --response-format json_object >"$out-json-object.json"
+echo "== gRPC again" >&2
+bench >"$out-grpc-after.json"
 python3 - "$out" <<'PY'
 import json, sys
 out = sys.argv[1]

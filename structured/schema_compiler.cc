@@ -85,6 +85,21 @@ class Compiler {
   }
 
   absl::StatusOr<int32_t> Compile(const json& s, const std::string& ptr) {
+    // Each nesting level is a frame of this recursion: a schema nested past any real one's depth is refused before
+    // it could exhaust the stack.
+    if (++depth_ > kMaxSchemaDepth) {
+      --depth_;
+      return Invalid(ptr.substr(0, 200), absl::StrCat("the schema nests deeper than ", kMaxSchemaDepth, " levels"));
+    }
+    auto compiled = CompileNode(s, ptr);
+    --depth_;
+    return compiled;
+  }
+
+  static constexpr int kMaxSchemaDepth = 32;
+  int depth_ = 0;
+
+  absl::StatusOr<int32_t> CompileNode(const json& s, const std::string& ptr) {
     if (s.is_boolean()) {
       if (s.get<bool>()) return AnyValue();
       return Invalid(ptr, "the schema false accepts no value");

@@ -56,42 +56,54 @@ nlohmann::json Summary(const std::vector<double>& v) {
           {"p99", Percentile(v, 0.99)}};
 }
 
-// One streamed request; appends its latencies to `out`.
+// One streamed request's latencies, as its tokens arrive; added to the level's samples at its end.
+class RequestClock {
+ public:
+  void Token() {
+    const auto now = Clock::now();
+    if (ttft_ < 0) {
+      ttft_ = Seconds(now - start_);
+    } else {
+      gaps_.push_back(Seconds(now - last_));
+    }
+    last_ = now;
+    ++tokens_;
+  }
+  void Finish(const absl::Status& status, SharedSamples& shared) {
+    const double e2e = Seconds(Clock::now() - start_);
+    absl::MutexLock lock(&shared.mu);
+    Samples& out = shared.samples;
+    if (!status.ok()) {
+      out.errors.push_back(status.ToString());
+      return;
+    }
+    ++out.ok;
+    out.tokens += tokens_;
+    if (ttft_ >= 0) out.ttft.push_back(ttft_);
+    out.itl.insert(out.itl.end(), gaps_.begin(), gaps_.end());
+    out.e2e.push_back(e2e);
+  }
+
+ private:
+  const Clock::time_point start_ = Clock::now();
+  Clock::time_point last_ = start_;
+  double ttft_ = -1;
+  std::vector<double> gaps_;
+  int64_t tokens_ = 0;
+};
+
+// One request streamed over gRPC.
 void RunOne(v1::Gemma::Stub& stub, const ClientConnection& connection, const v1::GenerateRequest& request,
             SharedSamples& shared) {
   grpc::ClientContext ctx;
   connection.Prepare(&ctx, std::chrono::minutes(30));
-  const auto start = Clock::now();
+  RequestClock clock;
   auto reader = stub.GenerateStream(&ctx, request);
   v1::GenerateStreamResponse event;
-  std::vector<double> gaps;
-  double ttft = -1;
-  auto last = start;
-  int64_t tokens = 0;
   while (reader->Read(&event)) {
-    if (!event.has_token() || !event.token().has_token()) continue;
-    const auto now = Clock::now();
-    if (ttft < 0) {
-      ttft = Seconds(now - start);
-    } else {
-      gaps.push_back(Seconds(now - last));
-    }
-    last = now;
-    ++tokens;
+    if (event.has_token() && event.token().has_token()) clock.Token();
   }
-  const grpc::Status status = reader->Finish();
-  const double e2e = Seconds(Clock::now() - start);
-  absl::MutexLock lock(&shared.mu);
-  Samples& out = shared.samples;
-  if (!status.ok()) {
-    out.errors.push_back(std::string(FromGrpcStatus(status).ToString()));
-    return;
-  }
-  ++out.ok;
-  out.tokens += tokens;
-  if (ttft >= 0) out.ttft.push_back(ttft);
-  out.itl.insert(out.itl.end(), gaps.begin(), gaps.end());
-  out.e2e.push_back(e2e);
+  clock.Finish(FromGrpcStatus(reader->Finish()), shared);
 }
 
 // The same over the OpenAI HTTP API: one streamed completion, a server-sent event per token.
@@ -111,36 +123,13 @@ void RunOneHttp(const HttpTarget& target, const v1::GenerateRequest& request, Sh
   if (request.parameters().has_response_format()) {
     body["response_format"] = {{"type", request.parameters().response_format().type()}};
   }
-  const auto start = Clock::now();
-  std::vector<double> gaps;
-  double ttft = -1;
-  auto last = start;
-  int64_t tokens = 0;
+  RequestClock clock;
   const absl::Status status =
       PostAndStreamEvents(target.host, target.port, "/v1/completions", body.dump(), [&](std::string_view data) {
         // Token chunks carry a null finish_reason; the closing chunks and [DONE] do not count.
-        if (data == "[DONE]" || data.find("\"finish_reason\":null") == std::string_view::npos) return;
-        const auto now = Clock::now();
-        if (ttft < 0) {
-          ttft = Seconds(now - start);
-        } else {
-          gaps.push_back(Seconds(now - last));
-        }
-        last = now;
-        ++tokens;
+        if (data != "[DONE]" && data.find("\"finish_reason\":null") != std::string_view::npos) clock.Token();
       });
-  const double e2e = Seconds(Clock::now() - start);
-  absl::MutexLock lock(&shared.mu);
-  Samples& out = shared.samples;
-  if (!status.ok()) {
-    out.errors.push_back(status.ToString());
-    return;
-  }
-  ++out.ok;
-  out.tokens += tokens;
-  if (ttft >= 0) out.ttft.push_back(ttft);
-  out.itl.insert(out.itl.end(), gaps.begin(), gaps.end());
-  out.e2e.push_back(e2e);
+  clock.Finish(status, shared);
 }
 
 }  // namespace

@@ -101,6 +101,7 @@ absl::Status PostAndStreamEvents(const std::string& host, int port, const std::s
     if (status == 200) take_events();
   }
   if (status != 200) return absl::UnavailableError(absl::StrCat("HTTP ", status, ": ", payload));
+  if (chunked && !done) return absl::UnavailableError("the server closed the connection before the reply ended");
   take_events();
   return absl::OkStatus();
 }

@@ -9,6 +9,7 @@
 #include <event2/thread.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
+#include <poll.h>
 #include <sys/socket.h>
 
 #include <algorithm>
@@ -87,6 +88,7 @@ struct Server::Impl {
   evhttp* http = nullptr;
   event* wake = nullptr;
   event* close_check = nullptr;
+  evhttp_bound_socket* bound = nullptr;
   SSL_CTX* ssl = nullptr;
   std::shared_ptr<Mailbox> mailbox = std::make_shared<Mailbox>();
   std::thread loop;
@@ -114,7 +116,7 @@ Exchange::Exchange(Server* server, evhttp_request* request) : server_(server), r
   evbuffer* in = evhttp_request_get_input_buffer(request);
   body_.resize(evbuffer_get_length(in));
   if (!body_.empty()) evbuffer_copyout(in, body_.data(), body_.size());
-  server_->open_.push_back(this);
+  server_->open_.insert(this);
 }
 
 Exchange::~Exchange() {
@@ -137,8 +139,13 @@ std::optional<std::string_view> Exchange::header(const char* name) const {
 
 void Exchange::Detach() {
   if (request_ == nullptr) return;
-  // The connection may carry later requests: it must not call back into this exchange when it closes.
-  if (evhttp_connection* c = evhttp_request_get_connection(request_)) evhttp_connection_set_closecb(c, nullptr, nullptr);
+  evhttp_connection* c = evhttp_request_get_connection(request_);
+  if (c == nullptr) return;
+  // The connection may carry later requests: it must not call back into this exchange when it closes, and it is
+  // again timed out when its client sends nothing.
+  evhttp_connection_set_closecb(c, nullptr, nullptr);
+  const timeval io{static_cast<time_t>(server_->options().io_timeout.count()), 0};
+  bufferevent_set_timeouts(evhttp_connection_get_bufferevent(c), &io, &io);
 }
 
 void Exchange::Abandon() {
@@ -216,24 +223,18 @@ void Exchange::MarkClosed() {
   if (auto callback = std::move(on_close_)) callback();
 }
 
-bool Exchange::PeerGone() const {
-  if (request_ == nullptr) return true;
+int Exchange::fd() const {
+  if (request_ == nullptr) return -1;
   evhttp_connection* c = evhttp_request_get_connection(request_);
-  if (c == nullptr) return true;
-  const int fd = bufferevent_getfd(evhttp_connection_get_bufferevent(c));
-  if (fd < 0) return true;
-  char byte;
-  const ssize_t n = ::recv(fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
-  if (n > 0) return false;  // the client sent more (a pipelined request): still there
-  if (n == 0) return true;  // orderly close
-  return errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR;
+  if (c == nullptr) return -1;
+  return bufferevent_getfd(evhttp_connection_get_bufferevent(c));
 }
 
 Server::Server(ServerOptions options, Handler handler)
     : options_(std::move(options)), handler_(std::move(handler)), impl_(std::make_unique<Impl>()) {}
 
 void Server::Forget(Exchange* exchange) {
-  open_.erase(std::remove(open_.begin(), open_.end(), exchange), open_.end());
+  open_.erase(exchange);
 }
 
 void Server::Post(std::function<void()> fn) { impl_->mailbox->Post(std::move(fn)); }
@@ -254,8 +255,10 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options, Han
   impl.base = event_base_new();
   if (impl.base == nullptr) return absl::InternalError("cannot create the HTTP event loop");
   impl.http = evhttp_new(impl.base);
+  if (impl.http == nullptr) return absl::InternalError("cannot create the HTTP server");
   if (!o.tls_cert_file.empty()) {
     impl.ssl = SSL_CTX_new(TLS_server_method());
+    if (impl.ssl == nullptr) return absl::InternalError("cannot create the HTTP TLS context: " + OpenSslError());
     SSL_CTX_set_min_proto_version(impl.ssl, TLS1_2_VERSION);
     if (SSL_CTX_use_certificate_chain_file(impl.ssl, o.tls_cert_file.c_str()) != 1) {
       return absl::InvalidArgumentError(
@@ -286,6 +289,10 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options, Han
         auto* s = static_cast<Server*>(arg);
         auto exchange = std::make_shared<Exchange>(s, request);
         if (evhttp_connection* c = evhttp_request_get_connection(request)) {
+          // While the request waits for its answer the client has nothing to send: only a reply it does not read
+          // times out (the write timeout), not the wait for tokens, however long a queue or a prefill takes.
+          const timeval io{static_cast<time_t>(s->options_.io_timeout.count()), 0};
+          bufferevent_set_timeouts(evhttp_connection_get_bufferevent(c), nullptr, &io);
           // Heard when a write fails or the connection times out. The exchange clears it when it answers (Detach),
           // and it always answers before it is destroyed, so the pointer is valid whenever this fires.
           evhttp_connection_set_closecb(
@@ -295,6 +302,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options, Han
       },
       self);
   evhttp_bound_socket* bound = evhttp_bind_socket_with_handle(impl.http, o.bind_host.c_str(), static_cast<uint16_t>(o.port));
+  impl.bound = bound;
   if (bound == nullptr) {
     return absl::UnavailableError(absl::StrCat("cannot listen for HTTP on ", o.bind_host, ":", o.port));
   }
@@ -315,11 +323,25 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options, Han
       impl.base, -1, EV_PERSIST,
       [](evutil_socket_t, short, void* arg) {
         auto* s = static_cast<Server*>(arg);
-        // Copied: a close callback may answer (and so forget) exchanges.
-        const std::vector<Exchange*> open = s->open_;
-        for (Exchange* e : open) {
-          if (std::find(s->open_.begin(), s->open_.end(), e) == s->open_.end()) continue;
-          if (!e->closed_ && e->PeerGone()) e->MarkClosed();
+        // One poll over every connection still waiting for its reply. POLLRDHUP: the client shut its side, also
+        // when unread bytes (a TLS close_notify, a pipelined request) are still queued before the end.
+        std::vector<Exchange*> waiting;
+        std::vector<pollfd> fds;
+        for (Exchange* e : s->open_) {
+          if (e->closed_) continue;
+          waiting.push_back(e);
+          fds.push_back({e->fd(), POLLRDHUP, 0});
+        }
+        if (fds.empty()) return;
+        if (::poll(fds.data(), fds.size(), 0) <= 0) {
+          bool gone_fd = false;
+          for (const pollfd& p : fds) gone_fd = gone_fd || p.fd < 0;
+          if (!gone_fd) return;
+        }
+        for (size_t i = 0; i < waiting.size(); ++i) {
+          const bool gone = fds[i].fd < 0 || (fds[i].revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL)) != 0;
+          // A close callback may answer, and so forget, exchanges after this one.
+          if (gone && s->open_.contains(waiting[i]) && !waiting[i]->closed_) waiting[i]->MarkClosed();
         }
       },
       self);
@@ -330,6 +352,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options, Han
 
 Server::~Server() {
   Impl* impl = impl_.get();
+  if (!impl->loop.joinable()) return;  // Start failed before the loop ran: nothing to answer
   // On the loop: what producers posted last is delivered (requests answered just before the stop reach their
   // clients), then what is still open gets 503 and is cut loose from this server.
   event_base_once(
@@ -338,15 +361,19 @@ Server::~Server() {
         auto* s = static_cast<Server*>(arg);
         for (auto& fn : s->impl_->mailbox->Take()) fn();
         s->impl_->mailbox->Close();
-        const std::vector<Exchange*> open = s->open_;
+        evhttp_del_accept_socket(s->impl_->http, s->impl_->bound);
+        const std::vector<Exchange*> open(s->open_.begin(), s->open_.end());
         for (Exchange* e : open) {
           if (e->state_ == Exchange::State::kNew) {
-            e->Reply(503, "text/plain", "the server is stopping\n");
+            e->Reply(503, "application/json",
+                     R"({"error":{"message":"the server is stopping; retry","type":"service_unavailable","param":null,"code":null}})");
           } else {
             e->End();
           }
         }
-        event_base_loopbreak(s->impl_->base);
+        // Replies just queued need the loop to leave: half a second for them, none when nothing was open.
+        const timeval flush{0, open.empty() ? 0 : 500 * 1000};
+        event_base_loopexit(s->impl_->base, &flush);
       },
       this, nullptr);
   if (impl->loop.joinable()) impl->loop.join();

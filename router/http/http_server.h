@@ -12,6 +12,7 @@
 #include <string_view>
 #include <vector>
 
+#include "absl/container/flat_hash_set.h"
 #include "absl/status/statusor.h"
 
 struct evhttp_request;
@@ -34,8 +35,8 @@ struct ServerOptions {
 
 class Server;
 
-// One request and its reply. Lives on the loop thread: every method must be called there (from a handler, or
-// from a function given to Server::Post).
+// One request and its reply. Lives on the loop thread: every method, the destructor included, must run there (from
+// a handler, or from a function given to Server::Post); hold it from other threads only to post it back.
 class Exchange {
  public:
   Exchange(Server* server, evhttp_request* request);
@@ -68,8 +69,8 @@ class Exchange {
   friend class Server;
   enum class State { kNew, kStreaming, kDone };
   void MarkClosed();
-  // Whether the peer has closed its side (a non-blocking peek at the socket).
-  bool PeerGone() const;
+  // The socket the client is on; -1 once it is gone.
+  int fd() const;
   void Detach();
   // Ends an exchange whose client is gone: frees the request and closes its connection.
   void Abandon();
@@ -91,7 +92,8 @@ class Server {
   // Listens and starts the loop thread. InvalidArgument for unreadable or mismatched TLS files; Unavailable when
   // the address cannot be bound.
   static absl::StatusOr<std::unique_ptr<Server>> Start(ServerOptions options, Handler handler);
-  // Stops the loop: exchanges still open are answered 503 (their clients see the connection end).
+  // Stops the loop: what was posted runs first, exchanges still open are answered 503 (streams end), and the loop
+  // gives their replies up to half a second to leave.
   ~Server();
 
   int port() const { return port_; }
@@ -116,7 +118,7 @@ class Server {
   Handler handler_;
   std::unique_ptr<Impl> impl_;
   int port_ = 0;
-  std::vector<Exchange*> open_;  // loop thread only
+  absl::flat_hash_set<Exchange*> open_;  // loop thread only
 };
 
 }  // namespace gemma::http

@@ -144,3 +144,36 @@ TEST(HttpServerTest, BadTlsFilesAreClearErrors) {
 
 }  // namespace
 }  // namespace gemma::http
+
+namespace gemma::http {
+namespace {
+
+// --http_timeout_s bounds a client that sends or reads nothing, not a request that waits for its answer: a stream
+// whose tokens come slower than the timeout, and a reply that takes longer than it, both arrive whole.
+TEST(HttpServerTest, AnswersSlowerThanTheTimeoutStillArrive) {
+  std::vector<std::thread> producers;
+  auto server = Server::Start({.bind_host = "127.0.0.1", .io_timeout = std::chrono::seconds(1)},
+                              [&producers](std::shared_ptr<Exchange> e) {
+                                Server::Poster post = e->server().poster();
+                                const bool stream = e->path() == "/stream";
+                                if (stream) e->StartStream(200, "text/event-stream");
+                                producers.emplace_back([post, e, stream] {
+                                  for (int i = 0; i < 3 && stream; ++i) {
+                                    std::this_thread::sleep_for(std::chrono::milliseconds(1300));
+                                    post([e, i] { e->Send("data: " + std::to_string(i) + "\n\n"); });
+                                  }
+                                  if (!stream) std::this_thread::sleep_for(std::chrono::milliseconds(2500));
+                                  post([e, stream] { stream ? e->End() : e->Reply(200, "text/plain", "late"); });
+                                });
+                              });
+  ASSERT_TRUE(server.ok()) << server.status();
+  const std::string streamed = Request((*server)->port(), Post("/stream", "{}"));
+  EXPECT_NE(streamed.find("data: 2"), std::string::npos) << streamed;
+  EXPECT_NE(streamed.find("\r\n0\r\n\r\n"), std::string::npos) << "cut before its end: " << streamed;
+  const std::string late = Request((*server)->port(), Post("/unary", "{}"));
+  EXPECT_NE(late.find("late"), std::string::npos) << late;
+  for (auto& t : producers) t.join();
+}
+
+}  // namespace
+}  // namespace gemma::http

@@ -50,8 +50,9 @@ ApiError FromStatus(const absl::Status& status) {
       e.type = "timeout";
       break;
     case absl::StatusCode::kCancelled:
-      e.http_status = 499;
-      e.type = "cancelled";
+      // A client that cancels is gone and reads no answer: one that does was cancelled by the server (stopping).
+      e.http_status = 503;
+      e.type = "service_unavailable";
       break;
     default:
       e.http_status = 500;
@@ -67,7 +68,6 @@ absl::StatusCode CodeOf(const ApiError& error) {
     case 401: return absl::StatusCode::kUnauthenticated;
     case 404: return absl::StatusCode::kNotFound;
     case 429: return absl::StatusCode::kResourceExhausted;
-    case 499: return absl::StatusCode::kCancelled;
     case 503: return absl::StatusCode::kUnavailable;
     case 504: return absl::StatusCode::kDeadlineExceeded;
     default: return absl::StatusCode::kInternal;

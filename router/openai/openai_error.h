@@ -20,7 +20,8 @@ struct ApiError {
 // A bad field: 400, naming it.
 ApiError BadField(std::string param, std::string message);
 // From the router's status codes: InvalidArgument/OutOfRange/FailedPrecondition 400, Unauthenticated 401,
-// NotFound 404, ResourceExhausted 429, Unavailable 503, DeadlineExceeded 504, Cancelled 499, the rest 500.
+// NotFound 404, ResourceExhausted 429, Unavailable and Cancelled (by the server) 503, DeadlineExceeded 504, the
+// rest 500.
 ApiError FromStatus(const absl::Status& status);
 // The router's status code that an HTTP status stands for (for metrics).
 absl::StatusCode CodeOf(const ApiError& error);

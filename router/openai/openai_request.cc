@@ -238,8 +238,10 @@ ParseResult ParseCompletionRequest(const json& body, const RequestContext& conte
   Reader r(body);
   ReadModel(r, body, out);
   v1::GenerationParameters p;
-  // OpenAI's default for completions: 16 tokens.
-  p.set_max_new_tokens(static_cast<int32_t>(r.Integer("max_tokens", 1, context.max_new_tokens).value_or(16)));
+  // OpenAI's default for completions: 16 tokens. 0 (with echo): the prompt alone, scored when logprobs are asked for
+  // (what evaluation harnesses send to score a text).
+  const auto max_tokens = r.Integer("max_tokens", 0, context.max_new_tokens).value_or(16);
+  p.set_max_new_tokens(static_cast<int32_t>(max_tokens));
   ReadSampling(r, body, context, p, out);
   if (auto lp = r.Integer("logprobs", 0, context.max_top_logprobs)) {
     out.logprobs = true;
@@ -249,9 +251,11 @@ ParseResult ParseCompletionRequest(const json& body, const RequestContext& conte
   }
   out.echo = r.Bool("echo").value_or(false);
   if (r.failed()) return r.error();
-  if (out.echo && out.logprobs) {
-    return BadField("echo", "'echo' together with 'logprobs' (log-probs of the prompt) is not supported");
+  if (max_tokens == 0 && !out.echo) return BadField("max_tokens", "'max_tokens' 0 needs 'echo': true; allowed: 1..");
+  if (out.echo && out.logprobs && out.stream) {
+    return BadField("echo", "'echo' with 'logprobs' (the prompt's log-probs) is not supported with 'stream': true");
   }
+  if (max_tokens == 0 && out.stream) return BadField("max_tokens", "'max_tokens' 0 is not supported with 'stream': true");
   const json* prompt = Field(body, "prompt");
   if (prompt == nullptr) return BadField("prompt", "'prompt' is required: a string, a list of strings, or token ids");
   auto add_text = [&](const json& text) {
@@ -263,8 +267,9 @@ ParseResult ParseCompletionRequest(const json& body, const RequestContext& conte
   auto add_ids = [&](const json& ids) -> bool {
     v1::GenerateRequest g;
     for (const auto& id : ids) {
-      if (!id.is_number_integer()) return false;
-      g.mutable_input()->mutable_token_ids()->add_ids(id.get<int32_t>());
+      // Range-checked before narrowing: 2^32 + 2 must not become token 2.
+      if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() > INT32_MAX) return false;
+      g.mutable_input()->mutable_token_ids()->add_ids(static_cast<int32_t>(id.get<int64_t>()));
     }
     *g.mutable_parameters() = p;
     out.prompts.push_back(std::move(g));
@@ -341,8 +346,8 @@ ParseResult ParseChatRequest(const json& body, const RequestContext& context) {
     if (rl != "user" && rl != "assistant" && !system_ok) {
       const char* allowed = context.chat_system_role ? "user, assistant, and system or developer as the first message"
                                                      : "user, assistant (this model's chat template has no system role)";
-      return BadField(where + ".role", absl::StrCat("'", where, ".role' is ", role ? role->dump() : "missing",
-                                                    "; allowed: ", allowed));
+      const std::string given = role == nullptr ? "missing" : role->is_string() ? "\"" + rl + "\"" : "not a string";
+      return BadField(where + ".role", absl::StrCat("'", where, ".role' is ", given, "; allowed: ", allowed));
     }
     auto content = Content(m, where, r);
     if (!content) return r.error();

@@ -31,9 +31,11 @@ struct ParsedRequest {
   int n = 1;
   bool stream = false;
   bool include_usage = false;  // stream_options.include_usage
-  bool echo = false;           // completions: the prompt's text before the completion
+  bool echo = false;           // completions: the prompt's text (and with logprobs, its log-probs) first
   bool logprobs = false;       // return each token's log-prob
   int top_logprobs = 0;
+  // Completions with echo and max_tokens 0: the prompt alone, nothing generated.
+  bool generates() const { return prompts.empty() || prompts[0].parameters().max_new_tokens() > 0; }
   // Total choices: prompts × n.
   int choices() const { return static_cast<int>(prompts.size()) * n; }
   // The request for choice `index`: its prompt's, with its own seed when one was given (seed + choice).

@@ -36,9 +36,28 @@ json ChatLogprobs(const ResponseContext& c, const std::vector<v1::GeneratedToken
   return {{"content", content}};
 }
 
-// Completions: {"tokens", "token_logprobs", "top_logprobs", "text_offset"}; offsets count from `offset`.
-json CompletionLogprobs(const ResponseContext& c, const std::vector<v1::GeneratedToken>& tokens, int64_t offset) {
+// Completions: {"tokens", "token_logprobs", "top_logprobs", "text_offset"}; offsets count from `offset`. With
+// `prompt`, every prompt token comes first (echo), each with its log-prob given the tokens before it; the first has
+// none (null), as OpenAI and vLLM give it, so positions line up with the prompt's ids.
+json CompletionLogprobs(const ResponseContext& c, const std::vector<v1::GeneratedToken>& tokens, int64_t offset,
+                        const v1::ScoreResponse* prompt = nullptr) {
   json texts = json::array(), lps = json::array(), tops = json::array(), offsets = json::array();
+  if (prompt != nullptr) {
+    int64_t at = 0;
+    for (int t = 0; t < prompt->token_ids_size(); ++t) {
+      const std::string text = TokenText(c, prompt->token_ids(t));
+      texts.push_back(text);
+      const bool scored = t > 0 && t - 1 < prompt->logprobs_size();
+      lps.push_back(scored ? json(prompt->logprobs(t - 1)) : json(nullptr));
+      json top = json::object();
+      if (scored && t - 1 < prompt->top_logprobs_size()) {
+        for (const auto& alt : prompt->top_logprobs(t - 1).alternatives()) top[alt.text()] = alt.logprob();
+      }
+      tops.push_back(scored && c.top_logprobs > 0 ? top : json(nullptr));
+      offsets.push_back(at);
+      at += static_cast<int64_t>(text.size());
+    }
+  }
   for (const auto& t : tokens) {
     const std::string text = TokenText(c, t.id());
     texts.push_back(text);
@@ -70,7 +89,8 @@ const char* FinishReasonName(v1::FinishReason reason) {
 }
 
 std::string ResponseBody(const ResponseContext& c, const std::vector<v1::GenerateResponse>& results,
-                         const std::vector<std::string>& prefixes, const UsageCount& usage) {
+                         const std::vector<std::string>& prefixes, const UsageCount& usage,
+                         const std::vector<const v1::ScoreResponse*>& prompt_scores) {
   json choices = json::array();
   for (size_t i = 0; i < results.size(); ++i) {
     const v1::GenerateResponse& r = results[i];
@@ -82,7 +102,9 @@ std::string ResponseBody(const ResponseContext& c, const std::vector<v1::Generat
       choice["logprobs"] = c.logprobs ? ChatLogprobs(c, tokens) : json(nullptr);
     } else {
       choice["text"] = prefix + r.text();
-      choice["logprobs"] = c.logprobs ? CompletionLogprobs(c, tokens, static_cast<int64_t>(prefix.size())) : json(nullptr);
+      const v1::ScoreResponse* scored = i < prompt_scores.size() ? prompt_scores[i] : nullptr;
+      choice["logprobs"] =
+          c.logprobs ? CompletionLogprobs(c, tokens, static_cast<int64_t>(prefix.size()), scored) : json(nullptr);
     }
     choices.push_back(std::move(choice));
   }
@@ -93,14 +115,14 @@ std::string ResponseBody(const ResponseContext& c, const std::vector<v1::Generat
 }
 
 std::string TextChunk(const ResponseContext& c, int index, std::string_view text,
-                      const std::vector<v1::GeneratedToken>& tokens) {
+                      const std::vector<v1::GeneratedToken>& tokens, int64_t text_offset) {
   json choice = {{"index", index}, {"finish_reason", nullptr}};
   if (c.chat) {
     choice["delta"] = {{"content", std::string(text)}};
     choice["logprobs"] = c.logprobs ? ChatLogprobs(c, tokens) : json(nullptr);
   } else {
     choice["text"] = std::string(text);
-    choice["logprobs"] = c.logprobs ? CompletionLogprobs(c, tokens, 0) : json(nullptr);
+    choice["logprobs"] = c.logprobs ? CompletionLogprobs(c, tokens, text_offset) : json(nullptr);
   }
   json body = Head(c, true);
   body["choices"] = json::array({choice});

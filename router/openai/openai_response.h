@@ -32,14 +32,17 @@ struct UsageCount {
 const char* FinishReasonName(v1::FinishReason reason);
 
 // A whole (non-streamed) response: one choice per result, in index order. `prefixes[i]`, when given, goes before
-// choice i's text (echo).
+// choice i's text (echo); `prompt_scores[i]`, when given and not null, are the log-probs of its prompt's tokens
+// (<bos> first, not echoed), listed before the generated tokens'.
 std::string ResponseBody(const ResponseContext& context, const std::vector<v1::GenerateResponse>& results,
-                         const std::vector<std::string>& prefixes, const UsageCount& usage);
+                         const std::vector<std::string>& prefixes, const UsageCount& usage,
+                         const std::vector<const v1::ScoreResponse*>& prompt_scores = {});
 
 // One server-sent event for choice `index`: new text and its tokens' log-probs, or the choice's end.
 // `role_only`: a chat stream's opening chunk (delta {"role": "assistant", "content": ""}).
+// `text_offset`: where `text` starts in the choice's whole text (completions' logprobs.text_offset).
 std::string TextChunk(const ResponseContext& context, int index, std::string_view text,
-                      const std::vector<v1::GeneratedToken>& tokens);
+                      const std::vector<v1::GeneratedToken>& tokens, int64_t text_offset = 0);
 std::string RoleChunk(const ResponseContext& context, int index);
 std::string FinishChunk(const ResponseContext& context, int index, v1::FinishReason reason);
 // The last chunk when stream_options.include_usage: no choices, the usage.

@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_replace.h"
+#include "router/bounded_json.h"
 #include "router/openai/openai_request.h"
 #include "router/openai/openai_response.h"
 
@@ -36,9 +37,7 @@ class Call {
         context_(std::move(context)),
         origin_(std::move(origin)) {}
 
-  ~Call() {
-    for (auto& r : requests_) r->Cancel();
-  }
+  ~Call() { CancelAll(); }
 
   // Admits every choice; on the first refusal cancels those admitted and answers the error.
   bool Start(const RequestAdmission& admission, const std::shared_ptr<Call>& self, http::Server::Poster poster) {
@@ -54,22 +53,45 @@ class Call {
       });
     };
     const int choices = parsed_.choices();
-    done_.assign(choices, false);
+    auto refuse = [&](const absl::Status& status) {
+      admission.Reject(status, origin_);
+      ApiError e = FromStatus(status);
+      // The admission speaks the gRPC API's names; the one field whose HTTP name differs is renamed.
+      if (e.message.find("max_new_tokens") != std::string::npos) {
+        e.message = absl::StrReplaceAll(e.message, {{"max_new_tokens", "max_tokens"}});
+        e.param = "max_tokens";
+      }
+      Fail(e);
+      return false;
+    };
+    // Echo with logprobs: each prompt scored once, whatever number of choices share it.
+    for (const v1::GenerateRequest& prompt : parsed_.prompts) {
+      if (!parsed_.echo || (!parsed_.logprobs && parsed_.generates())) break;
+      v1::ScoreRequest score;
+      *score.mutable_input() = prompt.input();
+      score.set_top_logprobs(parsed_.top_logprobs);
+      auto ids = admission.ScorePrompt(*model_, score);
+      if (!ids.ok()) return refuse(ids.status());
+      prompt_tokens_.push_back(static_cast<int64_t>(ids->size()));
+      if (!parsed_.logprobs) continue;  // max_tokens 0 without logprobs: the prompt's text alone
+      auto scoring = admission.AdmitScore(*model_, std::move(*ids), parsed_.top_logprobs, origin);
+      if (!scoring.ok()) return refuse(scoring.status());
+      scores_.push_back(*scoring);
+    }
+    scored_.assign(scores_.size(), false);
+    std::vector<int32_t> prompt_ids;
     for (int i = 0; i < choices; ++i) {
       const v1::GenerateRequest request = parsed_.ForChoice(i);
-      auto active = admission.Admit(*model_, request, origin);
-      if (!active.ok()) {
-        admission.Reject(active.status(), origin_);
-        ApiError e = FromStatus(active.status());
-        // The admission speaks the gRPC API's names; the one field whose HTTP name differs is renamed.
-        if (e.message.find("max_new_tokens") != std::string::npos) {
-          e.message = absl::StrReplaceAll(e.message, {{"max_new_tokens", "max_tokens"}});
-          e.param = "max_tokens";
+      if (parsed_.generates()) {
+        if (i % parsed_.n == 0) {  // a new prompt: tokenized once for its n choices
+          auto ids = admission.PromptIds(*model_, request.input());
+          if (!ids.ok()) return refuse(ids.status());
+          prompt_ids = std::move(*ids);
         }
-        Fail(e);
-        return false;
+        auto active = admission.Admit(*model_, request, origin, &prompt_ids);
+        if (!active.ok()) return refuse(active.status());
+        requests_.push_back(*active);
       }
-      requests_.push_back(*active);
       std::string prefix;
       if (parsed_.echo) {
         if (request.input().has_text()) {
@@ -84,6 +106,9 @@ class Call {
     exchange_->OnClose([weak] {
       if (auto call = weak.lock()) call->ClientGone();
     });
+    done_.assign(requests_.size(), false);
+    for (const std::string& prefix : prefixes_) offsets_.push_back(static_cast<int64_t>(prefix.size()));
+    waiting_ = requests_.size() + scores_.size();
     if (parsed_.stream) {
       exchange_->StartStream(200, "text/event-stream");
       stream_started_ = true;
@@ -106,7 +131,9 @@ class Call {
       for (const auto& e : events) {
         if (e.has_token()) {
           if (parsed_.stream) {
-            exchange_->Send(TextChunk(context_, static_cast<int>(i), e.token().text_delta(), {e.token().token()}));
+            exchange_->Send(
+                TextChunk(context_, static_cast<int>(i), e.token().text_delta(), {e.token().token()}, offsets_[i]));
+            offsets_[i] += static_cast<int64_t>(e.token().text_delta().size());
           }
         } else if (e.has_final()) {
           // Prompt tokens once per prompt, however many choices share it (as OpenAI counts them).
@@ -117,13 +144,22 @@ class Call {
       }
       if (!done) continue;
       done_[i] = true;
-      ++ended_;
+      --waiting_;
       if (absl::Status s = requests_[i]->Wait(); !s.ok()) {
         Fail(FromStatus(s));
         return;
       }
     }
-    if (ended_ == requests_.size()) Complete();
+    for (size_t p = 0; p < scores_.size(); ++p) {
+      if (scored_[p] || !scores_[p]->WaitFor(std::chrono::milliseconds(0))) continue;
+      scored_[p] = true;
+      --waiting_;
+      if (absl::Status s = scores_[p]->Wait(); !s.ok()) {
+        Fail(FromStatus(s));
+        return;
+      }
+    }
+    if (waiting_ == 0) Complete();
   }
 
  private:
@@ -136,14 +172,29 @@ class Call {
     } else {
       std::vector<v1::GenerateResponse> results;
       for (auto& r : requests_) results.push_back(r->Response());
-      exchange_->Reply(200, kJson, ResponseBody(context_, results, prefixes_, usage_));
+      if (!parsed_.generates()) {
+        // Echo alone: the prompt, nothing generated, and its tokens counted once.
+        results.assign(parsed_.choices(), v1::GenerateResponse());
+        for (auto& r : results) r.set_finish_reason(v1::FINISH_REASON_LENGTH);
+        for (int64_t n : prompt_tokens_) usage_.prompt_tokens += n;
+      }
+      std::vector<v1::ScoreResponse> scored;
+      for (auto& s : scores_) scored.push_back(s->ScoreResult());
+      std::vector<const v1::ScoreResponse*> prompt_scores;
+      for (int i = 0; i < parsed_.choices() && !scored.empty(); ++i) prompt_scores.push_back(&scored[i / parsed_.n]);
+      exchange_->Reply(200, kJson, ResponseBody(context_, results, prefixes_, usage_, prompt_scores));
     }
     service_->Done(this);
   }
 
+  void CancelAll() {
+    for (auto& r : requests_) r->Cancel();
+    for (auto& r : scores_) r->Cancel();
+  }
+
   void Fail(const ApiError& error) {
     finished_ = true;
-    for (auto& r : requests_) r->Cancel();
+    CancelAll();
     if (stream_started_) {
       // The status line (200) is gone already: the error travels as an event, as OpenAI's streams carry them.
       exchange_->Send(ErrorChunk(error.ToJson()));
@@ -158,7 +209,7 @@ class Call {
   void ClientGone() {
     if (finished_) return;
     finished_ = true;
-    for (auto& r : requests_) r->Cancel();  // each leaves its group at the next step, freeing its KV blocks
+    CancelAll();  // each leaves its group at the next step, freeing its KV blocks
     service_->Done(this);
   }
 
@@ -168,10 +219,13 @@ class Call {
   const ParsedRequest parsed_;
   const ResponseContext context_;
   const RequestAdmission::Origin origin_;
-  std::vector<std::shared_ptr<ActiveRequest>> requests_;
+  std::vector<std::shared_ptr<ActiveRequest>> requests_;  // one per choice; none when nothing is generated
+  std::vector<std::shared_ptr<ActiveRequest>> scores_;    // one per prompt, for echo with logprobs
+  std::vector<int64_t> prompt_tokens_;                    // per prompt, when echo
   std::vector<std::string> prefixes_;
-  std::vector<bool> done_;
-  size_t ended_ = 0;
+  std::vector<bool> done_, scored_;
+  std::vector<int64_t> offsets_;  // per choice: the length of the text streamed so far
+  size_t waiting_ = 0;  // requests and scorings not yet ended
   UsageCount usage_;
   bool finished_ = false;
   bool stream_started_ = false;
@@ -243,7 +297,11 @@ void OpenAiService::Generate(std::shared_ptr<http::Exchange> exchange, bool chat
   };
   auto model = admission_->Model();
   if (!model.ok()) return answer(FromStatus(model.status()));
-  const nlohmann::json body = nlohmann::json::parse(exchange->body(), nullptr, /*allow_exceptions=*/false);
+  bool too_deep = false;
+  const nlohmann::json body = ParseBoundedJson(exchange->body(), &too_deep);
+  if (too_deep) {
+    return answer(BadField("", absl::StrCat("the request body nests deeper than ", kMaxJsonDepth, " levels")));
+  }
   if (body.is_discarded()) return answer(BadField("", "the request body is not valid JSON"));
   RequestContext rc;
   rc.chat_system_role = RequestAdmission::LimitsOf(**model).chat_system_role;

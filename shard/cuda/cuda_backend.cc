@@ -334,12 +334,17 @@ absl::Status CudaBackend::SampleOnDevice(const float* logits, int64_t R, std::sp
                                          std::vector<SampledToken>* sampled) {
   // The buffer holds as many draws as the largest step has rows; more draws (several per row) go in turns.
   const size_t per_draw = sizeof(cuda::RowSampling) + 8;
-  const size_t capacity = sampling_.buffer.bytes() / per_draw;
+  const size_t mask_words = (static_cast<size_t>(config().vocab_size) + 31) / 32;
+  bool masked = false;
+  for (const RowSample& r : samples) masked = masked || !r.allowed.empty();
+  // Masked draws go in turns the masks buffer holds (a step's sequences), the others in turns of the sampling one.
+  const size_t capacity = std::min(sampling_.buffer.bytes() / per_draw,
+                                   masked && token_masks_.fixed ? token_masks_.buffer.bytes() / (mask_words * 4)
+                                                                : SIZE_MAX);
   if (capacity == 0) return absl::InternalError("no device buffer for sampling");
   for (size_t first = 0; first < samples.size(); first += capacity) {
     const size_t n = std::min(capacity, samples.size() - first);
     std::vector<cuda::RowSampling> params(n);
-    const size_t mask_words = (static_cast<size_t>(config().vocab_size) + 31) / 32;
     uint32_t* masks = nullptr;
     for (size_t i = 0; i < n; ++i) {
       const RowSample& r = samples[first + i];

@@ -72,7 +72,8 @@ absl::Status CudaBackend::ReserveStepBuffers() {
        "prompt attention scores"},
       {&prompt_kv_, static_cast<int64_t>(limits_.max_context) * 2 * kv_dim * ab, "prompt attention keys and values"},
       {&sampling_, R * static_cast<int64_t>(sizeof(RowSampling) + 8), "sampling"},
-      {&token_masks_, R * ((static_cast<int64_t>(c.vocab_size) + 31) / 32) * 4, "structured output masks"},
+      // Masks only for the draws of one turn of SampleOnDevice, which takes at most B masked rows at a time.
+      {&token_masks_, B * ((static_cast<int64_t>(c.vocab_size) + 31) / 32) * 4, "structured output masks"},
   };
   if (act_ == Dtype::kBf16) wants.push_back({&prompt_qkv_, T * qkv_ld * 2, "prompt attention inputs"});
   if (tp.world > 1) {
