@@ -241,6 +241,14 @@ TEST_F(OpenAiHttpTest, ErrorsHaveOpenAisShapeAndStatus) {
   EXPECT_EQ(Call(http_port_, "GET", "/v1/completions").status, 405);
 }
 
+TEST_F(OpenAiHttpTest, ChatWithoutMaxTokensGeneratesUpToTheDefault) {
+  const HttpReply r = Post("/v1/chat/completions", {{"model", "tiny"}, {"messages", {{{"role", "user"}, {"content", "x"}}}},
+                                                    {"temperature", 0}, {"stop", "\x01"}});
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_GT(Body(r)["usage"]["completion_tokens"].get<int>(), 0) << r.body;
+  EXPECT_GT(Body(r)["usage"]["prompt_tokens"].get<int>(), 0) << r.body;
+}
+
 TEST_F(OpenAiHttpTest, ModelsAndHealth) {
   const HttpReply models = Call(http_port_, "GET", "/v1/models");
   ASSERT_EQ(models.status, 200);

@@ -252,6 +252,7 @@ ParseResult ParseCompletionRequest(const json& body, const RequestContext& conte
   out.echo = r.Bool("echo").value_or(false);
   if (r.failed()) return r.error();
   if (max_tokens == 0 && !out.echo) return BadField("max_tokens", "'max_tokens' 0 needs 'echo': true; allowed: 1..");
+  out.generate = max_tokens > 0;
   if (out.echo && out.logprobs && out.stream) {
     return BadField("echo", "'echo' with 'logprobs' (the prompt's log-probs) is not supported with 'stream': true");
   }

@@ -34,8 +34,9 @@ struct ParsedRequest {
   bool echo = false;           // completions: the prompt's text (and with logprobs, its log-probs) first
   bool logprobs = false;       // return each token's log-prob
   int top_logprobs = 0;
-  // Completions with echo and max_tokens 0: the prompt alone, nothing generated.
-  bool generates() const { return prompts.empty() || prompts[0].parameters().max_new_tokens() > 0; }
+  // False for completions with echo and max_tokens 0: the prompt alone, nothing generated.
+  bool generate = true;
+  bool generates() const { return generate; }
   // Total choices: prompts × n.
   int choices() const { return static_cast<int>(prompts.size()) * n; }
   // The request for choice `index`: its prompt's, with its own seed when one was given (seed + choice).

@@ -54,6 +54,11 @@ TEST(OpenAiRequestTest, OpenAiDefaults) {
   EXPECT_FALSE(p.prompts[0].parameters().has_seed());
   const auto c = Ok(ParseChatRequest(json::parse(R"({"model": "m", "messages": [{"role": "user", "content": "x"}]})"), {}));
   EXPECT_EQ(c.prompts[0].parameters().max_new_tokens(), 0) << "chat: the router's default";
+  EXPECT_TRUE(c.generates());
+  EXPECT_TRUE(p.generates());
+  const auto echo_only =
+      Ok(ParseCompletionRequest(json::parse(R"({"model": "m", "prompt": "x", "echo": true, "max_tokens": 0})"), {}));
+  EXPECT_FALSE(echo_only.generates());
 }
 
 TEST(OpenAiRequestTest, PromptShapes) {
