@@ -30,6 +30,11 @@ def status(pid):
     return int(fields["VmRSS"].split()[0]) * 1024, int(fields["Threads"])
 
 
+def cpu_seconds(pid):
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def free_port():
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
@@ -70,7 +75,9 @@ def main():
             if s.recv(64).startswith(b"HTTP/1.1 200"):
                 heads += 1
         opened = time.time() - start
-        time.sleep(2)
+        cpu0 = cpu_seconds(router)
+        time.sleep(5)
+        cpu_holding = (cpu_seconds(router) - cpu0) / 5
         rss1, threads1 = status(router)
         held = sum(1 for s in conns if s.fileno() >= 0)
         for s in conns:
@@ -80,7 +87,8 @@ def main():
         result = {"streams": n, "answered_200": heads, "held": held, "seconds_to_open": round(opened, 2),
                   "router_rss_bytes": {"before": rss0, "holding": rss1, "after_close": rss2},
                   "router_rss_per_stream_bytes": round((rss1 - rss0) / n),
-                  "router_threads": {"before": threads0, "holding": threads1, "after_close": threads2}}
+                  "router_threads": {"before": threads0, "holding": threads1, "after_close": threads2},
+                  "router_cpu_share_while_holding": round(cpu_holding, 3)}
         json.dump(result, open(out, "w"), indent=2)
         print(json.dumps(result, indent=2))
         if heads != n or threads1 > threads0 + 4:

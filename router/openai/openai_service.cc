@@ -129,6 +129,7 @@ class Call {
       bool done = false;
       std::vector<v1::GenerateStreamResponse> events = requests_[i]->TakeReady(&done);
       for (const auto& e : events) {
+        if (finished_) return;  // the client left while this pump was sending
         if (e.has_token()) {
           if (parsed_.stream) {
             exchange_->Send(
