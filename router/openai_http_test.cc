@@ -216,6 +216,19 @@ TEST_F(OpenAiHttpTest, EchoWithLogprobsScoresThePrompt) {
   EXPECT_NEAR(m["token_logprobs"][1].get<double>(), expected.logprobs(0), 1e-6);
   EXPECT_EQ(Post("/v1/completions", {{"model", "tiny"}, {"prompt", "x"}, {"max_tokens", 0}}).status, 400)
       << "max_tokens 0 without echo";
+  // One token: nothing to score, its log-prob null; echo alone counts the prompt.
+  const HttpReply one = Post("/v1/completions", {{"model", "tiny"}, {"prompt", {7}}, {"max_tokens", 0}, {"echo", true},
+                                                 {"logprobs", 2}});
+  ASSERT_EQ(one.status, 200) << one.body;
+  const json one_body = Body(one);
+  ASSERT_EQ(one_body["choices"][0]["logprobs"]["token_logprobs"].size(), 1u) << one.body;
+  EXPECT_TRUE(one_body["choices"][0]["logprobs"]["token_logprobs"][0].is_null());
+  EXPECT_EQ(one_body["usage"]["prompt_tokens"], 1);
+  const HttpReply plain = Post("/v1/completions", {{"model", "tiny"}, {"prompt", {{2, 7, 9}, {2, 8}}}, {"max_tokens", 0},
+                                                   {"echo", true}});
+  ASSERT_EQ(plain.status, 200) << plain.body;
+  EXPECT_EQ(Body(plain)["usage"]["prompt_tokens"], 5);
+  EXPECT_TRUE(Body(plain)["choices"][0]["logprobs"].is_null());
 }
 
 TEST_F(OpenAiHttpTest, ErrorsHaveOpenAisShapeAndStatus) {

@@ -85,8 +85,8 @@ absl::StatusOr<std::shared_ptr<ActiveRequest>> RequestAdmission::Submit(const Se
   options.protocol = std::move(origin.protocol);
   options.endpoint = std::move(origin.endpoint);
   options.notify = std::move(origin.notify);
-  auto active =
-      std::make_shared<ActiveRequest>(groups_->NewRequestId(), std::move(options), model.tokenizer.get(), metrics_);
+  auto active = std::make_shared<ActiveRequest>(groups_->NewRequestId(), std::move(options), model.tokenizer.get(),
+                                               origin.counted ? metrics_ : nullptr);
   RETURN_IF_ERROR(groups_->Submit(active));
   return active;
 }
@@ -96,7 +96,7 @@ absl::StatusOr<std::vector<int32_t>> RequestAdmission::ScorePrompt(const ServedM
   const ModelLimits model_limits = LimitsOf(model);
   RETURN_IF_ERROR(ValidateScoreRequest(request, limits_, model_limits));
   ASSIGN_OR_RETURN(std::vector<int32_t> prompt, PromptIds(model, request.input()));
-  RETURN_IF_ERROR(ValidateScoreLength(static_cast<int32_t>(prompt.size()), limits_, model_limits));
+  RETURN_IF_ERROR(gemma::ValidateScoreLength(static_cast<int32_t>(prompt.size()), limits_, model_limits));
   return prompt;
 }
 

@@ -42,6 +42,7 @@ class RequestAdmission {
     std::string protocol = "grpc";
     std::string endpoint;
     std::function<void()> notify;
+    bool counted = true;  // false: a part of another request (echo's prompt scoring), not counted on its own
   };
   // Validated, tokenized and handed to a group; the status to answer with otherwise (not counted: see Reject).
   // `prompt_ids`, when given, are the request's input already tokenized (PromptIds): choices of one prompt share
@@ -49,6 +50,15 @@ class RequestAdmission {
   absl::StatusOr<std::shared_ptr<ActiveRequest>> Admit(const ServedModel& model, const v1::GenerateRequest& request,
                                                        Origin origin,
                                                        const std::vector<int32_t>* prompt_ids = nullptr) const;
+  // The checks Admit makes before tokenizing (ranges, stop sequences, roles), for a request that is answered
+  // without generating (an echo of its prompt).
+  absl::Status Validate(const ServedModel& model, const v1::GenerateRequest& request) const {
+    return ValidateGenerateRequest(request, limits_, LimitsOf(model));
+  }
+  // A scored input's length: at least two tokens, within the context.
+  absl::Status ValidateScoreLength(const ServedModel& model, int32_t tokens) const {
+    return gemma::ValidateScoreLength(tokens, limits_, LimitsOf(model));
+  }
   // A Score request validated and tokenized (not yet submitted): the ids to score.
   absl::StatusOr<std::vector<int32_t>> ScorePrompt(const ServedModel& model, const v1::ScoreRequest& request) const;
   // Hands the scoring of `prompt` (from ScorePrompt) to a group.

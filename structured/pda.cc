@@ -44,13 +44,21 @@ Pda::Pda(const CompiledGrammar* grammar) : grammar_(grammar) {
   const auto& nodes = grammar_->nodes;
   leaves_.resize(nodes.size());
   all_keys_.resize(nodes.size());
+  std::vector<char> expanded(nodes.size(), 0);
+  std::vector<int32_t> touched;
   for (size_t n = 0; n < nodes.size(); ++n) {
-    // anyOf graphs are acyclic (the compiler checks), so this terminates.
+    // anyOf graphs are acyclic (the compiler checks), so this terminates; each anyOf node is expanded once, since
+    // refs can share one among exponentially many paths.
+    for (int32_t t : touched) expanded[t] = 0;
+    touched.clear();
     std::vector<int32_t> todo = {static_cast<int32_t>(n)};
     while (!todo.empty()) {
       const int32_t m = todo.back();
       todo.pop_back();
       if (nodes[m].kind == NodeKind::kAnyOf) {
+        if (expanded[m]) continue;
+        expanded[m] = 1;
+        touched.push_back(m);
         todo.insert(todo.end(), nodes[m].branches.rbegin(), nodes[m].branches.rend());
       } else if (std::find(leaves_[n].begin(), leaves_[n].end(), m) == leaves_[n].end()) {
         leaves_[n].push_back(m);

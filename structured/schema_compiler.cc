@@ -54,6 +54,12 @@ class Compiler {
   }
 
   absl::StatusOr<CompiledGrammar> Finish(int32_t root) {
+    // Every later pass (cycle check, the matcher's expansion of anyOf) is at worst quadratic in the nodes: a schema
+    // is refused before it could make them slow.
+    if (nodes_.size() > kMaxNodes) {
+      return Invalid("", absl::StrCat("the schema compiles to ", nodes_.size(), " nodes; allowed: at most ", kMaxNodes,
+                                      " (fewer properties, definitions or alternatives)"));
+    }
     RETURN_IF_ERROR(CheckAliasCycles());
     for (const auto& [node, pointer] : one_ofs_) RETURN_IF_ERROR(CheckDisjoint(node, pointer));
     CompiledGrammar g;
@@ -96,7 +102,8 @@ class Compiler {
     return compiled;
   }
 
-  static constexpr int kMaxSchemaDepth = 32;
+  static constexpr int kMaxSchemaDepth = 64;
+  static constexpr size_t kMaxNodes = 4096;
   int depth_ = 0;
 
   absl::StatusOr<int32_t> CompileNode(const json& s, const std::string& ptr) {
@@ -319,13 +326,17 @@ class Compiler {
     return absl::OkStatus();
   }
 
-  // The non-anyOf nodes reachable from `n` through anyOf edges.
-  void Leaves(int32_t n, std::set<int32_t>* out) {
+  // The non-anyOf nodes reachable from `n` through anyOf edges (each node expanded once: refs can make a DAG whose
+  // paths are exponentially many).
+  void Leaves(int32_t n, std::set<int32_t>* out, std::set<int32_t>* expanded = nullptr) {
+    std::set<int32_t> local;
+    if (expanded == nullptr) expanded = &local;
     if (nodes_[n].kind != NodeKind::kAnyOf) {
       out->insert(n);
       return;
     }
-    for (int32_t b : nodes_[n].branches) Leaves(b, out);
+    if (!expanded->insert(n).second) return;
+    for (int32_t b : nodes_[n].branches) Leaves(b, out, expanded);
   }
 
   // The first bytes of the values a leaf node accepts, and (for literals) the values themselves.

@@ -1,4 +1,5 @@
 // Schemas outside the supported subset, and malformed ones, are clear InvalidArgument errors.
+#include <chrono>
 #include <string>
 
 #include "gtest/gtest.h"
@@ -95,6 +96,40 @@ TEST(SchemaTest, SupportedSchemasCompile) {
        }) {
     EXPECT_TRUE(Compile(s).ok()) << s << " -> " << Compile(s);
   }
+}
+
+}  // namespace
+}  // namespace gemma::structured
+
+namespace gemma::structured {
+namespace {
+
+// Refs make a DAG whose paths can be exponentially many: 28 levels of anyOf over the level below, twice (2^28
+// paths), compile and match at once; nesting past the depth cap and schemas past the node cap are refused, never a
+// stack overflow or a hang.
+TEST(SchemaTest, PathologicalSchemasAreFastOrRefused) {
+  json defs = json::object();
+  defs["d0"] = {{"type", "integer"}};
+  for (int i = 1; i <= 28; ++i) {
+    const std::string below = "#/$defs/d" + std::to_string(i - 1);
+    defs["d" + std::to_string(i)] = {{"anyOf", {{{"$ref", below}}, {{"$ref", below}}}}};
+  }
+  const json dag = {{"$defs", defs}, {"$ref", "#/$defs/d28"}};
+  const auto start = std::chrono::steady_clock::now();
+  EXPECT_TRUE(Compile(dag.dump()).ok()) << Compile(dag.dump());
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(2));
+
+  json deep = {{"type", "integer"}};
+  for (int i = 0; i < 70; ++i) deep = {{"type", "array"}, {"items", deep}};
+  const absl::Status too_deep = Compile(deep.dump());
+  EXPECT_FALSE(too_deep.ok());
+  EXPECT_NE(too_deep.message().find("nests deeper"), std::string::npos) << too_deep;
+
+  json many = json::array();
+  for (int i = 0; i < 5000; ++i) many.push_back({{"const", i}});
+  const absl::Status too_big = Compile(json{{"anyOf", many}}.dump());
+  EXPECT_FALSE(too_big.ok());
+  EXPECT_NE(too_big.message().find("nodes"), std::string::npos) << too_big;
 }
 
 }  // namespace

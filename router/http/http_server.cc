@@ -287,6 +287,12 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options, Han
       impl.http,
       [](evhttp_request* request, void* arg) {
         auto* s = static_cast<Server*>(arg);
+        if (s->stopping_) {
+          // A kept-alive connection's request during the last flush: answered here, the connection closed.
+          evhttp_add_header(evhttp_request_get_output_headers(request), "Connection", "close");
+          evhttp_send_reply(request, 503, "Service Unavailable", nullptr);
+          return;
+        }
         auto exchange = std::make_shared<Exchange>(s, request);
         if (evhttp_connection* c = evhttp_request_get_connection(request)) {
           // While the request waits for its answer the client has nothing to send: only a reply it does not read
@@ -362,8 +368,12 @@ Server::~Server() {
         for (auto& fn : s->impl_->mailbox->Take()) fn();
         s->impl_->mailbox->Close();
         evhttp_del_accept_socket(s->impl_->http, s->impl_->bound);
+        s->stopping_ = true;
         const std::vector<Exchange*> open(s->open_.begin(), s->open_.end());
         for (Exchange* e : open) {
+          if (e->request_ != nullptr) {
+            evhttp_add_header(evhttp_request_get_output_headers(e->request_), "Connection", "close");
+          }
           if (e->state_ == Exchange::State::kNew) {
             e->Reply(503, "application/json",
                      R"({"error":{"message":"the server is stopping; retry","type":"service_unavailable","param":null,"code":null}})");

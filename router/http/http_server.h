@@ -119,6 +119,7 @@ class Server {
   std::unique_ptr<Impl> impl_;
   int port_ = 0;
   absl::flat_hash_set<Exchange*> open_;  // loop thread only
+  bool stopping_ = false;                 // loop thread only: requests are answered 503 without the handler
 };
 
 }  // namespace gemma::http

@@ -253,6 +253,9 @@ ParseResult ParseCompletionRequest(const json& body, const RequestContext& conte
   if (r.failed()) return r.error();
   if (max_tokens == 0 && !out.echo) return BadField("max_tokens", "'max_tokens' 0 needs 'echo': true; allowed: 1..");
   out.generate = max_tokens > 0;
+  if (!out.generate && p.has_response_format()) {
+    return BadField("response_format", "'response_format' constrains generated text; with 'max_tokens' 0 there is none");
+  }
   if (out.echo && out.logprobs && out.stream) {
     return BadField("echo", "'echo' with 'logprobs' (the prompt's log-probs) is not supported with 'stream': true");
   }

@@ -32,8 +32,8 @@ struct UsageCount {
 const char* FinishReasonName(v1::FinishReason reason);
 
 // A whole (non-streamed) response: one choice per result, in index order. `prefixes[i]`, when given, goes before
-// choice i's text (echo); `prompt_scores[i]`, when given and not null, are the log-probs of its prompt's tokens
-// (<bos> first, not echoed), listed before the generated tokens'.
+// choice i's text (echo); `prompt_scores[i]`, when given and not null, lists its prompt's tokens (<bos> included, as
+// "" text) before the generated ones, each with its log-prob given the tokens before it (null for the first).
 std::string ResponseBody(const ResponseContext& context, const std::vector<v1::GenerateResponse>& results,
                          const std::vector<std::string>& prefixes, const UsageCount& usage,
                          const std::vector<const v1::ScoreResponse*>& prompt_scores = {});

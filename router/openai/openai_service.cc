@@ -64,21 +64,31 @@ class Call {
       Fail(e);
       return false;
     };
-    // Echo with logprobs: each prompt scored once, whatever number of choices share it.
+    // Echo with logprobs: each prompt scored once, whatever number of choices share it; a prompt of one token has
+    // nothing to score (its token's log-prob is null).
     for (const v1::GenerateRequest& prompt : parsed_.prompts) {
       if (!parsed_.echo || (!parsed_.logprobs && parsed_.generates())) break;
-      v1::ScoreRequest score;
-      *score.mutable_input() = prompt.input();
-      score.set_top_logprobs(parsed_.top_logprobs);
-      auto ids = admission.ScorePrompt(*model_, score);
+      if (!parsed_.generates()) {
+        if (absl::Status s = admission.Validate(*model_, prompt); !s.ok()) return refuse(s);
+      }
+      auto ids = admission.PromptIds(*model_, prompt.input());
       if (!ids.ok()) return refuse(ids.status());
       prompt_tokens_.push_back(static_cast<int64_t>(ids->size()));
-      if (!parsed_.logprobs) continue;  // max_tokens 0 without logprobs: the prompt's text alone
-      auto scoring = admission.AdmitScore(*model_, std::move(*ids), parsed_.top_logprobs, origin);
+      v1::ScoreResponse unscored;
+      unscored.mutable_token_ids()->Add(ids->begin(), ids->end());
+      prompt_scores_.push_back(std::move(unscored));
+      scores_.push_back(nullptr);
+      if (!parsed_.logprobs || ids->size() < 2) continue;  // echo alone, or nothing to score
+      if (absl::Status s = admission.ValidateScoreLength(*model_, static_cast<int32_t>(ids->size())); !s.ok()) {
+        return refuse(s);
+      }
+      RequestAdmission::Origin part = origin;
+      part.counted = false;  // counted with the request it belongs to
+      auto scoring = admission.AdmitScore(*model_, std::move(*ids), parsed_.top_logprobs, part);
       if (!scoring.ok()) return refuse(scoring.status());
-      scores_.push_back(*scoring);
+      scores_.back() = *scoring;
     }
-    scored_.assign(scores_.size(), false);
+    for (const auto& s : scores_) scored_.push_back(s == nullptr);
     std::vector<int32_t> prompt_ids;
     for (int i = 0; i < choices; ++i) {
       const v1::GenerateRequest request = parsed_.ForChoice(i);
@@ -108,7 +118,8 @@ class Call {
     });
     done_.assign(requests_.size(), false);
     for (const std::string& prefix : prefixes_) offsets_.push_back(static_cast<int64_t>(prefix.size()));
-    waiting_ = requests_.size() + scores_.size();
+    waiting_ = requests_.size();
+    for (const auto& s : scores_) waiting_ += s != nullptr;
     if (parsed_.stream) {
       exchange_->StartStream(200, "text/event-stream");
       stream_started_ = true;
@@ -159,12 +170,14 @@ class Call {
         Fail(FromStatus(s));
         return;
       }
+      prompt_scores_[p] = scores_[p]->ScoreResult();
     }
-    if (waiting_ == 0) Complete();
+    if (waiting_ == 0 && !finished_) Complete();
   }
 
  private:
   void Complete() {
+    if (finished_) return;
     finished_ = true;
     if (parsed_.stream) {
       if (parsed_.include_usage) exchange_->Send(UsageChunk(context_, usage_));
@@ -179,10 +192,10 @@ class Call {
         for (auto& r : results) r.set_finish_reason(v1::FINISH_REASON_LENGTH);
         for (int64_t n : prompt_tokens_) usage_.prompt_tokens += n;
       }
-      std::vector<v1::ScoreResponse> scored;
-      for (auto& s : scores_) scored.push_back(s->ScoreResult());
       std::vector<const v1::ScoreResponse*> prompt_scores;
-      for (int i = 0; i < parsed_.choices() && !scored.empty(); ++i) prompt_scores.push_back(&scored[i / parsed_.n]);
+      for (int i = 0; i < parsed_.choices() && parsed_.logprobs && !prompt_scores_.empty(); ++i) {
+        prompt_scores.push_back(&prompt_scores_[i / parsed_.n]);
+      }
       exchange_->Reply(200, kJson, ResponseBody(context_, results, prefixes_, usage_, prompt_scores));
     }
     service_->Done(this);
@@ -190,10 +203,13 @@ class Call {
 
   void CancelAll() {
     for (auto& r : requests_) r->Cancel();
-    for (auto& r : scores_) r->Cancel();
+    for (auto& r : scores_) {
+      if (r != nullptr) r->Cancel();
+    }
   }
 
   void Fail(const ApiError& error) {
+    if (finished_) return;
     finished_ = true;
     CancelAll();
     if (stream_started_) {
@@ -221,7 +237,8 @@ class Call {
   const ResponseContext context_;
   const RequestAdmission::Origin origin_;
   std::vector<std::shared_ptr<ActiveRequest>> requests_;  // one per choice; none when nothing is generated
-  std::vector<std::shared_ptr<ActiveRequest>> scores_;    // one per prompt, for echo with logprobs
+  std::vector<std::shared_ptr<ActiveRequest>> scores_;    // per prompt, for echo with logprobs; null: none to run
+  std::vector<v1::ScoreResponse> prompt_scores_;          // per prompt, when echo: its ids, then their log-probs
   std::vector<int64_t> prompt_tokens_;                    // per prompt, when echo
   std::vector<std::string> prefixes_;
   std::vector<bool> done_, scored_;
