@@ -31,6 +31,12 @@ class StructuredOutput {
   // first structured request; an error is kept for the requests that need it.
   void Prepare() ABSL_LOCKS_EXCLUDED(mu_);
 
+  // The vocabulary's bytes per token (null before Prepare, or if it failed): what logprobs report as token text.
+  std::shared_ptr<const structured::Vocabulary> vocabulary() const ABSL_LOCKS_EXCLUDED(mu_) {
+    absl::MutexLock lock(&mu_);
+    return vocabulary_;
+  }
+
   // Null for free text (no format, or type "text"). InvalidArgument naming the field, or the schema keyword and
   // where it is, for a format outside what is supported. `end_ids` end the output once the value is complete.
   absl::StatusOr<std::shared_ptr<TokenConstraint>> ConstraintFor(const v1::ResponseFormat& format,
@@ -44,7 +50,7 @@ class StructuredOutput {
 
   const Tokenizer* tokenizer_;
   const int model_vocab_;
-  absl::Mutex mu_;
+  mutable absl::Mutex mu_;
   std::shared_ptr<const structured::Vocabulary> vocabulary_ ABSL_GUARDED_BY(mu_);  // built at the first use
   // Most recently used first; bounded (each grammar holds its own mask cache).
   std::list<std::pair<std::string, std::shared_ptr<structured::Grammar>>> grammars_ ABSL_GUARDED_BY(mu_);

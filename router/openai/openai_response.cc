@@ -2,6 +2,9 @@
 
 #include <nlohmann/json.hpp>
 
+#include "absl/strings/str_format.h"
+#include "tokenizer/utf8.h"
+
 namespace gemma::openai {
 namespace {
 
@@ -11,9 +14,26 @@ std::string Dump(const json& j) { return j.dump(-1, ' ', false, json::error_hand
 
 std::string Event(const json& j) { return "data: " + Dump(j) + "\n\n"; }
 
+// A token as OpenAI lists it: its own bytes (" the", with the space its piece carries); a byte that is not UTF-8 on
+// its own as "bytes:\\xNN", as OpenAI writes them; special tokens as decoded alone ("").
 std::string TokenText(const ResponseContext& c, int32_t id) {
-  auto t = c.tokenizer->Decode(std::vector<int32_t>{id});
-  return t.ok() ? *t : "";
+  const std::string* bytes =
+      c.vocabulary != nullptr && id >= 0 && id < c.vocabulary->size() ? c.vocabulary->bytes(id) : nullptr;
+  if (bytes == nullptr) {
+    auto t = c.tokenizer->Decode(std::vector<int32_t>{id});
+    return t.ok() ? *t : "";
+  }
+  if (IsValidUtf8(*bytes)) return *bytes;
+  std::string escaped = "bytes:";
+  for (unsigned char b : *bytes) escaped += absl::StrFormat("\\x%02x", b);
+  return escaped;
+}
+
+// The bytes OpenAI's chat logprobs list: the token's own when known.
+std::string TokenBytes(const ResponseContext& c, int32_t id, const std::string& text) {
+  const std::string* bytes =
+      c.vocabulary != nullptr && id >= 0 && id < c.vocabulary->size() ? c.vocabulary->bytes(id) : nullptr;
+  return bytes != nullptr ? *bytes : text;
 }
 
 json Bytes(const std::string& s) {
@@ -29,9 +49,11 @@ json ChatLogprobs(const ResponseContext& c, const std::vector<v1::GeneratedToken
     const std::string text = TokenText(c, t.id());
     json top = json::array();
     for (const auto& alt : t.top_logprobs()) {
-      top.push_back({{"token", alt.text()}, {"logprob", alt.logprob()}, {"bytes", Bytes(alt.text())}});
+      const std::string alt_text = TokenText(c, alt.id());
+      top.push_back({{"token", alt_text}, {"logprob", alt.logprob()}, {"bytes", Bytes(TokenBytes(c, alt.id(), alt_text))}});
     }
-    content.push_back({{"token", text}, {"logprob", t.logprob()}, {"bytes", Bytes(text)}, {"top_logprobs", top}});
+    content.push_back(
+        {{"token", text}, {"logprob", t.logprob()}, {"bytes", Bytes(TokenBytes(c, t.id(), text))}, {"top_logprobs", top}});
   }
   return {{"content", content}};
 }
@@ -51,11 +73,11 @@ json CompletionLogprobs(const ResponseContext& c, const std::vector<v1::Generate
       lps.push_back(scored ? json(prompt->logprobs(t - 1)) : json(nullptr));
       json top = json::object();
       if (scored && t - 1 < prompt->top_logprobs_size()) {
-        for (const auto& alt : prompt->top_logprobs(t - 1).alternatives()) top[alt.text()] = alt.logprob();
+        for (const auto& alt : prompt->top_logprobs(t - 1).alternatives()) top[TokenText(c, alt.id())] = alt.logprob();
       }
       tops.push_back(scored && c.top_logprobs > 0 ? top : json(nullptr));
       offsets.push_back(at);
-      at += static_cast<int64_t>(text.size());
+      at += static_cast<int64_t>(TokenBytes(c, prompt->token_ids(t), text).size());
     }
   }
   for (const auto& t : tokens) {
@@ -63,10 +85,10 @@ json CompletionLogprobs(const ResponseContext& c, const std::vector<v1::Generate
     texts.push_back(text);
     lps.push_back(t.logprob());
     json top = json::object();
-    for (const auto& alt : t.top_logprobs()) top[alt.text()] = alt.logprob();
+    for (const auto& alt : t.top_logprobs()) top[TokenText(c, alt.id())] = alt.logprob();
     tops.push_back(c.top_logprobs > 0 ? top : json(nullptr));
     offsets.push_back(offset);
-    offset += static_cast<int64_t>(text.size());
+    offset += static_cast<int64_t>(TokenBytes(c, t.id(), text).size());
   }
   return {{"tokens", texts}, {"token_logprobs", lps}, {"top_logprobs", tops}, {"text_offset", offsets}};
 }

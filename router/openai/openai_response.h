@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "gemma/v1/gemma.pb.h"
+#include "structured/vocabulary.h"
 #include "tokenizer/tokenizer.h"
 
 namespace gemma::openai {
@@ -21,6 +22,8 @@ struct ResponseContext {
   bool logprobs = false;
   int top_logprobs = 0;
   const Tokenizer* tokenizer = nullptr;
+  // Each token's own bytes; null: tokens are shown as decoded alone.
+  std::shared_ptr<const structured::Vocabulary> vocabulary;
 };
 
 struct UsageCount {

@@ -345,6 +345,7 @@ void OpenAiService::Generate(std::shared_ptr<http::Exchange> exchange, bool chat
   context.logprobs = request.logprobs;
   context.top_logprobs = request.top_logprobs;
   context.tokenizer = (*model)->tokenizer.get();
+  context.vocabulary = (*model)->structured_output->vocabulary();
   http::Server::Poster poster = exchange->server().poster();
   auto call = std::make_shared<Call>(this, *model, exchange, std::move(request), std::move(context), origin);
   calls_[call.get()] = call;
