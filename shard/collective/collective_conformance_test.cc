@@ -11,6 +11,7 @@
 #include <chrono>
 #include <cstring>
 #include <filesystem>
+#include <random>
 #include <functional>
 #include <memory>
 #include <string>
@@ -152,9 +153,12 @@ struct Kind {
 };
 void PrintTo(const Kind& k, std::ostream* os) { *os << k.name << "_x" << k.world; }
 
+// Each test runs in a process of its own, and pids come back: a random part keeps a group's rendezvous files from
+// meeting those an earlier process left behind.
 std::string Unique(const std::string& what) {
   static std::atomic<int> n{0};
-  return absl::StrCat(what, "_", ::getpid(), "_", n++);
+  static const uint64_t salt = (static_cast<uint64_t>(std::random_device{}()) << 32) ^ std::random_device{}();
+  return absl::StrCat(what, "_", ::getpid(), "_", salt, "_", n++);
 }
 
 absl::StatusOr<std::unique_ptr<Member>> Host(absl::StatusOr<std::unique_ptr<HostCollective>> c) {

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <numeric>
+#include <random>
 #include <string>
 #include <thread>
 #include <vector>
@@ -75,7 +76,9 @@ TEST_P(TensorParallelCpuTest, AGroupGivesTheLogitsOfOneRank) {
   std::vector<float> one;
   ASSERT_TRUE(RunRank(ckpt, 0, 1, "", prompt, &one).ok());
   static int groups = 0;
-  const std::string group = absl::StrCat("tp_cpu_", ::getpid(), "_", groups++);
+  // Pids come back across the suite's processes: a random part keeps this group's name its own.
+  static const uint32_t salt = std::random_device{}();
+  const std::string group = absl::StrCat("tp_cpu_", ::getpid(), "_", salt, "_", groups++);
   std::vector<std::vector<float>> logits(c.world);
   std::vector<absl::Status> status(c.world);
   std::vector<std::thread> ranks;
