@@ -14,11 +14,15 @@ std::string Dump(const json& j) { return j.dump(-1, ' ', false, json::error_hand
 
 std::string Event(const json& j) { return "data: " + Dump(j) + "\n\n"; }
 
+// The token's own bytes; null for a special token or without a vocabulary.
+const std::string* OwnBytes(const ResponseContext& c, int32_t id) {
+  return c.vocabulary != nullptr && id >= 0 && id < c.vocabulary->size() ? c.vocabulary->bytes(id) : nullptr;
+}
+
 // A token as OpenAI lists it: its own bytes (" the", with the space its piece carries); a byte that is not UTF-8 on
 // its own as "bytes:\\xNN", as OpenAI writes them; special tokens as decoded alone ("").
 std::string TokenText(const ResponseContext& c, int32_t id) {
-  const std::string* bytes =
-      c.vocabulary != nullptr && id >= 0 && id < c.vocabulary->size() ? c.vocabulary->bytes(id) : nullptr;
+  const std::string* bytes = OwnBytes(c, id);
   if (bytes == nullptr) {
     auto t = c.tokenizer->Decode(std::vector<int32_t>{id});
     return t.ok() ? *t : "";
@@ -31,8 +35,7 @@ std::string TokenText(const ResponseContext& c, int32_t id) {
 
 // The bytes OpenAI's chat logprobs list: the token's own when known.
 std::string TokenBytes(const ResponseContext& c, int32_t id, const std::string& text) {
-  const std::string* bytes =
-      c.vocabulary != nullptr && id >= 0 && id < c.vocabulary->size() ? c.vocabulary->bytes(id) : nullptr;
+  const std::string* bytes = OwnBytes(c, id);
   return bytes != nullptr ? *bytes : text;
 }
 

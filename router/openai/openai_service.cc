@@ -261,11 +261,8 @@ std::string OpenAiService::ModelName(const ServedModel& model) const {
 void OpenAiService::Handle(std::shared_ptr<http::Exchange> exchange) {
   const std::string path(exchange->path());
   const std::string method(exchange->method());
-  RequestAdmission::Origin origin{.protocol = "http", .endpoint = path};
-  auto answer = [&](const ApiError& e) {
-    admission_->Reject(absl::Status(CodeOf(e), e.message), origin);
-    exchange->Reply(e.http_status, kJson, e.ToJson());
-  };
+  const RequestAdmission::Origin origin{.protocol = "http", .endpoint = path};
+  auto answer = [&](const ApiError& e) { Refuse(*exchange, e, origin); };
   const bool generate = path == "/v1/completions" || path == "/v1/chat/completions";
   if (path == "/health") {
     // Unauthenticated, for load balancers and probes: 200 while some group serves.
@@ -295,7 +292,13 @@ void OpenAiService::Handle(std::shared_ptr<http::Exchange> exchange) {
   auto model = admission_->Model();
   if (!model.ok()) return answer(FromStatus(model.status()));
   if (!generate) return Models(*exchange, **model);
-  Generate(std::move(exchange), path == "/v1/chat/completions");
+  Generate(std::move(exchange), path == "/v1/chat/completions", *model, origin);
+}
+
+void OpenAiService::Refuse(http::Exchange& exchange, const ApiError& error,
+                           const RequestAdmission::Origin& origin) const {
+  admission_->Reject(absl::Status(CodeOf(error), error.message), origin);
+  exchange.Reply(error.http_status, kJson, error.ToJson());
 }
 
 void OpenAiService::Models(http::Exchange& exchange, const ServedModel& model) {
@@ -307,14 +310,9 @@ void OpenAiService::Models(http::Exchange& exchange, const ServedModel& model) {
   exchange.Reply(200, kJson, nlohmann::json{{"object", "list"}, {"data", nlohmann::json::array({m})}}.dump());
 }
 
-void OpenAiService::Generate(std::shared_ptr<http::Exchange> exchange, bool chat) {
-  RequestAdmission::Origin origin{.protocol = "http", .endpoint = std::string(exchange->path())};
-  auto answer = [&](const ApiError& e) {
-    admission_->Reject(absl::Status(CodeOf(e), e.message), origin);
-    exchange->Reply(e.http_status, kJson, e.ToJson());
-  };
-  auto model = admission_->Model();
-  if (!model.ok()) return answer(FromStatus(model.status()));
+void OpenAiService::Generate(std::shared_ptr<http::Exchange> exchange, bool chat,
+                             std::shared_ptr<const ServedModel> model, const RequestAdmission::Origin& origin) {
+  auto answer = [&](const ApiError& e) { Refuse(*exchange, e, origin); };
   bool too_deep = false;
   const nlohmann::json body = ParseBoundedJson(exchange->body(), &too_deep);
   if (too_deep) {
@@ -322,14 +320,14 @@ void OpenAiService::Generate(std::shared_ptr<http::Exchange> exchange, bool chat
   }
   if (body.is_discarded()) return answer(BadField("", "the request body is not valid JSON"));
   RequestContext rc;
-  rc.chat_system_role = RequestAdmission::LimitsOf(**model).chat_system_role;
+  rc.chat_system_role = RequestAdmission::LimitsOf(*model).chat_system_role;
   rc.max_stop_sequences = admission_->limits().max_stop_sequences;
   rc.max_top_logprobs = admission_->limits().max_top_logprobs;
   rc.max_new_tokens = admission_->limits().max_new_tokens;
   ParseResult parsed = chat ? ParseChatRequest(body, rc) : ParseCompletionRequest(body, rc);
   if (auto* e = std::get_if<ApiError>(&parsed)) return answer(*e);
   ParsedRequest& request = std::get<ParsedRequest>(parsed);
-  const std::string name = ModelName(**model);
+  const std::string name = ModelName(*model);
   if (request.model != name) {
     ApiError e = BadField("model", absl::StrCat("the model '", request.model, "' does not exist; this server serves '",
                                                 name, "'"));
@@ -344,10 +342,10 @@ void OpenAiService::Generate(std::shared_ptr<http::Exchange> exchange, bool chat
   context.chat = chat;
   context.logprobs = request.logprobs;
   context.top_logprobs = request.top_logprobs;
-  context.tokenizer = (*model)->tokenizer.get();
-  context.vocabulary = (*model)->structured_output->vocabulary();
+  context.tokenizer = model->tokenizer.get();
+  context.vocabulary = model->structured_output->vocabulary();
   http::Server::Poster poster = exchange->server().poster();
-  auto call = std::make_shared<Call>(this, *model, exchange, std::move(request), std::move(context), origin);
+  auto call = std::make_shared<Call>(this, model, exchange, std::move(request), std::move(context), origin);
   calls_[call.get()] = call;
   call->Start(*admission_, call, std::move(poster));
 }

@@ -9,6 +9,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "router/api_keys.h"
 #include "router/http/http_server.h"
+#include "router/openai/openai_error.h"
 #include "router/request_admission.h"
 
 namespace gemma::openai {
@@ -27,7 +28,10 @@ class OpenAiService {
 
  private:
   friend class Call;
-  void Generate(std::shared_ptr<http::Exchange> exchange, bool chat);
+  void Generate(std::shared_ptr<http::Exchange> exchange, bool chat, std::shared_ptr<const ServedModel> model,
+                const RequestAdmission::Origin& origin);
+  // Answers with `error` and counts the request as refused.
+  void Refuse(http::Exchange& exchange, const ApiError& error, const RequestAdmission::Origin& origin) const;
   void Models(http::Exchange& exchange, const ServedModel& model);
   void Done(Call* call) { calls_.erase(call); }
 
