@@ -72,6 +72,12 @@ StepRow Engine::RowFor(const PlannedSequence& p, bool full_history) const {
   }
   row.start_pos = p.start;
   row.block_table = s.blocks;
+  row.adapter = s.spec.adapter;
+  row.interventions = s.spec.interventions;
+  if (p.start < s.prompt_len) {
+    row.activations = s.spec.activations;
+    row.activation_positions = s.spec.activation_positions;
+  }
   if (s.spec.score) {
     row.score_targets.resize(p.count);
     for (int i = 0; i < p.count; ++i) {

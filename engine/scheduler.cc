@@ -43,7 +43,7 @@ void Scheduler::Preempt(size_t index) {
 void Scheduler::AttachCachedPrefix(ScheduledSequence& s) {
   // Scoring needs every prompt position's logits, so it computes them all. At least one position is always
   // computed, so that the step has logits to sample from, and no shared block is ever written.
-  if (!blocks_.prefix_cache() || s.spec.score || !s.blocks.empty()) return;
+  if (!blocks_.prefix_cache() || s.spec.computes_every_position() || !s.blocks.empty()) return;
   const int64_t limit = static_cast<int64_t>(s.tokens.size()) - 1;
   const int64_t hit = blocks_.MatchPrefix(s.tokens, limit, s.spec.cache_salt, s.blocks, s.chain);
   s.computed = static_cast<int32_t>(hit);
@@ -96,7 +96,7 @@ std::vector<PlannedSequence> Scheduler::Schedule() {
       s->chain = {};
       break;
     }
-    if (blocks_.prefix_cache() && !s->spec.score && s->preemptions == 0) {  // once per request, when admitted
+    if (blocks_.prefix_cache() && !s->spec.computes_every_position() && s->preemptions == 0) {  // once per request, when admitted
       prefix_query_tokens_ += s->prompt_len;
       prefix_hit_tokens_ += std::min(s->computed, s->prompt_len);
     }

@@ -32,6 +32,14 @@ struct SequenceSpec {
   // Structured output: the tokens this sequence may draw, asked at every sampling step. Null: any. One per
   // sequence (it holds the sequence's place in its grammar).
   std::shared_ptr<TokenConstraint> constraint;
+  uint32_t adapter = 0;  // the executor's id of a LoRA adapter; 0: the base model (give it its own cache_salt)
+  // Applied on every row (they change the sequence's KV, so give it its own cache_salt).
+  std::vector<Intervention> interventions;
+  // Activations read at these prompt positions (ascending), every prompt position computed; delivered with the
+  // updates of the rows that hold them (RowResult::activations), again after a preemption.
+  std::vector<ActivationPoint> activations;
+  std::vector<int32_t> activation_positions;
+  bool computes_every_position() const { return score || !activations.empty(); }
 };
 
 // One request's state as the scheduler sees it. Not thread-safe.

@@ -2,6 +2,7 @@
 // scheduler produces these rows; a local executor hands them to a backend, a remote one sends them to a worker.
 #pragma once
 
+#include <climits>
 #include <cstdint>
 #include <span>
 #include <vector>
@@ -21,6 +22,36 @@ struct SamplingParams {
   bool has_penalties() const {
     return repetition_penalty != 1.0f || presence_penalty != 0.0f || frequency_penalty != 0.0f;
   }
+};
+
+// A change to one sequence's forward pass (KerasNLP's layer_intercept_fn, served): it applies at the sequence's
+// positions [begin_pos, end_pos) and to no other row of the batch. Layers are 0-based.
+enum class InterventionKind : uint8_t {
+  kSteer,           // residual stream after decoder layer `layer` += vector (hidden_size floats)
+  kScaleAttention,  // layer's attention output (o_proj, before any post-norm) *= factor
+  kScaleMlp,        // layer's MLP output (down_proj, before any post-norm) *= factor
+  kAblateHead,      // layer's query head `head` zeroed before o_proj
+};
+struct Intervention {
+  InterventionKind kind = InterventionKind::kSteer;
+  int32_t layer = 0;
+  std::vector<float> vector;      // kSteer
+  float factor = 1.0f;            // kScaleAttention, kScaleMlp
+  int32_t head = 0;               // kAblateHead: a global query head index
+  int32_t begin_pos = 0;
+  int32_t end_pos = INT32_MAX;
+};
+
+// An activation to read out, named as Hugging Face and the reference data name them.
+enum class ActivationKind : uint8_t {
+  kResidual,         // output_hidden_states[index]: 0 the scaled embedding, i the output of layer i-1, num_layers
+                     // the final norm's output
+  kAttentionOutput,  // layer `index`'s attention term added to the residual stream
+  kMlpOutput,        // layer `index`'s MLP term added to the residual stream
+};
+struct ActivationPoint {
+  ActivationKind kind = ActivationKind::kResidual;
+  int32_t index = 0;
 };
 
 // One sequence's part of a step. The spans point into storage that outlives the step (the scheduler's sequence,
@@ -47,6 +78,13 @@ struct StepRow {
   // Structured output: bit t (word t / 32) set = token t may be drawn; the others are masked out before the
   // draw (reported log-probs stay the model's own). Empty: any token.
   std::span<const uint32_t> allowed_tokens;
+  // The LoRA adapter this row runs with, by the id the executor gave it when it was registered; 0: the base model.
+  uint32_t adapter = 0;
+  // Applied in this step's forward pass (a sequence sends them on every row: they change its KV too).
+  std::span<const Intervention> interventions;
+  // Activations returned for this row's tokens at these positions (ascending; empty: none).
+  std::span<const ActivationPoint> activations;
+  std::span<const int32_t> activation_positions;
 };
 
 struct TokenLogprob {
@@ -64,6 +102,9 @@ struct RowResult {
   std::vector<float> score_logprobs;       // one per score target (0 where the target was -1)
   // Scoring with top_logprobs > 0: the most likely tokens at each scored row, most likely first.
   std::vector<std::vector<TokenLogprob>> score_top_logprobs;
+  // One per requested activation point: [positions of activation_positions in this row, hidden_size], f32.
+  std::vector<std::vector<float>> activations;
+  int32_t activation_rows = 0;  // how many positions each holds
 };
 
 }  // namespace gemma

@@ -6,6 +6,8 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "engine/step_protocol.h"
+#include "shard/model/lora_adapter.h"
 #include "shard/model/model_config.h"
 #include "shard/runtime/sampler.h"
 
@@ -21,6 +23,12 @@ struct SequenceStep {
   int32_t start_pos = 0;
   std::span<const int32_t> block_table;
   LogitsWanted logits = LogitsWanted::kLast;
+  // This rank's slice of the row's LoRA adapter; null: the base model. Rows of other adapters (or none) in the
+  // same step are computed exactly as without it.
+  const LoraAdapter* adapter = nullptr;
+  std::span<const Intervention> interventions;
+  // Read at every token of this row, into StepLogits::activations.
+  std::span<const ActivationPoint> activations;
 };
 
 // Logits of one step: rows in the order of the batch (kAll: one per token,
@@ -29,6 +37,9 @@ struct StepLogits {
   int vocab_size = 0;
   std::vector<float> values;  // [rows, vocab_size]
   std::vector<int> row_begin;
+  // activations[i][j]: sequence i's activation point j, [its tokens, hidden_size] (rank 0 fills them; followers'
+  // are left empty). Empty for sequences that asked for none.
+  std::vector<std::vector<std::vector<float>>> activations;
   const float* Row(int r) const { return values.data() + static_cast<int64_t>(r) * vocab_size; }
 };
 
@@ -84,7 +95,8 @@ class Backend {
   virtual StepTimings last_timings() const = 0;
 };
 
-// Shared validation for backends.
+// Shared validation for backends: also each row's interventions, activation points and adapter (its shapes
+// those of `config`).
 absl::Status ValidateStep(std::span<const SequenceStep> batch, const ModelConfig& config, int num_blocks,
                           int block_size);
 

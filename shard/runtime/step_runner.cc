@@ -40,14 +40,41 @@ absl::Status ValidateRow(const StepRow& r, int vocab) {
 
 bool KeepsHistory(const StepRow& r) { return r.score_targets.empty() && r.sampling.has_penalties(); }
 
+// The rows of `positions` (ascending) that fall in [start, start + count), as offsets from start.
+std::vector<int> OffsetsIn(std::span<const int32_t> positions, int32_t start, size_t count) {
+  std::vector<int> out;
+  for (int32_t p : positions) {
+    if (p >= start && p - static_cast<int64_t>(start) < static_cast<int64_t>(count)) out.push_back(p - start);
+  }
+  return out;
+}
+
+absl::StatusOr<std::vector<std::shared_ptr<const LoraAdapter>>> ResolveAdapters(std::span<const StepRow> rows,
+                                                                                AdapterStore* adapters) {
+  std::vector<std::shared_ptr<const LoraAdapter>> held(rows.size());
+  for (size_t i = 0; i < rows.size(); ++i) {
+    if (rows[i].adapter == 0) continue;
+    if (adapters == nullptr) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("sequence ", rows[i].sequence_id, ": adapter ", rows[i].adapter, " asked of a shard without adapters"));
+    }
+    auto a = adapters->Get(rows[i].adapter);
+    if (!a.ok()) return absl::InvalidArgumentError(absl::StrCat("sequence ", rows[i].sequence_id, ": ", a.status().message()));
+    held[i] = *std::move(a);
+  }
+  return held;
+}
+
 }  // namespace
 
 absl::StatusOr<std::vector<RowResult>> RunRows(Backend& backend, std::span<const StepRow> rows,
-                                               SequenceHistory* history) {
+                                               SequenceHistory* history, AdapterStore* adapters) {
   const int vocab = backend.config().vocab_size;
   for (const StepRow& r : rows) {
     RETURN_IF_ERROR(ValidateRow(r, vocab));
   }
+  // Held for the step: an adapter unloaded meanwhile is freed after it.
+  ASSIGN_OR_RETURN(const auto held_adapters, ResolveAdapters(rows, adapters));
   // Before the forward pass, so a history this side lacks refuses the step with nothing run. Rows recorded before
   // such a refusal stay recorded: the step comes again with the same start positions (or full histories), and
   // recording a row twice is the same as once.
@@ -65,6 +92,9 @@ absl::StatusOr<std::vector<RowResult>> RunRows(Backend& backend, std::span<const
     step.start_pos = r.start_pos;
     step.block_table = r.block_table;
     step.logits = !r.score_targets.empty() ? LogitsWanted::kAll : r.sample ? LogitsWanted::kLast : LogitsWanted::kNone;
+    step.adapter = held_adapters[steps.size()].get();
+    step.interventions = r.interventions;
+    if (!OffsetsIn(r.activation_positions, r.start_pos, r.tokens.size()).empty()) step.activations = r.activations;
     steps.push_back(step);
   }
   // Rows that need nothing but a draw are sampled by the backend (on a GPU, where the logits are); the others
@@ -96,6 +126,16 @@ absl::StatusOr<std::vector<RowResult>> RunRows(Backend& backend, std::span<const
     const StepRow& r = rows[i];
     RowResult& out = results[i];
     out.sequence_id = r.sequence_id;
+    if (!steps[i].activations.empty() && i < logits.activations.size()) {
+      const std::vector<int> offsets = OffsetsIn(r.activation_positions, r.start_pos, r.tokens.size());
+      const int64_t width = backend.config().hidden_size;
+      out.activation_rows = static_cast<int32_t>(offsets.size());
+      for (const std::vector<float>& all : logits.activations[i]) {
+        std::vector<float>& picked = out.activations.emplace_back();
+        picked.reserve(offsets.size() * width);
+        for (int o : offsets) picked.insert(picked.end(), all.begin() + o * width, all.begin() + (o + 1) * width);
+      }
+    }
     if (plain_of[i] >= 0) {
       out.sampled = true;
       out.token = sampled[plain_of[i]].token;

@@ -7,6 +7,7 @@
 
 #include "absl/status/statusor.h"
 #include "engine/step_protocol.h"
+#include "shard/runtime/adapter_store.h"
 #include "shard/runtime/backend.h"
 #include "shard/runtime/sequence_history.h"
 
@@ -19,7 +20,10 @@ namespace gemma {
 // reads the sequence's tokens from it; a row's penalty_history, when present, replaces what it holds.
 // FailedPrecondition (nothing runs) when it lacks the tokens before a row's start_pos: the caller resends the step
 // with full histories. Without `history`, each sampled row's penalty_history is the whole history.
+//
+// Adapters: a row's adapter id is looked up in `adapters` (InvalidArgument naming the sequence, nothing run, when
+// it is not there or there is no store).
 absl::StatusOr<std::vector<RowResult>> RunRows(Backend& backend, std::span<const StepRow> rows,
-                                               SequenceHistory* history = nullptr);
+                                               SequenceHistory* history = nullptr, AdapterStore* adapters = nullptr);
 
 }  // namespace gemma

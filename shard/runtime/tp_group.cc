@@ -3,6 +3,7 @@
 #include <chrono>
 #include <cstring>
 
+#include "absl/base/casts.h"
 #include "absl/strings/str_cat.h"
 #include "engine/status_macros.h"
 
@@ -12,6 +13,10 @@ namespace {
 enum Op : uint8_t { kStep = 1, kHeartbeat = 2, kStop = 3 };
 
 void PutU32(std::string& s, uint32_t v) { s.append(reinterpret_cast<const char*>(&v), 4); }
+void PutStr(std::string& s, const std::string& v) {
+  PutU32(s, static_cast<uint32_t>(v.size()));
+  s.append(v);
+}
 
 class Reader {
  public:
@@ -27,6 +32,20 @@ class Reader {
     out->resize(n);
     std::memcpy(out->data(), b_.data(), 4 * static_cast<size_t>(n));
     b_.remove_prefix(4 * static_cast<size_t>(n));
+    return true;
+  }
+  bool F32s(uint32_t n, std::vector<float>* out) {
+    if (n > b_.size() / 4) return false;
+    out->resize(n);
+    std::memcpy(out->data(), b_.data(), 4 * static_cast<size_t>(n));
+    b_.remove_prefix(4 * static_cast<size_t>(n));
+    return true;
+  }
+  bool Str(std::string* out) {
+    uint32_t n;
+    if (!U32(&n) || n > b_.size()) return false;
+    out->assign(b_.data(), n);
+    b_.remove_prefix(n);
     return true;
   }
   bool done() const { return b_.empty(); }
@@ -47,11 +66,29 @@ std::string EncodeStep(std::span<const SequenceStep> batch) {
     PutU32(s, static_cast<uint32_t>(st.block_table.size()));
     s.append(reinterpret_cast<const char*>(st.block_table.data()), 4 * st.block_table.size());
     PutU32(s, static_cast<uint32_t>(st.logits));
+    // The adapter by id, name and folder: a follower reads its own slices there the first time.
+    PutU32(s, st.adapter == nullptr ? 0 : st.adapter->id);
+    if (st.adapter != nullptr) {
+      PutStr(s, st.adapter->name);
+      PutStr(s, st.adapter->dir);
+    }
+    PutU32(s, static_cast<uint32_t>(st.interventions.size()));
+    for (const Intervention& iv : st.interventions) {
+      PutU32(s, static_cast<uint32_t>(iv.kind));
+      PutU32(s, static_cast<uint32_t>(iv.layer));
+      PutU32(s, absl::bit_cast<uint32_t>(iv.factor));
+      PutU32(s, static_cast<uint32_t>(iv.head));
+      PutU32(s, static_cast<uint32_t>(iv.begin_pos));
+      PutU32(s, static_cast<uint32_t>(iv.end_pos));
+      PutU32(s, static_cast<uint32_t>(iv.vector.size()));
+      s.append(reinterpret_cast<const char*>(iv.vector.data()), 4 * iv.vector.size());
+    }
+    // Activations are read on rank 0 only: followers are not told.
   }
   return s;
 }
 
-absl::StatusOr<DecodedStep> DecodeStep(absl::string_view bytes) {
+absl::StatusOr<DecodedStep> DecodeStep(absl::string_view bytes, AdapterStore* adapters) {
   auto bad = [] { return absl::InvalidArgumentError("malformed step message"); };
   if (bytes.empty() || bytes[0] != static_cast<char>(kStep)) return bad();
   Reader r(bytes.substr(1));
@@ -61,13 +98,42 @@ absl::StatusOr<DecodedStep> DecodeStep(absl::string_view bytes) {
   d.tokens.resize(n);
   d.blocks.resize(n);
   d.steps.resize(n);
+  d.adapters.resize(n);
+  d.interventions.resize(n);
   for (uint32_t i = 0; i < n; ++i) {
-    uint32_t nt, start, nb, logits;
+    uint32_t nt, start, nb, logits, adapter, ni;
     if (!r.U32(&nt) || !r.I32s(nt, &d.tokens[i]) || !r.U32(&start) || !r.U32(&nb) || !r.I32s(nb, &d.blocks[i]) ||
-        !r.U32(&logits) || logits > static_cast<uint32_t>(LogitsWanted::kAll)) {
+        !r.U32(&logits) || logits > static_cast<uint32_t>(LogitsWanted::kAll) || !r.U32(&adapter)) {
       return bad();
     }
-    d.steps[i] = {d.tokens[i], static_cast<int32_t>(start), d.blocks[i], static_cast<LogitsWanted>(logits)};
+    if (adapter != 0) {
+      std::string name, dir;
+      if (!r.Str(&name) || !r.Str(&dir)) return bad();
+      if (adapters == nullptr) return absl::InvalidArgumentError("a step names an adapter; this rank has no store");
+      ASSIGN_OR_RETURN(d.adapters[i], adapters->GetOrRegister(adapter, name, dir));
+    }
+    if (!r.U32(&ni) || ni > 4096) return bad();
+    d.interventions[i].resize(ni);
+    for (Intervention& iv : d.interventions[i]) {
+      uint32_t kind, layer, factor, head, begin, end, nv;
+      if (!r.U32(&kind) || kind > static_cast<uint32_t>(InterventionKind::kAblateHead) || !r.U32(&layer) ||
+          !r.U32(&factor) || !r.U32(&head) || !r.U32(&begin) || !r.U32(&end) || !r.U32(&nv) || !r.F32s(nv, &iv.vector)) {
+        return bad();
+      }
+      iv.kind = static_cast<InterventionKind>(kind);
+      iv.layer = static_cast<int32_t>(layer);
+      iv.factor = absl::bit_cast<float>(factor);
+      iv.head = static_cast<int32_t>(head);
+      iv.begin_pos = static_cast<int32_t>(begin);
+      iv.end_pos = static_cast<int32_t>(end);
+    }
+    SequenceStep& st = d.steps[i];
+    st.tokens = d.tokens[i];
+    st.start_pos = static_cast<int32_t>(start);
+    st.block_table = d.blocks[i];
+    st.logits = static_cast<LogitsWanted>(logits);
+    st.adapter = d.adapters[i].get();
+    st.interventions = d.interventions[i];
   }
   if (!r.done()) return bad();
   return d;
@@ -121,7 +187,8 @@ absl::Status LeaderBackend::Heartbeat() {
 }
 
 absl::Status RunFollower(Backend& local, HostCollective& collective,
-                         const std::function<void(double seconds, const StepTimings& timings)>& on_step) {
+                         const std::function<void(double seconds, const StepTimings& timings)>& on_step,
+                         AdapterStore* adapters) {
   StepLogits logits;
   while (true) {
     std::string msg;
@@ -133,7 +200,7 @@ absl::Status RunFollower(Backend& local, HostCollective& collective,
     if (msg[0] == static_cast<char>(kStop)) return absl::OkStatus();
     if (msg[0] == static_cast<char>(kHeartbeat)) continue;
     const auto start = std::chrono::steady_clock::now();
-    ASSIGN_OR_RETURN(const auto step, DecodeStep(msg));
+    ASSIGN_OR_RETURN(const auto step, DecodeStep(msg, adapters));
     RETURN_IF_ERROR(local.Forward(step.steps, &logits));
     if (on_step) {
       on_step(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(), local.last_timings());

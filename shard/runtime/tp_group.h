@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "shard/runtime/adapter_store.h"
 #include "shard/runtime/backend.h"
 #include "shard/collective/collective.h"
 
@@ -19,10 +20,13 @@ std::string EncodeStep(std::span<const SequenceStep> batch);
 // Owns the storage the decoded SequenceSteps point into.
 struct DecodedStep {
   std::vector<std::vector<int32_t>> tokens, blocks;
+  std::vector<std::shared_ptr<const LoraAdapter>> adapters;
+  std::vector<std::vector<Intervention>> interventions;
   std::vector<SequenceStep> steps;
 };
-// InvalidArgument for truncated or inconsistent bytes.
-absl::StatusOr<DecodedStep> DecodeStep(absl::string_view bytes);
+// InvalidArgument for truncated or inconsistent bytes. Adapters the step names are looked up in `adapters` (read
+// from their folder on first use); a step naming one without a store is refused.
+absl::StatusOr<DecodedStep> DecodeStep(absl::string_view bytes, AdapterStore* adapters = nullptr);
 
 // Rank 0's backend: Forward validates the step, broadcasts it, then runs its
 // own shard, so every rank runs the same step or none does. Heartbeat() sends
@@ -54,6 +58,7 @@ class LeaderBackend : public Backend {
 // leader says stop (OK) or a collective fails (the error: leader gone, peer dead).
 // `on_step`, when set, hears each step's wall time on this rank (receiving it included) and its timings.
 absl::Status RunFollower(Backend& local, HostCollective& collective,
-                         const std::function<void(double seconds, const StepTimings& timings)>& on_step = nullptr);
+                         const std::function<void(double seconds, const StepTimings& timings)>& on_step = nullptr,
+                         AdapterStore* adapters = nullptr);
 
 }  // namespace gemma

@@ -1,0 +1,137 @@
+#include "shard/runtime/adapter_store.h"
+
+#include <algorithm>
+#include <cctype>
+
+#include "absl/strings/str_cat.h"
+#include "engine/status_macros.h"
+
+namespace gemma {
+namespace {
+
+// Names travel in API calls, metrics labels and file paths of operators' scripts: keep them plain.
+absl::Status ValidateAdapterName(const std::string& name) {
+  if (name.empty() || name.size() > 128) {
+    return absl::InvalidArgumentError(absl::StrCat("adapter name '", name, "' must have 1 to 128 characters"));
+  }
+  for (char c : name) {
+    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.' || c == '/')) {
+      return absl::InvalidArgumentError(absl::StrCat("adapter name '", name,
+                                                     "' may hold only letters, digits and - _ . /"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+AdapterStore::AdapterStore(AdapterLoader loader, int max_resident)
+    : loader_(std::move(loader)), max_resident_(std::max(1, max_resident)) {}
+
+absl::StatusOr<std::shared_ptr<LoraAdapter>> AdapterStore::Load(uint32_t id, const std::string& name,
+                                                                const std::string& dir) const {
+  ASSIGN_OR_RETURN(std::shared_ptr<LoraAdapter> a, loader_(dir));
+  a->id = id;
+  a->name = name;
+  a->dir = dir;
+  return a;
+}
+
+absl::StatusOr<uint32_t> AdapterStore::Register(const std::string& name, const std::string& dir) {
+  RETURN_IF_ERROR(ValidateAdapterName(name));
+  {
+    absl::MutexLock lock(&mu_);
+    for (const auto& [id, e] : entries_) {
+      if (e.info.name == name) {
+        return absl::AlreadyExistsError(absl::StrCat("an adapter named '", name, "' is already loaded (from ",
+                                                     e.info.dir, "); unload it first"));
+      }
+    }
+  }
+  // Read outside the lock: steps go on meanwhile. The id is given after, so a failed load uses none.
+  ASSIGN_OR_RETURN(auto loaded, Load(0, name, dir));
+  absl::MutexLock lock(&mu_);
+  for (const auto& [id, e] : entries_) {
+    if (e.info.name == name) return absl::AlreadyExistsError(absl::StrCat("an adapter named '", name, "' is loaded"));
+  }
+  const uint32_t id = next_id_++;
+  loaded->id = id;  // no step sees it before it is in the table
+  Entry e;
+  e.info = {id, name, dir, loaded->rank, loaded->scaling, loaded->target_modules, true, 0};
+  e.loaded = std::move(loaded);
+  entries_[id] = std::move(e);
+  Touch(id);
+  return id;
+}
+
+absl::Status AdapterStore::Unregister(const std::string& name) {
+  absl::MutexLock lock(&mu_);
+  for (auto it = entries_.begin(); it != entries_.end(); ++it) {
+    if (it->second.info.name != name) continue;
+    lru_.remove(it->first);
+    entries_.erase(it);
+    return absl::OkStatus();
+  }
+  return absl::NotFoundError(absl::StrCat("no adapter named '", name, "' is loaded"));
+}
+
+void AdapterStore::Touch(uint32_t id) {
+  lru_.remove(id);
+  lru_.push_front(id);
+  while (static_cast<int>(lru_.size()) > max_resident_) {
+    const uint32_t victim = lru_.back();
+    lru_.pop_back();
+    auto it = entries_.find(victim);
+    if (it == entries_.end()) continue;
+    it->second.loaded = nullptr;
+    it->second.info.resident = false;
+  }
+}
+
+absl::StatusOr<std::shared_ptr<const LoraAdapter>> AdapterStore::Resident(Entry& e) {
+  if (e.loaded == nullptr) {
+    ASSIGN_OR_RETURN(e.loaded, Load(e.info.id, e.info.name, e.info.dir));
+    e.info.resident = true;
+  }
+  ++e.info.uses;
+  std::shared_ptr<const LoraAdapter> held = e.loaded;
+  Touch(e.info.id);
+  return held;
+}
+
+absl::StatusOr<std::shared_ptr<const LoraAdapter>> AdapterStore::Get(uint32_t id) {
+  absl::MutexLock lock(&mu_);
+  auto it = entries_.find(id);
+  if (it == entries_.end()) {
+    return absl::NotFoundError(absl::StrCat("adapter id ", id, " is not loaded (unloaded, or never loaded here)"));
+  }
+  return Resident(it->second);
+}
+
+absl::StatusOr<std::shared_ptr<const LoraAdapter>> AdapterStore::GetOrRegister(uint32_t id, const std::string& name,
+                                                                               const std::string& dir) {
+  absl::MutexLock lock(&mu_);
+  auto it = entries_.find(id);
+  if (it == entries_.end() || it->second.info.dir != dir) {
+    Entry e;
+    e.info.id = id;
+    e.info.name = name;
+    e.info.dir = dir;
+    it = entries_.insert_or_assign(id, std::move(e)).first;
+  }
+  ASSIGN_OR_RETURN(auto held, Resident(it->second));
+  it->second.info.rank = held->rank;
+  it->second.info.scaling = held->scaling;
+  it->second.info.target_modules = held->target_modules;
+  return held;
+}
+
+std::vector<AdapterInfo> AdapterStore::List() const {
+  absl::MutexLock lock(&mu_);
+  std::vector<AdapterInfo> out;
+  for (const auto& [id, e] : entries_) out.push_back(e.info);
+  std::sort(out.begin(), out.end(), [](const AdapterInfo& a, const AdapterInfo& b) { return a.id < b.id; });
+  return out;
+}
+
+}  // namespace gemma
