@@ -5,7 +5,7 @@
 namespace gemma {
 
 absl::StatusOr<std::vector<RowResult>> LocalExecutor::Execute(std::span<const StepRow> rows) {
-  return RunRows(*backend_, rows, &history_);
+  return RunRows(*backend_, rows, &history_, adapters_);
 }
 
 void LocalExecutor::Release(std::span<const uint64_t> ids) {

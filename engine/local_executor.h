@@ -3,6 +3,7 @@
 
 #include "engine/engine.h"
 #include "engine/step_executor.h"
+#include "shard/runtime/adapter_store.h"
 #include "shard/runtime/backend.h"
 #include "shard/runtime/sequence_history.h"
 
@@ -12,8 +13,10 @@ namespace gemma {
 class LocalExecutor : public StepExecutor {
  public:
   // Keeps the penalty history of up to `max_histories` sequences (as a worker does).
-  explicit LocalExecutor(Backend* backend, size_t max_histories = SequenceHistory::kDefaultMaxSequences)
-      : backend_(backend), history_(max_histories) {}
+  // Rows naming an adapter find it in `adapters` (null: none can).
+  explicit LocalExecutor(Backend* backend, size_t max_histories = SequenceHistory::kDefaultMaxSequences,
+                         AdapterStore* adapters = nullptr)
+      : backend_(backend), history_(max_histories), adapters_(adapters) {}
   absl::StatusOr<std::vector<RowResult>> Execute(std::span<const StepRow> rows) override;
   void Release(std::span<const uint64_t> ids) override;
   // Engine options sized to the backend's KV pool.
@@ -22,6 +25,7 @@ class LocalExecutor : public StepExecutor {
  private:
   Backend* backend_;
   SequenceHistory history_;
+  AdapterStore* adapters_;
 };
 
 }  // namespace gemma

@@ -37,8 +37,8 @@ std::vector<float> ReadF32(const std::string& path) {
 }
 
 std::vector<CompletedSequence> RunOnEngine(Backend* backend, const std::vector<SequenceSpec>& specs,
-                                           StepBudget budget, bool prefix_cache) {
-  LocalExecutor executor(backend);
+                                           StepBudget budget, bool prefix_cache, AdapterStore* adapters) {
+  LocalExecutor executor(backend, SequenceHistory::kDefaultMaxSequences, adapters);
   SchedulerLimits limits;
   limits.max_tokens_per_step = budget.max_tokens_per_step;
   limits.max_prefill_chunk = budget.prefill_chunk;

@@ -7,6 +7,7 @@
 
 #include "nlohmann/json.hpp"
 #include "shard/cpu/cpu_backend.h"
+#include "shard/runtime/adapter_store.h"
 #include "engine/run_batch.h"
 #include "tests/testdata.h"
 
@@ -46,7 +47,8 @@ struct StepBudget {
 };
 // Runs the specs to completion on the shared engine over `backend` (prefix cache on or off).
 std::vector<CompletedSequence> RunOnEngine(Backend* backend, const std::vector<SequenceSpec>& specs,
-                                           StepBudget budget = {}, bool prefix_cache = false);
+                                           StepBudget budget = {}, bool prefix_cache = false,
+                                           AdapterStore* adapters = nullptr);
 // Greedy-generates `n` tokens for each prompt, all in one batch on the shared engine.
 std::vector<std::vector<int32_t>> Greedy(Backend* backend, const std::vector<std::vector<int32_t>>& prompts, int n,
                                          StepBudget budget = {});

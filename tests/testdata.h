@@ -13,6 +13,8 @@ std::string GemmaTinyDir();
 // stderr) when absent.
 std::string Gemma2TinyDir();
 std::string Gemma3TinyDir();
+// gemma-lora-tiny (peft adapters for gemma-tiny with reference outputs); empty (and a loud message) when absent.
+std::string GemmaLoraTinyDir();
 // The Gemma 3 tokenizer folder; empty (and a loud message on stderr) when absent.
 std::string Gemma3TokenizerDir();
 // The whole content of a file.

@@ -28,6 +28,7 @@ int GenerateCommand(int argc, char** argv) {
       .Flag("tp-timeout-ms", "a dead or hung rank fails the run within this time, 100..3600000 (default 30000)")
       .Flag("device", "cpu (default) or cuda: rank r of a --tp group runs on GPU r")
       .Flag("precision", "with --device cuda: bf16 (default) or f32")
+      .Flag("adapter", "a LoRA adapter folder as peft saves it (adapter_config.json, adapter_model.safetensors)")
       .Flag("chat", "wrap the prompt in Gemma's chat template and stop at <end_of_turn>", true)
       .Flag("json", "print one JSON object with prompt_ids, token_ids, text, finish_reason", true);
   int code;
@@ -81,7 +82,11 @@ int GenerateCommand(int argc, char** argv) {
   auto printable = [&](int32_t id) { return tok && id < tok->vocab_size() ? id : tok ? tok->PieceToId("<unk>") : id; };
   std::unique_ptr<StreamingDecoder> stream;
   if (!json && tok) stream = std::make_unique<StreamingDecoder>(tok);
-  LocalExecutor executor(model->backend.get());
+  auto adapter = RegisterAdapterFlag(*model, args.Get("adapter"));
+  if (!adapter.ok()) return Fail(kCmd, adapter.status());
+  req.adapter = *adapter;
+  req.cache_salt = *adapter;
+  LocalExecutor executor(model->backend.get(), SequenceHistory::kDefaultMaxSequences, model->adapters.get());
   Engine engine(executor.EngineOptionsFor({}), &executor);
   auto results = RunBatch(engine, {req}, [&](int, const RowResult& r) {
     const int32_t id = r.token;

@@ -22,6 +22,7 @@ int ScoreCommand(int argc, char** argv) {
       .Flag("tp-timeout-ms", "a dead or hung rank fails the run within this time, 100..3600000 (default 30000)")
       .Flag("device", "cpu (default) or cuda: rank r of a --tp group runs on GPU r")
       .Flag("precision", "with --device cuda: bf16 (default) or f32")
+      .Flag("adapter", "a LoRA adapter folder as peft saves it (adapter_config.json, adapter_model.safetensors)")
       .Flag("json", "print one JSON object with token_ids and logprobs (the only output format)", true);
   int code;
   if (!ParseOrExit(args, argc, argv, kCmd, &code)) return code;
@@ -50,7 +51,11 @@ int ScoreCommand(int argc, char** argv) {
   SequenceSpec req;
   req.prompt = *prompt;
   req.score = true;
-  LocalExecutor executor(model->backend.get());
+  auto adapter = RegisterAdapterFlag(*model, args.Get("adapter"));
+  if (!adapter.ok()) return Fail(kCmd, adapter.status());
+  req.adapter = *adapter;
+  req.cache_salt = *adapter;
+  LocalExecutor executor(model->backend.get(), SequenceHistory::kDefaultMaxSequences, model->adapters.get());
   Engine engine(executor.EngineOptionsFor({}), &executor);
   auto results = RunBatch(engine, {req});
   if (!results.ok()) return Fail(kCmd, results.status());

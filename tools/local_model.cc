@@ -13,6 +13,7 @@
 #include <filesystem>
 
 #include "absl/strings/str_cat.h"
+#include "engine/status_macros.h"
 #include "shard/open_shard.h"
 #include "shard/collective/gloo_collective.h"
 #include "shard/collective/shm_collective.h"
@@ -113,6 +114,10 @@ absl::StatusOr<std::unique_ptr<Collective>> LocalCollective(const std::string& t
 
 absl::Status AttachBackend(LocalModel& model, int64_t kv_tokens, int tp, int64_t timeout_ms,
                            const std::string& transport, const DeviceChoice& device) {
+  {
+    ASSIGN_OR_RETURN(const TensorParallel rank0, TensorParallel::Create(model.config(), 0, tp));
+    model.adapters = std::make_unique<AdapterStore>(LoraLoaderFor(model.config(), rank0), kLocalMaxAdapters);
+  }
   if (tp == 1) {
     auto backend = RankBackend(model.checkpoint, 0, 1, kv_tokens, device, timeout_ms, nullptr, &model.weights);
     if (!backend.ok()) return backend.status();
@@ -153,6 +158,13 @@ absl::Status AttachBackend(LocalModel& model, int64_t kv_tokens, int tp, int64_t
   return absl::OkStatus();
 }
 
+absl::StatusOr<uint32_t> RegisterAdapterFlag(LocalModel& model, const std::string& dir) {
+  if (dir.empty()) return 0;
+  auto id = model.adapters->Register("adapter", dir);
+  if (!id.ok()) return absl::InvalidArgumentError(absl::StrCat("--adapter ", dir, ": ", id.status().message()));
+  return *id;
+}
+
 void SetThreads(int threads) { omp_set_num_threads(threads > 0 ? threads : omp_get_num_procs()); }
 
 int TpFollowerCommand(int argc, char** argv) {
@@ -184,7 +196,10 @@ int TpFollowerCommand(int argc, char** argv) {
   auto backend = RankBackend(std::shared_ptr<const Checkpoint>(std::move(*ckpt)), static_cast<int>(*rank),
                              static_cast<int>(*world), *kv, device, *timeout, shared, nullptr);
   if (!backend.ok()) return Fail(kCmd, backend.status());
-  if (auto s = RunFollower(**backend, *shared); !s.ok()) return Fail(kCmd, s);
+  auto tp = TensorParallel::Create((*backend)->config(), static_cast<int>(*rank), static_cast<int>(*world));
+  if (!tp.ok()) return Fail(kCmd, tp.status());
+  AdapterStore adapters(LoraLoaderFor((*backend)->config(), *tp), kLocalMaxAdapters);
+  if (auto s = RunFollower(**backend, *shared, nullptr, &adapters); !s.ok()) return Fail(kCmd, s);
   return 0;
 }
 

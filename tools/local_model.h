@@ -9,6 +9,7 @@
 
 #include "absl/status/statusor.h"
 #include "tokenizer/tokenizer.h"
+#include "shard/runtime/adapter_store.h"
 #include "shard/runtime/backend.h"
 #include "shard/checkpoint/checkpoint.h"
 #include "shard/collective/collective.h"
@@ -22,6 +23,7 @@ struct LocalModel {
   std::unique_ptr<Tokenizer> tokenizer;  // null when the checkpoint has no tokenizer.model
   std::shared_ptr<const ModelWeights> weights;  // rank 0's slices, once a backend is attached
   std::unique_ptr<Backend> backend;
+  std::unique_ptr<AdapterStore> adapters;  // rank 0's, once a backend is attached
   std::vector<pid_t> followers;  // TP ranks 1..N-1 as child processes
   std::string store_dir;
   ~LocalModel();
@@ -49,6 +51,12 @@ absl::Status AttachBackend(LocalModel& model, int64_t kv_tokens, int tp = 1, int
 // The group's collective for one rank over `transport` ("shm" or "gloo"), rendezvous through `store_dir`.
 absl::StatusOr<std::unique_ptr<Collective>> LocalCollective(const std::string& transport, const std::string& store_dir,
                                                             int rank, int world, int64_t timeout_ms);
+
+// LoRA adapters one local run holds (the gemma command loads at most one).
+inline constexpr int kLocalMaxAdapters = 4;
+
+// Registers the adapter folder of --adapter, when given, with the model's store: its id (0 without the flag).
+absl::StatusOr<uint32_t> RegisterAdapterFlag(LocalModel& model, const std::string& dir);
 
 // Sets the number of compute threads (0: all cores).
 void SetThreads(int threads);

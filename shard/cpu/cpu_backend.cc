@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "engine/status_macros.h"
+#include "shard/cpu/lora.h"
 #include "shard/cpu/matmul.h"
 #include "shard/cpu/ops.h"
 #include "shard/model/dtype.h"
@@ -57,12 +58,14 @@ absl::Status CpuBackend::AllReduce(float* data, int64_t count) {
 }
 
 absl::Status CpuBackend::RowParallel(const float* in, int64_t T, int64_t K, const MatrixView& w, StageTimer& timer,
-                                     bool contribute) {
+                                     int layer, LoraTarget target, bool contribute) {
   const int64_t H = config().hidden_size;
   const MatrixView views[] = {w};
   timer.Switch(&timings_.matmul_seconds);
   if (contribute) {
     MatMul(in, T, K, K, views, proj_.data(), H);
+    // Before the all-reduce: each rank adds its input slice's part, as for the base matrix.
+    AddLoraTerms(lora_groups_, layer, target, in, K, proj_.data(), H, lora_scratch_);
   } else {
     std::fill(proj_.begin(), proj_.begin() + T * H, 0.0f);
   }
@@ -119,6 +122,7 @@ absl::Status CpuBackend::Forward(std::span<const SequenceStep> batch, StepLogits
       }
     }
   }
+  GroupByAdapter(batch);
   x_.resize(T * H);
   xn_.resize(T * H);
   qkv_.resize(T * qkv_ld);
@@ -167,6 +171,10 @@ absl::Status CpuBackend::Forward(std::span<const SequenceStep> batch, StepLogits
     const MatrixView qkv_w[] = {lw.q, lw.k, lw.v};
     timer.Switch(&timings_.matmul_seconds);
     MatMul(xn_.data(), T, H, H, qkv_w, qkv_.data(), qkv_ld);
+    AddLoraTerms(lora_groups_, layer, LoraTarget::kQ, xn_.data(), H, qkv_.data(), qkv_ld, lora_scratch_);
+    AddLoraTerms(lora_groups_, layer, LoraTarget::kK, xn_.data(), H, qkv_.data() + q_dim, qkv_ld, lora_scratch_);
+    AddLoraTerms(lora_groups_, layer, LoraTarget::kV, xn_.data(), H, qkv_.data() + q_dim + kv_dim, qkv_ld,
+                 lora_scratch_);
     timer.Switch(&timings_.other_seconds);
 
     float* k_cache = kv_.Base(layer, 0);
@@ -198,7 +206,7 @@ absl::Status CpuBackend::Forward(std::span<const SequenceStep> batch, StepLogits
     Attention(layer, batch);
     timer.Switch(&timings_.other_seconds);
 
-    RETURN_IF_ERROR(RowParallel(attn_.data(), T, q_dim, lw.o, timer, tp.adds_attention_output));
+    RETURN_IF_ERROR(RowParallel(attn_.data(), T, q_dim, lw.o, timer, layer, LoraTarget::kO, tp.adds_attention_output));
     const bool sandwich = c.sandwich_norms();
 #pragma omp parallel for schedule(static) if (T > 1)
     for (int64_t t = 0; t < T; ++t) {
@@ -209,10 +217,12 @@ absl::Status CpuBackend::Forward(std::span<const SequenceStep> batch, StepLogits
     const MatrixView gate_up_w[] = {lw.gate, lw.up};
     timer.Switch(&timings_.matmul_seconds);
     MatMul(xn_.data(), T, H, H, gate_up_w, gate_up_.data(), 2 * I);
+    AddLoraTerms(lora_groups_, layer, LoraTarget::kGate, xn_.data(), H, gate_up_.data(), 2 * I, lora_scratch_);
+    AddLoraTerms(lora_groups_, layer, LoraTarget::kUp, xn_.data(), H, gate_up_.data() + I, 2 * I, lora_scratch_);
     timer.Switch(&timings_.other_seconds);
 #pragma omp parallel for schedule(static) if (T > 1)
     for (int64_t t = 0; t < T; ++t) GeluTanhMul(&gate_up_[t * 2 * I], &gate_up_[t * 2 * I + I], &act_[t * I], I);
-    RETURN_IF_ERROR(RowParallel(act_.data(), T, I, lw.down, timer));
+    RETURN_IF_ERROR(RowParallel(act_.data(), T, I, lw.down, timer, layer, LoraTarget::kDown));
 #pragma omp parallel for schedule(static) if (T > 1)
     for (int64_t t = 0; t < T; ++t) {
       if (sandwich) RmsNorm(&proj_[t * H], lw.post_ffn_norm.data(), c.rms_norm_eps, &proj_[t * H], H);
@@ -244,6 +254,21 @@ absl::Status CpuBackend::Forward(std::span<const SequenceStep> batch, StepLogits
   PlaceVocabSlices(gathered_.data(), tp.world, R, slice, c.vocab_size, out->values.data());
   if (c.final_logit_softcap > 0) SoftCap(c.final_logit_softcap, out->values.data(), R * c.vocab_size);
   return absl::OkStatus();
+}
+
+void CpuBackend::GroupByAdapter(std::span<const SequenceStep> batch) {
+  lora_groups_.clear();
+  int64_t t = 0;
+  for (const SequenceStep& s : batch) {
+    const int64_t n = static_cast<int64_t>(s.tokens.size());
+    if (s.adapter != nullptr) {
+      auto it = std::find_if(lora_groups_.begin(), lora_groups_.end(),
+                             [&](const LoraGroup& g) { return g.adapter == s.adapter; });
+      if (it == lora_groups_.end()) it = lora_groups_.insert(lora_groups_.end(), LoraGroup{s.adapter, {}});
+      for (int64_t j = 0; j < n; ++j) it->tokens.push_back(t + j);
+    }
+    t += n;
+  }
 }
 
 void CpuBackend::Attention(int layer, std::span<const SequenceStep> batch) {

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "shard/cpu/lora.h"
 #include "shard/runtime/backend.h"
 #include "shard/collective/collective.h"
 #include "shard/runtime/kv_cache.h"
@@ -33,8 +34,11 @@ class CpuBackend : public Backend {
   absl::Status AllReduce(float* data, int64_t count);
   // proj_ = in [T, K] x w^T, summed over ranks (a row-parallel projection: o or down). A rank that does not
   // `contribute` (a replica of query heads another rank adds) puts in zeros.
-  absl::Status RowParallel(const float* in, int64_t T, int64_t K, const MatrixView& w, StageTimer& timer,
-                           bool contribute = true);
+  // Rows with an adapter add its term for (layer, target) to this rank's part before the sum.
+  absl::Status RowParallel(const float* in, int64_t T, int64_t K, const MatrixView& w, StageTimer& timer, int layer,
+                           LoraTarget target, bool contribute = true);
+  // The step's tokens by adapter, into lora_groups_.
+  void GroupByAdapter(std::span<const SequenceStep> batch);
   void Attention(int layer, std::span<const SequenceStep> batch);
 
   std::shared_ptr<const ModelWeights> weights_;
@@ -54,6 +58,8 @@ class CpuBackend : public Backend {
   std::vector<int32_t> tokens_;      // [T]
   std::vector<int32_t> positions_;  // [T]
   std::vector<int> seq_of_token_;   // [T]
+  std::vector<LoraGroup> lora_groups_;  // this step's tokens by adapter (empty: no row has one)
+  std::vector<float> lora_scratch_;
 };
 
 }  // namespace gemma

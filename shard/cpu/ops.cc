@@ -129,6 +129,7 @@ HWY_EXPORT(RmsNormImpl);
 HWY_EXPORT(GeluTanhMulImpl);
 HWY_EXPORT(AddInPlaceImpl);
 HWY_EXPORT(AttendOneHeadImpl);
+HWY_EXPORT(Dot);
 
 void RmsNorm(const float* x, const float* w1p, float eps, float* out, int64_t n) {
   HWY_DYNAMIC_DISPATCH(RmsNormImpl)(x, w1p, eps, out, n);
@@ -137,6 +138,7 @@ void GeluTanhMul(const float* gate, const float* up, float* out, int64_t n) {
   HWY_DYNAMIC_DISPATCH(GeluTanhMulImpl)(gate, up, out, n);
 }
 void AddInPlace(const float* x, float* y, int64_t n) { HWY_DYNAMIC_DISPATCH(AddInPlaceImpl)(x, y, n); }
+float DotF32(const float* a, const float* b, int64_t n) { return HWY_DYNAMIC_DISPATCH(Dot)(a, b, n); }
 // Scalar: std::tanh is what the reference's float32 tanh rounds like; Highway's Tanh is an approximation.
 void SoftCap(float cap, float* x, int64_t n) {
   for (int64_t i = 0; i < n; ++i) x[i] = cap * std::tanh(x[i] / cap);

@@ -14,6 +14,9 @@ void GeluTanhMul(const float* gate, const float* up, float* out, int64_t n);
 // x[i] = cap * tanh(x[i] / cap): Gemma 2's soft-capping of logits.
 void SoftCap(float cap, float* x, int64_t n);
 
+// sum_i a[i] * b[i], in the same order for any caller (batch-invariant).
+float DotF32(const float* a, const float* b, int64_t n);
+
 // y[i] += x[i].
 void AddInPlace(const float* x, float* y, int64_t n);
 

@@ -5,19 +5,24 @@
 
 #include "absl/strings/str_cat.h"
 #include "engine/status_macros.h"
+#include "shard/model/lora_loader.h"
 
 namespace gemma {
 namespace {
 
-// Names travel in API calls, metrics labels and file paths of operators' scripts: keep them plain.
+// Names travel in API calls, metrics labels and file paths of operators'
+// scripts: keep them plain.
 absl::Status ValidateAdapterName(const std::string& name) {
   if (name.empty() || name.size() > 128) {
-    return absl::InvalidArgumentError(absl::StrCat("adapter name '", name, "' must have 1 to 128 characters"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "adapter name '", name, "' must have 1 to 128 characters"));
   }
   for (char c : name) {
-    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.' || c == '/')) {
-      return absl::InvalidArgumentError(absl::StrCat("adapter name '", name,
-                                                     "' may hold only letters, digits and - _ . /"));
+    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' ||
+          c == '.' || c == '/')) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("adapter name '", name,
+                       "' may hold only letters, digits and - _ . /"));
     }
   }
   return absl::OkStatus();
@@ -25,11 +30,18 @@ absl::Status ValidateAdapterName(const std::string& name) {
 
 }  // namespace
 
+AdapterLoader LoraLoaderFor(const ModelConfig& config,
+                            const TensorParallel& tp) {
+  return [config, tp](const std::string& dir) {
+    return LoadLoraAdapter(dir, config, tp);
+  };
+}
+
 AdapterStore::AdapterStore(AdapterLoader loader, int max_resident)
     : loader_(std::move(loader)), max_resident_(std::max(1, max_resident)) {}
 
-absl::StatusOr<std::shared_ptr<LoraAdapter>> AdapterStore::Load(uint32_t id, const std::string& name,
-                                                                const std::string& dir) const {
+absl::StatusOr<std::shared_ptr<LoraAdapter>> AdapterStore::Load(
+    uint32_t id, const std::string& name, const std::string& dir) const {
   ASSIGN_OR_RETURN(std::shared_ptr<LoraAdapter> a, loader_(dir));
   a->id = id;
   a->name = name;
@@ -37,27 +49,34 @@ absl::StatusOr<std::shared_ptr<LoraAdapter>> AdapterStore::Load(uint32_t id, con
   return a;
 }
 
-absl::StatusOr<uint32_t> AdapterStore::Register(const std::string& name, const std::string& dir) {
+absl::StatusOr<uint32_t> AdapterStore::Register(const std::string& name,
+                                                const std::string& dir) {
   RETURN_IF_ERROR(ValidateAdapterName(name));
   {
     absl::MutexLock lock(&mu_);
     for (const auto& [id, e] : entries_) {
       if (e.info.name == name) {
-        return absl::AlreadyExistsError(absl::StrCat("an adapter named '", name, "' is already loaded (from ",
-                                                     e.info.dir, "); unload it first"));
+        return absl::AlreadyExistsError(absl::StrCat(
+            "an adapter named '", name, "' is already loaded (from ",
+            e.info.dir, "); unload it first"));
       }
     }
   }
-  // Read outside the lock: steps go on meanwhile. The id is given after, so a failed load uses none.
+  // Read outside the lock: steps go on meanwhile. The id is given after, so a
+  // failed load uses none.
   ASSIGN_OR_RETURN(auto loaded, Load(0, name, dir));
   absl::MutexLock lock(&mu_);
   for (const auto& [id, e] : entries_) {
-    if (e.info.name == name) return absl::AlreadyExistsError(absl::StrCat("an adapter named '", name, "' is loaded"));
+    if (e.info.name == name)
+      return absl::AlreadyExistsError(
+          absl::StrCat("an adapter named '", name, "' is loaded"));
   }
   const uint32_t id = next_id_++;
   loaded->id = id;  // no step sees it before it is in the table
   Entry e;
-  e.info = {id, name, dir, loaded->rank, loaded->scaling, loaded->target_modules, true, 0};
+  e.info = {
+      id,   name, dir, loaded->rank, loaded->scaling, loaded->target_modules,
+      true, 0};
   e.loaded = std::move(loaded);
   entries_[id] = std::move(e);
   Touch(id);
@@ -72,7 +91,8 @@ absl::Status AdapterStore::Unregister(const std::string& name) {
     entries_.erase(it);
     return absl::OkStatus();
   }
-  return absl::NotFoundError(absl::StrCat("no adapter named '", name, "' is loaded"));
+  return absl::NotFoundError(
+      absl::StrCat("no adapter named '", name, "' is loaded"));
 }
 
 void AdapterStore::Touch(uint32_t id) {
@@ -88,7 +108,8 @@ void AdapterStore::Touch(uint32_t id) {
   }
 }
 
-absl::StatusOr<std::shared_ptr<const LoraAdapter>> AdapterStore::Resident(Entry& e) {
+absl::StatusOr<std::shared_ptr<const LoraAdapter>> AdapterStore::Resident(
+    Entry& e) {
   if (e.loaded == nullptr) {
     ASSIGN_OR_RETURN(e.loaded, Load(e.info.id, e.info.name, e.info.dir));
     e.info.resident = true;
@@ -99,17 +120,19 @@ absl::StatusOr<std::shared_ptr<const LoraAdapter>> AdapterStore::Resident(Entry&
   return held;
 }
 
-absl::StatusOr<std::shared_ptr<const LoraAdapter>> AdapterStore::Get(uint32_t id) {
+absl::StatusOr<std::shared_ptr<const LoraAdapter>> AdapterStore::Get(
+    uint32_t id) {
   absl::MutexLock lock(&mu_);
   auto it = entries_.find(id);
   if (it == entries_.end()) {
-    return absl::NotFoundError(absl::StrCat("adapter id ", id, " is not loaded (unloaded, or never loaded here)"));
+    return absl::NotFoundError(absl::StrCat(
+        "adapter id ", id, " is not loaded (unloaded, or never loaded here)"));
   }
   return Resident(it->second);
 }
 
-absl::StatusOr<std::shared_ptr<const LoraAdapter>> AdapterStore::GetOrRegister(uint32_t id, const std::string& name,
-                                                                               const std::string& dir) {
+absl::StatusOr<std::shared_ptr<const LoraAdapter>> AdapterStore::GetOrRegister(
+    uint32_t id, const std::string& name, const std::string& dir) {
   absl::MutexLock lock(&mu_);
   auto it = entries_.find(id);
   if (it == entries_.end() || it->second.info.dir != dir) {
@@ -130,7 +153,9 @@ std::vector<AdapterInfo> AdapterStore::List() const {
   absl::MutexLock lock(&mu_);
   std::vector<AdapterInfo> out;
   for (const auto& [id, e] : entries_) out.push_back(e.info);
-  std::sort(out.begin(), out.end(), [](const AdapterInfo& a, const AdapterInfo& b) { return a.id < b.id; });
+  std::sort(
+      out.begin(), out.end(),
+      [](const AdapterInfo& a, const AdapterInfo& b) { return a.id < b.id; });
   return out;
 }
 

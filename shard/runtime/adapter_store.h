@@ -1,5 +1,6 @@
-// LoRA adapters by id for one rank: registered by name and folder, held in memory while used, the least recently
-// used dropped beyond a bound and read again from their folder when next used.
+// LoRA adapters by id for one rank: registered by name and folder, held in
+// memory while used, the least recently used dropped beyond a bound and read
+// again from their folder when next used.
 #pragma once
 
 #include <cstdint>
@@ -14,11 +15,20 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "shard/model/lora_adapter.h"
+#include "shard/model/model_config.h"
+#include "shard/model/tensor_parallel.h"
 
 namespace gemma {
 
-// Reads an adapter's slices for this rank from its folder (InvalidArgument naming the file and what is wrong).
-using AdapterLoader = std::function<absl::StatusOr<std::shared_ptr<LoraAdapter>>(const std::string& dir)>;
+// Reads an adapter's slices for this rank from its folder (InvalidArgument
+// naming the file and what is wrong).
+using AdapterLoader =
+    std::function<absl::StatusOr<std::shared_ptr<LoraAdapter>>(
+        const std::string& dir)>;
+
+// Reads peft adapters for the rank `tp` of a model of `config`.
+AdapterLoader LoraLoaderFor(const ModelConfig& config,
+                            const TensorParallel& tp);
 
 struct AdapterInfo {
   uint32_t id = 0;
@@ -30,22 +40,31 @@ struct AdapterInfo {
   int64_t uses = 0;  // steps that ran with it
 };
 
-// Thread-safe. An adapter in use by a step stays alive (shared ownership) even if it is dropped meanwhile.
+// Thread-safe. An adapter in use by a step stays alive (shared ownership) even
+// if it is dropped meanwhile.
 class AdapterStore {
  public:
-  // At most `max_resident` (>= 1) adapters are kept in memory; a step using more holds them for its duration.
+  // At most `max_resident` (>= 1) adapters are kept in memory; a step using
+  // more holds them for its duration.
   AdapterStore(AdapterLoader loader, int max_resident);
 
-  // Reads and checks the adapter and gives it the next id (ids are never reused). InvalidArgument for a bad
-  // name or folder; AlreadyExists for a name already registered.
-  absl::StatusOr<uint32_t> Register(const std::string& name, const std::string& dir) ABSL_LOCKS_EXCLUDED(mu_);
+  // Reads and checks the adapter and gives it the next id (ids are never
+  // reused). InvalidArgument for a bad name or folder; AlreadyExists for a name
+  // already registered.
+  absl::StatusOr<uint32_t> Register(const std::string& name,
+                                    const std::string& dir)
+      ABSL_LOCKS_EXCLUDED(mu_);
   // NotFound for an unknown name. Steps already holding it finish with it.
   absl::Status Unregister(const std::string& name) ABSL_LOCKS_EXCLUDED(mu_);
-  // The registered adapter `id` (read again if it was dropped); NotFound when no adapter has that id.
-  absl::StatusOr<std::shared_ptr<const LoraAdapter>> Get(uint32_t id) ABSL_LOCKS_EXCLUDED(mu_);
-  // A follower rank's view: the leader names the adapter's id, name and folder; registered here on first use.
-  absl::StatusOr<std::shared_ptr<const LoraAdapter>> GetOrRegister(uint32_t id, const std::string& name,
-                                                                  const std::string& dir) ABSL_LOCKS_EXCLUDED(mu_);
+  // The registered adapter `id` (read again if it was dropped); NotFound when
+  // no adapter has that id.
+  absl::StatusOr<std::shared_ptr<const LoraAdapter>> Get(uint32_t id)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  // A follower rank's view: the leader names the adapter's id, name and folder;
+  // registered here on first use.
+  absl::StatusOr<std::shared_ptr<const LoraAdapter>> GetOrRegister(
+      uint32_t id, const std::string& name, const std::string& dir)
+      ABSL_LOCKS_EXCLUDED(mu_);
   std::vector<AdapterInfo> List() const ABSL_LOCKS_EXCLUDED(mu_);  // by id
   int max_resident() const { return max_resident_; }
 
@@ -54,9 +73,10 @@ class AdapterStore {
     AdapterInfo info;
     std::shared_ptr<const LoraAdapter> loaded;  // null while not resident
   };
-  absl::StatusOr<std::shared_ptr<LoraAdapter>> Load(uint32_t id, const std::string& name,
-                                                    const std::string& dir) const;
-  absl::StatusOr<std::shared_ptr<const LoraAdapter>> Resident(Entry& e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::StatusOr<std::shared_ptr<LoraAdapter>> Load(
+      uint32_t id, const std::string& name, const std::string& dir) const;
+  absl::StatusOr<std::shared_ptr<const LoraAdapter>> Resident(Entry& e)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Touch(uint32_t id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const AdapterLoader loader_;
@@ -64,7 +84,8 @@ class AdapterStore {
   mutable absl::Mutex mu_;
   uint32_t next_id_ ABSL_GUARDED_BY(mu_) = 1;
   absl::flat_hash_map<uint32_t, Entry> entries_ ABSL_GUARDED_BY(mu_);
-  std::list<uint32_t> lru_ ABSL_GUARDED_BY(mu_);  // resident ids, most recently used first
+  std::list<uint32_t> lru_
+      ABSL_GUARDED_BY(mu_);  // resident ids, most recently used first
 };
 
 }  // namespace gemma

@@ -1,0 +1,263 @@
+// LoRA adapters in peft's format against Google's reference outputs of the
+// adapted (merged) tiny models: logits, scores and greedy generations; rows of
+// other adapters and of the base model in one batch; bad adapters refused.
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+
+#include "absl/strings/str_cat.h"
+#include "gtest/gtest.h"
+#include "shard/model/lora_loader.h"
+#include "shard/runtime/adapter_store.h"
+#include "tests/reference_helpers.h"
+#include "tests/testdata.h"
+
+namespace gemma::testing {
+namespace {
+
+struct AdapterCase {
+  std::string adapter;  // folder in gemma-lora-tiny
+  std::string base;     // gemma-tiny checkpoint
+  std::string
+      reference;  // reference folder (the f32 copy shares the bf16 one's)
+};
+
+void PrintTo(const AdapterCase& c, std::ostream* os) {
+  *os << c.adapter << " on " << c.base;
+}
+
+const std::vector<AdapterCase>& Cases() {
+  static const std::vector<AdapterCase> cases = {
+      {"mha-r8-all", "tiny-mha", "mha-r8-all"},
+      {"mha-r4-qv", "tiny-mha", "mha-r4-qv"},
+      {"mha-r4-qv-f32", "tiny-mha", "mha-r4-qv"},
+      {"mqa-r8-rslora", "tiny-mqa", "mqa-r8-rslora"}};
+  return cases;
+}
+
+constexpr double kTolerance = 1e-4;  // gemma-lora-tiny's README: an f32
+                                     // implementation holds to about 5e-5
+
+class LoraReferenceTest : public ::testing::TestWithParam<AdapterCase> {
+ protected:
+  void SetUp() override {
+    root_ = GemmaLoraTinyDir();
+    ASSERT_FALSE(root_.empty())
+        << "gemma-lora-tiny is absent: the LoRA reference checks cannot run";
+    backend_ = OpenBackend(GemmaTinyDir() + "/" + GetParam().base);
+    store_ = std::make_unique<AdapterStore>(
+        LoraLoaderFor(backend_->config(),
+                      *TensorParallel::Create(backend_->config(), 0, 1)),
+        4);
+    auto id = store_->Register("test", root_ + "/" + GetParam().adapter);
+    ASSERT_TRUE(id.ok()) << id.status();
+    id_ = *id;
+    auto a = store_->Get(id_);
+    ASSERT_TRUE(a.ok()) << a.status();
+    adapter_ = *a;
+  }
+  std::string RefDir() const {
+    return root_ + "/reference/" + GetParam().reference;
+  }
+
+  std::string root_;
+  std::unique_ptr<CpuBackend> backend_;
+  std::unique_ptr<AdapterStore> store_;
+  uint32_t id_ = 0;
+  std::shared_ptr<const LoraAdapter> adapter_;
+};
+
+std::vector<int32_t> Blocks(int first, int count) {
+  std::vector<int32_t> b(count);
+  for (int i = 0; i < count; ++i) b[i] = first + i;
+  return b;
+}
+
+TEST_P(LoraReferenceTest, LogitsMatchTheMergedReference) {
+  const int vocab = backend_->config().vocab_size;
+  for (const char* prompt : {"fox", "rand37", "rand200"}) {
+    const auto meta = ReadJson(RefDir() + "/logits_" + prompt + ".json");
+    const auto ids = meta["ids"].get<std::vector<int32_t>>();
+    const auto ref = ReadF32(RefDir() + "/logits_" + prompt + ".f32.bin");
+    ASSERT_EQ(ref.size(), ids.size() * vocab);
+    const auto blocks =
+        Blocks(0, static_cast<int>(ids.size()) / backend_->kv_block_size() + 1);
+    SequenceStep adapted{ids, 0, blocks, LogitsWanted::kAll};
+    adapted.adapter = adapter_.get();
+    StepLogits with, without;
+    ASSERT_TRUE(backend_->Forward({&adapted, 1}, &with).ok());
+    SequenceStep plain{ids, 0, blocks, LogitsWanted::kAll};
+    ASSERT_TRUE(backend_->Forward({&plain, 1}, &without).ok());
+    double worst = 0, moved = 0;
+    for (size_t i = 0; i < ref.size(); ++i) {
+      worst = std::max(worst,
+                       std::abs(static_cast<double>(with.values[i]) - ref[i]));
+      moved = std::max(
+          moved, std::abs(static_cast<double>(without.values[i]) - ref[i]));
+    }
+    EXPECT_LT(worst, kTolerance) << prompt;
+    // The adapter is really applied: the base model is 0.3 to 0.9 away (the
+    // README's checks).
+    EXPECT_GT(moved, 0.1) << prompt;
+    RecordProperty(absl::StrCat("max_abs_logit_diff_", prompt),
+                   absl::StrCat(worst));
+  }
+}
+
+TEST_P(LoraReferenceTest, ScoresAndGreedyGenerationsMatchOnTheEngine) {
+  const auto scores = ReadJson(RefDir() + "/scores.json");
+  for (const auto& p : scores["prompts"]) {
+    SequenceSpec spec;
+    spec.prompt = p["ids"].get<std::vector<int32_t>>();
+    spec.score = true;
+    spec.adapter = id_;
+    const auto got =
+        RunOnEngine(backend_.get(), {spec}, {}, false, store_.get())[0]
+            .prompt_logprobs;
+    const auto ref = p["token_logprobs"].get<std::vector<double>>();
+    ASSERT_EQ(got.size(), ref.size());
+    for (size_t i = 0; i < ref.size(); ++i)
+      EXPECT_NEAR(got[i], ref[i], kTolerance) << p["prompt"] << " " << i;
+  }
+  // All prompts in one batch, in chunks of 7 tokens: the cache holds adapted
+  // K/V.
+  const auto gens = ReadJson(RefDir() + "/generations.json");
+  std::vector<SequenceSpec> specs;
+  for (const auto& g : gens["results"]) {
+    SequenceSpec spec;
+    spec.prompt = g["prompt_ids"].get<std::vector<int32_t>>();
+    spec.max_new_tokens = static_cast<int32_t>(g["generated_ids"].size());
+    spec.adapter = id_;
+    spec.cache_salt = id_;
+    specs.push_back(spec);
+  }
+  const auto results =
+      RunOnEngine(backend_.get(), specs, {64, 7}, true, store_.get());
+  for (size_t i = 0; i < specs.size(); ++i) {
+    EXPECT_EQ(results[i].tokens,
+              gens["results"][i]["generated_ids"].get<std::vector<int32_t>>())
+        << gens["results"][i]["prompt"];
+  }
+}
+
+// One step holding the base model, this adapter and the same prompt again:
+// every row equals its run alone, bit for bit (no merged weights, no cross-row
+// effects).
+TEST_P(LoraReferenceTest, MixedBatchRowsEqualTheirRunsAlone) {
+  const auto ids = ReadJson(RefDir() + "/logits_rand37.json")["ids"]
+                       .get<std::vector<int32_t>>();
+  const int per = static_cast<int>(ids.size()) / backend_->kv_block_size() + 1;
+  std::vector<std::vector<int32_t>> tables = {Blocks(0, per), Blocks(per, per),
+                                              Blocks(2 * per, per)};
+  const LoraAdapter* which[] = {nullptr, adapter_.get(), nullptr};
+  std::vector<SequenceStep> batch;
+  for (int i = 0; i < 3; ++i) {
+    SequenceStep s{ids, 0, tables[i], LogitsWanted::kAll};
+    s.adapter = which[i];
+    batch.push_back(s);
+  }
+  StepLogits mixed;
+  ASSERT_TRUE(backend_->Forward(batch, &mixed).ok());
+  const int vocab = backend_->config().vocab_size;
+  for (int i = 0; i < 3; ++i) {
+    StepLogits alone;
+    ASSERT_TRUE(backend_->Forward({&batch[i], 1}, &alone).ok());
+    ASSERT_EQ(0, std::memcmp(alone.values.data(), mixed.Row(mixed.row_begin[i]),
+                             ids.size() * vocab * sizeof(float)))
+        << "row " << i;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Adapters, LoraReferenceTest,
+                         ::testing::ValuesIn(Cases()), [](const auto& info) {
+                           std::string n = info.param.adapter;
+                           std::replace(n.begin(), n.end(), '-', '_');
+                           return n;
+                         });
+
+// Bad adapters are refused with the file and the field named.
+class LoraLoaderErrorsTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    root_ = GemmaLoraTinyDir();
+    ASSERT_FALSE(root_.empty()) << "gemma-lora-tiny is absent";
+    auto ckpt = Checkpoint::Open(GemmaTinyDir() + "/tiny-mha");
+    ASSERT_TRUE(ckpt.ok());
+    config_ = (*ckpt)->config();
+    dir_ = ::testing::TempDir() + "/lora_errors_" + std::to_string(::getpid());
+    std::filesystem::create_directories(dir_);
+    std::filesystem::copy_file(
+        root_ + "/mha-r4-qv/adapter_model.safetensors",
+        dir_ + "/adapter_model.safetensors",
+        std::filesystem::copy_options::overwrite_existing);
+    config_json_ = ReadJson(root_ + "/mha-r4-qv/adapter_config.json");
+  }
+  void TearDown() override { std::filesystem::remove_all(dir_); }
+  absl::Status LoadWith(const nlohmann::json& config) {
+    std::ofstream(dir_ + "/adapter_config.json") << config.dump();
+    return LoadLoraAdapter(dir_, config_,
+                           *TensorParallel::Create(config_, 0, 1))
+        .status();
+  }
+  void ExpectRefused(const nlohmann::json& config, const std::string& says) {
+    const absl::Status s = LoadWith(config);
+    EXPECT_TRUE(absl::IsInvalidArgument(s)) << s;
+    EXPECT_NE(s.message().find(says), std::string::npos) << s.message();
+  }
+  std::string root_, dir_;
+  ModelConfig config_;
+  nlohmann::json config_json_;
+};
+
+TEST_F(LoraLoaderErrorsTest, NamesTheFieldThatIsWrong) {
+  ASSERT_TRUE(LoadWith(config_json_).ok());
+  auto c = config_json_;
+  c["r"] = 65;
+  ExpectRefused(c, "ranks 1 to 64");
+  c = config_json_;
+  c["peft_type"] = "IA3";
+  ExpectRefused(c, "only \"LORA\"");
+  c = config_json_;
+  c["use_dora"] = true;
+  ExpectRefused(c, "use_dora");
+  c = config_json_;
+  c["target_modules"] = {"q_proj", "lm_head"};
+  ExpectRefused(c, "lm_head");
+  c = config_json_;
+  c["target_modules"] = {"q_proj"};  // the file also holds v_proj tensors
+  ExpectRefused(c, "does not target v_proj");
+  c = config_json_;
+  c["r"] = 8;  // the tensors are rank 4
+  ExpectRefused(c, "needs [8, 128]");
+  ExpectRefused(nlohmann::json::array(), "not a JSON object");
+}
+
+TEST_F(LoraLoaderErrorsTest, AnAdapterForAnotherModelIsRefused) {
+  auto ckpt = Checkpoint::Open(GemmaTinyDir() + "/tiny-mqa");
+  ASSERT_TRUE(ckpt.ok());
+  // mha-r8-all's k_proj B is [128, 8]; tiny-mqa's k_proj has 32 outputs.
+  const absl::Status s =
+      LoadLoraAdapter(root_ + "/mha-r8-all", (*ckpt)->config(),
+                      *TensorParallel::Create((*ckpt)->config(), 0, 1))
+          .status();
+  EXPECT_TRUE(absl::IsInvalidArgument(s)) << s;
+  EXPECT_NE(s.message().find("k_proj"), std::string::npos) << s.message();
+  EXPECT_NE(s.message().find("adapter_model.safetensors"), std::string::npos)
+      << s.message();
+}
+
+TEST_F(LoraLoaderErrorsTest, MissingAndTruncatedFilesAreRefused) {
+  std::filesystem::remove(dir_ + "/adapter_model.safetensors");
+  EXPECT_FALSE(LoadWith(config_json_).ok());
+  std::ofstream(dir_ + "/adapter_model.safetensors")
+      << "\x10\x00\x00\x00\x00\x00\x00\x00{\"a\":";
+  const absl::Status s = LoadWith(config_json_);
+  EXPECT_TRUE(absl::IsInvalidArgument(s)) << s;
+  EXPECT_FALSE(LoadLoraAdapter(dir_ + "/nowhere", config_,
+                               *TensorParallel::Create(config_, 0, 1))
+                   .ok());
+}
+
+}  // namespace
+}  // namespace gemma::testing
