@@ -17,6 +17,7 @@
 #include "engine/token_constraint.h"
 #include "gemma/v1/gemma.pb.h"
 #include "router/router_metrics.h"
+#include "engine/step_protocol.h"
 #include "router/text_stream.h"
 
 namespace gemma {
@@ -45,6 +46,9 @@ class ActiveRequest {
     std::function<void()> notify;
     // Structured output: what the engine lets this request draw (null: any token).
     std::shared_ptr<TokenConstraint> constraint;
+    std::string adapter;  // a LoRA adapter's name; empty: the base model
+    std::vector<Intervention> interventions;
+    uint64_t interventions_salt = 0;  // nonzero with interventions: their KV is never shared with others'
   };
   // `metrics` may be null.
   ActiveRequest(uint64_t id, Options options, const Tokenizer* tokenizer, RouterMetrics* metrics = nullptr);

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <climits>
+#include <map>
 
 #include "absl/strings/str_cat.h"
 
@@ -191,6 +192,79 @@ void GroupSet::Stop() {
   }
   // Destroyed outside the lock: a group's thread may be handing a request back through Submit.
   stopped.clear();
+}
+
+}  // namespace gemma
+
+namespace gemma {
+namespace {
+
+v1::Adapter ToPublic(const worker::v1::AdapterInfo& a) {
+  v1::Adapter out;
+  out.set_name(a.name());
+  out.set_path(a.path());
+  out.set_rank(a.rank());
+  out.set_scaling(a.scaling());
+  *out.mutable_target_modules() = a.target_modules();
+  return out;
+}
+
+}  // namespace
+
+// Under mu_ so no group leaves meanwhile; an admin call is rare, and Submit waits for it.
+absl::StatusOr<v1::Adapter> GroupSet::LoadAdapter(const std::string& name, const std::string& path) {
+  absl::MutexLock lock(&mu_);
+  if (groups_.empty()) return absl::UnavailableError("no worker group has joined yet; retry");
+  absl::Status first_error;
+  std::optional<v1::Adapter> loaded;
+  int holding = 0;
+  for (const auto& g : groups_) {
+    auto info = g->LoadAdapter(name, path);
+    if (!info.ok()) {
+      if (first_error.ok()) first_error = info.status();
+      continue;
+    }
+    ++holding;
+    if (!loaded) loaded = ToPublic(*info);
+  }
+  if (!first_error.ok()) return first_error;
+  loaded->set_groups(holding);
+  return *loaded;
+}
+
+absl::Status GroupSet::UnloadAdapter(const std::string& name) {
+  absl::MutexLock lock(&mu_);
+  bool found = false;
+  absl::Status first_error;
+  for (const auto& g : groups_) {
+    if (!g->HasAdapter(name)) continue;
+    found = true;
+    if (auto s = g->UnloadAdapter(name); !s.ok() && first_error.ok()) first_error = s;
+  }
+  if (!found) return absl::NotFoundError(absl::StrCat("no adapter named \"", name, "\" is loaded"));
+  return first_error;
+}
+
+std::vector<v1::Adapter> GroupSet::Adapters() const {
+  absl::MutexLock lock(&mu_);
+  std::map<std::string, v1::Adapter> by_name;
+  for (const auto& g : groups_) {
+    for (const auto& a : g->adapters()) {
+      auto [it, fresh] = by_name.try_emplace(a.name(), ToPublic(a));
+      it->second.set_groups(it->second.groups() + 1);
+    }
+  }
+  std::vector<v1::Adapter> out;
+  for (auto& [name, a] : by_name) out.push_back(std::move(a));
+  return out;
+}
+
+bool GroupSet::HasAdapter(const std::string& name) const {
+  absl::MutexLock lock(&mu_);
+  for (const auto& g : groups_) {
+    if (g->HasAdapter(name)) return true;
+  }
+  return false;
 }
 
 }  // namespace gemma

@@ -41,6 +41,12 @@ class GroupSet {
   std::shared_ptr<const ServedModel> model() const ABSL_LOCKS_EXCLUDED(mu_);
   // Hands the request to the least-loaded healthy group this router schedules: Unavailable when there is none.
   absl::Status Submit(std::shared_ptr<ActiveRequest> request) ABSL_LOCKS_EXCLUDED(mu_);
+  // LoRA adapters on every group: loaded (the first group's error when one refuses; groups that took it keep it),
+  // unloaded, listed (with how many groups hold each), and whether any group holds one.
+  absl::StatusOr<v1::Adapter> LoadAdapter(const std::string& name, const std::string& path) ABSL_LOCKS_EXCLUDED(mu_);
+  absl::Status UnloadAdapter(const std::string& name) ABSL_LOCKS_EXCLUDED(mu_);
+  std::vector<v1::Adapter> Adapters() const ABSL_LOCKS_EXCLUDED(mu_);
+  bool HasAdapter(const std::string& name) const ABSL_LOCKS_EXCLUDED(mu_);
   // The peer router to forward a request to, when the groups this router schedules cannot take it (it holds
   // none, or all are full) or a group another router schedules is much less loaded than the least loaded here.
   // Empty: place it here.

@@ -1,5 +1,7 @@
 #include "router/remote_executor.h"
 
+#include <cstring>
+
 #include <grpcpp/grpcpp.h>
 
 #include <random>
@@ -22,6 +24,23 @@ worker::v1::StepRequest ToRequest(std::span<const StepRow> rows) {
     s->mutable_score_targets()->Add(r.score_targets.begin(), r.score_targets.end());
     s->set_sample(r.sample);
     s->set_top_logprobs(r.top_logprobs);
+    s->set_adapter(r.adapter);
+    for (const Intervention& iv : r.interventions) {
+      auto* o = s->add_interventions();
+      o->set_kind(static_cast<worker::v1::Intervention::Kind>(iv.kind));
+      o->set_layer(iv.layer);
+      o->mutable_vector()->Add(iv.vector.begin(), iv.vector.end());
+      o->set_factor(iv.factor);
+      o->set_head(iv.head);
+      o->set_begin_pos(iv.begin_pos);
+      o->set_end_pos(iv.end_pos);
+    }
+    for (const ActivationPoint& p : r.activations) {
+      auto* o = s->add_activations();
+      o->set_kind(static_cast<worker::v1::ActivationPoint::Kind>(p.kind));
+      o->set_index(p.index);
+    }
+    s->mutable_activation_positions()->Add(r.activation_positions.begin(), r.activation_positions.end());
     // A penalized sequence's prompt chunks carry its sampling too: the worker records their tokens.
     if (!r.sample && !r.sampling.has_penalties()) continue;
     auto* sp = s->mutable_sampling();
@@ -134,6 +153,11 @@ absl::StatusOr<std::vector<RowResult>> RemoteExecutor::Finish(const grpc::Status
       auto& top = o.score_top_logprobs.emplace_back();
       for (const auto& t : position.alternatives()) top.push_back({t.token(), t.logprob()});
     }
+    for (const std::string& bytes : r.activations()) {
+      auto& a = o.activations.emplace_back(bytes.size() / sizeof(float));
+      std::memcpy(a.data(), bytes.data(), a.size() * sizeof(float));
+    }
+    o.activation_rows = r.activation_rows();
   }
   return out;
 }

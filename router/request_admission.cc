@@ -76,6 +76,11 @@ absl::StatusOr<std::shared_ptr<ActiveRequest>> RequestAdmission::Admit(const Ser
   o.stop_sequences.assign(request.parameters().stop_sequences().begin(), request.parameters().stop_sequences().end());
   o.parameters = request.parameters();
   o.seed = request.parameters().has_seed() ? request.parameters().seed() : std::random_device{}();
+  ASSIGN_OR_RETURN(ModelChanges changes, Changes(model, request.adapter(), request.interventions(),
+                                                 static_cast<int32_t>(o.prompt.size())));
+  o.adapter = std::move(changes.adapter);
+  o.interventions = std::move(changes.interventions);
+  o.interventions_salt = changes.salt;
   return Submit(model, std::move(o), std::move(origin));
 }
 
@@ -102,12 +107,23 @@ absl::StatusOr<std::vector<int32_t>> RequestAdmission::ScorePrompt(const ServedM
 
 absl::StatusOr<std::shared_ptr<ActiveRequest>> RequestAdmission::AdmitScore(const ServedModel& model,
                                                                             std::vector<int32_t> prompt,
-                                                                            int32_t top_logprobs, Origin origin) const {
+                                                                            int32_t top_logprobs, Origin origin,
+                                                                            ModelChanges changes) const {
   ActiveRequest::Options o;
   o.prompt = std::move(prompt);
   o.score = true;
   o.score_top_logprobs = top_logprobs;
+  o.adapter = std::move(changes.adapter);
+  o.interventions = std::move(changes.interventions);
+  o.interventions_salt = changes.salt;
   return Submit(model, std::move(o), std::move(origin));
+}
+
+absl::StatusOr<ModelChanges> RequestAdmission::Changes(
+    const ServedModel& model, const std::string& adapter,
+    const google::protobuf::RepeatedPtrField<v1::Intervention>& interventions, int32_t prompt_len) const {
+  return ModelChangesOf(model.info, adapter, interventions, prompt_len,
+                        adapter.empty() || groups_->HasAdapter(adapter));
 }
 
 void RequestAdmission::Reject(const absl::Status& status, const Origin& origin) const {

@@ -14,6 +14,7 @@
 #include "gemma/v1/gemma.pb.h"
 #include "router/active_request.h"
 #include "router/group_set.h"
+#include "router/model_changes.h"
 #include "router/request_validation.h"
 #include "router/router_metrics.h"
 
@@ -63,7 +64,12 @@ class RequestAdmission {
   absl::StatusOr<std::vector<int32_t>> ScorePrompt(const ServedModel& model, const v1::ScoreRequest& request) const;
   // Hands the scoring of `prompt` (from ScorePrompt) to a group.
   absl::StatusOr<std::shared_ptr<ActiveRequest>> AdmitScore(const ServedModel& model, std::vector<int32_t> prompt,
-                                                            int32_t top_logprobs, Origin origin) const;
+                                                            int32_t top_logprobs, Origin origin,
+                                                            ModelChanges changes = {}) const;
+  // A request's adapter and interventions, checked against the model and the adapters the groups hold.
+  absl::StatusOr<ModelChanges> Changes(const ServedModel& model, const std::string& adapter,
+                                       const google::protobuf::RepeatedPtrField<v1::Intervention>& interventions,
+                                       int32_t prompt_len) const;
   // Counts a request refused before it ran.
   void Reject(const absl::Status& status, const Origin& origin) const;
 

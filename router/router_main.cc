@@ -20,6 +20,7 @@
 #include "router/group_discovery.h"
 #include "router/http/http_server.h"
 #include "router/openai/openai_service.h"
+#include "router/admin_service.h"
 #include "router/router_service.h"
 #include "router/tls_credentials.h"
 
@@ -189,6 +190,7 @@ int main(int argc, char** argv) {
   }
 
   gemma::PeerForwarder forwarder(router_id);
+  gemma::AdminService admin(&groups, keys);
   gemma::RouterService service(&groups, limits, std::move(keys), metrics->get(), gemma::ServiceRole::kPublic,
                                &forwarder);
   gemma::RouterService peer_service(&groups, limits, gemma::ApiKeys(), metrics->get(), gemma::ServiceRole::kPeer);
@@ -199,6 +201,7 @@ int main(int argc, char** argv) {
   builder.AddListeningPort(absl::StrCat(absl::GetFlag(FLAGS_bind_host), ":", absl::GetFlag(FLAGS_port)), *credentials,
                            &port);
   builder.RegisterService(&service);
+  builder.RegisterService(&admin);
   builder.SetMaxReceiveMessageSize(max_message);
   builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS, max_streams);
   auto server = builder.BuildAndStart();

@@ -142,8 +142,11 @@ grpc::Status RouterService::Score(grpc::ServerContext* context, const v1::ScoreR
     if (!forwarded.place_here) return forwarded.status;
     response->Clear();
   }
+  auto changes = admission_.Changes(**model, request->adapter(), request->interventions(),
+                                    static_cast<int32_t>(prompt->size()));
+  if (!changes.ok()) return reject(changes.status());
   auto active = admission_.AdmitScore(**model, std::move(*prompt), request->top_logprobs(),
-                                      {.protocol = "grpc", .endpoint = "Score"});
+                                      {.protocol = "grpc", .endpoint = "Score"}, *std::move(changes));
   if (!active.ok()) return reject(active.status());
   Admitted(context);
   if (auto s = Await(context, **active); !s.ok()) return ToGrpcStatus(s);
@@ -191,6 +194,10 @@ grpc::Status RouterService::GetModelInfo(grpc::ServerContext* context, const v1:
   response->set_eos_id(info.eos_id());
   response->set_tensor_parallel(info.tensor_parallel());
   response->set_healthy_groups(groups_->healthy());
+  response->set_hidden_size(info.hidden_size());
+  response->set_num_layers(info.num_layers());
+  response->set_num_heads(info.num_heads());
+  for (v1::Adapter& a : groups_->Adapters()) *response->add_adapters() = std::move(a);
   return grpc::Status::OK;
 }
 

@@ -1,5 +1,7 @@
 #include "router/worker_group.h"
 
+#include "engine/status_macros.h"
+
 #include <grpcpp/grpcpp.h>
 
 #include <algorithm>
@@ -92,6 +94,7 @@ WorkerGroup::WorkerGroup(std::string address, std::shared_ptr<grpc::Channel> cha
       engine_(NewEngine(info_)),
       probe_delay_(kFirstProbe),
       next_health_(std::chrono::steady_clock::now() + kIdleHealthEvery) {
+  SetAdapters(info_);
   // The first group a router meets it takes at once, so a router alone serves as soon as it starts; one that
   // holds groups already waits a little, so that routers starting together spread the groups between them.
   const int held = options_.lease.held->load();
@@ -169,6 +172,7 @@ void WorkerGroup::MaintainLease() {
       epoch_ = state.epoch();
       executor_.set_epoch(epoch_);
       engine_ = NewEngine(engine_info_);
+      SetAdapters(engine_info_);
       names_version_seen_ = ~uint64_t{0};
       owned_ = true;
       ++*o.held;
@@ -225,6 +229,7 @@ void WorkerGroup::LoseLease(const std::string& why) {
   epoch_ = 0;
   executor_.set_epoch(0);
   engine_ = NewEngine(engine_info_);
+  SetAdapters(engine_info_);
   next_lease_ = std::chrono::steady_clock::now();
 }
 
@@ -288,9 +293,72 @@ std::unique_ptr<Engine> WorkerGroup::NewEngine(const worker::v1::ModelInfo& info
   return std::make_unique<Engine>(o, &executor_);
 }
 
-SequenceSpec WorkerGroup::SpecFor(const ActiveRequest& r) const {
+void WorkerGroup::SetAdapters(const worker::v1::ModelInfo& info) {
+  absl::MutexLock lock(&adapters_mu_);
+  adapters_.clear();
+  for (const auto& a : info.adapters()) adapters_[a.name()] = a;
+}
+
+absl::StatusOr<worker::v1::AdapterInfo> WorkerGroup::LoadAdapter(const std::string& name, const std::string& path) {
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(120));  // a large adapter on a slow disk
+  worker::v1::LoadAdapterRequest req;
+  req.set_name(name);
+  req.set_path(path);
+  worker::v1::AdapterInfo info;
+  if (grpc::Status s = stub_->LoadAdapter(&ctx, req, &info); !s.ok()) {
+    return absl::Status(static_cast<absl::StatusCode>(s.error_code()),
+                        absl::StrCat("worker group ", address_, ": ", s.error_message()));
+  }
+  absl::MutexLock lock(&adapters_mu_);
+  adapters_[name] = info;
+  return info;
+}
+
+absl::Status WorkerGroup::UnloadAdapter(const std::string& name) {
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  worker::v1::UnloadAdapterRequest req;
+  req.set_name(name);
+  worker::v1::UnloadAdapterResponse resp;
+  grpc::Status s = stub_->UnloadAdapter(&ctx, req, &resp);
+  absl::MutexLock lock(&adapters_mu_);
+  adapters_.erase(name);
+  if (!s.ok()) {
+    return absl::Status(static_cast<absl::StatusCode>(s.error_code()),
+                        absl::StrCat("worker group ", address_, ": ", s.error_message()));
+  }
+  return absl::OkStatus();
+}
+
+std::vector<worker::v1::AdapterInfo> WorkerGroup::adapters() const {
+  absl::MutexLock lock(&adapters_mu_);
+  std::vector<worker::v1::AdapterInfo> out;
+  for (const auto& [name, a] : adapters_) out.push_back(a);
+  return out;
+}
+
+bool WorkerGroup::HasAdapter(const std::string& name) const {
+  absl::MutexLock lock(&adapters_mu_);
+  return adapters_.count(name) > 0;
+}
+
+absl::StatusOr<SequenceSpec> WorkerGroup::SpecFor(const ActiveRequest& r) const {
   const ActiveRequest::Options& o = r.options();
   SequenceSpec spec;
+  spec.interventions = o.interventions;
+  spec.cache_salt = o.interventions_salt;
+  if (!o.adapter.empty()) {
+    absl::MutexLock lock(&adapters_mu_);
+    auto it = adapters_.find(o.adapter);
+    if (it == adapters_.end()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("adapter \"", o.adapter, "\" is not loaded on worker group ", address_));
+    }
+    spec.adapter = it->second.id();
+    // Ids are never reused by a worker, so a reloaded name never meets the KV its predecessor left.
+    spec.cache_salt = spec.cache_salt * 1000003u + 0x9e3779b97f4a7c15ull * spec.adapter;
+  }
   spec.prompt = o.prompt;
   spec.max_new_tokens = o.max_new_tokens;
   spec.score = o.score;
@@ -306,6 +374,11 @@ SequenceSpec WorkerGroup::SpecFor(const ActiveRequest& r) const {
   spec.sampling.frequency_penalty = p.frequency_penalty();
   spec.top_logprobs = o.score ? o.score_top_logprobs : p.top_logprobs();
   return spec;
+}
+
+absl::Status WorkerGroup::AddToEngine(const ActiveRequest& r) {
+  ASSIGN_OR_RETURN(SequenceSpec spec, SpecFor(r));
+  return engine_->Add(r.id(), std::move(spec));
 }
 
 absl::Status WorkerGroup::Submit(std::shared_ptr<ActiveRequest> request) {
@@ -463,6 +536,7 @@ void WorkerGroup::ProbeRecovery() {
   if (!Serving(std::chrono::seconds(1)) || !RefreshInfo("not taking it back")) return;
   // A new incarnation: empty KV pool, possibly of another size, and a lease to take again.
   engine_ = NewEngine(engine_info_);
+  SetAdapters(engine_info_);
   if (owned_) {
     owned_ = false;
     --*options_.lease.held;
@@ -535,7 +609,7 @@ void WorkerGroup::Loop() {
         // Two requests under one id would leave one unanswered: refuse the second loudly (a bug if it happens).
         const absl::Status s = requests_.contains(r->id())
                                    ? absl::InternalError(absl::StrCat("request id ", r->id(), " is already in use"))
-                                   : engine_->Add(r->id(), SpecFor(*r));
+                                   : AddToEngine(*r);
         if (!s.ok()) {
           r->Fail(s);
           --load_;

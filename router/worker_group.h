@@ -85,6 +85,12 @@ class WorkerGroup {
       ABSL_LOCKS_EXCLUDED(names_mu_);
   int block_size() const { return block_size_; }
   // ResourceExhausted (queue full) or Unavailable (group down, or draining) when not accepted.
+  // LoRA adapters on this group's worker, by name (their ids are the worker's). Load and Unload call the worker.
+  absl::StatusOr<worker::v1::AdapterInfo> LoadAdapter(const std::string& name, const std::string& path)
+      ABSL_LOCKS_EXCLUDED(adapters_mu_);
+  absl::Status UnloadAdapter(const std::string& name) ABSL_LOCKS_EXCLUDED(adapters_mu_);
+  std::vector<worker::v1::AdapterInfo> adapters() const ABSL_LOCKS_EXCLUDED(adapters_mu_);
+  bool HasAdapter(const std::string& name) const ABSL_LOCKS_EXCLUDED(adapters_mu_);
   absl::Status Submit(std::shared_ptr<ActiveRequest> request) ABSL_LOCKS_EXCLUDED(mu_);
   // Where requests go when this group fails before they started (another group, through the GroupSet); what
   // it returns is the request's failure when not OK. Unset: they fail with Unavailable.
@@ -97,7 +103,8 @@ class WorkerGroup {
   WorkerGroup(std::string address, std::shared_ptr<grpc::Channel> channel, worker::v1::ModelInfo info,
               GroupOptions options, RouterMetrics* metrics);
   std::unique_ptr<Engine> NewEngine(const worker::v1::ModelInfo& info);
-  SequenceSpec SpecFor(const ActiveRequest& r) const;
+  absl::StatusOr<SequenceSpec> SpecFor(const ActiveRequest& r) const ABSL_LOCKS_EXCLUDED(adapters_mu_);
+  absl::Status AddToEngine(const ActiveRequest& r) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Hands a step's outcome for one sequence to its request; true when the request has finished.
   bool Deliver(const SequenceUpdate& u);
   void PublishState() ABSL_LOCKS_EXCLUDED(names_mu_);
@@ -163,6 +170,9 @@ class WorkerGroup {
   // The group's thread waits on mu_ for HasWork(); releasing mu_ re-evaluates it, so whoever changes what it
   // reads (stop_ included) takes mu_ afterwards.
   absl::Mutex mu_;
+  mutable absl::Mutex adapters_mu_;
+  std::unordered_map<std::string, worker::v1::AdapterInfo> adapters_ ABSL_GUARDED_BY(adapters_mu_);
+  void SetAdapters(const worker::v1::ModelInfo& info) ABSL_LOCKS_EXCLUDED(adapters_mu_);
   std::vector<std::shared_ptr<ActiveRequest>> incoming_ ABSL_GUARDED_BY(mu_);
   Reroute reroute_ ABSL_GUARDED_BY(mu_);
   int max_outstanding_;  // queued + running requests accepted at once

@@ -19,6 +19,18 @@ SamplingParams FromProto(const worker::v1::SamplingParams& p) {
           p.frequency_penalty()};
 }
 
+Intervention FromProto(const worker::v1::Intervention& p) {
+  Intervention iv;
+  iv.kind = static_cast<InterventionKind>(p.kind());
+  iv.layer = p.layer();
+  iv.vector.assign(p.vector().begin(), p.vector().end());
+  iv.factor = p.factor();
+  iv.head = p.head();
+  iv.begin_pos = p.begin_pos();
+  iv.end_pos = p.end_pos();
+  return iv;
+}
+
 // Spans into the request's repeated fields, which outlive the step.
 template <typename Repeated>
 std::span<const int32_t> View(const Repeated& r) {
@@ -41,13 +53,15 @@ absl::Status CheckRequestLimits(const worker::v1::StepRequest& request, const St
 
 absl::StatusOr<worker::v1::StepResponse> RunStep(Backend& backend, const worker::v1::StepRequest& request,
                                                  const LastDraws* last_draws, SequenceHistory* history,
-                                                 const StepLimits* limits) {
+                                                 const StepLimits* limits, AdapterStore* adapters) {
   if (limits != nullptr) RETURN_IF_ERROR(CheckRequestLimits(request, *limits));
   if (history != nullptr) {
     for (uint64_t id : request.released_sequences()) history->Release(id);
   }
   std::vector<StepRow> rows(request.sequences_size());
   std::vector<int32_t> drawn(request.sequences_size());  // tokens of rows that take theirs from the last step
+  std::vector<std::vector<Intervention>> interventions(request.sequences_size());
+  std::vector<std::vector<ActivationPoint>> points(request.sequences_size());
   for (int i = 0; i < request.sequences_size(); ++i) {
     const auto& s = request.sequences(i);
     StepRow& r = rows[i];
@@ -72,9 +86,17 @@ absl::StatusOr<worker::v1::StepResponse> RunStep(Backend& backend, const worker:
     r.penalty_history = View(s.penalty_history());
     r.penalty_prompt_len = s.penalty_prompt_len();
     r.allowed_tokens = std::span<const uint32_t>(s.allowed_tokens().data(), static_cast<size_t>(s.allowed_tokens_size()));
+    r.adapter = s.adapter();
+    for (const auto& iv : s.interventions()) interventions[i].push_back(FromProto(iv));
+    r.interventions = interventions[i];
+    for (const auto& p : s.activations()) {
+      points[i].push_back({static_cast<ActivationKind>(p.kind()), p.index()});
+    }
+    r.activations = points[i];
+    r.activation_positions = View(s.activation_positions());
   }
   const auto start = std::chrono::steady_clock::now();
-  ASSIGN_OR_RETURN(const std::vector<RowResult> results, RunRows(backend, rows, history));
+  ASSIGN_OR_RETURN(const std::vector<RowResult> results, RunRows(backend, rows, history, adapters));
   worker::v1::StepResponse response;
   auto* t = response.mutable_timings();
   t->set_forward_seconds(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
@@ -96,6 +118,10 @@ absl::StatusOr<worker::v1::StepResponse> RunStep(Backend& backend, const worker:
       o->set_logprob(tl.logprob);
     }
     out->mutable_score_logprobs()->Add(r.score_logprobs.begin(), r.score_logprobs.end());
+    for (const std::vector<float>& a : r.activations) {
+      out->add_activations()->assign(reinterpret_cast<const char*>(a.data()), a.size() * sizeof(float));
+    }
+    out->set_activation_rows(r.activation_rows);
     for (const auto& alternatives : r.score_top_logprobs) {
       auto* top = out->add_score_top_logprobs();
       for (const TokenLogprob& tl : alternatives) {

@@ -4,6 +4,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
 #include "gemma/worker/v1/worker.pb.h"
+#include "shard/runtime/adapter_store.h"
 #include "shard/runtime/backend.h"
 #include "shard/runtime/sequence_history.h"
 #include "shard/runtime/step_limits.h"
@@ -18,9 +19,11 @@ using LastDraws = absl::flat_hash_map<uint64_t, int32_t>;
 // With `history`, the request's released sequences are dropped from it and penalized rows are recorded there
 // (FailedPrecondition, nothing run, when it lacks one: see RunRows). With `limits` (resolved), a step beyond them
 // is refused (InvalidArgument naming the worker flag) before anything else, so no backend and no follower sees it.
+// Rows' adapter ids are looked up in `adapters`.
 absl::StatusOr<worker::v1::StepResponse> RunStep(Backend& backend, const worker::v1::StepRequest& request,
                                                  const LastDraws* last_draws = nullptr,
                                                  SequenceHistory* history = nullptr,
-                                                 const StepLimits* limits = nullptr);
+                                                 const StepLimits* limits = nullptr,
+                                                 AdapterStore* adapters = nullptr);
 
 }  // namespace gemma

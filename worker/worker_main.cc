@@ -174,15 +174,24 @@ int Run(const WorkerOptions& o) {
       if (!health_server) return Fail(absl::UnavailableError(absl::StrCat("cannot listen on port ", o.port)));
       health_server->GetHealthCheckService()->SetServingStatus(true);
     }
-    auto s = RunFollower(**backend, *collective, [m = metrics->get()](double seconds, const StepTimings& t) {
-      m->RecordRankStep(seconds, t.collective_seconds);
-    });
+    AdapterStore adapters(LoraLoaderFor(checkpoint->config(), shard->tp), o.max_resident_adapters);
+    auto s = RunFollower(
+        **backend, *collective,
+        [m = metrics->get()](double seconds, const StepTimings& t) { m->RecordRankStep(seconds, t.collective_seconds); },
+        &adapters);
     if (health_server) health_server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
     if (!s.ok()) return Fail(s);
     return 0;
   }
   worker::v1::ModelInfo info = MakeInfo(o, checkpoint->config(), **backend, limits);
-  WorkerService service(std::make_unique<LeaderBackend>(std::move(*backend), collective), info, metrics->get());
+  auto adapters = std::make_shared<AdapterStore>(LoraLoaderFor(checkpoint->config(), shard->tp), o.max_resident_adapters);
+  for (const auto& [name, dir] : o.loras) {
+    auto id = adapters->Register(name, dir);
+    if (!id.ok()) return Fail(absl::InvalidArgumentError(absl::StrCat("--lora ", name, "=", dir, ": ", id.status().message())));
+    std::fprintf(stderr, "gemma-worker: LoRA adapter %s (id %u) from %s\n", name.c_str(), *id, dir.c_str());
+  }
+  WorkerService service(std::make_unique<LeaderBackend>(std::move(*backend), collective), info, metrics->get(),
+                        adapters);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   int port = 0;

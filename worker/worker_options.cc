@@ -36,6 +36,10 @@ ABSL_FLAG(int64_t, drain_timeout_ms, 30000,
 ABSL_FLAG(std::string, group_name, "", "the group's name in routers' metrics (env GEMMA_GROUP_NAME); default: the host name");
 ABSL_FLAG(int, threads, 0, "compute threads; 0: all cores");
 ABSL_FLAG(std::string, port_file, "", "rank 0 writes its chosen Worker API port here");
+ABSL_FLAG(std::vector<std::string>, lora, {},
+          "LoRA adapters to load at start, NAME=DIR[,NAME=DIR...] (folders as peft saves them, readable by every rank)");
+ABSL_FLAG(int, max_resident_adapters, 8, "LoRA adapters kept in memory, 1..1024; the least recently used beyond it "
+          "are read again from their folder when next used");
 
 namespace gemma {
 namespace {
@@ -196,6 +200,18 @@ absl::StatusOr<WorkerOptions> WorkerOptionsFromFlags() {
   o.threads = absl::GetFlag(FLAGS_threads);
   if (o.threads < 0) return absl::InvalidArgumentError("--threads must be >= 0");
   o.port_file = absl::GetFlag(FLAGS_port_file);
+  for (const std::string& spec : absl::GetFlag(FLAGS_lora)) {
+    const size_t eq = spec.find('=');
+    if (eq == std::string::npos || eq == 0 || eq + 1 == spec.size()) {
+      return absl::InvalidArgumentError(absl::StrCat("--lora \"", spec, "\" is invalid; give NAME=DIR"));
+    }
+    o.loras.emplace_back(spec.substr(0, eq), spec.substr(eq + 1));
+  }
+  o.max_resident_adapters = absl::GetFlag(FLAGS_max_resident_adapters);
+  if (o.max_resident_adapters < 1 || o.max_resident_adapters > 1024) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--max_resident_adapters is ", o.max_resident_adapters, "; allowed: 1 to 1024"));
+  }
   return o;
 }
 

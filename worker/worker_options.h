@@ -3,6 +3,8 @@
 
 #include <chrono>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "shard/open_shard.h"
@@ -33,6 +35,8 @@ struct WorkerOptions {
   std::string group_name;                                // metrics label routers use for this group
   int threads = 0;
   std::string port_file;  // where rank 0 writes its chosen port
+  std::vector<std::pair<std::string, std::string>> loras;  // --lora NAME=DIR, loaded at start
+  int max_resident_adapters = 8;  // adapters kept in memory; others are read again when used
 };
 
 // Reads the absl flags (declared in the .cc), falling back to GEMMA_* environment variables and, for the rank, the

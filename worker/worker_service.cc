@@ -1,5 +1,7 @@
 #include "worker/worker_service.h"
 
+#include "shard/model/lora_loader.h"
+
 #include <chrono>
 #include <set>
 
@@ -43,14 +45,49 @@ StepLimits LimitsOf(const worker::v1::ModelInfo& info) {
 
 }  // namespace
 
-WorkerService::WorkerService(std::unique_ptr<LeaderBackend> backend, worker::v1::ModelInfo info, WorkerMetrics* metrics)
-    : info_(std::move(info)), limits_(LimitsOf(info_)), metrics_(metrics), backend_(std::move(backend)) {}
+WorkerService::WorkerService(std::unique_ptr<LeaderBackend> backend, worker::v1::ModelInfo info, WorkerMetrics* metrics,
+                             std::shared_ptr<AdapterStore> adapters)
+    : info_(std::move(info)),
+      adapters_(std::move(adapters)),
+      limits_(LimitsOf(info_)),
+      metrics_(metrics),
+      backend_(std::move(backend)) {}
+
+namespace {
+
+void ToProto(const AdapterInfo& a, worker::v1::AdapterInfo* out) {
+  out->set_name(a.name);
+  out->set_id(a.id);
+  out->set_path(a.dir);
+  out->set_rank(a.rank);
+  out->set_scaling(a.scaling);
+  for (const std::string& t : a.target_modules) out->add_target_modules(t);
+}
+
+}  // namespace
 
 grpc::Status WorkerService::GetModelInfo(grpc::ServerContext*, const worker::v1::GetModelInfoRequest*,
                                          worker::v1::ModelInfo* response) {
   if (!healthy_) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "this worker group has failed; restart it");
   *response = info_;
+  response->set_max_lora_rank(kMaxLoraRank);
+  for (const AdapterInfo& a : adapters_->List()) ToProto(a, response->add_adapters());
   return grpc::Status::OK;
+}
+
+grpc::Status WorkerService::LoadAdapter(grpc::ServerContext*, const worker::v1::LoadAdapterRequest* request,
+                                        worker::v1::AdapterInfo* response) {
+  auto id = adapters_->Register(request->name(), request->path());
+  if (!id.ok()) return ToGrpcStatus(id.status());
+  for (const AdapterInfo& a : adapters_->List()) {
+    if (a.id == *id) ToProto(a, response);
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status WorkerService::UnloadAdapter(grpc::ServerContext*, const worker::v1::UnloadAdapterRequest* request,
+                                          worker::v1::UnloadAdapterResponse*) {
+  return ToGrpcStatus(adapters_->Unregister(request->name()));
 }
 
 void WorkerService::OnFailure(std::function<void()> callback) {
@@ -115,7 +152,7 @@ grpc::Status WorkerService::Step(grpc::ServerContext* context, const worker::v1:
   // Again, after waiting: the lease may have moved on meanwhile, and the KV pool is the new holder's.
   if (auto s = lease_.CheckStep(request->epoch()); !s.ok()) return ToGrpcStatus(s);
   Session& session = SessionFor(request->session());
-  auto result = RunStep(*backend_, *request, &session.draws, &session.history, &limits_);
+  auto result = RunStep(*backend_, *request, &session.draws, &session.history, &limits_, adapters_.get());
   lease_.StepDone(request->epoch());
   // Whatever happened, later steps no longer wait for this one, and take only what it drew.
   session.last_step = std::max(session.last_step, request->step_id());

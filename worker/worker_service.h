@@ -23,7 +23,9 @@ class WorkerService final : public worker::v1::Worker::Service {
  public:
   // Steps are kept within the limits `info` reports (max_tokens_per_step, max_batch_size, max_model_len): what
   // routers are told is what is enforced.
-  WorkerService(std::unique_ptr<LeaderBackend> backend, worker::v1::ModelInfo info, WorkerMetrics* metrics);
+  // `adapters` holds rank 0's LoRA adapters (followers read theirs when a step first names one).
+  WorkerService(std::unique_ptr<LeaderBackend> backend, worker::v1::ModelInfo info, WorkerMetrics* metrics,
+                std::shared_ptr<AdapterStore> adapters);
   // Called once, on the thread that finds the group failed (to turn health NOT_SERVING at once).
   void OnFailure(std::function<void()> callback) ABSL_LOCKS_EXCLUDED(mu_);
 
@@ -37,6 +39,10 @@ class WorkerService final : public worker::v1::Worker::Service {
                             worker::v1::LeaseState* response) override;
   grpc::Status GetLease(grpc::ServerContext* context, const worker::v1::GetLeaseRequest* request,
                         worker::v1::LeaseState* response) override;
+  grpc::Status LoadAdapter(grpc::ServerContext* context, const worker::v1::LoadAdapterRequest* request,
+                           worker::v1::AdapterInfo* response) override;
+  grpc::Status UnloadAdapter(grpc::ServerContext* context, const worker::v1::UnloadAdapterRequest* request,
+                             worker::v1::UnloadAdapterResponse* response) override;
   // Sends a heartbeat to idle followers; false once the group has failed.
   bool Heartbeat() ABSL_LOCKS_EXCLUDED(mu_);
   bool healthy() const { return healthy_; }
@@ -52,6 +58,7 @@ class WorkerService final : public worker::v1::Worker::Service {
   void MarkFailed() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   worker::v1::ModelInfo info_;
+  const std::shared_ptr<AdapterStore> adapters_;  // thread-safe itself
   const StepLimits limits_;
   WorkerMetrics* metrics_;
   GroupLease lease_;  // its own lock: leases are renewed while a step holds mu_

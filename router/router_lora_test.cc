@@ -1,0 +1,158 @@
+// LoRA adapters served: loaded at a worker's start and through the Admin
+// service, named per request, mixed with base-model requests in one batch, on
+// one rank and across a tensor-parallel group; against the references of
+// gemma-lora-tiny.
+#include <future>
+
+#include "absl/status/status.h"
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+#include "router/router_test_support.h"
+
+namespace gemma {
+namespace {
+
+std::string LoraDir() {
+  const std::string dir = testing::GemmaLoraTinyDir();
+  EXPECT_FALSE(dir.empty())
+      << "gemma-lora-tiny is absent: the served LoRA checks cannot run";
+  return dir;
+}
+
+nlohmann::json Generations(const std::string& adapter) {
+  return nlohmann::json::parse(testing::ReadFile(
+      LoraDir() + "/reference/" + adapter + "/generations.json"));
+}
+
+absl::StatusCode Generate(v1::Gemma::Stub& stub, const v1::GenerateRequest& req,
+                          v1::GenerateResponse* resp,
+                          std::string* message = nullptr) {
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+  grpc::Status s = stub.Generate(&ctx, req, resp);
+  if (message != nullptr) *message = s.error_message();
+  return static_cast<absl::StatusCode>(s.error_code());
+}
+
+// Every reference prompt, greedy, with `adapter` (or none), all at once: the
+// router batches them together.
+void ExpectReferenceGenerations(v1::Gemma::Stub& stub,
+                                const std::string& adapter,
+                                const std::string& reference) {
+  const auto gens = Generations(reference);
+  std::vector<std::future<std::vector<int>>> adapted, base;
+  for (const auto& g : gens["results"]) {
+    v1::GenerateRequest req = Ids(g["prompt_ids"].get<std::vector<int>>(),
+                                  static_cast<int>(g["generated_ids"].size()));
+    req.set_adapter(adapter);
+    for (auto* list : {&adapted, &base}) {
+      list->push_back(std::async(std::launch::async, [&stub, req, list, &base] {
+        v1::GenerateRequest r = req;
+        if (list == &base) r.clear_adapter();
+        v1::GenerateResponse resp;
+        std::string message;
+        EXPECT_EQ(Generate(stub, r, &resp, &message), absl::StatusCode::kOk)
+            << message;
+        return TokenIds(resp);
+      }));
+    }
+  }
+  for (size_t i = 0; i < adapted.size(); ++i) {
+    const auto want =
+        gens["results"][i]["generated_ids"].get<std::vector<int>>();
+    EXPECT_EQ(adapted[i].get(), want)
+        << adapter << " " << gens["results"][i]["prompt"];
+    EXPECT_NE(base[i].get(), want)
+        << "the base model gave the adapter's tokens";
+  }
+}
+
+TEST(RouterLoraTest, AdaptersLoadedAtStartAndAtRunTimeServeTheirReferences) {
+  const std::string lora = LoraDir();
+  ASSERT_FALSE(lora.empty());
+  auto worker = StartOwnWorker(GemmaTinyDir() + "/tiny-mha",
+                               {"--lora=all=" + lora + "/mha-r8-all"});
+  auto router = StartRouter({worker.port});
+  ASSERT_TRUE(router.WaitForHealthyGroups(1));
+  {
+    grpc::ClientContext ctx;
+    v1::ModelInfo info;
+    ASSERT_TRUE(router.stub->GetModelInfo(&ctx, {}, &info).ok());
+    ASSERT_EQ(info.adapters_size(), 1);
+    EXPECT_EQ(info.adapters(0).name(), "all");
+    EXPECT_EQ(info.adapters(0).rank(), 8);
+    EXPECT_FLOAT_EQ(info.adapters(0).scaling(), 2.0f);
+  }
+  ExpectReferenceGenerations(*router.stub, "all", "mha-r8-all");
+
+  auto admin = v1::Admin::NewStub(
+      grpc::CreateChannel("127.0.0.1:" + std::to_string(router.port),
+                          grpc::InsecureChannelCredentials()));
+  v1::LoadAdapterRequest load;
+  load.set_name("qv");
+  load.set_path(lora + "/mha-r4-qv-f32");
+  {
+    grpc::ClientContext ctx;
+    v1::Adapter loaded;
+    grpc::Status s = admin->LoadAdapter(&ctx, load, &loaded);
+    ASSERT_TRUE(s.ok()) << s.error_message();
+    EXPECT_EQ(loaded.groups(), 1);
+    EXPECT_EQ(loaded.rank(), 4);
+  }
+  ExpectReferenceGenerations(*router.stub, "qv", "mha-r4-qv");
+  {  // the same name twice
+    grpc::ClientContext ctx;
+    v1::Adapter loaded;
+    EXPECT_EQ(admin->LoadAdapter(&ctx, load, &loaded).error_code(),
+              grpc::StatusCode::ALREADY_EXISTS);
+  }
+  {  // an adapter of another model: its k_proj does not fit
+    grpc::ClientContext ctx;
+    v1::LoadAdapterRequest bad;
+    bad.set_name("mqa");
+    bad.set_path(lora + "/mqa-r8-rslora");
+    v1::Adapter loaded;
+    grpc::Status s = admin->LoadAdapter(&ctx, bad, &loaded);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_NE(s.error_message().find("adapter_model.safetensors"),
+              std::string::npos)
+        << s.error_message();
+  }
+  {
+    grpc::ClientContext ctx;
+    v1::UnloadAdapterRequest unload;
+    unload.set_name("qv");
+    v1::UnloadAdapterResponse r;
+    ASSERT_TRUE(admin->UnloadAdapter(&ctx, unload, &r).ok());
+  }
+  v1::GenerateRequest req = Ids({2, 3791, 323}, 4);
+  req.set_adapter("qv");
+  v1::GenerateResponse resp;
+  std::string message;
+  EXPECT_EQ(Generate(*router.stub, req, &resp, &message),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(message.find("\"qv\" is not loaded"), std::string::npos) << message;
+}
+
+TEST(RouterLoraTest, ATensorParallelGroupReadsItsSlicesOnEveryRank) {
+  const std::string lora = LoraDir();
+  ASSERT_FALSE(lora.empty());
+  TpGroup group = StartTpGroup(2);  // tiny-mqa
+  auto router = StartRouter({group.port});
+  ASSERT_TRUE(router.WaitForHealthyGroups(1));
+  auto admin = v1::Admin::NewStub(
+      grpc::CreateChannel("127.0.0.1:" + std::to_string(router.port),
+                          grpc::InsecureChannelCredentials()));
+  grpc::ClientContext ctx;
+  v1::LoadAdapterRequest load;
+  load.set_name("rs");
+  load.set_path(lora + "/mqa-r8-rslora");
+  v1::Adapter loaded;
+  grpc::Status s = admin->LoadAdapter(&ctx, load, &loaded);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  EXPECT_NEAR(loaded.scaling(), 11.3137085, 1e-5);
+  ExpectReferenceGenerations(*router.stub, "rs", "mqa-r8-rslora");
+}
+
+}  // namespace
+}  // namespace gemma
