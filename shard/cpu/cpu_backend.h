@@ -7,6 +7,7 @@
 #include "absl/status/statusor.h"
 #include "shard/runtime/backend.h"
 #include "shard/collective/collective.h"
+#include "shard/cpu/interventions.h"
 #include "shard/runtime/kv_cache.h"
 #include "shard/model/model_weights.h"
 
@@ -54,6 +55,7 @@ class CpuBackend : public Backend {
   std::vector<int32_t> tokens_;      // [T]
   std::vector<int32_t> positions_;  // [T]
   std::vector<int> seq_of_token_;   // [T]
+  StepHooks hooks_;  // the step's interventions and activation reads
 };
 
 }  // namespace gemma
