@@ -449,6 +449,71 @@ TEST_P(ActivationsTest, TensorParallelGroupGivesTheActivationsOfOneRank) {
               GetParam().c_str(), worst_logits, worst_acts);
 }
 
+// Gemma 2 and 3 (sandwich norms, local layers; no reference activations): the
+// reads are the terms added to the stream, so residual L+1 = (residual L +
+// attention output L) + MLP output L exactly, in float32, at every position of
+// a prompt past the sliding window; a steer after layer 0 shows in residual 1
+// and nowhere before it.
+class Gemma23ActivationsTest
+    : public ::testing::TestWithParam<testing::TinyModel> {};
+
+TEST_P(Gemma23ActivationsTest, ReadsAddUpToTheResidualStream) {
+  const testing::TinyModel& m = GetParam();
+  const std::string root = m.root();
+  ASSERT_FALSE(root.empty()) << "test data for " << m.name << " is absent";
+  auto backend = testing::OpenBackend(root + "/" + m.name, 1024);
+  const int layers = backend->config().num_layers;
+  const int64_t H = backend->config().hidden_size;
+  auto all = ReadJson(root + "/reference/" + m.reference +
+                      "/logits_rand200.json")["ids"]
+                 .get<std::vector<int32_t>>();
+  const std::vector<int32_t> ids(all.begin(), all.begin() + 40);
+  const std::vector<Point> points = AllPoints(layers);
+  auto pass = RunPass(*backend, ids, {}, PointsOf(points));
+  ASSERT_TRUE(pass.ok()) << pass.status();
+  // AllPoints: residual 0..layers-1, the final norm, then attention and MLP
+  // outputs of each layer.
+  auto residual = [&](int i) -> const std::vector<float>& {
+    return pass->activations[i];
+  };
+  auto attn = [&](int l) -> const std::vector<float>& {
+    return pass->activations[layers + 1 + 2 * l];
+  };
+  auto mlp = [&](int l) -> const std::vector<float>& {
+    return pass->activations[layers + 2 + 2 * l];
+  };
+  for (int l = 0; l + 1 < layers; ++l) {
+    ASSERT_EQ(residual(l + 1).size(), ids.size() * H);
+    for (size_t i = 0; i < residual(l + 1).size(); ++i) {
+      ASSERT_EQ(residual(l + 1)[i], (residual(l)[i] + attn(l)[i]) + mlp(l)[i])
+          << "layer " << l << " value " << i;
+    }
+  }
+  // The final norm's rows have RMS near sqrt(mean((1 + w)^2)) > 0: not a copy
+  // of the raw stream.
+  EXPECT_NE(residual(layers), residual(layers - 1));
+
+  std::vector<float> v(H, 0.25f);
+  auto steered = RunPass(*backend, ids, {{InterventionKind::kSteer, 0, v}},
+                         PointsOf(points));
+  ASSERT_TRUE(steered.ok()) << steered.status();
+  EXPECT_EQ(steered->activations[0], residual(0));
+  EXPECT_EQ(steered->activations[layers + 1], attn(0));
+  EXPECT_EQ(steered->activations[layers + 2], mlp(0));
+  for (size_t i = 0; i < residual(1).size(); ++i)
+    ASSERT_EQ(steered->activations[1][i], residual(1)[i] + 0.25f);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Gemma23, Gemma23ActivationsTest,
+    ::testing::ValuesIn(testing::Gemma23TinyModels()),
+    [](const ::testing::TestParamInfo<testing::TinyModel>& info) {
+      std::string n = info.param.name;
+      for (char& ch : n)
+        ch = std::isalnum(static_cast<unsigned char>(ch)) ? ch : '_';
+      return n;
+    });
+
 INSTANTIATE_TEST_SUITE_P(GemmaTiny, ActivationsTest,
                          ::testing::Values("tiny-mha", "tiny-mqa"),
                          [](const ::testing::TestParamInfo<std::string>& info) {

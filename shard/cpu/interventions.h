@@ -2,6 +2,18 @@
 // of the CPU forward pass. The forward pass calls these at fixed points of each
 // layer; only the tokens of rows that ask are touched, so the other rows of a
 // step are computed bit for bit as in a step without any.
+//
+// Where, in layer L (Hugging Face names):
+// - kAblateHead: the input of o_proj, head h's columns h * head_dim onwards.
+// - kScaleAttention, kScaleMlp: the o_proj / down_proj output, summed over
+//   the ranks, before Gemma 2/3's post-attention / post-feedforward norm.
+// - kAttentionOutput, kMlpOutput (reads): the term added to the residual
+//   stream, i.e. after that post-norm on Gemma 2/3, so that residual L+1 =
+//   residual L + attention output + MLP output holds for every family.
+// - kSteer: the residual stream after the layer (both adds); the next layer,
+//   the read of residual L+1 and (last layer) the final norm see it.
+// Under Gemma 2/3's post-norms a scale before the norm changes the term only
+// through the norm's epsilon and its sign: RMSNorm(f x) ~ sign(f) RMSNorm(x).
 #pragma once
 
 #include <cstdint>
