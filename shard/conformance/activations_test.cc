@@ -243,6 +243,37 @@ TEST_P(ActivationsTest, SteeredGreedyGenerationsMatchTheReference) {
   }
 }
 
+// Through the engine: a scoring sequence reads some positions, its prompt cut
+// in chunks of 8; RunBatch puts the rows of every chunk together, in position
+// order.
+TEST_P(ActivationsTest, TheEngineDeliversTheAskedPositionsAcrossChunks) {
+  const std::string dir =
+      RefDir() + "/interventions/steer_layer0/activations_fox";
+  SequenceSpec spec;
+  spec.prompt = Ids(dir);
+  spec.score = true;
+  spec.interventions = NamedIntervention("steer_layer0", data_);
+  spec.activations = {{ActivationKind::kResidual, 1},
+                      {ActivationKind::kMlpOutput, 0}};
+  spec.activation_positions = {0, 5, 8, 17, 18};
+  const auto done = testing::RunOnEngine(backend_.get(), {spec}, {8, 8});
+  ASSERT_EQ(done.size(), 1u);
+  ASSERT_EQ(done[0].activations.size(), 2u);
+  const char* files[] = {"hidden_after_layer_0", "mlp_output_layer_0"};
+  for (int j = 0; j < 2; ++j) {
+    const std::vector<float> all = ReadF32(dir + "/" + files[j] + ".f32.bin");
+    std::vector<float> want;
+    for (int32_t p : spec.activation_positions) {
+      want.insert(want.end(), all.begin() + p * hidden_,
+                  all.begin() + (p + 1) * hidden_);
+    }
+    EXPECT_LT(MaxRowRelativeDiff(done[0].activations[j], want, hidden_),
+              kActivationTolerance)
+        << files[j];
+  }
+  EXPECT_EQ(done[0].prompt_logprobs.size(), spec.prompt.size() - 1);
+}
+
 // Rows that ask for nothing are computed as in a step without any: bit for bit.
 TEST_P(ActivationsTest, UnchangedRowsAreBitIdenticalBesideInterventions) {
   const std::vector<int32_t> fox = Ids(RefDir() + "/fox"),
