@@ -9,8 +9,9 @@ namespace {
 
 // Appends a row's activations; counts the positions they hold in *rows.
 void AddActivations(const RowResult& r, CompletedSequence* c, size_t* rows) {
-  if (r.activations.size() != c->activations.size() || r.activation_rows == 0)
+  if (r.activations.size() != c->activations.size() || r.activation_rows == 0) {
     return;
+  }
   for (size_t j = 0; j < r.activations.size(); ++j) {
     c->activations[j].insert(c->activations[j].end(), r.activations[j].begin(),
                              r.activations[j].end());
@@ -73,8 +74,9 @@ absl::StatusOr<std::vector<CompletedSequence>> RunBatch(Engine& engine, std::vec
       return s;
     }
   }
-  for (size_t i = 0; i < done.size(); ++i)
+  for (size_t i = 0; i < done.size(); ++i) {
     KeepLastPass(wanted_rows[i], read_rows[i], &done[i]);
+  }
   return done;
 }
 

@@ -44,9 +44,10 @@ absl::Status Args::Parse(int argc, char** argv) {
     if (spec == specs_.end()) {
       return absl::InvalidArgumentError(absl::StrCat("unknown flag --", name, " for gemma ", command_, "; see --help"));
     }
-    if (values_.count(name) && !spec->second.repeated)
+    if (values_.count(name) && !spec->second.repeated) {
       return absl::InvalidArgumentError(
           absl::StrCat("--", name, " given more than once"));
+    }
     if (spec->second.boolean) {
       if (has_value && value != "true" && value != "false") {
         return absl::InvalidArgumentError(absl::StrCat("--", name, " takes no value (or =true/=false)"));

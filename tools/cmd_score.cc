@@ -61,8 +61,9 @@ int ScoreCommand(int argc, char** argv) {
   req.interventions = *std::move(interventions);
   req.activations = *hidden_states;
   if (!req.activations.empty()) {
-    for (int32_t p = 0; p < static_cast<int32_t>(prompt->size()); ++p)
+    for (int32_t p = 0; p < static_cast<int32_t>(prompt->size()); ++p) {
       req.activation_positions.push_back(p);
+    }
   }
   LocalExecutor executor(model->backend.get());
   Engine engine(executor.EngineOptionsFor({}), &executor);
@@ -85,9 +86,10 @@ int ScoreCommand(int argc, char** argv) {
                               std::to_string(prompt->size()) + " positions"));
       }
       nlohmann::json rows = nlohmann::json::array();
-      for (size_t p = 0; p < prompt->size(); ++p)
+      for (size_t p = 0; p < prompt->size(); ++p) {
         rows.push_back(
             std::vector<float>(all.begin() + p * H, all.begin() + (p + 1) * H));
+      }
       states.push_back(std::move(rows));
       indices.push_back((*hidden_states)[j].index);
     }

@@ -37,8 +37,9 @@ absl::Status ValidateInterventions(size_t seq,
     const std::string what =
         absl::StrCat("sequence ", seq, ": intervention ", k, " (",
                      InterventionName(iv.kind), ")");
-    if (iv.kind > InterventionKind::kAblateHead)
+    if (iv.kind > InterventionKind::kAblateHead) {
       return absl::InvalidArgumentError(absl::StrCat(what, ": unknown kind"));
+    }
     if (iv.layer < 0 || iv.layer >= c.num_layers) {
       return absl::InvalidArgumentError(absl::StrCat(
           what, ": layer ", iv.layer, " is outside [0, ", c.num_layers, ")"));
