@@ -15,6 +15,12 @@ struct CompletedSequence {
   std::vector<float> token_logprobs;    // of each generated token
   std::vector<float> prompt_logprobs;   // scoring: of prompt tokens 1.., each given the tokens before it
   FinishReason finish = FinishReason::kNone;
+  // One per SequenceSpec::activations point: [activation_positions,
+  // hidden_size], f32, in position order (after a preemption, those of the last
+  // pass). Delivered with scoring rows and sampled rows only (the engine
+  // reports no other prompt chunk), so a sequence that reads activations should
+  // score.
+  std::vector<std::vector<float>> activations;
 };
 
 // Adds every spec (ids are their indices), steps until all are done, and returns them in order. `on_token`, if

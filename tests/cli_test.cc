@@ -2,7 +2,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <sstream>
 
@@ -75,6 +78,149 @@ TEST(CliTest, ScoreMatchesReference) {
   const auto want = ref["prompts"][0]["token_logprobs"].get<std::vector<double>>();
   ASSERT_EQ(got.size(), want.size());
   for (size_t i = 0; i < got.size(); ++i) EXPECT_NEAR(got[i], want[i], 1e-4);
+}
+
+// The largest |got - want| of any row, relative to that row's L2 norm in `want`
+// (gemma-activations-tiny's README).
+double MaxRowRelativeDiff(const nlohmann::json& rows,
+                          const std::string& f32_file) {
+  const std::string bytes = ReadFile(f32_file);
+  std::vector<float> want(bytes.size() / 4);
+  std::memcpy(want.data(), bytes.data(), bytes.size());
+  const size_t width = rows.empty() ? 1 : rows[0].size();
+  EXPECT_EQ(rows.size() * width, want.size()) << f32_file;
+  double worst = 0;
+  for (size_t r = 0; r < rows.size() && (r + 1) * width <= want.size(); ++r) {
+    double norm = 0, diff = 0;
+    for (size_t i = 0; i < width; ++i) {
+      const double w = want[r * width + i];
+      norm += w * w;
+      diff = std::max(diff, std::abs(rows[r][i].get<double>() - w));
+    }
+    worst = std::max(worst, diff / std::sqrt(norm));
+  }
+  return worst;
+}
+
+std::string ActivationsData() {
+  const std::string dir = GemmaActivationsTinyDir();
+  EXPECT_FALSE(dir.empty()) << "gemma-activations-tiny is absent: the "
+                               "hidden-state and steering checks cannot run";
+  return dir;
+}
+
+const char* const kFox =
+    " --prompt 'The quick brown fox jumps over the lazy dog.'";
+
+TEST(CliTest, ScoreHiddenStatesAreHuggingFacesHiddenStates) {
+  const std::string data = ActivationsData();
+  ASSERT_FALSE(data.empty());
+  CliRun r = Gemma("score --model " + Tiny("tiny-mha") + kFox +
+                   " --hidden-states all --json");
+  ASSERT_EQ(r.code, 0) << r.err;
+  const auto out = nlohmann::json::parse(r.out);
+  // tiny-mha has 2 layers: indices 0 (embedding), 1 (after layer 0), 2 (final
+  // norm), each [19 positions][128].
+  ASSERT_EQ(out["hidden_states"].size(), 3u);
+  EXPECT_EQ(out["hidden_state_indices"], nlohmann::json({0, 1, 2}));
+  const char* files[] = {"hidden_embedding", "hidden_after_layer_0",
+                         "hidden_final_norm"};
+  for (size_t k = 0; k < 3; ++k) {
+    const auto& rows = out["hidden_states"][k];
+    ASSERT_EQ(rows.size(), 19u);
+    ASSERT_EQ(rows[0].size(), 128u);
+    EXPECT_LT(MaxRowRelativeDiff(
+                  rows, data + "/tiny-mha/fox/" + files[k] + ".f32.bin"),
+              1e-4)
+        << files[k];
+  }
+  EXPECT_EQ(out["logprobs"].size(), 18u);
+
+  CliRun one = Gemma("score --model " + Tiny("tiny-mha") + kFox +
+                     " --hidden-states 2 --json");
+  ASSERT_EQ(one.code, 0) << one.err;
+  const auto single = nlohmann::json::parse(one.out);
+  ASSERT_EQ(single["hidden_states"].size(), 1u);
+  EXPECT_EQ(single["hidden_states"][0], out["hidden_states"][2]);
+  CliRun none = Gemma("score --model " + Tiny("tiny-mha") + kFox + " --json");
+  ASSERT_EQ(none.code, 0) << none.err;
+  EXPECT_FALSE(nlohmann::json::parse(none.out).contains("hidden_states"));
+}
+
+TEST(CliTest, SteeringChangesScoresAndGenerationsAsTheReference) {
+  const std::string data = ActivationsData();
+  ASSERT_FALSE(data.empty());
+  const std::string steer = " --steer 0:" + data + "/steering_vector.f32.bin";
+  CliRun plain = Gemma("score --model " + Tiny("tiny-mha") + kFox + " --json");
+  CliRun steered = Gemma("score --model " + Tiny("tiny-mha") + kFox + steer +
+                         " --hidden-states 1 --json");
+  ASSERT_EQ(plain.code, 0) << plain.err;
+  ASSERT_EQ(steered.code, 0) << steered.err;
+  const auto got = nlohmann::json::parse(steered.out);
+  EXPECT_NE(got["logprobs"], nlohmann::json::parse(plain.out)["logprobs"]);
+  const auto scores = nlohmann::json::parse(
+      ReadFile(data + "/tiny-mha/interventions/scores.json"));
+  bool found = false;
+  for (const auto& p : scores["prompts"]) {
+    if (p["intervention"] != "steer_layer0" || p["prompt"] != "fox") continue;
+    found = true;
+    const auto want = p["token_logprobs"].get<std::vector<double>>();
+    ASSERT_EQ(got["logprobs"].size(), want.size());
+    for (size_t i = 0; i < want.size(); ++i)
+      EXPECT_NEAR(got["logprobs"][i].get<double>(), want[i], 1e-4) << i;
+  }
+  EXPECT_TRUE(found);
+  // The stream after layer 0 is the steered one.
+  EXPECT_LT(
+      MaxRowRelativeDiff(got["hidden_states"][0],
+                         data + "/tiny-mha/interventions/steer_layer0/"
+                                "activations_fox/hidden_after_layer_0.f32.bin"),
+      1e-4);
+
+  const auto gens = nlohmann::json::parse(
+      ReadFile(data + "/tiny-mha/interventions/steer_layer0/generations.json"));
+  const auto& hello = gens["results"][0];
+  ASSERT_EQ(hello["prompt"], "hello");
+  CliRun gen = Gemma("generate --model " + Tiny("tiny-mha") +
+                     " --prompt Hello --max-new-tokens 32 --json" + steer);
+  ASSERT_EQ(gen.code, 0) << gen.err;
+  EXPECT_EQ(nlohmann::json::parse(gen.out)["token_ids"],
+            hello["generated_ids"]);
+}
+
+TEST(CliTest, BadInterventionFlagsNameTheFlagValueAndWhatIsAllowed) {
+  const std::string m = " --model " + Tiny("tiny-mha") + " --prompt Hi";
+  const std::string short_file = ::testing::TempDir() + "/short_vector.f32";
+  std::ofstream(short_file, std::ios::binary) << std::string(12, '\0');
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"score" + m + " --steer 0:" + short_file,
+       "--steer \"0:" + short_file +
+           "\": file of 12 bytes (or unreadable); expected 512 bytes: "
+           "hidden_size 128"},
+      {"generate" + m + " --steer 2:" + short_file,
+       "--steer \"2:" + short_file + "\": layer 2 is outside [0, 2)"},
+      {"generate" + m + " --steer 0", "--steer \"0\": expected LAYER:FILE"},
+      {"score" + m + " --scale-mlp 0:abc",
+       "--scale-mlp \"0:abc\": the factor must be a finite number"},
+      {"score" + m + " --scale-attn -1:2",
+       "--scale-attn \"-1:2\": layer -1 is outside [0, 2)"},
+      {"generate" + m + " --ablate-head 1:4",
+       "--ablate-head \"1:4\": head \"4\" is not a query head in [0, 4)"},
+      {"score" + m + " --hidden-states 3",
+       "--hidden-states: \"3\" is invalid; allowed: integers in [0, 2]"},
+  };
+  for (const auto& [args, needle] : cases) {
+    CliRun r = Gemma(args);
+    EXPECT_EQ(r.code, 2) << args;
+    EXPECT_NE(r.err.find(needle), std::string::npos) << args << " -> " << r.err;
+    EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1)
+        << args << " -> " << r.err;
+  }
+  // Repeatable: two interventions at once run.
+  CliRun two =
+      Gemma("score" + m +
+            " --scale-mlp 0:0.5 --scale-mlp 1:2 --ablate-head 1:1 --json");
+  EXPECT_EQ(two.code, 0) << two.err;
 }
 
 TEST(CliTest, TokenizeReadsStdinExactly) {

@@ -36,6 +36,10 @@ std::string SharedDir(const std::string& name, const char* marker, const char* c
 std::string Gemma2TinyDir() { return SharedDir("gemma2-tiny", "README.md", "Gemma 2 reference checks"); }
 std::string Gemma3TinyDir() { return SharedDir("gemma3-tiny", "README.md", "Gemma 3 reference checks"); }
 std::string GemmaLoraTinyDir() { return SharedDir("gemma-lora-tiny", "README.md", "LoRA adapter reference checks"); }
+std::string GemmaActivationsTinyDir() {
+  return SharedDir("gemma-activations-tiny", "index.json",
+                   "activation and intervention reference checks");
+}
 std::string Gemma3TokenizerDir() {
   return SharedDir("gemma3-tokenizer", "tokenizer.model", "Gemma 3 tokenizer checks");
 }

@@ -15,6 +15,9 @@ std::string Gemma2TinyDir();
 std::string Gemma3TinyDir();
 // gemma-lora-tiny (peft adapters for gemma-tiny with reference outputs); empty (and a loud message) when absent.
 std::string GemmaLoraTinyDir();
+// gemma-activations-tiny (gemma-tiny's activations and interventions); empty
+// (and a loud message) when absent.
+std::string GemmaActivationsTinyDir();
 // The Gemma 3 tokenizer folder; empty (and a loud message on stderr) when absent.
 std::string Gemma3TokenizerDir();
 // The whole content of a file.

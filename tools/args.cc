@@ -17,6 +17,12 @@ Args& Args::Flag(const std::string& name, const std::string& help, bool boolean)
   return *this;
 }
 
+Args& Args::RepeatedFlag(const std::string& name, const std::string& help) {
+  specs_[name] = {help, false, true};
+  order_.push_back(name);
+  return *this;
+}
+
 absl::Status Args::Parse(int argc, char** argv) {
   for (int i = 0; i < argc; ++i) {
     std::string arg = argv[i];
@@ -38,7 +44,10 @@ absl::Status Args::Parse(int argc, char** argv) {
     if (spec == specs_.end()) {
       return absl::InvalidArgumentError(absl::StrCat("unknown flag --", name, " for gemma ", command_, "; see --help"));
     }
-    if (values_.count(name)) return absl::InvalidArgumentError(absl::StrCat("--", name, " given more than once"));
+    if (values_.count(name) && !spec->second.repeated) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--", name, " given more than once"));
+    }
     if (spec->second.boolean) {
       if (has_value && value != "true" && value != "false") {
         return absl::InvalidArgumentError(absl::StrCat("--", name, " takes no value (or =true/=false)"));
@@ -52,6 +61,7 @@ absl::Status Args::Parse(int argc, char** argv) {
       value = argv[++i];
     }
     values_[name] = value;
+    if (spec->second.repeated) repeated_values_[name].push_back(value);
   }
   return absl::OkStatus();
 }
@@ -60,7 +70,9 @@ std::string Args::Usage() const {
   std::string out = absl::StrCat("usage: gemma ", command_, " ", synopsis_, "\n\nflags:\n");
   for (const auto& name : order_) {
     const Spec& s = specs_.at(name);
-    absl::StrAppend(&out, "  --", name, s.boolean ? "" : " VALUE", "\n      ", s.help, "\n");
+    absl::StrAppend(&out, "  --", name, s.boolean ? "" : " VALUE",
+                    s.repeated ? " (repeatable)" : "", "\n      ", s.help,
+                    "\n");
   }
   return out;
 }
@@ -68,6 +80,11 @@ std::string Args::Usage() const {
 std::string Args::Get(const std::string& name, const std::string& fallback) const {
   auto it = values_.find(name);
   return it == values_.end() ? fallback : it->second;
+}
+
+std::vector<std::string> Args::GetAll(const std::string& name) const {
+  auto it = repeated_values_.find(name);
+  return it == repeated_values_.end() ? std::vector<std::string>() : it->second;
 }
 
 absl::StatusOr<int64_t> Args::GetInt(const std::string& name, int64_t fallback, int64_t min, int64_t max) const {

@@ -20,6 +20,19 @@ TEST(ArgsTest, ParsesValuesAndBooleans) {
   EXPECT_TRUE(a.Has("json"));
 }
 
+TEST(ArgsTest, RepeatedFlagsKeepEveryValueInOrder) {
+  Args a("t", "");
+  a.RepeatedFlag("steer", "").Flag("n", "");
+  ASSERT_TRUE(ParseVec(a, {"--steer", "0:a", "--n", "1", "--steer=1:b"}).ok());
+  EXPECT_EQ(a.GetAll("steer"), (std::vector<std::string>{"0:a", "1:b"}));
+  EXPECT_TRUE(a.GetAll("n").empty());
+  EXPECT_FALSE(ParseVec(a, {"--n", "2"}).ok());  // --n once already
+  Args b("t", "");
+  b.RepeatedFlag("steer", "");
+  ASSERT_TRUE(ParseVec(b, {}).ok());
+  EXPECT_TRUE(b.GetAll("steer").empty());
+}
+
 TEST(ArgsTest, RejectsBadInput) {
   Args a("t", "");
   a.Flag("n", "");

@@ -1,12 +1,13 @@
 // gemma generate: sample a continuation of a prompt, streaming text or printing one JSON object.
 #include <cstdio>
 
-#include "nlohmann/json.hpp"
 #include "engine/local_executor.h"
 #include "engine/run_batch.h"
+#include "nlohmann/json.hpp"
 #include "shard/runtime/sampler.h"
 #include "tools/cli_common.h"
 #include "tools/commands.h"
+#include "tools/intervention_flags.h"
 #include "tools/local_model.h"
 
 namespace gemma {
@@ -31,6 +32,7 @@ int GenerateCommand(int argc, char** argv) {
       .Flag("adapter", "a LoRA adapter folder as peft saves it (adapter_config.json, adapter_model.safetensors)")
       .Flag("chat", "wrap the prompt in Gemma's chat template and stop at <end_of_turn>", true)
       .Flag("json", "print one JSON object with prompt_ids, token_ids, text, finish_reason", true);
+  DeclareInterventionFlags(args);
   int code;
   if (!ParseOrExit(args, argc, argv, kCmd, &code)) return code;
 
@@ -61,6 +63,8 @@ int GenerateCommand(int argc, char** argv) {
                           std::to_string(*max_new) + ") exceeds the model's context of " +
                           std::to_string(config.max_position_embeddings)));
   }
+  auto interventions = InterventionsFromFlags(args, config);
+  if (!interventions.ok()) return Fail(kCmd, interventions.status());
   // Room for exactly this request in the KV cache.
   if (auto s = AttachBackend(*model, static_cast<int64_t>(prompt->size()) + *max_new, static_cast<int>(*tp), *tp_timeout, args.Get("tp-transport", "shm"),
                               DeviceChoice{args.Get("device", "cpu"), args.Get("precision", "bf16")});
@@ -70,6 +74,8 @@ int GenerateCommand(int argc, char** argv) {
 
   req.prompt = *prompt;
   req.max_new_tokens = static_cast<int>(*max_new);
+  req.cache_salt = InterventionsCacheSalt(*interventions);
+  req.interventions = *std::move(interventions);
   req.sampling = {static_cast<float>(*temperature), static_cast<int>(*top_k), static_cast<float>(*top_p),
                   static_cast<uint64_t>(*seed)};
   if (auto s = ValidateSamplingParams(req.sampling); !s.ok()) return Fail(kCmd, s);
@@ -85,7 +91,7 @@ int GenerateCommand(int argc, char** argv) {
   auto adapter = RegisterAdapterFlag(*model, args.Get("adapter"));
   if (!adapter.ok()) return Fail(kCmd, adapter.status());
   req.adapter = *adapter;
-  req.cache_salt = *adapter;
+  req.cache_salt = req.cache_salt * 1000003u + *adapter;
   LocalExecutor executor(model->backend.get(), SequenceHistory::kDefaultMaxSequences, model->adapters.get());
   Engine engine(executor.EngineOptionsFor({}), &executor);
   auto results = RunBatch(engine, {req}, [&](int, const RowResult& r) {

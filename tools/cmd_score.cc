@@ -1,11 +1,12 @@
 // gemma score: log P(token t | tokens < t) for every prompt token after the first.
 #include <cstdio>
 
-#include "nlohmann/json.hpp"
 #include "engine/local_executor.h"
 #include "engine/run_batch.h"
+#include "nlohmann/json.hpp"
 #include "tools/cli_common.h"
 #include "tools/commands.h"
+#include "tools/intervention_flags.h"
 #include "tools/local_model.h"
 
 namespace gemma {
@@ -24,6 +25,8 @@ int ScoreCommand(int argc, char** argv) {
       .Flag("precision", "with --device cuda: bf16 (default) or f32")
       .Flag("adapter", "a LoRA adapter folder as peft saves it (adapter_config.json, adapter_model.safetensors)")
       .Flag("json", "print one JSON object with token_ids and logprobs (the only output format)", true);
+  DeclareHiddenStatesFlag(args);
+  DeclareInterventionFlags(args);
   int code;
   if (!ParseOrExit(args, argc, argv, kCmd, &code)) return code;
   auto threads = args.GetInt("threads", 0, 0, 4096);
@@ -43,6 +46,10 @@ int ScoreCommand(int argc, char** argv) {
                                                  " tokens exceeds the model's context of " +
                                                  std::to_string(config.max_position_embeddings)));
   }
+  auto interventions = InterventionsFromFlags(args, config);
+  if (!interventions.ok()) return Fail(kCmd, interventions.status());
+  auto hidden_states = HiddenStatesFromFlag(args, config);
+  if (!hidden_states.ok()) return Fail(kCmd, hidden_states.status());
   if (auto s = AttachBackend(*model, static_cast<int64_t>(prompt->size()), static_cast<int>(*tp), *tp_timeout, args.Get("tp-transport", "shm"),
                               DeviceChoice{args.Get("device", "cpu"), args.Get("precision", "bf16")});
       !s.ok()) {
@@ -51,15 +58,49 @@ int ScoreCommand(int argc, char** argv) {
   SequenceSpec req;
   req.prompt = *prompt;
   req.score = true;
+  req.cache_salt = InterventionsCacheSalt(*interventions);
+  req.interventions = *std::move(interventions);
+  req.activations = *hidden_states;
+  if (!req.activations.empty()) {
+    for (int32_t p = 0; p < static_cast<int32_t>(prompt->size()); ++p) {
+      req.activation_positions.push_back(p);
+    }
+  }
   auto adapter = RegisterAdapterFlag(*model, args.Get("adapter"));
   if (!adapter.ok()) return Fail(kCmd, adapter.status());
   req.adapter = *adapter;
-  req.cache_salt = *adapter;
+  req.cache_salt = req.cache_salt * 1000003u + *adapter;
   LocalExecutor executor(model->backend.get(), SequenceHistory::kDefaultMaxSequences, model->adapters.get());
   Engine engine(executor.EngineOptionsFor({}), &executor);
   auto results = RunBatch(engine, {req});
   if (!results.ok()) return Fail(kCmd, results.status());
-  nlohmann::json out = {{"token_ids", *prompt}, {"logprobs", (*results)[0].prompt_logprobs}};
+  const CompletedSequence& done = (*results)[0];
+  nlohmann::json out = {{"token_ids", *prompt},
+                        {"logprobs", done.prompt_logprobs}};
+  if (!hidden_states->empty()) {
+    // [index][position][hidden], in the order asked.
+    const size_t H = static_cast<size_t>(config.hidden_size);
+    nlohmann::json states = nlohmann::json::array();
+    nlohmann::json indices = nlohmann::json::array();
+    for (size_t j = 0; j < hidden_states->size(); ++j) {
+      const std::vector<float>& all = done.activations[j];
+      if (all.size() != prompt->size() * H) {
+        return Fail(kCmd, absl::InternalError(
+                              "hidden states of " + std::to_string(all.size()) +
+                              " values came back for " +
+                              std::to_string(prompt->size()) + " positions"));
+      }
+      nlohmann::json rows = nlohmann::json::array();
+      for (size_t p = 0; p < prompt->size(); ++p) {
+        rows.push_back(
+            std::vector<float>(all.begin() + p * H, all.begin() + (p + 1) * H));
+      }
+      states.push_back(std::move(rows));
+      indices.push_back((*hidden_states)[j].index);
+    }
+    out["hidden_states"] = std::move(states);
+    out["hidden_state_indices"] = std::move(indices);
+  }
   std::printf("%s\n", out.dump().c_str());
   return 0;
 }

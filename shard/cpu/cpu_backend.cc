@@ -146,6 +146,10 @@ absl::Status CpuBackend::Forward(std::span<const SequenceStep> batch, StepLogits
     for (int64_t i = 0; i < H; ++i) x_[t * H + i] = Bf16ToF32(row[i]) * embed_scale;
   }
   RETURN_IF_ERROR(AllReduce(x_.data(), T * H));
+  // Rows that ask for no intervention or read are left alone: each hook below
+  // loops over the rows that do.
+  hooks_.Reset(batch, positions_, static_cast<int>(H), tp.rank == 0);
+  hooks_.Capture(ActivationKind::kResidual, 0, x_.data());
 
   // cos/sin per token, shared by all layers of a kind and all heads: [T][D/2][2].
   const bool any_local = std::any_of(c.layer_attention.begin(), c.layer_attention.end(),
@@ -205,8 +209,11 @@ absl::Status CpuBackend::Forward(std::span<const SequenceStep> batch, StepLogits
     timer.Switch(&timings_.attention_seconds);
     Attention(layer, batch);
     timer.Switch(&timings_.other_seconds);
+    hooks_.AblateHeads(layer, tp, static_cast<int>(D), attn_.data());
 
     RETURN_IF_ERROR(RowParallel(attn_.data(), T, q_dim, lw.o, timer, layer, LoraTarget::kO, tp.adds_attention_output));
+    // Summed over the ranks, before the post-norm.
+    hooks_.ScaleAttention(layer, proj_.data());
     const bool sandwich = c.sandwich_norms();
 #pragma omp parallel for schedule(static) if (T > 1)
     for (int64_t t = 0; t < T; ++t) {
@@ -214,6 +221,8 @@ absl::Status CpuBackend::Forward(std::span<const SequenceStep> batch, StepLogits
       AddInPlace(&proj_[t * H], &x_[t * H], H);
       RmsNorm(&x_[t * H], lw.ffn_norm.data(), c.rms_norm_eps, &xn_[t * H], H);
     }
+    // What was added to the stream (post-normed).
+    hooks_.Capture(ActivationKind::kAttentionOutput, layer, proj_.data());
     const MatrixView gate_up_w[] = {lw.gate, lw.up};
     timer.Switch(&timings_.matmul_seconds);
     MatMul(xn_.data(), T, H, H, gate_up_w, gate_up_.data(), 2 * I);
@@ -223,12 +232,23 @@ absl::Status CpuBackend::Forward(std::span<const SequenceStep> batch, StepLogits
 #pragma omp parallel for schedule(static) if (T > 1)
     for (int64_t t = 0; t < T; ++t) GeluTanhMul(&gate_up_[t * 2 * I], &gate_up_[t * 2 * I + I], &act_[t * I], I);
     RETURN_IF_ERROR(RowParallel(act_.data(), T, I, lw.down, timer, layer, LoraTarget::kDown));
+    hooks_.ScaleMlp(layer, proj_.data());
 #pragma omp parallel for schedule(static) if (T > 1)
     for (int64_t t = 0; t < T; ++t) {
       if (sandwich) RmsNorm(&proj_[t * H], lw.post_ffn_norm.data(), c.rms_norm_eps, &proj_[t * H], H);
       AddInPlace(&proj_[t * H], &x_[t * H], H);
     }
+    hooks_.Capture(ActivationKind::kMlpOutput, layer, proj_.data());
+    hooks_.Steer(layer, x_.data());
+    // Hugging Face's hidden_states hold no raw output of the last layer: its
+    // index is the final norm's.
+    if (layer + 1 < c.num_layers) {
+      hooks_.Capture(ActivationKind::kResidual, layer + 1, x_.data());
+    }
   }
+  hooks_.CaptureFinalNorm(c.num_layers, x_.data(),
+                          weights_->final_norm().data(), c.rms_norm_eps);
+  hooks_.TakeActivations(&out->activations);
 
   const int64_t R = static_cast<int64_t>(logit_rows.size());
   out->vocab_size = c.vocab_size;

@@ -8,6 +8,7 @@
 #include "shard/cpu/lora.h"
 #include "shard/runtime/backend.h"
 #include "shard/collective/collective.h"
+#include "shard/cpu/interventions.h"
 #include "shard/runtime/kv_cache.h"
 #include "shard/model/model_weights.h"
 
@@ -60,6 +61,7 @@ class CpuBackend : public Backend {
   std::vector<int> seq_of_token_;   // [T]
   std::vector<LoraGroup> lora_groups_;  // this step's tokens by adapter (empty: no row has one)
   std::vector<float> lora_scratch_;
+  StepHooks hooks_;  // the step's interventions and activation reads
 };
 
 }  // namespace gemma

@@ -78,6 +78,12 @@ absl::Status CudaBackend::ForwardAndSample(std::span<const SequenceStep> batch, 
   StageTimer timer(&host_timings_.other_seconds);
   if (auto s = ValidateStep(batch, c, num_blocks_, block_size_); !s.ok()) return s;
   if (auto s = CheckStepLimits(batch, limits_); !s.ok()) return s;
+  for (size_t i = 0; i < batch.size(); ++i) {
+    if (!batch[i].interventions.empty() || !batch[i].activations.empty() || batch[i].adapter != nullptr) {
+      return absl::UnimplementedError(absl::StrCat(
+          "sequence ", i, ": LoRA adapters, interventions and activations run on the CPU backend for now"));
+    }
+  }
   GEMMA_CUDA_RETURN_IF_ERROR(cudaSetDevice(options_.device));
   const TensorParallel& tp = weights_->tp();
   const int64_t H = c.hidden_size, D = c.head_dim, I = tp.ffn_size;

@@ -1,8 +1,9 @@
 #include "shard/runtime/backend.h"
 
 #include <algorithm>
-
 #include <chrono>
+#include <cmath>
+#include <string>
 
 #include "absl/strings/str_cat.h"
 #include "engine/status_macros.h"
@@ -12,6 +13,99 @@ namespace {
 
 double NowSeconds() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+const char* InterventionName(InterventionKind kind) {
+  switch (kind) {
+    case InterventionKind::kSteer:
+      return "steer";
+    case InterventionKind::kScaleAttention:
+      return "scale_attention";
+    case InterventionKind::kScaleMlp:
+      return "scale_mlp";
+    case InterventionKind::kAblateHead:
+      return "ablate_head";
+  }
+  return "unknown";
+}
+
+absl::Status ValidateInterventions(size_t seq,
+                                   std::span<const Intervention> interventions,
+                                   const ModelConfig& c) {
+  for (size_t k = 0; k < interventions.size(); ++k) {
+    const Intervention& iv = interventions[k];
+    const std::string what =
+        absl::StrCat("sequence ", seq, ": intervention ", k, " (",
+                     InterventionName(iv.kind), ")");
+    if (iv.kind > InterventionKind::kAblateHead) {
+      return absl::InvalidArgumentError(absl::StrCat(what, ": unknown kind"));
+    }
+    if (iv.layer < 0 || iv.layer >= c.num_layers) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          what, ": layer ", iv.layer, " is outside [0, ", c.num_layers, ")"));
+    }
+    if (iv.begin_pos < 0 || iv.begin_pos > iv.end_pos) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(what, ": positions [", iv.begin_pos, ", ", iv.end_pos,
+                       ") are not a range with 0 <= begin_pos <= end_pos"));
+    }
+    switch (iv.kind) {
+      case InterventionKind::kSteer:
+        if (iv.vector.size() != static_cast<size_t>(c.hidden_size)) {
+          return absl::InvalidArgumentError(
+              absl::StrCat(what, ": vector of ", iv.vector.size(),
+                           " values; hidden_size is ", c.hidden_size));
+        }
+        for (size_t j = 0; j < iv.vector.size(); ++j) {
+          if (!std::isfinite(iv.vector[j])) {
+            return absl::InvalidArgumentError(
+                absl::StrCat(what, ": vector[", j, "] is not finite"));
+          }
+        }
+        break;
+      case InterventionKind::kScaleAttention:
+      case InterventionKind::kScaleMlp:
+        if (!std::isfinite(iv.factor)) {
+          return absl::InvalidArgumentError(
+              absl::StrCat(what, ": factor ", iv.factor, " is not finite"));
+        }
+        break;
+      case InterventionKind::kAblateHead:
+        if (iv.head < 0 || iv.head >= c.num_heads) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              what, ": head ", iv.head, " is outside [0, ", c.num_heads, ")"));
+        }
+        break;
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateActivationPoints(size_t seq,
+                                      std::span<const ActivationPoint> points,
+                                      const ModelConfig& c) {
+  for (size_t k = 0; k < points.size(); ++k) {
+    const ActivationPoint& a = points[k];
+    // Residual index num_layers is the final norm's output (Hugging Face's
+    // hidden_states[num_layers]).
+    const int32_t limit =
+        a.kind == ActivationKind::kResidual ? c.num_layers + 1 : c.num_layers;
+    const char* name = a.kind == ActivationKind::kResidual ? "residual"
+                       : a.kind == ActivationKind::kAttentionOutput
+                           ? "attention_output"
+                       : a.kind == ActivationKind::kMlpOutput ? "mlp_output"
+                                                              : nullptr;
+    if (name == nullptr) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("sequence ", seq, ": activation ", k, ": unknown kind"));
+    }
+    if (a.index < 0 || a.index >= limit) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("sequence ", seq, ": activation ", k, " (", name,
+                       "): index ", a.index, " is outside [0, ", limit, ")"));
+    }
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -54,6 +148,8 @@ absl::Status ValidateStep(std::span<const SequenceStep> batch, const ModelConfig
                                                        num_blocks, ")"));
       }
     }
+    RETURN_IF_ERROR(ValidateInterventions(i, s.interventions, config));
+    RETURN_IF_ERROR(ValidateActivationPoints(i, s.activations, config));
   }
   return absl::OkStatus();
 }
