@@ -231,6 +231,12 @@ TEST_F(LoraLoaderErrorsTest, NamesTheFieldThatIsWrong) {
   c["r"] = 8;  // the tensors are rank 4
   ExpectRefused(c, "needs [8, 128]");
   ExpectRefused(nlohmann::json::array(), "not a JSON object");
+  c = config_json_;
+  c["peft_type"] = 1;  // a wrong type is an error, never an exception
+  ExpectRefused(c, "peft_type");
+  c = config_json_;
+  c["use_rslora"] = "true";
+  ExpectRefused(c, "use_rslora");
 }
 
 TEST_F(LoraLoaderErrorsTest, AnAdapterForAnotherModelIsRefused) {

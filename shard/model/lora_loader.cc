@@ -55,7 +55,7 @@ absl::StatusOr<LoraConfig> ParseConfig(const std::string& file) {
   json j = json::parse(text, nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded() || !j.is_object())
     return Bad(file, "is not a JSON object");
-  if (j.value("peft_type", std::string()) != "LORA") {
+  if (!j.contains("peft_type") || !j["peft_type"].is_string() || j["peft_type"].get<std::string>() != "LORA") {
     return Bad(file,
                absl::StrCat(
                    "\"peft_type\" is ",
@@ -79,7 +79,10 @@ absl::StatusOr<LoraConfig> ParseConfig(const std::string& file) {
     alpha = j["lora_alpha"].get<double>();
   }
   if (!std::isfinite(alpha)) return Bad(file, "\"lora_alpha\" must be finite");
-  const bool rslora = j.value("use_rslora", false);
+  if (j.contains("use_rslora") && !j["use_rslora"].is_null() && !j["use_rslora"].is_boolean()) {
+    return Bad(file, "\"use_rslora\" must be true or false");
+  }
+  const bool rslora = j.contains("use_rslora") && j["use_rslora"].is_boolean() && j["use_rslora"].get<bool>();
   c.scaling =
       static_cast<float>(rslora ? alpha / std::sqrt(static_cast<double>(r))
                                 : alpha / static_cast<double>(r));

@@ -95,8 +95,8 @@ class Backend {
   virtual StepTimings last_timings() const = 0;
 };
 
-// Shared validation for backends: also each row's interventions, activation points and adapter (its shapes
-// those of `config`).
+// Shared validation for backends: also each row's interventions and activation points. A row's adapter is
+// trusted to have been loaded for this model and rank (LoadLoraAdapter checks its shapes).
 absl::Status ValidateStep(std::span<const SequenceStep> batch, const ModelConfig& config, int num_blocks,
                           int block_size);
 
