@@ -7,19 +7,15 @@
 namespace gemma {
 
 Engine::Engine(EngineOptions options, StepExecutor* executor)
-    : scheduler_(options.limits, options.num_blocks, options.block_size,
-                 options.prefix_cache),
+    : scheduler_(options.limits, options.num_blocks, options.block_size, options.prefix_cache),
       executor_(executor),
       overlap_(options.overlap) {}
 
 absl::Status Engine::Add(uint64_t id, SequenceSpec spec) {
-  if (spec.prompt.empty())
-    return absl::InvalidArgumentError(
-        "the prompt is empty; at least one token is needed");
+  if (spec.prompt.empty()) return absl::InvalidArgumentError("the prompt is empty; at least one token is needed");
   if (spec.max_new_tokens < (spec.score ? 0 : 1)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "max_new_tokens ", spec.max_new_tokens,
-        " is invalid; allowed: ", spec.score ? ">= 0 when scoring" : ">= 1"));
+    return absl::InvalidArgumentError(absl::StrCat("max_new_tokens ", spec.max_new_tokens, " is invalid; allowed: ",
+                                                   spec.score ? ">= 0 when scoring" : ">= 1"));
   }
   auto s = std::make_unique<ScheduledSequence>();
   s->id = id;
@@ -32,8 +28,7 @@ absl::Status Engine::Add(uint64_t id, SequenceSpec spec) {
 std::unique_ptr<ScheduledSequence> Engine::Remove(uint64_t id) {
   if (in_flight_) {
     for (const PlannedSequence& p : in_flight_->plan) {
-      if (p.sequence->id == id) {  // the step in flight still writes its
-                                   // blocks: released once it has answered
+      if (p.sequence->id == id) {  // the step in flight still writes its blocks: released once it has answered
         removed_.insert(id);
         return nullptr;
       }
@@ -71,8 +66,7 @@ StepRow Engine::RowFor(const PlannedSequence& p, bool full_history) const {
   const ScheduledSequence& s = *p.sequence;
   StepRow row;
   row.sequence_id = s.id;
-  // A row planned before the previous step answered has no token here yet (it
-  // takes that step's draw).
+  // A row planned before the previous step answered has no token here yet (it takes that step's draw).
   if (static_cast<size_t>(p.start + p.count) <= s.tokens.size()) {
     row.tokens = std::span<const int32_t>(s.tokens).subspan(p.start, p.count);
   }
@@ -88,8 +82,7 @@ StepRow Engine::RowFor(const PlannedSequence& p, bool full_history) const {
     row.score_targets.resize(p.count);
     for (int i = 0; i < p.count; ++i) {
       const int next = p.start + i + 1;
-      row.score_targets[i] =
-          next < s.prompt_len && next > s.scored ? s.tokens[next] : -1;
+      row.score_targets[i] = next < s.prompt_len && next > s.scored ? s.tokens[next] : -1;
     }
     row.top_logprobs = s.spec.top_logprobs;
     return row;
@@ -97,27 +90,23 @@ StepRow Engine::RowFor(const PlannedSequence& p, bool full_history) const {
   row.sample = p.sample;
   row.sampling = s.spec.sampling;
   row.top_logprobs = s.spec.top_logprobs;
-  if (p.sample && s.spec.constraint != nullptr)
-    row.allowed_tokens = s.spec.constraint->Allowed();
+  if (p.sample && s.spec.constraint != nullptr) row.allowed_tokens = s.spec.constraint->Allowed();
   if (s.spec.sampling.has_penalties()) {
     row.penalty_prompt_len = s.prompt_len;
-    // The executor builds the history from the rows themselves; a first row
-    // after a cached prefix has no rows before it to build from.
+    // The executor builds the history from the rows themselves; a first row after a cached prefix has no rows
+    // before it to build from.
     if (full_history || (!s.history_sent && p.start > 0)) {
-      row.penalty_history =
-          std::span<const int32_t>(s.tokens).first(p.start + p.count);
+      row.penalty_history = std::span<const int32_t>(s.tokens).first(p.start + p.count);
     }
   }
   return row;
 }
 
-absl::Status Engine::Step(const UpdateFn& on_update,
-                          const std::function<void(uint64_t)>& on_planned) {
+absl::Status Engine::Step(const UpdateFn& on_update, const std::function<void(uint64_t)>& on_planned) {
   if (!in_flight_) {
     std::vector<PlannedSequence> plan = scheduler_.Schedule();
     if (plan.empty()) return absl::OkStatus();
-    // Decided before the rows are made: reserving blocks may move a block table
-    // the rows would point into.
+    // Decided before the rows are made: reserving blocks may move a block table the rows would point into.
     const bool pipeline = CanContinue(plan);
     std::vector<StepRow> rows;
     rows.reserve(plan.size());
@@ -126,12 +115,10 @@ absl::Status Engine::Step(const UpdateFn& on_update,
       if (on_planned) on_planned(p.sequence->id);
     }
     if (!pipeline) return RunNow(plan, std::move(rows), on_update);
-    in_flight_ = InFlight{std::move(plan),
-                          executor_->Start(rows, /*after_previous=*/false)};
+    in_flight_ = InFlight{std::move(plan), executor_->Start(rows, /*after_previous=*/false)};
   }
-  // A step is in flight. Its successor is planned and sent before its answer
-  // comes, so that the worker never waits for the router between them; then its
-  // answer is applied.
+  // A step is in flight. Its successor is planned and sent before its answer comes, so that the worker never
+  // waits for the router between them; then its answer is applied.
   std::optional<InFlight> next;
   if (CanContinue(in_flight_->plan)) {
     std::vector<PlannedSequence> plan;
@@ -145,33 +132,26 @@ absl::Status Engine::Step(const UpdateFn& on_update,
       plan.push_back(q);
       if (on_planned) on_planned(q.sequence->id);
     }
-    next = InFlight{std::move(plan),
-                    executor_->Start(rows, /*after_previous=*/true)};
+    next = InFlight{std::move(plan), executor_->Start(rows, /*after_previous=*/true)};
   }
   InFlight done = std::move(*in_flight_);
   in_flight_ = std::move(next);
-  absl::StatusOr<std::vector<RowResult>> results =
-      CheckResults(done.plan, done.result.get());
+  absl::StatusOr<std::vector<RowResult>> results = CheckResults(done.plan, done.result.get());
   if (!results.ok()) {
     if (in_flight_) {
-      in_flight_->result
-          .wait();  // it cannot run without the draws of the one that failed
+      in_flight_->result.wait();  // it cannot run without the draws of the one that failed
       in_flight_.reset();
     }
-    if (!absl::IsInvalidArgument(results.status()) &&
-        !absl::IsFailedPrecondition(results.status())) {
+    if (!absl::IsInvalidArgument(results.status()) && !absl::IsFailedPrecondition(results.status())) {
       ReleaseRemoved();
       return results.status();
     }
-    // Refused and not run (a malformed row, or a worker that no longer holds
-    // this router's session): the step runs again on its own, where a malformed
-    // row fails only its sequence. Its sequences were not advanced, and the
-    // draws its rows were to take are known by now.
+    // Refused and not run (a malformed row, or a worker that no longer holds this router's session): the step
+    // runs again on its own, where a malformed row fails only its sequence. Its sequences were not advanced, and
+    // the draws its rows were to take are known by now.
     std::vector<PlannedSequence> again;
     for (const PlannedSequence& p : done.plan) {
-      if (!removed_.contains(p.sequence->id) &&
-          !finished_early_.contains(p.sequence->id))
-        again.push_back(p);
+      if (!removed_.contains(p.sequence->id) && !finished_early_.contains(p.sequence->id)) again.push_back(p);
     }
     ReleaseRemoved();
     if (again.empty()) return absl::OkStatus();
@@ -181,27 +161,22 @@ absl::Status Engine::Step(const UpdateFn& on_update,
   }
   absl::flat_hash_set<uint64_t> still_running;
   if (in_flight_) {
-    for (const PlannedSequence& p : in_flight_->plan)
-      still_running.insert(p.sequence->id);
+    for (const PlannedSequence& p : in_flight_->plan) still_running.insert(p.sequence->id);
   }
-  Apply(done.plan, *results, std::vector<absl::Status>(done.plan.size()),
-        on_update, still_running);
+  Apply(done.plan, *results, std::vector<absl::Status>(done.plan.size()), on_update, still_running);
   if (!in_flight_) ReleaseRemoved();
   return absl::OkStatus();
 }
 
-absl::Status Engine::RunNow(const std::vector<PlannedSequence>& plan,
-                            std::vector<StepRow> rows,
+absl::Status Engine::RunNow(const std::vector<PlannedSequence>& plan, std::vector<StepRow> rows,
                             const UpdateFn& on_update) {
   std::vector<absl::Status> errors;
   auto results = Execute(rows, &errors);
   if (!results.ok() && absl::IsFailedPrecondition(results.status())) {
-    // The executor lost a penalized sequence's history (it keeps a bounded
-    // number) and ran nothing: once more, with every penalized row's history in
-    // full.
+    // The executor lost a penalized sequence's history (it keeps a bounded number) and ran nothing: once more,
+    // with every penalized row's history in full.
     ++history_resends_;
-    for (size_t i = 0; i < plan.size(); ++i)
-      rows[i] = RowFor(plan[i], /*full_history=*/true);
+    for (size_t i = 0; i < plan.size(); ++i) rows[i] = RowFor(plan[i], /*full_history=*/true);
     results = Execute(rows, &errors);
   }
   if (!results.ok()) return results.status();
@@ -211,48 +186,40 @@ absl::Status Engine::RunNow(const std::vector<PlannedSequence>& plan,
 }
 
 bool Engine::CanContinue(const std::vector<PlannedSequence>& plan) {
-  // Only the steady state of decoding is overlapped: every running sequence
-  // decodes one token, nothing waits to be admitted, and no sequence needs what
-  // the router alone knows (its history for penalties) or will end by length.
-  // Anything else runs one step at a time, as it comes.
+  // Only the steady state of decoding is overlapped: every running sequence decodes one token, nothing waits to
+  // be admitted, and no sequence needs what the router alone knows (its history for penalties) or will end
+  // by length. Anything else runs one step at a time, as it comes.
   if (!overlap_ || !executor_->CanStart() || scheduler_.queued() > 0 ||
       static_cast<int>(plan.size()) != scheduler_.running()) {
     return false;
   }
   for (const PlannedSequence& p : plan) {
     const ScheduledSequence& s = *p.sequence;
-    // A constrained sequence's next mask depends on the token still being
-    // drawn.
-    if (!p.sample || p.count != 1 || p.start < s.prompt_len || s.spec.score ||
-        s.spec.sampling.has_penalties() || s.spec.constraint != nullptr ||
-        s.generated() + 1 >= s.spec.max_new_tokens || removed_.contains(s.id) ||
-        finished_early_.contains(s.id)) {
+    // A constrained sequence's next mask depends on the token still being drawn.
+    if (!p.sample || p.count != 1 || p.start < s.prompt_len || s.spec.score || s.spec.sampling.has_penalties() ||
+        s.spec.constraint != nullptr ||
+        s.generated() + 1 >= s.spec.max_new_tokens || removed_.contains(s.id) || finished_early_.contains(s.id)) {
       return false;
     }
   }
-  // Room for one more position each (blocks taken now stay with their sequences
-  // if this fails part way).
+  // Room for one more position each (blocks taken now stay with their sequences if this fails part way).
   for (const PlannedSequence& p : plan) {
     if (!scheduler_.Reserve(*p.sequence, p.start + p.count + 1)) return false;
   }
   return true;
 }
 
-void Engine::Apply(const std::vector<PlannedSequence>& plan,
-                   const std::vector<RowResult>& results,
-                   const std::vector<absl::Status>& errors,
-                   const UpdateFn& on_update,
+void Engine::Apply(const std::vector<PlannedSequence>& plan, const std::vector<RowResult>& results,
+                   const std::vector<absl::Status>& errors, const UpdateFn& on_update,
                    const absl::flat_hash_set<uint64_t>& still_running) {
   int step_tokens = 0;
   for (size_t i = 0; i < plan.size(); ++i) {
     const PlannedSequence& p = plan[i];
     if (!errors[i].ok()) continue;
-    prefilled_tokens_ += std::max(
-        0, std::min(p.start + p.count, p.sequence->prompt_len) - p.start);
+    prefilled_tokens_ += std::max(0, std::min(p.start + p.count, p.sequence->prompt_len) - p.start);
     step_tokens += p.count;
   }
-  // Bounded: a caller that never takes them (no metrics) must not grow it
-  // forever.
+  // Bounded: a caller that never takes them (no metrics) must not grow it forever.
   if (step_tokens_.size() >= 1024) step_tokens_.erase(step_tokens_.begin());
   step_tokens_.push_back(step_tokens);
   std::vector<uint64_t> finished;
@@ -261,8 +228,7 @@ void Engine::Apply(const std::vector<PlannedSequence>& plan,
     const RowResult& r = results[i];
     ScheduledSequence& s = *p.sequence;
     if (removed_.contains(s.id) || finished_early_.contains(s.id)) {
-      // Removed by the caller, or finished, while this step ran: nobody hears
-      // of it.
+      // Removed by the caller, or finished, while this step ran: nobody hears of it.
       if (!still_running.contains(s.id)) finished.push_back(s.id);
       continue;
     }
@@ -278,40 +244,32 @@ void Engine::Apply(const std::vector<PlannedSequence>& plan,
       const int to = std::min(p.start + p.count + 1, s.prompt_len);
       if (r.score_logprobs.size() != static_cast<size_t>(p.count)) {
         u.finish = FinishReason::kFailed;
-        u.error = absl::InternalError(
-            absl::StrCat("sequence ", s.id, ": ", r.score_logprobs.size(),
-                         " scores came back for ", p.count, " positions"));
+        u.error = absl::InternalError(absl::StrCat("sequence ", s.id, ": ", r.score_logprobs.size(),
+                                                   " scores came back for ", p.count, " positions"));
       } else if (to > from) {
-        u.scores = std::span<const float>(r.score_logprobs)
-                       .subspan(from - p.start - 1, to - from);
+        u.scores = std::span<const float>(r.score_logprobs).subspan(from - p.start - 1, to - from);
         if (r.score_top_logprobs.size() == r.score_logprobs.size()) {
           u.score_top_logprobs =
-              std::span<const std::vector<TokenLogprob>>(r.score_top_logprobs)
-                  .subspan(from - p.start - 1, to - from);
+              std::span<const std::vector<TokenLogprob>>(r.score_top_logprobs).subspan(from - p.start - 1, to - from);
         }
         u.score_from = from;
         s.scored = to - 1;
       }
       scheduler_.Advance(p, -1);
-      if (u.finish == FinishReason::kNone && s.computed >= s.prompt_len)
-        u.finish = FinishReason::kScored;
+      if (u.finish == FinishReason::kNone && s.computed >= s.prompt_len) u.finish = FinishReason::kScored;
     } else if (p.sample && (!r.sampled || r.token < 0)) {
       // Nothing left to compute and no token: it would never be planned again.
       u.finish = FinishReason::kFailed;
-      u.error = absl::InternalError(
-          absl::StrCat("sequence ", s.id, ": the step drew no token"));
-    } else if (absl::Status accepted = r.sampled && s.spec.constraint != nullptr
-                                           ? s.spec.constraint->Accept(r.token)
-                                           : absl::OkStatus();
+      u.error = absl::InternalError(absl::StrCat("sequence ", s.id, ": the step drew no token"));
+    } else if (absl::Status accepted = r.sampled && s.spec.constraint != nullptr ? s.spec.constraint->Accept(r.token)
+                                                                               : absl::OkStatus();
                !accepted.ok()) {
       u.finish = FinishReason::kFailed;
-      u.error = absl::InternalError(
-          absl::StrCat("sequence ", s.id, ": ", accepted.message()));
+      u.error = absl::InternalError(absl::StrCat("sequence ", s.id, ": ", accepted.message()));
     } else {
       scheduler_.Advance(p, r.sampled ? r.token : -1);
       if (!r.sampled) continue;
-      if (std::find(s.spec.stop_ids.begin(), s.spec.stop_ids.end(), r.token) !=
-          s.spec.stop_ids.end()) {
+      if (std::find(s.spec.stop_ids.begin(), s.spec.stop_ids.end(), r.token) != s.spec.stop_ids.end()) {
         u.finish = FinishReason::kStopToken;
       } else if (s.generated() >= s.spec.max_new_tokens) {
         u.finish = FinishReason::kLength;
@@ -319,8 +277,7 @@ void Engine::Apply(const std::vector<PlannedSequence>& plan,
     }
     const bool stop = on_update(u);
     if (stop || u.finish != FinishReason::kNone) {
-      // A step still in flight runs it once more: its blocks stay until that
-      // step has answered.
+      // A step still in flight runs it once more: its blocks stay until that step has answered.
       if (still_running.contains(s.id)) {
         finished_early_.insert(s.id);
       } else {
@@ -347,42 +304,36 @@ void Engine::ReleaseRemoved() {
   finished_early_.clear();
 }
 
-absl::StatusOr<std::vector<RowResult>> Engine::CheckResults(
-    const std::vector<PlannedSequence>& plan,
-    absl::StatusOr<std::vector<RowResult>> results) {
+absl::StatusOr<std::vector<RowResult>> Engine::CheckResults(const std::vector<PlannedSequence>& plan,
+                                                            absl::StatusOr<std::vector<RowResult>> results) {
   if (!results.ok()) return results.status();
   if (results->size() != plan.size()) {
-    return absl::InternalError(absl::StrCat("the step planned ", plan.size(),
-                                            " sequences but ", results->size(),
+    return absl::InternalError(absl::StrCat("the step planned ", plan.size(), " sequences but ", results->size(),
                                             " results came back"));
   }
   for (size_t i = 0; i < plan.size(); ++i) {
     if ((*results)[i].sequence_id != plan[i].sequence->id) {
-      return absl::InternalError(absl::StrCat(
-          "result ", i, " is for sequence ", (*results)[i].sequence_id,
-          ", planned was ", plan[i].sequence->id));
+      return absl::InternalError(absl::StrCat("result ", i, " is for sequence ", (*results)[i].sequence_id,
+                                              ", planned was ", plan[i].sequence->id));
     }
   }
   return results;
 }
 
-absl::StatusOr<std::vector<RowResult>> Engine::Execute(
-    const std::vector<StepRow>& rows, std::vector<absl::Status>* errors) {
+absl::StatusOr<std::vector<RowResult>> Engine::Execute(const std::vector<StepRow>& rows,
+                                                       std::vector<absl::Status>* errors) {
   errors->assign(rows.size(), absl::OkStatus());
-  auto checked = [&](absl::StatusOr<std::vector<RowResult>> results,
-                     size_t first,
+  auto checked = [&](absl::StatusOr<std::vector<RowResult>> results, size_t first,
                      size_t count) -> absl::StatusOr<std::vector<RowResult>> {
     if (!results.ok()) return results.status();
     if (results->size() != count) {
-      return absl::InternalError(
-          absl::StrCat("the step planned ", count, " sequences but ",
-                       results->size(), " results came back"));
+      return absl::InternalError(absl::StrCat("the step planned ", count, " sequences but ", results->size(),
+                                              " results came back"));
     }
     for (size_t i = 0; i < count; ++i) {
       if ((*results)[i].sequence_id != rows[first + i].sequence_id) {
-        return absl::InternalError(absl::StrCat(
-            "result ", i, " is for sequence ", (*results)[i].sequence_id,
-            ", planned was ", rows[first + i].sequence_id));
+        return absl::InternalError(absl::StrCat("result ", i, " is for sequence ", (*results)[i].sequence_id,
+                                                ", planned was ", rows[first + i].sequence_id));
       }
     }
     return results;
@@ -397,13 +348,11 @@ absl::StatusOr<std::vector<RowResult>> Engine::Execute(
     }
     return all;
   }
-  // Nothing ran: find the malformed rows one at a time, and run the rest (a row
-  // alone computes what it would in the batch; a GPU's fastest kernels may
-  // differ in the last bits of its logits).
+  // Nothing ran: find the malformed rows one at a time, and run the rest (a row alone computes what it would in the
+  // batch; a GPU's fastest kernels may differ in the last bits of its logits).
   std::vector<RowResult> out(rows.size());
   for (size_t i = 0; i < rows.size(); ++i) {
-    auto one = checked(
-        executor_->Execute(std::span<const StepRow>(&rows[i], 1)), i, 1);
+    auto one = checked(executor_->Execute(std::span<const StepRow>(&rows[i], 1)), i, 1);
     if (one.ok()) {
       out[i] = std::move((*one)[0]);
     } else if (absl::IsInvalidArgument(one.status())) {

@@ -6,27 +6,21 @@
 
 namespace gemma {
 
-Scheduler::Scheduler(SchedulerLimits limits, int num_blocks, int block_size,
-                     bool prefix_cache)
+Scheduler::Scheduler(SchedulerLimits limits, int num_blocks, int block_size, bool prefix_cache)
     : limits_(limits), blocks_(num_blocks, block_size, prefix_cache) {
-  if (limits_.max_prefill_chunk <= 0)
-    limits_.max_prefill_chunk = limits_.max_tokens_per_step;
+  if (limits_.max_prefill_chunk <= 0) limits_.max_prefill_chunk = limits_.max_tokens_per_step;
 }
 
 absl::Status Scheduler::Enqueue(std::unique_ptr<ScheduledSequence> s) {
   if (static_cast<int>(queue_.size()) >= limits_.max_queued) {
-    return absl::ResourceExhaustedError(
-        absl::StrCat("the queue is full (", limits_.max_queued,
-                     " waiting requests); retry later"));
+    return absl::ResourceExhaustedError(absl::StrCat("the queue is full (", limits_.max_queued,
+                                                     " waiting requests); retry later"));
   }
-  const int need = blocks_.BlocksFor(static_cast<int64_t>(s->prompt_len) +
-                                     s->spec.max_new_tokens);
+  const int need = blocks_.BlocksFor(static_cast<int64_t>(s->prompt_len) + s->spec.max_new_tokens);
   if (need > blocks_.num_blocks()) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "the prompt (", s->prompt_len, " tokens) + max_new_tokens (",
-        s->spec.max_new_tokens, ") need ",
-        static_cast<int64_t>(need) * blocks_.block_size(),
-        " KV positions, but at most ",
+        "the prompt (", s->prompt_len, " tokens) + max_new_tokens (", s->spec.max_new_tokens, ") need ",
+        static_cast<int64_t>(need) * blocks_.block_size(), " KV positions, but at most ",
         static_cast<int64_t>(blocks_.num_blocks()) * blocks_.block_size(),
         " fit in the KV cache; shorten the prompt or max_new_tokens"));
   }
@@ -37,10 +31,8 @@ absl::Status Scheduler::Enqueue(std::unique_ptr<ScheduledSequence> s) {
 void Scheduler::Preempt(size_t index) {
   std::unique_ptr<ScheduledSequence> s = std::move(running_[index]);
   running_.erase(running_.begin() + index);
-  blocks_.Free(s->blocks);  // its named blocks stay cached: readmitted, it may
-                            // find them again
-  s->computed = 0;  // recomputed from its tokens (prompt and generated so far)
-                    // when readmitted
+  blocks_.Free(s->blocks);  // its named blocks stay cached: readmitted, it may find them again
+  s->computed = 0;          // recomputed from its tokens (prompt and generated so far) when readmitted
   s->chain = {};
   ++s->preemptions;
   s->preempted_at_step = steps_;
@@ -49,15 +41,11 @@ void Scheduler::Preempt(size_t index) {
 }
 
 void Scheduler::AttachCachedPrefix(ScheduledSequence& s) {
-  // Scoring needs every prompt position's logits, so it computes them all. At
-  // least one position is always computed, so that the step has logits to
-  // sample from, and no shared block is ever written.
-  if (!blocks_.prefix_cache() || s.spec.computes_every_position() ||
-      !s.blocks.empty())
-    return;
+  // Scoring needs every prompt position's logits, so it computes them all. At least one position is always
+  // computed, so that the step has logits to sample from, and no shared block is ever written.
+  if (!blocks_.prefix_cache() || s.spec.computes_every_position() || !s.blocks.empty()) return;
   const int64_t limit = static_cast<int64_t>(s.tokens.size()) - 1;
-  const int64_t hit = blocks_.MatchPrefix(s.tokens, limit, s.spec.cache_salt,
-                                          s.blocks, s.chain);
+  const int64_t hit = blocks_.MatchPrefix(s.tokens, limit, s.spec.cache_salt, s.blocks, s.chain);
   s.computed = static_cast<int32_t>(hit);
 }
 
@@ -67,13 +55,10 @@ std::vector<PlannedSequence> Scheduler::Schedule() {
   int budget = limits_.max_tokens_per_step;
   auto chunk = [&](const ScheduledSequence& s) {
     const int pending = static_cast<int>(s.tokens.size()) - s.computed;
-    return std::min(
-        {pending, budget,
-         s.computed >= s.prompt_len ? pending : limits_.max_prefill_chunk});
+    return std::min({pending, budget, s.computed >= s.prompt_len ? pending : limits_.max_prefill_chunk});
   };
-  // Running sequences, oldest first: decodes before prompt chunks, so a long
-  // prompt never stalls the tokens of others. A newer sequence is preempted
-  // when an older one needs a block.
+  // Running sequences, oldest first: decodes before prompt chunks, so a long prompt never stalls the tokens of
+  // others. A newer sequence is preempted when an older one needs a block.
   std::vector<bool> planned(running_.size(), false);
   for (int pass = 0; pass < 2; ++pass) {
     for (size_t i = 0; i < running_.size() && budget > 0;) {
@@ -85,45 +70,37 @@ std::vector<PlannedSequence> Scheduler::Schedule() {
         continue;
       }
       if (!blocks_.EnsureCapacity(s->blocks, s->computed + count)) {
-        // The newest unplanned sequence gives way; if that is this one, it
-        // waits.
+        // The newest unplanned sequence gives way; if that is this one, it waits.
         size_t victim = running_.size() - 1;
         while (victim > i && planned[victim]) --victim;
         Preempt(victim);
         planned.erase(planned.begin() + victim);
         continue;
       }
-      plan.push_back(
-          {s, s->computed, count,
-           s->computed + count == static_cast<int>(s->tokens.size())});
+      plan.push_back({s, s->computed, count, s->computed + count == static_cast<int>(s->tokens.size())});
       planned[i] = true;
       budget -= count;
       ++i;
     }
   }
-  // Then the queue, first come first served, while budget, batch size and
-  // blocks allow. A sequence preempted by this step waits for the next one:
-  // taking it back now would only preempt again.
-  while (!queue_.empty() && budget > 0 &&
-         static_cast<int>(running_.size()) < limits_.max_batch_size) {
+  // Then the queue, first come first served, while budget, batch size and blocks allow. A sequence preempted by
+  // this step waits for the next one: taking it back now would only preempt again.
+  while (!queue_.empty() && budget > 0 && static_cast<int>(running_.size()) < limits_.max_batch_size) {
     ScheduledSequence* s = queue_.front().get();
     if (s->preempted_at_step == steps_) break;
     AttachCachedPrefix(*s);
     const int count = chunk(*s);
-    if (!blocks_.EnsureCapacity(s->blocks,
-                                s->computed + count)) {  // FCFS: no overtaking
+    if (!blocks_.EnsureCapacity(s->blocks, s->computed + count)) {  // FCFS: no overtaking
       blocks_.Free(s->blocks);
       s->computed = 0;
       s->chain = {};
       break;
     }
-    if (blocks_.prefix_cache() && !s->spec.computes_every_position() &&
-        s->preemptions == 0) {  // once per request, when admitted
+    if (blocks_.prefix_cache() && !s->spec.computes_every_position() && s->preemptions == 0) {  // once per request, when admitted
       prefix_query_tokens_ += s->prompt_len;
       prefix_hit_tokens_ += std::min(s->computed, s->prompt_len);
     }
-    plan.push_back({s, s->computed, count,
-                    s->computed + count == static_cast<int>(s->tokens.size())});
+    plan.push_back({s, s->computed, count, s->computed + count == static_cast<int>(s->tokens.size())});
     budget -= count;
     running_.push_back(std::move(queue_.front()));
     queue_.pop_front();

@@ -48,7 +48,6 @@ class ActiveRequest {
     std::shared_ptr<TokenConstraint> constraint;
     std::string adapter;  // a LoRA adapter's name; empty: the base model
     std::vector<Intervention> interventions;
-    uint64_t interventions_salt = 0;  // nonzero with interventions: their KV is never shared with others'
   };
   // `metrics` may be null.
   ActiveRequest(uint64_t id, Options options, const Tokenizer* tokenizer, RouterMetrics* metrics = nullptr);

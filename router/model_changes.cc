@@ -2,7 +2,6 @@
 
 #include <climits>
 #include <cmath>
-#include <cstring>
 
 #include "absl/strings/str_cat.h"
 
@@ -23,13 +22,6 @@ absl::Status CheckLayer(int i, const char* kind, int32_t layer,
   return absl::OkStatus();
 }
 
-// FNV-1a over the interventions' fields: equal interventions share cached KV,
-// any other change does not.
-void Mix(uint64_t& h, const void* data, size_t n) {
-  const auto* p = static_cast<const unsigned char*>(data);
-  for (size_t i = 0; i < n; ++i) h = (h ^ p[i]) * 1099511628211ull;
-}
-
 }  // namespace
 
 absl::StatusOr<ModelChanges> ModelChangesOf(
@@ -48,7 +40,6 @@ absl::StatusOr<ModelChanges> ModelChangesOf(
         absl::StrCat("interventions has ", interventions.size(),
                      " entries; allowed: up to ", kMaxInterventions));
   }
-  uint64_t h = 1469598103934665603ull;
   for (int i = 0; i < interventions.size(); ++i) {
     const v1::Intervention& in = interventions[i];
     Intervention iv;
@@ -117,14 +108,8 @@ absl::StatusOr<ModelChanges> ModelChangesOf(
         return Bad(i, absl::StrCat("positions ", in.positions(),
                                    " is not one of ALL, PROMPT, GENERATED"));
     }
-    const int32_t fields[] = {static_cast<int32_t>(iv.kind), iv.layer, iv.head,
-                              iv.begin_pos, iv.end_pos};
-    Mix(h, fields, sizeof(fields));
-    Mix(h, &iv.factor, sizeof(iv.factor));
-    Mix(h, iv.vector.data(), iv.vector.size() * sizeof(float));
     out.interventions.push_back(std::move(iv));
   }
-  if (!out.interventions.empty()) out.salt = h | 1;
   return out;
 }
 

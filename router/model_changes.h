@@ -20,8 +20,6 @@ inline constexpr int kMaxInterventions = 64;
 struct ModelChanges {
   std::string adapter;  // empty: the base model
   std::vector<Intervention> interventions;
-  uint64_t salt = 0;  // nonzero with interventions: a hash of them, so their KV
-                      // is cached apart
 };
 
 // InvalidArgument naming the field and its range: an adapter no group holds

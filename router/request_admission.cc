@@ -80,7 +80,6 @@ absl::StatusOr<std::shared_ptr<ActiveRequest>> RequestAdmission::Admit(const Ser
                                                  static_cast<int32_t>(o.prompt.size())));
   o.adapter = std::move(changes.adapter);
   o.interventions = std::move(changes.interventions);
-  o.interventions_salt = changes.salt;
   return Submit(model, std::move(o), std::move(origin));
 }
 
@@ -115,7 +114,6 @@ absl::StatusOr<std::shared_ptr<ActiveRequest>> RequestAdmission::AdmitScore(cons
   o.score_top_logprobs = top_logprobs;
   o.adapter = std::move(changes.adapter);
   o.interventions = std::move(changes.interventions);
-  o.interventions_salt = changes.salt;
   return Submit(model, std::move(o), std::move(origin));
 }
 

@@ -1,5 +1,6 @@
 #include "router/worker_group.h"
 
+#include "engine/cache_salt.h"
 #include "engine/status_macros.h"
 
 #include <grpcpp/grpcpp.h>
@@ -347,7 +348,6 @@ absl::StatusOr<SequenceSpec> WorkerGroup::SpecFor(const ActiveRequest& r) const 
   const ActiveRequest::Options& o = r.options();
   SequenceSpec spec;
   spec.interventions = o.interventions;
-  spec.cache_salt = o.interventions_salt;
   if (!o.adapter.empty()) {
     absl::MutexLock lock(&adapters_mu_);
     auto it = adapters_.find(o.adapter);
@@ -356,9 +356,9 @@ absl::StatusOr<SequenceSpec> WorkerGroup::SpecFor(const ActiveRequest& r) const 
           absl::StrCat("adapter \"", o.adapter, "\" is not loaded on worker group ", address_));
     }
     spec.adapter = it->second.id();
-    // Ids are never reused by a worker, so a reloaded name never meets the KV its predecessor left.
-    spec.cache_salt = spec.cache_salt * 1000003u + 0x9e3779b97f4a7c15ull * spec.adapter;
   }
+  // Ids are never reused by a worker, so a reloaded name never meets the KV its predecessor left.
+  spec.cache_salt = ModelChangesCacheSalt(spec.adapter, spec.interventions);
   spec.prompt = o.prompt;
   spec.max_new_tokens = o.max_new_tokens;
   spec.score = o.score;

@@ -1,6 +1,7 @@
 // gemma generate: sample a continuation of a prompt, streaming text or printing one JSON object.
 #include <cstdio>
 
+#include "engine/cache_salt.h"
 #include "engine/local_executor.h"
 #include "engine/run_batch.h"
 #include "nlohmann/json.hpp"
@@ -74,7 +75,6 @@ int GenerateCommand(int argc, char** argv) {
 
   req.prompt = *prompt;
   req.max_new_tokens = static_cast<int>(*max_new);
-  req.cache_salt = InterventionsCacheSalt(*interventions);
   req.interventions = *std::move(interventions);
   req.sampling = {static_cast<float>(*temperature), static_cast<int>(*top_k), static_cast<float>(*top_p),
                   static_cast<uint64_t>(*seed)};
@@ -91,7 +91,7 @@ int GenerateCommand(int argc, char** argv) {
   auto adapter = RegisterAdapterFlag(*model, args.Get("adapter"));
   if (!adapter.ok()) return Fail(kCmd, adapter.status());
   req.adapter = *adapter;
-  req.cache_salt = req.cache_salt * 1000003u + *adapter;
+  req.cache_salt = ModelChangesCacheSalt(req.adapter, req.interventions);
   LocalExecutor executor(model->backend.get(), SequenceHistory::kDefaultMaxSequences, model->adapters.get());
   Engine engine(executor.EngineOptionsFor({}), &executor);
   auto results = RunBatch(engine, {req}, [&](int, const RowResult& r) {

@@ -1,6 +1,7 @@
 // gemma score: log P(token t | tokens < t) for every prompt token after the first.
 #include <cstdio>
 
+#include "engine/cache_salt.h"
 #include "engine/local_executor.h"
 #include "engine/run_batch.h"
 #include "nlohmann/json.hpp"
@@ -58,7 +59,6 @@ int ScoreCommand(int argc, char** argv) {
   SequenceSpec req;
   req.prompt = *prompt;
   req.score = true;
-  req.cache_salt = InterventionsCacheSalt(*interventions);
   req.interventions = *std::move(interventions);
   req.activations = *hidden_states;
   if (!req.activations.empty()) {
@@ -69,7 +69,7 @@ int ScoreCommand(int argc, char** argv) {
   auto adapter = RegisterAdapterFlag(*model, args.Get("adapter"));
   if (!adapter.ok()) return Fail(kCmd, adapter.status());
   req.adapter = *adapter;
-  req.cache_salt = req.cache_salt * 1000003u + *adapter;
+  req.cache_salt = ModelChangesCacheSalt(req.adapter, req.interventions);
   LocalExecutor executor(model->backend.get(), SequenceHistory::kDefaultMaxSequences, model->adapters.get());
   Engine engine(executor.EngineOptionsFor({}), &executor);
   auto results = RunBatch(engine, {req});

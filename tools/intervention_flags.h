@@ -30,9 +30,5 @@ void DeclareHiddenStatesFlag(Args& args);
 absl::StatusOr<std::vector<ActivationPoint>> HiddenStatesFromFlag(
     const Args& args, const ModelConfig& config);
 
-// A prefix-cache salt for a sequence run with `interventions`: their KV differs
-// from an unchanged sequence's, so no cached block may be shared with one (or
-// with another set of interventions). 0 (no salt) when there are none.
-uint64_t InterventionsCacheSalt(std::span<const Intervention> interventions);
 
 }  // namespace gemma

@@ -63,29 +63,5 @@ TEST(InterventionFlagsTest, HiddenStatesAllOrAList) {
   EXPECT_EQ((*two)[0].kind, ActivationKind::kResidual);
 }
 
-TEST(InterventionFlagsTest, CacheSaltSeparatesEveryDifference) {
-  EXPECT_EQ(InterventionsCacheSalt({}), 0u);
-  Intervention a{InterventionKind::kScaleMlp, 0, {}, 0.5f};
-  Intervention b = a;
-  b.factor = 0.25f;
-  Intervention c = a;
-  c.layer = 1;
-  Intervention d{InterventionKind::kSteer, 0, {1, 2, 3, 4}};
-  Intervention e = d;
-  e.vector[3] = 5;
-  const std::vector<std::vector<Intervention>> sets = {{a}, {b},    {c},   {d},
-                                                       {e}, {a, d}, {d, a}};
-  for (size_t i = 0; i < sets.size(); ++i) {
-    EXPECT_NE(InterventionsCacheSalt(sets[i]), 0u);
-    EXPECT_EQ(InterventionsCacheSalt(sets[i]),
-              InterventionsCacheSalt(std::vector<Intervention>(sets[i])));
-    for (size_t j = 0; j < i; ++j) {
-      EXPECT_NE(InterventionsCacheSalt(sets[i]),
-                InterventionsCacheSalt(sets[j]))
-          << i << " " << j;
-    }
-  }
-}
-
 }  // namespace
 }  // namespace gemma

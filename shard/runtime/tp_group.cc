@@ -12,9 +12,7 @@ namespace {
 
 enum Op : uint8_t { kStep = 1, kHeartbeat = 2, kStop = 3 };
 
-void PutU32(std::string& s, uint32_t v) {
-  s.append(reinterpret_cast<const char*>(&v), 4);
-}
+void PutU32(std::string& s, uint32_t v) { s.append(reinterpret_cast<const char*>(&v), 4); }
 void PutStr(std::string& s, const std::string& v) {
   PutU32(s, static_cast<uint32_t>(v.size()));
   s.append(v);
@@ -63,15 +61,12 @@ std::string EncodeStep(std::span<const SequenceStep> batch) {
   PutU32(s, static_cast<uint32_t>(batch.size()));
   for (const auto& st : batch) {
     PutU32(s, static_cast<uint32_t>(st.tokens.size()));
-    s.append(reinterpret_cast<const char*>(st.tokens.data()),
-             4 * st.tokens.size());
+    s.append(reinterpret_cast<const char*>(st.tokens.data()), 4 * st.tokens.size());
     PutU32(s, static_cast<uint32_t>(st.start_pos));
     PutU32(s, static_cast<uint32_t>(st.block_table.size()));
-    s.append(reinterpret_cast<const char*>(st.block_table.data()),
-             4 * st.block_table.size());
+    s.append(reinterpret_cast<const char*>(st.block_table.data()), 4 * st.block_table.size());
     PutU32(s, static_cast<uint32_t>(st.logits));
-    // The adapter by id, name and folder: a follower reads its own slices there
-    // the first time.
+    // The adapter by id, name and folder: a follower reads its own slices there the first time.
     PutU32(s, st.adapter == nullptr ? 0 : st.adapter->id);
     if (st.adapter != nullptr) {
       PutStr(s, st.adapter->name);
@@ -86,19 +81,15 @@ std::string EncodeStep(std::span<const SequenceStep> batch) {
       PutU32(s, static_cast<uint32_t>(iv.begin_pos));
       PutU32(s, static_cast<uint32_t>(iv.end_pos));
       PutU32(s, static_cast<uint32_t>(iv.vector.size()));
-      s.append(reinterpret_cast<const char*>(iv.vector.data()),
-               4 * iv.vector.size());
+      s.append(reinterpret_cast<const char*>(iv.vector.data()), 4 * iv.vector.size());
     }
     // Activations are read on rank 0 only: followers are not told.
   }
   return s;
 }
 
-absl::StatusOr<DecodedStep> DecodeStep(absl::string_view bytes,
-                                       AdapterStore* adapters) {
-  auto bad = [] {
-    return absl::InvalidArgumentError("malformed step message");
-  };
+absl::StatusOr<DecodedStep> DecodeStep(absl::string_view bytes, AdapterStore* adapters) {
+  auto bad = [] { return absl::InvalidArgumentError("malformed step message"); };
   if (bytes.empty() || bytes[0] != static_cast<char>(kStep)) return bad();
   Reader r(bytes.substr(1));
   uint32_t n;
@@ -111,30 +102,22 @@ absl::StatusOr<DecodedStep> DecodeStep(absl::string_view bytes,
   d.interventions.resize(n);
   for (uint32_t i = 0; i < n; ++i) {
     uint32_t nt, start, nb, logits, adapter, ni;
-    if (!r.U32(&nt) || !r.I32s(nt, &d.tokens[i]) || !r.U32(&start) ||
-        !r.U32(&nb) || !r.I32s(nb, &d.blocks[i]) || !r.U32(&logits) ||
-        logits > static_cast<uint32_t>(LogitsWanted::kAll) ||
-        !r.U32(&adapter)) {
+    if (!r.U32(&nt) || !r.I32s(nt, &d.tokens[i]) || !r.U32(&start) || !r.U32(&nb) || !r.I32s(nb, &d.blocks[i]) ||
+        !r.U32(&logits) || logits > static_cast<uint32_t>(LogitsWanted::kAll) || !r.U32(&adapter)) {
       return bad();
     }
     if (adapter != 0) {
       std::string name, dir;
       if (!r.Str(&name) || !r.Str(&dir)) return bad();
-      if (adapters == nullptr)
-        return absl::InvalidArgumentError(
-            "a step names an adapter; this rank has no store");
-      ASSIGN_OR_RETURN(d.adapters[i],
-                       adapters->GetOrRegister(adapter, name, dir));
+      if (adapters == nullptr) return absl::InvalidArgumentError("a step names an adapter; this rank has no store");
+      ASSIGN_OR_RETURN(d.adapters[i], adapters->GetOrRegister(adapter, name, dir));
     }
     if (!r.U32(&ni) || ni > 4096) return bad();
     d.interventions[i].resize(ni);
     for (Intervention& iv : d.interventions[i]) {
       uint32_t kind, layer, factor, head, begin, end, nv;
-      if (!r.U32(&kind) ||
-          kind > static_cast<uint32_t>(InterventionKind::kAblateHead) ||
-          !r.U32(&layer) || !r.U32(&factor) || !r.U32(&head) ||
-          !r.U32(&begin) || !r.U32(&end) || !r.U32(&nv) ||
-          !r.F32s(nv, &iv.vector)) {
+      if (!r.U32(&kind) || kind > static_cast<uint32_t>(InterventionKind::kAblateHead) || !r.U32(&layer) ||
+          !r.U32(&factor) || !r.U32(&head) || !r.U32(&begin) || !r.U32(&end) || !r.U32(&nv) || !r.F32s(nv, &iv.vector)) {
         return bad();
       }
       iv.kind = static_cast<InterventionKind>(kind);
@@ -156,23 +139,18 @@ absl::StatusOr<DecodedStep> DecodeStep(absl::string_view bytes,
   return d;
 }
 
-LeaderBackend::LeaderBackend(std::unique_ptr<Backend> local,
-                             std::shared_ptr<HostCollective> collective)
+LeaderBackend::LeaderBackend(std::unique_ptr<Backend> local, std::shared_ptr<HostCollective> collective)
     : local_(std::move(local)), collective_(std::move(collective)) {}
 
 LeaderBackend::~LeaderBackend() {
   if (broken_ || collective_->world() == 1) return;
   std::string stop(1, static_cast<char>(kStop));
-  collective_->Broadcast(&stop, 0)
-      .IgnoreError();  // followers may already be gone
+  collective_->Broadcast(&stop, 0).IgnoreError();  // followers may already be gone
 }
 
 absl::Status LeaderBackend::Announce(std::span<const SequenceStep> batch) {
-  if (broken_)
-    return absl::UnavailableError(
-        "the tensor-parallel group failed earlier; restart it");
-  RETURN_IF_ERROR(
-      ValidateStep(batch, config(), num_kv_blocks(), kv_block_size()));
+  if (broken_) return absl::UnavailableError("the tensor-parallel group failed earlier; restart it");
+  RETURN_IF_ERROR(ValidateStep(batch, config(), num_kv_blocks(), kv_block_size()));
   if (collective_->world() > 1) {
     std::string msg = EncodeStep(batch);
     if (auto s = collective_->Broadcast(&msg, 0); !s.ok()) {
@@ -183,30 +161,24 @@ absl::Status LeaderBackend::Announce(std::span<const SequenceStep> batch) {
   return absl::OkStatus();
 }
 
-absl::Status LeaderBackend::Forward(std::span<const SequenceStep> batch,
-                                    StepLogits* out) {
+absl::Status LeaderBackend::Forward(std::span<const SequenceStep> batch, StepLogits* out) {
   RETURN_IF_ERROR(Announce(batch));
   auto s = local_->Forward(batch, out);
   if (!s.ok() && !absl::IsInvalidArgument(s)) broken_ = true;
   return s;
 }
 
-// Followers run a plain Forward: the same collectives, whatever the leader then
-// does with its logits.
-absl::Status LeaderBackend::ForwardAndSample(
-    std::span<const SequenceStep> batch, std::span<const RowSample> samples,
-    bool logits_to_host, StepLogits* out, std::vector<SampledToken>* tokens) {
+// Followers run a plain Forward: the same collectives, whatever the leader then does with its logits.
+absl::Status LeaderBackend::ForwardAndSample(std::span<const SequenceStep> batch, std::span<const RowSample> samples,
+                                             bool logits_to_host, StepLogits* out, std::vector<SampledToken>* tokens) {
   RETURN_IF_ERROR(Announce(batch));
-  auto s =
-      local_->ForwardAndSample(batch, samples, logits_to_host, out, tokens);
+  auto s = local_->ForwardAndSample(batch, samples, logits_to_host, out, tokens);
   if (!s.ok() && !absl::IsInvalidArgument(s)) broken_ = true;
   return s;
 }
 
 absl::Status LeaderBackend::Heartbeat() {
-  if (broken_)
-    return absl::UnavailableError(
-        "the tensor-parallel group failed earlier; restart it");
+  if (broken_) return absl::UnavailableError("the tensor-parallel group failed earlier; restart it");
   if (collective_->world() == 1) return absl::OkStatus();
   std::string msg(1, static_cast<char>(kHeartbeat));
   auto s = collective_->Broadcast(&msg, 0);
@@ -214,32 +186,24 @@ absl::Status LeaderBackend::Heartbeat() {
   return s;
 }
 
-absl::Status RunFollower(
-    Backend& local, HostCollective& collective,
-    const std::function<void(double seconds, const StepTimings& timings)>&
-        on_step,
-    AdapterStore* adapters) {
+absl::Status RunFollower(Backend& local, HostCollective& collective,
+                         const std::function<void(double seconds, const StepTimings& timings)>& on_step,
+                         AdapterStore* adapters) {
   StepLogits logits;
   while (true) {
     std::string msg;
-    // Idle time waiting for the next step is not the step's: the clock starts
-    // once the step's bytes arrived.
+    // Idle time waiting for the next step is not the step's: the clock starts once the step's bytes arrived.
     if (auto s = collective.Broadcast(&msg, 0); !s.ok()) {
-      return absl::UnavailableError(
-          absl::StrCat("lost the group leader: ", s.message()));
+      return absl::UnavailableError(absl::StrCat("lost the group leader: ", s.message()));
     }
-    if (msg.empty())
-      return absl::InternalError("empty message from the leader");
+    if (msg.empty()) return absl::InternalError("empty message from the leader");
     if (msg[0] == static_cast<char>(kStop)) return absl::OkStatus();
     if (msg[0] == static_cast<char>(kHeartbeat)) continue;
     const auto start = std::chrono::steady_clock::now();
     ASSIGN_OR_RETURN(const auto step, DecodeStep(msg, adapters));
     RETURN_IF_ERROR(local.Forward(step.steps, &logits));
     if (on_step) {
-      on_step(std::chrono::duration<double>(std::chrono::steady_clock::now() -
-                                            start)
-                  .count(),
-              local.last_timings());
+      on_step(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(), local.last_timings());
     }
   }
 }
