@@ -28,8 +28,8 @@ struct SamplingParams {
 // positions [begin_pos, end_pos) and to no other row of the batch. Layers are 0-based.
 enum class InterventionKind : uint8_t {
   kSteer,           // residual stream after decoder layer `layer` += vector (hidden_size floats)
-  kScaleAttention,  // layer's attention output (o_proj, before any post-norm) *= factor
-  kScaleMlp,        // layer's MLP output (down_proj, before any post-norm) *= factor
+  kScaleAttention,  // the attention term the layer adds to the residual stream (after any post-norm) *= factor
+  kScaleMlp,        // the MLP term the layer adds to the residual stream (after any post-norm) *= factor
   kAblateHead,      // layer's query head `head` zeroed before o_proj
 };
 struct Intervention {

@@ -7,7 +7,6 @@
 #include <string>
 #include <utility>
 
-#include "absl/base/casts.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -118,11 +117,11 @@ void DeclareInterventionFlags(Args& args) {
           "float32) to the residual "
           "stream after decoder layer LAYER (0-based), at every position")
       .RepeatedFlag("scale-mlp",
-                    "LAYER:FACTOR: multiply layer LAYER's MLP output (before "
-                    "any post-norm) by FACTOR")
+                    "LAYER:FACTOR: multiply the MLP term layer LAYER adds to "
+                    "the residual stream (after any post-norm) by FACTOR")
       .RepeatedFlag("scale-attn",
-                    "LAYER:FACTOR: multiply layer LAYER's attention output "
-                    "(o_proj, before any post-norm) by FACTOR")
+                    "LAYER:FACTOR: multiply the attention term layer LAYER "
+                    "adds to the residual stream (after any post-norm) by FACTOR")
       .RepeatedFlag(
           "ablate-head",
           "LAYER:HEAD: zero query head HEAD's attention output in layer LAYER");
@@ -180,28 +179,6 @@ absl::StatusOr<std::vector<ActivationPoint>> HiddenStatesFromFlag(
   }
   for (int32_t i : *indices) out.push_back({ActivationKind::kResidual, i});
   return out;
-}
-
-uint64_t InterventionsCacheSalt(std::span<const Intervention> interventions) {
-  if (interventions.empty()) return 0;
-  uint64_t h = 14695981039346656037ull;  // FNV-1a over every field
-  auto mix = [&h](uint32_t v) {
-    for (int b = 0; b < 4; ++b) {
-      h ^= (v >> (8 * b)) & 0xff;
-      h *= 1099511628211ull;
-    }
-  };
-  for (const Intervention& iv : interventions) {
-    mix(static_cast<uint32_t>(iv.kind));
-    mix(static_cast<uint32_t>(iv.layer));
-    mix(absl::bit_cast<uint32_t>(iv.factor));
-    mix(static_cast<uint32_t>(iv.head));
-    mix(static_cast<uint32_t>(iv.begin_pos));
-    mix(static_cast<uint32_t>(iv.end_pos));
-    mix(static_cast<uint32_t>(iv.vector.size()));
-    for (float f : iv.vector) mix(absl::bit_cast<uint32_t>(f));
-  }
-  return h == 0 ? 1 : h;
 }
 
 }  // namespace gemma

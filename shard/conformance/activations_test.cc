@@ -533,6 +533,14 @@ TEST_P(Gemma23ActivationsTest, ReadsAddUpToTheResidualStream) {
   EXPECT_EQ(steered->activations[layers + 2], mlp(0));
   for (size_t i = 0; i < residual(1).size(); ++i)
     ASSERT_EQ(steered->activations[1][i], residual(1)[i] + 0.25f);
+
+  // Scaling acts on the term the layer adds, after the post-norm (before it,
+  // the norm would undo the scale): the read MLP output is halved exactly.
+  Intervention half{InterventionKind::kScaleMlp, 0, {}, 0.5f};
+  auto scaled = RunPass(*backend, ids, {half}, PointsOf(points));
+  ASSERT_TRUE(scaled.ok()) << scaled.status();
+  for (size_t i = 0; i < mlp(0).size(); ++i)
+    ASSERT_EQ(scaled->activations[layers + 2][i], 0.5f * mlp(0)[i]);
 }
 
 INSTANTIATE_TEST_SUITE_P(

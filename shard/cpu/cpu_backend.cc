@@ -212,12 +212,15 @@ absl::Status CpuBackend::Forward(std::span<const SequenceStep> batch, StepLogits
     hooks_.AblateHeads(layer, tp, static_cast<int>(D), attn_.data());
 
     RETURN_IF_ERROR(RowParallel(attn_.data(), T, q_dim, lw.o, timer, layer, LoraTarget::kO, tp.adds_attention_output));
-    // Summed over the ranks, before the post-norm.
-    hooks_.ScaleAttention(layer, proj_.data());
     const bool sandwich = c.sandwich_norms();
+    if (sandwich) {
+#pragma omp parallel for schedule(static) if (T > 1)
+      for (int64_t t = 0; t < T; ++t) RmsNorm(&proj_[t * H], lw.post_attn_norm.data(), c.rms_norm_eps, &proj_[t * H], H);
+    }
+    // The term the layer adds, summed over the ranks (after Gemma 2/3's post-norm, which would undo a scale).
+    hooks_.ScaleAttention(layer, proj_.data());
 #pragma omp parallel for schedule(static) if (T > 1)
     for (int64_t t = 0; t < T; ++t) {
-      if (sandwich) RmsNorm(&proj_[t * H], lw.post_attn_norm.data(), c.rms_norm_eps, &proj_[t * H], H);
       AddInPlace(&proj_[t * H], &x_[t * H], H);
       RmsNorm(&x_[t * H], lw.ffn_norm.data(), c.rms_norm_eps, &xn_[t * H], H);
     }
@@ -232,12 +235,13 @@ absl::Status CpuBackend::Forward(std::span<const SequenceStep> batch, StepLogits
 #pragma omp parallel for schedule(static) if (T > 1)
     for (int64_t t = 0; t < T; ++t) GeluTanhMul(&gate_up_[t * 2 * I], &gate_up_[t * 2 * I + I], &act_[t * I], I);
     RETURN_IF_ERROR(RowParallel(act_.data(), T, I, lw.down, timer, layer, LoraTarget::kDown));
-    hooks_.ScaleMlp(layer, proj_.data());
 #pragma omp parallel for schedule(static) if (T > 1)
     for (int64_t t = 0; t < T; ++t) {
       if (sandwich) RmsNorm(&proj_[t * H], lw.post_ffn_norm.data(), c.rms_norm_eps, &proj_[t * H], H);
-      AddInPlace(&proj_[t * H], &x_[t * H], H);
     }
+    hooks_.ScaleMlp(layer, proj_.data());
+#pragma omp parallel for schedule(static) if (T > 1)
+    for (int64_t t = 0; t < T; ++t) AddInPlace(&proj_[t * H], &x_[t * H], H);
     hooks_.Capture(ActivationKind::kMlpOutput, layer, proj_.data());
     hooks_.Steer(layer, x_.data());
     // Hugging Face's hidden_states hold no raw output of the last layer: its

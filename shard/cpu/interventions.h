@@ -5,15 +5,14 @@
 //
 // Where, in layer L (Hugging Face names):
 // - kAblateHead: the input of o_proj, head h's columns h * head_dim onwards.
-// - kScaleAttention, kScaleMlp: the o_proj / down_proj output, summed over
-//   the ranks, before Gemma 2/3's post-attention / post-feedforward norm.
+// - kScaleAttention, kScaleMlp: the term added to the residual stream, summed
+//   over the ranks: the o_proj / down_proj output, after Gemma 2/3's
+//   post-attention / post-feedforward norm (a scale before it would be undone).
 // - kAttentionOutput, kMlpOutput (reads): the term added to the residual
 //   stream, i.e. after that post-norm on Gemma 2/3, so that residual L+1 =
 //   residual L + attention output + MLP output holds for every family.
 // - kSteer: the residual stream after the layer (both adds); the next layer,
 //   the read of residual L+1 and (last layer) the final norm see it.
-// Under Gemma 2/3's post-norms a scale before the norm changes the term only
-// through the norm's epsilon and its sign: RMSNorm(f x) ~ sign(f) RMSNorm(x).
 #pragma once
 
 #include <cstdint>
@@ -45,8 +44,8 @@ class StepHooks {
   // heads replicated over ranks, every replica zeroes it.
   void AblateHeads(int layer, const TensorParallel& tp, int head_dim,
                    float* attn) const;
-  // kScaleAttention / kScaleMlp: `proj` ([T, hidden]) is the o_proj or
-  // down_proj output, summed over the ranks and before any post-norm.
+  // kScaleAttention / kScaleMlp: `proj` ([T, hidden]) is the term the layer
+  // adds to the residual stream, summed over the ranks (after any post-norm).
   void ScaleAttention(int layer, float* proj) const {
     Scale(InterventionKind::kScaleAttention, layer, proj);
   }

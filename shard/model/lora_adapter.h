@@ -36,6 +36,7 @@ struct LoraAdapter {
   float scaling =
       1.0f;  // lora_alpha / r, or lora_alpha / sqrt(r) with use_rslora
   std::vector<std::string> target_modules;
+  std::string fingerprint;  // sizes and modification times of its files, as read
   std::vector<std::array<LoraPair, kNumLoraTargets>> layers;  // [num_layers]
   const LoraPair& at(int layer, LoraTarget t) const {
     return layers[layer][static_cast<int>(t)];

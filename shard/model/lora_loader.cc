@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <filesystem>
 #include <set>
 
 #include "absl/strings/str_cat.h"
@@ -215,6 +216,18 @@ absl::StatusOr<std::vector<float>> ReadF32(const std::string& file,
   return out;
 }
 
+// Sizes and modification times: a folder rewritten after it was loaded is noticed when it is read again.
+std::string Fingerprint(std::initializer_list<std::string> files) {
+  std::string out;
+  for (const std::string& f : files) {
+    std::error_code ec;
+    const auto size = std::filesystem::file_size(f, ec);
+    const auto time = std::filesystem::last_write_time(f, ec);
+    absl::StrAppend(&out, f, ":", ec ? 0 : size, ":", ec ? 0 : time.time_since_epoch().count(), ";");
+  }
+  return out;
+}
+
 }  // namespace
 
 absl::StatusOr<std::shared_ptr<LoraAdapter>> LoadLoraAdapter(
@@ -227,6 +240,7 @@ absl::StatusOr<std::shared_ptr<LoraAdapter>> LoadLoraAdapter(
   ASSIGN_OR_RETURN(const SafetensorsHeader header,
                    ParseSafetensors(mapped.bytes(), file));
   auto a = std::make_shared<LoraAdapter>();
+  a->fingerprint = Fingerprint({dir + "/adapter_config.json", file});
   a->rank = lc.rank;
   a->scaling = lc.scaling;
   for (LoraTarget t : lc.targets)

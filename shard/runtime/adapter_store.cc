@@ -74,9 +74,8 @@ absl::StatusOr<uint32_t> AdapterStore::Register(const std::string& name,
   const uint32_t id = next_id_++;
   loaded->id = id;  // no step sees it before it is in the table
   Entry e;
-  e.info = {
-      id,   name, dir, loaded->rank, loaded->scaling, loaded->target_modules,
-      true, 0};
+  e.info = {id, name, dir, loaded->rank, loaded->scaling, loaded->target_modules, true, 0};
+  e.fingerprint = loaded->fingerprint;
   e.loaded = std::move(loaded);
   entries_[id] = std::move(e);
   Touch(id);
@@ -108,45 +107,66 @@ void AdapterStore::Touch(uint32_t id) {
   }
 }
 
-absl::StatusOr<std::shared_ptr<const LoraAdapter>> AdapterStore::Resident(
-    Entry& e) {
-  if (e.loaded == nullptr) {
-    ASSIGN_OR_RETURN(e.loaded, Load(e.info.id, e.info.name, e.info.dir));
-    e.info.resident = true;
-  }
+std::shared_ptr<const LoraAdapter> AdapterStore::Use(Entry& e) {
   ++e.info.uses;
   std::shared_ptr<const LoraAdapter> held = e.loaded;
   Touch(e.info.id);
   return held;
 }
 
-absl::StatusOr<std::shared_ptr<const LoraAdapter>> AdapterStore::Get(
-    uint32_t id) {
-  absl::MutexLock lock(&mu_);
-  auto it = entries_.find(id);
-  if (it == entries_.end()) {
-    return absl::NotFoundError(absl::StrCat(
-        "adapter id ", id, " is not loaded (unloaded, or never loaded here)"));
+absl::StatusOr<std::shared_ptr<const LoraAdapter>> AdapterStore::Acquire(uint32_t id) {
+  std::string name, dir, fingerprint;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = entries_.find(id);
+    if (it == entries_.end()) {
+      return absl::NotFoundError(absl::StrCat("adapter id ", id, " is not loaded (unloaded, or never loaded here)"));
+    }
+    if (it->second.loaded != nullptr) return Use(it->second);
+    name = it->second.info.name;
+    dir = it->second.info.dir;
+    fingerprint = it->second.fingerprint;
   }
-  return Resident(it->second);
-}
-
-absl::StatusOr<std::shared_ptr<const LoraAdapter>> AdapterStore::GetOrRegister(
-    uint32_t id, const std::string& name, const std::string& dir) {
+  // Read outside the lock: other steps' adapters stay available meanwhile.
+  ASSIGN_OR_RETURN(std::shared_ptr<LoraAdapter> fresh, Load(id, name, dir));
+  if (!fingerprint.empty() && fresh->fingerprint != fingerprint) {
+    return absl::FailedPreconditionError(absl::StrCat("adapter '", name, "': its files in ", dir,
+                                                      " changed since it was loaded; unload it and load it again"));
+  }
   absl::MutexLock lock(&mu_);
   auto it = entries_.find(id);
   if (it == entries_.end() || it->second.info.dir != dir) {
-    Entry e;
-    e.info.id = id;
-    e.info.name = name;
-    e.info.dir = dir;
-    it = entries_.insert_or_assign(id, std::move(e)).first;
+    return absl::NotFoundError(absl::StrCat("adapter '", name, "' was unloaded while it was read again"));
   }
-  ASSIGN_OR_RETURN(auto held, Resident(it->second));
-  it->second.info.rank = held->rank;
-  it->second.info.scaling = held->scaling;
-  it->second.info.target_modules = held->target_modules;
-  return held;
+  Entry& e = it->second;
+  if (e.loaded == nullptr) {  // else another step read it meanwhile
+    if (e.fingerprint.empty()) e.fingerprint = fresh->fingerprint;
+    e.info.rank = fresh->rank;
+    e.info.scaling = fresh->scaling;
+    e.info.target_modules = fresh->target_modules;
+    e.loaded = std::move(fresh);
+    e.info.resident = true;
+  }
+  return Use(e);
+}
+
+absl::StatusOr<std::shared_ptr<const LoraAdapter>> AdapterStore::Get(uint32_t id) { return Acquire(id); }
+
+absl::StatusOr<std::shared_ptr<const LoraAdapter>> AdapterStore::GetOrRegister(uint32_t id, const std::string& name,
+                                                                               const std::string& dir) {
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = entries_.find(id);
+    if (it == entries_.end() || it->second.info.dir != dir) {
+      Entry e;
+      e.info.id = id;
+      e.info.name = name;
+      e.info.dir = dir;
+      lru_.remove(id);
+      entries_.insert_or_assign(id, std::move(e));
+    }
+  }
+  return Acquire(id);
 }
 
 std::vector<AdapterInfo> AdapterStore::List() const {

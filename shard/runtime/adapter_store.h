@@ -72,11 +72,13 @@ class AdapterStore {
   struct Entry {
     AdapterInfo info;
     std::shared_ptr<const LoraAdapter> loaded;  // null while not resident
+    std::string fingerprint;                    // of its files when first read: a changed folder is refused
   };
   absl::StatusOr<std::shared_ptr<LoraAdapter>> Load(
       uint32_t id, const std::string& name, const std::string& dir) const;
-  absl::StatusOr<std::shared_ptr<const LoraAdapter>> Resident(Entry& e)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The adapter, read again from its folder (outside the lock) when it was dropped.
+  absl::StatusOr<std::shared_ptr<const LoraAdapter>> Acquire(uint32_t id) ABSL_LOCKS_EXCLUDED(mu_);
+  std::shared_ptr<const LoraAdapter> Use(Entry& e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Touch(uint32_t id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const AdapterLoader loader_;
