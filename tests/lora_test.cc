@@ -239,6 +239,34 @@ TEST_F(LoraLoaderErrorsTest, NamesTheFieldThatIsWrong) {
   ExpectRefused(c, "use_rslora");
 }
 
+// Beyond its bound the store drops the least recently used adapter and reads it again when next asked, unless its
+// files changed meanwhile.
+TEST_F(LoraLoaderErrorsTest, TheStoreReadsDroppedAdaptersAgainAndRefusesChangedOnes) {
+  std::filesystem::copy_file(root_ + "/mha-r4-qv/adapter_config.json", dir_ + "/adapter_config.json",
+                             std::filesystem::copy_options::overwrite_existing);
+  AdapterStore store(LoraLoaderFor(config_, *TensorParallel::Create(config_, 0, 1)), 1);
+  auto a = store.Register("a", root_ + "/mha-r8-all");
+  auto b = store.Register("b", dir_);
+  ASSERT_TRUE(a.ok() && b.ok());
+  auto first = store.Get(*a);  // b came last: a was dropped and is read again
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_EQ((*first)->rank, 8);
+  const auto listed = store.List();
+  ASSERT_EQ(listed.size(), 2u);
+  EXPECT_TRUE(listed[0].resident);
+  EXPECT_FALSE(listed[1].resident);
+  // b's files change while it is not resident: reading it again is refused, by name.
+  std::filesystem::last_write_time(dir_ + "/adapter_model.safetensors",
+                                   std::filesystem::last_write_time(dir_ + "/adapter_model.safetensors") +
+                                       std::chrono::seconds(5));
+  const auto changed = store.Get(*b);
+  EXPECT_TRUE(absl::IsFailedPrecondition(changed.status())) << changed.status();
+  EXPECT_NE(changed.status().message().find("changed since it was loaded"), std::string::npos);
+  EXPECT_TRUE(store.Unregister("b").ok());
+  EXPECT_TRUE(absl::IsNotFound(store.Get(*b).status()));
+  EXPECT_TRUE(absl::IsAlreadyExists(store.Register("a", dir_).status()));
+}
+
 TEST_F(LoraLoaderErrorsTest, AnAdapterForAnotherModelIsRefused) {
   auto ckpt = Checkpoint::Open(GemmaTinyDir() + "/tiny-mqa");
   ASSERT_TRUE(ckpt.ok());
