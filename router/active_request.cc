@@ -54,7 +54,7 @@ void ActiveRequest::RecordEnd(const absl::Status& status, std::optional<v1::Fini
     why = "failed";
   }
   metrics_->Finished(status, SecondsSince(arrival_), static_cast<int>(options_.prompt.size()), generated_, why,
-                     options_.protocol, options_.endpoint);
+                     options_.protocol, options_.endpoint, options_.adapter);
 }
 
 void ActiveRequest::Notify() const {

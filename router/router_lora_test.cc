@@ -72,7 +72,8 @@ TEST(RouterLoraTest, AdaptersLoadedAtStartAndAtRunTimeServeTheirReferences) {
   ASSERT_FALSE(lora.empty());
   auto worker = StartOwnWorker(GemmaTinyDir() + "/tiny-mha",
                                {"--lora=all=" + lora + "/mha-r8-all"});
-  auto router = StartRouter({worker.port});
+  const int metrics_port = testing::FreePort();
+  auto router = StartRouter({worker.port}, {"--metrics_port=" + std::to_string(metrics_port)});
   ASSERT_TRUE(router.WaitForHealthyGroups(1));
   {
     grpc::ClientContext ctx;
@@ -84,6 +85,11 @@ TEST(RouterLoraTest, AdaptersLoadedAtStartAndAtRunTimeServeTheirReferences) {
     EXPECT_FLOAT_EQ(info.adapters(0).scaling(), 2.0f);
   }
   ExpectReferenceGenerations(*router.stub, "all", "mha-r8-all");
+  const size_t prompts = Generations("mha-r8-all")["results"].size();
+  // Requests of an adapter are counted under its name: every reference prompt, with its 32 tokens.
+  const std::string m = testing::HttpGet(metrics_port, "/metrics");
+  EXPECT_EQ(Sample(m, "gemma_router_adapter_requests_total{adapter=\"all\",outcome=\"completed\"}"), prompts);
+  EXPECT_EQ(Sample(m, "gemma_router_adapter_tokens_total{adapter=\"all\",kind=\"generated\"}"), 32.0 * prompts);
 
   auto admin = v1::Admin::NewStub(
       grpc::CreateChannel("127.0.0.1:" + std::to_string(router.port),

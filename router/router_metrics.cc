@@ -61,6 +61,15 @@ absl::StatusOr<std::unique_ptr<RouterMetrics>> RouterMetrics::Create(const std::
                       .Name("gemma_router_requests_total")
                       .Help("Requests ended, by outcome (completed, cancelled, failed, rejected), status code, protocol (grpc, http) and endpoint.")
                       .Register(r);
+  m->adapter_requests_ = &prometheus::BuildCounter()
+                              .Name("gemma_router_adapter_requests_total")
+                              .Help("Requests that ran with a LoRA adapter, by adapter and outcome.")
+                              .Register(r);
+  m->adapter_tokens_ = &prometheus::BuildCounter()
+                            .Name("gemma_router_adapter_tokens_total")
+                            .Help("Prompt and generated tokens of requests that ran with a LoRA adapter, by adapter "
+                                  "and kind (prompt, generated).")
+                            .Register(r);
   m->prompt_tokens_ = &prometheus::BuildCounter().Name("gemma_router_prompt_tokens_total").Help("Prompt tokens of finished requests.").Register(r).Add({});
   m->generated_tokens_ = &prometheus::BuildCounter().Name("gemma_router_generated_tokens_total").Help("Tokens generated.").Register(r).Add({});
   m->preemptions_ = &prometheus::BuildCounter().Name("gemma_router_preemptions_total").Help("Sequences preempted for KV blocks (recomputed later).").Register(r).Add({});
@@ -97,7 +106,7 @@ absl::StatusOr<std::unique_ptr<RouterMetrics>> RouterMetrics::Create(const std::
 
 void RouterMetrics::Finished(const absl::Status& status, double seconds, int prompt_tokens, int generated_tokens,
                              const std::string& reason, const std::string& protocol,
-                             const std::string& endpoint) {
+                             const std::string& endpoint, const std::string& adapter) {
   e2e_->Observe(seconds);
   if (!reason.empty()) {
     finished_->Add({{"reason", reason}}).Increment();
@@ -112,6 +121,11 @@ void RouterMetrics::Finished(const absl::Status& status, double seconds, int pro
       .Increment();
   prompt_tokens_->Increment(prompt_tokens);
   generated_tokens_->Increment(generated_tokens);
+  if (!adapter.empty()) {
+    adapter_requests_->Add({{"adapter", adapter}, {"outcome", Outcome(status)}}).Increment();
+    adapter_tokens_->Add({{"adapter", adapter}, {"kind", "prompt"}}).Increment(prompt_tokens);
+    adapter_tokens_->Add({{"adapter", adapter}, {"kind", "generated"}}).Increment(generated_tokens);
+  }
 }
 
 void RouterMetrics::Rejected(const absl::Status& status, const std::string& protocol, const std::string& endpoint) {

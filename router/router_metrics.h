@@ -27,8 +27,10 @@ class RouterMetrics {
   // `reason` (length, stop, eos, cancelled, failed) counts the request in gemma_router_requests_finished_total;
   // empty (a scoring request) does not.
   // `protocol` (grpc, http) and `endpoint` (the RPC or the HTTP path) label gemma_router_requests_total.
+  // `adapter`, when not empty, also counts it per LoRA adapter.
   void Finished(const absl::Status& status, double seconds, int prompt_tokens, int generated_tokens,
-                const std::string& reason, const std::string& protocol, const std::string& endpoint);
+                const std::string& reason, const std::string& protocol, const std::string& endpoint,
+                const std::string& adapter = "");
   // From a request's first scheduled step to its first generated token.
   void Prefill(double seconds) { prefill_->Observe(seconds); }
   // Tokens (prompt positions and decoded tokens) one step computed.
@@ -64,7 +66,7 @@ class RouterMetrics {
   std::shared_ptr<prometheus::Registry> registry_;
   std::unique_ptr<prometheus::Exposer> exposer_;
   prometheus::Histogram *ttft_, *itl_, *e2e_, *queue_, *prefill_, *prompt_hist_, *generated_hist_, *step_tokens_;
-  prometheus::Family<prometheus::Counter>*requests_, *finished_;
+  prometheus::Family<prometheus::Counter>*requests_, *finished_, *adapter_requests_, *adapter_tokens_;
   prometheus::Counter *prompt_tokens_, *generated_tokens_, *preemptions_, *prefill_tokens_, *prefix_queries_,
       *prefix_hits_, *takeovers_, *forwarded_,
       *step_prefill_seconds_, *step_decode_seconds_;

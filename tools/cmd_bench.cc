@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "nlohmann/json.hpp"
 #include "shard/checkpoint/progress.h"
+#include "shard/model/lora_loader.h"
 #include "tools/cli_common.h"
 #include "tools/commands.h"
 #include "tools/local_model.h"
@@ -25,6 +26,8 @@ struct Figures {
   int threads;
   double prefill_tokens_per_s, decode_batch1, decode_batch8, bandwidth;
   double collective_fraction_batch1 = 0;  // share of decode step time in collectives (TP > 1)
+  double decode_batch8_adapters = 0;     // with --adapters: batch 8 with adapters mixed in
+  double decode_batch8_base_again = 0;   // and the base batch 8 measured right after it
 };
 
 // Resident memory of a process in bytes (its mapped weights included), or -1.
@@ -70,25 +73,63 @@ absl::StatusOr<double> PrefillTokensPerSecond(Backend* backend, int prompt_len) 
 }
 
 // Decode steps of `batch` sequences after a `context`-token prefill; returns generated tokens per second.
+// Row s runs with adapters[s % adapters.size()] (none when empty).
 absl::StatusOr<double> DecodeTokensPerSecond(Backend* backend, int batch, int context, int steps,
-                                             double* collective_fraction = nullptr) {
+                                             double* collective_fraction = nullptr,
+                                             std::span<const std::shared_ptr<const LoraAdapter>> adapters = {}) {
   const auto& c = backend->config();
   BenchBatch b = MakeBatch(batch, context, context + steps + 1, backend->kv_block_size(), c.vocab_size, 2);
   StepLogits logits;
   std::vector<SequenceStep> step(batch);
-  for (int s = 0; s < batch; ++s) step[s] = {b.tokens[s], 0, b.blocks[s], LogitsWanted::kLast};
+  auto adapter_of = [&](int s) { return adapters.empty() ? nullptr : adapters[s % adapters.size()].get(); };
+  for (int s = 0; s < batch; ++s) {
+    step[s] = {b.tokens[s], 0, b.blocks[s], LogitsWanted::kLast};
+    step[s].adapter = adapter_of(s);
+  }
   if (auto st = backend->Forward(step, &logits); !st.ok()) return st;
   std::vector<int32_t> next(batch, 5);
   double start = 0, collective = 0;
   for (int i = 0; i <= steps; ++i) {
     if (i == 1) start = Now();  // the first decode step warms caches and is not counted
-    for (int s = 0; s < batch; ++s) step[s] = {{&next[s], 1}, context + i, b.blocks[s], LogitsWanted::kLast};
+    for (int s = 0; s < batch; ++s) {
+      step[s] = {{&next[s], 1}, context + i, b.blocks[s], LogitsWanted::kLast};
+      step[s].adapter = adapter_of(s);
+    }
     if (auto st = backend->Forward(step, &logits); !st.ok()) return st;
     if (i >= 1) collective += backend->last_timings().collective_seconds;
   }
   const double elapsed = Now() - start;
   if (collective_fraction) *collective_fraction = collective / elapsed;
   return batch * steps / elapsed;
+}
+
+// A LoRA adapter of rank `r` on every projection with random weights (the cost of an adapter does not depend on its
+// values), for one rank of a group of one.
+std::shared_ptr<const LoraAdapter> RandomAdapter(const ModelConfig& c, int r, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal(0.0f, 0.02f);
+  auto a = std::make_shared<LoraAdapter>();
+  a->id = seed;
+  a->rank = r;
+  a->scaling = 2.0f;
+  a->layers.resize(c.num_layers);
+  const int64_t shapes[kNumLoraTargets][2] = {{c.q_dim(), c.hidden_size},         {c.kv_dim(), c.hidden_size},
+                                              {c.kv_dim(), c.hidden_size},        {c.hidden_size, c.q_dim()},
+                                              {c.intermediate_size, c.hidden_size}, {c.intermediate_size, c.hidden_size},
+                                              {c.hidden_size, c.intermediate_size}};
+  for (auto& layer : a->layers) {
+    for (int t = 0; t < kNumLoraTargets; ++t) {
+      LoraPair& p = layer[t];
+      p.rank = r;
+      p.out = shapes[t][0];
+      p.in = shapes[t][1];
+      p.a.resize(r * p.in);
+      p.b.resize(p.out * r);
+      for (float& v : p.a) v = normal(rng);
+      for (float& v : p.b) v = normal(rng);
+    }
+  }
+  return a;
 }
 
 }  // namespace
@@ -113,10 +154,16 @@ int BenchCommand(int argc, char** argv) {
                               "would take minutes to fill on a CPU)")
       .Flag("tp", "tensor-parallel degree: a local group of N processes, threads split among them (default 1)")
       .Flag("tp-transport", "collectives of a local group: shm (shared memory, default) or gloo (TCP)")
+      .Flag("adapters", "also decode batch 8 with this many LoRA adapters mixed in, rows round-robin (default 0)")
+      .Flag("adapter-rank", "rank of those adapters, on all seven projections, 1..64 (default 16)")
       .Flag("json", "print one JSON object", true);
   int code;
   if (!ParseOrExit(args, argc, argv, kCmd, &code)) return code;
   if (!args.Has("model")) return Fail(kCmd, absl::InvalidArgumentError("--model DIR is required"));
+  auto num_adapters = args.GetInt("adapters", 0, 0, 8);
+  auto adapter_rank = args.GetInt("adapter-rank", 16, 1, kMaxLoraRank);
+  if (!num_adapters.ok()) return Fail(kCmd, num_adapters.status());
+  if (!adapter_rank.ok()) return Fail(kCmd, adapter_rank.status());
   auto threads = args.GetInt("threads", omp_get_num_procs(), 1, 4096);
   auto prompt_len = args.GetInt("prompt-len", 512, 2, 8192);
   auto steps = args.GetInt("steps", 8, 1, 10000);
@@ -141,13 +188,20 @@ int BenchCommand(int argc, char** argv) {
     return Fail(kCmd, absl::InvalidArgumentError("--decode-context plus --steps exceeds the model's context"));
   }
   const int64_t weight_bytes = model->weights->WeightBytesPerStep();
+  if (*num_adapters > 0 && *tp > 1) {
+    return Fail(kCmd, absl::InvalidArgumentError("--adapters runs with --tp 1 (its adapters are made in memory)"));
+  }
+  std::vector<std::shared_ptr<const LoraAdapter>> adapters;
+  for (int i = 0; i < *num_adapters; ++i) {
+    adapters.push_back(RandomAdapter(model->config(), static_cast<int>(*adapter_rank), 1000 + i));
+  }
 
   // Threads per rank: a 1-thread run and an all-cores run; a TP group keeps the split it started with.
   std::vector<int> thread_counts = {1};
   if (*threads != 1) thread_counts.push_back(static_cast<int>(*threads));
   if (*tp > 1) thread_counts = {omp_get_max_threads()};
   std::vector<Figures> figures;
-  Progress progress("benchmark", static_cast<int64_t>(thread_counts.size()) * 4);
+  Progress progress("benchmark", static_cast<int64_t>(thread_counts.size()) * (adapters.empty() ? 4 : 6));
   int done = 0;
   for (int t : thread_counts) {
     if (*tp == 1) SetThreads(t);
@@ -163,6 +217,18 @@ int BenchCommand(int argc, char** argv) {
     progress.Update(++done);
     for (const absl::Status& s : {prefill.status(), d1.status(), d8.status()}) {
       if (!s.ok()) return Fail(kCmd, s);
+    }
+    if (!adapters.empty()) {
+      // The base batch again right after, so the ratio compares runs of one moment on a shared machine.
+      auto mixed = DecodeTokensPerSecond(model->backend.get(), 8, decode_context, static_cast<int>(*steps), nullptr,
+                                         adapters);
+      progress.Update(++done);
+      auto base = DecodeTokensPerSecond(model->backend.get(), 8, decode_context, static_cast<int>(*steps));
+      progress.Update(++done);
+      if (!mixed.ok()) return Fail(kCmd, mixed.status());
+      if (!base.ok()) return Fail(kCmd, base.status());
+      f.decode_batch8_adapters = *mixed;
+      f.decode_batch8_base_again = *base;
     }
     f.prefill_tokens_per_s = *prefill;
     f.decode_batch1 = *d1;
@@ -186,6 +252,12 @@ int BenchCommand(int argc, char** argv) {
                       {"read_bandwidth_bytes_per_s", f.bandwidth},
                       {"decode_batch1_bandwidth_fraction", fraction(f)},
                       {"decode_batch1_collective_fraction", f.collective_fraction_batch1}});
+      if (!adapters.empty()) {
+        runs.back()["decode_tokens_per_s_batch8_adapters"] = f.decode_batch8_adapters;
+        runs.back()["decode_tokens_per_s_batch8_base_again"] = f.decode_batch8_base_again;
+        runs.back()["adapters_vs_base_batch8"] =
+            f.decode_batch8_adapters / (0.5 * (f.decode_batch8 + f.decode_batch8_base_again));
+      }
     }
     nlohmann::json out = {{"model", c.DebugString()},
                           {"prompt_len", *prompt_len},
@@ -200,6 +272,11 @@ int BenchCommand(int argc, char** argv) {
                           {"read_bandwidth_bytes_per_s", all.bandwidth},
                           {"decode_batch1_bandwidth_fraction", fraction(all)},
                           {"runs", runs}};
+    if (!adapters.empty()) {
+      out["adapters"] = *num_adapters;
+      out["adapter_rank"] = *adapter_rank;
+      out["adapters_vs_base_batch8"] = runs.back()["adapters_vs_base_batch8"];
+    }
     std::printf("%s\n", out.dump(2).c_str());
     return 0;
   }
@@ -212,6 +289,12 @@ int BenchCommand(int argc, char** argv) {
                 f.prefill_tokens_per_s, f.decode_batch1, f.decode_batch8, f.decode_batch8 / f.decode_batch1,
                 100 * fraction(f), f.bandwidth / 1e9);
     if (*tp > 1) std::printf("         collectives: %.1f%% of batch-1 decode step time\n", 100 * f.collective_fraction_batch1);
+    if (!adapters.empty()) {
+      std::printf("         batch 8 with %d rank-%d adapters: %.2f tok/s, %.3f of the base batch 8 (%.2f, %.2f)\n",
+                  static_cast<int>(*num_adapters), static_cast<int>(*adapter_rank), f.decode_batch8_adapters,
+                  f.decode_batch8_adapters / (0.5 * (f.decode_batch8 + f.decode_batch8_base_again)), f.decode_batch8,
+                  f.decode_batch8_base_again);
+    }
   }
   return 0;
 }
