@@ -166,12 +166,13 @@ absl::StatusOr<std::shared_ptr<ActiveRequest>> RouterService::AdmitScore(const S
                                                                          ScorePlan plan, const char* endpoint) {
   auto changes = admission_.Changes(model, request.adapter(), request.interventions(),
                                     static_cast<int32_t>(plan.prompt.size()));
-  absl::StatusOr<std::shared_ptr<ActiveRequest>> active = changes.status();
-  if (changes.ok()) {
-    active = admission_.AdmitScore(model, std::move(plan.prompt), request.top_logprobs(),
-                                   {.protocol = "grpc", .endpoint = endpoint}, *std::move(changes),
-                                   plan.activations);
+  if (!changes.ok()) {
+    CountRejected(changes.status(), endpoint);
+    return changes.status();
   }
+  auto active = admission_.AdmitScore(model, std::move(plan.prompt), request.top_logprobs(),
+                                      {.protocol = "grpc", .endpoint = endpoint}, *std::move(changes),
+                                      plan.activations);
   if (!active.ok()) CountRejected(active.status(), endpoint);
   return active;
 }
