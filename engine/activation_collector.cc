@@ -11,14 +11,14 @@ absl::Status ActivationCollector::Add(const RowResult& row) {
   if (row.activation_rows == 0) return absl::OkStatus();
   const size_t rows = static_cast<size_t>(row.activation_rows);
   if (row.activations.size() != points_ || positions_ == 0) {
-    return absl::InternalError(absl::StrCat("a row carried ", row.activations.size(), " activations for ", points_,
-                                            " points asked"));
+    return absl::InternalError(
+        absl::StrCat("a row carried ", row.activations.size(), " activations for ", points_, " points asked"));
   }
   for (const std::vector<float>& a : row.activations) {
     const size_t width = a.size() / rows;
     if (width == 0 || a.size() % rows != 0 || (hidden_ != 0 && width != hidden_)) {
-      return absl::InternalError(absl::StrCat("a row's activation of ", a.size(), " values does not hold ", rows,
-                                              " rows of width ", hidden_));
+      return absl::InternalError(
+          absl::StrCat("a row's activation of ", a.size(), " values does not hold ", rows, " rows of width ", hidden_));
     }
     hidden_ = width;
   }

@@ -11,10 +11,14 @@ namespace {
 
 const char* KindName(v1::ActivationKind kind) {
   switch (kind) {
-    case v1::ACTIVATION_KIND_RESIDUAL: return "RESIDUAL";
-    case v1::ACTIVATION_KIND_ATTENTION_OUTPUT: return "ATTENTION_OUTPUT";
-    case v1::ACTIVATION_KIND_MLP_OUTPUT: return "MLP_OUTPUT";
-    default: return "unknown";
+    case v1::ACTIVATION_KIND_RESIDUAL:
+      return "RESIDUAL";
+    case v1::ACTIVATION_KIND_ATTENTION_OUTPUT:
+      return "ATTENTION_OUTPUT";
+    case v1::ACTIVATION_KIND_MLP_OUTPUT:
+      return "MLP_OUTPUT";
+    default:
+      return "unknown";
   }
 }
 
@@ -29,8 +33,12 @@ absl::StatusOr<ActivationPoint> PointOf(int i, const v1::ActivationPoint& p, con
       out.kind = ActivationKind::kResidual;
       count = model.num_layers() + 1;
       break;
-    case v1::ACTIVATION_KIND_ATTENTION_OUTPUT: out.kind = ActivationKind::kAttentionOutput; break;
-    case v1::ACTIVATION_KIND_MLP_OUTPUT: out.kind = ActivationKind::kMlpOutput; break;
+    case v1::ACTIVATION_KIND_ATTENTION_OUTPUT:
+      out.kind = ActivationKind::kAttentionOutput;
+      break;
+    case v1::ACTIVATION_KIND_MLP_OUTPUT:
+      out.kind = ActivationKind::kMlpOutput;
+      break;
     default:
       return absl::InvalidArgumentError(absl::StrCat("activations.points[", i, "].kind is ", p.kind(),
                                                      "; allowed: RESIDUAL, ATTENTION_OUTPUT, MLP_OUTPUT"));
@@ -46,14 +54,14 @@ int64_t DtypeSize(v1::ActivationDtype dtype) { return dtype == v1::ACTIVATION_DT
 
 }  // namespace
 
-absl::StatusOr<ActivationAsk> ActivationAskOf(const v1::ActivationRequest& request,
-                                              const worker::v1::ModelInfo& model, int32_t len, int64_t max_bytes) {
+absl::StatusOr<ActivationAsk> ActivationAskOf(const v1::ActivationRequest& request, const worker::v1::ModelInfo& model,
+                                              int32_t len, int64_t max_bytes) {
   ActivationAsk ask;
   const int64_t residual = request.all_residual() ? model.num_layers() + 1 : 0;
   if (residual + request.points_size() > kMaxActivationPoints) {
     return absl::InvalidArgumentError(absl::StrCat("activations asks for ", residual + request.points_size(),
-                                                   " points (all_residual counts ", residual,
-                                                   "); allowed: up to ", kMaxActivationPoints));
+                                                   " points (all_residual counts ", residual, "); allowed: up to ",
+                                                   kMaxActivationPoints));
   }
   if (request.dtype() != v1::ACTIVATION_DTYPE_FLOAT32 && request.dtype() != v1::ACTIVATION_DTYPE_BFLOAT16) {
     return absl::InvalidArgumentError(
@@ -67,8 +75,8 @@ absl::StatusOr<ActivationAsk> ActivationAskOf(const v1::ActivationRequest& reque
     for (const ActivationPoint& p : ask.points) {
       if (p.kind == point->kind && p.index == point->index) {
         return absl::InvalidArgumentError(absl::StrCat(
-            "activations.points[", i, "] (", KindName(request.points(i).kind()), " ", point->index,
-            ") is asked twice", request.all_residual() ? " (all_residual asks every RESIDUAL index)" : ""));
+            "activations.points[", i, "] (", KindName(request.points(i).kind()), " ", point->index, ") is asked twice",
+            request.all_residual() ? " (all_residual asks every RESIDUAL index)" : ""));
       }
     }
     ask.points.push_back(*point);
@@ -97,10 +105,11 @@ absl::StatusOr<ActivationAsk> ActivationAskOf(const v1::ActivationRequest& reque
   ask.bytes = static_cast<int64_t>(ask.points.size()) * static_cast<int64_t>(ask.positions.size()) *
               model.hidden_size() * DtypeSize(ask.dtype);
   if (ask.bytes > max_bytes) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "the activations asked take ", ask.bytes, " bytes (", ask.points.size(), " points x ", ask.positions.size(),
-        " positions x ", model.hidden_size(), " x ", DtypeSize(ask.dtype), " bytes); the router's cap "
-        "(--max_activation_bytes) is ", max_bytes, ": ask fewer points or positions, or BFLOAT16"));
+    return absl::ResourceExhaustedError(absl::StrCat("the activations asked take ", ask.bytes, " bytes (",
+                                                     ask.points.size(), " points x ", ask.positions.size(),
+                                                     " positions x ", model.hidden_size(), " x ", DtypeSize(ask.dtype),
+                                                     " bytes); the router's cap (--max_activation_bytes) is ",
+                                                     max_bytes, ": ask fewer points or positions, or BFLOAT16"));
   }
   return ask;
 }
@@ -110,7 +119,8 @@ int64_t ScoreResponseBytesEstimate(const ActivationAsk& ask, int32_t len, int32_
   // 16 + a 16-byte piece each alternative.
   const int64_t scores = static_cast<int64_t>(len) * (16 + top_logprobs * 32);
   // Each activation's fields besides its data: kind, index, shape, dtype, tags, and its positions (5 bytes each).
-  const int64_t framing = static_cast<int64_t>(ask.points.size()) * (64 + 5 * static_cast<int64_t>(ask.positions.size()));
+  const int64_t framing =
+      static_cast<int64_t>(ask.points.size()) * (64 + 5 * static_cast<int64_t>(ask.positions.size()));
   return scores + framing + ask.bytes;
 }
 
@@ -118,9 +128,15 @@ v1::Activation EncodeActivation(const ActivationAsk& ask, size_t point, int32_t 
                                 const std::vector<float>& values) {
   v1::Activation a;
   switch (ask.points[point].kind) {
-    case ActivationKind::kResidual: a.set_kind(v1::ACTIVATION_KIND_RESIDUAL); break;
-    case ActivationKind::kAttentionOutput: a.set_kind(v1::ACTIVATION_KIND_ATTENTION_OUTPUT); break;
-    case ActivationKind::kMlpOutput: a.set_kind(v1::ACTIVATION_KIND_MLP_OUTPUT); break;
+    case ActivationKind::kResidual:
+      a.set_kind(v1::ACTIVATION_KIND_RESIDUAL);
+      break;
+    case ActivationKind::kAttentionOutput:
+      a.set_kind(v1::ACTIVATION_KIND_ATTENTION_OUTPUT);
+      break;
+    case ActivationKind::kMlpOutput:
+      a.set_kind(v1::ACTIVATION_KIND_MLP_OUTPUT);
+      break;
   }
   a.set_index(ask.points[point].index);
   a.add_shape(static_cast<int32_t>(ask.positions.size()));

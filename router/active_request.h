@@ -15,10 +15,10 @@
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
 #include "engine/activation_collector.h"
+#include "engine/step_protocol.h"
 #include "engine/token_constraint.h"
 #include "gemma/v1/gemma.pb.h"
 #include "router/router_metrics.h"
-#include "engine/step_protocol.h"
 #include "router/text_stream.h"
 
 namespace gemma {

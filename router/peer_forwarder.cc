@@ -99,8 +99,8 @@ PeerForwarder::Outcome PeerForwarder::Score(const std::string& peer, grpc::Serve
 }
 
 PeerForwarder::Outcome PeerForwarder::ScoreStream(const std::string& peer, grpc::ServerContext* context,
-                                                 const v1::ScoreRequest& request,
-                                                 grpc::ServerWriter<v1::ScoreStreamResponse>* writer) {
+                                                  const v1::ScoreRequest& request,
+                                                  grpc::ServerWriter<v1::ScoreStreamResponse>* writer) {
   InFlight counted(&in_flight_);
   auto ctx = ContextFor(context);
   auto reader = StubFor(peer)->ScoreStream(ctx.get(), request);

@@ -30,7 +30,9 @@ std::vector<float> ReadF32(const std::string& path) {
   return out;
 }
 
-std::vector<float> Reference(const std::string& name) { return ReadF32(ActivationsDir() + "/tiny-mha/fox/" + name + ".f32.bin"); }
+std::vector<float> Reference(const std::string& name) {
+  return ReadF32(ActivationsDir() + "/tiny-mha/fox/" + name + ".f32.bin");
+}
 
 std::vector<int> FoxIds() {
   return nlohmann::json::parse(testing::ReadFile(ActivationsDir() + "/tiny-mha/fox/hidden_embedding.json"))["ids"]
@@ -100,8 +102,8 @@ class RouterActivationsTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     worker_ = new OwnWorker(StartOwnWorker(GemmaTinyDir() + "/tiny-mha"));
-    router_ = new RouterProcess(StartRouter({worker_->port}, {"--max_activation_bytes=100000",
-                                                              "--max_message_bytes=40000"}));
+    router_ =
+        new RouterProcess(StartRouter({worker_->port}, {"--max_activation_bytes=100000", "--max_message_bytes=40000"}));
     ASSERT_TRUE(router_->WaitForHealthyGroups(1));
   }
   static void TearDownTestSuite() {
@@ -207,7 +209,7 @@ TEST_F(RouterActivationsTest, ScoreStreamSendsScoresThenOneMessagePerActivation)
   EXPECT_EQ(messages[0].scores().logprobs_size(), plain.logprobs_size());
   for (int i = 0; i < plain.logprobs_size(); ++i) EXPECT_EQ(messages[0].scores().logprobs(i), plain.logprobs(i));
   const int len = static_cast<int>(FoxIds().size());
-  const char* names[] = {"hidden_embedding",    "hidden_after_layer_0", "hidden_final_norm",  "attn_output_layer_0",
+  const char* names[] = {"hidden_embedding",   "hidden_after_layer_0", "hidden_final_norm", "attn_output_layer_0",
                          "mlp_output_layer_0", "attn_output_layer_1",  "mlp_output_layer_1"};
   for (int i = 0; i < 7; ++i) {
     ASSERT_TRUE(messages[i + 1].has_activation()) << i;
@@ -248,7 +250,8 @@ TEST_F(RouterActivationsTest, BadPointsAndPositionsAreRefusedByName) {
   const std::vector<Case> cases = {
       {v1::ACTIVATION_KIND_RESIDUAL, 3, 0, "activations.points[0].index is 3 for RESIDUAL; allowed: 0 to 2"},
       {v1::ACTIVATION_KIND_RESIDUAL, -1, 0, "activations.points[0].index is -1 for RESIDUAL; allowed: 0 to 2"},
-      {v1::ACTIVATION_KIND_ATTENTION_OUTPUT, 2, 0, "activations.points[0].index is 2 for ATTENTION_OUTPUT; allowed: 0 to 1"},
+      {v1::ACTIVATION_KIND_ATTENTION_OUTPUT, 2, 0,
+       "activations.points[0].index is 2 for ATTENTION_OUTPUT; allowed: 0 to 1"},
       {v1::ACTIVATION_KIND_MLP_OUTPUT, 2, 0, "activations.points[0].index is 2 for MLP_OUTPUT; allowed: 0 to 1"},
       {static_cast<v1::ActivationKind>(7), 0, 0, "activations.points[0].kind is 7"},
       {v1::ACTIVATION_KIND_RESIDUAL, 0, 19, "activations.positions[0] is 19; allowed: 0 to 18"},

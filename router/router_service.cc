@@ -164,15 +164,15 @@ absl::StatusOr<RouterService::ScorePlan> RouterService::PrepareScore(const Serve
 absl::StatusOr<std::shared_ptr<ActiveRequest>> RouterService::AdmitScore(const ServedModel& model,
                                                                          const v1::ScoreRequest& request,
                                                                          ScorePlan plan, const char* endpoint) {
-  auto changes = admission_.Changes(model, request.adapter(), request.interventions(),
-                                    static_cast<int32_t>(plan.prompt.size()));
+  auto changes =
+      admission_.Changes(model, request.adapter(), request.interventions(), static_cast<int32_t>(plan.prompt.size()));
   if (!changes.ok()) {
     CountRejected(changes.status(), endpoint);
     return changes.status();
   }
-  auto active = admission_.AdmitScore(model, std::move(plan.prompt), request.top_logprobs(),
-                                      {.protocol = "grpc", .endpoint = endpoint}, *std::move(changes),
-                                      plan.activations);
+  auto active =
+      admission_.AdmitScore(model, std::move(plan.prompt), request.top_logprobs(),
+                            {.protocol = "grpc", .endpoint = endpoint}, *std::move(changes), plan.activations);
   if (!active.ok()) CountRejected(active.status(), endpoint);
   return active;
 }
