@@ -16,7 +16,8 @@ ActiveRequest::ActiveRequest(uint64_t id, Options options, const Tokenizer* toke
       tokenizer_(tokenizer),
       metrics_(metrics),
       producer_decodes_(!options_.stop_sequences.empty()),
-      text_(tokenizer, options_.stop_sequences) {
+      text_(tokenizer, options_.stop_sequences),
+      activations_(options_.activations.size(), options_.activation_positions.size()) {
   for (int32_t t : options_.prompt) score_.add_token_ids(t);
 }
 
@@ -112,6 +113,11 @@ void ActiveRequest::OnScores(const std::vector<float>& logprobs, std::vector<std
   std::move(top.begin(), top.end(), std::back_inserter(score_top_));
 }
 
+absl::Status ActiveRequest::OnActivations(const RowResult& row) {
+  absl::MutexLock lock(&mu_);
+  return activations_.Add(row);
+}
+
 void ActiveRequest::FinishScoring() {
   {
     absl::MutexLock lock(&mu_);
@@ -137,6 +143,7 @@ bool ActiveRequest::ResetForRetry() {
   if (finished_ || generated_ > 0) return false;
   score_.clear_logprobs();
   score_top_.clear();
+  activations_.Reset();
   return true;
 }
 
@@ -239,6 +246,12 @@ v1::GenerateResponse ActiveRequest::Response() {
   absl::MutexLock read(&read_mu_);
   if (!drained_all_) Drain();
   return response_;
+}
+
+std::vector<std::vector<float>> ActiveRequest::TakeActivations(int32_t* hidden) {
+  absl::MutexLock lock(&mu_);
+  *hidden = static_cast<int32_t>(activations_.hidden());
+  return activations_.Take();
 }
 
 v1::ScoreResponse ActiveRequest::ScoreResult() {

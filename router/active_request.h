@@ -14,10 +14,11 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
+#include "engine/activation_collector.h"
+#include "engine/step_protocol.h"
 #include "engine/token_constraint.h"
 #include "gemma/v1/gemma.pb.h"
 #include "router/router_metrics.h"
-#include "engine/step_protocol.h"
 #include "router/text_stream.h"
 
 namespace gemma {
@@ -48,6 +49,9 @@ class ActiveRequest {
     std::shared_ptr<TokenConstraint> constraint;
     std::string adapter;  // a LoRA adapter's name; empty: the base model
     std::vector<Intervention> interventions;
+    // Scoring: activations read at these positions (ascending), as SequenceSpec has them.
+    std::vector<ActivationPoint> activations;
+    std::vector<int32_t> activation_positions;
   };
   // `metrics` may be null.
   ActiveRequest(uint64_t id, Options options, const Tokenizer* tokenizer, RouterMetrics* metrics = nullptr);
@@ -65,6 +69,9 @@ class ActiveRequest {
   // Log-probs of the next scored positions, and their top alternatives (one list per position, or none).
   void OnScores(const std::vector<float>& logprobs, std::vector<std::vector<std::pair<int32_t, float>>> top = {})
       ABSL_LOCKS_EXCLUDED(mu_);
+  // The activations a scored row carries (none when it holds no asked position); Internal when they do not fit
+  // what was asked.
+  absl::Status OnActivations(const RowResult& row) ABSL_LOCKS_EXCLUDED(mu_);
   void FinishScoring() ABSL_LOCKS_EXCLUDED(mu_);
   void Fail(const absl::Status& status) ABSL_LOCKS_EXCLUDED(mu_);
   // Before anything reached the client (no token, not finished): forgets partial scores so the request can
@@ -83,7 +90,11 @@ class ActiveRequest {
   // Waits up to `timeout`; whether the request has finished.
   bool WaitFor(std::chrono::milliseconds timeout) ABSL_LOCKS_EXCLUDED(mu_);
   v1::GenerateResponse Response() ABSL_LOCKS_EXCLUDED(read_mu_, mu_);
+  // The scores (token ids, log-probs, alternatives); the activations are taken apart (TakeActivations).
   v1::ScoreResponse ScoreResult() ABSL_LOCKS_EXCLUDED(mu_);
+  // Once finished: one per Options::activations point, [activation_positions, *hidden] f32 in position order.
+  // Moves them out: a second call returns empty ones.
+  std::vector<std::vector<float>> TakeActivations(int32_t* hidden) ABSL_LOCKS_EXCLUDED(mu_);
   void Cancel() { cancelled_ = true; }
   bool cancelled() const { return cancelled_; }
 
@@ -132,6 +143,7 @@ class ActiveRequest {
   std::optional<v1::FinishReason> finish_reason_ ABSL_GUARDED_BY(mu_);
   v1::ScoreResponse score_ ABSL_GUARDED_BY(mu_);
   std::vector<std::vector<std::pair<int32_t, float>>> score_top_ ABSL_GUARDED_BY(mu_);
+  ActivationCollector activations_ ABSL_GUARDED_BY(mu_);
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
   absl::Status status_ ABSL_GUARDED_BY(mu_);
 

@@ -17,6 +17,21 @@ class InFlight {
   std::atomic<int>* n_;
 };
 
+// Relays a peer's stream to the client; whether anything reached it.
+template <typename Event>
+bool Relay(grpc::ClientReaderInterface<Event>& reader, grpc::ServerWriter<Event>* writer, grpc::ClientContext& ctx) {
+  bool relayed = false;
+  Event event;
+  while (reader.Read(&event)) {
+    if (!writer->Write(event)) {
+      ctx.TryCancel();  // the client is gone: the peer frees the request's KV blocks
+      break;
+    }
+    relayed = true;
+  }
+  return relayed;
+}
+
 }  // namespace
 
 PeerForwarder::PeerForwarder(std::string router_id) : router_id_(std::move(router_id)) {}
@@ -39,6 +54,9 @@ v1::Gemma::Stub* PeerForwarder::StubFor(const std::string& peer) {
     args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 10000);
     args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 5000);
     args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 0);
+    // The peer holds answers to its own caps (--max_message_bytes, --max_activation_bytes): one with activations
+    // may pass gRPC's default 4 MiB and is relayed whole.
+    args.SetMaxReceiveMessageSize(-1);
     stub = v1::Gemma::NewStub(grpc::CreateCustomChannel(peer, grpc::InsecureChannelCredentials(), args));
   }
   return stub.get();
@@ -65,17 +83,9 @@ PeerForwarder::Outcome PeerForwarder::GenerateStream(const std::string& peer, gr
                                                      const v1::GenerateRequest& request,
                                                      grpc::ServerWriter<v1::GenerateStreamResponse>* writer) {
   InFlight counted(&in_flight_);
-  bool relayed = false;
   auto ctx = ContextFor(context);
   auto reader = StubFor(peer)->GenerateStream(ctx.get(), request);
-  v1::GenerateStreamResponse event;
-  while (reader->Read(&event)) {
-    if (!writer->Write(event)) {
-      ctx->TryCancel();  // the client is gone: the peer frees the request's KV blocks
-      break;
-    }
-    relayed = true;
-  }
+  const bool relayed = Relay(*reader, writer, *ctx);
   const grpc::Status status = reader->Finish();
   return Finish(status, *ctx, relayed);
 }
@@ -86,6 +96,17 @@ PeerForwarder::Outcome PeerForwarder::Score(const std::string& peer, grpc::Serve
   auto ctx = ContextFor(context);
   const grpc::Status status = StubFor(peer)->Score(ctx.get(), request, response);
   return Finish(status, *ctx, false);
+}
+
+PeerForwarder::Outcome PeerForwarder::ScoreStream(const std::string& peer, grpc::ServerContext* context,
+                                                  const v1::ScoreRequest& request,
+                                                  grpc::ServerWriter<v1::ScoreStreamResponse>* writer) {
+  InFlight counted(&in_flight_);
+  auto ctx = ContextFor(context);
+  auto reader = StubFor(peer)->ScoreStream(ctx.get(), request);
+  const bool relayed = Relay(*reader, writer, *ctx);
+  const grpc::Status status = reader->Finish();
+  return Finish(status, *ctx, relayed);
 }
 
 }  // namespace gemma

@@ -40,6 +40,8 @@ class PeerForwarder {
                          grpc::ServerWriter<v1::GenerateStreamResponse>* writer) ABSL_LOCKS_EXCLUDED(mu_);
   Outcome Score(const std::string& peer, grpc::ServerContext* context, const v1::ScoreRequest& request,
                 v1::ScoreResponse* response) ABSL_LOCKS_EXCLUDED(mu_);
+  Outcome ScoreStream(const std::string& peer, grpc::ServerContext* context, const v1::ScoreRequest& request,
+                      grpc::ServerWriter<v1::ScoreStreamResponse>* writer) ABSL_LOCKS_EXCLUDED(mu_);
   // Calls being relayed now: a router that stops waits for them as for its own requests.
   int in_flight() const { return in_flight_; }
 

@@ -107,13 +107,16 @@ absl::StatusOr<std::vector<int32_t>> RequestAdmission::ScorePrompt(const ServedM
 absl::StatusOr<std::shared_ptr<ActiveRequest>> RequestAdmission::AdmitScore(const ServedModel& model,
                                                                             std::vector<int32_t> prompt,
                                                                             int32_t top_logprobs, Origin origin,
-                                                                            ModelChanges changes) const {
+                                                                            ModelChanges changes,
+                                                                            const ActivationAsk& activations) const {
   ActiveRequest::Options o;
   o.prompt = std::move(prompt);
   o.score = true;
   o.score_top_logprobs = top_logprobs;
   o.adapter = std::move(changes.adapter);
   o.interventions = std::move(changes.interventions);
+  o.activations = activations.points;
+  o.activation_positions = activations.positions;
   return Submit(model, std::move(o), std::move(origin));
 }
 

@@ -12,6 +12,7 @@
 
 #include "absl/status/statusor.h"
 #include "gemma/v1/gemma.pb.h"
+#include "router/activation_request.h"
 #include "router/active_request.h"
 #include "router/group_set.h"
 #include "router/model_changes.h"
@@ -62,10 +63,16 @@ class RequestAdmission {
   }
   // A Score request validated and tokenized (not yet submitted): the ids to score.
   absl::StatusOr<std::vector<int32_t>> ScorePrompt(const ServedModel& model, const v1::ScoreRequest& request) const;
-  // Hands the scoring of `prompt` (from ScorePrompt) to a group.
+  // A Score request's activations, checked against the model, the scored length and --max_activation_bytes.
+  absl::StatusOr<ActivationAsk> Activations(const ServedModel& model, const v1::ActivationRequest& request,
+                                            int32_t len) const {
+    return ActivationAskOf(request, model.info, len, limits_.max_activation_bytes);
+  }
+  // Hands the scoring of `prompt` (from ScorePrompt) to a group, reading the activations `activations` asks.
   absl::StatusOr<std::shared_ptr<ActiveRequest>> AdmitScore(const ServedModel& model, std::vector<int32_t> prompt,
                                                             int32_t top_logprobs, Origin origin,
-                                                            ModelChanges changes = {}) const;
+                                                            ModelChanges changes = {},
+                                                            const ActivationAsk& activations = {}) const;
   // A request's adapter and interventions, checked against the model and the adapters the groups hold.
   absl::StatusOr<ModelChanges> Changes(const ServedModel& model, const std::string& adapter,
                                        const google::protobuf::RepeatedPtrField<v1::Intervention>& interventions,

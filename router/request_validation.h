@@ -22,6 +22,8 @@ struct RouterLimits {
   int32_t max_stop_sequence_bytes = 256;
   int32_t max_top_logprobs = 20;
   int32_t default_max_new_tokens = 256;
+  int64_t max_activation_bytes = int64_t{256} << 20;  // activation data one Score request may ask for
+  int64_t max_message_bytes = 4 << 20;                // the public port's message size: a unary answer's ceiling
 };
 
 // What the model allows (from the workers' model info).

@@ -34,6 +34,9 @@ ABSL_FLAG(bool, plaintext, false, "serve the public port without TLS (only when 
 ABSL_FLAG(std::string, api_keys_file, "",
           "file with one API key per line; when set, calls need the metadata \"authorization: Bearer <key>\"");
 ABSL_FLAG(int, max_message_bytes, 4 << 20, "largest request message accepted; larger ones get RESOURCE_EXHAUSTED");
+ABSL_FLAG(int64_t, max_activation_bytes, int64_t{256} << 20,
+          "activation data one Score request may ask for (points x positions x hidden x dtype size); more get "
+          "RESOURCE_EXHAUSTED");
 ABSL_FLAG(int, max_streams_per_connection, 128, "concurrent calls on one client connection; more wait their turn");
 ABSL_FLAG(int, port, 0, "public API port; 0: any free port");
 ABSL_FLAG(int, http_port, 0,
@@ -161,6 +164,9 @@ int main(int argc, char** argv) {
     return Fail("--max_new_tokens must be >= 1 and --max_total_tokens 0 (the model's context) or >= 2", 2);
   }
   limits.default_max_new_tokens = std::min(limits.default_max_new_tokens, limits.max_new_tokens);
+  limits.max_activation_bytes = absl::GetFlag(FLAGS_max_activation_bytes);
+  if (limits.max_activation_bytes < 0) return Fail("--max_activation_bytes must be >= 0 (0: no activations)", 2);
+  limits.max_message_bytes = max_message;
 
   const int metrics_port = absl::GetFlag(FLAGS_metrics_port);
   auto metrics = gemma::RouterMetrics::Create(metrics_port > 0 ? absl::StrCat("0.0.0.0:", metrics_port) : "");

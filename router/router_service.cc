@@ -31,6 +31,12 @@ absl::Status CheckPeerProtocol(const grpc::ServerContext& context) {
       "; run routers of the same release (see docs/DEPLOY.md, upgrades)"));
 }
 
+absl::Status TooLargeForScore(int64_t bytes, int64_t max_message_bytes) {
+  return absl::ResourceExhaustedError(absl::StrCat(
+      "the Score answer would take about ", bytes, " bytes, past the router's message size (--max_message_bytes) of ",
+      max_message_bytes, "; call ScoreStream, which sends each activation in a message of its own"));
+}
+
 }  // namespace
 
 void RouterService::Admitted(grpc::ServerContext* context) const {
@@ -127,30 +133,111 @@ grpc::Status RouterService::GenerateStream(grpc::ServerContext* context, const v
   return ToGrpcStatus((*active)->Wait());
 }
 
+absl::StatusOr<RouterService::ScorePlan> RouterService::PrepareScore(const ServedModel& model,
+                                                                     const v1::ScoreRequest& request,
+                                                                     const char* endpoint, bool unary) const {
+  ScorePlan plan;
+  absl::Status s;
+  if (auto prompt = admission_.ScorePrompt(model, request); prompt.ok()) {
+    plan.prompt = *std::move(prompt);
+    const auto len = static_cast<int32_t>(plan.prompt.size());
+    if (auto ask = admission_.Activations(model, request.activations(), len); ask.ok()) {
+      plan.activations = *std::move(ask);
+      // Refused before it runs, as far as an estimate can tell (text pieces vary); Score checks the answer too.
+      const int64_t bytes = ScoreResponseBytesEstimate(plan.activations, len, request.top_logprobs());
+      if (unary && !plan.activations.points.empty() && bytes > limits_.max_message_bytes) {
+        s = TooLargeForScore(bytes, limits_.max_message_bytes);
+      }
+    } else {
+      s = ask.status();
+    }
+  } else {
+    s = prompt.status();
+  }
+  if (!s.ok()) {
+    CountRejected(s, endpoint);
+    return s;
+  }
+  return plan;
+}
+
+absl::StatusOr<std::shared_ptr<ActiveRequest>> RouterService::AdmitScore(const ServedModel& model,
+                                                                         const v1::ScoreRequest& request,
+                                                                         ScorePlan plan, const char* endpoint) {
+  auto changes =
+      admission_.Changes(model, request.adapter(), request.interventions(), static_cast<int32_t>(plan.prompt.size()));
+  if (!changes.ok()) {
+    CountRejected(changes.status(), endpoint);
+    return changes.status();
+  }
+  auto active =
+      admission_.AdmitScore(model, std::move(plan.prompt), request.top_logprobs(),
+                            {.protocol = "grpc", .endpoint = endpoint}, *std::move(changes), plan.activations);
+  if (!active.ok()) CountRejected(active.status(), endpoint);
+  return active;
+}
+
 grpc::Status RouterService::Score(grpc::ServerContext* context, const v1::ScoreRequest* request,
                                   v1::ScoreResponse* response) {
   auto model = Enter(*context, "Score");
   if (!model.ok()) return ToGrpcStatus(model.status());
-  auto reject = [&](const absl::Status& s) {
-    CountRejected(s, "Score");
-    return ToGrpcStatus(s);
-  };
-  auto prompt = admission_.ScorePrompt(**model, *request);
-  if (!prompt.ok()) return reject(prompt.status());
+  auto plan = PrepareScore(**model, *request, "Score", /*unary=*/true);
+  if (!plan.ok()) return ToGrpcStatus(plan.status());
   if (auto peer = ForwardTarget()) {
     const auto forwarded = forwarder_->Score(*peer, context, *request, response);
     if (!forwarded.place_here) return forwarded.status;
     response->Clear();
   }
-  auto changes = admission_.Changes(**model, request->adapter(), request->interventions(),
-                                    static_cast<int32_t>(prompt->size()));
-  if (!changes.ok()) return reject(changes.status());
-  auto active = admission_.AdmitScore(**model, std::move(*prompt), request->top_logprobs(),
-                                      {.protocol = "grpc", .endpoint = "Score"}, *std::move(changes));
-  if (!active.ok()) return reject(active.status());
+  const ActivationAsk ask = plan->activations;
+  auto active = AdmitScore(**model, *request, *std::move(plan), "Score");
+  if (!active.ok()) return ToGrpcStatus(active.status());
   Admitted(context);
   if (auto s = Await(context, **active); !s.ok()) return ToGrpcStatus(s);
   *response = (*active)->ScoreResult();
+  int32_t hidden = 0;
+  std::vector<std::vector<float>> values = (*active)->TakeActivations(&hidden);
+  for (size_t i = 0; i < values.size(); ++i) {
+    *response->add_activations() = EncodeActivation(ask, i, hidden, values[i]);
+    std::vector<float>().swap(values[i]);  // held once, encoded or not
+  }
+  // The estimate let it run; the answer itself must fit too (long text pieces among the alternatives).
+  if (const auto bytes = static_cast<int64_t>(response->ByteSizeLong());
+      !ask.points.empty() && bytes > limits_.max_message_bytes) {
+    response->Clear();
+    return ToGrpcStatus(TooLargeForScore(bytes, limits_.max_message_bytes));
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status RouterService::ScoreStream(grpc::ServerContext* context, const v1::ScoreRequest* request,
+                                        grpc::ServerWriter<v1::ScoreStreamResponse>* writer) {
+  auto model = Enter(*context, "ScoreStream");
+  if (!model.ok()) return ToGrpcStatus(model.status());
+  auto plan = PrepareScore(**model, *request, "ScoreStream", /*unary=*/false);
+  if (!plan.ok()) return ToGrpcStatus(plan.status());
+  if (auto peer = ForwardTarget()) {
+    const auto forwarded = forwarder_->ScoreStream(*peer, context, *request, writer);
+    if (!forwarded.place_here) return forwarded.status;
+  }
+  const ActivationAsk ask = plan->activations;
+  auto active = AdmitScore(**model, *request, *std::move(plan), "ScoreStream");
+  if (!active.ok()) return ToGrpcStatus(active.status());
+  Admitted(context);
+  if (role_ == ServiceRole::kPeer) writer->SendInitialMetadata();  // as GenerateStream: the sender sees it ran here
+  if (auto s = Await(context, **active); !s.ok()) return ToGrpcStatus(s);
+  v1::ScoreStreamResponse scores;
+  *scores.mutable_scores() = (*active)->ScoreResult();
+  if (!writer->Write(scores)) return grpc::Status(grpc::StatusCode::CANCELLED, "the client cancelled the request");
+  int32_t hidden = 0;
+  std::vector<std::vector<float>> values = (*active)->TakeActivations(&hidden);
+  for (size_t i = 0; i < values.size(); ++i) {
+    v1::ScoreStreamResponse event;
+    *event.mutable_activation() = EncodeActivation(ask, i, hidden, values[i]);
+    std::vector<float>().swap(values[i]);
+    if (context->IsCancelled() || !writer->Write(event)) {
+      return grpc::Status(grpc::StatusCode::CANCELLED, "the client cancelled the request");
+    }
+  }
   return grpc::Status::OK;
 }
 

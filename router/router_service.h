@@ -34,6 +34,8 @@ class RouterService final : public v1::Gemma::Service {
   grpc::Status GenerateStream(grpc::ServerContext* context, const v1::GenerateRequest* request,
                               grpc::ServerWriter<v1::GenerateStreamResponse>* writer) override;
   grpc::Status Score(grpc::ServerContext* context, const v1::ScoreRequest* request, v1::ScoreResponse* response) override;
+  grpc::Status ScoreStream(grpc::ServerContext* context, const v1::ScoreRequest* request,
+                           grpc::ServerWriter<v1::ScoreStreamResponse>* writer) override;
   grpc::Status Tokenize(grpc::ServerContext* context, const v1::TokenizeRequest* request,
                         v1::TokenizeResponse* response) override;
   grpc::Status Detokenize(grpc::ServerContext* context, const v1::DetokenizeRequest* request,
@@ -53,6 +55,17 @@ class RouterService final : public v1::Gemma::Service {
   // Validated, tokenized and submitted; or the status to answer with.
   absl::StatusOr<std::shared_ptr<ActiveRequest>> Start(const ServedModel& model, const v1::GenerateRequest& request,
                                                        const char* endpoint);
+  // A Score request validated, tokenized and its activations checked (counted when refused). `unary`: the answer
+  // must fit one message of the public port.
+  struct ScorePlan {
+    std::vector<int32_t> prompt;
+    ActivationAsk activations;
+  };
+  absl::StatusOr<ScorePlan> PrepareScore(const ServedModel& model, const v1::ScoreRequest& request,
+                                         const char* endpoint, bool unary) const;
+  // Its adapter and interventions checked, then handed to a group (counted when refused).
+  absl::StatusOr<std::shared_ptr<ActiveRequest>> AdmitScore(const ServedModel& model, const v1::ScoreRequest& request,
+                                                            ScorePlan plan, const char* endpoint);
   // Waits for the request, cancelling it if the client goes away.
   absl::Status Await(grpc::ServerContext* context, ActiveRequest& request);
 

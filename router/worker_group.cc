@@ -362,6 +362,8 @@ absl::StatusOr<SequenceSpec> WorkerGroup::SpecFor(const ActiveRequest& r) const 
   spec.prompt = o.prompt;
   spec.max_new_tokens = o.max_new_tokens;
   spec.score = o.score;
+  spec.activations = o.activations;
+  spec.activation_positions = o.activation_positions;
   spec.stop_ids = o.stop_ids;
   spec.constraint = o.constraint;
   const auto& p = o.parameters;
@@ -661,7 +663,10 @@ bool WorkerGroup::Deliver(const SequenceUpdate& u) {
       for (const TokenLogprob& t : position) alternatives.emplace_back(t.token, t.logprob);
     }
     r->OnScores(std::vector<float>(u.scores.begin(), u.scores.end()), std::move(top));
-    if (u.finish == FinishReason::kScored) {
+    if (absl::Status read = r->OnActivations(*u.result); !read.ok()) {
+      r->Fail(read);
+      finished = true;
+    } else if (u.finish == FinishReason::kScored) {
       r->FinishScoring();
       finished = true;
     }

@@ -200,6 +200,37 @@ TEST_F(MultiRouterTest, SixtyFourConcurrentRequestsOverThreeRoutersEachEqualThei
   EXPECT_EQ(b_.Lease().holder_address(), router_b_.peer_address());
 }
 
+TEST_F(MultiRouterTest, ScoreWithActivationsAndScoreStreamAreForwardedWhole) {
+  v1::ScoreRequest req;
+  for (int id : {2, 514, 1242, 1332, 1742, 755}) req.mutable_input()->mutable_token_ids()->add_ids(id);
+  req.mutable_activations()->set_all_residual(true);
+  req.mutable_activations()->add_positions(1);
+  req.mutable_activations()->add_positions(5);
+  v1::ScoreResponse direct, forwarded;
+  for (auto [router, resp] : {std::pair{&router_a_, &direct}, std::pair{&router_c_, &forwarded}}) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + seconds(60));
+    const grpc::Status s = router->stub->Score(&ctx, req, resp);
+    ASSERT_TRUE(s.ok()) << s.error_message();
+  }
+  ASSERT_GT(direct.activations_size(), 0);
+  EXPECT_EQ(forwarded.SerializeAsString(), direct.SerializeAsString());
+  // C holds no group: the stream is relayed from the router that scheduled it, message for message.
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + seconds(60));
+  auto reader = router_c_.stub->ScoreStream(&ctx, req);
+  std::vector<v1::ScoreStreamResponse> messages;
+  for (v1::ScoreStreamResponse m; reader->Read(&m);) messages.push_back(m);
+  const grpc::Status s = reader->Finish();
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  ASSERT_EQ(messages.size(), 1u + direct.activations_size());
+  EXPECT_EQ(messages[0].scores().logprobs_size(), direct.logprobs_size());
+  for (int i = 0; i < direct.activations_size(); ++i) {
+    EXPECT_EQ(messages[i + 1].activation().SerializeAsString(), direct.activations(i).SerializeAsString()) << i;
+  }
+  EXPECT_GE(router_c_.Metric("gemma_router_forwarded_requests_total"), 2);
+}
+
 TEST_F(MultiRouterTest, AKilledRouterLosesOnlyItsOwnStreamsAndItsGroupIsTakenOver) {
   // Three each: B places them on its own group (it forwards only to a group much less loaded than its own).
   constexpr int kMaxNew = 480, kEach = 3;

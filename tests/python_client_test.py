@@ -1,9 +1,15 @@
 #!/usr/bin/python3
 """A client in another language: Python grpcio stubs generated from the same protos call a real cluster.
 
-Usage: python_client_test.py PROTO_DIR WORKER_BINARY ROUTER_BINARY MODEL_DIR
+Usage: python_client_test.py PROTO_DIR WORKER_BINARY ROUTER_BINARY MODEL_DIR [TESTDATA_ROOT]
+
+MODEL_DIR is gemma-tiny's tiny-mqa; tiny-mha beside it serves the LoRA, activation and steering checks, against
+gemma-lora-tiny and gemma-activations-tiny under TESTDATA_ROOT (GEMMA_TESTDATA, when set, wins).
 """
+import json
+import math
 import os
+import struct
 import subprocess
 import sys
 import tempfile
@@ -78,11 +84,73 @@ def main():
         except grpc.RpcError as e:
             assert e.code() == grpc.StatusCode.UNAUTHENTICATED, e.code()
         passed += 1
+
+        root = os.environ.get("GEMMA_TESTDATA") or (sys.argv[5] if len(sys.argv) > 5 else "")
+        lora = os.path.join(root, "gemma-lora-tiny")
+        acts = os.path.join(root, "gemma-activations-tiny")
+        if not (os.path.isdir(lora) and os.path.isdir(acts)):
+            print(f"*** gemma-lora-tiny or gemma-activations-tiny is ABSENT under {root!r}: "
+                  "the LoRA, activation and steering checks did not run ***")
+        else:
+            mha_port, mha_router = os.path.join(out, "mha.port"), os.path.join(out, "mha-router.port")
+            procs.append(subprocess.Popen([worker_bin, f"--model={os.path.join(os.path.dirname(model), 'tiny-mha')}",
+                                           f"--lora=ad={lora}/mha-r8-all", f"--port_file={mha_port}", "--threads=1",
+                                           "--kv_cache_mb=32"], stdout=subprocess.DEVNULL))
+            procs.append(subprocess.Popen([router_bin, "--plaintext", f"--workers=127.0.0.1:{wait_port(mha_port)}",
+                                           f"--port_file={mha_router}"], stdout=subprocess.DEVNULL))
+            mha = gemma_pb2_grpc.GemmaStub(grpc.insecure_channel(f"127.0.0.1:{wait_port(mha_router)}"))
+            passed += served_model_changes(gemma_pb2, mha, lora, acts)
         print(f"{passed} passed, 0 failed")
     finally:
         for p in procs:
             p.kill()
             p.wait()
+
+
+def served_model_changes(gemma_pb2, stub, lora, acts):
+    """A LoRA adapter, activations read out and a steering vector, on tiny-mha against the references."""
+    passed = 0
+    hello = gemma_pb2.Input(token_ids=gemma_pb2.TokenIdList(ids=[2, 3791, 323]))
+    with open(f"{lora}/reference/mha-r8-all/generations.json") as f:
+        want = json.load(f)["results"][0]["generated_ids"]
+    adapted = stub.Generate(gemma_pb2.GenerateRequest(input=hello, adapter="ad",
+                                                      parameters=gemma_pb2.GenerationParameters(max_new_tokens=32)),
+                            timeout=60)
+    assert [t.id for t in adapted.tokens] == want, [t.id for t in adapted.tokens]
+    passed += 1
+
+    with open(f"{acts}/tiny-mha/fox/hidden_embedding.json") as f:
+        fox = json.load(f)["ids"]
+    with open(f"{acts}/tiny-mha/fox/hidden_embedding.f32.bin", "rb") as f:
+        embedding = struct.unpack(f"<{len(fox) * 128}f", f.read())
+    scored = stub.Score(gemma_pb2.ScoreRequest(input=gemma_pb2.Input(token_ids=gemma_pb2.TokenIdList(ids=fox)),
+                                               activations=gemma_pb2.ActivationRequest(all_residual=True)),
+                        timeout=60)
+    assert len(scored.logprobs) == len(fox) - 1
+    assert [(a.kind, a.index) for a in scored.activations] == [(gemma_pb2.ACTIVATION_KIND_RESIDUAL, i) for i in range(3)]
+    first = scored.activations[0]
+    assert list(first.shape) == [len(fox), 128] and list(first.positions) == list(range(len(fox))), first.shape
+    got = struct.unpack(f"<{len(fox) * 128}f", first.data)
+    for r in range(len(fox)):
+        row = embedding[r * 128:(r + 1) * 128]
+        norm = math.sqrt(sum(x * x for x in row))
+        worst = max(abs(a - b) for a, b in zip(got[r * 128:(r + 1) * 128], row))
+        assert worst <= 1e-5 * norm, (r, worst, norm)
+    passed += 1
+
+    with open(f"{acts}/steering_vector.f32.bin", "rb") as f:
+        vector = struct.unpack("<128f", f.read())
+    with open(f"{acts}/tiny-mha/interventions/steer_layer0/generations.json") as f:
+        steered_want = json.load(f)["results"][0]["generated_ids"]
+    params = gemma_pb2.GenerationParameters(max_new_tokens=32)
+    plain = stub.Generate(gemma_pb2.GenerateRequest(input=hello, parameters=params), timeout=60)
+    steer = gemma_pb2.Intervention(steer=gemma_pb2.Steer(layer=0, vector=vector))
+    steered = stub.Generate(gemma_pb2.GenerateRequest(input=hello, parameters=params, interventions=[steer]),
+                            timeout=60)
+    assert [t.id for t in steered.tokens] == steered_want, [t.id for t in steered.tokens]
+    assert [t.id for t in plain.tokens] != steered_want, "steering changed nothing"
+    passed += 1
+    return passed
 
 
 def wait_port(path, seconds=30):
