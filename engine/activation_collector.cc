@@ -10,6 +10,9 @@ namespace gemma {
 absl::Status ActivationCollector::Add(const RowResult& row) {
   if (row.activation_rows == 0) return absl::OkStatus();
   const size_t rows = static_cast<size_t>(row.activation_rows);
+  if (rows > positions_) {  // it would wrap onto its own rows
+    return absl::InternalError(absl::StrCat("a row carried ", rows, " activation rows; ", positions_, " were asked"));
+  }
   if (row.activations.size() != points_ || positions_ == 0) {
     return absl::InternalError(
         absl::StrCat("a row carried ", row.activations.size(), " activations for ", points_, " points asked"));

@@ -29,6 +29,7 @@ class ActivationCollector {
   void Reset();
   // Whether every asked position has been delivered at least once.
   bool complete() const { return delivered_ >= positions_; }
+  size_t delivered() const { return delivered_; }
   size_t hidden() const { return hidden_; }
   // One per point: [positions, hidden] f32 in position order, those of the last pass. Leaves the collector empty.
   std::vector<std::vector<float>> Take();

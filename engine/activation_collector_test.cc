@@ -56,6 +56,8 @@ TEST(ActivationCollectorTest, ResetForgetsAndMismatchesAreInternal) {
   RowResult ragged = Row(2, 0);
   ragged.activations[1].pop_back();
   EXPECT_EQ(c.Add(ragged).code(), absl::StatusCode::kInternal);
+  // More rows than positions asked would wrap onto themselves.
+  EXPECT_EQ(c.Add(Row(4, 0)).code(), absl::StatusCode::kInternal);
 }
 
 }  // namespace

@@ -118,6 +118,13 @@ absl::Status ActiveRequest::OnActivations(const RowResult& row) {
   return activations_.Add(row);
 }
 
+absl::Status ActiveRequest::ActivationsComplete() const {
+  absl::MutexLock lock(&mu_);
+  if (activations_.complete()) return absl::OkStatus();
+  return absl::InternalError(absl::StrCat("the worker group returned ", activations_.delivered(), " of the ",
+                                          options_.activation_positions.size(), " activation positions asked"));
+}
+
 void ActiveRequest::FinishScoring() {
   {
     absl::MutexLock lock(&mu_);

@@ -72,6 +72,8 @@ class ActiveRequest {
   // The activations a scored row carries (none when it holds no asked position); Internal when they do not fit
   // what was asked.
   absl::Status OnActivations(const RowResult& row) ABSL_LOCKS_EXCLUDED(mu_);
+  // Internal unless every asked activation position arrived.
+  absl::Status ActivationsComplete() const ABSL_LOCKS_EXCLUDED(mu_);
   void FinishScoring() ABSL_LOCKS_EXCLUDED(mu_);
   void Fail(const absl::Status& status) ABSL_LOCKS_EXCLUDED(mu_);
   // Before anything reached the client (no token, not finished): forgets partial scores so the request can

@@ -33,7 +33,9 @@ ABSL_FLAG(std::string, tls_key, "", "PEM private key of the public port");
 ABSL_FLAG(bool, plaintext, false, "serve the public port without TLS (only when asked for)");
 ABSL_FLAG(std::string, api_keys_file, "",
           "file with one API key per line; when set, calls need the metadata \"authorization: Bearer <key>\"");
-ABSL_FLAG(int, max_message_bytes, 4 << 20, "largest request message accepted; larger ones get RESOURCE_EXHAUSTED");
+ABSL_FLAG(int, max_message_bytes, 4 << 20,
+          "largest request message accepted, and largest unary Score answer sent (larger ones get "
+          "RESOURCE_EXHAUSTED; ScoreStream sends activations one per message)");
 ABSL_FLAG(int64_t, max_activation_bytes, int64_t{256} << 20,
           "activation data one Score request may ask for (points x positions x hidden x dtype size); more get "
           "RESOURCE_EXHAUSTED");
@@ -165,7 +167,10 @@ int main(int argc, char** argv) {
   }
   limits.default_max_new_tokens = std::min(limits.default_max_new_tokens, limits.max_new_tokens);
   limits.max_activation_bytes = absl::GetFlag(FLAGS_max_activation_bytes);
-  if (limits.max_activation_bytes < 0) return Fail("--max_activation_bytes must be >= 0 (0: no activations)", 2);
+  if (limits.max_activation_bytes < 0 || limits.max_activation_bytes > (int64_t{1} << 30)) {
+    // One activation is one protobuf bytes field of a stream message: protobuf refuses 2 GiB.
+    return Fail("--max_activation_bytes must be 0 (no activations) to 1073741824 (1 GiB)", 2);
+  }
   limits.max_message_bytes = max_message;
 
   const int metrics_port = absl::GetFlag(FLAGS_metrics_port);

@@ -65,7 +65,11 @@ std::string Incompatible(const worker::v1::ModelInfo& info, const worker::v1::Mo
 absl::StatusOr<std::unique_ptr<WorkerGroup>> WorkerGroup::Connect(const std::string& address, GroupOptions options,
                                                                    std::chrono::milliseconds timeout,
                                                                    RouterMetrics* metrics, bool wait_for_ready) {
-  auto channel = grpc::CreateChannel(address, grpc::InsecureChannelCredentials());
+  // A step's answer carries the activations its rows read (tens of MB for a long prompt of a real model): gRPC's
+  // default 4 MiB would fail the step, and the group with it. The router caps what a request may read.
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(-1);
+  auto channel = grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
   auto stub = worker::v1::Worker::NewStub(channel);
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + timeout);
@@ -667,7 +671,12 @@ bool WorkerGroup::Deliver(const SequenceUpdate& u) {
       r->Fail(read);
       finished = true;
     } else if (u.finish == FinishReason::kScored) {
-      r->FinishScoring();
+      // A worker that left some asked positions unread must not answer OK with holes.
+      if (absl::Status whole = r->ActivationsComplete(); !whole.ok()) {
+        r->Fail(whole);
+      } else {
+        r->FinishScoring();
+      }
       finished = true;
     }
   } else if (u.result->sampled) {
