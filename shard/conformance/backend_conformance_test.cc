@@ -1,7 +1,6 @@
 // The backend contract (shard/runtime/backend.h), checked the same way on every backend: "cpu", "cuda-f32" and
 // "cuda-bf16" (the CUDA ones skip cleanly when the build has no CUDA or no device is visible). For every tiny
-// checkpoint (Gemma 1; on the CPU also Gemma 2 and 3, which the CUDA backend refuses), every backend must pass every
-// case:
+// checkpoint (Gemma 1, 2 and 3), every backend must pass every case:
 //   - reference logits: all positions of Google's reference prompts in one step match the reference;
 //   - decode: one token per step, past the sliding window and across block edges, gives the logits of recompute;
 //   - scattered block tables: shuffled, non-contiguous KV blocks give the logits contiguous ones give, for a
@@ -64,7 +63,7 @@ struct Model {
 };
 const Model kGemma1Models[] = {{"tiny-mha", "tiny-mha"}, {"tiny-mqa", "tiny-mqa"},
                                {"tiny-mqa-sharded", "tiny-mqa"}, {"tiny-mha-hd48", "tiny-mha-hd48"}};
-// Gemma 2 and 3: the CUDA backend refuses them (shard/cuda/cuda_model_support.h), so only the CPU runs these.
+// Gemma 2 and 3: sandwich norms, soft-caps, sliding windows, QK-norm, per-layer RoPE.
 const Model kGemma23Models[] = {{"tiny-g2", "tiny-g2", testing::Gemma2TinyDir},
                                 {"tiny-g2-qscale", "tiny-g2-qscale", testing::Gemma2TinyDir, 1e-3},
                                 {"tiny-g3", "tiny-g3", testing::Gemma3TinyDir},
@@ -76,11 +75,10 @@ struct Case {
 };
 void PrintTo(const Case& c, std::ostream* os) { *os << c.backend.name << " " << c.model.name; }
 
-std::vector<Case> Cases(std::initializer_list<BackendKind> backends, bool gemma23) {
+std::vector<Case> Cases(std::initializer_list<BackendKind> backends) {
   std::vector<Case> out;
   for (const auto& b : backends) {
     for (const auto& m : kGemma1Models) out.push_back({b, m});
-    if (!gemma23) continue;
     for (const auto& m : kGemma23Models) out.push_back({b, m});
   }
   return out;
@@ -331,8 +329,8 @@ std::string Name(const ::testing::TestParamInfo<Case>& info) {
 }
 
 // Two instantiations, so that ctest can label the CPU cases unit and the device ones gpu.
-INSTANTIATE_TEST_SUITE_P(Cpu, BackendConformanceTest, ::testing::ValuesIn(Cases({kCpu}, true)), Name);
-INSTANTIATE_TEST_SUITE_P(Cuda, BackendConformanceTest, ::testing::ValuesIn(Cases({kCudaF32, kCudaBf16}, false)), Name);
+INSTANTIATE_TEST_SUITE_P(Cpu, BackendConformanceTest, ::testing::ValuesIn(Cases({kCpu})), Name);
+INSTANTIATE_TEST_SUITE_P(Cuda, BackendConformanceTest, ::testing::ValuesIn(Cases({kCudaF32, kCudaBf16})), Name);
 
 }  // namespace
 }  // namespace gemma

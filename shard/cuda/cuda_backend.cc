@@ -197,7 +197,7 @@ absl::Status CudaBackend::ForwardAndSample(std::span<const SequenceStep> batch, 
     GEMMA_CUDA_RETURN_IF_ERROR(cuda::LaunchEmbed(embed_bf16_.as<uint16_t>(), embed.rows, H, dev.tokens, static_cast<int>(T),
                                                  tp.vocab_begin, std::sqrt(static_cast<float>(H)), xf, stream_));
     if (auto s = AllReduce(xf, T * H); !s.ok()) return s;
-    const float q_scale = static_cast<float>(std::pow(static_cast<double>(D), -0.5));
+    const float q_scale = static_cast<float>(std::pow(static_cast<double>(c.QueryScalar()), -0.5));
 
     for (int layer = 0; layer < c.num_layers; ++layer) {
       const DeviceLayer& lw = layers_[layer];
@@ -215,8 +215,9 @@ absl::Status CudaBackend::ForwardAndSample(std::span<const SequenceStep> batch, 
       char* k_base = kv_.as<char>() + (static_cast<int64_t>(layer) * 2 * layer_stride_) * ab;
       char* v_base = kv_.as<char>() + (static_cast<int64_t>(layer) * 2 + 1) * layer_stride_ * ab;
       GEMMA_CUDA_RETURN_IF_ERROR(cuda::LaunchRopeAndCacheWrite(
-          qkvf, static_cast<int>(T), qkv_ld, tp.num_q_heads, tp.num_kv_heads, static_cast<int>(D),
-          cos_sin_.as<float>(), dev.positions, dev.cache_row, head_stride_, k_base, v_base, act_, q_scale, stream_));
+          qkvf, static_cast<int>(T), qkv_ld, tp.num_q_heads, tp.num_kv_heads, static_cast<int>(D), CosSinOf(layer),
+          dev.positions, dev.cache_row, head_stride_, k_base, v_base, act_, q_scale, lw.q_norm.as<float>(),
+          lw.k_norm.as<float>(), c.rms_norm_eps, stream_));
       cuda::AttentionArgs a{};
       a.qkv = qkvf;
       a.ld = qkv_ld;
@@ -245,14 +246,23 @@ absl::Status CudaBackend::ForwardAndSample(std::span<const SequenceStep> batch, 
       a.out = *attn;
       a.out_type = act_;
       a.streamed = options_.streamed_attention;
+      a.window = WindowOf(layer);
+      a.softcap = c.attn_logit_softcap;
       GEMMA_CUDA_RETURN_IF_ERROR(cuda::LaunchAttention(a, stream_));
-      if (auto s = AttendPromptRuns(prompts, prompt_scratch, qkvf, k_base, v_base, dev.tables, max_blocks, *attn);
+      if (auto s = AttendPromptRuns(layer, prompts, prompt_scratch, qkvf, k_base, v_base, dev.tables, max_blocks,
+                                    *attn);
           !s.ok()) {
         return s;
       }
       stage(&StepTimings::matmul_seconds);
       if (auto s = RowParallel(*attn, T, q_dim, lw.o, projf); !s.ok()) return s;
       stage(&StepTimings::other_seconds);
+      // Gemma 2/3 normalize what attention adds (after the all-reduce: the norm needs the whole row).
+      if (lw.post_attn_norm.get() != nullptr) {
+        GEMMA_CUDA_RETURN_IF_ERROR(cuda::LaunchRmsNorm(projf, nullptr, static_cast<int>(T), H,
+                                                       lw.post_attn_norm.as<float>(), c.rms_norm_eps, projf,
+                                                       Dtype::kF32, stream_));
+      }
       GEMMA_CUDA_RETURN_IF_ERROR(cuda::LaunchAddRmsNorm(xf, projf, static_cast<int>(T), H, lw.ffn_norm.as<float>(),
                                                         c.rms_norm_eps, *xn, act_, stream_));
       stage(&StepTimings::matmul_seconds);
@@ -262,6 +272,11 @@ absl::Status CudaBackend::ForwardAndSample(std::span<const SequenceStep> batch, 
       stage(&StepTimings::matmul_seconds);
       if (auto s = RowParallel(*act, T, I, lw.down, projf); !s.ok()) return s;
       stage(&StepTimings::other_seconds);
+      if (lw.post_ffn_norm.get() != nullptr) {
+        GEMMA_CUDA_RETURN_IF_ERROR(cuda::LaunchRmsNorm(projf, nullptr, static_cast<int>(T), H,
+                                                       lw.post_ffn_norm.as<float>(), c.rms_norm_eps, projf,
+                                                       Dtype::kF32, stream_));
+      }
     }
     GEMMA_CUDA_RETURN_IF_ERROR(cuda::LaunchAdd(xf, projf, T * H, stream_));
 
@@ -274,6 +289,9 @@ absl::Status CudaBackend::ForwardAndSample(std::span<const SequenceStep> batch, 
     stage(&StepTimings::matmul_seconds);
     if (auto s = gemm_->Run(*xn, head, H, logitsf, slice, R, embed.rows, H, act_, stream_); !s.ok()) return s;
     stage(&StepTimings::other_seconds);
+    if (c.final_logit_softcap > 0) {
+      GEMMA_CUDA_RETURN_IF_ERROR(cuda::LaunchSoftCap(logitsf, R * slice, c.final_logit_softcap, stream_));
+    }
     return absl::OkStatus();
   };
   enqueue_collectives_ = graph_step;
@@ -409,12 +427,7 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(std::shared_ptr<const
                                                            const CudaBackendOptions& options,
                                                            CudaCollective collective) {
   // Before the device: a model the kernels would compute wrong is refused on every machine alike.
-  if (auto s = CheckCudaModelSupport(weights->config()); !s.ok()) return s;
-  if (weights->tp().q_head_replicas > 1) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "the CUDA backend does not implement query heads replicated across ranks (tensor-parallel degree ",
-        weights->tp().world, " > ", weights->config().num_heads, " heads); allowed: a divisor of the heads"));
-  }
+  if (auto s = CheckCudaModelSupport(weights->config(), weights->tp()); !s.ok()) return s;
   const int devices = CudaDeviceCount();
   if (options.device < 0 || options.device >= devices) {
     return absl::FailedPreconditionError(absl::StrCat("CUDA device ", options.device, " is not present; this process sees ",
@@ -427,11 +440,6 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(std::shared_ptr<const
     return absl::InvalidArgumentError(absl::StrCat("weights are sliced for rank ", tp.rank, "/", tp.world,
                                                    " but the collective is rank ", (*exchange)->rank(), "/",
                                                    (*exchange)->world()));
-  }
-  if (weights->config().head_dim > 256 || weights->config().head_dim % 4 != 0) {
-    return absl::InvalidArgumentError(absl::StrCat("head_dim ", weights->config().head_dim,
-                                                   " is not supported by the CUDA attention kernels; allowed: a "
-                                                   "multiple of 4, at most 256"));
   }
   auto backend = std::make_unique<cuda::CudaBackend>(std::move(weights), std::move(*exchange), options);
   if (auto s = backend->Init(kv_options); !s.ok()) return s;

@@ -30,6 +30,9 @@ namespace gemma::cuda {
 struct DeviceLayer {
   DeviceBuffer qkv, o, gate_up, down;  // in the GEMM input type; qkv = [q; k; v] rows, gate_up = [gate; up] rows
   DeviceBuffer attn_norm, ffn_norm;     // f32, 1 + w
+  // Gemma 2/3's norms of the attention and MLP outputs, and Gemma 3's QK-norm (f32, 1 + w); empty where the model
+  // has none.
+  DeviceBuffer post_attn_norm, post_ffn_norm, q_norm, k_norm;
 };
 
 // One step's metadata, laid out alike on the host (pinned) and on the device, so that one copy moves it: int64
@@ -142,9 +145,15 @@ class CudaBackend final : public Backend {
   };
   absl::StatusOr<PromptScratch> PromptScratchFor(std::span<const PromptRun> runs, int64_t T, float* qkv);
   // One layer's attention for the prompt runs, after its cache write; tables: the step's block tables on the device.
-  absl::Status AttendPromptRuns(std::span<const PromptRun> runs, const PromptScratch& scratch, const float* qkv,
-                                const char* k_base, const char* v_base, const int32_t* tables, int max_blocks,
-                                void* attn);
+  absl::Status AttendPromptRuns(int layer, std::span<const PromptRun> runs, const PromptScratch& scratch,
+                                const float* qkv, const char* k_base, const char* v_base, const int32_t* tables,
+                                int max_blocks, void* attn);
+  // The keys a layer's queries see (0: all earlier ones): the model's sliding window on its local layers.
+  int WindowOf(int layer) const { return config().IsLocal(layer) ? config().sliding_window : 0; }
+  // The RoPE table of a layer: Gemma 3's local layers rotate with their own base, its global ones scaled.
+  const float* CosSinOf(int layer) const {
+    return config().IsLocal(layer) && cos_sin_local_.get() != nullptr ? cos_sin_local_.as<float>() : cos_sin_.as<float>();
+  }
   // Draws `samples` from the step's R logits rows (vocabulary order, on the device).
   absl::Status SampleOnDevice(const float* logits, int64_t R, std::span<const RowSample> samples,
                               std::vector<SampledToken>* sampled);
@@ -159,7 +168,8 @@ class CudaBackend final : public Backend {
   DeviceBuffer embed_bf16_;   // this rank's vocabulary rows, bf16: looked up by Embed
   DeviceBuffer embed_in_;     // the same rows in the GEMM input type (f32 mode only; bf16 mode uses embed_bf16_)
   DeviceBuffer final_norm_;   // f32
-  DeviceBuffer cos_sin_;      // [max positions][head_dim / 2][2]
+  DeviceBuffer cos_sin_;        // [max positions][head_dim / 2][2], of the global layers
+  DeviceBuffer cos_sin_local_;  // the same for local layers, where their rotation differs; else empty
   DeviceBuffer kv_;           // [blocks][layers][2][kv heads][block][head_dim]
   int block_size_ = 16, num_blocks_ = 0;
   StepLimits limits_;  // resolved against the model

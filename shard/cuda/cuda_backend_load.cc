@@ -1,4 +1,5 @@
 #include <cmath>
+#include <utility>
 #include <string>
 #include <vector>
 
@@ -87,6 +88,14 @@ absl::Status CudaBackend::Init(const KvCacheOptions& kv_options) {
     for (const absl::Status& s : {qkv.status(), o.status(), gate_up.status(), down.status(), an.status(), fn.status()}) {
       if (!s.ok()) return s;
     }
+    // Gemma 2/3's extra norms, where the model has them.
+    for (auto [from, to] : {std::pair{&lw.post_attn_norm, &d.post_attn_norm}, std::pair{&lw.post_ffn_norm, &d.post_ffn_norm},
+                            std::pair{&lw.q_norm, &d.q_norm}, std::pair{&lw.k_norm, &d.k_norm}}) {
+      if (from->empty()) continue;
+      auto b = UploadFloats(*from, layer + "norm");
+      if (!b.ok()) return b.status();
+      *to = std::move(*b);
+    }
     d.qkv = std::move(*qkv);
     d.o = std::move(*o);
     d.gate_up = std::move(*gate_up);
@@ -114,29 +123,42 @@ absl::Status CudaBackend::Init(const KvCacheOptions& kv_options) {
   if (!fnorm.ok()) return fnorm.status();
   final_norm_ = std::move(*fnorm);
 
-  // cos/sin per position exactly as the CPU backend computes them (float exponent and power, std::cos/sin).
-  const int half = c.head_dim / 2;
-  std::vector<float> inv_freq(half), table(static_cast<size_t>(c.max_position_embeddings) * c.head_dim);
-  for (int i = 0; i < half; ++i) {
-    inv_freq[i] = 1.0f / std::pow(c.rope_theta, static_cast<float>(2 * i) / static_cast<float>(c.head_dim));
-  }
-  for (int64_t p = 0; p < c.max_position_embeddings; ++p) {
+  // cos/sin per position exactly as the CPU backend computes them (float exponent and power, linear scaling
+  // dividing the frequency, std::cos/sin): one table for global layers, one for local layers where they differ.
+  auto rope_table = [&](float theta, float scale) {
+    const int half = c.head_dim / 2;
+    std::vector<float> inv_freq(half), table(static_cast<size_t>(c.max_position_embeddings) * c.head_dim);
     for (int i = 0; i < half; ++i) {
-      const float angle = static_cast<float>(p) * inv_freq[i];
-      table[p * c.head_dim + 2 * i] = std::cos(angle);
-      table[p * c.head_dim + 2 * i + 1] = std::sin(angle);
+      inv_freq[i] = 1.0f / std::pow(theta, static_cast<float>(2 * i) / static_cast<float>(c.head_dim)) / scale;
     }
-  }
-  auto cs = UploadFloats(table, "the RoPE table");
+    for (int64_t p = 0; p < c.max_position_embeddings; ++p) {
+      for (int i = 0; i < half; ++i) {
+        const float angle = static_cast<float>(p) * inv_freq[i];
+        table[p * c.head_dim + 2 * i] = std::cos(angle);
+        table[p * c.head_dim + 2 * i + 1] = std::sin(angle);
+      }
+    }
+    return UploadFloats(table, "the RoPE table");
+  };
+  auto cs = rope_table(c.rope_theta, c.rope_global_scale);
   if (!cs.ok()) return cs.status();
   cos_sin_ = std::move(*cs);
+  const float local_theta = c.rope_local_theta > 0 ? c.rope_local_theta : c.rope_theta;
+  bool any_local = false;
+  for (int i = 0; i < c.num_layers; ++i) any_local = any_local || c.IsLocal(i);
+  if (any_local && (local_theta != c.rope_theta || c.rope_global_scale != 1.0f)) {
+    auto local = rope_table(local_theta, 1.0f);
+    if (!local.ok()) return local.status();
+    cos_sin_local_ = std::move(*local);
+  }
 
   for (const DeviceLayer& l : layers_) {
-    for (const DeviceBuffer* b : {&l.qkv, &l.o, &l.gate_up, &l.down, &l.attn_norm, &l.ffn_norm}) {
+    for (const DeviceBuffer* b : {&l.qkv, &l.o, &l.gate_up, &l.down, &l.attn_norm, &l.ffn_norm, &l.post_attn_norm,
+                                  &l.post_ffn_norm, &l.q_norm, &l.k_norm}) {
       memory_.weights += static_cast<int64_t>(b->bytes());
     }
   }
-  for (const DeviceBuffer* b : {&embed_bf16_, &embed_in_, &final_norm_, &cos_sin_}) {
+  for (const DeviceBuffer* b : {&embed_bf16_, &embed_in_, &final_norm_, &cos_sin_, &cos_sin_local_}) {
     memory_.weights += static_cast<int64_t>(b->bytes());
   }
 

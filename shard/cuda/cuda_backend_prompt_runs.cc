@@ -37,7 +37,7 @@ absl::StatusOr<CudaBackend::PromptScratch> CudaBackend::PromptScratchFor(std::sp
   return scratch;
 }
 
-absl::Status CudaBackend::AttendPromptRuns(std::span<const PromptRun> runs, const PromptScratch& scratch,
+absl::Status CudaBackend::AttendPromptRuns(int layer, std::span<const PromptRun> runs, const PromptScratch& scratch,
                                            const float* qkv, const char* k_base, const char* v_base,
                                            const int32_t* tables, int max_blocks, void* attn) {
   const ModelConfig& c = config();
@@ -78,6 +78,8 @@ absl::Status CudaBackend::AttendPromptRuns(std::span<const PromptRun> runs, cons
     pa.out_ld = q_dim;
     pa.out_type = act_;
     pa.scratch = scratch.scores;
+    pa.window = WindowOf(layer);
+    pa.softcap = c.attn_logit_softcap;
     if (auto s = cuda::EnqueuePromptAttention(*gemm_, pa, stream_); !s.ok()) return s;
   }
   return absl::OkStatus();

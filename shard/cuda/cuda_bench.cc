@@ -3,8 +3,9 @@
 // bandwidth, and prefill tokens/s with the TFLOP/s it reaches against a plain cuBLASLt bf16 GEMM.
 // Needs no gRPC and no tokenizer, so it builds wherever shard/ does.
 //
-// usage: gemma-cuda-bench --model DIR [--make_7b] [--batches 1,16,64] [--context 512] [--steps 32]
-//                         [--prompt 2048] [--prefill_chunk 512] [--json FILE]
+// usage: gemma-cuda-bench --model DIR [--make_7b | --make_shape gemma3-27b] [--batches 1,16,64] [--context 512]
+//                         [--steps 32] [--prompt 2048] [--prefill_chunk 512] [--long_context 32768]
+//                         [--sections variants,gemm_sweep,plan,tp2] [--json FILE]
 #include <cuda_runtime.h>
 
 #include <chrono>
@@ -26,9 +27,18 @@
 #include "shard/cuda/device_buffer.h"
 #include "shard/cuda/gemm.h"
 #include "shard/checkpoint/progress.h"
+#include "shard/model/published_shapes.h"
 
 ABSL_FLAG(std::string, model, "", "checkpoint directory");
 ABSL_FLAG(bool, make_7b, false, "first write a random-weight Gemma 7B-shape bf16 checkpoint into --model (if absent)");
+ABSL_FLAG(std::string, make_shape, "",
+          "first write a random-weight bf16 checkpoint of this published shape into --model (if absent): gemma-2b, "
+          "gemma-7b, gemma2-2b, gemma2-9b, gemma2-27b, gemma3-1b, gemma3-4b, gemma3-12b, gemma3-27b");
+ABSL_FLAG(int, long_context, 0,
+          "also decode one sequence at this context, with the model's sliding windows and with every layer global "
+          "(0: not)");
+ABSL_FLAG(std::string, sections, "variants,gemm_sweep,plan,tp2",
+          "the optional sections to run beside decode and prefill: variants, gemm_sweep, plan, tp2");
 ABSL_FLAG(std::string, batches, "1,2,4,8,16,64", "decode batch sizes");
 ABSL_FLAG(int, context, 512, "context of each decoding sequence");
 ABSL_FLAG(int, steps, 32, "timed decode steps per batch size");
@@ -94,15 +104,57 @@ double TokensPerSecondAt(const nlohmann::json& rows, int batch) {
   return 0;
 }
 
+absl::StatusOr<ModelConfig> PublishedShape(const std::string& name) {
+  if (name == "gemma-2b") return Gemma2BShape();
+  if (name == "gemma-7b") return Gemma7BShape();
+  std::string known = "gemma-2b, gemma-7b";
+  for (const auto& [n, config] : PublishedGemma23Shapes()) {
+    if (n == name) return config;
+    known += ", " + n;
+  }
+  return absl::InvalidArgumentError(absl::StrCat("--make_shape ", name, " is no published shape; allowed: ", known));
+}
+
+// The checkpoint at `dir` with every layer global, beside it (the weights linked, config.json rewritten): the same
+// model without its sliding windows, for the long-context comparison.
+absl::StatusOr<std::string> FullAttentionCopy(const std::string& dir, const ModelConfig& c) {
+  const std::string out = dir + "-full-attention";
+  std::filesystem::create_directories(out);
+  std::ifstream in(dir + "/config.json");
+  nlohmann::json j = nlohmann::json::parse(in, nullptr, false);
+  if (j.is_discarded()) return absl::InvalidArgumentError(dir + "/config.json is not JSON");
+  nlohmann::json& text = j.contains("text_config") ? j["text_config"] : j;
+  text["layer_types"] = std::vector<std::string>(c.num_layers, "full_attention");
+  text.erase("sliding_window_pattern");
+  j.erase("sliding_window_pattern");
+  std::ofstream(out + "/config.json") << j.dump(2) << "\n";
+  for (const auto& entry : std::filesystem::directory_iterator(dir)) {
+    const std::string name = entry.path().filename().string();
+    if (name == "config.json" || std::filesystem::exists(out + "/" + name)) continue;
+    std::error_code ec;
+    std::filesystem::create_symlink(std::filesystem::absolute(entry.path()), out + "/" + name, ec);
+    if (ec) return absl::InternalError(absl::StrCat("linking ", name, " into ", out, ": ", ec.message()));
+  }
+  return out;
+}
+
 int Run() {
   const std::string dir = absl::GetFlag(FLAGS_model);
   if (dir.empty()) return Fail(absl::InvalidArgumentError("--model DIR is required"));
-  if (absl::GetFlag(FLAGS_make_7b) && !std::filesystem::exists(dir + "/config.json")) {
-    std::fprintf(stderr, "writing a random Gemma 7B-shape checkpoint to %s\n", dir.c_str());
+  std::string make = absl::GetFlag(FLAGS_make_shape);
+  if (make.empty() && absl::GetFlag(FLAGS_make_7b)) make = "gemma-7b";
+  if (!make.empty() && !std::filesystem::exists(dir + "/config.json")) {
+    auto shape = PublishedShape(make);
+    if (!shape.ok()) return Fail(shape.status());
+    std::fprintf(stderr, "writing a random %s-shape checkpoint to %s\n", make.c_str(), dir.c_str());
     RandomCheckpointOptions options;
     options.drop_from_page_cache = false;  // read back at once, by this bench and by the baseline after it
-    if (auto s = WriteRandomCheckpoint(dir, Gemma7BShape(), options, ""); !s.ok()) return Fail(s);
+    if (auto s = WriteRandomCheckpoint(dir, *shape, options, ""); !s.ok()) return Fail(s);
   }
+  const std::string sections = absl::StrCat(",", absl::GetFlag(FLAGS_sections), ",");
+  auto wants = [&](const char* section) { return sections.find(absl::StrCat(",", section, ",")) != std::string::npos; };
+  const int long_context = absl::GetFlag(FLAGS_long_context);
+  if (long_context < 0) return Fail(absl::InvalidArgumentError("--long_context must be 0 or positive"));
   std::vector<int> batches;
   for (absl::string_view b : absl::StrSplit(absl::GetFlag(FLAGS_batches), ',', absl::SkipEmpty())) {
     int v;
@@ -121,6 +173,8 @@ int Run() {
   const int64_t per_seq = context + steps + 16;
   KvCacheOptions kv;
   kv.num_blocks = static_cast<int>((max_batch * per_seq + prompt) / kv.block_size + max_batch + 2);
+  const int long_blocks = (long_context + steps + 16) / kv.block_size + 1;
+  kv.num_blocks = std::max(kv.num_blocks, static_cast<int>(prompt / kv.block_size + 1) + long_blocks + 2);
   CudaBackendOptions options;
   options.stage_timing = true;  // steps launched one kernel at a time report device time per stage
   // Later sections record their failures and go on, so that one run on a lent GPU reports all it can.
@@ -212,7 +266,40 @@ int Run() {
       batch1_launched_ms = d["launched_step_ms"];
     }
   }
+  // One sequence at a long context: the model as it is (local layers read their window of the cache) and then,
+  // below, with every layer global. Its floor: the weights and the cache rows each layer reads.
+  nlohmann::json long_context_json;
+  auto long_decode = [&](Backend& b, const ModelConfig& m) -> nlohmann::json {
+    auto r = Decode(b, 1, long_context, steps, first_block, long_blocks);
+    if (!r.ok()) return {{"error", std::string(r.status().message())}};
+    double kv_read = 0;
+    for (int layer = 0; layer < m.num_layers; ++layer) {
+      const double seen = m.IsLocal(layer) ? std::min(long_context, m.sliding_window) : long_context;
+      kv_read += seen * 2.0 * m.num_kv_heads * m.head_dim * 2;
+    }
+    const double step_ms = 1000.0 / r->tokens_per_s;
+    const double floor = 1000 * (weight_bytes + kv_read) / *bandwidth;
+    return {{"tokens_per_s", r->tokens_per_s}, {"step_ms", step_ms}, {"kv_bytes_read", kv_read},
+            {"floor_ms", floor}, {"floor_fraction", floor / step_ms}, {"launched_stage_ms", r->launched_stages}};
+  };
+  if (long_context > 0) {
+    long_context_json = {{"context", long_context}, {"windowed", long_decode(backend, c)}};
+  }
   made->reset();
+  if (long_context > 0) {
+    auto full_dir = FullAttentionCopy(dir, c);
+    auto full_ckpt = full_dir.ok() ? Checkpoint::Open(*full_dir) : absl::StatusOr<std::unique_ptr<Checkpoint>>(full_dir.status());
+    auto full_w = full_ckpt.ok() ? ModelWeights::Load(std::shared_ptr<const Checkpoint>(std::move(*full_ckpt)))
+                                 : absl::StatusOr<std::unique_ptr<ModelWeights>>(full_ckpt.status());
+    if (!full_w.ok()) {
+      long_context_json["full_attention"] = {{"error", std::string(full_w.status().message())}};
+    } else {
+      std::shared_ptr<const ModelWeights> fw(std::move(*full_w));
+      auto fb = CreateCudaBackend(fw, kv, options);
+      long_context_json["full_attention"] =
+          fb.ok() ? long_decode(**fb, fw->config()) : nlohmann::json{{"error", std::string(fb.status().message())}};
+    }
+  }
 
   // The same sweep with other kernel choices, each its own backend over the same weights.
   struct Variant {
@@ -228,6 +315,7 @@ int Run() {
   variants.back().options.streamed_attention = false;
   variants.push_back({"cublaslt_only", {}});
   variants.back().options.cublaslt_only = true;
+  if (!wants("variants")) variants.clear();
   nlohmann::json variant_results = nlohmann::json::object();
   double batch1_cublaslt = 0;
   {
@@ -249,13 +337,14 @@ int Run() {
     progress.Finish();
   }
 
-  auto gemm_sweep = DecodeGemmSweep(c, *bandwidth);
+  auto gemm_sweep = wants("gemm_sweep") ? DecodeGemmSweep(c, *bandwidth)
+                                          : absl::StatusOr<nlohmann::json>(nlohmann::json::array());
   if (!gemm_sweep.ok()) errors["decode_gemm_sweep"] = std::string(gemm_sweep.status().message());
 
   // Memory planned as the worker plans it by default: the cache from 90% of the device after the largest step
   // (the default limits); then that step at once, on a full device.
   nlohmann::json planned;
-  {
+  if (wants("plan")) {
     KvCacheOptions plan_kv;
     plan_kv.memory_fraction = 0.9;
     const auto plan_start = Clock::now();
@@ -285,6 +374,7 @@ int Run() {
   // sum waits in a host function for the other rank's, which the runtime may run on the same thread.
   nlohmann::json tp2 = nlohmann::json::array();
   for (int b : {1, 16}) {
+    if (!wants("tp2")) break;
     auto tps = TensorParallelTwoDecode(checkpoint, kv, b, context, std::max(8, steps / 2));
     if (!tps.ok()) {
       errors[absl::StrCat("tp2 batch ", b)] = std::string(tps.status().message());
@@ -308,6 +398,7 @@ int Run() {
                         {"errors", errors},
                         {"planned_memory", planned},
                         {"tp2_one_gpu_host_collective", tp2},
+                        {"long_context", long_context_json},
                         {"prefill_tokens", prompt},
                         {"prefill_tokens_per_s", prompt / prefill_s},
                         {"prefill_tflops", prefill_tflops},

@@ -1,5 +1,6 @@
 #include "shard/cuda/cuda_bench_decode.h"
 
+#include <algorithm>
 #include <chrono>
 
 namespace gemma {
@@ -52,9 +53,17 @@ absl::StatusOr<DecodeResult> Decode(Backend& backend, int batch, int context, in
   const std::vector<RowSample> rows = Greedy(batch);
   StepLogits logits;
   std::vector<SampledToken> drawn;
+  // Long contexts in chunks, as the server schedules them (a step holds at most the default 2048 tokens).
+  constexpr int kChunk = 2048;
   for (int s = 0; s < batch; ++s) {
-    SequenceStep prompt{prompts[s], 0, tables[s], LogitsWanted::kLast};
-    if (auto st = backend.ForwardAndSample({&prompt, 1}, Greedy(1), false, &logits, &drawn); !st.ok()) return st;
+    for (int begin = 0; begin < context; begin += kChunk) {
+      const int n = std::min(kChunk, context - begin);
+      const bool last = begin + n == context;
+      SequenceStep prompt{std::span<const int32_t>(prompts[s]).subspan(begin, n), begin, tables[s],
+                          last ? LogitsWanted::kLast : LogitsWanted::kNone};
+      const std::vector<RowSample> rows = last ? Greedy(1) : std::vector<RowSample>{};
+      if (auto st = backend.ForwardAndSample({&prompt, 1}, rows, false, &logits, &drawn); !st.ok()) return st;
+    }
   }
   std::vector<int32_t> next(batch, 5);
   double elapsed = 0;

@@ -54,6 +54,11 @@ cudaError_t LaunchAddRmsNorm(float* x, const float* delta, int T, int64_t hidden
   return cudaGetLastError();
 }
 
+cudaError_t LaunchSoftCap(float* x, int64_t n, float cap, cudaStream_t stream) {
+  Launch(kernels::SoftCapInPlace, dim3(Blocks(n, 256)), dim3(256), stream, x, n, cap);
+  return cudaGetLastError();
+}
+
 cudaError_t LaunchAdd(float* x, const float* delta, int64_t n, cudaStream_t stream) {
   Launch(kernels::Add, dim3(Blocks(n, 256)), dim3(256), stream, x, delta, n);
   return cudaGetLastError();
@@ -62,15 +67,16 @@ cudaError_t LaunchAdd(float* x, const float* delta, int64_t n, cudaStream_t stre
 cudaError_t LaunchRopeAndCacheWrite(float* qkv, int T, int64_t ld, int num_q, int num_kv, int head_dim,
                                     const float* cos_sin, const int32_t* positions, const int64_t* cache_row,
                                     int64_t head_stride, void* k_cache, void* v_cache, Dtype kv_type, float q_scale,
-                                    cudaStream_t stream) {
+                                    const float* q_norm, const float* k_norm, float eps, cudaStream_t stream) {
   if (kv_type == Dtype::kF32) {
     Launch(kernels::RopeAndCacheWrite<float>, dim3(T, num_q + num_kv), dim3(128), stream, qkv, ld, num_q, num_kv, head_dim, cos_sin, positions, cache_row,
                                                       head_stride, static_cast<float*>(k_cache),
-                                                      static_cast<float*>(v_cache), q_scale);
+                                                      static_cast<float*>(v_cache), q_scale, q_norm, k_norm, eps);
   } else {
     Launch(kernels::RopeAndCacheWrite<__nv_bfloat16>, dim3(T, num_q + num_kv), dim3(128), stream, qkv, ld, num_q, num_kv, head_dim, cos_sin, positions, cache_row,
                                                       head_stride, static_cast<__nv_bfloat16*>(k_cache),
-                                                      static_cast<__nv_bfloat16*>(v_cache), q_scale);
+                                                      static_cast<__nv_bfloat16*>(v_cache), q_scale, q_norm, k_norm,
+                                                      eps);
   }
   return cudaGetLastError();
 }
@@ -106,7 +112,7 @@ void Attend(const AttentionArgs& a, cudaStream_t stream) {
         Launch(kernels::StreamedAttention<Out>, dim3(a.num_single, a.num_q, splits), dim3(kAttentionWarps * 32), stream,
                a.single_tokens, a.qkv, a.ld, a.positions, a.seq_of_token, a.block_tables, a.max_blocks, k, v,
                a.block_size, a.block_stride, a.head_stride, a.heads_per_kv, a.q_head_begin, a.kv_head_begin, a.num_q,
-               out, a.partials);
+               out, a.partials, a.window, a.softcap);
         streamed = true;
       }
     }
@@ -114,7 +120,7 @@ void Attend(const AttentionArgs& a, cudaStream_t stream) {
       Launch(kernels::PagedAttention<Kv, Out, kHeadDim>, dim3(a.num_single, a.num_q, splits),
              dim3(kAttentionWarps * 32), stream, a.single_tokens, a.qkv, a.ld, a.head_dim, a.positions, a.seq_of_token,
              a.block_tables, a.max_blocks, k, v, a.block_size, a.block_stride, a.head_stride, a.heads_per_kv,
-             a.q_head_begin, a.kv_head_begin, a.num_q, out, a.partials);
+             a.q_head_begin, a.kv_head_begin, a.num_q, out, a.partials, a.window, a.softcap);
     }
     if (splits > 1) {
       Launch(kernels::CombineSplits<Out>, dim3(a.num_single, a.num_q), dim3(128), stream, a.single_tokens, a.partials,
@@ -125,7 +131,8 @@ void Attend(const AttentionArgs& a, cudaStream_t stream) {
     kernels::TiledAttention<Kv, Out, kHeadDim><<<dim3(a.num_tiles, a.num_q), kernels::kTileQueries * kernels::kPartsPerQuery, 0,
                                        stream>>>(
         a.tile_first, a.tile_count, a.qkv, a.ld, a.head_dim, a.positions, a.seq_of_token, a.block_tables, a.max_blocks,
-        k, v, a.block_size, a.block_stride, a.head_stride, a.heads_per_kv, a.q_head_begin, a.kv_head_begin, a.num_q, out);
+        k, v, a.block_size, a.block_stride, a.head_stride, a.heads_per_kv, a.q_head_begin, a.kv_head_begin, a.num_q, out,
+        a.window, a.softcap);
   }
 }
 
@@ -151,12 +158,13 @@ cudaError_t LaunchAttention(const AttentionArgs& a, cudaStream_t stream) {
 }
 
 cudaError_t LaunchCausalSoftmax(const float* s, int64_t ld, int64_t head_stride, int rows, int heads, int keys,
-                                int first_pos, void* p, Dtype p_type, cudaStream_t stream) {
+                                int first_pos, int window, float softcap, void* p, Dtype p_type, cudaStream_t stream) {
   const dim3 grid(rows, heads);
   if (p_type == Dtype::kF32) {
-    kernels::CausalSoftmax<<<grid, 256, 0, stream>>>(s, ld, head_stride, keys, first_pos, static_cast<float*>(p));
+    kernels::CausalSoftmax<<<grid, 256, 0, stream>>>(s, ld, head_stride, keys, first_pos, window, softcap,
+                                                     static_cast<float*>(p));
   } else {
-    kernels::CausalSoftmax<<<grid, 256, 0, stream>>>(s, ld, head_stride, keys, first_pos,
+    kernels::CausalSoftmax<<<grid, 256, 0, stream>>>(s, ld, head_stride, keys, first_pos, window, softcap,
                                                      static_cast<__nv_bfloat16*>(p));
   }
   return cudaGetLastError();

@@ -53,6 +53,12 @@ __device__ __forceinline__ float BlockSum(float v) {
   return total;
 }
 
+// Gemma 2's tanh soft-capping of attention scores and logits: cap * tanh(s / cap); cap 0: none.
+__device__ __forceinline__ float SoftCap(float s, float cap) { return cap > 0.0f ? cap * tanhf(s / cap) : s; }
+
+// The first key a query at `pos` sees: 0, or with a sliding window (Gemma 2/3's local layers) pos - window + 1.
+__device__ __forceinline__ int FirstKey(int pos, int window) { return window > 0 ? max(0, pos - window + 1) : 0; }
+
 __global__ void Embed(const uint16_t* embed, int64_t rows, int64_t hidden, const int32_t* tokens, int64_t vocab_begin,
                       float scale, float* x) {
   AfterPrevious();
@@ -92,6 +98,14 @@ __global__ void AddRmsNorm(float* x, const float* delta, int64_t hidden, const f
   NormRow(row, hidden, w1p, eps, out + t * hidden);
 }
 
+__global__ void SoftCapInPlace(float* x, int64_t n, float cap) {
+  AfterPrevious();
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    x[i] = SoftCap(x[i], cap);
+  }
+}
+
 __global__ void Add(float* x, const float* delta, int64_t n) {
   AfterPrevious();
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
@@ -101,22 +115,36 @@ __global__ void Add(float* x, const float* delta, int64_t n) {
 }
 
 // One block per (token, q or k head): a whole grid, not one block per token, so that a decode step's rotation
-// is not one block's sequential work.
+// is not one block's sequential work. With Gemma 3's QK-norm (q_norm, k_norm: 1 + w, [head_dim]) each head is
+// RMS-normalized first.
 template <typename Kv>
 __global__ void RopeAndCacheWrite(float* qkv, int64_t ld, int num_q, int num_kv, int head_dim, const float* cos_sin,
                                   const int32_t* positions, const int64_t* cache_row, int64_t head_stride,
-                                  Kv* k_cache, Kv* v_cache, float q_scale) {
+                                  Kv* k_cache, Kv* v_cache, float q_scale, const float* q_norm, const float* k_norm,
+                                  float eps) {
   AfterPrevious();
   const int t = blockIdx.x, h = blockIdx.y;  // k heads follow the q heads in the row
   const int half = head_dim / 2;
   const float* cs = cos_sin + static_cast<int64_t>(positions[t]) * head_dim;
   float* row = qkv + t * ld;
   float* head = row + static_cast<int64_t>(h) * head_dim;
+  const float* norm = h < num_q ? q_norm : k_norm;  // the same for the whole block
+  float inv = 1.0f;
+  if (norm != nullptr) {
+    float ss = 0.0f;
+    for (int i = threadIdx.x; i < head_dim; i += blockDim.x) ss += head[i] * head[i];
+    ss = BlockSum(ss);  // every read above happens before the writes below
+    inv = 1.0f / sqrtf(ss / static_cast<float>(head_dim) + eps);
+  }
   // Rotate pairs (i, i + half); q is then scaled.
   const float scale = h < num_q ? q_scale : 1.0f;
   for (int i = threadIdx.x; i < half; i += blockDim.x) {
     const float c = cs[2 * i], s = cs[2 * i + 1];
-    const float x0 = head[i], x1 = head[i + half];
+    float x0 = head[i], x1 = head[i + half];
+    if (norm != nullptr) {
+      x0 = x0 * inv * norm[i];
+      x1 = x1 * inv * norm[i + half];
+    }
     head[i] = (x0 * c - x1 * s) * scale;
     head[i + half] = (x0 * s + x1 * c) * scale;
   }
@@ -202,7 +230,8 @@ __global__ void __launch_bounds__(kAttentionWarps * 32)
     PagedAttention(const int32_t* token_list, const float* qkv, int64_t ld, int head_dim_arg, const int32_t* positions,
                    const int32_t* seq_of_token, const int32_t* block_tables, int max_blocks, const Kv* k_cache,
                    const Kv* v_cache, int block_size, int64_t block_stride, int64_t head_stride, int heads_per_kv,
-                   int q_head_begin, int kv_head_begin, int num_q, Out* out, float* partials) {
+                   int q_head_begin, int kv_head_begin, int num_q, Out* out, float* partials, int window,
+                   float softcap) {
   AfterPrevious();
   const int head_dim = kHeadDim > 0 ? kHeadDim : head_dim_arg;  // a constant where Gemma's own size is dispatched
   const int t = token_list[blockIdx.x], h = blockIdx.y, split = blockIdx.z, splits = gridDim.z;
@@ -221,13 +250,13 @@ __global__ void __launch_bounds__(kAttentionWarps * 32)
     acc[k] = 0.0f;
   }
   const int32_t* blocks = block_tables + static_cast<int64_t>(seq_of_token[t]) * max_blocks;
-  const int n = positions[t] + 1;
+  const int n = positions[t] + 1, lo = FirstKey(positions[t], window);
   float m = -FLT_MAX, l = 0.0f;
   // The K and V rows of kAhead positions are loaded before the first is used: a short context gives each warp only
   // a few positions, and one at a time would leave it waiting on memory latency. Same order as one at a time.
   constexpr int kAhead = 4;
   const int stride = splits * kAttentionWarps;
-  for (int j0 = split * kAttentionWarps + warp; j0 < n; j0 += kAhead * stride) {
+  for (int j0 = lo + split * kAttentionWarps + warp; j0 < n; j0 += kAhead * stride) {
     float kf[kAhead][kDimsPerLane], vf[kAhead][kDimsPerLane];
 #pragma unroll
     for (int u = 0; u < kAhead; ++u) {
@@ -253,7 +282,7 @@ __global__ void __launch_bounds__(kAttentionWarps * 32)
       float partial = 0.0f;
 #pragma unroll
       for (int k = 0; k < kDimsPerLane; ++k) partial += qreg[k] * kf[u][k];
-      const float s = WarpSum(partial);
+      const float s = SoftCap(WarpSum(partial), softcap);
       const float m_new = fmaxf(m, s);
       const float correction = expf(m - m_new), p = expf(s - m_new);
       l = l * correction + p;
@@ -294,7 +323,7 @@ __global__ void __launch_bounds__(kAttentionWarps * 32)
                       const int32_t* seq_of_token, const int32_t* block_tables, int max_blocks,
                       const __nv_bfloat16* k_cache, const __nv_bfloat16* v_cache, int block_size, int64_t block_stride,
                       int64_t head_stride, int heads_per_kv, int q_head_begin, int kv_head_begin, int num_q, Out* out,
-                      float* partials) {
+                      float* partials, int window, float softcap) {
   AfterPrevious();
   constexpr int kHeadDim = kMaxHeadDim;
   __shared__ __align__(16) uint4 ring[kAttentionWarps][kStreamDepth][2][32];
@@ -310,7 +339,7 @@ __global__ void __launch_bounds__(kAttentionWarps * 32)
   }
   const int32_t* blocks = block_tables + static_cast<int64_t>(seq_of_token[t]) * max_blocks;
   const int n = positions[t] + 1;
-  const int stride = splits * kAttentionWarps, first = split * kAttentionWarps + warp;
+  const int stride = splits * kAttentionWarps, first = FirstKey(positions[t], window) + split * kAttentionWarps + warp;
   const int count = first < n ? (n - first + stride - 1) / stride : 0;
   // The i-th position of this warp into slot i mod kStreamDepth; one commit group per position (empty past the
   // end), so that waiting for all but the newest kStreamDepth - 1 groups means position i has landed. Each lane
@@ -336,7 +365,7 @@ __global__ void __launch_bounds__(kAttentionWarps * 32)
     float partial = 0.0f;
 #pragma unroll
     for (int k = 0; k < kDimsPerLane; ++k) partial += qreg[k] * kf[k];
-    const float s = WarpSum(partial);
+    const float s = SoftCap(WarpSum(partial), softcap);
     const float m_new = fmaxf(m, s);
     const float correction = expf(m - m_new), p = expf(s - m_new);
     l = l * correction + p;
@@ -383,7 +412,8 @@ __global__ void __launch_bounds__(kTileQueries * kPartsPerQuery)
     TiledAttention(const int32_t* tile_first, const int32_t* tile_count, const float* qkv, int64_t ld, int head_dim_arg,
                    const int32_t* positions, const int32_t* seq_of_token, const int32_t* block_tables, int max_blocks,
                    const Kv* k_cache, const Kv* v_cache, int block_size, int64_t block_stride, int64_t head_stride,
-                   int heads_per_kv, int q_head_begin, int kv_head_begin, int num_q, Out* out) {
+                   int heads_per_kv, int q_head_begin, int kv_head_begin, int num_q, Out* out, int window,
+                   float softcap) {
   __shared__ float ks[kTileKeys][kTileRow];
   __shared__ float vs[kTileKeys][kTileRow];
   const int head_dim = kHeadDim > 0 ? kHeadDim : head_dim_arg;
@@ -393,7 +423,7 @@ __global__ void __launch_bounds__(kTileQueries * kPartsPerQuery)
   const int dp = head_dim / kPartsPerQuery;
   const bool active = query < n;
   const int t = t0 + (active ? query : 0);
-  const int my_pos = positions[t];
+  const int my_pos = positions[t], my_first = FirstKey(my_pos, window);
   const int last_pos = positions[t0 + n - 1];  // the tile's tokens are consecutive positions
   const int kv_head = (q_head_begin + h) / heads_per_kv - kv_head_begin;
   const int32_t* blocks = block_tables + static_cast<int64_t>(seq_of_token[t0]) * max_blocks;
@@ -405,7 +435,7 @@ __global__ void __launch_bounds__(kTileQueries * kPartsPerQuery)
     acc[k] = 0.0f;
   }
   float m = -FLT_MAX, l = 0.0f;
-  for (int j0 = 0; j0 <= last_pos; j0 += kTileKeys) {
+  for (int j0 = FirstKey(positions[t0], window); j0 <= last_pos; j0 += kTileKeys) {
     for (int e = threadIdx.x; e < kTileKeys * head_dim; e += blockDim.x) {
       const int r = e / head_dim, d = e % head_dim, j = j0 + r;
       float kv_k = 0.0f, kv_v = 0.0f;
@@ -429,7 +459,8 @@ __global__ void __launch_bounds__(kTileQueries * kPartsPerQuery)
       // The parts of one query are adjacent lanes of one warp.
       partial += __shfl_xor_sync(0xffffffffu, partial, 1);
       partial += __shfl_xor_sync(0xffffffffu, partial, 2);
-      if (active && j0 + r <= my_pos) {
+      partial = SoftCap(partial, softcap);
+      if (active && j0 + r <= my_pos && j0 + r >= my_first) {
         const float m_new = fmaxf(m, partial);
         const float correction = expf(m - m_new), p = expf(partial - m_new);
         l = l * correction + p;
@@ -488,23 +519,26 @@ __device__ __forceinline__ float BlockMax(float v) {
 }
 
 // One block per (query row i of a chunk, head h) of causal attention scores s (f32, head h's rows at
-// h * head_stride, rows ld apart), row i at position first_pos + i attending to keys 0..first_pos+i of the `keys`
-// computed: p = softmax over those, 0 for the keys after them, written as Out in the same layout.
+// h * head_stride, rows ld apart), row i at position first_pos + i attending to keys FirstKey..first_pos+i of the
+// `keys` computed: p = softmax over those (scores soft-capped first), 0 for the other keys, written as Out in the
+// same layout.
 template <typename Out>
 __global__ void __launch_bounds__(256) CausalSoftmax(const float* s, int64_t ld, int64_t head_stride, int keys,
-                                                     int first_pos, Out* p) {
+                                                     int first_pos, int window, float softcap, Out* p) {
   const int i = blockIdx.x;
   const int64_t at = blockIdx.y * head_stride + static_cast<int64_t>(i) * ld;
   const float* x = s + at;
   Out* y = p + at;
-  const int n = min(keys, first_pos + i + 1);
+  const int n = min(keys, first_pos + i + 1), lo = FirstKey(first_pos + i, window);
   float local_max = -FLT_MAX;
-  for (int j = threadIdx.x; j < n; j += blockDim.x) local_max = fmaxf(local_max, x[j]);
+  for (int j = lo + threadIdx.x; j < n; j += blockDim.x) local_max = fmaxf(local_max, SoftCap(x[j], softcap));
   const float m = BlockMax(local_max);
   float z = 0;
-  for (int j = threadIdx.x; j < n; j += blockDim.x) z += expf(x[j] - m);
+  for (int j = lo + threadIdx.x; j < n; j += blockDim.x) z += expf(SoftCap(x[j], softcap) - m);
   const float inv = 1.0f / BlockSum(z);
-  for (int j = threadIdx.x; j < keys; j += blockDim.x) Store(&y[j], j < n ? expf(x[j] - m) * inv : 0.0f);
+  for (int j = threadIdx.x; j < keys; j += blockDim.x) {
+    Store(&y[j], j >= lo && j < n ? expf(SoftCap(x[j], softcap) - m) * inv : 0.0f);
+  }
 }
 
 // One block per (position j, kv head h) of one sequence: its cached K and V rows (paged) into out, row j holding

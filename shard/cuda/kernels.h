@@ -23,16 +23,20 @@ cudaError_t LaunchRmsNorm(const float* x, const int32_t* rows, int R, int64_t hi
 cudaError_t LaunchAddRmsNorm(float* x, const float* delta, int T, int64_t hidden, const float* w1p, float eps,
                              void* out, Dtype out_type, cudaStream_t stream);
 
+// x[i] = cap * tanh(x[i] / cap): Gemma 2's final logit soft-capping.
+cudaError_t LaunchSoftCap(float* x, int64_t n, float cap, cudaStream_t stream);
+
 // x[i] += delta[i].
 cudaError_t LaunchAdd(float* x, const float* delta, int64_t n, cudaStream_t stream);
 
 // For token t (row t of qkv, [q heads | k heads | v heads] x head_dim each): rotates q and k (half-split RoPE,
 // cos/sin from the table [positions][head_dim/2][2]), scales q by q_scale, and writes k and v to the cache at
-// cache_row[t] + kv_head * head_stride (layer bases k_cache, v_cache).
+// cache_row[t] + kv_head * head_stride (layer bases k_cache, v_cache). With q_norm and k_norm (Gemma 3's QK-norm,
+// 1 + w, [head_dim]; null: none) each q and k head is RMS-normalized before the rotation.
 cudaError_t LaunchRopeAndCacheWrite(float* qkv, int T, int64_t ld, int num_q, int num_kv, int head_dim,
                                     const float* cos_sin, const int32_t* positions, const int64_t* cache_row,
                                     int64_t head_stride, void* k_cache, void* v_cache, Dtype kv_type, float q_scale,
-                                    cudaStream_t stream);
+                                    const float* q_norm, const float* k_norm, float eps, cudaStream_t stream);
 
 // out[t, :] = gelu_tanh(gate_up[t, :I]) * gate_up[t, I:2I].
 cudaError_t LaunchGeluMul(const float* gate_up, int T, int64_t I, void* out, Dtype out_type, cudaStream_t stream);
@@ -70,15 +74,20 @@ struct AttentionArgs {
   // Gemma's bf16 cache (head size 256): lone tokens through kernels::StreamedAttention (same results, more of the
   // cache in flight).
   bool streamed = true;
+  // Gemma 2/3: a local layer's query at position p sees keys p - window + 1..p (0: every earlier key); scores are
+  // soft-capped (softcap * tanh(s / softcap); 0: not).
+  int window = 0;
+  float softcap = 0;
 };
 inline constexpr int kAttentionTileQueries = 32;
 inline constexpr int kAttentionMaxSplits = 16;
 cudaError_t LaunchAttention(const AttentionArgs& args, cudaStream_t stream);
 
 // Causal softmax of attention scores s (f32; `heads` blocks of `rows` rows, head_stride apart, rows ld apart): row i,
-// at position first_pos + i, keeps keys 0..first_pos+i of `keys`, the rest become 0. p: the same layout in `p_type`.
+// at position first_pos + i, keeps keys 0..first_pos+i of `keys` (the last `window` of them when window > 0), the
+// rest become 0; scores are soft-capped first when softcap > 0. p: the same layout in `p_type`.
 cudaError_t LaunchCausalSoftmax(const float* s, int64_t ld, int64_t head_stride, int rows, int heads, int keys,
-                                int first_pos, void* p, Dtype p_type, cudaStream_t stream);
+                                int first_pos, int window, float softcap, void* p, Dtype p_type, cudaStream_t stream);
 
 // Positions 0..n-1 of one sequence's cached K and V (layer bases k_cache, v_cache; its block table on the device)
 // into out [n][k heads | v heads][head_dim], in the cache's type.

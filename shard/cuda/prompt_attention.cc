@@ -84,7 +84,8 @@ absl::Status EnqueuePromptAttention(Gemm& gemm, const PromptAttentionArgs& a, cu
       if (auto st = gemm.Run(s, stream); !st.ok()) return st;
     }
     GEMMA_CUDA_RETURN_IF_ERROR(
-        LaunchCausalSoftmax(scores, ld_s, head_stride, m, a.num_q, keys, first_pos, probs, a.in, stream));
+        LaunchCausalSoftmax(scores, ld_s, head_stride, m, a.num_q, keys, first_pos, a.window, a.softcap, probs, a.in,
+                            stream));
     for (const Run& r : runs) {
       GemmArgs o;  // O[h] = P[h] V[kv], into the chunk's rows of out
       o.a = probs + r.first * head_stride * eb;

@@ -34,6 +34,8 @@ struct PromptAttentionArgs {
   int64_t out_ld = 0;
   Dtype out_type = Dtype::kBf16;
   void* scratch = nullptr;  // PromptAttentionScratchBytes(start_pos + tokens, tokens, num_q, in) bytes
+  int window = 0;           // as AttentionArgs::window
+  float softcap = 0;        // as AttentionArgs::softcap
 };
 
 // Scratch for the scores and probabilities of one chunk of `queries` queries over at most `keys` keys.
