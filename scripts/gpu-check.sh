@@ -6,7 +6,10 @@
 #
 # Logs land in $GEMMA_GPU_CHECK_DIR (default /tmp/gpu-check). Where $OUT is set, the summary is written there as it
 # goes (summary.txt) and the logs are packed there at the end (gpu-check-logs.tar.gz), so a run cut short still
-# returns what it found. GEMMA_GPU_CHECK_PARTS picks parts (default tests,serve,bench,router,hf).
+# returns what it found. GEMMA_GPU_CHECK_PARTS picks parts (default tests,serve,bench,router,hf; also gemma23: the
+# Gemma 3 27B shape, bf16, decode at context 512 and at 32k with and without its sliding windows, prefill);
+# GEMMA_GPU_TEST_FILTER is passed to every test binary as --gtest_filter. Test data: tests/data (gemma-tiny), or
+# $GEMMA_TESTDATA with gemma2-tiny and gemma3-tiny beside it.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 work=${GEMMA_GPU_CHECK_DIR:-/tmp/gpu-check}
@@ -41,7 +44,7 @@ PY
 )
 [[ -n "$wheel_libs" ]] && libs="$libs:$wheel_libs"
 export LD_LIBRARY_PATH="$libs:${LD_LIBRARY_PATH:-}"
-export GEMMA_TESTDATA="$PWD/tests/data"
+export GEMMA_TESTDATA="${GEMMA_TESTDATA:-$PWD/tests/data}"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$work/gpu.txt"
 failed=0
 
@@ -49,7 +52,8 @@ if wants tests; then
   for t in build-gpu/*_test; do
     name=$(basename "$t")
     section "$name"
-    if timeout "${GEMMA_GPU_TEST_TIMEOUT:-240}" "$t" --gtest_output="xml:$work/$name.xml" > "$work/$name.log" 2>&1; then
+    if timeout "${GEMMA_GPU_TEST_TIMEOUT:-240}" "$t" --gtest_output="xml:$work/$name.xml" \
+         ${GEMMA_GPU_TEST_FILTER:+--gtest_filter="$GEMMA_GPU_TEST_FILTER"} > "$work/$name.log" 2>&1; then
       echo "PASS $name: $(grep -E '^\[  PASSED  \]' "$work/$name.log")"
     else
       echo "FAIL $name (exit $?)"; grep -E "^\[  FAILED  \]|Failure|Expected|Which is|actual|error" "$work/$name.log" | head -40
@@ -118,6 +122,40 @@ for t in b.get("tp2_one_gpu_host_collective", []):
 PY
   else
     echo "FAIL gemma-cuda-bench"; tail -20 "$work/bench.log"; failed=1
+  fi
+fi
+
+if wants gemma23; then
+  g3=${GEMMA_GEMMA3_MODEL:-/tmp/gemma3-27b-random}
+  section "gemma-cuda-bench on the Gemma 3 27B shape ($g3, written first if absent): bf16, one GPU"
+  if timeout "${GEMMA_GPU_BENCH_TIMEOUT:-420}" build-gpu/gemma-cuda-bench --model "$g3" --make_shape gemma3-27b \
+       --batches 1,16 --long_context 32768 --sections "" --json "$work/bench-cuda-gemma3-27b.json" \
+       > "$work/bench-gemma3.log" 2>&1; then
+    cp "$work/bench-cuda-gemma3-27b.json" "${OUT:-$work}/" 2>/dev/null
+    python3 - "$work/bench-cuda-gemma3-27b.json" <<'PY'
+import json, sys
+b = json.load(open(sys.argv[1]))
+print(f"GPU {b['gpu']}: copy bandwidth {b['device_bandwidth_bytes_per_s']/1e12:.2f} TB/s, cuBLASLt bf16 GEMM {b['gemm_bf16_tflops']:.0f} TFLOP/s")
+for d in b["decode"]:
+    print(f"  decode batch {d['batch']:>3}: {d['tokens_per_s']:.1f} tok/s ({d['step_ms']:.2f} ms/step, context {b['decode_context']}); "
+          f"{100*d['floor_fraction']:.0f}% of the floor (weights + KV at the copy bandwidth)")
+print(f"  batch-1 decode at {100*b['decode_batch1_bandwidth_fraction']:.0f}% of the copy bandwidth on the weights (target >= 75%)")
+print(f"  prefill {b['prefill_tokens']} tokens: {b['prefill_tokens_per_s']:.0f} tok/s, {b['prefill_tflops']:.0f} TFLOP/s = "
+      f"{100*b['prefill_fraction_of_gemm']:.0f}% of the GEMM (target >= 50%); chunks of {b['prefill_chunk']}: "
+      f"{b['prefill_chunked_tokens_per_s']:.0f} tok/s")
+lc = b.get("long_context") or {}
+for k in ("windowed", "full_attention"):
+    r = lc.get(k, {})
+    if "error" in r:
+        print(f"  context {lc.get('context')}, {k}: ERROR {r['error']}")
+    elif r:
+        print(f"  context {lc.get('context')}, {k}: {r['tokens_per_s']:.1f} tok/s ({r['step_ms']:.2f} ms/step), KV read "
+              f"{r['kv_bytes_read']/1e9:.2f} GB/step, {100*r['floor_fraction']:.0f}% of its floor; stages {r['launched_stage_ms']}")
+for k, v in b.get("errors", {}).items():
+    print(f"  ERROR in {k}: {v}")
+PY
+  else
+    echo "FAIL gemma-cuda-bench gemma3-27b"; tail -20 "$work/bench-gemma3.log"; failed=1
   fi
 fi
 
