@@ -129,7 +129,7 @@ if wants gemma23; then
   g3=${GEMMA_GEMMA3_MODEL:-/tmp/gemma3-27b-random}
   section "gemma-cuda-bench on the Gemma 3 27B shape ($g3, written first if absent): bf16, one GPU"
   if timeout "${GEMMA_GPU_BENCH_TIMEOUT:-420}" build-gpu/gemma-cuda-bench --model "$g3" --make_shape gemma3-27b \
-       --batches 1,16 --long_context 32768 --sections "" --json "$work/bench-cuda-gemma3-27b.json" \
+       --batches 1,16 --long_context "${GEMMA_GEMMA3_LONG_CONTEXT:-32768}" --sections "" --json "$work/bench-cuda-gemma3-27b.json" \
        > "$work/bench-gemma3.log" 2>&1; then
     cp "$work/bench-cuda-gemma3-27b.json" "${OUT:-$work}/" 2>/dev/null
     python3 - "$work/bench-cuda-gemma3-27b.json" <<'PY'

@@ -12,7 +12,8 @@
 //     (a valid sequence batched with the bad one leaves the KV cache untouched).
 // Tolerances are the backend's (or the model's README's, when larger: 1e-3 for the soft-capped tiny-g2-qscale; each
 // run records the largest difference it saw as a test property): f32 logits within 1e-4 (cpu) or 1e-3 (cuda-f32) of the reference and of each
-// other; bf16 (cuda-bf16) log-probs of the chosen token within 0.05 and the top token the same on 90% of rows.
+// other; bf16 (cuda-bf16) log-probs of the chosen token within 0.05 (0.5 on tiny-g2-qscale, whose logits reach
+// |21|) and the top token the same on 90% of rows.
 // Label: the cpu cases are unit, the CUDA ones gpu.
 #include <algorithm>
 #include <cmath>
@@ -60,12 +61,18 @@ struct Model {
   // Where a model's README allows more than the backend's tolerance: tiny-g2-qscale's soft-capped, sharp
   // attention amplifies float32 rounding (float32 against float64 differs by 1.2e-4 there).
   double min_tolerance = 0;
+  // The same for bf16 log-probs: tiny-g2-qscale's logits reach |21| before capping (19x tiny-g2's) and its scores
+  // |13.6|, so bf16's 8-bit mantissa in the activations moves a far-from-top token's log-prob by up to 0.28
+  // (measured on an H200; 0.09 between two bf16 kernel paths), ten times the bound of the other models, as for
+  // f32. Its top tokens still agree.
+  double bf16_logprob_tolerance = kBf16LogProbTolerance;
 };
 const Model kGemma1Models[] = {{"tiny-mha", "tiny-mha"}, {"tiny-mqa", "tiny-mqa"},
                                {"tiny-mqa-sharded", "tiny-mqa"}, {"tiny-mha-hd48", "tiny-mha-hd48"}};
 // Gemma 2 and 3: sandwich norms, soft-caps, sliding windows, QK-norm, per-layer RoPE.
 const Model kGemma23Models[] = {{"tiny-g2", "tiny-g2", testing::Gemma2TinyDir},
-                                {"tiny-g2-qscale", "tiny-g2-qscale", testing::Gemma2TinyDir, 1e-3},
+                                {"tiny-g2-qscale", "tiny-g2-qscale", testing::Gemma2TinyDir, 1e-3,
+                                 10 * kBf16LogProbTolerance},
                                 {"tiny-g3", "tiny-g3", testing::Gemma3TinyDir},
                                 {"tiny-g3-scaled", "tiny-g3-scaled", testing::Gemma3TinyDir}};
 
@@ -164,7 +171,8 @@ class BackendConformanceTest : public ::testing::TestWithParam<Case> {
       const int top_w = static_cast<int>(std::max_element(w, w + vocab_) - w);
       agree += top_g == top_w;
       const int token = r < next.size() ? next[r] : top_w;
-      EXPECT_NEAR(LogSoftmax(g, vocab_)[token], LogSoftmax(w, vocab_)[token], kBf16LogProbTolerance)
+      EXPECT_NEAR(LogSoftmax(g, vocab_)[token], LogSoftmax(w, vocab_)[token],
+                  GetParam().model.bf16_logprob_tolerance)
           << what << " row " << r;
     }
     EXPECT_GE(agree, kBf16TopAgreement * rows) << what << ": " << agree << " of " << rows << " rows agree on the top";

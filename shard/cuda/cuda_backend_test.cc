@@ -247,9 +247,10 @@ INSTANTIATE_TEST_SUITE_P(Families, CudaHeadSize256Test, ::testing::Values("gemma
 // Runs of prompt tokens attend through cuBLASLt products a chunk of queries at a time; the tiled kernel is the
 // reference. A prompt long enough for three query chunks, whole (keys from the step's rows) and in three steps (the
 // later ones gather earlier keys from the paged cache), on random checkpoints with one kv head for all q heads (MQA:
-// K and V shared across the batch of heads) and one per q head (MHA: K and V step along with Q), in f32 and bf16.
+// K and V shared across the batch of heads), two q heads per kv head (GQA: the h-th head of every group batched)
+// and one per q head (MHA: K and V step along with Q), in f32 and bf16.
 TEST_F(CudaBackendDeviceTest, PromptAttentionThroughGemmsMatchesTheTiledKernel) {
-  for (int kv_heads : {1, 4}) {
+  for (int kv_heads : {1, 2, 4}) {
     ModelConfig shape = TinyShape();
     shape.num_kv_heads = kv_heads;
     shape.max_position_embeddings = 2048;

@@ -42,22 +42,33 @@ absl::Status EnqueuePromptAttention(Gemm& gemm, const PromptAttentionArgs& a, cu
   const char* k = static_cast<const char*>(a.k);
   const char* v = static_cast<const char*>(a.v);
   auto kv_head = [&](int h) { return (a.q_head_begin + h) / a.heads_per_kv - a.kv_head_begin; };
-  // Runs of q heads sharing a product: with one q head per kv head, all of them (K and V step along with Q);
-  // otherwise each kv head's group (K and V shared: stride 0).
+  // Runs of q heads batched into one product, each head h of a run `heads` apart from the one before: Q and the
+  // output step by heads * D, the scores by heads * head_stride, K and V by kv_stride. With one q head per kv head,
+  // one run of every head (K and V step along with Q). With several, the fewer of: one run per kv head (its q
+  // heads share K and V: stride 0), or one run per position within a kv head's group (the h-th head of every group,
+  // each group's K and V in turn: stride D). Gemma 3 27B's 32 q heads over 16 kv heads take 2 runs, not 16.
   struct Run {
-    int first, count, kv;
+    int first, count, heads;
     int64_t kv_stride;
   };
   std::vector<Run> runs;
   if (a.heads_per_kv == 1) {
-    runs.push_back({0, a.num_q, kv_head(0), D});
+    runs.push_back({0, a.num_q, 1, D});
   } else {
+    std::vector<Run> by_kv, by_place;
     for (int h = 0; h < a.num_q;) {
       int end = h + 1;
       while (end < a.num_q && kv_head(end) == kv_head(h)) ++end;
-      runs.push_back({h, end - h, kv_head(h), 0});
+      by_kv.push_back({h, end - h, 1, 0});
       h = end;
     }
+    for (int h = 0; h < a.num_q && h < a.heads_per_kv; ++h) {
+      const int count = (a.num_q - h + a.heads_per_kv - 1) / a.heads_per_kv;
+      by_place.push_back({h, count, a.heads_per_kv, D});
+    }
+    // By place needs every group whole on this rank (a replicated kv head may be shared by a part of one).
+    const bool whole_groups = (a.q_head_begin % a.heads_per_kv) == 0 && a.num_q % a.heads_per_kv == 0;
+    runs = whole_groups && by_place.size() < by_kv.size() ? by_place : by_kv;
   }
   for (int q0 = 0; q0 < a.tokens; q0 += chunk) {
     const int m = std::min(chunk, a.tokens - q0), first_pos = a.start_pos + q0, keys = first_pos + m;
@@ -68,7 +79,7 @@ absl::Status EnqueuePromptAttention(Gemm& gemm, const PromptAttentionArgs& a, cu
       GemmArgs s;  // S[h] = Q[h] K[kv]^T: the chunk's queries against keys 0..keys-1
       s.a = q + (static_cast<int64_t>(q0) * a.q_ld + r.first * D) * eb;
       s.lda = a.q_ld;
-      s.w = k + r.kv * D * eb;
+      s.w = k + kv_head(r.first) * D * eb;
       s.ldw = a.kv_ld;
       s.c = scores + r.first * head_stride;
       s.ldc = ld_s;
@@ -78,9 +89,9 @@ absl::Status EnqueuePromptAttention(Gemm& gemm, const PromptAttentionArgs& a, cu
       s.in = a.in;
       s.out = Dtype::kF32;
       s.batch = r.count;
-      s.stride_a = D;
+      s.stride_a = r.heads * D;
       s.stride_w = r.kv_stride;
-      s.stride_c = head_stride;
+      s.stride_c = r.heads * head_stride;
       if (auto st = gemm.Run(s, stream); !st.ok()) return st;
     }
     GEMMA_CUDA_RETURN_IF_ERROR(
@@ -90,7 +101,7 @@ absl::Status EnqueuePromptAttention(Gemm& gemm, const PromptAttentionArgs& a, cu
       GemmArgs o;  // O[h] = P[h] V[kv], into the chunk's rows of out
       o.a = probs + r.first * head_stride * eb;
       o.lda = ld_s;
-      o.w = v + r.kv * D * eb;
+      o.w = v + kv_head(r.first) * D * eb;
       o.ldw = a.kv_ld;
       o.w_rows_are_k = true;
       o.c = static_cast<char*>(a.out) + (static_cast<int64_t>(q0) * a.out_ld + r.first * D) * ob;
@@ -101,9 +112,9 @@ absl::Status EnqueuePromptAttention(Gemm& gemm, const PromptAttentionArgs& a, cu
       o.in = a.in;
       o.out = a.out_type;
       o.batch = r.count;
-      o.stride_a = head_stride;
+      o.stride_a = r.heads * head_stride;
       o.stride_w = r.kv_stride;
-      o.stride_c = D;
+      o.stride_c = r.heads * D;
       if (auto st = gemm.Run(o, stream); !st.ok()) return st;
     }
   }
