@@ -44,7 +44,9 @@ PY
 )
 [[ -n "$wheel_libs" ]] && libs="$libs:$wheel_libs"
 export LD_LIBRARY_PATH="$libs:${LD_LIBRARY_PATH:-}"
-export GEMMA_TESTDATA="${GEMMA_TESTDATA:-$PWD/tests/data}"
+# The shared test data beside the checkout where it is there (every reference model), else the bundled gemma-tiny.
+[[ -d ../shared/testdata/gemma2-tiny ]] && default_testdata="$(cd ../shared/testdata && pwd)" || default_testdata="$PWD/tests/data"
+export GEMMA_TESTDATA="${GEMMA_TESTDATA:-$default_testdata}"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$work/gpu.txt"
 failed=0
 

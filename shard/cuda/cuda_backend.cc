@@ -356,26 +356,57 @@ absl::Status CudaBackend::ForwardAndSample(std::span<const SequenceStep> batch, 
 
 absl::Status CudaBackend::SampleOnDevice(const float* logits, int64_t R, std::span<const RowSample> samples,
                                          std::vector<SampledToken>* sampled) {
-  // The buffer holds as many draws as the largest step has rows; more draws (several per row) go in turns.
-  const size_t per_draw = sizeof(cuda::RowSampling) + 8;
-  const size_t mask_words = (static_cast<size_t>(config().vocab_size) + 31) / 32;
-  bool masked = false;
-  for (const RowSample& r : samples) masked = masked || !r.allowed.empty();
-  // Masked draws go in turns the masks buffer holds (a step's sequences), the others in turns of the sampling one.
-  const size_t capacity = std::min(sampling_.buffer.bytes() / per_draw,
-                                   masked && token_masks_.fixed ? token_masks_.buffer.bytes() / (mask_words * 4)
-                                                                : SIZE_MAX);
+  const int vocab = config().vocab_size;
+  const size_t mask_words = (static_cast<size_t>(vocab) + 31) / 32;
+  bool masked = false, penalized = false;
+  for (const RowSample& r : samples) {
+    masked = masked || !r.allowed.empty();
+    penalized = penalized || r.params.has_penalties();
+  }
+  // The buffer holds as many draws as the largest step has rows; more draws (several per row) go in turns, as do
+  // masked draws (a step's sequences at a time) and penalized ones (kPenalizedDrawsPerTurn at a time).
+  size_t capacity = sampling_.buffer.bytes() / kDrawBytes;
+  if (masked && token_masks_.fixed) capacity = std::min(capacity, token_masks_.buffer.bytes() / (mask_words * 4));
+  if (penalized) capacity = std::min<size_t>(capacity, kPenalizedDrawsPerTurn);
   if (capacity == 0) return absl::InternalError("no device buffer for sampling");
   for (size_t first = 0; first < samples.size(); first += capacity) {
     const size_t n = std::min(capacity, samples.size() - first);
+    char* base = static_cast<char*>(sampling_.buffer.get());
+    auto* d_params = reinterpret_cast<cuda::RowSampling*>(base);
+    auto* d_drawn = reinterpret_cast<int32_t*>(base + n * sizeof(cuda::RowSampling));
+    auto* d_logprobs = reinterpret_cast<float*>(d_drawn + n);
+    auto* d_top_ids = reinterpret_cast<int32_t*>(d_logprobs + n);
+    auto* d_top_lps = reinterpret_cast<float*>(d_top_ids + n * cuda::kMaxTopLogprobs);
     std::vector<cuda::RowSampling> params(n);
+    std::vector<cuda::PenaltyRow> penalty_rows;
+    std::vector<int32_t> penalty_words;  // per penalized draw: its distinct tokens, then their generated counts
     uint32_t* masks = nullptr;
     for (size_t i = 0; i < n; ++i) {
       const RowSample& r = samples[first + i];
       if (r.row < 0 || r.row >= R) {
         return absl::InvalidArgumentError(absl::StrCat("sample row ", r.row, " is outside the step's ", R, " logits rows"));
       }
-      params[i] = {r.row, r.params.temperature, r.params.top_k, r.params.top_p, r.params.seed, r.position, nullptr};
+      if (r.top_logprobs < 0 || r.top_logprobs > cuda::kMaxTopLogprobs) {
+        return absl::InvalidArgumentError(absl::StrCat("top_logprobs ", r.top_logprobs, " is outside [0, ",
+                                                       cuda::kMaxTopLogprobs, "]"));
+      }
+      params[i] = {r.row, r.params.temperature, r.params.top_k, r.params.top_p, r.params.seed, r.position, nullptr,
+                   nullptr, r.top_logprobs, d_top_ids + i * cuda::kMaxTopLogprobs,
+                   d_top_lps + i * cuda::kMaxTopLogprobs};
+      if (r.params.has_penalties()) {
+        const auto counts = PenaltyCounts(r.penalty_history, r.penalty_prompt_len, vocab);
+        if (counts.size() > static_cast<size_t>(limits_.max_context) + 1) {
+          return absl::InvalidArgumentError(absl::StrCat("a penalty history of ", counts.size(),
+                                                         " distinct tokens is longer than the context"));
+        }
+        float* adjusted = penalized_.buffer.as<float>() + penalty_rows.size() * static_cast<size_t>(vocab);
+        penalty_rows.push_back({logits + static_cast<int64_t>(r.row) * vocab, adjusted, nullptr, nullptr,
+                                static_cast<int>(counts.size()), r.params.repetition_penalty,
+                                r.params.presence_penalty, r.params.frequency_penalty});
+        for (const auto& [t, generated] : counts) penalty_words.push_back(t);
+        for (const auto& [t, generated] : counts) penalty_words.push_back(generated);
+        params[i].adjusted = adjusted;
+      }
       if (r.allowed.empty()) continue;
       if (r.allowed.size() != mask_words) {
         return absl::InvalidArgumentError(absl::StrCat("a token mask of ", r.allowed.size(), " words; the vocabulary needs ",
@@ -391,20 +422,44 @@ absl::Status CudaBackend::SampleOnDevice(const float* logits, int64_t R, std::sp
       GEMMA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(masks + i * mask_words, r.allowed.data(), mask_words * 4,
                                                  cudaMemcpyHostToDevice, stream_));
     }
-    char* base = static_cast<char*>(sampling_.buffer.get());
-    auto* d_params = reinterpret_cast<cuda::RowSampling*>(base);
-    auto* d_drawn = reinterpret_cast<int32_t*>(base + n * sizeof(cuda::RowSampling));
-    auto* d_logprobs = reinterpret_cast<float*>(base + n * sizeof(cuda::RowSampling) + n * 4);
+    if (!penalty_rows.empty()) {
+      // [PenaltyRow entries][each row's tokens, then its counts], in one copy.
+      char* pbase = static_cast<char*>(penalties_.buffer.get());
+      auto* words = reinterpret_cast<int32_t*>(pbase + penalty_rows.size() * sizeof(cuda::PenaltyRow));
+      for (size_t j = 0, at = 0; j < penalty_rows.size(); ++j) {
+        penalty_rows[j].tokens = words + at;
+        penalty_rows[j].generated = words + at + penalty_rows[j].count;
+        at += 2 * static_cast<size_t>(penalty_rows[j].count);
+      }
+      const size_t row_bytes = penalty_rows.size() * sizeof(cuda::PenaltyRow), word_bytes = penalty_words.size() * 4;
+      if (row_bytes + word_bytes > penalties_.buffer.bytes()) {
+        return absl::InternalError("penalty histories exceed the buffer planned at start");
+      }
+      GEMMA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(pbase, penalty_rows.data(), row_bytes, cudaMemcpyHostToDevice, stream_));
+      GEMMA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(words, penalty_words.data(), word_bytes, cudaMemcpyHostToDevice, stream_));
+      GEMMA_CUDA_RETURN_IF_ERROR(cuda::LaunchPenalizeRows(reinterpret_cast<const cuda::PenaltyRow*>(pbase),
+                                                          static_cast<int>(penalty_rows.size()), vocab, stream_));
+    }
     GEMMA_CUDA_RETURN_IF_ERROR(
         cudaMemcpyAsync(d_params, params.data(), n * sizeof(cuda::RowSampling), cudaMemcpyHostToDevice, stream_));
-    GEMMA_CUDA_RETURN_IF_ERROR(cuda::LaunchSampleRows(logits, static_cast<int>(n), config().vocab_size, d_params,
-                                                      d_drawn, d_logprobs, stream_));
-    std::vector<int32_t> ids(n);
-    std::vector<float> lps(n);
-    GEMMA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(ids.data(), d_drawn, n * 4, cudaMemcpyDeviceToHost, stream_));
-    GEMMA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(lps.data(), d_logprobs, n * 4, cudaMemcpyDeviceToHost, stream_));
-    GEMMA_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));  // `params` goes at the end of this turn
-    for (size_t i = 0; i < n; ++i) sampled->push_back({ids[i], lps[i]});
+    GEMMA_CUDA_RETURN_IF_ERROR(cuda::LaunchSampleRows(logits, static_cast<int>(n), vocab, d_params, d_drawn,
+                                                      d_logprobs, stream_));
+    // Token, log-prob and the top log-probs of every draw, in one copy.
+    const size_t out_bytes = n * 8 + n * cuda::kMaxTopLogprobs * 8;
+    std::vector<char> out(out_bytes);
+    GEMMA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(out.data(), d_drawn, out_bytes, cudaMemcpyDeviceToHost, stream_));
+    // `params`, `penalty_rows` and `penalty_words` go at the end of this turn.
+    GEMMA_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
+    const auto* ids = reinterpret_cast<const int32_t*>(out.data());
+    const auto* lps = reinterpret_cast<const float*>(ids + n);
+    const auto* top_ids = reinterpret_cast<const int32_t*>(lps + n);
+    const auto* top_lps = reinterpret_cast<const float*>(top_ids + n * cuda::kMaxTopLogprobs);
+    for (size_t i = 0; i < n; ++i) {
+      SampledToken& drawn = sampled->emplace_back(SampledToken{ids[i], lps[i], {}});
+      for (int k = 0; k < params[i].top_n; ++k) {
+        drawn.top_logprobs.push_back({top_ids[i * cuda::kMaxTopLogprobs + k], top_lps[i * cuda::kMaxTopLogprobs + k]});
+      }
+    }
   }
   return absl::OkStatus();
 }

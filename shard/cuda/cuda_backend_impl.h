@@ -103,6 +103,15 @@ class CudaBackend final : public Backend {
   int graphs_captured() const { return static_cast<int>(graphs_.size()); }
   // Decode batches up to this size are replayed from graphs (the planned memory keeps room for that many).
   static constexpr int kMaxGraphBatch = 256;
+  // One draw's room in the sampling buffer: its parameters, token, log-prob and top log-probs.
+  static constexpr size_t kDrawBytes = sizeof(cuda::RowSampling) + 8 + cuda::kMaxTopLogprobs * 8;
+  // Draws with penalties go this many at a time, each through a penalized copy of its logits row.
+  static constexpr int kPenalizedDrawsPerTurn = 8;
+  // The penalties buffer: a turn's PenaltyRow entries, then per draw at most a history's worth of distinct tokens
+  // and their generated counts.
+  static int64_t PenaltyBytes(int max_context) {
+    return kPenalizedDrawsPerTurn * static_cast<int64_t>(sizeof(cuda::PenaltyRow) + 8 * (static_cast<int64_t>(max_context) + 1));
+  }
 
   const ModelConfig& config() const override { return weights_->config(); }
   int num_kv_blocks() const override { return num_blocks_; }
@@ -177,8 +186,9 @@ class CudaBackend final : public Backend {
   bool enqueue_collectives_ = false;
   int64_t block_stride_ = 0, head_stride_ = 0, layer_stride_ = 0;
   Scratch x_, xn_, qkv_, attn_, proj_, gate_up_, act_buf_, logits_, gathered_, placed_, meta_, sampling_, token_masks_,
-      partials_,
-      prompt_qkv_, prompt_scores_, prompt_kv_;
+      partials_, prompt_qkv_, prompt_scores_, prompt_kv_,
+      penalized_,  // kPenalizedDrawsPerTurn penalized logits rows
+      penalties_;  // their PenaltyRow entries, then each row's distinct tokens and generated counts
   int multiprocessors_ = 1;
   void* host_meta_ = nullptr;
   size_t host_meta_bytes_ = 0;

@@ -71,7 +71,9 @@ absl::Status CudaBackend::ReserveStepBuffers() {
        static_cast<int64_t>(PromptAttentionMaxScratchBytes(limits_.max_context, static_cast<int>(T), tp.num_q_heads, act_)),
        "prompt attention scores"},
       {&prompt_kv_, static_cast<int64_t>(limits_.max_context) * 2 * kv_dim * ab, "prompt attention keys and values"},
-      {&sampling_, R * static_cast<int64_t>(sizeof(RowSampling) + 8), "sampling"},
+      {&sampling_, R * static_cast<int64_t>(kDrawBytes), "sampling"},
+      {&penalized_, kPenalizedDrawsPerTurn * static_cast<int64_t>(c.vocab_size) * 4, "penalized logits"},
+      {&penalties_, PenaltyBytes(limits_.max_context), "penalties"},
       // Masks only for the draws of one turn of SampleOnDevice, which takes at most B masked rows at a time.
       {&token_masks_, B * ((static_cast<int64_t>(c.vocab_size) + 31) / 32) * 4, "structured output masks"},
   };

@@ -175,6 +175,13 @@ class CudaHeadSize256Test : public ::testing::TestWithParam<std::string> {
       shape.tensor_prefix = "model.";
       shape.ignored_tensor_prefixes.clear();
       SetNumLayers(GetParam() == "gemma3-1b" ? 6 : 4, &shape);
+      // Random weights keep scores and logits small: caps this low bend them, as the published ones bend real
+      // models' (Gemma 2); a query scale other than the head size, as the 27B models have.
+      if (shape.family == ModelFamily::kGemma2) {
+        shape.attn_logit_softcap = 0.5f;
+        shape.final_logit_softcap = 1.0f;
+      }
+      shape.query_pre_attn_scalar = 144;
     }
     shape.head_dim = 256;
     shape.num_heads = 2;
@@ -247,15 +254,30 @@ INSTANTIATE_TEST_SUITE_P(Families, CudaHeadSize256Test, ::testing::Values("gemma
 // Runs of prompt tokens attend through cuBLASLt products a chunk of queries at a time; the tiled kernel is the
 // reference. A prompt long enough for three query chunks, whole (keys from the step's rows) and in three steps (the
 // later ones gather earlier keys from the paged cache), on random checkpoints with one kv head for all q heads (MQA:
-// K and V shared across the batch of heads), two q heads per kv head (GQA: the h-th head of every group batched)
-// and one per q head (MHA: K and V step along with Q), in f32 and bf16.
+// K and V shared across the batch of heads), one per q head (MHA: K and V step along with Q) and two q heads for
+// each of four kv heads (GQA: the h-th head of every group batched), the last also as Gemma 2 (a 300-key window
+// inside the 512-query chunks, soft-capped scores), in f32 and bf16.
 TEST_F(CudaBackendDeviceTest, PromptAttentionThroughGemmsMatchesTheTiledKernel) {
-  for (int kv_heads : {1, 2, 4}) {
+  struct Shape {
+    int heads, kv_heads;
+    bool gemma2;  // windows of 300 keys on alternate layers, soft-capped scores, a query scale of 24
+  };
+  for (const Shape& sh : {Shape{4, 1, false}, Shape{4, 4, false}, Shape{8, 4, false}, Shape{8, 4, true}}) {
     ModelConfig shape = TinyShape();
-    shape.num_kv_heads = kv_heads;
+    shape.num_heads = sh.heads;
+    shape.num_kv_heads = sh.kv_heads;
     shape.max_position_embeddings = 2048;
-    const std::string dir = ::testing::TempDir() + "/prompt_attention_" + std::to_string(kv_heads) + "_" +
-                            std::to_string(::getpid());
+    if (sh.gemma2) {
+      shape.family = ModelFamily::kGemma2;
+      shape.sliding_window = 300;
+      shape.attn_logit_softcap = 0.5f;
+      shape.final_logit_softcap = 1.0f;
+      shape.query_pre_attn_scalar = 24;
+      SetNumLayers(shape.num_layers, &shape);
+    }
+    const int kv_heads = sh.kv_heads;
+    const std::string dir = ::testing::TempDir() + "/prompt_attention_" + std::to_string(sh.heads) + "_" +
+                            std::to_string(kv_heads) + (sh.gemma2 ? "_g2_" : "_") + std::to_string(::getpid());
     ASSERT_TRUE(WriteRandomCheckpoint(dir, shape, {}, "").ok());
     std::vector<int32_t> prompt(1100);
     for (size_t i = 0; i < prompt.size(); ++i) prompt[i] = static_cast<int32_t>((i * 7919 + 13) % shape.vocab_size);
@@ -283,7 +305,8 @@ TEST_F(CudaBackendDeviceTest, PromptAttentionThroughGemmsMatchesTheTiledKernel) 
     const auto tiled = logits(false, CudaPrecision::kF32, {});
     ASSERT_EQ(tiled.size(), prompt.size() * shape.vocab_size);
     for (const std::vector<size_t>& cuts : {std::vector<size_t>{}, std::vector<size_t>{400, 800}}) {
-      const std::string what = std::to_string(kv_heads) + " kv heads, " + std::to_string(cuts.size() + 1) + " steps";
+      const std::string what = std::to_string(sh.heads) + " q heads over " + std::to_string(kv_heads) + " kv heads" +
+                               (sh.gemma2 ? " (Gemma 2)" : "") + ", " + std::to_string(cuts.size() + 1) + " steps";
       EXPECT_LT(MaxAbsDiff(logits(true, CudaPrecision::kF32, cuts), tiled), 1e-3) << what << ", f32";
       const auto gemm16 = logits(true, CudaPrecision::kBf16, cuts);
       ASSERT_EQ(gemm16.size(), tiled.size());
@@ -417,6 +440,76 @@ TEST_F(CudaBackendDeviceTest, DeviceSamplingKeepsToTheTokenMask) {
     seen.insert(tokens[i].token);
   }
   EXPECT_GE(seen.size(), 2u) << "temperature draws use more than one allowed token";
+}
+
+// Top log-probs and penalties are the device's too: a seeded row draws the same tokens whether or not it asks for
+// top log-probs, those are the host's TopLogProbs of the same logits, and penalties change the draw as the host's
+// ApplyPenalties says while the reported log-prob stays the model's.
+TEST_F(CudaBackendDeviceTest, DeviceSamplingReturnsTopLogprobsAndAppliesPenalties) {
+  auto backend = OpenCuda(GemmaTinyDir() + "/tiny-mqa", CudaPrecision::kF32);
+  ASSERT_NE(backend, nullptr);
+  const int vocab = backend->config().vocab_size;
+  const std::vector<int32_t> ids = {2, 3791, 323, 17};
+  const auto blocks = Blocks(ids.size(), 16);
+  SequenceStep step{ids, 0, blocks, LogitsWanted::kLast};
+  std::vector<RowSample> plain, with_top;
+  for (int i = 0; i < 300; ++i) {
+    RowSample r;
+    r.params.temperature = 0.9f;
+    r.params.top_p = 0.95f;
+    r.params.seed = 21;
+    r.position = i;
+    plain.push_back(r);
+    r.top_logprobs = 1 + i % 20;
+    with_top.push_back(r);
+  }
+  StepLogits logits;
+  std::vector<SampledToken> a, b;
+  ASSERT_TRUE(backend->ForwardAndSample({&step, 1}, plain, false, &logits, &a).ok());
+  ASSERT_TRUE(backend->ForwardAndSample({&step, 1}, with_top, false, &logits, &b).ok());
+  ASSERT_EQ(a.size(), b.size());
+  StepLogits l;
+  ASSERT_TRUE(backend->Forward({&step, 1}, &l).ok());
+  const std::vector<float> model(l.Row(0), l.Row(0) + vocab);
+  for (size_t i = 0; i < a.size(); ++i) {
+    ASSERT_EQ(a[i].token, b[i].token) << "draw " << i << ": asking for top log-probs changed the token";
+    EXPECT_TRUE(a[i].top_logprobs.empty());
+    const auto want = TopLogProbs(model.data(), vocab, with_top[i].top_logprobs);
+    ASSERT_EQ(b[i].top_logprobs.size(), want.size()) << "draw " << i;
+    for (size_t k = 0; k < want.size(); ++k) {
+      EXPECT_EQ(b[i].top_logprobs[k].token, want[k].first) << "draw " << i << " rank " << k;
+      EXPECT_NEAR(b[i].top_logprobs[k].logprob, want[k].second, 1e-4) << "draw " << i << " rank " << k;
+    }
+  }
+  // Greedy with penalties: the best token after the host applies them to the same logits. The history makes the
+  // model's best and second tokens generated and a third a prompt token, so the penalties move the choice.
+  std::vector<int> order(vocab);
+  for (int i = 0; i < vocab; ++i) order[i] = i;
+  std::sort(order.begin(), order.end(), [&](int x, int y) { return model[x] > model[y]; });
+  const std::vector<int32_t> history = {order[2], 5, order[0], order[1], order[0]};  // prompt: the first two
+  for (const SamplingParams& p : {SamplingParams{0, 0, 1, 0, 1.5f, 0, 0}, SamplingParams{0, 0, 1, 0, 1, 1.0f, 0},
+                                  SamplingParams{0, 0, 1, 0, 1.2f, 0.5f, 0.7f}}) {
+    RowSample r;
+    r.params = p;
+    r.penalty_history = history;
+    r.penalty_prompt_len = 2;
+    r.top_logprobs = 3;
+    std::vector<SampledToken> drawn;
+    ASSERT_TRUE(backend->ForwardAndSample({&step, 1}, {&r, 1}, false, &logits, &drawn).ok());
+    std::vector<float> adjusted = model;
+    ApplyPenalties(p, history, 2, adjusted.data(), vocab);
+    ASSERT_EQ(drawn.size(), 1u);
+    EXPECT_EQ(drawn[0].token, Argmax(adjusted.data(), vocab))
+        << "repetition " << p.repetition_penalty << " presence " << p.presence_penalty;
+    EXPECT_NEAR(drawn[0].logprob, LogSoftmax(model.data(), vocab)[drawn[0].token], 1e-4) << "the model's log-prob";
+    ASSERT_EQ(drawn[0].top_logprobs.size(), 3u);
+    EXPECT_EQ(drawn[0].top_logprobs[0].token, order[0]) << "top log-probs are the model's, not the penalized ones";
+  }
+  EXPECT_NE(Argmax(model.data(), vocab), [&] {
+    std::vector<float> adjusted = model;
+    ApplyPenalties(SamplingParams{0, 0, 1, 0, 1, 1.0f, 0}, history, 2, adjusted.data(), vocab);
+    return Argmax(adjusted.data(), vocab);
+  }()) << "the presence penalty must move the greedy choice for this test to mean anything";
 }
 
 // Decode steps replayed from CUDA graphs give exactly what launching them one by one gives, for several batch

@@ -119,19 +119,24 @@ absl::StatusOr<ModelConfig> PublishedShape(const std::string& name) {
 // model without its sliding windows, for the long-context comparison.
 absl::StatusOr<std::string> FullAttentionCopy(const std::string& dir, const ModelConfig& c) {
   const std::string out = dir + "-full-attention";
-  std::filesystem::create_directories(out);
+  std::error_code ec;
+  std::filesystem::create_directories(out, ec);
+  if (ec) return absl::InternalError(absl::StrCat("creating ", out, ": ", ec.message()));
   std::ifstream in(dir + "/config.json");
+  if (!in) return absl::NotFoundError(dir + "/config.json cannot be read");
   nlohmann::json j = nlohmann::json::parse(in, nullptr, false);
   if (j.is_discarded()) return absl::InvalidArgumentError(dir + "/config.json is not JSON");
   nlohmann::json& text = j.contains("text_config") ? j["text_config"] : j;
   text["layer_types"] = std::vector<std::string>(c.num_layers, "full_attention");
   text.erase("sliding_window_pattern");
   j.erase("sliding_window_pattern");
-  std::ofstream(out + "/config.json") << j.dump(2) << "\n";
+  std::ofstream config(out + "/config.json");
+  config << j.dump(2) << "\n";
+  if (!config.flush()) return absl::InternalError(absl::StrCat("writing ", out, "/config.json"));
   for (const auto& entry : std::filesystem::directory_iterator(dir)) {
     const std::string name = entry.path().filename().string();
-    if (name == "config.json" || std::filesystem::exists(out + "/" + name)) continue;
-    std::error_code ec;
+    if (name == "config.json") continue;
+    std::filesystem::remove(out + "/" + name, ec);  // a link left by an earlier run, dangling or not
     std::filesystem::create_symlink(std::filesystem::absolute(entry.path()), out + "/" + name, ec);
     if (ec) return absl::InternalError(absl::StrCat("linking ", name, " into ", out, ": ", ec.message()));
   }
@@ -162,6 +167,9 @@ int Run() {
     batches.push_back(v);
   }
   const int context = absl::GetFlag(FLAGS_context), steps = absl::GetFlag(FLAGS_steps), prompt = absl::GetFlag(FLAGS_prompt);
+  if (batches.empty() || context < 1 || steps < 1 || prompt < 1) {
+    return Fail(absl::InvalidArgumentError("--batches needs a batch size; --context, --steps and --prompt at least 1"));
+  }
   auto ckpt = Checkpoint::Open(dir);
   if (!ckpt.ok()) return Fail(ckpt.status());
   const std::shared_ptr<const Checkpoint> checkpoint(std::move(*ckpt));
@@ -274,7 +282,8 @@ int Run() {
     if (!r.ok()) return {{"error", std::string(r.status().message())}};
     double kv_read = 0;
     for (int layer = 0; layer < m.num_layers; ++layer) {
-      const double seen = m.IsLocal(layer) ? std::min(long_context, m.sliding_window) : long_context;
+      const double mean_context = long_context + steps / 2.0 + 2;  // as the sweep's floor counts it
+      const double seen = m.IsLocal(layer) ? std::min<double>(mean_context, m.sliding_window) : mean_context;
       kv_read += seen * 2.0 * m.num_kv_heads * m.head_dim * 2;
     }
     const double step_ms = 1000.0 / r->tokens_per_s;

@@ -198,6 +198,14 @@ cudaError_t LaunchBf16ToF32(const uint16_t* in, float* out, int64_t n, cudaStrea
 }
 
 static_assert(sizeof(RowSampling) == sizeof(kernels::RowSamplingParams));
+static_assert(sizeof(PenaltyRow) == sizeof(kernels::PenaltyRowParams));
+static_assert(kMaxTopLogprobs == kernels::kMaxTopLogprobs);
+
+cudaError_t LaunchPenalizeRows(const PenaltyRow* rows, int n, int64_t vocab, cudaStream_t stream) {
+  if (n == 0) return cudaSuccess;
+  kernels::PenalizeRows<<<n, 1024, 0, stream>>>(reinterpret_cast<const kernels::PenaltyRowParams*>(rows), vocab);
+  return cudaGetLastError();
+}
 
 cudaError_t LaunchSampleRows(const float* logits, int rows, int64_t vocab, const RowSampling* params, int32_t* token,
                              float* logprob, cudaStream_t stream) {

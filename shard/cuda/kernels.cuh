@@ -6,6 +6,7 @@
 #include <cuda_runtime.h>
 
 #include <cfloat>
+#include <climits>
 #include <cstdint>
 
 #include "shard/cuda/launch.cuh"
@@ -497,7 +498,37 @@ struct RowSamplingParams {
   uint64_t seed;
   int64_t position;
   const uint32_t* allowed;  // structured output: bit t of word t / 32 set = token t may be drawn; null: any
+  const float* adjusted;    // the row with the sequence's penalties applied, drawn from instead; null: the row
+  int top_n;                // the n most likely tokens returned with their log-probs (0..kMaxTopLogprobs)
+  int32_t* top_ids;         // [top_n]
+  float* top_logprobs;      // [top_n]
 };
+constexpr int kMaxTopLogprobs = 20;
+
+// One penalized draw's row (see ApplyPenalties on the host: repetition over prompt and output, presence and
+// frequency over generated tokens only): `count` distinct tokens, each with how often it was generated.
+struct PenaltyRowParams {
+  const float* logits;  // the model's row
+  float* adjusted;      // its penalized copy
+  const int32_t* tokens;
+  const int32_t* generated;
+  int count;
+  float repetition, presence, frequency;
+};
+
+// One block per penalized row: the row copied, then each listed token's logit penalized in the copy.
+__global__ void PenalizeRows(const PenaltyRowParams* rows, int64_t vocab) {
+  const PenaltyRowParams p = rows[blockIdx.x];
+  for (int64_t i = threadIdx.x; i < vocab; i += blockDim.x) p.adjusted[i] = p.logits[i];
+  __syncthreads();
+  for (int i = threadIdx.x; i < p.count; i += blockDim.x) {
+    const int32_t t = p.tokens[i];
+    float l = p.adjusted[t];
+    if (p.repetition != 1.0f) l = l > 0 ? l / p.repetition : l * p.repetition;
+    if (p.generated[i] > 0) l -= p.presence + p.frequency * static_cast<float>(p.generated[i]);
+    p.adjusted[t] = l;
+  }
+}
 
 __device__ __forceinline__ uint64_t SplitMix64(uint64_t x) {
   x += 0x9e3779b97f4a7c15ull;
@@ -568,15 +599,18 @@ __global__ void F32ToBf16(const float* in, __nv_bfloat16* out, int64_t n) {
 // value, no sort), with a uniform number derived from (seed, position) only; greedy (lowest id on ties) when the
 // temperature is 0. logprob is the chosen token's log-softmax at temperature 1 (the model's own). With a mask
 // (p.allowed), only allowed tokens are drawn: every threshold and mass is taken over them alone, while the
-// log-prob stays the unmasked model's.
+// log-prob stays the unmasked model's. With p.adjusted (penalties), the draw reads that row instead; log-probs
+// stay the model's. With p.top_n, the n most likely tokens of the model's row follow (ties: lower id first), with
+// their log-probs, as the host's TopLogProbs gives them.
 __global__ void __launch_bounds__(1024) SampleRows(const float* logits, int64_t vocab, const RowSamplingParams* params, int32_t* token,
                            float* logprob) {
   const RowSamplingParams p = params[blockIdx.x];
-  const float* x = logits + static_cast<int64_t>(p.row) * vocab;
+  const float* model = logits + static_cast<int64_t>(p.row) * vocab;
+  const float* x = p.adjusted != nullptr ? p.adjusted : model;  // what the draw reads
   auto allowed = [&](int64_t i) { return p.allowed == nullptr || ((p.allowed[i >> 5] >> (i & 31)) & 1u) != 0; };
   float model_max = -FLT_MAX, local_max = -FLT_MAX, local_min = FLT_MAX;
   for (int64_t i = threadIdx.x; i < vocab; i += blockDim.x) {
-    model_max = fmaxf(model_max, x[i]);
+    model_max = fmaxf(model_max, model[i]);
     if (!allowed(i)) continue;
     local_max = fmaxf(local_max, x[i]);
     local_min = fminf(local_min, x[i]);
@@ -585,7 +619,7 @@ __global__ void __launch_bounds__(1024) SampleRows(const float* logits, int64_t 
   const float m = BlockMax(local_max);  // over the allowed tokens: what the draw is relative to
   const float lo_all = -BlockMax(-local_min);
   float z = 0;
-  for (int64_t i = threadIdx.x; i < vocab; i += blockDim.x) z += expf(x[i] - mm);
+  for (int64_t i = threadIdx.x; i < vocab; i += blockDim.x) z += expf(model[i] - mm);
   const float lse = logf(BlockSum(z));
   __shared__ int64_t chosen;
   if (p.temperature == 0.0f) {
@@ -679,7 +713,34 @@ __global__ void __launch_bounds__(1024) SampleRows(const float* logits, int64_t 
   }
   if (threadIdx.x == 0) {
     token[blockIdx.x] = static_cast<int32_t>(chosen);
-    logprob[blockIdx.x] = x[chosen] - mm - lse;
+    logprob[blockIdx.x] = model[chosen] - mm - lse;
+  }
+  // The most likely tokens, one pass each: the best of those ranked after the previous pick (lower logit, or the
+  // same logit and a higher id).
+  float prev_value = FLT_MAX;
+  int64_t prev_id = -1;
+  __shared__ unsigned long long best_key;
+  for (int k = 0; k < p.top_n; ++k) {
+    float best = -FLT_MAX;
+    for (int64_t i = threadIdx.x; i < vocab; i += blockDim.x) {
+      const float v = model[i];
+      if ((v < prev_value || (v == prev_value && i > prev_id)) && v > best) best = v;
+    }
+    best = BlockMax(best);
+    if (threadIdx.x == 0) best_key = ULLONG_MAX;
+    __syncthreads();
+    for (int64_t i = threadIdx.x; i < vocab; i += blockDim.x) {
+      const float v = model[i];
+      if (v == best && (v < prev_value || i > prev_id)) atomicMin(&best_key, static_cast<unsigned long long>(i));
+    }
+    __syncthreads();
+    prev_value = best;
+    prev_id = static_cast<int64_t>(best_key);
+    if (threadIdx.x == 0) {
+      p.top_ids[k] = static_cast<int32_t>(prev_id);
+      p.top_logprobs[k] = best - mm - lse;
+    }
+    __syncthreads();  // best_key is read above before the next pass resets it
   }
 }
 

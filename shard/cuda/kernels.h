@@ -111,9 +111,27 @@ struct RowSampling {
   uint64_t seed;
   int64_t position;
   const uint32_t* allowed;  // device words of the token mask (see kernels::SampleRows); null: any token
+  const float* adjusted;    // the row with penalties applied (LaunchPenalizeRows), drawn from instead; null: none
+  int top_n;                // most likely tokens returned with their log-probs, 0..kMaxTopLogprobs
+  int32_t* top_ids;         // device [top_n]
+  float* top_logprobs;      // device [top_n]
 };
+inline constexpr int kMaxTopLogprobs = 20;
 cudaError_t LaunchSampleRows(const float* logits, int rows, int64_t vocab, const RowSampling* params, int32_t* token,
                              float* logprob, cudaStream_t stream);
+
+// Penalties on the device: each row's logits copied to `adjusted`, then its listed tokens penalized there as the
+// host's ApplyPenalties does (repetition: divided when positive, multiplied when negative; presence and
+// frequency: for tokens generated at least once).
+struct PenaltyRow {
+  const float* logits;
+  float* adjusted;
+  const int32_t* tokens;     // device: distinct tokens of the sequence so far
+  const int32_t* generated;  // device: how often each was generated (0: only in the prompt)
+  int count;
+  float repetition, presence, frequency;
+};
+cudaError_t LaunchPenalizeRows(const PenaltyRow* rows, int n, int64_t vocab, cudaStream_t stream);
 
 // c[m, n] = sum_k a[m, k] * w[n, k] for M <= kSmallBatchMaxRows (a and w of `type`, a's rows K apart): the decode
 // GEMM (kernels::SmallBatchGemm). cudaErrorInvalidValue when M, K, ldw or the pointers do not suit it.

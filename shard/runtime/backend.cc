@@ -162,14 +162,18 @@ absl::Status Backend::ForwardAndSample(std::span<const SequenceStep> batch, std:
   for (const RowSample& r : samples) {
     const float* row = out->Row(r.row);
     int token;
-    if (r.allowed.empty()) {
+    if (r.allowed.empty() && !r.params.has_penalties()) {
       token = SampleAt(r.params, r.position, row, vocab);
-    } else {  // on a copy: the reported log-prob stays the model's own
-      std::vector<float> masked(row, row + vocab);
-      ApplyTokenMask(r.allowed, masked.data(), vocab);
-      token = SampleAt(r.params, r.position, masked.data(), vocab);
+    } else {  // on a copy: reported log-probs stay the model's own
+      std::vector<float> adjusted(row, row + vocab);
+      ApplyPenalties(r.params, r.penalty_history, r.penalty_prompt_len, adjusted.data(), vocab);
+      if (!r.allowed.empty()) ApplyTokenMask(r.allowed, adjusted.data(), vocab);
+      token = SampleAt(r.params, r.position, adjusted.data(), vocab);
     }
-    tokens->push_back({token, static_cast<float>(LogProbOf(row, vocab, token))});
+    SampledToken& drawn = tokens->emplace_back(SampledToken{token, static_cast<float>(LogProbOf(row, vocab, token)), {}});
+    for (const auto& [id, lp] : TopLogProbs(row, vocab, r.top_logprobs)) {
+      drawn.top_logprobs.push_back({id, static_cast<float>(lp)});
+    }
   }
   return absl::OkStatus();
 }

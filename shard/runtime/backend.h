@@ -54,13 +54,19 @@ struct StepTimings {
 // One logits row to turn into a token where the logits are (on a GPU: without copying them to the host).
 struct RowSample {
   int row = 0;              // index into the step's logits rows
-  SamplingParams params;    // penalties are not applied here (they need the sequence's history on the host)
+  SamplingParams params;
   int64_t position = 0;     // the position the token takes; with the seed, it fixes the draw
   std::span<const uint32_t> allowed;  // structured output's mask (see StepRow::allowed_tokens); empty: any token
+  // With params.has_penalties(): the sequence's tokens so far, its first penalty_prompt_len the prompt
+  // (ApplyPenalties). The draw reads the penalized logits; log-probs stay the model's.
+  std::span<const int32_t> penalty_history;
+  size_t penalty_prompt_len = 0;
+  int top_logprobs = 0;  // the most likely tokens returned with the draw, 0..20
 };
 struct SampledToken {
   int32_t token = -1;
   float logprob = 0;  // log-softmax of the unmodified logits
+  std::vector<TokenLogprob> top_logprobs;  // the model's most likely tokens, most likely first (ties: lower id)
 };
 
 // Adds wall time to whichever counter is current. Not thread-safe.

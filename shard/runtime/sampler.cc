@@ -31,6 +31,14 @@ double LogSumExp(const float* logits, int vocab) {
 void ApplyPenalties(const SamplingParams& p, std::span<const int32_t> history, size_t prompt_len, float* logits,
                     int vocab) {
   if (!p.has_penalties()) return;
+  for (const auto& [t, generated] : PenaltyCounts(history, prompt_len, vocab)) {
+    float& l = logits[t];
+    if (p.repetition_penalty != 1.0f) l = l > 0 ? l / p.repetition_penalty : l * p.repetition_penalty;
+    if (generated > 0) l -= p.presence_penalty + p.frequency_penalty * static_cast<float>(generated);
+  }
+}
+
+std::vector<std::pair<int32_t, int>> PenaltyCounts(std::span<const int32_t> history, size_t prompt_len, int vocab) {
   prompt_len = std::min(prompt_len, history.size());
   // (token, generated occurrences); a token seen only in the prompt counts 0.
   std::vector<std::pair<int32_t, int>> counts;
@@ -39,14 +47,14 @@ void ApplyPenalties(const SamplingParams& p, std::span<const int32_t> history, s
     if (history[i] >= 0 && history[i] < vocab) counts.emplace_back(history[i], i >= prompt_len ? 1 : 0);
   }
   std::sort(counts.begin(), counts.end());
+  std::vector<std::pair<int32_t, int>> out;
   for (size_t i = 0; i < counts.size();) {
     const int32_t t = counts[i].first;
     int generated = 0;
     for (; i < counts.size() && counts[i].first == t; ++i) generated += counts[i].second;
-    float& l = logits[t];
-    if (p.repetition_penalty != 1.0f) l = l > 0 ? l / p.repetition_penalty : l * p.repetition_penalty;
-    if (generated > 0) l -= p.presence_penalty + p.frequency_penalty * static_cast<float>(generated);
+    out.emplace_back(t, generated);
   }
+  return out;
 }
 
 void ApplyTokenMask(std::span<const uint32_t> allowed, float* logits, int vocab) {

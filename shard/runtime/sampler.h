@@ -18,6 +18,9 @@ namespace gemma {
 // generated n > 0 times loses presence_penalty once and frequency_penalty n times; the prompt does not count.
 void ApplyPenalties(const SamplingParams& params, std::span<const int32_t> history, size_t prompt_len, float* logits,
                     int vocab);
+// What ApplyPenalties reads of a history: each distinct token of the vocabulary in it (ascending) with how many
+// times it was generated (0: only in the prompt). A GPU applies the penalties from this.
+std::vector<std::pair<int32_t, int>> PenaltyCounts(std::span<const int32_t> history, size_t prompt_len, int vocab);
 
 // Structured output: every token whose bit is clear in `allowed` (bit t of word t / 32) gets -infinity, so no
 // sampling mode can draw it.

@@ -102,8 +102,8 @@ absl::StatusOr<std::vector<RowResult>> RunRows(Backend& backend, std::span<const
     if (!read_offsets[steps.size()].empty()) step.activations = r.activations;
     steps.push_back(step);
   }
-  // Rows that need nothing but a draw are sampled by the backend (on a GPU, where the logits are); the others
-  // (penalties, top log-probs, scoring) read the logits on the host.
+  // Draws are the backend's (on a GPU, where the logits are), penalties and top log-probs included, so that a
+  // seeded row draws the same tokens whatever else it asks for; only scoring rows read the logits on the host.
   std::vector<RowSample> plain;
   std::vector<int> plain_of(rows.size(), -1);
   bool host_needs_logits = false;
@@ -113,10 +113,18 @@ absl::StatusOr<std::vector<RowResult>> RunRows(Backend& backend, std::span<const
     const int n = steps[i].logits == LogitsWanted::kAll ? static_cast<int>(r.tokens.size())
                   : steps[i].logits == LogitsWanted::kLast ? 1
                                                            : 0;
-    if (r.sample && r.score_targets.empty() && !r.sampling.has_penalties() && r.top_logprobs == 0) {
+    if (r.sample && r.score_targets.empty()) {
       plain_of[i] = static_cast<int>(plain.size());
-      plain.push_back({logit_row + n - 1, r.sampling,
-                       static_cast<int64_t>(r.start_pos) + static_cast<int64_t>(r.tokens.size()), r.allowed_tokens});
+      RowSample& s = plain.emplace_back();
+      s.row = logit_row + n - 1;
+      s.params = r.sampling;
+      s.position = static_cast<int64_t>(r.start_pos) + static_cast<int64_t>(r.tokens.size());
+      s.allowed = r.allowed_tokens;
+      if (r.sampling.has_penalties()) {
+        s.penalty_history = history != nullptr ? history->Tokens(r.sequence_id) : r.penalty_history;
+        s.penalty_prompt_len = static_cast<size_t>(r.penalty_prompt_len);
+      }
+      s.top_logprobs = r.top_logprobs;
     } else if (n > 0) {
       host_needs_logits = true;
     }
@@ -147,9 +155,11 @@ absl::StatusOr<std::vector<RowResult>> RunRows(Backend& backend, std::span<const
       }
     }
     if (plain_of[i] >= 0) {
+      SampledToken& drawn = sampled[plain_of[i]];
       out.sampled = true;
-      out.token = sampled[plain_of[i]].token;
-      out.logprob = sampled[plain_of[i]].logprob;
+      out.token = drawn.token;
+      out.logprob = drawn.logprob;
+      out.top_logprobs = std::move(drawn.top_logprobs);
       continue;
     }
     if (steps[i].logits == LogitsWanted::kNone) continue;
