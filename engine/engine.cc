@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
+#include "engine/status_macros.h"
 
 namespace gemma {
 
@@ -136,7 +137,9 @@ absl::Status Engine::Step(const UpdateFn& on_update, const std::function<void(ui
   }
   InFlight done = std::move(*in_flight_);
   in_flight_ = std::move(next);
-  absl::StatusOr<std::vector<RowResult>> results = CheckResults(done.plan, done.result.get());
+  std::vector<uint64_t> planned_ids;
+  for (const PlannedSequence& p : done.plan) planned_ids.push_back(p.sequence->id);
+  absl::StatusOr<std::vector<RowResult>> results = CheckResults(planned_ids, done.result.get());
   if (!results.ok()) {
     if (in_flight_) {
       in_flight_->result.wait();  // it cannot run without the draws of the one that failed
@@ -179,7 +182,7 @@ absl::Status Engine::RunNow(const std::vector<PlannedSequence>& plan, std::vecto
     for (size_t i = 0; i < plan.size(); ++i) rows[i] = RowFor(plan[i], /*full_history=*/true);
     results = Execute(rows, &errors);
   }
-  if (!results.ok()) return results.status();
+  RETURN_IF_ERROR(results.status());
   for (const PlannedSequence& p : plan) p.sequence->history_sent = true;
   Apply(plan, *results, errors, on_update, {});
   return absl::OkStatus();
@@ -304,17 +307,18 @@ void Engine::ReleaseRemoved() {
   finished_early_.clear();
 }
 
-absl::StatusOr<std::vector<RowResult>> Engine::CheckResults(const std::vector<PlannedSequence>& plan,
+// The executor's answer, checked: one result per planned sequence, in the plan's order.
+absl::StatusOr<std::vector<RowResult>> Engine::CheckResults(std::span<const uint64_t> planned,
                                                             absl::StatusOr<std::vector<RowResult>> results) {
-  if (!results.ok()) return results.status();
-  if (results->size() != plan.size()) {
-    return absl::InternalError(absl::StrCat("the step planned ", plan.size(), " sequences but ", results->size(),
+  RETURN_IF_ERROR(results.status());
+  if (results->size() != planned.size()) {
+    return absl::InternalError(absl::StrCat("the step planned ", planned.size(), " sequences but ", results->size(),
                                             " results came back"));
   }
-  for (size_t i = 0; i < plan.size(); ++i) {
-    if ((*results)[i].sequence_id != plan[i].sequence->id) {
+  for (size_t i = 0; i < planned.size(); ++i) {
+    if ((*results)[i].sequence_id != planned[i]) {
       return absl::InternalError(absl::StrCat("result ", i, " is for sequence ", (*results)[i].sequence_id,
-                                              ", planned was ", plan[i].sequence->id));
+                                              ", planned was ", planned[i]));
     }
   }
   return results;
@@ -323,20 +327,10 @@ absl::StatusOr<std::vector<RowResult>> Engine::CheckResults(const std::vector<Pl
 absl::StatusOr<std::vector<RowResult>> Engine::Execute(const std::vector<StepRow>& rows,
                                                        std::vector<absl::Status>* errors) {
   errors->assign(rows.size(), absl::OkStatus());
-  auto checked = [&](absl::StatusOr<std::vector<RowResult>> results, size_t first,
-                     size_t count) -> absl::StatusOr<std::vector<RowResult>> {
-    if (!results.ok()) return results.status();
-    if (results->size() != count) {
-      return absl::InternalError(absl::StrCat("the step planned ", count, " sequences but ", results->size(),
-                                              " results came back"));
-    }
-    for (size_t i = 0; i < count; ++i) {
-      if ((*results)[i].sequence_id != rows[first + i].sequence_id) {
-        return absl::InternalError(absl::StrCat("result ", i, " is for sequence ", (*results)[i].sequence_id,
-                                                ", planned was ", rows[first + i].sequence_id));
-      }
-    }
-    return results;
+  std::vector<uint64_t> ids;
+  for (const StepRow& r : rows) ids.push_back(r.sequence_id);
+  auto checked = [&](absl::StatusOr<std::vector<RowResult>> results, size_t first, size_t count) {
+    return CheckResults(std::span<const uint64_t>(ids).subspan(first, count), std::move(results));
   };
   auto all = checked(executor_->Execute(rows), 0, rows.size());
   if (all.ok() || !absl::IsInvalidArgument(all.status()) || rows.size() == 1) {

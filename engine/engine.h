@@ -106,7 +106,7 @@ class Engine {
              const std::vector<absl::Status>& errors, const UpdateFn& on_update,
              const absl::flat_hash_set<uint64_t>& still_running);
   void ReleaseRemoved();
-  static absl::StatusOr<std::vector<RowResult>> CheckResults(const std::vector<PlannedSequence>& plan,
+  static absl::StatusOr<std::vector<RowResult>> CheckResults(std::span<const uint64_t> planned,
                                                              absl::StatusOr<std::vector<RowResult>> results);
   // Runs the rows; when the executor refuses the batch as malformed, row by row. `errors[i]` is row i's refusal.
   absl::StatusOr<std::vector<RowResult>> Execute(const std::vector<StepRow>& rows, std::vector<absl::Status>* errors);

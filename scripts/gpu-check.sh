@@ -7,7 +7,8 @@
 # Logs land in $GEMMA_GPU_CHECK_DIR (default /tmp/gpu-check). Where $OUT is set, the summary is written there as it
 # goes (summary.txt) and the logs are packed there at the end (gpu-check-logs.tar.gz), so a run cut short still
 # returns what it found. GEMMA_GPU_CHECK_PARTS picks parts (default tests,serve,bench,router,hf; also gemma23: the
-# Gemma 3 27B shape, bf16, decode at context 512 and at 32k with and without its sliding windows, prefill);
+# Gemma 3 27B shape, bf16, decode at context 512 and at 32k with and without its sliding windows, prefill; and
+# overlap: the router's share of a batch-1 token on the 7B shape with overlapped steps off and on);
 # GEMMA_GPU_TEST_FILTER is passed to every test binary as --gtest_filter. Test data: tests/data (gemma-tiny), or
 # $GEMMA_TESTDATA with gemma2-tiny and gemma3-tiny beside it.
 set -uo pipefail
@@ -158,6 +159,29 @@ for k, v in b.get("errors", {}).items():
 PY
   else
     echo "FAIL gemma-cuda-bench gemma3-27b"; tail -20 "$work/bench-gemma3.log"; failed=1
+  fi
+fi
+
+if wants overlap; then
+  section "the router's share of a batch-1 token on $model: overlapped steps off and on, against the engine alone"
+  # The engine alone at the requests' mean context (128-token prompts, 128 new tokens).
+  if timeout 240 build-gpu/gemma-cuda-bench --model "$model" --make_7b --batches 1 --context 192 --steps 64 \
+       --prompt 128 --sections "" --json "$work/overlap-engine.json" > "$work/overlap-engine.log" 2>&1; then
+    engine=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["decode"][0]["tokens_per_s"])' \
+      "$work/overlap-engine.json")
+    echo "engine alone, batch 1, context 192: $engine tok/s"
+    for o in off on; do
+      if GEMMA_OVERLAP_STEPS=$o timeout 150 bash scripts/gpu-serve-bench.sh "$model" 1 128 128 \
+           > "$work/overlap-$o.json" 2> "$work/overlap-$o.log"; then
+        cp "$work/overlap-$o.json" "${OUT:-$work}/" 2>/dev/null
+        echo "overlapped steps $o:"; python3 scripts/router_bench_summary.py "$work/overlap-$o.json" "$engine"
+      else
+        echo "FAIL router bench, overlap $o"; tail -15 "$work/overlap-$o.log"; failed=1
+      fi
+    done
+    cp "$work/overlap-engine.json" "${OUT:-$work}/" 2>/dev/null
+  else
+    echo "FAIL gemma-cuda-bench (engine alone)"; tail -20 "$work/overlap-engine.log"; failed=1
   fi
 fi
 
