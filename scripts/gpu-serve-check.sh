@@ -37,3 +37,23 @@ n = ref["first_step_with_margin_below_1e-3"] or len(ref["generated_ids"])
 assert got[:n] == ref["generated_ids"][:n], (got, ref["generated_ids"])
 print(f"the GPU worker's greedy tokens match the reference for {n} steps")
 PY
+# The gemma command's own engine on the GPU (the CUDA module loaded in process), on a Gemma 1 and, where the
+# shared test data is there, a Gemma 2 reference: the same greedy tokens.
+check_generate() {  # MODEL_DIR REFERENCE_DIR
+  "$bin/gemma" generate --model "$1" --device cuda --precision f32 --json --max-new-tokens 32 \
+    --prompt-ids "$(python3 -c 'import json, sys; print(",".join(map(str, json.load(open(sys.argv[1]))["results"][0]["prompt_ids"])))' "$2/generations.json")" \
+    > "$out/generate.json"
+  python3 - "$out/generate.json" "$2/generations.json" <<'PY'
+import json, sys
+got = json.load(open(sys.argv[1]))["token_ids"]
+ref = json.load(open(sys.argv[2]))["results"][0]
+n = ref["first_step_with_margin_below_1e-3"] or len(ref["generated_ids"])
+assert got[:n] == ref["generated_ids"][:n], (got, ref["generated_ids"])
+print(f"gemma generate --device cuda matches {sys.argv[2].split('/')[-2]}'s reference for {n} steps")
+PY
+}
+if [[ "${GEMMA_CHECK_DEVICE:-cuda}" == cuda ]]; then
+  check_generate "$model" tests/data/gemma-tiny/reference/tiny-mqa
+  g2=${GEMMA_TESTDATA:-tests/data}/gemma2-tiny
+  if [[ -d $g2/tiny-g2 ]]; then check_generate "$g2/tiny-g2" "$g2/reference/tiny-g2"; fi
+fi
