@@ -18,6 +18,11 @@ absl::Status Engine::Add(uint64_t id, SequenceSpec spec) {
     return absl::InvalidArgumentError(absl::StrCat("max_new_tokens ", spec.max_new_tokens, " is invalid; allowed: ",
                                                    spec.score ? ">= 0 when scoring" : ">= 1"));
   }
+  if (!spec.score_targets.empty() && (!spec.score || spec.score_targets.size() != spec.prompt.size())) {
+    return absl::InvalidArgumentError(absl::StrCat(spec.score_targets.size(), " score targets for a ",
+                                                   spec.prompt.size(), "-token ", spec.score ? "scored" : "generated",
+                                                   " prompt; allowed: one per prompt token, when scoring"));
+  }
   auto s = std::make_unique<ScheduledSequence>();
   s->id = id;
   s->tokens = spec.prompt;
@@ -81,9 +86,14 @@ StepRow Engine::RowFor(const PlannedSequence& p, bool full_history) const {
   }
   if (s.spec.score) {
     row.score_targets.resize(p.count);
+    const bool given = !s.spec.score_targets.empty();
     for (int i = 0; i < p.count; ++i) {
       const int next = p.start + i + 1;
-      row.score_targets[i] = next < s.prompt_len && next > s.scored ? s.tokens[next] : -1;
+      if (given) {
+        row.score_targets[i] = next > s.scored ? s.spec.score_targets[p.start + i] : -1;
+      } else {
+        row.score_targets[i] = next < s.prompt_len && next > s.scored ? s.tokens[next] : -1;
+      }
     }
     row.top_logprobs = s.spec.top_logprobs;
     return row;
@@ -244,7 +254,8 @@ void Engine::Apply(const std::vector<PlannedSequence>& plan, const std::vector<R
     } else if (s.spec.score) {
       // Row i scores position start + i + 1.
       const int from = std::max(s.scored + 1, p.start + 1);
-      const int to = std::min(p.start + p.count + 1, s.prompt_len);
+      // Given targets score the last prompt position too.
+      const int to = std::min(p.start + p.count + 1, s.prompt_len + (s.spec.score_targets.empty() ? 0 : 1));
       if (r.score_logprobs.size() != static_cast<size_t>(p.count)) {
         u.finish = FinishReason::kFailed;
         u.error = absl::InternalError(absl::StrCat("sequence ", s.id, ": ", r.score_logprobs.size(),

@@ -1,4 +1,5 @@
 #include "engine/engine.h"
+#include "engine/status_macros.h"
 
 #include <map>
 #include <set>
@@ -86,6 +87,49 @@ TEST(EngineTest, ScoresEveryPromptTokenOnceAcrossChunks) {
   EXPECT_EQ((*done)[0].prompt_logprobs, (std::vector<float>{-1, -2, -3, -4, -5, -6, -7}));
   EXPECT_EQ((*done)[0].finish, FinishReason::kScored);
   EXPECT_TRUE((*done)[0].tokens.empty());
+}
+
+// Scores each row against the target it is given: -(target + 0.5), 0 where none.
+class TargetEchoExecutor : public PositionExecutor {
+ public:
+  absl::StatusOr<std::vector<RowResult>> Execute(std::span<const StepRow> rows) override {
+    ASSIGN_OR_RETURN(std::vector<RowResult> out, PositionExecutor::Execute(rows));
+    for (size_t r = 0; r < rows.size(); ++r) {
+      out[r].score_logprobs.clear();
+      for (int32_t t : rows[r].score_targets) out[r].score_logprobs.push_back(t < 0 ? 0.0f : -(t + 0.5f));
+    }
+    return out;
+  }
+};
+
+// KerasNLP's target_ids: every position's logits (the last prompt position's too) scored against the target the
+// caller gave for it, once, across chunks; -1 scores nothing there.
+TEST(EngineTest, GivenScoreTargetsScoreEveryPositionAgainstThem) {
+  TargetEchoExecutor exec;
+  EngineOptions o = Options();
+  o.limits.max_prefill_chunk = 3;
+  Engine engine(o, &exec);
+  auto spec = Prompt(8, 0);
+  spec.score = true;
+  spec.score_targets = {7, 11, -1, 3, 0, 9, 2, 5};
+  auto done = RunBatch(engine, {spec});
+  ASSERT_TRUE(done.ok()) << done.status();
+  EXPECT_EQ((*done)[0].prompt_logprobs, (std::vector<float>{-7.5f, -11.5f, 0, -3.5f, -0.5f, -9.5f, -2.5f, -5.5f}));
+  EXPECT_EQ((*done)[0].finish, FinishReason::kScored);
+}
+
+TEST(EngineTest, ScoreTargetsMustMatchTheScoredPrompt) {
+  PositionExecutor exec;
+  Engine engine(Options(), &exec);
+  auto spec = Prompt(4, 0);
+  spec.score = true;
+  spec.score_targets = {1, 2, 3};
+  const absl::Status short_targets = engine.Add(1, spec);
+  EXPECT_TRUE(absl::IsInvalidArgument(short_targets)) << short_targets;
+  EXPECT_NE(short_targets.message().find("one per prompt token"), std::string::npos) << short_targets;
+  auto generate = Prompt(4, 2);
+  generate.score_targets = {1, 2, 3, 4};
+  EXPECT_TRUE(absl::IsInvalidArgument(engine.Add(2, generate)));
 }
 
 TEST(EngineTest, AFailedStepLeavesSequencesToRetryAndAShortAnswerIsAnError) {

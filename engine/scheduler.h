@@ -27,6 +27,10 @@ struct SequenceSpec {
   SamplingParams sampling;
   int32_t top_logprobs = 0;       // alternatives with each sampled token, or at each scored position
   bool score = false;              // log-probs of the prompt's tokens instead of generating
+  // With score: the token each prompt position's logits are scored against (one per prompt token; -1: none), as
+  // KerasNLP's target_ids; scores then cover positions 1..prompt_len (position t + 1 holds target t). Empty: each
+  // position against the next prompt token.
+  std::vector<int32_t> score_targets;
   std::vector<int32_t> stop_ids;   // generation ends after one of these
   uint64_t cache_salt = 0;         // sequences with other salts never share cached KV (another adapter, say)
   // Structured output: the tokens this sequence may draw, asked at every sampling step. Null: any. One per

@@ -269,6 +269,14 @@ v1::ScoreResponse ActiveRequest::ScoreResult() {
     out = score_;
     top = score_top_;
   }
+  if (options_.score_losses) {
+    double sum = 0;
+    for (float lp : out.logprobs()) {
+      out.add_losses(-lp);
+      sum -= lp;
+    }
+    out.set_loss_sum(sum);
+  }
   for (const auto& position : top) {
     auto* alts = out.add_top_logprobs();
     for (const auto& [id, lp] : position) {

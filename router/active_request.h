@@ -39,6 +39,8 @@ class ActiveRequest {
     uint64_t seed = 0;
     bool score = false;  // score the prompt instead of generating
     int32_t score_top_logprobs = 0;
+    std::vector<int32_t> score_targets;  // one per prompt token (see SequenceSpec::score_targets); empty: next tokens
+    bool score_losses = false;           // SCORING_MODE_LOSS: the result carries losses and their sum
     // The API it came through, for the metrics' protocol and endpoint labels.
     std::string protocol = "grpc";
     std::string endpoint;

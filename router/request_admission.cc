@@ -101,6 +101,7 @@ absl::StatusOr<std::vector<int32_t>> RequestAdmission::ScorePrompt(const ServedM
   RETURN_IF_ERROR(ValidateScoreRequest(request, limits_, model_limits));
   ASSIGN_OR_RETURN(std::vector<int32_t> prompt, PromptIds(model, request.input()));
   RETURN_IF_ERROR(gemma::ValidateScoreLength(static_cast<int32_t>(prompt.size()), limits_, model_limits));
+  RETURN_IF_ERROR(gemma::ValidateScoreTargets(request, static_cast<int32_t>(prompt.size()), model_limits));
   return prompt;
 }
 
@@ -108,11 +109,14 @@ absl::StatusOr<std::shared_ptr<ActiveRequest>> RequestAdmission::AdmitScore(cons
                                                                             std::vector<int32_t> prompt,
                                                                             int32_t top_logprobs, Origin origin,
                                                                             ModelChanges changes,
-                                                                            const ActivationAsk& activations) const {
+                                                                            const ActivationAsk& activations,
+                                                                            ScoreTargets targets) const {
   ActiveRequest::Options o;
   o.prompt = std::move(prompt);
   o.score = true;
   o.score_top_logprobs = top_logprobs;
+  o.score_targets = std::move(targets.ids);
+  o.score_losses = targets.losses;
   o.adapter = std::move(changes.adapter);
   o.interventions = std::move(changes.interventions);
   o.activations = activations.points;

@@ -21,6 +21,16 @@
 
 namespace gemma {
 
+// What a Score request scores against (ScoreRequest.target_ids, checked by ScorePrompt) and whether it wants
+// losses (SCORING_MODE_LOSS).
+struct ScoreTargets {
+  std::vector<int32_t> ids;
+  bool losses = false;
+};
+inline ScoreTargets ScoreTargetsOf(const v1::ScoreRequest& request) {
+  return {{request.target_ids().begin(), request.target_ids().end()}, request.mode() == v1::SCORING_MODE_LOSS};
+}
+
 // Thread-safe.
 class RequestAdmission {
  public:
@@ -72,7 +82,8 @@ class RequestAdmission {
   absl::StatusOr<std::shared_ptr<ActiveRequest>> AdmitScore(const ServedModel& model, std::vector<int32_t> prompt,
                                                             int32_t top_logprobs, Origin origin,
                                                             ModelChanges changes = {},
-                                                            const ActivationAsk& activations = {}) const;
+                                                            const ActivationAsk& activations = {},
+                                                            ScoreTargets targets = {}) const;
   // A request's adapter and interventions, checked against the model and the adapters the groups hold.
   absl::StatusOr<ModelChanges> Changes(const ServedModel& model, const std::string& adapter,
                                        const google::protobuf::RepeatedPtrField<v1::Intervention>& interventions,

@@ -124,6 +124,26 @@ absl::Status ValidateScoreRequest(const v1::ScoreRequest& request, const RouterL
   return absl::OkStatus();
 }
 
+absl::Status ValidateScoreTargets(const v1::ScoreRequest& request, int32_t tokens, const ModelLimits& model) {
+  if (!v1::ScoringMode_IsValid(request.mode())) {
+    return Invalid(absl::StrCat("mode ", request.mode(), " is invalid; allowed: SCORING_MODE_LOGPROBS (0), ",
+                                "SCORING_MODE_LOSS (1)"));
+  }
+  if (request.target_ids_size() == 0) return absl::OkStatus();
+  if (request.target_ids_size() != tokens) {
+    return Invalid(absl::StrCat("target_ids has ", request.target_ids_size(), " ids for an input of ", tokens,
+                                " tokens (<bos> included); allowed: one per token, or none"));
+  }
+  for (int i = 0; i < request.target_ids_size(); ++i) {
+    const int32_t t = request.target_ids(i);
+    if (t < -1 || t >= model.vocab_size) {
+      return Invalid(absl::StrCat("target_ids[", i, "] = ", t, " is outside the vocabulary; allowed: -1 (not ",
+                                  "scored) or 0..", model.vocab_size - 1));
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::Status ValidateScoreLength(int32_t tokens, const RouterLimits& router, const ModelLimits& model) {
   const int32_t limit = std::min(router.max_total_tokens, model.context);
   if (tokens < 2 || tokens > limit) {

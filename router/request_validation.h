@@ -49,5 +49,8 @@ absl::Status ValidateScoreRequest(const v1::ScoreRequest& request, const RouterL
 // After tokenization: a scored input has at least two tokens and fits the context and the router's total (a
 // scored token costs what a prompt token of Generate does).
 absl::Status ValidateScoreLength(int32_t tokens, const RouterLimits& router, const ModelLimits& model);
+// target_ids (none, or one per scored token, each in [-1, vocab)) and the scoring mode, once the input's token
+// count is known.
+absl::Status ValidateScoreTargets(const v1::ScoreRequest& request, int32_t tokens, const ModelLimits& model);
 
 }  // namespace gemma

@@ -172,7 +172,8 @@ absl::StatusOr<std::shared_ptr<ActiveRequest>> RouterService::AdmitScore(const S
   }
   auto active =
       admission_.AdmitScore(model, std::move(plan.prompt), request.top_logprobs(),
-                            {.protocol = "grpc", .endpoint = endpoint}, *std::move(changes), plan.activations);
+                            {.protocol = "grpc", .endpoint = endpoint}, *std::move(changes), plan.activations,
+                            ScoreTargetsOf(request));
   if (!active.ok()) CountRejected(active.status(), endpoint);
   return active;
 }

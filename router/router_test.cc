@@ -467,6 +467,65 @@ TEST_F(RouterTest, ScoreReturnsTheTopAlternativesOfEachPosition) {
   }
 }
 
+// KerasNLP's scoring modes: target_ids score each position's logits (the last one's too) against a given token,
+// and SCORING_MODE_LOSS adds the cross-entropies and their sum. With the next tokens as targets the log-probs are
+// plain Score's, one position longer.
+TEST_F(RouterTest, ScoreAgainstGivenTargetsWithLosses) {
+  const auto scores = nlohmann::json::parse(testing::ReadFile(GemmaTinyDir() + "/reference/tiny-mqa/scores.json"));
+  const auto ids = scores["prompts"][0]["ids"].get<std::vector<int>>();
+  v1::ScoreRequest plain;
+  for (int id : ids) plain.mutable_input()->mutable_token_ids()->add_ids(id);
+  v1::ScoreResponse base;
+  {
+    grpc::ClientContext ctx;
+    ASSERT_TRUE(Client()->Score(&ctx, plain, &base).ok());
+  }
+  EXPECT_EQ(base.losses_size(), 0) << "losses only in SCORING_MODE_LOSS";
+  v1::ScoreRequest req = plain;
+  for (size_t t = 0; t + 1 < ids.size(); ++t) req.add_target_ids(ids[t + 1]);
+  req.add_target_ids(17);   // the last position, which plain Score cannot score
+  req.set_target_ids(2, -1);  // not scored
+  req.set_mode(v1::SCORING_MODE_LOSS);
+  v1::ScoreResponse resp;
+  {
+    grpc::ClientContext ctx;
+    const grpc::Status s = Client()->Score(&ctx, req, &resp);
+    ASSERT_TRUE(s.ok()) << s.error_message();
+  }
+  ASSERT_EQ(resp.logprobs_size(), static_cast<int>(ids.size()));
+  ASSERT_EQ(resp.losses_size(), resp.logprobs_size());
+  double sum = 0;
+  for (int t = 0; t < resp.logprobs_size(); ++t) {
+    if (t == 2) {
+      EXPECT_EQ(resp.logprobs(t), 0.0f);
+    } else if (t + 1 < static_cast<int>(ids.size())) {
+      EXPECT_NEAR(resp.logprobs(t), base.logprobs(t), 1e-5) << t;
+    } else {
+      EXPECT_LT(resp.logprobs(t), 0.0f) << "the last position is scored against its target";
+    }
+    EXPECT_FLOAT_EQ(resp.losses(t), -resp.logprobs(t)) << t;
+    sum += resp.losses(t);
+  }
+  EXPECT_NEAR(resp.loss_sum(), sum, 1e-4);
+  // Bad targets: the wrong count, a token outside the vocabulary, an unknown mode.
+  auto refused = [&](v1::ScoreRequest bad, const std::string& expect) {
+    v1::ScoreResponse r;
+    grpc::ClientContext ctx;
+    const grpc::Status s = Client()->Score(&ctx, bad, &r);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << expect;
+    EXPECT_NE(s.error_message().find(expect), std::string::npos) << s.error_message();
+  };
+  v1::ScoreRequest short_targets = req;
+  short_targets.mutable_target_ids()->RemoveLast();
+  refused(short_targets, "one per token");
+  v1::ScoreRequest outside = req;
+  outside.set_target_ids(0, 1 << 20);
+  refused(outside, "outside the vocabulary");
+  v1::ScoreRequest mode = plain;
+  mode.set_mode(static_cast<v1::ScoringMode>(7));
+  refused(mode, "SCORING_MODE_LOSS");
+}
+
 TEST_F(RouterTest, ScoreRespectsMaxTotalTokens) {
   OwnWorker worker = StartOwnWorker();
   RouterProcess router = StartRouter({worker.port}, {"--max_total_tokens=16"});

@@ -366,6 +366,7 @@ absl::StatusOr<SequenceSpec> WorkerGroup::SpecFor(const ActiveRequest& r) const 
   spec.prompt = o.prompt;
   spec.max_new_tokens = o.max_new_tokens;
   spec.score = o.score;
+  spec.score_targets = o.score_targets;
   spec.activations = o.activations;
   spec.activation_positions = o.activation_positions;
   spec.stop_ids = o.stop_ids;
