@@ -272,7 +272,7 @@ v1::ScoreResponse ActiveRequest::ScoreResult() {
   if (options_.score_losses) {
     double sum = 0;
     for (float lp : out.logprobs()) {
-      out.add_losses(-lp);
+      out.add_losses(0.0f - lp);  // +0 where a position is not scored
       sum -= lp;
     }
     out.set_loss_sum(sum);

@@ -48,6 +48,7 @@ export LD_LIBRARY_PATH="$libs:${LD_LIBRARY_PATH:-}"
 # The shared test data beside the checkout where it is there (every reference model), else the bundled gemma-tiny.
 [[ -d ../shared/testdata/gemma2-tiny ]] && default_testdata="$(cd ../shared/testdata && pwd)" || default_testdata="$PWD/tests/data"
 export GEMMA_TESTDATA="${GEMMA_TESTDATA:-$default_testdata}"
+echo "test data: $GEMMA_TESTDATA ($(ls "$GEMMA_TESTDATA" | tr '\n' ' '))"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$work/gpu.txt"
 failed=0
 
@@ -68,7 +69,7 @@ fi
 
 if wants serve; then
   section "serving on the GPU: gemma-worker --device cuda, gemma-router, gemma client (tiny-mqa, f32)"
-  if timeout 90 bash scripts/gpu-serve-check.sh "$work" > "$work/serve.log" 2>&1; then
+  if timeout 180 bash scripts/gpu-serve-check.sh "$work" > "$work/serve.log" 2>&1; then
     echo "PASS serve: $(tail -1 "$work/serve.log")"
     grep "too little GPU memory" "$work/serve.log"
     grep -o "device memory.*" "$work/worker.err" | head -1

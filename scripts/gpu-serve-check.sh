@@ -37,6 +37,9 @@ n = ref["first_step_with_margin_below_1e-3"] or len(ref["generated_ids"])
 assert got[:n] == ref["generated_ids"][:n], (got, ref["generated_ids"])
 print(f"the GPU worker's greedy tokens match the reference for {n} steps")
 PY
+# The serving processes go first: the gemma command plans its own KV cache from what the GPU has free.
+kill $worker $router 2>/dev/null || true
+wait $worker $router 2>/dev/null || true
 # The gemma command's own engine on the GPU (the CUDA module loaded in process), on a Gemma 1 and, where the
 # shared test data is there, a Gemma 2 reference: the same greedy tokens.
 check_generate() {  # MODEL_DIR REFERENCE_DIR

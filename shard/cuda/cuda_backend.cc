@@ -358,19 +358,21 @@ absl::Status CudaBackend::SampleOnDevice(const float* logits, int64_t R, std::sp
                                          std::vector<SampledToken>* sampled) {
   const int vocab = config().vocab_size;
   const size_t mask_words = (static_cast<size_t>(vocab) + 31) / 32;
-  bool masked = false, penalized = false;
-  for (const RowSample& r : samples) {
-    masked = masked || !r.allowed.empty();
-    penalized = penalized || r.params.has_penalties();
-  }
+  bool masked = false;
+  for (const RowSample& r : samples) masked = masked || !r.allowed.empty();
   // The buffer holds as many draws as the largest step has rows; more draws (several per row) go in turns, as do
-  // masked draws (a step's sequences at a time) and penalized ones (kPenalizedDrawsPerTurn at a time).
+  // masked draws (a step's sequences at a time) and penalized ones (kPenalizedDrawsPerTurn a turn).
   size_t capacity = sampling_.buffer.bytes() / kDrawBytes;
   if (masked && token_masks_.fixed) capacity = std::min(capacity, token_masks_.buffer.bytes() / (mask_words * 4));
-  if (penalized) capacity = std::min<size_t>(capacity, kPenalizedDrawsPerTurn);
   if (capacity == 0) return absl::InternalError("no device buffer for sampling");
-  for (size_t first = 0; first < samples.size(); first += capacity) {
-    const size_t n = std::min(capacity, samples.size() - first);
+  for (size_t first = 0, n = 0; first < samples.size(); first += n) {
+    // This turn's draws: up to `capacity`, of which at most kPenalizedDrawsPerTurn penalized.
+    n = 0;
+    for (int penalized_in_turn = 0; first + n < samples.size() && n < capacity; ++n) {
+      if (!samples[first + n].params.has_penalties()) continue;
+      if (penalized_in_turn == kPenalizedDrawsPerTurn) break;
+      ++penalized_in_turn;
+    }
     char* base = static_cast<char*>(sampling_.buffer.get());
     auto* d_params = reinterpret_cast<cuda::RowSampling*>(base);
     auto* d_drawn = reinterpret_cast<int32_t*>(base + n * sizeof(cuda::RowSampling));

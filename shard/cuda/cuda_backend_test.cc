@@ -505,6 +505,30 @@ TEST_F(CudaBackendDeviceTest, DeviceSamplingReturnsTopLogprobsAndAppliesPenaltie
     ASSERT_EQ(drawn[0].top_logprobs.size(), 3u);
     EXPECT_EQ(drawn[0].top_logprobs[0].token, order[0]) << "top log-probs are the model's, not the penalized ones";
   }
+  // More penalized draws than one turn holds, between plain ones, and one masked too: each as the host says.
+  std::vector<RowSample> many;
+  std::vector<int32_t> want;
+  std::vector<uint32_t> mask((vocab + 31) / 32, 0);
+  for (int id : {order[0], order[1], order[5]}) mask[id / 32] |= 1u << (id % 32);
+  for (int i = 0; i < 30; ++i) {
+    RowSample r;
+    if (i % 3 != 2) {
+      r.params.presence_penalty = 0.1f * (i % 10);
+      r.params.repetition_penalty = 1.0f + 0.05f * i;
+      r.penalty_history = history;
+      r.penalty_prompt_len = 2;
+    }
+    if (i == 7) r.allowed = mask;
+    std::vector<float> adjusted = model;
+    ApplyPenalties(r.params, history, 2, adjusted.data(), vocab);
+    if (!r.allowed.empty()) ApplyTokenMask(r.allowed, adjusted.data(), vocab);
+    want.push_back(Argmax(adjusted.data(), vocab));
+    many.push_back(r);
+  }
+  std::vector<SampledToken> drawn_many;
+  ASSERT_TRUE(backend->ForwardAndSample({&step, 1}, many, false, &logits, &drawn_many).ok());
+  ASSERT_EQ(drawn_many.size(), many.size());
+  for (size_t i = 0; i < many.size(); ++i) EXPECT_EQ(drawn_many[i].token, want[i]) << "draw " << i;
   EXPECT_NE(Argmax(model.data(), vocab), [&] {
     std::vector<float> adjusted = model;
     ApplyPenalties(SamplingParams{0, 0, 1, 0, 1, 1.0f, 0}, history, 2, adjusted.data(), vocab);
