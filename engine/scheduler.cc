@@ -49,6 +49,24 @@ void Scheduler::AttachCachedPrefix(ScheduledSequence& s) {
   s.computed = static_cast<int32_t>(hit);
 }
 
+bool Scheduler::WaitsForInFlightPrefix(const ScheduledSequence& s) const {
+  if (!blocks_.prefix_cache() || s.spec.computes_every_position()) return false;
+  const int64_t block = blocks_.block_size();
+  for (const auto& r : running_) {
+    if (r->computed >= r->prompt_len || r->spec.cache_salt != s.spec.cache_salt ||
+        r->spec.computes_every_position()) {
+      continue;
+    }
+    // Whole blocks both prompts start with, short of s's last token (which s always computes itself).
+    const int64_t n = std::min<int64_t>(r->prompt_len, static_cast<int64_t>(s.prompt_len) - 1);
+    int64_t common = 0;
+    while (common < n && r->tokens[common] == s.tokens[common]) ++common;
+    common = common / block * block;
+    if (common > s.computed && common > r->computed) return true;
+  }
+  return false;
+}
+
 std::vector<PlannedSequence> Scheduler::Schedule() {
   ++steps_;
   std::vector<PlannedSequence> plan;
@@ -90,7 +108,7 @@ std::vector<PlannedSequence> Scheduler::Schedule() {
     if (s->preempted_at_step == steps_) break;
     AttachCachedPrefix(*s);
     const int count = chunk(*s);
-    if (!blocks_.EnsureCapacity(s->blocks, s->computed + count)) {  // FCFS: no overtaking
+    if (WaitsForInFlightPrefix(*s) || !blocks_.EnsureCapacity(s->blocks, s->computed + count)) {  // FCFS
       blocks_.Free(s->blocks);
       s->computed = 0;
       s->chain = {};

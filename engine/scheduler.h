@@ -75,7 +75,9 @@ struct PlannedSequence {
 // chunks so running decodes never stall behind it. A queued sequence starts after the longest prefix the prefix
 // cache holds for it. When a running sequence cannot get a block, the most recently admitted one is preempted: its
 // blocks are released and it goes back to the front of the queue, to be recomputed, but not in the step that
-// preempted it. Not thread-safe.
+// preempted it. A queued sequence whose prompt shares whole blocks with one still being prefilled waits for them
+// (the queue with it) rather than computing them again: n samples of one prompt, or requests under one system
+// prompt, prefill it once and share its blocks. Not thread-safe.
 class Scheduler {
  public:
   Scheduler(SchedulerLimits limits, int num_blocks, int block_size, bool prefix_cache = false);
@@ -106,6 +108,8 @@ class Scheduler {
   void Preempt(size_t index);
   // Takes the cached prefix of a sequence that holds no blocks.
   void AttachCachedPrefix(ScheduledSequence& s);
+  // Whether a running sequence is still computing whole blocks of `s`'s prompt beyond what `s` found cached.
+  bool WaitsForInFlightPrefix(const ScheduledSequence& s) const;
 
   SchedulerLimits limits_;
   BlockManager blocks_;

@@ -166,6 +166,50 @@ TEST(SchedulerTest, ASecondRequestStartsAfterTheCachedPrefix) {
   EXPECT_EQ(plan[0].count, 4);
 }
 
+// Samples of one prompt admitted together: the first prefills it, the others wait for its whole blocks and then
+// start after them; every sequence's tokens are what it would give alone.
+TEST(SchedulerTest, SequencesWaitForTheBlocksAnotherIsPrefilling) {
+  Scheduler sched({8, 512, 16, /*max_prefill_chunk=*/8}, 64, 4, /*prefix_cache=*/true);
+  for (uint64_t id = 1; id <= 4; ++id) ASSERT_TRUE(sched.Enqueue(Request(id, 18, 2)).ok());
+  auto plan = sched.Schedule();
+  ASSERT_EQ(plan.size(), 1u) << "the others wait for the blocks the first is computing";
+  EXPECT_EQ(plan[0].sequence->id, 1u);
+  int computed = 0;
+  std::map<uint64_t, int> starts;
+  for (int step = 0; step < 20 && (sched.running() > 0 || sched.queued() > 0); ++step) {
+    if (step > 0) plan = sched.Schedule();
+    for (const auto& p : plan) {
+      if (p.sequence->generated() == 0 && !starts.count(p.sequence->id)) starts[p.sequence->id] = p.start;
+      if (p.start < p.sequence->prompt_len) computed += std::min(p.count, p.sequence->prompt_len - p.start);
+      sched.Advance(p, p.sample ? p.start + p.count : -1);
+    }
+    std::vector<uint64_t> finished;
+    for (const auto& p : plan) {
+      if (p.sequence->generated() >= p.sequence->spec.max_new_tokens) finished.push_back(p.sequence->id);
+    }
+    for (uint64_t id : finished) {
+      auto s = sched.Remove(id);
+      EXPECT_EQ(std::vector<int32_t>(s->tokens.begin() + s->prompt_len, s->tokens.end()),
+                (std::vector<int32_t>{18, 19}))
+          << "sequence " << id;
+    }
+  }
+  EXPECT_EQ(sched.running() + sched.queued(), 0);
+  for (uint64_t id = 2; id <= 4; ++id) EXPECT_EQ(starts[id], 16) << "sequence " << id << " starts after 4 blocks";
+  EXPECT_EQ(computed, 18 + 3 * 2) << "the prompt is prefilled once, then each sample's last positions";
+  EXPECT_EQ(sched.prefix_hit_tokens(), 3 * 16);
+}
+
+// A running prompt that shares nothing (or only part of a block) holds nobody back.
+TEST(SchedulerTest, UnrelatedPromptsDoNotWait) {
+  Scheduler sched({8, 512, 16, 8}, 64, 4, true);
+  ASSERT_TRUE(sched.Enqueue(Request(1, 18, 2)).ok());
+  auto other = Request(2, 18, 2);
+  for (size_t i = 3; i < other->tokens.size(); ++i) other->tokens[i] += 100;  // differs inside the first block
+  ASSERT_TRUE(sched.Enqueue(std::move(other)).ok());
+  EXPECT_EQ(sched.Schedule().size(), 2u);
+}
+
 TEST(SchedulerTest, ScoringNeverStartsFromTheCache) {
   Scheduler sched({8, 512, 16}, 64, 4, true);
   ASSERT_TRUE(sched.Enqueue(Request(1, 18, 2)).ok());
