@@ -57,12 +57,11 @@ bool Scheduler::WaitsForInFlightPrefix(const ScheduledSequence& s) const {
         r->spec.computes_every_position()) {
       continue;
     }
-    // Whole blocks both prompts start with, short of s's last token (which s always computes itself).
+    // s waits when both prompts start with one more whole block than either has computed, short of s's last token
+    // (which s always computes itself).
     const int64_t n = std::min<int64_t>(r->prompt_len, static_cast<int64_t>(s.prompt_len) - 1);
-    int64_t common = 0;
-    while (common < n && r->tokens[common] == s.tokens[common]) ++common;
-    common = common / block * block;
-    if (common > s.computed && common > r->computed) return true;
+    const int64_t need = (std::max<int64_t>(s.computed, r->computed) / block + 1) * block;
+    if (need <= n && std::equal(s.tokens.begin(), s.tokens.begin() + need, r->tokens.begin())) return true;
   }
   return false;
 }
@@ -102,17 +101,23 @@ std::vector<PlannedSequence> Scheduler::Schedule() {
     }
   }
   // Then the queue, first come first served, while budget, batch size and blocks allow. A sequence preempted by
-  // this step waits for the next one: taking it back now would only preempt again.
-  while (!queue_.empty() && budget > 0 && static_cast<int>(running_.size()) < limits_.max_batch_size) {
-    ScheduledSequence* s = queue_.front().get();
+  // this step waits for the next one: taking it back now would only preempt again. One waiting for blocks another
+  // is prefilling is passed over until they are named.
+  for (size_t q = 0; q < queue_.size() && budget > 0 && static_cast<int>(running_.size()) < limits_.max_batch_size;) {
+    ScheduledSequence* s = queue_[q].get();
     if (s->preempted_at_step == steps_) break;
     AttachCachedPrefix(*s);
+    const bool waits = WaitsForInFlightPrefix(*s);
     const int count = chunk(*s);
-    if (WaitsForInFlightPrefix(*s) || !blocks_.EnsureCapacity(s->blocks, s->computed + count)) {  // FCFS
+    if (waits || !blocks_.EnsureCapacity(s->blocks, s->computed + count)) {
       blocks_.Free(s->blocks);
       s->computed = 0;
       s->chain = {};
-      break;
+      if (waits) {
+        ++q;
+        continue;
+      }
+      break;  // no overtaking for blocks
     }
     if (blocks_.prefix_cache() && !s->spec.computes_every_position() && s->preemptions == 0) {  // once per request, when admitted
       prefix_query_tokens_ += s->prompt_len;
@@ -120,8 +125,8 @@ std::vector<PlannedSequence> Scheduler::Schedule() {
     }
     plan.push_back({s, s->computed, count, s->computed + count == static_cast<int>(s->tokens.size())});
     budget -= count;
-    running_.push_back(std::move(queue_.front()));
-    queue_.pop_front();
+    running_.push_back(std::move(queue_[q]));
+    queue_.erase(queue_.begin() + static_cast<std::ptrdiff_t>(q));
   }
   return plan;
 }

@@ -76,8 +76,8 @@ struct PlannedSequence {
 // cache holds for it. When a running sequence cannot get a block, the most recently admitted one is preempted: its
 // blocks are released and it goes back to the front of the queue, to be recomputed, but not in the step that
 // preempted it. A queued sequence whose prompt shares whole blocks with one still being prefilled waits for them
-// (the queue with it) rather than computing them again: n samples of one prompt, or requests under one system
-// prompt, prefill it once and share its blocks. Not thread-safe.
+// (later ones may pass it) rather than computing them again: n samples of one prompt, or requests under one
+// system prompt, prefill it once and share its blocks. Not thread-safe.
 class Scheduler {
  public:
   Scheduler(SchedulerLimits limits, int num_blocks, int block_size, bool prefix_cache = false);

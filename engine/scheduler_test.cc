@@ -1,6 +1,7 @@
 #include "engine/scheduler.h"
 
 #include <map>
+#include <set>
 
 #include "gtest/gtest.h"
 
@@ -200,14 +201,39 @@ TEST(SchedulerTest, SequencesWaitForTheBlocksAnotherIsPrefilling) {
   EXPECT_EQ(sched.prefix_hit_tokens(), 3 * 16);
 }
 
-// A running prompt that shares nothing (or only part of a block) holds nobody back.
-TEST(SchedulerTest, UnrelatedPromptsDoNotWait) {
+// Only a prompt that shares a whole block with the one being prefilled waits, and it holds nobody back: not one
+// sharing only part of a block, one under another cache salt, a scoring request, nor one queued behind it.
+TEST(SchedulerTest, OnlySharersWaitAndOthersPassThem) {
   Scheduler sched({8, 512, 16, 8}, 64, 4, true);
   ASSERT_TRUE(sched.Enqueue(Request(1, 18, 2)).ok());
-  auto other = Request(2, 18, 2);
-  for (size_t i = 3; i < other->tokens.size(); ++i) other->tokens[i] += 100;  // differs inside the first block
-  ASSERT_TRUE(sched.Enqueue(std::move(other)).ok());
-  EXPECT_EQ(sched.Schedule().size(), 2u);
+  ASSERT_TRUE(sched.Enqueue(Request(2, 18, 2)).ok());  // shares every block: waits
+  auto partial = Request(3, 18, 2);
+  for (size_t i = 3; i < partial->tokens.size(); ++i) partial->tokens[i] += 100;  // differs inside block 0
+  ASSERT_TRUE(sched.Enqueue(std::move(partial)).ok());
+  auto salted = Request(4, 18, 2);
+  salted->spec.cache_salt = 7;  // another adapter: never shares KV
+  ASSERT_TRUE(sched.Enqueue(std::move(salted)).ok());
+  auto score = Request(5, 18, 0);
+  score->spec.score = true;
+  ASSERT_TRUE(sched.Enqueue(std::move(score)).ok());
+  std::set<uint64_t> planned;
+  for (const auto& p : sched.Schedule()) planned.insert(p.sequence->id);
+  EXPECT_EQ(planned, (std::set<uint64_t>{1, 3, 4, 5}));
+  EXPECT_EQ(sched.queued(), 1);
+}
+
+// The sequence a waiter waits on goes away (cancelled): the waiter is admitted at once, from the start.
+TEST(SchedulerTest, AWaiterWhoseLeaderGoesIsAdmitted) {
+  Scheduler sched({8, 512, 16, 8}, 64, 4, true);
+  ASSERT_TRUE(sched.Enqueue(Request(1, 18, 2)).ok());
+  ASSERT_TRUE(sched.Enqueue(Request(2, 18, 2)).ok());
+  for (const auto& p : sched.Schedule()) sched.Advance(p, -1);  // the leader's first 8 positions
+  ASSERT_EQ(sched.queued(), 1);
+  ASSERT_NE(sched.Remove(1), nullptr);
+  auto plan = sched.Schedule();
+  ASSERT_EQ(plan.size(), 1u);
+  EXPECT_EQ(plan[0].sequence->id, 2u);
+  EXPECT_EQ(plan[0].start, 8) << "the two blocks the leader named before it went";
 }
 
 TEST(SchedulerTest, ScoringNeverStartsFromTheCache) {
