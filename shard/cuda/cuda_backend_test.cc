@@ -335,15 +335,26 @@ TEST_F(CudaBackendDeviceTest, Bf16GreedyTokensDoNotDependOnTheBatch) {
   EXPECT_EQ(alone[0], together[0]);
 }
 
+// The sampling tests draw from the last row of one step of tiny-mqa in f32.
+class CudaSamplingTest : public CudaBackendDeviceTest {
+ protected:
+  void SetUp() override {
+    CudaBackendDeviceTest::SetUp();
+    if (IsSkipped()) return;
+    backend = OpenCuda(GemmaTinyDir() + "/tiny-mqa", CudaPrecision::kF32);
+    ASSERT_NE(backend, nullptr);
+    vocab = backend->config().vocab_size;
+  }
+  std::unique_ptr<Backend> backend;
+  int vocab = 0;
+  const std::vector<int32_t> ids = {2, 3791, 323, 17};
+  const std::vector<int32_t> blocks = Blocks(ids.size(), 16);
+  const SequenceStep step{ids, 0, blocks, LogitsWanted::kLast};
+};
+
 // Tokens drawn on the device: greedy is the argmax with its log-prob; top-k and top-p stay inside their sets; the
 // same (seed, position) gives the same token; many positions follow the softmax.
-TEST_F(CudaBackendDeviceTest, DeviceSamplingFollowsTheLogits) {
-  auto backend = OpenCuda(GemmaTinyDir() + "/tiny-mqa", CudaPrecision::kF32);
-  ASSERT_NE(backend, nullptr);
-  const int vocab = backend->config().vocab_size;
-  const std::vector<int32_t> ids = {2, 3791, 323, 17};
-  const auto blocks = Blocks(ids.size(), 16);
-  SequenceStep step{ids, 0, blocks, LogitsWanted::kLast};
+TEST_F(CudaSamplingTest, DeviceSamplingFollowsTheLogits) {
   std::vector<RowSample> samples;
   RowSample greedy;
   samples.push_back(greedy);
@@ -403,13 +414,7 @@ TEST_F(CudaBackendDeviceTest, DeviceSamplingFollowsTheLogits) {
 
 // Structured output's mask on the device: only allowed tokens are drawn, greedy takes the best allowed one, and
 // the reported log-prob stays the unmasked model's.
-TEST_F(CudaBackendDeviceTest, DeviceSamplingKeepsToTheTokenMask) {
-  auto backend = OpenCuda(GemmaTinyDir() + "/tiny-mqa", CudaPrecision::kF32);
-  ASSERT_NE(backend, nullptr);
-  const int vocab = backend->config().vocab_size;
-  const std::vector<int32_t> ids = {2, 3791, 323, 17};
-  const auto blocks = Blocks(ids.size(), 16);
-  SequenceStep step{ids, 0, blocks, LogitsWanted::kLast};
+TEST_F(CudaSamplingTest, DeviceSamplingKeepsToTheTokenMask) {
   std::vector<uint32_t> mask((vocab + 31) / 32, 0);
   const std::set<int> allowed = {7, 100, 1000, vocab - 1};
   for (int t : allowed) mask[t / 32] |= 1u << (t % 32);
@@ -445,13 +450,7 @@ TEST_F(CudaBackendDeviceTest, DeviceSamplingKeepsToTheTokenMask) {
 // Top log-probs and penalties are the device's too: a seeded row draws the same tokens whether or not it asks for
 // top log-probs, those are the host's TopLogProbs of the same logits, and penalties change the draw as the host's
 // ApplyPenalties says while the reported log-prob stays the model's.
-TEST_F(CudaBackendDeviceTest, DeviceSamplingReturnsTopLogprobsAndAppliesPenalties) {
-  auto backend = OpenCuda(GemmaTinyDir() + "/tiny-mqa", CudaPrecision::kF32);
-  ASSERT_NE(backend, nullptr);
-  const int vocab = backend->config().vocab_size;
-  const std::vector<int32_t> ids = {2, 3791, 323, 17};
-  const auto blocks = Blocks(ids.size(), 16);
-  SequenceStep step{ids, 0, blocks, LogitsWanted::kLast};
+TEST_F(CudaSamplingTest, DeviceSamplingReturnsTopLogprobsAndAppliesPenalties) {
   std::vector<RowSample> plain, with_top;
   for (int i = 0; i < 300; ++i) {
     RowSample r;
