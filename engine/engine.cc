@@ -86,14 +86,12 @@ StepRow Engine::RowFor(const PlannedSequence& p, bool full_history) const {
   }
   if (s.spec.score) {
     row.score_targets.resize(p.count);
-    const bool given = !s.spec.score_targets.empty();
     for (int i = 0; i < p.count; ++i) {
       const int next = p.start + i + 1;
-      if (given) {
-        row.score_targets[i] = next > s.scored ? s.spec.score_targets[p.start + i] : -1;
-      } else {
-        row.score_targets[i] = next < s.prompt_len && next > s.scored ? s.tokens[next] : -1;
-      }
+      const int32_t target = !s.spec.score_targets.empty() ? s.spec.score_targets[p.start + i]
+                             : next < s.prompt_len      ? s.tokens[next]
+                                                        : -1;
+      row.score_targets[i] = next > s.scored ? target : -1;  // scored before a preemption: not again
     }
     row.top_logprobs = s.spec.top_logprobs;
     return row;

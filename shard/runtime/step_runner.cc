@@ -113,7 +113,7 @@ absl::StatusOr<std::vector<RowResult>> RunRows(Backend& backend, std::span<const
     const int n = steps[i].logits == LogitsWanted::kAll ? static_cast<int>(r.tokens.size())
                   : steps[i].logits == LogitsWanted::kLast ? 1
                                                            : 0;
-    if (r.sample && r.score_targets.empty()) {
+    if (r.sample) {
       plain_of[i] = static_cast<int>(plain.size());
       RowSample& s = plain.emplace_back();
       s.row = logit_row + n - 1;
@@ -125,9 +125,8 @@ absl::StatusOr<std::vector<RowResult>> RunRows(Backend& backend, std::span<const
         s.penalty_prompt_len = static_cast<size_t>(r.penalty_prompt_len);
       }
       s.top_logprobs = r.top_logprobs;
-    } else if (n > 0) {
-      host_needs_logits = true;
     }
+    host_needs_logits = host_needs_logits || !r.score_targets.empty();
     logit_row += n;
   }
   StepLogits logits;
@@ -160,9 +159,8 @@ absl::StatusOr<std::vector<RowResult>> RunRows(Backend& backend, std::span<const
       out.token = drawn.token;
       out.logprob = drawn.logprob;
       out.top_logprobs = std::move(drawn.top_logprobs);
-      continue;
     }
-    if (steps[i].logits == LogitsWanted::kNone) continue;
+    if (r.score_targets.empty()) continue;
     const int first = logits.row_begin[i];
     out.score_logprobs.reserve(r.score_targets.size());
     for (size_t j = 0; j < r.score_targets.size(); ++j) {
@@ -172,28 +170,6 @@ absl::StatusOr<std::vector<RowResult>> RunRows(Backend& backend, std::span<const
       if (r.top_logprobs == 0) continue;
       auto& top = out.score_top_logprobs.emplace_back();
       for (const auto& [id, lp] : TopLogProbs(scored, vocab, r.top_logprobs)) top.push_back({id, static_cast<float>(lp)});
-    }
-    if (!r.sample) continue;
-    const float* row =
-        logits.Row(first + (steps[i].logits == LogitsWanted::kAll ? static_cast<int>(r.tokens.size()) - 1 : 0));
-    const int64_t position = static_cast<int64_t>(r.start_pos) + static_cast<int64_t>(r.tokens.size());
-    int token;
-    if (r.sampling.has_penalties() || !r.allowed_tokens.empty()) {  // on a copy: reported log-probs stay the model's
-      std::vector<float> adjusted(row, row + vocab);
-      if (r.sampling.has_penalties()) {
-        const std::span<const int32_t> seen = history != nullptr ? history->Tokens(r.sequence_id) : r.penalty_history;
-        ApplyPenalties(r.sampling, seen, static_cast<size_t>(r.penalty_prompt_len), adjusted.data(), vocab);
-      }
-      if (!r.allowed_tokens.empty()) ApplyTokenMask(r.allowed_tokens, adjusted.data(), vocab);
-      token = SampleAt(r.sampling, position, adjusted.data(), vocab);
-    } else {
-      token = SampleAt(r.sampling, position, row, vocab);
-    }
-    out.sampled = true;
-    out.token = token;
-    out.logprob = static_cast<float>(LogProbOf(row, vocab, token));
-    for (const auto& [id, lp] : TopLogProbs(row, vocab, r.top_logprobs)) {
-      out.top_logprobs.push_back({id, static_cast<float>(lp)});
     }
   }
   if (history != nullptr) history->EvictBeyondCap();
