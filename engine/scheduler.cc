@@ -106,18 +106,17 @@ std::vector<PlannedSequence> Scheduler::Schedule() {
   for (size_t q = 0; q < queue_.size() && budget > 0 && static_cast<int>(running_.size()) < limits_.max_batch_size;) {
     ScheduledSequence* s = queue_[q].get();
     if (s->preempted_at_step == steps_) break;
+    if (WaitsForInFlightPrefix(*s)) {  // before its prefix is looked up: a waiter costs no hashing
+      ++q;
+      continue;
+    }
     AttachCachedPrefix(*s);
-    const bool waits = WaitsForInFlightPrefix(*s);
     const int count = chunk(*s);
-    if (waits || !blocks_.EnsureCapacity(s->blocks, s->computed + count)) {
+    if (!blocks_.EnsureCapacity(s->blocks, s->computed + count)) {  // FCFS: no overtaking for blocks
       blocks_.Free(s->blocks);
       s->computed = 0;
       s->chain = {};
-      if (waits) {
-        ++q;
-        continue;
-      }
-      break;  // no overtaking for blocks
+      break;
     }
     if (blocks_.prefix_cache() && !s->spec.computes_every_position() && s->preemptions == 0) {  // once per request, when admitted
       prefix_query_tokens_ += s->prompt_len;

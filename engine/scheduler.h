@@ -108,7 +108,7 @@ class Scheduler {
   void Preempt(size_t index);
   // Takes the cached prefix of a sequence that holds no blocks.
   void AttachCachedPrefix(ScheduledSequence& s);
-  // Whether a running sequence is still computing whole blocks of `s`'s prompt beyond what `s` found cached.
+  // Whether a running sequence is still computing whole blocks of `s`'s prompt (a queued sequence, holding none).
   bool WaitsForInFlightPrefix(const ScheduledSequence& s) const;
 
   SchedulerLimits limits_;

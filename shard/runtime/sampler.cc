@@ -103,6 +103,7 @@ double LogProbOf(const float* logits, int vocab, int id) {
 
 std::vector<std::pair<int, double>> TopLogProbs(const float* logits, int vocab, int n) {
   n = std::clamp(n, 0, vocab);
+  if (n == 0) return {};  // asked of every draw: nothing to sort or sum
   std::vector<int> ids(vocab);
   for (int i = 0; i < vocab; ++i) ids[i] = i;
   auto better = [&](int a, int b) { return logits[a] > logits[b] || (logits[a] == logits[b] && a < b); };
