@@ -47,8 +47,16 @@ absl::StatusOr<OpenedShard> OpenShard(std::shared_ptr<const Checkpoint> checkpoi
     return absl::InvalidArgumentError(absl::StrCat("precision \"", o.precision,
                                                    "\" applies to device cuda only; the CPU keeps bf16 weights"));
   }
+  WeightLoadOptions load;
+  ASSIGN_OR_RETURN(load.precision, ParseWeightPrecision(o.weights));
+  load.int4_group_size = o.int4_group_size;
+  if (o.device == "cuda" && load.precision != WeightPrecision::kBF16) {
+    return absl::UnimplementedError(absl::StrCat("weights ", o.weights,
+                                                 " on device cuda: the CUDA backend has no quantized kernels yet; use "
+                                                 "weights bf16 on the GPU, or int8 / int4 on the CPU"));
+  }
   ASSIGN_OR_RETURN(const TensorParallel tp, TensorParallel::Create(checkpoint->config(), o.rank, o.world));
-  ASSIGN_OR_RETURN(auto weights, ModelWeights::Load(checkpoint, tp));
+  ASSIGN_OR_RETURN(auto weights, ModelWeights::Load(checkpoint, tp, load));
   if (o.after_load) RETURN_IF_ERROR(o.after_load());
   OpenedShard shard{tp, std::shared_ptr<const ModelWeights>(std::move(weights)), nullptr};
   if (o.device == "cuda") {

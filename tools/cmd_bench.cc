@@ -157,6 +157,7 @@ int BenchCommand(int argc, char** argv) {
       .Flag("adapters", "also decode batch 8 with this many LoRA adapters mixed in, rows round-robin (default 0)")
       .Flag("adapter-rank", "rank of those adapters, on all seven projections, 1..64 (default 16)")
       .Flag("json", "print one JSON object", true);
+  DeclareDeviceFlags(args, "cpu (default) or cuda: rank r of a --tp group runs on GPU r");
   int code;
   if (!ParseOrExit(args, argc, argv, kCmd, &code)) return code;
   if (!args.Has("model")) return Fail(kCmd, absl::InvalidArgumentError("--model DIR is required"));
@@ -179,8 +180,13 @@ int BenchCommand(int argc, char** argv) {
                                                 *decode_context_1 + *steps + 1 + 16});
   auto model = OpenLocalModel(args.Get("model"));
   if (!model.ok()) return Fail(kCmd, model.status());
+  auto device = DeviceChoiceFromFlags(args);
+  if (!device.ok()) return Fail(kCmd, device.status());
   if (*tp > 1) SetThreads(static_cast<int>(*threads));  // split among the ranks by AttachBackend
-  if (auto s = AttachBackend(*model, kv_tokens, static_cast<int>(*tp), 30000, args.Get("tp-transport", "shm")); !s.ok()) return Fail(kCmd, s);
+  if (auto s = AttachBackend(*model, kv_tokens, static_cast<int>(*tp), 30000, args.Get("tp-transport", "shm"), *device);
+      !s.ok()) {
+    return Fail(kCmd, s);
+  }
   if (*prompt_len > model->config().max_position_embeddings) {
     return Fail(kCmd, absl::InvalidArgumentError("--prompt-len exceeds the model's context"));
   }

@@ -28,12 +28,11 @@ int GenerateCommand(int argc, char** argv) {
       .Flag("tp", "tensor-parallel degree: run a local group of N processes (default 1)")
       .Flag("tp-transport", "collectives of a local group: shm (shared memory, default) or gloo (TCP)")
       .Flag("tp-timeout-ms", "a dead or hung rank fails the run within this time, 100..3600000 (default 30000)")
-      .Flag("device", "cpu (default) or cuda: rank r of a --tp group runs on GPU r")
-      .Flag("precision", "with --device cuda: bf16 (default) or f32")
       .Flag("adapter", "a LoRA adapter folder as peft saves it (adapter_config.json, adapter_model.safetensors)")
       .Flag("chat", "wrap the prompt in Gemma's chat template and stop at <end_of_turn>", true)
       .Flag("json", "print one JSON object with prompt_ids, token_ids, text, finish_reason", true);
   DeclareInterventionFlags(args);
+  DeclareDeviceFlags(args, "cpu (default) or cuda: rank r of a --tp group runs on GPU r");
   int code;
   if (!ParseOrExit(args, argc, argv, kCmd, &code)) return code;
 
@@ -66,9 +65,11 @@ int GenerateCommand(int argc, char** argv) {
   }
   auto interventions = InterventionsFromFlags(args, config);
   if (!interventions.ok()) return Fail(kCmd, interventions.status());
+  auto device = DeviceChoiceFromFlags(args);
+  if (!device.ok()) return Fail(kCmd, device.status());
   // Room for exactly this request in the KV cache.
   if (auto s = AttachBackend(*model, static_cast<int64_t>(prompt->size()) + *max_new, static_cast<int>(*tp), *tp_timeout, args.Get("tp-transport", "shm"),
-                              DeviceChoice{args.Get("device", "cpu"), args.Get("precision", "bf16")});
+                              *device);
       !s.ok()) {
     return Fail(kCmd, s);
   }

@@ -12,6 +12,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "tools/local_model.h"
 #include "tools/cli_common.h"
 #include "tools/commands.h"
 #include "tools/default_model.h"
@@ -73,13 +74,12 @@ int ServeCommand(int argc, char** argv) {
       .Flag("threads", "compute threads per rank (default: cores / (tp * replicas))")
       .Flag("kv-cache-mb", "KV cache per rank in MiB; default: 1024 on the CPU, planned from --gpu-memory-fraction on GPUs")
       .Flag("gpu-memory-fraction", "with --device cuda: the share of each GPU a rank keeps within, (0, 1] (default 0.9)")
-      .Flag("device", "cpu (default) or cuda: group g's rank r uses GPU g * tp + r")
-      .Flag("precision", "with --device cuda: bf16 (default) or f32")
       .Flag("tls-cert", "PEM certificate of the public port; with --tls-key it listens on every interface over TLS")
       .Flag("tls-key", "PEM private key of the public port")
       .Flag("api-keys-file", "file of API keys, one per line; calls then need \"authorization: Bearer <key>\"")
       .Flag("prefix-cache", "on (default): requests reuse the KV blocks of a cached prompt prefix; off: never")
       .Flag("overlap-steps", "on (default): while decoding, the router sends each step before the last has answered");
+  DeclareDeviceFlags(args, "cpu (default) or cuda: group g's rank r uses GPU g * tp + r");
   int code;
   if (!ParseOrExit(args, argc, argv, kCmd, &code)) return code;
   auto tp = args.GetInt("tp", 1, 1, 8);
@@ -101,13 +101,9 @@ int ServeCommand(int argc, char** argv) {
                                                            "\" is invalid; allowed: more than 0, at most 1"));
   }
   if (!gpu_fraction.ok()) return Fail(kCmd, gpu_fraction.status());
-  const std::string device = args.Get("device", "cpu"), precision = args.Get("precision", "bf16");
-  if (device != "cpu" && device != "cuda") {
-    return Fail(kCmd, absl::InvalidArgumentError("--device \"" + device + "\" is invalid; allowed: cpu, cuda"));
-  }
-  if (precision != "bf16" && precision != "f32") {
-    return Fail(kCmd, absl::InvalidArgumentError("--precision \"" + precision + "\" is invalid; allowed: bf16, f32"));
-  }
+  auto device_choice = DeviceChoiceFromFlags(args);
+  if (!device_choice.ok()) return Fail(kCmd, device_choice.status());
+  const std::string& device = device_choice->device;
   const std::string overlap_steps = args.Get("overlap-steps", "on");
   if (overlap_steps != "on" && overlap_steps != "off") {
     return Fail(kCmd, absl::InvalidArgumentError("--overlap-steps \"" + overlap_steps + "\" is invalid; allowed: on, off"));
@@ -149,9 +145,11 @@ int ServeCommand(int argc, char** argv) {
                                               "--port_file=" + port_file, absl::StrCat("--threads=", *threads),
                                               // The groups share a host name: their metrics need names apart.
                                               absl::StrCat("--group_name=group-", g),
-                                              absl::StrCat("--drain_timeout_ms=", kDrain.count())};
+                                              absl::StrCat("--drain_timeout_ms=", kDrain.count()),
+                                              "--weights=" + device_choice->weights,
+                                              absl::StrCat("--int4_group_size=", device_choice->int4_group_size)};
       if (device == "cuda") {
-        worker_args.insert(worker_args.end(), {"--device=cuda", "--precision=" + precision,
+        worker_args.insert(worker_args.end(), {"--device=cuda", "--precision=" + device_choice->precision,
                                                absl::StrCat("--cuda_device=", g * *tp + r),
                                                absl::StrCat("--gpu_memory_fraction=", *gpu_fraction)});
       }

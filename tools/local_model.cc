@@ -17,6 +17,7 @@
 #include "shard/open_shard.h"
 #include "shard/collective/gloo_collective.h"
 #include "shard/collective/shm_collective.h"
+#include "shard/model/quantize.h"
 #include "shard/model/tensor_parallel.h"
 #include "shard/runtime/tp_group.h"
 #include "tools/args.h"
@@ -28,6 +29,37 @@ namespace {
 
 // The share of a GPU a local run keeps within, as the worker's --gpu_memory_fraction defaults.
 constexpr double kGpuMemoryFraction = 0.9;
+
+}  // namespace
+
+void DeclareDeviceFlags(Args& args, const char* device_help) {
+  args.Flag("device", device_help)
+      .Flag("precision", "with --device cuda: bf16 (default) or f32")
+      .Flag("weights", "stored weight precision: bf16 (default), int8 (per-channel), int4 (grouped; embedding int8) "
+                       "on the CPU, quantized at load from the checkpoint")
+      .Flag("int4-group-size", "with --weights int4: input columns per scale and zero, 32, 64 or 128 (default 128)");
+}
+
+absl::StatusOr<DeviceChoice> DeviceChoiceFromFlags(const Args& args) {
+  DeviceChoice d{args.Get("device", "cpu"), args.Get("precision", "bf16"), args.Get("weights", "bf16")};
+  if (d.device != "cpu" && d.device != "cuda") {
+    return absl::InvalidArgumentError("--device \"" + d.device + "\" is invalid; allowed: cpu, cuda");
+  }
+  if (d.precision != "bf16" && d.precision != "f32") {
+    return absl::InvalidArgumentError("--precision \"" + d.precision + "\" is invalid; allowed: bf16, f32");
+  }
+  if (auto w = ParseWeightPrecision(d.weights); !w.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("--", w.status().message()));
+  }
+  ASSIGN_OR_RETURN(const int64_t group, args.GetInt("int4-group-size", 128, 32, 128));
+  if ((group & (group - 1)) != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("--int4-group-size ", group, " is invalid; allowed: 32, 64, 128"));
+  }
+  d.int4_group_size = static_cast<int>(group);
+  return d;
+}
+
+namespace {
 
 KvCacheOptions KvFor(int64_t kv_tokens, const DeviceChoice& device) {
   KvCacheOptions kv;
@@ -48,6 +80,8 @@ absl::StatusOr<std::unique_ptr<Backend>> RankBackend(const std::shared_ptr<const
   o.world = world;
   o.device = device.device;
   o.precision = device.precision;
+  o.weights = device.weights;
+  o.int4_group_size = device.int4_group_size;
   o.kv = KvFor(kv_tokens, device);
   o.timeout = std::chrono::milliseconds(timeout_ms);
   auto shard = OpenShard(ckpt, o, std::move(collective));
@@ -143,7 +177,8 @@ absl::Status AttachBackend(LocalModel& model, int64_t kv_tokens, int tp, int64_t
       ::execl("/proc/self/exe", "gemma", "tp-follower", "--model", model.dir.c_str(), "--rank", r.c_str(), "--world",
               w.c_str(), "--store", model.store_dir.c_str(), "--kv-tokens", k.c_str(), "--threads", t.c_str(),
               "--timeout-ms", ms.c_str(), "--transport", transport.c_str(), "--device", device.device.c_str(),
-              "--precision", device.precision.c_str(), static_cast<char*>(nullptr));
+              "--precision", device.precision.c_str(), "--weights", device.weights.c_str(), "--int4-group-size",
+              std::to_string(device.int4_group_size).c_str(), static_cast<char*>(nullptr));
       ::_exit(127);
     }
     model.followers.push_back(pid);
@@ -174,7 +209,7 @@ int TpFollowerCommand(int argc, char** argv) {
   args.Flag("store", "rendezvous directory").Flag("kv-tokens", "KV cache positions").Flag("threads", "compute threads");
   args.Flag("timeout-ms", "collective timeout in ms");
   args.Flag("transport", "shm or gloo");
-  args.Flag("device", "cpu or cuda").Flag("precision", "bf16 or f32");
+  DeclareDeviceFlags(args, "cpu or cuda");
   int code;
   if (!ParseOrExit(args, argc, argv, kCmd, &code)) return code;
   auto world = args.GetInt("world", 1, 1, 1024);
@@ -192,9 +227,10 @@ int TpFollowerCommand(int argc, char** argv) {
                                     static_cast<int>(*world), *timeout);
   if (!collective.ok()) return Fail(kCmd, collective.status());
   std::shared_ptr<Collective> shared(std::move(*collective));
-  const DeviceChoice device{args.Get("device", "cpu"), args.Get("precision", "bf16")};
+  auto device = DeviceChoiceFromFlags(args);
+  if (!device.ok()) return Fail(kCmd, device.status());
   auto backend = RankBackend(std::shared_ptr<const Checkpoint>(std::move(*ckpt)), static_cast<int>(*rank),
-                             static_cast<int>(*world), *kv, device, *timeout, shared, nullptr);
+                             static_cast<int>(*world), *kv, *device, *timeout, shared, nullptr);
   if (!backend.ok()) return Fail(kCmd, backend.status());
   auto tp = TensorParallel::Create((*backend)->config(), static_cast<int>(*rank), static_cast<int>(*world));
   if (!tp.ok()) return Fail(kCmd, tp.status());

@@ -35,11 +35,20 @@ struct LocalModel {
 
 // Opens `dir` (the embedded default when empty): config, mapped files, tokenizer.
 absl::StatusOr<LocalModel> OpenLocalModel(const std::string& dir);
-// Where a local model runs: device "cpu" or "cuda" (rank r on GPU r), precision "bf16" or "f32" (cuda only).
+// Where a local model runs: device "cpu" or "cuda" (rank r on GPU r), precision "bf16" or "f32" (cuda only), and
+// the weights' stored precision (bf16, int8, int4 or fp8; see shard/model/quantize.h).
 struct DeviceChoice {
   std::string device = "cpu";
   std::string precision = "bf16";
+  std::string weights = "bf16";
+  int int4_group_size = 128;
 };
+
+class Args;
+// Declares --device, --precision, --weights and --int4-group-size; `device_help` says which GPU a rank takes.
+void DeclareDeviceFlags(Args& args, const char* device_help);
+// Those flags, checked: InvalidArgument naming the flag and what it allows.
+absl::StatusOr<DeviceChoice> DeviceChoiceFromFlags(const Args& args);
 
 // Adds a backend whose KV cache holds `kv_tokens` positions. With tp > 1,
 // starts tp - 1 follower processes of this binary and leads the group.

@@ -135,6 +135,8 @@ int Run(const WorkerOptions& o) {
   shard_options.world = o.world;
   shard_options.device = o.device;
   shard_options.precision = o.precision;
+  shard_options.weights = o.weights;
+  shard_options.int4_group_size = o.int4_group_size;
   shard_options.cuda_device = o.cuda_device;
   ApplyToShard(o, shard_options);
   shard_options.timeout = o.timeout;

@@ -8,6 +8,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "engine/status_macros.h"
+#include "shard/model/quantize.h"
 
 ABSL_FLAG(std::string, model, "", "checkpoint directory (env GEMMA_MODEL)");
 ABSL_FLAG(int, rank, -1, "this rank; -1: env GEMMA_RANK, else the host name's ordinal suffix, else 0");
@@ -19,6 +20,10 @@ ABSL_FLAG(std::string, bind_host, "", "address this rank's collectives listen on
 ABSL_FLAG(std::string, device, "cpu", "cpu or cuda");
 ABSL_FLAG(int, cuda_device, -1, "CUDA device of this rank; -1: rank mod the devices this process sees");
 ABSL_FLAG(std::string, precision, "bf16", "CUDA: bf16 (weights, GEMM inputs, KV cache) or f32 (exact checks)");
+ABSL_FLAG(std::string, weights, "bf16",
+          "stored weight precision: bf16, int8 (per-channel) or int4 (grouped; embedding int8) on the CPU, quantized "
+          "at load from the checkpoint");
+ABSL_FLAG(int32_t, int4_group_size, 128, "with --weights int4: input columns per scale and zero, 32, 64 or 128");
 ABSL_FLAG(int64_t, kv_cache_mb, 0,
           "KV-cache size per rank in MiB; 0: 1024 on the CPU, planned from --gpu_memory_fraction with --device cuda");
 ABSL_FLAG(double, gpu_memory_fraction, 0.9,
@@ -140,6 +145,15 @@ absl::StatusOr<WorkerOptions> WorkerOptionsFromFlags() {
   o.precision = absl::GetFlag(FLAGS_precision);
   if (o.precision != "bf16" && o.precision != "f32") {
     return absl::InvalidArgumentError(absl::StrCat("--precision \"", o.precision, "\" is invalid; allowed: bf16, f32"));
+  }
+  o.weights = absl::GetFlag(FLAGS_weights);
+  if (auto w = ParseWeightPrecision(o.weights); !w.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("--", w.status().message()));
+  }
+  o.int4_group_size = absl::GetFlag(FLAGS_int4_group_size);
+  if (o.int4_group_size != 32 && o.int4_group_size != 64 && o.int4_group_size != 128) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--int4_group_size ", o.int4_group_size, " is invalid; allowed: 32, 64, 128"));
   }
   const int64_t kv_mb = absl::GetFlag(FLAGS_kv_cache_mb);
   if (kv_mb < 0 || kv_mb > (int64_t{1} << 24)) {

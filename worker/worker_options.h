@@ -22,6 +22,8 @@ struct WorkerOptions {
   std::string device = "cpu";
   int cuda_device = -1;         // -1: rank mod the devices this process sees
   std::string precision = "bf16";  // CUDA: bf16 or f32
+  std::string weights = "bf16";    // stored weight precision: bf16, int8, int4, fp8
+  int int4_group_size = 128;
   // 0 (no --kv_cache_mb): the CPU takes 1 GiB; a GPU plans its cache from gpu_memory_fraction instead.
   int64_t kv_cache_bytes = 0;
   double gpu_memory_fraction = 0.9;  // with cuda and no --kv_cache_mb: the device's share this process keeps within

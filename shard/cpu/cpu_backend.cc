@@ -142,8 +142,8 @@ absl::Status CpuBackend::Forward(std::span<const SequenceStep> batch, StepLogits
       std::fill(&x_[t * H], &x_[t * H] + H, 0.0f);
       continue;
     }
-    const uint16_t* row = embed.data + local * embed.stride;
-    for (int64_t i = 0; i < H; ++i) x_[t * H + i] = Bf16ToF32(row[i]) * embed_scale;
+    DequantizeRow(embed, local, &x_[t * H]);
+    for (int64_t i = 0; i < H; ++i) x_[t * H + i] *= embed_scale;
   }
   RETURN_IF_ERROR(AllReduce(x_.data(), T * H));
   // Rows that ask for no intervention or read are left alone: each hook below

@@ -3,6 +3,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <cmath>
 
 #include "shard/model/dtype.h"
 
@@ -31,7 +32,6 @@ constexpr int kTileRows = 2;
 #endif
 constexpr int kStreamTokens = 4;  // up to this many tokens use the one-row kernel
 constexpr int kBlockTokens = 4;
-constexpr int64_t kPrefetchElements = 2048;  // 4 KB: best of 512..4096 on Zen, measured
 // Bytes of packed x kept hot in L2 while one thread's rows stream past it.
 constexpr int64_t kPanelBytes = 384 << 10;
 
@@ -56,31 +56,112 @@ void PackX(const float* x, int64_t M, int64_t K, int64_t ldx, int64_t packed_str
   }
 }
 
-// R weight rows against T tokens over all of K. Every output is the same
-// sequence of operations whatever R and T are (one chain of FMAs, even then odd
-// elements of each block, reduced, then the scalar tail), so results do not
-// depend on batching.
-template <int R, int T>
-HWY_INLINE void Tile(const uint16_t* HWY_RESTRICT w, int64_t w_stride, const float* HWY_RESTRICT xp,
-                     int64_t xp_stride, const float* HWY_RESTRICT x, int64_t ldx, int64_t full_blocks, int64_t K,
-                     float* HWY_RESTRICT out, int64_t ldo) {
+// Weight decoders: block b of row r (the 2N elements from column 2Nb) as f32, the even elements into lo and the
+// odd ones into hi; Scalar gives one element of the tail. Each dequantizes an element exactly as ElementAt does
+// (one rounding at most), so every format computes what the f32 kernel computes over the dequantized matrix.
+struct Bf16Rows {
+  const uint16_t* w;
+  int64_t stride;
+  explicit Bf16Rows(const MatrixView& m) : w(m.data), stride(m.stride) {}
+  const void* Address(int64_t r, int64_t b) const { return w + r * stride + b * 2 * hn::Lanes(DF()); }
+  int64_t RowBytes() const { return 2 * stride; }
+  HWY_INLINE void Block(int64_t r, int64_t b, VF& lo, VF& hi) const {
+    const DF df;
+    const DU du;
+    const auto u = hn::LoadU(du, static_cast<const uint32_t*>(Address(r, b)));
+    lo = hn::BitCast(df, hn::ShiftLeft<16>(u));
+    hi = hn::BitCast(df, hn::And(u, hn::Set(du, 0xFFFF0000u)));
+  }
+  float Scalar(int64_t r, int64_t k) const { return Bf16ToF32(w[r * stride + k]); }
+};
+
+struct F32Rows {
+  const float* w;
+  int64_t stride;
+  explicit F32Rows(const MatrixView& m) : w(m.f32), stride(m.stride) {}
+  const void* Address(int64_t r, int64_t b) const { return w + r * stride + b * 2 * hn::Lanes(DF()); }
+  int64_t RowBytes() const { return 4 * stride; }
+  HWY_INLINE void Block(int64_t r, int64_t b, VF& lo, VF& hi) const {
+    hn::LoadInterleaved2(DF(), static_cast<const float*>(Address(r, b)), lo, hi);
+  }
+  float Scalar(int64_t r, int64_t k) const { return w[r * stride + k]; }
+};
+
+struct Int8Rows {
+  const uint8_t* codes;
+  const float* scales;
+  int64_t stride;
+  explicit Int8Rows(const MatrixView& m) : codes(m.codes), scales(m.scales), stride(m.stride) {}
+  const void* Address(int64_t r, int64_t b) const { return codes + r * stride + b * 2 * hn::Lanes(DF()); }
+  int64_t RowBytes() const { return stride; }
+  HWY_INLINE void Block(int64_t r, int64_t b, VF& lo, VF& hi) const {
+    const DF df;
+    const hn::Rebind<int16_t, DF> d16;
+    const hn::Rebind<int32_t, DF> d32;
+    // Little-endian pairs: the low byte of each 16-bit lane is the even element.
+    const auto pairs = hn::LoadU(d16, static_cast<const int16_t*>(Address(r, b)));
+    const VF scale = hn::Set(df, scales[r]);
+    lo = hn::Mul(hn::ConvertTo(df, hn::PromoteTo(d32, hn::ShiftRight<8>(hn::ShiftLeft<8>(pairs)))), scale);
+    hi = hn::Mul(hn::ConvertTo(df, hn::PromoteTo(d32, hn::ShiftRight<8>(pairs))), scale);
+  }
+  float Scalar(int64_t r, int64_t k) const {
+    return static_cast<float>(static_cast<int8_t>(codes[r * stride + k])) * scales[r];
+  }
+};
+
+struct Int4Rows {
+  const uint8_t* codes;
+  const float* scales;
+  const float* zeros;
+  int64_t row_bytes, scale_stride;
+  int group_shift;
+  explicit Int4Rows(const MatrixView& m)
+      : codes(m.codes), scales(m.scales), zeros(m.zeros), row_bytes(m.stride / 2), scale_stride(m.scale_stride),
+        group_shift(__builtin_ctz(static_cast<unsigned>(m.group_size))) {}
+  const void* Address(int64_t r, int64_t b) const { return codes + r * row_bytes + b * hn::Lanes(DF()); }
+  int64_t RowBytes() const { return row_bytes; }
+  // Needs 2N <= the group size (32 at the least, 2N is 32 at most), so a block lies inside one group.
+  HWY_INLINE void Block(int64_t r, int64_t b, VF& lo, VF& hi) const {
+    const DF df;
+    const hn::Rebind<uint8_t, DF> d8;
+    const hn::Rebind<uint32_t, DF> du32;
+    const hn::Rebind<int32_t, DF> di32;
+    const auto bytes = hn::PromoteTo(du32, hn::LoadU(d8, static_cast<const uint8_t*>(Address(r, b))));
+    const int64_t g = r * scale_stride + ((b * 2 * static_cast<int64_t>(hn::Lanes(df))) >> group_shift);
+    const VF zero = hn::Set(df, zeros[g]), scale = hn::Set(df, scales[g]);
+    const VF even = hn::ConvertTo(df, hn::BitCast(di32, hn::And(bytes, hn::Set(du32, 0xFu))));
+    const VF odd = hn::ConvertTo(df, hn::BitCast(di32, hn::ShiftRight<4>(bytes)));
+    lo = hn::Mul(hn::Sub(even, zero), scale);
+    hi = hn::Mul(hn::Sub(odd, zero), scale);
+  }
+  float Scalar(int64_t r, int64_t k) const {
+    const uint8_t byte = codes[r * row_bytes + k / 2];
+    const int64_t g = r * scale_stride + (k >> group_shift);
+    return (static_cast<float>(k % 2 == 0 ? byte & 0xF : byte >> 4) - zeros[g]) * scales[g];
+  }
+};
+
+// R weight rows (from row r0 of `w`) against T tokens over all of K. Every output is the same sequence of
+// operations whatever R and T are (one chain of FMAs, even then odd elements of each block, reduced, then the
+// scalar tail), so results do not depend on batching.
+template <int R, int T, class Rows>
+HWY_INLINE void Tile(const Rows& w, int64_t r0, const float* HWY_RESTRICT xp, int64_t xp_stride,
+                     const float* HWY_RESTRICT x, int64_t ldx, int64_t full_blocks, int64_t K, float* HWY_RESTRICT out,
+                     int64_t ldo) {
   const DF df;
-  const DU du;
   const int64_t N = static_cast<int64_t>(hn::Lanes(df));
   VF acc[R][T];
   for (int r = 0; r < R; ++r)
     for (int t = 0; t < T; ++t) acc[r][t] = hn::Zero(df);
-  const auto hi_mask = hn::Set(du, 0xFFFF0000u);
+  // Hardware prefetchers stop at 4 KB boundaries; a software prefetch ahead
+  // keeps the weight stream flowing: 4 KB on for one row (running on into
+  // the next row), the same place in the next tile of rows otherwise.
+  const int64_t ahead = R == 1 ? 4096 : R * w.RowBytes();
   for (int64_t b = 0; b < full_blocks; ++b) {
     VF lo[R], hi[R];
     for (int r = 0; r < R; ++r) {
-      // Hardware prefetchers stop at 4 KB boundaries; a software prefetch ahead
-      // keeps the weight stream flowing: 4 KB on for one row (running on into
-      // the next row), the same place in the next tile of rows otherwise.
-      __builtin_prefetch(w + r * w_stride + b * 2 * N + (R == 1 ? kPrefetchElements : R * w_stride));
-      const auto u = hn::LoadU(du, reinterpret_cast<const uint32_t*>(w + r * w_stride + b * 2 * N));
-      lo[r] = hn::BitCast(df, hn::ShiftLeft<16>(u));
-      hi[r] = hn::BitCast(df, hn::And(u, hi_mask));
+      __builtin_prefetch(static_cast<const char*>(w.Address(r0 + r, b)) + ahead);
+      w.Block(r0 + r, b, lo[r], hi[r]);
     }
     for (int t = 0; t < T; ++t) {
       const VF xe = hn::Load(df, xp + t * xp_stride + b * 2 * N);
@@ -93,31 +174,34 @@ HWY_INLINE void Tile(const uint16_t* HWY_RESTRICT w, int64_t w_stride, const flo
   for (int r = 0; r < R; ++r) {
     for (int t = 0; t < T; ++t) {
       float s = hn::GetLane(hn::SumOfLanes(df, acc[r][t]));
-      for (int64_t k = full_blocks * 2 * N; k < K; ++k) s += Bf16ToF32(w[r * w_stride + k]) * x[t * ldx + k];
+      // An explicit fma: left to itself the compiler contracts (or vectorizes) this loop differently in each
+      // instantiation, and the formats would no longer agree bit for bit.
+      for (int64_t k = full_blocks * 2 * N; k < K; ++k) s = std::fma(w.Scalar(r0 + r, k), x[t * ldx + k], s);
       out[t * ldo + r] = s;
     }
   }
 }
 
 // Tile<R, T> for a runtime token count 1..T.
-template <int R, int T>
-HWY_INLINE void TileUpTo(int tokens, const uint16_t* w, int64_t w_stride, const float* xp, int64_t xp_stride,
-                         const float* x, int64_t ldx, int64_t full_blocks, int64_t K, float* out, int64_t ldo) {
+template <int R, int T, class Rows>
+HWY_INLINE void TileUpTo(int tokens, const Rows& w, int64_t r0, const float* xp, int64_t xp_stride, const float* x,
+                         int64_t ldx, int64_t full_blocks, int64_t K, float* out, int64_t ldo) {
   if constexpr (T > 1) {
-    if (tokens < T) return TileUpTo<R, T - 1>(tokens, w, w_stride, xp, xp_stride, x, ldx, full_blocks, K, out, ldo);
+    if (tokens < T) return TileUpTo<R, T - 1>(tokens, w, r0, xp, xp_stride, x, ldx, full_blocks, K, out, ldo);
   }
-  Tile<R, T>(w, w_stride, xp, xp_stride, x, ldx, full_blocks, K, out, ldo);
+  Tile<R, T>(w, r0, xp, xp_stride, x, ldx, full_blocks, K, out, ldo);
 }
 
 // Rows [r_begin, r_end) of one view against tokens [m0, m1).
-void RowsTimesPanel(const MatrixView& mv, int64_t r_begin, int64_t r_end, int64_t m0, int64_t m1, const float* xp,
+template <class Rows>
+void RowsTimesPanel(const Rows& w, int64_t r_begin, int64_t r_end, int64_t m0, int64_t m1, const float* xp,
                     int64_t xp_stride, const float* x, int64_t ldx, int64_t full_blocks, int64_t K, float* out,
                     int64_t ldo) {
   const int64_t tokens = m1 - m0;
   if (tokens <= kStreamTokens) {
     for (int64_t r = r_begin; r < r_end; ++r) {
-      TileUpTo<1, kStreamTokens>(static_cast<int>(tokens), mv.data + r * mv.stride, mv.stride, xp + m0 * xp_stride,
-                                 xp_stride, x + m0 * ldx, ldx, full_blocks, K, out + m0 * ldo + r, ldo);
+      TileUpTo<1, kStreamTokens>(static_cast<int>(tokens), w, r, xp + m0 * xp_stride, xp_stride, x + m0 * ldx, ldx,
+                                 full_blocks, K, out + m0 * ldo + r, ldo);
     }
     return;
   }
@@ -125,16 +209,31 @@ void RowsTimesPanel(const MatrixView& mv, int64_t r_begin, int64_t r_end, int64_
   for (; r + kTileRows <= r_end; r += kTileRows) {
     for (int64_t m = m0; m < m1; m += kBlockTokens) {
       const int t = static_cast<int>(std::min<int64_t>(kBlockTokens, m1 - m));
-      TileUpTo<kTileRows, kBlockTokens>(t, mv.data + r * mv.stride, mv.stride, xp + m * xp_stride, xp_stride,
-                                        x + m * ldx, ldx, full_blocks, K, out + m * ldo + r, ldo);
+      TileUpTo<kTileRows, kBlockTokens>(t, w, r, xp + m * xp_stride, xp_stride, x + m * ldx, ldx, full_blocks, K,
+                                        out + m * ldo + r, ldo);
     }
   }
   for (; r < r_end; ++r) {
     for (int64_t m = m0; m < m1; m += kBlockTokens) {
       const int t = static_cast<int>(std::min<int64_t>(kBlockTokens, m1 - m));
-      TileUpTo<1, kBlockTokens>(t, mv.data + r * mv.stride, mv.stride, xp + m * xp_stride, xp_stride, x + m * ldx,
-                                ldx, full_blocks, K, out + m * ldo + r, ldo);
+      TileUpTo<1, kBlockTokens>(t, w, r, xp + m * xp_stride, xp_stride, x + m * ldx, ldx, full_blocks, K,
+                                out + m * ldo + r, ldo);
     }
+  }
+}
+
+void ViewTimesPanel(const MatrixView& mv, int64_t r_begin, int64_t r_end, int64_t m0, int64_t m1, const float* xp,
+                    int64_t xp_stride, const float* x, int64_t ldx, int64_t full_blocks, int64_t K, float* out,
+                    int64_t ldo) {
+  switch (mv.format) {
+    case WeightFormat::kBF16:
+      return RowsTimesPanel(Bf16Rows(mv), r_begin, r_end, m0, m1, xp, xp_stride, x, ldx, full_blocks, K, out, ldo);
+    case WeightFormat::kF32:
+      return RowsTimesPanel(F32Rows(mv), r_begin, r_end, m0, m1, xp, xp_stride, x, ldx, full_blocks, K, out, ldo);
+    case WeightFormat::kInt8:
+      return RowsTimesPanel(Int8Rows(mv), r_begin, r_end, m0, m1, xp, xp_stride, x, ldx, full_blocks, K, out, ldo);
+    case WeightFormat::kInt4:
+      return RowsTimesPanel(Int4Rows(mv), r_begin, r_end, m0, m1, xp, xp_stride, x, ldx, full_blocks, K, out, ldo);
   }
 }
 
@@ -172,7 +271,7 @@ void MatMulImpl(const float* x, int64_t M, int64_t K, int64_t ldx, const MatrixV
         const int64_t r_begin = std::max<int64_t>(row_begin - first_row, 0);
         const int64_t r_end = std::min<int64_t>(row_end - first_row, mv.rows);
         if (r_begin < r_end) {
-          RowsTimesPanel(mv, r_begin, r_end, m0, m1, xp, xp_stride, x, ldx, full_blocks, K, out + first_row, ldo);
+          ViewTimesPanel(mv, r_begin, r_end, m0, m1, xp, xp_stride, x, ldx, full_blocks, K, out + first_row, ldo);
         }
         first_row += mv.rows;
       }

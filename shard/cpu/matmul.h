@@ -1,4 +1,5 @@
-// out = x * W^T for bf16 weights W [rows, K] and f32 activations x [M, K]; SIMD with runtime dispatch, all threads.
+// out = x * W^T for weights W [rows, K] in any stored format and f32 activations x [M, K]; SIMD with runtime
+// dispatch, all threads.
 #pragma once
 
 #include <cstdint>
@@ -10,7 +11,9 @@ namespace gemma {
 
 // For each m < M: out[m * ldo + n] = sum_k x[m * ldx + k] * W[n, k], where W is
 // the row-wise concatenation of `weights` (all with cols == K). Each output is
-// accumulated in the same order whatever M is, so results are batch-invariant.
+// accumulated in the same order whatever M is, so results are batch-invariant. Quantized weights are dequantized in
+// registers, element by element as ElementAt does, so they give the f32 kernel's results over the dequantized
+// matrix bit for bit.
 // Thread-safe; parallel over output rows with OpenMP.
 void MatMul(const float* x, int64_t M, int64_t K, int64_t ldx, std::span<const MatrixView> weights, float* out,
             int64_t ldo);

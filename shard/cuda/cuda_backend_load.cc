@@ -23,6 +23,10 @@ absl::StatusOr<DeviceBuffer> CudaBackend::UploadFloats(const std::vector<float>&
 // checkpoint) may return before its DMA lands, and nothing would order it before kernels on stream_, which does not
 // synchronize with the default stream.
 absl::Status CudaBackend::Upload(const MatrixView& m, const DeviceBuffer& dst, int64_t row_offset) {
+  if (m.format != WeightFormat::kBF16) {
+    return absl::UnimplementedError(absl::StrCat("the CUDA backend uploads bf16 weights only, not ",
+                                                 WeightFormatName(m.format)));
+  }
   const size_t row_bytes = static_cast<size_t>(m.cols) * 2;
   if (act_ == Dtype::kBf16) {
     GEMMA_CUDA_RETURN_IF_ERROR(cudaMemcpy2DAsync(dst.as<uint16_t>() + row_offset * m.cols, row_bytes, m.data,

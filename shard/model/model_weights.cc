@@ -39,12 +39,6 @@ float ElementAsF32(const StoredTensor& t, int64_t i) {
   }
 }
 
-MatrixView Rows(const MatrixView& m, int64_t begin, int64_t count) {
-  return {m.data + begin * m.stride, count, m.cols, m.stride};
-}
-
-MatrixView Cols(const MatrixView& m, int64_t begin, int64_t count) { return {m.data + begin, m.rows, count, m.stride}; }
-
 // The multimodal layout as published (transformers 4.50) puts the text model under "language_model.model."; a
 // checkpoint saved again by transformers 4.52 or later names it "model.language_model." (the class's own
 // _checkpoint_conversion_mapping maps one to the other). Both load; the published name is expected otherwise.
@@ -81,42 +75,85 @@ absl::StatusOr<MatrixView> ModelWeights::Matrix(const std::string& name, int64_t
   if (t.dtype == DType::kBF16 && reinterpret_cast<uintptr_t>(t.data) % 2 == 0) {
     return MatrixView{reinterpret_cast<const uint16_t*>(t.data), rows, cols, cols};
   }
-  auto owned = AllocateOwned(rows * cols);
+  auto* owned = reinterpret_cast<uint16_t*>(Own(rows * cols * 2));
   for (int64_t i = 0; i < rows * cols; ++i) owned[i] = F32ToBf16(ElementAsF32(t, i));
-  MatrixView view{owned.get(), rows, cols, cols};
-  converted_.push_back(std::move(owned));
-  return view;
+  return MatrixView{owned, rows, cols, cols};
 }
 
-ModelWeights::OwnedBuffer ModelWeights::AllocateOwned(int64_t elements) {
+ModelWeights::OwnedBuffer ModelWeights::AllocateOwned(int64_t bytes) {
   // 2 MB pages: weights stream through every step, and small pages cost TLB
   // (and, under some hypervisors, shadow page table) misses on every pass.
   constexpr size_t kHuge = 2 << 20;
-  const size_t bytes = (static_cast<size_t>(elements) * sizeof(uint16_t) + kHuge - 1) / kHuge * kHuge;
-  void* p = std::aligned_alloc(kHuge, bytes);
+  const size_t size = (static_cast<size_t>(bytes) + kHuge - 1) / kHuge * kHuge;
+  void* p = std::aligned_alloc(kHuge, std::max(size, kHuge));
   if (p == nullptr) throw std::bad_alloc();
-  ::madvise(p, bytes, MADV_HUGEPAGE);
-  return OwnedBuffer(static_cast<uint16_t*>(p));
+  ::madvise(p, size, MADV_HUGEPAGE);
+  return OwnedBuffer(static_cast<uint8_t*>(p));
 }
 
-MatrixView ModelWeights::OwnedCopy(const MatrixView& slice, const MatrixView& whole) {
-  auto owned = AllocateOwned(slice.rows * slice.cols);
-  for (int64_t r = 0; r < slice.rows; ++r) {
-    std::memcpy(&owned[r * slice.cols], slice.data + r * slice.stride, slice.cols * sizeof(uint16_t));
+uint8_t* ModelWeights::Own(int64_t bytes) {
+  owned_.push_back(AllocateOwned(bytes));
+  return owned_.back().get();
+}
+
+absl::StatusOr<MatrixView> ModelWeights::Place(const std::string& name, const MatrixView& whole, int64_t row_begin,
+                                               int64_t rows, int64_t col_begin, int64_t cols, WeightFormat format,
+                                               int preferred_group) {
+  const bool whole_rows = col_begin == 0 && cols == whole.cols;
+  if (format == WeightFormat::kBF16) {
+    MatrixView slice = RowSlice(whole, row_begin, rows);
+    if (whole_rows) return slice;
+    ASSIGN_OR_RETURN(slice, ColSlice(slice, col_begin, cols, name.c_str()));
+    // Row-parallel slices are columns: every row holds a piece, so using them in
+    // place would keep every page of the whole matrix resident on every rank.
+    // A contiguous copy of the slice keeps a rank's memory at its share.
+    auto* owned = reinterpret_cast<uint16_t*>(Own(rows * cols * 2));
+    for (int64_t r = 0; r < rows; ++r) std::memcpy(&owned[r * cols], slice.data + r * slice.stride, cols * 2);
+    Release(whole);
+    return MatrixView{owned, rows, cols, cols};
+  }
+  int group = 0;
+  if (format == WeightFormat::kInt4) {
+    // Chosen from the whole matrix, so every tensor-parallel degree quantizes the model the same way.
+    group = PickGroupSize(whole.cols, preferred_group, {});
+    if (group == 0) {
+      return absl::InvalidArgumentError(absl::StrCat(name, ": int4 weights need groups of 32 to ", preferred_group,
+                                                     " input columns, and its ", whole.cols,
+                                                     " input columns are not a multiple of 32"));
+    }
+    if (col_begin % group != 0 || (cols % group != 0 && col_begin + cols != whole.cols)) {
+      const int fits = PickGroupSize(whole.cols, group, {col_begin, cols});
+      return absl::InvalidArgumentError(absl::StrCat(
+          name, ": this rank's tensor-parallel slice, input columns [", col_begin, ", ", col_begin + cols,
+          "), cuts its int4 groups of ", group, " columns",
+          fits > 0 ? absl::StrCat("; --int4-group-size ", fits, " fits this degree")
+                   : "; no group size of 32 or more fits this degree"));
+    }
+  }
+  const MatrixView q = QuantizeInto(whole, row_begin, rows, col_begin, cols, format, group,
+                                    Own(QuantizedBytes(format, rows, cols, group)));
+  Release(whole);
+  return q;
+}
+
+void ModelWeights::Release(const MatrixView& whole) {
+  if (IsOwned(whole)) {
+    std::erase_if(owned_, [&](const OwnedBuffer& b) { return b.get() == reinterpret_cast<const uint8_t*>(whole.data); });
+    return;
   }
   // Drop this process's mapping of the whole matrix's pages (the page cache keeps them).
   const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
   const uintptr_t begin = (reinterpret_cast<uintptr_t>(whole.data) + page - 1) / page * page;
   const uintptr_t end = reinterpret_cast<uintptr_t>(whole.data + whole.rows * whole.stride) / page * page;
-  if (end > begin && !IsOwned(whole)) ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
-  MatrixView view{owned.get(), slice.rows, slice.cols, slice.cols};
-  converted_.push_back(std::move(owned));
-  return view;
+  if (end > begin) ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
 }
 
 bool ModelWeights::IsOwned(const MatrixView& m) const {
-  for (const auto& c : converted_) {
-    if (c.get() == m.data) return true;
+  const void* start = m.data != nullptr ? static_cast<const void*>(m.data)
+                      : m.f32 != nullptr ? static_cast<const void*>(m.f32)
+                                         : static_cast<const void*>(m.codes);
+  for (const auto& b : owned_) {
+    if (b.get() == start) return true;
   }
   return false;
 }
@@ -134,7 +171,29 @@ absl::StatusOr<std::unique_ptr<ModelWeights>> ModelWeights::Load(std::shared_ptr
 }
 
 absl::StatusOr<std::unique_ptr<ModelWeights>> ModelWeights::Load(std::shared_ptr<const Checkpoint> checkpoint,
-                                                                const TensorParallel& tp) {
+                                                                const TensorParallel& tp,
+                                                                const WeightLoadOptions& options) {
+  WeightFormat format = WeightFormat::kBF16;
+  switch (options.precision) {
+    case WeightPrecision::kBF16:
+      break;
+    case WeightPrecision::kInt8:
+      format = WeightFormat::kInt8;
+      break;
+    case WeightPrecision::kInt4:
+      format = WeightFormat::kInt4;
+      break;
+    case WeightPrecision::kFp8:
+      return absl::InvalidArgumentError(
+          "weights fp8 (E4M3) run on GPUs of compute capability 8.9 and newer; on the CPU use bf16, int8 or int4");
+  }
+  if (format == WeightFormat::kInt4 && (options.int4_group_size < 32 || options.int4_group_size > 128 ||
+                                        (options.int4_group_size & (options.int4_group_size - 1)) != 0)) {
+    return absl::InvalidArgumentError(absl::StrCat("int4 group size ", options.int4_group_size,
+                                                   " is invalid; allowed: 32, 64 or 128"));
+  }
+  // int4 keeps the embedding / LM head at int8: it is the one matrix every logit reads.
+  const WeightFormat embed_format = format == WeightFormat::kInt4 ? WeightFormat::kInt8 : format;
   auto w = std::unique_ptr<ModelWeights>(new ModelWeights());
   w->checkpoint_ = std::move(checkpoint);
   w->tp_ = tp;
@@ -142,33 +201,52 @@ absl::StatusOr<std::unique_ptr<ModelWeights>> ModelWeights::Load(std::shared_ptr
   const int64_t h = c.hidden_size, d = c.head_dim;
   const std::string m = TextTensorPrefix(*w->checkpoint_);
   ReportIgnoredTensors(*w->checkpoint_);
-  ASSIGN_OR_RETURN(w->embed_, w->Matrix(m + "embed_tokens.weight", c.vocab_size, h));
-  w->embed_ = Rows(w->embed_, tp.vocab_begin, tp.vocab_end - tp.vocab_begin);
+  const int group = options.int4_group_size;
+  // Reading (and quantizing) every matrix is the long part of a load.
+  const int64_t total = c.num_layers + 1;
+  Progress progress(absl::StrCat("loading ", w->checkpoint_->dir(), format == WeightFormat::kBF16 ? "" : " as ",
+                                 format == WeightFormat::kBF16 ? "" : WeightFormatName(format)),
+                    total);
+  const std::string embed_name = m + "embed_tokens.weight";
+  ASSIGN_OR_RETURN(const MatrixView embed, w->Matrix(embed_name, c.vocab_size, h));
+  ASSIGN_OR_RETURN(w->embed_, w->Place(embed_name, embed, tp.vocab_begin, tp.vocab_end - tp.vocab_begin, 0, h,
+                                       embed_format, group));
+  // Fault the mapped pages used in place in now, so the first request does not pay for it.
+  auto fault_in = [&w](const MatrixView& v) {
+    if (v.format != WeightFormat::kBF16 || w->IsOwned(v)) return;
+    volatile uint16_t sink = 0;
+    for (int64_t r = 0; r < v.rows; ++r) {
+      for (int64_t k = 0; k < v.cols; k += 2048) sink = sink + v.data[r * v.stride + k];
+    }
+  };
+  fault_in(w->embed_);
   ASSIGN_OR_RETURN(w->final_norm_, w->NormPlusOne(m + "norm.weight", h));
   w->layers_.resize(c.num_layers);
   for (int i = 0; i < c.num_layers; ++i) {
+    progress.Update(i + 1);
     const std::string p = absl::StrCat(m, "layers.", i, ".");
     LayerWeights& l = w->layers_[i];
-    ASSIGN_OR_RETURN(l.q, w->Matrix(p + "self_attn.q_proj.weight", c.q_dim(), h));
-    ASSIGN_OR_RETURN(l.k, w->Matrix(p + "self_attn.k_proj.weight", c.kv_dim(), h));
-    ASSIGN_OR_RETURN(l.v, w->Matrix(p + "self_attn.v_proj.weight", c.kv_dim(), h));
-    ASSIGN_OR_RETURN(l.o, w->Matrix(p + "self_attn.o_proj.weight", h, c.q_dim()));
-    ASSIGN_OR_RETURN(l.gate, w->Matrix(p + "mlp.gate_proj.weight", c.intermediate_size, h));
-    ASSIGN_OR_RETURN(l.up, w->Matrix(p + "mlp.up_proj.weight", c.intermediate_size, h));
-    ASSIGN_OR_RETURN(l.down, w->Matrix(p + "mlp.down_proj.weight", h, c.intermediate_size));
-    l.q = Rows(l.q, tp.q_head_begin * d, tp.num_q_heads * d);
-    l.k = Rows(l.k, tp.kv_head_begin * d, tp.num_kv_heads * d);
-    l.v = Rows(l.v, tp.kv_head_begin * d, tp.num_kv_heads * d);
-    if (tp.world > 1) {
-      // Row-parallel slices are columns: every row holds a piece, so using them in
-      // place would keep every page of the whole matrix resident on every rank.
-      // A contiguous copy of the slice (and dropping the mapped pages) keeps a
-      // rank's memory at its share.
-      l.o = w->OwnedCopy(Cols(l.o, tp.q_head_begin * d, tp.num_q_heads * d), l.o);
-      l.down = w->OwnedCopy(Cols(l.down, tp.ffn_begin, tp.ffn_size), l.down);
+    // name, destination, whole shape, this rank's rows and columns.
+    struct Part {
+      std::string name;
+      MatrixView* out;
+      int64_t rows, cols, row_begin, row_count, col_begin, col_count;
+    };
+    const Part parts[] = {
+        {"self_attn.q_proj", &l.q, c.q_dim(), h, tp.q_head_begin * d, tp.num_q_heads * d, 0, h},
+        {"self_attn.k_proj", &l.k, c.kv_dim(), h, tp.kv_head_begin * d, tp.num_kv_heads * d, 0, h},
+        {"self_attn.v_proj", &l.v, c.kv_dim(), h, tp.kv_head_begin * d, tp.num_kv_heads * d, 0, h},
+        {"self_attn.o_proj", &l.o, h, c.q_dim(), 0, h, tp.q_head_begin * d, tp.num_q_heads * d},
+        {"mlp.gate_proj", &l.gate, c.intermediate_size, h, tp.ffn_begin, tp.ffn_size, 0, h},
+        {"mlp.up_proj", &l.up, c.intermediate_size, h, tp.ffn_begin, tp.ffn_size, 0, h},
+        {"mlp.down_proj", &l.down, h, c.intermediate_size, 0, h, tp.ffn_begin, tp.ffn_size},
+    };
+    for (const Part& part : parts) {
+      const std::string name = p + part.name + ".weight";
+      ASSIGN_OR_RETURN(const MatrixView whole, w->Matrix(name, part.rows, part.cols));
+      ASSIGN_OR_RETURN(*part.out, w->Place(name, whole, part.row_begin, part.row_count, part.col_begin,
+                                           part.col_count, format, group));
     }
-    l.gate = Rows(l.gate, tp.ffn_begin, tp.ffn_size);
-    l.up = Rows(l.up, tp.ffn_begin, tp.ffn_size);
     ASSIGN_OR_RETURN(l.attn_norm, w->NormPlusOne(p + "input_layernorm.weight", h));
     if (c.sandwich_norms()) {
       ASSIGN_OR_RETURN(l.post_attn_norm, w->NormPlusOne(p + "post_attention_layernorm.weight", h));
@@ -181,31 +259,35 @@ absl::StatusOr<std::unique_ptr<ModelWeights>> ModelWeights::Load(std::shared_ptr
       ASSIGN_OR_RETURN(l.q_norm, w->NormPlusOne(p + "self_attn.q_norm.weight", d));
       ASSIGN_OR_RETURN(l.k_norm, w->NormPlusOne(p + "self_attn.k_norm.weight", d));
     }
+    for (const MatrixView* v : {&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down}) fault_in(*v);
   }
-  // Fault the mapped pages in now, so the first request does not pay for it.
-  std::vector<MatrixView> all = {w->embed_};
-  for (const auto& l : w->layers_) all.insert(all.end(), {l.q, l.k, l.v, l.o, l.gate, l.up, l.down});
-  const int64_t total = w->WeightBytesPerStep();
-  Progress progress("loading " + w->checkpoint_->dir(), total);
-  int64_t done = 0;
-  volatile uint16_t sink = 0;
-  for (const auto& m : all) {
-    for (int64_t r = 0; r < m.rows; ++r) {
-      for (int64_t i = 0; i < m.cols; i += 2048) sink = sink + m.data[r * m.stride + i];
-    }
-    done += m.rows * m.cols * 2;
-    progress.Update(done);
-  }
+  progress.Update(total);
   progress.Finish();
   return w;
 }
 
-int64_t ModelWeights::WeightBytesPerStep() const {
-  int64_t n = embed_.rows * embed_.cols;
-  for (const auto& l : layers_) {
-    for (const MatrixView* m : {&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down}) n += m->rows * m->cols;
+std::unique_ptr<ModelWeights> ModelWeights::Dequantized() const {
+  auto w = std::unique_ptr<ModelWeights>(new ModelWeights());
+  w->checkpoint_ = checkpoint_;
+  w->tp_ = tp_;
+  w->final_norm_ = final_norm_;
+  w->layers_ = layers_;
+  auto dequantize = [&](const MatrixView& m) {
+    return DequantizeInto(m, reinterpret_cast<float*>(w->Own(m.rows * m.cols * 4)));
+  };
+  w->embed_ = dequantize(embed_);
+  for (LayerWeights& l : w->layers_) {
+    for (MatrixView* v : {&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down}) *v = dequantize(*v);
   }
-  return 2 * n;
+  return w;
+}
+
+int64_t ModelWeights::WeightBytesPerStep() const {
+  int64_t n = StoredBytes(embed_);
+  for (const auto& l : layers_) {
+    for (const MatrixView* m : {&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down}) n += StoredBytes(*m);
+  }
+  return n;
 }
 
 }  // namespace gemma

@@ -1,4 +1,5 @@
-// The model's weights as views into the memory-mapped checkpoint (bf16), with norms pre-added to 1 + w in f32.
+// The model's weights: views into the memory-mapped checkpoint (bf16) or quantized copies of them, with norms
+// pre-added to 1 + w in f32.
 #pragma once
 
 #include <cstdint>
@@ -10,6 +11,7 @@
 #include "shard/checkpoint/checkpoint.h"
 #include "shard/model/matrix_view.h"
 #include "shard/model/model_config.h"
+#include "shard/model/quantize.h"
 #include "shard/model/tensor_parallel.h"
 
 namespace gemma {
@@ -28,6 +30,15 @@ struct LayerWeights {
   std::vector<float> q_norm, k_norm;
 };
 
+struct WeightLoadOptions {
+  // kFp8 has no host format: Load refuses it (a GPU backend quantizes bf16 weights to it at upload).
+  WeightPrecision precision = WeightPrecision::kBF16;
+  // int4: columns per group; smaller powers of two down to 32 where a matrix's input is not a multiple of it.
+  // A tensor-parallel slice that would cut a group is refused (naming the group size that fits), so a model is
+  // quantized alike at every degree.
+  int int4_group_size = 128;
+};
+
 // Immutable after Load; thread-safe for concurrent reads. Keeps the Checkpoint
 // (and so the mappings) alive.
 class ModelWeights {
@@ -37,9 +48,14 @@ class ModelWeights {
   // nearest even) into owned memory. Shows progress on a terminal while pages
   // are read in.
   // With `tp`, keeps (and reads in) only this rank's slices.
+  // With a quantized precision, each rank's slices are quantized as they are read (see quantize.h) and the
+  // mapped bf16 pages are let go.
   static absl::StatusOr<std::unique_ptr<ModelWeights>> Load(std::shared_ptr<const Checkpoint> checkpoint,
-                                                            const TensorParallel& tp);
+                                                            const TensorParallel& tp,
+                                                            const WeightLoadOptions& options = {});
   static absl::StatusOr<std::unique_ptr<ModelWeights>> Load(std::shared_ptr<const Checkpoint> checkpoint);
+  // The same model with every matrix dequantized to f32: what the quantized kernels are checked against.
+  std::unique_ptr<ModelWeights> Dequantized() const;
 
   const ModelConfig& config() const { return checkpoint_->config(); }
   const TensorParallel& tp() const { return tp_; }
@@ -47,15 +63,22 @@ class ModelWeights {
   const MatrixView& embed() const { return embed_; }
   const std::vector<float>& final_norm() const { return final_norm_; }
   const LayerWeights& layer(int i) const { return layers_[i]; }
-  // Bytes of bf16 weights one decode step reads on this rank (every matrix once, embedding as the output projection).
+  // Bytes of weights one decode step reads on this rank (every matrix once, embedding as the output projection),
+  // in their stored formats.
   int64_t WeightBytesPerStep() const;
+  WeightFormat matrix_format() const { return layers_.empty() ? embed_.format : layers_[0].q.format; }
 
  private:
   absl::StatusOr<MatrixView> Matrix(const std::string& name, int64_t rows, int64_t cols);
   absl::StatusOr<std::vector<float>> NormPlusOne(const std::string& name, int64_t n);
-  // A contiguous owned copy of `slice` (part of `whole`); releases the mapped pages of `whole`.
-  MatrixView OwnedCopy(const MatrixView& slice, const MatrixView& whole);
-  // Whether `m` is one of the copies this object owns (not mapped file pages).
+  // This rank's part of `whole`, rows [row_begin, +rows) and columns [col_begin, +cols), in `format`: the mapped
+  // memory itself where it can be (bf16 rows), otherwise an owned copy (a bf16 column slice, whose rows are
+  // scattered over every page of the whole) or quantized one; then the whole's pages are let go.
+  absl::StatusOr<MatrixView> Place(const std::string& name, const MatrixView& whole, int64_t row_begin, int64_t rows,
+                                   int64_t col_begin, int64_t cols, WeightFormat format, int preferred_group);
+  // Drops this process's use of `whole`'s memory: the mapped pages (the page cache keeps them) or an owned copy.
+  void Release(const MatrixView& whole);
+  // Whether `m` starts at one of the buffers this object owns (not mapped file pages).
   bool IsOwned(const MatrixView& m) const;
 
   std::shared_ptr<const Checkpoint> checkpoint_;
@@ -64,12 +87,14 @@ class ModelWeights {
   std::vector<float> final_norm_;
   std::vector<LayerWeights> layers_;
   struct FreeDeleter {
-    void operator()(uint16_t* p) const { std::free(p); }
+    void operator()(uint8_t* p) const { std::free(p); }
   };
-  using OwnedBuffer = std::unique_ptr<uint16_t[], FreeDeleter>;
-  // bf16 copies this object owns (F16/F32 tensors, row-parallel slices), on huge pages.
-  static OwnedBuffer AllocateOwned(int64_t elements);
-  std::vector<OwnedBuffer> converted_;
+  using OwnedBuffer = std::unique_ptr<uint8_t[], FreeDeleter>;
+  // Copies this object owns (F16/F32 tensors as bf16, row-parallel slices, quantized and dequantized matrices),
+  // on huge pages.
+  static OwnedBuffer AllocateOwned(int64_t bytes);
+  uint8_t* Own(int64_t bytes);
+  std::vector<OwnedBuffer> owned_;
 };
 
 }  // namespace gemma

@@ -1,0 +1,139 @@
+#include "shard/model/quantize.h"
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+
+namespace gemma {
+namespace {
+
+int64_t Align64(int64_t bytes) { return (bytes + 63) / 64 * 64; }
+
+int64_t Groups(int64_t cols, int group_size) { return (cols + group_size - 1) / group_size; }
+
+}  // namespace
+
+absl::StatusOr<WeightPrecision> ParseWeightPrecision(absl::string_view name) {
+  if (name == "bf16") return WeightPrecision::kBF16;
+  if (name == "int8") return WeightPrecision::kInt8;
+  if (name == "int4") return WeightPrecision::kInt4;
+  if (name == "fp8") return WeightPrecision::kFp8;
+  return absl::InvalidArgumentError(
+      absl::StrCat("weights \"", name, "\" is not a weight precision; allowed: ", kWeightPrecisionNames));
+}
+
+const char* WeightPrecisionName(WeightPrecision precision) {
+  switch (precision) {
+    case WeightPrecision::kBF16:
+      return "bf16";
+    case WeightPrecision::kInt8:
+      return "int8";
+    case WeightPrecision::kInt4:
+      return "int4";
+    case WeightPrecision::kFp8:
+      return "fp8";
+  }
+  return "?";
+}
+
+int PickGroupSize(int64_t cols, int preferred, std::initializer_list<int64_t> cuts) {
+  for (int g = preferred; g >= 32; g /= 2) {
+    bool fits = cols % g == 0;
+    for (int64_t c : cuts) fits = fits && c % g == 0;
+    if (fits) return g;
+  }
+  return 0;
+}
+
+int64_t QuantizedBytes(WeightFormat format, int64_t rows, int64_t cols, int group_size) {
+  switch (format) {
+    case WeightFormat::kInt8:
+      return Align64(rows * cols) + Align64(4 * rows);
+    case WeightFormat::kInt4:
+      return Align64(rows * (cols + 1) / 2) + 2 * Align64(4 * rows * Groups(cols, group_size));
+    default:
+      return 0;
+  }
+}
+
+MatrixView QuantizeInto(const MatrixView& src, int64_t row_begin, int64_t rows, int64_t col_begin, int64_t cols,
+                        WeightFormat format, int group_size, uint8_t* memory) {
+  MatrixView q;
+  q.rows = rows;
+  q.cols = cols;
+  q.format = format;
+  if (format == WeightFormat::kInt8) {
+    q.stride = cols;
+    q.scale_stride = 1;
+    uint8_t* codes = memory;
+    float* scales = reinterpret_cast<float*>(memory + Align64(rows * cols));
+#pragma omp parallel for schedule(static)
+    for (int64_t r = 0; r < rows; ++r) {
+      std::vector<float> row(src.cols);
+      DequantizeRow(src, row_begin + r, row.data());
+      float amax = 0.0f;
+      for (float w : row) amax = std::max(amax, std::fabs(w));
+      const float scale = amax > 0.0f ? amax / 127.0f : 1.0f;
+      scales[r] = scale;
+      for (int64_t k = 0; k < cols; ++k) {
+        const float c = std::clamp(std::nearbyint(row[col_begin + k] / scale), -127.0f, 127.0f);
+        codes[r * cols + k] = static_cast<uint8_t>(static_cast<int8_t>(c));
+      }
+    }
+    q.codes = codes;
+    q.scales = scales;
+    return q;
+  }
+  // kInt4.
+  const int64_t groups = Groups(cols, group_size);
+  q.stride = cols + cols % 2;
+  q.scale_stride = groups;
+  q.group_size = group_size;
+  uint8_t* codes = memory;
+  float* scales = reinterpret_cast<float*>(memory + Align64(rows * q.stride / 2));
+  float* zeros = reinterpret_cast<float*>(reinterpret_cast<uint8_t*>(scales) + Align64(4 * rows * groups));
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < rows; ++r) {
+    std::vector<float> row(src.cols);
+    DequantizeRow(src, row_begin + r, row.data());
+    uint8_t* out = codes + r * (q.stride / 2);
+    std::fill(out, out + q.stride / 2, 0);
+    for (int64_t g = 0; g < groups; ++g) {
+      const int64_t k0 = g * group_size, k1 = std::min<int64_t>(cols, k0 + group_size);
+      float lo = 0.0f, hi = 0.0f;
+      for (int64_t k = k0; k < k1; ++k) {
+        lo = std::min(lo, row[col_begin + k]);
+        hi = std::max(hi, row[col_begin + k]);
+      }
+      const float scale = hi > lo ? (hi - lo) / 15.0f : 1.0f;
+      const float zero = std::clamp(std::nearbyint(-lo / scale), 0.0f, 15.0f);
+      scales[r * groups + g] = scale;
+      zeros[r * groups + g] = zero;
+      for (int64_t k = k0; k < k1; ++k) {
+        const int code = static_cast<int>(std::clamp(std::nearbyint(row[col_begin + k] / scale) + zero, 0.0f, 15.0f));
+        out[k / 2] |= static_cast<uint8_t>(k % 2 == 0 ? code : code << 4);
+      }
+    }
+  }
+  q.codes = codes;
+  q.scales = scales;
+  q.zeros = zeros;
+  return q;
+}
+
+MatrixView DequantizeInto(const MatrixView& m, float* memory) {
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < m.rows; ++r) DequantizeRow(m, r, memory + r * m.cols);
+  MatrixView f;
+  f.rows = m.rows;
+  f.cols = m.cols;
+  f.stride = m.cols;
+  f.format = WeightFormat::kF32;
+  f.f32 = memory;
+  return f;
+}
+
+}  // namespace gemma

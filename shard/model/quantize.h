@@ -1,0 +1,45 @@
+// Weight precisions a shard loads in, and quantizing a matrix into the stored formats of matrix_view.h.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "shard/model/matrix_view.h"
+
+namespace gemma {
+
+// What `--weights` asks for. Quantized modes quantize the bf16 checkpoint at load (round to nearest):
+//  int8: symmetric, one scale per output channel, every matrix including the embedding / LM head.
+//  int4: 4-bit codes with a scale and a zero per group of input columns (GPTQ/AWQ's W4A16 arithmetic); the
+//        embedding / LM head keeps int8, as llama.cpp keeps its output matrix at higher precision.
+//  fp8:  E4M3, for GPUs of compute capability 8.9 and newer.
+enum class WeightPrecision : uint8_t { kBF16, kInt8, kInt4, kFp8 };
+
+absl::StatusOr<WeightPrecision> ParseWeightPrecision(absl::string_view name);
+const char* WeightPrecisionName(WeightPrecision precision);
+// The values ParseWeightPrecision takes, for flag help and errors.
+constexpr char kWeightPrecisionNames[] = "bf16, int8, int4, fp8";
+
+// The largest of preferred, preferred / 2, ... 32 that divides `cols` and every cut point (tensor-parallel slice
+// boundaries and sizes along the input); 0 when none does.
+int PickGroupSize(int64_t cols, int preferred, std::initializer_list<int64_t> cuts);
+
+// Bytes QuantizeInto writes for a [rows, cols] matrix.
+int64_t QuantizedBytes(WeightFormat format, int64_t rows, int64_t cols, int group_size);
+
+// Quantizes rows [row_begin, row_begin + rows) and columns [col_begin, col_begin + cols) of `src` (any format)
+// into `memory` (QuantizedBytes of it, 64-byte aligned) and returns the view of it (stride == cols).
+//  kInt8: the scale of a row is max |w| / 127 over the whole source row, so column slices of one row share it
+//         and a tensor-parallel rank quantizes exactly as one rank holding the whole matrix.
+//  kInt4: per group of `group_size` columns (col_begin must be a multiple of it): the range [min(w, 0),
+//         max(w, 0)] in 15 steps, zero = round(-min / scale), code = clamp(round(w / scale) + zero, 0, 15).
+// Parallel over rows.
+MatrixView QuantizeInto(const MatrixView& src, int64_t row_begin, int64_t rows, int64_t col_begin, int64_t cols,
+                        WeightFormat format, int group_size, uint8_t* memory);
+
+// `m` dequantized into `memory` ([rows, cols] f32), as a kF32 view.
+MatrixView DequantizeInto(const MatrixView& m, float* memory);
+
+}  // namespace gemma

@@ -1,0 +1,119 @@
+#include "shard/model/quantize.h"
+
+#include <cmath>
+#include <random>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "shard/model/dtype.h"
+
+namespace gemma {
+namespace {
+
+struct Bf16Matrix {
+  std::vector<uint16_t> bits;
+  MatrixView view;
+};
+
+Bf16Matrix RandomMatrix(int64_t rows, int64_t cols, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal(0.0f, 0.05f);
+  Bf16Matrix m;
+  m.bits.resize(rows * cols);
+  for (auto& b : m.bits) b = F32ToBf16(normal(rng));
+  m.view = MatrixView{m.bits.data(), rows, cols, cols};
+  return m;
+}
+
+std::vector<uint8_t> Memory(WeightFormat format, int64_t rows, int64_t cols, int group) {
+  return std::vector<uint8_t>(QuantizedBytes(format, rows, cols, group) + 64);
+}
+
+uint8_t* Aligned(std::vector<uint8_t>& v) {
+  return reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(v.data()) + 63) / 64 * 64);
+}
+
+TEST(QuantizeTest, Int8IsWithinHalfAStepOfEachWeightAndScalesByTheWholeRow) {
+  const auto src = RandomMatrix(6, 96, 1);
+  auto mem = Memory(WeightFormat::kInt8, 6, 32, 0);
+  // Columns 32..63 of rows 2..7: the scale still comes from the whole row.
+  const MatrixView q = QuantizeInto(src.view, 2, 4, 32, 32, WeightFormat::kInt8, 0, Aligned(mem));
+  ASSERT_EQ(q.format, WeightFormat::kInt8);
+  for (int64_t r = 0; r < 4; ++r) {
+    float amax = 0;
+    for (int64_t k = 0; k < 96; ++k) amax = std::max(amax, std::fabs(ElementAt(src.view, 2 + r, k)));
+    EXPECT_FLOAT_EQ(q.scales[r], amax / 127.0f);
+    for (int64_t k = 0; k < 32; ++k) {
+      EXPECT_LE(std::fabs(ElementAt(q, r, k) - ElementAt(src.view, 2 + r, 32 + k)), q.scales[r] / 2 * 1.0001f);
+    }
+  }
+}
+
+TEST(QuantizeTest, Int4GroupsAreWithinHalfAStepAndPackLowNibbleFirst) {
+  const auto src = RandomMatrix(3, 128, 2);
+  auto mem = Memory(WeightFormat::kInt4, 3, 128, 32);
+  const MatrixView q = QuantizeInto(src.view, 0, 3, 0, 128, WeightFormat::kInt4, 32, Aligned(mem));
+  ASSERT_EQ(q.scale_stride, 4);
+  for (int64_t r = 0; r < 3; ++r) {
+    for (int64_t k = 0; k < 128; ++k) {
+      const int64_t g = r * 4 + k / 32;
+      EXPECT_LE(std::fabs(ElementAt(q, r, k) - ElementAt(src.view, r, k)), q.scales[g] / 2 * 1.0001f);
+      const int code = k % 2 == 0 ? q.codes[r * 64 + k / 2] & 0xF : q.codes[r * 64 + k / 2] >> 4;
+      EXPECT_FLOAT_EQ(ElementAt(q, r, k), (code - q.zeros[g]) * q.scales[g]);
+      EXPECT_EQ(q.zeros[g], std::nearbyint(q.zeros[g]));
+    }
+  }
+  // Zero is always representable exactly (the range includes it), so a zero weight stays zero.
+  std::vector<uint16_t> zeros(64, 0);
+  zeros[5] = F32ToBf16(0.5f);
+  auto mem2 = Memory(WeightFormat::kInt4, 1, 64, 32);
+  const MatrixView z = QuantizeInto(MatrixView{zeros.data(), 1, 64, 64}, 0, 1, 0, 64, WeightFormat::kInt4, 32,
+                                    Aligned(mem2));
+  EXPECT_EQ(ElementAt(z, 0, 0), 0.0f);
+  EXPECT_EQ(ElementAt(z, 0, 40), 0.0f);
+  EXPECT_FLOAT_EQ(ElementAt(z, 0, 5), 0.5f);
+}
+
+TEST(QuantizeTest, SlicesKeepEveryElementAndRefuseToCutAGroup) {
+  const auto src = RandomMatrix(4, 128, 3);
+  auto mem = Memory(WeightFormat::kInt4, 4, 128, 32);
+  const MatrixView q = QuantizeInto(src.view, 0, 4, 0, 128, WeightFormat::kInt4, 32, Aligned(mem));
+  auto cols = ColSlice(RowSlice(q, 1, 2), 64, 64, "layers.0.mlp.down_proj.weight");
+  ASSERT_TRUE(cols.ok()) << cols.status();
+  for (int64_t r = 0; r < 2; ++r) {
+    for (int64_t k = 0; k < 64; ++k) EXPECT_EQ(ElementAt(*cols, r, k), ElementAt(q, 1 + r, 64 + k));
+  }
+  auto cut = ColSlice(q, 48, 64, "layers.0.mlp.down_proj.weight");
+  ASSERT_FALSE(cut.ok());
+  EXPECT_NE(cut.status().message().find("layers.0.mlp.down_proj.weight"), std::string::npos) << cut.status();
+  EXPECT_NE(cut.status().message().find("group of 32"), std::string::npos) << cut.status();
+  // int8 slices anywhere.
+  auto mem8 = Memory(WeightFormat::kInt8, 4, 128, 0);
+  const MatrixView q8 = QuantizeInto(src.view, 0, 4, 0, 128, WeightFormat::kInt8, 0, Aligned(mem8));
+  auto c8 = ColSlice(RowSlice(q8, 3, 1), 7, 9, "x");
+  ASSERT_TRUE(c8.ok());
+  for (int64_t k = 0; k < 9; ++k) EXPECT_EQ(ElementAt(*c8, 0, k), ElementAt(q8, 3, 7 + k));
+  EXPECT_EQ(StoredBytes(q8), 4 * 128 + 4 * 4);
+  EXPECT_EQ(StoredBytes(q), 4 * 64 + 4 * 4 * 8);
+}
+
+TEST(QuantizeTest, GroupSizeIsTheLargestThatDividesEveryCut) {
+  EXPECT_EQ(PickGroupSize(2048, 128, {0}), 128);
+  EXPECT_EQ(PickGroupSize(192, 128, {96}), 32);
+  EXPECT_EQ(PickGroupSize(192, 128, {0}), 64);
+  EXPECT_EQ(PickGroupSize(96, 64, {0}), 32);
+  EXPECT_EQ(PickGroupSize(100, 128, {0}), 0);
+}
+
+TEST(QuantizeTest, PrecisionNamesParseAndBadOnesNameTheAllowedSet) {
+  EXPECT_EQ(*ParseWeightPrecision("int8"), WeightPrecision::kInt8);
+  EXPECT_EQ(*ParseWeightPrecision("int4"), WeightPrecision::kInt4);
+  EXPECT_EQ(*ParseWeightPrecision("fp8"), WeightPrecision::kFp8);
+  EXPECT_EQ(*ParseWeightPrecision("bf16"), WeightPrecision::kBF16);
+  auto bad = ParseWeightPrecision("q4_0");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("allowed: bf16, int8, int4, fp8"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace gemma
