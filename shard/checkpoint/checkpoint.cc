@@ -1,5 +1,7 @@
 #include "shard/checkpoint/checkpoint.h"
 
+#include <algorithm>
+
 #include <filesystem>
 #include <fstream>
 #include <set>
@@ -95,7 +97,8 @@ absl::StatusOr<std::unique_ptr<Checkpoint>> Checkpoint::Open(const std::string& 
   return ckpt;
 }
 
-absl::StatusOr<StoredTensor> Checkpoint::Get(const std::string& name, const std::vector<int64_t>& expected_shape) const {
+absl::StatusOr<StoredTensor> Checkpoint::Get(const std::string& name, const std::vector<int64_t>& expected_shape,
+                                             std::initializer_list<DType> allowed) const {
   auto it = tensors_.find(name);
   if (it == tensors_.end()) {
     return absl::InvalidArgumentError(absl::StrCat(dir_, ": missing tensor \"", name, "\" (expected shape ",
@@ -103,9 +106,11 @@ absl::StatusOr<StoredTensor> Checkpoint::Get(const std::string& name, const std:
   }
   const MappedFile& file = files_[it->second.file_index];
   const TensorEntry& e = it->second.entry;
-  if (e.dtype != DType::kBF16 && e.dtype != DType::kF16 && e.dtype != DType::kF32) {
+  if (std::find(allowed.begin(), allowed.end(), e.dtype) == allowed.end()) {
+    std::vector<std::string> names;
+    for (DType d : allowed) names.emplace_back(DTypeName(d));
     return absl::InvalidArgumentError(absl::StrCat(file.path(), ": tensor \"", name, "\" has dtype ", DTypeName(e.dtype),
-                                                   "; allowed: BF16, F16, F32"));
+                                                   "; allowed: ", absl::StrJoin(names, ", ")));
   }
   if (e.shape != expected_shape) {
     return absl::InvalidArgumentError(absl::StrCat(file.path(), ": tensor \"", name, "\" has shape ", ShapeString(e.shape),

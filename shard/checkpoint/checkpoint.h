@@ -32,8 +32,11 @@ class Checkpoint {
 
   const ModelConfig& config() const { return config_; }
   const std::string& dir() const { return dir_; }
-  // The tensor, checked against the expected shape (dtype must be BF16, F16 or F32).
-  absl::StatusOr<StoredTensor> Get(const std::string& name, const std::vector<int64_t>& expected_shape) const;
+  // The tensor, checked against the expected shape and the dtypes allowed (floating point by default).
+  absl::StatusOr<StoredTensor> Get(const std::string& name, const std::vector<int64_t>& expected_shape,
+                                   std::initializer_list<DType> allowed = {DType::kBF16, DType::kF16,
+                                                                           DType::kF32}) const;
+  bool Has(const std::string& name) const { return tensors_.count(name) > 0; }
   // Names present in the files but not used by a Gemma model.
   std::vector<std::string> TensorNames() const;
   uint64_t TotalBytes() const;

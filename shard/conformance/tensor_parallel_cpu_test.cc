@@ -120,9 +120,8 @@ TEST_P(TensorParallelCpuTest, AGroupGivesTheLogitsOfOneRank) {
 }
 
 // Quantized weights (int8, int4) at one rank and a group of two: the quantized kernels give the logits of the
-// f32 kernels over the same weights dequantized, within 1e-4 (at one rank, bit for bit: both dequantize each
-// element the same way and sum in the same order). How far quantization itself moves the logits from bf16 is
-// recorded (mean KL of the next-token distributions, top-1 agreement, the largest log-prob change).
+// f32 kernels over the same weights dequantized, within 1e-4 (they differ only in where the scales multiply).
+// How far quantization itself moves the logits from bf16 is recorded (mean KL of the next-token distributions, top-1 agreement, the largest log-prob change).
 struct QuantCase {
   TinyModel model;
   WeightPrecision precision;
@@ -144,7 +143,6 @@ TEST_P(QuantizedWeightsCpuTest, QuantizedKernelsGiveTheDequantizedWeightsLogits)
   const auto dequantized = RunGroup(ckpt, c.world, prompt, load, /*dequantize=*/true);
   const double worst = MaxAbsDiff(quantized[0], dequantized[0]);
   EXPECT_LT(worst, 1e-4);
-  if (c.world == 1) EXPECT_EQ(quantized[0], dequantized[0]);
   for (int r = 1; r < c.world; ++r) EXPECT_EQ(quantized[r], quantized[0]) << "rank " << r;
   RecordProperty("max_abs_logit_diff", absl::StrCat(worst));
   if (c.world > 1) {

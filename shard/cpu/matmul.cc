@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include "shard/model/dtype.h"
 
@@ -35,16 +36,23 @@ constexpr int kBlockTokens = 4;
 // Bytes of packed x kept hot in L2 while one thread's rows stream past it.
 constexpr int64_t kPanelBytes = 384 << 10;
 
-// x is packed so that one 2N-wide block of k holds the N even elements, then
-// the N odd ones: a u32 load of bf16 pairs then yields both halves as f32 with
-// one shift and one mask, no shuffles.
-void PackX(const float* x, int64_t M, int64_t K, int64_t ldx, int64_t packed_stride, float* xp) {
+// A format's block b holds 2N elements of a row, as two vectors: even/odd (the N even elements of
+// [2Nb, 2Nb + 2N), then the N odd ones) where the stored form pairs neighbours (bf16 pairs in a u32, two 4-bit
+// codes in a byte): one shift and one mask then split them, no shuffles. Plain (elements [2Nb, 2Nb + N), then
+// the next N) elsewhere. x is packed the same way once per call.
+enum class Layout { kEvenOdd, kPlain };
+
+void PackX(const float* x, int64_t M, int64_t K, int64_t ldx, int64_t packed_stride, Layout layout, float* xp) {
   const int64_t n2 = 2 * static_cast<int64_t>(hn::Lanes(DF()));
   const int64_t full = K / n2;
 #pragma omp parallel for schedule(static) if (M > 4)
   for (int64_t m = 0; m < M; ++m) {
     const float* src = x + m * ldx;
     float* dst = xp + m * packed_stride;
+    if (layout == Layout::kPlain) {
+      std::copy_n(src, full * n2, dst);
+      continue;
+    }
     for (int64_t b = 0; b < full; ++b) {
       const float* s = src + b * n2;
       float* d = dst + b * n2;
@@ -56,10 +64,25 @@ void PackX(const float* x, int64_t M, int64_t K, int64_t ldx, int64_t packed_str
   }
 }
 
-// Weight decoders: block b of row r (the 2N elements from column 2Nb) as f32, the even elements into lo and the
-// odd ones into hi; Scalar gives one element of the tail. Each dequantizes an element exactly as ElementAt does
-// (one rounding at most), so every format computes what the f32 kernel computes over the dequantized matrix.
+// Sums of each 32 elements of x ([M][K / 32]), for grouped formats' zero points: sum_k (c - z) s x = s sum_k c x -
+// z s sum_k x.
+constexpr int64_t kChunk = 32;
+void ChunkSums(const float* x, int64_t M, int64_t K, int64_t ldx, float* sums) {
+  for (int64_t m = 0; m < M; ++m) {
+    for (int64_t c = 0; c < K / kChunk; ++c) {
+      float s = 0;
+      for (int64_t k = 0; k < kChunk; ++k) s += x[m * ldx + c * kChunk + k];
+      sums[m * (K / kChunk) + c] = s;
+    }
+  }
+}
+
+// Weight decoders: block b of row r as two f32 vectors (lo, hi) in the format's layout; Scalar gives one element
+// of the tail, Finish turns a row's sum into its output. Ungrouped formats sum w x over the whole row; grouped
+// ones (kGrouped) sum c x over each group of columns and apply the group's scale and zero once per group.
 struct Bf16Rows {
+  static constexpr Layout kLayout = Layout::kEvenOdd;
+  static constexpr bool kGrouped = false;
   const uint16_t* w;
   int64_t stride;
   explicit Bf16Rows(const MatrixView& m) : w(m.data), stride(m.stride) {}
@@ -73,21 +96,31 @@ struct Bf16Rows {
     hi = hn::BitCast(df, hn::And(u, hn::Set(du, 0xFFFF0000u)));
   }
   float Scalar(int64_t r, int64_t k) const { return Bf16ToF32(w[r * stride + k]); }
+  float Finish(int64_t, float sum) const { return sum; }
 };
 
 struct F32Rows {
+  static constexpr Layout kLayout = Layout::kPlain;
+  static constexpr bool kGrouped = false;
   const float* w;
   int64_t stride;
   explicit F32Rows(const MatrixView& m) : w(m.f32), stride(m.stride) {}
   const void* Address(int64_t r, int64_t b) const { return w + r * stride + b * 2 * hn::Lanes(DF()); }
   int64_t RowBytes() const { return 4 * stride; }
   HWY_INLINE void Block(int64_t r, int64_t b, VF& lo, VF& hi) const {
-    hn::LoadInterleaved2(DF(), static_cast<const float*>(Address(r, b)), lo, hi);
+    const DF df;
+    const float* p = static_cast<const float*>(Address(r, b));
+    lo = hn::LoadU(df, p);
+    hi = hn::LoadU(df, p + hn::Lanes(df));
   }
   float Scalar(int64_t r, int64_t k) const { return w[r * stride + k]; }
+  float Finish(int64_t, float sum) const { return sum; }
 };
 
+// Sums code x over the row and scales once at the end: one sign-extending load and one conversion per N codes.
 struct Int8Rows {
+  static constexpr Layout kLayout = Layout::kPlain;
+  static constexpr bool kGrouped = false;
   const uint8_t* codes;
   const float* scales;
   int64_t stride;
@@ -96,78 +129,101 @@ struct Int8Rows {
   int64_t RowBytes() const { return stride; }
   HWY_INLINE void Block(int64_t r, int64_t b, VF& lo, VF& hi) const {
     const DF df;
-    const hn::Rebind<int16_t, DF> d16;
+    const hn::Rebind<int8_t, DF> d8;
     const hn::Rebind<int32_t, DF> d32;
-    // Little-endian pairs: the low byte of each 16-bit lane is the even element.
-    const auto pairs = hn::LoadU(d16, static_cast<const int16_t*>(Address(r, b)));
-    const VF scale = hn::Set(df, scales[r]);
-    lo = hn::Mul(hn::ConvertTo(df, hn::PromoteTo(d32, hn::ShiftRight<8>(hn::ShiftLeft<8>(pairs)))), scale);
-    hi = hn::Mul(hn::ConvertTo(df, hn::PromoteTo(d32, hn::ShiftRight<8>(pairs))), scale);
+    const int8_t* p = static_cast<const int8_t*>(Address(r, b));
+    lo = hn::ConvertTo(df, hn::PromoteTo(d32, hn::LoadU(d8, p)));
+    hi = hn::ConvertTo(df, hn::PromoteTo(d32, hn::LoadU(d8, p + hn::Lanes(df))));
   }
-  float Scalar(int64_t r, int64_t k) const {
-    return static_cast<float>(static_cast<int8_t>(codes[r * stride + k])) * scales[r];
-  }
+  float Scalar(int64_t r, int64_t k) const { return static_cast<float>(static_cast<int8_t>(codes[r * stride + k])); }
+  float Finish(int64_t r, float sum) const { return sum * scales[r]; }
 };
 
+// Needs 2N <= the group size (32 at the least; 2N is 32 at most), K a whole number of groups.
 struct Int4Rows {
+  static constexpr Layout kLayout = Layout::kEvenOdd;
+  static constexpr bool kGrouped = true;
   const uint8_t* codes;
   const float* scales;
   const float* zeros;
-  int64_t row_bytes, scale_stride;
-  int group_shift;
+  int64_t row_bytes, scale_stride, group_blocks;
+  int group_size;
   explicit Int4Rows(const MatrixView& m)
       : codes(m.codes), scales(m.scales), zeros(m.zeros), row_bytes(m.stride / 2), scale_stride(m.scale_stride),
-        group_shift(__builtin_ctz(static_cast<unsigned>(m.group_size))) {}
+        group_blocks(m.group_size / (2 * static_cast<int64_t>(hn::Lanes(DF())))), group_size(m.group_size) {}
   const void* Address(int64_t r, int64_t b) const { return codes + r * row_bytes + b * hn::Lanes(DF()); }
   int64_t RowBytes() const { return row_bytes; }
-  // Needs 2N <= the group size (32 at the least, 2N is 32 at most), so a block lies inside one group.
   HWY_INLINE void Block(int64_t r, int64_t b, VF& lo, VF& hi) const {
     const DF df;
     const hn::Rebind<uint8_t, DF> d8;
     const hn::Rebind<uint32_t, DF> du32;
     const hn::Rebind<int32_t, DF> di32;
     const auto bytes = hn::PromoteTo(du32, hn::LoadU(d8, static_cast<const uint8_t*>(Address(r, b))));
-    const int64_t g = r * scale_stride + ((b * 2 * static_cast<int64_t>(hn::Lanes(df))) >> group_shift);
-    const VF zero = hn::Set(df, zeros[g]), scale = hn::Set(df, scales[g]);
-    const VF even = hn::ConvertTo(df, hn::BitCast(di32, hn::And(bytes, hn::Set(du32, 0xFu))));
-    const VF odd = hn::ConvertTo(df, hn::BitCast(di32, hn::ShiftRight<4>(bytes)));
-    lo = hn::Mul(hn::Sub(even, zero), scale);
-    hi = hn::Mul(hn::Sub(odd, zero), scale);
+    lo = hn::ConvertTo(df, hn::BitCast(di32, hn::And(bytes, hn::Set(du32, 0xFu))));
+    hi = hn::ConvertTo(df, hn::BitCast(di32, hn::ShiftRight<4>(bytes)));
   }
-  float Scalar(int64_t r, int64_t k) const {
-    const uint8_t byte = codes[r * row_bytes + k / 2];
-    const int64_t g = r * scale_stride + (k >> group_shift);
-    return (static_cast<float>(k % 2 == 0 ? byte & 0xF : byte >> 4) - zeros[g]) * scales[g];
-  }
+  float Scale(int64_t r, int64_t g) const { return scales[r * scale_stride + g]; }
+  float Zero(int64_t r, int64_t g) const { return zeros[r * scale_stride + g]; }
+  float Scalar(int64_t, int64_t) const { return 0.0f; }  // no tail: K is whole groups of whole blocks
+  float Finish(int64_t, float sum) const { return sum; }
 };
 
-// R weight rows (from row r0 of `w`) against T tokens over all of K. Every output is the same sequence of
-// operations whatever R and T are (one chain of FMAs, even then odd elements of each block, reduced, then the
-// scalar tail), so results do not depend on batching.
+// One block of R rows into the accumulators of T tokens.
 template <int R, int T, class Rows>
-HWY_INLINE void Tile(const Rows& w, int64_t r0, const float* HWY_RESTRICT xp, int64_t xp_stride,
-                     const float* HWY_RESTRICT x, int64_t ldx, int64_t full_blocks, int64_t K, float* HWY_RESTRICT out,
-                     int64_t ldo) {
+HWY_INLINE void AccumulateBlock(const Rows& w, int64_t r0, int64_t b, int64_t ahead, const float* HWY_RESTRICT xp,
+                                int64_t xp_stride, VF (&acc)[R][T]) {
   const DF df;
   const int64_t N = static_cast<int64_t>(hn::Lanes(df));
+  VF lo[R], hi[R];
+  for (int r = 0; r < R; ++r) {
+    // Hardware prefetchers stop at 4 KB boundaries; a software prefetch ahead
+    // keeps the weight stream flowing: 4 KB on for one row (running on into
+    // the next row), the same place in the next tile of rows otherwise.
+    __builtin_prefetch(static_cast<const char*>(w.Address(r0 + r, b)) + ahead);
+    w.Block(r0 + r, b, lo[r], hi[r]);
+  }
+  for (int t = 0; t < T; ++t) {
+    const VF xa = hn::Load(df, xp + t * xp_stride + b * 2 * N);
+    const VF xb = hn::Load(df, xp + t * xp_stride + b * 2 * N + N);
+    for (int r = 0; r < R; ++r) acc[r][t] = hn::MulAdd(hi[r], xb, hn::MulAdd(lo[r], xa, acc[r][t]));
+  }
+}
+
+// R weight rows (from row r0 of `w`) against T tokens over all of K. Every output is the same sequence of
+// operations whatever R and T are (one chain of FMAs per group or row, reduced, then the scalar tail), so
+// results do not depend on batching. `xsums`: ChunkSums of these tokens (grouped formats only).
+template <int R, int T, class Rows>
+HWY_INLINE void Tile(const Rows& w, int64_t r0, const float* HWY_RESTRICT xp, int64_t xp_stride,
+                     const float* HWY_RESTRICT x, int64_t ldx, const float* HWY_RESTRICT xsums, int64_t full_blocks,
+                     int64_t K, float* HWY_RESTRICT out, int64_t ldo) {
+  const DF df;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(df));
+  const int64_t ahead = R == 1 ? 4096 : R * w.RowBytes();
   VF acc[R][T];
   for (int r = 0; r < R; ++r)
     for (int t = 0; t < T; ++t) acc[r][t] = hn::Zero(df);
-  // Hardware prefetchers stop at 4 KB boundaries; a software prefetch ahead
-  // keeps the weight stream flowing: 4 KB on for one row (running on into
-  // the next row), the same place in the next tile of rows otherwise.
-  const int64_t ahead = R == 1 ? 4096 : R * w.RowBytes();
-  for (int64_t b = 0; b < full_blocks; ++b) {
-    VF lo[R], hi[R];
-    for (int r = 0; r < R; ++r) {
-      __builtin_prefetch(static_cast<const char*>(w.Address(r0 + r, b)) + ahead);
-      w.Block(r0 + r, b, lo[r], hi[r]);
-    }
-    for (int t = 0; t < T; ++t) {
-      const VF xe = hn::Load(df, xp + t * xp_stride + b * 2 * N);
-      const VF xo = hn::Load(df, xp + t * xp_stride + b * 2 * N + N);
+  float offset[R][T] = {};
+  if constexpr (!Rows::kGrouped) {
+    for (int64_t b = 0; b < full_blocks; ++b) AccumulateBlock<R, T>(w, r0, b, ahead, xp, xp_stride, acc);
+  } else {
+    const int64_t chunks = w.group_size / kChunk;
+    for (int64_t g = 0; g * w.group_blocks < full_blocks; ++g) {
+      VF part[R][T];
+      for (int r = 0; r < R; ++r)
+        for (int t = 0; t < T; ++t) part[r][t] = hn::Zero(df);
+      for (int64_t b = g * w.group_blocks; b < (g + 1) * w.group_blocks; ++b) {
+        AccumulateBlock<R, T>(w, r0, b, ahead, xp, xp_stride, part);
+      }
       for (int r = 0; r < R; ++r) {
-        acc[r][t] = hn::MulAdd(hi[r], xo, hn::MulAdd(lo[r], xe, acc[r][t]));
+        const float scale = w.Scale(r0 + r, g);
+        const float zero_term = -w.Zero(r0 + r, g) * scale;
+        const VF s = hn::Set(df, scale);
+        for (int t = 0; t < T; ++t) {
+          acc[r][t] = hn::MulAdd(part[r][t], s, acc[r][t]);
+          float x_sum = 0;
+          for (int64_t c = 0; c < chunks; ++c) x_sum += xsums[t * (K / kChunk) + g * chunks + c];
+          offset[r][t] = std::fma(zero_term, x_sum, offset[r][t]);
+        }
       }
     }
   }
@@ -175,9 +231,9 @@ HWY_INLINE void Tile(const Rows& w, int64_t r0, const float* HWY_RESTRICT xp, in
     for (int t = 0; t < T; ++t) {
       float s = hn::GetLane(hn::SumOfLanes(df, acc[r][t]));
       // An explicit fma: left to itself the compiler contracts (or vectorizes) this loop differently in each
-      // instantiation, and the formats would no longer agree bit for bit.
+      // instantiation, and batch sizes would no longer agree bit for bit.
       for (int64_t k = full_blocks * 2 * N; k < K; ++k) s = std::fma(w.Scalar(r0 + r, k), x[t * ldx + k], s);
-      out[t * ldo + r] = s;
+      out[t * ldo + r] = w.Finish(r0 + r, s) + offset[r][t];
     }
   }
 }
@@ -185,58 +241,73 @@ HWY_INLINE void Tile(const Rows& w, int64_t r0, const float* HWY_RESTRICT xp, in
 // Tile<R, T> for a runtime token count 1..T.
 template <int R, int T, class Rows>
 HWY_INLINE void TileUpTo(int tokens, const Rows& w, int64_t r0, const float* xp, int64_t xp_stride, const float* x,
-                         int64_t ldx, int64_t full_blocks, int64_t K, float* out, int64_t ldo) {
+                         int64_t ldx, const float* xsums, int64_t full_blocks, int64_t K, float* out, int64_t ldo) {
   if constexpr (T > 1) {
-    if (tokens < T) return TileUpTo<R, T - 1>(tokens, w, r0, xp, xp_stride, x, ldx, full_blocks, K, out, ldo);
+    if (tokens < T) {
+      return TileUpTo<R, T - 1>(tokens, w, r0, xp, xp_stride, x, ldx, xsums, full_blocks, K, out, ldo);
+    }
   }
-  Tile<R, T>(w, r0, xp, xp_stride, x, ldx, full_blocks, K, out, ldo);
+  Tile<R, T>(w, r0, xp, xp_stride, x, ldx, xsums, full_blocks, K, out, ldo);
 }
 
 // Rows [r_begin, r_end) of one view against tokens [m0, m1).
 template <class Rows>
 void RowsTimesPanel(const Rows& w, int64_t r_begin, int64_t r_end, int64_t m0, int64_t m1, const float* xp,
-                    int64_t xp_stride, const float* x, int64_t ldx, int64_t full_blocks, int64_t K, float* out,
-                    int64_t ldo) {
+                    int64_t xp_stride, const float* x, int64_t ldx, const float* xsums, int64_t full_blocks,
+                    int64_t K, float* out, int64_t ldo) {
   const int64_t tokens = m1 - m0;
+  const int64_t sums_stride = K / kChunk;
+  auto sums_at = [&](int64_t m) { return xsums == nullptr ? nullptr : xsums + m * sums_stride; };
   if (tokens <= kStreamTokens) {
     for (int64_t r = r_begin; r < r_end; ++r) {
       TileUpTo<1, kStreamTokens>(static_cast<int>(tokens), w, r, xp + m0 * xp_stride, xp_stride, x + m0 * ldx, ldx,
-                                 full_blocks, K, out + m0 * ldo + r, ldo);
+                                 sums_at(m0), full_blocks, K, out + m0 * ldo + r, ldo);
     }
     return;
   }
+  // A grouped format holds a second set of accumulators: half the rows keep them in registers.
+  constexpr int kRows = Rows::kGrouped && kTileRows > 1 ? kTileRows / 2 : kTileRows;
   int64_t r = r_begin;
-  for (; r + kTileRows <= r_end; r += kTileRows) {
+  for (; r + kRows <= r_end; r += kRows) {
     for (int64_t m = m0; m < m1; m += kBlockTokens) {
       const int t = static_cast<int>(std::min<int64_t>(kBlockTokens, m1 - m));
-      TileUpTo<kTileRows, kBlockTokens>(t, w, r, xp + m * xp_stride, xp_stride, x + m * ldx, ldx, full_blocks, K,
-                                        out + m * ldo + r, ldo);
+      TileUpTo<kRows, kBlockTokens>(t, w, r, xp + m * xp_stride, xp_stride, x + m * ldx, ldx, sums_at(m),
+                                    full_blocks, K, out + m * ldo + r, ldo);
     }
   }
   for (; r < r_end; ++r) {
     for (int64_t m = m0; m < m1; m += kBlockTokens) {
       const int t = static_cast<int>(std::min<int64_t>(kBlockTokens, m1 - m));
-      TileUpTo<1, kBlockTokens>(t, w, r, xp + m * xp_stride, xp_stride, x + m * ldx, ldx, full_blocks, K,
-                                out + m * ldo + r, ldo);
+      TileUpTo<1, kBlockTokens>(t, w, r, xp + m * xp_stride, xp_stride, x + m * ldx, ldx, sums_at(m), full_blocks,
+                                K, out + m * ldo + r, ldo);
     }
   }
 }
 
+Layout LayoutOf(WeightFormat format) {
+  return format == WeightFormat::kBF16 || format == WeightFormat::kInt4 ? Layout::kEvenOdd : Layout::kPlain;
+}
+
 void ViewTimesPanel(const MatrixView& mv, int64_t r_begin, int64_t r_end, int64_t m0, int64_t m1, const float* xp,
-                    int64_t xp_stride, const float* x, int64_t ldx, int64_t full_blocks, int64_t K, float* out,
-                    int64_t ldo) {
+                    int64_t xp_stride, const float* x, int64_t ldx, const float* xsums, int64_t full_blocks,
+                    int64_t K, float* out, int64_t ldo) {
   switch (mv.format) {
     case WeightFormat::kBF16:
-      return RowsTimesPanel(Bf16Rows(mv), r_begin, r_end, m0, m1, xp, xp_stride, x, ldx, full_blocks, K, out, ldo);
+      return RowsTimesPanel(Bf16Rows(mv), r_begin, r_end, m0, m1, xp, xp_stride, x, ldx, nullptr, full_blocks, K,
+                            out, ldo);
     case WeightFormat::kF32:
-      return RowsTimesPanel(F32Rows(mv), r_begin, r_end, m0, m1, xp, xp_stride, x, ldx, full_blocks, K, out, ldo);
+      return RowsTimesPanel(F32Rows(mv), r_begin, r_end, m0, m1, xp, xp_stride, x, ldx, nullptr, full_blocks, K, out,
+                            ldo);
     case WeightFormat::kInt8:
-      return RowsTimesPanel(Int8Rows(mv), r_begin, r_end, m0, m1, xp, xp_stride, x, ldx, full_blocks, K, out, ldo);
+      return RowsTimesPanel(Int8Rows(mv), r_begin, r_end, m0, m1, xp, xp_stride, x, ldx, nullptr, full_blocks, K,
+                            out, ldo);
     case WeightFormat::kInt4:
-      return RowsTimesPanel(Int4Rows(mv), r_begin, r_end, m0, m1, xp, xp_stride, x, ldx, full_blocks, K, out, ldo);
+      return RowsTimesPanel(Int4Rows(mv), r_begin, r_end, m0, m1, xp, xp_stride, x, ldx, xsums, full_blocks, K, out,
+                            ldo);
   }
 }
 
+// All views share one layout (MatMul splits calls that mix them).
 void MatMulImpl(const float* x, int64_t M, int64_t K, int64_t ldx, const MatrixView* views, size_t num_views,
                 float* out, int64_t ldo) {
   const int64_t n2 = 2 * static_cast<int64_t>(hn::Lanes(DF()));
@@ -249,7 +320,16 @@ void MatMulImpl(const float* x, int64_t M, int64_t K, int64_t ldx, const MatrixV
     packed_size = M * xp_stride;
   }
   float* xp = packed.get();
-  PackX(x, M, K, ldx, xp_stride, xp);
+  PackX(x, M, K, ldx, xp_stride, LayoutOf(views[0].format), xp);
+  thread_local std::vector<float> sums;
+  const float* xsums = nullptr;
+  for (size_t v = 0; v < num_views; ++v) {
+    if (views[v].format != WeightFormat::kInt4) continue;
+    sums.resize(M * (K / kChunk));
+    ChunkSums(x, M, K, ldx, sums.data());
+    xsums = sums.data();
+    break;
+  }
 
   int64_t total_rows = 0;
   for (size_t v = 0; v < num_views; ++v) total_rows += views[v].rows;
@@ -271,7 +351,8 @@ void MatMulImpl(const float* x, int64_t M, int64_t K, int64_t ldx, const MatrixV
         const int64_t r_begin = std::max<int64_t>(row_begin - first_row, 0);
         const int64_t r_end = std::min<int64_t>(row_end - first_row, mv.rows);
         if (r_begin < r_end) {
-          ViewTimesPanel(mv, r_begin, r_end, m0, m1, xp, xp_stride, x, ldx, full_blocks, K, out + first_row, ldo);
+          ViewTimesPanel(mv, r_begin, r_end, m0, m1, xp, xp_stride, x, ldx, xsums, full_blocks, K, out + first_row,
+                         ldo);
         }
         first_row += mv.rows;
       }
@@ -290,8 +371,16 @@ HWY_EXPORT(MatMulImpl);
 
 void MatMul(const float* x, int64_t M, int64_t K, int64_t ldx, std::span<const MatrixView> weights, float* out,
             int64_t ldo) {
-  if (M <= 0) return;
-  HWY_DYNAMIC_DISPATCH(MatMulImpl)(x, M, K, ldx, weights.data(), weights.size(), out, ldo);
+  if (M <= 0 || weights.empty()) return;
+  // Formats that pack x alike run in one pass; a call that mixes them runs one view at a time.
+  auto even_odd = [](WeightFormat f) { return f == WeightFormat::kBF16 || f == WeightFormat::kInt4; };
+  bool mixed = false;
+  for (const MatrixView& v : weights) mixed = mixed || even_odd(v.format) != even_odd(weights[0].format);
+  if (!mixed) return HWY_DYNAMIC_DISPATCH(MatMulImpl)(x, M, K, ldx, weights.data(), weights.size(), out, ldo);
+  for (const MatrixView& v : weights) {
+    HWY_DYNAMIC_DISPATCH(MatMulImpl)(x, M, K, ldx, &v, 1, out, ldo);
+    out += v.rows;
+  }
 }
 
 }  // namespace gemma

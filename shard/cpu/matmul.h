@@ -11,9 +11,9 @@ namespace gemma {
 
 // For each m < M: out[m * ldo + n] = sum_k x[m * ldx + k] * W[n, k], where W is
 // the row-wise concatenation of `weights` (all with cols == K). Each output is
-// accumulated in the same order whatever M is, so results are batch-invariant. Quantized weights are dequantized in
-// registers, element by element as ElementAt does, so they give the f32 kernel's results over the dequantized
-// matrix bit for bit.
+// accumulated in the same order whatever M is, so results are batch-invariant. Quantized weights are widened in
+// registers and their scales applied once per row (int8) or group (int4), which agrees with the f32 kernel over
+// the dequantized matrix to float32 rounding.
 // Thread-safe; parallel over output rows with OpenMP.
 void MatMul(const float* x, int64_t M, int64_t K, int64_t ldx, std::span<const MatrixView> weights, float* out,
             int64_t ldo);

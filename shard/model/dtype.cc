@@ -66,4 +66,24 @@ float F16ToF32(uint16_t h) {
   return f;
 }
 
+float FloatElementAsF32(DType dtype, const char* data, int64_t i) {
+  switch (dtype) {
+    case DType::kBF16: {
+      uint16_t b;
+      std::memcpy(&b, data + 2 * i, 2);
+      return Bf16ToF32(b);
+    }
+    case DType::kF16: {
+      uint16_t b;
+      std::memcpy(&b, data + 2 * i, 2);
+      return F16ToF32(b);
+    }
+    default: {
+      float f;
+      std::memcpy(&f, data + 4 * i, 4);
+      return f;
+    }
+  }
+}
+
 }  // namespace gemma

@@ -34,4 +34,7 @@ inline uint16_t F32ToBf16(float f) {
 
 float F16ToF32(uint16_t bits);
 
+// Element i of a BF16, F16 or F32 array (any alignment) as f32.
+float FloatElementAsF32(DType dtype, const char* data, int64_t i);
+
 }  // namespace gemma

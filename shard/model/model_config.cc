@@ -415,10 +415,60 @@ std::string ModelConfig::DebugString() const {
                       " ffn=", intermediate_size, " heads=", num_heads, "/", num_kv_heads, " head_dim=", head_dim, " vocab=", vocab_size);
 }
 
-absl::StatusOr<ModelConfig> ParseModelConfig(absl::string_view json_text, absl::string_view source) {
-  json j = json::parse(json_text, nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded()) return ConfigError(source, "not valid JSON");
-  if (!j.is_object()) return ConfigError(source, "must be a JSON object");
+const char* QuantizationMethodName(CheckpointQuantization::Method method) {
+  switch (method) {
+    case CheckpointQuantization::Method::kNone:
+      return "none";
+    case CheckpointQuantization::Method::kGptq:
+      return "gptq";
+    case CheckpointQuantization::Method::kAwq:
+      return "awq";
+  }
+  return "?";
+}
+
+namespace {
+
+// quantization_config, as AutoGPTQ / GPTQModel and AutoAWQ write it.
+absl::StatusOr<CheckpointQuantization> ParseQuantization(const json& j, absl::string_view source) {
+  CheckpointQuantization q;
+  auto it = j.find("quantization_config");
+  if (it == j.end() || it->is_null()) return q;
+  const json& c = *it;
+  auto error = [&](const std::string& what) { return ConfigError(source, "quantization_config: " + what); };
+  if (!c.is_object()) return error("must be an object");
+  const std::string method = c.value("quant_method", std::string());
+  if (method == "gptq") {
+    q.method = CheckpointQuantization::Method::kGptq;
+    const std::string format = c.value("checkpoint_format", std::string("gptq"));
+    if (format != "gptq" && format != "gptq_v2") {
+      return error("checkpoint_format \"" + format + "\" is not supported; allowed: gptq, gptq_v2");
+    }
+    q.zeros_minus_one = format == "gptq";
+    if (c.value("desc_act", false)) {
+      return error("desc_act true (act-order, inputs regrouped by g_idx) is not supported; quantize with "
+                   "desc_act false");
+    }
+  } else if (method == "awq") {
+    q.method = CheckpointQuantization::Method::kAwq;
+    std::string version = c.value("version", std::string("gemm"));
+    for (char& ch : version) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+    if (version != "gemm") return error("version \"" + version + "\" is not supported; allowed: gemm");
+    if (!c.value("zero_point", true)) return error("zero_point false is not supported; allowed: true");
+  } else {
+    return error("quant_method \"" + method + "\" is not supported; allowed: gptq, awq");
+  }
+  const json bits = c.value("bits", c.value("w_bit", json()));
+  if (!bits.is_number_integer() || bits.get<int>() != 4) return error("bits must be 4 (W4A16), not " + bits.dump());
+  const json group = c.value("group_size", c.value("q_group_size", json()));
+  if (!group.is_number_integer() || (group.get<int>() != 32 && group.get<int>() != 64 && group.get<int>() != 128)) {
+    return error("group_size must be 32, 64 or 128, not " + group.dump());
+  }
+  q.group_size = group.get<int>();
+  return q;
+}
+
+absl::StatusOr<ModelConfig> ParseLayout(const json& j, absl::string_view source) {
   ASSIGN_OR_RETURN(const PublishedLayout layout, LayoutOf(j, source));
   if (!layout.nested) {
     ASSIGN_OR_RETURN(const json text, WithLegacyRopeKeys(j, source));
@@ -444,6 +494,17 @@ absl::StatusOr<ModelConfig> ParseModelConfig(absl::string_view json_text, absl::
     if (auto it = j.find(key); it != j.end() && !it->is_null()) merged[key] = *it;
   }
   return ParseTextConfig(merged, absl::StrCat(source, " text_config"), layout);
+}
+
+}  // namespace
+
+absl::StatusOr<ModelConfig> ParseModelConfig(absl::string_view json_text, absl::string_view source) {
+  json j = json::parse(json_text, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded()) return ConfigError(source, "not valid JSON");
+  if (!j.is_object()) return ConfigError(source, "must be a JSON object");
+  ASSIGN_OR_RETURN(ModelConfig config, ParseLayout(j, source));
+  ASSIGN_OR_RETURN(config.quantization, ParseQuantization(j, source));
+  return config;
 }
 
 absl::StatusOr<ModelConfig> LoadModelConfig(const std::string& path) {

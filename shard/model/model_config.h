@@ -17,6 +17,21 @@ const char* ModelFamilyName(ModelFamily family);
 // Which keys a layer's queries see: every earlier position, or the last `sliding_window` ones.
 enum class LayerAttention : uint8_t { kGlobal, kLocal };
 
+// How a pre-quantized checkpoint stores its projection matrices: config.json's quantization_config, in the
+// layouts vLLM reads. 4-bit, W4A16, a scale and a zero per group of input columns:
+//  GPTQ (AutoGPTQ): qweight int32 [in / 8, out], eight inputs per word, lowest bits first; qzeros int32
+//        [in / group, out / 8], eight outputs per word, storing zero - 1 (checkpoint_format "gptq"; "gptq_v2"
+//        stores the zero itself); scales [in / group, out]; w = (q - zero) * scale.
+//  AWQ (AutoAWQ, version "gemm"): qweight int32 [in, out / 8] and qzeros int32 [in / group, out / 8], eight
+//        outputs per word in the order 0, 2, 4, 6, 1, 3, 5, 7; scales [in / group, out]; the same formula.
+struct CheckpointQuantization {
+  enum class Method : uint8_t { kNone, kGptq, kAwq };
+  Method method = Method::kNone;
+  int group_size = 0;           // 32, 64 or 128
+  bool zeros_minus_one = false;  // GPTQ's original format
+};
+const char* QuantizationMethodName(CheckpointQuantization::Method method);
+
 // Plain value type; thread-compatible.
 struct ModelConfig {
   ModelFamily family = ModelFamily::kGemma1;
@@ -48,6 +63,8 @@ struct ModelConfig {
   std::string tensor_prefix = "model.";
   // Tensors of a multimodal checkpoint that a text-only server leaves unread.
   std::vector<std::string> ignored_tensor_prefixes;
+  // Projection matrices stored quantized (the embedding stays as it is); method kNone: plain tensors.
+  CheckpointQuantization quantization;
 
   bool sandwich_norms() const { return family != ModelFamily::kGemma1; }
   bool qk_norm() const { return family == ModelFamily::kGemma3; }

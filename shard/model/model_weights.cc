@@ -14,30 +14,10 @@
 #include "engine/status_macros.h"
 #include "shard/model/dtype.h"
 #include "shard/checkpoint/progress.h"
+#include "shard/model/packed_int4.h"
 
 namespace gemma {
 namespace {
-
-float ElementAsF32(const StoredTensor& t, int64_t i) {
-  const char* p = t.data;
-  switch (t.dtype) {
-    case DType::kBF16: {
-      uint16_t b;
-      std::memcpy(&b, p + 2 * i, 2);
-      return Bf16ToF32(b);
-    }
-    case DType::kF16: {
-      uint16_t b;
-      std::memcpy(&b, p + 2 * i, 2);
-      return F16ToF32(b);
-    }
-    default: {
-      float f;
-      std::memcpy(&f, p + 4 * i, 4);
-      return f;
-    }
-  }
-}
 
 // The multimodal layout as published (transformers 4.50) puts the text model under "language_model.model."; a
 // checkpoint saved again by transformers 4.52 or later names it "model.language_model." (the class's own
@@ -76,7 +56,7 @@ absl::StatusOr<MatrixView> ModelWeights::Matrix(const std::string& name, int64_t
     return MatrixView{reinterpret_cast<const uint16_t*>(t.data), rows, cols, cols};
   }
   auto* owned = reinterpret_cast<uint16_t*>(Own(rows * cols * 2));
-  for (int64_t i = 0; i < rows * cols; ++i) owned[i] = F32ToBf16(ElementAsF32(t, i));
+  for (int64_t i = 0; i < rows * cols; ++i) owned[i] = F32ToBf16(FloatElementAsF32(t.dtype, t.data, i));
   return MatrixView{owned, rows, cols, cols};
 }
 
@@ -161,7 +141,7 @@ bool ModelWeights::IsOwned(const MatrixView& m) const {
 absl::StatusOr<std::vector<float>> ModelWeights::NormPlusOne(const std::string& name, int64_t n) {
   ASSIGN_OR_RETURN(const StoredTensor t, checkpoint_->Get(name, {n}));
   std::vector<float> w(n);
-  for (int64_t i = 0; i < n; ++i) w[i] = 1.0f + ElementAsF32(t, i);
+  for (int64_t i = 0; i < n; ++i) w[i] = 1.0f + FloatElementAsF32(t.dtype, t.data, i);
   return w;
 }
 
@@ -192,8 +172,18 @@ absl::StatusOr<std::unique_ptr<ModelWeights>> ModelWeights::Load(std::shared_ptr
     return absl::InvalidArgumentError(absl::StrCat("int4 group size ", options.int4_group_size,
                                                    " is invalid; allowed: 32, 64 or 128"));
   }
-  // int4 keeps the embedding / LM head at int8: it is the one matrix every logit reads.
-  const WeightFormat embed_format = format == WeightFormat::kInt4 ? WeightFormat::kInt8 : format;
+  const CheckpointQuantization& stored = checkpoint->config().quantization;
+  const bool packed = stored.method != CheckpointQuantization::Method::kNone;
+  if (packed && format != WeightFormat::kBF16 && format != WeightFormat::kInt4) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        checkpoint->dir(), " holds ", QuantizationMethodName(stored.method),
+        " 4-bit weights, which load as they are; weights ", WeightPrecisionName(options.precision),
+        " would quantize them again: leave weights at bf16 (or int4)"));
+  }
+  // int4 keeps the embedding / LM head at int8: it is the one matrix every logit reads. A pre-quantized
+  // checkpoint's embedding loads as stored.
+  const WeightFormat embed_format =
+      packed ? WeightFormat::kBF16 : format == WeightFormat::kInt4 ? WeightFormat::kInt8 : format;
   auto w = std::unique_ptr<ModelWeights>(new ModelWeights());
   w->checkpoint_ = std::move(checkpoint);
   w->tp_ = tp;
@@ -204,9 +194,10 @@ absl::StatusOr<std::unique_ptr<ModelWeights>> ModelWeights::Load(std::shared_ptr
   const int group = options.int4_group_size;
   // Reading (and quantizing) every matrix is the long part of a load.
   const int64_t total = c.num_layers + 1;
-  Progress progress(absl::StrCat("loading ", w->checkpoint_->dir(), format == WeightFormat::kBF16 ? "" : " as ",
-                                 format == WeightFormat::kBF16 ? "" : WeightFormatName(format)),
-                    total);
+  const std::string as = packed ? absl::StrCat(" (", QuantizationMethodName(stored.method), " 4-bit)")
+                         : format == WeightFormat::kBF16 ? ""
+                                                         : absl::StrCat(" as ", WeightFormatName(format));
+  Progress progress(absl::StrCat("loading ", w->checkpoint_->dir(), as), total);
   const std::string embed_name = m + "embed_tokens.weight";
   ASSIGN_OR_RETURN(const MatrixView embed, w->Matrix(embed_name, c.vocab_size, h));
   ASSIGN_OR_RETURN(w->embed_, w->Place(embed_name, embed, tp.vocab_begin, tp.vocab_end - tp.vocab_begin, 0, h,
@@ -242,6 +233,12 @@ absl::StatusOr<std::unique_ptr<ModelWeights>> ModelWeights::Load(std::shared_ptr
         {"mlp.down_proj", &l.down, h, c.intermediate_size, 0, h, tp.ffn_begin, tp.ffn_size},
     };
     for (const Part& part : parts) {
+      if (packed) {
+        ASSIGN_OR_RETURN(*part.out, ReadPackedInt4(*w->checkpoint_, p + part.name, part.rows, part.cols,
+                                                   part.row_begin, part.row_count, part.col_begin, part.col_count,
+                                                   [&w](int64_t bytes) { return w->Own(bytes); }));
+        continue;
+      }
       const std::string name = p + part.name + ".weight";
       ASSIGN_OR_RETURN(const MatrixView whole, w->Matrix(name, part.rows, part.cols));
       ASSIGN_OR_RETURN(*part.out, w->Place(name, whole, part.row_begin, part.row_count, part.col_begin,

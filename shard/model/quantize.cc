@@ -53,7 +53,7 @@ int64_t QuantizedBytes(WeightFormat format, int64_t rows, int64_t cols, int grou
     case WeightFormat::kInt8:
       return Align64(rows * cols) + Align64(4 * rows);
     case WeightFormat::kInt4:
-      return Align64(rows * (cols + 1) / 2) + 2 * Align64(4 * rows * Groups(cols, group_size));
+      return Align64(rows * ((cols + 1) / 2)) + 2 * Align64(4 * rows * Groups(cols, group_size));
     default:
       return 0;
   }
@@ -87,14 +87,12 @@ MatrixView QuantizeInto(const MatrixView& src, int64_t row_begin, int64_t rows, 
     q.scales = scales;
     return q;
   }
-  // kInt4.
-  const int64_t groups = Groups(cols, group_size);
-  q.stride = cols + cols % 2;
-  q.scale_stride = groups;
-  q.group_size = group_size;
-  uint8_t* codes = memory;
-  float* scales = reinterpret_cast<float*>(memory + Align64(rows * q.stride / 2));
-  float* zeros = reinterpret_cast<float*>(reinterpret_cast<uint8_t*>(scales) + Align64(4 * rows * groups));
+  const Int4Parts parts = LayOutInt4(memory, rows, cols, group_size);
+  const int64_t groups = parts.view.scale_stride;
+  uint8_t* codes = parts.codes;
+  float* scales = parts.scales;
+  float* zeros = parts.zeros;
+  q = parts.view;
 #pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < rows; ++r) {
     std::vector<float> row(src.cols);
@@ -118,10 +116,25 @@ MatrixView QuantizeInto(const MatrixView& src, int64_t row_begin, int64_t rows, 
       }
     }
   }
-  q.codes = codes;
-  q.scales = scales;
-  q.zeros = zeros;
   return q;
+}
+
+Int4Parts LayOutInt4(uint8_t* memory, int64_t rows, int64_t cols, int group_size) {
+  Int4Parts p;
+  const int64_t groups = Groups(cols, group_size);
+  p.codes = memory;
+  p.scales = reinterpret_cast<float*>(memory + Align64(rows * ((cols + 1) / 2)));
+  p.zeros = reinterpret_cast<float*>(reinterpret_cast<uint8_t*>(p.scales) + Align64(4 * rows * groups));
+  p.view.format = WeightFormat::kInt4;
+  p.view.rows = rows;
+  p.view.cols = cols;
+  p.view.stride = cols + cols % 2;
+  p.view.scale_stride = groups;
+  p.view.group_size = group_size;
+  p.view.codes = p.codes;
+  p.view.scales = p.scales;
+  p.view.zeros = p.zeros;
+  return p;
 }
 
 MatrixView DequantizeInto(const MatrixView& m, float* memory) {

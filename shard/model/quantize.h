@@ -29,6 +29,16 @@ int PickGroupSize(int64_t cols, int preferred, std::initializer_list<int64_t> cu
 // Bytes QuantizeInto writes for a [rows, cols] matrix.
 int64_t QuantizedBytes(WeightFormat format, int64_t rows, int64_t cols, int group_size);
 
+// Where the parts of a kInt4 matrix lie in QuantizedBytes of `memory`: codes, then scales, then zeros, each
+// 64-byte aligned; `view` points at them (stride == cols, which must be even).
+struct Int4Parts {
+  uint8_t* codes;
+  float* scales;
+  float* zeros;
+  MatrixView view;
+};
+Int4Parts LayOutInt4(uint8_t* memory, int64_t rows, int64_t cols, int group_size);
+
 // Quantizes rows [row_begin, row_begin + rows) and columns [col_begin, col_begin + cols) of `src` (any format)
 // into `memory` (QuantizedBytes of it, 64-byte aligned) and returns the view of it (stride == cols).
 //  kInt8: the scale of a row is max |w| / 127 over the whole source row, so column slices of one row share it

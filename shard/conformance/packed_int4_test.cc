@@ -1,0 +1,276 @@
+// GPTQ and AWQ checkpoints load as published. Each case writes a tiny 4-bit checkpoint from tiny-mqa with a packer
+// of its own, written from the formats' reference code (AutoGPTQ packs eight inputs per int32 word, lowest bits
+// first, and stores zero - 1; AutoAWQ packs eight outputs per word in the order 0, 2, 4, 6, 1, 3, 5, 7), then
+// checks that every element the loader gives back, at one rank and at each rank of two, is (code - zero) * scale
+// as the packer chose it, and that the model runs on them.
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <numeric>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+#include "shard/checkpoint/checkpoint.h"
+#include "shard/checkpoint/checkpoint_writer.h"
+#include "shard/cpu/cpu_backend.h"
+#include "shard/model/dtype.h"
+#include "shard/model/model_weights.h"
+#include "tests/testdata.h"
+
+namespace gemma {
+namespace {
+
+using testing::GemmaTinyDir;
+
+enum class Packing { kGptq, kGptqV2, kAwq };
+
+struct Packed {
+  std::vector<int32_t> qweight, qzeros;
+  std::vector<uint16_t> scales;  // f16
+  std::vector<float> dequantized;  // [out, in]: what the loader must give back
+};
+
+uint16_t ToF16(float f) {
+  const _Float16 h = static_cast<_Float16>(f);
+  uint16_t bits;
+  std::memcpy(&bits, &h, 2);
+  return bits;
+}
+
+// Asymmetric round-to-nearest per group of `group` inputs, then packed as `packing` lays it out.
+Packed Pack(const std::vector<float>& w, int64_t out, int64_t in, int64_t group, Packing packing) {
+  Packed p;
+  const int64_t groups = in / group;
+  p.scales.resize(groups * out);
+  p.qzeros.assign(groups * out / 8, 0);
+  p.dequantized.resize(out * in);
+  const bool awq = packing == Packing::kAwq;
+  p.qweight.assign(awq ? in * out / 8 : in / 8 * out, 0);
+  constexpr int kAwqOrder[8] = {0, 2, 4, 6, 1, 3, 5, 7};
+  auto awq_slot = [&](int64_t n) {  // the nibble holding output n
+    for (int i = 0; i < 8; ++i) {
+      if (kAwqOrder[i] == n % 8) return i;
+    }
+    return -1;
+  };
+  for (int64_t n = 0; n < out; ++n) {
+    for (int64_t g = 0; g < groups; ++g) {
+      float lo = 0, hi = 0;
+      for (int64_t k = g * group; k < (g + 1) * group; ++k) lo = std::min(lo, w[n * in + k]), hi = std::max(hi, w[n * in + k]);
+      const uint16_t scale_bits = ToF16((hi - lo) / 15);
+      const float scale = F16ToF32(scale_bits);
+      const int zero = static_cast<int>(std::clamp(std::round(-lo / scale), 0.0f, 15.0f));
+      p.scales[g * out + n] = scale_bits;
+      const int stored_zero = packing == Packing::kGptq ? zero - 1 : zero;
+      const int zero_nibble = awq ? awq_slot(n) : static_cast<int>(n % 8);
+      p.qzeros[g * (out / 8) + n / 8] |= static_cast<int32_t>((static_cast<uint32_t>(stored_zero) & 0xF) << (4 * zero_nibble));
+      for (int64_t k = g * group; k < (g + 1) * group; ++k) {
+        const int code = static_cast<int>(std::clamp(std::round(w[n * in + k] / scale) + zero, 0.0f, 15.0f));
+        p.dequantized[n * in + k] = static_cast<float>(code - zero) * scale;
+        if (awq) {
+          p.qweight[k * (out / 8) + n / 8] |= static_cast<int32_t>(static_cast<uint32_t>(code) << (4 * awq_slot(n)));
+        } else {
+          p.qweight[(k / 8) * out + n] |= static_cast<int32_t>(static_cast<uint32_t>(code) << (4 * (k % 8)));
+        }
+      }
+    }
+  }
+  return p;
+}
+
+absl::string_view Bytes(const void* data, size_t n) { return {static_cast<const char*>(data), n}; }
+
+struct Written {
+  std::string dir;
+  std::map<std::string, std::vector<float>> dequantized;  // by module
+};
+
+// tiny-mqa with every projection packed; `quantization_config` as AutoGPTQ / AutoAWQ write it.
+Written WriteCheckpoint(const std::string& tag, Packing packing, const nlohmann::json& quantization_config,
+                        bool act_order_g_idx = false) {
+  const std::string src = GemmaTinyDir() + "/tiny-mqa";
+  auto ckpt = Checkpoint::Open(src);
+  EXPECT_TRUE(ckpt.ok()) << ckpt.status();
+  const ModelConfig& c = (*ckpt)->config();
+  Written result;
+  result.dir = ::testing::TempDir() + "/packed-" + tag;
+  std::filesystem::create_directories(result.dir);
+  std::vector<TensorToWrite> tensors;
+  std::vector<std::vector<char>> storage;
+  auto keep = [&](std::vector<char> bytes) -> absl::string_view {
+    storage.push_back(std::move(bytes));
+    return {storage.back().data(), storage.back().size()};
+  };
+  storage.reserve(1000);
+  for (const auto& [name, shape] : GemmaTensorShapes(c)) {
+    auto t = (*ckpt)->Get(name, shape);
+    EXPECT_TRUE(t.ok()) << t.status();
+    const bool projection = shape.size() == 2 && name.find("embed_tokens") == std::string::npos;
+    if (!projection) {
+      tensors.push_back({name, t->dtype, shape, keep(std::vector<char>(t->data, t->data + t->num_bytes))});
+      continue;
+    }
+    const std::string module = name.substr(0, name.size() - std::string(".weight").size());
+    const int64_t out = shape[0], in = shape[1];
+    std::vector<float> w(out * in);
+    for (int64_t i = 0; i < out * in; ++i) w[i] = FloatElementAsF32(t->dtype, t->data, i);
+    Packed p = Pack(w, out, in, 32, packing);
+    const bool awq = packing == Packing::kAwq;
+    tensors.push_back({module + ".qweight", DType::kI32, awq ? std::vector<int64_t>{in, out / 8} : std::vector<int64_t>{in / 8, out},
+                       keep(std::vector<char>(Bytes(p.qweight.data(), p.qweight.size() * 4).begin(),
+                                              Bytes(p.qweight.data(), p.qweight.size() * 4).end()))});
+    tensors.push_back({module + ".qzeros", DType::kI32, {in / 32, out / 8},
+                       keep(std::vector<char>(Bytes(p.qzeros.data(), p.qzeros.size() * 4).begin(),
+                                              Bytes(p.qzeros.data(), p.qzeros.size() * 4).end()))});
+    tensors.push_back({module + ".scales", DType::kF16, {in / 32, out},
+                       keep(std::vector<char>(Bytes(p.scales.data(), p.scales.size() * 2).begin(),
+                                              Bytes(p.scales.data(), p.scales.size() * 2).end()))});
+    if (!awq) {
+      std::vector<int32_t> g_idx(in);
+      for (int64_t k = 0; k < in; ++k) g_idx[k] = static_cast<int32_t>(k / 32);
+      if (act_order_g_idx) std::swap(g_idx[0], g_idx[in - 1]);
+      tensors.push_back({module + ".g_idx", DType::kI32, {in},
+                         keep(std::vector<char>(Bytes(g_idx.data(), in * 4).begin(), Bytes(g_idx.data(), in * 4).end()))});
+    }
+    result.dequantized[module] = std::move(p.dequantized);
+  }
+  EXPECT_TRUE(WriteSafetensors(result.dir + "/model.safetensors", tensors, {{"format", "pt"}}).ok());
+  std::ifstream in(src + "/config.json");
+  nlohmann::json config = nlohmann::json::parse(in);
+  config["quantization_config"] = quantization_config;
+  std::ofstream(result.dir + "/config.json") << config.dump(2);
+  return result;
+}
+
+const nlohmann::json kGptq = {{"quant_method", "gptq"}, {"bits", 4}, {"group_size", 32}, {"desc_act", false},
+                              {"sym", false}};
+const nlohmann::json kGptqV2 = {{"quant_method", "gptq"}, {"bits", 4}, {"group_size", 32}, {"desc_act", false},
+                                {"checkpoint_format", "gptq_v2"}};
+const nlohmann::json kAwq = {{"quant_method", "awq"}, {"bits", 4}, {"group_size", 32}, {"zero_point", true},
+                             {"version", "gemm"}};
+
+void ExpectElementsAsPacked(const Written& written, int world) {
+  auto ckpt = Checkpoint::Open(written.dir);
+  ASSERT_TRUE(ckpt.ok()) << ckpt.status();
+  std::shared_ptr<const Checkpoint> shared(std::move(*ckpt));
+  const ModelConfig& c = shared->config();
+  for (int rank = 0; rank < world; ++rank) {
+    auto tp = TensorParallel::Create(c, rank, world);
+    ASSERT_TRUE(tp.ok());
+    auto w = ModelWeights::Load(shared, *tp);
+    ASSERT_TRUE(w.ok()) << w.status();
+    const int64_t d = c.head_dim;
+    for (int i = 0; i < c.num_layers; ++i) {
+      const LayerWeights& l = (*w)->layer(i);
+      struct Check {
+        const char* name;
+        const MatrixView* view;
+        int64_t row_begin, col_begin;
+      };
+      for (const Check& k : {Check{"self_attn.q_proj", &l.q, tp->q_head_begin * d, 0},
+                             Check{"self_attn.k_proj", &l.k, tp->kv_head_begin * d, 0},
+                             Check{"self_attn.o_proj", &l.o, 0, tp->q_head_begin * d},
+                             Check{"mlp.gate_proj", &l.gate, tp->ffn_begin, 0},
+                             Check{"mlp.down_proj", &l.down, 0, tp->ffn_begin}}) {
+        const std::string module = absl::StrCat("model.layers.", i, ".", k.name);
+        const std::vector<float>& want = written.dequantized.at(module);
+        const int64_t in = k.name[0] == 's' && std::string(k.name) == "self_attn.o_proj" ? c.q_dim()
+                           : std::string(k.name) == "mlp.down_proj"                     ? c.intermediate_size
+                                                                                        : c.hidden_size;
+        ASSERT_EQ(k.view->format, WeightFormat::kInt4) << module;
+        for (int64_t r = 0; r < k.view->rows; ++r) {
+          for (int64_t col = 0; col < k.view->cols; ++col) {
+            ASSERT_EQ(ElementAt(*k.view, r, col), want[(k.row_begin + r) * in + k.col_begin + col])
+                << module << " rank " << rank << " (" << r << ", " << col << ")";
+          }
+        }
+      }
+    }
+  }
+}
+
+class PackedInt4Test : public ::testing::TestWithParam<Packing> {};
+
+TEST_P(PackedInt4Test, LoadsEveryElementAsPackedAtOneAndTwoRanks) {
+  if (GemmaTinyDir().empty()) GTEST_FAIL() << "gemma-tiny test data is absent";
+  const Packing packing = GetParam();
+  const nlohmann::json& config = packing == Packing::kGptq ? kGptq : packing == Packing::kGptqV2 ? kGptqV2 : kAwq;
+  const Written written = WriteCheckpoint(absl::StrCat("ok", static_cast<int>(packing)), packing, config);
+  ExpectElementsAsPacked(written, 1);
+  ExpectElementsAsPacked(written, 2);
+  // And the model runs on them: finite logits, the prompt's continuation close to bf16's.
+  auto ckpt = Checkpoint::Open(written.dir);
+  ASSERT_TRUE(ckpt.ok());
+  std::shared_ptr<const Checkpoint> shared(std::move(*ckpt));
+  auto w = ModelWeights::Load(shared);
+  ASSERT_TRUE(w.ok()) << w.status();
+  KvCacheOptions kv;
+  kv.num_blocks = 4;
+  auto backend = CpuBackend::Create(std::shared_ptr<const ModelWeights>(std::move(*w)), kv);
+  ASSERT_TRUE(backend.ok());
+  const std::vector<int32_t> prompt = {2, 17, 99, 200, 31};
+  std::vector<int32_t> blocks = {0, 1, 2, 3};
+  SequenceStep step{prompt, 0, blocks, LogitsWanted::kLast};
+  StepLogits out;
+  ASSERT_TRUE((*backend)->Forward({&step, 1}, &out).ok());
+  for (float v : out.values) ASSERT_TRUE(std::isfinite(v));
+}
+
+INSTANTIATE_TEST_SUITE_P(Formats, PackedInt4Test, ::testing::Values(Packing::kGptq, Packing::kGptqV2, Packing::kAwq),
+                         [](const ::testing::TestParamInfo<Packing>& info) {
+                           return info.param == Packing::kGptq ? "gptq" : info.param == Packing::kGptqV2 ? "gptq_v2" : "awq";
+                         });
+
+absl::Status LoadStatus(const std::string& dir) {
+  auto ckpt = Checkpoint::Open(dir);
+  if (!ckpt.ok()) return ckpt.status();
+  return ModelWeights::Load(std::shared_ptr<const Checkpoint>(std::move(*ckpt))).status();
+}
+
+TEST(PackedInt4ErrorsTest, UnsupportedConfigsAndTensorsAreNamed) {
+  if (GemmaTinyDir().empty()) GTEST_FAIL() << "gemma-tiny test data is absent";
+  struct Bad {
+    nlohmann::json config;
+    std::string expected;
+  };
+  nlohmann::json act_order = kGptq, eight_bits = kGptq, big_groups = kGptq, other = kGptq, gemv = kAwq;
+  act_order["desc_act"] = true;
+  eight_bits["bits"] = 8;
+  big_groups["group_size"] = 256;
+  other["quant_method"] = "bitsandbytes";
+  gemv["version"] = "gemv";
+  for (const Bad& bad : {Bad{act_order, "desc_act true"}, Bad{eight_bits, "bits must be 4"},
+                         Bad{big_groups, "group_size must be 32, 64 or 128, not 256"},
+                         Bad{other, "quant_method \"bitsandbytes\" is not supported; allowed: gptq, awq"},
+                         Bad{gemv, "version \"gemv\" is not supported"}}) {
+    const Written written = WriteCheckpoint("bad", Packing::kGptq, bad.config);
+    const absl::Status s = LoadStatus(written.dir);
+    ASSERT_FALSE(s.ok()) << bad.expected;
+    EXPECT_NE(s.message().find(bad.expected), std::string::npos) << s;
+    EXPECT_NE(s.message().find("quantization_config"), std::string::npos) << s;
+  }
+  // A g_idx that regroups inputs (act-order) is refused, naming the tensor.
+  const Written reordered = WriteCheckpoint("gidx", Packing::kGptq, kGptq, /*act_order_g_idx=*/true);
+  absl::Status s = LoadStatus(reordered.dir);
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("model.layers.0.self_attn.q_proj.g_idx[0]"), std::string::npos) << s;
+  // An AWQ config over GPTQ-shaped tensors: the shape names the tensor and what config.json implies.
+  const Written mismatched = WriteCheckpoint("mismatch", Packing::kGptq, kAwq);
+  s = LoadStatus(mismatched.dir);
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("model.layers.0.self_attn.q_proj.qweight\" has shape"), std::string::npos) << s;
+  // Re-quantizing a pre-quantized checkpoint is refused.
+  auto ckpt = Checkpoint::Open(mismatched.dir);
+  ASSERT_TRUE(ckpt.ok());
+  auto tp = TensorParallel::Create((*ckpt)->config(), 0, 1);
+  WeightLoadOptions int8;
+  int8.precision = WeightPrecision::kInt8;
+  auto w = ModelWeights::Load(std::shared_ptr<const Checkpoint>(std::move(*ckpt)), *tp, int8);
+  ASSERT_FALSE(w.ok());
+  EXPECT_NE(w.status().message().find("awq 4-bit weights, which load as they are"), std::string::npos) << w.status();
+}
+
+}  // namespace
+}  // namespace gemma
