@@ -116,6 +116,14 @@ absl::StatusOr<StoredTensor> Checkpoint::Get(const std::string& name, const std:
     return absl::InvalidArgumentError(absl::StrCat(file.path(), ": tensor \"", name, "\" has shape ", ShapeString(e.shape),
                                                    " but config.json implies ", ShapeString(expected_shape)));
   }
+  return Raw(name);
+}
+
+absl::StatusOr<StoredTensor> Checkpoint::Raw(const std::string& name) const {
+  auto it = tensors_.find(name);
+  if (it == tensors_.end()) return absl::NotFoundError(absl::StrCat(dir_, ": no tensor \"", name, "\""));
+  const MappedFile& file = files_[it->second.file_index];
+  const TensorEntry& e = it->second.entry;
   const uint64_t offset = headers_[it->second.file_index].data_offset + e.begin;
   return StoredTensor{name, file.path(), e.dtype, e.shape, file.bytes().data() + offset, e.end - e.begin};
 }

@@ -37,6 +37,8 @@ class Checkpoint {
                                    std::initializer_list<DType> allowed = {DType::kBF16, DType::kF16,
                                                                            DType::kF32}) const;
   bool Has(const std::string& name) const { return tensors_.count(name) > 0; }
+  // The tensor as stored, whatever its dtype and shape.
+  absl::StatusOr<StoredTensor> Raw(const std::string& name) const;
   // Names present in the files but not used by a Gemma model.
   std::vector<std::string> TensorNames() const;
   uint64_t TotalBytes() const;

@@ -2,7 +2,8 @@
 // of its own, written from the formats' reference code (AutoGPTQ packs eight inputs per int32 word, lowest bits
 // first, and stores zero - 1; AutoAWQ packs eight outputs per word in the order 0, 2, 4, 6, 1, 3, 5, 7), then
 // checks that every element the loader gives back, at one rank and at each rank of two, is (code - zero) * scale
-// as the packer chose it, and that the model runs on them.
+// as the packer chose it, and that the model runs on them. (The packer here stands apart from the writer behind
+// `gemma quantize` on purpose: a loader and writer sharing one misreading of a format would agree with each other.)
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -17,6 +18,7 @@
 #include "shard/cpu/cpu_backend.h"
 #include "shard/model/dtype.h"
 #include "shard/model/model_weights.h"
+#include "shard/model/packed_int4_writer.h"
 #include "tests/testdata.h"
 
 namespace gemma {
@@ -222,6 +224,49 @@ INSTANTIATE_TEST_SUITE_P(Formats, PackedInt4Test, ::testing::Values(Packing::kGp
                          [](const ::testing::TestParamInfo<Packing>& info) {
                            return info.param == Packing::kGptq ? "gptq" : info.param == Packing::kGptqV2 ? "gptq_v2" : "awq";
                          });
+
+// `gemma quantize`'s writer: what it writes loads, and every weight comes back within half a step of its group
+// (plus the f16 rounding of the scale).
+TEST(PackedInt4WriterTest, WrittenCheckpointsLoadWithinHalfAStep) {
+  if (GemmaTinyDir().empty()) GTEST_FAIL() << "gemma-tiny test data is absent";
+  auto src = Checkpoint::Open(GemmaTinyDir() + "/tiny-mqa");
+  ASSERT_TRUE(src.ok());
+  std::shared_ptr<const Checkpoint> source(std::move(*src));
+  auto bf16 = ModelWeights::Load(source);
+  ASSERT_TRUE(bf16.ok());
+  for (auto method : {CheckpointQuantization::Method::kGptq, CheckpointQuantization::Method::kAwq}) {
+    const std::string dir = ::testing::TempDir() + "/written-" + QuantizationMethodName(method);
+    ASSERT_TRUE(WritePackedInt4Checkpoint(*source, dir, method, 64).ok());
+    auto written = Checkpoint::Open(dir);
+    ASSERT_TRUE(written.ok()) << written.status();
+    EXPECT_EQ((*written)->config().quantization.method, method);
+    EXPECT_EQ((*written)->config().quantization.group_size, 64);
+    auto w = ModelWeights::Load(std::shared_ptr<const Checkpoint>(std::move(*written)));
+    ASSERT_TRUE(w.ok()) << w.status();
+    for (int i = 0; i < source->config().num_layers; ++i) {
+      const LayerWeights& got = (*w)->layer(i);
+      const LayerWeights& want = (*bf16)->layer(i);
+      for (auto part : {&LayerWeights::q, &LayerWeights::k, &LayerWeights::v, &LayerWeights::o, &LayerWeights::gate,
+                        &LayerWeights::up, &LayerWeights::down}) {
+        const MatrixView& q = got.*part;
+        ASSERT_EQ(q.format, WeightFormat::kInt4);
+        for (int64_t r = 0; r < q.rows; ++r) {
+          for (int64_t k = 0; k < q.cols; ++k) {
+            const float scale = q.scales[r * q.scale_stride + k / q.group_size];
+            ASSERT_LE(std::abs(ElementAt(q, r, k) - ElementAt(want.*part, r, k)), 0.51f * scale)
+                << QuantizationMethodName(method) << " layer " << i << " (" << r << ", " << k << ")";
+          }
+        }
+      }
+    }
+  }
+  // An already quantized checkpoint is not quantized again.
+  auto again = Checkpoint::Open(::testing::TempDir() + "/written-gptq");
+  ASSERT_TRUE(again.ok());
+  EXPECT_FALSE(WritePackedInt4Checkpoint(**again, ::testing::TempDir() + "/twice", CheckpointQuantization::Method::kGptq,
+                                         64)
+                   .ok());
+}
 
 absl::Status LoadStatus(const std::string& dir) {
   auto ckpt = Checkpoint::Open(dir);

@@ -19,6 +19,8 @@
 namespace gemma {
 namespace {
 
+}  // namespace
+
 // The multimodal layout as published (transformers 4.50) puts the text model under "language_model.model."; a
 // checkpoint saved again by transformers 4.52 or later names it "model.language_model." (the class's own
 // _checkpoint_conversion_mapping maps one to the other). Both load; the published name is expected otherwise.
@@ -32,6 +34,8 @@ std::string TextTensorPrefix(const Checkpoint& checkpoint) {
   };
   return !has_embedding(kPublished) && has_embedding(kResaved) ? kResaved : prefix;
 }
+
+namespace {
 
 // A multimodal checkpoint holds a vision tower and projector this server never runs: say so once, at load.
 void ReportIgnoredTensors(const Checkpoint& checkpoint) {

@@ -30,6 +30,9 @@ struct LayerWeights {
   std::vector<float> q_norm, k_norm;
 };
 
+// Where the text model's tensors sit in `checkpoint` ("model.", or a multimodal layout's prefix as saved).
+std::string TextTensorPrefix(const Checkpoint& checkpoint);
+
 struct WeightLoadOptions {
   // kFp8 has no host format: Load refuses it (a GPU backend quantizes bf16 weights to it at upload).
   WeightPrecision precision = WeightPrecision::kBF16;
