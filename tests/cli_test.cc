@@ -239,6 +239,29 @@ TEST(CliTest, MakeTinyWritesALoadableCheckpoint) {
   EXPECT_EQ(nlohmann::json::parse(gen.out)["token_ids"].size(), 8u);
 }
 
+// Quantized weights from the command line: int8 and int4 at load, a GPTQ checkpoint written by `gemma quantize`
+// and served as published, and how far each moves the distributions.
+TEST(CliTest, QuantizedWeightsGenerateAndWrittenCheckpointsLoad) {
+  const std::string m = " --model " + Tiny("tiny-mqa");
+  for (const char* weights : {"int8", "int4"}) {
+    CliRun r = Gemma("generate" + m + " --prompt-ids 2,17,99 --max-new-tokens 6 --json --weights " + weights);
+    ASSERT_EQ(r.code, 0) << weights << ": " << r.err;
+    EXPECT_EQ(nlohmann::json::parse(r.out)["token_ids"].size(), 6u);
+  }
+  const std::string dir = ::testing::TempDir() + "/cli-gptq";
+  CliRun q = Gemma("quantize --in " + Tiny("tiny-mqa") + " --out " + dir + " --weights int4 --int4-group-size 32");
+  ASSERT_EQ(q.code, 0) << q.err;
+  CliRun g = Gemma("generate --model " + dir + " --prompt-ids 2,17,99 --max-new-tokens 6 --json");
+  ASSERT_EQ(g.code, 0) << g.err;
+  EXPECT_EQ(nlohmann::json::parse(g.out)["token_ids"].size(), 6u);
+  CliRun c = Gemma("compare-weights" + m + " --weights int8 --tokens 16 --json");
+  ASSERT_EQ(c.code, 0) << c.err;
+  const auto j = nlohmann::json::parse(c.out);
+  EXPECT_EQ(j["positions"], 16);
+  EXPECT_GT(j["mean_kl_vs_bf16"].get<double>(), 0.0);
+  EXPECT_LT(j["mean_kl_vs_bf16"].get<double>(), 0.05);
+}
+
 TEST(CliTest, DefaultModelGeneratesWithoutFlags) {
   CliRun r = Gemma("generate --prompt 'The quick brown fox' --max-new-tokens 8");
   ASSERT_EQ(r.code, 0) << r.err;
@@ -261,6 +284,12 @@ TEST(CliTest, BadInputGivesOneLineErrorAndNonZeroExit) {
       {"score" + m + " --prompt Hi --precision f16", "allowed: bf16, f32"},
       {"make-tiny --out /tmp/x --shape 3b", "allowed: tiny, 2b, 7b, gemma2-2b, gemma2-9b, gemma2-27b, gemma3-1b, gemma3-4b, "
                                              "gemma3-12b, gemma3-27b"},
+      {"generate" + m + " --prompt Hi --weights int3", "allowed: bf16, int8, int4, fp8"},
+      {"generate" + m + " --prompt Hi --weights fp8", "compute capability 8.9"},
+      {"generate" + m + " --prompt Hi --weights int4 --int4-group-size 48", "allowed: 32, 64, 128"},
+      {"quantize --in " + Tiny("tiny-mha") + " --out /tmp/x --weights int8", "allowed: int4"},
+      {"quantize --in " + Tiny("tiny-mha") + " --out /tmp/x --weights int4 --format exl2", "allowed: gptq, awq"},
+      {"compare-weights" + m + " --weights bf16", "allowed: int8, int4"},
       {"frobnicate", "unknown command"},
   };
   for (const auto& [args, needle] : cases) {
@@ -272,7 +301,7 @@ TEST(CliTest, BadInputGivesOneLineErrorAndNonZeroExit) {
 }
 
 TEST(CliTest, EverySubcommandHasHelp) {
-  for (const char* cmd : {"generate", "score", "tokenize", "make-tiny", "bench"}) {
+  for (const char* cmd : {"generate", "score", "tokenize", "make-tiny", "quantize", "compare-weights", "bench"}) {
     CliRun r = Gemma(std::string(cmd) + " --help");
     EXPECT_EQ(r.code, 0) << cmd;
     EXPECT_NE(r.out.find("usage: gemma"), std::string::npos) << cmd;

@@ -20,6 +20,7 @@
 #include "shard/collective/shm_collective.h"
 #include "shard/cpu/cpu_backend.h"
 #include "shard/model/model_weights.h"
+#include "shard/runtime/logits_comparison.h"
 #include "tests/reference_helpers.h"
 #include "tests/testdata.h"
 
@@ -154,23 +155,14 @@ TEST_P(QuantizedWeightsCpuTest, QuantizedKernelsGiveTheDequantizedWeightsLogits)
   const std::vector<float> bf16 = RunGroup(ckpt, c.world, prompt)[0];
   const int vocab = ckpt->config().vocab_size;
   const int rows = static_cast<int>(bf16.size()) / vocab;
-  double kl = 0, worst_logprob = 0;
-  int agree = 0;
-  for (int r = 0; r < rows; ++r) {
-    const auto p = testing::LogSoftmax(&bf16[r * vocab], vocab);
-    const auto q = testing::LogSoftmax(&quantized[0][r * vocab], vocab);
-    for (int i = 0; i < vocab; ++i) {
-      kl += std::exp(p[i]) * (p[i] - q[i]);
-      worst_logprob = std::max(worst_logprob, std::abs(p[i] - q[i]));
-    }
-    agree += std::max_element(p.begin(), p.end()) - p.begin() == std::max_element(q.begin(), q.end()) - q.begin();
-  }
-  kl /= rows;
+  const LogitsComparison q = CompareLogits(bf16.data(), quantized[0].data(), rows, vocab);
+  const double kl = q.mean_kl;
+  const int agree = q.top1_agreements;
   RecordProperty("mean_kl_vs_bf16", absl::StrCat(kl));
   RecordProperty("top1_agreement_vs_bf16", absl::StrCat(double(agree) / rows));
-  RecordProperty("max_logprob_change_vs_bf16", absl::StrCat(worst_logprob));
+  RecordProperty("max_logprob_change_vs_bf16", absl::StrCat(q.max_logprob_change));
   std::printf("%s %s tp%d vs bf16: mean KL %.3g, top-1 agreement %d/%d, largest log-prob change %.3g\n",
-              c.model.name.c_str(), WeightPrecisionName(c.precision), c.world, kl, agree, rows, worst_logprob);
+              c.model.name.c_str(), WeightPrecisionName(c.precision), c.world, kl, agree, rows, q.max_logprob_change);
   // Random tiny weights give flat next-token distributions, where near-ties flip the top token easily, and
   // tiny-g2-qscale's sharp ones amplify every change; so the bounds here only catch broken quantization (a wrong
   // scale or code order moves KL to whole nats). The per-element error bound is checked in quantize_test.
