@@ -15,6 +15,8 @@ ABSL_DECLARE_FLAG(double, gpu_memory_fraction);
 ABSL_DECLARE_FLAG(int, max_tokens_per_step);
 ABSL_DECLARE_FLAG(int, max_batch_size);
 ABSL_DECLARE_FLAG(int, max_model_len);
+ABSL_DECLARE_FLAG(std::string, weights);
+ABSL_DECLARE_FLAG(int32_t, int4_group_size);
 
 namespace gemma {
 namespace {
@@ -79,6 +81,8 @@ TEST_F(WorkerFlagsTest, StepLimitsOutOfRangeNameWhatIsAllowed) {
       {[] { absl::SetFlag(&FLAGS_gpu_memory_fraction, 1.5); }, "allowed: more than 0, at most 1"},
       {[] { absl::SetFlag(&FLAGS_gpu_memory_fraction, std::nan("")); }, "--gpu_memory_fraction"},
       {[] { absl::SetFlag(&FLAGS_kv_cache_mb, -1); }, "--kv_cache_mb -1 is invalid; allowed: 1..16777216"},
+      {[] { absl::SetFlag(&FLAGS_weights, "q4_0"); }, "--weights \"q4_0\" is not a weight precision; allowed: bf16, int8"},
+      {[] { absl::SetFlag(&FLAGS_int4_group_size, 100); }, "--int4_group_size 100 is invalid; allowed: 32, 64, 128"},
   };
   for (const auto& c : cases) {
     absl::FlagSaver each;
