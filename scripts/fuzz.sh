@@ -5,24 +5,24 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds="${1:-60}"
 out=build/fuzz
-mkdir -p "$out" "$out/corpus"
-cp tests/fuzz/corpus/* "$out/corpus/"
-clang++ -std=c++20 -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -I. \
-  tests/fuzz/safetensors_fuzz.cc shard/checkpoint/safetensors.cc shard/model/dtype.cc \
-  $(pkg-config --cflags absl_status absl_statusor absl_strings) \
-  $(pkg-config --libs absl_status absl_statusor absl_strings) \
-  -o "$out/safetensors_fuzz"
-echo "fuzzing the safetensors header parser for ${seconds}s"
-"$out/safetensors_fuzz" -max_total_time="$seconds" -max_len=4096 -print_final_stats=1 "$out/corpus" 2>&1 | tail -4
+mkdir -p "$out"
 
+# fuzz NAME SECONDS MAX_LEN SOURCES...: builds build/fuzz/NAME from the sources, seeds it from
+# tests/fuzz/NAME_corpus and runs it for SECONDS.
+fuzz() {
+  local name="$1" secs="$2" max_len="$3"
+  shift 3
+  mkdir -p "$out/${name}_corpus"
+  cp "tests/fuzz/${name}_corpus/"* "$out/${name}_corpus/"
+  clang++ -std=c++20 -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -I. "$@" \
+    $(pkg-config --cflags absl_status absl_statusor absl_strings) \
+    $(pkg-config --libs absl_status absl_statusor absl_strings) \
+    -o "$out/$name"
+  echo "fuzzing $name for ${secs}s"
+  "$out/$name" -max_total_time="$secs" -max_len="$max_len" -print_final_stats=1 "$out/${name}_corpus" 2>&1 | tail -4
+}
+
+fuzz safetensors_fuzz "$seconds" 4096 tests/fuzz/safetensors_fuzz.cc shard/checkpoint/safetensors.cc shard/model/dtype.cc
 # config.json, quantization_config included (the JSON library's own parser sits under it).
-mkdir -p "$out/config_corpus"
-cp tests/fuzz/config_corpus/* "$out/config_corpus/"
-clang++ -std=c++20 -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -I. \
-  tests/fuzz/model_config_fuzz.cc shard/model/model_config.cc shard/model/published_shapes.cc \
-  $(pkg-config --cflags absl_status absl_statusor absl_strings) \
-  $(pkg-config --libs absl_status absl_statusor absl_strings) \
-  -o "$out/model_config_fuzz"
-config_seconds=$(( seconds / 2 > 0 ? seconds / 2 : 1 ))
-echo "fuzzing the config.json parser for ${config_seconds}s"
-"$out/model_config_fuzz" -max_total_time="$config_seconds" -max_len=8192 -print_final_stats=1 "$out/config_corpus" 2>&1 | tail -4
+fuzz model_config_fuzz $(( seconds / 2 > 0 ? seconds / 2 : 1 )) 8192 tests/fuzz/model_config_fuzz.cc \
+  shard/model/model_config.cc shard/model/published_shapes.cc
