@@ -21,6 +21,7 @@ struct CompletedSequence {
   // reports no other prompt chunk), so a sequence that reads activations should
   // score.
   std::vector<std::vector<float>> activations;
+  std::vector<Beam> beams;  // a beam search's, best first (`tokens` and `token_logprobs` are the best one's)
 };
 
 // Adds every spec (ids are their indices), steps until all are done, and returns them in order. `on_token`, if
