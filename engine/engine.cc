@@ -71,8 +71,29 @@ absl::Status Engine::Add(uint64_t id, SequenceSpec spec) {
     beam_of_[first] = id;
     return absl::OkStatus();
   }
+  if (spec.fork_of.has_value() && !spec.computes_every_position()) {
+    ScheduledSequence* parent = scheduler_.Find(*spec.fork_of);
+    if (parent != nullptr && parent->prompt_len == s->prompt_len && !parent->spec.computes_every_position() &&
+        std::equal(s->tokens.begin(), s->tokens.end(), parent->tokens.begin())) {
+      s->spec = std::move(spec);
+      if (parent->computed >= parent->prompt_len) {
+        scheduler_.Fork(*parent, std::move(s));
+      } else {
+        forks_waiting_[parent->id].push_back(std::move(s));
+      }
+      return absl::OkStatus();
+    }
+  }
   s->spec = std::move(spec);
   return scheduler_.Enqueue(std::move(s));
+}
+
+void Engine::ReleaseForks(const ScheduledSequence& parent) {
+  auto it = forks_waiting_.find(parent.id);
+  if (it == forks_waiting_.end()) return;
+  std::vector<std::unique_ptr<ScheduledSequence>> forks = std::move(it->second);
+  forks_waiting_.erase(it);
+  for (auto& f : forks) scheduler_.Fork(parent, std::move(f));
 }
 
 std::unique_ptr<ScheduledSequence> Engine::Remove(uint64_t id) {
@@ -84,6 +105,15 @@ std::unique_ptr<ScheduledSequence> Engine::Remove(uint64_t id) {
     for (uint64_t b : beams) Remove(b);
     return nullptr;
   }
+  for (auto& [parent, forks] : forks_waiting_) {
+    for (auto f = forks.begin(); f != forks.end(); ++f) {
+      if ((*f)->id != id) continue;
+      std::unique_ptr<ScheduledSequence> gone = std::move(*f);
+      forks.erase(f);
+      if (forks.empty()) forks_waiting_.erase(parent);
+      return gone;
+    }
+  }
   if (in_flight_) {
     for (const PlannedSequence& p : in_flight_->plan) {
       if (p.sequence->id == id) {  // the step in flight still writes its blocks: released once it has answered
@@ -92,6 +122,7 @@ std::unique_ptr<ScheduledSequence> Engine::Remove(uint64_t id) {
       }
     }
   }
+  if (ScheduledSequence* s = scheduler_.Find(id)) ReleaseForks(*s);  // they go on without it
   auto gone = scheduler_.Remove(id);
   if (gone != nullptr) Released(gone.get());
   return gone;
@@ -107,6 +138,10 @@ std::vector<std::unique_ptr<ScheduledSequence>> Engine::RemoveAll() {
   groups_.clear();
   beam_of_.clear();
   auto gone = scheduler_.RemoveAll();
+  for (auto& [parent, forks] : forks_waiting_) {
+    for (auto& f : forks) gone.push_back(std::move(f));
+  }
+  forks_waiting_.clear();
   for (const auto& s : gone) Released(s.get());
   return gone;
 }
@@ -177,7 +212,7 @@ absl::Status Engine::Step(const UpdateFn& on_update, const std::function<void(ui
     rows.reserve(plan.size());
     for (const PlannedSequence& p : plan) {
       rows.push_back(RowFor(p));
-      if (on_planned) on_planned(p.sequence->id);
+      if (on_planned) on_planned(CallerId(p.sequence->id));
     }
     if (!pipeline) return RunNow(plan, std::move(rows), on_update);
     in_flight_ = InFlight{std::move(plan), executor_->Start(rows, /*after_previous=*/false)};
@@ -195,7 +230,7 @@ absl::Status Engine::Step(const UpdateFn& on_update, const std::function<void(ui
       row.token_from_last_step = true;
       rows.push_back(row);
       plan.push_back(q);
-      if (on_planned) on_planned(q.sequence->id);
+      if (on_planned) on_planned(CallerId(q.sequence->id));
     }
     next = InFlight{std::move(plan), executor_->Start(rows, /*after_previous=*/true)};
   }
@@ -341,6 +376,7 @@ void Engine::Apply(const std::vector<PlannedSequence>& plan, const std::vector<R
       u.error = absl::InternalError(absl::StrCat("sequence ", s.id, ": ", accepted.message()));
     } else {
       scheduler_.Advance(p, r.sampled ? r.token : -1);
+      if (s.computed >= s.prompt_len) ReleaseForks(s);
       if (!r.sampled) continue;
       if (std::find(s.spec.stop_ids.begin(), s.spec.stop_ids.end(), r.token) != s.spec.stop_ids.end()) {
         u.finish = FinishReason::kStopToken;
@@ -477,7 +513,14 @@ bool Engine::SelectBeams(BeamGroup& g, std::vector<uint64_t>* drop) {
     if (first[c.beam] == static_cast<int>(k)) continue;
     const BeamGroup::Live& parent = g.live[c.beam];
     const uint64_t id = next_own_id_++;
-    scheduler_.Fork(*scheduler_.Find(parent.sequence), id, c.token.token);
+    const ScheduledSequence& from = *scheduler_.Find(parent.sequence);
+    auto child = std::make_unique<ScheduledSequence>();
+    child->id = id;
+    child->spec = from.spec;
+    child->tokens = from.tokens;
+    child->tokens.push_back(c.token.token);
+    child->prompt_len = from.prompt_len;
+    scheduler_.Fork(from, std::move(child));
     beam_of_[id] = beam_of_.at(parent.sequence);
     live[k] = {id, c.sum, parent.logprobs};
     live[k].logprobs.push_back(c.token.logprob);
@@ -512,6 +555,7 @@ void Engine::EndGroup(uint64_t group, std::vector<uint64_t>* drop) {
 }
 
 void Engine::Drop(uint64_t id) {
+  if (ScheduledSequence* s = scheduler_.Find(id)) ReleaseForks(*s);  // they go on without it
   auto gone = scheduler_.Remove(id);
   if (gone != nullptr) Released(gone.get());
 }

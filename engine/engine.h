@@ -90,7 +90,8 @@ class Engine {
   // engine removes those that finished; it returns true to end that sequence now. An error from the executor
   // fails the whole step and leaves every sequence where it was, except InvalidArgument (a malformed row, and
   // nothing ran): the rows are then run one by one, and only those refused fail (kFailed).
-  // `on_planned`, if set, hears the id of every planned sequence before the step runs.
+  // `on_planned`, if set, hears the id of every planned sequence before the step runs (a beam search's id for each
+  // of its beams).
   using UpdateFn = std::function<bool(const SequenceUpdate&)>;
   absl::Status Step(const UpdateFn& on_update, const std::function<void(uint64_t)>& on_planned = nullptr);
   bool idle() const { return scheduler_.queued() == 0 && scheduler_.running() == 0 && !in_flight_; }
@@ -123,6 +124,13 @@ class Engine {
   // answered when it ends. Beams that end go to `drop`.
   void ApplyBeamRow(uint64_t group, const PlannedSequence& p, const RowResult& r, const absl::Status& error,
                     const UpdateFn& on_update, std::vector<uint64_t>* drop);
+  // The sequences waiting to fork from `parent` (SequenceSpec::fork_of) start from its blocks.
+  void ReleaseForks(const ScheduledSequence& parent);
+  // The id the caller knows a sequence by: a beam's group, else its own.
+  uint64_t CallerId(uint64_t sequence) const {
+    auto g = beam_of_.find(sequence);
+    return g == beam_of_.end() ? sequence : g->second;
+  }
   // The beams' next round: true when the search is over.
   bool SelectBeams(BeamGroup& g, std::vector<uint64_t>* drop);
   // Ends a group: its live beams go to `drop`.
@@ -164,6 +172,8 @@ class Engine {
   absl::flat_hash_map<uint64_t, BeamGroup> groups_;   // by the request's id
   absl::flat_hash_map<uint64_t, uint64_t> beam_of_;   // a live beam's sequence -> its group
   uint64_t next_own_id_ = kFirstOwnId;
+  // Samples waiting for the sequence whose prompt they share (by its id) to compute it.
+  absl::flat_hash_map<uint64_t, std::vector<std::unique_ptr<ScheduledSequence>>> forks_waiting_;
 };
 
 }  // namespace gemma

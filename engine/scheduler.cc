@@ -141,20 +141,14 @@ void Scheduler::Advance(const PlannedSequence& p, int32_t token) {
   if (p.sample && token >= 0) s.tokens.push_back(token);
 }
 
-void Scheduler::Fork(const ScheduledSequence& parent, uint64_t id, int32_t token) {
-  auto c = std::make_unique<ScheduledSequence>();
-  c->id = id;
-  c->spec = parent.spec;
-  c->tokens = parent.tokens;
-  c->tokens.push_back(token);
-  c->prompt_len = parent.prompt_len;
-  c->scored = parent.scored;
+void Scheduler::Fork(const ScheduledSequence& parent, std::unique_ptr<ScheduledSequence> c) {
   const bool running = std::any_of(running_.begin(), running_.end(), [&](const auto& r) { return r.get() == &parent; });
   if (running && static_cast<int>(running_.size()) < limits_.max_batch_size) {
-    const size_t full = std::min<size_t>(parent.computed / blocks_.block_size(), parent.blocks.size());
+    const int64_t shared = std::min<int64_t>(parent.computed, static_cast<int64_t>(c->tokens.size()) - 1);
+    const size_t full = std::min<size_t>(shared / blocks_.block_size(), parent.blocks.size());
     c->blocks = blocks_.Fork(std::span<const int32_t>(parent.blocks).first(full));
     c->computed = static_cast<int32_t>(full) * blocks_.block_size();
-    c->chain = parent.chain;  // names only blocks it shares (hashed_blocks <= full)
+    c->chain = {};  // named again from the start: the shared blocks keep their names
     running_.push_back(std::move(c));
   } else {
     queue_.push_front(std::move(c));

@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <deque>
 #include <memory>
+#include <optional>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -62,6 +63,10 @@ struct SequenceSpec {
   // num_beams > 0: the sequence is a beam search (sampling, penalties, top_logprobs and constraint unset); its
   // beams are sequences of the engine's own ids, and it is answered once, with every beam.
   BeamSearchParams beams;
+  // n samples of one prompt: a sequence added before with the same prompt. This one starts from that sequence's
+  // blocks (Fork) once it has computed the prompt, so the prompt is computed once. Unset, or a sequence the engine
+  // no longer holds: on its own.
+  std::optional<uint64_t> fork_of;
   bool computes_every_position() const { return score || !activations.empty(); }
 };
 
@@ -111,10 +116,11 @@ class Scheduler {
   void Advance(const PlannedSequence& planned, int32_t token);
   // Blocks for a running sequence to cover `positions` without preempting anyone; false when too few are free.
   bool Reserve(ScheduledSequence& s, int64_t positions) { return blocks_.EnsureCapacity(s.blocks, positions); }
-  // A new sequence `id`: `parent`'s tokens and `token`, sharing the parent's computed full blocks (Fork); the
-  // positions after them are computed again in its own blocks, so a shared block is never written. It runs
-  // beside its parent, or waits at the front of the queue when the batch is full.
-  void Fork(const ScheduledSequence& parent, uint64_t id, int32_t token);
+  // Adds `child`, whose tokens begin with `parent`'s, sharing the parent's computed full blocks short of the child's
+  // last token (Fork); the positions after them are computed again in the child's own blocks, so a shared block is
+  // never written. It runs beside its parent, or waits at the front of the queue when the batch is full or the
+  // parent is not running.
+  void Fork(const ScheduledSequence& parent, std::unique_ptr<ScheduledSequence> child);
   // A queued or running sequence; null if unknown.
   ScheduledSequence* Find(uint64_t id);
   // Removes a sequence (finished, cancelled or failed) and releases its blocks; returns it (null if unknown).

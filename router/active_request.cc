@@ -107,6 +107,28 @@ void ActiveRequest::FinishLocked(v1::FinishReason reason) {
   RecordEnd(absl::OkStatus(), reason);
 }
 
+bool ActiveRequest::OnBeams(std::span<const Beam> beams) {
+  {
+    absl::MutexLock lock(&mu_);
+    beams_.assign(beams.begin(), beams.end());
+  }
+  bool finished = beams.empty();
+  if (!beams.empty()) {
+    for (size_t i = 0; i < beams[0].tokens.size() && !finished; ++i) {
+      finished = RecordToken(beams[0].tokens[i], beams[0].logprobs[i], {});
+    }
+  }
+  if (!finished) Fail(absl::InternalError("the beam search ended without a finished beam"));
+  Notify();
+  return true;
+}
+
+v1::FinishReason ActiveRequest::FinishOf(int32_t token, int32_t generated) const {
+  if (Contains(options_.eos_ids, token)) return v1::FINISH_REASON_EOS;
+  if (Contains(options_.stop_ids, token)) return v1::FINISH_REASON_STOP_SEQUENCE;
+  return generated >= options_.max_new_tokens ? v1::FINISH_REASON_LENGTH : v1::FINISH_REASON_UNSPECIFIED;
+}
+
 void ActiveRequest::OnScores(const std::vector<float>& logprobs, std::vector<std::vector<std::pair<int32_t, float>>> top) {
   absl::MutexLock lock(&mu_);
   for (float lp : logprobs) score_.add_logprobs(lp);
@@ -252,6 +274,35 @@ bool ActiveRequest::WaitFor(std::chrono::milliseconds timeout) {
 v1::GenerateResponse ActiveRequest::Response() {
   absl::MutexLock read(&read_mu_);
   if (!drained_all_) Drain();
+  std::vector<Beam> beams;
+  {
+    absl::MutexLock lock(&mu_);
+    beams = beams_;
+  }
+  if (response_.completions_size() > 0 || beams.empty()) return response_;
+  for (size_t rank = 0; rank < beams.size(); ++rank) {
+    const Beam& b = beams[rank];
+    v1::Completion* c = response_.add_completions();
+    c->set_index(static_cast<int32_t>(rank));
+    std::vector<int32_t> shown;
+    for (size_t i = 0; i < b.tokens.size(); ++i) {
+      v1::GeneratedToken* t = c->add_tokens();
+      t->set_id(b.tokens[i]);
+      if (options_.parameters.logprobs()) t->set_logprob(b.logprobs[i]);
+      const int32_t id = b.tokens[i];
+      if (!Contains(options_.eos_ids, id) && !Contains(options_.stop_ids, id) && id < tokenizer_->vocab_size()) {
+        shown.push_back(id);
+      }
+    }
+    if (auto text = tokenizer_->Decode(shown); text.ok()) c->set_text(*std::move(text));
+    const auto generated = static_cast<int32_t>(b.tokens.size());
+    c->set_finish_reason(b.tokens.empty() ? v1::FINISH_REASON_LENGTH : FinishOf(b.tokens.back(), generated));
+    c->mutable_usage()->set_prompt_tokens(static_cast<int32_t>(options_.prompt.size()));
+    c->mutable_usage()->set_generated_tokens(generated);
+    c->set_seed(options_.seed);
+    c->set_score(b.score);
+    c->set_sum_logprob(b.sum_logprob);
+  }
   return response_;
 }
 

@@ -15,6 +15,7 @@
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
 #include "engine/activation_collector.h"
+#include "engine/engine.h"
 #include "engine/step_protocol.h"
 #include "engine/token_constraint.h"
 #include "gemma/v1/gemma.pb.h"
@@ -68,6 +69,9 @@ class ActiveRequest {
   // Producer side (the group runner). Returns true when the request is now finished.
   bool OnToken(int32_t token, float logprob, const std::vector<std::pair<int32_t, float>>& top)
       ABSL_LOCKS_EXCLUDED(mu_);
+  // A beam search's answer (the engine's beams, best first): the best beam's tokens come as generated ones, and
+  // Response() lists every beam in `completions`. Returns true (the request is finished).
+  bool OnBeams(std::span<const Beam> beams) ABSL_LOCKS_EXCLUDED(mu_);
   // Log-probs of the next scored positions, and their top alternatives (one list per position, or none).
   void OnScores(const std::vector<float>& logprobs, std::vector<std::vector<std::pair<int32_t, float>>> top = {})
       ABSL_LOCKS_EXCLUDED(mu_);
@@ -120,6 +124,8 @@ class ActiveRequest {
   // `reason`: how a generation that completed ended (for the finished-by-reason counter).
   void RecordEnd(const absl::Status& status, std::optional<v1::FinishReason> reason = std::nullopt)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The finish reason of an output that ends with `token` after `generated` tokens.
+  v1::FinishReason FinishOf(int32_t token, int32_t generated) const;
   // Turns the tokens produced so far into events and response fields.
   void Drain() ABSL_EXCLUSIVE_LOCKS_REQUIRED(read_mu_) ABSL_LOCKS_EXCLUDED(mu_);
   // What a consumer waits for: something to drain.
@@ -148,6 +154,7 @@ class ActiveRequest {
   v1::ScoreResponse score_ ABSL_GUARDED_BY(mu_);
   std::vector<std::vector<std::pair<int32_t, float>>> score_top_ ABSL_GUARDED_BY(mu_);
   ActivationCollector activations_ ABSL_GUARDED_BY(mu_);
+  std::vector<Beam> beams_ ABSL_GUARDED_BY(mu_);
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
   absl::Status status_ ABSL_GUARDED_BY(mu_);
 

@@ -5,6 +5,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
+#include "engine/scheduler.h"
 #include "engine/status_macros.h"
 
 namespace gemma {
@@ -95,6 +96,43 @@ absl::Status ValidateGenerateRequest(const v1::GenerateRequest& request, const R
     return Invalid(absl::StrCat("top_logprobs ", p.top_logprobs(), " is out of range; allowed: 0..", router.max_top_logprobs));
   }
   if (p.top_logprobs() > 0 && !p.logprobs()) return Invalid("top_logprobs needs logprobs = true");
+  if (p.n() < 0 || p.n() > kMaxSamples) {
+    return Invalid(absl::StrCat("n ", p.n(), " is out of range; allowed: 0..", kMaxSamples, " (0 is read as 1)"));
+  }
+  return ValidateBeamParameters(p);
+}
+
+absl::Status ValidateBeamParameters(const v1::GenerationParameters& p) {
+  if (p.num_beams() < 0 || p.num_beams() > BeamSearchParams::kMaxBeams) {
+    return Invalid(absl::StrCat("num_beams ", p.num_beams(), " is out of range; allowed: 0 (no beam search) to ",
+                                BeamSearchParams::kMaxBeams));
+  }
+  if (p.has_length_penalty() && !(p.length_penalty() >= -10.0f && p.length_penalty() <= 10.0f)) {
+    return Invalid(absl::StrCat("length_penalty ", p.length_penalty(), " is out of range; allowed: [-10, 10]"));
+  }
+  if (p.num_beams() == 0) {
+    if (p.has_length_penalty() || p.early_stopping()) {
+      return Invalid("length_penalty and early_stopping apply to beam search; allowed: with num_beams 1..10");
+    }
+    return absl::OkStatus();
+  }
+  const char* other = p.temperature() != 0.0f                                        ? "temperature"
+                      : p.top_k() != 0                                                ? "top_k"
+                      : p.top_p() != 0.0f && p.top_p() != 1.0f                        ? "top_p"
+                      : p.repetition_penalty() != 0.0f && p.repetition_penalty() != 1.0f ? "repetition_penalty"
+                      : p.presence_penalty() != 0.0f                                  ? "presence_penalty"
+                      : p.frequency_penalty() != 0.0f                                 ? "frequency_penalty"
+                      : p.top_logprobs() != 0                                         ? "top_logprobs"
+                      : p.stop_sequences_size() > 0                                   ? "stop_sequences"
+                      : p.has_response_format() && p.response_format().type() != "" &&
+                              p.response_format().type() != "text"
+                          ? "response_format"
+                      : p.n() > 1 ? "n"
+                                  : nullptr;
+  if (other != nullptr) {
+    return Invalid(absl::StrCat("num_beams ", p.num_beams(), " cannot be combined with ", other,
+                                ": beams rank the model's own log-probs; allowed: num_beams 0, or ", other, " unset"));
+  }
   return absl::OkStatus();
 }
 

@@ -33,10 +33,17 @@ struct ModelLimits {
   bool chat_system_role = false;  // Gemma 3's template takes a leading system message
 };
 
+// GenerationParameters.n's ceiling: samples of one input.
+inline constexpr int32_t kMaxSamples = 16;
+
 // Parameters and input shape, before tokenization: ranges, stop sequences,
 // chat roles, token ids, UTF-8.
 absl::Status ValidateGenerateRequest(const v1::GenerateRequest& request, const RouterLimits& router,
                                      const ModelLimits& model);
+
+// num_beams, length_penalty and early_stopping, and what beams cannot be combined with (part of
+// ValidateGenerateRequest).
+absl::Status ValidateBeamParameters(const v1::GenerationParameters& parameters);
 
 // After tokenization: the prompt is non-empty and prompt + max_new_tokens fits
 // the context and the router's total. Returns the max_new_tokens to use (the

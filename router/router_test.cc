@@ -7,6 +7,8 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cmath>
+#include <functional>
 #include <fstream>
 #include <future>
 #include <sstream>
@@ -701,6 +703,76 @@ TEST_F(RouterTest, TokenizeDetokenizeAndModelInfo) {
   ASSERT_TRUE(Client()->GetModelInfo(&c3, {}, &info).ok());
   EXPECT_EQ(info.vocab_size(), 4096);
   EXPECT_EQ(info.healthy_groups(), 1);
+}
+
+TEST_F(RouterTest, BeamSearchAnswersEveryBeamBestFirstAndOneBeamIsGreedy) {
+  v1::GenerateRequest greedy = Ids({2, 651, 1320, 826, 2534}, 8);
+  v1::GenerateResponse want;
+  grpc::ClientContext c0;
+  ASSERT_TRUE(Client()->Generate(&c0, greedy, &want).ok());
+
+  v1::GenerateRequest one = greedy;
+  one.mutable_parameters()->set_num_beams(1);
+  one.mutable_parameters()->set_early_stopping(true);
+  v1::GenerateResponse got;
+  grpc::ClientContext c1;
+  ASSERT_TRUE(Client()->Generate(&c1, one, &got).ok());
+  ASSERT_EQ(got.tokens_size(), want.tokens_size());
+  for (int i = 0; i < want.tokens_size(); ++i) EXPECT_EQ(got.tokens(i).id(), want.tokens(i).id()) << i;
+  EXPECT_EQ(got.text(), want.text());
+  ASSERT_EQ(got.completions_size(), 1);
+
+  v1::GenerateRequest three = greedy;
+  three.mutable_parameters()->set_num_beams(3);
+  three.mutable_parameters()->set_length_penalty(0.5f);
+  three.mutable_parameters()->set_logprobs(true);
+  v1::GenerateResponse beams;
+  grpc::ClientContext c2;
+  ASSERT_TRUE(Client()->Generate(&c2, three, &beams).ok());
+  ASSERT_EQ(beams.completions_size(), 3);
+  for (int b = 0; b < 3; ++b) {
+    const v1::Completion& c = beams.completions(b);
+    EXPECT_EQ(c.index(), b);
+    double sum = 0;
+    for (const auto& t : c.tokens()) sum += t.logprob();
+    EXPECT_NEAR(c.sum_logprob(), sum, 1e-4);
+    EXPECT_NEAR(c.score(), c.sum_logprob() / std::pow(c.tokens_size(), 0.5), 1e-6);
+    EXPECT_EQ(c.usage().generated_tokens(), c.tokens_size());
+    if (b > 0) EXPECT_GE(beams.completions(b - 1).score(), c.score());
+  }
+  // The top-level answer is the best beam's; a stream sends its tokens when the search ends.
+  ASSERT_EQ(beams.tokens_size(), beams.completions(0).tokens_size());
+  for (int i = 0; i < beams.tokens_size(); ++i) EXPECT_EQ(beams.tokens(i).id(), beams.completions(0).tokens(i).id());
+  EXPECT_EQ(beams.text(), beams.completions(0).text());
+  EXPECT_EQ(beams.finish_reason(), beams.completions(0).finish_reason());
+  v1::FinalEvent final_event;
+  const auto [ids, text] = Stream(three, &final_event);
+  ASSERT_EQ(static_cast<int>(ids.size()), beams.tokens_size());
+  for (int i = 0; i < beams.tokens_size(); ++i) EXPECT_EQ(ids[i], beams.tokens(i).id());
+  EXPECT_EQ(text, beams.text());
+  EXPECT_EQ(final_event.finish_reason(), beams.finish_reason());
+}
+
+TEST_F(RouterTest, BeamParametersOutOfRangeAreInvalidArgumentNamingTheField) {
+  const std::vector<std::pair<std::function<void(v1::GenerationParameters*)>, std::string>> cases = {
+      {[](auto* p) { p->set_num_beams(11); }, "num_beams 11 is out of range; allowed: 0 (no beam search) to 10"},
+      {[](auto* p) { p->set_num_beams(-2); }, "num_beams -2 is out of range"},
+      {[](auto* p) { p->set_num_beams(2); p->set_length_penalty(10.5f); }, "length_penalty 10.5 is out of range; allowed: [-10, 10]"},
+      {[](auto* p) { p->set_early_stopping(true); }, "allowed: with num_beams 1..10"},
+      {[](auto* p) { p->set_num_beams(2); p->set_temperature(0.8f); }, "num_beams 2 cannot be combined with temperature"},
+      {[](auto* p) { p->set_num_beams(2); p->add_stop_sequences("x"); }, "cannot be combined with stop_sequences"},
+      {[](auto* p) { p->set_num_beams(2); p->set_n(2); }, "cannot be combined with n"},
+      {[](auto* p) { p->set_n(17); }, "n 17 is out of range; allowed: 0..16"},
+  };
+  for (const auto& [set, needle] : cases) {
+    v1::GenerateRequest req = Ids({2, 651}, 4);
+    set(req.mutable_parameters());
+    v1::GenerateResponse resp;
+    grpc::ClientContext ctx;
+    const grpc::Status s = Client()->Generate(&ctx, req, &resp);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << needle;
+    EXPECT_NE(s.error_message().find(needle), std::string::npos) << s.error_message();
+  }
 }
 
 TEST_F(RouterTest, BadRequestsAreInvalidArgument) {

@@ -380,6 +380,11 @@ absl::StatusOr<SequenceSpec> WorkerGroup::SpecFor(const ActiveRequest& r) const 
   spec.sampling.presence_penalty = p.presence_penalty();
   spec.sampling.frequency_penalty = p.frequency_penalty();
   spec.top_logprobs = o.score ? o.score_top_logprobs : p.top_logprobs();
+  if (p.num_beams() > 0) {
+    // A beam ends at the model's own stops too (other requests end there by the request's rule).
+    spec.beams = {p.num_beams(), p.has_length_penalty() ? p.length_penalty() : 1.0f, p.early_stopping()};
+    spec.stop_ids.insert(spec.stop_ids.end(), o.eos_ids.begin(), o.eos_ids.end());
+  }
   return spec;
 }
 
@@ -680,6 +685,8 @@ bool WorkerGroup::Deliver(const SequenceUpdate& u) {
       }
       finished = true;
     }
+  } else if (u.result == nullptr) {  // a beam search's answer
+    finished = r->OnBeams(u.beams);
   } else if (u.result->sampled) {
     std::vector<std::pair<int32_t, float>> top;
     for (const auto& t : u.result->top_logprobs) top.emplace_back(t.token, t.logprob);

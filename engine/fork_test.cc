@@ -1,9 +1,10 @@
-// Beam search in the engine: against an exhaustive search of a small model's outputs, greedy at one beam, forked
-// beams sharing their parent's KV blocks, validation and cancellation.
+// Sequences that fork from others and share their KV blocks: beam search (against an exhaustive search of a small
+// model's outputs, greedy at one beam, validation, cancellation) and n samples of one prompt.
 #include <algorithm>
 #include <array>
 #include <cmath>
 #include <map>
+#include <set>
 #include <vector>
 
 #include "engine/engine.h"
@@ -55,9 +56,12 @@ class ContextExecutor : public StepExecutor {
         for (int t = 0; t < vocab_; ++t) ranked.push_back({t, lp[t]});
         std::stable_sort(ranked.begin(), ranked.end(),
                          [](const TokenLogprob& a, const TokenLogprob& b) { return a.logprob > b.logprob; });
+        // A "sample": greedy at temperature 0, else a token picked by the seed and the position.
+        const TokenLogprob drawn =
+            r.sampling.temperature == 0 ? ranked[0] : ranked[Mix(r.sampling.seed * 1000 + end) % vocab_];
         res.sampled = true;
-        res.token = ranked[0].token;
-        res.logprob = ranked[0].logprob;
+        res.token = drawn.token;
+        res.logprob = drawn.logprob;
         ranked.resize(std::min<size_t>(ranked.size(), r.top_logprobs));
         res.top_logprobs = ranked;
       }
@@ -203,7 +207,8 @@ TEST(BeamSearchTest, BeamsShareThePromptsBlocksAndPrefillItOnce) {
                       EXPECT_EQ(u.beams.size(), 4u);
                       answered = true;
                       return false;
-                    })
+                    },
+                          [](uint64_t id) { EXPECT_EQ(id, 7u) << "the caller hears only of its own ids"; })
                     .ok());
     ++steps;
     if (steps == 2) {
@@ -248,6 +253,79 @@ TEST(BeamSearchTest, RefusesParametersOutOfRange) {
   refused(top, "cannot be combined with top_logprobs");
   EXPECT_TRUE(absl::IsInvalidArgument(engine.Add(Engine::kFirstOwnId, BeamSpec(3, 4, 0, 1.0f, false))));
   EXPECT_TRUE(engine.idle());
+}
+
+SequenceSpec Sampled(int prompt_len, int max_new, uint64_t seed) {
+  SequenceSpec s;
+  for (int i = 0; i < prompt_len; ++i) s.prompt.push_back(10 + 3 * i);
+  s.max_new_tokens = max_new;
+  s.sampling.temperature = 1.0f;
+  s.sampling.seed = seed;
+  return s;
+}
+
+TEST(ForkTest, SamplesOfOnePromptComputeItOnceAndDrawAsAlone) {
+  for (bool prefix_cache : {false, true}) {
+    for (int prompt_len : {1, 8, 18}) {
+      SCOPED_TRACE(::testing::Message() << "prefix cache " << prefix_cache << ", prompt " << prompt_len);
+      std::vector<SequenceSpec> alone, forked;
+      for (int i = 0; i < 4; ++i) {
+        alone.push_back(Sampled(prompt_len, 6, 100 + i));
+        forked.push_back(alone.back());
+        if (i > 0) forked.back().fork_of = 0;
+      }
+      ContextExecutor model_a(50), model_b(50);
+      Engine a(Options(prefix_cache), &model_a), b(Options(false), &model_b);
+      std::vector<CompletedSequence> want;
+      for (const SequenceSpec& s : alone) {
+        auto one = RunBatch(b, {s});
+        ASSERT_TRUE(one.ok()) << one.status();
+        want.push_back((*one)[0]);
+      }
+      auto got = RunBatch(a, forked);
+      ASSERT_TRUE(got.ok()) << got.status();
+      std::set<std::vector<int32_t>> distinct;
+      for (int i = 0; i < 4; ++i) {
+        EXPECT_EQ((*got)[i].tokens, want[i].tokens) << "sample " << i;
+        distinct.insert((*got)[i].tokens);
+      }
+      EXPECT_GT(distinct.size(), 1u) << "the samples drew alike: the test shows nothing";
+      // The prompt once, and the samples' own positions past its last whole block short of its last token.
+      const int own = prompt_len - (prompt_len - 1) / kBlockSize * kBlockSize;
+      EXPECT_EQ(a.prefilled_tokens(), prompt_len + 3 * own);
+      EXPECT_EQ(a.scheduler().blocks().used_blocks(), 0);
+    }
+  }
+}
+
+TEST(ForkTest, SamplesGoOnWhenTheSequenceTheyWaitForIsCancelledOrUnknown) {
+  ContextExecutor model(50);
+  EngineOptions o = Options(false);
+  o.limits.max_prefill_chunk = 8;
+  Engine engine(o, &model);
+  SequenceSpec first = Sampled(30, 4, 1);
+  ASSERT_TRUE(engine.Add(1, first).ok());
+  SequenceSpec second = Sampled(30, 4, 2);
+  second.fork_of = 1;
+  ASSERT_TRUE(engine.Add(2, second).ok());
+  SequenceSpec stray = Sampled(30, 4, 3);
+  stray.fork_of = 99;  // unknown: on its own
+  ASSERT_TRUE(engine.Add(3, stray).ok());
+  // One step prefills part of the first prompt; then the first is cancelled and the second takes its blocks.
+  ASSERT_TRUE(engine.Step([](const SequenceUpdate&) { return false; }).ok());
+  EXPECT_NE(engine.Remove(1), nullptr);
+  std::set<uint64_t> finished;
+  while (!engine.idle()) {
+    ASSERT_TRUE(engine
+                    .Step([&](const SequenceUpdate& u) {
+                      if (u.finish != FinishReason::kNone) finished.insert(u.id);
+                      return false;
+                    })
+                    .ok());
+  }
+  EXPECT_EQ(finished, (std::set<uint64_t>{2, 3}));
+  EXPECT_EQ(engine.prefilled_tokens(), 8 + 30 - 8 + 30);  // the second went on from the first's 8 positions
+  EXPECT_EQ(engine.scheduler().blocks().used_blocks(), 0);
 }
 
 }  // namespace
