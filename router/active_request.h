@@ -52,6 +52,8 @@ class ActiveRequest {
     std::shared_ptr<TokenConstraint> constraint;
     std::string adapter;  // a LoRA adapter's name; empty: the base model
     std::vector<Intervention> interventions;
+    // One of n samples: the request whose prompt (the same) it shares (SequenceSpec::fork_of).
+    std::optional<uint64_t> fork_of;
     // Scoring: activations read at these positions (ascending), as SequenceSpec has them.
     std::vector<ActivationPoint> activations;
     std::vector<int32_t> activation_positions;

@@ -49,6 +49,37 @@ absl::StatusOr<std::shared_ptr<ActiveRequest>> RequestAdmission::Admit(const Ser
                                                                        const v1::GenerateRequest& request,
                                                                        Origin origin,
                                                                        const std::vector<int32_t>* prompt_ids) const {
+  ASSIGN_OR_RETURN(ActiveRequest::Options o, OptionsFor(model, request, prompt_ids));
+  return Submit(model, std::move(o), std::move(origin));
+}
+
+absl::StatusOr<std::vector<std::shared_ptr<ActiveRequest>>> RequestAdmission::AdmitSamples(
+    const ServedModel& model, const v1::GenerateRequest& request, Origin origin,
+    const std::vector<int32_t>* prompt_ids) const {
+  ASSIGN_OR_RETURN(ActiveRequest::Options first, OptionsFor(model, request, prompt_ids));
+  const int n = std::max(1, request.parameters().n());
+  std::vector<std::shared_ptr<ActiveRequest>> samples;
+  for (int i = 0; i < n; ++i) {
+    ActiveRequest::Options o = first;
+    o.seed = first.seed + static_cast<uint64_t>(i);
+    if (i > 0) o.fork_of = samples[0]->id();  // the prompt is computed once, by the first
+    // Each sample holds its own place in a grammar.
+    if (i > 0 && request.parameters().has_response_format()) {
+      ASSIGN_OR_RETURN(o.constraint, model.structured_output->ConstraintFor(request.parameters().response_format(),
+                                                                           o.eos_ids));
+    }
+    samples.push_back(Make(model, std::move(o), origin));
+  }
+  if (absl::Status s = groups_->SubmitTogether(samples); !s.ok()) {
+    for (const auto& r : samples) r->Cancel();  // those a group took leave before their next step
+    return s;
+  }
+  return samples;
+}
+
+absl::StatusOr<ActiveRequest::Options> RequestAdmission::OptionsFor(const ServedModel& model,
+                                                                    const v1::GenerateRequest& request,
+                                                                    const std::vector<int32_t>* prompt_ids) const {
   const ModelLimits model_limits = LimitsOf(model);
   RETURN_IF_ERROR(ValidateGenerateRequest(request, limits_, model_limits));
   std::vector<int32_t> prompt;
@@ -80,17 +111,22 @@ absl::StatusOr<std::shared_ptr<ActiveRequest>> RequestAdmission::Admit(const Ser
                                                  static_cast<int32_t>(o.prompt.size())));
   o.adapter = std::move(changes.adapter);
   o.interventions = std::move(changes.interventions);
-  return Submit(model, std::move(o), std::move(origin));
+  return o;
+}
+
+std::shared_ptr<ActiveRequest> RequestAdmission::Make(const ServedModel& model, ActiveRequest::Options options,
+                                                      const Origin& origin) const {
+  options.protocol = origin.protocol;
+  options.endpoint = origin.endpoint;
+  options.notify = origin.notify;
+  return std::make_shared<ActiveRequest>(groups_->NewRequestId(), std::move(options), model.tokenizer.get(),
+                                         origin.counted ? metrics_ : nullptr);
 }
 
 absl::StatusOr<std::shared_ptr<ActiveRequest>> RequestAdmission::Submit(const ServedModel& model,
                                                                         ActiveRequest::Options options,
                                                                         Origin origin) const {
-  options.protocol = std::move(origin.protocol);
-  options.endpoint = std::move(origin.endpoint);
-  options.notify = std::move(origin.notify);
-  auto active = std::make_shared<ActiveRequest>(groups_->NewRequestId(), std::move(options), model.tokenizer.get(),
-                                               origin.counted ? metrics_ : nullptr);
+  auto active = Make(model, std::move(options), origin);
   RETURN_IF_ERROR(groups_->Submit(active));
   return active;
 }

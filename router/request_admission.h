@@ -62,6 +62,11 @@ class RequestAdmission {
   absl::StatusOr<std::shared_ptr<ActiveRequest>> Admit(const ServedModel& model, const v1::GenerateRequest& request,
                                                        Origin origin,
                                                        const std::vector<int32_t>* prompt_ids = nullptr) const;
+  // The request's n samples (parameters.n; 0 is 1), sample i drawing with seed + i: admitted as one, to one group,
+  // where they share the prompt's KV blocks (it is computed once). On a refusal none runs.
+  absl::StatusOr<std::vector<std::shared_ptr<ActiveRequest>>> AdmitSamples(
+      const ServedModel& model, const v1::GenerateRequest& request, Origin origin,
+      const std::vector<int32_t>* prompt_ids = nullptr) const;
   // The checks Admit makes before tokenizing (ranges, stop sequences, roles), for a request that is answered
   // without generating (an echo of its prompt).
   absl::Status Validate(const ServedModel& model, const v1::GenerateRequest& request) const {
@@ -92,6 +97,12 @@ class RequestAdmission {
   void Reject(const absl::Status& status, const Origin& origin) const;
 
  private:
+  // Validated and tokenized (`prompt_ids`, when given, are its input's ids).
+  absl::StatusOr<ActiveRequest::Options> OptionsFor(const ServedModel& model, const v1::GenerateRequest& request,
+                                                    const std::vector<int32_t>* prompt_ids) const;
+  // A request with the origin filled in, not yet submitted.
+  std::shared_ptr<ActiveRequest> Make(const ServedModel& model, ActiveRequest::Options options,
+                                      const Origin& origin) const;
   // The request's origin filled in, then handed to the least-loaded group.
   absl::StatusOr<std::shared_ptr<ActiveRequest>> Submit(const ServedModel& model, ActiveRequest::Options options,
                                                         Origin origin) const;

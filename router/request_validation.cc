@@ -102,6 +102,26 @@ absl::Status ValidateGenerateRequest(const v1::GenerateRequest& request, const R
   return ValidateBeamParameters(p);
 }
 
+absl::StatusOr<std::vector<v1::GenerateRequest>> SplitInputs(const v1::GenerateRequest& request) {
+  if (request.inputs_size() == 0) return std::vector<v1::GenerateRequest>{request};
+  if (request.has_input()) return Invalid("input and inputs are both set; allowed: one of them");
+  if (request.inputs_size() > kMaxInputs) {
+    return Invalid(absl::StrCat("inputs has ", request.inputs_size(), " entries; allowed: 1..", kMaxInputs));
+  }
+  const int64_t outputs = int64_t{request.inputs_size()} * std::max(1, request.parameters().n());
+  if (outputs > kMaxSamples) {
+    return Invalid(absl::StrCat(request.inputs_size(), " inputs x n ", request.parameters().n(), " = ", outputs,
+                                " outputs; allowed: at most ", kMaxSamples));
+  }
+  std::vector<v1::GenerateRequest> parts;
+  for (const v1::Input& input : request.inputs()) {
+    v1::GenerateRequest& part = parts.emplace_back(request);
+    part.clear_inputs();
+    *part.mutable_input() = input;
+  }
+  return parts;
+}
+
 absl::Status ValidateBeamParameters(const v1::GenerationParameters& p) {
   if (p.num_beams() < 0 || p.num_beams() > BeamSearchParams::kMaxBeams) {
     return Invalid(absl::StrCat("num_beams ", p.num_beams(), " is out of range; allowed: 0 (no beam search) to ",

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <limits>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -33,13 +34,20 @@ struct ModelLimits {
   bool chat_system_role = false;  // Gemma 3's template takes a leading system message
 };
 
-// GenerationParameters.n's ceiling: samples of one input.
-inline constexpr int32_t kMaxSamples = 16;
+// GenerationParameters.n's ceiling (samples of one input), and the ceiling on the outputs of one request (inputs x
+// n, or the choices of an OpenAI request).
+inline constexpr int32_t kMaxSamples = 128;
+// GenerateRequest.inputs' ceiling.
+inline constexpr int32_t kMaxInputs = 64;
 
 // Parameters and input shape, before tokenization: ranges, stop sequences,
 // chat roles, token ids, UTF-8.
 absl::Status ValidateGenerateRequest(const v1::GenerateRequest& request, const RouterLimits& router,
                                      const ModelLimits& model);
+
+// The request's inputs: `input`, or 1..kMaxInputs `inputs` (not both), with at most kMaxSamples outputs in all.
+// One request per input, each with `input` set, in order.
+absl::StatusOr<std::vector<v1::GenerateRequest>> SplitInputs(const v1::GenerateRequest& request);
 
 // num_beams, length_penalty and early_stopping, and what beams cannot be combined with (part of
 // ValidateGenerateRequest).

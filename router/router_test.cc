@@ -10,6 +10,8 @@
 #include <cmath>
 #include <functional>
 #include <fstream>
+#include <map>
+#include <set>
 #include <future>
 #include <sstream>
 #include <thread>
@@ -753,6 +755,99 @@ TEST_F(RouterTest, BeamSearchAnswersEveryBeamBestFirstAndOneBeamIsGreedy) {
   EXPECT_EQ(final_event.finish_reason(), beams.finish_reason());
 }
 
+TEST_F(RouterTest, SeveralInputsAndSamplesAnswerInOrderAsTheirSoloRuns) {
+  v1::GenerateRequest req;
+  req.add_inputs()->set_text("The quick brown fox");
+  auto* ids = req.add_inputs()->mutable_token_ids();
+  for (int id : {2, 651, 1320, 826}) ids->add_ids(id);
+  auto* p = req.mutable_parameters();
+  p->set_max_new_tokens(6);
+  p->set_temperature(0.9f);
+  p->set_seed(41);
+  p->set_n(3);
+  v1::GenerateResponse all;
+  grpc::ClientContext ctx;
+  ASSERT_TRUE(Client()->Generate(&ctx, req, &all).ok());
+  ASSERT_EQ(all.completions_size(), 6);
+  std::set<std::vector<int>> distinct;
+  for (int k = 0; k < 6; ++k) {
+    const v1::Completion& c = all.completions(k);
+    EXPECT_EQ(c.input_index(), k / 3);
+    EXPECT_EQ(c.index(), k % 3);
+    EXPECT_EQ(c.seed(), 41u + k % 3);
+    // The same input and seed alone.
+    v1::GenerateRequest solo;
+    *solo.mutable_input() = req.inputs(k / 3);
+    *solo.mutable_parameters() = req.parameters();
+    solo.mutable_parameters()->set_n(0);
+    solo.mutable_parameters()->set_seed(41 + k % 3);
+    v1::GenerateResponse want;
+    grpc::ClientContext c1;
+    ASSERT_TRUE(Client()->Generate(&c1, solo, &want).ok());
+    std::vector<int> got_ids, want_ids;
+    for (const auto& t : c.tokens()) got_ids.push_back(t.id());
+    for (const auto& t : want.tokens()) want_ids.push_back(t.id());
+    EXPECT_EQ(got_ids, want_ids) << "completion " << k;
+    EXPECT_EQ(c.text(), want.text());
+    EXPECT_EQ(c.finish_reason(), want.finish_reason());
+    distinct.insert(got_ids);
+  }
+  EXPECT_GT(distinct.size(), 3u);
+  EXPECT_EQ(all.text(), all.completions(0).text());
+
+  // Streamed: every event tagged with its output, one final event each, the same tokens.
+  grpc::ClientContext sctx;
+  auto reader = Client()->GenerateStream(&sctx, req);
+  v1::GenerateStreamResponse event;
+  std::map<std::pair<int, int>, std::vector<int>> streamed;
+  std::map<std::pair<int, int>, std::string> texts;
+  int finals = 0;
+  while (reader->Read(&event)) {
+    if (event.has_token()) {
+      const auto key = std::make_pair(event.token().input_index(), event.token().index());
+      streamed[key].push_back(event.token().token().id());
+      texts[key] += event.token().text_delta();
+    } else {
+      ++finals;
+      const auto key = std::make_pair(event.final().input_index(), event.final().index());
+      EXPECT_EQ(event.final().usage().generated_tokens(), static_cast<int>(streamed[key].size()));
+    }
+  }
+  ASSERT_TRUE(reader->Finish().ok());
+  EXPECT_EQ(finals, 6);
+  for (int k = 0; k < 6; ++k) {
+    std::vector<int> ids;
+    for (const auto& t : all.completions(k).tokens()) ids.push_back(t.id());
+    const auto key = std::make_pair(k / 3, k % 3);
+    EXPECT_EQ(streamed[key], ids) << k;
+    EXPECT_EQ(texts[key], all.completions(k).text()) << k;
+  }
+}
+
+TEST_F(RouterTest, BadInputListsAreInvalidArgumentNamingTheInput) {
+  v1::GenerateRequest both = Ids({2, 651}, 4);
+  both.add_inputs()->set_text("x");
+  v1::GenerateRequest many;
+  for (int i = 0; i < 65; ++i) many.add_inputs()->set_text("x");
+  v1::GenerateRequest outputs;
+  for (int i = 0; i < 10; ++i) outputs.add_inputs()->set_text("x");
+  outputs.mutable_parameters()->set_n(13);
+  v1::GenerateRequest bad_second;
+  bad_second.add_inputs()->set_text("fine");
+  bad_second.add_inputs()->mutable_token_ids()->add_ids(9999);
+  for (const auto& [req, needle] : std::vector<std::pair<v1::GenerateRequest, std::string>>{
+           {both, "input and inputs are both set; allowed: one of them"},
+           {many, "inputs has 65 entries; allowed: 1..64"},
+           {outputs, "10 inputs x n 13 = 130 outputs; allowed: at most 128"},
+           {bad_second, "inputs[1]: input.token_ids[0] = 9999 is outside the vocabulary"}}) {
+    v1::GenerateResponse resp;
+    grpc::ClientContext ctx;
+    const grpc::Status s = Client()->Generate(&ctx, req, &resp);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << needle;
+    EXPECT_NE(s.error_message().find(needle), std::string::npos) << s.error_message();
+  }
+}
+
 TEST_F(RouterTest, BeamParametersOutOfRangeAreInvalidArgumentNamingTheField) {
   const std::vector<std::pair<std::function<void(v1::GenerationParameters*)>, std::string>> cases = {
       {[](auto* p) { p->set_num_beams(11); }, "num_beams 11 is out of range; allowed: 0 (no beam search) to 10"},
@@ -762,7 +857,7 @@ TEST_F(RouterTest, BeamParametersOutOfRangeAreInvalidArgumentNamingTheField) {
       {[](auto* p) { p->set_num_beams(2); p->set_temperature(0.8f); }, "num_beams 2 cannot be combined with temperature"},
       {[](auto* p) { p->set_num_beams(2); p->add_stop_sequences("x"); }, "cannot be combined with stop_sequences"},
       {[](auto* p) { p->set_num_beams(2); p->set_n(2); }, "cannot be combined with n"},
-      {[](auto* p) { p->set_n(17); }, "n 17 is out of range; allowed: 0..16"},
+      {[](auto* p) { p->set_n(129); }, "n 129 is out of range; allowed: 0..128"},
   };
   for (const auto& [set, needle] : cases) {
     v1::GenerateRequest req = Ids({2, 651}, 4);

@@ -380,6 +380,7 @@ absl::StatusOr<SequenceSpec> WorkerGroup::SpecFor(const ActiveRequest& r) const 
   spec.sampling.presence_penalty = p.presence_penalty();
   spec.sampling.frequency_penalty = p.frequency_penalty();
   spec.top_logprobs = o.score ? o.score_top_logprobs : p.top_logprobs();
+  spec.fork_of = o.fork_of;
   if (p.num_beams() > 0) {
     // A beam ends at the model's own stops too (other requests end there by the request's rule).
     spec.beams = {p.num_beams(), p.has_length_penalty() ? p.length_penalty() : 1.0f, p.early_stopping()};
