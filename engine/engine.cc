@@ -183,6 +183,7 @@ StepRow Engine::RowFor(const PlannedSequence& p, bool full_history) const {
       row.score_targets[i] = next > s.scored ? target : -1;  // scored before a preemption: not again
     }
     row.top_logprobs = s.spec.top_logprobs;
+    row.score_logits = s.spec.score_logits;
     return row;
   }
   row.sample = p.sample;
@@ -359,6 +360,13 @@ void Engine::Apply(const std::vector<PlannedSequence>& plan, const std::vector<R
         if (r.score_top_logprobs.size() == r.score_logprobs.size()) {
           u.score_top_logprobs =
               std::span<const std::vector<TokenLogprob>>(r.score_top_logprobs).subspan(from - p.start - 1, to - from);
+        }
+        if (r.score_top_logits.size() == r.score_logprobs.size()) {
+          u.score_top_logits =
+              std::span<const std::vector<TokenLogprob>>(r.score_top_logits).subspan(from - p.start - 1, to - from);
+        }
+        if (const size_t vocab = r.score_logits.size() / p.count; vocab > 0 && vocab * p.count == r.score_logits.size()) {
+          u.score_logits = std::span<const float>(r.score_logits).subspan((from - p.start - 1) * vocab, (to - from) * vocab);
         }
         u.score_from = from;
         s.scored = to - 1;

@@ -45,6 +45,10 @@ struct SequenceUpdate {
   std::span<const float> scores;
   // With the spec's top_logprobs > 0: the most likely tokens at each of those positions (else empty).
   std::span<const std::vector<TokenLogprob>> score_top_logprobs;
+  // With the spec's score_logits: the largest logits at each of those positions (`logprob` holds the logit), or
+  // their whole rows ([positions, vocab]).
+  std::span<const std::vector<TokenLogprob>> score_top_logits;
+  std::span<const float> score_logits;
   int32_t score_from = 0;
   FinishReason finish = FinishReason::kNone;
   absl::Status error;  // with kFailed

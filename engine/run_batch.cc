@@ -26,6 +26,8 @@ absl::StatusOr<std::vector<CompletedSequence>> RunBatch(Engine& engine, std::vec
     const absl::Status s = engine.Step([&](const SequenceUpdate& u) {
       CompletedSequence& c = done[u.id];
       c.prompt_logprobs.insert(c.prompt_logprobs.end(), u.scores.begin(), u.scores.end());
+      c.top_logits.insert(c.top_logits.end(), u.score_top_logits.begin(), u.score_top_logits.end());
+      c.logits.insert(c.logits.end(), u.score_logits.begin(), u.score_logits.end());
       c.finish = u.finish;
       if (u.finish == FinishReason::kFailed && failed.ok()) {
         failed = absl::Status(u.error.code(), absl::StrCat("request ", u.id, ": ", u.error.message()));

@@ -48,6 +48,8 @@ struct SequenceSpec {
   // KerasNLP's target_ids; scores then cover positions 1..prompt_len (position t + 1 holds target t). Empty: each
   // position against the next prompt token.
   std::vector<int32_t> score_targets;
+  // With score: also the logits of each scored position, the score_logits largest (> 0) or whole rows (-1).
+  int32_t score_logits = 0;
   std::vector<int32_t> stop_ids;   // generation ends after one of these
   uint64_t cache_salt = 0;         // sequences with other salts never share cached KV (another adapter, say)
   // Structured output: the tokens this sequence may draw, asked at every sampling step. Null: any. One per

@@ -8,6 +8,21 @@ namespace {
 
 bool Contains(const std::vector<int32_t>& ids, int32_t id) { return std::find(ids.begin(), ids.end(), id) != ids.end(); }
 
+// Each position's (id, value) pairs as alternatives of `to` (TopLogprobs or TopLogits), each with its token's text.
+template <typename Positions, typename SetValue>
+void AddAlternatives(const std::vector<std::vector<std::pair<int32_t, float>>>& positions, const Tokenizer& tokenizer,
+                     Positions* to, SetValue set_value) {
+  for (const auto& position : positions) {
+    auto* alternatives = to->Add();
+    for (const auto& [id, value] : position) {
+      auto* alt = alternatives->add_alternatives();
+      alt->set_id(id);
+      set_value(alt, value);
+      if (auto piece = tokenizer.Decode(std::vector<int32_t>{id}); piece.ok()) alt->set_text(*piece);
+    }
+  }
+}
+
 }  // namespace
 
 ActiveRequest::ActiveRequest(uint64_t id, Options options, const Tokenizer* tokenizer, RouterMetrics* metrics)
@@ -129,10 +144,14 @@ v1::FinishReason ActiveRequest::FinishOf(int32_t token, int32_t generated) const
   return generated >= options_.max_new_tokens ? v1::FINISH_REASON_LENGTH : v1::FINISH_REASON_UNSPECIFIED;
 }
 
-void ActiveRequest::OnScores(const std::vector<float>& logprobs, std::vector<std::vector<std::pair<int32_t, float>>> top) {
+void ActiveRequest::OnScores(const std::vector<float>& logprobs, std::vector<std::vector<std::pair<int32_t, float>>> top,
+                             std::vector<std::vector<std::pair<int32_t, float>>> top_logits,
+                             std::span<const float> logits) {
   absl::MutexLock lock(&mu_);
   for (float lp : logprobs) score_.add_logprobs(lp);
   std::move(top.begin(), top.end(), std::back_inserter(score_top_));
+  std::move(top_logits.begin(), top_logits.end(), std::back_inserter(score_top_logits_));
+  score_logits_.insert(score_logits_.end(), logits.begin(), logits.end());
 }
 
 absl::Status ActiveRequest::OnActivations(const RowResult& row) {
@@ -172,6 +191,8 @@ bool ActiveRequest::ResetForRetry() {
   if (finished_ || generated_ > 0) return false;
   score_.clear_logprobs();
   score_top_.clear();
+  score_top_logits_.clear();
+  score_logits_.clear();
   activations_.Reset();
   return true;
 }
@@ -314,12 +335,19 @@ std::vector<std::vector<float>> ActiveRequest::TakeActivations(int32_t* hidden) 
 
 v1::ScoreResponse ActiveRequest::ScoreResult() {
   v1::ScoreResponse out;
-  std::vector<std::vector<std::pair<int32_t, float>>> top;
+  std::vector<std::vector<std::pair<int32_t, float>>> top, top_logits;
   {
     absl::MutexLock lock(&mu_);
     out = score_;
     top = score_top_;
+    top_logits = score_top_logits_;
+    if (!score_logits_.empty()) {
+      out.set_logits_data(reinterpret_cast<const char*>(score_logits_.data()), score_logits_.size() * sizeof(float));
+      out.add_logits_shape(out.logprobs_size());
+      out.add_logits_shape(static_cast<int32_t>(score_logits_.size() / std::max(1, out.logprobs_size())));
+    }
   }
+  AddAlternatives(top_logits, *tokenizer_, out.mutable_top_logits(), [](auto* a, float v) { a->set_logit(v); });
   if (options_.score_losses) {
     double sum = 0;
     for (float lp : out.logprobs()) {
@@ -328,15 +356,7 @@ v1::ScoreResponse ActiveRequest::ScoreResult() {
     }
     out.set_loss_sum(sum);
   }
-  for (const auto& position : top) {
-    auto* alts = out.add_top_logprobs();
-    for (const auto& [id, lp] : position) {
-      auto* alt = alts->add_alternatives();
-      alt->set_id(id);
-      alt->set_logprob(lp);
-      if (auto piece = tokenizer_->Decode(std::vector<int32_t>{id}); piece.ok()) alt->set_text(*piece);
-    }
-  }
+  AddAlternatives(top, *tokenizer_, out.mutable_top_logprobs(), [](auto* a, float v) { a->set_logprob(v); });
   return out;
 }
 

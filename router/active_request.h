@@ -7,6 +7,7 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <utility>
 #include <vector>
@@ -42,6 +43,7 @@ class ActiveRequest {
     int32_t score_top_logprobs = 0;
     std::vector<int32_t> score_targets;  // one per prompt token (see SequenceSpec::score_targets); empty: next tokens
     bool score_losses = false;           // SCORING_MODE_LOSS: the result carries losses and their sum
+    int32_t score_logits = 0;            // SCORING_MODE_LOGITS: the top_logits largest (> 0) or whole rows (-1)
     // The API it came through, for the metrics' protocol and endpoint labels.
     std::string protocol = "grpc";
     std::string endpoint;
@@ -75,7 +77,9 @@ class ActiveRequest {
   // Response() lists every beam in `completions`. Returns true (the request is finished).
   bool OnBeams(std::span<const Beam> beams) ABSL_LOCKS_EXCLUDED(mu_);
   // Log-probs of the next scored positions, and their top alternatives (one list per position, or none).
-  void OnScores(const std::vector<float>& logprobs, std::vector<std::vector<std::pair<int32_t, float>>> top = {})
+  // With Options::score_logits, their largest logits (`top_logits`) or whole rows (`logits`, [positions, vocab]).
+  void OnScores(const std::vector<float>& logprobs, std::vector<std::vector<std::pair<int32_t, float>>> top = {},
+                std::vector<std::vector<std::pair<int32_t, float>>> top_logits = {}, std::span<const float> logits = {})
       ABSL_LOCKS_EXCLUDED(mu_);
   // The activations a scored row carries (none when it holds no asked position); Internal when they do not fit
   // what was asked.
@@ -155,6 +159,8 @@ class ActiveRequest {
   std::optional<v1::FinishReason> finish_reason_ ABSL_GUARDED_BY(mu_);
   v1::ScoreResponse score_ ABSL_GUARDED_BY(mu_);
   std::vector<std::vector<std::pair<int32_t, float>>> score_top_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::vector<std::pair<int32_t, float>>> score_top_logits_ ABSL_GUARDED_BY(mu_);
+  std::vector<float> score_logits_ ABSL_GUARDED_BY(mu_);
   ActivationCollector activations_ ABSL_GUARDED_BY(mu_);
   std::vector<Beam> beams_ ABSL_GUARDED_BY(mu_);
   bool finished_ ABSL_GUARDED_BY(mu_) = false;

@@ -153,11 +153,18 @@ absl::StatusOr<std::shared_ptr<ActiveRequest>> RequestAdmission::AdmitScore(cons
   o.score_top_logprobs = top_logprobs;
   o.score_targets = std::move(targets.ids);
   o.score_losses = targets.losses;
+  o.score_logits = targets.logits;
   o.adapter = std::move(changes.adapter);
   o.interventions = std::move(changes.interventions);
   o.activations = activations.points;
   o.activation_positions = activations.positions;
   return Submit(model, std::move(o), std::move(origin));
+}
+
+int64_t WholeLogitsBytes(const v1::ScoreRequest& request, int32_t len, int32_t vocab_size) {
+  if (request.mode() != v1::SCORING_MODE_LOGITS || request.top_logits() != -1) return 0;
+  const int64_t rows = request.target_ids_size() > 0 ? len : len - 1;  // one per entry of logprobs
+  return rows * vocab_size * static_cast<int64_t>(sizeof(float));
 }
 
 absl::StatusOr<ModelChanges> RequestAdmission::Changes(

@@ -21,15 +21,20 @@
 
 namespace gemma {
 
-// What a Score request scores against (ScoreRequest.target_ids, checked by ScorePrompt) and whether it wants
-// losses (SCORING_MODE_LOSS).
+// What a Score request scores against (ScoreRequest.target_ids, checked by ScorePrompt), whether it wants losses
+// (SCORING_MODE_LOSS), and which logits (SCORING_MODE_LOGITS: the top_logits largest, -1 whole rows, 0 none).
 struct ScoreTargets {
   std::vector<int32_t> ids;
   bool losses = false;
+  int32_t logits = 0;
 };
 inline ScoreTargets ScoreTargetsOf(const v1::ScoreRequest& request) {
-  return {{request.target_ids().begin(), request.target_ids().end()}, request.mode() == v1::SCORING_MODE_LOSS};
+  return {{request.target_ids().begin(), request.target_ids().end()},
+          request.mode() == v1::SCORING_MODE_LOSS,
+          request.mode() == v1::SCORING_MODE_LOGITS ? request.top_logits() : 0};
 }
+// The bytes of the whole logits rows a Score request of `len` tokens asks for (0 unless top_logits is -1).
+int64_t WholeLogitsBytes(const v1::ScoreRequest& request, int32_t len, int32_t vocab_size);
 
 // Thread-safe.
 class RequestAdmission {

@@ -102,24 +102,40 @@ absl::Status ValidateGenerateRequest(const v1::GenerateRequest& request, const R
   return ValidateBeamParameters(p);
 }
 
-absl::StatusOr<std::vector<v1::GenerateRequest>> SplitInputs(const v1::GenerateRequest& request) {
-  if (request.inputs_size() == 0) return std::vector<v1::GenerateRequest>{request};
+namespace {
+
+// `request` once per input, with `input` set; `outputs` is what each input answers with (n samples, or 1).
+template <typename Request>
+absl::StatusOr<std::vector<Request>> SplitByInput(const Request& request, int64_t outputs) {
+  if (request.inputs_size() == 0) return std::vector<Request>{request};
   if (request.has_input()) return Invalid("input and inputs are both set; allowed: one of them");
   if (request.inputs_size() > kMaxInputs) {
     return Invalid(absl::StrCat("inputs has ", request.inputs_size(), " entries; allowed: 1..", kMaxInputs));
   }
-  const int64_t outputs = int64_t{request.inputs_size()} * std::max(1, request.parameters().n());
-  if (outputs > kMaxSamples) {
-    return Invalid(absl::StrCat(request.inputs_size(), " inputs x n ", request.parameters().n(), " = ", outputs,
+  if (request.inputs_size() * outputs > kMaxSamples) {
+    return Invalid(absl::StrCat(request.inputs_size(), " inputs x n ", outputs, " = ", request.inputs_size() * outputs,
                                 " outputs; allowed: at most ", kMaxSamples));
   }
-  std::vector<v1::GenerateRequest> parts;
+  std::vector<Request> parts;
   for (const v1::Input& input : request.inputs()) {
-    v1::GenerateRequest& part = parts.emplace_back(request);
+    Request& part = parts.emplace_back(request);
     part.clear_inputs();
     *part.mutable_input() = input;
   }
   return parts;
+}
+
+}  // namespace
+
+absl::StatusOr<std::vector<v1::GenerateRequest>> SplitInputs(const v1::GenerateRequest& request) {
+  return SplitByInput(request, std::max(1, request.parameters().n()));
+}
+
+absl::StatusOr<std::vector<v1::ScoreRequest>> SplitInputs(const v1::ScoreRequest& request) {
+  if (request.inputs_size() > 0 && request.target_ids_size() > 0) {
+    return Invalid("target_ids apply to `input` alone; allowed: none with inputs (one request per input instead)");
+  }
+  return SplitByInput(request, 1);
 }
 
 absl::Status ValidateBeamParameters(const v1::GenerationParameters& p) {
@@ -185,7 +201,16 @@ absl::Status ValidateScoreRequest(const v1::ScoreRequest& request, const RouterL
 absl::Status ValidateScoreTargets(const v1::ScoreRequest& request, int32_t tokens, const ModelLimits& model) {
   if (!v1::ScoringMode_IsValid(request.mode())) {
     return Invalid(absl::StrCat("mode ", request.mode(), " is invalid; allowed: SCORING_MODE_LOGPROBS (0), ",
-                                "SCORING_MODE_LOSS (1)"));
+                                "SCORING_MODE_LOSS (1), SCORING_MODE_LOGITS (2)"));
+  }
+  if (request.mode() == v1::SCORING_MODE_LOGITS) {
+    if (request.top_logits() != -1 && (request.top_logits() < 1 || request.top_logits() > StepRow::kMaxTopLogits)) {
+      return Invalid(absl::StrCat("top_logits ", request.top_logits(), " is out of range; allowed: 1..",
+                                  StepRow::kMaxTopLogits, ", or -1 for whole rows"));
+    }
+  } else if (request.top_logits() != 0) {
+    return Invalid(absl::StrCat("top_logits ", request.top_logits(),
+                                " needs mode SCORING_MODE_LOGITS; allowed: 0 in other modes"));
   }
   if (request.target_ids_size() == 0) return absl::OkStatus();
   if (request.target_ids_size() != tokens) {

@@ -48,6 +48,8 @@ absl::Status ValidateGenerateRequest(const v1::GenerateRequest& request, const R
 // The request's inputs: `input`, or 1..kMaxInputs `inputs` (not both), with at most kMaxSamples outputs in all.
 // One request per input, each with `input` set, in order.
 absl::StatusOr<std::vector<v1::GenerateRequest>> SplitInputs(const v1::GenerateRequest& request);
+// The same for Score (at most kMaxSamples inputs too); target_ids only with `input`.
+absl::StatusOr<std::vector<v1::ScoreRequest>> SplitInputs(const v1::ScoreRequest& request);
 
 // num_beams, length_penalty and early_stopping, and what beams cannot be combined with (part of
 // ValidateGenerateRequest).

@@ -264,9 +264,18 @@ absl::StatusOr<RouterService::ScorePlan> RouterService::PrepareScore(const Serve
     const auto len = static_cast<int32_t>(plan.prompt.size());
     if (auto ask = admission_.Activations(model, request.activations(), len); ask.ok()) {
       plan.activations = *std::move(ask);
+      const int64_t logits = WholeLogitsBytes(request, len, model.info.vocab_size());
       // Refused before it runs, as far as an estimate can tell (text pieces vary); Score checks the answer too.
-      const int64_t bytes = ScoreResponseBytesEstimate(plan.activations, len, request.top_logprobs());
-      if (unary && !plan.activations.points.empty() && bytes > limits_.max_message_bytes) {
+      const int64_t bytes = ScoreResponseBytesEstimate(plan.activations, len, request.top_logprobs()) + logits +
+                            static_cast<int64_t>(len) * std::max(0, request.top_logits()) * 32;
+      if (logits + plan.activations.bytes > limits_.max_activation_bytes) {
+        s = absl::ResourceExhaustedError(absl::StrCat(
+            "the logits asked take ", logits, " bytes (a row of ", model.info.vocab_size(), " x 4 bytes per scored ",
+            "position)", plan.activations.bytes > 0 ? absl::StrCat(" and the activations ", plan.activations.bytes) : "",
+            "; the router's cap (--max_activation_bytes) is ", limits_.max_activation_bytes,
+            ": ask top_logits 1..", StepRow::kMaxTopLogits, " instead, or score fewer tokens"));
+      } else if (unary && (!plan.activations.points.empty() || request.top_logits() != 0) &&
+                 bytes > limits_.max_message_bytes) {
         s = TooLargeForScore(bytes, limits_.max_message_bytes);
       }
     } else {
@@ -299,32 +308,84 @@ absl::StatusOr<std::shared_ptr<ActiveRequest>> RouterService::AdmitScore(const S
   return active;
 }
 
+namespace {
+
+// A refusal of one of a request's inputs names it.
+absl::Status ForInput(const absl::Status& s, size_t input, bool several) {
+  if (s.ok() || !several) return s;
+  return absl::Status(s.code(), absl::StrCat("inputs[", input, "]: ", s.message()));
+}
+
+}  // namespace
+
+absl::StatusOr<std::vector<RouterService::ScoreRun>> RouterService::StartScores(grpc::ServerContext* context,
+                                                                               const ServedModel& model,
+                                                                               const v1::ScoreRequest& request,
+                                                                               const char* endpoint, bool unary,
+                                                                               const std::function<bool()>& forward) {
+  auto parts = SplitInputs(request);
+  if (!parts.ok()) {
+    CountRejected(parts.status(), endpoint);
+    return parts.status();
+  }
+  const bool several = request.inputs_size() > 0;
+  std::vector<ScorePlan> plans;
+  for (size_t i = 0; i < parts->size(); ++i) {
+    auto plan = PrepareScore(model, (*parts)[i], endpoint, unary);
+    if (!plan.ok()) return ForInput(plan.status(), i, several);
+    plans.push_back(*std::move(plan));
+  }
+  std::vector<ScoreRun> runs;
+  if (forward()) return runs;  // answered by a peer
+  for (size_t i = 0; i < parts->size(); ++i) {
+    const ActivationAsk ask = plans[i].activations;
+    auto active = AdmitScore(model, (*parts)[i], std::move(plans[i]), endpoint);
+    if (!active.ok()) {
+      for (const ScoreRun& r : runs) r.active->Cancel();
+      return ForInput(active.status(), i, several);
+    }
+    runs.push_back({*std::move(active), ask});
+  }
+  Admitted(context);
+  return runs;
+}
+
 grpc::Status RouterService::Score(grpc::ServerContext* context, const v1::ScoreRequest* request,
                                   v1::ScoreResponse* response) {
   auto model = Enter(*context, "Score");
   if (!model.ok()) return ToGrpcStatus(model.status());
-  auto plan = PrepareScore(**model, *request, "Score", /*unary=*/true);
-  if (!plan.ok()) return ToGrpcStatus(plan.status());
-  if (auto peer = ForwardTarget()) {
+  grpc::Status forwarded_status;
+  auto runs = StartScores(context, **model, *request, "Score", /*unary=*/true, [&] {
+    auto peer = ForwardTarget();
+    if (!peer) return false;
     const auto forwarded = forwarder_->Score(*peer, context, *request, response);
-    if (!forwarded.place_here) return forwarded.status;
+    if (!forwarded.place_here) {
+      forwarded_status = forwarded.status;
+      return true;
+    }
     response->Clear();
-  }
-  const ActivationAsk ask = plan->activations;
-  auto active = AdmitScore(**model, *request, *std::move(plan), "Score");
-  if (!active.ok()) return ToGrpcStatus(active.status());
-  Admitted(context);
-  if (auto s = Await(context, **active); !s.ok()) return ToGrpcStatus(s);
-  *response = (*active)->ScoreResult();
-  int32_t hidden = 0;
-  std::vector<std::vector<float>> values = (*active)->TakeActivations(&hidden);
-  for (size_t i = 0; i < values.size(); ++i) {
-    *response->add_activations() = EncodeActivation(ask, i, hidden, values[i]);
-    std::vector<float>().swap(values[i]);  // held once, encoded or not
+    return false;
+  });
+  if (!runs.ok()) return ToGrpcStatus(runs.status());
+  if (runs->empty()) return forwarded_status;
+  bool large = false;
+  for (ScoreRun& run : *runs) {
+    if (auto s = Await(context, *run.active); !s.ok()) {
+      for (const ScoreRun& r : *runs) r.active->Cancel();
+      return ToGrpcStatus(s);
+    }
+    v1::ScoreResponse* out = request->inputs_size() > 0 ? response->add_results() : response;
+    *out = run.active->ScoreResult();
+    int32_t hidden = 0;
+    std::vector<std::vector<float>> values = run.active->TakeActivations(&hidden);
+    for (size_t i = 0; i < values.size(); ++i) {
+      *out->add_activations() = EncodeActivation(run.ask, i, hidden, values[i]);
+      std::vector<float>().swap(values[i]);  // held once, encoded or not
+    }
+    large = large || !run.ask.points.empty() || request->top_logits() != 0;
   }
   // The estimate let it run; the answer itself must fit too (long text pieces among the alternatives).
-  if (const auto bytes = static_cast<int64_t>(response->ByteSizeLong());
-      !ask.points.empty() && bytes > limits_.max_message_bytes) {
+  if (const auto bytes = static_cast<int64_t>(response->ByteSizeLong()); large && bytes > limits_.max_message_bytes) {
     response->Clear();
     return ToGrpcStatus(TooLargeForScore(bytes, limits_.max_message_bytes));
   }
@@ -335,29 +396,39 @@ grpc::Status RouterService::ScoreStream(grpc::ServerContext* context, const v1::
                                         grpc::ServerWriter<v1::ScoreStreamResponse>* writer) {
   auto model = Enter(*context, "ScoreStream");
   if (!model.ok()) return ToGrpcStatus(model.status());
-  auto plan = PrepareScore(**model, *request, "ScoreStream", /*unary=*/false);
-  if (!plan.ok()) return ToGrpcStatus(plan.status());
-  if (auto peer = ForwardTarget()) {
+  grpc::Status forwarded_status;
+  auto runs = StartScores(context, **model, *request, "ScoreStream", /*unary=*/false, [&] {
+    auto peer = ForwardTarget();
+    if (!peer) return false;
     const auto forwarded = forwarder_->ScoreStream(*peer, context, *request, writer);
-    if (!forwarded.place_here) return forwarded.status;
-  }
-  const ActivationAsk ask = plan->activations;
-  auto active = AdmitScore(**model, *request, *std::move(plan), "ScoreStream");
-  if (!active.ok()) return ToGrpcStatus(active.status());
-  Admitted(context);
+    if (!forwarded.place_here) forwarded_status = forwarded.status;
+    return !forwarded.place_here;
+  });
+  if (!runs.ok()) return ToGrpcStatus(runs.status());
+  if (runs->empty()) return forwarded_status;
   if (role_ == ServiceRole::kPeer) writer->SendInitialMetadata();  // as GenerateStream: the sender sees it ran here
-  if (auto s = Await(context, **active); !s.ok()) return ToGrpcStatus(s);
-  v1::ScoreStreamResponse scores;
-  *scores.mutable_scores() = (*active)->ScoreResult();
-  if (!writer->Write(scores)) return grpc::Status(grpc::StatusCode::CANCELLED, "the client cancelled the request");
-  int32_t hidden = 0;
-  std::vector<std::vector<float>> values = (*active)->TakeActivations(&hidden);
-  for (size_t i = 0; i < values.size(); ++i) {
-    v1::ScoreStreamResponse event;
-    *event.mutable_activation() = EncodeActivation(ask, i, hidden, values[i]);
-    std::vector<float>().swap(values[i]);
-    if (context->IsCancelled() || !writer->Write(event)) {
+  for (size_t k = 0; k < runs->size(); ++k) {
+    ScoreRun& run = (*runs)[k];
+    const auto cancelled = [&] {
+      for (const ScoreRun& r : *runs) r.active->Cancel();
       return grpc::Status(grpc::StatusCode::CANCELLED, "the client cancelled the request");
+    };
+    if (auto s = Await(context, *run.active); !s.ok()) {
+      for (const ScoreRun& r : *runs) r.active->Cancel();
+      return ToGrpcStatus(s);
+    }
+    v1::ScoreStreamResponse scores;
+    *scores.mutable_scores() = run.active->ScoreResult();
+    if (request->inputs_size() > 0) scores.set_input_index(static_cast<int32_t>(k));
+    if (!writer->Write(scores)) return cancelled();
+    int32_t hidden = 0;
+    std::vector<std::vector<float>> values = run.active->TakeActivations(&hidden);
+    for (size_t i = 0; i < values.size(); ++i) {
+      v1::ScoreStreamResponse event;
+      *event.mutable_activation() = EncodeActivation(run.ask, i, hidden, values[i]);
+      std::vector<float>().swap(values[i]);
+      if (request->inputs_size() > 0) event.set_input_index(static_cast<int32_t>(k));
+      if (context->IsCancelled() || !writer->Write(event)) return cancelled();
     }
   }
   return grpc::Status::OK;

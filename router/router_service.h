@@ -75,6 +75,16 @@ class RouterService final : public v1::Gemma::Service {
                                                             ScorePlan plan, const char* endpoint);
   // Waits for the request, cancelling it if the client goes away.
   absl::Status Await(grpc::ServerContext* context, ActiveRequest& request);
+  // One input's scoring, admitted.
+  struct ScoreRun {
+    std::shared_ptr<ActiveRequest> active;
+    ActivationAsk ask;
+  };
+  // Every input of a Score request prepared (none runs when one is refused), then `forward` asked whether a peer
+  // answered the call (then nothing is returned), then each admitted.
+  absl::StatusOr<std::vector<ScoreRun>> StartScores(grpc::ServerContext* context, const ServedModel& model,
+                                                    const v1::ScoreRequest& request, const char* endpoint, bool unary,
+                                                    const std::function<bool()>& forward);
 
   GroupSet* groups_;
   RouterLimits limits_;

@@ -6,8 +6,10 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstring>
 #include <functional>
 #include <fstream>
 #include <map>
@@ -57,6 +59,14 @@ class RouterTest : public ::testing::Test {
   }
   std::unique_ptr<v1::Gemma::Stub> Client() {
     return v1::Gemma::NewStub(grpc::CreateChannel("127.0.0.1:" + std::to_string(port_), grpc::InsecureChannelCredentials()));
+  }
+  // A request refused with INVALID_ARGUMENT whose message holds `needle`.
+  void ExpectInvalid(const v1::GenerateRequest& req, const std::string& needle) {
+    v1::GenerateResponse resp;
+    grpc::ClientContext ctx;
+    const grpc::Status s = Client()->Generate(&ctx, req, &resp);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << needle;
+    EXPECT_NE(s.error_message().find(needle), std::string::npos) << s.error_message();
   }
   // Streams a request; returns the token ids and the concatenated text.
   std::pair<std::vector<int>, std::string> Stream(const v1::GenerateRequest& req, v1::FinalEvent* final_event) {
@@ -685,6 +695,111 @@ TEST_F(RouterTest, ScoreMatchesReference) {
   for (size_t i = 0; i < want.size(); ++i) EXPECT_NEAR(resp.logprobs(i), want[i], 1e-4) << i;
 }
 
+TEST_F(RouterTest, ScoreListsAndLogitsModeMatchTheReferenceLogits) {
+  v1::ScoreRequest req;
+  std::vector<std::vector<float>> logits;
+  std::vector<std::vector<int>> ids;
+  for (const char* name : {"fox", "rand200"}) {  // rand200: prefilled in chunks of the step budget
+    const auto side = nlohmann::json::parse(
+        testing::ReadFile(GemmaTinyDir() + "/reference/tiny-mqa/logits_" + std::string(name) + ".json"));
+    ids.push_back(side["ids"].get<std::vector<int>>());
+    auto* input = req.add_inputs()->mutable_token_ids();
+    for (int id : ids.back()) input->add_ids(id);
+    const std::string bin = testing::ReadFile(GemmaTinyDir() + "/reference/tiny-mqa/logits_" + std::string(name) + ".f32.bin");
+    logits.emplace_back(bin.size() / sizeof(float));
+    std::memcpy(logits.back().data(), bin.data(), bin.size());
+  }
+  req.set_mode(v1::SCORING_MODE_LOGITS);
+  req.set_top_logits(-1);
+  v1::ScoreResponse whole;
+  grpc::ClientContext c1;
+  ASSERT_TRUE(Client()->Score(&c1, req, &whole).ok());
+  ASSERT_EQ(whole.results_size(), 2);
+  EXPECT_EQ(whole.logprobs_size(), 0);
+  for (int k = 0; k < 2; ++k) {
+    const v1::ScoreResponse& r = whole.results(k);
+    const int rows = static_cast<int>(ids[k].size()) - 1;
+    ASSERT_EQ(r.logits_shape_size(), 2);
+    EXPECT_EQ(r.logits_shape(0), rows);
+    EXPECT_EQ(r.logits_shape(1), 4096);
+    ASSERT_EQ(r.logits_data().size(), static_cast<size_t>(rows) * 4096 * sizeof(float));
+    std::vector<float> got(static_cast<size_t>(rows) * 4096);
+    std::memcpy(got.data(), r.logits_data().data(), r.logits_data().size());
+    double worst = 0;
+    for (size_t i = 0; i < got.size(); ++i) worst = std::max(worst, std::abs(double{got[i]} - logits[k][i]));
+    EXPECT_LT(worst, 1e-4) << "input " << k;
+    EXPECT_EQ(r.logprobs_size(), rows);
+  }
+  // The largest logits: the reference's, largest first.
+  req.set_top_logits(5);
+  v1::ScoreResponse top;
+  grpc::ClientContext c2;
+  ASSERT_TRUE(Client()->Score(&c2, req, &top).ok());
+  ASSERT_EQ(top.results_size(), 2);
+  for (int k = 0; k < 2; ++k) {
+    const v1::ScoreResponse& r = top.results(k);
+    ASSERT_EQ(r.top_logits_size(), static_cast<int>(ids[k].size()) - 1);
+    EXPECT_TRUE(r.logits_data().empty());
+    for (int t = 0; t < r.top_logits_size(); ++t) {
+      const float* row = logits[k].data() + static_cast<size_t>(t) * 4096;
+      std::vector<int> order(4096);
+      for (int v = 0; v < 4096; ++v) order[v] = v;
+      std::partial_sort(order.begin(), order.begin() + 5, order.end(), [&](int a, int b) { return row[a] > row[b]; });
+      ASSERT_EQ(r.top_logits(t).alternatives_size(), 5);
+      for (int j = 0; j < 5; ++j) {
+        EXPECT_NEAR(r.top_logits(t).alternatives(j).logit(), row[order[j]], 1e-4) << k << " " << t << " " << j;
+      }
+      EXPECT_EQ(r.top_logits(t).alternatives(0).id(), order[0]);
+    }
+  }
+}
+
+TEST_F(RouterTest, BadScoreListsAndLogitsAreRefusedNamingTheField) {
+  v1::ScoreRequest base;
+  for (int id : {2, 651, 1320}) base.mutable_input()->mutable_token_ids()->add_ids(id);
+  v1::ScoreRequest no_k = base;
+  no_k.set_mode(v1::SCORING_MODE_LOGITS);
+  v1::ScoreRequest wide = no_k;
+  wide.set_top_logits(257);
+  v1::ScoreRequest k_without_mode = base;
+  k_without_mode.set_top_logits(3);
+  v1::ScoreRequest both = base;
+  *both.add_inputs() = base.input();
+  v1::ScoreRequest targets;
+  *targets.add_inputs() = base.input();
+  for (int t : {651, 1320, -1}) targets.add_target_ids(t);
+  v1::ScoreRequest bad_second;
+  *bad_second.add_inputs() = base.input();
+  bad_second.add_inputs()->mutable_token_ids()->add_ids(2);
+  for (const auto& [req, needle] : std::vector<std::pair<v1::ScoreRequest, std::string>>{
+           {no_k, "top_logits 0 is out of range; allowed: 1..256, or -1 for whole rows"},
+           {wide, "top_logits 257 is out of range"},
+           {k_without_mode, "top_logits 3 needs mode SCORING_MODE_LOGITS"},
+           {both, "input and inputs are both set"},
+           {targets, "target_ids apply to `input` alone"},
+           {bad_second, "inputs[1]: the input is 1 tokens"}}) {
+    v1::ScoreResponse resp;
+    grpc::ClientContext ctx;
+    const grpc::Status s = Client()->Score(&ctx, req, &resp);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << needle;
+    EXPECT_NE(s.error_message().find(needle), std::string::npos) << s.error_message();
+  }
+  // Whole rows of two 200-token inputs pass the 4 MiB answer: RESOURCE_EXHAUSTED naming the cap.
+  const auto scores = nlohmann::json::parse(testing::ReadFile(GemmaTinyDir() + "/reference/tiny-mqa/scores.json"));
+  v1::ScoreRequest big;
+  for (int k = 0; k < 2; ++k) {
+    auto* input = big.add_inputs()->mutable_token_ids();
+    for (int id : scores["prompts"][2]["ids"]) input->add_ids(id);
+  }
+  big.set_mode(v1::SCORING_MODE_LOGITS);
+  big.set_top_logits(-1);
+  v1::ScoreResponse resp;
+  grpc::ClientContext ctx;
+  const grpc::Status s = Client()->Score(&ctx, big, &resp);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << s.error_message();
+  EXPECT_NE(s.error_message().find("--max_message_bytes"), std::string::npos) << s.error_message();
+}
+
 TEST_F(RouterTest, TokenizeDetokenizeAndModelInfo) {
   v1::TokenizeRequest treq;
   treq.set_text("Hello");
@@ -840,11 +955,7 @@ TEST_F(RouterTest, BadInputListsAreInvalidArgumentNamingTheInput) {
            {many, "inputs has 65 entries; allowed: 1..64"},
            {outputs, "10 inputs x n 13 = 130 outputs; allowed: at most 128"},
            {bad_second, "inputs[1]: input.token_ids[0] = 9999 is outside the vocabulary"}}) {
-    v1::GenerateResponse resp;
-    grpc::ClientContext ctx;
-    const grpc::Status s = Client()->Generate(&ctx, req, &resp);
-    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << needle;
-    EXPECT_NE(s.error_message().find(needle), std::string::npos) << s.error_message();
+    ExpectInvalid(req, needle);
   }
 }
 
@@ -862,11 +973,7 @@ TEST_F(RouterTest, BeamParametersOutOfRangeAreInvalidArgumentNamingTheField) {
   for (const auto& [set, needle] : cases) {
     v1::GenerateRequest req = Ids({2, 651}, 4);
     set(req.mutable_parameters());
-    v1::GenerateResponse resp;
-    grpc::ClientContext ctx;
-    const grpc::Status s = Client()->Generate(&ctx, req, &resp);
-    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << needle;
-    EXPECT_NE(s.error_message().find(needle), std::string::npos) << s.error_message();
+    ExpectInvalid(req, needle);
   }
 }
 

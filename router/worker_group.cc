@@ -367,6 +367,7 @@ absl::StatusOr<SequenceSpec> WorkerGroup::SpecFor(const ActiveRequest& r) const 
   spec.max_new_tokens = o.max_new_tokens;
   spec.score = o.score;
   spec.score_targets = o.score_targets;
+  spec.score_logits = o.score_logits;
   spec.activations = o.activations;
   spec.activation_positions = o.activation_positions;
   spec.stop_ids = o.stop_ids;
@@ -673,7 +674,13 @@ bool WorkerGroup::Deliver(const SequenceUpdate& u) {
       auto& alternatives = top.emplace_back();
       for (const TokenLogprob& t : position) alternatives.emplace_back(t.token, t.logprob);
     }
-    r->OnScores(std::vector<float>(u.scores.begin(), u.scores.end()), std::move(top));
+    std::vector<std::vector<std::pair<int32_t, float>>> top_logits;
+    for (const auto& position : u.score_top_logits) {
+      auto& largest = top_logits.emplace_back();
+      for (const TokenLogprob& t : position) largest.emplace_back(t.token, t.logprob);
+    }
+    r->OnScores(std::vector<float>(u.scores.begin(), u.scores.end()), std::move(top), std::move(top_logits),
+                u.score_logits);
     if (absl::Status read = r->OnActivations(*u.result); !read.ok()) {
       r->Fail(read);
       finished = true;

@@ -112,6 +112,35 @@ std::string ActivationsData() {
 const char* const kFox =
     " --prompt 'The quick brown fox jumps over the lazy dog.'";
 
+TEST(CliTest, ScoreLogitsAreTheReferenceLogits) {
+  const std::string ref = GemmaTinyDir() + "/reference/tiny-mqa/logits_fox";
+  const auto side = nlohmann::json::parse(ReadFile(ref + ".json"));
+  const std::string bin = ReadFile(ref + ".f32.bin");
+  std::vector<float> want(bin.size() / sizeof(float));
+  std::memcpy(want.data(), bin.data(), bin.size());
+  std::string ids;
+  for (int id : side["ids"]) ids += (ids.empty() ? "" : ",") + std::to_string(id);
+  const std::string m = "score --model " + Tiny("tiny-mqa") + " --prompt-ids " + ids + " --json";
+  CliRun all = Gemma(m + " --logits all");
+  CliRun top = Gemma(m + " --logits 3");
+  ASSERT_EQ(all.code, 0) << all.err;
+  ASSERT_EQ(top.code, 0) << top.err;
+  const auto rows = nlohmann::json::parse(all.out)["logits"];
+  const auto largest = nlohmann::json::parse(top.out)["top_logits"];
+  const size_t n = side["ids"].size() - 1;
+  ASSERT_EQ(rows.size(), n);
+  ASSERT_EQ(largest.size(), n);
+  for (size_t p = 0; p < n; ++p) {
+    ASSERT_EQ(rows[p].size(), 4096u);
+    for (size_t v = 0; v < 4096; v += 97) EXPECT_NEAR(rows[p][v].get<double>(), want[p * 4096 + v], 1e-4) << p;
+    EXPECT_EQ(largest[p][0][0].get<int>(), side["argmax"][p].get<int>()) << p;
+    EXPECT_NEAR(largest[p][0][1].get<double>(), side["max_logit"][p].get<double>(), 1e-4) << p;
+  }
+  CliRun bad = Gemma(m + " --logits 0");
+  EXPECT_NE(bad.code, 0);
+  EXPECT_NE(bad.err.find("--logits \"0\" is invalid; allowed: an integer in [1, 256], or all"), std::string::npos) << bad.err;
+}
+
 TEST(CliTest, ScoreHiddenStatesAreHuggingFacesHiddenStates) {
   const std::string data = ActivationsData();
   ASSERT_FALSE(data.empty());
