@@ -105,12 +105,13 @@ std::unique_ptr<ScheduledSequence> Engine::Remove(uint64_t id) {
     for (uint64_t b : beams) Remove(b);
     return nullptr;
   }
-  for (auto& [parent, forks] : forks_waiting_) {
+  for (auto it = forks_waiting_.begin(); it != forks_waiting_.end(); ++it) {
+    std::vector<std::unique_ptr<ScheduledSequence>>& forks = it->second;
     for (auto f = forks.begin(); f != forks.end(); ++f) {
       if ((*f)->id != id) continue;
       std::unique_ptr<ScheduledSequence> gone = std::move(*f);
       forks.erase(f);
-      if (forks.empty()) forks_waiting_.erase(parent);
+      if (forks.empty()) forks_waiting_.erase(it);
       return gone;
     }
   }

@@ -222,6 +222,27 @@ TEST(BeamSearchTest, BeamsShareThePromptsBlocksAndPrefillItOnce) {
   EXPECT_EQ(engine.scheduler().blocks().used_blocks(), 0);
 }
 
+TEST(BeamSearchTest, BeamsThatDoNotFitTheCacheTogetherTakeTurnsAndChooseAlike) {
+  ContextExecutor model(20);
+  Engine roomy(Options(false), &model);
+  SequenceSpec spec = BeamSpec(5, 8, 4, 1.0f, false);
+  auto want = RunBatch(roomy, {spec});
+  ASSERT_TRUE(want.ok()) << want.status();
+  for (int blocks : {4, 5, 6}) {  // one beam's 13 positions take 4 blocks
+    EngineOptions o = Options(false);
+    o.num_blocks = blocks;
+    Engine tight(o, &model);
+    auto got = RunBatch(tight, {spec});
+    ASSERT_TRUE(got.ok()) << got.status();
+    ASSERT_EQ((*got)[0].beams.size(), (*want)[0].beams.size());
+    for (size_t i = 0; i < (*want)[0].beams.size(); ++i) {
+      EXPECT_EQ((*got)[0].beams[i].tokens, (*want)[0].beams[i].tokens) << blocks << " blocks, beam " << i;
+    }
+    EXPECT_GT(tight.scheduler().preemptions(), 0) << blocks << " blocks";
+    EXPECT_EQ(tight.scheduler().blocks().used_blocks(), 0);
+  }
+}
+
 TEST(BeamSearchTest, ACancelledSearchReleasesEveryBeam) {
   ContextExecutor model(20);
   Engine engine(Options(true), &model);

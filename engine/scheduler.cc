@@ -120,6 +120,14 @@ std::vector<PlannedSequence> Scheduler::Schedule() {
       blocks_.Free(s->blocks);
       s->computed = 0;
       s->chain = {};
+      // Beams that have drawn wait for their siblings, perhaps for this one: rather than a step that runs nothing,
+      // the newest gives its blocks up (it is computed again when it goes on).
+      const auto held = std::find_if(running_.rbegin(), running_.rend(), [](const auto& r) { return r->held; });
+      if (plan.empty() && held != running_.rend()) {
+        Preempt(static_cast<size_t>(running_.rend() - held) - 1);
+        ++q;  // it went in front of this one
+        continue;
+      }
       break;
     }
     if (blocks_.prefix_cache() && !s->spec.computes_every_position() && s->preemptions == 0) {  // once per request, when admitted
