@@ -45,14 +45,6 @@ absl::StatusOr<std::vector<int32_t>> RequestAdmission::PromptIds(const ServedMod
   return ids;
 }
 
-absl::StatusOr<std::shared_ptr<ActiveRequest>> RequestAdmission::Admit(const ServedModel& model,
-                                                                       const v1::GenerateRequest& request,
-                                                                       Origin origin,
-                                                                       const std::vector<int32_t>* prompt_ids) const {
-  ASSIGN_OR_RETURN(ActiveRequest::Options o, OptionsFor(model, request, prompt_ids));
-  return Submit(model, std::move(o), std::move(origin));
-}
-
 absl::StatusOr<std::vector<std::shared_ptr<ActiveRequest>>> RequestAdmission::AdmitSamples(
     const ServedModel& model, const v1::GenerateRequest& request, Origin origin,
     const std::vector<int32_t>* prompt_ids) const {

@@ -61,18 +61,14 @@ class RequestAdmission {
     std::function<void()> notify;
     bool counted = true;  // false: a part of another request (echo's prompt scoring), not counted on its own
   };
-  // Validated, tokenized and handed to a group; the status to answer with otherwise (not counted: see Reject).
-  // `prompt_ids`, when given, are the request's input already tokenized (PromptIds): choices of one prompt share
-  // one tokenization.
-  absl::StatusOr<std::shared_ptr<ActiveRequest>> Admit(const ServedModel& model, const v1::GenerateRequest& request,
-                                                       Origin origin,
-                                                       const std::vector<int32_t>* prompt_ids = nullptr) const;
-  // The request's n samples (parameters.n; 0 is 1), sample i drawing with seed + i: admitted as one, to one group,
-  // where they share the prompt's KV blocks (it is computed once). On a refusal none runs.
+  // The request's n samples (parameters.n; 0 is 1), sample i drawing with seed + i: validated, tokenized and
+  // handed to one group together, where they share the prompt's KV blocks (it is computed once); the status to
+  // answer with otherwise (not counted: see Reject), and then none runs. `prompt_ids`, when given, are the
+  // request's input already tokenized (PromptIds).
   absl::StatusOr<std::vector<std::shared_ptr<ActiveRequest>>> AdmitSamples(
       const ServedModel& model, const v1::GenerateRequest& request, Origin origin,
       const std::vector<int32_t>* prompt_ids = nullptr) const;
-  // The checks Admit makes before tokenizing (ranges, stop sequences, roles), for a request that is answered
+  // The checks AdmitSamples makes before tokenizing (ranges, stop sequences, roles), for a request that is answered
   // without generating (an echo of its prompt).
   absl::Status Validate(const ServedModel& model, const v1::GenerateRequest& request) const {
     return ValidateGenerateRequest(request, limits_, LimitsOf(model));
