@@ -1,6 +1,7 @@
 #include "engine/engine.h"
 
 #include <algorithm>
+#include <cmath>
 
 #include "absl/strings/str_cat.h"
 #include "engine/status_macros.h"
@@ -12,8 +13,37 @@ Engine::Engine(EngineOptions options, StepExecutor* executor)
       executor_(executor),
       overlap_(options.overlap) {}
 
+absl::Status ValidateBeamSearch(const SequenceSpec& spec) {
+  const BeamSearchParams& b = spec.beams;
+  if (b.num_beams < 0 || b.num_beams > BeamSearchParams::kMaxBeams) {
+    return absl::InvalidArgumentError(absl::StrCat("num_beams ", b.num_beams, " is out of range; allowed: 0 (no beam ",
+                                                   "search) to ", BeamSearchParams::kMaxBeams));
+  }
+  if (!(b.length_penalty >= -10.0f && b.length_penalty <= 10.0f)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("length_penalty ", b.length_penalty, " is out of range; allowed: [-10, 10]"));
+  }
+  if (b.num_beams == 0) return absl::OkStatus();
+  const SamplingParams& p = spec.sampling;
+  const char* other = spec.score                                        ? "scoring"
+                      : p.temperature != 0.0f                           ? "temperature"
+                      : p.top_k != 0                                    ? "top_k"
+                      : p.top_p != 1.0f                                 ? "top_p"
+                      : p.has_penalties()                               ? "penalties"
+                      : spec.top_logprobs != 0                          ? "top_logprobs"
+                      : spec.constraint != nullptr                      ? "response_format"
+                                                                        : nullptr;
+  if (other != nullptr) {
+    return absl::InvalidArgumentError(absl::StrCat("num_beams ", b.num_beams, " cannot be combined with ", other,
+                                                   ": beams rank the model's own log-probs; allowed: num_beams 0, ",
+                                                   "or ", other, " unset"));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status Engine::Add(uint64_t id, SequenceSpec spec) {
   if (spec.prompt.empty()) return absl::InvalidArgumentError("the prompt is empty; at least one token is needed");
+  if (id >= kFirstOwnId) return absl::InvalidArgumentError(absl::StrCat("sequence id ", id, " is the engine's own"));
   if (spec.max_new_tokens < (spec.score ? 0 : 1)) {
     return absl::InvalidArgumentError(absl::StrCat("max_new_tokens ", spec.max_new_tokens, " is invalid; allowed: ",
                                                    spec.score ? ">= 0 when scoring" : ">= 1"));
@@ -23,15 +53,68 @@ absl::Status Engine::Add(uint64_t id, SequenceSpec spec) {
                                                    spec.prompt.size(), "-token ", spec.score ? "scored" : "generated",
                                                    " prompt; allowed: one per prompt token, when scoring"));
   }
+  RETURN_IF_ERROR(ValidateBeamSearch(spec));
+  if (groups_.contains(id)) return absl::InvalidArgumentError(absl::StrCat("sequence id ", id, " is in use"));
   auto s = std::make_unique<ScheduledSequence>();
-  s->id = id;
+  s->id = spec.beams.num_beams > 0 ? next_own_id_++ : id;
   s->tokens = spec.prompt;
   s->prompt_len = static_cast<int32_t>(spec.prompt.size());
+  if (spec.beams.num_beams > 0) {
+    // One beam prefills the prompt; the others fork from it after the first draw.
+    BeamGroup g;
+    g.spec = spec;
+    g.live.push_back({s->id, 0.0, {}});
+    const uint64_t first = s->id;
+    s->spec = std::move(spec);
+    RETURN_IF_ERROR(scheduler_.Enqueue(std::move(s)));
+    groups_.emplace(id, std::move(g));
+    beam_of_[first] = id;
+    return absl::OkStatus();
+  }
+  if (spec.fork_of.has_value() && !spec.computes_every_position()) {
+    ScheduledSequence* parent = scheduler_.Find(*spec.fork_of);
+    if (parent != nullptr && parent->prompt_len == s->prompt_len && !parent->spec.computes_every_position() &&
+        std::equal(s->tokens.begin(), s->tokens.end(), parent->tokens.begin())) {
+      s->spec = std::move(spec);
+      if (parent->computed >= parent->prompt_len) {
+        scheduler_.Fork(*parent, std::move(s));
+      } else {
+        forks_waiting_[parent->id].push_back(std::move(s));
+      }
+      return absl::OkStatus();
+    }
+  }
   s->spec = std::move(spec);
   return scheduler_.Enqueue(std::move(s));
 }
 
+void Engine::ReleaseForks(const ScheduledSequence& parent) {
+  auto it = forks_waiting_.find(parent.id);
+  if (it == forks_waiting_.end()) return;
+  std::vector<std::unique_ptr<ScheduledSequence>> forks = std::move(it->second);
+  forks_waiting_.erase(it);
+  for (auto& f : forks) scheduler_.Fork(parent, std::move(f));
+}
+
 std::unique_ptr<ScheduledSequence> Engine::Remove(uint64_t id) {
+  if (auto g = groups_.find(id); g != groups_.end()) {
+    std::vector<uint64_t> beams;
+    for (const auto& l : g->second.live) beams.push_back(l.sequence);
+    for (uint64_t b : beams) beam_of_.erase(b);
+    groups_.erase(g);
+    for (uint64_t b : beams) Remove(b);
+    return nullptr;
+  }
+  for (auto it = forks_waiting_.begin(); it != forks_waiting_.end(); ++it) {
+    std::vector<std::unique_ptr<ScheduledSequence>>& forks = it->second;
+    for (auto f = forks.begin(); f != forks.end(); ++f) {
+      if ((*f)->id != id) continue;
+      std::unique_ptr<ScheduledSequence> gone = std::move(*f);
+      forks.erase(f);
+      if (forks.empty()) forks_waiting_.erase(it);
+      return gone;
+    }
+  }
   if (in_flight_) {
     for (const PlannedSequence& p : in_flight_->plan) {
       if (p.sequence->id == id) {  // the step in flight still writes its blocks: released once it has answered
@@ -40,6 +123,7 @@ std::unique_ptr<ScheduledSequence> Engine::Remove(uint64_t id) {
       }
     }
   }
+  if (ScheduledSequence* s = scheduler_.Find(id)) ReleaseForks(*s);  // they go on without it
   auto gone = scheduler_.Remove(id);
   if (gone != nullptr) Released(gone.get());
   return gone;
@@ -52,7 +136,13 @@ std::vector<std::unique_ptr<ScheduledSequence>> Engine::RemoveAll() {
   }
   removed_.clear();
   finished_early_.clear();
+  groups_.clear();
+  beam_of_.clear();
   auto gone = scheduler_.RemoveAll();
+  for (auto& [parent, forks] : forks_waiting_) {
+    for (auto& f : forks) gone.push_back(std::move(f));
+  }
+  forks_waiting_.clear();
   for (const auto& s : gone) Released(s.get());
   return gone;
 }
@@ -94,11 +184,14 @@ StepRow Engine::RowFor(const PlannedSequence& p, bool full_history) const {
       row.score_targets[i] = next > s.scored ? target : -1;  // scored before a preemption: not again
     }
     row.top_logprobs = s.spec.top_logprobs;
+    row.score_logits = s.spec.score_logits;
     return row;
   }
   row.sample = p.sample;
   row.sampling = s.spec.sampling;
-  row.top_logprobs = s.spec.top_logprobs;
+  // A beam ranks the continuations of every live beam: 2 * num_beams of each hold the best num_beams that do not
+  // stop, as Hugging Face and vLLM take them.
+  row.top_logprobs = s.spec.beams.num_beams > 0 ? 2 * s.spec.beams.num_beams : s.spec.top_logprobs;
   if (p.sample && s.spec.constraint != nullptr) row.allowed_tokens = s.spec.constraint->Allowed();
   if (s.spec.sampling.has_penalties()) {
     row.penalty_prompt_len = s.prompt_len;
@@ -121,7 +214,7 @@ absl::Status Engine::Step(const UpdateFn& on_update, const std::function<void(ui
     rows.reserve(plan.size());
     for (const PlannedSequence& p : plan) {
       rows.push_back(RowFor(p));
-      if (on_planned) on_planned(p.sequence->id);
+      if (on_planned) on_planned(CallerId(p.sequence->id));
     }
     if (!pipeline) return RunNow(plan, std::move(rows), on_update);
     in_flight_ = InFlight{std::move(plan), executor_->Start(rows, /*after_previous=*/false)};
@@ -139,7 +232,7 @@ absl::Status Engine::Step(const UpdateFn& on_update, const std::function<void(ui
       row.token_from_last_step = true;
       rows.push_back(row);
       plan.push_back(q);
-      if (on_planned) on_planned(q.sequence->id);
+      if (on_planned) on_planned(CallerId(q.sequence->id));
     }
     next = InFlight{std::move(plan), executor_->Start(rows, /*after_previous=*/true)};
   }
@@ -208,7 +301,7 @@ bool Engine::CanContinue(const std::vector<PlannedSequence>& plan) {
     const ScheduledSequence& s = *p.sequence;
     // A constrained sequence's next mask depends on the token still being drawn.
     if (!p.sample || p.count != 1 || p.start < s.prompt_len || s.spec.score || s.spec.sampling.has_penalties() ||
-        s.spec.constraint != nullptr ||
+        s.spec.constraint != nullptr || s.spec.beams.num_beams > 0 ||
         s.generated() + 1 >= s.spec.max_new_tokens || removed_.contains(s.id) || finished_early_.contains(s.id)) {
       return false;
     }
@@ -243,6 +336,11 @@ void Engine::Apply(const std::vector<PlannedSequence>& plan, const std::vector<R
       if (!still_running.contains(s.id)) finished.push_back(s.id);
       continue;
     }
+    if (auto g = beam_of_.find(s.id); g != beam_of_.end()) {
+      ApplyBeamRow(g->second, p, r, errors[i], on_update, &finished);
+      continue;
+    }
+    if (s.id >= kFirstOwnId) continue;  // a beam of a group that ended in this step: on its way out
     SequenceUpdate u;
     u.id = s.id;
     u.result = &r;
@@ -264,6 +362,13 @@ void Engine::Apply(const std::vector<PlannedSequence>& plan, const std::vector<R
           u.score_top_logprobs =
               std::span<const std::vector<TokenLogprob>>(r.score_top_logprobs).subspan(from - p.start - 1, to - from);
         }
+        if (r.score_top_logits.size() == r.score_logprobs.size()) {
+          u.score_top_logits =
+              std::span<const std::vector<TokenLogprob>>(r.score_top_logits).subspan(from - p.start - 1, to - from);
+        }
+        if (const size_t vocab = r.score_logits.size() / p.count; vocab > 0 && vocab * p.count == r.score_logits.size()) {
+          u.score_logits = std::span<const float>(r.score_logits).subspan((from - p.start - 1) * vocab, (to - from) * vocab);
+        }
         u.score_from = from;
         s.scored = to - 1;
       }
@@ -280,6 +385,7 @@ void Engine::Apply(const std::vector<PlannedSequence>& plan, const std::vector<R
       u.error = absl::InternalError(absl::StrCat("sequence ", s.id, ": ", accepted.message()));
     } else {
       scheduler_.Advance(p, r.sampled ? r.token : -1);
+      if (s.computed >= s.prompt_len) ReleaseForks(s);
       if (!r.sampled) continue;
       if (std::find(s.spec.stop_ids.begin(), s.spec.stop_ids.end(), r.token) != s.spec.stop_ids.end()) {
         u.finish = FinishReason::kStopToken;
@@ -304,7 +410,161 @@ void Engine::Apply(const std::vector<PlannedSequence>& plan, const std::vector<R
   }
 }
 
+void Engine::ApplyBeamRow(uint64_t group, const PlannedSequence& p, const RowResult& r, const absl::Status& error,
+                          const UpdateFn& on_update, std::vector<uint64_t>* drop) {
+  BeamGroup& g = groups_.at(group);
+  ScheduledSequence& s = *p.sequence;
+  SequenceUpdate u;
+  u.id = group;
+  if (!error.ok() || (p.sample && (!r.sampled || r.token < 0))) {
+    u.finish = FinishReason::kFailed;
+    u.error = !error.ok() ? error : absl::InternalError(absl::StrCat("beam ", s.id, ": the step drew no token"));
+    on_update(u);
+    EndGroup(group, drop);
+    return;
+  }
+  scheduler_.Advance(p, -1);  // the beam's token is chosen with its siblings'
+  if (!p.sample) return;      // a prompt chunk
+  auto& c = g.candidates[s.id];
+  c = r.top_logprobs;
+  if (c.empty()) c.push_back({r.token, r.logprob});
+  s.held = true;
+  if (g.candidates.size() < g.live.size()) return;
+  if (!SelectBeams(g, drop)) return;
+  std::sort(g.finished.begin(), g.finished.end(), [](const Beam& a, const Beam& b) { return a.score > b.score; });
+  if (static_cast<int>(g.finished.size()) > g.spec.beams.num_beams) g.finished.resize(g.spec.beams.num_beams);
+  u.beams = g.finished;
+  u.finish = g.finished.empty() ? FinishReason::kLength : g.finished[0].finish;
+  on_update(u);
+  EndGroup(group, drop);
+}
+
+bool Engine::SelectBeams(BeamGroup& g, std::vector<uint64_t>* drop) {
+  const BeamSearchParams& params = g.spec.beams;
+  const int beams = params.num_beams;
+  struct Candidate {
+    double sum;
+    int beam;
+    TokenLogprob token;
+  };
+  std::vector<Candidate> candidates;
+  for (int b = 0; b < static_cast<int>(g.live.size()); ++b) {
+    for (const TokenLogprob& t : g.candidates.at(g.live[b].sequence)) {
+      candidates.push_back({g.live[b].sum_logprob + t.logprob, b, t});
+    }
+  }
+  g.candidates.clear();
+  std::sort(candidates.begin(), candidates.end(), [](const Candidate& a, const Candidate& b) {
+    if (a.sum != b.sum) return a.sum > b.sum;
+    if (a.beam != b.beam) return a.beam < b.beam;
+    return a.token.token < b.token.token;
+  });
+  ++g.generated;
+  auto beam_tokens = [&](int b) {
+    const ScheduledSequence& s = *scheduler_.Find(g.live[b].sequence);
+    return std::vector<int32_t>(s.tokens.begin() + s.prompt_len, s.tokens.end());
+  };
+  auto finish = [&](const Candidate& c, FinishReason why) {
+    Beam h;
+    h.tokens = beam_tokens(c.beam);
+    h.tokens.push_back(c.token.token);
+    h.logprobs = g.live[c.beam].logprobs;
+    h.logprobs.push_back(c.token.logprob);
+    h.sum_logprob = c.sum;
+    h.score = c.sum / std::pow(static_cast<double>(h.tokens.size()), params.length_penalty);
+    h.finish = why;
+    g.finished.push_back(std::move(h));
+  };
+  const std::vector<int32_t>& stops = g.spec.stop_ids;
+  std::vector<Candidate> next;
+  for (size_t rank = 0; rank < candidates.size(); ++rank) {
+    const Candidate& c = candidates[rank];
+    if (std::find(stops.begin(), stops.end(), c.token.token) != stops.end()) {
+      // A stop among the best num_beams candidates ends a hypothesis. A lower one does too (vLLM), so that the
+      // exact stopping rule never loses the best output, except with early stopping (Hugging Face), which would
+      // otherwise fill its num_beams hypotheses with poor ones and stop; one beam is then greedy.
+      if (static_cast<int>(rank) < beams || !params.early_stopping) finish(c, FinishReason::kStopToken);
+    } else if (static_cast<int>(next.size()) < beams) {
+      next.push_back(c);
+    }
+  }
+  if (g.generated >= g.spec.max_new_tokens) {
+    for (const Candidate& c : next) finish(c, FinishReason::kLength);
+    next.clear();
+  }
+  bool done = next.empty();
+  if (!done && static_cast<int>(g.finished.size()) >= beams) {
+    if (params.early_stopping) {
+      done = true;
+    } else {
+      // The best a live beam can still score: its sum only falls, and the length it may end at that divides it
+      // most favourably is the longest (length_penalty > 0) or the shortest (< 0).
+      std::vector<double> scores;
+      for (const Beam& h : g.finished) scores.push_back(h.score);
+      std::nth_element(scores.begin(), scores.begin() + (beams - 1), scores.end(), std::greater<double>());
+      const double worst_kept = scores[beams - 1];
+      const int32_t length = params.length_penalty > 0 ? g.spec.max_new_tokens : g.generated + 1;
+      const double bound = next[0].sum / std::pow(static_cast<double>(length), params.length_penalty);
+      done = bound <= worst_kept;
+    }
+  }
+  if (done) return true;
+  // The chosen continuations: a beam's first goes on in its own sequence, the others fork from it, and a beam
+  // with none ends.
+  std::vector<int> first(g.live.size(), -1);  // the candidate that goes on in each beam's own sequence
+  for (size_t k = 0; k < next.size(); ++k) {
+    if (first[next[k].beam] < 0) first[next[k].beam] = static_cast<int>(k);
+  }
+  std::vector<BeamGroup::Live> live(next.size());
+  // Forks first, so that they copy their parent's tokens before its own continuation is appended.
+  for (size_t k = 0; k < next.size(); ++k) {
+    const Candidate& c = next[k];
+    if (first[c.beam] == static_cast<int>(k)) continue;
+    const BeamGroup::Live& parent = g.live[c.beam];
+    const uint64_t id = next_own_id_++;
+    const ScheduledSequence& from = *scheduler_.Find(parent.sequence);
+    auto child = std::make_unique<ScheduledSequence>();
+    child->id = id;
+    child->spec = from.spec;
+    child->tokens = from.tokens;
+    child->tokens.push_back(c.token.token);
+    child->prompt_len = from.prompt_len;
+    scheduler_.Fork(from, std::move(child));
+    beam_of_[id] = beam_of_.at(parent.sequence);
+    live[k] = {id, c.sum, parent.logprobs};
+    live[k].logprobs.push_back(c.token.logprob);
+  }
+  for (size_t b = 0; b < g.live.size(); ++b) {
+    BeamGroup::Live& parent = g.live[b];
+    if (first[b] < 0) {
+      beam_of_.erase(parent.sequence);
+      drop->push_back(parent.sequence);
+      continue;
+    }
+    const Candidate& c = next[first[b]];
+    ScheduledSequence& s = *scheduler_.Find(parent.sequence);
+    s.tokens.push_back(c.token.token);
+    s.held = false;
+    parent.sum_logprob = c.sum;
+    parent.logprobs.push_back(c.token.logprob);
+    live[first[b]] = std::move(parent);
+  }
+  g.live = std::move(live);
+  return false;
+}
+
+void Engine::EndGroup(uint64_t group, std::vector<uint64_t>* drop) {
+  auto g = groups_.find(group);
+  if (g == groups_.end()) return;
+  for (const auto& l : g->second.live) {
+    beam_of_.erase(l.sequence);
+    drop->push_back(l.sequence);
+  }
+  groups_.erase(g);
+}
+
 void Engine::Drop(uint64_t id) {
+  if (ScheduledSequence* s = scheduler_.Find(id)) ReleaseForks(*s);  // they go on without it
   auto gone = scheduler_.Remove(id);
   if (gone != nullptr) Released(gone.get());
 }

@@ -26,6 +26,20 @@ absl::StatusOr<std::vector<CompletedSequence>> RunBatch(Engine& engine, std::vec
     const absl::Status s = engine.Step([&](const SequenceUpdate& u) {
       CompletedSequence& c = done[u.id];
       c.prompt_logprobs.insert(c.prompt_logprobs.end(), u.scores.begin(), u.scores.end());
+      c.top_logits.insert(c.top_logits.end(), u.score_top_logits.begin(), u.score_top_logits.end());
+      c.logits.insert(c.logits.end(), u.score_logits.begin(), u.score_logits.end());
+      c.finish = u.finish;
+      if (u.finish == FinishReason::kFailed && failed.ok()) {
+        failed = absl::Status(u.error.code(), absl::StrCat("request ", u.id, ": ", u.error.message()));
+      }
+      if (u.result == nullptr) {  // a beam search's answer
+        c.beams.assign(u.beams.begin(), u.beams.end());
+        if (!c.beams.empty()) {
+          c.tokens = c.beams[0].tokens;
+          c.token_logprobs = c.beams[0].logprobs;
+        }
+        return false;
+      }
       if (absl::Status read = activations[u.id].Add(*u.result); !read.ok() && failed.ok()) {
         failed = absl::Status(read.code(), absl::StrCat("request ", u.id, ": ", read.message()));
       }
@@ -33,10 +47,6 @@ absl::StatusOr<std::vector<CompletedSequence>> RunBatch(Engine& engine, std::vec
         c.tokens.push_back(u.result->token);
         c.token_logprobs.push_back(u.result->logprob);
         if (on_token) on_token(static_cast<int>(u.id), *u.result);
-      }
-      c.finish = u.finish;
-      if (u.finish == FinishReason::kFailed && failed.ok()) {
-        failed = absl::Status(u.error.code(), absl::StrCat("request ", u.id, ": ", u.error.message()));
       }
       return false;
     });

@@ -14,6 +14,10 @@ struct CompletedSequence {
   std::vector<int32_t> tokens;          // generated, a stop token included
   std::vector<float> token_logprobs;    // of each generated token
   std::vector<float> prompt_logprobs;   // scoring: of prompt tokens 1.., each given the tokens before it
+  // Scoring with score_logits: per scored position, its largest logits (`logprob` holds the logit) or its whole
+  // row (logits: [positions, vocab]).
+  std::vector<std::vector<TokenLogprob>> top_logits;
+  std::vector<float> logits;
   FinishReason finish = FinishReason::kNone;
   // One per SequenceSpec::activations point: [activation_positions,
   // hidden_size], f32, in position order (after a preemption, those of the last
@@ -21,6 +25,7 @@ struct CompletedSequence {
   // reports no other prompt chunk), so a sequence that reads activations should
   // score.
   std::vector<std::vector<float>> activations;
+  std::vector<Beam> beams;  // a beam search's, best first (`tokens` and `token_logprobs` are the best one's)
 };
 
 // Adds every spec (ids are their indices), steps until all are done, and returns them in order. `on_token`, if

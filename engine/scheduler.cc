@@ -82,7 +82,7 @@ std::vector<PlannedSequence> Scheduler::Schedule() {
       ScheduledSequence* s = running_[i].get();
       const bool decoding = s->computed >= s->prompt_len;
       const int count = chunk(*s);
-      if (planned[i] || count <= 0 || decoding != (pass == 0)) {
+      if (planned[i] || s->held || count <= 0 || decoding != (pass == 0)) {
         ++i;
         continue;
       }
@@ -105,6 +105,10 @@ std::vector<PlannedSequence> Scheduler::Schedule() {
   // is prefilling is passed over until they are named.
   for (size_t q = 0; q < queue_.size() && budget > 0 && static_cast<int>(running_.size()) < limits_.max_batch_size;) {
     ScheduledSequence* s = queue_[q].get();
+    if (s->held) {  // a preempted beam waiting for its siblings
+      ++q;
+      continue;
+    }
     if (s->preempted_at_step == steps_) break;
     if (WaitsForInFlightPrefix(*s)) {  // before its prefix is looked up: a waiter costs no hashing
       ++q;
@@ -116,6 +120,14 @@ std::vector<PlannedSequence> Scheduler::Schedule() {
       blocks_.Free(s->blocks);
       s->computed = 0;
       s->chain = {};
+      // Beams that have drawn wait for their siblings, perhaps for this one: rather than a step that runs nothing,
+      // the newest gives its blocks up (it is computed again when it goes on).
+      const auto held = std::find_if(running_.rbegin(), running_.rend(), [](const auto& r) { return r->held; });
+      if (plan.empty() && held != running_.rend()) {
+        Preempt(static_cast<size_t>(running_.rend() - held) - 1);
+        ++q;  // it went in front of this one
+        continue;
+      }
       break;
     }
     if (blocks_.prefix_cache() && !s->spec.computes_every_position() && s->preemptions == 0) {  // once per request, when admitted
@@ -135,6 +147,30 @@ void Scheduler::Advance(const PlannedSequence& p, int32_t token) {
   s.computed = p.start + p.count;
   blocks_.Register(s.tokens, s.computed, s.spec.cache_salt, s.blocks, s.chain);
   if (p.sample && token >= 0) s.tokens.push_back(token);
+}
+
+void Scheduler::Fork(const ScheduledSequence& parent, std::unique_ptr<ScheduledSequence> c) {
+  const bool running = std::any_of(running_.begin(), running_.end(), [&](const auto& r) { return r.get() == &parent; });
+  if (running && static_cast<int>(running_.size()) < limits_.max_batch_size) {
+    const int64_t shared = std::min<int64_t>(parent.computed, static_cast<int64_t>(c->tokens.size()) - 1);
+    const size_t full = std::min<size_t>(shared / blocks_.block_size(), parent.blocks.size());
+    c->blocks = blocks_.Fork(std::span<const int32_t>(parent.blocks).first(full));
+    c->computed = static_cast<int32_t>(full) * blocks_.block_size();
+    c->chain = {};  // named again from the start: the shared blocks keep their names
+    running_.push_back(std::move(c));
+  } else {
+    queue_.push_front(std::move(c));
+  }
+}
+
+ScheduledSequence* Scheduler::Find(uint64_t id) {
+  for (auto& s : running_) {
+    if (s->id == id) return s.get();
+  }
+  for (auto& s : queue_) {
+    if (s->id == id) return s.get();
+  }
+  return nullptr;
 }
 
 std::unique_ptr<ScheduledSequence> Scheduler::Remove(uint64_t id) {

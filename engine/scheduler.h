@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <deque>
 #include <memory>
+#include <optional>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -20,6 +21,22 @@ struct SchedulerLimits {
   int max_prefill_chunk = 0;      // most prompt tokens of one sequence in one step; 0: the step's budget
 };
 
+// Beam search, as KerasNLP's BeamSampler with Hugging Face's length penalty and stopping rule: each step keeps the
+// num_beams best continuations of the live beams (from each beam's 2 * num_beams most likely tokens) by the sum of
+// their tokens' log-probs; a candidate that is a stop token ends a hypothesis (with early_stopping, only one among
+// the best num_beams candidates), scored sum / length ^ length_penalty (length: its generated tokens, the stop
+// token included), as do the live beams at max_new_tokens. The answer is the num_beams best hypotheses. One beam
+// with early_stopping is greedy. num_beams 0: no beam search.
+struct BeamSearchParams {
+  int32_t num_beams = 0;        // [0, kMaxBeams]
+  float length_penalty = 1.0f;  // [-10, 10]; > 0 favours longer outputs, < 0 shorter ones
+  // true: done once num_beams hypotheses have finished. false: done once no live beam can beat the worst of the
+  // best num_beams hypotheses (an exact bound over the lengths it may still reach).
+  bool early_stopping = false;
+  // Each beam's row returns its 2 * num_beams most likely tokens (a row returns at most 20).
+  static constexpr int32_t kMaxBeams = 10;
+};
+
 // What a request asks of the engine.
 struct SequenceSpec {
   std::vector<int32_t> prompt;
@@ -31,6 +48,8 @@ struct SequenceSpec {
   // KerasNLP's target_ids; scores then cover positions 1..prompt_len (position t + 1 holds target t). Empty: each
   // position against the next prompt token.
   std::vector<int32_t> score_targets;
+  // With score: also the logits of each scored position, the score_logits largest (> 0) or whole rows (-1).
+  int32_t score_logits = 0;
   std::vector<int32_t> stop_ids;   // generation ends after one of these
   uint64_t cache_salt = 0;         // sequences with other salts never share cached KV (another adapter, say)
   // Structured output: the tokens this sequence may draw, asked at every sampling step. Null: any. One per
@@ -43,6 +62,13 @@ struct SequenceSpec {
   // updates of the rows that hold them (RowResult::activations), again after a preemption.
   std::vector<ActivationPoint> activations;
   std::vector<int32_t> activation_positions;
+  // num_beams > 0: the sequence is a beam search (sampling, penalties, top_logprobs and constraint unset); its
+  // beams are sequences of the engine's own ids, and it is answered once, with every beam.
+  BeamSearchParams beams;
+  // n samples of one prompt: a sequence added before with the same prompt. This one starts from that sequence's
+  // blocks (Fork) once it has computed the prompt, so the prompt is computed once. Unset, or a sequence the engine
+  // no longer holds: on its own.
+  std::optional<uint64_t> fork_of;
   bool computes_every_position() const { return score || !activations.empty(); }
 };
 
@@ -59,6 +85,7 @@ struct ScheduledSequence {
   int32_t preemptions = 0;
   int64_t preempted_at_step = -1;
   bool history_sent = false;    // a step with penalties ran for it: the executor holds its tokens (the engine's)
+  bool held = false;            // a beam that has drawn and waits for its siblings: not planned
   int32_t generated() const { return static_cast<int32_t>(tokens.size()) - prompt_len; }
 };
 
@@ -91,6 +118,13 @@ class Scheduler {
   void Advance(const PlannedSequence& planned, int32_t token);
   // Blocks for a running sequence to cover `positions` without preempting anyone; false when too few are free.
   bool Reserve(ScheduledSequence& s, int64_t positions) { return blocks_.EnsureCapacity(s.blocks, positions); }
+  // Adds `child`, whose tokens begin with `parent`'s, sharing the parent's computed full blocks short of the child's
+  // last token (Fork); the positions after them are computed again in the child's own blocks, so a shared block is
+  // never written. It runs beside its parent, or waits at the front of the queue when the batch is full or the
+  // parent is not running.
+  void Fork(const ScheduledSequence& parent, std::unique_ptr<ScheduledSequence> child);
+  // A queued or running sequence; null if unknown.
+  ScheduledSequence* Find(uint64_t id);
   // Removes a sequence (finished, cancelled or failed) and releases its blocks; returns it (null if unknown).
   std::unique_ptr<ScheduledSequence> Remove(uint64_t id);
   // Removes every sequence, queued and running, and returns them.

@@ -66,6 +66,10 @@ struct StepRow {
   int32_t top_logprobs = 0;  // alternatives returned with a sampled token, and at each scored row (0..20)
   // Scoring: score_targets[i] follows tokens[i] and its log-prob is returned; -1: no target. Empty: no scoring.
   std::vector<int32_t> score_targets;
+  // Scoring (KerasNLP's logits mode): also the score_logits largest logits at each scored row (1..kMaxTopLogits),
+  // or the whole row (-1); 0: none.
+  int32_t score_logits = 0;
+  static constexpr int32_t kMaxTopLogits = 256;
   // Penalties: the executor keeps each penalized sequence's tokens as its rows come (every row of it, prompt
   // chunks included), so a row carries only its new tokens. penalty_history, the sequence's tokens at positions
   // [0, start_pos + tokens.size()), is sent only where the executor cannot have them: the first row of a
@@ -102,6 +106,10 @@ struct RowResult {
   std::vector<float> score_logprobs;       // one per score target (0 where the target was -1)
   // Scoring with top_logprobs > 0: the most likely tokens at each scored row, most likely first.
   std::vector<std::vector<TokenLogprob>> score_top_logprobs;
+  // Scoring with score_logits > 0: the largest logits at each scored row, largest first (`logprob` holds the
+  // logit; ties: lower id). With -1: every scored row's logits, [rows, vocab].
+  std::vector<std::vector<TokenLogprob>> score_top_logits;
+  std::vector<float> score_logits;
   // One per requested activation point: [positions of activation_positions in this row, hidden_size], f32.
   std::vector<std::vector<float>> activations;
   int32_t activation_rows = 0;  // how many positions each holds

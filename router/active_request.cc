@@ -8,6 +8,21 @@ namespace {
 
 bool Contains(const std::vector<int32_t>& ids, int32_t id) { return std::find(ids.begin(), ids.end(), id) != ids.end(); }
 
+// Each position's (id, value) pairs as alternatives of `to` (TopLogprobs or TopLogits), each with its token's text.
+template <typename Positions, typename SetValue>
+void AddAlternatives(const std::vector<std::vector<std::pair<int32_t, float>>>& positions, const Tokenizer& tokenizer,
+                     Positions* to, SetValue set_value) {
+  for (const auto& position : positions) {
+    auto* alternatives = to->Add();
+    for (const auto& [id, value] : position) {
+      auto* alt = alternatives->add_alternatives();
+      alt->set_id(id);
+      set_value(alt, value);
+      if (auto piece = tokenizer.Decode(std::vector<int32_t>{id}); piece.ok()) alt->set_text(*piece);
+    }
+  }
+}
+
 }  // namespace
 
 ActiveRequest::ActiveRequest(uint64_t id, Options options, const Tokenizer* tokenizer, RouterMetrics* metrics)
@@ -107,10 +122,36 @@ void ActiveRequest::FinishLocked(v1::FinishReason reason) {
   RecordEnd(absl::OkStatus(), reason);
 }
 
-void ActiveRequest::OnScores(const std::vector<float>& logprobs, std::vector<std::vector<std::pair<int32_t, float>>> top) {
+bool ActiveRequest::OnBeams(std::span<const Beam> beams) {
+  {
+    absl::MutexLock lock(&mu_);
+    beams_.assign(beams.begin(), beams.end());
+  }
+  bool finished = beams.empty();
+  if (!beams.empty()) {
+    for (size_t i = 0; i < beams[0].tokens.size() && !finished; ++i) {
+      finished = RecordToken(beams[0].tokens[i], beams[0].logprobs[i], {});
+    }
+  }
+  if (!finished) Fail(absl::InternalError("the beam search ended without a finished beam"));
+  Notify();
+  return true;
+}
+
+v1::FinishReason ActiveRequest::FinishOf(int32_t token, int32_t generated) const {
+  if (Contains(options_.eos_ids, token)) return v1::FINISH_REASON_EOS;
+  if (Contains(options_.stop_ids, token)) return v1::FINISH_REASON_STOP_SEQUENCE;
+  return generated >= options_.max_new_tokens ? v1::FINISH_REASON_LENGTH : v1::FINISH_REASON_UNSPECIFIED;
+}
+
+void ActiveRequest::OnScores(const std::vector<float>& logprobs, std::vector<std::vector<std::pair<int32_t, float>>> top,
+                             std::vector<std::vector<std::pair<int32_t, float>>> top_logits,
+                             std::span<const float> logits) {
   absl::MutexLock lock(&mu_);
   for (float lp : logprobs) score_.add_logprobs(lp);
   std::move(top.begin(), top.end(), std::back_inserter(score_top_));
+  std::move(top_logits.begin(), top_logits.end(), std::back_inserter(score_top_logits_));
+  score_logits_.insert(score_logits_.end(), logits.begin(), logits.end());
 }
 
 absl::Status ActiveRequest::OnActivations(const RowResult& row) {
@@ -150,6 +191,8 @@ bool ActiveRequest::ResetForRetry() {
   if (finished_ || generated_ > 0) return false;
   score_.clear_logprobs();
   score_top_.clear();
+  score_top_logits_.clear();
+  score_logits_.clear();
   activations_.Reset();
   return true;
 }
@@ -252,6 +295,35 @@ bool ActiveRequest::WaitFor(std::chrono::milliseconds timeout) {
 v1::GenerateResponse ActiveRequest::Response() {
   absl::MutexLock read(&read_mu_);
   if (!drained_all_) Drain();
+  std::vector<Beam> beams;
+  {
+    absl::MutexLock lock(&mu_);
+    beams = beams_;
+  }
+  if (response_.completions_size() > 0 || beams.empty()) return response_;
+  for (size_t rank = 0; rank < beams.size(); ++rank) {
+    const Beam& b = beams[rank];
+    v1::Completion* c = response_.add_completions();
+    c->set_index(static_cast<int32_t>(rank));
+    std::vector<int32_t> shown;
+    for (size_t i = 0; i < b.tokens.size(); ++i) {
+      v1::GeneratedToken* t = c->add_tokens();
+      t->set_id(b.tokens[i]);
+      if (options_.parameters.logprobs()) t->set_logprob(b.logprobs[i]);
+      const int32_t id = b.tokens[i];
+      if (!Contains(options_.eos_ids, id) && !Contains(options_.stop_ids, id) && id < tokenizer_->vocab_size()) {
+        shown.push_back(id);
+      }
+    }
+    if (auto text = tokenizer_->Decode(shown); text.ok()) c->set_text(*std::move(text));
+    const auto generated = static_cast<int32_t>(b.tokens.size());
+    c->set_finish_reason(b.tokens.empty() ? v1::FINISH_REASON_LENGTH : FinishOf(b.tokens.back(), generated));
+    c->mutable_usage()->set_prompt_tokens(static_cast<int32_t>(options_.prompt.size()));
+    c->mutable_usage()->set_generated_tokens(generated);
+    c->set_seed(options_.seed);
+    c->set_score(b.score);
+    c->set_sum_logprob(b.sum_logprob);
+  }
   return response_;
 }
 
@@ -263,12 +335,19 @@ std::vector<std::vector<float>> ActiveRequest::TakeActivations(int32_t* hidden) 
 
 v1::ScoreResponse ActiveRequest::ScoreResult() {
   v1::ScoreResponse out;
-  std::vector<std::vector<std::pair<int32_t, float>>> top;
+  std::vector<std::vector<std::pair<int32_t, float>>> top, top_logits;
   {
     absl::MutexLock lock(&mu_);
     out = score_;
     top = score_top_;
+    top_logits = score_top_logits_;
+    if (!score_logits_.empty()) {
+      out.set_logits_data(reinterpret_cast<const char*>(score_logits_.data()), score_logits_.size() * sizeof(float));
+      out.add_logits_shape(out.logprobs_size());
+      out.add_logits_shape(static_cast<int32_t>(score_logits_.size() / std::max(1, out.logprobs_size())));
+    }
   }
+  AddAlternatives(top_logits, *tokenizer_, out.mutable_top_logits(), [](auto* a, float v) { a->set_logit(v); });
   if (options_.score_losses) {
     double sum = 0;
     for (float lp : out.logprobs()) {
@@ -277,15 +356,7 @@ v1::ScoreResponse ActiveRequest::ScoreResult() {
     }
     out.set_loss_sum(sum);
   }
-  for (const auto& position : top) {
-    auto* alts = out.add_top_logprobs();
-    for (const auto& [id, lp] : position) {
-      auto* alt = alts->add_alternatives();
-      alt->set_id(id);
-      alt->set_logprob(lp);
-      if (auto piece = tokenizer_->Decode(std::vector<int32_t>{id}); piece.ok()) alt->set_text(*piece);
-    }
-  }
+  AddAlternatives(top, *tokenizer_, out.mutable_top_logprobs(), [](auto* a, float v) { a->set_logprob(v); });
   return out;
 }
 

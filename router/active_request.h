@@ -7,6 +7,7 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <utility>
 #include <vector>
@@ -15,6 +16,7 @@
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
 #include "engine/activation_collector.h"
+#include "engine/engine.h"
 #include "engine/step_protocol.h"
 #include "engine/token_constraint.h"
 #include "gemma/v1/gemma.pb.h"
@@ -41,6 +43,7 @@ class ActiveRequest {
     int32_t score_top_logprobs = 0;
     std::vector<int32_t> score_targets;  // one per prompt token (see SequenceSpec::score_targets); empty: next tokens
     bool score_losses = false;           // SCORING_MODE_LOSS: the result carries losses and their sum
+    int32_t score_logits = 0;            // SCORING_MODE_LOGITS: the top_logits largest (> 0) or whole rows (-1)
     // The API it came through, for the metrics' protocol and endpoint labels.
     std::string protocol = "grpc";
     std::string endpoint;
@@ -51,6 +54,8 @@ class ActiveRequest {
     std::shared_ptr<TokenConstraint> constraint;
     std::string adapter;  // a LoRA adapter's name; empty: the base model
     std::vector<Intervention> interventions;
+    // One of n samples: the request whose prompt (the same) it shares (SequenceSpec::fork_of).
+    std::optional<uint64_t> fork_of;
     // Scoring: activations read at these positions (ascending), as SequenceSpec has them.
     std::vector<ActivationPoint> activations;
     std::vector<int32_t> activation_positions;
@@ -68,8 +73,13 @@ class ActiveRequest {
   // Producer side (the group runner). Returns true when the request is now finished.
   bool OnToken(int32_t token, float logprob, const std::vector<std::pair<int32_t, float>>& top)
       ABSL_LOCKS_EXCLUDED(mu_);
+  // A beam search's answer (the engine's beams, best first): the best beam's tokens come as generated ones, and
+  // Response() lists every beam in `completions`. Returns true (the request is finished).
+  bool OnBeams(std::span<const Beam> beams) ABSL_LOCKS_EXCLUDED(mu_);
   // Log-probs of the next scored positions, and their top alternatives (one list per position, or none).
-  void OnScores(const std::vector<float>& logprobs, std::vector<std::vector<std::pair<int32_t, float>>> top = {})
+  // With Options::score_logits, their largest logits (`top_logits`) or whole rows (`logits`, [positions, vocab]).
+  void OnScores(const std::vector<float>& logprobs, std::vector<std::vector<std::pair<int32_t, float>>> top = {},
+                std::vector<std::vector<std::pair<int32_t, float>>> top_logits = {}, std::span<const float> logits = {})
       ABSL_LOCKS_EXCLUDED(mu_);
   // The activations a scored row carries (none when it holds no asked position); Internal when they do not fit
   // what was asked.
@@ -120,6 +130,8 @@ class ActiveRequest {
   // `reason`: how a generation that completed ended (for the finished-by-reason counter).
   void RecordEnd(const absl::Status& status, std::optional<v1::FinishReason> reason = std::nullopt)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The finish reason of an output that ends with `token` after `generated` tokens.
+  v1::FinishReason FinishOf(int32_t token, int32_t generated) const;
   // Turns the tokens produced so far into events and response fields.
   void Drain() ABSL_EXCLUSIVE_LOCKS_REQUIRED(read_mu_) ABSL_LOCKS_EXCLUDED(mu_);
   // What a consumer waits for: something to drain.
@@ -147,7 +159,10 @@ class ActiveRequest {
   std::optional<v1::FinishReason> finish_reason_ ABSL_GUARDED_BY(mu_);
   v1::ScoreResponse score_ ABSL_GUARDED_BY(mu_);
   std::vector<std::vector<std::pair<int32_t, float>>> score_top_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::vector<std::pair<int32_t, float>>> score_top_logits_ ABSL_GUARDED_BY(mu_);
+  std::vector<float> score_logits_ ABSL_GUARDED_BY(mu_);
   ActivationCollector activations_ ABSL_GUARDED_BY(mu_);
+  std::vector<Beam> beams_ ABSL_GUARDED_BY(mu_);
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
   absl::Status status_ ABSL_GUARDED_BY(mu_);
 

@@ -5,6 +5,7 @@
 #include <map>
 
 #include "absl/strings/str_cat.h"
+#include "engine/status_macros.h"
 
 namespace gemma {
 
@@ -63,6 +64,12 @@ std::shared_ptr<const ServedModel> GroupSet::model() const {
 }
 
 absl::Status GroupSet::Submit(std::shared_ptr<ActiveRequest> request) {
+  std::vector<std::shared_ptr<ActiveRequest>> one = {std::move(request)};
+  return SubmitTogether(one);
+}
+
+absl::Status GroupSet::SubmitTogether(std::span<const std::shared_ptr<ActiveRequest>> requests) {
+  const std::shared_ptr<ActiveRequest>& request = requests.front();
   absl::MutexLock lock(&mu_);
   if (stopping_) return absl::UnavailableError("the router is shutting down; retry");
   std::vector<WorkerGroup*> open;
@@ -101,7 +108,8 @@ absl::Status GroupSet::Submit(std::shared_ptr<ActiveRequest> request) {
                                                   : "no healthy worker group that this router schedules; retry later");
   }
   // Under the lock, so a retired group is never dropped between being picked and taking the request.
-  return best->Submit(std::move(request));
+  for (const auto& r : requests) RETURN_IF_ERROR(best->Submit(r));
+  return absl::OkStatus();
 }
 
 std::optional<std::string> GroupSet::ForwardTarget() const {

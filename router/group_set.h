@@ -5,6 +5,7 @@
 #include <memory>
 #include <optional>
 #include <set>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -41,6 +42,9 @@ class GroupSet {
   std::shared_ptr<const ServedModel> model() const ABSL_LOCKS_EXCLUDED(mu_);
   // Hands the request to the least-loaded healthy group this router schedules: Unavailable when there is none.
   absl::Status Submit(std::shared_ptr<ActiveRequest> request) ABSL_LOCKS_EXCLUDED(mu_);
+  // Requests that go to one group, in order (the samples of one prompt, which fork from the first); the group is
+  // chosen for the first. An error leaves those before the refused one submitted.
+  absl::Status SubmitTogether(std::span<const std::shared_ptr<ActiveRequest>> requests) ABSL_LOCKS_EXCLUDED(mu_);
   // LoRA adapters on every group: loaded (the first group's error when one refuses; groups that took it keep it),
   // unloaded, listed (with how many groups hold each), and whether any group holds one.
   absl::StatusOr<v1::Adapter> LoadAdapter(const std::string& name, const std::string& path) ABSL_LOCKS_EXCLUDED(mu_);

@@ -22,6 +22,7 @@ worker::v1::StepRequest ToRequest(std::span<const StepRow> rows) {
     s->set_token_from_last_step(r.token_from_last_step);
     s->mutable_block_table()->Add(r.block_table.begin(), r.block_table.end());
     s->mutable_score_targets()->Add(r.score_targets.begin(), r.score_targets.end());
+    s->set_score_logits(r.score_logits);
     s->set_sample(r.sample);
     s->set_top_logprobs(r.top_logprobs);
     s->set_adapter(r.adapter);
@@ -149,10 +150,15 @@ absl::StatusOr<std::vector<RowResult>> RemoteExecutor::Finish(const grpc::Status
     o.logprob = r.logprob();
     for (const auto& t : r.top_logprobs()) o.top_logprobs.push_back({t.token(), t.logprob()});
     o.score_logprobs.assign(r.score_logprobs().begin(), r.score_logprobs().end());
-    for (const auto& position : r.score_top_logprobs()) {
-      auto& top = o.score_top_logprobs.emplace_back();
-      for (const auto& t : position.alternatives()) top.push_back({t.token(), t.logprob()});
+    for (const auto& [from, to] : {std::pair{&r.score_top_logprobs(), &o.score_top_logprobs},
+                                   std::pair{&r.score_top_logits(), &o.score_top_logits}}) {
+      for (const auto& position : *from) {
+        auto& top = to->emplace_back();
+        for (const auto& t : position.alternatives()) top.push_back({t.token(), t.logprob()});
+      }
     }
+    o.score_logits.resize(r.score_logits().size() / sizeof(float));
+    std::memcpy(o.score_logits.data(), r.score_logits().data(), o.score_logits.size() * sizeof(float));
     for (const std::string& bytes : r.activations()) {
       auto& a = o.activations.emplace_back(bytes.size() / sizeof(float));
       std::memcpy(a.data(), bytes.data(), a.size() * sizeof(float));

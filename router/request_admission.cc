@@ -45,10 +45,33 @@ absl::StatusOr<std::vector<int32_t>> RequestAdmission::PromptIds(const ServedMod
   return ids;
 }
 
-absl::StatusOr<std::shared_ptr<ActiveRequest>> RequestAdmission::Admit(const ServedModel& model,
-                                                                       const v1::GenerateRequest& request,
-                                                                       Origin origin,
-                                                                       const std::vector<int32_t>* prompt_ids) const {
+absl::StatusOr<std::vector<std::shared_ptr<ActiveRequest>>> RequestAdmission::AdmitSamples(
+    const ServedModel& model, const v1::GenerateRequest& request, Origin origin,
+    const std::vector<int32_t>* prompt_ids) const {
+  ASSIGN_OR_RETURN(ActiveRequest::Options first, OptionsFor(model, request, prompt_ids));
+  const int n = std::max(1, request.parameters().n());
+  std::vector<std::shared_ptr<ActiveRequest>> samples;
+  for (int i = 0; i < n; ++i) {
+    ActiveRequest::Options o = first;
+    o.seed = first.seed + static_cast<uint64_t>(i);
+    if (i > 0) o.fork_of = samples[0]->id();  // the prompt is computed once, by the first
+    // Each sample holds its own place in a grammar.
+    if (i > 0 && request.parameters().has_response_format()) {
+      ASSIGN_OR_RETURN(o.constraint, model.structured_output->ConstraintFor(request.parameters().response_format(),
+                                                                           o.eos_ids));
+    }
+    samples.push_back(Make(model, std::move(o), origin));
+  }
+  if (absl::Status s = groups_->SubmitTogether(samples); !s.ok()) {
+    for (const auto& r : samples) r->Cancel();  // those a group took leave before their next step
+    return s;
+  }
+  return samples;
+}
+
+absl::StatusOr<ActiveRequest::Options> RequestAdmission::OptionsFor(const ServedModel& model,
+                                                                    const v1::GenerateRequest& request,
+                                                                    const std::vector<int32_t>* prompt_ids) const {
   const ModelLimits model_limits = LimitsOf(model);
   RETURN_IF_ERROR(ValidateGenerateRequest(request, limits_, model_limits));
   std::vector<int32_t> prompt;
@@ -80,17 +103,22 @@ absl::StatusOr<std::shared_ptr<ActiveRequest>> RequestAdmission::Admit(const Ser
                                                  static_cast<int32_t>(o.prompt.size())));
   o.adapter = std::move(changes.adapter);
   o.interventions = std::move(changes.interventions);
-  return Submit(model, std::move(o), std::move(origin));
+  return o;
+}
+
+std::shared_ptr<ActiveRequest> RequestAdmission::Make(const ServedModel& model, ActiveRequest::Options options,
+                                                      const Origin& origin) const {
+  options.protocol = origin.protocol;
+  options.endpoint = origin.endpoint;
+  options.notify = origin.notify;
+  return std::make_shared<ActiveRequest>(groups_->NewRequestId(), std::move(options), model.tokenizer.get(),
+                                         origin.counted ? metrics_ : nullptr);
 }
 
 absl::StatusOr<std::shared_ptr<ActiveRequest>> RequestAdmission::Submit(const ServedModel& model,
                                                                         ActiveRequest::Options options,
                                                                         Origin origin) const {
-  options.protocol = std::move(origin.protocol);
-  options.endpoint = std::move(origin.endpoint);
-  options.notify = std::move(origin.notify);
-  auto active = std::make_shared<ActiveRequest>(groups_->NewRequestId(), std::move(options), model.tokenizer.get(),
-                                               origin.counted ? metrics_ : nullptr);
+  auto active = Make(model, std::move(options), origin);
   RETURN_IF_ERROR(groups_->Submit(active));
   return active;
 }
@@ -117,11 +145,18 @@ absl::StatusOr<std::shared_ptr<ActiveRequest>> RequestAdmission::AdmitScore(cons
   o.score_top_logprobs = top_logprobs;
   o.score_targets = std::move(targets.ids);
   o.score_losses = targets.losses;
+  o.score_logits = targets.logits;
   o.adapter = std::move(changes.adapter);
   o.interventions = std::move(changes.interventions);
   o.activations = activations.points;
   o.activation_positions = activations.positions;
   return Submit(model, std::move(o), std::move(origin));
+}
+
+int64_t WholeLogitsBytes(const v1::ScoreRequest& request, int32_t len, int32_t vocab_size) {
+  if (request.mode() != v1::SCORING_MODE_LOGITS || request.top_logits() != -1) return 0;
+  const int64_t rows = request.target_ids_size() > 0 ? len : len - 1;  // one per entry of logprobs
+  return rows * vocab_size * static_cast<int64_t>(sizeof(float));
 }
 
 absl::StatusOr<ModelChanges> RequestAdmission::Changes(

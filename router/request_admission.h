@@ -21,15 +21,20 @@
 
 namespace gemma {
 
-// What a Score request scores against (ScoreRequest.target_ids, checked by ScorePrompt) and whether it wants
-// losses (SCORING_MODE_LOSS).
+// What a Score request scores against (ScoreRequest.target_ids, checked by ScorePrompt), whether it wants losses
+// (SCORING_MODE_LOSS), and which logits (SCORING_MODE_LOGITS: the top_logits largest, -1 whole rows, 0 none).
 struct ScoreTargets {
   std::vector<int32_t> ids;
   bool losses = false;
+  int32_t logits = 0;
 };
 inline ScoreTargets ScoreTargetsOf(const v1::ScoreRequest& request) {
-  return {{request.target_ids().begin(), request.target_ids().end()}, request.mode() == v1::SCORING_MODE_LOSS};
+  return {{request.target_ids().begin(), request.target_ids().end()},
+          request.mode() == v1::SCORING_MODE_LOSS,
+          request.mode() == v1::SCORING_MODE_LOGITS ? request.top_logits() : 0};
 }
+// The bytes of the whole logits rows a Score request of `len` tokens asks for (0 unless top_logits is -1).
+int64_t WholeLogitsBytes(const v1::ScoreRequest& request, int32_t len, int32_t vocab_size);
 
 // Thread-safe.
 class RequestAdmission {
@@ -56,13 +61,14 @@ class RequestAdmission {
     std::function<void()> notify;
     bool counted = true;  // false: a part of another request (echo's prompt scoring), not counted on its own
   };
-  // Validated, tokenized and handed to a group; the status to answer with otherwise (not counted: see Reject).
-  // `prompt_ids`, when given, are the request's input already tokenized (PromptIds): choices of one prompt share
-  // one tokenization.
-  absl::StatusOr<std::shared_ptr<ActiveRequest>> Admit(const ServedModel& model, const v1::GenerateRequest& request,
-                                                       Origin origin,
-                                                       const std::vector<int32_t>* prompt_ids = nullptr) const;
-  // The checks Admit makes before tokenizing (ranges, stop sequences, roles), for a request that is answered
+  // The request's n samples (parameters.n; 0 is 1), sample i drawing with seed + i: validated, tokenized and
+  // handed to one group together, where they share the prompt's KV blocks (it is computed once); the status to
+  // answer with otherwise (not counted: see Reject), and then none runs. `prompt_ids`, when given, are the
+  // request's input already tokenized (PromptIds).
+  absl::StatusOr<std::vector<std::shared_ptr<ActiveRequest>>> AdmitSamples(
+      const ServedModel& model, const v1::GenerateRequest& request, Origin origin,
+      const std::vector<int32_t>* prompt_ids = nullptr) const;
+  // The checks AdmitSamples makes before tokenizing (ranges, stop sequences, roles), for a request that is answered
   // without generating (an echo of its prompt).
   absl::Status Validate(const ServedModel& model, const v1::GenerateRequest& request) const {
     return ValidateGenerateRequest(request, limits_, LimitsOf(model));
@@ -92,6 +98,12 @@ class RequestAdmission {
   void Reject(const absl::Status& status, const Origin& origin) const;
 
  private:
+  // Validated and tokenized (`prompt_ids`, when given, are its input's ids).
+  absl::StatusOr<ActiveRequest::Options> OptionsFor(const ServedModel& model, const v1::GenerateRequest& request,
+                                                    const std::vector<int32_t>* prompt_ids) const;
+  // A request with the origin filled in, not yet submitted.
+  std::shared_ptr<ActiveRequest> Make(const ServedModel& model, ActiveRequest::Options options,
+                                      const Origin& origin) const;
   // The request's origin filled in, then handed to the least-loaded group.
   absl::StatusOr<std::shared_ptr<ActiveRequest>> Submit(const ServedModel& model, ActiveRequest::Options options,
                                                         Origin origin) const;

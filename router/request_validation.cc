@@ -5,6 +5,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
+#include "engine/scheduler.h"
 #include "engine/status_macros.h"
 
 namespace gemma {
@@ -95,6 +96,79 @@ absl::Status ValidateGenerateRequest(const v1::GenerateRequest& request, const R
     return Invalid(absl::StrCat("top_logprobs ", p.top_logprobs(), " is out of range; allowed: 0..", router.max_top_logprobs));
   }
   if (p.top_logprobs() > 0 && !p.logprobs()) return Invalid("top_logprobs needs logprobs = true");
+  if (p.n() < 0 || p.n() > kMaxSamples) {
+    return Invalid(absl::StrCat("n ", p.n(), " is out of range; allowed: 0..", kMaxSamples, " (0 is read as 1)"));
+  }
+  return ValidateBeamParameters(p);
+}
+
+namespace {
+
+// `request` once per input, with `input` set; `outputs` is what each input answers with (n samples, or 1).
+template <typename Request>
+absl::StatusOr<std::vector<Request>> SplitByInput(const Request& request, int64_t outputs) {
+  if (request.inputs_size() == 0) return std::vector<Request>{request};
+  if (request.has_input()) return Invalid("input and inputs are both set; allowed: one of them");
+  if (request.inputs_size() > kMaxInputs) {
+    return Invalid(absl::StrCat("inputs has ", request.inputs_size(), " entries; allowed: 1..", kMaxInputs));
+  }
+  if (request.inputs_size() * outputs > kMaxSamples) {
+    return Invalid(absl::StrCat(request.inputs_size(), " inputs x n ", outputs, " = ", request.inputs_size() * outputs,
+                                " outputs; allowed: at most ", kMaxSamples));
+  }
+  std::vector<Request> parts;
+  for (const v1::Input& input : request.inputs()) {
+    Request& part = parts.emplace_back(request);
+    part.clear_inputs();
+    *part.mutable_input() = input;
+  }
+  return parts;
+}
+
+}  // namespace
+
+absl::StatusOr<std::vector<v1::GenerateRequest>> SplitInputs(const v1::GenerateRequest& request) {
+  return SplitByInput(request, std::max(1, request.parameters().n()));
+}
+
+absl::StatusOr<std::vector<v1::ScoreRequest>> SplitInputs(const v1::ScoreRequest& request) {
+  if (request.inputs_size() > 0 && request.target_ids_size() > 0) {
+    return Invalid("target_ids apply to `input` alone; allowed: none with inputs (one request per input instead)");
+  }
+  return SplitByInput(request, 1);
+}
+
+absl::Status ValidateBeamParameters(const v1::GenerationParameters& p) {
+  if (p.num_beams() < 0 || p.num_beams() > BeamSearchParams::kMaxBeams) {
+    return Invalid(absl::StrCat("num_beams ", p.num_beams(), " is out of range; allowed: 0 (no beam search) to ",
+                                BeamSearchParams::kMaxBeams));
+  }
+  if (p.has_length_penalty() && !(p.length_penalty() >= -10.0f && p.length_penalty() <= 10.0f)) {
+    return Invalid(absl::StrCat("length_penalty ", p.length_penalty(), " is out of range; allowed: [-10, 10]"));
+  }
+  if (p.num_beams() == 0) {
+    if (p.has_length_penalty() || p.early_stopping()) {
+      return Invalid("length_penalty and early_stopping apply to beam search; allowed: with num_beams 1..10");
+    }
+    return absl::OkStatus();
+  }
+  const char* other = p.temperature() != 0.0f                                        ? "temperature"
+                      : p.top_k() != 0                                                ? "top_k"
+                      : p.top_p() != 0.0f && p.top_p() != 1.0f                        ? "top_p"
+                      : p.repetition_penalty() != 0.0f && p.repetition_penalty() != 1.0f ? "repetition_penalty"
+                      : p.presence_penalty() != 0.0f                                  ? "presence_penalty"
+                      : p.frequency_penalty() != 0.0f                                 ? "frequency_penalty"
+                      : p.top_logprobs() != 0                                         ? "top_logprobs"
+                      : p.stop_sequences_size() > 0                                   ? "stop_sequences"
+                      : p.has_response_format() && p.response_format().type() != "" &&
+                              p.response_format().type() != "text"
+                          ? "response_format"
+                      : p.n() > 1 ? "n"
+                                  : nullptr;
+  if (other != nullptr) {
+    return Invalid(absl::StrCat("num_beams ", p.num_beams(), " cannot be combined with ", other,
+                                ": beams rank the model's own log-probs; allowed: num_beams 0, or ", other, " unset"));
+  }
   return absl::OkStatus();
 }
 
@@ -127,7 +201,16 @@ absl::Status ValidateScoreRequest(const v1::ScoreRequest& request, const RouterL
 absl::Status ValidateScoreTargets(const v1::ScoreRequest& request, int32_t tokens, const ModelLimits& model) {
   if (!v1::ScoringMode_IsValid(request.mode())) {
     return Invalid(absl::StrCat("mode ", request.mode(), " is invalid; allowed: SCORING_MODE_LOGPROBS (0), ",
-                                "SCORING_MODE_LOSS (1)"));
+                                "SCORING_MODE_LOSS (1), SCORING_MODE_LOGITS (2)"));
+  }
+  if (request.mode() == v1::SCORING_MODE_LOGITS) {
+    if (request.top_logits() != -1 && (request.top_logits() < 1 || request.top_logits() > StepRow::kMaxTopLogits)) {
+      return Invalid(absl::StrCat("top_logits ", request.top_logits(), " is out of range; allowed: 1..",
+                                  StepRow::kMaxTopLogits, ", or -1 for whole rows"));
+    }
+  } else if (request.top_logits() != 0) {
+    return Invalid(absl::StrCat("top_logits ", request.top_logits(),
+                                " needs mode SCORING_MODE_LOGITS; allowed: 0 in other modes"));
   }
   if (request.target_ids_size() == 0) return absl::OkStatus();
   if (request.target_ids_size() != tokens) {

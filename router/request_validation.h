@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <limits>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -33,10 +34,26 @@ struct ModelLimits {
   bool chat_system_role = false;  // Gemma 3's template takes a leading system message
 };
 
+// GenerationParameters.n's ceiling (samples of one input), and the ceiling on the outputs of one request (inputs x
+// n, or the choices of an OpenAI request).
+inline constexpr int32_t kMaxSamples = 128;
+// GenerateRequest.inputs' ceiling.
+inline constexpr int32_t kMaxInputs = 64;
+
 // Parameters and input shape, before tokenization: ranges, stop sequences,
 // chat roles, token ids, UTF-8.
 absl::Status ValidateGenerateRequest(const v1::GenerateRequest& request, const RouterLimits& router,
                                      const ModelLimits& model);
+
+// The request's inputs: `input`, or 1..kMaxInputs `inputs` (not both), with at most kMaxSamples outputs in all.
+// One request per input, each with `input` set, in order.
+absl::StatusOr<std::vector<v1::GenerateRequest>> SplitInputs(const v1::GenerateRequest& request);
+// The same for Score (at most kMaxSamples inputs too); target_ids only with `input`.
+absl::StatusOr<std::vector<v1::ScoreRequest>> SplitInputs(const v1::ScoreRequest& request);
+
+// num_beams, length_penalty and early_stopping, and what beams cannot be combined with (part of
+// ValidateGenerateRequest).
+absl::Status ValidateBeamParameters(const v1::GenerationParameters& parameters);
 
 // After tokenization: the prompt is non-empty and prompt + max_new_tokens fits
 // the context and the router's total. Returns the max_new_tokens to use (the

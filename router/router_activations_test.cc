@@ -217,6 +217,31 @@ TEST_F(RouterActivationsTest, ScoreStreamSendsScoresThenOneMessagePerActivation)
   }
 }
 
+TEST_F(RouterActivationsTest, WholeLogitsRowsCountAgainstTheActivationCap) {
+  v1::ScoreRequest req;
+  for (int i = 0; i < 10; ++i) req.mutable_input()->mutable_token_ids()->add_ids(i == 0 ? 2 : 100 + i);
+  req.set_mode(v1::SCORING_MODE_LOGITS);
+  req.set_top_logits(-1);
+  v1::ScoreResponse resp;
+  grpc::Status s = Score(stub(), req, &resp);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_NE(s.error_message().find("the logits asked take 147456 bytes"), std::string::npos) << s.error_message();  // 9 x 4096 x 4
+  EXPECT_NE(s.error_message().find("--max_activation_bytes) is 100000"), std::string::npos) << s.error_message();
+  // Five tokens: 65536 bytes, under the cap but past the unary message size; ScoreStream answers.
+  req.mutable_input()->mutable_token_ids()->mutable_ids()->Truncate(5);
+  s = Score(stub(), req, &resp);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_NE(s.error_message().find("--max_message_bytes"), std::string::npos) << s.error_message();
+  grpc::ClientContext ctx;
+  auto reader = stub().ScoreStream(&ctx, req);
+  v1::ScoreStreamResponse m;
+  ASSERT_TRUE(reader->Read(&m));
+  EXPECT_EQ(m.scores().logits_data().size(), 4u * 4096 * 4);
+  EXPECT_EQ(m.scores().logits_shape(0), 4);
+  EXPECT_FALSE(reader->Read(&m));
+  EXPECT_TRUE(reader->Finish().ok());
+}
+
 TEST_F(RouterActivationsTest, ActivationCapRefusesNamingCapAndSize) {
   v1::ScoreRequest req;
   for (int i = 0; i < 40; ++i) req.mutable_input()->mutable_token_ids()->add_ids(i == 0 ? 2 : 100 + i);

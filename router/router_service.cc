@@ -70,14 +70,70 @@ absl::StatusOr<std::shared_ptr<const ServedModel>> RouterService::Enter(const gr
   return model;
 }
 
-absl::StatusOr<std::shared_ptr<ActiveRequest>> RouterService::Start(const ServedModel& model,
-                                                                    const v1::GenerateRequest& request,
-                                                                    const char* endpoint) {
-  RequestAdmission::Origin origin{.protocol = "grpc", .endpoint = endpoint};
-  auto active = admission_.Admit(model, request, origin);
-  if (!active.ok()) CountRejected(active.status(), endpoint);
-  return active;
+absl::StatusOr<std::vector<RouterService::Output>> RouterService::Start(const ServedModel& model,
+                                                                         const v1::GenerateRequest& request,
+                                                                         const char* endpoint,
+                                                                         std::function<void()> notify) {
+  RequestAdmission::Origin origin{.protocol = "grpc", .endpoint = endpoint, .notify = std::move(notify)};
+  std::vector<Output> outputs;
+  absl::StatusOr<std::vector<v1::GenerateRequest>> parts = SplitInputs(request);
+  absl::Status refused = parts.status();
+  for (size_t i = 0; refused.ok() && i < parts->size(); ++i) {
+    auto samples = admission_.AdmitSamples(model, (*parts)[i], origin);
+    if (!samples.ok()) {
+      refused = request.inputs_size() == 0 ? samples.status()
+                                           : absl::Status(samples.status().code(),
+                                                          absl::StrCat("inputs[", i, "]: ", samples.status().message()));
+      break;
+    }
+    for (size_t j = 0; j < samples->size(); ++j) {
+      outputs.push_back({static_cast<int32_t>(i), static_cast<int32_t>(j), (*samples)[j]});
+    }
+  }
+  if (!refused.ok()) {
+    for (const Output& o : outputs) o.request->Cancel();
+    CountRejected(refused, endpoint);
+    return refused;
+  }
+  return outputs;
 }
+
+namespace {
+
+// A request with one input and one sample answers as before; any other lists its outputs in `completions` (a beam
+// search lists its beams), the first repeated in the top-level fields.
+v1::GenerateResponse Combine(const std::vector<v1::GenerateResponse>& parts, const std::vector<int32_t>& input_index,
+                             const std::vector<int32_t>& index, bool several) {
+  if (!several) return parts[0];
+  v1::GenerateResponse out;
+  for (size_t k = 0; k < parts.size(); ++k) {
+    const v1::GenerateResponse& r = parts[k];
+    if (r.completions_size() > 0) {
+      for (v1::Completion c : r.completions()) {
+        c.set_input_index(input_index[k]);
+        *out.add_completions() = std::move(c);
+      }
+      continue;
+    }
+    v1::Completion* c = out.add_completions();
+    c->set_input_index(input_index[k]);
+    c->set_index(index[k]);
+    c->set_text(r.text());
+    *c->mutable_tokens() = r.tokens();
+    c->set_finish_reason(r.finish_reason());
+    *c->mutable_usage() = r.usage();
+    c->set_seed(r.seed());
+  }
+  const v1::Completion& first = out.completions(0);
+  out.set_text(first.text());
+  *out.mutable_tokens() = first.tokens();
+  out.set_finish_reason(first.finish_reason());
+  *out.mutable_usage() = first.usage();
+  out.set_seed(first.seed());
+  return out;
+}
+
+}  // namespace
 
 absl::Status RouterService::Await(grpc::ServerContext* context, ActiveRequest& request) {
   while (!request.WaitFor(std::chrono::milliseconds(50))) {
@@ -96,11 +152,21 @@ grpc::Status RouterService::Generate(grpc::ServerContext* context, const v1::Gen
     if (!forwarded.place_here) return forwarded.status;
     response->Clear();
   }
-  auto active = Start(**model, *request, "Generate");
-  if (active.ok()) Admitted(context);
-  if (!active.ok()) return ToGrpcStatus(active.status());
-  if (auto s = Await(context, **active); !s.ok()) return ToGrpcStatus(s);
-  *response = (*active)->Response();
+  auto outputs = Start(**model, *request, "Generate");
+  if (!outputs.ok()) return ToGrpcStatus(outputs.status());
+  Admitted(context);
+  std::vector<v1::GenerateResponse> parts;
+  std::vector<int32_t> input_index, index;
+  for (const Output& o : *outputs) {
+    if (auto s = Await(context, *o.request); !s.ok()) {
+      for (const Output& other : *outputs) other.request->Cancel();
+      return ToGrpcStatus(s);
+    }
+    parts.push_back(o.request->Response());
+    input_index.push_back(o.input_index);
+    index.push_back(o.index);
+  }
+  *response = Combine(parts, input_index, index, outputs->size() > 1 || request->inputs_size() > 0);
   return grpc::Status::OK;
 }
 
@@ -112,11 +178,66 @@ grpc::Status RouterService::GenerateStream(grpc::ServerContext* context, const v
     const auto forwarded = forwarder_->GenerateStream(*peer, context, *request, writer);
     if (!forwarded.place_here) return forwarded.status;
   }
-  auto active = Start(**model, *request, "GenerateStream");
-  if (!active.ok()) return ToGrpcStatus(active.status());
+  // Several outputs are read as they come: each change wakes the handler.
+  struct Wake {
+    absl::Mutex mu;
+    bool woken ABSL_GUARDED_BY(mu) = false;
+  };
+  auto wake = std::make_shared<Wake>();
+  const bool several = request->inputs_size() > 0 || request->parameters().n() > 1;
+  auto outputs = Start(**model, *request, "GenerateStream", several ? std::function<void()>([wake] {
+    absl::MutexLock lock(&wake->mu);
+    wake->woken = true;
+  })
+                                                                    : nullptr);
+  if (!outputs.ok()) return ToGrpcStatus(outputs.status());
   Admitted(context);
   // Sent at once: should the connection to a forwarding router drop later, it knows this call ran here.
   if (role_ == ServiceRole::kPeer) writer->SendInitialMetadata();
+  if (several) {
+    auto cancel_all = [&] {
+      for (const Output& o : *outputs) o.request->Cancel();
+    };
+    std::vector<bool> done(outputs->size(), false);
+    size_t left = outputs->size();
+    while (left > 0) {
+      for (size_t k = 0; k < outputs->size(); ++k) {
+        if (done[k]) continue;
+        const Output& o = (*outputs)[k];
+        bool finished = false;
+        for (v1::GenerateStreamResponse& event : o.request->TakeReady(&finished)) {
+          if (event.has_token()) {
+            event.mutable_token()->set_input_index(o.input_index);
+            event.mutable_token()->set_index(o.index);
+          } else {
+            event.mutable_final()->set_input_index(o.input_index);
+            event.mutable_final()->set_index(o.index);
+          }
+          if (context->IsCancelled() || !writer->Write(event)) {
+            cancel_all();
+            return grpc::Status(grpc::StatusCode::CANCELLED, "the client cancelled the request");
+          }
+        }
+        if (!finished) continue;
+        done[k] = true;
+        --left;
+        if (absl::Status s = o.request->Wait(); !s.ok()) {
+          cancel_all();
+          return ToGrpcStatus(s);
+        }
+      }
+      if (left == 0) break;
+      absl::MutexLock lock(&wake->mu);
+      wake->mu.AwaitWithTimeout(absl::Condition(&wake->woken), absl::Milliseconds(50));
+      wake->woken = false;
+      if (context->IsCancelled()) {
+        cancel_all();
+        return grpc::Status(grpc::StatusCode::CANCELLED, "the client cancelled the request");
+      }
+    }
+    return grpc::Status::OK;
+  }
+  const std::shared_ptr<ActiveRequest>* active = &(*outputs)[0].request;
   // Checked while waiting too: a client that leaves a queued request is noticed before its first token.
   const auto client_gone = [context] { return context->IsCancelled(); };
   bool gone = false;
@@ -143,9 +264,18 @@ absl::StatusOr<RouterService::ScorePlan> RouterService::PrepareScore(const Serve
     const auto len = static_cast<int32_t>(plan.prompt.size());
     if (auto ask = admission_.Activations(model, request.activations(), len); ask.ok()) {
       plan.activations = *std::move(ask);
+      const int64_t logits = WholeLogitsBytes(request, len, model.info.vocab_size());
       // Refused before it runs, as far as an estimate can tell (text pieces vary); Score checks the answer too.
-      const int64_t bytes = ScoreResponseBytesEstimate(plan.activations, len, request.top_logprobs());
-      if (unary && !plan.activations.points.empty() && bytes > limits_.max_message_bytes) {
+      const int64_t bytes = ScoreResponseBytesEstimate(plan.activations, len, request.top_logprobs()) + logits +
+                            static_cast<int64_t>(len) * std::max(0, request.top_logits()) * 32;
+      if (logits + plan.activations.bytes > limits_.max_activation_bytes) {
+        s = absl::ResourceExhaustedError(absl::StrCat(
+            "the logits asked take ", logits, " bytes (a row of ", model.info.vocab_size(), " x 4 bytes per scored ",
+            "position)", plan.activations.bytes > 0 ? absl::StrCat(" and the activations ", plan.activations.bytes) : "",
+            "; the router's cap (--max_activation_bytes) is ", limits_.max_activation_bytes,
+            ": ask top_logits 1..", StepRow::kMaxTopLogits, " instead, or score fewer tokens"));
+      } else if (unary && (!plan.activations.points.empty() || request.top_logits() != 0) &&
+                 bytes > limits_.max_message_bytes) {
         s = TooLargeForScore(bytes, limits_.max_message_bytes);
       }
     } else {
@@ -178,32 +308,84 @@ absl::StatusOr<std::shared_ptr<ActiveRequest>> RouterService::AdmitScore(const S
   return active;
 }
 
+namespace {
+
+// A refusal of one of a request's inputs names it.
+absl::Status ForInput(const absl::Status& s, size_t input, bool several) {
+  if (s.ok() || !several) return s;
+  return absl::Status(s.code(), absl::StrCat("inputs[", input, "]: ", s.message()));
+}
+
+}  // namespace
+
+absl::StatusOr<std::vector<RouterService::ScoreRun>> RouterService::StartScores(grpc::ServerContext* context,
+                                                                               const ServedModel& model,
+                                                                               const v1::ScoreRequest& request,
+                                                                               const char* endpoint, bool unary,
+                                                                               const std::function<bool()>& forward) {
+  auto parts = SplitInputs(request);
+  if (!parts.ok()) {
+    CountRejected(parts.status(), endpoint);
+    return parts.status();
+  }
+  const bool several = request.inputs_size() > 0;
+  std::vector<ScorePlan> plans;
+  for (size_t i = 0; i < parts->size(); ++i) {
+    auto plan = PrepareScore(model, (*parts)[i], endpoint, unary);
+    if (!plan.ok()) return ForInput(plan.status(), i, several);
+    plans.push_back(*std::move(plan));
+  }
+  std::vector<ScoreRun> runs;
+  if (forward()) return runs;  // answered by a peer
+  for (size_t i = 0; i < parts->size(); ++i) {
+    const ActivationAsk ask = plans[i].activations;
+    auto active = AdmitScore(model, (*parts)[i], std::move(plans[i]), endpoint);
+    if (!active.ok()) {
+      for (const ScoreRun& r : runs) r.active->Cancel();
+      return ForInput(active.status(), i, several);
+    }
+    runs.push_back({*std::move(active), ask});
+  }
+  Admitted(context);
+  return runs;
+}
+
 grpc::Status RouterService::Score(grpc::ServerContext* context, const v1::ScoreRequest* request,
                                   v1::ScoreResponse* response) {
   auto model = Enter(*context, "Score");
   if (!model.ok()) return ToGrpcStatus(model.status());
-  auto plan = PrepareScore(**model, *request, "Score", /*unary=*/true);
-  if (!plan.ok()) return ToGrpcStatus(plan.status());
-  if (auto peer = ForwardTarget()) {
+  grpc::Status forwarded_status;
+  auto runs = StartScores(context, **model, *request, "Score", /*unary=*/true, [&] {
+    auto peer = ForwardTarget();
+    if (!peer) return false;
     const auto forwarded = forwarder_->Score(*peer, context, *request, response);
-    if (!forwarded.place_here) return forwarded.status;
+    if (!forwarded.place_here) {
+      forwarded_status = forwarded.status;
+      return true;
+    }
     response->Clear();
-  }
-  const ActivationAsk ask = plan->activations;
-  auto active = AdmitScore(**model, *request, *std::move(plan), "Score");
-  if (!active.ok()) return ToGrpcStatus(active.status());
-  Admitted(context);
-  if (auto s = Await(context, **active); !s.ok()) return ToGrpcStatus(s);
-  *response = (*active)->ScoreResult();
-  int32_t hidden = 0;
-  std::vector<std::vector<float>> values = (*active)->TakeActivations(&hidden);
-  for (size_t i = 0; i < values.size(); ++i) {
-    *response->add_activations() = EncodeActivation(ask, i, hidden, values[i]);
-    std::vector<float>().swap(values[i]);  // held once, encoded or not
+    return false;
+  });
+  if (!runs.ok()) return ToGrpcStatus(runs.status());
+  if (runs->empty()) return forwarded_status;
+  bool large = false;
+  for (ScoreRun& run : *runs) {
+    if (auto s = Await(context, *run.active); !s.ok()) {
+      for (const ScoreRun& r : *runs) r.active->Cancel();
+      return ToGrpcStatus(s);
+    }
+    v1::ScoreResponse* out = request->inputs_size() > 0 ? response->add_results() : response;
+    *out = run.active->ScoreResult();
+    int32_t hidden = 0;
+    std::vector<std::vector<float>> values = run.active->TakeActivations(&hidden);
+    for (size_t i = 0; i < values.size(); ++i) {
+      *out->add_activations() = EncodeActivation(run.ask, i, hidden, values[i]);
+      std::vector<float>().swap(values[i]);  // held once, encoded or not
+    }
+    large = large || !run.ask.points.empty() || request->top_logits() != 0;
   }
   // The estimate let it run; the answer itself must fit too (long text pieces among the alternatives).
-  if (const auto bytes = static_cast<int64_t>(response->ByteSizeLong());
-      !ask.points.empty() && bytes > limits_.max_message_bytes) {
+  if (const auto bytes = static_cast<int64_t>(response->ByteSizeLong()); large && bytes > limits_.max_message_bytes) {
     response->Clear();
     return ToGrpcStatus(TooLargeForScore(bytes, limits_.max_message_bytes));
   }
@@ -214,29 +396,39 @@ grpc::Status RouterService::ScoreStream(grpc::ServerContext* context, const v1::
                                         grpc::ServerWriter<v1::ScoreStreamResponse>* writer) {
   auto model = Enter(*context, "ScoreStream");
   if (!model.ok()) return ToGrpcStatus(model.status());
-  auto plan = PrepareScore(**model, *request, "ScoreStream", /*unary=*/false);
-  if (!plan.ok()) return ToGrpcStatus(plan.status());
-  if (auto peer = ForwardTarget()) {
+  grpc::Status forwarded_status;
+  auto runs = StartScores(context, **model, *request, "ScoreStream", /*unary=*/false, [&] {
+    auto peer = ForwardTarget();
+    if (!peer) return false;
     const auto forwarded = forwarder_->ScoreStream(*peer, context, *request, writer);
-    if (!forwarded.place_here) return forwarded.status;
-  }
-  const ActivationAsk ask = plan->activations;
-  auto active = AdmitScore(**model, *request, *std::move(plan), "ScoreStream");
-  if (!active.ok()) return ToGrpcStatus(active.status());
-  Admitted(context);
+    if (!forwarded.place_here) forwarded_status = forwarded.status;
+    return !forwarded.place_here;
+  });
+  if (!runs.ok()) return ToGrpcStatus(runs.status());
+  if (runs->empty()) return forwarded_status;
   if (role_ == ServiceRole::kPeer) writer->SendInitialMetadata();  // as GenerateStream: the sender sees it ran here
-  if (auto s = Await(context, **active); !s.ok()) return ToGrpcStatus(s);
-  v1::ScoreStreamResponse scores;
-  *scores.mutable_scores() = (*active)->ScoreResult();
-  if (!writer->Write(scores)) return grpc::Status(grpc::StatusCode::CANCELLED, "the client cancelled the request");
-  int32_t hidden = 0;
-  std::vector<std::vector<float>> values = (*active)->TakeActivations(&hidden);
-  for (size_t i = 0; i < values.size(); ++i) {
-    v1::ScoreStreamResponse event;
-    *event.mutable_activation() = EncodeActivation(ask, i, hidden, values[i]);
-    std::vector<float>().swap(values[i]);
-    if (context->IsCancelled() || !writer->Write(event)) {
+  for (size_t k = 0; k < runs->size(); ++k) {
+    ScoreRun& run = (*runs)[k];
+    const auto cancelled = [&] {
+      for (const ScoreRun& r : *runs) r.active->Cancel();
       return grpc::Status(grpc::StatusCode::CANCELLED, "the client cancelled the request");
+    };
+    if (auto s = Await(context, *run.active); !s.ok()) {
+      for (const ScoreRun& r : *runs) r.active->Cancel();
+      return ToGrpcStatus(s);
+    }
+    v1::ScoreStreamResponse scores;
+    *scores.mutable_scores() = run.active->ScoreResult();
+    if (request->inputs_size() > 0) scores.set_input_index(static_cast<int32_t>(k));
+    if (!writer->Write(scores)) return cancelled();
+    int32_t hidden = 0;
+    std::vector<std::vector<float>> values = run.active->TakeActivations(&hidden);
+    for (size_t i = 0; i < values.size(); ++i) {
+      v1::ScoreStreamResponse event;
+      *event.mutable_activation() = EncodeActivation(run.ask, i, hidden, values[i]);
+      std::vector<float>().swap(values[i]);
+      if (request->inputs_size() > 0) event.set_input_index(static_cast<int32_t>(k));
+      if (context->IsCancelled() || !writer->Write(event)) return cancelled();
     }
   }
   return grpc::Status::OK;

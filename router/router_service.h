@@ -2,6 +2,7 @@
 #pragma once
 
 #include <atomic>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -52,9 +53,15 @@ class RouterService final : public v1::Gemma::Service {
   // Tells the forwarding router that this call was admitted here (it must not place it again).
   void Admitted(grpc::ServerContext* context) const;
   void CountRejected(const absl::Status& status, const char* endpoint) const;
-  // Validated, tokenized and submitted; or the status to answer with.
-  absl::StatusOr<std::shared_ptr<ActiveRequest>> Start(const ServedModel& model, const v1::GenerateRequest& request,
-                                                       const char* endpoint);
+  // One output of a generation request: a sample of one of its inputs (a beam search is one output).
+  struct Output {
+    int32_t input_index = 0;
+    int32_t index = 0;
+    std::shared_ptr<ActiveRequest> request;
+  };
+  // Every input's samples admitted (none runs when one is refused); `notify` hears each change (see Origin).
+  absl::StatusOr<std::vector<Output>> Start(const ServedModel& model, const v1::GenerateRequest& request,
+                                            const char* endpoint, std::function<void()> notify = nullptr);
   // A Score request validated, tokenized and its activations checked (counted when refused). `unary`: the answer
   // must fit one message of the public port.
   struct ScorePlan {
@@ -68,6 +75,16 @@ class RouterService final : public v1::Gemma::Service {
                                                             ScorePlan plan, const char* endpoint);
   // Waits for the request, cancelling it if the client goes away.
   absl::Status Await(grpc::ServerContext* context, ActiveRequest& request);
+  // One input's scoring, admitted.
+  struct ScoreRun {
+    std::shared_ptr<ActiveRequest> active;
+    ActivationAsk ask;
+  };
+  // Every input of a Score request prepared (none runs when one is refused), then `forward` asked whether a peer
+  // answered the call (then nothing is returned), then each admitted.
+  absl::StatusOr<std::vector<ScoreRun>> StartScores(grpc::ServerContext* context, const ServedModel& model,
+                                                    const v1::ScoreRequest& request, const char* endpoint, bool unary,
+                                                    const std::function<bool()>& forward);
 
   GroupSet* groups_;
   RouterLimits limits_;

@@ -6,8 +6,14 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
+#include <cmath>
+#include <cstring>
+#include <functional>
 #include <fstream>
+#include <map>
+#include <set>
 #include <future>
 #include <sstream>
 #include <thread>
@@ -53,6 +59,14 @@ class RouterTest : public ::testing::Test {
   }
   std::unique_ptr<v1::Gemma::Stub> Client() {
     return v1::Gemma::NewStub(grpc::CreateChannel("127.0.0.1:" + std::to_string(port_), grpc::InsecureChannelCredentials()));
+  }
+  // A request refused with INVALID_ARGUMENT whose message holds `needle`.
+  void ExpectInvalid(const v1::GenerateRequest& req, const std::string& needle) {
+    v1::GenerateResponse resp;
+    grpc::ClientContext ctx;
+    const grpc::Status s = Client()->Generate(&ctx, req, &resp);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << needle;
+    EXPECT_NE(s.error_message().find(needle), std::string::npos) << s.error_message();
   }
   // Streams a request; returns the token ids and the concatenated text.
   std::pair<std::vector<int>, std::string> Stream(const v1::GenerateRequest& req, v1::FinalEvent* final_event) {
@@ -681,6 +695,111 @@ TEST_F(RouterTest, ScoreMatchesReference) {
   for (size_t i = 0; i < want.size(); ++i) EXPECT_NEAR(resp.logprobs(i), want[i], 1e-4) << i;
 }
 
+TEST_F(RouterTest, ScoreListsAndLogitsModeMatchTheReferenceLogits) {
+  v1::ScoreRequest req;
+  std::vector<std::vector<float>> logits;
+  std::vector<std::vector<int>> ids;
+  for (const char* name : {"fox", "rand200"}) {  // rand200: prefilled in chunks of the step budget
+    const auto side = nlohmann::json::parse(
+        testing::ReadFile(GemmaTinyDir() + "/reference/tiny-mqa/logits_" + std::string(name) + ".json"));
+    ids.push_back(side["ids"].get<std::vector<int>>());
+    auto* input = req.add_inputs()->mutable_token_ids();
+    for (int id : ids.back()) input->add_ids(id);
+    const std::string bin = testing::ReadFile(GemmaTinyDir() + "/reference/tiny-mqa/logits_" + std::string(name) + ".f32.bin");
+    logits.emplace_back(bin.size() / sizeof(float));
+    std::memcpy(logits.back().data(), bin.data(), bin.size());
+  }
+  req.set_mode(v1::SCORING_MODE_LOGITS);
+  req.set_top_logits(-1);
+  v1::ScoreResponse whole;
+  grpc::ClientContext c1;
+  ASSERT_TRUE(Client()->Score(&c1, req, &whole).ok());
+  ASSERT_EQ(whole.results_size(), 2);
+  EXPECT_EQ(whole.logprobs_size(), 0);
+  for (int k = 0; k < 2; ++k) {
+    const v1::ScoreResponse& r = whole.results(k);
+    const int rows = static_cast<int>(ids[k].size()) - 1;
+    ASSERT_EQ(r.logits_shape_size(), 2);
+    EXPECT_EQ(r.logits_shape(0), rows);
+    EXPECT_EQ(r.logits_shape(1), 4096);
+    ASSERT_EQ(r.logits_data().size(), static_cast<size_t>(rows) * 4096 * sizeof(float));
+    std::vector<float> got(static_cast<size_t>(rows) * 4096);
+    std::memcpy(got.data(), r.logits_data().data(), r.logits_data().size());
+    double worst = 0;
+    for (size_t i = 0; i < got.size(); ++i) worst = std::max(worst, std::abs(double{got[i]} - logits[k][i]));
+    EXPECT_LT(worst, 1e-4) << "input " << k;
+    EXPECT_EQ(r.logprobs_size(), rows);
+  }
+  // The largest logits: the reference's, largest first.
+  req.set_top_logits(5);
+  v1::ScoreResponse top;
+  grpc::ClientContext c2;
+  ASSERT_TRUE(Client()->Score(&c2, req, &top).ok());
+  ASSERT_EQ(top.results_size(), 2);
+  for (int k = 0; k < 2; ++k) {
+    const v1::ScoreResponse& r = top.results(k);
+    ASSERT_EQ(r.top_logits_size(), static_cast<int>(ids[k].size()) - 1);
+    EXPECT_TRUE(r.logits_data().empty());
+    for (int t = 0; t < r.top_logits_size(); ++t) {
+      const float* row = logits[k].data() + static_cast<size_t>(t) * 4096;
+      std::vector<int> order(4096);
+      for (int v = 0; v < 4096; ++v) order[v] = v;
+      std::partial_sort(order.begin(), order.begin() + 5, order.end(), [&](int a, int b) { return row[a] > row[b]; });
+      ASSERT_EQ(r.top_logits(t).alternatives_size(), 5);
+      for (int j = 0; j < 5; ++j) {
+        EXPECT_NEAR(r.top_logits(t).alternatives(j).logit(), row[order[j]], 1e-4) << k << " " << t << " " << j;
+      }
+      EXPECT_EQ(r.top_logits(t).alternatives(0).id(), order[0]);
+    }
+  }
+}
+
+TEST_F(RouterTest, BadScoreListsAndLogitsAreRefusedNamingTheField) {
+  v1::ScoreRequest base;
+  for (int id : {2, 651, 1320}) base.mutable_input()->mutable_token_ids()->add_ids(id);
+  v1::ScoreRequest no_k = base;
+  no_k.set_mode(v1::SCORING_MODE_LOGITS);
+  v1::ScoreRequest wide = no_k;
+  wide.set_top_logits(257);
+  v1::ScoreRequest k_without_mode = base;
+  k_without_mode.set_top_logits(3);
+  v1::ScoreRequest both = base;
+  *both.add_inputs() = base.input();
+  v1::ScoreRequest targets;
+  *targets.add_inputs() = base.input();
+  for (int t : {651, 1320, -1}) targets.add_target_ids(t);
+  v1::ScoreRequest bad_second;
+  *bad_second.add_inputs() = base.input();
+  bad_second.add_inputs()->mutable_token_ids()->add_ids(2);
+  for (const auto& [req, needle] : std::vector<std::pair<v1::ScoreRequest, std::string>>{
+           {no_k, "top_logits 0 is out of range; allowed: 1..256, or -1 for whole rows"},
+           {wide, "top_logits 257 is out of range"},
+           {k_without_mode, "top_logits 3 needs mode SCORING_MODE_LOGITS"},
+           {both, "input and inputs are both set"},
+           {targets, "target_ids apply to `input` alone"},
+           {bad_second, "inputs[1]: the input is 1 tokens"}}) {
+    v1::ScoreResponse resp;
+    grpc::ClientContext ctx;
+    const grpc::Status s = Client()->Score(&ctx, req, &resp);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << needle;
+    EXPECT_NE(s.error_message().find(needle), std::string::npos) << s.error_message();
+  }
+  // Whole rows of two 200-token inputs pass the 4 MiB answer: RESOURCE_EXHAUSTED naming the cap.
+  const auto scores = nlohmann::json::parse(testing::ReadFile(GemmaTinyDir() + "/reference/tiny-mqa/scores.json"));
+  v1::ScoreRequest big;
+  for (int k = 0; k < 2; ++k) {
+    auto* input = big.add_inputs()->mutable_token_ids();
+    for (int id : scores["prompts"][2]["ids"]) input->add_ids(id);
+  }
+  big.set_mode(v1::SCORING_MODE_LOGITS);
+  big.set_top_logits(-1);
+  v1::ScoreResponse resp;
+  grpc::ClientContext ctx;
+  const grpc::Status s = Client()->Score(&ctx, big, &resp);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << s.error_message();
+  EXPECT_NE(s.error_message().find("--max_message_bytes"), std::string::npos) << s.error_message();
+}
+
 TEST_F(RouterTest, TokenizeDetokenizeAndModelInfo) {
   v1::TokenizeRequest treq;
   treq.set_text("Hello");
@@ -701,6 +820,161 @@ TEST_F(RouterTest, TokenizeDetokenizeAndModelInfo) {
   ASSERT_TRUE(Client()->GetModelInfo(&c3, {}, &info).ok());
   EXPECT_EQ(info.vocab_size(), 4096);
   EXPECT_EQ(info.healthy_groups(), 1);
+}
+
+TEST_F(RouterTest, BeamSearchAnswersEveryBeamBestFirstAndOneBeamIsGreedy) {
+  v1::GenerateRequest greedy = Ids({2, 651, 1320, 826, 2534}, 8);
+  v1::GenerateResponse want;
+  grpc::ClientContext c0;
+  ASSERT_TRUE(Client()->Generate(&c0, greedy, &want).ok());
+
+  v1::GenerateRequest one = greedy;
+  one.mutable_parameters()->set_num_beams(1);
+  one.mutable_parameters()->set_early_stopping(true);
+  v1::GenerateResponse got;
+  grpc::ClientContext c1;
+  ASSERT_TRUE(Client()->Generate(&c1, one, &got).ok());
+  ASSERT_EQ(got.tokens_size(), want.tokens_size());
+  for (int i = 0; i < want.tokens_size(); ++i) EXPECT_EQ(got.tokens(i).id(), want.tokens(i).id()) << i;
+  EXPECT_EQ(got.text(), want.text());
+  ASSERT_EQ(got.completions_size(), 1);
+
+  v1::GenerateRequest three = greedy;
+  three.mutable_parameters()->set_num_beams(3);
+  three.mutable_parameters()->set_length_penalty(0.5f);
+  three.mutable_parameters()->set_logprobs(true);
+  v1::GenerateResponse beams;
+  grpc::ClientContext c2;
+  ASSERT_TRUE(Client()->Generate(&c2, three, &beams).ok());
+  ASSERT_EQ(beams.completions_size(), 3);
+  for (int b = 0; b < 3; ++b) {
+    const v1::Completion& c = beams.completions(b);
+    EXPECT_EQ(c.index(), b);
+    double sum = 0;
+    for (const auto& t : c.tokens()) sum += t.logprob();
+    EXPECT_NEAR(c.sum_logprob(), sum, 1e-4);
+    EXPECT_NEAR(c.score(), c.sum_logprob() / std::pow(c.tokens_size(), 0.5), 1e-6);
+    EXPECT_EQ(c.usage().generated_tokens(), c.tokens_size());
+    if (b > 0) EXPECT_GE(beams.completions(b - 1).score(), c.score());
+  }
+  // The top-level answer is the best beam's; a stream sends its tokens when the search ends.
+  ASSERT_EQ(beams.tokens_size(), beams.completions(0).tokens_size());
+  for (int i = 0; i < beams.tokens_size(); ++i) EXPECT_EQ(beams.tokens(i).id(), beams.completions(0).tokens(i).id());
+  EXPECT_EQ(beams.text(), beams.completions(0).text());
+  EXPECT_EQ(beams.finish_reason(), beams.completions(0).finish_reason());
+  v1::FinalEvent final_event;
+  const auto [ids, text] = Stream(three, &final_event);
+  ASSERT_EQ(static_cast<int>(ids.size()), beams.tokens_size());
+  for (int i = 0; i < beams.tokens_size(); ++i) EXPECT_EQ(ids[i], beams.tokens(i).id());
+  EXPECT_EQ(text, beams.text());
+  EXPECT_EQ(final_event.finish_reason(), beams.finish_reason());
+}
+
+TEST_F(RouterTest, SeveralInputsAndSamplesAnswerInOrderAsTheirSoloRuns) {
+  v1::GenerateRequest req;
+  req.add_inputs()->set_text("The quick brown fox");
+  auto* ids = req.add_inputs()->mutable_token_ids();
+  for (int id : {2, 651, 1320, 826}) ids->add_ids(id);
+  auto* p = req.mutable_parameters();
+  p->set_max_new_tokens(6);
+  p->set_temperature(0.9f);
+  p->set_seed(41);
+  p->set_n(3);
+  v1::GenerateResponse all;
+  grpc::ClientContext ctx;
+  ASSERT_TRUE(Client()->Generate(&ctx, req, &all).ok());
+  ASSERT_EQ(all.completions_size(), 6);
+  std::set<std::vector<int>> distinct;
+  for (int k = 0; k < 6; ++k) {
+    const v1::Completion& c = all.completions(k);
+    EXPECT_EQ(c.input_index(), k / 3);
+    EXPECT_EQ(c.index(), k % 3);
+    EXPECT_EQ(c.seed(), 41u + k % 3);
+    // The same input and seed alone.
+    v1::GenerateRequest solo;
+    *solo.mutable_input() = req.inputs(k / 3);
+    *solo.mutable_parameters() = req.parameters();
+    solo.mutable_parameters()->set_n(0);
+    solo.mutable_parameters()->set_seed(41 + k % 3);
+    v1::GenerateResponse want;
+    grpc::ClientContext c1;
+    ASSERT_TRUE(Client()->Generate(&c1, solo, &want).ok());
+    std::vector<int> got_ids, want_ids;
+    for (const auto& t : c.tokens()) got_ids.push_back(t.id());
+    for (const auto& t : want.tokens()) want_ids.push_back(t.id());
+    EXPECT_EQ(got_ids, want_ids) << "completion " << k;
+    EXPECT_EQ(c.text(), want.text());
+    EXPECT_EQ(c.finish_reason(), want.finish_reason());
+    distinct.insert(got_ids);
+  }
+  EXPECT_GT(distinct.size(), 3u);
+  EXPECT_EQ(all.text(), all.completions(0).text());
+
+  // Streamed: every event tagged with its output, one final event each, the same tokens.
+  grpc::ClientContext sctx;
+  auto reader = Client()->GenerateStream(&sctx, req);
+  v1::GenerateStreamResponse event;
+  std::map<std::pair<int, int>, std::vector<int>> streamed;
+  std::map<std::pair<int, int>, std::string> texts;
+  int finals = 0;
+  while (reader->Read(&event)) {
+    if (event.has_token()) {
+      const auto key = std::make_pair(event.token().input_index(), event.token().index());
+      streamed[key].push_back(event.token().token().id());
+      texts[key] += event.token().text_delta();
+    } else {
+      ++finals;
+      const auto key = std::make_pair(event.final().input_index(), event.final().index());
+      EXPECT_EQ(event.final().usage().generated_tokens(), static_cast<int>(streamed[key].size()));
+    }
+  }
+  ASSERT_TRUE(reader->Finish().ok());
+  EXPECT_EQ(finals, 6);
+  for (int k = 0; k < 6; ++k) {
+    std::vector<int> ids;
+    for (const auto& t : all.completions(k).tokens()) ids.push_back(t.id());
+    const auto key = std::make_pair(k / 3, k % 3);
+    EXPECT_EQ(streamed[key], ids) << k;
+    EXPECT_EQ(texts[key], all.completions(k).text()) << k;
+  }
+}
+
+TEST_F(RouterTest, BadInputListsAreInvalidArgumentNamingTheInput) {
+  v1::GenerateRequest both = Ids({2, 651}, 4);
+  both.add_inputs()->set_text("x");
+  v1::GenerateRequest many;
+  for (int i = 0; i < 65; ++i) many.add_inputs()->set_text("x");
+  v1::GenerateRequest outputs;
+  for (int i = 0; i < 10; ++i) outputs.add_inputs()->set_text("x");
+  outputs.mutable_parameters()->set_n(13);
+  v1::GenerateRequest bad_second;
+  bad_second.add_inputs()->set_text("fine");
+  bad_second.add_inputs()->mutable_token_ids()->add_ids(9999);
+  for (const auto& [req, needle] : std::vector<std::pair<v1::GenerateRequest, std::string>>{
+           {both, "input and inputs are both set; allowed: one of them"},
+           {many, "inputs has 65 entries; allowed: 1..64"},
+           {outputs, "10 inputs x n 13 = 130 outputs; allowed: at most 128"},
+           {bad_second, "inputs[1]: input.token_ids[0] = 9999 is outside the vocabulary"}}) {
+    ExpectInvalid(req, needle);
+  }
+}
+
+TEST_F(RouterTest, BeamParametersOutOfRangeAreInvalidArgumentNamingTheField) {
+  const std::vector<std::pair<std::function<void(v1::GenerationParameters*)>, std::string>> cases = {
+      {[](auto* p) { p->set_num_beams(11); }, "num_beams 11 is out of range; allowed: 0 (no beam search) to 10"},
+      {[](auto* p) { p->set_num_beams(-2); }, "num_beams -2 is out of range"},
+      {[](auto* p) { p->set_num_beams(2); p->set_length_penalty(10.5f); }, "length_penalty 10.5 is out of range; allowed: [-10, 10]"},
+      {[](auto* p) { p->set_early_stopping(true); }, "allowed: with num_beams 1..10"},
+      {[](auto* p) { p->set_num_beams(2); p->set_temperature(0.8f); }, "num_beams 2 cannot be combined with temperature"},
+      {[](auto* p) { p->set_num_beams(2); p->add_stop_sequences("x"); }, "cannot be combined with stop_sequences"},
+      {[](auto* p) { p->set_num_beams(2); p->set_n(2); }, "cannot be combined with n"},
+      {[](auto* p) { p->set_n(129); }, "n 129 is out of range; allowed: 0..128"},
+  };
+  for (const auto& [set, needle] : cases) {
+    v1::GenerateRequest req = Ids({2, 651}, 4);
+    set(req.mutable_parameters());
+    ExpectInvalid(req, needle);
+  }
 }
 
 TEST_F(RouterTest, BadRequestsAreInvalidArgument) {

@@ -367,6 +367,7 @@ absl::StatusOr<SequenceSpec> WorkerGroup::SpecFor(const ActiveRequest& r) const 
   spec.max_new_tokens = o.max_new_tokens;
   spec.score = o.score;
   spec.score_targets = o.score_targets;
+  spec.score_logits = o.score_logits;
   spec.activations = o.activations;
   spec.activation_positions = o.activation_positions;
   spec.stop_ids = o.stop_ids;
@@ -380,6 +381,12 @@ absl::StatusOr<SequenceSpec> WorkerGroup::SpecFor(const ActiveRequest& r) const 
   spec.sampling.presence_penalty = p.presence_penalty();
   spec.sampling.frequency_penalty = p.frequency_penalty();
   spec.top_logprobs = o.score ? o.score_top_logprobs : p.top_logprobs();
+  spec.fork_of = o.fork_of;
+  if (p.num_beams() > 0) {
+    // A beam ends at the model's own stops too (other requests end there by the request's rule).
+    spec.beams = {p.num_beams(), p.has_length_penalty() ? p.length_penalty() : 1.0f, p.early_stopping()};
+    spec.stop_ids.insert(spec.stop_ids.end(), o.eos_ids.begin(), o.eos_ids.end());
+  }
   return spec;
 }
 
@@ -667,7 +674,13 @@ bool WorkerGroup::Deliver(const SequenceUpdate& u) {
       auto& alternatives = top.emplace_back();
       for (const TokenLogprob& t : position) alternatives.emplace_back(t.token, t.logprob);
     }
-    r->OnScores(std::vector<float>(u.scores.begin(), u.scores.end()), std::move(top));
+    std::vector<std::vector<std::pair<int32_t, float>>> top_logits;
+    for (const auto& position : u.score_top_logits) {
+      auto& largest = top_logits.emplace_back();
+      for (const TokenLogprob& t : position) largest.emplace_back(t.token, t.logprob);
+    }
+    r->OnScores(std::vector<float>(u.scores.begin(), u.scores.end()), std::move(top), std::move(top_logits),
+                u.score_logits);
     if (absl::Status read = r->OnActivations(*u.result); !read.ok()) {
       r->Fail(read);
       finished = true;
@@ -680,6 +693,8 @@ bool WorkerGroup::Deliver(const SequenceUpdate& u) {
       }
       finished = true;
     }
+  } else if (u.result == nullptr) {  // a beam search's answer
+    finished = r->OnBeams(u.beams);
   } else if (u.result->sampled) {
     std::vector<std::pair<int32_t, float>> top;
     for (const auto& t : u.result->top_logprobs) top.emplace_back(t.token, t.logprob);

@@ -112,6 +112,35 @@ std::string ActivationsData() {
 const char* const kFox =
     " --prompt 'The quick brown fox jumps over the lazy dog.'";
 
+TEST(CliTest, ScoreLogitsAreTheReferenceLogits) {
+  const std::string ref = GemmaTinyDir() + "/reference/tiny-mqa/logits_fox";
+  const auto side = nlohmann::json::parse(ReadFile(ref + ".json"));
+  const std::string bin = ReadFile(ref + ".f32.bin");
+  std::vector<float> want(bin.size() / sizeof(float));
+  std::memcpy(want.data(), bin.data(), bin.size());
+  std::string ids;
+  for (int id : side["ids"]) ids += (ids.empty() ? "" : ",") + std::to_string(id);
+  const std::string m = "score --model " + Tiny("tiny-mqa") + " --prompt-ids " + ids + " --json";
+  CliRun all = Gemma(m + " --logits all");
+  CliRun top = Gemma(m + " --logits 3");
+  ASSERT_EQ(all.code, 0) << all.err;
+  ASSERT_EQ(top.code, 0) << top.err;
+  const auto rows = nlohmann::json::parse(all.out)["logits"];
+  const auto largest = nlohmann::json::parse(top.out)["top_logits"];
+  const size_t n = side["ids"].size() - 1;
+  ASSERT_EQ(rows.size(), n);
+  ASSERT_EQ(largest.size(), n);
+  for (size_t p = 0; p < n; ++p) {
+    ASSERT_EQ(rows[p].size(), 4096u);
+    for (size_t v = 0; v < 4096; v += 97) EXPECT_NEAR(rows[p][v].get<double>(), want[p * 4096 + v], 1e-4) << p;
+    EXPECT_EQ(largest[p][0][0].get<int>(), side["argmax"][p].get<int>()) << p;
+    EXPECT_NEAR(largest[p][0][1].get<double>(), side["max_logit"][p].get<double>(), 1e-4) << p;
+  }
+  CliRun bad = Gemma(m + " --logits 0");
+  EXPECT_NE(bad.code, 0);
+  EXPECT_NE(bad.err.find("--logits \"0\" is invalid; allowed: an integer in [1, 256], or all"), std::string::npos) << bad.err;
+}
+
 TEST(CliTest, ScoreHiddenStatesAreHuggingFacesHiddenStates) {
   const std::string data = ActivationsData();
   ASSERT_FALSE(data.empty());
@@ -268,6 +297,26 @@ TEST(CliTest, DefaultModelGeneratesWithoutFlags) {
   EXPECT_FALSE(r.out.empty());
 }
 
+TEST(CliTest, GenerateWithBeamsPrintsEveryBeamBestFirstAndOneBeamIsGreedy) {
+  const std::string m = "generate --model " + Tiny("tiny-mqa") + " --prompt 'The quick brown fox' --max-new-tokens 6";
+  CliRun greedy = Gemma(m + " --json");
+  CliRun one = Gemma(m + " --num-beams 1 --early-stopping --json");
+  CliRun three = Gemma(m + " --num-beams 3 --length-penalty 0.5 --json");
+  ASSERT_EQ(greedy.code, 0) << greedy.err;
+  ASSERT_EQ(one.code, 0) << one.err;
+  ASSERT_EQ(three.code, 0) << three.err;
+  EXPECT_EQ(nlohmann::json::parse(one.out)["token_ids"], nlohmann::json::parse(greedy.out)["token_ids"]);
+  const auto out = nlohmann::json::parse(three.out);
+  ASSERT_EQ(out["beams"].size(), 3u);
+  EXPECT_EQ(out["token_ids"], out["beams"][0]["token_ids"]);
+  for (size_t i = 0; i < 3; ++i) {
+    const auto& b = out["beams"][i];
+    const double length = static_cast<double>(b["token_ids"].size());
+    EXPECT_NEAR(b["score"].get<double>(), b["sum_logprob"].get<double>() / std::pow(length, 0.5), 1e-9);
+    if (i > 0) EXPECT_GE(out["beams"][i - 1]["score"].get<double>(), b["score"].get<double>());
+  }
+}
+
 TEST(CliTest, BadInputGivesOneLineErrorAndNonZeroExit) {
   const std::string m = " --model " + Tiny("tiny-mha");
   const std::vector<std::pair<std::string, std::string>> cases = {
@@ -281,6 +330,9 @@ TEST(CliTest, BadInputGivesOneLineErrorAndNonZeroExit) {
       {"generate --model /nonexistent/model --prompt Hi", "/nonexistent/model"},
       {"generate" + m + " --prompt Hi --max-new-tokens 600", "context"},
       {"generate" + m + " --prompt Hi --device tpu", "allowed: cpu, cuda"},
+      {"generate" + m + " --prompt Hi --num-beams 11", "--num-beams \"11\" is invalid; allowed: an integer in [1, 10]"},
+      {"generate" + m + " --prompt Hi --num-beams 2 --top-k 3", "num_beams 2 cannot be combined with top_k"},
+      {"generate" + m + " --prompt Hi --length-penalty 11", "--length-penalty"},
       {"score" + m + " --prompt Hi --precision f16", "allowed: bf16, f32"},
       {"make-tiny --out /tmp/x --shape 3b", "allowed: tiny, 2b, 7b, gemma2-2b, gemma2-9b, gemma2-27b, gemma3-1b, gemma3-4b, "
                                              "gemma3-12b, gemma3-27b"},

@@ -24,6 +24,9 @@ int GenerateCommand(int argc, char** argv) {
       .Flag("top-k", "sample from the k most likely tokens; 0 = all (default 0)")
       .Flag("top-p", "nucleus sampling mass in (0, 1] (default 1)")
       .Flag("seed", "random seed (default 0)")
+      .Flag("num-beams", "beam search with N beams, 1..10 (default: off); prints the best, --json all of them")
+      .Flag("length-penalty", "beam scores are sum(log-probs) / length^P, -10..10 (default 1)")
+      .Flag("early-stopping", "beam search ends once N hypotheses have finished", true)
       .Flag("threads", "compute threads; 0 = all cores (default 0)")
       .Flag("tp", "tensor-parallel degree: run a local group of N processes (default 1)")
       .Flag("tp-transport", "collectives of a local group: shm (shared memory, default) or gloo (TCP)")
@@ -42,12 +45,14 @@ int GenerateCommand(int argc, char** argv) {
   auto top_k = args.GetInt("top-k", 0, 0, 1 << 22);
   auto top_p = args.GetDouble("top-p", 1.0, 1e-9, 1.0);
   auto seed = args.GetInt("seed", 0, 0, INT64_MAX);
+  auto num_beams = args.GetInt("num-beams", 0, 1, BeamSearchParams::kMaxBeams);
+  auto length_penalty = args.GetDouble("length-penalty", 1.0, -10.0, 10.0);
   auto threads = args.GetInt("threads", 0, 0, 4096);
   auto tp = args.GetInt("tp", 1, 1, 64);
   auto tp_timeout = args.GetInt("tp-timeout-ms", 30000, 100, 3600000);
   if (!tp_timeout.ok()) return Fail(kCmd, tp_timeout.status());
   for (const absl::Status& s : {max_new.status(), temperature.status(), top_k.status(), top_p.status(), seed.status(),
-                                threads.status(), tp.status()}) {
+                                threads.status(), tp.status(), num_beams.status(), length_penalty.status()}) {
     if (!s.ok()) return Fail(kCmd, s);
   }
   SetThreads(static_cast<int>(*threads));
@@ -67,8 +72,11 @@ int GenerateCommand(int argc, char** argv) {
   if (!interventions.ok()) return Fail(kCmd, interventions.status());
   auto device = DeviceChoiceFromFlags(args);
   if (!device.ok()) return Fail(kCmd, device.status());
-  // Room for exactly this request in the KV cache.
-  if (auto s = AttachBackend(*model, static_cast<int64_t>(prompt->size()) + *max_new, static_cast<int>(*tp), *tp_timeout, args.Get("tp-transport", "shm"),
+  // Room for exactly this request in the KV cache: each beam's positions, and a block more each for the
+  // positions a forked beam computes again.
+  const int beams = static_cast<int>(*num_beams);
+  const int64_t kv_tokens = (static_cast<int64_t>(prompt->size()) + *max_new + (beams > 0 ? 16 : 0)) * std::max(1, beams);
+  if (auto s = AttachBackend(*model, kv_tokens, static_cast<int>(*tp), *tp_timeout, args.Get("tp-transport", "shm"),
                               *device);
       !s.ok()) {
     return Fail(kCmd, s);
@@ -80,6 +88,8 @@ int GenerateCommand(int argc, char** argv) {
   req.sampling = {static_cast<float>(*temperature), static_cast<int>(*top_k), static_cast<float>(*top_p),
                   static_cast<uint64_t>(*seed)};
   if (auto s = ValidateSamplingParams(req.sampling); !s.ok()) return Fail(kCmd, s);
+  req.beams = {beams, static_cast<float>(*length_penalty), args.Has("early-stopping")};
+  if (auto s = ValidateBeamSearch(req); !s.ok()) return Fail(kCmd, s);
   req.stop_ids = {config.eos_id};
   req.stop_ids.insert(req.stop_ids.end(), config.extra_eos_ids.begin(), config.extra_eos_ids.end());
   const Tokenizer* tok = model->tokenizer.get();
@@ -107,6 +117,12 @@ int GenerateCommand(int argc, char** argv) {
   if (!results.ok()) return Fail(kCmd, results.status());
   const CompletedSequence& r = (*results)[0];
   if (!json) {
+    if (stream && beams > 0) {  // a beam search's tokens are known only at its end
+      for (int32_t id : r.tokens) {
+        if (id == config.eos_id || (chat && id == tok->end_of_turn_id())) continue;
+        if (auto delta = stream->Add(printable(id)); delta.ok()) std::fputs(delta->c_str(), stdout);
+      }
+    }
     if (stream) {
       if (auto tail = stream->Flush(); tail.ok()) std::fputs(tail->c_str(), stdout);
     } else {
@@ -115,18 +131,28 @@ int GenerateCommand(int argc, char** argv) {
     std::printf("\n");
     return 0;
   }
-  std::vector<int32_t> shown;
-  for (int32_t id : r.tokens) {
-    if (id != config.eos_id && !(chat && tok && id == tok->end_of_turn_id())) shown.push_back(printable(id));
-  }
-  std::string text;
-  if (tok) {
-    auto decoded = tok->Decode(shown);
-    if (!decoded.ok()) return Fail(kCmd, decoded.status());
-    text = *decoded;
-  }
-  nlohmann::json out = {{"prompt_ids", *prompt}, {"token_ids", r.tokens}, {"text", text},
+  auto text_of = [&](const std::vector<int32_t>& ids) -> absl::StatusOr<std::string> {
+    std::vector<int32_t> shown;
+    for (int32_t id : ids) {
+      if (id != config.eos_id && !(chat && tok && id == tok->end_of_turn_id())) shown.push_back(printable(id));
+    }
+    if (!tok) return std::string();
+    return tok->Decode(shown);
+  };
+  auto text = text_of(r.tokens);
+  if (!text.ok()) return Fail(kCmd, text.status());
+  nlohmann::json out = {{"prompt_ids", *prompt}, {"token_ids", r.tokens}, {"text", *text},
                         {"finish_reason", FinishReasonName(r.finish)}, {"token_logprobs", r.token_logprobs}};
+  if (beams > 0) {
+    nlohmann::json all = nlohmann::json::array();
+    for (const Beam& b : r.beams) {
+      auto beam_text = text_of(b.tokens);
+      if (!beam_text.ok()) return Fail(kCmd, beam_text.status());
+      all.push_back({{"token_ids", b.tokens}, {"text", *beam_text}, {"finish_reason", FinishReasonName(b.finish)},
+                     {"token_logprobs", b.logprobs}, {"sum_logprob", b.sum_logprob}, {"score", b.score}});
+    }
+    out["beams"] = all;
+  }
   std::printf("%s\n", out.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
   return 0;
 }

@@ -1,6 +1,7 @@
 // gemma score: log P(token t | tokens < t) for every prompt token after the first.
 #include <cstdio>
 
+#include "absl/strings/str_cat.h"
 #include "engine/cache_salt.h"
 #include "engine/local_executor.h"
 #include "engine/run_batch.h"
@@ -23,6 +24,8 @@ int ScoreCommand(int argc, char** argv) {
       .Flag("tp-transport", "collectives of a local group: shm (shared memory, default) or gloo (TCP)")
       .Flag("tp-timeout-ms", "a dead or hung rank fails the run within this time, 100..3600000 (default 30000)")
       .Flag("adapter", "a LoRA adapter folder as peft saves it (adapter_config.json, adapter_model.safetensors)")
+      .Flag("logits", "also the logits of each scored position: the K largest (1..256, `top_logits`: [[id, logit], "
+                      "...] per position) or `all` (`logits`: [positions][vocab])")
       .Flag("json", "print one JSON object with token_ids and logprobs (the only output format)", true);
   DeclareHiddenStatesFlag(args);
   DeclareInterventionFlags(args);
@@ -35,6 +38,14 @@ int ScoreCommand(int argc, char** argv) {
   auto tp_timeout = args.GetInt("tp-timeout-ms", 30000, 100, 3600000);
   if (!tp_timeout.ok()) return Fail(kCmd, tp_timeout.status());
   if (!tp.ok()) return Fail(kCmd, tp.status());
+  int32_t logits = 0;
+  if (const std::string k = args.Get("logits"); k == "all") {
+    logits = -1;
+  } else if (!k.empty()) {
+    auto top = args.GetInt("logits", 0, 1, StepRow::kMaxTopLogits);
+    if (!top.ok()) return Fail(kCmd, absl::InvalidArgumentError(absl::StrCat(top.status().message(), ", or all")));
+    logits = static_cast<int32_t>(*top);
+  }
   SetThreads(static_cast<int>(*threads));
   auto model = OpenLocalModel(args.Get("model"));
   if (!model.ok()) return Fail(kCmd, model.status());
@@ -60,6 +71,7 @@ int ScoreCommand(int argc, char** argv) {
   SequenceSpec req;
   req.prompt = *prompt;
   req.score = true;
+  req.score_logits = logits;
   req.interventions = *std::move(interventions);
   req.activations = *hidden_states;
   if (!req.activations.empty()) {
@@ -78,6 +90,22 @@ int ScoreCommand(int argc, char** argv) {
   const CompletedSequence& done = (*results)[0];
   nlohmann::json out = {{"token_ids", *prompt},
                         {"logprobs", done.prompt_logprobs}};
+  if (logits > 0) {
+    nlohmann::json top = nlohmann::json::array();
+    for (const auto& position : done.top_logits) {
+      nlohmann::json largest = nlohmann::json::array();
+      for (const TokenLogprob& t : position) largest.push_back({t.token, t.logprob});
+      top.push_back(std::move(largest));
+    }
+    out["top_logits"] = std::move(top);
+  } else if (logits < 0) {
+    const size_t rows = done.prompt_logprobs.size(), vocab = static_cast<size_t>(config.vocab_size);
+    nlohmann::json all = nlohmann::json::array();
+    for (size_t p = 0; p < rows && done.logits.size() == rows * vocab; ++p) {
+      all.push_back(std::vector<float>(done.logits.begin() + p * vocab, done.logits.begin() + (p + 1) * vocab));
+    }
+    out["logits"] = std::move(all);
+  }
   if (!hidden_states->empty()) {
     // [index][position][hidden], in the order asked.
     const size_t H = static_cast<size_t>(config.hidden_size);

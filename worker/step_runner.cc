@@ -83,6 +83,7 @@ absl::StatusOr<worker::v1::StepResponse> RunStep(Backend& backend, const worker:
     r.sampling = FromProto(s.sampling());
     r.top_logprobs = s.top_logprobs();
     r.score_targets.assign(s.score_targets().begin(), s.score_targets().end());
+    r.score_logits = s.score_logits();
     r.penalty_history = View(s.penalty_history());
     r.penalty_prompt_len = s.penalty_prompt_len();
     r.allowed_tokens = std::span<const uint32_t>(s.allowed_tokens().data(), static_cast<size_t>(s.allowed_tokens_size()));
@@ -122,14 +123,18 @@ absl::StatusOr<worker::v1::StepResponse> RunStep(Backend& backend, const worker:
       out->add_activations()->assign(reinterpret_cast<const char*>(a.data()), a.size() * sizeof(float));
     }
     out->set_activation_rows(r.activation_rows);
-    for (const auto& alternatives : r.score_top_logprobs) {
-      auto* top = out->add_score_top_logprobs();
-      for (const TokenLogprob& tl : alternatives) {
-        auto* a = top->add_alternatives();
-        a->set_token(tl.token);
-        a->set_logprob(tl.logprob);
+    for (const auto& [from, to] : {std::pair{&r.score_top_logprobs, out->mutable_score_top_logprobs()},
+                                   std::pair{&r.score_top_logits, out->mutable_score_top_logits()}}) {
+      for (const auto& alternatives : *from) {
+        auto* top = to->Add();
+        for (const TokenLogprob& tl : alternatives) {
+          auto* a = top->add_alternatives();
+          a->set_token(tl.token);
+          a->set_logprob(tl.logprob);
+        }
       }
     }
+    out->set_score_logits(reinterpret_cast<const char*>(r.score_logits.data()), r.score_logits.size() * sizeof(float));
   }
   return response;
 }

@@ -1,5 +1,8 @@
 #include "worker/step_runner.h"
 
+#include <algorithm>
+#include <cstring>
+
 #include "gtest/gtest.h"
 #include "shard/checkpoint/checkpoint.h"
 #include "shard/cpu/cpu_backend.h"
@@ -197,9 +200,43 @@ TEST(StepRunnerTest, RejectsMalformedRequests) {
   s->set_top_logprobs(50);
   EXPECT_TRUE(absl::IsInvalidArgument(RunStep(*backend, req).status()));
   s->set_top_logprobs(0);
+  s->set_score_logits(257);
+  EXPECT_TRUE(absl::IsInvalidArgument(RunStep(*backend, req).status()));
+  s->set_score_logits(-2);
+  EXPECT_TRUE(absl::IsInvalidArgument(RunStep(*backend, req).status()));
+  s->set_score_logits(0);
   s->set_sample(true);
   s->mutable_sampling()->set_temperature(-1);
   EXPECT_TRUE(absl::IsInvalidArgument(RunStep(*backend, req).status()));
+}
+
+TEST(StepRunnerTest, ScoredRowsReturnTheirLogitsAsAsked) {
+  auto backend = Tiny();
+  worker::v1::StepRequest req;
+  auto* s = req.add_sequences();
+  for (int t : {2, 651, 1320}) s->add_tokens(t);
+  s->add_block_table(0);
+  for (int t : {651, 1320, -1}) s->add_score_targets(t);
+  s->set_score_logits(-1);
+  auto whole = RunStep(*backend, req);
+  ASSERT_TRUE(whole.ok()) << whole.status();
+  const std::string& rows = whole->results(0).score_logits();
+  ASSERT_EQ(rows.size(), 3u * backend->config().vocab_size * sizeof(float));
+  std::vector<float> logits(rows.size() / sizeof(float));
+  std::memcpy(logits.data(), rows.data(), rows.size());
+  s->set_score_logits(4);
+  auto top = RunStep(*backend, req);
+  ASSERT_TRUE(top.ok()) << top.status();
+  ASSERT_EQ(top->results(0).score_top_logits_size(), 3);
+  for (int p = 0; p < 3; ++p) {
+    const auto& alternatives = top->results(0).score_top_logits(p).alternatives();
+    ASSERT_EQ(alternatives.size(), 4);
+    const float* row = logits.data() + static_cast<size_t>(p) * backend->config().vocab_size;
+    EXPECT_EQ(alternatives[0].logprob(), *std::max_element(row, row + backend->config().vocab_size));
+    for (const auto& a : alternatives) EXPECT_EQ(a.logprob(), row[a.token()]);
+    for (int j = 1; j < 4; ++j) EXPECT_GE(alternatives[j - 1].logprob(), alternatives[j].logprob());
+  }
+  EXPECT_TRUE(top->results(0).score_logits().empty());
 }
 
 TEST(StepRunnerTest, StepsBeyondTheLimitsAreRefusedBeforeTheyRun) {

@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "gemma/v1/gemma.pb.h"
+#include "router/request_validation.h"
 #include "router/openai/openai_error.h"
 
 namespace gemma::openai {
@@ -19,7 +20,7 @@ struct RequestContext {
   bool chat_system_role = false;  // the chat template takes a system message (Gemma 3)
   int max_stop_sequences = 8;
   int max_top_logprobs = 20;
-  int max_n = 128;
+  int max_n = kMaxSamples;  // choices of one request (prompts x n)
   int max_new_tokens = 4096;  // the router's ceiling on max_tokens
 };
 

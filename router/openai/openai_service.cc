@@ -92,15 +92,16 @@ class Call {
     std::vector<int32_t> prompt_ids;
     for (int i = 0; i < choices; ++i) {
       const v1::GenerateRequest request = parsed_.ForChoice(i);
-      if (parsed_.generates()) {
-        if (i % parsed_.n == 0) {  // a new prompt: tokenized once for its n choices
-          auto ids = admission.PromptIds(*model_, request.input());
-          if (!ids.ok()) return refuse(ids.status());
-          prompt_ids = std::move(*ids);
-        }
-        auto active = admission.Admit(*model_, request, origin, &prompt_ids);
-        if (!active.ok()) return refuse(active.status());
-        requests_.push_back(*active);
+      if (parsed_.generates() && i % parsed_.n == 0) {
+        // A new prompt: tokenized once, its n choices admitted together (they share its KV blocks).
+        auto ids = admission.PromptIds(*model_, request.input());
+        if (!ids.ok()) return refuse(ids.status());
+        prompt_ids = std::move(*ids);
+        v1::GenerateRequest samples = request;
+        samples.mutable_parameters()->set_n(parsed_.n);
+        auto admitted = admission.AdmitSamples(*model_, samples, origin, &prompt_ids);
+        if (!admitted.ok()) return refuse(admitted.status());
+        requests_.insert(requests_.end(), admitted->begin(), admitted->end());
       }
       std::string prefix;
       if (parsed_.echo) {

@@ -23,6 +23,10 @@ absl::Status ValidateRow(const StepRow& r, int vocab) {
     return absl::InvalidArgumentError(
         absl::StrCat("sequence ", r.sequence_id, ": top_logprobs ", r.top_logprobs, " is outside [0, 20]"));
   }
+  if (r.score_logits < -1 || r.score_logits > StepRow::kMaxTopLogits) {
+    return absl::InvalidArgumentError(absl::StrCat("sequence ", r.sequence_id, ": score_logits ", r.score_logits,
+                                                   " is outside [-1, ", StepRow::kMaxTopLogits, "]"));
+  }
   if (r.penalty_prompt_len < 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("sequence ", r.sequence_id, ": penalty_prompt_len ", r.penalty_prompt_len, " is negative"));
@@ -167,6 +171,16 @@ absl::StatusOr<std::vector<RowResult>> RunRows(Backend& backend, std::span<const
       const int target = r.score_targets[j];
       const float* scored = logits.Row(first + static_cast<int>(j));
       out.score_logprobs.push_back(target < 0 ? 0.0f : static_cast<float>(LogProbOf(scored, vocab, target)));
+      if (r.score_logits < 0) out.score_logits.insert(out.score_logits.end(), scored, scored + vocab);
+      if (r.score_logits > 0) {
+        std::vector<int32_t> ids(vocab);
+        for (int t = 0; t < vocab; ++t) ids[t] = t;
+        const int k = std::min(r.score_logits, vocab);
+        std::partial_sort(ids.begin(), ids.begin() + k, ids.end(),
+                          [&](int32_t a, int32_t b) { return scored[a] > scored[b] || (scored[a] == scored[b] && a < b); });
+        auto& top = out.score_top_logits.emplace_back();
+        for (int t = 0; t < k; ++t) top.push_back({ids[t], scored[ids[t]]});
+      }
       if (r.top_logprobs == 0) continue;
       auto& top = out.score_top_logprobs.emplace_back();
       for (const auto& [id, lp] : TopLogProbs(scored, vocab, r.top_logprobs)) top.push_back({id, static_cast<float>(lp)});
