@@ -45,11 +45,17 @@ absl::StatusOr<OpenedShard> OpenShard(std::shared_ptr<const Checkpoint> checkpoi
   }
   if (o.device == "cpu" && o.precision != "bf16") {
     return absl::InvalidArgumentError(absl::StrCat("precision \"", o.precision,
-                                                   "\" applies to device cuda only; the CPU keeps bf16 weights"));
+                                                   "\" applies to device cuda only (the CPU computes in f32; --weights sets how its weights are stored)"));
   }
   WeightLoadOptions load;
   ASSIGN_OR_RETURN(load.precision, ParseWeightPrecision(o.weights));
   load.int4_group_size = o.int4_group_size;
+  if (o.device == "cuda" && checkpoint->config().quantization.method != CheckpointQuantization::Method::kNone) {
+    return absl::UnimplementedError(absl::StrCat(
+        checkpoint->dir(), " holds ", QuantizationMethodName(checkpoint->config().quantization.method),
+        " 4-bit weights, which the CUDA backend cannot run yet; serve it with device cpu, or a bf16 checkpoint on "
+        "the GPU"));
+  }
   if (o.device == "cuda" && load.precision != WeightPrecision::kBF16) {
     return absl::UnimplementedError(absl::StrCat("weights ", o.weights,
                                                  " on device cuda: the CUDA backend has no quantized kernels yet; use "

@@ -39,7 +39,7 @@ class Checkpoint {
   bool Has(const std::string& name) const { return tensors_.count(name) > 0; }
   // The tensor as stored, whatever its dtype and shape.
   absl::StatusOr<StoredTensor> Raw(const std::string& name) const;
-  // Names present in the files but not used by a Gemma model.
+  // Every tensor name in the files, in name order.
   std::vector<std::string> TensorNames() const;
   uint64_t TotalBytes() const;
 

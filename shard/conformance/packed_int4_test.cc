@@ -173,6 +173,8 @@ void ExpectElementsAsPacked(const Written& written, int world) {
       };
       for (const Check& k : {Check{"self_attn.q_proj", &l.q, tp->q_head_begin * d, 0},
                              Check{"self_attn.k_proj", &l.k, tp->kv_head_begin * d, 0},
+                             Check{"self_attn.v_proj", &l.v, tp->kv_head_begin * d, 0},
+                             Check{"mlp.up_proj", &l.up, tp->ffn_begin, 0},
                              Check{"self_attn.o_proj", &l.o, 0, tp->q_head_begin * d},
                              Check{"mlp.gate_proj", &l.gate, tp->ffn_begin, 0},
                              Check{"mlp.down_proj", &l.down, 0, tp->ffn_begin}}) {
@@ -202,7 +204,7 @@ TEST_P(PackedInt4Test, LoadsEveryElementAsPackedAtOneAndTwoRanks) {
   const Written written = WriteCheckpoint(absl::StrCat("ok", static_cast<int>(packing)), packing, config);
   ExpectElementsAsPacked(written, 1);
   ExpectElementsAsPacked(written, 2);
-  // And the model runs on them: finite logits, the prompt's continuation close to bf16's.
+  // And the model runs on them: finite logits.
   auto ckpt = Checkpoint::Open(written.dir);
   ASSERT_TRUE(ckpt.ok());
   std::shared_ptr<const Checkpoint> shared(std::move(*ckpt));
@@ -253,6 +255,15 @@ TEST(PackedInt4WriterTest, WrittenCheckpointsLoadWithinHalfAStep) {
         for (int64_t r = 0; r < q.rows; ++r) {
           for (int64_t k = 0; k < q.cols; ++k) {
             const float scale = q.scales[r * q.scale_stride + k / q.group_size];
+            // The scale spans the group's range in 14 or 15 steps: a scale too large would pass the bound below.
+            if (k % q.group_size == 0) {
+              float lo = 0, hi = 0;
+              for (int64_t j = k; j < k + q.group_size; ++j) {
+                lo = std::min(lo, ElementAt(want.*part, r, j));
+                hi = std::max(hi, ElementAt(want.*part, r, j));
+              }
+              ASSERT_LE(scale, (hi - lo) / 14 * 1.001f + 1e-12f) << "layer " << i << " row " << r;
+            }
             ASSERT_LE(std::abs(ElementAt(q, r, k) - ElementAt(want.*part, r, k)), 0.51f * scale)
                 << QuantizationMethodName(method) << " layer " << i << " (" << r << ", " << k << ")";
           }
@@ -260,6 +271,10 @@ TEST(PackedInt4WriterTest, WrittenCheckpointsLoadWithinHalfAStep) {
       }
     }
   }
+  // Writing over the input is refused before anything is touched.
+  const absl::Status onto_itself =
+      WritePackedInt4Checkpoint(*source, source->dir(), CheckpointQuantization::Method::kGptq, 64);
+  EXPECT_NE(onto_itself.message().find("is the input checkpoint itself"), std::string::npos) << onto_itself;
   // An already quantized checkpoint is not quantized again.
   auto again = Checkpoint::Open(::testing::TempDir() + "/written-gptq");
   ASSERT_TRUE(again.ok());
@@ -280,8 +295,13 @@ TEST(PackedInt4ErrorsTest, UnsupportedConfigsAndTensorsAreNamed) {
     nlohmann::json config;
     std::string expected;
   };
-  nlohmann::json act_order = kGptq, eight_bits = kGptq, big_groups = kGptq, other = kGptq, gemv = kAwq;
+  nlohmann::json act_order = kGptq, eight_bits = kGptq, big_groups = kGptq, other = kGptq, gemv = kAwq,
+                 typed_act_order = kGptq, typed_method = kGptq, typed_zero_point = kAwq, huge_bits = kGptq;
   act_order["desc_act"] = true;
+  typed_act_order["desc_act"] = "no";
+  typed_method["quant_method"] = 1;
+  typed_zero_point["zero_point"] = "true";
+  huge_bits["bits"] = 4294967300LL;
   eight_bits["bits"] = 8;
   big_groups["group_size"] = 256;
   other["quant_method"] = "bitsandbytes";
@@ -289,7 +309,11 @@ TEST(PackedInt4ErrorsTest, UnsupportedConfigsAndTensorsAreNamed) {
   for (const Bad& bad : {Bad{act_order, "desc_act true"}, Bad{eight_bits, "bits must be 4"},
                          Bad{big_groups, "group_size must be 32, 64 or 128, not 256"},
                          Bad{other, "quant_method \"bitsandbytes\" is not supported; allowed: gptq, awq"},
-                         Bad{gemv, "version \"gemv\" is not supported"}}) {
+                         Bad{gemv, "version \"gemv\" is not supported"},
+                         Bad{typed_act_order, "desc_act must be true or false, not \"no\""},
+                         Bad{typed_method, "quant_method must be a string, not 1"},
+                         Bad{typed_zero_point, "zero_point must be true or false"},
+                         Bad{huge_bits, "bits must be 4 (W4A16), not 4294967300"}}) {
     const Written written = WriteCheckpoint("bad", Packing::kGptq, bad.config);
     const absl::Status s = LoadStatus(written.dir);
     ASSERT_FALSE(s.ok()) << bad.expected;

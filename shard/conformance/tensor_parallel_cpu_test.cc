@@ -203,7 +203,7 @@ TEST(QuantizedWeightsCpuErrorsTest, BadPrecisionsAndGroupsAreRefusedClearly) {
   w = ModelWeights::Load(ckpt, *tp8, int4);
   ASSERT_FALSE(w.ok());
   EXPECT_NE(w.status().message().find("o_proj.weight: this rank's tensor-parallel slice, input columns [0, 32), cuts its int4 groups of "
-                                       "128 columns; --int4-group-size 32 fits"),
+                                       "128 columns; an int4 group size of 32 fits"),
             std::string::npos)
       << w.status();
   EXPECT_FALSE(ParseWeightPrecision("int3").ok());

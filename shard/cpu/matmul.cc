@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <vector>
 
 #include "shard/model/dtype.h"
@@ -372,6 +374,15 @@ HWY_EXPORT(MatMulImpl);
 void MatMul(const float* x, int64_t M, int64_t K, int64_t ldx, std::span<const MatrixView> weights, float* out,
             int64_t ldo) {
   if (M <= 0 || weights.empty()) return;
+  for (const MatrixView& v : weights) {
+    // A 4-bit row is walked group by group, each group whole SIMD blocks: a view that breaks this would read past
+    // its row. Views come from ModelWeights, which only makes whole groups of 32, 64 or 128.
+    if (v.format == WeightFormat::kInt4 && (v.group_size < 32 || K % v.group_size != 0)) {
+      std::fprintf(stderr, "MatMul: a 4-bit matrix of %lld columns in groups of %d\n", static_cast<long long>(K),
+                   v.group_size);
+      std::abort();
+    }
+  }
   // Formats that pack x alike run in one pass; a call that mixes them runs one view at a time.
   auto even_odd = [](WeightFormat f) { return f == WeightFormat::kBF16 || f == WeightFormat::kInt4; };
   bool mixed = false;

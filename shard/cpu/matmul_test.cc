@@ -117,5 +117,34 @@ TEST(MatMulTest, QuantizedWeightsGiveTheDequantizedF32ResultsForAnyBatch) {
   hwy::SetSupportedTargetsForTest(0);
 }
 
+// One call over views that pack x differently (bf16 and int4 even/odd, int8 plain) gives each view's own result.
+TEST(MatMulTest, MixedFormatsInOneCallGiveEachViewsResult) {
+  std::mt19937 rng(11);
+  std::normal_distribution<float> normal;
+  const int64_t K = 128, rows = 6, M = 5;
+  std::vector<uint16_t> w(rows * K);
+  for (auto& v : w) v = F32ToBf16(normal(rng));
+  const MatrixView bf16{w.data(), rows, K, K};
+  std::vector<uint8_t> m8(QuantizedBytes(WeightFormat::kInt8, rows, K, 0) + 64),
+      m4(QuantizedBytes(WeightFormat::kInt4, rows, K, 32) + 64);
+  auto aligned = [](std::vector<uint8_t>& v) {
+    return reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(v.data()) + 63) / 64 * 64);
+  };
+  const MatrixView i8 = QuantizeInto(bf16, 0, rows, 0, K, WeightFormat::kInt8, 0, aligned(m8));
+  const MatrixView i4 = QuantizeInto(bf16, 0, rows, 0, K, WeightFormat::kInt4, 32, aligned(m4));
+  std::vector<float> x(M * K);
+  for (auto& v : x) v = normal(rng);
+  const MatrixView mixed[] = {bf16, i8, i4};
+  std::vector<float> all(M * 3 * rows);
+  MatMul(x.data(), M, K, K, mixed, all.data(), 3 * rows);
+  for (int v = 0; v < 3; ++v) {
+    std::vector<float> alone(M * rows);
+    MatMul(x.data(), M, K, K, std::span<const MatrixView>(&mixed[v], 1), alone.data(), rows);
+    for (int64_t m = 0; m < M; ++m) {
+      for (int64_t n = 0; n < rows; ++n) ASSERT_EQ(all[m * 3 * rows + v * rows + n], alone[m * rows + n]) << v;
+    }
+  }
+}
+
 }  // namespace
 }  // namespace gemma

@@ -429,7 +429,8 @@ const char* QuantizationMethodName(CheckpointQuantization::Method method) {
 
 namespace {
 
-// quantization_config, as AutoGPTQ / GPTQModel and AutoAWQ write it.
+// quantization_config, as AutoGPTQ / GPTQModel and AutoAWQ write it. Every field is type-checked before it is
+// read: a wrong type is an error naming the field, never an exception.
 absl::StatusOr<CheckpointQuantization> ParseQuantization(const json& j, absl::string_view source) {
   CheckpointQuantization q;
   auto it = j.find("quantization_config");
@@ -437,34 +438,58 @@ absl::StatusOr<CheckpointQuantization> ParseQuantization(const json& j, absl::st
   const json& c = *it;
   auto error = [&](const std::string& what) { return ConfigError(source, "quantization_config: " + what); };
   if (!c.is_object()) return error("must be an object");
-  const std::string method = c.value("quant_method", std::string());
+  // The first of `keys` present and not null; nullptr if none.
+  auto find = [&](std::initializer_list<const char*> keys) -> const json* {
+    for (const char* key : keys) {
+      if (auto f = c.find(key); f != c.end() && !f->is_null()) return &*f;
+    }
+    return nullptr;
+  };
+  auto text = [&](const char* key, const std::string& fallback) -> absl::StatusOr<std::string> {
+    const json* f = find({key});
+    if (f == nullptr) return fallback;
+    if (!f->is_string()) return error(absl::StrCat(key, " must be a string, not ", f->dump()));
+    return f->get<std::string>();
+  };
+  auto flag = [&](const char* key, bool fallback) -> absl::StatusOr<bool> {
+    const json* f = find({key});
+    if (f == nullptr) return fallback;
+    if (!f->is_boolean()) return error(absl::StrCat(key, " must be true or false, not ", f->dump()));
+    return f->get<bool>();
+  };
+  ASSIGN_OR_RETURN(const std::string method, text("quant_method", ""));
   if (method == "gptq") {
     q.method = CheckpointQuantization::Method::kGptq;
-    const std::string format = c.value("checkpoint_format", std::string("gptq"));
+    ASSIGN_OR_RETURN(const std::string format, text("checkpoint_format", "gptq"));
     if (format != "gptq" && format != "gptq_v2") {
       return error("checkpoint_format \"" + format + "\" is not supported; allowed: gptq, gptq_v2");
     }
     q.zeros_minus_one = format == "gptq";
-    if (c.value("desc_act", false)) {
+    ASSIGN_OR_RETURN(const bool act_order, flag("desc_act", false));
+    if (act_order) {
       return error("desc_act true (act-order, inputs regrouped by g_idx) is not supported; quantize with "
                    "desc_act false");
     }
   } else if (method == "awq") {
     q.method = CheckpointQuantization::Method::kAwq;
-    std::string version = c.value("version", std::string("gemm"));
+    ASSIGN_OR_RETURN(std::string version, text("version", "gemm"));
     for (char& ch : version) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
     if (version != "gemm") return error("version \"" + version + "\" is not supported; allowed: gemm");
-    if (!c.value("zero_point", true)) return error("zero_point false is not supported; allowed: true");
+    ASSIGN_OR_RETURN(const bool zero_point, flag("zero_point", true));
+    if (!zero_point) return error("zero_point false is not supported; allowed: true");
   } else {
     return error("quant_method \"" + method + "\" is not supported; allowed: gptq, awq");
   }
-  const json bits = c.value("bits", c.value("w_bit", json()));
-  if (!bits.is_number_integer() || bits.get<int>() != 4) return error("bits must be 4 (W4A16), not " + bits.dump());
-  const json group = c.value("group_size", c.value("q_group_size", json()));
-  if (!group.is_number_integer() || (group.get<int>() != 32 && group.get<int>() != 64 && group.get<int>() != 128)) {
-    return error("group_size must be 32, 64 or 128, not " + group.dump());
+  const json* bits = find({"bits", "w_bit"});
+  if (bits == nullptr || !bits->is_number_integer() || bits->get<int64_t>() != 4) {
+    return error("bits must be 4 (W4A16), not " + (bits == nullptr ? std::string("missing") : bits->dump()));
   }
-  q.group_size = group.get<int>();
+  const json* group = find({"group_size", "q_group_size"});
+  const int64_t g = group != nullptr && group->is_number_integer() ? group->get<int64_t>() : 0;
+  if (g != 32 && g != 64 && g != 128) {
+    return error("group_size must be 32, 64 or 128, not " + (group == nullptr ? std::string("missing") : group->dump()));
+  }
+  q.group_size = static_cast<int>(g);
   return q;
 }
 

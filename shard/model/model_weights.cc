@@ -110,7 +110,7 @@ absl::StatusOr<MatrixView> ModelWeights::Place(const std::string& name, const Ma
       return absl::InvalidArgumentError(absl::StrCat(
           name, ": this rank's tensor-parallel slice, input columns [", col_begin, ", ", col_begin + cols,
           "), cuts its int4 groups of ", group, " columns",
-          fits > 0 ? absl::StrCat("; --int4-group-size ", fits, " fits this degree")
+          fits > 0 ? absl::StrCat("; an int4 group size of ", fits, " fits this degree")
                    : "; no group size of 32 or more fits this degree"));
     }
   }
@@ -169,7 +169,8 @@ absl::StatusOr<std::unique_ptr<ModelWeights>> ModelWeights::Load(std::shared_ptr
       break;
     case WeightPrecision::kFp8:
       return absl::InvalidArgumentError(
-          "weights fp8 (E4M3) run on GPUs of compute capability 8.9 and newer; on the CPU use bf16, int8 or int4");
+          "weights fp8 (E4M3) need a GPU of compute capability 8.9 or newer, and the CUDA backend has no FP8 kernels "
+          "yet; on the CPU use bf16, int8 or int4");
   }
   if (format == WeightFormat::kInt4 && (options.int4_group_size < 32 || options.int4_group_size > 128 ||
                                         (options.int4_group_size & (options.int4_group_size - 1)) != 0)) {

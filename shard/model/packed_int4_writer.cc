@@ -104,6 +104,9 @@ absl::Status WritePackedInt4Checkpoint(const Checkpoint& in, const std::string& 
   }
   const bool awq = method == CheckpointQuantization::Method::kAwq;
   std::error_code ec;
+  if (std::filesystem::exists(out_dir) && std::filesystem::equivalent(out_dir, in.dir(), ec)) {
+    return absl::InvalidArgumentError(absl::StrCat(out_dir, " is the input checkpoint itself; write to another directory"));
+  }
   std::filesystem::create_directories(out_dir, ec);
   if (ec) return absl::PermissionDeniedError(absl::StrCat(out_dir, ": cannot create: ", ec.message()));
   const std::string prefix = TextTensorPrefix(in);
@@ -125,6 +128,10 @@ absl::Status WritePackedInt4Checkpoint(const Checkpoint& in, const std::string& 
     if (!IsProjection(name, prefix)) {
       tensors.push_back({name, t.dtype, t.shape, keep({t.data, t.num_bytes})});
       continue;
+    }
+    if (t.shape.size() != 2) {
+      return absl::InvalidArgumentError(absl::StrCat(in.dir(), ": ", name, " has ", t.shape.size(),
+                                                     " dimensions; a projection has 2"));
     }
     ASSIGN_OR_RETURN(const StoredTensor f, in.Get(name, t.shape));
     const int64_t out = t.shape[0], cols = t.shape[1];
@@ -156,7 +163,9 @@ absl::Status WritePackedInt4Checkpoint(const Checkpoint& in, const std::string& 
                            {"version", "gemm"}}
           : nlohmann::json{{"quant_method", "gptq"}, {"bits", 4}, {"group_size", group_size}, {"desc_act", false},
                            {"sym", false}, {"checkpoint_format", "gptq"}};
-  std::ofstream(out_dir + "/config.json") << config.dump(2) << "\n";
+  std::ofstream config_out(out_dir + "/config.json");
+  config_out << config.dump(2) << "\n";
+  if (!config_out.flush()) return absl::PermissionDeniedError(absl::StrCat(out_dir, "/config.json: cannot write"));
   // Tokenizer and generation files travel as they are.
   for (const auto& entry : std::filesystem::directory_iterator(in.dir())) {
     const std::string file = entry.path().filename().string();

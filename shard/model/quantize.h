@@ -30,7 +30,7 @@ int PickGroupSize(int64_t cols, int preferred, std::initializer_list<int64_t> cu
 int64_t QuantizedBytes(WeightFormat format, int64_t rows, int64_t cols, int group_size);
 
 // Where the parts of a kInt4 matrix lie in QuantizedBytes of `memory`: codes, then scales, then zeros, each
-// 64-byte aligned; `view` points at them (stride == cols, which must be even).
+// 64-byte aligned; `view` points at them (stride == cols, a whole number of groups).
 struct Int4Parts {
   uint8_t* codes;
   float* scales;
@@ -43,7 +43,7 @@ Int4Parts LayOutInt4(uint8_t* memory, int64_t rows, int64_t cols, int group_size
 // into `memory` (QuantizedBytes of it, 64-byte aligned) and returns the view of it (stride == cols).
 //  kInt8: the scale of a row is max |w| / 127 over the whole source row, so column slices of one row share it
 //         and a tensor-parallel rank quantizes exactly as one rank holding the whole matrix.
-//  kInt4: per group of `group_size` columns (col_begin must be a multiple of it): the range [min(w, 0),
+//  kInt4: per group of `group_size` columns (col_begin and cols multiples of it): the range [min(w, 0),
 //         max(w, 0)] in 15 steps, zero = round(-min / scale), code = clamp(round(w / scale) + zero, 0, 15).
 // Parallel over rows.
 MatrixView QuantizeInto(const MatrixView& src, int64_t row_begin, int64_t rows, int64_t col_begin, int64_t cols,
