@@ -6,8 +6,8 @@
 
 namespace gemma {
 
-Scheduler::Scheduler(SchedulerLimits limits, int num_blocks, int block_size, bool prefix_cache)
-    : limits_(limits), blocks_(num_blocks, block_size, prefix_cache) {
+Scheduler::Scheduler(SchedulerLimits limits, int num_blocks, int block_size, bool prefix_cache, KvWindow window)
+    : limits_(limits), blocks_(num_blocks, block_size, prefix_cache, window) {
   if (limits_.max_prefill_chunk <= 0) limits_.max_prefill_chunk = limits_.max_tokens_per_step;
 }
 
@@ -16,13 +16,14 @@ absl::Status Scheduler::Enqueue(std::unique_ptr<ScheduledSequence> s) {
     return absl::ResourceExhaustedError(absl::StrCat("the queue is full (", limits_.max_queued,
                                                      " waiting requests); retry later"));
   }
-  const int need = blocks_.BlocksFor(static_cast<int64_t>(s->prompt_len) + s->spec.max_new_tokens);
+  const int64_t positions = static_cast<int64_t>(s->prompt_len) + s->spec.max_new_tokens;
+  const int64_t need = blocks_.MostBlocksHeld(positions, limits_.max_prefill_chunk);
   if (need > blocks_.num_blocks()) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "the prompt (", s->prompt_len, " tokens) + max_new_tokens (", s->spec.max_new_tokens, ") need ",
-        static_cast<int64_t>(need) * blocks_.block_size(), " KV positions, but at most ",
-        static_cast<int64_t>(blocks_.num_blocks()) * blocks_.block_size(),
-        " fit in the KV cache; shorten the prompt or max_new_tokens"));
+        "the prompt (", s->prompt_len, " tokens) + max_new_tokens (", s->spec.max_new_tokens, ") need ", need,
+        " KV blocks of ", blocks_.block_size(), " positions",
+        blocks_.window().enabled() ? " (the local layers' windows included)" : "", ", but at most ",
+        blocks_.num_blocks(), " fit in the KV cache; shorten the prompt or max_new_tokens"));
   }
   queue_.push_back(std::move(s));
   return absl::OkStatus();
@@ -134,6 +135,7 @@ void Scheduler::Advance(const PlannedSequence& p, int32_t token) {
   ScheduledSequence& s = *p.sequence;
   s.computed = p.start + p.count;
   blocks_.Register(s.tokens, s.computed, s.spec.cache_salt, s.blocks, s.chain);
+  blocks_.Slide(s.blocks, s.computed);  // after naming them: a local block that left the window may still be matched
   if (p.sample && token >= 0) s.tokens.push_back(token);
 }
 

@@ -54,6 +54,18 @@ struct ActivationPoint {
   int32_t index = 0;
 };
 
+// How a model's KV pool serves its sliding-window (local) layers, for the scheduler that hands out its blocks. All
+// blocks are alike: a block holds block_size positions of as many layers as the model has global ones. A global
+// block holds the global layers; a local block one group of local layers (the last group padded), so a position
+// of the local layers takes `local_groups` blocks, and only while a query may still see it: a local layer's query
+// at position i attends to keys i - window < j <= i. Zero: no windows (Gemma 1, or a backend that keeps every
+// layer in one block): a block holds every layer and every position is kept.
+struct KvWindow {
+  int32_t window = 0;        // positions a local layer's query sees, itself included
+  int32_t local_groups = 0;  // local blocks per block index
+  bool enabled() const { return window > 0 && local_groups > 0; }
+};
+
 // One sequence's part of a step. The spans point into storage that outlives the step (the scheduler's sequence,
 // or the wire request).
 struct StepRow {
@@ -61,6 +73,11 @@ struct StepRow {
   std::span<const int32_t> tokens;       // new tokens: a prompt chunk or one decode token
   int32_t start_pos = 0;                 // position of tokens[0]
   std::span<const int32_t> block_table;  // KV blocks covering positions [0, start_pos + tokens.size())
+  // With a KvWindow: the local layers' blocks, local_groups per block index (index-major) from block index
+  // local_block_begin on, through the step's last position; earlier indices have left every window. From
+  // local_block_begin <= max(0, start_pos - window + 1) / block_size.
+  std::span<const int32_t> local_block_table;
+  int32_t local_block_begin = 0;
   bool sample = false;                   // draw the token after the last of `tokens`
   SamplingParams sampling;
   int32_t top_logprobs = 0;  // alternatives returned with a sampled token, and at each scored row (0..20)
