@@ -11,13 +11,14 @@
 
 namespace gemma::testing {
 
-std::unique_ptr<CpuBackend> OpenBackend(const std::string& dir, int kv_tokens) {
+std::unique_ptr<CpuBackend> OpenBackend(const std::string& dir, int kv_tokens, bool windowed) {
   auto ckpt = Checkpoint::Open(dir);
   EXPECT_TRUE(ckpt.ok()) << ckpt.status();
   auto weights = ModelWeights::Load(std::shared_ptr<const Checkpoint>(std::move(*ckpt)));
   EXPECT_TRUE(weights.ok()) << weights.status();
   KvCacheOptions kv;
   kv.num_blocks = kv_tokens / kv.block_size;
+  kv.windowed = windowed;
   auto backend = CpuBackend::Create(std::shared_ptr<const ModelWeights>(std::move(*weights)), kv);
   EXPECT_TRUE(backend.ok()) << backend.status();
   return std::move(*backend);

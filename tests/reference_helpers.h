@@ -34,8 +34,9 @@ inline const std::vector<TinyModel>& Gemma23TinyModels() {
   return models;
 }
 
-// A CPU backend over `dir` with room for `kv_tokens` positions.
-std::unique_ptr<CpuBackend> OpenBackend(const std::string& dir, int kv_tokens = 4096);
+// A CPU backend over `dir` with room for `kv_tokens` positions (with `windowed`, kv_tokens / block_size blocks of
+// KvCacheOptions::windowed's layout).
+std::unique_ptr<CpuBackend> OpenBackend(const std::string& dir, int kv_tokens = 4096, bool windowed = false);
 nlohmann::json ReadJson(const std::string& path);
 std::vector<float> ReadF32(const std::string& path);
 // log softmax of one logits row, in double.

@@ -7,6 +7,7 @@ int GenerateCommand(int argc, char** argv);
 int ScoreCommand(int argc, char** argv);
 int TokenizeCommand(int argc, char** argv);
 int MakeTinyCommand(int argc, char** argv);
+int KvCapacityCommand(int argc, char** argv);
 int BenchCommand(int argc, char** argv);
 int BenchCollectiveCommand(int argc, char** argv);
 // `gemma bench --server`: load against a running router (services build only).

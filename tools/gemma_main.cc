@@ -15,6 +15,7 @@ constexpr char kUsage[] =
     "  score      log-probabilities of a prompt's tokens\n"
     "  tokenize   text to token ids\n"
     "  make-tiny  write a random-weight checkpoint (tiny, 2b or 7b shape)\n"
+    "  kv-capacity  KV bytes per token and the longest context a budget holds, with and without KV windows\n"
     "  serve      run a local cluster: worker groups and a router\n"
     "  client     call a router: generate, stream, score\n"
     "  bench      measure prefill and decode speed (--tp N for a local group)\n"
@@ -33,6 +34,7 @@ int main(int argc, char** argv) {
   if (cmd == "score") return gemma::ScoreCommand(argc - 2, argv + 2);
   if (cmd == "tokenize") return gemma::TokenizeCommand(argc - 2, argv + 2);
   if (cmd == "make-tiny") return gemma::MakeTinyCommand(argc - 2, argv + 2);
+  if (cmd == "kv-capacity") return gemma::KvCapacityCommand(argc - 2, argv + 2);
   if (cmd == "bench") return gemma::BenchCommand(argc - 2, argv + 2);
   if (cmd == "serve") return gemma::ServeCommand(argc - 2, argv + 2);
   if (cmd == "client") return gemma::ClientCommand(argc - 2, argv + 2);

@@ -62,6 +62,8 @@ worker::v1::ModelInfo MakeInfo(const WorkerOptions& o, const ModelConfig& c, con
   info.set_pad_id(c.pad_id);
   info.set_kv_block_size(b.kv_block_size());
   info.set_num_kv_blocks(b.num_kv_blocks());
+  info.set_kv_window(b.kv_window().window);
+  info.set_kv_local_groups(b.kv_window().local_groups);
   info.set_tensor_parallel(o.world);
   info.set_tokenizer_model(ReadAll(o.model + "/tokenizer.model"));
   info.set_device(o.device);
