@@ -74,18 +74,24 @@ TEST(SchedulerTest, DecodesAreNeverStalledByALongPrompt) {
   }
 }
 
-TEST(SchedulerTest, PreemptsWhenBlocksRunOutAndLosesNoRequest) {
-  // 12 blocks of 4 positions = 48 positions for 4 sequences that each grow to 20: they cannot all fit.
-  Scheduler sched({8, 64, 16}, 12, 4);
-  for (uint64_t id = 1; id <= 4; ++id) ASSERT_TRUE(sched.Enqueue(Request(id, 4, 16)).ok());
+// Four sequences of a 4-token prompt generating `max_new` each in a pool too small for all: some are preempted,
+// recomputed, and finish with the same tokens; every block comes back.
+void ExpectPreemptedSequencesComplete(Scheduler& sched, int max_new) {
+  for (uint64_t id = 1; id <= 4; ++id) ASSERT_TRUE(sched.Enqueue(Request(id, 4, max_new)).ok());
   auto done = RunToCompletion(sched);
   ASSERT_EQ(done.size(), 4u);
   EXPECT_GT(sched.preemptions(), 0);
   for (const auto& [id, tokens] : done) {
-    ASSERT_EQ(tokens.size(), 16u) << id;
+    ASSERT_EQ(tokens.size(), static_cast<size_t>(max_new)) << id;
     for (size_t i = 0; i < tokens.size(); ++i) EXPECT_EQ(tokens[i], static_cast<int32_t>(4 + i)) << id;
   }
   EXPECT_EQ(sched.blocks().used_blocks(), 0);
+}
+
+TEST(SchedulerTest, PreemptsWhenBlocksRunOutAndLosesNoRequest) {
+  // 12 blocks of 4 positions = 48 positions for 4 sequences that each grow to 20: they cannot all fit.
+  Scheduler sched({8, 64, 16}, 12, 4);
+  ExpectPreemptedSequencesComplete(sched, 16);
 }
 
 TEST(SchedulerTest, ManyMixedRequestsAllComplete) {
@@ -275,15 +281,7 @@ TEST(SchedulerTest, WindowedSequencesPreemptAndRecomputeGivingEverythingBack) {
   // Four sequences growing to 44 positions each: 11 global blocks and up to 4 local indices of 2 blocks; 40 blocks
   // cannot hold all four, so some are preempted, recomputed, and finish with the same tokens.
   Scheduler sched({8, 64, 16}, 40, 4, /*prefix_cache=*/true, KvWindow{8, 2});
-  for (uint64_t id = 1; id <= 4; ++id) ASSERT_TRUE(sched.Enqueue(Request(id, 4, 40)).ok());
-  auto done = RunToCompletion(sched);
-  ASSERT_EQ(done.size(), 4u);
-  EXPECT_GT(sched.preemptions(), 0);
-  for (const auto& [id, tokens] : done) {
-    ASSERT_EQ(tokens.size(), 40u) << id;
-    for (size_t i = 0; i < tokens.size(); ++i) EXPECT_EQ(tokens[i], static_cast<int32_t>(4 + i)) << id;
-  }
-  EXPECT_EQ(sched.blocks().used_blocks(), 0);
+  ExpectPreemptedSequencesComplete(sched, 40);
 }
 
 TEST(SchedulerTest, APrefixHitStartsWhereTheWindowsLocalBlocksAreStillCached) {

@@ -55,14 +55,8 @@ CountedRun RunCounting(Backend* backend, const std::vector<SequenceSpec>& specs,
   return run;
 }
 
-class KvWindowTest : public ::testing::TestWithParam<TinyModel> {
+class KvWindowTest : public TinyCheckpointTest {
  protected:
-  void SetUp() override {
-    root_ = GetParam().root();
-    ASSERT_FALSE(root_.empty()) << "test data for " << GetParam().name << " is absent";
-  }
-  std::string ModelDir() const { return root_ + "/" + GetParam().name; }
-  std::string RefDir() const { return root_ + "/reference/" + GetParam().reference; }
   // A windowed backend whose pool holds exactly what one sequence of `positions` needs in runs of `chunk`.
   std::unique_ptr<CpuBackend> TightBackend(int64_t positions, int chunk, int sequences = 1) {
     auto probe = OpenBackend(ModelDir(), 16, /*windowed=*/true);
@@ -74,7 +68,6 @@ class KvWindowTest : public ::testing::TestWithParam<TinyModel> {
     every_position_ = BlockManager(0, probe->kv_block_size()).BlocksFor(positions) * (1 + w.local_groups);
     return OpenBackend(ModelDir(), static_cast<int>(bound_ * sequences * probe->kv_block_size()), true);
   }
-  std::string root_;
   int64_t bound_ = 0, every_position_ = 0;
 };
 
@@ -98,20 +91,15 @@ TEST_P(KvWindowTest, LongPromptScoresMatchTheReferenceWithOnlyTheWindowHeld) {
 }
 
 TEST_P(KvWindowTest, GreedyGenerationsMatchTheReferenceAcrossTheWindow) {
-  const auto gens = ReadJson(RefDir() + "/generations.json");
-  for (const auto& g : gens["results"]) {
-    const auto prompt = g["prompt_ids"].get<std::vector<int32_t>>();
-    const auto ref = g["generated_ids"].get<std::vector<int32_t>>();
-    size_t compare = ref.size();
-    if (!g["first_step_with_margin_below_1e-3"].is_null()) compare = g["first_step_with_margin_below_1e-3"].get<size_t>();
+  for (const ReferenceGeneration& g : ReferenceGenerations(RefDir())) {
     SequenceSpec spec;
-    spec.prompt = prompt;
-    spec.max_new_tokens = static_cast<int32_t>(ref.size());
-    auto backend = TightBackend(static_cast<int64_t>(prompt.size() + ref.size()), 8);
+    spec.prompt = g.prompt;
+    spec.max_new_tokens = static_cast<int32_t>(g.tokens.size());
+    auto backend = TightBackend(static_cast<int64_t>(g.prompt.size() + g.tokens.size()), 8);
     const CountedRun run = RunCounting(backend.get(), {spec}, {8, 8}, false);
     const auto& got = run.results[0].tokens;
-    ASSERT_EQ(got.size(), ref.size());
-    for (size_t i = 0; i < compare; ++i) ASSERT_EQ(got[i], ref[i]) << g["prompt"] << " step " << i;
+    ASSERT_EQ(got.size(), g.tokens.size());
+    for (size_t i = 0; i < g.compare; ++i) ASSERT_EQ(got[i], g.tokens[i]) << g.prompt_name << " step " << i;
     EXPECT_EQ(run.preemptions, 0);
     EXPECT_LE(run.most_blocks, bound_);
   }
@@ -148,13 +136,7 @@ TEST_P(KvWindowTest, LongPromptAndGenerationEqualTheCacheThatKeepsEveryPosition)
   EXPECT_LT(twice.prefilled, 2 * 200);
 }
 
-std::string ModelName(const ::testing::TestParamInfo<TinyModel>& info) {
-  std::string n = info.param.name;
-  for (char& c : n) c = std::isalnum(static_cast<unsigned char>(c)) ? c : '_';
-  return n;
-}
-
-INSTANTIATE_TEST_SUITE_P(Gemma23Checkpoints, KvWindowTest, ::testing::ValuesIn(Gemma23TinyModels()), ModelName);
+INSTANTIATE_TEST_SUITE_P(Gemma23Checkpoints, KvWindowTest, ::testing::ValuesIn(Gemma23TinyModels()), TinyModelName);
 
 }  // namespace
 }  // namespace gemma::testing

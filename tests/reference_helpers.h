@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "shard/cpu/cpu_backend.h"
 #include "shard/runtime/adapter_store.h"
@@ -33,6 +34,29 @@ inline const std::vector<TinyModel>& Gemma23TinyModels() {
                                                 {"tiny-g3-scaled", "tiny-g3-scaled", Gemma3TinyDir}};
   return models;
 }
+
+// A test over each tiny checkpoint: its folder and its reference outputs' folder.
+class TinyCheckpointTest : public ::testing::TestWithParam<TinyModel> {
+ protected:
+  void SetUp() override {
+    root_ = GetParam().root();
+    ASSERT_FALSE(root_.empty()) << "test data for " << GetParam().name << " is absent";
+  }
+  std::string ModelDir() const { return root_ + "/" + GetParam().name; }
+  std::string RefDir() const { return root_ + "/reference/" + GetParam().reference; }
+  std::string root_;
+};
+// The checkpoint's name as a test name.
+std::string TinyModelName(const ::testing::TestParamInfo<TinyModel>& info);
+
+// One of a reference's greedy generations: its prompt, its tokens, and how many of them any run must match (those
+// before its first near-tie).
+struct ReferenceGeneration {
+  std::string prompt_name;
+  std::vector<int32_t> prompt, tokens;
+  size_t compare = 0;
+};
+std::vector<ReferenceGeneration> ReferenceGenerations(const std::string& ref_dir);
 
 // A CPU backend over `dir` with room for `kv_tokens` positions (with `windowed`, kv_tokens / block_size blocks of
 // KvCacheOptions::windowed's layout).

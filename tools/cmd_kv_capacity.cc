@@ -98,6 +98,7 @@ int KvCapacityCommand(int argc, char** argv) {
       {"local_layers", local},
       {"sliding_window", shape->sliding_window},
       {"context", shape->max_position_embeddings},
+      {"weights_bytes_bf16", shape->ParameterCount() * 2},  // the whole model, for the budget left beside it
       {"tp", *tp},
       {"kv_heads_per_rank", rank->num_kv_heads},
       {"head_dim", shape->head_dim},
