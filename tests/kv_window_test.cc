@@ -136,6 +136,32 @@ TEST_P(KvWindowTest, LongPromptAndGenerationEqualTheCacheThatKeepsEveryPosition)
   EXPECT_LT(twice.prefilled, 2 * 200);
 }
 
+// A row whose local table misses what its window or its positions need is refused before anything runs.
+TEST_P(KvWindowTest, ABackendRefusesALocalTableThatMissesTheWindow) {
+  auto backend = OpenBackend(ModelDir(), 1024, /*windowed=*/true);
+  const int groups = backend->kv_window().local_groups;
+  const std::vector<int32_t> tokens(8, 2), global = {0, 1, 2};
+  std::vector<int32_t> local(static_cast<size_t>(3 * groups));
+  for (size_t i = 0; i < local.size(); ++i) local[i] = static_cast<int32_t>(3 + i);
+  StepLogits out;
+  // Positions 32..39: the window reaches back to 17, block index 1.
+  SequenceStep ok{tokens, 32, global, LogitsWanted::kLast, std::span<const int32_t>(local).subspan(groups), 1};
+  EXPECT_TRUE(backend->Forward({&ok, 1}, &out).ok());
+  SequenceStep late = ok;
+  late.local_block_begin = 2;
+  late.local_block_table = std::span<const int32_t>(local).subspan(2 * groups);
+  EXPECT_TRUE(absl::IsInvalidArgument(backend->Forward({&late, 1}, &out)));
+  SequenceStep shorter = ok;
+  shorter.local_block_table = std::span<const int32_t>(local).subspan(groups, groups);
+  EXPECT_TRUE(absl::IsInvalidArgument(backend->Forward({&shorter, 1}, &out)));
+  SequenceStep missing = ok;
+  missing.local_block_table = {};
+  EXPECT_TRUE(absl::IsInvalidArgument(backend->Forward({&missing, 1}, &out)));
+  // Without windows a local table is a mistake.
+  auto full = OpenBackend(ModelDir(), 1024);
+  EXPECT_TRUE(absl::IsInvalidArgument(full->Forward({&ok, 1}, &out)));
+}
+
 INSTANTIATE_TEST_SUITE_P(Gemma23Checkpoints, KvWindowTest, ::testing::ValuesIn(Gemma23TinyModels()), TinyModelName);
 
 }  // namespace
