@@ -85,12 +85,7 @@ int64_t BlockManager::FirstInWindow(int64_t position) const {
 }
 
 int64_t BlockManager::MostBlocksHeld(int64_t positions, int chunk) const {
-  const int64_t global = BlocksFor(positions);
-  if (!window_.enabled()) return global;
-  // A run of `chunk` positions and the window - 1 before it, one more position for an overlapped step's
-  // reservation, span at most this many block indices.
-  const int64_t span = (window_.window + std::max(chunk, 1) + block_size_ - 1) / block_size_ + 1;
-  return global + window_.local_groups * std::min(global, span);
+  return BlocksFor(positions) + window_.local_groups * window_.MostLocalIndices(positions, chunk, block_size_);
 }
 
 bool BlockManager::EnsureCapacity(BlockTable& table, int64_t positions) {

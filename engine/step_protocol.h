@@ -2,6 +2,7 @@
 // scheduler produces these rows; a local executor hands them to a backend, a remote one sends them to a worker.
 #pragma once
 
+#include <algorithm>
 #include <climits>
 #include <cstdint>
 #include <span>
@@ -64,6 +65,14 @@ struct KvWindow {
   int32_t window = 0;        // positions a local layer's query sees, itself included
   int32_t local_groups = 0;  // local blocks per block index
   bool enabled() const { return window > 0 && local_groups > 0; }
+  // The most block indices whose local blocks a sequence of `positions` positions holds at once, computed in runs of
+  // at most `chunk`: a run and the window - 1 positions before it, and one more position (an overlapped step's
+  // reservation), span at most this many blocks of `block_size`.
+  int64_t MostLocalIndices(int64_t positions, int chunk, int block_size) const {
+    if (!enabled()) return 0;
+    const int64_t span = (window + std::max(chunk, 1) + block_size - 1) / block_size + 1;
+    return std::min((positions + block_size - 1) / block_size, span);
+  }
 };
 
 // One sequence's part of a step. The spans point into storage that outlives the step (the scheduler's sequence,

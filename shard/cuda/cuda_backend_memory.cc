@@ -143,9 +143,13 @@ absl::Status CudaBackend::ProfileAndAllocateKv(const KvCacheOptions& kv_options)
       }
     }
   }
-  // With KV windows, blocks for every position of every kind of layer: a bound on what one sequence holds.
-  const int kinds = TableKinds(), local_groups = kinds - 1;
-  if (auto s = AllocateKv(static_cast<int64_t>(context_blocks) * kinds,
+  // With KV windows, a sequence holds global blocks for every position and local ones for at most its window, a
+  // chunk and a block (what the router's block manager admits by).
+  const KvWindow window = kv_layout_.window();
+  const int local_groups = window.local_groups;
+  const int64_t local_indices = window.MostLocalIndices(limits_.max_context, limits_.max_tokens, block_size_);
+  const int64_t sequence_blocks = context_blocks + local_groups * local_indices;
+  if (auto s = AllocateKv(sequence_blocks,
                           "a KV cache for one sequence of the longest context (measuring the largest step)");
       !s.ok()) {
     return absl::ResourceExhaustedError(absl::StrCat(s.message(), "; allowed: a smaller --max_model_len"));
@@ -157,14 +161,17 @@ absl::Status CudaBackend::ProfileAndAllocateKv(const KvCacheOptions& kv_options)
   const bool graphs = graphs_enabled_;
   graphs_enabled_ = false;
   absl::Cleanup restore_graphs = [this, graphs] { graphs_enabled_ = graphs; };
-  // The global table, then the local groups' blocks of every block index.
-  std::vector<int32_t> table(static_cast<size_t>(context_blocks) * kinds);
+  // The global table, then the local groups' blocks of the block indices the prompt step's window reaches.
+  std::vector<int32_t> table(static_cast<size_t>(sequence_blocks));
   for (size_t i = 0; i < table.size(); ++i) table[i] = static_cast<int32_t>(i);
   const std::span<const int32_t> global(table.data(), context_blocks), local(table.data() + context_blocks,
                                                                                  table.size() - context_blocks);
   const int prompt = std::min(limits_.max_tokens, limits_.max_context);
+  const int start = limits_.max_context - prompt;
+  const int32_t local_begin = window.enabled() ? std::max(0, start - window.window + 1) / block_size_ : 0;
   std::vector<int32_t> ids(prompt, c.bos_id);
-  SequenceStep chunk{ids, limits_.max_context - prompt, global, LogitsWanted::kAll, local};
+  SequenceStep chunk{ids, start, global, LogitsWanted::kAll,
+                     local.first(static_cast<size_t>(context_blocks - local_begin) * local_groups), local_begin};
   StepLogits logits;
   std::vector<SampledToken> sampled;
   if (auto s = ForwardAndSample({&chunk, 1}, {}, false, &logits, &sampled); !s.ok()) {
@@ -186,7 +193,7 @@ absl::Status CudaBackend::ProfileAndAllocateKv(const KvCacheOptions& kv_options)
   request.fraction = kv_options.memory_fraction;
   request.fixed_blocks = kv_options.num_blocks > 0 ? kv_options.num_blocks : kv_options.max_bytes / block_bytes;
   request.block_bytes = block_bytes;
-  request.min_blocks = static_cast<int64_t>(context_blocks) * kinds;
+  request.min_blocks = sequence_blocks;
   request.reserve_bytes = GraphReserveBytes(graphs_enabled_, limits_.max_sequences);
   request.limits = LimitsText(limits_);
   CudaDeviceMemory device;
