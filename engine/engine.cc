@@ -9,7 +9,7 @@
 namespace gemma {
 
 Engine::Engine(EngineOptions options, StepExecutor* executor)
-    : scheduler_(options.limits, options.num_blocks, options.block_size, options.prefix_cache),
+    : scheduler_(options.limits, options.num_blocks, options.block_size, options.prefix_cache, options.kv_window),
       executor_(executor),
       overlap_(options.overlap) {}
 
@@ -167,7 +167,9 @@ StepRow Engine::RowFor(const PlannedSequence& p, bool full_history) const {
     row.tokens = std::span<const int32_t>(s.tokens).subspan(p.start, p.count);
   }
   row.start_pos = p.start;
-  row.block_table = s.blocks;
+  row.block_table = s.blocks.global;
+  row.local_block_table = s.blocks.local;
+  row.local_block_begin = s.blocks.local_begin;
   row.adapter = s.spec.adapter;
   row.interventions = s.spec.interventions;
   if (p.start < s.prompt_len) {

@@ -64,6 +64,7 @@ absl::Status ValidateBeamSearch(const SequenceSpec& spec);
 struct EngineOptions {
   SchedulerLimits limits;
   int num_blocks = 0;
+  KvWindow kv_window;  // the pool's sliding-window layout (the backend's or the worker's); none by default
   int block_size = 16;
   bool prefix_cache = true;
   // Overlapped scheduling, where the executor can start steps: while decoding in the steady state, step N+1 is

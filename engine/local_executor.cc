@@ -17,6 +17,7 @@ EngineOptions LocalExecutor::EngineOptionsFor(SchedulerLimits limits, bool prefi
   o.limits = limits;
   o.num_blocks = backend_->num_kv_blocks();
   o.block_size = backend_->kv_block_size();
+  o.kv_window = backend_->kv_window();
   o.prefix_cache = prefix_cache;
   return o;
 }

@@ -6,8 +6,8 @@
 
 namespace gemma {
 
-Scheduler::Scheduler(SchedulerLimits limits, int num_blocks, int block_size, bool prefix_cache)
-    : limits_(limits), blocks_(num_blocks, block_size, prefix_cache) {
+Scheduler::Scheduler(SchedulerLimits limits, int num_blocks, int block_size, bool prefix_cache, KvWindow window)
+    : limits_(limits), blocks_(num_blocks, block_size, prefix_cache, window) {
   if (limits_.max_prefill_chunk <= 0) limits_.max_prefill_chunk = limits_.max_tokens_per_step;
 }
 
@@ -16,13 +16,14 @@ absl::Status Scheduler::Enqueue(std::unique_ptr<ScheduledSequence> s) {
     return absl::ResourceExhaustedError(absl::StrCat("the queue is full (", limits_.max_queued,
                                                      " waiting requests); retry later"));
   }
-  const int need = blocks_.BlocksFor(static_cast<int64_t>(s->prompt_len) + s->spec.max_new_tokens);
+  const int64_t positions = static_cast<int64_t>(s->prompt_len) + s->spec.max_new_tokens;
+  const int64_t need = blocks_.MostBlocksHeld(positions, limits_.max_prefill_chunk);
   if (need > blocks_.num_blocks()) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "the prompt (", s->prompt_len, " tokens) + max_new_tokens (", s->spec.max_new_tokens, ") need ",
-        static_cast<int64_t>(need) * blocks_.block_size(), " KV positions, but at most ",
-        static_cast<int64_t>(blocks_.num_blocks()) * blocks_.block_size(),
-        " fit in the KV cache; shorten the prompt or max_new_tokens"));
+        "the prompt (", s->prompt_len, " tokens) + max_new_tokens (", s->spec.max_new_tokens, ") need ", need,
+        " KV blocks of ", blocks_.block_size(), " positions",
+        blocks_.window().enabled() ? " (the local layers' windows included)" : "", ", but at most ",
+        blocks_.num_blocks(), " fit in the KV cache; shorten the prompt or max_new_tokens"));
   }
   queue_.push_back(std::move(s));
   return absl::OkStatus();
@@ -146,16 +147,34 @@ void Scheduler::Advance(const PlannedSequence& p, int32_t token) {
   ScheduledSequence& s = *p.sequence;
   s.computed = p.start + p.count;
   blocks_.Register(s.tokens, s.computed, s.spec.cache_salt, s.blocks, s.chain);
+  blocks_.Slide(s.blocks, s.computed);  // after naming them: a local block that left the window may still be matched
   if (p.sample && token >= 0) s.tokens.push_back(token);
 }
 
 void Scheduler::Fork(const ScheduledSequence& parent, std::unique_ptr<ScheduledSequence> c) {
   const bool running = std::any_of(running_.begin(), running_.end(), [&](const auto& r) { return r.get() == &parent; });
   if (running && static_cast<int>(running_.size()) < limits_.max_batch_size) {
+    const int64_t bs = blocks_.block_size();
     const int64_t shared = std::min<int64_t>(parent.computed, static_cast<int64_t>(c->tokens.size()) - 1);
-    const size_t full = std::min<size_t>(shared / blocks_.block_size(), parent.blocks.size());
-    c->blocks = blocks_.Fork(std::span<const int32_t>(parent.blocks).first(full));
-    c->computed = static_cast<int32_t>(full) * blocks_.block_size();
+    int64_t full = std::min<int64_t>(shared / bs, static_cast<int64_t>(parent.blocks.global.size()));
+    BlockTable table;
+    const KvWindow& window = blocks_.window();
+    if (window.enabled()) {
+      // The child's next position is full * bs; its local layers need the block indices its window reaches.
+      // A parent that already gave them back (its window slid past) cannot lend them: the child starts afresh.
+      const int64_t start = std::max<int64_t>(0, full * bs - window.window + 1) / bs;
+      const int64_t parent_end =
+          parent.blocks.local_begin + static_cast<int64_t>(parent.blocks.local.size()) / window.local_groups;
+      if (start < parent.blocks.local_begin || full > parent_end) full = 0;
+      if (full > 0) {
+        table.local_begin = static_cast<int32_t>(start);
+        table.local.assign(parent.blocks.local.begin() + (start - parent.blocks.local_begin) * window.local_groups,
+                           parent.blocks.local.begin() + (full - parent.blocks.local_begin) * window.local_groups);
+      }
+    }
+    table.global.assign(parent.blocks.global.begin(), parent.blocks.global.begin() + full);
+    c->blocks = blocks_.Fork(table);
+    c->computed = static_cast<int32_t>(full * bs);
     c->chain = {};  // named again from the start: the shared blocks keep their names
     running_.push_back(std::move(c));
   } else {

@@ -80,7 +80,7 @@ struct ScheduledSequence {
   int32_t prompt_len = 0;
   int32_t computed = 0;         // positions already in the KV cache
   int32_t scored = 0;           // prompt positions whose log-probs were delivered (a preempted one is recomputed)
-  std::vector<int32_t> blocks;  // its block table
+  BlockTable blocks;            // its block table
   BlockChain chain;             // its blocks named in the prefix cache
   int32_t preemptions = 0;
   int64_t preempted_at_step = -1;
@@ -107,14 +107,14 @@ struct PlannedSequence {
 // system prompt, prefill it once and share its blocks. Not thread-safe.
 class Scheduler {
  public:
-  Scheduler(SchedulerLimits limits, int num_blocks, int block_size, bool prefix_cache = false);
+  Scheduler(SchedulerLimits limits, int num_blocks, int block_size, bool prefix_cache = false, KvWindow window = {});
 
   // ResourceExhausted when the queue is full; InvalidArgument when the request could never fit the KV cache alone.
   absl::Status Enqueue(std::unique_ptr<ScheduledSequence> sequence);
   std::vector<PlannedSequence> Schedule();
   // After a step: the sampled token of a planned sequence (appended), its computed positions advanced and its
-  // full blocks named in the prefix cache. Call for every planned sequence, with `token` < 0 when nothing was
-  // sampled (a prompt chunk).
+  // full blocks named in the prefix cache; local blocks whose positions left the window are given back. Call for
+  // every planned sequence, with `token` < 0 when nothing was sampled (a prompt chunk).
   void Advance(const PlannedSequence& planned, int32_t token);
   // Blocks for a running sequence to cover `positions` without preempting anyone; false when too few are free.
   bool Reserve(ScheduledSequence& s, int64_t positions) { return blocks_.EnsureCapacity(s.blocks, positions); }

@@ -74,18 +74,24 @@ TEST(SchedulerTest, DecodesAreNeverStalledByALongPrompt) {
   }
 }
 
-TEST(SchedulerTest, PreemptsWhenBlocksRunOutAndLosesNoRequest) {
-  // 12 blocks of 4 positions = 48 positions for 4 sequences that each grow to 20: they cannot all fit.
-  Scheduler sched({8, 64, 16}, 12, 4);
-  for (uint64_t id = 1; id <= 4; ++id) ASSERT_TRUE(sched.Enqueue(Request(id, 4, 16)).ok());
+// Four sequences of a 4-token prompt generating `max_new` each in a pool too small for all: some are preempted,
+// recomputed, and finish with the same tokens; every block comes back.
+void ExpectPreemptedSequencesComplete(Scheduler& sched, int max_new) {
+  for (uint64_t id = 1; id <= 4; ++id) ASSERT_TRUE(sched.Enqueue(Request(id, 4, max_new)).ok());
   auto done = RunToCompletion(sched);
   ASSERT_EQ(done.size(), 4u);
   EXPECT_GT(sched.preemptions(), 0);
   for (const auto& [id, tokens] : done) {
-    ASSERT_EQ(tokens.size(), 16u) << id;
+    ASSERT_EQ(tokens.size(), static_cast<size_t>(max_new)) << id;
     for (size_t i = 0; i < tokens.size(); ++i) EXPECT_EQ(tokens[i], static_cast<int32_t>(4 + i)) << id;
   }
   EXPECT_EQ(sched.blocks().used_blocks(), 0);
+}
+
+TEST(SchedulerTest, PreemptsWhenBlocksRunOutAndLosesNoRequest) {
+  // 12 blocks of 4 positions = 48 positions for 4 sequences that each grow to 20: they cannot all fit.
+  Scheduler sched({8, 64, 16}, 12, 4);
+  ExpectPreemptedSequencesComplete(sched, 16);
 }
 
 TEST(SchedulerTest, ManyMixedRequestsAllComplete) {
@@ -246,6 +252,54 @@ TEST(SchedulerTest, ScoringNeverStartsFromTheCache) {
   auto plan = sched.Schedule();
   ASSERT_EQ(plan.size(), 1u);
   EXPECT_EQ(plan[0].start, 0);
+}
+
+// Local layers that see 8 positions, in two groups of blocks of 4 positions.
+TEST(SchedulerTest, AdmissionCountsOnlyTheWindowOfLocalLayers) {
+  // 40 + 40 positions: 20 global blocks, and local blocks (two a block index) for at most (8 + 8 + 3) / 4 + 1 = 5
+  // block indices, not 20.
+  const KvWindow window{8, 2};
+  EXPECT_TRUE(absl::IsInvalidArgument(Scheduler({4, 8, 8, 8}, 29, 4, false, window).Enqueue(Request(1, 40, 40))));
+  Scheduler sched({4, 8, 8, 8}, 30, 4, false, window);
+  ASSERT_TRUE(sched.Enqueue(Request(1, 40, 40)).ok());
+  int most = 0;
+  for (int step = 0; step < 200 && sched.running() + sched.queued() > 0; ++step) {
+    auto plan = sched.Schedule();
+    ASSERT_EQ(plan.size(), 1u);
+    most = std::max(most, sched.blocks().used_blocks());
+    sched.Advance(plan[0], plan[0].sample ? 1 : -1);
+    if (plan[0].sequence->generated() >= 40) sched.Remove(1);
+  }
+  EXPECT_EQ(sched.running() + sched.queued(), 0);
+  EXPECT_EQ(sched.preemptions(), 0);
+  EXPECT_LE(most, 30);
+  EXPECT_GT(sched.blocks().window_released_blocks(), 0);
+  EXPECT_EQ(sched.blocks().used_blocks(), 0);
+}
+
+TEST(SchedulerTest, WindowedSequencesPreemptAndRecomputeGivingEverythingBack) {
+  // Four sequences growing to 44 positions each: 11 global blocks and up to 4 local indices of 2 blocks; 40 blocks
+  // cannot hold all four, so some are preempted, recomputed, and finish with the same tokens.
+  Scheduler sched({8, 64, 16}, 40, 4, /*prefix_cache=*/true, KvWindow{8, 2});
+  ExpectPreemptedSequencesComplete(sched, 40);
+}
+
+TEST(SchedulerTest, APrefixHitStartsWhereTheWindowsLocalBlocksAreStillCached) {
+  Scheduler sched({8, 64, 16}, 64, 4, /*prefix_cache=*/true, KvWindow{8, 1});
+  ASSERT_TRUE(sched.Enqueue(Request(1, 30, 1)).ok());
+  RunToCompletion(sched);
+  // The same prompt again: 7 full blocks of its first 29 tokens are cached, and position 28's window (21..28,
+  // indices 5 and 6) too.
+  ASSERT_TRUE(sched.Enqueue(Request(2, 30, 1)).ok());
+  auto plan = sched.Schedule();
+  ASSERT_EQ(plan.size(), 1u);
+  EXPECT_EQ(plan[0].start, 28);
+  EXPECT_EQ(plan[0].sequence->blocks.local_begin, 5);
+  EXPECT_EQ(plan[0].sequence->blocks.global.size(), 8u);
+  EXPECT_EQ(plan[0].sequence->blocks.local.size(), 3u);
+  sched.Advance(plan[0], 1);
+  sched.Remove(2);
+  EXPECT_EQ(sched.blocks().used_blocks(), 0);
 }
 
 }  // namespace

@@ -2,6 +2,7 @@
 // scheduler produces these rows; a local executor hands them to a backend, a remote one sends them to a worker.
 #pragma once
 
+#include <algorithm>
 #include <climits>
 #include <cstdint>
 #include <span>
@@ -54,6 +55,26 @@ struct ActivationPoint {
   int32_t index = 0;
 };
 
+// How a model's KV pool serves its sliding-window (local) layers, for the scheduler that hands out its blocks. All
+// blocks are alike: a block holds block_size positions of as many layers as the model has global ones. A global
+// block holds the global layers; a local block one group of local layers (the last group padded), so a position
+// of the local layers takes `local_groups` blocks, and only while a query may still see it: a local layer's query
+// at position i attends to keys i - window < j <= i. Zero: no windows (Gemma 1, or a backend that keeps every
+// layer in one block): a block holds every layer and every position is kept.
+struct KvWindow {
+  int32_t window = 0;        // positions a local layer's query sees, itself included
+  int32_t local_groups = 0;  // local blocks per block index
+  bool enabled() const { return window > 0 && local_groups > 0; }
+  // The most block indices whose local blocks a sequence of `positions` positions holds at once, computed in runs of
+  // at most `chunk`: a run and the window - 1 positions before it, and one more position (an overlapped step's
+  // reservation), span at most this many blocks of `block_size`.
+  int64_t MostLocalIndices(int64_t positions, int chunk, int block_size) const {
+    if (!enabled()) return 0;
+    const int64_t span = (window + std::max(chunk, 1) + block_size - 1) / block_size + 1;
+    return std::min((positions + block_size - 1) / block_size, span);
+  }
+};
+
 // One sequence's part of a step. The spans point into storage that outlives the step (the scheduler's sequence,
 // or the wire request).
 struct StepRow {
@@ -61,6 +82,11 @@ struct StepRow {
   std::span<const int32_t> tokens;       // new tokens: a prompt chunk or one decode token
   int32_t start_pos = 0;                 // position of tokens[0]
   std::span<const int32_t> block_table;  // KV blocks covering positions [0, start_pos + tokens.size())
+  // With a KvWindow: the local layers' blocks, local_groups per block index (index-major) from block index
+  // local_block_begin on, through the step's last position; earlier indices have left every window. From
+  // local_block_begin <= max(0, start_pos - window + 1) / block_size.
+  std::span<const int32_t> local_block_table;
+  int32_t local_block_begin = 0;
   bool sample = false;                   // draw the token after the last of `tokens`
   SamplingParams sampling;
   int32_t top_logprobs = 0;  // alternatives returned with a sampled token, and at each scored row (0..20)

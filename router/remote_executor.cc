@@ -21,6 +21,8 @@ worker::v1::StepRequest ToRequest(std::span<const StepRow> rows) {
     s->set_start_pos(r.start_pos);
     s->set_token_from_last_step(r.token_from_last_step);
     s->mutable_block_table()->Add(r.block_table.begin(), r.block_table.end());
+    s->mutable_local_block_table()->Add(r.local_block_table.begin(), r.local_block_table.end());
+    s->set_local_block_begin(r.local_block_begin);
     s->mutable_score_targets()->Add(r.score_targets.begin(), r.score_targets.end());
     s->set_score_logits(r.score_logits);
     s->set_sample(r.sample);

@@ -205,6 +205,18 @@ TEST(RouterGemma23Test, WorkersOnGemma2And3ServeTheReferenceGreedyTokens) {
           g["first_step_with_margin_below_1e-3"].is_null() ? ref.size() : g["first_step_with_margin_below_1e-3"].get<size_t>();
       EXPECT_TRUE(std::equal(ref.begin(), ref.begin() + compare, got.begin())) << m.name << " " << g["prompt"];
     }
+    // A prompt that crosses the window (16) a dozen times, scored through the workers' KV windows (on by default):
+    // their local layers keep only the window, and each row carries its local block table.
+    const auto scores = nlohmann::json::parse(testing::ReadFile(root + "/reference/" + m.name + "/scores.json"));
+    const auto& rand200 = scores["prompts"][2];
+    v1::ScoreRequest score;
+    for (int id : rand200["ids"]) score.mutable_input()->mutable_token_ids()->add_ids(id);
+    v1::ScoreResponse scored;
+    grpc::ClientContext score_ctx;
+    ASSERT_TRUE(router.stub->Score(&score_ctx, score, &scored).ok()) << m.name;
+    const auto want = rand200["token_logprobs"].get<std::vector<double>>();
+    ASSERT_EQ(scored.logprobs_size(), static_cast<int>(want.size())) << m.name;
+    for (size_t i = 0; i < want.size(); ++i) EXPECT_NEAR(scored.logprobs(i), want[i], 1e-4) << m.name << " " << i;
 
     // The chat template: Gemma 3 folds the system message; Gemma 2's template refuses it.
     v1::GenerateRequest chat;

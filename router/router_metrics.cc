@@ -82,6 +82,8 @@ absl::StatusOr<std::unique_ptr<RouterMetrics>> RouterMetrics::Create(const std::
                                "Prompt tokens of admitted sequences that looked for a cached prefix.");
   m->prefix_hits_ = counter("gemma_router_prefix_cache_hits_total",
                             "Prompt tokens found in the prefix cache (their KV was reused, not computed).");
+  m->window_released_ = counter("gemma_router_kv_window_released_blocks_total",
+                                "KV blocks of sliding-window layers given back because their positions left the window.");
   m->takeovers_ = counter("gemma_router_lease_takeovers_total",
                           "Worker groups this router took over after another router's lease lapsed or was released.");
   m->step_prefill_seconds_ = counter("gemma_router_step_prefill_seconds_total",

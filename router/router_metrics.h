@@ -47,6 +47,8 @@ class RouterMetrics {
   // Not admitted: bad request, full queue, no healthy group, or no valid API key.
   void Rejected(const absl::Status& status, const std::string& protocol, const std::string& endpoint);
   void Preempted(int n) { preemptions_->Increment(n); }
+  // KV windows: local-layer blocks given back because their positions left every window.
+  void WindowReleased(int64_t blocks) { window_released_->Increment(static_cast<double>(blocks)); }
   // Per group, after each step.
   void GroupState(const std::string& group, int queued, int running, int kv_used, int kv_total, bool healthy);
   // Prefix cache, per step: prompt tokens that looked for a cached prefix and those found; blocks cached.
@@ -68,7 +70,7 @@ class RouterMetrics {
   prometheus::Histogram *ttft_, *itl_, *e2e_, *queue_, *prefill_, *prompt_hist_, *generated_hist_, *step_tokens_;
   prometheus::Family<prometheus::Counter>*requests_, *finished_, *adapter_requests_, *adapter_tokens_;
   prometheus::Counter *prompt_tokens_, *generated_tokens_, *preemptions_, *prefill_tokens_, *prefix_queries_,
-      *prefix_hits_, *takeovers_, *forwarded_,
+      *prefix_hits_, *takeovers_, *forwarded_, *window_released_,
       *step_prefill_seconds_, *step_decode_seconds_;
   prometheus::Family<prometheus::Gauge>*queue_depth_, *running_, *kv_used_, *kv_usage_, *healthy_, *prefix_blocks_, *owned_;
 };

@@ -292,6 +292,7 @@ std::unique_ptr<Engine> WorkerGroup::NewEngine(const worker::v1::ModelInfo& info
   }
   o.num_blocks = info.num_kv_blocks();
   o.block_size = info.kv_block_size();
+  o.kv_window = {info.kv_window(), info.kv_local_groups()};
   o.prefix_cache = options_.prefix_cache;
   o.overlap = options_.overlap_steps;
   block_size_ = info.kv_block_size();
@@ -520,6 +521,8 @@ void WorkerGroup::PublishState() {
   metrics_->GroupOwned(group, owned_);
   metrics_->Preempted(static_cast<int>(s.preemptions() - preemptions_seen_));
   preemptions_seen_ = s.preemptions();
+  metrics_->WindowReleased(s.blocks().window_released_blocks() - window_released_seen_);
+  window_released_seen_ = s.blocks().window_released_blocks();
   metrics_->PrefixCache(group, s.prefix_query_tokens() - prefix_queried_seen_,
                         s.prefix_hit_tokens() - prefix_hit_seen_, s.blocks().cached_blocks());
   prefix_queried_seen_ = s.prefix_query_tokens();
@@ -559,7 +562,7 @@ void WorkerGroup::ProbeRecovery() {
   group_draining_ = false;
   executor_.clear_group_draining();  // the last incarnation's word
   names_version_seen_ = ~uint64_t{0};
-  preemptions_seen_ = prefix_queried_seen_ = prefix_hit_seen_ = prefilled_seen_ = 0;
+  preemptions_seen_ = prefix_queried_seen_ = prefix_hit_seen_ = prefilled_seen_ = window_released_seen_ = 0;
   probe_delay_ = kFirstProbe;
   next_health_ = now + kIdleHealthEvery;
   healthy_ = true;

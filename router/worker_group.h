@@ -189,7 +189,7 @@ class WorkerGroup {
   worker::v1::ModelInfo engine_info_;  // the incarnation engine_ was made for (set by NewEngine: declared first)
   std::string clamp_logged_;  // the clamped limits last logged, so each is said once (set by NewEngine too)
   std::unique_ptr<Engine> engine_;  // new for each incarnation of the group (its KV pool may differ)
-  int64_t prefix_queried_seen_ = 0, prefix_hit_seen_ = 0, prefilled_seen_ = 0;
+  int64_t prefix_queried_seen_ = 0, prefix_hit_seen_ = 0, prefilled_seen_ = 0, window_released_seen_ = 0;
   std::chrono::steady_clock::time_point next_probe_;   // while down
   std::chrono::milliseconds probe_delay_;
   std::chrono::steady_clock::time_point next_health_;  // while up and idle

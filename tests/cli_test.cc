@@ -342,6 +342,7 @@ TEST(CliTest, BadInputGivesOneLineErrorAndNonZeroExit) {
       {"quantize --in " + Tiny("tiny-mha") + " --out /tmp/x --weights int8", "allowed: int4"},
       {"quantize --in " + Tiny("tiny-mha") + " --out /tmp/x --weights int4 --format exl2", "allowed: gptq, awq"},
       {"compare-weights" + m + " --weights bf16", "allowed: int8, int4"},
+      {"kv-capacity --shape 3b", "allowed: tiny, 2b, 7b, gemma2-2b"},
       {"frobnicate", "unknown command"},
   };
   for (const auto& [args, needle] : cases) {
@@ -352,8 +353,31 @@ TEST(CliTest, BadInputGivesOneLineErrorAndNonZeroExit) {
   }
 }
 
+// Gemma 3 27B in bf16, blocks of 16 positions: 62 layers x 16 kv heads x 128 x 2 (K, V) x 2 bytes a position
+// without windows; with them, beyond the window only the 10 global layers'.
+TEST(CliTest, KvCapacityCountsWhatWindowsSave) {
+  CliRun r = Gemma("kv-capacity --shape gemma3-27b --kv-gib 16");
+  ASSERT_EQ(r.code, 0) << r.err;
+  const auto j = nlohmann::json::parse(r.out);
+  const auto& without = j["without_windows"];
+  const auto& with = j["with_windows"];
+  EXPECT_EQ(without["bytes_per_token"], 62 * 16 * 128 * 2 * 2);
+  EXPECT_EQ(with["bytes_per_token"], 10 * 16 * 128 * 2 * 2);
+  EXPECT_EQ(with["local_groups"], 6);  // 52 local layers in groups of 10
+  const int64_t plain = without["budgets"][0]["longest_context"], windowed = with["budgets"][0]["longest_context"];
+  EXPECT_EQ(plain, (int64_t{16} << 30) / (62 * 16 * 128 * 2 * 2) / 16 * 16);
+  EXPECT_GT(windowed, 3 * plain);
+  // Gemma 1 has no windows: the same either way.
+  CliRun g1 = Gemma("kv-capacity --shape 2b --kv-gib 16");
+  ASSERT_EQ(g1.code, 0) << g1.err;
+  const auto k = nlohmann::json::parse(g1.out);
+  EXPECT_EQ(k["with_windows"]["budgets"], k["without_windows"]["budgets"]);
+  EXPECT_FALSE(k["with_windows"]["windowed"].get<bool>());
+}
+
 TEST(CliTest, EverySubcommandHasHelp) {
-  for (const char* cmd : {"generate", "score", "tokenize", "make-tiny", "quantize", "compare-weights", "bench"}) {
+  for (const char* cmd :
+       {"generate", "score", "tokenize", "make-tiny", "quantize", "compare-weights", "kv-capacity", "bench"}) {
     CliRun r = Gemma(std::string(cmd) + " --help");
     EXPECT_EQ(r.code, 0) << cmd;
     EXPECT_NE(r.out.find("usage: gemma"), std::string::npos) << cmd;

@@ -1,6 +1,7 @@
 #include "tests/reference_helpers.h"
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <cstring>
 
@@ -11,16 +12,38 @@
 
 namespace gemma::testing {
 
-std::unique_ptr<CpuBackend> OpenBackend(const std::string& dir, int kv_tokens) {
+std::unique_ptr<CpuBackend> OpenBackend(const std::string& dir, int kv_tokens, bool windowed) {
   auto ckpt = Checkpoint::Open(dir);
   EXPECT_TRUE(ckpt.ok()) << ckpt.status();
   auto weights = ModelWeights::Load(std::shared_ptr<const Checkpoint>(std::move(*ckpt)));
   EXPECT_TRUE(weights.ok()) << weights.status();
   KvCacheOptions kv;
   kv.num_blocks = kv_tokens / kv.block_size;
+  kv.windowed = windowed;
   auto backend = CpuBackend::Create(std::shared_ptr<const ModelWeights>(std::move(*weights)), kv);
   EXPECT_TRUE(backend.ok()) << backend.status();
   return std::move(*backend);
+}
+
+std::string TinyModelName(const ::testing::TestParamInfo<TinyModel>& info) {
+  std::string n = info.param.name;
+  for (char& c : n) c = std::isalnum(static_cast<unsigned char>(c)) ? c : '_';
+  return n;
+}
+
+std::vector<ReferenceGeneration> ReferenceGenerations(const std::string& ref_dir) {
+  std::vector<ReferenceGeneration> out;
+  const auto gens = ReadJson(ref_dir + "/generations.json");
+  for (const auto& g : gens["results"]) {
+    ReferenceGeneration r;
+    r.prompt_name = g["prompt"].get<std::string>();
+    r.prompt = g["prompt_ids"].get<std::vector<int32_t>>();
+    r.tokens = g["generated_ids"].get<std::vector<int32_t>>();
+    r.compare = r.tokens.size();
+    if (!g["first_step_with_margin_below_1e-3"].is_null()) r.compare = g["first_step_with_margin_below_1e-3"].get<size_t>();
+    out.push_back(std::move(r));
+  }
+  return out;
 }
 
 nlohmann::json ReadJson(const std::string& path) {

@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "shard/cpu/cpu_backend.h"
 #include "shard/runtime/adapter_store.h"
@@ -34,8 +35,32 @@ inline const std::vector<TinyModel>& Gemma23TinyModels() {
   return models;
 }
 
-// A CPU backend over `dir` with room for `kv_tokens` positions.
-std::unique_ptr<CpuBackend> OpenBackend(const std::string& dir, int kv_tokens = 4096);
+// A test over each tiny checkpoint: its folder and its reference outputs' folder.
+class TinyCheckpointTest : public ::testing::TestWithParam<TinyModel> {
+ protected:
+  void SetUp() override {
+    root_ = GetParam().root();
+    ASSERT_FALSE(root_.empty()) << "test data for " << GetParam().name << " is absent";
+  }
+  std::string ModelDir() const { return root_ + "/" + GetParam().name; }
+  std::string RefDir() const { return root_ + "/reference/" + GetParam().reference; }
+  std::string root_;
+};
+// The checkpoint's name as a test name.
+std::string TinyModelName(const ::testing::TestParamInfo<TinyModel>& info);
+
+// One of a reference's greedy generations: its prompt, its tokens, and how many of them any run must match (those
+// before its first near-tie).
+struct ReferenceGeneration {
+  std::string prompt_name;
+  std::vector<int32_t> prompt, tokens;
+  size_t compare = 0;
+};
+std::vector<ReferenceGeneration> ReferenceGenerations(const std::string& ref_dir);
+
+// A CPU backend over `dir` with room for `kv_tokens` positions (with `windowed`, kv_tokens / block_size blocks of
+// KvCacheOptions::windowed's layout).
+std::unique_ptr<CpuBackend> OpenBackend(const std::string& dir, int kv_tokens = 4096, bool windowed = false);
 nlohmann::json ReadJson(const std::string& path);
 std::vector<float> ReadF32(const std::string& path);
 // log softmax of one logits row, in double.

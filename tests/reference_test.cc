@@ -14,16 +14,7 @@ namespace gemma::testing {
 
 namespace {
 
-class ReferenceTest : public ::testing::TestWithParam<TinyModel> {
- protected:
-  void SetUp() override {
-    root_ = GetParam().root();
-    ASSERT_FALSE(root_.empty()) << "test data for " << GetParam().name << " is absent";
-  }
-  std::string ModelDir() const { return root_ + "/" + GetParam().name; }
-  std::string RefDir() const { return root_ + "/reference/" + GetParam().reference; }
-  std::string root_;
-};
+class ReferenceTest : public TinyCheckpointTest {};
 
 TEST_P(ReferenceTest, PromptLogProbsMatchWithinTheModelsTolerance) {
   auto backend = OpenBackend(ModelDir());
@@ -47,15 +38,10 @@ TEST_P(ReferenceTest, PromptLogProbsMatchWithinTheModelsTolerance) {
 
 TEST_P(ReferenceTest, GreedyGenerationsMatchUpToFirstNearTie) {
   auto backend = OpenBackend(ModelDir());
-  const auto gens = ReadJson(RefDir() + "/generations.json");
-  for (const auto& g : gens["results"]) {
-    const auto prompt = g["prompt_ids"].get<std::vector<int32_t>>();
-    const auto ref = g["generated_ids"].get<std::vector<int32_t>>();
-    size_t compare = ref.size();
-    if (!g["first_step_with_margin_below_1e-3"].is_null()) compare = g["first_step_with_margin_below_1e-3"].get<size_t>();
-    const auto got = Greedy(backend.get(), {prompt}, static_cast<int>(ref.size()))[0];
-    ASSERT_EQ(got.size(), ref.size());
-    for (size_t i = 0; i < compare; ++i) ASSERT_EQ(got[i], ref[i]) << g["prompt"] << " step " << i;
+  for (const ReferenceGeneration& g : ReferenceGenerations(RefDir())) {
+    const auto got = Greedy(backend.get(), {g.prompt}, static_cast<int>(g.tokens.size()))[0];
+    ASSERT_EQ(got.size(), g.tokens.size());
+    for (size_t i = 0; i < g.compare; ++i) ASSERT_EQ(got[i], g.tokens[i]) << g.prompt_name << " step " << i;
   }
 }
 
@@ -98,14 +84,8 @@ TEST_P(ReferenceTest, DecodeStepLogitsMatchTheReferenceGenerations) {
   RecordProperty("max_abs_top5_logit_diff", absl::StrCat(worst));
 }
 
-std::string ModelName(const ::testing::TestParamInfo<TinyModel>& info) {
-  std::string n = info.param.name;
-  for (char& c : n) c = std::isalnum(static_cast<unsigned char>(c)) ? c : '_';
-  return n;
-}
-
-INSTANTIATE_TEST_SUITE_P(TinyCheckpoints, ReferenceTest, ::testing::ValuesIn(TinyModels()), ModelName);
-INSTANTIATE_TEST_SUITE_P(Gemma23Checkpoints, ReferenceTest, ::testing::ValuesIn(Gemma23TinyModels()), ModelName);
+INSTANTIATE_TEST_SUITE_P(TinyCheckpoints, ReferenceTest, ::testing::ValuesIn(TinyModels()), TinyModelName);
+INSTANTIATE_TEST_SUITE_P(Gemma23Checkpoints, ReferenceTest, ::testing::ValuesIn(Gemma23TinyModels()), TinyModelName);
 
 }  // namespace
 }  // namespace gemma::testing

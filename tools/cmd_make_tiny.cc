@@ -9,49 +9,23 @@
 #include "shard/model/published_shapes.h"
 
 namespace gemma {
-namespace {
-
-std::string ShapeList(const char* sep) {
-  std::string out;
-  for (const auto& [name, _] : PublishedGemma23Shapes()) out += (out.empty() ? "" : sep) + name;
-  return out;
-}
-
-const ModelConfig* FindShape(const std::string& name) {
-  for (const auto& [n, config] : PublishedGemma23Shapes()) {
-    if (n == name) return &config;
-  }
-  return nullptr;
-}
-
-}  // namespace
 
 int MakeTinyCommand(int argc, char** argv) {
   const char* kCmd = "make-tiny";
-  Args args(kCmd, "--out DIR [--shape tiny|2b|7b|" + ShapeList("|") + "] [--layers N] [--seed S] [--dtype bf16|f16|f32]");
+  Args args(kCmd, "--out DIR [--shape " + ShapeNames("|") + "] [--layers N] [--seed S] [--dtype bf16|f16|f32]");
   args.Flag("out", "directory to write config.json, model.safetensors, tokenizer.model into")
-      .Flag("shape", "tiny (default), 2b or 7b (Gemma 1), or a published Gemma 2/3 shape: " + ShapeList(", ") +
-                         " (4b and up in the multimodal layout, text only)")
+      .Flag("shape", "one of " + ShapeNames(", ") +
+                         " (default tiny; 2b and 7b are Gemma 1; the Gemma 2/3 shapes as Google published them, 4b "
+                         "and up in the multimodal layout, text only)")
       .Flag("layers", "override the number of layers, 1..64")
       .Flag("seed", "random seed (default 1)")
       .Flag("dtype", "bf16 (default), f16 or f32");
   int code;
   if (!ParseOrExit(args, argc, argv, kCmd, &code)) return code;
   if (!args.Has("out")) return Fail(kCmd, absl::InvalidArgumentError("--out DIR is required"));
-  const std::string shape = args.Get("shape", "tiny");
-  ModelConfig config;
-  if (shape == "tiny") {
-    config = TinyShape();
-  } else if (shape == "2b") {
-    config = Gemma2BShape();
-  } else if (shape == "7b") {
-    config = Gemma7BShape();
-  } else if (const ModelConfig* published = FindShape(shape)) {
-    config = *published;
-  } else {
-    return Fail(kCmd, absl::InvalidArgumentError("--shape \"" + shape + "\" is invalid; allowed: tiny, 2b, 7b, " +
-                                                 ShapeList(", ")));
-  }
+  auto shape = ShapeNamed(args.Get("shape", "tiny"));
+  if (!shape.ok()) return Fail(kCmd, absl::InvalidArgumentError("--" + std::string(shape.status().message())));
+  ModelConfig config = *std::move(shape);
   auto layers = args.GetInt("layers", config.num_layers, 1, 64);
   auto seed = args.GetInt("seed", 1, 0, INT64_MAX);
   if (!layers.ok()) return Fail(kCmd, layers.status());

@@ -9,6 +9,7 @@ int TokenizeCommand(int argc, char** argv);
 int MakeTinyCommand(int argc, char** argv);
 int QuantizeCommand(int argc, char** argv);
 int CompareWeightsCommand(int argc, char** argv);
+int KvCapacityCommand(int argc, char** argv);
 int BenchCommand(int argc, char** argv);
 int BenchCollectiveCommand(int argc, char** argv);
 // `gemma bench --server`: load against a running router (services build only).

@@ -17,6 +17,7 @@ constexpr char kUsage[] =
     "  make-tiny  write a random-weight checkpoint (tiny, 2b or 7b shape)\n"
     "  quantize   write a checkpoint's projections as 4-bit GPTQ or AWQ tensors\n"
     "  compare-weights  how far int8 or int4 weights move the next-token distributions from bf16's\n"
+    "  kv-capacity  KV bytes per token and the longest context a budget holds, with and without KV windows\n"
     "  serve      run a local cluster: worker groups and a router\n"
     "  client     call a router: generate, stream, score\n"
     "  bench      measure prefill and decode speed (--tp N for a local group)\n"
@@ -37,11 +38,12 @@ int main(int argc, char** argv) {
   if (cmd == "make-tiny") return gemma::MakeTinyCommand(argc - 2, argv + 2);
   if (cmd == "quantize") return gemma::QuantizeCommand(argc - 2, argv + 2);
   if (cmd == "compare-weights") return gemma::CompareWeightsCommand(argc - 2, argv + 2);
+  if (cmd == "kv-capacity") return gemma::KvCapacityCommand(argc - 2, argv + 2);
   if (cmd == "bench") return gemma::BenchCommand(argc - 2, argv + 2);
   if (cmd == "serve") return gemma::ServeCommand(argc - 2, argv + 2);
   if (cmd == "client") return gemma::ClientCommand(argc - 2, argv + 2);
   if (cmd == "bench-collective") return gemma::BenchCollectiveCommand(argc - 2, argv + 2);
   if (cmd == "tp-follower") return gemma::TpFollowerCommand(argc - 2, argv + 2);
-  std::fprintf(stderr, "gemma: unknown command \"%s\"; allowed: generate, score, tokenize, make-tiny, quantize, compare-weights, serve, client, bench, bench-collective\n", cmd.c_str());
+  std::fprintf(stderr, "gemma: unknown command \"%s\"; allowed: generate, score, tokenize, make-tiny, quantize, compare-weights, kv-capacity, serve, client, bench, bench-collective\n", cmd.c_str());
   return 2;
 }

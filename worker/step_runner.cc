@@ -79,6 +79,8 @@ absl::StatusOr<worker::v1::StepResponse> RunStep(Backend& backend, const worker:
     }
     r.start_pos = s.start_pos();
     r.block_table = View(s.block_table());
+    r.local_block_table = View(s.local_block_table());
+    r.local_block_begin = s.local_block_begin();
     r.sample = s.sample();
     r.sampling = FromProto(s.sampling());
     r.top_logprobs = s.top_logprobs();

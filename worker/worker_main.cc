@@ -62,6 +62,8 @@ worker::v1::ModelInfo MakeInfo(const WorkerOptions& o, const ModelConfig& c, con
   info.set_pad_id(c.pad_id);
   info.set_kv_block_size(b.kv_block_size());
   info.set_num_kv_blocks(b.num_kv_blocks());
+  info.set_kv_window(b.kv_window().window);
+  info.set_kv_local_groups(b.kv_window().local_groups);
   info.set_tensor_parallel(o.world);
   info.set_tokenizer_model(ReadAll(o.model + "/tokenizer.model"));
   info.set_device(o.device);
@@ -153,8 +155,13 @@ int Run(const WorkerOptions& o) {
   auto shard = OpenShard(checkpoint, shard_options, collective);
   if (!shard.ok()) return Fail(shard.status());
   std::unique_ptr<Backend>* backend = &shard->backend;
-  std::fprintf(stderr, "gemma-worker rank %d/%d: %s; %d KV blocks of %d positions\n", o.rank, o.world,
-               shard->tp.DebugString().c_str(), (*backend)->num_kv_blocks(), (*backend)->kv_block_size());
+  const KvWindow window = (*backend)->kv_window();
+  const std::string windows = window.enabled() ? absl::StrCat("; local layers keep a window of ", window.window,
+                                                              " positions in ", window.local_groups, " block groups")
+                                               : "";
+  std::fprintf(stderr, "gemma-worker rank %d/%d: %s; %d KV blocks of %d positions%s\n", o.rank, o.world,
+               shard->tp.DebugString().c_str(), (*backend)->num_kv_blocks(), (*backend)->kv_block_size(),
+               windows.c_str());
 
   auto metrics = WorkerMetrics::Create(o.metrics_port > 0 ? absl::StrCat("0.0.0.0:", o.metrics_port) : "", o.rank,
                                        (*backend)->num_kv_blocks());

@@ -29,6 +29,9 @@ ABSL_FLAG(int64_t, kv_cache_mb, 0,
 ABSL_FLAG(double, gpu_memory_fraction, 0.9,
           "with --device cuda and no --kv_cache_mb: the share of the device's memory this process keeps within; the "
           "KV cache takes what the weights and the largest step leave of it");
+ABSL_FLAG(bool, kv_windows, true,
+          "sliding-window (local) layers keep only their window in the KV cache, in blocks of their own that are "
+          "given back as the window passes; false: they keep every position, as global layers do");
 ABSL_FLAG(int, max_tokens_per_step, 2048, "the most tokens one step takes (decodes plus prompt chunks)");
 ABSL_FLAG(int, max_batch_size, 256, "the most sequences one step takes");
 ABSL_FLAG(int, max_model_len, 0, "the most positions of one sequence (prompt + generated); 0: the model's context");
@@ -65,6 +68,7 @@ void ApplyToShard(const WorkerOptions& o, ShardOptions& shard) {
   const bool planned = o.device == "cuda" && o.kv_cache_bytes == 0;
   shard.kv.memory_fraction = planned ? o.gpu_memory_fraction : 0;
   shard.kv.max_bytes = o.kv_cache_bytes > 0 ? o.kv_cache_bytes : KvCacheOptions{}.max_bytes;
+  shard.kv.windowed = o.kv_windows;
 }
 
 int OrdinalFromHostname(const std::string& hostname) {
@@ -162,6 +166,7 @@ absl::StatusOr<WorkerOptions> WorkerOptionsFromFlags() {
   }
   o.kv_cache_bytes = kv_mb << 20;
   o.gpu_memory_fraction = absl::GetFlag(FLAGS_gpu_memory_fraction);
+  o.kv_windows = absl::GetFlag(FLAGS_kv_windows);
   // Written so that NaN fails too.
   if (!(o.gpu_memory_fraction > 0 && o.gpu_memory_fraction <= 1)) {
     return absl::InvalidArgumentError(absl::StrCat("--gpu_memory_fraction ", o.gpu_memory_fraction,

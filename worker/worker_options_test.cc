@@ -11,6 +11,7 @@
 ABSL_DECLARE_FLAG(std::string, model);
 ABSL_DECLARE_FLAG(std::string, device);
 ABSL_DECLARE_FLAG(int64_t, kv_cache_mb);
+ABSL_DECLARE_FLAG(bool, kv_windows);
 ABSL_DECLARE_FLAG(double, gpu_memory_fraction);
 ABSL_DECLARE_FLAG(int, max_tokens_per_step);
 ABSL_DECLARE_FLAG(int, max_batch_size);
@@ -65,6 +66,16 @@ TEST_F(WorkerFlagsTest, StepLimitDefaults) {
   EXPECT_EQ(shard.limits.max_tokens, 2048);
   EXPECT_EQ(shard.limits.max_sequences, 256);
   EXPECT_EQ(shard.limits.max_context, 0);
+  EXPECT_TRUE(shard.kv.windowed);  // sliding-window layers keep only their window unless told otherwise
+}
+
+TEST_F(WorkerFlagsTest, KvWindowsCanBeTurnedOff) {
+  absl::SetFlag(&FLAGS_kv_windows, false);
+  auto o = WorkerOptionsFromFlags();
+  ASSERT_TRUE(o.ok()) << o.status();
+  ShardOptions shard;
+  ApplyToShard(*o, shard);
+  EXPECT_FALSE(shard.kv.windowed);
 }
 
 TEST_F(WorkerFlagsTest, StepLimitsOutOfRangeNameWhatIsAllowed) {

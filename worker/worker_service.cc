@@ -175,6 +175,7 @@ grpc::Status WorkerService::Step(grpc::ServerContext* context, const worker::v1:
   int tokens = 0;
   for (const auto& s : request->sequences()) {
     blocks.insert(s.block_table().begin(), s.block_table().end());
+    blocks.insert(s.local_block_table().begin(), s.local_block_table().end());
     tokens += s.token_from_last_step() ? 1 : s.tokens_size();
   }
   metrics_->RecordStep(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(),

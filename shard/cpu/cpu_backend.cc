@@ -94,7 +94,7 @@ absl::Status CpuBackend::Forward(std::span<const SequenceStep> batch, StepLogits
   const ModelConfig& c = config();
   timings_ = {};
   StageTimer timer(&timings_.other_seconds);
-  RETURN_IF_ERROR(ValidateStep(batch, c, kv_.num_blocks(), kv_.block_size()));
+  RETURN_IF_ERROR(ValidateStep(batch, c, kv_.num_blocks(), kv_.block_size(), kv_.layout().window()));
   const TensorParallel& tp = weights_->tp();
   const int64_t H = c.hidden_size, D = c.head_dim, I = tp.ffn_size;
   const int64_t q_dim = tp.num_q_heads * D, kv_dim = tp.num_kv_heads * D;
@@ -197,7 +197,9 @@ absl::Status CpuBackend::Forward(std::span<const SequenceStep> batch, StepLogits
       const float* v = k + kv_dim;
       const SequenceStep& s = batch[seq_of_token_[t]];
       const int32_t pos = positions_[t];
-      const int64_t block_base = static_cast<int64_t>(s.block_table[pos / kv_.block_size()]) * kv_.block_stride() +
+      const KvTableView table =
+          KvTableView::For(kv_.layout(), layer, s.block_table, s.local_block_table, s.local_block_begin);
+      const int64_t block_base = static_cast<int64_t>(table.Block(pos / kv_.block_size())) * kv_.block_stride() +
                                  static_cast<int64_t>(pos % kv_.block_size()) * D;
       for (int kh = 0; kh < tp.num_kv_heads; ++kh) {
         if (qk_norm) RmsNorm(k + kh * D, lw.k_norm.data(), c.rms_norm_eps, k + kh * D, D);
@@ -315,8 +317,9 @@ void CpuBackend::Attention(int layer, std::span<const SequenceStep> batch) {
     const SequenceStep& s = batch[seq_of_token_[t]];
     // Global query head -> global kv head -> this rank's copy of it.
     const int kv_head = (tp.q_head_begin + h) / c.heads_per_kv() - tp.kv_head_begin;
-    const PagedKv kv{k_cache, v_cache, s.block_table.data(), kv_.block_size(), kv_.block_stride(),
-                     kv_.HeadOffset(kv_head)};
+    const PagedKv kv{k_cache, v_cache,
+                     KvTableView::For(kv_.layout(), layer, s.block_table, s.local_block_table, s.local_block_begin),
+                     kv_.block_size(), kv_.block_stride(), kv_.HeadOffset(kv_head)};
     float* scores = &scores_[static_cast<size_t>(omp_get_thread_num()) * c.max_position_embeddings];
     // A local layer's query at position i sees keys i - window + 1 .. i.
     const int end = positions_[t] + 1;

@@ -27,6 +27,7 @@ class CpuBackend : public Backend {
   const ModelConfig& config() const override { return weights_->config(); }
   int num_kv_blocks() const override { return kv_.num_blocks(); }
   int kv_block_size() const override { return kv_.block_size(); }
+  KvWindow kv_window() const override { return kv_.layout().window(); }
   absl::Status Forward(std::span<const SequenceStep> batch, StepLogits* out) override;
   StepTimings last_timings() const override { return timings_; }
 

@@ -96,7 +96,7 @@ void AttendOneHeadImpl(const float* q, const PagedKv& kv, int first, int end, in
   float max_score = -INFINITY;
   for (int i = 0; i < n; ++i) {
     const int j = first + i;
-    const int64_t row = kv.blocks[j / kv.block_size] * kv.block_stride + kv.head_offset +
+    const int64_t row = kv.blocks.Block(j / kv.block_size) * kv.block_stride + kv.head_offset +
                         static_cast<int64_t>(j % kv.block_size) * head_dim;
     float s = Dot(q, kv.k_base + row, head_dim);
     if (softcap > 0) s = softcap * std::tanh(s / softcap);
@@ -112,7 +112,7 @@ void AttendOneHeadImpl(const float* q, const PagedKv& kv, int first, int end, in
   for (int d = 0; d < head_dim; ++d) out[d] = 0.0f;
   for (int i = 0; i < n; ++i) {
     const int j = first + i;
-    const int64_t row = kv.blocks[j / kv.block_size] * kv.block_stride + kv.head_offset +
+    const int64_t row = kv.blocks.Block(j / kv.block_size) * kv.block_stride + kv.head_offset +
                         static_cast<int64_t>(j % kv.block_size) * head_dim;
     Axpy(scores[i] * inv, kv.v_base + row, out, head_dim);
   }

@@ -3,6 +3,8 @@
 
 #include <cstdint>
 
+#include "shard/runtime/kv_cache.h"
+
 namespace gemma {
 
 // out[i] = x[i] * rsqrt(mean(x^2) + eps) * w1p[i], where w1p = 1 + weight.
@@ -21,11 +23,11 @@ float DotF32(const float* a, const float* b, int64_t n);
 void AddInPlace(const float* x, float* y, int64_t n);
 
 // Where one sequence's K and V rows live in the paged cache: row j of a kv head
-// is at base + blocks[j / block_size] * block_stride + head_offset + (j % block_size) * head_dim.
+// is at base + blocks.Block(j / block_size) * block_stride + head_offset + (j % block_size) * head_dim.
 struct PagedKv {
   const float* k_base;
   const float* v_base;
-  const int32_t* blocks;
+  KvTableView blocks;  // the layer's blocks of this sequence
   int block_size;
   int64_t block_stride;
   int64_t head_offset;

@@ -76,7 +76,7 @@ absl::Status CudaBackend::ForwardAndSample(std::span<const SequenceStep> batch, 
   device_timings_ = {};
   last_clocked_ = false;
   StageTimer timer(&host_timings_.other_seconds);
-  if (auto s = ValidateStep(batch, c, num_blocks_, block_size_); !s.ok()) return s;
+  if (auto s = ValidateStep(batch, c, num_blocks_, block_size_, kv_layout_.window()); !s.ok()) return s;
   if (auto s = CheckStepLimits(batch, limits_); !s.ok()) return s;
   for (size_t i = 0; i < batch.size(); ++i) {
     if (!batch[i].interventions.empty() || !batch[i].activations.empty() || batch[i].adapter != nullptr) {
@@ -111,12 +111,15 @@ absl::Status CudaBackend::ForwardAndSample(std::span<const SequenceStep> batch, 
     if (last_clocked_) clock_.Mark(&(device_timings_.*field), stream_);
   };
   out->row_begin.clear();
-  const size_t meta_bytes = StepMeta::Bytes(T, B, max_blocks);
+  const int kinds = TableKinds();
+  const size_t meta_bytes = StepMeta::Bytes(T, B, max_blocks, kinds);
   if (host_meta_bytes_ < meta_bytes) {
     return absl::InternalError(absl::StrCat("step metadata of ", meta_bytes, " bytes exceeds the ", host_meta_bytes_,
                                             " planned at start for the largest step"));
   }
-  const StepMeta host = StepMeta::In(host_meta_, T);
+  const StepMeta host = StepMeta::In(host_meta_, T, kinds);
+  // Sequence i's block table for a kind of layer (0: the global layers, or every layer without KV windows).
+  auto table_of = [&](const StepMeta& m, int kind, int64_t i) { return m.tables + (kind * B + i) * max_blocks; };
   int num_single = 0, num_tiles = 0;
   std::vector<PromptRun> prompts;
   int64_t R = 0;
@@ -125,8 +128,16 @@ absl::Status CudaBackend::ForwardAndSample(std::span<const SequenceStep> batch, 
     for (int64_t i = 0; i < B; ++i) {
       const SequenceStep& s = batch[i];
       out->row_begin.push_back(static_cast<int>(R));
-      std::fill(host.tables + i * max_blocks, host.tables + (i + 1) * max_blocks, 0);
-      std::copy(s.block_table.begin(), s.block_table.begin() + BlocksUsed(s), host.tables + i * max_blocks);
+      std::fill(table_of(host, 0, i), table_of(host, 0, i) + max_blocks, 0);
+      std::copy(s.block_table.begin(), s.block_table.begin() + BlocksUsed(s), table_of(host, 0, i));
+      for (int kind = 1; kind < kinds; ++kind) {
+        // A local group's blocks from local_block_begin on; the indices before it (left the window) name its first
+        // held block, which only the GEMM prompt path reads (gathered, then masked): finite, as the pool starts zeroed.
+        const KvTableView local{s.local_block_table.data() + (kind - 1), kinds - 1, s.local_block_begin};
+        int32_t* t = table_of(host, kind, i);
+        std::fill(t, t + max_blocks, 0);
+        for (int j = 0; j < BlocksUsed(s); ++j) t[j] = local.Block(std::max(j, s.local_block_begin));
+      }
       // Attention work: a lone token decodes; a long run of prompt tokens goes through GEMMs; shorter runs are cut
       // into tiles of consecutive tokens.
       if (s.tokens.size() == 1) {
@@ -146,8 +157,10 @@ absl::Status CudaBackend::ForwardAndSample(std::span<const SequenceStep> batch, 
         host.tokens[t] = s.tokens[j];
         host.positions[t] = pos;
         host.seq_of_token[t] = static_cast<int32_t>(i);
-        host.cache_row[t] = static_cast<int64_t>(s.block_table[pos / block_size_]) * block_stride_ +
-                            static_cast<int64_t>(pos % block_size_) * D;
+        for (int kind = 0; kind < kinds; ++kind) {
+          host.cache_row[kind * T + t] = static_cast<int64_t>(table_of(host, kind, i)[pos / block_size_]) * block_stride_ +
+                                         static_cast<int64_t>(pos % block_size_) * D;
+        }
         if (s.logits == LogitsWanted::kAll || (s.logits == LogitsWanted::kLast && j + 1 == s.tokens.size())) {
           host.rows[R++] = static_cast<int32_t>(t);
         }
@@ -156,7 +169,7 @@ absl::Status CudaBackend::ForwardAndSample(std::span<const SequenceStep> batch, 
   }
   auto meta = meta_.At(meta_bytes, "step metadata");
   if (!meta.ok()) return meta.status();
-  const StepMeta dev = StepMeta::In(*meta, T);
+  const StepMeta dev = StepMeta::In(*meta, T, kinds);
 
   auto x = x_.At(T * H * 4, "activations");
   auto xn = xn_.At(std::max(T, R) * H * ab, "activations");
@@ -212,11 +225,15 @@ absl::Status CudaBackend::ForwardAndSample(std::span<const SequenceStep> batch, 
       stage(&StepTimings::matmul_seconds);
       if (auto s = gemm_->Run(*xn, lw.qkv.get(), H, qkvf, qkv_ld, T, qkv_ld, H, act_, stream_); !s.ok()) return s;
       stage(&StepTimings::attention_seconds);
-      char* k_base = kv_.as<char>() + (static_cast<int64_t>(layer) * 2 * layer_stride_) * ab;
-      char* v_base = kv_.as<char>() + (static_cast<int64_t>(layer) * 2 + 1) * layer_stride_ * ab;
+      // The layer's place in its blocks, and its kind's block tables and cache rows.
+      const int64_t slot = kv_layout_.Slot(layer);
+      const int kind = TableKind(layer);
+      const int32_t* tables = table_of(dev, kind, 0);
+      char* k_base = kv_.as<char>() + (slot * 2 * layer_stride_) * ab;
+      char* v_base = kv_.as<char>() + (slot * 2 + 1) * layer_stride_ * ab;
       GEMMA_CUDA_RETURN_IF_ERROR(cuda::LaunchRopeAndCacheWrite(
           qkvf, static_cast<int>(T), qkv_ld, tp.num_q_heads, tp.num_kv_heads, static_cast<int>(D), CosSinOf(layer),
-          dev.positions, dev.cache_row, head_stride_, k_base, v_base, act_, q_scale, lw.q_norm.as<float>(),
+          dev.positions, dev.cache_row + kind * T, head_stride_, k_base, v_base, act_, q_scale, lw.q_norm.as<float>(),
           lw.k_norm.as<float>(), c.rms_norm_eps, stream_));
       cuda::AttentionArgs a{};
       a.qkv = qkvf;
@@ -232,7 +249,7 @@ absl::Status CudaBackend::ForwardAndSample(std::span<const SequenceStep> batch, 
       a.num_tiles = num_tiles;
       a.positions = dev.positions;
       a.seq_of_token = dev.seq_of_token;
-      a.block_tables = dev.tables;
+      a.block_tables = tables;
       a.max_blocks = max_blocks;
       a.k_cache = k_base;
       a.v_cache = v_base;
@@ -249,7 +266,7 @@ absl::Status CudaBackend::ForwardAndSample(std::span<const SequenceStep> batch, 
       a.window = WindowOf(layer);
       a.softcap = c.attn_logit_softcap;
       GEMMA_CUDA_RETURN_IF_ERROR(cuda::LaunchAttention(a, stream_));
-      if (auto s = AttendPromptRuns(layer, prompts, prompt_scratch, qkvf, k_base, v_base, dev.tables, max_blocks,
+      if (auto s = AttendPromptRuns(layer, prompts, prompt_scratch, qkvf, k_base, v_base, tables, max_blocks,
                                     *attn);
           !s.ok()) {
         return s;

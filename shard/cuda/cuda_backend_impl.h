@@ -38,16 +38,19 @@ struct DeviceLayer {
 // One step's metadata, laid out alike on the host (pinned) and on the device, so that one copy moves it: int64
 // cache_row[T], then int32 tokens, positions, seq_of_token, logit rows, lone tokens, tile firsts and tile counts (T
 // each, at most), then the block tables [sequences][max_blocks].
+// With KV windows a step has a block table and cache rows per kind of layer (`kinds`: the global layers, then each
+// group of local layers, KvLayout); without, one of each for every layer.
 struct StepMeta {
-  int64_t* cache_row;
-  int32_t *tokens, *positions, *seq_of_token, *rows, *single, *tile_first, *tile_count, *tables;
-  static size_t Bytes(int64_t T, int64_t sequences, int max_blocks) {
-    return static_cast<size_t>(T) * (8 + 7 * 4) + static_cast<size_t>(sequences * max_blocks) * 4;
+  int64_t* cache_row;  // [kinds][T]
+  int32_t *tokens, *positions, *seq_of_token, *rows, *single, *tile_first, *tile_count;
+  int32_t* tables;     // [kinds][sequences][max_blocks]
+  static size_t Bytes(int64_t T, int64_t sequences, int max_blocks, int kinds) {
+    return static_cast<size_t>(T) * (8 * kinds + 7 * 4) + static_cast<size_t>(sequences * max_blocks) * 4 * kinds;
   }
-  static StepMeta In(void* base, int64_t T) {
+  static StepMeta In(void* base, int64_t T, int kinds) {
     StepMeta m;
     m.cache_row = static_cast<int64_t*>(base);  // 8-byte aligned first
-    m.tokens = reinterpret_cast<int32_t*>(m.cache_row + T);
+    m.tokens = reinterpret_cast<int32_t*>(m.cache_row + T * kinds);
     m.positions = m.tokens + T;
     m.seq_of_token = m.positions + T;
     m.rows = m.seq_of_token + T;
@@ -116,6 +119,7 @@ class CudaBackend final : public Backend {
   const ModelConfig& config() const override { return weights_->config(); }
   int num_kv_blocks() const override { return num_blocks_; }
   int kv_block_size() const override { return block_size_; }
+  KvWindow kv_window() const override { return kv_layout_.window(); }
   absl::Status Forward(std::span<const SequenceStep> batch, StepLogits* out) override {
     std::vector<SampledToken> none;
     return ForwardAndSample(batch, {}, true, out, &none);
@@ -157,6 +161,9 @@ class CudaBackend final : public Backend {
   absl::Status AttendPromptRuns(int layer, std::span<const PromptRun> runs, const PromptScratch& scratch,
                                 const float* qkv, const char* k_base, const char* v_base, const int32_t* tables,
                                 int max_blocks, void* attn);
+  // Block tables (and cache rows) of a step: one per kind of layer; a layer's kind (0: global, 1 + its local group).
+  int TableKinds() const { return 1 + kv_layout_.window().local_groups; }
+  int TableKind(int layer) const { return kv_layout_.LocalGroup(layer) + 1; }
   // The keys a layer's queries see (0: all earlier ones): the model's sliding window on its local layers.
   int WindowOf(int layer) const { return config().IsLocal(layer) ? config().sliding_window : 0; }
   // The RoPE table of a layer: Gemma 3's local layers rotate with their own base, its global ones scaled.
@@ -179,7 +186,8 @@ class CudaBackend final : public Backend {
   DeviceBuffer final_norm_;   // f32
   DeviceBuffer cos_sin_;        // [max positions][head_dim / 2][2], of the global layers
   DeviceBuffer cos_sin_local_;  // the same for local layers, where their rotation differs; else empty
-  DeviceBuffer kv_;           // [blocks][layers][2][kv heads][block][head_dim]
+  DeviceBuffer kv_;           // [blocks][kv_layout_.group_layers()][2][kv heads][block][head_dim]
+  KvLayout kv_layout_;        // which layers a block holds (KvCacheOptions::windowed)
   int block_size_ = 16, num_blocks_ = 0;
   StepLimits limits_;  // resolved against the model
   CudaMemoryReport memory_;

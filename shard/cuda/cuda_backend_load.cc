@@ -177,7 +177,8 @@ absl::Status CudaBackend::Init(const KvCacheOptions& kv_options) {
   block_size_ = kv_options.block_size;
   head_stride_ = static_cast<int64_t>(block_size_) * c.head_dim;
   layer_stride_ = tp.num_kv_heads * head_stride_;
-  block_stride_ = static_cast<int64_t>(c.num_layers) * 2 * layer_stride_;
+  kv_layout_ = KvLayout(c, kv_options.windowed);
+  block_stride_ = kv_layout_.BlockValues(block_size_, tp.num_kv_heads, static_cast<int>(c.head_dim));
   if (kv_options.memory_fraction <= 0 && kv_options.num_blocks <= 0 &&
       kv_options.max_bytes < block_stride_ * cuda::DtypeBytes(act_)) {
     return absl::InvalidArgumentError(absl::StrCat("the KV cache budget of ", kv_options.max_bytes >> 20,

@@ -46,7 +46,7 @@ absl::Status CudaBackend::ReserveStepBuffers() {
   // A step has a token per sequence at least; every token may want its logits row (scoring).
   const int64_t T = limits_.max_tokens, R = T, B = std::min<int64_t>(limits_.max_sequences, T);
   const int max_blocks = (limits_.max_context + block_size_ - 1) / block_size_;
-  const size_t meta_bytes = StepMeta::Bytes(T, B, max_blocks);
+  const size_t meta_bytes = StepMeta::Bytes(T, B, max_blocks, TableKinds());
   GEMMA_CUDA_RETURN_IF_ERROR(cudaMallocHost(&host_meta_, meta_bytes));
   host_meta_bytes_ = meta_bytes;
   struct Want {
@@ -103,6 +103,9 @@ absl::Status CudaBackend::AllocateKv(int64_t blocks, const std::string& what) {
   auto kv = DeviceBuffer::Allocate(static_cast<size_t>(blocks * block_bytes), what);
   if (!kv.ok()) return kv.status();
   kv_ = std::move(*kv);
+  // Finite from the start: the GEMM prompt path multiplies masked keys' values by 0, and with KV windows a local
+  // table names a held block where the window has passed, whose unwritten slots it may read.
+  GEMMA_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(kv_.get(), 0, kv_.bytes(), stream_));
   num_blocks_ = static_cast<int>(blocks);
   return absl::OkStatus();
 }
@@ -140,8 +143,14 @@ absl::Status CudaBackend::ProfileAndAllocateKv(const KvCacheOptions& kv_options)
       }
     }
   }
-  if (auto s = AllocateKv(context_blocks, "a KV cache for one sequence of the longest context (measuring the largest "
-                                          "step)");
+  // With KV windows, a sequence holds global blocks for every position and local ones for at most its window, a
+  // chunk and a block (what the router's block manager admits by).
+  const KvWindow window = kv_layout_.window();
+  const int local_groups = window.local_groups;
+  const int64_t local_indices = window.MostLocalIndices(limits_.max_context, limits_.max_tokens, block_size_);
+  const int64_t sequence_blocks = context_blocks + local_groups * local_indices;
+  if (auto s = AllocateKv(sequence_blocks,
+                          "a KV cache for one sequence of the longest context (measuring the largest step)");
       !s.ok()) {
     return absl::ResourceExhaustedError(absl::StrCat(s.message(), "; allowed: a smaller --max_model_len"));
   }
@@ -152,19 +161,25 @@ absl::Status CudaBackend::ProfileAndAllocateKv(const KvCacheOptions& kv_options)
   const bool graphs = graphs_enabled_;
   graphs_enabled_ = false;
   absl::Cleanup restore_graphs = [this, graphs] { graphs_enabled_ = graphs; };
-  std::vector<int32_t> table(context_blocks);
-  for (int i = 0; i < context_blocks; ++i) table[i] = i;
+  // The global table, then the local groups' blocks of the block indices the prompt step's window reaches.
+  std::vector<int32_t> table(static_cast<size_t>(sequence_blocks));
+  for (size_t i = 0; i < table.size(); ++i) table[i] = static_cast<int32_t>(i);
+  const std::span<const int32_t> global(table.data(), context_blocks), local(table.data() + context_blocks,
+                                                                                 table.size() - context_blocks);
   const int prompt = std::min(limits_.max_tokens, limits_.max_context);
+  const int start = limits_.max_context - prompt;
+  const int32_t local_begin = window.enabled() ? std::max(0, start - window.window + 1) / block_size_ : 0;
   std::vector<int32_t> ids(prompt, c.bos_id);
-  SequenceStep chunk{ids, limits_.max_context - prompt, table, LogitsWanted::kAll};
+  SequenceStep chunk{ids, start, global, LogitsWanted::kAll,
+                     local.first(static_cast<size_t>(context_blocks - local_begin) * local_groups), local_begin};
   StepLogits logits;
   std::vector<SampledToken> sampled;
   if (auto s = ForwardAndSample({&chunk, 1}, {}, false, &logits, &sampled); !s.ok()) {
     return absl::Status(s.code(), absl::StrCat("the largest prompt step failed at start: ", s.message()));
   }
   const int batch = std::min(limits_.max_sequences, limits_.max_tokens);
-  std::vector<SequenceStep> decode(batch, SequenceStep{std::span<const int32_t>(ids.data(), 1), 0,
-                                                       std::span<const int32_t>(table.data(), 1), LogitsWanted::kLast});
+  std::vector<SequenceStep> decode(batch, SequenceStep{std::span<const int32_t>(ids.data(), 1), 0, global.first(1),
+                                                       LogitsWanted::kLast, local.first(local_groups)});
   std::vector<RowSample> samples(batch);
   for (int i = 0; i < batch; ++i) samples[i].row = i;
   if (auto s = ForwardAndSample(decode, samples, false, &logits, &sampled); !s.ok()) {
@@ -178,7 +193,7 @@ absl::Status CudaBackend::ProfileAndAllocateKv(const KvCacheOptions& kv_options)
   request.fraction = kv_options.memory_fraction;
   request.fixed_blocks = kv_options.num_blocks > 0 ? kv_options.num_blocks : kv_options.max_bytes / block_bytes;
   request.block_bytes = block_bytes;
-  request.min_blocks = context_blocks;
+  request.min_blocks = sequence_blocks;
   request.reserve_bytes = GraphReserveBytes(graphs_enabled_, limits_.max_sequences);
   request.limits = LimitsText(limits_);
   CudaDeviceMemory device;

@@ -111,6 +111,39 @@ TEST_P(CudaReferenceTest, F32GreedyTokensMatchUpToTheFirstNearTie) {
   }
 }
 
+// KV windows (KvCacheOptions::windowed): local layers read and write their own blocks through the local tables,
+// in a pool that holds only the windows. A long prompt in chunks of 48 (the GEMM prompt path, gathering earlier
+// keys where the window has passed) scores as the reference does, and greedy tokens equal the cache that keeps every
+// position. Gemma 1 has no windows: the same run, its layout unchanged.
+TEST_P(CudaReferenceTest, F32KvWindowsScoreAndGenerateAsTheCacheThatKeepsEveryPosition) {
+  const auto scores = testing::ReadJson(Ref() + "/scores.json");
+  const auto& p = scores["prompts"][2];  // rand200
+  SequenceSpec score;
+  score.prompt = p["ids"].get<std::vector<int32_t>>();
+  score.score = true;
+  SequenceSpec generate;
+  generate.prompt = score.prompt;
+  generate.max_new_tokens = 64;
+  const testing::StepBudget budget{48, 48};
+  KvCacheOptions kv = Kv(4096);
+  kv.windowed = true;
+  CudaBackendOptions o;
+  o.precision = CudaPrecision::kF32;
+  auto windowed = CreateCudaBackend(LoadWeights(Dir()), kv, o, {});
+  ASSERT_TRUE(windowed.ok()) << windowed.status();
+  const bool has_windows = (*windowed)->config().sliding_window > 0;
+  EXPECT_EQ((*windowed)->kv_window().enabled(), has_windows);
+  const auto got = testing::RunOnEngine(windowed->get(), {score}, budget);
+  const auto ref = p["token_logprobs"].get<std::vector<double>>();
+  ASSERT_EQ(got[0].prompt_logprobs.size(), ref.size());
+  for (size_t i = 0; i < ref.size(); ++i) EXPECT_NEAR(got[0].prompt_logprobs[i], ref[i], 1e-3) << "token " << i + 1;
+  auto full = OpenCuda(Dir(), CudaPrecision::kF32);
+  ASSERT_NE(full, nullptr);
+  EXPECT_FALSE(full->kv_window().enabled());
+  EXPECT_EQ(testing::RunOnEngine(windowed->get(), {generate}, budget)[0].tokens,
+            testing::RunOnEngine(full.get(), {generate}, budget)[0].tokens);
+}
+
 INSTANTIATE_TEST_SUITE_P(TinyCheckpoints, CudaReferenceTest, ::testing::ValuesIn(kTiny),
                          [](const auto& info) {
                            std::string n = info.param.name;

@@ -76,4 +76,20 @@ const std::vector<std::pair<std::string, ModelConfig>>& PublishedGemma23Shapes()
   return *shapes;
 }
 
+absl::StatusOr<ModelConfig> ShapeNamed(const std::string& name) {
+  if (name == "tiny") return TinyShape();
+  if (name == "2b") return Gemma2BShape();
+  if (name == "7b") return Gemma7BShape();
+  for (const auto& [n, config] : PublishedGemma23Shapes()) {
+    if (n == name) return config;
+  }
+  return absl::InvalidArgumentError("shape \"" + name + "\" is invalid; allowed: " + ShapeNames(", "));
+}
+
+std::string ShapeNames(const std::string& separator) {
+  std::string out = "tiny" + separator + "2b" + separator + "7b";
+  for (const auto& [name, _] : PublishedGemma23Shapes()) out += separator + name;
+  return out;
+}
+
 }  // namespace gemma

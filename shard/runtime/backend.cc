@@ -108,6 +108,34 @@ absl::Status ValidateActivationPoints(size_t seq,
   return absl::OkStatus();
 }
 
+// A row's local table covers the block indices from those its first query's window reaches to its last position.
+absl::Status ValidateLocalBlocks(size_t seq, const SequenceStep& s, int num_blocks, int block_size, KvWindow window) {
+  if (!window.enabled()) {
+    if (s.local_block_table.empty()) return absl::OkStatus();
+    return absl::InvalidArgumentError(absl::StrCat("sequence ", seq, ": a local block table was sent, but this backend "
+                                                   "keeps every layer in one block (no KV windows)"));
+  }
+  const int64_t end = static_cast<int64_t>(s.start_pos) + static_cast<int64_t>(s.tokens.size());
+  const int64_t first = std::max<int64_t>(0, s.start_pos - window.window + 1) / block_size;
+  const int64_t last = (end + block_size - 1) / block_size;
+  if (s.local_block_begin < 0 || s.local_block_begin > first) {
+    return absl::InvalidArgumentError(absl::StrCat("sequence ", seq, ": local block table starts at block index ",
+                                                   s.local_block_begin, ", the step's window needs it from 0 to ", first));
+  }
+  if (static_cast<int64_t>(s.local_block_table.size()) < (last - s.local_block_begin) * window.local_groups) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "sequence ", seq, ": local block table of ", s.local_block_table.size(), " blocks from block index ",
+        s.local_block_begin, " does not reach position ", end - 1, " (", window.local_groups, " blocks per index)"));
+  }
+  for (int32_t b : s.local_block_table) {
+    if (b < 0 || b >= num_blocks) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("sequence ", seq, ": local block id ", b, " is outside the pool [0, ", num_blocks, ")"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 StageTimer::StageTimer(double* current) : current_(current), start_(NowSeconds()) {}
@@ -121,7 +149,7 @@ void StageTimer::Switch(double* next) {
 }
 
 absl::Status ValidateStep(std::span<const SequenceStep> batch, const ModelConfig& config, int num_blocks,
-                          int block_size) {
+                          int block_size, KvWindow window) {
   for (size_t i = 0; i < batch.size(); ++i) {
     const SequenceStep& s = batch[i];
     if (s.tokens.empty()) return absl::InvalidArgumentError(absl::StrCat("sequence ", i, ": no tokens in step"));
@@ -148,6 +176,7 @@ absl::Status ValidateStep(std::span<const SequenceStep> batch, const ModelConfig
                                                        num_blocks, ")"));
       }
     }
+    RETURN_IF_ERROR(ValidateLocalBlocks(i, s, num_blocks, block_size, window));
     RETURN_IF_ERROR(ValidateInterventions(i, s.interventions, config));
     RETURN_IF_ERROR(ValidateActivationPoints(i, s.activations, config));
   }

@@ -23,6 +23,10 @@ struct SequenceStep {
   int32_t start_pos = 0;
   std::span<const int32_t> block_table;
   LogitsWanted logits = LogitsWanted::kLast;
+  // With the backend's kv_window(): the local layers' blocks, as StepRow::local_block_table says. Placed after
+  // `logits` so that existing {tokens, start_pos, block_table, logits} initializers keep their meaning.
+  std::span<const int32_t> local_block_table;
+  int32_t local_block_begin = 0;
   // This rank's slice of the row's LoRA adapter; null: the base model. Rows of other adapters (or none) in the
   // same step are computed exactly as without it.
   const LoraAdapter* adapter = nullptr;
@@ -88,6 +92,8 @@ class Backend {
   virtual const ModelConfig& config() const = 0;
   virtual int num_kv_blocks() const = 0;
   virtual int kv_block_size() const = 0;
+  // How local layers keep their window (KvWindow); none by default: every block holds every layer.
+  virtual KvWindow kv_window() const { return {}; }
   // Runs the step; InvalidArgument (naming the sequence) for token ids outside
   // the vocabulary, positions past the context, or block tables too short or
   // holding ids outside the pool. Nothing is written when it fails validation.
@@ -101,9 +107,10 @@ class Backend {
   virtual StepTimings last_timings() const = 0;
 };
 
-// Shared validation for backends: also each row's interventions and activation points. A row's adapter is
-// trusted to have been loaded for this model and rank (LoadLoraAdapter checks its shapes).
+// Shared validation for backends: also each row's interventions and activation points, and with a window its
+// local block table. A row's adapter is trusted to have been loaded for this model and rank (LoadLoraAdapter
+// checks its shapes).
 absl::Status ValidateStep(std::span<const SequenceStep> batch, const ModelConfig& config, int num_blocks,
-                          int block_size);
+                          int block_size, KvWindow window = {});
 
 }  // namespace gemma

@@ -5,6 +5,31 @@
 
 namespace gemma {
 
+KvLayout::KvLayout(const ModelConfig& config, bool windowed) {
+  const int n = config.num_layers;
+  slot_.assign(n, 0);
+  group_.assign(n, -1);
+  int global = 0;
+  for (int l = 0; l < n; ++l) global += config.IsLocal(l) ? 0 : 1;
+  // Windows need both kinds: without local layers nothing leaves a window, without global ones nothing sizes a block.
+  if (!windowed || config.sliding_window <= 0 || global == 0 || global == n) {
+    group_layers_ = n;
+    for (int l = 0; l < n; ++l) slot_[l] = l;
+    return;
+  }
+  group_layers_ = global;
+  int g = 0, local = 0;
+  for (int l = 0; l < n; ++l) {
+    if (config.IsLocal(l)) {
+      group_[l] = local / global;
+      slot_[l] = local++ % global;
+    } else {
+      slot_[l] = g++;
+    }
+  }
+  window_ = {config.sliding_window, (local + global - 1) / global};
+}
+
 absl::StatusOr<KvCache> KvCache::Create(const ModelConfig& config, const KvCacheOptions& options) {
   if (options.block_size <= 0 || options.block_size > 1024) {
     return absl::InvalidArgumentError(absl::StrCat("KV block size ", options.block_size, " is out of range; allowed 1..1024"));
@@ -12,10 +37,10 @@ absl::StatusOr<KvCache> KvCache::Create(const ModelConfig& config, const KvCache
   KvCache kv;
   kv.block_size_ = options.block_size;
   kv.head_dim_ = config.head_dim;
-  const int64_t per_kv_head = static_cast<int64_t>(options.block_size) * config.head_dim;
-  // Within a block: [layers][2][kv_heads][block_size][head_dim]; blocks are the outer dimension.
-  kv.block_stride_ = per_kv_head * config.num_kv_heads * 2 * config.num_layers;
-  kv.layer_kv_stride_ = per_kv_head * config.num_kv_heads;
+  kv.layout_ = KvLayout(config, options.windowed);
+  // Within a block: [group_layers][2][kv_heads][block_size][head_dim]; blocks are the outer dimension.
+  kv.block_stride_ = kv.layout_.BlockValues(options.block_size, config.num_kv_heads, config.head_dim);
+  kv.layer_kv_stride_ = kv.block_stride_ / (2 * kv.layout_.group_layers());
   int64_t blocks = options.num_blocks;
   if (blocks <= 0) blocks = options.max_bytes / kv.BytesPerBlock();
   if (blocks <= 0) {

@@ -2,9 +2,11 @@
 #pragma once
 
 #include <cstdint>
+#include <span>
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "engine/step_protocol.h"
 #include "shard/model/model_config.h"
 
 namespace gemma {
@@ -17,9 +19,53 @@ struct KvCacheOptions {
   // device's memory, and the cache takes what the weights and the largest step (StepLimits) leave of it
   // (vLLM's gpu_memory_utilization). num_blocks and max_bytes then go unused; the CPU ignores it.
   double memory_fraction = 0;
+  // A model with sliding-window (local) layers keeps only their window (KvLayout): blocks hold as many layers as
+  // the model has global ones, and a sequence's local layers take blocks of their own, given back as the window
+  // passes. False: every block holds every layer of its positions (as for Gemma 1, which has no windows).
+  bool windowed = false;
 };
 
-// Layout of one block, f32: [layers][2 (K, V)][kv_heads][block_size][head_dim].
+// Which layers a block holds and how each layer finds its blocks (KvWindow). Without windows a block holds every
+// layer; with them, a global block the global layers and a local block one group of local layers (in layer order,
+// group_layers to a group, the last one padded). Thread-compatible (const after construction).
+class KvLayout {
+ public:
+  KvLayout() = default;
+  KvLayout(const ModelConfig& config, bool windowed);
+
+  const KvWindow& window() const { return window_; }
+  int group_layers() const { return group_layers_; }  // layers a block holds
+  // Values in one block of `block_size` positions for `kv_heads` heads of `head_dim`: K and V of group_layers.
+  int64_t BlockValues(int block_size, int kv_heads, int head_dim) const {
+    return static_cast<int64_t>(block_size) * head_dim * kv_heads * 2 * group_layers_;
+  }
+  // A layer's place in its block, and its local group (-1: a global layer, or no windows).
+  int Slot(int layer) const { return slot_[layer]; }
+  int LocalGroup(int layer) const { return group_[layer]; }
+
+ private:
+  KvWindow window_;
+  int group_layers_ = 0;
+  std::vector<int> slot_, group_;
+};
+
+// Where one layer of one sequence finds the block of each block index: its global table (stride 1 from index 0),
+// or its local table (local_groups entries an index, from local_begin on, offset by its group).
+struct KvTableView {
+  const int32_t* table = nullptr;
+  int stride = 1;
+  int32_t first = 0;
+  int32_t Block(int64_t index) const { return table[(index - first) * stride]; }
+
+  static KvTableView For(const KvLayout& layout, int layer, std::span<const int32_t> global,
+                         std::span<const int32_t> local, int32_t local_begin) {
+    const int group = layout.LocalGroup(layer);
+    if (group < 0) return {global.data(), 1, 0};
+    return {local.data() + group, layout.window().local_groups, local_begin};
+  }
+};
+
+// Layout of one block, f32: [group_layers][2 (K, V)][kv_heads][block_size][head_dim] (KvLayout).
 // Not thread-safe for concurrent writes to the same block; a step writes each
 // (sequence, position) row once.
 class KvCache {
@@ -28,10 +74,13 @@ class KvCache {
 
   int block_size() const { return block_size_; }
   int num_blocks() const { return num_blocks_; }
+  const KvLayout& layout() const { return layout_; }
   int64_t block_stride() const { return block_stride_; }
   int64_t BytesPerBlock() const { return block_stride_ * static_cast<int64_t>(sizeof(float)); }
   // Start of layer `layer`'s K (kv = 0) or V (kv = 1) region inside block 0; add block * block_stride().
-  float* Base(int layer, int kv) { return data_.data() + (static_cast<int64_t>(layer) * 2 + kv) * layer_kv_stride_; }
+  float* Base(int layer, int kv) {
+    return data_.data() + (static_cast<int64_t>(layout_.Slot(layer)) * 2 + kv) * layer_kv_stride_;
+  }
   // Offset of a kv head's rows inside a block's layer region.
   int64_t HeadOffset(int kv_head) const { return static_cast<int64_t>(kv_head) * block_size_ * head_dim_; }
 
@@ -39,6 +88,7 @@ class KvCache {
   int block_size_ = 0;
   int num_blocks_ = 0;
   int head_dim_ = 0;
+  KvLayout layout_;
   int64_t layer_kv_stride_ = 0;
   int64_t block_stride_ = 0;
   std::vector<float> data_;

@@ -99,6 +99,8 @@ absl::StatusOr<std::vector<RowResult>> RunRows(Backend& backend, std::span<const
     step.tokens = r.tokens;
     step.start_pos = r.start_pos;
     step.block_table = r.block_table;
+    step.local_block_table = r.local_block_table;
+    step.local_block_begin = r.local_block_begin;
     step.logits = !r.score_targets.empty() ? LogitsWanted::kAll : r.sample ? LogitsWanted::kLast : LogitsWanted::kNone;
     step.adapter = held_adapters[steps.size()].get();
     step.interventions = r.interventions;

@@ -65,6 +65,9 @@ std::string EncodeStep(std::span<const SequenceStep> batch) {
     PutU32(s, static_cast<uint32_t>(st.start_pos));
     PutU32(s, static_cast<uint32_t>(st.block_table.size()));
     s.append(reinterpret_cast<const char*>(st.block_table.data()), 4 * st.block_table.size());
+    PutU32(s, static_cast<uint32_t>(st.local_block_begin));
+    PutU32(s, static_cast<uint32_t>(st.local_block_table.size()));
+    s.append(reinterpret_cast<const char*>(st.local_block_table.data()), 4 * st.local_block_table.size());
     PutU32(s, static_cast<uint32_t>(st.logits));
     // The adapter by id, name and folder: a follower reads its own slices there the first time.
     PutU32(s, st.adapter == nullptr ? 0 : st.adapter->id);
@@ -97,13 +100,15 @@ absl::StatusOr<DecodedStep> DecodeStep(absl::string_view bytes, AdapterStore* ad
   DecodedStep d;
   d.tokens.resize(n);
   d.blocks.resize(n);
+  d.local_blocks.resize(n);
   d.steps.resize(n);
   d.adapters.resize(n);
   d.interventions.resize(n);
   for (uint32_t i = 0; i < n; ++i) {
-    uint32_t nt, start, nb, logits, adapter, ni;
+    uint32_t nt, start, nb, local_begin, nl, logits, adapter, ni;
     if (!r.U32(&nt) || !r.I32s(nt, &d.tokens[i]) || !r.U32(&start) || !r.U32(&nb) || !r.I32s(nb, &d.blocks[i]) ||
-        !r.U32(&logits) || logits > static_cast<uint32_t>(LogitsWanted::kAll) || !r.U32(&adapter)) {
+        !r.U32(&local_begin) || !r.U32(&nl) || !r.I32s(nl, &d.local_blocks[i]) || !r.U32(&logits) ||
+        logits > static_cast<uint32_t>(LogitsWanted::kAll) || !r.U32(&adapter)) {
       return bad();
     }
     if (adapter != 0) {
@@ -131,6 +136,8 @@ absl::StatusOr<DecodedStep> DecodeStep(absl::string_view bytes, AdapterStore* ad
     st.tokens = d.tokens[i];
     st.start_pos = static_cast<int32_t>(start);
     st.block_table = d.blocks[i];
+    st.local_block_table = d.local_blocks[i];
+    st.local_block_begin = static_cast<int32_t>(local_begin);
     st.logits = static_cast<LogitsWanted>(logits);
     st.adapter = d.adapters[i].get();
     st.interventions = d.interventions[i];
@@ -150,7 +157,7 @@ LeaderBackend::~LeaderBackend() {
 
 absl::Status LeaderBackend::Announce(std::span<const SequenceStep> batch) {
   if (broken_) return absl::UnavailableError("the tensor-parallel group failed earlier; restart it");
-  RETURN_IF_ERROR(ValidateStep(batch, config(), num_kv_blocks(), kv_block_size()));
+  RETURN_IF_ERROR(ValidateStep(batch, config(), num_kv_blocks(), kv_block_size(), kv_window()));
   if (collective_->world() > 1) {
     std::string msg = EncodeStep(batch);
     if (auto s = collective_->Broadcast(&msg, 0); !s.ok()) {

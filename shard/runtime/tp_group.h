@@ -19,7 +19,7 @@ std::string EncodeStep(std::span<const SequenceStep> batch);
 
 // Owns the storage the decoded SequenceSteps point into.
 struct DecodedStep {
-  std::vector<std::vector<int32_t>> tokens, blocks;
+  std::vector<std::vector<int32_t>> tokens, blocks, local_blocks;
   std::vector<std::shared_ptr<const LoraAdapter>> adapters;
   std::vector<std::vector<Intervention>> interventions;
   std::vector<SequenceStep> steps;
@@ -39,6 +39,7 @@ class LeaderBackend : public Backend {
   const ModelConfig& config() const override { return local_->config(); }
   int num_kv_blocks() const override { return local_->num_kv_blocks(); }
   int kv_block_size() const override { return local_->kv_block_size(); }
+  KvWindow kv_window() const override { return local_->kv_window(); }
   absl::Status Forward(std::span<const SequenceStep> batch, StepLogits* out) override;
   absl::Status ForwardAndSample(std::span<const SequenceStep> batch, std::span<const RowSample> samples,
                                 bool logits_to_host, StepLogits* out, std::vector<SampledToken>* tokens) override;
