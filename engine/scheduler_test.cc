@@ -302,5 +302,39 @@ TEST(SchedulerTest, APrefixHitStartsWhereTheWindowsLocalBlocksAreStillCached) {
   EXPECT_EQ(sched.blocks().used_blocks(), 0);
 }
 
+// A forked child takes its parent's global blocks and the local blocks its own window still needs; a parent whose
+// window has slid past them cannot lend them, and the child computes its prompt afresh.
+TEST(SchedulerTest, AForkSharesTheLocalBlocksItsWindowNeedsOrStartsAfresh) {
+  for (const int parent_positions : {30, 40}) {
+    Scheduler sched({8, 64, 64}, 64, 4, /*prefix_cache=*/false, KvWindow{8, 1});
+    ASSERT_TRUE(sched.Enqueue(Request(1, parent_positions, 4)).ok());
+    auto plan = sched.Schedule();
+    ASSERT_EQ(plan.size(), 1u);
+    sched.Advance(plan[0], 7);
+    ScheduledSequence* parent = sched.Find(1);
+    ASSERT_NE(parent, nullptr);
+    ASSERT_EQ(parent->computed, parent_positions);
+    // The child shares the first 30 tokens (and has one of its own after them).
+    auto child = Request(2, 31, 4);
+    std::copy(parent->tokens.begin(), parent->tokens.begin() + 30, child->tokens.begin());
+    sched.Fork(*parent, std::move(child));
+    const ScheduledSequence* forked = sched.Find(2);
+    ASSERT_NE(forked, nullptr);
+    if (parent_positions == 30) {
+      // 7 full blocks; the next position 28 sees 21..28: local indices 5 and 6, which the parent still holds.
+      EXPECT_EQ(forked->computed, 28);
+      EXPECT_EQ(forked->blocks.global, std::vector<int32_t>(parent->blocks.global.begin(), parent->blocks.global.begin() + 7));
+      EXPECT_EQ(forked->blocks.local_begin, 5);
+      EXPECT_EQ(forked->blocks.local.size(), 2u);
+    } else {
+      // The parent at 40 has given back indices before 8: nothing the child's window needs is left to share.
+      EXPECT_EQ(forked->computed, 0);
+      EXPECT_TRUE(forked->blocks.empty());
+    }
+    RunToCompletion(sched);
+    EXPECT_EQ(sched.blocks().used_blocks(), 0) << parent_positions;
+  }
+}
+
 }  // namespace
 }  // namespace gemma
