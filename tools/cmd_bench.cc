@@ -12,6 +12,7 @@
 #include "nlohmann/json.hpp"
 #include "shard/checkpoint/progress.h"
 #include "shard/model/lora_loader.h"
+#include "shard/cpu/matmul.h"
 #include "tools/cli_common.h"
 #include "tools/commands.h"
 #include "tools/local_model.h"
@@ -266,6 +267,8 @@ int BenchCommand(int argc, char** argv) {
       }
     }
     nlohmann::json out = {{"model", c.DebugString()},
+                          {"weights", device->weights},
+                          {"cpu_kernels", MatMulTarget()},
                           {"prompt_len", *prompt_len},
                           {"decode_context_batch1", *decode_context_1},
                           {"weight_bytes", weight_bytes},

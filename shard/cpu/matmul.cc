@@ -216,15 +216,18 @@ HWY_INLINE void Tile(const Rows& w, int64_t r0, const float* HWY_RESTRICT xp, in
       for (int64_t b = g * w.group_blocks; b < (g + 1) * w.group_blocks; ++b) {
         AccumulateBlock<R, T>(w, r0, b, ahead, xp, xp_stride, part);
       }
+      float x_sum[T];
+      for (int t = 0; t < T; ++t) {
+        x_sum[t] = 0;
+        for (int64_t c = 0; c < chunks; ++c) x_sum[t] += xsums[t * (K / kChunk) + g * chunks + c];
+      }
       for (int r = 0; r < R; ++r) {
         const float scale = w.Scale(r0 + r, g);
         const float zero_term = -w.Zero(r0 + r, g) * scale;
         const VF s = hn::Set(df, scale);
         for (int t = 0; t < T; ++t) {
           acc[r][t] = hn::MulAdd(part[r][t], s, acc[r][t]);
-          float x_sum = 0;
-          for (int64_t c = 0; c < chunks; ++c) x_sum += xsums[t * (K / kChunk) + g * chunks + c];
-          offset[r][t] = std::fma(zero_term, x_sum, offset[r][t]);
+          offset[r][t] = std::fma(zero_term, x_sum[t], offset[r][t]);
         }
       }
     }
@@ -370,6 +373,11 @@ HWY_AFTER_NAMESPACE();
 namespace gemma {
 
 HWY_EXPORT(MatMulImpl);
+
+const char* MatMulTarget() {
+  const int64_t usable = hwy::SupportedTargets() & HWY_TARGETS;
+  return hwy::TargetName(usable & -usable);  // lower bits are the better targets
+}
 
 void MatMul(const float* x, int64_t M, int64_t K, int64_t ldx, std::span<const MatrixView> weights, float* out,
             int64_t ldo) {

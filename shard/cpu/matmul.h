@@ -18,4 +18,8 @@ namespace gemma {
 void MatMul(const float* x, int64_t M, int64_t K, int64_t ldx, std::span<const MatrixView> weights, float* out,
             int64_t ldo);
 
+// The instruction set MatMul runs on here ("AVX3_ZEN4", "AVX3", "AVX2", ...): the best this CPU has of those
+// built in, chosen at run time.
+const char* MatMulTarget();
+
 }  // namespace gemma
