@@ -34,13 +34,6 @@ struct Packed {
   std::vector<float> dequantized;  // [out, in]: what the loader must give back
 };
 
-uint16_t ToF16(float f) {
-  const _Float16 h = static_cast<_Float16>(f);
-  uint16_t bits;
-  std::memcpy(&bits, &h, 2);
-  return bits;
-}
-
 // Asymmetric round-to-nearest per group of `group` inputs, then packed as `packing` lays it out.
 Packed Pack(const std::vector<float>& w, int64_t out, int64_t in, int64_t group, Packing packing) {
   Packed p;
@@ -61,7 +54,7 @@ Packed Pack(const std::vector<float>& w, int64_t out, int64_t in, int64_t group,
     for (int64_t g = 0; g < groups; ++g) {
       float lo = 0, hi = 0;
       for (int64_t k = g * group; k < (g + 1) * group; ++k) lo = std::min(lo, w[n * in + k]), hi = std::max(hi, w[n * in + k]);
-      const uint16_t scale_bits = ToF16((hi - lo) / 15);
+      const uint16_t scale_bits = F32ToF16((hi - lo) / 15);
       const float scale = F16ToF32(scale_bits);
       const int zero = static_cast<int>(std::clamp(std::round(-lo / scale), 0.0f, 15.0f));
       p.scales[g * out + n] = scale_bits;

@@ -33,6 +33,8 @@ inline uint16_t F32ToBf16(float f) {
 }
 
 float F16ToF32(uint16_t bits);
+// Round to nearest even; overflow to infinity; NaN stays NaN.
+uint16_t F32ToF16(float f);
 
 // Element i of a BF16, F16 or F32 array (any alignment) as f32.
 float FloatElementAsF32(DType dtype, const char* data, int64_t i);

@@ -20,13 +20,6 @@
 namespace gemma {
 namespace {
 
-uint16_t F32ToF16(float f) {
-  const _Float16 h = static_cast<_Float16>(f);
-  uint16_t bits;
-  std::memcpy(&bits, &h, sizeof(bits));
-  return bits;
-}
-
 bool IsProjection(const std::string& name, const std::string& text_prefix) {
   if (!name.starts_with(text_prefix + "layers.")) return false;
   for (const char* p : {"self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight",
