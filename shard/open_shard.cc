@@ -53,13 +53,12 @@ absl::StatusOr<OpenedShard> OpenShard(std::shared_ptr<const Checkpoint> checkpoi
   if (o.device == "cuda" && checkpoint->config().quantization.method != CheckpointQuantization::Method::kNone) {
     return absl::UnimplementedError(absl::StrCat(
         checkpoint->dir(), " holds ", QuantizationMethodName(checkpoint->config().quantization.method),
-        " 4-bit weights, which the CUDA backend cannot run yet; serve it with device cpu, or a bf16 checkpoint on "
-        "the GPU"));
+        " weights, which the CUDA backend cannot run yet; serve it with device cpu, or a bf16 checkpoint on the GPU"));
   }
   if (o.device == "cuda" && load.precision != WeightPrecision::kBF16) {
     return absl::UnimplementedError(absl::StrCat("weights ", o.weights,
                                                  " on device cuda: the CUDA backend has no quantized kernels yet; use "
-                                                 "weights bf16 on the GPU, or int8 / int4 on the CPU"));
+                                                 "weights bf16 on the GPU, or int8 / int4 / fp8 on the CPU"));
   }
   ASSIGN_OR_RETURN(const TensorParallel tp, TensorParallel::Create(checkpoint->config(), o.rank, o.world));
   ASSIGN_OR_RETURN(auto weights, ModelWeights::Load(checkpoint, tp, load));

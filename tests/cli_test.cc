@@ -268,11 +268,11 @@ TEST(CliTest, MakeTinyWritesALoadableCheckpoint) {
   EXPECT_EQ(nlohmann::json::parse(gen.out)["token_ids"].size(), 8u);
 }
 
-// Quantized weights from the command line: int8 and int4 at load, a GPTQ checkpoint written by `gemma quantize`
-// and served as published, and how far each moves the distributions.
+// Quantized weights from the command line: int8, int4 and fp8 at load, GPTQ and compressed-tensors FP8 checkpoints
+// written by `gemma quantize` and served as published, and how far each moves the distributions.
 TEST(CliTest, QuantizedWeightsGenerateAndWrittenCheckpointsLoad) {
   const std::string m = " --model " + Tiny("tiny-mqa");
-  for (const char* weights : {"int8", "int4"}) {
+  for (const char* weights : {"int8", "int4", "fp8"}) {
     CliRun r = Gemma("generate" + m + " --prompt-ids 2,17,99 --max-new-tokens 6 --json --weights " + weights);
     ASSERT_EQ(r.code, 0) << weights << ": " << r.err;
     EXPECT_EQ(nlohmann::json::parse(r.out)["token_ids"].size(), 6u);
@@ -283,6 +283,14 @@ TEST(CliTest, QuantizedWeightsGenerateAndWrittenCheckpointsLoad) {
   CliRun g = Gemma("generate --model " + dir + " --prompt-ids 2,17,99 --max-new-tokens 6 --json");
   ASSERT_EQ(g.code, 0) << g.err;
   EXPECT_EQ(nlohmann::json::parse(g.out)["token_ids"].size(), 6u);
+  // And a compressed-tensors FP8 checkpoint (its codes and scales are checked against quantizing at load in
+  // quantized_checkpoint_test).
+  const std::string fp8_dir = ::testing::TempDir() + "/cli-fp8";
+  CliRun q8 = Gemma("quantize --in " + Tiny("tiny-mqa") + " --out " + fp8_dir + " --weights fp8");
+  ASSERT_EQ(q8.code, 0) << q8.err;
+  CliRun from_file = Gemma("generate --model " + fp8_dir + " --prompt-ids 2,17,99 --max-new-tokens 6 --json");
+  ASSERT_EQ(from_file.code, 0) << from_file.err;
+  EXPECT_EQ(nlohmann::json::parse(from_file.out)["token_ids"].size(), 6u);
   CliRun c = Gemma("compare-weights" + m + " --weights int8 --tokens 16 --json");
   ASSERT_EQ(c.code, 0) << c.err;
   const auto j = nlohmann::json::parse(c.out);
@@ -337,9 +345,9 @@ TEST(CliTest, BadInputGivesOneLineErrorAndNonZeroExit) {
       {"make-tiny --out /tmp/x --shape 3b", "allowed: tiny, 2b, 7b, gemma2-2b, gemma2-9b, gemma2-27b, gemma3-1b, gemma3-4b, "
                                              "gemma3-12b, gemma3-27b"},
       {"generate" + m + " --prompt Hi --weights int3", "allowed: bf16, int8, int4, fp8"},
-      {"generate" + m + " --prompt Hi --weights fp8", "compute capability 8.9"},
       {"generate" + m + " --prompt Hi --weights int4 --int4-group-size 48", "allowed: 32, 64, 128"},
-      {"quantize --in " + Tiny("tiny-mha") + " --out /tmp/x --weights int8", "allowed: int4"},
+      {"quantize --in " + Tiny("tiny-mha") + " --out /tmp/x --weights int8", "allowed: int4, fp8"},
+      {"quantize --in " + Tiny("tiny-mha") + " --out /tmp/x --weights fp8 --format awq", "are for --weights int4"},
       {"quantize --in " + Tiny("tiny-mha") + " --out /tmp/x --weights int4 --format exl2", "allowed: gptq, awq"},
       {"compare-weights" + m + " --weights bf16", "allowed: int8, int4"},
       {"kv-capacity --shape 3b", "allowed: tiny, 2b, 7b, gemma2-2b"},

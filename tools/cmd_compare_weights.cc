@@ -39,9 +39,9 @@ absl::StatusOr<std::vector<float>> AllLogits(std::shared_ptr<const Checkpoint> c
 
 int CompareWeightsCommand(int argc, char** argv) {
   const char* kCmd = "compare-weights";
-  Args args(kCmd, "--model DIR --weights int8|int4 [--int4-group-size G] [--prompt-ids 2,17,...] [--tokens N] [--json]");
+  Args args(kCmd, "--model DIR --weights int8|int4|fp8 [--int4-group-size G] [--prompt-ids 2,17,...] [--tokens N] [--json]");
   args.Flag("model", "checkpoint directory (bf16, f16 or f32)")
-      .Flag("weights", "the precision to compare with bf16: int8 or int4")
+      .Flag("weights", "the precision to compare with bf16: int8, int4 or fp8")
       .Flag("int4-group-size", "with int4: 32, 64 or 128 (default 128)")
       .Flag("prompt-ids", "token ids to run (default: --tokens ids drawn uniformly with seed 1, after <bos>)")
       .Flag("tokens", "positions compared when no ids are given, 2..4096 (default 128)")
@@ -51,8 +51,8 @@ int CompareWeightsCommand(int argc, char** argv) {
   if (!args.Has("model")) return Fail(kCmd, absl::InvalidArgumentError("--model DIR is required"));
   const std::string weights = args.Get("weights");
   auto precision = ParseWeightPrecision(weights);
-  if (!precision.ok() || (*precision != WeightPrecision::kInt8 && *precision != WeightPrecision::kInt4)) {
-    return Fail(kCmd, absl::InvalidArgumentError("--weights \"" + weights + "\" is invalid here; allowed: int8, int4"));
+  if (!precision.ok() || *precision == WeightPrecision::kBF16) {
+    return Fail(kCmd, absl::InvalidArgumentError("--weights \"" + weights + "\" is invalid here; allowed: int8, int4, fp8"));
   }
   auto group = args.GetInt("int4-group-size", 128, 32, 128);
   if (!group.ok()) return Fail(kCmd, group.status());

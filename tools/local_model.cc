@@ -35,8 +35,9 @@ constexpr double kGpuMemoryFraction = 0.9;
 void DeclareDeviceFlags(Args& args, const char* device_help) {
   args.Flag("device", device_help)
       .Flag("precision", "with --device cuda: bf16 (default) or f32")
-      .Flag("weights", "stored weight precision: bf16 (default), int8 (per-channel), int4 (grouped; embedding int8) "
-                       "on the CPU, quantized at load from the checkpoint")
+      .Flag("weights", "stored weight precision: bf16 (default), int8 (per-channel), int4 (grouped; embedding int8), "
+                       "fp8 (E4M3, per-channel) on the CPU, quantized at load from the checkpoint; a pre-quantized "
+                       "checkpoint (GPTQ, AWQ, compressed-tensors FP8) loads as stored")
       .Flag("int4-group-size", "with --weights int4: input columns per scale and zero, 32, 64 or 128 (default 128)");
 }
 

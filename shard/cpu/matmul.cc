@@ -141,6 +141,36 @@ struct Int8Rows {
   float Finish(int64_t r, float sum) const { return sum * scales[r]; }
 };
 
+// E4M3 codes widened in registers: sign and the 7 bits below it moved into an f16 (sign at bit 15, exponent and
+// mantissa at bits 13..7), which is the E4M3 value times 2^-8 exactly, subnormals included (f16's exponent bias
+// is 8 more); F16C widens it to f32. Sums run over those values and Finish applies 2^8 with the row's scale.
+struct Fp8Rows {
+  static constexpr Layout kLayout = Layout::kPlain;
+  static constexpr bool kGrouped = false;
+  const uint8_t* codes;
+  const float* scales;
+  int64_t stride;
+  explicit Fp8Rows(const MatrixView& m) : codes(m.codes), scales(m.scales), stride(m.stride) {}
+  const void* Address(int64_t r, int64_t b) const { return codes + r * stride + b * 2 * hn::Lanes(DF()); }
+  int64_t RowBytes() const { return stride; }
+  HWY_INLINE VF Widen(const uint8_t* p) const {
+    const DF df;
+    const hn::Rebind<uint8_t, DF> d8;
+    const hn::Rebind<uint16_t, DF> d16;
+    const hn::Rebind<hwy::float16_t, DF> dh;
+    const auto b = hn::PromoteTo(d16, hn::LoadU(d8, p));
+    const auto h = hn::Or(hn::ShiftLeft<8>(hn::And(b, hn::Set(d16, 0x80))), hn::ShiftLeft<7>(hn::And(b, hn::Set(d16, 0x7f))));
+    return hn::PromoteTo(df, hn::BitCast(dh, h));
+  }
+  HWY_INLINE void Block(int64_t r, int64_t b, VF& lo, VF& hi) const {
+    const uint8_t* p = static_cast<const uint8_t*>(Address(r, b));
+    lo = Widen(p);
+    hi = Widen(p + hn::Lanes(DF()));
+  }
+  float Scalar(int64_t r, int64_t k) const { return Fp8E4M3ToF32(codes[r * stride + k]) * (1.0f / 256.0f); }
+  float Finish(int64_t r, float sum) const { return sum * (scales[r] * 256.0f); }
+};
+
 // Needs 2N <= the group size (32 at the least; 2N is 32 at most), K a whole number of groups.
 struct Int4Rows {
   static constexpr Layout kLayout = Layout::kEvenOdd;
@@ -306,6 +336,9 @@ void ViewTimesPanel(const MatrixView& mv, int64_t r_begin, int64_t r_end, int64_
     case WeightFormat::kInt8:
       return RowsTimesPanel(Int8Rows(mv), r_begin, r_end, m0, m1, xp, xp_stride, x, ldx, nullptr, full_blocks, K,
                             out, ldo);
+    case WeightFormat::kFp8:
+      return RowsTimesPanel(Fp8Rows(mv), r_begin, r_end, m0, m1, xp, xp_stride, x, ldx, nullptr, full_blocks, K, out,
+                            ldo);
     case WeightFormat::kInt4:
       return RowsTimesPanel(Int4Rows(mv), r_begin, r_end, m0, m1, xp, xp_stride, x, ldx, xsums, full_blocks, K, out,
                             ldo);

@@ -50,7 +50,7 @@ TEST(MatMulTest, MatchesDoubleReferenceAndIsBatchInvariant) {
   }
 }
 
-// int8 and int4 weights (also as row and column slices, two views in one call, and K with a SIMD tail for int8):
+// int8, int4 and fp8 weights (fp8's small weights are E4M3 subnormals; also as row and column slices, two views in one call, and K with a SIMD tail for int8):
 // the f32 kernel's results over the dequantized matrix to float32 rounding, bit for bit alike for any batch, and
 // near a double-precision reference.
 TEST(MatMulTest, QuantizedWeightsGiveTheDequantizedF32ResultsForAnyBatch) {
@@ -65,9 +65,12 @@ TEST(MatMulTest, QuantizedWeightsGiveTheDequantizedF32ResultsForAnyBatch) {
     int64_t rows, K, group;
   };
   for (const QCase& c : {QCase{WeightFormat::kInt8, 23, 128, 0}, QCase{WeightFormat::kInt8, 9, 100, 0},
-                         QCase{WeightFormat::kInt4, 17, 256, 64}, QCase{WeightFormat::kInt4, 8, 96, 32}}) {
+                         QCase{WeightFormat::kInt4, 17, 256, 64}, QCase{WeightFormat::kInt4, 8, 96, 32},
+                         QCase{WeightFormat::kFp8, 23, 128, 0}, QCase{WeightFormat::kFp8, 9, 100, 0}}) {
     std::vector<uint16_t> w(c.rows * c.K);
-    for (auto& v : w) v = F32ToBf16(normal(rng));
+    // fp8's weights span 2^-20..2^2, so that E4M3 subnormals (below 2^-15 of a row's largest) occur.
+    std::uniform_real_distribution<float> octaves(-20.0f, 2.0f);
+    for (auto& v : w) v = F32ToBf16(c.format == WeightFormat::kFp8 ? std::copysign(std::exp2(octaves(rng)), normal(rng)) : normal(rng));
     const MatrixView src{w.data(), c.rows, c.K, c.K};
     std::vector<uint8_t> memory(QuantizedBytes(c.format, c.rows, c.K, c.group) + 64);
     uint8_t* aligned = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(memory.data()) + 63) / 64 * 64);
@@ -117,7 +120,8 @@ TEST(MatMulTest, QuantizedWeightsGiveTheDequantizedF32ResultsForAnyBatch) {
   hwy::SetSupportedTargetsForTest(0);
 }
 
-// One call over views that pack x differently (bf16 and int4 even/odd, int8 plain) gives each view's own result.
+// One call over views that pack x differently (bf16 and int4 even/odd, int8 and fp8 plain) gives each view's own
+// result.
 TEST(MatMulTest, MixedFormatsInOneCallGiveEachViewsResult) {
   std::mt19937 rng(11);
   std::normal_distribution<float> normal;
@@ -126,22 +130,24 @@ TEST(MatMulTest, MixedFormatsInOneCallGiveEachViewsResult) {
   for (auto& v : w) v = F32ToBf16(normal(rng));
   const MatrixView bf16{w.data(), rows, K, K};
   std::vector<uint8_t> m8(QuantizedBytes(WeightFormat::kInt8, rows, K, 0) + 64),
-      m4(QuantizedBytes(WeightFormat::kInt4, rows, K, 32) + 64);
+      m4(QuantizedBytes(WeightFormat::kInt4, rows, K, 32) + 64), mf8(QuantizedBytes(WeightFormat::kFp8, rows, K, 0) + 64);
   auto aligned = [](std::vector<uint8_t>& v) {
     return reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(v.data()) + 63) / 64 * 64);
   };
   const MatrixView i8 = QuantizeInto(bf16, 0, rows, 0, K, WeightFormat::kInt8, 0, aligned(m8));
   const MatrixView i4 = QuantizeInto(bf16, 0, rows, 0, K, WeightFormat::kInt4, 32, aligned(m4));
+  const MatrixView f8 = QuantizeInto(bf16, 0, rows, 0, K, WeightFormat::kFp8, 0, aligned(mf8));
   std::vector<float> x(M * K);
   for (auto& v : x) v = normal(rng);
-  const MatrixView mixed[] = {bf16, i8, i4};
-  std::vector<float> all(M * 3 * rows);
-  MatMul(x.data(), M, K, K, mixed, all.data(), 3 * rows);
-  for (int v = 0; v < 3; ++v) {
+  const MatrixView mixed[] = {bf16, i8, i4, f8};
+  constexpr int kViews = 4;
+  std::vector<float> all(M * kViews * rows);
+  MatMul(x.data(), M, K, K, mixed, all.data(), kViews * rows);
+  for (int v = 0; v < kViews; ++v) {
     std::vector<float> alone(M * rows);
     MatMul(x.data(), M, K, K, std::span<const MatrixView>(&mixed[v], 1), alone.data(), rows);
     for (int64_t m = 0; m < M; ++m) {
-      for (int64_t n = 0; n < rows; ++n) ASSERT_EQ(all[m * 3 * rows + v * rows + n], alone[m * rows + n]) << v;
+      for (int64_t n = 0; n < rows; ++n) ASSERT_EQ(all[m * kViews * rows + v * rows + n], alone[m * rows + n]) << v;
     }
   }
 }

@@ -1,6 +1,7 @@
 #include "shard/model/dtype.h"
 
 #include <array>
+#include <cmath>
 #include <utility>
 
 namespace gemma {
@@ -64,6 +65,32 @@ float F16ToF32(uint16_t h) {
   float f;
   std::memcpy(&f, &bits, sizeof(f));
   return f;
+}
+
+float Fp8E4M3ToF32(uint8_t code) {
+  const int exp = (code >> 3) & 0xf, mant = code & 0x7;
+  const float sign = (code & 0x80) != 0 ? -1.0f : 1.0f;
+  if (exp == 0xf && mant == 0x7) return std::nanf("");
+  // Subnormals (exponent field 0) are mant/8 * 2^-6; normals (1 + mant/8) * 2^(exp - 7).
+  const float magnitude = exp == 0 ? std::ldexp(static_cast<float>(mant) / 8.0f, -6)
+                                   : std::ldexp(1.0f + static_cast<float>(mant) / 8.0f, exp - 7);
+  return sign * magnitude;
+}
+
+uint8_t F32ToFp8E4M3(float f) {
+  if (std::isnan(f)) return 0x7f;
+  const uint8_t sign = std::signbit(f) ? 0x80 : 0x00;
+  const float a = std::fabs(f);
+  if (a >= kFp8E4M3Max) return sign | 0x7e;
+  // Codes are consecutive along the number line, 8 per binade, a binade's step 2^(e - 3); below 2^-6 the step is
+  // the subnormals' 2^-9, and code 8 (2^-6) continues them. So code = (e + 7) * 8 + round(a / step) - 8, where a
+  // rounding up to 16 steps carries into the next binade by itself.
+  if (a < std::ldexp(1.0f, -6)) return sign | static_cast<uint8_t>(std::nearbyint(std::ldexp(a, 9)));
+  int e;
+  std::frexp(a, &e);  // a = m * 2^e, m in [0.5, 1): the binade is 2^(e - 1)
+  --e;
+  const int steps = static_cast<int>(std::nearbyint(std::ldexp(a, 3 - e)));  // 8..16
+  return sign | static_cast<uint8_t>((e + 7) * 8 + steps - 8);
 }
 
 float FloatElementAsF32(DType dtype, const char* data, int64_t i) {

@@ -36,6 +36,13 @@ float F16ToF32(uint16_t bits);
 // Round to nearest even; overflow to infinity; NaN stays NaN.
 uint16_t F32ToF16(float f);
 
+// FP8 E4M3 as float8_e4m3fn defines it: no infinities, 0x7f and 0xff are NaN, the largest finite value 448.
+float Fp8E4M3ToF32(uint8_t code);
+// Round to nearest even, saturating at +-448 (quantizers clamp before they cast); NaN gives 0x7f.
+uint8_t F32ToFp8E4M3(float f);
+// The largest finite E4M3 value: a per-channel scale maps a row's largest |w| onto it.
+inline constexpr float kFp8E4M3Max = 448.0f;
+
 // Element i of a BF16, F16 or F32 array (any alignment) as f32.
 float FloatElementAsF32(DType dtype, const char* data, int64_t i);
 

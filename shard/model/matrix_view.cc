@@ -16,6 +16,8 @@ const char* WeightFormatName(WeightFormat format) {
       return "int8";
     case WeightFormat::kInt4:
       return "int4";
+    case WeightFormat::kFp8:
+      return "fp8";
   }
   return "?";
 }
@@ -31,6 +33,7 @@ MatrixView RowSlice(const MatrixView& m, int64_t begin, int64_t count) {
       s.f32 = m.f32 + begin * m.stride;
       break;
     case WeightFormat::kInt8:
+    case WeightFormat::kFp8:
       s.codes = m.codes + begin * m.stride;
       s.scales = m.scales + begin;
       break;
@@ -54,6 +57,7 @@ absl::StatusOr<MatrixView> ColSlice(const MatrixView& m, int64_t begin, int64_t 
       s.f32 = m.f32 + begin;
       break;
     case WeightFormat::kInt8:
+    case WeightFormat::kFp8:
       s.codes = m.codes + begin;
       break;
     case WeightFormat::kInt4:
@@ -79,6 +83,7 @@ int64_t StoredBytes(const MatrixView& m) {
     case WeightFormat::kF32:
       return 4 * n;
     case WeightFormat::kInt8:
+    case WeightFormat::kFp8:
       return n + 4 * m.rows;
     case WeightFormat::kInt4: {
       const int64_t groups = (m.cols + m.group_size - 1) / m.group_size;
@@ -102,6 +107,8 @@ float ElementAt(const MatrixView& m, int64_t r, int64_t k) {
       const int64_t g = r * m.scale_stride + k / m.group_size;
       return (static_cast<float>(code) - m.zeros[g]) * m.scales[g];
     }
+    case WeightFormat::kFp8:
+      return Fp8E4M3ToF32(m.codes[r * m.stride + k]) * m.scales[r];
   }
   return 0.0f;
 }

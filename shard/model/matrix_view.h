@@ -18,6 +18,7 @@ enum class WeightFormat : uint8_t {
   // GPTQ packs its int32 words in); w = (code - zeros[r, g]) * scales[r, g] for group g = k / group_size. Rows
   // are whole groups (cols a multiple of group_size, which is 32, 64 or 128).
   kInt4,
+  kFp8,  // codes: E4M3 bytes [rows, stride]; w = e4m3(code) * scales[r] (per output channel or one per tensor)
 };
 
 // A [rows, cols] matrix whose rows are `stride` elements apart (a column slice of a larger matrix has
@@ -31,13 +32,13 @@ struct MatrixView {
   WeightFormat format = WeightFormat::kBF16;
   const float* f32 = nullptr;
   const uint8_t* codes = nullptr;
-  const float* scales = nullptr;  // kInt8: [rows] (scale_stride 1); kInt4: [rows, scale_stride]
+  const float* scales = nullptr;  // kInt8, kFp8: [rows] (scale_stride 1); kInt4: [rows, scale_stride]
   const float* zeros = nullptr;   // kInt4: [rows, scale_stride], whole numbers (0..16: GPTQ's format stores zero - 1)
   int64_t scale_stride = 0;
   int group_size = 0;  // kInt4: elements per group along a row; every group starts at a multiple of it
 };
 
-// "bf16", "f32", "int8", "int4".
+// "bf16", "f32", "int8", "int4", "fp8".
 const char* WeightFormatName(WeightFormat format);
 
 // Rows [begin, begin + count); always exact.

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <fstream>
+#include <functional>
 #include <sstream>
 
 #include "absl/status/status.h"
@@ -423,11 +424,63 @@ const char* QuantizationMethodName(CheckpointQuantization::Method method) {
       return "gptq";
     case CheckpointQuantization::Method::kAwq:
       return "awq";
+    case CheckpointQuantization::Method::kFp8:
+      return "compressed-tensors fp8";
   }
   return "?";
 }
 
 namespace {
+
+// compressed-tensors' FP8 weights: every config group's weights 8-bit floats, symmetric, static, one scale per
+// channel or per tensor. `error` makes the message for a field.
+absl::StatusOr<CheckpointQuantization> ParseCompressedTensorsFp8(
+    const json& c, const std::function<absl::Status(const std::string&)>& error) {
+  CheckpointQuantization q;
+  q.method = CheckpointQuantization::Method::kFp8;
+  auto string_field = [&](const json& obj, const char* key, absl::string_view where) -> absl::StatusOr<std::string> {
+    auto f = obj.find(key);
+    if (f == obj.end() || f->is_null()) return std::string();
+    if (!f->is_string()) return error(absl::StrCat(where, key, " must be a string, not ", f->dump()));
+    return f->get<std::string>();
+  };
+  ASSIGN_OR_RETURN(const std::string format, string_field(c, "format", ""));
+  if (format != "float-quantized" && format != "naive-quantized") {
+    return error(absl::StrCat("format \"", format, "\" is not supported; allowed: float-quantized (FP8 weights)"));
+  }
+  ASSIGN_OR_RETURN(const std::string status, string_field(c, "quantization_status", ""));
+  if (!status.empty() && status != "compressed") {
+    return error(absl::StrCat("quantization_status \"", status, "\" is not supported; allowed: compressed"));
+  }
+  auto groups = c.find("config_groups");
+  if (groups == c.end() || !groups->is_object() || groups->empty()) {
+    return error("config_groups must be an object of one or more groups");
+  }
+  for (auto g = groups->begin(); g != groups->end(); ++g) {
+    const std::string where = absl::StrCat("config_groups.", g.key(), ".weights.");
+    if (!g->is_object()) return error(absl::StrCat("config_groups.", g.key(), " must be an object"));
+    auto w = g->find("weights");
+    if (w == g->end() || !w->is_object()) return error(where.substr(0, where.size() - 1) + " must be an object");
+    auto bits = w->find("num_bits");
+    if (bits == w->end() || !bits->is_number_integer() || bits->get<int64_t>() != 8) {
+      return error(absl::StrCat(where, "num_bits must be 8, not ", bits == w->end() ? "missing" : bits->dump()));
+    }
+    ASSIGN_OR_RETURN(const std::string type, string_field(*w, "type", where));
+    if (type != "float") return error(absl::StrCat(where, "type \"", type, "\" is not supported; allowed: float"));
+    ASSIGN_OR_RETURN(const std::string strategy, string_field(*w, "strategy", where));
+    if (strategy != "channel" && strategy != "tensor") {
+      return error(absl::StrCat(where, "strategy \"", strategy, "\" is not supported; allowed: channel, tensor"));
+    }
+    for (const auto& [key, want] : {std::pair<const char*, bool>{"symmetric", true}, {"dynamic", false}}) {
+      auto f = w->find(key);
+      if (f == w->end() || f->is_null()) continue;
+      if (!f->is_boolean() || f->get<bool>() != want) {
+        return error(absl::StrCat(where, key, " must be ", want ? "true" : "false", ", not ", f->dump()));
+      }
+    }
+  }
+  return q;
+}
 
 // quantization_config, as AutoGPTQ / GPTQModel and AutoAWQ write it. Every field is type-checked before it is
 // read: a wrong type is an error naming the field, never an exception.
@@ -477,8 +530,11 @@ absl::StatusOr<CheckpointQuantization> ParseQuantization(const json& j, absl::st
     if (version != "gemm") return error("version \"" + version + "\" is not supported; allowed: gemm");
     ASSIGN_OR_RETURN(const bool zero_point, flag("zero_point", true));
     if (!zero_point) return error("zero_point false is not supported; allowed: true");
+  } else if (method == "compressed-tensors") {
+    q.method = CheckpointQuantization::Method::kFp8;
+    return ParseCompressedTensorsFp8(c, error);
   } else {
-    return error("quant_method \"" + method + "\" is not supported; allowed: gptq, awq");
+    return error("quant_method \"" + method + "\" is not supported; allowed: gptq, awq, compressed-tensors");
   }
   const json* bits = find({"bits", "w_bit"});
   if (bits == nullptr || !bits->is_number_integer() || bits->get<int64_t>() != 4) {

@@ -24,10 +24,13 @@ enum class LayerAttention : uint8_t { kGlobal, kLocal };
 //        stores the zero itself); scales [in / group, out]; w = (q - zero) * scale.
 //  AWQ (AutoAWQ, version "gemm"): qweight int32 [in, out / 8] and qzeros int32 [in / group, out / 8], eight
 //        outputs per word in the order 0, 2, 4, 6, 1, 3, 5, 7; scales [in / group, out]; the same formula.
+// And FP8 in the compressed-tensors layout (llm-compressor's "float-quantized" format): weight float8_e4m3fn
+// [out, in] and weight_scale [out, 1] (strategy "channel") or [1] ("tensor"); w = e4m3 * scale. Modules the
+// config ignores keep a plain weight. Activation and KV-cache schemes are not applied: activations stay f32/bf16.
 struct CheckpointQuantization {
-  enum class Method : uint8_t { kNone, kGptq, kAwq };
+  enum class Method : uint8_t { kNone, kGptq, kAwq, kFp8 };
   Method method = Method::kNone;
-  int group_size = 0;           // 32, 64 or 128
+  int group_size = 0;           // 4-bit: 32, 64 or 128
   bool zeros_minus_one = false;  // GPTQ's original format
 };
 const char* QuantizationMethodName(CheckpointQuantization::Method method);

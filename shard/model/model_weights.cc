@@ -14,6 +14,7 @@
 #include "engine/status_macros.h"
 #include "shard/model/dtype.h"
 #include "shard/checkpoint/progress.h"
+#include "shard/model/fp8_checkpoint.h"
 #include "shard/model/packed_int4.h"
 
 namespace gemma {
@@ -168,9 +169,8 @@ absl::StatusOr<std::unique_ptr<ModelWeights>> ModelWeights::Load(std::shared_ptr
       format = WeightFormat::kInt4;
       break;
     case WeightPrecision::kFp8:
-      return absl::InvalidArgumentError(
-          "weights fp8 (E4M3) need a GPU of compute capability 8.9 or newer, and the CUDA backend has no FP8 kernels "
-          "yet; on the CPU use bf16, int8 or int4");
+      format = WeightFormat::kFp8;
+      break;
   }
   if (format == WeightFormat::kInt4 && (options.int4_group_size < 32 || options.int4_group_size > 128 ||
                                         (options.int4_group_size & (options.int4_group_size - 1)) != 0)) {
@@ -178,17 +178,20 @@ absl::StatusOr<std::unique_ptr<ModelWeights>> ModelWeights::Load(std::shared_ptr
                                                    " is invalid; allowed: 32, 64 or 128"));
   }
   const CheckpointQuantization& stored = checkpoint->config().quantization;
-  const bool packed = stored.method != CheckpointQuantization::Method::kNone;
-  if (packed && format != WeightFormat::kBF16 && format != WeightFormat::kInt4) {
+  const bool packed = stored.method == CheckpointQuantization::Method::kGptq ||
+                      stored.method == CheckpointQuantization::Method::kAwq;
+  const bool stored_fp8 = stored.method == CheckpointQuantization::Method::kFp8;
+  const WeightFormat stored_format = packed ? WeightFormat::kInt4 : WeightFormat::kFp8;
+  if ((packed || stored_fp8) && format != WeightFormat::kBF16 && format != stored_format) {
     return absl::InvalidArgumentError(absl::StrCat(
-        checkpoint->dir(), " holds ", QuantizationMethodName(stored.method),
-        " 4-bit weights, which load as they are; weights ", WeightPrecisionName(options.precision),
-        " would quantize them again: leave weights at bf16 (or int4)"));
+        checkpoint->dir(), " holds ", QuantizationMethodName(stored.method), " weights, which load as they are; weights ",
+        WeightPrecisionName(options.precision), " would quantize them again: leave weights at bf16 (or ",
+        WeightFormatName(stored_format), ")"));
   }
-  // int4 keeps the embedding / LM head at int8: it is the one matrix every logit reads. A pre-quantized
-  // checkpoint's embedding loads as stored.
-  const WeightFormat embed_format =
-      packed ? WeightFormat::kBF16 : format == WeightFormat::kInt4 ? WeightFormat::kInt8 : format;
+  // Tensors a pre-quantized checkpoint stores plainly (the embedding, modules its config ignores) load as stored.
+  if (packed || stored_fp8) format = WeightFormat::kBF16;
+  // int4 keeps the embedding / LM head at int8: it is the one matrix every logit reads.
+  const WeightFormat embed_format = format == WeightFormat::kInt4 ? WeightFormat::kInt8 : format;
   auto w = std::unique_ptr<ModelWeights>(new ModelWeights());
   w->checkpoint_ = std::move(checkpoint);
   w->tp_ = tp;
@@ -199,7 +202,7 @@ absl::StatusOr<std::unique_ptr<ModelWeights>> ModelWeights::Load(std::shared_ptr
   const int group = options.int4_group_size;
   // Reading (and quantizing) every matrix is the long part of a load.
   const int64_t total = c.num_layers + 1;
-  const std::string as = packed ? absl::StrCat(" (", QuantizationMethodName(stored.method), " 4-bit)")
+  const std::string as = packed || stored_fp8 ? absl::StrCat(" (", QuantizationMethodName(stored.method), ")")
                          : format == WeightFormat::kBF16 ? ""
                                                          : absl::StrCat(" as ", WeightFormatName(format));
   Progress progress(absl::StrCat("loading ", w->checkpoint_->dir(), as), total);
@@ -238,6 +241,12 @@ absl::StatusOr<std::unique_ptr<ModelWeights>> ModelWeights::Load(std::shared_ptr
         {"mlp.down_proj", &l.down, h, c.intermediate_size, 0, h, tp.ffn_begin, tp.ffn_size},
     };
     for (const Part& part : parts) {
+      if (stored_fp8 && IsFp8Module(*w->checkpoint_, p + part.name)) {
+        ASSIGN_OR_RETURN(*part.out, ReadFp8(*w->checkpoint_, p + part.name, part.rows, part.cols, part.row_begin,
+                                            part.row_count, part.col_begin, part.col_count,
+                                            [&w](int64_t bytes) { return w->Own(bytes); }));
+        continue;
+      }
       if (packed) {
         ASSIGN_OR_RETURN(*part.out, ReadPackedInt4(*w->checkpoint_, p + part.name, part.rows, part.cols,
                                                    part.row_begin, part.row_count, part.col_begin, part.col_count,

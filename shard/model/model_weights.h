@@ -34,7 +34,7 @@ struct LayerWeights {
 std::string TextTensorPrefix(const Checkpoint& checkpoint);
 
 struct WeightLoadOptions {
-  // kFp8 has no host format: Load refuses it (a GPU backend quantizes bf16 weights to it at upload).
+  // A pre-quantized checkpoint (GPTQ, AWQ, compressed-tensors FP8) loads as stored, at bf16 or its own precision.
   WeightPrecision precision = WeightPrecision::kBF16;
   // int4: columns per group; smaller powers of two down to 32 where a matrix's input is not a multiple of it.
   // A tensor-parallel slice that would cut a group is refused (naming the group size that fits), so a model is

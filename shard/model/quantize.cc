@@ -6,6 +6,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "shard/model/dtype.h"
 
 namespace gemma {
 namespace {
@@ -51,6 +52,7 @@ int PickGroupSize(int64_t cols, int preferred, std::initializer_list<int64_t> cu
 int64_t QuantizedBytes(WeightFormat format, int64_t rows, int64_t cols, int group_size) {
   switch (format) {
     case WeightFormat::kInt8:
+    case WeightFormat::kFp8:
       return Align64(rows * cols) + Align64(4 * rows);
     case WeightFormat::kInt4:
       return Align64(rows * ((cols + 1) / 2)) + 2 * Align64(4 * rows * Groups(cols, group_size));
@@ -65,7 +67,10 @@ MatrixView QuantizeInto(const MatrixView& src, int64_t row_begin, int64_t rows, 
   q.rows = rows;
   q.cols = cols;
   q.format = format;
-  if (format == WeightFormat::kInt8) {
+  if (format == WeightFormat::kInt8 || format == WeightFormat::kFp8) {
+    // One scale per row, mapping its largest |w| onto the format's largest code.
+    const bool fp8 = format == WeightFormat::kFp8;
+    const float top = fp8 ? kFp8E4M3Max : 127.0f;
     q.stride = cols;
     q.scale_stride = 1;
     uint8_t* codes = memory;
@@ -76,11 +81,12 @@ MatrixView QuantizeInto(const MatrixView& src, int64_t row_begin, int64_t rows, 
       DequantizeRow(src, row_begin + r, row.data());
       float amax = 0.0f;
       for (float w : row) amax = std::max(amax, std::fabs(w));
-      const float scale = amax > 0.0f ? amax / 127.0f : 1.0f;
+      const float scale = amax > 0.0f ? amax / top : 1.0f;
       scales[r] = scale;
       for (int64_t k = 0; k < cols; ++k) {
-        const float c = std::clamp(std::nearbyint(row[col_begin + k] / scale), -127.0f, 127.0f);
-        codes[r * cols + k] = static_cast<uint8_t>(static_cast<int8_t>(c));
+        const float v = row[col_begin + k] / scale;
+        codes[r * cols + k] = fp8 ? F32ToFp8E4M3(v)
+                                  : static_cast<uint8_t>(static_cast<int8_t>(std::clamp(std::nearbyint(v), -127.0f, 127.0f)));
       }
     }
     q.codes = codes;

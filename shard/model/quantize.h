@@ -14,7 +14,8 @@ namespace gemma {
 //  int8: symmetric, one scale per output channel, every matrix including the embedding / LM head.
 //  int4: 4-bit codes with a scale and a zero per group of input columns (GPTQ/AWQ's W4A16 arithmetic); the
 //        embedding / LM head keeps int8, as llama.cpp keeps its output matrix at higher precision.
-//  fp8:  E4M3, for GPUs of compute capability 8.9 and newer.
+//  fp8:  E4M3 with one scale per output channel (compressed-tensors' channel strategy), every matrix including
+//        the embedding / LM head. The CPU widens the codes in registers; GPUs need compute capability 8.9.
 enum class WeightPrecision : uint8_t { kBF16, kInt8, kInt4, kFp8 };
 
 absl::StatusOr<WeightPrecision> ParseWeightPrecision(absl::string_view name);
@@ -43,6 +44,7 @@ Int4Parts LayOutInt4(uint8_t* memory, int64_t rows, int64_t cols, int group_size
 // into `memory` (QuantizedBytes of it, 64-byte aligned) and returns the view of it (stride == cols).
 //  kInt8: the scale of a row is max |w| / 127 over the whole source row, so column slices of one row share it
 //         and a tensor-parallel rank quantizes exactly as one rank holding the whole matrix.
+//  kFp8:  the same with max |w| / 448, codes rounded to the nearest E4M3 value.
 //  kInt4: per group of `group_size` columns (col_begin and cols multiples of it): the range [min(w, 0),
 //         max(w, 0)] in 15 steps, zero = round(-min / scale), code = clamp(round(w / scale) + zero, 0, 15).
 // Parallel over rows.

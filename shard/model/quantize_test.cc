@@ -49,6 +49,68 @@ TEST(QuantizeTest, Int8IsWithinHalfAStepOfEachWeightAndScalesByTheWholeRow) {
   }
 }
 
+// E4M3 as float8_e4m3fn defines it: code values from the definition, every finite code back to itself, and
+// any float to the nearest code (ties to the even code), saturating at 448.
+TEST(QuantizeTest, Fp8E4M3DecodesAsDefinedAndEncodesToTheNearestCode) {
+  EXPECT_EQ(Fp8E4M3ToF32(0x00), 0.0f);
+  EXPECT_EQ(Fp8E4M3ToF32(0x01), std::ldexp(1.0f, -9));  // the smallest subnormal
+  EXPECT_EQ(Fp8E4M3ToF32(0x07), 7 * std::ldexp(1.0f, -9));
+  EXPECT_EQ(Fp8E4M3ToF32(0x08), std::ldexp(1.0f, -6));  // the smallest normal
+  EXPECT_EQ(Fp8E4M3ToF32(0x38), 1.0f);
+  EXPECT_EQ(Fp8E4M3ToF32(0x3c), 1.5f);
+  EXPECT_EQ(Fp8E4M3ToF32(0x7e), 448.0f);
+  EXPECT_EQ(Fp8E4M3ToF32(0xfe), -448.0f);
+  EXPECT_TRUE(std::isnan(Fp8E4M3ToF32(0x7f)));
+  EXPECT_TRUE(std::isnan(Fp8E4M3ToF32(0xff)));
+  for (int c = 0; c < 256; ++c) {
+    if ((c & 0x7f) == 0x7f) continue;
+    EXPECT_EQ(F32ToFp8E4M3(Fp8E4M3ToF32(static_cast<uint8_t>(c))), c) << c;
+  }
+  EXPECT_EQ(F32ToFp8E4M3(1000.0f), 0x7e);
+  EXPECT_EQ(F32ToFp8E4M3(-1e30f), 0xfe);
+  EXPECT_EQ(F32ToFp8E4M3(std::nanf("")), 0x7f);
+  std::mt19937 rng(3);
+  std::uniform_real_distribution<float> log2_magnitude(-12.0f, 9.5f);
+  for (int i = 0; i < 20000; ++i) {
+    const float f = (i % 2 == 0 ? 1.0f : -1.0f) * std::exp2(log2_magnitude(rng));
+    // Brute force over the 127 finite codes of f's sign.
+    int best = -1;
+    double best_err = 1e30;
+    for (int c = 0; c < 0x7f; ++c) {
+      const int code = c | (f < 0 ? 0x80 : 0);
+      const double err = std::fabs(double(Fp8E4M3ToF32(static_cast<uint8_t>(code))) - f);
+      if (err < best_err || (err == best_err && code % 2 == 0)) best = code, best_err = err;
+    }
+    ASSERT_EQ(F32ToFp8E4M3(f), best) << f;
+  }
+}
+
+TEST(QuantizeTest, Fp8ScalesByTheWholeRowAndRoundsToTheNearestCode) {
+  // Magnitudes over 2^-18..2^0 of the row's largest, so that E4M3's subnormals (below 2^-15 of it) occur.
+  auto src = RandomMatrix(5, 96, 4);
+  std::mt19937 rng(5);
+  std::uniform_real_distribution<float> octaves(0.0f, 18.0f);
+  for (auto& b : src.bits) b = F32ToBf16(std::copysign(std::exp2(-octaves(rng)), Bf16ToF32(b)));
+  auto mem = Memory(WeightFormat::kFp8, 3, 64, 0);
+  const MatrixView q = QuantizeInto(src.view, 1, 3, 32, 64, WeightFormat::kFp8, 0, Aligned(mem));
+  ASSERT_EQ(q.format, WeightFormat::kFp8);
+  int subnormals = 0;
+  for (int64_t r = 0; r < 3; ++r) {
+    float amax = 0;
+    for (int64_t k = 0; k < 96; ++k) amax = std::max(amax, std::fabs(ElementAt(src.view, 1 + r, k)));
+    EXPECT_FLOAT_EQ(q.scales[r], amax / 448.0f);
+    for (int64_t k = 0; k < 64; ++k) {
+      const uint8_t code = q.codes[r * q.stride + k];
+      EXPECT_EQ(code, F32ToFp8E4M3(ElementAt(src.view, 1 + r, 32 + k) / q.scales[r]));
+      EXPECT_FLOAT_EQ(ElementAt(q, r, k), Fp8E4M3ToF32(code) * q.scales[r]);
+      subnormals += (code & 0x78) == 0 ? 1 : 0;
+    }
+  }
+  EXPECT_GT(subnormals, 0) << "the rows should reach E4M3's subnormals";
+  EXPECT_EQ(RowSlice(q, 1, 2).codes, q.codes + q.stride);
+  EXPECT_EQ(StoredBytes(q), 3 * 64 + 3 * 4);
+}
+
 TEST(QuantizeTest, Int4GroupsAreWithinHalfAStepAndPackLowNibbleFirst) {
   const auto src = RandomMatrix(3, 128, 2);
   auto mem = Memory(WeightFormat::kInt4, 3, 128, 32);

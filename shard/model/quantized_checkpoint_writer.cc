@@ -1,4 +1,4 @@
-#include "shard/model/packed_int4_writer.h"
+#include "shard/model/quantized_checkpoint_writer.h"
 
 #include <algorithm>
 #include <cmath>
@@ -16,6 +16,7 @@
 #include "shard/model/dtype.h"
 #include "shard/model/model_weights.h"
 #include "shard/model/packed_int4.h"
+#include "shard/model/quantize.h"
 
 namespace gemma {
 namespace {
@@ -76,6 +77,34 @@ PackedTensors Pack(const std::vector<float>& w, int64_t out, int64_t in, int gro
   return p;
 }
 
+// The quantization_config AutoGPTQ, AutoAWQ or llm-compressor (FP8 weights, activations left alone) write.
+nlohmann::json QuantizationConfig(CheckpointQuantization::Method method, int group_size) {
+  switch (method) {
+    case CheckpointQuantization::Method::kAwq:
+      return {{"quant_method", "awq"}, {"bits", 4}, {"group_size", group_size}, {"zero_point", true},
+              {"version", "gemm"}};
+    case CheckpointQuantization::Method::kFp8: {
+      const nlohmann::json weights = {{"num_bits", 8},     {"type", "float"},       {"strategy", "channel"},
+                                      {"symmetric", true}, {"dynamic", false},      {"group_size", nullptr},
+                                      {"observer", "minmax"}, {"block_structure", nullptr}, {"actorder", nullptr}};
+      return {{"quant_method", "compressed-tensors"},
+              {"format", "float-quantized"},
+              {"quantization_status", "compressed"},
+              {"config_groups",
+               {{"group_0",
+                 {{"targets", {"Linear"}},
+                  {"weights", weights},
+                  {"input_activations", nullptr},
+                  {"output_activations", nullptr}}}}},
+              {"ignore", {"lm_head"}},
+              {"kv_cache_scheme", nullptr}};
+    }
+    default:
+      return {{"quant_method", "gptq"}, {"bits", 4},           {"group_size", group_size},
+              {"desc_act", false},      {"sym", false},        {"checkpoint_format", "gptq"}};
+  }
+}
+
 template <class T>
 absl::string_view BytesOf(const std::vector<T>& v) {
   return {reinterpret_cast<const char*>(v.data()), v.size() * sizeof(T)};
@@ -83,16 +112,17 @@ absl::string_view BytesOf(const std::vector<T>& v) {
 
 }  // namespace
 
-absl::Status WritePackedInt4Checkpoint(const Checkpoint& in, const std::string& out_dir,
-                                       CheckpointQuantization::Method method, int group_size) {
+absl::Status WriteQuantizedCheckpoint(const Checkpoint& in, const std::string& out_dir,
+                                      CheckpointQuantization::Method method, int group_size) {
   if (method == CheckpointQuantization::Method::kNone) {
-    return absl::InvalidArgumentError("a 4-bit checkpoint is written as gptq or awq");
+    return absl::InvalidArgumentError("a quantized checkpoint is written as gptq, awq or compressed-tensors fp8");
   }
+  const bool fp8 = method == CheckpointQuantization::Method::kFp8;
   if (in.config().quantization.method != CheckpointQuantization::Method::kNone) {
     return absl::InvalidArgumentError(absl::StrCat(in.dir(), " is already quantized (",
                                                    QuantizationMethodName(in.config().quantization.method), ")"));
   }
-  if (group_size != 32 && group_size != 64 && group_size != 128) {
+  if (!fp8 && group_size != 32 && group_size != 64 && group_size != 128) {
     return absl::InvalidArgumentError(absl::StrCat("group size ", group_size, " is invalid; allowed: 32, 64, 128"));
   }
   const bool awq = method == CheckpointQuantization::Method::kAwq;
@@ -128,14 +158,28 @@ absl::Status WritePackedInt4Checkpoint(const Checkpoint& in, const std::string& 
     }
     ASSIGN_OR_RETURN(const StoredTensor f, in.Get(name, t.shape));
     const int64_t out = t.shape[0], cols = t.shape[1];
+    std::vector<float> w(out * cols);
+    for (int64_t i = 0; i < out * cols; ++i) w[i] = FloatElementAsF32(f.dtype, f.data, i);
+    const std::string module = name.substr(0, name.size() - std::string(".weight").size());
+    if (fp8) {
+      MatrixView source;
+      source.format = WeightFormat::kF32;
+      source.rows = out;
+      source.cols = source.stride = cols;
+      source.f32 = w.data();
+      std::vector<uint8_t> memory(QuantizedBytes(WeightFormat::kFp8, out, cols, 0));
+      const MatrixView q = QuantizeInto(source, 0, out, 0, cols, WeightFormat::kFp8, 0, memory.data());
+      tensors.push_back({module + ".weight", DType::kF8E4M3, {out, cols}, keep({reinterpret_cast<const char*>(q.codes),
+                                                                                 static_cast<size_t>(out * cols)})});
+      tensors.push_back({module + ".weight_scale", DType::kF32, {out, 1},
+                         keep({reinterpret_cast<const char*>(q.scales), static_cast<size_t>(out) * 4})});
+      continue;
+    }
     if (out % 8 != 0 || cols % group_size != 0) {
       return absl::InvalidArgumentError(absl::StrCat(name, " is [", out, ", ", cols, "]: 4-bit packing needs outputs in ",
                                                      "eights and inputs in whole groups of ", group_size));
     }
-    std::vector<float> w(out * cols);
-    for (int64_t i = 0; i < out * cols; ++i) w[i] = FloatElementAsF32(f.dtype, f.data, i);
     const PackedTensors p = Pack(w, out, cols, group_size, awq);
-    const std::string module = name.substr(0, name.size() - std::string(".weight").size());
     tensors.push_back({module + ".qweight", DType::kI32,
                        awq ? std::vector<int64_t>{cols, out / 8} : std::vector<int64_t>{cols / 8, out},
                        keep(BytesOf(p.qweight))});
@@ -151,11 +195,7 @@ absl::Status WritePackedInt4Checkpoint(const Checkpoint& in, const std::string& 
   text << config_in.rdbuf();
   nlohmann::json config = nlohmann::json::parse(text.str(), nullptr, /*allow_exceptions=*/false);
   if (config.is_discarded()) return absl::InvalidArgumentError(in.dir() + "/config.json: not valid JSON");
-  config["quantization_config"] =
-      awq ? nlohmann::json{{"quant_method", "awq"}, {"bits", 4}, {"group_size", group_size}, {"zero_point", true},
-                           {"version", "gemm"}}
-          : nlohmann::json{{"quant_method", "gptq"}, {"bits", 4}, {"group_size", group_size}, {"desc_act", false},
-                           {"sym", false}, {"checkpoint_format", "gptq"}};
+  config["quantization_config"] = QuantizationConfig(method, group_size);
   std::ofstream config_out(out_dir + "/config.json");
   config_out << config.dump(2) << "\n";
   if (!config_out.flush()) return absl::PermissionDeniedError(absl::StrCat(out_dir, "/config.json: cannot write"));
