@@ -60,6 +60,12 @@ absl::StatusOr<OpenedShard> OpenShard(std::shared_ptr<const Checkpoint> checkpoi
                                                  " on device cuda: the CUDA backend has no quantized kernels yet; use "
                                                  "weights bf16 on the GPU, or int8 / int4 / fp8 on the CPU"));
   }
+  // The CUDA cache is kept in the compute precision; fp8 and int8 caches wait for their kernels.
+  if (o.device == "cuda" && o.kv.dtype != KvCacheDtype::kAuto && KvCacheDtypeName(o.kv.dtype) != o.precision) {
+    return absl::UnimplementedError(absl::StrCat("KV cache dtype ", KvCacheDtypeName(o.kv.dtype),
+                                                 " on device cuda: the CUDA backend keeps its cache in --precision (",
+                                                 o.precision, ") for now; use auto, or int8 / bf16 on the CPU"));
+  }
   ASSIGN_OR_RETURN(const TensorParallel tp, TensorParallel::Create(checkpoint->config(), o.rank, o.world));
   ASSIGN_OR_RETURN(auto weights, ModelWeights::Load(checkpoint, tp, load));
   if (o.after_load) RETURN_IF_ERROR(o.after_load());

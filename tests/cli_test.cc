@@ -291,6 +291,12 @@ TEST(CliTest, QuantizedWeightsGenerateAndWrittenCheckpointsLoad) {
   CliRun from_file = Gemma("generate --model " + fp8_dir + " --prompt-ids 2,17,99 --max-new-tokens 6 --json");
   ASSERT_EQ(from_file.code, 0) << from_file.err;
   EXPECT_EQ(nlohmann::json::parse(from_file.out)["token_ids"].size(), 6u);
+  // An int8 KV cache, at TP 2 too (the follower takes the flag).
+  for (const char* tp : {"1", "2"}) {
+    CliRun kv = Gemma("generate" + m + " --prompt-ids 2,17,99 --max-new-tokens 6 --json --kv-cache-dtype int8 --tp " + tp);
+    ASSERT_EQ(kv.code, 0) << kv.err;
+    EXPECT_EQ(nlohmann::json::parse(kv.out)["token_ids"].size(), 6u);
+  }
   CliRun c = Gemma("compare-weights" + m + " --weights int8 --tokens 16 --json");
   ASSERT_EQ(c.code, 0) << c.err;
   const auto j = nlohmann::json::parse(c.out);
@@ -348,6 +354,8 @@ TEST(CliTest, BadInputGivesOneLineErrorAndNonZeroExit) {
       {"generate" + m + " --prompt Hi --weights int4 --int4-group-size 48", "allowed: 32, 64, 128"},
       {"quantize --in " + Tiny("tiny-mha") + " --out /tmp/x --weights int8", "allowed: int4, fp8"},
       {"quantize --in " + Tiny("tiny-mha") + " --out /tmp/x --weights fp8 --format awq", "are for --weights int4"},
+      {"generate" + m + " --prompt Hi --kv-cache-dtype q8", "--kv-cache-dtype \"q8\" is not a KV cache dtype; allowed: auto"},
+      {"generate" + m + " --prompt Hi --kv-cache-dtype fp8", "fp8 (E4M3) is for GPUs"},
       {"quantize --in " + Tiny("tiny-mha") + " --out /tmp/x --weights int4 --format exl2", "allowed: gptq, awq"},
       {"compare-weights" + m + " --weights bf16", "allowed: int8, int4"},
       {"kv-capacity --shape 3b", "allowed: tiny, 2b, 7b, gemma2-2b"},

@@ -12,7 +12,7 @@
 
 namespace gemma::testing {
 
-std::unique_ptr<CpuBackend> OpenBackend(const std::string& dir, int kv_tokens, bool windowed) {
+std::unique_ptr<CpuBackend> OpenBackend(const std::string& dir, int kv_tokens, bool windowed, KvCacheDtype kv_dtype) {
   auto ckpt = Checkpoint::Open(dir);
   EXPECT_TRUE(ckpt.ok()) << ckpt.status();
   auto weights = ModelWeights::Load(std::shared_ptr<const Checkpoint>(std::move(*ckpt)));
@@ -20,6 +20,7 @@ std::unique_ptr<CpuBackend> OpenBackend(const std::string& dir, int kv_tokens, b
   KvCacheOptions kv;
   kv.num_blocks = kv_tokens / kv.block_size;
   kv.windowed = windowed;
+  kv.dtype = kv_dtype;
   auto backend = CpuBackend::Create(std::shared_ptr<const ModelWeights>(std::move(*weights)), kv);
   EXPECT_TRUE(backend.ok()) << backend.status();
   return std::move(*backend);

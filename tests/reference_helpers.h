@@ -59,8 +59,9 @@ struct ReferenceGeneration {
 std::vector<ReferenceGeneration> ReferenceGenerations(const std::string& ref_dir);
 
 // A CPU backend over `dir` with room for `kv_tokens` positions (with `windowed`, kv_tokens / block_size blocks of
-// KvCacheOptions::windowed's layout).
-std::unique_ptr<CpuBackend> OpenBackend(const std::string& dir, int kv_tokens = 4096, bool windowed = false);
+// KvCacheOptions::windowed's layout), its cache stored as `kv_dtype`.
+std::unique_ptr<CpuBackend> OpenBackend(const std::string& dir, int kv_tokens = 4096, bool windowed = false,
+                                        KvCacheDtype kv_dtype = KvCacheDtype::kAuto);
 nlohmann::json ReadJson(const std::string& path);
 std::vector<float> ReadF32(const std::string& path);
 // log softmax of one logits row, in double.

@@ -38,7 +38,10 @@ void DeclareDeviceFlags(Args& args, const char* device_help) {
       .Flag("weights", "stored weight precision: bf16 (default), int8 (per-channel), int4 (grouped; embedding int8), "
                        "fp8 (E4M3, per-channel) on the CPU, quantized at load from the checkpoint; a pre-quantized "
                        "checkpoint (GPTQ, AWQ, compressed-tensors FP8) loads as stored")
-      .Flag("int4-group-size", "with --weights int4: input columns per scale and zero, 32, 64 or 128 (default 128)");
+      .Flag("int4-group-size", "with --weights int4: input columns per scale and zero, 32, 64 or 128 (default 128)")
+      .Flag("kv-cache-dtype", "how the KV cache stores K and V: auto (default: f32 on the CPU, --precision on the "
+                              "GPU), bf16 or int8 (a scale per position and head; a quarter of f32's memory) on "
+                              "the CPU");
 }
 
 absl::StatusOr<DeviceChoice> DeviceChoiceFromFlags(const Args& args) {
@@ -57,6 +60,10 @@ absl::StatusOr<DeviceChoice> DeviceChoiceFromFlags(const Args& args) {
     return absl::InvalidArgumentError(absl::StrCat("--int4-group-size ", group, " is invalid; allowed: 32, 64, 128"));
   }
   d.int4_group_size = static_cast<int>(group);
+  d.kv_cache_dtype = args.Get("kv-cache-dtype", "auto");
+  if (auto k = ParseKvCacheDtype(d.kv_cache_dtype); !k.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("--kv-cache-dtype ", k.status().message()));
+  }
   return d;
 }
 
@@ -68,6 +75,7 @@ KvCacheOptions KvFor(int64_t kv_tokens, const DeviceChoice& device) {
   // A GPU plans its cache from its memory at start like a worker does, so a local run measures what serving runs;
   // the CPU keeps the cache sized to the run.
   if (device.device == "cuda") kv.memory_fraction = kGpuMemoryFraction;
+  kv.dtype = *ParseKvCacheDtype(device.kv_cache_dtype);  // checked by DeviceChoiceFromFlags
   return kv;
 }
 
@@ -179,7 +187,8 @@ absl::Status AttachBackend(LocalModel& model, int64_t kv_tokens, int tp, int64_t
               w.c_str(), "--store", model.store_dir.c_str(), "--kv-tokens", k.c_str(), "--threads", t.c_str(),
               "--timeout-ms", ms.c_str(), "--transport", transport.c_str(), "--device", device.device.c_str(),
               "--precision", device.precision.c_str(), "--weights", device.weights.c_str(), "--int4-group-size",
-              std::to_string(device.int4_group_size).c_str(), static_cast<char*>(nullptr));
+              std::to_string(device.int4_group_size).c_str(), "--kv-cache-dtype", device.kv_cache_dtype.c_str(),
+              static_cast<char*>(nullptr));
       ::_exit(127);
     }
     model.followers.push_back(pid);

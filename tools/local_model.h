@@ -42,10 +42,11 @@ struct DeviceChoice {
   std::string precision = "bf16";
   std::string weights = "bf16";
   int int4_group_size = 128;
+  std::string kv_cache_dtype = "auto";  // shard/runtime/kv_cache.h's KvCacheDtype
 };
 
 class Args;
-// Declares --device, --precision, --weights and --int4-group-size; `device_help` says which GPU a rank takes.
+// Declares --device, --precision, --weights, --int4-group-size and --kv-cache-dtype; `device_help` says which GPU a rank takes.
 void DeclareDeviceFlags(Args& args, const char* device_help);
 // Those flags, checked: InvalidArgument naming the flag and what it allows.
 absl::StatusOr<DeviceChoice> DeviceChoiceFromFlags(const Args& args);

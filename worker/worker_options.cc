@@ -21,14 +21,18 @@ ABSL_FLAG(std::string, device, "cpu", "cpu or cuda");
 ABSL_FLAG(int, cuda_device, -1, "CUDA device of this rank; -1: rank mod the devices this process sees");
 ABSL_FLAG(std::string, precision, "bf16", "CUDA: bf16 (weights, GEMM inputs, KV cache) or f32 (exact checks)");
 ABSL_FLAG(std::string, weights, "bf16",
-          "stored weight precision: bf16, int8 (per-channel) or int4 (grouped; embedding int8) on the CPU, quantized "
-          "at load from the checkpoint");
+          "stored weight precision: bf16, int8 (per-channel), int4 (grouped; embedding int8) or fp8 (E4M3, "
+          "per-channel) on the CPU, quantized at load; a pre-quantized checkpoint (GPTQ, AWQ, compressed-tensors "
+          "FP8) loads as stored");
 ABSL_FLAG(int32_t, int4_group_size, 128, "with --weights int4: input columns per scale and zero, 32, 64 or 128");
 ABSL_FLAG(int64_t, kv_cache_mb, 0,
           "KV-cache size per rank in MiB; 0: 1024 on the CPU, planned from --gpu_memory_fraction with --device cuda");
 ABSL_FLAG(double, gpu_memory_fraction, 0.9,
           "with --device cuda and no --kv_cache_mb: the share of the device's memory this process keeps within; the "
           "KV cache takes what the weights and the largest step leave of it");
+ABSL_FLAG(std::string, kv_cache_dtype, "auto",
+          "how the KV cache stores K and V: auto (f32 on the CPU, --precision with --device cuda), bf16, or int8 on the "
+          "CPU (a scale per position and head; a quarter of f32's memory, so four times the positions)");
 ABSL_FLAG(bool, kv_windows, true,
           "sliding-window (local) layers keep only their window in the KV cache, in blocks of their own that are "
           "given back as the window passes; false: they keep every position, as global layers do");
@@ -69,6 +73,7 @@ void ApplyToShard(const WorkerOptions& o, ShardOptions& shard) {
   shard.kv.memory_fraction = planned ? o.gpu_memory_fraction : 0;
   shard.kv.max_bytes = o.kv_cache_bytes > 0 ? o.kv_cache_bytes : KvCacheOptions{}.max_bytes;
   shard.kv.windowed = o.kv_windows;
+  shard.kv.dtype = o.kv_cache_dtype;
 }
 
 int OrdinalFromHostname(const std::string& hostname) {
@@ -167,6 +172,9 @@ absl::StatusOr<WorkerOptions> WorkerOptionsFromFlags() {
   o.kv_cache_bytes = kv_mb << 20;
   o.gpu_memory_fraction = absl::GetFlag(FLAGS_gpu_memory_fraction);
   o.kv_windows = absl::GetFlag(FLAGS_kv_windows);
+  auto kv_dtype = ParseKvCacheDtype(absl::GetFlag(FLAGS_kv_cache_dtype));
+  if (!kv_dtype.ok()) return absl::InvalidArgumentError(absl::StrCat("--kv_cache_dtype ", kv_dtype.status().message()));
+  o.kv_cache_dtype = *kv_dtype;
   // Written so that NaN fails too.
   if (!(o.gpu_memory_fraction > 0 && o.gpu_memory_fraction <= 1)) {
     return absl::InvalidArgumentError(absl::StrCat("--gpu_memory_fraction ", o.gpu_memory_fraction,

@@ -27,6 +27,7 @@ struct WorkerOptions {
   // 0 (no --kv_cache_mb): the CPU takes 1 GiB; a GPU plans its cache from gpu_memory_fraction instead.
   int64_t kv_cache_bytes = 0;
   double gpu_memory_fraction = 0.9;  // with cuda and no --kv_cache_mb: the device's share this process keeps within
+  KvCacheDtype kv_cache_dtype = KvCacheDtype::kAuto;
   bool kv_windows = true;  // sliding-window layers keep only their window (KvCacheOptions::windowed)
   int max_tokens_per_step = 2048;
   int max_batch_size = 256;

@@ -18,6 +18,7 @@ ABSL_DECLARE_FLAG(int, max_batch_size);
 ABSL_DECLARE_FLAG(int, max_model_len);
 ABSL_DECLARE_FLAG(std::string, weights);
 ABSL_DECLARE_FLAG(int32_t, int4_group_size);
+ABSL_DECLARE_FLAG(std::string, kv_cache_dtype);
 
 namespace gemma {
 namespace {
@@ -94,6 +95,8 @@ TEST_F(WorkerFlagsTest, StepLimitsOutOfRangeNameWhatIsAllowed) {
       {[] { absl::SetFlag(&FLAGS_kv_cache_mb, -1); }, "--kv_cache_mb -1 is invalid; allowed: 1..16777216"},
       {[] { absl::SetFlag(&FLAGS_weights, "q4_0"); }, "--weights \"q4_0\" is not a weight precision; allowed: bf16, int8"},
       {[] { absl::SetFlag(&FLAGS_int4_group_size, 100); }, "--int4_group_size 100 is invalid; allowed: 32, 64, 128"},
+      {[] { absl::SetFlag(&FLAGS_kv_cache_dtype, "q8"); },
+       "--kv_cache_dtype \"q8\" is not a KV cache dtype; allowed: auto, f32, bf16, int8, fp8"},
   };
   for (const auto& c : cases) {
     absl::FlagSaver each;
@@ -114,6 +117,12 @@ TEST_F(WorkerFlagsTest, CpuKeepsItsGibibyteByDefault) {
   ApplyToShard(*o, shard);
   EXPECT_EQ(shard.kv.max_bytes, int64_t{1} << 30);
   EXPECT_EQ(shard.kv.memory_fraction, 0);  // the CPU never plans from a device's memory
+  EXPECT_EQ(shard.kv.dtype, KvCacheDtype::kAuto);
+  absl::SetFlag(&FLAGS_kv_cache_dtype, "int8");
+  o = WorkerOptionsFromFlags();
+  ASSERT_TRUE(o.ok()) << o.status();
+  ApplyToShard(*o, shard);
+  EXPECT_EQ(shard.kv.dtype, KvCacheDtype::kInt8);
 }
 
 TEST_F(WorkerFlagsTest, CudaPlansFromTheFractionUnlessTheSizeIsGiven) {

@@ -181,8 +181,6 @@ absl::Status CpuBackend::Forward(std::span<const SequenceStep> batch, StepLogits
                  lora_scratch_);
     timer.Switch(&timings_.other_seconds);
 
-    float* k_cache = kv_.Base(layer, 0);
-    float* v_cache = kv_.Base(layer, 1);
     const std::vector<float>& cos_sin = rope_[c.IsLocal(layer) ? 1 : 0].cos_sin;
     const bool qk_norm = c.qk_norm();
 #pragma omp parallel for schedule(static) if (T > 1)
@@ -204,8 +202,8 @@ absl::Status CpuBackend::Forward(std::span<const SequenceStep> batch, StepLogits
       for (int kh = 0; kh < tp.num_kv_heads; ++kh) {
         if (qk_norm) RmsNorm(k + kh * D, lw.k_norm.data(), c.rms_norm_eps, k + kh * D, D);
         ApplyRope(k + kh * D, &cos_sin[t * D], static_cast<int>(D));
-        std::copy(k + kh * D, k + (kh + 1) * D, k_cache + block_base + kv_.HeadOffset(kh));
-        std::copy(v + kh * D, v + (kh + 1) * D, v_cache + block_base + kv_.HeadOffset(kh));
+        kv_.WriteRow(layer, 0, block_base + kv_.HeadOffset(kh), k + kh * D);
+        kv_.WriteRow(layer, 1, block_base + kv_.HeadOffset(kh), v + kh * D);
       }
     }
     timer.Switch(&timings_.attention_seconds);
@@ -306,8 +304,7 @@ void CpuBackend::Attention(int layer, std::span<const SequenceStep> batch) {
   const int64_t T = static_cast<int64_t>(positions_.size());
   const int max_threads = omp_get_max_threads();
   scores_.resize(static_cast<size_t>(max_threads) * c.max_position_embeddings);
-  const float* k_cache = kv_.Base(layer, 0);
-  const float* v_cache = kv_.Base(layer, 1);
+  const KvRows k_cache = kv_.Rows(layer, 0), v_cache = kv_.Rows(layer, 1);
   const int64_t work = T * tp.num_q_heads;
   const bool local = c.IsLocal(layer);
 #pragma omp parallel for schedule(dynamic, 1) if (work > 1)

@@ -22,11 +22,11 @@ float DotF32(const float* a, const float* b, int64_t n);
 // y[i] += x[i].
 void AddInPlace(const float* x, float* y, int64_t n);
 
-// Where one sequence's K and V rows live in the paged cache: row j of a kv head
-// is at base + blocks.Block(j / block_size) * block_stride + head_offset + (j % block_size) * head_dim.
+// Where one sequence's K and V rows live in the paged cache: row j of a kv head is at element
+// blocks.Block(j / block_size) * block_stride + head_offset + (j % block_size) * head_dim of k / v (KvRows).
 struct PagedKv {
-  const float* k_base;
-  const float* v_base;
+  KvRows k;
+  KvRows v;
   KvTableView blocks;  // the layer's blocks of this sequence
   int block_size;
   int64_t block_stride;
@@ -35,7 +35,8 @@ struct PagedKv {
 
 // Causal attention of one (already RoPE'd and scaled) query head over key positions first..end-1:
 // out = softmax(cap(q . K^T)) V, where cap(s) = softcap * tanh(s / softcap) (softcap 0: none). A sliding window
-// is a `first` past 0. `scores` holds end - first floats.
+// is a `first` past 0. `scores` holds end - first floats. K and V rows are read in their stored dtype and widened in
+// registers (an int8 row's scale applied once to its dot product, and folded into its softmax weight for V).
 void AttendOneHead(const float* q, const PagedKv& kv, int first, int end, int head_dim, float softcap, float* scores,
                    float* out);
 
