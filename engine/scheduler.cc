@@ -71,9 +71,11 @@ std::vector<PlannedSequence> Scheduler::Schedule() {
   ++steps_;
   std::vector<PlannedSequence> plan;
   int budget = limits_.max_tokens_per_step;
+  // Any run of more than one position (a prompt, or what a preempted or forked sequence computes again) is cut at
+  // the prefill chunk: the admission bound (MostBlocksHeld) counts on runs no longer than that.
   auto chunk = [&](const ScheduledSequence& s) {
     const int pending = static_cast<int>(s.tokens.size()) - s.computed;
-    return std::min({pending, budget, s.computed >= s.prompt_len ? pending : limits_.max_prefill_chunk});
+    return std::min({pending, budget, limits_.max_prefill_chunk});
   };
   // Running sequences, oldest first: decodes before prompt chunks, so a long prompt never stalls the tokens of
   // others. A newer sequence is preempted when an older one needs a block.

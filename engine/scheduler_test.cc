@@ -19,13 +19,16 @@ std::unique_ptr<ScheduledSequence> Request(uint64_t id, int prompt, int max_new)
 
 // Runs steps until every sequence has generated max_new tokens; returns each one's tokens. The "model" emits
 // token = position, so a recomputed sequence must produce the same tokens as one never preempted.
-std::map<uint64_t, std::vector<int32_t>> RunToCompletion(Scheduler& sched, int max_steps = 10000) {
+// `longest_run`, when given, gets the most positions any one sequence computed in one step.
+std::map<uint64_t, std::vector<int32_t>> RunToCompletion(Scheduler& sched, int max_steps = 10000,
+                                                         int* longest_run = nullptr) {
   std::map<uint64_t, std::vector<int32_t>> done;
   for (int step = 0; step < max_steps && (sched.running() > 0 || sched.queued() > 0); ++step) {
     auto plan = sched.Schedule();
     EXPECT_FALSE(plan.empty()) << "no progress at step " << step;
-    int tokens = 0;
-    for (const auto& p : plan) tokens += p.count;
+    for (const auto& p : plan) {
+      if (longest_run != nullptr) *longest_run = std::max(*longest_run, p.count);
+    }
     std::vector<uint64_t> finished;
     for (const auto& p : plan) {
       const int32_t token = p.sample ? p.start + p.count : -1;
@@ -92,6 +95,20 @@ TEST(SchedulerTest, PreemptsWhenBlocksRunOutAndLosesNoRequest) {
   // 12 blocks of 4 positions = 48 positions for 4 sequences that each grow to 20: they cannot all fit.
   Scheduler sched({8, 64, 16}, 12, 4);
   ExpectPreemptedSequencesComplete(sched, 16);
+}
+
+// A preempted sequence computes its prompt and the tokens it had generated again in runs of at most the prefill
+// chunk: the run length the admission bound (BlockManager::MostBlocksHeld) assumes.
+TEST(SchedulerTest, RecomputeAfterPreemptionRunsInPrefillChunks) {
+  SchedulerLimits limits{8, 64, 16};
+  limits.max_prefill_chunk = 4;
+  Scheduler sched(limits, 12, 4);
+  for (uint64_t id = 1; id <= 4; ++id) ASSERT_TRUE(sched.Enqueue(Request(id, 4, 16)).ok());
+  int longest = 0;
+  const auto done = RunToCompletion(sched, 10000, &longest);
+  EXPECT_EQ(done.size(), 4u);
+  EXPECT_GT(sched.preemptions(), 0);
+  EXPECT_LE(longest, 4);
 }
 
 TEST(SchedulerTest, ManyMixedRequestsAllComplete) {
