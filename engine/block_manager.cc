@@ -100,7 +100,9 @@ bool BlockManager::EnsureCapacity(BlockTable& table, int64_t positions) {
 
 void BlockManager::Slide(BlockTable& table, int64_t next_position) {
   if (!window_.enabled()) return;
-  const int64_t first = FirstInWindow(next_position);
+  // One block index before the window stays: a fork starts at its parent's last full block, at most a block
+  // behind the parent, and its window then reaches one index further back (Scheduler::Fork).
+  const int64_t first = std::max<int64_t>(0, FirstInWindow(next_position) - 1);
   const int64_t drop = std::clamp<int64_t>(first - table.local_begin, 0, LocalEnd(table) - table.local_begin);
   const auto end = table.local.begin() + drop * window_.local_groups;
   for (auto it = table.local.begin(); it != end; ++it) Release(*it);  // oldest first: evicted first

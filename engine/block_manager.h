@@ -62,7 +62,8 @@ class BlockManager {
   // Grows `table` to cover `positions` with fresh blocks (local ones from local_begin on); false (and `table`
   // unchanged) when too few are free.
   bool EnsureCapacity(BlockTable& table, int64_t positions);
-  // Gives back the local blocks that no query at `next_position` or later sees (before a row starting there).
+  // Gives back the local blocks that no query at `next_position` or later sees (before a row starting there), but
+  // for the one block index just before the window, kept so that a fork can start up to a block behind.
   void Slide(BlockTable& table, int64_t next_position);
   // Drops this table's hold on each of its blocks and clears it.
   void Free(BlockTable& table);

@@ -147,13 +147,14 @@ TEST(BlockManagerWindowTest, LocalBlocksAreGivenBackAsTheWindowPassesGlobalOnesS
   int64_t most_local = 0;
   Compute(b, tokens, 0, 40, 1, t, chain, &most_local);  // decoding, one position a step
   EXPECT_EQ(t.global.size(), 10u);
-  // The next query (position 40) sees 33..40: block indices 8 and 9 (and 10 once it is written).
-  EXPECT_EQ(t.local_begin, 8);
-  EXPECT_EQ(t.local.size(), 2u * 2);
-  EXPECT_EQ(b.used_blocks(), 10 + 4);
-  EXPECT_EQ(b.window_released_blocks(), 8 * 2);
-  // At most the window and the position being written, over block boundaries: 3 indices.
-  EXPECT_LE(most_local, 3 * 2);
+  // The next query (position 40) sees 33..40: block indices 8 and 9 (and 10 once it is written); index 7 is kept
+  // for a fork that starts a block behind.
+  EXPECT_EQ(t.local_begin, 7);
+  EXPECT_EQ(t.local.size(), 3u * 2);
+  EXPECT_EQ(b.used_blocks(), 10 + 6);
+  EXPECT_EQ(b.window_released_blocks(), 7 * 2);
+  // At most the window and the position being written, over block boundaries, and the index kept: 4 indices.
+  EXPECT_LE(most_local, 4 * 2);
   EXPECT_LE(b.used_blocks(), b.MostBlocksHeld(40, 1));
   b.Free(t);
   EXPECT_EQ(b.free_blocks(), 64);
@@ -200,20 +201,22 @@ TEST(BlockManagerWindowTest, PrefixHitReusesOnlyLocalBlocksStillHeldOrCached) {
   BlockChain ca;
   Compute(b, tokens, 0, 24, 4, a, ca);
   ASSERT_EQ(a.global.size(), 6u);
-  ASSERT_EQ(a.local_begin, 4);  // position 24 sees 17..24: indices 4 and 5 (0..3 went back to the pool, cached)
-  // 6 global + 2 local held, 4 local cached.
-  EXPECT_EQ(b.used_blocks(), 8);
+  // Position 24 sees 17..24: indices 4 and 5, and 3 is kept (0..2 went back to the pool, cached).
+  ASSERT_EQ(a.local_begin, 3);
+  // 6 global + 3 local held, 3 local cached.
+  EXPECT_EQ(b.used_blocks(), 9);
   EXPECT_EQ(b.cached_blocks(), 6 + 6);
 
   // The same prompt: the first 5 blocks match (its last token is always computed); position 20 sees 13..20, local
-  // indices 3 (cached, not held) and 4 (held by a).
+  // indices 3 and 4 (held by a).
   BlockTable c;
   BlockChain cc;
   EXPECT_EQ(b.MatchPrefix(tokens, 23, 0, c, cc), 20);
   EXPECT_EQ(c.global.size(), 5u);
   EXPECT_EQ(c.local_begin, 3);
   ASSERT_EQ(c.local.size(), 2u);
-  EXPECT_EQ(c.local[1], a.local[0]);
+  EXPECT_EQ(c.local[0], a.local[0]);
+  EXPECT_EQ(c.local[1], a.local[1]);
   EXPECT_EQ(b.ref_count(a.local[0]), 2);
   EXPECT_EQ(cc.last_hash, BlockManager::PrefixHashes(tokens, 20, 4, 0).back());
   b.Free(c);
@@ -249,28 +252,28 @@ TEST(BlockManagerWindowTest, ForkSharesLocalBlocksAndAWriteCopiesEveryGroup) {
   const auto tokens = Tokens(30);
   BlockTable parent;
   BlockChain chain;
-  Compute(b, tokens, 0, 30, 5, parent, chain);  // position 30 sees 23..30: indices 5..7
-  ASSERT_EQ(parent.local_begin, 5);
-  ASSERT_EQ(parent.local.size(), 3u * 2);
+  Compute(b, tokens, 0, 30, 5, parent, chain);  // position 30 sees 23..30: indices 5..7, and 4 is kept
+  ASSERT_EQ(parent.local_begin, 4);
+  ASSERT_EQ(parent.local.size(), 4u * 2);
   const int held = b.used_blocks();
   BlockTable child = b.Fork(parent);
   EXPECT_EQ(b.used_blocks(), held);
   EXPECT_EQ(child.local, parent.local);
-  EXPECT_EQ(b.ref_count(parent.local[5]), 2);
+  EXPECT_EQ(b.ref_count(parent.local[7]), 2);
   // Position 30 is in block index 7: its global block and both local groups are shared, so all three are copied.
   bool ok;
   auto copies = b.PrepareWrite(child, 30, &ok);
   ASSERT_TRUE(ok);
   ASSERT_EQ(copies.size(), 3u);
   EXPECT_EQ(copies[0].first, parent.global[7]);
-  EXPECT_EQ(copies[1].first, parent.local[4]);
-  EXPECT_EQ(copies[2].first, parent.local[5]);
-  EXPECT_EQ(copies[2].second, child.local[5]);
-  EXPECT_EQ(b.ref_count(parent.local[5]), 1);
+  EXPECT_EQ(copies[1].first, parent.local[6]);
+  EXPECT_EQ(copies[2].first, parent.local[7]);
+  EXPECT_EQ(copies[2].second, child.local[7]);
+  EXPECT_EQ(b.ref_count(parent.local[7]), 1);
   EXPECT_EQ(child.local[0], parent.local[0]);  // blocks not written stay shared
   // The child's window moves on: it gives back its hold on the shared local blocks; the parent keeps them.
   b.Slide(child, 36);
-  EXPECT_EQ(child.local_begin, 7);
+  EXPECT_EQ(child.local_begin, 6);
   EXPECT_EQ(b.ref_count(parent.local[0]), 1);
   b.Free(child);
   b.Free(parent);

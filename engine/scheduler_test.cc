@@ -274,10 +274,10 @@ TEST(SchedulerTest, ScoringNeverStartsFromTheCache) {
 // Local layers that see 8 positions, in two groups of blocks of 4 positions.
 TEST(SchedulerTest, AdmissionCountsOnlyTheWindowOfLocalLayers) {
   // 40 + 40 positions: 20 global blocks, and local blocks (two a block index) for at most (8 + 8 + 3) / 4 + 1 = 5
-  // block indices, not 20.
+  // block indices and the one kept before the window, not 20.
   const KvWindow window{8, 2};
-  EXPECT_TRUE(absl::IsInvalidArgument(Scheduler({4, 8, 8, 8}, 29, 4, false, window).Enqueue(Request(1, 40, 40))));
-  Scheduler sched({4, 8, 8, 8}, 30, 4, false, window);
+  EXPECT_TRUE(absl::IsInvalidArgument(Scheduler({4, 8, 8, 8}, 31, 4, false, window).Enqueue(Request(1, 40, 40))));
+  Scheduler sched({4, 8, 8, 8}, 32, 4, false, window);
   ASSERT_TRUE(sched.Enqueue(Request(1, 40, 40)).ok());
   int most = 0;
   for (int step = 0; step < 200 && sched.running() + sched.queued() > 0; ++step) {
@@ -289,7 +289,7 @@ TEST(SchedulerTest, AdmissionCountsOnlyTheWindowOfLocalLayers) {
   }
   EXPECT_EQ(sched.running() + sched.queued(), 0);
   EXPECT_EQ(sched.preemptions(), 0);
-  EXPECT_LE(most, 30);
+  EXPECT_LE(most, 32);
   EXPECT_GT(sched.blocks().window_released_blocks(), 0);
   EXPECT_EQ(sched.blocks().used_blocks(), 0);
 }
@@ -319,37 +319,48 @@ TEST(SchedulerTest, APrefixHitStartsWhereTheWindowsLocalBlocksAreStillCached) {
   EXPECT_EQ(sched.blocks().used_blocks(), 0);
 }
 
-// A forked child takes its parent's global blocks and the local blocks its own window still needs; a parent whose
-// window has slid past them cannot lend them, and the child computes its prompt afresh.
+// A forked child takes its parent's global blocks and the local blocks its own window still needs (the parent keeps
+// one block index before its window for that); a parent whose window has slid further cannot lend them, and the
+// child computes its prompt afresh.
 TEST(SchedulerTest, AForkSharesTheLocalBlocksItsWindowNeedsOrStartsAfresh) {
-  for (const int parent_positions : {30, 40}) {
+  struct Case {
+    int parent_positions, shared_tokens, child_prompt;
+    int computed, local_begin;  // the child's; computed 0: afresh
+  };
+  // Window 8, blocks of 4, one local group.
+  for (const Case& c : {// 7 full blocks; the child's next position 28 sees 21..28: indices 5 and 6.
+                        Case{30, 30, 31, 28, 5},
+                        // A sample of a 32-token prompt: it starts at the parent's last full block, 28, a block
+                        // behind the parent (which sees 25..32 from index 6) and its window reaches index 5, the
+                        // one the parent keeps before its window.
+                        Case{32, 32, 32, 28, 5},
+                        // The parent at 40 keeps indices from 7 on: nothing the child's window needs is left.
+                        Case{40, 30, 31, 0, 0}}) {
     Scheduler sched({8, 64, 64}, 64, 4, /*prefix_cache=*/false, KvWindow{8, 1});
-    ASSERT_TRUE(sched.Enqueue(Request(1, parent_positions, 4)).ok());
+    ASSERT_TRUE(sched.Enqueue(Request(1, c.parent_positions, 4)).ok());
     auto plan = sched.Schedule();
     ASSERT_EQ(plan.size(), 1u);
     sched.Advance(plan[0], 7);
     ScheduledSequence* parent = sched.Find(1);
     ASSERT_NE(parent, nullptr);
-    ASSERT_EQ(parent->computed, parent_positions);
-    // The child shares the first 30 tokens (and has one of its own after them).
-    auto child = Request(2, 31, 4);
-    std::copy(parent->tokens.begin(), parent->tokens.begin() + 30, child->tokens.begin());
+    ASSERT_EQ(parent->computed, c.parent_positions);
+    auto child = Request(2, c.child_prompt, 4);
+    std::copy(parent->tokens.begin(), parent->tokens.begin() + c.shared_tokens, child->tokens.begin());
     sched.Fork(*parent, std::move(child));
     const ScheduledSequence* forked = sched.Find(2);
     ASSERT_NE(forked, nullptr);
-    if (parent_positions == 30) {
-      // 7 full blocks; the next position 28 sees 21..28: local indices 5 and 6, which the parent still holds.
-      EXPECT_EQ(forked->computed, 28);
-      EXPECT_EQ(forked->blocks.global, std::vector<int32_t>(parent->blocks.global.begin(), parent->blocks.global.begin() + 7));
-      EXPECT_EQ(forked->blocks.local_begin, 5);
-      EXPECT_EQ(forked->blocks.local.size(), 2u);
+    EXPECT_EQ(forked->computed, c.computed) << c.parent_positions;
+    if (c.computed > 0) {
+      const size_t full = static_cast<size_t>(c.computed / 4);
+      EXPECT_EQ(forked->blocks.global,
+                std::vector<int32_t>(parent->blocks.global.begin(), parent->blocks.global.begin() + full));
+      EXPECT_EQ(forked->blocks.local_begin, c.local_begin);
+      EXPECT_EQ(forked->blocks.local.size(), full - c.local_begin);
     } else {
-      // The parent at 40 has given back indices before 8: nothing the child's window needs is left to share.
-      EXPECT_EQ(forked->computed, 0);
       EXPECT_TRUE(forked->blocks.empty());
     }
     RunToCompletion(sched);
-    EXPECT_EQ(sched.blocks().used_blocks(), 0) << parent_positions;
+    EXPECT_EQ(sched.blocks().used_blocks(), 0) << c.parent_positions;
   }
 }
 

@@ -67,10 +67,11 @@ struct KvWindow {
   bool enabled() const { return window > 0 && local_groups > 0; }
   // The most block indices whose local blocks a sequence of `positions` positions holds at once, computed in runs of
   // at most `chunk`: a run and the window - 1 positions before it, and one more position (an overlapped step's
-  // reservation), span at most this many blocks of `block_size`.
+  // reservation), span at most this many blocks of `block_size`; plus the one index before the window that the
+  // block manager keeps for forks (BlockManager::Slide).
   int64_t MostLocalIndices(int64_t positions, int chunk, int block_size) const {
     if (!enabled()) return 0;
-    const int64_t span = (window + std::max(chunk, 1) + block_size - 1) / block_size + 1;
+    const int64_t span = (window + std::max(chunk, 1) + block_size - 1) / block_size + 2;
     return std::min((positions + block_size - 1) / block_size, span);
   }
 };
