@@ -63,14 +63,15 @@ void BlockManager::Hold(int32_t b) {
   if (block.refs++ == 0) evictable_.erase(block.lru);  // only named blocks are cached while held by nobody
 }
 
-void BlockManager::Release(int32_t b) {
+bool BlockManager::Release(int32_t b) {
   Block& block = blocks_[b];
-  if (--block.refs > 0) return;
+  if (--block.refs > 0) return false;
   if (block.named) {
     block.lru = evictable_.insert(evictable_.end(), b);
   } else {
     free_.push_back(b);
   }
+  return true;
 }
 
 uint64_t BlockManager::LocalName(uint64_t hash, int group) { return Mix(hash, 0x6c6f63616cull + group); }
@@ -105,9 +106,9 @@ void BlockManager::Slide(BlockTable& table, int64_t next_position) {
   const int64_t first = std::max<int64_t>(0, FirstInWindow(next_position) - 1);
   const int64_t drop = std::clamp<int64_t>(first - table.local_begin, 0, LocalEnd(table) - table.local_begin);
   const auto end = table.local.begin() + drop * window_.local_groups;
-  for (auto it = table.local.begin(); it != end; ++it) Release(*it);  // oldest first: evicted first
+  // Oldest first: evicted first. Only blocks no other sequence holds count as given back.
+  for (auto it = table.local.begin(); it != end; ++it) window_released_ += Release(*it) ? 1 : 0;
   table.local.erase(table.local.begin(), end);
-  window_released_ += drop * window_.local_groups;
   table.local_begin += static_cast<int32_t>(drop);
   if (table.local.empty()) table.local_begin = static_cast<int32_t>(std::max<int64_t>(table.local_begin, first));
 }

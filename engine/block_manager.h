@@ -56,7 +56,8 @@ class BlockManager {
   const KvWindow& window() const { return window_; }
   // The most blocks a sequence of `positions` positions holds at once, computed in runs of at most `chunk`.
   int64_t MostBlocksHeld(int64_t positions, int chunk) const;
-  // Local blocks given back because their positions left the window, since the start.
+  // Local blocks given back because their positions left the window (and no other sequence held them), since the
+  // start.
   int64_t window_released_blocks() const { return window_released_; }
 
   // Grows `table` to cover `positions` with fresh blocks (local ones from local_begin on); false (and `table`
@@ -104,7 +105,8 @@ class BlockManager {
   };
   int32_t Take();             // a free block (never used first, else the least recently freed cached one)
   void Hold(int32_t block);   // one more holder
-  void Release(int32_t block);
+  // Drops one hold; true when that was the last (the block is free or cached).
+  bool Release(int32_t block);
   void Unname(int32_t block);
   // Names `block` `hash` unless it or another block has that name already.
   void Name(int32_t block, uint64_t hash, uint64_t parent, std::span<const int32_t> tokens);

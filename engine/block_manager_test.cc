@@ -271,10 +271,13 @@ TEST(BlockManagerWindowTest, ForkSharesLocalBlocksAndAWriteCopiesEveryGroup) {
   EXPECT_EQ(copies[2].second, child.local[7]);
   EXPECT_EQ(b.ref_count(parent.local[7]), 1);
   EXPECT_EQ(child.local[0], parent.local[0]);  // blocks not written stay shared
-  // The child's window moves on: it gives back its hold on the shared local blocks; the parent keeps them.
+  // The child's window moves on: it gives back its hold on the shared local blocks; the parent keeps them, so
+  // none is counted as given back.
+  const int64_t released = b.window_released_blocks();
   b.Slide(child, 36);
   EXPECT_EQ(child.local_begin, 6);
   EXPECT_EQ(b.ref_count(parent.local[0]), 1);
+  EXPECT_EQ(b.window_released_blocks(), released);
   b.Free(child);
   b.Free(parent);
   EXPECT_EQ(b.free_blocks(), 64);
