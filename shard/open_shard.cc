@@ -1,8 +1,11 @@
 #include "shard/open_shard.h"
 
+#include <cstdio>
+
 #include "absl/strings/str_cat.h"
 #include "engine/status_macros.h"
 #include "shard/cpu/cpu_backend.h"
+#include "shard/cpu/matmul_bf16.h"
 #include "shard/cuda/cuda_module.h"
 
 namespace gemma {
@@ -47,6 +50,13 @@ absl::StatusOr<OpenedShard> OpenShard(std::shared_ptr<const Checkpoint> checkpoi
     return absl::InvalidArgumentError(absl::StrCat("precision \"", o.precision,
                                                    "\" applies to device cuda only (the CPU computes in f32; --weights sets how its weights are stored)"));
   }
+  if (o.activations != "f32" && o.activations != "bf16") {
+    return absl::InvalidArgumentError(absl::StrCat("activations \"", o.activations, "\" is invalid; allowed: f32, bf16"));
+  }
+  if (o.device == "cuda" && o.activations != "f32") {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "activations ", o.activations, " applies to device cpu (the CUDA backend computes in --precision)"));
+  }
   WeightLoadOptions load;
   ASSIGN_OR_RETURN(load.precision, ParseWeightPrecision(o.weights));
   load.int4_group_size = o.int4_group_size;
@@ -73,7 +83,12 @@ absl::StatusOr<OpenedShard> OpenShard(std::shared_ptr<const Checkpoint> checkpoi
   if (o.device == "cuda") {
     ASSIGN_OR_RETURN(shard.backend, CudaBackend(o, shard.weights, collective.get()));
   } else {
-    ASSIGN_OR_RETURN(shard.backend, CpuBackend::Create(shard.weights, o.kv, std::move(collective)));
+    CpuComputeOptions compute;
+    compute.bf16_prompt_activations = o.activations == "bf16";
+    if (compute.bf16_prompt_activations && !HasBf16DotProducts() && o.rank == 0) {
+      std::fprintf(stderr, "activations bf16: this CPU has no AVX512-BF16; prompt chunks run the f32 kernel\n");
+    }
+    ASSIGN_OR_RETURN(shard.backend, CpuBackend::Create(shard.weights, o.kv, std::move(collective), compute));
   }
   return shard;
 }

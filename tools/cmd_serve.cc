@@ -148,7 +148,8 @@ int ServeCommand(int argc, char** argv) {
                                               absl::StrCat("--drain_timeout_ms=", kDrain.count()),
                                               "--weights=" + device_choice->weights,
                                               absl::StrCat("--int4_group_size=", device_choice->int4_group_size),
-                                              "--kv_cache_dtype=" + device_choice->kv_cache_dtype};
+                                              "--kv_cache_dtype=" + device_choice->kv_cache_dtype,
+                                              "--activations=" + device_choice->activations};
       if (device == "cuda") {
         worker_args.insert(worker_args.end(), {"--device=cuda", "--precision=" + device_choice->precision,
                                                absl::StrCat("--cuda_device=", g * *tp + r),

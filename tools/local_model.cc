@@ -41,7 +41,9 @@ void DeclareDeviceFlags(Args& args, const char* device_help) {
       .Flag("int4-group-size", "with --weights int4: input columns per scale and zero, 32, 64 or 128 (default 128)")
       .Flag("kv-cache-dtype", "how the KV cache stores K and V: auto (default: f32 on the CPU, --precision on the "
                               "GPU), bf16 or int8 (a scale per position and head; a quarter of f32's memory) on "
-                              "the CPU");
+                              "the CPU")
+      .Flag("activations", "f32 (default) or bf16: prompt chunks on the CPU multiply bf16-rounded activations by "
+                           "AVX512-BF16 dot products (where the CPU has them; f32 elsewhere); decoding stays f32");
 }
 
 absl::StatusOr<DeviceChoice> DeviceChoiceFromFlags(const Args& args) {
@@ -61,6 +63,10 @@ absl::StatusOr<DeviceChoice> DeviceChoiceFromFlags(const Args& args) {
   }
   d.int4_group_size = static_cast<int>(group);
   d.kv_cache_dtype = args.Get("kv-cache-dtype", "auto");
+  d.activations = args.Get("activations", "f32");
+  if (d.activations != "f32" && d.activations != "bf16") {
+    return absl::InvalidArgumentError("--activations \"" + d.activations + "\" is invalid; allowed: f32, bf16");
+  }
   if (auto k = ParseKvCacheDtype(d.kv_cache_dtype); !k.ok()) {
     return absl::InvalidArgumentError(absl::StrCat("--kv-cache-dtype ", k.status().message()));
   }
@@ -91,6 +97,7 @@ absl::StatusOr<std::unique_ptr<Backend>> RankBackend(const std::shared_ptr<const
   o.precision = device.precision;
   o.weights = device.weights;
   o.int4_group_size = device.int4_group_size;
+  o.activations = device.activations;
   o.kv = KvFor(kv_tokens, device);
   o.timeout = std::chrono::milliseconds(timeout_ms);
   auto shard = OpenShard(ckpt, o, std::move(collective));
@@ -188,7 +195,7 @@ absl::Status AttachBackend(LocalModel& model, int64_t kv_tokens, int tp, int64_t
               "--timeout-ms", ms.c_str(), "--transport", transport.c_str(), "--device", device.device.c_str(),
               "--precision", device.precision.c_str(), "--weights", device.weights.c_str(), "--int4-group-size",
               std::to_string(device.int4_group_size).c_str(), "--kv-cache-dtype", device.kv_cache_dtype.c_str(),
-              static_cast<char*>(nullptr));
+              "--activations", device.activations.c_str(), static_cast<char*>(nullptr));
       ::_exit(127);
     }
     model.followers.push_back(pid);

@@ -43,6 +43,7 @@ struct DeviceChoice {
   std::string weights = "bf16";
   int int4_group_size = 128;
   std::string kv_cache_dtype = "auto";  // shard/runtime/kv_cache.h's KvCacheDtype
+  std::string activations = "f32";     // f32, or bf16 for prompt rows on the CPU
 };
 
 class Args;

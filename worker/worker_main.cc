@@ -139,6 +139,7 @@ int Run(const WorkerOptions& o) {
   shard_options.precision = o.precision;
   shard_options.weights = o.weights;
   shard_options.int4_group_size = o.int4_group_size;
+  shard_options.activations = o.activations;
   shard_options.cuda_device = o.cuda_device;
   ApplyToShard(o, shard_options);
   shard_options.timeout = o.timeout;

@@ -33,6 +33,9 @@ ABSL_FLAG(double, gpu_memory_fraction, 0.9,
 ABSL_FLAG(std::string, kv_cache_dtype, "auto",
           "how the KV cache stores K and V: auto (f32 on the CPU, --precision with --device cuda), bf16, or int8 on the "
           "CPU (a scale per position and head; a quarter of f32's memory, so four times the positions)");
+ABSL_FLAG(std::string, activations, "f32",
+          "f32, or bf16: prompt chunks on the CPU multiply bf16-rounded activations by AVX512-BF16 dot products "
+          "(where the CPU has them; f32 elsewhere); decoding stays f32");
 ABSL_FLAG(bool, kv_windows, true,
           "sliding-window (local) layers keep only their window in the KV cache, in blocks of their own that are "
           "given back as the window passes; false: they keep every position, as global layers do");
@@ -158,6 +161,10 @@ absl::StatusOr<WorkerOptions> WorkerOptionsFromFlags() {
   o.weights = absl::GetFlag(FLAGS_weights);
   if (auto w = ParseWeightPrecision(o.weights); !w.ok()) {
     return absl::InvalidArgumentError(absl::StrCat("--", w.status().message()));
+  }
+  o.activations = absl::GetFlag(FLAGS_activations);
+  if (o.activations != "f32" && o.activations != "bf16") {
+    return absl::InvalidArgumentError(absl::StrCat("--activations \"", o.activations, "\" is invalid; allowed: f32, bf16"));
   }
   o.int4_group_size = absl::GetFlag(FLAGS_int4_group_size);
   if (o.int4_group_size != 32 && o.int4_group_size != 64 && o.int4_group_size != 128) {

@@ -9,6 +9,7 @@
 #include "engine/status_macros.h"
 #include "shard/cpu/lora.h"
 #include "shard/cpu/matmul.h"
+#include "shard/cpu/matmul_bf16.h"
 #include "shard/cpu/ops.h"
 #include "shard/model/dtype.h"
 
@@ -42,14 +43,27 @@ void PlaceVocabSlices(const float* gathered, int world, int64_t rows, int64_t sl
 
 absl::StatusOr<std::unique_ptr<CpuBackend>> CpuBackend::Create(std::shared_ptr<const ModelWeights> weights,
                                                                const KvCacheOptions& kv_options,
-                                                               std::shared_ptr<HostCollective> collective) {
+                                                               std::shared_ptr<HostCollective> collective,
+                                                               CpuComputeOptions compute) {
   if (collective == nullptr) collective = MakeSingleRankCollective();
   const TensorParallel& tp = weights->tp();
   RETURN_IF_ERROR(CheckCollectiveRank(*collective, tp.rank, tp.world));
   ModelConfig local = weights->config();
   local.num_kv_heads = tp.num_kv_heads;  // this rank's cache holds only its kv heads
   ASSIGN_OR_RETURN(auto kv, KvCache::Create(local, kv_options));
-  return std::unique_ptr<CpuBackend>(new CpuBackend(std::move(weights), std::move(kv), std::move(collective)));
+  return std::unique_ptr<CpuBackend>(
+      new CpuBackend(std::move(weights), std::move(kv), std::move(collective), compute));
+}
+
+void CpuBackend::Project(const float* in, int64_t T, int64_t K, std::span<const MatrixView> views, float* out,
+                         int64_t ldo) {
+  if (!compute_.bf16_prompt_activations) return MatMul(in, T, K, K, views, out, ldo);
+  for (const TokenRun& run : token_runs_) {
+    const int64_t n = run.end - run.begin;
+    const float* x = in + run.begin * K;
+    float* y = out + run.begin * ldo;
+    if (!run.prompt || !MatMulBf16Activations(x, n, K, K, views, y, ldo)) MatMul(x, n, K, K, views, y, ldo);
+  }
 }
 
 absl::Status CpuBackend::AllReduce(float* data, int64_t count) {
@@ -63,7 +77,7 @@ absl::Status CpuBackend::RowParallel(const float* in, int64_t T, int64_t K, cons
   const MatrixView views[] = {w};
   timer.Switch(&timings_.matmul_seconds);
   if (contribute) {
-    MatMul(in, T, K, K, views, proj_.data(), H);
+    Project(in, T, K, views, proj_.data(), H);
     // Before the all-reduce: each rank adds its input slice's part, as for the base matrix.
     AddLoraTerms(lora_groups_, layer, target, in, K, proj_.data(), H, lora_scratch_);
   } else {
@@ -75,8 +89,9 @@ absl::Status CpuBackend::RowParallel(const float* in, int64_t T, int64_t K, cons
   return s;
 }
 
-CpuBackend::CpuBackend(std::shared_ptr<const ModelWeights> weights, KvCache kv, std::shared_ptr<HostCollective> collective)
-    : weights_(std::move(weights)), collective_(std::move(collective)), kv_(std::move(kv)) {
+CpuBackend::CpuBackend(std::shared_ptr<const ModelWeights> weights, KvCache kv, std::shared_ptr<HostCollective> collective,
+                       CpuComputeOptions compute)
+    : weights_(std::move(weights)), collective_(std::move(collective)), kv_(std::move(kv)), compute_(compute) {
   const ModelConfig& c = config();
   for (int local = 0; local < 2; ++local) {
     const float theta = local ? (c.rope_local_theta > 0 ? c.rope_local_theta : c.rope_theta) : c.rope_theta;
@@ -123,6 +138,20 @@ absl::Status CpuBackend::Forward(std::span<const SequenceStep> batch, StepLogits
     }
   }
   GroupByAdapter(batch);
+  token_runs_.clear();
+  {
+    int64_t t = 0;
+    for (const auto& s : batch) {
+      const int64_t n = static_cast<int64_t>(s.tokens.size());
+      const bool prompt = n > 1;
+      if (!token_runs_.empty() && token_runs_.back().prompt == prompt) {
+        token_runs_.back().end += n;
+      } else {
+        token_runs_.push_back({t, t + n, prompt});
+      }
+      t += n;
+    }
+  }
   x_.resize(T * H);
   xn_.resize(T * H);
   qkv_.resize(T * qkv_ld);
@@ -174,7 +203,7 @@ absl::Status CpuBackend::Forward(std::span<const SequenceStep> batch, StepLogits
     for (int64_t t = 0; t < T; ++t) RmsNorm(&x_[t * H], lw.attn_norm.data(), c.rms_norm_eps, &xn_[t * H], H);
     const MatrixView qkv_w[] = {lw.q, lw.k, lw.v};
     timer.Switch(&timings_.matmul_seconds);
-    MatMul(xn_.data(), T, H, H, qkv_w, qkv_.data(), qkv_ld);
+    Project(xn_.data(), T, H, qkv_w, qkv_.data(), qkv_ld);
     AddLoraTerms(lora_groups_, layer, LoraTarget::kQ, xn_.data(), H, qkv_.data(), qkv_ld, lora_scratch_);
     AddLoraTerms(lora_groups_, layer, LoraTarget::kK, xn_.data(), H, qkv_.data() + q_dim, qkv_ld, lora_scratch_);
     AddLoraTerms(lora_groups_, layer, LoraTarget::kV, xn_.data(), H, qkv_.data() + q_dim + kv_dim, qkv_ld,
@@ -228,7 +257,7 @@ absl::Status CpuBackend::Forward(std::span<const SequenceStep> batch, StepLogits
     hooks_.Capture(ActivationKind::kAttentionOutput, layer, proj_.data());
     const MatrixView gate_up_w[] = {lw.gate, lw.up};
     timer.Switch(&timings_.matmul_seconds);
-    MatMul(xn_.data(), T, H, H, gate_up_w, gate_up_.data(), 2 * I);
+    Project(xn_.data(), T, H, gate_up_w, gate_up_.data(), 2 * I);
     AddLoraTerms(lora_groups_, layer, LoraTarget::kGate, xn_.data(), H, gate_up_.data(), 2 * I, lora_scratch_);
     AddLoraTerms(lora_groups_, layer, LoraTarget::kUp, xn_.data(), H, gate_up_.data() + I, 2 * I, lora_scratch_);
     timer.Switch(&timings_.other_seconds);

@@ -14,6 +14,13 @@
 
 namespace gemma {
 
+// How the CPU computes (--activations).
+struct CpuComputeOptions {
+  // Rows of more than one token (prompt chunks, recomputes) multiply bf16-rounded activations with bf16 weights by
+  // AVX512-BF16 dot products where the CPU has them (matmul_bf16.h); decode rows stay f32 and batch-invariant.
+  bool bf16_prompt_activations = false;
+};
+
 // Not thread-safe: one step at a time (each step uses all threads itself).
 class CpuBackend : public Backend {
  public:
@@ -22,7 +29,8 @@ class CpuBackend : public Backend {
   // sequence of Forward calls.
   static absl::StatusOr<std::unique_ptr<CpuBackend>> Create(std::shared_ptr<const ModelWeights> weights,
                                                              const KvCacheOptions& kv_options,
-                                                             std::shared_ptr<HostCollective> collective = nullptr);
+                                                             std::shared_ptr<HostCollective> collective = nullptr,
+                                                             CpuComputeOptions compute = {});
 
   const ModelConfig& config() const override { return weights_->config(); }
   int num_kv_blocks() const override { return kv_.num_blocks(); }
@@ -32,8 +40,11 @@ class CpuBackend : public Backend {
   StepTimings last_timings() const override { return timings_; }
 
  private:
-  CpuBackend(std::shared_ptr<const ModelWeights> weights, KvCache kv, std::shared_ptr<HostCollective> collective);
+  CpuBackend(std::shared_ptr<const ModelWeights> weights, KvCache kv, std::shared_ptr<HostCollective> collective,
+             CpuComputeOptions compute);
   absl::Status AllReduce(float* data, int64_t count);
+  // out = in [T, K] x views^T (MatMul), prompt rows at bf16 activations when so configured.
+  void Project(const float* in, int64_t T, int64_t K, std::span<const MatrixView> views, float* out, int64_t ldo);
   // proj_ = in [T, K] x w^T, summed over ranks (a row-parallel projection: o or down). A rank that does not
   // `contribute` (a replica of query heads another rank adds) puts in zeros.
   // Rows with an adapter add its term for (layer, target) to this rank's part before the sum.
@@ -46,6 +57,13 @@ class CpuBackend : public Backend {
   std::shared_ptr<const ModelWeights> weights_;
   std::shared_ptr<HostCollective> collective_;
   KvCache kv_;
+  CpuComputeOptions compute_;
+  // This step's tokens in runs of one kind: [begin, end) of rows with more than one token (prompt) or of one.
+  struct TokenRun {
+    int64_t begin, end;
+    bool prompt;
+  };
+  std::vector<TokenRun> token_runs_;
   StepTimings timings_;
   // RoPE of global layers [0] and local layers [1] (Gemma 3: other base; never scaled).
   struct Rope {

@@ -1,4 +1,5 @@
 #include "shard/cpu/matmul.h"
+#include "shard/cpu/matmul_bf16.h"
 
 #include <cmath>
 #include <random>
@@ -150,6 +151,52 @@ TEST(MatMulTest, MixedFormatsInOneCallGiveEachViewsResult) {
       for (int64_t n = 0; n < rows; ++n) ASSERT_EQ(all[m * kViews * rows + v * rows + n], alone[m * rows + n]) << v;
     }
   }
+}
+
+// bf16 activations: sums of bf16(x) * w near a double-precision reference, bit for bit alike for any batch, over
+// row counts that leave a partial tile and K with a partial 32-wide step. Without AVX512-BF16 (or with a weight
+// format other than bf16) the kernel declines, and the caller runs MatMul.
+TEST(MatMulTest, Bf16ActivationsSumBf16RoundedInputsForAnyBatch) {
+  std::mt19937 rng(13);
+  std::normal_distribution<float> normal;
+  // K = 8192 with 11 tokens passes the size at which x is converted on all threads.
+  for (const int64_t K : {256, 100, 8192}) {
+    const int64_t rows = 23, M = 11;
+    std::vector<uint16_t> w(rows * K);
+    for (auto& v : w) v = F32ToBf16(normal(rng));
+    const MatrixView whole{w.data(), rows, K, K};
+    const MatrixView views[] = {RowSlice(whole, 0, 9), RowSlice(whole, 9, rows - 9)};
+    std::vector<float> x(M * K);
+    for (auto& v : x) v = normal(rng);
+    std::vector<float> got(M * rows);
+    const bool ran = MatMulBf16Activations(x.data(), M, K, K, views, got.data(), rows);
+    ASSERT_EQ(ran, HasBf16DotProducts());
+    if (!ran) {
+      std::printf("this CPU has no AVX512-BF16: only the kernel's refusal is checked here\n");
+      continue;
+    }
+    for (int64_t m = 0; m < M; ++m) {
+      for (int64_t n = 0; n < rows; ++n) {
+        double ref = 0;
+        for (int64_t k = 0; k < K; ++k) ref += double(Bf16ToF32(F32ToBf16(x[m * K + k]))) * Bf16ToF32(w[n * K + k]);
+        ASSERT_NEAR(got[m * rows + n], ref, 1e-5 * std::sqrt(double(K)) * (1 + std::abs(ref))) << m << "," << n;
+      }
+    }
+    for (int64_t m0 : {0, 3}) {
+      for (int64_t len : {1, 2, 5, 8}) {
+        std::vector<float> part(len * rows);
+        ASSERT_TRUE(MatMulBf16Activations(x.data() + m0 * K, len, K, K, views, part.data(), rows));
+        for (int64_t i = 0; i < len * rows; ++i) ASSERT_EQ(part[i], got[m0 * rows + i]) << m0 << "+" << len;
+      }
+    }
+  }
+  // A quantized view is not the kernel's: it declines.
+  std::vector<uint16_t> w(4 * 64, F32ToBf16(1.0f));
+  std::vector<uint8_t> memory(QuantizedBytes(WeightFormat::kInt8, 4, 64, 0) + 64);
+  uint8_t* aligned = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(memory.data()) + 63) / 64 * 64);
+  const MatrixView q = QuantizeInto(MatrixView{w.data(), 4, 64, 64}, 0, 4, 0, 64, WeightFormat::kInt8, 0, aligned);
+  std::vector<float> x(64, 1.0f), out(4);
+  EXPECT_FALSE(MatMulBf16Activations(x.data(), 1, 64, 64, std::span<const MatrixView>(&q, 1), out.data(), 4));
 }
 
 }  // namespace

@@ -1,0 +1,113 @@
+#include "shard/cpu/matmul_bf16.h"
+
+#include <immintrin.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "shard/model/dtype.h"
+
+namespace gemma {
+namespace {
+
+#define GEMMA_BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
+
+constexpr int kRows = 4;    // weight rows a tile holds
+constexpr int kTokens = 4;  // tokens a tile holds: 16 accumulators
+constexpr int64_t kPanelBytes = 256 << 10;  // bf16 x kept hot in L2 while a thread's rows pass it
+
+// 32 bf16 values from p, zero past `n` of them.
+GEMMA_BF16_TARGET inline __m512bh Load32(const uint16_t* p, int64_t n) {
+  if (n >= 32) return (__m512bh)_mm512_loadu_si512(p);
+  return (__m512bh)_mm512_maskz_loadu_epi16(static_cast<__mmask32>((uint64_t{1} << n) - 1), p);
+}
+
+// R rows of W (w[r] at stride) against T tokens of xb (stride K) over all of K; one accumulator per output, so
+// every output is the same chain of dot products whatever R and T are.
+template <int R, int T>
+GEMMA_BF16_TARGET void Tile(const uint16_t* const* w, const uint16_t* xb, int64_t K, float* out, int64_t ldo) {
+  __m512 acc[R][T];
+  for (int r = 0; r < R; ++r)
+    for (int t = 0; t < T; ++t) acc[r][t] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < K; k += 32) {
+    const int64_t n = K - k;
+    __m512bh x[T];
+    for (int t = 0; t < T; ++t) x[t] = Load32(xb + t * K + k, n);
+    for (int r = 0; r < R; ++r) {
+      const __m512bh wr = Load32(w[r] + k, n);
+      for (int t = 0; t < T; ++t) acc[r][t] = _mm512_dpbf16_ps(acc[r][t], wr, x[t]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int t = 0; t < T; ++t) out[t * ldo + r] = _mm512_reduce_add_ps(acc[r][t]);
+}
+
+// Tile<R, T> for a runtime token count 1..T.
+template <int R, int T>
+GEMMA_BF16_TARGET void TileUpTo(int tokens, const uint16_t* const* w, const uint16_t* xb, int64_t K, float* out,
+                                int64_t ldo) {
+  if constexpr (T > 1) {
+    if (tokens < T) return TileUpTo<R, T - 1>(tokens, w, xb, K, out, ldo);
+  }
+  Tile<R, T>(w, xb, K, out, ldo);
+}
+
+GEMMA_BF16_TARGET void Run(const uint16_t* xb, int64_t M, int64_t K, std::span<const MatrixView> weights, float* out,
+                           int64_t ldo) {
+  std::vector<const uint16_t*> rows;  // every output row's weights, in output order
+  for (const MatrixView& v : weights) {
+    for (int64_t r = 0; r < v.rows; ++r) rows.push_back(v.data + r * v.stride);
+  }
+  const int64_t total = static_cast<int64_t>(rows.size());
+  const int64_t panel = std::max<int64_t>(kTokens, kPanelBytes / (2 * K) / kTokens * kTokens);
+#pragma omp parallel
+  {
+    // Each thread streams one contiguous range of rows, in memory order.
+    const int64_t nt = omp_get_num_threads(), tid = omp_get_thread_num();
+    const int64_t begin = total * tid / nt, end = total * (tid + 1) / nt;
+    for (int64_t m0 = 0; m0 < M; m0 += panel) {
+      const int64_t m1 = std::min(M, m0 + panel);
+      int64_t r = begin;
+      for (; r + kRows <= end; r += kRows) {
+        for (int64_t m = m0; m < m1; m += kTokens) {
+          TileUpTo<kRows, kTokens>(static_cast<int>(std::min<int64_t>(kTokens, m1 - m)), &rows[r], xb + m * K, K,
+                                   out + m * ldo + r, ldo);
+        }
+      }
+      for (; r < end; ++r) {
+        for (int64_t m = m0; m < m1; m += kTokens) {
+          TileUpTo<1, kTokens>(static_cast<int>(std::min<int64_t>(kTokens, m1 - m)), &rows[r], xb + m * K, K,
+                               out + m * ldo + r, ldo);
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+
+bool HasBf16DotProducts() {
+  static const bool has = __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512bw");
+  return has;
+}
+
+bool MatMulBf16Activations(const float* x, int64_t M, int64_t K, int64_t ldx, std::span<const MatrixView> weights,
+                           float* out, int64_t ldo) {
+  if (!HasBf16DotProducts() || M <= 0 || K <= 0) return false;
+  for (const MatrixView& v : weights) {
+    if (v.format != WeightFormat::kBF16) return false;
+  }
+  // The calling thread's buffer: the OpenMP threads below write it through `xb`, never through their own.
+  thread_local std::vector<uint16_t> buffer;
+  buffer.resize(M * K);
+  uint16_t* xb = buffer.data();
+#pragma omp parallel for schedule(static) if (M * K > (int64_t{1} << 16))
+  for (int64_t m = 0; m < M; ++m) {
+    for (int64_t k = 0; k < K; ++k) xb[m * K + k] = F32ToBf16(x[m * ldx + k]);
+  }
+  Run(xb, M, K, weights, out, ldo);
+  return true;
+}
+
+}  // namespace gemma
