@@ -356,6 +356,7 @@ TEST(CliTest, BadInputGivesOneLineErrorAndNonZeroExit) {
       {"quantize --in " + Tiny("tiny-mha") + " --out /tmp/x --weights fp8 --format awq", "are for --weights int4"},
       {"generate" + m + " --prompt Hi --kv-cache-dtype q8", "--kv-cache-dtype \"q8\" is not a KV cache dtype; allowed: auto"},
       {"generate" + m + " --prompt Hi --kv-cache-dtype fp8", "fp8 (E4M3) is for GPUs"},
+      {"generate" + m + " --prompt Hi --activations f16", "--activations \"f16\" is invalid; allowed: f32, bf16"},
       {"quantize --in " + Tiny("tiny-mha") + " --out /tmp/x --weights int4 --format exl2", "allowed: gptq, awq"},
       {"compare-weights" + m + " --weights bf16", "allowed: int8, int4"},
       {"kv-capacity --shape 3b", "allowed: tiny, 2b, 7b, gemma2-2b"},
