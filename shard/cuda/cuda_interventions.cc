@@ -16,61 +16,33 @@ absl::Status CudaStepHooks::Reserve(int64_t hidden) {
 }
 
 void CudaStepHooks::Reset(std::span<const SequenceStep> batch, int num_layers, bool capture) {
-  batch_ = batch;
   num_layers_ = num_layers;
-  capture_ = capture;
-  rows_.clear();
-  reads_.clear();
-  int64_t first = 0;
-  for (size_t i = 0; i < batch.size(); ++i) {
-    const SequenceStep& s = batch[i];
-    const int64_t count = static_cast<int64_t>(s.tokens.size());
-    if ((capture && !s.activations.empty()) || !s.interventions.empty()) {
-      rows_.push_back({static_cast<int>(i), first, count, s.start_pos});
-    }
-    first += count;
-  }
-  if (!capture) return;
-  for (const Row& r : rows_) {
-    const SequenceStep& s = batch[r.index];
-    if (s.activations.empty()) continue;
-    if (reads_.empty()) reads_.resize(batch.size());
-    reads_[r.index].assign(s.activations.size(), std::vector<float>(r.count * hidden_));
-  }
+  hooked_.Reset(batch, hidden_, capture);
 }
 
-std::pair<int64_t, int> CudaStepHooks::TokensIn(const Row& row, const Intervention& iv) {
+std::pair<int64_t, int> CudaStepHooks::TokensIn(const Row& row, const Intervention& iv) const {
   // A row's tokens hold consecutive positions start_pos..start_pos + count - 1.
-  const int64_t begin = std::max<int64_t>(iv.begin_pos, row.start_pos);
-  const int64_t end = std::min<int64_t>(iv.end_pos, row.start_pos + row.count);
+  const int64_t start = hooked_.batch()[row.index].start_pos;
+  const int64_t begin = std::max<int64_t>(iv.begin_pos, start);
+  const int64_t end = std::min<int64_t>(iv.end_pos, start + row.count);
   if (end <= begin) return {row.first, 0};
-  return {row.first + (begin - row.start_pos), static_cast<int>(end - begin)};
+  return {row.first + (begin - start), static_cast<int>(end - begin)};
 }
 
 bool CudaStepHooks::NeedsResidualAfter(int layer) const {
-  for (const Row& r : rows_) {
-    for (const Intervention& iv : batch_[r.index].interventions) {
+  for (const Row& r : hooked_.rows()) {
+    for (const Intervention& iv : hooked_.batch()[r.index].interventions) {
       if (iv.kind == InterventionKind::kSteer && iv.layer == layer) return true;
     }
   }
   return layer + 1 < num_layers_ && Reads(ActivationKind::kResidual, layer + 1);
 }
 
-bool CudaStepHooks::Reads(ActivationKind kind, int index) const {
-  if (reads_.empty()) return false;
-  for (const Row& r : rows_) {
-    for (const ActivationPoint& p : batch_[r.index].activations) {
-      if (p.kind == kind && p.index == index) return true;
-    }
-  }
-  return false;
-}
-
 absl::Status CudaStepHooks::AblateHeads(int layer, const TensorParallel& tp, int head_dim, void* attn, Dtype type,
                                         cudaStream_t stream) const {
   const int64_t q_dim = int64_t{tp.num_q_heads} * head_dim;
-  for (const Row& r : rows_) {
-    for (const Intervention& iv : batch_[r.index].interventions) {
+  for (const Row& r : hooked_.rows()) {
+    for (const Intervention& iv : hooked_.batch()[r.index].interventions) {
       if (iv.kind != InterventionKind::kAblateHead || iv.layer != layer) continue;
       const int local = iv.head - tp.q_head_begin;
       if (local < 0 || local >= tp.num_q_heads) continue;  // another rank's head
@@ -83,8 +55,8 @@ absl::Status CudaStepHooks::AblateHeads(int layer, const TensorParallel& tp, int
 }
 
 absl::Status CudaStepHooks::Scale(InterventionKind kind, int layer, float* proj, cudaStream_t stream) const {
-  for (const Row& r : rows_) {
-    for (const Intervention& iv : batch_[r.index].interventions) {
+  for (const Row& r : hooked_.rows()) {
+    for (const Intervention& iv : hooked_.batch()[r.index].interventions) {
       if (iv.kind != kind || iv.layer != layer) continue;
       const auto [first, count] = TokensIn(r, iv);
       GEMMA_CUDA_RETURN_IF_ERROR(LaunchScaleRows(proj, hidden_, first, count, hidden_, iv.factor, stream));
@@ -94,8 +66,8 @@ absl::Status CudaStepHooks::Scale(InterventionKind kind, int layer, float* proj,
 }
 
 absl::Status CudaStepHooks::Steer(int layer, float* x, cudaStream_t stream) const {
-  for (const Row& r : rows_) {
-    for (const Intervention& iv : batch_[r.index].interventions) {
+  for (const Row& r : hooked_.rows()) {
+    for (const Intervention& iv : hooked_.batch()[r.index].interventions) {
       if (iv.kind != InterventionKind::kSteer || iv.layer != layer) continue;
       const auto [first, count] = TokensIn(r, iv);
       if (count == 0) continue;
@@ -109,22 +81,17 @@ absl::Status CudaStepHooks::Steer(int layer, float* x, cudaStream_t stream) cons
 }
 
 absl::Status CudaStepHooks::Capture(ActivationKind kind, int index, const float* values, cudaStream_t stream) {
-  if (reads_.empty()) return absl::OkStatus();
-  for (const Row& r : rows_) {
-    const auto points = batch_[r.index].activations;
-    for (size_t j = 0; j < points.size(); ++j) {
-      if (points[j].kind != kind || points[j].index != index) continue;
-      // Into pageable memory: the call returns once the copy has landed, after the work enqueued before it.
-      GEMMA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(reads_[r.index][j].data(), values + r.first * hidden_,
-                                                 r.count * hidden_ * 4, cudaMemcpyDeviceToHost, stream));
-    }
-  }
-  return absl::OkStatus();
+  absl::Status status;
+  hooked_.ForEachRead(kind, index, [&](const Row& r, float* out) {
+    // Into pageable memory: the call returns once the copy has landed, after the work enqueued before it.
+    if (!status.ok()) return;
+    status = CudaError(cudaMemcpyAsync(out, values + r.first * hidden_, r.count * hidden_ * 4, cudaMemcpyDeviceToHost,
+                                       stream),
+                       "cudaMemcpyAsync", __FILE__, __LINE__);
+  });
+  return status;
 }
 
-void CudaStepHooks::TakeActivations(std::vector<std::vector<std::vector<float>>>* out) {
-  *out = std::move(reads_);
-  reads_.clear();
-}
+void CudaStepHooks::TakeActivations(std::vector<std::vector<std::vector<float>>>* out) { hooked_.TakeReads(out); }
 
 }  // namespace gemma::cuda

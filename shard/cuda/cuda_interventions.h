@@ -17,6 +17,7 @@
 #include "shard/cuda/kernels.h"
 #include "shard/model/tensor_parallel.h"
 #include "shard/runtime/backend.h"
+#include "shard/runtime/hooked_rows.h"
 
 namespace gemma::cuda {
 
@@ -30,12 +31,12 @@ class CudaStepHooks {
   // (only rank 0 reads activations).
   void Reset(std::span<const SequenceStep> batch, int num_layers, bool capture);
   // Whether any row asks for anything: with neither, every other call does nothing.
-  bool active() const { return !rows_.empty(); }
+  bool active() const { return !hooked_.rows().empty(); }
   // Whether the residual stream after decoder layer `layer` must exist in full (a steer there, or a read of
   // residual layer + 1): the forward pass otherwise adds a layer's MLP output in the next layer's fused norm.
   bool NeedsResidualAfter(int layer) const;
   // Whether a row reads `kind` at `index`.
-  bool Reads(ActivationKind kind, int index) const;
+  bool Reads(ActivationKind kind, int index) const { return hooked_.Reads(kind, index); }
 
   // kAblateHead: zeroes, in attn ([T, num_q_heads * head_dim] of `type`, this rank's heads), each ablated head
   // this rank holds.
@@ -58,22 +59,14 @@ class CudaStepHooks {
   void TakeActivations(std::vector<std::vector<std::vector<float>>>* out);
 
  private:
-  struct Row {
-    int index;      // in the batch
-    int64_t first;  // its first token in the step
-    int64_t count;  // its tokens
-    int32_t start_pos;
-  };
+  using Row = HookedRows::Row;
   absl::Status Scale(InterventionKind kind, int layer, float* proj, cudaStream_t stream) const;
   // The row's tokens within the intervention's positions: [first, first + count) of the step (count may be 0).
-  static std::pair<int64_t, int> TokensIn(const Row& row, const Intervention& iv);
+  std::pair<int64_t, int> TokensIn(const Row& row, const Intervention& iv) const;
 
-  std::span<const SequenceStep> batch_;
   int64_t hidden_ = 0;
   int num_layers_ = 0;
-  bool capture_ = false;
-  std::vector<Row> rows_;  // the rows that ask for interventions or reads
-  std::vector<std::vector<std::vector<float>>> reads_;  // [batch row][point][tokens * hidden]
+  HookedRows hooked_;  // the rows that ask for interventions or reads, and their reads
   DeviceBuffer vector_;
 };
 
