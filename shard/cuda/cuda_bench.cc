@@ -388,7 +388,8 @@ int Run() {
       SequenceStep largest{ids, l.max_context - tokens, table, LogitsWanted::kAll};
       const absl::Status ran = (*b)->ForwardAndSample({&largest, 1}, Greedy(1), false, &logits, &drawn);
       planned = {{"gpu_memory_fraction", 0.9}, {"total_bytes", report->total}, {"weights_bytes", report->weights},
-                 {"step_buffer_bytes", report->step_buffers}, {"used_before_kv_bytes", report->used_before_kv},
+                 {"step_buffer_bytes", report->step_buffers}, {"lora_adapter_bytes", report->adapters},
+                 {"used_before_kv_bytes", report->used_before_kv},
                  {"kv_bytes", report->kv}, {"kv_blocks", report->kv_blocks}, {"kv_tokens", report->kv_blocks * 16},
                  {"max_tokens_per_step", l.max_tokens}, {"max_batch_size", l.max_sequences},
                  {"max_model_len", l.max_context}, {"start_seconds", start_s},

@@ -271,6 +271,25 @@ TEST_F(CudaLoraTest, SlotLimitsAreRefusedByName) {
   check(*low, {a.loaded[1].get()}, absl::StatusCode::kOk, "");
 }
 
+#ifdef GEMMA_HAVE_CUDA
+// Adapter memory is reserved at start, before the KV cache is planned: the slots at their rank, their table, the
+// step scratch and the steering vector; 0 slots reserve no slot memory.
+TEST_F(CudaLoraTest, AdapterMemoryIsReservedAtStart) {
+  auto three = OpenCudaLora(dir_, /*slots=*/3, /*max_rank=*/8);
+  auto none = OpenCudaLora(dir_, /*slots=*/0);
+  ASSERT_TRUE(three && none);
+  const ModelConfig& c = three->config();
+  const TensorParallel tp = *TensorParallel::Create(c, 0, 1);
+  auto with = CudaMemoryReportOf(*three), without = CudaMemoryReportOf(*none);
+  ASSERT_TRUE(with.ok() && without.ok());
+  const int64_t slots = 3 * cuda::CudaAdapters::SlotBytes(c, tp, 8);
+  const int64_t table = int64_t{3} * c.num_layers * kNumLoraTargets * sizeof(cuda::LoraDeviceEntry);
+  const int64_t steer = int64_t{c.hidden_size} * 4;
+  EXPECT_EQ(with->adapters, slots + table + cuda::CudaAdapters::ScratchBytes(with->limits.max_tokens) + steer);
+  EXPECT_EQ(without->adapters, steer);
+}
+#endif
+
 // Two ranks sharing one GPU through a host collective (graphs off: ranks are threads of one process), A and B
 // sliced as the CPU slices them: the adapted logits equal one rank's within the reordered sums' rounding, and a
 // base row beside them is unchanged by them.
