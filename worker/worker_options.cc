@@ -67,14 +67,14 @@ void ApplyToShard(const WorkerOptions& o, ShardOptions& shard) {
   shard.limits.max_tokens = o.max_tokens_per_step;
   shard.limits.max_sequences = o.max_batch_size;
   shard.limits.max_context = o.max_model_len;
+  shard.gpu_lora_slots = o.gpu_lora_slots;
+  shard.gpu_lora_max_rank = o.gpu_lora_max_rank;
   // A size given on the command line wins on a GPU too: it is how a device shared with something else is kept to
   // a known share.
   const bool planned = o.device == "cuda" && o.kv_cache_bytes == 0;
   shard.kv.memory_fraction = planned ? o.gpu_memory_fraction : 0;
   shard.kv.max_bytes = o.kv_cache_bytes > 0 ? o.kv_cache_bytes : KvCacheOptions{}.max_bytes;
   shard.kv.windowed = o.kv_windows;
-  shard.gpu_lora_slots = o.gpu_lora_slots;
-  shard.gpu_lora_max_rank = o.gpu_lora_max_rank;
 }
 
 int OrdinalFromHostname(const std::string& hostname) {
