@@ -6,7 +6,8 @@
 #
 # Logs land in $GEMMA_GPU_CHECK_DIR (default /tmp/gpu-check). Where $OUT is set, the summary is written there as it
 # goes (summary.txt) and the logs are packed there at the end (gpu-check-logs.tar.gz), so a run cut short still
-# returns what it found. GEMMA_GPU_CHECK_PARTS picks parts (default tests,serve,bench,router,hf; also gemma23: the
+# returns what it found. GEMMA_GPU_CHECK_PARTS picks parts (default tests,serve,bench,lora,router,hf; lora: decode of
+# batch 32 over 8 rank-16 adapters on all seven projections against the base model, 7B shape; also gemma23: the
 # Gemma 3 27B shape, bf16, decode at context 512 and at 32k with and without its sliding windows, prefill; and
 # overlap: the router's share of a batch-1 token on the 7B shape with overlapped steps off and on);
 # GEMMA_GPU_TEST_FILTER is passed to every test binary as --gtest_filter. Test data: tests/data (gemma-tiny), or
@@ -14,7 +15,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 work=${GEMMA_GPU_CHECK_DIR:-/tmp/gpu-check}
-parts=",${GEMMA_GPU_CHECK_PARTS:-tests,serve,bench,router,hf},"
+parts=",${GEMMA_GPU_CHECK_PARTS:-tests,serve,bench,lora,router,hf},"
 mkdir -p "$work"
 if [[ -n "${OUT:-}" ]]; then
   exec > >(tee "$OUT/summary.txt") 2>&1
@@ -126,6 +127,31 @@ for t in b.get("tp2_one_gpu_host_collective", []):
 PY
   else
     echo "FAIL gemma-cuda-bench"; tail -20 "$work/bench.log"; failed=1
+  fi
+fi
+
+if wants lora; then
+  section "LoRA decode on $model: batch 32 over 8 rank-16 adapters (q,k,v,o,gate,up,down), against the base model"
+  if timeout "${GEMMA_GPU_LORA_TIMEOUT:-240}" build-gpu/gemma-cuda-bench --model "$model" --make_7b --batches 32 \
+       --steps 32 --prompt 512 --sections lora --json "$work/bench-cuda-7b-lora.json" > "$work/bench-lora.log" 2>&1; then
+    cp "$work/bench-cuda-7b-lora.json" "${OUT:-$work}/" 2>/dev/null
+    python3 - "$work/bench-cuda-7b-lora.json" <<'PY'
+import json, sys
+b = json.load(open(sys.argv[1]))
+l = b.get("lora_decode")
+if not l:
+    print(f"FAIL lora: no figures; errors {b.get('errors')}")
+    sys.exit(1)
+verdict = "meets" if l["fraction_of_base"] >= 0.8 else "BELOW"
+print(f"  batch {l['batch']}, {l['adapters']} adapters of rank {l['adapter_rank']} on {l['targets']}, context {l['context']}: "
+      f"{l['tokens_per_s']:.1f} tok/s against the base's {l['base_tokens_per_s_before']:.1f} (before) and "
+      f"{l['base_tokens_per_s_after']:.1f} (after) = {l['fraction_of_base']:.2f} of base ({verdict} the 0.8 target)")
+print(f"  launched kernel by kernel: {l['launched_step_ms']:.2f} ms/step against the base's {l['base_launched_step_ms']:.2f}; "
+      f"stages (device ms) {l['launched_stage_ms']}")
+PY
+    [[ $? == 0 ]] || failed=1
+  else
+    echo "FAIL gemma-cuda-bench --sections lora"; tail -20 "$work/bench-lora.log"; failed=1
   fi
 fi
 

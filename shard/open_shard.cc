@@ -26,6 +26,8 @@ absl::StatusOr<std::unique_ptr<Backend>> CudaBackend(const ShardOptions& o, std:
   }
   options.precision = o.precision == "f32" ? CudaPrecision::kF32 : CudaPrecision::kBf16;
   options.limits = o.limits;
+  options.lora_slots = o.gpu_lora_slots;
+  options.lora_max_rank = o.gpu_lora_max_rank;
   CudaCollective tensors;
   if (o.world > 1) {
     if (bootstrap == nullptr) return absl::InvalidArgumentError("a GPU group of several ranks needs a host collective");

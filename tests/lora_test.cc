@@ -106,39 +106,8 @@ TEST_P(LoraReferenceTest, LogitsMatchTheMergedReference) {
 }
 
 TEST_P(LoraReferenceTest, ScoresAndGreedyGenerationsMatchOnTheEngine) {
-  const auto scores = ReadJson(RefDir() + "/scores.json");
-  for (const auto& p : scores["prompts"]) {
-    SequenceSpec spec;
-    spec.prompt = p["ids"].get<std::vector<int32_t>>();
-    spec.score = true;
-    spec.adapter = id_;
-    const auto got =
-        RunOnEngine(backend_.get(), {spec}, {}, false, store_.get())[0]
-            .prompt_logprobs;
-    const auto ref = p["token_logprobs"].get<std::vector<double>>();
-    ASSERT_EQ(got.size(), ref.size());
-    for (size_t i = 0; i < ref.size(); ++i)
-      EXPECT_NEAR(got[i], ref[i], kTolerance) << p["prompt"] << " " << i;
-  }
-  // All prompts in one batch, in chunks of 7 tokens: the cache holds adapted
-  // K/V.
-  const auto gens = ReadJson(RefDir() + "/generations.json");
-  std::vector<SequenceSpec> specs;
-  for (const auto& g : gens["results"]) {
-    SequenceSpec spec;
-    spec.prompt = g["prompt_ids"].get<std::vector<int32_t>>();
-    spec.max_new_tokens = static_cast<int32_t>(g["generated_ids"].size());
-    spec.adapter = id_;
-    spec.cache_salt = id_;
-    specs.push_back(spec);
-  }
-  const auto results =
-      RunOnEngine(backend_.get(), specs, {64, 7}, true, store_.get());
-  for (size_t i = 0; i < specs.size(); ++i) {
-    EXPECT_EQ(results[i].tokens,
-              gens["results"][i]["generated_ids"].get<std::vector<int32_t>>())
-        << gens["results"][i]["prompt"];
-  }
+  ExpectLoraScoresAndGenerations(backend_.get(), store_.get(), id_, RefDir(),
+                                 kTolerance);
 }
 
 // One step holding the base model, this adapter and the same prompt again:

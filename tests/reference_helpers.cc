@@ -96,4 +96,35 @@ std::vector<std::vector<int32_t>> Greedy(Backend* backend, const std::vector<std
   return out;
 }
 
+void ExpectLoraScoresAndGenerations(Backend* backend, AdapterStore* adapters, uint32_t id, const std::string& ref_dir,
+                                    double tolerance) {
+  const auto scores = ReadJson(ref_dir + "/scores.json");
+  for (const auto& p : scores["prompts"]) {
+    SequenceSpec spec;
+    spec.prompt = p["ids"].get<std::vector<int32_t>>();
+    spec.score = true;
+    spec.adapter = id;
+    const auto got = RunOnEngine(backend, {spec}, {}, false, adapters)[0].prompt_logprobs;
+    const auto ref = p["token_logprobs"].get<std::vector<double>>();
+    ASSERT_EQ(got.size(), ref.size());
+    for (size_t i = 0; i < ref.size(); ++i) EXPECT_NEAR(got[i], ref[i], tolerance) << p["prompt"] << " " << i;
+  }
+  const auto gens = ReadJson(ref_dir + "/generations.json");
+  std::vector<SequenceSpec> specs;
+  for (const auto& g : gens["results"]) {
+    SequenceSpec spec;
+    spec.prompt = g["prompt_ids"].get<std::vector<int32_t>>();
+    spec.max_new_tokens = static_cast<int32_t>(g["generated_ids"].size());
+    spec.adapter = id;
+    spec.cache_salt = id;
+    specs.push_back(spec);
+  }
+  const auto results = RunOnEngine(backend, specs, {64, 7}, true, adapters);
+  ASSERT_EQ(results.size(), specs.size());
+  for (size_t i = 0; i < specs.size(); ++i) {
+    EXPECT_EQ(results[i].tokens, gens["results"][i]["generated_ids"].get<std::vector<int32_t>>())
+        << gens["results"][i]["prompt"];
+  }
+}
+
 }  // namespace gemma::testing

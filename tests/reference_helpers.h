@@ -75,6 +75,11 @@ struct StepBudget {
 std::vector<CompletedSequence> RunOnEngine(Backend* backend, const std::vector<SequenceSpec>& specs,
                                            StepBudget budget = {}, bool prefix_cache = false,
                                            AdapterStore* adapters = nullptr);
+// gemma-lora-tiny's scores.json and generations.json of adapter `id` (registered in `adapters`), in `ref_dir`, on the
+// engine over `backend`: each prompt's scores within `tolerance`, then every generation exactly, all prompts in one
+// batch, in chunks of 7 tokens (the cache then holds adapted K/V), with the prefix cache on.
+void ExpectLoraScoresAndGenerations(Backend* backend, AdapterStore* adapters, uint32_t id, const std::string& ref_dir,
+                                    double tolerance);
 // Greedy-generates `n` tokens for each prompt, all in one batch on the shared engine.
 std::vector<std::vector<int32_t>> Greedy(Backend* backend, const std::vector<std::vector<int32_t>>& prompts, int n,
                                          StepBudget budget = {});

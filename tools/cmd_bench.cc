@@ -12,6 +12,7 @@
 #include "nlohmann/json.hpp"
 #include "shard/checkpoint/progress.h"
 #include "shard/model/lora_loader.h"
+#include "shard/model/random_lora_adapter.h"
 #include "shard/cpu/matmul.h"
 #include "tools/cli_common.h"
 #include "tools/commands.h"
@@ -104,35 +105,6 @@ absl::StatusOr<double> DecodeTokensPerSecond(Backend* backend, int batch, int co
   return batch * steps / elapsed;
 }
 
-// A LoRA adapter of rank `r` on every projection with random weights (the cost of an adapter does not depend on its
-// values), for one rank of a group of one.
-std::shared_ptr<const LoraAdapter> RandomAdapter(const ModelConfig& c, int r, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> normal(0.0f, 0.02f);
-  auto a = std::make_shared<LoraAdapter>();
-  a->id = seed;
-  a->rank = r;
-  a->scaling = 2.0f;
-  a->layers.resize(c.num_layers);
-  const int64_t shapes[kNumLoraTargets][2] = {{c.q_dim(), c.hidden_size},         {c.kv_dim(), c.hidden_size},
-                                              {c.kv_dim(), c.hidden_size},        {c.hidden_size, c.q_dim()},
-                                              {c.intermediate_size, c.hidden_size}, {c.intermediate_size, c.hidden_size},
-                                              {c.hidden_size, c.intermediate_size}};
-  for (auto& layer : a->layers) {
-    for (int t = 0; t < kNumLoraTargets; ++t) {
-      LoraPair& p = layer[t];
-      p.rank = r;
-      p.out = shapes[t][0];
-      p.in = shapes[t][1];
-      p.a.resize(r * p.in);
-      p.b.resize(p.out * r);
-      for (float& v : p.a) v = normal(rng);
-      for (float& v : p.b) v = normal(rng);
-    }
-  }
-  return a;
-}
-
 }  // namespace
 
 int BenchCommand(int argc, char** argv) {
@@ -200,7 +172,7 @@ int BenchCommand(int argc, char** argv) {
   }
   std::vector<std::shared_ptr<const LoraAdapter>> adapters;
   for (int i = 0; i < *num_adapters; ++i) {
-    adapters.push_back(RandomAdapter(model->config(), static_cast<int>(*adapter_rank), 1000 + i));
+    adapters.push_back(RandomLoraAdapter(model->config(), static_cast<int>(*adapter_rank), 1000 + i));
   }
 
   // Threads per rank: a 1-thread run and an all-cores run; a TP group keeps the split it started with.

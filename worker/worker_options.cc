@@ -55,6 +55,10 @@ ABSL_FLAG(std::vector<std::string>, lora, {},
           "LoRA adapters to load at start, NAME=DIR[,NAME=DIR...] (folders as peft saves them, readable by every rank)");
 ABSL_FLAG(int, max_resident_adapters, 8, "LoRA adapters kept in memory, 1..1024; the least recently used beyond it "
           "are read again from their folder when next used");
+ABSL_FLAG(int, gpu_lora_slots, 8, "with --device cuda: LoRA adapters held on the GPU at once, 0..1024, each in a slot "
+          "reserved at start (every projection of every layer at --gpu_lora_max_rank); 0: none, rows with an adapter "
+          "are refused");
+ABSL_FLAG(int, gpu_lora_max_rank, 16, "with --device cuda: the highest LoRA rank the GPU's adapter slots hold, 1..64");
 
 namespace gemma {
 namespace {
@@ -70,6 +74,8 @@ void ApplyToShard(const WorkerOptions& o, ShardOptions& shard) {
   shard.limits.max_tokens = o.max_tokens_per_step;
   shard.limits.max_sequences = o.max_batch_size;
   shard.limits.max_context = o.max_model_len;
+  shard.gpu_lora_slots = o.gpu_lora_slots;
+  shard.gpu_lora_max_rank = o.gpu_lora_max_rank;
   // A size given on the command line wins on a GPU too: it is how a device shared with something else is kept to
   // a known share.
   const bool planned = o.device == "cuda" && o.kv_cache_bytes == 0;
@@ -245,6 +251,15 @@ absl::StatusOr<WorkerOptions> WorkerOptionsFromFlags() {
   if (o.max_resident_adapters < 1 || o.max_resident_adapters > 1024) {
     return absl::InvalidArgumentError(
         absl::StrCat("--max_resident_adapters is ", o.max_resident_adapters, "; allowed: 1 to 1024"));
+  }
+  o.gpu_lora_slots = absl::GetFlag(FLAGS_gpu_lora_slots);
+  if (o.gpu_lora_slots < 0 || o.gpu_lora_slots > 1024) {
+    return absl::InvalidArgumentError(absl::StrCat("--gpu_lora_slots is ", o.gpu_lora_slots, "; allowed: 0 to 1024"));
+  }
+  o.gpu_lora_max_rank = absl::GetFlag(FLAGS_gpu_lora_max_rank);
+  if (o.gpu_lora_max_rank < 1 || o.gpu_lora_max_rank > 64) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--gpu_lora_max_rank is ", o.gpu_lora_max_rank, "; allowed: 1 to 64"));
   }
   return o;
 }

@@ -9,31 +9,9 @@ namespace gemma {
 void StepHooks::Reset(std::span<const SequenceStep> batch,
                       std::span<const int32_t> positions_of_token,
                       int hidden_size, bool capture) {
-  batch_ = batch;
   positions_ = positions_of_token;
   hidden_ = hidden_size;
-  capture_ = capture;
-  rows_.clear();
-  reads_.clear();
-  int64_t first = 0;
-  bool any_reads = false;
-  for (size_t i = 0; i < batch.size(); ++i) {
-    const SequenceStep& s = batch[i];
-    const int64_t count = static_cast<int64_t>(s.tokens.size());
-    const bool reads = capture && !s.activations.empty();
-    if (reads || !s.interventions.empty())
-      rows_.push_back({static_cast<int>(i), first, count});
-    any_reads = any_reads || reads;
-    first += count;
-  }
-  if (!any_reads) return;
-  reads_.resize(batch.size());
-  for (const Row& r : rows_) {
-    const SequenceStep& s = batch[r.index];
-    if (s.activations.empty()) continue;
-    reads_[r.index].assign(s.activations.size(),
-                           std::vector<float>(r.count * hidden_));
-  }
+  hooked_.Reset(batch, hidden_size, capture);
 }
 
 template <typename Fn>
@@ -47,8 +25,8 @@ void StepHooks::ForTokensIn(const Row& row, const Intervention& iv,
 void StepHooks::AblateHeads(int layer, const TensorParallel& tp, int head_dim,
                             float* attn) const {
   const int64_t q_dim = static_cast<int64_t>(tp.num_q_heads) * head_dim;
-  for (const Row& r : rows_) {
-    for (const Intervention& iv : batch_[r.index].interventions) {
+  for (const Row& r : hooked_.rows()) {
+    for (const Intervention& iv : hooked_.batch()[r.index].interventions) {
       if (iv.kind != InterventionKind::kAblateHead || iv.layer != layer)
         continue;
       const int local = iv.head - tp.q_head_begin;
@@ -63,8 +41,8 @@ void StepHooks::AblateHeads(int layer, const TensorParallel& tp, int head_dim,
 }
 
 void StepHooks::Scale(InterventionKind kind, int layer, float* proj) const {
-  for (const Row& r : rows_) {
-    for (const Intervention& iv : batch_[r.index].interventions) {
+  for (const Row& r : hooked_.rows()) {
+    for (const Intervention& iv : hooked_.batch()[r.index].interventions) {
       if (iv.kind != kind || iv.layer != layer) continue;
       ForTokensIn(r, iv, [&](int64_t t) {
         float* row = proj + t * hidden_;
@@ -75,8 +53,8 @@ void StepHooks::Scale(InterventionKind kind, int layer, float* proj) const {
 }
 
 void StepHooks::Steer(int layer, float* x) const {
-  for (const Row& r : rows_) {
-    for (const Intervention& iv : batch_[r.index].interventions) {
+  for (const Row& r : hooked_.rows()) {
+    for (const Intervention& iv : hooked_.batch()[r.index].interventions) {
       if (iv.kind != InterventionKind::kSteer || iv.layer != layer) continue;
       ForTokensIn(r, iv, [&](int64_t t) {
         float* row = x + t * hidden_;
@@ -87,39 +65,25 @@ void StepHooks::Steer(int layer, float* x) const {
 }
 
 void StepHooks::Capture(ActivationKind kind, int index, const float* values) {
-  if (reads_.empty()) return;
-  for (const Row& r : rows_) {
-    const auto points = batch_[r.index].activations;
-    for (size_t j = 0; j < points.size(); ++j) {
-      if (points[j].kind != kind || points[j].index != index) continue;
-      std::copy_n(values + r.first * hidden_, r.count * hidden_,
-                  reads_[r.index][j].data());
-    }
-  }
+  hooked_.ForEachRead(kind, index, [&](const Row& r, float* out) {
+    std::copy_n(values + r.first * hidden_, r.count * hidden_, out);
+  });
 }
 
 void StepHooks::CaptureFinalNorm(int num_layers, const float* x,
                                  const float* final_norm, float eps) {
-  if (reads_.empty()) return;
-  for (const Row& r : rows_) {
-    const auto points = batch_[r.index].activations;
-    for (size_t j = 0; j < points.size(); ++j) {
-      if (points[j].kind != ActivationKind::kResidual ||
-          points[j].index != num_layers)
-        continue;
-      float* out = reads_[r.index][j].data();
-      for (int64_t t = 0; t < r.count; ++t) {
-        RmsNorm(x + (r.first + t) * hidden_, final_norm, eps, out + t * hidden_,
-                hidden_);
-      }
-    }
-  }
+  hooked_.ForEachRead(
+      ActivationKind::kResidual, num_layers, [&](const Row& r, float* out) {
+        for (int64_t t = 0; t < r.count; ++t) {
+          RmsNorm(x + (r.first + t) * hidden_, final_norm, eps,
+                  out + t * hidden_, hidden_);
+        }
+      });
 }
 
 void StepHooks::TakeActivations(
     std::vector<std::vector<std::vector<float>>>* out) {
-  *out = std::move(reads_);
-  reads_.clear();
+  hooked_.TakeReads(out);
 }
 
 }  // namespace gemma

@@ -22,6 +22,7 @@
 #include "shard/model/model_config.h"
 #include "shard/model/tensor_parallel.h"
 #include "shard/runtime/backend.h"
+#include "shard/runtime/hooked_rows.h"
 
 namespace gemma {
 
@@ -37,7 +38,7 @@ class StepHooks {
              bool capture);
   // Whether any row asks for anything: with neither, every other call is
   // skipped.
-  bool active() const { return !rows_.empty(); }
+  bool active() const { return !hooked_.rows().empty(); }
 
   // kAblateHead: zeroes, in `attn` ([T, num_q_heads * head_dim], this rank's
   // query heads, head-major), each ablated head this rank holds. With query
@@ -69,24 +70,16 @@ class StepHooks {
   void TakeActivations(std::vector<std::vector<std::vector<float>>>* out);
 
  private:
-  struct Row {
-    int index;      // in the batch
-    int64_t first;  // its first token
-    int64_t count;  // its tokens
-  };
+  using Row = HookedRows::Row;
   void Scale(InterventionKind kind, int layer, float* proj) const;
   // Calls fn(token, ...) for each token of `row` within the intervention's
   // positions.
   template <typename Fn>
   void ForTokensIn(const Row& row, const Intervention& iv, Fn fn) const;
 
-  std::span<const SequenceStep> batch_;
   std::span<const int32_t> positions_;
   int64_t hidden_ = 0;
-  bool capture_ = false;
-  std::vector<Row> rows_;  // the rows that ask for interventions or reads
-  std::vector<std::vector<std::vector<float>>>
-      reads_;  // [batch row][point][tokens * hidden]
+  HookedRows hooked_;  // the rows that ask for interventions or reads, and their reads
 };
 
 }  // namespace gemma

@@ -24,9 +24,9 @@ int CudaBackend::BlocksUsed(const SequenceStep& s) const {
   return static_cast<int>(std::min<int64_t>(static_cast<int64_t>(s.block_table.size()), (end + block_size_ - 1) / block_size_));
 }
 
-absl::Status CudaBackend::RunAsGraph(int batch, const std::function<absl::Status()>& enqueue) {
-  auto it = graphs_.find(batch);
-  if (it == graphs_.end() && warmed_.insert(batch).second) {
+absl::Status CudaBackend::RunAsGraph(int64_t key, const std::function<absl::Status()>& enqueue) {
+  auto it = graphs_.find(key);
+  if (it == graphs_.end() && warmed_.insert(key).second) {
     // The first step of a batch size runs as is: GEMM plans and buffers are made outside any capture.
     return enqueue();
   }
@@ -51,7 +51,7 @@ absl::Status CudaBackend::RunAsGraph(int batch, const std::function<absl::Status
                    std::string(captured.message()).c_str());
       return enqueue();
     }
-    it = graphs_.emplace(batch, exec).first;
+    it = graphs_.emplace(key, exec).first;
   }
   GEMMA_CUDA_RETURN_IF_ERROR(cudaGraphLaunch(it->second, stream_));
   return absl::OkStatus();
@@ -63,9 +63,11 @@ absl::Status CudaBackend::AllReduce(float* data, int64_t count) {
   return exchange_->AllReduceSum(data, static_cast<size_t>(count), stream_);
 }
 
-absl::Status CudaBackend::RowParallel(const void* in, int64_t T, int64_t K, const DeviceBuffer& w, float* out) {
+absl::Status CudaBackend::RowParallel(const void* in, int64_t T, int64_t K, const DeviceBuffer& w, float* out,
+                                      int layer, LoraTarget target, int lora_chunks) {
   const int64_t H = config().hidden_size;
   if (auto s = gemm_->Run(in, w.get(), K, out, H, T, H, K, act_, stream_); !s.ok()) return s;
+  if (auto s = adapters_->Add(layer, target, in, K, act_, out, H, lora_chunks, stream_); !s.ok()) return s;
   return AllReduce(out, T * H);
 }
 
@@ -78,14 +80,12 @@ absl::Status CudaBackend::ForwardAndSample(std::span<const SequenceStep> batch, 
   StageTimer timer(&host_timings_.other_seconds);
   if (auto s = ValidateStep(batch, c, num_blocks_, block_size_, kv_layout_.window()); !s.ok()) return s;
   if (auto s = CheckStepLimits(batch, limits_); !s.ok()) return s;
-  for (size_t i = 0; i < batch.size(); ++i) {
-    if (!batch[i].interventions.empty() || !batch[i].activations.empty() || batch[i].adapter != nullptr) {
-      return absl::UnimplementedError(absl::StrCat(
-          "sequence ", i, ": LoRA adapters, interventions and activations run on the CPU backend for now"));
-    }
-  }
   GEMMA_CUDA_RETURN_IF_ERROR(cudaSetDevice(options_.device));
   const TensorParallel& tp = weights_->tp();
+  // The step's adapters onto the device (an upload waits here, before any of the step's work), and its rows that
+  // intervene or read.
+  if (auto s = adapters_->Prepare(batch, stream_); !s.ok()) return s;
+  hooks_.Reset(batch, c.num_layers, tp.rank == 0);
   const int64_t H = c.hidden_size, D = c.head_dim, I = tp.ffn_size;
   const int64_t q_dim = tp.num_q_heads * D, kv_dim = tp.num_kv_heads * D, qkv_ld = q_dim + 2 * kv_dim;
   const int64_t ab = cuda::DtypeBytes(act_);
@@ -102,8 +102,11 @@ absl::Status CudaBackend::ForwardAndSample(std::span<const SequenceStep> batch, 
   // launches of a step cost more host time than the GPU takes for them at small batches. With several ranks the
   // graph holds the all-reduces too (enqueued on the step's stream, waited for once at its end). Block tables are
   // padded to the longest context so that every step of a batch size has the same layout.
-  bool graph_step = graphs_enabled_ && T == B && B <= kMaxGraphBatch;
+  // Interventions and reads launch per row and copy to the host: such steps run as they are. LoRA steps replay a
+  // graph of their own (the layout of adapter rows is read on the device).
+  bool graph_step = graphs_enabled_ && T == B && B <= kMaxGraphBatch && !hooks_.active();
   for (const auto& s : batch) graph_step = graph_step && s.logits == LogitsWanted::kLast;
+  const int lora_chunks = graph_step ? static_cast<int>(T) : adapters_->num_chunks();
   if (graph_step) max_blocks = std::max(max_blocks, (limits_.max_context + block_size_ - 1) / block_size_);
   last_clocked_ = options_.stage_timing && !graph_step;
   auto stage = [&](double StepTimings::*field) {
@@ -111,6 +114,7 @@ absl::Status CudaBackend::ForwardAndSample(std::span<const SequenceStep> batch, 
     if (last_clocked_) clock_.Mark(&(device_timings_.*field), stream_);
   };
   out->row_begin.clear();
+  out->activations.clear();
   const int kinds = TableKinds();
   const size_t meta_bytes = StepMeta::Bytes(T, B, max_blocks, kinds);
   if (host_meta_bytes_ < meta_bytes) {
@@ -206,10 +210,14 @@ absl::Status CudaBackend::ForwardAndSample(std::span<const SequenceStep> batch, 
   auto enqueue = [&]() -> absl::Status {
     if (last_clocked_) clock_.Start(&device_timings_.other_seconds, stream_);
     GEMMA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(*meta, host_meta_, meta_bytes, cudaMemcpyHostToDevice, stream_));
+    if (adapters_->active()) {
+      if (auto s = adapters_->EnqueueLayout(stream_); !s.ok()) return s;
+    }
     const MatrixView& embed = weights_->embed();
     GEMMA_CUDA_RETURN_IF_ERROR(cuda::LaunchEmbed(embed_bf16_.as<uint16_t>(), embed.rows, H, dev.tokens, static_cast<int>(T),
                                                  tp.vocab_begin, std::sqrt(static_cast<float>(H)), xf, stream_));
     if (auto s = AllReduce(xf, T * H); !s.ok()) return s;
+    if (auto s = hooks_.Capture(ActivationKind::kResidual, 0, xf, stream_); !s.ok()) return s;
     const float q_scale = static_cast<float>(std::pow(static_cast<double>(c.QueryScalar()), -0.5));
 
     for (int layer = 0; layer < c.num_layers; ++layer) {
@@ -224,6 +232,13 @@ absl::Status CudaBackend::ForwardAndSample(std::span<const SequenceStep> batch, 
       }
       stage(&StepTimings::matmul_seconds);
       if (auto s = gemm_->Run(*xn, lw.qkv.get(), H, qkvf, qkv_ld, T, qkv_ld, H, act_, stream_); !s.ok()) return s;
+      // LoRA terms of q, k and v join their columns of qkv before RoPE, as a merged weight would.
+      for (const auto& [target, column] : {std::pair{LoraTarget::kQ, int64_t{0}}, std::pair{LoraTarget::kK, q_dim},
+                                           std::pair{LoraTarget::kV, q_dim + kv_dim}}) {
+        if (auto s = adapters_->Add(layer, target, *xn, H, act_, qkvf + column, qkv_ld, lora_chunks, stream_); !s.ok()) {
+          return s;
+        }
+      }
       stage(&StepTimings::attention_seconds);
       // The layer's place in its blocks, and its kind's block tables and cache rows.
       const int64_t slot = kv_layout_.Slot(layer);
@@ -271,8 +286,9 @@ absl::Status CudaBackend::ForwardAndSample(std::span<const SequenceStep> batch, 
           !s.ok()) {
         return s;
       }
+      if (auto s = hooks_.AblateHeads(layer, tp, static_cast<int>(D), *attn, act_, stream_); !s.ok()) return s;
       stage(&StepTimings::matmul_seconds);
-      if (auto s = RowParallel(*attn, T, q_dim, lw.o, projf); !s.ok()) return s;
+      if (auto s = RowParallel(*attn, T, q_dim, lw.o, projf, layer, LoraTarget::kO, lora_chunks); !s.ok()) return s;
       stage(&StepTimings::other_seconds);
       // Gemma 2/3 normalize what attention adds (after the all-reduce: the norm needs the whole row).
       if (lw.post_attn_norm.get() != nullptr) {
@@ -280,22 +296,51 @@ absl::Status CudaBackend::ForwardAndSample(std::span<const SequenceStep> batch, 
                                                        lw.post_attn_norm.as<float>(), c.rms_norm_eps, projf,
                                                        Dtype::kF32, stream_));
       }
+      // The attention term as it joins the stream (after any post-norm, which would undo a scale before it).
+      if (auto s = hooks_.ScaleAttention(layer, projf, stream_); !s.ok()) return s;
+      if (auto s = hooks_.Capture(ActivationKind::kAttentionOutput, layer, projf, stream_); !s.ok()) return s;
       GEMMA_CUDA_RETURN_IF_ERROR(cuda::LaunchAddRmsNorm(xf, projf, static_cast<int>(T), H, lw.ffn_norm.as<float>(),
                                                         c.rms_norm_eps, *xn, act_, stream_));
       stage(&StepTimings::matmul_seconds);
       if (auto s = gemm_->Run(*xn, lw.gate_up.get(), H, gate_upf, 2 * I, T, 2 * I, H, act_, stream_); !s.ok()) return s;
+      if (auto s = adapters_->Add(layer, LoraTarget::kGate, *xn, H, act_, gate_upf, 2 * I, lora_chunks, stream_); !s.ok()) {
+        return s;
+      }
+      if (auto s = adapters_->Add(layer, LoraTarget::kUp, *xn, H, act_, gate_upf + I, 2 * I, lora_chunks, stream_);
+          !s.ok()) {
+        return s;
+      }
       stage(&StepTimings::other_seconds);
       GEMMA_CUDA_RETURN_IF_ERROR(cuda::LaunchGeluMul(gate_upf, static_cast<int>(T), I, *act, act_, stream_));
       stage(&StepTimings::matmul_seconds);
-      if (auto s = RowParallel(*act, T, I, lw.down, projf); !s.ok()) return s;
+      if (auto s = RowParallel(*act, T, I, lw.down, projf, layer, LoraTarget::kDown, lora_chunks); !s.ok()) return s;
       stage(&StepTimings::other_seconds);
       if (lw.post_ffn_norm.get() != nullptr) {
         GEMMA_CUDA_RETURN_IF_ERROR(cuda::LaunchRmsNorm(projf, nullptr, static_cast<int>(T), H,
                                                        lw.post_ffn_norm.as<float>(), c.rms_norm_eps, projf,
                                                        Dtype::kF32, stream_));
       }
+      if (auto s = hooks_.ScaleMlp(layer, projf, stream_); !s.ok()) return s;
+      if (auto s = hooks_.Capture(ActivationKind::kMlpOutput, layer, projf, stream_); !s.ok()) return s;
+      if (hooks_.NeedsResidualAfter(layer)) {
+        // The layer's output in full, for a steer or a read: the MLP term joins the stream here, and the next fused
+        // add (this layer's successor's norm, or the add after the last layer) adds zeros, which changes no value.
+        GEMMA_CUDA_RETURN_IF_ERROR(cuda::LaunchAdd(xf, projf, T * H, stream_));
+        GEMMA_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(projf, 0, T * H * 4, stream_));
+        if (auto s = hooks_.Steer(layer, xf, stream_); !s.ok()) return s;
+        if (layer + 1 < c.num_layers) {
+          if (auto s = hooks_.Capture(ActivationKind::kResidual, layer + 1, xf, stream_); !s.ok()) return s;
+        }
+      }
     }
     GEMMA_CUDA_RETURN_IF_ERROR(cuda::LaunchAdd(xf, projf, T * H, stream_));
+    if (hooks_.Reads(ActivationKind::kResidual, c.num_layers)) {
+      // Hugging Face's last hidden state is the final norm's output, for every token of the reading rows; proj is
+      // free from here on.
+      GEMMA_CUDA_RETURN_IF_ERROR(cuda::LaunchRmsNorm(xf, nullptr, static_cast<int>(T), H, final_norm_.as<float>(),
+                                                     c.rms_norm_eps, projf, Dtype::kF32, stream_));
+      if (auto s = hooks_.Capture(ActivationKind::kResidual, c.num_layers, projf, stream_); !s.ok()) return s;
+    }
 
     if (R == 0) return absl::OkStatus();
     GEMMA_CUDA_RETURN_IF_ERROR(cuda::LaunchRmsNorm(xf, dev.rows, static_cast<int>(R), H, final_norm_.as<float>(),
@@ -315,7 +360,8 @@ absl::Status CudaBackend::ForwardAndSample(std::span<const SequenceStep> batch, 
   absl::Status ran;
   {
     cuda::ProgrammaticLaunchScope overlap(options_.programmatic_launch);
-    ran = graph_step ? RunAsGraph(static_cast<int>(B), enqueue) : enqueue();
+    ran = graph_step ? RunAsGraph(GraphKey(static_cast<int>(B), adapters_->active() ? adapters_->targets() : 0u), enqueue)
+                     : enqueue();
   }
   enqueue_collectives_ = false;
   if (!ran.ok()) return ran;
@@ -332,6 +378,7 @@ absl::Status CudaBackend::ForwardAndSample(std::span<const SequenceStep> batch, 
     if (last_clocked_) clock_.Mark(&device_timings_.other_seconds, stream_);
     GEMMA_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
     if (last_clocked_) clock_.Collect();
+    hooks_.TakeActivations(&out->activations);  // rank 0's reads (followers', and rows without reads, empty)
     return absl::OkStatus();
   };
   if (R == 0) {

@@ -43,6 +43,11 @@ struct CudaBackendOptions {
   bool stage_timing = false;
   // The largest step: every buffer a step uses is allocated for it at start, and a larger step is refused.
   StepLimits limits;
+  // LoRA adapters resident on the device at once, each in a slot reserved at start for every projection of every
+  // layer at rank lora_max_rank (1..64; adapters of a higher rank are refused when a step names them). 0: none
+  // reserved, and rows with an adapter are refused.
+  int lora_slots = 8;
+  int lora_max_rank = 16;
 };
 
 // Where a CUDA rank's device memory went at start (bytes).
@@ -50,6 +55,7 @@ struct CudaMemoryReport {
   int64_t total = 0;         // the device's
   int64_t weights = 0;       // this rank's weights on the device
   int64_t step_buffers = 0;  // every buffer of the largest step
+  int64_t adapters = 0;      // LoRA slots, their table, the LoRA step scratch and the steering vector
   int64_t used_before_kv = 0;  // by everything (this process's runtime and libraries, other processes) before the cache
   int64_t kv = 0;
   int kv_blocks = 0;

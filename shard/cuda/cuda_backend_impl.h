@@ -16,7 +16,9 @@
 #include "absl/strings/str_cat.h"
 #include "shard/runtime/backend.h"
 #include "shard/collective/collective.h"
+#include "shard/cuda/cuda_adapters.h"
 #include "shard/cuda/cuda_backend.h"
+#include "shard/cuda/cuda_interventions.h"
 #include "shard/cuda/device_buffer.h"
 #include "shard/cuda/gemm.h"
 #include "shard/cuda/kernels.h"
@@ -146,10 +148,16 @@ class CudaBackend final : public Backend {
   // Every rank's `mine` (integers under 2^24), rank after rank: start-up agreement within the group.
   absl::StatusOr<std::vector<float>> GatherIntegers(const std::vector<float>& mine);
   int BlocksUsed(const SequenceStep& s) const;
-  // Replays the graph captured for this batch size, capturing it first. A capture that fails turns graphs off
-  // for this backend (said once on stderr) and the step runs as is.
-  absl::Status RunAsGraph(int batch, const std::function<absl::Status()>& enqueue);
-  absl::Status RowParallel(const void* in, int64_t T, int64_t K, const DeviceBuffer& w, float* out);
+  // Replays the graph captured for this key (batch size and LoRA targets, GraphKey), capturing it first. A capture
+  // that fails turns graphs off for this backend (said once on stderr) and the step runs as is.
+  absl::Status RunAsGraph(int64_t key, const std::function<absl::Status()>& enqueue);
+  // A decode graph's key: its batch size, and which projections its LoRA kernels run for (none without adapters).
+  static int64_t GraphKey(int batch, uint32_t lora_targets) { return batch | (static_cast<int64_t>(lora_targets) << 32); }
+  // out = in W^T, plus the LoRA terms of (layer, target) for the step's adapter rows (lora_chunks: the LoRA grids'
+  // chunk capacity, CudaAdapters::Add), then summed over the ranks: each rank adds its slice's part before the sum,
+  // as for the base matrix.
+  absl::Status RowParallel(const void* in, int64_t T, int64_t K, const DeviceBuffer& w, float* out, int layer,
+                           LoraTarget target, int lora_chunks);
   // Buffers of a step's prompt runs.
   struct PromptScratch {
     void* qkv = nullptr;     // the runs' q, k and v rows in the GEMM input type (the f32 qkv itself in f32 mode)
@@ -201,8 +209,10 @@ class CudaBackend final : public Backend {
   void* host_meta_ = nullptr;
   size_t host_meta_bytes_ = 0;
   bool graphs_enabled_;
-  std::map<int, cudaGraphExec_t> graphs_;  // by batch size
-  std::set<int> warmed_;                   // batch sizes run once: a graph is captured from the second step of a size
+  std::map<int64_t, cudaGraphExec_t> graphs_;  // by GraphKey
+  std::set<int64_t> warmed_;  // keys run once: a graph is captured from the second step of a key
+  std::unique_ptr<CudaAdapters> adapters_;  // LoRA slots (ReserveStepBuffers)
+  CudaStepHooks hooks_;                     // the step's interventions and activation reads
   StepTimings host_timings_, device_timings_;
   bool last_clocked_ = false;  // the last step's timings are device_timings_
   cuda::StageClock clock_;

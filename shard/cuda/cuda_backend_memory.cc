@@ -25,9 +25,10 @@ class CudaDeviceMemory : public DeviceMemory {
   }
 };
 
-// Graphs captured later, one per decode batch size, take a little device memory each.
-int64_t GraphReserveBytes(bool graphs, int max_sequences) {
-  return graphs ? (int64_t{64} << 20) +
+// Graphs captured later, one per decode batch size (and per set of LoRA targets, with adapter slots: the room of
+// one more set per size), take a little device memory each.
+int64_t GraphReserveBytes(bool graphs, int max_sequences, bool lora) {
+  return graphs ? (int64_t{64} << 20) + (lora ? 2 : 1) *
                       static_cast<int64_t>(std::min(max_sequences, CudaBackend::kMaxGraphBatch)) * (int64_t{1} << 20)
                 : 0;
 }
@@ -94,6 +95,12 @@ absl::Status CudaBackend::ReserveStepBuffers() {
     total += static_cast<int64_t>(w.scratch->buffer.bytes());
   }
   memory_.step_buffers = total;
+  // LoRA slots and scratch, and the steering vector: planned here, before the cache takes what is left.
+  auto adapters = CudaAdapters::Create(c, tp, options_.lora_slots, options_.lora_max_rank, static_cast<int>(T), stream_);
+  if (!adapters.ok()) return adapters.status();
+  adapters_ = std::move(*adapters);
+  if (auto s = hooks_.Reserve(H); !s.ok()) return s;
+  memory_.adapters = adapters_->reserved_bytes() + hooks_.reserved_bytes();
   return exchange_->Reserve(static_cast<size_t>(std::max(T * H, (1 + tp.world) * R * tp.vocab_slice)));
 }
 
@@ -194,7 +201,7 @@ absl::Status CudaBackend::ProfileAndAllocateKv(const KvCacheOptions& kv_options)
   request.fixed_blocks = kv_options.num_blocks > 0 ? kv_options.num_blocks : kv_options.max_bytes / block_bytes;
   request.block_bytes = block_bytes;
   request.min_blocks = sequence_blocks;
-  request.reserve_bytes = GraphReserveBytes(graphs_enabled_, limits_.max_sequences);
+  request.reserve_bytes = GraphReserveBytes(graphs_enabled_, limits_.max_sequences, options_.lora_slots > 0);
   request.limits = LimitsText(limits_);
   CudaDeviceMemory device;
   auto plan = PlanKvCache(device, request);
@@ -226,10 +233,12 @@ absl::Status CudaBackend::ProfileAndAllocateKv(const KvCacheOptions& kv_options)
   memory_.fraction = kv_options.memory_fraction;
   memory_.limits = limits_;
   std::fprintf(stderr,
-               "gemma CUDA backend: rank %d device memory %s: weights %s, buffers for the largest step (%s) %s, in "
-               "use before the KV cache %s; KV cache %s = %lld blocks of %d positions (%s)\n",
+               "gemma CUDA backend: rank %d device memory %s: weights %s, buffers for the largest step (%s) %s, "
+               "LoRA adapters (%d slots of rank %d) %s, in use before the KV cache %s; KV cache %s = %lld blocks of %d "
+               "positions (%s)\n",
                tp.rank, HumanBytes(memory_.total).c_str(), HumanBytes(memory_.weights).c_str(),
-               LimitsText(limits_).c_str(), HumanBytes(memory_.step_buffers).c_str(),
+               LimitsText(limits_).c_str(), HumanBytes(memory_.step_buffers).c_str(), options_.lora_slots,
+               options_.lora_max_rank, HumanBytes(memory_.adapters).c_str(),
                HumanBytes(memory_.used_before_kv).c_str(), HumanBytes(memory_.kv).c_str(),
                static_cast<long long>(blocks), block_size_,
                kv_options.memory_fraction > 0 ? absl::StrCat("--gpu_memory_fraction ", kv_options.memory_fraction).c_str()

@@ -5,7 +5,8 @@
 //
 // usage: gemma-cuda-bench --model DIR [--make_7b | --make_shape gemma3-27b] [--batches 1,16,64] [--context 512]
 //                         [--steps 32] [--prompt 2048] [--prefill_chunk 512] [--long_context 32768]
-//                         [--sections variants,gemm_sweep,plan,tp2] [--json FILE]
+//                         [--sections variants,gemm_sweep,plan,tp2,lora] [--lora_batch 32] [--lora_adapters 8]
+//                         [--lora_rank 16] [--json FILE]
 #include <cuda_runtime.h>
 
 #include <chrono>
@@ -23,6 +24,7 @@
 #include "shard/checkpoint/checkpoint_writer.h"
 #include "shard/cuda/cuda_backend.h"
 #include "shard/cuda/cuda_bench_decode.h"
+#include "shard/cuda/cuda_bench_lora.h"
 #include "shard/cuda/cuda_bench_parts.h"
 #include "shard/cuda/device_buffer.h"
 #include "shard/cuda/gemm.h"
@@ -38,7 +40,10 @@ ABSL_FLAG(int, long_context, 0,
           "also decode one sequence at this context, with the model's sliding windows and with every layer global "
           "(0: not)");
 ABSL_FLAG(std::string, sections, "variants,gemm_sweep,plan,tp2",
-          "the optional sections to run beside decode and prefill: variants, gemm_sweep, plan, tp2");
+          "the optional sections to run beside decode and prefill: variants, gemm_sweep, plan, tp2, lora");
+ABSL_FLAG(int, lora_batch, 32, "lora section: decoding sequences, spread over the adapters");
+ABSL_FLAG(int, lora_adapters, 8, "lora section: random adapters on all seven projections (at most the backend's slots)");
+ABSL_FLAG(int, lora_rank, 16, "lora section: their rank (at most the backend's slot rank, 16 by default)");
 ABSL_FLAG(std::string, batches, "1,2,4,8,16,64", "decode batch sizes");
 ABSL_FLAG(int, context, 512, "context of each decoding sequence");
 ABSL_FLAG(int, steps, 32, "timed decode steps per batch size");
@@ -177,7 +182,9 @@ int Run() {
   if (!weights.ok()) return Fail(weights.status());
   std::shared_ptr<const ModelWeights> w(std::move(*weights));
   const ModelConfig& c = w->config();
-  const int max_batch = *std::max_element(batches.begin(), batches.end());
+  const int lora_batch = absl::GetFlag(FLAGS_lora_batch);
+  if (wants("lora") && lora_batch < 1) return Fail(absl::InvalidArgumentError("--lora_batch must be positive"));
+  const int max_batch = std::max(*std::max_element(batches.begin(), batches.end()), wants("lora") ? lora_batch : 0);
   const int64_t per_seq = context + steps + 16;
   KvCacheOptions kv;
   kv.num_blocks = static_cast<int>((max_batch * per_seq + prompt) / kv.block_size + max_batch + 2);
@@ -272,6 +279,17 @@ int Run() {
       batch1 = d["tokens_per_s"];
       batch1_stages = d["launched_stage_ms"];
       batch1_launched_ms = d["launched_step_ms"];
+    }
+  }
+  // Rows of several adapters against the base model, on the same backend in the same run.
+  nlohmann::json lora;
+  if (wants("lora")) {
+    auto r = LoraDecodeAgainstBase(backend, lora_batch, absl::GetFlag(FLAGS_lora_adapters),
+                                   absl::GetFlag(FLAGS_lora_rank), context, steps, first_block, blocks_per_sequence);
+    if (r.ok()) {
+      lora = *r;
+    } else {
+      errors["lora"] = std::string(r.status().message());
     }
   }
   // One sequence at a long context: the model as it is (local layers read their window of the cache) and then,
@@ -370,7 +388,8 @@ int Run() {
       SequenceStep largest{ids, l.max_context - tokens, table, LogitsWanted::kAll};
       const absl::Status ran = (*b)->ForwardAndSample({&largest, 1}, Greedy(1), false, &logits, &drawn);
       planned = {{"gpu_memory_fraction", 0.9}, {"total_bytes", report->total}, {"weights_bytes", report->weights},
-                 {"step_buffer_bytes", report->step_buffers}, {"used_before_kv_bytes", report->used_before_kv},
+                 {"step_buffer_bytes", report->step_buffers}, {"lora_adapter_bytes", report->adapters},
+                 {"used_before_kv_bytes", report->used_before_kv},
                  {"kv_bytes", report->kv}, {"kv_blocks", report->kv_blocks}, {"kv_tokens", report->kv_blocks * 16},
                  {"max_tokens_per_step", l.max_tokens}, {"max_batch_size", l.max_sequences},
                  {"max_model_len", l.max_context}, {"start_seconds", start_s},
@@ -407,6 +426,7 @@ int Run() {
                         {"errors", errors},
                         {"planned_memory", planned},
                         {"tp2_one_gpu_host_collective", tp2},
+                        {"lora_decode", lora},
                         {"long_context", long_context_json},
                         {"prefill_tokens", prompt},
                         {"prefill_tokens_per_s", prompt / prefill_s},

@@ -41,7 +41,8 @@ std::vector<int32_t> SequenceTable(int first_block, int blocks_per_sequence, int
 }
 
 absl::StatusOr<DecodeResult> Decode(Backend& backend, int batch, int context, int steps, int first_block,
-                                    int blocks_per_sequence) {
+                                    int blocks_per_sequence, std::span<const LoraAdapter* const> adapters) {
+  auto adapter_of = [&](int s) { return adapters.empty() ? nullptr : adapters[s % adapters.size()]; };
   const int vocab = backend.config().vocab_size;
   std::vector<std::vector<int32_t>> prompts, tables;
   for (int s = 0; s < batch; ++s) {
@@ -61,6 +62,7 @@ absl::StatusOr<DecodeResult> Decode(Backend& backend, int batch, int context, in
       const bool last = begin + n == context;
       SequenceStep prompt{std::span<const int32_t>(prompts[s]).subspan(begin, n), begin, tables[s],
                           last ? LogitsWanted::kLast : LogitsWanted::kNone};
+      prompt.adapter = adapter_of(s);
       const std::vector<RowSample> rows = last ? Greedy(1) : std::vector<RowSample>{};
       if (auto st = backend.ForwardAndSample({&prompt, 1}, rows, false, &logits, &drawn); !st.ok()) return st;
     }
@@ -68,7 +70,10 @@ absl::StatusOr<DecodeResult> Decode(Backend& backend, int batch, int context, in
   std::vector<int32_t> next(batch, 5);
   double elapsed = 0;
   for (int i = 0; i <= steps + 1; ++i) {
-    for (int s = 0; s < batch; ++s) step[s] = {{&next[s], 1}, context + i, tables[s], LogitsWanted::kLast};
+    for (int s = 0; s < batch; ++s) {
+      step[s] = {{&next[s], 1}, context + i, tables[s], LogitsWanted::kLast};
+      step[s].adapter = adapter_of(s);
+    }
     const auto start = Clock::now();
     if (auto st = backend.ForwardAndSample(step, rows, false, &logits, &drawn); !st.ok()) return st;
     for (int s = 0; s < batch; ++s) next[s] = drawn[s].token;
@@ -77,7 +82,10 @@ absl::StatusOr<DecodeResult> Decode(Backend& backend, int batch, int context, in
   DecodeResult r;
   r.tokens_per_s = batch * steps / elapsed;
   // Every row's logits: a step no graph takes, so the stages are clocked.
-  for (int s = 0; s < batch; ++s) step[s] = {{&next[s], 1}, context + steps + 2, tables[s], LogitsWanted::kAll};
+  for (int s = 0; s < batch; ++s) {
+    step[s] = {{&next[s], 1}, context + steps + 2, tables[s], LogitsWanted::kAll};
+    step[s].adapter = adapter_of(s);
+  }
   for (int i = 0; i < 2; ++i) {
     const auto start = Clock::now();
     if (auto st = backend.ForwardAndSample(step, rows, false, &logits, &drawn); !st.ok()) return st;

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <span>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -25,8 +26,9 @@ struct DecodeResult {
   nlohmann::json launched_stages;    // its device ms per stage, where the backend clocks stages
 };
 // `batch` sequences decoding `steps` tokens each after a `context`-token prompt, their blocks from `first_block` on.
-// The first two decode steps warm up (the second captures the decode graph) and are not timed.
+// The first two decode steps warm up (the second captures the decode graph) and are not timed. With `adapters`,
+// sequence s runs with adapters[s % adapters.size()].
 absl::StatusOr<DecodeResult> Decode(Backend& backend, int batch, int context, int steps, int first_block,
-                                    int blocks_per_sequence);
+                                    int blocks_per_sequence, std::span<const LoraAdapter* const> adapters = {});
 
 }  // namespace gemma
