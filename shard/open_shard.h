@@ -30,7 +30,7 @@ struct ShardOptions {
   KvCacheOptions kv;
   StepLimits limits;  // the largest step; a GPU plans its memory for it
   // With cuda: LoRA adapters resident on the GPU at once, and the rank their slots hold (CudaBackendOptions).
-  int gpu_lora_slots = 8;
+  int gpu_lora_slots = 0;
   int gpu_lora_max_rank = 16;
   std::chrono::milliseconds timeout{30000};  // a dead or hung peer fails the group within it
   // Called once the weights are loaded and before the first collective call (NCCL bootstrap, a follower's first

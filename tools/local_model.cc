@@ -42,6 +42,8 @@ void DeclareDeviceFlags(Args& args, const char* device_help) {
       .Flag("kv-cache-dtype", "how the KV cache stores K and V: auto (default: f32 on the CPU, --precision on the "
                               "GPU), bf16 or int8 (a scale per position and head; a quarter of f32's memory) on "
                               "the CPU")
+      .Flag("gpu-lora-slots", "with --device cuda: LoRA adapter slots reserved on each GPU, 0..64 (default: 1 with "
+                              "--adapter, else 0)")
       .Flag("activations", "f32 (default) or bf16: prompt chunks on the CPU multiply bf16-rounded activations by "
                            "AVX512-BF16 dot products (where the CPU has them; f32 elsewhere); decoding stays f32");
 }
@@ -63,6 +65,8 @@ absl::StatusOr<DeviceChoice> DeviceChoiceFromFlags(const Args& args) {
   }
   d.int4_group_size = static_cast<int>(group);
   d.kv_cache_dtype = args.Get("kv-cache-dtype", "auto");
+  ASSIGN_OR_RETURN(const int64_t slots, args.GetInt("gpu-lora-slots", args.Has("adapter") ? 1 : 0, 0, 64));
+  d.gpu_lora_slots = static_cast<int>(slots);
   d.activations = args.Get("activations", "f32");
   if (d.activations != "f32" && d.activations != "bf16") {
     return absl::InvalidArgumentError("--activations \"" + d.activations + "\" is invalid; allowed: f32, bf16");
@@ -98,6 +102,7 @@ absl::StatusOr<std::unique_ptr<Backend>> RankBackend(const std::shared_ptr<const
   o.weights = device.weights;
   o.int4_group_size = device.int4_group_size;
   o.activations = device.activations;
+  o.gpu_lora_slots = device.gpu_lora_slots;
   o.kv = KvFor(kv_tokens, device);
   o.timeout = std::chrono::milliseconds(timeout_ms);
   auto shard = OpenShard(ckpt, o, std::move(collective));
@@ -195,7 +200,8 @@ absl::Status AttachBackend(LocalModel& model, int64_t kv_tokens, int tp, int64_t
               "--timeout-ms", ms.c_str(), "--transport", transport.c_str(), "--device", device.device.c_str(),
               "--precision", device.precision.c_str(), "--weights", device.weights.c_str(), "--int4-group-size",
               std::to_string(device.int4_group_size).c_str(), "--kv-cache-dtype", device.kv_cache_dtype.c_str(),
-              "--activations", device.activations.c_str(), static_cast<char*>(nullptr));
+              "--activations", device.activations.c_str(), "--gpu-lora-slots",
+              std::to_string(device.gpu_lora_slots).c_str(), static_cast<char*>(nullptr));
       ::_exit(127);
     }
     model.followers.push_back(pid);

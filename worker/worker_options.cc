@@ -55,9 +55,9 @@ ABSL_FLAG(std::vector<std::string>, lora, {},
           "LoRA adapters to load at start, NAME=DIR[,NAME=DIR...] (folders as peft saves them, readable by every rank)");
 ABSL_FLAG(int, max_resident_adapters, 8, "LoRA adapters kept in memory, 1..1024; the least recently used beyond it "
           "are read again from their folder when next used");
-ABSL_FLAG(int, gpu_lora_slots, 8, "with --device cuda: LoRA adapters held on the GPU at once, 0..1024, each in a slot "
+ABSL_FLAG(int, gpu_lora_slots, -1, "with --device cuda: LoRA adapters held on the GPU at once, 0..1024, each in a slot "
           "reserved at start (every projection of every layer at --gpu_lora_max_rank); 0: none, rows with an adapter "
-          "are refused");
+          "are refused; -1 (default): 8 when --lora names adapters, else 0 (memory goes to the KV cache)");
 ABSL_FLAG(int, gpu_lora_max_rank, 16, "with --device cuda: the highest LoRA rank the GPU's adapter slots hold, 1..64");
 
 namespace gemma {
@@ -253,9 +253,12 @@ absl::StatusOr<WorkerOptions> WorkerOptionsFromFlags() {
         absl::StrCat("--max_resident_adapters is ", o.max_resident_adapters, "; allowed: 1 to 1024"));
   }
   o.gpu_lora_slots = absl::GetFlag(FLAGS_gpu_lora_slots);
-  if (o.gpu_lora_slots < 0 || o.gpu_lora_slots > 1024) {
-    return absl::InvalidArgumentError(absl::StrCat("--gpu_lora_slots is ", o.gpu_lora_slots, "; allowed: 0 to 1024"));
+  if (o.gpu_lora_slots < -1 || o.gpu_lora_slots > 1024) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--gpu_lora_slots is ", o.gpu_lora_slots, "; allowed: 0 to 1024, or -1 for the default"));
   }
+  // Slots cost memory whether used or not (1.5 GiB at 7B): reserved by default only for adapters named at start.
+  if (o.gpu_lora_slots == -1) o.gpu_lora_slots = o.loras.empty() ? 0 : 8;
   o.gpu_lora_max_rank = absl::GetFlag(FLAGS_gpu_lora_max_rank);
   if (o.gpu_lora_max_rank < 1 || o.gpu_lora_max_rank > 64) {
     return absl::InvalidArgumentError(

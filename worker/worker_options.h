@@ -42,7 +42,7 @@ struct WorkerOptions {
   std::string port_file;  // where rank 0 writes its chosen port
   std::vector<std::pair<std::string, std::string>> loras;  // --lora NAME=DIR, loaded at start
   int max_resident_adapters = 8;  // adapters kept in memory; others are read again when used
-  int gpu_lora_slots = 8;         // with --device cuda: adapters resident on the GPU, in slots reserved at start
+  int gpu_lora_slots = 0;         // with --device cuda: adapters resident on the GPU, in slots reserved at start
   int gpu_lora_max_rank = 16;     // the rank those slots hold
 };
 

@@ -45,8 +45,8 @@ struct CudaBackendOptions {
   StepLimits limits;
   // LoRA adapters resident on the device at once, each in a slot reserved at start for every projection of every
   // layer at rank lora_max_rank (1..64; adapters of a higher rank are refused when a step names them). 0: none
-  // reserved, and rows with an adapter are refused.
-  int lora_slots = 8;
+  // reserved (the default: slots cost memory used or not), and rows with an adapter are refused.
+  int lora_slots = 0;
   int lora_max_rank = 16;
 };
 

@@ -191,6 +191,7 @@ int Run() {
   const int long_blocks = (long_context + steps + 16) / kv.block_size + 1;
   kv.num_blocks = std::max(kv.num_blocks, static_cast<int>(prompt / kv.block_size + 1) + long_blocks + 2);
   CudaBackendOptions options;
+  if (wants("lora")) options.lora_slots = std::max(8, absl::GetFlag(FLAGS_lora_adapters));
   options.stage_timing = true;  // steps launched one kernel at a time report device time per stage
   // Later sections record their failures and go on, so that one run on a lent GPU reports all it can.
   nlohmann::json errors = nlohmann::json::object();
