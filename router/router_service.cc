@@ -206,13 +206,15 @@ grpc::Status RouterService::GenerateStream(grpc::ServerContext* context, const v
         if (done[k]) continue;
         const Output& o = (*outputs)[k];
         bool finished = false;
+        // A beam search's events carry their beam's rank already (its request has one sample).
+        const bool beams = o.request->options().parameters.num_beams() > 0;
         for (v1::GenerateStreamResponse& event : o.request->TakeReady(&finished)) {
           if (event.has_token()) {
             event.mutable_token()->set_input_index(o.input_index);
-            event.mutable_token()->set_index(o.index);
+            if (!beams) event.mutable_token()->set_index(o.index);
           } else {
             event.mutable_final()->set_input_index(o.input_index);
-            event.mutable_final()->set_index(o.index);
+            if (!beams) event.mutable_final()->set_index(o.index);
           }
           if (context->IsCancelled() || !writer->Write(event)) {
             cancel_all();
