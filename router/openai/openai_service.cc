@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_replace.h"
 #include "router/bounded_json.h"
 #include "router/openai/openai_request.h"
@@ -303,12 +304,38 @@ void OpenAiService::Refuse(http::Exchange& exchange, const ApiError& error,
 }
 
 void OpenAiService::Models(http::Exchange& exchange, const ServedModel& model) {
-  nlohmann::json m = {{"id", ModelName(model)},
-                      {"object", "model"},
-                      {"created", static_cast<int64_t>(std::time(nullptr))},
-                      {"owned_by", "gemma-serve"},
-                      {"max_model_len", admission_->MaxContext(model)}};
-  exchange.Reply(200, kJson, nlohmann::json{{"object", "list"}, {"data", nlohmann::json::array({m})}}.dump());
+  const std::string base = ModelName(model);
+  const auto created = static_cast<int64_t>(std::time(nullptr));
+  auto entry = [&](const std::string& id) {
+    return nlohmann::json{{"id", id},
+                          {"object", "model"},
+                          {"created", created},
+                          {"owned_by", "gemma-serve"},
+                          {"root", base},
+                          {"parent", nullptr},
+                          {"max_model_len", admission_->MaxContext(model)}};
+  };
+  nlohmann::json data = nlohmann::json::array({entry(base)});
+  // Adapters as vLLM lists them: their own id, the base model as parent.
+  for (const std::string& adapter : admission_->AdapterNames()) {
+    if (adapter == base) continue;  // the base model's name wins (see UnknownModel)
+    nlohmann::json m = entry(adapter);
+    m["parent"] = base;
+    data.push_back(std::move(m));
+  }
+  exchange.Reply(200, kJson, nlohmann::json{{"object", "list"}, {"data", std::move(data)}}.dump());
+}
+
+ApiError OpenAiService::UnknownModel(const std::string& asked, const ServedModel& model) const {
+  std::vector<std::string> allowed = {ModelName(model)};
+  for (std::string& adapter : admission_->AdapterNames()) {
+    if (adapter != allowed[0]) allowed.push_back(std::move(adapter));
+  }
+  ApiError e = BadField("model", absl::StrCat("the model '", asked, "' does not exist; allowed: ",
+                                              absl::StrJoin(allowed, ", "), " (the base model, then its LoRA adapters)"));
+  e.http_status = 404;
+  e.code = "model_not_found";
+  return e;
 }
 
 void OpenAiService::Generate(std::shared_ptr<http::Exchange> exchange, bool chat,
@@ -329,17 +356,15 @@ void OpenAiService::Generate(std::shared_ptr<http::Exchange> exchange, bool chat
   if (auto* e = std::get_if<ApiError>(&parsed)) return answer(*e);
   ParsedRequest& request = std::get<ParsedRequest>(parsed);
   const std::string name = ModelName(*model);
+  // As vLLM serves LoRA: `model` names the base model or a loaded adapter, which then applies to every prompt.
   if (request.model != name) {
-    ApiError e = BadField("model", absl::StrCat("the model '", request.model, "' does not exist; this server serves '",
-                                                name, "'"));
-    e.http_status = 404;
-    e.code = "model_not_found";
-    return answer(e);
+    if (!admission_->HasAdapter(request.model)) return answer(UnknownModel(request.model, *model));
+    for (v1::GenerateRequest& prompt : request.prompts) prompt.set_adapter(request.model);
   }
   ResponseContext context;
   context.id = NewId(chat ? "chatcmpl-" : "cmpl-");
   context.created = static_cast<int64_t>(std::time(nullptr));
-  context.model = name;
+  context.model = request.model;
   context.chat = chat;
   context.logprobs = request.logprobs;
   context.top_logprobs = request.top_logprobs;
