@@ -90,20 +90,20 @@ class Call {
       scores_.back() = *scoring;
     }
     for (const auto& s : scores_) scored_.push_back(s == nullptr);
-    std::vector<int32_t> prompt_ids;
+    for (const v1::GenerateRequest& prompt : parsed_.prompts) {
+      if (!parsed_.generates()) break;
+      // Tokenized once, its best_of candidates (n unless given) admitted together: they share its KV blocks. A beam
+      // search is one request, whose beams are its choices.
+      auto ids = admission.PromptIds(*model_, prompt.input());
+      if (!ids.ok()) return refuse(ids.status());
+      v1::GenerateRequest samples = prompt;
+      samples.mutable_parameters()->set_n(parsed_.beams > 0 ? 1 : parsed_.best_of);
+      auto admitted = admission.AdmitSamples(*model_, samples, origin, &*ids);
+      if (!admitted.ok()) return refuse(admitted.status());
+      requests_.insert(requests_.end(), admitted->begin(), admitted->end());
+    }
     for (int i = 0; i < choices; ++i) {
       const v1::GenerateRequest request = parsed_.ForChoice(i);
-      if (parsed_.generates() && i % parsed_.n == 0) {
-        // A new prompt: tokenized once, its n choices admitted together (they share its KV blocks).
-        auto ids = admission.PromptIds(*model_, request.input());
-        if (!ids.ok()) return refuse(ids.status());
-        prompt_ids = std::move(*ids);
-        v1::GenerateRequest samples = request;
-        samples.mutable_parameters()->set_n(parsed_.n);
-        auto admitted = admission.AdmitSamples(*model_, samples, origin, &prompt_ids);
-        if (!admitted.ok()) return refuse(admitted.status());
-        requests_.insert(requests_.end(), admitted->begin(), admitted->end());
-      }
       std::string prefix;
       if (parsed_.echo) {
         if (request.input().has_text()) {
@@ -143,17 +143,25 @@ class Call {
       std::vector<v1::GenerateStreamResponse> events = requests_[i]->TakeReady(&done);
       for (const auto& e : events) {
         if (finished_) return;  // the client left while this pump was sending
+        // A beam search's events name their beam's rank: beam b of prompt i is choice i * n + b, and beams past
+        // the n best are not returned.
+        const int rank = parsed_.beams == 0 ? 0 : e.has_token() ? e.token().index() : e.final().index();
+        if (rank >= parsed_.n) continue;
+        const int choice = parsed_.beams == 0 ? static_cast<int>(i) : static_cast<int>(i) * parsed_.n + rank;
         if (e.has_token()) {
           if (parsed_.stream) {
             exchange_->Send(
-                TextChunk(context_, static_cast<int>(i), e.token().text_delta(), {e.token().token()}, offsets_[i]));
-            offsets_[i] += static_cast<int64_t>(e.token().text_delta().size());
+                TextChunk(context_, choice, e.token().text_delta(), {e.token().token()}, offsets_[choice]));
+            offsets_[choice] += static_cast<int64_t>(e.token().text_delta().size());
           }
         } else if (e.has_final()) {
-          // Prompt tokens once per prompt, however many choices share it (as OpenAI counts them).
-          if (i % parsed_.n == 0) usage_.prompt_tokens += e.final().usage().prompt_tokens();
+          // Prompt tokens once per prompt, however many candidates share it; every candidate's generated tokens
+          // (as OpenAI bills best_of); a beam search's returned beams.
+          if (parsed_.beams > 0 ? rank == 0 : i % parsed_.best_of == 0) {
+            usage_.prompt_tokens += e.final().usage().prompt_tokens();
+          }
           usage_.completion_tokens += e.final().usage().generated_tokens();
-          if (parsed_.stream) exchange_->Send(FinishChunk(context_, static_cast<int>(i), e.final().finish_reason()));
+          if (parsed_.stream) exchange_->Send(FinishChunk(context_, choice, e.final().finish_reason()));
         }
       }
       if (!done) continue;
@@ -186,8 +194,11 @@ class Call {
       exchange_->Send(kDoneChunk);
       exchange_->End();
     } else {
-      std::vector<v1::GenerateResponse> results;
-      for (auto& r : requests_) results.push_back(r->Response());
+      std::vector<v1::GenerateResponse> candidates;
+      for (auto& r : requests_) candidates.push_back(r->Response());
+      std::vector<v1::GenerateResponse> results = parsed_.beams > 0
+                                                      ? BestBeams(candidates, parsed_.n)
+                                                      : BestOf(std::move(candidates), parsed_.best_of, parsed_.n);
       if (!parsed_.generates()) {
         // Echo alone: the prompt, nothing generated, and its tokens counted once.
         results.assign(parsed_.choices(), v1::GenerateResponse());
