@@ -10,6 +10,7 @@
 
 #include "gtest/gtest.h"
 #include "router/http/test_client.h"
+#include "router/openai_test_support.h"
 #include "router/router_test_support.h"
 
 namespace gemma {
@@ -25,22 +26,10 @@ std::string LoraDir() {
   return dir;
 }
 
-class OpenAiAdapterModelTest : public ::testing::Test {
+class OpenAiAdapterModelTest : public OpenAiRouterTest {
  protected:
   static void SetUpTestSuite() {
-    worker_ = new OwnWorker(StartOwnWorker(GemmaTinyDir() + "/tiny-mha", {"--lora=all=" + LoraDir() + "/mha-r8-all"}));
-    http_port_ = testing::FreePort();
-    router_ = new RouterProcess(
-        StartRouter({worker_->port}, {"--http_port=" + std::to_string(http_port_), "--served_model_name=tiny"}));
-    ASSERT_GT(router_->port, 0) << router_->process->Err();
-    ASSERT_TRUE(router_->WaitForHealthyGroups(1)) << router_->process->Err();
-  }
-  static void TearDownTestSuite() {
-    delete router_;
-    delete worker_;
-  }
-  static HttpReply Post(const std::string& path, const json& body) {
-    return Call(http_port_, "POST", path, body.dump());
+    StartServers(GemmaTinyDir() + "/tiny-mha", {"--lora=all=" + LoraDir() + "/mha-r8-all"});
   }
   static json Models() {
     const HttpReply r = Call(http_port_, "GET", "/v1/models", "");
@@ -69,15 +58,7 @@ class OpenAiAdapterModelTest : public ::testing::Test {
     EXPECT_TRUE(s.ok()) << s.error_message();
     return r.text();
   }
-
-  static OwnWorker* worker_;
-  static RouterProcess* router_;
-  static int http_port_;
 };
-
-OwnWorker* OpenAiAdapterModelTest::worker_ = nullptr;
-RouterProcess* OpenAiAdapterModelTest::router_ = nullptr;
-int OpenAiAdapterModelTest::http_port_ = 0;
 
 TEST_F(OpenAiAdapterModelTest, ModelsListTheBaseModelAndEveryAdapterWithItsParent) {
   const json models = Models();

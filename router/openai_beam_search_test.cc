@@ -11,6 +11,7 @@
 
 #include "gtest/gtest.h"
 #include "router/http/test_client.h"
+#include "router/openai_test_support.h"
 #include "router/router_test_support.h"
 
 namespace gemma {
@@ -21,23 +22,8 @@ using http::testing::EventData;
 using http::testing::HttpReply;
 using nlohmann::json;
 
-class OpenAiBeamSearchTest : public ::testing::Test {
+class OpenAiBeamSearchTest : public OpenAiRouterTest {
  protected:
-  static void SetUpTestSuite() {
-    worker_ = new OwnWorker(StartOwnWorker());
-    http_port_ = testing::FreePort();
-    router_ = new RouterProcess(
-        StartRouter({worker_->port}, {"--http_port=" + std::to_string(http_port_), "--served_model_name=tiny"}));
-    ASSERT_GT(router_->port, 0) << router_->process->Err();
-    ASSERT_TRUE(router_->WaitForHealthyGroups(1)) << router_->process->Err();
-  }
-  static void TearDownTestSuite() {
-    delete router_;
-    delete worker_;
-  }
-  static HttpReply Post(const std::string& path, const json& body) {
-    return Call(http_port_, "POST", path, body.dump());
-  }
   // gRPC's beam search of `prompt` with `beams` beams.
   static v1::GenerateResponse Beams(const std::string& prompt, int beams, int max_new, float length_penalty = 1) {
     v1::GenerateRequest g;
@@ -51,15 +37,7 @@ class OpenAiBeamSearchTest : public ::testing::Test {
     EXPECT_TRUE(s.ok()) << s.error_message();
     return r;
   }
-
-  static OwnWorker* worker_;
-  static RouterProcess* router_;
-  static int http_port_;
 };
-
-OwnWorker* OpenAiBeamSearchTest::worker_ = nullptr;
-RouterProcess* OpenAiBeamSearchTest::router_ = nullptr;
-int OpenAiBeamSearchTest::http_port_ = 0;
 
 TEST_F(OpenAiBeamSearchTest, TheNBestBeamsOfBestOfAreTheChoices) {
   const json request = {{"model", "tiny"}, {"prompt", {"The quick brown fox", "Once upon a time"}}, {"max_tokens", 8},

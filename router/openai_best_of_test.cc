@@ -10,6 +10,7 @@
 
 #include "gtest/gtest.h"
 #include "router/http/test_client.h"
+#include "router/openai_test_support.h"
 #include "router/router_test_support.h"
 
 namespace gemma {
@@ -20,21 +21,9 @@ using http::testing::EventData;
 using http::testing::HttpReply;
 using nlohmann::json;
 
-class OpenAiBestOfTest : public ::testing::Test {
+class OpenAiBestOfTest : public OpenAiRouterTest {
  protected:
-  static void SetUpTestSuite() {
-    worker_ = new OwnWorker(StartOwnWorker());
-    http_port_ = testing::FreePort();
-    router_ = new RouterProcess(
-        StartRouter({worker_->port}, {"--http_port=" + std::to_string(http_port_), "--served_model_name=tiny"}));
-    ASSERT_GT(router_->port, 0) << router_->process->Err();
-    ASSERT_TRUE(router_->WaitForHealthyGroups(1)) << router_->process->Err();
-  }
-  static void TearDownTestSuite() {
-    delete router_;
-    delete worker_;
-  }
-  static HttpReply Post(const json& body) { return Call(http_port_, "POST", "/v1/completions", body.dump()); }
+  static HttpReply Post(const json& body) { return OpenAiRouterTest::Post("/v1/completions", body); }
 
   // The 400 `body` gets, with its param.
   static void ExpectRefused(const json& body, const std::string& param, const std::string& words) {
@@ -45,14 +34,7 @@ class OpenAiBestOfTest : public ::testing::Test {
     EXPECT_NE(e["error"]["message"].get<std::string>().find(words), std::string::npos) << r.body;
   }
 
-  static OwnWorker* worker_;
-  static RouterProcess* router_;
-  static int http_port_;
 };
-
-OwnWorker* OpenAiBestOfTest::worker_ = nullptr;
-RouterProcess* OpenAiBestOfTest::router_ = nullptr;
-int OpenAiBestOfTest::http_port_ = 0;
 
 double SumLogprobs(const v1::Completion& c) {
   double sum = 0;
