@@ -131,6 +131,7 @@ TEST_F(OpenAiBestOfTest, BadValuesAreRefusedNamingTheFieldAndRange) {
                                   .dump());
   EXPECT_EQ(chat.status, 400) << "chat completions have no best_of, as OpenAI's";
   EXPECT_EQ(json::parse(chat.body)["error"]["param"], "best_of");
+  EXPECT_NE(chat.body.find("applies to /v1/completions only"), std::string::npos) << chat.body;
 }
 
 }  // namespace

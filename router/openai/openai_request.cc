@@ -383,6 +383,9 @@ ParseResult ParseChatRequest(const json& body, const RequestContext& context) {
       "model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "top_k", "n", "stop",
       "seed", "presence_penalty", "frequency_penalty", "repetition_penalty", "logprobs", "top_logprobs", "stream",
       "stream_options", "user", "response_format", "use_beam_search", "length_penalty", "early_stopping"};
+  if (body.is_object() && Field(body, "best_of") != nullptr) {
+    return BadField("best_of", "'best_of' applies to /v1/completions only, as in OpenAI's API; chat takes 'n'");
+  }
   if (auto e = CheckFields(body, kKnown)) return *e;
   ParsedRequest out;
   out.chat = true;
