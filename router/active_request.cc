@@ -97,7 +97,7 @@ bool ActiveRequest::RecordToken(int32_t token, float logprob, const std::vector<
   last_token_ = std::chrono::steady_clock::now();
   const bool eos = Contains(options_.eos_ids, token);
   const bool stop_id = Contains(options_.stop_ids, token);
-  Generated g{token, logprob, top, !eos && !stop_id && token < tokenizer_->vocab_size(), producer_decodes_, ""};
+  Generated g{token, logprob, top, Shown(token), producer_decodes_, ""};
   if (producer_decodes_ && g.has_text) {
     if (auto d = text_.Add(token); d.ok()) g.delta = std::move(*d);
   }
@@ -202,12 +202,14 @@ void ActiveRequest::Drain() {
   std::optional<v1::FinishReason> reason;
   bool finished;
   int32_t generated;
+  std::vector<Beam> beams;
   {
     absl::MutexLock lock(&mu_);
     batch.swap(pending_);
     reason = finish_reason_;
     finished = finished_;
     generated = generated_;
+    beams = beams_;  // set before the best beam's tokens are recorded, so none of them is streamed on its own
   }
   for (size_t i = 0; i < batch.size(); ++i) {
     Generated& g = batch[i];
@@ -229,7 +231,7 @@ void ActiveRequest::Drain() {
     *response_.add_tokens() = *t;
     response_.mutable_text()->append(delta);
     event.mutable_token()->set_text_delta(std::move(delta));
-    events_.push_back(std::move(event));
+    if (beams.empty()) events_.push_back(std::move(event));
   }
   if (!finished) return;
   drained_all_ = true;
@@ -238,6 +240,11 @@ void ActiveRequest::Drain() {
   response_.mutable_usage()->set_prompt_tokens(static_cast<int32_t>(options_.prompt.size()));
   response_.mutable_usage()->set_generated_tokens(generated);
   response_.set_seed(options_.seed);
+  if (!beams.empty()) {
+    // Beams reorder until the search ends, so each is streamed whole once it has: best first, tagged with its rank.
+    for (size_t rank = 0; rank < beams.size(); ++rank) AddBeamEvents(beams[rank], static_cast<int32_t>(rank));
+    return;
+  }
   v1::GenerateStreamResponse final_event;
   auto* f = final_event.mutable_final();
   f->set_finish_reason(*reason);
@@ -302,29 +309,64 @@ v1::GenerateResponse ActiveRequest::Response() {
   }
   if (response_.completions_size() > 0 || beams.empty()) return response_;
   for (size_t rank = 0; rank < beams.size(); ++rank) {
-    const Beam& b = beams[rank];
     v1::Completion* c = response_.add_completions();
-    c->set_index(static_cast<int32_t>(rank));
+    *c = BeamCompletion(beams[rank], static_cast<int32_t>(rank));
     std::vector<int32_t> shown;
-    for (size_t i = 0; i < b.tokens.size(); ++i) {
-      v1::GeneratedToken* t = c->add_tokens();
-      t->set_id(b.tokens[i]);
-      if (options_.parameters.logprobs()) t->set_logprob(b.logprobs[i]);
-      const int32_t id = b.tokens[i];
-      if (!Contains(options_.eos_ids, id) && !Contains(options_.stop_ids, id) && id < tokenizer_->vocab_size()) {
-        shown.push_back(id);
-      }
+    for (int32_t id : beams[rank].tokens) {
+      if (Shown(id)) shown.push_back(id);
     }
     if (auto text = tokenizer_->Decode(shown); text.ok()) c->set_text(*std::move(text));
-    const auto generated = static_cast<int32_t>(b.tokens.size());
-    c->set_finish_reason(b.tokens.empty() ? v1::FINISH_REASON_LENGTH : FinishOf(b.tokens.back(), generated));
-    c->mutable_usage()->set_prompt_tokens(static_cast<int32_t>(options_.prompt.size()));
-    c->mutable_usage()->set_generated_tokens(generated);
-    c->set_seed(options_.seed);
-    c->set_score(b.score);
-    c->set_sum_logprob(b.sum_logprob);
   }
   return response_;
+}
+
+bool ActiveRequest::Shown(int32_t id) const {
+  return !Contains(options_.eos_ids, id) && !Contains(options_.stop_ids, id) && id < tokenizer_->vocab_size();
+}
+
+v1::Completion ActiveRequest::BeamCompletion(const Beam& b, int32_t rank) const {
+  v1::Completion c;
+  c.set_index(rank);
+  for (size_t i = 0; i < b.tokens.size(); ++i) {
+    v1::GeneratedToken* t = c.add_tokens();
+    t->set_id(b.tokens[i]);
+    if (options_.parameters.logprobs()) t->set_logprob(b.logprobs[i]);
+  }
+  const auto generated = static_cast<int32_t>(b.tokens.size());
+  c.set_finish_reason(b.tokens.empty() ? v1::FINISH_REASON_LENGTH : FinishOf(b.tokens.back(), generated));
+  c.mutable_usage()->set_prompt_tokens(static_cast<int32_t>(options_.prompt.size()));
+  c.mutable_usage()->set_generated_tokens(generated);
+  c.set_seed(options_.seed);
+  c.set_score(b.score);
+  c.set_sum_logprob(b.sum_logprob);
+  return c;
+}
+
+void ActiveRequest::AddBeamEvents(const Beam& beam, int32_t rank) {
+  const v1::Completion c = BeamCompletion(beam, rank);
+  TextStream text(tokenizer_, {});
+  for (int i = 0; i < c.tokens_size(); ++i) {
+    v1::GenerateStreamResponse event;
+    auto* e = event.mutable_token();
+    *e->mutable_token() = c.tokens(i);
+    e->set_index(rank);
+    std::string delta;
+    if (Shown(c.tokens(i).id())) {
+      if (auto d = text.Add(c.tokens(i).id()); d.ok()) delta = std::move(*d);
+    }
+    if (i + 1 == c.tokens_size()) delta += text.Finish();
+    e->set_text_delta(std::move(delta));
+    events_.push_back(std::move(event));
+  }
+  v1::GenerateStreamResponse final_event;
+  auto* f = final_event.mutable_final();
+  f->set_finish_reason(c.finish_reason());
+  *f->mutable_usage() = c.usage();
+  f->set_seed(c.seed());
+  f->set_index(rank);
+  f->set_score(c.score());
+  f->set_sum_logprob(c.sum_logprob());
+  events_.push_back(std::move(final_event));
 }
 
 std::vector<std::vector<float>> ActiveRequest::TakeActivations(int32_t* hidden) {

@@ -73,8 +73,10 @@ class ActiveRequest {
   // Producer side (the group runner). Returns true when the request is now finished.
   bool OnToken(int32_t token, float logprob, const std::vector<std::pair<int32_t, float>>& top)
       ABSL_LOCKS_EXCLUDED(mu_);
-  // A beam search's answer (the engine's beams, best first): the best beam's tokens come as generated ones, and
-  // Response() lists every beam in `completions`. Returns true (the request is finished).
+  // A beam search's answer (the engine's beams, best first): the best beam's tokens count as generated ones,
+  // Response() lists every beam in `completions`, and the events are every beam's tokens and final event in turn,
+  // best first, each tagged with the beam's rank (the final event with its score). Returns true (the request is
+  // finished).
   bool OnBeams(std::span<const Beam> beams) ABSL_LOCKS_EXCLUDED(mu_);
   // Log-probs of the next scored positions, and their top alternatives (one list per position, or none).
   // With Options::score_logits, their largest logits (`top_logits`) or whole rows (`logits`, [positions, vocab]).
@@ -134,6 +136,12 @@ class ActiveRequest {
   v1::FinishReason FinishOf(int32_t token, int32_t generated) const;
   // Turns the tokens produced so far into events and response fields.
   void Drain() ABSL_EXCLUSIVE_LOCKS_REQUIRED(read_mu_) ABSL_LOCKS_EXCLUDED(mu_);
+  // Whether a generated id has text (not a stop, within the tokenizer's vocabulary).
+  bool Shown(int32_t id) const;
+  // Beam `rank` of a finished search, without its text.
+  v1::Completion BeamCompletion(const Beam& beam, int32_t rank) const;
+  // A finished beam's stream: its tokens, then its final event, each tagged with its rank.
+  void AddBeamEvents(const Beam& beam, int32_t rank) ABSL_EXCLUSIVE_LOCKS_REQUIRED(read_mu_);
   // What a consumer waits for: something to drain.
   bool Ready() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return !pending_.empty() || finished_; }
   bool Finished() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return finished_; }

@@ -10,6 +10,7 @@
 
 #include "gtest/gtest.h"
 #include "router/http/test_client.h"
+#include "router/openai_test_support.h"
 #include "router/router_test_support.h"
 #include "structured/test_schemas.h"
 
@@ -21,39 +22,17 @@ using http::testing::EventData;
 using http::testing::HttpReply;
 using nlohmann::json;
 
-class OpenAiHttpTest : public ::testing::Test {
+class OpenAiHttpTest : public OpenAiRouterTest {
  protected:
   static void SetUpTestSuite() {
-    worker_ = new OwnWorker(StartOwnWorker());
-    http_port_ = testing::FreePort();
     metrics_port_ = testing::FreePort();
-    router_ = new RouterProcess(StartRouter({worker_->port}, {"--http_port=" + std::to_string(http_port_),
-                                                              "--metrics_port=" + std::to_string(metrics_port_),
-                                                              "--served_model_name=tiny", "--max_tokens_per_step=128"}));
-    ASSERT_GT(router_->port, 0) << router_->process->Err();
-    ASSERT_TRUE(router_->WaitForHealthyGroups(1)) << router_->process->Err();
-  }
-  static void TearDownTestSuite() {
-    if (::testing::UnitTest::GetInstance()->failed_test_count() > 0) {
-      std::fprintf(stderr, "router log:\n%s\n", router_->process->Err().c_str());
-    }
-    delete router_;
-    delete worker_;
-  }
-  static HttpReply Post(const std::string& path, const json& body, std::vector<std::string> headers = {}) {
-    return Call(http_port_, "POST", path, body.dump(), headers);
+    StartServers(GemmaTinyDir() + "/tiny-mqa", {},
+                 {"--metrics_port=" + std::to_string(metrics_port_), "--max_tokens_per_step=128"});
   }
   static json Body(const HttpReply& r) { return json::parse(r.body, nullptr, false); }
 
-  static OwnWorker* worker_;
-  static RouterProcess* router_;
-  static int http_port_, metrics_port_;
+  static inline int metrics_port_ = 0;
 };
-
-OwnWorker* OpenAiHttpTest::worker_ = nullptr;
-RouterProcess* OpenAiHttpTest::router_ = nullptr;
-int OpenAiHttpTest::http_port_ = 0;
-int OpenAiHttpTest::metrics_port_ = 0;
 
 v1::GenerateResponse Grpc(RouterProcess& router, const v1::GenerateRequest& request) {
   v1::GenerateResponse response;

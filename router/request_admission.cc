@@ -166,6 +166,12 @@ absl::StatusOr<ModelChanges> RequestAdmission::Changes(
                         adapter.empty() || groups_->HasAdapter(adapter));
 }
 
+std::vector<std::string> RequestAdmission::AdapterNames() const {
+  std::vector<std::string> names;
+  for (const v1::Adapter& a : groups_->Adapters()) names.push_back(a.name());
+  return names;
+}
+
 void RequestAdmission::Reject(const absl::Status& status, const Origin& origin) const {
   if (metrics_ != nullptr) metrics_->Rejected(status, origin.protocol, origin.endpoint);
 }

@@ -94,6 +94,9 @@ class RequestAdmission {
   absl::StatusOr<ModelChanges> Changes(const ServedModel& model, const std::string& adapter,
                                        const google::protobuf::RepeatedPtrField<v1::Intervention>& interventions,
                                        int32_t prompt_len) const;
+  // The LoRA adapters the groups hold, sorted by name.
+  std::vector<std::string> AdapterNames() const;
+  bool HasAdapter(const std::string& name) const { return groups_->HasAdapter(name); }
   // Counts a request refused before it ran.
   void Reject(const absl::Status& status, const Origin& origin) const;
 

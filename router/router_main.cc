@@ -39,6 +39,9 @@ ABSL_FLAG(int, max_message_bytes, 4 << 20,
 ABSL_FLAG(int64_t, max_activation_bytes, int64_t{256} << 20,
           "activation data one Score request may ask for (points x positions x hidden x dtype size); more get "
           "RESOURCE_EXHAUSTED");
+ABSL_FLAG(int64_t, max_activation_bytes_in_flight, 0,
+          "activation and logits bytes all Score requests in flight may hold at once; one that would pass it gets "
+          "RESOURCE_EXHAUSTED at once; 0: 4 x --max_activation_bytes");
 ABSL_FLAG(int, max_streams_per_connection, 128, "concurrent calls on one client connection; more wait their turn");
 ABSL_FLAG(int, port, 0, "public API port; 0: any free port");
 ABSL_FLAG(int, http_port, 0,
@@ -172,6 +175,9 @@ int main(int argc, char** argv) {
     return Fail("--max_activation_bytes must be 0 (no activations) to 1073741824 (1 GiB)", 2);
   }
   limits.max_message_bytes = max_message;
+  auto in_flight = gemma::ResolveActivationBytesInFlight(absl::GetFlag(FLAGS_max_activation_bytes_in_flight),
+                                                        limits.max_activation_bytes);
+  if (!in_flight.ok()) return Fail(std::string(in_flight.status().message()), 2);
 
   const int metrics_port = absl::GetFlag(FLAGS_metrics_port);
   auto metrics = gemma::RouterMetrics::Create(metrics_port > 0 ? absl::StrCat("0.0.0.0:", metrics_port) : "");
@@ -201,10 +207,15 @@ int main(int argc, char** argv) {
   }
 
   gemma::PeerForwarder forwarder(router_id);
+  // One budget for both services: forwarded calls hold router memory as much as the public port's.
+  gemma::ActivationBudget activation_budget(*in_flight, [m = metrics->get()](int64_t bytes) {
+    m->ActivationBytesInFlight(bytes);
+  });
   gemma::AdminService admin(&groups, keys);
   gemma::RouterService service(&groups, limits, std::move(keys), metrics->get(), gemma::ServiceRole::kPublic,
-                               &forwarder);
-  gemma::RouterService peer_service(&groups, limits, gemma::ApiKeys(), metrics->get(), gemma::ServiceRole::kPeer);
+                               &forwarder, &activation_budget);
+  gemma::RouterService peer_service(&groups, limits, gemma::ApiKeys(), metrics->get(), gemma::ServiceRole::kPeer,
+                                    nullptr, &activation_budget);
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;

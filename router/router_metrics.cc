@@ -100,6 +100,10 @@ absl::StatusOr<std::unique_ptr<RouterMetrics>> RouterMetrics::Create(const std::
   m->healthy_ = gauge("gemma_router_group_healthy", "1 while a worker group serves, 0 while it is out.");
   m->owned_ = gauge("gemma_router_group_owned", "1 while this router holds the group's lease (schedules it), else 0.");
   m->prefix_blocks_ = gauge("gemma_router_prefix_cache_blocks", "KV blocks of a group named in its prefix cache.");
+  m->activation_bytes_ =
+      &gauge("gemma_router_activation_bytes_in_flight",
+             "Activation and logits bytes that Score requests in flight hold (--max_activation_bytes_in_flight).")
+           ->Add({});
   if (!address.empty()) {
     ASSIGN_OR_RETURN(m->exposer_, ServeMetrics(address, m->registry_));
   }

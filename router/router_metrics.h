@@ -60,6 +60,8 @@ class RouterMetrics {
   void GroupOwned(const std::string& group, bool owned);
   void LeaseTakeover() { takeovers_->Increment(); }
   void Forwarded() { forwarded_->Increment(); }
+  // Activation and logits bytes Score requests hold now (--max_activation_bytes_in_flight).
+  void ActivationBytesInFlight(int64_t bytes) { activation_bytes_->Set(static_cast<double>(bytes)); }
   // A group the router no longer serves: its series end.
   void GroupGone(const std::string& group);
 
@@ -72,6 +74,7 @@ class RouterMetrics {
   prometheus::Counter *prompt_tokens_, *generated_tokens_, *preemptions_, *prefill_tokens_, *prefix_queries_,
       *prefix_hits_, *takeovers_, *forwarded_, *window_released_,
       *step_prefill_seconds_, *step_decode_seconds_;
+  prometheus::Gauge* activation_bytes_;
   prometheus::Family<prometheus::Gauge>*queue_depth_, *running_, *kv_used_, *kv_usage_, *healthy_, *prefix_blocks_, *owned_;
 };
 

@@ -9,14 +9,15 @@
 namespace gemma {
 
 RouterService::RouterService(GroupSet* groups, RouterLimits limits, ApiKeys keys, RouterMetrics* metrics,
-                             ServiceRole role, PeerForwarder* forwarder)
+                             ServiceRole role, PeerForwarder* forwarder, ActivationBudget* activation_budget)
     : groups_(groups),
       limits_(limits),
       admission_(groups, limits, metrics),
       keys_(std::move(keys)),
       metrics_(metrics),
       role_(role),
-      forwarder_(forwarder) {}
+      forwarder_(forwarder),
+      activation_budget_(activation_budget) {}
 
 namespace {
 
@@ -205,13 +206,15 @@ grpc::Status RouterService::GenerateStream(grpc::ServerContext* context, const v
         if (done[k]) continue;
         const Output& o = (*outputs)[k];
         bool finished = false;
+        // A beam search's events carry their beam's rank already (its request has one sample).
+        const bool beams = o.request->options().parameters.num_beams() > 0;
         for (v1::GenerateStreamResponse& event : o.request->TakeReady(&finished)) {
           if (event.has_token()) {
             event.mutable_token()->set_input_index(o.input_index);
-            event.mutable_token()->set_index(o.index);
+            if (!beams) event.mutable_token()->set_index(o.index);
           } else {
             event.mutable_final()->set_input_index(o.input_index);
-            event.mutable_final()->set_index(o.index);
+            if (!beams) event.mutable_final()->set_index(o.index);
           }
           if (context->IsCancelled() || !writer->Write(event)) {
             cancel_all();
@@ -265,6 +268,7 @@ absl::StatusOr<RouterService::ScorePlan> RouterService::PrepareScore(const Serve
     if (auto ask = admission_.Activations(model, request.activations(), len); ask.ok()) {
       plan.activations = *std::move(ask);
       const int64_t logits = WholeLogitsBytes(request, len, model.info.vocab_size());
+      plan.bytes = logits + plan.activations.bytes;
       // Refused before it runs, as far as an estimate can tell (text pieces vary); Score checks the answer too.
       const int64_t bytes = ScoreResponseBytesEstimate(plan.activations, len, request.top_logprobs()) + logits +
                             static_cast<int64_t>(len) * std::max(0, request.top_logits()) * 32;
@@ -339,12 +343,23 @@ absl::StatusOr<std::vector<RouterService::ScoreRun>> RouterService::StartScores(
   if (forward()) return runs;  // answered by a peer
   for (size_t i = 0; i < parts->size(); ++i) {
     const ActivationAsk ask = plans[i].activations;
+    // Reserved before it runs, so the router never holds more than the budget however many requests come at once.
+    std::shared_ptr<ActivationBudget::Lease> lease;
+    if (activation_budget_ != nullptr) {
+      auto reserved = activation_budget_->Reserve(plans[i].bytes);
+      if (!reserved.ok()) {
+        for (const ScoreRun& r : runs) r.active->Cancel();
+        CountRejected(reserved.status(), endpoint);
+        return ForInput(reserved.status(), i, several);
+      }
+      lease = *std::move(reserved);
+    }
     auto active = AdmitScore(model, (*parts)[i], std::move(plans[i]), endpoint);
     if (!active.ok()) {
       for (const ScoreRun& r : runs) r.active->Cancel();
       return ForInput(active.status(), i, several);
     }
-    runs.push_back({*std::move(active), ask});
+    runs.push_back({*std::move(active), ask, std::move(lease)});
   }
   Admitted(context);
   return runs;
@@ -430,6 +445,7 @@ grpc::Status RouterService::ScoreStream(grpc::ServerContext* context, const v1::
       if (request->inputs_size() > 0) event.set_input_index(static_cast<int32_t>(k));
       if (context->IsCancelled() || !writer->Write(event)) return cancelled();
     }
+    run.lease.reset();  // its activations are sent: room for other requests while the next input streams
   }
   return grpc::Status::OK;
 }

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "gemma/v1/gemma.grpc.pb.h"
+#include "router/activation_budget.h"
 #include "router/api_keys.h"
 #include "router/group_set.h"
 #include "router/peer_forwarder.h"
@@ -27,8 +28,11 @@ enum class ServiceRole {
 class RouterService final : public v1::Gemma::Service {
  public:
   // Until a group has joined `groups`, calls get UNAVAILABLE. `metrics` and `forwarder` may be null (no forwarding).
+  // `activation_budget`, shared by the router's services, bounds the activation bytes of all Score requests at once;
+  // null: only the per-request cap.
   RouterService(GroupSet* groups, RouterLimits limits, ApiKeys keys, RouterMetrics* metrics = nullptr,
-                ServiceRole role = ServiceRole::kPublic, PeerForwarder* forwarder = nullptr);
+                ServiceRole role = ServiceRole::kPublic, PeerForwarder* forwarder = nullptr,
+                ActivationBudget* activation_budget = nullptr);
 
   grpc::Status Generate(grpc::ServerContext* context, const v1::GenerateRequest* request,
                         v1::GenerateResponse* response) override;
@@ -67,6 +71,7 @@ class RouterService final : public v1::Gemma::Service {
   struct ScorePlan {
     std::vector<int32_t> prompt;
     ActivationAsk activations;
+    int64_t bytes = 0;  // activations and whole logits rows: what the router-wide budget counts
   };
   absl::StatusOr<ScorePlan> PrepareScore(const ServedModel& model, const v1::ScoreRequest& request,
                                          const char* endpoint, bool unary) const;
@@ -79,6 +84,7 @@ class RouterService final : public v1::Gemma::Service {
   struct ScoreRun {
     std::shared_ptr<ActiveRequest> active;
     ActivationAsk ask;
+    std::shared_ptr<ActivationBudget::Lease> lease;  // its bytes in the router-wide budget, until it is answered
   };
   // Every input of a Score request prepared (none runs when one is refused), then `forward` asked whether a peer
   // answered the call (then nothing is returned), then each admitted.
@@ -93,6 +99,7 @@ class RouterService final : public v1::Gemma::Service {
   RouterMetrics* metrics_;
   const ServiceRole role_;
   PeerForwarder* forwarder_;
+  ActivationBudget* activation_budget_;
 };
 
 }  // namespace gemma

@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "engine/scheduler.h"
 
 namespace gemma::openai {
 namespace {
@@ -103,6 +104,7 @@ void ReadSampling(Reader& r, const json& body, const RequestContext& context, v1
   if (auto x = r.Number("repetition_penalty", 0, 100, /*lo_open=*/true)) p.set_repetition_penalty(static_cast<float>(*x));
   if (auto seed = r.Integer("seed", INT64_MIN, INT64_MAX)) p.set_seed(static_cast<uint64_t>(*seed));
   out.n = static_cast<int>(r.Integer("n", 1, context.max_n).value_or(1));
+  out.best_of = out.n;
   out.stream = r.Bool("stream").value_or(false);
   if (const json* so = Field(body, "stream_options"); so != nullptr && !r.failed()) {
     if (!so->is_object()) {
@@ -209,6 +211,56 @@ std::optional<std::string> Content(const json& message, const std::string& where
   return text;
 }
 
+// vLLM's beam-search extension: use_beam_search, length_penalty, early_stopping. The width is best_of (n unless
+// given), and the n best beams are the choices. Beams rank the model's own log-probs, so the sampling fields must be
+// unset (or their neutral value); OpenAI's default temperature 1 becomes 0 here.
+void ReadBeamSearch(Reader& r, const json& body, v1::GenerationParameters& p, ParsedRequest& out) {
+  const bool beams = r.Bool("use_beam_search").value_or(false);
+  const auto length_penalty = r.Number("length_penalty", -10, 10);
+  const auto early_stopping = r.Bool("early_stopping");
+  if (r.failed()) return;
+  if (!beams) {
+    if (length_penalty || early_stopping) {
+      const char* name = length_penalty ? "length_penalty" : "early_stopping";
+      r.Fail(name, absl::StrCat("'", name, "' applies to beam search; allowed: with 'use_beam_search': true"));
+    }
+    return;
+  }
+  if (out.best_of > BeamSearchParams::kMaxBeams) {
+    const char* name = out.best_of > out.n ? "best_of" : "n";
+    r.Fail(name, absl::StrCat("'", name, "' is ", out.best_of, " beams; allowed with 'use_beam_search': 1..",
+                              BeamSearchParams::kMaxBeams));
+    return;
+  }
+  auto neutral = [&](const char* name, std::initializer_list<double> allowed) {
+    const json* v = Field(body, name);
+    if (v == nullptr || r.failed()) return;
+    for (double a : allowed) {
+      if (v->is_number() && v->get<double>() == a) return;
+    }
+    r.Fail(name, absl::StrCat("'", name, "' cannot be combined with 'use_beam_search': beams rank the model's own ",
+                              "log-probs; allowed: unset", allowed.size() > 0 ? absl::StrCat(" or ", *allowed.begin())
+                                                                            : ""));
+  };
+  neutral("temperature", {0});
+  neutral("top_p", {1});
+  neutral("top_k", {-1, 0});
+  neutral("presence_penalty", {0});
+  neutral("frequency_penalty", {0});
+  neutral("repetition_penalty", {1});
+  neutral("stop", {});
+  neutral("top_logprobs", {0});
+  if (!out.chat) neutral("logprobs", {0});
+  if (p.has_response_format()) neutral("response_format", {});
+  if (r.failed()) return;
+  out.beams = out.best_of;
+  p.set_temperature(0);
+  p.clear_top_p();
+  p.set_num_beams(out.beams);
+  if (length_penalty) p.set_length_penalty(static_cast<float>(*length_penalty));
+  p.set_early_stopping(early_stopping.value_or(false));
+}
+
 bool ReadModel(Reader& r, const json& body, ParsedRequest& out) {
   const json* model = Field(body, "model");
   if (model == nullptr || !model->is_string()) {
@@ -232,7 +284,7 @@ ParseResult ParseCompletionRequest(const json& body, const RequestContext& conte
   static const std::set<std::string> kKnown = {
       "model", "prompt", "max_tokens", "temperature", "top_p", "top_k", "n", "stop", "seed", "presence_penalty",
       "frequency_penalty", "repetition_penalty", "logprobs", "echo", "stream", "stream_options", "user",
-      "response_format"};
+      "response_format", "best_of", "use_beam_search", "length_penalty", "early_stopping"};
   if (auto e = CheckFields(body, kKnown)) return *e;
   ParsedRequest out;
   Reader r(body);
@@ -250,7 +302,22 @@ ParseResult ParseCompletionRequest(const json& body, const RequestContext& conte
     p.set_top_logprobs(static_cast<int32_t>(*lp));
   }
   out.echo = r.Bool("echo").value_or(false);
+  const auto best_of = r.Integer("best_of", 1, context.max_n);
   if (r.failed()) return r.error();
+  out.best_of = static_cast<int>(best_of.value_or(out.n));
+  if (out.best_of < out.n) {
+    return BadField("best_of", absl::StrCat("'best_of' is ", out.best_of, " and 'n' ", out.n, "; allowed: best_of ",
+                                            out.n, "..", context.max_n, " (at least n)"));
+  }
+  ReadBeamSearch(r, body, p, out);
+  if (r.failed()) return r.error();
+  // As OpenAI: candidates are ranked once all have ended, so there is nothing to stream before the end (beams are
+  // streamed then, best first).
+  if (out.best_of > out.n && out.stream && out.beams == 0) {
+    return BadField("best_of", "'best_of' greater than 'n' is not supported with 'stream': true");
+  }
+  // The ranking sums each token's log-prob, so the candidates carry them even when the client did not ask.
+  if (out.best_of > out.n && out.beams == 0) p.set_logprobs(true);
   if (max_tokens == 0 && !out.echo) return BadField("max_tokens", "'max_tokens' 0 needs 'echo': true; allowed: 1..");
   out.generate = max_tokens > 0;
   if (!out.generate && p.has_response_format()) {
@@ -303,6 +370,10 @@ ParseResult ParseCompletionRequest(const json& body, const RequestContext& conte
     return BadField("n", absl::StrCat(out.prompts.size(), " prompts × n ", out.n, " = ", out.choices(),
                                       " choices; allowed: at most ", context.max_n));
   }
+  if (out.candidates() > context.max_n) {
+    return BadField("best_of", absl::StrCat(out.prompts.size(), " prompts × best_of ", out.best_of, " = ",
+                                            out.candidates(), " candidates; allowed: at most ", context.max_n));
+  }
   return out;
 }
 
@@ -311,7 +382,10 @@ ParseResult ParseChatRequest(const json& body, const RequestContext& context) {
   static const std::set<std::string> kKnown = {
       "model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "top_k", "n", "stop",
       "seed", "presence_penalty", "frequency_penalty", "repetition_penalty", "logprobs", "top_logprobs", "stream",
-      "stream_options", "user", "response_format"};
+      "stream_options", "user", "response_format", "use_beam_search", "length_penalty", "early_stopping"};
+  if (body.is_object() && Field(body, "best_of") != nullptr) {
+    return BadField("best_of", "'best_of' applies to /v1/completions only, as in OpenAI's API; chat takes 'n'");
+  }
   if (auto e = CheckFields(body, kKnown)) return *e;
   ParsedRequest out;
   out.chat = true;
@@ -329,6 +403,8 @@ ParseResult ParseChatRequest(const json& body, const RequestContext& context) {
   if (out.top_logprobs > 0 && !out.logprobs) return BadField("top_logprobs", "'top_logprobs' needs 'logprobs': true");
   p.set_logprobs(out.logprobs);
   p.set_top_logprobs(out.top_logprobs);
+  ReadBeamSearch(r, body, p, out);
+  if (r.failed()) return r.error();
   const json* messages = Field(body, "messages");
   if (messages == nullptr || !messages->is_array() || messages->empty()) {
     return BadField("messages", "'messages' is required: a non-empty list of {role, content}");

@@ -30,6 +30,11 @@ struct ParsedRequest {
   // One request per prompt (a completion may list several); choice c of prompt p has index p * n + c.
   std::vector<v1::GenerateRequest> prompts;
   int n = 1;
+  // Completions' best_of: candidates drawn per prompt (>= n), of which the n with the highest cumulative log-prob
+  // are returned; equal to n when not given.
+  int best_of = 1;
+  // vLLM's use_beam_search: the beam width (best_of, or n), of which the n best beams are the choices; 0: sampling.
+  int beams = 0;
   bool stream = false;
   bool include_usage = false;  // stream_options.include_usage
   bool echo = false;           // completions: the prompt's text (and with logprobs, its log-probs) first
@@ -40,6 +45,8 @@ struct ParsedRequest {
   bool generates() const { return generate; }
   // Total choices: prompts × n.
   int choices() const { return static_cast<int>(prompts.size()) * n; }
+  // Total candidates generated: prompts × best_of.
+  int candidates() const { return static_cast<int>(prompts.size()) * best_of; }
   // The request for choice `index`: its prompt's, with its own seed when one was given (seed + choice).
   v1::GenerateRequest ForChoice(int index) const;
 };

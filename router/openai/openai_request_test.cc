@@ -175,5 +175,39 @@ TEST(OpenAiRequestTest, NullsAreUnsetOptions) {
   EXPECT_FALSE(p.prompts[0].parameters().has_seed());
 }
 
+TEST(OpenAiRequestTest, BestOfDefaultsToNAndMakesTheCandidatesCarryLogprobs) {
+  const auto plain = Ok(ParseCompletionRequest(json::parse(R"({"model": "m", "prompt": "x", "n": 3})"), {}));
+  EXPECT_EQ(plain.best_of, 3);
+  EXPECT_FALSE(plain.prompts[0].parameters().logprobs());
+  const auto best = Ok(ParseCompletionRequest(json::parse(R"({"model": "m", "prompt": ["x", "y"], "n": 2,
+      "best_of": 5})"), {}));
+  EXPECT_EQ(best.best_of, 5);
+  EXPECT_EQ(best.choices(), 4);
+  EXPECT_EQ(best.candidates(), 10);
+  EXPECT_TRUE(best.prompts[1].parameters().logprobs()) << "ranked by the sum of the tokens' log-probs";
+  EXPECT_FALSE(best.logprobs) << "but the client did not ask to see them";
+  EXPECT_EQ(Err(ParseCompletionRequest(json::parse(R"({"model": "m", "prompt": "x", "n": 4, "best_of": 3})"), {}))
+                .param,
+            "best_of");
+}
+
+TEST(OpenAiRequestTest, BeamSearchTakesBestOfAsTheWidthAndClearsOpenAisSamplingDefaults) {
+  const auto p = Ok(ParseCompletionRequest(json::parse(R"({"model": "m", "prompt": "x", "n": 2, "best_of": 5,
+      "use_beam_search": true, "length_penalty": 0.5, "early_stopping": true, "stream": true})"), {}));
+  EXPECT_EQ(p.beams, 5);
+  const auto& g = p.prompts[0].parameters();
+  EXPECT_EQ(g.num_beams(), 5);
+  EXPECT_EQ(g.n(), 0) << "one search per prompt";
+  EXPECT_FLOAT_EQ(g.temperature(), 0.0f) << "OpenAI's default of 1 does not apply to beams";
+  EXPECT_FLOAT_EQ(g.length_penalty(), 0.5f);
+  EXPECT_TRUE(g.early_stopping());
+  EXPECT_FALSE(g.logprobs()) << "beams carry their scores; the client did not ask for log-probs";
+  const auto chat = Ok(ParseChatRequest(json::parse(R"({"model": "m", "messages": [{"role": "user", "content": "x"}],
+      "n": 3, "use_beam_search": true})"), {}));
+  EXPECT_EQ(chat.beams, 3);
+  EXPECT_EQ(Err(ParseChatRequest(json::parse(R"({"model": "m", "messages": [{"role": "user", "content": "x"}],
+      "use_beam_search": true, "top_p": 0.5})"), {})).param, "top_p");
+}
+
 }  // namespace
 }  // namespace gemma::openai

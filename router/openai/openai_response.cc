@@ -1,5 +1,7 @@
 #include "router/openai/openai_response.h"
 
+#include <algorithm>
+
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/str_format.h"
@@ -181,5 +183,45 @@ std::string UsageChunk(const ResponseContext& c, const UsageCount& usage) {
 }
 
 std::string ErrorChunk(const std::string& error_json) { return "data: " + error_json + "\n\n"; }
+
+double CumulativeLogprob(const v1::GenerateResponse& r) {
+  double sum = 0;
+  for (const v1::GeneratedToken& t : r.tokens()) sum += t.logprob();
+  return sum;
+}
+
+std::vector<v1::GenerateResponse> BestBeams(const std::vector<v1::GenerateResponse>& searches, int n) {
+  std::vector<v1::GenerateResponse> out;
+  for (const v1::GenerateResponse& search : searches) {
+    for (int b = 0; b < n && b < search.completions_size(); ++b) {
+      const v1::Completion& c = search.completions(b);
+      v1::GenerateResponse r;
+      r.set_text(c.text());
+      *r.mutable_tokens() = c.tokens();
+      r.set_finish_reason(c.finish_reason());
+      *r.mutable_usage() = c.usage();
+      r.set_seed(c.seed());
+      out.push_back(std::move(r));
+    }
+  }
+  return out;
+}
+
+std::vector<v1::GenerateResponse> BestOf(std::vector<v1::GenerateResponse> candidates, int best_of, int n) {
+  if (best_of == n) return candidates;
+  std::vector<v1::GenerateResponse> out;
+  for (size_t start = 0; start + best_of <= candidates.size(); start += best_of) {
+    std::vector<size_t> order(best_of);
+    std::vector<double> sums(best_of);
+    for (int k = 0; k < best_of; ++k) {
+      order[k] = k;
+      sums[k] = CumulativeLogprob(candidates[start + k]);
+    }
+    // Stable: equal sums keep the order of the candidates' seeds.
+    std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return sums[a] > sums[b]; });
+    for (int k = 0; k < n; ++k) out.push_back(std::move(candidates[start + order[k]]));
+  }
+  return out;
+}
 
 }  // namespace gemma::openai

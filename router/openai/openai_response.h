@@ -52,6 +52,13 @@ std::string FinishChunk(const ResponseContext& context, int index, v1::FinishRea
 std::string UsageChunk(const ResponseContext& context, const UsageCount& usage);
 // An error inside a stream already started (its HTTP status was 200).
 std::string ErrorChunk(const std::string& error_json);
+// The sum of a result's token log-probs (the stop token's included): what best_of ranks candidates by.
+double CumulativeLogprob(const v1::GenerateResponse& r);
+// best_of: of each prompt's `best_of` consecutive candidates, the `n` with the highest cumulative log-prob, best
+// first (ties in candidate order). The candidates as they are when best_of == n.
+std::vector<v1::GenerateResponse> BestOf(std::vector<v1::GenerateResponse> candidates, int best_of, int n);
+// use_beam_search: each prompt's search answer (its beams best first, in `completions`) as its n best choices.
+std::vector<v1::GenerateResponse> BestBeams(const std::vector<v1::GenerateResponse>& searches, int n);
 inline constexpr std::string_view kDoneChunk = "data: [DONE]\n\n";
 
 }  // namespace gemma::openai

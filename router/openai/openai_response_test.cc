@@ -69,5 +69,26 @@ TEST(OpenAiResponseTest, StreamChunksHaveOpenAisShape) {
   EXPECT_EQ(role["choices"][0]["delta"]["role"], "assistant");
 }
 
+TEST(OpenAiResponseTest, BestOfKeepsTheNHighestCumulativeLogprobsOfEachPrompt) {
+  auto candidate = [](std::vector<float> logprobs, const std::string& text) {
+    v1::GenerateResponse r;
+    r.set_text(text);
+    for (float lp : logprobs) r.add_tokens()->set_logprob(lp);
+    return r;
+  };
+  // Two prompts of three candidates each; "b" and "c" tie and keep their order.
+  std::vector<v1::GenerateResponse> all = {candidate({-1, -2}, "a"), candidate({-0.5f}, "b"),
+                                           candidate({-0.25f, -0.25f}, "c"), candidate({-3}, "d"),
+                                           candidate({-9}, "e"), candidate({-0.1f, -0.1f, -0.1f}, "f")};
+  EXPECT_DOUBLE_EQ(CumulativeLogprob(all[0]), -3.0);
+  const auto best = BestOf(all, 3, 2);
+  ASSERT_EQ(best.size(), 4u);
+  EXPECT_EQ(best[0].text(), "b");
+  EXPECT_EQ(best[1].text(), "c");
+  EXPECT_EQ(best[2].text(), "f");
+  EXPECT_EQ(best[3].text(), "d");
+  EXPECT_EQ(BestOf(all, 2, 2).size(), 6u) << "best_of == n: every candidate, in order";
+}
+
 }  // namespace
 }  // namespace gemma::openai

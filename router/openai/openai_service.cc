@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_replace.h"
 #include "router/bounded_json.h"
 #include "router/openai/openai_request.h"
@@ -89,20 +90,20 @@ class Call {
       scores_.back() = *scoring;
     }
     for (const auto& s : scores_) scored_.push_back(s == nullptr);
-    std::vector<int32_t> prompt_ids;
+    for (const v1::GenerateRequest& prompt : parsed_.prompts) {
+      if (!parsed_.generates()) break;
+      // Tokenized once, its best_of candidates (n unless given) admitted together: they share its KV blocks. A beam
+      // search is one request, whose beams are its choices.
+      auto ids = admission.PromptIds(*model_, prompt.input());
+      if (!ids.ok()) return refuse(ids.status());
+      v1::GenerateRequest samples = prompt;
+      samples.mutable_parameters()->set_n(parsed_.beams > 0 ? 1 : parsed_.best_of);
+      auto admitted = admission.AdmitSamples(*model_, samples, origin, &*ids);
+      if (!admitted.ok()) return refuse(admitted.status());
+      requests_.insert(requests_.end(), admitted->begin(), admitted->end());
+    }
     for (int i = 0; i < choices; ++i) {
       const v1::GenerateRequest request = parsed_.ForChoice(i);
-      if (parsed_.generates() && i % parsed_.n == 0) {
-        // A new prompt: tokenized once, its n choices admitted together (they share its KV blocks).
-        auto ids = admission.PromptIds(*model_, request.input());
-        if (!ids.ok()) return refuse(ids.status());
-        prompt_ids = std::move(*ids);
-        v1::GenerateRequest samples = request;
-        samples.mutable_parameters()->set_n(parsed_.n);
-        auto admitted = admission.AdmitSamples(*model_, samples, origin, &prompt_ids);
-        if (!admitted.ok()) return refuse(admitted.status());
-        requests_.insert(requests_.end(), admitted->begin(), admitted->end());
-      }
       std::string prefix;
       if (parsed_.echo) {
         if (request.input().has_text()) {
@@ -142,17 +143,25 @@ class Call {
       std::vector<v1::GenerateStreamResponse> events = requests_[i]->TakeReady(&done);
       for (const auto& e : events) {
         if (finished_) return;  // the client left while this pump was sending
+        // A beam search's events name their beam's rank: beam b of prompt i is choice i * n + b, and beams past
+        // the n best are not returned.
+        const int rank = parsed_.beams == 0 ? 0 : e.has_token() ? e.token().index() : e.final().index();
+        if (rank >= parsed_.n) continue;
+        const int choice = parsed_.beams == 0 ? static_cast<int>(i) : static_cast<int>(i) * parsed_.n + rank;
         if (e.has_token()) {
           if (parsed_.stream) {
             exchange_->Send(
-                TextChunk(context_, static_cast<int>(i), e.token().text_delta(), {e.token().token()}, offsets_[i]));
-            offsets_[i] += static_cast<int64_t>(e.token().text_delta().size());
+                TextChunk(context_, choice, e.token().text_delta(), {e.token().token()}, offsets_[choice]));
+            offsets_[choice] += static_cast<int64_t>(e.token().text_delta().size());
           }
         } else if (e.has_final()) {
-          // Prompt tokens once per prompt, however many choices share it (as OpenAI counts them).
-          if (i % parsed_.n == 0) usage_.prompt_tokens += e.final().usage().prompt_tokens();
+          // Prompt tokens once per prompt, however many candidates share it; every candidate's generated tokens
+          // (as OpenAI bills best_of); a beam search's returned beams.
+          if (parsed_.beams > 0 ? rank == 0 : i % parsed_.best_of == 0) {
+            usage_.prompt_tokens += e.final().usage().prompt_tokens();
+          }
           usage_.completion_tokens += e.final().usage().generated_tokens();
-          if (parsed_.stream) exchange_->Send(FinishChunk(context_, static_cast<int>(i), e.final().finish_reason()));
+          if (parsed_.stream) exchange_->Send(FinishChunk(context_, choice, e.final().finish_reason()));
         }
       }
       if (!done) continue;
@@ -185,8 +194,11 @@ class Call {
       exchange_->Send(kDoneChunk);
       exchange_->End();
     } else {
-      std::vector<v1::GenerateResponse> results;
-      for (auto& r : requests_) results.push_back(r->Response());
+      std::vector<v1::GenerateResponse> candidates;
+      for (auto& r : requests_) candidates.push_back(r->Response());
+      std::vector<v1::GenerateResponse> results = parsed_.beams > 0
+                                                      ? BestBeams(candidates, parsed_.n)
+                                                      : BestOf(std::move(candidates), parsed_.best_of, parsed_.n);
       if (!parsed_.generates()) {
         // Echo alone: the prompt, nothing generated, and its tokens counted once.
         results.assign(parsed_.choices(), v1::GenerateResponse());
@@ -303,12 +315,38 @@ void OpenAiService::Refuse(http::Exchange& exchange, const ApiError& error,
 }
 
 void OpenAiService::Models(http::Exchange& exchange, const ServedModel& model) {
-  nlohmann::json m = {{"id", ModelName(model)},
-                      {"object", "model"},
-                      {"created", static_cast<int64_t>(std::time(nullptr))},
-                      {"owned_by", "gemma-serve"},
-                      {"max_model_len", admission_->MaxContext(model)}};
-  exchange.Reply(200, kJson, nlohmann::json{{"object", "list"}, {"data", nlohmann::json::array({m})}}.dump());
+  const std::string base = ModelName(model);
+  const auto created = static_cast<int64_t>(std::time(nullptr));
+  auto entry = [&](const std::string& id) {
+    return nlohmann::json{{"id", id},
+                          {"object", "model"},
+                          {"created", created},
+                          {"owned_by", "gemma-serve"},
+                          {"root", base},
+                          {"parent", nullptr},
+                          {"max_model_len", admission_->MaxContext(model)}};
+  };
+  nlohmann::json data = nlohmann::json::array({entry(base)});
+  // Adapters as vLLM lists them: their own id, the base model as parent.
+  for (const std::string& adapter : admission_->AdapterNames()) {
+    if (adapter == base) continue;  // the base model's name wins (see UnknownModel)
+    nlohmann::json m = entry(adapter);
+    m["parent"] = base;
+    data.push_back(std::move(m));
+  }
+  exchange.Reply(200, kJson, nlohmann::json{{"object", "list"}, {"data", std::move(data)}}.dump());
+}
+
+ApiError OpenAiService::UnknownModel(const std::string& asked, const ServedModel& model) const {
+  std::vector<std::string> allowed = {ModelName(model)};
+  for (std::string& adapter : admission_->AdapterNames()) {
+    if (adapter != allowed[0]) allowed.push_back(std::move(adapter));
+  }
+  ApiError e = BadField("model", absl::StrCat("the model '", asked, "' does not exist; allowed: ",
+                                              absl::StrJoin(allowed, ", "), " (the base model, then its LoRA adapters)"));
+  e.http_status = 404;
+  e.code = "model_not_found";
+  return e;
 }
 
 void OpenAiService::Generate(std::shared_ptr<http::Exchange> exchange, bool chat,
@@ -329,17 +367,15 @@ void OpenAiService::Generate(std::shared_ptr<http::Exchange> exchange, bool chat
   if (auto* e = std::get_if<ApiError>(&parsed)) return answer(*e);
   ParsedRequest& request = std::get<ParsedRequest>(parsed);
   const std::string name = ModelName(*model);
+  // As vLLM serves LoRA: `model` names the base model or a loaded adapter, which then applies to every prompt.
   if (request.model != name) {
-    ApiError e = BadField("model", absl::StrCat("the model '", request.model, "' does not exist; this server serves '",
-                                                name, "'"));
-    e.http_status = 404;
-    e.code = "model_not_found";
-    return answer(e);
+    if (!admission_->HasAdapter(request.model)) return answer(UnknownModel(request.model, *model));
+    for (v1::GenerateRequest& prompt : request.prompts) prompt.set_adapter(request.model);
   }
   ResponseContext context;
   context.id = NewId(chat ? "chatcmpl-" : "cmpl-");
   context.created = static_cast<int64_t>(std::time(nullptr));
-  context.model = name;
+  context.model = request.model;
   context.chat = chat;
   context.logprobs = request.logprobs;
   context.top_logprobs = request.top_logprobs;

@@ -1,6 +1,7 @@
 // The OpenAI-compatible HTTP API: /v1/completions, /v1/chat/completions, /v1/models and /health, on the same
 // admission path (limits, tokenization, scheduler), API keys and metrics as the gRPC API. Requests are placed on
-// this router's groups; unlike gRPC, they are not forwarded to a peer router.
+// this router's groups; unlike gRPC, they are not forwarded to a peer router. `model` names the base model or a
+// loaded LoRA adapter, as vLLM serves adapters.
 #pragma once
 
 #include <memory>
@@ -32,7 +33,10 @@ class OpenAiService {
                 const RequestAdmission::Origin& origin);
   // Answers with `error` and counts the request as refused.
   void Refuse(http::Exchange& exchange, const ApiError& error, const RequestAdmission::Origin& origin) const;
+  // The base model, then every adapter the groups hold (vLLM's shape: an adapter's parent is the base model).
   void Models(http::Exchange& exchange, const ServedModel& model);
+  // 404 model_not_found for `asked`, naming the base model and the adapters loaded now.
+  ApiError UnknownModel(const std::string& asked, const ServedModel& model) const;
   void Done(Call* call) { calls_.erase(call); }
 
   const RequestAdmission* admission_;

@@ -154,6 +154,7 @@ absl::StatusOr<std::shared_ptr<const LoraAdapter>> AdapterStore::Get(uint32_t id
 
 absl::StatusOr<std::shared_ptr<const LoraAdapter>> AdapterStore::GetOrRegister(uint32_t id, const std::string& name,
                                                                                const std::string& dir) {
+  bool registered = false;
   {
     absl::MutexLock lock(&mu_);
     auto it = entries_.find(id);
@@ -164,9 +165,18 @@ absl::StatusOr<std::shared_ptr<const LoraAdapter>> AdapterStore::GetOrRegister(u
       e.info.dir = dir;
       lru_.remove(id);
       entries_.insert_or_assign(id, std::move(e));
+      registered = true;
     }
   }
-  return Acquire(id);
+  auto held = Acquire(id);
+  if (!held.ok() && registered) {
+    // Never read here: forget it, so the next step naming it reads the folder afresh (and takes its fingerprint
+    // then) instead of holding a half-registered entry.
+    absl::MutexLock lock(&mu_);
+    auto it = entries_.find(id);
+    if (it != entries_.end() && it->second.loaded == nullptr && it->second.fingerprint.empty()) entries_.erase(it);
+  }
+  return held;
 }
 
 std::vector<AdapterInfo> AdapterStore::List() const {

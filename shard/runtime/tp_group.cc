@@ -1,5 +1,6 @@
 #include "shard/runtime/tp_group.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 
@@ -115,7 +116,16 @@ absl::StatusOr<DecodedStep> DecodeStep(absl::string_view bytes, AdapterStore* ad
       std::string name, dir;
       if (!r.Str(&name) || !r.Str(&dir)) return bad();
       if (adapters == nullptr) return absl::InvalidArgumentError("a step names an adapter; this rank has no store");
-      ASSIGN_OR_RETURN(d.adapters[i], adapters->GetOrRegister(adapter, name, dir));
+      d.names_adapter = true;
+      if (d.adapter_error.ok()) {
+        auto got = adapters->GetOrRegister(adapter, name, dir);
+        if (got.ok()) {
+          d.adapters[i] = *std::move(got);
+        } else {
+          d.adapter_error = absl::Status(got.status().code(), absl::StrCat("adapter '", name, "' (id ", adapter,
+                                                                           ") from ", dir, ": ", got.status().message()));
+        }
+      }
     }
     if (!r.U32(&ni) || ni > 4096) return bad();
     d.interventions[i].resize(ni);
@@ -164,8 +174,35 @@ absl::Status LeaderBackend::Announce(std::span<const SequenceStep> batch) {
       broken_ = true;
       return s;
     }
+    const bool names_adapter =
+        std::any_of(batch.begin(), batch.end(), [](const SequenceStep& st) { return st.adapter != nullptr; });
+    if (names_adapter) {
+      // The leader resolved its adapters before the step; the followers have just read theirs.
+      absl::Status agreed = AgreeOnAdapters(*collective_, absl::OkStatus());
+      if (!agreed.ok() && !absl::IsInvalidArgument(agreed)) broken_ = true;
+      return agreed;
+    }
   }
   return absl::OkStatus();
+}
+
+absl::Status AgreeOnAdapters(HostCollective& collective, const absl::Status& own) {
+  const int world = collective.world();
+  const float failed = own.ok() ? 0.0f : 1.0f;
+  std::vector<float> all(static_cast<size_t>(world));
+  RETURN_IF_ERROR(collective.AllGather(&failed, 1, all.data()));
+  std::string why;
+  for (int rank = 0; rank < world; ++rank) {
+    if (all[rank] == 0.0f) continue;
+    // Each failing rank tells its error, so the leader's answer names the rank and the file.
+    std::string message = rank == collective.rank() ? std::string(own.message()) : std::string();
+    RETURN_IF_ERROR(collective.Broadcast(&message, rank));
+    absl::StrAppend(&why, why.empty() ? "" : "; ", "rank ", rank, ": ", message);
+  }
+  if (why.empty()) return absl::OkStatus();
+  return absl::InvalidArgumentError(
+      absl::StrCat("an adapter of this step cannot be read on every rank of the group, so the step did not run (",
+                   why, "); fix the files on that rank (the adapter is read again at its next use)"));
 }
 
 absl::Status LeaderBackend::Forward(std::span<const SequenceStep> batch, StepLogits* out) {
@@ -208,6 +245,12 @@ absl::Status RunFollower(Backend& local, HostCollective& collective,
     if (msg[0] == static_cast<char>(kHeartbeat)) continue;
     const auto start = std::chrono::steady_clock::now();
     ASSIGN_OR_RETURN(const auto step, DecodeStep(msg, adapters));
+    if (step.names_adapter && collective.world() > 1) {
+      // Run only if every rank holds the step's adapters; else the leader answers the error and the group goes on.
+      absl::Status agreed = AgreeOnAdapters(collective, step.adapter_error);
+      if (absl::IsInvalidArgument(agreed)) continue;
+      if (!agreed.ok()) return absl::UnavailableError(absl::StrCat("lost the group leader: ", agreed.message()));
+    }
     RETURN_IF_ERROR(local.Forward(step.steps, &logits));
     if (on_step) {
       on_step(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(), local.last_timings());

@@ -23,15 +23,25 @@ struct DecodedStep {
   std::vector<std::shared_ptr<const LoraAdapter>> adapters;
   std::vector<std::vector<Intervention>> interventions;
   std::vector<SequenceStep> steps;
+  bool names_adapter = false;  // some row runs with an adapter
+  // The first adapter this rank could not read (the step must not run anywhere); OK when every one was read.
+  absl::Status adapter_error;
 };
 // InvalidArgument for truncated or inconsistent bytes. Adapters the step names are looked up in `adapters` (read
-// from their folder on first use); a step naming one without a store is refused.
+// from their folder on first use); a step naming one without a store is refused. An adapter that cannot be read
+// does not fail the decoding: it is reported in `adapter_error`, for the group to agree not to run the step.
 absl::StatusOr<DecodedStep> DecodeStep(absl::string_view bytes, AdapterStore* adapters = nullptr);
 
 // Rank 0's backend: Forward validates the step, broadcasts it, then runs its
 // own shard, so every rank runs the same step or none does. Heartbeat() sends
 // an empty step so idle followers know the leader is alive. The destructor
 // tells followers to stop. Not thread-safe.
+//
+// A step that names an adapter is agreed on before it runs, since a follower reads the adapter's slices itself and
+// may fail where the leader did not (a file missing or corrupt on its host): every rank says whether it holds each
+// adapter (AgreeOnAdapters), and if one does not, no rank runs the step and the leader answers InvalidArgument
+// naming that rank and its error, so only the requests of that adapter fail (the engine retries row by row) and
+// the group serves on. Steps without adapters skip this round.
 class LeaderBackend : public Backend {
  public:
   LeaderBackend(std::unique_ptr<Backend> local, std::shared_ptr<HostCollective> collective);
@@ -54,6 +64,11 @@ class LeaderBackend : public Backend {
   std::shared_ptr<HostCollective> collective_;
   bool broken_ = false;
 };
+
+// After a step naming an adapter has reached every rank: each rank's `own` error (OK when it read every adapter) is
+// made known to all, and the result is OK only if every rank's is; otherwise InvalidArgument naming each failing
+// rank. Every rank must call it for the same steps. A collective failure comes back as it is (the group is broken).
+absl::Status AgreeOnAdapters(HostCollective& collective, const absl::Status& own);
 
 // A follower rank's loop: receive each step from rank 0 and run it, until the
 // leader says stop (OK) or a collective fails (the error: leader gone, peer dead).

@@ -1,0 +1,125 @@
+// A LoRA adapter that one follower of a tensor-parallel group cannot read: the requests using it fail naming the
+// rank and the file, every other request runs on, the group stays healthy, and once the file is fixed the adapter
+// serves its reference tokens.
+//
+// Ranks read an adapter's folder as the path the router was given; a relative path is read from each rank's working
+// directory, which is how this test gives rank 1 alone a corrupt copy.
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <future>
+
+#include "absl/status/status.h"
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+#include "router/router_test_support.h"
+
+namespace gemma {
+namespace {
+
+namespace fs = std::filesystem;
+
+
+// A worker rank started in `cwd`.
+std::unique_ptr<testing::Process> StartRankIn(const std::string& cwd, int rank, int port, const std::string& peer) {
+  std::string command = "cd '" + cwd + "' && exec '" + std::string(WORKER_BINARY) + "'";
+  for (const std::string& flag : std::vector<std::string>{
+           "--model=" + GemmaTinyDir() + "/tiny-mqa", "--rank=" + std::to_string(rank), "--world_size=2",
+        "--peer_port=" + peer, "--leader=127.0.0.1:" + peer, "--port=" + std::to_string(port), "--timeout_ms=2000",
+        "--threads=1", "--kv_cache_mb=16"}) {
+    command += " '" + flag + "'";
+  }
+  return testing::Start("/bin/sh", {"-c", command});
+}
+
+absl::StatusCode Generate(v1::Gemma::Stub& stub, const v1::GenerateRequest& req, v1::GenerateResponse* resp,
+                          std::string* message) {
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+  const grpc::Status s = stub.Generate(&ctx, req, resp);
+  *message = s.error_message();
+  return static_cast<absl::StatusCode>(s.error_code());
+}
+
+TEST(RouterLoraRankFailureTest, OneRankThatCannotReadTheAdapterFailsOnlyItsRequests) {
+  const std::string lora = testing::GemmaLoraTinyDir();
+  ASSERT_FALSE(lora.empty()) << "gemma-lora-tiny is absent";
+  const std::string adapter = lora + "/mqa-r8-rslora";
+  const fs::path root = fs::path(::testing::TempDir()) / ("lora_rank_failure_" + std::to_string(::getpid()));
+  fs::remove_all(root);
+  fs::create_directories(root / "rank0");
+  fs::create_directories(root / "rank1" / "ad");
+  fs::create_directory_symlink(adapter, root / "rank0" / "ad");
+  // Rank 1's copy: the config as it is, the weights cut short.
+  fs::copy_file(adapter + "/adapter_config.json", root / "rank1" / "ad" / "adapter_config.json");
+  const std::string weights = testing::ReadFile(adapter + "/adapter_model.safetensors");
+  std::ofstream(root / "rank1" / "ad" / "adapter_model.safetensors", std::ios::binary)
+      << weights.substr(0, weights.size() / 2);
+
+  const int port = testing::FreePort();
+  const std::string peer = std::to_string(testing::FreePort());
+  auto rank0 = StartRankIn((root / "rank0").string(), 0, port, peer);
+  auto rank1 = StartRankIn((root / "rank1").string(), 1, testing::FreePort(), peer);
+  auto router = StartRouter({port});
+  ASSERT_GT(router.port, 0) << router.process->Err();
+  ASSERT_TRUE(router.WaitForHealthyGroups(1)) << router.process->Err() << rank0->Err() << rank1->Err();
+  auto admin = v1::Admin::NewStub(
+      grpc::CreateChannel("127.0.0.1:" + std::to_string(router.port), grpc::InsecureChannelCredentials()));
+  {
+    grpc::ClientContext ctx;
+    v1::LoadAdapterRequest load;
+    load.set_name("rs");
+    load.set_path("ad");  // relative: each rank's own folder
+    v1::Adapter loaded;
+    const grpc::Status s = admin->LoadAdapter(&ctx, load, &loaded);
+    ASSERT_TRUE(s.ok()) << s.error_message() << rank0->Err();
+  }
+
+  const auto reference = nlohmann::json::parse(
+      testing::ReadFile(lora + "/reference/mqa-r8-rslora/generations.json"))["results"][0];
+  const auto prompt = reference["prompt_ids"].get<std::vector<int>>();
+  const auto want = reference["generated_ids"].get<std::vector<int>>();
+  v1::GenerateRequest adapted = Ids(prompt, static_cast<int>(want.size()));
+  adapted.set_adapter("rs");
+  const v1::GenerateRequest base = Ids(prompt, static_cast<int>(want.size()));
+
+  // The adapter's request and base requests together, so they meet in steps.
+  std::vector<std::future<std::pair<absl::StatusCode, std::string>>> calls;
+  for (int i = 0; i < 4; ++i) {
+    calls.push_back(std::async(std::launch::async, [&, i] {
+      v1::GenerateResponse resp;
+      std::string message;
+      const absl::StatusCode code = Generate(*router.stub, i == 0 ? adapted : base, &resp, &message);
+      return std::make_pair(code, message);
+    }));
+  }
+  const auto [code, message] = calls[0].get();
+  EXPECT_EQ(code, absl::StatusCode::kInvalidArgument) << message;
+  EXPECT_NE(message.find("rank 1"), std::string::npos) << message;
+  EXPECT_NE(message.find("adapter_model.safetensors"), std::string::npos) << message;
+  for (size_t i = 1; i < calls.size(); ++i) {
+    const auto [base_code, base_message] = calls[i].get();
+    EXPECT_EQ(base_code, absl::StatusCode::kOk) << "base request " << i << ": " << base_message;
+  }
+  EXPECT_EQ(router.HealthyGroups(), 1) << "one rank's adapter is no reason to fail the group";
+  EXPECT_EQ(rank1->WaitExit(std::chrono::milliseconds(0)), -1) << rank1->Err();
+  {  // The same again: refused the same way, not half-loaded.
+    v1::GenerateResponse resp;
+    std::string again;
+    EXPECT_EQ(Generate(*router.stub, adapted, &resp, &again), absl::StatusCode::kInvalidArgument) << again;
+    EXPECT_NE(again.find("rank 1"), std::string::npos) << again;
+  }
+
+  // Fixed on rank 1: the next request reads it there and serves the reference.
+  fs::remove_all(root / "rank1" / "ad");
+  fs::create_directory_symlink(adapter, root / "rank1" / "ad");
+  v1::GenerateResponse resp;
+  std::string fixed;
+  ASSERT_EQ(Generate(*router.stub, adapted, &resp, &fixed), absl::StatusCode::kOk) << fixed;
+  EXPECT_EQ(TokenIds(resp), want);
+  fs::remove_all(root);
+}
+
+}  // namespace
+}  // namespace gemma
