@@ -11,4 +11,6 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(std::shared_ptr<const
   return absl::UnimplementedError("this build has no CUDA backend (nvcc was not found when it was configured)");
 }
 
+int CudaGraphsCaptured(const Backend&) { return 0; }
+
 }  // namespace gemma
