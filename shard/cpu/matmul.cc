@@ -141,9 +141,11 @@ struct Int8Rows {
   float Finish(int64_t r, float sum) const { return sum * scales[r]; }
 };
 
-// E4M3 codes widened in registers: sign and the 7 bits below it moved into an f16 (sign at bit 15, exponent and
-// mantissa at bits 13..7), which is the E4M3 value times 2^-8 exactly, subnormals included (f16's exponent bias
-// is 8 more); F16C widens it to f32. Sums run over those values and Finish applies 2^8 with the row's scale.
+// E4M3 codes widened in registers: the sign moved up a bit (b + (b & 0x80)) and the byte shifted left by 7 puts the
+// sign at bit 15 and exponent and mantissa at bits 13..7 of an f16, which is then the E4M3 value times 2^-8
+// exactly, subnormals included (f16's exponent bias is 8 more); F16C widens it to f32. A block's 2N codes go
+// through the integer steps as one vector of 16-bit lanes. Sums run over those values and Finish applies 2^8 with
+// the row's scale.
 struct Fp8Rows {
   static constexpr Layout kLayout = Layout::kPlain;
   static constexpr bool kGrouped = false;
@@ -153,20 +155,26 @@ struct Fp8Rows {
   explicit Fp8Rows(const MatrixView& m) : codes(m.codes), scales(m.scales), stride(m.stride) {}
   const void* Address(int64_t r, int64_t b) const { return codes + r * stride + b * 2 * hn::Lanes(DF()); }
   int64_t RowBytes() const { return stride; }
-  HWY_INLINE VF Widen(const uint8_t* p) const {
-    const DF df;
-    const hn::Rebind<uint8_t, DF> d8;
-    const hn::Rebind<uint16_t, DF> d16;
-    const hn::Rebind<hwy::float16_t, DF> dh;
-    const auto b = hn::PromoteTo(d16, hn::LoadU(d8, p));
-    const auto h = hn::Or(hn::ShiftLeft<8>(hn::And(b, hn::Set(d16, 0x80))), hn::ShiftLeft<7>(hn::And(b, hn::Set(d16, 0x7f))));
-    return hn::PromoteTo(df, hn::BitCast(dh, h));
-  }
+#if HWY_TARGET == HWY_SCALAR
+  // One lane: each code on its own.
   HWY_INLINE void Block(int64_t r, int64_t b, VF& lo, VF& hi) const {
     const uint8_t* p = static_cast<const uint8_t*>(Address(r, b));
-    lo = Widen(p);
-    hi = Widen(p + hn::Lanes(DF()));
+    lo = hn::Set(DF(), Fp8E4M3ToF32(p[0]) * (1.0f / 256.0f));
+    hi = hn::Set(DF(), Fp8E4M3ToF32(p[1]) * (1.0f / 256.0f));
   }
+#else
+  HWY_INLINE void Block(int64_t r, int64_t b, VF& lo, VF& hi) const {
+    const DF df;
+    const hn::Repartition<uint16_t, DF> d16;  // 2N lanes
+    const hn::Rebind<uint8_t, decltype(d16)> d8;
+    const hn::Repartition<hwy::float16_t, DF> dh;
+    const hn::Half<decltype(dh)> dh_half;
+    const auto c = hn::PromoteTo(d16, hn::LoadU(d8, static_cast<const uint8_t*>(Address(r, b))));
+    const auto h = hn::BitCast(dh, hn::ShiftLeft<7>(hn::Add(c, hn::And(c, hn::Set(d16, 0x80)))));
+    lo = hn::PromoteTo(df, hn::LowerHalf(dh_half, h));
+    hi = hn::PromoteTo(df, hn::UpperHalf(dh_half, h));
+  }
+#endif
   float Scalar(int64_t r, int64_t k) const { return Fp8E4M3ToF32(codes[r * stride + k]) * (1.0f / 256.0f); }
   float Finish(int64_t r, float sum) const { return sum * (scales[r] * 256.0f); }
 };
