@@ -14,6 +14,7 @@
 #include "shard/model/lora_loader.h"
 #include "shard/model/random_lora_adapter.h"
 #include "shard/cpu/matmul.h"
+#include "shard/cpu/matmul_bf16.h"
 #include "tools/cli_common.h"
 #include "tools/commands.h"
 #include "tools/local_model.h"
@@ -241,6 +242,12 @@ int BenchCommand(int argc, char** argv) {
     nlohmann::json out = {{"model", c.DebugString()},
                           {"weights", device->weights},
                           {"cpu_kernels", MatMulTarget()},
+                          {"kv_cache_dtype", device->kv_cache_dtype},
+                          {"activations", device->activations},
+                          // Which kernel the prompt ran on: bf16 activations need AVX512-BF16.
+                          {"prefill_kernel", device->activations == "bf16" && HasBf16DotProducts()
+                                                 ? "avx512-bf16 dot products (vdpbf16ps)"
+                                                 : absl::StrCat(MatMulTarget(), " f32")},
                           {"prompt_len", *prompt_len},
                           {"decode_context_batch1", *decode_context_1},
                           {"weight_bytes", weight_bytes},
