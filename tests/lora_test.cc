@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
+#include "shard/checkpoint/checkpoint.h"
 #include "shard/model/lora_loader.h"
 #include "shard/runtime/adapter_store.h"
 #include "tests/reference_helpers.h"
@@ -135,6 +136,48 @@ TEST_P(LoraReferenceTest, MixedBatchRowsEqualTheirRunsAlone) {
     ASSERT_EQ(0, std::memcmp(alone.values.data(), mixed.Row(mixed.row_begin[i]),
                              ids.size() * vocab * sizeof(float)))
         << "row " << i;
+  }
+}
+
+// QLoRA's deployment: the adapter over an int8, int4 or fp8 base gives the logits of the same adapter over that
+// base's weights dequantized to f32 (the adapter's terms add to whatever the base projection gives), and moves them
+// as far from the base as over bf16.
+TEST_P(LoraReferenceTest, AdaptersRunOverQuantizedBases) {
+  const auto ids = ReadJson(RefDir() + "/logits_rand37.json")["ids"].get<std::vector<int32_t>>();
+  const auto blocks = Blocks(0, static_cast<int>(ids.size()) / backend_->kv_block_size() + 1);
+  auto ckpt = Checkpoint::Open(GemmaTinyDir() + "/" + GetParam().base);
+  ASSERT_TRUE(ckpt.ok()) << ckpt.status();
+  std::shared_ptr<const Checkpoint> shared(std::move(*ckpt));
+  auto tp = TensorParallel::Create(shared->config(), 0, 1);
+  ASSERT_TRUE(tp.ok());
+  KvCacheOptions kv;
+  kv.num_blocks = static_cast<int>(blocks.size());
+  auto logits = [&](const std::shared_ptr<const ModelWeights>& w, const LoraAdapter* adapter) {
+    auto backend = CpuBackend::Create(w, kv);
+    EXPECT_TRUE(backend.ok()) << backend.status();
+    SequenceStep step{ids, 0, blocks, LogitsWanted::kAll};
+    step.adapter = adapter;
+    StepLogits out;
+    EXPECT_TRUE((*backend)->Forward({&step, 1}, &out).ok());
+    return out.values;
+  };
+  for (WeightPrecision p : {WeightPrecision::kInt8, WeightPrecision::kInt4, WeightPrecision::kFp8}) {
+    WeightLoadOptions load;
+    load.precision = p;
+    auto quantized = ModelWeights::Load(shared, *tp, load);
+    ASSERT_TRUE(quantized.ok()) << quantized.status();
+    std::shared_ptr<const ModelWeights> q(std::move(*quantized));
+    std::shared_ptr<const ModelWeights> f(q->Dequantized());
+    const auto with = logits(q, adapter_.get());
+    const auto want = logits(f, adapter_.get());
+    const auto without = logits(q, nullptr);
+    double worst = 0, moved = 0;
+    for (size_t i = 0; i < with.size(); ++i) {
+      worst = std::max(worst, std::abs(double(with[i]) - want[i]));
+      moved = std::max(moved, std::abs(double(with[i]) - without[i]));
+    }
+    EXPECT_LT(worst, kTolerance) << WeightPrecisionName(p);
+    EXPECT_GT(moved, 0.1) << WeightPrecisionName(p) << ": the adapter should move the logits";
   }
 }
 
