@@ -61,7 +61,8 @@ RouterProcess* ActivationBudgetTest::router_ = nullptr;
 int ActivationBudgetTest::metrics_port_ = 0;
 
 TEST_F(ActivationBudgetTest, InputsOfOneRequestThatTogetherPassTheBudgetAreRefusedNamingTheFlag) {
-  // Each input within the per-request cap; together past the budget, since they run at once.
+  // Each input within the per-request cap; together past the whole budget, since they run at once: such a request
+  // could never run, so it is refused as invalid (not told to retry), before anything is reserved.
   v1::ScoreRequest request;
   for (int k = 0; k < 3; ++k) {
     auto* input = request.add_inputs()->mutable_token_ids();
@@ -69,8 +70,8 @@ TEST_F(ActivationBudgetTest, InputsOfOneRequestThatTogetherPassTheBudgetAreRefus
   }
   request.mutable_activations()->set_all_residual(true);
   const grpc::Status s = Score(request);
-  EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << s.error_message();
-  EXPECT_NE(s.error_message().find("inputs[2]"), std::string::npos) << s.error_message();
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << s.error_message();
+  EXPECT_NE(s.error_message().find("send fewer inputs per request"), std::string::npos) << s.error_message();
   EXPECT_NE(s.error_message().find("--max_activation_bytes_in_flight"), std::string::npos) << s.error_message();
   EXPECT_EQ(InFlight(), 0) << "the inputs admitted before the refusal gave their bytes back";
   // Two of them fit, and run.

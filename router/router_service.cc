@@ -339,6 +339,20 @@ absl::StatusOr<std::vector<RouterService::ScoreRun>> RouterService::StartScores(
     if (!plan.ok()) return ForInput(plan.status(), i, several);
     plans.push_back(*std::move(plan));
   }
+  if (activation_budget_ != nullptr) {
+    // Each input is within --max_activation_bytes, but the inputs of one request are held together: a request that
+    // could never fit the router-wide budget, even alone, is refused as such rather than told to retry.
+    int64_t total = 0;
+    for (const ScorePlan& p : plans) total += p.bytes;
+    if (total > activation_budget_->capacity()) {
+      const absl::Status too_big = absl::InvalidArgumentError(absl::StrCat(
+          "the request's inputs ask for ", total, " bytes of activation data together, more than the router's "
+          "budget for all requests at once (--max_activation_bytes_in_flight) of ", activation_budget_->capacity(),
+          ": send fewer inputs per request"));
+      CountRejected(too_big, endpoint);
+      return too_big;
+    }
+  }
   std::vector<ScoreRun> runs;
   if (forward()) return runs;  // answered by a peer
   for (size_t i = 0; i < parts->size(); ++i) {

@@ -42,8 +42,9 @@ void DeclareDeviceFlags(Args& args, const char* device_help) {
       .Flag("kv-cache-dtype", "how the KV cache stores K and V: auto (default: f32 on the CPU, --precision on the "
                               "GPU), bf16 or int8 (a scale per position and head; a quarter of f32's memory) on "
                               "the CPU")
-      .Flag("gpu-lora-slots", "with --device cuda: LoRA adapter slots reserved on each GPU, 0..64 (default: 1 with "
-                              "--adapter, else 0)")
+      .Flag("gpu-lora-slots", "with --device cuda: LoRA adapter slots reserved on each GPU, 0..1024 (default: 1 "
+                              "with --adapter, else 0)")
+      .Flag("gpu-lora-max-rank", "with --device cuda: the highest LoRA rank those slots hold, 1..64 (default 16)")
       .Flag("activations", "f32 (default) or bf16: prompt chunks on the CPU multiply bf16-rounded activations by "
                            "AVX512-BF16 dot products (where the CPU has them; f32 elsewhere); decoding stays f32");
 }
@@ -65,8 +66,10 @@ absl::StatusOr<DeviceChoice> DeviceChoiceFromFlags(const Args& args) {
   }
   d.int4_group_size = static_cast<int>(group);
   d.kv_cache_dtype = args.Get("kv-cache-dtype", "auto");
-  ASSIGN_OR_RETURN(const int64_t slots, args.GetInt("gpu-lora-slots", args.Has("adapter") ? 1 : 0, 0, 64));
+  ASSIGN_OR_RETURN(const int64_t slots, args.GetInt("gpu-lora-slots", args.Has("adapter") ? 1 : 0, 0, 1024));
   d.gpu_lora_slots = static_cast<int>(slots);
+  ASSIGN_OR_RETURN(const int64_t max_rank, args.GetInt("gpu-lora-max-rank", 16, 1, 64));
+  d.gpu_lora_max_rank = static_cast<int>(max_rank);
   d.activations = args.Get("activations", "f32");
   if (d.activations != "f32" && d.activations != "bf16") {
     return absl::InvalidArgumentError("--activations \"" + d.activations + "\" is invalid; allowed: f32, bf16");
@@ -103,6 +106,7 @@ absl::StatusOr<std::unique_ptr<Backend>> RankBackend(const std::shared_ptr<const
   o.int4_group_size = device.int4_group_size;
   o.activations = device.activations;
   o.gpu_lora_slots = device.gpu_lora_slots;
+  o.gpu_lora_max_rank = device.gpu_lora_max_rank;
   o.kv = KvFor(kv_tokens, device);
   o.timeout = std::chrono::milliseconds(timeout_ms);
   auto shard = OpenShard(ckpt, o, std::move(collective));
@@ -201,7 +205,8 @@ absl::Status AttachBackend(LocalModel& model, int64_t kv_tokens, int tp, int64_t
               "--precision", device.precision.c_str(), "--weights", device.weights.c_str(), "--int4-group-size",
               std::to_string(device.int4_group_size).c_str(), "--kv-cache-dtype", device.kv_cache_dtype.c_str(),
               "--activations", device.activations.c_str(), "--gpu-lora-slots",
-              std::to_string(device.gpu_lora_slots).c_str(), static_cast<char*>(nullptr));
+              std::to_string(device.gpu_lora_slots).c_str(), "--gpu-lora-max-rank",
+              std::to_string(device.gpu_lora_max_rank).c_str(), static_cast<char*>(nullptr));
       ::_exit(127);
     }
     model.followers.push_back(pid);

@@ -45,6 +45,7 @@ struct DeviceChoice {
   std::string kv_cache_dtype = "auto";  // shard/runtime/kv_cache.h's KvCacheDtype
   std::string activations = "f32";     // f32, or bf16 for prompt rows on the CPU
   int gpu_lora_slots = 0;               // with cuda: adapter slots reserved on each GPU
+  int gpu_lora_max_rank = 16;           // and the rank they hold
 };
 
 class Args;

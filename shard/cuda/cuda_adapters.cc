@@ -59,7 +59,7 @@ absl::StatusOr<std::unique_ptr<CudaAdapters>> CudaAdapters::Create(const ModelCo
   const std::string why = absl::StrCat(" (", slots, " LoRA slots of rank ", max_rank,
                                        "; allowed: fewer slots or a lower slot rank, 0 slots for none)");
   auto weights = DeviceBuffer::Allocate(static_cast<size_t>(slots * a->slot_floats_ * 4), "LoRA adapter slots");
-  if (!weights.ok()) return absl::ResourceExhaustedError(absl::StrCat(weights.status().message(), why));
+  if (!weights.ok()) return absl::InvalidArgumentError(absl::StrCat(weights.status().message(), why));
   a->weights_ = std::move(*weights);
   a->host_entries_.assign(static_cast<size_t>(slots) * a->num_layers_ * kNumLoraTargets, LoraDeviceEntry{});
   auto entries = DeviceBuffer::Allocate(a->host_entries_.size() * sizeof(LoraDeviceEntry), "LoRA adapter table");
@@ -67,7 +67,7 @@ absl::StatusOr<std::unique_ptr<CudaAdapters>> CudaAdapters::Create(const ModelCo
                                         "LoRA partial sums");
   auto layout = DeviceBuffer::Allocate((1 + 4 * static_cast<size_t>(max_tokens)) * 4, "LoRA step layout");
   for (const auto* b : {&entries, &partial, &layout}) {
-    if (!b->ok()) return absl::ResourceExhaustedError(absl::StrCat(b->status().message(), why));
+    if (!b->ok()) return absl::InvalidArgumentError(absl::StrCat(b->status().message(), why));
   }
   a->entries_ = std::move(*entries);
   a->partial_ = std::move(*partial);
@@ -90,12 +90,12 @@ int64_t CudaAdapters::AOffset(int layer, LoraTarget t) const {
 
 absl::Status CudaAdapters::Upload(const LoraAdapter& adapter, int slot, cudaStream_t stream) {
   if (adapter.rank > max_rank_) {
-    return absl::FailedPreconditionError(absl::StrCat(
+    return absl::InvalidArgumentError(absl::StrCat(
         "LoRA adapter \"", adapter.name, "\" has rank ", adapter.rank, "; this GPU's adapter slots hold rank 1 to ",
         max_rank_, " (raise the slot rank, CudaBackendOptions::lora_max_rank / --gpu_lora_max_rank)"));
   }
   if (static_cast<int>(adapter.layers.size()) != num_layers_) {
-    return absl::FailedPreconditionError(absl::StrCat("LoRA adapter \"", adapter.name, "\" has ", adapter.layers.size(),
+    return absl::InvalidArgumentError(absl::StrCat("LoRA adapter \"", adapter.name, "\" has ", adapter.layers.size(),
                                                       " layers; the model has ", num_layers_));
   }
   float* base = weights_.as<float>() + static_cast<int64_t>(slot) * slot_floats_;
@@ -109,7 +109,7 @@ absl::Status CudaAdapters::Upload(const LoraAdapter& adapter, int slot, cudaStre
       if (p.rank == 0) continue;
       const Shape s = shapes_[ti];
       if (p.rank > max_rank_ || p.in != s.in || p.out != s.out) {
-        return absl::FailedPreconditionError(absl::StrCat(
+        return absl::InvalidArgumentError(absl::StrCat(
             "LoRA adapter \"", adapter.name, "\" layer ", layer, " ", LoraTargetName(t), ": rank ", p.rank, ", [",
             p.out, ", ", p.in, "]; this rank needs rank at most ", max_rank_, " and [", s.out, ", ", s.in, "]"));
       }
@@ -152,7 +152,7 @@ absl::StatusOr<int> CudaAdapters::Place(const LoraAdapter& adapter, cudaStream_t
     }
   }
   if (chosen < 0) {
-    return absl::ResourceExhaustedError(absl::StrCat(
+    return absl::InvalidArgumentError(absl::StrCat(
         "the step's rows name more LoRA adapters than this GPU's ", slots_.size(),
         " adapter slots hold (CudaBackendOptions::lora_slots / --gpu_lora_slots)"));
   }
@@ -179,7 +179,7 @@ absl::Status CudaAdapters::Prepare(std::span<const SequenceStep> batch, cudaStre
   for (const SequenceStep& s : batch) any = any || s.adapter != nullptr;
   if (!any) return absl::OkStatus();
   if (slots_.empty()) {
-    return absl::FailedPreconditionError(
+    return absl::InvalidArgumentError(
         "a row names a LoRA adapter but this GPU reserved no adapter slots (CudaBackendOptions::lora_slots / "
         "--gpu_lora_slots is 0)");
   }
@@ -223,12 +223,11 @@ absl::Status CudaAdapters::Prepare(std::span<const SequenceStep> batch, cudaStre
     }
     std::copy(g.tokens.begin(), g.tokens.end(), tokens + at);
     at += static_cast<int32_t>(g.tokens.size());
-    for (int layer = 0; layer < num_layers_; ++layer) {
-      for (int ti = 0; ti < kNumLoraTargets; ++ti) {
-        if (g.adapter->layers[layer][ti].rank > 0) targets_ |= 1u << ti;
-      }
-    }
   }
+  // Every projection, whatever the step's adapters adapt: a decode graph captured with adapters then serves any mix
+  // of them (one graph per batch size, not one per set of adapted projections, whose count the memory plan could
+  // not bound); the kernels skip an adapter's projections of rank 0 on the device.
+  targets_ = (1u << kNumLoraTargets) - 1;
   host_layout_[0] = num_chunks_;
   return absl::OkStatus();
 }

@@ -52,11 +52,13 @@ class CudaAdapters {
   int max_rank() const { return max_rank_; }
 
   // Places the adapters the step's rows name (uploading those not resident, and waiting for the upload) and lays
-  // out its adapter tokens on the host. Before any of the step's device work. ResourceExhausted when the step names
-  // more adapters than there are slots; FailedPrecondition for an adapter of a rank above max_rank or sliced for
-  // another shape. Nothing of the step runs then.
+  // out its adapter tokens on the host. Before any of the step's device work. InvalidArgument (the rows cannot run
+  // here: the engine then retries them one by one, and the group goes on) when the step names more adapters than
+  // there are slots, an adapter of a rank above max_rank or sliced for another shape, or no slots were reserved.
+  // Nothing of the step runs then.
   absl::Status Prepare(std::span<const SequenceStep> batch, cudaStream_t stream);
-  // Whether the prepared step has adapter rows; bit t of targets(): some adapter of the step adapts LoraTarget t.
+  // Whether the prepared step has adapter rows; targets(): the projections whose terms the step launches (all seven
+  // once any row has an adapter, so that one decode graph serves every mix of adapters).
   bool active() const { return num_chunks_ > 0; }
   uint32_t targets() const { return targets_; }
   // Copies the step's layout to the device (on `stream`; a decode graph captures it).

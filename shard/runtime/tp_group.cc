@@ -251,7 +251,12 @@ absl::Status RunFollower(Backend& local, HostCollective& collective,
       if (absl::IsInvalidArgument(agreed)) continue;
       if (!agreed.ok()) return absl::UnavailableError(absl::StrCat("lost the group leader: ", agreed.message()));
     }
-    RETURN_IF_ERROR(local.Forward(step.steps, &logits));
+    // A step every rank refuses alike before it computes (a row the backend cannot run: an adapter beyond the GPU's
+    // slots) is answered by the leader, and the group goes on, as the leader does (LeaderBackend::Forward).
+    if (auto s = local.Forward(step.steps, &logits); !s.ok()) {
+      if (absl::IsInvalidArgument(s)) continue;
+      return s;
+    }
     if (on_step) {
       on_step(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(), local.last_timings());
     }
