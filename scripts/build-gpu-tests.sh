@@ -7,13 +7,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cmake -S . -B build-gpu-cmake -G Ninja -DCMAKE_BUILD_TYPE=Release -DGEMMA_BUILD_SERVICES=OFF >/dev/null
 cmake --build build-gpu-cmake --target cuda_backend_test cuda_memory_test decode_gemm_test nccl_collective_test \
-  backend_conformance_test cuda_lora_test activations_test gemma-cuda-bench
+  backend_conformance_test cuda_lora_test cuda_quantized_test activations_test gemma-cuda-bench
 out=build-gpu
 rm -rf "$out"
 mkdir -p "$out/lib"
 cp build-gpu-cmake/shard/cuda/cuda_backend_test build-gpu-cmake/shard/cuda/cuda_memory_test \
    build-gpu-cmake/shard/cuda/decode_gemm_test build-gpu-cmake/shard/collective/nccl_collective_test \
-   build-gpu-cmake/shard/conformance/backend_conformance_test build-gpu-cmake/shard/cuda/cuda_lora_test \
+   build-gpu-cmake/shard/conformance/backend_conformance_test build-gpu-cmake/shard/cuda/cuda_lora_test build-gpu-cmake/shard/cuda/cuda_quantized_test \
    build-gpu-cmake/shard/conformance/activations_test build-gpu-cmake/shard/cuda/gemma-cuda-bench "$out/"
 bash scripts/build.sh >/dev/null
 mkdir -p "$out/bin"

@@ -6,7 +6,8 @@
 #
 # Logs land in $GEMMA_GPU_CHECK_DIR (default /tmp/gpu-check). Where $OUT is set, the summary is written there as it
 # goes (summary.txt) and the logs are packed there at the end (gpu-check-logs.tar.gz), so a run cut short still
-# returns what it found. GEMMA_GPU_CHECK_PARTS picks parts (default tests,serve,bench,lora,router,hf; lora: decode of
+# returns what it found. GEMMA_GPU_CHECK_PARTS picks parts (default tests,serve,bench,lora,weights,router,hf; weights: the 7B shape quantized
+# at load to int8, int4 and fp8, decode at batch 1 and 16 against bf16; lora: decode of
 # batch 32 over 8 rank-16 adapters on all seven projections against the base model, 7B shape; also gemma23: the
 # Gemma 3 27B shape, bf16, decode at context 512 and at 32k with and without its sliding windows, prefill; and
 # overlap: the router's share of a batch-1 token on the 7B shape with overlapped steps off and on);
@@ -15,7 +16,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 work=${GEMMA_GPU_CHECK_DIR:-/tmp/gpu-check}
-parts=",${GEMMA_GPU_CHECK_PARTS:-tests,serve,bench,lora,router,hf},"
+parts=",${GEMMA_GPU_CHECK_PARTS:-tests,serve,bench,lora,weights,router,hf},"
 mkdir -p "$work"
 if [[ -n "${OUT:-}" ]]; then
   exec > >(tee "$OUT/summary.txt") 2>&1
@@ -152,6 +153,35 @@ PY
     [[ $? == 0 ]] || failed=1
   else
     echo "FAIL gemma-cuda-bench --sections lora"; tail -20 "$work/bench-lora.log"; failed=1
+  fi
+fi
+
+if wants weights; then
+  section "quantized weights on $model: int8, int4, fp8 quantized at load, decode at batch 1 and 16 against bf16"
+  if timeout "${GEMMA_GPU_WEIGHTS_TIMEOUT:-300}" build-gpu/gemma-cuda-bench --model "$model" --make_7b --batches 1,16 \
+       --steps 32 --prompt 512 --sections weights --json "$work/bench-cuda-7b-weights.json" > "$work/bench-weights.log" 2>&1; then
+    cp "$work/bench-cuda-7b-weights.json" "${OUT:-$work}/" 2>/dev/null
+    python3 - "$work/bench-cuda-7b-weights.json" <<'PY'
+import json, sys
+b = json.load(open(sys.argv[1]))
+base = {d["batch"]: d for d in b["decode"]}
+print(f"GPU {b['gpu']}: copy bandwidth {b['device_bandwidth_bytes_per_s']/1e12:.2f} TB/s; bf16 weights {b['weight_bytes_per_step']/1e9:.2f} GB/step")
+for d in b["decode"]:
+    print(f"  bf16 batch {d['batch']:>3}: {d['tokens_per_s']:.1f} tok/s ({d['step_ms']:.2f} ms/step), {100*d['floor_fraction']:.0f}% of its floor")
+bad = False
+for q in b.get("quantized_decode", []):
+    if "error" in q:
+        print(f"  {q['weights']}: ERROR {q['error']}"); bad = True; continue
+    for d in q["decode"]:
+        ratio = d["tokens_per_s"] / base[d["batch"]]["tokens_per_s"] if d["batch"] in base else 0
+        print(f"  {q['weights']:>4} batch {d['batch']:>3}: {d['tokens_per_s']:.1f} tok/s ({d['step_ms']:.2f} ms/step), "
+              f"{100*d['floor_fraction']:.0f}% of its floor ({q['weight_bytes_per_step']/1e9:.2f} GB of weights), {ratio:.2f}x bf16; "
+              f"launched {d['launched_step_ms']:.2f} ms, stages {d['launched_stage_ms']}")
+sys.exit(1 if bad else 0)
+PY
+    [[ $? == 0 ]] || failed=1
+  else
+    echo "FAIL gemma-cuda-bench --sections weights"; tail -20 "$work/bench-weights.log"; failed=1
   fi
 fi
 

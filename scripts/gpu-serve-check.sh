@@ -58,5 +58,18 @@ PY
 if [[ "${GEMMA_CHECK_DEVICE:-cuda}" == cuda ]]; then
   check_generate "$model" tests/data/gemma-tiny/reference/tiny-mqa
   g2=${GEMMA_TESTDATA:-tests/data}/gemma2-tiny
-  if [[ -d $g2/tiny-g2 ]]; then check_generate "$g2/tiny-g2" "$g2/reference/tiny-g2"; fi
+  if [[ -d $g2/tiny-g2 && -d $g2/reference ]]; then check_generate "$g2/tiny-g2" "$g2/reference/tiny-g2"; fi
+  # Weights quantized at load on the GPU give the CPU's quantized greedy tokens (f32 compute on both).
+  for w in int8 int4 fp8; do
+    for d in cuda cpu; do
+      "$bin/gemma" generate --model "$model" --device $d $([[ $d == cuda ]] && echo --precision f32) --weights $w \
+        --json --max-new-tokens 16 --prompt-ids 2,3791,323 > "$out/generate-$w-$d.json"
+    done
+    python3 - "$out/generate-$w-cuda.json" "$out/generate-$w-cpu.json" "$w" <<'PY'
+import json, sys
+gpu, cpu = (json.load(open(p))["token_ids"] for p in sys.argv[1:3])
+assert len(gpu) == 16 and gpu[:8] == cpu[:8], (gpu, cpu)
+print(f"gemma generate --device cuda --weights {sys.argv[3]}: {sum(a == b for a, b in zip(gpu, cpu))}/16 greedy tokens as the CPU's")
+PY
+  done
 fi

@@ -62,16 +62,6 @@ absl::StatusOr<OpenedShard> OpenShard(std::shared_ptr<const Checkpoint> checkpoi
   WeightLoadOptions load;
   ASSIGN_OR_RETURN(load.precision, ParseWeightPrecision(o.weights));
   load.int4_group_size = o.int4_group_size;
-  if (o.device == "cuda" && checkpoint->config().quantization.method != CheckpointQuantization::Method::kNone) {
-    return absl::UnimplementedError(absl::StrCat(
-        checkpoint->dir(), " holds ", QuantizationMethodName(checkpoint->config().quantization.method),
-        " weights, which the CUDA backend cannot run yet; serve it with device cpu, or a bf16 checkpoint on the GPU"));
-  }
-  if (o.device == "cuda" && load.precision != WeightPrecision::kBF16) {
-    return absl::UnimplementedError(absl::StrCat("weights ", o.weights,
-                                                 " on device cuda: the CUDA backend has no quantized kernels yet; use "
-                                                 "weights bf16 on the GPU, or int8 / int4 / fp8 on the CPU"));
-  }
   // The CUDA cache is kept in the compute precision; fp8 and int8 caches wait for their kernels.
   if (o.device == "cuda" && o.kv.dtype != KvCacheDtype::kAuto && KvCacheDtypeName(o.kv.dtype) != o.precision) {
     return absl::UnimplementedError(absl::StrCat("KV cache dtype ", KvCacheDtypeName(o.kv.dtype),

@@ -23,7 +23,7 @@ struct ShardOptions {
   int world = 1;
   std::string device = "cpu";      // cpu or cuda
   std::string precision = "bf16";  // with cuda: bf16 or f32
-  std::string weights = "bf16";    // stored weight precision: bf16, or on the CPU int8, int4, fp8
+  std::string weights = "bf16";    // stored weight precision: bf16, int8, int4, fp8 (fp8 on a GPU: compute capability 8.9+)
   int int4_group_size = 128;       // with int4: input columns per scale and zero (32, 64 or 128)
   std::string activations = "f32";  // CPU: f32, or bf16 for prompt rows (AVX512-BF16 dot products)
   int cuda_device = -1;            // -1: rank modulo the devices this process sees

@@ -144,14 +144,15 @@ int Tokenizer::PieceToId(std::string_view piece) const {
 }
 
 absl::StatusOr<std::string> StreamingDecoder::Add(int32_t id) {
+  // What was already read, decoded before `id` joins: a failure of either decode leaves the decoder as it was.
+  ASSIGN_OR_RETURN(const std::string read,
+                   tokenizer_->Decode(std::span<const int32_t>(ids_).subspan(prefix_offset_, read_offset_ - prefix_offset_)));
   ids_.push_back(id);
-  const std::span<const int32_t> all(ids_);
-  auto text = tokenizer_->Decode(all.subspan(prefix_offset_));
+  auto text = tokenizer_->Decode(std::span<const int32_t>(ids_).subspan(prefix_offset_));
   if (!text.ok()) {
     ids_.pop_back();
     return text.status();
   }
-  ASSIGN_OR_RETURN(const std::string read, tokenizer_->Decode(all.subspan(prefix_offset_, read_offset_ - prefix_offset_)));
   // SentencePiece renders an incomplete byte sequence as U+FFFD; such a tail (or a
   // character cut short) waits for the ids that complete it.
   static constexpr std::string_view kReplacement = "\xEF\xBF\xBD";

@@ -21,6 +21,7 @@
 #include "shard/cpu/cpu_backend.h"
 #include "shard/model/model_weights.h"
 #include "shard/runtime/logits_comparison.h"
+#include "tests/quantized_cases.h"
 #include "tests/reference_helpers.h"
 #include "tests/testdata.h"
 
@@ -124,12 +125,7 @@ TEST_P(TensorParallelCpuTest, AGroupGivesTheLogitsOfOneRank) {
 // f32 kernels over the same weights dequantized, within the model's bound (they differ only in where the scales
 // and zeros apply).
 // How far quantization itself moves the logits from bf16 is recorded (mean KL of the next-token distributions, top-1 agreement, the largest log-prob change).
-struct QuantCase {
-  TinyModel model;
-  WeightPrecision precision;
-  int world;
-  int group = 128;  // int4; groups of 32 at TP 2, where tiny models' slices would cut larger ones
-};
+using testing::QuantCase;
 
 class QuantizedWeightsCpuTest : public ::testing::TestWithParam<QuantCase> {};
 
@@ -217,27 +213,8 @@ std::vector<Case> Cases() {
   return out;
 }
 
-std::vector<QuantCase> QuantCases() {
-  std::vector<QuantCase> out;
-  for (const auto* models : {&testing::TinyModels(), &testing::Gemma23TinyModels()}) {
-    for (const auto& m : *models) {
-      for (WeightPrecision p : {WeightPrecision::kInt8, WeightPrecision::kInt4, WeightPrecision::kFp8}) {
-        out.push_back({m, p, 1});
-        out.push_back({m, p, 2, 32});
-      }
-    }
-  }
-  return out;
-}
-
-INSTANTIATE_TEST_SUITE_P(All, QuantizedWeightsCpuTest, ::testing::ValuesIn(QuantCases()),
-                         [](const ::testing::TestParamInfo<QuantCase>& info) {
-                           std::string n = absl::StrCat(info.param.model.name, "_",
-                                                        WeightPrecisionName(info.param.precision), "_tp",
-                                                        info.param.world);
-                           for (char& ch : n) ch = std::isalnum(static_cast<unsigned char>(ch)) ? ch : '_';
-                           return n;
-                         });
+INSTANTIATE_TEST_SUITE_P(All, QuantizedWeightsCpuTest, ::testing::ValuesIn(testing::QuantCases()),
+                         testing::QuantCaseName);
 
 INSTANTIATE_TEST_SUITE_P(Gemma23, TensorParallelCpuTest, ::testing::ValuesIn(Cases()),
                          [](const ::testing::TestParamInfo<Case>& info) {

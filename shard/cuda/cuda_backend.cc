@@ -63,11 +63,31 @@ absl::Status CudaBackend::AllReduce(float* data, int64_t count) {
   return exchange_->AllReduceSum(data, static_cast<size_t>(count), stream_);
 }
 
-absl::Status CudaBackend::RowParallel(const void* in, int64_t T, int64_t K, const DeviceBuffer& w, float* out,
-                                      int layer, LoraTarget target, int lora_chunks) {
+absl::Status CudaBackend::Project(const void* in, int64_t T, const DeviceWeight& w, float* c, int64_t ldc) {
+  if (!w.quantized()) return gemm_->Run(in, w.dense, w.cols, c, ldc, T, w.rows, w.cols, act_, stream_);
+  if (cuda::QuantizedGemmTakes(w.q, T)) {
+    GEMMA_CUDA_RETURN_IF_ERROR(cuda::LaunchQuantizedGemm(w.q, in, act_, static_cast<int>(T), c, ldc, stream_));
+    return absl::OkStatus();
+  }
+  const int64_t row_bytes = w.cols * cuda::DtypeBytes(act_);
+  const int64_t slice = std::min<int64_t>(w.rows, static_cast<int64_t>(dequant_.bytes()) / row_bytes);
+  if (slice < 1) {
+    return absl::InternalError(absl::StrCat("the dequantization scratch (", dequant_.bytes(),
+                                            " bytes) holds no row of a quantized matrix of ", w.cols, " columns"));
+  }
+  for (int64_t r = 0; r < w.rows; r += slice) {
+    const int64_t n = std::min(slice, w.rows - r);
+    GEMMA_CUDA_RETURN_IF_ERROR(cuda::LaunchDequantize(w.q, r, n, act_, dequant_.get(), stream_));
+    if (auto s = gemm_->Run(in, dequant_.get(), w.cols, c + r, ldc, T, n, w.cols, act_, stream_); !s.ok()) return s;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CudaBackend::RowParallel(const void* in, int64_t T, const DeviceWeight& w, float* out, int layer,
+                                      LoraTarget target, int lora_chunks) {
   const int64_t H = config().hidden_size;
-  if (auto s = gemm_->Run(in, w.get(), K, out, H, T, H, K, act_, stream_); !s.ok()) return s;
-  if (auto s = adapters_->Add(layer, target, in, K, act_, out, H, lora_chunks, stream_); !s.ok()) return s;
+  if (auto s = Project(in, T, w, out, H); !s.ok()) return s;
+  if (auto s = adapters_->Add(layer, target, in, w.cols, act_, out, H, lora_chunks, stream_); !s.ok()) return s;
   return AllReduce(out, T * H);
 }
 
@@ -214,8 +234,20 @@ absl::Status CudaBackend::ForwardAndSample(std::span<const SequenceStep> batch, 
       if (auto s = adapters_->EnqueueLayout(stream_); !s.ok()) return s;
     }
     const MatrixView& embed = weights_->embed();
-    GEMMA_CUDA_RETURN_IF_ERROR(cuda::LaunchEmbed(embed_bf16_.as<uint16_t>(), embed.rows, H, dev.tokens, static_cast<int>(T),
-                                                 tp.vocab_begin, std::sqrt(static_cast<float>(H)), xf, stream_));
+    const float embed_scale = std::sqrt(static_cast<float>(H));
+    if (embed_bf16_.get() != nullptr) {
+      GEMMA_CUDA_RETURN_IF_ERROR(cuda::LaunchEmbed(embed_bf16_.as<uint16_t>(), embed.rows, H, dev.tokens,
+                                                   static_cast<int>(T), tp.vocab_begin, embed_scale, xf, stream_));
+    } else if (head_.quantized()) {
+      GEMMA_CUDA_RETURN_IF_ERROR(cuda::LaunchEmbedQuantized(head_.q, dev.tokens, static_cast<int>(T), tp.vocab_begin,
+                                                            embed_scale, xf, stream_));
+    } else if (act_ == Dtype::kF32) {
+      GEMMA_CUDA_RETURN_IF_ERROR(cuda::LaunchEmbedF32(static_cast<const float*>(head_.dense), embed.rows, H, dev.tokens,
+                                                      static_cast<int>(T), tp.vocab_begin, embed_scale, xf, stream_));
+    } else {
+      GEMMA_CUDA_RETURN_IF_ERROR(cuda::LaunchEmbed(static_cast<const uint16_t*>(head_.dense), embed.rows, H, dev.tokens,
+                                                   static_cast<int>(T), tp.vocab_begin, embed_scale, xf, stream_));
+    }
     if (auto s = AllReduce(xf, T * H); !s.ok()) return s;
     if (auto s = hooks_.Capture(ActivationKind::kResidual, 0, xf, stream_); !s.ok()) return s;
     const float q_scale = static_cast<float>(std::pow(static_cast<double>(c.QueryScalar()), -0.5));
@@ -231,7 +263,7 @@ absl::Status CudaBackend::ForwardAndSample(std::span<const SequenceStep> batch, 
                                                           c.rms_norm_eps, *xn, act_, stream_));
       }
       stage(&StepTimings::matmul_seconds);
-      if (auto s = gemm_->Run(*xn, lw.qkv.get(), H, qkvf, qkv_ld, T, qkv_ld, H, act_, stream_); !s.ok()) return s;
+      if (auto s = Project(*xn, T, lw.qkv, qkvf, qkv_ld); !s.ok()) return s;
       // LoRA terms of q, k and v join their columns of qkv before RoPE, as a merged weight would.
       for (const auto& [target, column] : {std::pair{LoraTarget::kQ, int64_t{0}}, std::pair{LoraTarget::kK, q_dim},
                                            std::pair{LoraTarget::kV, q_dim + kv_dim}}) {
@@ -288,7 +320,7 @@ absl::Status CudaBackend::ForwardAndSample(std::span<const SequenceStep> batch, 
       }
       if (auto s = hooks_.AblateHeads(layer, tp, static_cast<int>(D), *attn, act_, stream_); !s.ok()) return s;
       stage(&StepTimings::matmul_seconds);
-      if (auto s = RowParallel(*attn, T, q_dim, lw.o, projf, layer, LoraTarget::kO, lora_chunks); !s.ok()) return s;
+      if (auto s = RowParallel(*attn, T, lw.o, projf, layer, LoraTarget::kO, lora_chunks); !s.ok()) return s;
       stage(&StepTimings::other_seconds);
       // Gemma 2/3 normalize what attention adds (after the all-reduce: the norm needs the whole row).
       if (lw.post_attn_norm.get() != nullptr) {
@@ -302,7 +334,7 @@ absl::Status CudaBackend::ForwardAndSample(std::span<const SequenceStep> batch, 
       GEMMA_CUDA_RETURN_IF_ERROR(cuda::LaunchAddRmsNorm(xf, projf, static_cast<int>(T), H, lw.ffn_norm.as<float>(),
                                                         c.rms_norm_eps, *xn, act_, stream_));
       stage(&StepTimings::matmul_seconds);
-      if (auto s = gemm_->Run(*xn, lw.gate_up.get(), H, gate_upf, 2 * I, T, 2 * I, H, act_, stream_); !s.ok()) return s;
+      if (auto s = Project(*xn, T, lw.gate_up, gate_upf, 2 * I); !s.ok()) return s;
       if (auto s = adapters_->Add(layer, LoraTarget::kGate, *xn, H, act_, gate_upf, 2 * I, lora_chunks, stream_); !s.ok()) {
         return s;
       }
@@ -313,7 +345,7 @@ absl::Status CudaBackend::ForwardAndSample(std::span<const SequenceStep> batch, 
       stage(&StepTimings::other_seconds);
       GEMMA_CUDA_RETURN_IF_ERROR(cuda::LaunchGeluMul(gate_upf, static_cast<int>(T), I, *act, act_, stream_));
       stage(&StepTimings::matmul_seconds);
-      if (auto s = RowParallel(*act, T, I, lw.down, projf, layer, LoraTarget::kDown, lora_chunks); !s.ok()) return s;
+      if (auto s = RowParallel(*act, T, lw.down, projf, layer, LoraTarget::kDown, lora_chunks); !s.ok()) return s;
       stage(&StepTimings::other_seconds);
       if (lw.post_ffn_norm.get() != nullptr) {
         GEMMA_CUDA_RETURN_IF_ERROR(cuda::LaunchRmsNorm(projf, nullptr, static_cast<int>(T), H,
@@ -347,9 +379,8 @@ absl::Status CudaBackend::ForwardAndSample(std::span<const SequenceStep> batch, 
                                                    c.rms_norm_eps, *xn, act_, stream_));
     // A last rank's slice may hold fewer vocabulary rows than the slice width: its padding columns read as 0.
     if (embed.rows < slice) GEMMA_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(logitsf, 0, R * slice * 4, stream_));
-    const void* head = act_ == Dtype::kF32 ? embed_in_.get() : embed_bf16_.get();
     stage(&StepTimings::matmul_seconds);
-    if (auto s = gemm_->Run(*xn, head, H, logitsf, slice, R, embed.rows, H, act_, stream_); !s.ok()) return s;
+    if (auto s = Project(*xn, R, head_, logitsf, slice); !s.ok()) return s;
     stage(&StepTimings::other_seconds);
     if (c.final_logit_softcap > 0) {
       GEMMA_CUDA_RETURN_IF_ERROR(cuda::LaunchSoftCap(logitsf, R * slice, c.final_logit_softcap, stream_));

@@ -23,14 +23,28 @@
 #include "shard/cuda/gemm.h"
 #include "shard/cuda/kernels.h"
 #include "shard/cuda/memory_plan.h"
+#include "shard/cuda/quantized_kernels.h"
 #include "shard/cuda/stage_clock.h"
 #include "shard/cuda/tensor_exchange.h"
 #include "shard/model/model_weights.h"
 
 namespace gemma::cuda {
 
+// A weight matrix [rows, cols] on the device: dense in the GEMM input type, or quantized (codes with their scales,
+// quantized_kernels.h) where the checkpoint or --weights made it so.
+struct DeviceWeight {
+  DeviceBuffer owned, codes, scales, zeros;
+  const void* dense = nullptr;  // the dense rows: `owned`'s, or a buffer held elsewhere (the bf16 embedding)
+  QuantMatrix q;                // q.codes set: quantized
+  int64_t rows = 0, cols = 0;
+  bool quantized() const { return q.codes != nullptr; }
+  int64_t bytes() const {
+    return static_cast<int64_t>(owned.bytes() + codes.bytes() + scales.bytes() + zeros.bytes());
+  }
+};
+
 struct DeviceLayer {
-  DeviceBuffer qkv, o, gate_up, down;  // in the GEMM input type; qkv = [q; k; v] rows, gate_up = [gate; up] rows
+  DeviceWeight qkv, o, gate_up, down;  // qkv = [q; k; v] rows, gate_up = [gate; up] rows
   DeviceBuffer attn_norm, ffn_norm;     // f32, 1 + w
   // Gemma 2/3's norms of the attention and MLP outputs, and Gemma 3's QK-norm (f32, 1 + w); empty where the model
   // has none.
@@ -132,10 +146,21 @@ class CudaBackend final : public Backend {
   StepTimings last_timings() const override { return last_clocked_ ? device_timings_ : host_timings_; }
 
  private:
-  // Copies `m` (bf16 rows, possibly strided) into rows [row_offset, row_offset + m.rows) of `dst`, converting to
-  // the GEMM input type.
+  // Copies `m` (rows possibly strided, any format) into rows [row_offset, row_offset + m.rows) of `dst`, in the
+  // GEMM input type (a quantized or f32 matrix dequantized on the host).
   absl::Status Upload(const MatrixView& m, const DeviceBuffer& dst, int64_t row_offset);
-  absl::StatusOr<DeviceBuffer> UploadMatrices(std::initializer_list<const MatrixView*> parts, const std::string& what);
+  // The parts stacked by rows: quantized as they are where all share one quantized format (and int4 group), else
+  // dense in the GEMM input type.
+  absl::StatusOr<DeviceWeight> UploadWeight(std::initializer_list<const MatrixView*> parts, const std::string& what);
+  absl::StatusOr<DeviceWeight> UploadQuantized(std::initializer_list<const MatrixView*> parts, const std::string& what);
+  // c = in W^T for T rows of `in` (the GEMM input type, rows w.cols apart) into c (f32, rows ldc apart): cuBLASLt
+  // over a dense matrix; a quantized one through the streaming kernel for a few rows, else dequantized into
+  // dequant_ slice by slice, each slice through cuBLASLt.
+  absl::Status Project(const void* in, int64_t T, const DeviceWeight& w, float* c, int64_t ldc);
+  // Reserves dequant_ for the largest quantized matrix (a slice of it beyond kDequantScratchBytes), and checks that
+  // the device runs fp8 (compute capability 8.9 and up).
+  absl::Status PrepareQuantized();
+  static constexpr int64_t kDequantScratchBytes = int64_t{512} << 20;
   absl::StatusOr<DeviceBuffer> UploadFloats(const std::vector<float>& v, const std::string& what);
   // Enqueued only (no wait) while enqueue_collectives_ is set: the decode steps that graphs capture.
   absl::Status AllReduce(float* data, int64_t count);
@@ -156,8 +181,8 @@ class CudaBackend final : public Backend {
   // out = in W^T, plus the LoRA terms of (layer, target) for the step's adapter rows (lora_chunks: the LoRA grids'
   // chunk capacity, CudaAdapters::Add), then summed over the ranks: each rank adds its slice's part before the sum,
   // as for the base matrix.
-  absl::Status RowParallel(const void* in, int64_t T, int64_t K, const DeviceBuffer& w, float* out, int layer,
-                           LoraTarget target, int lora_chunks);
+  absl::Status RowParallel(const void* in, int64_t T, const DeviceWeight& w, float* out, int layer, LoraTarget target,
+                           int lora_chunks);
   // Buffers of a step's prompt runs.
   struct PromptScratch {
     void* qkv = nullptr;     // the runs' q, k and v rows in the GEMM input type (the f32 qkv itself in f32 mode)
@@ -189,8 +214,11 @@ class CudaBackend final : public Backend {
   cudaStream_t stream_ = nullptr;
   std::unique_ptr<cuda::Gemm> gemm_;
   std::vector<DeviceLayer> layers_;
-  DeviceBuffer embed_bf16_;   // this rank's vocabulary rows, bf16: looked up by Embed
-  DeviceBuffer embed_in_;     // the same rows in the GEMM input type (f32 mode only; bf16 mode uses embed_bf16_)
+  DeviceBuffer embed_bf16_;   // this rank's vocabulary rows of a bf16 embedding: looked up by Embed
+  // The output projection (the tied embedding): quantized as stored, else dense in the GEMM input type (bf16 mode
+  // reads embed_bf16_). A quantized or f32 embedding is also looked up through it.
+  DeviceWeight head_;
+  DeviceBuffer dequant_;      // quantized matrices dequantized for products of many rows (PrepareQuantized)
   DeviceBuffer final_norm_;   // f32
   DeviceBuffer cos_sin_;        // [max positions][head_dim / 2][2], of the global layers
   DeviceBuffer cos_sin_local_;  // the same for local layers, where their rotation differs; else empty

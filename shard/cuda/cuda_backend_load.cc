@@ -1,4 +1,6 @@
+#include <algorithm>
 #include <cmath>
+#include <optional>
 #include <utility>
 #include <string>
 #include <vector>
@@ -7,6 +9,8 @@
 #include "shard/cuda/cuda_backend_impl.h"
 #include "shard/cuda/cuda_status.h"
 #include "shard/checkpoint/progress.h"
+#include "engine/status_macros.h"
+#include "shard/model/dtype.h"
 
 namespace gemma::cuda {
 
@@ -23,11 +27,30 @@ absl::StatusOr<DeviceBuffer> CudaBackend::UploadFloats(const std::vector<float>&
 // checkpoint) may return before its DMA lands, and nothing would order it before kernels on stream_, which does not
 // synchronize with the default stream.
 absl::Status CudaBackend::Upload(const MatrixView& m, const DeviceBuffer& dst, int64_t row_offset) {
-  if (m.format != WeightFormat::kBF16) {
-    return absl::UnimplementedError(absl::StrCat("the CUDA backend uploads bf16 weights only, not ",
-                                                 WeightFormatName(m.format)));
-  }
   const size_t row_bytes = static_cast<size_t>(m.cols) * 2;
+  if (m.format != WeightFormat::kBF16) {
+    // f32 (dequantized reference weights) or a quantized part beside parts of another format: dequantized here,
+    // rows in batches, then rounded to bf16 in bf16 mode.
+    const int64_t batch = std::max<int64_t>(1, (int64_t{16} << 20) / std::max<int64_t>(1, m.cols * 4));
+    std::vector<float> rows;
+    std::vector<uint16_t> rows16;
+    const size_t ab = cuda::DtypeBytes(act_);
+    for (int64_t r0 = 0; r0 < m.rows; r0 += batch) {
+      const int64_t n = std::min(batch, m.rows - r0);
+      rows.resize(static_cast<size_t>(n * m.cols));
+      for (int64_t r = 0; r < n; ++r) DequantizeRow(m, r0 + r, rows.data() + r * m.cols);
+      const void* src = rows.data();
+      if (act_ == Dtype::kBf16) {
+        rows16.resize(rows.size());
+        for (size_t i = 0; i < rows.size(); ++i) rows16[i] = F32ToBf16(rows[i]);
+        src = rows16.data();
+      }
+      GEMMA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(dst.as<char>() + (row_offset + r0) * m.cols * ab, src,
+                                                 static_cast<size_t>(n * m.cols) * ab, cudaMemcpyHostToDevice, stream_));
+      GEMMA_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
+    }
+    return absl::OkStatus();
+  }
   if (act_ == Dtype::kBf16) {
     GEMMA_CUDA_RETURN_IF_ERROR(cudaMemcpy2DAsync(dst.as<uint16_t>() + row_offset * m.cols, row_bytes, m.data,
                                                  static_cast<size_t>(m.stride) * 2, row_bytes, m.rows,
@@ -46,19 +69,112 @@ absl::Status CudaBackend::Upload(const MatrixView& m, const DeviceBuffer& dst, i
   return absl::OkStatus();
 }
 
-absl::StatusOr<DeviceBuffer> CudaBackend::UploadMatrices(std::initializer_list<const MatrixView*> parts,
-                                                         const std::string& what) {
-  int64_t rows = 0;
-  const int64_t cols = (*parts.begin())->cols;
-  for (const MatrixView* m : parts) rows += m->rows;
-  auto b = DeviceBuffer::Allocate(static_cast<size_t>(rows * cols) * cuda::DtypeBytes(act_), what);
-  if (!b.ok()) return b.status();
+namespace {
+
+std::optional<QuantFormat> QuantFormatOf(WeightFormat f) {
+  switch (f) {
+    case WeightFormat::kInt8:
+      return QuantFormat::kInt8;
+    case WeightFormat::kInt4:
+      return QuantFormat::kInt4;
+    case WeightFormat::kFp8:
+      return QuantFormat::kFp8;
+    case WeightFormat::kBF16:
+    case WeightFormat::kF32:
+      break;
+  }
+  return std::nullopt;
+}
+
+}  // namespace
+
+absl::StatusOr<DeviceWeight> CudaBackend::UploadQuantized(std::initializer_list<const MatrixView*> parts,
+                                                          const std::string& what) {
+  const MatrixView& first = **parts.begin();
+  DeviceWeight w;
+  w.cols = first.cols;
+  for (const MatrixView* m : parts) w.rows += m->rows;
+  w.q.format = *QuantFormatOf(first.format);
+  w.q.rows = w.rows;
+  w.q.cols = w.cols;
+  w.q.group_size = first.format == WeightFormat::kInt4 ? first.group_size : 0;
+  const int64_t row_bytes = w.q.RowBytes(), groups = w.q.Groups();
+  ASSIGN_OR_RETURN(w.codes, DeviceBuffer::Allocate(static_cast<size_t>(w.rows * row_bytes), what));
+  ASSIGN_OR_RETURN(w.scales, DeviceBuffer::Allocate(static_cast<size_t>(w.rows * groups) * 4, what + " scales"));
+  if (first.format == WeightFormat::kInt4) {
+    ASSIGN_OR_RETURN(w.zeros, DeviceBuffer::Allocate(static_cast<size_t>(w.rows * groups) * 4, what + " zeros"));
+  }
   int64_t at = 0;
   for (const MatrixView* m : parts) {
-    if (auto s = Upload(*m, *b, at); !s.ok()) return s;
+    // A view's rows are stride elements apart (a column slice of a tensor-parallel rank), its scales scale_stride.
+    const int64_t src_row_bytes = m->format == WeightFormat::kInt4 ? m->stride / 2 : m->stride;
+    GEMMA_CUDA_RETURN_IF_ERROR(cudaMemcpy2DAsync(w.codes.as<uint8_t>() + at * row_bytes, row_bytes, m->codes,
+                                                 src_row_bytes, row_bytes, m->rows, cudaMemcpyHostToDevice, stream_));
+    const size_t scale_row = static_cast<size_t>(groups) * 4, scale_pitch = static_cast<size_t>(m->scale_stride) * 4;
+    GEMMA_CUDA_RETURN_IF_ERROR(cudaMemcpy2DAsync(w.scales.as<float>() + at * groups, scale_row, m->scales,
+                                                 std::max(scale_row, scale_pitch), scale_row, m->rows,
+                                                 cudaMemcpyHostToDevice, stream_));
+    if (m->format == WeightFormat::kInt4) {
+      GEMMA_CUDA_RETURN_IF_ERROR(cudaMemcpy2DAsync(w.zeros.as<float>() + at * groups, scale_row, m->zeros,
+                                                   std::max(scale_row, scale_pitch), scale_row, m->rows,
+                                                   cudaMemcpyHostToDevice, stream_));
+    }
+    GEMMA_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
     at += m->rows;
   }
-  return b;
+  w.q.codes = w.codes.as<uint8_t>();
+  w.q.scales = w.scales.as<float>();
+  w.q.zeros = w.zeros.get() != nullptr ? w.zeros.as<float>() : nullptr;
+  return w;
+}
+
+absl::StatusOr<DeviceWeight> CudaBackend::UploadWeight(std::initializer_list<const MatrixView*> parts,
+                                                       const std::string& what) {
+  const MatrixView& first = **parts.begin();
+  bool one_format = QuantFormatOf(first.format).has_value();
+  for (const MatrixView* m : parts) {
+    one_format = one_format && m->format == first.format && m->cols == first.cols &&
+                 (m->format != WeightFormat::kInt4 || m->group_size == first.group_size);
+  }
+  if (one_format) return UploadQuantized(parts, what);
+  DeviceWeight w;
+  w.cols = first.cols;
+  for (const MatrixView* m : parts) w.rows += m->rows;
+  ASSIGN_OR_RETURN(w.owned, DeviceBuffer::Allocate(static_cast<size_t>(w.rows * w.cols) * cuda::DtypeBytes(act_), what));
+  int64_t at = 0;
+  for (const MatrixView* m : parts) {
+    RETURN_IF_ERROR(Upload(*m, w.owned, at));
+    at += m->rows;
+  }
+  w.dense = w.owned.get();
+  return w;
+}
+
+absl::Status CudaBackend::PrepareQuantized() {
+  int64_t largest = 0;
+  bool fp8 = false;
+  std::vector<const DeviceWeight*> all = {&head_};
+  for (const DeviceLayer& l : layers_) all.insert(all.end(), {&l.qkv, &l.o, &l.gate_up, &l.down});
+  for (const DeviceWeight* w : all) {
+    if (!w->quantized()) continue;
+    fp8 = fp8 || w->q.format == QuantFormat::kFp8;
+    largest = std::max(largest, std::min(w->rows * w->cols * cuda::DtypeBytes(act_),
+                                         std::max(kDequantScratchBytes, w->cols * cuda::DtypeBytes(act_))));
+  }
+  if (fp8) {
+    int major = 0, minor = 0;
+    GEMMA_CUDA_RETURN_IF_ERROR(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, options_.device));
+    GEMMA_CUDA_RETURN_IF_ERROR(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, options_.device));
+    if (major * 10 + minor < 89) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "fp8 weights need a GPU of compute capability 8.9 or later (Ada, Hopper, Blackwell); device ",
+          options_.device, " is ", major, ".", minor, ": use --weights int8 or int4 on it, or bf16"));
+    }
+  }
+  if (largest > 0) {
+    ASSIGN_OR_RETURN(dequant_, DeviceBuffer::Allocate(static_cast<size_t>(largest), "the dequantization scratch"));
+  }
+  return absl::OkStatus();
 }
 
 absl::Status CudaBackend::Init(const KvCacheOptions& kv_options) {
@@ -83,10 +199,10 @@ absl::Status CudaBackend::Init(const KvCacheOptions& kv_options) {
     const LayerWeights& lw = weights_->layer(i);
     DeviceLayer d;
     const std::string layer = absl::StrCat("layer ", i, "'s ");
-    auto qkv = UploadMatrices({&lw.q, &lw.k, &lw.v}, layer + "attention weights");
-    auto o = UploadMatrices({&lw.o}, layer + "output projection");
-    auto gate_up = UploadMatrices({&lw.gate, &lw.up}, layer + "MLP weights");
-    auto down = UploadMatrices({&lw.down}, layer + "MLP down projection");
+    auto qkv = UploadWeight({&lw.q, &lw.k, &lw.v}, layer + "attention weights");
+    auto o = UploadWeight({&lw.o}, layer + "output projection");
+    auto gate_up = UploadWeight({&lw.gate, &lw.up}, layer + "MLP weights");
+    auto down = UploadWeight({&lw.down}, layer + "MLP down projection");
     auto an = UploadFloats(lw.attn_norm, layer + "norm");
     auto fn = UploadFloats(lw.ffn_norm, layer + "norm");
     for (const absl::Status& s : {qkv.status(), o.status(), gate_up.status(), down.status(), an.status(), fn.status()}) {
@@ -110,18 +226,23 @@ absl::Status CudaBackend::Init(const KvCacheOptions& kv_options) {
   }
   progress.Finish();
   const MatrixView& embed = weights_->embed();
-  auto eb = DeviceBuffer::Allocate(static_cast<size_t>(embed.rows * embed.cols) * 2, "the embedding");
-  if (!eb.ok()) return eb.status();
-  embed_bf16_ = std::move(*eb);
-  const size_t row_bytes = static_cast<size_t>(embed.cols) * 2;
-  GEMMA_CUDA_RETURN_IF_ERROR(cudaMemcpy2DAsync(embed_bf16_.get(), row_bytes, embed.data,
-                                               static_cast<size_t>(embed.stride) * 2, row_bytes, embed.rows,
-                                               cudaMemcpyHostToDevice, stream_));
-  GEMMA_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
-  if (act_ == Dtype::kF32) {
-    auto ei = UploadMatrices({&embed}, "the output projection (f32)");
-    if (!ei.ok()) return ei.status();
-    embed_in_ = std::move(*ei);
+  if (embed.format == WeightFormat::kBF16) {
+    // Looked up as bf16 in both modes (exact); in bf16 mode the same rows serve the output projection.
+    auto eb = DeviceBuffer::Allocate(static_cast<size_t>(embed.rows * embed.cols) * 2, "the embedding");
+    if (!eb.ok()) return eb.status();
+    embed_bf16_ = std::move(*eb);
+    const size_t row_bytes = static_cast<size_t>(embed.cols) * 2;
+    GEMMA_CUDA_RETURN_IF_ERROR(cudaMemcpy2DAsync(embed_bf16_.get(), row_bytes, embed.data,
+                                                 static_cast<size_t>(embed.stride) * 2, row_bytes, embed.rows,
+                                                 cudaMemcpyHostToDevice, stream_));
+    GEMMA_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
+  }
+  if (embed.format == WeightFormat::kBF16 && act_ == Dtype::kBf16) {
+    head_.rows = embed.rows;
+    head_.cols = embed.cols;
+    head_.dense = embed_bf16_.get();
+  } else {
+    ASSIGN_OR_RETURN(head_, UploadWeight({&embed}, "the output projection"));
   }
   auto fnorm = UploadFloats(weights_->final_norm(), "the final norm");
   if (!fnorm.ok()) return fnorm.status();
@@ -157,14 +278,17 @@ absl::Status CudaBackend::Init(const KvCacheOptions& kv_options) {
   }
 
   for (const DeviceLayer& l : layers_) {
-    for (const DeviceBuffer* b : {&l.qkv, &l.o, &l.gate_up, &l.down, &l.attn_norm, &l.ffn_norm, &l.post_attn_norm,
-                                  &l.post_ffn_norm, &l.q_norm, &l.k_norm}) {
+    for (const DeviceWeight* w : {&l.qkv, &l.o, &l.gate_up, &l.down}) memory_.weights += w->bytes();
+    for (const DeviceBuffer* b : {&l.attn_norm, &l.ffn_norm, &l.post_attn_norm, &l.post_ffn_norm, &l.q_norm, &l.k_norm}) {
       memory_.weights += static_cast<int64_t>(b->bytes());
     }
   }
-  for (const DeviceBuffer* b : {&embed_bf16_, &embed_in_, &final_norm_, &cos_sin_, &cos_sin_local_}) {
+  memory_.weights += head_.bytes();
+  for (const DeviceBuffer* b : {&embed_bf16_, &final_norm_, &cos_sin_, &cos_sin_local_}) {
     memory_.weights += static_cast<int64_t>(b->bytes());
   }
+  RETURN_IF_ERROR(PrepareQuantized());
+  memory_.weights += static_cast<int64_t>(dequant_.bytes());
 
   limits_ = options_.limits.Resolved(c);
   if (limits_.max_tokens < 1 || limits_.max_sequences < 1) {

@@ -6,7 +6,7 @@
 // usage: gemma-cuda-bench --model DIR [--make_7b | --make_shape gemma3-27b] [--batches 1,16,64] [--context 512]
 //                         [--steps 32] [--prompt 2048] [--prefill_chunk 512] [--long_context 32768]
 //                         [--sections variants,gemm_sweep,plan,tp2,lora] [--lora_batch 32] [--lora_adapters 8]
-//                         [--lora_rank 16] [--json FILE]
+//                         [--lora_rank 16] [--weights int8,int4,fp8] [--json FILE]
 #include <cuda_runtime.h>
 
 #include <chrono>
@@ -26,6 +26,7 @@
 #include "shard/cuda/cuda_bench_decode.h"
 #include "shard/cuda/cuda_bench_lora.h"
 #include "shard/cuda/cuda_bench_parts.h"
+#include "shard/cuda/cuda_bench_weights.h"
 #include "shard/cuda/device_buffer.h"
 #include "shard/cuda/gemm.h"
 #include "shard/checkpoint/progress.h"
@@ -40,7 +41,8 @@ ABSL_FLAG(int, long_context, 0,
           "also decode one sequence at this context, with the model's sliding windows and with every layer global "
           "(0: not)");
 ABSL_FLAG(std::string, sections, "variants,gemm_sweep,plan,tp2",
-          "the optional sections to run beside decode and prefill: variants, gemm_sweep, plan, tp2, lora");
+          "the optional sections to run beside decode and prefill: variants, gemm_sweep, plan, tp2, lora, weights");
+ABSL_FLAG(std::string, weights, "int8,int4,fp8", "weights section: the formats the checkpoint is quantized to at load");
 ABSL_FLAG(int, lora_batch, 32, "lora section: decoding sequences, spread over the adapters");
 ABSL_FLAG(int, lora_adapters, 8, "lora section: random adapters on all seven projections (at most the backend's slots)");
 ABSL_FLAG(int, lora_rank, 16, "lora section: their rank (at most the backend's slot rank, 16 by default)");
@@ -398,6 +400,24 @@ int Run() {
     }
   }
 
+  // The checkpoint quantized at load, decoding at the same batch sizes.
+  nlohmann::json quantized = nlohmann::json::array();
+  if (wants("weights")) {
+    QuantizedDecodeSetup q;
+    q.kv = kv;
+    q.options = options;
+    q.options.lora_slots = 0;
+    q.batches = batches;
+    q.context = context;
+    q.steps = steps;
+    q.first_block = first_block;
+    q.blocks_per_sequence = blocks_per_sequence;
+    q.bandwidth = *bandwidth;
+    q.kv_bytes_per_position = kv_bytes_per_position;
+    std::vector<std::string> formats = absl::StrSplit(absl::GetFlag(FLAGS_weights), ',', absl::SkipEmpty());
+    quantized = QuantizedDecode(checkpoint, q, formats);
+  }
+
   // Two ranks sharing this GPU over a host collective (every all-reduce through host memory), against one rank.
   // Steps are launched kernel by kernel: the ranks are threads of this process here, and a graph's host-collective
   // sum waits in a host function for the other rank's, which the runtime may run on the same thread.
@@ -428,6 +448,7 @@ int Run() {
                         {"planned_memory", planned},
                         {"tp2_one_gpu_host_collective", tp2},
                         {"lora_decode", lora},
+                        {"quantized_decode", quantized},
                         {"long_context", long_context_json},
                         {"prefill_tokens", prompt},
                         {"prefill_tokens_per_s", prompt / prefill_s},

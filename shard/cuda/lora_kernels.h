@@ -38,7 +38,7 @@ int LoraSplits(int64_t in);
 
 // partial[split][k][j] (split_stride floats per split, kLoraMaxRank per token) = sum over split's part of the input
 // of x[tokens[k], i] * A[j, i], for every chunk's tokens k and j < its adapter's rank. entries: this projection's
-// entry of slot 0; slot s's is s * slot_stride further. Blocks: max_chunks x ceil(max_rank / 8) x LoraSplits(in);
+// entry of slot 0; slot s's is s * slot_stride further. Blocks: max_chunks x ceil(max_rank / 16) x LoraSplits(in);
 // those past the step's chunks or the adapter's rank return at once.
 cudaError_t LaunchLoraShrink(const void* x, int64_t ldx, int64_t in, Dtype x_type, const LoraStepLayout& layout,
                              const LoraDeviceEntry* entries, int64_t slot_stride, int max_chunks, int max_rank,
