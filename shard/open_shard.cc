@@ -6,6 +6,7 @@
 #include "engine/status_macros.h"
 #include "shard/cpu/cpu_backend.h"
 #include "shard/cpu/matmul_bf16.h"
+#include "shard/cpu/matmul_int8.h"
 #include "shard/cuda/cuda_module.h"
 
 namespace gemma {
@@ -52,15 +53,17 @@ absl::StatusOr<OpenedShard> OpenShard(std::shared_ptr<const Checkpoint> checkpoi
     return absl::InvalidArgumentError(absl::StrCat("precision \"", o.precision,
                                                    "\" applies to device cuda only (the CPU computes in f32; --weights sets how its weights are stored)"));
   }
-  if (o.activations != "f32" && o.activations != "bf16") {
-    return absl::InvalidArgumentError(absl::StrCat("activations \"", o.activations, "\" is invalid; allowed: f32, bf16"));
-  }
-  if (o.device == "cuda" && o.activations != "f32") {
+  ASSIGN_OR_RETURN(const PromptActivations activations, ParsePromptActivations(o.activations));
+  if (o.device == "cuda" && activations != PromptActivations::kF32) {
     return absl::InvalidArgumentError(absl::StrCat(
         "activations ", o.activations, " applies to device cpu (the CUDA backend computes in --precision)"));
   }
   WeightLoadOptions load;
   ASSIGN_OR_RETURN(load.precision, ParseWeightPrecision(o.weights));
+  if (activations == PromptActivations::kInt8 && load.precision != WeightPrecision::kInt8) {
+    return absl::InvalidArgumentError(absl::StrCat("activations int8 multiplies int8 weights (W8A8): it needs weights "
+                                                   "int8, not ", o.weights, "; use activations f32 or bf16 with them"));
+  }
   load.int4_group_size = o.int4_group_size;
   // The CUDA cache is kept in the compute precision; fp8 and int8 caches wait for their kernels.
   if (o.device == "cuda" && o.kv.dtype != KvCacheDtype::kAuto && KvCacheDtypeName(o.kv.dtype) != o.precision) {
@@ -76,9 +79,12 @@ absl::StatusOr<OpenedShard> OpenShard(std::shared_ptr<const Checkpoint> checkpoi
     ASSIGN_OR_RETURN(shard.backend, CudaBackend(o, shard.weights, collective.get()));
   } else {
     CpuComputeOptions compute;
-    compute.bf16_prompt_activations = o.activations == "bf16";
-    if (compute.bf16_prompt_activations && !HasBf16DotProducts() && o.rank == 0) {
+    compute.prompt_activations = activations;
+    if (activations == PromptActivations::kBf16 && !HasBf16DotProducts() && o.rank == 0) {
       std::fprintf(stderr, "activations bf16: this CPU has no AVX512-BF16; prompt chunks run the f32 kernel\n");
+    }
+    if (activations == PromptActivations::kInt8 && !HasInt8DotProducts() && o.rank == 0) {
+      std::fprintf(stderr, "activations int8: this CPU has no AVX512-VNNI; prompt chunks run the f32 kernel\n");
     }
     ASSIGN_OR_RETURN(shard.backend, CpuBackend::Create(shard.weights, o.kv, std::move(collective), compute));
   }

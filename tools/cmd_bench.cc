@@ -15,6 +15,7 @@
 #include "shard/model/random_lora_adapter.h"
 #include "shard/cpu/matmul.h"
 #include "shard/cpu/matmul_bf16.h"
+#include "shard/cpu/matmul_int8.h"
 #include "tools/cli_common.h"
 #include "tools/commands.h"
 #include "tools/local_model.h"
@@ -244,9 +245,11 @@ int BenchCommand(int argc, char** argv) {
                           {"cpu_kernels", MatMulTarget()},
                           {"kv_cache_dtype", device->kv_cache_dtype},
                           {"activations", device->activations},
-                          // Which kernel the prompt ran on: bf16 activations need AVX512-BF16.
+                          // Which kernel the prompt ran on: bf16 activations need AVX512-BF16, int8 ones VNNI.
                           {"prefill_kernel", device->activations == "bf16" && HasBf16DotProducts()
                                                  ? "avx512-bf16 dot products (vdpbf16ps)"
+                                             : device->activations == "int8" && HasInt8DotProducts()
+                                                 ? "avx512-vnni int8 dot products (vpdpbusd)"
                                                  : absl::StrCat(MatMulTarget(), " f32")},
                           {"prompt_len", *prompt_len},
                           {"decode_context_batch1", *decode_context_1},

@@ -14,6 +14,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "engine/status_macros.h"
+#include "shard/cpu/cpu_backend.h"
 #include "shard/open_shard.h"
 #include "shard/collective/gloo_collective.h"
 #include "shard/collective/shm_collective.h"
@@ -36,7 +37,7 @@ void DeclareDeviceFlags(Args& args, const char* device_help) {
   args.Flag("device", device_help)
       .Flag("precision", "with --device cuda: bf16 (default) or f32")
       .Flag("weights", "stored weight precision: bf16 (default), int8 (per-channel), int4 (grouped; embedding int8), "
-                       "fp8 (E4M3, per-channel) on the CPU, quantized at load from the checkpoint; a pre-quantized "
+                       "fp8 (E4M3, per-channel; on a GPU of compute capability 8.9+), quantized at load from the checkpoint; a pre-quantized "
                        "checkpoint (GPTQ, AWQ, compressed-tensors FP8) loads as stored")
       .Flag("int4-group-size", "with --weights int4: input columns per scale and zero, 32, 64 or 128 (default 128)")
       .Flag("kv-cache-dtype", "how the KV cache stores K and V: auto (default: f32 on the CPU, --precision on the "
@@ -45,8 +46,9 @@ void DeclareDeviceFlags(Args& args, const char* device_help) {
       .Flag("gpu-lora-slots", "with --device cuda: LoRA adapter slots reserved on each GPU, 0..1024 (default: 1 "
                               "with --adapter, else 0)")
       .Flag("gpu-lora-max-rank", "with --device cuda: the highest LoRA rank those slots hold, 1..64 (default 16)")
-      .Flag("activations", "f32 (default) or bf16: prompt chunks on the CPU multiply bf16-rounded activations by "
-                           "AVX512-BF16 dot products (where the CPU has them; f32 elsewhere); decoding stays f32");
+      .Flag("activations", "f32 (default), bf16 or int8: prompt chunks on the CPU multiply bf16-rounded activations "
+                           "by AVX512-BF16 dot products, or (with --weights int8) activations quantized per token by "
+                           "AVX512-VNNI dot products, where the CPU has them (f32 elsewhere); decoding stays f32");
 }
 
 absl::StatusOr<DeviceChoice> DeviceChoiceFromFlags(const Args& args) {
@@ -71,8 +73,8 @@ absl::StatusOr<DeviceChoice> DeviceChoiceFromFlags(const Args& args) {
   ASSIGN_OR_RETURN(const int64_t max_rank, args.GetInt("gpu-lora-max-rank", 16, 1, 64));
   d.gpu_lora_max_rank = static_cast<int>(max_rank);
   d.activations = args.Get("activations", "f32");
-  if (d.activations != "f32" && d.activations != "bf16") {
-    return absl::InvalidArgumentError("--activations \"" + d.activations + "\" is invalid; allowed: f32, bf16");
+  if (auto a = ParsePromptActivations(d.activations); !a.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("--", a.status().message()));
   }
   if (auto k = ParseKvCacheDtype(d.kv_cache_dtype); !k.ok()) {
     return absl::InvalidArgumentError(absl::StrCat("--kv-cache-dtype ", k.status().message()));

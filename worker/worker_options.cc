@@ -8,6 +8,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "engine/status_macros.h"
+#include "shard/cpu/cpu_backend.h"
 #include "shard/model/quantize.h"
 
 ABSL_FLAG(std::string, model, "", "checkpoint directory (env GEMMA_MODEL)");
@@ -22,8 +23,8 @@ ABSL_FLAG(int, cuda_device, -1, "CUDA device of this rank; -1: rank mod the devi
 ABSL_FLAG(std::string, precision, "bf16", "CUDA: bf16 (weights, GEMM inputs, KV cache) or f32 (exact checks)");
 ABSL_FLAG(std::string, weights, "bf16",
           "stored weight precision: bf16, int8 (per-channel), int4 (grouped; embedding int8) or fp8 (E4M3, "
-          "per-channel) on the CPU, quantized at load; a pre-quantized checkpoint (GPTQ, AWQ, compressed-tensors "
-          "FP8) loads as stored");
+          "per-channel; on a GPU of compute capability 8.9+), quantized at load; a pre-quantized checkpoint (GPTQ, "
+          "AWQ, compressed-tensors FP8) loads as stored");
 ABSL_FLAG(int32_t, int4_group_size, 128, "with --weights int4: input columns per scale and zero, 32, 64 or 128");
 ABSL_FLAG(int64_t, kv_cache_mb, 0,
           "KV-cache size per rank in MiB; 0: 1024 on the CPU, planned from --gpu_memory_fraction with --device cuda");
@@ -34,8 +35,9 @@ ABSL_FLAG(std::string, kv_cache_dtype, "auto",
           "how the KV cache stores K and V: auto (f32 on the CPU, --precision with --device cuda), bf16, or int8 on the "
           "CPU (a scale per position and head; a quarter of f32's memory, so four times the positions)");
 ABSL_FLAG(std::string, activations, "f32",
-          "f32, or bf16: prompt chunks on the CPU multiply bf16-rounded activations by AVX512-BF16 dot products "
-          "(where the CPU has them; f32 elsewhere); decoding stays f32");
+          "f32, bf16 or int8: prompt chunks on the CPU multiply bf16-rounded activations by AVX512-BF16 dot products, "
+          "or (with --weights int8) activations quantized per token by AVX512-VNNI dot products, where the CPU has "
+          "them (f32 elsewhere); decoding stays f32");
 ABSL_FLAG(bool, kv_windows, true,
           "sliding-window (local) layers keep only their window in the KV cache, in blocks of their own that are "
           "given back as the window passes; false: they keep every position, as global layers do");
@@ -169,8 +171,8 @@ absl::StatusOr<WorkerOptions> WorkerOptionsFromFlags() {
     return absl::InvalidArgumentError(absl::StrCat("--", w.status().message()));
   }
   o.activations = absl::GetFlag(FLAGS_activations);
-  if (o.activations != "f32" && o.activations != "bf16") {
-    return absl::InvalidArgumentError(absl::StrCat("--activations \"", o.activations, "\" is invalid; allowed: f32, bf16"));
+  if (auto a = ParsePromptActivations(o.activations); !a.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("--", a.status().message()));
   }
   o.int4_group_size = absl::GetFlag(FLAGS_int4_group_size);
   if (o.int4_group_size != 32 && o.int4_group_size != 64 && o.int4_group_size != 128) {

@@ -98,7 +98,7 @@ TEST_F(WorkerFlagsTest, StepLimitsOutOfRangeNameWhatIsAllowed) {
       {[] { absl::SetFlag(&FLAGS_int4_group_size, 100); }, "--int4_group_size 100 is invalid; allowed: 32, 64, 128"},
       {[] { absl::SetFlag(&FLAGS_kv_cache_dtype, "q8"); },
        "--kv_cache_dtype \"q8\" is not a KV cache dtype; allowed: auto, f32, bf16, int8, fp8"},
-      {[] { absl::SetFlag(&FLAGS_activations, "int8"); }, "--activations \"int8\" is invalid; allowed: f32, bf16"},
+      {[] { absl::SetFlag(&FLAGS_activations, "int4"); }, "--activations \"int4\" is invalid; allowed: f32, bf16, int8"},
   };
   for (const auto& c : cases) {
     absl::FlagSaver each;

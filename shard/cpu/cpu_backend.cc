@@ -10,6 +10,7 @@
 #include "shard/cpu/lora.h"
 #include "shard/cpu/matmul.h"
 #include "shard/cpu/matmul_bf16.h"
+#include "shard/cpu/matmul_int8.h"
 #include "shard/cpu/ops.h"
 #include "shard/model/dtype.h"
 
@@ -41,6 +42,14 @@ void PlaceVocabSlices(const float* gathered, int world, int64_t rows, int64_t sl
 
 }  // namespace
 
+absl::StatusOr<PromptActivations> ParsePromptActivations(absl::string_view name) {
+  if (name == "f32") return PromptActivations::kF32;
+  if (name == "bf16") return PromptActivations::kBf16;
+  if (name == "int8") return PromptActivations::kInt8;
+  return absl::InvalidArgumentError(
+      absl::StrCat("activations \"", name, "\" is invalid; allowed: ", kPromptActivationsNames));
+}
+
 absl::StatusOr<std::unique_ptr<CpuBackend>> CpuBackend::Create(std::shared_ptr<const ModelWeights> weights,
                                                                const KvCacheOptions& kv_options,
                                                                std::shared_ptr<HostCollective> collective,
@@ -57,12 +66,17 @@ absl::StatusOr<std::unique_ptr<CpuBackend>> CpuBackend::Create(std::shared_ptr<c
 
 void CpuBackend::Project(const float* in, int64_t T, int64_t K, std::span<const MatrixView> views, float* out,
                          int64_t ldo) {
-  if (!compute_.bf16_prompt_activations) return MatMul(in, T, K, K, views, out, ldo);
+  if (compute_.prompt_activations == PromptActivations::kF32) return MatMul(in, T, K, K, views, out, ldo);
   for (const TokenRun& run : token_runs_) {
     const int64_t n = run.end - run.begin;
     const float* x = in + run.begin * K;
     float* y = out + run.begin * ldo;
-    if (!run.prompt || !MatMulBf16Activations(x, n, K, K, views, y, ldo)) MatMul(x, n, K, K, views, y, ldo);
+    bool ran = false;
+    if (run.prompt) {
+      ran = compute_.prompt_activations == PromptActivations::kBf16 ? MatMulBf16Activations(x, n, K, K, views, y, ldo)
+                                                                    : MatMulInt8Activations(x, n, K, K, views, y, ldo);
+    }
+    if (!ran) MatMul(x, n, K, K, views, y, ldo);
   }
 }
 

@@ -14,11 +14,21 @@
 
 namespace gemma {
 
-// How the CPU computes (--activations).
+// What rows of more than one token (prompt chunks, recomputes) multiply on the CPU (--activations); decode rows stay
+// f32 and batch-invariant whatever this says. Where the CPU lacks the instructions (or a matrix is in another
+// format) such rows run the f32 kernel.
+enum class PromptActivations {
+  kF32,   // exact (the default)
+  kBf16,  // bf16-rounded activations times bf16 weights, AVX512-BF16 dot products (matmul_bf16.h)
+  kInt8,  // activations quantized per token times int8 weights (W8A8), AVX512-VNNI dot products (matmul_int8.h)
+};
+inline constexpr const char* kPromptActivationsNames = "f32, bf16, int8";
+// InvalidArgument naming the allowed values for anything else.
+absl::StatusOr<PromptActivations> ParsePromptActivations(absl::string_view name);
+
+// How the CPU computes.
 struct CpuComputeOptions {
-  // Rows of more than one token (prompt chunks, recomputes) multiply bf16-rounded activations with bf16 weights by
-  // AVX512-BF16 dot products where the CPU has them (matmul_bf16.h); decode rows stay f32 and batch-invariant.
-  bool bf16_prompt_activations = false;
+  PromptActivations prompt_activations = PromptActivations::kF32;
 };
 
 // Not thread-safe: one step at a time (each step uses all threads itself).

@@ -1,11 +1,11 @@
 #include "shard/cpu/matmul_bf16.h"
 
 #include <immintrin.h>
-#include <omp.h>
 
 #include <algorithm>
 #include <vector>
 
+#include "shard/cpu/prompt_tiles.h"
 #include "shard/model/dtype.h"
 
 namespace gemma {
@@ -53,36 +53,20 @@ GEMMA_BF16_TARGET void TileUpTo(int tokens, const uint16_t* const* w, const uint
   Tile<R, T>(w, xb, K, out, ldo);
 }
 
-GEMMA_BF16_TARGET void Run(const uint16_t* xb, int64_t M, int64_t K, std::span<const MatrixView> weights, float* out,
-                           int64_t ldo) {
+void Run(const uint16_t* xb, int64_t M, int64_t K, std::span<const MatrixView> weights, float* out, int64_t ldo) {
   std::vector<const uint16_t*> rows;  // every output row's weights, in output order
   for (const MatrixView& v : weights) {
     for (int64_t r = 0; r < v.rows; ++r) rows.push_back(v.data + r * v.stride);
   }
-  const int64_t total = static_cast<int64_t>(rows.size());
   const int64_t panel = std::max<int64_t>(kTokens, kPanelBytes / (2 * K) / kTokens * kTokens);
-#pragma omp parallel
-  {
-    // Each thread streams one contiguous range of rows, in memory order.
-    const int64_t nt = omp_get_num_threads(), tid = omp_get_thread_num();
-    const int64_t begin = total * tid / nt, end = total * (tid + 1) / nt;
-    for (int64_t m0 = 0; m0 < M; m0 += panel) {
-      const int64_t m1 = std::min(M, m0 + panel);
-      int64_t r = begin;
-      for (; r + kRows <= end; r += kRows) {
-        for (int64_t m = m0; m < m1; m += kTokens) {
-          TileUpTo<kRows, kTokens>(static_cast<int>(std::min<int64_t>(kTokens, m1 - m)), &rows[r], xb + m * K, K,
-                                   out + m * ldo + r, ldo);
-        }
-      }
-      for (; r < end; ++r) {
-        for (int64_t m = m0; m < m1; m += kTokens) {
-          TileUpTo<1, kTokens>(static_cast<int>(std::min<int64_t>(kTokens, m1 - m)), &rows[r], xb + m * K, K,
-                               out + m * ldo + r, ldo);
-        }
-      }
-    }
-  }
+  ForEachPromptTile<kRows, kTokens>(static_cast<int64_t>(rows.size()), M, panel,
+                                    [&](int64_t r, int n, int64_t m, int tokens) {
+                                      if (n == kRows) {
+                                        TileUpTo<kRows, kTokens>(tokens, &rows[r], xb + m * K, K, out + m * ldo + r, ldo);
+                                      } else {
+                                        TileUpTo<1, kTokens>(tokens, &rows[r], xb + m * K, K, out + m * ldo + r, ldo);
+                                      }
+                                    });
 }
 
 }  // namespace

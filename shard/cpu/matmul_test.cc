@@ -1,5 +1,6 @@
 #include "shard/cpu/matmul.h"
 #include "shard/cpu/matmul_bf16.h"
+#include "shard/cpu/matmul_int8.h"
 
 #include <cmath>
 #include <random>
@@ -197,6 +198,64 @@ TEST(MatMulTest, Bf16ActivationsSumBf16RoundedInputsForAnyBatch) {
   const MatrixView q = QuantizeInto(MatrixView{w.data(), 4, 64, 64}, 0, 4, 0, 64, WeightFormat::kInt8, 0, aligned);
   std::vector<float> x(64, 1.0f), out(4);
   EXPECT_FALSE(MatMulBf16Activations(x.data(), 1, 64, 64, std::span<const MatrixView>(&q, 1), out.data(), 4));
+}
+
+// int8 activations over int8 weights: each token quantized as the test does it independently (max |x| / 127,
+// round to nearest even), the integer sums exact, so the outputs equal xs * ws * sum(q * code) to float rounding;
+// bit for bit alike for any batch; over row counts that leave a partial tile, K with a partial 64-byte step, and a
+// strided column slice (a tensor-parallel rank's view). Without VNNI, or with a view not int8, the kernel declines.
+TEST(MatMulTest, Int8ActivationsSumQuantizedInputsForAnyBatch) {
+  std::mt19937 rng(17);
+  std::normal_distribution<float> normal;
+  for (const int64_t K : {256, 100, 8192}) {
+    const int64_t rows = 23, M = 11, stride = K + 64;
+    std::vector<uint16_t> w(rows * stride);
+    for (auto& v : w) v = F32ToBf16(normal(rng));
+    std::vector<uint8_t> memory(QuantizedBytes(WeightFormat::kInt8, rows, stride, 0) + 64);
+    uint8_t* aligned = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(memory.data()) + 63) / 64 * 64);
+    const MatrixView q = QuantizeInto(MatrixView{w.data(), rows, stride, stride}, 0, rows, 0, stride,
+                                      WeightFormat::kInt8, 0, aligned);
+    auto slice = ColSlice(q, 32, K, "w");  // columns [32, 32 + K) of rows `stride` bytes apart
+    ASSERT_TRUE(slice.ok()) << slice.status();
+    const MatrixView views[] = {RowSlice(*slice, 0, 9), RowSlice(*slice, 9, rows - 9)};
+    std::vector<float> x(M * K);
+    for (auto& v : x) v = normal(rng);
+    x[3 * K + 5] = 40.0f;                      // one large value sets a row's scale
+    std::fill_n(x.begin() + 7 * K, K, 0.0f);  // a zero row
+    std::vector<float> got(M * rows);
+    const bool ran = MatMulInt8Activations(x.data(), M, K, K, views, got.data(), rows);
+    ASSERT_EQ(ran, HasInt8DotProducts());
+    if (!ran) {
+      std::printf("this CPU has no AVX512-VNNI: only the kernel's refusal is checked here\n");
+      continue;
+    }
+    for (int64_t m = 0; m < M; ++m) {
+      float amax = 0;
+      for (int64_t k = 0; k < K; ++k) amax = std::max(amax, std::abs(x[m * K + k]));
+      std::vector<int> qx(K);
+      for (int64_t k = 0; k < K; ++k) {
+        qx[k] = amax > 0 ? static_cast<int>(std::nearbyint(x[m * K + k] * (127.0f / amax))) : 0;
+      }
+      for (int64_t n = 0; n < rows; ++n) {
+        int64_t dot = 0;
+        for (int64_t k = 0; k < K; ++k) dot += int64_t{qx[k]} * static_cast<int8_t>(slice->codes[n * slice->stride + k]);
+        const double ref = double(dot) * (amax / 127.0f) * slice->scales[n];
+        ASSERT_NEAR(got[m * rows + n], ref, 1e-6 * (1 + std::abs(ref))) << m << "," << n;
+      }
+    }
+    for (int64_t m0 : {0, 3}) {
+      for (int64_t len : {1, 2, 5, 8}) {
+        std::vector<float> part(len * rows);
+        ASSERT_TRUE(MatMulInt8Activations(x.data() + m0 * K, len, K, K, views, part.data(), rows));
+        for (int64_t i = 0; i < len * rows; ++i) ASSERT_EQ(part[i], got[m0 * rows + i]) << m0 << "+" << len;
+      }
+    }
+  }
+  // A bf16 view is not the kernel's: it declines.
+  std::vector<uint16_t> w(4 * 64, F32ToBf16(1.0f));
+  const MatrixView b{w.data(), 4, 64, 64};
+  std::vector<float> x(64, 1.0f), out(4);
+  EXPECT_FALSE(MatMulInt8Activations(x.data(), 1, 64, 64, std::span<const MatrixView>(&b, 1), out.data(), 4));
 }
 
 }  // namespace

@@ -1,0 +1,132 @@
+#include "shard/cpu/matmul_int8.h"
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "shard/cpu/prompt_tiles.h"
+
+namespace gemma {
+namespace {
+
+#define GEMMA_VNNI_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni")))
+
+constexpr int kRows = 4;    // weight rows a tile holds
+constexpr int kTokens = 4;  // tokens a tile holds: 16 accumulators
+constexpr int64_t kPanelBytes = 256 << 10;  // int8 x kept hot in L2 while a thread's rows pass it
+
+// 64 bytes from p, zero past `n` of them.
+GEMMA_VNNI_TARGET inline __m512i Load64(const void* p, int64_t n) {
+  if (n >= 64) return _mm512_loadu_si512(p);
+  return _mm512_maskz_loadu_epi8(n <= 0 ? 0 : (~uint64_t{0} >> (64 - n)), p);
+}
+
+struct Tokens {
+  const int8_t* q;      // [M, K] codes
+  const float* scale;   // [M]
+  const int32_t* sum;   // [M]: each row's sum of codes
+};
+
+// R rows of W against T tokens over all of K. vpdpbusd multiplies unsigned by signed bytes: the weights go in as
+// code + 128 (their top bit flipped) and 128 times each token's code sum comes off at the end, exactly.
+template <int R, int T>
+GEMMA_VNNI_TARGET void Tile(const uint8_t* const* w, const float* wscale, const Tokens& x, int64_t m, int64_t K,
+                            float* out, int64_t ldo) {
+  __m512i acc[R][T];
+  for (int r = 0; r < R; ++r)
+    for (int t = 0; t < T; ++t) acc[r][t] = _mm512_setzero_si512();
+  const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
+  for (int64_t k = 0; k < K; k += 64) {
+    const int64_t n = K - k;
+    __m512i xv[T];
+    for (int t = 0; t < T; ++t) xv[t] = Load64(x.q + (m + t) * K + k, n);
+    for (int r = 0; r < R; ++r) {
+      // Past K the weights load as 0 and flip to 128, against x's zeros there.
+      const __m512i wr = _mm512_xor_si512(Load64(w[r] + k, n), flip);
+      for (int t = 0; t < T; ++t) acc[r][t] = _mm512_dpbusd_epi32(acc[r][t], wr, xv[t]);
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    for (int t = 0; t < T; ++t) {
+      const int64_t dot = static_cast<int64_t>(_mm512_reduce_add_epi32(acc[r][t])) - 128 * int64_t{x.sum[m + t]};
+      out[t * ldo + r] = static_cast<float>(dot) * x.scale[m + t] * wscale[r];
+    }
+  }
+}
+
+template <int R, int T>
+GEMMA_VNNI_TARGET void TileUpTo(int tokens, const uint8_t* const* w, const float* wscale, const Tokens& x, int64_t m,
+                                int64_t K, float* out, int64_t ldo) {
+  if constexpr (T > 1) {
+    if (tokens < T) return TileUpTo<R, T - 1>(tokens, w, wscale, x, m, K, out, ldo);
+  }
+  Tile<R, T>(w, wscale, x, m, K, out, ldo);
+}
+
+void Run(const Tokens& x, int64_t M, int64_t K, std::span<const MatrixView> weights, float* out, int64_t ldo) {
+  std::vector<const uint8_t*> rows;  // every output row's codes and scale, in output order
+  std::vector<float> scales;
+  for (const MatrixView& v : weights) {
+    for (int64_t r = 0; r < v.rows; ++r) {
+      rows.push_back(v.codes + r * v.stride);
+      scales.push_back(v.scales[r]);
+    }
+  }
+  const int64_t panel = std::max<int64_t>(kTokens, kPanelBytes / K / kTokens * kTokens);
+  ForEachPromptTile<kRows, kTokens>(static_cast<int64_t>(rows.size()), M, panel,
+                                    [&](int64_t r, int n, int64_t m, int tokens) {
+                                      if (n == kRows) {
+                                        TileUpTo<kRows, kTokens>(tokens, &rows[r], &scales[r], x, m, K, out + m * ldo + r, ldo);
+                                      } else {
+                                        TileUpTo<1, kTokens>(tokens, &rows[r], &scales[r], x, m, K, out + m * ldo + r, ldo);
+                                      }
+                                    });
+}
+
+}  // namespace
+
+bool HasInt8DotProducts() {
+  static const bool has = __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bw");
+  return has;
+}
+
+float QuantizeActivationRow(const float* x, int64_t K, int8_t* q, int32_t* sum) {
+  float amax = 0;
+  for (int64_t k = 0; k < K; ++k) amax = std::max(amax, std::abs(x[k]));
+  const float scale = amax / 127.0f;
+  const float inv = amax > 0 ? 127.0f / amax : 0.0f;
+  int32_t s = 0;
+  for (int64_t k = 0; k < K; ++k) {
+    const int32_t c = std::clamp(static_cast<int32_t>(std::nearbyint(x[k] * inv)), -127, 127);
+    q[k] = static_cast<int8_t>(c);
+    s += c;
+  }
+  *sum = s;
+  return scale;
+}
+
+bool MatMulInt8Activations(const float* x, int64_t M, int64_t K, int64_t ldx, std::span<const MatrixView> weights,
+                           float* out, int64_t ldo) {
+  if (!HasInt8DotProducts() || M <= 0 || K <= 0) return false;
+  for (const MatrixView& v : weights) {
+    if (v.format != WeightFormat::kInt8) return false;
+  }
+  // The calling thread's buffers: the OpenMP threads below write them through pointers, never their own.
+  thread_local std::vector<int8_t> codes;
+  thread_local std::vector<float> scale;
+  thread_local std::vector<int32_t> sum;
+  codes.resize(M * K);
+  scale.resize(M);
+  sum.resize(M);
+  int8_t* q = codes.data();
+  float* s = scale.data();
+  int32_t* total = sum.data();
+#pragma omp parallel for schedule(static) if (M * K > (int64_t{1} << 16))
+  for (int64_t m = 0; m < M; ++m) s[m] = QuantizeActivationRow(x + m * ldx, K, q + m * K, &total[m]);
+  Run(Tokens{q, s, total}, M, K, weights, out, ldo);
+  return true;
+}
+
+}  // namespace gemma
