@@ -17,28 +17,33 @@ constexpr int kRows = 4;    // weight rows a tile holds
 constexpr int kTokens = 4;  // tokens a tile holds: 16 accumulators
 constexpr int64_t kPanelBytes = 256 << 10;  // bf16 x kept hot in L2 while a thread's rows pass it
 
-// 32 bf16 values from p, zero past `n` of them.
-GEMMA_BF16_TARGET inline __m512bh Load32(const uint16_t* p, int64_t n) {
-  if (n >= 32) return (__m512bh)_mm512_loadu_si512(p);
-  return (__m512bh)_mm512_maskz_loadu_epi16(static_cast<__mmask32>((uint64_t{1} << n) - 1), p);
+// One 32-value step of R rows of W against T tokens (xb's rows K apart) from column k; with kTail, only the
+// values `mask` keeps are real and the rest load as 0.
+template <int R, int T, bool kTail>
+GEMMA_BF16_TARGET inline __attribute__((always_inline)) void Step(__m512 (&acc)[R][T], const uint16_t* const* w,
+                                                                  const uint16_t* xb, int64_t K, int64_t k,
+                                                                  __mmask32 mask) {
+  __m512bh x[T];
+  for (int t = 0; t < T; ++t) {
+    x[t] = (__m512bh)(kTail ? _mm512_maskz_loadu_epi16(mask, xb + t * K + k) : _mm512_loadu_si512(xb + t * K + k));
+  }
+  for (int r = 0; r < R; ++r) {
+    const __m512bh wr = (__m512bh)(kTail ? _mm512_maskz_loadu_epi16(mask, w[r] + k) : _mm512_loadu_si512(w[r] + k));
+    for (int t = 0; t < T; ++t) acc[r][t] = _mm512_dpbf16_ps(acc[r][t], wr, x[t]);
+  }
 }
 
 // R rows of W (w[r] at stride) against T tokens of xb (stride K) over all of K; one accumulator per output, so
-// every output is the same chain of dot products whatever R and T are.
+// every output is the same chain of dot products whatever R and T are. Full steps run in a loop of their own: a
+// mask test per load there keeps the compiler from holding the accumulators in registers.
 template <int R, int T>
 GEMMA_BF16_TARGET void Tile(const uint16_t* const* w, const uint16_t* xb, int64_t K, float* out, int64_t ldo) {
   __m512 acc[R][T];
   for (int r = 0; r < R; ++r)
     for (int t = 0; t < T; ++t) acc[r][t] = _mm512_setzero_ps();
-  for (int64_t k = 0; k < K; k += 32) {
-    const int64_t n = K - k;
-    __m512bh x[T];
-    for (int t = 0; t < T; ++t) x[t] = Load32(xb + t * K + k, n);
-    for (int r = 0; r < R; ++r) {
-      const __m512bh wr = Load32(w[r] + k, n);
-      for (int t = 0; t < T; ++t) acc[r][t] = _mm512_dpbf16_ps(acc[r][t], wr, x[t]);
-    }
-  }
+  int64_t k = 0;
+  for (; k + 32 <= K; k += 32) Step<R, T, false>(acc, w, xb, K, k, 0);
+  if (k < K) Step<R, T, true>(acc, w, xb, K, k, static_cast<__mmask32>((uint64_t{1} << (K - k)) - 1));
   for (int r = 0; r < R; ++r)
     for (int t = 0; t < T; ++t) out[t * ldo + r] = _mm512_reduce_add_ps(acc[r][t]);
 }

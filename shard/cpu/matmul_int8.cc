@@ -17,37 +17,44 @@ constexpr int kRows = 4;    // weight rows a tile holds
 constexpr int kTokens = 4;  // tokens a tile holds: 16 accumulators
 constexpr int64_t kPanelBytes = 256 << 10;  // int8 x kept hot in L2 while a thread's rows pass it
 
-// 64 bytes from p, zero past `n` of them.
-GEMMA_VNNI_TARGET inline __m512i Load64(const void* p, int64_t n) {
-  if (n >= 64) return _mm512_loadu_si512(p);
-  return _mm512_maskz_loadu_epi8(n <= 0 ? 0 : (~uint64_t{0} >> (64 - n)), p);
-}
-
 struct Tokens {
   const int8_t* q;      // [M, K] codes
   const float* scale;   // [M]
   const int32_t* sum;   // [M]: each row's sum of codes
 };
 
-// R rows of W against T tokens over all of K. vpdpbusd multiplies unsigned by signed bytes: the weights go in as
-// code + 128 (their top bit flipped) and 128 times each token's code sum comes off at the end, exactly.
+// One 64-byte step of R rows of W against T tokens (x's rows K apart) from column k; with kTail, only the bytes
+// `mask` keeps are real and the rest load as 0. vpdpbusd multiplies unsigned by signed bytes: the weights go in as
+// code + 128 (their top bit flipped; a masked 0 flips to 128, against x's zeros there), and the caller takes 128
+// times each token's code sum off at the end, exactly.
+template <int R, int T, bool kTail>
+GEMMA_VNNI_TARGET inline __attribute__((always_inline)) void Step(__m512i (&acc)[R][T], const uint8_t* const* w,
+                                                                  const int8_t* x, int64_t K, int64_t k,
+                                                                  __mmask64 mask) {
+  const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
+  __m512i xv[T];
+  for (int t = 0; t < T; ++t) {
+    xv[t] = kTail ? _mm512_maskz_loadu_epi8(mask, x + t * K + k) : _mm512_loadu_si512(x + t * K + k);
+  }
+  for (int r = 0; r < R; ++r) {
+    const __m512i raw = kTail ? _mm512_maskz_loadu_epi8(mask, w[r] + k) : _mm512_loadu_si512(w[r] + k);
+    const __m512i wr = _mm512_xor_si512(raw, flip);
+    for (int t = 0; t < T; ++t) acc[r][t] = _mm512_dpbusd_epi32(acc[r][t], wr, xv[t]);
+  }
+}
+
+// R rows of W against T tokens over all of K. Full steps run in a loop of their own: a mask test per load there
+// keeps the compiler from holding the R x T accumulators in registers.
 template <int R, int T>
 GEMMA_VNNI_TARGET void Tile(const uint8_t* const* w, const float* wscale, const Tokens& x, int64_t m, int64_t K,
                             float* out, int64_t ldo) {
   __m512i acc[R][T];
   for (int r = 0; r < R; ++r)
     for (int t = 0; t < T; ++t) acc[r][t] = _mm512_setzero_si512();
-  const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
-  for (int64_t k = 0; k < K; k += 64) {
-    const int64_t n = K - k;
-    __m512i xv[T];
-    for (int t = 0; t < T; ++t) xv[t] = Load64(x.q + (m + t) * K + k, n);
-    for (int r = 0; r < R; ++r) {
-      // Past K the weights load as 0 and flip to 128, against x's zeros there.
-      const __m512i wr = _mm512_xor_si512(Load64(w[r] + k, n), flip);
-      for (int t = 0; t < T; ++t) acc[r][t] = _mm512_dpbusd_epi32(acc[r][t], wr, xv[t]);
-    }
-  }
+  const int8_t* xm = x.q + m * K;
+  int64_t k = 0;
+  for (; k + 64 <= K; k += 64) Step<R, T, false>(acc, w, xm, K, k, 0);
+  if (k < K) Step<R, T, true>(acc, w, xm, K, k, ~uint64_t{0} >> (64 - (K - k)));
   for (int r = 0; r < R; ++r) {
     for (int t = 0; t < T; ++t) {
       const int64_t dot = static_cast<int64_t>(_mm512_reduce_add_epi32(acc[r][t])) - 128 * int64_t{x.sum[m + t]};
