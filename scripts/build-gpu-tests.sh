@@ -5,7 +5,7 @@
 # non-system shared libraries they load copied into build-gpu/lib (CUDA, cuBLAS and NCCL come from that machine).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cmake -S . -B build-gpu-cmake -G Ninja -DCMAKE_BUILD_TYPE=Release -DGEMMA_BUILD_SERVICES=OFF >/dev/null
+cmake -S . -B build-gpu-cmake -G Ninja -DCMAKE_BUILD_TYPE=Release -DGEMMA_BUILD_SERVICES=OFF -DGEMMA_CUDA_PTX=OFF >/dev/null
 cmake --build build-gpu-cmake --target cuda_backend_test cuda_memory_test decode_gemm_test nccl_collective_test \
   backend_conformance_test cuda_lora_test cuda_quantized_test activations_test gemma-cuda-bench
 out=build-gpu

@@ -12,7 +12,7 @@
 # Gemma 3 27B shape, bf16, decode at context 512 and at 32k with and without its sliding windows, prefill; and
 # overlap: the router's share of a batch-1 token on the 7B shape with overlapped steps off and on);
 # GEMMA_GPU_TEST_FILTER is passed to every test binary as --gtest_filter. Test data: tests/data (gemma-tiny), or
-# $GEMMA_TESTDATA with gemma2-tiny and gemma3-tiny beside it.
+# $GEMMA_TESTDATA with gemma2-tiny and gemma3-tiny beside it, or gpu-bundle/ (scripts/gpu-check-bundle.sh).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 work=${GEMMA_GPU_CHECK_DIR:-/tmp/gpu-check}
@@ -26,6 +26,14 @@ started=$SECONDS
 section() { echo "== [$((SECONDS - started)) s] $*"; }
 wants() { [[ $parts == *",$1,"* ]]; }
 
+# A bundle from scripts/gpu-check-bundle.sh, where one was copied here: the binaries and the shared test data.
+if [[ ! -x build-gpu/cuda_backend_test && -f gpu-bundle/build-gpu.tar.xz ]]; then tar xJf gpu-bundle/build-gpu.tar.xz; fi
+if [[ -z "${GEMMA_TESTDATA:-}" && ! -d ../shared/testdata/gemma2-tiny ]] && compgen -G "gpu-bundle/testdata-*.tar.xz" >/dev/null; then
+  mkdir -p "$work/testdata"
+  for part in gpu-bundle/testdata-*.tar.xz; do tar xJf "$part" -C "$work/testdata"; done
+  ln -sfn "$PWD/tests/data/gemma-tiny" "$work/testdata/gemma-tiny"
+  export GEMMA_TESTDATA="$work/testdata"
+fi
 [[ -x build-gpu/cuda_backend_test ]] || bash scripts/build-gpu-tests.sh || { echo "FAIL: build-gpu/ is missing and cannot be built here"; exit 1; }
 
 # CUDA, cuBLAS and NCCL: the toolkit's, else the ones PyTorch's wheels bring.
