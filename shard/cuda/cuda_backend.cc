@@ -63,14 +63,29 @@ absl::Status CudaBackend::AllReduce(float* data, int64_t count) {
   return exchange_->AllReduceSum(data, static_cast<size_t>(count), stream_);
 }
 
+namespace {
+
+// Rows up to which chunks of kQuantizedGemmMaxRows through the streaming kernel (the codes read once a chunk) read
+// fewer bytes than dequantizing (codes read once, the dequantized matrix written and read back in bf16).
+int64_t StreamedRowsMax(cuda::QuantFormat f) {
+  return f == cuda::QuantFormat::kInt4 ? 8 * cuda::kQuantizedGemmMaxRows : 4 * cuda::kQuantizedGemmMaxRows;
+}
+
+}  // namespace
+
 absl::Status CudaBackend::Project(const void* in, int64_t T, const DeviceWeight& w, float* c, int64_t ldc) {
+  if (T == 0 || w.rows == 0) return absl::OkStatus();
   if (!w.quantized()) return gemm_->Run(in, w.dense, w.cols, c, ldc, T, w.rows, w.cols, act_, stream_);
-  if (cuda::QuantizedGemmTakes(w.q, T)) {
-    GEMMA_CUDA_RETURN_IF_ERROR(cuda::LaunchQuantizedGemm(w.q, in, act_, static_cast<int>(T), c, ldc, stream_));
+  const int64_t ab = cuda::DtypeBytes(act_);
+  if (cuda::QuantizedGemmTakes(w.q, 1) && T <= StreamedRowsMax(w.q.format)) {
+    for (int64_t r0 = 0; r0 < T; r0 += cuda::kQuantizedGemmMaxRows) {
+      const int rows = static_cast<int>(std::min<int64_t>(cuda::kQuantizedGemmMaxRows, T - r0));
+      GEMMA_CUDA_RETURN_IF_ERROR(cuda::LaunchQuantizedGemm(w.q, static_cast<const char*>(in) + r0 * w.cols * ab, act_,
+                                                           rows, c + r0 * ldc, ldc, stream_));
+    }
     return absl::OkStatus();
   }
-  const int64_t row_bytes = w.cols * cuda::DtypeBytes(act_);
-  const int64_t slice = std::min<int64_t>(w.rows, static_cast<int64_t>(dequant_.bytes()) / row_bytes);
+  const int64_t slice = std::min<int64_t>(w.rows, static_cast<int64_t>(dequant_.bytes()) / (w.cols * ab));
   if (slice < 1) {
     return absl::InternalError(absl::StrCat("the dequantization scratch (", dequant_.bytes(),
                                             " bytes) holds no row of a quantized matrix of ", w.cols, " columns"));

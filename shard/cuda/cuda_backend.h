@@ -48,6 +48,9 @@ struct CudaBackendOptions {
   // reserved (the default: slots cost memory used or not), and rows with an adapter are refused.
   int lora_slots = 0;
   int lora_max_rank = 16;
+  // Quantized weights: products of more rows than the streaming kernel takes dequantize each matrix into a scratch
+  // of at most this many bytes (at least one row), slice by slice.
+  int64_t dequant_scratch_bytes = int64_t{512} << 20;
 };
 
 // Where a CUDA rank's device memory went at start (bytes).

@@ -154,13 +154,14 @@ class CudaBackend final : public Backend {
   absl::StatusOr<DeviceWeight> UploadWeight(std::initializer_list<const MatrixView*> parts, const std::string& what);
   absl::StatusOr<DeviceWeight> UploadQuantized(std::initializer_list<const MatrixView*> parts, const std::string& what);
   // c = in W^T for T rows of `in` (the GEMM input type, rows w.cols apart) into c (f32, rows ldc apart): cuBLASLt
-  // over a dense matrix; a quantized one through the streaming kernel for a few rows, else dequantized into
-  // dequant_ slice by slice, each slice through cuBLASLt.
+  // over a dense matrix; a quantized one through the streaming kernel in chunks of its rows while that reads fewer
+  // bytes than dequantizing would (StreamedRowsMax), else dequantized into dequant_ slice by slice, each slice
+  // through cuBLASLt.
   absl::Status Project(const void* in, int64_t T, const DeviceWeight& w, float* c, int64_t ldc);
-  // Reserves dequant_ for the largest quantized matrix (a slice of it beyond kDequantScratchBytes), and checks that
-  // the device runs fp8 (compute capability 8.9 and up).
-  absl::Status PrepareQuantized();
-  static constexpr int64_t kDequantScratchBytes = int64_t{512} << 20;
+  // Reserves dequant_ for the largest quantized matrix (a slice of it beyond options_.dequant_scratch_bytes).
+  absl::Status ReserveDequantScratch();
+  // FailedPrecondition where the weights hold fp8 and the device is older than compute capability 8.9.
+  absl::Status CheckQuantizedFormats() const;
   absl::StatusOr<DeviceBuffer> UploadFloats(const std::vector<float>& v, const std::string& what);
   // Enqueued only (no wait) while enqueue_collectives_ is set: the decode steps that graphs capture.
   absl::Status AllReduce(float* data, int64_t count);

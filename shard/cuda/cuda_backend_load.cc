@@ -150,26 +150,34 @@ absl::StatusOr<DeviceWeight> CudaBackend::UploadWeight(std::initializer_list<con
   return w;
 }
 
-absl::Status CudaBackend::PrepareQuantized() {
+absl::Status CudaBackend::CheckQuantizedFormats() const {
+  bool fp8 = weights_->embed().format == WeightFormat::kFp8;
+  for (int i = 0; i < config().num_layers; ++i) {
+    const LayerWeights& lw = weights_->layer(i);
+    for (const MatrixView* m : {&lw.q, &lw.k, &lw.v, &lw.o, &lw.gate, &lw.up, &lw.down}) {
+      fp8 = fp8 || m->format == WeightFormat::kFp8;
+    }
+  }
+  if (!fp8) return absl::OkStatus();
+  int major = 0, minor = 0;
+  GEMMA_CUDA_RETURN_IF_ERROR(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, options_.device));
+  GEMMA_CUDA_RETURN_IF_ERROR(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, options_.device));
+  if (major * 10 + minor < 89) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "fp8 weights need a GPU of compute capability 8.9 or later (Ada, Hopper, Blackwell); device ", options_.device,
+        " is ", major, ".", minor, ": use --weights int8 or int4 on it, or bf16"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CudaBackend::ReserveDequantScratch() {
   int64_t largest = 0;
-  bool fp8 = false;
   std::vector<const DeviceWeight*> all = {&head_};
   for (const DeviceLayer& l : layers_) all.insert(all.end(), {&l.qkv, &l.o, &l.gate_up, &l.down});
+  const int64_t ab = cuda::DtypeBytes(act_);
   for (const DeviceWeight* w : all) {
     if (!w->quantized()) continue;
-    fp8 = fp8 || w->q.format == QuantFormat::kFp8;
-    largest = std::max(largest, std::min(w->rows * w->cols * cuda::DtypeBytes(act_),
-                                         std::max(kDequantScratchBytes, w->cols * cuda::DtypeBytes(act_))));
-  }
-  if (fp8) {
-    int major = 0, minor = 0;
-    GEMMA_CUDA_RETURN_IF_ERROR(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, options_.device));
-    GEMMA_CUDA_RETURN_IF_ERROR(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, options_.device));
-    if (major * 10 + minor < 89) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "fp8 weights need a GPU of compute capability 8.9 or later (Ada, Hopper, Blackwell); device ",
-          options_.device, " is ", major, ".", minor, ": use --weights int8 or int4 on it, or bf16"));
-    }
+    largest = std::max(largest, std::min(w->rows * w->cols * ab, std::max(options_.dequant_scratch_bytes, w->cols * ab)));
   }
   if (largest > 0) {
     ASSIGN_OR_RETURN(dequant_, DeviceBuffer::Allocate(static_cast<size_t>(largest), "the dequantization scratch"));
@@ -181,6 +189,7 @@ absl::Status CudaBackend::Init(const KvCacheOptions& kv_options) {
   const ModelConfig& c = config();
   const TensorParallel& tp = weights_->tp();
   GEMMA_CUDA_RETURN_IF_ERROR(cudaSetDevice(options_.device));
+  RETURN_IF_ERROR(CheckQuantizedFormats());  // before any weight goes to the device
   GEMMA_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
   GEMMA_CUDA_RETURN_IF_ERROR(
       cudaDeviceGetAttribute(&multiprocessors_, cudaDevAttrMultiProcessorCount, options_.device));
@@ -287,8 +296,7 @@ absl::Status CudaBackend::Init(const KvCacheOptions& kv_options) {
   for (const DeviceBuffer* b : {&embed_bf16_, &final_norm_, &cos_sin_, &cos_sin_local_}) {
     memory_.weights += static_cast<int64_t>(b->bytes());
   }
-  RETURN_IF_ERROR(PrepareQuantized());
-  memory_.weights += static_cast<int64_t>(dequant_.bytes());
+  RETURN_IF_ERROR(ReserveDequantScratch());
 
   limits_ = options_.limits.Resolved(c);
   if (limits_.max_tokens < 1 || limits_.max_sequences < 1) {

@@ -94,7 +94,7 @@ absl::Status CudaBackend::ReserveStepBuffers() {
     w.scratch->fixed = true;
     total += static_cast<int64_t>(w.scratch->buffer.bytes());
   }
-  memory_.step_buffers = total;
+  memory_.step_buffers = total + static_cast<int64_t>(dequant_.bytes());  // dequant_: reserved with the weights
   // LoRA slots and scratch, and the steering vector: planned here, before the cache takes what is left.
   auto adapters = CudaAdapters::Create(c, tp, options_.lora_slots, options_.lora_max_rank, static_cast<int>(T), stream_);
   if (!adapters.ok()) return adapters.status();

@@ -16,6 +16,7 @@
 #include "shard/cpu/cpu_backend.h"
 #include "shard/cuda/cuda_backend.h"
 #include "shard/cuda/cuda_test_support.h"
+#include "shard/model/dtype.h"
 #include "shard/model/lora_loader.h"
 #include "shard/model/published_shapes.h"
 #include "shard/runtime/adapter_store.h"
@@ -288,6 +289,99 @@ TEST_F(CudaLoraTest, AdapterMemoryIsReservedAtStart) {
   const int64_t steer = int64_t{c.hidden_size} * 4;
   EXPECT_EQ(with->adapters, slots + table + cuda::CudaAdapters::ScratchBytes(with->limits.max_tokens) + steer);
   EXPECT_EQ(without->adapters, steer);
+}
+#endif
+
+#ifdef GEMMA_HAVE_CUDA
+// The shrink and expand kernels alone against a double-precision host sum, at shapes the tiny models never reach:
+// inputs of several 512-column tiles and splits (with empty splits), ranks past one 16-row group, sizes that are not
+// multiples of 4 (the scalar paths), an output row that is not 16-byte aligned, f32 and bf16 x with rows longer than
+// the input, 1..8 tokens of a chunk among other tokens of the step (left untouched), and a grid with more chunks
+// and rank groups than the step holds.
+TEST(LoraKernelTest, ShrinkAndExpandEqualTheHostSums) {
+  if (!HaveDevice()) GTEST_SKIP() << "no CUDA device";
+  struct Shape {
+    int64_t in, out;
+    int rank, count;
+    cuda::Dtype x_type;
+    int64_t out_offset;  // floats: an output not 16-byte aligned
+  };
+  const Shape shapes[] = {{2305, 1027, 17, 5, cuda::Dtype::kF32, 1}, {8193, 4096, 64, 8, cuda::Dtype::kBf16, 0},
+                          {24576, 3072, 16, 3, cuda::Dtype::kBf16, 0}, {96, 128, 1, 1, cuda::Dtype::kF32, 2}};
+  std::mt19937 rng(23);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  for (const Shape& sh : shapes) {
+    SCOPED_TRACE(::testing::Message() << "in " << sh.in << ", out " << sh.out << ", rank " << sh.rank << ", tokens "
+                                      << sh.count);
+    const int T = sh.count + 3;  // the step's tokens; the chunk takes every one but the first three
+    const int64_t ldx = sh.in + 8, ldo = sh.out + 5;
+    std::vector<float> a(sh.rank * sh.in), bt(sh.rank * sh.out), x(T * ldx), out(T * ldo + sh.out_offset);
+    for (auto* v : {&a, &bt, &x, &out}) {
+      for (float& f : *v) f = normal(rng);
+    }
+    std::vector<uint16_t> x16(x.size());
+    for (size_t i = 0; i < x.size(); ++i) {
+      x16[i] = F32ToBf16(x[i]);
+      if (sh.x_type == cuda::Dtype::kBf16) x[i] = Bf16ToF32(x16[i]);  // the values the kernel reads
+    }
+    std::vector<int32_t> tokens(sh.count);
+    for (int c = 0; c < sh.count; ++c) tokens[c] = 3 + c;
+    const float scaling = 0.5f;
+    const int64_t split_stride = int64_t{cuda::kLoraChunkTokens} * cuda::kLoraMaxRank;
+    auto device = [](const void* host, size_t bytes) {
+      void* p = nullptr;
+      EXPECT_EQ(cudaMalloc(&p, bytes), cudaSuccess);
+      EXPECT_EQ(cudaMemcpy(p, host, bytes, cudaMemcpyHostToDevice), cudaSuccess);
+      return p;
+    };
+    void* da = device(a.data(), a.size() * 4);
+    void* dbt = device(bt.data(), bt.size() * 4);
+    void* dx = sh.x_type == cuda::Dtype::kF32 ? device(x.data(), x.size() * 4) : device(x16.data(), x16.size() * 2);
+    void* dout = device(out.data(), out.size() * 4);
+    const cuda::LoraDeviceEntry entry{static_cast<const float*>(da), static_cast<const float*>(dbt), sh.rank, scaling};
+    void* dentry = device(&entry, sizeof(entry));
+    const int32_t meta[] = {1, 0, 0, sh.count};  // chunks, the chunk's slot, first entry, count
+    void* dmeta = device(meta, sizeof(meta));
+    void* dtokens = device(tokens.data(), tokens.size() * 4);
+    void* dpartial = nullptr;
+    ASSERT_EQ(cudaMalloc(&dpartial, cuda::kLoraMaxSplits * split_stride * 4), cudaSuccess);
+    const int32_t* m = static_cast<const int32_t*>(dmeta);
+    const cuda::LoraStepLayout layout{m, m + 1, m + 2, m + 3, static_cast<const int32_t*>(dtokens)};
+    const auto* entries = static_cast<const cuda::LoraDeviceEntry*>(dentry);
+    float* partial = static_cast<float*>(dpartial);
+    ASSERT_EQ(cuda::LaunchLoraShrink(dx, ldx, sh.in, sh.x_type, layout, entries, 1, /*max_chunks=*/3,
+                                     /*max_rank=*/cuda::kLoraMaxRank, partial, split_stride, nullptr),
+              cudaSuccess);
+    ASSERT_EQ(cuda::LaunchLoraExpand(partial, cuda::LoraSplits(sh.in), split_stride, layout, entries, 1, 3,
+                                     static_cast<float*>(dout) + sh.out_offset, ldo, sh.out, nullptr),
+              cudaSuccess);
+    std::vector<float> got(out.size());
+    ASSERT_EQ(cudaMemcpy(got.data(), dout, got.size() * 4, cudaMemcpyDeviceToHost), cudaSuccess);
+    for (void* p : {da, dbt, dx, dout, dentry, dmeta, dtokens, dpartial}) cudaFree(p);
+    for (int t = 0; t < T; ++t) {
+      const bool adapted = t >= 3;
+      std::vector<double> shrunk(sh.rank), size(sh.rank);
+      for (int j = 0; adapted && j < sh.rank; ++j) {
+        for (int64_t i = 0; i < sh.in; ++i) {
+          shrunk[j] += double(x[t * ldx + i]) * a[j * sh.in + i];
+          size[j] += std::abs(double(x[t * ldx + i]) * a[j * sh.in + i]);
+        }
+      }
+      for (int64_t o = 0; o < sh.out; ++o) {
+        const int64_t at = sh.out_offset + t * ldo + o;
+        if (!adapted) {
+          ASSERT_EQ(got[at], out[at]) << "token " << t << " has no adapter but changed at " << o;
+          continue;
+        }
+        double want = out[at], bound = std::abs(out[at]);
+        for (int j = 0; j < sh.rank; ++j) {
+          want += scaling * shrunk[j] * bt[j * sh.out + o];
+          bound += scaling * size[j] * std::abs(bt[j * sh.out + o]);
+        }
+        ASSERT_NEAR(got[at], want, 1e-5 * bound + 1e-6) << "token " << t << ", output " << o;
+      }
+    }
+  }
 }
 #endif
 

@@ -238,14 +238,15 @@ TEST(QuantizedKernelShapesTest, RowsOfPartialLoadsGoToTheDequantizingPath) {
 }
 #endif  // GEMMA_HAVE_CUDA
 
-// Whole models. A prompt of 40 ids (past tiny-g2's 16-key window twice) with every row's logits, then three
-// decode steps; rank 0's logits in order.
+// Whole models. A prompt of 68 ids (past tiny-g2's 16-key window four times; through dequantize-and-GEMM), 12 more
+// (the streaming kernel in chunks of 8 and 4 rows), every row's logits, then three decode steps; rank 0's logits in
+// order.
 using ModelCase = testing::QuantCase;
 
 enum class Engine { kCudaF32, kCudaBf16, kCpu };
 
 absl::Status RunRank(std::shared_ptr<const Checkpoint> ckpt, const ModelCase& c, int rank, const std::string& group,
-                     Engine engine, bool dequantize, std::vector<float>* logits) {
+                     Engine engine, bool dequantize, std::vector<float>* logits, int64_t dequant_scratch_bytes = 0) {
   auto tp = TensorParallel::Create(ckpt->config(), rank, c.world);
   if (!tp.ok()) return tp.status();
   WeightLoadOptions load;
@@ -272,6 +273,7 @@ absl::Status RunRank(std::shared_ptr<const Checkpoint> ckpt, const ModelCase& c,
     CudaBackendOptions o;
     o.precision = engine == Engine::kCudaF32 ? CudaPrecision::kF32 : CudaPrecision::kBf16;
     o.cuda_graphs = c.world == 1;  // ranks that are threads of one process run steps as they are
+    if (dequant_scratch_bytes > 0) o.dequant_scratch_bytes = dequant_scratch_bytes;
     CudaCollective cc;
     if (collective) cc = collective;
     auto b = CreateCudaBackend(weights, Kv(512), o, std::move(cc));
@@ -280,14 +282,17 @@ absl::Status RunRank(std::shared_ptr<const Checkpoint> ckpt, const ModelCase& c,
   }
   std::mt19937 rng(5);
   std::uniform_int_distribution<int32_t> id(3, ckpt->config().vocab_size - 1);
-  std::vector<int32_t> prompt(40);
+  std::vector<int32_t> prompt(80);
   for (int32_t& t : prompt) t = id(rng);
   std::vector<int32_t> blocks(8);
   for (int i = 0; i < 8; ++i) blocks[i] = i;
   StepLogits out;
-  SequenceStep step{prompt, 0, blocks, LogitsWanted::kAll};
-  if (auto s = backend->Forward({&step, 1}, &out); !s.ok()) return s;
-  logits->assign(out.values.begin(), out.values.end());
+  logits->clear();
+  for (const auto [begin, end] : {std::pair{0, 68}, std::pair{68, 80}}) {
+    SequenceStep step{std::span<const int32_t>(prompt).subspan(begin, end - begin), begin, blocks, LogitsWanted::kAll};
+    if (auto s = backend->Forward({&step, 1}, &out); !s.ok()) return s;
+    logits->insert(logits->end(), out.values.begin(), out.values.end());
+  }
   for (int i = 0; i < 3; ++i) {
     const int32_t token = prompt[i + 5];
     SequenceStep decode{{&token, 1}, static_cast<int32_t>(prompt.size()) + i, blocks, LogitsWanted::kLast};
@@ -297,7 +302,8 @@ absl::Status RunRank(std::shared_ptr<const Checkpoint> ckpt, const ModelCase& c,
   return absl::OkStatus();
 }
 
-std::vector<float> RunGroup(std::shared_ptr<const Checkpoint> ckpt, const ModelCase& c, Engine engine, bool dequantize) {
+std::vector<float> RunGroup(std::shared_ptr<const Checkpoint> ckpt, const ModelCase& c, Engine engine, bool dequantize,
+                            int64_t dequant_scratch_bytes = 0) {
   static int groups = 0;
   static const uint32_t salt = std::random_device{}();
   const std::string group = absl::StrCat("cuda_quant_", ::getpid(), "_", salt, "_", groups++);
@@ -305,7 +311,8 @@ std::vector<float> RunGroup(std::shared_ptr<const Checkpoint> ckpt, const ModelC
   std::vector<absl::Status> status(c.world);
   std::vector<std::thread> ranks;
   for (int r = 0; r < c.world; ++r) {
-    ranks.emplace_back([&, r] { status[r] = RunRank(ckpt, c, r, group, engine, dequantize, &logits[r]); });
+    ranks.emplace_back(
+        [&, r] { status[r] = RunRank(ckpt, c, r, group, engine, dequantize, &logits[r], dequant_scratch_bytes); });
   }
   for (auto& t : ranks) t.join();
   for (int r = 0; r < c.world; ++r) EXPECT_TRUE(status[r].ok()) << "rank " << r << ": " << status[r];
@@ -347,14 +354,33 @@ TEST_P(CudaQuantizedModelTest, QuantizedKernelsGiveTheDequantizedWeightsLogits) 
               "top-1 %d/%d, largest log-prob change %.3g\n",
               c.model.name.c_str(), WeightPrecisionName(c.precision), c.world, vs_dequantized, vs_cpu, b.mean_kl,
               b.top1_agreements, rows, b.max_logprob_change);
+  // Not top-1 agreement: random tiny weights give near-uniform logits, whose top token flips at any rounding.
+  // bf16 alone moves these log-probs by up to 0.05 (0.5 on tiny-g2-qscale, cuda_backend_test); the prompt path's
+  // weights are rounded to bf16 as well here.
   EXPECT_LT(b.mean_kl, 0.01);
-  EXPECT_GE(b.top1_agreements, rows * 0.85);
+  EXPECT_LT(b.max_logprob_change, c.model.tolerance > 1e-4 ? 1.0 : 0.1);
   RecordProperty("max_abs_vs_dequantized", absl::StrCat(vs_dequantized));
   RecordProperty("max_abs_vs_cpu", absl::StrCat(vs_cpu));
 }
 
 INSTANTIATE_TEST_SUITE_P(TinyModels, CudaQuantizedModelTest, ::testing::ValuesIn(testing::QuantCases()),
                          testing::QuantCaseName);
+
+// A scratch of 64 KiB holds a few rows of the tiny models' matrices: every dequantized product runs slice by slice
+// (the output projection's 4096 rows in many), and gives the logits of whole-matrix slices.
+TEST(CudaQuantizedScratchTest, ProductsInSlicesEqualWholeMatrices) {
+  if (!HaveDevice()) GTEST_SKIP() << "no CUDA device";
+  const TinyModel& model = testing::TinyModels()[0];
+  auto opened = Checkpoint::Open(model.root() + "/" + model.name);
+  ASSERT_TRUE(opened.ok()) << opened.status();
+  std::shared_ptr<const Checkpoint> ckpt(std::move(*opened));
+  for (WeightPrecision p : {WeightPrecision::kInt8, WeightPrecision::kInt4, WeightPrecision::kFp8}) {
+    const ModelCase c{model, p, 1};
+    const auto whole = RunGroup(ckpt, c, Engine::kCudaF32, false);
+    const auto sliced = RunGroup(ckpt, c, Engine::kCudaF32, false, int64_t{64} << 10);
+    EXPECT_LT(MaxAbsDiff(whole, sliced), 1e-4) << WeightPrecisionName(p);
+  }
+}
 
 }  // namespace
 }  // namespace gemma

@@ -3,7 +3,6 @@
 #include <cuda_fp16.h>
 #include <cuda_fp8.h>
 
-#include <algorithm>
 
 #include "shard/cuda/device_values.cuh"
 #include "shard/cuda/launch.cuh"
@@ -159,14 +158,13 @@ __global__ void __launch_bounds__(256) QuantizedGemm(QuantMatrix w, const T* a, 
   }
 }
 
+// One block per row: no division per element.
 template <typename Out>
-__global__ void Dequantize(QuantMatrix w, int64_t row_begin, int64_t rows, Out* dst) {
+__global__ void Dequantize(QuantMatrix w, int64_t row_begin, Out* dst) {
   AfterPrevious();
-  const int64_t total = rows * w.cols;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    Store(&dst[i], Element(w, row_begin + i / w.cols, i % w.cols));
-  }
+  const int64_t r = blockIdx.x;
+  Out* out = dst + r * w.cols;
+  for (int64_t k = threadIdx.x; k < w.cols; k += blockDim.x) Store(&out[k], Element(w, row_begin + r, k));
 }
 
 __global__ void EmbedQuantized(QuantMatrix w, const int32_t* tokens, int64_t vocab_begin, float scale, float* x) {
@@ -219,9 +217,6 @@ cudaError_t LaunchGemmFormat(const QuantMatrix& w, const T* a, int M, float* c, 
   return cudaErrorInvalidValue;
 }
 
-unsigned GridFor(int64_t elements) {
-  return static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>((elements + 255) / 256, 132 * 32)));
-}
 
 }  // namespace
 
@@ -242,10 +237,9 @@ cudaError_t LaunchDequantize(const QuantMatrix& w, int64_t row_begin, int64_t ro
                              cudaStream_t stream) {
   if (row_begin < 0 || rows < 0 || row_begin + rows > w.rows) return cudaErrorInvalidValue;
   if (rows == 0) return cudaSuccess;
-  const dim3 grid(GridFor(rows * w.cols)), block(256);
-  if (out == Dtype::kF32) return Launch(kernels::Dequantize<float>, grid, block, stream, w, row_begin, rows, static_cast<float*>(dst));
-  return Launch(kernels::Dequantize<__nv_bfloat16>, grid, block, stream, w, row_begin, rows,
-                static_cast<__nv_bfloat16*>(dst));
+  const dim3 grid(static_cast<unsigned>(rows)), block(256);
+  if (out == Dtype::kF32) return Launch(kernels::Dequantize<float>, grid, block, stream, w, row_begin, static_cast<float*>(dst));
+  return Launch(kernels::Dequantize<__nv_bfloat16>, grid, block, stream, w, row_begin, static_cast<__nv_bfloat16*>(dst));
 }
 
 cudaError_t LaunchEmbedQuantized(const QuantMatrix& w, const int32_t* tokens, int T, int64_t vocab_begin, float scale,
