@@ -67,9 +67,29 @@ bool Scheduler::WaitsForInFlightPrefix(const ScheduledSequence& s) const {
   return false;
 }
 
+std::vector<uint32_t> Scheduler::RunningAdaptersThisStep() {
+  std::vector<uint32_t> adapters;
+  for (const auto& r : running_) {
+    const uint32_t a = r->spec.adapter;
+    if (a != 0 && !r->held && std::find(adapters.begin(), adapters.end(), a) == adapters.end()) adapters.push_back(a);
+  }
+  const int cap = limits_.max_adapters_per_step;
+  if (cap <= 0 || static_cast<int>(adapters.size()) <= cap) return adapters;
+  std::vector<uint32_t> turn;
+  for (int k = 0; k < cap; ++k) turn.push_back(adapters[(adapter_turn_ + k) % adapters.size()]);
+  adapter_turn_ = (adapter_turn_ + cap) % static_cast<int64_t>(adapters.size());
+  return turn;
+}
+
 std::vector<PlannedSequence> Scheduler::Schedule() {
   ++steps_;
   std::vector<PlannedSequence> plan;
+  // The step's adapters: those of running sequences first; a row of any other waits.
+  const int adapter_cap = limits_.max_adapters_per_step;
+  std::vector<uint32_t> adapters = adapter_cap > 0 ? RunningAdaptersThisStep() : std::vector<uint32_t>{};
+  auto adapter_fits = [&](uint32_t a) {
+    return adapter_cap <= 0 || a == 0 || std::find(adapters.begin(), adapters.end(), a) != adapters.end();
+  };
   int budget = limits_.max_tokens_per_step;
   // Any run of more than one position (a prompt, or what a preempted or forked sequence computes again) is cut at
   // the prefill chunk: the admission bound (MostBlocksHeld) counts on runs no longer than that.
@@ -85,7 +105,7 @@ std::vector<PlannedSequence> Scheduler::Schedule() {
       ScheduledSequence* s = running_[i].get();
       const bool decoding = s->computed >= s->prompt_len;
       const int count = chunk(*s);
-      if (planned[i] || s->held || count <= 0 || decoding != (pass == 0)) {
+      if (planned[i] || s->held || count <= 0 || decoding != (pass == 0) || !adapter_fits(s->spec.adapter)) {
         ++i;
         continue;
       }
@@ -105,7 +125,9 @@ std::vector<PlannedSequence> Scheduler::Schedule() {
   }
   // Then the queue, first come first served, while budget, batch size and blocks allow. A sequence preempted by
   // this step waits for the next one: taking it back now would only preempt again. One waiting for blocks another
-  // is prefilling is passed over until they are named.
+  // is prefilling is passed over until they are named. Past the adapter limit, a sequence of another adapter waits,
+  // and so do the adapter sequences behind it, until the running adapters make room.
+  bool adapter_waits = false;
   for (size_t q = 0; q < queue_.size() && budget > 0 && static_cast<int>(running_.size()) < limits_.max_batch_size;) {
     ScheduledSequence* s = queue_[q].get();
     if (s->held) {  // a preempted beam waiting for its siblings
@@ -116,6 +138,14 @@ std::vector<PlannedSequence> Scheduler::Schedule() {
     if (WaitsForInFlightPrefix(*s)) {  // before its prefix is looked up: a waiter costs no hashing
       ++q;
       continue;
+    }
+    if (const uint32_t a = s->spec.adapter; a != 0 && adapter_cap > 0) {
+      const bool placed = std::find(adapters.begin(), adapters.end(), a) != adapters.end();
+      if (adapter_waits || (!placed && static_cast<int>(adapters.size()) >= adapter_cap)) {
+        adapter_waits = true;
+        ++q;
+        continue;
+      }
     }
     AttachCachedPrefix(*s);
     const int count = chunk(*s);
@@ -139,6 +169,7 @@ std::vector<PlannedSequence> Scheduler::Schedule() {
     }
     plan.push_back({s, s->computed, count, s->computed + count == static_cast<int>(s->tokens.size())});
     budget -= count;
+    if (const uint32_t a = s->spec.adapter; a != 0 && !adapter_fits(a)) adapters.push_back(a);
     running_.push_back(std::move(queue_[q]));
     queue_.erase(queue_.begin() + static_cast<std::ptrdiff_t>(q));
   }

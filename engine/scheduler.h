@@ -19,6 +19,9 @@ struct SchedulerLimits {
   int max_tokens_per_step = 512;  // tokens in one step: decodes (one each) plus prompt chunks
   int max_queued = 256;           // waiting requests; more are refused with ResourceExhausted
   int max_prefill_chunk = 0;      // most prompt tokens of one sequence in one step; 0: the step's budget
+  // Most distinct LoRA adapters (SequenceSpec::adapter != 0) in one step, as the worker holds them (a GPU's adapter
+  // slots: ModelInfo.max_loras_per_step); 0: no limit. Base-model rows are never limited by it.
+  int max_adapters_per_step = 0;
 };
 
 // Beam search, as KerasNLP's BeamSampler with Hugging Face's length penalty and stopping rule: each step keeps the
@@ -104,7 +107,11 @@ struct PlannedSequence {
 // blocks are released and it goes back to the front of the queue, to be recomputed, but not in the step that
 // preempted it. A queued sequence whose prompt shares whole blocks with one still being prefilled waits for them
 // (later ones may pass it) rather than computing them again: n samples of one prompt, or requests under one
-// system prompt, prefill it once and share its blocks. Not thread-safe.
+// system prompt, prefill it once and share its blocks. With max_adapters_per_step, a step holds rows of at most that
+// many distinct adapters: running sequences' adapters take the places first (when they alone are more, the places
+// go round robin from step to step, and the others' rows wait), then a queued sequence of another adapter waits,
+// and once one waits no queued sequence of an adapter passes it (base-model ones still do), so it is never starved.
+// Not thread-safe.
 class Scheduler {
  public:
   Scheduler(SchedulerLimits limits, int num_blocks, int block_size, bool prefix_cache = false, KvWindow window = {});
@@ -144,12 +151,15 @@ class Scheduler {
   void AttachCachedPrefix(ScheduledSequence& s);
   // Whether a running sequence is still computing whole blocks of `s`'s prompt (a queued sequence, holding none).
   bool WaitsForInFlightPrefix(const ScheduledSequence& s) const;
+  // The adapters whose running rows may take part in this step (all of them unless they exceed the limit).
+  std::vector<uint32_t> RunningAdaptersThisStep();
 
   SchedulerLimits limits_;
   BlockManager blocks_;
   std::deque<std::unique_ptr<ScheduledSequence>> queue_;
   std::vector<std::unique_ptr<ScheduledSequence>> running_;  // in admission order
   int64_t steps_ = 0;
+  int64_t adapter_turn_ = 0;  // where the round robin over running adapters starts when they exceed the limit
   int64_t preemptions_ = 0;
   int64_t prefix_query_tokens_ = 0;
   int64_t prefix_hit_tokens_ = 0;

@@ -1,5 +1,6 @@
 #include "engine/scheduler.h"
 
+#include <algorithm>
 #include <map>
 #include <set>
 
@@ -41,6 +42,106 @@ std::map<uint64_t, std::vector<int32_t>> RunToCompletion(Scheduler& sched, int m
     }
   }
   return done;
+}
+
+std::unique_ptr<ScheduledSequence> AdapterRequest(uint64_t id, uint32_t adapter, int prompt, int max_new) {
+  auto s = Request(id, prompt, max_new);
+  s->spec.adapter = adapter;
+  s->spec.cache_salt = adapter;
+  return s;
+}
+
+// Steps of up to 16 sequences and `budget` tokens, prompts in chunks of 64, at most `cap` adapters.
+SchedulerLimits AdapterLimits(int cap, int budget = 512) {
+  SchedulerLimits limits{16, budget, 64};
+  limits.max_adapters_per_step = cap;
+  return limits;
+}
+
+std::set<uint32_t> AdaptersOf(const std::vector<PlannedSequence>& plan) {
+  std::set<uint32_t> adapters;
+  for (const auto& p : plan) {
+    if (p.sequence->spec.adapter != 0) adapters.insert(p.sequence->spec.adapter);
+  }
+  return adapters;
+}
+
+// Runs steps as RunToCompletion does, checking that none holds more than `cap` distinct adapters; returns the
+// order in which sequences were first planned.
+std::vector<uint64_t> RunWithinAdapterCap(Scheduler& sched, int cap, std::map<uint64_t, int>* generated) {
+  std::vector<uint64_t> started;
+  for (int step = 0; step < 10000 && (sched.running() > 0 || sched.queued() > 0); ++step) {
+    auto plan = sched.Schedule();
+    EXPECT_FALSE(plan.empty()) << "no progress at step " << step;
+    EXPECT_LE(AdaptersOf(plan).size(), static_cast<size_t>(cap)) << "step " << step;
+    std::vector<uint64_t> finished;
+    for (const auto& p : plan) {
+      if (std::find(started.begin(), started.end(), p.sequence->id) == started.end()) started.push_back(p.sequence->id);
+      sched.Advance(p, p.sample ? p.start + p.count : -1);
+      if (p.sequence->generated() >= p.sequence->spec.max_new_tokens) finished.push_back(p.sequence->id);
+    }
+    for (uint64_t id : finished) (*generated)[id] = sched.Remove(id)->generated();
+  }
+  return started;
+}
+
+TEST(SchedulerTest, StepsHoldNoMoreAdaptersThanTheLimitAndEverySequenceFinishes) {
+  Scheduler sched(AdapterLimits(2, 64), 1000, 16);
+  for (uint64_t id = 1; id <= 24; ++id) {
+    ASSERT_TRUE(sched.Enqueue(AdapterRequest(id, static_cast<uint32_t>(id % 6), 5 + id % 7, 3 + id % 5)).ok());
+  }
+  std::map<uint64_t, int> generated;
+  RunWithinAdapterCap(sched, 2, &generated);
+  ASSERT_EQ(generated.size(), 24u);
+  for (const auto& [id, n] : generated) EXPECT_EQ(n, 3 + static_cast<int>(id % 5)) << id;
+}
+
+TEST(SchedulerTest, BaseRowsAreNotLimitedByTheAdapterLimit) {
+  Scheduler sched(AdapterLimits(1), 1000, 16);
+  ASSERT_TRUE(sched.Enqueue(AdapterRequest(1, 7, 4, 4)).ok());
+  ASSERT_TRUE(sched.Enqueue(AdapterRequest(2, 8, 4, 4)).ok());
+  for (uint64_t id = 3; id <= 6; ++id) ASSERT_TRUE(sched.Enqueue(Request(id, 4, 4)).ok());
+  ASSERT_TRUE(sched.Enqueue(AdapterRequest(7, 7, 4, 4)).ok());
+  auto plan = sched.Schedule();
+  std::set<uint64_t> ids;
+  for (const auto& p : plan) ids.insert(p.sequence->id);
+  // Adapter 8 waits; the base rows behind it do not, and neither does adapter 7's second row, which is behind the
+  // waiting one: once a sequence waits for a place, no adapter sequence passes it.
+  EXPECT_EQ(ids, (std::set<uint64_t>{1, 3, 4, 5, 6}));
+  EXPECT_EQ(AdaptersOf(plan), std::set<uint32_t>{7});
+}
+
+TEST(SchedulerTest, ASequenceWaitingForAnAdapterPlaceIsNotPassedByLaterAdapterOnes) {
+  Scheduler sched(AdapterLimits(1), 1000, 16);
+  ASSERT_TRUE(sched.Enqueue(AdapterRequest(1, 1, 4, 6)).ok());
+  ASSERT_TRUE(sched.Enqueue(AdapterRequest(2, 2, 4, 2)).ok());
+  ASSERT_EQ(sched.Schedule().size(), 1u);  // 1 runs (that plan is dropped: it is planned again); 2 waits
+  // Requests of the running adapter keep coming: none of them may start before 2.
+  for (uint64_t id = 3; id <= 8; ++id) ASSERT_TRUE(sched.Enqueue(AdapterRequest(id, 1, 4, 2)).ok());
+  std::map<uint64_t, int> generated;
+  const std::vector<uint64_t> started = RunWithinAdapterCap(sched, 1, &generated);
+  EXPECT_EQ(generated.size(), 8u);
+  ASSERT_FALSE(started.empty());
+  EXPECT_EQ(started.front(), 1u);
+  ASSERT_GE(started.size(), 2u);
+  EXPECT_EQ(started[1], 2u) << "the waiting adapter sequence was passed";
+}
+
+TEST(SchedulerTest, RunningSequencesOfMoreAdaptersThanTheLimitTakeTurns) {
+  // A fork of another adapter runs beside its parent at once, so two adapters run under a limit of one: their
+  // rows go in turns, and both finish.
+  Scheduler sched(AdapterLimits(1), 1000, 16);
+  ASSERT_TRUE(sched.Enqueue(AdapterRequest(1, 1, 4, 6)).ok());
+  auto first = sched.Schedule();
+  ASSERT_EQ(first.size(), 1u);
+  sched.Advance(first[0], 4);
+  auto child = AdapterRequest(2, 2, 4, 6);
+  child->tokens = first[0].sequence->tokens;
+  sched.Fork(*first[0].sequence, std::move(child));
+  ASSERT_EQ(sched.running(), 2);
+  std::map<uint64_t, int> generated;
+  RunWithinAdapterCap(sched, 1, &generated);
+  EXPECT_EQ(generated.size(), 2u);
 }
 
 TEST(SchedulerTest, ChunkedPrefillWithinTheTokenBudgetFirstComeFirstServed) {

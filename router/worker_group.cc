@@ -34,6 +34,8 @@ SchedulerLimits ClampToWorker(SchedulerLimits limits, const worker::v1::ModelInf
   if (info.max_tokens_per_step() > 0) {
     limits.max_tokens_per_step = std::min(limits.max_tokens_per_step, info.max_tokens_per_step());
   }
+  // The adapters a step may hold are the worker's alone (0: any number).
+  limits.max_adapters_per_step = info.max_loras_per_step();
   return limits;
 }
 

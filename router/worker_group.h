@@ -24,7 +24,8 @@
 
 namespace gemma {
 
-// The router's scheduling limits kept within the largest step the group's worker takes (a larger one it refuses).
+// The router's scheduling limits kept within the largest step the group's worker takes (a larger one it refuses),
+// and to the distinct LoRA adapters its steps may hold (ModelInfo.max_loras_per_step).
 SchedulerLimits ClampToWorker(SchedulerLimits limits, const worker::v1::ModelInfo& info);
 
 // A fresh name for this router process: its host, its pid and a random part.

@@ -116,7 +116,7 @@ def main():
         # The metrics of horizontal scaling, each with a value that follows from the N requests of 3 prompt tokens
         # and at most 4 generated tokens.
         one = lambda want: (lambda r: len(r) == 1 and r[0][1] == want)
-        settle(prom_port, 'gemma_build_info{protocol="5"}', lambda r: len(r) == 2 and all(v == 1 for _, v in r),
+        settle(prom_port, 'gemma_build_info{protocol="6"}', lambda r: len(r) == 2 and all(v == 1 for _, v in r),
                "build info on the router and the worker")
         settle(prom_port, 'gemma_worker_model_info{model="tiny-mqa",tp="2",device="cpu"}', one(1), "model info")
         settle(prom_port, 'gemma_worker_kv_blocks{rank="0"} > 0', lambda r: len(r) == 1, "KV blocks")

@@ -195,8 +195,9 @@ int Run(const WorkerOptions& o) {
   }
   worker::v1::ModelInfo info = MakeInfo(o, checkpoint->config(), **backend, limits);
   auto adapters = std::make_shared<AdapterStore>(LoraLoaderFor(checkpoint->config(), shard->tp), o.max_resident_adapters);
+  const LoraCapacity capacity = (*backend)->lora_capacity();
   for (const auto& [name, dir] : o.loras) {
-    auto id = adapters->Register(name, dir);
+    auto id = adapters->Register(name, dir, [&](const LoraAdapter& a) { return CheckAdapterFits(capacity, a); });
     if (!id.ok()) return Fail(absl::InvalidArgumentError(absl::StrCat("--lora ", name, "=", dir, ": ", id.status().message())));
     std::fprintf(stderr, "gemma-worker: LoRA adapter %s (id %u) from %s\n", name.c_str(), *id, dir.c_str());
   }

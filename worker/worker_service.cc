@@ -1,7 +1,5 @@
 #include "worker/worker_service.h"
 
-#include "shard/model/lora_loader.h"
-
 #include <chrono>
 #include <set>
 
@@ -45,9 +43,22 @@ StepLimits LimitsOf(const worker::v1::ModelInfo& info) {
 
 }  // namespace
 
+absl::Status CheckAdapterFits(const LoraCapacity& capacity, const LoraAdapter& adapter) {
+  if (adapter.rank <= capacity.max_rank) return absl::OkStatus();
+  if (capacity.max_rank <= 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "LoRA adapter '", adapter.name, "' (rank ", adapter.rank,
+        ") cannot be served: this worker holds no adapters (0 GPU adapter slots; start it with --gpu_lora_slots)"));
+  }
+  return absl::InvalidArgumentError(absl::StrCat("LoRA adapter '", adapter.name, "' has rank ", adapter.rank,
+                                                 "; this worker runs ranks up to ", capacity.max_rank,
+                                                 " (raise it with --gpu_lora_max_rank)"));
+}
+
 WorkerService::WorkerService(std::unique_ptr<LeaderBackend> backend, worker::v1::ModelInfo info, WorkerMetrics* metrics,
                              std::shared_ptr<AdapterStore> adapters)
     : info_(std::move(info)),
+      lora_capacity_(backend->lora_capacity()),
       adapters_(std::move(adapters)),
       limits_(LimitsOf(info_)),
       metrics_(metrics),
@@ -70,14 +81,17 @@ grpc::Status WorkerService::GetModelInfo(grpc::ServerContext*, const worker::v1:
                                          worker::v1::ModelInfo* response) {
   if (!healthy_) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "this worker group has failed; restart it");
   *response = info_;
-  response->set_max_lora_rank(kMaxLoraRank);
+  response->set_max_lora_rank(lora_capacity_.max_rank);
+  response->set_max_loras_per_step(lora_capacity_.max_per_step);
   for (const AdapterInfo& a : adapters_->List()) ToProto(a, response->add_adapters());
   return grpc::Status::OK;
 }
 
 grpc::Status WorkerService::LoadAdapter(grpc::ServerContext*, const worker::v1::LoadAdapterRequest* request,
                                         worker::v1::AdapterInfo* response) {
-  auto id = adapters_->Register(request->name(), request->path());
+  // Checked here, on the leader, before the adapter has an id: followers read an adapter only when a step names it.
+  auto id = adapters_->Register(request->name(), request->path(),
+                                [this](const LoraAdapter& a) { return CheckAdapterFits(lora_capacity_, a); });
   if (!id.ok()) return ToGrpcStatus(id.status());
   for (const AdapterInfo& a : adapters_->List()) {
     if (a.id == *id) ToProto(a, response);

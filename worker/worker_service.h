@@ -18,12 +18,18 @@
 
 namespace gemma {
 
+// OK when the backend of `capacity` can run `adapter`; else InvalidArgument naming the adapter's rank, the limit and
+// the flag that raises it. Every rank shares the leader's flags, so the leader's answer holds for the group.
+absl::Status CheckAdapterFits(const LoraCapacity& capacity, const LoraAdapter& adapter);
+
 // Thread-safe: steps are serialized (the group runs one at a time).
 class WorkerService final : public worker::v1::Worker::Service {
  public:
   // Steps are kept within the limits `info` reports (max_tokens_per_step, max_batch_size, max_model_len): what
   // routers are told is what is enforced.
-  // `adapters` holds rank 0's LoRA adapters (followers read theirs when a step first names one).
+  // `adapters` holds rank 0's LoRA adapters (followers read theirs when a step first names one). ModelInfo's
+  // max_lora_rank and max_loras_per_step are the backend's lora_capacity(), and LoadAdapter refuses (before the
+  // adapter is registered, so no rank ever reads it) an adapter it cannot hold.
   WorkerService(std::unique_ptr<LeaderBackend> backend, worker::v1::ModelInfo info, WorkerMetrics* metrics,
                 std::shared_ptr<AdapterStore> adapters);
   // Called once, on the thread that finds the group failed (to turn health NOT_SERVING at once).
@@ -58,6 +64,7 @@ class WorkerService final : public worker::v1::Worker::Service {
   void MarkFailed() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   worker::v1::ModelInfo info_;
+  const LoraCapacity lora_capacity_;  // the backend's, read once (backend_ is under mu_ while a step runs)
   const std::shared_ptr<AdapterStore> adapters_;  // thread-safe itself
   const StepLimits limits_;
   WorkerMetrics* metrics_;

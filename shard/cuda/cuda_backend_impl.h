@@ -136,6 +136,10 @@ class CudaBackend final : public Backend {
   int num_kv_blocks() const override { return num_blocks_; }
   int kv_block_size() const override { return block_size_; }
   KvWindow kv_window() const override { return kv_layout_.window(); }
+  // As CudaAdapters refuses steps: no adapter without slots, none above the slots' rank, no more than the slots.
+  LoraCapacity lora_capacity() const override {
+    return {options_.lora_slots > 0 ? options_.lora_max_rank : 0, options_.lora_slots};
+  }
   absl::Status Forward(std::span<const SequenceStep> batch, StepLogits* out) override {
     std::vector<SampledToken> none;
     return ForwardAndSample(batch, {}, true, out, &none);

@@ -23,7 +23,7 @@ struct CudaModuleApi {
   absl::StatusOr<std::unique_ptr<DeviceCollective>> (*create_nccl)(HostCollective& bootstrap, int device,
                                                                    std::chrono::milliseconds timeout);
 };
-inline constexpr int kCudaModuleVersion = 2;  // 2: host and device collectives apart
+inline constexpr int kCudaModuleVersion = 3;  // 2: host and device collectives apart; 3: Backend::lora_capacity
 
 // Loads the module once: $GEMMA_CUDA_MODULE, else libgemma_cuda.so beside the executable, else where the build
 // put it. Unimplemented, saying where it looked, when there is none (a build without nvcc) or it does not load.

@@ -49,8 +49,9 @@ absl::StatusOr<std::shared_ptr<LoraAdapter>> AdapterStore::Load(
   return a;
 }
 
-absl::StatusOr<uint32_t> AdapterStore::Register(const std::string& name,
-                                                const std::string& dir) {
+absl::StatusOr<uint32_t> AdapterStore::Register(
+    const std::string& name, const std::string& dir,
+    const std::function<absl::Status(const LoraAdapter&)>& accept) {
   RETURN_IF_ERROR(ValidateAdapterName(name));
   {
     absl::MutexLock lock(&mu_);
@@ -65,6 +66,7 @@ absl::StatusOr<uint32_t> AdapterStore::Register(const std::string& name,
   // Read outside the lock: steps go on meanwhile. The id is given after, so a
   // failed load uses none.
   ASSIGN_OR_RETURN(auto loaded, Load(0, name, dir));
+  if (accept) RETURN_IF_ERROR(accept(*loaded));
   absl::MutexLock lock(&mu_);
   for (const auto& [id, e] : entries_) {
     if (e.info.name == name)

@@ -50,9 +50,11 @@ class AdapterStore {
 
   // Reads and checks the adapter and gives it the next id (ids are never
   // reused). InvalidArgument for a bad name or folder; AlreadyExists for a name
-  // already registered.
-  absl::StatusOr<uint32_t> Register(const std::string& name,
-                                    const std::string& dir)
+  // already registered. `accept`, when set, sees the adapter once read and
+  // before it is registered: its error is returned and nothing is kept.
+  absl::StatusOr<uint32_t> Register(
+      const std::string& name, const std::string& dir,
+      const std::function<absl::Status(const LoraAdapter&)>& accept = nullptr)
       ABSL_LOCKS_EXCLUDED(mu_);
   // NotFound for an unknown name. Steps already holding it finish with it.
   absl::Status Unregister(const std::string& name) ABSL_LOCKS_EXCLUDED(mu_);

@@ -8,6 +8,7 @@
 #include "absl/status/status.h"
 #include "engine/step_protocol.h"
 #include "shard/model/lora_adapter.h"
+#include "shard/model/lora_loader.h"
 #include "shard/model/model_config.h"
 #include "shard/runtime/sampler.h"
 
@@ -85,6 +86,14 @@ class StageTimer {
   double start_;
 };
 
+// Which LoRA adapters a backend can run: of rank up to max_rank (0: none at all), and at most max_per_step distinct
+// adapters in one step (0: any number). A step beyond them is refused (InvalidArgument) before anything runs, so
+// the worker refuses such adapters when they are loaded and the router's scheduler keeps steps within them.
+struct LoraCapacity {
+  int max_rank = kMaxLoraRank;
+  int max_per_step = 0;
+};
+
 // Implementations say whether they are thread-safe; a step is one call.
 class Backend {
  public:
@@ -94,6 +103,9 @@ class Backend {
   virtual int kv_block_size() const = 0;
   // How local layers keep their window (KvWindow); none by default: every block holds every layer.
   virtual KvWindow kv_window() const { return {}; }
+  // What adapters the backend can hold; by default any the loader reads (up to kMaxLoraRank), any number a step.
+  // Fixed for the backend's life.
+  virtual LoraCapacity lora_capacity() const { return {}; }
   // Runs the step; InvalidArgument (naming the sequence) for token ids outside
   // the vocabulary, positions past the context, or block tables too short or
   // holding ids outside the pool. Nothing is written when it fails validation.

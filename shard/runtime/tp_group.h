@@ -50,6 +50,7 @@ class LeaderBackend : public Backend {
   int num_kv_blocks() const override { return local_->num_kv_blocks(); }
   int kv_block_size() const override { return local_->kv_block_size(); }
   KvWindow kv_window() const override { return local_->kv_window(); }
+  LoraCapacity lora_capacity() const override { return local_->lora_capacity(); }
   absl::Status Forward(std::span<const SequenceStep> batch, StepLogits* out) override;
   absl::Status ForwardAndSample(std::span<const SequenceStep> batch, std::span<const RowSample> samples,
                                 bool logits_to_host, StepLogits* out, std::vector<SampledToken>* tokens) override;
