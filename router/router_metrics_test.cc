@@ -81,7 +81,7 @@ TEST_F(RouterTest, MetricsCountFinishReasonsTokensPerRequestAndStepAndPrefillTim
   // A prefill step of 4 positions, then a step of one token for each further token.
   EXPECT_GE(delta(m, "gemma_router_step_tokens_count"), generated);
   EXPECT_GE(delta(m, "gemma_router_step_tokens_sum"), 4 + generated - 1);
-  EXPECT_NE(m.find("gemma_build_info{protocol=\"5\",version=\""), std::string::npos);
+  EXPECT_NE(m.find("gemma_build_info{protocol=\"6\",version=\""), std::string::npos);
   EXPECT_EQ(Sample(m, "gemma_router_group_healthy{group=\"router-test-group\"}"), 1) << m;
   EXPECT_EQ(m.find("gemma_router_group_healthy{group=\"127.0.0.1:"), std::string::npos);
 }

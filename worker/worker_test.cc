@@ -303,7 +303,7 @@ TEST(WorkerTest, ConfiguredFromEnvironmentAndExportsMetrics) {
                            "gemma_worker_kv_blocks_used", "gemma_worker_kv_blocks{rank=\"0\"}",
                            "gemma_worker_group_healthy", "gemma_worker_rank_step_duration_seconds_count{rank=\"0\"} 3",
                            "gemma_worker_rank_collective_duration_seconds_count{rank=\"0\"} 3",
-                           "gemma_build_info{protocol=\"5\",version=\"",
+                           "gemma_build_info{protocol=\"6\",version=\"",
                            "gemma_worker_step_limit{limit=\"tokens\",rank=\"0\"} 2048",
                            "gemma_worker_step_limit{limit=\"sequences\",rank=\"0\"} 256",
                            "gemma_worker_step_limit{limit=\"context\",rank=\"0\"} 512",
