@@ -15,6 +15,8 @@ void LocalExecutor::Release(std::span<const uint64_t> ids) {
 EngineOptions LocalExecutor::EngineOptionsFor(SchedulerLimits limits, bool prefix_cache) const {
   EngineOptions o;
   o.limits = limits;
+  // The backend's adapter slots (a GPU's), as a worker reports them to a router.
+  o.limits.max_adapters_per_step = backend_->lora_capacity().max_per_step;
   o.num_blocks = backend_->num_kv_blocks();
   o.block_size = backend_->kv_block_size();
   o.kv_window = backend_->kv_window();

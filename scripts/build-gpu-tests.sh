@@ -3,9 +3,11 @@
 # backend's tests, the NCCL test and gemma-cuda-bench (shard/ only: no gRPC), and the serving binaries
 # (gemma-worker with libgemma_cuda.so, gemma-router, gemma) for an end-to-end check, into build-gpu/, with the
 # non-system shared libraries they load copied into build-gpu/lib (CUDA, cuBLAS and NCCL come from that machine).
+# The tests and the bench hold Hopper code only (sm_90a, no PTX: half the bytes to copy); GEMMA_CUDA_PTX=ON keeps
+# the compute_80 PTX for other GPUs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cmake -S . -B build-gpu-cmake -G Ninja -DCMAKE_BUILD_TYPE=Release -DGEMMA_BUILD_SERVICES=OFF -DGEMMA_CUDA_PTX=OFF >/dev/null
+cmake -S . -B build-gpu-cmake -G Ninja -DCMAKE_BUILD_TYPE=Release -DGEMMA_BUILD_SERVICES=OFF -DGEMMA_CUDA_PTX=${GEMMA_CUDA_PTX:-OFF} >/dev/null
 cmake --build build-gpu-cmake --target cuda_backend_test cuda_memory_test decode_gemm_test nccl_collective_test \
   backend_conformance_test cuda_lora_test cuda_quantized_test activations_test gemma-cuda-bench
 out=build-gpu

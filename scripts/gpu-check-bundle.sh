@@ -38,5 +38,5 @@ pack() {  # NAME FOLDER...
 pack testdata-gemma23 gemma2-tiny gemma3-tiny
 pack testdata-adapters gemma-lora-tiny gemma-activations-tiny
 bundle=$(du -cb gpu-bundle/* | tail -1 | cut -f1)
-checkout=$( (git ls-files -z; git ls-files -z --others --exclude-standard) | xargs -0 du -cb 2>/dev/null | tail -1 | cut -f1)
+checkout=$( (git ls-files -z; git ls-files -z --others --exclude-standard) | du -cb --files0-from=- 2>/dev/null | tail -1 | cut -f1)
 echo "gpu-bundle/: $((bundle >> 20)) MiB ($(ls gpu-bundle | tr '\n' ' ')); the checkout's files: $((checkout >> 20)) MiB; together $(((bundle + checkout) >> 20)) MiB"

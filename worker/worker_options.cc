@@ -58,8 +58,8 @@ ABSL_FLAG(std::vector<std::string>, lora, {},
 ABSL_FLAG(int, max_resident_adapters, 8, "LoRA adapters kept in memory, 1..1024; the least recently used beyond it "
           "are read again from their folder when next used");
 ABSL_FLAG(int, gpu_lora_slots, -1, "with --device cuda: LoRA adapters held on the GPU at once, 0..1024, each in a slot "
-          "reserved at start (every projection of every layer at --gpu_lora_max_rank); 0: none, rows with an adapter "
-          "are refused; -1 (default): 8 when --lora names adapters, else 0 (memory goes to the KV cache)");
+          "reserved at start (every projection of every layer at --gpu_lora_max_rank); 0: none, adapters are "
+          "refused at load; -1 (default): 8 when --lora names adapters, else 0 (memory goes to the KV cache)");
 ABSL_FLAG(int, gpu_lora_max_rank, 16, "with --device cuda: the highest LoRA rank the GPU's adapter slots hold, 1..64");
 
 namespace gemma {

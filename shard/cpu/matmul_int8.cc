@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <vector>
 
 #include "shard/cpu/prompt_tiles.h"
@@ -101,9 +102,19 @@ bool HasInt8DotProducts() {
 
 float QuantizeActivationRow(const float* x, int64_t K, int8_t* q, int32_t* sum) {
   float amax = 0;
-  for (int64_t k = 0; k < K; ++k) amax = std::max(amax, std::abs(x[k]));
+  bool finite = true;
+  for (int64_t k = 0; k < K; ++k) {
+    finite = finite && std::isfinite(x[k]);
+    amax = std::max(amax, std::abs(x[k]));
+  }
   const float scale = amax / 127.0f;
   const float inv = amax > 0 ? 127.0f / amax : 0.0f;
+  if (!finite || !std::isfinite(inv)) {
+    // NaN or infinite values, or a row so small its inverse scale overflows: no int8 form; NaN tells the caller.
+    std::fill_n(q, K, int8_t{0});
+    *sum = 0;
+    return std::numeric_limits<float>::quiet_NaN();
+  }
   int32_t s = 0;
   for (int64_t k = 0; k < K; ++k) {
     const int32_t c = std::clamp(static_cast<int32_t>(std::nearbyint(x[k] * inv)), -127, 127);
@@ -132,6 +143,9 @@ bool MatMulInt8Activations(const float* x, int64_t M, int64_t K, int64_t ldx, st
   int32_t* total = sum.data();
 #pragma omp parallel for schedule(static) if (M * K > (int64_t{1} << 16))
   for (int64_t m = 0; m < M; ++m) s[m] = QuantizeActivationRow(x + m * ldx, K, q + m * K, &total[m]);
+  for (int64_t m = 0; m < M; ++m) {
+    if (std::isnan(s[m])) return false;  // rows the f32 kernel must carry as they are
+  }
   Run(Tokens{q, s, total}, M, K, weights, out, ldo);
   return true;
 }

@@ -16,7 +16,8 @@ namespace gemma {
 bool HasInt8DotProducts();
 
 // Row m of x as int8 codes: q[k] = round(x[k] / scale) (to nearest even), scale = max |x[k]| / 127 (0 for a zero
-// row, whose codes are 0); returns the scale. `sum` gets the sum of the codes.
+// row, whose codes are 0); returns the scale. `sum` gets the sum of the codes. NaN (codes 0) for a row with a
+// non-finite value or too small to scale: MatMulInt8Activations then declines the call.
 float QuantizeActivationRow(const float* x, int64_t K, int8_t* q, int32_t* sum);
 
 // As MatMul (matmul.h) for int8 views: out[m * ldo + n] = xs[m] * ws[n] * sum_k q[m, k] * code[n, k], with q, xs

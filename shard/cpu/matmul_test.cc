@@ -256,6 +256,15 @@ TEST(MatMulTest, Int8ActivationsSumQuantizedInputsForAnyBatch) {
   const MatrixView b{w.data(), 4, 64, 64};
   std::vector<float> x(64, 1.0f), out(4);
   EXPECT_FALSE(MatMulInt8Activations(x.data(), 1, 64, 64, std::span<const MatrixView>(&b, 1), out.data(), 4));
+  // Nor does it quantize a row holding NaN, infinity, or values too small to scale: the f32 kernel carries them.
+  std::vector<uint8_t> memory(QuantizedBytes(WeightFormat::kInt8, 4, 64, 0) + 64);
+  uint8_t* aligned = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(memory.data()) + 63) / 64 * 64);
+  const MatrixView q = QuantizeInto(b, 0, 4, 0, 64, WeightFormat::kInt8, 0, aligned);
+  for (const float bad : {std::nanf(""), INFINITY, 1e-40f}) {
+    x.assign(64, 0.0f);
+    x[5] = bad;
+    EXPECT_FALSE(MatMulInt8Activations(x.data(), 1, 64, 64, std::span<const MatrixView>(&q, 1), out.data(), 4)) << bad;
+  }
 }
 
 }  // namespace
