@@ -219,24 +219,47 @@ v1::Adapter ToPublic(const worker::v1::AdapterInfo& a) {
 
 }  // namespace
 
-// Under mu_ so no group leaves meanwhile; an admin call is rare, and Submit waits for it.
+// Under mu_ so no group leaves meanwhile; an admin call is rare, and Submit waits for it. All or nothing: when one
+// group refuses, those that took the adapter in this call unload it again, so no request can reach an adapter that
+// only some groups serve.
 absl::StatusOr<v1::Adapter> GroupSet::LoadAdapter(const std::string& name, const std::string& path) {
   absl::MutexLock lock(&mu_);
   if (groups_.empty()) return absl::UnavailableError("no worker group has joined yet; retry");
   absl::Status first_error;
   std::optional<v1::Adapter> loaded;
+  std::vector<WorkerGroup*> took;
   int holding = 0;
   for (const auto& g : groups_) {
+    // A group that already serves this name from this path holds it: loading again brings groups that joined later
+    // up to date.
+    const std::vector<worker::v1::AdapterInfo> held = g->adapters();
+    const auto same = std::find_if(held.begin(), held.end(), [&](const auto& a) { return a.name() == name; });
+    if (same != held.end() && same->path() == path) {
+      ++holding;
+      if (!loaded) loaded = ToPublic(*same);
+      continue;
+    }
     auto info = g->LoadAdapter(name, path);
     if (!info.ok()) {
       if (first_error.ok()) first_error = info.status();
       continue;
     }
-    ++holding;
+    took.push_back(g.get());
     if (!loaded) loaded = ToPublic(*info);
   }
-  if (!first_error.ok()) return first_error;
-  loaded->set_groups(holding);
+  if (took.empty() && first_error.ok()) {
+    return absl::AlreadyExistsError(absl::StrCat("adapter \"", name, "\" is already loaded from ", path,
+                                                 " on every worker group"));
+  }
+  if (!first_error.ok()) {
+    int unloaded = 0;
+    for (WorkerGroup* g : took) unloaded += g->UnloadAdapter(name).ok() ? 1 : 0;
+    if (took.empty()) return first_error;
+    return absl::Status(first_error.code(),
+                        absl::StrCat(first_error.message(), " (not loaded: unloaded again from ", unloaded, " of the ",
+                                     took.size(), " groups that had taken it)"));
+  }
+  loaded->set_groups(holding + static_cast<int>(took.size()));
   return *loaded;
 }
 

@@ -279,6 +279,27 @@ TEST_F(LoraLoaderErrorsTest, TheStoreReadsDroppedAdaptersAgainAndRefusesChangedO
   EXPECT_TRUE(absl::IsAlreadyExists(store.Register("a", dir_).status()));
 }
 
+// A backend's adapter slots are checked when an adapter is registered, with the flag that would make room spelled as
+// the command that started the backend spells it: `gemma generate --adapter` refuses at load, not at its first step.
+TEST_F(LoraLoaderErrorsTest, AnAdapterAboveTheSlotsIsRefusedAtRegistration) {
+  AdapterStore store(LoraLoaderFor(config_, *TensorParallel::Create(config_, 0, 1)), 1);
+  const LoraCapacity rank4{4, 1};
+  auto fits = [&](const LoraAdapter& a) { return CheckAdapterFits(rank4, a, kCliLoraFlags); };
+  const auto big = store.Register("big", root_ + "/mha-r8-all", fits);
+  EXPECT_TRUE(absl::IsInvalidArgument(big.status())) << big.status();
+  EXPECT_NE(big.status().message().find("rank 8"), std::string::npos) << big.status();
+  EXPECT_NE(big.status().message().find("up to 4"), std::string::npos) << big.status();
+  EXPECT_NE(big.status().message().find("--gpu-lora-max-rank"), std::string::npos) << big.status();
+  EXPECT_TRUE(store.List().empty());
+  EXPECT_TRUE(store.Register("small", root_ + "/mha-r4-qv", fits).ok());
+  const LoraCapacity none{0, 0};
+  const auto refused = store.Register("other", root_ + "/mha-r8-all", [&](const LoraAdapter& a) {
+    return CheckAdapterFits(none, a, kWorkerLoraFlags);
+  });
+  EXPECT_NE(refused.status().message().find("--gpu_lora_slots"), std::string::npos) << refused.status();
+  EXPECT_EQ(store.List().size(), 1u);
+}
+
 TEST_F(LoraLoaderErrorsTest, AnAdapterForAnotherModelIsRefused) {
   auto ckpt = Checkpoint::Open(GemmaTinyDir() + "/tiny-mqa");
   ASSERT_TRUE(ckpt.ok());

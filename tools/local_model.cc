@@ -225,7 +225,11 @@ absl::Status AttachBackend(LocalModel& model, int64_t kv_tokens, int tp, int64_t
 
 absl::StatusOr<uint32_t> RegisterAdapterFlag(LocalModel& model, const std::string& dir) {
   if (dir.empty()) return 0;
-  auto id = model.adapters->Register("adapter", dir);
+  // Checked here rather than at the first step: a GPU backend holds adapters in slots of a fixed rank.
+  const LoraCapacity capacity = model.backend->lora_capacity();
+  auto id = model.adapters->Register("adapter", dir, [&](const LoraAdapter& a) {
+    return CheckAdapterFits(capacity, a, kCliLoraFlags);
+  });
   if (!id.ok()) return absl::InvalidArgumentError(absl::StrCat("--adapter ", dir, ": ", id.status().message()));
   return *id;
 }

@@ -197,7 +197,7 @@ int Run(const WorkerOptions& o) {
   auto adapters = std::make_shared<AdapterStore>(LoraLoaderFor(checkpoint->config(), shard->tp), o.max_resident_adapters);
   const LoraCapacity capacity = (*backend)->lora_capacity();
   for (const auto& [name, dir] : o.loras) {
-    auto id = adapters->Register(name, dir, [&](const LoraAdapter& a) { return CheckAdapterFits(capacity, a); });
+    auto id = adapters->Register(name, dir, [&](const LoraAdapter& a) { return CheckAdapterFits(capacity, a, kWorkerLoraFlags); });
     if (!id.ok()) return Fail(absl::InvalidArgumentError(absl::StrCat("--lora ", name, "=", dir, ": ", id.status().message())));
     std::fprintf(stderr, "gemma-worker: LoRA adapter %s (id %u) from %s\n", name.c_str(), *id, dir.c_str());
   }

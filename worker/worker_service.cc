@@ -43,18 +43,6 @@ StepLimits LimitsOf(const worker::v1::ModelInfo& info) {
 
 }  // namespace
 
-absl::Status CheckAdapterFits(const LoraCapacity& capacity, const LoraAdapter& adapter) {
-  if (adapter.rank <= capacity.max_rank) return absl::OkStatus();
-  if (capacity.max_rank <= 0) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "LoRA adapter '", adapter.name, "' (rank ", adapter.rank,
-        ") cannot be served: this worker holds no adapters (0 GPU adapter slots; start it with --gpu_lora_slots)"));
-  }
-  return absl::InvalidArgumentError(absl::StrCat("LoRA adapter '", adapter.name, "' has rank ", adapter.rank,
-                                                 "; this worker runs ranks up to ", capacity.max_rank,
-                                                 " (raise it with --gpu_lora_max_rank)"));
-}
-
 WorkerService::WorkerService(std::unique_ptr<LeaderBackend> backend, worker::v1::ModelInfo info, WorkerMetrics* metrics,
                              std::shared_ptr<AdapterStore> adapters)
     : info_(std::move(info)),
@@ -91,7 +79,7 @@ grpc::Status WorkerService::LoadAdapter(grpc::ServerContext*, const worker::v1::
                                         worker::v1::AdapterInfo* response) {
   // Checked here, on the leader, before the adapter has an id: followers read an adapter only when a step names it.
   auto id = adapters_->Register(request->name(), request->path(),
-                                [this](const LoraAdapter& a) { return CheckAdapterFits(lora_capacity_, a); });
+                                [this](const LoraAdapter& a) { return CheckAdapterFits(lora_capacity_, a, kWorkerLoraFlags); });
   if (!id.ok()) return ToGrpcStatus(id.status());
   for (const AdapterInfo& a : adapters_->List()) {
     if (a.id == *id) ToProto(a, response);

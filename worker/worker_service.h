@@ -18,10 +18,6 @@
 
 namespace gemma {
 
-// OK when the backend of `capacity` can run `adapter`; else InvalidArgument naming the adapter's rank, the limit and
-// the flag that raises it. Every rank shares the leader's flags, so the leader's answer holds for the group.
-absl::Status CheckAdapterFits(const LoraCapacity& capacity, const LoraAdapter& adapter);
-
 // Thread-safe: steps are serialized (the group runs one at a time).
 class WorkerService final : public worker::v1::Worker::Service {
  public:

@@ -30,6 +30,19 @@ absl::Status ValidateAdapterName(const std::string& name) {
 
 }  // namespace
 
+absl::Status CheckAdapterFits(const LoraCapacity& capacity, const LoraAdapter& adapter, const LoraSlotFlags& flags) {
+  if (adapter.rank <= capacity.max_rank) return absl::OkStatus();
+  if (capacity.max_rank <= 0) {
+    return absl::InvalidArgumentError(absl::StrCat("LoRA adapter '", adapter.name, "' (rank ", adapter.rank,
+                                                   ") cannot be served: this backend holds no adapters (0 GPU "
+                                                   "adapter slots; start it with ",
+                                                   flags.slots, ")"));
+  }
+  return absl::InvalidArgumentError(absl::StrCat("LoRA adapter '", adapter.name, "' has rank ", adapter.rank,
+                                                 "; this backend runs ranks up to ", capacity.max_rank,
+                                                 " (raise it with ", flags.max_rank, ")"));
+}
+
 AdapterLoader LoraLoaderFor(const ModelConfig& config,
                             const TensorParallel& tp) {
   return [config, tp](const std::string& dir) {

@@ -14,6 +14,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "shard/runtime/backend.h"
 #include "shard/model/lora_adapter.h"
 #include "shard/model/model_config.h"
 #include "shard/model/tensor_parallel.h"
@@ -29,6 +30,18 @@ using AdapterLoader =
 // Reads peft adapters for the rank `tp` of a model of `config`.
 AdapterLoader LoraLoaderFor(const ModelConfig& config,
                             const TensorParallel& tp);
+
+// How the command that started a backend spells the flags sizing its adapter slots.
+struct LoraSlotFlags {
+  const char* slots;     // e.g. "--gpu_lora_slots"
+  const char* max_rank;  // e.g. "--gpu_lora_max_rank"
+};
+inline constexpr LoraSlotFlags kWorkerLoraFlags{"--gpu_lora_slots", "--gpu_lora_max_rank"};
+inline constexpr LoraSlotFlags kCliLoraFlags{"--gpu-lora-slots", "--gpu-lora-max-rank"};
+
+// OK when a backend of `capacity` can run `adapter`; else InvalidArgument naming the adapter's rank, the limit and
+// the flag that raises it. Every rank of a group shares the leader's flags, so the leader's answer holds for all.
+absl::Status CheckAdapterFits(const LoraCapacity& capacity, const LoraAdapter& adapter, const LoraSlotFlags& flags);
 
 struct AdapterInfo {
   uint32_t id = 0;
