@@ -25,17 +25,17 @@ using DF = hn::ScalableTag<float>;
 using DU = hn::RebindToUnsigned<DF>;
 using VF = hn::Vec<DF>;
 
-// Register tiles. Few tokens: one weight row at a time, one sequential stream
-// per thread (memory-bound decode). More tokens: kTileRows rows x 2 tokens so
-// each loaded x vector feeds several rows (compute-bound prefill).
+// Register tiles: kTileRows weight rows x kBlockTokens tokens, so each loaded x vector feeds several rows and each
+// decoded weight vector several tokens. Even a single token runs kTileRows rows at once: one row alone is one chain
+// of dependent FMAs, which caps a thread far below the memory bandwidth once weights decode in a few instructions
+// (int8, int4, fp8).
 #if HWY_TARGET <= HWY_AVX3
 constexpr int kTileRows = 4;
 #else
 constexpr int kTileRows = 2;
 #endif
-constexpr int kStreamTokens = 4;  // up to this many tokens use the one-row kernel
 constexpr int kBlockTokens = 4;
-// Bytes of packed x kept hot in L2 while one thread's rows stream past it.
+// Bytes of packed x (one column chunk of a panel of tokens) kept hot in L2 while one thread's rows pass it.
 constexpr int64_t kPanelBytes = 384 << 10;
 
 // A format's block b holds 2N elements of a row, as two vectors: even/odd (the N even elements of
@@ -66,31 +66,17 @@ void PackX(const float* x, int64_t M, int64_t K, int64_t ldx, int64_t packed_str
   }
 }
 
-// Sums of each 32 elements of x ([M][K / 32]), for grouped formats' zero points: sum_k (c - z) s x = s sum_k c x -
-// z s sum_k x.
-constexpr int64_t kChunk = 32;
-void ChunkSums(const float* x, int64_t M, int64_t K, int64_t ldx, float* sums) {
-  for (int64_t m = 0; m < M; ++m) {
-    for (int64_t c = 0; c < K / kChunk; ++c) {
-      float s = 0;
-      for (int64_t k = 0; k < kChunk; ++k) s += x[m * ldx + c * kChunk + k];
-      sums[m * (K / kChunk) + c] = s;
-    }
-  }
-}
-
-// Weight decoders: block b of row r as two f32 vectors (lo, hi) in the format's layout; Scalar gives one element
-// of the tail, Finish turns a row's sum into its output. Ungrouped formats sum w x over the whole row; grouped
-// ones (kGrouped) sum c x over each group of columns and apply the group's scale and zero once per group.
+// Weight decoders: block b of row r as two f32 vectors (lo, hi) in the format's layout, dequantized; Scalar gives
+// one element of the tail, Finish turns a row's sum into its output. A row is walked in groups of GroupBlocks
+// blocks (the whole row for formats with one scale per row) and Block is told the group.
 struct Bf16Rows {
   static constexpr Layout kLayout = Layout::kEvenOdd;
-  static constexpr bool kGrouped = false;
   const uint16_t* w;
   int64_t stride;
   explicit Bf16Rows(const MatrixView& m) : w(m.data), stride(m.stride) {}
   const void* Address(int64_t r, int64_t b) const { return w + r * stride + b * 2 * hn::Lanes(DF()); }
   int64_t RowBytes() const { return 2 * stride; }
-  HWY_INLINE void Block(int64_t r, int64_t b, VF& lo, VF& hi) const {
+  HWY_INLINE void Block(int64_t r, int64_t b, int64_t /*group*/, VF& lo, VF& hi) const {
     const DF df;
     const DU du;
     const auto u = hn::LoadU(du, static_cast<const uint32_t*>(Address(r, b)));
@@ -99,17 +85,17 @@ struct Bf16Rows {
   }
   float Scalar(int64_t r, int64_t k) const { return Bf16ToF32(w[r * stride + k]); }
   float Finish(int64_t, float sum) const { return sum; }
+  int64_t GroupBlocks(int64_t full_blocks) const { return full_blocks; }
 };
 
 struct F32Rows {
   static constexpr Layout kLayout = Layout::kPlain;
-  static constexpr bool kGrouped = false;
   const float* w;
   int64_t stride;
   explicit F32Rows(const MatrixView& m) : w(m.f32), stride(m.stride) {}
   const void* Address(int64_t r, int64_t b) const { return w + r * stride + b * 2 * hn::Lanes(DF()); }
   int64_t RowBytes() const { return 4 * stride; }
-  HWY_INLINE void Block(int64_t r, int64_t b, VF& lo, VF& hi) const {
+  HWY_INLINE void Block(int64_t r, int64_t b, int64_t /*group*/, VF& lo, VF& hi) const {
     const DF df;
     const float* p = static_cast<const float*>(Address(r, b));
     lo = hn::LoadU(df, p);
@@ -117,19 +103,19 @@ struct F32Rows {
   }
   float Scalar(int64_t r, int64_t k) const { return w[r * stride + k]; }
   float Finish(int64_t, float sum) const { return sum; }
+  int64_t GroupBlocks(int64_t full_blocks) const { return full_blocks; }
 };
 
 // Sums code x over the row and scales once at the end: one sign-extending load and one conversion per N codes.
 struct Int8Rows {
   static constexpr Layout kLayout = Layout::kPlain;
-  static constexpr bool kGrouped = false;
   const uint8_t* codes;
   const float* scales;
   int64_t stride;
   explicit Int8Rows(const MatrixView& m) : codes(m.codes), scales(m.scales), stride(m.stride) {}
   const void* Address(int64_t r, int64_t b) const { return codes + r * stride + b * 2 * hn::Lanes(DF()); }
   int64_t RowBytes() const { return stride; }
-  HWY_INLINE void Block(int64_t r, int64_t b, VF& lo, VF& hi) const {
+  HWY_INLINE void Block(int64_t r, int64_t b, int64_t /*group*/, VF& lo, VF& hi) const {
     const DF df;
     const hn::Rebind<int8_t, DF> d8;
     const hn::Rebind<int32_t, DF> d32;
@@ -139,6 +125,7 @@ struct Int8Rows {
   }
   float Scalar(int64_t r, int64_t k) const { return static_cast<float>(static_cast<int8_t>(codes[r * stride + k])); }
   float Finish(int64_t r, float sum) const { return sum * scales[r]; }
+  int64_t GroupBlocks(int64_t full_blocks) const { return full_blocks; }
 };
 
 // E4M3 codes widened in registers: the sign moved up a bit (b + (b & 0x80)) and the byte shifted left by 7 puts the
@@ -148,7 +135,6 @@ struct Int8Rows {
 // the row's scale.
 struct Fp8Rows {
   static constexpr Layout kLayout = Layout::kPlain;
-  static constexpr bool kGrouped = false;
   const uint8_t* codes;
   const float* scales;
   int64_t stride;
@@ -157,13 +143,13 @@ struct Fp8Rows {
   int64_t RowBytes() const { return stride; }
 #if HWY_TARGET == HWY_SCALAR
   // One lane: each code on its own.
-  HWY_INLINE void Block(int64_t r, int64_t b, VF& lo, VF& hi) const {
+  HWY_INLINE void Block(int64_t r, int64_t b, int64_t /*group*/, VF& lo, VF& hi) const {
     const uint8_t* p = static_cast<const uint8_t*>(Address(r, b));
     lo = hn::Set(DF(), Fp8E4M3ToF32(p[0]) * (1.0f / 256.0f));
     hi = hn::Set(DF(), Fp8E4M3ToF32(p[1]) * (1.0f / 256.0f));
   }
 #else
-  HWY_INLINE void Block(int64_t r, int64_t b, VF& lo, VF& hi) const {
+  HWY_INLINE void Block(int64_t r, int64_t b, int64_t /*group*/, VF& lo, VF& hi) const {
     const DF df;
     const hn::Repartition<uint16_t, DF> d16;  // 2N lanes
     const hn::Rebind<uint8_t, decltype(d16)> d8;
@@ -177,50 +163,51 @@ struct Fp8Rows {
 #endif
   float Scalar(int64_t r, int64_t k) const { return Fp8E4M3ToF32(codes[r * stride + k]) * (1.0f / 256.0f); }
   float Finish(int64_t r, float sum) const { return sum * (scales[r] * 256.0f); }
+  int64_t GroupBlocks(int64_t full_blocks) const { return full_blocks; }
 };
 
-// Needs 2N <= the group size (32 at the least; 2N is 32 at most), K a whole number of groups.
+// Dequantized in registers, (code - zero) * scale exactly as ElementAt gives it, so a row's products are the f32
+// kernel's over the dequantized matrix. Needs 2N <= the group size (32 at the least; 2N is 32 at most), K a whole
+// number of groups.
 struct Int4Rows {
   static constexpr Layout kLayout = Layout::kEvenOdd;
-  static constexpr bool kGrouped = true;
   const uint8_t* codes;
   const float* scales;
   const float* zeros;
   int64_t row_bytes, scale_stride, group_blocks;
-  int group_size;
   explicit Int4Rows(const MatrixView& m)
       : codes(m.codes), scales(m.scales), zeros(m.zeros), row_bytes(m.stride / 2), scale_stride(m.scale_stride),
-        group_blocks(m.group_size / (2 * static_cast<int64_t>(hn::Lanes(DF())))), group_size(m.group_size) {}
+        group_blocks(m.group_size / (2 * static_cast<int64_t>(hn::Lanes(DF())))) {}
   const void* Address(int64_t r, int64_t b) const { return codes + r * row_bytes + b * hn::Lanes(DF()); }
   int64_t RowBytes() const { return row_bytes; }
-  HWY_INLINE void Block(int64_t r, int64_t b, VF& lo, VF& hi) const {
+  HWY_INLINE void Block(int64_t r, int64_t b, int64_t g, VF& lo, VF& hi) const {
     const DF df;
     const hn::Rebind<uint8_t, DF> d8;
     const hn::Rebind<uint32_t, DF> du32;
     const hn::Rebind<int32_t, DF> di32;
+    const VF scale = hn::Set(df, scales[r * scale_stride + g]);
+    const VF zero = hn::Set(df, zeros[r * scale_stride + g]);
     const auto bytes = hn::PromoteTo(du32, hn::LoadU(d8, static_cast<const uint8_t*>(Address(r, b))));
-    lo = hn::ConvertTo(df, hn::BitCast(di32, hn::And(bytes, hn::Set(du32, 0xFu))));
-    hi = hn::ConvertTo(df, hn::BitCast(di32, hn::ShiftRight<4>(bytes)));
+    lo = hn::Mul(hn::Sub(hn::ConvertTo(df, hn::BitCast(di32, hn::And(bytes, hn::Set(du32, 0xFu)))), zero), scale);
+    hi = hn::Mul(hn::Sub(hn::ConvertTo(df, hn::BitCast(di32, hn::ShiftRight<4>(bytes))), zero), scale);
   }
-  float Scale(int64_t r, int64_t g) const { return scales[r * scale_stride + g]; }
-  float Zero(int64_t r, int64_t g) const { return zeros[r * scale_stride + g]; }
   float Scalar(int64_t, int64_t) const { return 0.0f; }  // no tail: K is whole groups of whole blocks
   float Finish(int64_t, float sum) const { return sum; }
+  int64_t GroupBlocks(int64_t) const { return group_blocks; }
 };
 
 // One block of R rows into the accumulators of T tokens.
 template <int R, int T, class Rows>
-HWY_INLINE void AccumulateBlock(const Rows& w, int64_t r0, int64_t b, int64_t ahead, const float* HWY_RESTRICT xp,
+HWY_INLINE void AccumulateBlock(const Rows& w, int64_t r0, int64_t b, int64_t g, int64_t ahead, const float* HWY_RESTRICT xp,
                                 int64_t xp_stride, VF (&acc)[R][T]) {
   const DF df;
   const int64_t N = static_cast<int64_t>(hn::Lanes(df));
   VF lo[R], hi[R];
   for (int r = 0; r < R; ++r) {
-    // Hardware prefetchers stop at 4 KB boundaries; a software prefetch ahead
-    // keeps the weight stream flowing: 4 KB on for one row (running on into
-    // the next row), the same place in the next tile of rows otherwise.
+    // Hardware prefetchers stop at 4 KB boundaries; a software prefetch ahead keeps the weight stream flowing:
+    // the same place in the next tile of rows (4 KB on, into the next row, for a lone row).
     __builtin_prefetch(static_cast<const char*>(w.Address(r0 + r, b)) + ahead);
-    w.Block(r0 + r, b, lo[r], hi[r]);
+    w.Block(r0 + r, b, g, lo[r], hi[r]);
   }
   for (int t = 0; t < T; ++t) {
     const VF xa = hn::Load(df, xp + t * xp_stride + b * 2 * N);
@@ -229,127 +216,98 @@ HWY_INLINE void AccumulateBlock(const Rows& w, int64_t r0, int64_t b, int64_t ah
   }
 }
 
-// R weight rows (from row r0 of `w`) against T tokens over all of K. Every output is the same sequence of
-// operations whatever R and T are (one chain of FMAs per group or row, reduced, then the scalar tail), so
-// results do not depend on batching. `xsums`: ChunkSums of these tokens (grouped formats only).
+// One call's operands: packed x and its tokens, the output, and how K is cut. Columns go in chunks of
+// kChunkColumns (whole blocks; the tail, past the last whole block, ends the last chunk): a chunk's sum is reduced
+// and added to the output after those before it. Chunks depend on K alone, so every output is the same sequence
+// of operations whatever M, the tiles and the loop order are, and results do not depend on batching.
+constexpr int64_t kChunkColumns = 2048;
+struct Operands {
+  const float* xp;
+  int64_t xp_stride;
+  const float* x;
+  int64_t ldx;
+  int64_t K, full_blocks, chunk_blocks, chunks;
+  float* out;
+  int64_t ldo;
+};
+
+// R weight rows (from row r0 of `w`) against T tokens (from m) over column chunk c: one chain of FMAs per output,
+// reduced, added to the chunks before; the last chunk adds the scalar tail and finishes (scales) the sum.
 template <int R, int T, class Rows>
-HWY_INLINE void Tile(const Rows& w, int64_t r0, const float* HWY_RESTRICT xp, int64_t xp_stride,
-                     const float* HWY_RESTRICT x, int64_t ldx, const float* HWY_RESTRICT xsums, int64_t full_blocks,
-                     int64_t K, float* HWY_RESTRICT out, int64_t ldo) {
+HWY_INLINE void Tile(const Rows& w, int64_t r0, int64_t m, int64_t c, const Operands& o) {
   const DF df;
   const int64_t N = static_cast<int64_t>(hn::Lanes(df));
   const int64_t ahead = R == 1 ? 4096 : R * w.RowBytes();
+  const float* HWY_RESTRICT xp = o.xp + m * o.xp_stride;
   VF acc[R][T];
   for (int r = 0; r < R; ++r)
     for (int t = 0; t < T; ++t) acc[r][t] = hn::Zero(df);
-  float offset[R][T] = {};
-  if constexpr (!Rows::kGrouped) {
-    for (int64_t b = 0; b < full_blocks; ++b) AccumulateBlock<R, T>(w, r0, b, ahead, xp, xp_stride, acc);
-  } else {
-    const int64_t chunks = w.group_size / kChunk;
-    for (int64_t g = 0; g * w.group_blocks < full_blocks; ++g) {
-      VF part[R][T];
-      for (int r = 0; r < R; ++r)
-        for (int t = 0; t < T; ++t) part[r][t] = hn::Zero(df);
-      for (int64_t b = g * w.group_blocks; b < (g + 1) * w.group_blocks; ++b) {
-        AccumulateBlock<R, T>(w, r0, b, ahead, xp, xp_stride, part);
-      }
-      float x_sum[T];
-      for (int t = 0; t < T; ++t) {
-        x_sum[t] = 0;
-        for (int64_t c = 0; c < chunks; ++c) x_sum[t] += xsums[t * (K / kChunk) + g * chunks + c];
-      }
-      for (int r = 0; r < R; ++r) {
-        const float scale = w.Scale(r0 + r, g);
-        const float zero_term = -w.Zero(r0 + r, g) * scale;
-        const VF s = hn::Set(df, scale);
-        for (int t = 0; t < T; ++t) {
-          acc[r][t] = hn::MulAdd(part[r][t], s, acc[r][t]);
-          offset[r][t] = std::fma(zero_term, x_sum[t], offset[r][t]);
-        }
-      }
-    }
+  const int64_t group_blocks = std::max<int64_t>(w.GroupBlocks(o.full_blocks), 1);
+  const int64_t b_begin = c * o.chunk_blocks, b_end = std::min(o.full_blocks, b_begin + o.chunk_blocks);
+  for (int64_t b0 = b_begin, g = b_begin / group_blocks; b0 < b_end; b0 += group_blocks, ++g) {
+    const int64_t b1 = std::min(b_end, b0 + group_blocks);
+    for (int64_t b = b0; b < b1; ++b) AccumulateBlock<R, T>(w, r0, b, g, ahead, xp, o.xp_stride, acc);
   }
+  float* HWY_RESTRICT out = o.out + m * o.ldo + r0;
+  const float* HWY_RESTRICT x = o.x + m * o.ldx;
+  const bool last = c + 1 == o.chunks;
   for (int r = 0; r < R; ++r) {
     for (int t = 0; t < T; ++t) {
       float s = hn::GetLane(hn::SumOfLanes(df, acc[r][t]));
-      // An explicit fma: left to itself the compiler contracts (or vectorizes) this loop differently in each
-      // instantiation, and batch sizes would no longer agree bit for bit.
-      for (int64_t k = full_blocks * 2 * N; k < K; ++k) s = std::fma(w.Scalar(r0 + r, k), x[t * ldx + k], s);
-      out[t * ldo + r] = w.Finish(r0 + r, s) + offset[r][t];
+      if (c > 0) s = out[t * o.ldo + r] + s;
+      if (last) {
+        // An explicit fma: left to itself the compiler contracts (or vectorizes) this loop differently in each
+        // instantiation, and batch sizes would no longer agree bit for bit.
+        for (int64_t k = o.full_blocks * 2 * N; k < o.K; ++k) s = std::fma(w.Scalar(r0 + r, k), x[t * o.ldx + k], s);
+        s = w.Finish(r0 + r, s);
+      }
+      out[t * o.ldo + r] = s;
     }
   }
 }
 
 // Tile<R, T> for a runtime token count 1..T.
 template <int R, int T, class Rows>
-HWY_INLINE void TileUpTo(int tokens, const Rows& w, int64_t r0, const float* xp, int64_t xp_stride, const float* x,
-                         int64_t ldx, const float* xsums, int64_t full_blocks, int64_t K, float* out, int64_t ldo) {
+HWY_INLINE void TileUpTo(int tokens, const Rows& w, int64_t r0, int64_t m, int64_t c, const Operands& o) {
   if constexpr (T > 1) {
-    if (tokens < T) {
-      return TileUpTo<R, T - 1>(tokens, w, r0, xp, xp_stride, x, ldx, xsums, full_blocks, K, out, ldo);
-    }
+    if (tokens < T) return TileUpTo<R, T - 1>(tokens, w, r0, m, c, o);
   }
-  Tile<R, T>(w, r0, xp, xp_stride, x, ldx, xsums, full_blocks, K, out, ldo);
+  Tile<R, T>(w, r0, m, c, o);
 }
 
-// Rows [r_begin, r_end) of one view against tokens [m0, m1).
+// Rows [r_begin, r_end) of one view against tokens [m0, m1), chunks [c_begin, c_end) (each row tile's in order).
 template <class Rows>
-void RowsTimesPanel(const Rows& w, int64_t r_begin, int64_t r_end, int64_t m0, int64_t m1, const float* xp,
-                    int64_t xp_stride, const float* x, int64_t ldx, const float* xsums, int64_t full_blocks,
-                    int64_t K, float* out, int64_t ldo) {
-  const int64_t tokens = m1 - m0;
-  const int64_t sums_stride = K / kChunk;
-  auto sums_at = [&](int64_t m) { return xsums == nullptr ? nullptr : xsums + m * sums_stride; };
-  if (tokens <= kStreamTokens) {
-    for (int64_t r = r_begin; r < r_end; ++r) {
-      TileUpTo<1, kStreamTokens>(static_cast<int>(tokens), w, r, xp + m0 * xp_stride, xp_stride, x + m0 * ldx, ldx,
-                                 sums_at(m0), full_blocks, K, out + m0 * ldo + r, ldo);
+void RowsTimesPanel(const Rows& w, int64_t r_begin, int64_t r_end, int64_t m0, int64_t m1, int64_t c_begin,
+                    int64_t c_end, const Operands& o) {
+  auto tiles = [&]<int R>(int64_t r) {
+    for (int64_t c = c_begin; c < c_end; ++c) {
+      for (int64_t m = m0; m < m1; m += kBlockTokens) {
+        TileUpTo<R, kBlockTokens>(static_cast<int>(std::min<int64_t>(kBlockTokens, m1 - m)), w, r, m, c, o);
+      }
     }
-    return;
-  }
-  // A grouped format holds a second set of accumulators: half the rows keep them in registers.
-  constexpr int kRows = Rows::kGrouped && kTileRows > 1 ? kTileRows / 2 : kTileRows;
+  };
   int64_t r = r_begin;
-  for (; r + kRows <= r_end; r += kRows) {
-    for (int64_t m = m0; m < m1; m += kBlockTokens) {
-      const int t = static_cast<int>(std::min<int64_t>(kBlockTokens, m1 - m));
-      TileUpTo<kRows, kBlockTokens>(t, w, r, xp + m * xp_stride, xp_stride, x + m * ldx, ldx, sums_at(m),
-                                    full_blocks, K, out + m * ldo + r, ldo);
-    }
-  }
-  for (; r < r_end; ++r) {
-    for (int64_t m = m0; m < m1; m += kBlockTokens) {
-      const int t = static_cast<int>(std::min<int64_t>(kBlockTokens, m1 - m));
-      TileUpTo<1, kBlockTokens>(t, w, r, xp + m * xp_stride, xp_stride, x + m * ldx, ldx, sums_at(m), full_blocks,
-                                K, out + m * ldo + r, ldo);
-    }
-  }
+  for (; r + kTileRows <= r_end; r += kTileRows) tiles.template operator()<kTileRows>(r);
+  for (; r < r_end; ++r) tiles.template operator()<1>(r);
 }
 
 Layout LayoutOf(WeightFormat format) {
   return format == WeightFormat::kBF16 || format == WeightFormat::kInt4 ? Layout::kEvenOdd : Layout::kPlain;
 }
 
-void ViewTimesPanel(const MatrixView& mv, int64_t r_begin, int64_t r_end, int64_t m0, int64_t m1, const float* xp,
-                    int64_t xp_stride, const float* x, int64_t ldx, const float* xsums, int64_t full_blocks,
-                    int64_t K, float* out, int64_t ldo) {
+void ViewTimesPanel(const MatrixView& mv, int64_t r_begin, int64_t r_end, int64_t m0, int64_t m1, int64_t c_begin,
+                    int64_t c_end, const Operands& o) {
   switch (mv.format) {
     case WeightFormat::kBF16:
-      return RowsTimesPanel(Bf16Rows(mv), r_begin, r_end, m0, m1, xp, xp_stride, x, ldx, nullptr, full_blocks, K,
-                            out, ldo);
+      return RowsTimesPanel(Bf16Rows(mv), r_begin, r_end, m0, m1, c_begin, c_end, o);
     case WeightFormat::kF32:
-      return RowsTimesPanel(F32Rows(mv), r_begin, r_end, m0, m1, xp, xp_stride, x, ldx, nullptr, full_blocks, K, out,
-                            ldo);
+      return RowsTimesPanel(F32Rows(mv), r_begin, r_end, m0, m1, c_begin, c_end, o);
     case WeightFormat::kInt8:
-      return RowsTimesPanel(Int8Rows(mv), r_begin, r_end, m0, m1, xp, xp_stride, x, ldx, nullptr, full_blocks, K,
-                            out, ldo);
+      return RowsTimesPanel(Int8Rows(mv), r_begin, r_end, m0, m1, c_begin, c_end, o);
     case WeightFormat::kFp8:
-      return RowsTimesPanel(Fp8Rows(mv), r_begin, r_end, m0, m1, xp, xp_stride, x, ldx, nullptr, full_blocks, K, out,
-                            ldo);
+      return RowsTimesPanel(Fp8Rows(mv), r_begin, r_end, m0, m1, c_begin, c_end, o);
     case WeightFormat::kInt4:
-      return RowsTimesPanel(Int4Rows(mv), r_begin, r_end, m0, m1, xp, xp_stride, x, ldx, xsums, full_blocks, K, out,
-                            ldo);
+      return RowsTimesPanel(Int4Rows(mv), r_begin, r_end, m0, m1, c_begin, c_end, o);
   }
 }
 
@@ -367,40 +325,42 @@ void MatMulImpl(const float* x, int64_t M, int64_t K, int64_t ldx, const MatrixV
   }
   float* xp = packed.get();
   PackX(x, M, K, ldx, xp_stride, LayoutOf(views[0].format), xp);
-  thread_local std::vector<float> sums;
-  const float* xsums = nullptr;
-  for (size_t v = 0; v < num_views; ++v) {
-    if (views[v].format != WeightFormat::kInt4) continue;
-    sums.resize(M * (K / kChunk));
-    ChunkSums(x, M, K, ldx, sums.data());
-    xsums = sums.data();
-    break;
-  }
-
   int64_t total_rows = 0;
   for (size_t v = 0; v < num_views; ++v) total_rows += views[v].rows;
-  // Tokens per panel: as many as keep the panel in L2, whole tiles.
-  const int64_t panel = std::max<int64_t>(kStreamTokens + 1, kPanelBytes / (xp_stride * 4) / kBlockTokens * kBlockTokens);
+  const int64_t chunk_blocks = kChunkColumns / n2;
+  const Operands o{xp, xp_stride, x, ldx, K, full_blocks, chunk_blocks,
+                   std::max<int64_t>(1, (full_blocks + chunk_blocks - 1) / chunk_blocks), out, ldo};
+  // Tokens per panel: as many as keep one chunk of the panel in L2, whole tiles.
+  const int64_t chunk_stride = std::min(xp_stride, kChunkColumns);
+  const int64_t panel = std::max<int64_t>(kBlockTokens, kPanelBytes / (chunk_stride * 4) / kBlockTokens * kBlockTokens);
+  // One tile of tokens (decode): each row tile takes its chunks in turn, so every row streams from memory in
+  // order. More: a panel's chunk meets every row before the next chunk, so that chunk of x stays in L2 and a long
+  // row (a down projection's) does not cut the panel to a few tokens, each panel reading all the weights again.
+  const bool chunk_outer = M > kBlockTokens;
 
 #pragma omp parallel
   {
-    // Each thread streams one contiguous range of rows, in memory order.
+    // Each thread takes one contiguous range of rows.
     const int64_t nt = omp_get_num_threads();
     const int64_t tid = omp_get_thread_num();
     const int64_t row_begin = total_rows * tid / nt;
     const int64_t row_end = total_rows * (tid + 1) / nt;
     for (int64_t m0 = 0; m0 < M; m0 += panel) {
       const int64_t m1 = std::min(M, m0 + panel);
-      int64_t first_row = 0;
-      for (size_t v = 0; v < num_views && first_row < row_end; ++v) {
-        const MatrixView& mv = views[v];
-        const int64_t r_begin = std::max<int64_t>(row_begin - first_row, 0);
-        const int64_t r_end = std::min<int64_t>(row_end - first_row, mv.rows);
-        if (r_begin < r_end) {
-          ViewTimesPanel(mv, r_begin, r_end, m0, m1, xp, xp_stride, x, ldx, xsums, full_blocks, K, out + first_row,
-                         ldo);
+      for (int64_t c = 0; c < (chunk_outer ? o.chunks : 1); ++c) {
+        const int64_t c_begin = chunk_outer ? c : 0, c_end = chunk_outer ? c + 1 : o.chunks;
+        int64_t first_row = 0;
+        for (size_t v = 0; v < num_views && first_row < row_end; ++v) {
+          const MatrixView& mv = views[v];
+          const int64_t r_begin = std::max<int64_t>(row_begin - first_row, 0);
+          const int64_t r_end = std::min<int64_t>(row_end - first_row, mv.rows);
+          if (r_begin < r_end) {
+            Operands view_o = o;
+            view_o.out = out + first_row;
+            ViewTimesPanel(mv, r_begin, r_end, m0, m1, c_begin, c_end, view_o);
+          }
+          first_row += mv.rows;
         }
-        first_row += mv.rows;
       }
     }
   }

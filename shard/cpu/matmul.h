@@ -12,7 +12,7 @@ namespace gemma {
 // For each m < M: out[m * ldo + n] = sum_k x[m * ldx + k] * W[n, k], where W is
 // the row-wise concatenation of `weights` (all with cols == K). Each output is
 // accumulated in the same order whatever M is, so results are batch-invariant. Quantized weights are widened in
-// registers and their scales applied once per row (int8) or group (int4), which agrees with the f32 kernel over
+// registers, int4 dequantized there and int8 / fp8 scaled once per row, which agrees with the f32 kernel over
 // the dequantized matrix to float32 rounding.
 // Thread-safe; parallel over output rows with OpenMP.
 void MatMul(const float* x, int64_t M, int64_t K, int64_t ldx, std::span<const MatrixView> weights, float* out,

@@ -15,7 +15,8 @@ namespace {
 
 constexpr int kRows = 4;    // weight rows a tile holds
 constexpr int kTokens = 4;  // tokens a tile holds: 16 accumulators
-constexpr int64_t kPanelBytes = 256 << 10;  // bf16 x kept hot in L2 while a thread's rows pass it
+constexpr int64_t kPanelBytes = 256 << 10;  // bf16 x (one column chunk) kept hot in L2 while a thread's rows pass it
+constexpr int64_t kChunkColumns = 2048;      // a multiple of 32: only the last chunk has a masked tail
 
 // One 32-value step of R rows of W against T tokens (xb's rows K apart) from column k; with kTail, only the
 // values `mask` keeps are real and the rest load as 0.
@@ -33,29 +34,35 @@ GEMMA_BF16_TARGET inline __attribute__((always_inline)) void Step(__m512 (&acc)[
   }
 }
 
-// R rows of W (w[r] at stride) against T tokens of xb (stride K) over all of K; one accumulator per output, so
-// every output is the same chain of dot products whatever R and T are. Full steps run in a loop of their own: a
-// mask test per load there keeps the compiler from holding the accumulators in registers.
+// R rows of W (w[r] at stride) against T tokens of xb (stride K) over columns [k0, k1) (k0 a multiple of 32); one
+// accumulator per output, reduced, and added to `out` after the chunks before (`accumulate`). Every output is
+// the same sequence of operations whatever R, T and M are: chunks depend on K alone. Full steps run in a loop of
+// their own: a mask test per load there keeps the compiler from holding the accumulators in registers.
 template <int R, int T>
-GEMMA_BF16_TARGET void Tile(const uint16_t* const* w, const uint16_t* xb, int64_t K, float* out, int64_t ldo) {
+GEMMA_BF16_TARGET void Tile(const uint16_t* const* w, const uint16_t* xb, int64_t K, int64_t k0, int64_t k1,
+                            bool accumulate, float* out, int64_t ldo) {
   __m512 acc[R][T];
   for (int r = 0; r < R; ++r)
     for (int t = 0; t < T; ++t) acc[r][t] = _mm512_setzero_ps();
-  int64_t k = 0;
-  for (; k + 32 <= K; k += 32) Step<R, T, false>(acc, w, xb, K, k, 0);
-  if (k < K) Step<R, T, true>(acc, w, xb, K, k, static_cast<__mmask32>((uint64_t{1} << (K - k)) - 1));
-  for (int r = 0; r < R; ++r)
-    for (int t = 0; t < T; ++t) out[t * ldo + r] = _mm512_reduce_add_ps(acc[r][t]);
+  int64_t k = k0;
+  for (; k + 32 <= k1; k += 32) Step<R, T, false>(acc, w, xb, K, k, 0);
+  if (k < k1) Step<R, T, true>(acc, w, xb, K, k, static_cast<__mmask32>((uint64_t{1} << (k1 - k)) - 1));
+  for (int r = 0; r < R; ++r) {
+    for (int t = 0; t < T; ++t) {
+      const float s = _mm512_reduce_add_ps(acc[r][t]);
+      out[t * ldo + r] = accumulate ? out[t * ldo + r] + s : s;
+    }
+  }
 }
 
 // Tile<R, T> for a runtime token count 1..T.
 template <int R, int T>
-GEMMA_BF16_TARGET void TileUpTo(int tokens, const uint16_t* const* w, const uint16_t* xb, int64_t K, float* out,
-                                int64_t ldo) {
+GEMMA_BF16_TARGET void TileUpTo(int tokens, const uint16_t* const* w, const uint16_t* xb, int64_t K, int64_t k0,
+                                int64_t k1, bool accumulate, float* out, int64_t ldo) {
   if constexpr (T > 1) {
-    if (tokens < T) return TileUpTo<R, T - 1>(tokens, w, xb, K, out, ldo);
+    if (tokens < T) return TileUpTo<R, T - 1>(tokens, w, xb, K, k0, k1, accumulate, out, ldo);
   }
-  Tile<R, T>(w, xb, K, out, ldo);
+  Tile<R, T>(w, xb, K, k0, k1, accumulate, out, ldo);
 }
 
 void Run(const uint16_t* xb, int64_t M, int64_t K, std::span<const MatrixView> weights, float* out, int64_t ldo) {
@@ -63,15 +70,18 @@ void Run(const uint16_t* xb, int64_t M, int64_t K, std::span<const MatrixView> w
   for (const MatrixView& v : weights) {
     for (int64_t r = 0; r < v.rows; ++r) rows.push_back(v.data + r * v.stride);
   }
-  const int64_t panel = std::max<int64_t>(kTokens, kPanelBytes / (2 * K) / kTokens * kTokens);
-  ForEachPromptTile<kRows, kTokens>(static_cast<int64_t>(rows.size()), M, panel,
-                                    [&](int64_t r, int n, int64_t m, int tokens) {
-                                      if (n == kRows) {
-                                        TileUpTo<kRows, kTokens>(tokens, &rows[r], xb + m * K, K, out + m * ldo + r, ldo);
-                                      } else {
-                                        TileUpTo<1, kTokens>(tokens, &rows[r], xb + m * K, K, out + m * ldo + r, ldo);
-                                      }
-                                    });
+  const int64_t chunks = (K + kChunkColumns - 1) / kChunkColumns;
+  const int64_t chunk_columns = std::min(K, kChunkColumns);
+  const int64_t panel = std::max<int64_t>(kTokens, kPanelBytes / (2 * chunk_columns) / kTokens * kTokens);
+  ForEachPromptTile<kRows, kTokens>(
+      static_cast<int64_t>(rows.size()), M, panel, chunks, [&](int64_t r, int n, int64_t m, int tokens, int64_t c) {
+        const int64_t k0 = c * kChunkColumns, k1 = std::min(K, k0 + kChunkColumns);
+        if (n == kRows) {
+          TileUpTo<kRows, kTokens>(tokens, &rows[r], xb + m * K, K, k0, k1, c > 0, out + m * ldo + r, ldo);
+        } else {
+          TileUpTo<1, kTokens>(tokens, &rows[r], xb + m * K, K, k0, k1, c > 0, out + m * ldo + r, ldo);
+        }
+      });
 }
 
 }  // namespace

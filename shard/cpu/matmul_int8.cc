@@ -83,8 +83,8 @@ void Run(const Tokens& x, int64_t M, int64_t K, std::span<const MatrixView> weig
     }
   }
   const int64_t panel = std::max<int64_t>(kTokens, kPanelBytes / K / kTokens * kTokens);
-  ForEachPromptTile<kRows, kTokens>(static_cast<int64_t>(rows.size()), M, panel,
-                                    [&](int64_t r, int n, int64_t m, int tokens) {
+  ForEachPromptTile<kRows, kTokens>(static_cast<int64_t>(rows.size()), M, panel, /*chunks=*/1,
+                                    [&](int64_t r, int n, int64_t m, int tokens, int64_t) {
                                       if (n == kRows) {
                                         TileUpTo<kRows, kTokens>(tokens, &rows[r], &scales[r], x, m, K, out + m * ldo + r, ldo);
                                       } else {

@@ -122,6 +122,49 @@ TEST(MatMulTest, QuantizedWeightsGiveTheDequantizedF32ResultsForAnyBatch) {
   hwy::SetSupportedTargetsForTest(0);
 }
 
+// Rows longer than a column chunk (a down projection's): the chunks' sums, added in order, equal for a lone
+// token (each row tile takes its chunks in turn) and for many (each chunk meets every row first), in every format
+// and on every instruction set; near a double-precision reference; the tail after the last whole block included.
+TEST(MatMulTest, LongRowsGiveTheSameSumsForAnyBatch) {
+  for (int64_t target : hwy::SupportedAndGeneratedTargets()) {
+    hwy::SetSupportedTargetsForTest(target);
+    SCOPED_TRACE(hwy::TargetName(target));
+    std::mt19937 rng(19);
+    std::normal_distribution<float> normal;
+    for (const WeightFormat format : {WeightFormat::kBF16, WeightFormat::kInt8, WeightFormat::kInt4, WeightFormat::kFp8}) {
+      const int64_t rows = 9, K = format == WeightFormat::kInt4 ? 4352 : 4359, M = 13;
+      std::vector<uint16_t> w(rows * K);
+      for (auto& v : w) v = F32ToBf16(normal(rng));
+      const MatrixView src{w.data(), rows, K, K};
+      std::vector<uint8_t> memory((format == WeightFormat::kBF16 ? 0 : QuantizedBytes(format, rows, K, 128)) + 64);
+      uint8_t* aligned = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(memory.data()) + 63) / 64 * 64);
+      const MatrixView q = format == WeightFormat::kBF16 ? src : QuantizeInto(src, 0, rows, 0, K, format, 128, aligned);
+      const MatrixView views[] = {RowSlice(q, 0, 5), RowSlice(q, 5, rows - 5)};
+      std::vector<float> x(M * K);
+      for (auto& v : x) v = normal(rng);
+      std::vector<float> all(M * rows);
+      MatMul(x.data(), M, K, K, views, all.data(), rows);
+      for (int64_t m = 0; m < M; ++m) {
+        for (int64_t n = 0; n < rows; ++n) {
+          double ref = 0;
+          for (int64_t k = 0; k < K; ++k) ref += double(ElementAt(q, n, k)) * x[m * K + k];
+          ASSERT_NEAR(all[m * rows + n], ref, 1e-4 * std::sqrt(double(K))) << WeightFormatName(format);
+        }
+      }
+      for (int64_t m0 : {0, 6}) {
+        for (int64_t len : {1, 4, 5}) {
+          std::vector<float> part(len * rows);
+          MatMul(x.data() + m0 * K, len, K, K, views, part.data(), rows);
+          for (int64_t i = 0; i < len * rows; ++i) {
+            ASSERT_EQ(part[i], all[m0 * rows + i]) << WeightFormatName(format) << " " << m0 << "+" << len;
+          }
+        }
+      }
+    }
+  }
+  hwy::SetSupportedTargetsForTest(0);
+}
+
 // One call over views that pack x differently (bf16 and int4 even/odd, int8 and fp8 plain) gives each view's own
 // result.
 TEST(MatMulTest, MixedFormatsInOneCallGiveEachViewsResult) {
@@ -160,8 +203,9 @@ TEST(MatMulTest, MixedFormatsInOneCallGiveEachViewsResult) {
 TEST(MatMulTest, Bf16ActivationsSumBf16RoundedInputsForAnyBatch) {
   std::mt19937 rng(13);
   std::normal_distribution<float> normal;
-  // K = 8192 with 11 tokens passes the size at which x is converted on all threads.
-  for (const int64_t K : {256, 100, 8192}) {
+  // K = 8192 with 11 tokens passes the size at which x is converted on all threads; 8192 and 4100 are summed in
+  // column chunks, 4100's last one with a partial step.
+  for (const int64_t K : {256, 100, 8192, 4100}) {
     const int64_t rows = 23, M = 11;
     std::vector<uint16_t> w(rows * K);
     for (auto& v : w) v = F32ToBf16(normal(rng));
