@@ -333,10 +333,12 @@ void MatMulImpl(const float* x, int64_t M, int64_t K, int64_t ldx, const MatrixV
   // Tokens per panel: as many as keep one chunk of the panel in L2, whole tiles.
   const int64_t chunk_stride = std::min(xp_stride, kChunkColumns);
   const int64_t panel = std::max<int64_t>(kBlockTokens, kPanelBytes / (chunk_stride * 4) / kBlockTokens * kBlockTokens);
-  // One tile of tokens (decode): each row tile takes its chunks in turn, so every row streams from memory in
-  // order. More: a panel's chunk meets every row before the next chunk, so that chunk of x stays in L2 and a long
-  // row (a down projection's) does not cut the panel to a few tokens, each panel reading all the weights again.
-  const bool chunk_outer = M > kBlockTokens;
+  // Decode batches (up to 8 tokens, whose x fits in L2 whole): each row tile takes its chunks in turn, so every
+  // row streams from memory in order. More: a panel's chunk meets every row before the next chunk, so that chunk
+  // of x stays in L2 and a long row (a down projection's) does not cut the panel to a few tokens, each panel
+  // reading all the weights again (measured on [2048, 16384] int8 and bf16: 1.25-1.3x at 16 and 64 tokens, even
+  // at 8).
+  const bool chunk_outer = M > 2 * kBlockTokens;
 
 #pragma omp parallel
   {

@@ -122,9 +122,10 @@ TEST(MatMulTest, QuantizedWeightsGiveTheDequantizedF32ResultsForAnyBatch) {
   hwy::SetSupportedTargetsForTest(0);
 }
 
-// Rows longer than a column chunk (a down projection's): the chunks' sums, added in order, equal for a lone
-// token (each row tile takes its chunks in turn) and for many (each chunk meets every row first), in every format
-// and on every instruction set; near a double-precision reference; the tail after the last whole block included.
+// Rows longer than a column chunk (a down projection's): the chunks' sums, added in order, equal for a lone token
+// or a decode batch (each row tile takes its chunks in turn) and for more than 8 (each chunk meets every row
+// first), in every format and on every instruction set; near a double-precision reference; the tail after the
+// last whole block included.
 TEST(MatMulTest, LongRowsGiveTheSameSumsForAnyBatch) {
   for (int64_t target : hwy::SupportedAndGeneratedTargets()) {
     hwy::SetSupportedTargetsForTest(target);
@@ -132,7 +133,7 @@ TEST(MatMulTest, LongRowsGiveTheSameSumsForAnyBatch) {
     std::mt19937 rng(19);
     std::normal_distribution<float> normal;
     for (const WeightFormat format : {WeightFormat::kBF16, WeightFormat::kInt8, WeightFormat::kInt4, WeightFormat::kFp8}) {
-      const int64_t rows = 9, K = format == WeightFormat::kInt4 ? 4352 : 4359, M = 13;
+      const int64_t rows = 9, K = format == WeightFormat::kInt4 ? 4352 : 4359, M = 15;
       std::vector<uint16_t> w(rows * K);
       for (auto& v : w) v = F32ToBf16(normal(rng));
       const MatrixView src{w.data(), rows, K, K};
@@ -152,7 +153,7 @@ TEST(MatMulTest, LongRowsGiveTheSameSumsForAnyBatch) {
         }
       }
       for (int64_t m0 : {0, 6}) {
-        for (int64_t len : {1, 4, 5}) {
+        for (int64_t len : {1, 4, 5, 9}) {
           std::vector<float> part(len * rows);
           MatMul(x.data() + m0 * K, len, K, K, views, part.data(), rows);
           for (int64_t i = 0; i < len * rows; ++i) {
