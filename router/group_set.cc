@@ -219,9 +219,9 @@ v1::Adapter ToPublic(const worker::v1::AdapterInfo& a) {
 
 }  // namespace
 
-// Under mu_ so no group leaves meanwhile; an admin call is rare, and Submit waits for it. All or nothing: when one
-// group refuses, those that took the adapter in this call unload it again, so no request can reach an adapter that
-// only some groups serve.
+// Under mu_ so no group leaves meanwhile; an admin call is rare, and Submit waits for it. All or nothing for this
+// call: when one group refuses, those that took the adapter in it unload it again (groups that held it before keep
+// it).
 absl::StatusOr<v1::Adapter> GroupSet::LoadAdapter(const std::string& name, const std::string& path) {
   absl::MutexLock lock(&mu_);
   if (groups_.empty()) return absl::UnavailableError("no worker group has joined yet; retry");

@@ -45,7 +45,7 @@ class GroupSet {
   // Requests that go to one group, in order (the samples of one prompt, which fork from the first); the group is
   // chosen for the first. An error leaves those before the refused one submitted.
   absl::Status SubmitTogether(std::span<const std::shared_ptr<ActiveRequest>> requests) ABSL_LOCKS_EXCLUDED(mu_);
-  // LoRA adapters on every group: loaded (the first group's error when one refuses, and then no group keeps it),
+  // LoRA adapters on every group: loaded (the first group's error when one refuses, and then no group that took it in this call keeps it),
   // unloaded, listed (with how many groups hold each), and whether any group holds one.
   absl::StatusOr<v1::Adapter> LoadAdapter(const std::string& name, const std::string& path) ABSL_LOCKS_EXCLUDED(mu_);
   absl::Status UnloadAdapter(const std::string& name) ABSL_LOCKS_EXCLUDED(mu_);

@@ -336,8 +336,8 @@ void MatMulImpl(const float* x, int64_t M, int64_t K, int64_t ldx, const MatrixV
   // Decode batches (up to 8 tokens, whose x fits in L2 whole): each row tile takes its chunks in turn, so every
   // row streams from memory in order. More: a panel's chunk meets every row before the next chunk, so that chunk
   // of x stays in L2 and a long row (a down projection's) does not cut the panel to a few tokens, each panel
-  // reading all the weights again (measured on [2048, 16384] int8 and bf16: 1.25-1.3x at 16 and 64 tokens, even
-  // at 8).
+  // reading all the weights again (measured on [2048, 16384] int8 and bf16: 1.25-1.3x at 16 and 64 tokens; at 8
+  // the two orders were even). Needs kChunkColumns to be a multiple of every int4 group size (32, 64, 128).
   const bool chunk_outer = M > 2 * kBlockTokens;
 
 #pragma omp parallel
