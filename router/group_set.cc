@@ -5,6 +5,7 @@
 #include <map>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "engine/status_macros.h"
 
 namespace gemma {
@@ -74,8 +75,15 @@ absl::Status GroupSet::SubmitTogether(std::span<const std::shared_ptr<ActiveRequ
   if (stopping_) return absl::UnavailableError("the router is shutting down; retry");
   std::vector<WorkerGroup*> open;
   int least = INT_MAX;
+  const std::string& adapter = request->options().adapter;
+  int lacking_adapter = 0;
   for (auto& g : groups_) {
     if (!g->accepting() || retired_.count(g->address())) continue;
+    // Only groups holding the request's adapter (one that was down when it was loaded may lack it).
+    if (!adapter.empty() && !g->HasAdapter(adapter)) {
+      ++lacking_adapter;
+      continue;
+    }
     open.push_back(g.get());
     least = std::min(least, g->load());
   }
@@ -104,6 +112,11 @@ absl::Status GroupSet::SubmitTogether(std::span<const std::shared_ptr<ActiveRequ
     }
   }
   if (best == nullptr) {
+    if (lacking_adapter > 0) {
+      return absl::UnavailableError(absl::StrCat("adapter \"", adapter, "\" is held only by worker groups that are "
+                                                 "down or scheduled elsewhere (", lacking_adapter, " up lack it); "
+                                                 "retry later, or load it again to bring the others up to date"));
+    }
     return absl::UnavailableError(groups_.empty() ? "no worker group has joined yet; retry later"
                                                   : "no healthy worker group that this router schedules; retry later");
   }
@@ -220,8 +233,9 @@ v1::Adapter ToPublic(const worker::v1::AdapterInfo& a) {
 }  // namespace
 
 // Under mu_ so no group leaves meanwhile; an admin call is rare, and Submit waits for it. All or nothing for this
-// call: when one group refuses, those that took the adapter in it unload it again (groups that held it before keep
-// it).
+// call among the groups that are up: when one refuses, those that took the adapter in it unload it again (groups
+// that held it before keep it). A group that is down is passed over; requests naming the adapter are routed only
+// to groups holding it, and loading again once the group is back brings it up to date.
 absl::StatusOr<v1::Adapter> GroupSet::LoadAdapter(const std::string& name, const std::string& path) {
   absl::MutexLock lock(&mu_);
   if (groups_.empty()) return absl::UnavailableError("no worker group has joined yet; retry");
@@ -229,7 +243,12 @@ absl::StatusOr<v1::Adapter> GroupSet::LoadAdapter(const std::string& name, const
   std::optional<v1::Adapter> loaded;
   std::vector<WorkerGroup*> took;
   int holding = 0;
+  int down = 0;
   for (const auto& g : groups_) {
+    if (!g->healthy()) {
+      ++down;
+      continue;
+    }
     // A group that already serves this name from this path holds it: loading again brings groups that joined later
     // up to date.
     const std::vector<worker::v1::AdapterInfo> held = g->adapters();
@@ -247,17 +266,28 @@ absl::StatusOr<v1::Adapter> GroupSet::LoadAdapter(const std::string& name, const
     took.push_back(g.get());
     if (!loaded) loaded = ToPublic(*info);
   }
+  if (down == static_cast<int>(groups_.size())) {
+    return absl::UnavailableError(absl::StrCat("every worker group is down (", down, "); adapter \"", name,
+                                               "\" was not loaded; retry when one is back"));
+  }
   if (took.empty() && first_error.ok()) {
-    return absl::AlreadyExistsError(absl::StrCat("adapter \"", name, "\" is already loaded from ", path,
-                                                 " on every worker group"));
+    return absl::AlreadyExistsError(absl::StrCat("adapter \"", name, "\" is already loaded from ", path, " on every ",
+                                                 down > 0 ? "worker group that is up" : "worker group"));
   }
   if (!first_error.ok()) {
-    int unloaded = 0;
-    for (WorkerGroup* g : took) unloaded += g->UnloadAdapter(name).ok() ? 1 : 0;
+    std::vector<std::string> stuck;
+    for (WorkerGroup* g : took) {
+      if (absl::Status s = g->UnloadAdapter(name); !s.ok()) stuck.push_back(std::string(s.message()));
+    }
     if (took.empty()) return first_error;
-    return absl::Status(first_error.code(),
-                        absl::StrCat(first_error.message(), " (not loaded: unloaded again from ", unloaded, " of the ",
-                                     took.size(), " groups that had taken it)"));
+    if (stuck.empty()) {
+      return absl::Status(first_error.code(), absl::StrCat(first_error.message(), " (not loaded: unloaded again from the ",
+                                                           took.size(), " groups that had taken it)"));
+    }
+    // The adapter stays where unloading failed; the caller must know it is not all-or-nothing this time.
+    return absl::AbortedError(absl::StrCat(first_error.message(), "; unloading it again failed on ", stuck.size(),
+                                           " of the ", took.size(), " groups that had taken it, which still hold it (",
+                                           absl::StrJoin(stuck, "; "), "): call UnloadAdapter"));
   }
   loaded->set_groups(holding + static_cast<int>(took.size()));
   return *loaded;

@@ -1,6 +1,8 @@
 // LoRA adapters that some workers cannot read. One follower of a tensor-parallel group: the requests using it fail
 // naming the rank and the file, every other request runs on, the group stays healthy, and once the file is fixed
-// the adapter serves its reference tokens. One of two groups: the load is refused and no group keeps it.
+// the adapter serves its reference tokens. One of two groups: the load is refused and no group keeps it. One of two
+// groups down: the load goes to the other, requests naming the adapter go there alone, and loading again once the
+// group is back brings it up to date.
 //
 // Ranks read an adapter's folder as the path the router was given; a relative path is read from each rank's working
 // directory, which is how this test gives rank 1 alone a corrupt copy.
@@ -182,6 +184,67 @@ TEST(RouterLoraRankFailureTest, AGroupThatRefusesTheAdapterLeavesNoGroupHoldingI
   EXPECT_EQ(listed(), 1);
   EXPECT_EQ(Load(*admin, "rs", "ad", &loaded).error_code(), grpc::StatusCode::ALREADY_EXISTS);
   EXPECT_EQ(router.HealthyGroups(), 2);
+  fs::remove_all(root);
+}
+
+TEST(RouterLoraRankFailureTest, AGroupThatIsDownIsPassedOverAndLoadingAgainBringsItUpToDate) {
+  const std::string lora = testing::GemmaLoraTinyDir();
+  ASSERT_FALSE(lora.empty()) << "gemma-lora-tiny is absent";
+  const std::string adapter = lora + "/mqa-r8-rslora";
+  const fs::path root = fs::path(::testing::TempDir()) / ("lora_group_down_" + std::to_string(::getpid()));
+  fs::remove_all(root);
+  fs::create_directories(root);
+  fs::create_directory_symlink(adapter, root / "ad");
+
+  const int port_a = testing::FreePort(), port_b = testing::FreePort();
+  auto group_a = StartRankIn(root.string(), 0, port_a, std::to_string(testing::FreePort()), 1);
+  auto group_b = StartRankIn(root.string(), 0, port_b, std::to_string(testing::FreePort()), 1);
+  auto router = StartRouter({port_a, port_b});
+  ASSERT_GT(router.port, 0) << router.process->Err();
+  ASSERT_TRUE(router.WaitForHealthyGroups(2)) << router.process->Err() << group_a->Err() << group_b->Err();
+  auto admin = v1::Admin::NewStub(
+      grpc::CreateChannel("127.0.0.1:" + std::to_string(router.port), grpc::InsecureChannelCredentials()));
+
+  group_b->Kill();
+  ASSERT_TRUE(router.WaitForHealthyGroups(1)) << router.process->Err();
+  v1::Adapter loaded;
+  const grpc::Status partial = Load(*admin, "rs", "ad", &loaded);
+  ASSERT_TRUE(partial.ok()) << "a group that is down must not block the others: " << partial.error_message();
+  EXPECT_EQ(loaded.groups(), 1);
+
+  const auto reference = nlohmann::json::parse(
+      testing::ReadFile(lora + "/reference/mqa-r8-rslora/generations.json"))["results"][0];
+  const auto want = reference["generated_ids"].get<std::vector<int>>();
+  v1::GenerateRequest adapted = Ids(reference["prompt_ids"].get<std::vector<int>>(), static_cast<int>(want.size()));
+  adapted.set_adapter("rs");
+  auto serve_all = [&](const char* when) {
+    std::vector<std::future<std::pair<absl::StatusCode, std::string>>> calls;
+    for (int i = 0; i < 4; ++i) {
+      calls.push_back(std::async(std::launch::async, [&] {
+        v1::GenerateResponse resp;
+        std::string message;
+        absl::StatusCode code = Generate(*router.stub, adapted, &resp, &message);
+        if (code == absl::StatusCode::kOk && TokenIds(resp) != want) message = "tokens differ from the reference";
+        return std::make_pair(code, message);
+      }));
+    }
+    for (auto& c : calls) {
+      const auto [code, message] = c.get();
+      EXPECT_EQ(code, absl::StatusCode::kOk) << when << ": " << message;
+      EXPECT_TRUE(message.empty()) << when << ": " << message;
+    }
+  };
+  serve_all("one group down");
+
+  // Back without the adapter: requests naming it still go to the group holding it.
+  group_b = StartRankIn(root.string(), 0, port_b, std::to_string(testing::FreePort()), 1);
+  ASSERT_TRUE(router.WaitForHealthyGroups(2)) << router.process->Err() << group_b->Err();
+  serve_all("the group back without the adapter");
+
+  const grpc::Status again = Load(*admin, "rs", "ad", &loaded);
+  ASSERT_TRUE(again.ok()) << again.error_message();
+  EXPECT_EQ(loaded.groups(), 2);
+  serve_all("loaded on both");
   fs::remove_all(root);
 }
 

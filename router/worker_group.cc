@@ -330,8 +330,12 @@ absl::Status WorkerGroup::UnloadAdapter(const std::string& name) {
   req.set_name(name);
   worker::v1::UnloadAdapterResponse resp;
   grpc::Status s = stub_->UnloadAdapter(&ctx, req, &resp);
-  absl::MutexLock lock(&adapters_mu_);
-  adapters_.erase(name);
+  // The record goes only when the worker no longer holds the adapter: after a failed call it may still serve it,
+  // and forgetting it here would leave an adapter on the worker that no Unload could reach.
+  if (s.ok() || s.error_code() == grpc::StatusCode::NOT_FOUND) {
+    absl::MutexLock lock(&adapters_mu_);
+    adapters_.erase(name);
+  }
   if (!s.ok()) {
     return absl::Status(static_cast<absl::StatusCode>(s.error_code()),
                         absl::StrCat("worker group ", address_, ": ", s.error_message()));

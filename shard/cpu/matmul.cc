@@ -10,6 +10,17 @@
 
 #include "shard/model/dtype.h"
 
+// Defined once, outside the per-target code, so MatMul can check group sizes against it.
+#ifndef GEMMA_SHARD_CPU_MATMUL_CHUNK_COLUMNS_
+#define GEMMA_SHARD_CPU_MATMUL_CHUNK_COLUMNS_
+namespace gemma {
+namespace {
+// Columns per chunk (see Operands): a multiple of every int4 group size, so no group straddles two chunks.
+constexpr int64_t kChunkColumns = 2048;
+}  // namespace
+}  // namespace gemma
+#endif
+
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "shard/cpu/matmul.cc"
 #include "hwy/foreach_target.h"  // IWYU pragma: keep
@@ -220,7 +231,6 @@ HWY_INLINE void AccumulateBlock(const Rows& w, int64_t r0, int64_t b, int64_t g,
 // kChunkColumns (whole blocks; the tail, past the last whole block, ends the last chunk): a chunk's sum is reduced
 // and added to the output after those before it. Chunks depend on K alone, so every output is the same sequence
 // of operations whatever M, the tiles and the loop order are, and results do not depend on batching.
-constexpr int64_t kChunkColumns = 2048;
 struct Operands {
   const float* xp;
   int64_t xp_stride;
@@ -387,8 +397,10 @@ void MatMul(const float* x, int64_t M, int64_t K, int64_t ldx, std::span<const M
   if (M <= 0 || weights.empty()) return;
   for (const MatrixView& v : weights) {
     // A 4-bit row is walked group by group, each group whole SIMD blocks: a view that breaks this would read past
-    // its row. Views come from ModelWeights, which only makes whole groups of 32, 64 or 128.
-    if (v.format == WeightFormat::kInt4 && (v.group_size < 32 || K % v.group_size != 0)) {
+    // its row, as would a group cut by a column chunk. Views come from ModelWeights, which only makes whole groups
+    // of 32, 64 or 128.
+    if (v.format == WeightFormat::kInt4 &&
+        (v.group_size < 32 || K % v.group_size != 0 || kChunkColumns % v.group_size != 0)) {
       std::fprintf(stderr, "MatMul: a 4-bit matrix of %lld columns in groups of %d\n", static_cast<long long>(K),
                    v.group_size);
       std::abort();

@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -127,19 +128,53 @@ TEST(MatMulTest, QuantizedWeightsGiveTheDequantizedF32ResultsForAnyBatch) {
 // first), in every format and on every instruction set; near a double-precision reference; the tail after the
 // last whole block included.
 TEST(MatMulTest, LongRowsGiveTheSameSumsForAnyBatch) {
+  struct Case {
+    WeightFormat format;
+    int group_size;  // int4 only
+    bool col_slice;  // a view of columns [kOffset, kOffset + K) of a wider matrix, as row-parallel slicing makes
+  };
+  std::vector<Case> cases;
+  for (const bool sliced : {false, true}) {
+    for (const WeightFormat f : {WeightFormat::kBF16, WeightFormat::kF32, WeightFormat::kInt8, WeightFormat::kFp8}) {
+      cases.push_back({f, 0, sliced});
+    }
+    for (const int g : {32, 128}) cases.push_back({WeightFormat::kInt4, g, sliced});
+  }
+  constexpr int64_t kOffset = 128;
   for (int64_t target : hwy::SupportedAndGeneratedTargets()) {
     hwy::SetSupportedTargetsForTest(target);
     SCOPED_TRACE(hwy::TargetName(target));
     std::mt19937 rng(19);
     std::normal_distribution<float> normal;
-    for (const WeightFormat format : {WeightFormat::kBF16, WeightFormat::kInt8, WeightFormat::kInt4, WeightFormat::kFp8}) {
-      const int64_t rows = 9, K = format == WeightFormat::kInt4 ? 4352 : 4359, M = 15;
-      std::vector<uint16_t> w(rows * K);
+    for (const Case& c : cases) {
+      const std::string name = std::string(WeightFormatName(c.format)) + " group " + std::to_string(c.group_size) +
+                               (c.col_slice ? " column slice" : "");
+      SCOPED_TRACE(name);
+      // More than two chunks of columns, with a tail past the last whole SIMD block (int4: whole groups).
+      const int64_t rows = 9, K = c.format == WeightFormat::kInt4 ? 4352 : 4359, M = 15;
+      const int64_t width = c.col_slice ? K + 2 * kOffset : K;
+      std::vector<uint16_t> w(rows * width);
       for (auto& v : w) v = F32ToBf16(normal(rng));
-      const MatrixView src{w.data(), rows, K, K};
-      std::vector<uint8_t> memory((format == WeightFormat::kBF16 ? 0 : QuantizedBytes(format, rows, K, 128)) + 64);
+      const MatrixView src{w.data(), rows, width, width};
+      std::vector<float> w32(rows * width);
+      for (int64_t i = 0; i < rows * width; ++i) w32[i] = Bf16ToF32(w[i]);
+      const bool quantized = c.format != WeightFormat::kBF16 && c.format != WeightFormat::kF32;
+      std::vector<uint8_t> memory((quantized ? QuantizedBytes(c.format, rows, width, c.group_size) : 0) + 64);
       uint8_t* aligned = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(memory.data()) + 63) / 64 * 64);
-      const MatrixView q = format == WeightFormat::kBF16 ? src : QuantizeInto(src, 0, rows, 0, K, format, 128, aligned);
+      MatrixView whole = src;
+      if (c.format == WeightFormat::kF32) {
+        whole.format = WeightFormat::kF32;
+        whole.data = nullptr;
+        whole.f32 = w32.data();
+      } else if (quantized) {
+        whole = QuantizeInto(src, 0, rows, 0, width, c.format, c.group_size, aligned);
+      }
+      MatrixView q = whole;
+      if (c.col_slice) {
+        auto sliced = ColSlice(whole, kOffset, K, "test");
+        ASSERT_TRUE(sliced.ok()) << sliced.status();
+        q = *sliced;
+      }
       const MatrixView views[] = {RowSlice(q, 0, 5), RowSlice(q, 5, rows - 5)};
       std::vector<float> x(M * K);
       for (auto& v : x) v = normal(rng);
@@ -149,16 +184,14 @@ TEST(MatMulTest, LongRowsGiveTheSameSumsForAnyBatch) {
         for (int64_t n = 0; n < rows; ++n) {
           double ref = 0;
           for (int64_t k = 0; k < K; ++k) ref += double(ElementAt(q, n, k)) * x[m * K + k];
-          ASSERT_NEAR(all[m * rows + n], ref, 1e-4 * std::sqrt(double(K))) << WeightFormatName(format);
+          ASSERT_NEAR(all[m * rows + n], ref, 1e-4 * std::sqrt(double(K))) << m << "," << n;
         }
       }
       for (int64_t m0 : {0, 6}) {
         for (int64_t len : {1, 4, 5, 9}) {
           std::vector<float> part(len * rows);
           MatMul(x.data() + m0 * K, len, K, K, views, part.data(), rows);
-          for (int64_t i = 0; i < len * rows; ++i) {
-            ASSERT_EQ(part[i], all[m0 * rows + i]) << WeightFormatName(format) << " " << m0 << "+" << len;
-          }
+          for (int64_t i = 0; i < len * rows; ++i) ASSERT_EQ(part[i], all[m0 * rows + i]) << m0 << "+" << len;
         }
       }
     }

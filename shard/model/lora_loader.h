@@ -14,6 +14,14 @@ namespace gemma {
 
 inline constexpr int kMaxLoraRank = 64;
 
+// Which LoRA adapters a backend can run: of rank up to max_rank (0: none at all), and at most max_per_step distinct
+// adapters in one step (0: any number). A step beyond them is refused (InvalidArgument) before anything runs, so
+// the worker refuses such adapters when they are loaded and the router's scheduler keeps steps within them.
+struct LoraCapacity {
+  int max_rank = kMaxLoraRank;
+  int max_per_step = 0;
+};
+
 // InvalidArgument naming the file and what is wrong: a missing or malformed
 // file, a config peft would not serve as plain LoRA (DoRA, fan_in_fan_out,
 // biases, per-layer rank or alpha patterns, modules_to_save), a rank outside

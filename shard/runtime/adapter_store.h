@@ -14,8 +14,8 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
-#include "shard/runtime/backend.h"
 #include "shard/model/lora_adapter.h"
+#include "shard/model/lora_loader.h"
 #include "shard/model/model_config.h"
 #include "shard/model/tensor_parallel.h"
 

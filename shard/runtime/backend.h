@@ -86,14 +86,6 @@ class StageTimer {
   double start_;
 };
 
-// Which LoRA adapters a backend can run: of rank up to max_rank (0: none at all), and at most max_per_step distinct
-// adapters in one step (0: any number). A step beyond them is refused (InvalidArgument) before anything runs, so
-// the worker refuses such adapters when they are loaded and the router's scheduler keeps steps within them.
-struct LoraCapacity {
-  int max_rank = kMaxLoraRank;
-  int max_per_step = 0;
-};
-
 // Implementations say whether they are thread-safe; a step is one call.
 class Backend {
  public:
