@@ -1,5 +1,7 @@
 #include "shard/cpu/lora.h"
 
+#include <algorithm>
+
 #include "shard/cpu/ops.h"
 
 namespace gemma {
@@ -21,12 +23,25 @@ void AddLoraTerms(std::span<const LoraGroup> groups, int layer,
       for (int64_t i = 0; i < n; ++i)
         shrunk[i * r + j] = scaling * DotF32(x + g.tokens[i] * ldx, a, p.in);
     }
-    // Expand: one row of B against every token.
+    // Expand along the outputs, a block at a time so the block's rows of B^T stay in cache for every token: each
+    // output is the same sequence of multiply-adds over j whatever the group's size.
+    constexpr int64_t kBlock = 512;
+    const float* bt = p.b.data();
+    const int64_t blocks = (p.out + kBlock - 1) / kBlock;
 #pragma omp parallel for schedule(static) if (r * n * p.out > 32768)
-    for (int64_t o = 0; o < p.out; ++o) {
-      const float* b = p.b.data() + o * r;
-      for (int64_t i = 0; i < n; ++i)
-        out[g.tokens[i] * ldo + o] += DotF32(shrunk + i * r, b, r);
+    for (int64_t blk = 0; blk < blocks; ++blk) {
+      const int64_t o0 = blk * kBlock, len = std::min(kBlock, p.out - o0);
+      float acc[kBlock];
+      for (int64_t i = 0; i < n; ++i) {
+        std::fill_n(acc, len, 0.0f);
+        for (int64_t j = 0; j < r; ++j) {
+          const float s = shrunk[i * r + j];
+          const float* row = bt + j * p.out + o0;
+          for (int64_t o = 0; o < len; ++o) acc[o] += s * row[o];
+        }
+        float* y = out + g.tokens[i] * ldo + o0;
+        for (int64_t o = 0; o < len; ++o) y[o] += acc[o];
+      }
     }
   }
 }

@@ -99,7 +99,6 @@ absl::Status CudaAdapters::Upload(const LoraAdapter& adapter, int slot, cudaStre
                                                       " layers; the model has ", num_layers_));
   }
   float* base = weights_.as<float>() + static_cast<int64_t>(slot) * slot_floats_;
-  std::vector<std::vector<float>> transposed;  // alive until the copies below have landed
   for (int layer = 0; layer < num_layers_; ++layer) {
     for (int ti = 0; ti < kNumLoraTargets; ++ti) {
       const LoraTarget t = static_cast<LoraTarget>(ti);
@@ -117,12 +116,8 @@ absl::Status CudaAdapters::Upload(const LoraAdapter& adapter, int slot, cudaStre
       float* bt = base + BOffset(layer, t);
       GEMMA_CUDA_RETURN_IF_ERROR(
           cudaMemcpyAsync(a, p.a.data(), p.a.size() * 4, cudaMemcpyHostToDevice, stream));
-      // B is [out, r] as peft stores it; the expand reads B^T [r, out].
-      std::vector<float>& b = transposed.emplace_back(p.b.size());
-      for (int64_t o = 0; o < p.out; ++o) {
-        for (int j = 0; j < p.rank; ++j) b[static_cast<size_t>(j) * p.out + o] = p.b[o * p.rank + j];
-      }
-      GEMMA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(bt, b.data(), b.size() * 4, cudaMemcpyHostToDevice, stream));
+      // The loader keeps B^T [r, out], the layout the expand reads.
+      GEMMA_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(bt, p.b.data(), p.b.size() * 4, cudaMemcpyHostToDevice, stream));
       e = LoraDeviceEntry{a, bt, p.rank, adapter.scaling};
     }
   }

@@ -22,7 +22,7 @@ const char* LoraTargetName(LoraTarget target);  // "q_proj", ...
 struct LoraPair {
   int rank = 0;          // r; 0: this projection is not adapted in this layer
   std::vector<float> a;  // [r, in]
-  std::vector<float> b;  // [out, r]
+  std::vector<float> b;  // B^T: [r, out] (peft stores B as [out, r]); the products run along the outputs
   int64_t in = 0, out = 0;
 };
 

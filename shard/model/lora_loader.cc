@@ -228,6 +228,15 @@ std::string Fingerprint(std::initializer_list<std::string> files) {
   return out;
 }
 
+// Rows [begin, begin + count) of B ([out, r] as peft stores it) as B^T [r, count].
+std::vector<float> TransposeRows(const std::vector<float>& b, int64_t begin, int64_t count, int rank) {
+  std::vector<float> t(static_cast<size_t>(count) * rank);
+  for (int64_t o = 0; o < count; ++o) {
+    for (int j = 0; j < rank; ++j) t[j * count + o] = b[(begin + o) * rank + j];
+  }
+  return t;
+}
+
 }  // namespace
 
 absl::StatusOr<std::shared_ptr<LoraAdapter>> LoadLoraAdapter(
@@ -306,13 +315,12 @@ absl::StatusOr<std::shared_ptr<LoraAdapter>> LoadLoraAdapter(
           std::copy_n(wa.begin() + rr * in + begin, count,
                       p.a.begin() + rr * count);
         }
-        p.b = std::move(wb);
+        p.b = TransposeRows(wb, 0, out, lc.rank);
       } else {  // all of A, B's rows [begin, begin + count)
         p.in = in;
         p.out = count;
         p.a = std::move(wa);
-        p.b.assign(wb.begin() + begin * lc.rank,
-                   wb.begin() + (begin + count) * lc.rank);
+        p.b = TransposeRows(wb, begin, count, lc.rank);
       }
       ++adapted;
     }
