@@ -80,7 +80,12 @@ void PackX(const float* x, int64_t M, int64_t K, int64_t ldx, int64_t packed_str
 // Weight decoders: block b of row r as two f32 vectors (lo, hi) in the format's layout, dequantized; Scalar gives
 // one element of the tail, Finish turns a row's sum into its output. A row is walked in groups of GroupBlocks
 // blocks (the whole row for formats with one scale per row) and Block is told the group.
-struct Bf16Rows {
+// Formats with one scale per row (or none): a row is one group.
+struct WholeRowGroups {
+  int64_t GroupBlocks(int64_t full_blocks) const { return full_blocks; }
+};
+
+struct Bf16Rows : WholeRowGroups {
   static constexpr Layout kLayout = Layout::kEvenOdd;
   const uint16_t* w;
   int64_t stride;
@@ -96,10 +101,9 @@ struct Bf16Rows {
   }
   float Scalar(int64_t r, int64_t k) const { return Bf16ToF32(w[r * stride + k]); }
   float Finish(int64_t, float sum) const { return sum; }
-  int64_t GroupBlocks(int64_t full_blocks) const { return full_blocks; }
 };
 
-struct F32Rows {
+struct F32Rows : WholeRowGroups {
   static constexpr Layout kLayout = Layout::kPlain;
   const float* w;
   int64_t stride;
@@ -114,11 +118,10 @@ struct F32Rows {
   }
   float Scalar(int64_t r, int64_t k) const { return w[r * stride + k]; }
   float Finish(int64_t, float sum) const { return sum; }
-  int64_t GroupBlocks(int64_t full_blocks) const { return full_blocks; }
 };
 
 // Sums code x over the row and scales once at the end: one sign-extending load and one conversion per N codes.
-struct Int8Rows {
+struct Int8Rows : WholeRowGroups {
   static constexpr Layout kLayout = Layout::kPlain;
   const uint8_t* codes;
   const float* scales;
@@ -136,7 +139,6 @@ struct Int8Rows {
   }
   float Scalar(int64_t r, int64_t k) const { return static_cast<float>(static_cast<int8_t>(codes[r * stride + k])); }
   float Finish(int64_t r, float sum) const { return sum * scales[r]; }
-  int64_t GroupBlocks(int64_t full_blocks) const { return full_blocks; }
 };
 
 // E4M3 codes widened in registers: the sign moved up a bit (b + (b & 0x80)) and the byte shifted left by 7 puts the
@@ -144,7 +146,7 @@ struct Int8Rows {
 // exactly, subnormals included (f16's exponent bias is 8 more); F16C widens it to f32. A block's 2N codes go
 // through the integer steps as one vector of 16-bit lanes. Sums run over those values and Finish applies 2^8 with
 // the row's scale.
-struct Fp8Rows {
+struct Fp8Rows : WholeRowGroups {
   static constexpr Layout kLayout = Layout::kPlain;
   const uint8_t* codes;
   const float* scales;
@@ -174,7 +176,6 @@ struct Fp8Rows {
 #endif
   float Scalar(int64_t r, int64_t k) const { return Fp8E4M3ToF32(codes[r * stride + k]) * (1.0f / 256.0f); }
   float Finish(int64_t r, float sum) const { return sum * (scales[r] * 256.0f); }
-  int64_t GroupBlocks(int64_t full_blocks) const { return full_blocks; }
 };
 
 // Dequantized in registers, (code - zero) * scale exactly as ElementAt gives it, so a row's products are the f32
