@@ -345,27 +345,92 @@ void CpuBackend::Attention(int layer, std::span<const SequenceStep> batch) {
   const int64_t q_dim = tp.num_q_heads * D;
   const int64_t qkv_ld = q_dim + 2 * tp.num_kv_heads * D;
   const int64_t T = static_cast<int64_t>(positions_.size());
-  const int max_threads = omp_get_max_threads();
-  scores_.resize(static_cast<size_t>(max_threads) * c.max_position_embeddings);
-  const KvRows k_cache = kv_.Rows(layer, 0), v_cache = kv_.Rows(layer, 1);
-  const int64_t work = T * tp.num_q_heads;
   const bool local = c.IsLocal(layer);
-#pragma omp parallel for schedule(dynamic, 1) if (work > 1)
-  for (int64_t w = 0; w < work; ++w) {
-    const int64_t t = w / tp.num_q_heads;
-    const int h = static_cast<int>(w % tp.num_q_heads);
-    const SequenceStep& s = batch[seq_of_token_[t]];
+  const KvRows k_cache = kv_.Rows(layer, 0), v_cache = kv_.Rows(layer, 1);
+  const int threads = omp_get_max_threads();
+
+  // This rank's query heads in runs that share a kv head: a run reads its keys and values once for all its heads.
+  struct HeadRun {
+    int begin, count, kv_head;
+  };
+  std::vector<HeadRun> runs;
+  for (int h = 0; h < tp.num_q_heads; ++h) {
     // Global query head -> global kv head -> this rank's copy of it.
     const int kv_head = (tp.q_head_begin + h) / c.heads_per_kv() - tp.kv_head_begin;
-    const PagedKv kv{k_cache, v_cache,
-                     KvTableView::For(kv_.layout(), layer, s.block_table, s.local_block_table, s.local_block_begin),
-                     kv_.block_size(), kv_.block_stride(), kv_.HeadOffset(kv_head)};
-    float* scores = &scores_[static_cast<size_t>(omp_get_thread_num()) * c.max_position_embeddings];
+    if (runs.empty() || runs.back().kv_head != kv_head) runs.push_back({h, 0, kv_head});
+    ++runs.back().count;
+  }
+  int max_run = 0;
+  for (const HeadRun& r : runs) max_run = std::max(max_run, r.count);
+  const int64_t slot = max_run * (2 + D);  // one segment's max, sum and out of each head
+
+  // A row's keys go in segments of kAttentionSegment from its first key, whatever the batch, and are combined in
+  // segment order: its arithmetic depends on the row alone, however the segments are shared out. With rows enough
+  // for every thread a row is one item; with few (decode at small batches), each segment of a long row is one,
+  // so a long context spreads over the threads even at batch 1.
+  const bool split = T * static_cast<int64_t>(runs.size()) < 2 * threads;
+  attention_items_.clear();
+  attention_combines_.clear();
+  int64_t slots = 0;
+  int most_segments = 1;
+  for (int64_t t = 0; t < T; ++t) {
     // A local layer's query at position i sees keys i - window + 1 .. i.
     const int end = positions_[t] + 1;
     const int first = local ? std::max(0, end - c.sliding_window) : 0;
-    AttendOneHead(&qkv_[t * qkv_ld + h * D], kv, first, end, static_cast<int>(D), c.attn_logit_softcap, scores,
-                  &attn_[t * q_dim + h * D]);
+    const int segments = (end - first + kAttentionSegment - 1) / kAttentionSegment;
+    most_segments = std::max(most_segments, segments);
+    for (int r = 0; r < static_cast<int>(runs.size()); ++r) {
+      if (!split || segments == 1) {
+        attention_items_.push_back({t, r, first, end, 0, segments, -1});
+        continue;
+      }
+      attention_combines_.push_back({t, r, segments, slots});
+      for (int s = 0; s < segments; ++s) attention_items_.push_back({t, r, first, end, s, s + 1, slots++});
+    }
+  }
+  partials_.resize(static_cast<size_t>(slots * slot));
+  const int64_t scores_floats = max_run * kAttentionSegment;
+  const int64_t per_thread = scores_floats + most_segments * slot;
+  thread_scratch_.resize(static_cast<size_t>(threads * per_thread));
+
+  const int64_t work = static_cast<int64_t>(attention_items_.size());
+#pragma omp parallel for schedule(dynamic, 1) if (work > 1)
+  for (int64_t w = 0; w < work; ++w) {
+    const AttentionItem& it = attention_items_[w];
+    const HeadRun& run = runs[it.run];
+    const SequenceStep& s = batch[seq_of_token_[it.t]];
+    const PagedKv kv{k_cache, v_cache,
+                     KvTableView::For(kv_.layout(), layer, s.block_table, s.local_block_table, s.local_block_begin),
+                     kv_.block_size(), kv_.block_stride(), kv_.HeadOffset(run.kv_head)};
+    float* scratch = &thread_scratch_[static_cast<size_t>(omp_get_thread_num() * per_thread)];
+    float* scores = scratch;
+    float* own = scratch + scores_floats;  // this thread's segment slots, for a whole row
+    const float* q = &qkv_[it.t * qkv_ld + run.begin * D];
+    float* result = &attn_[it.t * q_dim + run.begin * D];
+    for (int sg = it.seg_begin; sg < it.seg_end; ++sg) {
+      const int first = it.first + sg * kAttentionSegment;
+      const int end = std::min(it.end, first + kAttentionSegment);
+      float* p = it.partial >= 0 ? &partials_[static_cast<size_t>(it.partial * slot)] : own + (sg - it.seg_begin) * slot;
+      AttendSegment(q, run.count, kv, first, end, static_cast<int>(D), c.attn_logit_softcap, scores, p,
+                    p + max_run, p + 2 * max_run);
+    }
+    if (it.partial < 0) {
+      for (int h = 0; h < run.count; ++h) {
+        CombineSegments(it.seg_end - it.seg_begin, own + h, own + max_run + h, own + 2 * max_run + h * D, slot,
+                        static_cast<int>(D), result + h * D);
+      }
+    }
+  }
+  const int64_t combines = static_cast<int64_t>(attention_combines_.size()) * max_run;
+#pragma omp parallel for schedule(static) if (combines > 1)
+  for (int64_t w = 0; w < combines; ++w) {
+    const AttentionCombine& cb = attention_combines_[w / max_run];
+    const int h = static_cast<int>(w % max_run);
+    const HeadRun& run = runs[cb.run];
+    if (h >= run.count) continue;
+    const float* p = &partials_[static_cast<size_t>(cb.partial * slot)];
+    CombineSegments(cb.segments, p + h, p + max_run + h, p + 2 * max_run + h * D, slot, static_cast<int>(D),
+                    &attn_[cb.t * q_dim + (run.begin + h) * D]);
   }
 }
 

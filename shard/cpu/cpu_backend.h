@@ -82,7 +82,24 @@ class CpuBackend : public Backend {
   };
   Rope rope_[2];
   // Per-step scratch, sized to the step's token count T.
-  std::vector<float> x_, xn_, qkv_, attn_, proj_, gate_up_, act_, scores_;
+  std::vector<float> x_, xn_, qkv_, attn_, proj_, gate_up_, act_;
+  // Attention's work (see Attention): items of (token, run of heads sharing a kv head, segments of its keys).
+  struct AttentionItem {
+    int64_t t;
+    int run;
+    int first, end;                // the row's keys
+    int seg_begin, seg_end;        // its segments this item computes
+    int64_t partial;               // -1: the whole row, combined in-thread; else its first slot in partials_
+  };
+  struct AttentionCombine {
+    int64_t t;
+    int run, segments;
+    int64_t partial;
+  };
+  std::vector<AttentionItem> attention_items_;
+  std::vector<AttentionCombine> attention_combines_;
+  std::vector<float> partials_;       // split rows' segments: [max, sum, out] of each head
+  std::vector<float> thread_scratch_; // per thread: scores of one segment, then a whole row's segments
   std::vector<float> local_logits_;  // [rows, vocab_slice]: this rank's slice
   std::vector<float> gathered_;      // [world, rows, vocab_slice]
   std::vector<int32_t> tokens_;      // [T]

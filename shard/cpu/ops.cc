@@ -91,41 +91,17 @@ void GeluTanhMulImpl(const float* gate, const float* up, float* out, int64_t n) 
 
 void AddInPlaceImpl(const float* x, float* y, int64_t n) { Axpy(1.0f, x, y, n); }
 
-// K/V rows in their stored dtype: Dot(q, row) and Axpy(a, row, out) over head_dim elements, widened to f32.
 struct F32KvRows {
   const float* base;
   explicit F32KvRows(const KvRows& r) : base(static_cast<const float*>(r.base)) {}
-  float Dot(const float* q, int64_t row, int64_t n) const { return gemma::HWY_NAMESPACE::Dot(q, base + row, n); }
-  void Axpy(float a, int64_t row, float* out, int64_t n) const { gemma::HWY_NAMESPACE::Axpy(a, base + row, out, n); }
+  HWY_INLINE hn::Vec<DF> Widen(int64_t at) const { return hn::LoadU(DF(), base + at); }
+  float Element(int64_t at) const { return base[at]; }
+  float RowScale(int64_t) const { return 1.0f; }
 };
 
-// Narrow rows: `Widen(p)` gives N elements at p as f32; a row's sum is scaled once (RowScale).
-template <class Derived>
-struct NarrowKvRows {
-  float Dot(const float* q, int64_t row, int64_t n) const {
-    const DF df;
-    const int64_t N = hn::Lanes(df);
-    const auto& self = static_cast<const Derived&>(*this);
-    auto acc = hn::Zero(df);
-    int64_t i = 0;
-    for (; i + N <= n; i += N) acc = hn::MulAdd(hn::LoadU(df, q + i), self.Widen(row + i), acc);
-    float s = hn::GetLane(hn::SumOfLanes(df, acc));
-    for (; i < n; ++i) s += q[i] * self.Element(row + i);
-    return s * self.RowScale(row);
-  }
-  void Axpy(float a, int64_t row, float* out, int64_t n) const {
-    const DF df;
-    const int64_t N = hn::Lanes(df);
-    const auto& self = static_cast<const Derived&>(*this);
-    const float as = a * self.RowScale(row);
-    const auto va = hn::Set(df, as);
-    int64_t i = 0;
-    for (; i + N <= n; i += N) hn::StoreU(hn::MulAdd(va, self.Widen(row + i), hn::LoadU(df, out + i)), df, out + i);
-    for (; i < n; ++i) out[i] += as * self.Element(row + i);
-  }
-};
-
-struct Bf16KvRows : NarrowKvRows<Bf16KvRows> {
+// K/V rows in their stored dtype: Widen(at) gives N elements from element `at` as f32, Element(at) one, and a
+// row's dot product or softmax weight is scaled once by RowScale(row).
+struct Bf16KvRows {
   const uint16_t* base;
   explicit Bf16KvRows(const KvRows& r) : base(static_cast<const uint16_t*>(r.base)) {}
   HWY_INLINE hn::Vec<DF> Widen(int64_t at) const {
@@ -138,7 +114,7 @@ struct Bf16KvRows : NarrowKvRows<Bf16KvRows> {
   float RowScale(int64_t) const { return 1.0f; }
 };
 
-struct Int8KvRows : NarrowKvRows<Int8KvRows> {
+struct Int8KvRows {
   const int8_t* base;
   const float* scales;
   int64_t head_dim;
@@ -153,41 +129,133 @@ struct Int8KvRows : NarrowKvRows<Int8KvRows> {
   float RowScale(int64_t row) const { return scales[row / head_dim]; }
 };
 
+// Capped scores of G heads (q_h at q + h * head_dim) against keys [first, end), two keys at a time: 2G independent
+// chains of multiply-adds, each K vector loaded once for every head. scores[h * n + i].
+template <int G, class KRows, class RowOf>
+void SegmentScores(const float* q, int head_dim, const KRows& keys, const RowOf& row_of, int first, int end,
+                   float softcap, float* scores, int64_t n) {
+  const DF df;
+  const int64_t N = hn::Lanes(df);
+  const int64_t full = head_dim / N * N;
+  auto finish = [&](const hn::Vec<DF>& acc, int64_t row, int h) {
+    float s = hn::GetLane(hn::SumOfLanes(df, acc));
+    for (int64_t d = full; d < head_dim; ++d) s += q[h * head_dim + d] * keys.Element(row + d);
+    s *= keys.RowScale(row);
+    return softcap > 0 ? softcap * std::tanh(s / softcap) : s;
+  };
+  int j = first;
+  for (; j + 2 <= end; j += 2) {
+    const int64_t r0 = row_of(j), r1 = row_of(j + 1);
+    hn::Vec<DF> a0[G], a1[G];
+    for (int h = 0; h < G; ++h) a0[h] = a1[h] = hn::Zero(df);
+    for (int64_t d = 0; d < full; d += N) {
+      const auto k0 = keys.Widen(r0 + d), k1 = keys.Widen(r1 + d);
+      for (int h = 0; h < G; ++h) {
+        const auto qv = hn::LoadU(df, q + h * head_dim + d);
+        a0[h] = hn::MulAdd(qv, k0, a0[h]);
+        a1[h] = hn::MulAdd(qv, k1, a1[h]);
+      }
+    }
+    for (int h = 0; h < G; ++h) {
+      scores[h * n + (j - first)] = finish(a0[h], r0, h);
+      scores[h * n + (j + 1 - first)] = finish(a1[h], r1, h);
+    }
+  }
+  for (; j < end; ++j) {  // the same chain as a key of a pair
+    const int64_t r0 = row_of(j);
+    hn::Vec<DF> a0[G];
+    for (int h = 0; h < G; ++h) a0[h] = hn::Zero(df);
+    for (int64_t d = 0; d < full; d += N) {
+      const auto k0 = keys.Widen(r0 + d);
+      for (int h = 0; h < G; ++h) a0[h] = hn::MulAdd(hn::LoadU(df, q + h * head_dim + d), k0, a0[h]);
+    }
+    for (int h = 0; h < G; ++h) scores[h * n + (j - first)] = finish(a0[h], r0, h);
+  }
+}
+
+// out_h += p_h[j] v_j for G heads, each V vector loaded once for every head.
+template <int G, class VRows, class RowOf>
+void SegmentValues(const float* p, int64_t n, const VRows& values, const RowOf& row_of, int first, int head_dim,
+                   float* out) {
+  const DF df;
+  const int64_t N = hn::Lanes(df);
+  const int64_t full = head_dim / N * N;
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t row = row_of(first + static_cast<int>(i));
+    const float scale = values.RowScale(row);
+    hn::Vec<DF> a[G];
+    for (int h = 0; h < G; ++h) a[h] = hn::Set(df, p[h * n + i] * scale);
+    for (int64_t d = 0; d < full; d += N) {
+      const auto v = values.Widen(row + d);
+      for (int h = 0; h < G; ++h) {
+        float* o = out + h * head_dim + d;
+        hn::StoreU(hn::MulAdd(a[h], v, hn::LoadU(df, o)), df, o);
+      }
+    }
+    for (int64_t d = full; d < head_dim; ++d) {
+      for (int h = 0; h < G; ++h) out[h * head_dim + d] += p[h * n + i] * scale * values.Element(row + d);
+    }
+  }
+}
+
 template <class KRows, class VRows>
-void Attend(const float* q, const KRows& keys, const VRows& values, const PagedKv& kv, int first, int end,
-            int head_dim, float softcap, float* scores, float* out) {
-  const int n = end - first;
+void AttendSegmentT(const float* q, int heads, const KRows& keys, const VRows& values, const PagedKv& kv, int first,
+                    int end, int head_dim, float softcap, float* scores, float* max, float* sum, float* out) {
+  const int64_t n = end - first;
   auto row_of = [&](int j) {
     return kv.blocks.Block(j / kv.block_size) * kv.block_stride + kv.head_offset +
            static_cast<int64_t>(j % kv.block_size) * head_dim;
   };
-  float max_score = -INFINITY;
-  for (int i = 0; i < n; ++i) {
-    float s = keys.Dot(q, row_of(first + i), head_dim);
-    if (softcap > 0) s = softcap * std::tanh(s / softcap);
-    scores[i] = s;
-    max_score = std::max(max_score, s);
+  // Heads in groups of up to 4 (8 chains of two keys); a head's arithmetic is the same in any group.
+  for (int h0 = 0; h0 < heads; h0 += 4) {
+    const int g = std::min(4, heads - h0);
+    const float* qg = q + h0 * head_dim;
+    float* sg = scores + h0 * n;
+    switch (g) {
+      case 4: SegmentScores<4>(qg, head_dim, keys, row_of, first, end, softcap, sg, n); break;
+      case 3: SegmentScores<3>(qg, head_dim, keys, row_of, first, end, softcap, sg, n); break;
+      case 2: SegmentScores<2>(qg, head_dim, keys, row_of, first, end, softcap, sg, n); break;
+      default: SegmentScores<1>(qg, head_dim, keys, row_of, first, end, softcap, sg, n); break;
+    }
   }
-  float sum = 0.0f;
-  for (int i = 0; i < n; ++i) {
-    scores[i] = std::exp(scores[i] - max_score);
-    sum += scores[i];
+  for (int h = 0; h < heads; ++h) {
+    float* s = scores + h * n;
+    float m = -INFINITY;
+    for (int64_t i = 0; i < n; ++i) m = std::max(m, s[i]);
+    float total = 0.0f;
+    for (int64_t i = 0; i < n; ++i) {
+      s[i] = std::exp(s[i] - m);
+      total += s[i];
+    }
+    max[h] = m;
+    sum[h] = total;
   }
-  const float inv = 1.0f / sum;
-  for (int d = 0; d < head_dim; ++d) out[d] = 0.0f;
-  for (int i = 0; i < n; ++i) values.Axpy(scores[i] * inv, row_of(first + i), out, head_dim);
+  std::fill_n(out, static_cast<int64_t>(heads) * head_dim, 0.0f);
+  for (int h0 = 0; h0 < heads; h0 += 4) {
+    const int g = std::min(4, heads - h0);
+    const float* pg = scores + h0 * n;
+    float* og = out + h0 * head_dim;
+    switch (g) {
+      case 4: SegmentValues<4>(pg, n, values, row_of, first, head_dim, og); break;
+      case 3: SegmentValues<3>(pg, n, values, row_of, first, head_dim, og); break;
+      case 2: SegmentValues<2>(pg, n, values, row_of, first, head_dim, og); break;
+      default: SegmentValues<1>(pg, n, values, row_of, first, head_dim, og); break;
+    }
+  }
 }
 
-void AttendOneHeadImpl(const float* q, const PagedKv& kv, int first, int end, int head_dim, float softcap,
-                       float* scores, float* out) {
+void AttendSegmentImpl(const float* q, int heads, const PagedKv& kv, int first, int end, int head_dim,
+                       float softcap, float* scores, float* max, float* sum, float* out) {
   switch (kv.k.dtype) {
     case KvCacheDtype::kBF16:
-      return Attend(q, Bf16KvRows(kv.k), Bf16KvRows(kv.v), kv, first, end, head_dim, softcap, scores, out);
+      return AttendSegmentT(q, heads, Bf16KvRows(kv.k), Bf16KvRows(kv.v), kv, first, end, head_dim, softcap, scores,
+                            max, sum, out);
     case KvCacheDtype::kInt8:
-      return Attend(q, Int8KvRows(kv.k, head_dim), Int8KvRows(kv.v, head_dim), kv, first, end, head_dim, softcap,
-                    scores, out);
+      return AttendSegmentT(q, heads, Int8KvRows(kv.k, head_dim), Int8KvRows(kv.v, head_dim), kv, first, end,
+                            head_dim, softcap, scores, max, sum, out);
     default:
-      return Attend(q, F32KvRows(kv.k), F32KvRows(kv.v), kv, first, end, head_dim, softcap, scores, out);
+      return AttendSegmentT(q, heads, F32KvRows(kv.k), F32KvRows(kv.v), kv, first, end, head_dim, softcap, scores,
+                            max, sum, out);
   }
 }
 
@@ -201,7 +269,7 @@ namespace gemma {
 HWY_EXPORT(RmsNormImpl);
 HWY_EXPORT(GeluTanhMulImpl);
 HWY_EXPORT(AddInPlaceImpl);
-HWY_EXPORT(AttendOneHeadImpl);
+HWY_EXPORT(AttendSegmentImpl);
 HWY_EXPORT(Dot);
 
 void RmsNorm(const float* x, const float* w1p, float eps, float* out, int64_t n) {
@@ -216,9 +284,24 @@ float DotF32(const float* a, const float* b, int64_t n) { return HWY_DYNAMIC_DIS
 void SoftCap(float cap, float* x, int64_t n) {
   for (int64_t i = 0; i < n; ++i) x[i] = cap * std::tanh(x[i] / cap);
 }
-void AttendOneHead(const float* q, const PagedKv& kv, int first, int end, int head_dim, float softcap, float* scores,
-                   float* out) {
-  HWY_DYNAMIC_DISPATCH(AttendOneHeadImpl)(q, kv, first, end, head_dim, softcap, scores, out);
+void AttendSegment(const float* q, int heads, const PagedKv& kv, int first, int end, int head_dim, float softcap,
+                   float* scores, float* max, float* sum, float* out) {
+  HWY_DYNAMIC_DISPATCH(AttendSegmentImpl)(q, heads, kv, first, end, head_dim, softcap, scores, max, sum, out);
+}
+
+void CombineSegments(int segments, const float* max, const float* sum, const float* out, int64_t stride,
+                     int head_dim, float* result) {
+  float m = -INFINITY;
+  for (int s = 0; s < segments; ++s) m = std::max(m, max[s * stride]);
+  float total = 0.0f;
+  for (int s = 0; s < segments; ++s) total += std::exp(max[s * stride] - m) * sum[s * stride];
+  const float inv = 1.0f / total;
+  for (int d = 0; d < head_dim; ++d) result[d] = 0.0f;
+  for (int s = 0; s < segments; ++s) {
+    const float w = std::exp(max[s * stride] - m) * inv;
+    const float* o = out + s * stride;
+    for (int d = 0; d < head_dim; ++d) result[d] += w * o[d];
+  }
 }
 
 }  // namespace gemma

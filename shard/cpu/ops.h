@@ -33,11 +33,24 @@ struct PagedKv {
   int64_t head_offset;
 };
 
-// Causal attention of one (already RoPE'd and scaled) query head over key positions first..end-1:
-// out = softmax(cap(q . K^T)) V, where cap(s) = softcap * tanh(s / softcap) (softcap 0: none). A sliding window
-// is a `first` past 0. `scores` holds end - first floats. K and V rows are read in their stored dtype and widened in
+// Keys per attention segment: a row's keys are cut into segments of this many from its first key, each computed
+// on its own (possibly on another thread) and combined in order (CombineSegments).
+inline constexpr int kAttentionSegment = 256;
+
+// Attention of the `heads` query heads that share one kv head (grouped-query attention; already RoPE'd and
+// scaled, head h at q + h * head_dim) over one segment of key positions, [first, end): one pass over the keys
+// serves every head. Unnormalized, so segments of one row can run on different threads and be combined: for head
+// h, max[h] = the largest capped score cap(q_h . k_j), where cap(s) = softcap * tanh(s / softcap) (softcap 0:
+// none); sum[h] = sum_j exp(s_j - max[h]); out[h * head_dim ..] = sum_j exp(s_j - max[h]) v_j, keys in order.
+// `scores` holds heads * (end - first) floats. K and V rows are read in their stored dtype and widened in
 // registers (an int8 row's scale applied once to its dot product, and folded into its softmax weight for V).
-void AttendOneHead(const float* q, const PagedKv& kv, int first, int end, int head_dim, float softcap, float* scores,
-                   float* out);
+void AttendSegment(const float* q, int heads, const PagedKv& kv, int first, int end, int head_dim, float softcap,
+                   float* scores, float* max, float* sum, float* out);
+
+// softmax(cap(q . K^T)) V of one head from its segments in order (max, sum and out of each as AttendSegment gives
+// them, `stride` floats apart: out at out + s * stride): rescaled to the largest max, added in segment order.
+// One segment: out * (1 / sum).
+void CombineSegments(int segments, const float* max, const float* sum, const float* out, int64_t stride,
+                     int head_dim, float* result);
 
 }  // namespace gemma
