@@ -173,27 +173,46 @@ void SegmentScores(const float* q, int head_dim, const KRows& keys, const RowOf&
   }
 }
 
-// out_h += p_h[j] v_j for G heads, each V vector loaded once for every head.
+// out_h = sum_j p_h[j] v_j for G heads, keys in order: kValueVectors vectors of the output at a time stay in registers
+// over every key of the segment (the segment's V rows stay in L2 between the passes), each V vector loaded once
+// for every head.
+#if HWY_TARGET <= HWY_AVX3
+constexpr int kValueVectors = 4;  // G x 4 accumulators of 32 registers
+#else
+constexpr int kValueVectors = 2;  // of 16
+#endif
+
 template <int G, class VRows, class RowOf>
 void SegmentValues(const float* p, int64_t n, const VRows& values, const RowOf& row_of, int first, int head_dim,
                    float* out) {
   const DF df;
   const int64_t N = hn::Lanes(df);
-  const int64_t full = head_dim / N * N;
-  for (int64_t i = 0; i < n; ++i) {
-    const int64_t row = row_of(first + static_cast<int>(i));
-    const float scale = values.RowScale(row);
-    hn::Vec<DF> a[G];
-    for (int h = 0; h < G; ++h) a[h] = hn::Set(df, p[h * n + i] * scale);
-    for (int64_t d = 0; d < full; d += N) {
-      const auto v = values.Widen(row + d);
+  const int64_t full = head_dim / (kValueVectors * N) * (kValueVectors * N);
+  for (int64_t d0 = 0; d0 < full; d0 += kValueVectors * N) {
+    hn::Vec<DF> acc[G][kValueVectors];
+    for (int h = 0; h < G; ++h)
+      for (int v = 0; v < kValueVectors; ++v) acc[h][v] = hn::Zero(df);
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t row = row_of(first + static_cast<int>(i)) + d0;
+      const float scale = values.RowScale(row - d0);
+      hn::Vec<DF> vv[kValueVectors];
+      for (int v = 0; v < kValueVectors; ++v) vv[v] = values.Widen(row + v * N);
       for (int h = 0; h < G; ++h) {
-        float* o = out + h * head_dim + d;
-        hn::StoreU(hn::MulAdd(a[h], v, hn::LoadU(df, o)), df, o);
+        const auto a = hn::Set(df, p[h * n + i] * scale);
+        for (int v = 0; v < kValueVectors; ++v) acc[h][v] = hn::MulAdd(a, vv[v], acc[h][v]);
       }
     }
-    for (int64_t d = full; d < head_dim; ++d) {
-      for (int h = 0; h < G; ++h) out[h * head_dim + d] += p[h * n + i] * scale * values.Element(row + d);
+    for (int h = 0; h < G; ++h)
+      for (int v = 0; v < kValueVectors; ++v) hn::StoreU(acc[h][v], df, out + h * head_dim + d0 + v * N);
+  }
+  for (int64_t d = full; d < head_dim; ++d) {  // a head_dim that is not whole groups of kValueVectors * N (none of Gemma's)
+    for (int h = 0; h < G; ++h) {
+      float sum = 0.0f;
+      for (int64_t i = 0; i < n; ++i) {
+        const int64_t row = row_of(first + static_cast<int>(i));
+        sum += p[h * n + i] * values.RowScale(row) * values.Element(row + d);
+      }
+      out[h * head_dim + d] = sum;
     }
   }
 }
@@ -230,7 +249,6 @@ void AttendSegmentT(const float* q, int heads, const KRows& keys, const VRows& v
     max[h] = m;
     sum[h] = total;
   }
-  std::fill_n(out, static_cast<int64_t>(heads) * head_dim, 0.0f);
   for (int h0 = 0; h0 < heads; h0 += 4) {
     const int g = std::min(4, heads - h0);
     const float* pg = scores + h0 * n;
