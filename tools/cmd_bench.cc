@@ -29,7 +29,7 @@ double Now() { return std::chrono::duration<double>(std::chrono::steady_clock::n
 struct Figures {
   int threads;
   double prefill_tokens_per_s, decode_batch1, decode_batch8, bandwidth;
-  double collective_fraction_batch1 = 0;  // share of decode step time in collectives (TP > 1)
+  StepTimings batch1_step;                // where a batch-1 decode step's time went
   double decode_batch8_adapters = 0;     // with --adapters: batch 8 with adapters mixed in
   double decode_batch8_base_again = 0;   // and the base batch 8 measured right after it
 };
@@ -78,8 +78,10 @@ absl::StatusOr<double> PrefillTokensPerSecond(Backend* backend, int prompt_len) 
 
 // Decode steps of `batch` sequences after a `context`-token prefill; returns generated tokens per second.
 // Row s runs with adapters[s % adapters.size()] (none when empty).
+// Tokens per second of `steps` decode steps of `batch` rows after `context` positions; `per_step` (optional) gets
+// where a step's time went, on average (this process's backend: the leader's rank under TP).
 absl::StatusOr<double> DecodeTokensPerSecond(Backend* backend, int batch, int context, int steps,
-                                             double* collective_fraction = nullptr,
+                                             StepTimings* per_step = nullptr,
                                              std::span<const std::shared_ptr<const LoraAdapter>> adapters = {}) {
   const auto& c = backend->config();
   BenchBatch b = MakeBatch(batch, context, context + steps + 1, backend->kv_block_size(), c.vocab_size, 2);
@@ -92,7 +94,8 @@ absl::StatusOr<double> DecodeTokensPerSecond(Backend* backend, int batch, int co
   }
   if (auto st = backend->Forward(step, &logits); !st.ok()) return st;
   std::vector<int32_t> next(batch, 5);
-  double start = 0, collective = 0;
+  double start = 0;
+  StepTimings sum;
   for (int i = 0; i <= steps; ++i) {
     if (i == 1) start = Now();  // the first decode step warms caches and is not counted
     for (int s = 0; s < batch; ++s) {
@@ -100,10 +103,19 @@ absl::StatusOr<double> DecodeTokensPerSecond(Backend* backend, int batch, int co
       step[s].adapter = adapter_of(s);
     }
     if (auto st = backend->Forward(step, &logits); !st.ok()) return st;
-    if (i >= 1) collective += backend->last_timings().collective_seconds;
+    if (i >= 1) {
+      const StepTimings& t = backend->last_timings();
+      sum.matmul_seconds += t.matmul_seconds;
+      sum.attention_seconds += t.attention_seconds;
+      sum.collective_seconds += t.collective_seconds;
+      sum.other_seconds += t.other_seconds;
+    }
   }
   const double elapsed = Now() - start;
-  if (collective_fraction) *collective_fraction = collective / elapsed;
+  if (per_step) {
+    *per_step = {sum.matmul_seconds / steps, sum.attention_seconds / steps, sum.collective_seconds / steps,
+                 sum.other_seconds / steps};
+  }
   return batch * steps / elapsed;
 }
 
@@ -192,7 +204,7 @@ int BenchCommand(int argc, char** argv) {
     auto prefill = PrefillTokensPerSecond(model->backend.get(), static_cast<int>(*prompt_len));
     progress.Update(++done);
     auto d1 = DecodeTokensPerSecond(model->backend.get(), 1, static_cast<int>(*decode_context_1), static_cast<int>(*steps),
-                                    &f.collective_fraction_batch1);
+                                    &f.batch1_step);
     progress.Update(++done);
     auto d8 = DecodeTokensPerSecond(model->backend.get(), 8, decode_context, static_cast<int>(*steps));
     progress.Update(++done);
@@ -232,7 +244,12 @@ int BenchCommand(int argc, char** argv) {
                       {"decode_tokens_per_s_batch8", f.decode_batch8},
                       {"read_bandwidth_bytes_per_s", f.bandwidth},
                       {"decode_batch1_bandwidth_fraction", fraction(f)},
-                      {"decode_batch1_collective_fraction", f.collective_fraction_batch1}});
+                      {"decode_batch1_collective_fraction", f.batch1_step.collective_seconds * f.decode_batch1},
+                      // Per batch-1 decode step: attention grows with the context, the rest does not.
+                      {"decode_batch1_step_ms", {{"matmul", 1e3 * f.batch1_step.matmul_seconds},
+                                                 {"attention", 1e3 * f.batch1_step.attention_seconds},
+                                                 {"collective", 1e3 * f.batch1_step.collective_seconds},
+                                                 {"other", 1e3 * f.batch1_step.other_seconds}}}});
       if (!adapters.empty()) {
         runs.back()["decode_tokens_per_s_batch8_adapters"] = f.decode_batch8_adapters;
         runs.back()["decode_tokens_per_s_batch8_base_again"] = f.decode_batch8_base_again;
@@ -279,7 +296,7 @@ int BenchCommand(int argc, char** argv) {
     std::printf("%8d %14.2f %12.2f %12.2f %10.2f %13.1f%%  (read bandwidth %.1f GB/s)\n", f.threads,
                 f.prefill_tokens_per_s, f.decode_batch1, f.decode_batch8, f.decode_batch8 / f.decode_batch1,
                 100 * fraction(f), f.bandwidth / 1e9);
-    if (*tp > 1) std::printf("         collectives: %.1f%% of batch-1 decode step time\n", 100 * f.collective_fraction_batch1);
+    if (*tp > 1) std::printf("         collectives: %.1f%% of batch-1 decode step time\n", 100 * f.batch1_step.collective_seconds * f.decode_batch1);
     if (!adapters.empty()) {
       std::printf("         batch 8 with %d rank-%d adapters: %.2f tok/s, %.3f of the base batch 8 (%.2f, %.2f)\n",
                   static_cast<int>(*num_adapters), static_cast<int>(*adapter_rank), f.decode_batch8_adapters,
