@@ -95,6 +95,8 @@ struct F32KvRows {
   const float* base;
   explicit F32KvRows(const KvRows& r) : base(static_cast<const float*>(r.base)) {}
   HWY_INLINE hn::Vec<DF> Widen(int64_t at) const { return hn::LoadU(DF(), base + at); }
+  const void* Address(int64_t at) const { return base + at; }
+  int64_t RowBytes(int64_t head_dim) const { return 4 * head_dim; }
   float Element(int64_t at) const { return base[at]; }
   float RowScale(int64_t) const { return 1.0f; }
 };
@@ -111,6 +113,8 @@ struct Bf16KvRows {
     return hn::BitCast(df, hn::ShiftLeft<16>(hn::PromoteTo(du, hn::LoadU(d16, base + at))));
   }
   float Element(int64_t at) const { return Bf16ToF32(base[at]); }
+  const void* Address(int64_t at) const { return base + at; }
+  int64_t RowBytes(int64_t head_dim) const { return 2 * head_dim; }
   float RowScale(int64_t) const { return 1.0f; }
 };
 
@@ -126,8 +130,16 @@ struct Int8KvRows {
     return hn::ConvertTo(df, hn::PromoteTo(d32, hn::LoadU(d8, base + at)));
   }
   float Element(int64_t at) const { return static_cast<float>(base[at]); }
+  const void* Address(int64_t at) const { return base + at; }
+  int64_t RowBytes(int64_t head_dim) const { return head_dim; }
   float RowScale(int64_t row) const { return scales[row / head_dim]; }
 };
+
+constexpr int kPrefetchKeys = 8;
+
+HWY_INLINE void Prefetch(const void* p, int64_t bytes) {
+  for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(static_cast<const char*>(p) + b);
+}
 
 // Capped scores of G heads (q_h at q + h * head_dim) against keys [first, end), two keys at a time: 2G independent
 // chains of multiply-adds, each K vector loaded once for every head. scores[h * n + i].
@@ -146,6 +158,11 @@ void SegmentScores(const float* q, int head_dim, const KRows& keys, const RowOf&
   int j = first;
   for (; j + 2 <= end; j += 2) {
     const int64_t r0 = row_of(j), r1 = row_of(j + 1);
+    // Rows come a block of positions at a time, blocks scattered over the cache: fetch a few keys ahead.
+    if (j + kPrefetchKeys + 1 < end) {
+      Prefetch(keys.Address(row_of(j + kPrefetchKeys)), keys.RowBytes(head_dim));
+      Prefetch(keys.Address(row_of(j + kPrefetchKeys + 1)), keys.RowBytes(head_dim));
+    }
     hn::Vec<DF> a0[G], a1[G];
     for (int h = 0; h < G; ++h) a0[h] = a1[h] = hn::Zero(df);
     for (int64_t d = 0; d < full; d += N) {
@@ -194,6 +211,9 @@ void SegmentValues(const float* p, int64_t n, const VRows& values, const RowOf& 
       for (int v = 0; v < kValueVectors; ++v) acc[h][v] = hn::Zero(df);
     for (int64_t i = 0; i < n; ++i) {
       const int64_t row = row_of(first + static_cast<int>(i)) + d0;
+      if (d0 == 0 && i + kPrefetchKeys < n) {  // later passes find the segment's rows in L2
+        Prefetch(values.Address(row_of(first + static_cast<int>(i + kPrefetchKeys))), values.RowBytes(head_dim));
+      }
       const float scale = values.RowScale(row - d0);
       hn::Vec<DF> vv[kValueVectors];
       for (int v = 0; v < kValueVectors; ++v) vv[v] = values.Widen(row + v * N);

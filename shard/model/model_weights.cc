@@ -65,19 +65,8 @@ absl::StatusOr<MatrixView> ModelWeights::Matrix(const std::string& name, int64_t
   return MatrixView{owned, rows, cols, cols};
 }
 
-ModelWeights::OwnedBuffer ModelWeights::AllocateOwned(int64_t bytes) {
-  // 2 MB pages: weights stream through every step, and small pages cost TLB
-  // (and, under some hypervisors, shadow page table) misses on every pass.
-  constexpr size_t kHuge = 2 << 20;
-  const size_t size = (static_cast<size_t>(bytes) + kHuge - 1) / kHuge * kHuge;
-  void* p = std::aligned_alloc(kHuge, std::max(size, kHuge));
-  if (p == nullptr) throw std::bad_alloc();
-  ::madvise(p, size, MADV_HUGEPAGE);
-  return OwnedBuffer(static_cast<uint8_t*>(p));
-}
-
 uint8_t* ModelWeights::Own(int64_t bytes) {
-  owned_.push_back(AllocateOwned(bytes));
+  owned_.push_back(AllocateHugePages(bytes));
   return owned_.back().get();
 }
 
@@ -123,7 +112,7 @@ absl::StatusOr<MatrixView> ModelWeights::Place(const std::string& name, const Ma
 
 void ModelWeights::Release(const MatrixView& whole) {
   if (IsOwned(whole)) {
-    std::erase_if(owned_, [&](const OwnedBuffer& b) { return b.get() == reinterpret_cast<const uint8_t*>(whole.data); });
+    std::erase_if(owned_, [&](const HugePageBuffer& b) { return b.get() == reinterpret_cast<const uint8_t*>(whole.data); });
     return;
   }
   // Drop this process's mapping of the whole matrix's pages (the page cache keeps them).

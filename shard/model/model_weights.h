@@ -9,6 +9,7 @@
 
 #include "absl/status/statusor.h"
 #include "shard/checkpoint/checkpoint.h"
+#include "shard/model/huge_pages.h"
 #include "shard/model/matrix_view.h"
 #include "shard/model/model_config.h"
 #include "shard/model/quantize.h"
@@ -89,15 +90,10 @@ class ModelWeights {
   MatrixView embed_;
   std::vector<float> final_norm_;
   std::vector<LayerWeights> layers_;
-  struct FreeDeleter {
-    void operator()(uint8_t* p) const { std::free(p); }
-  };
-  using OwnedBuffer = std::unique_ptr<uint8_t[], FreeDeleter>;
   // Copies this object owns (F16/F32 tensors as bf16, row-parallel slices, quantized and dequantized matrices),
   // on huge pages.
-  static OwnedBuffer AllocateOwned(int64_t bytes);
   uint8_t* Own(int64_t bytes);
-  std::vector<OwnedBuffer> owned_;
+  std::vector<HugePageBuffer> owned_;
 };
 
 }  // namespace gemma

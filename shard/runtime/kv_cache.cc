@@ -98,7 +98,9 @@ absl::StatusOr<KvCache> KvCache::Create(const ModelConfig& config, const KvCache
   if (blocks > (int64_t{1} << 30)) return absl::InvalidArgumentError("KV cache block count is too large");
   kv.num_blocks_ = static_cast<int>(blocks);
   try {
-    kv.data_.assign(static_cast<size_t>(blocks * kv.block_stride_ * kv.element_bytes_), 0);
+    const size_t bytes = static_cast<size_t>(blocks * kv.block_stride_ * kv.element_bytes_);
+    kv.data_ = AllocateHugePages(static_cast<int64_t>(bytes));
+    std::memset(kv.data_.get(), 0, bytes);
     if (kv.dtype_ == KvCacheDtype::kInt8) kv.scales_.assign(static_cast<size_t>(blocks * kv.block_stride_ / kv.head_dim_), 0.0f);
   } catch (const std::bad_alloc&) {
     return absl::ResourceExhaustedError(absl::StrCat("cannot allocate a KV cache of ", blocks * kv.BytesPerBlock(), " bytes"));
@@ -115,14 +117,14 @@ KvRows KvCache::Rows(int layer, int kv) const {
   const int64_t region = RegionElements(layer, kv);
   KvRows rows;
   rows.dtype = dtype_;
-  rows.base = data_.data() + region * element_bytes_;
+  rows.base = data_.get() + region * element_bytes_;
   if (dtype_ == KvCacheDtype::kInt8) rows.scales = scales_.data() + region / head_dim_;
   return rows;
 }
 
 void KvCache::WriteRow(int layer, int kv, int64_t offset, const float* values) {
   const int64_t at = RegionElements(layer, kv) + offset;
-  uint8_t* dst = data_.data() + at * element_bytes_;
+  uint8_t* dst = data_.get() + at * element_bytes_;
   switch (dtype_) {
     case KvCacheDtype::kBF16: {
       auto* out = reinterpret_cast<uint16_t*>(dst);

@@ -8,6 +8,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "engine/step_protocol.h"
+#include "shard/model/huge_pages.h"
 #include "shard/model/model_config.h"
 
 namespace gemma {
@@ -118,7 +119,7 @@ class KvCache {
   KvLayout layout_;
   int64_t layer_kv_stride_ = 0;
   int64_t block_stride_ = 0;
-  std::vector<uint8_t> data_;
+  HugePageBuffer data_;  // blocks are read scattered: huge pages spare the TLB
   std::vector<float> scales_;  // kInt8
 };
 
