@@ -64,6 +64,13 @@ std::shared_ptr<const ServedModel> GroupSet::model() const {
   return model_;
 }
 
+bool GroupSet::HoldsAsLoaded(const WorkerGroup& g, const std::string& adapter) const {
+  const std::optional<std::string> path = g.AdapterPath(adapter);
+  if (!path) return false;
+  auto it = adapter_paths_.find(adapter);
+  return it == adapter_paths_.end() || it->second == *path;
+}
+
 absl::Status GroupSet::Submit(std::shared_ptr<ActiveRequest> request) {
   std::vector<std::shared_ptr<ActiveRequest>> one = {std::move(request)};
   return SubmitTogether(one);
@@ -79,8 +86,9 @@ absl::Status GroupSet::SubmitTogether(std::span<const std::shared_ptr<ActiveRequ
   int lacking_adapter = 0;
   for (auto& g : groups_) {
     if (!g->accepting() || retired_.count(g->address())) continue;
-    // Only groups holding the request's adapter (one that was down when it was loaded may lack it).
-    if (!adapter.empty() && !g->HasAdapter(adapter)) {
+    // Only groups holding the request's adapter, as last loaded (one that was down then may lack it, or hold an
+    // older one of that name).
+    if (!adapter.empty() && !HoldsAsLoaded(*g, adapter)) {
       ++lacking_adapter;
       continue;
     }
@@ -113,6 +121,10 @@ absl::Status GroupSet::SubmitTogether(std::span<const std::shared_ptr<ActiveRequ
   }
   if (best == nullptr) {
     if (lacking_adapter > 0) {
+      const bool held = std::any_of(
+          groups_.begin(), groups_.end(),
+          [&](const auto& g) { return HoldsAsLoaded(*g, adapter); });
+      if (!held) return absl::InvalidArgumentError(absl::StrCat("adapter \"", adapter, "\" is not loaded"));
       return absl::UnavailableError(absl::StrCat("adapter \"", adapter, "\" is held only by worker groups that are "
                                                  "down or scheduled elsewhere (", lacking_adapter, " up lack it); "
                                                  "retry later, or load it again to bring the others up to date"));
@@ -259,6 +271,10 @@ absl::StatusOr<v1::Adapter> GroupSet::LoadAdapter(const std::string& name, const
       continue;
     }
     auto info = g->LoadAdapter(name, path);
+    if (!info.ok() && info.status().code() == absl::StatusCode::kUnavailable) {
+      ++down;  // died before the router noticed: passed over as one marked down
+      continue;
+    }
     if (!info.ok()) {
       if (first_error.ok()) first_error = info.status();
       continue;
@@ -281,14 +297,18 @@ absl::StatusOr<v1::Adapter> GroupSet::LoadAdapter(const std::string& name, const
     }
     if (took.empty()) return first_error;
     if (stuck.empty()) {
-      return absl::Status(first_error.code(), absl::StrCat(first_error.message(), " (not loaded: unloaded again from the ",
-                                                           took.size(), " groups that had taken it)"));
+      return absl::Status(
+          first_error.code(),
+          absl::StrCat(first_error.message(),
+                       " (not loaded: unloaded again from the ", took.size(),
+                       " groups that had taken it)"));
     }
     // The adapter stays where unloading failed; the caller must know it is not all-or-nothing this time.
     return absl::AbortedError(absl::StrCat(first_error.message(), "; unloading it again failed on ", stuck.size(),
                                            " of the ", took.size(), " groups that had taken it, which still hold it (",
                                            absl::StrJoin(stuck, "; "), "): call UnloadAdapter"));
   }
+  adapter_paths_[name] = path;
   loaded->set_groups(holding + static_cast<int>(took.size()));
   return *loaded;
 }
@@ -303,6 +323,7 @@ absl::Status GroupSet::UnloadAdapter(const std::string& name) {
     if (auto s = g->UnloadAdapter(name); !s.ok() && first_error.ok()) first_error = s;
   }
   if (!found) return absl::NotFoundError(absl::StrCat("no adapter named \"", name, "\" is loaded"));
+  if (first_error.ok()) adapter_paths_.erase(name);
   return first_error;
 }
 

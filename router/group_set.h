@@ -2,6 +2,7 @@
 #pragma once
 
 #include <atomic>
+#include <map>
 #include <memory>
 #include <optional>
 #include <set>
@@ -40,13 +41,16 @@ class GroupSet {
   uint64_t NewRequestId() { return next_request_id_++; }
   // Null until the first group has joined.
   std::shared_ptr<const ServedModel> model() const ABSL_LOCKS_EXCLUDED(mu_);
-  // Hands the request to the least-loaded healthy group this router schedules: Unavailable when there is none.
+  // Hands the request to the least-loaded healthy group this router schedules (among those holding its adapter as
+  // last loaded, when it names one): Unavailable when there is none.
   absl::Status Submit(std::shared_ptr<ActiveRequest> request) ABSL_LOCKS_EXCLUDED(mu_);
   // Requests that go to one group, in order (the samples of one prompt, which fork from the first); the group is
   // chosen for the first. An error leaves those before the refused one submitted.
   absl::Status SubmitTogether(std::span<const std::shared_ptr<ActiveRequest>> requests) ABSL_LOCKS_EXCLUDED(mu_);
-  // LoRA adapters on every group: loaded (the first group's error when one refuses, and then no group that took it in this call keeps it),
-  // unloaded, listed (with how many groups hold each), and whether any group holds one.
+  // LoRA adapters on every group that is up: loaded (groups that are down or unreachable are passed over; the
+  // first group's error when one refuses, and then no group that took it in this call keeps it: ABORTED naming
+  // those where unloading it again failed; UNAVAILABLE when every group is down), unloaded, listed (with how many
+  // groups hold each), and whether any group holds one.
   absl::StatusOr<v1::Adapter> LoadAdapter(const std::string& name, const std::string& path) ABSL_LOCKS_EXCLUDED(mu_);
   absl::Status UnloadAdapter(const std::string& name) ABSL_LOCKS_EXCLUDED(mu_);
   std::vector<v1::Adapter> Adapters() const ABSL_LOCKS_EXCLUDED(mu_);
@@ -74,6 +78,11 @@ class GroupSet {
   std::shared_ptr<const ServedModel> model_ ABSL_GUARDED_BY(mu_);
   std::vector<std::unique_ptr<WorkerGroup>> groups_ ABSL_GUARDED_BY(mu_);
   std::set<std::string> retired_ ABSL_GUARDED_BY(mu_);
+  // The path each adapter name was last loaded from through LoadAdapter: requests go only to groups holding the
+  // name from it, so a group that was down meanwhile and still holds an older adapter of that name serves none of
+  // them. Names loaded at the workers' start are absent: any group holding the name serves it.
+  std::map<std::string, std::string> adapter_paths_ ABSL_GUARDED_BY(mu_);
+  bool HoldsAsLoaded(const WorkerGroup& g, const std::string& adapter) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
 };
 

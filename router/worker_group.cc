@@ -336,7 +336,7 @@ absl::Status WorkerGroup::UnloadAdapter(const std::string& name) {
     absl::MutexLock lock(&adapters_mu_);
     adapters_.erase(name);
   }
-  if (!s.ok()) {
+  if (!s.ok() && s.error_code() != grpc::StatusCode::NOT_FOUND) {  // NOT_FOUND: not held there, as asked
     return absl::Status(static_cast<absl::StatusCode>(s.error_code()),
                         absl::StrCat("worker group ", address_, ": ", s.error_message()));
   }
@@ -353,6 +353,13 @@ std::vector<worker::v1::AdapterInfo> WorkerGroup::adapters() const {
 bool WorkerGroup::HasAdapter(const std::string& name) const {
   absl::MutexLock lock(&adapters_mu_);
   return adapters_.count(name) > 0;
+}
+
+std::optional<std::string> WorkerGroup::AdapterPath(const std::string& name) const {
+  absl::MutexLock lock(&adapters_mu_);
+  auto it = adapters_.find(name);
+  if (it == adapters_.end()) return std::nullopt;
+  return it->second.path();
 }
 
 absl::StatusOr<SequenceSpec> WorkerGroup::SpecFor(const ActiveRequest& r) const {

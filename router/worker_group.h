@@ -92,6 +92,8 @@ class WorkerGroup {
   absl::Status UnloadAdapter(const std::string& name) ABSL_LOCKS_EXCLUDED(adapters_mu_);
   std::vector<worker::v1::AdapterInfo> adapters() const ABSL_LOCKS_EXCLUDED(adapters_mu_);
   bool HasAdapter(const std::string& name) const ABSL_LOCKS_EXCLUDED(adapters_mu_);
+  // Where the adapter this group holds under `name` was read from; nullopt when it holds none.
+  std::optional<std::string> AdapterPath(const std::string& name) const ABSL_LOCKS_EXCLUDED(adapters_mu_);
   absl::Status Submit(std::shared_ptr<ActiveRequest> request) ABSL_LOCKS_EXCLUDED(mu_);
   // Where requests go when this group fails before they started (another group, through the GroupSet); what
   // it returns is the request's failure when not OK. Unset: they fail with Unavailable.

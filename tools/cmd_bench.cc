@@ -76,10 +76,10 @@ absl::StatusOr<double> PrefillTokensPerSecond(Backend* backend, int prompt_len) 
   return prompt_len / (Now() - start);
 }
 
-// Decode steps of `batch` sequences after a `context`-token prefill; returns generated tokens per second.
-// Row s runs with adapters[s % adapters.size()] (none when empty).
-// Tokens per second of `steps` decode steps of `batch` rows after `context` positions; `per_step` (optional) gets
-// where a step's time went, on average (this process's backend: the leader's rank under TP).
+// Generated tokens per second of `steps` decode steps of `batch` sequences after a `context`-token prefill; row s
+// runs with adapters[s % adapters.size()] (none when empty). `per_step` (optional) gets where a step's time went,
+// on average, as this process's backend times it (the leader's rank under TP; on a GPU, host time unless the
+// backend times its stages).
 absl::StatusOr<double> DecodeTokensPerSecond(Backend* backend, int batch, int context, int steps,
                                              StepTimings* per_step = nullptr,
                                              std::span<const std::shared_ptr<const LoraAdapter>> adapters = {}) {
@@ -296,7 +296,9 @@ int BenchCommand(int argc, char** argv) {
     std::printf("%8d %14.2f %12.2f %12.2f %10.2f %13.1f%%  (read bandwidth %.1f GB/s)\n", f.threads,
                 f.prefill_tokens_per_s, f.decode_batch1, f.decode_batch8, f.decode_batch8 / f.decode_batch1,
                 100 * fraction(f), f.bandwidth / 1e9);
-    if (*tp > 1) std::printf("         collectives: %.1f%% of batch-1 decode step time\n", 100 * f.batch1_step.collective_seconds * f.decode_batch1);
+    if (*tp > 1)
+      std::printf("         collectives: %.1f%% of batch-1 decode step time\n",
+                  100 * f.batch1_step.collective_seconds * f.decode_batch1);
     if (!adapters.empty()) {
       std::printf("         batch 8 with %d rank-%d adapters: %.2f tok/s, %.3f of the base batch 8 (%.2f, %.2f)\n",
                   static_cast<int>(*num_adapters), static_cast<int>(*adapter_rank), f.decode_batch8_adapters,

@@ -410,7 +410,9 @@ void CpuBackend::Attention(int layer, std::span<const SequenceStep> batch) {
     for (int sg = it.seg_begin; sg < it.seg_end; ++sg) {
       const int first = it.first + sg * kAttentionSegment;
       const int end = std::min(it.end, first + kAttentionSegment);
-      float* p = it.partial >= 0 ? &partials_[static_cast<size_t>(it.partial * slot)] : own + (sg - it.seg_begin) * slot;
+      float* p = it.partial >= 0
+                     ? &partials_[static_cast<size_t>(it.partial * slot)]
+                     : own + (sg - it.seg_begin) * slot;
       AttendSegment(q, run.count, kv, first, end, static_cast<int>(D), c.attn_logit_softcap, scores, p,
                     p + max_run, p + 2 * max_run);
     }

@@ -23,25 +23,24 @@ void AddLoraTerms(std::span<const LoraGroup> groups, int layer,
       for (int64_t i = 0; i < n; ++i)
         shrunk[i * r + j] = scaling * DotF32(x + g.tokens[i] * ldx, a, p.in);
     }
-    // Expand along the outputs, a block at a time so the block's rows of B^T stay in cache for every token: each
-    // output is the same sequence of multiply-adds over j whatever the group's size.
+    // Expand along the outputs, a block at a time (consecutive items of one block share its rows of B^T in cache):
+    // each output is the same sequence of multiply-adds over j whatever the group's size.
     constexpr int64_t kBlock = 512;
     const float* bt = p.b.data();
     const int64_t blocks = (p.out + kBlock - 1) / kBlock;
 #pragma omp parallel for schedule(static) if (r * n * p.out > 32768)
-    for (int64_t blk = 0; blk < blocks; ++blk) {
+    for (int64_t w = 0; w < blocks * n; ++w) {  // (block, token) pairs: the threads share tokens too
+      const int64_t blk = w / n, i = w % n;
       const int64_t o0 = blk * kBlock, len = std::min(kBlock, p.out - o0);
       float acc[kBlock];
-      for (int64_t i = 0; i < n; ++i) {
-        std::fill_n(acc, len, 0.0f);
-        for (int64_t j = 0; j < r; ++j) {
-          const float s = shrunk[i * r + j];
-          const float* row = bt + j * p.out + o0;
-          for (int64_t o = 0; o < len; ++o) acc[o] += s * row[o];
-        }
-        float* y = out + g.tokens[i] * ldo + o0;
-        for (int64_t o = 0; o < len; ++o) y[o] += acc[o];
+      std::fill_n(acc, len, 0.0f);
+      for (int64_t j = 0; j < r; ++j) {
+        const float s = shrunk[i * r + j];
+        const float* row = bt + j * p.out + o0;
+        for (int64_t o = 0; o < len; ++o) acc[o] += s * row[o];
       }
+      float* y = out + g.tokens[i] * ldo + o0;
+      for (int64_t o = 0; o < len; ++o) y[o] += acc[o];
     }
   }
 }

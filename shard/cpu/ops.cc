@@ -199,33 +199,43 @@ constexpr int kValueVectors = 4;  // G x 4 accumulators of 32 registers
 constexpr int kValueVectors = 2;  // of 16
 #endif
 
+// Columns [d0, d0 + V * N) of the G heads' outputs.
+template <int G, int V, class VRows, class RowOf>
+HWY_INLINE void ValuePass(const float* p, int64_t n, const VRows& values, const RowOf& row_of, int first,
+                          int head_dim, int64_t d0, float* out) {
+  const DF df;
+  const int64_t N = hn::Lanes(df);
+  hn::Vec<DF> acc[G][V];
+  for (int h = 0; h < G; ++h)
+    for (int v = 0; v < V; ++v) acc[h][v] = hn::Zero(df);
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t row = row_of(first + static_cast<int>(i));
+    if (d0 == 0 && i + kPrefetchKeys < n) {  // later passes find the segment's rows in L2
+      Prefetch(values.Address(row_of(first + static_cast<int>(i + kPrefetchKeys))), values.RowBytes(head_dim));
+    }
+    const float scale = values.RowScale(row);
+    hn::Vec<DF> vv[V];
+    for (int v = 0; v < V; ++v) vv[v] = values.Widen(row + d0 + v * N);
+    for (int h = 0; h < G; ++h) {
+      const auto a = hn::Set(df, p[h * n + i] * scale);
+      for (int v = 0; v < V; ++v) acc[h][v] = hn::MulAdd(a, vv[v], acc[h][v]);
+    }
+  }
+  for (int h = 0; h < G; ++h)
+    for (int v = 0; v < V; ++v) hn::StoreU(acc[h][v], df, out + h * head_dim + d0 + v * N);
+}
+
 template <int G, class VRows, class RowOf>
 void SegmentValues(const float* p, int64_t n, const VRows& values, const RowOf& row_of, int first, int head_dim,
                    float* out) {
-  const DF df;
-  const int64_t N = hn::Lanes(df);
-  const int64_t full = head_dim / (kValueVectors * N) * (kValueVectors * N);
-  for (int64_t d0 = 0; d0 < full; d0 += kValueVectors * N) {
-    hn::Vec<DF> acc[G][kValueVectors];
-    for (int h = 0; h < G; ++h)
-      for (int v = 0; v < kValueVectors; ++v) acc[h][v] = hn::Zero(df);
-    for (int64_t i = 0; i < n; ++i) {
-      const int64_t row = row_of(first + static_cast<int>(i)) + d0;
-      if (d0 == 0 && i + kPrefetchKeys < n) {  // later passes find the segment's rows in L2
-        Prefetch(values.Address(row_of(first + static_cast<int>(i + kPrefetchKeys))), values.RowBytes(head_dim));
-      }
-      const float scale = values.RowScale(row - d0);
-      hn::Vec<DF> vv[kValueVectors];
-      for (int v = 0; v < kValueVectors; ++v) vv[v] = values.Widen(row + v * N);
-      for (int h = 0; h < G; ++h) {
-        const auto a = hn::Set(df, p[h * n + i] * scale);
-        for (int v = 0; v < kValueVectors; ++v) acc[h][v] = hn::MulAdd(a, vv[v], acc[h][v]);
-      }
-    }
-    for (int h = 0; h < G; ++h)
-      for (int v = 0; v < kValueVectors; ++v) hn::StoreU(acc[h][v], df, out + h * head_dim + d0 + v * N);
+  const int64_t N = hn::Lanes(DF());
+  int64_t d0 = 0;
+  for (; d0 + kValueVectors * N <= head_dim; d0 += kValueVectors * N) {
+    ValuePass<G, kValueVectors>(p, n, values, row_of, first, head_dim, d0, out);
   }
-  for (int64_t d = full; d < head_dim; ++d) {  // a head_dim that is not whole groups of kValueVectors * N (none of Gemma's)
+  for (; d0 + N <= head_dim; d0 += N) ValuePass<G, 1>(p, n, values, row_of, first, head_dim, d0, out);
+  const int64_t full = d0;
+  for (int64_t d = full; d < head_dim; ++d) {  // fewer than N columns left
     for (int h = 0; h < G; ++h) {
       float sum = 0.0f;
       for (int64_t i = 0; i < n; ++i) {

@@ -4,6 +4,7 @@
 // segments.
 #include "shard/cpu/ops.h"
 
+#include <algorithm>
 #include <cmath>
 #include <random>
 #include <string>
@@ -66,7 +67,7 @@ TEST(AttentionTest, SegmentsCombinedEqualTheSoftmaxOverEveryKey) {
     std::mt19937 rng(5);
     std::normal_distribution<float> normal;
     for (const KvCacheDtype dtype : {KvCacheDtype::kF32, KvCacheDtype::kBF16, KvCacheDtype::kInt8}) {
-      for (const int head_dim : {256, 72}) {
+      for (const int head_dim : {256, 72, 48}) {
         for (const int heads : {1, 3, 4, 8}) {
           for (const int n : {1, 37, 2 * kAttentionSegment + 89}) {
             for (const float softcap : {0.0f, 50.0f}) {
@@ -99,12 +100,17 @@ TEST(AttentionTest, SegmentsCombinedEqualTheSoftmaxOverEveryKey) {
                 std::vector<float> got(head_dim);
                 CombineSegments(segments, &parts[h], &parts[heads + h], &parts[2 * heads + h * head_dim], slot,
                                 head_dim, got.data());
-                auto row_of = [&](int j) { return int64_t{table[j / kBlock]} * kBlock * head_dim + (j % kBlock) * head_dim; };
+                auto row_of = [&](int j) {
+                  return int64_t{table[j / kBlock]} * kBlock * head_dim +
+                         (j % kBlock) * head_dim;
+                };
                 std::vector<double> s(n);
                 double m = -INFINITY;
                 for (int j = 0; j < n; ++j) {
                   double dot = 0;
-                  for (int d = 0; d < head_dim; ++d) dot += double(q[h * head_dim + d]) * k.At(row_of(first + j) + d, head_dim);
+                  for (int d = 0; d < head_dim; ++d)
+                    dot += double(q[h * head_dim + d]) *
+                           k.At(row_of(first + j) + d, head_dim);
                   s[j] = softcap > 0 ? softcap * std::tanh(dot / softcap) : dot;
                   m = std::max(m, s[j]);
                 }

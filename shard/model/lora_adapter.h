@@ -16,9 +16,9 @@ const char* LoraTargetName(LoraTarget target);  // "q_proj", ...
 
 // One adapted projection y += scaling * (x A^T) B^T. A and B are this rank's
 // slices, sliced as the base matrix is: a column-parallel projection (q, k, v,
-// gate, up) keeps all of A and its rows of B, a row-parallel one (o, down) its
-// columns of A and all of B (so the ranks' partial sums add up, as the base's
-// do).
+// gate, up) keeps all of A and its rows of B (columns of the stored B^T), a
+// row-parallel one (o, down) its columns of A and all of B (so the ranks'
+// partial sums add up, as the base's do).
 struct LoraPair {
   int rank = 0;          // r; 0: this projection is not adapted in this layer
   std::vector<float> a;  // [r, in]
