@@ -121,9 +121,8 @@ absl::Status GroupSet::SubmitTogether(std::span<const std::shared_ptr<ActiveRequ
   }
   if (best == nullptr) {
     if (lacking_adapter > 0) {
-      const bool held = std::any_of(
-          groups_.begin(), groups_.end(),
-          [&](const auto& g) { return HoldsAsLoaded(*g, adapter); });
+      bool held = false;  // a loop, not a lambda: the lock analysis does not follow mu_ into one
+      for (const auto& g : groups_) held = held || HoldsAsLoaded(*g, adapter);
       if (!held) return absl::InvalidArgumentError(absl::StrCat("adapter \"", adapter, "\" is not loaded"));
       return absl::UnavailableError(absl::StrCat("adapter \"", adapter, "\" is held only by worker groups that are "
                                                  "down or scheduled elsewhere (", lacking_adapter, " up lack it); "
