@@ -53,14 +53,14 @@ absl::StatusOr<OpenedShard> OpenShard(std::shared_ptr<const Checkpoint> checkpoi
     return absl::InvalidArgumentError(absl::StrCat("precision \"", o.precision,
                                                    "\" applies to device cuda only (the CPU computes in f32; --weights sets how its weights are stored)"));
   }
-  ASSIGN_OR_RETURN(const PromptActivations activations, ParsePromptActivations(o.activations));
-  if (o.device == "cuda" && activations != PromptActivations::kF32) {
+  ASSIGN_OR_RETURN(const MatMulActivations activations, ParseMatMulActivations(o.activations));
+  if (o.device == "cuda" && activations != MatMulActivations::kF32) {
     return absl::InvalidArgumentError(absl::StrCat(
         "activations ", o.activations, " applies to device cpu (the CUDA backend computes in --precision)"));
   }
   WeightLoadOptions load;
   ASSIGN_OR_RETURN(load.precision, ParseWeightPrecision(o.weights));
-  if (activations == PromptActivations::kInt8 && load.precision != WeightPrecision::kInt8) {
+  if (activations == MatMulActivations::kInt8 && load.precision != WeightPrecision::kInt8) {
     return absl::InvalidArgumentError(absl::StrCat("activations int8 multiplies int8 weights (W8A8): it needs weights "
                                                    "int8, not ", o.weights, "; use activations f32 or bf16 with them"));
   }
@@ -79,11 +79,11 @@ absl::StatusOr<OpenedShard> OpenShard(std::shared_ptr<const Checkpoint> checkpoi
     ASSIGN_OR_RETURN(shard.backend, CudaBackend(o, shard.weights, collective.get()));
   } else {
     CpuComputeOptions compute;
-    compute.prompt_activations = activations;
-    if (activations == PromptActivations::kBf16 && !HasBf16DotProducts() && o.rank == 0) {
+    compute.matmul_activations = activations;
+    if (activations == MatMulActivations::kBf16 && !HasBf16DotProducts() && o.rank == 0) {
       std::fprintf(stderr, "activations bf16: this CPU has no AVX512-BF16; prompt chunks run the f32 kernel\n");
     }
-    if (activations == PromptActivations::kInt8 && !HasInt8DotProducts() && o.rank == 0) {
+    if (activations == MatMulActivations::kInt8 && !HasInt8DotProducts() && o.rank == 0) {
       std::fprintf(stderr, "activations int8: this CPU has no AVX512-VNNI; prompt chunks run the f32 kernel\n");
     }
     ASSIGN_OR_RETURN(shard.backend, CpuBackend::Create(shard.weights, o.kv, std::move(collective), compute));

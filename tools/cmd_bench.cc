@@ -13,6 +13,7 @@
 #include "shard/checkpoint/progress.h"
 #include "shard/model/lora_loader.h"
 #include "shard/model/random_lora_adapter.h"
+#include "shard/cpu/fma_throughput.h"
 #include "shard/cpu/matmul.h"
 #include "shard/cpu/matmul_bf16.h"
 #include "shard/cpu/matmul_int8.h"
@@ -29,7 +30,8 @@ double Now() { return std::chrono::duration<double>(std::chrono::steady_clock::n
 struct Figures {
   int threads;
   double prefill_tokens_per_s, decode_batch1, decode_batch8, bandwidth;
-  StepTimings batch1_step;                // where a batch-1 decode step's time went
+  double fma_rate;  // f32 multiply-adds per second these threads reach: prompts and batches are bound by it
+  StepTimings batch1_step, batch8_step;   // where a batch-1 (batch-8) decode step's time went
   double decode_batch8_adapters = 0;     // with --adapters: batch 8 with adapters mixed in
   double decode_batch8_base_again = 0;   // and the base batch 8 measured right after it
 };
@@ -119,6 +121,13 @@ absl::StatusOr<double> DecodeTokensPerSecond(Backend* backend, int batch, int co
   return batch * steps / elapsed;
 }
 
+nlohmann::json StepJson(const StepTimings& t) {
+  return {{"matmul", 1e3 * t.matmul_seconds},
+          {"attention", 1e3 * t.attention_seconds},
+          {"collective", 1e3 * t.collective_seconds},
+          {"other", 1e3 * t.other_seconds}};
+}
+
 }  // namespace
 
 int BenchCommand(int argc, char** argv) {
@@ -200,13 +209,15 @@ int BenchCommand(int argc, char** argv) {
     if (*tp == 1) SetThreads(t);
     Figures f{t};
     f.bandwidth = MeasureReadBandwidth(int64_t{1} << 30, 5);
+    f.fma_rate = MeasureFmaThroughput(3);
     progress.Update(++done);
     auto prefill = PrefillTokensPerSecond(model->backend.get(), static_cast<int>(*prompt_len));
     progress.Update(++done);
     auto d1 = DecodeTokensPerSecond(model->backend.get(), 1, static_cast<int>(*decode_context_1), static_cast<int>(*steps),
                                     &f.batch1_step);
     progress.Update(++done);
-    auto d8 = DecodeTokensPerSecond(model->backend.get(), 8, decode_context, static_cast<int>(*steps));
+    auto d8 = DecodeTokensPerSecond(model->backend.get(), 8, decode_context, static_cast<int>(*steps),
+                                    &f.batch8_step);
     progress.Update(++done);
     for (const absl::Status& s : {prefill.status(), d1.status(), d8.status()}) {
       if (!s.ok()) return Fail(kCmd, s);
@@ -234,6 +245,11 @@ int BenchCommand(int argc, char** argv) {
   nlohmann::json rss = nlohmann::json::array({ResidentBytes(::getpid())});
   for (pid_t pid : model->followers) rss.push_back(ResidentBytes(pid));
   auto fraction = [&](const Figures& f) { return weight_bytes * f.decode_batch1 / f.bandwidth; };
+  // Each token multiplies every weight once (the tied embedding as the LM head); attention's share is left out.
+  const double macs_per_token = static_cast<double>(model->config().ParameterCount());
+  auto compute_fraction = [&](double tokens_per_s, const Figures& f) {
+    return macs_per_token * tokens_per_s / (*tp * f.fma_rate);
+  };
   const Figures& all = figures.back();
   if (args.Has("json")) {
     nlohmann::json runs = nlohmann::json::array();
@@ -243,13 +259,16 @@ int BenchCommand(int argc, char** argv) {
                       {"decode_tokens_per_s_batch1", f.decode_batch1},
                       {"decode_tokens_per_s_batch8", f.decode_batch8},
                       {"read_bandwidth_bytes_per_s", f.bandwidth},
+                      {"fma_macs_per_s", f.fma_rate},
                       {"decode_batch1_bandwidth_fraction", fraction(f)},
+                      // Matrix multiply-adds a second over the f32 rate measured (bf16 and int8 dot products
+                      // can pass 1).
+                      {"prefill_fma_fraction", compute_fraction(f.prefill_tokens_per_s, f)},
+                      {"decode_batch8_fma_fraction", compute_fraction(f.decode_batch8, f)},
                       {"decode_batch1_collective_fraction", f.batch1_step.collective_seconds * f.decode_batch1},
                       // Per batch-1 decode step: attention grows with the context, the rest does not.
-                      {"decode_batch1_step_ms", {{"matmul", 1e3 * f.batch1_step.matmul_seconds},
-                                                 {"attention", 1e3 * f.batch1_step.attention_seconds},
-                                                 {"collective", 1e3 * f.batch1_step.collective_seconds},
-                                                 {"other", 1e3 * f.batch1_step.other_seconds}}}});
+                      {"decode_batch1_step_ms", StepJson(f.batch1_step)},
+                      {"decode_batch8_step_ms", StepJson(f.batch8_step)}});
       if (!adapters.empty()) {
         runs.back()["decode_tokens_per_s_batch8_adapters"] = f.decode_batch8_adapters;
         runs.back()["decode_tokens_per_s_batch8_base_again"] = f.decode_batch8_base_again;
@@ -262,8 +281,8 @@ int BenchCommand(int argc, char** argv) {
                           {"cpu_kernels", MatMulTarget()},
                           {"kv_cache_dtype", device->kv_cache_dtype},
                           {"activations", device->activations},
-                          // Which kernel the prompt ran on: bf16 activations need AVX512-BF16, int8 ones VNNI.
-                          {"prefill_kernel", device->activations == "bf16" && HasBf16DotProducts()
+                          // Which kernel the products ran on: bf16 activations need AVX512-BF16, int8 ones VNNI.
+                          {"matmul_kernel", device->activations == "bf16" && HasBf16DotProducts()
                                                  ? "avx512-bf16 dot products (vdpbf16ps)"
                                              : device->activations == "int8" && HasInt8DotProducts()
                                                  ? "avx512-vnni int8 dot products (vpdpbusd)"
@@ -278,7 +297,9 @@ int BenchCommand(int argc, char** argv) {
                           {"decode_tokens_per_s_batch1", all.decode_batch1},
                           {"decode_tokens_per_s_batch8", all.decode_batch8},
                           {"read_bandwidth_bytes_per_s", all.bandwidth},
+                          {"fma_macs_per_s", all.fma_rate},
                           {"decode_batch1_bandwidth_fraction", fraction(all)},
+                          {"prefill_fma_fraction", compute_fraction(all.prefill_tokens_per_s, all)},
                           {"runs", runs}};
     if (!adapters.empty()) {
       out["adapters"] = *num_adapters;
@@ -290,12 +311,13 @@ int BenchCommand(int argc, char** argv) {
   }
   std::printf("model: %s, TP %d, weights read per decode step by rank 0: %.2f GB, resident per rank: %s\n",
               c.DebugString().c_str(), static_cast<int>(*tp), weight_bytes / 1e9, rss.dump().c_str());
-  std::printf("%8s %14s %12s %12s %10s %14s\n", "threads", "prefill tok/s", "decode b=1", "decode b=8", "b8/b1",
-              "b1 % of bw");
+  std::printf("%8s %14s %12s %12s %10s %14s %16s\n", "threads", "prefill tok/s", "decode b=1", "decode b=8", "b8/b1",
+              "b1 % of bw", "prefill % of fma");
   for (const auto& f : figures) {
-    std::printf("%8d %14.2f %12.2f %12.2f %10.2f %13.1f%%  (read bandwidth %.1f GB/s)\n", f.threads,
-                f.prefill_tokens_per_s, f.decode_batch1, f.decode_batch8, f.decode_batch8 / f.decode_batch1,
-                100 * fraction(f), f.bandwidth / 1e9);
+    std::printf("%8d %14.2f %12.2f %12.2f %10.2f %13.1f%% %15.1f%%  (read bandwidth %.1f GB/s, f32 FMA %.1f G/s)\n",
+                f.threads, f.prefill_tokens_per_s, f.decode_batch1, f.decode_batch8, f.decode_batch8 / f.decode_batch1,
+                100 * fraction(f), 100 * compute_fraction(f.prefill_tokens_per_s, f), f.bandwidth / 1e9,
+                f.fma_rate / 1e9);
     if (*tp > 1)
       std::printf("         collectives: %.1f%% of batch-1 decode step time\n",
                   100 * f.batch1_step.collective_seconds * f.decode_batch1);

@@ -46,9 +46,7 @@ void DeclareDeviceFlags(Args& args, const char* device_help) {
       .Flag("gpu-lora-slots", "with --device cuda: LoRA adapter slots reserved on each GPU, 0..1024 (default: 1 "
                               "with --adapter, else 0)")
       .Flag("gpu-lora-max-rank", "with --device cuda: the highest LoRA rank those slots hold, 1..64 (default 16)")
-      .Flag("activations", "f32 (default), bf16 or int8: prompt chunks on the CPU multiply bf16-rounded activations "
-                           "by AVX512-BF16 dot products, or (with --weights int8) activations quantized per token by "
-                           "AVX512-VNNI dot products, where the CPU has them (f32 elsewhere); decoding stays f32");
+      .Flag("activations", kMatMulActivationsHelp);
 }
 
 absl::StatusOr<DeviceChoice> DeviceChoiceFromFlags(const Args& args) {
@@ -73,7 +71,7 @@ absl::StatusOr<DeviceChoice> DeviceChoiceFromFlags(const Args& args) {
   ASSIGN_OR_RETURN(const int64_t max_rank, args.GetInt("gpu-lora-max-rank", 16, 1, 64));
   d.gpu_lora_max_rank = static_cast<int>(max_rank);
   d.activations = args.Get("activations", "f32");
-  if (auto a = ParsePromptActivations(d.activations); !a.ok()) {
+  if (auto a = ParseMatMulActivations(d.activations); !a.ok()) {
     return absl::InvalidArgumentError(absl::StrCat("--", a.status().message()));
   }
   if (auto k = ParseKvCacheDtype(d.kv_cache_dtype); !k.ok()) {

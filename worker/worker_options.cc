@@ -34,10 +34,7 @@ ABSL_FLAG(double, gpu_memory_fraction, 0.9,
 ABSL_FLAG(std::string, kv_cache_dtype, "auto",
           "how the KV cache stores K and V: auto (f32 on the CPU, --precision with --device cuda), bf16, or int8 on the "
           "CPU (a scale per position and head; a quarter of f32's memory, so four times the positions)");
-ABSL_FLAG(std::string, activations, "f32",
-          "f32, bf16 or int8: prompt chunks on the CPU multiply bf16-rounded activations by AVX512-BF16 dot products, "
-          "or (with --weights int8) activations quantized per token by AVX512-VNNI dot products, where the CPU has "
-          "them (f32 elsewhere); decoding stays f32");
+ABSL_FLAG(std::string, activations, "f32", gemma::kMatMulActivationsHelp);
 ABSL_FLAG(bool, kv_windows, true,
           "sliding-window (local) layers keep only their window in the KV cache, in blocks of their own that are "
           "given back as the window passes; false: they keep every position, as global layers do");
@@ -171,7 +168,7 @@ absl::StatusOr<WorkerOptions> WorkerOptionsFromFlags() {
     return absl::InvalidArgumentError(absl::StrCat("--", w.status().message()));
   }
   o.activations = absl::GetFlag(FLAGS_activations);
-  if (auto a = ParsePromptActivations(o.activations); !a.ok()) {
+  if (auto a = ParseMatMulActivations(o.activations); !a.ok()) {
     return absl::InvalidArgumentError(absl::StrCat("--", a.status().message()));
   }
   o.int4_group_size = absl::GetFlag(FLAGS_int4_group_size);

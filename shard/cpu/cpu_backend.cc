@@ -42,12 +42,12 @@ void PlaceVocabSlices(const float* gathered, int world, int64_t rows, int64_t sl
 
 }  // namespace
 
-absl::StatusOr<PromptActivations> ParsePromptActivations(absl::string_view name) {
-  if (name == "f32") return PromptActivations::kF32;
-  if (name == "bf16") return PromptActivations::kBf16;
-  if (name == "int8") return PromptActivations::kInt8;
+absl::StatusOr<MatMulActivations> ParseMatMulActivations(absl::string_view name) {
+  if (name == "f32") return MatMulActivations::kF32;
+  if (name == "bf16") return MatMulActivations::kBf16;
+  if (name == "int8") return MatMulActivations::kInt8;
   return absl::InvalidArgumentError(
-      absl::StrCat("activations \"", name, "\" is invalid; allowed: ", kPromptActivationsNames));
+      absl::StrCat("activations \"", name, "\" is invalid; allowed: ", kMatMulActivationsNames));
 }
 
 absl::StatusOr<std::unique_ptr<CpuBackend>> CpuBackend::Create(std::shared_ptr<const ModelWeights> weights,
@@ -66,18 +66,13 @@ absl::StatusOr<std::unique_ptr<CpuBackend>> CpuBackend::Create(std::shared_ptr<c
 
 void CpuBackend::Project(const float* in, int64_t T, int64_t K, std::span<const MatrixView> views, float* out,
                          int64_t ldo) {
-  if (compute_.prompt_activations == PromptActivations::kF32) return MatMul(in, T, K, K, views, out, ldo);
-  for (const TokenRun& run : token_runs_) {
-    const int64_t n = run.end - run.begin;
-    const float* x = in + run.begin * K;
-    float* y = out + run.begin * ldo;
-    bool ran = false;
-    if (run.prompt) {
-      ran = compute_.prompt_activations == PromptActivations::kBf16 ? MatMulBf16Activations(x, n, K, K, views, y, ldo)
-                                                                    : MatMulInt8Activations(x, n, K, K, views, y, ldo);
-    }
-    if (!ran) MatMul(x, n, K, K, views, y, ldo);
+  bool ran = false;
+  if (compute_.matmul_activations == MatMulActivations::kBf16) {
+    ran = MatMulBf16Activations(in, T, K, K, views, out, ldo);
+  } else if (compute_.matmul_activations == MatMulActivations::kInt8) {
+    ran = MatMulInt8Activations(in, T, K, K, views, out, ldo);
   }
+  if (!ran) MatMul(in, T, K, K, views, out, ldo);
 }
 
 absl::Status CpuBackend::AllReduce(float* data, int64_t count) {
@@ -152,20 +147,6 @@ absl::Status CpuBackend::Forward(std::span<const SequenceStep> batch, StepLogits
     }
   }
   GroupByAdapter(batch);
-  token_runs_.clear();
-  {
-    int64_t t = 0;
-    for (const auto& s : batch) {
-      const int64_t n = static_cast<int64_t>(s.tokens.size());
-      const bool prompt = n > 1;
-      if (!token_runs_.empty() && token_runs_.back().prompt == prompt) {
-        token_runs_.back().end += n;
-      } else {
-        token_runs_.push_back({t, t + n, prompt});
-      }
-      t += n;
-    }
-  }
   x_.resize(T * H);
   xn_.resize(T * H);
   qkv_.resize(T * qkv_ld);
@@ -306,14 +287,14 @@ absl::Status CpuBackend::Forward(std::span<const SequenceStep> batch, StepLogits
   const MatrixView head[] = {embed};
   timer.Switch(&timings_.matmul_seconds);
   if (tp.world == 1) {
-    MatMul(xn_.data(), R, H, H, head, out->values.data(), c.vocab_size);
+    Project(xn_.data(), R, H, head, out->values.data(), c.vocab_size);
     if (c.final_logit_softcap > 0) SoftCap(c.final_logit_softcap, out->values.data(), R * c.vocab_size);
     return absl::OkStatus();
   }
   // Vocab-parallel logits: each rank computes its slice (padded to vocab_slice), then all gather.
   const int64_t slice = tp.vocab_slice;
   local_logits_.assign(R * slice, 0.0f);
-  MatMul(xn_.data(), R, H, H, head, local_logits_.data(), slice);
+  Project(xn_.data(), R, H, head, local_logits_.data(), slice);
   timer.Switch(&timings_.collective_seconds);
   gathered_.resize(static_cast<size_t>(tp.world) * R * slice);
   RETURN_IF_ERROR(collective_->AllGather(local_logits_.data(), R * slice, gathered_.data()));

@@ -14,21 +14,27 @@
 
 namespace gemma {
 
-// What rows of more than one token (prompt chunks, recomputes) multiply on the CPU (--activations); decode rows stay
-// f32 and batch-invariant whatever this says. Where the CPU lacks the instructions (or a matrix is in another
-// format) such rows run the f32 kernel.
-enum class PromptActivations {
+// What the CPU's matrix products multiply (--activations): every row of a step, prompt chunks and decode rows
+// alike. Each row is rounded (or quantized) on its own and the kernels' sums do not depend on the batch, so a
+// sequence's tokens still do not depend on what shares its steps. Where the CPU lacks the instructions (or a matrix
+// is in another format) rows run the f32 kernel.
+enum class MatMulActivations {
   kF32,   // exact (the default)
   kBf16,  // bf16-rounded activations times bf16 weights, AVX512-BF16 dot products (matmul_bf16.h)
   kInt8,  // activations quantized per token times int8 weights (W8A8), AVX512-VNNI dot products (matmul_int8.h)
 };
-inline constexpr const char* kPromptActivationsNames = "f32, bf16, int8";
+inline constexpr const char* kMatMulActivationsNames = "f32, bf16, int8";
+// The --activations flag's help, one text for every command that takes it.
+inline constexpr const char* kMatMulActivationsHelp =
+    "f32 (default, exact), bf16 or int8: every matrix product on the CPU, prompt chunks and decode rows alike, "
+    "multiplies bf16-rounded activations by AVX512-BF16 dot products (bf16 weights), or (with --weights int8) "
+    "activations quantized per token by AVX512-VNNI dot products, where the CPU has them (f32 elsewhere)";
 // InvalidArgument naming the allowed values for anything else.
-absl::StatusOr<PromptActivations> ParsePromptActivations(absl::string_view name);
+absl::StatusOr<MatMulActivations> ParseMatMulActivations(absl::string_view name);
 
 // How the CPU computes.
 struct CpuComputeOptions {
-  PromptActivations prompt_activations = PromptActivations::kF32;
+  MatMulActivations matmul_activations = MatMulActivations::kF32;
 };
 
 // Not thread-safe: one step at a time (each step uses all threads itself).
@@ -69,11 +75,6 @@ class CpuBackend : public Backend {
   KvCache kv_;
   CpuComputeOptions compute_;
   // This step's tokens in runs of one kind: [begin, end) of rows with more than one token (prompt) or of one.
-  struct TokenRun {
-    int64_t begin, end;
-    bool prompt;
-  };
-  std::vector<TokenRun> token_runs_;
   StepTimings timings_;
   // RoPE of global layers [0] and local layers [1] (Gemma 3: other base; never scaled).
   struct Rope {

@@ -5,7 +5,7 @@
 #include <algorithm>
 #include <vector>
 
-#include "shard/cpu/prompt_tiles.h"
+#include "shard/cpu/dot_product_tiles.h"
 #include "shard/model/dtype.h"
 
 namespace gemma {
@@ -19,7 +19,8 @@ constexpr int64_t kPanelBytes = 256 << 10;  // bf16 x (one column chunk) kept ho
 constexpr int64_t kChunkColumns = 2048;      // a multiple of 32: only the last chunk has a masked tail
 
 // One 32-value step of R rows of W against T tokens (xb's rows K apart) from column k; with kTail, only the
-// values `mask` keeps are real and the rest load as 0.
+// values `mask` keeps are real and the rest load as 0. w[R..2R) are the next tile's rows, prefetched at the same
+// column.
 template <int R, int T, bool kTail>
 GEMMA_BF16_TARGET inline __attribute__((always_inline)) void Step(__m512 (&acc)[R][T], const uint16_t* const* w,
                                                                   const uint16_t* xb, int64_t K, int64_t k,
@@ -29,6 +30,7 @@ GEMMA_BF16_TARGET inline __attribute__((always_inline)) void Step(__m512 (&acc)[
     x[t] = (__m512bh)(kTail ? _mm512_maskz_loadu_epi16(mask, xb + t * K + k) : _mm512_loadu_si512(xb + t * K + k));
   }
   for (int r = 0; r < R; ++r) {
+    __builtin_prefetch(w[r + R] + k);
     const __m512bh wr = (__m512bh)(kTail ? _mm512_maskz_loadu_epi16(mask, w[r] + k) : _mm512_loadu_si512(w[r] + k));
     for (int t = 0; t < T; ++t) acc[r][t] = _mm512_dpbf16_ps(acc[r][t], wr, x[t]);
   }
@@ -66,20 +68,21 @@ GEMMA_BF16_TARGET void TileUpTo(int tokens, const uint16_t* const* w, const uint
 }
 
 void Run(const uint16_t* xb, int64_t M, int64_t K, std::span<const MatrixView> weights, float* out, int64_t ldo) {
-  std::vector<const uint16_t*> rows;  // every output row's weights, in output order
-  for (const MatrixView& v : weights) {
-    for (int64_t r = 0; r < v.rows; ++r) rows.push_back(v.data + r * v.stride);
-  }
+  // The calling thread's table; the OpenMP threads read it through a pointer (by name they would see their own).
+  thread_local std::vector<const uint16_t*> rows;
+  ListRows(weights, kRows, [](const MatrixView& v, int64_t r) { return v.data + r * v.stride; }, &rows);
+  const uint16_t* const* row_data = rows.data();
+  const int64_t total_rows = static_cast<int64_t>(rows.size()) - (rows.empty() ? 0 : kRows);
   const int64_t chunks = (K + kChunkColumns - 1) / kChunkColumns;
   const int64_t chunk_columns = std::min(K, kChunkColumns);
   const int64_t panel = std::max<int64_t>(kTokens, kPanelBytes / (2 * chunk_columns) / kTokens * kTokens);
-  ForEachPromptTile<kRows, kTokens>(
-      static_cast<int64_t>(rows.size()), M, panel, chunks, [&](int64_t r, int n, int64_t m, int tokens, int64_t c) {
+  ForEachTile<kRows, kTokens>(
+      total_rows, M, panel, chunks, [&](int64_t r, int n, int64_t m, int tokens, int64_t c) {
         const int64_t k0 = c * kChunkColumns, k1 = std::min(K, k0 + kChunkColumns);
         if (n == kRows) {
-          TileUpTo<kRows, kTokens>(tokens, &rows[r], xb + m * K, K, k0, k1, c > 0, out + m * ldo + r, ldo);
+          TileUpTo<kRows, kTokens>(tokens, &row_data[r], xb + m * K, K, k0, k1, c > 0, out + m * ldo + r, ldo);
         } else {
-          TileUpTo<1, kTokens>(tokens, &rows[r], xb + m * K, K, k0, k1, c > 0, out + m * ldo + r, ldo);
+          TileUpTo<1, kTokens>(tokens, &row_data[r], xb + m * K, K, k0, k1, c > 0, out + m * ldo + r, ldo);
         }
       });
 }

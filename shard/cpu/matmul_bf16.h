@@ -1,4 +1,4 @@
-// Prompt chunks at bf16 activations (--activations bf16): x rounded to bf16 and multiplied with bf16 weights by
+// Products at bf16 activations (--activations bf16): x rounded to bf16 and multiplied with bf16 weights by
 // AVX512-BF16 dot products (vdpbf16ps: two bf16 products a lane, summed into f32), about twice the f32 kernel's
 // multiply-adds an instruction. Opt-in: rounding x costs accuracy (docs/BENCHMARKS.md says how much).
 #pragma once

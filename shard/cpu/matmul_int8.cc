@@ -7,7 +7,8 @@
 #include <limits>
 #include <vector>
 
-#include "shard/cpu/prompt_tiles.h"
+#include "shard/cpu/dot_product_tiles.h"
+#include "shard/cpu/matmul.h"
 
 namespace gemma {
 namespace {
@@ -25,9 +26,10 @@ struct Tokens {
 };
 
 // One 64-byte step of R rows of W against T tokens (x's rows K apart) from column k; with kTail, only the bytes
-// `mask` keeps are real and the rest load as 0. vpdpbusd multiplies unsigned by signed bytes: the weights go in as
-// code + 128 (their top bit flipped; a masked 0 flips to 128, against x's zeros there), and the caller takes 128
-// times each token's code sum off at the end, exactly.
+// `mask` keeps are real and the rest load as 0. w[R..2R) are the next tile's rows, prefetched at the same column.
+// vpdpbusd multiplies unsigned by signed bytes: the weights go in as code + 128 (their top bit flipped; a masked 0
+// flips to 128, against x's zeros there), and the caller takes 128 times each token's code sum off at the end,
+// exactly.
 template <int R, int T, bool kTail>
 GEMMA_VNNI_TARGET inline __attribute__((always_inline)) void Step(__m512i (&acc)[R][T], const uint8_t* const* w,
                                                                   const int8_t* x, int64_t K, int64_t k,
@@ -38,6 +40,7 @@ GEMMA_VNNI_TARGET inline __attribute__((always_inline)) void Step(__m512i (&acc)
     xv[t] = kTail ? _mm512_maskz_loadu_epi8(mask, x + t * K + k) : _mm512_loadu_si512(x + t * K + k);
   }
   for (int r = 0; r < R; ++r) {
+    __builtin_prefetch(w[r + R] + k);
     const __m512i raw = kTail ? _mm512_maskz_loadu_epi8(mask, w[r] + k) : _mm512_loadu_si512(w[r] + k);
     const __m512i wr = _mm512_xor_si512(raw, flip);
     for (int t = 0; t < T; ++t) acc[r][t] = _mm512_dpbusd_epi32(acc[r][t], wr, xv[t]);
@@ -74,23 +77,23 @@ GEMMA_VNNI_TARGET void TileUpTo(int tokens, const uint8_t* const* w, const float
 }
 
 void Run(const Tokens& x, int64_t M, int64_t K, std::span<const MatrixView> weights, float* out, int64_t ldo) {
-  std::vector<const uint8_t*> rows;  // every output row's codes and scale, in output order
-  std::vector<float> scales;
-  for (const MatrixView& v : weights) {
-    for (int64_t r = 0; r < v.rows; ++r) {
-      rows.push_back(v.codes + r * v.stride);
-      scales.push_back(v.scales[r]);
-    }
-  }
+  // The calling thread's tables; the OpenMP threads read them through pointers (by name they would see their own).
+  thread_local std::vector<const uint8_t*> rows;
+  thread_local std::vector<float> scales;
+  ListRows(weights, kRows, [](const MatrixView& v, int64_t r) { return v.codes + r * v.stride; }, &rows);
+  ListRows(weights, 0, [](const MatrixView& v, int64_t r) { return v.scales[r]; }, &scales);
+  const uint8_t* const* row_codes = rows.data();
+  const float* row_scales = scales.data();
   const int64_t panel = std::max<int64_t>(kTokens, kPanelBytes / K / kTokens * kTokens);
-  ForEachPromptTile<kRows, kTokens>(static_cast<int64_t>(rows.size()), M, panel, /*chunks=*/1,
-                                    [&](int64_t r, int n, int64_t m, int tokens, int64_t) {
-                                      if (n == kRows) {
-                                        TileUpTo<kRows, kTokens>(tokens, &rows[r], &scales[r], x, m, K, out + m * ldo + r, ldo);
-                                      } else {
-                                        TileUpTo<1, kTokens>(tokens, &rows[r], &scales[r], x, m, K, out + m * ldo + r, ldo);
-                                      }
-                                    });
+  ForEachTile<kRows, kTokens>(static_cast<int64_t>(scales.size()), M, panel, /*chunks=*/1,
+                              [&](int64_t r, int n, int64_t m, int tokens, int64_t) {
+                                float* y = out + m * ldo + r;
+                                if (n == kRows) {
+                                  TileUpTo<kRows, kTokens>(tokens, &row_codes[r], &row_scales[r], x, m, K, y, ldo);
+                                } else {
+                                  TileUpTo<1, kTokens>(tokens, &row_codes[r], &row_scales[r], x, m, K, y, ldo);
+                                }
+                              });
 }
 
 }  // namespace
@@ -143,10 +146,12 @@ bool MatMulInt8Activations(const float* x, int64_t M, int64_t K, int64_t ldx, st
   int32_t* total = sum.data();
 #pragma omp parallel for schedule(static) if (M * K > (int64_t{1} << 16))
   for (int64_t m = 0; m < M; ++m) s[m] = QuantizeActivationRow(x + m * ldx, K, q + m * K, &total[m]);
-  for (int64_t m = 0; m < M; ++m) {
-    if (std::isnan(s[m])) return false;  // rows the f32 kernel must carry as they are
-  }
   Run(Tokens{q, s, total}, M, K, weights, out, ldo);
+  // A row with no int8 form (its codes are 0) is carried by the f32 kernel on its own, so the other rows' results
+  // stay what they would be without it.
+  for (int64_t m = 0; m < M; ++m) {
+    if (std::isnan(s[m])) MatMul(x + m * ldx, 1, K, ldx, weights, out + m * ldo, ldo);
+  }
   return true;
 }
 

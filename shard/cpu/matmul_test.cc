@@ -334,14 +334,31 @@ TEST(MatMulTest, Int8ActivationsSumQuantizedInputsForAnyBatch) {
   const MatrixView b{w.data(), 4, 64, 64};
   std::vector<float> x(64, 1.0f), out(4);
   EXPECT_FALSE(MatMulInt8Activations(x.data(), 1, 64, 64, std::span<const MatrixView>(&b, 1), out.data(), 4));
-  // Nor does it quantize a row holding NaN, infinity, or values too small to scale: the f32 kernel carries them.
+  // A row holding NaN, infinity, or values too small to scale has no int8 form: the f32 kernel carries that row,
+  // and the row beside it keeps the result it has alone.
+  if (!HasInt8DotProducts()) return;
   std::vector<uint8_t> memory(QuantizedBytes(WeightFormat::kInt8, 4, 64, 0) + 64);
   uint8_t* aligned = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(memory.data()) + 63) / 64 * 64);
   const MatrixView q = QuantizeInto(b, 0, 4, 0, 64, WeightFormat::kInt8, 0, aligned);
+  std::vector<float> good(64);
+  for (int k = 0; k < 64; ++k) good[k] = 0.25f * (k % 7) - 0.5f;
+  std::vector<float> good_alone(4);
+  ASSERT_TRUE(MatMulInt8Activations(good.data(), 1, 64, 64, std::span<const MatrixView>(&q, 1), good_alone.data(), 4));
   for (const float bad : {std::nanf(""), INFINITY, 1e-40f}) {
-    x.assign(64, 0.0f);
-    x[5] = bad;
-    EXPECT_FALSE(MatMulInt8Activations(x.data(), 1, 64, 64, std::span<const MatrixView>(&q, 1), out.data(), 4)) << bad;
+    std::vector<float> two(128, 0.0f);
+    two[5] = bad;
+    std::copy(good.begin(), good.end(), two.begin() + 64);
+    std::vector<float> got(8), f32(4);
+    ASSERT_TRUE(MatMulInt8Activations(two.data(), 2, 64, 64, std::span<const MatrixView>(&q, 1), got.data(), 4));
+    MatMul(two.data(), 1, 64, 64, std::span<const MatrixView>(&q, 1), f32.data(), 4);
+    for (int n = 0; n < 4; ++n) {
+      if (std::isnan(f32[n])) {
+        EXPECT_TRUE(std::isnan(got[n])) << bad;
+      } else {
+        EXPECT_EQ(got[n], f32[n]) << bad;
+      }
+      EXPECT_EQ(got[4 + n], good_alone[n]) << bad;
+    }
   }
 }
 

@@ -1,4 +1,4 @@
-// How the prompt-row kernels (matmul_bf16.cc, matmul_int8.cc) walk a product: each OpenMP thread takes one
+// How the dot-product kernels (matmul_bf16.cc, matmul_int8.cc) walk a product: each OpenMP thread takes one
 // contiguous range of the weight rows, and the tokens go in panels whose x (one column chunk of it) stays in L2
 // while a thread's rows pass it.
 #pragma once
@@ -7,8 +7,24 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <span>
+#include <vector>
+
+#include "shard/model/matrix_view.h"
 
 namespace gemma {
+
+// Every output row of `weights` in output order, as `row_of(view, r)` gives it, then the last one again `pad`
+// times: a tile of `pad` rows prefetches the rows of the next tile (hardware prefetchers stop at 4 KB boundaries,
+// and a decode row of 2 KB is over before one catches on) without a bounds check. Empty for no rows.
+template <typename Row, typename RowOf>
+void ListRows(std::span<const MatrixView> weights, int pad, const RowOf& row_of, std::vector<Row>* rows) {
+  rows->clear();
+  for (const MatrixView& v : weights) {
+    for (int64_t r = 0; r < v.rows; ++r) rows->push_back(row_of(v, r));
+  }
+  if (!rows->empty()) rows->insert(rows->end(), pad, rows->back());
+}
 
 // Calls tile(row, rows, m, tokens, chunk) for every tile and column chunk: `rows` (kRows, or 1 at a range's end)
 // weight rows from `row`, against `tokens` (1..kTokens) tokens from `m`, over column chunk `chunk` of `chunks`,
@@ -17,7 +33,7 @@ namespace gemma {
 // rows pass, and a long row (a down projection's) no longer makes the panel a handful of tokens, each panel
 // reading all the weights again. Run by every thread of an OpenMP team it opens itself.
 template <int kRows, int kTokens, typename Tile>
-void ForEachPromptTile(int64_t total_rows, int64_t M, int64_t panel, int64_t chunks, const Tile& tile) {
+void ForEachTile(int64_t total_rows, int64_t M, int64_t panel, int64_t chunks, const Tile& tile) {
 #pragma omp parallel
   {
     const int64_t nt = omp_get_num_threads(), tid = omp_get_thread_num();
