@@ -60,9 +60,16 @@ absl::StatusOr<OpenedShard> OpenShard(std::shared_ptr<const Checkpoint> checkpoi
   }
   WeightLoadOptions load;
   ASSIGN_OR_RETURN(load.precision, ParseWeightPrecision(o.weights));
-  if (activations == MatMulActivations::kInt8 && load.precision != WeightPrecision::kInt8) {
-    return absl::InvalidArgumentError(absl::StrCat("activations int8 multiplies int8 weights (W8A8): it needs weights "
-                                                   "int8, not ", o.weights, "; use activations f32 or bf16 with them"));
+  if (activations == MatMulActivations::kBf16 && load.precision != WeightPrecision::kBF16) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("activations bf16 multiplies bf16 weights: it needs weights bf16, not ", o.weights,
+                     "; use activations f32 (or int8 with weights int8 or int4)"));
+  }
+  if (activations == MatMulActivations::kInt8 && load.precision != WeightPrecision::kInt8 &&
+      load.precision != WeightPrecision::kInt4) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("activations int8 multiplies int8 or 4-bit weights (W8A8, W4A8): it needs weights int8 or "
+                     "int4, not ", o.weights, "; use activations f32 or bf16 with them"));
   }
   load.int4_group_size = o.int4_group_size;
   // The CUDA cache is kept in the compute precision; fp8 and int8 caches wait for their kernels.
@@ -81,10 +88,10 @@ absl::StatusOr<OpenedShard> OpenShard(std::shared_ptr<const Checkpoint> checkpoi
     CpuComputeOptions compute;
     compute.matmul_activations = activations;
     if (activations == MatMulActivations::kBf16 && !HasBf16DotProducts() && o.rank == 0) {
-      std::fprintf(stderr, "activations bf16: this CPU has no AVX512-BF16; prompt chunks run the f32 kernel\n");
+      std::fprintf(stderr, "activations bf16: this CPU has no AVX512-BF16; the f32 kernel runs\n");
     }
     if (activations == MatMulActivations::kInt8 && !HasInt8DotProducts() && o.rank == 0) {
-      std::fprintf(stderr, "activations int8: this CPU has no AVX512-VNNI; prompt chunks run the f32 kernel\n");
+      std::fprintf(stderr, "activations int8: this CPU has no AVX512-VNNI; the f32 kernel runs\n");
     }
     ASSIGN_OR_RETURN(shard.backend, CpuBackend::Create(shard.weights, o.kv, std::move(collective), compute));
   }

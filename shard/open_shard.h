@@ -25,7 +25,7 @@ struct ShardOptions {
   std::string precision = "bf16";  // with cuda: bf16 or f32
   std::string weights = "bf16";    // stored weight precision: bf16, int8, int4, fp8 (fp8 on a GPU: compute capability 8.9+)
   int int4_group_size = 128;       // with int4: input columns per scale and zero (32, 64 or 128)
-  std::string activations = "f32";  // CPU prompt rows: f32, bf16, or int8 with weights int8
+  std::string activations = "f32";  // CPU weight products: f32, bf16 (weights bf16), int8 (weights int8, int4)
   int cuda_device = -1;            // -1: rank modulo the devices this process sees
   KvCacheOptions kv;
   StepLimits limits;  // the largest step; a GPU plans its memory for it

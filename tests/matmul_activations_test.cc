@@ -1,6 +1,6 @@
 // --activations bf16 and int8 on every tiny checkpoint: every row of a step (prompt chunks and decode rows)
 // multiplies bf16-rounded activations by AVX512-BF16 dot products (bf16 weights), or activations quantized per
-// token by AVX512-VNNI dot products (int8 weights), moving the reference prompts' scores a little (the figures
+// token by AVX512-VNNI dot products (int8 or 4-bit weights), moving the reference prompts' scores a little (the figures
 // reported); each row is rounded on its own, so a sequence's generation does not depend on what shares its steps.
 #include <algorithm>
 #include <cmath>
@@ -38,8 +38,8 @@ std::unique_ptr<CpuBackend> Backend(const std::string& dir, WeightPrecision weig
 }
 
 // Prompt scores against f32 activations over the same weights: moved (where the CPU has the instructions) but by
-// less than `bound`; a generation's decode rows rounded too; and that generation beside a long prompt and another
-// generation equal to the same generation alone.
+// less than `bound`; rows of one token rounded too; and a generation beside a long prompt and another generation
+// equal to the same generation alone.
 void CheckRoundedRows(const TinyModel& model, const std::string& ref_dir, const std::string& dir,
                      WeightPrecision weights, MatMulActivations activations, bool available, double bound) {
   const auto scores = ReadJson(ref_dir + "/scores.json");
@@ -56,7 +56,8 @@ void CheckRoundedRows(const TinyModel& model, const std::string& ref_dir, const 
     for (size_t i = 0; i < got.size(); ++i) worst = std::max(worst, std::abs(double(got[i]) - want[i]));
   }
   const char* name = activations == MatMulActivations::kBf16 ? "bf16" : "int8";
-  std::printf("%s activations %s (%s): largest prompt log-prob change vs f32 %.3g\n", model.name.c_str(), name,
+  std::printf("%s weights %s, activations %s (%s): largest prompt log-prob change vs f32 %.3g\n", model.name.c_str(),
+              weights == WeightPrecision::kInt4 ? "int4" : weights == WeightPrecision::kInt8 ? "int8" : "bf16", name,
               available ? "its dot-product instructions ran" : "not on this CPU: the f32 kernel ran", worst);
   ::testing::Test::RecordProperty("max_logprob_change", std::to_string(worst));
   if (available) {
@@ -83,15 +84,17 @@ void CheckRoundedRows(const TinyModel& model, const std::string& ref_dir, const 
   EXPECT_EQ(beside.tokens, alone.tokens);
   EXPECT_EQ(beside.token_logprobs, alone.token_logprobs);
 
-  // The decode rows (every generated token after the first, which the prompt's last row gives) were rounded.
-  const auto exact = RunOnEngine(f32.get(), {gen}, {64, 64})[0];
-  ASSERT_EQ(alone.token_logprobs.size(), exact.token_logprobs.size());
-  const std::vector<float> decoded(alone.token_logprobs.begin() + 1, alone.token_logprobs.end());
-  const std::vector<float> decoded_exact(exact.token_logprobs.begin() + 1, exact.token_logprobs.end());
+  // Rows of one token are rounded too: a generation from a one-token prompt, whose every row is a single token
+  // (which stayed f32 when only prompt chunks were rounded), differs from f32's.
+  SequenceSpec single;
+  single.prompt = {gen.prompt[0]};
+  single.max_new_tokens = 4;
+  const auto single_rounded = RunOnEngine(rounded.get(), {single})[0];
+  const auto single_exact = RunOnEngine(f32.get(), {single})[0];
   if (available) {
-    EXPECT_NE(decoded, decoded_exact) << "decode rows should have been rounded";
+    EXPECT_NE(single_rounded.token_logprobs, single_exact.token_logprobs) << "one-token rows should be rounded";
   } else {
-    EXPECT_EQ(decoded, decoded_exact);
+    EXPECT_EQ(single_rounded.token_logprobs, single_exact.token_logprobs);
   }
 }
 
@@ -111,10 +114,22 @@ TEST_P(Int8ActivationsTest, RowsAreRoundedOnTheirOwnAndScoresMoveLittle) {
                   HasInt8DotProducts(), GetParam().tolerance > 1e-4 ? 2.0 : 0.1);
 }
 
+// 4-bit weights (and the int8 LM head they come with) at int8 activations, W4A8: the same integer sums, group by
+// group, so the same bounds as W8A8.
+class Int8ActivationsOver4BitWeightsTest : public TinyCheckpointTest {};
+
+TEST_P(Int8ActivationsOver4BitWeightsTest, RowsAreRoundedOnTheirOwnAndScoresMoveLittle) {
+  CheckRoundedRows(GetParam(), RefDir(), ModelDir(), WeightPrecision::kInt4, MatMulActivations::kInt8,
+                   HasInt8DotProducts(), GetParam().tolerance > 1e-4 ? 2.0 : 0.1);
+}
+
 INSTANTIATE_TEST_SUITE_P(Gemma1, Bf16ActivationsTest, ::testing::ValuesIn(TinyModels()), TinyModelName);
 INSTANTIATE_TEST_SUITE_P(Gemma23, Bf16ActivationsTest, ::testing::ValuesIn(Gemma23TinyModels()), TinyModelName);
 INSTANTIATE_TEST_SUITE_P(Gemma1, Int8ActivationsTest, ::testing::ValuesIn(TinyModels()), TinyModelName);
 INSTANTIATE_TEST_SUITE_P(Gemma23, Int8ActivationsTest, ::testing::ValuesIn(Gemma23TinyModels()), TinyModelName);
+INSTANTIATE_TEST_SUITE_P(Gemma1, Int8ActivationsOver4BitWeightsTest, ::testing::ValuesIn(TinyModels()), TinyModelName);
+INSTANTIATE_TEST_SUITE_P(Gemma23, Int8ActivationsOver4BitWeightsTest, ::testing::ValuesIn(Gemma23TinyModels()),
+                         TinyModelName);
 
 }  // namespace
 }  // namespace gemma::testing

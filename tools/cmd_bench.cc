@@ -121,6 +121,20 @@ absl::StatusOr<double> DecodeTokensPerSecond(Backend* backend, int batch, int co
   return batch * steps / elapsed;
 }
 
+// Which kernel the weight products ran on: bf16 activations need AVX512-BF16, int8 ones VNNI (open_shard.cc
+// refuses them with other weights).
+std::string MatMulKernel(const DeviceChoice& d) {
+  if (d.device != "cpu") return "the GPU's";
+  if (d.activations == "bf16" && d.weights == "bf16" && HasBf16DotProducts()) {
+    return "avx512-bf16 dot products (vdpbf16ps)";
+  }
+  if (d.activations == "int8" && (d.weights == "int8" || d.weights == "int4") && HasInt8DotProducts()) {
+    return d.weights == "int8" ? "avx512-vnni int8 dot products (vpdpbusd)"
+                               : "avx512-vnni int8 dot products over 4-bit codes (vpdpbusd; LM head int8)";
+  }
+  return absl::StrCat(MatMulTarget(), " f32");
+}
+
 nlohmann::json StepJson(const StepTimings& t) {
   return {{"matmul", 1e3 * t.matmul_seconds},
           {"attention", 1e3 * t.attention_seconds},
@@ -245,11 +259,16 @@ int BenchCommand(int argc, char** argv) {
   nlohmann::json rss = nlohmann::json::array({ResidentBytes(::getpid())});
   for (pid_t pid : model->followers) rss.push_back(ResidentBytes(pid));
   auto fraction = [&](const Figures& f) { return weight_bytes * f.decode_batch1 / f.bandwidth; };
-  // Each token multiplies every weight once (the tied embedding as the LM head); attention's share is left out.
-  const double macs_per_token = static_cast<double>(model->config().ParameterCount());
-  auto compute_fraction = [&](double tokens_per_s, const Figures& f) {
+  // A decode token multiplies every weight once (the tied embedding as the LM head); a prompt token every layer
+  // weight, and the LM head runs for the prompt's last row only. Attention's share is left out.
+  const double head_macs = static_cast<double>(c.vocab_size) * c.hidden_size;
+  const double decode_macs = static_cast<double>(c.ParameterCount());
+  const double prompt_macs = decode_macs - head_macs + head_macs / static_cast<double>(*prompt_len);
+  auto compute_fraction = [&](double macs_per_token, double tokens_per_s, const Figures& f) {
     return macs_per_token * tokens_per_s / (*tp * f.fma_rate);
   };
+  auto prefill_fraction = [&](const Figures& f) { return compute_fraction(prompt_macs, f.prefill_tokens_per_s, f); };
+  auto batch8_fraction = [&](const Figures& f) { return compute_fraction(decode_macs, f.decode_batch8, f); };
   const Figures& all = figures.back();
   if (args.Has("json")) {
     nlohmann::json runs = nlohmann::json::array();
@@ -263,8 +282,8 @@ int BenchCommand(int argc, char** argv) {
                       {"decode_batch1_bandwidth_fraction", fraction(f)},
                       // Matrix multiply-adds a second over the f32 rate measured (bf16 and int8 dot products
                       // can pass 1).
-                      {"prefill_fma_fraction", compute_fraction(f.prefill_tokens_per_s, f)},
-                      {"decode_batch8_fma_fraction", compute_fraction(f.decode_batch8, f)},
+                      {"prefill_fma_fraction", prefill_fraction(f)},
+                      {"decode_batch8_fma_fraction", batch8_fraction(f)},
                       {"decode_batch1_collective_fraction", f.batch1_step.collective_seconds * f.decode_batch1},
                       // Per batch-1 decode step: attention grows with the context, the rest does not.
                       {"decode_batch1_step_ms", StepJson(f.batch1_step)},
@@ -281,12 +300,7 @@ int BenchCommand(int argc, char** argv) {
                           {"cpu_kernels", MatMulTarget()},
                           {"kv_cache_dtype", device->kv_cache_dtype},
                           {"activations", device->activations},
-                          // Which kernel the products ran on: bf16 activations need AVX512-BF16, int8 ones VNNI.
-                          {"matmul_kernel", device->activations == "bf16" && HasBf16DotProducts()
-                                                 ? "avx512-bf16 dot products (vdpbf16ps)"
-                                             : device->activations == "int8" && HasInt8DotProducts()
-                                                 ? "avx512-vnni int8 dot products (vpdpbusd)"
-                                                 : absl::StrCat(MatMulTarget(), " f32")},
+                          {"matmul_kernel", MatMulKernel(*device)},
                           {"prompt_len", *prompt_len},
                           {"decode_context_batch1", *decode_context_1},
                           {"weight_bytes", weight_bytes},
@@ -299,7 +313,7 @@ int BenchCommand(int argc, char** argv) {
                           {"read_bandwidth_bytes_per_s", all.bandwidth},
                           {"fma_macs_per_s", all.fma_rate},
                           {"decode_batch1_bandwidth_fraction", fraction(all)},
-                          {"prefill_fma_fraction", compute_fraction(all.prefill_tokens_per_s, all)},
+                          {"prefill_fma_fraction", prefill_fraction(all)},
                           {"runs", runs}};
     if (!adapters.empty()) {
       out["adapters"] = *num_adapters;
@@ -316,7 +330,7 @@ int BenchCommand(int argc, char** argv) {
   for (const auto& f : figures) {
     std::printf("%8d %14.2f %12.2f %12.2f %10.2f %13.1f%% %15.1f%%  (read bandwidth %.1f GB/s, f32 FMA %.1f G/s)\n",
                 f.threads, f.prefill_tokens_per_s, f.decode_batch1, f.decode_batch8, f.decode_batch8 / f.decode_batch1,
-                100 * fraction(f), 100 * compute_fraction(f.prefill_tokens_per_s, f), f.bandwidth / 1e9,
+                100 * fraction(f), 100 * prefill_fraction(f), f.bandwidth / 1e9,
                 f.fma_rate / 1e9);
     if (*tp > 1)
       std::printf("         collectives: %.1f%% of batch-1 decode step time\n",

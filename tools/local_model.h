@@ -43,7 +43,7 @@ struct DeviceChoice {
   std::string weights = "bf16";
   int int4_group_size = 128;
   std::string kv_cache_dtype = "auto";  // shard/runtime/kv_cache.h's KvCacheDtype
-  std::string activations = "f32";     // f32, or bf16 for prompt rows on the CPU
+  std::string activations = "f32";     // CPU weight products: f32, bf16 or int8 (cpu_backend.h)
   int gpu_lora_slots = 0;               // with cuda: adapter slots reserved on each GPU
   int gpu_lora_max_rank = 16;           // and the rank they hold
 };

@@ -23,7 +23,7 @@ struct WorkerOptions {
   int cuda_device = -1;         // -1: rank mod the devices this process sees
   std::string precision = "bf16";  // CUDA: bf16 or f32
   std::string weights = "bf16";    // stored weight precision: bf16, int8, int4, fp8
-  std::string activations = "f32";  // CPU prompt rows: f32, bf16, or int8 (with --weights int8)
+  std::string activations = "f32";  // CPU weight products: f32, bf16 (weights bf16), int8 (weights int8, int4)
   int int4_group_size = 128;
   // 0 (no --kv_cache_mb): the CPU takes 1 GiB; a GPU plans its cache from gpu_memory_fraction instead.
   int64_t kv_cache_bytes = 0;

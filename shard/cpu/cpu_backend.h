@@ -21,14 +21,15 @@ namespace gemma {
 enum class MatMulActivations {
   kF32,   // exact (the default)
   kBf16,  // bf16-rounded activations times bf16 weights, AVX512-BF16 dot products (matmul_bf16.h)
-  kInt8,  // activations quantized per token times int8 weights (W8A8), AVX512-VNNI dot products (matmul_int8.h)
+  kInt8,  // activations quantized per token times int8 or 4-bit weights (W8A8, W4A8), AVX512-VNNI dot products
+          // (matmul_int8.h, matmul_w4a8.h)
 };
 inline constexpr const char* kMatMulActivationsNames = "f32, bf16, int8";
 // The --activations flag's help, one text for every command that takes it.
 inline constexpr const char* kMatMulActivationsHelp =
-    "f32 (default, exact), bf16 or int8: every matrix product on the CPU, prompt chunks and decode rows alike, "
-    "multiplies bf16-rounded activations by AVX512-BF16 dot products (bf16 weights), or (with --weights int8) "
-    "activations quantized per token by AVX512-VNNI dot products, where the CPU has them (f32 elsewhere)";
+    "f32 (default, exact), bf16 or int8: every weight-matrix product on the CPU, prompt chunks and decode rows alike, "
+    "multiplies bf16-rounded activations by AVX512-BF16 dot products (bf16 weights), or (with --weights int8 or "
+    "int4) activations quantized per token by AVX512-VNNI dot products, where the CPU has them (f32 elsewhere)";
 // InvalidArgument naming the allowed values for anything else.
 absl::StatusOr<MatMulActivations> ParseMatMulActivations(absl::string_view name);
 
@@ -59,7 +60,7 @@ class CpuBackend : public Backend {
   CpuBackend(std::shared_ptr<const ModelWeights> weights, KvCache kv, std::shared_ptr<HostCollective> collective,
              CpuComputeOptions compute);
   absl::Status AllReduce(float* data, int64_t count);
-  // out = in [T, K] x views^T (MatMul), prompt rows at bf16 activations when so configured.
+  // out = in [T, K] x views^T (MatMul), or the bf16 / int8 dot-product kernel --activations names.
   void Project(const float* in, int64_t T, int64_t K, std::span<const MatrixView> views, float* out, int64_t ldo);
   // proj_ = in [T, K] x w^T, summed over ranks (a row-parallel projection: o or down). A rank that does not
   // `contribute` (a replica of query heads another rank adds) puts in zeros.
@@ -74,7 +75,6 @@ class CpuBackend : public Backend {
   std::shared_ptr<HostCollective> collective_;
   KvCache kv_;
   CpuComputeOptions compute_;
-  // This step's tokens in runs of one kind: [begin, end) of rows with more than one token (prompt) or of one.
   StepTimings timings_;
   // RoPE of global layers [0] and local layers [1] (Gemma 3: other base; never scaled).
   struct Rope {

@@ -1,5 +1,5 @@
-// The f32 multiply-add rate this CPU reaches: the ceiling against which the bench reports prompt throughput (which
-// is compute-bound, as decode is bound by memory bandwidth).
+// The f32 multiply-add rate this CPU reaches: the ceiling against which the bench reports prompt and batch-8
+// throughput (compute-bound, as batch-1 decode is bound by memory bandwidth).
 #pragma once
 
 namespace gemma {

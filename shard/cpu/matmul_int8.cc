@@ -9,6 +9,7 @@
 
 #include "shard/cpu/dot_product_tiles.h"
 #include "shard/cpu/matmul.h"
+#include "shard/cpu/matmul_w4a8.h"
 
 namespace gemma {
 namespace {
@@ -131,8 +132,9 @@ float QuantizeActivationRow(const float* x, int64_t K, int8_t* q, int32_t* sum) 
 bool MatMulInt8Activations(const float* x, int64_t M, int64_t K, int64_t ldx, std::span<const MatrixView> weights,
                            float* out, int64_t ldo) {
   if (!HasInt8DotProducts() || M <= 0 || K <= 0) return false;
+  const bool int4 = Int4Int8Fits(weights, K);
   for (const MatrixView& v : weights) {
-    if (v.format != WeightFormat::kInt8) return false;
+    if (v.format != WeightFormat::kInt8 && !int4) return false;
   }
   // The calling thread's buffers: the OpenMP threads below write them through pointers, never their own.
   thread_local std::vector<int8_t> codes;
@@ -146,11 +148,18 @@ bool MatMulInt8Activations(const float* x, int64_t M, int64_t K, int64_t ldx, st
   int32_t* total = sum.data();
 #pragma omp parallel for schedule(static) if (M * K > (int64_t{1} << 16))
   for (int64_t m = 0; m < M; ++m) s[m] = QuantizeActivationRow(x + m * ldx, K, q + m * K, &total[m]);
-  Run(Tokens{q, s, total}, M, K, weights, out, ldo);
-  // A row with no int8 form (its codes are 0) is carried by the f32 kernel on its own, so the other rows' results
-  // stay what they would be without it.
-  for (int64_t m = 0; m < M; ++m) {
-    if (std::isnan(s[m])) MatMul(x + m * ldx, 1, K, ldx, weights, out + m * ldo, ldo);
+  if (int4) {
+    MatMulInt4Int8(q, s, M, K, weights, out, ldo);
+  } else {
+    Run(Tokens{q, s, total}, M, K, weights, out, ldo);
+  }
+  // Rows with no int8 form (their codes are 0) are carried by the f32 kernel, each run of them in one call (its
+  // rows' results do not depend on the call), so the other rows' results stay what they would be without them.
+  for (int64_t m = 0; m < M;) {
+    int64_t end = m;
+    while (end < M && std::isnan(s[end])) ++end;
+    if (end > m) MatMul(x + m * ldx, end - m, K, ldx, weights, out + m * ldo, ldo);
+    m = std::max(end, m + 1);
   }
   return true;
 }

@@ -1,8 +1,8 @@
-// Products at int8 activations over int8 weights (--activations int8 with --weights int8, W8A8): each token's
-// row quantized symmetrically (one scale, max |x| / 127), multiplied with the weights' int8 codes by AVX512-VNNI
-// (vpdpbusd: four 8-bit products a lane, summed into int32), four times the f32 kernel's multiply-adds an
-// instruction. The integer sums are exact; the scales apply once per output. Opt-in: quantizing x costs accuracy
-// (docs/BENCHMARKS.md says how much).
+// Products at int8 activations over int8 weights (--activations int8 with --weights int8, W8A8; 4-bit weights,
+// W4A8, in matmul_w4a8.h): each token's row quantized symmetrically (one scale, max |x| / 127), multiplied with
+// the weights' int8 codes by AVX512-VNNI (vpdpbusd: four 8-bit products a lane, summed into int32), four times the
+// f32 kernel's multiply-adds an instruction. The integer sums are exact; the scales apply once per output. Opt-in:
+// quantizing x costs accuracy (docs/BENCHMARKS.md says how much).
 #pragma once
 
 #include <cstdint>
@@ -21,9 +21,9 @@ bool HasInt8DotProducts();
 float QuantizeActivationRow(const float* x, int64_t K, int8_t* q, int32_t* sum);
 
 // As MatMul (matmul.h) for int8 views: out[m * ldo + n] = xs[m] * ws[n] * sum_k q[m, k] * code[n, k], with q, xs
-// each row of x quantized by QuantizeActivationRow and ws the weights' per-row scales. A row's result does not
-// depend on M or on the other rows. False, computing nothing, when the CPU lacks AVX512-VNNI or a view is not int8:
-// the caller runs MatMul.
+// each row of x quantized by QuantizeActivationRow and ws the weights' per-row scales; for 4-bit views that
+// Int4Int8Fits accepts, MatMulInt4Int8's sum over groups. A row's result does not depend on M or on the other
+// rows. False, computing nothing, when the CPU lacks AVX512-VNNI or the views are neither: the caller runs MatMul.
 bool MatMulInt8Activations(const float* x, int64_t M, int64_t K, int64_t ldx, std::span<const MatrixView> weights,
                            float* out, int64_t ldo);
 

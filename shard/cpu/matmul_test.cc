@@ -278,6 +278,28 @@ TEST(MatMulTest, Bf16ActivationsSumBf16RoundedInputsForAnyBatch) {
   EXPECT_FALSE(MatMulBf16Activations(x.data(), 1, 64, 64, std::span<const MatrixView>(&q, 1), out.data(), 4));
 }
 
+// A row of x quantized as the int8 kernels promise, computed here on its own: codes round(x * 127 / max |x|) (to
+// nearest even), all 0 for a zero row; returns max |x|.
+float QuantizeRowForReference(const float* x, int64_t K, std::vector<int>* q) {
+  float amax = 0;
+  for (int64_t k = 0; k < K; ++k) amax = std::max(amax, std::abs(x[k]));
+  q->assign(K, 0);
+  for (int64_t k = 0; k < K && amax > 0; ++k) (*q)[k] = static_cast<int>(std::nearbyint(x[k] * (127.0f / amax)));
+  return amax;
+}
+
+// MatMulInt8Activations over rows [m0, m0 + len) of x alone gives what it gave for them in the whole call (`got`).
+void ExpectTheSameRowsInSmallerCalls(const std::vector<float>& x, int64_t K, std::span<const MatrixView> views,
+                                     int64_t rows, const std::vector<float>& got) {
+  for (int64_t m0 : {0, 3}) {
+    for (int64_t len : {1, 2, 5}) {
+      std::vector<float> part(len * rows);
+      ASSERT_TRUE(MatMulInt8Activations(x.data() + m0 * K, len, K, K, views, part.data(), rows));
+      for (int64_t i = 0; i < len * rows; ++i) ASSERT_EQ(part[i], got[m0 * rows + i]) << m0 << "+" << len;
+    }
+  }
+}
+
 // int8 activations over int8 weights: each token quantized as the test does it independently (max |x| / 127,
 // round to nearest even), the integer sums exact, so the outputs equal xs * ws * sum(q * code) to float rounding;
 // bit for bit alike for any batch; over row counts that leave a partial tile, K with a partial 64-byte step, and a
@@ -308,12 +330,8 @@ TEST(MatMulTest, Int8ActivationsSumQuantizedInputsForAnyBatch) {
       continue;
     }
     for (int64_t m = 0; m < M; ++m) {
-      float amax = 0;
-      for (int64_t k = 0; k < K; ++k) amax = std::max(amax, std::abs(x[m * K + k]));
-      std::vector<int> qx(K);
-      for (int64_t k = 0; k < K; ++k) {
-        qx[k] = amax > 0 ? static_cast<int>(std::nearbyint(x[m * K + k] * (127.0f / amax))) : 0;
-      }
+      std::vector<int> qx;
+      const float amax = QuantizeRowForReference(&x[m * K], K, &qx);
       for (int64_t n = 0; n < rows; ++n) {
         int64_t dot = 0;
         for (int64_t k = 0; k < K; ++k) dot += int64_t{qx[k]} * static_cast<int8_t>(slice->codes[n * slice->stride + k]);
@@ -321,13 +339,7 @@ TEST(MatMulTest, Int8ActivationsSumQuantizedInputsForAnyBatch) {
         ASSERT_NEAR(got[m * rows + n], ref, 1e-6 * (1 + std::abs(ref))) << m << "," << n;
       }
     }
-    for (int64_t m0 : {0, 3}) {
-      for (int64_t len : {1, 2, 5, 8}) {
-        std::vector<float> part(len * rows);
-        ASSERT_TRUE(MatMulInt8Activations(x.data() + m0 * K, len, K, K, views, part.data(), rows));
-        for (int64_t i = 0; i < len * rows; ++i) ASSERT_EQ(part[i], got[m0 * rows + i]) << m0 << "+" << len;
-      }
-    }
+    ExpectTheSameRowsInSmallerCalls(x, K, views, rows, got);
   }
   // A bf16 view is not the kernel's: it declines.
   std::vector<uint16_t> w(4 * 64, F32ToBf16(1.0f));
@@ -335,29 +347,98 @@ TEST(MatMulTest, Int8ActivationsSumQuantizedInputsForAnyBatch) {
   std::vector<float> x(64, 1.0f), out(4);
   EXPECT_FALSE(MatMulInt8Activations(x.data(), 1, 64, 64, std::span<const MatrixView>(&b, 1), out.data(), 4));
   // A row holding NaN, infinity, or values too small to scale has no int8 form: the f32 kernel carries that row,
-  // and the row beside it keeps the result it has alone.
-  if (!HasInt8DotProducts()) return;
+  // and the rows beside it keep the results they have alone; x and the output wider than K and the rows, so a
+  // wrong stride shows.
+  if (!HasInt8DotProducts()) GTEST_SKIP() << "this CPU has no AVX512-VNNI";
   std::vector<uint8_t> memory(QuantizedBytes(WeightFormat::kInt8, 4, 64, 0) + 64);
   uint8_t* aligned = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(memory.data()) + 63) / 64 * 64);
   const MatrixView q = QuantizeInto(b, 0, 4, 0, 64, WeightFormat::kInt8, 0, aligned);
+  const std::span<const MatrixView> qv(&q, 1);
+  constexpr int64_t kLdx = 80, kLdo = 7, kRows = 4;
   std::vector<float> good(64);
   for (int k = 0; k < 64; ++k) good[k] = 0.25f * (k % 7) - 0.5f;
-  std::vector<float> good_alone(4);
-  ASSERT_TRUE(MatMulInt8Activations(good.data(), 1, 64, 64, std::span<const MatrixView>(&q, 1), good_alone.data(), 4));
+  std::vector<float> good_alone(kRows);
+  ASSERT_TRUE(MatMulInt8Activations(good.data(), 1, 64, 64, qv, good_alone.data(), kRows));
   for (const float bad : {std::nanf(""), INFINITY, 1e-40f}) {
-    std::vector<float> two(128, 0.0f);
-    two[5] = bad;
-    std::copy(good.begin(), good.end(), two.begin() + 64);
-    std::vector<float> got(8), f32(4);
-    ASSERT_TRUE(MatMulInt8Activations(two.data(), 2, 64, 64, std::span<const MatrixView>(&q, 1), got.data(), 4));
-    MatMul(two.data(), 1, 64, 64, std::span<const MatrixView>(&q, 1), f32.data(), 4);
-    for (int n = 0; n < 4; ++n) {
-      if (std::isnan(f32[n])) {
-        EXPECT_TRUE(std::isnan(got[n])) << bad;
-      } else {
-        EXPECT_EQ(got[n], f32[n]) << bad;
+    for (const int64_t bad_row : {0, 1, 2}) {
+      std::vector<float> rows(3 * kLdx, 0.0f);
+      for (int64_t m = 0; m < 3; ++m) {
+        if (m == bad_row) {
+          rows[m * kLdx + 5] = bad;
+        } else {
+          std::copy(good.begin(), good.end(), rows.begin() + m * kLdx);
+        }
       }
-      EXPECT_EQ(got[4 + n], good_alone[n]) << bad;
+      std::vector<float> got(3 * kLdo, -1.0f), f32(kRows);
+      ASSERT_TRUE(MatMulInt8Activations(rows.data(), 3, 64, kLdx, qv, got.data(), kLdo));
+      MatMul(rows.data() + bad_row * kLdx, 1, 64, kLdx, qv, f32.data(), kRows);
+      for (int64_t m = 0; m < 3; ++m) {
+        for (int64_t n = 0; n < kRows; ++n) {
+          const float want = m == bad_row ? f32[n] : good_alone[n];
+          if (std::isnan(want)) {
+            EXPECT_TRUE(std::isnan(got[m * kLdo + n])) << bad << " row " << m;
+          } else {
+            EXPECT_EQ(got[m * kLdo + n], want) << bad << " row " << m;
+          }
+        }
+        for (int64_t n = kRows; n < kLdo; ++n) EXPECT_EQ(got[m * kLdo + n], -1.0f) << "written past the rows";
+      }
+    }
+  }
+}
+
+// int8 activations over 4-bit weights (W4A8): each token quantized as above, each group's integer sums of codes
+// times the token's codes exact, then scaled, less the zero point times the token's sum over the group; bit for
+// bit alike for any batch; groups of 32, 64 and 128, K with a partial 128-element block, two row views and a column
+// slice (a tensor-parallel rank's view, its groups whole). Without VNNI the kernel declines.
+TEST(MatMulTest, Int8ActivationsOver4BitWeightsSumEachGroupForAnyBatch) {
+  std::mt19937 rng(23);
+  std::normal_distribution<float> normal;
+  for (const int group : {32, 64, 128}) {
+    for (const int64_t K : {int64_t{256}, int64_t{group} * 3, int64_t{2048} + group}) {
+      const int64_t rows = 13, M = 9, offset = group, stride = K + 2 * group;
+      std::vector<uint16_t> w(rows * stride);
+      for (auto& v : w) v = F32ToBf16(normal(rng));
+      std::vector<uint8_t> memory(QuantizedBytes(WeightFormat::kInt4, rows, stride, group) + 64);
+      uint8_t* aligned = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(memory.data()) + 63) / 64 * 64);
+      const MatrixView q4 = QuantizeInto(MatrixView{w.data(), rows, stride, stride}, 0, rows, 0, stride,
+                                         WeightFormat::kInt4, group, aligned);
+      auto slice = ColSlice(q4, offset, K, "w");
+      ASSERT_TRUE(slice.ok()) << slice.status();
+      const MatrixView views[] = {RowSlice(*slice, 0, 5), RowSlice(*slice, 5, rows - 5)};
+      std::vector<float> x(M * K);
+      for (auto& v : x) v = normal(rng);
+      x[2 * K + 7] = -30.0f;                     // one large value sets a row's scale
+      std::fill_n(x.begin() + 4 * K, K, 0.0f);  // a zero row
+      std::vector<float> got(M * rows);
+      const bool ran = MatMulInt8Activations(x.data(), M, K, K, views, got.data(), rows);
+      ASSERT_EQ(ran, HasInt8DotProducts());
+      if (!ran) {
+        std::printf("this CPU has no AVX512-VNNI: only the kernel's refusal is checked here\n");
+        return;
+      }
+      for (int64_t m = 0; m < M; ++m) {
+        std::vector<int> qx;
+        const float amax = QuantizeRowForReference(&x[m * K], K, &qx);
+        for (int64_t n = 0; n < rows; ++n) {
+          double ref = 0;
+          for (int64_t g = 0; g < K / group; ++g) {
+            int64_t dot = 0, sum = 0;
+            for (int64_t k = g * group; k < (g + 1) * group; ++k) {
+              const uint8_t byte = slice->codes[n * (slice->stride / 2) + k / 2];
+              dot += int64_t{qx[k]} * (k % 2 == 0 ? (byte & 0xF) : (byte >> 4));
+              sum += qx[k];
+            }
+            const int64_t at = n * slice->scale_stride + g;
+            ref += double(slice->scales[at]) * (double(dot) - double(slice->zeros[at]) * double(sum));
+          }
+          ref *= amax / 127.0f;
+          double scale = 0;  // the size of the terms, for the bound on f32 rounding
+          for (int64_t k = 0; k < K; ++k) scale += std::abs(double(x[m * K + k]) * ElementAt(*slice, n, k));
+          ASSERT_NEAR(got[m * rows + n], ref, 1e-5 * (1 + scale)) << group << "," << K << ": " << m << "," << n;
+        }
+      }
+      ExpectTheSameRowsInSmallerCalls(x, K, views, rows, got);
     }
   }
 }
