@@ -60,17 +60,7 @@ absl::StatusOr<OpenedShard> OpenShard(std::shared_ptr<const Checkpoint> checkpoi
   }
   WeightLoadOptions load;
   ASSIGN_OR_RETURN(load.precision, ParseWeightPrecision(o.weights));
-  if (activations == MatMulActivations::kBf16 && load.precision != WeightPrecision::kBF16) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("activations bf16 multiplies bf16 weights: it needs weights bf16, not ", o.weights,
-                     "; use activations f32 (or int8 with weights int8 or int4)"));
-  }
-  if (activations == MatMulActivations::kInt8 && load.precision != WeightPrecision::kInt8 &&
-      load.precision != WeightPrecision::kInt4) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("activations int8 multiplies int8 or 4-bit weights (W8A8, W4A8): it needs weights int8 or "
-                     "int4, not ", o.weights, "; use activations f32 or bf16 with them"));
-  }
+  RETURN_IF_ERROR(CheckMatMulActivations(activations, load.precision));
   load.int4_group_size = o.int4_group_size;
   // The CUDA cache is kept in the compute precision; fp8 and int8 caches wait for their kernels.
   if (o.device == "cuda" && o.kv.dtype != KvCacheDtype::kAuto && KvCacheDtypeName(o.kv.dtype) != o.precision) {

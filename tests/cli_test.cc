@@ -303,6 +303,13 @@ TEST(CliTest, QuantizedWeightsGenerateAndWrittenCheckpointsLoad) {
   EXPECT_EQ(j["positions"], 16);
   EXPECT_GT(j["mean_kl_vs_bf16"].get<double>(), 0.0);
   EXPECT_LT(j["mean_kl_vs_bf16"].get<double>(), 0.05);
+  // With int8 activations the rounding of x adds to the weights': the same bounds hold on the tiny model.
+  CliRun a = Gemma("compare-weights" + m + " --weights int8 --activations int8 --tokens 16 --json");
+  ASSERT_EQ(a.code, 0) << a.err;
+  const auto ja = nlohmann::json::parse(a.out);
+  EXPECT_EQ(ja["activations"], "int8");
+  EXPECT_GT(ja["mean_kl_vs_bf16"].get<double>(), 0.0);
+  EXPECT_LT(ja["mean_kl_vs_bf16"].get<double>(), 0.05);
 }
 
 TEST(CliTest, DefaultModelGeneratesWithoutFlags) {
@@ -363,6 +370,7 @@ TEST(CliTest, BadInputGivesOneLineErrorAndNonZeroExit) {
        "activations bf16 multiplies bf16 weights: it needs weights bf16, not int8"},
       {"quantize --in " + Tiny("tiny-mha") + " --out /tmp/x --weights int4 --format exl2", "allowed: gptq, awq"},
       {"compare-weights" + m + " --weights bf16", "allowed: int8, int4"},
+      {"compare-weights" + m + " --weights fp8 --activations int8", "it needs weights int8 or int4, not fp8"},
       {"kv-capacity --shape 3b", "allowed: tiny, 2b, 7b, gemma2-2b"},
       {"frobnicate", "unknown command"},
   };

@@ -1,4 +1,5 @@
-// gemma compare-weights: how far a weight precision moves a model's next-token distributions from bf16's.
+// gemma compare-weights: how far a weight precision (and the activations the CPU multiplies it by) moves a model's
+// next-token distributions from bf16's at f32 activations.
 #include <cstdio>
 #include <numeric>
 #include <random>
@@ -18,14 +19,15 @@ namespace {
 
 // Every position's logits for `ids`, in one prompt step.
 absl::StatusOr<std::vector<float>> AllLogits(std::shared_ptr<const Checkpoint> checkpoint,
-                                             const WeightLoadOptions& load, const std::vector<int32_t>& ids) {
+                                             const WeightLoadOptions& load, const std::vector<int32_t>& ids,
+                                             CpuComputeOptions compute = {}) {
   auto tp = TensorParallel::Create(checkpoint->config(), 0, 1);
   if (!tp.ok()) return tp.status();
   auto weights = ModelWeights::Load(std::move(checkpoint), *tp, load);
   if (!weights.ok()) return weights.status();
   KvCacheOptions kv;
   kv.num_blocks = static_cast<int>((ids.size() + kv.block_size - 1) / kv.block_size);
-  auto backend = CpuBackend::Create(std::shared_ptr<const ModelWeights>(std::move(*weights)), kv);
+  auto backend = CpuBackend::Create(std::shared_ptr<const ModelWeights>(std::move(*weights)), kv, nullptr, compute);
   if (!backend.ok()) return backend.status();
   std::vector<int32_t> blocks(kv.num_blocks);
   std::iota(blocks.begin(), blocks.end(), 0);
@@ -39,9 +41,13 @@ absl::StatusOr<std::vector<float>> AllLogits(std::shared_ptr<const Checkpoint> c
 
 int CompareWeightsCommand(int argc, char** argv) {
   const char* kCmd = "compare-weights";
-  Args args(kCmd, "--model DIR --weights int8|int4|fp8 [--int4-group-size G] [--prompt-ids 2,17,...] [--tokens N] [--json]");
+  Args args(kCmd,
+            "--model DIR --weights bf16|int8|int4|fp8 [--activations f32|bf16|int8] [--int4-group-size G] "
+            "[--prompt-ids 2,17,...] [--tokens N] [--json]");
   args.Flag("model", "checkpoint directory (bf16, f16 or f32)")
-      .Flag("weights", "the precision to compare with bf16: int8, int4 or fp8")
+      .Flag("weights", "the precision to compare with bf16: int8, int4 or fp8 (bf16 with --activations bf16)")
+      .Flag("activations", "what that side's weight products multiply on the CPU: f32 (default), bf16 (weights bf16) "
+                           "or int8 (weights int8 or int4); the bf16 side stays f32")
       .Flag("int4-group-size", "with int4: 32, 64 or 128 (default 128)")
       .Flag("prompt-ids", "token ids to run (default: --tokens ids drawn uniformly with seed 1, after <bos>)")
       .Flag("tokens", "positions compared when no ids are given, 2..4096 (default 128)")
@@ -50,10 +56,16 @@ int CompareWeightsCommand(int argc, char** argv) {
   if (!ParseOrExit(args, argc, argv, kCmd, &code)) return code;
   if (!args.Has("model")) return Fail(kCmd, absl::InvalidArgumentError("--model DIR is required"));
   const std::string weights = args.Get("weights");
+  const std::string activations_name = args.Get("activations", "f32");
+  auto activations = ParseMatMulActivations(activations_name);
+  if (!activations.ok()) return Fail(kCmd, activations.status());
   auto precision = ParseWeightPrecision(weights);
-  if (!precision.ok() || *precision == WeightPrecision::kBF16) {
-    return Fail(kCmd, absl::InvalidArgumentError("--weights \"" + weights + "\" is invalid here; allowed: int8, int4, fp8"));
+  if (!precision.ok() || (*precision == WeightPrecision::kBF16 && *activations == MatMulActivations::kF32)) {
+    return Fail(kCmd, absl::InvalidArgumentError("--weights \"" + weights +
+                                                 "\" is invalid here; allowed: int8, int4, fp8, or bf16 with "
+                                                 "--activations bf16"));
   }
+  if (auto s = CheckMatMulActivations(*activations, *precision); !s.ok()) return Fail(kCmd, s);
   auto group = args.GetInt("int4-group-size", 128, 32, 128);
   if (!group.ok()) return Fail(kCmd, group.status());
   WeightLoadOptions load;
@@ -82,13 +94,16 @@ int CompareWeightsCommand(int argc, char** argv) {
   }
   auto reference = AllLogits(checkpoint, WeightLoadOptions{}, ids);
   if (!reference.ok()) return Fail(kCmd, reference.status());
-  auto other = AllLogits(checkpoint, load, ids);
+  CpuComputeOptions compute;
+  compute.matmul_activations = *activations;
+  auto other = AllLogits(checkpoint, load, ids, compute);
   if (!other.ok()) return Fail(kCmd, other.status());
   const LogitsComparison q =
       CompareLogits(reference->data(), other->data(), static_cast<int>(ids.size()), c.vocab_size);
   if (args.Has("json")) {
     nlohmann::json j = {{"model", c.DebugString()},
                         {"weights", weights},
+                        {"activations", activations_name},
                         {"positions", q.rows},
                         {"mean_kl_vs_bf16", q.mean_kl},
                         {"top1_agreement_vs_bf16", static_cast<double>(q.top1_agreements) / q.rows},
@@ -96,10 +111,10 @@ int CompareWeightsCommand(int argc, char** argv) {
     if (*precision == WeightPrecision::kInt4) j["int4_group_size"] = load.int4_group_size;
     std::printf("%s\n", j.dump(2).c_str());
   } else {
-    std::printf("%s, %s against bf16 over %d positions: mean KL %.4g nats, top-1 agreement %d/%d, largest log-prob "
-                "change %.4g\n",
-                c.DebugString().c_str(), weights.c_str(), q.rows, q.mean_kl, q.top1_agreements, q.rows,
-                q.max_logprob_change);
+    std::printf("%s, %s weights at %s activations against bf16 at f32 over %d positions: mean KL %.4g nats, top-1 "
+                "agreement %d/%d, largest log-prob change %.4g\n",
+                c.DebugString().c_str(), weights.c_str(), activations_name.c_str(), q.rows, q.mean_kl,
+                q.top1_agreements, q.rows, q.max_logprob_change);
   }
   return 0;
 }

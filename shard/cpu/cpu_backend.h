@@ -11,6 +11,7 @@
 #include "shard/cpu/interventions.h"
 #include "shard/runtime/kv_cache.h"
 #include "shard/model/model_weights.h"
+#include "shard/model/quantize.h"
 
 namespace gemma {
 
@@ -32,6 +33,9 @@ inline constexpr const char* kMatMulActivationsHelp =
     "int4) activations quantized per token by AVX512-VNNI dot products, where the CPU has them (f32 elsewhere)";
 // InvalidArgument naming the allowed values for anything else.
 absl::StatusOr<MatMulActivations> ParseMatMulActivations(absl::string_view name);
+// InvalidArgument unless the weights are ones `activations` multiplies: bf16 needs bf16 weights, int8 int8 or
+// 4-bit ones (f32 takes any).
+absl::Status CheckMatMulActivations(MatMulActivations activations, WeightPrecision weights);
 
 // How the CPU computes.
 struct CpuComputeOptions {
