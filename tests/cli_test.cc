@@ -297,6 +297,16 @@ TEST(CliTest, QuantizedWeightsGenerateAndWrittenCheckpointsLoad) {
     ASSERT_EQ(kv.code, 0) << kv.err;
     EXPECT_EQ(nlohmann::json::parse(kv.out)["token_ids"].size(), 6u);
   }
+  // Rounded activations at TP 2 too (the followers take the flags; each rank quantizes its own input slice).
+  const char* const rounded[] = {" --weights int4 --int4-group-size 32 --activations int8",
+                                 " --weights int8 --activations int8", " --activations bf16"};
+  for (const char* flags : rounded) {
+    for (const char* tp : {"1", "2"}) {
+      CliRun r = Gemma("generate" + m + " --prompt-ids 2,17,99 --max-new-tokens 6 --json --tp " + tp + flags);
+      ASSERT_EQ(r.code, 0) << flags << " tp " << tp << ": " << r.err;
+      EXPECT_EQ(nlohmann::json::parse(r.out)["token_ids"].size(), 6u) << flags << " tp " << tp;
+    }
+  }
   CliRun c = Gemma("compare-weights" + m + " --weights int8 --tokens 16 --json");
   ASSERT_EQ(c.code, 0) << c.err;
   const auto j = nlohmann::json::parse(c.out);
