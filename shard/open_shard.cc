@@ -60,7 +60,6 @@ absl::StatusOr<OpenedShard> OpenShard(std::shared_ptr<const Checkpoint> checkpoi
   }
   WeightLoadOptions load;
   ASSIGN_OR_RETURN(load.precision, ParseWeightPrecision(o.weights));
-  RETURN_IF_ERROR(CheckMatMulActivations(activations, load.precision));
   load.int4_group_size = o.int4_group_size;
   // The CUDA cache is kept in the compute precision; fp8 and int8 caches wait for their kernels.
   if (o.device == "cuda" && o.kv.dtype != KvCacheDtype::kAuto && KvCacheDtypeName(o.kv.dtype) != o.precision) {
@@ -70,6 +69,7 @@ absl::StatusOr<OpenedShard> OpenShard(std::shared_ptr<const Checkpoint> checkpoi
   }
   ASSIGN_OR_RETURN(const TensorParallel tp, TensorParallel::Create(checkpoint->config(), o.rank, o.world));
   ASSIGN_OR_RETURN(auto weights, ModelWeights::Load(checkpoint, tp, load));
+  if (o.device != "cuda") RETURN_IF_ERROR(CheckMatMulActivations(activations, weights->matrix_format()));
   if (o.after_load) RETURN_IF_ERROR(o.after_load());
   OpenedShard shard{tp, std::shared_ptr<const ModelWeights>(std::move(weights)), nullptr};
   if (o.device == "cuda") {

@@ -283,6 +283,13 @@ TEST(CliTest, QuantizedWeightsGenerateAndWrittenCheckpointsLoad) {
   CliRun g = Gemma("generate --model " + dir + " --prompt-ids 2,17,99 --max-new-tokens 6 --json");
   ASSERT_EQ(g.code, 0) << g.err;
   EXPECT_EQ(nlohmann::json::parse(g.out)["token_ids"].size(), 6u);
+  // Its 4-bit layers, as loaded (whatever --weights says), take int8 activations, and refuse bf16 ones.
+  CliRun g8 = Gemma("generate --model " + dir + " --prompt-ids 2,17,99 --max-new-tokens 6 --json --activations int8");
+  ASSERT_EQ(g8.code, 0) << g8.err;
+  EXPECT_EQ(nlohmann::json::parse(g8.out)["token_ids"].size(), 6u);
+  CliRun g16 = Gemma("generate --model " + dir + " --prompt-ids 2,17,99 --max-new-tokens 6 --activations bf16");
+  EXPECT_NE(g16.code, 0);
+  EXPECT_NE(g16.err.find("it needs weights bf16, not int4"), std::string::npos) << g16.err;
   // And a compressed-tensors FP8 checkpoint (its codes and scales are checked against quantizing at load in
   // quantized_checkpoint_test).
   const std::string fp8_dir = ::testing::TempDir() + "/cli-fp8";
@@ -318,7 +325,7 @@ TEST(CliTest, QuantizedWeightsGenerateAndWrittenCheckpointsLoad) {
   ASSERT_EQ(a.code, 0) << a.err;
   const auto ja = nlohmann::json::parse(a.out);
   EXPECT_EQ(ja["activations"], "int8");
-  EXPECT_GT(ja["mean_kl_vs_bf16"].get<double>(), 0.0);
+  EXPECT_NE(ja["mean_kl_vs_bf16"].get<double>(), j["mean_kl_vs_bf16"].get<double>()) << "activations were not rounded";
   EXPECT_LT(ja["mean_kl_vs_bf16"].get<double>(), 0.05);
 }
 

@@ -123,16 +123,22 @@ absl::StatusOr<double> DecodeTokensPerSecond(Backend* backend, int batch, int co
 
 // Which kernel the weight products ran on: bf16 activations need AVX512-BF16, int8 ones VNNI (open_shard.cc
 // refuses them with other weights).
-std::string MatMulKernel(const DeviceChoice& d) {
+std::string MatMulKernel(const DeviceChoice& d, const ModelWeights& w) {
   if (d.device != "cpu") return "the GPU's";
-  if (d.activations == "bf16" && d.weights == "bf16" && HasBf16DotProducts()) {
-    return "avx512-bf16 dot products (vdpbf16ps)";
-  }
-  if (d.activations == "int8" && (d.weights == "int8" || d.weights == "int4") && HasInt8DotProducts()) {
-    return d.weights == "int8" ? "avx512-vnni int8 dot products (vpdpbusd)"
-                               : "avx512-vnni int8 dot products over 4-bit codes (vpdpbusd; LM head int8)";
-  }
-  return absl::StrCat(MatMulTarget(), " f32");
+  auto kernel = [&](WeightFormat f) -> std::string {
+    if (d.activations == "bf16" && f == WeightFormat::kBF16 && HasBf16DotProducts()) {
+      return "avx512-bf16 dot products (vdpbf16ps)";
+    }
+    if (d.activations == "int8" && f == WeightFormat::kInt8 && HasInt8DotProducts()) {
+      return "avx512-vnni int8 dot products (vpdpbusd)";
+    }
+    if (d.activations == "int8" && f == WeightFormat::kInt4 && HasInt8DotProducts()) {
+      return "avx512-vnni int8 dot products over 4-bit codes (vpdpbusd)";
+    }
+    return absl::StrCat(MatMulTarget(), " f32");
+  };
+  const std::string layers = kernel(w.matrix_format()), head = kernel(w.embed().format);
+  return layers == head ? layers : absl::StrCat(layers, "; LM head: ", head);
 }
 
 nlohmann::json StepJson(const StepTimings& t) {
@@ -300,7 +306,7 @@ int BenchCommand(int argc, char** argv) {
                           {"cpu_kernels", MatMulTarget()},
                           {"kv_cache_dtype", device->kv_cache_dtype},
                           {"activations", device->activations},
-                          {"matmul_kernel", MatMulKernel(*device)},
+                          {"matmul_kernel", MatMulKernel(*device, *model->weights)},
                           {"prompt_len", *prompt_len},
                           {"decode_context_batch1", *decode_context_1},
                           {"weight_bytes", weight_bytes},

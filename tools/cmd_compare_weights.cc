@@ -25,6 +25,7 @@ absl::StatusOr<std::vector<float>> AllLogits(std::shared_ptr<const Checkpoint> c
   if (!tp.ok()) return tp.status();
   auto weights = ModelWeights::Load(std::move(checkpoint), *tp, load);
   if (!weights.ok()) return weights.status();
+  if (auto s = CheckMatMulActivations(compute.matmul_activations, (*weights)->matrix_format()); !s.ok()) return s;
   KvCacheOptions kv;
   kv.num_blocks = static_cast<int>((ids.size() + kv.block_size - 1) / kv.block_size);
   auto backend = CpuBackend::Create(std::shared_ptr<const ModelWeights>(std::move(*weights)), kv, nullptr, compute);
@@ -65,7 +66,6 @@ int CompareWeightsCommand(int argc, char** argv) {
                                                  "\" is invalid here; allowed: int8, int4, fp8, or bf16 with "
                                                  "--activations bf16"));
   }
-  if (auto s = CheckMatMulActivations(*activations, *precision); !s.ok()) return Fail(kCmd, s);
   auto group = args.GetInt("int4-group-size", 128, 32, 128);
   if (!group.ok()) return Fail(kCmd, group.status());
   WeightLoadOptions load;

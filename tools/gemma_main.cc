@@ -16,7 +16,7 @@ constexpr char kUsage[] =
     "  tokenize   text to token ids\n"
     "  make-tiny  write a random-weight checkpoint (tiny, 2b or 7b shape)\n"
     "  quantize   write a checkpoint's projections as 4-bit GPTQ or AWQ tensors\n"
-    "  compare-weights  how far int8 or int4 weights move the next-token distributions from bf16's\n"
+    "  compare-weights  how far int8, int4 or fp8 weights (or rounded activations) move the next-token distributions\n"
     "  kv-capacity  KV bytes per token and the longest context a budget holds, with and without KV windows\n"
     "  serve      run a local cluster: worker groups and a router\n"
     "  client     call a router: generate, stream, score\n"

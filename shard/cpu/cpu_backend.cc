@@ -50,17 +50,20 @@ absl::StatusOr<MatMulActivations> ParseMatMulActivations(absl::string_view name)
       absl::StrCat("activations \"", name, "\" is invalid; allowed: ", kMatMulActivationsNames));
 }
 
-absl::Status CheckMatMulActivations(MatMulActivations activations, WeightPrecision weights) {
-  if (activations == MatMulActivations::kBf16 && weights != WeightPrecision::kBF16) {
+absl::Status CheckMatMulActivations(MatMulActivations activations, WeightFormat weights) {
+  if (activations == MatMulActivations::kBf16 && weights != WeightFormat::kBF16) {
     return absl::InvalidArgumentError(
-        absl::StrCat("activations bf16 multiplies bf16 weights: it needs weights bf16, not ",
-                     WeightPrecisionName(weights), "; use activations f32 (or int8 with weights int8 or int4)"));
+        absl::StrCat("activations bf16 multiplies bf16 weights: it needs weights bf16, not ", WeightFormatName(weights),
+                     weights == WeightFormat::kInt8 || weights == WeightFormat::kInt4
+                         ? "; use activations f32 or int8 with them"
+                         : "; use activations f32 with them"));
   }
-  if (activations == MatMulActivations::kInt8 && weights != WeightPrecision::kInt8 &&
-      weights != WeightPrecision::kInt4) {
+  if (activations == MatMulActivations::kInt8 && weights != WeightFormat::kInt8 && weights != WeightFormat::kInt4) {
     return absl::InvalidArgumentError(
         absl::StrCat("activations int8 multiplies int8 or 4-bit weights (W8A8, W4A8): it needs weights int8 or "
-                     "int4, not ", WeightPrecisionName(weights), "; use activations f32 or bf16 with them"));
+                     "int4, not ", WeightFormatName(weights),
+                     weights == WeightFormat::kBF16 ? "; use activations f32 or bf16 with them"
+                                                    : "; use activations f32 with them"));
   }
   return absl::OkStatus();
 }

@@ -33,9 +33,9 @@ inline constexpr const char* kMatMulActivationsHelp =
     "int4) activations quantized per token by AVX512-VNNI dot products, where the CPU has them (f32 elsewhere)";
 // InvalidArgument naming the allowed values for anything else.
 absl::StatusOr<MatMulActivations> ParseMatMulActivations(absl::string_view name);
-// InvalidArgument unless the weights are ones `activations` multiplies: bf16 needs bf16 weights, int8 int8 or
-// 4-bit ones (f32 takes any).
-absl::Status CheckMatMulActivations(MatMulActivations activations, WeightPrecision weights);
+// InvalidArgument unless the layers' weights, as loaded (a pre-quantized checkpoint keeps its own format), are
+// ones `activations` multiplies: bf16 needs bf16 weights, int8 int8 or 4-bit ones (f32 takes any).
+absl::Status CheckMatMulActivations(MatMulActivations activations, WeightFormat weights);
 
 // How the CPU computes.
 struct CpuComputeOptions {

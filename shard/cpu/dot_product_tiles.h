@@ -1,6 +1,6 @@
-// How the dot-product kernels (matmul_bf16.cc, matmul_int8.cc) walk a product: each OpenMP thread takes one
-// contiguous range of the weight rows, and the tokens go in panels whose x (one column chunk of it) stays in L2
-// while a thread's rows pass it.
+// How the dot-product kernels (matmul_bf16.cc, matmul_int8.cc, matmul_w4a8.cc) walk a product: each OpenMP
+// thread takes one contiguous range of the weight rows, and the tokens go in panels whose x (one column chunk of
+// it) stays in L2 while a thread's rows pass it.
 #pragma once
 
 #include <omp.h>
