@@ -78,7 +78,7 @@ absl::StatusOr<OpenedShard> OpenShard(std::shared_ptr<const Checkpoint> checkpoi
     CpuComputeOptions compute;
     compute.matmul_activations = activations;
     if (activations == MatMulActivations::kBf16 && !HasBf16DotProducts() && o.rank == 0) {
-      std::fprintf(stderr, "activations bf16: this CPU has no AVX512-BF16; the f32 kernel runs\n");
+      std::fprintf(stderr, "activations bf16: this CPU has no AVX512-BF16 (with VBMI); the f32 kernel runs\n");
     }
     if (activations == MatMulActivations::kInt8 && !HasInt8DotProducts() && o.rank == 0) {
       std::fprintf(stderr, "activations int8: this CPU has no AVX512-VNNI; the f32 kernel runs\n");

@@ -289,7 +289,7 @@ TEST(CliTest, QuantizedWeightsGenerateAndWrittenCheckpointsLoad) {
   EXPECT_EQ(nlohmann::json::parse(g8.out)["token_ids"].size(), 6u);
   CliRun g16 = Gemma("generate --model " + dir + " --prompt-ids 2,17,99 --max-new-tokens 6 --activations bf16");
   EXPECT_NE(g16.code, 0);
-  EXPECT_NE(g16.err.find("it needs weights bf16, not int4"), std::string::npos) << g16.err;
+  EXPECT_NE(g16.err.find("it needs weights bf16 or fp8, not int4"), std::string::npos) << g16.err;
   // And a compressed-tensors FP8 checkpoint (its codes and scales are checked against quantizing at load in
   // quantized_checkpoint_test).
   const std::string fp8_dir = ::testing::TempDir() + "/cli-fp8";
@@ -306,7 +306,8 @@ TEST(CliTest, QuantizedWeightsGenerateAndWrittenCheckpointsLoad) {
   }
   // Rounded activations at TP 2 too (the followers take the flags; each rank quantizes its own input slice).
   const char* const rounded[] = {" --weights int4 --int4-group-size 32 --activations int8",
-                                 " --weights int8 --activations int8", " --activations bf16"};
+                                 " --weights int8 --activations int8", " --activations bf16",
+                                 " --weights fp8 --activations bf16"};
   for (const char* flags : rounded) {
     for (const char* tp : {"1", "2"}) {
       CliRun r = Gemma("generate" + m + " --prompt-ids 2,17,99 --max-new-tokens 6 --json --tp " + tp + flags);
@@ -384,7 +385,7 @@ TEST(CliTest, BadInputGivesOneLineErrorAndNonZeroExit) {
       {"generate" + m + " --prompt Hi --activations int8",
        "activations int8 multiplies int8 or 4-bit weights (W8A8, W4A8): it needs weights int8 or int4, not bf16"},
       {"generate" + m + " --prompt Hi --weights int8 --activations bf16",
-       "activations bf16 multiplies bf16 weights: it needs weights bf16, not int8"},
+       "activations bf16 multiplies bf16 or fp8 weights: it needs weights bf16 or fp8, not int8"},
       {"quantize --in " + Tiny("tiny-mha") + " --out /tmp/x --weights int4 --format exl2", "allowed: gptq, awq"},
       {"compare-weights" + m + " --weights bf16", "allowed: int8, int4"},
       {"compare-weights" + m + " --weights fp8 --activations int8", "it needs weights int8 or int4, not fp8"},

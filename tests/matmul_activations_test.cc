@@ -1,5 +1,5 @@
 // --activations bf16 and int8 on every tiny checkpoint: every row of a step (prompt chunks and decode rows)
-// multiplies bf16-rounded activations by AVX512-BF16 dot products (bf16 weights), or activations quantized per
+// multiplies bf16-rounded activations by AVX512-BF16 dot products (bf16 or fp8 weights), or activations quantized per
 // token by AVX512-VNNI dot products (int8 or 4-bit weights), moving the reference prompts' scores a little (the figures
 // reported); each row is rounded on its own, so a sequence's generation does not depend on what shares its steps.
 #include <algorithm>
@@ -57,7 +57,11 @@ void CheckRoundedRows(const TinyModel& model, const std::string& ref_dir, const 
   }
   const char* name = activations == MatMulActivations::kBf16 ? "bf16" : "int8";
   std::printf("%s weights %s, activations %s (%s): largest prompt log-prob change vs f32 %.3g\n", model.name.c_str(),
-              weights == WeightPrecision::kInt4 ? "int4" : weights == WeightPrecision::kInt8 ? "int8" : "bf16", name,
+              weights == WeightPrecision::kInt4   ? "int4"
+              : weights == WeightPrecision::kInt8 ? "int8"
+              : weights == WeightPrecision::kFp8  ? "fp8"
+                                                  : "bf16",
+              name,
               available ? "its dot-product instructions ran" : "not on this CPU: the f32 kernel ran", worst);
   ::testing::Test::RecordProperty("max_logprob_change", std::to_string(worst));
   if (available) {
@@ -114,6 +118,14 @@ TEST_P(Int8ActivationsTest, RowsAreRoundedOnTheirOwnAndScoresMoveLittle) {
                   HasInt8DotProducts(), GetParam().tolerance > 1e-4 ? 2.0 : 0.1);
 }
 
+// fp8 weights at bf16 activations: the codes widened to bf16 exactly, so the same bounds as bf16 weights.
+class Bf16ActivationsOverFp8WeightsTest : public TinyCheckpointTest {};
+
+TEST_P(Bf16ActivationsOverFp8WeightsTest, RowsAreRoundedOnTheirOwnAndScoresMoveLittle) {
+  CheckRoundedRows(GetParam(), RefDir(), ModelDir(), WeightPrecision::kFp8, MatMulActivations::kBf16,
+                   HasBf16DotProducts(), GetParam().tolerance > 1e-4 ? 0.5 : 0.01);
+}
+
 // 4-bit weights (and the int8 LM head they come with) at int8 activations, W4A8: the same integer sums, group by
 // group, so the same bounds as W8A8.
 class Int8ActivationsOver4BitWeightsTest : public TinyCheckpointTest {};
@@ -127,6 +139,9 @@ INSTANTIATE_TEST_SUITE_P(Gemma1, Bf16ActivationsTest, ::testing::ValuesIn(TinyMo
 INSTANTIATE_TEST_SUITE_P(Gemma23, Bf16ActivationsTest, ::testing::ValuesIn(Gemma23TinyModels()), TinyModelName);
 INSTANTIATE_TEST_SUITE_P(Gemma1, Int8ActivationsTest, ::testing::ValuesIn(TinyModels()), TinyModelName);
 INSTANTIATE_TEST_SUITE_P(Gemma23, Int8ActivationsTest, ::testing::ValuesIn(Gemma23TinyModels()), TinyModelName);
+INSTANTIATE_TEST_SUITE_P(Gemma1, Bf16ActivationsOverFp8WeightsTest, ::testing::ValuesIn(TinyModels()), TinyModelName);
+INSTANTIATE_TEST_SUITE_P(Gemma23, Bf16ActivationsOverFp8WeightsTest, ::testing::ValuesIn(Gemma23TinyModels()),
+                         TinyModelName);
 INSTANTIATE_TEST_SUITE_P(Gemma1, Int8ActivationsOver4BitWeightsTest, ::testing::ValuesIn(TinyModels()), TinyModelName);
 INSTANTIATE_TEST_SUITE_P(Gemma23, Int8ActivationsOver4BitWeightsTest, ::testing::ValuesIn(Gemma23TinyModels()),
                          TinyModelName);

@@ -51,9 +51,10 @@ absl::StatusOr<MatMulActivations> ParseMatMulActivations(absl::string_view name)
 }
 
 absl::Status CheckMatMulActivations(MatMulActivations activations, WeightFormat weights) {
-  if (activations == MatMulActivations::kBf16 && weights != WeightFormat::kBF16) {
+  if (activations == MatMulActivations::kBf16 && weights != WeightFormat::kBF16 && weights != WeightFormat::kFp8) {
     return absl::InvalidArgumentError(
-        absl::StrCat("activations bf16 multiplies bf16 weights: it needs weights bf16, not ", WeightFormatName(weights),
+        absl::StrCat("activations bf16 multiplies bf16 or fp8 weights: it needs weights bf16 or fp8, not ",
+                     WeightFormatName(weights),
                      weights == WeightFormat::kInt8 || weights == WeightFormat::kInt4
                          ? "; use activations f32 or int8 with them"
                          : "; use activations f32 with them"));
@@ -62,8 +63,9 @@ absl::Status CheckMatMulActivations(MatMulActivations activations, WeightFormat 
     return absl::InvalidArgumentError(
         absl::StrCat("activations int8 multiplies int8 or 4-bit weights (W8A8, W4A8): it needs weights int8 or "
                      "int4, not ", WeightFormatName(weights),
-                     weights == WeightFormat::kBF16 ? "; use activations f32 or bf16 with them"
-                                                    : "; use activations f32 with them"));
+                     weights == WeightFormat::kBF16 || weights == WeightFormat::kFp8
+                         ? "; use activations f32 or bf16 with them"
+                         : "; use activations f32 with them"));
   }
   return absl::OkStatus();
 }

@@ -21,7 +21,7 @@ namespace gemma {
 // is in another format) rows run the f32 kernel.
 enum class MatMulActivations {
   kF32,   // exact (the default)
-  kBf16,  // bf16-rounded activations times bf16 weights, AVX512-BF16 dot products (matmul_bf16.h)
+  kBf16,  // bf16-rounded activations times bf16 or fp8 weights, AVX512-BF16 dot products (matmul_bf16.h)
   kInt8,  // activations quantized per token times int8 or 4-bit weights (W8A8, W4A8), AVX512-VNNI dot products
           // (matmul_int8.h, matmul_w4a8.h)
 };
@@ -29,12 +29,12 @@ inline constexpr const char* kMatMulActivationsNames = "f32, bf16, int8";
 // The --activations flag's help, one text for every command that takes it.
 inline constexpr const char* kMatMulActivationsHelp =
     "f32 (default, exact), bf16 or int8: every weight-matrix product on the CPU, prompt chunks and decode rows alike, "
-    "multiplies bf16-rounded activations by AVX512-BF16 dot products (bf16 weights), or (with --weights int8 or "
+    "multiplies bf16-rounded activations by AVX512-BF16 dot products (bf16 or fp8 weights), or (with --weights int8 or "
     "int4) activations quantized per token by AVX512-VNNI dot products, where the CPU has them (f32 elsewhere)";
 // InvalidArgument naming the allowed values for anything else.
 absl::StatusOr<MatMulActivations> ParseMatMulActivations(absl::string_view name);
 // InvalidArgument unless the layers' weights, as loaded (a pre-quantized checkpoint keeps its own format), are
-// ones `activations` multiplies: bf16 needs bf16 weights, int8 int8 or 4-bit ones (f32 takes any).
+// ones `activations` multiplies: bf16 needs bf16 or fp8 weights, int8 int8 or 4-bit ones (f32 takes any).
 absl::Status CheckMatMulActivations(MatMulActivations activations, WeightFormat weights);
 
 // How the CPU computes.

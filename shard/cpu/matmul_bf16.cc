@@ -3,6 +3,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <array>
 #include <vector>
 
 #include "shard/cpu/dot_product_tiles.h"
@@ -11,67 +12,166 @@
 namespace gemma {
 namespace {
 
-#define GEMMA_BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
+#define GEMMA_BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16,avx512vbmi")))
 
 constexpr int kRows = 4;    // weight rows a tile holds
 constexpr int kTokens = 4;  // tokens a tile holds: 16 accumulators
 constexpr int64_t kPanelBytes = 256 << 10;  // bf16 x (one column chunk) kept hot in L2 while a thread's rows pass it
-constexpr int64_t kChunkColumns = 2048;      // a multiple of 32: only the last chunk has a masked tail
+constexpr int64_t kChunkColumns = 2048;      // a multiple of every format's step: only the last chunk has a tail
 
-// One 32-value step of R rows of W against T tokens (xb's rows K apart) from column k; with kTail, only the
-// values `mask` keeps are real and the rest load as 0. w[R..2R) are the next tile's rows, prefetched at the same
-// column.
-template <int R, int T, bool kTail>
-GEMMA_BF16_TARGET inline __attribute__((always_inline)) void Step(__m512 (&acc)[R][T], const uint16_t* const* w,
-                                                                  const uint16_t* xb, int64_t K, int64_t k,
-                                                                  __mmask32 mask) {
-  __m512bh x[T];
+// Weight formats the kernel multiplies, each as bf16 vectors of kVectors * 32 columns a step: Load gives a step of
+// a row (with a mask, only the columns it keeps, the rest 0), Column the source column of each place of x in a
+// step (x is packed once per call to match), Finish a row's whole sum as its output.
+struct Bf16Weights {
+  static constexpr int kVectors = 1;
+  struct Row {
+    const uint16_t* w;
+  };
+  static Row RowOf(const MatrixView& v, int64_t r) { return {v.data + r * v.stride}; }
+  static const void* Address(const Row& row, int64_t k) { return row.w + k; }
+  template <bool kTail>
+  GEMMA_BF16_TARGET static inline __attribute__((always_inline)) void Load(const Row& row, int64_t k, uint64_t mask,
+                                                                           __m512bh (&w)[kVectors]) {
+    w[0] = (__m512bh)(kTail ? _mm512_maskz_loadu_epi16(static_cast<__mmask32>(mask), row.w + k)
+                            : _mm512_loadu_si512(row.w + k));
+  }
+  static int64_t Column(int64_t place) { return place; }
+  static float Finish(const Row&, float sum) { return sum; }
+};
+
+// E4M3 codes as bf16, which holds every E4M3 value exactly (subnormals become normal numbers): 64 codes a step,
+// the high and the low byte of each value looked up in 128-entry tables by the code's low 7 bits (vpermi2b), the
+// sign OR-ed in, and the bytes interleaved into two vectors of 16-bit lanes. Interleaving works within 128-bit
+// lanes, so vector v's lane l holds codes 16l + 8v .. 16l + 8v + 7; x is packed in that order. Sums run over the
+// codes' values; Finish applies the row's scale.
+struct Fp8Weights {
+  static constexpr int kVectors = 2;
+  struct Row {
+    const uint8_t* codes;
+    float scale;
+  };
+  struct Tables {
+    alignas(64) std::array<uint8_t, 128> high, low;
+  };
+  static const Tables& Table() {
+    static const Tables tables = [] {
+      Tables t;
+      for (int c = 0; c < 128; ++c) {
+        const uint16_t b = F32ToBf16(Fp8E4M3ToF32(static_cast<uint8_t>(c)));
+        t.high[c] = static_cast<uint8_t>(b >> 8);
+        t.low[c] = static_cast<uint8_t>(b);
+      }
+      return t;
+    }();
+    return tables;
+  }
+  static Row RowOf(const MatrixView& v, int64_t r) { return {v.codes + r * v.stride, v.scales[r]}; }
+  static const void* Address(const Row& row, int64_t k) { return row.codes + k; }
+  template <bool kTail>
+  GEMMA_BF16_TARGET static inline __attribute__((always_inline)) void Load(const Row& row, int64_t k, uint64_t mask,
+                                                                           __m512bh (&w)[kVectors]) {
+    const Tables& t = Table();
+    const __m512i c = kTail ? _mm512_maskz_loadu_epi8(mask, row.codes + k) : _mm512_loadu_si512(row.codes + k);
+    const __m512i high0 = _mm512_load_si512(t.high.data()), high1 = _mm512_load_si512(t.high.data() + 64);
+    const __m512i low0 = _mm512_load_si512(t.low.data()), low1 = _mm512_load_si512(t.low.data() + 64);
+    // high | (c & 0x80): ternary-logic truth table A | (B & C).
+    const __m512i high = _mm512_ternarylogic_epi32(_mm512_permutex2var_epi8(high0, c, high1), c,
+                                                   _mm512_set1_epi8(static_cast<char>(0x80)), 0xF8);
+    const __m512i low = _mm512_permutex2var_epi8(low0, c, low1);
+    w[0] = (__m512bh)_mm512_unpacklo_epi8(low, high);
+    w[1] = (__m512bh)_mm512_unpackhi_epi8(low, high);
+  }
+  static int64_t Column(int64_t place) {
+    const int64_t v = place / 32, lane = place % 32 / 8;
+    return 16 * lane + 8 * v + place % 8;
+  }
+  static float Finish(const Row& row, float sum) { return sum * row.scale; }
+};
+
+// One step of R rows of W against T tokens (xb's rows `ldx` apart, packed and padded with zeros to whole steps)
+// from column k; with kTail, only the weights `mask` keeps are loaded. rows[R..2R) are the next tile's, prefetched
+// at the same column.
+template <class W, int R, int T, bool kTail>
+GEMMA_BF16_TARGET inline __attribute__((always_inline)) void Step(__m512 (&acc)[R][T],
+                                                                  const typename W::Row* rows, const uint16_t* xb,
+                                                                  int64_t ldx, int64_t k, uint64_t mask) {
+  __m512bh x[T][W::kVectors];
   for (int t = 0; t < T; ++t) {
-    x[t] = (__m512bh)(kTail ? _mm512_maskz_loadu_epi16(mask, xb + t * K + k) : _mm512_loadu_si512(xb + t * K + k));
+    for (int v = 0; v < W::kVectors; ++v) x[t][v] = (__m512bh)_mm512_loadu_si512(xb + t * ldx + k + 32 * v);
   }
   for (int r = 0; r < R; ++r) {
-    __builtin_prefetch(w[r + R] + k);
-    const __m512bh wr = (__m512bh)(kTail ? _mm512_maskz_loadu_epi16(mask, w[r] + k) : _mm512_loadu_si512(w[r] + k));
-    for (int t = 0; t < T; ++t) acc[r][t] = _mm512_dpbf16_ps(acc[r][t], wr, x[t]);
+    __builtin_prefetch(W::Address(rows[r + R], k));
+    __m512bh w[W::kVectors];
+    W::template Load<kTail>(rows[r], k, mask, w);
+    for (int t = 0; t < T; ++t) {
+      for (int v = 0; v < W::kVectors; ++v) acc[r][t] = _mm512_dpbf16_ps(acc[r][t], w[v], x[t][v]);
+    }
   }
 }
 
-// R rows of W (w[r] at stride) against T tokens of xb (stride K) over columns [k0, k1) (k0 a multiple of 32); one
-// accumulator per output, reduced, and added to `out` after the chunks before (`accumulate`). Every output is
-// the same sequence of operations whatever R, T and M are: chunks depend on K alone. Full steps run in a loop of
-// their own: a mask test per load there keeps the compiler from holding the accumulators in registers.
-template <int R, int T>
-GEMMA_BF16_TARGET void Tile(const uint16_t* const* w, const uint16_t* xb, int64_t K, int64_t k0, int64_t k1,
-                            bool accumulate, float* out, int64_t ldo) {
+// R rows of W against T tokens over columns [k0, k1) (k0 a whole number of steps): one accumulator per output,
+// reduced, added to `out` after the chunks before (`accumulate`), and finished by the last chunk (`last`). Every
+// output is the same sequence of operations whatever R, T and M are: chunks depend on K alone. Full steps run in
+// a loop of their own: a mask test per load there keeps the compiler from holding the accumulators in registers.
+template <class W, int R, int T>
+GEMMA_BF16_TARGET void Tile(const typename W::Row* rows, const uint16_t* xb, int64_t ldx, int64_t k0, int64_t k1,
+                            bool accumulate, bool last, float* out, int64_t ldo) {
+  constexpr int64_t kStep = 32 * W::kVectors;
   __m512 acc[R][T];
   for (int r = 0; r < R; ++r)
     for (int t = 0; t < T; ++t) acc[r][t] = _mm512_setzero_ps();
   int64_t k = k0;
-  for (; k + 32 <= k1; k += 32) Step<R, T, false>(acc, w, xb, K, k, 0);
-  if (k < k1) Step<R, T, true>(acc, w, xb, K, k, static_cast<__mmask32>((uint64_t{1} << (k1 - k)) - 1));
+  for (; k + kStep <= k1; k += kStep) Step<W, R, T, false>(acc, rows, xb, ldx, k, 0);
+  if (k < k1) Step<W, R, T, true>(acc, rows, xb, ldx, k, (uint64_t{1} << (k1 - k)) - 1);
   for (int r = 0; r < R; ++r) {
     for (int t = 0; t < T; ++t) {
-      const float s = _mm512_reduce_add_ps(acc[r][t]);
-      out[t * ldo + r] = accumulate ? out[t * ldo + r] + s : s;
+      float s = _mm512_reduce_add_ps(acc[r][t]);
+      if (accumulate) s = out[t * ldo + r] + s;
+      out[t * ldo + r] = last ? W::Finish(rows[r], s) : s;
     }
   }
 }
 
 // Tile<R, T> for a runtime token count 1..T.
-template <int R, int T>
-GEMMA_BF16_TARGET void TileUpTo(int tokens, const uint16_t* const* w, const uint16_t* xb, int64_t K, int64_t k0,
-                                int64_t k1, bool accumulate, float* out, int64_t ldo) {
+template <class W, int R, int T>
+GEMMA_BF16_TARGET void TileUpTo(int tokens, const typename W::Row* rows, const uint16_t* xb, int64_t ldx, int64_t k0,
+                                int64_t k1, bool accumulate, bool last, float* out, int64_t ldo) {
   if constexpr (T > 1) {
-    if (tokens < T) return TileUpTo<R, T - 1>(tokens, w, xb, K, k0, k1, accumulate, out, ldo);
+    if (tokens < T) return TileUpTo<W, R, T - 1>(tokens, rows, xb, ldx, k0, k1, accumulate, last, out, ldo);
   }
-  Tile<R, T>(w, xb, K, k0, k1, accumulate, out, ldo);
+  Tile<W, R, T>(rows, xb, ldx, k0, k1, accumulate, last, out, ldo);
 }
 
-void Run(const uint16_t* xb, int64_t M, int64_t K, std::span<const MatrixView> weights, float* out, int64_t ldo) {
+// x rounded to bf16 (round to nearest even) in W's order, each token's row padded with zeros to whole steps.
+template <class W>
+const uint16_t* PackX(const float* x, int64_t M, int64_t K, int64_t ldx, int64_t ldxb) {
+  constexpr int64_t kStep = 32 * W::kVectors;
+  // The calling thread's buffer: the OpenMP threads below write it through `xb`, never through their own.
+  thread_local std::vector<uint16_t> buffer;
+  buffer.resize(M * ldxb);
+  uint16_t* xb = buffer.data();
+#pragma omp parallel for schedule(static) if (M * K > (int64_t{1} << 16))
+  for (int64_t m = 0; m < M; ++m) {
+    for (int64_t k0 = 0; k0 < ldxb; k0 += kStep) {
+      for (int64_t p = 0; p < kStep; ++p) {
+        const int64_t k = k0 + W::Column(p);
+        xb[m * ldxb + k0 + p] = k < K ? F32ToBf16(x[m * ldx + k]) : 0;
+      }
+    }
+  }
+  return xb;
+}
+
+template <class W>
+void Run(const float* x, int64_t M, int64_t K, int64_t ldx, std::span<const MatrixView> weights, float* out,
+         int64_t ldo) {
+  constexpr int64_t kStep = 32 * W::kVectors;
+  const int64_t ldxb = (K + kStep - 1) / kStep * kStep;
+  const uint16_t* xb = PackX<W>(x, M, K, ldx, ldxb);
   // The calling thread's table; the OpenMP threads read it through a pointer (by name they would see their own).
-  thread_local std::vector<const uint16_t*> rows;
-  ListRows(weights, kRows, [](const MatrixView& v, int64_t r) { return v.data + r * v.stride; }, &rows);
-  const uint16_t* const* row_data = rows.data();
+  thread_local std::vector<typename W::Row> rows;
+  ListRows(weights, kRows, W::RowOf, &rows);
+  const typename W::Row* row_data = rows.data();
   const int64_t total_rows = static_cast<int64_t>(rows.size()) - (rows.empty() ? 0 : kRows);
   const int64_t chunks = (K + kChunkColumns - 1) / kChunkColumns;
   const int64_t chunk_columns = std::min(K, kChunkColumns);
@@ -79,10 +179,13 @@ void Run(const uint16_t* xb, int64_t M, int64_t K, std::span<const MatrixView> w
   ForEachTile<kRows, kTokens>(
       total_rows, M, panel, chunks, [&](int64_t r, int n, int64_t m, int tokens, int64_t c) {
         const int64_t k0 = c * kChunkColumns, k1 = std::min(K, k0 + kChunkColumns);
+        const bool accumulate = c > 0, last = c + 1 == chunks;
         if (n == kRows) {
-          TileUpTo<kRows, kTokens>(tokens, &row_data[r], xb + m * K, K, k0, k1, c > 0, out + m * ldo + r, ldo);
+          TileUpTo<W, kRows, kTokens>(tokens, &row_data[r], xb + m * ldxb, ldxb, k0, k1, accumulate, last,
+                                      out + m * ldo + r, ldo);
         } else {
-          TileUpTo<1, kTokens>(tokens, &row_data[r], xb + m * K, K, k0, k1, c > 0, out + m * ldo + r, ldo);
+          TileUpTo<W, 1, kTokens>(tokens, &row_data[r], xb + m * ldxb, ldxb, k0, k1, accumulate, last,
+                                  out + m * ldo + r, ldo);
         }
       });
 }
@@ -90,25 +193,38 @@ void Run(const uint16_t* xb, int64_t M, int64_t K, std::span<const MatrixView> w
 }  // namespace
 
 bool HasBf16DotProducts() {
-  static const bool has = __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512bw");
+  // fp8 codes are widened by byte permutes (AVX512-VBMI), which every CPU with AVX512-BF16 but Cooper Lake has;
+  // one test for both keeps the kernels under one target.
+  static const bool has = __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512bw") &&
+                          __builtin_cpu_supports("avx512vbmi");
   return has;
+}
+
+bool Bf16ActivationsMultiply(WeightFormat format) {
+  return HasBf16DotProducts() && (format == WeightFormat::kBF16 || format == WeightFormat::kFp8);
 }
 
 bool MatMulBf16Activations(const float* x, int64_t M, int64_t K, int64_t ldx, std::span<const MatrixView> weights,
                            float* out, int64_t ldo) {
-  if (!HasBf16DotProducts() || M <= 0 || K <= 0) return false;
+  if (M <= 0 || K <= 0 || weights.empty()) return false;
   for (const MatrixView& v : weights) {
-    if (v.format != WeightFormat::kBF16) return false;
+    if (!Bf16ActivationsMultiply(v.format)) return false;
   }
-  // The calling thread's buffer: the OpenMP threads below write it through `xb`, never through their own.
-  thread_local std::vector<uint16_t> buffer;
-  buffer.resize(M * K);
-  uint16_t* xb = buffer.data();
-#pragma omp parallel for schedule(static) if (M * K > (int64_t{1} << 16))
-  for (int64_t m = 0; m < M; ++m) {
-    for (int64_t k = 0; k < K; ++k) xb[m * K + k] = F32ToBf16(x[m * ldx + k]);
+  // x is packed per format: a call that mixes them runs one view at a time.
+  const bool mixed = std::any_of(weights.begin(), weights.end(),
+                                 [&](const MatrixView& v) { return v.format != weights[0].format; });
+  if (mixed) {
+    for (const MatrixView& v : weights) {
+      MatMulBf16Activations(x, M, K, ldx, std::span<const MatrixView>(&v, 1), out, ldo);
+      out += v.rows;
+    }
+    return true;
   }
-  Run(xb, M, K, weights, out, ldo);
+  if (weights[0].format == WeightFormat::kFp8) {
+    Run<Fp8Weights>(x, M, K, ldx, weights, out, ldo);
+  } else {
+    Run<Bf16Weights>(x, M, K, ldx, weights, out, ldo);
+  }
   return true;
 }
 

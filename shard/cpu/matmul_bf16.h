@@ -1,6 +1,7 @@
-// Products at bf16 activations (--activations bf16): x rounded to bf16 and multiplied with bf16 weights by
-// AVX512-BF16 dot products (vdpbf16ps: two bf16 products a lane, summed into f32), about twice the f32 kernel's
-// multiply-adds an instruction. Opt-in: rounding x costs accuracy (docs/BENCHMARKS.md says how much).
+// Products at bf16 activations (--activations bf16): x rounded to bf16 and multiplied with bf16 weights, or with
+// fp8 (E4M3) weights widened to bf16 in registers (exactly: bf16 holds every E4M3 value), by AVX512-BF16 dot
+// products (vdpbf16ps: two bf16 products a lane, summed into f32), about twice the f32 kernel's multiply-adds an
+// instruction. Opt-in: rounding x costs accuracy (docs/BENCHMARKS.md says how much).
 #pragma once
 
 #include <cstdint>
@@ -10,12 +11,16 @@
 
 namespace gemma {
 
-// Whether this CPU has AVX512-BF16 (Zen 4 and later, Sapphire Rapids and later); decided at run time.
+// Whether this CPU has AVX512-BF16 and AVX512-VBMI (Zen 4 and later, Sapphire Rapids and later); decided at run
+// time.
 bool HasBf16DotProducts();
+// Whether MatMulBf16Activations multiplies views of `format` on this CPU (bf16 and fp8, given the instructions).
+bool Bf16ActivationsMultiply(WeightFormat format);
 
 // As MatMul (matmul.h), with x rounded to bf16 (round to nearest even) first: out[m * ldo + n] =
-// sum_k bf16(x[m, k]) * W[n, k], every W a kBF16 view. Each output is summed in the same order whatever M is.
-// False, computing nothing, when the CPU lacks AVX512-BF16 or a view is not bf16: the caller runs MatMul.
+// sum_k bf16(x[m, k]) * W[n, k] (for fp8 views, the codes' values summed, times the row's scale), every W a view
+// Bf16ActivationsMultiply takes. Each output is summed in the same order whatever M is. False, computing nothing,
+// otherwise: the caller runs MatMul.
 bool MatMulBf16Activations(const float* x, int64_t M, int64_t K, int64_t ldx, std::span<const MatrixView> weights,
                            float* out, int64_t ldo);
 

@@ -231,51 +231,110 @@ TEST(MatMulTest, MixedFormatsInOneCallGiveEachViewsResult) {
   }
 }
 
-// bf16 activations: sums of bf16(x) * w near a double-precision reference, bit for bit alike for any batch, over
-// row counts that leave a partial tile and K with a partial 32-wide step. Without AVX512-BF16 (or with a weight
-// format other than bf16) the kernel declines, and the caller runs MatMul.
+// bf16 activations over bf16 and fp8 weights: sums of bf16(x) * w near a double-precision reference, bit for bit
+// alike for any batch, over row counts that leave a partial tile and K with a partial step (32 columns for bf16,
+// 64 for fp8); fp8 through a column slice, as tensor parallelism cuts a row-parallel matrix. Without AVX512-BF16
+// (or with another weight format) the kernel declines, and the caller runs MatMul.
 TEST(MatMulTest, Bf16ActivationsSumBf16RoundedInputsForAnyBatch) {
   std::mt19937 rng(13);
   std::normal_distribution<float> normal;
-  // K = 8192 with 11 tokens passes the size at which x is converted on all threads; 8192 and 4100 are summed in
-  // column chunks, 4100's last one with a partial step.
-  for (const int64_t K : {256, 100, 8192, 4100}) {
-    const int64_t rows = 23, M = 11;
-    std::vector<uint16_t> w(rows * K);
-    for (auto& v : w) v = F32ToBf16(normal(rng));
-    const MatrixView whole{w.data(), rows, K, K};
-    const MatrixView views[] = {RowSlice(whole, 0, 9), RowSlice(whole, 9, rows - 9)};
-    std::vector<float> x(M * K);
-    for (auto& v : x) v = normal(rng);
-    std::vector<float> got(M * rows);
-    const bool ran = MatMulBf16Activations(x.data(), M, K, K, views, got.data(), rows);
-    ASSERT_EQ(ran, HasBf16DotProducts());
-    if (!ran) {
-      std::printf("this CPU has no AVX512-BF16: only the kernel's refusal is checked here\n");
-      continue;
-    }
-    for (int64_t m = 0; m < M; ++m) {
-      for (int64_t n = 0; n < rows; ++n) {
-        double ref = 0;
-        for (int64_t k = 0; k < K; ++k) ref += double(Bf16ToF32(F32ToBf16(x[m * K + k]))) * Bf16ToF32(w[n * K + k]);
-        ASSERT_NEAR(got[m * rows + n], ref, 1e-5 * std::sqrt(double(K)) * (1 + std::abs(ref))) << m << "," << n;
+  for (const WeightFormat format : {WeightFormat::kBF16, WeightFormat::kFp8}) {
+    // K = 8192 with 11 tokens passes the size at which x is converted on all threads; 8192 and 4100 are summed
+    // in column chunks, 4100's last one with a partial step.
+    for (const int64_t K : {256, 100, 8192, 4100}) {
+      const int64_t rows = 23, M = 11, skip = format == WeightFormat::kFp8 ? 64 : 0;
+      std::vector<uint16_t> w(rows * (K + skip));
+      for (auto& v : w) v = F32ToBf16(normal(rng));
+      const MatrixView bf16{w.data(), rows, K + skip, K + skip};
+      std::vector<uint8_t> memory(QuantizedBytes(WeightFormat::kFp8, rows, K + skip, 0) + 64);
+      uint8_t* aligned = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(memory.data()) + 63) / 64 * 64);
+      MatrixView whole = bf16;
+      if (format == WeightFormat::kFp8) {
+        auto slice = ColSlice(QuantizeInto(bf16, 0, rows, 0, K + skip, format, 0, aligned), skip, K, "w");
+        ASSERT_TRUE(slice.ok()) << slice.status();
+        whole = *slice;
       }
-    }
-    for (int64_t m0 : {0, 3}) {
-      for (int64_t len : {1, 2, 5, 8}) {
-        std::vector<float> part(len * rows);
-        ASSERT_TRUE(MatMulBf16Activations(x.data() + m0 * K, len, K, K, views, part.data(), rows));
-        for (int64_t i = 0; i < len * rows; ++i) ASSERT_EQ(part[i], got[m0 * rows + i]) << m0 << "+" << len;
+      const MatrixView views[] = {RowSlice(whole, 0, 9), RowSlice(whole, 9, rows - 9)};
+      std::vector<float> x(M * K);
+      for (auto& v : x) v = normal(rng);
+      std::vector<float> got(M * rows);
+      const bool ran = MatMulBf16Activations(x.data(), M, K, K, views, got.data(), rows);
+      ASSERT_EQ(ran, HasBf16DotProducts());
+      if (!ran) {
+        std::printf("this CPU has no AVX512-BF16: only the kernel's refusal is checked here\n");
+        continue;
+      }
+      for (int64_t m = 0; m < M; ++m) {
+        for (int64_t n = 0; n < rows; ++n) {
+          double ref = 0;
+          for (int64_t k = 0; k < K; ++k) ref += double(Bf16ToF32(F32ToBf16(x[m * K + k]))) * ElementAt(whole, n, k);
+          ASSERT_NEAR(got[m * rows + n], ref, 1e-5 * std::sqrt(double(K)) * (1 + std::abs(ref)))
+              << WeightFormatName(format) << " " << m << "," << n;
+        }
+      }
+      for (int64_t m0 : {0, 3}) {
+        for (int64_t len : {1, 2, 5, 8}) {
+          std::vector<float> part(len * rows);
+          ASSERT_TRUE(MatMulBf16Activations(x.data() + m0 * K, len, K, K, views, part.data(), rows));
+          for (int64_t i = 0; i < len * rows; ++i) ASSERT_EQ(part[i], got[m0 * rows + i]) << m0 << "+" << len;
+        }
       }
     }
   }
-  // A quantized view is not the kernel's: it declines.
+  // An int8 view is not the kernel's: it declines.
   std::vector<uint16_t> w(4 * 64, F32ToBf16(1.0f));
   std::vector<uint8_t> memory(QuantizedBytes(WeightFormat::kInt8, 4, 64, 0) + 64);
   uint8_t* aligned = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(memory.data()) + 63) / 64 * 64);
   const MatrixView q = QuantizeInto(MatrixView{w.data(), 4, 64, 64}, 0, 4, 0, 64, WeightFormat::kInt8, 0, aligned);
   std::vector<float> x(64, 1.0f), out(4);
   EXPECT_FALSE(MatMulBf16Activations(x.data(), 1, 64, 64, std::span<const MatrixView>(&q, 1), out.data(), 4));
+}
+
+// Every finite E4M3 code, widened in registers, is its exact value: a one-hot x picks each code out of a row
+// holding all of them (the NaN codes, 0x7f and 0xff, are 0 there and make the sums of rows of their own NaN); and
+// a call over bf16 and fp8 views together gives each view's own result.
+TEST(MatMulTest, Bf16ActivationsWidenEveryFp8CodeExactly) {
+  if (!HasBf16DotProducts()) GTEST_SKIP() << "this CPU has no AVX512-BF16 and VBMI: the kernel declines (tested above)";
+  const int64_t K = 256;
+  std::vector<uint8_t> codes(3 * K, 0);
+  for (int64_t k = 0; k < K; ++k) codes[k] = (k & 0x7f) == 0x7f ? 0 : static_cast<uint8_t>(k);
+  codes[K + 5] = 0x7f;
+  codes[2 * K + 200] = 0xff;
+  const float scales[] = {1.0f, 1.0f, 1.0f};
+  MatrixView fp8;
+  fp8.rows = 3;
+  fp8.cols = K;
+  fp8.stride = K;
+  fp8.format = WeightFormat::kFp8;
+  fp8.codes = codes.data();
+  fp8.scales = scales;
+  std::vector<float> x(K * K, 0.0f);
+  for (int64_t k = 0; k < K; ++k) x[k * K + k] = 1.0f;
+  std::vector<float> out(K * 3);
+  ASSERT_TRUE(MatMulBf16Activations(x.data(), K, K, K, std::span<const MatrixView>(&fp8, 1), out.data(), 3));
+  for (int64_t k = 0; k < K; ++k) {
+    if ((k & 0x7f) != 0x7f) EXPECT_EQ(out[k * 3], Fp8E4M3ToF32(static_cast<uint8_t>(k))) << "code " << k;
+    EXPECT_TRUE(std::isnan(out[k * 3 + 1]) && std::isnan(out[k * 3 + 2])) << k;
+  }
+
+  std::vector<uint16_t> w(3 * K);
+  for (int64_t i = 0; i < 3 * K; ++i) w[i] = F32ToBf16(static_cast<float>(i % 7) - 3.0f);
+  const MatrixView bf16{w.data(), 3, K, K};
+  std::vector<uint8_t> finite(K);
+  for (int64_t k = 0; k < K; ++k) finite[k] = static_cast<uint8_t>(k & 0x7e);  // no NaN code (0x7f, 0xff)
+  fp8.codes = finite.data();
+  fp8.rows = 1;
+  const MatrixView mixed[] = {bf16, fp8};
+  std::vector<float> x2(2 * K);
+  for (int64_t i = 0; i < 2 * K; ++i) x2[i] = std::sin(static_cast<float>(i));
+  std::vector<float> all(2 * 4), alone_bf16(2 * 3), alone_fp8(2);
+  ASSERT_TRUE(MatMulBf16Activations(x2.data(), 2, K, K, mixed, all.data(), 4));
+  ASSERT_TRUE(MatMulBf16Activations(x2.data(), 2, K, K, std::span<const MatrixView>(&bf16, 1), alone_bf16.data(), 3));
+  ASSERT_TRUE(MatMulBf16Activations(x2.data(), 2, K, K, std::span<const MatrixView>(&fp8, 1), alone_fp8.data(), 1));
+  for (int64_t m = 0; m < 2; ++m) {
+    for (int64_t n = 0; n < 3; ++n) EXPECT_EQ(all[m * 4 + n], alone_bf16[m * 3 + n]);
+    EXPECT_EQ(all[m * 4 + 3], alone_fp8[m]);
+  }
 }
 
 // A row of x quantized as the int8 kernels promise, computed here on its own: codes round(x * 127 / max |x|) (to
