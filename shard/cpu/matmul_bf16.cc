@@ -20,17 +20,20 @@ constexpr int64_t kPanelBytes = 256 << 10;  // bf16 x (one column chunk) kept ho
 constexpr int64_t kChunkColumns = 2048;      // a multiple of every format's step: only the last chunk has a tail
 
 // Weight formats the kernel multiplies, each as bf16 vectors of kVectors * 32 columns a step: Load gives a step of
-// a row (with a mask, only the columns it keeps, the rest 0), Column the source column of each place of x in a
-// step (x is packed once per call to match), Finish a row's whole sum as its output.
+// a row (with a mask, only the columns it keeps, the rest 0) given the Constants a tile sets up once, Column the
+// source column of each place of x in a step (x is packed once per call to match), Finish a row's whole sum as its
+// output.
 struct Bf16Weights {
   static constexpr int kVectors = 1;
   struct Row {
     const uint16_t* w;
   };
+  struct Constants {};
   static Row RowOf(const MatrixView& v, int64_t r) { return {v.data + r * v.stride}; }
   static const void* Address(const Row& row, int64_t k) { return row.w + k; }
   template <bool kTail>
-  GEMMA_BF16_TARGET static inline __attribute__((always_inline)) void Load(const Row& row, int64_t k, uint64_t mask,
+  GEMMA_BF16_TARGET static inline __attribute__((always_inline)) void Load(const Constants&, const Row& row,
+                                                                           int64_t k, uint64_t mask,
                                                                            __m512bh (&w)[kVectors]) {
     w[0] = (__m512bh)(kTail ? _mm512_maskz_loadu_epi16(static_cast<__mmask32>(mask), row.w + k)
                             : _mm512_loadu_si512(row.w + k));
@@ -53,7 +56,7 @@ struct Fp8Weights {
   struct Tables {
     alignas(64) std::array<uint8_t, 128> high, low;
   };
-  static const Tables& Table() {
+  static const Tables& TablesOnce() {
     static const Tables tables = [] {
       Tables t;
       for (int c = 0; c < 128; ++c) {
@@ -65,19 +68,28 @@ struct Fp8Weights {
     }();
     return tables;
   }
+  // The tables in registers, and the sign bit.
+  struct Constants {
+    __m512i high0, high1, low0, low1, sign;
+    GEMMA_BF16_TARGET Constants() {
+      const Tables& t = TablesOnce();
+      high0 = _mm512_load_si512(t.high.data());
+      high1 = _mm512_load_si512(t.high.data() + 64);
+      low0 = _mm512_load_si512(t.low.data());
+      low1 = _mm512_load_si512(t.low.data() + 64);
+      sign = _mm512_set1_epi8(static_cast<char>(0x80));
+    }
+  };
   static Row RowOf(const MatrixView& v, int64_t r) { return {v.codes + r * v.stride, v.scales[r]}; }
   static const void* Address(const Row& row, int64_t k) { return row.codes + k; }
   template <bool kTail>
-  GEMMA_BF16_TARGET static inline __attribute__((always_inline)) void Load(const Row& row, int64_t k, uint64_t mask,
+  GEMMA_BF16_TARGET static inline __attribute__((always_inline)) void Load(const Constants& t, const Row& row,
+                                                                           int64_t k, uint64_t mask,
                                                                            __m512bh (&w)[kVectors]) {
-    const Tables& t = Table();
     const __m512i c = kTail ? _mm512_maskz_loadu_epi8(mask, row.codes + k) : _mm512_loadu_si512(row.codes + k);
-    const __m512i high0 = _mm512_load_si512(t.high.data()), high1 = _mm512_load_si512(t.high.data() + 64);
-    const __m512i low0 = _mm512_load_si512(t.low.data()), low1 = _mm512_load_si512(t.low.data() + 64);
     // high | (c & 0x80): ternary-logic truth table A | (B & C).
-    const __m512i high = _mm512_ternarylogic_epi32(_mm512_permutex2var_epi8(high0, c, high1), c,
-                                                   _mm512_set1_epi8(static_cast<char>(0x80)), 0xF8);
-    const __m512i low = _mm512_permutex2var_epi8(low0, c, low1);
+    const __m512i high = _mm512_ternarylogic_epi32(_mm512_permutex2var_epi8(t.high0, c, t.high1), c, t.sign, 0xF8);
+    const __m512i low = _mm512_permutex2var_epi8(t.low0, c, t.low1);
     w[0] = (__m512bh)_mm512_unpacklo_epi8(low, high);
     w[1] = (__m512bh)_mm512_unpackhi_epi8(low, high);
   }
@@ -90,21 +102,32 @@ struct Fp8Weights {
 
 // One step of R rows of W against T tokens (xb's rows `ldx` apart, packed and padded with zeros to whole steps)
 // from column k; with kTail, only the weights `mask` keeps are loaded. rows[R..2R) are the next tile's, prefetched
-// at the same column.
+// at the same column. One vector a step holds x in registers; with two, x is read from L1 by each product (the
+// registers go to the accumulators, the widened weights and the fp8 tables).
 template <class W, int R, int T, bool kTail>
-GEMMA_BF16_TARGET inline __attribute__((always_inline)) void Step(__m512 (&acc)[R][T],
+GEMMA_BF16_TARGET inline __attribute__((always_inline)) void Step(__m512 (&acc)[R][T], const typename W::Constants& c,
                                                                   const typename W::Row* rows, const uint16_t* xb,
                                                                   int64_t ldx, int64_t k, uint64_t mask) {
-  __m512bh x[T][W::kVectors];
-  for (int t = 0; t < T; ++t) {
-    for (int v = 0; v < W::kVectors; ++v) x[t][v] = (__m512bh)_mm512_loadu_si512(xb + t * ldx + k + 32 * v);
+  constexpr bool kHoldX = W::kVectors == 1;
+  __m512bh x[kHoldX ? T : 1];
+  if constexpr (kHoldX) {
+    for (int t = 0; t < T; ++t) x[t] = (__m512bh)_mm512_loadu_si512(xb + t * ldx + k);
   }
+#pragma GCC unroll 8
   for (int r = 0; r < R; ++r) {
     __builtin_prefetch(W::Address(rows[r + R], k));
     __m512bh w[W::kVectors];
-    W::template Load<kTail>(rows[r], k, mask, w);
+    W::template Load<kTail>(c, rows[r], k, mask, w);
+#pragma GCC unroll 8
     for (int t = 0; t < T; ++t) {
-      for (int v = 0; v < W::kVectors; ++v) acc[r][t] = _mm512_dpbf16_ps(acc[r][t], w[v], x[t][v]);
+      if constexpr (kHoldX) {
+        acc[r][t] = _mm512_dpbf16_ps(acc[r][t], w[0], x[t]);
+      } else {
+#pragma GCC unroll 2
+        for (int v = 0; v < W::kVectors; ++v) {
+          acc[r][t] = _mm512_dpbf16_ps(acc[r][t], w[v], (__m512bh)_mm512_loadu_si512(xb + t * ldx + k + 32 * v));
+        }
+      }
     }
   }
 }
@@ -117,12 +140,13 @@ template <class W, int R, int T>
 GEMMA_BF16_TARGET void Tile(const typename W::Row* rows, const uint16_t* xb, int64_t ldx, int64_t k0, int64_t k1,
                             bool accumulate, bool last, float* out, int64_t ldo) {
   constexpr int64_t kStep = 32 * W::kVectors;
+  const typename W::Constants c;
   __m512 acc[R][T];
   for (int r = 0; r < R; ++r)
     for (int t = 0; t < T; ++t) acc[r][t] = _mm512_setzero_ps();
   int64_t k = k0;
-  for (; k + kStep <= k1; k += kStep) Step<W, R, T, false>(acc, rows, xb, ldx, k, 0);
-  if (k < k1) Step<W, R, T, true>(acc, rows, xb, ldx, k, (uint64_t{1} << (k1 - k)) - 1);
+  for (; k + kStep <= k1; k += kStep) Step<W, R, T, false>(acc, c, rows, xb, ldx, k, 0);
+  if (k < k1) Step<W, R, T, true>(acc, c, rows, xb, ldx, k, (uint64_t{1} << (k1 - k)) - 1);
   for (int r = 0; r < R; ++r) {
     for (int t = 0; t < T; ++t) {
       float s = _mm512_reduce_add_ps(acc[r][t]);
