@@ -26,9 +26,27 @@ void ListRows(std::span<const MatrixView> weights, int pad, const RowOf& row_of,
   if (!rows->empty()) rows->insert(rows->end(), pad, rows->back());
 }
 
-// Calls tile(row, rows, m, tokens, chunk) for every tile and column chunk: `rows` (kRows, or 1 at a range's end)
-// weight rows from `row`, against `tokens` (1..kTokens) tokens from `m`, over column chunk `chunk` of `chunks`,
-// panel by panel of at most `panel` tokens. A tile's chunks come in order, each after the one before. Within a
+// The instructions of the int8 dot-product kernels (matmul_int8.cc, matmul_w4a8.cc), checked at run time by
+// HasInt8DotProducts.
+#define GEMMA_VNNI_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni")))
+
+// tile.template operator()<R, T>(row, m, chunk) with the tile's shape as template arguments (R = rows: kRows or 1,
+// T = tokens: 1..kTokens), so its accumulators are an array of fixed size that the compiler keeps in registers.
+template <int kRows, int kTokens, typename Tile>
+inline void CallTile(const Tile& tile, int rows, int tokens, int64_t row, int64_t m, int64_t chunk) {
+  if constexpr (kTokens > 1) {
+    if (tokens < kTokens) return CallTile<kRows, kTokens - 1>(tile, rows, tokens, row, m, chunk);
+  }
+  if (rows == kRows) {
+    tile.template operator()<kRows, kTokens>(row, m, chunk);
+  } else {
+    tile.template operator()<1, kTokens>(row, m, chunk);
+  }
+}
+
+// Calls tile.template operator()<R, T>(row, m, chunk) (see CallTile) for every tile and column chunk: R (kRows, or
+// 1 at a range's end) weight rows from `row`, against T (1..kTokens) tokens from `m`, over column chunk `chunk` of
+// `chunks`, panel by panel of at most `panel` tokens. A tile's chunks come in order, each after the one before. Within a
 // panel a chunk is done for every row before the next begins: that chunk of the panel's x stays in L2 while the
 // rows pass, and a long row (a down projection's) no longer makes the panel a handful of tokens, each panel
 // reading all the weights again. Run by every thread of an OpenMP team it opens itself.
@@ -44,11 +62,13 @@ void ForEachTile(int64_t total_rows, int64_t M, int64_t panel, int64_t chunks, c
         int64_t r = begin;
         for (; r + kRows <= end; r += kRows) {
           for (int64_t m = m0; m < m1; m += kTokens) {
-            tile(r, kRows, m, static_cast<int>(std::min<int64_t>(kTokens, m1 - m)), c);
+            CallTile<kRows, kTokens>(tile, kRows, static_cast<int>(std::min<int64_t>(kTokens, m1 - m)), r, m, c);
           }
         }
         for (; r < end; ++r) {
-          for (int64_t m = m0; m < m1; m += kTokens) tile(r, 1, m, static_cast<int>(std::min<int64_t>(kTokens, m1 - m)), c);
+          for (int64_t m = m0; m < m1; m += kTokens) {
+            CallTile<kRows, kTokens>(tile, 1, static_cast<int>(std::min<int64_t>(kTokens, m1 - m)), r, m, c);
+          }
         }
       }
     }

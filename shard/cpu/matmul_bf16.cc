@@ -156,16 +156,6 @@ GEMMA_BF16_TARGET void Tile(const typename W::Row* rows, const uint16_t* xb, int
   }
 }
 
-// Tile<R, T> for a runtime token count 1..T.
-template <class W, int R, int T>
-GEMMA_BF16_TARGET void TileUpTo(int tokens, const typename W::Row* rows, const uint16_t* xb, int64_t ldx, int64_t k0,
-                                int64_t k1, bool accumulate, bool last, float* out, int64_t ldo) {
-  if constexpr (T > 1) {
-    if (tokens < T) return TileUpTo<W, R, T - 1>(tokens, rows, xb, ldx, k0, k1, accumulate, last, out, ldo);
-  }
-  Tile<W, R, T>(rows, xb, ldx, k0, k1, accumulate, last, out, ldo);
-}
-
 // x rounded to bf16 (round to nearest even) in W's order, each token's row padded with zeros to whole steps.
 template <class W>
 const uint16_t* PackX(const float* x, int64_t M, int64_t K, int64_t ldx, int64_t ldxb) {
@@ -201,16 +191,9 @@ void Run(const float* x, int64_t M, int64_t K, int64_t ldx, std::span<const Matr
   const int64_t chunk_columns = std::min(K, kChunkColumns);
   const int64_t panel = std::max<int64_t>(kTokens, kPanelBytes / (2 * chunk_columns) / kTokens * kTokens);
   ForEachTile<kRows, kTokens>(
-      total_rows, M, panel, chunks, [&](int64_t r, int n, int64_t m, int tokens, int64_t c) {
+      total_rows, M, panel, chunks, [&]<int R, int T>(int64_t r, int64_t m, int64_t c) {
         const int64_t k0 = c * kChunkColumns, k1 = std::min(K, k0 + kChunkColumns);
-        const bool accumulate = c > 0, last = c + 1 == chunks;
-        if (n == kRows) {
-          TileUpTo<W, kRows, kTokens>(tokens, &row_data[r], xb + m * ldxb, ldxb, k0, k1, accumulate, last,
-                                      out + m * ldo + r, ldo);
-        } else {
-          TileUpTo<W, 1, kTokens>(tokens, &row_data[r], xb + m * ldxb, ldxb, k0, k1, accumulate, last,
-                                  out + m * ldo + r, ldo);
-        }
+        Tile<W, R, T>(&row_data[r], xb + m * ldxb, ldxb, k0, k1, c > 0, c + 1 == chunks, out + m * ldo + r, ldo);
       });
 }
 

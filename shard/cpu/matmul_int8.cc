@@ -14,8 +14,6 @@
 namespace gemma {
 namespace {
 
-#define GEMMA_VNNI_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni")))
-
 constexpr int kRows = 4;    // weight rows a tile holds
 constexpr int kTokens = 4;  // tokens a tile holds: 16 accumulators
 constexpr int64_t kPanelBytes = 256 << 10;  // int8 x kept hot in L2 while a thread's rows pass it
@@ -68,15 +66,6 @@ GEMMA_VNNI_TARGET void Tile(const uint8_t* const* w, const float* wscale, const 
   }
 }
 
-template <int R, int T>
-GEMMA_VNNI_TARGET void TileUpTo(int tokens, const uint8_t* const* w, const float* wscale, const Tokens& x, int64_t m,
-                                int64_t K, float* out, int64_t ldo) {
-  if constexpr (T > 1) {
-    if (tokens < T) return TileUpTo<R, T - 1>(tokens, w, wscale, x, m, K, out, ldo);
-  }
-  Tile<R, T>(w, wscale, x, m, K, out, ldo);
-}
-
 void Run(const Tokens& x, int64_t M, int64_t K, std::span<const MatrixView> weights, float* out, int64_t ldo) {
   // The calling thread's tables; the OpenMP threads read them through pointers (by name they would see their own).
   thread_local std::vector<const uint8_t*> rows;
@@ -87,13 +76,8 @@ void Run(const Tokens& x, int64_t M, int64_t K, std::span<const MatrixView> weig
   const float* row_scales = scales.data();
   const int64_t panel = std::max<int64_t>(kTokens, kPanelBytes / K / kTokens * kTokens);
   ForEachTile<kRows, kTokens>(static_cast<int64_t>(scales.size()), M, panel, /*chunks=*/1,
-                              [&](int64_t r, int n, int64_t m, int tokens, int64_t) {
-                                float* y = out + m * ldo + r;
-                                if (n == kRows) {
-                                  TileUpTo<kRows, kTokens>(tokens, &row_codes[r], &row_scales[r], x, m, K, y, ldo);
-                                } else {
-                                  TileUpTo<1, kTokens>(tokens, &row_codes[r], &row_scales[r], x, m, K, y, ldo);
-                                }
+                              [&]<int R, int T>(int64_t r, int64_t m, int64_t) {
+                                Tile<R, T>(&row_codes[r], &row_scales[r], x, m, K, out + m * ldo + r, ldo);
                               });
 }
 

@@ -10,7 +10,6 @@
 namespace gemma {
 namespace {
 
-#define GEMMA_VNNI_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni")))
 
 constexpr int kRows = 4;    // weight rows a tile holds
 constexpr int kTokens = 4;  // tokens a tile holds: 16 accumulators
@@ -100,14 +99,6 @@ GEMMA_VNNI_TARGET void Tile(const Int4Row* w, const Tokens& x, int64_t m, int64_
   }
 }
 
-template <int R, int T>
-GEMMA_VNNI_TARGET void TileUpTo(int tokens, const Int4Row* w, const Tokens& x, int64_t m, int64_t K, int group_size,
-                                float* out, int64_t ldo) {
-  if constexpr (T > 1) {
-    if (tokens < T) return TileUpTo<R, T - 1>(tokens, w, x, m, K, group_size, out, ldo);
-  }
-  Tile<R, T>(w, x, m, K, group_size, out, ldo);
-}
 
 }  // namespace
 
@@ -156,13 +147,8 @@ void MatMulInt4Int8(const int8_t* q, const float* xs, int64_t M, int64_t K, std:
   for (const MatrixView& v : weights) total_rows += v.rows;
   const Tokens x{xr, sums, xs, Kp, G};
   const int64_t panel = std::max<int64_t>(kTokens, kPanelBytes / Kp / kTokens * kTokens);
-  auto tile = [&](int64_t r, int n, int64_t m, int tokens, int64_t) {
-    float* y = out + m * ldo + r;
-    if (n == kRows) {
-      TileUpTo<kRows, kTokens>(tokens, &table[r], x, m, K, group_size, y, ldo);
-    } else {
-      TileUpTo<1, kTokens>(tokens, &table[r], x, m, K, group_size, y, ldo);
-    }
+  auto tile = [&]<int R, int T>(int64_t r, int64_t m, int64_t) {
+    Tile<R, T>(&table[r], x, m, K, group_size, out + m * ldo + r, ldo);
   };
   ForEachTile<kRows, kTokens>(total_rows, M, panel, /*chunks=*/1, tile);
 }
