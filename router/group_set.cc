@@ -67,6 +67,9 @@ std::shared_ptr<const ServedModel> GroupSet::model() const {
 bool GroupSet::HoldsAsLoaded(const WorkerGroup& g, const std::string& adapter) const {
   const std::optional<std::string> path = g.AdapterPath(adapter);
   if (!path) return false;
+  // While a load runs, a group that has taken it serves the name too (it no longer holds the one before).
+  auto loading = loading_.find(adapter);
+  if (loading != loading_.end() && loading->second == *path) return true;
   auto it = adapter_paths_.find(adapter);
   return it == adapter_paths_.end() || it->second == *path;
 }
@@ -178,7 +181,7 @@ std::vector<std::string> GroupSet::addresses() const {
 }
 
 void GroupSet::Retain(const std::set<std::string>& addresses) {
-  std::vector<std::unique_ptr<WorkerGroup>> dropped;
+  std::vector<std::shared_ptr<WorkerGroup>> dropped;
   {
     absl::MutexLock lock(&mu_);
     for (const auto& g : groups_) {
@@ -198,7 +201,7 @@ void GroupSet::Retain(const std::set<std::string>& addresses) {
       }
     }
   }
-  // Destroyed outside the lock: a group's destructor joins its thread.
+  // Destroyed outside the lock (or by an admin call still using it): a group's destructor joins its thread.
 }
 
 void GroupSet::Drain() {
@@ -216,7 +219,8 @@ bool GroupSet::idle() const {
 }
 
 void GroupSet::Stop() {
-  std::vector<std::unique_ptr<WorkerGroup>> stopped;
+  absl::MutexLock admin(&admin_mu_);  // an admin call in flight ends first: then these are the groups' last owners
+  std::vector<std::shared_ptr<WorkerGroup>> stopped;
   {
     absl::MutexLock lock(&mu_);
     stopping_ = true;
@@ -243,19 +247,38 @@ v1::Adapter ToPublic(const worker::v1::AdapterInfo& a) {
 
 }  // namespace
 
-// Under mu_ so no group leaves meanwhile; an admin call is rare, and Submit waits for it. All or nothing for this
-// call among the groups that are up: when one refuses, those that took the adapter in it unload it again (groups
+std::vector<std::shared_ptr<WorkerGroup>> GroupSet::GroupsNow() const {
+  absl::MutexLock lock(&mu_);
+  return groups_;
+}
+
+// On the groups there are when the call begins (one that joins meanwhile is brought up to date by loading again);
+// the RPCs run outside mu_, so requests go on being placed. All or nothing for this call among the groups that are
+// up: when one refuses, those that took the adapter in it unload it again (groups
 // that held it before keep it). A group that is down is passed over; requests naming the adapter are routed only
 // to groups holding it, and loading again once the group is back brings it up to date.
 absl::StatusOr<v1::Adapter> GroupSet::LoadAdapter(const std::string& name, const std::string& path) {
+  absl::MutexLock admin(&admin_mu_);
+  {
+    absl::MutexLock lock(&mu_);
+    loading_[name] = path;
+  }
+  absl::StatusOr<v1::Adapter> loaded = LoadOnGroups(GroupsNow(), name, path);
   absl::MutexLock lock(&mu_);
-  if (groups_.empty()) return absl::UnavailableError("no worker group has joined yet; retry");
+  loading_.erase(name);
+  if (loaded.ok()) adapter_paths_[name] = path;
+  return loaded;
+}
+
+absl::StatusOr<v1::Adapter> GroupSet::LoadOnGroups(const std::vector<std::shared_ptr<WorkerGroup>>& groups,
+                                                   const std::string& name, const std::string& path) {
+  if (groups.empty()) return absl::UnavailableError("no worker group has joined yet; retry");
   absl::Status first_error;
   std::optional<v1::Adapter> loaded;
   std::vector<WorkerGroup*> took;
   int holding = 0;
   int down = 0;
-  for (const auto& g : groups_) {
+  for (const auto& g : groups) {
     if (!g->healthy()) {
       ++down;
       continue;
@@ -281,7 +304,7 @@ absl::StatusOr<v1::Adapter> GroupSet::LoadAdapter(const std::string& name, const
     took.push_back(g.get());
     if (!loaded) loaded = ToPublic(*info);
   }
-  if (down == static_cast<int>(groups_.size())) {
+  if (down == static_cast<int>(groups.size())) {
     return absl::UnavailableError(absl::StrCat("every worker group is down (", down, "); adapter \"", name,
                                                "\" was not loaded; retry when one is back"));
   }
@@ -307,22 +330,24 @@ absl::StatusOr<v1::Adapter> GroupSet::LoadAdapter(const std::string& name, const
                                            " of the ", took.size(), " groups that had taken it, which still hold it (",
                                            absl::StrJoin(stuck, "; "), "): call UnloadAdapter"));
   }
-  adapter_paths_[name] = path;
   loaded->set_groups(holding + static_cast<int>(took.size()));
   return *loaded;
 }
 
 absl::Status GroupSet::UnloadAdapter(const std::string& name) {
-  absl::MutexLock lock(&mu_);
+  absl::MutexLock admin(&admin_mu_);
   bool found = false;
   absl::Status first_error;
-  for (const auto& g : groups_) {
+  for (const auto& g : GroupsNow()) {
     if (!g->HasAdapter(name)) continue;
     found = true;
     if (auto s = g->UnloadAdapter(name); !s.ok() && first_error.ok()) first_error = s;
   }
   if (!found) return absl::NotFoundError(absl::StrCat("no adapter named \"", name, "\" is loaded"));
-  if (first_error.ok()) adapter_paths_.erase(name);
+  if (first_error.ok()) {
+    absl::MutexLock lock(&mu_);
+    adapter_paths_.erase(name);
+  }
   return first_error;
 }
 

@@ -51,8 +51,11 @@ class GroupSet {
   // first group's error when one refuses, and then no group that took it in this call keeps it: ABORTED naming
   // those where unloading it again failed; UNAVAILABLE when every group is down), unloaded, listed (with how many
   // groups hold each), and whether any group holds one.
-  absl::StatusOr<v1::Adapter> LoadAdapter(const std::string& name, const std::string& path) ABSL_LOCKS_EXCLUDED(mu_);
-  absl::Status UnloadAdapter(const std::string& name) ABSL_LOCKS_EXCLUDED(mu_);
+  // Admin calls run one at a time and make their RPCs outside mu_: a slow load (a large adapter, a worker that does
+  // not answer until the deadline) holds up no request's Submit.
+  absl::StatusOr<v1::Adapter> LoadAdapter(const std::string& name, const std::string& path)
+      ABSL_LOCKS_EXCLUDED(admin_mu_, mu_);
+  absl::Status UnloadAdapter(const std::string& name) ABSL_LOCKS_EXCLUDED(admin_mu_, mu_);
   std::vector<v1::Adapter> Adapters() const ABSL_LOCKS_EXCLUDED(mu_);
   bool HasAdapter(const std::string& name) const ABSL_LOCKS_EXCLUDED(mu_);
   // The peer router to forward a request to, when the groups this router schedules cannot take it (it holds
@@ -70,18 +73,29 @@ class GroupSet {
   // Whether a request is still queued or running in some group.
   bool idle() const ABSL_LOCKS_EXCLUDED(mu_);
   // Stops and removes every group: what is still queued or running is answered Unavailable.
-  void Stop() ABSL_LOCKS_EXCLUDED(mu_);
+  void Stop() ABSL_LOCKS_EXCLUDED(admin_mu_, mu_);
 
  private:
   std::atomic<uint64_t> next_request_id_{1};
+  // Held through an admin call's RPCs, which work on a copy of groups_ taken under mu_ (shared: a group retired
+  // meanwhile lives until the call is done); Stop takes it, so no admin call outlives the set.
+  absl::Mutex admin_mu_ ABSL_ACQUIRED_BEFORE(mu_);
   mutable absl::Mutex mu_;
   std::shared_ptr<const ServedModel> model_ ABSL_GUARDED_BY(mu_);
-  std::vector<std::unique_ptr<WorkerGroup>> groups_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::shared_ptr<WorkerGroup>> groups_ ABSL_GUARDED_BY(mu_);
+  // Copies of groups_ under mu_.
+  std::vector<std::shared_ptr<WorkerGroup>> GroupsNow() const ABSL_LOCKS_EXCLUDED(mu_);
   std::set<std::string> retired_ ABSL_GUARDED_BY(mu_);
   // The path each adapter name was last loaded from through LoadAdapter: requests go only to groups holding the
   // name from it, so a group that was down meanwhile and still holds an older adapter of that name serves none of
   // them. Names loaded at the workers' start are absent: any group holding the name serves it.
   std::map<std::string, std::string> adapter_paths_ ABSL_GUARDED_BY(mu_);
+  // The path of the adapter LoadAdapter is loading now, by name.
+  std::map<std::string, std::string> loading_ ABSL_GUARDED_BY(mu_);
+  // LoadAdapter's RPCs on `groups`, all or nothing (see LoadAdapter).
+  absl::StatusOr<v1::Adapter> LoadOnGroups(const std::vector<std::shared_ptr<WorkerGroup>>& groups,
+                                           const std::string& name, const std::string& path)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(admin_mu_) ABSL_LOCKS_EXCLUDED(mu_);
   bool HoldsAsLoaded(const WorkerGroup& g, const std::string& adapter) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
 };

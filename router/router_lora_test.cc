@@ -2,6 +2,11 @@
 // service, named per request, mixed with base-model requests in one batch, on
 // one rank and across a tensor-parallel group; against the references of
 // gemma-lora-tiny.
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <filesystem>
 #include <future>
 
 #include "absl/status/status.h"
@@ -138,6 +143,55 @@ TEST(RouterLoraTest, AdaptersLoadedAtStartAndAtRunTimeServeTheirReferences) {
   EXPECT_EQ(Generate(*router.stub, req, &resp, &message),
             absl::StatusCode::kInvalidArgument);
   EXPECT_NE(message.find("\"qv\" is not loaded"), std::string::npos) << message;
+}
+
+// An adapter load that takes long (its config a pipe nobody writes to yet, as a slow disk would hold it) holds up
+// no request: the router makes the load's RPCs outside the lock that places requests.
+TEST(RouterLoraTest, ASlowAdapterLoadHoldsUpNoRequest) {
+  auto worker = StartOwnWorker(GemmaTinyDir() + "/tiny-mha");
+  auto router = StartRouter({worker.port});
+  ASSERT_TRUE(router.WaitForHealthyGroups(1));
+  const std::string dir = ::testing::TempDir() + "/slow-adapter-" + std::to_string(getpid());
+  std::filesystem::create_directories(dir);
+  const std::string config = dir + "/adapter_config.json";
+  std::filesystem::remove(config);
+  ASSERT_EQ(mkfifo(config.c_str(), 0600), 0);
+  auto admin = v1::Admin::NewStub(grpc::CreateChannel("127.0.0.1:" + std::to_string(router.port),
+                                                      grpc::InsecureChannelCredentials()));
+  auto load = std::async(std::launch::async, [&] {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+    v1::LoadAdapterRequest req;
+    req.set_name("slow");
+    req.set_path(dir);
+    v1::Adapter loaded;
+    return admin->LoadAdapter(&ctx, req, &loaded);
+  });
+  // The worker opens the pipe for reading and waits there for a writer.
+  int writer = -1;
+  for (int i = 0; i < 200 && writer < 0; ++i) {
+    writer = open(config.c_str(), O_WRONLY | O_NONBLOCK);  // fails (ENXIO) until a reader has it open
+    if (writer < 0) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  ASSERT_GE(writer, 0) << "the worker never opened the adapter's config";
+  v1::GenerateResponse resp;
+  std::string message;
+  v1::GenerateRequest req = Ids({2, 3791, 323}, 4);
+  {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(20));
+    grpc::Status s = router.stub->Generate(&ctx, req, &resp);
+    EXPECT_TRUE(s.ok()) << "a request waited on the adapter load: " << s.error_message();
+  }
+  EXPECT_EQ(TokenIds(resp).size(), 4u);
+  EXPECT_EQ(load.wait_for(std::chrono::seconds(0)), std::future_status::timeout) << "the load ended early";
+  // Released: not an adapter config, so the load fails, naming the file.
+  ASSERT_EQ(write(writer, "{}", 2), 2);
+  close(writer);
+  const grpc::Status loaded = load.get();
+  EXPECT_EQ(loaded.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(loaded.error_message().find("adapter_config.json"), std::string::npos) << loaded.error_message();
+  std::filesystem::remove_all(dir);
 }
 
 TEST(RouterLoraTest, ATensorParallelGroupReadsItsSlicesOnEveryRank) {
