@@ -10,7 +10,12 @@
 
 namespace gemma {
 
-GroupSet::~GroupSet() { Stop(); }
+GroupSet::~GroupSet() {
+  Stop();
+  // An admin call in flight may own the last reference to a group whose thread reroutes through this set: the set
+  // outlives it.
+  absl::MutexLock admin(&admin_mu_);
+}
 
 absl::Status GroupSet::Add(std::unique_ptr<WorkerGroup> group) {
   // Safe for the set's whole life: Stop() destroys the groups (so their threads) before the set goes.
@@ -219,14 +224,14 @@ bool GroupSet::idle() const {
 }
 
 void GroupSet::Stop() {
-  absl::MutexLock admin(&admin_mu_);  // an admin call in flight ends first: then these are the groups' last owners
   std::vector<std::shared_ptr<WorkerGroup>> stopped;
   {
     absl::MutexLock lock(&mu_);
     stopping_ = true;
     stopped.swap(groups_);
   }
-  // Destroyed outside the lock: a group's thread may be handing a request back through Submit.
+  // Destroyed outside the lock: a group's thread may be handing a request back through Submit. A group an admin call
+  // still uses goes when the call ends (the destructor waits for that).
   stopped.clear();
 }
 

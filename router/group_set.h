@@ -73,12 +73,12 @@ class GroupSet {
   // Whether a request is still queued or running in some group.
   bool idle() const ABSL_LOCKS_EXCLUDED(mu_);
   // Stops and removes every group: what is still queued or running is answered Unavailable.
-  void Stop() ABSL_LOCKS_EXCLUDED(admin_mu_, mu_);
+  void Stop() ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
   std::atomic<uint64_t> next_request_id_{1};
   // Held through an admin call's RPCs, which work on a copy of groups_ taken under mu_ (shared: a group retired
-  // meanwhile lives until the call is done); Stop takes it, so no admin call outlives the set.
+  // meanwhile lives until the call is done); the destructor takes it, so no admin call outlives the set.
   absl::Mutex admin_mu_ ABSL_ACQUIRED_BEFORE(mu_);
   mutable absl::Mutex mu_;
   std::shared_ptr<const ServedModel> model_ ABSL_GUARDED_BY(mu_);
