@@ -10,12 +10,7 @@
 
 namespace gemma {
 
-GroupSet::~GroupSet() {
-  Stop();
-  // An admin call in flight may own the last reference to a group whose thread reroutes through this set: the set
-  // outlives it.
-  absl::MutexLock admin(&admin_mu_);
-}
+GroupSet::~GroupSet() { Stop(); }
 
 absl::Status GroupSet::Add(std::unique_ptr<WorkerGroup> group) {
   // Safe for the set's whole life: Stop() destroys the groups (so their threads) before the set goes.
@@ -72,9 +67,10 @@ std::shared_ptr<const ServedModel> GroupSet::model() const {
 bool GroupSet::HoldsAsLoaded(const WorkerGroup& g, const std::string& adapter) const {
   const std::optional<std::string> path = g.AdapterPath(adapter);
   if (!path) return false;
-  // While a load runs, a group that has taken it serves the name too (it no longer holds the one before).
-  auto loading = loading_.find(adapter);
-  if (loading != loading_.end() && loading->second == *path) return true;
+  // Not while the admin call in flight changes it there: a load is all or nothing, so no request may reach a group
+  // that took it before the call's outcome is known; an unload is on its way.
+  auto changing = changing_.find(adapter);
+  if (changing != changing_.end() && changing->second.contains(&g)) return false;
   auto it = adapter_paths_.find(adapter);
   return it == adapter_paths_.end() || it->second == *path;
 }
@@ -224,14 +220,18 @@ bool GroupSet::idle() const {
 }
 
 void GroupSet::Stop() {
+  {
+    absl::MutexLock lock(&mu_);
+    stopping_ = true;  // an admin call in flight starts no RPC on a further group
+  }
+  // It holds copies of the groups: once it is over, those below are the last, and the groups stop here.
+  absl::MutexLock admin(&admin_mu_);
   std::vector<std::shared_ptr<WorkerGroup>> stopped;
   {
     absl::MutexLock lock(&mu_);
-    stopping_ = true;
     stopped.swap(groups_);
   }
-  // Destroyed outside the lock: a group's thread may be handing a request back through Submit. A group an admin call
-  // still uses goes when the call ends (the destructor waits for that).
+  // Destroyed outside the lock: a group's thread may be handing a request back through Submit.
   stopped.clear();
 }
 
@@ -259,20 +259,23 @@ std::vector<std::shared_ptr<WorkerGroup>> GroupSet::GroupsNow() const {
 
 // On the groups there are when the call begins (one that joins meanwhile is brought up to date by loading again);
 // the RPCs run outside mu_, so requests go on being placed. All or nothing for this call among the groups that are
-// up: when one refuses, those that took the adapter in it unload it again (groups
-// that held it before keep it). A group that is down is passed over; requests naming the adapter are routed only
-// to groups holding it, and loading again once the group is back brings it up to date.
+// up: when one refuses, those that took the adapter in it unload it again (groups that held it before keep it), and
+// no request reaches them in between (changing_). A group that is down is passed over; requests naming the adapter
+// are routed only to groups holding it, and loading again once the group is back brings it up to date.
 absl::StatusOr<v1::Adapter> GroupSet::LoadAdapter(const std::string& name, const std::string& path) {
   absl::MutexLock admin(&admin_mu_);
-  {
-    absl::MutexLock lock(&mu_);
-    loading_[name] = path;
-  }
   absl::StatusOr<v1::Adapter> loaded = LoadOnGroups(GroupsNow(), name, path);
   absl::MutexLock lock(&mu_);
-  loading_.erase(name);
+  changing_.erase(name);
   if (loaded.ok()) adapter_paths_[name] = path;
   return loaded;
+}
+
+bool GroupSet::StartChanging(const std::string& name, const WorkerGroup* group) {
+  absl::MutexLock lock(&mu_);
+  if (stopping_) return false;
+  changing_[name].insert(group);
+  return true;
 }
 
 absl::StatusOr<v1::Adapter> GroupSet::LoadOnGroups(const std::vector<std::shared_ptr<WorkerGroup>>& groups,
@@ -296,6 +299,10 @@ absl::StatusOr<v1::Adapter> GroupSet::LoadOnGroups(const std::vector<std::shared
       ++holding;
       if (!loaded) loaded = ToPublic(*same);
       continue;
+    }
+    if (!StartChanging(name, g.get())) {
+      first_error = absl::UnavailableError("the router is shutting down; the adapter was not loaded");
+      break;
     }
     auto info = g->LoadAdapter(name, path);
     if (!info.ok() && info.status().code() == absl::StatusCode::kUnavailable) {
@@ -346,13 +353,16 @@ absl::Status GroupSet::UnloadAdapter(const std::string& name) {
   for (const auto& g : GroupsNow()) {
     if (!g->HasAdapter(name)) continue;
     found = true;
+    if (!StartChanging(name, g.get())) {
+      first_error = absl::UnavailableError("the router is shutting down; unload the adapter on the workers' restart");
+      break;
+    }
     if (auto s = g->UnloadAdapter(name); !s.ok() && first_error.ok()) first_error = s;
   }
+  absl::MutexLock lock(&mu_);
+  changing_.erase(name);
   if (!found) return absl::NotFoundError(absl::StrCat("no adapter named \"", name, "\" is loaded"));
-  if (first_error.ok()) {
-    absl::MutexLock lock(&mu_);
-    adapter_paths_.erase(name);
-  }
+  if (first_error.ok()) adapter_paths_.erase(name);
   return first_error;
 }
 

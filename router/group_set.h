@@ -72,13 +72,14 @@ class GroupSet {
   void Drain() ABSL_LOCKS_EXCLUDED(mu_);
   // Whether a request is still queued or running in some group.
   bool idle() const ABSL_LOCKS_EXCLUDED(mu_);
-  // Stops and removes every group: what is still queued or running is answered Unavailable.
-  void Stop() ABSL_LOCKS_EXCLUDED(mu_);
+  // Stops and removes every group: what is still queued or running is answered Unavailable. Waits for an admin call
+  // in flight to finish the RPC it has under way (it starts no other).
+  void Stop() ABSL_LOCKS_EXCLUDED(admin_mu_, mu_);
 
  private:
   std::atomic<uint64_t> next_request_id_{1};
   // Held through an admin call's RPCs, which work on a copy of groups_ taken under mu_ (shared: a group retired
-  // meanwhile lives until the call is done); the destructor takes it, so no admin call outlives the set.
+  // meanwhile lives until the call is done); Stop takes it after telling the call to start no RPC on a further group.
   absl::Mutex admin_mu_ ABSL_ACQUIRED_BEFORE(mu_);
   mutable absl::Mutex mu_;
   std::shared_ptr<const ServedModel> model_ ABSL_GUARDED_BY(mu_);
@@ -90,8 +91,11 @@ class GroupSet {
   // name from it, so a group that was down meanwhile and still holds an older adapter of that name serves none of
   // them. Names loaded at the workers' start are absent: any group holding the name serves it.
   std::map<std::string, std::string> adapter_paths_ ABSL_GUARDED_BY(mu_);
-  // The path of the adapter LoadAdapter is loading now, by name.
-  std::map<std::string, std::string> loading_ ABSL_GUARDED_BY(mu_);
+  // By adapter name, the groups where the admin call in flight is loading or unloading it: no request goes there
+  // for that name until the call is over.
+  std::map<std::string, std::set<const WorkerGroup*>> changing_ ABSL_GUARDED_BY(mu_);
+  // Adds `group` to changing_[name]; false, adding nothing, once Stop has begun.
+  bool StartChanging(const std::string& name, const WorkerGroup* group) ABSL_LOCKS_EXCLUDED(mu_);
   // LoadAdapter's RPCs on `groups`, all or nothing (see LoadAdapter).
   absl::StatusOr<v1::Adapter> LoadOnGroups(const std::vector<std::shared_ptr<WorkerGroup>>& groups,
                                            const std::string& name, const std::string& path)

@@ -174,6 +174,13 @@ TEST(RouterLoraTest, ASlowAdapterLoadHoldsUpNoRequest) {
     if (writer < 0) std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
   ASSERT_GE(writer, 0) << "the worker never opened the adapter's config";
+  // Released however the test ends: not an adapter config, so the load fails.
+  struct Release {
+    int fd;
+    ~Release() {
+      if (fd >= 0 && write(fd, "{}", 2) == 2) close(fd);
+    }
+  } release{writer};
   v1::GenerateResponse resp;
   std::string message;
   v1::GenerateRequest req = Ids({2, 3791, 323}, 4);
@@ -185,9 +192,9 @@ TEST(RouterLoraTest, ASlowAdapterLoadHoldsUpNoRequest) {
   }
   EXPECT_EQ(TokenIds(resp).size(), 4u);
   EXPECT_EQ(load.wait_for(std::chrono::seconds(0)), std::future_status::timeout) << "the load ended early";
-  // Released: not an adapter config, so the load fails, naming the file.
   ASSERT_EQ(write(writer, "{}", 2), 2);
   close(writer);
+  release.fd = -1;
   const grpc::Status loaded = load.get();
   EXPECT_EQ(loaded.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_NE(loaded.error_message().find("adapter_config.json"), std::string::npos) << loaded.error_message();

@@ -121,16 +121,14 @@ absl::StatusOr<double> DecodeTokensPerSecond(Backend* backend, int batch, int co
   return batch * steps / elapsed;
 }
 
-// Which kernel the weight products ran on: bf16 activations need AVX512-BF16, int8 ones VNNI (open_shard.cc
+// Which kernel the weight products ran on: bf16 activations need AVX512-BF16 with VBMI, int8 ones VNNI (open_shard.cc
 // refuses them with other weights).
 std::string MatMulKernel(const DeviceChoice& d, const ModelWeights& w) {
   if (d.device != "cpu") return "the GPU's";
   auto kernel = [&](WeightFormat f) -> std::string {
-    if (d.activations == "bf16" && f == WeightFormat::kBF16 && Bf16ActivationsMultiply(f)) {
-      return "avx512-bf16 dot products (vdpbf16ps)";
-    }
-    if (d.activations == "bf16" && f == WeightFormat::kFp8 && Bf16ActivationsMultiply(f)) {
-      return "avx512-bf16 dot products over fp8 codes widened by vpermi2b (vdpbf16ps)";
+    if (d.activations == "bf16" && Bf16ActivationsMultiply(f)) {
+      return f == WeightFormat::kFp8 ? "avx512-bf16 dot products over fp8 codes widened by vpermi2b (vdpbf16ps)"
+                                     : "avx512-bf16 dot products (vdpbf16ps)";
     }
     if (d.activations == "int8" && f == WeightFormat::kInt8 && HasInt8DotProducts()) {
       return "avx512-vnni int8 dot products (vpdpbusd)";

@@ -47,8 +47,8 @@ int CompareWeightsCommand(int argc, char** argv) {
             "[--prompt-ids 2,17,...] [--tokens N] [--json]");
   args.Flag("model", "checkpoint directory (bf16, f16 or f32)")
       .Flag("weights", "the precision to compare with bf16: int8, int4 or fp8 (bf16 with --activations bf16)")
-      .Flag("activations", "what that side's weight products multiply on the CPU: f32 (default), bf16 (weights bf16 or fp8) "
-                           "or int8 (weights int8 or int4); the bf16 side stays f32")
+      .Flag("activations", "what that side's weight products multiply on the CPU: f32 (default), bf16 (weights bf16 "
+                           "or fp8) or int8 (weights int8 or int4); the bf16 side stays f32")
       .Flag("int4-group-size", "with int4: 32, 64 or 128 (default 128)")
       .Flag("prompt-ids", "token ids to run (default: --tokens ids drawn uniformly with seed 1, after <bos>)")
       .Flag("tokens", "positions compared when no ids are given, 2..4096 (default 128)")

@@ -46,10 +46,10 @@ inline void CallTile(const Tile& tile, int rows, int tokens, int64_t row, int64_
 
 // Calls tile.template operator()<R, T>(row, m, chunk) (see CallTile) for every tile and column chunk: R (kRows, or
 // 1 at a range's end) weight rows from `row`, against T (1..kTokens) tokens from `m`, over column chunk `chunk` of
-// `chunks`, panel by panel of at most `panel` tokens. A tile's chunks come in order, each after the one before. Within a
-// panel a chunk is done for every row before the next begins: that chunk of the panel's x stays in L2 while the
-// rows pass, and a long row (a down projection's) no longer makes the panel a handful of tokens, each panel
-// reading all the weights again. Run by every thread of an OpenMP team it opens itself.
+// `chunks`, panel by panel of at most `panel` tokens. A tile's chunks come in order, each after the one before.
+// Within a panel a chunk is done for every row before the next begins: that chunk of the panel's x stays in L2
+// while the rows pass, and a long row (a down projection's) no longer makes the panel a handful of tokens, each
+// panel reading all the weights again. Run by every thread of an OpenMP team it opens itself.
 template <int kRows, int kTokens, typename Tile>
 void ForEachTile(int64_t total_rows, int64_t M, int64_t panel, int64_t chunks, const Tile& tile) {
 #pragma omp parallel

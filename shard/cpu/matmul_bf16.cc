@@ -18,6 +18,7 @@ constexpr int kRows = 4;    // weight rows a tile holds
 constexpr int kTokens = 4;  // tokens a tile holds: 16 accumulators
 constexpr int64_t kPanelBytes = 256 << 10;  // bf16 x (one column chunk) kept hot in L2 while a thread's rows pass it
 constexpr int64_t kChunkColumns = 2048;      // a multiple of every format's step: only the last chunk has a tail
+static_assert(kChunkColumns % 64 == 0, "a chunk is whole steps of every format (32 or 64 columns)");
 
 // Weight formats the kernel multiplies, each as bf16 vectors of kVectors * 32 columns a step: Load gives a step of
 // a row (with a mask, only the columns it keeps, the rest 0) given the Constants a tile sets up once, Column the

@@ -233,7 +233,7 @@ TEST(MatMulTest, MixedFormatsInOneCallGiveEachViewsResult) {
 
 // bf16 activations over bf16 and fp8 weights: sums of bf16(x) * w near a double-precision reference, bit for bit
 // alike for any batch, over row counts that leave a partial tile and K with a partial step (32 columns for bf16,
-// 64 for fp8); fp8 through a column slice, as tensor parallelism cuts a row-parallel matrix. Without AVX512-BF16
+// 64 for fp8), through a column slice, as tensor parallelism cuts a row-parallel matrix. Without AVX512-BF16
 // (or with another weight format) the kernel declines, and the caller runs MatMul.
 TEST(MatMulTest, Bf16ActivationsSumBf16RoundedInputsForAnyBatch) {
   std::mt19937 rng(13);
@@ -241,19 +241,19 @@ TEST(MatMulTest, Bf16ActivationsSumBf16RoundedInputsForAnyBatch) {
   for (const WeightFormat format : {WeightFormat::kBF16, WeightFormat::kFp8}) {
     // K = 8192 with 11 tokens passes the size at which x is converted on all threads; 8192 and 4100 are summed
     // in column chunks, 4100's last one with a partial step.
-    for (const int64_t K : {256, 100, 8192, 4100}) {
-      const int64_t rows = 23, M = 11, skip = format == WeightFormat::kFp8 ? 64 : 0;
+    // 20 and 40 are a tail step alone. Each view is a column slice from column 40 on (not a whole step).
+    for (const int64_t K : {256, 100, 8192, 4100, 20, 40}) {
+      const int64_t rows = 23, M = 11, skip = 40;
       std::vector<uint16_t> w(rows * (K + skip));
       for (auto& v : w) v = F32ToBf16(normal(rng));
       const MatrixView bf16{w.data(), rows, K + skip, K + skip};
       std::vector<uint8_t> memory(QuantizedBytes(WeightFormat::kFp8, rows, K + skip, 0) + 64);
       uint8_t* aligned = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(memory.data()) + 63) / 64 * 64);
-      MatrixView whole = bf16;
-      if (format == WeightFormat::kFp8) {
-        auto slice = ColSlice(QuantizeInto(bf16, 0, rows, 0, K + skip, format, 0, aligned), skip, K, "w");
-        ASSERT_TRUE(slice.ok()) << slice.status();
-        whole = *slice;
-      }
+      const MatrixView full =
+          format == WeightFormat::kFp8 ? QuantizeInto(bf16, 0, rows, 0, K + skip, format, 0, aligned) : bf16;
+      auto slice = ColSlice(full, skip, K, "w");
+      ASSERT_TRUE(slice.ok()) << slice.status();
+      const MatrixView whole = *slice;
       const MatrixView views[] = {RowSlice(whole, 0, 9), RowSlice(whole, 9, rows - 9)};
       std::vector<float> x(M * K);
       for (auto& v : x) v = normal(rng);
@@ -261,7 +261,7 @@ TEST(MatMulTest, Bf16ActivationsSumBf16RoundedInputsForAnyBatch) {
       const bool ran = MatMulBf16Activations(x.data(), M, K, K, views, got.data(), rows);
       ASSERT_EQ(ran, HasBf16DotProducts());
       if (!ran) {
-        std::printf("this CPU has no AVX512-BF16: only the kernel's refusal is checked here\n");
+        std::printf("this CPU has no AVX512-BF16 with VBMI: only the kernel's refusal is checked here\n");
         continue;
       }
       for (int64_t m = 0; m < M; ++m) {

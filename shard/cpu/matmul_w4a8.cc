@@ -10,7 +10,6 @@
 namespace gemma {
 namespace {
 
-
 constexpr int kRows = 4;    // weight rows a tile holds
 constexpr int kTokens = 4;  // tokens a tile holds: 16 accumulators
 constexpr int64_t kBlock = 128;  // elements a step takes: 64 packed bytes, the low nibbles (even elements) and
@@ -98,7 +97,6 @@ GEMMA_VNNI_TARGET void Tile(const Int4Row* w, const Tokens& x, int64_t m, int64_
     }
   }
 }
-
 
 }  // namespace
 
