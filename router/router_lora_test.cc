@@ -6,8 +6,12 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cerrno>
+#include <cstring>
 #include <filesystem>
 #include <future>
+#include <memory>
+#include <thread>
 
 #include "absl/status/status.h"
 #include "gtest/gtest.h"
@@ -145,60 +149,103 @@ TEST(RouterLoraTest, AdaptersLoadedAtStartAndAtRunTimeServeTheirReferences) {
   EXPECT_NE(message.find("\"qv\" is not loaded"), std::string::npos) << message;
 }
 
-// An adapter load that takes long (its config a pipe nobody writes to yet, as a slow disk would hold it) holds up
-// no request: the router makes the load's RPCs outside the lock that places requests.
+// An adapter load held up where the worker reads its config: adapter_config.json is a pipe (as a slow disk would
+// hold it), and the load goes on once the test writes the config into it. The weights, when given, are a real
+// adapter's.
+class HeldLoad {
+ public:
+  HeldLoad(int router_port, const std::string& name, const std::string& weights_from) {
+    dir_ = ::testing::TempDir() + "/held-adapter-" + name + "-" + std::to_string(getpid());
+    std::filesystem::remove_all(dir_);
+    std::filesystem::create_directories(dir_);
+    if (!weights_from.empty()) {
+      std::filesystem::copy_file(weights_from + "/adapter_model.safetensors", dir_ + "/adapter_model.safetensors");
+    }
+    const std::string config = dir_ + "/adapter_config.json";
+    if (mkfifo(config.c_str(), 0600) != 0) {
+      ADD_FAILURE() << "mkfifo " << config << ": " << strerror(errno);
+      return;
+    }
+    admin_ = v1::Admin::NewStub(grpc::CreateChannel("127.0.0.1:" + std::to_string(router_port),
+                                                    grpc::InsecureChannelCredentials()));
+    load_ = std::async(std::launch::async, [this, name] {
+      grpc::ClientContext ctx;
+      ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+      v1::LoadAdapterRequest req;
+      req.set_name(name);
+      req.set_path(dir_);
+      v1::Adapter loaded;
+      return admin_->LoadAdapter(&ctx, req, &loaded);
+    });
+    // The worker opens the pipe for reading and waits there for a writer.
+    for (int i = 0; i < 200 && writer_ < 0; ++i) {
+      writer_ = open(config.c_str(), O_WRONLY | O_NONBLOCK);  // fails (ENXIO) until a reader has it open
+      if (writer_ < 0) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    if (writer_ < 0) ADD_FAILURE() << "the worker never opened the adapter's config";
+  }
+  // Released however the test ends: not an adapter config, so the load fails.
+  ~HeldLoad() {
+    if (writer_ >= 0) Release("{}");
+    if (load_.valid()) load_.wait();
+    std::filesystem::remove_all(dir_);
+  }
+  bool held() const { return writer_ >= 0; }
+  bool still_loading() const { return load_.wait_for(std::chrono::seconds(0)) == std::future_status::timeout; }
+  // Writes `config` into the pipe and waits for the load's outcome.
+  grpc::Status Release(const std::string& config) {
+    EXPECT_EQ(write(writer_, config.data(), config.size()), static_cast<ssize_t>(config.size()));
+    close(writer_);
+    writer_ = -1;
+    return load_.get();
+  }
+
+ private:
+  std::string dir_;
+  std::unique_ptr<v1::Admin::Stub> admin_;
+  std::future<grpc::Status> load_;
+  int writer_ = -1;
+};
+
+// An adapter load that takes long holds up no request: the router makes the load's RPCs outside the lock that
+// places requests.
 TEST(RouterLoraTest, ASlowAdapterLoadHoldsUpNoRequest) {
   auto worker = StartOwnWorker(GemmaTinyDir() + "/tiny-mha");
   auto router = StartRouter({worker.port});
   ASSERT_TRUE(router.WaitForHealthyGroups(1));
-  const std::string dir = ::testing::TempDir() + "/slow-adapter-" + std::to_string(getpid());
-  std::filesystem::create_directories(dir);
-  const std::string config = dir + "/adapter_config.json";
-  std::filesystem::remove(config);
-  ASSERT_EQ(mkfifo(config.c_str(), 0600), 0);
-  auto admin = v1::Admin::NewStub(grpc::CreateChannel("127.0.0.1:" + std::to_string(router.port),
-                                                      grpc::InsecureChannelCredentials()));
-  auto load = std::async(std::launch::async, [&] {
-    grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
-    v1::LoadAdapterRequest req;
-    req.set_name("slow");
-    req.set_path(dir);
-    v1::Adapter loaded;
-    return admin->LoadAdapter(&ctx, req, &loaded);
-  });
-  // The worker opens the pipe for reading and waits there for a writer.
-  int writer = -1;
-  for (int i = 0; i < 200 && writer < 0; ++i) {
-    writer = open(config.c_str(), O_WRONLY | O_NONBLOCK);  // fails (ENXIO) until a reader has it open
-    if (writer < 0) std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
-  ASSERT_GE(writer, 0) << "the worker never opened the adapter's config";
-  // Released however the test ends: not an adapter config, so the load fails.
-  struct Release {
-    int fd;
-    ~Release() {
-      if (fd >= 0 && write(fd, "{}", 2) == 2) close(fd);
-    }
-  } release{writer};
+  HeldLoad load(router.port, "slow", "");
+  ASSERT_TRUE(load.held());
   v1::GenerateResponse resp;
   std::string message;
-  v1::GenerateRequest req = Ids({2, 3791, 323}, 4);
-  {
-    grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(20));
-    grpc::Status s = router.stub->Generate(&ctx, req, &resp);
-    EXPECT_TRUE(s.ok()) << "a request waited on the adapter load: " << s.error_message();
-  }
+  EXPECT_EQ(Generate(*router.stub, Ids({2, 3791, 323}, 4), &resp, &message), absl::StatusCode::kOk)
+      << "a request waited on the adapter load: " << message;
   EXPECT_EQ(TokenIds(resp).size(), 4u);
-  EXPECT_EQ(load.wait_for(std::chrono::seconds(0)), std::future_status::timeout) << "the load ended early";
-  ASSERT_EQ(write(writer, "{}", 2), 2);
-  close(writer);
-  release.fd = -1;
-  const grpc::Status loaded = load.get();
+  EXPECT_TRUE(load.still_loading()) << "the load ended early";
+  const grpc::Status loaded = load.Release("{}");
   EXPECT_EQ(loaded.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_NE(loaded.error_message().find("adapter_config.json"), std::string::npos) << loaded.error_message();
-  std::filesystem::remove_all(dir);
+}
+
+// A request naming an adapter while it loads is refused at once as not loaded (it never waits, nor runs on a group
+// holding half of it), and once the load is over the adapter serves its references.
+TEST(RouterLoraTest, ARequestNamingAnAdapterMidLoadIsRefusedUntilTheLoadEnds) {
+  const std::string lora = LoraDir();
+  ASSERT_FALSE(lora.empty());
+  auto worker = StartOwnWorker(GemmaTinyDir() + "/tiny-mha");
+  auto router = StartRouter({worker.port});
+  ASSERT_TRUE(router.WaitForHealthyGroups(1));
+  HeldLoad load(router.port, "late", lora + "/mha-r8-all");
+  ASSERT_TRUE(load.held());
+  v1::GenerateRequest req = Ids({2, 3791, 323}, 4);
+  req.set_adapter("late");
+  v1::GenerateResponse resp;
+  std::string message;
+  EXPECT_EQ(Generate(*router.stub, req, &resp, &message), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(message.find("\"late\" is not loaded"), std::string::npos) << message;
+  EXPECT_TRUE(load.still_loading()) << "the load ended early";
+  const grpc::Status loaded = load.Release(testing::ReadFile(lora + "/mha-r8-all/adapter_config.json"));
+  ASSERT_TRUE(loaded.ok()) << loaded.error_message();
+  ExpectReferenceGenerations(*router.stub, "late", "mha-r8-all");
 }
 
 TEST(RouterLoraTest, ATensorParallelGroupReadsItsSlicesOnEveryRank) {

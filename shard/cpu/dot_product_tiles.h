@@ -26,10 +26,6 @@ void ListRows(std::span<const MatrixView> weights, int pad, const RowOf& row_of,
   if (!rows->empty()) rows->insert(rows->end(), pad, rows->back());
 }
 
-// The instructions of the int8 dot-product kernels (matmul_int8.cc, matmul_w4a8.cc), checked at run time by
-// HasInt8DotProducts.
-#define GEMMA_VNNI_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni")))
-
 // tile.template operator()<R, T>(row, m, chunk) with the tile's shape as template arguments (R = rows: kRows or 1,
 // T = tokens: 1..kTokens), so its accumulators are an array of fixed size that the compiler keeps in registers.
 template <int kRows, int kTokens, typename Tile>

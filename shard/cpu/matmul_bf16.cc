@@ -6,13 +6,12 @@
 #include <array>
 #include <vector>
 
+#include "shard/cpu/cpu_targets.h"
 #include "shard/cpu/dot_product_tiles.h"
 #include "shard/model/dtype.h"
 
 namespace gemma {
 namespace {
-
-#define GEMMA_BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16,avx512vbmi")))
 
 constexpr int kRows = 4;    // weight rows a tile holds
 constexpr int kTokens = 4;  // tokens a tile holds: 16 accumulators

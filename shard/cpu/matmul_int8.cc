@@ -7,6 +7,7 @@
 #include <limits>
 #include <vector>
 
+#include "shard/cpu/cpu_targets.h"
 #include "shard/cpu/dot_product_tiles.h"
 #include "shard/cpu/matmul.h"
 #include "shard/cpu/matmul_w4a8.h"

@@ -75,9 +75,8 @@ TEST(MatMulTest, QuantizedWeightsGiveTheDequantizedF32ResultsForAnyBatch) {
     std::uniform_real_distribution<float> octaves(-20.0f, 2.0f);
     for (auto& v : w) v = F32ToBf16(c.format == WeightFormat::kFp8 ? std::copysign(std::exp2(octaves(rng)), normal(rng)) : normal(rng));
     const MatrixView src{w.data(), c.rows, c.K, c.K};
-    std::vector<uint8_t> memory(QuantizedBytes(c.format, c.rows, c.K, c.group) + 64);
-    uint8_t* aligned = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(memory.data()) + 63) / 64 * 64);
-    const MatrixView q = QuantizeInto(src, 0, c.rows, 0, c.K, c.format, c.group, aligned);
+    const QuantizedMatrix quantized = Quantize(src, c.format, c.group);
+    const MatrixView& q = quantized.view;
     std::vector<float> deq(c.rows * c.K);
     const MatrixView f = DequantizeInto(q, deq.data());
     const MatrixView qviews[] = {RowSlice(q, 0, c.rows / 3), RowSlice(q, c.rows / 3, c.rows - c.rows / 3)};
@@ -159,15 +158,15 @@ TEST(MatMulTest, LongRowsGiveTheSameSumsForAnyBatch) {
       std::vector<float> w32(rows * width);
       for (int64_t i = 0; i < rows * width; ++i) w32[i] = Bf16ToF32(w[i]);
       const bool quantized = c.format != WeightFormat::kBF16 && c.format != WeightFormat::kF32;
-      std::vector<uint8_t> memory((quantized ? QuantizedBytes(c.format, rows, width, c.group_size) : 0) + 64);
-      uint8_t* aligned = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(memory.data()) + 63) / 64 * 64);
       MatrixView whole = src;
+      QuantizedMatrix q_memory;
       if (c.format == WeightFormat::kF32) {
         whole.format = WeightFormat::kF32;
         whole.data = nullptr;
         whole.f32 = w32.data();
       } else if (quantized) {
-        whole = QuantizeInto(src, 0, rows, 0, width, c.format, c.group_size, aligned);
+        q_memory = Quantize(src, c.format, c.group_size);
+        whole = q_memory.view;
       }
       MatrixView q = whole;
       if (c.col_slice) {
@@ -208,14 +207,9 @@ TEST(MatMulTest, MixedFormatsInOneCallGiveEachViewsResult) {
   std::vector<uint16_t> w(rows * K);
   for (auto& v : w) v = F32ToBf16(normal(rng));
   const MatrixView bf16{w.data(), rows, K, K};
-  std::vector<uint8_t> m8(QuantizedBytes(WeightFormat::kInt8, rows, K, 0) + 64),
-      m4(QuantizedBytes(WeightFormat::kInt4, rows, K, 32) + 64), mf8(QuantizedBytes(WeightFormat::kFp8, rows, K, 0) + 64);
-  auto aligned = [](std::vector<uint8_t>& v) {
-    return reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(v.data()) + 63) / 64 * 64);
-  };
-  const MatrixView i8 = QuantizeInto(bf16, 0, rows, 0, K, WeightFormat::kInt8, 0, aligned(m8));
-  const MatrixView i4 = QuantizeInto(bf16, 0, rows, 0, K, WeightFormat::kInt4, 32, aligned(m4));
-  const MatrixView f8 = QuantizeInto(bf16, 0, rows, 0, K, WeightFormat::kFp8, 0, aligned(mf8));
+  const QuantizedMatrix q8 = Quantize(bf16, WeightFormat::kInt8, 0), q4 = Quantize(bf16, WeightFormat::kInt4, 32),
+                        qf8 = Quantize(bf16, WeightFormat::kFp8, 0);
+  const MatrixView &i8 = q8.view, &i4 = q4.view, &f8 = qf8.view;
   std::vector<float> x(M * K);
   for (auto& v : x) v = normal(rng);
   const MatrixView mixed[] = {bf16, i8, i4, f8};
@@ -247,10 +241,9 @@ TEST(MatMulTest, Bf16ActivationsSumBf16RoundedInputsForAnyBatch) {
       std::vector<uint16_t> w(rows * (K + skip));
       for (auto& v : w) v = F32ToBf16(normal(rng));
       const MatrixView bf16{w.data(), rows, K + skip, K + skip};
-      std::vector<uint8_t> memory(QuantizedBytes(WeightFormat::kFp8, rows, K + skip, 0) + 64);
-      uint8_t* aligned = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(memory.data()) + 63) / 64 * 64);
-      const MatrixView full =
-          format == WeightFormat::kFp8 ? QuantizeInto(bf16, 0, rows, 0, K + skip, format, 0, aligned) : bf16;
+      QuantizedMatrix fp8;
+      if (format == WeightFormat::kFp8) fp8 = Quantize(bf16, format, 0);
+      const MatrixView full = format == WeightFormat::kFp8 ? fp8.view : bf16;
       auto slice = ColSlice(full, skip, K, "w");
       ASSERT_TRUE(slice.ok()) << slice.status();
       const MatrixView whole = *slice;
@@ -283,9 +276,8 @@ TEST(MatMulTest, Bf16ActivationsSumBf16RoundedInputsForAnyBatch) {
   }
   // An int8 view is not the kernel's: it declines.
   std::vector<uint16_t> w(4 * 64, F32ToBf16(1.0f));
-  std::vector<uint8_t> memory(QuantizedBytes(WeightFormat::kInt8, 4, 64, 0) + 64);
-  uint8_t* aligned = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(memory.data()) + 63) / 64 * 64);
-  const MatrixView q = QuantizeInto(MatrixView{w.data(), 4, 64, 64}, 0, 4, 0, 64, WeightFormat::kInt8, 0, aligned);
+  const QuantizedMatrix quantized = Quantize(MatrixView{w.data(), 4, 64, 64}, WeightFormat::kInt8, 0);
+  const MatrixView& q = quantized.view;
   std::vector<float> x(64, 1.0f), out(4);
   EXPECT_FALSE(MatMulBf16Activations(x.data(), 1, 64, 64, std::span<const MatrixView>(&q, 1), out.data(), 4));
 }
@@ -372,10 +364,8 @@ TEST(MatMulTest, Int8ActivationsSumQuantizedInputsForAnyBatch) {
     const int64_t rows = 23, M = 11, stride = K + 64;
     std::vector<uint16_t> w(rows * stride);
     for (auto& v : w) v = F32ToBf16(normal(rng));
-    std::vector<uint8_t> memory(QuantizedBytes(WeightFormat::kInt8, rows, stride, 0) + 64);
-    uint8_t* aligned = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(memory.data()) + 63) / 64 * 64);
-    const MatrixView q = QuantizeInto(MatrixView{w.data(), rows, stride, stride}, 0, rows, 0, stride,
-                                      WeightFormat::kInt8, 0, aligned);
+    const QuantizedMatrix quantized = Quantize(MatrixView{w.data(), rows, stride, stride}, WeightFormat::kInt8, 0);
+    const MatrixView& q = quantized.view;
     auto slice = ColSlice(q, 32, K, "w");  // columns [32, 32 + K) of rows `stride` bytes apart
     ASSERT_TRUE(slice.ok()) << slice.status();
     const MatrixView views[] = {RowSlice(*slice, 0, 9), RowSlice(*slice, 9, rows - 9)};
@@ -411,9 +401,8 @@ TEST(MatMulTest, Int8ActivationsSumQuantizedInputsForAnyBatch) {
   // and the rows beside it keep the results they have alone; x and the output wider than K and the rows, so a
   // wrong stride shows.
   if (!HasInt8DotProducts()) GTEST_SKIP() << "this CPU has no AVX512-VNNI";
-  std::vector<uint8_t> memory(QuantizedBytes(WeightFormat::kInt8, 4, 64, 0) + 64);
-  uint8_t* aligned = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(memory.data()) + 63) / 64 * 64);
-  const MatrixView q = QuantizeInto(b, 0, 4, 0, 64, WeightFormat::kInt8, 0, aligned);
+  const QuantizedMatrix quantized = Quantize(b, 0, 4, 0, 64, WeightFormat::kInt8, 0);
+  const MatrixView& q = quantized.view;
   const std::span<const MatrixView> qv(&q, 1);
   constexpr int64_t kLdx = 80, kLdo = 7, kRows = 4;
   std::vector<float> good(64);
@@ -463,10 +452,9 @@ TEST(MatMulTest, Int8ActivationsOver4BitWeightsSumEachGroupForAnyBatch) {
       const int64_t rows = 13, M = 9, offset = group, stride = K + 2 * group;
       std::vector<uint16_t> w(rows * stride);
       for (auto& v : w) v = F32ToBf16(normal(rng));
-      std::vector<uint8_t> memory(QuantizedBytes(WeightFormat::kInt4, rows, stride, group) + 64);
-      uint8_t* aligned = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(memory.data()) + 63) / 64 * 64);
-      const MatrixView q4 = QuantizeInto(MatrixView{w.data(), rows, stride, stride}, 0, rows, 0, stride,
-                                         WeightFormat::kInt4, group, aligned);
+      const QuantizedMatrix quantized =
+          Quantize(MatrixView{w.data(), rows, stride, stride}, WeightFormat::kInt4, group);
+      const MatrixView& q4 = quantized.view;
       auto slice = ColSlice(q4, offset, K, "w");
       ASSERT_TRUE(slice.ok()) << slice.status();
       const MatrixView views[] = {RowSlice(*slice, 0, 5), RowSlice(*slice, 5, rows - 5)};

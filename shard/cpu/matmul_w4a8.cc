@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "shard/cpu/cpu_targets.h"
 #include "shard/cpu/dot_product_tiles.h"
 
 namespace gemma {

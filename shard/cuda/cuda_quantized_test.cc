@@ -46,8 +46,7 @@ using testing::TinyModel;
 // A host matrix quantized by the loader's own code, and its copy on the device.
 struct QuantizedOnBoth {
   std::vector<float> source;
-  std::unique_ptr<uint8_t, decltype(&std::free)> memory{nullptr, &std::free};
-  MatrixView view;
+  QuantizedMatrix host;
   void *codes = nullptr, *scales = nullptr, *zeros = nullptr;
   cuda::QuantMatrix q;
   ~QuantizedOnBoth() {
@@ -71,19 +70,17 @@ std::unique_ptr<QuantizedOnBoth> Make(WeightFormat format, int64_t rows, int64_t
   src.rows = rows;
   src.cols = cols;
   src.stride = cols;
-  const size_t bytes = (static_cast<size_t>(QuantizedBytes(format, rows, cols, group)) + 63) / 64 * 64;
-  m->memory.reset(static_cast<uint8_t*>(std::aligned_alloc(64, bytes)));
-  m->view = QuantizeInto(src, 0, rows, 0, cols, format, group, m->memory.get());
+  m->host = Quantize(src, format, group);
   const int64_t row_bytes = format == WeightFormat::kInt4 ? cols / 2 : cols;
   const int64_t groups = format == WeightFormat::kInt4 ? cols / group : 1;
-  EXPECT_EQ(m->view.scale_stride, groups);
+  EXPECT_EQ(m->host.view.scale_stride, groups);
   EXPECT_EQ(cudaMalloc(&m->codes, rows * row_bytes), cudaSuccess);
-  EXPECT_EQ(cudaMemcpy(m->codes, m->view.codes, rows * row_bytes, cudaMemcpyHostToDevice), cudaSuccess);
+  EXPECT_EQ(cudaMemcpy(m->codes, m->host.view.codes, rows * row_bytes, cudaMemcpyHostToDevice), cudaSuccess);
   EXPECT_EQ(cudaMalloc(&m->scales, rows * groups * 4), cudaSuccess);
-  EXPECT_EQ(cudaMemcpy(m->scales, m->view.scales, rows * groups * 4, cudaMemcpyHostToDevice), cudaSuccess);
+  EXPECT_EQ(cudaMemcpy(m->scales, m->host.view.scales, rows * groups * 4, cudaMemcpyHostToDevice), cudaSuccess);
   if (format == WeightFormat::kInt4) {
     EXPECT_EQ(cudaMalloc(&m->zeros, rows * groups * 4), cudaSuccess);
-    EXPECT_EQ(cudaMemcpy(m->zeros, m->view.zeros, rows * groups * 4, cudaMemcpyHostToDevice), cudaSuccess);
+    EXPECT_EQ(cudaMemcpy(m->zeros, m->host.view.zeros, rows * groups * 4, cudaMemcpyHostToDevice), cudaSuccess);
   }
   m->q.format = ToQuant(format);
   m->q.codes = static_cast<const uint8_t*>(m->codes);
@@ -126,7 +123,7 @@ TEST_P(QuantizedKernelTest, DequantizeGivesTheHostsValuesBitForBit) {
   int64_t wrong = 0, wrong16 = 0;
   for (int64_t r = 0; r < rows; ++r) {
     for (int64_t k = 0; k < c.cols; ++k) {
-      const float want = ElementAt(m->view, begin + r, k);
+      const float want = ElementAt(m->host.view, begin + r, k);
       wrong += f32[r * c.cols + k] != want;
       wrong16 += bf16[r * c.cols + k] != F32ToBf16(want);
     }
@@ -158,7 +155,7 @@ TEST_P(QuantizedKernelTest, StreamingProductsEqualTheDequantizedSums) {
   ASSERT_EQ(cudaMemcpy(da, a.data(), a.size() * 4, cudaMemcpyHostToDevice), cudaSuccess);
   ASSERT_EQ(cudaMemcpy(da16, a16.data(), a16.size() * 2, cudaMemcpyHostToDevice), cudaSuccess);
   std::vector<float> w(static_cast<size_t>(c.rows * c.cols));
-  for (int64_t r = 0; r < c.rows; ++r) DequantizeRow(m->view, r, w.data() + r * c.cols);
+  for (int64_t r = 0; r < c.rows; ++r) DequantizeRow(m->host.view, r, w.data() + r * c.cols);
   double worst = 0;
   for (cuda::Dtype type : {cuda::Dtype::kF32, cuda::Dtype::kBf16}) {
     for (int M = 1; M <= max_m; ++M) {
@@ -204,7 +201,7 @@ TEST_P(QuantizedKernelTest, EmbeddingRowsAreTheDequantizedRowsScaled) {
   for (size_t t = 0; t < tokens.size(); ++t) {
     const int64_t local = tokens[t] - 10;
     for (int64_t k = 0; k < c.cols; ++k) {
-      const float want = local >= 0 && local < c.rows ? ElementAt(m->view, local, k) * 2.0f : 0.0f;
+      const float want = local >= 0 && local < c.rows ? ElementAt(m->host.view, local, k) * 2.0f : 0.0f;
       ASSERT_EQ(x[t * c.cols + k], want) << "token " << tokens[t] << ", column " << k;
     }
   }

@@ -143,6 +143,20 @@ Int4Parts LayOutInt4(uint8_t* memory, int64_t rows, int64_t cols, int group_size
   return p;
 }
 
+QuantizedMatrix Quantize(const MatrixView& src, int64_t row_begin, int64_t rows, int64_t col_begin, int64_t cols,
+                         WeightFormat format, int group_size) {
+  QuantizedMatrix q;
+  // aligned_alloc wants a whole number of alignments, and an empty matrix still a valid pointer.
+  const int64_t bytes = std::max<int64_t>(64, Align64(QuantizedBytes(format, rows, cols, group_size)));
+  q.memory.reset(static_cast<uint8_t*>(std::aligned_alloc(64, static_cast<size_t>(bytes))));
+  q.view = QuantizeInto(src, row_begin, rows, col_begin, cols, format, group_size, q.memory.get());
+  return q;
+}
+
+QuantizedMatrix Quantize(const MatrixView& src, WeightFormat format, int group_size) {
+  return Quantize(src, 0, src.rows, 0, src.cols, format, group_size);
+}
+
 MatrixView DequantizeInto(const MatrixView& m, float* memory) {
 #pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < m.rows; ++r) DequantizeRow(m, r, memory + r * m.cols);

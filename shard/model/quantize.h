@@ -2,6 +2,8 @@
 #pragma once
 
 #include <cstdint>
+#include <cstdlib>
+#include <memory>
 #include <string>
 
 #include "absl/status/statusor.h"
@@ -50,6 +52,17 @@ Int4Parts LayOutInt4(uint8_t* memory, int64_t rows, int64_t cols, int group_size
 // Parallel over rows.
 MatrixView QuantizeInto(const MatrixView& src, int64_t row_begin, int64_t rows, int64_t col_begin, int64_t cols,
                         WeightFormat format, int group_size, uint8_t* memory);
+
+// A matrix QuantizeInto wrote into memory of its own (tests, tools): `view` points into `memory`, so it moves but
+// never copies.
+struct QuantizedMatrix {
+  std::unique_ptr<uint8_t, decltype(&std::free)> memory{nullptr, &std::free};
+  MatrixView view;
+};
+QuantizedMatrix Quantize(const MatrixView& src, int64_t row_begin, int64_t rows, int64_t col_begin, int64_t cols,
+                         WeightFormat format, int group_size);
+// The whole of `src`.
+QuantizedMatrix Quantize(const MatrixView& src, WeightFormat format, int group_size);
 
 // `m` dequantized into `memory` ([rows, cols] f32), as a kF32 view.
 MatrixView DequantizeInto(const MatrixView& m, float* memory);

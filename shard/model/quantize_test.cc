@@ -25,19 +25,12 @@ Bf16Matrix RandomMatrix(int64_t rows, int64_t cols, uint32_t seed) {
   return m;
 }
 
-std::vector<uint8_t> Memory(WeightFormat format, int64_t rows, int64_t cols, int group) {
-  return std::vector<uint8_t>(QuantizedBytes(format, rows, cols, group) + 64);
-}
-
-uint8_t* Aligned(std::vector<uint8_t>& v) {
-  return reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(v.data()) + 63) / 64 * 64);
-}
 
 TEST(QuantizeTest, Int8IsWithinHalfAStepOfEachWeightAndScalesByTheWholeRow) {
   const auto src = RandomMatrix(6, 96, 1);
-  auto mem = Memory(WeightFormat::kInt8, 6, 32, 0);
-  // Columns 32..63 of rows 2..7: the scale still comes from the whole row.
-  const MatrixView q = QuantizeInto(src.view, 2, 4, 32, 32, WeightFormat::kInt8, 0, Aligned(mem));
+  // Columns 32..63 of rows 2..5: the scale still comes from the whole row.
+  const QuantizedMatrix mem = Quantize(src.view, 2, 4, 32, 32, WeightFormat::kInt8, 0);
+  const MatrixView& q = mem.view;
   ASSERT_EQ(q.format, WeightFormat::kInt8);
   for (int64_t r = 0; r < 4; ++r) {
     float amax = 0;
@@ -91,8 +84,8 @@ TEST(QuantizeTest, Fp8ScalesByTheWholeRowAndRoundsToTheNearestCode) {
   std::mt19937 rng(5);
   std::uniform_real_distribution<float> octaves(0.0f, 18.0f);
   for (auto& b : src.bits) b = F32ToBf16(std::copysign(std::exp2(-octaves(rng)), Bf16ToF32(b)));
-  auto mem = Memory(WeightFormat::kFp8, 3, 64, 0);
-  const MatrixView q = QuantizeInto(src.view, 1, 3, 32, 64, WeightFormat::kFp8, 0, Aligned(mem));
+  const QuantizedMatrix mem = Quantize(src.view, 1, 3, 32, 64, WeightFormat::kFp8, 0);
+  const MatrixView& q = mem.view;
   ASSERT_EQ(q.format, WeightFormat::kFp8);
   int subnormals = 0;
   for (int64_t r = 0; r < 3; ++r) {
@@ -113,8 +106,8 @@ TEST(QuantizeTest, Fp8ScalesByTheWholeRowAndRoundsToTheNearestCode) {
 
 TEST(QuantizeTest, Int4GroupsAreWithinHalfAStepAndPackLowNibbleFirst) {
   const auto src = RandomMatrix(3, 128, 2);
-  auto mem = Memory(WeightFormat::kInt4, 3, 128, 32);
-  const MatrixView q = QuantizeInto(src.view, 0, 3, 0, 128, WeightFormat::kInt4, 32, Aligned(mem));
+  const QuantizedMatrix mem = Quantize(src.view, 0, 3, 0, 128, WeightFormat::kInt4, 32);
+  const MatrixView& q = mem.view;
   ASSERT_EQ(q.scale_stride, 4);
   for (int64_t r = 0; r < 3; ++r) {
     for (int64_t k = 0; k < 128; ++k) {
@@ -128,9 +121,8 @@ TEST(QuantizeTest, Int4GroupsAreWithinHalfAStepAndPackLowNibbleFirst) {
   // Zero is always representable exactly (the range includes it), so a zero weight stays zero.
   std::vector<uint16_t> zeros(64, 0);
   zeros[5] = F32ToBf16(0.5f);
-  auto mem2 = Memory(WeightFormat::kInt4, 1, 64, 32);
-  const MatrixView z = QuantizeInto(MatrixView{zeros.data(), 1, 64, 64}, 0, 1, 0, 64, WeightFormat::kInt4, 32,
-                                    Aligned(mem2));
+  const QuantizedMatrix mem2 = Quantize(MatrixView{zeros.data(), 1, 64, 64}, 0, 1, 0, 64, WeightFormat::kInt4, 32);
+  const MatrixView& z = mem2.view;
   EXPECT_EQ(ElementAt(z, 0, 0), 0.0f);
   EXPECT_EQ(ElementAt(z, 0, 40), 0.0f);
   EXPECT_FLOAT_EQ(ElementAt(z, 0, 5), 0.5f);
@@ -138,8 +130,8 @@ TEST(QuantizeTest, Int4GroupsAreWithinHalfAStepAndPackLowNibbleFirst) {
 
 TEST(QuantizeTest, SlicesKeepEveryElementAndRefuseToCutAGroup) {
   const auto src = RandomMatrix(4, 128, 3);
-  auto mem = Memory(WeightFormat::kInt4, 4, 128, 32);
-  const MatrixView q = QuantizeInto(src.view, 0, 4, 0, 128, WeightFormat::kInt4, 32, Aligned(mem));
+  const QuantizedMatrix mem = Quantize(src.view, 0, 4, 0, 128, WeightFormat::kInt4, 32);
+  const MatrixView& q = mem.view;
   auto cols = ColSlice(RowSlice(q, 1, 2), 64, 64, "layers.0.mlp.down_proj.weight");
   ASSERT_TRUE(cols.ok()) << cols.status();
   for (int64_t r = 0; r < 2; ++r) {
@@ -150,8 +142,8 @@ TEST(QuantizeTest, SlicesKeepEveryElementAndRefuseToCutAGroup) {
   EXPECT_NE(cut.status().message().find("layers.0.mlp.down_proj.weight"), std::string::npos) << cut.status();
   EXPECT_NE(cut.status().message().find("group of 32"), std::string::npos) << cut.status();
   // int8 slices anywhere.
-  auto mem8 = Memory(WeightFormat::kInt8, 4, 128, 0);
-  const MatrixView q8 = QuantizeInto(src.view, 0, 4, 0, 128, WeightFormat::kInt8, 0, Aligned(mem8));
+  const QuantizedMatrix mem8 = Quantize(src.view, 0, 4, 0, 128, WeightFormat::kInt8, 0);
+  const MatrixView& q8 = mem8.view;
   auto c8 = ColSlice(RowSlice(q8, 3, 1), 7, 9, "x");
   ASSERT_TRUE(c8.ok());
   for (int64_t k = 0; k < 9; ++k) EXPECT_EQ(ElementAt(*c8, 0, k), ElementAt(q8, 3, 7 + k));
