@@ -20,8 +20,8 @@ constexpr int64_t kChunkColumns = 2048;      // a multiple of every format's ste
 static_assert(kChunkColumns % 64 == 0, "a chunk is whole steps of every format (32 or 64 columns)");
 
 // Weight formats the kernel multiplies, each as bf16 vectors of kVectors * 32 columns a step: Load gives a step of
-// a row (with a mask, only the columns it keeps, the rest 0) given the Constants a tile sets up once, Column the
-// source column of each place of x in a step (x is packed once per call to match), Finish a row's whole sum as its
+// a row (with a mask, only the columns it keeps, the rest 0) given the Constants a tile sets up once, Order puts a
+// step of x into the order of the weights' columns (x is packed once per call), Finish a row's whole sum as its
 // output.
 struct Bf16Weights {
   static constexpr int kVectors = 1;
@@ -38,7 +38,8 @@ struct Bf16Weights {
     w[0] = (__m512bh)(kTail ? _mm512_maskz_loadu_epi16(static_cast<__mmask32>(mask), row.w + k)
                             : _mm512_loadu_si512(row.w + k));
   }
-  static int64_t Column(int64_t place) { return place; }
+  // x's step in natural order is already the weights' order.
+  GEMMA_BF16_TARGET static inline __attribute__((always_inline)) void Order(__m512bh (&)[kVectors]) {}
   static float Finish(const Row&, float sum) { return sum; }
 };
 
@@ -93,9 +94,12 @@ struct Fp8Weights {
     w[0] = (__m512bh)_mm512_unpacklo_epi8(low, high);
     w[1] = (__m512bh)_mm512_unpackhi_epi8(low, high);
   }
-  static int64_t Column(int64_t place) {
-    const int64_t v = place / 32, lane = place % 32 / 8;
-    return 16 * lane + 8 * v + place % 8;
+  // x's step (columns 0..31, 32..63) into the weights' order: vector 0 takes the even 128-bit lanes of both,
+  // vector 1 the odd ones.
+  GEMMA_BF16_TARGET static inline __attribute__((always_inline)) void Order(__m512bh (&x)[kVectors]) {
+    const __m512i a = (__m512i)x[0], b = (__m512i)x[1];
+    x[0] = (__m512bh)_mm512_shuffle_i64x2(a, b, 0x88);
+    x[1] = (__m512bh)_mm512_shuffle_i64x2(a, b, 0xDD);
   }
   static float Finish(const Row& row, float sum) { return sum * row.scale; }
 };
@@ -156,23 +160,34 @@ GEMMA_BF16_TARGET void Tile(const typename W::Row* rows, const uint16_t* xb, int
   }
 }
 
-// x rounded to bf16 (round to nearest even) in W's order, each token's row padded with zeros to whole steps.
+// x rounded to bf16 (round to nearest even, as F32ToBf16; subnormals become zero, as the products would read them)
+// in W's order, each token's row padded with zeros to whole steps.
+template <class W>
+GEMMA_BF16_TARGET void PackRow(const float* x, int64_t K, int64_t ldxb, uint16_t* xb) {
+  constexpr int64_t kStep = 32 * W::kVectors;
+  for (int64_t k0 = 0; k0 < ldxb; k0 += kStep) {
+    __m512bh step[W::kVectors];
+    for (int v = 0; v < W::kVectors; ++v) {
+      __m512 half[2];
+      for (int h = 0; h < 2; ++h) {
+        const int64_t k = k0 + 32 * v + 16 * h, left = std::clamp<int64_t>(K - k, 0, 16);
+        half[h] = _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << left) - 1), x + std::min(k, K));
+      }
+      step[v] = _mm512_cvtne2ps_pbh(half[1], half[0]);
+    }
+    W::Order(step);
+    for (int v = 0; v < W::kVectors; ++v) _mm512_storeu_si512(xb + k0 + 32 * v, (__m512i)step[v]);
+  }
+}
+
 template <class W>
 const uint16_t* PackX(const float* x, int64_t M, int64_t K, int64_t ldx, int64_t ldxb) {
-  constexpr int64_t kStep = 32 * W::kVectors;
   // The calling thread's buffer: the OpenMP threads below write it through `xb`, never through their own.
   thread_local std::vector<uint16_t> buffer;
   buffer.resize(M * ldxb);
   uint16_t* xb = buffer.data();
 #pragma omp parallel for schedule(static) if (M * K > (int64_t{1} << 16))
-  for (int64_t m = 0; m < M; ++m) {
-    for (int64_t k0 = 0; k0 < ldxb; k0 += kStep) {
-      for (int64_t p = 0; p < kStep; ++p) {
-        const int64_t k = k0 + W::Column(p);
-        xb[m * ldxb + k0 + p] = k < K ? F32ToBf16(x[m * ldx + k]) : 0;
-      }
-    }
-  }
+  for (int64_t m = 0; m < M; ++m) PackRow<W>(x + m * ldx, K, ldxb, xb + m * ldxb);
   return xb;
 }
 
