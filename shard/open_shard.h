@@ -24,7 +24,7 @@ struct ShardOptions {
   std::string device = "cpu";      // cpu or cuda
   std::string precision = "bf16";  // with cuda: bf16 or f32
   std::string weights = "bf16";    // stored weight precision: bf16, int8, int4, fp8 (fp8 on a GPU: compute capability 8.9+)
-  int int4_group_size = 128;       // with int4: input columns per scale and zero (32, 64 or 128)
+  int int4_group_size = 0;         // with int4: input columns per scale and zero (32, 64, 128; 0 chooses)
   std::string activations = "f32";  // CPU weight products: f32, bf16 (weights bf16), int8 (weights int8, int4)
   int cuda_device = -1;            // -1: rank modulo the devices this process sees
   KvCacheOptions kv;

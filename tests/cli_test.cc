@@ -304,6 +304,15 @@ TEST(CliTest, QuantizedWeightsGenerateAndWrittenCheckpointsLoad) {
     ASSERT_EQ(kv.code, 0) << kv.err;
     EXPECT_EQ(nlohmann::json::parse(kv.out)["token_ids"].size(), 6u);
   }
+  // int4 with no group size asked for fits the slices of TP 2 (the tiny model's o_proj slices hold 64 columns); asked
+  // for 128, the load names the size that fits.
+  CliRun int4_tp2 = Gemma("generate" + m + " --prompt-ids 2,17,99 --max-new-tokens 6 --json --tp 2 --weights int4");
+  ASSERT_EQ(int4_tp2.code, 0) << int4_tp2.err;
+  EXPECT_EQ(nlohmann::json::parse(int4_tp2.out)["token_ids"].size(), 6u);
+  CliRun int4_128 = Gemma("generate" + m + " --prompt-ids 2,17,99 --max-new-tokens 6 --tp 2 --weights int4 "
+                          "--int4-group-size 128");
+  EXPECT_NE(int4_128.code, 0);
+  EXPECT_NE(int4_128.err.find("an int4 group size of 64 fits this degree"), std::string::npos) << int4_128.err;
   // Rounded activations at TP 2 too (the followers take the flags; each rank quantizes its own input slice).
   const char* const rounded[] = {" --weights int4 --int4-group-size 32 --activations int8",
                                  " --weights int8 --activations int8", " --activations bf16",

@@ -39,7 +39,8 @@ void DeclareDeviceFlags(Args& args, const char* device_help) {
       .Flag("weights", "stored weight precision: bf16 (default), int8 (per-channel), int4 (grouped; embedding int8), "
                        "fp8 (E4M3, per-channel; on a GPU of compute capability 8.9+), quantized at load from the checkpoint; a pre-quantized "
                        "checkpoint (GPTQ, AWQ, compressed-tensors FP8) loads as stored")
-      .Flag("int4-group-size", "with --weights int4: input columns per scale and zero, 32, 64 or 128 (default 128)")
+      .Flag("int4-group-size", "with --weights int4: input columns per scale and zero, 32, 64 or 128; 0 (default) "
+                               "picks 128, or 64 or 32 where a matrix or the --tp slice of it needs smaller groups")
       .Flag("kv-cache-dtype", "how the KV cache stores K and V: auto (default: f32 on the CPU, --precision on the "
                               "GPU), bf16 or int8 (a scale per position and head; a quarter of f32's memory) on "
                               "the CPU")
@@ -60,9 +61,10 @@ absl::StatusOr<DeviceChoice> DeviceChoiceFromFlags(const Args& args) {
   if (auto w = ParseWeightPrecision(d.weights); !w.ok()) {
     return absl::InvalidArgumentError(absl::StrCat("--", w.status().message()));
   }
-  ASSIGN_OR_RETURN(const int64_t group, args.GetInt("int4-group-size", 128, 32, 128));
-  if ((group & (group - 1)) != 0) {
-    return absl::InvalidArgumentError(absl::StrCat("--int4-group-size ", group, " is invalid; allowed: 32, 64, 128"));
+  ASSIGN_OR_RETURN(const int64_t group, args.GetInt("int4-group-size", 0, 0, 128));
+  if (group != 0 && group != 32 && group != 64 && group != 128) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--int4-group-size ", group, " is invalid; allowed: 32, 64, 128 (or 0 to choose)"));
   }
   d.int4_group_size = static_cast<int>(group);
   d.kv_cache_dtype = args.Get("kv-cache-dtype", "auto");

@@ -41,7 +41,7 @@ struct DeviceChoice {
   std::string device = "cpu";
   std::string precision = "bf16";
   std::string weights = "bf16";
-  int int4_group_size = 128;
+  int int4_group_size = 0;  // 0: chosen per matrix (WeightLoadOptions)
   std::string kv_cache_dtype = "auto";  // shard/runtime/kv_cache.h's KvCacheDtype
   std::string activations = "f32";     // CPU weight products: f32, bf16 or int8 (cpu_backend.h)
   int gpu_lora_slots = 0;               // with cuda: adapter slots reserved on each GPU

@@ -25,7 +25,9 @@ ABSL_FLAG(std::string, weights, "bf16",
           "stored weight precision: bf16, int8 (per-channel), int4 (grouped; embedding int8) or fp8 (E4M3, "
           "per-channel; on a GPU of compute capability 8.9+), quantized at load; a pre-quantized checkpoint (GPTQ, "
           "AWQ, compressed-tensors FP8) loads as stored");
-ABSL_FLAG(int32_t, int4_group_size, 128, "with --weights int4: input columns per scale and zero, 32, 64 or 128");
+ABSL_FLAG(int32_t, int4_group_size, 0,
+          "with --weights int4: input columns per scale and zero, 32, 64 or 128; 0 (default) picks 128, or 64 or 32 "
+          "where a matrix or this tensor-parallel degree's slice of it needs smaller groups");
 ABSL_FLAG(int64_t, kv_cache_mb, 0,
           "KV-cache size per rank in MiB; 0: 1024 on the CPU, planned from --gpu_memory_fraction with --device cuda");
 ABSL_FLAG(double, gpu_memory_fraction, 0.9,
@@ -172,9 +174,9 @@ absl::StatusOr<WorkerOptions> WorkerOptionsFromFlags() {
     return absl::InvalidArgumentError(absl::StrCat("--", a.status().message()));
   }
   o.int4_group_size = absl::GetFlag(FLAGS_int4_group_size);
-  if (o.int4_group_size != 32 && o.int4_group_size != 64 && o.int4_group_size != 128) {
+  if (o.int4_group_size != 0 && o.int4_group_size != 32 && o.int4_group_size != 64 && o.int4_group_size != 128) {
     return absl::InvalidArgumentError(
-        absl::StrCat("--int4_group_size ", o.int4_group_size, " is invalid; allowed: 32, 64, 128"));
+        absl::StrCat("--int4_group_size ", o.int4_group_size, " is invalid; allowed: 32, 64, 128 (or 0 to choose)"));
   }
   const int64_t kv_mb = absl::GetFlag(FLAGS_kv_cache_mb);
   if (kv_mb < 0 || kv_mb > (int64_t{1} << 24)) {

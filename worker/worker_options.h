@@ -24,7 +24,7 @@ struct WorkerOptions {
   std::string precision = "bf16";  // CUDA: bf16 or f32
   std::string weights = "bf16";    // stored weight precision: bf16, int8, int4, fp8
   std::string activations = "f32";  // CPU weight products: f32, bf16 (weights bf16), int8 (weights int8, int4)
-  int int4_group_size = 128;
+  int int4_group_size = 0;  // 0: chosen per matrix (WeightLoadOptions)
   // 0 (no --kv_cache_mb): the CPU takes 1 GiB; a GPU plans its cache from gpu_memory_fraction instead.
   int64_t kv_cache_bytes = 0;
   double gpu_memory_fraction = 0.9;  // with cuda and no --kv_cache_mb: the device's share this process keeps within

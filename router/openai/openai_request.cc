@@ -51,11 +51,11 @@ class Reader {
       Fail(name, absl::StrCat("'", name, "' must be an integer"));
       return std::nullopt;
     }
-    const int64_t x = v->is_number_unsigned() && v->get<uint64_t>() > static_cast<uint64_t>(INT64_MAX)
-                          ? INT64_MAX
-                          : v->get<int64_t>();
-    if (x < lo || x > hi) {
-      Fail(name, absl::StrCat("'", name, "' is ", x, "; allowed: ", lo, "..", hi));
+    // Past INT64_MAX is past every range here: said as sent, never clamped into one.
+    const bool huge = v->is_number_unsigned() && v->get<uint64_t>() > static_cast<uint64_t>(INT64_MAX);
+    const int64_t x = huge ? 0 : v->get<int64_t>();
+    if (huge || x < lo || x > hi) {
+      Fail(name, absl::StrCat("'", name, "' is ", v->dump(), "; allowed: ", lo, "..", hi));
       return std::nullopt;
     }
     return x;
@@ -424,8 +424,10 @@ ParseResult ParseChatRequest(const json& body, const RequestContext& context) {
     if (rl == "developer") rl = "system";
     const bool system_ok = rl == "system" && i == 0 && context.chat_system_role;
     if (rl != "user" && rl != "assistant" && !system_ok) {
+      // The template's missing system role is said only to a system message: to any other role it is noise.
       const char* allowed = context.chat_system_role ? "user, assistant, and system or developer as the first message"
-                                                     : "user, assistant (this model's chat template has no system role)";
+                            : rl == "system"         ? "user, assistant (this model's chat template has no system role)"
+                                                     : "user, assistant";
       const std::string given = role == nullptr ? "missing" : role->is_string() ? "\"" + rl + "\"" : "not a string";
       return BadField(where + ".role", absl::StrCat("'", where, ".role' is ", given, "; allowed: ", allowed));
     }

@@ -90,6 +90,9 @@ TEST(OpenAiRequestTest, BadFieldsAreNamedWithTheirRange) {
       {R"({"model": "m", "prompt": "x", "n": 0})", "n", "1..128"},
       {R"({"model": "m", "prompt": "x", "n": 1.5})", "n", "integer"},
       {R"({"model": "m", "prompt": "x", "max_tokens": -1})", "max_tokens", "0.."},
+      // Past INT64_MAX: refused as sent, never clamped (two seeds that big would otherwise be one).
+      {R"({"model": "m", "prompt": "x", "seed": 9223372036854775808})", "seed", "is 9223372036854775808; allowed"},
+      {R"({"model": "m", "prompt": "x", "max_tokens": 18446744073709551615})", "max_tokens", "is 18446744073709551615"},
       {R"({"model": "m", "prompt": "x", "presence_penalty": 2.5})", "presence_penalty", "[-2, 2]"},
       {R"({"model": "m", "prompt": "x", "logprobs": 21})", "logprobs", "0..20"},
       {R"({"model": "m", "prompt": "x", "stop": 5})", "stop", "string"},
@@ -136,8 +139,9 @@ TEST(OpenAiRequestTest, ChatMessagesRolesAndParts) {
       json::parse(R"({"model": "m", "messages": [{"role": "system", "content": "x"}, {"role": "user", "content": "y"}]})"), {}));
   EXPECT_EQ(no_system.param, "messages[0].role");
   EXPECT_NE(no_system.message.find("no system role"), std::string::npos) << no_system.message;
-  EXPECT_EQ(Err(ParseChatRequest(json::parse(R"({"model": "m", "messages": [{"role": "tool", "content": "x"}]})"), {})).param,
-            "messages[0].role");
+  const ApiError tool = Err(ParseChatRequest(json::parse(R"({"model": "m", "messages": [{"role": "tool", "content": "x"}]})"), {}));
+  EXPECT_EQ(tool.param, "messages[0].role");
+  EXPECT_EQ(tool.message.find("system"), std::string::npos) << tool.message;
   EXPECT_EQ(Err(ParseChatRequest(json::parse(
                 R"({"model": "m", "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]})"), {}))
                 .param,

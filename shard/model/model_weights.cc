@@ -88,12 +88,15 @@ absl::StatusOr<MatrixView> ModelWeights::Place(const std::string& name, const Ma
   }
   int group = 0;
   if (format == WeightFormat::kInt4) {
-    // Chosen from the whole matrix, so every tensor-parallel degree quantizes the model the same way.
-    group = PickGroupSize(whole.cols, preferred_group, {});
+    // Chosen from the whole matrix, so every tensor-parallel degree quantizes the model the same way; with no
+    // size asked for, from this degree's slice too (every rank's slices are alike, so the ranks agree).
+    group = preferred_group > 0 ? PickGroupSize(whole.cols, preferred_group, {})
+                                : PickGroupSize(whole.cols, 128, {col_begin, cols});
     if (group == 0) {
-      return absl::InvalidArgumentError(absl::StrCat(name, ": int4 weights need groups of 32 to ", preferred_group,
-                                                     " input columns, and its ", whole.cols,
-                                                     " input columns are not a multiple of 32"));
+      return absl::InvalidArgumentError(absl::StrCat(
+          name, ": int4 weights need groups of 32 to ", preferred_group > 0 ? preferred_group : 128,
+          " input columns, and its ", preferred_group > 0 ? "" : "tensor-parallel slice's ",
+          preferred_group > 0 ? whole.cols : cols, " input columns are not a multiple of 32"));
     }
     if (col_begin % group != 0 || (cols % group != 0 && col_begin + cols != whole.cols)) {
       const int fits = PickGroupSize(whole.cols, group, {col_begin, cols});
@@ -161,10 +164,10 @@ absl::StatusOr<std::unique_ptr<ModelWeights>> ModelWeights::Load(std::shared_ptr
       format = WeightFormat::kFp8;
       break;
   }
-  if (format == WeightFormat::kInt4 && (options.int4_group_size < 32 || options.int4_group_size > 128 ||
-                                        (options.int4_group_size & (options.int4_group_size - 1)) != 0)) {
+  if (format == WeightFormat::kInt4 && options.int4_group_size != 0 && options.int4_group_size != 32 &&
+      options.int4_group_size != 64 && options.int4_group_size != 128) {
     return absl::InvalidArgumentError(absl::StrCat("int4 group size ", options.int4_group_size,
-                                                   " is invalid; allowed: 32, 64 or 128"));
+                                                   " is invalid; allowed: 32, 64 or 128 (or 0 to choose)"));
   }
   const CheckpointQuantization& stored = checkpoint->config().quantization;
   const bool packed = stored.method == CheckpointQuantization::Method::kGptq ||

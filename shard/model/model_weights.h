@@ -37,10 +37,11 @@ std::string TextTensorPrefix(const Checkpoint& checkpoint);
 struct WeightLoadOptions {
   // A pre-quantized checkpoint (GPTQ, AWQ, compressed-tensors FP8) loads as stored, at bf16 or its own precision.
   WeightPrecision precision = WeightPrecision::kBF16;
-  // int4: columns per group; smaller powers of two down to 32 where a matrix's input is not a multiple of it.
-  // A tensor-parallel slice that would cut a group is refused (naming the group size that fits), so a model is
-  // quantized alike at every degree.
-  int int4_group_size = 128;
+  // int4: columns per group (32, 64 or 128), smaller powers of two down to 32 where a matrix's input is not a
+  // multiple of it; a tensor-parallel slice that would cut a group is refused (naming the group size that fits), so
+  // a model is quantized alike at every degree. 0: 128, or the largest that also fits this degree's slices (a
+  // matrix may then be grouped differently at another degree).
+  int int4_group_size = 0;
 };
 
 // Immutable after Load; thread-safe for concurrent reads. Keeps the Checkpoint
