@@ -2,8 +2,10 @@
 // errors in OpenAI's shape with OpenAI's status codes, cancellation on disconnect, metrics.
 #include <grpcpp/grpcpp.h>
 
+#include <chrono>
 #include <future>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -249,6 +251,24 @@ TEST_F(OpenAiHttpTest, ModelsAndHealth) {
   EXPECT_EQ(m["data"][0]["id"], "tiny");
   EXPECT_GT(m["data"][0]["max_model_len"].get<int>(), 0);
   EXPECT_EQ(Call(http_port_, "GET", "/health").status, 200);
+}
+
+// Prompts are tokenized off the HTTP loop: a few megabytes of prompt (seconds of tokenizing, then refused as too
+// long) hold up neither /health nor a small request.
+TEST_F(OpenAiHttpTest, ALongPromptBeingTokenizedHoldsUpNoOtherExchange) {
+  std::string prompt;
+  for (int i = 0; i < 1000000; ++i) prompt += "a b ";
+  const std::string body = json{{"model", "tiny"}, {"prompt", prompt}, {"max_tokens", 1}}.dump();
+  auto big = std::async(std::launch::async, [&] { return Call(http_port_, "POST", "/v1/completions", body); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));  // the body is in, its prompt being tokenized
+  EXPECT_EQ(Call(http_port_, "GET", "/health").status, 200);
+  const HttpReply small = Post("/v1/completions", {{"model", "tiny"}, {"prompt", "Hi"}, {"max_tokens", 1}});
+  EXPECT_EQ(small.status, 200) << small.body;
+  EXPECT_EQ(big.wait_for(std::chrono::seconds(0)), std::future_status::timeout)
+      << "the long prompt was answered first: the others waited for its tokenizing";
+  const HttpReply refused = big.get();
+  EXPECT_EQ(refused.status, 400) << refused.body;
+  EXPECT_NE(refused.body.find("tokens"), std::string::npos) << refused.body;
 }
 
 TEST_F(OpenAiHttpTest, AClientThatDisconnectsCancelsItsRequest) {

@@ -243,6 +243,19 @@ TEST_F(LoraLoaderErrorsTest, NamesTheFieldThatIsWrong) {
   c["r"] = 8;  // the tensors are rank 4
   ExpectRefused(c, "needs [8, 128]");
   ExpectRefused(nlohmann::json::array(), "not a JSON object");
+  std::ofstream(dir_ + "/adapter_config.json") << R"({"peft_type": "LORA", "r": 4, "lora_alpha": Infinity})";
+  const absl::Status not_json = LoadLoraAdapter(dir_, config_, *TensorParallel::Create(config_, 0, 1)).status();
+  EXPECT_NE(not_json.message().find("is not valid JSON"), std::string::npos) << not_json;
+  // PEFT's layers_to_transform: the layers it names must exist, and the file may hold no other layer.
+  c = config_json_;
+  c["layers_to_transform"] = {7};
+  ExpectRefused(c, "names layer 7; this model has layers 0..1");
+  c["layers_to_transform"] = 0;  // the file holds layer 1 too
+  ExpectRefused(c, "layers_to_transform leaves layer 1 out");
+  c["layers_to_transform"] = "all";
+  ExpectRefused(c, "allowed: a layer index, or a list of them");
+  c["layers_to_transform"] = {0, 1};
+  EXPECT_TRUE(LoadWith(c).ok());
   c = config_json_;
   c["peft_type"] = 1;  // a wrong type is an error, never an exception
   ExpectRefused(c, "peft_type");

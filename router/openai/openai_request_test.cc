@@ -139,7 +139,8 @@ TEST(OpenAiRequestTest, ChatMessagesRolesAndParts) {
       json::parse(R"({"model": "m", "messages": [{"role": "system", "content": "x"}, {"role": "user", "content": "y"}]})"), {}));
   EXPECT_EQ(no_system.param, "messages[0].role");
   EXPECT_NE(no_system.message.find("no system role"), std::string::npos) << no_system.message;
-  const ApiError tool = Err(ParseChatRequest(json::parse(R"({"model": "m", "messages": [{"role": "tool", "content": "x"}]})"), {}));
+  const ApiError tool =
+      Err(ParseChatRequest(json::parse(R"({"model": "m", "messages": [{"role": "tool", "content": "x"}]})"), {}));
   EXPECT_EQ(tool.param, "messages[0].role");
   EXPECT_EQ(tool.message.find("system"), std::string::npos) << tool.message;
   EXPECT_EQ(Err(ParseChatRequest(json::parse(

@@ -40,8 +40,24 @@ class Call {
 
   ~Call() { CancelAll(); }
 
-  // Admits every choice; on the first refusal cancels those admitted and answers the error.
-  bool Start(const RequestAdmission& admission, const std::shared_ptr<Call>& self, http::Server::Poster poster) {
+  // Each prompt's token ids (or why it has none), in the order of parsed_.prompts. Reads only what is immutable,
+  // so it runs off the loop.
+  std::vector<absl::StatusOr<std::vector<int32_t>>> TokenizePrompts(const RequestAdmission& admission) const {
+    std::vector<absl::StatusOr<std::vector<int32_t>>> ids;
+    for (const v1::GenerateRequest& prompt : parsed_.prompts) {
+      ids.push_back(admission.PromptIds(*model_, prompt.input()));
+    }
+    return ids;
+  }
+
+  // Admits every choice (`prompt_ids` from TokenizePrompts); on the first refusal cancels those admitted and answers
+  // the error.
+  bool Start(const RequestAdmission& admission, const std::shared_ptr<Call>& self, http::Server::Poster poster,
+             std::vector<absl::StatusOr<std::vector<int32_t>>> prompt_ids) {
+    if (exchange_->closed()) {  // gone while its prompts were tokenized
+      ClientGone();
+      return false;
+    }
     auto wake_pending = std::make_shared<std::atomic<bool>>(false);
     std::weak_ptr<Call> weak = self;
     RequestAdmission::Origin origin = origin_;
@@ -67,12 +83,13 @@ class Call {
     };
     // Echo with logprobs: each prompt scored once, whatever number of choices share it; a prompt of one token has
     // nothing to score (its token's log-prob is null).
-    for (const v1::GenerateRequest& prompt : parsed_.prompts) {
+    for (size_t p = 0; p < parsed_.prompts.size(); ++p) {
+      const v1::GenerateRequest& prompt = parsed_.prompts[p];
       if (!parsed_.echo || (!parsed_.logprobs && parsed_.generates())) break;
       if (!parsed_.generates()) {
         if (absl::Status s = admission.Validate(*model_, prompt); !s.ok()) return refuse(s);
       }
-      auto ids = admission.PromptIds(*model_, prompt.input());
+      absl::StatusOr<std::vector<int32_t>> ids = prompt_ids[p];
       if (!ids.ok()) return refuse(ids.status());
       prompt_tokens_.push_back(static_cast<int64_t>(ids->size()));
       v1::ScoreResponse unscored;
@@ -90,11 +107,12 @@ class Call {
       scores_.back() = *scoring;
     }
     for (const auto& s : scores_) scored_.push_back(s == nullptr);
-    for (const v1::GenerateRequest& prompt : parsed_.prompts) {
+    for (size_t p = 0; p < parsed_.prompts.size(); ++p) {
+      const v1::GenerateRequest& prompt = parsed_.prompts[p];
       if (!parsed_.generates()) break;
       // Tokenized once, its best_of candidates (n unless given) admitted together: they share its KV blocks. A beam
       // search is one request, whose beams are its choices.
-      auto ids = admission.PromptIds(*model_, prompt.input());
+      absl::StatusOr<std::vector<int32_t>>& ids = prompt_ids[p];
       if (!ids.ok()) return refuse(ids.status());
       v1::GenerateRequest samples = prompt;
       samples.mutable_parameters()->set_n(parsed_.beams > 0 ? 1 : parsed_.best_of);
@@ -384,7 +402,14 @@ void OpenAiService::Generate(std::shared_ptr<http::Exchange> exchange, bool chat
   http::Server::Poster poster = exchange->server().poster();
   auto call = std::make_shared<Call>(this, model, exchange, std::move(request), std::move(context), origin);
   calls_[call.get()] = call;
-  call->Start(*admission_, call, std::move(poster));
+  tokenizing_.Run([call, admission = admission_, poster]() mutable {
+    auto ids = call->TokenizePrompts(*admission);
+    // The call moves on, so its last reference never ends here, off the loop. Dropped if the server has stopped
+    // meanwhile: it answered the exchange 503 as it closed, and calls_ still holds the call.
+    poster([call = std::move(call), admission, poster, ids = std::move(ids)]() mutable {
+      call->Start(*admission, call, std::move(poster), std::move(ids));
+    });
+  });
 }
 
 }  // namespace gemma::openai

@@ -10,6 +10,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "router/api_keys.h"
 #include "router/http/http_server.h"
+#include "router/openai/off_loop_work.h"
 #include "router/openai/openai_error.h"
 #include "router/request_admission.h"
 
@@ -43,6 +44,8 @@ class OpenAiService {
   const ApiKeys* keys_;
   const std::string served_model_name_;
   absl::flat_hash_map<Call*, std::shared_ptr<Call>> calls_;  // running; loop thread only
+  // Prompts are tokenized here, off the loop. Last, so it is joined first: no job outlives the service.
+  OffLoopWork tokenizing_{2};
 };
 
 }  // namespace gemma::openai

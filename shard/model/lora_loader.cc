@@ -23,6 +23,8 @@ struct LoraConfig {
   int rank = 0;
   float scaling = 1.0f;
   std::set<LoraTarget> targets;
+  // PEFT's layers_to_transform: the only layers the adapter may hold; empty: every layer.
+  std::set<int> layers;
 };
 
 absl::Status Bad(const std::string& file, const std::string& what) {
@@ -54,8 +56,9 @@ absl::StatusOr<LoraConfig> ParseConfig(const std::string& file) {
   ASSIGN_OR_RETURN(const std::string text,
                    ReadWholeFile(file, "adapter config"));
   json j = json::parse(text, nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded() || !j.is_object())
-    return Bad(file, "is not a JSON object");
+  // JSON has no Infinity or NaN: a config holding one is not valid JSON either.
+  if (j.is_discarded()) return Bad(file, "is not valid JSON");
+  if (!j.is_object()) return Bad(file, "is not a JSON object");
   if (!j.contains("peft_type") || !j["peft_type"].is_string() || j["peft_type"].get<std::string>() != "LORA") {
     return Bad(file,
                absl::StrCat(
@@ -100,6 +103,18 @@ absl::StatusOr<LoraConfig> ParseConfig(const std::string& file) {
                                  "fully trained extra modules"));
   RETURN_IF_ERROR(RequireDefault(j, file, "layers_pattern", nullptr,
                                  "layer selection by pattern"));
+  if (j.contains("layers_to_transform") && !j["layers_to_transform"].is_null()) {
+    const json& l = j["layers_to_transform"];
+    const json list = l.is_array() ? l : json::array({l});
+    for (const json& layer : list) {
+      if (!layer.is_number_integer() || layer.get<int64_t>() < 0 || layer.get<int64_t>() > (1 << 20)) {
+        return Bad(file, absl::StrCat("\"layers_to_transform\" is ", l.dump(),
+                                      "; allowed: a layer index, or a list of them"));
+      }
+      c.layers.insert(static_cast<int>(layer.get<int64_t>()));
+    }
+    if (c.layers.empty()) return Bad(file, "\"layers_to_transform\" is an empty list; give null for every layer");
+  }
   if (!j.contains("target_modules"))
     return Bad(file, "\"target_modules\" is missing");
   const json& targets = j["target_modules"];
@@ -255,6 +270,11 @@ absl::StatusOr<std::shared_ptr<LoraAdapter>> LoadLoraAdapter(
   for (LoraTarget t : lc.targets)
     a->target_modules.push_back(LoraTargetName(t));
   a->layers.resize(config.num_layers);
+  if (!lc.layers.empty() && *lc.layers.rbegin() >= config.num_layers) {
+    return Bad(dir + "/adapter_config.json",
+               absl::StrCat("\"layers_to_transform\" names layer ", *lc.layers.rbegin(), "; this model has layers 0..",
+                            config.num_layers - 1));
+  }
   const std::string prefix =
       "base_model.model." + config.tensor_prefix + "layers.";
   std::set<std::string> used;
@@ -272,6 +292,10 @@ absl::StatusOr<std::shared_ptr<LoraAdapter>> LoadLoraAdapter(
                  ib = header.tensors.find(b_name);
       if (ia == header.tensors.end() && ib == header.tensors.end())
         continue;  // layers_to_transform left it out
+      if (!lc.layers.empty() && !lc.layers.contains(layer)) {
+        return Bad(file, absl::StrCat("has ", ia != header.tensors.end() ? a_name : b_name,
+                                      " but adapter_config.json's layers_to_transform leaves layer ", layer, " out"));
+      }
       if (ia == header.tensors.end() || ib == header.tensors.end()) {
         return Bad(
             file,
