@@ -233,6 +233,10 @@ TEST_F(OpenAiHttpTest, ErrorsHaveOpenAisShapeAndStatus) {
   EXPECT_TRUE(Body(not_json).contains("error"));
   EXPECT_EQ(Call(http_port_, "GET", "/v1/nothing").status, 404);
   EXPECT_EQ(Call(http_port_, "GET", "/v1/completions").status, 405);
+  const HttpReply deleted = Call(http_port_, "DELETE", "/v1/completions");
+  EXPECT_EQ(deleted.status, 405);
+  EXPECT_NE(Body(deleted)["error"]["message"].get<std::string>().find("DELETE is not allowed"), std::string::npos)
+      << deleted.body;
 }
 
 TEST_F(OpenAiHttpTest, ChatWithoutMaxTokensGeneratesUpToTheDefault) {

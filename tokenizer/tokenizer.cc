@@ -1,5 +1,6 @@
 #include "tokenizer/tokenizer.h"
 
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
@@ -89,6 +90,11 @@ Tokenizer::Tokenizer(std::unique_ptr<SentencePieceImpl> impl, std::vector<PieceT
 Tokenizer::~Tokenizer() = default;
 
 absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromFile(const std::string& path) {
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec)) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": is a directory; give the SentencePiece model file in it "
+                                                   "(tokenizer.model)"));
+  }
   std::ifstream in(path, std::ios::binary);
   if (!in) return absl::NotFoundError(absl::StrCat(path, ": cannot open tokenizer model"));
   std::stringstream ss;

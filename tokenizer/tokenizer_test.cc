@@ -114,6 +114,15 @@ TEST(TokenizerTest, Gemma3ChatEncodesWithTurnPieces) {
   EXPECT_EQ(ids->back(), 107);  // "\n" after "model"
 }
 
+TEST(TokenizerTest, AFolderOrAMissingFileIsNamedAsSuch) {
+  const auto folder = Tokenizer::FromFile(testing::GemmaTinyDir());
+  ASSERT_FALSE(folder.ok());
+  EXPECT_NE(folder.status().message().find("is a directory; give the SentencePiece model file"), std::string::npos)
+      << folder.status();
+  const auto missing = Tokenizer::FromFile(testing::GemmaTinyDir() + "/no-such.model");
+  EXPECT_TRUE(absl::IsNotFound(missing.status())) << missing.status();
+}
+
 TEST(TokenizerTest, RejectsInvalidUtf8AndOutOfRangeIds) {
   auto tok = TinyTokenizer();
   EXPECT_FALSE(tok->Encode("bad \xff byte").ok());

@@ -45,7 +45,7 @@ void DeclareDeviceFlags(Args& args, const char* device_help) {
                               "GPU), bf16 or int8 (a scale per position and head; a quarter of f32's memory) on "
                               "the CPU")
       .Flag("gpu-lora-slots", "with --device cuda: LoRA adapter slots reserved on each GPU, 0..1024 (default: 1 "
-                              "with --adapter, else 0)")
+                              "where the command has --adapter and it is given, else 0)")
       .Flag("gpu-lora-max-rank", "with --device cuda: the highest LoRA rank those slots hold, 1..64 (default 16)")
       .Flag("activations", kMatMulActivationsHelp);
 }

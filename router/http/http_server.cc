@@ -108,6 +108,9 @@ Exchange::Exchange(Server* server, evhttp_request* request) : server_(server), r
     case EVHTTP_REQ_POST: method_ = "POST"; break;
     case EVHTTP_REQ_HEAD: method_ = "HEAD"; break;
     case EVHTTP_REQ_OPTIONS: method_ = "OPTIONS"; break;
+    case EVHTTP_REQ_PUT: method_ = "PUT"; break;
+    case EVHTTP_REQ_DELETE: method_ = "DELETE"; break;
+    case EVHTTP_REQ_PATCH: method_ = "PATCH"; break;
     default: method_ = "OTHER"; break;
   }
   const evhttp_uri* uri = evhttp_request_get_evhttp_uri(request);
@@ -281,7 +284,10 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options, Han
   evhttp_set_max_headers_size(impl.http, static_cast<ev_ssize_t>(o.max_header_bytes));
   const timeval io_timeout{static_cast<time_t>(o.io_timeout.count()), 0};
   evhttp_set_timeout_tv(impl.http, &io_timeout);
-  evhttp_set_allowed_methods(impl.http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD | EVHTTP_REQ_OPTIONS);
+  // Every method a client may try reaches the handler, which answers a wrong one 405 in the API's own error shape
+  // (libevent's refusal is an HTML page).
+  evhttp_set_allowed_methods(impl.http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD | EVHTTP_REQ_OPTIONS |
+                                            EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE | EVHTTP_REQ_PATCH);
   Server* self = server.get();
   evhttp_set_gencb(
       impl.http,

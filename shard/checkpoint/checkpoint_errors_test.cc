@@ -114,6 +114,12 @@ TEST(CheckpointErrorsTest, ConfigContradictsTensors) {
   more.num_layers = 2;
   const std::string err = LoadError(WriteCheckpoint("layers", {}, ModelConfigJson(more)));
   EXPECT_NE(err.find("model.layers.1."), std::string::npos) << err;
+  // Fewer layers in the config than the weights hold: refused, never served cut short.
+  ModelConfig two = Small();
+  two.num_layers = 2;
+  const std::string fewer = LoadError(WriteCheckpoint("fewer", {}, ModelConfigJson(Small()), two));
+  EXPECT_NE(fewer.find("tensor model.layers.1."), std::string::npos) << fewer;
+  EXPECT_NE(fewer.find("num_hidden_layers is 1"), std::string::npos) << fewer;
   ModelConfig wider = Small();
   wider.hidden_size = 256;
   EXPECT_NE(LoadError(WriteCheckpoint("wider", {}, ModelConfigJson(wider))).find("config.json implies"),

@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <charconv>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -51,6 +52,24 @@ void ReportIgnoredTensors(const Checkpoint& checkpoint) {
                "%s: multimodal Gemma 3 checkpoint: serving the text model only; ignoring %d tensors of the vision "
                "tower and projector (%s)\n",
                checkpoint.dir().c_str(), ignored, absl::StrJoin(prefixes, ", ").c_str());
+}
+
+// A tensor of a layer past the config's count means a config and weights of different models: loading the layers
+// the config names would serve a model cut short, silently.
+absl::Status CheckNoLayerPastTheConfig(const Checkpoint& checkpoint, const std::string& prefix, int num_layers) {
+  const std::string layers = prefix + "layers.";
+  for (const std::string& name : checkpoint.TensorNames()) {
+    if (!name.starts_with(layers)) continue;
+    const std::string_view rest = std::string_view(name).substr(layers.size());
+    int layer = 0;
+    const auto [end, error] = std::from_chars(rest.data(), rest.data() + rest.size(), layer);
+    if (error == std::errc() && end != rest.data() && layer >= num_layers) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          checkpoint.dir(), ": tensor ", name, " is of layer ", layer, ", but config.json's num_hidden_layers is ",
+          num_layers, " (layers 0..", num_layers - 1, "): are the config and the weights of one model?"));
+    }
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -191,6 +210,7 @@ absl::StatusOr<std::unique_ptr<ModelWeights>> ModelWeights::Load(std::shared_ptr
   const int64_t h = c.hidden_size, d = c.head_dim;
   const std::string m = TextTensorPrefix(*w->checkpoint_);
   ReportIgnoredTensors(*w->checkpoint_);
+  RETURN_IF_ERROR(CheckNoLayerPastTheConfig(*w->checkpoint_, m, c.num_layers));
   const int group = options.int4_group_size;
   // Reading (and quantizing) every matrix is the long part of a load.
   const int64_t total = c.num_layers + 1;
