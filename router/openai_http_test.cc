@@ -233,6 +233,14 @@ TEST_F(OpenAiHttpTest, ErrorsHaveOpenAisShapeAndStatus) {
   EXPECT_TRUE(Body(not_json).contains("error"));
   EXPECT_EQ(Call(http_port_, "GET", "/v1/nothing").status, 404);
   EXPECT_EQ(Call(http_port_, "GET", "/v1/completions").status, 405);
+  // The prompt's faults lie on "prompt", in the HTTP API's names (not the gRPC API's input.text).
+  const HttpReply empty = Post("/v1/completions", {{"model", "tiny"}, {"prompt", ""}});
+  EXPECT_EQ(empty.status, 400);
+  EXPECT_EQ(Body(empty)["error"]["param"], "prompt") << empty.body;
+  EXPECT_TRUE(Body(empty)["error"]["message"].get<std::string>().starts_with("prompt is empty")) << empty.body;
+  const HttpReply too_long = Post("/v1/completions", {{"model", "tiny"}, {"prompt", std::vector<int>(600, 5)}});
+  EXPECT_EQ(too_long.status, 400);
+  EXPECT_EQ(Body(too_long)["error"]["param"], "prompt") << too_long.body;
   const HttpReply deleted = Call(http_port_, "DELETE", "/v1/completions");
   EXPECT_EQ(deleted.status, 405);
   EXPECT_NE(Body(deleted)["error"]["message"].get<std::string>().find("DELETE is not allowed"), std::string::npos)

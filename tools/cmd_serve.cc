@@ -72,7 +72,8 @@ int ServeCommand(int argc, char** argv) {
       .Flag("http-port", "also serve the OpenAI-compatible HTTP API on this port (0: any free port; default: none)")
       .Flag("served-model-name", "the model name HTTP clients give (default: the checkpoint's shape name)")
       .Flag("threads", "compute threads per rank (default: cores / (tp * replicas))")
-      .Flag("kv-cache-mb", "KV cache per rank in MiB; default: 1024 on the CPU, planned from --gpu-memory-fraction on GPUs")
+      .Flag("kv-cache-mb", "KV cache per rank in MiB; 0 (default): 1024 on the CPU, planned from "
+                           "--gpu-memory-fraction on GPUs")
       .Flag("gpu-memory-fraction", "with --device cuda: the share of each GPU a rank keeps within, (0, 1] (default 0.9)")
       .Flag("tls-cert", "PEM certificate of the public port; with --tls-key it listens on every interface over TLS")
       .Flag("tls-key", "PEM private key of the public port")

@@ -1,6 +1,7 @@
 #include "router/openai/openai_service.h"
 
 #include <atomic>
+#include <cstring>
 #include <ctime>
 #include <random>
 
@@ -73,11 +74,20 @@ class Call {
     auto refuse = [&](const absl::Status& status) {
       admission.Reject(status, origin_);
       ApiError e = FromStatus(status);
-      // The admission speaks the gRPC API's names; the one field whose HTTP name differs is renamed.
+      // The admission speaks the gRPC API's names: the fields whose HTTP names differ are renamed, and a fault of
+      // the prompt itself is laid on the prompt, not on max_tokens that its message may mention.
+      const char* prompt_field = parsed_.chat ? "messages" : "prompt";
+      for (const char* grpc_name : {"input.text", "input.token_ids"}) {
+        if (e.message.starts_with(grpc_name)) {
+          e.message = absl::StrCat(prompt_field, e.message.substr(std::strlen(grpc_name)));
+          e.param = prompt_field;
+        }
+      }
       if (e.message.find("max_new_tokens") != std::string::npos) {
         e.message = absl::StrReplaceAll(e.message, {{"max_new_tokens", "max_tokens"}});
         e.param = "max_tokens";
       }
+      if (e.message.starts_with("the prompt")) e.param = prompt_field;
       Fail(e);
       return false;
     };
