@@ -189,11 +189,16 @@ TEST(QuantizedWeightsCpuErrorsTest, BadPrecisionsAndGroupsAreRefusedClearly) {
   auto w = ModelWeights::Load(ckpt, *tp, odd);
   ASSERT_FALSE(w.ok());
   EXPECT_NE(w.status().message().find("allowed: 32, 64 or 128"), std::string::npos) << w.status();
-  // tiny-mha's attention output has 128 input columns, one group; at TP 8 each rank's 32 would cut it.
+  // tiny-mha's attention output has 128 input columns, one group; at TP 8 each rank's 32 would cut it. Asked for
+  // groups of 128, the load is refused; with no size asked for, it takes the 32 that fit.
   auto tp8 = TensorParallel::Create(ckpt->config(), 1, 8);
   ASSERT_TRUE(tp8.ok()) << tp8.status();
   WeightLoadOptions int4;
   int4.precision = WeightPrecision::kInt4;
+  auto chosen = ModelWeights::Load(ckpt, *tp8, int4);
+  ASSERT_TRUE(chosen.ok()) << chosen.status();
+  EXPECT_EQ((*chosen)->layer(0).o.group_size, 32);
+  int4.int4_group_size = 128;
   w = ModelWeights::Load(ckpt, *tp8, int4);
   ASSERT_FALSE(w.ok());
   EXPECT_NE(w.status().message().find("o_proj.weight: this rank's tensor-parallel slice, input columns [0, 32), cuts its int4 groups of "
