@@ -104,11 +104,11 @@ struct Fp8Weights {
   static float Finish(const Row& row, float sum) { return sum * row.scale; }
 };
 
-// One step of R rows of W against T tokens (xb's rows `ldx` apart, packed and padded with zeros to whole steps)
-// from column k; with kTail, only the weights `mask` keeps are loaded. rows[R..2R) are the next tile's, prefetched
-// at the same column. One vector a step holds x in registers; with two, x is read from L1 by each product (the
+// One step of R rows of W against T tokens (xb's rows `ldx` apart, packed and padded with zeros to whole steps) from
+// column k; with kTail, only the weights `mask` keeps are loaded. rows[R..2R) are the next tile's, prefetched at the
+// same column with kPrefetch. One vector a step holds x in registers; with two, x is read from L1 by each product (the
 // registers go to the accumulators, the widened weights and the fp8 tables).
-template <class W, int R, int T, bool kTail>
+template <class W, int R, int T, bool kTail, bool kPrefetch>
 GEMMA_BF16_TARGET inline __attribute__((always_inline)) void Step(__m512 (&acc)[R][T], const typename W::Constants& c,
                                                                   const typename W::Row* rows, const uint16_t* xb,
                                                                   int64_t ldx, int64_t k, uint64_t mask) {
@@ -119,7 +119,7 @@ GEMMA_BF16_TARGET inline __attribute__((always_inline)) void Step(__m512 (&acc)[
   }
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r) {
-    __builtin_prefetch(W::Address(rows[r + R], k));
+    if constexpr (kPrefetch) __builtin_prefetch(W::Address(rows[r + R], k));
     __m512bh w[W::kVectors];
     W::template Load<kTail>(c, rows[r], k, mask, w);
 #pragma GCC unroll 8
@@ -142,15 +142,19 @@ GEMMA_BF16_TARGET inline __attribute__((always_inline)) void Step(__m512 (&acc)[
 // a loop of their own: a mask test per load there keeps the compiler from holding the accumulators in registers.
 template <class W, int R, int T>
 GEMMA_BF16_TARGET void Tile(const typename W::Row* rows, const uint16_t* xb, int64_t ldx, int64_t k0, int64_t k1,
-                            bool accumulate, bool last, float* out, int64_t ldo) {
+                            bool accumulate, bool last, float* out, int64_t ldo, bool prefetch) {
   constexpr int64_t kStep = 32 * W::kVectors;
   const typename W::Constants c;
   __m512 acc[R][T];
   for (int r = 0; r < R; ++r)
     for (int t = 0; t < T; ++t) acc[r][t] = _mm512_setzero_ps();
   int64_t k = k0;
-  for (; k + kStep <= k1; k += kStep) Step<W, R, T, false>(acc, c, rows, xb, ldx, k, 0);
-  if (k < k1) Step<W, R, T, true>(acc, c, rows, xb, ldx, k, (uint64_t{1} << (k1 - k)) - 1);
+  if (prefetch) {
+    for (; k + kStep <= k1; k += kStep) Step<W, R, T, false, true>(acc, c, rows, xb, ldx, k, 0);
+  } else {
+    for (; k + kStep <= k1; k += kStep) Step<W, R, T, false, false>(acc, c, rows, xb, ldx, k, 0);
+  }
+  if (k < k1) Step<W, R, T, true, false>(acc, c, rows, xb, ldx, k, (uint64_t{1} << (k1 - k)) - 1);
   for (int r = 0; r < R; ++r) {
     for (int t = 0; t < T; ++t) {
       float s = _mm512_reduce_add_ps(acc[r][t]);
@@ -206,9 +210,10 @@ void Run(const float* x, int64_t M, int64_t K, int64_t ldx, std::span<const Matr
   const int64_t chunk_columns = std::min(K, kChunkColumns);
   const int64_t panel = std::max<int64_t>(kTokens, kPanelBytes / (2 * chunk_columns) / kTokens * kTokens);
   ForEachTile<kRows, kTokens>(
-      total_rows, M, panel, chunks, [&]<int R, int T>(int64_t r, int64_t m, int64_t c) {
+      total_rows, M, panel, chunks, [&]<int R, int T>(int64_t r, int64_t m, int64_t c, bool prefetch) {
         const int64_t k0 = c * kChunkColumns, k1 = std::min(K, k0 + kChunkColumns);
-        Tile<W, R, T>(&row_data[r], xb + m * ldxb, ldxb, k0, k1, c > 0, c + 1 == chunks, out + m * ldo + r, ldo);
+        Tile<W, R, T>(&row_data[r], xb + m * ldxb, ldxb, k0, k1, c > 0, c + 1 == chunks, out + m * ldo + r, ldo,
+                      prefetch);
       });
 }
 

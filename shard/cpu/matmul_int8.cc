@@ -77,7 +77,7 @@ void Run(const Tokens& x, int64_t M, int64_t K, std::span<const MatrixView> weig
   const float* row_scales = scales.data();
   const int64_t panel = std::max<int64_t>(kTokens, kPanelBytes / K / kTokens * kTokens);
   ForEachTile<kRows, kTokens>(static_cast<int64_t>(scales.size()), M, panel, /*chunks=*/1,
-                              [&]<int R, int T>(int64_t r, int64_t m, int64_t) {
+                              [&]<int R, int T>(int64_t r, int64_t m, int64_t, bool) {
                                 Tile<R, T>(&row_codes[r], &row_scales[r], x, m, K, out + m * ldo + r, ldo);
                               });
 }

@@ -146,7 +146,7 @@ void MatMulInt4Int8(const int8_t* q, const float* xs, int64_t M, int64_t K, std:
   for (const MatrixView& v : weights) total_rows += v.rows;
   const Tokens x{xr, sums, xs, Kp, G};
   const int64_t panel = std::max<int64_t>(kTokens, kPanelBytes / Kp / kTokens * kTokens);
-  auto tile = [&]<int R, int T>(int64_t r, int64_t m, int64_t) {
+  auto tile = [&]<int R, int T>(int64_t r, int64_t m, int64_t, bool) {
     Tile<R, T>(&table[r], x, m, K, group_size, out + m * ldo + r, ldo);
   };
   ForEachTile<kRows, kTokens>(total_rows, M, panel, /*chunks=*/1, tile);
