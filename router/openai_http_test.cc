@@ -245,6 +245,19 @@ TEST_F(OpenAiHttpTest, ErrorsHaveOpenAisShapeAndStatus) {
   EXPECT_EQ(deleted.status, 405);
   EXPECT_NE(Body(deleted)["error"]["message"].get<std::string>().find("DELETE is not allowed"), std::string::npos)
       << deleted.body;
+  EXPECT_NE(deleted.head.find("Allow: POST"), std::string::npos) << deleted.head;
+  const HttpReply health = Call(http_port_, "DELETE", "/health");
+  EXPECT_EQ(health.status, 405) << health.body;
+  EXPECT_NE(health.head.find("Allow: GET, HEAD"), std::string::npos) << health.head;
+  const HttpReply traced = Call(http_port_, "TRACE", "/v1/models");
+  EXPECT_EQ(traced.status, 405) << traced.body;
+  EXPECT_NE(traced.head.find("Allow: GET"), std::string::npos) << traced.head;
+  // Of several prompts, the one at fault is named.
+  const HttpReply second = Post("/v1/completions", {{"model", "tiny"}, {"prompt", {{2, 10}, {2, 99999999}}}});
+  EXPECT_EQ(second.status, 400);
+  EXPECT_EQ(Body(second)["error"]["param"], "prompt") << second.body;
+  EXPECT_TRUE(Body(second)["error"]["message"].get<std::string>().starts_with("prompt[1][1] = 99999999 is outside"))
+      << second.body;
 }
 
 TEST_F(OpenAiHttpTest, ChatWithoutMaxTokensGeneratesUpToTheDefault) {
@@ -302,6 +315,25 @@ TEST_F(OpenAiHttpTest, AClientThatDisconnectsCancelsItsRequest) {
     cancelled = std::max(0.0, Sample(testing::HttpGet(metrics_port_, "/metrics"), series));  // -1 until it counts
   }
   EXPECT_EQ(cancelled, cancelled_before + 1) << "the request ran on after its client left";
+}
+
+// Gone before its prompt was tokenized: never admitted, and counted as cancelled all the same.
+TEST_F(OpenAiHttpTest, AClientThatLeavesWhileItsPromptIsTokenizedIsCountedCancelled) {
+  const std::string series = R"(gemma_router_requests_total{code="CANCELLED",endpoint="/v1/completions",outcome="cancelled",protocol="http"})";
+  const double cancelled_before = std::max(0.0, Sample(testing::HttpGet(metrics_port_, "/metrics"), series));
+  std::string prompt;
+  for (int i = 0; i < 1000000; ++i) prompt += "a b ";
+  const int fd = http::testing::ConnectLoopback(http_port_);
+  http::testing::SendAll(fd, http::testing::RequestText("POST", "/v1/completions",
+                                                        json{{"model", "tiny"}, {"prompt", prompt}}.dump()));
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  ::close(fd);
+  double cancelled = cancelled_before;
+  for (int i = 0; i < 600 && cancelled == cancelled_before; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    cancelled = std::max(0.0, Sample(testing::HttpGet(metrics_port_, "/metrics"), series));
+  }
+  EXPECT_EQ(cancelled, cancelled_before + 1) << "a request whose client left during tokenizing went uncounted";
 }
 
 TEST_F(OpenAiHttpTest, MetricsCountHttpRequestsByEndpointAndOutcome) {

@@ -136,7 +136,7 @@ void RouterMetrics::Finished(const absl::Status& status, double seconds, int pro
 
 void RouterMetrics::Rejected(const absl::Status& status, const std::string& protocol, const std::string& endpoint) {
   requests_
-      ->Add({{"outcome", "rejected"},
+      ->Add({{"outcome", status.code() == absl::StatusCode::kCancelled ? "cancelled" : "rejected"},
              {"code", absl::StatusCodeToString(status.code())},
              {"protocol", protocol},
              {"endpoint", endpoint}})

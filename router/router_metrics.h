@@ -44,7 +44,8 @@ class RouterMetrics {
   static std::string GroupLabel(const std::string& group_name, const std::string& address) {
     return group_name.empty() ? address : group_name;
   }
-  // Not admitted: bad request, full queue, no healthy group, or no valid API key.
+  // Not admitted: bad request, full queue, no healthy group, or no valid API key; or (Cancelled, counted as
+  // cancelled) the client left before its request could be admitted.
   void Rejected(const absl::Status& status, const std::string& protocol, const std::string& endpoint);
   void Preempted(int n) { preemptions_->Increment(n); }
   // KV windows: local-layer blocks given back because their positions left every window.

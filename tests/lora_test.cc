@@ -253,7 +253,7 @@ TEST_F(LoraLoaderErrorsTest, NamesTheFieldThatIsWrong) {
   c["layers_to_transform"] = 0;  // the file holds layer 1 too
   ExpectRefused(c, "layers_to_transform leaves layer 1 out");
   c["layers_to_transform"] = "all";
-  ExpectRefused(c, "allowed: a layer index, or a list of them");
+  ExpectRefused(c, "allowed: a layer index (0 up to the model's layer count - 1), or a list of them");
   c["layers_to_transform"] = {0, 1};
   EXPECT_TRUE(LoadWith(c).ok());
   c = config_json_;

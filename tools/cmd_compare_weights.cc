@@ -1,5 +1,6 @@
 // gemma compare-weights: how far a weight precision (and the activations the CPU multiplies it by) moves a model's
 // next-token distributions from bf16's at f32 activations.
+#include <cstdint>
 #include <cstdio>
 #include <numeric>
 #include <random>
@@ -10,6 +11,7 @@
 #include "shard/checkpoint/checkpoint.h"
 #include "shard/cpu/cpu_backend.h"
 #include "shard/model/model_weights.h"
+#include "shard/model/quantize.h"
 #include "shard/runtime/logits_comparison.h"
 #include "tools/cli_common.h"
 #include "tools/commands.h"
@@ -49,7 +51,8 @@ int CompareWeightsCommand(int argc, char** argv) {
       .Flag("weights", "the precision to compare with bf16: int8, int4 or fp8 (bf16 with --activations bf16)")
       .Flag("activations", "what that side's weight products multiply on the CPU: f32 (default), bf16 (weights bf16 "
                            "or fp8) or int8 (weights int8 or int4); the bf16 side stays f32")
-      .Flag("int4-group-size", "with int4: 32, 64 or 128 (default 128)")
+      .Flag("int4-group-size", "with int4: 32, 64 or 128; 0 (default) picks as the server does (128, or less where a "
+                               "matrix needs it)")
       .Flag("prompt-ids", "token ids to run (default: --tokens ids drawn uniformly with seed 1, after <bos>)")
       .Flag("tokens", "positions compared when no ids are given, 2..4096 (default 128)")
       .Flag("json", "print one JSON object", true);
@@ -66,8 +69,11 @@ int CompareWeightsCommand(int argc, char** argv) {
                                                  "\" is invalid here; allowed: int8, int4, fp8, or bf16 with "
                                                  "--activations bf16"));
   }
-  auto group = args.GetInt("int4-group-size", 128, 32, 128);
+  auto group = args.GetInt("int4-group-size", 0, INT32_MIN, INT32_MAX);
   if (!group.ok()) return Fail(kCmd, group.status());
+  if (auto s = ValidateInt4GroupSize(*group, /*zero_chooses=*/true, "--int4-group-size"); !s.ok()) {
+    return Fail(kCmd, s);
+  }
   WeightLoadOptions load;
   load.precision = *precision;
   load.int4_group_size = static_cast<int>(*group);

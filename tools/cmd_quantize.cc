@@ -1,8 +1,10 @@
 // gemma quantize: write a checkpoint's projections as 4-bit GPTQ or AWQ tensors or compressed-tensors FP8, the
 // layouts vLLM loads.
+#include <cstdint>
 #include <string>
 
 #include "shard/checkpoint/checkpoint.h"
+#include "shard/model/quantize.h"
 #include "shard/model/quantized_checkpoint_writer.h"
 #include "tools/cli_common.h"
 #include "tools/commands.h"
@@ -38,8 +40,12 @@ int QuantizeCommand(int argc, char** argv) {
   if (format != "gptq" && format != "awq") {
     return Fail(kCmd, absl::InvalidArgumentError("--format \"" + format + "\" is invalid; allowed: gptq, awq"));
   }
-  auto group = args.GetInt("int4-group-size", 128, 32, 128);
+  auto group = args.GetInt("int4-group-size", 128, INT32_MIN, INT32_MAX);
   if (!group.ok()) return Fail(kCmd, group.status());
+  // The file records one size: nothing is left to choose at load.
+  if (auto s = ValidateInt4GroupSize(*group, /*zero_chooses=*/false, "--int4-group-size"); !s.ok()) {
+    return Fail(kCmd, s);
+  }
   auto in = Checkpoint::Open(args.Get("in"));
   if (!in.ok()) return Fail(kCmd, in.status());
   const auto method = fp8 ? CheckpointQuantization::Method::kFp8

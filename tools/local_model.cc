@@ -61,11 +61,8 @@ absl::StatusOr<DeviceChoice> DeviceChoiceFromFlags(const Args& args) {
   if (auto w = ParseWeightPrecision(d.weights); !w.ok()) {
     return absl::InvalidArgumentError(absl::StrCat("--", w.status().message()));
   }
-  ASSIGN_OR_RETURN(const int64_t group, args.GetInt("int4-group-size", 0, 0, 128));
-  if (group != 0 && group != 32 && group != 64 && group != 128) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--int4-group-size ", group, " is invalid; allowed: 32, 64, 128 (or 0 to choose)"));
-  }
+  ASSIGN_OR_RETURN(const int64_t group, args.GetInt("int4-group-size", 0, INT32_MIN, INT32_MAX));
+  RETURN_IF_ERROR(ValidateInt4GroupSize(group, /*zero_chooses=*/true, "--int4-group-size"));
   d.int4_group_size = static_cast<int>(group);
   d.kv_cache_dtype = args.Get("kv-cache-dtype", "auto");
   ASSIGN_OR_RETURN(const int64_t slots, args.GetInt("gpu-lora-slots", args.Has("adapter") ? 1 : 0, 0, 1024));

@@ -174,10 +174,7 @@ absl::StatusOr<WorkerOptions> WorkerOptionsFromFlags() {
     return absl::InvalidArgumentError(absl::StrCat("--", a.status().message()));
   }
   o.int4_group_size = absl::GetFlag(FLAGS_int4_group_size);
-  if (o.int4_group_size != 0 && o.int4_group_size != 32 && o.int4_group_size != 64 && o.int4_group_size != 128) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--int4_group_size ", o.int4_group_size, " is invalid; allowed: 32, 64, 128 (or 0 to choose)"));
-  }
+  RETURN_IF_ERROR(ValidateInt4GroupSize(o.int4_group_size, /*zero_chooses=*/true, "--int4_group_size"));
   const int64_t kv_mb = absl::GetFlag(FLAGS_kv_cache_mb);
   if (kv_mb < 0 || kv_mb > (int64_t{1} << 24)) {
     return absl::InvalidArgumentError(

@@ -111,6 +111,7 @@ Exchange::Exchange(Server* server, evhttp_request* request) : server_(server), r
     case EVHTTP_REQ_PUT: method_ = "PUT"; break;
     case EVHTTP_REQ_DELETE: method_ = "DELETE"; break;
     case EVHTTP_REQ_PATCH: method_ = "PATCH"; break;
+    case EVHTTP_REQ_TRACE: method_ = "TRACE"; break;
     default: method_ = "OTHER"; break;
   }
   const evhttp_uri* uri = evhttp_request_get_evhttp_uri(request);
@@ -161,6 +162,11 @@ void Exchange::Abandon() {
   request_ = nullptr;
   server_->Forget(this);
   server_ = nullptr;
+}
+
+void Exchange::AddHeader(const std::string& name, const std::string& value) {
+  if (request_ == nullptr || state_ != State::kNew) return;
+  evhttp_add_header(evhttp_request_get_output_headers(request_), name.c_str(), value.c_str());
 }
 
 void Exchange::Reply(int status, std::string_view content_type, std::string_view body) {
@@ -284,10 +290,10 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options, Han
   evhttp_set_max_headers_size(impl.http, static_cast<ev_ssize_t>(o.max_header_bytes));
   const timeval io_timeout{static_cast<time_t>(o.io_timeout.count()), 0};
   evhttp_set_timeout_tv(impl.http, &io_timeout);
-  // Every method a client may try reaches the handler, which answers a wrong one 405 in the API's own error shape
-  // (libevent's refusal is an HTML page).
+  // Every standard method but CONNECT reaches the handler, which answers a wrong one 405 in the API's own error
+  // shape (libevent's refusal is an HTML page). CONNECT and methods libevent does not know still get its own 400/501.
   evhttp_set_allowed_methods(impl.http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD | EVHTTP_REQ_OPTIONS |
-                                            EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE | EVHTTP_REQ_PATCH);
+                                            EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE | EVHTTP_REQ_PATCH | EVHTTP_REQ_TRACE);
   Server* self = server.get();
   evhttp_set_gencb(
       impl.http,

@@ -51,6 +51,8 @@ class Exchange {
   const std::string& body() const { return body_; }
   Server& server() const { return *server_; }
 
+  // A header of the reply to come (before Reply or StartStream; ignored after).
+  void AddHeader(const std::string& name, const std::string& value);
   // The whole reply at once.
   void Reply(int status, std::string_view content_type, std::string_view body);
   // A streamed reply (chunked): the head now, then Send for each part, then End.

@@ -273,12 +273,6 @@ bool ReadModel(Reader& r, const json& body, ParsedRequest& out) {
 
 }  // namespace
 
-v1::GenerateRequest ParsedRequest::ForChoice(int index) const {
-  v1::GenerateRequest r = prompts[index / n];
-  if (r.parameters().has_seed()) r.mutable_parameters()->set_seed(r.parameters().seed() + static_cast<uint64_t>(index % n));
-  return r;
-}
-
 ParseResult ParseCompletionRequest(const json& body, const RequestContext& context) {
   if (!body.is_object()) return BadField("", "the request body must be a JSON object");
   static const std::set<std::string> kKnown = {

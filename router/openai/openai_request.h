@@ -47,8 +47,6 @@ struct ParsedRequest {
   int choices() const { return static_cast<int>(prompts.size()) * n; }
   // Total candidates generated: prompts × best_of.
   int candidates() const { return static_cast<int>(prompts.size()) * best_of; }
-  // The request for choice `index`: its prompt's, with its own seed when one was given (seed + choice).
-  v1::GenerateRequest ForChoice(int index) const;
 };
 
 using ParseResult = std::variant<ParsedRequest, ApiError>;

@@ -116,12 +116,14 @@ const char* FinishReasonName(v1::FinishReason reason) {
 }
 
 std::string ResponseBody(const ResponseContext& c, const std::vector<v1::GenerateResponse>& results,
-                         const std::vector<std::string>& prefixes, const UsageCount& usage,
+                         const std::vector<std::string>& echoed, int choices_per_prompt, const UsageCount& usage,
                          const std::vector<const v1::ScoreResponse*>& prompt_scores) {
+  static const std::string kNone;
   json choices = json::array();
   for (size_t i = 0; i < results.size(); ++i) {
     const v1::GenerateResponse& r = results[i];
-    const std::string prefix = i < prefixes.size() ? prefixes[i] : "";
+    const size_t prompt = i / static_cast<size_t>(std::max(choices_per_prompt, 1));
+    const std::string& prefix = prompt < echoed.size() ? echoed[prompt] : kNone;
     const std::vector<v1::GeneratedToken> tokens(r.tokens().begin(), r.tokens().end());
     json choice = {{"index", i}, {"finish_reason", FinishReasonName(r.finish_reason())}};
     if (c.chat) {

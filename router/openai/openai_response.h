@@ -34,11 +34,12 @@ struct UsageCount {
 // "stop" for <eos>, <end_of_turn>, a stop sequence or stop id; "length" for max_tokens or the context.
 const char* FinishReasonName(v1::FinishReason reason);
 
-// A whole (non-streamed) response: one choice per result, in index order. `prefixes[i]`, when given, goes before
-// choice i's text (echo); `prompt_scores[i]`, when given and not null, lists its prompt's tokens (<bos> included, as
-// "" text) before the generated ones, each with its log-prob given the tokens before it (null for the first).
+// A whole (non-streamed) response: one choice per result, in index order, `choices_per_prompt` to a prompt.
+// `echoed[p]`, when given, goes before the text of prompt p's choices (echo); `prompt_scores[i]`, when given and
+// not null, lists choice i's prompt tokens (<bos> included, as "" text) before the generated ones, each with its
+// log-prob given the tokens before it (null for the first).
 std::string ResponseBody(const ResponseContext& context, const std::vector<v1::GenerateResponse>& results,
-                         const std::vector<std::string>& prefixes, const UsageCount& usage,
+                         const std::vector<std::string>& echoed, int choices_per_prompt, const UsageCount& usage,
                          const std::vector<const v1::ScoreResponse*>& prompt_scores = {});
 
 // One server-sent event for choice `index`: new text and its tokens' log-probs, or the choice's end.

@@ -30,7 +30,7 @@ TEST(OpenAiResponseTest, LogprobTokensAreTheTokensOwnBytes) {
   *r.add_tokens() = Token(1, -0.5f);
   *r.add_tokens() = Token(2, -1.5f);
   r.set_finish_reason(v1::FINISH_REASON_LENGTH);
-  const json chat = json::parse(ResponseBody(c, {r}, {}, {3, 2}));
+  const json chat = json::parse(ResponseBody(c, {r}, {}, 1, {3, 2}));
   const json& content = chat["choices"][0]["logprobs"]["content"];
   EXPECT_EQ(content[0]["token"], " the");
   EXPECT_EQ(content[0]["bytes"], json::array({32, 116, 104, 101}));
@@ -40,7 +40,7 @@ TEST(OpenAiResponseTest, LogprobTokensAreTheTokensOwnBytes) {
   EXPECT_EQ(chat["choices"][0]["finish_reason"], "length");
 
   c.chat = false;
-  const json completion = json::parse(ResponseBody(c, {r}, {"a"}, {3, 2}));
+  const json completion = json::parse(ResponseBody(c, {r}, {"a"}, 1, {3, 2}));
   const json& lp = completion["choices"][0]["logprobs"];
   EXPECT_EQ(lp["tokens"], json::array({" the", "bytes:\\xe2"}));
   EXPECT_EQ(lp["text_offset"], json::array({1, 5})) << "after the echoed \"a\", then 4 bytes of \" the\"";

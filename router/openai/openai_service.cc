@@ -27,7 +27,15 @@ std::string NewId(const char* prefix) {
 
 }  // namespace
 
-// One generation call: its choices' requests and what has been sent of them. Lives on the loop thread.
+// What a call's prompts become off the loop: each prompt's token ids (or why it has none) and, with echo, the text
+// its choices begin with, in the order of the call's prompts.
+struct TokenizedPrompts {
+  std::vector<absl::StatusOr<std::vector<int32_t>>> ids;
+  std::vector<std::string> echoed;
+};
+
+// One generation call: its choices' requests and what has been sent of them. TokenizePrompts and Abandoned may run
+// on any thread; everything else runs on the loop thread.
 class Call {
  public:
   Call(OpenAiService* service, std::shared_ptr<const ServedModel> model, std::shared_ptr<http::Exchange> exchange,
@@ -41,24 +49,42 @@ class Call {
 
   ~Call() { CancelAll(); }
 
-  // Each prompt's token ids (or why it has none), in the order of parsed_.prompts. Reads only what is immutable,
-  // so it runs off the loop.
-  std::vector<absl::StatusOr<std::vector<int32_t>>> TokenizePrompts(const RequestAdmission& admission) const {
-    std::vector<absl::StatusOr<std::vector<int32_t>>> ids;
+  // Reads only what is immutable, so it runs off the loop; stops early once the client has gone.
+  TokenizedPrompts TokenizePrompts(const RequestAdmission& admission) const {
+    TokenizedPrompts t;
     for (const v1::GenerateRequest& prompt : parsed_.prompts) {
-      ids.push_back(admission.PromptIds(*model_, prompt.input()));
+      if (abandoned_.load(std::memory_order_relaxed)) break;
+      t.ids.push_back(admission.PromptIds(*model_, prompt.input()));
+      if (!parsed_.echo) continue;
+      if (prompt.input().has_text()) {
+        t.echoed.push_back(prompt.input().text());
+      } else {
+        const auto& ids = prompt.input().token_ids().ids();
+        t.echoed.push_back(context_.tokenizer->Decode(std::vector<int32_t>(ids.begin(), ids.end())).value_or(""));
+      }
     }
-    return ids;
+    return t;
   }
 
-  // Admits every choice (`prompt_ids` from TokenizePrompts); on the first refusal cancels those admitted and answers
+  // Calls ClientGone when the client leaves, from now on: before Start too, so that tokenizing stops early.
+  void WatchClient(const std::shared_ptr<Call>& self) {
+    std::weak_ptr<Call> weak = self;
+    exchange_->OnClose([weak] {
+      if (auto call = weak.lock()) call->ClientGone();
+    });
+  }
+
+  // Admits every choice (`prompts` from TokenizePrompts); on the first refusal cancels those admitted and answers
   // the error.
-  bool Start(const RequestAdmission& admission, const std::shared_ptr<Call>& self, http::Server::Poster poster,
-             std::vector<absl::StatusOr<std::vector<int32_t>>> prompt_ids) {
-    if (exchange_->closed()) {  // gone while its prompts were tokenized
+  void Start(const RequestAdmission& admission, const std::shared_ptr<Call>& self, http::Server::Poster poster,
+             TokenizedPrompts prompts) {
+    if (finished_ || exchange_->closed()) {  // gone while its prompts were tokenized: counted as cancelled
+      admission.Reject(absl::CancelledError("the client left while its prompt was tokenized"), origin_);
       ClientGone();
-      return false;
+      return;
     }
+    std::vector<absl::StatusOr<std::vector<int32_t>>>& prompt_ids = prompts.ids;
+    echoed_ = std::move(prompts.echoed);
     auto wake_pending = std::make_shared<std::atomic<bool>>(false);
     std::weak_ptr<Call> weak = self;
     RequestAdmission::Origin origin = origin_;
@@ -71,16 +97,21 @@ class Call {
       });
     };
     const int choices = parsed_.choices();
-    auto refuse = [&](const absl::Status& status) {
+    // `p`: the prompt the refusal is about, named where the request has several.
+    auto refuse = [&](const absl::Status& status, size_t p) {
       admission.Reject(status, origin_);
       ApiError e = FromStatus(status);
       // The admission speaks the gRPC API's names: the fields whose HTTP names differ are renamed, and a fault of
       // the prompt itself is laid on the prompt, not on max_tokens that its message may mention.
       const char* prompt_field = parsed_.chat ? "messages" : "prompt";
+      const std::string prompt_name =
+          parsed_.prompts.size() > 1 ? absl::StrCat(prompt_field, "[", p, "]") : std::string(prompt_field);
+      bool renamed = false;
       for (const char* grpc_name : {"input.text", "input.token_ids"}) {
         if (e.message.starts_with(grpc_name)) {
-          e.message = absl::StrCat(prompt_field, e.message.substr(std::strlen(grpc_name)));
+          e.message = absl::StrCat(prompt_name, e.message.substr(std::strlen(grpc_name)));
           e.param = prompt_field;
+          renamed = true;
         }
       }
       if (e.message.find("max_new_tokens") != std::string::npos) {
@@ -88,8 +119,8 @@ class Call {
         e.param = "max_tokens";
       }
       if (e.message.starts_with("the prompt")) e.param = prompt_field;
+      if (!renamed && parsed_.prompts.size() > 1) e.message = absl::StrCat(prompt_name, ": ", e.message);
       Fail(e);
-      return false;
     };
     // Echo with logprobs: each prompt scored once, whatever number of choices share it; a prompt of one token has
     // nothing to score (its token's log-prob is null).
@@ -97,10 +128,10 @@ class Call {
       const v1::GenerateRequest& prompt = parsed_.prompts[p];
       if (!parsed_.echo || (!parsed_.logprobs && parsed_.generates())) break;
       if (!parsed_.generates()) {
-        if (absl::Status s = admission.Validate(*model_, prompt); !s.ok()) return refuse(s);
+        if (absl::Status s = admission.Validate(*model_, prompt); !s.ok()) return refuse(s, p);
       }
-      absl::StatusOr<std::vector<int32_t>> ids = prompt_ids[p];
-      if (!ids.ok()) return refuse(ids.status());
+      const absl::StatusOr<std::vector<int32_t>>& ids = prompt_ids[p];
+      if (!ids.ok()) return refuse(ids.status(), p);
       prompt_tokens_.push_back(static_cast<int64_t>(ids->size()));
       v1::ScoreResponse unscored;
       unscored.mutable_token_ids()->Add(ids->begin(), ids->end());
@@ -108,12 +139,12 @@ class Call {
       scores_.push_back(nullptr);
       if (!parsed_.logprobs || ids->size() < 2) continue;  // echo alone, or nothing to score
       if (absl::Status s = admission.ValidateScoreLength(*model_, static_cast<int32_t>(ids->size())); !s.ok()) {
-        return refuse(s);
+        return refuse(s, p);
       }
       RequestAdmission::Origin part = origin;
       part.counted = false;  // counted with the request it belongs to
-      auto scoring = admission.AdmitScore(*model_, std::move(*ids), parsed_.top_logprobs, part);
-      if (!scoring.ok()) return refuse(scoring.status());
+      auto scoring = admission.AdmitScore(*model_, *ids, parsed_.top_logprobs, part);
+      if (!scoring.ok()) return refuse(scoring.status(), p);
       scores_.back() = *scoring;
     }
     for (const auto& s : scores_) scored_.push_back(s == nullptr);
@@ -123,31 +154,15 @@ class Call {
       // Tokenized once, its best_of candidates (n unless given) admitted together: they share its KV blocks. A beam
       // search is one request, whose beams are its choices.
       absl::StatusOr<std::vector<int32_t>>& ids = prompt_ids[p];
-      if (!ids.ok()) return refuse(ids.status());
+      if (!ids.ok()) return refuse(ids.status(), p);
       v1::GenerateRequest samples = prompt;
       samples.mutable_parameters()->set_n(parsed_.beams > 0 ? 1 : parsed_.best_of);
       auto admitted = admission.AdmitSamples(*model_, samples, origin, &*ids);
-      if (!admitted.ok()) return refuse(admitted.status());
+      if (!admitted.ok()) return refuse(admitted.status(), p);
       requests_.insert(requests_.end(), admitted->begin(), admitted->end());
     }
-    for (int i = 0; i < choices; ++i) {
-      const v1::GenerateRequest request = parsed_.ForChoice(i);
-      std::string prefix;
-      if (parsed_.echo) {
-        if (request.input().has_text()) {
-          prefix = request.input().text();
-        } else {
-          const auto& ids = request.input().token_ids().ids();
-          prefix = context_.tokenizer->Decode(std::vector<int32_t>(ids.begin(), ids.end())).value_or("");
-        }
-      }
-      prefixes_.push_back(std::move(prefix));
-    }
-    exchange_->OnClose([weak] {
-      if (auto call = weak.lock()) call->ClientGone();
-    });
     done_.assign(requests_.size(), false);
-    for (const std::string& prefix : prefixes_) offsets_.push_back(static_cast<int64_t>(prefix.size()));
+    for (int i = 0; i < choices; ++i) offsets_.push_back(static_cast<int64_t>(Echoed(i).size()));
     waiting_ = requests_.size();
     for (const auto& s : scores_) waiting_ += s != nullptr;
     if (parsed_.stream) {
@@ -155,11 +170,10 @@ class Call {
       stream_started_ = true;
       for (int i = 0; i < choices; ++i) {
         if (parsed_.chat) exchange_->Send(RoleChunk(context_, i));
-        if (!prefixes_[i].empty()) exchange_->Send(TextChunk(context_, i, prefixes_[i], {}));
+        if (!Echoed(i).empty()) exchange_->Send(TextChunk(context_, i, Echoed(i), {}));
       }
     }
     Pump();
-    return true;
   }
 
   // Takes what the requests have produced: streams it, and answers once every choice has ended.
@@ -237,7 +251,7 @@ class Call {
       for (int i = 0; i < parsed_.choices() && parsed_.logprobs && !prompt_scores_.empty(); ++i) {
         prompt_scores.push_back(&prompt_scores_[i / parsed_.n]);
       }
-      exchange_->Reply(200, kJson, ResponseBody(context_, results, prefixes_, usage_, prompt_scores));
+      exchange_->Reply(200, kJson, ResponseBody(context_, results, echoed_, parsed_.n, usage_, prompt_scores));
     }
     service_->Done(this);
   }
@@ -264,7 +278,14 @@ class Call {
     service_->Done(this);
   }
 
+  // Choice i's text begins with its prompt's, with echo.
+  const std::string& Echoed(int choice) const {
+    static const std::string kNone;
+    return echoed_.empty() ? kNone : echoed_[choice / parsed_.n];
+  }
+
   void ClientGone() {
+    abandoned_.store(true, std::memory_order_relaxed);
     if (finished_) return;
     finished_ = true;
     CancelAll();  // each leaves its group at the next step, freeing its KV blocks
@@ -281,13 +302,14 @@ class Call {
   std::vector<std::shared_ptr<ActiveRequest>> scores_;    // per prompt, for echo with logprobs; null: none to run
   std::vector<v1::ScoreResponse> prompt_scores_;          // per prompt, when echo: its ids, then their log-probs
   std::vector<int64_t> prompt_tokens_;                    // per prompt, when echo
-  std::vector<std::string> prefixes_;
+  std::vector<std::string> echoed_;                       // per prompt, with echo: the text its choices begin with
   std::vector<bool> done_, scored_;
   std::vector<int64_t> offsets_;  // per choice: the length of the text streamed so far
   size_t waiting_ = 0;  // requests and scorings not yet ended
   UsageCount usage_;
   bool finished_ = false;
   bool stream_started_ = false;
+  std::atomic<bool> abandoned_{false};  // the client has gone: tokenizing may stop
 };
 
 OpenAiService::OpenAiService(const RequestAdmission* admission, const ApiKeys* keys, std::string served_model_name)
@@ -305,7 +327,15 @@ void OpenAiService::Handle(std::shared_ptr<http::Exchange> exchange) {
   const RequestAdmission::Origin origin{.protocol = "http", .endpoint = path};
   auto answer = [&](const ApiError& e) { Refuse(*exchange, e, origin); };
   const bool generate = path == "/v1/completions" || path == "/v1/chat/completions";
+  // A wrong method gets 405 naming the one the path takes (and Allow, as HTTP asks).
+  auto wrong_method = [&](const char* allowed) {
+    ApiError e = BadField("", absl::StrCat(method, " is not allowed on ", path, "; use ", allowed));
+    e.http_status = 405;
+    exchange->AddHeader("Allow", allowed);
+    exchange->Reply(405, kJson, e.ToJson());
+  };
   if (path == "/health") {
+    if (method != "GET" && method != "HEAD") return wrong_method("GET, HEAD");
     // Unauthenticated, for load balancers and probes: 200 while some group serves.
     const bool healthy = admission_->Model().ok() && admission_->healthy_groups() > 0;
     exchange->Reply(healthy ? 200 : 503, kJson, healthy ? "{\"status\":\"ok\"}" : "{\"status\":\"unavailable\"}");
@@ -320,12 +350,7 @@ void OpenAiService::Handle(std::shared_ptr<http::Exchange> exchange) {
     exchange->Reply(404, kJson, e.ToJson());
     return;
   }
-  if ((generate && method != "POST") || (!generate && method != "GET")) {
-    ApiError e = BadField("", absl::StrCat(method, " is not allowed on ", path, "; use ", generate ? "POST" : "GET"));
-    e.http_status = 405;
-    exchange->Reply(405, kJson, e.ToJson());
-    return;
-  }
+  if ((generate && method != "POST") || (!generate && method != "GET")) return wrong_method(generate ? "POST" : "GET");
   const std::optional<std::string_view> authorization = exchange->header("Authorization");
   if (absl::Status s = keys_->CheckAuthorization(authorization ? &*authorization : nullptr); !s.ok()) {
     return answer(FromStatus(s));
@@ -409,15 +434,31 @@ void OpenAiService::Generate(std::shared_ptr<http::Exchange> exchange, bool chat
   context.top_logprobs = request.top_logprobs;
   context.tokenizer = model->tokenizer.get();
   context.vocabulary = model->structured_output->vocabulary();
+  int64_t prompt_bytes = 0;
+  for (const v1::GenerateRequest& prompt : request.prompts) {
+    prompt_bytes += static_cast<int64_t>(prompt.input().text().size()) +
+                    static_cast<int64_t>(sizeof(int32_t)) * prompt.input().token_ids().ids_size();
+  }
+  const bool on_loop = prompt_bytes <= kTokenizeOnLoopBytes;  // under a millisecond's work: no thread hops
+  if (!on_loop && tokenizing_bytes_ + prompt_bytes > kMaxTokenizingBytes) {
+    return answer(FromStatus(absl::UnavailableError(absl::StrFormat(
+        "%.1f MiB of prompts wait to be tokenized already, and this request's %.1f MiB would pass the %d MiB that "
+        "may wait at once; retry later",
+        tokenizing_bytes_ / 1048576.0, prompt_bytes / 1048576.0, kMaxTokenizingBytes >> 20))));
+  }
   http::Server::Poster poster = exchange->server().poster();
   auto call = std::make_shared<Call>(this, model, exchange, std::move(request), std::move(context), origin);
   calls_[call.get()] = call;
-  tokenizing_.Run([call, admission = admission_, poster]() mutable {
-    auto ids = call->TokenizePrompts(*admission);
+  call->WatchClient(call);
+  if (on_loop) return call->Start(*admission_, call, std::move(poster), call->TokenizePrompts(*admission_));
+  tokenizing_bytes_ += prompt_bytes;
+  tokenizing_.Run([this, call, prompt_bytes, admission = admission_, poster]() mutable {
+    TokenizedPrompts prompts = call->TokenizePrompts(*admission);
     // The call moves on, so its last reference never ends here, off the loop. Dropped if the server has stopped
     // meanwhile: it answered the exchange 503 as it closed, and calls_ still holds the call.
-    poster([call = std::move(call), admission, poster, ids = std::move(ids)]() mutable {
-      call->Start(*admission, call, std::move(poster), std::move(ids));
+    poster([this, call = std::move(call), prompt_bytes, admission, poster, prompts = std::move(prompts)]() mutable {
+      tokenizing_bytes_ -= prompt_bytes;
+      call->Start(*admission, call, std::move(poster), std::move(prompts));
     });
   });
 }

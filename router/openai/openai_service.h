@@ -44,7 +44,13 @@ class OpenAiService {
   const ApiKeys* keys_;
   const std::string served_model_name_;
   absl::flat_hash_map<Call*, std::shared_ptr<Call>> calls_;  // running; loop thread only
-  // Prompts are tokenized here, off the loop. Last, so it is joined first: no job outlives the service.
+  // Prompts of more than kTokenizeOnLoopBytes are tokenized off the loop, at most kMaxTokenizingBytes of them
+  // waiting at once (a backlog of 4 MiB bodies would otherwise hold memory and delay every large prompt without
+  // bound); more are refused 503.
+  static constexpr int64_t kTokenizeOnLoopBytes = 64 << 10;
+  static constexpr int64_t kMaxTokenizingBytes = 32 << 20;
+  int64_t tokenizing_bytes_ = 0;  // loop thread only
+  // Last, so it is joined first: no job outlives the service.
   OffLoopWork tokenizing_{2};
 };
 

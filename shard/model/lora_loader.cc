@@ -109,7 +109,8 @@ absl::StatusOr<LoraConfig> ParseConfig(const std::string& file) {
     for (const json& layer : list) {
       if (!layer.is_number_integer() || layer.get<int64_t>() < 0 || layer.get<int64_t>() > (1 << 20)) {
         return Bad(file, absl::StrCat("\"layers_to_transform\" is ", l.dump(),
-                                      "; allowed: a layer index, or a list of them"));
+                                      "; allowed: a layer index (0 up to the model's layer count - 1), or a "
+                                      "list of them"));
       }
       c.layers.insert(static_cast<int>(layer.get<int64_t>()));
     }

@@ -107,15 +107,17 @@ absl::StatusOr<MatrixView> ModelWeights::Place(const std::string& name, const Ma
   }
   int group = 0;
   if (format == WeightFormat::kInt4) {
-    // Chosen from the whole matrix, so every tensor-parallel degree quantizes the model the same way; with no
-    // size asked for, from this degree's slice too (every rank's slices are alike, so the ranks agree).
+    // With a size asked for, chosen from the whole matrix alone, so every tensor-parallel degree quantizes the
+    // model the same way; with none, the largest that fits this degree's slice too (every rank's slices are alike,
+    // so the ranks agree).
     group = preferred_group > 0 ? PickGroupSize(whole.cols, preferred_group, {})
                                 : PickGroupSize(whole.cols, 128, {col_begin, cols});
     if (group == 0) {
+      const bool slice_is_why = preferred_group == 0 && whole.cols % 32 == 0;
       return absl::InvalidArgumentError(absl::StrCat(
           name, ": int4 weights need groups of 32 to ", preferred_group > 0 ? preferred_group : 128,
-          " input columns, and its ", preferred_group > 0 ? "" : "tensor-parallel slice's ",
-          preferred_group > 0 ? whole.cols : cols, " input columns are not a multiple of 32"));
+          " input columns, and its ", slice_is_why ? "tensor-parallel slice's " : "",
+          slice_is_why ? cols : whole.cols, " input columns are not a multiple of 32"));
     }
     if (col_begin % group != 0 || (cols % group != 0 && col_begin + cols != whole.cols)) {
       const int fits = PickGroupSize(whole.cols, group, {col_begin, cols});
@@ -183,10 +185,8 @@ absl::StatusOr<std::unique_ptr<ModelWeights>> ModelWeights::Load(std::shared_ptr
       format = WeightFormat::kFp8;
       break;
   }
-  if (format == WeightFormat::kInt4 && options.int4_group_size != 0 && options.int4_group_size != 32 &&
-      options.int4_group_size != 64 && options.int4_group_size != 128) {
-    return absl::InvalidArgumentError(absl::StrCat("int4 group size ", options.int4_group_size,
-                                                   " is invalid; allowed: 32, 64 or 128 (or 0 to choose)"));
+  if (format == WeightFormat::kInt4) {
+    RETURN_IF_ERROR(ValidateInt4GroupSize(options.int4_group_size, /*zero_chooses=*/true, "int4 group size"));
   }
   const CheckpointQuantization& stored = checkpoint->config().quantization;
   const bool packed = stored.method == CheckpointQuantization::Method::kGptq ||

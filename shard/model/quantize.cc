@@ -40,6 +40,12 @@ const char* WeightPrecisionName(WeightPrecision precision) {
   return "?";
 }
 
+absl::Status ValidateInt4GroupSize(int64_t size, bool zero_chooses, absl::string_view what) {
+  if (size == 32 || size == 64 || size == 128 || (zero_chooses && size == 0)) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat(what, " ", size, " is invalid; allowed: 32, 64, 128",
+                                                 zero_chooses ? " (or 0 to choose)" : ""));
+}
+
 int PickGroupSize(int64_t cols, int preferred, std::initializer_list<int64_t> cuts) {
   for (int g = preferred; g >= 32; g /= 2) {
     bool fits = cols % g == 0;

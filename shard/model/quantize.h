@@ -29,6 +29,10 @@ constexpr char kWeightPrecisionNames[] = "bf16, int8, int4, fp8";
 // boundaries and sizes along the input); 0 when none does.
 int PickGroupSize(int64_t cols, int preferred, std::initializer_list<int64_t> cuts);
 
+// A requested int4 group size: 32, 64 or 128, or (with `zero_chooses`) 0 to let the loader pick one that fits.
+// `what` names it in the error ("--int4-group-size").
+absl::Status ValidateInt4GroupSize(int64_t size, bool zero_chooses, absl::string_view what);
+
 // Bytes QuantizeInto writes for a [rows, cols] matrix.
 int64_t QuantizedBytes(WeightFormat format, int64_t rows, int64_t cols, int group_size);
 
