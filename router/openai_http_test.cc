@@ -27,13 +27,9 @@ using nlohmann::json;
 class OpenAiHttpTest : public OpenAiRouterTest {
  protected:
   static void SetUpTestSuite() {
-    metrics_port_ = testing::FreePort();
-    StartServers(GemmaTinyDir() + "/tiny-mqa", {},
-                 {"--metrics_port=" + std::to_string(metrics_port_), "--max_tokens_per_step=128"});
+    StartServers(GemmaTinyDir() + "/tiny-mqa", {}, {"--max_tokens_per_step=128"}, /*with_metrics=*/true);
   }
   static json Body(const HttpReply& r) { return json::parse(r.body, nullptr, false); }
-
-  static inline int metrics_port_ = 0;
 };
 
 v1::GenerateResponse Grpc(RouterProcess& router, const v1::GenerateRequest& request) {
