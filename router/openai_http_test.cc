@@ -292,6 +292,20 @@ TEST_F(OpenAiHttpTest, ALongPromptBeingTokenizedHoldsUpNoOtherExchange) {
   EXPECT_NE(refused.body.find("tokens"), std::string::npos) << refused.body;
 }
 
+// A chat prompt is as large as its messages: tokenized off the loop too.
+TEST_F(OpenAiHttpTest, ALongChatMessageBeingTokenizedHoldsUpNoOtherExchange) {
+  std::string content;
+  for (int i = 0; i < 1000000; ++i) content += "a b ";
+  const std::string body =
+      json{{"model", "tiny"}, {"messages", {{{"role", "user"}, {"content", content}}}}, {"max_tokens", 1}}.dump();
+  auto big = std::async(std::launch::async, [&] { return Call(http_port_, "POST", "/v1/chat/completions", body); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));  // the body is in, its messages being tokenized
+  EXPECT_EQ(Call(http_port_, "GET", "/health").status, 200);
+  EXPECT_EQ(big.wait_for(std::chrono::seconds(0)), std::future_status::timeout)
+      << "the long chat message was answered first: /health waited for its tokenizing";
+  EXPECT_EQ(big.get().status, 400);
+}
+
 TEST_F(OpenAiHttpTest, AClientThatDisconnectsCancelsItsRequest) {
   const std::string before = testing::HttpGet(metrics_port_, "/metrics");
   const std::string series = R"(gemma_router_requests_total{code="CANCELLED",endpoint="/v1/completions",outcome="cancelled",protocol="http"})";

@@ -62,7 +62,7 @@ TEST(OffLoopWorkTest, DestructionWaitsForTheRunningJobAndDropsTheQueuedOnes) {
   ASSERT_TRUE(running.WaitForNotificationWithTimeout(absl::Seconds(30)));
   // Released once the destructor has had ample time to drop the queue; it cannot return before the release.
   std::thread releaser([&] {
-    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    std::this_thread::sleep_for(std::chrono::seconds(2));
     release.Notify();
   });
   work.reset();

@@ -34,8 +34,8 @@ struct TokenizedPrompts {
   std::vector<std::string> echoed;
 };
 
-// One generation call: its choices' requests and what has been sent of them. TokenizePrompts and Abandoned may run
-// on any thread; everything else runs on the loop thread.
+// One generation call: its choices' requests and what has been sent of them. TokenizePrompts may run on any
+// thread; everything else runs on the loop thread.
 class Call {
  public:
   Call(OpenAiService* service, std::shared_ptr<const ServedModel> model, std::shared_ptr<http::Exchange> exchange,
@@ -81,8 +81,10 @@ class Call {
     if (finished_ || exchange_->closed()) {  // gone while its prompts were tokenized: counted as cancelled
       admission.Reject(absl::CancelledError("the client left while its prompt was tokenized"), origin_);
       ClientGone();
+      service_->Done(this);  // only now, on the loop: until Start, calls_ keeps the call from ending off the loop
       return;
     }
+    started_ = true;
     std::vector<absl::StatusOr<std::vector<int32_t>>>& prompt_ids = prompts.ids;
     echoed_ = std::move(prompts.echoed);
     auto wake_pending = std::make_shared<std::atomic<bool>>(false);
@@ -119,7 +121,9 @@ class Call {
         e.param = "max_tokens";
       }
       if (e.message.starts_with("the prompt")) e.param = prompt_field;
-      if (!renamed && parsed_.prompts.size() > 1) e.message = absl::StrCat(prompt_name, ": ", e.message);
+      if (!renamed && parsed_.prompts.size() > 1 && status.code() == absl::StatusCode::kInvalidArgument) {
+        e.message = absl::StrCat(prompt_name, ": ", e.message);
+      }
       Fail(e);
     };
     // Echo with logprobs: each prompt scored once, whatever number of choices share it; a prompt of one token has
@@ -289,7 +293,7 @@ class Call {
     if (finished_) return;
     finished_ = true;
     CancelAll();  // each leaves its group at the next step, freeing its KV blocks
-    service_->Done(this);
+    if (started_) service_->Done(this);  // before Start, Start does it
   }
 
   OpenAiService* service_;
@@ -309,6 +313,7 @@ class Call {
   UsageCount usage_;
   bool finished_ = false;
   bool stream_started_ = false;
+  bool started_ = false;  // Start has run: calls_ may let the call go
   std::atomic<bool> abandoned_{false};  // the client has gone: tokenizing may stop
 };
 
@@ -438,9 +443,13 @@ void OpenAiService::Generate(std::shared_ptr<http::Exchange> exchange, bool chat
   for (const v1::GenerateRequest& prompt : request.prompts) {
     prompt_bytes += static_cast<int64_t>(prompt.input().text().size()) +
                     static_cast<int64_t>(sizeof(int32_t)) * prompt.input().token_ids().ids_size();
+    for (const auto& m : prompt.input().chat().messages()) {
+      prompt_bytes += static_cast<int64_t>(m.role().size() + m.content().size());
+    }
   }
   const bool on_loop = prompt_bytes <= kTokenizeOnLoopBytes;  // under a millisecond's work: no thread hops
-  if (!on_loop && tokenizing_bytes_ + prompt_bytes > kMaxTokenizingBytes) {
+  // One request larger than the bound still goes when nothing else waits: refused, it could never be served.
+  if (!on_loop && tokenizing_bytes_ > 0 && tokenizing_bytes_ + prompt_bytes > kMaxTokenizingBytes) {
     return answer(FromStatus(absl::UnavailableError(absl::StrFormat(
         "%.1f MiB of prompts wait to be tokenized already, and this request's %.1f MiB would pass the %d MiB that "
         "may wait at once; retry later",
@@ -454,8 +463,8 @@ void OpenAiService::Generate(std::shared_ptr<http::Exchange> exchange, bool chat
   tokenizing_bytes_ += prompt_bytes;
   tokenizing_.Run([this, call, prompt_bytes, admission = admission_, poster]() mutable {
     TokenizedPrompts prompts = call->TokenizePrompts(*admission);
-    // The call moves on, so its last reference never ends here, off the loop. Dropped if the server has stopped
-    // meanwhile: it answered the exchange 503 as it closed, and calls_ still holds the call.
+    // The call moves on, so its last reference never ends here, off the loop: calls_ holds it until Start has run.
+    // Dropped if the server has stopped meanwhile: it answered the exchange 503 as it closed.
     poster([this, call = std::move(call), prompt_bytes, admission, poster, prompts = std::move(prompts)]() mutable {
       tokenizing_bytes_ -= prompt_bytes;
       call->Start(*admission, call, std::move(poster), std::move(prompts));

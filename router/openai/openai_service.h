@@ -45,8 +45,8 @@ class OpenAiService {
   const std::string served_model_name_;
   absl::flat_hash_map<Call*, std::shared_ptr<Call>> calls_;  // running; loop thread only
   // Prompts of more than kTokenizeOnLoopBytes are tokenized off the loop, at most kMaxTokenizingBytes of them
-  // waiting at once (a backlog of 4 MiB bodies would otherwise hold memory and delay every large prompt without
-  // bound); more are refused 503.
+  // waiting or being tokenized at once (a backlog of 4 MiB bodies would otherwise hold memory and delay every large
+  // prompt without bound); more are refused 503, unless nothing else waits.
   static constexpr int64_t kTokenizeOnLoopBytes = 64 << 10;
   static constexpr int64_t kMaxTokenizingBytes = 32 << 20;
   int64_t tokenizing_bytes_ = 0;  // loop thread only
