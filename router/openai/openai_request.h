@@ -45,6 +45,8 @@ struct ParsedRequest {
   bool generates() const { return generate; }
   // Total choices: prompts × n.
   int choices() const { return static_cast<int>(prompts.size()) * n; }
+  // The prompt choice `choice` answers: choices come n to a prompt, in the prompts' order.
+  int PromptOf(int choice) const { return choice / n; }
   // Total candidates generated: prompts × best_of.
   int candidates() const { return static_cast<int>(prompts.size()) * best_of; }
 };

@@ -253,7 +253,7 @@ class Call {
       }
       std::vector<const v1::ScoreResponse*> prompt_scores;
       for (int i = 0; i < parsed_.choices() && parsed_.logprobs && !prompt_scores_.empty(); ++i) {
-        prompt_scores.push_back(&prompt_scores_[i / parsed_.n]);
+        prompt_scores.push_back(&prompt_scores_[parsed_.PromptOf(i)]);
       }
       exchange_->Reply(200, kJson, ResponseBody(context_, results, echoed_, parsed_.n, usage_, prompt_scores));
     }
@@ -285,7 +285,7 @@ class Call {
   // Choice i's text begins with its prompt's, with echo.
   const std::string& Echoed(int choice) const {
     static const std::string kNone;
-    return echoed_.empty() ? kNone : echoed_[choice / parsed_.n];
+    return echoed_.empty() ? kNone : echoed_[parsed_.PromptOf(choice)];
   }
 
   void ClientGone() {
