@@ -63,7 +63,7 @@ struct Router {
   double Metric(const std::string& name) const {
     const std::string text = testing::HttpGet(metrics_port, "/metrics");
     const size_t at = text.find("\n" + name + " ");
-    return at == std::string::npos ? 0 : std::stod(text.substr(at + name.size() + 2));
+    return at == std::string::npos ? -1 : std::stod(text.substr(at + name.size() + 2));  // -1: not exported
   }
 };
 
@@ -261,6 +261,8 @@ TEST_F(MultiRouterTest, AKilledRouterLosesOnlyItsOwnStreamsAndItsGroupIsTakenOve
     EXPECT_EQ(o.ids, solo.at(i)) << "a stream of a surviving router";
     EXPECT_FALSE(through_b[i].get().status.ok()) << "the killed router's stream cannot have finished";
   }
+  // The worker records C as holder before C has read its answer and counted the takeover: wait for the count.
+  WaitFor([&] { return router_c_.Metric("gemma_router_lease_takeovers_total") >= 1; }, seconds(5));
   EXPECT_EQ(router_c_.Metric("gemma_router_lease_takeovers_total"), 1);
   const Outcome after = Generate(*router_c_.stub, Greedy(1, 16));
   ASSERT_TRUE(after.status.ok()) << after.status.error_message();
