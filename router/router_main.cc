@@ -17,6 +17,7 @@
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "protos/grpc_listen.h"
 #include "router/group_discovery.h"
 #include "router/http/http_server.h"
 #include "router/openai/openai_service.h"
@@ -220,8 +221,8 @@ int main(int argc, char** argv) {
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   int port = 0;
-  builder.AddListeningPort(absl::StrCat(absl::GetFlag(FLAGS_bind_host), ":", absl::GetFlag(FLAGS_port)), *credentials,
-                           &port);
+  gemma::ListenExclusively(builder, absl::StrCat(absl::GetFlag(FLAGS_bind_host), ":", absl::GetFlag(FLAGS_port)),
+                           *credentials, &port);
   builder.RegisterService(&service);
   builder.RegisterService(&admin);
   builder.SetMaxReceiveMessageSize(max_message);
@@ -231,7 +232,8 @@ int main(int argc, char** argv) {
   std::unique_ptr<grpc::Server> peer_server;
   if (peer_port > 0) {
     grpc::ServerBuilder pb;
-    pb.AddListeningPort(absl::StrCat(absl::GetFlag(FLAGS_bind_host), ":", peer_port), grpc::InsecureServerCredentials());
+    gemma::ListenExclusively(pb, absl::StrCat(absl::GetFlag(FLAGS_bind_host), ":", peer_port),
+                             grpc::InsecureServerCredentials());
     pb.RegisterService(&peer_service);
     pb.SetMaxReceiveMessageSize(max_message);
     // Peers ping a relayed call that sends nothing for a while (a unary call that runs long): gRPC's default policy
@@ -244,7 +246,7 @@ int main(int argc, char** argv) {
   std::unique_ptr<grpc::Server> health_server;
   if (const int health_port = absl::GetFlag(FLAGS_health_port); health_port > 0) {
     grpc::ServerBuilder hb;
-    hb.AddListeningPort(absl::StrCat("0.0.0.0:", health_port), grpc::InsecureServerCredentials());
+    gemma::ListenExclusively(hb, absl::StrCat("0.0.0.0:", health_port), grpc::InsecureServerCredentials());
     health_server = hb.BuildAndStart();
     if (!health_server) return Fail(absl::StrCat("cannot listen on health port ", health_port));
   }

@@ -1,23 +1,51 @@
-// A TCP port on 127.0.0.1 that was free a moment ago (the kernel picks it: bind port 0, read it back). Header-only,
-// so the tests' process helpers and `gemma serve` share it without a library between them.
+// A TCP port on 127.0.0.1 that was free a moment ago. Header-only, so the tests' process helpers and `gemma serve`
+// share it without a library between them.
 #pragma once
 
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <fstream>
+#include <random>
+
 namespace gemma {
 
-inline int FreeLoopbackPort() {
+namespace free_port_internal {
+
+// Binds 127.0.0.1:port (0: the kernel picks) and closes it; the port bound, or 0 when it was taken.
+inline int TryBind(int port) {
   const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) return 0;
   sockaddr_in addr{};
   addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
   addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
   socklen_t len = sizeof(addr);
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  const bool bound = ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0 &&
+                     ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0;
   ::close(fd);
-  return ntohs(addr.sin_port);
+  return bound ? ntohs(addr.sin_port) : 0;
+}
+
+}  // namespace free_port_internal
+
+// Below the kernel's ephemeral range: a port that bind(0) hands back comes from that range, and until the caller
+// binds it again any outgoing connection on the host may take it as its local port (tests open many).
+inline int FreeLoopbackPort() {
+  constexpr int kLowest = 10000;
+  int ephemeral_low = 32768;
+  std::ifstream("/proc/sys/net/ipv4/ip_local_port_range") >> ephemeral_low;
+  if (ephemeral_low > kLowest + 1000) {
+    thread_local std::minstd_rand pick(std::random_device{}());
+    for (int attempt = 0; attempt < 64; ++attempt) {
+      if (const int port = free_port_internal::TryBind(kLowest + static_cast<int>(pick() % (ephemeral_low - kLowest)));
+          port > 0) {
+        return port;
+      }
+    }
+  }
+  return free_port_internal::TryBind(0);
 }
 
 }  // namespace gemma

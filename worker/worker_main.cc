@@ -14,6 +14,7 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
+#include "protos/grpc_listen.h"
 #include "shard/checkpoint/checkpoint.h"
 #include "shard/collective/gloo_collective.h"
 #include "shard/model/tensor_parallel.h"
@@ -115,7 +116,7 @@ int Run(const WorkerOptions& o) {
   std::unique_ptr<grpc::Server> peer_server;
   if (o.rank == 0 && o.world > 1) {
     grpc::ServerBuilder b;
-    b.AddListeningPort(absl::StrCat("0.0.0.0:", o.peer_port), grpc::InsecureServerCredentials());
+    ListenExclusively(b, absl::StrCat("0.0.0.0:", o.peer_port), grpc::InsecureServerCredentials());
     b.RegisterService(&rendezvous);
     peer_server = b.BuildAndStart();
     if (!peer_server) return Fail(absl::UnavailableError(absl::StrCat("cannot listen on peer port ", o.peer_port)));
@@ -179,7 +180,7 @@ int Run(const WorkerOptions& o) {
     std::unique_ptr<grpc::Server> health_server;
     if (o.port > 0) {
       grpc::ServerBuilder builder;
-      builder.AddListeningPort(absl::StrCat("0.0.0.0:", o.port), grpc::InsecureServerCredentials());
+      ListenExclusively(builder, absl::StrCat("0.0.0.0:", o.port), grpc::InsecureServerCredentials());
       health_server = builder.BuildAndStart();
       if (!health_server) return Fail(absl::UnavailableError(absl::StrCat("cannot listen on port ", o.port)));
       health_server->GetHealthCheckService()->SetServingStatus(true);
@@ -206,7 +207,7 @@ int Run(const WorkerOptions& o) {
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   int port = 0;
-  builder.AddListeningPort(absl::StrCat("0.0.0.0:", o.port), grpc::InsecureServerCredentials(), &port);
+  ListenExclusively(builder, absl::StrCat("0.0.0.0:", o.port), grpc::InsecureServerCredentials(), &port);
   builder.RegisterService(&service);
   builder.SetMaxReceiveMessageSize(64 << 20);
   auto server = builder.BuildAndStart();

@@ -357,6 +357,20 @@ TEST(WorkerTest, BadFlagsGiveClearErrors) {
   }
 }
 
+// gRPC would let a second server bind a port with SO_REUSEPORT and take half of the first one's connections; a
+// worker started on a port another one serves must fail and say so.
+TEST(WorkerTest, APortAnotherWorkerServesIsAClearError) {
+  const std::string model = "--model=" + testing::GemmaTinyDir() + "/tiny-mha";
+  Group first = StartGroup(testing::GemmaTinyDir() + "/tiny-mha", 1);
+  ASSERT_GT(first.port, 0) << first.ranks[0]->Err();
+  auto second = StartWorker({model, "--port=" + std::to_string(first.port), "--threads=1", "--kv_cache_mb=16"});
+  EXPECT_GT(second->WaitExit(std::chrono::seconds(20)), 0) << "the second worker serves the same port";
+  EXPECT_NE(second->Err().find("cannot listen on port " + std::to_string(first.port)), std::string::npos)
+      << second->Err();
+  grpc::health::v1::HealthCheckResponse health;
+  EXPECT_TRUE(CheckHealth(first.port, &health).ok()) << "the first worker still serves";
+}
+
 // Asking for CUDA where it cannot run (a build without nvcc, or no device) is a clear error, not a crash.
 TEST(WorkerTest, CudaWithoutADeviceIsAClearError) {
   int devices = 0;
