@@ -2,7 +2,10 @@
 
 #include <cstdio>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "engine/status_macros.h"
+#include "shard/model/quantize.h"
 #include "tokenizer/chat_template.h"
 
 namespace gemma {
@@ -23,6 +26,18 @@ bool ParseOrExit(Args& args, int argc, char** argv, const char* command, int* ex
     return false;
   }
   return true;
+}
+
+absl::StatusOr<int> Int4GroupSizeFlag(const Args& args, int fallback, bool zero_chooses) {
+  if (!args.Has("int4-group-size")) return fallback;
+  const std::string text = args.Get("int4-group-size");
+  int size;
+  if (!absl::SimpleAtoi(text, &size)) {
+    return absl::InvalidArgumentError(absl::StrCat("--int4-group-size \"", text, "\" is invalid; allowed: ",
+                                                   AllowedInt4GroupSizes(zero_chooses)));
+  }
+  RETURN_IF_ERROR(ValidateInt4GroupSize(size, zero_chooses, "--int4-group-size"));
+  return size;
 }
 
 absl::StatusOr<std::vector<int32_t>> PromptIds(const Args& args, const Tokenizer* tokenizer, int vocab_size, int bos_id,

@@ -69,11 +69,8 @@ int CompareWeightsCommand(int argc, char** argv) {
                                                  "\" is invalid here; allowed: int8, int4, fp8, or bf16 with "
                                                  "--activations bf16"));
   }
-  auto group = args.GetInt("int4-group-size", 0, INT32_MIN, INT32_MAX);
+  auto group = Int4GroupSizeFlag(args, 0, /*zero_chooses=*/true);
   if (!group.ok()) return Fail(kCmd, group.status());
-  if (auto s = ValidateInt4GroupSize(*group, /*zero_chooses=*/true, "--int4-group-size"); !s.ok()) {
-    return Fail(kCmd, s);
-  }
   WeightLoadOptions load;
   load.precision = *precision;
   load.int4_group_size = static_cast<int>(*group);

@@ -40,12 +40,9 @@ int QuantizeCommand(int argc, char** argv) {
   if (format != "gptq" && format != "awq") {
     return Fail(kCmd, absl::InvalidArgumentError("--format \"" + format + "\" is invalid; allowed: gptq, awq"));
   }
-  auto group = args.GetInt("int4-group-size", 128, INT32_MIN, INT32_MAX);
-  if (!group.ok()) return Fail(kCmd, group.status());
   // The file records one size: nothing is left to choose at load.
-  if (auto s = ValidateInt4GroupSize(*group, /*zero_chooses=*/false, "--int4-group-size"); !s.ok()) {
-    return Fail(kCmd, s);
-  }
+  auto group = Int4GroupSizeFlag(args, 128, /*zero_chooses=*/false);
+  if (!group.ok()) return Fail(kCmd, group.status());
   auto in = Checkpoint::Open(args.Get("in"));
   if (!in.ok()) return Fail(kCmd, in.status());
   const auto method = fp8 ? CheckpointQuantization::Method::kFp8

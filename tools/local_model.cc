@@ -61,9 +61,7 @@ absl::StatusOr<DeviceChoice> DeviceChoiceFromFlags(const Args& args) {
   if (auto w = ParseWeightPrecision(d.weights); !w.ok()) {
     return absl::InvalidArgumentError(absl::StrCat("--", w.status().message()));
   }
-  ASSIGN_OR_RETURN(const int64_t group, args.GetInt("int4-group-size", 0, INT32_MIN, INT32_MAX));
-  RETURN_IF_ERROR(ValidateInt4GroupSize(group, /*zero_chooses=*/true, "--int4-group-size"));
-  d.int4_group_size = static_cast<int>(group);
+  ASSIGN_OR_RETURN(d.int4_group_size, Int4GroupSizeFlag(args, 0, /*zero_chooses=*/true));
   d.kv_cache_dtype = args.Get("kv-cache-dtype", "auto");
   ASSIGN_OR_RETURN(const int64_t slots, args.GetInt("gpu-lora-slots", args.Has("adapter") ? 1 : 0, 0, 1024));
   d.gpu_lora_slots = static_cast<int>(slots);

@@ -42,8 +42,12 @@ const char* WeightPrecisionName(WeightPrecision precision) {
 
 absl::Status ValidateInt4GroupSize(int64_t size, bool zero_chooses, absl::string_view what) {
   if (size == 32 || size == 64 || size == 128 || (zero_chooses && size == 0)) return absl::OkStatus();
-  return absl::InvalidArgumentError(absl::StrCat(what, " ", size, " is invalid; allowed: 32, 64, 128",
-                                                 zero_chooses ? " (or 0 to choose)" : ""));
+  return absl::InvalidArgumentError(
+      absl::StrCat(what, " ", size, " is invalid; allowed: ", AllowedInt4GroupSizes(zero_chooses)));
+}
+
+std::string AllowedInt4GroupSizes(bool zero_chooses) {
+  return zero_chooses ? "32, 64, 128 (or 0 to choose)" : "32, 64, 128";
 }
 
 int PickGroupSize(int64_t cols, int preferred, std::initializer_list<int64_t> cuts) {

@@ -32,6 +32,8 @@ int PickGroupSize(int64_t cols, int preferred, std::initializer_list<int64_t> cu
 // A requested int4 group size: 32, 64 or 128, or (with `zero_chooses`) 0 to let the loader pick one that fits.
 // `what` names it in the error ("--int4-group-size").
 absl::Status ValidateInt4GroupSize(int64_t size, bool zero_chooses, absl::string_view what);
+// The sizes ValidateInt4GroupSize takes, as its error lists them ("32, 64, 128 (or 0 to choose)").
+std::string AllowedInt4GroupSizes(bool zero_chooses);
 
 // Bytes QuantizeInto writes for a [rows, cols] matrix.
 int64_t QuantizedBytes(WeightFormat format, int64_t rows, int64_t cols, int group_size);
