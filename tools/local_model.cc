@@ -185,8 +185,11 @@ absl::Status AttachBackend(LocalModel& model, int64_t kv_tokens, int tp, int64_t
   if (transport != "shm" && transport != "gloo") {
     return absl::InvalidArgumentError(absl::StrCat("--tp-transport \"", transport, "\" is invalid; allowed: shm, gloo"));
   }
-  char tmpl[] = "/tmp/gemma-tp-XXXXXX";
-  if (::mkdtemp(tmpl) == nullptr) return absl::InternalError("cannot create a rendezvous directory in /tmp");
+  std::error_code tmp_error;
+  std::string tmpl = (std::filesystem::temp_directory_path(tmp_error) / "gemma-tp-XXXXXX").string();
+  if (tmp_error || ::mkdtemp(tmpl.data()) == nullptr) {
+    return absl::InternalError(absl::StrCat("cannot create a rendezvous directory ", tmpl, " (TMPDIR)"));
+  }
   model.store_dir = tmpl;
   const int threads = std::max(1, omp_get_max_threads() / tp);
   for (int rank = 1; rank < tp; ++rank) {
@@ -212,6 +215,12 @@ absl::Status AttachBackend(LocalModel& model, int64_t kv_tokens, int tp, int64_t
   auto collective = LocalCollective(transport, model.store_dir, 0, tp, timeout_ms);
   if (!collective.ok()) return collective.status();
   std::shared_ptr<Collective> shared(std::move(*collective));
+  // Past this barrier every rank has met: the rendezvous files are done with, and go now rather than at exit, so
+  // that a run stopped by a signal leaves nothing in /tmp.
+  RETURN_IF_ERROR(shared->Barrier());
+  std::error_code ec;
+  std::filesystem::remove_all(model.store_dir, ec);
+  model.store_dir.clear();
   auto backend = RankBackend(model.checkpoint, 0, tp, kv_tokens, device, timeout_ms, shared, &model.weights);
   if (!backend.ok()) return backend.status();
   model.backend = std::make_unique<LeaderBackend>(std::move(*backend), shared);
@@ -256,6 +265,8 @@ int TpFollowerCommand(int argc, char** argv) {
                                     static_cast<int>(*world), *timeout);
   if (!collective.ok()) return Fail(kCmd, collective.status());
   std::shared_ptr<Collective> shared(std::move(*collective));
+  // The leader removes the rendezvous directory once every rank is past this.
+  if (auto s = shared->Barrier(); !s.ok()) return Fail(kCmd, s);
   auto device = DeviceChoiceFromFlags(args);
   if (!device.ok()) return Fail(kCmd, device.status());
   auto backend = RankBackend(std::shared_ptr<const Checkpoint>(std::move(*ckpt)), static_cast<int>(*rank),
