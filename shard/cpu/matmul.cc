@@ -200,8 +200,16 @@ struct Int4Rows {
     const VF scale = hn::Set(df, scales[r * scale_stride + g]);
     const VF zero = hn::Set(df, zeros[r * scale_stride + g]);
     const auto bytes = hn::PromoteTo(du32, hn::LoadU(d8, static_cast<const uint8_t*>(Address(r, b))));
+#if HWY_TARGET <= HWY_AVX3
+    // 16 lanes hold all 16 codes' values, computed as below: a permute per vector replaces the conversion, the
+    // subtraction and the multiply (batch 8 and prompts are bound by the work per weight; 5-10% on Zen 5).
+    const VF table = hn::Mul(hn::Sub(hn::Iota(df, 0), zero), scale);
+    lo = hn::TableLookupLanes(table, hn::IndicesFromVec(df, hn::BitCast(di32, hn::And(bytes, hn::Set(du32, 0xFu)))));
+    hi = hn::TableLookupLanes(table, hn::IndicesFromVec(df, hn::BitCast(di32, hn::ShiftRight<4>(bytes))));
+#else
     lo = hn::Mul(hn::Sub(hn::ConvertTo(df, hn::BitCast(di32, hn::And(bytes, hn::Set(du32, 0xFu)))), zero), scale);
     hi = hn::Mul(hn::Sub(hn::ConvertTo(df, hn::BitCast(di32, hn::ShiftRight<4>(bytes))), zero), scale);
+#endif
   }
   float Scalar(int64_t, int64_t) const { return 0.0f; }  // no tail: K is whole groups of whole blocks
   float Finish(int64_t, float sum) const { return sum; }
