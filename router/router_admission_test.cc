@@ -99,10 +99,11 @@ TEST_F(RouterTest, RequestsCancelledWhileQueuedLeaveAtOnceAndAreNeverPrefilled) 
         << code << " " << status.error_message();
   }
   paused.Resume();
-  // The router notices each within one step plus its 50 ms poll: the queue empties and all 50 are counted.
+  // The router notices each within one step plus its 50 ms poll: the queue empties and all 50 are counted (the
+  // bound leaves room for a loaded machine; a router that waited for the queued requests' turn would take minutes).
   const auto ended = std::chrono::steady_clock::now();
   double cancelled = 0, depth = -1;
-  for (int i = 0; i < 80; ++i) {
+  while (std::chrono::steady_clock::now() - ended < std::chrono::seconds(10)) {
     depth = metric("gemma_router_queue_depth" + group);
     cancelled = metric(cancelled_total) - cancelled_before;
     if (depth == 0 && cancelled >= kQueued) break;
@@ -110,7 +111,7 @@ TEST_F(RouterTest, RequestsCancelledWhileQueuedLeaveAtOnceAndAreNeverPrefilled) 
   }
   EXPECT_EQ(depth, 0) << "cancelled requests still queued";
   EXPECT_EQ(cancelled, kQueued);
-  EXPECT_LT(std::chrono::steady_clock::now() - ended, std::chrono::milliseconds(800));
+  EXPECT_LT(std::chrono::steady_clock::now() - ended, std::chrono::seconds(5));
   // Only the two long ones were prefilled, and only they hold KV blocks (16 positions a block).
   EXPECT_EQ(metric("gemma_router_prefill_tokens_total") - prefilled_before, 2 * kLongPrompt);
   // With one token a step, the older long generation decodes first; the other holds its place until then.

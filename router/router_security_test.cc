@@ -188,20 +188,30 @@ TEST_F(RouterSecurityTest, AMessageOverTheLimitIsResourceExhausted) {
 }
 
 TEST_F(RouterSecurityTest, ACallBeyondTheStreamLimitWaitsForItsConnection) {
-  // A stream held open (its worker is frozen) uses the connection's only stream.
-  ASSERT_EQ(::kill(worker_->pid, SIGSTOP), 0);
+  // A stream held open uses the connection's only stream: it has streamed a token (so it holds the stream, and its
+  // group is busy rather than idle and probed), then its worker is frozen.
   auto busy = TlsChannel();
-  auto held = std::async(std::launch::async, [&] {
-    v1::GenerateResponse resp;
-    return GenerateWithKey(busy, std::chrono::seconds(60), &resp).error_code();
-  });
-  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  grpc::ClientContext held_ctx;
+  held_ctx.AddMetadata("authorization", std::string("Bearer ") + kKey);
+  held_ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+  v1::GenerateRequest req;
+  for (int id : {2, 3791, 323}) req.mutable_input()->mutable_token_ids()->add_ids(id);
+  req.mutable_parameters()->set_max_new_tokens(500);
+  auto held = v1::Gemma::NewStub(busy)->GenerateStream(&held_ctx, req);
+  v1::GenerateStreamResponse event;
+  bool streamed = false;
+  while (!streamed && held->Read(&event)) streamed = event.has_token();
+  ASSERT_TRUE(streamed) << held->Finish().error_message();
+  ASSERT_EQ(::kill(worker_->pid, SIGSTOP), 0);
   EXPECT_EQ(Tokenize(busy.get(), kKey, std::chrono::milliseconds(1500)).error_code(),
             grpc::StatusCode::DEADLINE_EXCEEDED) << "a second stream on the same connection waits";
   auto other = TlsChannel();
   EXPECT_TRUE(Tokenize(other.get(), kKey, std::chrono::seconds(10)).ok()) << "another connection is served";
   ASSERT_EQ(::kill(worker_->pid, SIGCONT), 0);
-  EXPECT_EQ(held.get(), grpc::StatusCode::OK) << "the held call completes once its worker runs again";
+  while (held->Read(&event)) {
+  }
+  const grpc::Status s = held->Finish();
+  EXPECT_TRUE(s.ok()) << "the held call completes once its worker runs again: " << s.error_message();
 }
 
 // Startup refuses settings that would leave the port unprotected by mistake, with a reason.

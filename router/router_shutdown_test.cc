@@ -58,7 +58,8 @@ TEST_F(RouterTest, StoppingAnswersQueuedRequestsUnavailableAndExits) {
     if (code != grpc::StatusCode::UNAVAILABLE) continue;
     // The router's own answer, not a connection torn down under the call.
     EXPECT_NE(e.status.error_message().find("shutting down"), std::string::npos) << e.status.error_message();
-    answered_at_once += e.at - stop < std::chrono::seconds(2);
+    // Well inside the drain timeout (10 s), with room for 99 client threads to wake on a loaded machine.
+    answered_at_once += e.at - stop < std::chrono::seconds(5);
   }
   EXPECT_GE(answered_at_once, 55) << "queued requests are answered UNAVAILABLE when the router stops";
   EXPECT_EQ(router.process->WaitExit(std::chrono::seconds(15)), 0) << router.process->Err();

@@ -146,7 +146,9 @@ void ExpectFailureWithinTimeout(int signal_to_follower, const std::string& why) 
   ::kill(follower, SIGKILL);
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) != 0) << why;
-  EXPECT_LT(secs, 2.0 + 5.0) << why;
+  // The 2 s collective timeout, the 3 s the leader gives a hung follower before it kills it, and room for a loaded
+  // machine; the 15 s above catches a hang.
+  EXPECT_LT(secs, 12.0) << why;
   const std::string err = ReadFile(out + ".err");
   EXPECT_NE(err.find("peer rank"), std::string::npos) << why << ": " << err;
 }

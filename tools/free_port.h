@@ -7,7 +7,9 @@
 #include <unistd.h>
 
 #include <fstream>
+#include <mutex>
 #include <random>
+#include <set>
 
 namespace gemma {
 
@@ -37,10 +39,15 @@ inline int FreeLoopbackPort() {
   int ephemeral_low = 32768;
   std::ifstream("/proc/sys/net/ipv4/ip_local_port_range") >> ephemeral_low;
   if (ephemeral_low > kLowest + 1000) {
-    thread_local std::minstd_rand pick(std::random_device{}());
+    // Not one this process handed out already: the caller may not have bound it yet.
+    static std::mutex mu;
+    static std::set<int> handed_out;
+    static std::minstd_rand pick(std::random_device{}());
+    std::lock_guard<std::mutex> lock(mu);
     for (int attempt = 0; attempt < 64; ++attempt) {
-      if (const int port = free_port_internal::TryBind(kLowest + static_cast<int>(pick() % (ephemeral_low - kLowest)));
-          port > 0) {
+      const int port = kLowest + static_cast<int>(pick() % (ephemeral_low - kLowest));
+      if (!handed_out.count(port) && free_port_internal::TryBind(port) > 0) {
+        handed_out.insert(port);
         return port;
       }
     }

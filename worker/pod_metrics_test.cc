@@ -56,11 +56,12 @@ struct SilentPort {
 TEST(PodMetricsTest, OneScrapeCarriesEveryRankAndSkipsAHungOne) {
   FakeRank rank4(4), rank5(5);
   SilentPort hung;
-  auto pod = PodMetrics::Serve("127.0.0.1:0", 4, {rank4.port, rank5.port, hung.port}, std::chrono::milliseconds(300));
+  // Ranks that answer get 2 s on a loaded machine; the hung one costs only that, not a wait per rank.
+  auto pod = PodMetrics::Serve("127.0.0.1:0", 4, {rank4.port, rank5.port, hung.port}, std::chrono::seconds(2));
   ASSERT_TRUE(pod.ok()) << pod.status();
   const auto start = std::chrono::steady_clock::now();
   const std::string text = (*pod)->Scrape();
-  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(2)) << "the ranks are asked at once";
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(5)) << "the ranks are asked at once";
   EXPECT_EQ(Count(text, "# TYPE gemma_worker_rank_step_duration_seconds histogram\n"), 1u) << text;
   EXPECT_EQ(Count(text, "# HELP gemma_worker_rank_step_duration_seconds "), 1u) << text;
   EXPECT_NE(text.find("gemma_worker_rank_step_duration_seconds_count{rank=\"4\"} 1\n"), std::string::npos) << text;

@@ -67,6 +67,19 @@ double Sample(const std::string& metrics, const std::string& metric) {
   return std::stod(metrics.substr(at + 2 + metric.size()));
 }
 
+// Scrapes /metrics on `port` until `ready` holds for the text (a follower records a step after rank 0 has answered
+// it), up to 10 s; the last text scraped.
+template <typename Ready>
+std::string ScrapeUntil(int port, Ready ready) {
+  const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  std::string text = testing::HttpGet(port, "/metrics");
+  while (!ready(text) && std::chrono::steady_clock::now() < end) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    text = testing::HttpGet(port, "/metrics");
+  }
+  return text;
+}
+
 // The group's health as rank 0 reports it (grpc.health.v1, service gemma.worker.v1.Worker).
 grpc::Status CheckHealth(int port, grpc::health::v1::HealthCheckResponse* response) {
   auto health = grpc::health::v1::Health::NewStub(
@@ -315,7 +328,10 @@ TEST(WorkerTest, ConfiguredFromEnvironmentAndExportsMetrics) {
   EXPECT_NE(metrics.find("gemma_worker_kv_blocks_used{rank=\"0\"} 8"), std::string::npos);
   EXPECT_EQ(metrics.find("gemma_worker_kv_blocks_total"), std::string::npos) << "renamed gemma_worker_kv_blocks";
   // The follower's own view of the same steps (its step time, and its wait in collectives).
-  const std::string follower = testing::HttpGet(metrics_port + 1, "/metrics");
+  const std::string follower = ScrapeUntil(metrics_port + 1, [](const std::string& text) {
+    return text.find("gemma_worker_rank_step_duration_seconds_count{rank=\"1\"} 3") != std::string::npos &&
+           text.find("gemma_worker_rank_collective_duration_seconds_count{rank=\"1\"} 3") != std::string::npos;
+  });
   EXPECT_NE(follower.find("gemma_worker_rank_step_duration_seconds_count{rank=\"1\"} 3"), std::string::npos)
       << follower.substr(0, 3000);
   EXPECT_NE(follower.find("gemma_worker_rank_collective_duration_seconds_count{rank=\"1\"} 3"), std::string::npos);
@@ -547,7 +563,10 @@ TEST(WorkerTest, TpLauncherRunsTheGroupAndGoesDownWithAnyRank) {
   EXPECT_TRUE(resp.results(0).sampled());
   EXPECT_FALSE(resp.draining());
   // The pod's one metrics port carries every rank, each with its own view of the step, as one valid exposition.
-  const std::string m = testing::HttpGet(metrics_port, "/metrics");
+  const std::string m = ScrapeUntil(metrics_port, [](const std::string& text) {
+    return Sample(text, "gemma_worker_rank_step_duration_seconds_count{rank=\"1\"}") == 1 &&
+           Sample(text, "gemma_worker_rank_up{rank=\"1\"}") == 1;
+  });
   for (int rank = 0; rank < 2; ++rank) {
     const std::string r = "{rank=\"" + std::to_string(rank) + "\"}";
     EXPECT_EQ(Sample(m, "gemma_worker_rank_step_duration_seconds_count" + r), 1) << m;
@@ -620,13 +639,15 @@ TEST(WorkerTest, ADrainingWorkerRunsStepsSaysSoAndExitsWhenTheyStop) {
     ASSERT_TRUE(CheckHealth(g.port, &health).ok());
   }
   EXPECT_EQ(health.status(), grpc::health::v1::HealthCheckResponse::NOT_SERVING);
-  // Steps every 300 ms for 3 s: longer than the second of quiet, so the steps are what keep it up.
+  // Steps every 100 ms for 3 s: longer than the second of quiet, so the steps are what keep it up (a gap of a
+  // second between two, on a loaded machine, would let it go).
+  auto last = std::chrono::steady_clock::now();
   while (std::chrono::steady_clock::now() - stop < std::chrono::seconds(3)) {
     ASSERT_TRUE(PrefillStep(*stub, epoch, {2, 3791, 323}, &resp).ok()) << g.ranks[0]->Err();
+    last = std::chrono::steady_clock::now();  // the quiet second counts from the last step's answer
     EXPECT_TRUE(resp.draining());
-    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
-  const auto last = std::chrono::steady_clock::now();
   EXPECT_EQ(g.ranks[0]->WaitExit(std::chrono::seconds(10)), 0) << g.ranks[0]->Err();
   EXPECT_GE(std::chrono::steady_clock::now() - last, std::chrono::milliseconds(900));
   EXPECT_EQ(g.ranks[1]->WaitExit(std::chrono::seconds(10)), 0) << "rank 0 told its follower to stop";

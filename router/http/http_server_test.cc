@@ -26,10 +26,10 @@ int Connect(int port) { return ConnectLoopback(port); }
 
 std::string ReadAll(int fd, std::chrono::milliseconds limit = 5000ms) { return testing::ReadUntilClosed(fd, limit); }
 
-std::string Request(int port, const std::string& raw) {
+std::string Request(int port, const std::string& raw, std::chrono::milliseconds limit = 5000ms) {
   const int fd = Connect(port);
   SendAll(fd, raw);
-  std::string out = ReadAll(fd);
+  std::string out = ReadAll(fd, limit);
   ::close(fd);
   return out;
 }
@@ -167,10 +167,10 @@ TEST(HttpServerTest, AnswersSlowerThanTheTimeoutStillArrive) {
                                 });
                               });
   ASSERT_TRUE(server.ok()) << server.status();
-  const std::string streamed = Request((*server)->port(), Post("/stream", "{}"));
+  const std::string streamed = Request((*server)->port(), Post("/stream", "{}"), 15s);
   EXPECT_NE(streamed.find("data: 2"), std::string::npos) << streamed;
   EXPECT_NE(streamed.find("\r\n0\r\n\r\n"), std::string::npos) << "cut before its end: " << streamed;
-  const std::string late = Request((*server)->port(), Post("/unary", "{}"));
+  const std::string late = Request((*server)->port(), Post("/unary", "{}"), 15s);
   EXPECT_NE(late.find("late"), std::string::npos) << late;
   for (auto& t : producers) t.join();
 }
