@@ -202,7 +202,7 @@ struct Int4Rows {
     const auto bytes = hn::PromoteTo(du32, hn::LoadU(d8, static_cast<const uint8_t*>(Address(r, b))));
 #if HWY_TARGET <= HWY_AVX3
     // 16 lanes hold all 16 codes' values, computed as below: a permute per vector replaces the conversion, the
-    // subtraction and the multiply (batch 8 and prompts are bound by the work per weight; 5-10% on Zen 5).
+    // subtraction and the multiply (batch 8 and prompts are bound by the work per weight; 3-7% on Zen 5).
     const VF table = hn::Mul(hn::Sub(hn::Iota(df, 0), zero), scale);
     lo = hn::TableLookupLanes(table, hn::IndicesFromVec(df, hn::BitCast(di32, hn::And(bytes, hn::Set(du32, 0xFu)))));
     hi = hn::TableLookupLanes(table, hn::IndicesFromVec(df, hn::BitCast(di32, hn::ShiftRight<4>(bytes))));
