@@ -35,8 +35,9 @@ struct Tokens {
 // Block b (n <= kBlock elements from b * kBlock) of R rows against T tokens: the integer sums of the block, lane
 // by lane, times each lane's group scale, into the f32 accumulators. Lane j holds elements 8j..8j+7 of the block
 // (four even ones from the low nibbles, four odd from the high), all in group 8j / group_size of it. With kTail,
-// only the block's n elements load (the rest as 0). w[R..2R) are the next tile's rows, prefetched.
-template <int R, int T, bool kTail>
+// only the block's n elements load (the rest as 0). With kPrefetch, w[R..2R) (the next tile's rows) are prefetched:
+// only for a panel's last token tiles (see ForEachTile).
+template <int R, int T, bool kTail, bool kPrefetch>
 GEMMA_VNNI_TARGET inline __attribute__((always_inline)) void Step(__m512 (&acc)[R][T], const Int4Row* w,
                                                                   const Tokens& x, int64_t m, int64_t b, int64_t n,
                                                                   int group_size, __m512i lane_group) {
@@ -51,7 +52,7 @@ GEMMA_VNNI_TARGET inline __attribute__((always_inline)) void Step(__m512 (&acc)[
     odd[t] = _mm512_loadu_si512(xt + 64);
   }
   for (int r = 0; r < R; ++r) {
-    __builtin_prefetch(w[r + R].codes + b * 64);
+    if constexpr (kPrefetch) __builtin_prefetch(w[r + R].codes + b * 64);
     const uint8_t* p = w[r].codes + b * 64;
     const __m512i packed = kTail ? _mm512_maskz_loadu_epi8(byte_mask, p) : _mm512_loadu_si512(p);
     const __m512i lo = _mm512_and_si512(packed, nibble);
@@ -77,7 +78,7 @@ GEMMA_VNNI_TARGET float ZeroTerm(const Int4Row& w, const float* group_sums, int6
   return _mm512_reduce_add_ps(acc);
 }
 
-template <int R, int T>
+template <int R, int T, bool kPrefetch>
 GEMMA_VNNI_TARGET void Tile(const Int4Row* w, const Tokens& x, int64_t m, int64_t K, int group_size, float* out,
                             int64_t ldo) {
   __m512 acc[R][T];
@@ -89,8 +90,8 @@ GEMMA_VNNI_TARGET void Tile(const Int4Row* w, const Tokens& x, int64_t m, int64_
                                                                   _mm512_set1_epi32(8)),
                                                __builtin_ctz(static_cast<unsigned>(group_size)));
   const int64_t full = K / kBlock;
-  for (int64_t b = 0; b < full; ++b) Step<R, T, false>(acc, w, x, m, b, kBlock, group_size, lane_group);
-  if (K > full * kBlock) Step<R, T, true>(acc, w, x, m, full, K - full * kBlock, group_size, lane_group);
+  for (int64_t b = 0; b < full; ++b) Step<R, T, false, kPrefetch>(acc, w, x, m, b, kBlock, group_size, lane_group);
+  if (K > full * kBlock) Step<R, T, true, kPrefetch>(acc, w, x, m, full, K - full * kBlock, group_size, lane_group);
   for (int r = 0; r < R; ++r) {
     for (int t = 0; t < T; ++t) {
       const float zeros = ZeroTerm(w[r], x.group_sums + (m + t) * x.G, x.G);
@@ -146,8 +147,12 @@ void MatMulInt4Int8(const int8_t* q, const float* xs, int64_t M, int64_t K, std:
   for (const MatrixView& v : weights) total_rows += v.rows;
   const Tokens x{xr, sums, xs, Kp, G};
   const int64_t panel = std::max<int64_t>(kTokens, kPanelBytes / Kp / kTokens * kTokens);
-  auto tile = [&]<int R, int T>(int64_t r, int64_t m, int64_t, bool) {
-    Tile<R, T>(&table[r], x, m, K, group_size, out + m * ldo + r, ldo);
+  auto tile = [&]<int R, int T>(int64_t r, int64_t m, int64_t, bool prefetch) {
+    if (prefetch) {
+      Tile<R, T, true>(&table[r], x, m, K, group_size, out + m * ldo + r, ldo);
+    } else {
+      Tile<R, T, false>(&table[r], x, m, K, group_size, out + m * ldo + r, ldo);
+    }
   };
   ForEachTile<kRows, kTokens>(total_rows, M, panel, /*chunks=*/1, tile);
 }
