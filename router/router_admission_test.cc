@@ -100,7 +100,8 @@ TEST_F(RouterTest, RequestsCancelledWhileQueuedLeaveAtOnceAndAreNeverPrefilled) 
   }
   paused.Resume();
   // The router notices each within one step plus its 50 ms poll: the queue empties and all 50 are counted (the
-  // bound leaves room for a loaded machine; a router that waited for the queued requests' turn would take minutes).
+  // bound leaves room for a loaded machine; a router that let them wait for their turn is caught below, where the
+  // long generations must still be running).
   const auto ended = std::chrono::steady_clock::now();
   double cancelled = 0, depth = -1;
   while (std::chrono::steady_clock::now() - ended < std::chrono::seconds(10)) {

@@ -6,6 +6,7 @@
 
 #include <chrono>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <thread>
 
@@ -109,6 +110,24 @@ TEST(TensorParallelErrorsTest, DegreeThatDoesNotDivideHeadsIsRejected) {
   Result r = Gemma("generate --model " + GemmaTinyDir() + "/tiny-mha --prompt Hi --tp 3");
   EXPECT_NE(r.code, 0);
   EXPECT_NE(r.err.find("does not divide the 4 attention heads"), std::string::npos) << r.err;
+}
+
+// The ranks meet through a directory made under TMPDIR, gone once they have met; a TMPDIR that does not exist is
+// named in the error.
+TEST(TensorParallelErrorsTest, TheRendezvousDirectoryIsMadeUnderTmpdirAndLeavesNothing) {
+  const std::string tmp = ::testing::TempDir() + "/tp_tmpdir_" + std::to_string(::getpid());
+  std::filesystem::remove_all(tmp);
+  std::filesystem::create_directories(tmp);
+  const std::string args = " generate --model " + GemmaTinyDir() + "/tiny-mha --prompt-ids 2,17,99 --max-new-tokens 4 "
+                           "--tp 2 >/dev/null 2>" + tmp + ".err";
+  const int ok = std::system(("TMPDIR=" + tmp + " " + GEMMA_BINARY + args).c_str());
+  EXPECT_TRUE(WIFEXITED(ok) && WEXITSTATUS(ok) == 0) << ReadFile(tmp + ".err");
+  EXPECT_TRUE(std::filesystem::is_empty(tmp)) << "the rendezvous directory was left in TMPDIR";
+  const int missing = std::system(("TMPDIR=" + tmp + "/missing " + GEMMA_BINARY + args).c_str());
+  EXPECT_TRUE(WIFEXITED(missing) && WEXITSTATUS(missing) != 0);
+  const std::string err = ReadFile(tmp + ".err");
+  EXPECT_NE(err.find("no directory for temporary files"), std::string::npos) << err;
+  std::filesystem::remove_all(tmp);
 }
 
 // Starts a long TP 2 generation, then `hurt`s the follower; the leader must fail within the timeout.

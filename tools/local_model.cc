@@ -9,7 +9,9 @@
 #include <algorithm>
 #include <chrono>
 #include <thread>
+#include <cerrno>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 
 #include "absl/strings/str_cat.h"
@@ -187,8 +189,10 @@ absl::Status AttachBackend(LocalModel& model, int64_t kv_tokens, int tp, int64_t
   }
   std::error_code tmp_error;
   std::string tmpl = (std::filesystem::temp_directory_path(tmp_error) / "gemma-tp-XXXXXX").string();
-  if (tmp_error || ::mkdtemp(tmpl.data()) == nullptr) {
-    return absl::InternalError(absl::StrCat("cannot create a rendezvous directory ", tmpl, " (TMPDIR)"));
+  if (tmp_error) return absl::InternalError(absl::StrCat("no directory for temporary files: ", tmp_error.message()));
+  if (::mkdtemp(tmpl.data()) == nullptr) {
+    return absl::InternalError(absl::StrCat("cannot create the rendezvous directory ", tmpl, ": ", std::strerror(errno),
+                                            " (set TMPDIR to a writable directory)"));
   }
   model.store_dir = tmpl;
   const int threads = std::max(1, omp_get_max_threads() / tp);
@@ -216,7 +220,7 @@ absl::Status AttachBackend(LocalModel& model, int64_t kv_tokens, int tp, int64_t
   if (!collective.ok()) return collective.status();
   std::shared_ptr<Collective> shared(std::move(*collective));
   // Past this barrier every rank has met: the rendezvous files are done with, and go now rather than at exit, so
-  // that a run stopped by a signal leaves nothing in /tmp.
+  // that a run stopped by a signal once it has started leaves nothing in TMPDIR.
   RETURN_IF_ERROR(shared->Barrier());
   std::error_code ec;
   std::filesystem::remove_all(model.store_dir, ec);

@@ -37,9 +37,11 @@ struct Header {
 size_t SegmentBytes(int world) { return sizeof(Header) + 2 * static_cast<size_t>(world) * kSlotBytes; }
 
 std::string SegmentName(const std::string& name) {
-  std::string n = "/gemma-tp-";
-  for (char c : name) n.push_back(std::isalnum(static_cast<unsigned char>(c)) ? c : '_');
-  return n.substr(0, 200);
+  std::string tail;
+  for (char c : name) tail.push_back(std::isalnum(static_cast<unsigned char>(c)) ? c : '_');
+  // The end of a long name is kept: it is where a rendezvous directory's random suffix is.
+  if (tail.size() > 190) tail = tail.substr(tail.size() - 190);
+  return "/gemma-tp-" + tail;
 }
 
 class ShmCollective : public HostCollective {

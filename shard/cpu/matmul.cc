@@ -202,7 +202,8 @@ struct Int4Rows {
     const auto bytes = hn::PromoteTo(du32, hn::LoadU(d8, static_cast<const uint8_t*>(Address(r, b))));
 #if HWY_TARGET <= HWY_AVX3
     // 16 lanes hold all 16 codes' values, computed as below: a permute per vector replaces the conversion, the
-    // subtraction and the multiply (batch 8 and prompts are bound by the work per weight; 3-7% on Zen 5).
+    // subtraction and the multiply (batch 8 and prompts are bound by the work per weight; docs/BENCHMARKS.md).
+    static_assert(hn::MaxLanes(DF()) == 16, "the int4 table needs 16 f32 lanes");
     const VF table = hn::Mul(hn::Sub(hn::Iota(df, 0), zero), scale);
     lo = hn::TableLookupLanes(table, hn::IndicesFromVec(df, hn::BitCast(di32, hn::And(bytes, hn::Set(du32, 0xFu)))));
     hi = hn::TableLookupLanes(table, hn::IndicesFromVec(df, hn::BitCast(di32, hn::ShiftRight<4>(bytes))));
