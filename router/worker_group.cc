@@ -107,7 +107,7 @@ WorkerGroup::WorkerGroup(std::string address, std::shared_ptr<grpc::Channel> cha
   const int held = options_.lease.held->load();
   next_lease_ = std::chrono::steady_clock::now();
   if (held > 0) next_lease_ += LeaseRetryDelay(held);
-  MaintainLease();
+  MaintainLease(/*info_fresh=*/true);
   thread_ = std::thread([this] { Loop(); });
 }
 
@@ -120,7 +120,7 @@ WorkerGroup::~WorkerGroup() {
   if (metrics_ != nullptr) metrics_->GroupGone(RouterMetrics::GroupLabel(info_.group_name(), address_));
 }
 
-void WorkerGroup::MaintainLease() {
+void WorkerGroup::MaintainLease(bool info_fresh) {
   const auto now = std::chrono::steady_clock::now();
   if (now < next_lease_) return;
   const LeaseOptions& o = options_.lease;
@@ -163,7 +163,7 @@ void WorkerGroup::MaintainLease() {
     }
     // Not one whose worker now serves something else (it may have restarted since this router read its model
     // info): give it straight back.
-    if (!owned_ && !RefreshInfo()) {
+    if (!owned_ && !info_fresh && !RefreshInfo()) {
       SendRelease();
       next_lease_ = now + o.ttl;
       return;

@@ -124,7 +124,8 @@ class WorkerGroup {
   absl::Status RunOneStep();
   absl::Status GroupFailed() const;
   // Takes or renews the lease when due; notices when another router took it.
-  void MaintainLease();
+  // `info_fresh`: the model info was read a moment ago (by Connect), so a grant needs no RefreshInfo first.
+  void MaintainLease(bool info_fresh = false);
   // How long a router holding `held` groups waits before it tries again for one another router holds.
   std::chrono::milliseconds LeaseRetryDelay(int held) const;
   // Another router holds the group now: what ran here fails (its KV blocks are the new holder's), what had not
