@@ -224,6 +224,12 @@ TEST_F(OpenAiHttpTest, ErrorsHaveOpenAisShapeAndStatus) {
   const HttpReply long_request = Post("/v1/completions", {{"model", "tiny"}, {"prompt", "x"}, {"max_tokens", 4000}});
   EXPECT_EQ(long_request.status, 400);
   EXPECT_EQ(Body(long_request)["error"]["param"], "max_tokens") << long_request.body;
+  const HttpReply long_stop =
+      Post("/v1/completions", {{"model", "tiny"}, {"prompt", "x"}, {"stop", {"ok", std::string(300, 'a')}}});
+  EXPECT_EQ(long_stop.status, 400);
+  EXPECT_EQ(Body(long_stop)["error"]["param"], "stop") << long_stop.body;
+  EXPECT_TRUE(Body(long_stop)["error"]["message"].get<std::string>().starts_with("stop[1] is 300 bytes"))
+      << long_stop.body;
   const HttpReply not_json = Call(http_port_, "POST", "/v1/completions", "{not json");
   EXPECT_EQ(not_json.status, 400);
   EXPECT_TRUE(Body(not_json).contains("error"));

@@ -376,7 +376,7 @@ TEST(CliTest, BadInputGivesOneLineErrorAndNonZeroExit) {
       {"generate" + m + " --prompt-ids 2,99999", "--prompt-ids"},
       {"generate" + m + " --prompt-ids 2,x", "--prompt-ids"},
       {"generate --model /nonexistent/model --prompt Hi", "/nonexistent/model"},
-      {"generate" + m + " --prompt Hi --max-new-tokens 600", "context"},
+      {"generate" + m + " --prompt Hi --max-new-tokens 600", "allowed: --max-new-tokens at most 509 for this prompt"},
       {"generate" + m + " --prompt Hi --device tpu", "allowed: cpu, cuda"},
       {"generate" + m + " --prompt Hi --num-beams 11", "--num-beams \"11\" is invalid; allowed: an integer in [1, 10]"},
       {"generate" + m + " --prompt Hi --num-beams 2 --top-k 3", "num_beams 2 cannot be combined with top_k"},

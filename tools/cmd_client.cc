@@ -43,7 +43,7 @@ int ClientCommand(int argc, char** argv) {
     return Fail(kCmd, absl::InvalidArgumentError("give exactly one of --prompt TEXT or --prompt-ids ID,ID,..."));
   }
   auto ids = args.GetIntList("prompt-ids", 0, INT32_MAX);
-  auto max_new = args.GetInt("max-new-tokens", 0, 0, 1 << 20);
+  auto max_new = args.GetInt("max-new-tokens", 0, 1, 1 << 20);
   auto temperature = args.GetDouble("temperature", 0.0, 0.0, 1e6);
   auto top_k = args.GetInt("top-k", 0, 0, 1 << 22);
   auto top_p = args.GetDouble("top-p", 1.0, 1e-9, 1.0);

@@ -1,6 +1,7 @@
 // gemma generate: sample a continuation of a prompt, streaming text or printing one JSON object.
 #include <cstdio>
 
+#include "absl/strings/str_cat.h"
 #include "engine/cache_salt.h"
 #include "engine/local_executor.h"
 #include "engine/run_batch.h"
@@ -63,10 +64,12 @@ int GenerateCommand(int argc, char** argv) {
   auto prompt = PromptIds(args, model->tokenizer.get(), config.vocab_size, config.bos_id, chat);
   if (!prompt.ok()) return Fail(kCmd, prompt.status());
   if (static_cast<int64_t>(prompt->size()) + *max_new > config.max_position_embeddings) {
-    return Fail(kCmd, absl::InvalidArgumentError(
-                          "prompt (" + std::to_string(prompt->size()) + " tokens) + --max-new-tokens (" +
-                          std::to_string(*max_new) + ") exceeds the model's context of " +
-                          std::to_string(config.max_position_embeddings)));
+    const int64_t room = config.max_position_embeddings - static_cast<int64_t>(prompt->size());
+    return Fail(kCmd, absl::InvalidArgumentError(absl::StrCat(
+                          "prompt (", prompt->size(), " tokens) + --max-new-tokens (", *max_new,
+                          ") exceeds the model's context of ", config.max_position_embeddings,
+                          room > 0 ? absl::StrCat("; allowed: --max-new-tokens at most ", room, " for this prompt")
+                                   : std::string("; the prompt alone fills it"))));
   }
   auto interventions = InterventionsFromFlags(args, config);
   if (!interventions.ok()) return Fail(kCmd, interventions.status());

@@ -48,8 +48,18 @@ class Reader {
     const json* v = Field(body_, name);
     if (v == nullptr || failed()) return std::nullopt;
     if (!v->is_number_integer()) {
-      Fail(name, absl::StrCat("'", name, "' must be an integer"));
-      return std::nullopt;
+      // A whole number written as a float (2.0, or 1e30 past every integer type) is taken as that number, as
+      // OpenAI's own server takes it.
+      const double d = v->is_number_float() ? v->get<double>() : std::nan("");
+      if (!std::isfinite(d) || std::nearbyint(d) != d) {
+        Fail(name, absl::StrCat("'", name, "' must be an integer in ", lo, "..", hi));
+        return std::nullopt;
+      }
+      if (d < static_cast<double>(lo) || d > static_cast<double>(hi)) {
+        Fail(name, absl::StrCat("'", name, "' is ", v->dump(), "; allowed: ", lo, "..", hi));
+        return std::nullopt;
+      }
+      return static_cast<int64_t>(d);
     }
     // Past INT64_MAX is past every range here: said as sent, never clamped into one.
     const bool huge = v->is_number_unsigned() && v->get<uint64_t>() > static_cast<uint64_t>(INT64_MAX);
@@ -264,7 +274,8 @@ void ReadBeamSearch(Reader& r, const json& body, v1::GenerationParameters& p, Pa
 bool ReadModel(Reader& r, const json& body, ParsedRequest& out) {
   const json* model = Field(body, "model");
   if (model == nullptr || !model->is_string()) {
-    r.Fail("model", "'model' is required: a string naming the model (GET /v1/models lists it)");
+    r.Fail("model", absl::StrCat("'model' ", model == nullptr ? "is required: a" : "must be a",
+                                 " string naming the model (GET /v1/models lists it)"));
     return false;
   }
   out.model = model->get<std::string>();

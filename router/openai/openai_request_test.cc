@@ -74,6 +74,13 @@ TEST(OpenAiRequestTest, PromptShapes) {
   EXPECT_EQ(Err(ParseCompletionRequest(json::parse(R"({"model": "m"})"), {})).param, "prompt");
 }
 
+TEST(OpenAiRequestTest, WholeNumbersWrittenAsFloatsAreTakenAsIntegers) {
+  const ParsedRequest p =
+      Ok(ParseCompletionRequest(json::parse(R"({"model": "m", "prompt": "x", "n": 2.0, "max_tokens": 5.0})"), {}));
+  EXPECT_EQ(p.n, 2);
+  EXPECT_EQ(p.prompts.at(0).parameters().max_new_tokens(), 5);
+}
+
 TEST(OpenAiRequestTest, BadFieldsAreNamedWithTheirRange) {
   struct Case {
     const char* body;
@@ -102,6 +109,9 @@ TEST(OpenAiRequestTest, BadFieldsAreNamedWithTheirRange) {
       {R"({"model": "m", "prompt": "x", "echo": true, "logprobs": 1, "stream": true})", "echo", "not supported"},
       {R"({"model": "m", "prompt": "x", "max_tokens": 0})", "max_tokens", "echo"},
       {R"({"prompt": "x"})", "model", "required"},
+      {R"({"model": 5, "prompt": "x"})", "model", "'model' must be a string"},
+      // A whole number written as a float past every integer type: out of range, not "not an integer".
+      {R"({"model": "m", "prompt": "x", "max_tokens": 1e30})", "max_tokens", "is 1e+30; allowed: 0.."},
       {R"({"model": "m", "prompt": "x", "response_format": {"type": "xml"}})", "response_format.type", "json_schema"},
       {R"({"model": "m", "prompt": "x", "response_format": {"type": "json_schema"}})",
        "response_format.json_schema.schema", "JSON Schema"},

@@ -116,9 +116,12 @@ class Call {
           renamed = true;
         }
       }
-      if (e.message.find("max_new_tokens") != std::string::npos) {
-        e.message = absl::StrReplaceAll(e.message, {{"max_new_tokens", "max_tokens"}});
-        e.param = "max_tokens";
+      for (const auto& [grpc_name, http_name] :
+           {std::pair{"max_new_tokens", "max_tokens"}, std::pair{"stop_sequences", "stop"}}) {
+        if (e.message.find(grpc_name) != std::string::npos) {
+          e.message = absl::StrReplaceAll(e.message, {{grpc_name, http_name}});
+          e.param = http_name;
+        }
       }
       if (e.message.starts_with("the prompt")) e.param = prompt_field;
       if (!renamed && parsed_.prompts.size() > 1 && status.code() == absl::StatusCode::kInvalidArgument) {
