@@ -63,6 +63,16 @@ json ChatLogprobs(const ResponseContext& c, const std::vector<v1::GeneratedToken
   return {{"content", content}};
 }
 
+// A token's top_logprobs entry for the completions API: its alternatives and, as OpenAI's legacy API promises ("up
+// to logprobs+1 elements"), the token itself, so that logprobs 0 still gives each token's own entry.
+template <typename Alternatives>
+json CompletionTop(const ResponseContext& c, const Alternatives& alternatives, int32_t id, float logprob) {
+  json top = json::object();
+  for (const auto& alt : alternatives) top[TokenText(c, alt.id())] = alt.logprob();
+  top[TokenText(c, id)] = logprob;
+  return top;
+}
+
 // Completions: {"tokens", "token_logprobs", "top_logprobs", "text_offset"}; offsets count from `offset`. With
 // `prompt`, every prompt token comes first (echo), each with its log-prob given the tokens before it; the first has
 // none (null), as OpenAI and vLLM give it, so positions line up with the prompt's ids.
@@ -76,11 +86,15 @@ json CompletionLogprobs(const ResponseContext& c, const std::vector<v1::Generate
       texts.push_back(text);
       const bool scored = t > 0 && t - 1 < prompt->logprobs_size();
       lps.push_back(scored ? json(prompt->logprobs(t - 1)) : json(nullptr));
-      json top = json::object();
-      if (scored && t - 1 < prompt->top_logprobs_size()) {
-        for (const auto& alt : prompt->top_logprobs(t - 1).alternatives()) top[TokenText(c, alt.id())] = alt.logprob();
+      if (!scored) {
+        tops.push_back(nullptr);
+      } else if (t - 1 < prompt->top_logprobs_size()) {
+        tops.push_back(CompletionTop(c, prompt->top_logprobs(t - 1).alternatives(), prompt->token_ids(t),
+                                     prompt->logprobs(t - 1)));
+      } else {
+        tops.push_back(CompletionTop(c, std::vector<v1::TokenLogprob>{}, prompt->token_ids(t),
+                                     prompt->logprobs(t - 1)));
       }
-      tops.push_back(scored && c.top_logprobs > 0 ? top : json(nullptr));
       offsets.push_back(at);
       at += static_cast<int64_t>(TokenBytes(c, prompt->token_ids(t), text).size());
     }
@@ -89,9 +103,7 @@ json CompletionLogprobs(const ResponseContext& c, const std::vector<v1::Generate
     const std::string text = TokenText(c, t.id());
     texts.push_back(text);
     lps.push_back(t.logprob());
-    json top = json::object();
-    for (const auto& alt : t.top_logprobs()) top[TokenText(c, alt.id())] = alt.logprob();
-    tops.push_back(c.top_logprobs > 0 ? top : json(nullptr));
+    tops.push_back(CompletionTop(c, t.top_logprobs(), t.id(), t.logprob()));
     offsets.push_back(offset);
     offset += static_cast<int64_t>(TokenBytes(c, t.id(), text).size());
   }
