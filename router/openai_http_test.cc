@@ -290,6 +290,16 @@ TEST_F(OpenAiHttpTest, ModelsAndHealth) {
   EXPECT_EQ(m["object"], "list");
   EXPECT_EQ(m["data"][0]["id"], "tiny");
   EXPECT_GT(m["data"][0]["max_model_len"].get<int>(), 0);
+  const HttpReply one = Call(http_port_, "GET", "/v1/models/tiny");
+  ASSERT_EQ(one.status, 200) << one.body;
+  json listed = m["data"][0], alone = Body(one);
+  listed.erase("created");  // the clock may have ticked between the two calls
+  alone.erase("created");
+  EXPECT_EQ(alone, listed);
+  const HttpReply missing = Call(http_port_, "GET", "/v1/models/gpt-4");
+  EXPECT_EQ(missing.status, 404);
+  EXPECT_EQ(Body(missing)["error"]["code"], "model_not_found") << missing.body;
+  EXPECT_EQ(Call(http_port_, "POST", "/v1/models/tiny").status, 405);
   EXPECT_EQ(Call(http_port_, "GET", "/health").status, 200);
 }
 

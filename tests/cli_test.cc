@@ -388,6 +388,8 @@ TEST(CliTest, BadInputGivesOneLineErrorAndNonZeroExit) {
       {"generate" + m + " --prompt Hi --weights int4 --int4-group-size 48", "allowed: 32, 64, 128"},
       {"generate" + m + " --prompt Hi --weights int4 --int4-group-size 256",
        "--int4-group-size 256 is invalid; allowed: 32, 64, 128 (or 0 to choose)"},
+      {"client foo --server 127.0.0.1:1 --prompt Hi", "unknown call \"foo\"; allowed: generate, stream, score"},
+      {"client generate --server 127.0.0.1:1 --prompt Hi --max-new-tokens 0", "--max-new-tokens \"0\" is invalid"},
       {"generate" + m + " --prompt Hi --weights int4 --int4-group-size abc",
        "--int4-group-size \"abc\" is invalid; allowed: 32, 64, 128 (or 0 to choose)"},
       {"quantize --in " + Tiny("tiny-mha") + " --out /tmp/x --weights int4 --int4-group-size 0",

@@ -3,6 +3,7 @@
 
 #include <cstdio>
 
+#include "absl/strings/str_cat.h"
 #include "gemma/v1/gemma.grpc.pb.h"
 #include "nlohmann/json.hpp"
 #include "protos/grpc_status.h"
@@ -20,7 +21,8 @@ int ClientCommand(int argc, char** argv) {
       std::printf("usage: gemma client generate|stream|score --server HOST:PORT (--prompt TEXT | --prompt-ids ...) [flags]\n");
       return 0;
     }
-    return Fail(kCmd, absl::InvalidArgumentError("give a call: generate, stream or score"));
+    const std::string given = argc < 1 ? "no call given" : absl::StrCat("unknown call \"", argv[0], "\"");
+    return Fail(kCmd, absl::InvalidArgumentError(absl::StrCat(given, "; allowed: generate, stream, score")));
   }
   const std::string call = argv[0];
   Args args(std::string(kCmd) + " " + call, "--server HOST:PORT (--prompt TEXT | --prompt-ids 2,17,...) [flags]");

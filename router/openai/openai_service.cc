@@ -335,6 +335,9 @@ void OpenAiService::Handle(std::shared_ptr<http::Exchange> exchange) {
   const RequestAdmission::Origin origin{.protocol = "http", .endpoint = path};
   auto answer = [&](const ApiError& e) { Refuse(*exchange, e, origin); };
   const bool generate = path == "/v1/completions" || path == "/v1/chat/completions";
+  // GET /v1/models/{id}: one model (ids may hold '/', as Hugging Face names do).
+  constexpr std::string_view kOneModel = "/v1/models/";
+  const bool one_model = path.starts_with(kOneModel) && path.size() > kOneModel.size();
   // A wrong method gets 405 naming the one the path takes (and Allow, as HTTP asks).
   auto wrong_method = [&](const char* allowed) {
     ApiError e = BadField("", absl::StrCat(method, " is not allowed on ", path, "; use ", allowed));
@@ -349,10 +352,10 @@ void OpenAiService::Handle(std::shared_ptr<http::Exchange> exchange) {
     exchange->Reply(healthy ? 200 : 503, kJson, healthy ? "{\"status\":\"ok\"}" : "{\"status\":\"unavailable\"}");
     return;
   }
-  if (!generate && path != "/v1/models") {
+  if (!generate && path != "/v1/models" && !one_model) {
     ApiError e = BadField("", absl::StrCat("no such endpoint ", method, " ", path,
                                            "; served: POST /v1/completions, POST /v1/chat/completions, "
-                                           "GET /v1/models, GET /health"));
+                                           "GET /v1/models, GET /v1/models/{id}, GET /health"));
     e.http_status = 404;
     e.code = "not_found";
     exchange->Reply(404, kJson, e.ToJson());
@@ -365,7 +368,9 @@ void OpenAiService::Handle(std::shared_ptr<http::Exchange> exchange) {
   }
   auto model = admission_->Model();
   if (!model.ok()) return answer(FromStatus(model.status()));
-  if (!generate) return Models(*exchange, **model);
+  if (!generate) {
+    return Models(*exchange, **model, one_model ? path.substr(kOneModel.size()) : std::string());
+  }
   Generate(std::move(exchange), path == "/v1/chat/completions", *model, origin);
 }
 
@@ -375,7 +380,7 @@ void OpenAiService::Refuse(http::Exchange& exchange, const ApiError& error,
   exchange.Reply(error.http_status, kJson, error.ToJson());
 }
 
-void OpenAiService::Models(http::Exchange& exchange, const ServedModel& model) {
+void OpenAiService::Models(http::Exchange& exchange, const ServedModel& model, const std::string& id) {
   const std::string base = ModelName(model);
   const auto created = static_cast<int64_t>(std::time(nullptr));
   auto entry = [&](const std::string& id) {
@@ -395,7 +400,15 @@ void OpenAiService::Models(http::Exchange& exchange, const ServedModel& model) {
     m["parent"] = base;
     data.push_back(std::move(m));
   }
-  exchange.Reply(200, kJson, nlohmann::json{{"object", "list"}, {"data", std::move(data)}}.dump());
+  if (id.empty()) {
+    exchange.Reply(200, kJson, nlohmann::json{{"object", "list"}, {"data", std::move(data)}}.dump());
+    return;
+  }
+  for (const nlohmann::json& m : data) {
+    if (m["id"] == id) return exchange.Reply(200, kJson, m.dump());
+  }
+  const ApiError e = UnknownModel(id, model);
+  exchange.Reply(e.http_status, kJson, e.ToJson());
 }
 
 ApiError OpenAiService::UnknownModel(const std::string& asked, const ServedModel& model) const {

@@ -35,7 +35,8 @@ class OpenAiService {
   // Answers with `error` and counts the request as refused.
   void Refuse(http::Exchange& exchange, const ApiError& error, const RequestAdmission::Origin& origin) const;
   // The base model, then every adapter the groups hold (vLLM's shape: an adapter's parent is the base model).
-  void Models(http::Exchange& exchange, const ServedModel& model);
+  // GET /v1/models (`id` empty), or GET /v1/models/{id}: that model's entry, 404 when it is not served.
+  void Models(http::Exchange& exchange, const ServedModel& model, const std::string& id);
   // 404 model_not_found for `asked`, naming the base model and the adapters loaded now.
   ApiError UnknownModel(const std::string& asked, const ServedModel& model) const;
   void Done(Call* call) { calls_.erase(call); }
