@@ -300,6 +300,7 @@ TEST_F(OpenAiHttpTest, ModelsAndHealth) {
   EXPECT_EQ(missing.status, 404);
   EXPECT_EQ(Body(missing)["error"]["code"], "model_not_found") << missing.body;
   EXPECT_EQ(Call(http_port_, "POST", "/v1/models/tiny").status, 405);
+  EXPECT_EQ(Call(http_port_, "GET", "/v1/models/t%69ny").status, 200) << "an id is percent-decoded";
   EXPECT_EQ(Call(http_port_, "GET", "/health").status, 200);
 }
 
@@ -477,6 +478,8 @@ TEST(OpenAiHttpOwnRouterTest, ApiKeysQueueLimitAndNoGroup) {
   EXPECT_EQ(wrong.status, 401);
   EXPECT_EQ(json::parse(wrong.body)["error"]["code"], "invalid_api_key");
   EXPECT_EQ(Call(http_port, "GET", "/v1/models", "", {"Authorization: Bearer sk-bad"}).status, 401);
+  EXPECT_EQ(Call(http_port, "GET", "/v1/models/tiny", "", {"Authorization: Bearer sk-bad"}).status, 401);
+  EXPECT_EQ(Call(http_port, "GET", "/v1/models/tiny", "", {"Authorization: Bearer sk-good"}).status, 200);
   EXPECT_EQ(Call(http_port, "GET", "/health").status, 200) << "probes need no key";
   std::vector<std::future<int>> calls;
   for (int i = 0; i < 12; ++i) {

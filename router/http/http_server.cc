@@ -14,6 +14,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdlib>
 #include <mutex>
 #include <thread>
 
@@ -399,6 +400,15 @@ Server::~Server() {
       },
       this, nullptr);
   if (impl->loop.joinable()) impl->loop.join();
+}
+
+std::string PercentDecoded(std::string_view text) {
+  size_t size = 0;
+  char* decoded = evhttp_uridecode(std::string(text).c_str(), /*decode_plus=*/0, &size);
+  if (decoded == nullptr) return std::string(text);
+  std::string out(decoded, size);
+  std::free(decoded);
+  return out;
 }
 
 }  // namespace gemma::http

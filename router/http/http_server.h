@@ -124,4 +124,7 @@ class Server {
   bool stopping_ = false;                 // loop thread only: requests are answered 503 without the handler
 };
 
+// `text` with its %XX escapes decoded ("google%2Fgemma-2b" -> "google/gemma-2b"); paths reach handlers as sent.
+std::string PercentDecoded(std::string_view text);
+
 }  // namespace gemma::http

@@ -48,18 +48,21 @@ class Reader {
     const json* v = Field(body_, name);
     if (v == nullptr || failed()) return std::nullopt;
     if (!v->is_number_integer()) {
-      // A whole number written as a float (2.0, or 1e30 past every integer type) is taken as that number, as
-      // OpenAI's own server takes it.
+      // A whole number written as a float (2.0) is taken as that number, as OpenAI's own server takes it; one
+      // past every int64 (1e30) is out of range, said with the range.
       const double d = v->is_number_float() ? v->get<double>() : std::nan("");
-      if (!std::isfinite(d) || std::nearbyint(d) != d) {
+      if (!std::isfinite(d) || std::trunc(d) != d) {
         Fail(name, absl::StrCat("'", name, "' must be an integer in ", lo, "..", hi));
         return std::nullopt;
       }
-      if (d < static_cast<double>(lo) || d > static_cast<double>(hi)) {
+      // [-2^63, 2^63) converts exactly; the range is then checked on the integer.
+      const bool fits = d >= -0x1p63 && d < 0x1p63;
+      const int64_t x = fits ? static_cast<int64_t>(d) : 0;
+      if (!fits || x < lo || x > hi) {
         Fail(name, absl::StrCat("'", name, "' is ", v->dump(), "; allowed: ", lo, "..", hi));
         return std::nullopt;
       }
-      return static_cast<int64_t>(d);
+      return x;
     }
     // Past INT64_MAX is past every range here: said as sent, never clamped into one.
     const bool huge = v->is_number_unsigned() && v->get<uint64_t>() > static_cast<uint64_t>(INT64_MAX);

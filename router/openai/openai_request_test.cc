@@ -112,6 +112,8 @@ TEST(OpenAiRequestTest, BadFieldsAreNamedWithTheirRange) {
       {R"({"model": 5, "prompt": "x"})", "model", "'model' must be a string"},
       // A whole number written as a float past every integer type: out of range, not "not an integer".
       {R"({"model": "m", "prompt": "x", "max_tokens": 1e30})", "max_tokens", "is 1e+30; allowed: 0.."},
+      // 2^63 written as a float: one past INT64_MAX, refused (its conversion would be undefined).
+      {R"({"model": "m", "prompt": "x", "seed": 9223372036854775807.0})", "seed", "allowed"},
       {R"({"model": "m", "prompt": "x", "response_format": {"type": "xml"}})", "response_format.type", "json_schema"},
       {R"({"model": "m", "prompt": "x", "response_format": {"type": "json_schema"}})",
        "response_format.json_schema.schema", "JSON Schema"},

@@ -20,7 +20,6 @@ struct ResponseContext {
   std::string model;
   bool chat = false;
   bool logprobs = false;
-  int top_logprobs = 0;
   const Tokenizer* tokenizer = nullptr;
   // Each token's own bytes; null: tokens are shown as decoded alone.
   std::shared_ptr<const structured::Vocabulary> vocabulary;

@@ -332,12 +332,13 @@ std::string OpenAiService::ModelName(const ServedModel& model) const {
 void OpenAiService::Handle(std::shared_ptr<http::Exchange> exchange) {
   const std::string path(exchange->path());
   const std::string method(exchange->method());
-  const RequestAdmission::Origin origin{.protocol = "http", .endpoint = path};
-  auto answer = [&](const ApiError& e) { Refuse(*exchange, e, origin); };
   const bool generate = path == "/v1/completions" || path == "/v1/chat/completions";
-  // GET /v1/models/{id}: one model (ids may hold '/', as Hugging Face names do).
+  // GET /v1/models/{id}: one model (ids may hold '/', as Hugging Face names do, sent as is or as %2F).
   constexpr std::string_view kOneModel = "/v1/models/";
   const bool one_model = path.starts_with(kOneModel) && path.size() > kOneModel.size();
+  // The metrics' endpoint label: a fixed set of values, whatever ids clients ask for.
+  const RequestAdmission::Origin origin{.protocol = "http", .endpoint = one_model ? "/v1/models/{id}" : path};
+  auto answer = [&](const ApiError& e) { Refuse(*exchange, e, origin); };
   // A wrong method gets 405 naming the one the path takes (and Allow, as HTTP asks).
   auto wrong_method = [&](const char* allowed) {
     ApiError e = BadField("", absl::StrCat(method, " is not allowed on ", path, "; use ", allowed));
@@ -369,7 +370,7 @@ void OpenAiService::Handle(std::shared_ptr<http::Exchange> exchange) {
   auto model = admission_->Model();
   if (!model.ok()) return answer(FromStatus(model.status()));
   if (!generate) {
-    return Models(*exchange, **model, one_model ? path.substr(kOneModel.size()) : std::string());
+    return Models(*exchange, **model, one_model ? http::PercentDecoded(path.substr(kOneModel.size())) : std::string());
   }
   Generate(std::move(exchange), path == "/v1/chat/completions", *model, origin);
 }
@@ -383,8 +384,8 @@ void OpenAiService::Refuse(http::Exchange& exchange, const ApiError& error,
 void OpenAiService::Models(http::Exchange& exchange, const ServedModel& model, const std::string& id) {
   const std::string base = ModelName(model);
   const auto created = static_cast<int64_t>(std::time(nullptr));
-  auto entry = [&](const std::string& id) {
-    return nlohmann::json{{"id", id},
+  auto entry = [&](const std::string& name) {
+    return nlohmann::json{{"id", name},
                           {"object", "model"},
                           {"created", created},
                           {"owned_by", "gemma-serve"},
@@ -405,7 +406,7 @@ void OpenAiService::Models(http::Exchange& exchange, const ServedModel& model, c
     return;
   }
   for (const nlohmann::json& m : data) {
-    if (m["id"] == id) return exchange.Reply(200, kJson, m.dump());
+    if (m.at("id") == id) return exchange.Reply(200, kJson, m.dump());
   }
   const ApiError e = UnknownModel(id, model);
   exchange.Reply(e.http_status, kJson, e.ToJson());
@@ -452,7 +453,6 @@ void OpenAiService::Generate(std::shared_ptr<http::Exchange> exchange, bool chat
   context.model = request.model;
   context.chat = chat;
   context.logprobs = request.logprobs;
-  context.top_logprobs = request.top_logprobs;
   context.tokenizer = model->tokenizer.get();
   context.vocabulary = model->structured_output->vocabulary();
   int64_t prompt_bytes = 0;

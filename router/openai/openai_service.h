@@ -1,4 +1,4 @@
-// The OpenAI-compatible HTTP API: /v1/completions, /v1/chat/completions, /v1/models and /health, on the same
+// The OpenAI-compatible HTTP API: /v1/completions, /v1/chat/completions, /v1/models(/{id}) and /health, on the same
 // admission path (limits, tokenization, scheduler), API keys and metrics as the gRPC API. Requests are placed on
 // this router's groups; unlike gRPC, they are not forwarded to a peer router. `model` names the base model or a
 // loaded LoRA adapter, as vLLM serves adapters.
