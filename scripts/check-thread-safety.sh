@@ -45,8 +45,11 @@ if ! grep -q -- "-Werror,-Wthread-safety" "$probe/err"; then
 fi
 echo "check-thread-safety: the analysis catches an unguarded read"
 
-cmake -S . -B build-tsa -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_COMPILER="$cxx" -DCMAKE_C_COMPILER="$cc" \
-  -DGEMMA_WITH_CUDA=OFF -DGEMMA_BUILD_TESTS=OFF -DCMAKE_CXX_FLAGS="${flags[*]}" >/dev/null
+# Unoptimized: the analysis runs in the compiler's front end, and -O0 builds these targets in about two thirds of
+# the time -O3 takes (nothing here is run).
+cmake -S . -B build-tsa -G Ninja -DCMAKE_BUILD_TYPE=Debug -DCMAKE_CXX_FLAGS_DEBUG=-O0 -DCMAKE_C_FLAGS_DEBUG=-O0 \
+  -DCMAKE_CXX_COMPILER="$cxx" -DCMAKE_C_COMPILER="$cc" -DGEMMA_WITH_CUDA=OFF -DGEMMA_BUILD_TESTS=OFF \
+  -DCMAKE_CXX_FLAGS="${flags[*]}" >/dev/null
 # Every library and binary that holds a lock; the gemma command's load generator as one object (the command
 # itself would build the whole model code again for nothing).
 cmake --build build-tsa -j "$(nproc)" --target gemma_engine gemma_router_lib gemma_worker_lib gemma-router \
