@@ -47,26 +47,17 @@ class Reader {
   std::optional<int64_t> Integer(const char* name, int64_t lo, int64_t hi) {
     const json* v = Field(body_, name);
     if (v == nullptr || failed()) return std::nullopt;
-    if (!v->is_number_integer()) {
-      // A whole number written as a float (2.0) is taken as that number, as OpenAI's own server takes it; one
-      // past every int64 (1e30) is out of range, said with the range.
-      const double d = v->is_number_float() ? v->get<double>() : std::nan("");
-      if (!std::isfinite(d) || std::trunc(d) != d) {
-        Fail(name, absl::StrCat("'", name, "' must be an integer in ", lo, "..", hi));
-        return std::nullopt;
-      }
-      // [-2^63, 2^63) converts exactly; the range is then checked on the integer.
-      const bool fits = d >= -0x1p63 && d < 0x1p63;
-      const int64_t x = fits ? static_cast<int64_t>(d) : 0;
-      if (!fits || x < lo || x > hi) {
-        Fail(name, absl::StrCat("'", name, "' is ", v->dump(), "; allowed: ", lo, "..", hi));
-        return std::nullopt;
-      }
-      return x;
+    // A whole number written as a float (2.0) is taken as that number, as OpenAI's own server takes it.
+    const double d = v->is_number_float() ? v->get<double>() : 0.0;
+    if (!v->is_number_integer() && !(v->is_number_float() && std::isfinite(d) && std::trunc(d) == d)) {
+      Fail(name, absl::StrCat("'", name, "' must be an integer in ", lo, "..", hi));
+      return std::nullopt;
     }
-    // Past INT64_MAX is past every range here: said as sent, never clamped into one.
-    const bool huge = v->is_number_unsigned() && v->get<uint64_t>() > static_cast<uint64_t>(INT64_MAX);
-    const int64_t x = huge ? 0 : v->get<int64_t>();
+    // Past int64 (above INT64_MAX, or a float outside [-2^63, 2^63)) is past every range here: said as sent,
+    // never clamped into one (nor converted: that would be undefined).
+    const bool huge = v->is_number_integer() ? v->is_number_unsigned() && v->get<uint64_t>() > uint64_t{INT64_MAX}
+                                             : !(d >= -0x1p63 && d < 0x1p63);
+    const int64_t x = huge ? 0 : v->is_number_integer() ? v->get<int64_t>() : static_cast<int64_t>(d);
     if (huge || x < lo || x > hi) {
       Fail(name, absl::StrCat("'", name, "' is ", v->dump(), "; allowed: ", lo, "..", hi));
       return std::nullopt;

@@ -65,8 +65,8 @@ json ChatLogprobs(const ResponseContext& c, const std::vector<v1::GeneratedToken
 
 // A token's top_logprobs entry for the completions API: its alternatives and, as OpenAI's legacy API promises ("up
 // to logprobs+1 elements"), the token itself, so that logprobs 0 still gives each token's own entry.
-template <typename Alternatives>
-json CompletionTop(const ResponseContext& c, const Alternatives& alternatives, int32_t id, float logprob) {
+json CompletionTop(const ResponseContext& c, const google::protobuf::RepeatedPtrField<v1::TokenLogprob>& alternatives,
+                   int32_t id, float logprob) {
   json top = json::object();
   for (const auto& alt : alternatives) top[TokenText(c, alt.id())] = alt.logprob();
   top[TokenText(c, id)] = logprob;
@@ -86,15 +86,10 @@ json CompletionLogprobs(const ResponseContext& c, const std::vector<v1::Generate
       texts.push_back(text);
       const bool scored = t > 0 && t - 1 < prompt->logprobs_size();
       lps.push_back(scored ? json(prompt->logprobs(t - 1)) : json(nullptr));
-      if (!scored) {
-        tops.push_back(nullptr);
-      } else if (t - 1 < prompt->top_logprobs_size()) {
-        tops.push_back(CompletionTop(c, prompt->top_logprobs(t - 1).alternatives(), prompt->token_ids(t),
-                                     prompt->logprobs(t - 1)));
-      } else {
-        tops.push_back(CompletionTop(c, std::vector<v1::TokenLogprob>{}, prompt->token_ids(t),
-                                     prompt->logprobs(t - 1)));
-      }
+      const bool has_top = scored && t - 1 < prompt->top_logprobs_size();
+      const v1::TopLogprobs& top = has_top ? prompt->top_logprobs(t - 1) : v1::TopLogprobs::default_instance();
+      tops.push_back(scored ? CompletionTop(c, top.alternatives(), prompt->token_ids(t), prompt->logprobs(t - 1))
+                            : json(nullptr));
       offsets.push_back(at);
       at += static_cast<int64_t>(TokenBytes(c, prompt->token_ids(t), text).size());
     }
