@@ -79,9 +79,12 @@ void PackX(const float* x, int64_t M, int64_t K, int64_t ldx, int64_t packed_str
 
 // Weight decoders: block b of row r as two f32 vectors (lo, hi) in the format's layout, dequantized; Scalar gives
 // one element of the tail, Finish turns a row's sum into its output. A row is walked in groups of GroupBlocks
-// blocks (the whole row for formats with one scale per row) and Block is told the group.
-// Formats with one scale per row (or none): a row is one group.
+// blocks (the whole row for formats with one scale per row); GroupAt prepares what a group's blocks share, once
+// per group and row, and Block is given it.
+// Formats with one scale per row (or none): a row is one group, and there is nothing to prepare.
 struct WholeRowGroups {
+  struct Group {};
+  Group GroupAt(int64_t, int64_t) const { return {}; }
   int64_t GroupBlocks(int64_t full_blocks) const { return full_blocks; }
 };
 
@@ -92,7 +95,7 @@ struct Bf16Rows : WholeRowGroups {
   explicit Bf16Rows(const MatrixView& m) : w(m.data), stride(m.stride) {}
   const void* Address(int64_t r, int64_t b) const { return w + r * stride + b * 2 * hn::Lanes(DF()); }
   int64_t RowBytes() const { return 2 * stride; }
-  HWY_INLINE void Block(int64_t r, int64_t b, int64_t /*group*/, VF& lo, VF& hi) const {
+  HWY_INLINE void Block(int64_t r, int64_t b, const Group&, VF& lo, VF& hi) const {
     const DF df;
     const DU du;
     const auto u = hn::LoadU(du, static_cast<const uint32_t*>(Address(r, b)));
@@ -110,7 +113,7 @@ struct F32Rows : WholeRowGroups {
   explicit F32Rows(const MatrixView& m) : w(m.f32), stride(m.stride) {}
   const void* Address(int64_t r, int64_t b) const { return w + r * stride + b * 2 * hn::Lanes(DF()); }
   int64_t RowBytes() const { return 4 * stride; }
-  HWY_INLINE void Block(int64_t r, int64_t b, int64_t /*group*/, VF& lo, VF& hi) const {
+  HWY_INLINE void Block(int64_t r, int64_t b, const Group&, VF& lo, VF& hi) const {
     const DF df;
     const float* p = static_cast<const float*>(Address(r, b));
     lo = hn::LoadU(df, p);
@@ -129,7 +132,7 @@ struct Int8Rows : WholeRowGroups {
   explicit Int8Rows(const MatrixView& m) : codes(m.codes), scales(m.scales), stride(m.stride) {}
   const void* Address(int64_t r, int64_t b) const { return codes + r * stride + b * 2 * hn::Lanes(DF()); }
   int64_t RowBytes() const { return stride; }
-  HWY_INLINE void Block(int64_t r, int64_t b, int64_t /*group*/, VF& lo, VF& hi) const {
+  HWY_INLINE void Block(int64_t r, int64_t b, const Group&, VF& lo, VF& hi) const {
     const DF df;
     const hn::Rebind<int8_t, DF> d8;
     const hn::Rebind<int32_t, DF> d32;
@@ -156,13 +159,13 @@ struct Fp8Rows : WholeRowGroups {
   int64_t RowBytes() const { return stride; }
 #if HWY_TARGET == HWY_SCALAR
   // One lane: each code on its own.
-  HWY_INLINE void Block(int64_t r, int64_t b, int64_t /*group*/, VF& lo, VF& hi) const {
+  HWY_INLINE void Block(int64_t r, int64_t b, const Group&, VF& lo, VF& hi) const {
     const uint8_t* p = static_cast<const uint8_t*>(Address(r, b));
     lo = hn::Set(DF(), Fp8E4M3ToF32(p[0]) * (1.0f / 256.0f));
     hi = hn::Set(DF(), Fp8E4M3ToF32(p[1]) * (1.0f / 256.0f));
   }
 #else
-  HWY_INLINE void Block(int64_t r, int64_t b, int64_t /*group*/, VF& lo, VF& hi) const {
+  HWY_INLINE void Block(int64_t r, int64_t b, const Group&, VF& lo, VF& hi) const {
     const DF df;
     const hn::Repartition<uint16_t, DF> d16;  // 2N lanes
     const hn::Rebind<uint8_t, decltype(d16)> d8;
@@ -192,24 +195,43 @@ struct Int4Rows {
         group_blocks(m.group_size / (2 * static_cast<int64_t>(hn::Lanes(DF())))) {}
   const void* Address(int64_t r, int64_t b) const { return codes + r * row_bytes + b * hn::Lanes(DF()); }
   int64_t RowBytes() const { return row_bytes; }
-  HWY_INLINE void Block(int64_t r, int64_t b, int64_t g, VF& lo, VF& hi) const {
+#if HWY_TARGET <= HWY_AVX3
+  // 16 lanes hold all 16 codes' values, computed as below; a permute per vector then replaces the conversion,
+  // the subtraction and the multiply. Batch 8 and prompts are bound by the work per weight (docs/BENCHMARKS.md),
+  // so the table is made once per group, not per block.
+  struct Group {
+    VF table;
+  };
+  HWY_INLINE Group GroupAt(int64_t r, int64_t g) const {
     const DF df;
+    static_assert(hn::MaxLanes(DF()) == 16, "the int4 table needs 16 f32 lanes");
+    const VF zero = hn::Set(df, zeros[r * scale_stride + g]);
+    return {hn::Mul(hn::Sub(hn::Iota(df, 0), zero), hn::Set(df, scales[r * scale_stride + g]))};
+  }
+#else
+  struct Group {
+    VF scale, zero;
+  };
+  HWY_INLINE Group GroupAt(int64_t r, int64_t g) const {
+    const DF df;
+    return {hn::Set(df, scales[r * scale_stride + g]), hn::Set(df, zeros[r * scale_stride + g])};
+  }
+#endif
+  HWY_INLINE void Block(int64_t r, int64_t b, const Group& group, VF& lo, VF& hi) const {
     const hn::Rebind<uint8_t, DF> d8;
     const hn::Rebind<uint32_t, DF> du32;
-    const hn::Rebind<int32_t, DF> di32;
-    const VF scale = hn::Set(df, scales[r * scale_stride + g]);
-    const VF zero = hn::Set(df, zeros[r * scale_stride + g]);
     const auto bytes = hn::PromoteTo(du32, hn::LoadU(d8, static_cast<const uint8_t*>(Address(r, b))));
 #if HWY_TARGET <= HWY_AVX3
-    // 16 lanes hold all 16 codes' values, computed as below: a permute per vector replaces the conversion, the
-    // subtraction and the multiply (batch 8 and prompts are bound by the work per weight; docs/BENCHMARKS.md).
-    static_assert(hn::MaxLanes(DF()) == 16, "the int4 table needs 16 f32 lanes");
-    const VF table = hn::Mul(hn::Sub(hn::Iota(df, 0), zero), scale);
-    lo = hn::TableLookupLanes(table, hn::IndicesFromVec(df, hn::BitCast(di32, hn::And(bytes, hn::Set(du32, 0xFu)))));
-    hi = hn::TableLookupLanes(table, hn::IndicesFromVec(df, hn::BitCast(di32, hn::ShiftRight<4>(bytes))));
+    // vpermps reads only an index's low 4 bits, so the low code needs no mask (Highway's TableLookupLanes asks
+    // for indices in range, hence the intrinsic).
+    lo = VF{_mm512_permutexvar_ps(bytes.raw, group.table.raw)};
+    hi = VF{_mm512_permutexvar_ps(hn::ShiftRight<4>(bytes).raw, group.table.raw)};
 #else
-    lo = hn::Mul(hn::Sub(hn::ConvertTo(df, hn::BitCast(di32, hn::And(bytes, hn::Set(du32, 0xFu)))), zero), scale);
-    hi = hn::Mul(hn::Sub(hn::ConvertTo(df, hn::BitCast(di32, hn::ShiftRight<4>(bytes))), zero), scale);
+    const DF df;
+    const hn::Rebind<int32_t, DF> di32;
+    const VF lo_codes = hn::ConvertTo(df, hn::BitCast(di32, hn::And(bytes, hn::Set(du32, 0xFu))));
+    lo = hn::Mul(hn::Sub(lo_codes, group.zero), group.scale);
+    hi = hn::Mul(hn::Sub(hn::ConvertTo(df, hn::BitCast(di32, hn::ShiftRight<4>(bytes))), group.zero), group.scale);
 #endif
   }
   float Scalar(int64_t, int64_t) const { return 0.0f; }  // no tail: K is whole groups of whole blocks
@@ -219,8 +241,8 @@ struct Int4Rows {
 
 // One block of R rows into the accumulators of T tokens.
 template <int R, int T, class Rows>
-HWY_INLINE void AccumulateBlock(const Rows& w, int64_t r0, int64_t b, int64_t g, int64_t ahead, const float* HWY_RESTRICT xp,
-                                int64_t xp_stride, VF (&acc)[R][T]) {
+HWY_INLINE void AccumulateBlock(const Rows& w, int64_t r0, int64_t b, const typename Rows::Group (&groups)[R],
+                                int64_t ahead, const float* HWY_RESTRICT xp, int64_t xp_stride, VF (&acc)[R][T]) {
   const DF df;
   const int64_t N = static_cast<int64_t>(hn::Lanes(df));
   VF lo[R], hi[R];
@@ -228,7 +250,7 @@ HWY_INLINE void AccumulateBlock(const Rows& w, int64_t r0, int64_t b, int64_t g,
     // Hardware prefetchers stop at 4 KB boundaries; a software prefetch ahead keeps the weight stream flowing:
     // the same place in the next tile of rows (4 KB on, into the next row, for a lone row).
     __builtin_prefetch(static_cast<const char*>(w.Address(r0 + r, b)) + ahead);
-    w.Block(r0 + r, b, g, lo[r], hi[r]);
+    w.Block(r0 + r, b, groups[r], lo[r], hi[r]);
   }
   for (int t = 0; t < T; ++t) {
     const VF xa = hn::Load(df, xp + t * xp_stride + b * 2 * N);
@@ -266,7 +288,9 @@ HWY_INLINE void Tile(const Rows& w, int64_t r0, int64_t m, int64_t c, const Oper
   const int64_t b_begin = c * o.chunk_blocks, b_end = std::min(o.full_blocks, b_begin + o.chunk_blocks);
   for (int64_t b0 = b_begin, g = b_begin / group_blocks; b0 < b_end; b0 += group_blocks, ++g) {
     const int64_t b1 = std::min(b_end, b0 + group_blocks);
-    for (int64_t b = b0; b < b1; ++b) AccumulateBlock<R, T>(w, r0, b, g, ahead, xp, o.xp_stride, acc);
+    typename Rows::Group groups[R];
+    for (int r = 0; r < R; ++r) groups[r] = w.GroupAt(r0 + r, g);
+    for (int64_t b = b0; b < b1; ++b) AccumulateBlock<R, T>(w, r0, b, groups, ahead, xp, o.xp_stride, acc);
   }
   float* HWY_RESTRICT out = o.out + m * o.ldo + r0;
   const float* HWY_RESTRICT x = o.x + m * o.ldx;
