@@ -237,6 +237,15 @@ TEST_F(OpenAiHttpTest, ErrorsHaveOpenAisShapeAndStatus) {
   const HttpReply long_request = Post("/v1/completions", {{"model", "tiny"}, {"prompt", "x"}, {"max_tokens", 4000}});
   EXPECT_EQ(long_request.status, 400);
   EXPECT_EQ(Body(long_request)["error"]["param"], "max_tokens") << long_request.body;
+  // Chat's newer name for the same bound is the one its error speaks of.
+  const HttpReply long_chat = Post("/v1/chat/completions", {{"model", "tiny"},
+                                                            {"messages", {{{"role", "user"}, {"content", "x"}}}},
+                                                            {"max_completion_tokens", 4000}});
+  EXPECT_EQ(long_chat.status, 400);
+  EXPECT_EQ(Body(long_chat)["error"]["param"], "max_completion_tokens") << long_chat.body;
+  EXPECT_NE(Body(long_chat)["error"]["message"].get<std::string>().find("max_completion_tokens (4000)"),
+            std::string::npos)
+      << long_chat.body;
   const HttpReply long_stop =
       Post("/v1/completions", {{"model", "tiny"}, {"prompt", "x"}, {"stop", {"ok", std::string(300, 'a')}}});
   EXPECT_EQ(long_stop.status, 400);

@@ -73,6 +73,15 @@ class Reader {
     }
     return v->get<bool>();
   }
+  std::optional<std::string> String(const char* name) {
+    const json* v = Field(body_, name);
+    if (v == nullptr || failed()) return std::nullopt;
+    if (!v->is_string()) {
+      Fail(name, absl::StrCat("'", name, "' must be a string"));
+      return std::nullopt;
+    }
+    return v->get<std::string>();
+  }
 
  private:
   const json& body_;
@@ -265,7 +274,7 @@ void ReadBeamSearch(Reader& r, const json& body, v1::GenerationParameters& p, Pa
   p.set_early_stopping(early_stopping.value_or(false));
 }
 
-bool ReadModel(Reader& r, const json& body, ParsedRequest& out) {
+bool ReadModelAndUser(Reader& r, const json& body, ParsedRequest& out) {
   const json* model = Field(body, "model");
   if (model == nullptr || !model->is_string()) {
     r.Fail("model", absl::StrCat("'model' ", model == nullptr ? "is required: a" : "must be a",
@@ -273,6 +282,8 @@ bool ReadModel(Reader& r, const json& body, ParsedRequest& out) {
     return false;
   }
   out.model = model->get<std::string>();
+  // OpenAI's end-user id: checked for its type, as OpenAI checks it, and otherwise unused.
+  r.String("user");
   return true;
 }
 
@@ -287,7 +298,7 @@ ParseResult ParseCompletionRequest(const json& body, const RequestContext& conte
   if (auto e = CheckFields(body, kKnown)) return *e;
   ParsedRequest out;
   Reader r(body);
-  ReadModel(r, body, out);
+  ReadModelAndUser(r, body, out);
   v1::GenerationParameters p;
   // OpenAI's default for completions: 16 tokens. 0 (with echo): the prompt alone, scored when logprobs are asked for
   // (what evaluation harnesses send to score a text).
@@ -334,29 +345,37 @@ ParseResult ParseCompletionRequest(const json& body, const RequestContext& conte
     *g.mutable_parameters() = p;
     out.prompts.push_back(std::move(g));
   };
-  auto add_ids = [&](const json& ids) -> bool {
+  const char* kShape = "'prompt' must be a string, a list of strings, a list of token ids, or a list of such lists";
+  // `where` names the list in errors: "prompt" or "prompt[i]".
+  auto add_ids = [&](const json& ids, const std::string& where) -> std::optional<ApiError> {
     v1::GenerateRequest g;
-    for (const auto& id : ids) {
+    for (size_t i = 0; i < ids.size(); ++i) {
+      const json& id = ids[i];
+      if (!id.is_number_integer()) return BadField("prompt", kShape);
       // Range-checked before narrowing: 2^32 + 2 must not become token 2.
-      if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() > INT32_MAX) return false;
+      const bool huge = id.is_number_unsigned() && id.get<uint64_t>() > uint64_t{INT32_MAX};
+      if (huge || id.get<int64_t>() < 0 || id.get<int64_t>() > INT32_MAX) {
+        return BadField("prompt", absl::StrCat("'", where, "[", i, "]' is ", id.dump(),
+                                               "; a token id is an integer from 0 to the vocabulary size - 1"));
+      }
       g.mutable_input()->mutable_token_ids()->add_ids(static_cast<int32_t>(id.get<int64_t>()));
     }
     *g.mutable_parameters() = p;
     out.prompts.push_back(std::move(g));
-    return true;
+    return std::nullopt;
   };
-  const char* kShape = "'prompt' must be a string, a list of strings, a list of token ids, or a list of such lists";
   if (prompt->is_string()) {
     add_text(*prompt);
   } else if (prompt->is_array() && !prompt->empty()) {
     if ((*prompt)[0].is_number_integer()) {
-      if (!add_ids(*prompt)) return BadField("prompt", kShape);
+      if (auto e = add_ids(*prompt, "prompt")) return *e;
     } else {
-      for (const auto& item : *prompt) {
+      for (size_t i = 0; i < prompt->size(); ++i) {
+        const json& item = (*prompt)[i];
         if (item.is_string()) {
           add_text(item);
         } else if (item.is_array() && !item.empty()) {
-          if (!add_ids(item)) return BadField("prompt", kShape);
+          if (auto e = add_ids(item, absl::StrCat("prompt[", i, "]"))) return *e;
         } else {
           return BadField("prompt", kShape);
         }
@@ -389,10 +408,11 @@ ParseResult ParseChatRequest(const json& body, const RequestContext& context) {
   ParsedRequest out;
   out.chat = true;
   Reader r(body);
-  ReadModel(r, body, out);
+  ReadModelAndUser(r, body, out);
   v1::GenerationParameters p;
   // Unset: the router's default (0), shortened to what the context leaves.
   auto max_tokens = r.Integer("max_completion_tokens", 1, context.max_new_tokens);
+  if (max_tokens) out.max_tokens_field = "max_completion_tokens";
   if (!max_tokens) max_tokens = r.Integer("max_tokens", 1, context.max_new_tokens);
   if (max_tokens) p.set_max_new_tokens(static_cast<int32_t>(*max_tokens));
   ReadSampling(r, body, context, p, out);

@@ -40,6 +40,8 @@ struct ParsedRequest {
   bool echo = false;           // completions: the prompt's text (and with logprobs, its log-probs) first
   bool logprobs = false;       // return each token's log-prob
   int top_logprobs = 0;
+  // The field the client bounded its output with (chat takes either name), for the errors that speak of it.
+  const char* max_tokens_field = "max_tokens";
   // False for completions with echo and max_tokens 0: the prompt alone, nothing generated.
   bool generate = true;
   bool generates() const { return generate; }

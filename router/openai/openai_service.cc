@@ -117,7 +117,7 @@ class Call {
         }
       }
       for (const auto& [grpc_name, http_name] :
-           {std::pair{"max_new_tokens", "max_tokens"}, std::pair{"stop_sequences", "stop"}}) {
+           {std::pair{"max_new_tokens", parsed_.max_tokens_field}, std::pair{"stop_sequences", "stop"}}) {
         if (e.message.find(grpc_name) != std::string::npos) {
           e.message = absl::StrReplaceAll(e.message, {{grpc_name, http_name}});
           e.param = http_name;
