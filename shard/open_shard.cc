@@ -77,8 +77,17 @@ absl::StatusOr<OpenedShard> OpenShard(std::shared_ptr<const Checkpoint> checkpoi
   } else {
     CpuComputeOptions compute;
     compute.matmul_activations = activations;
-    if (activations == MatMulActivations::kBf16 && !HasBf16DotProducts() && o.rank == 0) {
-      std::fprintf(stderr, "activations bf16: this CPU has no AVX512-BF16 (with VBMI); the f32 kernel runs\n");
+    if (activations == MatMulActivations::kBf16 && !Bf16DotProductsPayOff()) {
+      // Rounding x buys nothing where the dot products are missing or slow: the exact kernel runs, and is faster.
+      compute.matmul_activations = MatMulActivations::kF32;
+      if (o.rank == 0 && !HasBf16DotProducts()) {
+        std::fprintf(stderr, "activations bf16: this CPU has no AVX512-BF16 (with VBMI); the f32 kernel runs\n");
+      } else if (o.rank == 0) {
+        std::fprintf(stderr,
+                     "activations bf16: vdpbf16ps multiply-adds at %.2fx the f32 rate on this CPU (worth it from "
+                     "%.2fx); the f32 kernel runs, exact\n",
+                     Bf16DotProductSpeedup(), kBf16DotProductsWorthIt);
+      }
     }
     if (activations == MatMulActivations::kInt8 && !HasInt8DotProducts() && o.rank == 0) {
       std::fprintf(stderr, "activations int8: this CPU has no AVX512-VNNI; the f32 kernel runs\n");

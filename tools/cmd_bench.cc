@@ -9,6 +9,7 @@
 #include <random>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "nlohmann/json.hpp"
 #include "shard/checkpoint/progress.h"
 #include "shard/model/lora_loader.h"
@@ -121,12 +122,12 @@ absl::StatusOr<double> DecodeTokensPerSecond(Backend* backend, int batch, int co
   return batch * steps / elapsed;
 }
 
-// Which kernel the weight products ran on: bf16 activations need AVX512-BF16 with VBMI, int8 ones VNNI (open_shard.cc
-// refuses them with other weights).
+// Which kernel the weight products ran on: bf16 activations need AVX512-BF16 with VBMI that runs faster than f32
+// FMAs, int8 ones VNNI (open_shard.cc refuses them with other weights).
 std::string MatMulKernel(const DeviceChoice& d, const ModelWeights& w) {
   if (d.device != "cpu") return "the GPU's";
   auto kernel = [&](WeightFormat f) -> std::string {
-    if (d.activations == "bf16" && Bf16ActivationsMultiply(f)) {
+    if (d.activations == "bf16" && Bf16DotProductsPayOff() && Bf16ActivationsMultiply(f)) {
       return f == WeightFormat::kFp8 ? "avx512-bf16 dot products over fp8 codes widened by vpermi2b (vdpbf16ps)"
                                      : "avx512-bf16 dot products (vdpbf16ps)";
     }
@@ -135,6 +136,10 @@ std::string MatMulKernel(const DeviceChoice& d, const ModelWeights& w) {
     }
     if (d.activations == "int8" && f == WeightFormat::kInt4 && HasInt8DotProducts()) {
       return "avx512-vnni int8 dot products over 4-bit codes (vpdpbusd)";
+    }
+    if (d.activations == "bf16" && HasBf16DotProducts() && !Bf16DotProductsPayOff()) {
+      return absl::StrFormat("%s f32 (vdpbf16ps multiply-adds at %.2fx the f32 rate here)", MatMulTarget(),
+                             Bf16DotProductSpeedup());
     }
     return absl::StrCat(MatMulTarget(), " f32");
   };

@@ -17,6 +17,15 @@ bool HasBf16DotProducts();
 // Whether MatMulBf16Activations multiplies views of `format` on this CPU (bf16 and fp8, given the instructions).
 bool Bf16ActivationsMultiply(WeightFormat format);
 
+// Multiply-adds a second of vdpbf16ps over those of f32 FMAs (512-bit, one core, measured once per process in a few
+// milliseconds); 0 without the instructions. AMD's Zen 4 and 5 run the dot products at 2x; Intel's cores from
+// Cooper Lake to Emerald Rapids issue them at half the FMAs' rate, so 0.5x there (measured on Emerald Rapids).
+double Bf16DotProductSpeedup();
+// Whether --activations bf16 is worth its rounding here: the dot products exist and run at least
+// kBf16DotProductsWorthIt times the f32 rate. Where they do not, the backend runs the f32 kernel (exact, faster).
+inline constexpr double kBf16DotProductsWorthIt = 1.25;
+bool Bf16DotProductsPayOff();
+
 // As MatMul (matmul.h), with x rounded to bf16 (round to nearest even) first: out[m * ldo + n] =
 // sum_k bf16(x[m, k]) * W[n, k] (for fp8 views, the codes' values summed, times the row's scale), every W a view
 // Bf16ActivationsMultiply takes. Each output is summed in the same order whatever M is. False, computing nothing,

@@ -3,6 +3,7 @@
 #include "shard/cpu/matmul_int8.h"
 
 #include <cmath>
+#include <cstdio>
 #include <random>
 #include <string>
 #include <vector>
@@ -280,6 +281,22 @@ TEST(MatMulTest, Bf16ActivationsSumBf16RoundedInputsForAnyBatch) {
   const MatrixView& q = quantized.view;
   std::vector<float> x(64, 1.0f), out(4);
   EXPECT_FALSE(MatMulBf16Activations(x.data(), 1, 64, 64, std::span<const MatrixView>(&q, 1), out.data(), 4));
+}
+
+// The dot products' measured rate decides whether --activations bf16 runs them: a ratio where they exist (AMD's
+// 2x and Intel's 0.5x both far from the threshold), none where they do not, and the same answer every time asked.
+TEST(MatMulTest, Bf16DotProductsAreUsedOnlyWhereMeasuredFaster) {
+  const double speedup = Bf16DotProductSpeedup();
+  if (!HasBf16DotProducts()) {
+    EXPECT_EQ(speedup, 0.0);
+    EXPECT_FALSE(Bf16DotProductsPayOff());
+    return;
+  }
+  std::printf("vdpbf16ps multiply-adds at %.2fx the f32 FMA rate on this CPU\n", speedup);
+  EXPECT_GT(speedup, 0.2);
+  EXPECT_LT(speedup, 5.0);
+  EXPECT_EQ(Bf16DotProductsPayOff(), speedup >= kBf16DotProductsWorthIt);
+  EXPECT_EQ(Bf16DotProductSpeedup(), speedup) << "measured once per process";
 }
 
 // Every finite E4M3 code, widened in registers, is its exact value: a one-hot x picks each code out of a row
