@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <future>
@@ -198,9 +199,18 @@ TEST_F(RouterTest, QueueLimitTurnsExcessIntoResourceExhausted) {
   const int port = testing::WaitForPortFile(port_file, std::chrono::seconds(20));
   ASSERT_GT(port, 0) << router->Err();
   std::vector<std::future<std::pair<grpc::StatusCode, int>>> calls;
+  // Every caller connects first and all send together: on a loaded machine, callers that trickle in one by one
+  // could each find the queue drained, and none would be refused.
+  std::promise<void> go;
+  const std::shared_future<void> all_connected_go = go.get_future().share();
+  std::atomic<int> connected{0};
   for (int i = 0; i < 20; ++i) {
-    calls.push_back(std::async(std::launch::async, [port] {
-      auto stub = v1::Gemma::NewStub(grpc::CreateChannel("127.0.0.1:" + std::to_string(port), grpc::InsecureChannelCredentials()));
+    calls.push_back(std::async(std::launch::async, [port, all_connected_go, &connected] {
+      auto channel = grpc::CreateChannel("127.0.0.1:" + std::to_string(port), grpc::InsecureChannelCredentials());
+      channel->WaitForConnected(std::chrono::system_clock::now() + std::chrono::seconds(30));
+      ++connected;
+      all_connected_go.wait();
+      auto stub = v1::Gemma::NewStub(channel);
       v1::GenerateRequest req = Ids({2, 3791, 323}, 64);
       v1::GenerateResponse resp;
       grpc::ClientContext ctx;
@@ -208,6 +218,11 @@ TEST_F(RouterTest, QueueLimitTurnsExcessIntoResourceExhausted) {
       return std::make_pair(s.error_code(), resp.tokens_size());
     }));
   }
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  while (connected < 20 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  go.set_value();
   int ok = 0, exhausted = 0;
   for (auto& c : calls) {
     const auto [code, tokens] = c.get();

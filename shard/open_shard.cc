@@ -1,12 +1,11 @@
 #include "shard/open_shard.h"
 
 #include <cstdio>
+#include <string>
 
 #include "absl/strings/str_cat.h"
 #include "engine/status_macros.h"
 #include "shard/cpu/cpu_backend.h"
-#include "shard/cpu/matmul_bf16.h"
-#include "shard/cpu/matmul_int8.h"
 #include "shard/cuda/cuda_module.h"
 
 namespace gemma {
@@ -76,22 +75,11 @@ absl::StatusOr<OpenedShard> OpenShard(std::shared_ptr<const Checkpoint> checkpoi
     ASSIGN_OR_RETURN(shard.backend, CudaBackend(o, shard.weights, collective.get()));
   } else {
     CpuComputeOptions compute;
-    compute.matmul_activations = activations;
-    if (activations == MatMulActivations::kBf16 && !Bf16DotProductsPayOff()) {
-      // Rounding x buys nothing where the dot products are missing or slow: the exact kernel runs, and is faster.
-      compute.matmul_activations = MatMulActivations::kF32;
-      if (o.rank == 0 && !HasBf16DotProducts()) {
-        std::fprintf(stderr, "activations bf16: this CPU has no AVX512-BF16 (with VBMI); the f32 kernel runs\n");
-      } else if (o.rank == 0) {
-        std::fprintf(stderr,
-                     "activations bf16: vdpbf16ps multiply-adds at %.2fx the f32 rate on this CPU (worth it from "
-                     "%.2fx); the f32 kernel runs, exact\n",
-                     Bf16DotProductSpeedup(), kBf16DotProductsWorthIt);
-      }
-    }
-    if (activations == MatMulActivations::kInt8 && !HasInt8DotProducts() && o.rank == 0) {
-      std::fprintf(stderr, "activations int8: this CPU has no AVX512-VNNI; the f32 kernel runs\n");
-    }
+    std::string why;
+    compute.matmul_activations = ActivationsThatRun(activations, &why);
+    // Every rank that falls back says so: ranks on different CPUs may decide differently.
+    if (!why.empty() && o.world > 1) std::fprintf(stderr, "rank %d: %s\n", o.rank, why.c_str());
+    if (!why.empty() && o.world == 1) std::fprintf(stderr, "%s\n", why.c_str());
     ASSIGN_OR_RETURN(shard.backend, CpuBackend::Create(shard.weights, o.kv, std::move(collective), compute));
   }
   return shard;

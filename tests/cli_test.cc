@@ -80,6 +80,25 @@ TEST(CliTest, ScoreMatchesReference) {
   for (size_t i = 0; i < got.size(); ++i) EXPECT_NEAR(got[i], want[i], 1e-4);
 }
 
+// --activations bf16 either rounds (the scores move a little) or, where this CPU's dot products are missing or
+// slower than its f32 FMAs, says so and runs the exact kernel (the scores are f32's, bit for bit).
+TEST(CliTest, Bf16ActivationsRoundOrSayWhyTheyDoNot) {
+  const std::string score = "score --model " + Tiny("tiny-mha") + " --prompt 'The quick brown fox jumps over.' --json";
+  CliRun exact = Gemma(score);
+  CliRun bf16 = Gemma(score + " --activations bf16");
+  ASSERT_EQ(exact.code, 0) << exact.err;
+  ASSERT_EQ(bf16.code, 0) << bf16.err;
+  const auto want = nlohmann::json::parse(exact.out)["logprobs"].get<std::vector<double>>();
+  const auto got = nlohmann::json::parse(bf16.out)["logprobs"].get<std::vector<double>>();
+  ASSERT_EQ(got.size(), want.size());
+  if (bf16.err.find("the f32 kernel runs") != std::string::npos) {
+    EXPECT_EQ(got, want) << "the fallback is the exact kernel";
+  } else {
+    EXPECT_NE(got, want) << "bf16 activations were not rounded, and nothing said so: " << bf16.err;
+    for (size_t i = 0; i < got.size(); ++i) EXPECT_NEAR(got[i], want[i], 0.01);
+  }
+}
+
 // The largest |got - want| of any row, relative to that row's L2 norm in `want`
 // (gemma-activations-tiny's README).
 double MaxRowRelativeDiff(const nlohmann::json& rows,

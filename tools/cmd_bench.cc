@@ -14,6 +14,7 @@
 #include "shard/checkpoint/progress.h"
 #include "shard/model/lora_loader.h"
 #include "shard/model/random_lora_adapter.h"
+#include "shard/cpu/cpu_backend.h"
 #include "shard/cpu/fma_throughput.h"
 #include "shard/cpu/matmul.h"
 #include "shard/cpu/matmul_bf16.h"
@@ -122,19 +123,22 @@ absl::StatusOr<double> DecodeTokensPerSecond(Backend* backend, int batch, int co
   return batch * steps / elapsed;
 }
 
-// Which kernel the weight products ran on: bf16 activations need AVX512-BF16 with VBMI that runs faster than f32
-// FMAs, int8 ones VNNI (open_shard.cc refuses them with other weights).
+// Which kernel the weight products ran on: what ActivationsThatRun keeps of --activations (bf16 needs AVX512-BF16
+// with VBMI at least 1.25x the f32 rate, int8 VNNI), for the formats those kernels take (open_shard.cc refuses
+// others).
 std::string MatMulKernel(const DeviceChoice& d, const ModelWeights& w) {
   if (d.device != "cpu") return "the GPU's";
   auto kernel = [&](WeightFormat f) -> std::string {
-    if (d.activations == "bf16" && Bf16DotProductsPayOff() && Bf16ActivationsMultiply(f)) {
+    const auto requested = ParseMatMulActivations(d.activations);
+    const MatMulActivations runs = requested.ok() ? ActivationsThatRun(*requested, nullptr) : MatMulActivations::kF32;
+    if (runs == MatMulActivations::kBf16 && Bf16ActivationsMultiply(f)) {
       return f == WeightFormat::kFp8 ? "avx512-bf16 dot products over fp8 codes widened by vpermi2b (vdpbf16ps)"
                                      : "avx512-bf16 dot products (vdpbf16ps)";
     }
-    if (d.activations == "int8" && f == WeightFormat::kInt8 && HasInt8DotProducts()) {
+    if (runs == MatMulActivations::kInt8 && f == WeightFormat::kInt8) {
       return "avx512-vnni int8 dot products (vpdpbusd)";
     }
-    if (d.activations == "int8" && f == WeightFormat::kInt4 && HasInt8DotProducts()) {
+    if (runs == MatMulActivations::kInt8 && f == WeightFormat::kInt4) {
       return "avx512-vnni int8 dot products over 4-bit codes (vpdpbusd)";
     }
     if (d.activations == "bf16" && HasBf16DotProducts() && !Bf16DotProductsPayOff()) {

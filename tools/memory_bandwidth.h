@@ -5,7 +5,8 @@
 
 namespace gemma {
 
-// Best of `repeats` full reads of a `bytes`-sized buffer, in bytes per second.
+// Best of `repeats` full reads of a `bytes`-sized buffer, each read twice (as one plain stream per thread, and as
+// four prefetched streams per thread, as the weight kernels read), in bytes per second.
 double MeasureReadBandwidth(int64_t bytes, int repeats);
 
 }  // namespace gemma

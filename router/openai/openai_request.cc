@@ -356,7 +356,7 @@ ParseResult ParseCompletionRequest(const json& body, const RequestContext& conte
       const bool huge = id.is_number_unsigned() && id.get<uint64_t>() > uint64_t{INT32_MAX};
       if (huge || id.get<int64_t>() < 0 || id.get<int64_t>() > INT32_MAX) {
         return BadField("prompt", absl::StrCat("'", where, "[", i, "]' is ", id.dump(),
-                                               "; a token id is an integer from 0 to the vocabulary size - 1"));
+                                               ", outside the vocabulary; allowed: [0, vocabulary size)"));
       }
       g.mutable_input()->mutable_token_ids()->add_ids(static_cast<int32_t>(id.get<int64_t>()));
     }

@@ -112,7 +112,7 @@ TEST(OpenAiRequestTest, BadFieldsAreNamedWithTheirRange) {
       {R"({"model": 5, "prompt": "x"})", "model", "'model' must be a string"},
       {R"({"model": "m", "prompt": "x", "user": 7})", "user", "'user' must be a string"},
       // A token id out of range names its place: which list, which position.
-      {R"({"model": "m", "prompt": [2, -1]})", "prompt", "'prompt[1]' is -1; a token id is an integer from 0"},
+      {R"({"model": "m", "prompt": [2, -1]})", "prompt", "'prompt[1]' is -1, outside the vocabulary; allowed"},
       {R"({"model": "m", "prompt": [[2], [2, 4294967298]]})", "prompt", "'prompt[1][1]' is 4294967298"},
       // A whole number written as a float past every integer type: out of range, not "not an integer".
       {R"({"model": "m", "prompt": "x", "max_tokens": 1e30})", "max_tokens", "is 1e+30; allowed: 0.."},

@@ -6,6 +6,7 @@
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "engine/status_macros.h"
 #include "shard/cpu/lora.h"
 #include "shard/cpu/matmul.h"
@@ -48,6 +49,24 @@ absl::StatusOr<MatMulActivations> ParseMatMulActivations(absl::string_view name)
   if (name == "int8") return MatMulActivations::kInt8;
   return absl::InvalidArgumentError(
       absl::StrCat("activations \"", name, "\" is invalid; allowed: ", kMatMulActivationsNames));
+}
+
+MatMulActivations ActivationsThatRun(MatMulActivations requested, std::string* why) {
+  std::string reason;
+  if (requested == MatMulActivations::kBf16 && !HasBf16DotProducts()) {
+    reason = "activations bf16: this CPU has no AVX512-BF16 (with VBMI); the f32 kernel runs";
+  } else if (requested == MatMulActivations::kBf16 && !Bf16DotProductsPayOff()) {
+    // Rounding x buys nothing where the dot products are slow: the exact kernel runs prompts and batches faster.
+    reason = absl::StrFormat(
+        "activations bf16: vdpbf16ps multiply-adds at %.2fx the f32 rate on this CPU (worth it from %.2fx); the f32 "
+        "kernel runs, exact",
+        Bf16DotProductSpeedup(), kBf16DotProductsWorthIt);
+  } else if (requested == MatMulActivations::kInt8 && !HasInt8DotProducts()) {
+    reason = "activations int8: this CPU has no AVX512-VNNI; the f32 kernel runs";
+  }
+  if (reason.empty()) return requested;
+  if (why != nullptr) *why = std::move(reason);
+  return MatMulActivations::kF32;
 }
 
 absl::Status CheckMatMulActivations(MatMulActivations activations, WeightFormat weights) {

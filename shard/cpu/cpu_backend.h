@@ -2,6 +2,7 @@
 #pragma once
 
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -30,9 +31,15 @@ inline constexpr const char* kMatMulActivationsNames = "f32, bf16, int8";
 inline constexpr const char* kMatMulActivationsHelp =
     "f32 (default, exact), bf16 or int8: every weight-matrix product on the CPU, prompt chunks and decode rows alike, "
     "multiplies bf16-rounded activations by AVX512-BF16 dot products (bf16 or fp8 weights), or (with --weights int8 or "
-    "int4) activations quantized per token by AVX512-VNNI dot products, where the CPU has them (f32 elsewhere)";
+    "int4) activations quantized per token by AVX512-VNNI dot products, where the CPU has them and (bf16) they run "
+    "at least 1.25x the f32 rate (f32 elsewhere, said at start)";
 // InvalidArgument naming the allowed values for anything else.
 absl::StatusOr<MatMulActivations> ParseMatMulActivations(absl::string_view name);
+// What the products multiply on this CPU when `requested` is asked for: bf16 and int8 fall back to f32 where the
+// dot products are missing, and bf16 also where they run under kBf16DotProductsWorthIt times the f32 rate (measured
+// once per process, matmul_bf16.h). `why` (when not null) then says why, for the log. Each process (each rank of a
+// group) decides for its own CPU, as it always has for missing instructions.
+MatMulActivations ActivationsThatRun(MatMulActivations requested, std::string* why);
 // InvalidArgument unless the layers' weights, as loaded (a pre-quantized checkpoint keeps its own format), are
 // ones `activations` multiplies: bf16 needs bf16 or fp8 weights, int8 int8 or 4-bit ones (f32 takes any).
 absl::Status CheckMatMulActivations(MatMulActivations activations, WeightFormat weights);

@@ -209,12 +209,12 @@ struct Int4Rows {
     return {hn::Mul(hn::Sub(hn::Iota(df, 0), zero), hn::Set(df, scales[r * scale_stride + g]))};
   }
 #else
+  // Scalars, broadcast by each block: sixteen vector registers leave no room to hold them as vectors.
   struct Group {
-    VF scale, zero;
+    float scale, zero;
   };
   HWY_INLINE Group GroupAt(int64_t r, int64_t g) const {
-    const DF df;
-    return {hn::Set(df, scales[r * scale_stride + g]), hn::Set(df, zeros[r * scale_stride + g])};
+    return {scales[r * scale_stride + g], zeros[r * scale_stride + g]};
   }
 #endif
   HWY_INLINE void Block(int64_t r, int64_t b, const Group& group, VF& lo, VF& hi) const {
@@ -229,9 +229,9 @@ struct Int4Rows {
 #else
     const DF df;
     const hn::Rebind<int32_t, DF> di32;
-    const VF lo_codes = hn::ConvertTo(df, hn::BitCast(di32, hn::And(bytes, hn::Set(du32, 0xFu))));
-    lo = hn::Mul(hn::Sub(lo_codes, group.zero), group.scale);
-    hi = hn::Mul(hn::Sub(hn::ConvertTo(df, hn::BitCast(di32, hn::ShiftRight<4>(bytes))), group.zero), group.scale);
+    const VF scale = hn::Set(df, group.scale), zero = hn::Set(df, group.zero);
+    lo = hn::Mul(hn::Sub(hn::ConvertTo(df, hn::BitCast(di32, hn::And(bytes, hn::Set(du32, 0xFu)))), zero), scale);
+    hi = hn::Mul(hn::Sub(hn::ConvertTo(df, hn::BitCast(di32, hn::ShiftRight<4>(bytes))), zero), scale);
 #endif
   }
   float Scalar(int64_t, int64_t) const { return 0.0f; }  // no tail: K is whole groups of whole blocks

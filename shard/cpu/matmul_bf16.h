@@ -18,11 +18,19 @@ bool HasBf16DotProducts();
 bool Bf16ActivationsMultiply(WeightFormat format);
 
 // Multiply-adds a second of vdpbf16ps over those of f32 FMAs (512-bit, one core, measured once per process in a few
-// milliseconds); 0 without the instructions. AMD's Zen 4 and 5 run the dot products at 2x; Intel's cores from
-// Cooper Lake to Emerald Rapids issue them at half the FMAs' rate, so 0.5x there (measured on Emerald Rapids).
+// milliseconds); 0 without the instructions. AMD's Zen 4 and 5 run the dot products at twice the FMAs' rate
+// (their published throughputs; prompts ran 2x faster with them here); an Intel Emerald Rapids core measured 0.5x.
 double Bf16DotProductSpeedup();
+// The two rates behind it, multiply-adds a second on this thread, measured anew (0 without the instructions). The
+// chains must stay in registers for the ratio to mean anything; the unit test holds the f32 one to the FMA rate
+// fma_throughput.h measures.
+struct Bf16DotProductRates {
+  double dot = 0, fma = 0;
+};
+Bf16DotProductRates MeasureBf16DotProductRates();
 // Whether --activations bf16 is worth its rounding here: the dot products exist and run at least
-// kBf16DotProductsWorthIt times the f32 rate. Where they do not, the backend runs the f32 kernel (exact, faster).
+// kBf16DotProductsWorthIt times the f32 rate. Where they do not, the backend runs the f32 kernel (ActivationsThatRun,
+// cpu_backend.h): exact, and faster for prompts and batches (batch-1 decode is bound by memory either way).
 inline constexpr double kBf16DotProductsWorthIt = 1.25;
 bool Bf16DotProductsPayOff();
 

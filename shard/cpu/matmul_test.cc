@@ -1,6 +1,10 @@
 #include "shard/cpu/matmul.h"
+#include "shard/cpu/cpu_backend.h"
+#include "shard/cpu/fma_throughput.h"
 #include "shard/cpu/matmul_bf16.h"
 #include "shard/cpu/matmul_int8.h"
+
+#include <omp.h>
 
 #include <cmath>
 #include <cstdio>
@@ -284,19 +288,43 @@ TEST(MatMulTest, Bf16ActivationsSumBf16RoundedInputsForAnyBatch) {
 }
 
 // The dot products' measured rate decides whether --activations bf16 runs them: a ratio where they exist (AMD's
-// 2x and Intel's 0.5x both far from the threshold), none where they do not, and the same answer every time asked.
+// 2x and Intel's 0.5x both far from the threshold), none where they do not; and what the shard runs follows it,
+// saying why when it falls back.
 TEST(MatMulTest, Bf16DotProductsAreUsedOnlyWhereMeasuredFaster) {
   const double speedup = Bf16DotProductSpeedup();
+  std::string why;
+  const MatMulActivations runs = ActivationsThatRun(MatMulActivations::kBf16, &why);
   if (!HasBf16DotProducts()) {
     EXPECT_EQ(speedup, 0.0);
     EXPECT_FALSE(Bf16DotProductsPayOff());
+    EXPECT_EQ(runs, MatMulActivations::kF32);
+    EXPECT_NE(why.find("no AVX512-BF16"), std::string::npos) << why;
     return;
   }
   std::printf("vdpbf16ps multiply-adds at %.2fx the f32 FMA rate on this CPU\n", speedup);
   EXPECT_GT(speedup, 0.2);
   EXPECT_LT(speedup, 5.0);
+  // The measure's f32 chains run at the FMA rate the bench's own measure finds on one thread: a build that left
+  // its accumulators in memory would slow them several-fold and flip the decision (it once read 1.6x here).
+  const int threads = omp_get_max_threads();
+  omp_set_num_threads(1);
+  const double one_thread = MeasureFmaThroughput(3);
+  omp_set_num_threads(threads);
+  const Bf16DotProductRates rates = MeasureBf16DotProductRates();
+  EXPECT_GT(rates.fma, 0.6 * one_thread) << rates.fma << " against " << one_thread;
+  EXPECT_LT(rates.fma, 1.6 * one_thread) << rates.fma << " against " << one_thread;
   EXPECT_EQ(Bf16DotProductsPayOff(), speedup >= kBf16DotProductsWorthIt);
-  EXPECT_EQ(Bf16DotProductSpeedup(), speedup) << "measured once per process";
+  if (Bf16DotProductsPayOff()) {
+    EXPECT_EQ(runs, MatMulActivations::kBf16);
+    EXPECT_TRUE(why.empty()) << why;
+  } else {
+    EXPECT_EQ(runs, MatMulActivations::kF32);
+    EXPECT_NE(why.find("the f32 kernel runs"), std::string::npos) << why;
+  }
+  // f32 always runs as asked; int8 wherever VNNI is.
+  EXPECT_EQ(ActivationsThatRun(MatMulActivations::kF32, nullptr), MatMulActivations::kF32);
+  EXPECT_EQ(ActivationsThatRun(MatMulActivations::kInt8, nullptr),
+            HasInt8DotProducts() ? MatMulActivations::kInt8 : MatMulActivations::kF32);
 }
 
 // Every finite E4M3 code, widened in registers, is its exact value: a one-hot x picks each code out of a row
