@@ -22,12 +22,15 @@ namespace {
 // Every position's logits for `ids`, in one prompt step.
 absl::StatusOr<std::vector<float>> AllLogits(std::shared_ptr<const Checkpoint> checkpoint,
                                              const WeightLoadOptions& load, const std::vector<int32_t>& ids,
-                                             CpuComputeOptions compute = {}) {
+                                             CpuComputeOptions compute = {}, std::string* why = nullptr) {
   auto tp = TensorParallel::Create(checkpoint->config(), 0, 1);
   if (!tp.ok()) return tp.status();
   auto weights = ModelWeights::Load(std::move(checkpoint), *tp, load);
   if (!weights.ok()) return weights.status();
+  // What was asked for must suit the weights; what runs is what serving would run here (the f32 kernel where the
+  // dot products are missing or slow: the figures are then the weights' alone).
   if (auto s = CheckMatMulActivations(compute.matmul_activations, (*weights)->matrix_format()); !s.ok()) return s;
+  compute.matmul_activations = ActivationsThatRun(compute.matmul_activations, why);
   KvCacheOptions kv;
   kv.num_blocks = static_cast<int>((ids.size() + kv.block_size - 1) / kv.block_size);
   auto backend = CpuBackend::Create(std::shared_ptr<const ModelWeights>(std::move(*weights)), kv, nullptr, compute);
@@ -98,19 +101,20 @@ int CompareWeightsCommand(int argc, char** argv) {
   auto reference = AllLogits(checkpoint, WeightLoadOptions{}, ids);
   if (!reference.ok()) return Fail(kCmd, reference.status());
   CpuComputeOptions compute;
-  // What serving would run here: where the dot products are missing or slow, the f32 kernel (and the figures are
-  // the weights' alone).
+  compute.matmul_activations = *activations;
   std::string why;
-  compute.matmul_activations = ActivationsThatRun(*activations, &why);
-  if (!why.empty()) std::fprintf(stderr, "%s\n", why.c_str());
-  auto other = AllLogits(checkpoint, load, ids, compute);
+  auto other = AllLogits(checkpoint, load, ids, compute, &why);
   if (!other.ok()) return Fail(kCmd, other.status());
+  if (!why.empty()) std::fprintf(stderr, "%s\n", why.c_str());
+  // The activations the products multiplied: f32 where the requested ones fell back.
+  const std::string activations_run = why.empty() ? activations_name : "f32";
   const LogitsComparison q =
       CompareLogits(reference->data(), other->data(), static_cast<int>(ids.size()), c.vocab_size);
   if (args.Has("json")) {
     nlohmann::json j = {{"model", c.DebugString()},
                         {"weights", weights},
                         {"activations", activations_name},
+                        {"activations_run", activations_run},
                         {"positions", q.rows},
                         {"mean_kl_vs_bf16", q.mean_kl},
                         {"top1_agreement_vs_bf16", static_cast<double>(q.top1_agreements) / q.rows},
@@ -120,7 +124,7 @@ int CompareWeightsCommand(int argc, char** argv) {
   } else {
     std::printf("%s, %s weights at %s activations against bf16 at f32 over %d positions: mean KL %.4g nats, top-1 "
                 "agreement %d/%d, largest log-prob change %.4g\n",
-                c.DebugString().c_str(), weights.c_str(), activations_name.c_str(), q.rows, q.mean_kl,
+                c.DebugString().c_str(), weights.c_str(), activations_run.c_str(), q.rows, q.mean_kl,
                 q.top1_agreements, q.rows, q.max_logprob_change);
   }
   return 0;
