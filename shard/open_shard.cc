@@ -4,6 +4,7 @@
 #include <string>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "engine/status_macros.h"
 #include "shard/cpu/cpu_backend.h"
 #include "shard/cuda/cuda_module.h"
@@ -78,8 +79,10 @@ absl::StatusOr<OpenedShard> OpenShard(std::shared_ptr<const Checkpoint> checkpoi
     std::string why;
     compute.matmul_activations = ActivationsThatRun(activations, &why);
     // Every rank that falls back says so: ranks on different CPUs may decide differently.
-    if (!why.empty() && o.world > 1) std::fprintf(stderr, "rank %d: %s\n", o.rank, why.c_str());
-    if (!why.empty() && o.world == 1) std::fprintf(stderr, "%s\n", why.c_str());
+    if (!why.empty()) {
+      const std::string rank = o.world > 1 ? absl::StrFormat("rank %d: ", o.rank) : "";
+      std::fprintf(stderr, "%s%s\n", rank.c_str(), why.c_str());
+    }
     ASSIGN_OR_RETURN(shard.backend, CpuBackend::Create(shard.weights, o.kv, std::move(collective), compute));
   }
   return shard;

@@ -128,9 +128,11 @@ absl::StatusOr<double> DecodeTokensPerSecond(Backend* backend, int batch, int co
 // others).
 std::string MatMulKernel(const DeviceChoice& d, const ModelWeights& w) {
   if (d.device != "cpu") return "the GPU's";
+  // The shard settled the activations the same way when it opened; `why` names a fallback.
+  const auto requested = ParseMatMulActivations(d.activations);
+  std::string why;
+  const MatMulActivations runs = requested.ok() ? ActivationsThatRun(*requested, &why) : MatMulActivations::kF32;
   auto kernel = [&](WeightFormat f) -> std::string {
-    const auto requested = ParseMatMulActivations(d.activations);
-    const MatMulActivations runs = requested.ok() ? ActivationsThatRun(*requested, nullptr) : MatMulActivations::kF32;
     if (runs == MatMulActivations::kBf16 && Bf16ActivationsMultiply(f)) {
       return f == WeightFormat::kFp8 ? "avx512-bf16 dot products over fp8 codes widened by vpermi2b (vdpbf16ps)"
                                      : "avx512-bf16 dot products (vdpbf16ps)";
@@ -141,11 +143,7 @@ std::string MatMulKernel(const DeviceChoice& d, const ModelWeights& w) {
     if (runs == MatMulActivations::kInt8 && f == WeightFormat::kInt4) {
       return "avx512-vnni int8 dot products over 4-bit codes (vpdpbusd)";
     }
-    if (d.activations == "bf16" && HasBf16DotProducts() && !Bf16DotProductsPayOff()) {
-      return absl::StrFormat("%s f32 (vdpbf16ps multiply-adds at %.2fx the f32 rate here)", MatMulTarget(),
-                             Bf16DotProductSpeedup());
-    }
-    return absl::StrCat(MatMulTarget(), " f32");
+    return why.empty() ? absl::StrCat(MatMulTarget(), " f32") : absl::StrCat(MatMulTarget(), " f32 (", why, ")");
   };
   const std::string layers = kernel(w.matrix_format()), head = kernel(w.embed().format);
   return layers == head ? layers : absl::StrCat(layers, "; LM head: ", head);

@@ -130,8 +130,9 @@ TEST(MatMulTest, QuantizedWeightsGiveTheDequantizedF32ResultsForAnyBatch) {
 
 // Rows longer than a column chunk (a down projection's): the chunks' sums, added in order, equal for a lone token
 // or a decode batch (each row tile takes its chunks in turn) and for more than 8 (each chunk meets every row
-// first), in every format and on every instruction set; near a double-precision reference; the tail after the
-// last whole block included.
+// first), whether token tiles stream the weights (1 and 4 tokens) or read them widened once a stretch at a time
+// (fp8 from 5 tokens, every other quantized or bf16 format from 9), in every format and on every instruction set;
+// near a double-precision reference; the tail after the last whole block included.
 TEST(MatMulTest, LongRowsGiveTheSameSumsForAnyBatch) {
   struct Case {
     WeightFormat format;
