@@ -9,7 +9,6 @@
 #include <random>
 
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_format.h"
 #include "nlohmann/json.hpp"
 #include "shard/checkpoint/progress.h"
 #include "shard/model/lora_loader.h"
@@ -18,7 +17,6 @@
 #include "shard/cpu/fma_throughput.h"
 #include "shard/cpu/matmul.h"
 #include "shard/cpu/matmul_bf16.h"
-#include "shard/cpu/matmul_int8.h"
 #include "tools/cli_common.h"
 #include "tools/commands.h"
 #include "tools/local_model.h"

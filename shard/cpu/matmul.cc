@@ -3,6 +3,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -17,6 +18,7 @@ namespace gemma {
 namespace {
 // Columns per chunk (see Operands): a multiple of every int4 group size, so no group straddles two chunks.
 constexpr int64_t kChunkColumns = 2048;
+std::atomic<MatMulWidening> g_widening{MatMulWidening::kAsMeasured};  // tests change it
 }  // namespace
 }  // namespace gemma
 #endif
@@ -268,7 +270,7 @@ HWY_INLINE void AccumulateBlock(const Rows& w, int64_t r0, int64_t b, const type
 }
 
 // Calls fn(b, groups) for blocks [b_begin, b_end) of R rows from r0, in order, each group's Group prepared once
-// (b_begin starts a group).
+// (b_begin starts a group, or the range lies in one group).
 template <int R, class Rows, class Fn>
 HWY_INLINE void ForEachBlock(const Rows& w, int64_t r0, int64_t b_begin, int64_t b_end, int64_t full_blocks,
                              const Fn& fn) {
@@ -358,10 +360,12 @@ HWY_INLINE void WithTokens(int tokens, const Fn& fn) {
 // Token tiles that stream the same rows each widen the weights again: for fp8 that takes as many instructions as
 // 4 tokens' multiply-adds, for the others a third to a half. So from a format's kWidenFromTokenTiles on, a tile's
 // rows are widened once per stretch of kWidenedColumns into f32 (ForEachBlock's order: block, row, lo, hi) and each
-// token tile reads them from L1 (measured on [2048, 16384] matrices, 2 threads: prompts of 64 tokens 1.2x faster
-// for bf16, int8 and int4, 1.5x for fp8; fp8 batch 8 1.15x; int8 and int4 batch 8 no faster, so they start at 3).
-// Each output's chain of multiply-adds is the streamed one, so results do not change.
-constexpr int64_t kWidenedColumns = 512;  // a multiple of every int4 group size, dividing kChunkColumns
+// token tile reads them from L1 (measured on [2048, 16384] matrices, 2 threads: prompts of 64 tokens 1.13-1.19x
+// faster for int8 and int4, 1.5x for fp8, bf16's 16 tokens 1.1x; fp8 batch 8 1.15x; int8 and int4 batch 8 no
+// faster, so they start at 3). Each output's chain of multiply-adds is the streamed one, so results do not change.
+// Stretches start at multiples of 512 columns: group boundaries for int4 groups up to 512; a larger group holds
+// whole stretches.
+constexpr int64_t kWidenedColumns = 512;  // divides kChunkColumns
 static_assert(kChunkColumns % kWidenedColumns == 0, "a chunk is whole stretches");
 
 // A stretch of R rows widened, read as a format.
@@ -393,7 +397,8 @@ void WidenedRowsTimesPanel(const Rows& w, int64_t r0, int64_t m0, int64_t m1, in
   thread_local hwy::AlignedFreeUniquePtr<float[]> carried;
   thread_local int64_t carried_size = 0;
   const int64_t token_tiles = (m1 - m0 + kBlockTokens - 1) / kBlockTokens;
-  if (carried_size < token_tiles * kTileRows * kBlockTokens * N) {
+  const bool several_stretches = std::min(o.full_blocks, o.chunk_blocks) > stretch_blocks;
+  if (several_stretches && carried_size < token_tiles * kTileRows * kBlockTokens * N) {
     carried_size = token_tiles * kTileRows * kBlockTokens * N;
     carried = hwy::AllocateAligned<float>(carried_size);
   }
@@ -436,10 +441,15 @@ template <class Rows>
 void RowsTimesPanel(const Rows& w, int64_t r_begin, int64_t r_end, int64_t m0, int64_t m1, int64_t c_begin,
                     int64_t c_end, const Operands& o) {
   const int64_t token_tiles = (m1 - m0 + kBlockTokens - 1) / kBlockTokens;
+  const MatMulWidening widening = g_widening.load(std::memory_order_relaxed);
+  // A row with no whole block has nothing to widen (and its only chunk is finished by Tile).
   const bool widen_once =
-      Rows::kWidenFromTokenTiles > 0 && token_tiles >= Rows::kWidenFromTokenTiles && o.full_blocks > 0;
+      o.full_blocks > 0 && (widening == MatMulWidening::kAlways ||
+                            (widening == MatMulWidening::kAsMeasured && token_tiles >= Rows::kWidenFromTokenTiles));
   auto tiles = [&]<int R>(int64_t r) {
-    if (widen_once) return WidenedRowsTimesPanel<R>(w, r, m0, m1, c_begin, c_end, o);
+    if constexpr (Rows::kWidenFromTokenTiles > 0) {
+      if (widen_once) return WidenedRowsTimesPanel<R>(w, r, m0, m1, c_begin, c_end, o);
+    }
     for (int64_t c = c_begin; c < c_end; ++c) {
       for (int64_t m = m0; m < m1; m += kBlockTokens) {
         WithTokens<kBlockTokens>(static_cast<int>(std::min<int64_t>(kBlockTokens, m1 - m)),
@@ -537,6 +547,8 @@ HWY_AFTER_NAMESPACE();
 namespace gemma {
 
 HWY_EXPORT(MatMulImpl);
+
+void SetMatMulWideningForTest(MatMulWidening widening) { g_widening.store(widening); }
 
 const char* MatMulTarget() {
   const int64_t usable = hwy::SupportedTargets() & HWY_TARGETS;

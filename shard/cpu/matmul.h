@@ -18,6 +18,11 @@ namespace gemma {
 void MatMul(const float* x, int64_t M, int64_t K, int64_t ldx, std::span<const MatrixView> weights, float* out,
             int64_t ldo);
 
+// When token tiles read weights widened once rather than each streaming them (see matmul.cc): kAsMeasured, from
+// each format's measured threshold; kAlways and kNever let tests compare the two paths on any batch.
+enum class MatMulWidening { kAsMeasured, kAlways, kNever };
+void SetMatMulWideningForTest(MatMulWidening widening);
+
 // The instruction set MatMul runs on here ("AVX3_ZEN4", "AVX3", "AVX2", ...): the best this CPU has of those
 // built in, chosen at run time.
 const char* MatMulTarget();

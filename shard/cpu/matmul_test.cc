@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -130,9 +131,10 @@ TEST(MatMulTest, QuantizedWeightsGiveTheDequantizedF32ResultsForAnyBatch) {
 
 // Rows longer than a column chunk (a down projection's): the chunks' sums, added in order, equal for a lone token
 // or a decode batch (each row tile takes its chunks in turn) and for more than 8 (each chunk meets every row
-// first), whether token tiles stream the weights (1 and 4 tokens) or read them widened once a stretch at a time
-// (fp8 from 5 tokens, every other quantized or bf16 format from 9), in every format and on every instruction set;
-// near a double-precision reference; the tail after the last whole block included.
+// first), whether token tiles stream the weights or read them widened once a stretch at a time (as measured, never
+// and always), in every format and on every instruction set; near a double-precision reference; the last chunk
+// two stretches, the second partial, then the tail after the last whole block. Two threads, so that each holds
+// whole 4-row tiles of both views.
 TEST(MatMulTest, LongRowsGiveTheSameSumsForAnyBatch) {
   struct Case {
     WeightFormat format;
@@ -144,9 +146,11 @@ TEST(MatMulTest, LongRowsGiveTheSameSumsForAnyBatch) {
     for (const WeightFormat f : {WeightFormat::kBF16, WeightFormat::kF32, WeightFormat::kInt8, WeightFormat::kFp8}) {
       cases.push_back({f, 0, sliced});
     }
-    for (const int g : {32, 128}) cases.push_back({WeightFormat::kInt4, g, sliced});
+    for (const int g : {32, 64, 128}) cases.push_back({WeightFormat::kInt4, g, sliced});
   }
   constexpr int64_t kOffset = 128;
+  const int threads = omp_get_max_threads();
+  omp_set_num_threads(2);
   for (int64_t target : hwy::SupportedAndGeneratedTargets()) {
     hwy::SetSupportedTargetsForTest(target);
     SCOPED_TRACE(hwy::TargetName(target));
@@ -156,8 +160,8 @@ TEST(MatMulTest, LongRowsGiveTheSameSumsForAnyBatch) {
       const std::string name = std::string(WeightFormatName(c.format)) + " group " + std::to_string(c.group_size) +
                                (c.col_slice ? " column slice" : "");
       SCOPED_TRACE(name);
-      // More than two chunks of columns, with a tail past the last whole SIMD block (int4: whole groups).
-      const int64_t rows = 9, K = c.format == WeightFormat::kInt4 ? 4352 : 4359, M = 15;
+      // Two whole chunks of columns, then 512 + 192 (int4: 512 + 128, whole groups) and a tail of 3.
+      const int64_t rows = 9, K = c.format == WeightFormat::kInt4 ? 4736 : 4803, M = 15;
       const int64_t width = c.col_slice ? K + 2 * kOffset : K;
       std::vector<uint16_t> w(rows * width);
       for (auto& v : w) v = F32ToBf16(normal(rng));
@@ -193,16 +197,24 @@ TEST(MatMulTest, LongRowsGiveTheSameSumsForAnyBatch) {
           ASSERT_NEAR(all[m * rows + n], ref, 1e-4 * std::sqrt(double(K))) << m << "," << n;
         }
       }
-      for (int64_t m0 : {0, 6}) {
-        for (int64_t len : {1, 4, 5, 9}) {
+      for (const MatMulWidening widening :
+           {MatMulWidening::kAsMeasured, MatMulWidening::kNever, MatMulWidening::kAlways}) {
+        SetMatMulWideningForTest(widening);
+        SCOPED_TRACE(widening == MatMulWidening::kAsMeasured ? "widened as measured"
+                     : widening == MatMulWidening::kNever    ? "never widened"
+                                                             : "always widened");
+        for (const auto [m0, len] : {std::pair<int64_t, int64_t>{0, M}, {0, 1}, {0, 4}, {0, 5}, {0, 9}, {6, 1},
+                                     {6, 4}, {6, 5}, {6, 9}}) {
           std::vector<float> part(len * rows);
           MatMul(x.data() + m0 * K, len, K, K, views, part.data(), rows);
           for (int64_t i = 0; i < len * rows; ++i) ASSERT_EQ(part[i], all[m0 * rows + i]) << m0 << "+" << len;
         }
       }
+      SetMatMulWideningForTest(MatMulWidening::kAsMeasured);
     }
   }
   hwy::SetSupportedTargetsForTest(0);
+  omp_set_num_threads(threads);
 }
 
 // One call over views that pack x differently (bf16 and int4 even/odd, int8 and fp8 plain) gives each view's own
