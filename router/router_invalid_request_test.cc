@@ -7,9 +7,19 @@
 
 #include "nlohmann/json.hpp"
 #include "router/router_test_fixture.h"
+#include "tests/processes.h"
 
 namespace gemma {
 namespace {
+
+// --help lists the router's own flags (not abseil's "No flags matched"), named from the source tree's top.
+TEST(RouterHelpTest, HelpListsTheRoutersFlags) {
+  const std::string text = testing::CommandOutput(std::string(ROUTER_BINARY) + " --help");
+  for (const char* flag : {"--workers ", "--plaintext ", "--http_port ", "--api_keys_file "}) {
+    EXPECT_NE(text.find(flag), std::string::npos) << flag << " is missing from:\n" << text;
+  }
+  EXPECT_NE(text.find("Flags from router/router_main.cc:"), std::string::npos) << text;
+}
 
 TEST_F(RouterTest, BadScoreListsAndLogitsAreRefusedNamingTheField) {
   v1::ScoreRequest base;

@@ -15,6 +15,8 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "protos/grpc_listen.h"
@@ -89,6 +91,16 @@ int Fail(const std::string& message, int code = 1) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // --help lists the flags defined under router/ (abseil's default looks for files named after the program).
+  absl::FlagsUsageConfig usage;
+  usage.contains_help_flags = [](absl::string_view file) { return absl::StrContains(file, "router/"); };
+  usage.contains_helpshort_flags = usage.contains_help_flags;
+  // Named from the source tree's top, wherever it was built.
+  usage.normalize_filename = [](absl::string_view file) {
+    const size_t at = file.rfind("/router/");
+    return std::string(at == absl::string_view::npos ? file : file.substr(at + 1));
+  };
+  absl::SetFlagsUsageConfig(usage);
   absl::SetProgramUsageMessage(
       "the public gemma-serve API: gemma-router (--workers HOST:PORT[,...] | --workers_dns HOST:PORT)\n"
       "  (--tls_cert FILE --tls_key FILE | --plaintext) [--api_keys_file FILE] [--port N]");

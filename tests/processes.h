@@ -28,6 +28,9 @@ struct Process {
 std::unique_ptr<Process> Start(const std::string& binary, const std::vector<std::string>& args,
                                const std::vector<std::string>& env = {});
 
+// What `command` (run by the shell) writes to stdout and stderr.
+std::string CommandOutput(const std::string& command);
+
 // The body of a plain HTTP GET of `path` on 127.0.0.1:`port` (headers included), or "" if it cannot connect.
 std::string HttpGet(int port, const std::string& path);
 

@@ -7,8 +7,11 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <regex>
+#include <set>
+#include <sstream>
 #include <thread>
 
 #include "gtest/gtest.h"
@@ -46,6 +49,43 @@ int Children(pid_t parent) {
   return static_cast<int>(std::count(list.begin(), list.end(), ' '));
 }
 
+// The addresses TCP sockets of `parent` and its children listen on ("127.0.0.1", IPv4-mapped too, "0.0.0.0",
+// "::1", "::", or the kernel's hex for others), from /proc.
+std::vector<std::string> ListeningAddresses(pid_t parent) {
+  std::vector<std::string> pids = {std::to_string(parent)};
+  std::istringstream children(ReadFile("/proc/" + pids[0] + "/task/" + pids[0] + "/children"));
+  for (std::string child; children >> child;) pids.push_back(child);
+  std::set<std::string> inodes;
+  for (const std::string& pid : pids) {
+    std::error_code ec;
+    for (const auto& fd : std::filesystem::directory_iterator("/proc/" + pid + "/fd", ec)) {
+      const std::string target = std::filesystem::read_symlink(fd.path(), ec).string();
+      if (target.rfind("socket:[", 0) == 0) inodes.insert(target.substr(8, target.size() - 9));
+    }
+  }
+  std::vector<std::string> addresses;
+  for (const char* table : {"/proc/net/tcp", "/proc/net/tcp6"}) {
+    std::istringstream lines(ReadFile(table));
+    std::string line;
+    std::getline(lines, line);  // the header
+    while (std::getline(lines, line)) {
+      std::istringstream fields(line);
+      std::string slot, local, remote, state, skip, inode;
+      fields >> slot >> local >> remote >> state;
+      for (int i = 0; i < 5; ++i) fields >> skip;  // tx/rx queues, timer, retransmits, uid, timeout
+      fields >> inode;
+      if (state != "0A" || !inodes.count(inode)) continue;  // 0A: LISTEN
+      const std::string host = local.substr(0, local.find(':'));
+      if (host == "0100007F" || host == "0000000000000000FFFF00000100007F") addresses.push_back("127.0.0.1");
+      else if (host == "00000000") addresses.push_back("0.0.0.0");
+      else if (host == "00000000000000000000000001000000") addresses.push_back("::1");
+      else if (host == "00000000000000000000000000000000") addresses.push_back("::");
+      else addresses.push_back(host);
+    }
+  }
+  return addresses;
+}
+
 TEST(ServeTest, LocalClusterAnswersAndStopsOnInterrupt) {
   const std::string out = ::testing::TempDir() + "/serve_" + std::to_string(::getpid()) + ".out";
   Process serve;
@@ -53,6 +93,11 @@ TEST(ServeTest, LocalClusterAnswersAndStopsOnInterrupt) {
       StartServe(serve, {"--model=" + GemmaTinyDir() + "/tiny-mqa", "--tp=2", "--kv-cache-mb=32"}, out);
   ASSERT_FALSE(address.empty()) << ReadFile(out);
   EXPECT_EQ(Children(serve.pid), 3);  // two ranks and the router
+  // Without TLS nothing of the cluster is reachable from another machine: not the router, not the workers' API
+  // (which takes no key), not their rendezvous or collectives.
+  const std::vector<std::string> listening = ListeningAddresses(serve.pid);
+  EXPECT_GE(listening.size(), 3u);  // the router's gRPC, the leader's Worker API and its rendezvous at least
+  for (const std::string& a : listening) EXPECT_TRUE(a == "127.0.0.1" || a == "::1") << "a socket listens on " << a;
   const std::string reply = ::testing::TempDir() + "/serve_reply_" + std::to_string(::getpid());
   const std::string cmd = std::string(GEMMA_BINARY) + " client generate --server " + address +
                           " --prompt-ids 2,3791,323 --max-new-tokens 32 --json > " + reply;

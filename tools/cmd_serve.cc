@@ -143,6 +143,9 @@ int ServeCommand(int argc, char** argv) {
       std::vector<std::string> worker_args = {"--model=" + model, "--kv_cache_mb=" + std::to_string(*kv_mb),
                                               absl::StrCat("--rank=", r), absl::StrCat("--world_size=", *tp),
                                               "--peer_port=" + peer, "--leader=127.0.0.1:" + peer,
+                                              // Only the router is reached from outside; the workers answer it
+                                              // over loopback.
+                                              "--listen_host=127.0.0.1",
                                               "--port_file=" + port_file, absl::StrCat("--threads=", *threads),
                                               // The groups share a host name: their metrics need names apart.
                                               absl::StrCat("--group_name=group-", g),

@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "worker/child_process.h"
 #include "worker/pod_metrics.h"
+#include "worker/worker_options.h"
 
 namespace gemma {
 
@@ -57,7 +58,7 @@ int RunLauncher(const LaunchPlan& plan, const LauncherSettings& settings, const 
     std::vector<int> rank_ports;
     for (int local = 0; local < plan.ranks_per_host; ++local) rank_ports.push_back(RankMetricsPort(settings, local));
     // A rank that hangs must not hold up the scrape past Prometheus's own timeout (10 s by default).
-    auto m = PodMetrics::Serve(absl::StrCat("0.0.0.0:", settings.metrics_port), plan.first_rank(), rank_ports,
+    auto m = PodMetrics::Serve(ListenAddress(settings.listen_host, settings.metrics_port), plan.first_rank(), rank_ports,
                                std::chrono::seconds(1));
     if (!m.ok()) {
       std::fprintf(stderr, "gemma-worker: %s\n", std::string(m.status().message()).c_str());

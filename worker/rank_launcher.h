@@ -18,6 +18,7 @@ struct LauncherSettings {
   int port = 0;                    // the Worker API port: rank 0's (health only on other hosts' first rank)
   int peer_port = 0;               // rank 0's rendezvous port
   int metrics_port = 0;            // the pod's, served by the launcher for all its ranks; 0: none
+  std::string listen_host = "0.0.0.0";  // where the pod's metrics listen
   int threads = 0;                 // compute threads per rank; 0: the host's cores split among this pod's ranks
   std::chrono::milliseconds drain_timeout{30000};
 };

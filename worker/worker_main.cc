@@ -13,6 +13,8 @@
 
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "protos/grpc_listen.h"
 #include "shard/checkpoint/checkpoint.h"
@@ -116,7 +118,7 @@ int Run(const WorkerOptions& o) {
   std::unique_ptr<grpc::Server> peer_server;
   if (o.rank == 0 && o.world > 1) {
     grpc::ServerBuilder b;
-    ListenExclusively(b, absl::StrCat("0.0.0.0:", o.peer_port), grpc::InsecureServerCredentials());
+    ListenExclusively(b, ListenAddress(o.listen_host, o.peer_port), grpc::InsecureServerCredentials());
     b.RegisterService(&rendezvous);
     peer_server = b.BuildAndStart();
     if (!peer_server) return Fail(absl::UnavailableError(absl::StrCat("cannot listen on peer port ", o.peer_port)));
@@ -165,7 +167,7 @@ int Run(const WorkerOptions& o) {
                shard->tp.DebugString().c_str(), (*backend)->num_kv_blocks(), (*backend)->kv_block_size(),
                windows.c_str());
 
-  auto metrics = WorkerMetrics::Create(o.metrics_port > 0 ? absl::StrCat("0.0.0.0:", o.metrics_port) : "", o.rank,
+  auto metrics = WorkerMetrics::Create(o.metrics_port > 0 ? ListenAddress(o.listen_host, o.metrics_port) : "", o.rank,
                                        (*backend)->num_kv_blocks());
   if (!metrics.ok()) return Fail(metrics.status());
   (*metrics)->SetModelInfo(std::filesystem::path(o.model).filename().string(), checkpoint->config().ShapeName(),
@@ -180,7 +182,7 @@ int Run(const WorkerOptions& o) {
     std::unique_ptr<grpc::Server> health_server;
     if (o.port > 0) {
       grpc::ServerBuilder builder;
-      ListenExclusively(builder, absl::StrCat("0.0.0.0:", o.port), grpc::InsecureServerCredentials());
+      ListenExclusively(builder, ListenAddress(o.listen_host, o.port), grpc::InsecureServerCredentials());
       health_server = builder.BuildAndStart();
       if (!health_server) return Fail(absl::UnavailableError(absl::StrCat("cannot listen on port ", o.port)));
       health_server->GetHealthCheckService()->SetServingStatus(true);
@@ -207,7 +209,7 @@ int Run(const WorkerOptions& o) {
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   int port = 0;
-  ListenExclusively(builder, absl::StrCat("0.0.0.0:", o.port), grpc::InsecureServerCredentials(), &port);
+  ListenExclusively(builder, ListenAddress(o.listen_host, o.port), grpc::InsecureServerCredentials(), &port);
   builder.RegisterService(&service);
   builder.SetMaxReceiveMessageSize(64 << 20);
   auto server = builder.BuildAndStart();
@@ -251,6 +253,16 @@ int Run(const WorkerOptions& o) {
 }  // namespace gemma
 
 int main(int argc, char** argv) {
+  // --help lists the flags defined under worker/ (abseil's default looks for files named after the program).
+  absl::FlagsUsageConfig usage;
+  usage.contains_help_flags = [](absl::string_view file) { return absl::StrContains(file, "worker/"); };
+  usage.contains_helpshort_flags = usage.contains_help_flags;
+  // Named from the source tree's top, wherever it was built.
+  usage.normalize_filename = [](absl::string_view file) {
+    const size_t at = file.rfind("/worker/");
+    return std::string(at == absl::string_view::npos ? file : file.substr(at + 1));
+  };
+  absl::SetFlagsUsageConfig(usage);
   absl::SetProgramUsageMessage(
       "a gemma-serve worker: gemma-worker --model DIR --tp N (the whole group on this host) or one rank of a group: "
       "gemma-worker --model DIR [--rank R --world_size N --leader HOST:PORT]");
@@ -279,6 +291,7 @@ int main(int argc, char** argv) {
   settings.port = options->port;
   settings.peer_port = options->peer_port;
   settings.metrics_port = options->metrics_port;
+  settings.listen_host = options->listen_host;
   settings.threads = options->threads;
   settings.drain_timeout = options->drain_timeout;
   if (auto s = gemma::CheckRankMetricsPorts(**plan, settings); !s.ok()) return gemma::Fail(s);

@@ -17,6 +17,8 @@ ABSL_FLAG(int, world_size, 0, "ranks in the group (tensor-parallel degree); 0: e
 ABSL_FLAG(std::string, leader, "", "host:port of rank 0's rendezvous service (env GEMMA_LEADER); default 127.0.0.1:peer_port");
 ABSL_FLAG(int, port, 0, "rank 0's Worker API port; 0: any free port");
 ABSL_FLAG(int, peer_port, 29500, "rank 0's rendezvous port");
+ABSL_FLAG(std::string, listen_host, "0.0.0.0",
+          "address the Worker API, the rendezvous and the metrics ports listen on (gemma serve: 127.0.0.1)");
 ABSL_FLAG(std::string, bind_host, "", "address this rank's collectives listen on (env GEMMA_BIND_HOST); default: the host name, or 127.0.0.1 for a loopback leader");
 ABSL_FLAG(std::string, device, "cpu", "cpu or cuda");
 ABSL_FLAG(int, cuda_device, -1, "CUDA device of this rank; -1: rank mod the devices this process sees");
@@ -86,6 +88,10 @@ void ApplyToShard(const WorkerOptions& o, ShardOptions& shard) {
   shard.kv.dtype = o.kv_cache_dtype;
 }
 
+std::string ListenAddress(const std::string& host, int port) {
+  return host.find(':') != std::string::npos ? absl::StrCat("[", host, "]:", port) : absl::StrCat(host, ":", port);
+}
+
 int OrdinalFromHostname(const std::string& hostname) {
   const size_t dash = hostname.rfind('-');
   if (dash == std::string::npos) return -1;
@@ -146,6 +152,12 @@ absl::StatusOr<WorkerOptions> WorkerOptionsFromFlags() {
   if (o.leader.empty()) o.leader = absl::StrCat("127.0.0.1:", o.peer_port);
   ASSIGN_OR_RETURN(o.leader, ExpandLeader(o.leader, host, o.world));
   const std::string leader_host = o.leader.substr(0, o.leader.rfind(':'));
+  o.listen_host = absl::GetFlag(FLAGS_listen_host);
+  if (o.listen_host.empty() || o.listen_host.find_first_of(" /[]") != std::string::npos) {
+    return absl::InvalidArgumentError(absl::StrCat("--listen_host \"", o.listen_host,
+                                                   "\" is invalid; allowed: an address or host name, e.g. 0.0.0.0, "
+                                                   "127.0.0.1, ::"));
+  }
   o.bind_host = absl::GetFlag(FLAGS_bind_host);
   if (o.bind_host.empty()) o.bind_host = Env("GEMMA_BIND_HOST");
   if (o.bind_host.empty()) {

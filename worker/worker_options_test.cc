@@ -10,6 +10,7 @@
 
 ABSL_DECLARE_FLAG(std::string, model);
 ABSL_DECLARE_FLAG(std::string, device);
+ABSL_DECLARE_FLAG(std::string, listen_host);
 ABSL_DECLARE_FLAG(int64_t, kv_cache_mb);
 ABSL_DECLARE_FLAG(bool, kv_windows);
 ABSL_DECLARE_FLAG(double, gpu_memory_fraction);
@@ -71,6 +72,17 @@ TEST_F(WorkerFlagsTest, StepLimitDefaults) {
   EXPECT_TRUE(shard.kv.windowed);  // sliding-window layers keep only their window unless told otherwise
 }
 
+// Every interface by default (a pod's router reaches it by the pod's address); gemma serve keeps it on loopback.
+TEST_F(WorkerFlagsTest, ListenHostDefaultsToEveryInterface) {
+  auto o = WorkerOptionsFromFlags();
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_EQ(ListenAddress(o->listen_host, 50051), "0.0.0.0:50051");
+  absl::SetFlag(&FLAGS_listen_host, "::1");
+  o = WorkerOptionsFromFlags();
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_EQ(ListenAddress(o->listen_host, 50051), "[::1]:50051");
+}
+
 TEST_F(WorkerFlagsTest, KvWindowsCanBeTurnedOff) {
   absl::SetFlag(&FLAGS_kv_windows, false);
   auto o = WorkerOptionsFromFlags();
@@ -94,6 +106,8 @@ TEST_F(WorkerFlagsTest, StepLimitsOutOfRangeNameWhatIsAllowed) {
       {[] { absl::SetFlag(&FLAGS_gpu_memory_fraction, 1.5); }, "allowed: more than 0, at most 1"},
       {[] { absl::SetFlag(&FLAGS_gpu_memory_fraction, std::nan("")); }, "--gpu_memory_fraction"},
       {[] { absl::SetFlag(&FLAGS_kv_cache_mb, -1); }, "--kv_cache_mb -1 is invalid; allowed: 1..16777216"},
+      {[] { absl::SetFlag(&FLAGS_listen_host, ""); }, "--listen_host \"\" is invalid; allowed: an address or host name"},
+      {[] { absl::SetFlag(&FLAGS_listen_host, "[::1]"); }, "--listen_host \"[::1]\" is invalid"},
       {[] { absl::SetFlag(&FLAGS_weights, "q4_0"); }, "--weights \"q4_0\" is not a weight precision; allowed: bf16, int8"},
       {[] { absl::SetFlag(&FLAGS_int4_group_size, 100); }, "--int4_group_size 100 is invalid; allowed: 32, 64, 128"},
       {[] { absl::SetFlag(&FLAGS_kv_cache_dtype, "q8"); },

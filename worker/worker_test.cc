@@ -146,6 +146,15 @@ void ExpectReferenceGreedy(int port) {
   }
 }
 
+// --help lists the worker's own flags (not abseil's "No flags matched"), named from the source tree's top.
+TEST(WorkerTest, HelpListsTheWorkersFlags) {
+  const std::string text = testing::CommandOutput(std::string(WORKER_BINARY) + " --help");
+  for (const char* flag : {"--model ", "--listen_host ", "--tp ", "--threads "}) {
+    EXPECT_NE(text.find(flag), std::string::npos) << flag << " is missing from:\n" << text;
+  }
+  EXPECT_NE(text.find("Flags from worker/worker_options.cc:"), std::string::npos) << text;
+}
+
 TEST(WorkerTest, SingleRankServesInfoHealthAndReferenceTokens) {
   Group g = StartGroup(testing::GemmaTinyDir() + "/tiny-mqa", 1);
   ASSERT_GT(g.port, 0) << g.ranks[0]->Err();
