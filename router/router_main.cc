@@ -15,8 +15,6 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
-#include "absl/flags/usage_config.h"
-#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "protos/grpc_listen.h"
@@ -26,6 +24,7 @@
 #include "router/admin_service.h"
 #include "router/router_service.h"
 #include "router/tls_credentials.h"
+#include "tools/flags_help.h"
 
 ABSL_FLAG(std::string, workers, "", "comma-separated host:port of each worker group's rank 0");
 ABSL_FLAG(std::string, workers_dns, "",
@@ -91,16 +90,7 @@ int Fail(const std::string& message, int code = 1) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  // --help lists the flags defined under router/ (abseil's default looks for files named after the program).
-  absl::FlagsUsageConfig usage;
-  usage.contains_help_flags = [](absl::string_view file) { return absl::StrContains(file, "router/"); };
-  usage.contains_helpshort_flags = usage.contains_help_flags;
-  // Named from the source tree's top, wherever it was built.
-  usage.normalize_filename = [](absl::string_view file) {
-    const size_t at = file.rfind("/router/");
-    return std::string(at == absl::string_view::npos ? file : file.substr(at + 1));
-  };
-  absl::SetFlagsUsageConfig(usage);
+  gemma::ListFlagsOfFolderInHelp("router/");
   absl::SetProgramUsageMessage(
       "the public gemma-serve API: gemma-router (--workers HOST:PORT[,...] | --workers_dns HOST:PORT)\n"
       "  (--tls_cert FILE --tls_key FILE | --plaintext) [--api_keys_file FILE] [--port N]");

@@ -58,8 +58,8 @@ int RunLauncher(const LaunchPlan& plan, const LauncherSettings& settings, const 
     std::vector<int> rank_ports;
     for (int local = 0; local < plan.ranks_per_host; ++local) rank_ports.push_back(RankMetricsPort(settings, local));
     // A rank that hangs must not hold up the scrape past Prometheus's own timeout (10 s by default).
-    auto m = PodMetrics::Serve(ListenAddress(settings.listen_host, settings.metrics_port), plan.first_rank(), rank_ports,
-                               std::chrono::seconds(1));
+    auto m = PodMetrics::Serve(ListenAddress(settings.listen_host, settings.metrics_port), plan.first_rank(),
+                               rank_ports, std::chrono::seconds(1));
     if (!m.ok()) {
       std::fprintf(stderr, "gemma-worker: %s\n", std::string(m.status().message()).c_str());
       return 1;

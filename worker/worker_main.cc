@@ -13,8 +13,6 @@
 
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
-#include "absl/flags/usage_config.h"
-#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "protos/grpc_listen.h"
 #include "shard/checkpoint/checkpoint.h"
@@ -30,6 +28,7 @@
 #include "worker/worker_metrics.h"
 #include "worker/worker_options.h"
 #include "worker/worker_service.h"
+#include "tools/flags_help.h"
 
 namespace gemma {
 namespace {
@@ -253,16 +252,7 @@ int Run(const WorkerOptions& o) {
 }  // namespace gemma
 
 int main(int argc, char** argv) {
-  // --help lists the flags defined under worker/ (abseil's default looks for files named after the program).
-  absl::FlagsUsageConfig usage;
-  usage.contains_help_flags = [](absl::string_view file) { return absl::StrContains(file, "worker/"); };
-  usage.contains_helpshort_flags = usage.contains_help_flags;
-  // Named from the source tree's top, wherever it was built.
-  usage.normalize_filename = [](absl::string_view file) {
-    const size_t at = file.rfind("/worker/");
-    return std::string(at == absl::string_view::npos ? file : file.substr(at + 1));
-  };
-  absl::SetFlagsUsageConfig(usage);
+  gemma::ListFlagsOfFolderInHelp("worker/");
   absl::SetProgramUsageMessage(
       "a gemma-serve worker: gemma-worker --model DIR --tp N (the whole group on this host) or one rank of a group: "
       "gemma-worker --model DIR [--rank R --world_size N --leader HOST:PORT]");
