@@ -8,6 +8,7 @@
 #include <cstring>
 #include <fstream>
 #include <sstream>
+#include <utility>
 
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
@@ -317,6 +318,13 @@ TEST(CliTest, QuantizedWeightsGenerateAndWrittenCheckpointsLoad) {
   CliRun from_file = Gemma("generate --model " + fp8_dir + " --prompt-ids 2,17,99 --max-new-tokens 6 --json");
   ASSERT_EQ(from_file.code, 0) << from_file.err;
   EXPECT_EQ(nlohmann::json::parse(from_file.out)["token_ids"].size(), 6u);
+  // compare-weights needs the source checkpoint: these would be compared with themselves.
+  for (const auto& [quantized, weights] : {std::pair{dir, "int4"}, {fp8_dir, "fp8"}}) {
+    CliRun same = Gemma("compare-weights --model " + quantized + " --weights " + weights + " --tokens 8");
+    EXPECT_NE(same.code, 0) << quantized;
+    EXPECT_NE(same.err.find("compare-weights needs the bf16, f16 or f32 checkpoint they were made from"),
+              std::string::npos) << same.err;
+  }
   // An int8 KV cache, at TP 2 too (the follower takes the flag).
   for (const char* tp : {"1", "2"}) {
     CliRun kv = Gemma("generate" + m + " --prompt-ids 2,17,99 --max-new-tokens 6 --json --kv-cache-dtype int8 --tp " + tp);
@@ -332,6 +340,13 @@ TEST(CliTest, QuantizedWeightsGenerateAndWrittenCheckpointsLoad) {
                           "--int4-group-size 128");
   EXPECT_NE(int4_128.code, 0);
   EXPECT_NE(int4_128.err.find("an int4 group size of 64 fits this degree"), std::string::npos) << int4_128.err;
+  // A GPTQ checkpoint of groups of 128 names the group size to quantize it with for this degree.
+  const std::string gptq_128 = ::testing::TempDir() + "/cli-gptq-128";
+  ASSERT_EQ(Gemma("quantize --in " + Tiny("tiny-mqa") + " --out " + gptq_128 + " --weights int4").code, 0);
+  CliRun packed_tp2 = Gemma("generate --model " + gptq_128 + " --prompt-ids 2,17,99 --max-new-tokens 6 --tp 2");
+  EXPECT_NE(packed_tp2.code, 0);
+  EXPECT_NE(packed_tp2.err.find("quantized with gemma quantize --int4-group-size 64 it would fit this degree"),
+            std::string::npos) << packed_tp2.err;
   // Rounded activations at TP 2 too (the followers take the flags; each rank quantizes its own input slice).
   const char* const rounded[] = {" --weights int4 --int4-group-size 32 --activations int8",
                                  " --weights int8 --activations int8", " --activations bf16",
@@ -422,6 +437,8 @@ TEST(CliTest, BadInputGivesOneLineErrorAndNonZeroExit) {
       {"quantize --in " + Tiny("tiny-mha") + " --out /tmp/x --weights int4 --int4-group-size 33",
        "--int4-group-size 33 is invalid; allowed: 32, 64, 128"},
       {"quantize --in " + Tiny("tiny-mha") + " --out /tmp/x --weights int8", "allowed: int4, fp8"},
+      {"quantize --in " + Gemma3TinyDir() + "/tiny-g3 --out /tmp/x --weights int4",
+       "inputs in whole groups of 128; --int4-group-size 32 fits"},
       {"quantize --in " + Tiny("tiny-mha") + " --out /tmp/x --weights fp8 --format awq", "are for --weights int4"},
       {"generate" + m + " --prompt Hi --kv-cache-dtype q8", "--kv-cache-dtype \"q8\" is not a KV cache dtype; allowed: auto"},
       {"generate" + m + " --prompt Hi --kv-cache-dtype fp8", "fp8 (E4M3) is for GPUs"},

@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "nlohmann/json.hpp"
 #include "shard/checkpoint/checkpoint.h"
 #include "shard/cpu/cpu_backend.h"
@@ -81,6 +82,12 @@ int CompareWeightsCommand(int argc, char** argv) {
   if (!opened.ok()) return Fail(kCmd, opened.status());
   std::shared_ptr<const Checkpoint> checkpoint(std::move(*opened));
   const ModelConfig& c = checkpoint->config();
+  // A pre-quantized checkpoint loads as stored on both sides: it would be compared with itself.
+  if (c.quantization.method != CheckpointQuantization::Method::kNone) {
+    return Fail(kCmd, absl::InvalidArgumentError(absl::StrCat(
+                          "--model ", args.Get("model"), " holds ", QuantizationMethodName(c.quantization.method),
+                          " weights: compare-weights needs the bf16, f16 or f32 checkpoint they were made from")));
+  }
   std::vector<int32_t> ids;
   if (args.Has("prompt-ids")) {
     auto given = args.GetIntList("prompt-ids", 0, c.vocab_size - 1);

@@ -31,9 +31,12 @@ absl::StatusOr<MatrixView> ReadPackedInt4(const Checkpoint& checkpoint, const st
         "and the input a multiple of the group size ", group));
   }
   if (col_begin % group != 0 || cols % group != 0) {
+    const int fits = PickGroupSize(in, static_cast<int>(group), {col_begin, cols});
     return absl::InvalidArgumentError(absl::StrCat(
         module, ": this rank's tensor-parallel slice, input columns [", col_begin, ", ", col_begin + cols,
-        "), cuts the checkpoint's 4-bit groups of ", group, " columns"));
+        "), cuts the checkpoint's 4-bit groups of ", group, " columns",
+        fits > 0 ? absl::StrCat("; quantized with gemma quantize --int4-group-size ", fits, " it would fit this degree")
+                 : "; no 4-bit group size of 32 or more fits this degree"));
   }
   const std::vector<int64_t> qweight_shape = gptq ? std::vector<int64_t>{in / 8, out} : std::vector<int64_t>{in, out / 8};
   ASSIGN_OR_RETURN(const StoredTensor qweight, checkpoint.Get(module + ".qweight", qweight_shape, {DType::kI32}));

@@ -176,8 +176,10 @@ absl::Status WriteQuantizedCheckpoint(const Checkpoint& in, const std::string& o
       continue;
     }
     if (out % 8 != 0 || cols % group_size != 0) {
-      return absl::InvalidArgumentError(absl::StrCat(name, " is [", out, ", ", cols, "]: 4-bit packing needs outputs in ",
-                                                     "eights and inputs in whole groups of ", group_size));
+      const int fits = out % 8 == 0 ? PickGroupSize(cols, group_size, {}) : 0;
+      return absl::InvalidArgumentError(absl::StrCat(
+          name, " is [", out, ", ", cols, "]: 4-bit packing needs outputs in eights and inputs in whole groups of ",
+          group_size, fits > 0 ? absl::StrCat("; --int4-group-size ", fits, " fits") : ""));
     }
     const PackedTensors p = Pack(w, out, cols, group_size, awq);
     tensors.push_back({module + ".qweight", DType::kI32,
