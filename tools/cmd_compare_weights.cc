@@ -102,8 +102,9 @@ int CompareWeightsCommand(int argc, char** argv) {
     while (static_cast<int64_t>(ids.size()) < *tokens) ids.push_back(id(rng));
   }
   if (ids.empty() || static_cast<int64_t>(ids.size()) > c.max_position_embeddings) {
-    return Fail(kCmd, absl::InvalidArgumentError("the ids must be 1 to the model's context of " +
-                                                 std::to_string(c.max_position_embeddings) + " tokens"));
+    return Fail(kCmd, absl::InvalidArgumentError(absl::StrCat(
+                          args.Has("prompt-ids") ? "--prompt-ids holds " : "--tokens is ", ids.size(),
+                          "; allowed: 1 to the model's context of ", c.max_position_embeddings, " tokens")));
   }
   auto reference = AllLogits(checkpoint, WeightLoadOptions{}, ids);
   if (!reference.ok()) return Fail(kCmd, reference.status());

@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstdlib>
+#include <cstring>
 #include <mutex>
 #include <thread>
 
@@ -320,10 +321,14 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options, Han
         s->handler_(std::move(exchange));
       },
       self);
+  errno = 0;
   evhttp_bound_socket* bound = evhttp_bind_socket_with_handle(impl.http, o.bind_host.c_str(), static_cast<uint16_t>(o.port));
   impl.bound = bound;
   if (bound == nullptr) {
-    return absl::UnavailableError(absl::StrCat("cannot listen for HTTP on ", o.bind_host, ":", o.port));
+    // libevent leaves the failed bind's errno ("Address already in use").
+    const int error = errno;
+    return absl::UnavailableError(absl::StrCat("cannot listen for HTTP on ", o.bind_host, ":", o.port,
+                                               error != 0 ? absl::StrCat(": ", std::strerror(error)) : ""));
   }
   sockaddr_storage addr{};
   socklen_t len = sizeof(addr);

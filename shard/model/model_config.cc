@@ -20,9 +20,8 @@ absl::Status ConfigError(absl::string_view source, absl::string_view what) {
   return absl::InvalidArgumentError(absl::StrCat(source, ": ", what));
 }
 
-// Reads a required positive integer field, with an upper bound that keeps
-// later size arithmetic far from overflow.
-absl::Status ReadInt(const json& j, absl::string_view source, const char* key, int64_t max, int* out,
+// Reads an integer field in [min, max]: the upper bound keeps later size arithmetic far from overflow.
+absl::Status ReadInt(const json& j, absl::string_view source, const char* key, int64_t min, int64_t max, int* out,
                      bool required = true) {
   auto it = j.find(key);
   if (it == j.end() || it->is_null()) {
@@ -33,8 +32,8 @@ absl::Status ReadInt(const json& j, absl::string_view source, const char* key, i
     return ConfigError(source, absl::StrCat("field \"", key, "\" must be an integer"));
   }
   const int64_t v = it->get<int64_t>();
-  if (v < 0 || v > max) {
-    return ConfigError(source, absl::StrCat("field \"", key, "\" is ", v, "; allowed 0..", max));
+  if (v < min || v > max) {
+    return ConfigError(source, absl::StrCat("field \"", key, "\" is ", v, "; allowed ", min, "..", max));
   }
   *out = static_cast<int>(v);
   return absl::OkStatus();
@@ -132,7 +131,7 @@ absl::Status ReadPositive(const json& j, absl::string_view source, const char* k
 absl::Status ReadEosIds(const json& j, absl::string_view source, ModelConfig* c) {
   auto it = j.find("eos_token_id");
   if (it == j.end() || it->is_null()) return absl::OkStatus();
-  if (it->is_number_integer()) return ReadInt(j, source, "eos_token_id", 1 << 22, &c->eos_id, false);
+  if (it->is_number_integer()) return ReadInt(j, source, "eos_token_id", 0, 1 << 22, &c->eos_id, false);
   const bool list = it->is_array() && !it->empty() &&
                     std::all_of(it->begin(), it->end(), [](const json& v) { return v.is_number_integer(); });
   if (!list) {
@@ -155,7 +154,7 @@ absl::Status ReadLayerPattern(const json& j, absl::string_view source, ModelConf
     have_pattern = true;
   } else if (auto it = j.find("sliding_window_pattern"); it != j.end() && !it->is_null()) {
     int pattern = 0;
-    RETURN_IF_ERROR(ReadInt(j, source, "sliding_window_pattern", 1 << 20, &pattern));
+    RETURN_IF_ERROR(ReadInt(j, source, "sliding_window_pattern", 0, 1 << 20, &pattern));
     if (pattern < 1) return ConfigError(source, "field \"sliding_window_pattern\" must be at least 1");
     for (int i = 0; i < c->num_layers; ++i) {
       if ((i + 1) % pattern == 0) from_pattern[i] = LayerAttention::kGlobal;
@@ -264,7 +263,7 @@ absl::StatusOr<json> WithLegacyRopeKeys(const json& j, absl::string_view source)
 }
 
 absl::Status ReadSlidingWindow(const json& j, absl::string_view source, ModelConfig* c) {
-  RETURN_IF_ERROR(ReadInt(j, source, "sliding_window", 1 << 24, &c->sliding_window));
+  RETURN_IF_ERROR(ReadInt(j, source, "sliding_window", 0, 1 << 24, &c->sliding_window));
   if (c->sliding_window < 1) return ConfigError(source, "field \"sliding_window\" must be at least 1");
   // Gemma 2's Hub configs repeat it as sliding_window_size.
   if (auto it = j.find("sliding_window_size"); it != j.end() && !it->is_null() && *it != c->sliding_window) {
@@ -335,20 +334,20 @@ absl::StatusOr<ModelConfig> ParseTextConfig(const json& j, absl::string_view sou
   c.family = layout.family;
   constexpr int64_t kMaxDim = 1 << 20;
   constexpr int64_t kMaxVocab = 1 << 22;
-  RETURN_IF_ERROR(ReadInt(j, source, "vocab_size", kMaxVocab, &c.vocab_size));
-  RETURN_IF_ERROR(ReadInt(j, source, "hidden_size", kMaxDim, &c.hidden_size));
-  RETURN_IF_ERROR(ReadInt(j, source, "intermediate_size", kMaxDim, &c.intermediate_size));
-  RETURN_IF_ERROR(ReadInt(j, source, "num_hidden_layers", 1024, &c.num_layers));
-  RETURN_IF_ERROR(ReadInt(j, source, "num_attention_heads", 1024, &c.num_heads));
+  RETURN_IF_ERROR(ReadInt(j, source, "vocab_size", 1, kMaxVocab, &c.vocab_size));
+  RETURN_IF_ERROR(ReadInt(j, source, "hidden_size", 1, kMaxDim, &c.hidden_size));
+  RETURN_IF_ERROR(ReadInt(j, source, "intermediate_size", 1, kMaxDim, &c.intermediate_size));
+  RETURN_IF_ERROR(ReadInt(j, source, "num_hidden_layers", 1, 1024, &c.num_layers));
+  RETURN_IF_ERROR(ReadInt(j, source, "num_attention_heads", 1, 1024, &c.num_heads));
   c.num_kv_heads = c.num_heads;
-  RETURN_IF_ERROR(ReadInt(j, source, "num_key_value_heads", 1024, &c.num_kv_heads, false));
+  RETURN_IF_ERROR(ReadInt(j, source, "num_key_value_heads", 1, 1024, &c.num_kv_heads, false));
   c.head_dim = c.num_heads > 0 ? c.hidden_size / c.num_heads : 0;
   // Gemma 2 and 3 never have head_dim = hidden / heads: it must be stated.
-  RETURN_IF_ERROR(ReadInt(j, source, "head_dim", 4096, &c.head_dim, c.family != ModelFamily::kGemma1));
-  RETURN_IF_ERROR(ReadInt(j, source, "max_position_embeddings", 1 << 24, &c.max_position_embeddings));
-  RETURN_IF_ERROR(ReadInt(j, source, "bos_token_id", kMaxVocab, &c.bos_id, false));
+  RETURN_IF_ERROR(ReadInt(j, source, "head_dim", 1, 4096, &c.head_dim, c.family != ModelFamily::kGemma1));
+  RETURN_IF_ERROR(ReadInt(j, source, "max_position_embeddings", 1, 1 << 24, &c.max_position_embeddings));
+  RETURN_IF_ERROR(ReadInt(j, source, "bos_token_id", 0, kMaxVocab, &c.bos_id, false));
   RETURN_IF_ERROR(ReadEosIds(j, source, &c));
-  RETURN_IF_ERROR(ReadInt(j, source, "pad_token_id", kMaxVocab, &c.pad_id, false));
+  RETURN_IF_ERROR(ReadInt(j, source, "pad_token_id", 0, kMaxVocab, &c.pad_id, false));
   RETURN_IF_ERROR(ReadFloat(j, source, "rms_norm_eps", &c.rms_norm_eps));
   RETURN_IF_ERROR(ReadFloat(j, source, "rope_theta", &c.rope_theta));
   if (auto it = j.find("tie_word_embeddings"); it != j.end() && it->is_boolean() && !it->get<bool>()) {
