@@ -167,7 +167,8 @@ int BenchCommand(int argc, char** argv) {
 #endif
     }
   }
-  Args args(kCmd, "--model DIR [--threads N] [--json]  |  --server HOST:PORT [...] (a running router)");
+  Args args(kCmd, "--model DIR [--threads N] [--json]  |  --server HOST:PORT [...] (a running router; with --help, "
+                  "its flags)");
   args.Flag("model", "checkpoint directory (make-tiny --shape 2b for the recorded figures)")
       .Flag("threads", "thread count for the all-cores run (default: all cores); a 1-thread run is always added")
       .Flag("prompt-len", "prefill prompt length (default 512)")

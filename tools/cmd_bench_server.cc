@@ -136,7 +136,7 @@ void RunOneHttp(const HttpTarget& target, const v1::GenerateRequest& request, Sh
 
 int BenchServerCommand(int argc, char** argv) {
   const char* kCmd = "bench --server";
-  Args args(kCmd, "--server HOST:PORT [--concurrency 1,4,16] [--requests N] [--prompt-tokens P] [--shared-prefix-tokens S] "
+  Args args(kCmd, "HOST:PORT [--concurrency 1,4,16] [--requests N] [--prompt-tokens P] [--shared-prefix-tokens S] "
               "[--max-new-tokens M]");
   AddConnectionFlags(args);
   args.Flag("concurrency", "client concurrency levels to sweep (default 1,4,16)")

@@ -45,8 +45,9 @@ int MakeTinyCommand(int argc, char** argv) {
   }
   auto status = WriteRandomCheckpoint(args.Get("out"), config, options, EmbeddedTokenizerBytes());
   if (!status.ok()) return Fail(kCmd, status);
-  std::printf("wrote %s (%s, %.2f B parameters)\n", args.Get("out").c_str(), config.DebugString().c_str(),
-              config.ParameterCount() / 1e9);
+  const double parameters = static_cast<double>(config.ParameterCount());
+  std::printf("wrote %s (%s, %.2f %s parameters)\n", args.Get("out").c_str(), config.DebugString().c_str(),
+              parameters >= 1e9 ? parameters / 1e9 : parameters / 1e6, parameters >= 1e9 ? "B" : "M");
   return 0;
 }
 
