@@ -184,6 +184,16 @@ TEST_F(RouterSecurityTest, AMessageOverTheLimitIsResourceExhausted) {
   const grpc::Status s = Tokenize(channel.get(), kKey, std::chrono::seconds(10), std::string(100000, 'a'));
   EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << s.error_message();
   EXPECT_TRUE(Tokenize(channel.get(), kKey, std::chrono::seconds(10), std::string(1000, 'a')).ok());
+  // Over HTTP: 413, in OpenAI's error shape, naming the sizes and the flag.
+  const std::string body = R"({"model": "tiny", "max_tokens": 3, "prompt": ")" + std::string(100000, 'a') + "\"}";
+  const std::string big = HttpsCall(
+      http_port_, dir_ + "/cert.pem",
+      http::testing::RequestText("POST", "/v1/completions", body, {std::string("Authorization: Bearer ") + kKey}));
+  EXPECT_NE(big.find("HTTP/1.1 413"), std::string::npos) << big;
+  EXPECT_NE(big.find("\"message\":\"the request body is " + std::to_string(body.size()) +
+                     " bytes; allowed: at most 65536 (the router's --max_message_bytes)\""),
+            std::string::npos) << big;
+  EXPECT_NE(big.find("\"code\":\"request_too_large\""), std::string::npos) << big;
 }
 
 TEST_F(RouterSecurityTest, ACallBeyondTheStreamLimitWaitsForItsConnection) {

@@ -288,7 +288,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options, Han
         },
         impl.ssl);
   }
-  evhttp_set_max_body_size(impl.http, static_cast<ev_ssize_t>(o.max_body_bytes));
+  const size_t hard_body_bytes = o.max_body_bytes + std::min(o.max_body_bytes, size_t{1} << 30) + (64 << 10);
+  evhttp_set_max_body_size(impl.http, static_cast<ev_ssize_t>(hard_body_bytes));
   evhttp_set_max_headers_size(impl.http, static_cast<ev_ssize_t>(o.max_header_bytes));
   const timeval io_timeout{static_cast<time_t>(o.io_timeout.count()), 0};
   evhttp_set_timeout_tv(impl.http, &io_timeout);
@@ -308,6 +309,16 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options, Han
           return;
         }
         auto exchange = std::make_shared<Exchange>(s, request);
+        if (const size_t bytes = exchange->body().size(); bytes > s->options_.max_body_bytes) {
+          const size_t limit = s->options_.max_body_bytes;
+          if (s->options_.too_large_body) {
+            exchange->Reply(413, "application/json", s->options_.too_large_body(bytes, limit));
+          } else {
+            exchange->Reply(413, "text/plain",
+                            absl::StrCat("the request body is ", bytes, " bytes; allowed: at most ", limit, "\n"));
+          }
+          return;
+        }
         if (evhttp_connection* c = evhttp_request_get_connection(request)) {
           // While the request waits for its answer the client has nothing to send: only a reply it does not read
           // times out (the write timeout), not the wait for tokens, however long a queue or a prefill takes.

@@ -2,6 +2,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "absl/strings/str_cat.h"
+
 namespace gemma::openai {
 
 std::string ApiError::ToJson() const {
@@ -16,6 +18,15 @@ ApiError BadField(std::string param, std::string message) {
   e.http_status = 400;
   e.param = std::move(param);
   e.message = std::move(message);
+  return e;
+}
+
+ApiError BodyTooLarge(size_t body_bytes, size_t max_body_bytes) {
+  ApiError e;
+  e.http_status = 413;
+  e.message = absl::StrCat("the request body is ", body_bytes, " bytes; allowed: at most ", max_body_bytes,
+                           " (the router's --max_message_bytes)");
+  e.code = "request_too_large";
   return e;
 }
 

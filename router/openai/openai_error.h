@@ -1,6 +1,7 @@
 // Errors in OpenAI's shape, {"error": {"message", "type", "param", "code"}}, with the HTTP status OpenAI uses.
 #pragma once
 
+#include <cstddef>
 #include <string>
 
 #include "absl/status/status.h"
@@ -19,6 +20,8 @@ struct ApiError {
 
 // A bad field: 400, naming it.
 ApiError BadField(std::string param, std::string message);
+// A request body past the router's --max_message_bytes: 413, naming both sizes.
+ApiError BodyTooLarge(size_t body_bytes, size_t max_body_bytes);
 // From the router's status codes: InvalidArgument/OutOfRange/FailedPrecondition 400, Unauthenticated 401,
 // NotFound 404, ResourceExhausted 429, Unavailable and Cancelled (by the server) 503, DeadlineExceeded 504, the
 // rest 500.
