@@ -1,4 +1,5 @@
 // Malformed checkpoints give clear errors naming the file and tensor; never a crash.
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 
@@ -107,6 +108,39 @@ TEST(CheckpointErrorsTest, WrongDType) {
   }));
   EXPECT_NE(err.find("model.norm.weight"), std::string::npos) << err;
   EXPECT_NE(err.find("dtype I16; allowed: BF16, F16, F32"), std::string::npos) << err;
+}
+
+// A NaN or an infinity among the weights is refused by tensor and place (it would make every logit NaN, and
+// generation would go on silently), in a norm and in a matrix, whatever the format it loads in.
+TEST(CheckpointErrorsTest, NonFiniteWeightsAreRefusedByPlace) {
+  // Tensor `name` all zeros but for bf16 `value` at element `at`.
+  auto with = [](const char* name, int64_t at, uint16_t value) {
+    return [=](std::vector<TensorToWrite>& t) {
+      static std::vector<std::string> kept;  // the bytes outlive the edit: written after it returns
+      for (auto& x : t) {
+        if (x.name != name) continue;
+        std::string bytes(x.bytes.size(), '\0');
+        std::memcpy(bytes.data() + 2 * at, &value, 2);
+        x.bytes = kept.emplace_back(std::move(bytes));
+      }
+    };
+  };
+  constexpr uint16_t kNan = 0x7FC0, kMinusInfinity = 0xFF80;
+  std::string err = LoadError(WriteCheckpoint("nan-norm", with("model.norm.weight", 5, kNan)));
+  EXPECT_NE(err.find("model.norm.weight holds NaN at [5]"), std::string::npos) << err;
+  // o_proj is [128, 128]: element 131 is row 1, column 3.
+  err = LoadError(WriteCheckpoint("inf-matrix", with("model.layers.0.self_attn.o_proj.weight", 131, kMinusInfinity)));
+  EXPECT_NE(err.find("model.layers.0.self_attn.o_proj.weight holds an infinity at [1, 3]"), std::string::npos) << err;
+  EXPECT_NE(err.find("the checkpoint is damaged"), std::string::npos) << err;
+  auto ckpt = Checkpoint::Open(WriteCheckpoint("nan-int8", with("model.layers.0.self_attn.q_proj.weight", 5, kNan)));
+  ASSERT_TRUE(ckpt.ok()) << ckpt.status();
+  const auto tp = TensorParallel::Create((*ckpt)->config(), 0, 1);
+  ASSERT_TRUE(tp.ok());
+  WeightLoadOptions int8;
+  int8.precision = WeightPrecision::kInt8;
+  auto w = ModelWeights::Load(std::shared_ptr<const Checkpoint>(std::move(*ckpt)), *tp, int8);
+  ASSERT_FALSE(w.ok());
+  EXPECT_NE(w.status().message().find("q_proj.weight holds NaN at [0, 5]"), std::string::npos) << w.status();
 }
 
 TEST(CheckpointErrorsTest, ConfigContradictsTensors) {

@@ -72,6 +72,32 @@ absl::Status CheckNoLayerPastTheConfig(const Checkpoint& checkpoint, const std::
   return absl::OkStatus();
 }
 
+// A NaN or an infinity among the weights makes every logit it reaches NaN, and generation goes on silently
+// (token 0, log-probs null): refused at load, by place. Reads what this rank keeps of a bf16 matrix.
+absl::Status CheckFinite(const std::string& name, const MatrixView& whole, int64_t row_begin, int64_t rows,
+                         int64_t col_begin, int64_t cols) {
+  auto non_finite = [](uint16_t bf16) { return (bf16 & 0x7F80) == 0x7F80; };
+  for (int64_t r = row_begin; r < row_begin + rows; ++r) {
+    const uint16_t* row = whole.data + r * whole.stride + col_begin;
+    // Four values a word: an all-ones exponent, plus 0x80, carries into its lane's top bit and no further (a 2B
+    // model's 5 GB in about 0.3 s, where a value-by-value test took 1.4 s).
+    uint64_t any = 0;
+    int64_t c = 0;
+    for (; c + 4 <= cols; c += 4) {
+      uint64_t word;
+      std::memcpy(&word, row + c, 8);
+      any |= ((word & 0x7F807F807F807F80ull) + 0x0080008000800080ull) & 0x8000800080008000ull;
+    }
+    for (; c < cols; ++c) any |= non_finite(row[c]) ? 1 : 0;
+    if (any == 0) continue;
+    c = std::find_if(row, row + cols, non_finite) - row;
+    return absl::InvalidArgumentError(absl::StrCat(name, " holds ", (row[c] & 0x7F) != 0 ? "NaN" : "an infinity",
+                                                   " at [", r, ", ", col_begin + c,
+                                                   "]: the checkpoint is damaged, or was saved after an overflow"));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::StatusOr<MatrixView> ModelWeights::Matrix(const std::string& name, int64_t rows, int64_t cols) {
@@ -92,6 +118,7 @@ uint8_t* ModelWeights::Own(int64_t bytes) {
 absl::StatusOr<MatrixView> ModelWeights::Place(const std::string& name, const MatrixView& whole, int64_t row_begin,
                                                int64_t rows, int64_t col_begin, int64_t cols, WeightFormat format,
                                                int preferred_group) {
+  RETURN_IF_ERROR(CheckFinite(name, whole, row_begin, rows, col_begin, cols));
   const bool whole_rows = col_begin == 0 && cols == whole.cols;
   if (format == WeightFormat::kBF16) {
     MatrixView slice = RowSlice(whole, row_begin, rows);
@@ -159,7 +186,14 @@ bool ModelWeights::IsOwned(const MatrixView& m) const {
 absl::StatusOr<std::vector<float>> ModelWeights::NormPlusOne(const std::string& name, int64_t n) {
   ASSIGN_OR_RETURN(const StoredTensor t, checkpoint_->Get(name, {n}));
   std::vector<float> w(n);
-  for (int64_t i = 0; i < n; ++i) w[i] = 1.0f + FloatElementAsF32(t.dtype, t.data, i);
+  for (int64_t i = 0; i < n; ++i) {
+    const float v = FloatElementAsF32(t.dtype, t.data, i);
+    if (!std::isfinite(v)) {
+      return absl::InvalidArgumentError(absl::StrCat(name, " holds ", std::isnan(v) ? "NaN" : "an infinity", " at [",
+                                                     i, "]: the checkpoint is damaged, or was saved after an overflow"));
+    }
+    w[i] = 1.0f + v;
+  }
   return w;
 }
 
