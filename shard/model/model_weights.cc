@@ -189,8 +189,9 @@ absl::StatusOr<std::vector<float>> ModelWeights::NormPlusOne(const std::string& 
   for (int64_t i = 0; i < n; ++i) {
     const float v = FloatElementAsF32(t.dtype, t.data, i);
     if (!std::isfinite(v)) {
-      return absl::InvalidArgumentError(absl::StrCat(name, " holds ", std::isnan(v) ? "NaN" : "an infinity", " at [",
-                                                     i, "]: the checkpoint is damaged, or was saved after an overflow"));
+      return absl::InvalidArgumentError(absl::StrCat(name, " holds ", std::isnan(v) ? "NaN" : "an infinity",
+                                                     " at [", i, "]: the checkpoint is damaged, or was saved after ",
+                                                     "an overflow"));
     }
     w[i] = 1.0f + v;
   }
