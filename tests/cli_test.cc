@@ -451,6 +451,9 @@ TEST(CliTest, BadInputGivesOneLineErrorAndNonZeroExit) {
       {"compare-weights" + m + " --weights bf16", "allowed: int8, int4"},
       {"compare-weights" + m + " --weights fp8 --activations int8", "it needs weights int8 or int4, not fp8"},
       {"kv-capacity --shape 3b", "allowed: tiny, 2b, 7b, gemma2-2b"},
+      {"generate" + m + " --prompt Hi --length-penalty 0.5", "--length-penalty applies to beam search"},
+      {"generate" + m + " --prompt Hi --early-stopping", "--early-stopping applies to beam search"},
+      {"serve" + m + " --served-model-name --port 1", "--served-model-name needs a value, and --port follows it"},
       {"frobnicate", "unknown command"},
   };
   for (const auto& [args, needle] : cases) {

@@ -58,6 +58,13 @@ absl::Status Args::Parse(int argc, char** argv) {
     }
     if (!has_value) {
       if (i + 1 >= argc) return absl::InvalidArgumentError(absl::StrCat("--", name, " needs a value"));
+      // A flag where the value should be is a value left out (--served-model-name --port 80), not a name; a value
+      // that does start with "--" goes after '='.
+      if (std::string_view(argv[i + 1]).starts_with("--")) {
+        return absl::InvalidArgumentError(absl::StrCat("--", name, " needs a value, and ", argv[i + 1],
+                                                       " follows it (a value starting with -- goes as --", name,
+                                                       "=VALUE)"));
+      }
       value = argv[++i];
     }
     values_[name] = value;

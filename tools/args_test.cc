@@ -51,6 +51,16 @@ TEST(ArgsTest, RejectsBadInput) {
   e.Flag("n", "");
   ASSERT_TRUE(ParseVec(e, {"--n", "1,2,x"}).ok());
   EXPECT_FALSE(e.GetIntList("n", 0, 10).ok());
+  // A value left out before the next flag is named, not taken as the value; negative numbers and '=' still work.
+  Args f("t", "");
+  f.Flag("name", "").Flag("port", "").Flag("t", "");
+  const absl::Status left_out = ParseVec(f, {"--name", "--port", "80"});
+  EXPECT_NE(left_out.message().find("--name needs a value, and --port follows it"), std::string::npos) << left_out;
+  Args g("t", "");
+  g.Flag("name", "").Flag("t", "");
+  ASSERT_TRUE(ParseVec(g, {"--name=--odd", "--t", "-1"}).ok());
+  EXPECT_EQ(g.Get("name"), "--odd");
+  EXPECT_EQ(g.Get("t"), "-1");
 }
 
 }  // namespace

@@ -56,6 +56,12 @@ int GenerateCommand(int argc, char** argv) {
                                 threads.status(), tp.status(), num_beams.status(), length_penalty.status()}) {
     if (!s.ok()) return Fail(kCmd, s);
   }
+  for (const char* beam_only : {"length-penalty", "early-stopping"}) {
+    if (args.Has(beam_only) && !args.Has("num-beams")) {
+      return Fail(kCmd, absl::InvalidArgumentError(absl::StrCat("--", beam_only, " applies to beam search: give "
+                                                                "--num-beams N with it")));
+    }
+  }
   SetThreads(static_cast<int>(*threads));
   const bool chat = args.Has("chat"), json = args.Has("json");
   auto model = OpenLocalModel(args.Get("model"));
