@@ -172,6 +172,10 @@ int Run(const WorkerOptions& o) {
   (*metrics)->SetModelInfo(std::filesystem::path(o.model).filename().string(), checkpoint->config().ShapeName(),
                            o.world, o.device);
   const StepLimits limits = shard_options.limits.Resolved(checkpoint->config());
+  if (o.max_model_len > limits.max_context) {
+    std::fprintf(stderr, "gemma-worker: --max_model_len %d is more than the model's context; sequences hold at most %d "
+                 "positions\n", o.max_model_len, limits.max_context);
+  }
   (*metrics)->SetStepLimits(limits);
 
   grpc::EnableDefaultHealthCheckService(true);

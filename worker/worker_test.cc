@@ -156,8 +156,12 @@ TEST(WorkerTest, HelpListsTheWorkersFlags) {
 }
 
 TEST(WorkerTest, SingleRankServesInfoHealthAndReferenceTokens) {
-  Group g = StartGroup(testing::GemmaTinyDir() + "/tiny-mqa", 1);
+  // A --max_model_len past the model's context is the model's, said at start.
+  Group g = StartGroup(testing::GemmaTinyDir() + "/tiny-mqa", 1, 3000, {"--max_model_len=100000"});
   ASSERT_GT(g.port, 0) << g.ranks[0]->Err();
+  EXPECT_NE(g.ranks[0]->Err().find("--max_model_len 100000 is more than the model's context; sequences hold at most "
+                                   "512 positions"),
+            std::string::npos) << g.ranks[0]->Err();
   auto stub = Client(g.port);
   worker::v1::ModelInfo info;
   grpc::ClientContext ctx;
@@ -166,7 +170,7 @@ TEST(WorkerTest, SingleRankServesInfoHealthAndReferenceTokens) {
   EXPECT_EQ(info.num_kv_heads(), 1);
   EXPECT_EQ(info.tokenizer_model().size(), 61137u);
   EXPECT_EQ(info.tensor_parallel(), 1);
-  // The defaults, resolved against the model (its context is 512).
+  // The defaults (and that --max_model_len), resolved against the model (its context is 512).
   EXPECT_EQ(info.max_tokens_per_step(), 2048);
   EXPECT_EQ(info.max_batch_size(), 256);
   EXPECT_EQ(info.max_model_len(), 512);
