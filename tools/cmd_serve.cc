@@ -7,6 +7,7 @@
 #include <csignal>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <thread>
@@ -135,6 +136,9 @@ int ServeCommand(int argc, char** argv) {
     std::filesystem::remove_all(run_dir);
     return exit_code;
   };
+  // NCCL's bootstrap and proxy sockets listen on the interface NCCL picks, not lo where any other exists: the
+  // workers inherit lo, so nothing of a local cluster is reachable from another machine (unless set already).
+  if (device == "cuda") ::setenv("NCCL_SOCKET_IFNAME", "lo", /*overwrite=*/0);
   for (int g = 0; g < *replicas; ++g) {
     const std::string port_file = absl::StrCat(run_dir, "/group", g, ".port");
     const std::string peer = std::to_string(FreeLoopbackPort());

@@ -18,7 +18,8 @@ ABSL_FLAG(std::string, leader, "", "host:port of rank 0's rendezvous service (en
 ABSL_FLAG(int, port, 0, "rank 0's Worker API port; 0: any free port");
 ABSL_FLAG(int, peer_port, 29500, "rank 0's rendezvous port");
 ABSL_FLAG(std::string, listen_host, "0.0.0.0",
-          "address the Worker API, the rendezvous and the metrics ports listen on (gemma serve: 127.0.0.1)");
+          "where the Worker API, the rendezvous and the metrics ports listen: 0.0.0.0 (every interface, default) or "
+          "127.0.0.1 (this machine only, as gemma serve runs them)");
 ABSL_FLAG(std::string, bind_host, "", "address this rank's collectives listen on (env GEMMA_BIND_HOST); default: the host name, or 127.0.0.1 for a loopback leader");
 ABSL_FLAG(std::string, device, "cpu", "cpu or cuda");
 ABSL_FLAG(int, cuda_device, -1, "CUDA device of this rank; -1: rank mod the devices this process sees");
@@ -88,9 +89,7 @@ void ApplyToShard(const WorkerOptions& o, ShardOptions& shard) {
   shard.kv.dtype = o.kv_cache_dtype;
 }
 
-std::string ListenAddress(const std::string& host, int port) {
-  return host.find(':') != std::string::npos ? absl::StrCat("[", host, "]:", port) : absl::StrCat(host, ":", port);
-}
+std::string ListenAddress(const std::string& host, int port) { return absl::StrCat(host, ":", port); }
 
 int OrdinalFromHostname(const std::string& hostname) {
   const size_t dash = hostname.rfind('-');
@@ -152,11 +151,13 @@ absl::StatusOr<WorkerOptions> WorkerOptionsFromFlags() {
   if (o.leader.empty()) o.leader = absl::StrCat("127.0.0.1:", o.peer_port);
   ASSIGN_OR_RETURN(o.leader, ExpandLeader(o.leader, host, o.world));
   const std::string leader_host = o.leader.substr(0, o.leader.rfind(':'));
+  // Either: a group's ranks reach their leader's rendezvous, and a launcher its ranks' metrics, over loopback on
+  // one host, and the metrics server speaks IPv4 only.
   o.listen_host = absl::GetFlag(FLAGS_listen_host);
-  if (o.listen_host.empty() || o.listen_host.find_first_of(" /[]") != std::string::npos) {
+  if (o.listen_host != "0.0.0.0" && o.listen_host != "127.0.0.1") {
     return absl::InvalidArgumentError(absl::StrCat("--listen_host \"", o.listen_host,
-                                                   "\" is invalid; allowed: an address or host name, e.g. 0.0.0.0, "
-                                                   "127.0.0.1, ::"));
+                                                   "\" is invalid; allowed: 0.0.0.0 (every interface), 127.0.0.1 "
+                                                   "(this machine only)"));
   }
   o.bind_host = absl::GetFlag(FLAGS_bind_host);
   if (o.bind_host.empty()) o.bind_host = Env("GEMMA_BIND_HOST");

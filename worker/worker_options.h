@@ -18,7 +18,7 @@ struct WorkerOptions {
   std::string leader;     // host:port of rank 0's rendezvous service
   int port = 0;           // rank 0's Worker API port (0: any free port)
   int peer_port = 29500;  // rank 0's rendezvous port
-  std::string listen_host = "0.0.0.0";  // address the Worker API, rendezvous and metrics ports listen on
+  std::string listen_host = "0.0.0.0";  // where the Worker API, rendezvous and metrics ports listen
   std::string bind_host;                 // address this rank's collectives listen on
   std::string device = "cpu";
   int cuda_device = -1;         // -1: rank mod the devices this process sees
@@ -58,13 +58,13 @@ absl::StatusOr<WorkerOptions> WorkerOptionsFromFlags();
 void ApplyToShard(const WorkerOptions& o, ShardOptions& shard);
 
 // Ordinal suffix of a StatefulSet pod name, or -1.
-// host:port for a server to listen on; an IPv6 literal in brackets.
-std::string ListenAddress(const std::string& host, int port);
-
 int OrdinalFromHostname(const std::string& hostname);
 
 // `leader` with "{leader}" replaced by the name of this pod's group leader (see above); unchanged without it.
 // InvalidArgument when the placeholder is used but the host name has no ordinal.
 absl::StatusOr<std::string> ExpandLeader(const std::string& leader, const std::string& hostname, int world);
+
+// host:port for a server to listen on (--listen_host is an IPv4 address).
+std::string ListenAddress(const std::string& host, int port);
 
 }  // namespace gemma

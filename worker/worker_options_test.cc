@@ -77,10 +77,10 @@ TEST_F(WorkerFlagsTest, ListenHostDefaultsToEveryInterface) {
   auto o = WorkerOptionsFromFlags();
   ASSERT_TRUE(o.ok()) << o.status();
   EXPECT_EQ(ListenAddress(o->listen_host, 50051), "0.0.0.0:50051");
-  absl::SetFlag(&FLAGS_listen_host, "::1");
+  absl::SetFlag(&FLAGS_listen_host, "127.0.0.1");
   o = WorkerOptionsFromFlags();
   ASSERT_TRUE(o.ok()) << o.status();
-  EXPECT_EQ(ListenAddress(o->listen_host, 50051), "[::1]:50051");
+  EXPECT_EQ(ListenAddress(o->listen_host, 50051), "127.0.0.1:50051");
 }
 
 TEST_F(WorkerFlagsTest, KvWindowsCanBeTurnedOff) {
@@ -106,8 +106,9 @@ TEST_F(WorkerFlagsTest, StepLimitsOutOfRangeNameWhatIsAllowed) {
       {[] { absl::SetFlag(&FLAGS_gpu_memory_fraction, 1.5); }, "allowed: more than 0, at most 1"},
       {[] { absl::SetFlag(&FLAGS_gpu_memory_fraction, std::nan("")); }, "--gpu_memory_fraction"},
       {[] { absl::SetFlag(&FLAGS_kv_cache_mb, -1); }, "--kv_cache_mb -1 is invalid; allowed: 1..16777216"},
-      {[] { absl::SetFlag(&FLAGS_listen_host, ""); }, "--listen_host \"\" is invalid; allowed: an address or host name"},
-      {[] { absl::SetFlag(&FLAGS_listen_host, "[::1]"); }, "--listen_host \"[::1]\" is invalid"},
+      {[] { absl::SetFlag(&FLAGS_listen_host, ""); }, "--listen_host \"\" is invalid; allowed: 0.0.0.0 (every"},
+      {[] { absl::SetFlag(&FLAGS_listen_host, "10.0.0.5"); }, "--listen_host \"10.0.0.5\" is invalid"},
+      {[] { absl::SetFlag(&FLAGS_listen_host, "::"); }, "allowed: 0.0.0.0 (every interface), 127.0.0.1"},
       {[] { absl::SetFlag(&FLAGS_weights, "q4_0"); }, "--weights \"q4_0\" is not a weight precision; allowed: bf16, int8"},
       {[] { absl::SetFlag(&FLAGS_int4_group_size, 100); }, "--int4_group_size 100 is invalid; allowed: 32, 64, 128"},
       {[] { absl::SetFlag(&FLAGS_kv_cache_dtype, "q8"); },

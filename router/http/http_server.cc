@@ -14,6 +14,8 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <climits>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
@@ -288,8 +290,11 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options, Han
         },
         impl.ssl);
   }
-  const size_t hard_body_bytes = o.max_body_bytes + std::min(o.max_body_bytes, size_t{1} << 30) + (64 << 10);
-  evhttp_set_max_body_size(impl.http, static_cast<ev_ssize_t>(hard_body_bytes));
+  // Bodies a little past the limit (up to 1 MiB, at most the limit again) are read and answered by the server;
+  // past that libevent stops reading.
+  const size_t slack = std::min(o.max_body_bytes, size_t{1} << 20) + (64 << 10);
+  const size_t hard_body_bytes = o.max_body_bytes > SIZE_MAX / 2 ? o.max_body_bytes : o.max_body_bytes + slack;
+  evhttp_set_max_body_size(impl.http, static_cast<ev_ssize_t>(std::min<size_t>(hard_body_bytes, SSIZE_MAX)));
   evhttp_set_max_headers_size(impl.http, static_cast<ev_ssize_t>(o.max_header_bytes));
   const timeval io_timeout{static_cast<time_t>(o.io_timeout.count()), 0};
   evhttp_set_timeout_tv(impl.http, &io_timeout);
@@ -308,17 +313,23 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options, Han
           evhttp_send_reply(request, 503, "Service Unavailable", nullptr);
           return;
         }
-        auto exchange = std::make_shared<Exchange>(s, request);
-        if (const size_t bytes = exchange->body().size(); bytes > s->options_.max_body_bytes) {
-          const size_t limit = s->options_.max_body_bytes;
-          if (s->options_.too_large_body) {
-            exchange->Reply(413, "application/json", s->options_.too_large_body(bytes, limit));
-          } else {
-            exchange->Reply(413, "text/plain",
-                            absl::StrCat("the request body is ", bytes, " bytes; allowed: at most ", limit, "\n"));
-          }
+        // Refused before the body is copied into an exchange.
+        const size_t bytes = evbuffer_get_length(evhttp_request_get_input_buffer(request));
+        if (const size_t limit = s->options_.max_body_bytes; bytes > limit) {
+          const bool json = static_cast<bool>(s->options_.too_large_body);
+          const std::string text =
+              json ? s->options_.too_large_body(bytes, limit)
+                   : absl::StrCat("the request body is ", bytes, " bytes; allowed: at most ", limit, "\n");
+          evkeyvalq* headers = evhttp_request_get_output_headers(request);
+          evhttp_add_header(headers, "Content-Type", json ? "application/json" : "text/plain");
+          evhttp_add_header(headers, "Connection", "close");
+          evbuffer* reply = evbuffer_new();
+          evbuffer_add(reply, text.data(), text.size());
+          evhttp_send_reply(request, 413, "Payload Too Large", reply);
+          evbuffer_free(reply);
           return;
         }
+        auto exchange = std::make_shared<Exchange>(s, request);
         if (evhttp_connection* c = evhttp_request_get_connection(request)) {
           // While the request waits for its answer the client has nothing to send: only a reply it does not read
           // times out (the write timeout), not the wait for tokens, however long a queue or a prefill takes.
@@ -336,10 +347,11 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options, Han
   evhttp_bound_socket* bound = evhttp_bind_socket_with_handle(impl.http, o.bind_host.c_str(), static_cast<uint16_t>(o.port));
   impl.bound = bound;
   if (bound == nullptr) {
-    // libevent leaves the failed bind's errno ("Address already in use").
+    // libevent leaves a failed bind's errno; a host name that did not resolve leaves something unrelated.
     const int error = errno;
+    const bool bind_error = error == EADDRINUSE || error == EACCES || error == EADDRNOTAVAIL;
     return absl::UnavailableError(absl::StrCat("cannot listen for HTTP on ", o.bind_host, ":", o.port,
-                                               error != 0 ? absl::StrCat(": ", std::strerror(error)) : ""));
+                                               bind_error ? absl::StrCat(": ", std::strerror(error)) : ""));
   }
   sockaddr_storage addr{};
   socklen_t len = sizeof(addr);

@@ -25,9 +25,9 @@ struct ServerOptions {
   // PEM files; both empty: plaintext.
   std::string tls_cert_file;
   std::string tls_key_file;
-  // Larger bodies get 413 from the server, the handler never sees them: up to twice this (plus 64 KiB) the reply
-  // says what was sent and what is allowed, in too_large_body's words where it is set (a JSON error in the API's
-  // shape); past that libevent stops reading and answers its own page.
+  // Larger bodies get 413 from the server, the handler never sees them: up to 1 MiB past this (at most this again,
+  // plus 64 KiB) the reply says what was sent and what is allowed, in too_large_body's words where it is set (a
+  // JSON error in the API's shape); past that libevent stops reading and answers its own page.
   size_t max_body_bytes = 4 << 20;
   std::function<std::string(size_t body_bytes, size_t max_body_bytes)> too_large_body;  // a JSON body
   size_t max_header_bytes = 16 << 10;  // all headers together; bounds their count too
