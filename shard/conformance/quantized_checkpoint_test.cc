@@ -135,12 +135,14 @@ Written WriteCheckpoint(const std::string& tag, const nlohmann::json& quantizati
 }
 
 // tiny-mqa with every projection packed in 4 bits; `quantization_config` as AutoGPTQ / AutoAWQ write it.
+// With inf_scale, layer 0's o_proj holds an f16 infinity at scales[1, 2].
 Written WriteCheckpoint(const std::string& tag, Packing packing, const nlohmann::json& quantization_config,
-                        bool act_order_g_idx = false) {
+                        bool act_order_g_idx = false, bool inf_scale = false) {
   return WriteCheckpoint(tag, quantization_config,
                          [&](const std::string& module, const std::vector<float>& w, int64_t out, int64_t in,
                              const AddTensor& add) {
                            Packed p = Pack(w, out, in, 32, packing);
+                           if (inf_scale && module == "model.layers.0.self_attn.o_proj") p.scales[out + 2] = 0x7C00;
                            const bool awq = packing == Packing::kAwq;
                            add(module + ".qweight", DType::kI32,
                                awq ? std::vector<int64_t>{in, out / 8} : std::vector<int64_t>{in / 8, out},
@@ -356,6 +358,12 @@ TEST(PackedInt4ErrorsTest, UnsupportedConfigsAndTensorsAreNamed) {
   absl::Status s = LoadStatus(reordered.dir);
   ASSERT_FALSE(s.ok());
   EXPECT_NE(s.message().find("model.layers.0.self_attn.q_proj.g_idx[0]"), std::string::npos) << s;
+  // An infinity among the scales (f16 overflows easily) is refused by place.
+  const Written inf = WriteCheckpoint("infscale", Packing::kGptq, kGptq, /*act_order_g_idx=*/false, /*inf_scale=*/true);
+  s = LoadStatus(inf.dir);
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("model.layers.0.self_attn.o_proj.scales holds a non-finite value at [1, 2]"),
+            std::string::npos) << s;
   // An AWQ config over GPTQ-shaped tensors: the shape names the tensor and what config.json implies.
   const Written mismatched = WriteCheckpoint("mismatch", Packing::kGptq, kAwq);
   s = LoadStatus(mismatched.dir);

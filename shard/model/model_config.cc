@@ -154,8 +154,7 @@ absl::Status ReadLayerPattern(const json& j, absl::string_view source, ModelConf
     have_pattern = true;
   } else if (auto it = j.find("sliding_window_pattern"); it != j.end() && !it->is_null()) {
     int pattern = 0;
-    RETURN_IF_ERROR(ReadInt(j, source, "sliding_window_pattern", 0, 1 << 20, &pattern));
-    if (pattern < 1) return ConfigError(source, "field \"sliding_window_pattern\" must be at least 1");
+    RETURN_IF_ERROR(ReadInt(j, source, "sliding_window_pattern", 1, 1 << 20, &pattern));
     for (int i = 0; i < c->num_layers; ++i) {
       if ((i + 1) % pattern == 0) from_pattern[i] = LayerAttention::kGlobal;
     }
@@ -263,8 +262,7 @@ absl::StatusOr<json> WithLegacyRopeKeys(const json& j, absl::string_view source)
 }
 
 absl::Status ReadSlidingWindow(const json& j, absl::string_view source, ModelConfig* c) {
-  RETURN_IF_ERROR(ReadInt(j, source, "sliding_window", 0, 1 << 24, &c->sliding_window));
-  if (c->sliding_window < 1) return ConfigError(source, "field \"sliding_window\" must be at least 1");
+  RETURN_IF_ERROR(ReadInt(j, source, "sliding_window", 1, 1 << 24, &c->sliding_window));
   // Gemma 2's Hub configs repeat it as sliding_window_size.
   if (auto it = j.find("sliding_window_size"); it != j.end() && !it->is_null() && *it != c->sliding_window) {
     return ConfigError(source, absl::StrCat("sliding_window_size ", it->dump(), " contradicts sliding_window ",

@@ -1,5 +1,6 @@
 #include "shard/model/packed_int4.h"
 
+#include <cmath>
 #include <cstring>
 
 #include "absl/status/status.h"
@@ -35,7 +36,8 @@ absl::StatusOr<MatrixView> ReadPackedInt4(const Checkpoint& checkpoint, const st
     return absl::InvalidArgumentError(absl::StrCat(
         module, ": this rank's tensor-parallel slice, input columns [", col_begin, ", ", col_begin + cols,
         "), cuts the checkpoint's 4-bit groups of ", group, " columns",
-        fits > 0 ? absl::StrCat("; quantized with gemma quantize --int4-group-size ", fits, " it would fit this degree")
+        fits > 0 ? absl::StrCat("; quantized with gemma quantize --int4-group-size ", fits,
+                                " (or smaller, as other matrices need) it would fit this degree")
                  : "; no 4-bit group size of 32 or more fits this degree"));
   }
   const std::vector<int64_t> qweight_shape = gptq ? std::vector<int64_t>{in / 8, out} : std::vector<int64_t>{in, out / 8};
@@ -59,13 +61,21 @@ absl::StatusOr<MatrixView> ReadPackedInt4(const Checkpoint& checkpoint, const st
   float* scale_out = parts.scales;
   float* zero_out = parts.zeros;
   const int zero_offset = q.zeros_minus_one ? 1 : 0;
+  // A NaN or an infinity among the scales (f16 overflows easily) would make every logit NaN: the first one, by
+  // place, is refused.
+  int64_t first_bad = -1;
 #pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t n = row_begin + r;
     const int nibble = gptq ? static_cast<int>(n % 8) : kAwqNibbleOfColumn[n % 8];
     for (int64_t g = 0; g < groups; ++g) {
       const int64_t sg = col_begin / group + g;
-      scale_out[r * groups + g] = FloatElementAsF32(scales.dtype, scales.data, sg * out + n);
+      const float scale = FloatElementAsF32(scales.dtype, scales.data, sg * out + n);
+      if (!std::isfinite(scale)) {
+#pragma omp critical(gemma_packed_int4_bad_scale)
+        if (first_bad < 0 || sg * out + n < first_bad) first_bad = sg * out + n;
+      }
+      scale_out[r * groups + g] = scale;
       zero_out[r * groups + g] =
           static_cast<float>(((Word(qzeros, sg * (out / 8) + n / 8) >> (4 * nibble)) & 0xF) + zero_offset);
     }
@@ -80,6 +90,11 @@ absl::StatusOr<MatrixView> ReadPackedInt4(const Checkpoint& checkpoint, const st
       }
       row[c / 2] = static_cast<uint8_t>(pair);
     }
+  }
+  if (first_bad >= 0) {
+    return absl::InvalidArgumentError(absl::StrCat(checkpoint.dir(), ": ", module, ".scales holds a non-finite value at [",
+                                                   first_bad / out, ", ", first_bad % out, "]: the checkpoint is "
+                                                   "damaged, or was saved after an overflow"));
   }
   return parts.view;
 }

@@ -159,7 +159,15 @@ absl::Status WriteQuantizedCheckpoint(const Checkpoint& in, const std::string& o
     ASSIGN_OR_RETURN(const StoredTensor f, in.Get(name, t.shape));
     const int64_t out = t.shape[0], cols = t.shape[1];
     std::vector<float> w(out * cols);
-    for (int64_t i = 0; i < out * cols; ++i) w[i] = FloatElementAsF32(f.dtype, f.data, i);
+    for (int64_t i = 0; i < out * cols; ++i) {
+      w[i] = FloatElementAsF32(f.dtype, f.data, i);
+      // A NaN would become a NaN scale or, cast to a code, anything at all.
+      if (!std::isfinite(w[i])) {
+        return absl::InvalidArgumentError(absl::StrCat(in.dir(), ": ", name, " holds ",
+                                                       std::isnan(w[i]) ? "NaN" : "an infinity", " at [", i / cols,
+                                                       ", ", i % cols, "]: nothing to quantize"));
+      }
+    }
     const std::string module = name.substr(0, name.size() - std::string(".weight").size());
     if (fp8) {
       MatrixView source;
