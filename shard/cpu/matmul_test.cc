@@ -149,7 +149,15 @@ TEST(MatMulTest, LongRowsGiveTheSameSumsForAnyBatch) {
     for (const int g : {32, 64, 128}) cases.push_back({WeightFormat::kInt4, g, sliced});
   }
   constexpr int64_t kOffset = 128;
-  const int threads = omp_get_max_threads();
+  // What this test changes is put back however it ends (an ASSERT returns early).
+  struct Restore {
+    int threads = omp_get_max_threads();
+    ~Restore() {
+      SetMatMulWideningForTest(MatMulWidening::kAsMeasured);
+      hwy::SetSupportedTargetsForTest(0);
+      omp_set_num_threads(threads);
+    }
+  } restore;
   omp_set_num_threads(2);
   for (int64_t target : hwy::SupportedAndGeneratedTargets()) {
     hwy::SetSupportedTargetsForTest(target);
@@ -213,8 +221,6 @@ TEST(MatMulTest, LongRowsGiveTheSameSumsForAnyBatch) {
       SetMatMulWideningForTest(MatMulWidening::kAsMeasured);
     }
   }
-  hwy::SetSupportedTargetsForTest(0);
-  omp_set_num_threads(threads);
 }
 
 // One call over views that pack x differently (bf16 and int4 even/odd, int8 and fp8 plain) gives each view's own

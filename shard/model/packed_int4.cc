@@ -92,9 +92,10 @@ absl::StatusOr<MatrixView> ReadPackedInt4(const Checkpoint& checkpoint, const st
     }
   }
   if (first_bad >= 0) {
-    return absl::InvalidArgumentError(absl::StrCat(checkpoint.dir(), ": ", module, ".scales holds a non-finite value at [",
-                                                   first_bad / out, ", ", first_bad % out, "]: the checkpoint is "
-                                                   "damaged, or was saved after an overflow"));
+    return absl::InvalidArgumentError(absl::StrCat(checkpoint.dir(), ": ", module,
+                                                   ".scales holds a non-finite value at [", first_bad / out, ", ",
+                                                   first_bad % out, "]: the checkpoint is damaged, or was saved "
+                                                   "after an overflow"));
   }
   return parts.view;
 }
