@@ -20,7 +20,6 @@
 #include "protos/grpc_listen.h"
 #include "router/group_discovery.h"
 #include "router/http/http_server.h"
-#include "router/openai/openai_error.h"
 #include "router/openai/openai_service.h"
 #include "router/admin_service.h"
 #include "router/router_service.h"
@@ -266,7 +265,9 @@ int main(int argc, char** argv) {
       ho.tls_key_file = absl::GetFlag(FLAGS_tls_key);
     }
     ho.max_body_bytes = static_cast<size_t>(max_message);
-    ho.too_large_body = [](size_t bytes, size_t limit) { return gemma::openai::BodyTooLarge(bytes, limit).ToJson(); };
+    ho.too_large_body = [&openai](std::string_view path, size_t bytes, size_t limit) {
+      return openai.TooLargeBody(path, bytes, limit);
+    };
     ho.io_timeout = std::chrono::seconds(absl::GetFlag(FLAGS_http_timeout_s));
     auto started = gemma::http::Server::Start(ho, [&openai](std::shared_ptr<gemma::http::Exchange> exchange) {
       openai.Handle(std::move(exchange));

@@ -194,6 +194,10 @@ TEST_F(RouterSecurityTest, AMessageOverTheLimitIsResourceExhausted) {
                      " bytes; allowed: at most 65536 (the router's --max_message_bytes)\""),
             std::string::npos) << big;
   EXPECT_NE(big.find("\"code\":\"request_too_large\""), std::string::npos) << big;
+  const std::string metrics = testing::HttpGet(metrics_port_, "/metrics");
+  EXPECT_NE(metrics.find("gemma_router_requests_total{code=\"RESOURCE_EXHAUSTED\",endpoint=\"/v1/completions\","
+                         "outcome=\"rejected\",protocol=\"http\"} 1"),
+            std::string::npos) << metrics;
 }
 
 TEST_F(RouterSecurityTest, ACallBeyondTheStreamLimitWaitsForItsConnection) {

@@ -78,6 +78,7 @@ absl::StatusCode CodeOf(const ApiError& error) {
     case 400: return absl::StatusCode::kInvalidArgument;
     case 401: return absl::StatusCode::kUnauthenticated;
     case 404: return absl::StatusCode::kNotFound;
+    case 413: return absl::StatusCode::kResourceExhausted;  // as gRPC answers a message past the limit
     case 429: return absl::StatusCode::kResourceExhausted;
     case 503: return absl::StatusCode::kUnavailable;
     case 504: return absl::StatusCode::kDeadlineExceeded;

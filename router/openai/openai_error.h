@@ -26,7 +26,8 @@ ApiError BodyTooLarge(size_t body_bytes, size_t max_body_bytes);
 // NotFound 404, ResourceExhausted 429, Unavailable and Cancelled (by the server) 503, DeadlineExceeded 504, the
 // rest 500.
 ApiError FromStatus(const absl::Status& status);
-// The router's status code that an HTTP status stands for (for metrics).
+// The router's status code that an HTTP status stands for (for metrics); 413 is ResourceExhausted, as gRPC's
+// answer to a message past the limit.
 absl::StatusCode CodeOf(const ApiError& error);
 
 }  // namespace gemma::openai

@@ -375,6 +375,15 @@ void OpenAiService::Handle(std::shared_ptr<http::Exchange> exchange) {
   Generate(std::move(exchange), path == "/v1/chat/completions", *model, origin);
 }
 
+std::string OpenAiService::TooLargeBody(std::string_view path, size_t body_bytes, size_t max_body_bytes) const {
+  const ApiError error = BodyTooLarge(body_bytes, max_body_bytes);
+  // The metrics' endpoint label stays one of a fixed set, whatever path was sent.
+  const bool generate = path == "/v1/completions" || path == "/v1/chat/completions";
+  admission_->Reject(absl::Status(CodeOf(error), error.message),
+                     {.protocol = "http", .endpoint = generate ? std::string(path) : "other"});
+  return error.ToJson();
+}
+
 void OpenAiService::Refuse(http::Exchange& exchange, const ApiError& error,
                            const RequestAdmission::Origin& origin) const {
   admission_->Reject(absl::Status(CodeOf(error), error.message), origin);

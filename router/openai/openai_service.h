@@ -4,8 +4,10 @@
 // loaded LoRA adapter, as vLLM serves adapters.
 #pragma once
 
+#include <cstddef>
 #include <memory>
 #include <string>
+#include <string_view>
 
 #include "absl/container/flat_hash_map.h"
 #include "router/api_keys.h"
@@ -27,6 +29,9 @@ class OpenAiService {
   void Handle(std::shared_ptr<http::Exchange> exchange);
   // The name the model is served under, once a group has joined.
   std::string ModelName(const ServedModel& model) const;
+  // The 413 body for a request to `path` past the body limit (the HTTP server answers it before Handle), counted
+  // as refused.
+  std::string TooLargeBody(std::string_view path, size_t body_bytes, size_t max_body_bytes) const;
 
  private:
   friend class Call;
