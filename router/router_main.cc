@@ -36,8 +36,8 @@ ABSL_FLAG(bool, plaintext, false, "serve the public port without TLS (only when 
 ABSL_FLAG(std::string, api_keys_file, "",
           "file with one API key per line; when set, calls need the metadata \"authorization: Bearer <key>\"");
 ABSL_FLAG(int, max_message_bytes, 4 << 20,
-          "largest request message accepted, and largest unary Score answer sent (larger ones get "
-          "RESOURCE_EXHAUSTED; ScoreStream sends activations one per message)");
+          "largest request message accepted (gRPC and HTTP bodies), and largest unary Score answer sent (larger "
+          "ones get RESOURCE_EXHAUSTED, over HTTP 413; ScoreStream sends activations one per message)");
 ABSL_FLAG(int64_t, max_activation_bytes, int64_t{256} << 20,
           "activation data one Score request may ask for (points x positions x hidden x dtype size); more get "
           "RESOURCE_EXHAUSTED");
