@@ -138,7 +138,7 @@ int ServeCommand(int argc, char** argv) {
   };
   // NCCL's bootstrap and proxy sockets listen on the interface NCCL picks, not lo where any other exists: the
   // workers inherit lo, so nothing of a local cluster is reachable from another machine (unless set already).
-  if (device == "cuda") ::setenv("NCCL_SOCKET_IFNAME", "lo", /*overwrite=*/0);
+  if (device == "cuda") ::setenv("NCCL_SOCKET_IFNAME", "=lo", /*overwrite=*/0);  // '=': exactly lo, not a prefix
   for (int g = 0; g < *replicas; ++g) {
     const std::string port_file = absl::StrCat(run_dir, "/group", g, ".port");
     const std::string peer = std::to_string(FreeLoopbackPort());

@@ -159,6 +159,11 @@ absl::StatusOr<WorkerOptions> WorkerOptionsFromFlags() {
                                                    "\" is invalid; allowed: 0.0.0.0 (every interface), 127.0.0.1 "
                                                    "(this machine only)"));
   }
+  if (o.listen_host == "127.0.0.1" && o.world > 1 && leader_host != "127.0.0.1" && leader_host != "localhost") {
+    return absl::InvalidArgumentError(absl::StrCat("--listen_host 127.0.0.1 keeps the rendezvous to this machine, "
+                                                   "but the leader is ", o.leader, "; allowed with it: a leader at "
+                                                   "127.0.0.1, or --listen_host 0.0.0.0"));
+  }
   o.bind_host = absl::GetFlag(FLAGS_bind_host);
   if (o.bind_host.empty()) o.bind_host = Env("GEMMA_BIND_HOST");
   if (o.bind_host.empty()) {

@@ -11,6 +11,9 @@
 ABSL_DECLARE_FLAG(std::string, model);
 ABSL_DECLARE_FLAG(std::string, device);
 ABSL_DECLARE_FLAG(std::string, listen_host);
+ABSL_DECLARE_FLAG(std::string, leader);
+ABSL_DECLARE_FLAG(int, world_size);
+ABSL_DECLARE_FLAG(int, rank);
 ABSL_DECLARE_FLAG(int64_t, kv_cache_mb);
 ABSL_DECLARE_FLAG(bool, kv_windows);
 ABSL_DECLARE_FLAG(double, gpu_memory_fraction);
@@ -109,6 +112,13 @@ TEST_F(WorkerFlagsTest, StepLimitsOutOfRangeNameWhatIsAllowed) {
       {[] { absl::SetFlag(&FLAGS_listen_host, ""); }, "--listen_host \"\" is invalid; allowed: 0.0.0.0 (every"},
       {[] { absl::SetFlag(&FLAGS_listen_host, "10.0.0.5"); }, "--listen_host \"10.0.0.5\" is invalid"},
       {[] { absl::SetFlag(&FLAGS_listen_host, "::"); }, "allowed: 0.0.0.0 (every interface), 127.0.0.1"},
+      {[] {
+         absl::SetFlag(&FLAGS_listen_host, "127.0.0.1");
+         absl::SetFlag(&FLAGS_world_size, 2);
+         absl::SetFlag(&FLAGS_rank, 1);
+         absl::SetFlag(&FLAGS_leader, "10.0.0.1:29500");
+       },
+       "--listen_host 127.0.0.1 keeps the rendezvous to this machine, but the leader is 10.0.0.1:29500"},
       {[] { absl::SetFlag(&FLAGS_weights, "q4_0"); }, "--weights \"q4_0\" is not a weight precision; allowed: bf16, int8"},
       {[] { absl::SetFlag(&FLAGS_int4_group_size, 100); }, "--int4_group_size 100 is invalid; allowed: 32, 64, 128"},
       {[] { absl::SetFlag(&FLAGS_kv_cache_dtype, "q8"); },

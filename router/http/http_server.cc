@@ -317,7 +317,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options, Han
         const size_t bytes = evbuffer_get_length(evhttp_request_get_input_buffer(request));
         if (const size_t limit = s->options_.max_body_bytes; bytes > limit) {
           const bool json = static_cast<bool>(s->options_.too_large_body);
-          const char* path = evhttp_uri_get_path(evhttp_request_get_evhttp_uri(request));
+          const evhttp_uri* uri = evhttp_request_get_evhttp_uri(request);
+          const char* path = uri != nullptr ? evhttp_uri_get_path(uri) : nullptr;
           const std::string text =
               json ? s->options_.too_large_body(path != nullptr ? path : "", bytes, limit)
                    : absl::StrCat("the request body is ", bytes, " bytes; allowed: at most ", limit, "\n");

@@ -29,7 +29,7 @@ struct ServerOptions {
   // plus 64 KiB) the reply says what was sent and what is allowed, in too_large_body's words where it is set (a
   // JSON error in the API's shape); past that libevent stops reading and answers its own page.
   size_t max_body_bytes = 4 << 20;
-  // A JSON body for the 413 of a request to `path` (the caller may count the refusal).
+  // A JSON body for the 413 of a request to `path` (the caller may count the refusal); runs on the loop: quick.
   std::function<std::string(std::string_view path, size_t body_bytes, size_t max_body_bytes)> too_large_body;
   size_t max_header_bytes = 16 << 10;  // all headers together; bounds their count too
   // A client that sends nothing (request not complete) or reads nothing of a reply for this long is dropped.

@@ -87,7 +87,7 @@ TEST(HttpServerTest, RefusesBodiesAndHeadersPastTheirBounds) {
                                 e->Reply(200, "text/plain", "ok");
                               });
   ASSERT_TRUE(server.ok()) << server.status();
-  // Past the limit, up to twice it: the server's own answer, naming both sizes.
+  // Past the limit, within the slack the server reads: its own answer, naming both sizes.
   const std::string big = Request((*server)->port(), Post("/x", std::string(150, 'a')));
   EXPECT_NE(big.find("HTTP/1.1 413"), std::string::npos) << big;
   EXPECT_NE(big.find("the request body is 150 bytes; allowed: at most 100"), std::string::npos) << big;

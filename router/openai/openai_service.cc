@@ -18,6 +18,14 @@
 namespace gemma::openai {
 namespace {
 
+// The metrics' endpoint label: one of a fixed set, whatever paths and ids clients send.
+std::string EndpointLabel(std::string_view path) {
+  constexpr std::string_view kOneModel = "/v1/models/";
+  if (path == "/v1/completions" || path == "/v1/chat/completions" || path == "/v1/models") return std::string(path);
+  if (path.starts_with(kOneModel) && path.size() > kOneModel.size()) return "/v1/models/{id}";
+  return "other";
+}
+
 constexpr char kJson[] = "application/json";
 
 std::string NewId(const char* prefix) {
@@ -336,8 +344,7 @@ void OpenAiService::Handle(std::shared_ptr<http::Exchange> exchange) {
   // GET /v1/models/{id}: one model (ids may hold '/', as Hugging Face names do, sent as is or as %2F).
   constexpr std::string_view kOneModel = "/v1/models/";
   const bool one_model = path.starts_with(kOneModel) && path.size() > kOneModel.size();
-  // The metrics' endpoint label: a fixed set of values, whatever ids clients ask for.
-  const RequestAdmission::Origin origin{.protocol = "http", .endpoint = one_model ? "/v1/models/{id}" : path};
+  const RequestAdmission::Origin origin{.protocol = "http", .endpoint = EndpointLabel(path)};
   auto answer = [&](const ApiError& e) { Refuse(*exchange, e, origin); };
   // A wrong method gets 405 naming the one the path takes (and Allow, as HTTP asks).
   auto wrong_method = [&](const char* allowed) {
@@ -377,10 +384,8 @@ void OpenAiService::Handle(std::shared_ptr<http::Exchange> exchange) {
 
 std::string OpenAiService::TooLargeBody(std::string_view path, size_t body_bytes, size_t max_body_bytes) const {
   const ApiError error = BodyTooLarge(body_bytes, max_body_bytes);
-  // The metrics' endpoint label stays one of a fixed set, whatever path was sent.
-  const bool generate = path == "/v1/completions" || path == "/v1/chat/completions";
   admission_->Reject(absl::Status(CodeOf(error), error.message),
-                     {.protocol = "http", .endpoint = generate ? std::string(path) : "other"});
+                     {.protocol = "http", .endpoint = EndpointLabel(path)});
   return error.ToJson();
 }
 
