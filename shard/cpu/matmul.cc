@@ -385,10 +385,11 @@ struct WidenedRows : WholeRowGroups {
   }
 };
 
-// Rows [r0, r0 + R) against tokens [m0, m1) over chunks [c_begin, c_end), a stretch widened at a time.
+// Rows [r0, r0 + R) against tokens [m0, m1) (token_tiles tiles) over chunks [c_begin, c_end), a stretch widened
+// at a time.
 template <int R, class Rows>
-void WidenedRowsTimesPanel(const Rows& w, int64_t r0, int64_t m0, int64_t m1, int64_t c_begin, int64_t c_end,
-                           const Operands& o) {
+void WidenedRowsTimesPanel(const Rows& w, int64_t r0, int64_t m0, int64_t m1, int64_t token_tiles, int64_t c_begin,
+                           int64_t c_end, const Operands& o) {
   const DF df;
   const int64_t N = static_cast<int64_t>(hn::Lanes(df));
   const int64_t stretch_blocks = kWidenedColumns / (2 * N);
@@ -396,7 +397,6 @@ void WidenedRowsTimesPanel(const Rows& w, int64_t r0, int64_t m0, int64_t m1, in
   // Each token tile's sums between stretches of a chunk, whole vectors: the chains go on exactly as in Tile.
   thread_local hwy::AlignedFreeUniquePtr<float[]> carried;
   thread_local int64_t carried_size = 0;
-  const int64_t token_tiles = (m1 - m0 + kBlockTokens - 1) / kBlockTokens;
   const bool several_stretches = std::min(o.full_blocks, o.chunk_blocks) > stretch_blocks;
   if (several_stretches && carried_size < token_tiles * kTileRows * kBlockTokens * N) {
     carried_size = token_tiles * kTileRows * kBlockTokens * N;
@@ -448,7 +448,7 @@ void RowsTimesPanel(const Rows& w, int64_t r_begin, int64_t r_end, int64_t m0, i
                             (widening == MatMulWidening::kAsMeasured && token_tiles >= Rows::kWidenFromTokenTiles));
   auto tiles = [&]<int R>(int64_t r) {
     if constexpr (Rows::kWidenFromTokenTiles > 0) {
-      if (widen_once) return WidenedRowsTimesPanel<R>(w, r, m0, m1, c_begin, c_end, o);
+      if (widen_once) return WidenedRowsTimesPanel<R>(w, r, m0, m1, token_tiles, c_begin, c_end, o);
     }
     for (int64_t c = c_begin; c < c_end; ++c) {
       for (int64_t m = m0; m < m1; m += kBlockTokens) {

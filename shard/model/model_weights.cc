@@ -72,6 +72,12 @@ absl::Status CheckNoLayerPastTheConfig(const Checkpoint& checkpoint, const std::
   return absl::OkStatus();
 }
 
+// The refusal of a NaN or an infinity (`nan` says which) at `place` of tensor `name`.
+absl::Status NonFiniteWeight(const std::string& name, bool nan, const std::string& place) {
+  return absl::InvalidArgumentError(absl::StrCat(name, " holds ", nan ? "NaN" : "an infinity", " at [", place,
+                                                 "]: the checkpoint is damaged, or was saved after an overflow"));
+}
+
 // A NaN or an infinity among the weights makes every logit it reaches NaN, and generation goes on silently
 // (token 0, log-probs null): refused at load, by place. Reads what this rank keeps of a bf16 matrix.
 absl::Status CheckFinite(const std::string& name, const MatrixView& whole, int64_t row_begin, int64_t rows,
@@ -91,9 +97,7 @@ absl::Status CheckFinite(const std::string& name, const MatrixView& whole, int64
     for (; c < cols; ++c) any |= non_finite(row[c]) ? 1 : 0;
     if (any == 0) continue;
     c = std::find_if(row, row + cols, non_finite) - row;
-    return absl::InvalidArgumentError(absl::StrCat(name, " holds ", (row[c] & 0x7F) != 0 ? "NaN" : "an infinity",
-                                                   " at [", r, ", ", col_begin + c,
-                                                   "]: the checkpoint is damaged, or was saved after an overflow"));
+    return NonFiniteWeight(name, (row[c] & 0x7F) != 0, absl::StrCat(r, ", ", col_begin + c));
   }
   return absl::OkStatus();
 }
@@ -188,11 +192,7 @@ absl::StatusOr<std::vector<float>> ModelWeights::NormPlusOne(const std::string& 
   std::vector<float> w(n);
   for (int64_t i = 0; i < n; ++i) {
     const float v = FloatElementAsF32(t.dtype, t.data, i);
-    if (!std::isfinite(v)) {
-      return absl::InvalidArgumentError(absl::StrCat(name, " holds ", std::isnan(v) ? "NaN" : "an infinity",
-                                                     " at [", i, "]: the checkpoint is damaged, or was saved after ",
-                                                     "an overflow"));
-    }
+    if (!std::isfinite(v)) return NonFiniteWeight(name, std::isnan(v), absl::StrCat(i));
     w[i] = 1.0f + v;
   }
   return w;
