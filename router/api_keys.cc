@@ -6,6 +6,7 @@
 #include <fstream>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 
 namespace gemma {
@@ -54,7 +55,10 @@ absl::Status ApiKeys::CheckAuthorization(const std::string_view* authorization) 
     return absl::UnauthenticatedError("this server needs an API key: send the header \"Authorization: Bearer <key>\"");
   }
   const std::string_view value = *authorization;
-  if (value.size() <= kBearer.size() || value.substr(0, kBearer.size()) != kBearer) {
+  // The scheme's name is case-insensitive (RFC 9110, 11.1): "bearer <key>" is the same credentials.
+  const bool bearer = value.size() > kBearer.size() &&
+                      absl::EqualsIgnoreCase(absl::string_view(value.data(), kBearer.size()), "Bearer ");
+  if (!bearer) {
     return absl::UnauthenticatedError("the authorization must be \"Bearer <key>\"");
   }
   const Digest given = Hash(value.data() + kBearer.size(), value.size() - kBearer.size());

@@ -15,6 +15,7 @@
 #include "router/openai_test_support.h"
 #include "router/router_test_support.h"
 #include "structured/test_schemas.h"
+#include "tokenizer/utf8.h"
 
 namespace gemma {
 namespace {
@@ -157,6 +158,57 @@ TEST_F(OpenAiHttpTest, StopSequencesAndEcho) {
   EXPECT_EQ(body["choices"][0]["text"], "abc" + full.substr(0, full.find(stop)));
 }
 
+// text_offset counts characters, as OpenAI's and vLLM's Python strings do, and a stream gives the offsets the whole
+// answer does, whatever a stop string or a character split across byte tokens held back. A stream without logprobs
+// sends no chunk with empty text.
+TEST_F(OpenAiHttpTest, TextOffsetsCountCharactersAndStreamsAgree) {
+  const HttpReply echoed = Post("/v1/completions", {{"model", "tiny"}, {"prompt", "\xC3\xA9\xE4\xB8\xAD ok"},
+                                                    {"max_tokens", 0}, {"echo", true}, {"logprobs", 0}});
+  ASSERT_EQ(echoed.status, 200) << echoed.body;
+  const json lp = Body(echoed)["choices"][0]["logprobs"];
+  ASSERT_TRUE(lp.is_object()) << echoed.body;
+  std::string before;
+  bool bytes_differ = false;
+  for (size_t i = 0; i < lp["tokens"].size(); ++i) {
+    EXPECT_EQ(lp["text_offset"][i].get<int64_t>(), Utf8Characters(before)) << echoed.body;
+    bytes_differ |= lp["text_offset"][i].get<size_t>() != before.size();
+    before += lp["tokens"][i].get<std::string>();
+  }
+  EXPECT_EQ(before, "\xC3\xA9\xE4\xB8\xAD ok");
+  EXPECT_TRUE(bytes_differ) << "the prompt's two- and three-byte characters must move the offsets off byte counts";
+
+  // Greedy on tiny-mha, this prompt and stop string make a byte token and a token held back by the stop string.
+  const json request = {{"model", "tiny"}, {"prompt", "The quick brown fox"}, {"max_tokens", 12},
+                        {"temperature", 0},  {"stop", {"IX subd"}},             {"logprobs", 1}};
+  const HttpReply whole = Post("/v1/completions", request);
+  ASSERT_EQ(whole.status, 200) << whole.body;
+  json streamed = request;
+  streamed["stream"] = true;
+  const HttpReply stream = Post("/v1/completions", streamed);
+  ASSERT_EQ(stream.status, 200) << stream.body;
+  json offsets = json::array();
+  for (const std::string& event : EventData(stream.body)) {
+    if (event == "[DONE]") continue;
+    const json c = json::parse(event)["choices"][0];
+    if (c["logprobs"].is_null()) continue;
+    for (const json& o : c["logprobs"]["text_offset"]) offsets.push_back(o);
+  }
+  EXPECT_EQ(offsets, Body(whole)["choices"][0]["logprobs"]["text_offset"]) << whole.body << "\n" << stream.body;
+
+  streamed.erase("logprobs");
+  const HttpReply quiet = Post("/v1/completions", streamed);
+  ASSERT_EQ(quiet.status, 200) << quiet.body;
+  std::string text;
+  for (const std::string& event : EventData(quiet.body)) {
+    if (event == "[DONE]") continue;
+    const json c = json::parse(event)["choices"][0];
+    if (!c["finish_reason"].is_null()) continue;
+    EXPECT_NE(c["text"], "") << "an empty chunk: " << quiet.body;
+    text += c["text"].get<std::string>();
+  }
+  EXPECT_EQ(text, Body(whole)["choices"][0]["text"]);
+}
+
 // What evaluation harnesses send to score a text: echo, logprobs, max_tokens 0. The prompt's log-probs equal the
 // gRPC Score's; with max_tokens > 0 they come before the generated tokens'.
 TEST_F(OpenAiHttpTest, EchoWithLogprobsScoresThePrompt) {
@@ -258,10 +310,11 @@ TEST_F(OpenAiHttpTest, ErrorsHaveOpenAisShapeAndStatus) {
   EXPECT_EQ(Call(http_port_, "GET", "/v1/nothing").status, 404);
   EXPECT_EQ(Call(http_port_, "GET", "/v1/completions").status, 405);
   // The prompt's faults lie on "prompt", in the HTTP API's names (not the gRPC API's input.text).
-  const HttpReply empty = Post("/v1/completions", {{"model", "tiny"}, {"prompt", ""}});
-  EXPECT_EQ(empty.status, 400);
-  EXPECT_EQ(Body(empty)["error"]["param"], "prompt") << empty.body;
-  EXPECT_TRUE(Body(empty)["error"]["message"].get<std::string>().starts_with("prompt is empty")) << empty.body;
+  // An empty prompt is <bos> alone, as OpenAI and vLLM take it: generation from the start of a document.
+  const HttpReply empty = Post("/v1/completions", {{"model", "tiny"}, {"prompt", ""}, {"max_tokens", 2}});
+  EXPECT_EQ(empty.status, 200) << empty.body;
+  EXPECT_EQ(Body(empty)["usage"]["prompt_tokens"], 1) << empty.body;
+  EXPECT_EQ(Body(empty)["usage"]["completion_tokens"], 2) << empty.body;
   const HttpReply too_long = Post("/v1/completions", {{"model", "tiny"}, {"prompt", std::vector<int>(600, 5)}});
   EXPECT_EQ(too_long.status, 400);
   EXPECT_EQ(Body(too_long)["error"]["param"], "prompt") << too_long.body;
@@ -277,11 +330,23 @@ TEST_F(OpenAiHttpTest, ErrorsHaveOpenAisShapeAndStatus) {
   EXPECT_EQ(traced.status, 405) << traced.body;
   EXPECT_NE(traced.head.find("Allow: GET"), std::string::npos) << traced.head;
   // Of several prompts, the one at fault is named.
-  const HttpReply second = Post("/v1/completions", {{"model", "tiny"}, {"prompt", {{2, 10}, {2, 99999999}}}});
+  const HttpReply second =
+      Post("/v1/completions", {{"model", "tiny"}, {"prompt", {std::vector<int>{2, 10}, std::vector<int>(600, 5)}}});
   EXPECT_EQ(second.status, 400);
   EXPECT_EQ(Body(second)["error"]["param"], "prompt") << second.body;
-  EXPECT_TRUE(Body(second)["error"]["message"].get<std::string>().starts_with("prompt[1][1] = 99999999 is outside"))
-      << second.body;
+  EXPECT_TRUE(Body(second)["error"]["message"].get<std::string>().starts_with("prompt[1]")) << second.body;
+  // A token id past the model's vocabulary, with the model's bound.
+  const HttpReply outside = Post("/v1/completions", {{"model", "tiny"}, {"prompt", {{2, 10}, {2, 99999999}}}});
+  EXPECT_EQ(outside.status, 400);
+  EXPECT_EQ(Body(outside)["error"]["message"], "'prompt[1][1]' is 99999999, outside the vocabulary; allowed: 0..4095")
+      << outside.body;
+  // Without max_tokens, OpenAI's default of 16 is what the prompt left no room for, and the error says so.
+  const HttpReply defaulted = Post("/v1/completions", {{"model", "tiny"}, {"prompt", std::vector<int>(500, 5)}});
+  EXPECT_EQ(defaulted.status, 400);
+  EXPECT_NE(Body(defaulted)["error"]["message"].get<std::string>().find(
+                "max_tokens (16, the default when 'max_tokens' is not given)"),
+            std::string::npos)
+      << defaulted.body;
 }
 
 TEST_F(OpenAiHttpTest, ChatWithoutMaxTokensGeneratesUpToTheDefault) {

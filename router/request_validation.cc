@@ -2,11 +2,14 @@
 
 #include <algorithm>
 #include <cmath>
+#include <string_view>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 #include "engine/scheduler.h"
 #include "engine/status_macros.h"
+#include "tokenizer/chat_template.h"
 
 namespace gemma {
 namespace {
@@ -16,22 +19,20 @@ absl::Status Invalid(absl::string_view what) { return absl::InvalidArgumentError
 absl::Status ValidateInput(const v1::Input& input, const ModelLimits& model) {
   switch (input.kind_case()) {
     case v1::Input::kText:
-      if (input.text().empty()) return Invalid("input.text is empty; allowed: non-empty UTF-8 text");
+      // Empty is <bos> alone, as OpenAI and vLLM take an empty prompt: generation from the start of a document.
       if (!IsValidUtf8(input.text())) return Invalid("input.text is not valid UTF-8");
       return absl::OkStatus();
     case v1::Input::kChat: {
       if (input.chat().messages_size() == 0) return Invalid("input.chat has no messages; allowed: at least one");
+      std::vector<std::string_view> roles;
       for (int i = 0; i < input.chat().messages_size(); ++i) {
         const auto& m = input.chat().messages(i);
-        const bool system_ok = m.role() == "system" && i == 0 && model.chat_system_role;
-        if (m.role() != "user" && m.role() != "model" && m.role() != "assistant" && !system_ok) {
-          const char* why = model.chat_system_role ? " (system only as the first message)"
-                            : m.role() == "system" ? " (this model's chat template has no system role)"
-                                                   : "";
-          return Invalid(absl::StrCat("input.chat.messages[", i, "].role \"", m.role(),
-                                      "\" is unknown; allowed: user, model, assistant", why));
-        }
+        roles.push_back(m.role());
         if (!IsValidUtf8(m.content())) return Invalid(absl::StrCat("input.chat.messages[", i, "].content is not valid UTF-8"));
+      }
+      if (auto e = CheckChatRoles(roles, model.chat_system_role ? ChatStyle::kGemma3 : ChatStyle::kGemma)) {
+        return Invalid(absl::StrCat("input.chat.messages[", e->index, "].role is \"",
+                                    input.chat().messages(static_cast<int>(e->index)).role(), "\": ", e->why));
       }
       return absl::OkStatus();
     }

@@ -107,7 +107,7 @@ TEST_F(RouterTest, BeamParametersOutOfRangeAreInvalidArgumentNamingTheField) {
 
 TEST_F(RouterTest, BadRequestsAreInvalidArgument) {
   std::vector<v1::GenerateRequest> bad(5);
-  bad[0].mutable_input()->set_text("");
+  bad[0].mutable_input()->mutable_token_ids();  // no ids
   bad[1].mutable_input()->set_text("x");
   bad[1].mutable_parameters()->set_temperature(-1);
   bad[2].mutable_input()->set_text("x");

@@ -141,6 +141,10 @@ TEST_F(RouterSecurityTest, TheHttpApiUsesTheSameTlsAndKeys) {
       http::testing::RequestText("POST", "/v1/completions", body, {std::string("Authorization: Bearer ") + kKey}));
   EXPECT_NE(with_key.find("HTTP/1.1 200"), std::string::npos) << with_key;
   EXPECT_NE(with_key.find("\"completion_tokens\":3"), std::string::npos) << with_key;
+  const std::string lower_case = HttpsCall(
+      http_port_, dir_ + "/cert.pem",
+      http::testing::RequestText("POST", "/v1/completions", body, {std::string("Authorization: bearer ") + kKey}));
+  EXPECT_NE(lower_case.find("HTTP/1.1 200"), std::string::npos) << "the scheme is case-insensitive: " << lower_case;
   const std::string without =
       HttpsCall(http_port_, dir_ + "/cert.pem", http::testing::RequestText("POST", "/v1/completions", body));
   EXPECT_NE(without.find("HTTP/1.1 401"), std::string::npos) << without;

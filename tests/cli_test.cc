@@ -431,6 +431,8 @@ TEST(CliTest, BadInputGivesOneLineErrorAndNonZeroExit) {
        "--int4-group-size 256 is invalid; allowed: 32, 64, 128 (or 0 to choose)"},
       {"client foo --server 127.0.0.1:1 --prompt Hi", "unknown call \"foo\"; allowed: generate, stream, score"},
       {"client generate --server 127.0.0.1:1 --prompt Hi --max-new-tokens 0", "--max-new-tokens \"0\" is invalid"},
+      {"client generate --server 127.0.0.1:1 --prompt-ids 2,3 --chat", "--chat applies to --prompt, not --prompt-ids"},
+      {"client score --server 127.0.0.1:1 --prompt Hi --temperature 7", "--temperature applies to generate and stream"},
       {"generate" + m + " --prompt Hi --weights int4 --int4-group-size abc",
        "--int4-group-size \"abc\" is invalid; allowed: 32, 64, 128 (or 0 to choose)"},
       {"quantize --in " + Tiny("tiny-mha") + " --out /tmp/x --weights int4 --int4-group-size 0",

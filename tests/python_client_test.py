@@ -58,8 +58,9 @@ def main():
         passed += 1
 
         try:
-            stub.Generate(gemma_pb2.GenerateRequest(input=gemma_pb2.Input(text="")), timeout=10)
-            raise AssertionError("an empty prompt was accepted")
+            stub.Generate(gemma_pb2.GenerateRequest(input=gemma_pb2.Input(token_ids=gemma_pb2.TokenIdList(ids=[]))),
+                          timeout=10)
+            raise AssertionError("an empty list of token ids was accepted")
         except grpc.RpcError as e:
             assert e.code() == grpc.StatusCode.INVALID_ARGUMENT, e.code()
         passed += 1

@@ -25,4 +25,10 @@ bool IsValidUtf8(std::string_view s) {
   return true;
 }
 
+int64_t Utf8Characters(std::string_view text) {
+  int64_t n = 0;
+  for (unsigned char c : text) n += (c & 0xc0) != 0x80;
+  return n;
+}
+
 }  // namespace gemma

@@ -60,8 +60,6 @@ absl::StatusOr<std::vector<int32_t>> PromptIds(const Args& args, const Tokenizer
     auto rendered = RenderChat({{"user", text}});
     if (!rendered.ok()) return rendered.status();
     text = *rendered;
-  } else if (text.empty()) {
-    return absl::InvalidArgumentError("--prompt is empty");
   }
   auto ids = tokenizer->Encode(text);
   if (!ids.ok()) return ids.status();

@@ -36,13 +36,23 @@ int ClientCommand(int argc, char** argv) {
       .Flag("top-p", "(0, 1]")
       .Flag("seed", "random seed")
       .Flag("timeout-ms", "deadline of the call (default 600000)")
-      .Flag("json", "print the response as JSON", true);
+      .Flag("json", "print the response as JSON (score always does)", true);
   int code;
   if (!ParseOrExit(args, argc - 1, argv + 1, kCmd, &code)) return code;
   auto connection = Connect(args);
   if (!connection.ok()) return Fail(kCmd, connection.status());
   if (args.Has("prompt") == args.Has("prompt-ids")) {
     return Fail(kCmd, absl::InvalidArgumentError("give exactly one of --prompt TEXT or --prompt-ids ID,ID,..."));
+  }
+  if (args.Has("chat") && args.Has("prompt-ids")) {
+    return Fail(kCmd, absl::InvalidArgumentError("--chat applies to --prompt, not --prompt-ids"));
+  }
+  // A flag the call cannot apply is refused, not dropped: score has no sampling and generates nothing.
+  for (const char* flag : {"max-new-tokens", "temperature", "top-k", "top-p", "seed"}) {
+    if (call == "score" && args.Has(flag)) {
+      return Fail(kCmd, absl::InvalidArgumentError(
+                            absl::StrCat("--", flag, " applies to generate and stream; score generates nothing")));
+    }
   }
   auto ids = args.GetIntList("prompt-ids", 0, INT32_MAX);
   auto max_new = args.GetInt("max-new-tokens", 0, 1, 1 << 20);

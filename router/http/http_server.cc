@@ -85,6 +85,20 @@ class Mailbox {
   std::vector<std::function<void()>> pending_ ABSL_GUARDED_BY(mu_);
 };
 
+// The request target's path. An origin-form target ("/v1/x?q=1", what clients send) is cut at '?' or '#' here:
+// libevent's URI parser takes "//v1/x" for an authority ("v1") and a path ("/x"), which would answer for a path
+// the client never asked for.
+std::string RequestPath(evhttp_request* request) {
+  const char* target = evhttp_request_get_uri(request);
+  if (target != nullptr && target[0] == '/') {
+    const std::string_view t(target);
+    return std::string(t.substr(0, t.find_first_of("?#")));
+  }
+  const evhttp_uri* uri = evhttp_request_get_evhttp_uri(request);
+  const char* path = uri != nullptr ? evhttp_uri_get_path(uri) : nullptr;
+  return path != nullptr && path[0] != '\0' ? path : "/";
+}
+
 }  // namespace
 
 struct Server::Impl {
@@ -118,9 +132,7 @@ Exchange::Exchange(Server* server, evhttp_request* request) : server_(server), r
     case EVHTTP_REQ_TRACE: method_ = "TRACE"; break;
     default: method_ = "OTHER"; break;
   }
-  const evhttp_uri* uri = evhttp_request_get_evhttp_uri(request);
-  const char* path = uri ? evhttp_uri_get_path(uri) : nullptr;
-  path_ = path ? path : "/";
+  path_ = RequestPath(request);
   evbuffer* in = evhttp_request_get_input_buffer(request);
   body_.resize(evbuffer_get_length(in));
   if (!body_.empty()) evbuffer_copyout(in, body_.data(), body_.size());
@@ -181,7 +193,13 @@ void Exchange::Reply(int status, std::string_view content_type, std::string_view
   evkeyvalq* headers = evhttp_request_get_output_headers(request_);
   evhttp_add_header(headers, "Content-Type", std::string(content_type).c_str());
   evbuffer* out = evbuffer_new();
-  evbuffer_add(out, body.data(), body.size());
+  // libevent writes a HEAD answer's body too, which a kept-alive client would read as the next answer's start: a
+  // HEAD gets the headers a GET would, its body's length included, and no body.
+  if (evhttp_request_get_command(request_) == EVHTTP_REQ_HEAD) {
+    evhttp_add_header(headers, "Content-Length", std::to_string(body.size()).c_str());
+  } else {
+    evbuffer_add(out, body.data(), body.size());
+  }
   // Answers and frees the request, also one whose client is gone (libevent then only frees it).
   evhttp_send_reply(request_, status, ReasonPhrase(status), out);
   evbuffer_free(out);
@@ -317,10 +335,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options, Han
         const size_t bytes = evbuffer_get_length(evhttp_request_get_input_buffer(request));
         if (const size_t limit = s->options_.max_body_bytes; bytes > limit) {
           const bool json = static_cast<bool>(s->options_.too_large_body);
-          const evhttp_uri* uri = evhttp_request_get_evhttp_uri(request);
-          const char* path = uri != nullptr ? evhttp_uri_get_path(uri) : nullptr;
           const std::string text =
-              json ? s->options_.too_large_body(path != nullptr ? path : "", bytes, limit)
+              json ? s->options_.too_large_body(RequestPath(request), bytes, limit)
                    : absl::StrCat("the request body is ", bytes, " bytes; allowed: at most ", limit, "\n");
           evkeyvalq* headers = evhttp_request_get_output_headers(request);
           evhttp_add_header(headers, "Content-Type", json ? "application/json" : "text/plain");

@@ -55,6 +55,27 @@ TEST(HttpServerTest, RepliesWithStatusHeadersAndBody) {
   EXPECT_NE(ok.find("POST /a hello yes"), std::string::npos) << ok;
   const std::string missing = Request(port, "GET /missing HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
   EXPECT_NE(missing.find("HTTP/1.1 404"), std::string::npos) << missing;
+  // The path as sent: "//v1/x" is not an authority "v1" with a path "/x".
+  const std::string doubled = Request(port, "GET //v1/x?q=1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+  EXPECT_NE(doubled.find("GET //v1/x  none"), std::string::npos) << doubled;
+}
+
+// A HEAD answer has the GET's headers and no body: on a kept-alive connection the next answer must start right
+// after the HEAD's headers.
+TEST(HttpServerTest, AHeadAnswerHasNoBody) {
+  auto server = Server::Start({.bind_host = "127.0.0.1"}, [](std::shared_ptr<Exchange> e) {
+    e->Reply(200, "application/json", "{\"status\":\"ok\"}");
+  });
+  ASSERT_TRUE(server.ok()) << server.status();
+  const std::string both = Request((*server)->port(),
+                                   "HEAD /health HTTP/1.1\r\nHost: x\r\n\r\n"
+                                   "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+  const size_t head_end = both.find("\r\n\r\n");
+  ASSERT_NE(head_end, std::string::npos) << both;
+  const std::string head = both.substr(0, head_end);
+  EXPECT_NE(head.find("Content-Length: 15"), std::string::npos) << "the GET's length: " << head;
+  EXPECT_EQ(both.compare(head_end + 4, 9, "HTTP/1.1 "), 0) << "a body followed the HEAD answer: " << both;
+  EXPECT_NE(both.find("{\"status\":\"ok\"}", head_end), std::string::npos) << "the GET's answer: " << both;
 }
 
 TEST(HttpServerTest, StreamsChunksPostedFromAnotherThread) {

@@ -1,12 +1,16 @@
 #include "router/openai/openai_request.h"
 
 #include <cmath>
+#include <map>
 #include <optional>
 #include <set>
+#include <string_view>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "engine/scheduler.h"
+#include "tokenizer/chat_template.h"
 
 namespace gemma::openai {
 namespace {
@@ -89,15 +93,52 @@ class Reader {
 };
 
 // Fields a body may carry; anything else is refused, with a word for those people expect to work.
+// Values of unsupported fields that ask for nothing this server would do differently, as SDKs and agent frameworks
+// send them by default (vLLM and OpenAI serve such requests alike): accepted. NoOpValues says them in a refusal
+// (null: every value of the field asks for something).
+const char* NoOpValues(const std::string& key) {
+  static const std::map<std::string, const char*, std::less<>> kSaid = {
+      {"tools", "[] (no tools)"},
+      {"functions", "[] (no functions)"},
+      {"tool_choice", "\"none\""},
+      {"function_call", "\"none\""},
+      {"parallel_tool_calls", "true or false (with no tools)"},
+      {"store", "false"},
+      {"service_tier", "\"auto\" or \"default\""},
+      {"metadata", "an object of strings (nothing is stored)"}};
+  auto said = kSaid.find(key);
+  return said == kSaid.end() ? nullptr : said->second;
+}
+
+bool IsNoOp(const std::string& key, const json& v) {
+  if (key == "tools" || key == "functions") return v.is_array() && v.empty();
+  if (key == "tool_choice" || key == "function_call") return v == "none";
+  if (key == "parallel_tool_calls") return v.is_boolean();
+  if (key == "store") return v == false;
+  if (key == "service_tier") return v == "auto" || v == "default";
+  if (key == "metadata") {
+    if (!v.is_object()) return false;
+    for (const auto& [_, value] : v.items()) {
+      if (!value.is_string()) return false;
+    }
+    return true;
+  }
+  return false;
+}
+
 std::optional<ApiError> CheckFields(const json& body, const std::set<std::string>& known) {
   static const std::set<std::string> kUnsupported = {
       "tools", "tool_choice", "functions", "function_call", "logit_bias", "parallel_tool_calls", "audio",
-      "modalities", "prediction", "suffix", "best_of", "store", "metadata", "reasoning_effort", "web_search_options"};
+      "modalities", "prediction", "suffix", "best_of", "store", "metadata", "reasoning_effort", "web_search_options",
+      "service_tier"};
   for (const auto& [key, value] : body.items()) {
     if (known.count(key)) continue;
     if (value.is_null()) continue;  // an unset option, as the SDKs send it
     if (kUnsupported.count(key)) {
-      return BadField(key, absl::StrCat("'", key, "' is not supported by this server"));
+      if (IsNoOp(key, value)) continue;
+      const char* allowed = NoOpValues(key);
+      return BadField(key, absl::StrCat("'", key, "' is not supported by this server",
+                                        allowed ? absl::StrCat("; allowed: ", allowed, ", or leave it out") : ""));
     }
     return BadField(key, absl::StrCat("unrecognized request argument '", key, "'; supported: ",
                                       absl::StrJoin(known, ", ")));
@@ -302,7 +343,9 @@ ParseResult ParseCompletionRequest(const json& body, const RequestContext& conte
   v1::GenerationParameters p;
   // OpenAI's default for completions: 16 tokens. 0 (with echo): the prompt alone, scored when logprobs are asked for
   // (what evaluation harnesses send to score a text).
-  const auto max_tokens = r.Integer("max_tokens", 0, context.max_new_tokens).value_or(16);
+  const std::optional<int64_t> given_max_tokens = r.Integer("max_tokens", 0, context.max_new_tokens);
+  const int64_t max_tokens = given_max_tokens.value_or(16);
+  out.max_tokens_defaulted = !given_max_tokens.has_value();
   p.set_max_new_tokens(static_cast<int32_t>(max_tokens));
   ReadSampling(r, body, context, p, out);
   if (auto lp = r.Integer("logprobs", 0, context.max_top_logprobs)) {
@@ -328,7 +371,10 @@ ParseResult ParseCompletionRequest(const json& body, const RequestContext& conte
   }
   // The ranking sums each token's log-prob, so the candidates carry them even when the client did not ask.
   if (out.best_of > out.n && out.beams == 0) p.set_logprobs(true);
-  if (max_tokens == 0 && !out.echo) return BadField("max_tokens", "'max_tokens' 0 needs 'echo': true; allowed: 1..");
+  if (max_tokens == 0 && !out.echo) {
+    return BadField("max_tokens", absl::StrCat("'max_tokens' is 0 without 'echo'; allowed: 1..", context.max_new_tokens,
+                                               ", or 0 with 'echo': true (the prompt alone)"));
+  }
   out.generate = max_tokens > 0;
   if (!out.generate && p.has_response_format()) {
     return BadField("response_format", "'response_format' constrains generated text; with 'max_tokens' 0 there is none");
@@ -354,9 +400,12 @@ ParseResult ParseCompletionRequest(const json& body, const RequestContext& conte
       if (!id.is_number_integer()) return BadField("prompt", kShape);
       // Range-checked before narrowing: 2^32 + 2 must not become token 2.
       const bool huge = id.is_number_unsigned() && id.get<uint64_t>() > uint64_t{INT32_MAX};
-      if (huge || id.get<int64_t>() < 0 || id.get<int64_t>() > INT32_MAX) {
+      const int64_t limit = context.vocab_size > 0 ? context.vocab_size : int64_t{INT32_MAX} + 1;
+      if (huge || id.get<int64_t>() < 0 || id.get<int64_t>() >= limit) {
+        const std::string allowed = context.vocab_size > 0 ? absl::StrCat("0..", context.vocab_size - 1)
+                                                           : std::string("[0, vocabulary size)");
         return BadField("prompt", absl::StrCat("'", where, "[", i, "]' is ", id.dump(),
-                                               ", outside the vocabulary; allowed: [0, vocabulary size)"));
+                                               ", outside the vocabulary; allowed: ", allowed));
       }
       g.mutable_input()->mutable_token_ids()->add_ids(static_cast<int32_t>(id.get<int64_t>()));
     }
@@ -429,6 +478,7 @@ ParseResult ParseChatRequest(const json& body, const RequestContext& context) {
     return BadField("messages", "'messages' is required: a non-empty list of {role, content}");
   }
   v1::GenerateRequest g;
+  std::vector<std::string> given_roles;
   for (size_t i = 0; i < messages->size(); ++i) {
     const json& m = (*messages)[i];
     const std::string where = absl::StrCat("messages[", i, "]");
@@ -439,22 +489,27 @@ ParseResult ParseChatRequest(const json& body, const RequestContext& context) {
       }
     }
     const json* role = Field(m, "role");
-    std::string rl = role != nullptr && role->is_string() ? role->get<std::string>() : "";
-    if (rl == "developer") rl = "system";
-    const bool system_ok = rl == "system" && i == 0 && context.chat_system_role;
-    if (rl != "user" && rl != "assistant" && !system_ok) {
-      // The template's missing system role is said only to a system message: to any other role it is noise.
-      const char* allowed = context.chat_system_role ? "user, assistant, and system or developer as the first message"
-                            : rl == "system"         ? "user, assistant (this model's chat template has no system role)"
-                                                     : "user, assistant";
+    const std::string rl = role != nullptr && role->is_string() ? role->get<std::string>() : "";
+    if (rl != "user" && rl != "assistant" && rl != "system" && rl != "developer") {
       const std::string given = role == nullptr ? "missing" : role->is_string() ? "\"" + rl + "\"" : "not a string";
-      return BadField(where + ".role", absl::StrCat("'", where, ".role' is ", given, "; allowed: ", allowed));
+      return BadField(where + ".role",
+                      absl::StrCat("'", where, ".role' is ", given, "; allowed: user, assistant",
+                                   context.chat_system_role ? ", and system or developer as the first message" : ""));
     }
+    given_roles.push_back(rl);
     auto content = Content(m, where, r);
     if (!content) return r.error();
     auto* msg = g.mutable_input()->mutable_chat()->add_messages();
-    msg->set_role(rl == "assistant" ? "model" : rl);
+    msg->set_role(rl == "assistant" ? "model" : rl == "developer" ? "system" : rl);
     msg->set_content(std::move(*content));
+  }
+  // The template's own rules (turns alternating from a user turn, a system message first on Gemma 3 only), said
+  // with the role as the request gave it.
+  std::vector<std::string_view> roles;
+  for (const auto& m : g.input().chat().messages()) roles.push_back(m.role());
+  if (auto e = CheckChatRoles(roles, context.chat_system_role ? ChatStyle::kGemma3 : ChatStyle::kGemma)) {
+    const std::string where = absl::StrCat("messages[", e->index, "].role");
+    return BadField(where, absl::StrCat("'", where, "' is \"", given_roles[e->index], "\": ", e->why));
   }
   *g.mutable_parameters() = p;
   out.prompts.push_back(std::move(g));

@@ -22,6 +22,7 @@ struct RequestContext {
   int max_top_logprobs = 20;
   int max_n = kMaxSamples;  // choices of one request (prompts x n)
   int max_new_tokens = 4096;  // the router's ceiling on max_tokens
+  int vocab_size = 0;         // token ids in a prompt are below it; 0: unknown (checked by the router)
 };
 
 struct ParsedRequest {
@@ -42,6 +43,8 @@ struct ParsedRequest {
   int top_logprobs = 0;
   // The field the client bounded its output with (chat takes either name), for the errors that speak of it.
   const char* max_tokens_field = "max_tokens";
+  // Completions without max_tokens: OpenAI's default (16) was used, which errors about it then say.
+  bool max_tokens_defaulted = false;
   // False for completions with echo and max_tokens 0: the prompt alone, nothing generated.
   bool generate = true;
   bool generates() const { return generate; }

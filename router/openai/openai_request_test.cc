@@ -131,6 +131,23 @@ TEST(OpenAiRequestTest, BadFieldsAreNamedWithTheirRange) {
   }
 }
 
+// What SDKs and agent frameworks send by default asks for nothing: accepted. A value that asks for something is
+// refused, naming the values that would be taken.
+TEST(OpenAiRequestTest, FieldsThatAskForNothingAreTaken) {
+  Ok(ParseChatRequest(json::parse(R"({"model": "m", "messages": [{"role": "user", "content": "x"}], "tools": [],
+      "tool_choice": "none", "parallel_tool_calls": false, "store": false, "service_tier": "auto",
+      "metadata": {"run": "7"}})"), {}));
+  for (const char* field : {R"("tools": [{"type": "function"}])", R"("tool_choice": "auto")", R"("store": true)",
+                            R"("service_tier": "flex")", R"("metadata": {"n": 7})"}) {
+    const ApiError e = Err(ParseChatRequest(
+        json::parse(absl::StrCat(R"({"model": "m", "messages": [{"role": "user", "content": "x"}], )", field, "}")),
+        {}));
+    EXPECT_NE(e.message.find("is not supported by this server; allowed: "), std::string::npos) << e.message;
+  }
+  EXPECT_EQ(Err(ParseChatRequest(json::parse(R"({"model": "m", "messages": [{"role": "user", "content": "x"}],
+      "logit_bias": {"5": 1}})"), {})).message, "'logit_bias' is not supported by this server");
+}
+
 TEST(OpenAiRequestTest, ChatMessagesRolesAndParts) {
   RequestContext gemma3;
   gemma3.chat_system_role = true;
@@ -156,6 +173,27 @@ TEST(OpenAiRequestTest, ChatMessagesRolesAndParts) {
       Err(ParseChatRequest(json::parse(R"({"model": "m", "messages": [{"role": "tool", "content": "x"}]})"), {}));
   EXPECT_EQ(tool.param, "messages[0].role");
   EXPECT_EQ(tool.message.find("system"), std::string::npos) << tool.message;
+  // The template's turn order, said for the message that breaks it, with the role as the request spelled it.
+  const ApiError twice = Err(ParseChatRequest(
+      json::parse(R"({"model": "m", "messages": [{"role": "user", "content": "x"},
+                                                  {"role": "user", "content": "y"}]})"),
+      {}));
+  EXPECT_EQ(twice.param, "messages[1].role");
+  EXPECT_NE(twice.message.find("an assistant (model) turn was due"), std::string::npos) << twice.message;
+  const ApiError developer = Err(ParseChatRequest(
+      json::parse(R"({"model": "m", "messages": [{"role": "developer", "content": "x"},
+                                                  {"role": "user", "content": "y"}]})"),
+      {}));
+  EXPECT_NE(developer.message.find("'messages[0].role' is \"developer\""), std::string::npos) << developer.message;
+  const ApiError alone = Err(
+      ParseChatRequest(json::parse(R"({"model": "m", "messages": [{"role": "system", "content": "x"}]})"), gemma3));
+  EXPECT_EQ(alone.param, "messages[0].role");
+  EXPECT_NE(alone.message.find("needs a user message after it"), std::string::npos) << alone.message;
+  const ApiError then_assistant = Err(ParseChatRequest(
+      json::parse(R"({"model": "m", "messages": [{"role": "system", "content": "x"},
+                                                  {"role": "assistant", "content": "y"}]})"),
+      gemma3));
+  EXPECT_EQ(then_assistant.param, "messages[1].role");
   EXPECT_EQ(Err(ParseChatRequest(json::parse(
                 R"({"model": "m", "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]})"), {}))
                 .param,

@@ -73,7 +73,8 @@ json CompletionTop(const ResponseContext& c, const google::protobuf::RepeatedPtr
   return top;
 }
 
-// Completions: {"tokens", "token_logprobs", "top_logprobs", "text_offset"}; offsets count from `offset`. With
+// Completions: {"tokens", "token_logprobs", "top_logprobs", "text_offset"}; offsets are characters (code points, as
+// OpenAI's and vLLM's Python strings count them) and count from `offset`. With
 // `prompt`, every prompt token comes first (echo), each with its log-prob given the tokens before it; the first has
 // none (null), as OpenAI and vLLM give it, so positions line up with the prompt's ids.
 json CompletionLogprobs(const ResponseContext& c, const std::vector<v1::GeneratedToken>& tokens, int64_t offset,
@@ -91,7 +92,7 @@ json CompletionLogprobs(const ResponseContext& c, const std::vector<v1::Generate
       tops.push_back(scored ? CompletionTop(c, top.alternatives(), prompt->token_ids(t), prompt->logprobs(t - 1))
                             : json(nullptr));
       offsets.push_back(at);
-      at += static_cast<int64_t>(TokenBytes(c, prompt->token_ids(t), text).size());
+      at += Utf8Characters(TokenBytes(c, prompt->token_ids(t), text));
     }
   }
   for (const auto& t : tokens) {
@@ -100,7 +101,7 @@ json CompletionLogprobs(const ResponseContext& c, const std::vector<v1::Generate
     lps.push_back(t.logprob());
     tops.push_back(CompletionTop(c, t.top_logprobs(), t.id(), t.logprob()));
     offsets.push_back(offset);
-    offset += static_cast<int64_t>(TokenBytes(c, t.id(), text).size());
+    offset += Utf8Characters(TokenBytes(c, t.id(), text));
   }
   return {{"tokens", texts}, {"token_logprobs", lps}, {"top_logprobs", tops}, {"text_offset", offsets}};
 }
@@ -139,8 +140,7 @@ std::string ResponseBody(const ResponseContext& c, const std::vector<v1::Generat
     } else {
       choice["text"] = prefix + r.text();
       const v1::ScoreResponse* scored = i < prompt_scores.size() ? prompt_scores[i] : nullptr;
-      choice["logprobs"] =
-          c.logprobs ? CompletionLogprobs(c, tokens, static_cast<int64_t>(prefix.size()), scored) : json(nullptr);
+      choice["logprobs"] = c.logprobs ? CompletionLogprobs(c, tokens, Utf8Characters(prefix), scored) : json(nullptr);
     }
     choices.push_back(std::move(choice));
   }
@@ -148,6 +148,10 @@ std::string ResponseBody(const ResponseContext& c, const std::vector<v1::Generat
   body["choices"] = std::move(choices);
   body["usage"] = Usage(usage);
   return Dump(body);
+}
+
+int64_t TokenCharacters(const ResponseContext& c, int32_t id) {
+  return Utf8Characters(TokenBytes(c, id, TokenText(c, id)));
 }
 
 std::string TextChunk(const ResponseContext& c, int index, std::string_view text,

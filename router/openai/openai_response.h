@@ -43,9 +43,12 @@ std::string ResponseBody(const ResponseContext& context, const std::vector<v1::G
 
 // One server-sent event for choice `index`: new text and its tokens' log-probs, or the choice's end.
 // `role_only`: a chat stream's opening chunk (delta {"role": "assistant", "content": ""}).
-// `text_offset`: where `text` starts in the choice's whole text (completions' logprobs.text_offset).
+// `text_offset`: where `tokens` start in the choice's whole text, in characters (completions' logprobs.text_offset).
 std::string TextChunk(const ResponseContext& context, int index, std::string_view text,
                       const std::vector<v1::GeneratedToken>& tokens, int64_t text_offset = 0);
+// The characters a token adds to text_offset: its own bytes' (a piece of a character split across byte tokens adds
+// it where the character starts). Streams and whole bodies count alike, whatever a stop string held back.
+int64_t TokenCharacters(const ResponseContext& context, int32_t id);
 std::string RoleChunk(const ResponseContext& context, int index);
 std::string FinishChunk(const ResponseContext& context, int index, v1::FinishReason reason);
 // The last chunk when stream_options.include_usage: no choices, the usage.

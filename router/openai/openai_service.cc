@@ -14,6 +14,7 @@
 #include "router/bounded_json.h"
 #include "router/openai/openai_request.h"
 #include "router/openai/openai_response.h"
+#include "tokenizer/utf8.h"
 
 namespace gemma::openai {
 namespace {
@@ -124,6 +125,12 @@ class Call {
           renamed = true;
         }
       }
+      if (parsed_.max_tokens_defaulted) {
+        const int32_t tokens = parsed_.prompts[p].parameters().max_new_tokens();
+        e.message = absl::StrReplaceAll(
+            e.message, {{absl::StrCat("max_new_tokens (", tokens, ")"),
+                         absl::StrCat("max_new_tokens (", tokens, ", the default when 'max_tokens' is not given)")}});
+      }
       for (const auto& [grpc_name, http_name] :
            {std::pair{"max_new_tokens", parsed_.max_tokens_field}, std::pair{"stop_sequences", "stop"}}) {
         if (e.message.find(grpc_name) != std::string::npos) {
@@ -177,7 +184,7 @@ class Call {
       requests_.insert(requests_.end(), admitted->begin(), admitted->end());
     }
     done_.assign(requests_.size(), false);
-    for (int i = 0; i < choices; ++i) offsets_.push_back(static_cast<int64_t>(Echoed(i).size()));
+    for (int i = 0; i < choices; ++i) offsets_.push_back(Utf8Characters(Echoed(i)));
     waiting_ = requests_.size();
     for (const auto& s : scores_) waiting_ += s != nullptr;
     if (parsed_.stream) {
@@ -206,11 +213,13 @@ class Call {
         if (rank >= parsed_.n) continue;
         const int choice = parsed_.beams == 0 ? static_cast<int>(i) : static_cast<int>(i) * parsed_.n + rank;
         if (e.has_token()) {
-          if (parsed_.stream) {
+          // A token whose text is held back (a byte of a character, a stop string's start) sends nothing, as
+          // OpenAI's streams send no empty delta, unless its log-prob was asked for.
+          if (parsed_.stream && (context_.logprobs || !e.token().text_delta().empty())) {
             exchange_->Send(
                 TextChunk(context_, choice, e.token().text_delta(), {e.token().token()}, offsets_[choice]));
-            offsets_[choice] += static_cast<int64_t>(e.token().text_delta().size());
           }
+          offsets_[choice] += TokenCharacters(context_, e.token().token().id());
         } else if (e.has_final()) {
           // Prompt tokens once per prompt, however many candidates share it; every candidate's generated tokens
           // (as OpenAI bills best_of); a beam search's returned beams.
@@ -319,7 +328,7 @@ class Call {
   std::vector<int64_t> prompt_tokens_;                    // per prompt, when echo
   std::vector<std::string> echoed_;                       // per prompt, with echo: the text its choices begin with
   std::vector<bool> done_, scored_;
-  std::vector<int64_t> offsets_;  // per choice: the length of the text streamed so far
+  std::vector<int64_t> offsets_;  // per choice: the characters of its tokens streamed so far (text_offset)
   size_t waiting_ = 0;  // requests and scorings not yet ended
   UsageCount usage_;
   bool finished_ = false;
@@ -452,6 +461,7 @@ void OpenAiService::Generate(std::shared_ptr<http::Exchange> exchange, bool chat
   rc.max_stop_sequences = admission_->limits().max_stop_sequences;
   rc.max_top_logprobs = admission_->limits().max_top_logprobs;
   rc.max_new_tokens = admission_->limits().max_new_tokens;
+  rc.vocab_size = RequestAdmission::LimitsOf(*model).vocab_size;
   ParseResult parsed = chat ? ParseChatRequest(body, rc) : ParseCompletionRequest(body, rc);
   if (auto* e = std::get_if<ApiError>(&parsed)) return answer(*e);
   ParsedRequest& request = std::get<ParsedRequest>(parsed);
