@@ -214,12 +214,15 @@ class Call {
         const int choice = parsed_.beams == 0 ? static_cast<int>(i) : static_cast<int>(i) * parsed_.n + rank;
         if (e.has_token()) {
           // A token whose text is held back (a byte of a character, a stop string's start) sends nothing, as
-          // OpenAI's streams send no empty delta, unless its log-prob was asked for.
-          if (parsed_.stream && (context_.logprobs || !e.token().text_delta().empty())) {
-            exchange_->Send(
-                TextChunk(context_, choice, e.token().text_delta(), {e.token().token()}, offsets_[choice]));
+          // OpenAI's streams send no empty delta, unless its log-prob was asked for. (Streams have one request
+          // per choice: best_of > n, whose extra candidates have no choice, is not streamed.)
+          if (parsed_.stream) {
+            if (context_.logprobs || !e.token().text_delta().empty()) {
+              exchange_->Send(
+                  TextChunk(context_, choice, e.token().text_delta(), {e.token().token()}, offsets_[choice]));
+            }
+            offsets_[choice] += TokenCharacters(context_, e.token().token().id());
           }
-          offsets_[choice] += TokenCharacters(context_, e.token().token().id());
         } else if (e.has_final()) {
           // Prompt tokens once per prompt, however many candidates share it; every candidate's generated tokens
           // (as OpenAI bills best_of); a beam search's returned beams.
