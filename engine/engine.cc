@@ -194,7 +194,7 @@ StepRow Engine::RowFor(const PlannedSequence& p, bool full_history) const {
   // A beam ranks the continuations of every live beam: 2 * num_beams of each hold the best num_beams that do not
   // stop, as Hugging Face and vLLM take them.
   row.top_logprobs = s.spec.beams.num_beams > 0 ? 2 * s.spec.beams.num_beams : s.spec.top_logprobs;
-  if (p.sample && s.spec.constraint != nullptr) row.allowed_tokens = s.spec.constraint->Allowed();
+  if (p.sample && Constrains(s.spec.constraint.get())) row.allowed_tokens = s.spec.constraint->Allowed();
   if (s.spec.sampling.has_penalties()) {
     row.penalty_prompt_len = s.prompt_len;
     // The executor builds the history from the rows themselves; a first row after a cached prefix has no rows
@@ -303,7 +303,7 @@ bool Engine::CanContinue(const std::vector<PlannedSequence>& plan) {
     const ScheduledSequence& s = *p.sequence;
     // A constrained sequence's next mask depends on the token still being drawn.
     if (!p.sample || p.count != 1 || p.start < s.prompt_len || s.spec.score || s.spec.sampling.has_penalties() ||
-        s.spec.constraint != nullptr || s.spec.beams.num_beams > 0 ||
+        Constrains(s.spec.constraint.get()) || s.spec.beams.num_beams > 0 ||
         s.generated() + 1 >= s.spec.max_new_tokens || removed_.contains(s.id) || finished_early_.contains(s.id)) {
       return false;
     }
@@ -380,8 +380,9 @@ void Engine::Apply(const std::vector<PlannedSequence>& plan, const std::vector<R
       // Nothing left to compute and no token: it would never be planned again.
       u.finish = FinishReason::kFailed;
       u.error = absl::InternalError(absl::StrCat("sequence ", s.id, ": the step drew no token"));
-    } else if (absl::Status accepted = r.sampled && s.spec.constraint != nullptr ? s.spec.constraint->Accept(r.token)
-                                                                               : absl::OkStatus();
+    } else if (absl::Status accepted = r.sampled && Constrains(s.spec.constraint.get())
+                                           ? s.spec.constraint->Accept(r.token)
+                                           : absl::OkStatus();
                !accepted.ok()) {
       u.finish = FinishReason::kFailed;
       u.error = absl::InternalError(absl::StrCat("sequence ", s.id, ": ", accepted.message()));

@@ -19,6 +19,14 @@ class TokenConstraint {
   virtual const std::vector<uint32_t>& Allowed() = 0;
   // The token drawn; an error when it was not allowed (the sequence then fails).
   virtual absl::Status Accept(int32_t token) = 0;
+  // False once any token may come next for the rest of the sequence (a constraint on the first tokens only): the
+  // engine then asks for no more masks, and the sequence's steps may overlap again.
+  virtual bool Constrains() const { return true; }
 };
+
+// Whether `constraint` still limits what comes next (null: nothing does).
+inline bool Constrains(const TokenConstraint* constraint) {
+  return constraint != nullptr && constraint->Constrains();
+}
 
 }  // namespace gemma

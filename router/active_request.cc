@@ -95,7 +95,7 @@ bool ActiveRequest::RecordToken(int32_t token, float logprob, const std::vector<
     }
   }
   last_token_ = std::chrono::steady_clock::now();
-  const bool eos = Contains(options_.eos_ids, token);
+  const bool eos = !options_.ignore_eos && Contains(options_.eos_ids, token);
   const bool stop_id = Contains(options_.stop_ids, token);
   Generated g{token, logprob, top, Shown(token), producer_decodes_, ""};
   if (producer_decodes_ && g.has_text) {
@@ -139,7 +139,7 @@ bool ActiveRequest::OnBeams(std::span<const Beam> beams) {
 }
 
 v1::FinishReason ActiveRequest::FinishOf(int32_t token, int32_t generated) const {
-  if (Contains(options_.eos_ids, token)) return v1::FINISH_REASON_EOS;
+  if (!options_.ignore_eos && Contains(options_.eos_ids, token)) return v1::FINISH_REASON_EOS;
   if (Contains(options_.stop_ids, token)) return v1::FINISH_REASON_STOP_SEQUENCE;
   return generated >= options_.max_new_tokens ? v1::FINISH_REASON_LENGTH : v1::FINISH_REASON_UNSPECIFIED;
 }

@@ -36,6 +36,7 @@ class ActiveRequest {
     int32_t max_new_tokens = 0;
     std::vector<int32_t> eos_ids;   // the model's own end: <eos>, and <end_of_turn> for chat input
     std::vector<int32_t> stop_ids;  // the request's stop_token_ids
+    bool ignore_eos = false;        // eos_ids do not end the request (they are still not shown as text)
     std::vector<std::string> stop_sequences;
     v1::GenerationParameters parameters;
     uint64_t seed = 0;

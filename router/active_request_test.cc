@@ -81,6 +81,24 @@ TEST(ActiveRequestTest, EndOfTurnFinishesAsEosAndTheRequestsOwnStopIdsAsStopSequ
   EXPECT_EQ(finish_of(99), v1::FINISH_REASON_STOP_SEQUENCE);
 }
 
+// ignore_eos: the model's own end is generated on (and not shown as text); the request's stop ids still end it.
+TEST(ActiveRequestTest, IgnoreEosRunsPastTheModelsEnd) {
+  auto tok = Tiny();
+  ActiveRequest::Options o;
+  o.prompt = {2};
+  o.max_new_tokens = 3;
+  o.eos_ids = {tok->eos_id()};
+  o.stop_ids = {99};
+  o.ignore_eos = true;
+  ActiveRequest r(1, std::move(o), tok.get());
+  EXPECT_FALSE(r.OnToken(tok->eos_id(), -1.0f, {}));
+  EXPECT_FALSE(r.OnToken(3791, -1.0f, {}));
+  EXPECT_TRUE(r.OnToken(tok->eos_id(), -1.0f, {}));
+  ASSERT_TRUE(r.Wait().ok());
+  EXPECT_EQ(r.Response().finish_reason(), v1::FINISH_REASON_LENGTH);
+  EXPECT_EQ(r.Response().tokens_size(), 3);
+}
+
 TEST(ActiveRequestTest, StreamAndResponseAgreeAndRespectLogprobs) {
   auto tok = Tiny();
   ActiveRequest::Options o;

@@ -4,6 +4,7 @@
 #include <random>
 
 #include "engine/status_macros.h"
+#include "router/min_tokens_constraint.h"
 #include "tokenizer/chat_template.h"
 
 namespace gemma {
@@ -55,10 +56,9 @@ absl::StatusOr<std::vector<std::shared_ptr<ActiveRequest>>> RequestAdmission::Ad
     ActiveRequest::Options o = first;
     o.seed = first.seed + static_cast<uint64_t>(i);
     if (i > 0) o.fork_of = samples[0]->id();  // the prompt is computed once, by the first
-    // Each sample holds its own place in a grammar.
-    if (i > 0 && request.parameters().has_response_format()) {
-      ASSIGN_OR_RETURN(o.constraint, model.structured_output->ConstraintFor(request.parameters().response_format(),
-                                                                           o.eos_ids));
+    // Each sample holds its own place in a grammar, and counts its own tokens toward min_new_tokens.
+    if (i > 0) {
+      ASSIGN_OR_RETURN(o.constraint, ConstraintFor(model, request.parameters(), o));
     }
     samples.push_back(Make(model, std::move(o), origin));
   }
@@ -91,11 +91,15 @@ absl::StatusOr<ActiveRequest::Options> RequestAdmission::OptionsFor(const Served
   if (request.input().has_chat() && model.tokenizer->end_of_turn_id() >= 0) {
     o.eos_ids.push_back(model.tokenizer->end_of_turn_id());
   }
-  if (request.parameters().has_response_format()) {
-    ASSIGN_OR_RETURN(o.constraint,
-                     model.structured_output->ConstraintFor(request.parameters().response_format(), o.eos_ids));
-  }
+  o.ignore_eos = request.parameters().ignore_eos();
   o.stop_ids.assign(request.parameters().stop_token_ids().begin(), request.parameters().stop_token_ids().end());
+  if (request.parameters().min_new_tokens() > max_new) {
+    return absl::InvalidArgumentError(absl::StrCat("min_new_tokens ", request.parameters().min_new_tokens(),
+                                                   " exceeds the ", max_new, " tokens this request may generate (",
+                                                   "max_new_tokens, or what the context leaves); allowed: 0..",
+                                                   max_new));
+  }
+  ASSIGN_OR_RETURN(o.constraint, ConstraintFor(model, request.parameters(), o));
   o.stop_sequences.assign(request.parameters().stop_sequences().begin(), request.parameters().stop_sequences().end());
   o.parameters = request.parameters();
   o.seed = request.parameters().has_seed() ? request.parameters().seed() : std::random_device{}();
@@ -104,6 +108,17 @@ absl::StatusOr<ActiveRequest::Options> RequestAdmission::OptionsFor(const Served
   o.adapter = std::move(changes.adapter);
   o.interventions = std::move(changes.interventions);
   return o;
+}
+
+absl::StatusOr<std::shared_ptr<TokenConstraint>> RequestAdmission::ConstraintFor(
+    const ServedModel& model, const v1::GenerationParameters& parameters, const ActiveRequest::Options& options) {
+  if (parameters.has_response_format()) {
+    return model.structured_output->ConstraintFor(parameters.response_format(), options.eos_ids);
+  }
+  // Validation allows min_new_tokens beside no response_format: one constraint or the other.
+  std::vector<int32_t> stops = options.stop_ids;
+  if (!options.ignore_eos) stops.insert(stops.end(), options.eos_ids.begin(), options.eos_ids.end());
+  return MinTokens(stops, parameters.min_new_tokens(), model.info.vocab_size());
 }
 
 std::shared_ptr<ActiveRequest> RequestAdmission::Make(const ServedModel& model, ActiveRequest::Options options,

@@ -104,6 +104,10 @@ class RequestAdmission {
   // Validated and tokenized (`prompt_ids`, when given, are its input's ids).
   absl::StatusOr<ActiveRequest::Options> OptionsFor(const ServedModel& model, const v1::GenerateRequest& request,
                                                     const std::vector<int32_t>* prompt_ids) const;
+  // A sample's own constraint: its response_format's grammar, or its min_new_tokens' mask (null: none).
+  static absl::StatusOr<std::shared_ptr<TokenConstraint>> ConstraintFor(const ServedModel& model,
+                                                                        const v1::GenerationParameters& parameters,
+                                                                        const ActiveRequest::Options& options);
   // A request with the origin filled in, not yet submitted.
   std::shared_ptr<ActiveRequest> Make(const ServedModel& model, ActiveRequest::Options options,
                                       const Origin& origin) const;

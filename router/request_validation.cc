@@ -97,6 +97,22 @@ absl::Status ValidateGenerateRequest(const v1::GenerateRequest& request, const R
     return Invalid(absl::StrCat("top_logprobs ", p.top_logprobs(), " is out of range; allowed: 0..", router.max_top_logprobs));
   }
   if (p.top_logprobs() > 0 && !p.logprobs()) return Invalid("top_logprobs needs logprobs = true");
+  if (p.min_new_tokens() < 0 || p.min_new_tokens() > router.max_new_tokens) {
+    return Invalid(absl::StrCat("min_new_tokens ", p.min_new_tokens(), " is out of range; allowed: 0..",
+                                router.max_new_tokens, " (at most max_new_tokens)"));
+  }
+  if (p.min_new_tokens() > 0 && p.max_new_tokens() > 0 && p.min_new_tokens() > p.max_new_tokens()) {
+    return Invalid(absl::StrCat("min_new_tokens ", p.min_new_tokens(), " exceeds max_new_tokens ", p.max_new_tokens(),
+                                "; allowed: 0..", p.max_new_tokens()));
+  }
+  // A grammar ends its output with the model's stop: ignoring or holding it back would run past a valid output.
+  const bool formatted =
+      p.has_response_format() && p.response_format().type() != "" && p.response_format().type() != "text";
+  if (formatted && (p.ignore_eos() || p.min_new_tokens() > 0)) {
+    return Invalid(absl::StrCat(p.ignore_eos() ? "ignore_eos" : "min_new_tokens",
+                                " cannot be combined with response_format: a structured output ends where its ",
+                                "grammar does; allowed: one of them"));
+  }
   if (p.n() < 0 || p.n() > kMaxSamples) {
     return Invalid(absl::StrCat("n ", p.n(), " is out of range; allowed: 0..", kMaxSamples, " (0 is read as 1)"));
   }
@@ -164,8 +180,10 @@ absl::Status ValidateBeamParameters(const v1::GenerationParameters& p) {
                       : p.has_response_format() && p.response_format().type() != "" &&
                               p.response_format().type() != "text"
                           ? "response_format"
-                      : p.n() > 1 ? "n"
-                                  : nullptr;
+                      : p.n() > 1                                                     ? "n"
+                      : p.ignore_eos()                                                ? "ignore_eos"
+                      : p.min_new_tokens() > 0                                        ? "min_new_tokens"
+                                                                                      : nullptr;
   if (other != nullptr) {
     return Invalid(absl::StrCat("num_beams ", p.num_beams(), " cannot be combined with ", other,
                                 ": beams rank the model's own log-probs; allowed: num_beams 0, or ", other, " unset"));

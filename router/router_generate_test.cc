@@ -81,6 +81,44 @@ TEST_F(RouterTest, GreedyGenerationMatchesReference) {
   }
 }
 
+// min_new_tokens (vLLM's min_tokens) holds back the tokens that would end the request until that many are
+// generated: here greedy's own first token, made a stop id. Each of n samples counts its own.
+TEST_F(RouterTest, MinNewTokensHoldsBackTheStopsUntilReached) {
+  v1::GenerateRequest req;
+  req.mutable_input()->set_text("In the quiet harbor town");
+  req.mutable_parameters()->set_max_new_tokens(8);
+  v1::GenerateResponse free_run;
+  {
+    grpc::ClientContext ctx;
+    ASSERT_TRUE(Client()->Generate(&ctx, req, &free_run).ok());
+  }
+  const int32_t first = free_run.tokens(0).id();
+  req.mutable_parameters()->add_stop_token_ids(first);
+  v1::GenerateResponse stopped;
+  {
+    grpc::ClientContext ctx;
+    ASSERT_TRUE(Client()->Generate(&ctx, req, &stopped).ok());
+  }
+  EXPECT_EQ(stopped.tokens_size(), 1);
+  EXPECT_EQ(stopped.finish_reason(), v1::FINISH_REASON_STOP_SEQUENCE);
+  req.mutable_parameters()->set_min_new_tokens(4);
+  req.mutable_parameters()->set_n(2);
+  v1::GenerateResponse held;
+  grpc::ClientContext ctx;
+  ASSERT_TRUE(Client()->Generate(&ctx, req, &held).ok());
+  ASSERT_EQ(held.completions_size(), 2);
+  for (const auto& c : held.completions()) {
+    ASSERT_GE(c.tokens_size(), 4);
+    for (int i = 0; i < 4; ++i) EXPECT_NE(c.tokens(i).id(), first) << "token " << i;
+  }
+  req.mutable_parameters()->set_min_new_tokens(9);
+  grpc::ClientContext too_many;
+  const grpc::Status s = Client()->Generate(&too_many, req, &held);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(s.error_message().find("min_new_tokens 9 exceeds max_new_tokens 8"), std::string::npos)
+      << s.error_message();
+}
+
 TEST_F(RouterTest, StreamingEqualsUnaryAndEndsWithFinal) {
   v1::GenerateRequest req;
   req.mutable_input()->set_text("In the quiet harbor town");

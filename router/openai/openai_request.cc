@@ -157,6 +157,9 @@ void ReadSampling(Reader& r, const json& body, const RequestContext& context, v1
   if (auto x = r.Number("frequency_penalty", -2, 2)) p.set_frequency_penalty(static_cast<float>(*x));
   if (auto x = r.Number("repetition_penalty", 0, 100, /*lo_open=*/true)) p.set_repetition_penalty(static_cast<float>(*x));
   if (auto seed = r.Integer("seed", INT64_MIN, INT64_MAX)) p.set_seed(static_cast<uint64_t>(*seed));
+  // vLLM's extensions for outputs of a known length (what load tests send).
+  p.set_ignore_eos(r.Bool("ignore_eos").value_or(false));
+  if (auto m = r.Integer("min_tokens", 0, context.max_new_tokens)) p.set_min_new_tokens(static_cast<int32_t>(*m));
   out.n = static_cast<int>(r.Integer("n", 1, context.max_n).value_or(1));
   out.best_of = out.n;
   out.stream = r.Bool("stream").value_or(false);
@@ -335,7 +338,7 @@ ParseResult ParseCompletionRequest(const json& body, const RequestContext& conte
   static const std::set<std::string> kKnown = {
       "model", "prompt", "max_tokens", "temperature", "top_p", "top_k", "n", "stop", "seed", "presence_penalty",
       "frequency_penalty", "repetition_penalty", "logprobs", "echo", "stream", "stream_options", "user",
-      "response_format", "best_of", "use_beam_search", "length_penalty", "early_stopping"};
+      "response_format", "best_of", "use_beam_search", "length_penalty", "early_stopping", "ignore_eos", "min_tokens"};
   if (auto e = CheckFields(body, kKnown)) return *e;
   ParsedRequest out;
   Reader r(body);
@@ -449,7 +452,8 @@ ParseResult ParseChatRequest(const json& body, const RequestContext& context) {
   static const std::set<std::string> kKnown = {
       "model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "top_k", "n", "stop",
       "seed", "presence_penalty", "frequency_penalty", "repetition_penalty", "logprobs", "top_logprobs", "stream",
-      "stream_options", "user", "response_format", "use_beam_search", "length_penalty", "early_stopping"};
+      "stream_options", "user", "response_format", "use_beam_search", "length_penalty", "early_stopping",
+      "ignore_eos", "min_tokens"};
   if (body.is_object() && Field(body, "best_of") != nullptr) {
     return BadField("best_of", "'best_of' applies to /v1/completions only, as in OpenAI's API; chat takes 'n'");
   }

@@ -148,6 +148,15 @@ TEST(OpenAiRequestTest, FieldsThatAskForNothingAreTaken) {
       "logit_bias": {"5": 1}})"), {})).message, "'logit_bias' is not supported by this server");
 }
 
+TEST(OpenAiRequestTest, VllmsLengthExtensions) {
+  const auto p = Ok(ParseCompletionRequest(
+      json::parse(R"({"model": "m", "prompt": "x", "max_tokens": 9, "ignore_eos": true, "min_tokens": 4})"), {}));
+  EXPECT_TRUE(p.prompts[0].parameters().ignore_eos());
+  EXPECT_EQ(p.prompts[0].parameters().min_new_tokens(), 4);
+  EXPECT_EQ(Err(ParseChatRequest(json::parse(R"({"model": "m", "messages": [{"role": "user", "content": "x"}],
+      "min_tokens": -1})"), {})).param, "min_tokens");
+}
+
 TEST(OpenAiRequestTest, ChatMessagesRolesAndParts) {
   RequestContext gemma3;
   gemma3.chat_system_role = true;

@@ -132,7 +132,8 @@ class Call {
                          absl::StrCat("max_new_tokens (", tokens, ", the default when 'max_tokens' is not given)")}});
       }
       for (const auto& [grpc_name, http_name] :
-           {std::pair{"max_new_tokens", parsed_.max_tokens_field}, std::pair{"stop_sequences", "stop"}}) {
+           {std::pair{"max_new_tokens", parsed_.max_tokens_field}, std::pair{"stop_sequences", "stop"},
+            std::pair{"min_new_tokens", "min_tokens"}}) {
         if (e.message.find(grpc_name) != std::string::npos) {
           e.message = absl::StrReplaceAll(e.message, {{grpc_name, http_name}});
           e.param = http_name;
