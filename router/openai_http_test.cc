@@ -555,17 +555,18 @@ TEST(OpenAiHttpOwnRouterTest, ApiKeysQueueLimitAndNoGroup) {
   EXPECT_EQ(Call(http_port, "GET", "/v1/models/tiny", "", {"Authorization: Bearer sk-bad"}).status, 401);
   EXPECT_EQ(Call(http_port, "GET", "/v1/models/tiny", "", {"Authorization: Bearer sk-good"}).status, 200);
   EXPECT_EQ(Call(http_port, "GET", "/health").status, 200) << "probes need no key";
-  std::vector<std::future<int>> calls;
+  std::vector<std::future<HttpReply>> calls;
   for (int i = 0; i < 12; ++i) {
     calls.push_back(std::async(std::launch::async, [&] {
-      return Call(http_port, "POST", "/v1/completions", request.dump(), {"Authorization: Bearer sk-good"}).status;
+      return Call(http_port, "POST", "/v1/completions", request.dump(), {"Authorization: Bearer sk-good"});
     }));
   }
   int ok = 0, limited = 0;
   for (auto& c : calls) {
-    const int status = c.get();
-    ok += status == 200;
-    limited += status == 429;
+    const HttpReply r = c.get();
+    ok += r.status == 200;
+    limited += r.status == 429;
+    if (r.status == 429) EXPECT_NE(r.head.find("Retry-After: 1"), std::string::npos) << r.head;
   }
   EXPECT_GE(ok, 3);
   EXPECT_GE(limited, 1);
@@ -573,12 +574,13 @@ TEST(OpenAiHttpOwnRouterTest, ApiKeysQueueLimitAndNoGroup) {
 
   // With its only group gone, the router answers 503.
   worker.process->Kill();
-  int status = 0;
-  for (int i = 0; i < 100 && status != 503; ++i) {
-    status = Call(http_port, "POST", "/v1/completions", request.dump(), {"Authorization: Bearer sk-good"}).status;
-    if (status != 503) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  HttpReply unavailable;
+  for (int i = 0; i < 100 && unavailable.status != 503; ++i) {
+    unavailable = Call(http_port, "POST", "/v1/completions", request.dump(), {"Authorization: Bearer sk-good"});
+    if (unavailable.status != 503) std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
-  EXPECT_EQ(status, 503);
+  EXPECT_EQ(unavailable.status, 503);
+  EXPECT_NE(unavailable.head.find("Retry-After: 5"), std::string::npos) << unavailable.head;
   EXPECT_EQ(Call(http_port, "GET", "/health").status, 503);
 }
 

@@ -29,6 +29,14 @@ std::string EndpointLabel(std::string_view path) {
 
 constexpr char kJson[] = "application/json";
 
+// An error answer. A full queue (429) or no healthy group (503) passes: Retry-After tells clients when to come back
+// (OpenAI's SDKs honour it in their retries), a second for a queue, longer for groups that reconnect.
+void ReplyError(http::Exchange& exchange, const ApiError& error) {
+  if (error.http_status == 429) exchange.AddHeader("Retry-After", "1");
+  if (error.http_status == 503) exchange.AddHeader("Retry-After", "5");
+  exchange.Reply(error.http_status, kJson, error.ToJson());
+}
+
 std::string NewId(const char* prefix) {
   thread_local std::mt19937_64 rng{std::random_device{}()};
   return absl::StrFormat("%s%016x%016x", prefix, rng(), rng());
@@ -301,7 +309,7 @@ class Call {
       exchange_->Send(kDoneChunk);
       exchange_->End();
     } else {
-      exchange_->Reply(error.http_status, kJson, error.ToJson());
+      ReplyError(*exchange_, error);
     }
     service_->Done(this);
   }
@@ -405,7 +413,7 @@ std::string OpenAiService::TooLargeBody(std::string_view path, size_t body_bytes
 void OpenAiService::Refuse(http::Exchange& exchange, const ApiError& error,
                            const RequestAdmission::Origin& origin) const {
   admission_->Reject(absl::Status(CodeOf(error), error.message), origin);
-  exchange.Reply(error.http_status, kJson, error.ToJson());
+  ReplyError(exchange, error);
 }
 
 void OpenAiService::Models(http::Exchange& exchange, const ServedModel& model, const std::string& id) {
