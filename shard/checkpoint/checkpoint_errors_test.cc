@@ -7,6 +7,7 @@
 #include "shard/checkpoint/checkpoint.h"
 #include "shard/checkpoint/checkpoint_writer.h"
 #include "shard/model/model_weights.h"
+#include "shard/model/quantized_checkpoint_writer.h"
 
 namespace gemma {
 namespace {
@@ -141,6 +142,22 @@ TEST(CheckpointErrorsTest, NonFiniteWeightsAreRefusedByPlace) {
   auto w = ModelWeights::Load(std::shared_ptr<const Checkpoint>(std::move(*ckpt)), *tp, int8);
   ASSERT_FALSE(w.ok());
   EXPECT_NE(w.status().message().find("q_proj.weight holds NaN at [0, 5]"), std::string::npos) << w.status();
+  // `gemma quantize` refuses them too, and a finite weight whose 4-bit scale f16 cannot hold (what it would write
+  // would load as an infinity).
+  auto source =
+      Checkpoint::Open(WriteCheckpoint("nan-source", with("model.layers.0.self_attn.q_proj.weight", 5, kNan)));
+  ASSERT_TRUE(source.ok()) << source.status();
+  const absl::Status nan = WriteQuantizedCheckpoint(**source, ::testing::TempDir() + "/nan-gptq",
+                                                    CheckpointQuantization::Method::kGptq, 64);
+  EXPECT_NE(nan.message().find("q_proj.weight holds NaN at [0, 5]"), std::string::npos) << nan;
+  constexpr uint16_t kThreeMillion = 0x4A37;  // bf16 2.998e6: a group spanning 0..3e6 needs a scale of 2e5
+  auto huge =
+      Checkpoint::Open(WriteCheckpoint("huge-source", with("model.layers.0.mlp.up_proj.weight", 7, kThreeMillion)));
+  ASSERT_TRUE(huge.ok()) << huge.status();
+  const absl::Status past_f16 = WriteQuantizedCheckpoint(**huge, ::testing::TempDir() + "/huge-awq",
+                                                         CheckpointQuantization::Method::kAwq, 64);
+  EXPECT_NE(past_f16.message().find("up_proj.weight row 0, columns 0..63"), std::string::npos) << past_f16;
+  EXPECT_NE(past_f16.message().find("past f16's largest value (65504)"), std::string::npos) << past_f16;
 }
 
 TEST(CheckpointErrorsTest, ConfigContradictsTensors) {

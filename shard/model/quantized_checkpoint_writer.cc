@@ -36,8 +36,9 @@ struct PackedTensors {
   std::vector<uint16_t> scales;
 };
 
-// w [out, in] -> the method's tensors.
-PackedTensors Pack(const std::vector<float>& w, int64_t out, int64_t in, int group, bool awq) {
+// w [out, in] -> the method's tensors. `name` for the error when a group's scale is past f16's range.
+absl::StatusOr<PackedTensors> Pack(const std::string& name, const std::vector<float>& w, int64_t out, int64_t in,
+                                   int group, bool awq) {
   PackedTensors p;
   const int64_t groups = in / group;
   p.qweight.assign(in * out / 8, 0);
@@ -54,6 +55,12 @@ PackedTensors Pack(const std::vector<float>& w, int64_t out, int64_t in, int gro
       if (!awq && zero == 0) {
         zero = 1;
         scale = hi > 0 ? hi / 14.0f : 1.0f;
+      }
+      // The formats store scales as f16: a scale past its range would load as an infinity (and be refused then).
+      if (scale > 65504.0f) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            name, " row ", n, ", columns ", g * group, "..", g * group + group - 1, " spans ", lo, "..", hi,
+            ": its 4-bit scale (", scale, ") is past f16's largest value (65504), which the format stores it in"));
       }
       p.scales[g * out + n] = F32ToF16(scale);
       const uint32_t stored_zero = static_cast<uint32_t>(awq ? zero : zero - 1);
@@ -189,7 +196,7 @@ absl::Status WriteQuantizedCheckpoint(const Checkpoint& in, const std::string& o
           name, " is [", out, ", ", cols, "]: 4-bit packing needs outputs in eights and inputs in whole groups of ",
           group_size, fits > 0 ? absl::StrCat("; --int4-group-size ", fits, " fits") : ""));
     }
-    const PackedTensors p = Pack(w, out, cols, group_size, awq);
+    ASSIGN_OR_RETURN(const PackedTensors p, Pack(name, w, out, cols, group_size, awq));
     tensors.push_back({module + ".qweight", DType::kI32,
                        awq ? std::vector<int64_t>{cols, out / 8} : std::vector<int64_t>{cols / 8, out},
                        keep(BytesOf(p.qweight))});
