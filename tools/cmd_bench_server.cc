@@ -123,6 +123,7 @@ void RunOneHttp(const HttpTarget& target, const v1::GenerateRequest& request, Sh
   if (request.parameters().has_response_format()) {
     body["response_format"] = {{"type", request.parameters().response_format().type()}};
   }
+  if (request.parameters().ignore_eos()) body["ignore_eos"] = true;
   RequestClock clock;
   const absl::Status status =
       PostAndStreamEvents(target.host, target.port, "/v1/completions", body.dump(), [&](std::string_view data) {
@@ -144,7 +145,7 @@ int BenchServerCommand(int argc, char** argv) {
       .Flag("prompt-tokens", "prompt length in tokens, random ids (default 64); after the shared prefix, if any")
       .Flag("shared-prefix-tokens", "every request starts with the same S tokens (a system prompt), then its own "
                                     "--prompt-tokens (default 0)")
-      .Flag("max-new-tokens", "tokens generated per request, greedy (default 64)")
+      .Flag("max-new-tokens", "tokens generated per request, greedy, past <eos> as vLLM's ignore_eos (default 64)")
       .Flag("response-format", "text (default) or json_object: every request's output constrained to a JSON object")
       .Flag("protocol", "grpc (default) or http: stream through the OpenAI HTTP API at --http-server instead")
       .Flag("http-server", "HOST:PORT of the router's HTTP API (with --protocol http; plaintext)")
@@ -207,7 +208,13 @@ int BenchServerCommand(int argc, char** argv) {
     ids->mutable_ids()->Add(prefix.begin(), prefix.end());
     for (int64_t i = 1; i < *prompt_tokens; ++i) ids->add_ids(random_id());
     r.mutable_parameters()->set_max_new_tokens(static_cast<int32_t>(*max_new));
-    if (format != "text") r.mutable_parameters()->mutable_response_format()->set_type(format);
+    // Every request generates max_new tokens, as vLLM's load tests ask (ignore_eos): the figures then do not
+    // depend on where random prompts happen to draw <eos>. A structured output ends where its grammar does.
+    if (format != "text") {
+      r.mutable_parameters()->mutable_response_format()->set_type(format);
+    } else {
+      r.mutable_parameters()->set_ignore_eos(true);
+    }
     return r;
   };
 
