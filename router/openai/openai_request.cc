@@ -92,7 +92,6 @@ class Reader {
   std::optional<ApiError> error_;
 };
 
-// Fields a body may carry; anything else is refused, with a word for those people expect to work.
 // Values of unsupported fields that ask for nothing this server would do differently, as SDKs and agent frameworks
 // send them by default (vLLM and OpenAI serve such requests alike): accepted. NoOpValues says them in a refusal
 // (null: every value of the field asks for something).
@@ -126,6 +125,7 @@ bool IsNoOp(const std::string& key, const json& v) {
   return false;
 }
 
+// Fields a body may carry; anything else is refused, with a word for those people expect to work.
 std::optional<ApiError> CheckFields(const json& body, const std::set<std::string>& known) {
   static const std::set<std::string> kUnsupported = {
       "tools", "tool_choice", "functions", "function_call", "logit_bias", "parallel_tool_calls", "audio",
