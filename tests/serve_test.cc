@@ -150,6 +150,33 @@ TEST(ServeTest, AWorkerThatDiesStopsTheClusterWithAMessage) {
   EXPECT_EQ(serve.WaitExit(std::chrono::seconds(15)), 1);
 }
 
+// gemma serve killed outright (it cannot stop its children itself) still takes its cluster with it.
+TEST(ServeTest, AKilledServeTakesItsClusterWithIt) {
+  const std::string out = ::testing::TempDir() + "/serve_killed_" + std::to_string(::getpid()) + ".out";
+  Process serve;
+  const std::string address =
+      StartServe(serve, {"--model=" + GemmaTinyDir() + "/tiny-mqa", "--tp=2", "--kv-cache-mb=32"}, out);
+  ASSERT_FALSE(address.empty()) << ReadFile(out);
+  std::istringstream list(
+      ReadFile("/proc/" + std::to_string(serve.pid) + "/task/" + std::to_string(serve.pid) + "/children"));
+  std::vector<pid_t> children;
+  for (pid_t child; list >> child;) children.push_back(child);
+  ASSERT_EQ(children.size(), 3u);
+  ::kill(serve.pid, SIGKILL);
+  serve.WaitExit(std::chrono::seconds(5));
+  for (pid_t child : children) {
+    bool gone = false;
+    // A child that is gone, or a zombie its new parent has yet to reap.
+    for (int i = 0; i < 300 && !gone; ++i) {
+      const std::string stat = ReadFile("/proc/" + std::to_string(child) + "/stat");
+      gone = stat.empty() || stat.find(") Z ") != std::string::npos;
+      if (!gone) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    EXPECT_TRUE(gone) << "child " << child << " outlived gemma serve by 15 s";
+    if (!gone) ::kill(child, SIGKILL);
+  }
+}
+
 // Where no GPU is, asking for one stops the cluster with the worker's reason; a device name it does not know is
 // refused at once.
 TEST(ServeTest, DeviceChoiceErrorsAreClear) {

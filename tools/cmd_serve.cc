@@ -39,7 +39,10 @@ std::string Binary(const char* name, const char* build_path) {
 
 // Ctrl-C reaches gemma serve alone, which stops its children itself. -1 when it cannot start (said on stderr).
 pid_t Spawn(const std::string& binary, const std::vector<std::string>& args) {
-  auto pid = SpawnChild(binary, args, {.own_process_group = true});
+  // A serve that is killed outright (or whose thread that spawned is gone) takes its cluster with it: the children
+  // get SIGTERM, and drain and stop as on Ctrl-C.
+  auto pid = SpawnChild(binary, args,
+                        {.own_process_group = true, .die_with_parent = true, .parent_death_signal = SIGTERM});
   if (!pid.ok()) {
     std::fprintf(stderr, "gemma serve: %s\n", std::string(pid.status().message()).c_str());
     return -1;
@@ -127,6 +130,7 @@ int ServeCommand(int argc, char** argv) {
   const std::string router_bin = Binary("gemma-router", GEMMA_ROUTER_BINARY);
   std::signal(SIGINT, OnSignal);
   std::signal(SIGTERM, OnSignal);
+  std::signal(SIGHUP, OnSignal);  // its terminal closed: stop the cluster as on Ctrl-C
 
   std::vector<pid_t> children;
   std::vector<std::string> groups;

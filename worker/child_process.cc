@@ -26,7 +26,7 @@ absl::StatusOr<pid_t> SpawnChild(const std::string& binary, const std::vector<st
   if (pid == 0) {
     if (options.own_process_group) ::setpgid(0, 0);
     if (options.die_with_parent) {
-      ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+      ::prctl(PR_SET_PDEATHSIG, options.parent_death_signal);
       if (::getppid() != parent) ::_exit(1);  // the parent died before prctl took effect
     }
     // The parent may block signals for its own handling; a child starts with none blocked.

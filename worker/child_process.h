@@ -4,6 +4,7 @@
 #include <sys/types.h>
 
 #include <chrono>
+#include <csignal>
 #include <string>
 #include <vector>
 
@@ -14,8 +15,10 @@ namespace gemma {
 struct SpawnOptions {
   // Its own process group, so a terminal's Ctrl-C reaches only the parent, which stops the child itself.
   bool own_process_group = false;
-  // Killed (SIGKILL) when the parent dies, even by SIGKILL, so no rank outlives its launcher.
+  // Sent parent_death_signal when the parent dies, even by SIGKILL, so no child outlives its launcher: SIGKILL for
+  // a rank, SIGTERM for what should drain and clean up first.
   bool die_with_parent = false;
+  int parent_death_signal = SIGKILL;
 };
 
 // Runs `binary args...`. Internal when fork fails; a binary that cannot be executed exits 127 with a message.
