@@ -262,6 +262,17 @@ TEST_F(LoraLoaderErrorsTest, NamesTheFieldThatIsWrong) {
   c = config_json_;
   c["use_rslora"] = "true";
   ExpectRefused(c, "use_rslora");
+  // Finite in JSON, but a scaling f32 cannot hold.
+  c = config_json_;
+  c["lora_alpha"] = 1e300;
+  ExpectRefused(c, "makes the scaling 2.5e+299, past what f32 holds");
+  // Without lora_alpha, peft's default (8) whatever the rank: scaling 8 / 4.
+  c = config_json_;
+  c.erase("lora_alpha");
+  std::ofstream(dir_ + "/adapter_config.json") << c.dump();
+  auto defaulted = LoadLoraAdapter(dir_, config_, *TensorParallel::Create(config_, 0, 1));
+  ASSERT_TRUE(defaulted.ok()) << defaulted.status();
+  EXPECT_EQ((*defaulted)->scaling, 2.0f);
 }
 
 // Beyond its bound the store drops the least recently used adapter and reads it again when next asked, unless its

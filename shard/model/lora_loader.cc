@@ -1,6 +1,7 @@
 #include "shard/model/lora_loader.h"
 
 #include <cmath>
+#include <limits>
 #include <cstring>
 #include <filesystem>
 #include <set>
@@ -75,8 +76,7 @@ absl::StatusOr<LoraConfig> ParseConfig(const std::string& file) {
                                   " are served"));
   }
   c.rank = static_cast<int>(r);
-  double alpha = static_cast<double>(
-      r);  // peft's default lora_alpha is 8 at r 8: the ratio 1 when absent
+  double alpha = 8.0;  // peft's LoraConfig default, whatever the rank
   if (j.contains("lora_alpha")) {
     if (!j["lora_alpha"].is_number())
       return Bad(file, "\"lora_alpha\" must be a number");
@@ -87,9 +87,13 @@ absl::StatusOr<LoraConfig> ParseConfig(const std::string& file) {
     return Bad(file, "\"use_rslora\" must be true or false");
   }
   const bool rslora = j.contains("use_rslora") && j["use_rslora"].is_boolean() && j["use_rslora"].get<bool>();
-  c.scaling =
-      static_cast<float>(rslora ? alpha / std::sqrt(static_cast<double>(r))
-                                : alpha / static_cast<double>(r));
+  const double scaling = rslora ? alpha / std::sqrt(static_cast<double>(r)) : alpha / static_cast<double>(r);
+  // Applied in f32: an alpha past its range would scale every adapted row to infinities.
+  if (!(std::abs(scaling) <= std::numeric_limits<float>::max())) {
+    return Bad(file, absl::StrCat("\"lora_alpha\" ", alpha, " makes the scaling ", scaling,
+                                  ", past what f32 holds (", std::numeric_limits<float>::max(), ")"));
+  }
+  c.scaling = static_cast<float>(scaling);
   RETURN_IF_ERROR(RequireDefault(j, file, "use_dora", false,
                                  "DoRA rescales the merged weight"));
   RETURN_IF_ERROR(RequireDefault(j, file, "fan_in_fan_out", false,
