@@ -7,6 +7,27 @@
 #include "engine/status_macros.h"
 
 namespace gemma {
+namespace {
+
+// Activations past f32's range (a steering vector or scale that large, an adapter's scaling, weights out of range)
+// make the logits NaN or infinite, and with them the log-probs: such a row fails, saying so, rather than drawing
+// token 0 with a null log-prob as if nothing were wrong. Finite logits always give finite log-probs.
+absl::Status NonFiniteLogits(const ScheduledSequence& s, const PlannedSequence& p, const RowResult& r) {
+  bool finite = !r.sampled || std::isfinite(r.logprob);
+  for (float lp : r.score_logprobs) finite = finite && std::isfinite(lp);
+  if (finite) return absl::OkStatus();
+  const std::string what = absl::StrCat("the model's logits are not finite (NaN or infinite) at positions ", p.start,
+                                        "..", p.start + p.count - 1, ": activations went past f32's range");
+  // The request's own changes are the likeliest cause, and then the request is what to fix.
+  if (!s.spec.interventions.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(what, "; this request's interventions (steering vectors or ",
+                                                   "scales) are the likely cause"));
+  }
+  return absl::InternalError(
+      absl::StrCat(what, s.spec.adapter != 0 ? "; its LoRA adapter's scaling or weights may be the cause" : ""));
+}
+
+}  // namespace
 
 Engine::Engine(EngineOptions options, StepExecutor* executor)
     : scheduler_(options.limits, options.num_blocks, options.block_size, options.prefix_cache, options.kv_window),
@@ -338,17 +359,19 @@ void Engine::Apply(const std::vector<PlannedSequence>& plan, const std::vector<R
       if (!still_running.contains(s.id)) finished.push_back(s.id);
       continue;
     }
+    absl::Status error = errors[i];
+    if (error.ok()) error = NonFiniteLogits(s, p, r);
     if (auto g = beam_of_.find(s.id); g != beam_of_.end()) {
-      ApplyBeamRow(g->second, p, r, errors[i], on_update, &finished);
+      ApplyBeamRow(g->second, p, r, error, on_update, &finished);
       continue;
     }
     if (s.id >= kFirstOwnId) continue;  // a beam of a group that ended in this step: on its way out
     SequenceUpdate u;
     u.id = s.id;
     u.result = &r;
-    if (!errors[i].ok()) {
+    if (!error.ok()) {
       u.finish = FinishReason::kFailed;
-      u.error = errors[i];
+      u.error = error;
     } else if (s.spec.score) {
       // Row i scores position start + i + 1.
       const int from = std::max(s.scored + 1, p.start + 1);

@@ -1,6 +1,7 @@
 #include "engine/engine.h"
 #include "engine/status_macros.h"
 
+#include <cmath>
 #include <map>
 #include <set>
 
@@ -240,6 +241,42 @@ TEST(EngineTest, AMalformedRowFailsOnlyItsOwnSequence) {
   EXPECT_EQ(finish[1], FinishReason::kLength);
   EXPECT_EQ(finish[2], FinishReason::kFailed);
   EXPECT_EQ(finish[3], FinishReason::kLength);
+  EXPECT_TRUE(engine.idle());
+}
+
+// A row whose logits were not finite fails alone, saying so (and why, where the request's own changes ran); a
+// drawn token with a NaN log-prob is never passed on as a token.
+TEST(EngineTest, ARowWithNonFiniteLogitsFailsOnlyItsOwnSequence) {
+  struct Overflowing : PositionExecutor {
+    absl::StatusOr<std::vector<RowResult>> Execute(std::span<const StepRow> rows) override {
+      auto out = PositionExecutor::Execute(rows);
+      for (RowResult& r : *out) {
+        if (r.sequence_id == 2) r.logprob = std::nanf("");
+        if (r.sequence_id == 3 && !r.score_logprobs.empty()) r.score_logprobs.back() = HUGE_VALF;
+      }
+      return out;
+    }
+  } exec;
+  Engine engine(Options(), &exec);
+  ASSERT_TRUE(engine.Add(1, Prompt(3, 1)).ok());
+  SequenceSpec steered = Prompt(3, 1);
+  steered.interventions.push_back({.kind = InterventionKind::kScaleMlp, .layer = 0, .factor = 1e38f});
+  ASSERT_TRUE(engine.Add(2, steered).ok());
+  SequenceSpec scored = Prompt(3, 0);
+  scored.score = true;
+  ASSERT_TRUE(engine.Add(3, scored).ok());
+  std::map<uint64_t, SequenceUpdate> last;
+  ASSERT_TRUE(engine.Step([&](const SequenceUpdate& u) {
+    last[u.id] = u;
+    return false;
+  }).ok());
+  EXPECT_EQ(last[1].finish, FinishReason::kLength);
+  EXPECT_EQ(last[2].finish, FinishReason::kFailed);
+  EXPECT_TRUE(absl::IsInvalidArgument(last[2].error)) << last[2].error;
+  EXPECT_NE(last[2].error.message().find("logits are not finite"), std::string::npos) << last[2].error;
+  EXPECT_NE(last[2].error.message().find("interventions"), std::string::npos) << last[2].error;
+  EXPECT_EQ(last[3].finish, FinishReason::kFailed);
+  EXPECT_TRUE(absl::IsInternal(last[3].error)) << last[3].error;
   EXPECT_TRUE(engine.idle());
 }
 
