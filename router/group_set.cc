@@ -44,11 +44,20 @@ absl::Status GroupSet::Add(std::unique_ptr<WorkerGroup> group) {
   // The first group: its tokenizer becomes the router's (built outside the lock; it takes a while).
   auto first = std::make_shared<ServedModel>();
   first->info = group->info();
+  const std::string tokenizer_file = first->info.model_dir() + "/tokenizer.model";
+  if (first->info.tokenizer_model().empty()) {
+    return absl::InvalidArgumentError(absl::StrCat("worker group ", group->address(), " has no tokenizer: ",
+                                                   tokenizer_file, " is missing or empty on its leader, and the ",
+                                                   "router tokenizes text with it; not added"));
+  }
   auto tokenizer = Tokenizer::FromBytes(first->info.tokenizer_model());
   if (!tokenizer.ok()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("worker group ", group->address(), " sent a tokenizer that does not load: ", tokenizer.status().message()));
+    return absl::InvalidArgumentError(absl::StrCat("worker group ", group->address(), " sent a tokenizer that ",
+                                                   "does not load (", tokenizer_file, "): ",
+                                                   tokenizer.status().message()));
   }
+  RETURN_IF_ERROR((*tokenizer)->CheckFitsModel(
+      first->info.vocab_size(), absl::StrCat("worker group ", group->address(), "'s ", tokenizer_file)));
   first->tokenizer = std::move(*tokenizer);
   first->structured_output = std::make_unique<StructuredOutput>(first->tokenizer.get(), first->info.vocab_size());
   first->structured_output->Prepare();

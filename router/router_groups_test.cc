@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <filesystem>
 #include <future>
 #include <thread>
 
@@ -178,6 +179,37 @@ TEST(RouterGroupsTest, AnIdleRouterWithADeadGroupBurnsNoCpu) {
 // A worker on a Gemma 2 and one on a Gemma 3 multimodal-layout checkpoint, each behind a router of its own, read
 // from config.json alone: greedy generations past the 16-position sliding window equal the reference, the context
 // limit is the model's own, and Gemma 3's chat template folds a system message into the first user turn.
+// A group whose model cannot tokenize text for the router (no tokenizer.model, or another model's) is not added,
+// and the router says why.
+TEST(RouterGroupsTest, AGroupWithoutAFittingTokenizerIsNotAddedAndTheRouterSaysWhy) {
+  const std::string source = GemmaTinyDir() + "/tiny-mqa";
+  const std::string gemma3_tokenizer = testing::Gemma3TokenizerDir();
+  ASSERT_FALSE(gemma3_tokenizer.empty()) << "the Gemma 3 tokenizer test data is absent";
+  for (const bool other_models : {false, true}) {
+    const std::string dir =
+        ::testing::TempDir() + "/tokenizer_" + std::to_string(::getpid()) + (other_models ? "_g3" : "");
+    std::filesystem::create_directories(dir);
+    for (const char* file : {"config.json", "model.safetensors"}) {
+      std::filesystem::copy_file(source + "/" + file, dir + "/" + file,
+                                 std::filesystem::copy_options::overwrite_existing);
+    }
+    if (other_models) {
+      std::filesystem::copy_file(gemma3_tokenizer + "/tokenizer.model", dir + "/tokenizer.model",
+                                 std::filesystem::copy_options::overwrite_existing);
+    }
+    const std::string says = other_models ? "has 262144 pieces, the model's vocabulary (config.json vocab_size) 4096"
+                                          : "has no tokenizer: " + dir + "/tokenizer.model is missing or empty";
+    OwnWorker worker = StartOwnWorker(dir);
+    // Without a group it can serve, the router does not open its port: what it said is what there is to see.
+    std::unique_ptr<testing::Process> router =
+        testing::Start(ROUTER_BINARY, {"--plaintext", "--workers=127.0.0.1:" + std::to_string(worker.port)});
+    for (int i = 0; i < 400 && router->Err().find(says) == std::string::npos; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    EXPECT_NE(router->Err().find(says), std::string::npos) << router->Err();
+  }
+}
+
 TEST(RouterGemma23Test, WorkersOnGemma2And3ServeTheReferenceGreedyTokens) {
   struct Model {
     std::string (*root)();

@@ -117,6 +117,13 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromBytes(std::string_view
   return std::unique_ptr<Tokenizer>(new Tokenizer(std::move(impl), std::move(types)));
 }
 
+absl::Status Tokenizer::CheckFitsModel(int model_vocab, std::string_view where) const {
+  if (vocab_size() <= model_vocab) return absl::OkStatus();  // a model may pad its embedding past the pieces
+  return absl::InvalidArgumentError(absl::StrCat(
+      std::string(where), " has ", vocab_size(), " pieces, the model's vocabulary (config.json vocab_size) ",
+      model_vocab, ": they belong to different models; use the tokenizer.model published with the checkpoint"));
+}
+
 absl::StatusOr<std::vector<int32_t>> Tokenizer::Encode(std::string_view text) const {
   if (!IsValidUtf8(text)) return absl::InvalidArgumentError("text is not valid UTF-8");
   std::vector<int> ids;

@@ -31,6 +31,9 @@ class Tokenizer {
   int eos_id() const;
   // -1 when the vocabulary has no such piece.
   int PieceToId(std::string_view piece) const;
+  // InvalidArgument when this vocabulary has pieces the model (of `model_vocab` embeddings) has no row for: the two
+  // come from different models, and every text would encode to ids the model refuses. `where` names the file.
+  absl::Status CheckFitsModel(int model_vocab, std::string_view where) const;
   int start_of_turn_id() const { return PieceToId("<start_of_turn>"); }
   int end_of_turn_id() const { return PieceToId("<end_of_turn>"); }
 

@@ -152,6 +152,9 @@ absl::StatusOr<LocalModel> OpenLocalModel(const std::string& dir_or_empty) {
   if (std::filesystem::exists(tok_path)) {
     auto tok = Tokenizer::FromFile(tok_path);
     if (!tok.ok()) return tok.status();
+    if (absl::Status fits = (*tok)->CheckFitsModel(m.checkpoint->config().vocab_size, tok_path); !fits.ok()) {
+      return fits;
+    }
     m.tokenizer = std::move(*tok);
   }
   return m;
