@@ -10,6 +10,7 @@
 
 #include <atomic>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <thread>
 
@@ -33,6 +34,21 @@ struct Header {
   pid_t pids[kMaxRanks];
   Counter arrived[kMaxRanks];  // rank r has published its part of op arrived[r] - 1
 };
+
+// Whether process `pid` has ended: gone, or a zombie its parent has yet to reap (a rank's launcher is often the
+// leader waiting right here, so a killed follower stays a zombie until the wait gives up).
+bool Ended(pid_t pid) {
+  if (::kill(pid, 0) != 0) return errno == ESRCH;
+  char path[64];
+  std::snprintf(path, sizeof(path), "/proc/%d/stat", static_cast<int>(pid));
+  std::FILE* f = std::fopen(path, "r");
+  if (f == nullptr) return false;
+  char stat[512] = {};
+  const size_t n = std::fread(stat, 1, sizeof(stat) - 1, f);
+  std::fclose(f);
+  const char* end_of_name = std::strrchr(stat, ')');  // the name may hold spaces and parentheses
+  return n > 0 && end_of_name != nullptr && end_of_name[1] == ' ' && end_of_name[2] == 'Z';
+}
 
 size_t SegmentBytes(int world) { return sizeof(Header) + 2 * static_cast<size_t>(world) * kSlotBytes; }
 
@@ -140,7 +156,7 @@ class ShmCollective : public HostCollective {
           std::this_thread::sleep_for(std::chrono::microseconds(200));
         }
         if ((spins & 255) == 0) {
-          if (::kill(header()->pids[r], 0) != 0 && errno == ESRCH) {
+          if (Ended(header()->pids[r])) {
             return absl::UnavailableError(absl::StrCat(what, ": a peer rank failed: rank ", r, " (pid ",
                                                        header()->pids[r], ") has exited"));
           }
@@ -176,7 +192,10 @@ absl::StatusOr<std::unique_ptr<HostCollective>> CreateShmCollective(const ShmOpt
     ::shm_unlink(name.c_str());
     fd = ::shm_open(name.c_str(), O_CREAT | O_EXCL | O_RDWR, 0600);
     if (fd < 0 || ::ftruncate(fd, static_cast<off_t>(bytes)) != 0) {
-      if (fd >= 0) ::close(fd);
+      if (fd >= 0) {
+        ::close(fd);
+        ::shm_unlink(name.c_str());
+      }
       return absl::UnavailableError(absl::StrCat("cannot create shared memory ", name, " of ", bytes, " bytes: ",
                                                  std::strerror(errno)));
     }
@@ -218,6 +237,7 @@ absl::StatusOr<std::unique_ptr<HostCollective>> CreateShmCollective(const ShmOpt
   auto c = std::make_unique<ShmCollective>(o.rank, o.world, base, bytes, o.timeout);
   // Everyone present (pids written) before any real collective; then the name can go.
   if (auto s = c->Barrier(); !s.ok()) {
+    ::shm_unlink(name.c_str());  // the group is over: its name must not outlive it in /dev/shm
     return absl::UnavailableError(absl::StrCat("rank ", o.rank, " of ", o.world,
                                                " could not connect to its peers: ", s.message()));
   }
