@@ -422,7 +422,7 @@ nlohmann::json Fp8Config() {
           {"kv_cache_scheme", nullptr}};
 }
 
-enum class Fp8Fault { kNone, kScaleShape, kScaleDtype, kNanCode };
+enum class Fp8Fault { kNone, kScaleShape, kScaleDtype, kNanCode, kE5m2 };
 
 // Per-channel f32 scales [out, 1], except v_proj: one bf16 scale for the tensor, shape []; layer 0's down_proj
 // left plain (the config ignores it).
@@ -448,7 +448,8 @@ Written WriteFp8(const std::string& tag, const nlohmann::json& config, Fp8Fault 
       }
     }
     if (fault == Fp8Fault::kNanCode) codes[5] = 0xff;
-    add(module + ".weight", DType::kF8E4M3, {out, in}, Bytes(codes.data(), codes.size()));
+    add(module + ".weight", fault == Fp8Fault::kE5m2 ? DType::kF8E5M2 : DType::kF8E4M3, {out, in},
+        Bytes(codes.data(), codes.size()));
     if (per_tensor) {
       const uint16_t bits = F32ToBf16(scales[0]);
       add(module + ".weight_scale", DType::kBF16, {}, Bytes(&bits, 2));
@@ -544,7 +545,8 @@ TEST(Fp8CheckpointTest, UnsupportedConfigsAndTensorsAreNamed) {
         Bad{no_groups, Fp8Fault::kNone, "config_groups must be an object"},
         Bad{Fp8Config(), Fp8Fault::kScaleShape, "model.layers.0.self_attn.q_proj.weight_scale has shape [64, 2]"},
         Bad{Fp8Config(), Fp8Fault::kScaleDtype, "model.layers.0.self_attn.q_proj.weight_scale is I32; allowed: F32, BF16, F16"},
-        Bad{Fp8Config(), Fp8Fault::kNanCode, "model.layers.0.self_attn.q_proj.weight row 0 holds an E4M3 NaN code"}}) {
+        Bad{Fp8Config(), Fp8Fault::kNanCode, "model.layers.0.self_attn.q_proj.weight row 0 holds an E4M3 NaN code"},
+        Bad{Fp8Config(), Fp8Fault::kE5m2, "q_proj.weight\" has dtype F8_E5M2; allowed: F8_E4M3"}}) {
     const Written written = WriteFp8("fp8-bad", bad.config, bad.fault);
     const absl::Status s = LoadStatus(written.dir);
     ASSERT_FALSE(s.ok()) << bad.expected;

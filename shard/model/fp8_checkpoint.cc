@@ -14,7 +14,8 @@ namespace gemma {
 
 bool IsFp8Module(const Checkpoint& checkpoint, const std::string& module) {
   auto t = checkpoint.Raw(module + ".weight");
-  return t.ok() && t->dtype == DType::kF8E4M3;
+  // E5M2 too, so that ReadFp8 refuses it naming the FP8 format that loads (E4M3), not the float ones.
+  return t.ok() && (t->dtype == DType::kF8E4M3 || t->dtype == DType::kF8E5M2);
 }
 
 absl::StatusOr<MatrixView> ReadFp8(const Checkpoint& checkpoint, const std::string& module, int64_t out, int64_t in,
