@@ -19,7 +19,8 @@ int QuantizeCommand(int argc, char** argv) {
       .Flag("weights", "int4: 4-bit weights with a scale and a zero per group (W4A16); fp8: E4M3 weights with a "
                        "scale per output channel, in the compressed-tensors layout")
       .Flag("format", "int4 only: gptq (default; AutoGPTQ's layout) or awq (AutoAWQ's GEMM layout)")
-      .Flag("int4-group-size", "input columns per group: 32, 64 or 128 (default 128)");
+      .Flag("int4-group-size", "input columns per group: 32, 64 or 128 (default 128); one size for every matrix, "
+                               "as the formats' quantization_config holds one");
   int code;
   if (!ParseOrExit(args, argc, argv, kCmd, &code)) return code;
   if (!args.Has("in") || !args.Has("out")) {

@@ -41,8 +41,9 @@ void DeclareDeviceFlags(Args& args, const char* device_help) {
       .Flag("weights", "stored weight precision: bf16 (default), int8 (per-channel), int4 (grouped; embedding int8), "
                        "fp8 (E4M3, per-channel; on a GPU of compute capability 8.9+), quantized at load from the checkpoint; a pre-quantized "
                        "checkpoint (GPTQ, AWQ, compressed-tensors FP8) loads as stored")
-      .Flag("int4-group-size", "with --weights int4: input columns per scale and zero, 32, 64 or 128; 0 (default) "
-                               "picks 128, or 64 or 32 where a matrix or the --tp slice of it needs smaller groups")
+      .Flag("int4-group-size", "with --weights int4: input columns per scale and zero, 32, 64 or 128, at most (a "
+                               "matrix whose inputs it does not divide takes 64 or 32); 0 (default) picks 128, or 64 "
+                               "or 32 where a matrix or the --tp slice of it needs smaller groups")
       .Flag("kv-cache-dtype", "how the KV cache stores K and V: auto (default: f32 on the CPU, --precision on the "
                               "GPU), bf16 or int8 (a scale per position and head; a quarter of f32's memory) on "
                               "the CPU")

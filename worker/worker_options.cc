@@ -29,8 +29,9 @@ ABSL_FLAG(std::string, weights, "bf16",
           "per-channel; on a GPU of compute capability 8.9+), quantized at load; a pre-quantized checkpoint (GPTQ, "
           "AWQ, compressed-tensors FP8) loads as stored");
 ABSL_FLAG(int32_t, int4_group_size, 0,
-          "with --weights int4: input columns per scale and zero, 32, 64 or 128; 0 (default) picks 128, or 64 or 32 "
-          "where a matrix or this tensor-parallel degree's slice of it needs smaller groups");
+          "with --weights int4: input columns per scale and zero, 32, 64 or 128, at most (a matrix whose inputs it "
+          "does not divide takes 64 or 32); 0 (default) picks 128, or 64 or 32 where a matrix or this "
+          "tensor-parallel degree's slice of it needs smaller groups");
 ABSL_FLAG(int64_t, kv_cache_mb, 0,
           "KV-cache size per rank in MiB; 0: 1024 on the CPU, planned from --gpu_memory_fraction with --device cuda");
 ABSL_FLAG(double, gpu_memory_fraction, 0.9,
