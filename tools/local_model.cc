@@ -65,6 +65,17 @@ absl::StatusOr<DeviceChoice> DeviceChoiceFromFlags(const Args& args) {
     return absl::InvalidArgumentError(absl::StrCat("--", w.status().message()));
   }
   ASSIGN_OR_RETURN(d.int4_group_size, Int4GroupSizeFlag(args, 0, /*zero_chooses=*/true));
+  // A flag the run cannot apply is refused, not dropped.
+  if (args.Has("int4-group-size") && d.weights != "int4") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--int4-group-size applies to --weights int4, not ", d.weights));
+  }
+  for (const char* flag : {"gpu-lora-slots", "gpu-lora-max-rank"}) {
+    if (args.Has(flag) && d.device != "cuda") {
+      return absl::InvalidArgumentError(absl::StrCat("--", flag, " applies to --device cuda; the CPU keeps adapters ",
+                                                     "in host memory, with no slots to reserve"));
+    }
+  }
   d.kv_cache_dtype = args.Get("kv-cache-dtype", "auto");
   ASSIGN_OR_RETURN(const int64_t slots, args.GetInt("gpu-lora-slots", args.Has("adapter") ? 1 : 0, 0, 1024));
   d.gpu_lora_slots = static_cast<int>(slots);
@@ -180,17 +191,18 @@ absl::Status AttachBackend(LocalModel& model, int64_t kv_tokens, int tp, int64_t
     ASSIGN_OR_RETURN(const TensorParallel rank0, TensorParallel::Create(model.config(), 0, tp));
     model.adapters = std::make_unique<AdapterStore>(LoraLoaderFor(model.config(), rank0), kLocalMaxAdapters);
   }
+  if (transport != "shm" && transport != "gloo") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--tp-transport \"", transport, "\" is invalid; allowed: shm, gloo"));
+  }
   if (tp == 1) {
     auto backend = RankBackend(model.checkpoint, 0, 1, kv_tokens, device, timeout_ms, nullptr, &model.weights);
     if (!backend.ok()) return backend.status();
     model.backend = std::move(*backend);
     return absl::OkStatus();
   }
-  // Check the degree and transport before starting anyone.
+  // Check the degree before starting anyone.
   if (auto t = TensorParallel::Create(model.config(), 0, tp); !t.ok()) return t.status();
-  if (transport != "shm" && transport != "gloo") {
-    return absl::InvalidArgumentError(absl::StrCat("--tp-transport \"", transport, "\" is invalid; allowed: shm, gloo"));
-  }
   std::error_code tmp_error;
   std::string tmpl = (std::filesystem::temp_directory_path(tmp_error) / "gemma-tp-XXXXXX").string();
   if (tmp_error) return absl::InternalError(absl::StrCat("no directory for temporary files: ", tmp_error.message()));
@@ -201,20 +213,29 @@ absl::Status AttachBackend(LocalModel& model, int64_t kv_tokens, int tp, int64_t
   model.store_dir = tmpl;
   const int threads = std::max(1, omp_get_max_threads() / tp);
   for (int rank = 1; rank < tp; ++rank) {
+    // The leader's device flags, those that apply to the run only (a follower refuses the others as a user's
+    // command does). Built before fork: the child only execs.
+    std::vector<std::string> args = {"gemma", "tp-follower", "--model", model.dir, "--rank", std::to_string(rank),
+                                     "--world", std::to_string(tp), "--store", model.store_dir, "--kv-tokens",
+                                     std::to_string(kv_tokens), "--threads", std::to_string(threads), "--timeout-ms",
+                                     std::to_string(timeout_ms), "--transport", transport, "--device", device.device,
+                                     "--precision", device.precision, "--weights", device.weights, "--kv-cache-dtype",
+                                     device.kv_cache_dtype, "--activations", device.activations};
+    if (device.weights == "int4") {
+      args.insert(args.end(), {"--int4-group-size", std::to_string(device.int4_group_size)});
+    }
+    if (device.device == "cuda") {
+      args.insert(args.end(), {"--gpu-lora-slots", std::to_string(device.gpu_lora_slots), "--gpu-lora-max-rank",
+                               std::to_string(device.gpu_lora_max_rank)});
+    }
+    std::vector<char*> argv;
+    for (std::string& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
     const pid_t pid = ::fork();
     if (pid < 0) return absl::InternalError("fork failed");
     if (pid == 0) {
       ::prctl(PR_SET_PDEATHSIG, SIGTERM);  // never outlive the leader
-      const std::string r = std::to_string(rank), w = std::to_string(tp), k = std::to_string(kv_tokens),
-                        t = std::to_string(threads), ms = std::to_string(timeout_ms);
-      ::execl("/proc/self/exe", "gemma", "tp-follower", "--model", model.dir.c_str(), "--rank", r.c_str(), "--world",
-              w.c_str(), "--store", model.store_dir.c_str(), "--kv-tokens", k.c_str(), "--threads", t.c_str(),
-              "--timeout-ms", ms.c_str(), "--transport", transport.c_str(), "--device", device.device.c_str(),
-              "--precision", device.precision.c_str(), "--weights", device.weights.c_str(), "--int4-group-size",
-              std::to_string(device.int4_group_size).c_str(), "--kv-cache-dtype", device.kv_cache_dtype.c_str(),
-              "--activations", device.activations.c_str(), "--gpu-lora-slots",
-              std::to_string(device.gpu_lora_slots).c_str(), "--gpu-lora-max-rank",
-              std::to_string(device.gpu_lora_max_rank).c_str(), static_cast<char*>(nullptr));
+      ::execv("/proc/self/exe", argv.data());
       ::_exit(127);
     }
     model.followers.push_back(pid);
