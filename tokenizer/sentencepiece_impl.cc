@@ -90,7 +90,12 @@ std::string SentencePieceImpl::Load(std::string_view serialized) {
   if (!api_->error.empty()) return api_->error;
   char* error = nullptr;
   handle_ = api_->create(serialized.data(), serialized.size(), &error);
-  return handle_ ? std::string() : TakeError(api_, error);
+  if (handle_ != nullptr) return std::string();
+  std::string why = TakeError(api_, error);
+  // SentencePiece words a file that is not a model proto as its own source line and check; the caller's words
+  // ("not a SentencePiece model") say it better.
+  if (why.find("ParseFromArray") != std::string::npos) return "the file is not a serialized model proto";
+  return why;
 }
 
 std::string SentencePieceImpl::Encode(std::string_view text, std::vector<int>* ids) const {

@@ -133,6 +133,10 @@ TEST(TokenizerTest, AFolderOrAMissingFileIsNamedAsSuch) {
       << folder.status();
   const auto missing = Tokenizer::FromFile(testing::GemmaTinyDir() + "/no-such.model");
   EXPECT_TRUE(absl::IsNotFound(missing.status())) << missing.status();
+  // Bytes that are no model: said in the project's words, not SentencePiece's source line.
+  const auto garbage = Tokenizer::FromBytes("\x0a\x05hello garbage");
+  ASSERT_FALSE(garbage.ok());
+  EXPECT_EQ(garbage.status().message(), "not a SentencePiece model: the file is not a serialized model proto");
 }
 
 TEST(TokenizerTest, RejectsInvalidUtf8AndOutOfRangeIds) {

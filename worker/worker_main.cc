@@ -162,9 +162,9 @@ int Run(const WorkerOptions& o) {
   const std::string windows = window.enabled() ? absl::StrCat("; local layers keep a window of ", window.window,
                                                               " positions in ", window.local_groups, " block groups")
                                                : "";
-  std::fprintf(stderr, "gemma-worker rank %d/%d: %s; %d KV blocks of %d positions%s\n", o.rank, o.world,
-               shard->tp.DebugString().c_str(), (*backend)->num_kv_blocks(), (*backend)->kv_block_size(),
-               windows.c_str());
+  // The slice's description names the rank ("rank r/w: q heads ..."), so it follows the program's name alone.
+  std::fprintf(stderr, "gemma-worker %s; %d KV blocks of %d positions%s\n", shard->tp.DebugString().c_str(),
+               (*backend)->num_kv_blocks(), (*backend)->kv_block_size(), windows.c_str());
 
   auto metrics = WorkerMetrics::Create(o.metrics_port > 0 ? ListenAddress(o.listen_host, o.metrics_port) : "", o.rank,
                                        (*backend)->num_kv_blocks());
