@@ -134,8 +134,15 @@ int ServeCommand(int argc, char** argv) {
 
   std::vector<pid_t> children;
   std::vector<std::string> groups;
-  // A cluster that is running gets its drain; one that failed has nothing worth waiting for.
+  pid_t router = -1;
+  // A cluster that is running gets its drain; one that failed has nothing worth waiting for. The router stops
+  // first: it drains its running requests while the workers still answer them, after which the workers have none
+  // (stopped together, a worker's drain could end before the router's and fail the requests it still held).
   auto stop_all = [&](int exit_code, std::chrono::milliseconds grace = std::chrono::seconds(2)) {
+    if (router > 0 && std::find(children.begin(), children.end(), router) != children.end()) {
+      StopChildren({router}, grace);
+      std::erase(children, router);
+    }
     StopChildren(children, grace);
     std::filesystem::remove_all(run_dir);
     return exit_code;
@@ -205,7 +212,7 @@ int ServeCommand(int argc, char** argv) {
     router_args.push_back("--http_port_file=" + http_port_file);
     if (args.Has("served-model-name")) router_args.push_back("--served_model_name=" + args.Get("served-model-name"));
   }
-  const pid_t router = Spawn(router_bin, router_args);
+  router = Spawn(router_bin, router_args);
   if (router < 0) return stop_all(1);
   children.push_back(router);
   const int router_port = ReadPort(router_port_file, {router}, std::chrono::seconds(120));
