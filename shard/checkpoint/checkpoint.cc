@@ -30,8 +30,10 @@ absl::Status ReadIndex(const std::string& path, std::vector<std::string>* files,
   auto j = nlohmann::json::parse(ss.str(), nullptr, false);
   if (j.is_discarded() || !j.is_object()) return absl::InvalidArgumentError(absl::StrCat(path, ": not a JSON object"));
   auto wm = j.find("weight_map");
-  if (wm == j.end() || !wm->is_object()) {
-    return absl::InvalidArgumentError(absl::StrCat(path, ": missing object \"weight_map\""));
+  if (wm == j.end()) return absl::InvalidArgumentError(absl::StrCat(path, ": missing object \"weight_map\""));
+  if (!wm->is_object()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, ": \"weight_map\" is ", wm->type_name(), "; allowed: an object of tensor name: file name"));
   }
   std::set<std::string> seen;
   for (auto it = wm->begin(); it != wm->end(); ++it) {
@@ -64,6 +66,12 @@ absl::StatusOr<std::unique_ptr<Checkpoint>> Checkpoint::Open(const std::string& 
     files.push_back("model.safetensors");
   } else if (fs::exists(index)) {
     RETURN_IF_ERROR(ReadIndex(index.string(), &files, &weight_map));
+    for (const auto& [tname, file] : weight_map) {
+      if (!fs::exists(fs::path(dir) / file)) {
+        return absl::NotFoundError(absl::StrCat(index.string(), ": weight_map[\"", tname, "\"] names ", file,
+                                                ", which is not in ", dir));
+      }
+    }
   } else {
     return absl::NotFoundError(absl::StrCat(dir, ": has neither model.safetensors nor model.safetensors.index.json"));
   }
@@ -77,8 +85,10 @@ absl::StatusOr<std::unique_ptr<Checkpoint>> Checkpoint::Open(const std::string& 
       if (!weight_map.empty()) {
         auto wm = weight_map.find(tname);
         if (wm == weight_map.end() || wm->second != name) {
-          return absl::InvalidArgumentError(absl::StrCat(path, ": tensor \"", tname,
-                                                         "\" is not assigned to this file by model.safetensors.index.json"));
+          return absl::InvalidArgumentError(absl::StrCat(
+              path, ": tensor \"", tname, "\" is ",
+              wm == weight_map.end() ? "not listed in model.safetensors.index.json"
+                                     : absl::StrCat("assigned to ", wm->second, " by model.safetensors.index.json")));
         }
       }
       if (!ckpt->tensors_.emplace(tname, Located{file_index, entry}).second) {

@@ -238,9 +238,24 @@ TEST(CheckpointErrorsTest, ShardedIndexProblems) {
   std::filesystem::rename(dir + "/model.safetensors", dir + "/model-00001-of-00001.safetensors");
   std::ofstream(dir + "/model.safetensors.index.json")
       << R"({"metadata":{},"weight_map":{"model.norm.weight":"model-00002-of-00002.safetensors"}})";
-  EXPECT_NE(LoadError(dir).find("model-00002-of-00002.safetensors"), std::string::npos);
+  EXPECT_NE(LoadError(dir).find("weight_map[\"model.norm.weight\"] names model-00002-of-00002.safetensors, which is "
+                                "not in"),
+            std::string::npos)
+      << LoadError(dir);
   std::ofstream(dir + "/model.safetensors.index.json") << R"({"weight_map":{"a":"../etc/passwd"}})";
   EXPECT_NE(LoadError(dir).find("inside the checkpoint directory"), std::string::npos);
+  std::ofstream(dir + "/model.safetensors.index.json") << R"({"weight_map":[]})";
+  EXPECT_NE(LoadError(dir).find("\"weight_map\" is array; allowed: an object"), std::string::npos) << LoadError(dir);
+  // A file that holds a tensor the index does not list, or gives to another file: said which.
+  std::filesystem::copy_file(dir + "/model-00001-of-00001.safetensors", dir + "/other.safetensors",
+                             std::filesystem::copy_options::overwrite_existing);
+  std::ofstream(dir + "/model.safetensors.index.json")
+      << R"({"weight_map":{"model.norm.weight":"other.safetensors",)"
+      << R"("model.embed_tokens.weight":"model-00001-of-00001.safetensors"}})";
+  const std::string err = LoadError(dir);
+  EXPECT_TRUE(err.find("\" is not listed in model.safetensors.index.json") != std::string::npos ||
+              err.find("\" is assigned to other.safetensors by model.safetensors.index.json") != std::string::npos)
+      << err;
 }
 
 TEST(CheckpointErrorsTest, MissingFiles) {
