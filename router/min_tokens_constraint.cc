@@ -25,7 +25,7 @@ absl::Status MinTokensConstraint::Accept(int32_t token) {
 }
 
 std::shared_ptr<TokenConstraint> MinTokens(const std::vector<int32_t>& stops, int32_t min_tokens, int32_t vocab) {
-  if (min_tokens <= 0) return nullptr;
+  if (min_tokens <= 0 || stops.empty()) return nullptr;  // with nothing to hold back, a mask would only cost
   return std::make_shared<MinTokensConstraint>(stops, min_tokens, vocab);
 }
 

@@ -10,6 +10,7 @@
 
 namespace gemma {
 
+// Not thread-safe: one sequence's, used by the engine's thread only (as every TokenConstraint).
 class MinTokensConstraint : public TokenConstraint {
  public:
   // `stops`: the ids that would end the sequence (each in [0, vocab)); `vocab`: the model's vocabulary size.
@@ -26,7 +27,7 @@ class MinTokensConstraint : public TokenConstraint {
   std::vector<uint32_t> mask_;  // every token but the stops
 };
 
-// Null when min_tokens is 0 (nothing to hold back).
+// Null when min_tokens is 0 or there are no stops (nothing to hold back).
 std::shared_ptr<TokenConstraint> MinTokens(const std::vector<int32_t>& stops, int32_t min_tokens, int32_t vocab);
 
 }  // namespace gemma

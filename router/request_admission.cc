@@ -112,10 +112,10 @@ absl::StatusOr<ActiveRequest::Options> RequestAdmission::OptionsFor(const Served
 
 absl::StatusOr<std::shared_ptr<TokenConstraint>> RequestAdmission::ConstraintFor(
     const ServedModel& model, const v1::GenerationParameters& parameters, const ActiveRequest::Options& options) {
-  if (parameters.has_response_format()) {
+  if (HasStructuredFormat(parameters)) {
+    // Validation refuses min_new_tokens beside a structured format: one constraint or the other.
     return model.structured_output->ConstraintFor(parameters.response_format(), options.eos_ids);
   }
-  // Validation allows min_new_tokens beside no response_format: one constraint or the other.
   std::vector<int32_t> stops = options.stop_ids;
   if (!options.ignore_eos) stops.insert(stops.end(), options.eos_ids.begin(), options.eos_ids.end());
   return MinTokens(stops, parameters.min_new_tokens(), model.info.vocab_size());

@@ -106,9 +106,7 @@ absl::Status ValidateGenerateRequest(const v1::GenerateRequest& request, const R
                                 "; allowed: 0..", p.max_new_tokens()));
   }
   // A grammar ends its output with the model's stop: ignoring or holding it back would run past a valid output.
-  const bool formatted =
-      p.has_response_format() && p.response_format().type() != "" && p.response_format().type() != "text";
-  if (formatted && (p.ignore_eos() || p.min_new_tokens() > 0)) {
+  if (HasStructuredFormat(p) && (p.ignore_eos() || p.min_new_tokens() > 0)) {
     return Invalid(absl::StrCat(p.ignore_eos() ? "ignore_eos" : "min_new_tokens",
                                 " cannot be combined with response_format: a structured output ends where its ",
                                 "grammar does; allowed: one of them"));
@@ -155,6 +153,10 @@ absl::StatusOr<std::vector<v1::ScoreRequest>> SplitInputs(const v1::ScoreRequest
   return SplitByInput(request, 1);
 }
 
+bool HasStructuredFormat(const v1::GenerationParameters& p) {
+  return p.has_response_format() && p.response_format().type() != "" && p.response_format().type() != "text";
+}
+
 absl::Status ValidateBeamParameters(const v1::GenerationParameters& p) {
   if (p.num_beams() < 0 || p.num_beams() > BeamSearchParams::kMaxBeams) {
     return Invalid(absl::StrCat("num_beams ", p.num_beams(), " is out of range; allowed: 0 (no beam search) to ",
@@ -177,9 +179,7 @@ absl::Status ValidateBeamParameters(const v1::GenerationParameters& p) {
                       : p.frequency_penalty() != 0.0f                                 ? "frequency_penalty"
                       : p.top_logprobs() != 0                                         ? "top_logprobs"
                       : p.stop_sequences_size() > 0                                   ? "stop_sequences"
-                      : p.has_response_format() && p.response_format().type() != "" &&
-                              p.response_format().type() != "text"
-                          ? "response_format"
+                      : HasStructuredFormat(p)                                        ? "response_format"
                       : p.n() > 1                                                     ? "n"
                       : p.ignore_eos()                                                ? "ignore_eos"
                       : p.min_new_tokens() > 0                                        ? "min_new_tokens"

@@ -51,6 +51,9 @@ absl::StatusOr<std::vector<v1::GenerateRequest>> SplitInputs(const v1::GenerateR
 // The same for Score (at most kMaxSamples inputs too); target_ids only with `input`.
 absl::StatusOr<std::vector<v1::ScoreRequest>> SplitInputs(const v1::ScoreRequest& request);
 
+// Whether `p` asks for a structured output (json_object, json_schema): "" and "text" are free text.
+bool HasStructuredFormat(const v1::GenerationParameters& p);
+
 // num_beams, length_penalty and early_stopping, and what beams cannot be combined with (part of
 // ValidateGenerateRequest).
 absl::Status ValidateBeamParameters(const v1::GenerationParameters& parameters);

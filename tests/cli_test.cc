@@ -423,6 +423,7 @@ TEST(CliTest, BadInputGivesOneLineErrorAndNonZeroExit) {
       {"generate" + m + " --prompt Hi --num-beams 2 --top-k 3", "num_beams 2 cannot be combined with top_k"},
       {"generate" + m + " --prompt Hi --length-penalty 11", "--length-penalty"},
       {"score" + m + " --prompt Hi --precision f16", "allowed: bf16, f32"},
+      {"score" + m + " --prompt Hi --precision f32", "--precision applies to --device cuda"},
       {"make-tiny --out /tmp/x --shape 3b", "allowed: tiny, 2b, 7b, gemma2-2b, gemma2-9b, gemma2-27b, gemma3-1b, gemma3-4b, "
                                              "gemma3-12b, gemma3-27b"},
       {"generate" + m + " --prompt Hi --weights int3", "allowed: bf16, int8, int4, fp8"},

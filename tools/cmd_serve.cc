@@ -130,7 +130,8 @@ int ServeCommand(int argc, char** argv) {
   const std::string router_bin = Binary("gemma-router", GEMMA_ROUTER_BINARY);
   std::signal(SIGINT, OnSignal);
   std::signal(SIGTERM, OnSignal);
-  std::signal(SIGHUP, OnSignal);  // its terminal closed: stop the cluster as on Ctrl-C
+  // Its terminal closed: stop the cluster as on Ctrl-C, unless started to outlive it (nohup ignores SIGHUP).
+  if (std::signal(SIGHUP, SIG_IGN) != SIG_IGN) std::signal(SIGHUP, OnSignal);
 
   std::vector<pid_t> children;
   std::vector<std::string> groups;
@@ -173,6 +174,13 @@ int ServeCommand(int argc, char** argv) {
         worker_args.insert(worker_args.end(), {"--device=cuda", "--precision=" + device_choice->precision,
                                                absl::StrCat("--cuda_device=", g * *tp + r),
                                                absl::StrCat("--gpu_memory_fraction=", *gpu_fraction)});
+        // Given only when asked for: the worker's own default reserves slots as its adapters need.
+        if (args.Has("gpu-lora-slots")) {
+          worker_args.push_back(absl::StrCat("--gpu_lora_slots=", device_choice->gpu_lora_slots));
+        }
+        if (args.Has("gpu-lora-max-rank")) {
+          worker_args.push_back(absl::StrCat("--gpu_lora_max_rank=", device_choice->gpu_lora_max_rank));
+        }
       }
       group.push_back(Spawn(worker_bin, worker_args));
       if (group.back() < 0) {

@@ -26,6 +26,7 @@
 #include "tools/args.h"
 #include "tools/cli_common.h"
 #include "tools/default_model.h"
+#include "worker/child_process.h"
 
 namespace gemma {
 namespace {
@@ -66,6 +67,10 @@ absl::StatusOr<DeviceChoice> DeviceChoiceFromFlags(const Args& args) {
   }
   ASSIGN_OR_RETURN(d.int4_group_size, Int4GroupSizeFlag(args, 0, /*zero_chooses=*/true));
   // A flag the run cannot apply is refused, not dropped.
+  if (args.Has("precision") && d.device != "cuda") {
+    return absl::InvalidArgumentError("--precision applies to --device cuda; the CPU computes in f32 (--activations "
+                                      "chooses its dot products)");
+  }
   if (args.Has("int4-group-size") && d.weights != "int4") {
     return absl::InvalidArgumentError(
         absl::StrCat("--int4-group-size applies to --weights int4, not ", d.weights));
@@ -214,30 +219,23 @@ absl::Status AttachBackend(LocalModel& model, int64_t kv_tokens, int tp, int64_t
   const int threads = std::max(1, omp_get_max_threads() / tp);
   for (int rank = 1; rank < tp; ++rank) {
     // The leader's device flags, those that apply to the run only (a follower refuses the others as a user's
-    // command does). Built before fork: the child only execs.
-    std::vector<std::string> args = {"gemma", "tp-follower", "--model", model.dir, "--rank", std::to_string(rank),
+    // command does).
+    std::vector<std::string> args = {"tp-follower", "--model", model.dir, "--rank", std::to_string(rank),
                                      "--world", std::to_string(tp), "--store", model.store_dir, "--kv-tokens",
                                      std::to_string(kv_tokens), "--threads", std::to_string(threads), "--timeout-ms",
                                      std::to_string(timeout_ms), "--transport", transport, "--device", device.device,
-                                     "--precision", device.precision, "--weights", device.weights, "--kv-cache-dtype",
-                                     device.kv_cache_dtype, "--activations", device.activations};
+                                     "--weights", device.weights, "--kv-cache-dtype", device.kv_cache_dtype,
+                                     "--activations", device.activations};
     if (device.weights == "int4") {
       args.insert(args.end(), {"--int4-group-size", std::to_string(device.int4_group_size)});
     }
     if (device.device == "cuda") {
-      args.insert(args.end(), {"--gpu-lora-slots", std::to_string(device.gpu_lora_slots), "--gpu-lora-max-rank",
+      args.insert(args.end(), {"--precision", device.precision, "--gpu-lora-slots", std::to_string(device.gpu_lora_slots), "--gpu-lora-max-rank",
                                std::to_string(device.gpu_lora_max_rank)});
     }
-    std::vector<char*> argv;
-    for (std::string& a : args) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    const pid_t pid = ::fork();
-    if (pid < 0) return absl::InternalError("fork failed");
-    if (pid == 0) {
-      ::prctl(PR_SET_PDEATHSIG, SIGTERM);  // never outlive the leader
-      ::execv("/proc/self/exe", argv.data());
-      ::_exit(127);
-    }
+    // Never outliving the leader: a follower gets SIGTERM when it dies.
+    ASSIGN_OR_RETURN(const pid_t pid, SpawnChild(SelfExecutable("/proc/self/exe"), args,
+                                                 {.die_with_parent = true, .parent_death_signal = SIGTERM}));
     model.followers.push_back(pid);
   }
   SetThreads(threads);

@@ -16,7 +16,8 @@ struct SpawnOptions {
   // Its own process group, so a terminal's Ctrl-C reaches only the parent, which stops the child itself.
   bool own_process_group = false;
   // Sent parent_death_signal when the parent dies, even by SIGKILL, so no child outlives its launcher: SIGKILL for
-  // a rank, SIGTERM for what should drain and clean up first.
+  // a rank, SIGTERM for what should drain and clean up first. The signal comes when the spawning *thread* ends
+  // (Linux's PR_SET_PDEATHSIG), so spawn from a thread that lives as long as the process: the main one.
   bool die_with_parent = false;
   int parent_death_signal = SIGKILL;
 };
