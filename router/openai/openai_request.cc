@@ -146,6 +146,36 @@ std::optional<ApiError> CheckFields(const json& body, const std::set<std::string
   return std::nullopt;
 }
 
+// response_format, into `p` (text: nothing to set).
+void ReadResponseFormat(Reader& r, const json& body, v1::GenerationParameters& p) {
+  if (const json* format = Field(body, "response_format"); format != nullptr && !r.failed()) {
+    const json* type = format->is_object() ? Field(*format, "type") : nullptr;
+    if (type == nullptr || !type->is_string()) {
+      r.Fail("response_format", "'response_format' must be an object with a 'type': text, json_object or json_schema");
+      return;
+    }
+    const std::string t = type->get<std::string>();
+    if (t == "text") return;
+    if (t == "json_object") {
+      p.mutable_response_format()->set_type("json_object");
+      return;
+    }
+    if (t != "json_schema") {
+      r.Fail("response_format.type", absl::StrCat("'response_format.type' \"", t,
+                                                  "\" is not supported; allowed: text, json_object, json_schema"));
+      return;
+    }
+    const json* js = Field(*format, "json_schema");
+    const json* schema = js != nullptr && js->is_object() ? Field(*js, "schema") : nullptr;
+    if (schema == nullptr || !(schema->is_object() || schema->is_boolean())) {
+      r.Fail("response_format.json_schema.schema", "'response_format.json_schema.schema' must be a JSON Schema object");
+      return;
+    }
+    p.mutable_response_format()->set_type("json_schema");
+    p.mutable_response_format()->set_json_schema(schema->dump());
+  }
+}
+
 // The sampling fields both endpoints share, into `p`; false (and `r` failed) on a bad one.
 void ReadSampling(Reader& r, const json& body, const RequestContext& context, v1::GenerationParameters& p,
                   ParsedRequest& out) {
@@ -209,31 +239,12 @@ void ReadSampling(Reader& r, const json& body, const RequestContext& context, v1
       p.add_stop_sequences(std::move(s));
     }
   }
-  if (const json* format = Field(body, "response_format"); format != nullptr && !r.failed()) {
-    const json* type = format->is_object() ? Field(*format, "type") : nullptr;
-    if (type == nullptr || !type->is_string()) {
-      r.Fail("response_format", "'response_format' must be an object with a 'type': text, json_object or json_schema");
-      return;
-    }
-    const std::string t = type->get<std::string>();
-    if (t == "text") return;
-    if (t == "json_object") {
-      p.mutable_response_format()->set_type("json_object");
-      return;
-    }
-    if (t != "json_schema") {
-      r.Fail("response_format.type", absl::StrCat("'response_format.type' \"", t,
-                                                  "\" is not supported; allowed: text, json_object, json_schema"));
-      return;
-    }
-    const json* js = Field(*format, "json_schema");
-    const json* schema = js != nullptr && js->is_object() ? Field(*js, "schema") : nullptr;
-    if (schema == nullptr || !(schema->is_object() || schema->is_boolean())) {
-      r.Fail("response_format.json_schema.schema", "'response_format.json_schema.schema' must be a JSON Schema object");
-      return;
-    }
-    p.mutable_response_format()->set_type("json_schema");
-    p.mutable_response_format()->set_json_schema(schema->dump());
+  ReadResponseFormat(r, body, p);
+  // A grammar ends its output with the model's stop: ignoring or holding it back would run past a valid output.
+  if (!r.failed() && p.has_response_format() && (p.ignore_eos() || p.min_new_tokens() > 0)) {
+    const char* name = p.ignore_eos() ? "ignore_eos" : "min_tokens";
+    r.Fail(name, absl::StrCat("'", name, "' cannot be combined with a structured 'response_format': its grammar ends ",
+                              "the output"));
   }
 }
 
@@ -309,6 +320,8 @@ void ReadBeamSearch(Reader& r, const json& body, v1::GenerationParameters& p, Pa
   neutral("top_logprobs", {0});
   if (!out.chat) neutral("logprobs", {0});
   if (p.has_response_format()) neutral("response_format", {});
+  if (p.ignore_eos()) neutral("ignore_eos", {});
+  neutral("min_tokens", {0});
   if (r.failed()) return;
   out.beams = out.best_of;
   p.set_temperature(0);
@@ -381,6 +394,9 @@ ParseResult ParseCompletionRequest(const json& body, const RequestContext& conte
   out.generate = max_tokens > 0;
   if (!out.generate && p.has_response_format()) {
     return BadField("response_format", "'response_format' constrains generated text; with 'max_tokens' 0 there is none");
+  }
+  if (!out.generate && p.min_new_tokens() > 0) {
+    return BadField("min_tokens", "'min_tokens' holds back the end of generated text; with 'max_tokens' 0 there is none");
   }
   if (out.echo && out.logprobs && out.stream) {
     return BadField("echo", "'echo' with 'logprobs' (the prompt's log-probs) is not supported with 'stream': true");

@@ -155,6 +155,16 @@ TEST(OpenAiRequestTest, VllmsLengthExtensions) {
   EXPECT_EQ(p.prompts[0].parameters().min_new_tokens(), 4);
   EXPECT_EQ(Err(ParseChatRequest(json::parse(R"({"model": "m", "messages": [{"role": "user", "content": "x"}],
       "min_tokens": -1})"), {})).param, "min_tokens");
+  // Refused by their HTTP names where they cannot apply: beside beams, a structured output, or nothing generated.
+  for (const auto& [body, param] : std::vector<std::pair<std::string, std::string>>{
+           {R"("use_beam_search": true, "ignore_eos": true)", "ignore_eos"},
+           {R"("use_beam_search": true, "min_tokens": 2)", "min_tokens"},
+           {R"("response_format": {"type": "json_object"}, "ignore_eos": true)", "ignore_eos"},
+           {R"("echo": true, "max_tokens": 0, "min_tokens": 2)", "min_tokens"}}) {
+    const ApiError e =
+        Err(ParseCompletionRequest(json::parse(absl::StrCat(R"({"model": "m", "prompt": "x", )", body, "}")), {}));
+    EXPECT_EQ(e.param, param) << body << ": " << e.message;
+  }
 }
 
 TEST(OpenAiRequestTest, ChatMessagesRolesAndParts) {
