@@ -57,7 +57,8 @@ absl::Status ApiKeys::CheckAuthorization(const std::string_view* authorization) 
   const std::string_view value = *authorization;
   // The scheme's name is case-insensitive (RFC 9110, 11.1): "bearer <key>" is the same credentials.
   const bool bearer = value.size() > kBearer.size() &&
-                      absl::EqualsIgnoreCase(absl::string_view(value.data(), kBearer.size()), "Bearer ");
+                      absl::EqualsIgnoreCase(absl::string_view(value.data(), kBearer.size()),
+                                             absl::string_view(kBearer.data(), kBearer.size()));
   if (!bearer) {
     return absl::UnauthenticatedError("the authorization must be \"Bearer <key>\"");
   }

@@ -177,9 +177,15 @@ TEST_F(OpenAiHttpTest, TextOffsetsCountCharactersAndStreamsAgree) {
   EXPECT_EQ(before, "\xC3\xA9\xE4\xB8\xAD ok");
   EXPECT_TRUE(bytes_differ) << "the prompt's two- and three-byte characters must move the offsets off byte counts";
 
-  // Greedy on tiny-mha, this prompt and stop string make a byte token and a token held back by the stop string.
-  const json request = {{"model", "tiny"}, {"prompt", "The quick brown fox"}, {"max_tokens", 12},
-                        {"temperature", 0},  {"stop", {"IX subd"}},             {"logprobs", 1}};
+  // A stop string that starts matching the greedy text and never completes: the tokens it covers are held back
+  // until it fails, then come out with a later token's chunk.
+  json request = {{"model", "tiny"}, {"prompt", "The quick brown fox"}, {"max_tokens", 12}, {"temperature", 0}};
+  const HttpReply plain = Post("/v1/completions", request);
+  ASSERT_EQ(plain.status, 200) << plain.body;
+  const std::string greedy = Body(plain)["choices"][0]["text"];
+  ASSERT_GT(greedy.size(), 24u) << greedy;
+  request["stop"] = {greedy.substr(10, 12) + "\x01"};
+  request["logprobs"] = 1;
   const HttpReply whole = Post("/v1/completions", request);
   ASSERT_EQ(whole.status, 200) << whole.body;
   json streamed = request;
@@ -187,12 +193,15 @@ TEST_F(OpenAiHttpTest, TextOffsetsCountCharactersAndStreamsAgree) {
   const HttpReply stream = Post("/v1/completions", streamed);
   ASSERT_EQ(stream.status, 200) << stream.body;
   json offsets = json::array();
+  int held_back = 0;  // token chunks whose text waited for a later chunk: what this request is chosen for
   for (const std::string& event : EventData(stream.body)) {
     if (event == "[DONE]") continue;
     const json c = json::parse(event)["choices"][0];
     if (c["logprobs"].is_null()) continue;
+    held_back += c["finish_reason"].is_null() && c["text"] == "";
     for (const json& o : c["logprobs"]["text_offset"]) offsets.push_back(o);
   }
+  EXPECT_GE(held_back, 1) << "no token's text was held back: the case is not covered any more\n" << stream.body;
   EXPECT_EQ(offsets, Body(whole)["choices"][0]["logprobs"]["text_offset"]) << whole.body << "\n" << stream.body;
 
   streamed.erase("logprobs");

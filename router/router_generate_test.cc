@@ -102,7 +102,10 @@ TEST_F(RouterTest, MinNewTokensHoldsBackTheStopsUntilReached) {
   EXPECT_EQ(stopped.tokens_size(), 1);
   EXPECT_EQ(stopped.finish_reason(), v1::FINISH_REASON_STOP_SEQUENCE);
   req.mutable_parameters()->set_min_new_tokens(4);
+  // Two samples drawing apart (seeds 7 and 8): a constraint they shared would count both one's tokens.
   req.mutable_parameters()->set_n(2);
+  req.mutable_parameters()->set_temperature(1.0f);
+  req.mutable_parameters()->set_seed(7);
   v1::GenerateResponse held;
   grpc::ClientContext ctx;
   ASSERT_TRUE(Client()->Generate(&ctx, req, &held).ok());

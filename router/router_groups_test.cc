@@ -176,9 +176,6 @@ TEST(RouterGroupsTest, AnIdleRouterWithADeadGroupBurnsNoCpu) {
   EXPECT_LT(used / 5, 0.05) << used << " CPU seconds in 5 s of idleness";
 }
 
-// A worker on a Gemma 2 and one on a Gemma 3 multimodal-layout checkpoint, each behind a router of its own, read
-// from config.json alone: greedy generations past the 16-position sliding window equal the reference, the context
-// limit is the model's own, and Gemma 3's chat template folds a system message into the first user turn.
 // A group whose model cannot tokenize text for the router (no tokenizer.model, or another model's) is not added,
 // and the router says why.
 TEST(RouterGroupsTest, AGroupWithoutAFittingTokenizerIsNotAddedAndTheRouterSaysWhy) {
@@ -197,8 +194,9 @@ TEST(RouterGroupsTest, AGroupWithoutAFittingTokenizerIsNotAddedAndTheRouterSaysW
       std::filesystem::copy_file(gemma3_tokenizer + "/tokenizer.model", dir + "/tokenizer.model",
                                  std::filesystem::copy_options::overwrite_existing);
     }
-    const std::string says = other_models ? "has 262144 pieces, the model's vocabulary (config.json vocab_size) 4096"
-                                          : "has no tokenizer: " + dir + "/tokenizer.model is missing or empty";
+    const std::string says = other_models
+                                 ? "has 262144 pieces, more than the model's vocabulary (config.json vocab_size) 4096"
+                                 : "has no tokenizer: " + dir + "/tokenizer.model is missing or empty";
     OwnWorker worker = StartOwnWorker(dir);
     // Without a group it can serve, the router does not open its port: what it said is what there is to see.
     std::unique_ptr<testing::Process> router =
@@ -210,6 +208,9 @@ TEST(RouterGroupsTest, AGroupWithoutAFittingTokenizerIsNotAddedAndTheRouterSaysW
   }
 }
 
+// A worker on a Gemma 2 and one on a Gemma 3 multimodal-layout checkpoint, each behind a router of its own, read
+// from config.json alone: greedy generations past the 16-position sliding window equal the reference, the context
+// limit is the model's own, and Gemma 3's chat template folds a system message into the first user turn.
 TEST(RouterGemma23Test, WorkersOnGemma2And3ServeTheReferenceGreedyTokens) {
   struct Model {
     std::string (*root)();

@@ -120,7 +120,7 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromBytes(std::string_view
 absl::Status Tokenizer::CheckFitsModel(int model_vocab, std::string_view where) const {
   if (vocab_size() <= model_vocab) return absl::OkStatus();  // a model may pad its embedding past the pieces
   return absl::InvalidArgumentError(absl::StrCat(
-      std::string(where), " has ", vocab_size(), " pieces, the model's vocabulary (config.json vocab_size) ",
+      std::string(where), " has ", vocab_size(), " pieces, more than the model's vocabulary (config.json vocab_size) ",
       model_vocab, ": they belong to different models; use the tokenizer.model published with the checkpoint"));
 }
 

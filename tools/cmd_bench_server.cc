@@ -145,7 +145,8 @@ int BenchServerCommand(int argc, char** argv) {
       .Flag("prompt-tokens", "prompt length in tokens, random ids (default 64); after the shared prefix, if any")
       .Flag("shared-prefix-tokens", "every request starts with the same S tokens (a system prompt), then its own "
                                     "--prompt-tokens (default 0)")
-      .Flag("max-new-tokens", "tokens generated per request, greedy, past <eos> as vLLM's ignore_eos (default 64)")
+      .Flag("max-new-tokens",
+            "tokens generated per request, greedy, past <eos> as vLLM's ignore_eos for text outputs (default 64)")
       .Flag("response-format", "text (default) or json_object: every request's output constrained to a JSON object")
       .Flag("protocol", "grpc (default) or http: stream through the OpenAI HTTP API at --http-server instead")
       .Flag("http-server", "HOST:PORT of the router's HTTP API (with --protocol http; plaintext)")

@@ -396,7 +396,8 @@ ParseResult ParseCompletionRequest(const json& body, const RequestContext& conte
     return BadField("response_format", "'response_format' constrains generated text; with 'max_tokens' 0 there is none");
   }
   if (!out.generate && p.min_new_tokens() > 0) {
-    return BadField("min_tokens", "'min_tokens' holds back the end of generated text; with 'max_tokens' 0 there is none");
+    return BadField("min_tokens",
+                    "'min_tokens' holds back the end of generated text; with 'max_tokens' 0 there is none");
   }
   if (out.echo && out.logprobs && out.stream) {
     return BadField("echo", "'echo' with 'logprobs' (the prompt's log-probs) is not supported with 'stream': true");

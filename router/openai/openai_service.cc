@@ -230,7 +230,10 @@ class Call {
               exchange_->Send(
                   TextChunk(context_, choice, e.token().text_delta(), {e.token().token()}, offsets_[choice]));
             }
-            offsets_[choice] += TokenCharacters(context_, e.token().token().id());
+            // Only completions' log-probs carry text_offset.
+            if (context_.logprobs && !parsed_.chat) {
+              offsets_[choice] += TokenCharacters(context_, e.token().token().id());
+            }
           }
         } else if (e.has_final()) {
           // Prompt tokens once per prompt, however many candidates share it; every candidate's generated tokens

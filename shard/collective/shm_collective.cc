@@ -215,7 +215,11 @@ absl::StatusOr<std::unique_ptr<HostCollective>> CreateShmCollective(const ShmOpt
   }
   void* base = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
   ::close(fd);
-  if (base == MAP_FAILED) return absl::UnavailableError(absl::StrCat("cannot map ", name, ": ", std::strerror(errno)));
+  if (base == MAP_FAILED) {
+    const int error = errno;
+    if (o.rank == 0) ::shm_unlink(name.c_str());
+    return absl::UnavailableError(absl::StrCat("cannot map ", name, ": ", std::strerror(error)));
+  }
   auto* h = static_cast<Header*>(base);
   h->pids[o.rank] = ::getpid();
   if (o.rank == 0) {
@@ -237,7 +241,9 @@ absl::StatusOr<std::unique_ptr<HostCollective>> CreateShmCollective(const ShmOpt
   auto c = std::make_unique<ShmCollective>(o.rank, o.world, base, bytes, o.timeout);
   // Everyone present (pids written) before any real collective; then the name can go.
   if (auto s = c->Barrier(); !s.ok()) {
-    ::shm_unlink(name.c_str());  // the group is over: its name must not outlive it in /dev/shm
+    // The group is over: its name must not outlive it in /dev/shm. Rank 0's to remove: a late follower could
+    // otherwise remove the segment of a group rank 0 has started again.
+    if (o.rank == 0) ::shm_unlink(name.c_str());
     return absl::UnavailableError(absl::StrCat("rank ", o.rank, " of ", o.world,
                                                " could not connect to its peers: ", s.message()));
   }
