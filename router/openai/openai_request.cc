@@ -92,53 +92,54 @@ class Reader {
   std::optional<ApiError> error_;
 };
 
-// Values of unsupported fields that ask for nothing this server would do differently, as SDKs and agent frameworks
-// send them by default (vLLM and OpenAI serve such requests alike): accepted. NoOpValues says them in a refusal
-// (null: every value of the field asks for something).
-const char* NoOpValues(const std::string& key) {
-  static const std::map<std::string, const char*, std::less<>> kSaid = {
-      {"tools", "[] (no tools)"},
-      {"functions", "[] (no functions)"},
-      {"tool_choice", "\"none\""},
-      {"function_call", "\"none\""},
-      {"parallel_tool_calls", "true or false (with no tools)"},
-      {"store", "false"},
-      {"service_tier", "\"auto\" or \"default\""},
-      {"metadata", "an object of strings (nothing is stored)"}};
-  auto said = kSaid.find(key);
-  return said == kSaid.end() ? nullptr : said->second;
-}
-
-bool IsNoOp(const std::string& key, const json& v) {
-  if (key == "tools" || key == "functions") return v.is_array() && v.empty();
-  if (key == "tool_choice" || key == "function_call") return v == "none";
-  if (key == "parallel_tool_calls") return v.is_boolean();
-  if (key == "store") return v == false;
-  if (key == "service_tier") return v == "auto" || v == "default";
-  if (key == "metadata") {
-    if (!v.is_object()) return false;
-    for (const auto& [_, value] : v.items()) {
-      if (!value.is_string()) return false;
-    }
-    return true;
+// An object whose values are all strings (OpenAI's metadata).
+bool IsStringObject(const json& v) {
+  if (!v.is_object()) return false;
+  for (const auto& [_, value] : v.items()) {
+    if (!value.is_string()) return false;
   }
-  return false;
+  return true;
 }
 
-// Fields a body may carry; anything else is refused, with a word for those people expect to work.
+// The fields this server does not implement, refused with a word for those people expect to work. `no_op`: the
+// values that ask for nothing this server would do differently, as SDKs and agent frameworks send them by default
+// (vLLM and OpenAI serve such requests alike), taken; `said`: those values, in a refusal.
+struct Unsupported {
+  bool (*no_op)(const json&) = nullptr;
+  const char* said = nullptr;
+};
+
+const std::map<std::string, Unsupported, std::less<>>& UnsupportedFields() {
+  static const auto* fields = new std::map<std::string, Unsupported, std::less<>>{
+      {"tools", {[](const json& v) { return v.is_array() && v.empty(); }, "[] (no tools)"}},
+      {"functions", {[](const json& v) { return v.is_array() && v.empty(); }, "[] (no functions)"}},
+      {"tool_choice", {[](const json& v) { return v == "none"; }, "\"none\""}},
+      {"function_call", {[](const json& v) { return v == "none"; }, "\"none\""}},
+      {"parallel_tool_calls", {[](const json& v) { return v.is_boolean(); }, "true or false (with no tools)"}},
+      {"store", {[](const json& v) { return v == false; }, "false"}},
+      {"service_tier", {[](const json& v) { return v == "auto" || v == "default"; }, "\"auto\" or \"default\""}},
+      {"metadata", {IsStringObject, "an object of strings (nothing is stored)"}},
+      {"logit_bias", {}},
+      {"audio", {}},
+      {"modalities", {}},
+      {"prediction", {}},
+      {"suffix", {}},
+      {"best_of", {}},
+      {"reasoning_effort", {}},
+      {"web_search_options", {}}};
+  return *fields;
+}
+
+// Fields a body may carry; anything else is refused.
 std::optional<ApiError> CheckFields(const json& body, const std::set<std::string>& known) {
-  static const std::set<std::string> kUnsupported = {
-      "tools", "tool_choice", "functions", "function_call", "logit_bias", "parallel_tool_calls", "audio",
-      "modalities", "prediction", "suffix", "best_of", "store", "metadata", "reasoning_effort", "web_search_options",
-      "service_tier"};
   for (const auto& [key, value] : body.items()) {
     if (known.count(key)) continue;
     if (value.is_null()) continue;  // an unset option, as the SDKs send it
-    if (kUnsupported.count(key)) {
-      if (IsNoOp(key, value)) continue;
-      const char* allowed = NoOpValues(key);
+    if (auto u = UnsupportedFields().find(key); u != UnsupportedFields().end()) {
+      if (u->second.no_op != nullptr && u->second.no_op(value)) continue;
+      const char* said = u->second.said;
       return BadField(key, absl::StrCat("'", key, "' is not supported by this server",
-                                        allowed ? absl::StrCat("; allowed: ", allowed, ", or leave it out") : ""));
+                                        said ? absl::StrCat("; allowed: ", said, ", or leave it out") : ""));
     }
     return BadField(key, absl::StrCat("unrecognized request argument '", key, "'; supported: ",
                                       absl::StrJoin(known, ", ")));
