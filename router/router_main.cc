@@ -67,7 +67,7 @@ ABSL_FLAG(std::string, overlap_steps, "on",
           "share of each token (off: one step at a time)");
 ABSL_FLAG(std::string, prefix_cache, "on",
           "on: a request reuses the KV blocks of the longest prompt prefix a group has cached (off: never)");
-ABSL_FLAG(int, metrics_port, 0, "port of the Prometheus /metrics endpoint; 0: none");
+ABSL_FLAG(int, metrics_port, 0, "port of the Prometheus /metrics endpoint, on --bind_host; 0: none");
 ABSL_FLAG(int64_t, connect_timeout_ms, 60000, "how long to wait for each worker group at start");
 ABSL_FLAG(int, peer_port, 0,
           "plaintext port other routers forward requests to (keep it inside the cluster: it checks no API key); "
@@ -183,7 +183,9 @@ int main(int argc, char** argv) {
   if (!in_flight.ok()) return Fail(std::string(in_flight.status().message()), 2);
 
   const int metrics_port = absl::GetFlag(FLAGS_metrics_port);
-  auto metrics = gemma::RouterMetrics::Create(metrics_port > 0 ? absl::StrCat("0.0.0.0:", metrics_port) : "");
+  // On the public port's host: --bind_host 127.0.0.1 leaves nothing of the router reachable from elsewhere.
+  auto metrics = gemma::RouterMetrics::Create(
+      metrics_port > 0 ? absl::StrCat(absl::GetFlag(FLAGS_bind_host), ":", metrics_port) : "");
   if (!metrics.ok()) return Fail(std::string(metrics.status().message()));
   gemma::GroupSet groups;
   std::unique_ptr<gemma::GroupDiscovery> discovery;

@@ -16,6 +16,7 @@
 
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "router/http/test_client.h"
 #include "tests/processes.h"
 #include "tests/testdata.h"
 
@@ -89,10 +90,17 @@ std::vector<std::string> ListeningAddresses(pid_t parent) {
 TEST(ServeTest, LocalClusterAnswersAndStopsOnInterrupt) {
   const std::string out = ::testing::TempDir() + "/serve_" + std::to_string(::getpid()) + ".out";
   Process serve;
-  const std::string address =
-      StartServe(serve, {"--model=" + GemmaTinyDir() + "/tiny-mqa", "--tp=2", "--kv-cache-mb=32"}, out);
+  const int metrics_port = FreePort();
+  const std::string address = StartServe(serve,
+                                         {"--model=" + GemmaTinyDir() + "/tiny-mqa", "--tp=2", "--kv-cache-mb=32",
+                                          "--metrics-port=" + std::to_string(metrics_port)},
+                                         out);
   ASSERT_FALSE(address.empty()) << ReadFile(out);
   EXPECT_EQ(Children(serve.pid), 3);  // two ranks and the router
+  // The router's metrics, on loopback like the rest (checked below with every listening socket).
+  const http::testing::HttpReply metrics = http::testing::Call(metrics_port, "GET", "/metrics");
+  EXPECT_EQ(metrics.status, 200) << metrics.head;
+  EXPECT_NE(metrics.body.find("gemma_router_"), std::string::npos) << metrics.body.substr(0, 500);
   // Without TLS nothing of the cluster is reachable from another machine: not the router, not the workers' API
   // (which takes no key), not their rendezvous or collectives.
   const std::vector<std::string> listening = ListeningAddresses(serve.pid);

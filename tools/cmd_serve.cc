@@ -74,6 +74,7 @@ int ServeCommand(int argc, char** argv) {
       .Flag("replicas", "worker groups, 1..16 (default 1)")
       .Flag("port", "the router's public port (default: any free port)")
       .Flag("http-port", "also serve the OpenAI-compatible HTTP API on this port (0: any free port; default: none)")
+      .Flag("metrics-port", "the router's Prometheus /metrics on this port, beside its API (default: none)")
       .Flag("served-model-name", "the model name HTTP clients give (default: the checkpoint's shape name)")
       .Flag("threads", "compute threads per rank (default: cores / (tp * replicas))")
       .Flag("kv-cache-mb", "KV cache per rank in MiB; 0 (default): 1024 on the CPU, planned from "
@@ -91,8 +92,10 @@ int ServeCommand(int argc, char** argv) {
   auto replicas = args.GetInt("replicas", 1, 1, 16);
   auto port = args.GetInt("port", 0, 0, 65535);
   auto http_port = args.GetInt("http-port", -1, 0, 65535);
+  auto metrics_port = args.GetInt("metrics-port", 0, 1, 65535);
   const int cores = static_cast<int>(std::thread::hardware_concurrency());
-  for (const absl::Status& s : {tp.status(), replicas.status(), port.status(), http_port.status()}) {
+  for (const absl::Status& s :
+       {tp.status(), replicas.status(), port.status(), http_port.status(), metrics_port.status()}) {
     if (!s.ok()) return Fail(kCmd, s);
   }
   auto threads = args.GetInt("threads", std::max<int64_t>(1, cores / (*tp * *replicas)), 1, 4096);
@@ -214,6 +217,7 @@ int ServeCommand(int argc, char** argv) {
   if (args.Has("api-keys-file")) router_args.push_back("--api_keys_file=" + args.Get("api-keys-file"));
   router_args.push_back("--prefix_cache=" + prefix_cache);
   router_args.push_back("--overlap_steps=" + overlap_steps);
+  if (*metrics_port > 0) router_args.push_back(absl::StrCat("--metrics_port=", *metrics_port));
   const std::string http_port_file = run_dir + "/router.http_port";
   if (*http_port >= 0) {
     router_args.push_back(absl::StrCat("--http_port=", *http_port > 0 ? *http_port : FreeLoopbackPort()));
@@ -236,6 +240,11 @@ int ServeCommand(int argc, char** argv) {
     // Written before the gRPC port file, so it is there by now.
     std::printf("gemma serve: OpenAI-compatible HTTP API at %s://%s:%d/v1\n", tls ? "https" : "http",
                 tls ? "0.0.0.0" : "127.0.0.1", ReadPort(http_port_file, {router}, std::chrono::seconds(5)));
+  }
+  if (*metrics_port > 0) {
+    // Up before the router's API port (so by now); plain HTTP, as Prometheus scrapes, on the API's host.
+    std::printf("gemma serve: the router's metrics at http://%s:%lld/metrics\n", tls ? "0.0.0.0" : "127.0.0.1",
+                static_cast<long long>(*metrics_port));
   }
   std::fflush(stdout);
   while (!g_stop) {
