@@ -23,47 +23,51 @@ absl::StatusOr<std::unique_ptr<WorkerMetrics>> WorkerMetrics::Create(const std::
   m->registry_ = std::make_shared<prometheus::Registry>();
   const std::map<std::string, std::string> labels = {{"rank", std::to_string(rank)}};
   auto& r = *m->registry_;
-  m->step_seconds_ = &prometheus::BuildHistogram()
-                          .Name("gemma_worker_step_duration_seconds")
-                          .Help("Wall time of one batched step handled by this group's leader, from request to reply.")
-                          .Register(r)
-                          .Add(labels, LatencyBuckets());
-  m->forward_seconds_ = &prometheus::BuildHistogram()
-                             .Name("gemma_worker_forward_duration_seconds")
-                             .Help("Wall time of the forward pass of one step.")
-                             .Register(r)
-                             .Add(labels, LatencyBuckets());
-  m->collective_seconds_ = &prometheus::BuildHistogram()
-                                .Name("gemma_worker_collective_duration_seconds")
-                                .Help("Time one step spent in tensor-parallel collectives (all-reduce, all-gather).")
-                                .Register(r)
-                                .Add(labels, LatencyBuckets());
-  m->batch_size_ = &prometheus::BuildHistogram()
-                        .Name("gemma_worker_step_sequences")
-                        .Help("Sequences in one step.")
-                        .Register(r)
-                        .Add(labels, prometheus::Histogram::BucketBoundaries{1, 2, 4, 8, 16, 32, 64, 128, 256});
-  m->step_tokens_ = &prometheus::BuildHistogram()
-                         .Name("gemma_worker_step_tokens")
-                         .Help("Tokens in one step: decodes (one each) plus prompt chunks.")
-                         .Register(r)
-                         .Add(labels, prometheus::Histogram::BucketBoundaries{1, 8, 32, 128, 512, 2048, 8192, 32768});
-  m->step_limit_ = &prometheus::BuildGauge()
-                        .Name("gemma_worker_step_limit")
-                        .Help("The largest step this group takes, as routers are told: tokens, sequences, and "
-                              "context (positions of one sequence).")
-                        .Register(r);
   m->labels_ = labels;
-  m->steps_ = &prometheus::BuildCounter().Name("gemma_worker_steps_total").Help("Steps run.").Register(r).Add(labels);
-  m->failures_ = &prometheus::BuildCounter()
-                      .Name("gemma_worker_step_failures_total")
-                      .Help("Steps that failed, by status code.")
-                      .Register(r);
-  m->kv_blocks_in_use_ = &prometheus::BuildGauge()
-                              .Name("gemma_worker_kv_blocks_used")
-                              .Help("KV-cache blocks referenced by the sequences of the last step.")
-                              .Register(r)
-                              .Add(labels);
+  // The group's steps are the leader's to count: a follower exporting them would show zeros for steps it ran.
+  if (rank == 0) {
+    m->step_seconds_ = &prometheus::BuildHistogram()
+                            .Name("gemma_worker_step_duration_seconds")
+                            .Help("Wall time of one batched step handled by this group's leader, from request to "
+                                  "reply.")
+                            .Register(r)
+                            .Add(labels, LatencyBuckets());
+    m->forward_seconds_ = &prometheus::BuildHistogram()
+                               .Name("gemma_worker_forward_duration_seconds")
+                               .Help("Wall time of the forward pass of one step.")
+                               .Register(r)
+                               .Add(labels, LatencyBuckets());
+    m->collective_seconds_ = &prometheus::BuildHistogram()
+                                  .Name("gemma_worker_collective_duration_seconds")
+                                  .Help("Time one step spent in tensor-parallel collectives (all-reduce, all-gather).")
+                                  .Register(r)
+                                  .Add(labels, LatencyBuckets());
+    m->batch_size_ = &prometheus::BuildHistogram()
+                          .Name("gemma_worker_step_sequences")
+                          .Help("Sequences in one step.")
+                          .Register(r)
+                          .Add(labels, prometheus::Histogram::BucketBoundaries{1, 2, 4, 8, 16, 32, 64, 128, 256});
+    m->step_tokens_ = &prometheus::BuildHistogram()
+                           .Name("gemma_worker_step_tokens")
+                           .Help("Tokens in one step: decodes (one each) plus prompt chunks.")
+                           .Register(r)
+                           .Add(labels, prometheus::Histogram::BucketBoundaries{1, 8, 32, 128, 512, 2048, 8192, 32768});
+    m->step_limit_ = &prometheus::BuildGauge()
+                          .Name("gemma_worker_step_limit")
+                          .Help("The largest step this group takes, as routers are told: tokens, sequences, and "
+                                "context (positions of one sequence).")
+                          .Register(r);
+    m->steps_ = &prometheus::BuildCounter().Name("gemma_worker_steps_total").Help("Steps run.").Register(r).Add(labels);
+    m->failures_ = &prometheus::BuildCounter()
+                        .Name("gemma_worker_step_failures_total")
+                        .Help("Steps that failed, by status code.")
+                        .Register(r);
+    m->kv_blocks_in_use_ = &prometheus::BuildGauge()
+                                .Name("gemma_worker_kv_blocks_used")
+                                .Help("KV-cache blocks referenced by the sequences of the last step.")
+                                .Register(r)
+                                .Add(labels);
+  }
   m->kv_blocks_ = &prometheus::BuildGauge()
                        .Name("gemma_worker_kv_blocks")
                        .Help("KV-cache blocks in each rank's pool.")
@@ -96,6 +100,7 @@ absl::StatusOr<std::unique_ptr<WorkerMetrics>> WorkerMetrics::Create(const std::
 
 void WorkerMetrics::RecordStep(double step_seconds, const worker::v1::StepTimings& t, int kv_blocks_in_use,
                                int sequences, int tokens) {
+  if (steps_ == nullptr) return;  // a follower's: not its to count
   step_seconds_->Observe(step_seconds);
   step_tokens_->Observe(tokens);
   forward_seconds_->Observe(t.forward_seconds());
@@ -122,6 +127,7 @@ void WorkerMetrics::SetModelInfo(const std::string& model, const std::string& sh
 }
 
 void WorkerMetrics::SetStepLimits(const StepLimits& limits) {
+  if (step_limit_ == nullptr) return;  // a follower's: the leader tells routers
   for (const auto& [name, value] : {std::pair<std::string, int>{"tokens", limits.max_tokens},
                                     {"sequences", limits.max_sequences},
                                     {"context", limits.max_context}}) {
@@ -132,7 +138,7 @@ void WorkerMetrics::SetStepLimits(const StepLimits& limits) {
 }
 
 void WorkerMetrics::RecordFailure(const absl::Status& status) {
-  failures_->Add({{"code", absl::StatusCodeToString(status.code())}}).Increment();
+  if (failures_ != nullptr) failures_->Add({{"code", absl::StatusCodeToString(status.code())}}).Increment();
   if (!absl::IsInvalidArgument(status)) healthy_->Set(0);
 }
 
