@@ -21,7 +21,6 @@ class MinTokensConstraint : public TokenConstraint {
   bool Constrains() const override { return generated_ < min_tokens_; }
 
  private:
-  std::vector<int32_t> stops_;
   const int32_t min_tokens_;
   int32_t generated_ = 0;
   std::vector<uint32_t> mask_;  // every token but the stops

@@ -183,7 +183,8 @@ int main(int argc, char** argv) {
   if (!in_flight.ok()) return Fail(std::string(in_flight.status().message()), 2);
 
   const int metrics_port = absl::GetFlag(FLAGS_metrics_port);
-  // On the public port's host: --bind_host 127.0.0.1 leaves nothing of the router reachable from elsewhere.
+  // On the public port's host, as the HTTP API and the peer port are (--health_port, for probes, stays on every
+  // interface).
   auto metrics = gemma::RouterMetrics::Create(
       metrics_port > 0 ? absl::StrCat(absl::GetFlag(FLAGS_bind_host), ":", metrics_port) : "");
   if (!metrics.ok()) return Fail(std::string(metrics.status().message()));

@@ -67,6 +67,12 @@ absl::StatusOr<std::unique_ptr<WorkerMetrics>> WorkerMetrics::Create(const std::
                                 .Help("KV-cache blocks referenced by the sequences of the last step.")
                                 .Register(r)
                                 .Add(labels);
+    m->healthy_ = &prometheus::BuildGauge()
+                       .Name("gemma_worker_group_healthy")
+                       .Help("1 while every rank of the group answers, 0 once it has failed.")
+                       .Register(r)
+                       .Add(labels);
+    m->healthy_->Set(1);
   }
   m->kv_blocks_ = &prometheus::BuildGauge()
                        .Name("gemma_worker_kv_blocks")
@@ -85,13 +91,7 @@ absl::StatusOr<std::unique_ptr<WorkerMetrics>> WorkerMetrics::Create(const std::
                                      .Register(r)
                                      .Add(labels, LatencyBuckets());
   AddBuildInfo(r, worker::v1::PROTOCOL_VERSION_CURRENT);
-  m->healthy_ = &prometheus::BuildGauge()
-                     .Name("gemma_worker_group_healthy")
-                     .Help("1 while every rank of the group answers, 0 once it has failed.")
-                     .Register(r)
-                     .Add(labels);
   m->kv_blocks_->Set(kv_blocks);
-  m->healthy_->Set(1);
   if (!address.empty()) {
     ASSIGN_OR_RETURN(m->exposer_, ServeMetrics(address, m->registry_));
   }
@@ -139,9 +139,11 @@ void WorkerMetrics::SetStepLimits(const StepLimits& limits) {
 
 void WorkerMetrics::RecordFailure(const absl::Status& status) {
   if (failures_ != nullptr) failures_->Add({{"code", absl::StatusCodeToString(status.code())}}).Increment();
-  if (!absl::IsInvalidArgument(status)) healthy_->Set(0);
+  if (healthy_ != nullptr && !absl::IsInvalidArgument(status)) healthy_->Set(0);
 }
 
-void WorkerMetrics::SetHealthy(bool healthy) { healthy_->Set(healthy ? 1 : 0); }
+void WorkerMetrics::SetHealthy(bool healthy) {
+  if (healthy_ != nullptr) healthy_->Set(healthy ? 1 : 0);
+}
 
 }  // namespace gemma

@@ -21,7 +21,9 @@ namespace gemma {
 // Thread-safe (prometheus-cpp metrics are).
 class WorkerMetrics {
  public:
-  // Serves /metrics on `address` ("0.0.0.0:9090"); empty: no exposer (metrics still recorded).
+  // Serves /metrics on `address` ("0.0.0.0:9090"); empty: no exposer (metrics still recorded). Rank 0 alone
+  // registers the group's series (steps, step sizes, limits, failures, health): on other ranks their recorders do
+  // nothing.
   static absl::StatusOr<std::unique_ptr<WorkerMetrics>> Create(const std::string& address, int rank, int kv_blocks);
   void RecordStep(double step_seconds, const worker::v1::StepTimings& timings, int kv_blocks_in_use, int sequences,
                   int tokens);

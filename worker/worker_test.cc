@@ -351,7 +351,8 @@ TEST(WorkerTest, ConfiguredFromEnvironmentAndExportsMetrics) {
   EXPECT_GT(Sample(follower, "gemma_worker_rank_step_duration_seconds_sum{rank=\"1\"}"), 0);
   // The group's step counts are the leader's alone: a follower shows none rather than zeros for steps it ran.
   for (const char* leaders : {"gemma_worker_steps_total", "gemma_worker_step_duration_seconds",
-                              "gemma_worker_kv_blocks_used", "gemma_worker_step_limit"}) {
+                              "gemma_worker_kv_blocks_used", "gemma_worker_step_limit",
+                              "gemma_worker_group_healthy"}) {
     EXPECT_EQ(follower.find(leaders), std::string::npos) << leaders << " on a follower:\n" << follower.substr(0, 3000);
   }
   worker::v1::ModelInfo info;

@@ -37,6 +37,11 @@ std::string TextTensorPrefix(const Checkpoint& checkpoint) {
   return !has_embedding(kPublished) && has_embedding(kResaved) ? kResaved : prefix;
 }
 
+absl::Status NonFiniteWeight(const std::string& name, bool nan, const std::string& place) {
+  return absl::InvalidArgumentError(absl::StrCat(name, " holds ", nan ? "NaN" : "an infinity", " at [", place,
+                                                 "]: the checkpoint is damaged, or was saved after an overflow"));
+}
+
 namespace {
 
 // A multimodal checkpoint holds a vision tower and projector this server never runs: say so once, at load.
@@ -70,12 +75,6 @@ absl::Status CheckNoLayerPastTheConfig(const Checkpoint& checkpoint, const std::
     }
   }
   return absl::OkStatus();
-}
-
-// The refusal of a NaN or an infinity (`nan` says which) at `place` of tensor `name`.
-absl::Status NonFiniteWeight(const std::string& name, bool nan, const std::string& place) {
-  return absl::InvalidArgumentError(absl::StrCat(name, " holds ", nan ? "NaN" : "an infinity", " at [", place,
-                                                 "]: the checkpoint is damaged, or was saved after an overflow"));
 }
 
 // A NaN or an infinity among the weights makes every logit it reaches NaN, and generation goes on silently

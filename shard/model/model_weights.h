@@ -34,6 +34,9 @@ struct LayerWeights {
 // Where the text model's tensors sit in `checkpoint` ("model.", or a multimodal layout's prefix as saved).
 std::string TextTensorPrefix(const Checkpoint& checkpoint);
 
+// The refusal of a NaN or an infinity (`nan` says which) at `place` ("r, c", or an index) of tensor `name`.
+absl::Status NonFiniteWeight(const std::string& name, bool nan, const std::string& place);
+
 struct WeightLoadOptions {
   // A pre-quantized checkpoint (GPTQ, AWQ, compressed-tensors FP8) loads as stored, at bf16 or its own precision.
   WeightPrecision precision = WeightPrecision::kBF16;

@@ -169,11 +169,7 @@ absl::Status WriteQuantizedCheckpoint(const Checkpoint& in, const std::string& o
     for (int64_t i = 0; i < out * cols; ++i) {
       w[i] = FloatElementAsF32(f.dtype, f.data, i);
       // A NaN would become a NaN scale or, cast to a code, anything at all.
-      if (!std::isfinite(w[i])) {
-        return absl::InvalidArgumentError(absl::StrCat(in.dir(), ": ", name, " holds ",
-                                                       std::isnan(w[i]) ? "NaN" : "an infinity", " at [", i / cols,
-                                                       ", ", i % cols, "]: nothing to quantize"));
-      }
+      if (!std::isfinite(w[i])) return NonFiniteWeight(name, std::isnan(w[i]), absl::StrCat(i / cols, ", ", i % cols));
     }
     const std::string module = name.substr(0, name.size() - std::string(".weight").size());
     if (fp8) {
